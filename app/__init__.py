@@ -1,0 +1,28 @@
+"""Usage metering service: Flask app factory.
+
+`create_app()` wires the pieces, each through its own `init_app`: configuration,
+the NDB client and per-request context, the error envelope, and the API.
+"""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from app.config import Config
+
+
+def create_app(config: Config | None = None) -> Flask:
+    """Build the WSGI app for a configuration (read from the environment by default)."""
+    from app import api, datastore, errors
+    from app.models import ids
+
+    config = config or Config.from_env()
+    app = Flask(__name__)
+    app.config["METERING"] = config
+    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
+    app.json.sort_keys = False
+    ids.configure(config.hashid_salt)
+    errors.init_app(app)
+    datastore.init_app(app)
+    api.init_app(app)
+    return app

@@ -1,0 +1,11 @@
+"""The HTTP layer: one module per resource, views thin (parse, call a service, serialize)."""
+
+from app.api import admin, health, meter_events, meters
+
+
+def init_app(app) -> None:
+    """Register every blueprint of the API."""
+    app.register_blueprint(health.blueprint)
+    app.register_blueprint(meters.blueprint)
+    app.register_blueprint(meter_events.blueprint)
+    app.register_blueprint(admin.blueprint)

@@ -1,0 +1,82 @@
+"""The service's configuration: one typed class, read from the environment once.
+
+Every knob the service has lives here. `Config.from_env()` reads the process
+environment (App Engine's `app.yaml` `env_variables` land there too); tests build
+a `Config` directly or call `replace()` on one to override single fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from datetime import timedelta
+
+DEV_HASHID_SALT = "metering-dev-salt"
+
+
+def _env_int(env: dict, name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Settings of one running service."""
+
+    #: Google Cloud project whose Datastore holds the data.
+    project: str = "metering-local"
+    #: host:port of a Datastore emulator, or None for the real Cloud Datastore.
+    emulator_host: str | None = None
+    #: Secret salt of the public hashids; changing it changes every public id.
+    hashid_salt: str = DEV_HASHID_SALT
+    #: Bearer token that unlocks /v1/admin; None disables the admin API.
+    admin_token: str | None = None
+    #: Most events one POST /v1/billing/meter-events may carry.
+    max_batch_events: int = 100
+    #: How far in the past an event timestamp may lie.
+    max_event_age: timedelta = timedelta(days=35)
+    #: How far in the future an event timestamp may lie (clock skew allowance).
+    max_event_lead: timedelta = timedelta(minutes=5)
+    #: Largest request body accepted, in bytes.
+    max_body_bytes: int = 1 << 20
+    #: Default and largest page size of list endpoints.
+    default_page_size: int = 50
+    max_page_size: int = 500
+
+    @classmethod
+    def from_env(cls, env: dict | None = None) -> "Config":
+        """Build the configuration from environment variables."""
+        env = dict(os.environ if env is None else env)
+        project = (
+            env.get("METERING_PROJECT")
+            or env.get("DATASTORE_PROJECT_ID")
+            or env.get("GOOGLE_CLOUD_PROJECT")
+            or cls.project
+        )
+        return cls(
+            project=project,
+            emulator_host=env.get("DATASTORE_EMULATOR_HOST") or None,
+            hashid_salt=env.get("METERING_HASHID_SALT") or DEV_HASHID_SALT,
+            admin_token=env.get("METERING_ADMIN_TOKEN") or None,
+            max_batch_events=_env_int(env, "METERING_MAX_BATCH_EVENTS", cls.max_batch_events),
+            max_event_age=timedelta(
+                days=_env_int(env, "METERING_MAX_EVENT_AGE_DAYS", cls.max_event_age.days)
+            ),
+            max_event_lead=timedelta(
+                seconds=_env_int(
+                    env,
+                    "METERING_MAX_EVENT_LEAD_SECONDS",
+                    int(cls.max_event_lead.total_seconds()),
+                )
+            ),
+            max_body_bytes=_env_int(env, "METERING_MAX_BODY_BYTES", cls.max_body_bytes),
+        )
+
+    def replace(self, **changes) -> "Config":
+        """A copy of this configuration with some fields changed."""
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,56 @@
+"""The NDB client of the app, and the per-request NDB context.
+
+`init_app` creates one `ndb.Client` per app (pointed at the emulator when
+`Config.emulator_host` is set) and opens an NDB context for every request in the
+default namespace. `use_namespace` switches the rest of the request to an org's
+namespace; `app.tenancy` calls it once, after authenticating the caller, and
+nothing else passes namespaces around.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from flask import current_app, g
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import ndb
+
+
+def make_client(config) -> ndb.Client:
+    """An NDB client for the configured project (and emulator, if any)."""
+    if config.emulator_host:
+        # NDB reads the emulator address from the environment only.
+        os.environ["DATASTORE_EMULATOR_HOST"] = config.emulator_host
+        return ndb.Client(project=config.project, credentials=AnonymousCredentials())
+    return ndb.Client(project=config.project)
+
+
+def client() -> ndb.Client:
+    """The current app's NDB client."""
+    return current_app.extensions["ndb"]
+
+
+def _open_context() -> None:
+    stack = contextlib.ExitStack()
+    g.ndb_stack = stack
+    stack.enter_context(client().context())
+
+
+def _close_context(_exc=None) -> None:
+    stack = g.pop("ndb_stack", None)
+    if stack is not None:
+        stack.close()
+
+
+def use_namespace(namespace: str) -> None:
+    """Run the rest of this request in `namespace`."""
+    context = ndb.get_context().new(namespace=namespace)
+    g.ndb_stack.enter_context(context.use())
+
+
+def init_app(app) -> None:
+    """Create the app's NDB client and open a context around every request."""
+    app.extensions["ndb"] = make_client(app.config["METERING"])
+    app.before_request(_open_context)
+    app.teardown_request(_close_context)

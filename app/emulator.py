@@ -1,0 +1,167 @@
+"""Google's Datastore emulators as child processes: start, wait, reset, stop.
+
+Two emulators ship with the Google Cloud CLI and both are used:
+
+- `firestore`: `cloud_firestore_emulator --database-mode=datastore-mode`, which
+  behaves like today's Cloud Datastore (strong consistency, pessimistic locking).
+  Memory only.
+- `legacy`: `cloud_datastore_emulator`, run with `--consistency=1.0`. It can keep
+  its data on disk (so `metering serve` uses it) and, with `--require_indexes`,
+  refuses queries whose composite index `index.yaml` does not declare.
+
+We start the emulators' own launchers directly rather than through `gcloud`, so
+that the process we stop is the emulator itself.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+INSTALL_HINT = (
+    "Google's Datastore emulator is missing: install the Google Cloud CLI with its "
+    "emulator components and Java (Debian/Ubuntu: apt-get install google-cloud-cli "
+    "google-cloud-cli-datastore-emulator google-cloud-cli-firestore-emulator "
+    "openjdk-17-jre-headless; elsewhere: gcloud components install cloud-datastore-emulator "
+    "cloud-firestore-emulator)"
+)
+KINDS = ("firestore", "legacy")
+
+
+class EmulatorError(RuntimeError):
+    """Raised when an emulator is missing, fails to start or dies."""
+
+
+def sdk_root() -> Path | None:
+    """The Google Cloud SDK's folder, from CLOUDSDK_ROOT_DIR or the `gcloud` on PATH."""
+    if os.environ.get("CLOUDSDK_ROOT_DIR"):
+        return Path(os.environ["CLOUDSDK_ROOT_DIR"])
+    gcloud = shutil.which("gcloud")
+    if gcloud:
+        return Path(os.path.realpath(gcloud)).parent.parent
+    for candidate in ("/usr/lib/google-cloud-sdk", "/usr/share/google-cloud-sdk",
+                      "/opt/google-cloud-sdk"):
+        if Path(candidate).is_dir():
+            return Path(candidate)
+    return None
+
+
+def launcher(kind: str) -> Path:
+    """The emulator's launcher script, or EmulatorError saying what to install."""
+    names = {"firestore": "cloud-firestore-emulator/cloud_firestore_emulator",
+             "legacy": "cloud-datastore-emulator/cloud_datastore_emulator"}
+    root = sdk_root()
+    path = root / "platform" / names[kind] if root else None
+    if path is None or not path.exists() or shutil.which("java") is None:
+        raise EmulatorError(INSTALL_HINT)
+    return path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+class Emulator:
+    """One running emulator process and its address."""
+
+    def __init__(self, kind: str = "firestore", *, host: str = "127.0.0.1",
+                 port: int | None = None, data_dir: str | os.PathLike | None = None,
+                 index_file: str | os.PathLike | None = None, log_path: str | None = None):
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}")
+        self.kind = kind
+        self.host_name = host
+        self.port = port or free_port(host)
+        self.data_dir = Path(data_dir) if data_dir else None
+        self.index_file = Path(index_file) if index_file else None
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+        self._scratch: tempfile.TemporaryDirectory | None = None
+
+    @property
+    def host(self) -> str:
+        """host:port, the value of DATASTORE_EMULATOR_HOST."""
+        return f"{self.host_name}:{self.port}"
+
+    def _command(self) -> list[str]:
+        binary = str(launcher(self.kind))
+        address = [f"--host={self.host_name}", f"--port={self.port}"]
+        if self.kind == "firestore":
+            return [binary, "start", *address, "--database-mode=datastore-mode"]
+        project_dir = self.data_dir
+        if project_dir is None:
+            self._scratch = tempfile.TemporaryDirectory(prefix="metering-emulator-")
+            project_dir = Path(self._scratch.name)
+        if not (project_dir / "WEB-INF").is_dir():
+            project_dir.mkdir(parents=True, exist_ok=True)
+            subprocess.run([binary, "create", str(project_dir)], check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        command = [binary, "start", *address, "--consistency=1.0",
+                   f"--store_on_disk={'true' if self.data_dir else 'false'}",
+                   "--allow_reserved_kinds"]
+        if self.index_file is not None:
+            command += ["--require_indexes", f"--index_file={self.index_file}"]
+        return [*command, str(project_dir)]
+
+    def start(self, timeout: float = 60.0) -> "Emulator":
+        """Start the process and wait until it answers."""
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        self.process = subprocess.Popen(self._command(), stdout=log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise EmulatorError(f"the {self.kind} emulator exited with "
+                                    f"{self.process.returncode} before it was ready")
+            if self.is_ready():
+                return self
+            time.sleep(0.1)
+        self.stop()
+        raise EmulatorError(f"the {self.kind} emulator was not ready after {timeout:.0f}s")
+
+    def is_ready(self) -> bool:
+        """Whether the emulator answers its health check."""
+        try:
+            with urllib.request.urlopen(f"http://{self.host}/", timeout=1) as answer:
+                return answer.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def reset(self) -> None:
+        """Drop every entity (the emulators' own POST /reset)."""
+        request = urllib.request.Request(f"http://{self.host}/reset", data=b"", method="POST")
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            answer.read()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stop the emulator and everything it started."""
+        if self.process is not None and self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+                self.process.wait(timeout=timeout)
+            except ProcessLookupError:
+                pass
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.process = None
+        if self._scratch is not None:
+            self._scratch.cleanup()
+            self._scratch = None
+
+    def __enter__(self) -> "Emulator":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,44 @@
+"""Kind `meter`: a named usage metric of one org, exactly as the Go side stores it."""
+
+from __future__ import annotations
+
+from google.cloud import ndb
+
+from app.models.base import JsonShadowProperty, Model
+
+AGGREGATION_TYPES = ("sum", "count", "last")
+DEFAULT_AGGREGATION = "sum"
+DEFAULT_CURRENCY = "usd"
+
+
+class Meter(Model):
+    """A meter: its event name is unique among the org's active meters."""
+
+    KIND = "meter"
+
+    name = ndb.StringProperty("Name")
+    event_name = ndb.StringProperty("EventName")
+    aggregation_type = ndb.StringProperty("AggregationType")
+    currency = ndb.StringProperty("Currency")
+    dimensions = JsonShadowProperty("Dimensions_", empty=list)
+    metadata = JsonShadowProperty("Metadata_", empty=dict)
+
+    def defaults(self) -> None:
+        self.aggregation_type = (self.aggregation_type or DEFAULT_AGGREGATION).lower()
+        self.currency = (self.currency or DEFAULT_CURRENCY).lower()
+
+    def validate(self) -> list[tuple[str, str]]:
+        problems = []
+        if not self.name:
+            problems.append(("name", "name is required"))
+        if not self.event_name:
+            problems.append(("eventName", "eventName is required"))
+        if self.aggregation_type not in AGGREGATION_TYPES:
+            problems.append(("aggregationType",
+                             f"aggregationType must be one of {', '.join(AGGREGATION_TYPES)}"))
+        return problems
+
+    @property
+    def archived(self) -> bool:
+        """An archived meter keeps its history but refuses new events."""
+        return bool(self.deleted)

@@ -1,0 +1,88 @@
+"""Shapes of the meter endpoints."""
+
+from __future__ import annotations
+
+from marshmallow import Schema, ValidationError, fields, post_load, validate, validates
+
+from app.models.meter import AGGREGATION_TYPES
+from app.schemas import format_time
+from app.schemas.fields import JsonObject, identifier
+
+MAX_DIMENSIONS = 16
+
+
+class _Lower(fields.String):
+    def _deserialize(self, value, attr, data, **kwargs):
+        return super()._deserialize(value, attr, data, **kwargs).strip().lower()
+
+
+def _aggregation() -> fields.String:
+    return _Lower(validate=validate.OneOf(AGGREGATION_TYPES,
+                                          error="must be one of " + ", ".join(AGGREGATION_TYPES)))
+
+
+def _dimensions() -> fields.List:
+    return fields.List(identifier(max_length=64),
+                       validate=validate.Length(max=MAX_DIMENSIONS,
+                                                error=f"may list at most {MAX_DIMENSIONS} names"))
+
+
+class _DimensionNames:
+    @validates("dimensions")
+    def _unique(self, value, **_):
+        if len(set(value)) != len(value):
+            raise ValidationError("names must be unique")
+        if "userId" in value:
+            raise ValidationError("userId is always available and cannot be a dimension")
+
+
+class MeterCreate(_DimensionNames, Schema):
+    """Body of POST /v1/billing/meters."""
+
+    name = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    eventName = identifier(required=True)
+    aggregationType = _aggregation()
+    currency = _Lower(validate=validate.Regexp(r"^[a-z]{3}$", error="must be a 3-letter ISO code"))
+    dimensions = _dimensions()
+    metadata = JsonObject()
+
+    @post_load
+    def _defaults(self, data, **_):
+        data.setdefault("aggregationType", "sum")
+        data.setdefault("currency", "usd")
+        data.setdefault("dimensions", [])
+        data.setdefault("metadata", {})
+        return data
+
+
+class MeterUpdate(_DimensionNames, Schema):
+    """Body of PATCH /v1/billing/meters/<id>; every field optional."""
+
+    name = fields.String(validate=validate.Length(min=1, max=200))
+    eventName = identifier()
+    aggregationType = _aggregation()
+    dimensions = _dimensions()
+    metadata = JsonObject()
+
+
+class ListQuery(Schema):
+    """Query string of list endpoints: a page size and an opaque cursor."""
+
+    limit = fields.Integer(validate=validate.Range(min=1, max=500))
+    cursor = fields.String(validate=validate.Length(max=1000))
+
+
+def meter_json(meter) -> dict:
+    """The public representation of a meter."""
+    return {
+        "id": meter.id_,
+        "name": meter.name,
+        "eventName": meter.event_name,
+        "aggregationType": meter.aggregation_type,
+        "currency": meter.currency,
+        "dimensions": list(meter.dimensions),
+        "metadata": dict(meter.metadata),
+        "status": "archived" if meter.deleted else "active",
+        "createdAt": format_time(meter.created_at),
+        "updatedAt": format_time(meter.updated_at),
+    }

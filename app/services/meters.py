@@ -1,0 +1,116 @@
+"""Meters of the current org: create, read, list, change and archive.
+
+Event names are unique among an org's active meters. The check and the write
+happen in one transaction whose ancestor query covers every meter of the org
+(they share the root `synckey/1`), so of two concurrent creates with one event
+name exactly one commits; the other sees the first and answers 409.
+"""
+
+from __future__ import annotations
+
+from google.cloud import ndb
+
+from app.errors import Conflict, NotFound, ValidationFailed
+from app.models import Meter, MeterEvent, root_key
+
+LOCKED_ONCE_USED = ("eventName", "aggregationType", "dimensions")
+_FIELDS = {"name": "name", "eventName": "event_name", "aggregationType": "aggregation_type",
+           "currency": "currency", "dimensions": "dimensions", "metadata": "metadata"}
+
+
+def _active_with_event_name(event_name: str) -> Meter | None:
+    found = Meter.query(Meter.event_name == event_name, Meter.deleted == False,  # noqa: E712
+                        ancestor=root_key()).fetch(1)
+    return found[0] if found else None
+
+
+def _taken(event_name: str) -> Conflict:
+    return Conflict(f"an active meter with eventName {event_name!r} already exists",
+                    param="eventName", code="event_name_taken")
+
+
+def create_meter(fields: dict) -> Meter:
+    """Create a meter; 409 if its event name is taken by an active meter."""
+    key = Meter.allocate_ids(1, parent=root_key())[0]
+
+    @ndb.transactional(retries=8)
+    def create() -> Meter:
+        if _active_with_event_name(fields["eventName"]) is not None:
+            raise _taken(fields["eventName"])
+        meter = Meter(key=key, **{_FIELDS[name]: value for name, value in fields.items()})
+        return meter.create()
+
+    return create()
+
+
+def get_meter(public_id: str, *, include_archived: bool = True) -> Meter:
+    """The meter with this id in the current org; 404 otherwise."""
+    meter = Meter.get_by_public_id(public_id)
+    if meter is None or (meter.deleted and not include_archived):
+        raise NotFound("meter not found", param="id", code="meter_not_found")
+    return meter
+
+
+def find_by_event_name(event_name: str) -> Meter | None:
+    """The active meter with this event name, if any."""
+    return _active_with_event_name(event_name)
+
+
+def list_meters(limit: int, cursor: str | None) -> tuple[list[Meter], str | None]:
+    """One page of the org's meters, oldest first, and the cursor of the next page."""
+    start = None
+    if cursor:
+        try:
+            start = ndb.Cursor(urlsafe=cursor)
+        except Exception:
+            raise ValidationFailed("cursor is not valid", param="cursor") from None
+    query = Meter.query(ancestor=root_key())
+    try:
+        meters, next_cursor, more = query.fetch_page(limit, start_cursor=start)
+    except Exception as exc:  # a cursor from elsewhere fails in the Datastore itself
+        if start is not None and "cursor" in str(exc).lower():
+            raise ValidationFailed("cursor is not valid", param="cursor") from None
+        raise
+    return meters, (next_cursor.urlsafe().decode() if more and next_cursor else None)
+
+
+def has_events(meter: Meter) -> bool:
+    """Whether any event was recorded for this meter."""
+    return bool(MeterEvent.query(MeterEvent.meter_id == meter.id_, ancestor=root_key())
+                .fetch(1, keys_only=True))
+
+
+def update_meter(public_id: str, changes: dict) -> Meter:
+    """Change a meter; event name, aggregation and dimensions only while it has no events."""
+
+    @ndb.transactional(retries=8)
+    def update() -> Meter:
+        meter = get_meter(public_id)
+        structural = [name for name in LOCKED_ONCE_USED
+                      if name in changes and changes[name] != getattr(meter, _FIELDS[name])]
+        if structural and has_events(meter):
+            raise Conflict(f"{structural[0]} cannot change once the meter has events",
+                           param=structural[0], code="meter_in_use")
+        new_name = changes.get("eventName")
+        if new_name and new_name != meter.event_name and not meter.deleted:
+            other = _active_with_event_name(new_name)
+            if other is not None and other.key != meter.key:
+                raise _taken(new_name)
+        for name, value in changes.items():
+            setattr(meter, _FIELDS[name], value)
+        return meter.update()
+
+    return update()
+
+
+def archive_meter(public_id: str) -> Meter:
+    """Archive a meter: it refuses new events and keeps its history and summaries."""
+
+    @ndb.transactional(retries=8)
+    def archive() -> Meter:
+        meter = get_meter(public_id)
+        if not meter.deleted:
+            meter.delete()
+        return meter
+
+    return archive()

@@ -14,32 +14,33 @@ from marshmallow import Schema, ValidationError
 from app.errors import ValidationFailed
 
 
-def _flatten(messages, path: str = "") -> list[dict]:
+# Fields that are JSON objects: marshmallow reports an entry's problems under
+# {"<entry>": {"key": [...], "value": [...]}}, which we name `field.<entry>`.
+_DICT_FIELDS = {"dimensions", "metadata"}
+
+
+def _flatten(messages, path: str = "", depth_in_dict: int = 0) -> list[dict]:
+    if isinstance(messages, str):
+        return [{"param": path or None, "message": messages}]
     if isinstance(messages, list):
-        if all(isinstance(m, str) for m in messages):
-            return [{"param": path or None, "message": m} for m in messages]
         found = []
         for item in messages:
             found += _flatten(item, path)
         return found
-    if isinstance(messages, str):
-        return [{"param": path or None, "message": messages}]
     found = []
     for key, sub in messages.items():
-        if key == "_schema":
+        if key == "_schema" or (depth_in_dict == 2 and key in ("key", "value")):
             sub_path = path
         elif isinstance(key, int):
             sub_path = f"{path}[{key}]"
-        elif key in ("value", "key") and path and isinstance(sub, (list, dict)) and _is_dict_entry(messages):
-            sub_path = path
         else:
             sub_path = f"{path}.{key}" if path else str(key)
-        found += _flatten(sub, sub_path)
+        if depth_in_dict == 1:
+            child_depth = 2  # `key` names one entry of the object
+        else:
+            child_depth = 1 if str(key) in _DICT_FIELDS else 0
+        found += _flatten(sub, sub_path, child_depth)
     return found
-
-
-def _is_dict_entry(messages: dict) -> bool:
-    return set(messages) <= {"key", "value"}
 
 
 def _describe(problem: dict) -> str:

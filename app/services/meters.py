@@ -64,14 +64,25 @@ def list_meters(limit: int, cursor: str | None) -> tuple[list[Meter], str | None
             start = ndb.Cursor(urlsafe=cursor)
         except Exception:
             raise ValidationFailed("cursor is not valid", param="cursor") from None
-    query = Meter.query(ancestor=root_key())
+    return _page(Meter.query(ancestor=root_key()), limit, start)
+
+
+def _page(query: ndb.Query, limit: int, start) -> tuple[list, str | None]:
+    """Up to `limit` results and a cursor only when more follow (no empty last page)."""
+    iterator = query.iter(start_cursor=start, limit=limit + 1, produce_cursors=True)
+    page, cursor = [], None
     try:
-        meters, next_cursor, more = query.fetch_page(limit, start_cursor=start)
+        while iterator.has_next():
+            item = iterator.next()
+            if len(page) == limit:
+                return page, cursor
+            page.append(item)
+            cursor = iterator.cursor_after().urlsafe().decode()
     except Exception as exc:  # a cursor from elsewhere fails in the Datastore itself
         if start is not None and "cursor" in str(exc).lower():
             raise ValidationFailed("cursor is not valid", param="cursor") from None
         raise
-    return meters, (next_cursor.urlsafe().decode() if more and next_cursor else None)
+    return page, None
 
 
 def has_events(meter: Meter) -> bool:

@@ -1,0 +1,33 @@
+# The two commands a newcomer needs: `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: install run test test-firestore test-legacy clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(BIN)/.installed
+
+## Install, then run the service on http://127.0.0.1:8080 with its own emulator.
+run: install
+	$(BIN)/metering serve
+
+## Install, then run the whole suite on both of Google's emulators.
+test: test-firestore test-legacy
+
+## The suite on the Firestore-mode emulator (like today's Cloud Datastore).
+test-firestore: install
+	METERING_TEST_EMULATOR=firestore $(BIN)/pytest $(PYTEST_ARGS)
+
+## The suite on the legacy emulator, refusing queries that index.yaml does not cover.
+test-legacy: install
+	METERING_TEST_EMULATOR=legacy $(BIN)/pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .metering-data .pytest_cache

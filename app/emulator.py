@@ -72,6 +72,51 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+def answers(host: str, timeout: float = 1.0) -> bool:
+    """Whether an emulator answers its health check at host:port."""
+    try:
+        with urllib.request.urlopen(f"http://{host}/", timeout=timeout) as answer:
+            return answer.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _wait_group(process: subprocess.Popen, timeout: float) -> bool:
+    """Reap the leader and wait until no process of its group is left."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        process.poll()
+        if process.returncode is not None and not _group_alive(process.pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _end_group(process: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM the process group (its own session), then SIGKILL what lingers."""
+    _signal_group(process.pid, signal.SIGTERM)
+    if not _wait_group(process, timeout):
+        _signal_group(process.pid, signal.SIGKILL)
+        _wait_group(process, 5.0)
+
+
 class Emulator:
     """One running emulator process and its address."""
 
@@ -88,6 +133,7 @@ class Emulator:
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
         self._scratch: tempfile.TemporaryDirectory | None = None
+        self._owner: int | None = None
 
     @property
     def host(self) -> str:
@@ -115,28 +161,42 @@ class Emulator:
         return [*command, str(project_dir)]
 
     def start(self, timeout: float = 60.0) -> "Emulator":
-        """Start the process and wait until it answers."""
+        """Start the process and wait until it answers; on any failure (Ctrl-C
+        included) stop it again, so that no Java process outlives a failed start."""
+        self._owner = os.getpid()
+        try:
+            self._spawn()
+            self._wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _spawn(self) -> None:
+        command = self._command()
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        self.process = subprocess.Popen(self._command(), stdout=log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, start_new_session=True)
+        finally:
+            if log is not subprocess.DEVNULL:
+                log.close()
+
+    def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                where = f" (see {self.log_path})" if self.log_path else ""
                 raise EmulatorError(f"the {self.kind} emulator exited with "
-                                    f"{self.process.returncode} before it was ready")
+                                    f"{self.process.returncode} before it was ready{where}")
             if self.is_ready():
-                return self
+                return
             time.sleep(0.1)
-        self.stop()
         raise EmulatorError(f"the {self.kind} emulator was not ready after {timeout:.0f}s")
 
     def is_ready(self) -> bool:
         """Whether the emulator answers its health check."""
-        try:
-            with urllib.request.urlopen(f"http://{self.host}/", timeout=1) as answer:
-                return answer.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
+        return answers(self.host)
 
     def reset(self) -> None:
         """Drop every entity (the emulators' own POST /reset)."""
@@ -145,20 +205,19 @@ class Emulator:
             answer.read()
 
     def stop(self, timeout: float = 15.0) -> None:
-        """Stop the emulator and everything it started."""
-        if self.process is not None and self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGTERM)
-                self.process.wait(timeout=timeout)
-            except ProcessLookupError:
-                pass
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        """Stop the emulator's whole process group and wait until all of it is gone.
+
+        The launcher is a shell script that dies at once on SIGTERM, while the Java
+        process under it persists the legacy emulator's data only as it exits: a
+        restart must not start before that ends. A forked child (a gunicorn worker
+        unwinding through `metering serve`) does not own the emulator and leaves it.
+        """
+        if self.process is not None and self._owner == os.getpid():
+            _end_group(self.process, timeout)
         self.process = None
-        if self._scratch is not None:
+        if self._scratch is not None and self._owner == os.getpid():
             self._scratch.cleanup()
-            self._scratch = None
+        self._scratch = None
 
     def __enter__(self) -> "Emulator":
         return self.start()

@@ -131,13 +131,18 @@ def test_random_streams_match_a_brute_force_computation(api):
             for start, end in [(None, None), (6, 30), (0, 72)]:
                 stored = [e for (k, _), e in first_by_key.items() if k == kind
                           and (user is None or e["userId"] == user)
-                          and (start is None or _at(start) <= e["timestamp"] < _at(end))]
+                          and (start is None or _in(e, start, end))]
                 params = {"meterId": meter["id"], **({"userId": user} if user else {}),
                           **({"periodStart": _at(start), "periodEnd": _at(end)}
                              if start is not None else {})}
                 summary = api.summary(**params)
                 assert summary["eventCount"] == len(stored)
                 assert summary["value"] == _brute_force(kind, stored), (kind, user, start)
+
+
+def _in(event, start_hours, end_hours):
+    moment = datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00"))
+    return DAY + timedelta(hours=start_hours) <= moment < DAY + timedelta(hours=end_hours)
 
 
 def _brute_force(kind, events):

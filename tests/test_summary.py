@@ -150,5 +150,6 @@ def _brute_force(kind, events):
         return len(events)
     if kind == "sum":
         return sum(e["value"] for e in events)
-    latest = max(events, key=lambda e: e["timestamp"], default=None)
+    latest = max(events, key=lambda e: datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")),
+                 default=None)
     return latest["value"] if latest else 0

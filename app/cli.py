@@ -4,6 +4,10 @@ Every command reaches the Datastore that `DATASTORE_EMULATOR_HOST` names, or the
 configured Google Cloud project. `metering serve` with neither starts Google's
 emulator itself, keeps its data in `--data-dir`, and records the emulator's
 address there so that `metering orgs ...` run beside it finds it too.
+
+Failures a user can cause or fix (a taken org name, an unreachable Datastore, a
+missing emulator) end the command with one line on stderr and a non-zero status,
+never a traceback.
 """
 
 from __future__ import annotations
@@ -12,36 +16,58 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
 import click
 
 from app.config import Config
-from app.emulator import Emulator, EmulatorError
+from app.emulator import Emulator, EmulatorError, answers
 
 DEFAULT_DATA_DIR = ".metering-data"
 DEMO_ORG = "demo"
 ADDRESS_FILE = "emulator-host"
+DATASTORE_VARS = ("DATASTORE_EMULATOR_HOST", "METERING_PROJECT", "GOOGLE_CLOUD_PROJECT",
+                  "DATASTORE_PROJECT_ID")
 
 
 def _datastore_configured() -> bool:
-    return bool(os.environ.get("DATASTORE_EMULATOR_HOST") or os.environ.get("METERING_PROJECT")
-                or os.environ.get("GOOGLE_CLOUD_PROJECT"))
+    """Whether the environment names a Datastore (the same variables `Config` reads)."""
+    return any(os.environ.get(name) for name in DATASTORE_VARS)
+
+
+def _recorded_host(data_dir: Path) -> str | None:
+    """The emulator address a live `metering serve` recorded in data_dir.
+
+    None when there is none or it no longer answers: a `serve` killed with
+    SIGKILL leaves its file behind, and that must not send commands to a dead port.
+    """
+    path = data_dir / ADDRESS_FILE
+    if not path.exists():
+        return None
+    host = path.read_text().strip()
+    return host if host and answers(host) else None
 
 
 def _adopt_running_emulator(data_dir: Path) -> None:
     """Point at the emulator a `metering serve` in this folder started, if it runs."""
     if _datastore_configured():
         return
-    address_file = data_dir / ADDRESS_FILE
-    if address_file.exists():
-        host = address_file.read_text().strip()
-        os.environ["DATASTORE_EMULATOR_HOST"] = host
-        return
-    raise click.ClickException(
-        "no Datastore configured: set DATASTORE_EMULATOR_HOST (or GOOGLE_CLOUD_PROJECT), "
-        "or start `metering serve` in this folder first")
+    host = _recorded_host(data_dir)
+    if host is None:
+        raise click.ClickException(
+            "no Datastore configured: set DATASTORE_EMULATOR_HOST (or GOOGLE_CLOUD_PROJECT), "
+            f"or start `metering serve --data-dir {data_dir}` first")
+    os.environ["DATASTORE_EMULATOR_HOST"] = host
+
+
+def _check_emulator_answers() -> None:
+    """Fail fast: NDB would retry an unreachable emulator for seconds, then trace back."""
+    host = os.environ.get("DATASTORE_EMULATOR_HOST")
+    if host and not answers(host, timeout=3):
+        raise click.ClickException(f"no Datastore emulator answers at {host} "
+                                   "(DATASTORE_EMULATOR_HOST)")
 
 
 @contextlib.contextmanager
@@ -56,18 +82,39 @@ def _ndb_context():
 
 
 def _run_admin(action):
+    """Run action in an NDB context; domain and Datastore errors become one line."""
+    from google.api_core.exceptions import GoogleAPIError
+    from google.auth.exceptions import GoogleAuthError
+
     from app.errors import ApiError
 
+    _check_emulator_answers()
     try:
         with _ndb_context():
             return action()
     except ApiError as exc:
         raise click.ClickException(exc.message) from None
+    except (GoogleAPIError, GoogleAuthError) as exc:
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise click.ClickException(f"the Datastore failed: {first_line}") from None
+
+
+def _admin(data_dir: Path, action):
+    _adopt_running_emulator(data_dir)
+    return _run_admin(action)
 
 
 def _issued(issued) -> str:
     return json.dumps({"name": issued.org.name, "namespace": issued.org.namespace,
                        "apiKey": issued.secret, "keyPrefix": issued.prefix}, indent=2)
+
+
+def _data_dir_option(function):
+    return click.option(
+        "--data-dir", default=DEFAULT_DATA_DIR, show_default=True,
+        type=click.Path(path_type=Path),
+        help="Folder of a `metering serve` whose emulator to use when no Datastore is "
+             "configured.")(function)
 
 
 @click.group()
@@ -82,14 +129,12 @@ def orgs():
 
 @orgs.command("create")
 @click.argument("name")
-@click.option("--data-dir", default=DEFAULT_DATA_DIR, type=click.Path(path_type=Path),
-              help="Folder of a `metering serve` whose emulator to use.")
+@_data_dir_option
 def orgs_create(name, data_dir):
     """Create org NAME and print its first API key as JSON."""
     from app.services import orgs as org_service
 
-    _adopt_running_emulator(data_dir)
-    click.echo(_issued(_run_admin(lambda: org_service.create_org(name))))
+    click.echo(_issued(_admin(data_dir, lambda: org_service.create_org(name))))
 
 
 @main.group()
@@ -99,56 +144,92 @@ def keys():
 
 @keys.command("create")
 @click.argument("org")
-@click.option("--data-dir", default=DEFAULT_DATA_DIR, type=click.Path(path_type=Path))
+@_data_dir_option
 def keys_create(org, data_dir):
     """Issue another API key for ORG and print it as JSON."""
     from app.services import orgs as org_service
 
-    _adopt_running_emulator(data_dir)
-    click.echo(_issued(_run_admin(lambda: org_service.issue_key(org))))
+    click.echo(_issued(_admin(data_dir, lambda: org_service.issue_key(org))))
 
 
 @keys.command("revoke")
 @click.argument("org")
 @click.argument("key_prefix")
-@click.option("--data-dir", default=DEFAULT_DATA_DIR, type=click.Path(path_type=Path))
+@_data_dir_option
 def keys_revoke(org, key_prefix, data_dir):
     """Revoke ORG's key that starts with KEY_PREFIX."""
     from app.services import orgs as org_service
 
-    _adopt_running_emulator(data_dir)
-    count = _run_admin(lambda: org_service.revoke_key(org, key_prefix))
+    count = _admin(data_dir, lambda: org_service.revoke_key(org, key_prefix))
     click.echo(json.dumps({"org": org, "revoked": count}))
 
 
 @keys.command("list")
 @click.argument("org")
-@click.option("--data-dir", default=DEFAULT_DATA_DIR, type=click.Path(path_type=Path))
+@_data_dir_option
 def keys_list(org, data_dir):
     """List ORG's keys (prefixes only)."""
     from app.services import orgs as org_service
 
-    _adopt_running_emulator(data_dir)
-    found = _run_admin(lambda: org_service.list_keys(org))
+    found = _admin(data_dir, lambda: org_service.list_keys(org))
     click.echo(json.dumps([{"prefix": k.prefix, "revoked": bool(k.revoked)} for k in found]))
 
 
-def _ensure_demo_org(port: int) -> None:
-    from app.errors import NotFound
+def _create_demo_org():
+    """The demo org's first key, or None when the org exists already."""
+    from app.errors import Conflict, NotFound
     from app.services import orgs as org_service
 
-    with _ndb_context():
-        try:
-            org_service.get_org(DEMO_ORG)
-            click.echo(f"Demo org {DEMO_ORG!r} exists; a new key: metering keys create {DEMO_ORG}")
-            return
-        except NotFound:
-            issued = org_service.create_org(DEMO_ORG)
+    try:
+        org_service.get_org(DEMO_ORG)
+        return None
+    except NotFound:
+        pass
+    try:
+        return org_service.create_org(DEMO_ORG)
+    except Conflict:  # another `serve` on the same Datastore was quicker
+        return None
+
+
+@main.command("demo-org", hidden=True)
+@click.option("--url", required=True, help="The service's base URL, for the curl example.")
+@click.option("--data-dir", type=click.Path(path_type=Path),
+              help="The embedded emulator's folder, for the hint only.")
+def demo_org(url, data_dir):
+    """Create the demo org unless it exists, and say how to use it.
+
+    `serve` runs this in a child process so that the gunicorn master never opens a
+    gRPC channel: gRPC's threads do not survive the fork into workers.
+    """
+    issued = _run_admin(_create_demo_org)
+    if issued is None:
+        where = f" --data-dir {data_dir}" if data_dir else ""
+        click.echo(f"Demo org {DEMO_ORG!r} exists; a new key: "
+                   f"metering keys create {DEMO_ORG}{where}")
+        return
     click.echo(f"Created demo org {DEMO_ORG!r}. Its API key (shown once): {issued.secret}")
     click.echo("Try:\n"
-               f"  curl -s -X POST http://127.0.0.1:{port}/v1/billing/meters \\\n"
-               f"    -H 'Authorization: Bearer {issued.secret}' -H 'Content-Type: application/json' \\\n"
+               f"  curl -s -X POST {url}/v1/billing/meters \\\n"
+               f"    -H 'Authorization: Bearer {issued.secret}' "
+               "-H 'Content-Type: application/json' \\\n"
                "    -d '{\"name\": \"API calls\", \"eventName\": \"api_calls\"}'")
+
+
+def _ensure_demo_org(url: str, data_dir: Path | None) -> None:
+    """Run `demo-org` in a child process that imports this very `app` package.
+
+    -P with PYTHONPATH set to our source root: a folder named `app` in the cwd
+    must not stand in for ours, and a source checkout without install still works.
+    """
+    command = [sys.executable, "-P", "-m", "app.cli", "demo-org", "--url", url]
+    if data_dir is not None:
+        command += ["--data-dir", str(data_dir)]
+    root = str(Path(__file__).resolve().parent.parent)
+    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    code = subprocess.run(command, stdin=subprocess.DEVNULL,
+                          env={**os.environ, "PYTHONPATH": path}).returncode
+    if code != 0:
+        sys.exit(code)  # the child said why, in one line
 
 
 @main.command()
@@ -161,34 +242,57 @@ def _ensure_demo_org(port: int) -> None:
 @click.option("--threads", default=8, show_default=True, type=int)
 def serve(host, port, data_dir, workers, threads):
     """Run the HTTP service (with its own emulator when no Datastore is configured)."""
-    emulator = None
-    if not _datastore_configured():
-        emulator = _start_embedded_emulator(data_dir)
-    try:
-        _ensure_demo_org(port)
-        click.echo(f"Serving on http://{host}:{port}", err=True)
+    # SIGTERM ends us like Ctrl-C does, so the embedded emulator is stopped; gunicorn
+    # installs its own handlers later, which exit the same way.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with contextlib.ExitStack() as stack:
+        embedded = not _datastore_configured()
+        if embedded:
+            stack.enter_context(_embedded_emulator(data_dir.resolve()))
+        url = _base_url(host, port)
+        _ensure_demo_org(url, data_dir if embedded else None)
+        click.echo(f"Serving on {url}", err=True)
         _gunicorn(host, port, workers, threads)
+
+
+def _base_url(host: str, port: int) -> str:
+    """Where a local client reaches the service (a wildcard bind is not an address)."""
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+@contextlib.contextmanager
+def _embedded_emulator(data_dir: Path):
+    """Google's legacy emulator, data in data_dir, for as long as `serve` runs.
+
+    Gunicorn workers are forks of this process and unwind through here when they
+    exit; only the process that started the emulator removes its address file.
+    """
+    if _recorded_host(data_dir):
+        raise click.ClickException(f"another `metering serve` is using {data_dir}")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    emulator = Emulator("legacy", data_dir=data_dir / "datastore",
+                        log_path=str(data_dir / "emulator.log"))
+    owner = os.getpid()
+    try:
+        _start(emulator)
+        os.environ["DATASTORE_EMULATOR_HOST"] = emulator.host
+        (data_dir / ADDRESS_FILE).write_text(emulator.host)
+        click.echo(f"Started Google's Datastore emulator at {emulator.host} "
+                   f"(data in {data_dir / 'datastore'})", err=True)
+        yield emulator
     finally:
-        if emulator is not None:
+        if os.getpid() == owner:
             (data_dir / ADDRESS_FILE).unlink(missing_ok=True)
             emulator.stop()
 
 
-def _start_embedded_emulator(data_dir: Path) -> Emulator:
-    data_dir = data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+def _start(emulator: Emulator) -> None:
     try:
-        emulator = Emulator("legacy", data_dir=data_dir / "datastore",
-                            log_path=str(data_dir / "emulator.log")).start()
+        emulator.start()
     except EmulatorError as exc:
         raise click.ClickException(str(exc)) from None
-    os.environ["DATASTORE_EMULATOR_HOST"] = emulator.host
-    (data_dir / ADDRESS_FILE).write_text(emulator.host)
-    click.echo(f"Started Google's Datastore emulator at {emulator.host} "
-               f"(data in {data_dir / 'datastore'})", err=True)
-    # SIGTERM ends us like Ctrl-C does, so `finally` stops the emulator.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    return emulator
 
 
 def _gunicorn(host: str, port: int, workers: int, threads: int) -> None:
@@ -201,6 +305,10 @@ def _gunicorn(host: str, port: int, workers: int, threads: int) -> None:
             self.cfg.set("threads", threads)
             self.cfg.set("worker_class", "gthread")
             self.cfg.set("accesslog", None)
+            # Gunicorn 27's control socket is one path per user: a second `serve`
+            # (or a test run beside a dev server) would take it over.
+            if "control_socket_disable" in self.cfg.settings:
+                self.cfg.set("control_socket_disable", True)
 
         def load(self):
             from app import create_app

@@ -16,42 +16,50 @@ def org_context(ndb_context, org):
         yield context
 
 
-class HookedMeter(Meter):
-    """A meter that records the order in which the mixin calls its hooks."""
+@pytest.fixture
+def hooked_meter_class():
+    """A Meter subclass recording its hook calls; kind `meter` maps back to Meter after."""
 
-    calls: list
+    class HookedMeter(Meter):
+        """A meter that records the order in which the mixin calls its hooks."""
 
-    def _record(self, name):
-        type(self).calls.append(name)
+        calls: list
 
-    def defaults(self):
-        self._record("defaults")
-        super().defaults()
+        def _record(self, name):
+            type(self).calls.append(name)
 
-    def validate(self):
-        self._record("validate")
-        return super().validate()
+        def defaults(self):
+            self._record("defaults")
+            super().defaults()
 
-    def before_create(self):
-        self._record("before_create")
+        def validate(self):
+            self._record("validate")
+            return super().validate()
 
-    def after_create(self):
-        self._record("after_create")
+        def before_create(self):
+            self._record("before_create")
 
-    def before_update(self):
-        self._record("before_update")
+        def after_create(self):
+            self._record("after_create")
 
-    def after_update(self):
-        self._record("after_update")
+        def before_update(self):
+            self._record("before_update")
 
-    def before_delete(self):
-        self._record("before_delete")
+        def after_update(self):
+            self._record("after_update")
 
-    def after_delete(self):
-        self._record("after_delete")
+        def before_delete(self):
+            self._record("before_delete")
+
+        def after_delete(self):
+            self._record("after_delete")
+
+    yield HookedMeter
+    ndb.Model._kind_map[Meter.KIND] = Meter
 
 
-def test_the_mixin_runs_defaults_validation_and_hooks_in_order(org_context):
+def test_the_mixin_runs_defaults_validation_and_hooks_in_order(org_context, hooked_meter_class):
+    HookedMeter = hooked_meter_class
     HookedMeter.calls = []
     meter = HookedMeter(parent=root_key(), name="n", event_name="e").create()
     meter.name = "renamed"

@@ -1,0 +1,158 @@
+"""The `metering` console script, run as a user runs it: as child processes.
+
+`serve` without a configured Datastore starts Google's legacy emulator itself
+(data on disk, stopped with it); with DATASTORE_EMULATOR_HOST it uses that one,
+here the session's separately started emulator (kind from METERING_TEST_EMULATOR),
+which the admin commands reach too.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from app.emulator import free_port
+from tests.support.http import Api
+from tests.support.processes import (Processes, cli_env, curl_example, http_ok, mentioning,
+                                     run_cli, run_cli_all, send_curl, wait_until)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def procs(tmp_path):
+    running = Processes(tmp_path)
+    yield running
+    running.cleanup()
+
+
+def _serve(procs: Processes, data_dir: Path, env: dict, name: str):
+    """Start `metering serve` on a free port and wait until it answers."""
+    port = free_port()
+    child = procs.start(["serve", "--port", str(port), "--data-dir", str(data_dir)], env, name)
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: http_ok(f"{url}/healthz"), 45, f"{name} serving", child)
+    # The master forks workers: it must never have loaded gRPC (demo org in a child).
+    grpc_loaded = "cygrpc" in Path(f"/proc/{child.pid}/maps").read_text()
+    assert not grpc_loaded, "the serve master loaded gRPC before forking workers"
+    return child, url
+
+
+def _stop(child, sig: int, data_dir: Path) -> None:
+    """Stop serve like a user would, and check it left no emulator behind."""
+    if sig == signal.SIGINT:
+        child.signal_group(sig)  # Ctrl-C reaches the terminal's whole foreground group
+    else:
+        child.process.send_signal(sig)
+    assert child.wait(30) == 0, child.stderr()
+    assert mentioning(str(data_dir)) == []  # no orphan Java process, not even exiting
+    assert not (data_dir / "emulator-host").exists()
+    assert "Traceback" not in child.stderr() and "fork" not in child.stderr().lower()
+
+
+def _bearer(curl_argv: list[str]) -> str:
+    header = next(a for a in curl_argv if a.startswith("Authorization:"))
+    return header.split("Bearer ", 1)[1]
+
+
+def _assert_one_line_error(result, says: str) -> None:
+    assert result.returncode != 0, result
+    assert result.stdout == "", result
+    assert "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("Error: ") and says in result.stderr, result.stderr
+
+
+def test_serve_runs_its_own_emulator_and_keeps_data_across_restarts(procs, tmp_path):
+    data_dir, env = tmp_path / "data", cli_env()
+
+    first, url = _serve(procs, data_dir, env, "first")
+    assert "Started Google's Datastore emulator" in first.stderr()
+    assert "Created demo org 'demo'" in first.stdout()
+    curl = curl_example(first.stdout())
+    created = send_curl(curl)
+    assert created.status_code == 201, created.text
+    _stop(first, signal.SIGTERM, data_dir)
+
+    second, url = _serve(procs, data_dir, env, "second")
+    assert "Demo org 'demo' exists" in second.stdout() and "API key" not in second.stdout()
+    demo = Api(url, _bearer(curl))
+    meters = demo.get("/v1/billing/meters")
+    assert [m["id"] for m in meters.json()["meters"]] == [created.json()["id"]]
+    listed = run_cli("keys", "list", "demo", "--data-dir", str(data_dir), env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert len(json.loads(listed.stdout)) == 1  # the demo org was not created again
+
+    # Workers that exit (here: a graceful reload) must not take the emulator along.
+    second.process.send_signal(signal.SIGHUP)
+    wait_until(lambda: second.stderr().count("Booting worker") >= 4, 30, "reload", second)
+    wait_until(lambda: "Worker exiting" in second.stderr(), 30, "old workers gone", second)
+    assert (data_dir / "emulator-host").exists()
+    assert demo.get("/v1/billing/meters").status_code == 200
+    _stop(second, signal.SIGINT, data_dir)
+
+    gone = run_cli("keys", "list", "demo", "--data-dir", str(data_dir), env=env)
+    _assert_one_line_error(gone, "no Datastore configured")
+
+
+def test_serve_says_what_to_install_when_the_emulator_is_missing(tmp_path):
+    empty_sdk = tmp_path / "sdk"
+    empty_sdk.mkdir()
+    env = cli_env(CLOUDSDK_ROOT_DIR=str(empty_sdk), PATH=str(Path(sys.executable).parent))
+    data_dir = tmp_path / "data"
+    result = run_cli("serve", "--port", str(free_port()), "--data-dir", str(data_dir), env=env)
+    _assert_one_line_error(result, "install the Google Cloud CLI")
+    assert mentioning(str(data_dir)) == []
+
+
+def _json(result):
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_org_and_key_commands_reach_the_configured_emulator(emulator, procs, tmp_path):
+    env = cli_env(DATASTORE_EMULATOR_HOST=emulator.host)
+    unused = tmp_path / "unused"
+    server, url = _serve(procs, unused, env, "serve")
+    assert "Started Google's" not in server.stderr() and not unused.exists()
+    assert "Created demo org 'demo'" in server.stdout()
+
+    name = f"acme-{uuid.uuid4().hex[:8]}"
+    first = _json(run_cli("orgs", "create", name, env=env))
+    assert first["name"] == first["namespace"] == name and first["apiKey"].startswith("mk_")
+    Api(url, first["apiKey"]).create_meter()
+    second = _json(run_cli("keys", "create", name, env=env))
+    assert second["apiKey"] != first["apiKey"]
+    prefixes = {k["prefix"]: k["revoked"] for k in _json(run_cli("keys", "list", name, env=env))}
+    assert prefixes == {first["keyPrefix"]: False, second["keyPrefix"]: False}
+
+    revoked = _json(run_cli("keys", "revoke", name, first["keyPrefix"], env=env))
+    assert revoked == {"org": name, "revoked": 1}
+    assert Api(url, first["apiKey"]).get("/v1/billing/meters").status_code == 401
+    assert Api(url, second["apiKey"]).get("/v1/billing/meters").status_code == 200
+    prefixes = {k["prefix"]: k["revoked"] for k in _json(run_cli("keys", "list", name, env=env))}
+    assert prefixes == {first["keyPrefix"]: True, second["keyPrefix"]: False}
+
+
+def test_org_and_key_commands_fail_in_one_line(emulator):
+    env = cli_env(DATASTORE_EMULATOR_HOST=emulator.host)
+    name = f"acme-{uuid.uuid4().hex[:8]}"
+    prefix = _json(run_cli("orgs", "create", name, env=env))["keyPrefix"]
+    nowhere = cli_env(DATASTORE_EMULATOR_HOST=f"127.0.0.1:{free_port()}")
+    cases = [
+        (["orgs", "create", name], env, "already exists"),
+        (["orgs", "create", "Bad_Name"], env, "lower-case letters"),
+        (["keys", "create", "no-such-org"], env, "not found"),
+        (["keys", "revoke", "no-such-org", prefix], env, "not found"),
+        (["keys", "revoke", name, "mk_short"], env, "first 12 characters"),
+        (["keys", "revoke", name, "mk_notakey00"], env, "no active key"),
+        (["keys", "list", name], nowhere, "no Datastore emulator answers"),
+    ]
+    results = run_cli_all([(args, case_env) for args, case_env, _ in cases])
+    for (_, _, says), result in zip(cases, results):
+        _assert_one_line_error(result, says)

@@ -9,15 +9,18 @@ service's envelope:
     {"error": {"type": "api-error", "message": "...", "code": "...", "param": "..."}}
 
 `code` and `param` are omitted when empty. A batch with several bad events adds
-`errors`: one entry per problem, each with its own `param`.
+`errors`: one entry per problem, each with its own `param`. Flask's own errors
+say what was wrong (the method and path of a 404 or 405, the limit of a 413);
+a 405 carries the `Allow` header. A body whose declared length is over the
+limit is refused with 413 before authentication or routing reads anything.
 """
 
 from __future__ import annotations
 
 import logging
 
-from flask import jsonify
-from werkzeug.exceptions import HTTPException
+from flask import current_app, jsonify, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +86,37 @@ class Unavailable(ApiError):
     code = "unavailable"
 
 
-_HTTP_MESSAGES = {
-    400: ("malformed request", "invalid_request"),
-    404: ("no such endpoint", "not_found"),
-    405: ("method not allowed on this endpoint", "method_not_allowed"),
-    413: ("request body too large", "payload_too_large"),
-    415: ("request body must be JSON", "unsupported_media_type"),
+_HTTP_CODES = {
+    400: "invalid_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
 }
+
+
+def _http_message(exc: HTTPException) -> str:
+    """A message that says what was wrong with this request, not just the status."""
+    method, path = request.method, request.path
+    if exc.code == 404:
+        return f"no such endpoint: {method} {path}"
+    if exc.code == 405:
+        allowed = _allowed(exc)
+        return (f"method {method} is not allowed on {path}"
+                + (f"; allowed: {', '.join(allowed)}" if allowed else ""))
+    if exc.code == 413:
+        limit = current_app.config.get("MAX_CONTENT_LENGTH")
+        return ("request body too large" +
+                (f": at most {limit} bytes are accepted" if limit is not None else ""))
+    if exc.code == 400:
+        return "malformed request"
+    if exc.code == 415:
+        return "request body must be JSON"
+    return exc.description or exc.name
+
+
+def _allowed(exc: HTTPException) -> list[str]:
+    return sorted(getattr(exc, "valid_methods", None) or [])
 
 
 def _render(error: ApiError, status: int):
@@ -99,11 +126,26 @@ def _render(error: ApiError, status: int):
 
 
 def _from_http_exception(exc: HTTPException):
-    message, code = _HTTP_MESSAGES.get(exc.code or 500, (exc.description or exc.name, "http_error"))
-    response = _render(ApiError(message, code=code), exc.code or 500)
-    if exc.code == 405 and getattr(exc, "valid_methods", None):
-        response.headers["Allow"] = ", ".join(exc.valid_methods)
+    status = exc.code or 500
+    response = _render(ApiError(_http_message(exc), code=_HTTP_CODES.get(status, "http_error")),
+                       status)
+    if status == 405 and _allowed(exc):
+        response.headers["Allow"] = ", ".join(_allowed(exc))
     return response
+
+
+def _refuse_oversized_body() -> None:
+    """413 before anything else for a body whose declared length is over the limit.
+
+    Endpoints that read no body would otherwise accept any size, and the caller
+    would learn nothing until a body-reading endpoint refused it. Streamed
+    (chunked) bodies have no declared length; `app.api.requests` limits those as
+    it reads them.
+    """
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    length = request.content_length
+    if limit is not None and length is not None and length > limit:
+        raise RequestEntityTooLarge()
 
 
 def _from_unexpected(exc: Exception):
@@ -126,3 +168,4 @@ def init_app(app) -> None:
         app.register_error_handler(transient, _from_datastore)
     app.register_error_handler(HTTPException, _from_http_exception)
     app.register_error_handler(Exception, _from_unexpected)
+    app.before_request(_refuse_oversized_body)

@@ -65,7 +65,7 @@ def _float(text: str):
 
 
 def _constant(name: str):
-    raise ValueError(f"{name} is not a JSON value")
+    return _Unusable(f"is {name}, which is not a JSON value")
 
 
 def _printable(name: str) -> str:
@@ -159,7 +159,8 @@ def json_body() -> dict:
             f"request body nests objects and arrays more than {MAX_DEPTH} levels deep",
             code="invalid_json") from None
     except ValueError as exc:
-        raise ValidationFailed(f"request body is not valid JSON: {exc}", code="invalid_json") from None
+        raise ValidationFailed(f"request body is not valid JSON: {exc}",
+                               code="invalid_json") from None
     if not isinstance(body, dict):
         raise ValidationFailed("request body must be a JSON object, not "
                                + _json_type(body), code="invalid_json")

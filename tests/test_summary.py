@@ -92,7 +92,7 @@ def test_bounds_with_offsets_are_read_in_their_zone(api):
 
 @pytest.mark.parametrize("params, status, param", [
     ({}, 400, "meterId"),
-    ({"meterId": "nope"}, 404, "id"),
+    ({"meterId": "nope"}, 404, "meterId"),
     ({"periodStart": "2026-02-30"}, 400, "periodStart"),
     ({"periodEnd": "soon"}, 400, "periodEnd"),
     ({"periodStart": "2026-11-10", "periodEnd": "2026-11-01"}, 400, "periodEnd"),

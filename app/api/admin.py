@@ -3,8 +3,9 @@
 from flask import Blueprint
 
 from app import tenancy
-from app.api.requests import json_body
+from app.api.requests import body
 from app.schemas import format_time
+from app.schemas.admin import OrgCreate
 from app.services import orgs
 
 blueprint = Blueprint("admin", __name__, url_prefix="/v1/admin")
@@ -19,7 +20,7 @@ def issued_json(issued: orgs.IssuedKey) -> dict:
 @blueprint.post("/orgs")
 def create_org():
     """Create an org and its first API key (shown once)."""
-    return issued_json(orgs.create_org(json_body().get("name"))), 201
+    return issued_json(orgs.create_org(body(OrgCreate())["name"])), 201
 
 
 @blueprint.get("/orgs/<name>/keys")

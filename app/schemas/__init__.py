@@ -29,7 +29,8 @@ def _flatten(messages, path: str = "", depth_in_dict: int = 0) -> list[dict]:
         return found
     found = []
     for key, sub in messages.items():
-        if key == "_schema" or (depth_in_dict == 2 and key in ("key", "value")):
+        if key == "_schema" or (depth_in_dict == 2 and key in ("key", "value")) or (
+                depth_in_dict == 1 and key == ""):
             sub_path = path
         elif isinstance(key, int):
             sub_path = f"{path}[{key}]"

@@ -5,7 +5,8 @@ from __future__ import annotations
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from app.schemas import format_time
-from app.schemas.fields import Int64, JsonObject, PeriodBound, Rfc3339, identifier
+from app.schemas.fields import (Int64, JsonObject, PeriodBound, Rfc3339, fits_index,
+                                identifier, indexed_string)
 
 MAX_DIMENSION_VALUE = 200
 
@@ -15,10 +16,10 @@ class EventIn(Schema):
 
     meterId = fields.String(validate=validate.Length(min=1, max=200))
     eventName = identifier()
-    userId = fields.String(required=True, validate=validate.Length(min=1, max=500))
+    userId = indexed_string(500, required=True)
     value = Int64()
     timestamp = Rfc3339()
-    idempotency = fields.String(validate=validate.Length(max=500))
+    idempotency = fields.String(validate=[validate.Length(max=500), fits_index])
     dimensions = fields.Dict(
         keys=fields.String(validate=validate.Length(min=1, max=64)),
         values=fields.String(validate=validate.Length(max=MAX_DIMENSION_VALUE)),
@@ -50,7 +51,7 @@ class SummaryQuery(Schema):
     """Query string of GET /v1/billing/meter-events/summary."""
 
     meterId = fields.String(required=True, validate=validate.Length(min=1, max=200))
-    userId = fields.String(validate=validate.Length(min=1, max=500))
+    userId = indexed_string(500)
     periodStart = PeriodBound()
     periodEnd = PeriodBound(end_of_day=True)
 

@@ -8,6 +8,7 @@ from datetime import date, datetime, timedelta, timezone
 
 from marshmallow import ValidationError, fields, validate
 
+OUT_OF_RANGE = "is outside the years 1 to 9999 in UTC"
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 IDENTIFIER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]*$")
 
@@ -55,7 +56,10 @@ class PeriodBound(fields.Field):
             except ValueError:
                 raise ValidationError("is not a valid date") from None
             start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
-            return start + timedelta(days=1) if self.end_of_day else start
+            try:
+                return start + timedelta(days=1) if self.end_of_day else start
+            except OverflowError:
+                raise ValidationError(OUT_OF_RANGE) from None
         return parse_rfc3339(value)
 
 
@@ -69,10 +73,25 @@ def parse_rfc3339(value) -> datetime:
         digits = re.match(r"\d+", rest).group(0)
         text = f"{main}.{digits[:6].ljust(6, '0')}{rest[len(digits):]}"
     try:
-        parsed = datetime.fromisoformat(text)
+        return datetime.fromisoformat(text).astimezone(timezone.utc)
     except ValueError:
         raise ValidationError("is not a valid timestamp") from None
-    return parsed.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValidationError(OUT_OF_RANGE) from None
+
+
+INDEXED_BYTES = 1500
+
+
+def indexed_string(max_length: int, **kwargs) -> fields.String:
+    """A string stored in an indexed property: Datastore caps those at 1500 UTF-8 bytes."""
+    return fields.String(validate=[validate.Length(min=1, max=max_length), fits_index],
+                         **kwargs)
+
+
+def fits_index(value: str) -> None:
+    if len(value.encode("utf-8")) > INDEXED_BYTES:
+        raise ValidationError(f"may take at most {INDEXED_BYTES} bytes as UTF-8")
 
 
 def identifier(max_length: int = 100, **kwargs) -> fields.String:

@@ -8,6 +8,10 @@ name exactly one commits; the other sees the first and answers 409.
 
 from __future__ import annotations
 
+import base64
+import binascii
+
+from google.api_core.exceptions import BadRequest, InvalidArgument
 from google.cloud import ndb
 
 from app.errors import Conflict, NotFound, ValidationFailed
@@ -58,13 +62,18 @@ def find_by_event_name(event_name: str) -> Meter | None:
 
 def list_meters(limit: int, cursor: str | None) -> tuple[list[Meter], str | None]:
     """One page of the org's meters, oldest first, and the cursor of the next page."""
-    start = None
-    if cursor:
-        try:
-            start = ndb.Cursor(urlsafe=cursor)
-        except Exception:
-            raise ValidationFailed("cursor is not valid", param="cursor") from None
+    start = _decode_cursor(cursor) if cursor is not None else None
     return _page(Meter.query(ancestor=root_key()), limit, start)
+
+
+def _decode_cursor(cursor: str) -> ndb.Cursor:
+    try:
+        raw = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if not raw:
+        raise ValidationFailed("cursor is not valid", param="cursor")
+    return ndb.Cursor(cursor=raw)
 
 
 def _page(query: ndb.Query, limit: int, start) -> tuple[list, str | None]:
@@ -78,8 +87,9 @@ def _page(query: ndb.Query, limit: int, start) -> tuple[list, str | None]:
                 return page, cursor
             page.append(item)
             cursor = iterator.cursor_after().urlsafe().decode()
-    except Exception as exc:  # a cursor from elsewhere fails in the Datastore itself
-        if start is not None and "cursor" in str(exc).lower():
+    except (InvalidArgument, BadRequest):
+        # A cursor that decodes but was not made by this query fails in the Datastore.
+        if start is not None:
             raise ValidationFailed("cursor is not valid", param="cursor") from None
         raise
     return page, None

@@ -85,7 +85,9 @@ def create_org(name: str) -> IssuedKey:
 
 def get_org(name: str) -> Org:
     """The org of that name; 404 if there is none."""
-    entity = Namespace.key_for(validate_org_name(name)).get()
+    if not isinstance(name, str) or not ORG_NAME.match(name):
+        raise NotFound(f"org {name!r} not found", param="org")
+    entity = Namespace.key_for(name).get()
     if entity is None or entity.deleted:
         raise NotFound(f"org {name!r} not found", param="org")
     return _org_of(entity)
@@ -107,7 +109,7 @@ def revoke_key(org_name: str, prefix: str) -> int:
     if not isinstance(prefix, str) or len(prefix) < PREFIX_LENGTH:
         raise ValidationFailed(f"the key prefix must be its first {PREFIX_LENGTH} characters",
                                param="prefix")
-    matches = ApiKey.query(ApiKey.org == org.name, ApiKey.prefix == prefix[:PREFIX_LENGTH],
+    matches = ApiKey.query(ApiKey.org == org.name, ApiKey.prefix == prefix,
                            namespace=ids.REGISTRY_NAMESPACE).fetch()
     matches = [k for k in matches if not k.revoked]
     if not matches:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from app.errors import NotFound
 from app.models import Meter, MeterEvent, root_key
 from app.services.meters import get_meter
 
@@ -60,6 +61,9 @@ def aggregate(aggregation: str, events) -> tuple[int, int]:
 def summarize(meter_id: str, user_id: str | None, start: datetime | None,
               end: datetime | None) -> Summary:
     """Usage of a meter (all users, or one) in a period."""
-    meter = get_meter(meter_id)
+    try:
+        meter = get_meter(meter_id)
+    except NotFound as exc:
+        raise NotFound(exc.message, param="meterId", code=exc.code) from None
     value, count = aggregate(meter.aggregation_type, _events(meter, user_id, start, end))
     return Summary(meter, user_id, value, count, start, end)

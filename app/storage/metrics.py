@@ -1,0 +1,99 @@
+"""Counting Datastore work: RPCs, entities read and entities written, per request.
+
+`instrument(client)` wraps the NDB client's gRPC transport once, so every call,
+NDB's own and ours, is counted into the current `Usage` (a context variable that
+the app resets per request and reports in the `X-Datastore-Usage` header).
+"""
+
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass
+
+
+@dataclass
+class Usage:
+    """Datastore work of one request."""
+
+    rpcs: int = 0
+    entities_read: int = 0
+    entities_written: int = 0
+
+    def header(self) -> str:
+        return f"rpcs={self.rpcs}; read={self.entities_read}; written={self.entities_written}"
+
+
+_current: contextvars.ContextVar[Usage | None] = contextvars.ContextVar("datastore_usage",
+                                                                       default=None)
+
+
+def start() -> Usage:
+    """Begin counting for the current request."""
+    usage = Usage()
+    _current.set(usage)
+    return usage
+
+
+def current() -> Usage | None:
+    return _current.get()
+
+
+def _count(usage: Usage | None, rpc_name: str, request, response) -> None:
+    if usage is None:
+        return
+    usage.rpcs += 1
+    if response is None:
+        return
+    if rpc_name == "lookup":
+        usage.entities_read += len(response.found)
+    elif rpc_name == "run_query":
+        usage.entities_read += len(response.batch.entity_results)
+    elif rpc_name == "commit":
+        usage.entities_written += len(request.mutations)
+
+
+class _CountingMethod:
+    """A gRPC method that counts its calls (blocking and `.future` alike)."""
+
+    def __init__(self, name: str, method):
+        self._name, self._method = name, method
+
+    def __call__(self, request, *args, **kwargs):
+        usage = _current.get()
+        try:
+            response = self._method(request, *args, **kwargs)
+        except Exception:
+            _count(usage, self._name, request, None)
+            raise
+        _count(usage, self._name, request, response)
+        return response
+
+    def future(self, request, *args, **kwargs):
+        # The callback runs on a gRPC thread: take the request's Usage now.
+        usage = _current.get()
+        call = self._method.future(request, *args, **kwargs)
+        call.add_done_callback(lambda done: _count(
+            usage, self._name, request, done.result() if done.exception() is None else None))
+        return call
+
+
+class _CountingTransport:
+    """The NDB client's transport, with its RPC methods counted."""
+
+    _METHODS = ("lookup", "run_query", "run_aggregation_query", "begin_transaction",
+                "commit", "rollback", "allocate_ids", "reserve_ids")
+
+    def __init__(self, transport):
+        self._transport = transport
+        self._methods = {name: _CountingMethod(name, getattr(transport, name))
+                         for name in self._METHODS if hasattr(transport, name)}
+
+    def __getattr__(self, name):
+        method = self._methods.get(name)
+        return method if method is not None else getattr(self._transport, name)
+
+
+def instrument(client) -> None:
+    """Count every RPC the NDB client makes from now on."""
+    if not isinstance(client.stub, _CountingTransport):
+        client.stub = _CountingTransport(client.stub)

@@ -1,0 +1,100 @@
+"""Raw Datastore RPCs through the current NDB context's client.
+
+Requests are raw (upb) protobufs; each call fills in the project and database of
+the NDB client, wraps the request for the transport without copying, and turns
+gRPC errors into `google.api_core` exceptions, as NDB does.
+"""
+
+from __future__ import annotations
+
+import grpc
+from google.api_core import exceptions as core_exceptions
+from google.cloud import ndb
+from google.cloud.datastore_v1.types import datastore as ds
+
+CommitRequest = ds.CommitRequest.pb()
+LookupRequest = ds.LookupRequest.pb()
+RunQueryRequest = ds.RunQueryRequest.pb()
+BeginTransactionRequest = ds.BeginTransactionRequest.pb()
+RollbackRequest = ds.RollbackRequest.pb()
+Mutation = ds.Mutation.pb()
+
+_WRAPPERS = {"commit": ds.CommitRequest, "lookup": ds.LookupRequest,
+             "run_query": ds.RunQueryRequest, "begin_transaction": ds.BeginTransactionRequest,
+             "rollback": ds.RollbackRequest}
+TIMEOUT = 60.0
+
+
+def _call(name: str, request):
+    client = ndb.get_context().client
+    request.project_id = client.project
+    if client.database:
+        request.database_id = client.database
+    params = f"project_id={client.project}"
+    if client.database:
+        params += f"&database_id={client.database}"
+    method = getattr(client.stub, name)
+    try:
+        response = method(_WRAPPERS[name].wrap(request), timeout=TIMEOUT,
+                          metadata=(("x-goog-request-params", params),))
+    except grpc.RpcError as error:
+        raise core_exceptions.from_grpc_error(error) from None
+    return type(response).pb(response)
+
+
+def begin_transaction() -> bytes:
+    """Start a read-write transaction; its id."""
+    return _call("begin_transaction", BeginTransactionRequest()).transaction
+
+
+def rollback(transaction: bytes) -> None:
+    """Abandon a transaction (best effort)."""
+    try:
+        _call("rollback", RollbackRequest(transaction=transaction))
+    except core_exceptions.GoogleAPICallError:
+        pass
+
+
+def commit(mutations: list, transaction: bytes | None = None):
+    """Commit mutations atomically: in `transaction`, or in a single-use transaction."""
+    request = CommitRequest(mode=CommitRequest.TRANSACTIONAL)
+    if transaction is not None:
+        request.transaction = transaction
+    else:
+        request.single_use_transaction.read_write.SetInParent()
+    request.mutations.extend(mutations)
+    return _call("commit", request)
+
+
+def lookup(keys: list, transaction: bytes | None = None) -> dict[bytes, object]:
+    """Entities found for `keys`, by serialized key; follows `deferred` keys."""
+    found: dict[bytes, object] = {}
+    pending = list(keys)
+    while pending:
+        request = LookupRequest()
+        request.keys.extend(pending)
+        if transaction is not None:
+            request.read_options.transaction = transaction
+        response = _call("lookup", request)
+        for result in response.found:
+            found[result.entity.key.SerializeToString()] = result.entity
+        pending = list(response.deferred)
+    return found
+
+
+def run_query(query, namespace: str | None, transaction: bytes | None = None):
+    """Every entity a query yields, following its cursors."""
+    while True:
+        request = RunQueryRequest()
+        request.query.CopyFrom(query)
+        if namespace:
+            request.partition_id.namespace_id = namespace
+        request.partition_id.project_id = ndb.get_context().client.project
+        if transaction is not None:
+            request.read_options.transaction = transaction
+        batch = _call("run_query", request).batch
+        for result in batch.entity_results:
+            yield result.entity
+        if batch.more_results != batch.NOT_FINISHED or not batch.entity_results:
+            return
+        query.start_cursor = batch.end_cursor

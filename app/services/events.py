@@ -6,48 +6,31 @@ timestamp inside the allowed window. One bad event rejects the batch.
 
 Exactly once comes from the keys, not from a query. An event with an
 idempotency key gets a key id derived from (meter id, idempotency key), so every
-retry and every racing request addresses the same entity. The whole batch is
-written in one transaction that first looks its keys up: a key that exists is a
-`duplicate` (same payload) or a `conflict` (different payload) and is not
-written again. Two racing transactions on one key cannot both commit; the loser
-is retried by NDB, sees the winner's event and answers `duplicate` with its id.
-Events without a key get a random 63-bit id, checked the same way.
+retry and every racing request addresses the same entity; `app.services.ingest`
+then stores the batch and its rollups in one commit that cannot store any key
+twice.
 """
 
 from __future__ import annotations
 
 import hashlib
-import secrets
-from dataclasses import dataclass
 from datetime import datetime
 
 from google.cloud import ndb
 
 from app.errors import ValidationFailed
-from app.models import Meter, MeterEvent, root_key, utcnow
+from app.models import Meter, utcnow
 from app.models import ids
+from app.services import ingest
 from app.services import meters as meter_service
 
 MAX_ID = (1 << 63) - 1
-TRANSACTION_RETRIES = 10
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What happened to one event of a batch."""
-
-    id: str
-    status: str  # created | duplicate | conflict
 
 
 def idempotent_id(meter_id: str, idempotency: str) -> int:
     """The key id every copy of one (meter, idempotency key) event shares."""
     digest = hashlib.sha256(f"{meter_id}\x00{idempotency}".encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") & MAX_ID or 1
-
-
-def _random_id() -> int:
-    return secrets.randbelow(MAX_ID) + 1
 
 
 # -- validation ------------------------------------------------------------------
@@ -126,78 +109,24 @@ def _check_batch(events: list[dict], now: datetime, config) -> list[Meter]:
 
 # -- writing -----------------------------------------------------------------------
 
-@dataclass
-class _Draft:
-    event: dict
-    meter: Meter
-    timestamp: datetime
-    key_id: int | None  # fixed for idempotent events; random ones are drawn per try
-
-    def entity(self, key_id: int) -> MeterEvent:
-        return MeterEvent(
-            key=ndb.Key(MeterEvent.KIND, key_id, parent=root_key()),
-            meter_id=self.meter.id_,
-            user_id=self.event["userId"],
-            value=self.event.get("value", 1),
-            timestamp=self.timestamp,
-            idempotency=self.event.get("idempotency", ""),
-            dimensions=dict(self.event.get("dimensions", {})),
-            metadata=dict(self.event.get("metadata", {})),
-        )
-
-    def same_payload(self, stored: MeterEvent) -> bool:
-        given = self.event.get("timestamp")
-        return (stored.meter_id == self.meter.id_
-                and stored.user_id == self.event["userId"]
-                and stored.value == self.event.get("value", 1)
-                and dict(stored.dimensions) == dict(self.event.get("dimensions", {}))
-                and (given is None or stored.timestamp == given))
-
-
-def _drafts(events: list[dict], meters: list[Meter], now: datetime) -> list[_Draft]:
+def _drafts(events: list[dict], meters: list[Meter], now: datetime) -> list[ingest.Draft]:
     drafts = []
     for event, meter in zip(events, meters):
         key_id = (idempotent_id(meter.id_, event["idempotency"])
                   if event.get("idempotency") else None)
-        drafts.append(_Draft(event, meter, event.get("timestamp") or now, key_id))
+        drafts.append(ingest.Draft(
+            meter=meter, user_id=event["userId"], value=event.get("value", 1),
+            timestamp=event.get("timestamp") or now,
+            timestamp_given=event.get("timestamp") is not None,
+            idempotency=event.get("idempotency", ""),
+            dimensions=dict(event.get("dimensions", {})),
+            metadata=dict(event.get("metadata", {})), key_id=key_id))
     return drafts
 
 
-def _write(drafts: list[_Draft]) -> list[Outcome]:
-    """One transaction: look every key up, store the new events, report the rest."""
-    key_ids = [d.key_id or _random_id() for d in drafts]
-    for _attempt in range(5):
-        keys = [ndb.Key(MeterEvent.KIND, k, parent=root_key()) for k in key_ids]
-        stored = ndb.get_multi(keys, use_cache=False)
-        collided = [i for i, (d, s) in enumerate(zip(drafts, stored))
-                    if s is not None and d.key_id is None]
-        if not collided:
-            break
-        for i in collided:  # a random id that is taken: draw another
-            key_ids[i] = _random_id()
-    else:
-        raise RuntimeError("could not draw free event ids")
-    outcomes: list[Outcome | None] = [None] * len(drafts)
-    fresh: dict[int, tuple[_Draft, MeterEvent]] = {}
-    for i, (draft, found) in enumerate(zip(drafts, stored)):
-        earlier = fresh.get(key_ids[i])
-        if found is None and earlier is None:
-            entity = draft.entity(key_ids[i])
-            fresh[key_ids[i]] = (draft, entity)
-            continue
-        first = found if found is not None else earlier[1]
-        status = "duplicate" if draft.same_payload(first) else "conflict"
-        outcomes[i] = Outcome(ids.encode_key(first.key), status)
-    ndb.put_multi([entity for _draft, entity in fresh.values()])
-    for i in range(len(drafts)):
-        if outcomes[i] is None:
-            outcomes[i] = Outcome(fresh[key_ids[i]][1].id_, "created")
-    return outcomes
-
-
-def record_events(events: list[dict], config) -> list[Outcome]:
+def record_events(events: list[dict], config) -> list[ingest.Outcome]:
     """Validate a whole batch, then store it exactly once; one outcome per event."""
     now = utcnow()
     meters = _check_batch(events, now, config)
-    drafts = _drafts(events, meters, now)
-    return ndb.transaction(lambda: _write(drafts), retries=TRANSACTION_RETRIES)
+    code = ids.namespace_code(ndb.get_context().get_namespace())
+    return ingest.store(_drafts(events, meters, now), now, code)

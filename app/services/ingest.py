@@ -1,0 +1,250 @@
+"""Storing a validated batch exactly once, with its rollups, in one commit.
+
+Every event's key is fixed before the commit (derived from its idempotency key,
+or random), and the batch's events and rollup updates commit together or not at
+all. Two paths:
+
+- Fast path (Firestore in Datastore mode, no `last` meter in the batch): one
+  Commit RPC in a single-use transaction, events as `insert` mutations and
+  rollups as blind increments. No read at all. If any event already exists the
+  insert fails, nothing is written, and the batch takes the careful path.
+- Careful path: a transaction that looks the events up (and the rollups it must
+  merge by hand), answers existing ones `duplicate` or `conflict`, and commits
+  only the new events and their rollup changes. Aborted transactions (lock
+  contention) are retried with jittered backoff.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from google.api_core import exceptions as core_exceptions
+from google.cloud import ndb
+
+from app.services import capabilities
+from app.services.windows import Cell
+from app.storage import entities, rollups, rpc
+
+MAX_ID = (1 << 63) - 1
+ATTEMPTS = 12
+
+
+@dataclass
+class Draft:
+    """One validated event, ready to be stored."""
+
+    meter: object  # models.Meter
+    user_id: str
+    value: int
+    timestamp: datetime
+    timestamp_given: bool
+    idempotency: str
+    dimensions: dict
+    metadata: dict
+    key_id: int | None = None  # set for idempotent events; random ones are drawn per try
+
+    def same_payload(self, stored) -> bool:
+        props = stored.properties
+        return (props["MeterId"].string_value == self.meter.id_
+                and props["UserId"].string_value == self.user_id
+                and props["Value"].integer_value == self.value
+                and entities.read_shadow(stored, "Dimensions_", dict) == self.dimensions
+                and (not self.timestamp_given
+                     or entities.get_time(stored, "Timestamp") == self.timestamp))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    id: str
+    status: str  # created | duplicate | conflict
+
+
+@dataclass
+class _Plan:
+    """The keys of one attempt and which drafts it creates."""
+
+    key_ids: list[int]
+    creates: list[int] = field(default_factory=list)  # draft indexes, first of their key
+    outcomes: dict[int, Outcome] = field(default_factory=dict)
+
+
+def _random_id() -> int:
+    return random.SystemRandom().randrange(1, MAX_ID)
+
+
+def _public_id(key_id: int, namespace_code: int) -> str:
+    from app.models import ids
+    return ids.encode_numbers(ids.KIND_CODES["meter-event"], key_id,
+                              ids.KIND_CODES["synckey"], 1, namespace_code)
+
+
+def _plan(drafts: list[Draft]) -> _Plan:
+    plan = _Plan([d.key_id or _random_id() for d in drafts])
+    first_of: dict[int, int] = {}
+    for index, key_id in enumerate(plan.key_ids):
+        if key_id in first_of:
+            continue
+        first_of[key_id] = index
+        plan.creates.append(index)
+    return plan
+
+
+def _in_batch_outcomes(drafts, plan, code, stored_first=None) -> None:
+    """Outcomes of drafts repeating a key that an earlier draft of the batch holds."""
+    first_of = {plan.key_ids[i]: i for i in plan.creates}
+    for index, key_id in enumerate(plan.key_ids):
+        first = first_of[key_id]
+        if index == first or index in plan.outcomes:
+            continue
+        same = _same_draft(drafts[first], drafts[index])
+        plan.outcomes[index] = Outcome(_public_id(key_id, code),
+                                       "duplicate" if same else "conflict")
+
+
+def _same_draft(a: Draft, b: Draft) -> bool:
+    return (a.meter.id_, a.user_id, a.value, a.dimensions) == (
+        b.meter.id_, b.user_id, b.value, b.dimensions) and (
+        not b.timestamp_given or a.timestamp == b.timestamp)
+
+
+def _event_mutations(drafts, plan, indexes, code, now) -> list:
+    mutations = []
+    for index in indexes:
+        draft = drafts[index]
+        key_id = plan.key_ids[index]
+        entity = entities.event_entity(
+            key_pb=entities.key("meter-event", key_id), public_id=_public_id(key_id, code),
+            meter_id=draft.meter.id_, user_id=draft.user_id, value=draft.value,
+            timestamp=draft.timestamp, idempotency=draft.idempotency,
+            dimensions=draft.dimensions, metadata=draft.metadata, now=now)
+        mutations.append(rpc.Mutation(insert=entity))
+    return mutations
+
+
+def rank(timestamp: datetime, created: datetime, key_id: int) -> tuple:
+    """The order of events for `last`: latest timestamp, then recorded last, then key."""
+    return (entities.micros(timestamp), entities.micros(created), key_id)
+
+
+def _cells(drafts, plan, indexes, now) -> dict[tuple, dict[int, Cell]]:
+    """(meter, series, day) -> slot -> Cell of the created drafts."""
+    grouped: dict[tuple, dict[int, Cell]] = {}
+    for index in indexes:
+        draft = drafts[index]
+        series = rollups.series_of(draft.user_id, draft.dimensions)
+        day, slot = rollups.day_and_slot(draft.timestamp)
+        cells = grouped.setdefault((draft.meter.key.id(), draft.meter.id_, series, day), {})
+        cell = cells.setdefault(slot, Cell())
+        cell.add_event(draft.value, rank(draft.timestamp, now, plan.key_ids[index]))
+    return grouped
+
+
+def _needs_merge(meter) -> bool:
+    return meter.aggregation_type == "last" or not capabilities.transforms()
+
+
+def _rollup_mutations(grouped, stored: dict, merge_meters: set) -> list:
+    """Increments where the server can add; merged replacements where we read first."""
+    mutations = []
+    for (meter_key_id, meter_id, series, day), cells in grouped.items():
+        key_pb = rollups.key(meter_key_id, series, day)
+        found = stored.get(key_pb.SerializeToString())
+        if meter_key_id not in merge_meters:
+            mutations.append(rollups.increments(key_pb, meter_id, series, day, cells))
+            continue
+        merged = rollups.decode(found)[2] if found is not None else {}
+        for slot, cell in cells.items():
+            merged.setdefault(slot, Cell()).merge(cell)
+        mutations.append(rollups.replacement(key_pb, meter_id, series, day, merged))
+    return mutations
+
+
+def _fast_path(drafts, plan, code, now) -> list[Outcome] | None:
+    grouped = _cells(drafts, plan, plan.creates, now)
+    mutations = _event_mutations(drafts, plan, plan.creates, code, now)
+    mutations += _rollup_mutations(grouped, {}, set())
+    try:
+        rpc.commit(mutations)
+    except core_exceptions.AlreadyExists:
+        return None
+    _in_batch_outcomes(drafts, plan, code)
+    return _finish(drafts, plan, code)
+
+
+def _finish(drafts, plan, code) -> list[Outcome]:
+    for index in plan.creates:
+        plan.outcomes.setdefault(index, Outcome(_public_id(plan.key_ids[index], code),
+                                                "created"))
+    return [plan.outcomes[i] for i in range(len(drafts))]
+
+
+def _careful_attempt(drafts, plan, code, now) -> list[Outcome] | None:
+    transaction = rpc.begin_transaction()
+    try:
+        event_keys = [entities.key("meter-event", plan.key_ids[i]) for i in plan.creates]
+        merge_meters = {d.meter.key.id() for d in drafts if _needs_merge(d.meter)}
+        candidate = _cells(drafts, plan, plan.creates, now)
+        rollup_keys = [rollups.key(m, s, d) for (m, _, s, d) in candidate if m in merge_meters]
+        stored = rpc.lookup(event_keys + rollup_keys, transaction)
+        if _redraw_collisions(drafts, plan, event_keys, stored):
+            rpc.rollback(transaction)
+            return None
+        _resolve_existing(drafts, plan, event_keys, stored, code)
+        creates = [i for i in plan.creates if i not in plan.outcomes]
+        _in_batch_outcomes(drafts, plan, code)
+        mutations = _event_mutations(drafts, plan, creates, code, now)
+        mutations += _rollup_mutations(_cells(drafts, plan, creates, now), stored, merge_meters)
+        rpc.commit(mutations, transaction)
+    except BaseException:
+        rpc.rollback(transaction)
+        raise
+    plan.creates = creates
+    return _finish(drafts, plan, code)
+
+
+def _redraw_collisions(drafts, plan, event_keys, stored) -> bool:
+    """Give random-id drafts whose id is taken a new id; whether any was."""
+    collided = False
+    for index, key_pb in zip(plan.creates, event_keys):
+        if drafts[index].key_id is None and key_pb.SerializeToString() in stored:
+            plan.key_ids[index] = _random_id()
+            collided = True
+    return collided
+
+
+def _resolve_existing(drafts, plan, event_keys, stored, code) -> None:
+    for index, key_pb in zip(plan.creates, event_keys):
+        found = stored.get(key_pb.SerializeToString())
+        if found is not None:
+            status = "duplicate" if drafts[index].same_payload(found) else "conflict"
+            plan.outcomes[index] = Outcome(_public_id(plan.key_ids[index], code), status)
+
+
+def _careful_path(drafts, plan, code, now) -> list[Outcome]:
+    for attempt in range(ATTEMPTS):
+        try:
+            result = _careful_attempt(drafts, plan, code, now)
+            if result is not None:
+                return result
+            plan.outcomes.clear()
+        except core_exceptions.Aborted:
+            plan.outcomes.clear()
+            time.sleep(min(2.0, 0.05 * 2 ** attempt) * random.uniform(0.5, 1.5))
+    raise core_exceptions.Aborted("the batch kept colliding with concurrent writes")
+
+
+def store(drafts: list[Draft], now: datetime, namespace_code: int) -> list[Outcome]:
+    """Store a batch exactly once; one outcome per draft, in order."""
+    plan = _plan(drafts)
+    if not any(_needs_merge(d.meter) for d in drafts):
+        try:
+            outcomes = _fast_path(drafts, plan, namespace_code, now)
+        except core_exceptions.Aborted:
+            outcomes = None
+        if outcomes is not None:
+            return outcomes
+        plan = _plan(drafts)
+    return _careful_path(drafts, plan, namespace_code, now)

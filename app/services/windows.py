@@ -1,0 +1,318 @@
+"""Summary answers from pre-aggregated usage cells: pure computation, no Datastore, no Flask.
+
+A *cell* holds the mergeable statistics (count, sum, min, max, latest value) of one *series*
+(a userId plus one combination of dimension values) within one 15-minute UTC slot. A summary
+merges the cells of its period into (window, group) buckets, so its cost grows with
+series x slots rather than with events, and every answer is exact (Python ints).
+
+Windows are local clock hours, days or months of the request's time zone, clipped to the
+period. Every UTC offset in use today is a multiple of 15 minutes, so every local boundary
+is a slot boundary and no slot straddles two windows; we check this and raise ValueError
+when it fails (e.g. local mean time before 1900). An hour window is one local clock hour at
+one UTC offset: the hour repeated at a fall-back is two windows (one per offset), and Lord
+Howe's 30-minute shifts give 30-minute windows.
+
+A missing dimension reads as "" everywhere (filters, groupBy, unique_count), so
+unique_count(X) always equals the number of groups of a groupBy X.
+
+Caveat for callers: Python compares and subtracts two datetimes *with the same tzinfo* by
+wall clock, ignoring fold; convert window bounds to UTC before comparing or subtracting.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Iterable
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+SLOT = timedelta(minutes=15)
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+USER_ID = "userId"
+AGGREGATIONS = frozenset({"sum", "count", "last", "min", "max", "avg", "unique_count"})
+WINDOW_SIZES = (None, "hour", "day", "month")
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _pick(a, b, choose):
+    """min/max that treats None as 'no value yet'."""
+    return b if a is None else a if b is None else choose(a, b)
+
+
+@dataclass
+class Cell:
+    """Mergeable statistics of some events; merge is exact, associative and commutative."""
+
+    count: int = 0
+    sum: int = 0
+    min: int | None = None
+    max: int | None = None
+    last_rank: tuple | None = None  # (timestamp_micros, created_micros, key_id): larger = later
+    last_value: int | None = None
+
+    def add_event(self, value: int, rank: tuple) -> None:
+        self.merge(Cell(1, value, value, value, rank, value))
+
+    def merge(self, other: Cell) -> None:
+        self.count += other.count
+        self.sum += other.sum
+        self.min = _pick(self.min, other.min, min)
+        self.max = _pick(self.max, other.max, max)
+        # Equal ranks (one event seen twice) keep the larger value, so order never matters.
+        if other.last_rank is not None and (
+                self.last_rank is None
+                or (other.last_rank, other.last_value) > (self.last_rank, self.last_value)):
+            self.last_rank, self.last_value = other.last_rank, other.last_value
+
+
+@dataclass(frozen=True)
+class Series:
+    user_id: str
+    dimensions: tuple[tuple[str, str], ...] = ()  # sorted (name, value) pairs
+
+    def value_of(self, name: str) -> str:
+        """userId or a dimension's value; a missing dimension reads as "" (one rule for all).
+
+        userId cannot be a dimension name (the meter schema refuses it), so no ambiguity.
+        """
+        if name == USER_ID:
+            return self.user_id
+        return dict(self.dimensions).get(name, "")
+
+
+@dataclass(frozen=True)
+class SummaryRequest:
+    aggregation: str                     # sum | count | last | min | max | avg | unique_count
+    unique_by: str | None                # unique_count only: "userId" or a dimension name
+    period_start: datetime               # aware, inclusive
+    period_end: datetime                 # aware, exclusive
+    window_size: str | None = None       # None | "hour" | "day" | "month"
+    time_zone: str = "UTC"               # IANA name
+    group_by: tuple[str, ...] = ()
+    filters: dict[str, frozenset[str]] = field(default_factory=dict)
+
+    def __post_init__(self):
+        """Refuse a malformed request here, so the computation never has to guess."""
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"unknown aggregation {self.aggregation!r}")
+        if (self.aggregation == "unique_count") != (self.unique_by is not None):
+            raise ValueError("unique_by is required by unique_count and refused otherwise")
+        if self.window_size not in WINDOW_SIZES:
+            raise ValueError(f"unknown window size {self.window_size!r}")
+        if self.period_start.utcoffset() is None or self.period_end.utcoffset() is None:
+            raise ValueError("period bounds must be timezone-aware")
+        if self.period_end < self.period_start:
+            raise ValueError("period_end is before period_start")
+        if len(set(self.group_by)) != len(self.group_by):
+            raise ValueError("group_by names a field twice")
+        self.zone  # noqa: B018 - fail now on an unknown zone
+
+    @property
+    def zone(self) -> ZoneInfo:
+        try:
+            return ZoneInfo(self.time_zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {self.time_zone!r}") from None
+
+
+@dataclass(frozen=True)
+class Window:
+    window_start: datetime  # in the request's zone; compare after .astimezone(timezone.utc)
+    window_end: datetime
+    value: int | float | None
+    event_count: int
+    group_by: dict[str, str]
+
+
+@dataclass(frozen=True)
+class SummaryResult:
+    value: int | float | None
+    event_count: int
+    windows: list[Window]
+
+
+def slot_of(ts: datetime) -> datetime:
+    """Start (UTC) of the 15-minute slot holding an aware instant: where its cell lives."""
+    if ts.utcoffset() is None:
+        raise ValueError("slot_of needs an aware datetime")
+    return EPOCH + (ts - EPOCH) // SLOT * SLOT
+
+
+# --- windows -------------------------------------------------------------------------------
+
+def _local(instant: datetime, zone: ZoneInfo) -> datetime:
+    """The instant on the zone's clock, refusing offsets that would split a slot."""
+    local = instant.astimezone(zone)
+    if local.utcoffset() % SLOT:
+        raise ValueError(f"{zone.key} is at UTC{local:%z} on {local:%Y-%m-%d}, not a multiple "
+                         "of 15 minutes, so its windows do not fall on slot boundaries")
+    return local
+
+
+def _window_key(instant: datetime, zone: ZoneInfo, size: str) -> tuple:
+    """Which window an instant is in. Hours carry the offset, so a repeated hour is two windows."""
+    local = _local(instant, zone)
+    if size == "month":
+        return local.year, local.month
+    if size == "day":
+        return local.year, local.month, local.day
+    return local.year, local.month, local.day, local.hour, local.utcoffset()
+
+
+def _next_wall(local: datetime, size: str) -> datetime:
+    """Naive wall-clock start of the next local hour, day or month."""
+    if size == "month":
+        return datetime(local.year + local.month // 12, local.month % 12 + 1, 1)
+    day = datetime(local.year, local.month, local.day)
+    return day + (timedelta(days=1) if size == "day" else timedelta(hours=local.hour + 1))
+
+
+def _boundary_guess(start: datetime, zone: ZoneInfo, size: str, key: tuple) -> datetime:
+    """The next local boundary as a UTC instant: an upper bound of where the window ends.
+
+    A wall time in a gap or a repeat maps to two instants (fold 0/1); the earliest one past
+    `start` that is already in another window is right (fold 0 of a skipped midnight is the
+    end of the gap, fold 1 of a twice-lived hour is its second pass).
+    """
+    wall = _next_wall(_local(start, zone), size)
+    candidates = [wall.replace(tzinfo=zone, fold=fold).astimezone(timezone.utc)
+                  for fold in (1,)]
+    later = [c for c in candidates if c > start and _window_key(c, zone, size) != key]
+    if not later:
+        raise ValueError(f"cannot place the {size} boundary after {start} in {zone.key}")
+    return min(later)
+
+
+def _require_slot(instant: datetime, zone: ZoneInfo) -> None:
+    if (instant - EPOCH) % SLOT:
+        raise ValueError(f"a window boundary of {zone.key} at {instant} is not on a "
+                         "15-minute slot boundary")
+
+
+def _next_boundary(start: datetime, zone: ZoneInfo, size: str) -> datetime:
+    """Where the window holding `start` ends: the first slot in another window.
+
+    The wall-clock guess is exact except near clock changes, where the window can end
+    earlier (an offset change inside a local hour, a gap swallowing the local boundary).
+    Window keys are constant within a slot, so a binary search over slots finds the change.
+    """
+    key = _window_key(start, zone, size)
+    low, high = slot_of(start), _boundary_guess(start, zone, size, key)
+    _require_slot(high, zone)
+    while high - low > SLOT:
+        middle = low + (high - low) // SLOT // 2 * SLOT
+        low, high = (middle, high) if _window_key(middle, zone, size) == key else (low, middle)
+    if _window_key(high - _MICROSECOND, zone, size) != key:  # the change was inside a slot
+        raise ValueError(f"{zone.key} changes its clock off a 15-minute slot boundary "
+                         f"near {high}")
+    return high
+
+
+def _utc_bounds(request: SummaryRequest) -> list[tuple[datetime, datetime]]:
+    start = request.period_start.astimezone(timezone.utc)
+    end = request.period_end.astimezone(timezone.utc)
+    if request.window_size is None:
+        return [(start, end)]
+    bounds = []
+    while start < end:
+        stop = min(_next_boundary(start, request.zone, request.window_size), end)
+        bounds.append((start, stop))
+        start = stop
+    return bounds
+
+
+def window_bounds(request: SummaryRequest) -> list[tuple[datetime, datetime]]:
+    """[start, end) of every window of the period, clipped to it, in the request's zone.
+
+    Without a window size the whole period is the one window (what groups span).
+    """
+    zone = request.zone
+    return [(s.astimezone(zone), e.astimezone(zone)) for s, e in _utc_bounds(request)]
+
+
+# --- aggregation ---------------------------------------------------------------------------
+
+@dataclass
+class _Bucket:
+    """One (window, group): merged statistics plus distinct unique_by values seen."""
+
+    cell: Cell = field(default_factory=Cell)
+    uniques: set = field(default_factory=set)
+
+    def add(self, cell: Cell, unique: str | None) -> None:
+        self.cell.merge(cell)
+        if unique is not None:
+            self.uniques.add(unique)
+
+    def value(self, aggregation: str) -> int | float | None:
+        """The aggregation's answer; no events gives 0 for sum/count/unique_count, else None."""
+        cell = self.cell
+        if aggregation == "unique_count":
+            return len(self.uniques)
+        if aggregation == "avg":
+            return cell.sum / cell.count if cell.count else None  # int / int: correctly rounded
+        return {"sum": cell.sum, "count": cell.count, "last": cell.last_value,
+                "min": cell.min, "max": cell.max}[aggregation]
+
+
+def _profile(request: SummaryRequest, series: Series) -> tuple[tuple, str | None] | None:
+    """(group values, unique_by value) of a series, or None when a filter excludes it."""
+    for name, allowed in request.filters.items():
+        if series.value_of(name) not in allowed:
+            return None
+    group = tuple(series.value_of(name) for name in request.group_by)
+    return group, series.value_of(request.unique_by) if request.unique_by else None
+
+
+def _window_index(starts: list[datetime], first_slot: datetime, end: datetime,
+                  slot: datetime) -> int:
+    """Index of the window holding a slot; an unaligned period's edge slots join its edges."""
+    if not first_slot <= slot < end:
+        raise ValueError(f"cell slot {slot} is outside the period")
+    return max(bisect_right(starts, slot) - 1, 0)
+
+
+def _windows(request: SummaryRequest, bounds, buckets: dict) -> list[Window]:
+    """Dense windows without groupBy (a chart has no gaps); with groupBy only (window, group)
+    pairs that have events. Ordered by window start, then group values."""
+    if request.window_size is None and not request.group_by:
+        return []
+    keys = sorted(buckets) if request.group_by else [(i, ()) for i in range(len(bounds))]
+    zone, empty = request.zone, _Bucket()
+    windows = []
+    for index, group in keys:
+        bucket = buckets.get((index, group), empty)
+        start, end = bounds[index]
+        windows.append(Window(start.astimezone(zone), end.astimezone(zone),
+                              bucket.value(request.aggregation), bucket.cell.count,
+                              dict(zip(request.group_by, group))))
+    return windows
+
+
+def summarize_cells(request: SummaryRequest,
+                    cells: Iterable[tuple[Series, datetime, Cell]]) -> SummaryResult:
+    """The summary of the period from its cells, given as (series, slot_start_utc, cell).
+
+    One (series, slot) may come several times (shards, raw edge events as single-event
+    cells); cells merge exactly, so every copy simply adds in. Cells without events are
+    ignored, so a series with no events never counts towards unique_count or a group.
+    """
+    bounds = _utc_bounds(request)
+    starts = [start for start, _ in bounds]
+    first_slot, end = slot_of(request.period_start), request.period_end
+    profiles: dict[Series, tuple | None] = {}
+    buckets: dict[tuple[int, tuple], _Bucket] = {}
+    total = _Bucket()
+    for series, slot, cell in cells:
+        if series not in profiles:
+            profiles[series] = _profile(request, series)
+        profile = profiles[series]
+        if profile is None or cell.count == 0:
+            continue
+        group, unique = profile
+        index = _window_index(starts, first_slot, end, slot)
+        buckets.setdefault((index, group), _Bucket()).add(cell, unique)
+        total.add(cell, unique)
+    return SummaryResult(total.value(request.aggregation), total.cell.count,
+                         _windows(request, bounds, buckets))

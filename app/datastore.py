@@ -1,8 +1,9 @@
 """The NDB client of the app, and the per-request NDB context.
 
 `init_app` creates one `ndb.Client` per app (pointed at the emulator when
-`Config.emulator_host` is set) and opens an NDB context for every request in the
-default namespace. `use_namespace` switches the rest of the request to an org's
+`Config.emulator_host` is set), counts its RPCs, and opens an NDB context for
+every request in the default namespace. Every answer reports the request's
+Datastore work in `X-Datastore-Usage: rpcs=N; read=N; written=N`. `use_namespace` switches the rest of the request to an org's
 namespace; `app.tenancy` calls it once, after authenticating the caller, and
 nothing else passes namespaces around.
 """
@@ -15,6 +16,8 @@ import os
 from flask import current_app, g
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import ndb
+
+from app.storage import metrics
 
 
 def make_client(config) -> ndb.Client:
@@ -32,6 +35,7 @@ def client() -> ndb.Client:
 
 
 def _open_context() -> None:
+    metrics.start()
     stack = contextlib.ExitStack()
     g.ndb_stack = stack
     stack.enter_context(client().context())
@@ -43,6 +47,13 @@ def _close_context(_exc=None) -> None:
         stack.close()
 
 
+def _report_usage(response):
+    usage = metrics.current()
+    if usage is not None:
+        response.headers["X-Datastore-Usage"] = usage.header()
+    return response
+
+
 def use_namespace(namespace: str) -> None:
     """Run the rest of this request in `namespace`."""
     context = ndb.get_context().new(namespace=namespace)
@@ -51,6 +62,9 @@ def use_namespace(namespace: str) -> None:
 
 def init_app(app) -> None:
     """Create the app's NDB client and open a context around every request."""
-    app.extensions["ndb"] = make_client(app.config["METERING"])
+    client = make_client(app.config["METERING"])
+    metrics.instrument(client)
+    app.extensions["ndb"] = client
     app.before_request(_open_context)
+    app.after_request(_report_usage)
     app.teardown_request(_close_context)

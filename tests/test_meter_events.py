@@ -173,3 +173,16 @@ def test_racing_overlapping_batches_store_each_event_once(api, meter):
     created = sum(o["status"] == "created" for a in answers for o in a.json()["events"])
     assert created == 30
     assert api.summary(meterId=meter["id"])["eventCount"] == 30
+
+
+def test_each_answer_reports_its_datastore_work(api, meter, emulator_kind):
+    api.record(_bad(meter["id"]))  # the process's first batch also probes the Datastore once
+    events = [_bad(meter["id"], userId="u1", idempotency=f"w{i}") for i in range(100)]
+    answer = api.post("/v1/billing/meter-events", json={"events": events})
+    usage = dict(part.split("=") for part in answer.headers["X-Datastore-Usage"].split("; "))
+    # 100 events of one user in one slot: 100 event inserts and one rollup update.
+    assert int(usage["written"]) == 101
+    if emulator_kind == "firestore":
+        assert int(usage["read"]) <= 3  # the key, the org and the meter; no event is read
+    else:  # no server-side increments: the transaction reads events and rollup first
+        assert int(usage["read"]) <= 3 + 101

@@ -177,7 +177,7 @@ def _boundary_guess(start: datetime, zone: ZoneInfo, size: str, key: tuple) -> d
     """
     wall = _next_wall(_local(start, zone), size)
     candidates = [wall.replace(tzinfo=zone, fold=fold).astimezone(timezone.utc)
-                  for fold in (1,)]
+                  for fold in (0, 1)]
     later = [c for c in candidates if c > start and _window_key(c, zone, size) != key]
     if not later:
         raise ValueError(f"cannot place the {size} boundary after {start} in {zone.key}")
@@ -308,7 +308,7 @@ def summarize_cells(request: SummaryRequest,
         if series not in profiles:
             profiles[series] = _profile(request, series)
         profile = profiles[series]
-        if profile is None or cell.count == 0:
+        if profile is None:
             continue
         group, unique = profile
         index = _window_index(starts, first_slot, end, slot)

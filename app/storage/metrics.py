@@ -44,8 +44,8 @@ def _count(usage: Usage | None, rpc_name: str, request, response) -> None:
     usage.rpcs += 1
     if response is None:
         return
-    if rpc_name == "lookup":
-        usage.entities_read += len(response.found)
+    if rpc_name == "lookup":  # billed per key asked for, found or not
+        usage.entities_read += len(request.keys)
     elif rpc_name == "run_query":
         usage.entities_read += len(response.batch.entity_results)
     elif rpc_name == "commit":

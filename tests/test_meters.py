@@ -141,3 +141,25 @@ def test_archive_refuses_new_events_and_keeps_history(api):
     assert api.delete(f"/v1/billing/meters/{meter['id']}").status_code == 200
     assert api.post("/v1/billing/meters",
                     json={"name": "New", "eventName": meter["eventName"]}).status_code == 201
+
+
+@pytest.mark.parametrize("aggregation", ["min", "max", "avg"])
+def test_newer_aggregations_are_accepted(api, aggregation):
+    assert api.create_meter(aggregationType=aggregation)["aggregationType"] == aggregation
+
+
+def test_unique_count_meters_name_what_they_count(api):
+    by_user = api.create_meter(eventName="active_users", aggregationType="unique_count",
+                               uniqueBy="userId")
+    assert by_user["uniqueBy"] == "userId"
+    by_model = api.create_meter(eventName="models", aggregationType="unique_count",
+                                dimensions=["model"], uniqueBy="model")
+    assert by_model["uniqueBy"] == "model"
+    for body, param in [({"aggregationType": "unique_count"}, "uniqueBy"),
+                        ({"aggregationType": "unique_count", "uniqueBy": "region"}, "uniqueBy"),
+                        ({"aggregationType": "sum", "uniqueBy": "userId"}, "uniqueBy")]:
+        answer = api.post("/v1/billing/meters", json={"name": "x", "eventName": "x", **body})
+        assert answer.status_code == 400, body
+        assert error_of(answer)["param"] == param
+    changed = api.patch(f"/v1/billing/meters/{by_user['id']}", json={"aggregationType": "sum"})
+    assert changed.status_code == 200 and "uniqueBy" not in changed.json()

@@ -123,3 +123,10 @@ def test_events_written_by_the_go_side_are_counted(api, raw, org):
         raw.put(entity)
     summary = api.summary(meterId=meter["id"], userId="u1")
     assert (summary["value"], summary["eventCount"]) == (18, 3)
+
+
+def test_unique_count_meters_add_one_unindexed_property(api, raw):
+    api.create_meter(aggregationType="unique_count", uniqueBy="userId")
+    entity = _only(raw, "meter")
+    _assert_shape(entity, {**METER, "UniqueBy": (str, False)})
+    assert entity["UniqueBy"] == "userId"

@@ -71,6 +71,15 @@ class JsonShadowProperty(ndb.TextProperty):
         return value
 
 
+class OptionalProperty(ndb.TextProperty):
+    """An unindexed string stored only when set, so the original kinds keep their shape."""
+
+    def _to_datastore(self, entity, data, prefix="", repeated=False):
+        if self._get_user_value(entity) is None:
+            return set()
+        return super()._to_datastore(entity, data, prefix=prefix, repeated=repeated)
+
+
 class Model(ndb.Model):
     """Base of every model: the mixin's properties, hooks and helpers."""
 

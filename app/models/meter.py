@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from google.cloud import ndb
 
-from app.models.base import JsonShadowProperty, Model
+from app.models.base import JsonShadowProperty, Model, OptionalProperty
 
-AGGREGATION_TYPES = ("sum", "count", "last")
+AGGREGATION_TYPES = ("sum", "count", "last", "min", "max", "avg", "unique_count")
 DEFAULT_AGGREGATION = "sum"
 DEFAULT_CURRENCY = "usd"
 
@@ -22,6 +22,9 @@ class Meter(Model):
     currency = ndb.StringProperty("Currency")
     dimensions = JsonShadowProperty("Dimensions_", empty=list)
     metadata = JsonShadowProperty("Metadata_", empty=dict)
+    #: unique_count meters only: "userId" or a declared dimension whose distinct values count.
+    #: Stored only when set: the Go side never sees it on the kinds it knows.
+    unique_by = OptionalProperty("UniqueBy")
 
     def defaults(self) -> None:
         self.aggregation_type = (self.aggregation_type or DEFAULT_AGGREGATION).lower()
@@ -36,7 +39,20 @@ class Meter(Model):
         if self.aggregation_type not in AGGREGATION_TYPES:
             problems.append(("aggregationType",
                              f"aggregationType must be one of {', '.join(AGGREGATION_TYPES)}"))
+        problems += self._unique_by_problems()
         return problems
+
+    def _unique_by_problems(self) -> list[tuple[str, str]]:
+        if self.aggregation_type != "unique_count":
+            if self.unique_by is not None:
+                return [("uniqueBy", "uniqueBy applies to unique_count meters only")]
+            return []
+        if self.unique_by is None:
+            return [("uniqueBy", "unique_count meters need uniqueBy: userId or a dimension")]
+        if self.unique_by != "userId" and self.unique_by not in self.dimensions:
+            return [("uniqueBy", f"uniqueBy must be userId or a declared dimension, "
+                                 f"not {self.unique_by!r}")]
+        return []
 
     @property
     def archived(self) -> bool:

@@ -45,6 +45,7 @@ class MeterCreate(_DimensionNames, Schema):
     currency = _Lower(validate=validate.Regexp(r"^[a-z]{3}$", error="must be a 3-letter ISO code"))
     dimensions = _dimensions()
     metadata = JsonObject()
+    uniqueBy = identifier(max_length=64)
 
     @post_load
     def _defaults(self, data, **_):
@@ -63,6 +64,7 @@ class MeterUpdate(_DimensionNames, Schema):
     aggregationType = _aggregation()
     dimensions = _dimensions()
     metadata = JsonObject()
+    uniqueBy = identifier(max_length=64)
 
 
 class ListQuery(Schema):
@@ -82,6 +84,7 @@ def meter_json(meter) -> dict:
         "currency": meter.currency,
         "dimensions": list(meter.dimensions),
         "metadata": dict(meter.metadata),
+        **({"uniqueBy": meter.unique_by} if meter.unique_by else {}),
         "status": "archived" if meter.deleted else "active",
         "createdAt": format_time(meter.created_at),
         "updatedAt": format_time(meter.updated_at),

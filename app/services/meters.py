@@ -17,9 +17,10 @@ from google.cloud import ndb
 from app.errors import Conflict, NotFound, ValidationFailed
 from app.models import Meter, MeterEvent, root_key
 
-LOCKED_ONCE_USED = ("eventName", "aggregationType", "dimensions")
+LOCKED_ONCE_USED = ("eventName", "aggregationType", "dimensions", "uniqueBy")
 _FIELDS = {"name": "name", "eventName": "event_name", "aggregationType": "aggregation_type",
-           "currency": "currency", "dimensions": "dimensions", "metadata": "metadata"}
+           "currency": "currency", "dimensions": "dimensions", "metadata": "metadata",
+           "uniqueBy": "unique_by"}
 
 
 def _active_with_event_name(event_name: str) -> Meter | None:
@@ -119,6 +120,8 @@ def update_meter(public_id: str, changes: dict) -> Meter:
                 raise _taken(new_name)
         for name, value in changes.items():
             setattr(meter, _FIELDS[name], value)
+        if meter.aggregation_type != "unique_count" and "uniqueBy" not in changes:
+            meter.unique_by = None
         return meter.update()
 
     return update()

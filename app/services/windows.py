@@ -78,7 +78,7 @@ class Series:
         """
         if name == USER_ID:
             return self.user_id
-        return dict(self.dimensions).get(name, "")
+        return dict(self.dimensions).get(name, "-")
 
 
 @dataclass(frozen=True)
@@ -308,7 +308,7 @@ def summarize_cells(request: SummaryRequest,
         if series not in profiles:
             profiles[series] = _profile(request, series)
         profile = profiles[series]
-        if profile is None:
+        if profile is None or cell.count == 0:
             continue
         group, unique = profile
         index = _window_index(starts, first_slot, end, slot)

@@ -42,6 +42,9 @@ class Config:
     max_event_age: timedelta = timedelta(days=35)
     #: How far in the future an event timestamp may lie (clock skew allowance).
     max_event_lead: timedelta = timedelta(minutes=5)
+    #: How long recorded events can be cancelled. (Duplicates are recognised for as
+    #: long as the event is stored: its key is derived from the idempotency key.)
+    dedupe_window: timedelta = timedelta(days=35)
     #: Largest request body accepted, in bytes.
     max_body_bytes: int = 1 << 20
     #: Default and largest page size of list endpoints.
@@ -75,6 +78,8 @@ class Config:
                 )
             ),
             max_body_bytes=_env_int(env, "METERING_MAX_BODY_BYTES", cls.max_body_bytes),
+            dedupe_window=timedelta(days=max(35, _env_int(
+                env, "METERING_DEDUPE_WINDOW_DAYS", cls.dedupe_window.days))),
         )
 
     def replace(self, **changes) -> "Config":

@@ -528,7 +528,7 @@ METER_FIELD_CASES = [
     ({"aggregationType": None}, "aggregationType"),
     ({"aggregationType": 1}, "aggregationType"),
     ({"aggregationType": True}, "aggregationType"),
-    ({"aggregationType": "avg"}, "aggregationType"),
+    ({"aggregationType": "average"}, "aggregationType"),
     ({"aggregationType": ""}, "aggregationType"),
     ({"aggregationType": ["sum"]}, "aggregationType"),
     ({"aggregationType": {"type": "sum"}}, "aggregationType"),

@@ -7,6 +7,7 @@ period, an independent route to the same answer.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -21,7 +22,7 @@ from app.services.windows import (Cell, Series, SummaryRequest, slot_of, summari
 
 UTC = timezone.utc
 SLOT = timedelta(minutes=15)
-NEW_YORK, KOLKATA = ZoneInfo("America/New_York"), ZoneInfo("Asia/Kolkata")
+NEW_YORK = ZoneInfo("America/New_York")
 KATHMANDU, LORD_HOWE = ZoneInfo("Asia/Kathmandu"), ZoneInfo("Australia/Lord_Howe")
 
 
@@ -94,16 +95,15 @@ def test_slot_of_floors_to_the_quarter_hour_in_utc():
         slot_of(datetime(2026, 1, 1))
 
 
-cells_st = st.builds(
-    lambda events: _cell_of(events),
-    st.lists(st.tuples(st.integers(-10**20, 10**20), st.integers(0, 3), st.integers(0, 3)),
-             max_size=4))
+events_st = st.lists(st.tuples(st.integers(-10 ** 20, 10 ** 20),
+                               st.tuples(st.integers(0, 2), st.integers(0, 2), st.integers(0, 1))),
+                     max_size=5)
 
 
 def _cell_of(events) -> Cell:
     cell = Cell()
-    for value, ts, created in events:
-        cell.add_event(value, (ts, created, 0))
+    for value, rank in events:
+        cell.add_event(value, rank)
     return cell
 
 
@@ -114,9 +114,15 @@ def _merged(*cells) -> Cell:
     return out
 
 
-@given(cells_st, cells_st, cells_st)
-def test_cell_merge_is_associative_and_commutative(a, b, c):
-    assert _merged(a, b, c) == _merged(c, a, b) == _merged(b, _merged(c, a))
+@given(events_st, events_st, events_st)
+def test_cell_merge_is_exact_associative_and_commutative(a, b, c):
+    merged = _merged(_cell_of(a), _cell_of(b), _cell_of(c))
+    assert merged == _merged(_cell_of(c), _cell_of(a), _cell_of(b))
+    assert merged == _merged(_cell_of(b), _merged(_cell_of(c), _cell_of(a)))
+    values = [value for value, _ in a + b + c]
+    latest = max(((rank, value) for value, rank in a + b + c), default=(None, None))
+    assert merged == Cell(len(values), sum(values), min(values, default=None),
+                          max(values, default=None), *latest)
 
 
 # --- time-zone windows ---------------------------------------------------------------------
@@ -198,6 +204,15 @@ def test_lord_howe_half_hour_shifts_give_half_hour_windows():
     day = window_bounds(request(at(2026, 4, 5, tz=LORD_HOWE), at(2026, 4, 6, tz=LORD_HOWE),
                                 window_size="day", time_zone="Australia/Lord_Howe"))
     assert durations(day) == [timedelta(hours=24, minutes=30)]
+
+
+def test_a_two_hour_fall_back_repeats_two_local_hours():
+    """Troll goes from 03:00 +02 back to 01:00 +00: the next local hour is on its second pass."""
+    bounds = window_bounds(request(at(2026, 10, 24, 23), at(2026, 10, 25, 3), window_size="hour",
+                                   time_zone="Antarctica/Troll"))
+    assert [s.strftime("%H:%M%z") for s, _ in bounds] == ["01:00+0200", "02:00+0200",
+                                                         "01:00+0000", "02:00+0000"]
+    assert durations(bounds) == [timedelta(hours=1)] * 4
 
 
 def test_month_windows_across_a_dst_change():
@@ -399,20 +414,47 @@ def test_a_cell_outside_the_period_is_refused():
 # --- property: cells agree with a brute force over the raw events --------------------------
 
 ZONES = ["UTC", "Asia/Kolkata", "Asia/Kathmandu", "America/New_York", "Australia/Lord_Howe"]
+CLOCK_ZONES = ["America/New_York", "Australia/Lord_Howe", "Antarctica/Troll", "America/Santiago",
+               "Asia/Beirut", "America/Havana", "Pacific/Chatham", "Europe/London"]
 NAMES = ["userId", "region", "tier"]
 VALUES = {"userId": ["u1", "u2", "u3"], "region": ["eu", "us", ""], "tier": ["a", "b"]}
 BASES = [at(2026, 3, 1), at(2026, 9, 25)]   # NY and Lord Howe both change clocks in each
 SPAN_SLOTS = 40 * 96                         # ~40 days of 15-minute slots
 
 
+@functools.cache
+def _clock_changes(zone_name: str, start: datetime, slots: int) -> tuple[int, ...]:
+    """Slot numbers (from start) where the zone's offset changes: hourly scan, then refined."""
+    zone, changes = ZoneInfo(zone_name), []
+
+    def offset(n):
+        return (start + n * SLOT).astimezone(zone).utcoffset()
+
+    for hour in range(0, slots - 4, 4):
+        if offset(hour) != offset(hour + 4):
+            changes.append(next(n for n in range(hour + 1, hour + 5)
+                                if offset(n) != offset(hour)))
+    return tuple(changes)
+
+
+def _anchors(base: datetime) -> list[int]:
+    return sorted({n for zone in ZONES for n in _clock_changes(zone, base, SPAN_SLOTS)})
+
+
+def _near(anchors, spread):
+    return st.sampled_from(anchors).flatmap(lambda n: st.integers(n - spread, n + spread))
+
+
 @st.composite
 def scenarios(draw):
-    """(request, events, cells): events in the period, their cells split over random shards."""
+    """(request, events, cells): events in the period, their cells split over random shards.
+
+    Period bounds and event times lean towards clock changes, where windows are odd."""
     base = draw(st.sampled_from(BASES))
-    first = draw(st.integers(0, SPAN_SLOTS))
-    start = base + first * SLOT
-    end = start + draw(st.integers(0, SPAN_SLOTS - first)) * SLOT
-    events = draw(st.lists(_event_st(base), max_size=30))
+    anchors = _anchors(base)
+    bound = st.one_of(st.integers(0, SPAN_SLOTS), _near(anchors, 8))
+    start, end = sorted(base + draw(bound) * SLOT for _ in range(2))
+    events = draw(st.lists(_event_st(base, anchors), max_size=30))
     events = [Event(*e[:5], key=i) for i, e in enumerate(events) if start <= e[2] < end]
     aggregation = draw(st.sampled_from(sorted({"sum", "count", "last", "min", "max", "avg",
                                                "unique_count"})))
@@ -427,12 +469,13 @@ def scenarios(draw):
     return req, events, draw(st.permutations(_sharded_cells(draw, events)))
 
 
-def _event_st(base):
-    moment = st.one_of(st.integers(0, SPAN_SLOTS * 15 * 60 - 1),
-                       st.sampled_from([0, 3600, 3600 * 26, 86400 * 7 + 899]))  # rank ties
+def _event_st(base, anchors):
+    seconds = st.one_of(st.integers(0, SPAN_SLOTS * 900 - 1),
+                        _near([n * 900 for n in anchors], 3 * 3600),
+                        st.sampled_from([n * 900 for n in anchors]))  # equal timestamps
     return st.tuples(
         st.sampled_from(VALUES["userId"]), st.integers(-1000, 10 ** 18),
-        moment.map(lambda seconds: base + timedelta(seconds=seconds)),
+        seconds.map(lambda n: base + timedelta(seconds=n)),
         st.fixed_dictionaries({}, optional={"region": st.sampled_from(VALUES["region"]),
                                             "tier": st.sampled_from(VALUES["tier"])})
         .map(lambda dims: tuple(sorted(dims.items()))),
@@ -510,3 +553,16 @@ def _plain(result, zone):
 def test_summaries_from_cells_match_a_brute_force_over_events(scenario):
     req, events, cells = scenario
     assert _plain(summarize_cells(req, cells), ZoneInfo(req.time_zone)) == _oracle(req, events)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(CLOCK_ZONES), st.sampled_from(["hour", "day", "month"]), st.data())
+def test_window_bounds_around_clock_changes_match_a_slot_scan(zone, size, data):
+    """More zones than above (2-hour, midnight and 45-minute changes), bounds only."""
+    year = at(2026, 1, 1)
+    anchor = data.draw(st.sampled_from(_clock_changes(zone, year, 365 * 96)))
+    start = year + (anchor - data.draw(st.integers(0, 3 * 96))) * SLOT
+    end = year + (anchor + data.draw(st.integers(0, 3 * 96))) * SLOT
+    req = request(start, end, window_size=size, time_zone=zone)
+    assert [(s.astimezone(UTC), e.astimezone(UTC)) for s, e in window_bounds(req)] == \
+        _oracle_bounds(req)

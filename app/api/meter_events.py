@@ -3,9 +3,10 @@
 from flask import Blueprint, current_app
 
 from app import tenancy
-from app.api.requests import body, query
-from app.schemas.events import SummaryQuery, batch_schema, summary_json
-from app.services import events, summary
+from app.api.requests import body, summary_query
+from app.errors import NotFound
+from app.schemas.events import batch_schema, cancel_schema, summary_json
+from app.services import cancel, events, meters, summary
 
 blueprint = Blueprint("meter_events", __name__, url_prefix="/v1/billing/meter-events")
 blueprint.before_request(tenancy.require_org)
@@ -21,10 +22,35 @@ def record_events():
             "count": len(outcomes)}, 201
 
 
+@blueprint.post("/cancel")
+def cancel_events():
+    """Cancel recorded events: out of every summary, kept for audit."""
+    config = current_app.config["METERING"]
+    targets = body(cancel_schema(config.max_batch_events))["events"]
+    results = cancel.cancel_events(targets, _meters_named(targets), config.dedupe_window)
+    return {"events": [{"id": r.id, "status": r.status} for r in results],
+            "count": len(results)}
+
+
+def _meters_named(targets: list[dict]) -> dict:
+    named = {}
+    for target in targets:
+        if target.get("meterId") and target["meterId"] not in named:
+            try:
+                named[target["meterId"]] = meters.get_meter(target["meterId"])
+            except NotFound:
+                named[target["meterId"]] = None
+        elif target.get("eventName") and target["eventName"] not in named:
+            named[target["eventName"]] = meters.find_by_event_name(target["eventName"])
+    return named
+
+
 @blueprint.get("/summary")
 def get_summary():
-    """Aggregate a meter's usage over a period, for one user or all."""
-    args = query(SummaryQuery())
-    result = summary.summarize(args["meterId"], args.get("userId"), args.get("periodStart"),
-                               args.get("periodEnd"))
+    """Aggregate a meter's usage over a period: for one user or all, by window and group."""
+    args, filters = summary_query()
+    result = summary.summarize(
+        args["meterId"], args.get("userId"), args.get("periodStart"), args.get("periodEnd"),
+        window_size=args.get("windowSize"), time_zone=args.get("timeZone", "UTC"),
+        group_by=tuple(args.get("groupBy", ())), filters=filters)
     return summary_json(result)

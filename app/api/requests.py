@@ -13,6 +13,7 @@ field it was found in (`events[2].userId`) as the error's `param`.
 from __future__ import annotations
 
 import json
+import re
 import math
 
 from flask import request
@@ -185,13 +186,41 @@ def body(schema):
     return load(schema, json_body())
 
 
-def query(schema):
-    """The query string validated by `schema` (repeated and unnamed parameters are refused)."""
+def _query_args(repeatable=lambda name: False) -> dict:
     args = {}
     for name, values in request.args.lists():
         if not name:
             raise ValidationFailed("the query string has a parameter without a name")
-        if len(values) > 1:
+        if repeatable(name):
+            args[name] = values
+        elif len(values) > 1:
             raise ValidationFailed(f"{name} may be given only once", param=name)
-        args[name] = values[0]
-    return load(schema, args)
+        else:
+            args[name] = values[0]
+    return args
+
+
+def query(schema):
+    """The query string validated by `schema` (repeated and unnamed parameters are refused)."""
+    return load(schema, _query_args())
+
+
+_FILTER = re.compile(r"^filter\[([^\[\]]{1,64})\]$")
+
+
+def summary_query() -> tuple[dict, dict[str, frozenset[str]]]:
+    """The summary's query string: its fields, and `filter[NAME]=VALUE` (repeatable)."""
+    from app.schemas.events import SummaryQuery
+
+    filters: dict[str, frozenset[str]] = {}
+    args = {}
+    repeatable = lambda name: name == "groupBy" or name.startswith("filter")  # noqa: E731
+    for name, values in _query_args(repeatable).items():
+        match = _FILTER.match(name) if name.startswith("filter") else None
+        if name.startswith("filter") and match is None:
+            raise ValidationFailed("filters read filter[NAME]=VALUE", param=name)
+        if match is None:
+            args[name] = values
+            continue
+        filters[match.group(1)] = frozenset(values)
+    return load(SummaryQuery(), args), filters

@@ -5,10 +5,11 @@ from __future__ import annotations
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from app.schemas import format_time
-from app.schemas.fields import (Int64, JsonObject, PeriodBound, Rfc3339, fits_index,
-                                identifier, indexed_string)
+from app.schemas.fields import (Int64, JsonObject, PeriodBound, Rfc3339, TimeZone,
+                                fits_index, identifier, indexed_string)
 
 MAX_DIMENSION_VALUE = 200
+WINDOW_SIZES = ("hour", "day", "month")
 
 
 class EventIn(Schema):
@@ -35,6 +36,39 @@ class EventIn(Schema):
             raise ValidationError("give meterId or eventName, not both", "eventName")
 
 
+class CancelTarget(Schema):
+    """One event to cancel: by `id`, or by its meter and idempotency key."""
+
+    id = fields.String(validate=validate.Length(min=1, max=200))
+    meterId = fields.String(validate=validate.Length(min=1, max=200))
+    eventName = identifier()
+    idempotency = fields.String(validate=[validate.Length(min=1, max=500), fits_index])
+
+    @validates_schema
+    def _names_one_event(self, data, **_):
+        if data.get("id"):
+            if set(data) - {"id"}:
+                raise ValidationError("give id alone, or a meter and an idempotency key", "id")
+            return
+        if not data.get("idempotency"):
+            raise ValidationError("id, or idempotency with meterId or eventName, is required",
+                                  "id")
+        if bool(data.get("meterId")) == bool(data.get("eventName")):
+            raise ValidationError("give meterId or eventName with idempotency", "meterId")
+
+
+def cancel_schema(max_events: int) -> Schema:
+    """Body of POST /v1/billing/meter-events/cancel."""
+
+    class Cancel(Schema):
+        events = fields.List(
+            fields.Nested(CancelTarget), required=True,
+            validate=validate.Length(min=1, max=max_events,
+                                     error=f"must hold 1 to {max_events} events"))
+
+    return Cancel()
+
+
 def batch_schema(max_events: int) -> Schema:
     """Body of POST /v1/billing/meter-events, for the configured batch limit."""
 
@@ -48,23 +82,37 @@ def batch_schema(max_events: int) -> Schema:
 
 
 class SummaryQuery(Schema):
-    """Query string of GET /v1/billing/meter-events/summary."""
+    """Query string of GET /v1/billing/meter-events/summary (after `filter[...]` is split off)."""
 
     meterId = fields.String(required=True, validate=validate.Length(min=1, max=200))
     userId = indexed_string(500)
     periodStart = PeriodBound()
     periodEnd = PeriodBound(end_of_day=True)
+    windowSize = fields.String(validate=validate.OneOf(WINDOW_SIZES,
+                                                       error="must be hour, day or month"))
+    timeZone = TimeZone()
+    groupBy = fields.List(fields.String(validate=validate.Length(min=1, max=64)),
+                          validate=validate.Length(max=8, error="may name at most 8 fields"))
 
     @validates_schema
     def _ordered(self, data, **_):
         start, end = data.get("periodStart"), data.get("periodEnd")
         if start and end and end <= start:
             raise ValidationError("periodEnd must be after periodStart", "periodEnd")
+        if data.get("windowSize") and not start:
+            raise ValidationError("periodStart is required with windowSize", "periodStart")
+        if len(set(data.get("groupBy", []))) != len(data.get("groupBy", [])):
+            raise ValidationError("names a field twice", "groupBy")
+
+
+def _local_time(moment) -> str:
+    text = moment.isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
 def summary_json(summary) -> dict:
-    """The public representation of a summary."""
-    return {
+    """The public representation of a summary; windows when windows or groups were asked."""
+    answer = {
         "meterId": summary.meter.id_,
         "meterName": summary.meter.name,
         "userId": summary.user_id or "",
@@ -74,3 +122,9 @@ def summary_json(summary) -> dict:
         "periodStart": format_time(summary.period_start),
         "periodEnd": format_time(summary.period_end),
     }
+    if summary.grouped:
+        answer["windows"] = [{"windowStart": _local_time(w.window_start),
+                              "windowEnd": _local_time(w.window_end), "value": w.value,
+                              "eventCount": w.event_count, "groupBy": w.group_by}
+                             for w in summary.result.windows]
+    return answer

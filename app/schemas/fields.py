@@ -6,6 +6,8 @@ import json
 import re
 from datetime import date, datetime, timedelta, timezone
 
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
 from marshmallow import ValidationError, fields, validate
 
 OUT_OF_RANGE = "is outside the years 1 to 9999 in UTC"
@@ -36,6 +38,20 @@ class Rfc3339(fields.Field):
 
     def _deserialize(self, value, attr, data, **kwargs):
         return parse_rfc3339(value)
+
+
+class TimeZone(fields.String):
+    """An IANA time zone name, such as Asia/Kolkata."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        name = super()._deserialize(value, attr, data, **kwargs)
+        if len(name) > 64 or ".." in name or name.startswith("/"):
+            raise ValidationError("is not an IANA time zone name")
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            raise ValidationError("is not an IANA time zone name") from None
+        return name
 
 
 class PeriodBound(fields.Field):

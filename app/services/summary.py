@@ -1,69 +1,128 @@
-"""Aggregated usage of one meter over a period.
+"""Aggregated usage of one meter over a period, from rollups: cost bounded by series x days.
 
 The period is half-open, `[periodStart, periodEnd)`; a date-only end has already
 been turned into the next midnight by the edge, so it includes its whole day.
-`last` is the value of the event with the latest timestamp; ties go to the
-event recorded last (`CreatedAt`), then to the larger key id, so the answer is
-the same on every read.
+Whole 15-minute slots of the period come from the rollups (one entity per
+series and UTC day); a period bound that is not on a slot boundary adds the raw
+events between it and the nearest slot boundary. `app.services.windows` turns
+those cells into the answer: windows in any time zone, groups and filters.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
-from app.errors import NotFound
-from app.models import Meter, MeterEvent, root_key
+from app.errors import NotFound, ValidationFailed
+from app.models import Meter
+from app.services import recompute
 from app.services.meters import get_meter
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+from app.services.windows import (EPOCH, SLOT, Cell, SummaryRequest, SummaryResult,
+                                  slot_of, summarize_cells)
+from app.storage import entities, queries, rollups
 
 
 @dataclass(frozen=True)
 class Summary:
     meter: Meter
     user_id: str | None
-    value: int
-    event_count: int
     period_start: datetime | None
     period_end: datetime | None
+    result: SummaryResult
+    grouped: bool
+
+    @property
+    def value(self):
+        return self.result.value
+
+    @property
+    def event_count(self) -> int:
+        return self.result.event_count
 
 
-def _events(meter: Meter, user_id: str | None, start, end):
-    query = MeterEvent.query(MeterEvent.meter_id == meter.id_, ancestor=root_key())
-    if user_id:
-        query = query.filter(MeterEvent.user_id == user_id)
-    if start is not None:
-        query = query.filter(MeterEvent.timestamp >= start)
-    if end is not None:
-        query = query.filter(MeterEvent.timestamp < end)
-    for event in query.iter():
-        if not event.deleted:
-            yield event
+def _ceil_slot(moment: datetime) -> datetime:
+    start = slot_of(moment)
+    return start if start == moment else start + SLOT
 
 
-def aggregate(aggregation: str, events) -> tuple[int, int]:
-    """(value, count) of events under an aggregation type."""
-    total, count, latest, latest_rank = 0, 0, 0, None
-    for event in events:
-        count += 1
-        total += event.value or 0
-        rank = (event.timestamp or _EPOCH, event.created_at or _EPOCH, event.key.id())
-        if latest_rank is None or rank > latest_rank:
-            latest, latest_rank = event.value or 0, rank
-    if aggregation == "count":
-        return count, count
-    if aggregation == "last":
-        return latest, count
-    return total, count
+def _raw_cells(meter: Meter, user_id, start: datetime, end: datetime):
+    for event in queries.events(meter.id_, user_id, start, end):
+        if recompute.is_live(event):
+            cell = Cell()
+            cell.add_event(event.properties["Value"].integer_value, recompute.event_rank(event))
+            yield recompute.event_series(event), slot_of(entities.get_time(event, "Timestamp")), cell
+
+
+def _rollup_cells(meter: Meter, user_id, start: datetime, end: datetime):
+    first_day = rollups.day_and_slot(start)[0]
+    last_day = rollups.day_and_slot(end - timedelta(microseconds=1))[0]
+    for entity in queries.rollups(meter.id_, user_id, first_day, last_day):
+        series, day, cells = rollups.decode(entity)
+        for slot, cell in cells.items():
+            moment = rollups.slot_start(day, slot)
+            if start <= moment < end:
+                yield series, moment, cell
+
+
+def cells(meter: Meter, user_id: str | None, start: datetime, end: datetime):
+    """Every cell of the period: rollup slots inside it, raw events at unaligned edges."""
+    inner_start, inner_end = _ceil_slot(start), slot_of(end)
+    if inner_start >= inner_end:
+        yield from _raw_cells(meter, user_id, start, end)
+        return
+    if start < inner_start:
+        yield from _raw_cells(meter, user_id, start, inner_start)
+    yield from _rollup_cells(meter, user_id, inner_start, inner_end)
+    if inner_end < end:
+        yield from _raw_cells(meter, user_id, inner_end, end)
+
+
+def _check_names(meter: Meter, group_by, filters) -> None:
+    known = {"userId", *meter.dimensions}
+    for name in group_by:
+        if name not in known:
+            raise ValidationFailed(f"groupBy: {name!r} is neither userId nor a dimension of "
+                                   "the meter", param="groupBy")
+    for name in filters:
+        if name not in known:
+            raise ValidationFailed(f"filter[{name}]: neither userId nor a dimension of the "
+                                   "meter", param=f"filter[{name}]")
+
+
+MAX_WINDOWS = 10_000
+_WINDOW_LENGTH = {"hour": timedelta(hours=1), "day": timedelta(days=1),
+                  "month": timedelta(days=28)}
+
+
+def _check_window_count(window_size, start: datetime, end: datetime) -> None:
+    if window_size and (end - start) / _WINDOW_LENGTH[window_size] > MAX_WINDOWS:
+        raise ValidationFailed(f"windowSize: the period holds more than {MAX_WINDOWS} "
+                               f"{window_size} windows", param="windowSize")
 
 
 def summarize(meter_id: str, user_id: str | None, start: datetime | None,
-              end: datetime | None) -> Summary:
-    """Usage of a meter (all users, or one) in a period."""
+              end: datetime | None, *, window_size: str | None = None,
+              time_zone: str = "UTC", group_by: tuple[str, ...] = (),
+              filters: dict[str, frozenset[str]] | None = None,
+              default_end: datetime | None = None) -> Summary:
+    """Usage of a meter (all users, or one) in a period, optionally by window and group."""
     try:
         meter = get_meter(meter_id)
     except NotFound as exc:
         raise NotFound(exc.message, param="meterId", code=exc.code) from None
-    value, count = aggregate(meter.aggregation_type, _events(meter, user_id, start, end))
-    return Summary(meter, user_id, value, count, start, end)
+    _check_names(meter, group_by, filters or {})
+    wanted = dict(filters or {})
+    if user_id is not None:
+        wanted["userId"] = frozenset({user_id})
+    period_end = end or _ceil_slot(default_end or datetime.now(timezone.utc))
+    _check_window_count(window_size, start or EPOCH, period_end)
+    try:
+        request = SummaryRequest(meter.aggregation_type, meter.unique_by, start or EPOCH,
+                                 max(period_end, start or EPOCH), window_size, time_zone,
+                                 tuple(group_by), wanted)
+        result = summarize_cells(request, cells(meter, user_id, request.period_start,
+                                                request.period_end))
+    except (ValueError, OverflowError) as exc:  # a zone off the 15-minute grid, year 9999
+        raise ValidationFailed(f"timeZone: {exc}", param="timeZone") from None
+    return Summary(meter, user_id, start, end, result,
+                   grouped=bool(window_size or group_by))

@@ -78,7 +78,7 @@ class Series:
         """
         if name == USER_ID:
             return self.user_id
-        return dict(self.dimensions).get(name, "-")
+        return dict(self.dimensions).get(name, "")
 
 
 @dataclass(frozen=True)
@@ -176,8 +176,8 @@ def _boundary_guess(start: datetime, zone: ZoneInfo, size: str, key: tuple) -> d
     end of the gap, fold 1 of a twice-lived hour is its second pass).
     """
     wall = _next_wall(_local(start, zone), size)
-    candidates = [wall.replace(tzinfo=zone, fold=fold).astimezone(timezone.utc)
-                  for fold in (0, 1)]
+    candidates = {wall.replace(tzinfo=zone, fold=fold).astimezone(timezone.utc)
+                  for fold in (0, 1)}
     later = [c for c in candidates if c > start and _window_key(c, zone, size) != key]
     if not later:
         raise ValueError(f"cannot place the {size} boundary after {start} in {zone.key}")
@@ -200,6 +200,8 @@ def _next_boundary(start: datetime, zone: ZoneInfo, size: str) -> datetime:
     key = _window_key(start, zone, size)
     low, high = slot_of(start), _boundary_guess(start, zone, size, key)
     _require_slot(high, zone)
+    if _window_key(high - _MICROSECOND, zone, size) == key:
+        return high  # the usual case: the guess is the boundary
     while high - low > SLOT:
         middle = low + (high - low) // SLOT // 2 * SLOT
         low, high = (middle, high) if _window_key(middle, zone, size) == key else (low, middle)

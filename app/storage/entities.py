@@ -71,9 +71,14 @@ def set_bool(entity, name: str, value: bool) -> None:
 
 
 def set_time(entity, name: str, moment: datetime) -> None:
+    set_time_value(entity.properties[name], moment)
+
+
+def set_time_value(value, moment: datetime) -> None:
+    """Store `moment` in a Value, at microsecond precision."""
     total = micros(moment)
-    stamp = entity.properties[name].timestamp_value
-    stamp.seconds, stamp.nanos = total // 1_000_000, (total % 1_000_000) * 1000
+    value.timestamp_value.seconds = total // 1_000_000
+    value.timestamp_value.nanos = (total % 1_000_000) * 1000
 
 
 def get_time(entity, name: str) -> datetime | None:

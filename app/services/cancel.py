@@ -1,0 +1,118 @@
+"""Cancelling recorded events: they leave every summary and stay stored for audit.
+
+An event is named by its id, or by its meter and idempotency key. Cancelling
+sets the mixin's `Deleted` flag on the raw event and recomputes the rollup slots
+it counted in, all in one transaction; cancelling again is harmless
+(`already_cancelled`). Only events recorded within the cancellation window
+(the dedupe window, 35 days by default) can be cancelled.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+
+from google.api_core import exceptions as core_exceptions
+from google.cloud import ndb
+
+from app.models import MeterEvent, ids, utcnow
+from app.services import recompute
+from app.storage import entities, rollups, rpc
+
+ATTEMPTS = 12
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    id: str | None
+    status: str  # cancelled | already_cancelled | not_found | expired
+
+
+def _target_key(target: dict, meters_by_name: dict):
+    """The event key a cancel target names, or None."""
+    namespace = ndb.get_context().get_namespace()
+    if target.get("id"):
+        key = ids.decode_key(target["id"], kind=MeterEvent.KIND, namespace=namespace)
+        return key.id() if key is not None else None
+    from app.services.events import idempotent_id
+    meter = meters_by_name.get(target.get("meterId") or target.get("eventName"))
+    if meter is None:
+        return None
+    return idempotent_id(meter.id_, target["idempotency"])
+
+
+def _attempt(key_ids: list[int | None], window, now) -> list[Cancelled]:
+    transaction = rpc.begin_transaction()
+    try:
+        keys = {k: entities.key(MeterEvent.KIND, k) for k in key_ids if k is not None}
+        found = rpc.lookup(list(keys.values()), transaction)
+        results, cancelling = _classify(key_ids, keys, found, window, now)
+        mutations = [_cancelled_copy(event, now) for event in cancelling.values()]
+        mutations += _rollup_repairs(cancelling, transaction)
+        if mutations:
+            rpc.commit(mutations, transaction)
+        else:
+            rpc.rollback(transaction)
+        return results
+    except BaseException:
+        rpc.rollback(transaction)
+        raise
+
+
+def _classify(key_ids, keys, found, window, now):
+    results, cancelling = [], {}
+    for key_id in key_ids:
+        event = found.get(keys[key_id].SerializeToString()) if key_id is not None else None
+        if event is None:
+            results.append(Cancelled(None, "not_found"))
+            continue
+        public_id = event.properties["Id_"].string_value
+        created = entities.get_time(event, "CreatedAt")
+        if not recompute.is_live(event) or event.key.SerializeToString() in cancelling:
+            results.append(Cancelled(public_id, "already_cancelled"))
+        elif created is not None and created < now - window:
+            results.append(Cancelled(public_id, "expired"))
+        else:
+            cancelling[event.key.SerializeToString()] = event
+            results.append(Cancelled(public_id, "cancelled"))
+    return results, cancelling
+
+
+def _cancelled_copy(event, now):
+    copy = entities.Entity()
+    copy.CopyFrom(event)
+    entities.set_bool(copy, "Deleted", True)
+    entities.set_time(copy, "UpdatedAt", now)
+    return rpc.Mutation(update=copy)
+
+
+def _rollup_repairs(cancelling: dict, transaction) -> list:
+    affected: dict[tuple, set[int]] = {}
+    for event in cancelling.values():
+        meter_id = event.properties["MeterId"].string_value
+        day, slot = recompute.affected_slot(event)
+        series = recompute.event_series(event)
+        affected.setdefault((meter_id, series, day), set()).add(slot)
+    repairs = []
+    namespace = ndb.get_context().get_namespace()
+    for (meter_id, series, day), slots in affected.items():
+        meter_key = ids.decode_key(meter_id, kind="meter", namespace=namespace)
+        if meter_key is None:  # an event of a meter written elsewhere: no rollup of ours
+            continue
+        key_pb = rollups.key(meter_key.id(), series, day)
+        stored = rpc.lookup([key_pb], transaction).get(key_pb.SerializeToString())
+        repairs.append(recompute.recomputed(stored, meter_key.id(), meter_id, series, day,
+                                            slots, transaction, set(cancelling)))
+    return repairs
+
+
+def cancel_events(targets: list[dict], meters_by_name: dict, window) -> list[Cancelled]:
+    """Cancel each target event once; one result per target, in order."""
+    key_ids = [_target_key(t, meters_by_name) for t in targets]
+    for attempt in range(ATTEMPTS):
+        try:
+            return _attempt(key_ids, window, utcnow())
+        except core_exceptions.Aborted:
+            time.sleep(min(2.0, 0.05 * 2 ** attempt) * random.uniform(0.5, 1.5))
+    raise core_exceptions.Aborted("cancellation kept colliding with concurrent writes")

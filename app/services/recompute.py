@@ -1,0 +1,67 @@
+"""Rebuilding rollup slots from the raw events: for cancellation and `rollups rebuild`.
+
+Sums and counts could be undone by subtracting, but a minimum, a maximum or the
+latest value cannot; so any slot whose events change other than by addition is
+recomputed from the raw events it covers. The caller reads the rollup in the
+same transaction first, which serializes the recomputation with concurrent
+ingestion of that series.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from app.services.ingest import rank
+from app.services.windows import Cell, Series
+from app.storage import entities, queries, rollups
+
+
+def event_series(event) -> Series:
+    """The series of a raw event: its user and dimension values."""
+    return rollups.series_of(event.properties["UserId"].string_value,
+                             entities.read_shadow(event, "Dimensions_", dict))
+
+
+def event_rank(event) -> tuple:
+    created = entities.get_time(event, "CreatedAt") or entities.get_time(event, "Timestamp")
+    return rank(entities.get_time(event, "Timestamp"), created, event.key.path[-1].id)
+
+
+def is_live(event) -> bool:
+    """Counted in summaries: not cancelled (the mixin's Deleted flag)."""
+    deleted = event.properties.get("Deleted")
+    return deleted is None or not deleted.boolean_value
+
+
+def slot_cell(meter_id: str, series: Series, day: int, slot: int, transaction: bytes | None,
+              skip: set[bytes]) -> Cell:
+    """The cell of one slot of one series, from its live raw events."""
+    start = rollups.slot_start(day, slot)
+    end = rollups.slot_start(day, slot + 1)
+    cell = Cell()
+    for event in queries.events(meter_id, series.user_id, start, end, transaction):
+        if (not is_live(event) or event.key.SerializeToString() in skip
+                or event_series(event) != series):
+            continue
+        cell.add_event(event.properties["Value"].integer_value, event_rank(event))
+    return cell
+
+
+def recomputed(stored, meter_key_id: int, meter_id: str, series: Series, day: int,
+               slots: set[int], transaction: bytes | None, skip: set[bytes]):
+    """The replacement of a rollup with `slots` recomputed from raw events."""
+    cells = rollups.decode(stored)[2] if stored is not None else {}
+    for slot in slots:
+        cell = slot_cell(meter_id, series, day, slot, transaction, skip)
+        if cell.count:
+            cells[slot] = cell
+        else:
+            cells.pop(slot, None)
+    key_pb = rollups.key(meter_key_id, series, day)
+    return rollups.replacement(key_pb, meter_id, series, day, cells)
+
+
+def affected_slot(event) -> tuple[int, int]:
+    """(day, slot) of a raw event."""
+    moment: datetime = entities.get_time(event, "Timestamp")
+    return rollups.day_and_slot(moment)

@@ -1,0 +1,79 @@
+"""The raw queries of the hot paths, each served by an index that index.yaml declares.
+
+- events of one meter (and user) in a time range: (MeterId, [UserId,] Timestamp)
+- rollups of one meter (and user) over a range of days: (MeterId, [UserId,] Day)
+All are ancestor queries under the org root, so they are strongly consistent.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from google.cloud import ndb
+from google.cloud.datastore_v1.types import query as q
+
+from app.models.base import ROOT_ID, ROOT_KIND
+from app.storage import entities, rpc
+
+Query = q.Query.pb()
+_OP = q.PropertyFilter.Operator
+
+
+def _root_key():
+    context = ndb.get_context()
+    pb = entities.Key()
+    pb.partition_id.project_id = context.client.project
+    if context.get_namespace():
+        pb.partition_id.namespace_id = context.get_namespace()
+    element = pb.path.add()
+    element.kind, element.id = ROOT_KIND, ROOT_ID
+    return pb
+
+
+def _query(kind: str, conditions: list[tuple[str, int, object]]):
+    query = Query()
+    query.kind.add().name = kind
+    composite = query.filter.composite_filter
+    composite.op = q.CompositeFilter.Operator.AND
+    ancestor = composite.filters.add().property_filter
+    ancestor.property.name = "__key__"
+    ancestor.op = _OP.HAS_ANCESTOR
+    ancestor.value.key_value.CopyFrom(_root_key())
+    for name, op, value in conditions:
+        condition = composite.filters.add().property_filter
+        condition.property.name = name
+        condition.op = op
+        if isinstance(value, str):
+            condition.value.string_value = value
+        elif isinstance(value, datetime):
+            entities.set_time_value(condition.value, value)
+        else:
+            condition.value.integer_value = value
+    return query
+
+
+def events(meter_id: str, user_id: str | None, start: datetime | None, end: datetime | None,
+           transaction: bytes | None = None):
+    """Raw `meter-event` entities of a meter (and user) with start <= Timestamp < end."""
+    conditions = [("MeterId", _OP.EQUAL, meter_id)]
+    if user_id is not None:
+        conditions.append(("UserId", _OP.EQUAL, user_id))
+    if start is not None:
+        conditions.append(("Timestamp", _OP.GREATER_THAN_OR_EQUAL, start))
+    if end is not None:
+        conditions.append(("Timestamp", _OP.LESS_THAN, end))
+    query = _query("meter-event", conditions)
+    return rpc.run_query(query, ndb.get_context().get_namespace(), transaction)
+
+
+def rollups(meter_id: str, user_id: str | None, first_day: int | None, last_day: int | None):
+    """Raw `meter-rollup` entities of a meter (and user) for first_day <= Day <= last_day."""
+    conditions = [("MeterId", _OP.EQUAL, meter_id)]
+    if user_id is not None:
+        conditions.append(("UserId", _OP.EQUAL, user_id))
+    if first_day is not None:
+        conditions.append(("Day", _OP.GREATER_THAN_OR_EQUAL, first_day))
+    if last_day is not None:
+        conditions.append(("Day", _OP.LESS_THAN_OR_EQUAL, last_day))
+    query = _query("meter-rollup", conditions)
+    return rpc.run_query(query, ndb.get_context().get_namespace())

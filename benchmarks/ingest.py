@@ -1,0 +1,695 @@
+"""Ingestion benchmark: the emulator's raw write rate, the service end to end, a hot key.
+
+One run of `python benchmarks/ingest.py` does, on Google's Firestore-mode emulator:
+
+1. raw: N meter-event entities committed straight to the emulator in 100-entity
+   batches by 8 threads (`app.storage.entities.event_entity` + `app.storage.rpc.commit`
+   in an NDB context, in a child process) -- the emulator's write capacity;
+2. spread: the same N events through the service (`metering serve`, a separate
+   process group, exactly as production runs it), 100-event POSTs from 8 client
+   threads, users drawn at random from 1000, unique idempotency keys;
+3. hot: N events for ONE (meter, user) pair, same clients;
+
+and for every service case: events/second, request latency, CPU of the service
+(gunicorn master + workers, from /proc), of the emulator and of this client per
+event, the summed `X-Datastore-Usage` headers, and an exact check of what was
+stored (summary eventCount and value). It ends with a table and the bars.
+
+Options choose sizes, worker/thread settings (`--configs 2x8,1x8`), repeats and a
+py-spy profile of the service (`--profile`, needs py-spy in the venv).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import multiprocessing
+import os
+import platform
+import random
+import signal
+import statistics
+import sys
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+BARS = {
+    "spread_over_raw": 0.5,      # service events/s >= 0.5 x raw emulator entities/s
+    "hot_over_spread": 0.5,      # hot-key events/s >= 0.5 x spread events/s
+    "cpu_us_per_event": 250.0,   # service user+system CPU per stored event
+    "reads_per_event": 1.0,
+    "writes_per_event": 2.0,
+}
+METER_EVENTS = "/v1/billing/meter-events"
+PROJECT = "metering-bench"
+
+
+# -- 1. raw emulator write rate (in a child process: gRPC stays out of this one) ------
+
+def _raw_child(host: str, project: str, total: int, batch: int, threads: int, warmup: int,
+               ready, go, results) -> None:
+    try:
+        os.environ["DATASTORE_EMULATOR_HOST"] = host
+        from app.config import Config
+        from app.datastore import make_client
+        from app.models import ids
+        from app.services import events as event_service
+        from app.services import ingest
+        from app.storage import entities, rpc
+
+        config = Config(project=project, emulator_host=host)
+        ids.configure(config.hashid_salt)
+        client = make_client(config)
+        namespace = "bench-raw-" + uuid.uuid4().hex[:8]
+        now = datetime.now(timezone.utc)
+        rng = random.Random(7)
+        meter_id = "rawMeterId"
+
+        def build(space: str, count: int) -> list[list]:
+            """`count` meter-event inserts in `batch`-entity lists, keyed in `space`."""
+            batches = []
+            with client.context(namespace=space):
+                for b in range(count // batch):
+                    mutations = []
+                    for i in range(batch):
+                        idem = f"raw-{b}-{i}"
+                        key_id = event_service.idempotent_id(meter_id, idem)
+                        entity = entities.event_entity(
+                            key_pb=entities.key("meter-event", key_id),
+                            public_id=ingest._public_id(key_id, 1), meter_id=meter_id,
+                            user_id=f"user-{rng.randrange(1000)}", value=rng.randint(1, 1000),
+                            timestamp=now, idempotency=idem, dimensions={}, metadata={},
+                            now=now)
+                        mutations.append(rpc.Mutation(insert=entity))
+                    batches.append(mutations)
+            return batches
+
+        batches = build(namespace, total)
+        warm = build(namespace + "-warm", warmup)
+        lock = threading.Lock()
+        errors: list[str] = []
+
+        def work(queue, space):
+            with client.context(namespace=space):
+                while True:
+                    with lock:
+                        mutations = next(queue, None)
+                    if mutations is None:
+                        return
+                    try:
+                        rpc.commit(mutations)
+                    except Exception as exc:  # noqa: BLE001 -- reported, not hidden
+                        errors.append(repr(exc)[:200])
+
+        def run_all(queue, space):
+            workers = [threading.Thread(target=work, args=(queue, space))
+                       for _ in range(threads)]
+            for thread in workers:
+                thread.start()
+            for thread in workers:
+                thread.join()
+
+        # Warm the emulator's JIT with the same kind of load, in another namespace.
+        run_all(iter(warm), namespace + "-warm")
+        errors.clear()
+        ready.set()
+        go.wait()
+        cpu0, t0 = common.self_cpu(), time.perf_counter()
+        run_all(iter(batches), namespace)
+        wall, cpu = time.perf_counter() - t0, common.self_cpu() - cpu0
+        results.put({"entities": len(batches) * batch, "wall": wall, "client_cpu": cpu,
+                     "errors": errors})
+    except BaseException as exc:  # noqa: BLE001
+        ready.set()
+        results.put({"fatal": repr(exc)})
+
+
+def run_raw(emulator, project, total, batch, threads, warmup, config="", run=0):
+    """Time `total` raw inserts by `threads` threads in a child process; a CaseResult."""
+    ctx = multiprocessing.get_context("spawn")
+    ready, go, results = ctx.Event(), ctx.Event(), ctx.Queue()
+    child = ctx.Process(target=_raw_child,
+                        args=(emulator.host, project, total, batch, threads, warmup, ready, go,
+                              results))
+    child.start()
+    try:
+        if not ready.wait(180):
+            raise RuntimeError("the raw writer did not get ready")
+        emu = common.TreeCpu(emulator.process.pid)
+        e0, m0 = emu.snapshot(), common.machine_busy()
+        go.set()
+        result = results.get(timeout=600)
+        e1, m1 = emu.snapshot(), common.machine_busy()
+    finally:
+        child.join(10)
+        if child.is_alive():
+            child.kill()
+            child.join()
+    if "fatal" in result:
+        raise RuntimeError(f"raw writer failed: {result['fatal']}")
+    n, wall = result["entities"], result["wall"]
+    emu_used = common.TreeCpu.used(e0, e1).seconds
+    busy = (m1[0] - m0[0]) / common.CLK_TCK
+    other = max(0.0, busy - emu_used - result["client_cpu"]) / wall
+    errors = result["errors"]
+    return CaseResult(
+        config=config, case="raw", run=run, events=n, wall=wall, rate=n / wall, p50_ms=0.0,
+        p95_ms=0.0, max_ms=0.0, failed_requests=len(errors), not_created=0, reconnects=0,
+        service_cpu_us=0.0, client_cpu_us=result["client_cpu"] / n * 1e6,
+        emulator_cpu_us=emu_used / n * 1e6, other_cores=other, worker_cpu_split="",
+        reads_per_event=0.0, writes_per_event=1.0, rpcs_per_batch=1.0, usage_missing=0,
+        stored_ok=not errors, stored_detail=f"{len(errors)} failed commits",
+        failures=errors[:5])
+
+
+# -- 2 and 3. the service ------------------------------------------------------------
+
+@dataclass
+class Load:
+    """What one case sends, and what it must find stored afterwards."""
+
+    name: str
+    meter_id: str
+    bodies: list[bytes]
+    events: int
+    value_sum: int
+    per_user: dict[str, tuple[int, int]]  # user -> (count, sum)
+
+
+def build_load(name: str, meter: dict, total: int, batch: int, users: int | None,
+               run_tag: str, rng: random.Random) -> Load:
+    """`total` events in `batch`-event bodies; users at random from `users`, or one."""
+    stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    bodies, value_sum, per_user = [], 0, {}
+    for b in range(total // batch):
+        events = []
+        for i in range(batch):
+            user = f"user-{rng.randrange(users)}" if users else "hot-user"
+            value = rng.randint(1, 1000)
+            value_sum += value
+            count, sub = per_user.get(user, (0, 0))
+            per_user[user] = (count + 1, sub + value)
+            events.append({"eventName": meter["eventName"], "userId": user, "value": value,
+                           "timestamp": stamp, "idempotency": f"{run_tag}-{name}-{b}-{i}"})
+        bodies.append(json.dumps({"events": events}, separators=(",", ":")).encode())
+    return Load(name, meter["id"], bodies, len(bodies) * batch, value_sum, per_user)
+
+
+@dataclass
+class CaseResult:
+    config: str
+    case: str
+    run: int
+    events: int
+    wall: float
+    rate: float
+    p50_ms: float
+    p95_ms: float
+    max_ms: float
+    failed_requests: int
+    not_created: int
+    reconnects: int
+    service_cpu_us: float
+    client_cpu_us: float
+    emulator_cpu_us: float
+    other_cores: float
+    worker_cpu_split: str
+    reads_per_event: float
+    writes_per_event: float
+    rpcs_per_batch: float
+    usage_missing: int
+    stored_ok: bool
+    stored_detail: str
+    profiled: bool = False
+    failures: list = field(default_factory=list)
+
+
+def send_all(service, api_key: str, bodies: list[bytes], clients: int):
+    """POST every body from `clients` threads; per-request (status, ms, usage, body)."""
+    queue = iter(range(len(bodies)))
+    lock = threading.Lock()
+    records: list[tuple] = [None] * len(bodies)
+    reconnects = [0] * clients
+    start = threading.Barrier(clients + 1)
+
+    def work(slot: int):
+        client = common.Client(service.url, api_key)
+        start.wait()
+        try:
+            while True:
+                with lock:
+                    index = next(queue, None)
+                if index is None:
+                    return
+                began = time.perf_counter()
+                try:
+                    answer = client.request("POST", METER_EVENTS, bodies[index])
+                except OSError as exc:
+                    records[index] = (0, (time.perf_counter() - began) * 1e3, None,
+                                      repr(exc).encode())
+                    continue
+                records[index] = (answer.status, (time.perf_counter() - began) * 1e3,
+                                  answer.usage, answer.body)
+        finally:
+            reconnects[slot] = client.reconnects
+            client.close()
+
+    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    return threads, start, records, reconnects
+
+
+def run_case(config: str, run: int, service, emulator, api_key: str, load: Load,
+             clients: int, profiled: bool = False, when_sent=None) -> CaseResult:
+    """Send the load, measure it, then check what was stored (`when_sent` runs between)."""
+    svc_cpu, emu_cpu = common.TreeCpu(service.process.pid), common.TreeCpu(emulator.process.pid)
+    threads, start, records, reconnects = send_all(service, api_key, load.bodies, clients)
+    s0, e0, c0, m0 = svc_cpu.snapshot(), emu_cpu.snapshot(), common.self_cpu(), common.machine_busy()
+    t0 = time.perf_counter()
+    start.wait()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - t0
+    s1, e1, c1, m1 = svc_cpu.snapshot(), emu_cpu.snapshot(), common.self_cpu(), common.machine_busy()
+    if when_sent is not None:
+        when_sent()
+
+    usage = common.Usage()
+    failures, not_created, latencies = [], 0, []
+    for status, ms, header, body in records:
+        latencies.append(ms)
+        usage.add_header(header)
+        if status != 201:
+            failures.append(f"{status}: {body[:200]!r}")
+            continue
+        outcomes = json.loads(body)["events"]
+        not_created += sum(1 for o in outcomes if o["status"] != "created")
+    svc = common.TreeCpu.used(s0, s1)
+    emu = common.TreeCpu.used(e0, e1)
+    client = c1 - c0
+    busy = (m1[0] - m0[0]) / common.CLK_TCK
+    other = max(0.0, busy - svc.seconds - emu.seconds - client) / wall
+    workers = sorted((cpu for pid, cpu in svc.per_pid.items() if pid != service.process.pid),
+                     reverse=True)
+    master = svc.per_pid.get(service.process.pid, 0.0)
+    split = "/".join(f"{w:.1f}" for w in workers) + f" (+master {master:.2f}) s"
+    if svc.vanished:
+        split += f" [{svc.vanished} process(es) exited]"
+    stored_ok, detail = verify(service, api_key, load)
+    n = load.events
+    latencies.sort()
+    return CaseResult(
+        config=config, case=load.name, run=run, events=n, wall=wall, rate=n / wall,
+        p50_ms=statistics.median(latencies),
+        p95_ms=latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))],
+        max_ms=latencies[-1], failed_requests=len(failures), not_created=not_created,
+        reconnects=sum(reconnects), service_cpu_us=svc.seconds / n * 1e6,
+        client_cpu_us=client / n * 1e6, emulator_cpu_us=emu.seconds / n * 1e6,
+        other_cores=other, worker_cpu_split=split, reads_per_event=usage.read / n,
+        writes_per_event=usage.written / n,
+        rpcs_per_batch=usage.rpcs / max(1, usage.responses), usage_missing=usage.missing,
+        stored_ok=stored_ok, stored_detail=detail, profiled=profiled, failures=failures[:5])
+
+
+def _summary(client, meter_id: str, user: str | None = None) -> dict:
+    today = datetime.now(timezone.utc).date()
+    path = (f"{METER_EVENTS}/summary?meterId={meter_id}"
+            f"&periodStart={today - timedelta(days=1)}&periodEnd={today + timedelta(days=1)}")
+    if user:
+        path += f"&userId={user}"
+    return client.get_json(path)
+
+
+def verify(service, api_key: str, load: Load) -> tuple[bool, str]:
+    """Whether the summary finds exactly the events and values sent."""
+    client = common.Client(service.url, api_key, timeout=300)
+    try:
+        found = _summary(client, load.meter_id)
+        problems = []
+        if found["eventCount"] != load.events or found["value"] != load.value_sum:
+            problems.append(f"all users: eventCount {found['eventCount']} value {found['value']}"
+                            f" (sent {load.events}, {load.value_sum})")
+        for user in sorted(load.per_user)[:3]:
+            count, total = load.per_user[user]
+            one = _summary(client, load.meter_id, user)
+            if (one["eventCount"], one["value"]) != (count, total):
+                problems.append(f"{user}: {one['eventCount']}, {one['value']} "
+                                f"(sent {count}, {total})")
+        if problems:
+            return False, "; ".join(problems)
+        return True, (f"eventCount={found['eventCount']} value={found['value']} "
+                      f"(+{min(3, len(load.per_user))} users)")
+    except Exception as exc:  # noqa: BLE001 -- a failed check is a result
+        return False, f"summary failed: {exc}"
+    finally:
+        client.close()
+
+
+def create_meter(service, api_key: str, event_name: str) -> dict:
+    client = common.Client(service.url, api_key)
+    try:
+        return client.post_json("/v1/billing/meters",
+                                {"name": event_name.replace("_", " "), "eventName": event_name})
+    finally:
+        client.close()
+
+
+def warm_up(service, api_key: str, events: int, clients: int, batch: int, rng) -> None:
+    """Untimed requests on a throwaway meter: every worker imports, probes and connects,
+    and the emulator's JIT compiles the insert and transform paths."""
+    meter = create_meter(service, api_key, "bench_warmup")
+    load = build_load("warmup", meter, max(events, clients * batch), batch, 1000,
+                      uuid.uuid4().hex[:8], rng)
+    threads, start, records, _ = send_all(service, api_key, load.bodies, clients)
+    start.wait()
+    for thread in threads:
+        thread.join()
+    bad = [r for r in records if r[0] != 201]
+    if bad:
+        raise RuntimeError(f"warm-up failed: {bad[0][0]} {bad[0][3][:300]!r}")
+
+
+def create_org(emulator_host: str, project: str, name: str) -> str:
+    """`metering orgs create NAME` against the emulator; the new org's API key."""
+    import subprocess
+    env = {**os.environ, "DATASTORE_EMULATOR_HOST": emulator_host, "METERING_PROJECT": project}
+    done = subprocess.run([*common.metering_command(), "orgs", "create", name], env=env,
+                          cwd=common.ROOT, capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL)
+    if done.returncode != 0:
+        raise RuntimeError(f"metering orgs create {name}: {done.stderr.strip()}")
+    return json.loads(done.stdout)["apiKey"]
+
+
+def run_config(args, emulator, workdir, workers, threads, rng, profile_dir=None):
+    """One service setting: `repeat` rounds of raw, spread and hot, each round on a
+    freshly reset emulator with a new org, so rounds start alike and every ratio
+    compares measurements taken back to back."""
+    config = f"{workers}x{threads}"
+    emulator.reset()
+    service = common.Service(emulator.host, workers, threads, workdir,
+                             project=PROJECT).start()
+    results: list[CaseResult] = []
+    profile = None
+    try:
+        warm_up(service, service.api_key, args.warmup_events, args.clients, args.batch, rng)
+        for run in range(1, args.repeat + 1):
+            emulator.reset()
+            key = create_org(emulator.host, PROJECT, f"bench-{run}")
+            raw = run_raw(emulator, PROJECT, args.events, args.batch, args.raw_threads,
+                          args.raw_warmup, config, run)
+            results.append(raw)
+            print_case(raw)
+            for case in args.cases:
+                meter = create_meter(service, key, f"bench_{case}")
+                load = build_load(case, meter, args.events, args.batch,
+                                  args.users if case == "spread" else None, f"r{run}", rng)
+                result = run_case(config, run, service, emulator, key, load, args.clients)
+                results.append(result)
+                print_case(result)
+        if profile_dir is not None:
+            profile = profile_service(args, service, emulator, key, rng, profile_dir, config,
+                                      results)
+    finally:
+        service.stop()
+    return results, profile
+
+
+def profile_service(args, service, emulator, key, rng, profile_dir, config, results):
+    """One more spread run with py-spy sampling every process of the service."""
+    out = profile_dir / f"profile-{config}.txt"
+    profiler = common.Profiler(service.process.pid, out, rate=args.profile_rate,
+                               gil=not args.profile_all_threads)
+    meter = create_meter(service, key, "bench_profiled")
+    load = build_load("spread", meter, args.profile_events, args.batch, args.users,
+                      "profiled", rng)
+    profiler.start()
+    try:
+        result = run_case(config, 0, service, emulator, key, load, args.clients, profiled=True,
+                          when_sent=profiler.stop)
+    finally:
+        profiler.stop()
+    results.append(result)
+    print_case(result)
+    summary = common.summarize_profile(out, top=args.profile_top)
+    return out, summary, result, len(load.bodies)
+
+
+# -- output ----------------------------------------------------------------------------
+
+def print_case(r: CaseResult) -> None:
+    where = f"[{r.config} run {r.run} {r.case}]" + (" (py-spy running)" if r.profiled else "")
+    if r.case == "raw":
+        print(f"  {where} {r.events} entities in {r.wall:.1f}s = {r.rate:,.0f} entities/s; "
+              f"writer CPU {r.client_cpu_us:.0f} us/entity, emulator {r.emulator_cpu_us:.0f}; "
+              f"other load {r.other_cores:.2f} cores; {r.stored_detail}", flush=True)
+    else:
+        print(f"  {where} {r.events} events in {r.wall:.1f}s = {r.rate:,.0f} ev/s; service "
+              f"CPU {r.service_cpu_us:.0f} us/ev, client {r.client_cpu_us:.0f}, emulator "
+              f"{r.emulator_cpu_us:.0f}; other load {r.other_cores:.2f} cores; worker CPU "
+              f"{r.worker_cpu_split}; failed {r.failed_requests}; stored "
+              f"{'OK' if r.stored_ok else 'WRONG'} {r.stored_detail}", flush=True)
+    for failure in r.failures:
+        print(f"    failure: {failure}", flush=True)
+
+
+def _round_rates(results, case) -> dict:
+    return {(r.config, r.run): r.rate for r in results if r.case == case and not r.profiled}
+
+
+def table(results: list[CaseResult]) -> str:
+    head = ("| setting | run | case | events | events/s | × raw | × spread | p50 ms | p95 ms | "
+            "service CPU µs/event | client CPU µs/event | emulator CPU µs/event | "
+            "other load (cores) | reads/event | writes/event | RPCs/request | failed requests "
+            "| stored exact |")
+    rows = [head, "|" + "---|" * (head.count("|") - 1)]
+    raw_of, spread_of = _round_rates(results, "raw"), _round_rates(results, "spread")
+    for r in results:
+        round_ = (r.config, r.run)
+        if r.case == "raw":
+            rows.append(
+                f"| {r.config} | {r.run} | raw emulator, {r.events // 100} commits × 100 | "
+                f"{r.events} | {r.rate:,.0f} | 1 | | | | — | {r.client_cpu_us:.0f} (writer) | "
+                f"{r.emulator_cpu_us:.0f} | {r.other_cores:.2f} | 0 | 1 | 1 | "
+                f"{r.failed_requests} | {'yes' if r.stored_ok else 'NO'} |")
+            continue
+        x_raw = f"{r.rate / raw_of[round_]:.2f}" if round_ in raw_of and not r.profiled else ""
+        x_spread = (f"{r.rate / spread_of[round_]:.2f}"
+                    if r.case == "hot" and round_ in spread_of else "")
+        name = r.case + (" (under py-spy)" if r.profiled else "")
+        rows.append(
+            f"| {r.config} | {r.run or '—'} | {name} | {r.events} | {r.rate:,.0f} | {x_raw} | "
+            f"{x_spread} | {r.p50_ms:.0f} | {r.p95_ms:.0f} | {r.service_cpu_us:.0f} | "
+            f"{r.client_cpu_us:.0f} | {r.emulator_cpu_us:.0f} | {r.other_cores:.2f} | "
+            f"{r.reads_per_event:.3f} | {r.writes_per_event:.3f} | {r.rpcs_per_batch:.2f} | "
+            f"{r.failed_requests} | {'yes' if r.stored_ok else 'NO'} |")
+    return "\n".join(rows)
+
+
+def _median(values):
+    return statistics.median(values) if values else float("nan")
+
+
+def bars(results: list[CaseResult]) -> list[tuple[str, bool, str]]:
+    """Each bar per setting: ratios on the median over rounds (each round's ratio is of
+    back-to-back runs), per-run bars on every run."""
+    measured = [r for r in results if not r.profiled]
+    raw_of, spread_of = _round_rates(measured, "raw"), _round_rates(measured, "spread")
+    checks = []
+    for config in dict.fromkeys(r.config for r in measured):
+        mine = [r for r in measured if r.config == config]
+        service = [r for r in mine if r.case != "raw"]
+        spread = [r for r in mine if r.case == "spread" and (config, r.run) in raw_of]
+        hot = [r for r in mine if r.case == "hot"]
+        if spread:
+            ratios = [r.rate / raw_of[(config, r.run)] for r in spread]
+            checks.append((f"{config}: spread ≥ {BARS['spread_over_raw']} × raw emulator "
+                           "(median of rounds)", _median(ratios) >= BARS["spread_over_raw"],
+                           f"median {_median(ratios):.2f}; rounds "
+                           + ", ".join(f"{x:.2f}" for x in ratios)))
+        if hot:
+            pairs = [h.rate / spread_of[(config, h.run)] for h in hot
+                     if (config, h.run) in spread_of]
+            if pairs:
+                checks.append((f"{config}: hot key ≥ {BARS['hot_over_spread']} × spread "
+                               "(median of rounds)", _median(pairs) >= BARS["hot_over_spread"],
+                               f"median {_median(pairs):.2f}; rounds "
+                               + ", ".join(f"{x:.2f}" for x in pairs)))
+            checks.append((f"{config}: hot key: no failed request, exact count and sum",
+                           all(h.failed_requests == 0 and h.stored_ok and h.not_created == 0
+                               for h in hot),
+                           "; ".join(f"#{h.run} failed {h.failed_requests}, {h.stored_detail}"
+                                     for h in hot)))
+        checks.append((f"{config}: every run stored exactly what was sent, no failed request",
+                       all(r.stored_ok and r.failed_requests == 0 and r.not_created == 0
+                           for r in mine), f"{len(mine)} runs"))
+        cpu = [r.service_cpu_us for r in service]
+        checks.append((f"{config}: service CPU ≤ {BARS['cpu_us_per_event']:.0f} µs/event "
+                       "(every run)", all(x <= BARS["cpu_us_per_event"] for x in cpu),
+                       f"median {_median(cpu):.0f}; runs "
+                       + ", ".join(f"{r.case}#{r.run} {r.service_cpu_us:.0f}" for r in service)))
+        checks.append((f"{config}: ≤ {BARS['reads_per_event']:.0f} read and "
+                       f"≤ {BARS['writes_per_event']:.0f} writes per event (every run)",
+                       all(r.reads_per_event <= BARS["reads_per_event"]
+                           and r.writes_per_event <= BARS["writes_per_event"]
+                           and r.usage_missing == 0 for r in service),
+                       ", ".join(f"{r.case}#{r.run} {r.reads_per_event:.3f} r / "
+                                 f"{r.writes_per_event:.3f} w" for r in service)))
+    return checks
+
+
+def best_setting(results: list[CaseResult]) -> str:
+    by_config: dict[str, list[float]] = {}
+    raw_of = _round_rates(results, "raw")
+    for r in results:
+        if r.case == "spread" and not r.profiled:
+            by_config.setdefault(r.config, []).append(r.rate / raw_of.get((r.config, r.run),
+                                                                          float("nan")))
+    ranked = sorted(by_config.items(), key=lambda kv: -_median(kv[1]))
+    return "; ".join(f"{c}: spread/raw median {_median(v):.2f}" for c, v in ranked)
+
+
+def print_profile(out, summary: common.ProfileSummary, result: CaseResult, batches: int,
+                  gil: bool) -> None:
+    per_request_ms = result.service_cpu_us * result.events / batches / 1e3
+    mode = "samples of the thread holding the GIL" if gil else "samples of every running thread"
+    print(f"\nProfile of the service under py-spy ({mode}, gunicorn master and workers): "
+          f"{summary.samples} samples over {batches} requests of {result.events // batches} "
+          f"events; measured service CPU {per_request_ms:.1f} ms per request "
+          f"({result.service_cpu_us:.0f} us/event), split below by sample share. "
+          f"Raw stacks: {out}")
+    if not summary.samples:
+        print("  (no samples: see the .log next to the file)")
+        return
+    share = lambda n: n / summary.samples  # noqa: E731
+    print("  where a request's CPU goes (ms per request, share of samples):")
+    for label, count in summary.buckets:
+        print(f"    {share(count) * per_request_ms:6.2f} ms  {share(count):5.1%}  {label}")
+    print("  top self time (the function running when sampled):")
+    for name, count in summary.self_top:
+        print(f"    {share(count) * per_request_ms:6.2f} ms  {share(count):5.1%}  {name}")
+    print("  top inclusive time (the function anywhere on the stack):")
+    for name, count in summary.inclusive_top:
+        print(f"    {share(count) * per_request_ms:6.2f} ms  {share(count):5.1%}  {name}")
+
+
+# -- main ------------------------------------------------------------------------------
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=20000,
+                        help="events per case, and entities of the raw run (default 20000)")
+    parser.add_argument("--batch", type=int, default=100, help="events per request (100)")
+    parser.add_argument("--clients", type=int, default=8, help="client threads (8)")
+    parser.add_argument("--raw-threads", type=int, default=8, help="raw writer threads (8)")
+    parser.add_argument("--raw-warmup", type=int, default=4000,
+                        help="entities written (untimed) before the raw run, to warm the "
+                             "emulator's JIT (4000)")
+    parser.add_argument("--warmup-events", type=int, default=4000,
+                        help="events sent (untimed) to each new service before its rounds "
+                             "(4000)")
+    parser.add_argument("--users", type=int, default=1000,
+                        help="users the spread case draws from (1000)")
+    parser.add_argument("--configs", default="2x8",
+                        help="comma-separated WORKERSxTHREADS settings of `metering serve` "
+                             "(default 2x8, serve's own default)")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="rounds (raw, spread, hot) per setting (default 3)")
+    parser.add_argument("--cases", default="spread,hot",
+                        help="service cases to run: spread,hot (default both)")
+    parser.add_argument("--profile", action="store_true",
+                        help="after the measured runs of the first setting, one more spread "
+                             "run under py-spy (needs py-spy) and its top costs")
+    parser.add_argument("--profile-events", type=int, default=10000)
+    parser.add_argument("--profile-rate", type=int, default=100, help="py-spy samples/s (100)")
+    parser.add_argument("--profile-all-threads", action="store_true",
+                        help="sample every running thread, not only the one holding the GIL")
+    parser.add_argument("--profile-top", type=int, default=25)
+    parser.add_argument("--json", type=Path, help="also write every figure to this file")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+    args.cases = [c for c in args.cases.split(",") if c]
+    if set(args.cases) - {"spread", "hot"}:
+        parser.error("--cases takes spread and/or hot")
+    args.settings = []
+    for item in args.configs.split(","):
+        workers, _, threads = item.strip().partition("x")
+        args.settings.append((int(workers), int(threads)))
+    if args.events < args.batch:
+        parser.error("--events must be at least --batch")
+    return args
+
+
+def source_state() -> str:
+    """The commit measured, and whether app/ differs from it."""
+    import subprocess
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=common.ROOT,
+                                capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "app"], cwd=common.ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "source: not a git checkout"
+    return f"source: commit {commit}" + (" + uncommitted changes in app/" if dirty else "")
+
+
+def _interrupt(*_):
+    raise KeyboardInterrupt
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    # SIGTERM (and SIGHUP) unwind like Ctrl-C, so every process group we started ends.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
+    rng = random.Random(args.seed)
+    workdir = common.scratch_dir()
+    started = time.monotonic()
+    print(f"metering ingest benchmark — {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
+          f"{os.cpu_count()} CPUs, Python {platform.python_version()}, load average "
+          f"{os.getloadavg()[0]:.2f}; {source_state()}; logs in {workdir}", flush=True)
+    emulator = common.start_emulator("firestore", workdir)
+    results: list[CaseResult] = []
+    profile = None
+    try:
+        print(f"Firestore-mode emulator at {emulator.host}", flush=True)
+        for index, (workers, threads) in enumerate(args.settings):
+            profile_dir = workdir if args.profile and index == 0 else None
+            found, prof = run_config(args, emulator, workdir, workers, threads, rng, profile_dir)
+            results += found
+            profile = profile or prof
+    finally:
+        emulator.stop()
+
+    print(f"\nIngestion on the Firestore-mode emulator: {args.batch}-event requests from "
+          f"{args.clients} client threads, spread over {args.users} users or one hot (meter, "
+          f"user); {args.repeat} round(s) per setting ({time.monotonic() - started:.0f}s)")
+    print(table(results))
+    print("\nBars:")
+    checks = bars(results)
+    for label, ok, detail in checks:
+        print(f"  {'MET ' if ok else 'MISS'}  {label}: {detail}")
+    if len(args.settings) > 1:
+        print(f"\nSettings by spread throughput relative to raw: {best_setting(results)}")
+    if profile is not None:
+        out, summary, result, batches = profile
+        print_profile(out, summary, result, batches, not args.profile_all_threads)
+    if args.json:
+        args.json.write_text(json.dumps({
+            "cases": [asdict(r) for r in results],
+            "bars": [{"bar": b, "met": ok, "detail": d} for b, ok, d in checks]}, indent=2))
+    return 0 if all(ok for _, ok, _ in checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -55,7 +55,7 @@ PROJECT = "metering-bench"
 # -- 1. raw emulator write rate (in a child process: gRPC stays out of this one) ------
 
 def _raw_child(host: str, project: str, total: int, batch: int, threads: int, warmup: int,
-               ready, go, results) -> None:
+               with_rollups: bool, ready, go, results) -> None:
     try:
         os.environ["DATASTORE_EMULATOR_HOST"] = host
         from app.config import Config
@@ -63,7 +63,8 @@ def _raw_child(host: str, project: str, total: int, batch: int, threads: int, wa
         from app.models import ids
         from app.services import events as event_service
         from app.services import ingest
-        from app.storage import entities, rpc
+        from app.services.windows import Cell
+        from app.storage import entities, rollups, rpc
 
         config = Config(project=project, emulator_host=host)
         ids.configure(config.hashid_salt)
@@ -78,17 +79,26 @@ def _raw_child(host: str, project: str, total: int, batch: int, threads: int, wa
             batches = []
             with client.context(namespace=space):
                 for b in range(count // batch):
-                    mutations = []
+                    mutations, cells = [], {}
                     for i in range(batch):
                         idem = f"raw-{b}-{i}"
                         key_id = event_service.idempotent_id(meter_id, idem)
+                        user, value = f"user-{rng.randrange(1000)}", rng.randint(1, 1000)
                         entity = entities.event_entity(
                             key_pb=entities.key("meter-event", key_id),
                             public_id=ingest._public_id(key_id, 1), meter_id=meter_id,
-                            user_id=f"user-{rng.randrange(1000)}", value=rng.randint(1, 1000),
-                            timestamp=now, idempotency=idem, dimensions={}, metadata={},
-                            now=now)
+                            user_id=user, value=value, timestamp=now, idempotency=idem,
+                            dimensions={}, metadata={}, now=now)
                         mutations.append(rpc.Mutation(insert=entity))
+                        cells.setdefault(user, Cell()).add_event(
+                            value, ingest.rank(now, now, key_id))
+                    if with_rollups:  # what the service's fast path commits with the events
+                        day, slot = rollups.day_and_slot(now)
+                        for user, cell in cells.items():
+                            series = rollups.series_of(user, {})
+                            mutations.append(rollups.increments(
+                                rollups.key(4242, series, day), meter_id, series, day,
+                                {slot: cell}))
                     batches.append(mutations)
             return batches
 
@@ -126,19 +136,21 @@ def _raw_child(host: str, project: str, total: int, batch: int, threads: int, wa
         run_all(iter(batches), namespace)
         wall, cpu = time.perf_counter() - t0, common.self_cpu() - cpu0
         results.put({"entities": len(batches) * batch, "wall": wall, "client_cpu": cpu,
-                     "errors": errors})
+                     "errors": errors, "mutations": sum(len(m) for m in batches)})
     except BaseException as exc:  # noqa: BLE001
         ready.set()
         results.put({"fatal": repr(exc)})
 
 
-def run_raw(emulator, project, total, batch, threads, warmup, config="", run=0):
-    """Time `total` raw inserts by `threads` threads in a child process; a CaseResult."""
+def run_raw(emulator, project, total, batch, threads, warmup, config="", run=0,
+            with_rollups=False):
+    """Time `total` raw inserts (with their rollup increments if `with_rollups`) by
+    `threads` threads in a child process; a CaseResult."""
     ctx = multiprocessing.get_context("spawn")
     ready, go, results = ctx.Event(), ctx.Event(), ctx.Queue()
     child = ctx.Process(target=_raw_child,
-                        args=(emulator.host, project, total, batch, threads, warmup, ready, go,
-                              results))
+                        args=(emulator.host, project, total, batch, threads, warmup,
+                              with_rollups, ready, go, results))
     child.start()
     try:
         if not ready.wait(180):
@@ -161,11 +173,13 @@ def run_raw(emulator, project, total, batch, threads, warmup, config="", run=0):
     other = max(0.0, busy - emu_used - result["client_cpu"]) / wall
     errors = result["errors"]
     return CaseResult(
-        config=config, case="raw", run=run, events=n, wall=wall, rate=n / wall, p50_ms=0.0,
+        config=config, case="raw+rollups" if with_rollups else "raw", run=run, events=n,
+        wall=wall, rate=n / wall, p50_ms=0.0,
         p95_ms=0.0, max_ms=0.0, failed_requests=len(errors), not_created=0, reconnects=0,
         service_cpu_us=0.0, client_cpu_us=result["client_cpu"] / n * 1e6,
         emulator_cpu_us=emu_used / n * 1e6, other_cores=other, worker_cpu_split="",
-        reads_per_event=0.0, writes_per_event=1.0, rpcs_per_batch=1.0, usage_missing=0,
+        reads_per_event=0.0, writes_per_event=result["mutations"] / n, rpcs_per_batch=1.0,
+        usage_missing=0,
         stored_ok=not errors, stored_detail=f"{len(errors)} failed commits",
         failures=errors[:5])
 
@@ -409,6 +423,11 @@ def run_config(args, emulator, workdir, workers, threads, rng, profile_dir=None)
                           args.raw_warmup, config, run)
             results.append(raw)
             print_case(raw)
+            if args.raw_rollups:
+                raw = run_raw(emulator, PROJECT, args.events, args.batch, args.raw_threads,
+                              args.raw_warmup, config, run, with_rollups=True)
+                results.append(raw)
+                print_case(raw)
             for case in args.cases:
                 meter = create_meter(service, key, f"bench_{case}")
                 load = build_load(case, meter, args.events, args.batch,
@@ -448,9 +467,10 @@ def profile_service(args, service, emulator, key, rng, profile_dir, config, resu
 
 def print_case(r: CaseResult) -> None:
     where = f"[{r.config} run {r.run} {r.case}]" + (" (py-spy running)" if r.profiled else "")
-    if r.case == "raw":
-        print(f"  {where} {r.events} entities in {r.wall:.1f}s = {r.rate:,.0f} entities/s; "
-              f"writer CPU {r.client_cpu_us:.0f} us/entity, emulator {r.emulator_cpu_us:.0f}; "
+    if r.case.startswith("raw"):
+        print(f"  {where} {r.events} events in {r.wall:.1f}s = {r.rate:,.0f} events/s "
+              f"({r.writes_per_event:.2f} entities each); writer CPU {r.client_cpu_us:.0f} "
+              f"us/event, emulator {r.emulator_cpu_us:.0f}; "
               f"other load {r.other_cores:.2f} cores; {r.stored_detail}", flush=True)
     else:
         print(f"  {where} {r.events} events in {r.wall:.1f}s = {r.rate:,.0f} ev/s; service "
@@ -467,31 +487,36 @@ def _round_rates(results, case) -> dict:
 
 
 def table(results: list[CaseResult]) -> str:
-    head = ("| setting | run | case | events | events/s | × raw | × spread | p50 ms | p95 ms | "
-            "service CPU µs/event | client CPU µs/event | emulator CPU µs/event | "
-            "other load (cores) | reads/event | writes/event | RPCs/request | failed requests "
-            "| stored exact |")
+    head = ("| setting | run | case | events | events/s | × raw | × raw+rollups | × spread | "
+            "p50 ms | p95 ms | service CPU µs/event | client CPU µs/event | "
+            "emulator CPU µs/event | other load (cores) | reads/event | writes/event | "
+            "RPCs/request | failed requests | stored exact |")
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     raw_of, spread_of = _round_rates(results, "raw"), _round_rates(results, "spread")
+    rollups_of = _round_rates(results, "raw+rollups")
     for r in results:
         round_ = (r.config, r.run)
-        if r.case == "raw":
+        ratio = lambda of: (f"{r.rate / of[round_]:.2f}"  # noqa: E731
+                            if round_ in of and not r.profiled else "")
+        if r.case.startswith("raw"):
+            name = ("raw: event inserts" if r.case == "raw"
+                    else "raw+rollups: the service's commits")
             rows.append(
-                f"| {r.config} | {r.run} | raw emulator, {r.events // 100} commits × 100 | "
-                f"{r.events} | {r.rate:,.0f} | 1 | | | | — | {r.client_cpu_us:.0f} (writer) | "
-                f"{r.emulator_cpu_us:.0f} | {r.other_cores:.2f} | 0 | 1 | 1 | "
+                f"| {r.config} | {r.run} | {name}, 8 threads | {r.events} | {r.rate:,.0f} | "
+                f"{ratio(raw_of)} | {ratio(rollups_of)} | | | | — | "
+                f"{r.client_cpu_us:.0f} (writer) | {r.emulator_cpu_us:.0f} | "
+                f"{r.other_cores:.2f} | 0 | {r.writes_per_event:.3f} | 1 | "
                 f"{r.failed_requests} | {'yes' if r.stored_ok else 'NO'} |")
             continue
-        x_raw = f"{r.rate / raw_of[round_]:.2f}" if round_ in raw_of and not r.profiled else ""
-        x_spread = (f"{r.rate / spread_of[round_]:.2f}"
-                    if r.case == "hot" and round_ in spread_of else "")
+        x_spread = ratio(spread_of) if r.case == "hot" else ""
         name = r.case + (" (under py-spy)" if r.profiled else "")
         rows.append(
-            f"| {r.config} | {r.run or '—'} | {name} | {r.events} | {r.rate:,.0f} | {x_raw} | "
-            f"{x_spread} | {r.p50_ms:.0f} | {r.p95_ms:.0f} | {r.service_cpu_us:.0f} | "
-            f"{r.client_cpu_us:.0f} | {r.emulator_cpu_us:.0f} | {r.other_cores:.2f} | "
-            f"{r.reads_per_event:.3f} | {r.writes_per_event:.3f} | {r.rpcs_per_batch:.2f} | "
-            f"{r.failed_requests} | {'yes' if r.stored_ok else 'NO'} |")
+            f"| {r.config} | {r.run or '—'} | {name} | {r.events} | {r.rate:,.0f} | "
+            f"{ratio(raw_of)} | {ratio(rollups_of)} | {x_spread} | {r.p50_ms:.0f} | "
+            f"{r.p95_ms:.0f} | {r.service_cpu_us:.0f} | {r.client_cpu_us:.0f} | "
+            f"{r.emulator_cpu_us:.0f} | {r.other_cores:.2f} | {r.reads_per_event:.3f} | "
+            f"{r.writes_per_event:.3f} | {r.rpcs_per_batch:.2f} | {r.failed_requests} | "
+            f"{'yes' if r.stored_ok else 'NO'} |")
     return "\n".join(rows)
 
 
@@ -507,7 +532,7 @@ def bars(results: list[CaseResult]) -> list[tuple[str, bool, str]]:
     checks = []
     for config in dict.fromkeys(r.config for r in measured):
         mine = [r for r in measured if r.config == config]
-        service = [r for r in mine if r.case != "raw"]
+        service = [r for r in mine if not r.case.startswith("raw")]
         spread = [r for r in mine if r.case == "spread" and (config, r.run) in raw_of]
         hot = [r for r in mine if r.case == "hot"]
         if spread:
@@ -595,6 +620,9 @@ def parse_args(argv=None):
     parser.add_argument("--raw-warmup", type=int, default=4000,
                         help="entities written (untimed) before the raw run, to warm the "
                              "emulator's JIT (4000)")
+    parser.add_argument("--no-raw-rollups", dest="raw_rollups", action="store_false",
+                        help="skip the raw+rollups run (the service's exact commits, sent "
+                             "straight to the emulator)")
     parser.add_argument("--warmup-events", type=int, default=4000,
                         help="events sent (untimed) to each new service before its rounds "
                              "(4000)")

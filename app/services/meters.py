@@ -61,6 +61,11 @@ def find_by_event_name(event_name: str) -> Meter | None:
     return _active_with_event_name(event_name)
 
 
+def all_meters() -> list[Meter]:
+    """Every meter of the org, archived ones included."""
+    return Meter.query(ancestor=root_key()).fetch()
+
+
 def list_meters(limit: int, cursor: str | None) -> tuple[list[Meter], str | None]:
     """One page of the org's meters, oldest first, and the cursor of the next page."""
     start = _decode_cursor(cursor) if cursor is not None else None

@@ -73,9 +73,9 @@ def rebuild_one(meter: Meter, series, day: int) -> None:
     raise core_exceptions.Aborted("rebuilding kept colliding with concurrent writes")
 
 
-def rebuild_meter(meter: Meter, progress=None) -> int:
-    """Rebuild every rollup of a meter; returns how many (series, day) were rebuilt."""
-    work = targets(meter)
+def rebuild_meter(meter: Meter, progress=None, work: list | None = None) -> int:
+    """Rebuild every rollup of a meter (or the `work` of `targets`); returns how many."""
+    work = targets(meter) if work is None else work
     for series, day in work:
         rebuild_one(meter, series, day)
         if progress is not None:

@@ -153,3 +153,65 @@ def _brute_force(kind, events):
     latest = max(events, key=lambda e: datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")),
                  default=None)
     return latest["value"] if latest else 0
+
+
+def test_hourly_windows_in_a_half_hour_zone(api):
+    meter = api.create_meter()
+    # 04:29 and 04:31 UTC sit in different Kolkata hours (09:59 and 10:01, +05:30).
+    base = DAY.replace(hour=4)
+    api.record(*[_event(meter, "u1", v, (base - DAY).total_seconds() / 3600 + m / 60)
+                 for v, m in [(1, 29), (2, 31), (4, 95)]])
+    answer = api.summary(meterId=meter["id"], periodStart=_at(4), periodEnd=_at(6),
+                         windowSize="hour", timeZone="Asia/Kolkata")
+    windows = [(w["windowStart"], w["value"], w["eventCount"]) for w in answer["windows"]]
+    day = DAY.date().isoformat()
+    assert windows == [(f"{day}T09:30:00+05:30", 1, 1), (f"{day}T10:00:00+05:30", 2, 1),
+                       (f"{day}T11:00:00+05:30", 4, 1)]
+    assert answer["windows"][-1]["windowEnd"] == f"{day}T11:30:00+05:30"
+
+
+def test_group_by_user_and_dimension_with_filters(api):
+    meter = api.create_meter(dimensions=["model", "region"])
+    api.record(_event(meter, "a", 1, 1, dimensions={"model": "x", "region": "eu"}),
+               _event(meter, "a", 2, 2, dimensions={"model": "y", "region": "eu"}),
+               _event(meter, "b", 4, 3, dimensions={"model": "x", "region": "us"}),
+               _event(meter, "b", 8, 4, dimensions={"model": "x"}))
+    answer = api.get("/v1/billing/meter-events/summary", params=[
+        ("meterId", meter["id"]), ("groupBy", "userId"), ("groupBy", "model"),
+        ("filter[region]", "eu"), ("filter[region]", "us")]).json()
+    assert answer["value"] == 7
+    assert [(w["groupBy"], w["value"]) for w in answer["windows"]] == [
+        ({"userId": "a", "model": "x"}, 1), ({"userId": "a", "model": "y"}, 2),
+        ({"userId": "b", "model": "x"}, 4)]
+
+
+def test_unique_count_counts_distinct_values(api):
+    users = api.create_meter(eventName="active", aggregationType="unique_count",
+                             uniqueBy="userId")
+    models = api.create_meter(eventName="models", aggregationType="unique_count",
+                              dimensions=["model"], uniqueBy="model")
+    api.record(*[_event(users, u, 1, h) for u, h in [("a", 1), ("b", 2), ("a", 3)]])
+    api.record(*[_event(models, "u", 1, h, dimensions={"model": m})
+                 for m, h in [("x", 1), ("y", 2), ("x", 30)]])
+    assert api.summary(meterId=users["id"])["value"] == 2
+    daily = api.summary(meterId=models["id"], periodStart=DAY.date().isoformat(),
+                        windowSize="day")
+    assert [w["value"] for w in daily["windows"]][:2] == [2, 1]
+
+
+@pytest.mark.parametrize("params, param", [
+    ({"windowSize": "week", "periodStart": "2026-11-01"}, "windowSize"),
+    ({"windowSize": "hour"}, "periodStart"),
+    ({"timeZone": "Mars/Olympus", "periodStart": "2026-11-01"}, "timeZone"),
+    ({"timeZone": "../../etc/passwd"}, "timeZone"),
+    ({"groupBy": "colour"}, "groupBy"),
+    ({"filter[colour]": "red"}, "filter[colour]"),
+    ({"filter": "red"}, "filter"),
+    ({"windowSize": "hour", "periodStart": "2000-01-01"}, "windowSize"),
+])
+def test_bad_window_and_group_parameters(api, params, param):
+    meter = api.create_meter()
+    answer = api.get("/v1/billing/meter-events/summary",
+                     params={"meterId": meter["id"], **params})
+    assert answer.status_code == 400, answer.text
+    assert error_of(answer)["param"] == param

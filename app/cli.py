@@ -209,6 +209,25 @@ def _rebuild_org(org: str, meter_id: str | None) -> dict:
     return {"org": org, "meters": len(chosen), "rollups": total}
 
 
+@rollups.command("compact")
+@click.argument("org")
+@_data_dir_option
+def rollups_compact(org, data_dir):
+    """Fold ORG's rollup deltas into their compacted form (what a periodic job runs)."""
+    click.echo(json.dumps(_admin(data_dir, lambda: _compact_org(org))))
+
+
+def _compact_org(org: str) -> dict:
+    from google.cloud import ndb
+
+    from app.services import compact
+    from app.services import orgs as org_service
+
+    namespace = org_service.get_org(org).namespace
+    with ndb.get_context().new(namespace=namespace).use():
+        return {"org": org, "compacted": compact.compact_org()}
+
+
 def _create_demo_org():
     """The demo org's first key, or None when the org exists already."""
     from app.errors import Conflict, NotFound

@@ -1,22 +1,28 @@
 """Ingestion benchmark: the emulator's raw write rate, the service end to end, a hot key.
 
-One run of `python benchmarks/ingest.py` does, on Google's Firestore-mode emulator:
+One run of `python benchmarks/ingest.py` starts Google's Firestore-mode emulator
+and, for each service setting (`--configs`, default 2x8), the service exactly as
+production runs it: `metering serve --host 127.0.0.1 --port P --workers W
+--threads T` with DATASTORE_EMULATOR_HOST set, as its own process group. After
+an untimed warm-up it does `--repeat` rounds (default 3), each on a freshly reset
+emulator with a new org (`metering orgs create`):
 
-1. raw: N meter-event entities committed straight to the emulator in 100-entity
-   batches by 8 threads (`app.storage.entities.event_entity` + `app.storage.rpc.commit`
-   in an NDB context, in a child process) -- the emulator's write capacity;
-2. spread: the same N events through the service (`metering serve`, a separate
-   process group, exactly as production runs it), 100-event POSTs from 8 client
-   threads, users drawn at random from 1000, unique idempotency keys;
-3. hot: N events for ONE (meter, user) pair, same clients;
+1. raw: N meter-event entities inserted straight into the emulator, 100 per Commit,
+   by 8 threads (`app.storage.entities.event_entity` + `app.storage.rpc.commit` in
+   an NDB context, in a child process) -- the emulator's write rate;
+   raw+rollups: the same with each batch's rollup increments, i.e. exactly the
+   commits the service's fast path sends, without the service;
+2. spread: N events through the service: 100-event POST /v1/billing/meter-events
+   from 8 client threads (keep-alive connections, bodies built beforehand),
+   unique idempotency keys, users drawn at random from 1000;
+3. hot: N events for ONE (meter, user) pair, same clients.
 
-and for every service case: events/second, request latency, CPU of the service
-(gunicorn master + workers, from /proc), of the emulator and of this client per
-event, the summed `X-Datastore-Usage` headers, and an exact check of what was
-stored (summary eventCount and value). It ends with a table and the bars.
-
-Options choose sizes, worker/thread settings (`--configs 2x8,1x8`), repeats and a
-py-spy profile of the service (`--profile`, needs py-spy in the venv).
+For every run it reports events/s, request latency, user+system CPU per event of
+the service (gunicorn master + workers, /proc/PID/stat), of the emulator and of
+the client, the machine's other load, the summed `X-Datastore-Usage` headers, and
+checks the stored totals exactly (summary eventCount and value, for all users
+and three single users). It ends with a table and the bars. `--profile` adds one
+spread run under py-spy (installed separately) and its top costs per request.
 """
 
 from __future__ import annotations

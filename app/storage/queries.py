@@ -30,7 +30,8 @@ def _root_key():
     return pb
 
 
-def _query(kind: str, conditions: list[tuple[str, int, object]]):
+def build(kind: str, conditions: list[tuple[str, int, object]]):
+    """An ancestor query of `kind` under the org root with AND-ed property conditions."""
     query = Query()
     query.kind.add().name = kind
     composite = query.filter.composite_filter
@@ -43,7 +44,9 @@ def _query(kind: str, conditions: list[tuple[str, int, object]]):
         condition = composite.filters.add().property_filter
         condition.property.name = name
         condition.op = op
-        if isinstance(value, str):
+        if isinstance(value, bool):
+            condition.value.boolean_value = value
+        elif isinstance(value, str):
             condition.value.string_value = value
         elif isinstance(value, datetime):
             entities.set_time_value(condition.value, value)
@@ -62,7 +65,7 @@ def events(meter_id: str, user_id: str | None, start: datetime | None, end: date
         conditions.append(("Timestamp", _OP.GREATER_THAN_OR_EQUAL, start))
     if end is not None:
         conditions.append(("Timestamp", _OP.LESS_THAN, end))
-    query = _query("meter-event", conditions)
+    query = build("meter-event", conditions)
     return rpc.run_query(query, ndb.get_context().get_namespace(), transaction)
 
 
@@ -75,5 +78,5 @@ def rollups(meter_id: str, user_id: str | None, first_day: int | None, last_day:
         conditions.append(("Day", _OP.GREATER_THAN_OR_EQUAL, first_day))
     if last_day is not None:
         conditions.append(("Day", _OP.LESS_THAN_OR_EQUAL, last_day))
-    query = _query("meter-rollup", conditions)
+    query = build("meter-rollup", conditions)
     return rpc.run_query(query, ndb.get_context().get_namespace())

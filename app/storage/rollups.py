@@ -1,10 +1,16 @@
 """Rollups: usage pre-aggregated per series, UTC day and 15-minute slot.
 
 One `meter-rollup` entity holds one series (a user and one combination of
-dimension values) of one meter for one UTC day. Slot `q` (0..95, the quarter
-hours of the day) keeps `C{q}` count, `S{q}` sum, `N{q}` min and `X{q}` max; a
-`last` meter also keeps `L{q}` (value of the latest event) and `R{q}` (its rank:
-timestamp, CreatedAt and key id, as one sortable string).
+dimension values) of one meter for one UTC day, in two parts that add up:
+
+- `Slots_`, the compacted base: one unindexed JSON string mapping each slot `q`
+  (0..95, the quarter hours of the day) to its count, sum, min, max and, for
+  `last` meters, the latest value and its rank (timestamp, CreatedAt, key id).
+- deltas written by server-side transforms since the last compaction: `C{q}`
+  count, `S{q}` sum, `N{q}` min and `X{q}` max, and `Dirty` = true.
+
+Compaction (`app.services.compact`) folds the deltas into `Slots_`, so reading a
+day costs one small entity however many batches it took.
 
 Fifteen minutes because every time-zone offset in use is a multiple of it, so a
 local hour, day or month is always a whole number of slots. A day per entity
@@ -34,7 +40,7 @@ KIND = "meter-rollup"
 SLOT = timedelta(minutes=15)
 SLOTS_PER_DAY = 96
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_STATIC = ("MeterId", "UserId", "Day", "Series_")
+_STATIC = ("MeterId", "UserId", "Day", "Series_", "Dirty")
 
 
 def day_and_slot(moment: datetime) -> tuple[int, int]:
@@ -62,25 +68,18 @@ def key(meter_key_id: int, series: Series, day: int, namespace: str | None = Non
     return entities.key(KIND, f"{digest}.{meter_key_id}.{day}", namespace)
 
 
-def rank_text(rank: tuple) -> str:
-    return ".".join(f"{part:020d}" for part in rank)
-
-
-def _rank_of(text: str) -> tuple:
-    return tuple(int(part) for part in text.split("."))
-
-
-def _static(entity, meter_id: str, series: Series, day: int) -> None:
+def _static(entity, meter_id: str, series: Series, day: int, dirty: bool) -> None:
     entities.set_string(entity, "MeterId", meter_id)
     entities.set_string(entity, "UserId", series.user_id)
     entities.set_int(entity, "Day", day)
     entities.set_string(entity, "Series_", series_json(series), indexed=False)
+    entities.set_bool(entity, "Dirty", dirty)
 
 
 def increments(key_pb, meter_id: str, series: Series, day: int, cells: dict[int, Cell]):
     """A blind upsert adding `cells` (slot -> Cell) to the stored rollup."""
     mutation = rpc.Mutation()
-    _static(mutation.upsert, meter_id, series, day)
+    _static(mutation.upsert, meter_id, series, day, dirty=True)
     mutation.upsert.key.CopyFrom(key_pb)
     mutation.property_mask.paths.extend(_STATIC)
     for slot, cell in sorted(cells.items()):
@@ -94,42 +93,50 @@ def increments(key_pb, meter_id: str, series: Series, day: int, cells: dict[int,
     return mutation
 
 
+def _pack(cells: dict[int, Cell]) -> str:
+    packed = {}
+    for slot, cell in sorted(cells.items()):
+        if cell.count:
+            rank = list(cell.last_rank) if cell.last_rank is not None else None
+            packed[str(slot)] = [cell.count, cell.sum, cell.min, cell.max, rank,
+                                 cell.last_value]
+    return json.dumps(packed, separators=(",", ":"))
+
+
+def _unpack(text: str) -> dict[int, Cell]:
+    cells = {}
+    for slot, (count, total, low, high, rank, last) in json.loads(text or "{}").items():
+        cells[int(slot)] = Cell(count, total, low, high,
+                                tuple(rank) if rank is not None else None, last)
+    return cells
+
+
 def replacement(key_pb, meter_id: str, series: Series, day: int, cells: dict[int, Cell]):
-    """The whole rollup entity holding exactly `cells` (empty slots left out)."""
+    """The whole rollup holding exactly `cells`, compacted (no deltas)."""
     entity = entities.Entity()
     entity.key.CopyFrom(key_pb)
-    _static(entity, meter_id, series, day)
-    for slot, cell in sorted(cells.items()):
-        if cell.count == 0:
-            continue
-        entities.set_int(entity, f"C{slot}", cell.count, indexed=False)
-        entities.set_int(entity, f"S{slot}", cell.sum, indexed=False)
-        entities.set_int(entity, f"N{slot}", cell.min, indexed=False)
-        entities.set_int(entity, f"X{slot}", cell.max, indexed=False)
-        if cell.last_rank is not None:
-            entities.set_int(entity, f"L{slot}", cell.last_value, indexed=False)
-            entities.set_string(entity, f"R{slot}", rank_text(cell.last_rank), indexed=False)
+    _static(entity, meter_id, series, day, dirty=False)
+    entities.set_string(entity, "Slots_", _pack(cells), indexed=False)
     return rpc.Mutation(upsert=entity)
 
 
 def decode(entity) -> tuple[Series, int, dict[int, Cell]]:
-    """(series, day, slot -> Cell) of a stored rollup."""
-    described = json.loads(entity.properties["Series_"].string_value)
-    series = Series(described["u"], tuple(sorted(described["d"].items())))
-    day = entity.properties["Day"].integer_value
+    """(series, day, slot -> Cell) of a stored rollup: its base plus its deltas."""
     props = entity.properties
-    cells: dict[int, Cell] = {}
+    described = json.loads(props["Series_"].string_value)
+    series = Series(described["u"], tuple(sorted(described["d"].items())))
+    slots = props.get("Slots_")
+    cells = _unpack(slots.string_value if slots is not None else "")
     for name, value in props.items():
-        if name[0] != "C" or not name[1:].isdigit():
-            continue
-        slot = int(name[1:])
-        count = value.integer_value
-        if count <= 0:
-            continue
-        cell = Cell(count=count, sum=props[f"S{slot}"].integer_value,
-                    min=props[f"N{slot}"].integer_value, max=props[f"X{slot}"].integer_value)
-        if f"R{slot}" in props:
-            cell.last_rank = _rank_of(props[f"R{slot}"].string_value)
-            cell.last_value = props[f"L{slot}"].integer_value
-        cells[slot] = cell
-    return series, day, cells
+        if name[0] == "C" and name[1:].isdigit() and value.integer_value > 0:
+            slot = name[1:]
+            delta = Cell(value.integer_value, props[f"S{slot}"].integer_value,
+                         props[f"N{slot}"].integer_value, props[f"X{slot}"].integer_value)
+            cells.setdefault(int(slot), Cell()).merge(delta)
+    return series, props["Day"].integer_value, cells
+
+
+def is_dirty(entity) -> bool:
+    """Whether deltas wait to be folded into the base."""
+    dirty = entity.properties.get("Dirty")
+    return dirty is not None and dirty.boolean_value

@@ -1,0 +1,73 @@
+"""Compaction: folding rollup deltas into their compacted base.
+
+Ingestion's fast path adds to a rollup with server-side transforms, one set of
+delta properties per touched slot, and marks it `Dirty`. Reads stay exact either
+way (base plus deltas), but an uncompacted day costs more to read. Compaction
+finds dirty rollups (an ancestor query on the built-in `Dirty` index) and, one
+transaction each, reads the rollup and writes it back compacted. A blind write
+racing with it waits for the transaction and lands on top, marking it dirty
+again. Run by `metering rollups compact` and meant for a periodic job.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+from google.api_core import exceptions as core_exceptions
+from google.cloud import ndb
+from google.cloud.datastore_v1.types import query as q
+
+from app.storage import queries, rollups, rpc
+
+ATTEMPTS = 12
+
+
+PAGE = 500
+
+
+def dirty_keys(limit: int = PAGE) -> list:
+    """Keys of up to `limit` rollups of the current org with deltas to fold."""
+    query = queries.build("meter-rollup", [("Dirty", q.PropertyFilter.Operator.EQUAL, True)])
+    query.projection.add().property.name = "__key__"
+    query.limit.value = limit
+    return [entity.key for entity in rpc.run_query(query, ndb.get_context().get_namespace())]
+
+
+def _compact_once(key_pb) -> bool:
+    transaction = rpc.begin_transaction()
+    try:
+        stored = rpc.lookup([key_pb], transaction).get(key_pb.SerializeToString())
+        if stored is None or not rollups.is_dirty(stored):
+            rpc.rollback(transaction)
+            return False
+        series, day, cells = rollups.decode(stored)
+        meter_id = stored.properties["MeterId"].string_value
+        rpc.commit([rollups.replacement(key_pb, meter_id, series, day, cells)], transaction)
+        return True
+    except BaseException:
+        rpc.rollback(transaction)
+        raise
+
+
+def compact_one(key_pb) -> bool:
+    """Compact one rollup; whether it had deltas."""
+    for attempt in range(ATTEMPTS):
+        try:
+            return _compact_once(key_pb)
+        except core_exceptions.Aborted:
+            time.sleep(min(2.0, 0.05 * 2 ** attempt) * random.uniform(0.5, 1.5))
+    raise core_exceptions.Aborted("compaction kept colliding with concurrent writes")
+
+
+def compact_org(progress=None) -> int:
+    """Compact every dirty rollup of the current org; how many were compacted."""
+    done = 0
+    while True:  # pages until one comes back short: ingestion may keep dirtying rollups
+        keys = dirty_keys()
+        for key_pb in keys:
+            done += compact_one(key_pb)
+            if progress is not None:
+                progress(1)
+        if len(keys) < PAGE:
+            return done

@@ -410,42 +410,50 @@ def create_org(emulator_host: str, project: str, name: str) -> str:
     return json.loads(done.stdout)["apiKey"]
 
 
-def run_config(args, emulator, workdir, workers, threads, rng, profile_dir=None):
-    """One service setting: `repeat` rounds of raw, spread and hot, each round on a
-    freshly reset emulator with a new org, so rounds start alike and every ratio
-    compares measurements taken back to back."""
-    config = f"{workers}x{threads}"
+def run_rounds(args, emulator, workdir, rng, profile_dir=None):
+    """Every service setting, `repeat` rounds. All settings' services run side by side
+    (idle ones cost nothing), and each round -- on a freshly reset emulator with a new
+    org -- measures raw, raw+rollups, then spread and hot for every setting, in an
+    order rotated per round: settings see the emulator alike (its JIT keeps warming
+    for minutes), and every ratio compares runs taken minutes apart at most."""
     emulator.reset()
-    service = common.Service(emulator.host, workers, threads, workdir,
-                             project=PROJECT).start()
+    services: dict[str, common.Service] = {}
     results: list[CaseResult] = []
     profile = None
     try:
-        warm_up(service, service.api_key, args.warmup_events, args.clients, args.batch, rng)
+        for workers, threads in args.settings:
+            config = f"{workers}x{threads}"
+            services[config] = common.Service(emulator.host, workers, threads, workdir,
+                                              project=PROJECT).start()
+            warm_up(services[config], services[config].api_key, args.warmup_events,
+                    args.clients, args.batch, rng)
+        order = list(services)
         for run in range(1, args.repeat + 1):
             emulator.reset()
             key = create_org(emulator.host, PROJECT, f"bench-{run}")
-            raw = run_raw(emulator, PROJECT, args.events, args.batch, args.raw_threads,
-                          args.raw_warmup, config, run)
-            results.append(raw)
-            print_case(raw)
-            if args.raw_rollups:
+            for with_rollups in (False, True) if args.raw_rollups else (False,):
                 raw = run_raw(emulator, PROJECT, args.events, args.batch, args.raw_threads,
-                              args.raw_warmup, config, run, with_rollups=True)
+                              args.raw_warmup, "—", run, with_rollups=with_rollups)
                 results.append(raw)
                 print_case(raw)
-            for case in args.cases:
-                meter = create_meter(service, key, f"bench_{case}")
-                load = build_load(case, meter, args.events, args.batch,
-                                  args.users if case == "spread" else None, f"r{run}", rng)
-                result = run_case(config, run, service, emulator, key, load, args.clients)
-                results.append(result)
-                print_case(result)
+            shift = (run - 1) % len(order)
+            for config in order[shift:] + order[:shift]:
+                service = services[config]
+                for case in args.cases:
+                    meter = create_meter(service, key, f"bench_{case}_{config}")
+                    load = build_load(case, meter, args.events, args.batch,
+                                      args.users if case == "spread" else None,
+                                      f"r{run}-{config}", rng)
+                    result = run_case(config, run, service, emulator, key, load, args.clients)
+                    results.append(result)
+                    print_case(result)
         if profile_dir is not None:
-            profile = profile_service(args, service, emulator, key, rng, profile_dir, config,
-                                      results)
+            config = order[0]
+            profile = profile_service(args, services[config], emulator, key, rng, profile_dir,
+                                      config, results)
     finally:
-        service.stop()
+        for service in services.values():
+            service.stop()
     return results, profile
 
 
@@ -489,6 +497,9 @@ def print_case(r: CaseResult) -> None:
 
 
 def _round_rates(results, case) -> dict:
+    """Rates of one case by (setting, round); raw runs (shared by all settings) by round."""
+    if case.startswith("raw"):
+        return {r.run: r.rate for r in results if r.case == case}
     return {(r.config, r.run): r.rate for r in results if r.case == case and not r.profiled}
 
 
@@ -501,9 +512,9 @@ def table(results: list[CaseResult]) -> str:
     raw_of, spread_of = _round_rates(results, "raw"), _round_rates(results, "spread")
     rollups_of = _round_rates(results, "raw+rollups")
     for r in results:
-        round_ = (r.config, r.run)
-        ratio = lambda of: (f"{r.rate / of[round_]:.2f}"  # noqa: E731
-                            if round_ in of and not r.profiled else "")
+        def ratio(of, key=None):
+            key = r.run if key is None else key
+            return f"{r.rate / of[key]:.2f}" if key in of and not r.profiled else ""
         if r.case.startswith("raw"):
             name = ("raw: event inserts" if r.case == "raw"
                     else "raw+rollups: the service's commits")
@@ -514,7 +525,7 @@ def table(results: list[CaseResult]) -> str:
                 f"{r.other_cores:.2f} | 0 | {r.writes_per_event:.3f} | 1 | "
                 f"{r.failed_requests} | {'yes' if r.stored_ok else 'NO'} |")
             continue
-        x_spread = ratio(spread_of) if r.case == "hot" else ""
+        x_spread = ratio(spread_of, (r.config, r.run)) if r.case == "hot" else ""
         name = r.case + (" (under py-spy)" if r.profiled else "")
         rows.append(
             f"| {r.config} | {r.run or '—'} | {name} | {r.events} | {r.rate:,.0f} | "
@@ -539,10 +550,10 @@ def bars(results: list[CaseResult]) -> list[tuple[str, bool, str]]:
     for config in dict.fromkeys(r.config for r in measured):
         mine = [r for r in measured if r.config == config]
         service = [r for r in mine if not r.case.startswith("raw")]
-        spread = [r for r in mine if r.case == "spread" and (config, r.run) in raw_of]
+        spread = [r for r in mine if r.case == "spread" and r.run in raw_of]
         hot = [r for r in mine if r.case == "hot"]
         if spread:
-            ratios = [r.rate / raw_of[(config, r.run)] for r in spread]
+            ratios = [r.rate / raw_of[r.run] for r in spread]
             checks.append((f"{config}: spread ≥ {BARS['spread_over_raw']} × raw emulator "
                            "(median of rounds)", _median(ratios) >= BARS["spread_over_raw"],
                            f"median {_median(ratios):.2f}; rounds "
@@ -578,15 +589,21 @@ def bars(results: list[CaseResult]) -> list[tuple[str, bool, str]]:
     return checks
 
 
-def best_setting(results: list[CaseResult]) -> str:
-    by_config: dict[str, list[float]] = {}
+def best_setting(results: list[CaseResult]) -> list[str]:
+    """Settings ranked by median spread throughput, with their other medians."""
     raw_of = _round_rates(results, "raw")
-    for r in results:
-        if r.case == "spread" and not r.profiled:
-            by_config.setdefault(r.config, []).append(r.rate / raw_of.get((r.config, r.run),
-                                                                          float("nan")))
-    ranked = sorted(by_config.items(), key=lambda kv: -_median(kv[1]))
-    return "; ".join(f"{c}: spread/raw median {_median(v):.2f}" for c, v in ranked)
+    lines = []
+    for config in dict.fromkeys(r.config for r in results if not r.case.startswith("raw")):
+        mine = [r for r in results if r.config == config and not r.profiled]
+        spread = [r for r in mine if r.case == "spread"]
+        hot = [r for r in mine if r.case == "hot"]
+        lines.append((_median([r.rate for r in spread]), (
+            f"{config}: spread median {_median([r.rate for r in spread]):,.0f} ev/s "
+            f"(× raw {_median([r.rate / raw_of[r.run] for r in spread if r.run in raw_of]):.2f})"
+            f", hot median {_median([r.rate for r in hot]):,.0f} ev/s, service CPU median "
+            f"{_median([r.service_cpu_us for r in mine]):.0f} µs/event, spread p95 median "
+            f"{_median([r.p95_ms for r in spread]):.0f} ms")))
+    return [line for _, line in sorted(lines, key=lambda item: -item[0])]
 
 
 def print_profile(out, summary: common.ProfileSummary, result: CaseResult, batches: int,
@@ -623,7 +640,7 @@ def parse_args(argv=None):
     parser.add_argument("--batch", type=int, default=100, help="events per request (100)")
     parser.add_argument("--clients", type=int, default=8, help="client threads (8)")
     parser.add_argument("--raw-threads", type=int, default=8, help="raw writer threads (8)")
-    parser.add_argument("--raw-warmup", type=int, default=4000,
+    parser.add_argument("--raw-warmup", type=int, default=10000,
                         help="entities written (untimed) before the raw run, to warm the "
                              "emulator's JIT (4000)")
     parser.add_argument("--no-raw-rollups", dest="raw_rollups", action="store_false",
@@ -697,11 +714,8 @@ def main(argv=None) -> int:
     profile = None
     try:
         print(f"Firestore-mode emulator at {emulator.host}", flush=True)
-        for index, (workers, threads) in enumerate(args.settings):
-            profile_dir = workdir if args.profile and index == 0 else None
-            found, prof = run_config(args, emulator, workdir, workers, threads, rng, profile_dir)
-            results += found
-            profile = profile or prof
+        results, profile = run_rounds(args, emulator, workdir, rng,
+                                      workdir if args.profile else None)
     finally:
         emulator.stop()
 
@@ -714,7 +728,9 @@ def main(argv=None) -> int:
     for label, ok, detail in checks:
         print(f"  {'MET ' if ok else 'MISS'}  {label}: {detail}")
     if len(args.settings) > 1:
-        print(f"\nSettings by spread throughput relative to raw: {best_setting(results)}")
+        print("\nSettings, best spread throughput first:")
+        for line in best_setting(results):
+            print(f"  {line}")
     if profile is not None:
         out, summary, result, batches = profile
         print_profile(out, summary, result, batches, not args.profile_all_threads)

@@ -35,11 +35,6 @@ WINDOW_SIZES = (None, "hour", "day", "month")
 _MICROSECOND = timedelta(microseconds=1)
 
 
-def _pick(a, b, choose):
-    """min/max that treats None as 'no value yet'."""
-    return b if a is None else a if b is None else choose(a, b)
-
-
 @dataclass
 class Cell:
     """Mergeable statistics of some events; merge is exact, associative and commutative."""
@@ -57,8 +52,11 @@ class Cell:
     def merge(self, other: Cell) -> None:
         self.count += other.count
         self.sum += other.sum
-        self.min = _pick(self.min, other.min, min)
-        self.max = _pick(self.max, other.max, max)
+        # Inline min/max (this runs once per cell of a summary): None is "no value yet".
+        if other.min is not None and (self.min is None or other.min < self.min):
+            self.min = other.min
+        if other.max is not None and (self.max is None or other.max > self.max):
+            self.max = other.max
         # Equal ranks (one event seen twice) keep the larger value, so order never matters.
         if other.last_rank is not None and (
                 self.last_rank is None
@@ -258,6 +256,9 @@ class _Bucket:
                 "min": cell.min, "max": cell.max}[aggregation]
 
 
+_UNSEEN = object()
+
+
 def _profile(request: SummaryRequest, series: Series) -> tuple[tuple, str | None] | None:
     """(group values, unique_by value) of a series, or None when a filter excludes it."""
     for name, allowed in request.filters.items():
@@ -305,16 +306,27 @@ def summarize_cells(request: SummaryRequest,
     first_slot, end = slot_of(request.period_start), request.period_end
     profiles: dict[Series, tuple | None] = {}
     buckets: dict[tuple[int, tuple], _Bucket] = {}
-    total = _Bucket()
+    window_of: dict[datetime, int] = {}  # slots repeat across series and days
+    last_series, profile = None, None
     for series, slot, cell in cells:
-        if series not in profiles:
-            profiles[series] = _profile(request, series)
-        profile = profiles[series]
+        if series is not last_series:  # a rollup's cells come together: skip the lookups
+            last_series = series
+            profile = profiles.get(series, _UNSEEN)
+            if profile is _UNSEEN:
+                profile = profiles[series] = _profile(request, series)
         if profile is None or cell.count == 0:
             continue
-        group, unique = profile
-        index = _window_index(starts, first_slot, end, slot)
-        buckets.setdefault((index, group), _Bucket()).add(cell, unique)
-        total.add(cell, unique)
+        index = window_of.get(slot)
+        if index is None:
+            index = window_of[slot] = _window_index(starts, first_slot, end, slot)
+        key = (index, profile[0])
+        bucket = buckets.get(key)
+        if bucket is None:
+            bucket = buckets[key] = _Bucket()
+        bucket.add(cell, profile[1])
+    total = _Bucket()
+    for bucket in buckets.values():  # buckets partition the cells
+        total.cell.merge(bucket.cell)
+        total.uniques |= bucket.uniques
     return SummaryResult(total.value(request.aggregation), total.cell.count,
                          _windows(request, bounds, buckets))

@@ -97,17 +97,19 @@ def _pack(cells: dict[int, Cell]) -> str:
     packed = {}
     for slot, cell in sorted(cells.items()):
         if cell.count:
-            rank = list(cell.last_rank) if cell.last_rank is not None else None
-            packed[str(slot)] = [cell.count, cell.sum, cell.min, cell.max, rank,
-                                 cell.last_value]
+            fields = [cell.count, cell.sum, cell.min, cell.max]
+            if cell.last_rank is not None:  # only `last` meters need the rank
+                fields += [list(cell.last_rank), cell.last_value]
+            packed[str(slot)] = fields
     return json.dumps(packed, separators=(",", ":"))
 
 
 def _unpack(text: str) -> dict[int, Cell]:
     cells = {}
-    for slot, (count, total, low, high, rank, last) in json.loads(text or "{}").items():
-        cells[int(slot)] = Cell(count, total, low, high,
-                                tuple(rank) if rank is not None else None, last)
+    for slot, fields in json.loads(text or "{}").items():
+        count, total, low, high = fields[:4]
+        rank, last = (tuple(fields[4]), fields[5]) if len(fields) > 4 else (None, None)
+        cells[int(slot)] = Cell(count, total, low, high, rank, last)
     return cells
 
 

@@ -9,19 +9,13 @@ it counted in, all in one transaction; cancelling again is harmless
 
 from __future__ import annotations
 
-import random
-import time
 from dataclasses import dataclass
 
-from google.api_core import exceptions as core_exceptions
 from google.cloud import ndb
 
 from app.models import MeterEvent, ids, utcnow
 from app.services import recompute
 from app.storage import entities, rollups, rpc
-
-ATTEMPTS = 12
-
 
 @dataclass(frozen=True)
 class Cancelled:
@@ -43,8 +37,7 @@ def _target_key(target: dict, meters_by_name: dict):
 
 
 def _attempt(key_ids: list[int | None], window, now) -> list[Cancelled]:
-    transaction = rpc.begin_transaction()
-    try:
+    with rpc.transaction() as transaction:
         keys = {k: entities.key(MeterEvent.KIND, k) for k in key_ids if k is not None}
         found = rpc.lookup(list(keys.values()), transaction)
         results, cancelling = _classify(key_ids, keys, found, window, now)
@@ -55,9 +48,6 @@ def _attempt(key_ids: list[int | None], window, now) -> list[Cancelled]:
         else:
             rpc.rollback(transaction)
         return results
-    except BaseException:
-        rpc.rollback(transaction)
-        raise
 
 
 def _classify(key_ids, keys, found, window, now):
@@ -110,9 +100,4 @@ def _rollup_repairs(cancelling: dict, transaction) -> list:
 def cancel_events(targets: list[dict], meters_by_name: dict, window) -> list[Cancelled]:
     """Cancel each target event once; one result per target, in order."""
     key_ids = [_target_key(t, meters_by_name) for t in targets]
-    for attempt in range(ATTEMPTS):
-        try:
-            return _attempt(key_ids, window, utcnow())
-        except core_exceptions.Aborted:
-            time.sleep(min(2.0, 0.05 * 2 ** attempt) * random.uniform(0.5, 1.5))
-    raise core_exceptions.Aborted("cancellation kept colliding with concurrent writes")
+    return rpc.retry_aborted(lambda: _attempt(key_ids, window, utcnow()), "cancellation")

@@ -11,16 +11,11 @@ again. Run by `metering rollups compact` and meant for a periodic job.
 
 from __future__ import annotations
 
-import random
-import time
-
-from google.api_core import exceptions as core_exceptions
 from google.cloud import ndb
 from google.cloud.datastore_v1.types import query as q
 
 from app.storage import queries, rollups, rpc
 
-ATTEMPTS = 12
 
 
 PAGE = 500
@@ -35,8 +30,7 @@ def dirty_keys(limit: int = PAGE) -> list:
 
 
 def _compact_once(key_pb) -> bool:
-    transaction = rpc.begin_transaction()
-    try:
+    with rpc.transaction() as transaction:
         stored = rpc.lookup([key_pb], transaction).get(key_pb.SerializeToString())
         if stored is None or not rollups.is_dirty(stored):
             rpc.rollback(transaction)
@@ -45,19 +39,11 @@ def _compact_once(key_pb) -> bool:
         meter_id = stored.properties["MeterId"].string_value
         rpc.commit([rollups.replacement(key_pb, meter_id, series, day, cells)], transaction)
         return True
-    except BaseException:
-        rpc.rollback(transaction)
-        raise
 
 
 def compact_one(key_pb) -> bool:
     """Compact one rollup; whether it had deltas."""
-    for attempt in range(ATTEMPTS):
-        try:
-            return _compact_once(key_pb)
-        except core_exceptions.Aborted:
-            time.sleep(min(2.0, 0.05 * 2 ** attempt) * random.uniform(0.5, 1.5))
-    raise core_exceptions.Aborted("compaction kept colliding with concurrent writes")
+    return rpc.retry_aborted(lambda: _compact_once(key_pb), "compaction")
 
 
 def compact_org(progress=None) -> int:

@@ -17,7 +17,6 @@ all. Two paths:
 from __future__ import annotations
 
 import random
-import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -29,7 +28,6 @@ from app.services.windows import Cell
 from app.storage import entities, rollups, rpc
 
 MAX_ID = (1 << 63) - 1
-ATTEMPTS = 12
 
 
 @dataclass
@@ -182,8 +180,8 @@ def _finish(drafts, plan, code) -> list[Outcome]:
 
 
 def _careful_attempt(drafts, plan, code, now) -> list[Outcome] | None:
-    transaction = rpc.begin_transaction()
-    try:
+    plan.outcomes.clear()
+    with rpc.transaction() as transaction:
         event_keys = [entities.key("meter-event", plan.key_ids[i]) for i in plan.creates]
         merge_meters = {d.meter.key.id() for d in drafts if _needs_merge(d.meter)}
         candidate = _cells(drafts, plan, plan.creates, now)
@@ -198,9 +196,6 @@ def _careful_attempt(drafts, plan, code, now) -> list[Outcome] | None:
         mutations = _event_mutations(drafts, plan, creates, code, now)
         mutations += _rollup_mutations(_cells(drafts, plan, creates, now), stored, merge_meters)
         rpc.commit(mutations, transaction)
-    except BaseException:
-        rpc.rollback(transaction)
-        raise
     plan.creates = creates
     return _finish(drafts, plan, code)
 
@@ -224,16 +219,13 @@ def _resolve_existing(drafts, plan, event_keys, stored, code) -> None:
 
 
 def _careful_path(drafts, plan, code, now) -> list[Outcome]:
-    for attempt in range(ATTEMPTS):
-        try:
+    def attempt() -> list[Outcome]:
+        while True:  # None: a drawn random id was taken and redrawn (vanishingly rare)
             result = _careful_attempt(drafts, plan, code, now)
             if result is not None:
                 return result
-            plan.outcomes.clear()
-        except core_exceptions.Aborted:
-            plan.outcomes.clear()
-            time.sleep(min(2.0, 0.05 * 2 ** attempt) * random.uniform(0.5, 1.5))
-    raise core_exceptions.Aborted("the batch kept colliding with concurrent writes")
+
+    return rpc.retry_aborted(attempt, "the batch")
 
 
 def store(drafts: list[Draft], now: datetime, namespace_code: int) -> list[Outcome]:

@@ -10,19 +10,13 @@ writer (the Go service) stored without rollups.
 
 from __future__ import annotations
 
-import random
-import time
 from datetime import timedelta
 
-from google.api_core import exceptions as core_exceptions
 
 from app.models import Meter
 from app.services import recompute
 from app.services.windows import Cell
 from app.storage import queries, rollups, rpc
-
-ATTEMPTS = 12
-
 
 def targets(meter: Meter) -> list[tuple]:
     """Every (series, day) of the meter with raw events or a stored rollup."""
@@ -48,8 +42,7 @@ def _day_cells(meter: Meter, series, day: int, transaction: bytes) -> dict[int, 
 
 
 def _rebuild_once(meter: Meter, series, day: int) -> None:
-    transaction = rpc.begin_transaction()
-    try:
+    with rpc.transaction() as transaction:
         key_pb = rollups.key(meter.key.id(), series, day)
         rpc.lookup([key_pb], transaction)  # read first: concurrent writers of it wait or retry
         cells = _day_cells(meter, series, day, transaction)
@@ -58,19 +51,11 @@ def _rebuild_once(meter: Meter, series, day: int) -> None:
         else:
             mutation = rpc.Mutation(delete=key_pb)
         rpc.commit([mutation], transaction)
-    except BaseException:
-        rpc.rollback(transaction)
-        raise
 
 
 def rebuild_one(meter: Meter, series, day: int) -> None:
     """Recompute one rollup from the raw events, retrying on contention."""
-    for attempt in range(ATTEMPTS):
-        try:
-            return _rebuild_once(meter, series, day)
-        except core_exceptions.Aborted:
-            time.sleep(min(2.0, 0.05 * 2 ** attempt) * random.uniform(0.5, 1.5))
-    raise core_exceptions.Aborted("rebuilding kept colliding with concurrent writes")
+    rpc.retry_aborted(lambda: _rebuild_once(meter, series, day), "rebuilding")
 
 
 def rebuild_meter(meter: Meter, progress=None, work: list | None = None) -> int:

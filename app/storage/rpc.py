@@ -7,6 +7,10 @@ gRPC errors into `google.api_core` exceptions, as NDB does.
 
 from __future__ import annotations
 
+import contextlib
+import random
+import time
+
 import grpc
 from google.api_core import exceptions as core_exceptions
 from google.cloud import ndb
@@ -53,6 +57,30 @@ def rollback(transaction: bytes) -> None:
         _call("rollback", RollbackRequest(transaction=transaction))
     except core_exceptions.GoogleAPICallError:
         pass
+
+
+ATTEMPTS = 12
+
+
+def retry_aborted(attempt, what: str):
+    """Call `attempt()` until it does not abort on contention, with jittered backoff."""
+    for number in range(ATTEMPTS):
+        try:
+            return attempt()
+        except core_exceptions.Aborted:
+            time.sleep(min(2.0, 0.05 * 2 ** number) * random.uniform(0.5, 1.5))
+    raise core_exceptions.Aborted(f"{what} kept colliding with concurrent writes")
+
+
+@contextlib.contextmanager
+def transaction():
+    """A read-write transaction id; rolled back if the block raises (commit it inside)."""
+    transaction_id = begin_transaction()
+    try:
+        yield transaction_id
+    except BaseException:
+        rollback(transaction_id)
+        raise
 
 
 def commit(mutations: list, transaction: bytes | None = None):

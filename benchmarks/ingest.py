@@ -383,10 +383,11 @@ def create_meter(service, api_key: str, event_name: str) -> dict:
         client.close()
 
 
-def warm_up(service, api_key: str, events: int, clients: int, batch: int, rng) -> None:
+def warm_up(service, api_key: str, events: int, clients: int, batch: int, rng,
+            meter_name: str) -> None:
     """Untimed requests on a throwaway meter: every worker imports, probes and connects,
     and the emulator's JIT compiles the insert and transform paths."""
-    meter = create_meter(service, api_key, "bench_warmup")
+    meter = create_meter(service, api_key, meter_name)
     load = build_load("warmup", meter, max(events, clients * batch), batch, 1000,
                       uuid.uuid4().hex[:8], rng)
     threads, start, records, _ = send_all(service, api_key, load.bodies, clients)
@@ -419,14 +420,26 @@ def run_rounds(args, emulator, workdir, rng, profile_dir=None):
     emulator.reset()
     services: dict[str, common.Service] = {}
     results: list[CaseResult] = []
-    profile = None
+    profile = costs = None
     try:
+        warm_key = None  # the demo org's key, printed by the first `serve` only
         for workers, threads in args.settings:
             config = f"{workers}x{threads}"
             services[config] = common.Service(emulator.host, workers, threads, workdir,
                                               project=PROJECT).start()
-            warm_up(services[config], services[config].api_key, args.warmup_events,
-                    args.clients, args.batch, rng)
+            warm_key = warm_key or services[config].api_key
+            if warm_key is None:
+                raise RuntimeError("metering serve printed no API key for the demo org")
+            warm_up(services[config], warm_key, args.warmup_events, args.clients, args.batch,
+                    rng, f"bench_warmup_{config}")
+        # The emulator's JIT keeps speeding up for tens of thousands of writes: warm it
+        # with both kinds of raw commits before anything is measured.
+        for with_rollups in (False, True):
+            if args.emulator_warmup >= args.batch:
+                warm = run_raw(emulator, PROJECT, args.emulator_warmup, args.batch,
+                               args.raw_threads, 0, "—", 0, with_rollups=with_rollups)
+                print(f"  [emulator warm-up, untimed] {warm.case}: {warm.events} events at "
+                      f"{warm.rate:,.0f}/s", flush=True)
         order = list(services)
         for run in range(1, args.repeat + 1):
             emulator.reset()
@@ -447,6 +460,8 @@ def run_rounds(args, emulator, workdir, rng, profile_dir=None):
                     result = run_case(config, run, service, emulator, key, load, args.clients)
                     results.append(result)
                     print_case(result)
+        if args.request_costs:
+            costs = request_costs(args, services[order[0]], emulator, key, rng)
         if profile_dir is not None:
             config = order[0]
             profile = profile_service(args, services[config], emulator, key, rng, profile_dir,
@@ -454,7 +469,60 @@ def run_rounds(args, emulator, workdir, rng, profile_dir=None):
     finally:
         for service in services.values():
             service.stop()
-    return results, profile
+    return results, profile, ((order[0], costs) if costs is not None else None)
+
+
+def request_costs(args, service, emulator, key, rng) -> list[tuple]:
+    """Emulator and service CPU per request of a few kinds, 8 clients each: what one
+    request costs the emulator besides its Commit (auth lookups, the meter query)."""
+    meter = create_meter(service, key, "bench_costs")
+    counter = itertools.count()
+
+    def batch(size: int, by_id: bool):
+        def make():
+            b = next(counter)
+            names = {"meterId": meter["id"]} if by_id else {"eventName": meter["eventName"]}
+            return json.dumps({"events": [
+                {**names, "userId": f"user-{rng.randrange(args.users)}", "value": 1,
+                 "idempotency": f"cost-{b}-{i}"} for i in range(size)]}).encode()
+        return make
+
+    kinds = [("auth only: POST with an empty body (400 after auth)", lambda: b"", 1600),
+             ("1-event batch naming eventName", batch(1, False), 800),
+             ("1-event batch naming meterId", batch(1, True), 800),
+             ("100-event batch naming eventName", batch(100, False), 200),
+             ("100-event batch naming meterId", batch(100, True), 200)]
+    found = []
+    for label, make, count in kinds:
+        for measured in (False, True):  # the first pass warms this path
+            bodies = [make() for _ in range(count if measured else count // 4)]
+            svc_cpu = common.TreeCpu(service.process.pid)
+            emu_cpu = common.TreeCpu(emulator.process.pid)
+            threads, start, records, _ = send_all(service, key, bodies, args.clients)
+            s0, e0, t0 = svc_cpu.snapshot(), emu_cpu.snapshot(), time.perf_counter()
+            start.wait()
+            for thread in threads:
+                thread.join()
+            wall = time.perf_counter() - t0
+            s1, e1 = svc_cpu.snapshot(), emu_cpu.snapshot()
+            bad = [r for r in records if r[0] not in (201, 400)]
+            if bad:
+                raise RuntimeError(f"{label}: {bad[0][0]} {bad[0][3][:200]!r}")
+        usage = common.Usage()
+        for record in records:
+            usage.add_header(record[2])
+        found.append((label, common.TreeCpu.used(e0, e1).seconds / count * 1e3,
+                      common.TreeCpu.used(s0, s1).seconds / count * 1e3, count / wall,
+                      usage.rpcs / max(1, usage.responses)))
+    return found
+
+
+def print_request_costs(config: str, costs: list[tuple]) -> None:
+    print(f"\nCPU per request by kind ({config}, 8 clients; ms of CPU per request):")
+    print("| request | emulator CPU ms | service CPU ms | requests/s | RPCs |")
+    print("|---|---|---|---|---|")
+    for label, emulator_ms, service_ms, rate, rpcs in costs:
+        print(f"| {label} | {emulator_ms:.2f} | {service_ms:.2f} | {rate:,.0f} | {rpcs:.2f} |")
 
 
 def profile_service(args, service, emulator, key, rng, profile_dir, config, results):
@@ -547,7 +615,7 @@ def bars(results: list[CaseResult]) -> list[tuple[str, bool, str]]:
     measured = [r for r in results if not r.profiled]
     raw_of, spread_of = _round_rates(measured, "raw"), _round_rates(measured, "spread")
     checks = []
-    for config in dict.fromkeys(r.config for r in measured):
+    for config in dict.fromkeys(r.config for r in measured if not r.case.startswith("raw")):
         mine = [r for r in measured if r.config == config]
         service = [r for r in mine if not r.case.startswith("raw")]
         spread = [r for r in mine if r.case == "spread" and r.run in raw_of]
@@ -625,7 +693,7 @@ def print_profile(out, summary: common.ProfileSummary, result: CaseResult, batch
     print("  top self time (the function running when sampled):")
     for name, count in summary.self_top:
         print(f"    {share(count) * per_request_ms:6.2f} ms  {share(count):5.1%}  {name}")
-    print("  top inclusive time (the function anywhere on the stack):")
+    print("  top inclusive time of the app's functions (the function anywhere on the stack):")
     for name, count in summary.inclusive_top:
         print(f"    {share(count) * per_request_ms:6.2f} ms  {share(count):5.1%}  {name}")
 
@@ -640,7 +708,10 @@ def parse_args(argv=None):
     parser.add_argument("--batch", type=int, default=100, help="events per request (100)")
     parser.add_argument("--clients", type=int, default=8, help="client threads (8)")
     parser.add_argument("--raw-threads", type=int, default=8, help="raw writer threads (8)")
-    parser.add_argument("--raw-warmup", type=int, default=10000,
+    parser.add_argument("--emulator-warmup", type=int, default=30000,
+                        help="events of each raw kind written (untimed) before the first "
+                             "round, to warm the emulator's JIT (30000)")
+    parser.add_argument("--raw-warmup", type=int, default=4000,
                         help="entities written (untimed) before the raw run, to warm the "
                              "emulator's JIT (4000)")
     parser.add_argument("--no-raw-rollups", dest="raw_rollups", action="store_false",
@@ -659,9 +730,13 @@ def parse_args(argv=None):
     parser.add_argument("--cases", default="spread,hot",
                         help="service cases to run: spread,hot (default both)")
     parser.add_argument("--profile", action="store_true",
-                        help="after the measured runs of the first setting, one more spread "
-                             "run under py-spy (needs py-spy) and its top costs")
-    parser.add_argument("--profile-events", type=int, default=10000)
+                        help="after the measured rounds, one more spread run on the first "
+                             "setting under py-spy (needs py-spy) and its top costs")
+    parser.add_argument("--profile-events", type=int, default=10000,
+                        help="events of the profiled run (10000)")
+    parser.add_argument("--request-costs", action="store_true",
+                        help="after the rounds, emulator and service CPU per request of a few "
+                             "kinds (auth only, 1 and 100 events by eventName or meterId)")
     parser.add_argument("--profile-rate", type=int, default=100, help="py-spy samples/s (100)")
     parser.add_argument("--profile-all-threads", action="store_true",
                         help="sample every running thread, not only the one holding the GIL")
@@ -710,11 +785,9 @@ def main(argv=None) -> int:
           f"{os.cpu_count()} CPUs, Python {platform.python_version()}, load average "
           f"{os.getloadavg()[0]:.2f}; {source_state()}; logs in {workdir}", flush=True)
     emulator = common.start_emulator("firestore", workdir)
-    results: list[CaseResult] = []
-    profile = None
     try:
         print(f"Firestore-mode emulator at {emulator.host}", flush=True)
-        results, profile = run_rounds(args, emulator, workdir, rng,
+        results, profile, costs = run_rounds(args, emulator, workdir, rng,
                                       workdir if args.profile else None)
     finally:
         emulator.stop()
@@ -731,6 +804,8 @@ def main(argv=None) -> int:
         print("\nSettings, best spread throughput first:")
         for line in best_setting(results):
             print(f"  {line}")
+    if costs is not None:
+        print_request_costs(*costs)
     if profile is not None:
         out, summary, result, batches = profile
         print_profile(out, summary, result, batches, not args.profile_all_threads)

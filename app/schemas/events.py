@@ -57,28 +57,26 @@ class CancelTarget(Schema):
             raise ValidationError("give meterId or eventName with idempotency", "meterId")
 
 
-def cancel_schema(max_events: int) -> Schema:
-    """Body of POST /v1/billing/meter-events/cancel."""
-
-    class Cancel(Schema):
-        events = fields.List(
-            fields.Nested(CancelTarget), required=True,
-            validate=validate.Length(min=1, max=max_events,
-                                     error=f"must hold 1 to {max_events} events"))
-
-    return Cancel()
-
-
-def batch_schema(max_events: int) -> Schema:
-    """Body of POST /v1/billing/meter-events, for the configured batch limit."""
+def _events_of(item: type[Schema], max_events: int) -> Schema:
+    """A body `{"events": [item, ...]}` of 1 to `max_events` items."""
 
     class Batch(Schema):
         events = fields.List(
-            fields.Nested(EventIn), required=True,
+            fields.Nested(item), required=True,
             validate=validate.Length(min=1, max=max_events,
                                      error=f"must hold 1 to {max_events} events"))
 
     return Batch()
+
+
+def cancel_schema(max_events: int) -> Schema:
+    """Body of POST /v1/billing/meter-events/cancel."""
+    return _events_of(CancelTarget, max_events)
+
+
+def batch_schema(max_events: int) -> Schema:
+    """Body of POST /v1/billing/meter-events, for the configured batch limit."""
+    return _events_of(EventIn, max_events)
 
 
 class SummaryQuery(Schema):

@@ -1,23 +1,27 @@
 """Correctness proof of the usage engine: random event streams over HTTP against a brute force.
 
 Hypothesis draws an abstract *plan*: events (several users, dimension values, some missing,
-one meter or all meters under one idempotency key), phases that send them (retries inside
-and across batches, a key re-sent with another payload, late and out-of-order timestamps,
-batches racing from threads, cancellations by id and by key, some twice) and summary
-queries (every aggregation, window size and time zone, groupBy, filters, with and without
-a user, aligned and unaligned period bounds). The test plays the plan through the live
-service, checks every answer against its own model of what must be stored (exactly once,
-first payload wins, a conflict changes nothing, a cancelled key stays taken), then checks
-each summary against a brute force over the model's live events.
+one meter or all eight meters under one idempotency key), phases that send them (retries
+inside and across batches, a key re-sent with another payload, late and out-of-order
+timestamps, batches racing from threads, cancellations by id and by key, some twice) and
+summary queries (every aggregation, window size and time zone, groupBy, filters, with and
+without a user, aligned and unaligned period bounds). The test plays the plan through the
+live service, checks every answer against its own model of what must be stored (exactly
+once, the first payload wins, a conflict changes nothing, a cancelled key stays taken), then
+checks each summary against a brute force over the model's live events.
 
 The brute force shares no code with the app: windows are the maximal runs of the 15-minute
 UTC grid over which the local (hour and offset | day | month) stays the same, found by
-scanning the grid with zoneinfo; an event's window is found by bisection on those starts.
+scanning the grid with zoneinfo; an event's window is found by bisection on their starts.
 
 Two venues: `recent`, the service as configured in production (timestamps up to 30 days
-back from now), and `clock_changes`, a service accepting old timestamps, so that streams
-sit on fixed spans holding New York's and Lord Howe's clock changes and month ends: those
-runs are reproducible whatever the date.
+back), and `clock_changes`, a service that accepts old timestamps, so that streams sit on
+fixed spans holding New York's and Lord Howe's clock changes and a month end: those runs are
+the same whatever the date. The plan never sends a timestamp ahead of the clock (see
+`test_an_open_ended_summary_counts_events_stamped_ahead`).
+
+Where the service has a known bug the plan steers around it, and an xfail test at the end
+reproduces it; remove both together when the bug is fixed.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ ZONES = ("UTC", "Asia/Kolkata", "Asia/Kathmandu", "America/New_York", "Australia
 WRITTEN_IN = (UTC, timezone(timedelta(hours=5, minutes=30)), timezone(-timedelta(hours=4)),
               timezone(timedelta(hours=5, minutes=45)))
 
-# (aggregationType, uniqueBy) of the meters every example creates.
+# (aggregationType, uniqueBy) of the meters every example creates, all with both dimensions.
 METERS = (("sum", None), ("count", None), ("last", None), ("min", None), ("max", None),
           ("avg", None), ("unique_count", "userId"), ("unique_count", "model"))
 ALL_METERS = tuple(range(len(METERS)))
@@ -60,14 +64,14 @@ FILTER_VALUES = {"userId": USERS + ("nobody",), "model": MODELS + ("o3",),
                  "region": REGIONS + ("",)}
 MAX_BATCH = 100
 
-# Fixed spans of the clock_changes venue, each with two clock changes and a month end:
-# New York springs forward 2026-03-08, Lord Howe falls back half an hour 2026-04-05;
-# Lord Howe springs forward 2025-10-05, New York falls back 2025-11-02.
+# Spans of the clock_changes venue, each with two clock changes and a month end: New York
+# springs forward 2026-03-08 and Lord Howe falls back half an hour 2026-04-05; Lord Howe
+# springs forward half an hour 2025-10-05 and New York falls back 2025-11-02.
 FIXED_SPANS = ((datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 4, 7, tzinfo=UTC)),
                (datetime(2025, 9, 29, tzinfo=UTC), datetime(2025, 11, 6, tzinfo=UTC)))
 
 
-# --- the plan --------------------------------------------------------------------------
+# --- the plan --------------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
 class Moment:
@@ -84,41 +88,43 @@ class Draft:
     meters: tuple[int, ...]
     keyed: bool
     user: str
-    value: int | None  # None: `value` left out (count meters); other meters then get 1
+    value: int | None  # None: `value` left out (count meters); the other meters get 1
     model: str | None  # None: dimension missing
     region: str | None
     at: Moment
 
 
-VARIANTS = ("same",) * 6 + ("same_without_timestamp", "other_value", "other_user",
-                            "other_dims", "other_time")
+# What a send carries: the draft's payload, the same without its timestamp, or one field
+# changed (a conflict once the key is stored).
+VARIANTS = ("same",) * 10 + ("same_without_timestamp", "other_value", "other_user",
+                             "other_dims", "other_time")
 
 
 @dataclasses.dataclass(frozen=True)
 class Send:
-    draft: int    # index into the plan's drafts (modulo their number)
-    variant: str  # the payload sent: the draft's, or one field changed (a conflict if stored)
+    draft: int     # index into the plan's drafts (modulo their number)
+    variant: str
     by_name: bool  # name the meter by eventName instead of meterId
-    style: int    # how the timestamp and empty dimensions are written
+    style: int     # how the timestamp and empty dimensions are written
 
 
 @dataclasses.dataclass(frozen=True)
 class Target:
     draft: int
-    meter: int   # which of the draft's meters
-    how: str     # id | meterId | eventName | unknown_key | bad_id
+    meter: int  # which of the draft's meters
+    how: str    # id | meterId | eventName | unknown_key | bad_id
 
 
 @dataclasses.dataclass(frozen=True)
 class Phase:
     batches: tuple[tuple[Send, ...], ...]  # one: sent alone; several: sent at once from threads
-    cancels: tuple[Target, ...] = ()       # sent after the batches (alone) or with them (racing)
+    cancels: tuple[Target, ...] = ()       # after a lone batch, or racing with the batches
 
 
 @dataclasses.dataclass(frozen=True)
 class Bound:
     at: Moment
-    style: str  # "Z" | "offset" | "date"
+    style: str  # Z | offset | date
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,26 +135,26 @@ class Query:
     end: Bound | None
     window: str | None
     zone: str
-    zone_given: bool
+    zone_given: bool  # send timeZone even when it is UTC
     group_by: tuple[str, ...]
     filters: tuple[tuple[str, tuple[str, ...]], ...]
 
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    span: int
+    span: int  # which FIXED_SPANS (clock_changes venue)
     drafts: tuple[Draft, ...]
     phases: tuple[Phase, ...]
     queries: tuple[Query, ...]
 
 
 def moments():
-    slot_us = int(GRID / MICRO)
+    slot_us = GRID // MICRO
     near = st.one_of(
-        st.integers(-48, 48).map(lambda k: k * slot_us),            # on a slot boundary
-        st.integers(-48, 48).map(lambda k: k * slot_us - 1),        # just before one
-        st.integers(-12 * 3600, 12 * 3600).map(lambda s: s * 10**6 + 13 * 10**6),  # :mm:13
-        st.integers(-3 * 86400 * 10**6, 3 * 86400 * 10**6))          # anywhere, microseconds
+        st.integers(-48, 48).map(lambda k: k * slot_us),                    # on a slot edge
+        st.integers(-48, 48).map(lambda k: k * slot_us - 1),                # just before one
+        st.integers(-12 * 3600, 12 * 3600).map(lambda s: (s + 13) * 10**6),  # whole seconds
+        st.integers(-3 * 86400 * 10**6, 3 * 86400 * 10**6))                 # anywhere
     return st.one_of(st.builds(Moment, st.integers(0, 10**3), near),
                      st.builds(Moment, st.none(), st.integers(0, 10**6)))
 
@@ -162,12 +168,10 @@ drafts = st.builds(
     model=st.sampled_from(MODELS + (None,)),
     region=st.sampled_from(REGIONS + (None,)),
     at=moments())
-
 sends = st.builds(Send, st.integers(0, 10**3), st.sampled_from(VARIANTS), st.booleans(),
                   st.integers(0, 7))
-targets = st.builds(Target, st.integers(0, 10**3), st.integers(0, 7),
-                    st.sampled_from(("id", "id", "meterId", "eventName", "unknown_key",
-                                     "bad_id")))
+targets = st.builds(Target, st.integers(0, 10**3), st.integers(0, 7), st.sampled_from(
+    ("id", "id", "meterId", "eventName", "unknown_key", "bad_id")))
 
 
 @st.composite
@@ -177,39 +181,38 @@ def batches(draw, most: int):
 
 
 phases = st.one_of(
-    st.builds(Phase, st.tuples(batches(40)), st.just(())),
-    st.builds(Phase, st.tuples(batches(40)), st.lists(targets, max_size=8).map(tuple)),
-    st.builds(Phase, st.lists(batches(20), min_size=2, max_size=4).map(tuple),
-              st.lists(targets, max_size=4).map(tuple)))
+    st.builds(Phase, st.tuples(batches(36))),
+    st.builds(Phase, st.tuples(batches(36)), st.lists(targets, min_size=1, max_size=12).map(tuple)),
+    st.builds(Phase, st.lists(batches(16), min_size=2, max_size=3).map(tuple),
+              st.lists(targets, max_size=6).map(tuple)))
 
 
-def bounds():
-    return st.builds(Bound, moments(), st.sampled_from(("Z", "offset", "date")))
+def _filters(picked):
+    return tuple((name, tuple(sorted({FILTER_VALUES[name][i % len(FILTER_VALUES[name])]
+                                      for i in indexes}))) for name, indexes in picked)
 
 
+bounds = st.builds(Bound, moments(), st.sampled_from(("Z", "offset", "date")))
 queries = st.builds(
     Query,
     meter=st.sampled_from(ALL_METERS),
     user=st.one_of(st.none(), st.none(), st.sampled_from(USERS + ("nobody",))),
-    start=st.one_of(st.none(), bounds(), bounds()),
-    end=st.one_of(st.none(), bounds(), bounds()),
+    start=st.one_of(st.none(), bounds, bounds),
+    end=st.one_of(st.none(), bounds, bounds),
     window=st.sampled_from((None, "hour", "day", "month")),
     zone=st.sampled_from(ZONES),
     zone_given=st.booleans(),
     group_by=st.lists(st.sampled_from(FIELDS), unique=True, max_size=2).map(tuple),
     filters=st.lists(st.tuples(st.sampled_from(FIELDS),
-                               st.sets(st.sampled_from(range(6)), min_size=1, max_size=3)),
-                     max_size=2, unique_by=lambda f: f[0]).map(
-        lambda fs: tuple((name, tuple(sorted({FILTER_VALUES[name][i % len(FILTER_VALUES[name])]
-                                              for i in picks}))) for name, picks in fs)))
-
+                               st.sets(st.integers(0, 5), min_size=1, max_size=3)),
+                     max_size=2, unique_by=lambda f: f[0]).map(_filters))
 plans = st.builds(Plan, st.integers(0, len(FIXED_SPANS) - 1),
                   st.lists(drafts, min_size=20, max_size=70).map(tuple),
                   st.lists(phases, min_size=2, max_size=7).map(tuple),
                   st.lists(queries, min_size=18, max_size=24).map(tuple))
 
 
-# --- the venue: where instants are, and which service takes them ------------------------
+# --- the venue: where the instants are, and which service takes them -------------------------
 
 def _instant_text(at: datetime, style: int) -> str:
     return at.astimezone(WRITTEN_IN[style % len(WRITTEN_IN)]).isoformat().replace("+00:00", "Z")
@@ -220,7 +223,7 @@ def _utc_text(at: datetime) -> str:
 
 
 def notable_instants(low: datetime, high: datetime) -> list[datetime]:
-    """Span ends, local month starts and clock changes of every zone within [low, high)."""
+    """Span ends, local month starts and clock changes of every zone, within [low, high)."""
     found = {low, high - MICRO}
     for name in ZONES:
         zone = ZoneInfo(name)
@@ -239,7 +242,7 @@ def notable_instants(low: datetime, high: datetime) -> list[datetime]:
 
 @dataclasses.dataclass(frozen=True)
 class Span:
-    low: datetime   # events lie in [low, high)
+    low: datetime  # events lie in [low, high)
     high: datetime
     notable: tuple[datetime, ...]
 
@@ -248,11 +251,9 @@ class Span:
         return cls(low, high, tuple(notable_instants(low, high)))
 
     def instant(self, moment: Moment) -> datetime:
-        width = self.high - self.low
         if moment.focus is None:
-            return self.low + width * moment.offset // 10**6
-        return self.wrap(self.notable[moment.focus % len(self.notable)]
-                         + moment.offset * MICRO)
+            return self.low + (self.high - self.low) * moment.offset // 10**6
+        return self.wrap(self.notable[moment.focus % len(self.notable)] + moment.offset * MICRO)
 
     def wrap(self, at: datetime) -> datetime:
         return self.low + (at - self.low) % (self.high - self.low)
@@ -272,8 +273,9 @@ class Venue:
 
 @pytest.fixture(scope="module")
 def lenient_server(config):
-    """The service accepting timestamps decades old, for streams on fixed dates."""
-    app = create_app(dataclasses.replace(config, max_event_age=timedelta(days=36500)))
+    """The service accepting timestamps decades old and up to 20 minutes ahead."""
+    app = create_app(dataclasses.replace(config, max_event_age=timedelta(days=36500),
+                                         max_event_lead=timedelta(minutes=20)))
     running = LiveServer(app).start()
     yield running
     running.stop()
@@ -286,7 +288,13 @@ def venue(request, server) -> Venue:
     return Venue("clock_changes", request.getfixturevalue("lenient_server").url)
 
 
-# --- the model of what is stored --------------------------------------------------------
+def _new_org_api(admin: Api, url: str) -> Api:
+    answer = admin.post("/v1/admin/orgs", json={"name": f"org-{uuid.uuid4().hex[:12]}"})
+    assert answer.status_code == 201, answer.text
+    return Api(url, answer.json()["apiKey"])
+
+
+# --- the model of what is stored ---------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
 class Payload:
@@ -294,15 +302,15 @@ class Payload:
     user: str
     value: int
     dims: tuple[tuple[str, str], ...]
-    at: datetime | None  # None: timestamp left out (only on retries of a stored key)
+    at: datetime | None  # None: timestamp left out (only ever on a stored key)
 
-    def same_as_stored(self, stored: "Payload") -> bool:
+    def same_as(self, stored: "Payload") -> bool:
         return ((self.meter, self.user, self.value, self.dims)
                 == (stored.meter, stored.user, stored.value, stored.dims)
                 and self.at in (None, stored.at))
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class Stored:
     payload: Payload
     id: str
@@ -323,37 +331,37 @@ class Outgoing:
 
 
 class Model:
+    """Every stored event, live or cancelled, and the stored event of each key."""
+
     def __init__(self):
         self.by_key: dict[tuple[int, str], Stored] = {}
         self.events: list[Stored] = []
 
     def store(self, key, payload: Payload, event_id: str) -> None:
-        assert payload.at is not None
         stored = Stored(payload, event_id)
         self.events.append(stored)
         if key is not None:
             self.by_key[key] = stored
 
     def expect(self, request: list[Outgoing]) -> list[str]:
-        """Per event: created | duplicate | conflict, or `first` for a key new to the model
-        (created, unless a racing request stored it first)."""
-        first_in_request: dict[tuple, Payload] = {}
+        """Per event: created | duplicate | conflict, or `first` for the first copy of a key
+        the model does not hold (created, unless a racing request stored it first)."""
+        first_copy: dict[tuple, Payload] = {}
         statuses = []
         for out in request:
             stored = self.by_key.get(out.key) if out.key else None
-            reference = stored.payload if stored else first_in_request.get(out.key)
+            reference = stored.payload if stored else first_copy.get(out.key)
             if out.key is None:
                 statuses.append("created")
             elif reference is None:
-                first_in_request[out.key] = out.payload
+                first_copy[out.key] = out.payload
                 statuses.append("first")
             else:
-                statuses.append("duplicate" if out.payload.same_as_stored(reference)
-                                else "conflict")
+                statuses.append("duplicate" if out.payload.same_as(reference) else "conflict")
         return statuses
 
 
-# --- playing a plan through the service -------------------------------------------------
+# --- playing a plan through the service --------------------------------------------------------
 
 class Player:
     def __init__(self, api: Api, plan: Plan, span: Span):
@@ -363,6 +371,18 @@ class Player:
             name=f"{kind} {by or ''}", eventName=f"m{index}_{kind}", aggregationType=kind,
             dimensions=["model", "region"], **({"uniqueBy": by} if by else {}))
             for index, (kind, by) in enumerate(METERS)]
+
+    def play(self) -> None:
+        for phase in self.plan.phases:
+            if len(phase.batches) > 1:
+                self.record_racing(phase)
+                continue
+            for chunk in self.chunks(phase.batches[0]):
+                self.record_alone(self.request(chunk, racing=False))
+            if phase.cancels:
+                self.cancel(phase.cancels)
+
+    # -- events of a plan --------------------------------------------------------------------
 
     def draft(self, index: int) -> Draft:
         return self.plan.drafts[index % len(self.plan.drafts)]
@@ -410,8 +430,8 @@ class Player:
         return [expanded[i:i + MAX_BATCH] for i in range(0, len(expanded), MAX_BATCH)]
 
     def request(self, chunk: list[tuple[Send, int]], racing: bool) -> list[Outgoing]:
-        """The events of one request, variants adjusted (see `_variant`) against what the
-        model holds now: build a request only once the earlier ones are answered."""
+        """The events of one request, judged against what the model holds now: build a
+        request only once the earlier ones are answered."""
         keys = [self.key(send.draft, meter) for send, meter in chunk]
         seen: set = set()
         request = []
@@ -426,11 +446,11 @@ class Player:
     def _variant(self, send: Send, key, repeated: bool, seen: bool, racing: bool) -> str:
         """The plan's variant, except where the stored payload would be unknowable or racy:
         - keyless events are sent as drafted (each send is a new event);
-        - a key's first send always carries its timestamp (else the server picks `now`);
-        - racing requests send a new key's first occurrence as drafted, so whichever wins
+        - a key's first copy carries its timestamp (else the service picks `now`);
+        - racing requests send a new key's first copy as drafted, so that whichever wins
           stores the same payload;
-        - a stored key sent twice in one request is first sent exactly as stored (another
-          first payload makes the service judge the rest by it: see the xfail test below)."""
+        - a stored key sent twice in one request is first sent exactly as stored (else the
+          service judges the later copies by the first: see the xfail test below)."""
         if key is None:
             return "same"
         stored = key in self.model.by_key
@@ -440,15 +460,7 @@ class Player:
             return "stored"
         return send.variant
 
-    def play(self) -> None:
-        for phase in self.plan.phases:
-            if len(phase.batches) == 1:
-                for chunk in self.chunks(phase.batches[0]):
-                    self.record_alone(self.request(chunk, racing=False))
-                if phase.cancels:
-                    self.cancel(phase.cancels)
-            else:
-                self.record_racing(phase)
+    # -- recording ---------------------------------------------------------------------------
 
     def _post(self, api: Api, request: list[Outgoing]) -> list[dict]:
         answer = api.post("/v1/billing/meter-events", json={"events": [o.body for o in request]})
@@ -458,13 +470,43 @@ class Player:
         return outcomes
 
     def record_alone(self, request: list[Outgoing]) -> None:
-        expected = self.model.expect(request)
+        expected = [s.replace("first", "created") for s in self.model.expect(request)]
         outcomes = self._post(self.api, request)
         got = [o["status"] for o in outcomes]
-        print("S", *got)
-        assert got == [s.replace("first", "created") for s in expected], self._diff(
-            request, got, expected)
+        assert got == expected, self._explain(request, got, expected)
         self._learn([(request, outcomes)])
+
+    def record_racing(self, phase: Phase) -> None:
+        """Batches (and cancels of settled events) at once; each new key created once."""
+        requests = [self.request(chunk, racing=True)
+                    for batch in phase.batches for chunk in self.chunks(batch)]
+        expected = [self.model.expect(request) for request in requests]
+        cancels = [t for t in phase.cancels if self._settled(t, requests)]
+        barrier = threading.Barrier(len(requests) + bool(cancels))
+
+        def post(request):
+            api = self.api.as_key(self.api.key)  # a session per thread
+            barrier.wait(timeout=60)
+            return self._post(api, request)
+
+        def cancel():
+            barrier.wait(timeout=60)
+            self.cancel(cancels)
+
+        with ThreadPoolExecutor(len(requests) + 1) as pool:
+            cancelled = pool.submit(cancel) if cancels else None
+            answers = list(pool.map(post, requests))
+            if cancelled is not None:
+                cancelled.result()
+        created = defaultdict(int)
+        for request, statuses, outcomes in zip(requests, expected, answers):
+            for out, status, outcome in zip(request, statuses, outcomes):
+                allowed = {"created", "duplicate"} if status == "first" else {status}
+                assert outcome["status"] in allowed, (out.body, status, outcome)
+                if status == "first":
+                    created[out.key] += outcome["status"] == "created"
+        assert set(created.values()) <= {1}, dict(created)
+        self._learn(list(zip(requests, answers)))
 
     def _learn(self, answered: list[tuple[list[Outgoing], list[dict]]]) -> None:
         """Store what the answers created, then check every answer's id against it."""
@@ -478,60 +520,28 @@ class Player:
                 if out.key is not None:
                     assert outcome["id"] == self.model.by_key[out.key].id, (out.body, outcome)
 
-    def _diff(self, request, got, expected) -> str:
+    def _explain(self, request, got, expected) -> str:
         lines = []
-        for index, (out, g, e) in enumerate(zip(request, got, expected)):
-            if g == e.replace("first", "created"):
-                continue
-            stored = self.model.by_key.get(out.key)
-            lines.append(f"[{index}] {out.body} -> {g}, expected {e}; stored: "
-                         f"{stored and stored.payload}")
-            lines += [f"    same key at [{i}]: {o.body}" for i, o in enumerate(request)
-                      if o.key == out.key and i != index]
+        for index, (out, status, wanted) in enumerate(zip(request, got, expected)):
+            if status != wanted:
+                stored = self.model.by_key.get(out.key)
+                lines.append(f"[{index}] {out.body} -> {status}, expected {wanted}; stored "
+                             f"{stored and stored.payload}")
+                lines += [f"    same key at [{i}]: {o.body}" for i, o in enumerate(request)
+                          if o.key == out.key and i != index]
         return "\n".join(lines)
 
-    def record_racing(self, phase: Phase) -> None:
-        requests = [self.request(chunk, racing=True)
-                    for batch in phase.batches for chunk in self.chunks(batch)]
-        expected = [self.model.expect(request) for request in requests]
-        ready = [t for t in phase.cancels if self._settled(t, requests)]
-        start = threading.Barrier(len(requests) + bool(ready))
-
-        def post(request):
-            api = self.api.as_key(self.api.key)
-            start.wait(timeout=60)
-            return self._post(api, request)
-
-        def cancel():
-            start.wait(timeout=60)
-            return self.cancel(ready)
-
-        with ThreadPoolExecutor(len(requests) + 1) as pool:
-            cancelled = pool.submit(cancel) if ready else None
-            answers = list(pool.map(post, requests))
-            if cancelled is not None:
-                cancelled.result()
-        created: dict = defaultdict(list)
-        for request, statuses, outcomes in zip(requests, expected, answers):
-            for out, status, outcome in zip(request, statuses, outcomes):
-                allowed = {"created", "duplicate"} if status == "first" else {status}
-                assert outcome["status"] in allowed, (out.body, status, outcome)
-                if status == "first" and outcome["status"] == "created":
-                    created[out.key].append(outcome["id"])
-        firsts = {o.key for r, s in zip(requests, expected) for o, st_ in zip(r, s)
-                  if st_ == "first"}
-        assert all(len(created[key]) == 1 for key in firsts), dict(created)
-        self._learn(list(zip(requests, answers)))
+    # -- cancelling --------------------------------------------------------------------------
 
     def _settled(self, target: Target, requests) -> bool:
-        """Whether a racing cancel's outcome does not depend on the race."""
+        """Whether a cancel's outcome cannot depend on how racing requests interleave."""
         draft = self.draft(target.draft)
         key = self.key(target.draft, draft.meters[target.meter % len(draft.meters)])
         return key is None or key in self.model.by_key or all(
-            o.key != key for r in requests for o in r)
+            o.key != key for request in requests for o in request)
 
     def cancel(self, targets) -> None:
-        bodies, expected, doomed = [], [], set()
+        bodies, expected, doomed = [], [], []
         for target in targets:
             body, stored = self._target(target)
             if body is None:
@@ -539,10 +549,10 @@ class Player:
             bodies.append(body)
             if stored is None:
                 expected.append({"id": None, "status": "not_found"})
-            elif not stored.live or id(stored) in doomed:
+            elif not stored.live or stored in doomed:
                 expected.append({"id": stored.id, "status": "already_cancelled"})
             else:
-                doomed.add(id(stored))
+                doomed.append(stored)
                 expected.append({"id": stored.id, "status": "cancelled"})
         if not bodies:
             return
@@ -550,33 +560,31 @@ class Player:
                                                     json={"events": bodies})
         assert answer.status_code == 200, answer.text
         assert answer.json()["events"] == expected, bodies
-        for stored in self.model.events:
-            if id(stored) in doomed:
-                stored.live = False
+        for stored in doomed:
+            stored.live = False
 
     def _target(self, target: Target) -> tuple[dict | None, Stored | None]:
+        """The body naming a target, and the stored event it names (None: not found)."""
         draft = self.draft(target.draft)
         meter = draft.meters[target.meter % len(draft.meters)]
         key = self.key(target.draft, meter)
-        stored = self.model.by_key.get(key) if key else next(
-            (s for s in self.model.events if s.payload.meter == meter
-             and s.payload == self.payload(target.draft, meter, "same")), None)
-        how = target.how if key else "id"
-        if how == "bad_id":
+        if target.how == "bad_id":
             return {"id": f"no-such-event-{target.draft}"}, None
-        if how == "unknown_key":
+        if target.how == "unknown_key":
             return {"meterId": self.meters[meter]["id"], "idempotency": "never-sent"}, None
-        if how == "id":
-            if stored is None:
-                return (None, None) if key is None else (
-                    {"eventName": self.meters[meter]["eventName"], "idempotency": key[1]}, None)
+        if key is None:  # keyless: by id only, once stored
+            stored = next((s for s in self.model.events
+                           if s.payload == self.payload(target.draft, meter, "same")), None)
+            return ({"id": stored.id}, stored) if stored else (None, None)
+        stored = self.model.by_key.get(key)
+        if target.how == "id" and stored is not None:
             return {"id": stored.id}, stored
-        name = "meterId" if how == "meterId" else "eventName"
-        field = self.meters[meter]["id"] if how == "meterId" else self.meters[meter]["eventName"]
-        return {name: field, "idempotency": key[1]}, stored
+        if target.how == "meterId":
+            return {"meterId": self.meters[meter]["id"], "idempotency": key[1]}, stored
+        return {"eventName": self.meters[meter]["eventName"], "idempotency": key[1]}, stored
 
 
-# --- the brute force --------------------------------------------------------------------
+# --- the brute force ----------------------------------------------------------------------------
 
 def _unit(instant: datetime, zone: ZoneInfo, size: str) -> tuple:
     local = instant.astimezone(zone)
@@ -638,11 +646,10 @@ def aggregate(meter: int, events: list[Stored]):
 
 def expected_summary(model: Model, query: Query, start: datetime, end: datetime):
     """(value, eventCount, windows) by brute force over the model's live events."""
-    wanted = dict(query.filters)
     selected = [e for e in model.events
                 if e.live and e.payload.meter == query.meter and start <= e.payload.at < end
                 and (query.user is None or e.payload.user == query.user)
-                and all(e.field(name) in allowed for name, allowed in wanted.items())]
+                and all(e.field(name) in allowed for name, allowed in query.filters)]
     value = aggregate(query.meter, selected)
     if query.window is None and not query.group_by:
         return value, len(selected), None
@@ -659,10 +666,10 @@ def expected_summary(model: Model, query: Query, start: datetime, end: datetime)
     return value, len(selected), windows
 
 
-# --- summaries ----------------------------------------------------------------------------
+# --- summaries ----------------------------------------------------------------------------------
 
 def _bound(span: Span, bound: Bound | None, end: bool) -> tuple[str | None, datetime | None]:
-    """The query text of a period bound and the instant the service must read."""
+    """The query text of a period bound and the instant the service must read from it."""
     if bound is None:
         return None, None
     at = span.instant(bound.at)
@@ -674,7 +681,7 @@ def _bound(span: Span, bound: Bound | None, end: bool) -> tuple[str | None, date
 
 
 def query_params(player: Player, query: Query):
-    """(params, start, end) of a query, bounds put in order and windows kept few."""
+    """(params, start, end) of a query: bounds in order, windows not too many."""
     span = player.span
     first, last = query.start, query.end
     if first and last and _bound(span, last, True)[1] <= _bound(span, first, False)[1]:
@@ -703,42 +710,8 @@ def _ceil_grid(moment: datetime) -> datetime:
     return EPOCH - (EPOCH - moment) // GRID * GRID
 
 
-def check_summary(player: Player, query: Query) -> None:
-    if query.user is not None:  # userId replaces filter[userId]: see the xfail test below
-        query = dataclasses.replace(query, filters=tuple(
-            (name, tuple(sorted({*values, query.user})) if name == "userId" else values)
-            for name, values in query.filters))
-    params, start, end = query_params(player, query)
-    before = datetime.now(UTC)
-    answer = player.api.get("/v1/billing/meter-events/summary", params=params)
-    after = datetime.now(UTC)
-    assert answer.status_code == 200, (params, answer.text)
-    body = answer.json()
-    kind = METERS[query.meter][0]
-    assert (body["meterId"], body["aggregationType"], body["userId"]) == (
-        player.meters[query.meter]["id"], kind, query.user or "")
-    assert (body["periodStart"], body["periodEnd"]) == (
-        start and _utc_text(start), end and _utc_text(end)), params
-    assert ("windows" in body) == bool(query.window or query.group_by)
-    got_windows = _windows(body.get("windows"), ZoneInfo(query.zone))
-    # Without periodEnd the period ends at the slot boundary after the server's clock.
-    ends = [end] if end else sorted({_ceil_grid(before), _ceil_grid(after)})
-    for candidate in ends:
-        value, count, windows = expected_summary(player.model, query, start or EPOCH,
-                                                 candidate)
-        if windows == got_windows or candidate == ends[-1]:
-            break
-    context = f"GET summary {params} over {len(player.model.events)} stored events"
-    print("Q", query.window, query.zone, len(query.group_by), len(query.filters), query.user is not None, count, len(windows) if windows else None, end is None, start is None)
-    assert (body["value"], body["eventCount"]) == (value, count), context
-    if windows is not None:
-        assert len(got_windows) == len(windows), (context, got_windows, windows)
-        for got, want in zip(got_windows, windows):
-            assert got == want, (context, got, want)
-
-
 def _windows(windows, zone: ZoneInfo):
-    """The answer's windows as (start, end) UTC instants, value, eventCount, groupBy."""
+    """The answer's windows as ((start, end) in UTC, value, eventCount, groupBy)."""
     if windows is None:
         return None
     parsed = []
@@ -751,27 +724,118 @@ def _windows(windows, zone: ZoneInfo):
     return parsed
 
 
-# --- the property ---------------------------------------------------------------------------
+def check_summary(player: Player, query: Query) -> None:
+    if query.user is not None:  # userId replaces filter[userId]: see the xfail test below
+        query = dataclasses.replace(query, filters=tuple(
+            (name, tuple(sorted({*values, query.user})) if name == "userId" else values)
+            for name, values in query.filters))
+    params, start, end = query_params(player, query)
+    before = datetime.now(UTC)
+    answer = player.api.get("/v1/billing/meter-events/summary", params=params)
+    after = datetime.now(UTC)
+    context = f"GET summary {params} over {len(player.model.events)} stored events"
+    assert answer.status_code == 200, (context, answer.text)
+    body = answer.json()
+    assert (body["meterId"], body["aggregationType"], body["userId"]) == (
+        player.meters[query.meter]["id"], METERS[query.meter][0], query.user or "")
+    assert (body["periodStart"], body["periodEnd"]) == (
+        start and _utc_text(start), end and _utc_text(end)), context
+    assert ("windows" in body) == bool(query.window or query.group_by), context
+    got_windows = _windows(body.get("windows"), ZoneInfo(query.zone))
+    # Without periodEnd the period ends at the first slot boundary after the service's clock.
+    ends = [end] if end else sorted({_ceil_grid(before), _ceil_grid(after)})
+    for candidate in ends:
+        value, count, windows = expected_summary(player.model, query, start or EPOCH, candidate)
+        if windows == got_windows:
+            break
+    assert (body["value"], body["eventCount"]) == (value, count), context
+    if windows is not None:
+        assert len(got_windows) == len(windows), (context, got_windows, windows)
+        for got, want in zip(got_windows, windows):
+            assert got == want, (context, got, want)
 
-import os
-from hypothesis import Phase as HPhase
-@settings(max_examples=10, deadline=None, derandomize=True, database=None, phases=[HPhase.explicit, HPhase.generate] if os.environ.get("NOSHRINK") else list(HPhase),
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                 HealthCheck.data_too_large])
+
+# --- the property -----------------------------------------------------------------------------
+
+@settings(max_examples=10, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(plan=plans)
 def test_summaries_match_a_brute_force_over_exactly_once_streams(venue, admin, plan):
-    org = admin.post("/v1/admin/orgs", json={"name": f"org-{uuid.uuid4().hex[:12]}"})
-    assert org.status_code == 201, org.text
-    player = Player(Api(venue.url, org.json()["apiKey"]), plan, venue.span(plan))
-    import time, collections
-    t0 = time.time()
+    player = Player(_new_org_api(admin, venue.url), plan, venue.span(plan))
     player.play()
-    t1 = time.time()
-    STATS["n"] += 1
     for query in plan.queries:
         check_summary(player, query)
-    t2 = time.time()
-    m = player.model
-    print(f"STAT {venue.name} play={t1-t0:.2f}s queries={t2-t1:.2f}s stored={len(m.events)} live={sum(e.live for e in m.events)} "
-          f"phases={len(plan.phases)} racing={sum(len(p.batches)>1 for p in plan.phases)} per-meter={collections.Counter(e.payload.meter for e in m.events)}")
-STATS = {"n": 0}
+
+
+def test_the_brute_force_cuts_windows_at_local_clock_changes():
+    """The oracle itself, on facts checked by hand."""
+    new_york, lord_howe = ZoneInfo("America/New_York"), ZoneInfo("Australia/Lord_Howe")
+    fall_back = windows_of(datetime(2025, 11, 2, 4, tzinfo=UTC),
+                           datetime(2025, 11, 3, 5, tzinfo=UTC), new_york, "hour")
+    assert len(fall_back) == 25  # 01:00 lived twice, at -04:00 then at -05:00
+    assert fall_back[1] == (datetime(2025, 11, 2, 5, tzinfo=UTC), datetime(2025, 11, 2, 6, tzinfo=UTC))
+    assert windows_of(datetime(2026, 4, 4, 14, tzinfo=UTC), datetime(2026, 4, 4, 16, tzinfo=UTC),
+                      lord_howe, "hour") == [  # 01:00 at +11, then 01:30-02:00 at +10:30
+        (datetime(2026, 4, 4, 14, tzinfo=UTC), datetime(2026, 4, 4, 15, tzinfo=UTC)),
+        (datetime(2026, 4, 4, 15, tzinfo=UTC), datetime(2026, 4, 4, 15, 30, tzinfo=UTC)),
+        (datetime(2026, 4, 4, 15, 30, tzinfo=UTC), datetime(2026, 4, 4, 16, tzinfo=UTC))]
+    days = windows_of(datetime(2026, 3, 7, 5, 7, 13, tzinfo=UTC),
+                      datetime(2026, 3, 10, tzinfo=UTC), new_york, "day")
+    assert [e - s for s, e in days] == [  # clipped, spring-forward day, clipped
+        timedelta(hours=23, minutes=52, seconds=47), timedelta(hours=23), timedelta(hours=20)]
+    kathmandu = windows_of(datetime(2026, 1, 31, tzinfo=UTC), datetime(2026, 2, 2, tzinfo=UTC),
+                           ZoneInfo("Asia/Kathmandu"), "month")
+    assert [s for s, _ in kathmandu][1] == datetime(2026, 1, 31, 18, 15, tzinfo=UTC)
+
+
+# --- known bugs, reproduced (the plan above steers around them) --------------------------------
+
+def _event(meter, **fields):
+    at = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
+    return {"meterId": meter["id"], "userId": "u1", "value": 3, "timestamp": _utc_text(at),
+            "idempotency": "k", **fields}
+
+
+@pytest.mark.xfail(strict=True, reason="the later copies of a stored key in one batch are "
+                   "judged against the batch's first copy, not against the stored event")
+@pytest.mark.parametrize("first_copy", ["another value", "no timestamp"])
+def test_an_exact_retry_after_another_copy_in_one_batch_is_a_duplicate(api, first_copy):
+    meter = api.create_meter()
+    event = _event(meter)
+    api.record(event)
+    if first_copy == "another value":
+        copy, status = dict(event, value=4), "conflict"
+    else:
+        copy, status = {k: v for k, v in event.items() if k != "timestamp"}, "duplicate"
+    outcomes = api.record(copy, event)["events"]
+    assert [o["status"] for o in outcomes] == [status, "duplicate"]
+
+
+@pytest.mark.xfail(strict=True, reason="userId replaces filter[userId] instead of narrowing it")
+def test_user_and_a_user_filter_both_narrow_the_summary(api):
+    meter = api.create_meter()
+    api.record(_event(meter, userId="alice", idempotency="a"),
+               _event(meter, userId="bob", idempotency="b"))
+    answer = api.get("/v1/billing/meter-events/summary", params=[
+        ("meterId", meter["id"]), ("userId", "alice"), ("filter[userId]", "bob")])
+    assert (answer.json()["value"], answer.json()["eventCount"]) == (0, 0)
+
+
+@pytest.mark.xfail(strict=True, reason="rollup slots keep sums in int64: Firestore saturates "
+                   "the increment, the legacy emulator's careful path answers 500")
+def test_sums_beyond_int64_in_one_slot_stay_exact(api):
+    meter = api.create_meter()
+    for key in ("a", "b", "c"):  # one request each, all in one 15-minute slot
+        api.record(_event(meter, value=1 << 62, idempotency=key))
+    assert api.summary(meterId=meter["id"])["value"] == 3 << 62
+
+
+@pytest.mark.xfail(strict=True, reason="without periodEnd a summary ends at the slot after "
+                   "now, leaving out accepted events stamped ahead of the clock")
+def test_an_open_ended_summary_counts_events_stamped_ahead(admin, lenient_server):
+    # Any lead shows it near the end of a slot; the lenient service's 20 minutes, always.
+    api = _new_org_api(admin, lenient_server.url)
+    meter = api.create_meter()
+    ahead = datetime.now(UTC) + timedelta(minutes=16)
+    api.record(_event(meter, timestamp=_utc_text(ahead)))
+    assert api.summary(meterId=meter["id"])["eventCount"] == 1

@@ -110,8 +110,10 @@ def _check_batch(events: list[dict], now: datetime, config) -> list[Meter]:
 # -- writing -----------------------------------------------------------------------
 
 def _drafts(events: list[dict], meters: list[Meter], now: datetime) -> list[ingest.Draft]:
-    drafts = []
+    drafts, meter_key_ids = [], {}
     for event, meter in zip(events, meters):
+        if meter.id_ not in meter_key_ids:
+            meter_key_ids[meter.id_] = meter.key.id()
         key_id = (idempotent_id(meter.id_, event["idempotency"])
                   if event.get("idempotency") else None)
         drafts.append(ingest.Draft(
@@ -120,7 +122,8 @@ def _drafts(events: list[dict], meters: list[Meter], now: datetime) -> list[inge
             timestamp_given=event.get("timestamp") is not None,
             idempotency=event.get("idempotency", ""),
             dimensions=dict(event.get("dimensions", {})),
-            metadata=dict(event.get("metadata", {})), key_id=key_id))
+            metadata=dict(event.get("metadata", {})), key_id=key_id,
+            meter_key_id=meter_key_ids[meter.id_]))
     return drafts
 
 

@@ -16,6 +16,7 @@ all. Two paths:
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -43,6 +44,11 @@ class Draft:
     dimensions: dict
     metadata: dict
     key_id: int | None = None  # set for idempotent events; random ones are drawn per try
+    meter_key_id: int = 0  # the meter's key id (NDB's key.id() copies the path each call)
+
+    def __post_init__(self):
+        if not self.meter_key_id:
+            self.meter_key_id = self.meter.key.id()
 
     def same_payload(self, stored) -> bool:
         props = stored.properties
@@ -73,6 +79,7 @@ def _random_id() -> int:
     return random.SystemRandom().randrange(1, MAX_ID)
 
 
+@functools.lru_cache(maxsize=8192)  # each created event's id is needed twice; hashids is slow
 def _public_id(key_id: int, namespace_code: int) -> str:
     from app.models import ids
     return ids.encode_numbers(ids.KIND_CODES["meter-event"], key_id,
@@ -134,7 +141,7 @@ def _cells(drafts, plan, indexes, now) -> dict[tuple, dict[int, Cell]]:
         draft = drafts[index]
         series = rollups.series_of(draft.user_id, draft.dimensions)
         day, slot = rollups.day_and_slot(draft.timestamp)
-        cells = grouped.setdefault((draft.meter.key.id(), draft.meter.id_, series, day), {})
+        cells = grouped.setdefault((draft.meter_key_id, draft.meter.id_, series, day), {})
         cell = cells.setdefault(slot, Cell())
         cell.add_event(draft.value, rank(draft.timestamp, now, plan.key_ids[index]))
     return grouped
@@ -183,7 +190,7 @@ def _careful_attempt(drafts, plan, code, now) -> list[Outcome] | None:
     plan.outcomes.clear()
     with rpc.transaction() as transaction:
         event_keys = [entities.key("meter-event", plan.key_ids[i]) for i in plan.creates]
-        merge_meters = {d.meter.key.id() for d in drafts if _needs_merge(d.meter)}
+        merge_meters = {d.meter_key_id for d in drafts if _needs_merge(d.meter)}
         candidate = _cells(drafts, plan, plan.creates, now)
         rollup_keys = [rollups.key(m, s, d) for (m, _, s, d) in candidate if m in merge_meters]
         stored = rpc.lookup(event_keys + rollup_keys, transaction)

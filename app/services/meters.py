@@ -56,9 +56,26 @@ def get_meter(public_id: str, *, include_archived: bool = True) -> Meter:
     return meter
 
 
+# (namespace, event name) -> meter key: a key lookup is far cheaper than the query, and
+# the looked-up meter is checked, so a stale entry (renamed, archived) only costs the query.
+_KEYS_BY_EVENT_NAME: dict[tuple[str, str], ndb.Key] = {}
+
+
 def find_by_event_name(event_name: str) -> Meter | None:
     """The active meter with this event name, if any."""
-    return _active_with_event_name(event_name)
+    cache_key = (ndb.get_context().get_namespace() or "", event_name)
+    known = _KEYS_BY_EVENT_NAME.get(cache_key)
+    if known is not None:
+        meter = known.get()
+        if meter is not None and meter.event_name == event_name and not meter.deleted:
+            return meter
+        _KEYS_BY_EVENT_NAME.pop(cache_key, None)
+    meter = _active_with_event_name(event_name)
+    if meter is not None:
+        if len(_KEYS_BY_EVENT_NAME) > 10_000:
+            _KEYS_BY_EVENT_NAME.clear()
+        _KEYS_BY_EVENT_NAME[cache_key] = meter.key
+    return meter
 
 
 def all_meters() -> list[Meter]:

@@ -136,12 +136,13 @@ def rank(timestamp: datetime, created: datetime, key_id: int) -> tuple:
 
 def _cells(drafts, plan, indexes, now) -> dict[tuple, dict[int, Cell]]:
     """(meter, series, day) -> slot -> Cell of the created drafts."""
-    grouped: dict[tuple, dict[int, Cell]] = {}
+    grouped: dict[tuple, dict[int, Cell]] = {}  # (meter key id, id, aggregation, series, day)
     for index in indexes:
         draft = drafts[index]
         series = rollups.series_of(draft.user_id, draft.dimensions)
         day, slot = rollups.day_and_slot(draft.timestamp)
-        cells = grouped.setdefault((draft.meter_key_id, draft.meter.id_, series, day), {})
+        cells = grouped.setdefault((draft.meter_key_id, draft.meter.id_,
+                                    draft.meter.aggregation_type, series, day), {})
         cell = cells.setdefault(slot, Cell())
         cell.add_event(draft.value, rank(draft.timestamp, now, plan.key_ids[index]))
     return grouped
@@ -154,11 +155,12 @@ def _needs_merge(meter) -> bool:
 def _rollup_mutations(grouped, stored: dict, merge_meters: set) -> list:
     """Increments where the server can add; merged replacements where we read first."""
     mutations = []
-    for (meter_key_id, meter_id, series, day), cells in grouped.items():
+    for (meter_key_id, meter_id, aggregation, series, day), cells in grouped.items():
         key_pb = rollups.key(meter_key_id, series, day)
         found = stored.get(key_pb.SerializeToString())
         if meter_key_id not in merge_meters:
-            mutations.append(rollups.increments(key_pb, meter_id, series, day, cells))
+            mutations.append(rollups.increments(key_pb, meter_id, series, day, cells,
+                                                aggregation))
             continue
         merged = rollups.decode(found)[2] if found is not None else {}
         for slot, cell in cells.items():
@@ -192,7 +194,8 @@ def _careful_attempt(drafts, plan, code, now) -> list[Outcome] | None:
         event_keys = [entities.key("meter-event", plan.key_ids[i]) for i in plan.creates]
         merge_meters = {d.meter_key_id for d in drafts if _needs_merge(d.meter)}
         candidate = _cells(drafts, plan, plan.creates, now)
-        rollup_keys = [rollups.key(m, s, d) for (m, _, s, d) in candidate if m in merge_meters]
+        rollup_keys = [rollups.key(m, s, d) for (m, _, _, s, d) in candidate
+                       if m in merge_meters]
         stored = rpc.lookup(event_keys + rollup_keys, transaction)
         if _redraw_collisions(drafts, plan, event_keys, stored):
             rpc.rollback(transaction)

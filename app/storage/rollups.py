@@ -76,20 +76,32 @@ def _static(entity, meter_id: str, series: Series, day: int, dirty: bool) -> Non
     entities.set_bool(entity, "Dirty", dirty)
 
 
-def increments(key_pb, meter_id: str, series: Series, day: int, cells: dict[int, Cell]):
-    """A blind upsert adding `cells` (slot -> Cell) to the stored rollup."""
+# The deltas an aggregation reads: a sum meter never pays for minimum and maximum.
+_DELTAS = {"sum": "CS", "avg": "CS", "count": "C", "unique_count": "C", "min": "CN",
+           "max": "CX", "last": "CSNX"}
+
+
+def increments(key_pb, meter_id: str, series: Series, day: int, cells: dict[int, Cell],
+               aggregation: str):
+    """A blind upsert adding `cells` (slot -> Cell) to the stored rollup's deltas."""
     mutation = rpc.Mutation()
     _static(mutation.upsert, meter_id, series, day, dirty=True)
     mutation.upsert.key.CopyFrom(key_pb)
     mutation.property_mask.paths.extend(_STATIC)
-    for slot, cell in sorted(cells.items()):
-        for name, op, value in ((f"C{slot}", "increment", cell.count),
-                                (f"S{slot}", "increment", cell.sum),
-                                (f"N{slot}", "minimum", cell.min),
-                                (f"X{slot}", "maximum", cell.max)):
-            transform = mutation.property_transforms.add()
-            transform.property = name
-            getattr(transform, op).integer_value = value
+    wanted = _DELTAS[aggregation]
+    transforms = mutation.property_transforms
+    for slot, cell in cells.items():
+        for letter in wanted:
+            transform = transforms.add()
+            transform.property = f"{letter}{slot}"
+            if letter == "C":
+                transform.increment.integer_value = cell.count
+            elif letter == "S":
+                transform.increment.integer_value = cell.sum
+            elif letter == "N":
+                transform.minimum.integer_value = cell.min
+            else:
+                transform.maximum.integer_value = cell.max
     return mutation
 
 
@@ -132,10 +144,15 @@ def decode(entity) -> tuple[Series, int, dict[int, Cell]]:
     for name, value in props.items():
         if name[0] == "C" and name[1:].isdigit() and value.integer_value > 0:
             slot = name[1:]
-            delta = Cell(value.integer_value, props[f"S{slot}"].integer_value,
-                         props[f"N{slot}"].integer_value, props[f"X{slot}"].integer_value)
+            delta = Cell(value.integer_value, _delta(props, f"S{slot}", 0),
+                         _delta(props, f"N{slot}"), _delta(props, f"X{slot}"))
             cells.setdefault(int(slot), Cell()).merge(delta)
     return series, props["Day"].integer_value, cells
+
+
+def _delta(props, name: str, missing=None):
+    value = props.get(name)
+    return value.integer_value if value is not None else missing
 
 
 def is_dirty(entity) -> bool:

@@ -104,7 +104,7 @@ def _raw_child(host: str, project: str, total: int, batch: int, threads: int, wa
                             series = rollups.series_of(user, {})
                             mutations.append(rollups.increments(
                                 rollups.key(4242, series, day), meter_id, series, day,
-                                {slot: cell}))
+                                {slot: cell}, "sum"))
                     batches.append(mutations)
             return batches
 

@@ -129,3 +129,20 @@ def test_shadow_fields_round_trip_lists_and_dicts(org_context):
 def test_shadow_fields_refuse_the_wrong_container(org_context):
     with pytest.raises(TypeError, match="Dimensions_ holds a list"):
         Meter(parent=root_key(), name="n", event_name="e", dimensions={"a": 1})
+
+
+def test_memoized_hashids_encode_exactly_as_the_library_does(monkeypatch):
+    import random
+
+    import hashids
+
+    memoized = hashids._reorder
+    assert hasattr(memoized, "cache_info")  # app.models.ids installed the memo
+    codec = hashids.Hashids(salt="any salt", min_length=10)
+    rng = random.Random(7)
+    cases = [(204, rng.randrange(1, 1 << 63), 59, 1, rng.randrange(0, 1 << 40))
+             for _ in range(300)]
+    fast = [codec.encode(*numbers) for numbers in cases]
+    monkeypatch.setattr(hashids, "_reorder", memoized.__wrapped__)
+    assert [codec.encode(*numbers) for numbers in cases] == fast
+    assert [codec.decode(text) for text in fast] == cases

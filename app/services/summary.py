@@ -112,8 +112,8 @@ def summarize(meter_id: str, user_id: str | None, start: datetime | None,
         raise NotFound(exc.message, param="meterId", code=exc.code) from None
     _check_names(meter, group_by, filters or {})
     wanted = dict(filters or {})
-    if user_id is not None:
-        wanted["userId"] = frozenset({user_id})
+    if user_id is not None:  # narrows, together with any filter[userId]
+        wanted["userId"] = wanted.get("userId", frozenset({user_id})) & {user_id}
     period_end = end or _ceil_slot(default_end or datetime.now(timezone.utc))
     _check_window_count(window_size, start or EPOCH, period_end)
     try:

@@ -215,3 +215,11 @@ def test_bad_window_and_group_parameters(api, params, param):
                      params={"meterId": meter["id"], **params})
     assert answer.status_code == 400, answer.text
     assert error_of(answer)["param"] == param
+
+
+def test_an_open_ended_summary_includes_events_up_to_the_allowed_lead(api):
+    meter = api.create_meter()
+    ahead = datetime.now(timezone.utc) + timedelta(minutes=4)
+    api.record({"meterId": meter["id"], "userId": "u1", "value": 6,
+                "timestamp": ahead.isoformat().replace("+00:00", "Z")})
+    assert api.summary(meterId=meter["id"])["value"] == 6

@@ -5,6 +5,7 @@ from flask import Blueprint, current_app
 from app import tenancy
 from app.api.requests import body, summary_query
 from app.errors import NotFound
+from app.models import utcnow
 from app.schemas.events import batch_schema, cancel_schema, summary_json
 from app.services import cancel, events, meters, summary
 
@@ -52,5 +53,6 @@ def get_summary():
     result = summary.summarize(
         args["meterId"], args.get("userId"), args.get("periodStart"), args.get("periodEnd"),
         window_size=args.get("windowSize"), time_zone=args.get("timeZone", "UTC"),
-        group_by=tuple(args.get("groupBy", ())), filters=filters)
+        group_by=tuple(args.get("groupBy", ())), filters=filters,
+        default_end=utcnow() + current_app.config["METERING"].max_event_lead)
     return summary_json(result)

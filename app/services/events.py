@@ -24,13 +24,11 @@ from app.models import ids
 from app.services import ingest
 from app.services import meters as meter_service
 
-MAX_ID = (1 << 63) - 1
-
 
 def idempotent_id(meter_id: str, idempotency: str) -> int:
     """The key id every copy of one (meter, idempotency key) event shares."""
     digest = hashlib.sha256(f"{meter_id}\x00{idempotency}".encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") & MAX_ID or 1
+    return int.from_bytes(digest[:8], "big") & ingest.MAX_ID or 1
 
 
 # -- validation ------------------------------------------------------------------

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from google.api_core import exceptions as core_exceptions
-from google.cloud import ndb
 
 from app.services import capabilities
 from app.services.windows import Cell

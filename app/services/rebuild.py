@@ -10,13 +10,12 @@ writer (the Go service) stored without rollups.
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 
 from app.models import Meter
 from app.services import recompute
-from app.services.windows import Cell
 from app.storage import queries, rollups, rpc
+
+SLOTS_PER_DAY = 96
 
 def targets(meter: Meter) -> list[tuple]:
     """Every (series, day) of the meter with raw events or a stored rollup."""
@@ -29,23 +28,11 @@ def targets(meter: Meter) -> list[tuple]:
     return sorted(found, key=lambda item: (item[1], rollups.series_json(item[0])))
 
 
-def _day_cells(meter: Meter, series, day: int, transaction: bytes) -> dict[int, Cell]:
-    start = rollups.slot_start(day, 0)
-    cells: dict[int, Cell] = {}
-    for event in queries.events(meter.id_, series.user_id, start, start + timedelta(days=1),
-                                transaction):
-        if recompute.is_live(event) and recompute.event_series(event) == series:
-            slot = recompute.affected_slot(event)[1]
-            cells.setdefault(slot, Cell()).add_event(event.properties["Value"].integer_value,
-                                                     recompute.event_rank(event))
-    return cells
-
-
 def _rebuild_once(meter: Meter, series, day: int) -> None:
     with rpc.transaction() as transaction:
         key_pb = rollups.key(meter.key.id(), series, day)
         rpc.lookup([key_pb], transaction)  # read first: concurrent writers of it wait or retry
-        cells = _day_cells(meter, series, day, transaction)
+        cells = recompute.series_cells(meter.id_, series, day, 0, SLOTS_PER_DAY, transaction)
         if cells:
             mutation = rollups.replacement(key_pb, meter.id_, series, day, cells)
         else:

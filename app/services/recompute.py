@@ -33,18 +33,25 @@ def is_live(event) -> bool:
     return deleted is None or not deleted.boolean_value
 
 
-def slot_cell(meter_id: str, series: Series, day: int, slot: int, transaction: bytes | None,
-              skip: set[bytes]) -> Cell:
-    """The cell of one slot of one series, from its live raw events."""
-    start = rollups.slot_start(day, slot)
-    end = rollups.slot_start(day, slot + 1)
+def event_cell(event) -> Cell:
+    """The cell of one raw event."""
     cell = Cell()
-    for event in queries.events(meter_id, series.user_id, start, end, transaction):
-        if (not is_live(event) or event.key.SerializeToString() in skip
-                or event_series(event) != series):
-            continue
-        cell.add_event(event.properties["Value"].integer_value, event_rank(event))
+    cell.add_event(event.properties["Value"].integer_value, event_rank(event))
     return cell
+
+
+def series_cells(meter_id: str, series: Series, day: int, first_slot: int, end_slot: int,
+                 transaction: bytes | None, skip: set[bytes] | frozenset[bytes] = frozenset()
+                 ) -> dict[int, Cell]:
+    """Slot -> cell of one series over slots [first_slot, end_slot) of a day, from its live
+    raw events (leaving out the events whose serialized keys are in `skip`)."""
+    start, end = rollups.slot_start(day, first_slot), rollups.slot_start(day, end_slot)
+    cells: dict[int, Cell] = {}
+    for event in queries.events(meter_id, series.user_id, start, end, transaction):
+        if (is_live(event) and event.key.SerializeToString() not in skip
+                and event_series(event) == series):
+            cells.setdefault(affected_slot(event)[1], Cell()).merge(event_cell(event))
+    return cells
 
 
 def recomputed(stored, meter_key_id: int, meter_id: str, series: Series, day: int,
@@ -52,7 +59,8 @@ def recomputed(stored, meter_key_id: int, meter_id: str, series: Series, day: in
     """The replacement of a rollup with `slots` recomputed from raw events."""
     cells = rollups.decode(stored)[2] if stored is not None else {}
     for slot in slots:
-        cell = slot_cell(meter_id, series, day, slot, transaction, skip)
+        cell = series_cells(meter_id, series, day, slot, slot + 1, transaction,
+                            skip).get(slot, Cell())
         if cell.count:
             cells[slot] = cell
         else:

@@ -17,7 +17,7 @@ from app.errors import NotFound, ValidationFailed
 from app.models import Meter
 from app.services import recompute
 from app.services.meters import get_meter
-from app.services.windows import (EPOCH, SLOT, Cell, SummaryRequest, SummaryResult,
+from app.services.windows import (EPOCH, SLOT, SummaryRequest, SummaryResult,
                                   slot_of, summarize_cells)
 from app.storage import entities, queries, rollups
 
@@ -48,9 +48,8 @@ def _ceil_slot(moment: datetime) -> datetime:
 def _raw_cells(meter: Meter, user_id, start: datetime, end: datetime):
     for event in queries.events(meter.id_, user_id, start, end):
         if recompute.is_live(event):
-            cell = Cell()
-            cell.add_event(event.properties["Value"].integer_value, recompute.event_rank(event))
-            yield recompute.event_series(event), slot_of(entities.get_time(event, "Timestamp")), cell
+            moment = entities.get_time(event, "Timestamp")
+            yield recompute.event_series(event), slot_of(moment), recompute.event_cell(event)
 
 
 def _rollup_cells(meter: Meter, user_id, start: datetime, end: datetime):

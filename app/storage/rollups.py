@@ -31,26 +31,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 from app.storage import entities, rpc
-from app.services.windows import Cell, Series
+from app.services.windows import EPOCH, Cell, Series
 
 KIND = "meter-rollup"
-SLOT = timedelta(minutes=15)
-SLOTS_PER_DAY = 96
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _STATIC = ("MeterId", "UserId", "Day", "Series_", "Dirty")
 
 
 def day_and_slot(moment: datetime) -> tuple[int, int]:
     """(UTC day number since the epoch, quarter-hour slot of that day)."""
-    delta = moment - _EPOCH
+    delta = moment - EPOCH
     return delta.days, delta.seconds // 900
 
 
 def slot_start(day: int, slot: int) -> datetime:
-    return _EPOCH + timedelta(days=day, minutes=15 * slot)
+    return EPOCH + timedelta(days=day, minutes=15 * slot)
 
 
 def series_json(series: Series) -> str:

@@ -60,8 +60,16 @@ PROJECT = "metering-bench"
 
 # -- 1. raw emulator write rate (in a child process: gRPC stays out of this one) ------
 
+RAW_CASES = {  # case name -> what the raw writer commits
+    "raw": "meter-event entities as hand-built protobufs, 100 per Commit (the emulator's "
+           "ceiling)",
+    "raw+rollups": "exactly the service's fast-path commits (events + rollup increments)",
+    "raw-ndb": "MeterEvent models through NDB put_multi, 100 per call (the ordinary client)",
+}
+
+
 def _raw_child(host: str, project: str, total: int, batch: int, threads: int, warmup: int,
-               with_rollups: bool, ready, go, results) -> None:
+               case: str, ready, go, results) -> None:
     try:
         os.environ["DATASTORE_EMULATOR_HOST"] = host
         from app.config import Config
@@ -69,6 +77,9 @@ def _raw_child(host: str, project: str, total: int, batch: int, threads: int, wa
         from app.models import ids
         from app.services import events as event_service
         from app.services import ingest
+        from google.cloud import ndb
+
+        from app.models import MeterEvent
         from app.services.windows import Cell
         from app.storage import entities, rollups, rpc
 
@@ -80,8 +91,26 @@ def _raw_child(host: str, project: str, total: int, batch: int, threads: int, wa
         rng = random.Random(7)
         meter_id = "rawMeterId"
 
+        with_rollups = case == "raw+rollups"
+        for code, space in enumerate((namespace, namespace + "-warm"), start=1):
+            ids.remember_namespace(space, code)  # what Model ids encode; no entity needed
+
+        def build_models(space: str, count: int) -> list[list]:
+            """`count` MeterEvent models in `batch`-model lists, keyed in `space`."""
+            batches = []
+            with client.context(namespace=space):
+                for b in range(count // batch):
+                    batches.append([MeterEvent(
+                        id=event_service.idempotent_id(meter_id, f"raw-{b}-{i}"),
+                        meter_id=meter_id, user_id=f"user-{rng.randrange(1000)}",
+                        value=rng.randint(1, 1000), timestamp=now,
+                        idempotency=f"raw-{b}-{i}") for i in range(batch)])
+            return batches
+
         def build(space: str, count: int) -> list[list]:
             """`count` meter-event inserts in `batch`-entity lists, keyed in `space`."""
+            if case == "raw-ndb":
+                return build_models(space, count)
             batches = []
             with client.context(namespace=space):
                 for b in range(count // batch):
@@ -121,7 +150,10 @@ def _raw_child(host: str, project: str, total: int, batch: int, threads: int, wa
                     if mutations is None:
                         return
                     try:
-                        rpc.commit(mutations)
+                        if case == "raw-ndb":
+                            ndb.put_multi(mutations, use_cache=False)
+                        else:
+                            rpc.commit(mutations)
                     except Exception as exc:  # noqa: BLE001 -- reported, not hidden
                         errors.append(repr(exc)[:200])
 
@@ -149,14 +181,14 @@ def _raw_child(host: str, project: str, total: int, batch: int, threads: int, wa
 
 
 def run_raw(emulator, project, total, batch, threads, warmup, config="", run=0,
-            with_rollups=False):
-    """Time `total` raw inserts (with their rollup increments if `with_rollups`) by
-    `threads` threads in a child process; a CaseResult."""
+            case="raw"):
+    """Time `total` raw inserts of one of RAW_CASES by `threads` threads in a child
+    process; a CaseResult."""
     ctx = multiprocessing.get_context("spawn")
     ready, go, results = ctx.Event(), ctx.Event(), ctx.Queue()
     child = ctx.Process(target=_raw_child,
                         args=(emulator.host, project, total, batch, threads, warmup,
-                              with_rollups, ready, go, results))
+                              case, ready, go, results))
     child.start()
     try:
         if not ready.wait(180):
@@ -179,7 +211,7 @@ def run_raw(emulator, project, total, batch, threads, warmup, config="", run=0,
     other = max(0.0, busy - emu_used - result["client_cpu"]) / wall
     errors = result["errors"]
     return CaseResult(
-        config=config, case="raw+rollups" if with_rollups else "raw", run=run, events=n,
+        config=config, case=case, run=run, events=n,
         wall=wall, rate=n / wall, p50_ms=0.0,
         p95_ms=0.0, max_ms=0.0, failed_requests=len(errors), not_created=0, reconnects=0,
         service_cpu_us=0.0, client_cpu_us=result["client_cpu"] / n * 1e6,
@@ -434,19 +466,19 @@ def run_rounds(args, emulator, workdir, rng, profile_dir=None):
                     rng, f"bench_warmup_{config}")
         # The emulator's JIT keeps speeding up for tens of thousands of writes: warm it
         # with both kinds of raw commits before anything is measured.
-        for with_rollups in (False, True):
+        for case in ("raw", "raw+rollups"):
             if args.emulator_warmup >= args.batch:
                 warm = run_raw(emulator, PROJECT, args.emulator_warmup, args.batch,
-                               args.raw_threads, 0, "—", 0, with_rollups=with_rollups)
+                               args.raw_threads, 0, "—", 0, case=case)
                 print(f"  [emulator warm-up, untimed] {warm.case}: {warm.events} events at "
                       f"{warm.rate:,.0f}/s", flush=True)
         order = list(services)
         for run in range(1, args.repeat + 1):
             emulator.reset()
             key = create_org(emulator.host, PROJECT, f"bench-{run}")
-            for with_rollups in (False, True) if args.raw_rollups else (False,):
+            for case in args.raw_cases:
                 raw = run_raw(emulator, PROJECT, args.events, args.batch, args.raw_threads,
-                              args.raw_warmup, "—", run, with_rollups=with_rollups)
+                              args.raw_warmup, "—", run, case=case)
                 results.append(raw)
                 print_case(raw)
             shift = (run - 1) % len(order)
@@ -572,23 +604,25 @@ def _round_rates(results, case) -> dict:
 
 
 def table(results: list[CaseResult]) -> str:
-    head = ("| setting | run | case | events | events/s | × raw | × raw+rollups | × spread | "
+    head = ("| setting | run | case | events | events/s | × raw | × raw+rollups | × raw-ndb | "
+            "× spread | "
             "p50 ms | p95 ms | service CPU µs/event | client CPU µs/event | "
             "emulator CPU µs/event | other load (cores) | reads/event | writes/event | "
             "RPCs/request | failed requests | stored exact |")
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     raw_of, spread_of = _round_rates(results, "raw"), _round_rates(results, "spread")
     rollups_of = _round_rates(results, "raw+rollups")
+    ndb_of = _round_rates(results, "raw-ndb")
     for r in results:
         def ratio(of, key=None):
             key = r.run if key is None else key
             return f"{r.rate / of[key]:.2f}" if key in of and not r.profiled else ""
         if r.case.startswith("raw"):
-            name = ("raw: event inserts" if r.case == "raw"
-                    else "raw+rollups: the service's commits")
+            name = {"raw": "raw: event inserts", "raw+rollups": "raw+rollups: the service's "
+                    "commits", "raw-ndb": "raw-ndb: NDB put_multi"}[r.case]
             rows.append(
                 f"| {r.config} | {r.run} | {name}, 8 threads | {r.events} | {r.rate:,.0f} | "
-                f"{ratio(raw_of)} | {ratio(rollups_of)} | | | | — | "
+                f"{ratio(raw_of)} | {ratio(rollups_of)} | {ratio(ndb_of)} | | | | — | "
                 f"{r.client_cpu_us:.0f} (writer) | {r.emulator_cpu_us:.0f} | "
                 f"{r.other_cores:.2f} | 0 | {r.writes_per_event:.3f} | 1 | "
                 f"{r.failed_requests} | {'yes' if r.stored_ok else 'NO'} |")
@@ -597,7 +631,8 @@ def table(results: list[CaseResult]) -> str:
         name = r.case + (" (under py-spy)" if r.profiled else "")
         rows.append(
             f"| {r.config} | {r.run or '—'} | {name} | {r.events} | {r.rate:,.0f} | "
-            f"{ratio(raw_of)} | {ratio(rollups_of)} | {x_spread} | {r.p50_ms:.0f} | "
+            f"{ratio(raw_of)} | {ratio(rollups_of)} | {ratio(ndb_of)} | {x_spread} | "
+            f"{r.p50_ms:.0f} | "
             f"{r.p95_ms:.0f} | {r.service_cpu_us:.0f} | {r.client_cpu_us:.0f} | "
             f"{r.emulator_cpu_us:.0f} | {r.other_cores:.2f} | {r.reads_per_event:.3f} | "
             f"{r.writes_per_event:.3f} | {r.rpcs_per_batch:.2f} | {r.failed_requests} | "
@@ -613,19 +648,21 @@ def bars(results: list[CaseResult]) -> list[tuple[str, bool, str]]:
     """Each bar per setting: ratios on the median over rounds (each round's ratio is of
     back-to-back runs), per-run bars on every run."""
     measured = [r for r in results if not r.profiled]
-    raw_of, spread_of = _round_rates(measured, "raw"), _round_rates(measured, "spread")
+    spread_of = _round_rates(measured, "spread")
     checks = []
     for config in dict.fromkeys(r.config for r in measured if not r.case.startswith("raw")):
         mine = [r for r in measured if r.config == config]
         service = [r for r in mine if not r.case.startswith("raw")]
-        spread = [r for r in mine if r.case == "spread" and r.run in raw_of]
         hot = [r for r in mine if r.case == "hot"]
-        if spread:
-            ratios = [r.rate / raw_of[r.run] for r in spread]
-            checks.append((f"{config}: spread ≥ {BARS['spread_over_raw']} × raw emulator "
-                           "(median of rounds)", _median(ratios) >= BARS["spread_over_raw"],
-                           f"median {_median(ratios):.2f}; rounds "
-                           + ", ".join(f"{x:.2f}" for x in ratios)))
+        for case, what in (("raw", "raw emulator (hand-built protobuf commits)"),
+                           ("raw-ndb", "raw write rate through NDB put_multi")):
+            of = _round_rates(measured, case)
+            ratios = [r.rate / of[r.run] for r in mine if r.case == "spread" and r.run in of]
+            if ratios:
+                checks.append((f"{config}: spread ≥ {BARS['spread_over_raw']} × {what} "
+                               "(median of rounds)", _median(ratios) >= BARS["spread_over_raw"],
+                               f"median {_median(ratios):.2f}; rounds "
+                               + ", ".join(f"{x:.2f}" for x in ratios)))
         if hot:
             pairs = [h.rate / spread_of[(config, h.run)] for h in hot
                      if (config, h.run) in spread_of]
@@ -714,9 +751,10 @@ def parse_args(argv=None):
     parser.add_argument("--raw-warmup", type=int, default=4000,
                         help="entities written (untimed) before the raw run, to warm the "
                              "emulator's JIT (4000)")
-    parser.add_argument("--no-raw-rollups", dest="raw_rollups", action="store_false",
-                        help="skip the raw+rollups run (the service's exact commits, sent "
-                             "straight to the emulator)")
+    parser.add_argument("--raw-cases", default=",".join(RAW_CASES),
+                        help="raw writer runs per round, of: " + "; ".join(
+                            f"{name}: {what}" for name, what in RAW_CASES.items())
+                        + " (default all; `raw` is required)")
     parser.add_argument("--warmup-events", type=int, default=4000,
                         help="events sent (untimed) to each new service before its rounds "
                              "(4000)")
@@ -747,6 +785,9 @@ def parse_args(argv=None):
     args.cases = [c for c in args.cases.split(",") if c]
     if set(args.cases) - {"spread", "hot"}:
         parser.error("--cases takes spread and/or hot")
+    args.raw_cases = [c for c in args.raw_cases.split(",") if c]
+    if "raw" not in args.raw_cases or set(args.raw_cases) - set(RAW_CASES):
+        parser.error("--raw-cases takes raw and any of " + ", ".join(RAW_CASES))
     args.settings = []
     for item in args.configs.split(","):
         workers, _, threads = item.strip().partition("x")

@@ -14,9 +14,8 @@ from __future__ import annotations
 from google.cloud import ndb
 from google.cloud.datastore_v1.types import query as q
 
+from app.services import recompute
 from app.storage import queries, rollups, rpc
-
-
 
 PAGE = 500
 
@@ -37,6 +36,7 @@ def _compact_once(key_pb) -> bool:
             return False
         series, day, cells = rollups.decode(stored)
         meter_id = stored.properties["MeterId"].string_value
+        cells = recompute.settled(meter_id, cells, transaction)  # `last` values, by reading
         rpc.commit([rollups.replacement(key_pb, meter_id, series, day, cells)], transaction)
         return True
 

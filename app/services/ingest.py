@@ -4,7 +4,7 @@ Every event's key is fixed before the commit (derived from its idempotency key,
 or random), and the batch's events and rollup updates commit together or not at
 all. Two paths:
 
-- Fast path (Firestore in Datastore mode, no `last` meter in the batch): one
+- Fast path (Firestore in Datastore mode, values in int64 sums' range): one
   Commit RPC in a single-use transaction, events as `insert` mutations and
   rollups as blind increments. No read at all. If any event already exists the
   insert fails, nothing is written, and the batch takes the careful path.
@@ -163,8 +163,8 @@ LARGE_VALUE = 1 << 48
 
 def _needs_merge(draft: Draft) -> bool:
     """Whether this draft's rollup must be read and merged rather than incremented."""
-    return (draft.meter.aggregation_type == "last" or abs(draft.value) >= LARGE_VALUE
-            or not capabilities.transforms())
+    return not capabilities.transforms() or (
+        abs(draft.value) >= LARGE_VALUE and rollups.adds_values(draft.meter.aggregation_type))
 
 
 def _rollup_mutations(grouped, stored: dict, merge_meters: set) -> list:

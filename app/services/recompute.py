@@ -9,10 +9,10 @@ ingestion of that series.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from app.services.ingest import rank
-from app.services.windows import Cell, Series
+from app.services.windows import EPOCH, Cell, Series, settle_last
 from app.storage import entities, queries, rollups
 
 
@@ -54,10 +54,33 @@ def series_cells(meter_id: str, series: Series, day: int, first_slot: int, end_s
     return cells
 
 
+def latest_at(meter_id: str, series: Series, ts: int,
+              transaction: bytes | None = None) -> Cell | None:
+    """The cell of one series' live events at exactly `ts` (µs since the epoch), or None:
+    how a `last` meter's pending deltas find their value."""
+    moment = EPOCH + timedelta(microseconds=ts)
+    found = None
+    for event in queries.events(meter_id, series.user_id, moment,
+                                moment + timedelta(microseconds=1), transaction):
+        if is_live(event) and event_series(event) == series:
+            found = found or Cell()
+            found.merge(event_cell(event))
+    return found
+
+
+def settled(meter_id: str, cells: dict[int, Cell], transaction: bytes | None) -> dict[int, Cell]:
+    """The cells of a decoded rollup with their pending `last` events read, ready to be
+    written back as a compacted base."""
+    for cell in cells.values():
+        settle_last(cell, lambda series, ts: latest_at(meter_id, series, ts, transaction))
+    return cells
+
+
 def recomputed(stored, meter_key_id: int, meter_id: str, series: Series, day: int,
                slots: set[int], transaction: bytes | None, skip: set[bytes]):
     """The replacement of a rollup with `slots` recomputed from raw events."""
-    cells = rollups.decode(stored)[2] if stored is not None else {}
+    cells = (settled(meter_id, rollups.decode(stored)[2], transaction)
+             if stored is not None else {})
     for slot in slots:
         cell = series_cells(meter_id, series, day, slot, slot + 1, transaction,
                             skip).get(slot, Cell())

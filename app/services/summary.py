@@ -76,6 +76,17 @@ def cells(meter: Meter, user_id: str | None, start: datetime, end: datetime):
         yield from _raw_cells(meter, user_id, inner_end, end)
 
 
+def _latest_reader(meter: Meter):
+    """`latest(series, ts)` for the window engine, reading each instant once."""
+    seen: dict[tuple, object] = {}
+
+    def latest(series, ts: int):
+        if (series, ts) not in seen:
+            seen[series, ts] = recompute.latest_at(meter.id_, series, ts)
+        return seen[series, ts]
+    return latest
+
+
 def _check_names(meter: Meter, group_by, filters) -> None:
     known = {"userId", *meter.dimensions}
     for name in group_by:
@@ -120,7 +131,7 @@ def summarize(meter_id: str, user_id: str | None, start: datetime | None,
                                  max(period_end, start or EPOCH), window_size, time_zone,
                                  tuple(group_by), wanted)
         result = summarize_cells(request, cells(meter, user_id, request.period_start,
-                                                request.period_end))
+                                                request.period_end), _latest_reader(meter))
     except (ValueError, OverflowError) as exc:  # a zone off the 15-minute grid, year 9999
         raise ValidationFailed(f"timeZone: {exc}", param="timeZone") from None
     return Summary(meter, user_id, start, end, result,

@@ -24,7 +24,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Iterable
+from typing import Callable, Iterable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 SLOT = timedelta(minutes=15)
@@ -37,7 +37,12 @@ _MICROSECOND = timedelta(microseconds=1)
 
 @dataclass
 class Cell:
-    """Mergeable statistics of some events; merge is exact, associative and commutative."""
+    """Mergeable statistics of some events; merge is exact, associative and commutative.
+
+    For `last`, some events may be known only by their timestamp (rollup deltas written by
+    blind transforms): `pending_ts` is the latest such timestamp (µs) and `pending_at` the
+    series holding events at that instant. `settle_last` reads those to finish the cell.
+    """
 
     count: int = 0
     sum: int = 0
@@ -45,6 +50,8 @@ class Cell:
     max: int | None = None
     last_rank: tuple | None = None  # (timestamp_micros, created_micros, key_id): larger = later
     last_value: int | None = None
+    pending_ts: int | None = None
+    pending_at: tuple = ()
 
     def add_event(self, value: int, rank: tuple) -> None:
         self.merge(Cell(1, value, value, value, rank, value))
@@ -57,11 +64,37 @@ class Cell:
             self.min = other.min
         if other.max is not None and (self.max is None or other.max > self.max):
             self.max = other.max
-        # Equal ranks (one event seen twice) keep the larger value, so order never matters.
-        if other.last_rank is not None and (
-                self.last_rank is None
-                or (other.last_rank, other.last_value) > (self.last_rank, self.last_value)):
-            self.last_rank, self.last_value = other.last_rank, other.last_value
+        if other.last_rank is not None:
+            self.merge_last(other.last_rank, other.last_value)
+        if other.pending_ts is not None:
+            if self.pending_ts is None or other.pending_ts > self.pending_ts:
+                self.pending_ts, self.pending_at = other.pending_ts, other.pending_at
+            elif other.pending_ts == self.pending_ts:
+                self.pending_at += other.pending_at
+
+    def merge_last(self, rank: tuple, value: int) -> None:
+        """Keep the later of the cell's latest event and this one.
+
+        Equal ranks (one event seen twice) keep the larger value, so order never matters.
+        """
+        if self.last_rank is None or (rank, value) > (self.last_rank, self.last_value):
+            self.last_rank, self.last_value = rank, value
+
+
+def settle_last(cell: Cell, latest: Callable[[Series, int], Cell | None]) -> None:
+    """Resolve a cell's pending `last` events: `latest(series, ts)` gives the cell of the
+    live events of that series at exactly `ts` (µs), or None. A known event later than
+    every pending one needs no read."""
+    ts, where = cell.pending_ts, cell.pending_at
+    if ts is None:
+        return
+    cell.pending_ts, cell.pending_at = None, ()
+    if cell.last_rank is not None and cell.last_rank[0] > ts:
+        return
+    for series in dict.fromkeys(where):
+        found = latest(series, ts)
+        if found is not None and found.last_rank is not None:
+            cell.merge_last(found.last_rank, found.last_value)
 
 
 @dataclass(frozen=True)
@@ -294,12 +327,16 @@ def _windows(request: SummaryRequest, bounds, buckets: dict) -> list[Window]:
 
 
 def summarize_cells(request: SummaryRequest,
-                    cells: Iterable[tuple[Series, datetime, Cell]]) -> SummaryResult:
+                    cells: Iterable[tuple[Series, datetime, Cell]],
+                    latest: Callable[[Series, int], Cell | None] | None = None
+                    ) -> SummaryResult:
     """The summary of the period from its cells, given as (series, slot_start_utc, cell).
 
     One (series, slot) may come several times (shards, raw edge events as single-event
     cells); cells merge exactly, so every copy simply adds in. Cells without events are
     ignored, so a series with no events never counts towards unique_count or a group.
+    Cells with pending `last` events need `latest` (see `settle_last`), called at most
+    once per (window, group) whose latest event is pending.
     """
     bounds = _utc_bounds(request)
     starts = [start for start, _ in bounds]
@@ -324,6 +361,11 @@ def summarize_cells(request: SummaryRequest,
         if bucket is None:
             bucket = buckets[key] = _Bucket()
         bucket.add(cell, profile[1])
+    for bucket in buckets.values():
+        if bucket.cell.pending_ts is not None:
+            if latest is None:
+                raise ValueError("cells with pending `last` events need a `latest` reader")
+            settle_last(bucket.cell, latest)
     total = _Bucket()
     for bucket in buckets.values():  # buckets partition the cells
         total.cell.merge(bucket.cell)

@@ -7,7 +7,12 @@ dimension values) of one meter for one UTC day, in two parts that add up:
   (0..95, the quarter hours of the day) to its count, sum, min, max and, for
   `last` meters, the latest value and its rank (timestamp, CreatedAt, key id).
 - deltas written by server-side transforms since the last compaction: `C{q}`
-  count, `S{q}` sum, `N{q}` min and `X{q}` max, and `Dirty` = true.
+  count, `S{q}` sum, `N{q}` min, `X{q}` max and, for `last` meters, `T{q}` the
+  latest timestamp (µs), and `Dirty` = true. A `last` meter's deltas say when its
+  latest event of the slot happened, not its value: readers and compaction read
+  the raw events of that instant (`Cell.pending_ts`, `windows.settle_last`), one
+  small query per (window, group) whose latest event is not compacted yet. Its
+  base keeps count, rank and value (its sum, min and max are never read).
 
 Compaction (`app.services.compact`) folds the deltas into `Slots_`, so reading a
 day costs one small entity however many batches it took.
@@ -22,9 +27,9 @@ Two ways to write them:
   take the min and max on the server. No read, so concurrent batches of one hot
   user never wait on each other's locks. Needs Firestore in Datastore mode.
 - `replacement`: the merged entity, written after reading it in the same
-  transaction. Used for `last` meters (a value chosen by rank cannot be a
-  transform), on the legacy emulator (which ignores transforms), and when
-  cancelling or rebuilding recomputes a slot.
+  transaction. Used on the legacy emulator (which ignores transforms), for sums
+  too large for int64 transforms, and when compacting, cancelling or rebuilding
+  recomputes a slot.
 """
 
 from __future__ import annotations
@@ -75,7 +80,12 @@ def _static(entity, meter_id: str, series: Series, day: int, dirty: bool) -> Non
 
 # The deltas an aggregation reads: a sum meter never pays for minimum and maximum.
 _DELTAS = {"sum": "CS", "avg": "CS", "count": "C", "unique_count": "C", "min": "CN",
-           "max": "CX", "last": "CSNX"}
+           "max": "CX", "last": "CT"}
+
+
+def adds_values(aggregation: str) -> bool:
+    """Whether the aggregation's deltas sum event values (int64 on the server)."""
+    return "S" in _DELTAS[aggregation]
 
 
 def increments(key_pb, meter_id: str, series: Series, day: int, cells: dict[int, Cell],
@@ -97,14 +107,18 @@ def increments(key_pb, meter_id: str, series: Series, day: int, cells: dict[int,
                 transform.increment.integer_value = cell.sum
             elif letter == "N":
                 transform.minimum.integer_value = cell.min
-            else:
+            elif letter == "X":
                 transform.maximum.integer_value = cell.max
+            else:  # T: when the slot's latest event happened
+                transform.maximum.integer_value = cell.last_rank[0]
     return mutation
 
 
 def _pack(cells: dict[int, Cell]) -> str:
     packed = {}
     for slot, cell in sorted(cells.items()):
+        if cell.pending_ts is not None:
+            raise ValueError(f"slot {slot} has unread `last` events: settle it first")
         if cell.count:
             fields = [cell.count, cell.sum, cell.min, cell.max]
             if cell.last_rank is not None:  # only `last` meters need the rank
@@ -143,6 +157,9 @@ def decode(entity) -> tuple[Series, int, dict[int, Cell]]:
             slot = name[1:]
             delta = Cell(value.integer_value, _delta(props, f"S{slot}", 0),
                          _delta(props, f"N{slot}"), _delta(props, f"X{slot}"))
+            delta.pending_ts = _delta(props, f"T{slot}")
+            if delta.pending_ts is not None:
+                delta.pending_at = (series,)
             cells.setdefault(int(slot), Cell()).merge(delta)
     return series, props["Day"].integer_value, cells
 

@@ -135,6 +135,21 @@ def test_cancelling_the_latest_event_before_compaction_falls_back_to_the_previou
     assert (summary["value"], summary["eventCount"]) == (20, 2)
 
 
+def test_many_series_tied_at_the_latest_instant_cost_one_read(api, emulator_kind):
+    meter = api.create_meter(aggregationType="last")
+    api.record(*({"meterId": meter["id"], "userId": f"user-{i}", "value": i,
+                  "timestamp": _at(600)} for i in range(100)))
+    for params in ({}, {"groupBy": "userId"}):
+        answer = api.get(f"{EVENTS}/summary", params={"meterId": meter["id"], **params})
+        body = answer.json()
+        assert body["eventCount"] == 100
+        if params:
+            assert sorted(w["value"] for w in body["windows"]) == list(range(100))
+        # The API key, org and meter, 100 rollups, and (Firestore mode, uncompacted) the
+        # 100 events of that one instant, in one query.
+        assert _usage(answer)["read"] == 103 + (100 if emulator_kind == "firestore" else 0)
+
+
 def test_a_summary_reads_one_instant_per_pending_window_not_every_event(api, emulator_kind):
     meter = api.create_meter(aggregationType="last")
     for batch in range(5):
@@ -157,9 +172,13 @@ def test_settling_skips_the_read_when_a_known_event_is_later():
     settle_last(known, lambda s, ts: asked.append((s, ts)))
     assert (known.last_value, known.count, known.pending_ts, asked) == (7, 4, None, [])
 
-    later = Cell(count=2, pending_ts=3_000, pending_at=(series, series))
+    other = Series("u2", (("model", "a"),))
+    later = Cell(count=2, pending_ts=3_000, pending_at=(series,))
+    later.merge(Cell(count=1, pending_ts=3_000, pending_at=(other,)))
+    later.merge(Cell(count=1, pending_ts=2_500, pending_at=(Series("u3"),)))  # older: not read
     read = Cell()
     read.add_event(9, (3_000, 5, 5))
     later.merge(known)
     settle_last(later, lambda s, ts: asked.append((s, ts)) or read)
-    assert (later.last_value, later.count, asked) == (9, 6, [(series, 3_000)])
+    assert (later.last_value, later.count) == (9, 8)
+    assert asked == [(frozenset({series, other}), 3_000)]  # one read for the instant

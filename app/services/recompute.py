@@ -54,25 +54,36 @@ def series_cells(meter_id: str, series: Series, day: int, first_slot: int, end_s
     return cells
 
 
-def latest_at(meter_id: str, series: Series, ts: int,
-              transaction: bytes | None = None) -> Cell | None:
-    """The cell of one series' live events at exactly `ts` (µs since the epoch), or None:
-    how a `last` meter's pending deltas find their value."""
+def events_at(meter_id: str, user_id: str | None, ts: int,
+              transaction: bytes | None = None) -> list[tuple[Series, Cell]]:
+    """(series, cell) of each live event of a meter (and user) at exactly `ts` (µs since the
+    epoch): what a `last` meter's pending deltas point at. One query, however many series."""
     moment = EPOCH + timedelta(microseconds=ts)
-    found = None
-    for event in queries.events(meter_id, series.user_id, moment,
-                                moment + timedelta(microseconds=1), transaction):
-        if is_live(event) and event_series(event) == series:
-            found = found or Cell()
-            found.merge(event_cell(event))
-    return found
+    return [(event_series(event), event_cell(event))
+            for event in queries.events(meter_id, user_id, moment,
+                                        moment + timedelta(microseconds=1), transaction)
+            if is_live(event)]
+
+
+def latest_of(found: list[tuple[Series, Cell]], series: frozenset[Series]) -> Cell | None:
+    """The merged cell of the events of `found` that belong to `series`, or None."""
+    merged = None
+    for own, cell in found:
+        if own in series:
+            merged = merged or Cell()
+            merged.merge(cell)
+    return merged
 
 
 def settled(meter_id: str, cells: dict[int, Cell], transaction: bytes | None) -> dict[int, Cell]:
-    """The cells of a decoded rollup with their pending `last` events read, ready to be
-    written back as a compacted base."""
+    """The cells of a decoded rollup (one series) with their pending `last` events read,
+    ready to be written back as a compacted base."""
+    def latest(series: frozenset[Series], ts: int) -> Cell | None:
+        (user_id,) = {one.user_id for one in series}
+        return latest_of(events_at(meter_id, user_id, ts, transaction), series)
+
     for cell in cells.values():
-        settle_last(cell, lambda series, ts: latest_at(meter_id, series, ts, transaction))
+        settle_last(cell, latest)
     return cells
 
 

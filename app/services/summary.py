@@ -76,14 +76,15 @@ def cells(meter: Meter, user_id: str | None, start: datetime, end: datetime):
         yield from _raw_cells(meter, user_id, inner_end, end)
 
 
-def _latest_reader(meter: Meter):
-    """`latest(series, ts)` for the window engine, reading each instant once."""
-    seen: dict[tuple, object] = {}
+def _latest_reader(meter: Meter, user_id: str | None):
+    """`latest(series, ts)` for the window engine: one query per instant, however many
+    windows, groups and series ask about it (of the user's events, in a user's summary)."""
+    seen: dict[int, list] = {}
 
-    def latest(series, ts: int):
-        if (series, ts) not in seen:
-            seen[series, ts] = recompute.latest_at(meter.id_, series, ts)
-        return seen[series, ts]
+    def latest(series: frozenset, ts: int):
+        if ts not in seen:
+            seen[ts] = recompute.events_at(meter.id_, user_id, ts)
+        return recompute.latest_of(seen[ts], series)
     return latest
 
 
@@ -131,7 +132,8 @@ def summarize(meter_id: str, user_id: str | None, start: datetime | None,
                                  max(period_end, start or EPOCH), window_size, time_zone,
                                  tuple(group_by), wanted)
         result = summarize_cells(request, cells(meter, user_id, request.period_start,
-                                                request.period_end), _latest_reader(meter))
+                                                request.period_end),
+                                 _latest_reader(meter, user_id))
     except (ValueError, OverflowError) as exc:  # a zone off the 15-minute grid, year 9999
         raise ValidationFailed(f"timeZone: {exc}", param="timeZone") from None
     return Summary(meter, user_id, start, end, result,

@@ -51,7 +51,7 @@ class Cell:
     last_rank: tuple | None = None  # (timestamp_micros, created_micros, key_id): larger = later
     last_value: int | None = None
     pending_ts: int | None = None
-    pending_at: tuple = ()
+    pending_at: set | tuple = ()
 
     def add_event(self, value: int, rank: tuple) -> None:
         self.merge(Cell(1, value, value, value, rank, value))
@@ -68,9 +68,11 @@ class Cell:
             self.merge_last(other.last_rank, other.last_value)
         if other.pending_ts is not None:
             if self.pending_ts is None or other.pending_ts > self.pending_ts:
-                self.pending_ts, self.pending_at = other.pending_ts, other.pending_at
+                self.pending_ts, self.pending_at = other.pending_ts, set(other.pending_at)
             elif other.pending_ts == self.pending_ts:
-                self.pending_at += other.pending_at
+                if not isinstance(self.pending_at, set):
+                    self.pending_at = set(self.pending_at)
+                self.pending_at.update(other.pending_at)
 
     def merge_last(self, rank: tuple, value: int) -> None:
         """Keep the later of the cell's latest event and this one.
@@ -81,9 +83,9 @@ class Cell:
             self.last_rank, self.last_value = rank, value
 
 
-def settle_last(cell: Cell, latest: Callable[[Series, int], Cell | None]) -> None:
+def settle_last(cell: Cell, latest: Callable[[frozenset[Series], int], Cell | None]) -> None:
     """Resolve a cell's pending `last` events: `latest(series, ts)` gives the cell of the
-    live events of that series at exactly `ts` (µs), or None. A known event later than
+    live events of those series at exactly `ts` (µs), or None. A known event later than
     every pending one needs no read."""
     ts, where = cell.pending_ts, cell.pending_at
     if ts is None:
@@ -91,10 +93,9 @@ def settle_last(cell: Cell, latest: Callable[[Series, int], Cell | None]) -> Non
     cell.pending_ts, cell.pending_at = None, ()
     if cell.last_rank is not None and cell.last_rank[0] > ts:
         return
-    for series in dict.fromkeys(where):
-        found = latest(series, ts)
-        if found is not None and found.last_rank is not None:
-            cell.merge_last(found.last_rank, found.last_value)
+    found = latest(frozenset(where), ts)
+    if found is not None and found.last_rank is not None:
+        cell.merge_last(found.last_rank, found.last_value)
 
 
 @dataclass(frozen=True)
@@ -328,7 +329,7 @@ def _windows(request: SummaryRequest, bounds, buckets: dict) -> list[Window]:
 
 def summarize_cells(request: SummaryRequest,
                     cells: Iterable[tuple[Series, datetime, Cell]],
-                    latest: Callable[[Series, int], Cell | None] | None = None
+                    latest: Callable[[frozenset[Series], int], Cell | None] | None = None
                     ) -> SummaryResult:
     """The summary of the period from its cells, given as (series, slot_start_utc, cell).
 
@@ -336,7 +337,8 @@ def summarize_cells(request: SummaryRequest,
     cells); cells merge exactly, so every copy simply adds in. Cells without events are
     ignored, so a series with no events never counts towards unique_count or a group.
     Cells with pending `last` events need `latest` (see `settle_last`), called at most
-    once per (window, group) whose latest event is pending.
+    once per (window, group) whose latest event is pending; the caller can answer every
+    call about one instant with one read.
     """
     bounds = _utc_bounds(request)
     starts = [start for start, _ in bounds]

@@ -34,19 +34,25 @@ def proxy(server):
 
 
 @pytest.fixture
-def make_client(proxy, org):
-    """Clients of the fresh org through the proxy; each is closed at the end of the test."""
+def make_client_for():
+    """Clients of any service and key; each is closed at the end of the test."""
     made = []
 
-    def make(**options) -> MeteringClient:
+    def make(url: str, api_key: str, **options) -> MeteringClient:
         options = {"retry": FAST_RETRY, "flush_interval": 0.2, **options}
-        client = MeteringClient(proxy.url, org["apiKey"], **options)
+        client = MeteringClient(url, api_key, **options)
         made.append(client)
         return client
 
     yield make
     for client in made:
         client.close(timeout=5)
+
+
+@pytest.fixture
+def make_client(make_client_for, proxy, org):
+    """Clients of the fresh org through the proxy."""
+    return lambda **options: make_client_for(proxy.url, org["apiKey"], **options)
 
 
 @pytest.fixture

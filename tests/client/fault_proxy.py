@@ -9,7 +9,8 @@ bodies), asks its plan what to do, and then:
 - `drop_after`: forwards it, lets the service answer, and closes the connection
   instead of relaying the answer (the service did the work; the client cannot know);
 - `cut_after`: forwards it and relays only the first half of the answer;
-- `503`, `429`: answers that status itself (429 with `Retry-After`), forwarding nothing.
+- `503`, `429`, `413`: answers that status itself in the service's envelope (429 with
+  `Retry-After`, seconds or an HTTP date), forwarding nothing.
 
 When the upstream cannot be reached (the service is restarting) the client's
 connection is closed, as a load balancer with no backend would. Every request
@@ -29,7 +30,7 @@ from typing import Callable
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host",
               "proxy-connection", "te", "upgrade", "trailer"}
-FAULTS = ("pass", "delay", "drop_before", "drop_after", "cut_after", "503", "429")
+FAULTS = ("pass", "delay", "drop_before", "drop_after", "cut_after", "503", "429", "413")
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ class FaultProxy:
     """Serves on 127.0.0.1 (a free port) and forwards to `upstream` (host, port)."""
 
     def __init__(self, upstream: tuple[str, int], plan: Callable[[Request], str] | None = None,
-                 delay_seconds: float = 0.3, retry_after: int = 1):
+                 delay_seconds: float = 0.3, retry_after: int | str = 1):
         self.upstream = upstream
         self.plan = plan or (lambda request: "pass")
         self.delay_seconds = delay_seconds
@@ -137,7 +138,7 @@ class FaultProxy:
         with self._lock:
             self.faults[fault] += 1
             self.arrivals.append((time.monotonic(), request.path, fault))
-        if fault in ("503", "429"):
+        if fault in ("503", "429", "413"):
             connection.sendall(_status_only(int(fault), self.retry_after))
             return True
         if fault == "drop_before":
@@ -189,8 +190,9 @@ def _read_request(reader) -> Request | None:
     return Request(method, path, headers, body)
 
 
-def _status_only(status: int, retry_after: int) -> bytes:
-    reason = {503: "Service Unavailable", 429: "Too Many Requests"}[status]
+def _status_only(status: int, retry_after: int | str) -> bytes:
+    reason = {503: "Service Unavailable", 429: "Too Many Requests",
+              413: "Content Too Large"}[status]
     body = (b'{"error": {"type": "api-error", "message": "injected by the fault proxy", '
             b'"code": "injected"}}')
     extra = f"Retry-After: {retry_after}\r\n" if status == 429 else ""

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
+import time
+from email.utils import formatdate
 
 import pytest
 
@@ -90,6 +93,33 @@ def test_429_is_retried_after_the_time_retry_after_asks(make_client, proxy, mete
     assert [fault for _, fault in _event_posts(proxy)] == ["429", "429", "pass"]
     assert all(later - earlier >= 1.0 for earlier, later in zip(times, times[1:]))
     assert client.summary(meter.id).value == 5
+
+
+def test_retry_after_may_be_an_http_date(make_client, proxy, meter):
+    proxy.plan = _first_event_posts("429", 1)
+    proxy.retry_after = formatdate(time.time() + 2, usegmt=True)  # 1 to 2 s from now
+    client = make_client()
+    client.record("input_tokens", "ann", 5)
+    assert client.flush(timeout=30)
+    (refused, _), (accepted, _) = _event_posts(proxy)
+    assert accepted - refused >= 0.9
+    assert client.summary(meter.id).value == 5
+
+
+def test_a_batch_too_large_for_the_service_is_halved_until_it_fits(make_client, proxy, meter):
+    def refuse_large(request):
+        too_large = (request.path == EVENTS_PATH
+                     and len(json.loads(request.body)["events"]) > 25)
+        return "413" if too_large else "pass"
+
+    proxy.plan = refuse_large
+    client = make_client(flush_interval=30)
+    for _ in range(100):
+        client.record("input_tokens", "ann", 1)
+    assert client.flush(timeout=30)
+    sizes = [fault for _, fault in _event_posts(proxy)]
+    assert sizes.count("413") == 3 and sizes.count("pass") == 4  # 100, 50, 50 refused
+    assert client.summary(meter.id).value == 100
 
 
 def test_503_and_lost_answers_are_retried_with_the_same_keys(make_client, proxy, meter):

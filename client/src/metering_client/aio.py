@@ -106,7 +106,7 @@ class AsyncMeteringClient:
 
     def __init__(self, base_url: str, api_key: str, *, batch_size: int = 100,
                  flush_interval: float = 1.0, max_pending: int = 10_000,
-                 block_timeout: float = 10.0, close_timeout: float = 30.0,
+                 block_timeout: float = 10.0, close_timeout: float = 60.0,
                  retry: RetryPolicy | None = None,
                  timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
                  on_error: Callable[[Rejection], None] | None = None,

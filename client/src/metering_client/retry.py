@@ -21,7 +21,7 @@ class RetryPolicy:
     """Backoff between attempts; `deadline` bounds direct calls (background sends retry on)."""
 
     initial_delay: float = 0.2
-    max_delay: float = 10.0
+    max_delay: float = 5.0
     multiplier: float = 2.0
     #: Longest Retry-After the client honours as given; longer ones are cut to this.
     max_retry_after: float = 60.0

@@ -202,10 +202,25 @@ class AsyncMeteringClient:
             if batch is None:
                 return
             try:
-                result = await self._drive(deliver(batch, self.retry), background=True)
+                result = await self._deliver(batch)
             except _Stopped:
                 return
             await self._settle(result)
+
+    async def _deliver(self, batch: list[Event]) -> BatchResult:
+        """Deliver one batch; an unexpected error is logged and the same batch tried again."""
+        while True:
+            try:
+                return await self._drive(deliver(batch, self.retry), background=True)
+            except _Stopped:
+                raise
+            except Exception:  # a bug here must not silently stop all delivery
+                log.exception("metering: unexpected error while sending a batch; retrying")
+                try:
+                    await asyncio.wait_for(self._stop.wait(), self.retry.max_delay)
+                except TimeoutError:
+                    continue
+                raise _Stopped() from None
 
     async def _settle(self, result: BatchResult) -> None:
         self._last_problem = None

@@ -217,10 +217,22 @@ class MeteringClient:
             if batch is None:
                 return
             try:
-                result = self._drive(deliver(batch, self.retry), background=True)
+                result = self._deliver(batch)
             except _Stopped:
                 return
             self._settle(result)
+
+    def _deliver(self, batch: list[Event]) -> BatchResult:
+        """Deliver one batch; an unexpected error is logged and the same batch tried again."""
+        while True:
+            try:
+                return self._drive(deliver(batch, self.retry), background=True)
+            except _Stopped:
+                raise
+            except Exception:  # a bug here must not silently stop all delivery
+                log.exception("metering: unexpected error while sending a batch; retrying")
+                if self._stop.wait(self.retry.max_delay):
+                    raise _Stopped() from None
 
     def _settle(self, result: BatchResult) -> None:
         self._trouble = None

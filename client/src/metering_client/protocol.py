@@ -145,7 +145,8 @@ def _conflict(event: Event, outcome: EventOutcome) -> Rejection:
 def _settle(part: list[Event], body: Any, result: BatchResult) -> bool:
     """Record a 201 answer's outcomes; False when the answer does not fit the batch."""
     answers = body.get("events") if isinstance(body, dict) else None
-    if not isinstance(answers, list) or len(answers) != len(part):
+    if (not isinstance(answers, list) or len(answers) != len(part)
+            or not all(isinstance(answer, dict) for answer in answers)):
         return False
     for event, answer in zip(part, answers):
         outcome = EventOutcome(str(answer.get("id")), str(answer.get("status")))

@@ -10,7 +10,11 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e ./client
 	touch $@
+
+# The Python client (its own distribution, client/): its tests run in the Firestore run.
+$(BIN)/.installed: client/pyproject.toml
 
 install: $(BIN)/.installed
 

@@ -1,0 +1,24 @@
+"""Python client of the metering service.
+
+    from metering_client import MeteringClient
+
+    with MeteringClient("https://metering.example", "mk_...") as metering:
+        metering.record("input_tokens", "user-42", 1200, dimensions={"model": "gpt-4"})
+
+See README.md for batching, retries, errors and the async client.
+"""
+
+from metering_client.aio import AsyncMeteringClient
+from metering_client.client import DeliveryStats, MeteringClient
+from metering_client.errors import (ApiError, BufferFull, ClientClosed, EventsRejected,
+                                    MeteringError, NotDelivered, ServiceUnreachable)
+from metering_client.retry import RetryPolicy
+from metering_client.types import (CancelOutcome, Event, EventOutcome, Meter, Rejection,
+                                   Summary, Window)
+
+__all__ = [
+    "ApiError", "AsyncMeteringClient", "BufferFull", "CancelOutcome", "ClientClosed",
+    "DeliveryStats", "Event", "EventOutcome", "EventsRejected", "Meter", "MeteringClient",
+    "MeteringError", "NotDelivered", "RetryPolicy", "Rejection", "ServiceUnreachable",
+    "Summary", "Window",
+]

@@ -1,0 +1,317 @@
+"""The asyncio client: the same API and the same batching, retries and keys, as coroutines.
+
+It drives the very operations of `protocol` and `operations` that the sync
+client drives, with `httpx.AsyncClient`; the buffer and the sender are an
+asyncio queue and a task of the running loop. An event loop cannot run code
+at interpreter exit, so there is no atexit hook: use `async with`, or await
+`aclose()` before the loop ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from datetime import date, datetime
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import httpx
+
+from metering_client import operations as ops
+from metering_client.client import DEFAULT_TIMEOUT, DeliveryStats, _Rejections
+from metering_client.errors import BufferFull, ClientClosed, NotDelivered
+from metering_client.protocol import BatchResult, Pause, Send, deliver
+from metering_client.retry import RetryPolicy
+from metering_client.types import CancelOutcome, Event, EventOutcome, Meter, Rejection, Summary
+
+log = logging.getLogger("metering_client")
+
+
+class _Stopped(Exception):
+    pass
+
+
+class _AsyncBuffer:
+    """Like `buffer.Buffer`, for one event loop: numbered events, one settled counter."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.changed = asyncio.Condition()
+        self.queue: deque[tuple[int, float, Event]] = deque()
+        self.in_flight: list[Event] = []
+        self.recorded = self.settled = self.flush_to = 0
+        self.draining = False
+
+    def has_room(self) -> bool:
+        return len(self.queue) + len(self.in_flight) < self.capacity
+
+    async def put(self, event: Event, timeout: float) -> bool:
+        async with self.changed:
+            try:
+                await asyncio.wait_for(self.changed.wait_for(self.has_room), timeout)
+            except TimeoutError:
+                return False
+            self.recorded += 1
+            self.queue.append((self.recorded, time.monotonic(), event))
+            self.changed.notify_all()
+            return True
+
+    async def wait_settled(self, timeout: float | None, drain: bool = False) -> bool:
+        async with self.changed:
+            target = self.recorded
+            self.flush_to = max(self.flush_to, target)
+            self.draining = self.draining or drain
+            self.changed.notify_all()
+            try:
+                await asyncio.wait_for(self.changed.wait_for(lambda: self.settled >= target),
+                                       timeout)
+            except TimeoutError:
+                return False
+            return True
+
+    def due(self, size: int, interval: float) -> bool:
+        number, recorded_at, _ = self.queue[0]
+        return (len(self.queue) >= size or self.draining or number <= self.flush_to
+                or time.monotonic() - recorded_at >= interval)
+
+    async def take(self, size: int, interval: float, stop: asyncio.Event) -> list[Event] | None:
+        async with self.changed:
+            while not stop.is_set():
+                if self.queue and self.due(size, interval):
+                    count = min(size, len(self.queue))
+                    self.in_flight = [self.queue.popleft()[2] for _ in range(count)]
+                    return list(self.in_flight)
+                if self.draining and not self.queue:
+                    return None
+                wait = interval - (time.monotonic() - self.queue[0][1]) if self.queue else 0.5
+                try:
+                    await asyncio.wait_for(self.changed.wait(), max(wait, 0.001))
+                except TimeoutError:
+                    pass
+            return None
+
+    async def settle(self) -> None:
+        async with self.changed:
+            self.settled += len(self.in_flight)
+            self.in_flight = []
+            self.changed.notify_all()
+
+    def unsent(self) -> list[Event]:
+        return list(self.in_flight) + [event for _, _, event in self.queue]
+
+
+class AsyncMeteringClient:
+    """The asyncio twin of MeteringClient; use one per event loop."""
+
+    def __init__(self, base_url: str, api_key: str, *, batch_size: int = 100,
+                 flush_interval: float = 1.0, max_pending: int = 10_000,
+                 block_timeout: float = 10.0, close_timeout: float = 60.0,
+                 retry: RetryPolicy | None = None,
+                 timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+                 on_error: Callable[[Rejection], None] | None = None,
+                 transport: httpx.AsyncBaseTransport | None = None):
+        if not 1 <= batch_size <= ops.MAX_BATCH:
+            raise ValueError(f"batch_size must be 1 to {ops.MAX_BATCH}")
+        if max_pending < batch_size:
+            raise ValueError("max_pending must be at least batch_size")
+        self.batch_size, self.flush_interval = batch_size, flush_interval
+        self.block_timeout, self.close_timeout = block_timeout, close_timeout
+        self.retry = retry or RetryPolicy()
+        self.stats = DeliveryStats()
+        self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout,
+                                       transport=transport,
+                                       headers={"Authorization": f"Bearer {api_key}"})
+        self._buffer = _AsyncBuffer(max_pending)
+        self._rejections = _Rejections(on_error, keep=max_pending)
+        self._stop = asyncio.Event()
+        self._sender: asyncio.Task | None = None
+        self._closed = False
+        self._last_problem: str | None = None
+
+    # -- recording ------------------------------------------------------------------
+
+    async def record(self, event_name: str | None = None, user_id: str | None = None,
+                     value: int | None = None, *, meter_id: str | None = None,
+                     timestamp: datetime | str | None = None,
+                     dimensions: Mapping[str, str] | None = None,
+                     idempotency_key: str | None = None,
+                     metadata: Mapping[str, Any] | None = None) -> str:
+        """Queue one usage event (waiting while the buffer is full); returns its key."""
+        event = Event.new(user_id=user_id or "", event_name=event_name, meter_id=meter_id,
+                          value=value, timestamp=timestamp, dimensions=dimensions,
+                          metadata=metadata, idempotency_key=idempotency_key)
+        await self.record_event(event)
+        return event.idempotency_key
+
+    async def record_event(self, event: Event) -> None:
+        if self._closed:
+            raise ClientClosed("the client is closed")
+        if self._sender is None:
+            self._sender = asyncio.get_running_loop().create_task(self._send_forever())
+        if not await self._buffer.put(event, self.block_timeout):
+            raise BufferFull(f"{len(self._buffer.unsent())} events are waiting to be sent "
+                             f"(max_pending); last problem: {self._last_problem or 'none'}")
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Send what is recorded now and wait until it is settled; False on timeout."""
+        settled = self._sender is None or await self._buffer.wait_settled(timeout)
+        self._rejections.raise_held()
+        return settled
+
+    async def aclose(self, timeout: float | None = None) -> None:
+        """Send what is pending (at most `timeout` seconds), then stop; see MeteringClient.close."""
+        if self._closed:
+            return
+        self._closed = True
+        unsent: list[Event] = []
+        try:
+            unsent = await self._stop_sender(self.close_timeout if timeout is None else timeout)
+        finally:
+            await self._http.aclose()
+        if unsent:
+            raise NotDelivered(unsent, self._last_problem or "timed out")
+        self._rejections.raise_held()
+
+    async def _stop_sender(self, timeout: float) -> list[Event]:
+        if self._sender is None:
+            return []
+        if await self._buffer.wait_settled(timeout, drain=True):
+            await self._sender
+            return []
+        unsent = self._buffer.unsent()
+        self._stop.set()
+        self._sender.cancel()
+        try:
+            await self._sender
+        except asyncio.CancelledError:
+            pass
+        return unsent
+
+    async def __aenter__(self) -> "AsyncMeteringClient":
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- the background sender ---------------------------------------------------------
+
+    async def _send_forever(self) -> None:
+        while True:
+            batch = await self._buffer.take(self.batch_size, self.flush_interval, self._stop)
+            if batch is None:
+                return
+            try:
+                result = await self._deliver(batch)
+            except _Stopped:
+                return
+            await self._settle(result)
+
+    async def _deliver(self, batch: list[Event]) -> BatchResult:
+        """Deliver one batch; an unexpected error is logged and the same batch tried again."""
+        while True:
+            try:
+                return await self._drive(deliver(batch, self.retry), background=True)
+            except _Stopped:
+                raise
+            except Exception:  # a bug here must not silently stop all delivery
+                log.exception("metering: unexpected error while sending a batch; retrying")
+                try:
+                    await asyncio.wait_for(self._stop.wait(), self.retry.max_delay)
+                except TimeoutError:
+                    continue
+                raise _Stopped() from None
+
+    async def _settle(self, result: BatchResult) -> None:
+        self._last_problem = None
+        for _event, outcome in result.delivered:
+            if outcome.status == "created":
+                self.stats.created += 1
+            else:
+                self.stats.duplicates += 1
+        self.stats.rejected += len(result.rejected)
+        for rejection in result.rejected:
+            self._rejections.report(rejection)
+        await self._buffer.settle()
+
+    async def _drive(self, operation, background: bool = False):
+        reply = None
+        try:
+            action = next(operation)
+            while True:
+                if isinstance(action, Pause):
+                    reply = await self._pause(action, background)
+                else:
+                    reply = await self._send(action, background)
+                action = operation.send(reply)
+        except StopIteration as done:
+            return done.value
+
+    async def _pause(self, pause: Pause, background: bool) -> None:
+        if not background:
+            await asyncio.sleep(pause.seconds)
+            return None
+        self.stats.retries += 1
+        self._last_problem = pause.reason
+        log.warning("metering: retrying in %.2fs after %s", pause.seconds, pause.reason)
+        try:
+            await asyncio.wait_for(self._stop.wait(), pause.seconds)
+        except TimeoutError:
+            return None
+        raise _Stopped()
+
+    async def _send(self, send: Send, background: bool) -> httpx.Response | Exception:
+        if background:
+            self.stats.requests += 1
+        try:
+            return await self._http.request(send.method, send.path, params=send.params,
+                                            json=send.json)
+        except httpx.HTTPError as exc:
+            return exc
+
+    # -- the rest of the API ----------------------------------------------------------
+
+    async def send_now(self, events: Sequence[Event]) -> list[EventOutcome]:
+        """Send events at once, bypassing the buffer; raises ApiError on a refused batch."""
+        return await self._drive(ops.send_events(self.retry, list(events)))
+
+    async def create_meter(self, name: str, event_name: str, *,
+                           aggregation_type: str | None = None, currency: str | None = None,
+                           dimensions: Sequence[str] | None = None,
+                           metadata: Mapping[str, Any] | None = None,
+                           unique_by: str | None = None) -> Meter:
+        body = ops.meter_body(name, event_name, aggregation_type=aggregation_type,
+                              currency=currency, dimensions=dimensions, metadata=metadata,
+                              unique_by=unique_by)
+        return await self._drive(ops.create_meter(self.retry, body))
+
+    async def list_meters(self, page_size: int = 100) -> list[Meter]:
+        return await self._drive(ops.list_meters(self.retry, page_size))
+
+    async def get_meter(self, meter_id: str) -> Meter:
+        return await self._drive(ops.get_meter(self.retry, meter_id))
+
+    async def update_meter(self, meter_id: str, **changes: Any) -> Meter:
+        return await self._drive(ops.update_meter(self.retry, meter_id,
+                                                  ops.meter_changes(**changes)))
+
+    async def archive_meter(self, meter_id: str) -> Meter:
+        return await self._drive(ops.archive_meter(self.retry, meter_id))
+
+    async def summary(self, meter_id: str, *, user_id: str | None = None,
+                      period_start: datetime | date | str | None = None,
+                      period_end: datetime | date | str | None = None,
+                      window_size: str | None = None, time_zone: str | None = None,
+                      group_by: Sequence[str] = (),
+                      filters: Mapping[str, str | Iterable[str]] | None = None) -> Summary:
+        params = ops.summary_params(meter_id, user_id=user_id, period_start=period_start,
+                                    period_end=period_end, window_size=window_size,
+                                    time_zone=time_zone, group_by=group_by, filters=filters)
+        return await self._drive(ops.summary(self.retry, params))
+
+    async def cancel(self, ids: Iterable[str] = (), idempotency_keys: Iterable[str] = (), *,
+                     event_name: str | None = None, meter_id: str | None = None
+                     ) -> list[CancelOutcome]:
+        targets = ops.cancel_targets(ids, idempotency_keys, event_name=event_name,
+                                     meter_id=meter_id)
+        return await self._drive(ops.cancel_events(self.retry, targets))

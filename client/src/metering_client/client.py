@@ -1,0 +1,342 @@
+"""The synchronous client: the service's API, and `record()` with a background sender.
+
+`record()` only queues the event (it returns at once unless the buffer is
+full); one daemon thread sends the queue in batches of up to `batch_size`,
+when a batch is full or its oldest event is `flush_interval` old, retrying
+each batch with the same idempotency keys until every event in it is stored
+or refused. `flush()`, `close()`, the `with` block and interpreter exit send
+what is pending.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import httpx
+
+from metering_client import operations as ops
+from metering_client.buffer import Buffer
+from metering_client.errors import BufferFull, ClientClosed, EventsRejected, NotDelivered
+from metering_client.protocol import BatchResult, Pause, Send, deliver
+from metering_client.retry import RetryPolicy
+from metering_client.types import CancelOutcome, Event, EventOutcome, Meter, Rejection, Summary
+
+log = logging.getLogger("metering_client")
+
+DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+
+
+class _Stopped(Exception):
+    """The sender was told to stop while it waited to retry."""
+
+
+@dataclass
+class DeliveryStats:
+    """What the background sender did so far (for monitoring and tests)."""
+
+    requests: int = 0
+    retries: int = 0
+    created: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+
+
+class _Rejections:
+    """Refused events: to `on_error` if given, else kept (bounded) until flush raises them."""
+
+    def __init__(self, on_error: Callable[[Rejection], None] | None, keep: int):
+        self.on_error = on_error
+        self.keep = keep
+        self._held: list[Rejection] = []
+        self._lock = threading.Lock()
+
+    def report(self, rejection: Rejection) -> None:
+        log.error("event %s refused: %s", rejection.event.idempotency_key,
+                  rejection.error.message)
+        if self.on_error is not None:
+            try:
+                self.on_error(rejection)
+            except Exception:  # the sender must go on whatever the callback does
+                log.exception("on_error callback failed")
+            return
+        with self._lock:
+            if len(self._held) < self.keep:
+                self._held.append(rejection)
+
+    def raise_held(self) -> None:
+        with self._lock:
+            held, self._held = self._held, []
+        if held:
+            raise EventsRejected(held)
+
+
+class MeteringClient:
+    """A tenant's connection to the metering service (thread-safe)."""
+
+    def __init__(self, base_url: str, api_key: str, *, batch_size: int = 100,
+                 flush_interval: float = 1.0, max_pending: int = 10_000,
+                 block_timeout: float = 10.0, close_timeout: float = 60.0,
+                 retry: RetryPolicy | None = None,
+                 timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+                 on_error: Callable[[Rejection], None] | None = None,
+                 transport: httpx.BaseTransport | None = None):
+        if not 1 <= batch_size <= ops.MAX_BATCH:
+            raise ValueError(f"batch_size must be 1 to {ops.MAX_BATCH}")
+        if max_pending < batch_size:
+            raise ValueError("max_pending must be at least batch_size")
+        self.batch_size, self.flush_interval = batch_size, flush_interval
+        self.block_timeout, self.close_timeout = block_timeout, close_timeout
+        self.retry = retry or RetryPolicy()
+        self.stats = DeliveryStats()
+        self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout,
+                                  transport=transport,
+                                  headers={"Authorization": f"Bearer {api_key}"})
+        self._buffer = Buffer(max_pending)
+        self._rejections = _Rejections(on_error, keep=max_pending)
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._sender: threading.Thread | None = None
+        self._closed = False
+        self._trouble: tuple[float, str] | None = None  # (since, last problem) while failing
+        atexit.register(self._close_at_exit)
+
+    # -- recording ------------------------------------------------------------------
+
+    def record(self, event_name: str | None = None, user_id: str | None = None,
+               value: int | None = None, *, meter_id: str | None = None,
+               timestamp: datetime | str | None = None,
+               dimensions: Mapping[str, str] | None = None,
+               idempotency_key: str | None = None,
+               metadata: Mapping[str, Any] | None = None) -> str:
+        """Queue one usage event; returns its idempotency key (generated when not given).
+
+        The event is stamped now unless `timestamp` is given. Raises ValueError for
+        what the client can tell is wrong, BufferFull when the buffer stays full for
+        `block_timeout` seconds, ClientClosed after `close()`.
+        """
+        event = Event.new(user_id=user_id or "", event_name=event_name, meter_id=meter_id,
+                          value=value, timestamp=timestamp, dimensions=dimensions,
+                          metadata=metadata, idempotency_key=idempotency_key)
+        self.record_event(event)
+        return event.idempotency_key
+
+    def record_event(self, event: Event) -> None:
+        """Queue an already built event (e.g. one from NotDelivered.events)."""
+        if self._closed:
+            raise ClientClosed("the client is closed")
+        self._ensure_sender()
+        if not self._buffer.put(event, self.block_timeout):
+            raise BufferFull(self._buffer_full_message())
+
+    def _buffer_full_message(self) -> str:
+        pending = self._buffer.pending()
+        trouble = self._trouble
+        if trouble is None:
+            return (f"{pending} events are waiting to be sent (max_pending): they are "
+                    "recorded faster than the service accepts them")
+        since, problem = trouble
+        return (f"{pending} events are waiting to be sent (max_pending) and the service has "
+                f"not accepted any for {time.monotonic() - since:.0f}s; last problem: {problem}")
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Send everything recorded so far now and wait until it is stored or refused.
+
+        Returns False if that took longer than `timeout` (the events stay queued
+        and keep being retried). Raises EventsRejected for refused events when no
+        `on_error` callback is set.
+        """
+        settled = self._sender is None or self._buffer.wait_settled(timeout)
+        self._rejections.raise_held()
+        return settled
+
+    def close(self, timeout: float | None = None) -> None:
+        """Send what is pending (waiting at most `timeout`, default `close_timeout`), then stop.
+
+        Raises NotDelivered with the events still unsent at the timeout, and
+        EventsRejected for refused events when no `on_error` callback is set.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        atexit.unregister(self._close_at_exit)
+        unsent: list[Event] = []
+        try:
+            unsent = self._stop_sender(self.close_timeout if timeout is None else timeout)
+        finally:
+            self._http.close()
+        if unsent:
+            raise NotDelivered(unsent, self._trouble[1] if self._trouble else "timed out")
+        self._rejections.raise_held()
+
+    def _stop_sender(self, timeout: float) -> list[Event]:
+        if self._sender is None:
+            return []
+        if self._buffer.wait_settled(timeout, drain=True):
+            self._sender.join()
+            return []
+        unsent = self._buffer.unsent()
+        self._stop.set()
+        self._buffer.wake()
+        self._sender.join(timeout=5.0)
+        return unsent
+
+    def _close_at_exit(self) -> None:
+        try:
+            self.close()
+        except Exception as exc:  # nobody to raise to at exit: say it loudly
+            log.error("metering client at exit: %s", exc)
+
+    def __enter__(self) -> "MeteringClient":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- the background sender ---------------------------------------------------------
+
+    def _ensure_sender(self) -> None:
+        if self._sender is not None:
+            return
+        with self._lock:
+            if self._sender is None:
+                thread = threading.Thread(target=self._send_forever, daemon=True,
+                                          name="metering-client-sender")
+                thread.start()
+                self._sender = thread
+
+    def _send_forever(self) -> None:
+        while True:
+            batch = self._buffer.take(self.batch_size, self.flush_interval, self._stop)
+            if batch is None:
+                return
+            try:
+                result = self._deliver(batch)
+            except _Stopped:
+                return
+            self._settle(result)
+
+    def _deliver(self, batch: list[Event]) -> BatchResult:
+        """Deliver one batch; an unexpected error is logged and the same batch tried again."""
+        while True:
+            try:
+                return self._drive(deliver(batch, self.retry), background=True)
+            except _Stopped:
+                raise
+            except Exception:  # a bug here must not silently stop all delivery
+                log.exception("metering: unexpected error while sending a batch; retrying")
+                if self._stop.wait(self.retry.max_delay):
+                    raise _Stopped() from None
+
+    def _settle(self, result: BatchResult) -> None:
+        self._trouble = None
+        for _event, outcome in result.delivered:
+            if outcome.status == "created":
+                self.stats.created += 1
+            else:
+                self.stats.duplicates += 1
+        self.stats.rejected += len(result.rejected)
+        for rejection in result.rejected:
+            self._rejections.report(rejection)
+        self._buffer.settle()
+
+    # -- driving the I/O-free operations ----------------------------------------------
+
+    def _drive(self, operation, background: bool = False):
+        reply = None
+        try:
+            action = next(operation)
+            while True:
+                if isinstance(action, Pause):
+                    reply = self._pause(action, background)
+                else:
+                    reply = self._send(action, background)
+                action = operation.send(reply)
+        except StopIteration as done:
+            return done.value
+
+    def _pause(self, pause: Pause, background: bool) -> None:
+        if not background:
+            time.sleep(pause.seconds)
+            return None
+        self.stats.retries += 1
+        if self._trouble is None:
+            self._trouble = (time.monotonic(), pause.reason)
+        else:
+            self._trouble = (self._trouble[0], pause.reason)
+        log.warning("metering: retrying in %.2fs after %s", pause.seconds, pause.reason)
+        if self._stop.wait(pause.seconds):
+            raise _Stopped()
+        return None
+
+    def _send(self, send: Send, background: bool) -> httpx.Response | Exception:
+        if background:
+            if self._stop.is_set():
+                raise _Stopped()
+            self.stats.requests += 1
+        try:
+            return self._http.request(send.method, send.path, params=send.params,
+                                      json=send.json)
+        except httpx.HTTPError as exc:
+            return exc
+
+    # -- the rest of the API (direct calls, retried up to retry.deadline) --------------
+
+    def send_now(self, events: Sequence[Event]) -> list[EventOutcome]:
+        """Send events at once, bypassing the buffer; one outcome per event.
+
+        Raises ApiError when the service refuses a batch (it then stores none of it).
+        """
+        return self._drive(ops.send_events(self.retry, list(events)))
+
+    def create_meter(self, name: str, event_name: str, *, aggregation_type: str | None = None,
+                     currency: str | None = None, dimensions: Sequence[str] | None = None,
+                     metadata: Mapping[str, Any] | None = None,
+                     unique_by: str | None = None) -> Meter:
+        """Create a meter; `aggregation_type` defaults to `sum` on the service."""
+        body = ops.meter_body(name, event_name, aggregation_type=aggregation_type,
+                              currency=currency, dimensions=dimensions, metadata=metadata,
+                              unique_by=unique_by)
+        return self._drive(ops.create_meter(self.retry, body))
+
+    def list_meters(self, page_size: int = 100) -> list[Meter]:
+        """Every meter of the org, archived ones included (all pages)."""
+        return self._drive(ops.list_meters(self.retry, page_size))
+
+    def get_meter(self, meter_id: str) -> Meter:
+        return self._drive(ops.get_meter(self.retry, meter_id))
+
+    def update_meter(self, meter_id: str, **changes: Any) -> Meter:
+        """Change `name`, `metadata` (and `event_name`, `aggregation_type`, `dimensions`,
+        `unique_by` while the meter has no events)."""
+        return self._drive(ops.update_meter(self.retry, meter_id, ops.meter_changes(**changes)))
+
+    def archive_meter(self, meter_id: str) -> Meter:
+        """Archive a meter: it refuses new events and keeps its history."""
+        return self._drive(ops.archive_meter(self.retry, meter_id))
+
+    def summary(self, meter_id: str, *, user_id: str | None = None,
+                period_start: datetime | date | str | None = None,
+                period_end: datetime | date | str | None = None,
+                window_size: str | None = None, time_zone: str | None = None,
+                group_by: Sequence[str] = (),
+                filters: Mapping[str, str | Iterable[str]] | None = None) -> Summary:
+        """A meter's usage over a period: one value, or windows and groups when asked."""
+        params = ops.summary_params(meter_id, user_id=user_id, period_start=period_start,
+                                    period_end=period_end, window_size=window_size,
+                                    time_zone=time_zone, group_by=group_by, filters=filters)
+        return self._drive(ops.summary(self.retry, params))
+
+    def cancel(self, ids: Iterable[str] = (), idempotency_keys: Iterable[str] = (), *,
+               event_name: str | None = None, meter_id: str | None = None
+               ) -> list[CancelOutcome]:
+        """Cancel events by id, or by idempotency key (with the meter's event name or id)."""
+        targets = ops.cancel_targets(ids, idempotency_keys, event_name=event_name,
+                                     meter_id=meter_id)
+        return self._drive(ops.cancel_events(self.retry, targets))

@@ -90,7 +90,7 @@ class Dashboard:
     def rows(self, table: str) -> list[list[str]]:
         """The body cells of a table, as shown."""
         return self.page.eval_on_selector(
-            table, "t => [...t.tBodies[0].rows].map(r => [...r.cells].map(c => c.innerText.trim()))")
+            table, "t => [...t.tBodies[0].rows].map(r => [...r.cells].map(c => c.textContent.trim()))")
 
     def chart(self) -> dict:
         """The data and options the chart library is drawing."""
@@ -111,3 +111,18 @@ class Dashboard:
             self.page.get_by_role("button", name=button).click()
         download = info.value
         return download.suggested_filename, Path(download.path()).read_bytes().decode("utf-8")
+
+
+def tab_to(page, selector: str, *, backwards: bool = False, limit: int = 80) -> None:
+    """Press Tab (or Shift+Tab) until the focused element matches `selector`, as a keyboard user."""
+    key = "Shift+Tab" if backwards else "Tab"
+    for _ in range(limit):
+        page.keyboard.press(key)
+        if page.evaluate("s => document.activeElement?.matches(s) ?? false", selector):
+            return
+    raise AssertionError(f"{selector} cannot be reached with {key} in {limit} presses")
+
+
+def focus_ring(page) -> str:
+    """The outline style the focused element shows."""
+    return page.evaluate("getComputedStyle(document.activeElement).outlineStyle")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
-from tests.browser.dashboard import Dashboard, local_midnight, number
+from tests.browser.dashboard import Dashboard, focus_ring, local_midnight, number, tab_to
 
 ZONE = "Asia/Kolkata"  # the browser's zone here: half-hour offset, so windows are not UTC days
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
@@ -152,7 +152,7 @@ def test_recent_events_search_cancel_with_confirmation_and_csv(open_page, api, s
 
     row.get_by_role("button", name="Cancel").click()
     dialog.get_by_role("button", name="Cancel event").click()
-    board.settle("events")
+    page.locator("#events-status.ok").wait_for()  # the dialog closes asynchronously
     board.settle("usage")
     assert board.text("#events-status").startswith("Event cancelled")
     assert row.locator(".badge").inner_text() == "cancelled"
@@ -185,3 +185,64 @@ def test_signing_out_forgets_the_key(open_page, api, server):
     assert page.locator("#sign-in-view").is_visible()
     assert not any(api.key in url for url in urls)
     assert page.url == server.url + "/dashboard"
+
+
+def test_the_main_path_works_with_the_keyboard_alone(open_page, api):
+    page = open_page(zone=ZONE)
+    board = Dashboard(page)
+    keys = page.keyboard
+    keys.press("Tab")
+    assert page.evaluate("document.activeElement.textContent") == "Skip to content"
+    tab_to(page, "#api-key")
+    keys.type(api.key)
+    keys.press("Enter")
+    page.locator("#app-view").wait_for(state="visible")
+    board.settle("meters")
+
+    tab_to(page, "#new-meter > summary")
+    keys.press("Enter")
+    tab_to(page, "#meter-name")
+    keys.type("Input tokens")
+    keys.press("Tab")
+    keys.type("input_tokens")
+    tab_to(page, "#meter-dimensions")
+    keys.type("model, region")
+    keys.press("Enter")
+    page.locator("#new-meter-status.ok").wait_for()
+    board.settle("usage")
+    assert page.evaluate("document.activeElement.id") == "usage-title"
+    meter = api.get("/v1/billing/meters").json()["meters"][0]
+    assert meter["dimensions"] == ["model", "region"]
+
+    api.record(*_events(meter["id"]))
+    tab_to(page, "#usage-split")
+    keys.press("ArrowDown")
+    assert page.locator("#usage-split").input_value() == "model"
+    tab_to(page, "#usage-form button[type=submit]")
+    assert focus_ring(page) == "solid"
+    keys.press("Enter")
+    board.settle("usage")
+    board.settle("events")
+    _check_chart_matches(board, api, meter, "day", split="model")
+
+    tab_to(page, "#events-table button")
+    assert focus_ring(page) == "solid"
+    keys.press("Enter")
+    assert page.get_by_role("dialog").is_visible()
+    assert page.evaluate("document.activeElement.id") == "confirm-no"
+    keys.press("Escape")  # a closed dialog changes nothing
+    assert not page.get_by_role("dialog").is_visible()
+    keys.press("Enter")
+    keys.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "confirm-yes"
+    keys.press("Enter")
+    page.locator("#events-status.ok").wait_for()  # the dialog closes asynchronously
+    events = api.get("/v1/billing/meter-events", params={"meterId": meter["id"]}).json()["events"]
+    assert [e["status"] for e in events] == ["cancelled"] + ["active"] * 6
+    board.settle("usage")
+    assert number(board.text("#period-total")) == api.summary(meterId=meter["id"], **_period())["value"]
+
+    tab_to(page, "#sign-out", backwards=True)
+    keys.press("Enter")
+    assert page.locator("#sign-in-view").is_visible()
+    assert page.evaluate("sessionStorage.length") == 0

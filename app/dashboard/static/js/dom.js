@@ -45,21 +45,28 @@ export function fillRows(tbody, rows) {
 }
 
 const confirmDialog = () => byId("confirm-dialog");
+let latestConfirmation = 0;
 
 /** Ask for confirmation in a modal dialog; resolves true only on the confirming button. */
 export function confirmAction({ title, text, yes, no = "Keep it" }) {
   const dialog = confirmDialog();
   const opener = document.activeElement;
+  const asking = ++latestConfirmation;
   byId("confirm-title").textContent = title;
   byId("confirm-text").textContent = text;
   byId("confirm-yes").textContent = yes;
   byId("confirm-no").textContent = no;
   dialog.returnValue = "";
   return new Promise((resolve) => {
-    dialog.addEventListener("close", () => {
-      if (opener && opener.isConnected) opener.focus();
-      resolve(dialog.returnValue === "yes");
-    }, { once: true });
+    // "close" is queued: an earlier question's late close must not answer this one.
+    const closed = () => {
+      const current = asking === latestConfirmation;
+      if (current && dialog.open) return;
+      dialog.removeEventListener("close", closed);
+      if (current && opener && opener.isConnected) opener.focus();
+      resolve(current && dialog.returnValue === "yes");
+    };
+    dialog.addEventListener("close", closed);
     dialog.showModal();
     byId("confirm-no").focus();
   });

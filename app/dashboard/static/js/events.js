@@ -33,13 +33,13 @@ function eventRow(event) {
         "aria-label": `Cancel event of ${event.userId} at ${formatInstant(event.timestamp, zone)}` }, "Cancel")
     : null;
   return h("tr", { "data-event-id": event.id, class: event.status === "cancelled" ? "cancelled" : null },
-    h("td", {}, h("time", { datetime: event.timestamp }, formatInstant(event.timestamp, zone))),
-    h("td", {}, event.userId),
-    h("td", { class: "num" }, formatNumber(event.value)),
-    h("td", {}, dimensionsText(event.dimensions)),
-    h("td", {}, event.idempotency ? h("code", {}, event.idempotency) : "—"),
-    h("td", {}, h("span", { class: `badge ${event.status}` }, event.status)),
-    h("td", {}, cancel));
+    h("td", { "data-label": "Time" }, h("time", { datetime: event.timestamp }, formatInstant(event.timestamp, zone))),
+    h("td", { "data-label": "User" }, event.userId),
+    h("td", { "data-label": "Value", class: "num" }, formatNumber(event.value)),
+    h("td", { "data-label": "Dimensions" }, dimensionsText(event.dimensions)),
+    h("td", { "data-label": "Idempotency key" }, event.idempotency ? h("code", {}, event.idempotency) : "—"),
+    h("td", { "data-label": "Status" }, h("span", { class: `badge ${event.status}` }, event.status)),
+    h("td", { "data-label": "" }, cancel));
 }
 
 function render() {

@@ -18,13 +18,13 @@ function meterRow(meter) {
         "aria-label": `Archive ${meter.name}` }, "Archive")
     : null;
   return h("tr", { "data-meter-id": meter.id, class: selected ? "selected" : null },
-    h("th", { scope: "row" }, view),
-    h("td", {}, h("code", {}, meter.eventName)),
-    h("td", {}, meter.aggregationType + (meter.uniqueBy ? ` of ${meter.uniqueBy}` : "")),
-    h("td", {}, meter.currency.toUpperCase()),
-    h("td", {}, meter.dimensions.length ? meter.dimensions.join(", ") : "—"),
-    h("td", {}, h("span", { class: `badge ${meter.status}` }, meter.status)),
-    h("td", {}, archive));
+    h("th", { scope: "row", "data-label": "Name" }, view),
+    h("td", { "data-label": "Event name" }, h("code", {}, meter.eventName)),
+    h("td", { "data-label": "Aggregation" }, meter.aggregationType + (meter.uniqueBy ? ` of ${meter.uniqueBy}` : "")),
+    h("td", { "data-label": "Currency" }, meter.currency.toUpperCase()),
+    h("td", { "data-label": "Dimensions" }, meter.dimensions.length ? meter.dimensions.join(", ") : "—"),
+    h("td", { "data-label": "Status" }, h("span", { class: `badge ${meter.status}` }, meter.status)),
+    h("td", { "data-label": "" }, archive));
 }
 
 function render() {

@@ -87,3 +87,58 @@ def test_readable_on_a_phone(open_page, api, screenshots):
     for target in ("Show usage", "Search events", "Sign out"):
         box = page.get_by_role("button", name=target).bounding_box()
         assert box["x"] >= 0 and box["x"] + box["width"] <= 390 and box["height"] >= 32
+
+
+def test_loading_shows_until_the_answer_arrives(open_page, api):
+    api.create_meter()
+    page = open_page()
+    board = Dashboard(page)
+    board.sign_in(api.key)
+    held = []
+
+    def hold(route):  # the real answers, only later
+        held.append(route)
+
+    page.route("**/v1/billing/meter-events/summary?*", hold)
+    page.get_by_role("button", name="Input tokens", exact=True).click()
+    assert board.text("#usage-status") == "Loading usage…"
+    assert page.locator("#usage-section").get_attribute("aria-busy") == "true"
+    while len(held) < 2:
+        page.wait_for_timeout(50)
+    for route in held:
+        route.continue_()
+    board.settle("usage")
+    assert board.text("#usage-status").startswith("No usage from ")
+
+
+def test_an_api_refusal_shows_its_message(open_page, api, console):
+    console.allow(r"400")
+    meter = api.create_meter()
+    page = open_page()
+    board = Dashboard(page)
+    board.sign_in(api.key)
+    board.open_meter("Input tokens")
+    page.get_by_label("From").fill("2024-01-01")
+    board.show_usage(window="hour")
+    refused = api.get("/v1/billing/meter-events/summary", params={
+        "meterId": meter["id"], "periodStart": "2024-01-01T00:00:00Z",
+        "periodEnd": "2030-01-01T00:00:00Z", "windowSize": "hour"})
+    assert refused.status_code == 400
+    assert board.text("#usage-status") == f"Could not load usage: {refused.json()['error']['message']}"
+    assert not page.locator("#usage-results").is_visible()
+
+
+def test_a_revoked_key_signs_the_page_out(open_page, api, admin, org, console):
+    console.allow(r"401")
+    api.create_meter()
+    page = open_page()
+    board = Dashboard(page)
+    board.sign_in(api.key)
+    board.open_meter("Input tokens")
+    revoked = admin.delete(f"/v1/admin/orgs/{org['name']}/keys/{org['keyPrefix']}")
+    assert revoked.status_code == 200, revoked.text
+    message = api.get("/v1/billing/meters").json()["error"]["message"]
+    page.get_by_role("button", name="Show usage").click()
+    page.locator("#sign-in-view").wait_for(state="visible")
+    assert board.text("#sign-in-status") == f"Signed out: {message}"
+    assert page.evaluate("sessionStorage.length") == 0

@@ -1,14 +1,24 @@
 // Dates and time zones: a period picked as local dates becomes two exact instants.
 
+// Browsers name some zones by their old IANA names (ICU's canonical ids); people know
+// the current ones. Both name the same zone, and the service accepts either.
+const CURRENT_NAMES = {
+  "Asia/Calcutta": "Asia/Kolkata", "Asia/Katmandu": "Asia/Kathmandu",
+  "Asia/Saigon": "Asia/Ho_Chi_Minh", "Asia/Rangoon": "Asia/Yangon", "Europe/Kiev": "Europe/Kyiv",
+  "America/Godthab": "America/Nuuk", "Atlantic/Faeroe": "Atlantic/Faroe",
+  "Pacific/Enderbury": "Pacific/Kanton", "Etc/UTC": "UTC", "Etc/GMT": "UTC",
+};
+const current = (zone) => CURRENT_NAMES[zone] || zone;
+
 /** The browser's own IANA time zone. */
 export function browserZone() {
-  return Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
+  return current(Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC");
 }
 
 /** Every IANA zone the browser knows, UTC and the browser's zone included. */
 export function zoneNames() {
   const known = typeof Intl.supportedValuesOf === "function" ? Intl.supportedValuesOf("timeZone") : [];
-  return [...new Set(["UTC", browserZone(), ...known])].sort((a, b) =>
+  return [...new Set(["UTC", browserZone(), ...known.map(current)])].sort((a, b) =>
     a === "UTC" ? -1 : b === "UTC" ? 1 : a.localeCompare(b));
 }
 

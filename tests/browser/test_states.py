@@ -142,3 +142,19 @@ def test_a_revoked_key_signs_the_page_out(open_page, api, admin, org, console):
     page.locator("#sign-in-view").wait_for(state="visible")
     assert board.text("#sign-in-status") == f"Signed out: {message}"
     assert page.evaluate("sessionStorage.length") == 0
+
+
+def test_more_events_load_on_request(open_page, api):
+    meter = api.create_meter()
+    now = datetime.now(timezone.utc)
+    api.record(*[{"meterId": meter["id"], "userId": "u", "value": n,
+                  "timestamp": (now - timedelta(minutes=n)).isoformat()} for n in range(30)])
+    page = open_page()
+    board = Dashboard(page)
+    board.sign_in(api.key)
+    board.open_meter("Input tokens")
+    assert [number(row[2]) for row in board.rows("#events-table")] == list(range(25))
+    page.get_by_role("button", name="Load more events").click()
+    board.settle("events")
+    assert [number(row[2]) for row in board.rows("#events-table")] == list(range(30))
+    assert not page.get_by_role("button", name="Load more events").is_visible()

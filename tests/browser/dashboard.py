@@ -90,7 +90,8 @@ class Dashboard:
     def rows(self, table: str) -> list[list[str]]:
         """The body cells of a table, as shown."""
         return self.page.eval_on_selector(
-            table, "t => [...t.tBodies[0].rows].map(r => [...r.cells].map(c => c.textContent.trim()))")
+            table,
+            "t => [...t.tBodies[0].rows].map(r => [...r.cells].map(c => c.textContent.trim()))")
 
     def chart(self) -> dict:
         """The data and options the chart library is drawing."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 from tests.browser.dashboard import Dashboard, focus_ring, local_midnight, number, tab_to
@@ -17,8 +17,9 @@ def _ago(hours: float) -> str:
 
 def _events(meter_id: str) -> list[dict]:
     """Usage of three users over the last three days, two dimensions, idempotency keys."""
-    plan = [("ann", 120, 1, "gpt", "eu"), ("bob", 40, 2, "claude", "us"), ("ann", 7, 20, "claude", "eu"),
-            ("cy", 300, 27, "gpt", "us"), ("bob", 15, 49, "gpt", "eu"), ("ann", 60, 55, "gpt", "us"),
+    plan = [("ann", 120, 1, "gpt", "eu"), ("bob", 40, 2, "claude", "us"),
+            ("ann", 7, 20, "claude", "eu"), ("cy", 300, 27, "gpt", "us"),
+            ("bob", 15, 49, "gpt", "eu"), ("ann", 60, 55, "gpt", "us"),
             ("cy", 5, 70, "claude", "eu")]
     return [{"meterId": meter_id, "userId": user, "value": value, "timestamp": _ago(hours),
              "idempotency": f"req-{i}", "dimensions": {"model": model, "region": region}}
@@ -239,7 +240,8 @@ def test_the_main_path_works_with_the_keyboard_alone(open_page, api):
     events = api.get("/v1/billing/meter-events", params={"meterId": meter["id"]}).json()["events"]
     assert [e["status"] for e in events] == ["cancelled"] + ["active"] * 6
     board.settle("usage")
-    assert number(board.text("#period-total")) == api.summary(meterId=meter["id"], **_period())["value"]
+    total = api.summary(meterId=meter["id"], **_period())["value"]
+    assert number(board.text("#period-total")) == total
 
     tab_to(page, "#sign-out", backwards=True)
     keys.press("Enter")

@@ -124,7 +124,8 @@ def test_an_api_refusal_shows_its_message(open_page, api, console):
         "meterId": meter["id"], "periodStart": "2024-01-01T00:00:00Z",
         "periodEnd": "2030-01-01T00:00:00Z", "windowSize": "hour"})
     assert refused.status_code == 400
-    assert board.text("#usage-status") == f"Could not load usage: {refused.json()['error']['message']}"
+    message = refused.json()["error"]["message"]
+    assert board.text("#usage-status") == f"Could not load usage: {message}"
     assert not page.locator("#usage-results").is_visible()
 
 

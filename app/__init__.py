@@ -25,4 +25,6 @@ def create_app(config: Config | None = None) -> Flask:
     errors.init_app(app)
     datastore.init_app(app)
     api.init_app(app)
+    from app import dashboard
+    dashboard.init_app(app)
     return app

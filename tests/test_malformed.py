@@ -221,7 +221,7 @@ METHODS_OF = {
     "/healthz": READ,
     METERS: READ | {"POST"},
     f"{METERS}/{ANY_ID}": READ | {"PATCH", "DELETE"},
-    EVENTS: {"POST", "OPTIONS"},
+    EVENTS: READ | {"POST"},  # GET lists recent events (app/api/event_log.py)
     SUMMARY: READ,
     ORGS: {"POST", "OPTIONS"},
     f"{ORGS}/acme/keys": READ | {"POST"},

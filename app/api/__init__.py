@@ -1,6 +1,7 @@
 """The HTTP layer: one module per resource, views thin (parse, call a service, serialize)."""
 
 from app.api import admin, health, meter_events, meters
+from app.api import event_log
 
 
 def init_app(app) -> None:
@@ -9,3 +10,4 @@ def init_app(app) -> None:
     app.register_blueprint(meters.blueprint)
     app.register_blueprint(meter_events.blueprint)
     app.register_blueprint(admin.blueprint)
+    app.register_blueprint(event_log.blueprint)

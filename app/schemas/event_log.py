@@ -1,0 +1,43 @@
+"""Shapes of the recent-events endpoint: GET /v1/billing/meter-events?meterId=..."""
+
+from __future__ import annotations
+
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+
+from app.schemas import format_time
+from app.schemas.fields import fits_index, indexed_string
+
+MAX_EVENTS_PAGE = 100
+DEFAULT_EVENTS_PAGE = 25
+
+
+class EventListQuery(Schema):
+    """Query string: a meter, optionally one user or one idempotency key, a page."""
+
+    meterId = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    userId = indexed_string(500)
+    idempotency = fields.String(validate=[validate.Length(min=1, max=500), fits_index])
+    limit = fields.Integer(validate=validate.Range(min=1, max=MAX_EVENTS_PAGE))
+    cursor = fields.String(validate=validate.Length(min=1, max=1000))
+
+    @validates_schema
+    def _one_search(self, data, **_):
+        if data.get("idempotency") and data.get("cursor"):
+            raise ValidationError("an idempotency key names one event: no cursor", "cursor")
+
+
+def event_json(event) -> dict:
+    """The public representation of a stored event, with its status."""
+    return {
+        "id": event.id_,
+        "meterId": event.meter_id,
+        "userId": event.user_id,
+        "value": event.value,
+        "timestamp": format_time(event.timestamp),
+        "idempotency": event.idempotency or "",
+        "dimensions": dict(event.dimensions),
+        "metadata": dict(event.metadata),
+        "status": "cancelled" if event.deleted else "active",
+        "createdAt": format_time(event.created_at),
+        "updatedAt": format_time(event.updated_at),
+    }

@@ -12,7 +12,7 @@ import hmac
 
 from flask import current_app, g, request
 
-from app import datastore
+from app import datastore, ratelimit
 from app.errors import NotFound, Unauthorized
 from app.services import orgs
 
@@ -31,6 +31,7 @@ def require_org() -> None:
         return
     org = orgs.authenticate(_bearer())
     g.org = org
+    ratelimit.check(org.name)
     datastore.use_namespace(org.namespace)
 
 

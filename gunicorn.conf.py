@@ -18,11 +18,22 @@ logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"json": {"()": "app.logs.JsonFormatter"}},
-    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json",
-                            "stream": "ext://sys.stderr"}},
+    "handlers": {"stderr": {"class": "app.logs.StderrHandler", "formatter": "json"}},
     "root": {"level": "INFO", "handlers": ["stderr"]},
     "loggers": {
         "gunicorn.error": {"level": "INFO", "handlers": [], "propagate": True},
         "gunicorn.access": {"level": "WARNING", "handlers": [], "propagate": False},
     },
 }
+
+
+def on_starting(server):
+    """Refuse to start in the master, before any worker forks, if the configuration is
+    unusable (on App Engine: a missing secret): one JSON line and exit status 1."""
+    from app.config import Config
+
+    try:
+        Config.from_env()
+    except ValueError as exc:
+        server.log.error("%s", exc)
+        raise SystemExit(1) from None

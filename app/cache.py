@@ -44,9 +44,10 @@ def redis_client(url: str) -> redis.Redis:
     return _clients[url]
 
 
-def cached_kind(key: ndb.Key) -> bool:
-    """NDB's global cache policy: whether entities of this key's kind are cached."""
-    return key.kind() in CACHED_KINDS
+def cached_kind(key) -> bool:
+    """NDB's global cache policy: whether entities of this (google.cloud.datastore) key's
+    kind are cached."""
+    return key.kind in CACHED_KINDS
 
 
 def context_options(config) -> dict:

@@ -111,6 +111,8 @@ def configure_logging(level: int = logging.INFO) -> None:
         handler.setFormatter(JsonFormatter())
         root.addHandler(handler)
     root.setLevel(level)
+    # The development server's own access line would repeat ours, query string and all.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     logging.captureWarnings(True)  # NDB reports an unreachable cache as a warning
 
 

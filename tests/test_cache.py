@@ -15,6 +15,7 @@ import pytest
 from google.cloud.datastore_v1.types import entity as en
 
 from app import cache, create_app
+from tests.support.flavour import firestore_only  # noqa: F401
 from tests.support.http import Api, error_of
 from tests.support.processes import cli_env, run_cli
 from tests.support.redis_server import RedisServer
@@ -23,12 +24,7 @@ from tests.test_ratelimit import fresh_minute
 
 NDB_PREFIX = b"NDB30"
 REDIS_GONE = "ignore:Error connecting to global cache:RuntimeWarning"
-
-
-@pytest.fixture(autouse=True)
-def _firestore_only(emulator_kind):
-    if emulator_kind != "firestore":
-        pytest.skip("independent of the Datastore flavour: runs with the firestore suite")
+pytestmark = pytest.mark.usefixtures("firestore_only")
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 logs only JSON lines without secrets, and refuses to start on App Engine without them.
 
 These start real gunicorn processes and do not depend on the Datastore flavour, so
-they run with the Firestore-mode suite only.
+they run with the Firestore-mode suite only (`firestore_only`).
 """
 
 from __future__ import annotations
@@ -22,17 +22,12 @@ import yaml
 
 from app.emulator import free_port
 from tests.conftest import ADMIN_TOKEN, ROOT
+from tests.support.flavour import firestore_only  # noqa: F401
 from tests.support.http import Api
 from tests.support.processes import http_ok, wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("firestore_only")]
 SECRETS = ("METERING_HASHID_SALT", "METERING_ADMIN_TOKEN")
-
-
-@pytest.fixture(autouse=True)
-def _firestore_only(emulator_kind):
-    if emulator_kind != "firestore":
-        pytest.skip("independent of the Datastore flavour: runs with the firestore suite")
 
 
 @pytest.fixture(scope="module")

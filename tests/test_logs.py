@@ -11,8 +11,10 @@ import uuid
 import pytest
 
 from app.logs import JsonFormatter, scrub, trace_fields
+from tests.support.flavour import firestore_only  # noqa: F401
 from tests.support.http import Api
 
+pytestmark = pytest.mark.usefixtures("firestore_only")
 TRACE = "logging.googleapis.com/trace"
 
 

@@ -9,8 +9,11 @@ import pytest
 from app import create_app
 from app.errors import TooManyRequests
 from app.ratelimit import RateLimiter
+from tests.support.flavour import firestore_only  # noqa: F401
 from tests.support.http import Api, error_of
 from tests.support.server import LiveServer
+
+pytestmark = pytest.mark.usefixtures("firestore_only")
 
 
 class Clock:

@@ -34,8 +34,8 @@ SAMPLED_FIELD = "logging.googleapis.com/trace_sampled"
 _GOOD_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _TRACE = re.compile(r"^([0-9a-fA-F]{32})(?:/([0-9]+))?(?:;o=([01]))?$")
 _CREDENTIALS = re.compile(r"mk_[A-Za-z0-9_-]+|(?i:bearer)\s+\S+")
-_SEVERITY = {"WARNING": "WARNING", "CRITICAL": "CRITICAL", "ERROR": "ERROR",
-             "INFO": "INFO", "DEBUG": "DEBUG"}
+#: Python's level names that are also Cloud Logging severities; others become DEFAULT.
+_SEVERITIES = frozenset({"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"})
 _SECRETS: set[str] = set()
 
 
@@ -68,7 +68,8 @@ class JsonFormatter(logging.Formatter):
         message = record.getMessage()
         if record.exc_info:
             message += "\n" + "".join(traceback.format_exception(*record.exc_info))
-        line = {"severity": _SEVERITY.get(record.levelname, "DEFAULT"),
+        line = {"severity": (record.levelname if record.levelname in _SEVERITIES
+                             else "DEFAULT"),
                 "message": scrub(message),
                 "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(),
                 "logger": record.name}

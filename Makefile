@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-firestore test-legacy clean
+.PHONY: install run test test-firestore test-legacy test-indexes clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,7 @@ run: install
 	$(BIN)/metering serve
 
 ## Install, then run the whole suite on both of Google's emulators.
-test: test-firestore test-legacy
+test: test-firestore test-legacy test-indexes
 
 ## The suite on the Firestore-mode emulator (like today's Cloud Datastore).
 test-firestore: install
@@ -32,6 +32,10 @@ test-firestore: install
 ## The suite on the legacy emulator, refusing queries that index.yaml does not cover.
 test-legacy: install
 	METERING_TEST_EMULATOR=legacy $(BIN)/pytest $(PYTEST_ARGS)
+
+## Prove every composite index of index.yaml is needed: without any one, tests fail.
+test-indexes: install
+	$(BIN)/python scripts/check_indexes.py
 
 clean:
 	rm -rf $(VENV) .metering-data .pytest_cache

@@ -13,7 +13,7 @@ from app.config import Config
 
 def create_app(config: Config | None = None) -> Flask:
     """Build the WSGI app for a configuration (read from the environment by default)."""
-    from app import api, datastore, errors
+    from app import api, datastore, errors, logs, ratelimit
     from app.models import ids
 
     config = config or Config.from_env()
@@ -23,6 +23,8 @@ def create_app(config: Config | None = None) -> Flask:
     app.json.sort_keys = False
     ids.configure(config.hashid_salt)
     errors.init_app(app)
+    logs.init_app(app)
+    ratelimit.init_app(app)
     datastore.init_app(app)
     api.init_app(app)
     from app import dashboard

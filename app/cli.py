@@ -72,12 +72,14 @@ def _check_emulator_answers() -> None:
 
 @contextlib.contextmanager
 def _ndb_context():
+    from app import cache
     from app.datastore import make_client
     from app.models import ids
 
     config = Config.from_env()
     ids.configure(config.hashid_salt)
-    with make_client(config).context():
+    # The same global cache as the service: a key revoked here is uncached there.
+    with make_client(config).context(**cache.context_options(config)):
         yield config
 
 

@@ -24,6 +24,23 @@ def _env_int(env: dict, name: str, default: int) -> int:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
 
 
+def on_app_engine(env: dict) -> bool:
+    """Whether the process runs on App Engine (its runtime sets these variables)."""
+    return env.get("GAE_ENV") == "standard" or bool(env.get("GAE_APPLICATION"))
+
+
+def _refuse_defaults_in_production(config: "Config") -> None:
+    """A production service with a development salt would mint guessable, wrong ids."""
+    missing = []
+    if not config.hashid_salt or config.hashid_salt == DEV_HASHID_SALT:
+        missing.append("METERING_HASHID_SALT")
+    if not config.admin_token:
+        missing.append("METERING_ADMIN_TOKEN")
+    if missing:
+        raise ValueError("refusing to start on App Engine without " + " and ".join(missing)
+                         + ": set them at deploy time (never in app.yaml)")
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Settings of one running service."""
@@ -50,6 +67,18 @@ class Config:
     #: Default and largest page size of list endpoints.
     default_page_size: int = 50
     max_page_size: int = 500
+    #: Running on App Engine: secrets must be configured, never defaulted.
+    production: bool = False
+    #: Requests one org may make per minute; 0 turns the limit off.
+    rate_limit_per_minute: int = 0
+    #: redis:// URL of NDB's global cache (and the shared rate limit); None means none.
+    redis_url: str | None = None
+    #: Most rollups one call of the compaction cron handler folds, over all orgs.
+    cron_compact_budget: int = 2000
+
+    def __post_init__(self):
+        if self.production:
+            _refuse_defaults_in_production(self)
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> "Config":
@@ -80,6 +109,12 @@ class Config:
             max_body_bytes=_env_int(env, "METERING_MAX_BODY_BYTES", cls.max_body_bytes),
             dedupe_window=timedelta(days=max(35, _env_int(
                 env, "METERING_DEDUPE_WINDOW_DAYS", cls.dedupe_window.days))),
+            production=on_app_engine(env),
+            rate_limit_per_minute=_env_int(env, "METERING_RATE_LIMIT_PER_MINUTE",
+                                           cls.rate_limit_per_minute),
+            redis_url=env.get("REDIS_CACHE_URL") or None,
+            cron_compact_budget=_env_int(env, "METERING_CRON_COMPACT_BUDGET",
+                                         cls.cron_compact_budget),
         )
 
     def replace(self, **changes) -> "Config":

@@ -17,6 +17,7 @@ from flask import current_app, g
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import ndb
 
+from app import cache
 from app.storage import metrics
 
 
@@ -38,7 +39,7 @@ def _open_context() -> None:
     metrics.start()
     stack = contextlib.ExitStack()
     g.ndb_stack = stack
-    stack.enter_context(client().context())
+    stack.enter_context(client().context(**current_app.extensions["ndb_context_options"]))
 
 
 def _close_context(_exc=None) -> None:
@@ -65,6 +66,7 @@ def init_app(app) -> None:
     client = make_client(app.config["METERING"])
     metrics.instrument(client)
     app.extensions["ndb"] = client
+    app.extensions["ndb_context_options"] = cache.context_options(app.config["METERING"])
     app.before_request(_open_context)
     app.after_request(_report_usage)
     app.teardown_request(_close_context)

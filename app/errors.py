@@ -169,3 +169,14 @@ def init_app(app) -> None:
     app.register_error_handler(HTTPException, _from_http_exception)
     app.register_error_handler(Exception, _from_unexpected)
     app.before_request(_refuse_oversized_body)
+
+
+class TooManyRequests(ApiError):
+    """Raised when an org is over its request rate limit (429, with Retry-After)."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after

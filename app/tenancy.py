@@ -1,9 +1,10 @@
 """Who is calling: the one place that authenticates a request and opens its org.
 
 `require_org` (a blueprint `before_request` hook) reads `Authorization: Bearer
-<key>`, finds the key's org and switches the request's NDB context to that org's
-namespace. Every model and service below then works in that namespace without
-being told. `require_admin` guards the admin API with the configured token.
+<key>`, finds the key's org, counts the request against the org's rate limit
+(`app.ratelimit`) and switches the request's NDB context to that org's namespace.
+Every model and service below then works in that namespace without being told.
+`require_admin` guards the admin API with the configured token.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import hmac
 
 from flask import current_app, g, request
 
-from app import datastore
+from app import datastore, ratelimit
 from app.errors import NotFound, Unauthorized
 from app.services import orgs
 
@@ -31,6 +32,7 @@ def require_org() -> None:
         return
     org = orgs.authenticate(_bearer())
     g.org = org
+    ratelimit.check(org.name)
     datastore.use_namespace(org.namespace)
 
 

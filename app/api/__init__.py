@@ -1,7 +1,6 @@
 """The HTTP layer: one module per resource, views thin (parse, call a service, serialize)."""
 
-from app.api import admin, health, meter_events, meters
-from app.api import event_log
+from app.api import admin, cron, event_log, health, meter_events, meters
 
 
 def init_app(app) -> None:
@@ -11,3 +10,4 @@ def init_app(app) -> None:
     app.register_blueprint(meter_events.blueprint)
     app.register_blueprint(admin.blueprint)
     app.register_blueprint(event_log.blueprint)
+    app.register_blueprint(cron.blueprint)

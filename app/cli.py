@@ -360,6 +360,10 @@ def _gunicorn(host: str, port: int, workers: int, threads: int) -> None:
             self.cfg.set("threads", threads)
             self.cfg.set("worker_class", "gthread")
             self.cfg.set("accesslog", None)
+            # A worker still booting when Ctrl-C arrives has no signal handlers yet and
+            # misses it; gunicorn then waits graceful_timeout (30 s by default) before
+            # killing it. Locally, 5 s is plenty for requests in flight.
+            self.cfg.set("graceful_timeout", 5)
             # Gunicorn 27's control socket is one path per user: a second `serve`
             # (or a test run beside a dev server) would take it over.
             if "control_socket_disable" in self.cfg.settings:

@@ -1,6 +1,6 @@
 """The HTTP layer: one module per resource, views thin (parse, call a service, serialize)."""
 
-from app.api import admin, health, meter_events, meters
+from app.api import admin, health, meter_events, meters, openapi
 
 
 def init_app(app) -> None:
@@ -9,3 +9,4 @@ def init_app(app) -> None:
     app.register_blueprint(meters.blueprint)
     app.register_blueprint(meter_events.blueprint)
     app.register_blueprint(admin.blueprint)
+    app.register_blueprint(openapi.blueprint)

@@ -1,0 +1,80 @@
+"""The OpenAPI document as one human-readable HTML page, rendered on the server.
+
+The page needs nothing at run time but this process: no script, no stylesheet
+or font from elsewhere. Operations are grouped by tag; each lists its auth,
+parameters, body and answers, linking to the schemas, which follow as tables.
+Jinja escapes every string from the document.
+"""
+
+from __future__ import annotations
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+_environment = Environment(loader=PackageLoader("app.openapi", "templates"),
+                           autoescape=select_autoescape(default=True),
+                           trim_blocks=True, lstrip_blocks=True)
+_METHODS = ("get", "post", "put", "patch", "delete")
+
+
+def render(document: dict) -> str:
+    """The page for an OpenAPI 3 document."""
+    return _environment.get_template("docs.html").render(
+        info=document["info"], version=document["openapi"], tags=_by_tag(document),
+        schemas=document.get("components", {}).get("schemas", {}),
+        security=document.get("components", {}).get("securitySchemes", {}),
+        responses=document.get("components", {}).get("responses", {}),
+        type_of=type_of, constraints_of=constraints_of, ref_name=ref_name)
+
+
+def _by_tag(document: dict) -> dict[str, list[dict]]:
+    tags: dict[str, list[dict]] = {}
+    for path, item in document["paths"].items():
+        for method in _METHODS:
+            if method in item:
+                operation = item[method]
+                tags.setdefault(operation["tags"][0], []).append(
+                    {"path": path, "method": method, **operation})
+    return tags
+
+
+def ref_name(value: dict) -> str | None:
+    """The component name a `$ref` points to, or None for an inline value."""
+    ref = value.get("$ref") if isinstance(value, dict) else None
+    return ref.rsplit("/", 1)[-1] if ref else None
+
+
+def type_of(schema: dict) -> dict:
+    """A short label for a schema and, if it is a named schema, the name to link to."""
+    name = ref_name(schema)
+    if name:
+        return {"label": name, "link": name}
+    if schema.get("type") == "array":
+        inner = type_of(schema.get("items", {}))
+        return {"label": f"array of {inner['label']}", "link": inner["link"]}
+    if schema.get("type") == "object" and isinstance(schema.get("additionalProperties"), dict):
+        inner = type_of(schema["additionalProperties"])
+        return {"label": f"object of {inner['label']}", "link": inner["link"]}
+    label = schema.get("type", "any")
+    if schema.get("format"):
+        label += f" ({schema['format']})"
+    if schema.get("nullable"):
+        label += " or null"
+    return {"label": label, "link": None}
+
+
+def constraints_of(schema: dict) -> list[str]:
+    """The rules a schema sets on its value, in words."""
+    rules = []
+    if "enum" in schema:
+        rules.append("one of " + ", ".join(str(value) for value in schema["enum"]))
+    for key, words in (("minLength", "at least {} characters"),
+                       ("maxLength", "at most {} characters"),
+                       ("minItems", "at least {} items"), ("maxItems", "at most {} items"),
+                       ("minimum", "at least {}"), ("maximum", "at most {}"),
+                       ("pattern", "matches {}")):
+        if key in schema:
+            rules.append(words.format(schema[key]))
+    items = schema.get("items")
+    if isinstance(items, dict) and not ref_name(items):
+        rules += [f"each {rule}" for rule in constraints_of(items)]
+    return rules

@@ -24,7 +24,7 @@ from app.openapi.operations import (ADMIN_TOKEN, API_KEY, ERROR_STATUSES, OPERAT
 from app.schemas import fields as custom_fields
 from app.schemas import responses
 
-OPENAPI_VERSION = "3.0.3"
+OPENAPI_VERSION = "3.1.0"
 TITLE = "metering"
 DESCRIPTION = (
     "Usage metering for multi-tenant products: meters, exactly-once usage events and "
@@ -79,6 +79,9 @@ def _new_spec(config) -> APISpec:
     plugin.map_to_openapi_type(custom_fields.Rfc3339, "string", "date-time")
     plugin.map_to_openapi_type(custom_fields.PeriodBound, "string", None)
     plugin.converter.add_attribute_function(_object_sizes)
+    plugin.converter.add_attribute_function(_key_rules)
+    plugin.converter.add_attribute_function(_date_or_time)
+    plugin.converter.add_attribute_function(_int64_range)
     spec.components.security_scheme(API_KEY, {
         "type": "http", "scheme": "bearer",
         "description": "An org API key (`mk_...`), from the admin API or `metering orgs "
@@ -109,6 +112,32 @@ def _object_sizes(_converter, field, ret: dict, **_) -> dict:
     return {size: ret.pop(length) for length, size in (("minLength", "minProperties"),
                                                        ("maxLength", "maxProperties"))
             if length in ret}
+
+
+def _key_rules(converter, field, **_) -> dict:
+    """The rules a Dict sets on its keys (dimension names), as propertyNames."""
+    keys = getattr(field, "key_field", None)
+    if not isinstance(field, ma_fields.Dict) or keys is None:
+        return {}
+    rules = {name: value for name, value in converter.field2property(keys).items()
+             if name in ("minLength", "maxLength", "pattern")}
+    return {"propertyNames": rules} if rules else {}
+
+
+def _int64_range(_converter, field, **_) -> dict:
+    """An Int64 is a JSON integer written without a fraction (1, not 1.0) that fits int64."""
+    if not isinstance(field, custom_fields.Int64):
+        return {}
+    return {"minimum": custom_fields.INT64_MIN, "maximum": custom_fields.INT64_MAX,
+            "description": field.metadata.get("description", "") + " (a JSON integer "
+                           "without a fraction: 1, not 1.0)"}
+
+
+def _date_or_time(_converter, field, **_) -> dict:
+    """A period bound is an RFC 3339 timestamp or a date."""
+    if not isinstance(field, custom_fields.PeriodBound):
+        return {}
+    return {"anyOf": [{"format": "date-time"}, {"format": "date"}]}
 
 
 def _error_response_name(status: int) -> str:
@@ -158,6 +187,8 @@ def _responses(operation: Operation) -> dict:
             content = {"application/json": {"schema": shape}}
         answers[str(status)] = {"description": description, "content": content,
                                 "headers": {USAGE_HEADER: USAGE_HEADER}}
+        if operation.links:
+            answers[str(status)]["links"] = operation.links
     errors = {*operation.errors, 413, *((503,) if operation.datastore else ())}
     for status in sorted(errors):
         answers[str(status)] = _error_response_name(status)

@@ -12,7 +12,7 @@ and, when it touches the Datastore, 503; the document adds those itself.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from marshmallow import Schema
@@ -43,7 +43,8 @@ SUMMARY_FILTER = {
     "in": "query",
     "style": "deepObject",
     "explode": True,
-    "schema": {"type": "object", "additionalProperties": {"type": "string"}},
+    "schema": {"type": "object", "additionalProperties": {"type": "string"},
+               "propertyNames": {"minLength": 1, "maxLength": 64, "pattern": r"^[^\[\]]*$"}},
     "description": "Only events whose `userId` or dimension NAME has the VALUE, written "
                    "`filter[NAME]=VALUE`. Repeat one NAME to accept any of several values; "
                    "filters on different names must all hold. NAME is 1 to 64 characters "
@@ -85,7 +86,41 @@ class Operation:
     parameters: tuple[dict, ...] = ()
     #: whether the endpoint touches the Datastore (and so can answer 503).
     datastore: bool = True
+    #: OpenAPI links of the success answer: what a client can call next with its values.
+    links: dict[str, dict] = field(default_factory=dict)
 
+
+def _link(operation_id: str, description: str, **parameters: str) -> dict:
+    return {"operationId": operation_id, "description": description, "parameters": parameters}
+
+
+#: A link's body is a whole, valid body: fuzzers (schemathesis) are told to send it as
+#: it is rather than merge generated fields into it.
+_AS_IS = {"x-schemathesis": {"merge_body": False}}
+
+_METER_LINKS = {
+    "GetMeter": _link("meters.get_meter", "Get the new meter.", meter_id="$response.body#/id"),
+    "UpdateMeter": _link("meters.update_meter", "Change it.", meter_id="$response.body#/id"),
+    "ArchiveMeter": _link("meters.archive_meter", "Archive it.", meter_id="$response.body#/id"),
+    "Summarize": _link("meter_events.get_summary", "Read its usage.",
+                       meterId="$response.body#/id"),
+    "RecordEvent": {"operationId": "meter_events.record_events",
+                    "description": "Record an event for it.",
+                    "requestBody": {"events": [{"meterId": "$response.body#/id",
+                                                "userId": "user-1", "value": 1}]}, **_AS_IS},
+}
+_EVENT_LINKS = {
+    "CancelEvent": {"operationId": "meter_events.cancel_events",
+                    "description": "Cancel the first event of the batch.",
+                    "requestBody": {"events": [{"id": "$response.body#/events/0/id"}]},
+                    **_AS_IS},
+}
+_KEY_LINKS = {
+    "ListKeys": _link("admin.list_keys", "List the org's keys.", name="$response.body#/name"),
+    "CreateKey": _link("admin.create_key", "Issue another key.", name="$response.body#/name"),
+    "RevokeKey": _link("admin.revoke_key", "Revoke this key.", name="$response.body#/name",
+                       prefix="$response.body#/keyPrefix"),
+}
 
 _TENANT_ERRORS = (401,)
 _ADMIN_ERRORS = (401, 404)
@@ -103,7 +138,7 @@ OPERATIONS: dict[str, Operation] = {
 
     "meters.create_meter": Operation(
         "meters", {201: ("The new meter.", responses.Meter)},
-        errors=(400, *_TENANT_ERRORS, 409), body=MeterCreate),
+        errors=(400, *_TENANT_ERRORS, 409), body=MeterCreate, links=_METER_LINKS),
     "meters.list_meters": Operation(
         "meters", {200: ("A page of meters.", responses.MeterPage)},
         errors=(400, *_TENANT_ERRORS), query=ListQuery),
@@ -119,7 +154,7 @@ OPERATIONS: dict[str, Operation] = {
 
     "meter_events.record_events": Operation(
         "meter events", {201: ("One outcome per event, in order.", responses.RecordResult)},
-        errors=(400, *_TENANT_ERRORS),
+        errors=(400, *_TENANT_ERRORS), links=_EVENT_LINKS,
         body=ConfiguredBody("EventBatch", lambda config: batch_schema(config.max_batch_events))),
     "meter_events.cancel_events": Operation(
         "meter events", {200: ("One outcome per target, in order.", responses.CancelResult)},
@@ -133,13 +168,14 @@ OPERATIONS: dict[str, Operation] = {
 
     "admin.create_org": Operation(
         "admin", {201: ("The org and its first key.", responses.IssuedKey)},
-        errors=(400, *_ADMIN_ERRORS, 409), security=ADMIN_TOKEN, body=OrgCreate),
+        errors=(400, *_ADMIN_ERRORS, 409), security=ADMIN_TOKEN, body=OrgCreate,
+        links=_KEY_LINKS),
     "admin.list_keys": Operation(
         "admin", {200: ("The org's keys.", responses.KeyList)},
         errors=_ADMIN_ERRORS, security=ADMIN_TOKEN),
     "admin.create_key": Operation(
         "admin", {201: ("The org and its new key.", responses.IssuedKey)},
-        errors=_ADMIN_ERRORS, security=ADMIN_TOKEN),
+        errors=_ADMIN_ERRORS, security=ADMIN_TOKEN, links=_KEY_LINKS),
     "admin.revoke_key": Operation(
         "admin", {200: ("How many keys were revoked.", responses.Revoked)},
         errors=(400, *_ADMIN_ERRORS), security=ADMIN_TOKEN),

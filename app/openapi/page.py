@@ -54,10 +54,13 @@ def type_of(schema: dict) -> dict:
     if schema.get("type") == "object" and isinstance(schema.get("additionalProperties"), dict):
         inner = type_of(schema["additionalProperties"])
         return {"label": f"object of {inner['label']}", "link": inner["link"]}
-    label = schema.get("type", "any")
-    if schema.get("format"):
-        label += f" ({schema['format']})"
-    if schema.get("nullable"):
+    types = schema.get("type", "any")
+    types = [types] if isinstance(types, str) else list(types)
+    label = " or ".join(t for t in types if t != "null")
+    formats = [schema.get("format")] + [option.get("format") for option in schema.get("anyOf", [])]
+    if any(formats):
+        label += f" ({' or '.join(f for f in formats if f)})"
+    if "null" in types:
         label += " or null"
     return {"label": label, "link": None}
 
@@ -65,6 +68,8 @@ def type_of(schema: dict) -> dict:
 def constraints_of(schema: dict) -> list[str]:
     """The rules a schema sets on its value, in words."""
     rules = []
+    if "propertyNames" in schema:
+        rules += [f"each name {rule}" for rule in constraints_of(schema["propertyNames"])]
     if "enum" in schema:
         rules.append("one of " + ", ".join(str(value) for value in schema["enum"]))
     for key, words in (("minLength", "at least {} characters"),

@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
 .PHONY: install run test test-firestore test-legacy clean
+.PHONY: fuzz
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +29,11 @@ test-firestore: install
 ## The suite on the legacy emulator, refusing queries that index.yaml does not cover.
 test-legacy: install
 	METERING_TEST_EMULATOR=legacy $(BIN)/pytest $(PYTEST_ARGS)
+
+## Fuzz every endpoint far longer than `make test` does (schemathesis, see tests/test_fuzz.py).
+fuzz: install
+	METERING_TEST_EMULATOR=firestore METERING_FUZZ_EXAMPLES=500 METERING_FUZZ_SEQUENCES=200 \
+		$(BIN)/pytest tests/test_fuzz.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .metering-data .pytest_cache

@@ -20,7 +20,7 @@ from apispec.ext.marshmallow.common import resolve_schema_cls
 from marshmallow import fields as ma_fields
 
 from app.openapi.operations import (ADMIN_TOKEN, API_KEY, ERROR_STATUSES, OPERATIONS,
-                                    PATH_PARAMETERS, ConfiguredBody, Operation)
+                                    PATH_PARAMETERS, TAGS, ConfiguredBody, Operation)
 from app.schemas import fields as custom_fields
 from app.schemas import responses
 
@@ -82,6 +82,8 @@ def _new_spec(config) -> APISpec:
     plugin.converter.add_attribute_function(_key_rules)
     plugin.converter.add_attribute_function(_date_or_time)
     plugin.converter.add_attribute_function(_int64_range)
+    for name, description in TAGS.items():
+        spec.tag({"name": name, "description": description})
     spec.components.security_scheme(API_KEY, {
         "type": "http", "scheme": "bearer",
         "description": "An org API key (`mk_...`), from the admin API or `metering orgs "
@@ -129,8 +131,8 @@ def _int64_range(_converter, field, **_) -> dict:
     if not isinstance(field, custom_fields.Int64):
         return {}
     return {"minimum": custom_fields.INT64_MIN, "maximum": custom_fields.INT64_MAX,
-            "description": field.metadata.get("description", "") + " (a JSON integer "
-                           "without a fraction: 1, not 1.0)"}
+            "description": (field.metadata.get("description", "") + " (a JSON integer "
+                            "without a fraction: 1, not 1.0)").strip()}
 
 
 def _date_or_time(_converter, field, **_) -> dict:

@@ -47,8 +47,17 @@ SUMMARY_FILTER = {
                "propertyNames": {"minLength": 1, "maxLength": 64, "pattern": r"^[^\[\]]*$"}},
     "description": "Only events whose `userId` or dimension NAME has the VALUE, written "
                    "`filter[NAME]=VALUE`. Repeat one NAME to accept any of several values; "
-                   "filters on different names must all hold. NAME is 1 to 64 characters "
-                   "without brackets and must be `userId` or a dimension of the meter.",
+                   "filters on different names must all hold. NAME must be `userId` or a "
+                   "dimension of the meter.",
+}
+
+#: The document's sections, in order, with what each is for.
+TAGS = {
+    "meters": "What an org measures: each meter names its events and how they add up.",
+    "meter events": "Usage: recorded exactly once, cancelled for audit, summarized exactly.",
+    "admin": "The operator's API: orgs and their API keys.",
+    "health": "Whether the process is up.",
+    "documentation": "This description of the API.",
 }
 
 #: Path parameters, by the name the Flask rule gives them.

@@ -8,18 +8,31 @@ Jinja escapes every string from the document.
 
 from __future__ import annotations
 
+import re
+
 from jinja2 import Environment, PackageLoader, select_autoescape
+from markupsafe import Markup, escape
 
 _environment = Environment(loader=PackageLoader("app.openapi", "templates"),
                            autoescape=select_autoescape(default=True),
                            trim_blocks=True, lstrip_blocks=True)
 _METHODS = ("get", "post", "put", "patch", "delete")
+_CODE = re.compile(r"`([^`]+)`")
+
+
+def inline_code(text: str) -> Markup:
+    """Text with its `backquoted` parts set as code, everything else escaped."""
+    return Markup(_CODE.sub(r"<code>\1</code>", str(escape(text))))
+
+
+_environment.filters["code"] = inline_code
 
 
 def render(document: dict) -> str:
     """The page for an OpenAPI 3 document."""
     return _environment.get_template("docs.html").render(
         info=document["info"], version=document["openapi"], tags=_by_tag(document),
+        tag_descriptions={tag["name"]: tag.get("description") for tag in document.get("tags", [])},
         schemas=document.get("components", {}).get("schemas", {}),
         security=document.get("components", {}).get("securitySchemes", {}),
         responses=document.get("components", {}).get("responses", {}),
@@ -27,14 +40,14 @@ def render(document: dict) -> str:
 
 
 def _by_tag(document: dict) -> dict[str, list[dict]]:
-    tags: dict[str, list[dict]] = {}
+    tags: dict[str, list[dict]] = {tag["name"]: [] for tag in document.get("tags", [])}
     for path, item in document["paths"].items():
         for method in _METHODS:
             if method in item:
                 operation = item[method]
                 tags.setdefault(operation["tags"][0], []).append(
                     {"path": path, "method": method, **operation})
-    return tags
+    return {name: operations for name, operations in tags.items() if operations}
 
 
 def ref_name(value: dict) -> str | None:
@@ -65,6 +78,19 @@ def type_of(schema: dict) -> dict:
     return {"label": label, "link": None}
 
 
+_PLURALS = {"character": "characters", "item": "items", "entry": "entries"}
+_LIMITS = (("minLength", "at least", "character"), ("maxLength", "at most", "character"),
+           ("minItems", "at least", "item"), ("maxItems", "at most", "item"),
+           ("minProperties", "at least", "entry"), ("maxProperties", "at most", "entry"),
+           ("minimum", "at least", None), ("maximum", "at most", None))
+
+
+def _limit(words: str, number, noun: str | None) -> str:
+    if noun is None:
+        return f"{words} {number}"
+    return f"{words} {number} {noun if number == 1 else _PLURALS[noun]}"
+
+
 def constraints_of(schema: dict) -> list[str]:
     """The rules a schema sets on its value, in words."""
     rules = []
@@ -72,13 +98,9 @@ def constraints_of(schema: dict) -> list[str]:
         rules += [f"each name {rule}" for rule in constraints_of(schema["propertyNames"])]
     if "enum" in schema:
         rules.append("one of " + ", ".join(str(value) for value in schema["enum"]))
-    for key, words in (("minLength", "at least {} characters"),
-                       ("maxLength", "at most {} characters"),
-                       ("minItems", "at least {} items"), ("maxItems", "at most {} items"),
-                       ("minimum", "at least {}"), ("maximum", "at most {}"),
-                       ("pattern", "matches {}")):
-        if key in schema:
-            rules.append(words.format(schema[key]))
+    rules += [_limit(words, schema[key], noun) for key, words, noun in _LIMITS if key in schema]
+    if "pattern" in schema:
+        rules.append(f"matches {schema['pattern']}")
     items = schema.get("items")
     if isinstance(items, dict) and not ref_name(items):
         rules += [f"each {rule}" for rule in constraints_of(items)]

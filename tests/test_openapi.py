@@ -76,7 +76,7 @@ def test_every_operation_says_who_may_call_it(served):
 def test_every_error_answer_is_the_envelope(served):
     shared = served["components"]["responses"]
     assert set(shared) == {"BadRequest", "Unauthorized", "NotFound", "Conflict",
-                           "RequestEntityTooLarge", "ServiceUnavailable"}
+                           "PayloadTooLarge", "Unavailable"}
     for answer in shared.values():
         assert answer["content"]["application/json"]["schema"] == {
             "$ref": "#/components/schemas/Error"}

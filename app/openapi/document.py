@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import inspect
 import re
-from http import HTTPStatus
 from importlib import metadata
 
 from apispec import APISpec
@@ -55,8 +54,7 @@ def build(app) -> dict:
         operation = OPERATIONS[rule.endpoint]
         methods = sorted(rule.methods - IMPLICIT_METHODS)
         spec.path(path=openapi_path(rule.rule), operations={
-            method.lower(): _operation(spec, rule, method, operation,
-                                       app.view_functions[rule.endpoint])
+            method.lower(): _operation(rule, method, operation, app.view_functions[rule.endpoint])
             for method in methods})
     return spec.to_dict()
 
@@ -96,8 +94,8 @@ def _new_spec(config) -> APISpec:
         "description": "The Datastore work the request cost: `rpcs=N; read=N; written=N`.",
         "schema": {"type": "string"}})
     spec.components.schema("Error", schema=responses.Error)
-    for status, description in ERROR_STATUSES.items():
-        spec.components.response(_error_response_name(status), {
+    for name, description in ERROR_STATUSES.values():
+        spec.components.response(name, {
             "description": description,
             "content": {"application/json": {"schema": "Error"}},
             "headers": {USAGE_HEADER: USAGE_HEADER}})
@@ -142,11 +140,7 @@ def _date_or_time(_converter, field, **_) -> dict:
     return {"anyOf": [{"format": "date-time"}, {"format": "date"}]}
 
 
-def _error_response_name(status: int) -> str:
-    return HTTPStatus(status).phrase.title().replace(" ", "").replace("-", "")
-
-
-def _operation(spec: APISpec, rule, method: str, operation: Operation, view) -> dict:
+def _operation(rule, method: str, operation: Operation, view) -> dict:
     summary, _, description = (inspect.getdoc(view) or "").partition("\n")
     answer = {
         "operationId": f"{rule.endpoint}" + ("" if len(rule.methods - IMPLICIT_METHODS) == 1
@@ -193,5 +187,5 @@ def _responses(operation: Operation) -> dict:
             answers[str(status)]["links"] = operation.links
     errors = {*operation.errors, 413, *((503,) if operation.datastore else ())}
     for status in sorted(errors):
-        answers[str(status)] = _error_response_name(status)
+        answers[str(status)] = ERROR_STATUSES[status][0]
     return answers

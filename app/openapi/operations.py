@@ -26,15 +26,15 @@ from app.schemas.meters import ListQuery, MeterCreate, MeterUpdate
 #: Security requirement names (components.securitySchemes).
 API_KEY, ADMIN_TOKEN = "apiKey", "adminToken"
 
-#: The description of each error status, and when the service answers it.
+#: Each error status: its shared response's name, and when the service answers it.
 ERROR_STATUSES = {
-    400: "The body or query string breaks a rule; `param` names the field and `errors` "
-         "lists every problem. Nothing was changed.",
-    401: "The credentials are missing, unknown or revoked.",
-    404: "The addressed resource does not exist for the caller.",
-    409: "The request contradicts stored state; nothing was changed.",
-    413: "The request body is larger than the configured limit.",
-    503: "The Datastore is unavailable; retry later.",
+    400: ("BadRequest", "The body or query string breaks a rule; `param` names the field "
+                        "and `errors` lists every problem. Nothing was changed."),
+    401: ("Unauthorized", "The credentials are missing, unknown or revoked."),
+    404: ("NotFound", "The addressed resource does not exist for the caller."),
+    409: ("Conflict", "The request contradicts stored state; nothing was changed."),
+    413: ("PayloadTooLarge", "The request body is larger than the configured limit."),
+    503: ("Unavailable", "The Datastore is unavailable; retry later."),
 }
 
 #: `filter[NAME]=VALUE` of the summary: an object in deepObject style.

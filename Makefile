@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-firestore test-legacy test-indexes clean
+.PHONY: install run test test-firestore test-legacy test-indexes fuzz clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ test-legacy: install
 ## Prove every composite index of index.yaml is needed: without any one, tests fail.
 test-indexes: install
 	$(BIN)/python scripts/check_indexes.py
+
+## Fuzz every endpoint far longer than `make test` does (schemathesis, see tests/test_fuzz.py).
+fuzz: install
+	METERING_TEST_EMULATOR=firestore METERING_FUZZ_EXAMPLES=500 METERING_FUZZ_SEQUENCES=200 \
+		$(BIN)/pytest tests/test_fuzz.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .metering-data .pytest_cache

@@ -2,8 +2,13 @@
 
 from marshmallow import Schema, fields
 
+from app.services.orgs import ORG_NAME
+
 
 class OrgCreate(Schema):
     """Body of POST /v1/admin/orgs; the name's rules are checked by the org service."""
 
-    name = fields.Raw(required=True)
+    name = fields.Raw(required=True, metadata={
+        "type": "string", "pattern": ORG_NAME.pattern,
+        "description": "1 to 63 lower-case letters, digits or '-'; becomes the org's "
+                       "Datastore namespace"})

@@ -15,12 +15,18 @@ WINDOW_SIZES = ("hour", "day", "month")
 class EventIn(Schema):
     """One event of a batch; the meter is named by `meterId` or `eventName`."""
 
-    meterId = fields.String(validate=validate.Length(min=1, max=200))
-    eventName = identifier()
-    userId = indexed_string(500, required=True)
-    value = Int64()
-    timestamp = Rfc3339()
-    idempotency = fields.String(validate=[validate.Length(max=500), fits_index])
+    meterId = fields.String(validate=validate.Length(min=1, max=200),
+                            metadata={"description": "the meter's id; or give eventName"})
+    eventName = identifier(metadata={"description": "an active meter's eventName; "
+                                                    "or give meterId"})
+    userId = indexed_string(500, required=True,
+                            metadata={"description": "whose usage this is (at most 1500 "
+                                                     "bytes as UTF-8)"})
+    value = Int64(metadata={"description": "required except by count meters"})
+    timestamp = Rfc3339(metadata={"description": "when it happened (default: now); at most "
+                                                 "5 minutes ahead and 35 days back, by default"})
+    idempotency = fields.String(validate=[validate.Length(max=500), fits_index], metadata={
+        "description": "unique per meter: a retry with the same key is stored once"})
     dimensions = fields.Dict(
         keys=fields.String(validate=validate.Length(min=1, max=64)),
         values=fields.String(validate=validate.Length(max=MAX_DIMENSION_VALUE)),
@@ -39,10 +45,12 @@ class EventIn(Schema):
 class CancelTarget(Schema):
     """One event to cancel: by `id`, or by its meter and idempotency key."""
 
-    id = fields.String(validate=validate.Length(min=1, max=200))
+    id = fields.String(validate=validate.Length(min=1, max=200),
+                       metadata={"description": "the event's id, given alone"})
     meterId = fields.String(validate=validate.Length(min=1, max=200))
     eventName = identifier()
-    idempotency = fields.String(validate=[validate.Length(min=1, max=500), fits_index])
+    idempotency = fields.String(validate=[validate.Length(min=1, max=500), fits_index],
+                                metadata={"description": "with meterId or eventName"})
 
     @validates_schema
     def _names_one_event(self, data, **_):
@@ -83,13 +91,20 @@ class SummaryQuery(Schema):
     """Query string of GET /v1/billing/meter-events/summary (after `filter[...]` is split off)."""
 
     meterId = fields.String(required=True, validate=validate.Length(min=1, max=200))
-    userId = indexed_string(500)
-    periodStart = PeriodBound()
-    periodEnd = PeriodBound(end_of_day=True)
+    userId = indexed_string(500, metadata={"description": "one user's usage; all users' "
+                                                          "when left out"})
+    periodStart = PeriodBound(metadata={"description": "RFC 3339 timestamp or YYYY-MM-DD "
+                                                       "(midnight UTC); inclusive"})
+    periodEnd = PeriodBound(end_of_day=True, metadata={
+        "description": "RFC 3339 timestamp (exclusive) or YYYY-MM-DD (that whole day "
+                       "included); default: now"})
     windowSize = fields.String(validate=validate.OneOf(WINDOW_SIZES,
                                                        error="must be hour, day or month"))
-    timeZone = TimeZone()
+    timeZone = TimeZone(metadata={"description": "IANA name in which windows are cut, "
+                                                 "such as Asia/Kolkata; default UTC"})
     groupBy = fields.List(fields.String(validate=validate.Length(min=1, max=64)),
+                          metadata={"description": "userId or a dimension of the meter; "
+                                                   "repeat for several"},
                           validate=validate.Length(max=8, error="may name at most 8 fields"))
 
     @validates_schema

@@ -18,13 +18,22 @@ class _Lower(fields.String):
 
 def _aggregation() -> fields.String:
     return _Lower(validate=validate.OneOf(AGGREGATION_TYPES,
-                                          error="must be one of " + ", ".join(AGGREGATION_TYPES)))
+                                          error="must be one of " + ", ".join(AGGREGATION_TYPES)),
+                  metadata={"description": "how events add up (default sum)"})
 
 
 def _dimensions() -> fields.List:
     return fields.List(identifier(max_length=64),
                        validate=validate.Length(max=MAX_DIMENSIONS,
-                                                error=f"may list at most {MAX_DIMENSIONS} names"))
+                                                error=f"may list at most {MAX_DIMENSIONS} names"),
+                       metadata={"description": "the dimension names events may carry; "
+                                                "unique, not userId"})
+
+
+def _unique_by() -> fields.String:
+    return identifier(max_length=64, metadata={
+        "description": "unique_count meters only (and required by them): userId or a "
+                       "declared dimension"})
 
 
 class _DimensionNames:
@@ -40,12 +49,13 @@ class MeterCreate(_DimensionNames, Schema):
     """Body of POST /v1/billing/meters."""
 
     name = fields.String(required=True, validate=validate.Length(min=1, max=200))
-    eventName = identifier(required=True)
+    eventName = identifier(required=True, metadata={
+        "description": "what events name the meter by; unique among the org's active meters"})
     aggregationType = _aggregation()
     currency = _Lower(validate=validate.Regexp(r"^[a-z]{3}$", error="must be a 3-letter ISO code"))
     dimensions = _dimensions()
     metadata = JsonObject()
-    uniqueBy = identifier(max_length=64)
+    uniqueBy = _unique_by()
 
     @post_load
     def _defaults(self, data, **_):
@@ -64,14 +74,16 @@ class MeterUpdate(_DimensionNames, Schema):
     aggregationType = _aggregation()
     dimensions = _dimensions()
     metadata = JsonObject()
-    uniqueBy = identifier(max_length=64)
+    uniqueBy = _unique_by()
 
 
 class ListQuery(Schema):
     """Query string of list endpoints: a page size and an opaque cursor."""
 
-    limit = fields.Integer(validate=validate.Range(min=1, max=500))
-    cursor = fields.String(validate=validate.Length(max=1000))
+    limit = fields.Integer(validate=validate.Range(min=1, max=500),
+                           metadata={"description": "page size (default 50)"})
+    cursor = fields.String(validate=validate.Length(max=1000),
+                           metadata={"description": "the nextCursor of the previous page"})
 
 
 def meter_json(meter) -> dict:

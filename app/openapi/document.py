@@ -1,0 +1,191 @@
+"""The service's OpenAPI 3 document, built with apispec from the app itself.
+
+Paths and methods come from the app's URL map, summaries and descriptions from
+the views' docstrings, bodies, query strings and answers from the marshmallow
+schemas (through apispec's marshmallow plugin), and the rest from
+`app.openapi.operations`. The document is built once per app, on first use, so
+it reflects the app's configuration (the batch limit) and every blueprint.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from importlib import metadata
+
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
+from apispec.ext.marshmallow.common import resolve_schema_cls
+from marshmallow import fields as ma_fields
+
+from app.openapi.operations import (ADMIN_TOKEN, API_KEY, ERROR_STATUSES, OPERATIONS,
+                                    PATH_PARAMETERS, TAGS, ConfiguredBody, Operation)
+from app.schemas import fields as custom_fields
+from app.schemas import responses
+
+OPENAPI_VERSION = "3.1.0"
+TITLE = "metering"
+DESCRIPTION = (
+    "Usage metering for multi-tenant products: meters, exactly-once usage events and "
+    "exact summaries. Every tenant call carries an org API key as `Authorization: Bearer "
+    "mk_...`; the admin API takes the operator's token the same way. Every error answers "
+    "with one envelope: `{\"error\": {\"type\": \"api-error\", \"message\", \"code\", "
+    "\"param\"}}`. Every answer reports its Datastore work in `X-Datastore-Usage`."
+)
+#: Methods Flask adds by itself; the document leaves them out.
+IMPLICIT_METHODS = {"HEAD", "OPTIONS"}
+USAGE_HEADER = "X-Datastore-Usage"
+_RULE_ARGUMENT = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
+
+
+class UndocumentedRoute(LookupError):
+    """Raised when the app has a route that `app.openapi.operations` does not describe."""
+
+
+def build(app) -> dict:
+    """The OpenAPI document of `app`, as a JSON-ready dict."""
+    spec = _new_spec(app.config["METERING"])
+    rules = [rule for rule in app.url_map.iter_rules() if rule.endpoint != "static"]
+    missing = sorted({rule.endpoint for rule in rules} - set(OPERATIONS))
+    if missing:
+        raise UndocumentedRoute("routes without an entry in app.openapi.operations: "
+                                + ", ".join(missing))
+    for rule in sorted(rules, key=lambda r: r.rule):
+        operation = OPERATIONS[rule.endpoint]
+        methods = sorted(rule.methods - IMPLICIT_METHODS)
+        spec.path(path=openapi_path(rule.rule), operations={
+            method.lower(): _operation(rule, method, operation, app.view_functions[rule.endpoint])
+            for method in methods})
+    return spec.to_dict()
+
+
+def openapi_path(flask_rule: str) -> str:
+    """`/v1/billing/meters/<meter_id>` as OpenAPI writes it: `/v1/billing/meters/{meter_id}`."""
+    return _RULE_ARGUMENT.sub(r"{\1}", flask_rule)
+
+
+def _schema_name(schema) -> str:
+    return resolve_schema_cls(schema).__name__
+
+
+def _new_spec(config) -> APISpec:
+    plugin = MarshmallowPlugin(schema_name_resolver=_schema_name)
+    spec = APISpec(title=TITLE, version=metadata.version("metering"),
+                   openapi_version=OPENAPI_VERSION, plugins=[plugin],
+                   info={"description": DESCRIPTION})
+    plugin.map_to_openapi_type(custom_fields.Int64, "integer", "int64")
+    plugin.map_to_openapi_type(custom_fields.Rfc3339, "string", "date-time")
+    plugin.map_to_openapi_type(custom_fields.PeriodBound, "string", None)
+    plugin.converter.add_attribute_function(_object_sizes)
+    plugin.converter.add_attribute_function(_key_rules)
+    plugin.converter.add_attribute_function(_date_or_time)
+    plugin.converter.add_attribute_function(_int64_range)
+    for name, description in TAGS.items():
+        spec.tag({"name": name, "description": description})
+    spec.components.security_scheme(API_KEY, {
+        "type": "http", "scheme": "bearer",
+        "description": "An org API key (`mk_...`), from the admin API or `metering orgs "
+                       "create`. It opens that org's data only."})
+    spec.components.security_scheme(ADMIN_TOKEN, {
+        "type": "http", "scheme": "bearer",
+        "description": "The operator's token (`METERING_ADMIN_TOKEN`); without it set, "
+                       "the admin API answers 404."})
+    spec.components.header(USAGE_HEADER, {
+        "description": "The Datastore work the request cost: `rpcs=N; read=N; written=N`.",
+        "schema": {"type": "string"}})
+    spec.components.schema("Error", schema=responses.Error)
+    for name, description in ERROR_STATUSES.values():
+        spec.components.response(name, {
+            "description": description,
+            "content": {"application/json": {"schema": "Error"}},
+            "headers": {USAGE_HEADER: USAGE_HEADER}})
+    for operation in OPERATIONS.values():
+        if isinstance(operation.body, ConfiguredBody):
+            spec.components.schema(operation.body.name, schema=operation.body.build(config))
+    return spec
+
+
+def _object_sizes(_converter, field, ret: dict, **_) -> dict:
+    """apispec writes a Length rule of a Dict as maxLength; an object's is maxProperties."""
+    if not isinstance(field, ma_fields.Dict):
+        return {}
+    return {size: ret.pop(length) for length, size in (("minLength", "minProperties"),
+                                                       ("maxLength", "maxProperties"))
+            if length in ret}
+
+
+def _key_rules(converter, field, **_) -> dict:
+    """The rules a Dict sets on its keys (dimension names), as propertyNames."""
+    keys = getattr(field, "key_field", None)
+    if not isinstance(field, ma_fields.Dict) or keys is None:
+        return {}
+    rules = {name: value for name, value in converter.field2property(keys).items()
+             if name in ("minLength", "maxLength", "pattern")}
+    return {"propertyNames": rules} if rules else {}
+
+
+def _int64_range(_converter, field, **_) -> dict:
+    """An Int64 is a JSON integer written without a fraction (1, not 1.0) that fits int64."""
+    if not isinstance(field, custom_fields.Int64):
+        return {}
+    return {"minimum": custom_fields.INT64_MIN, "maximum": custom_fields.INT64_MAX,
+            "description": (field.metadata.get("description", "") + " (a JSON integer "
+                            "without a fraction: 1, not 1.0)").strip()}
+
+
+def _date_or_time(_converter, field, **_) -> dict:
+    """A period bound is an RFC 3339 timestamp or a date."""
+    if not isinstance(field, custom_fields.PeriodBound):
+        return {}
+    return {"anyOf": [{"format": "date-time"}, {"format": "date"}]}
+
+
+def _operation(rule, method: str, operation: Operation, view) -> dict:
+    summary, _, description = (inspect.getdoc(view) or "").partition("\n")
+    answer = {
+        "operationId": f"{rule.endpoint}" + ("" if len(rule.methods - IMPLICIT_METHODS) == 1
+                                            else f".{method.lower()}"),
+        "tags": [operation.tag],
+        "summary": summary.strip(),
+        "security": [{operation.security: []}] if operation.security else [],
+        "parameters": _parameters(rule, operation),
+        "responses": _responses(operation),
+    }
+    if description.strip():
+        answer["description"] = description.strip()
+    if operation.body is not None:
+        answer["requestBody"] = {"required": True, "content": {
+            "application/json": {"schema": _body_schema(operation.body)}}}
+    return answer
+
+
+def _body_schema(body):
+    return body.name if isinstance(body, ConfiguredBody) else body
+
+
+def _parameters(rule, operation: Operation) -> list:
+    parameters = [{"name": name, "in": "path", "required": True,
+                   "description": PATH_PARAMETERS.get(name, ""),
+                   "schema": {"type": "string", "minLength": 1}}
+                  for name in _RULE_ARGUMENT.findall(rule.rule)]
+    if operation.query is not None:
+        parameters.append({"in": "query", "schema": operation.query})
+    parameters.extend(dict(parameter) for parameter in operation.parameters)
+    return parameters
+
+
+def _responses(operation: Operation) -> dict:
+    answers = {}
+    for status, (description, shape) in operation.success.items():
+        if isinstance(shape, str):
+            content = {shape: {"schema": {"type": "object" if "json" in shape else "string"}}}
+        else:
+            content = {"application/json": {"schema": shape}}
+        answers[str(status)] = {"description": description, "content": content,
+                                "headers": {USAGE_HEADER: USAGE_HEADER}}
+        if operation.links:
+            answers[str(status)]["links"] = operation.links
+    errors = {*operation.errors, 413, *((503,) if operation.datastore else ())}
+    for status in sorted(errors):
+        answers[str(status)] = ERROR_STATUSES[status][0]
+    return answers

@@ -1,0 +1,160 @@
+"""Shapes of the API's answers, for its OpenAPI document.
+
+The views build their answers with small functions (`meter_json`, `summary_json`);
+these schemas describe those answers field for field, so the document can say
+what each endpoint returns. They refuse unknown fields (`additionalProperties:
+false` in the document), so the fuzzing tests catch an answer that grows a field
+the document does not name.
+"""
+
+from marshmallow import Schema, fields, validate
+
+from app.models.meter import AGGREGATION_TYPES
+from app.schemas.events import WINDOW_SIZES
+
+_TIME = {"format": "date-time"}
+
+
+class Meter(Schema):
+    """A meter as every meter endpoint returns it."""
+
+    id = fields.String(required=True, metadata={"description": "public id of the meter"})
+    name = fields.String(required=True)
+    eventName = fields.String(required=True)
+    aggregationType = fields.String(required=True, validate=validate.OneOf(AGGREGATION_TYPES))
+    currency = fields.String(required=True, metadata={"example": "usd"})
+    dimensions = fields.List(fields.String(), required=True)
+    metadata = fields.Dict(keys=fields.String(), required=True)
+    uniqueBy = fields.String(metadata={"description": "unique_count meters only"})
+    status = fields.String(required=True, validate=validate.OneOf(("active", "archived")))
+    createdAt = fields.String(required=True, metadata=_TIME)
+    updatedAt = fields.String(required=True, metadata=_TIME)
+
+
+class MeterPage(Schema):
+    """One page of meters, oldest first."""
+
+    meters = fields.List(fields.Nested(Meter), required=True)
+    count = fields.Integer(required=True)
+    nextCursor = fields.String(required=True, allow_none=True,
+                               metadata={"description": "pass as `cursor` for the next "
+                                                        "page; null on the last page"})
+
+
+class EventOutcome(Schema):
+    """What became of one event of a batch, in the batch's order."""
+
+    id = fields.String(required=True, metadata={"description": "public id of the event"})
+    status = fields.String(required=True,
+                           validate=validate.OneOf(("created", "duplicate", "conflict")))
+
+
+class RecordResult(Schema):
+    """Answer of POST /v1/billing/meter-events."""
+
+    events = fields.List(fields.Nested(EventOutcome), required=True)
+    count = fields.Integer(required=True)
+
+
+class CancelOutcome(Schema):
+    """What became of one cancel target, in the request's order."""
+
+    id = fields.String(required=True, allow_none=True,
+                       metadata={"description": "public id of the event; null when not found"})
+    status = fields.String(required=True, validate=validate.OneOf(
+        ("cancelled", "already_cancelled", "not_found", "expired")))
+
+
+class CancelResult(Schema):
+    """Answer of POST /v1/billing/meter-events/cancel."""
+
+    events = fields.List(fields.Nested(CancelOutcome), required=True)
+    count = fields.Integer(required=True)
+
+
+class SummaryWindow(Schema):
+    """One window (and group) of a summary; times in the asked time zone."""
+
+    windowStart = fields.String(required=True, metadata=_TIME)
+    windowEnd = fields.String(required=True, metadata=_TIME)
+    value = fields.Float(required=True, allow_none=True)
+    eventCount = fields.Integer(required=True)
+    groupBy = fields.Dict(keys=fields.String(), values=fields.String(), required=True,
+                          metadata={"description": "the group's value of each groupBy name"})
+
+
+class Summary(Schema):
+    """A meter's aggregated usage over a period."""
+
+    meterId = fields.String(required=True)
+    meterName = fields.String(required=True)
+    userId = fields.String(required=True, metadata={"description": "empty for all users"})
+    aggregationType = fields.String(required=True, validate=validate.OneOf(AGGREGATION_TYPES))
+    value = fields.Float(required=True, allow_none=True, metadata={
+        "description": "null for last, min, max and avg when there are no events"})
+    eventCount = fields.Integer(required=True)
+    periodStart = fields.String(required=True, allow_none=True, metadata=_TIME)
+    periodEnd = fields.String(required=True, allow_none=True, metadata=_TIME)
+    windows = fields.List(fields.Nested(SummaryWindow), metadata={
+        "description": "present when windowSize (" + ", ".join(WINDOW_SIZES)
+                       + ") or groupBy was asked"})
+
+
+class IssuedKey(Schema):
+    """An org and a new API key; the key is shown only this once."""
+
+    name = fields.String(required=True)
+    namespace = fields.String(required=True)
+    apiKey = fields.String(required=True)
+    keyPrefix = fields.String(required=True)
+
+
+class KeyInfo(Schema):
+    """One API key of an org, without its secret."""
+
+    prefix = fields.String(required=True)
+    revoked = fields.Boolean(required=True)
+    createdAt = fields.String(required=True, metadata=_TIME)
+
+
+class KeyList(Schema):
+    """An org's keys, revoked ones included."""
+
+    keys = fields.List(fields.Nested(KeyInfo), required=True)
+    count = fields.Integer(required=True)
+
+
+class Revoked(Schema):
+    """How many keys a revocation revoked."""
+
+    revoked = fields.Integer(required=True)
+
+
+class Health(Schema):
+    """The process is up."""
+
+    status = fields.String(required=True, validate=validate.OneOf(("ok",)))
+
+
+class ErrorDetail(Schema):
+    """One problem of a request that has several."""
+
+    message = fields.String(required=True)
+    param = fields.String()
+
+
+class ErrorBody(Schema):
+    """What went wrong: a message, a stable code and the field at fault."""
+
+    type = fields.String(required=True, validate=validate.OneOf(("api-error",)))
+    message = fields.String(required=True)
+    code = fields.String(metadata={"example": "invalid_request"})
+    param = fields.String(metadata={"example": "events[3].timestamp"})
+    errors = fields.List(fields.Nested(ErrorDetail), metadata={
+        "description": "every problem, when there are several"})
+
+
+class Error(Schema):
+    """The one error envelope of every endpoint."""
+
+    error = fields.Nested(ErrorBody, required=True)

@@ -1,0 +1,146 @@
+"""The OpenAPI document at /openapi.json and its reference page at /docs."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from openapi_spec_validator import validate
+
+from app import create_app
+from app.api.openapi import document_of
+from app.openapi import document
+from app.openapi.document import IMPLICIT_METHODS, UndocumentedRoute, openapi_path
+from tests.support.http import error_of
+
+HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+
+
+@pytest.fixture(scope="module")
+def served(server) -> dict:
+    from tests.support.http import Api
+
+    answer = Api(server.url).get("/openapi.json")
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["Content-Type"] == "application/json"
+    return answer.json()
+
+
+def operations_of(spec: dict) -> set[tuple[str, str]]:
+    return {(path, method.upper()) for path, item in spec["paths"].items()
+            for method in item if method in HTTP_METHODS}
+
+
+def test_the_served_document_is_valid_openapi_3(served):
+    validate(served)
+    assert served["openapi"].startswith("3.")
+
+
+def test_every_route_of_the_app_is_documented_and_nothing_else(app, served):
+    routes = {(openapi_path(rule.rule), method) for rule in app.url_map.iter_rules()
+              if rule.endpoint != "static" for method in rule.methods - IMPLICIT_METHODS}
+    assert routes and operations_of(served) == routes
+
+
+def test_an_app_with_an_undescribed_route_gets_no_document(config):
+    app = create_app(config)
+
+    @app.get("/v1/billing/invoices")
+    def list_invoices():
+        """List invoices."""
+        return {}
+
+    with pytest.raises(UndocumentedRoute, match="list_invoices"):
+        document.build(app)
+
+
+def test_the_document_is_built_from_the_running_configuration(config):
+    spec = document.build(create_app(config.replace(max_batch_events=7)))
+    events = spec["components"]["schemas"]["EventBatch"]["properties"]["events"]
+    assert (events["minItems"], events["maxItems"]) == (1, 7)
+    assert events["items"] == {"$ref": "#/components/schemas/EventIn"}
+
+
+def test_every_operation_says_who_may_call_it(served):
+    for scheme in served["components"]["securitySchemes"].values():
+        assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")  # Authorization: Bearer
+    for path, item in served["paths"].items():
+        for method, operation in item.items():
+            expected = ([{"apiKey": []}] if path.startswith("/v1/billing/")
+                        else [{"adminToken": []}] if path.startswith("/v1/admin/") else [])
+            assert operation["security"] == expected, (method, path)
+            if expected:
+                assert "401" in operation["responses"], (method, path)
+
+
+def test_every_error_answer_is_the_envelope(served):
+    shared = served["components"]["responses"]
+    assert set(shared) == {"BadRequest", "Unauthorized", "NotFound", "Conflict",
+                           "PayloadTooLarge", "Unavailable"}
+    for answer in shared.values():
+        assert answer["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/Error"}
+    error = served["components"]["schemas"]["ErrorBody"]
+    assert error["required"] == ["message", "type"]
+    for item in served["paths"].values():
+        for operation in item.values():
+            for status, answer in operation["responses"].items():
+                if status.startswith(("4", "5")):
+                    assert answer["$ref"].startswith("#/components/responses/")
+            assert "413" in operation["responses"]
+
+
+def test_the_summary_documents_its_repeatable_and_filter_parameters(served):
+    parameters = {p["name"]: p for p in
+                  served["paths"]["/v1/billing/meter-events/summary"]["get"]["parameters"]}
+    assert parameters["meterId"]["required"] is True
+    assert parameters["windowSize"]["schema"]["enum"] == ["hour", "day", "month"]
+    assert parameters["groupBy"]["schema"]["type"] == "array"
+    assert (parameters["groupBy"]["style"], parameters["groupBy"]["explode"]) == ("form", True)
+    assert parameters["filter"]["style"] == "deepObject" and parameters["filter"]["explode"]
+    assert set(parameters) == {"meterId", "userId", "periodStart", "periodEnd", "windowSize",
+                               "timeZone", "groupBy", "filter"}
+
+
+def test_an_answer_the_document_describes_matches_it(api, served):
+    """A hand-made check of one answer; the fuzzing tests check every operation."""
+    meter = api.create_meter(dimensions=["model"])
+    schema = served["components"]["schemas"]["Meter"]
+    assert set(meter) <= set(schema["properties"])
+    assert set(schema["required"]) <= set(meter)
+    missing = api.get("/v1/billing/meters/" + meter["id"] + "x")
+    assert missing.status_code == 404 and error_of(missing)["code"] == "meter_not_found"
+
+
+def test_the_document_needs_no_credentials_and_is_built_once(app, anonymous):
+    first = anonymous.get("/openapi.json")
+    assert first.status_code == 200 and first.json() == anonymous.get("/openapi.json").json()
+    with app.app_context():
+        assert document_of(app) is document_of(app)
+
+
+def test_the_docs_page_shows_every_operation_without_fetching_anything(anonymous, served):
+    page = anonymous.get("/docs")
+    assert page.status_code == 200
+    assert page.headers["Content-Type"].startswith("text/html")
+    html = page.text
+    assert "<script" not in html and not re.search(r"(src|href)=\"(https?:)?//", html)
+    for path, item in served["paths"].items():
+        for operation in item.values():
+            assert f'id="{operation["operationId"]}"' in html
+            assert operation["summary"] in html.replace("&#39;", "'")
+    for name in served["components"]["schemas"]:
+        assert f'id="schema-{name}"' in html
+    assert "filter[NAME]" in html and "repeatable" in html
+
+
+def test_the_docs_page_escapes_what_it_shows():
+    from app.openapi import page
+
+    spec = {"openapi": "3.0.3", "info": {"title": "<b>t</b>", "version": "1",
+                                         "description": "<script>x</script>"},
+            "paths": {}, "components": {"schemas": {}}}
+    html = page.render(spec)
+    assert "<script>x" not in html and "&lt;script&gt;x" in html
+    assert "<b>t</b>" not in html
+

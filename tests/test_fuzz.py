@@ -31,7 +31,7 @@ from schemathesis.specs.openapi.checks import (content_type_conformance,
                                                response_schema_conformance,
                                                status_code_conformance)
 
-from app import api
+from app import api, dashboard
 from app.config import Config
 from app.openapi import document
 from tests.conftest import ADMIN_TOKEN
@@ -54,6 +54,7 @@ def _document() -> dict:
     routes_only = Flask("metering")
     routes_only.config["METERING"] = Config(admin_token=ADMIN_TOKEN)
     api.init_app(routes_only)
+    dashboard.init_app(routes_only)
     return document.build(routes_only)
 
 

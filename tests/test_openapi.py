@@ -37,9 +37,16 @@ def test_the_served_document_is_valid_openapi_3(served):
 
 
 def test_every_route_of_the_app_is_documented_and_nothing_else(app, served):
-    routes = {(openapi_path(rule.rule), method) for rule in app.url_map.iter_rules()
-              if rule.endpoint != "static" for method in rule.methods - IMPLICIT_METHODS}
-    assert routes and operations_of(served) == routes
+    """Static files aside; a view served at `/x` and `/x/` is documented once."""
+    def canonical(path):
+        return path.rstrip("/") or "/"
+
+    routes = {(canonical(openapi_path(rule.rule)), method)
+              for rule in app.url_map.iter_rules() if not rule.endpoint.endswith("static")
+              for method in rule.methods - IMPLICIT_METHODS}
+    documented = {(canonical(path), method) for path, method in operations_of(served)}
+    assert routes and documented == routes
+    assert len(documented) == len(operations_of(served))
 
 
 def test_an_app_with_an_undescribed_route_gets_no_document(config):
@@ -67,7 +74,8 @@ def test_every_operation_says_who_may_call_it(served):
     for path, item in served["paths"].items():
         for method, operation in item.items():
             expected = ([{"apiKey": []}] if path.startswith("/v1/billing/")
-                        else [{"adminToken": []}] if path.startswith("/v1/admin/") else [])
+                        else [{"adminToken": []}] if path.startswith(("/v1/admin/", "/v1/cron/"))
+                        else [])
             assert operation["security"] == expected, (method, path)
             if expected:
                 assert "401" in operation["responses"], (method, path)
@@ -76,7 +84,8 @@ def test_every_operation_says_who_may_call_it(served):
 def test_every_error_answer_is_the_envelope(served):
     shared = served["components"]["responses"]
     assert set(shared) == {"BadRequest", "Unauthorized", "NotFound", "Conflict",
-                           "PayloadTooLarge", "Unavailable"}
+                           "TooManyRequests", "PayloadTooLarge", "Unavailable"}
+    assert "Retry-After" in shared["TooManyRequests"]["headers"]
     for answer in shared.values():
         assert answer["content"]["application/json"]["schema"] == {
             "$ref": "#/components/schemas/Error"}
@@ -88,6 +97,9 @@ def test_every_error_answer_is_the_envelope(served):
                 if status.startswith(("4", "5")):
                     assert answer["$ref"].startswith("#/components/responses/")
             assert "413" in operation["responses"]
+            # The per-org rate limit applies wherever an org key is the caller.
+            assert ("429" in operation["responses"]) == (operation["security"] == [
+                {"apiKey": []}])
 
 
 def test_the_summary_documents_its_repeatable_and_filter_parameters(served):

@@ -38,6 +38,9 @@ USAGE_HEADER = "X-Datastore-Usage"
 _RULE_ARGUMENT = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
 
 
+RETRY_AFTER = "Retry-After"
+
+
 class UndocumentedRoute(LookupError):
     """Raised when the app has a route that `app.openapi.operations` does not describe."""
 
@@ -45,7 +48,13 @@ class UndocumentedRoute(LookupError):
 def build(app) -> dict:
     """The OpenAPI document of `app`, as a JSON-ready dict."""
     spec = _new_spec(app.config["METERING"])
-    rules = [rule for rule in app.url_map.iter_rules() if rule.endpoint != "static"]
+    rules, seen = [], set()
+    for rule in app.url_map.iter_rules():
+        # Static files are no operations; `/x` and `/x/` of one view are one operation.
+        canonical = (rule.endpoint, rule.rule.rstrip("/") or "/")
+        if rule.endpoint.rpartition(".")[2] != "static" and canonical not in seen:
+            seen.add(canonical)
+            rules.append(rule)
     missing = sorted({rule.endpoint for rule in rules} - set(OPERATIONS))
     if missing:
         raise UndocumentedRoute("routes without an entry in app.openapi.operations: "
@@ -93,12 +102,17 @@ def _new_spec(config) -> APISpec:
     spec.components.header(USAGE_HEADER, {
         "description": "The Datastore work the request cost: `rpcs=N; read=N; written=N`.",
         "schema": {"type": "string"}})
+    spec.components.header(RETRY_AFTER, {
+        "description": "Seconds to wait before sending again.", "required": True,
+        "schema": {"type": "string", "pattern": "^[0-9]+$"}})
     spec.components.schema("Error", schema=responses.Error)
-    for name, description in ERROR_STATUSES.values():
+    for status, (name, description) in ERROR_STATUSES.items():
+        headers = {USAGE_HEADER: USAGE_HEADER}
+        if status == 429:
+            headers[RETRY_AFTER] = RETRY_AFTER
         spec.components.response(name, {
             "description": description,
-            "content": {"application/json": {"schema": "Error"}},
-            "headers": {USAGE_HEADER: USAGE_HEADER}})
+            "content": {"application/json": {"schema": "Error"}}, "headers": headers})
     for operation in OPERATIONS.values():
         if isinstance(operation.body, ConfiguredBody):
             spec.components.schema(operation.body.name, schema=operation.body.build(config))

@@ -20,6 +20,7 @@ from marshmallow import Schema
 from app.config import Config
 from app.schemas import responses
 from app.schemas.admin import OrgCreate
+from app.schemas.event_log import EventListQuery
 from app.schemas.events import SummaryQuery, batch_schema, cancel_schema
 from app.schemas.meters import ListQuery, MeterCreate, MeterUpdate
 
@@ -33,6 +34,8 @@ ERROR_STATUSES = {
     401: ("Unauthorized", "The credentials are missing, unknown or revoked."),
     404: ("NotFound", "The addressed resource does not exist for the caller."),
     409: ("Conflict", "The request contradicts stored state; nothing was changed."),
+    429: ("TooManyRequests", "The org is over its request rate limit; retry after the "
+                             "`Retry-After` header's seconds. Nothing was changed."),
     413: ("PayloadTooLarge", "The request body is larger than the configured limit."),
     503: ("Unavailable", "The Datastore is unavailable; retry later."),
 }
@@ -56,7 +59,9 @@ TAGS = {
     "meters": "What an org measures: each meter names its events and how they add up.",
     "meter events": "Usage: recorded exactly once, cancelled for audit, summarized exactly.",
     "admin": "The operator's API: orgs and their API keys.",
-    "health": "Whether the process is up.",
+    "health": "Whether the process is up and its Datastore answers.",
+    "operations": "Periodic work, called by App Engine's cron (or with the admin token).",
+    "dashboard": "The usage dashboard: a page for people, calling the API above.",
     "documentation": "This description of the API.",
 }
 
@@ -131,12 +136,21 @@ _KEY_LINKS = {
                        prefix="$response.body#/keyPrefix"),
 }
 
-_TENANT_ERRORS = (401,)
+_TENANT_ERRORS = (401, 429)
 _ADMIN_ERRORS = (401, 404)
 
 OPERATIONS: dict[str, Operation] = {
     "health.healthz": Operation(
         "health", {200: ("The process is up.", responses.Health)},
+        security=None, datastore=False),
+    "health.readyz": Operation(
+        "health", {200: ("The process is up and its Datastore answers.", responses.Ready)},
+        security=None),
+    "cron.compact": Operation(
+        "operations", {200: ("What the call compacted.", responses.CompactionRun)},
+        errors=(401,), security=ADMIN_TOKEN),
+    "dashboard.page": Operation(
+        "dashboard", {200: ("The dashboard's page.", "text/html")},
         security=None, datastore=False),
     "openapi.openapi_json": Operation(
         "documentation", {200: ("This document.", "application/json")},
@@ -170,6 +184,10 @@ OPERATIONS: dict[str, Operation] = {
         errors=(400, *_TENANT_ERRORS),
         body=ConfiguredBody("CancelBatch",
                             lambda config: cancel_schema(config.max_batch_events))),
+    "event_log.list_events": Operation(
+        "meter events", {200: ("A page of the meter's events, newest first.",
+                               responses.EventPage)},
+        errors=(400, *_TENANT_ERRORS, 404), query=EventListQuery),
     "meter_events.get_summary": Operation(
         "meter events", {200: ("The summary.", responses.Summary)},
         errors=(400, *_TENANT_ERRORS, 404), query=SummaryQuery,

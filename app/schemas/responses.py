@@ -136,6 +136,49 @@ class Health(Schema):
     status = fields.String(required=True, validate=validate.OneOf(("ok",)))
 
 
+class Ready(Schema):
+    """The process is up and its Datastore answers."""
+
+    status = fields.String(required=True, validate=validate.OneOf(("ok",)))
+    datastore = fields.String(required=True, validate=validate.OneOf(("ok",)))
+
+
+class CompactionRun(Schema):
+    """What one bounded compaction call did (GET /v1/cron/compact)."""
+
+    orgs = fields.Integer(required=True, metadata={"description": "orgs visited"})
+    visited = fields.Integer(required=True, metadata={"description": "dirty rollups seen"})
+    compacted = fields.Integer(required=True, metadata={"description": "rollups folded"})
+    complete = fields.Boolean(required=True, metadata={
+        "description": "false when the budget ran out before every org was done"})
+
+
+class ListedEvent(Schema):
+    """One stored event as the event list shows it."""
+
+    id = fields.String(required=True)
+    meterId = fields.String(required=True)
+    userId = fields.String(required=True)
+    value = fields.Integer(required=True)
+    timestamp = fields.String(required=True, metadata=_TIME)
+    idempotency = fields.String(required=True, metadata={"description": "\"\" when none"})
+    dimensions = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
+    metadata = fields.Dict(keys=fields.String(), required=True)
+    status = fields.String(required=True, validate=validate.OneOf(("active", "cancelled")))
+    createdAt = fields.String(required=True, allow_none=True, metadata=_TIME)
+    updatedAt = fields.String(required=True, allow_none=True, metadata=_TIME)
+
+
+class EventPage(Schema):
+    """One page of a meter's events, newest first."""
+
+    events = fields.List(fields.Nested(ListedEvent), required=True)
+    count = fields.Integer(required=True)
+    nextCursor = fields.String(required=True, allow_none=True,
+                               metadata={"description": "pass as `cursor` for the next "
+                                                        "page; null on the last page"})
+
+
 class ErrorDetail(Schema):
     """One problem of a request that has several."""
 

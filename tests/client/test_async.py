@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 import random
 from collections import Counter
 
@@ -14,7 +15,10 @@ from tests.client.fault_proxy import Chaos
 
 
 def _run(coroutine):
-    return asyncio.run(coroutine)
+    """Run in a thread of its own: another test's library (Playwright's sync API) may keep
+    an event loop running in the main thread, where asyncio.run() refuses to start."""
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        return executor.submit(asyncio.run, coroutine).result()
 
 
 def test_async_tasks_record_through_faults_exactly_once(proxy, org):

@@ -23,6 +23,7 @@ from app.config import Config
 from app.datastore import make_client
 from app.emulator import Emulator
 from tests.support.http import Api
+from tests.support.processes import Processes
 from tests.support.server import LiveServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,3 +120,11 @@ def ndb_context(ndb_client):
     """An NDB context in the default namespace, for looking at what is stored."""
     with ndb_client.context() as context:
         yield context
+
+
+@pytest.fixture
+def procs(tmp_path):
+    """Child processes (the CLI, gunicorn) of one test, stopped with their groups after it."""
+    running = Processes(tmp_path)
+    yield running
+    running.cleanup()

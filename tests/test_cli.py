@@ -24,12 +24,6 @@ from tests.support.processes import (Processes, cli_env, curl_example, http_ok, 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def procs(tmp_path):
-    running = Processes(tmp_path)
-    yield running
-    running.cleanup()
-
 
 def _serve(procs: Processes, data_dir: Path, env: dict, name: str):
     """Start `metering serve` on a free port and wait until it answers."""

@@ -15,6 +15,12 @@ from app.schemas.events import WINDOW_SIZES
 _TIME = {"format": "date-time"}
 
 
+def _next_cursor() -> fields.String:
+    return fields.String(required=True, allow_none=True,
+                         metadata={"description": "pass as `cursor` for the next page; null "
+                                                  "on the last page"})
+
+
 class Meter(Schema):
     """A meter as every meter endpoint returns it."""
 
@@ -36,9 +42,7 @@ class MeterPage(Schema):
 
     meters = fields.List(fields.Nested(Meter), required=True)
     count = fields.Integer(required=True)
-    nextCursor = fields.String(required=True, allow_none=True,
-                               metadata={"description": "pass as `cursor` for the next "
-                                                        "page; null on the last page"})
+    nextCursor = _next_cursor()
 
 
 class EventOutcome(Schema):
@@ -174,9 +178,7 @@ class EventPage(Schema):
 
     events = fields.List(fields.Nested(ListedEvent), required=True)
     count = fields.Integer(required=True)
-    nextCursor = fields.String(required=True, allow_none=True,
-                               metadata={"description": "pass as `cursor` for the next "
-                                                        "page; null on the last page"})
+    nextCursor = _next_cursor()
 
 
 class ErrorDetail(Schema):

@@ -15,17 +15,11 @@ from app.emulator import free_port
 from tests.client.test_faults import THREADS, Tally, assert_summaries_match, in_threads
 from tests.conftest import ADMIN_TOKEN
 from tests.support.http import Api
-from tests.support.processes import Processes, cli_env, http_ok, wait_until
+from tests.support.processes import cli_env, http_ok, wait_until
 from tests.client.fault_proxy import FaultProxy
 
 pytestmark = pytest.mark.slow
 
-
-@pytest.fixture
-def procs(tmp_path):
-    running = Processes(tmp_path)
-    yield running
-    running.cleanup()
 
 
 def _serve(procs, port: int, env: dict, name: str):

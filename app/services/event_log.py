@@ -13,7 +13,8 @@ from google.cloud import ndb
 from app.errors import NotFound
 from app.models import Meter, MeterEvent, root_key
 from app.services.events import idempotent_id
-from app.services.meters import _decode_cursor, _page, get_meter
+from app.services import paging
+from app.services.meters import get_meter
 
 
 def _meter(meter_id: str) -> Meter:
@@ -44,5 +45,4 @@ def recent_events(meter_id: str, *, user_id: str | None = None,
     if user_id is not None:
         filters.append(MeterEvent.user_id == user_id)
     query = MeterEvent.query(*filters, ancestor=root_key()).order(-MeterEvent.timestamp)
-    start = _decode_cursor(cursor) if cursor is not None else None
-    return _page(query, limit, start)
+    return paging.page(query, limit, cursor)

@@ -8,14 +8,11 @@ name exactly one commits; the other sees the first and answers 409.
 
 from __future__ import annotations
 
-import base64
-import binascii
-
-from google.api_core.exceptions import BadRequest, InvalidArgument
 from google.cloud import ndb
 
-from app.errors import Conflict, NotFound, ValidationFailed
+from app.errors import Conflict, NotFound
 from app.models import Meter, MeterEvent, root_key
+from app.services import paging
 
 LOCKED_ONCE_USED = ("eventName", "aggregationType", "dimensions", "uniqueBy")
 _FIELDS = {"name": "name", "eventName": "event_name", "aggregationType": "aggregation_type",
@@ -85,37 +82,7 @@ def all_meters() -> list[Meter]:
 
 def list_meters(limit: int, cursor: str | None) -> tuple[list[Meter], str | None]:
     """One page of the org's meters, oldest first, and the cursor of the next page."""
-    start = _decode_cursor(cursor) if cursor is not None else None
-    return _page(Meter.query(ancestor=root_key()), limit, start)
-
-
-def _decode_cursor(cursor: str) -> ndb.Cursor:
-    try:
-        raw = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True)
-    except (binascii.Error, ValueError):
-        raw = b""
-    if not raw:
-        raise ValidationFailed("cursor is not valid", param="cursor")
-    return ndb.Cursor(cursor=raw)
-
-
-def _page(query: ndb.Query, limit: int, start) -> tuple[list, str | None]:
-    """Up to `limit` results and a cursor only when more follow (no empty last page)."""
-    iterator = query.iter(start_cursor=start, limit=limit + 1, produce_cursors=True)
-    page, cursor = [], None
-    try:
-        while iterator.has_next():
-            item = iterator.next()
-            if len(page) == limit:
-                return page, cursor
-            page.append(item)
-            cursor = iterator.cursor_after().urlsafe().decode()
-    except (InvalidArgument, BadRequest):
-        # A cursor that decodes but was not made by this query fails in the Datastore.
-        if start is not None:
-            raise ValidationFailed("cursor is not valid", param="cursor") from None
-        raise
-    return page, None
+    return paging.page(Meter.query(ancestor=root_key()), limit, cursor)
 
 
 def has_events(meter: Meter) -> bool:

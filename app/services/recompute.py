@@ -90,8 +90,9 @@ def settled(meter_id: str, cells: dict[int, Cell], transaction: bytes | None) ->
 def recomputed(stored, meter_key_id: int, meter_id: str, series: Series, day: int,
                slots: set[int], transaction: bytes | None, skip: set[bytes]):
     """The replacement of a rollup with `slots` recomputed from raw events."""
-    cells = (settled(meter_id, rollups.decode(stored)[2], transaction)
-             if stored is not None else {})
+    kept = {slot: cell for slot, cell in rollups.decode(stored)[2].items()
+            if slot not in slots} if stored is not None else {}
+    cells = settled(meter_id, kept, transaction)  # the recomputed slots need no settling
     for slot in slots:
         cell = series_cells(meter_id, series, day, slot, slot + 1, transaction,
                             skip).get(slot, Cell())

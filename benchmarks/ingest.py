@@ -65,6 +65,8 @@ RAW_CASES = {  # case name -> what the raw writer commits
            "ceiling)",
     "raw+rollups": "exactly the service's fast-path commits (events + rollup increments)",
     "raw-ndb": "MeterEvent models through NDB put_multi, 100 per call (the ordinary client)",
+    "raw-datastore": "the same entities through google-cloud-datastore's Client.put_multi, "
+                     "100 per call (Google's plain Datastore client)",
 }
 
 
@@ -77,7 +79,7 @@ def _raw_child(host: str, project: str, total: int, batch: int, threads: int, wa
         from app.models import ids
         from app.services import events as event_service
         from app.services import ingest
-        from google.cloud import ndb
+        from google.cloud import datastore, ndb
 
         from app.models import MeterEvent
         from app.services.windows import Cell
@@ -107,10 +109,25 @@ def _raw_child(host: str, project: str, total: int, batch: int, threads: int, wa
                         idempotency=f"raw-{b}-{i}") for i in range(batch)])
             return batches
 
+        def build_plain(space: str, count: int) -> list[list]:
+            """`count` google-cloud-datastore entities shaped like MeterEvent's."""
+            plain = datastore.Client(project=project, namespace=space)
+            batches = []
+            for model_batch in build_models(space, count):
+                batch_entities = []
+                for model in model_batch:
+                    with client.context(namespace=space):
+                        pb = ndb.model._entity_to_protobuf(model)
+                    batch_entities.append(datastore.helpers.entity_from_protobuf(pb))
+                batches.append((plain, batch_entities))
+            return batches
+
         def build(space: str, count: int) -> list[list]:
             """`count` meter-event inserts in `batch`-entity lists, keyed in `space`."""
             if case == "raw-ndb":
                 return build_models(space, count)
+            if case == "raw-datastore":
+                return build_plain(space, count)
             batches = []
             with client.context(namespace=space):
                 for b in range(count // batch):
@@ -152,6 +169,9 @@ def _raw_child(host: str, project: str, total: int, batch: int, threads: int, wa
                     try:
                         if case == "raw-ndb":
                             ndb.put_multi(mutations, use_cache=False)
+                        elif case == "raw-datastore":
+                            plain, batch_entities = mutations
+                            plain.put_multi(batch_entities)
                         else:
                             rpc.commit(mutations)
                     except Exception as exc:  # noqa: BLE001 -- reported, not hidden
@@ -174,7 +194,8 @@ def _raw_child(host: str, project: str, total: int, batch: int, threads: int, wa
         run_all(iter(batches), namespace)
         wall, cpu = time.perf_counter() - t0, common.self_cpu() - cpu0
         results.put({"entities": len(batches) * batch, "wall": wall, "client_cpu": cpu,
-                     "errors": errors, "mutations": sum(len(m) for m in batches)})
+                     "errors": errors, "mutations": sum(len(m[1]) if isinstance(m, tuple) else len(m)
+                                                   for m in batches)})
     except BaseException as exc:  # noqa: BLE001
         ready.set()
         results.put({"fatal": repr(exc)})
@@ -610,7 +631,7 @@ def _round_rates(results, case) -> dict:
 
 def table(results: list[CaseResult]) -> str:
     head = ("| setting | run | case | events | events/s | × raw | × raw+rollups | × raw-ndb | "
-            "× spread | "
+            "× raw-datastore | × spread | "
             "p50 ms | p95 ms | service CPU µs/event | client CPU µs/event | "
             "emulator CPU µs/event | other load (cores) | reads/event | writes/event | "
             "RPCs/request | failed requests | stored exact |")
@@ -618,16 +639,19 @@ def table(results: list[CaseResult]) -> str:
     raw_of, spread_of = _round_rates(results, "raw"), _round_rates(results, "spread")
     rollups_of = _round_rates(results, "raw+rollups")
     ndb_of = _round_rates(results, "raw-ndb")
+    plain_of = _round_rates(results, "raw-datastore")
     for r in results:
         def ratio(of, key=None):
             key = r.run if key is None else key
             return f"{r.rate / of[key]:.2f}" if key in of and not r.profiled else ""
         if r.case.startswith("raw"):
             name = {"raw": "raw: event inserts", "raw+rollups": "raw+rollups: the service's "
-                    "commits", "raw-ndb": "raw-ndb: NDB put_multi"}[r.case]
+                    "commits", "raw-ndb": "raw-ndb: NDB put_multi",
+                    "raw-datastore": "raw-datastore: Client.put_multi"}[r.case]
             rows.append(
                 f"| {r.config} | {r.run} | {name}, 8 threads | {r.events} | {r.rate:,.0f} | "
-                f"{ratio(raw_of)} | {ratio(rollups_of)} | {ratio(ndb_of)} | | | | — | "
+                f"{ratio(raw_of)} | {ratio(rollups_of)} | {ratio(ndb_of)} | "
+                f"{ratio(plain_of)} | | | | — | "
                 f"{r.client_cpu_us:.0f} (writer) | {r.emulator_cpu_us:.0f} | "
                 f"{r.other_cores:.2f} | 0 | {r.writes_per_event:.3f} | 1 | "
                 f"{r.failed_requests} | {'yes' if r.stored_ok else 'NO'} |")
@@ -636,7 +660,8 @@ def table(results: list[CaseResult]) -> str:
         name = r.case + (" (under py-spy)" if r.profiled else "")
         rows.append(
             f"| {r.config} | {r.run or '—'} | {name} | {r.events} | {r.rate:,.0f} | "
-            f"{ratio(raw_of)} | {ratio(rollups_of)} | {ratio(ndb_of)} | {x_spread} | "
+            f"{ratio(raw_of)} | {ratio(rollups_of)} | {ratio(ndb_of)} | {ratio(plain_of)} | "
+            f"{x_spread} | "
             f"{r.p50_ms:.0f} | "
             f"{r.p95_ms:.0f} | {r.service_cpu_us:.0f} | {r.client_cpu_us:.0f} | "
             f"{r.emulator_cpu_us:.0f} | {r.other_cores:.2f} | {r.reads_per_event:.3f} | "
@@ -660,7 +685,8 @@ def bars(results: list[CaseResult]) -> list[tuple[str, bool, str]]:
         service = [r for r in mine if not r.case.startswith("raw")]
         hot = [r for r in mine if r.case == "hot"]
         for case, what in (("raw", "raw emulator (hand-built protobuf commits)"),
-                           ("raw-ndb", "raw write rate through NDB put_multi")):
+                           ("raw-ndb", "raw write rate through NDB put_multi"),
+                           ("raw-datastore", "raw write rate through google-cloud-datastore")):
             of = _round_rates(measured, case)
             ratios = [r.rate / of[r.run] for r in mine if r.case == "spread" and r.run in of]
             if ratios:

@@ -30,6 +30,8 @@ def test_aggregation_and_currency_are_lower_cased(api):
     ({"name": "x"}, "eventName"),
     ({"name": "x", "eventName": "x", "aggregationType": "median"}, "aggregationType"),
     ({"name": "x", "eventName": "has space"}, "eventName"),
+    ({"name": "x", "eventName": "ends_in_newline\n"}, "eventName"),
+    ({"name": "x", "eventName": "x", "dimensions": ["model\n"]}, "dimensions[0]"),
     ({"name": "x", "eventName": "x", "currency": "dollars"}, "currency"),
     ({"name": "x", "eventName": "x", "dimensions": ["a", "a"]}, "dimensions"),
     ({"name": "x", "eventName": "x", "dimensions": "model"}, "dimensions"),

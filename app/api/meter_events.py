@@ -3,10 +3,12 @@
 from flask import Blueprint, current_app
 
 from app import tenancy
-from app.api.requests import body, summary_query
+from app.api.requests import body, json_body, summary_query
 from app.errors import NotFound
 from app.models import utcnow
+from app.schemas import load
 from app.schemas.events import batch_schema, cancel_schema, summary_json
+from app.schemas.quick_events import load_batch
 from app.services import cancel, events, meters, summary
 
 blueprint = Blueprint("meter_events", __name__, url_prefix="/v1/billing/meter-events")
@@ -17,7 +19,9 @@ blueprint.before_request(tenancy.require_org)
 def record_events():
     """Record a batch of usage events, exactly once per idempotency key."""
     config = current_app.config["METERING"]
-    batch = body(batch_schema(config.max_batch_events))
+    data = json_body()
+    batch = (load_batch(data, config.max_batch_events)
+             or load(batch_schema(config.max_batch_events), data))
     outcomes = events.record_events(batch["events"], config)
     return {"events": [{"id": o.id, "status": o.status} for o in outcomes],
             "count": len(outcomes)}, 201

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from app.schemas import format_time
@@ -77,11 +79,13 @@ def _events_of(item: type[Schema], max_events: int) -> Schema:
     return Batch()
 
 
+@functools.lru_cache(maxsize=8)
 def cancel_schema(max_events: int) -> Schema:
     """Body of POST /v1/billing/meter-events/cancel."""
     return _events_of(CancelTarget, max_events)
 
 
+@functools.lru_cache(maxsize=8)  # a schema class per request cost more than a 1-event load
 def batch_schema(max_events: int) -> Schema:
     """Body of POST /v1/billing/meter-events, for the configured batch limit."""
     return _events_of(EventIn, max_events)

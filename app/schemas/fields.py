@@ -12,7 +12,7 @@ from marshmallow import ValidationError, fields, validate
 
 OUT_OF_RANGE = "is outside the years 1 to 9999 in UTC"
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
-IDENTIFIER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]*$")
+IDENTIFIER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]*\Z")  # \Z: no final newline
 
 
 class Int64(fields.Integer):

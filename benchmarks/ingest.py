@@ -149,8 +149,7 @@ def _raw_child(host: str, project: str, total: int, batch: int, threads: int, wa
                         for user, cell in cells.items():
                             series = rollups.series_of(user, {})
                             mutations.append(rollups.increments(
-                                rollups.key(4242, series, day), meter_id, series, day,
-                                {slot: cell}, "sum"))
+                                4242, meter_id, series, day, {slot: cell}, "sum"))
                     batches.append(mutations)
             return batches
 

@@ -55,3 +55,34 @@ def test_raw_written_events_read_back_through_ndb(org_context):
     assert (event.meter_id, event.user_id, event.value, event.timestamp, event.idempotency,
             event.dimensions, event.metadata, event.deleted, event.created_at) == (
         "m", "u", 9, now, "i", {"a": "b"}, {}, False, now)
+
+
+def test_events_built_in_place_from_one_template_equal_ndb_models(org_context):
+    """The ingest path fills each event of a batch from one shared template inside its
+    Mutation; every one must still equal its NDB model, nothing left from the last."""
+    from app.storage import rpc
+
+    now = datetime(2026, 11, 27, 12, 30, 15, 123456, tzinfo=timezone.utc)
+    template = entities.event_template(now)
+    request = rpc.new_commit()
+    cases = [(11, "u-1", 5, {"model": "a"}, {"trace": [1]}, "k-1"),
+             (12, "u-2", -7, {}, {}, ""),
+             (13, "ü", 1 << 40, {"region": "eu", "model": "b"}, {}, "k-3")]
+    for key_id, user, value, dimensions, metadata, idempotency in cases:
+        key = ndb.Key(MeterEvent.KIND, key_id, parent=root_key())
+        stamp = datetime(2026, 11, 27, 12, key_id, tzinfo=timezone.utc)
+        entities.fill_event(request.mutations.add().insert, template, key_id=key_id,
+                            public_id=ids.encode_key(key), meter_id="meter-x", user_id=user,
+                            value=value, timestamp=stamp, idempotency=idempotency,
+                            dimensions=dimensions, metadata=metadata)
+        model = MeterEvent(key=key, meter_id="meter-x", user_id=user, value=value,
+                           timestamp=stamp, idempotency=idempotency, dimensions=dimensions,
+                           metadata=metadata, created_at=now, updated_at=now)
+        model.id_ = ids.encode_key(key)
+        expected = ndb_model._entity_to_protobuf(model)
+        assert type(expected).pb(expected) == request.mutations[-1].insert
+    rpc.send_commit(request)
+    stored = ndb.get_multi([ndb.Key(MeterEvent.KIND, k, parent=root_key()) for k, *_ in cases],
+                           use_cache=False)
+    assert [(e.user_id, e.value, e.dimensions) for e in stored] == [
+        (user, value, dimensions) for _, user, value, dimensions, _, _ in cases]

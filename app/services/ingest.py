@@ -122,18 +122,17 @@ def _same_draft(a: Draft, b: Draft) -> bool:
         not b.timestamp_given or a.timestamp == b.timestamp)
 
 
-def _event_mutations(drafts, plan, indexes, code, now) -> list:
-    mutations = []
+def _add_events(into, drafts, plan, indexes, code, now) -> None:
+    """Insert mutations of the drafts at `indexes`, built in place in `into`."""
+    template = entities.event_template(now)
     for index in indexes:
         draft = drafts[index]
         key_id = plan.key_ids[index]
-        entity = entities.event_entity(
-            key_pb=entities.key("meter-event", key_id), public_id=_public_id(key_id, code),
+        entities.fill_event(
+            into.add().insert, template, key_id=key_id, public_id=_public_id(key_id, code),
             meter_id=draft.meter.id_, user_id=draft.user_id, value=draft.value,
             timestamp=draft.timestamp, idempotency=draft.idempotency,
-            dimensions=draft.dimensions, metadata=draft.metadata, now=now)
-        mutations.append(rpc.Mutation(insert=entity))
-    return mutations
+            dimensions=draft.dimensions, metadata=draft.metadata)
 
 
 def rank(timestamp: datetime, created: datetime, key_id: int) -> tuple:
@@ -167,29 +166,27 @@ def _needs_merge(draft: Draft) -> bool:
         abs(draft.value) >= LARGE_VALUE and rollups.adds_values(draft.meter.aggregation_type))
 
 
-def _rollup_mutations(grouped, stored: dict, merge_meters: set) -> list:
+def _add_rollups(into, grouped, stored: dict, merge_meters: set) -> None:
     """Increments where the server can add; merged replacements where we read first."""
-    mutations = []
     for (meter_key_id, meter_id, aggregation, series, day), cells in grouped.items():
+        if meter_key_id not in merge_meters:
+            rollups.increments(meter_key_id, meter_id, series, day, cells, aggregation,
+                               mutation=into.add())
+            continue
         key_pb = rollups.key(meter_key_id, series, day)
         found = stored.get(key_pb.SerializeToString())
-        if meter_key_id not in merge_meters:
-            mutations.append(rollups.increments(key_pb, meter_id, series, day, cells,
-                                                aggregation))
-            continue
         merged = rollups.decode(found)[2] if found is not None else {}
         for slot, cell in cells.items():
             merged.setdefault(slot, Cell()).merge(cell)
-        mutations.append(rollups.replacement(key_pb, meter_id, series, day, merged))
-    return mutations
+        into.append(rollups.replacement(key_pb, meter_id, series, day, merged))
 
 
 def _fast_path(drafts, plan, code, now) -> list[Outcome] | None:
-    grouped = _cells(drafts, plan, plan.creates, now)
-    mutations = _event_mutations(drafts, plan, plan.creates, code, now)
-    mutations += _rollup_mutations(grouped, {}, set())
+    request = rpc.new_commit()
+    _add_events(request.mutations, drafts, plan, plan.creates, code, now)
+    _add_rollups(request.mutations, _cells(drafts, plan, plan.creates, now), {}, set())
     try:
-        rpc.commit(mutations)
+        rpc.send_commit(request)
     except core_exceptions.AlreadyExists:
         return None
     _in_batch_outcomes(drafts, plan, code)
@@ -218,9 +215,11 @@ def _careful_attempt(drafts, plan, code, now) -> list[Outcome] | None:
         _resolve_existing(drafts, plan, event_keys, stored, code)
         creates = [i for i in plan.creates if i not in plan.outcomes]
         _in_batch_outcomes(drafts, plan, code, stored)
-        mutations = _event_mutations(drafts, plan, creates, code, now)
-        mutations += _rollup_mutations(_cells(drafts, plan, creates, now), stored, merge_meters)
-        rpc.commit(mutations, transaction)
+        request = rpc.new_commit(transaction)
+        _add_events(request.mutations, drafts, plan, creates, code, now)
+        _add_rollups(request.mutations, _cells(drafts, plan, creates, now), stored,
+                     merge_meters)
+        rpc.send_commit(request)
     plan.creates = creates
     return _finish(drafts, plan, code)
 

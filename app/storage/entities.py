@@ -31,24 +31,45 @@ def from_micros(value: int) -> datetime:
     return _EPOCH + timedelta(microseconds=value)
 
 
+_KEY_TEMPLATES: dict[tuple, object] = {}
+
+
+def _key_template(kind: str, namespace: str | None):
+    """The key `synckey/1/kind/<unset>` of the current client and namespace, built once."""
+    context = ndb.get_context()
+    client = context.client
+    ns = context.get_namespace() if namespace is None else namespace
+    cache_key = (client.project, client.database, ns, kind)
+    template = _KEY_TEMPLATES.get(cache_key)
+    if template is None:
+        template = Key()
+        template.partition_id.project_id = client.project
+        if client.database:
+            template.partition_id.database_id = client.database
+        if ns:
+            template.partition_id.namespace_id = ns
+        root = template.path.add()
+        root.kind, root.id = ROOT_KIND, ROOT_ID
+        template.path.add().kind = kind
+        if len(_KEY_TEMPLATES) > 4096:  # one per org and kind: bounded in practice anyway
+            _KEY_TEMPLATES.clear()
+        _KEY_TEMPLATES[cache_key] = template
+    return template
+
+
+def fill_key(target, kind: str, ident: int | str, namespace: str | None = None) -> None:
+    """Make the Key message `target` the key `synckey/1/kind/ident` (see `key`)."""
+    target.CopyFrom(_key_template(kind, namespace))
+    if isinstance(ident, int):
+        target.path[1].id = ident
+    else:
+        target.path[1].name = ident
+
+
 def key(kind: str, ident: int | str, namespace: str | None = None):
     """A key under the org root `synckey/1` in the current (or given) namespace."""
-    context = ndb.get_context()
     pb = Key()
-    pb.partition_id.project_id = context.client.project
-    if context.client.database:
-        pb.partition_id.database_id = context.client.database
-    ns = context.get_namespace() if namespace is None else namespace
-    if ns:
-        pb.partition_id.namespace_id = ns
-    root = pb.path.add()
-    root.kind, root.id = ROOT_KIND, ROOT_ID
-    leaf = pb.path.add()
-    leaf.kind = kind
-    if isinstance(ident, int):
-        leaf.id = ident
-    else:
-        leaf.name = ident
+    fill_key(pb, kind, ident, namespace)
     return pb
 
 
@@ -105,21 +126,48 @@ def read_shadow(entity, name: str, empty):
     return decoded if decoded is not None else empty()
 
 
+def event_template(now: datetime, *, created_at: datetime | None = None,
+                   deleted: bool = False):
+    """What every `meter-event` written at `now` shares: its key's path up to the kind,
+    CreatedAt, UpdatedAt and Deleted. `fill_event` copies it, then sets the rest."""
+    entity = Entity()
+    entity.key.CopyFrom(_key_template("meter-event", None))
+    set_time(entity, "CreatedAt", created_at or now)
+    set_time(entity, "UpdatedAt", now)
+    set_bool(entity, "Deleted", deleted)
+    return entity
+
+
+def fill_event(entity, template, *, key_id: int, public_id: str, meter_id: str,
+               user_id: str, value: int, timestamp: datetime, idempotency: str,
+               dimensions: dict, metadata: dict) -> None:
+    """Make the Entity message `entity` a `meter-event`, property for property as NDB
+    stores it; built in place (inside a Mutation) so nothing is copied afterwards."""
+    entity.CopyFrom(template)
+    entity.key.path[1].id = key_id
+    props = entity.properties
+    props["Id_"].string_value = public_id
+    props["MeterId"].string_value = meter_id
+    props["UserId"].string_value = user_id
+    props["Value"].integer_value = value
+    set_time_value(props["Timestamp"], timestamp)
+    props["Idempotency"].string_value = idempotency
+    shadow = props["Dimensions_"]
+    shadow.string_value = shadow_json(dimensions)
+    shadow.exclude_from_indexes = True
+    shadow = props["Metadata_"]
+    shadow.string_value = shadow_json(metadata)
+    shadow.exclude_from_indexes = True
+
+
 def event_entity(*, key_pb, public_id: str, meter_id: str, user_id: str, value: int,
                  timestamp: datetime, idempotency: str, dimensions: dict, metadata: dict,
                  now: datetime, deleted: bool = False, created_at: datetime | None = None):
     """A `meter-event` entity protobuf, property for property as NDB stores it."""
     entity = Entity()
+    fill_event(entity, event_template(now, created_at=created_at, deleted=deleted),
+               key_id=key_pb.path[-1].id, public_id=public_id, meter_id=meter_id,
+               user_id=user_id, value=value, timestamp=timestamp, idempotency=idempotency,
+               dimensions=dimensions, metadata=metadata)
     entity.key.CopyFrom(key_pb)
-    set_string(entity, "Id_", public_id)
-    set_time(entity, "CreatedAt", created_at or now)
-    set_time(entity, "UpdatedAt", now)
-    set_bool(entity, "Deleted", deleted)
-    set_string(entity, "MeterId", meter_id)
-    set_string(entity, "UserId", user_id)
-    set_int(entity, "Value", value)
-    set_time(entity, "Timestamp", timestamp)
-    set_string(entity, "Idempotency", idempotency)
-    set_string(entity, "Dimensions_", shadow_json(dimensions), indexed=False)
-    set_string(entity, "Metadata_", shadow_json(metadata), indexed=False)
     return entity

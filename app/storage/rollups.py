@@ -34,6 +34,7 @@ Two ways to write them:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from datetime import datetime, timedelta
@@ -55,6 +56,7 @@ def slot_start(day: int, slot: int) -> datetime:
     return EPOCH + timedelta(days=day, minutes=15 * slot)
 
 
+@functools.lru_cache(maxsize=65536)  # a batch's series recur across batches (hot users)
 def series_json(series: Series) -> str:
     return json.dumps({"u": series.user_id, "d": dict(series.dimensions)},
                       separators=(",", ":"), sort_keys=True)
@@ -64,10 +66,19 @@ def series_of(user_id: str, dimensions: dict) -> Series:
     return Series(user_id, tuple(sorted(dimensions.items())))
 
 
+@functools.lru_cache(maxsize=65536)
+def _digest(series: Series) -> str:
+    return hashlib.sha256(series_json(series).encode("utf-8")).hexdigest()[:20]
+
+
+def key_name(meter_key_id: int, series: Series, day: int) -> str:
+    """The series hash first, so writes spread over the key range."""
+    return f"{_digest(series)}.{meter_key_id}.{day}"
+
+
 def key(meter_key_id: int, series: Series, day: int, namespace: str | None = None):
-    """The rollup's key: the series hash first, so writes spread over the key range."""
-    digest = hashlib.sha256(series_json(series).encode("utf-8")).hexdigest()[:20]
-    return entities.key(KIND, f"{digest}.{meter_key_id}.{day}", namespace)
+    """The rollup's key."""
+    return entities.key(KIND, key_name(meter_key_id, series, day), namespace)
 
 
 def _static(entity, meter_id: str, series: Series, day: int, dirty: bool) -> None:
@@ -88,12 +99,14 @@ def adds_values(aggregation: str) -> bool:
     return "S" in _DELTAS[aggregation]
 
 
-def increments(key_pb, meter_id: str, series: Series, day: int, cells: dict[int, Cell],
-               aggregation: str):
-    """A blind upsert adding `cells` (slot -> Cell) to the stored rollup's deltas."""
-    mutation = rpc.Mutation()
+def increments(meter_key_id: int, meter_id: str, series: Series, day: int,
+               cells: dict[int, Cell], aggregation: str, mutation=None):
+    """A blind upsert adding `cells` (slot -> Cell) to the stored rollup's deltas; built
+    in `mutation` (say, a new one of a CommitRequest's) when given, else in a new one."""
+    if mutation is None:
+        mutation = rpc.Mutation()
     _static(mutation.upsert, meter_id, series, day, dirty=True)
-    mutation.upsert.key.CopyFrom(key_pb)
+    entities.fill_key(mutation.upsert.key, KIND, key_name(meter_key_id, series, day))
     mutation.property_mask.paths.extend(_STATIC)
     wanted = _DELTAS[aggregation]
     transforms = mutation.property_transforms

@@ -83,15 +83,27 @@ def transaction():
         raise
 
 
-def commit(mutations: list, transaction: bytes | None = None):
-    """Commit mutations atomically: in `transaction`, or in a single-use transaction."""
+def new_commit(transaction: bytes | None = None):
+    """An empty CommitRequest: in `transaction`, or in a single-use transaction. Adding
+    mutations with `request.mutations.add()` builds them in place (no copy)."""
     request = CommitRequest(mode=CommitRequest.TRANSACTIONAL)
     if transaction is not None:
         request.transaction = transaction
     else:
         request.single_use_transaction.read_write.SetInParent()
-    request.mutations.extend(mutations)
+    return request
+
+
+def send_commit(request):
+    """Commit a request from `new_commit` atomically."""
     return _call("commit", request)
+
+
+def commit(mutations: list, transaction: bytes | None = None):
+    """Commit mutations atomically: in `transaction`, or in a single-use transaction."""
+    request = new_commit(transaction)
+    request.mutations.extend(mutations)
+    return send_commit(request)
 
 
 def lookup(keys: list, transaction: bytes | None = None) -> dict[bytes, object]:

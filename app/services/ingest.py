@@ -205,10 +205,8 @@ def _careful_attempt(drafts, plan, code, now) -> list[Outcome] | None:
     with rpc.transaction() as transaction:
         event_keys = [entities.key("meter-event", plan.key_ids[i]) for i in plan.creates]
         merge_meters = {d.meter_key_id for d in drafts if _needs_merge(d)}
-        candidate = _cells(drafts, plan, plan.creates, now)
-        rollup_keys = [rollups.key(m, s, d) for (m, _, _, s, d) in candidate
-                       if m in merge_meters]
-        stored = rpc.lookup(event_keys + rollup_keys, transaction)
+        stored = rpc.lookup(event_keys + _merged_rollup_keys(drafts, plan.creates, merge_meters),
+                            transaction)
         if _redraw_collisions(drafts, plan, event_keys, stored):
             rpc.rollback(transaction)
             return None
@@ -222,6 +220,14 @@ def _careful_attempt(drafts, plan, code, now) -> list[Outcome] | None:
         rpc.send_commit(request)
     plan.creates = creates
     return _finish(drafts, plan, code)
+
+
+def _merged_rollup_keys(drafts, indexes, merge_meters) -> list:
+    """Keys of the rollups these drafts change that must be read and merged by hand."""
+    wanted = {(drafts[i].meter_key_id, rollups.series_of(drafts[i].user_id, drafts[i].dimensions),
+               rollups.day_and_slot(drafts[i].timestamp)[0])
+              for i in indexes if drafts[i].meter_key_id in merge_meters}
+    return [rollups.key(meter_key_id, series, day) for meter_key_id, series, day in wanted]
 
 
 def _redraw_collisions(drafts, plan, event_keys, stored) -> bool:

@@ -295,7 +295,13 @@ def _ensure_demo_org(url: str, data_dir: Path | None) -> None:
               help="Where the embedded emulator keeps its data across restarts.")
 @click.option("--workers", default=2, show_default=True, type=int)
 @click.option("--threads", default=8, show_default=True, type=int)
-def serve(host, port, data_dir, workers, threads):
+@click.option("--emulator", "emulator_kind", type=click.Choice(["legacy", "firestore"]),
+              default="legacy", show_default=True,
+              help="Which of Google's emulators to embed: legacy keeps its data in "
+                   "--data-dir; firestore (Datastore mode, like today's Cloud Datastore: "
+                   "server-side transforms, so ingestion takes its fast path) keeps it in "
+                   "memory only.")
+def serve(host, port, data_dir, workers, threads, emulator_kind):
     """Run the HTTP service (with its own emulator when no Datastore is configured)."""
     # SIGTERM ends us like Ctrl-C does, so the embedded emulator is stopped; gunicorn
     # installs its own handlers later, which exit the same way.
@@ -303,7 +309,7 @@ def serve(host, port, data_dir, workers, threads):
     with contextlib.ExitStack() as stack:
         embedded = not _datastore_configured()
         if embedded:
-            stack.enter_context(_embedded_emulator(data_dir.resolve()))
+            stack.enter_context(_embedded_emulator(data_dir.resolve(), emulator_kind))
         url = _base_url(host, port)
         _ensure_demo_org(url, data_dir if embedded else None)
         click.echo(f"Serving on {url}", err=True)
@@ -318,8 +324,9 @@ def _base_url(host: str, port: int) -> str:
 
 
 @contextlib.contextmanager
-def _embedded_emulator(data_dir: Path):
-    """Google's legacy emulator, data in data_dir, for as long as `serve` runs.
+def _embedded_emulator(data_dir: Path, kind: str = "legacy"):
+    """Google's emulator of that kind, for as long as `serve` runs: the legacy one keeps
+    its data in data_dir; both leave their address there for the other commands.
 
     Gunicorn workers are forks of this process and unwind through here when they
     exit; only the process that started the emulator removes its address file.
@@ -327,15 +334,17 @@ def _embedded_emulator(data_dir: Path):
     if _recorded_host(data_dir):
         raise click.ClickException(f"another `metering serve` is using {data_dir}")
     data_dir.mkdir(parents=True, exist_ok=True)
-    emulator = Emulator("legacy", data_dir=data_dir / "datastore",
+    emulator = Emulator(kind, data_dir=data_dir / "datastore" if kind == "legacy" else None,
                         log_path=str(data_dir / "emulator.log"))
     owner = os.getpid()
     try:
         _start(emulator)
         os.environ["DATASTORE_EMULATOR_HOST"] = emulator.host
         (data_dir / ADDRESS_FILE).write_text(emulator.host)
-        click.echo(f"Started Google's Datastore emulator at {emulator.host} "
-                   f"(data in {data_dir / 'datastore'})", err=True)
+        where = (f"data in {data_dir / 'datastore'}" if kind == "legacy"
+                 else "Firestore in Datastore mode, data in memory only")
+        click.echo(f"Started Google's Datastore emulator at {emulator.host} ({where})",
+                   err=True)
         yield emulator
     finally:
         if os.getpid() == owner:

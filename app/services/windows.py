@@ -35,7 +35,7 @@ WINDOW_SIZES = (None, "hour", "day", "month")
 _MICROSECOND = timedelta(microseconds=1)
 
 
-@dataclass
+@dataclass(slots=True)
 class Cell:
     """Mergeable statistics of some events; merge is exact, associative and commutative.
 

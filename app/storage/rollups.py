@@ -43,6 +43,7 @@ from app.storage import entities, rpc
 from app.services.windows import EPOCH, Cell, Series
 
 KIND = "meter-rollup"
+SLOTS_PER_DAY = 96  # quarter hours
 _STATIC = ("MeterId", "UserId", "Day", "Series_", "Dirty")
 
 

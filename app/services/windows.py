@@ -347,6 +347,7 @@ def summarize_cells(request: SummaryRequest,
     buckets: dict[tuple[int, tuple], _Bucket] = {}
     window_of: dict[datetime, int] = {}  # slots repeat across series and days
     last_series, profile = None, None
+    window_at, bucket_at = window_of.get, buckets.get  # this loop runs once per cell
     for series, slot, cell in cells:
         if series is not last_series:  # a rollup's cells come together: skip the lookups
             last_series = series
@@ -355,14 +356,16 @@ def summarize_cells(request: SummaryRequest,
                 profile = profiles[series] = _profile(request, series)
         if profile is None or cell.count == 0:
             continue
-        index = window_of.get(slot)
+        index = window_at(slot)
         if index is None:
             index = window_of[slot] = _window_index(starts, first_slot, end, slot)
         key = (index, profile[0])
-        bucket = buckets.get(key)
+        bucket = bucket_at(key)
         if bucket is None:
             bucket = buckets[key] = _Bucket()
-        bucket.add(cell, profile[1])
+        bucket.cell.merge(cell)
+        if profile[1] is not None:
+            bucket.uniques.add(profile[1])
     for bucket in buckets.values():
         if bucket.cell.pending_ts is not None:
             if latest is None:

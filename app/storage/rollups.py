@@ -144,9 +144,11 @@ def _pack(cells: dict[int, Cell]) -> str:
 def _unpack(text: str) -> dict[int, Cell]:
     cells = {}
     for slot, fields in json.loads(text or "{}").items():
-        count, total, low, high = fields[:4]
-        rank, last = (tuple(fields[4]), fields[5]) if len(fields) > 4 else (None, None)
-        cells[int(slot)] = Cell(count, total, low, high, rank, last)
+        if len(fields) == 4:  # every meter but `last` (this runs once per cell read)
+            cells[int(slot)] = Cell(fields[0], fields[1], fields[2], fields[3])
+        else:
+            cells[int(slot)] = Cell(fields[0], fields[1], fields[2], fields[3],
+                                    tuple(fields[4]), fields[5])
     return cells
 
 

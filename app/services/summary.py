@@ -52,20 +52,29 @@ def _raw_cells(meter: Meter, user_id, start: datetime, end: datetime):
             yield recompute.event_series(event), slot_of(moment), recompute.event_cell(event)
 
 
+_SLOT_NUMBERS = {str(q): q for q in range(rollups.SLOTS_PER_DAY)}  # `Slots_` keys
+
+
 def _rollup_cells(meter: Meter, user_id, start: datetime, end: datetime):
+    """(series, slot start, cell) of the rollups' slots inside [start, end): compacted
+    slots as their packed lists, deltas as Cells (`summarize_cells` takes both)."""
     first_day = rollups.day_and_slot(start)[0]
     last_day = rollups.day_and_slot(end - timedelta(microseconds=1))[0]
     slot_starts: dict[int, list[datetime]] = {}  # day -> its 96 slot starts, made once
     for entity in queries.rollups(meter.id_, user_id, first_day, last_day):
-        series, day, cells = rollups.decode(entity)
+        series, day, base, deltas = rollups.decode_parts(entity)
         moments = slot_starts.get(day)
         if moments is None:
             moments = slot_starts[day] = [rollups.slot_start(day, q)
                                           for q in range(rollups.SLOTS_PER_DAY)]
         whole_day = start <= moments[0] and moments[-1] + SLOT <= end
-        for slot, cell in cells.items():
-            moment = moments[slot]
+        for slot, fields in base.items():
+            moment = moments[_SLOT_NUMBERS[slot]]
             if whole_day or start <= moment < end:
+                yield series, moment, fields
+        for slot, cell in deltas.items():
+            moment = moments[slot]
+            if start <= moment < end:
                 yield series, moment, cell
 
 

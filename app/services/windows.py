@@ -74,6 +74,19 @@ class Cell:
                     self.pending_at = set(self.pending_at)
                 self.pending_at.update(other.pending_at)
 
+    def merge_packed(self, fields: list) -> None:
+        """`merge` of a rollup slot as `Slots_` packs it (see `rollups.packed_cell`),
+        without making a Cell of it: a summary does this once per slot it reads."""
+        self.count += fields[0]
+        self.sum += fields[1]
+        low, high = fields[2], fields[3]  # None where the meter keeps no min or max
+        if low is not None and (self.min is None or low < self.min):
+            self.min = low
+        if high is not None and (self.max is None or high > self.max):
+            self.max = high
+        if len(fields) > 4:
+            self.merge_last(tuple(fields[4]), fields[5])
+
     def merge_last(self, rank: tuple, value: int) -> None:
         """Keep the later of the cell's latest event and this one.
 
@@ -328,11 +341,12 @@ def _windows(request: SummaryRequest, bounds, buckets: dict) -> list[Window]:
 
 
 def summarize_cells(request: SummaryRequest,
-                    cells: Iterable[tuple[Series, datetime, Cell]],
+                    cells: Iterable[tuple[Series, datetime, Cell | list]],
                     latest: Callable[[frozenset[Series], int], Cell | None] | None = None
                     ) -> SummaryResult:
     """The summary of the period from its cells, given as (series, slot_start_utc, cell).
 
+    A cell is a Cell or a compacted rollup slot's packed list (`Cell.merge_packed`).
     One (series, slot) may come several times (shards, raw edge events as single-event
     cells); cells merge exactly, so every copy simply adds in. Cells without events are
     ignored, so a series with no events never counts towards unique_count or a group.
@@ -346,24 +360,30 @@ def summarize_cells(request: SummaryRequest,
     profiles: dict[Series, tuple | None] = {}
     buckets: dict[tuple[int, tuple], _Bucket] = {}
     window_of: dict[datetime, int] = {}  # slots repeat across series and days
-    last_series, profile = None, None
+    last_series, profile, last_key, bucket = None, None, None, None
     window_at, bucket_at = window_of.get, buckets.get  # this loop runs once per cell
     for series, slot, cell in cells:
         if series is not last_series:  # a rollup's cells come together: skip the lookups
-            last_series = series
+            last_series, last_key = series, None
             profile = profiles.get(series, _UNSEEN)
             if profile is _UNSEEN:
                 profile = profiles[series] = _profile(request, series)
-        if profile is None or cell.count == 0:
+        packed = cell.__class__ is list  # a compacted slot, as the rollup packs it
+        if profile is None or (cell[0] if packed else cell.count) == 0:
             continue
         index = window_at(slot)
         if index is None:
             index = window_of[slot] = _window_index(starts, first_slot, end, slot)
-        key = (index, profile[0])
-        bucket = bucket_at(key)
-        if bucket is None:
-            bucket = buckets[key] = _Bucket()
-        bucket.cell.merge(cell)
+        if index != last_key:  # the next slots of a series mostly share its window
+            last_key = index
+            key = (index, profile[0])
+            bucket = bucket_at(key)
+            if bucket is None:
+                bucket = buckets[key] = _Bucket()
+        if packed:
+            bucket.cell.merge_packed(cell)
+        else:
+            bucket.cell.merge(cell)
         if profile[1] is not None:
             bucket.uniques.add(profile[1])
     for bucket in buckets.values():

@@ -141,15 +141,11 @@ def _pack(cells: dict[int, Cell]) -> str:
     return json.dumps(packed, separators=(",", ":"))
 
 
-def _unpack(text: str) -> dict[int, Cell]:
-    cells = {}
-    for slot, fields in json.loads(text or "{}").items():
-        if len(fields) == 4:  # every meter but `last` (this runs once per cell read)
-            cells[int(slot)] = Cell(fields[0], fields[1], fields[2], fields[3])
-        else:
-            cells[int(slot)] = Cell(fields[0], fields[1], fields[2], fields[3],
-                                    tuple(fields[4]), fields[5])
-    return cells
+def packed_cell(fields: list) -> Cell:
+    """The Cell of one slot as `Slots_` packs it: [count, sum, min, max(, rank, last)]."""
+    if len(fields) == 4:  # every meter but `last`
+        return Cell(fields[0], fields[1], fields[2], fields[3])
+    return Cell(fields[0], fields[1], fields[2], fields[3], tuple(fields[4]), fields[5])
 
 
 def replacement(key_pb, meter_id: str, series: Series, day: int, cells: dict[int, Cell]):
@@ -161,13 +157,17 @@ def replacement(key_pb, meter_id: str, series: Series, day: int, cells: dict[int
     return rpc.Mutation(upsert=entity)
 
 
-def decode(entity) -> tuple[Series, int, dict[int, Cell]]:
-    """(series, day, slot -> Cell) of a stored rollup: its base plus its deltas."""
+def decode_parts(entity) -> tuple[Series, int, dict[str, list], dict[int, Cell]]:
+    """(series, day, base, deltas) of a stored rollup, not yet added up: `base` maps each
+    compacted slot, as text, to its packed fields (see `packed_cell`); `deltas` maps
+    slots to what transforms added since. Summaries merge the packed fields directly:
+    making a Cell of every slot cost them more than everything else per slot."""
     props = entity.properties
     described = json.loads(props["Series_"].string_value)
     series = Series(described["u"], tuple(sorted(described["d"].items())))
     slots = props.get("Slots_")
-    cells = _unpack(slots.string_value if slots is not None else "")
+    base = json.loads(slots.string_value or "{}") if slots is not None else {}
+    deltas = {}
     for name, value in props.items():
         if name[0] == "C" and name[1:].isdigit() and value.integer_value > 0:
             slot = name[1:]
@@ -176,8 +176,17 @@ def decode(entity) -> tuple[Series, int, dict[int, Cell]]:
             delta.pending_ts = _delta(props, f"T{slot}")
             if delta.pending_ts is not None:
                 delta.pending_at = (series,)
-            cells.setdefault(int(slot), Cell()).merge(delta)
-    return series, props["Day"].integer_value, cells
+            deltas[int(slot)] = delta
+    return series, props["Day"].integer_value, base, deltas
+
+
+def decode(entity) -> tuple[Series, int, dict[int, Cell]]:
+    """(series, day, slot -> Cell) of a stored rollup: its base plus its deltas."""
+    series, day, base, deltas = decode_parts(entity)
+    cells = {int(slot): packed_cell(fields) for slot, fields in base.items()}
+    for slot, delta in deltas.items():
+        cells.setdefault(slot, Cell()).merge(delta)
+    return series, day, cells
 
 
 def _delta(props, name: str, missing=None):

@@ -105,12 +105,18 @@ def _measure(client, namespace, meter, function, runs: int) -> tuple[float, int,
 
 
 def main() -> None:
+    global MODELS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", type=int, default=2_000)
     parser.add_argument("--large", type=int, default=200_000)
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--baseline-runs", type=int, default=3)
+    parser.add_argument("--models", type=int, default=len(MODELS),
+                        help="values of the events' one dimension, so series of the user "
+                             f"(default {len(MODELS)})")
     args = parser.parse_args()
+    MODELS = MODELS + tuple(f"model-{i}" for i in range(len(MODELS), args.models))
+    MODELS = MODELS[:args.models]
 
     with tempfile.TemporaryDirectory() as scratch, \
             Emulator("firestore", log_path=str(Path(scratch) / "emulator.log")) as emulator:

@@ -75,13 +75,18 @@ class Processes:
         return child
 
     def cleanup(self) -> None:
+        # The emulator `serve` embeds runs in its own session; a failed test leaves its
+        # address file behind, which names the port on the emulator's command line.
+        ports = [f"--port={host.read_text().rpartition(':')[2]} "
+                 for host in self.tmp_path.rglob("emulator-host")]
         for child in self.children:
             child.kill()
-        for pid in mentioning(f"{self.tmp_path}/"):
-            try:
-                os.killpg(os.getpgid(pid), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        for needle in [f"{self.tmp_path}/", *ports]:
+            for pid in mentioning(needle):
+                try:
+                    os.killpg(os.getpgid(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
 
 def mentioning(text: str) -> list[int]:

@@ -192,9 +192,9 @@ def _raw_child(host: str, project: str, total: int, batch: int, threads: int, wa
         cpu0, t0 = common.self_cpu(), time.perf_counter()
         run_all(iter(batches), namespace)
         wall, cpu = time.perf_counter() - t0, common.self_cpu() - cpu0
+        written = sum(len(m[1]) if isinstance(m, tuple) else len(m) for m in batches)
         results.put({"entities": len(batches) * batch, "wall": wall, "client_cpu": cpu,
-                     "errors": errors, "mutations": sum(len(m[1]) if isinstance(m, tuple) else len(m)
-                                                   for m in batches)})
+                     "errors": errors, "mutations": written})
     except BaseException as exc:  # noqa: BLE001
         ready.set()
         results.put({"fatal": repr(exc)})

@@ -63,6 +63,17 @@ def events(draw):
     return event
 
 
+@st.composite
+def plausible_events(draw):
+    """Events a client would send, with values near every limit: most of them load."""
+    event = {"eventName" if draw(st.booleans()) else "meterId": draw(_valid_name),
+             "userId": draw(st.one_of(st.text(min_size=1, max_size=30), _text(1, 500)))}
+    for name in ("value", "timestamp", "idempotency", "dimensions", "metadata"):
+        if draw(st.booleans()):
+            event[name] = draw(_FIELDS[name])
+    return event
+
+
 def _schema_load(body):
     try:
         return batch_schema(MAX_EVENTS).load(body)
@@ -81,6 +92,22 @@ def _check(body) -> bool:
 @given(st.lists(events(), min_size=0, max_size=MAX_EVENTS + 1))
 def test_quick_loader_returns_what_the_schema_loads_or_nothing(items):
     _check({"events": items})
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(plausible_events(), min_size=1, max_size=MAX_EVENTS))
+def test_quick_loader_loads_plausible_batches_exactly_as_the_schema(items):
+    _check({"events": items})
+
+
+def test_the_generated_batches_exercise_both_outcomes():
+    """Guard against a generator drift that would leave one side of the check untested."""
+    from hypothesis import find
+
+    find(st.lists(plausible_events(), min_size=1, max_size=MAX_EVENTS),
+         lambda items: load_batch({"events": items}, MAX_EVENTS) is not None)
+    find(st.lists(plausible_events(), min_size=1, max_size=MAX_EVENTS),
+         lambda items: load_batch({"events": items}, MAX_EVENTS) is None)
 
 
 def test_quick_loader_takes_the_usual_batch():

@@ -287,11 +287,6 @@ class _Bucket:
     cell: Cell = field(default_factory=Cell)
     uniques: set = field(default_factory=set)
 
-    def add(self, cell: Cell, unique: str | None) -> None:
-        self.cell.merge(cell)
-        if unique is not None:
-            self.uniques.add(unique)
-
     def value(self, aggregation: str) -> int | float | None:
         """The aggregation's answer; no events gives 0 for sum/count/unique_count, else None."""
         cell = self.cell

@@ -11,28 +11,32 @@ from app.schemas.fields import (Int64, JsonObject, PeriodBound, Rfc3339, TimeZon
                                 fits_index, identifier, indexed_string)
 
 MAX_DIMENSION_VALUE = 200
+MAX_DIMENSIONS, MAX_DIMENSION_NAME = 16, 64
+MAX_METER_ID, MAX_INDEXED_TEXT = 200, 500  # characters; indexed text also fits 1500 bytes
 WINDOW_SIZES = ("hour", "day", "month")
 
 
 class EventIn(Schema):
     """One event of a batch; the meter is named by `meterId` or `eventName`."""
 
-    meterId = fields.String(validate=validate.Length(min=1, max=200),
+    meterId = fields.String(validate=validate.Length(min=1, max=MAX_METER_ID),
                             metadata={"description": "the meter's id; or give eventName"})
     eventName = identifier(metadata={"description": "an active meter's eventName; "
                                                     "or give meterId"})
-    userId = indexed_string(500, required=True,
+    userId = indexed_string(MAX_INDEXED_TEXT, required=True,
                             metadata={"description": "whose usage this is (at most 1500 "
                                                      "bytes as UTF-8)"})
     value = Int64(metadata={"description": "required except by count meters"})
     timestamp = Rfc3339(metadata={"description": "when it happened (default: now); at most "
                                                  "5 minutes ahead and 35 days back, by default"})
-    idempotency = fields.String(validate=[validate.Length(max=500), fits_index], metadata={
+    idempotency = fields.String(validate=[validate.Length(max=MAX_INDEXED_TEXT), fits_index],
+                                metadata={
         "description": "unique per meter: a retry with the same key is stored once"})
     dimensions = fields.Dict(
-        keys=fields.String(validate=validate.Length(min=1, max=64)),
+        keys=fields.String(validate=validate.Length(min=1, max=MAX_DIMENSION_NAME)),
         values=fields.String(validate=validate.Length(max=MAX_DIMENSION_VALUE)),
-        validate=validate.Length(max=16, error="may hold at most 16 dimensions"),
+        validate=validate.Length(max=MAX_DIMENSIONS,
+                                 error=f"may hold at most {MAX_DIMENSIONS} dimensions"),
     )
     metadata = JsonObject()
 

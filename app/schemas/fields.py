@@ -13,6 +13,8 @@ from marshmallow import ValidationError, fields, validate
 OUT_OF_RANGE = "is outside the years 1 to 9999 in UTC"
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 IDENTIFIER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]*\Z")  # \Z: no final newline
+IDENTIFIER_LENGTH = 100
+METADATA_MAX_KEYS, METADATA_MAX_BYTES, METADATA_KEY_LENGTH = 50, 8192, 100
 
 
 class Int64(fields.Integer):
@@ -110,7 +112,7 @@ def fits_index(value: str) -> None:
         raise ValidationError(f"may take at most {INDEXED_BYTES} bytes as UTF-8")
 
 
-def identifier(max_length: int = 100, **kwargs) -> fields.String:
+def identifier(max_length: int = IDENTIFIER_LENGTH, **kwargs) -> fields.String:
     """A name made of letters, digits and `_ . : -`."""
     return fields.String(
         validate=[validate.Length(min=1, max=max_length),
@@ -122,8 +124,11 @@ def identifier(max_length: int = 100, **kwargs) -> fields.String:
 class JsonObject(fields.Dict):
     """A JSON object of bounded size (metadata)."""
 
-    def __init__(self, max_keys: int = 50, max_bytes: int = 8192, **kwargs):
-        super().__init__(keys=fields.String(validate=validate.Length(min=1, max=100)), **kwargs)
+    def __init__(self, max_keys: int = METADATA_MAX_KEYS, max_bytes: int = METADATA_MAX_BYTES,
+                 **kwargs):
+        super().__init__(keys=fields.String(validate=validate.Length(min=1,
+                                                                     max=METADATA_KEY_LENGTH)),
+                         **kwargs)
         self.max_keys = max_keys
         self.max_bytes = max_bytes
 

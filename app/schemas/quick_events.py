@@ -14,18 +14,16 @@ generated valid and invalid events.
 from __future__ import annotations
 
 import json
-import re
 
 from marshmallow import ValidationError
 
-from app.schemas.events import MAX_DIMENSION_VALUE
-from app.schemas.fields import INDEXED_BYTES, INT64_MAX, INT64_MIN, parse_rfc3339
+from app.schemas.events import (EventIn, MAX_DIMENSION_NAME, MAX_DIMENSION_VALUE,
+                                MAX_DIMENSIONS, MAX_INDEXED_TEXT, MAX_METER_ID)
+from app.schemas.fields import (IDENTIFIER, IDENTIFIER_LENGTH, INDEXED_BYTES, INT64_MAX,
+                                INT64_MIN, METADATA_KEY_LENGTH, METADATA_MAX_BYTES,
+                                METADATA_MAX_KEYS, parse_rfc3339)
 
-_FIELDS = frozenset(("meterId", "eventName", "userId", "value", "timestamp", "idempotency",
-                     "dimensions", "metadata"))
-# The schema's IDENTIFIER with its length limit.
-_EVENT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,99}")
-_MAX_DIMENSIONS, _MAX_METADATA_KEYS, _MAX_METADATA_BYTES = 16, 50, 8192
+_FIELDS = frozenset(EventIn().fields)  # every other field is refused by the schema
 
 
 def load_batch(body, max_events: int) -> dict | None:
@@ -51,10 +49,11 @@ def _event(item) -> dict | None:
     if ("meterId" in item) == ("eventName" in item):  # exactly one names the meter
         return None
     if "meterId" in item and not (type(item["meterId"]) is str
-                                  and 1 <= len(item["meterId"]) <= 200):
+                                  and 1 <= len(item["meterId"]) <= MAX_METER_ID):
         return None
     if "eventName" in item and not (type(item["eventName"]) is str
-                                    and _EVENT_NAME.fullmatch(item["eventName"])):
+                                    and len(item["eventName"]) <= IDENTIFIER_LENGTH
+                                    and IDENTIFIER.match(item["eventName"])):
         return None
     if not _indexed(item.get("userId"), 1) or (
             "idempotency" in item and not _indexed(item["idempotency"], 0)):
@@ -79,23 +78,23 @@ def _event(item) -> dict | None:
 
 def _indexed(value, shortest: int) -> bool:
     """A string of `shortest`..500 characters and at most 1500 bytes as UTF-8."""
-    return (type(value) is str and shortest <= len(value) <= 500
+    return (type(value) is str and shortest <= len(value) <= MAX_INDEXED_TEXT
             and (len(value) * 4 <= INDEXED_BYTES or len(value.encode("utf-8")) <= INDEXED_BYTES))
 
 
 def _dimensions(value) -> dict | None:
-    if type(value) is not dict or len(value) > _MAX_DIMENSIONS:
+    if type(value) is not dict or len(value) > MAX_DIMENSIONS:
         return None
     for name, text in value.items():
-        if not (type(name) is str and 1 <= len(name) <= 64 and type(text) is str
+        if not (type(name) is str and 1 <= len(name) <= MAX_DIMENSION_NAME and type(text) is str
                 and len(text) <= MAX_DIMENSION_VALUE):
             return None
     return dict(value)
 
 
 def _metadata(value) -> bool:
-    if type(value) is not dict or len(value) > _MAX_METADATA_KEYS:
+    if type(value) is not dict or len(value) > METADATA_MAX_KEYS:
         return False
-    if not all(type(name) is str and 1 <= len(name) <= 100 for name in value):
+    if not all(type(name) is str and 1 <= len(name) <= METADATA_KEY_LENGTH for name in value):
         return False
-    return not value or len(json.dumps(value)) <= _MAX_METADATA_BYTES
+    return not value or len(json.dumps(value)) <= METADATA_MAX_BYTES

@@ -109,18 +109,16 @@ def _raw_child(host: str, project: str, total: int, batch: int, threads: int, wa
                         idempotency=f"raw-{b}-{i}") for i in range(batch)])
             return batches
 
+        plain = datastore.Client(project=project) if case == "raw-datastore" else None
+
         def build_plain(space: str, count: int) -> list[list]:
-            """`count` google-cloud-datastore entities shaped like MeterEvent's."""
-            plain = datastore.Client(project=project, namespace=space)
-            batches = []
-            for model_batch in build_models(space, count):
-                batch_entities = []
-                for model in model_batch:
-                    with client.context(namespace=space):
-                        pb = ndb.model._entity_to_protobuf(model)
-                    batch_entities.append(datastore.helpers.entity_from_protobuf(pb))
-                batches.append((plain, batch_entities))
-            return batches
+            """`count` google-cloud-datastore entities shaped like MeterEvent's (their keys
+            carry the namespace)."""
+            batches = build_models(space, count)
+            with client.context(namespace=space):
+                return [[datastore.helpers.entity_from_protobuf(
+                            ndb.model._entity_to_protobuf(model)) for model in models]
+                        for models in batches]
 
         def build(space: str, count: int) -> list[list]:
             """`count` meter-event inserts in `batch`-entity lists, keyed in `space`."""
@@ -169,8 +167,7 @@ def _raw_child(host: str, project: str, total: int, batch: int, threads: int, wa
                         if case == "raw-ndb":
                             ndb.put_multi(mutations, use_cache=False)
                         elif case == "raw-datastore":
-                            plain, batch_entities = mutations
-                            plain.put_multi(batch_entities)
+                            plain.put_multi(mutations)
                         else:
                             rpc.commit(mutations)
                     except Exception as exc:  # noqa: BLE001 -- reported, not hidden
@@ -192,9 +189,8 @@ def _raw_child(host: str, project: str, total: int, batch: int, threads: int, wa
         cpu0, t0 = common.self_cpu(), time.perf_counter()
         run_all(iter(batches), namespace)
         wall, cpu = time.perf_counter() - t0, common.self_cpu() - cpu0
-        written = sum(len(m[1]) if isinstance(m, tuple) else len(m) for m in batches)
         results.put({"entities": len(batches) * batch, "wall": wall, "client_cpu": cpu,
-                     "errors": errors, "mutations": written})
+                     "errors": errors, "mutations": sum(len(m) for m in batches)})
     except BaseException as exc:  # noqa: BLE001
         ready.set()
         results.put({"fatal": repr(exc)})

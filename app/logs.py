@@ -7,8 +7,11 @@ request ends with one access line carrying `httpRequest`.
 
 What is never logged: request headers (API keys, the admin token), bodies (event
 payloads) and query strings. The access line names the path only. As a second
-line of defence every message is scrubbed of anything shaped like an API key or a
-bearer credential, and of the configured secrets themselves.
+line of defence the formatter scrubs every string of every line, nested fields
+included (the message, exception text, `httpRequest.requestUrl`, the user agent,
+extra fields), of anything shaped like an API key or a bearer credential and of
+the configured secrets themselves: a path can carry a key
+(`/v1/billing/meters/mk_...`) or the admin token as easily as a message can.
 """
 
 from __future__ import annotations
@@ -31,12 +34,16 @@ TRACE_HEADER = "X-Cloud-Trace-Context"
 TRACE_FIELD = "logging.googleapis.com/trace"
 SPAN_FIELD = "logging.googleapis.com/spanId"
 SAMPLED_FIELD = "logging.googleapis.com/trace_sampled"
-_GOOD_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_TRACE = re.compile(r"^([0-9a-fA-F]{32})(?:/([0-9]+))?(?:;o=([01]))?$")
+# Used with fullmatch: `$` would let a value ending in a newline through.
+_GOOD_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_TRACE = re.compile(r"([0-9a-fA-F]{32})(?:/([0-9]+))?(?:;o=([01]))?")
 _CREDENTIALS = re.compile(r"mk_[A-Za-z0-9_-]+|(?i:bearer)\s+\S+")
 #: Python's level names that are also Cloud Logging severities; others become DEFAULT.
 _SEVERITIES = frozenset({"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"})
 _SECRETS: set[str] = set()
+#: Attributes every LogRecord has; any other attribute came in through `extra=`.
+_RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message", "asctime", "taskName"}
 
 
 def scrub(text: str) -> str:
@@ -47,9 +54,24 @@ def scrub(text: str) -> str:
     return text
 
 
+def scrub_fields(value):
+    """`value` (a log line or any part of it) with every string scrubbed, dict keys and
+    nested containers included; anything else that is not a JSON scalar becomes its
+    scrubbed text, so nothing reaches the line unscrubbed through `str()` later."""
+    if isinstance(value, str):
+        return scrub(value)
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, dict):
+        return {scrub(str(key)): scrub_fields(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [scrub_fields(item) for item in value]
+    return scrub(str(value))
+
+
 def trace_fields(header: str | None, project: str) -> dict:
     """Cloud Logging's trace fields from an `X-Cloud-Trace-Context` value."""
-    match = _TRACE.match((header or "").strip())
+    match = _TRACE.fullmatch((header or "").strip())
     if not match:
         return {}
     trace_id, span_id, sampled = match.groups()
@@ -62,22 +84,23 @@ def trace_fields(header: str | None, project: str) -> dict:
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record, in the shape Cloud Logging parses."""
+    """One JSON object per record, in the shape Cloud Logging parses, scrubbed whole."""
 
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
         if record.exc_info:
             message += "\n" + "".join(traceback.format_exception(*record.exc_info))
-        line = {"severity": (record.levelname if record.levelname in _SEVERITIES
-                             else "DEFAULT"),
-                "message": scrub(message),
-                "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(),
-                "logger": record.name}
+        elif record.stack_info:
+            message += "\n" + record.stack_info
+        line = {name: value for name, value in vars(record).items()
+                if name not in _RECORD_ATTRIBUTES and not name.startswith("_")}
+        line.update({"severity": (record.levelname if record.levelname in _SEVERITIES
+                                  else "DEFAULT"),
+                     "message": message,
+                     "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(),
+                     "logger": record.name})
         line.update(_request_fields())
-        http = getattr(record, "httpRequest", None)
-        if http:
-            line["httpRequest"] = http
-        return json.dumps(line, ensure_ascii=False, default=str)
+        return json.dumps(scrub_fields(line), ensure_ascii=False)
 
 
 def _request_fields() -> dict:
@@ -119,7 +142,9 @@ def configure_logging(level: int = logging.INFO) -> None:
 
 def _start_request() -> None:
     given = request.headers.get(REQUEST_ID_HEADER, "")
-    g.request_id = given if _GOOD_REQUEST_ID.match(given) else uuid.uuid4().hex
+    # A key-shaped id would be blanked in every line, losing the request's thread.
+    sane = _GOOD_REQUEST_ID.fullmatch(given) and scrub(given) == given
+    g.request_id = given if sane else uuid.uuid4().hex
     g.request_started = time.perf_counter()
 
 
@@ -133,7 +158,7 @@ def _finish_request(response):
                                     "requestUrl": request.path,
                                     "status": response.status_code,
                                     "latency": f"{latency:.6f}s",
-                                    "userAgent": scrub(request.user_agent.string or ""),
+                                    "userAgent": request.user_agent.string or "",
                                     "remoteIp": request.remote_addr}})
     return response
 

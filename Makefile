@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-firestore test-legacy test-indexes fuzz clean
+.PHONY: install run test test-firestore test-legacy test-indexes fuzz lock clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,17 @@ test-indexes: install
 fuzz: install
 	METERING_TEST_EMULATOR=firestore METERING_FUZZ_EXAMPLES=500 METERING_FUZZ_SEQUENCES=200 \
 		$(BIN)/pytest tests/test_fuzz.py $(PYTEST_ARGS)
+
+## Regenerate requirements.txt, the hash-pinned lock App Engine installs, from
+## pyproject.toml: one set for Python 3.11 and newer (App Engine runs 3.12). Pins already
+## in the file are kept; `make lock LOCK_ARGS=--upgrade` moves everything to the newest.
+## tests/test_lock.py checks that the lock still satisfies pyproject.toml.
+UV_VERSION := 0.13.8
+LOCK_ARGS ?=
+lock: install
+	$(BIN)/pip install --quiet uv==$(UV_VERSION)
+	$(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes \
+		--custom-compile-command "make lock" --quiet $(LOCK_ARGS) -o requirements.txt
 
 clean:
 	rm -rf $(VENV) .metering-data .pytest_cache

@@ -1,7 +1,8 @@
 """Usage metering service: Flask app factory.
 
 `create_app()` wires the pieces, each through its own `init_app`: configuration,
-the NDB client and per-request context, the error envelope, and the API.
+the NDB client and per-request context, the error envelope, logs, security headers,
+and the API.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from app.config import Config
 
 def create_app(config: Config | None = None) -> Flask:
     """Build the WSGI app for a configuration (read from the environment by default)."""
-    from app import api, datastore, errors, logs, ratelimit
+    from app import api, datastore, errors, headers, logs, ratelimit
     from app.models import ids
 
     config = config or Config.from_env()
@@ -24,6 +25,7 @@ def create_app(config: Config | None = None) -> Flask:
     ids.configure(config.hashid_salt)
     errors.init_app(app)
     logs.init_app(app)
+    headers.init_app(app)
     ratelimit.init_app(app)
     datastore.init_app(app)
     api.init_app(app)

@@ -14,7 +14,9 @@ import shlex
 import signal
 import subprocess
 import sys
+import sysconfig
 import uuid
+import venv
 from pathlib import Path
 
 import pytest
@@ -87,6 +89,22 @@ def test_app_yaml_declares_the_runtime_scaling_and_no_secret(app_yaml):
     assert not [name for name in variables if re.search("TOKEN|SALT|SECRET|PASSWORD", name)]
 
 
+def _first_handler(app_yaml: dict, path: str) -> dict:
+    """The handler App Engine picks for a path: the first whose pattern matches it whole."""
+    return next(h for h in app_yaml["handlers"] if re.fullmatch(h["url"], path))
+
+
+def test_app_yaml_serves_every_path_over_https_only(app_yaml, app):
+    handlers = app_yaml["handlers"]
+    assert handlers and all(h.get("secure") == "always" for h in handlers)
+    assert {"url": "/.*", "script": "auto", "secure": "always"} in handlers
+    paths = {re.sub(r"<[^>]+>", "x", rule.rule) for rule in app.url_map.iter_rules()}
+    assert "/v1/billing/meters" in paths and "/dashboard" in paths
+    for path in paths | {"/", "/nowhere"}:
+        handler = _first_handler(app_yaml, path)
+        assert handler["secure"] == "always" and handler["script"] == "auto", path
+
+
 def test_the_entrypoint_serves_the_service_and_logs_only_safe_json(app_yaml, emulator,
                                                                    tmp_path):
     port = free_port()
@@ -114,6 +132,13 @@ def test_the_entrypoint_serves_the_service_and_logs_only_safe_json(app_yaml, emu
         assert re.fullmatch(r"[0-9a-f]{32}", traced.headers["X-Request-Id"])
         assert api.summary(meterId=meter["id"], userId=marker)["value"] == 7
         assert api.as_key("mk_" + "x" * 40).get("/v1/billing/meters").status_code == 401
+        # Secrets planted in paths, which the access line logs as requestUrl.
+        planted = [api.get(f"/v1/billing/meters/{created.json()['apiKey']}"),
+                   Api(base, ADMIN_TOKEN).get(f"/v1/admin/orgs/{ADMIN_TOKEN}/keys")]
+        assert [answer.status_code for answer in planted] == [404, 404]
+        # On App Engine (production) every answer demands HTTPS from then on.
+        for answer in (traced, *planted):
+            assert answer.headers["Strict-Transport-Security"].startswith("max-age=")
     finally:
         server.stop()
     lines = [json.loads(line) for line in server.output().splitlines() if line.strip()]
@@ -128,6 +153,48 @@ def test_the_entrypoint_serves_the_service_and_logs_only_safe_json(app_yaml, emu
         line["logging.googleapis.com/trace"] == f"projects/metering-test/traces/{trace_id}"
         for line in traced_lines)
     assert traced_lines[-1]["httpRequest"]["status"] == 201
+
+
+def python_without_the_project(root: Path) -> Path:
+    """A bin folder whose python and gunicorn see the installed libraries but not this
+    project, as on App Engine, which installs requirements.txt (the lock: no ".") and
+    runs the entrypoint in the uploaded source folder. The project's editable install is
+    hidden: its .pth file lives in our site-packages, which the new interpreter reaches
+    through a plain path entry, and Python processes .pth files only in its own."""
+    venv.create(root, with_pip=False, symlinks=True)
+    [site] = (root / "lib").glob("python3*/site-packages")
+    (site / "libraries.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    bin_dir = root / "bin"
+    gunicorn = bin_dir / "gunicorn"
+    gunicorn.write_text(f"#!{bin_dir / 'python'}\nimport sys\n"
+                        "from gunicorn.app.wsgiapp import run\nsys.exit(run())\n")
+    gunicorn.chmod(0o755)
+    return bin_dir
+
+
+def test_the_entrypoint_runs_from_the_source_folder_without_the_project_installed(
+        app_yaml, emulator, tmp_path):
+    bin_dir = python_without_the_project(tmp_path / "runtime")
+    outside = subprocess.run([bin_dir / "python", "-c", "import app"], cwd=tmp_path,
+                             capture_output=True, text=True)
+    assert "No module named 'app'" in outside.stderr  # really not installed
+    port = free_port()
+    env = app_engine_env(app_yaml, emulator, METERING_HASHID_SALT="deploy-salt",
+                         METERING_ADMIN_TOKEN=ADMIN_TOKEN)
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    server = Gunicorn(entrypoint_argv(app_yaml, port), env, tmp_path / "gunicorn.log")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: http_ok(base + "/healthz"), 60, "gunicorn serving /healthz")
+        assert Api(base).get("/readyz").json() == {"status": "ok", "datastore": "ok"}
+        # Files beside the code (templates, the dashboard) are found from the source too.
+        assert "API reference" in Api(base).get("/docs").text
+        assert Api(base).get("/dashboard").status_code == 200
+    finally:
+        server.stop()
+    assert str(ROOT / "app") in subprocess.run(
+        [bin_dir / "python", "-c", "import app; print(app.__file__)"], cwd=ROOT,
+        capture_output=True, text=True).stdout
 
 
 @pytest.mark.parametrize("missing", SECRETS)

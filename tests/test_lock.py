@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from importlib import metadata
 
 import pytest
 from packaging.requirements import Requirement
@@ -80,6 +81,27 @@ def test_every_runtime_dependency_is_pinned_within_its_range(pyproject, lock):
         assert wanted.specifier.contains(pinned, prereleases=True), (
             f"requirements.txt pins {wanted.name}=={pinned}, outside {wanted.specifier}: "
             "run `make lock`")
+
+
+def test_what_locked_packages_need_is_locked_too(lock):
+    """Closure, checked offline against the installed copy of each locked package where it
+    is the locked version (a newer release installed for development is not judged)."""
+    checked = 0
+    for name, (requirement, _) in lock.items():
+        try:
+            installed = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        if Version(installed.version) != _pin(requirement):
+            continue
+        checked += 1
+        for spec in installed.requires or []:
+            needed = Requirement(spec)
+            if needed.marker and not needed.marker.evaluate({"extra": ""}):
+                continue
+            assert canonicalize_name(needed.name) in lock, (
+                f"{name} needs {needed.name}, which requirements.txt lacks: run `make lock`")
+    assert checked, "no locked package is installed at its locked version"
 
 
 def test_the_lock_holds_no_test_only_tool(pyproject, lock):

@@ -44,7 +44,14 @@ class Namespace(Model):
 
 
 class ApiKey(ndb.Model):
-    """One API key of an org, stored by its hash only."""
+    """One API key of an org, stored by its hash only.
+
+    Never in NDB's global cache: a revocation written without that cache (the CLI on
+    an operator's laptop, an instance whose Redis is down) must still be seen by the
+    next request. See app/cache.py.
+    """
+
+    _use_global_cache = False
 
     org = ndb.StringProperty("Org")
     prefix = ndb.StringProperty("Prefix")

@@ -132,7 +132,9 @@ def authenticate(secret: str | None) -> Org:
     if not secret or not secret.startswith(KEY_PREFIX) or len(secret) > 200:
         raise Unauthorized("missing or invalid API key")
     digest = _digest(secret)
-    stored = ApiKey.key_for(digest).get(use_cache=False)
+    # Straight from the Datastore: neither the context cache nor Redis may hold a key
+    # that was revoked since (app/cache.py).
+    stored = ApiKey.key_for(digest).get(use_cache=False, use_global_cache=False)
     if stored is None or stored.revoked or not hmac.compare_digest(stored.key.id(), digest):
         raise Unauthorized("missing or invalid API key")
     return get_org(stored.org)

@@ -96,6 +96,32 @@ def test_a_key_revoked_through_an_instance_whose_redis_is_down_is_refused_at_onc
     assert api.get("/v1/billing/meters").status_code == 401
 
 
+def test_an_org_archived_through_an_instance_without_redis_is_refused_at_once(
+        serve, redis_server, config):
+    cached = serve(redis_url=redis_server.url)
+    org, api = _warm_key(cached, config.admin_token)
+    uncached_admin = Api(serve(), config.admin_token)
+    assert uncached_admin.delete(f"/v1/admin/orgs/{org['name']}").status_code == 200
+    assert api.get("/v1/billing/meters").status_code == 401
+
+
+def test_a_purged_org_created_again_through_an_instance_without_redis_works_at_once(
+        serve, redis_server, config):
+    cached = serve(redis_url=redis_server.url)
+    org, api = _warm_key(cached, config.admin_token)
+    cached_admin = Api(cached, config.admin_token)
+    assert cached_admin.delete(f"/v1/admin/orgs/{org['name']}").status_code == 200
+    # Reading the archived org through the cache leaves its deleted copy in Redis.
+    assert cached_admin.get(f"/v1/admin/orgs/{org['name']}/keys").status_code == 404
+    uncached_admin = Api(serve(), config.admin_token)
+    purged = uncached_admin.delete(f"/v1/admin/orgs/{org['name']}", params={"purge": "1"})
+    assert purged.status_code == 200 and purged.json()["purgeComplete"] is True
+    reborn = uncached_admin.post("/v1/admin/orgs", json={"name": org["name"]})
+    assert reborn.status_code == 201, reborn.text
+    assert Api(cached, reborn.json()["apiKey"]).get("/v1/billing/meters").status_code == 200
+    assert api.get("/v1/billing/meters").status_code == 401
+
+
 def test_the_org_registry_stays_cached_but_keys_do_not(serve, redis_server, config):
     url = serve(redis_url=redis_server.url)
     _warm_key(url, config.admin_token)

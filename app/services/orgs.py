@@ -74,6 +74,11 @@ def validate_org_name(name) -> str:
     return name
 
 
+#: Read options past both of NDB's caches (the request's and Redis): for entities
+#: whose state decides who may do what, where a copy could be stale.
+FRESH = {"use_cache": False, "use_global_cache": False}
+
+
 def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
@@ -95,7 +100,7 @@ def create_org(name: str) -> IssuedKey:
 
     @ndb.transactional(retries=5)
     def register() -> Namespace:
-        entity = Namespace.key_for(name).get()
+        entity = Namespace.key_for(name).get(**FRESH)
         if entity is None:
             entity = Namespace(key=Namespace.key_for(name), name=name, int_id=int_id)
             entity.create()
@@ -117,12 +122,12 @@ def create_org(name: str) -> IssuedKey:
 def get_org(name: str, fresh: bool = False) -> Org:
     """The live org of that name; 404 if there is none.
 
-    `fresh` reads past NDB's global cache: operator actions must not act on a copy
-    that an archive written without that cache left behind.
+    `fresh` reads past NDB's caches: operator actions must not act on a copy that an
+    archive written without the global cache left behind.
     """
     if not is_valid_org_name(name):
         raise NotFound(f"org {name!r} not found", param="org")
-    entity = Namespace.key_for(name).get(use_global_cache=False if fresh else None)
+    entity = Namespace.key_for(name).get(**(FRESH if fresh else {}))
     if entity is None or entity.deleted:
         raise NotFound(f"org {name!r} not found", param="org")
     return _org_of(entity)
@@ -178,13 +183,17 @@ def authenticate(secret: str | None) -> Org:
     digest = _digest(secret)
     # Straight from the Datastore: neither the context cache nor Redis may hold a key
     # that was revoked since (app/cache.py).
-    stored = ApiKey.key_for(digest).get(use_cache=False, use_global_cache=False)
+    stored = ApiKey.key_for(digest).get(**FRESH)
     if stored is None or stored.revoked or not hmac.compare_digest(stored.key.id(), digest):
         raise Unauthorized("missing or invalid API key")
     try:
         # May come from the global cache: an archived org's keys are revoked anyway.
         return get_org(stored.org)
-    except NotFound:  # an org archived while the key was being revoked, or a bad name
+    except NotFound:
+        pass
+    try:  # an active key of a deleted org: a cached copy from before it was re-created?
+        return get_org(stored.org, fresh=True)
+    except NotFound:  # archived while its keys were being revoked, or a refused name
         raise Unauthorized("missing or invalid API key") from None
 
 
@@ -227,12 +236,12 @@ def _registry_entry(name) -> Namespace | None:
     built into a key, since it may not even be a legal key name.
     """
     if is_valid_org_name(name):
-        return Namespace.key_for(name).get(use_global_cache=False)
+        return Namespace.key_for(name).get(**FRESH)
     if not isinstance(name, str) or not name or len(name) > 256:
         return None
     query = Namespace.query(namespace=ids.REGISTRY_NAMESPACE)
     found = next((key for key in query.iter(keys_only=True) if key.id() == name), None)
-    return found.get(use_global_cache=False) if found is not None else None
+    return found.get(**FRESH) if found is not None else None
 
 
 def _entry_or_404(name) -> Namespace:
@@ -253,7 +262,7 @@ def archive_org(name: str) -> Archived:
 
     @ndb.transactional(retries=5)
     def close() -> Namespace:
-        entity = key.get()
+        entity = key.get(**FRESH)
         if not entity.deleted:
             entity.delete()
         return entity
@@ -276,7 +285,7 @@ def _revoke_all(org_name: str) -> int:
 
 
 def _require_archived(key: ndb.Key) -> Namespace:
-    entity = key.get(use_global_cache=False)
+    entity = key.get(**FRESH)
     if entity is None or not entity.deleted:
         raise Conflict(f"org {key.id()!r} is live: archive it before purging",
                        param="org", code="org_live")

@@ -292,9 +292,16 @@ def _require_archived(key: ndb.Key) -> Namespace:
     return entity
 
 
-def _org_keys_page(namespace: str, limit: int) -> list[ndb.Key]:
-    """Up to `limit` keys of any kind in the org's namespace (a kindless keys-only query)."""
-    return ndb.Query(namespace=namespace).fetch(limit, keys_only=True)
+def _reserved(key: ndb.Key) -> bool:
+    """Whether the key is of a kind Datastore writes itself (`__Stat_Ns_Kind__`...):
+    such entities cannot be deleted and are not the org's data."""
+    kind = key.kind()
+    return kind.startswith("__") and kind.endswith("__")
+
+
+def _org_keys(namespace: str) -> ndb.Query:
+    """Every key of any kind in the org's namespace: a kindless query (built-in index)."""
+    return ndb.Query(namespace=namespace)
 
 
 def count_org_entities(name: str) -> int:
@@ -302,35 +309,39 @@ def count_org_entities(name: str) -> int:
     key = _entry_or_404(name).key
     if not is_valid_org_name(key.id()):
         return 0
-    return ndb.Query(namespace=key.id()).count(keys_only=True)
+    return sum(1 for k in _org_keys(key.id()).iter(keys_only=True) if not _reserved(k))
 
 
 def purge_org(name: str, progress=None, max_entities: int | None = None) -> Purged:
     """Delete every entity of an archived org's namespace, PURGE_PAGE per commit.
 
-    Resumable: each page is its own commit and the next page is whatever is left, so
-    a run killed midway is finished by running it again. The org must stay archived
-    (checked before every page): nothing can write to it meanwhile. With
+    Resumable: each page is its own commit and a run starts from whatever is left,
+    so a run killed midway is finished by running it again. The org must stay
+    archived (checked before every page): nothing can write to it meanwhile. With
     `max_entities`, one call stops after that many (the HTTP API's bound per
     request) and says whether it finished. Once nothing is left, the org is marked
     purged, which frees its name.
     """
     key = _entry_or_404(name).key
     _require_archived(key)
-    namespace, deleted = key.id(), 0
+    namespace, deleted, cursor = key.id(), 0, None
     # A name Datastore refuses as a namespace cannot have any data to delete.
     while is_valid_org_name(namespace):
         if max_entities is not None and deleted >= max_entities:
             return Purged(name=namespace, deleted=deleted, complete=False)
         room = PURGE_PAGE if max_entities is None else min(PURGE_PAGE, max_entities - deleted)
         _require_archived(key)
-        keys = _org_keys_page(namespace, room)
-        if not keys:
+        # The cursor only steps over reserved kinds' keys, which stay where they are.
+        keys, cursor, more = _org_keys(namespace).fetch_page(room, start_cursor=cursor,
+                                                             keys_only=True)
+        doomed = [k for k in keys if not _reserved(k)]
+        if doomed:
+            ndb.delete_multi(doomed)
+            deleted += len(doomed)
+            if progress is not None:
+                progress(len(doomed))
+        if not more or not keys:
             break
-        ndb.delete_multi(keys)
-        deleted += len(keys)
-        if progress is not None:
-            progress(len(keys))
     _mark_purged(key)
     return Purged(name=namespace, deleted=deleted, complete=True)
 

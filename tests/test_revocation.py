@@ -61,13 +61,16 @@ def _revoke_path(org: dict) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("redis_setting", ["unset", "unreachable"])
 def test_a_key_revoked_by_the_command_without_redis_is_refused_at_once(
-        serve, redis_server, config):
+        serve, redis_server, config, redis_setting):
     url = serve(redis_url=redis_server.url)
     org, api = _warm_key(url, config.admin_token)
     env = cli_env(DATASTORE_EMULATOR_HOST=config.emulator_host,
                   METERING_PROJECT=config.project, METERING_HASHID_SALT=config.hashid_salt)
     env.pop("REDIS_CACHE_URL", None)
+    if redis_setting == "unreachable":  # Memorystore, seen from an operator's laptop
+        env["REDIS_CACHE_URL"] = f"redis://127.0.0.1:{free_port()}/0"
     done = run_cli("keys", "revoke", org["name"], org["keyPrefix"], env=env)
     assert done.returncode == 0, done.stderr
     assert '"revoked": 1' in done.stdout

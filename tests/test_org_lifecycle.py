@@ -76,7 +76,7 @@ def test_a_key_of_an_org_with_a_bad_name_is_refused_not_a_server_error(anonymous
 
 
 def test_cron_skips_a_bad_name_reports_it_and_compacts_the_others(
-        api, other_api, admin, config, org, other_org, ndb_context):
+        api, other_api, admin, config, org, other_org, ndb_context, caplog):
     _plant_bad_org(ndb_context)
     for caller in (api, other_api):
         _record_spread(caller, 2)
@@ -86,11 +86,13 @@ def test_cron_skips_a_bad_name_reports_it_and_compacts_the_others(
     run = answer.json()
     assert run["failed"] == [BAD_NAME]
     assert run["orgs"] == 3 and run["compacted"] == dirty
+    assert any(repr(BAD_NAME) in r.getMessage() and r.levelname == "ERROR"
+               for r in caplog.records)
     assert _dirty(config, org) == _dirty(config, other_org) == 0
 
 
 def test_cron_isolates_an_org_whose_compaction_fails(
-        api, other_api, admin, config, org, other_org, emulator_kind):
+        api, other_api, admin, config, org, other_org, emulator_kind, caplog):
     if emulator_kind != "firestore":
         pytest.skip("the legacy emulator leaves no deltas to compact")
     _record_spread(api, 2)
@@ -105,6 +107,8 @@ def test_cron_isolates_an_org_whose_compaction_fails(
     run = answer.json()
     assert run["failed"] == [org["name"]] and run["complete"] is False
     assert _dirty(config, other_org) == 0
+    failures = [r for r in caplog.records if r.levelname == "ERROR" and r.exc_info]
+    assert any(org["name"] in r.getMessage() for r in failures)
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ import time
 import uuid
 
 import pytest
-from google.cloud import datastore, ndb
+from google.cloud import datastore
 
 from app.models import ApiKey, Namespace
 from app.services import orgs as org_service

@@ -1,12 +1,17 @@
-"""NDB's global cache on Redis (Memorystore in production), for the tenant registry only.
+"""NDB's global cache on Redis (Memorystore in production), for the org registry only.
 
 When `REDIS_CACHE_URL` is set, NDB keeps entities it reads in Redis and
 invalidates them when it writes them. That is only sound for entities that every
-writer writes through NDB with the same cache, so only the registry kinds are
-cached: `api-key` and `namespace`, read on every authenticated request and written
-only by this service's NDB code (the API and the `metering` command, which both
-open their contexts with `context_options`). Never cached:
+writer writes through NDB with the same cache, so only `namespace` (the org,
+read on every authenticated request, written only by this service's NDB code)
+is cached. Never cached:
 
+- `api-key`: revocation must take effect on the next request wherever it is
+  issued, and an operator's `metering keys revoke` (no Redis: Memorystore is not
+  reachable from a laptop) or an instance whose Redis is down cannot invalidate a
+  cached copy. The key is one lookup by key name, cheap enough to read every time;
+  `ApiKey` also opts out itself (`_use_global_cache`), for contexts without this
+  policy.
 - `meter-event` and `meter-rollup`: written by raw RPCs (app/storage), which NDB
   cannot see, so a cached copy would go stale;
 - `meter`: the Go service writes meters in the same Datastore, without our cache.
@@ -14,8 +19,8 @@ open their contexts with `context_options`). Never cached:
 If Redis goes away the service keeps working uncached: reads treat errors as
 misses and writes log the failed invalidation instead of failing (strict_write
 off). A missed invalidation could leave a stale entry behind for when Redis
-returns, so every entry expires after `CACHE_SECONDS`: a revoked key can outlive
-its revocation by at most that long, and only across a Redis outage.
+returns, so every entry expires after `CACHE_SECONDS`. A stale `namespace` cannot
+let anyone in: an org is archived by revoking its keys too (app/services/orgs.py).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from google.cloud import ndb
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-CACHED_KINDS = frozenset({"api-key", "namespace"})
+CACHED_KINDS = frozenset({"namespace"})
 CACHE_SECONDS = 60
 #: Redis is on the request path: a dead or hung Redis must cost milliseconds, not
 #: seconds, so calls time out fast and are not retried (redis-py retries 10 times

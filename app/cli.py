@@ -126,7 +126,7 @@ def main():
 
 @main.group()
 def orgs():
-    """Create org tenants."""
+    """Create, check and delete org tenants."""
 
 
 @orgs.command("create")
@@ -137,6 +137,51 @@ def orgs_create(name, data_dir):
     from app.services import orgs as org_service
 
     click.echo(_issued(_admin(data_dir, lambda: org_service.create_org(name))))
+
+
+@orgs.command("delete")
+@click.argument("name")
+@click.option("--purge", is_flag=True,
+              help="Also delete every entity of the org's data (in pages of 500, with a "
+                   "progress bar); rerun it to finish a purge that was interrupted.")
+@_data_dir_option
+def orgs_delete(name, purge, data_dir):
+    """Archive org NAME: revoke all its keys and keep its data (unless --purge)."""
+    click.echo(json.dumps(_admin(data_dir, lambda: _delete_org(name, purge))))
+
+
+def _delete_org(name: str, purge: bool) -> dict:
+    from app.services import orgs as org_service
+
+    archived = org_service.archive_org(name)
+    result = {"org": archived.name, "archived": True, "revokedKeys": archived.revoked_keys,
+              "purged": 0, "purgeComplete": archived.purged}
+    if purge:
+        # Counted after the archive: nothing adds to the org any more.
+        total = org_service.count_org_entities(name)
+        with click.progressbar(length=total, label=f"purging {name}", file=sys.stderr,
+                               show_pos=True) as bar:
+            purged = org_service.purge_org(name, progress=bar.update)
+        result.update(purged=purged.deleted, purgeComplete=purged.complete)
+    return result
+
+
+@orgs.command("check")
+@_data_dir_option
+def orgs_check(data_dir):
+    """List registry entries whose names this release refuses; exit 1 if any is live."""
+    from app.services import orgs as org_service
+
+    found = _admin(data_dir, org_service.invalid_registry_entries)
+    click.echo(json.dumps([{"kind": e.kind, "name": e.name, "live": e.live,
+                            **({"keyPrefix": e.prefix} if e.prefix else {})} for e in found],
+                          indent=2))
+    live = sorted({e.name for e in found if e.live})
+    if live:
+        click.echo(f"{len(live)} org name(s) no longer valid and still live: "
+                   f"{', '.join(map(repr, live))}; `metering orgs delete NAME` archives "
+                   "each and revokes its keys", err=True)
+        sys.exit(1)
 
 
 @main.group()

@@ -75,7 +75,8 @@ def test_compaction_covers_every_org_and_changes_no_answer(
     if emulator_kind == "firestore":  # blind increments leave deltas; legacy has none
         assert dirty == 10
     run = admin.get("/v1/cron/compact").json()
-    assert run == {"orgs": 2, "visited": dirty, "compacted": dirty, "complete": True}
+    assert run == {"orgs": 2, "visited": dirty, "compacted": dirty, "complete": True,
+                   "failed": []}
     assert _dirty(config, org) == _dirty(config, other_org) == 0
     assert [caller.summary(meterId=m["id"], **period)
             for caller, m in zip((api, other_api), meters)] == before

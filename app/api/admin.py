@@ -3,10 +3,14 @@
 from flask import Blueprint
 
 from app import tenancy
-from app.api.requests import body
+from app.api.requests import body, query
 from app.schemas import format_time
-from app.schemas.admin import OrgCreate
+from app.schemas.admin import OrgCreate, OrgDeleteQuery
 from app.services import orgs
+
+#: Most entities one DELETE ...?purge=true deletes: a few commits of 500, well within a
+#: request's deadline; the caller repeats until `purgeComplete`.
+PURGE_PER_REQUEST = 2000
 
 blueprint = Blueprint("admin", __name__, url_prefix="/v1/admin")
 blueprint.before_request(tenancy.require_admin)
@@ -21,6 +25,18 @@ def issued_json(issued: orgs.IssuedKey) -> dict:
 def create_org():
     """Create an org and its first API key (shown once)."""
     return issued_json(orgs.create_org(body(OrgCreate())["name"])), 201
+
+
+@blueprint.delete("/orgs/<name>")
+def delete_org(name):
+    """Archive an org: revoke its keys, keep its data; `purge=true` deletes the data too,
+    at most PURGE_PER_REQUEST entities per call. Safe to repeat."""
+    purge = query(OrgDeleteQuery())["purge"]
+    archived = orgs.archive_org(name)
+    purged = (orgs.purge_org(name, max_entities=PURGE_PER_REQUEST) if purge
+              else orgs.Purged(archived.name, 0, complete=archived.purged))
+    return {"name": archived.name, "archived": True, "revokedKeys": archived.revoked_keys,
+            "purged": purged.deleted, "purgeComplete": purged.complete}
 
 
 @blueprint.get("/orgs/<name>/keys")

@@ -13,18 +13,24 @@ from datetime import timezone
 from google.cloud import ndb
 
 from app.models import ids
-from app.models.base import Model
+from app.models.base import Model, OptionalProperty
 
 REGISTRY_NAMESPACE = ids.REGISTRY_NAMESPACE
 
 
 class Namespace(Model):
-    """An org tenant: its data lives in the Datastore namespace of the same name."""
+    """An org tenant: its data lives in the Datastore namespace of the same name.
+
+    Archiving an org is the mixin's soft delete (`Deleted`); `PurgedAt` (RFC 3339,
+    stored only once set) records that a purge left its namespace empty, which frees
+    the name (app/services/orgs.py).
+    """
 
     KIND = "namespace"
 
     name = ndb.StringProperty("Name")
     int_id = ndb.IntegerProperty("IntId")
+    purged_at = OptionalProperty("PurgedAt")
 
     @classmethod
     def key_for(cls, name: str) -> ndb.Key:
@@ -44,7 +50,14 @@ class Namespace(Model):
 
 
 class ApiKey(ndb.Model):
-    """One API key of an org, stored by its hash only."""
+    """One API key of an org, stored by its hash only.
+
+    Never in NDB's global cache: a revocation written without that cache (the CLI on
+    an operator's laptop, an instance whose Redis is down) must still be seen by the
+    next request. See app/cache.py.
+    """
+
+    _use_global_cache = False
 
     org = ndb.StringProperty("Org")
     prefix = ndb.StringProperty("Prefix")

@@ -19,7 +19,7 @@ from marshmallow import Schema
 
 from app.config import Config
 from app.schemas import responses
-from app.schemas.admin import OrgCreate
+from app.schemas.admin import OrgCreate, OrgDeleteQuery
 from app.schemas.event_log import EventListQuery
 from app.schemas.events import SummaryQuery, batch_schema, cancel_schema
 from app.schemas.meters import ListQuery, MeterCreate, MeterUpdate
@@ -197,6 +197,9 @@ OPERATIONS: dict[str, Operation] = {
         "admin", {201: ("The org and its first key.", responses.IssuedKey)},
         errors=(400, *_ADMIN_ERRORS, 409), security=ADMIN_TOKEN, body=OrgCreate,
         links=_KEY_LINKS),
+    "admin.delete_org": Operation(
+        "admin", {200: ("The archived org, and what this call purged.", responses.OrgArchived)},
+        errors=(400, *_ADMIN_ERRORS, 409), security=ADMIN_TOKEN, query=OrgDeleteQuery),
     "admin.list_keys": Operation(
         "admin", {200: ("The org's keys.", responses.KeyList)},
         errors=_ADMIN_ERRORS, security=ADMIN_TOKEN),

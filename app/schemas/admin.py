@@ -2,13 +2,21 @@
 
 from marshmallow import Schema, fields
 
-from app.services.orgs import ORG_NAME
+from app.services.orgs import ORG_NAME_PATTERN
 
 
 class OrgCreate(Schema):
     """Body of POST /v1/admin/orgs; the name's rules are checked by the org service."""
 
     name = fields.Raw(required=True, metadata={
-        "type": "string", "pattern": ORG_NAME.pattern,
+        "type": "string", "pattern": ORG_NAME_PATTERN,
         "description": "1 to 63 lower-case letters, digits or '-'; becomes the org's "
                        "Datastore namespace"})
+
+
+class OrgDeleteQuery(Schema):
+    """Query string of DELETE /v1/admin/orgs/<name>."""
+
+    purge = fields.Boolean(load_default=False, metadata={
+        "description": "also delete the org's data, a bounded amount per call: repeat "
+                       "until purgeComplete is true"})

@@ -134,6 +134,19 @@ class Revoked(Schema):
     revoked = fields.Integer(required=True)
 
 
+class OrgArchived(Schema):
+    """An archived org: its keys revoked, its data kept unless purged."""
+
+    name = fields.String(required=True)
+    archived = fields.Boolean(required=True, validate=validate.Equal(True))
+    revokedKeys = fields.Integer(required=True, metadata={
+        "description": "keys this call revoked (0 when a previous call did)"})
+    purged = fields.Integer(required=True, metadata={
+        "description": "entities this call deleted from the org's data"})
+    purgeComplete = fields.Boolean(required=True, metadata={
+        "description": "true once the org's data is all deleted, which frees its name"})
+
+
 class Health(Schema):
     """The process is up."""
 
@@ -154,7 +167,11 @@ class CompactionRun(Schema):
     visited = fields.Integer(required=True, metadata={"description": "dirty rollups seen"})
     compacted = fields.Integer(required=True, metadata={"description": "rollups folded"})
     complete = fields.Boolean(required=True, metadata={
-        "description": "false when the budget ran out before every org was done"})
+        "description": "false when the budget ran out before every org was done, or an "
+                       "org failed"})
+    failed = fields.List(fields.String(), required=True, metadata={
+        "description": "orgs that could not be compacted (logged with the reason); the "
+                       "others were"})
 
 
 class ListedEvent(Schema):

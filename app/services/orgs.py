@@ -1,9 +1,15 @@
-"""Org tenants and their API keys: create, authenticate, rotate, revoke.
+"""Org tenants and their API keys: create, authenticate, rotate, revoke, archive, purge.
 
 Keys are random (`mk_` + 40 url-safe characters), shown once, and stored only as
 their SHA-256 digest, which is also the entity's key name: authenticating is one
 lookup by key, and the final comparison is constant-time. A key's first 12
 characters are its public prefix, by which it is listed and revoked.
+
+An org is live, archived (its `namespace` entity soft-deleted and every key revoked:
+nothing can read or write its data, which is kept), or purged (archived, and every
+entity of its Datastore namespace deleted). An archived org's name is not free:
+creating it again answers 409 until it is purged, so that an org's data can never
+be handed to whoever registers its name next.
 """
 
 from __future__ import annotations
@@ -20,9 +26,15 @@ from app.errors import Conflict, NotFound, Unauthorized, ValidationFailed
 from app.models import ApiKey, Namespace, utcnow
 from app.models import ids
 
-ORG_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+#: An org name, matched whole with `fullmatch` (a `$` would also accept a trailing
+#: newline, which Datastore refuses in a namespace).
+ORG_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+#: The same rule for JSON Schema (ECMA-262, where `$` is the end of the input).
+ORG_NAME_PATTERN = f"^{ORG_NAME.pattern}$"
 KEY_PREFIX = "mk_"
 PREFIX_LENGTH = 12
+#: Entities deleted per commit by a purge (Datastore's limit on mutations per commit).
+PURGE_PAGE = 500
 
 
 @dataclass(frozen=True)
@@ -46,15 +58,25 @@ class IssuedKey:
     prefix: str
 
 
+def is_valid_org_name(name) -> bool:
+    """Whether name is an org name this release accepts (the whole string)."""
+    return isinstance(name, str) and ORG_NAME.fullmatch(name) is not None
+
+
 def validate_org_name(name) -> str:
     """The org name, if it is a valid one; names become Datastore namespaces."""
-    if not isinstance(name, str) or not ORG_NAME.match(name):
+    if not is_valid_org_name(name):
         raise ValidationFailed(
             "name must be 1 to 63 lower-case letters, digits or '-', "
             "starting and ending with a letter or digit",
             param="name",
         )
     return name
+
+
+#: Read options past both of NDB's caches (the request's and Redis): for entities
+#: whose state decides who may do what, where a copy could be stale.
+FRESH = {"use_cache": False, "use_global_cache": False}
 
 
 def _digest(secret: str) -> str:
@@ -67,45 +89,72 @@ def _org_of(entity: Namespace) -> Org:
 
 
 def create_org(name: str) -> IssuedKey:
-    """Register an org and issue its first API key; 409 if the name is taken."""
+    """Register an org and issue its first API key.
+
+    409 if the name is taken, by a live org or by an archived one that still has its
+    data; the name of a purged org is given out again (same `IntId`: nothing of the
+    old org is left for its ids to name, and every process's id codec stays true).
+    """
     validate_org_name(name)
     int_id = Namespace.allocate_ids(1)[0].id()
 
     @ndb.transactional(retries=5)
     def register() -> Namespace:
-        if Namespace.key_for(name).get() is not None:
+        entity = Namespace.key_for(name).get(**FRESH)
+        if entity is None:
+            entity = Namespace(key=Namespace.key_for(name), name=name, int_id=int_id)
+            entity.create()
+            return entity
+        if not entity.deleted:
             raise Conflict(f"org {name!r} already exists", param="name", code="org_exists")
-        entity = Namespace(key=Namespace.key_for(name), name=name, int_id=int_id)
-        entity.create()
+        if not entity.purged_at:
+            raise Conflict(f"org {name!r} is archived and keeps its data; purge it "
+                           f"(metering orgs delete {name} --purge) before reusing its name",
+                           param="name", code="org_archived")
+        entity.deleted, entity.purged_at = False, None
+        entity.update()
         return entity
 
     org = _org_of(register())
     return issue_key(org.name)
 
 
-def get_org(name: str) -> Org:
-    """The org of that name; 404 if there is none."""
-    if not isinstance(name, str) or not ORG_NAME.match(name):
+def get_org(name: str, fresh: bool = False) -> Org:
+    """The live org of that name; 404 if there is none.
+
+    `fresh` reads past NDB's caches: operator actions must not act on a copy that an
+    archive written without the global cache left behind.
+    """
+    if not is_valid_org_name(name):
         raise NotFound(f"org {name!r} not found", param="org")
-    entity = Namespace.key_for(name).get()
+    entity = Namespace.key_for(name).get(**(FRESH if fresh else {}))
     if entity is None or entity.deleted:
         raise NotFound(f"org {name!r} not found", param="org")
     return _org_of(entity)
 
 
 def issue_key(org_name: str) -> IssuedKey:
-    """Create another API key for an existing org."""
-    org = get_org(org_name)
+    """Create another API key for a live org.
+
+    One transaction reads the org and writes the key, so a key can never be issued
+    to an org that an archive (which revokes every key after it commits) has closed.
+    """
     secret = KEY_PREFIX + secrets.token_urlsafe(30)
     prefix = secret[:PREFIX_LENGTH]
-    ApiKey(key=ApiKey.key_for(_digest(secret)), org=org.name, prefix=prefix,
-           created_at=utcnow()).put()
-    return IssuedKey(org=org, secret=secret, prefix=prefix)
+
+    @ndb.transactional(retries=5)
+    def store() -> Org:
+        org = get_org(org_name, fresh=True)
+        ApiKey(key=ApiKey.key_for(_digest(secret)), org=org.name, prefix=prefix,
+               created_at=utcnow()).put()
+        return org
+
+    return IssuedKey(org=store(), secret=secret, prefix=prefix)
 
 
 def revoke_key(org_name: str, prefix: str) -> int:
     """Revoke the org's keys that start with `prefix`; returns how many."""
-    org = get_org(org_name)
+    org = get_org(org_name, fresh=True)
     if not isinstance(prefix, str) or len(prefix) < PREFIX_LENGTH:
         raise ValidationFailed(f"the key prefix must be its first {PREFIX_LENGTH} characters",
                                param="prefix")
@@ -132,7 +181,195 @@ def authenticate(secret: str | None) -> Org:
     if not secret or not secret.startswith(KEY_PREFIX) or len(secret) > 200:
         raise Unauthorized("missing or invalid API key")
     digest = _digest(secret)
-    stored = ApiKey.key_for(digest).get(use_cache=False)
+    # Straight from the Datastore: neither the context cache nor Redis may hold a key
+    # that was revoked since (app/cache.py).
+    stored = ApiKey.key_for(digest).get(**FRESH)
     if stored is None or stored.revoked or not hmac.compare_digest(stored.key.id(), digest):
         raise Unauthorized("missing or invalid API key")
-    return get_org(stored.org)
+    try:
+        # May come from the global cache: an archived org's keys are revoked anyway.
+        return get_org(stored.org)
+    except NotFound:
+        pass
+    try:  # an active key of a deleted org: a cached copy from before it was re-created?
+        return get_org(stored.org, fresh=True)
+    except NotFound:  # archived while its keys were being revoked, or a refused name
+        raise Unauthorized("missing or invalid API key") from None
+
+
+# -- archive, purge, check -------------------------------------------------------
+
+@dataclass(frozen=True)
+class Archived:
+    """The outcome of archiving an org: how many of its keys this call revoked, and
+    whether an earlier purge already emptied it."""
+
+    name: str
+    revoked_keys: int
+    purged: bool
+
+
+@dataclass(frozen=True)
+class Purged:
+    """The outcome of one purge call: entities deleted, and whether none is left."""
+
+    name: str
+    deleted: int
+    complete: bool
+
+
+@dataclass(frozen=True)
+class InvalidEntry:
+    """A registry entry whose name this release refuses (written by an older one)."""
+
+    kind: str
+    name: str
+    live: bool
+    prefix: str | None = None
+
+
+def _registry_entry(name) -> Namespace | None:
+    """The org's registry entity, read past the global cache, whatever its state.
+
+    A name this release refuses may still be registered (an older release accepted
+    `evil\n`): such a name is looked for among the registry's keys rather than
+    built into a key, since it may not even be a legal key name.
+    """
+    if is_valid_org_name(name):
+        return Namespace.key_for(name).get(**FRESH)
+    if not isinstance(name, str) or not name or len(name) > 256:
+        return None
+    query = Namespace.query(namespace=ids.REGISTRY_NAMESPACE)
+    found = next((key for key in query.iter(keys_only=True) if key.id() == name), None)
+    return found.get(**FRESH) if found is not None else None
+
+
+def _entry_or_404(name) -> Namespace:
+    entity = _registry_entry(name)
+    if entity is None:
+        raise NotFound(f"org {name!r} not found", param="org")
+    return entity
+
+
+def archive_org(name: str) -> Archived:
+    """Archive an org: mark it deleted, then revoke every key it has; keeps its data.
+
+    Safe to repeat (a repeat revokes keys a crashed run left active). The archive
+    commits first: from then on no key can be issued (`issue_key` reads the org in
+    its transaction), so the revocation that follows sees every key there will be.
+    """
+    key = _entry_or_404(name).key
+
+    @ndb.transactional(retries=5)
+    def close() -> Namespace:
+        entity = key.get(**FRESH)
+        if not entity.deleted:
+            entity.delete()
+        return entity
+
+    purged = bool(close().purged_at)
+    return Archived(name=key.id(), revoked_keys=_revoke_all(key.id()), purged=purged)
+
+
+def _revoke_all(org_name: str) -> int:
+    """Revoke every active key of the org, PURGE_PAGE per commit; how many."""
+    keys = ApiKey.query(ApiKey.org == org_name, namespace=ids.REGISTRY_NAMESPACE).fetch()
+    active = [k for k in keys if not k.revoked]
+    now = utcnow()
+    for start in range(0, len(active), PURGE_PAGE):
+        page = active[start:start + PURGE_PAGE]
+        for api_key in page:
+            api_key.revoked, api_key.revoked_at = True, now
+        ndb.put_multi(page)
+    return len(active)
+
+
+def _require_archived(key: ndb.Key) -> Namespace:
+    entity = key.get(**FRESH)
+    if entity is None or not entity.deleted:
+        raise Conflict(f"org {key.id()!r} is live: archive it before purging",
+                       param="org", code="org_live")
+    return entity
+
+
+def _reserved(key: ndb.Key) -> bool:
+    """Whether the key is of a kind Datastore writes itself (`__Stat_Ns_Kind__`...):
+    such entities cannot be deleted and are not the org's data."""
+    kind = key.kind()
+    return kind.startswith("__") and kind.endswith("__")
+
+
+def _org_keys(namespace: str) -> ndb.Query:
+    """Every key of any kind in the org's namespace: a kindless query (built-in index)."""
+    return ndb.Query(namespace=namespace)
+
+
+def count_org_entities(name: str) -> int:
+    """How many entities the org's namespace holds (keys only, for a progress bar)."""
+    key = _entry_or_404(name).key
+    if not is_valid_org_name(key.id()):
+        return 0
+    return sum(1 for k in _org_keys(key.id()).iter(keys_only=True) if not _reserved(k))
+
+
+def purge_org(name: str, progress=None, max_entities: int | None = None) -> Purged:
+    """Delete every entity of an archived org's namespace, PURGE_PAGE per commit.
+
+    Resumable: each page is its own commit and a run starts from whatever is left,
+    so a run killed midway is finished by running it again. The org must stay
+    archived (checked before every page): nothing can write to it meanwhile. With
+    `max_entities`, one call stops after that many (the HTTP API's bound per
+    request) and says whether it finished. Once nothing is left, the org is marked
+    purged, which frees its name.
+    """
+    key = _entry_or_404(name).key
+    _require_archived(key)
+    namespace, deleted, cursor = key.id(), 0, None
+    # A name Datastore refuses as a namespace cannot have any data to delete.
+    while is_valid_org_name(namespace):
+        if max_entities is not None and deleted >= max_entities:
+            return Purged(name=namespace, deleted=deleted, complete=False)
+        room = PURGE_PAGE if max_entities is None else min(PURGE_PAGE, max_entities - deleted)
+        _require_archived(key)
+        # The cursor only steps over reserved kinds' keys, which stay where they are.
+        keys, cursor, more = _org_keys(namespace).fetch_page(room, start_cursor=cursor,
+                                                             keys_only=True)
+        doomed = [k for k in keys if not _reserved(k)]
+        if doomed:
+            ndb.delete_multi(doomed)
+            deleted += len(doomed)
+            if progress is not None:
+                progress(len(doomed))
+        if not more or not keys:
+            break
+    _mark_purged(key)
+    return Purged(name=namespace, deleted=deleted, complete=True)
+
+
+def _mark_purged(key: ndb.Key) -> None:
+    @ndb.transactional(retries=5)
+    def mark() -> None:
+        entity = _require_archived(key)
+        if not entity.purged_at:
+            entity.purged_at = utcnow().isoformat()
+            entity.put()
+
+    mark()
+
+
+def invalid_registry_entries() -> list[InvalidEntry]:
+    """Registry entries whose names this release refuses: orgs, and keys naming them.
+
+    `live` ones (an org not archived, a key not revoked) still answer requests with
+    errors; `metering orgs delete NAME` archives such an org and revokes its keys.
+    """
+    found = []
+    for entity in Namespace.query(namespace=ids.REGISTRY_NAMESPACE):
+        name = entity.key.id()
+        if not is_valid_org_name(name) or entity.name != name:
+            found.append(InvalidEntry("namespace", str(name), live=not entity.deleted))
+    for api_key in ApiKey.query(namespace=ids.REGISTRY_NAMESPACE):
+        if not is_valid_org_name(api_key.org):
+            found.append(InvalidEntry("api-key", str(api_key.org), live=not api_key.revoked,
+                                      prefix=api_key.prefix))
+    return found

@@ -30,6 +30,8 @@ class ApiError(Exception):
 
     status = 400
     code = "invalid_request"
+    #: Seconds after which a retry may succeed; sent as `Retry-After` when set.
+    retry_after: int | None = None
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
                  details: list[dict] | None = None):
@@ -85,6 +87,26 @@ class Unavailable(ApiError):
     status = 503
     code = "unavailable"
 
+    def __init__(self, message: str, *, retry_after: int | None = None, **kwargs):
+        super().__init__(message, **kwargs)
+        if retry_after is not None:
+            self.retry_after = retry_after
+
+
+#: `Retry-After` of a 503: long enough for a transient outage or a busy moment to pass.
+UNAVAILABLE_RETRY_SECONDS = 5
+
+
+class DeadlineExceeded(Unavailable):
+    """Raised when a request runs out of its deadline (503, with Retry-After).
+
+    Nothing half-written remains: every write is one commit, and a commit is never
+    cut short by the deadline (see app.deadline).
+    """
+
+    code = "deadline_exceeded"
+    retry_after = UNAVAILABLE_RETRY_SECONDS
+
 
 _HTTP_CODES = {
     400: "invalid_request",
@@ -122,6 +144,8 @@ def _allowed(exc: HTTPException) -> list[str]:
 def _render(error: ApiError, status: int):
     response = jsonify(error.to_dict())
     response.status_code = status
+    if error.retry_after is not None:
+        response.headers["Retry-After"] = str(error.retry_after)
     return response
 
 
@@ -154,8 +178,14 @@ def _from_unexpected(exc: Exception):
 
 
 def _from_datastore(exc: Exception):
+    from google.api_core import exceptions as gexc
+
     log.warning("datastore call failed: %s", type(exc).__name__)
-    return _render(Unavailable("the datastore is unavailable, retry later"), 503)
+    if isinstance(exc, gexc.DeadlineExceeded):  # its timeout was the request's time left
+        return _render(DeadlineExceeded("the datastore did not answer within the "
+                                        "request's deadline; retry later"), 503)
+    return _render(Unavailable("the datastore is unavailable, retry later",
+                               retry_after=UNAVAILABLE_RETRY_SECONDS), 503)
 
 
 def init_app(app) -> None:

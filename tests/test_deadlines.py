@@ -59,9 +59,11 @@ def assert_deadline_exceeded(answer) -> None:
 USERS = 400
 
 
-def test_a_summary_slowed_by_its_data_stops_at_the_deadline(api, org, serve):
+def test_a_summary_slowed_by_its_data_stops_at_the_deadline(api, org, serve, emulator_kind):
     """A `last` meter grouped by user reads the latest event of each user (one query per
     instant): hundreds of RPCs, far beyond a half-second deadline."""
+    if emulator_kind != "firestore":
+        pytest.skip("the legacy emulator's rollups carry their `last` values: no reads")
     meter = api.create_meter(aggregationType="last")
     record_users(api, meter, USERS)
     query = {"meterId": meter["id"], "groupBy": "userId", "periodStart": DAY.isoformat(),

@@ -81,20 +81,16 @@ class Conflict(ApiError):
     code = "conflict"
 
 
+#: `Retry-After` of every 503: long enough for a transient outage or a busy moment to pass.
+UNAVAILABLE_RETRY_SECONDS = 5
+
+
 class Unavailable(ApiError):
-    """Raised when the Datastore cannot be reached or keeps aborting (503)."""
+    """Raised when the Datastore cannot be reached or keeps aborting (503, Retry-After)."""
 
     status = 503
     code = "unavailable"
-
-    def __init__(self, message: str, *, retry_after: int | None = None, **kwargs):
-        super().__init__(message, **kwargs)
-        if retry_after is not None:
-            self.retry_after = retry_after
-
-
-#: `Retry-After` of a 503: long enough for a transient outage or a busy moment to pass.
-UNAVAILABLE_RETRY_SECONDS = 5
+    retry_after = UNAVAILABLE_RETRY_SECONDS
 
 
 class DeadlineExceeded(Unavailable):
@@ -105,7 +101,6 @@ class DeadlineExceeded(Unavailable):
     """
 
     code = "deadline_exceeded"
-    retry_after = UNAVAILABLE_RETRY_SECONDS
 
 
 _HTTP_CODES = {
@@ -184,8 +179,7 @@ def _from_datastore(exc: Exception):
     if isinstance(exc, gexc.DeadlineExceeded):  # its timeout was the request's time left
         return _render(DeadlineExceeded("the datastore did not answer within the "
                                         "request's deadline; retry later"), 503)
-    return _render(Unavailable("the datastore is unavailable, retry later",
-                               retry_after=UNAVAILABLE_RETRY_SECONDS), 503)
+    return _render(Unavailable("the datastore is unavailable, retry later"), 503)
 
 
 def init_app(app) -> None:
@@ -202,7 +196,8 @@ def init_app(app) -> None:
 
 
 class TooManyRequests(ApiError):
-    """Raised when an org is over its request rate limit (429, with Retry-After)."""
+    """Raised when an org is over its request limit or read budget, or an address over
+    its limit of failed authentications (429, with Retry-After)."""
 
     status = 429
     code = "rate_limited"

@@ -13,7 +13,10 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import requests
 
-from app import create_app
+from app import create_app, deadline
+from app.datastore import make_client
+from app.errors import DeadlineExceeded
+from app.storage import entities, metrics, rpc
 from tests.support.http import Api, error_of
 from tests.support.server import LiveServer
 
@@ -154,3 +157,31 @@ def test_compaction_stops_cleanly_near_its_deadline_and_the_next_call_goes_on(
 def test_without_a_deadline_requests_are_not_bounded(api, serve, org):
     unbounded = Api(serve(request_deadline_seconds=0), org["apiKey"])
     assert unbounded.get("/v1/billing/meters").status_code == 200
+
+
+def test_a_commit_sent_before_the_deadline_is_never_cut_short(config, org):
+    """A commit cut by a client-side timeout may still land, and a caller told 503 would
+    send its batch again: so a commit sent with milliseconds left keeps its own timeout
+    (and one sent past the deadline is refused unsent, as the tests above show)."""
+    client = make_client(config)
+    metrics.instrument(client)  # as the app does: the wrapper applies the deadline
+    with client.context(namespace=org["name"]):
+        request = rpc.new_commit()
+        keys = []
+        for number in range(1, 201):  # about 4 MB: the emulator takes a while over it
+            entity = request.mutations.add().insert
+            entities.fill_key(entity.key, "deadline-probe", number)
+            entities.set_string(entity, "Payload", "x" * 20_000, indexed=False)
+            keys.append(entity.key)
+        deadline.start(0.5)
+        try:
+            while deadline.remaining() > 0.003:  # send it with 3 ms left
+                pass
+            rpc.send_commit(request)
+            while deadline.remaining() > 0:
+                pass
+            with pytest.raises(DeadlineExceeded):  # reads past the deadline are not sent
+                rpc.lookup(keys[:1])
+        finally:
+            deadline.clear()
+        assert len(rpc.lookup(keys)) == 200

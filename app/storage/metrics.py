@@ -58,18 +58,23 @@ def _count(usage: Usage | None, rpc_name: str, request, response) -> None:
 
 
 #: RPCs the deadline never cuts short: a commit is refused before it is sent past the
-#: deadline but never timed out once sent (its outcome would be unknown); a rollback
-#: must work even past the deadline.
+#: deadline but never timed out by it once sent (its outcome would be unknown); a
+#: rollback must work even past the deadline.
 _WHOLE = frozenset({"commit"})
 _EXEMPT = frozenset({"rollback"})
+#: Inside a request, the timeout of a commit sent without one (NDB sends none): a hung
+#: Datastore must not hold a request forever, and a commit takes well under this.
+COMMIT_TIMEOUT_SECONDS = 60.0
 
 
 def _bounded(name: str, kwargs: dict) -> dict:
     """The call's keyword arguments with its timeout cut to the request's time left."""
-    if name in _EXEMPT:
+    if name in _EXEMPT or deadline.remaining() is None:
         return kwargs
     if name in _WHOLE:
         deadline.check()
+        if kwargs.get("timeout") is None:
+            return {**kwargs, "timeout": COMMIT_TIMEOUT_SECONDS}
         return kwargs
     return {**kwargs, "timeout": deadline.rpc_timeout(kwargs.get("timeout"))}
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import threading
 import time
 from collections import OrderedDict
@@ -80,13 +81,26 @@ def client_address() -> str:
     caller. The front end puts the caller's address in `X-Appengine-User-Ip` and
     removes any `X-Appengine-*` header a client sends, so there (only) that header
     is the caller's address as App Engine saw it. `X-Forwarded-For` is not used: a
-    client can put any address at its start.
+    client can put any address at its start. IPv6 callers are limited per /64.
     """
+    address = request.remote_addr or ""
     if current_app.config["METERING"].production:
-        forwarded = request.headers.get("X-Appengine-User-Ip")
-        if forwarded:
-            return forwarded
-    return request.remote_addr or "unknown"
+        address = request.headers.get("X-Appengine-User-Ip") or address
+    return _limited_unit(address)
+
+
+def _limited_unit(address: str) -> str:
+    """The unit one limit covers: an IPv4 address, or an IPv6 /64 (one subscriber's
+    network, whose 2^64 addresses would otherwise each get a limit of their own)."""
+    try:
+        parsed = ipaddress.ip_address(address.strip())
+    except ValueError:
+        return address[:64] or "unknown"
+    if parsed.version == 6:
+        if parsed.ipv4_mapped is not None:
+            return str(parsed.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{parsed}/64", strict=False))
+    return str(parsed)
 
 
 def _unknown_keys() -> UnknownKeys:

@@ -153,3 +153,25 @@ def test_a_key_lately_found_unknown_costs_no_lookup(serve, org, admin):
     prefix = org["apiKey"][:12]
     assert admin.delete(f"/v1/admin/orgs/{org['name']}/keys/{prefix}").json() == {"revoked": 1}
     assert api.get("/v1/billing/meters").status_code == 401
+
+
+def test_outside_app_engine_invented_address_headers_change_nothing(serve):
+    url = serve(unauthenticated_per_minute=2)
+    fresh_minute()
+    codes = [Api(url, WRONG_KEY).get("/v1/billing/meters", headers={
+        "X-Appengine-User-Ip": f"203.0.113.{n}", "X-Forwarded-For": f"198.51.100.{n}"}
+    ).status_code for n in range(3)]
+    assert codes == [401, 401, 429]  # all from 127.0.0.1
+
+
+def test_on_app_engine_the_front_ends_address_counts_and_ipv6_per_64(serve):
+    url = serve(unauthenticated_per_minute=2, production=True)
+    fresh_minute()
+
+    def attempt(address: str) -> int:
+        return Api(url, WRONG_KEY).get("/v1/billing/meters", headers={
+            "X-Appengine-User-Ip": address}).status_code
+    assert [attempt("203.0.113.7") for _ in range(3)] == [401, 401, 429]
+    assert attempt("203.0.113.8") == 401  # another caller
+    assert [attempt(f"2001:db8:1:2::{n}") for n in range(1, 4)] == [401, 401, 429]
+    assert attempt("2001:db8:1:3::1") == 401  # another /64

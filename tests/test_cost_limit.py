@@ -10,6 +10,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from app import create_app
+from app.tenancy import UnknownKeys
 from tests.support.flavour import firestore_only  # noqa: F401
 from tests.support.http import Api, error_of
 from tests.support.redis_server import RedisServer
@@ -175,3 +176,18 @@ def test_on_app_engine_the_front_ends_address_counts_and_ipv6_per_64(serve):
     assert attempt("203.0.113.8") == 401  # another caller
     assert [attempt(f"2001:db8:1:2::{n}") for n in range(1, 4)] == [401, 401, 429]
     assert attempt("2001:db8:1:3::1") == 401  # another /64
+
+
+def test_an_unknown_key_is_remembered_briefly_and_boundedly():
+    """So a key can never be refused by this memory for longer than its short while, and
+    a flood of distinct wrong keys cannot grow it without bound."""
+    now = [0.0]
+    unknown = UnknownKeys(seconds=30, entries=2, clock=lambda: now[0])
+    unknown.add("a")
+    now[0] = 29.9
+    assert "a" in unknown
+    now[0] = 30.0
+    assert "a" not in unknown
+    for digest in ("a", "b", "c"):
+        unknown.add(digest)
+    assert ["a" in unknown, "b" in unknown, "c" in unknown] == [False, True, True]

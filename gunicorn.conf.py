@@ -10,6 +10,10 @@ is silenced.
 workers = 2
 threads = 8
 worker_class = "gthread"
+# With threaded workers `timeout` only restarts a worker whose main loop stops
+# answering; it never stops one slow request. The service bounds its own requests
+# (METERING_REQUEST_DEADLINE_SECONDS, app/deadline.py), well under this and under App
+# Engine's 60 s, so a slow request ends with a 503 and its thread goes on serving.
 timeout = 60
 accesslog = None
 # Gunicorn 27's control socket is one path per user; App Engine needs none.

@@ -14,7 +14,7 @@ from app.config import Config
 
 def create_app(config: Config | None = None) -> Flask:
     """Build the WSGI app for a configuration (read from the environment by default)."""
-    from app import api, datastore, errors, headers, logs, ratelimit
+    from app import api, datastore, deadline, errors, headers, logs, ratelimit
     from app.models import ids
 
     config = config or Config.from_env()
@@ -23,6 +23,7 @@ def create_app(config: Config | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.json.sort_keys = False
     ids.configure(config.hashid_salt)
+    deadline.init_app(app)  # first: the deadline counts from the request's arrival
     errors.init_app(app)
     logs.init_app(app)
     headers.init_app(app)

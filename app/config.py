@@ -24,6 +24,16 @@ def _env_int(env: dict, name: str, default: int) -> int:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
 
 
+def _env_float(env: dict, name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
+
+
 def on_app_engine(env: dict) -> bool:
     """Whether the process runs on App Engine (its runtime sets these variables)."""
     return env.get("GAE_ENV") == "standard" or bool(env.get("GAE_APPLICATION"))
@@ -75,6 +85,14 @@ class Config:
     redis_url: str | None = None
     #: Most rollups one call of the compaction cron handler folds, over all orgs.
     cron_compact_budget: int = 2000
+    #: Seconds a request may run (Datastore RPC timeouts are cut to what is left); past
+    #: it the answer is 503 `deadline_exceeded`. 0 means no deadline.
+    request_deadline_seconds: float = 30.0
+    #: Datastore entities one org may read per minute; 0 turns the budget off.
+    read_budget_per_minute: int = 0
+    #: Requests with a missing, unknown or revoked key one client address may make per
+    #: minute (more are refused with 429 before any lookup); 0 turns the limit off.
+    unauthenticated_per_minute: int = 0
 
     def __post_init__(self):
         if self.production:
@@ -115,6 +133,12 @@ class Config:
             redis_url=env.get("REDIS_CACHE_URL") or None,
             cron_compact_budget=_env_int(env, "METERING_CRON_COMPACT_BUDGET",
                                          cls.cron_compact_budget),
+            request_deadline_seconds=_env_float(env, "METERING_REQUEST_DEADLINE_SECONDS",
+                                                cls.request_deadline_seconds),
+            read_budget_per_minute=_env_int(env, "METERING_READ_BUDGET_PER_MINUTE",
+                                            cls.read_budget_per_minute),
+            unauthenticated_per_minute=_env_int(env, "METERING_UNAUTHENTICATED_PER_MINUTE",
+                                                cls.unauthenticated_per_minute),
         )
 
     def replace(self, **changes) -> "Config":

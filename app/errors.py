@@ -30,6 +30,8 @@ class ApiError(Exception):
 
     status = 400
     code = "invalid_request"
+    #: Seconds after which a retry may succeed; sent as `Retry-After` when set.
+    retry_after: int | None = None
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
                  details: list[dict] | None = None):
@@ -79,11 +81,26 @@ class Conflict(ApiError):
     code = "conflict"
 
 
+#: `Retry-After` of every 503: long enough for a transient outage or a busy moment to pass.
+UNAVAILABLE_RETRY_SECONDS = 5
+
+
 class Unavailable(ApiError):
-    """Raised when the Datastore cannot be reached or keeps aborting (503)."""
+    """Raised when the Datastore cannot be reached or keeps aborting (503, Retry-After)."""
 
     status = 503
     code = "unavailable"
+    retry_after = UNAVAILABLE_RETRY_SECONDS
+
+
+class DeadlineExceeded(Unavailable):
+    """Raised when a request runs out of its deadline (503, with Retry-After).
+
+    Nothing half-written remains: every write is one commit, and a commit is never
+    cut short by the deadline (see app.deadline).
+    """
+
+    code = "deadline_exceeded"
 
 
 _HTTP_CODES = {
@@ -122,6 +139,8 @@ def _allowed(exc: HTTPException) -> list[str]:
 def _render(error: ApiError, status: int):
     response = jsonify(error.to_dict())
     response.status_code = status
+    if error.retry_after is not None:
+        response.headers["Retry-After"] = str(error.retry_after)
     return response
 
 
@@ -154,7 +173,12 @@ def _from_unexpected(exc: Exception):
 
 
 def _from_datastore(exc: Exception):
+    from google.api_core import exceptions as gexc
+
     log.warning("datastore call failed: %s", type(exc).__name__)
+    if isinstance(exc, gexc.DeadlineExceeded):  # its timeout was the request's time left
+        return _render(DeadlineExceeded("the datastore did not answer within the "
+                                        "request's deadline; retry later"), 503)
     return _render(Unavailable("the datastore is unavailable, retry later"), 503)
 
 
@@ -172,7 +196,8 @@ def init_app(app) -> None:
 
 
 class TooManyRequests(ApiError):
-    """Raised when an org is over its request rate limit (429, with Retry-After)."""
+    """Raised when an org is over its request limit or read budget, or an address over
+    its limit of failed authentications (429, with Retry-After)."""
 
     status = 429
     code = "rate_limited"

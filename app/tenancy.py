@@ -5,11 +5,25 @@
 (`app.ratelimit`) and switches the request's NDB context to that org's namespace.
 Every model and service below then works in that namespace without being told.
 `require_admin` guards the admin API with the configured token.
+
+Failed authentications are limited per client address (`app.ratelimit`), and the
+digests of keys found unknown or revoked are remembered for `UNKNOWN_KEY_SECONDS`
+in this process (`UnknownKeys`), so a flood of one wrong key costs one Datastore
+lookup per process and half-minute, not one per request. There is deliberately no
+cache of *valid* keys: every request with a valid key looks it up, so a revocation
+takes effect on the very next request. A newly created key is never refused by this
+cache for longer than `UNKNOWN_KEY_SECONDS` (and only if someone presented it before
+it existed, which its 240 random bits make impossible in practice).
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import ipaddress
+import threading
+import time
+from collections import OrderedDict
 
 from flask import current_app, g, request
 
@@ -26,11 +40,102 @@ def _bearer() -> str | None:
     return token.strip()
 
 
+#: How long a key found unknown or revoked is refused without a lookup, and how many
+#: such keys one process remembers (the oldest are forgotten first).
+UNKNOWN_KEY_SECONDS = 30.0
+UNKNOWN_KEY_ENTRIES = 10_000
+
+
+class UnknownKeys:
+    """Digests of API keys lately found unknown or revoked, each for a short while."""
+
+    def __init__(self, seconds: float = UNKNOWN_KEY_SECONDS,
+                 entries: int = UNKNOWN_KEY_ENTRIES, clock=time.monotonic):
+        self._seconds, self._entries, self._clock = seconds, entries, clock
+        self._lock = threading.Lock()
+        self._until: OrderedDict[str, float] = OrderedDict()
+
+    def __contains__(self, digest: str) -> bool:
+        with self._lock:
+            until = self._until.get(digest)
+            if until is None:
+                return False
+            if until <= self._clock():
+                del self._until[digest]
+                return False
+            return True
+
+    def add(self, digest: str) -> None:
+        with self._lock:
+            self._until.pop(digest, None)
+            self._until[digest] = self._clock() + self._seconds
+            while len(self._until) > self._entries:
+                self._until.popitem(last=False)
+
+
+def client_address() -> str:
+    """The caller's address, for limiting failed authentications.
+
+    On App Engine every request reaches the app through Google's front end and a
+    local proxy, so `remote_addr` is that proxy's address, the same for every
+    caller. The front end puts the caller's address in `X-Appengine-User-Ip` and
+    removes any `X-Appengine-*` header a client sends, so there (only) that header
+    is the caller's address as App Engine saw it. `X-Forwarded-For` is not used: a
+    client can put any address at its start. IPv6 callers are limited per /64.
+    """
+    address = request.remote_addr or ""
+    if current_app.config["METERING"].production:
+        address = request.headers.get("X-Appengine-User-Ip") or address
+    return _limited_unit(address)
+
+
+def _limited_unit(address: str) -> str:
+    """The unit one limit covers: an IPv4 address, or an IPv6 /64 (one subscriber's
+    network, whose 2^64 addresses would otherwise each get a limit of their own)."""
+    try:
+        parsed = ipaddress.ip_address(address.strip())
+    except ValueError:
+        return address[:64] or "unknown"
+    if parsed.version == 6:
+        if parsed.ipv4_mapped is not None:
+            return str(parsed.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{parsed}/64", strict=False))
+    return str(parsed)
+
+
+def _unknown_keys() -> UnknownKeys:
+    keys = current_app.extensions.get("unknown_keys")
+    if keys is None:  # two threads may both make one: only the first one is kept
+        keys = current_app.extensions.setdefault("unknown_keys", UnknownKeys())
+    return keys
+
+
+def _authenticate(secret: str | None) -> orgs.Org:
+    """`orgs.authenticate`, skipping the lookup of a key lately found unknown or revoked."""
+    if not secret:
+        return orgs.authenticate(secret)
+    digest = hashlib.sha256(secret.encode("utf-8")).hexdigest()
+    unknown = _unknown_keys()
+    if digest in unknown:
+        raise Unauthorized("missing or invalid API key")
+    try:
+        return orgs.authenticate(secret)
+    except Unauthorized:
+        unknown.add(digest)
+        raise
+
+
 def require_org() -> None:
     """Authenticate the caller's API key and enter its org's namespace."""
     if request.method == "OPTIONS":
         return
-    org = orgs.authenticate(_bearer())
+    address = client_address()
+    ratelimit.refuse_blocked(address)
+    try:
+        org = _authenticate(_bearer())
+    except Unauthorized:
+        ratelimit.count_unauthenticated(address)  # 429 instead, once over the limit
+        raise
     g.org = org
     ratelimit.check(org.name)
     datastore.use_namespace(org.namespace)
@@ -46,6 +151,9 @@ def require_admin() -> None:
     expected = current_app.config["METERING"].admin_token
     if not expected:
         raise NotFound("the admin API is disabled: set METERING_ADMIN_TOKEN")
+    address = client_address()
+    ratelimit.refuse_blocked(address)
     given = _bearer() or ""
     if not hmac.compare_digest(given.encode(), expected.encode()):
+        ratelimit.count_unauthenticated(address)  # guessing the token is limited too
         raise Unauthorized("missing or invalid admin token")

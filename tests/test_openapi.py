@@ -86,6 +86,7 @@ def test_every_error_answer_is_the_envelope(served):
     assert set(shared) == {"BadRequest", "Unauthorized", "NotFound", "Conflict",
                            "TooManyRequests", "PayloadTooLarge", "Unavailable"}
     assert "Retry-After" in shared["TooManyRequests"]["headers"]
+    assert "Retry-After" in shared["Unavailable"]["headers"]
     for answer in shared.values():
         assert answer["content"]["application/json"]["schema"] == {
             "$ref": "#/components/schemas/Error"}
@@ -97,9 +98,10 @@ def test_every_error_answer_is_the_envelope(served):
                 if status.startswith(("4", "5")):
                     assert answer["$ref"].startswith("#/components/responses/")
             assert "413" in operation["responses"]
-            # The per-org rate limit applies wherever an org key is the caller.
-            assert ("429" in operation["responses"]) == (operation["security"] == [
-                {"apiKey": []}])
+            # The per-org limits apply wherever an org key is the caller, the limit of
+            # wrong credentials per address wherever a key or the admin token is.
+            assert ("429" in operation["responses"]) == (operation["security"] in (
+                [{"apiKey": []}], [{"adminToken": []}]))
 
 
 def test_the_summary_documents_its_repeatable_and_filter_parameters(served):

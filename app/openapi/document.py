@@ -108,7 +108,7 @@ def _new_spec(config) -> APISpec:
     spec.components.schema("Error", schema=responses.Error)
     for status, (name, description) in ERROR_STATUSES.items():
         headers = {USAGE_HEADER: USAGE_HEADER}
-        if status == 429:
+        if status in (429, 503):
             headers[RETRY_AFTER] = RETRY_AFTER
         spec.components.response(name, {
             "description": description,

@@ -34,10 +34,14 @@ ERROR_STATUSES = {
     401: ("Unauthorized", "The credentials are missing, unknown or revoked."),
     404: ("NotFound", "The addressed resource does not exist for the caller."),
     409: ("Conflict", "The request contradicts stored state; nothing was changed."),
-    429: ("TooManyRequests", "The org is over its request rate limit; retry after the "
-                             "`Retry-After` header's seconds. Nothing was changed."),
+    429: ("TooManyRequests", "The org is over its request rate limit or has spent its "
+                             "budget of Datastore reads for the minute, or the caller's "
+                             "address sent too many missing or invalid keys; retry after "
+                             "the `Retry-After` header's seconds. Nothing was changed."),
     413: ("PayloadTooLarge", "The request body is larger than the configured limit."),
-    503: ("Unavailable", "The Datastore is unavailable; retry later."),
+    503: ("Unavailable", "The Datastore is unavailable (`unavailable`), or the request ran "
+                         "out of its deadline (`deadline_exceeded`); retry after the "
+                         "`Retry-After` header's seconds. Nothing was half-written."),
 }
 
 #: `filter[NAME]=VALUE` of the summary: an object in deepObject style.
@@ -137,7 +141,7 @@ _KEY_LINKS = {
 }
 
 _TENANT_ERRORS = (401, 429)
-_ADMIN_ERRORS = (401, 404)
+_ADMIN_ERRORS = (401, 404, 429)  # 429: too many wrong tokens from one address
 
 OPERATIONS: dict[str, Operation] = {
     "health.healthz": Operation(
@@ -148,7 +152,7 @@ OPERATIONS: dict[str, Operation] = {
         security=None),
     "cron.compact": Operation(
         "operations", {200: ("What the call compacted.", responses.CompactionRun)},
-        errors=(401,), security=ADMIN_TOKEN),
+        errors=(401, 429), security=ADMIN_TOKEN),
     "dashboard.page": Operation(
         "dashboard", {200: ("The dashboard's page.", "text/html")},
         security=None, datastore=False),

@@ -10,6 +10,11 @@ One org's failure is that org's alone: it is logged with the org's name, listed 
 the answer's `failed`, and the loop goes on with the others. A registry name this
 release refuses (an older release accepted `evil\n`) is listed without being tried,
 since Datastore refuses it as a namespace; `metering orgs check` lists such entries.
+
+A call also stops, cleanly, when its request nears its deadline (`app.deadline`):
+each rollup is folded in its own transaction, so stopping between two rollups (or
+inside one, which rolls it back) loses nothing; the answer reports what was done
+with `complete: false`, and the next call goes on.
 """
 
 from __future__ import annotations
@@ -18,9 +23,11 @@ import logging
 import random
 from dataclasses import dataclass, field
 
+from google.api_core import exceptions as core_exceptions
 from google.cloud import ndb
 
-from app.errors import ApiError
+from app import deadline
+from app.errors import ApiError, DeadlineExceeded
 from app.models import Namespace
 from app.models import ids
 from app.services import compact
@@ -38,6 +45,15 @@ class CompactionRun:
     compacted: int = 0
     complete: bool = True
     failed: list[str] = field(default_factory=list)
+
+
+#: Seconds before the deadline at which no further rollup is started.
+STOP_MARGIN_SECONDS = 1.0
+
+
+def _time_is_short() -> bool:
+    left = deadline.remaining()
+    return left is not None and left < STOP_MARGIN_SECONDS
 
 
 def org_names() -> list[str]:
@@ -62,21 +78,32 @@ def compact_all_orgs(budget: int, per_org: int = compact.PAGE) -> CompactionRun:
             run.failed.append(name)
             continue
         try:
-            _compact_page(name, min(per_org, left), run)
+            finished = _compact_page(name, min(per_org, left), run)
+        except (DeadlineExceeded, core_exceptions.DeadlineExceeded):
+            finished = False  # out of time mid-rollup: its transaction is rolled back
         except ApiError:
-            raise  # the request's own failure (its deadline, say), not this org's
+            raise  # the request's own failure, not this org's
         except Exception:
             log.exception("compaction failed for org %r; continuing with the others", name)
             run.failed.append(name)
             run.complete = False
+            continue
+        if not finished:
+            run.complete = False
+            break
     return run
 
 
-def _compact_page(name: str, limit: int, run: CompactionRun) -> None:
-    """Fold up to `limit` dirty rollups of one org, counting into run."""
+def _compact_page(name: str, limit: int, run: CompactionRun) -> bool:
+    """Fold up to `limit` dirty rollups of one org, counting into run; False if time ran
+    short before the page was done."""
     with ndb.get_context().new(namespace=name).use():
         keys = compact.dirty_keys(limit=limit)
-        run.visited += len(keys)
-        run.compacted += sum(compact.compact_one(key) for key in keys)
+        for key in keys:
+            if _time_is_short():
+                return False
+            run.compacted += compact.compact_one(key)
+            run.visited += 1
     if len(keys) == limit:  # maybe more in this org
         run.complete = False
+    return True

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
+from app import deadline
 from app.errors import NotFound, ValidationFailed
 from app.models import Meter
 from app.services import recompute
@@ -62,6 +63,7 @@ def _rollup_cells(meter: Meter, user_id, start: datetime, end: datetime):
     last_day = rollups.day_and_slot(end - timedelta(microseconds=1))[0]
     slot_starts: dict[int, list[datetime]] = {}  # day -> its 96 slot starts, made once
     for entity in queries.rollups(meter.id_, user_id, first_day, last_day):
+        deadline.check()  # decoding a page of rollups is CPU between two RPCs
         series, day, base, deltas = rollups.decode_parts(entity)
         moments = slot_starts.get(day)
         if moments is None:

@@ -27,6 +27,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from app import deadline  # a context variable only: outside a request it never fires
+
 SLOT = timedelta(minutes=15)
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 USER_ID = "userId"
@@ -263,6 +265,7 @@ def _utc_bounds(request: SummaryRequest) -> list[tuple[datetime, datetime]]:
         return [(start, end)]
     bounds = []
     while start < end:
+        deadline.check()
         stop = min(_next_boundary(start, request.zone, request.window_size), end)
         bounds.append((start, stop))
         start = stop
@@ -327,6 +330,8 @@ def _windows(request: SummaryRequest, bounds, buckets: dict) -> list[Window]:
     zone, empty = request.zone, _Bucket()
     windows = []
     for index, group in keys:
+        if not len(windows) % 1024:
+            deadline.check()
         bucket = buckets.get((index, group), empty)
         start, end = bounds[index]
         windows.append(Window(start.astimezone(zone), end.astimezone(zone),
@@ -359,6 +364,7 @@ def summarize_cells(request: SummaryRequest,
     window_at, bucket_at = window_of.get, buckets.get  # this loop runs once per cell
     for series, slot, cell in cells:
         if series is not last_series:  # a rollup's cells come together: skip the lookups
+            deadline.check()  # once per rollup or raw event: the loop's cost is theirs
             last_series, last_key = series, None
             profile = profiles.get(series, _UNSEEN)
             if profile is _UNSEEN:
@@ -383,6 +389,7 @@ def summarize_cells(request: SummaryRequest,
             bucket.uniques.add(profile[1])
     for bucket in buckets.values():
         if bucket.cell.pending_ts is not None:
+            deadline.check()
             if latest is None:
                 raise ValueError("cells with pending `last` events need a `latest` reader")
             settle_last(bucket.cell, latest)

@@ -2,13 +2,18 @@
 
 `instrument(client)` wraps the NDB client's gRPC transport once, so every call,
 NDB's own and ours, is counted into the current `Usage` (a context variable that
-the app resets per request and reports in the `X-Datastore-Usage` header).
+the app resets per request and reports in the `X-Datastore-Usage` header; the
+per-org read budget of `app.ratelimit` adds up its `entities_read`). The same
+wrapper bounds every call by the request's deadline (`app.deadline`): the one place
+all RPCs pass through.
 """
 
 from __future__ import annotations
 
 import contextvars
 from dataclasses import dataclass
+
+from app import deadline
 
 
 @dataclass
@@ -52,13 +57,37 @@ def _count(usage: Usage | None, rpc_name: str, request, response) -> None:
         usage.entities_written += len(request.mutations)
 
 
+#: RPCs the deadline never cuts short: a commit is refused before it is sent past the
+#: deadline but never timed out by it once sent (its outcome would be unknown); a
+#: rollback must work even past the deadline.
+_WHOLE = frozenset({"commit"})
+_EXEMPT = frozenset({"rollback"})
+#: Inside a request, the timeout of a commit sent without one (NDB sends none): a hung
+#: Datastore must not hold a request forever, and a commit takes well under this.
+COMMIT_TIMEOUT_SECONDS = 60.0
+
+
+def _bounded(name: str, kwargs: dict) -> dict:
+    """The call's keyword arguments with its timeout cut to the request's time left."""
+    if name in _EXEMPT or deadline.remaining() is None:
+        return kwargs
+    if name in _WHOLE:
+        deadline.check()
+        if kwargs.get("timeout") is None:
+            return {**kwargs, "timeout": COMMIT_TIMEOUT_SECONDS}
+        return kwargs
+    return {**kwargs, "timeout": deadline.rpc_timeout(kwargs.get("timeout"))}
+
+
 class _CountingMethod:
-    """A gRPC method that counts its calls (blocking and `.future` alike)."""
+    """A gRPC method that counts its calls (blocking and `.future` alike) and bounds
+    them by the request's deadline."""
 
     def __init__(self, name: str, method):
         self._name, self._method = name, method
 
     def __call__(self, request, *args, **kwargs):
+        kwargs = _bounded(self._name, kwargs)
         usage = _current.get()
         try:
             response = self._method(request, *args, **kwargs)
@@ -69,6 +98,7 @@ class _CountingMethod:
         return response
 
     def future(self, request, *args, **kwargs):
+        kwargs = _bounded(self._name, kwargs)
         # The callback runs on a gRPC thread: take the request's Usage now.
         usage = _current.get()
         call = self._method.future(request, *args, **kwargs)

@@ -26,6 +26,9 @@ Mutation = ds.Mutation.pb()
 _WRAPPERS = {"commit": ds.CommitRequest, "lookup": ds.LookupRequest,
              "run_query": ds.RunQueryRequest, "begin_transaction": ds.BeginTransactionRequest,
              "rollback": ds.RollbackRequest}
+#: Each call's gRPC timeout; inside a request the transport wrapper of
+#: `app.storage.metrics` cuts it to the request's time left (commits excepted: they are
+#: refused past the deadline, never cut once sent; see app.deadline).
 TIMEOUT = 60.0
 
 

@@ -12,7 +12,6 @@ orgs (unique names, so unique namespaces) created through the admin API.
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from app.config import Config
 from app.datastore import make_client
 from app.emulator import Emulator
 from tests.support.http import Api
+from tests.support.names import unique_org_name
 from tests.support.processes import Processes
 from tests.support.server import LiveServer
 
@@ -82,7 +82,7 @@ def admin(server) -> Api:
 
 
 def _new_org(admin: Api) -> dict:
-    answer = admin.post("/v1/admin/orgs", json={"name": f"org-{uuid.uuid4().hex[:12]}"})
+    answer = admin.post("/v1/admin/orgs", json={"name": unique_org_name()})
     assert answer.status_code == 201, answer.text
     return answer.json()
 

@@ -9,7 +9,6 @@ suite only.
 from __future__ import annotations
 
 import time
-import uuid
 
 import pytest
 from google.cloud.datastore_v1.types import entity as en
@@ -17,6 +16,7 @@ from google.cloud.datastore_v1.types import entity as en
 from app import cache, create_app
 from tests.support.flavour import firestore_only  # noqa: F401
 from tests.support.http import Api, error_of
+from tests.support.names import unique_org_name
 from tests.support.processes import cli_env, run_cli
 from tests.support.redis_server import RedisServer
 from tests.support.server import LiveServer
@@ -67,7 +67,7 @@ def cached_kinds(redis_server) -> set[str]:
 
 def new_org(url: str, admin_token: str) -> dict:
     answer = Api(url, admin_token).post("/v1/admin/orgs",
-                                        json={"name": f"org-{uuid.uuid4().hex[:12]}"})
+                                        json={"name": unique_org_name()})
     assert answer.status_code == 201, answer.text
     return answer.json()
 

@@ -11,15 +11,15 @@ from __future__ import annotations
 import json
 import signal
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
 
 from app.emulator import free_port
 from tests.support.http import Api
-from tests.support.processes import (Processes, cli_env, curl_example, http_ok, mentioning,
-                                     run_cli, run_cli_all, send_curl, wait_until)
+from tests.support.names import unique_org_name
+from tests.support.processes import (Processes, cli_env, curl_example, mentioning, run_cli,
+                                     run_cli_all, send_curl, wait_serving, wait_until)
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,7 @@ def _serve(procs: Processes, data_dir: Path, env: dict, name: str, *extra: str):
     child = procs.start(["serve", "--port", str(port), "--data-dir", str(data_dir), *extra],
                         env, name)
     url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: http_ok(f"{url}/healthz"), 45, f"{name} serving", child)
+    wait_serving(f"{url}/healthz", 45, f"{name} serving", child)
     # The master forks workers: it must never have loaded gRPC (demo org in a child).
     grpc_loaded = "cygrpc" in Path(f"/proc/{child.pid}/maps").read_text()
     assert not grpc_loaded, "the serve master loaded gRPC before forking workers"
@@ -146,7 +146,7 @@ def test_org_and_key_commands_reach_the_configured_emulator(emulator, procs, tmp
     assert "Started Google's" not in server.stderr() and not unused.exists()
     assert "Created demo org 'demo'" in server.stdout()
 
-    name = f"acme-{uuid.uuid4().hex[:8]}"
+    name = unique_org_name("acme")
     first = _json(run_cli("orgs", "create", name, env=env))
     assert first["name"] == first["namespace"] == name and first["apiKey"].startswith("mk_")
     Api(url, first["apiKey"]).create_meter()
@@ -165,7 +165,7 @@ def test_org_and_key_commands_reach_the_configured_emulator(emulator, procs, tmp
 
 def test_org_and_key_commands_fail_in_one_line(emulator):
     env = cli_env(DATASTORE_EMULATOR_HOST=emulator.host)
-    name = f"acme-{uuid.uuid4().hex[:8]}"
+    name = unique_org_name("acme")
     prefix = _json(run_cli("orgs", "create", name, env=env))["keyPrefix"]
     nowhere = cli_env(DATASTORE_EMULATOR_HOST=f"127.0.0.1:{free_port()}")
     cases = [

@@ -26,7 +26,8 @@ from app.emulator import free_port
 from tests.conftest import ADMIN_TOKEN, ROOT
 from tests.support.flavour import firestore_only  # noqa: F401
 from tests.support.http import Api
-from tests.support.processes import http_ok, wait_until
+from tests.support.names import unique_org_name
+from tests.support.processes import wait_serving
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("firestore_only")]
 SECRETS = ("METERING_HASHID_SALT", "METERING_ADMIN_TOKEN")
@@ -116,10 +117,10 @@ def test_the_entrypoint_serves_the_service_and_logs_only_safe_json(app_yaml, emu
     marker = f"payload-{uuid.uuid4().hex}"
     trace_id = uuid.uuid4().hex
     try:
-        wait_until(lambda: http_ok(base + "/healthz"), 60, "gunicorn serving /healthz")
+        wait_serving(base + "/healthz", 60, "gunicorn serving /healthz")
         assert Api(base).get("/readyz").json() == {"status": "ok", "datastore": "ok"}
         created = Api(base, ADMIN_TOKEN).post("/v1/admin/orgs",
-                                              json={"name": f"org-{uuid.uuid4().hex[:12]}"})
+                                              json={"name": unique_org_name()})
         assert created.status_code == 201, created.text
         api = Api(base, created.json()["apiKey"])
         meter = api.create_meter(dimensions=["model"])
@@ -185,7 +186,7 @@ def test_the_entrypoint_runs_from_the_source_folder_without_the_project_installe
     server = Gunicorn(entrypoint_argv(app_yaml, port), env, tmp_path / "gunicorn.log")
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: http_ok(base + "/healthz"), 60, "gunicorn serving /healthz")
+        wait_serving(base + "/healthz", 60, "gunicorn serving /healthz")
         assert Api(base).get("/readyz").json() == {"status": "ok", "datastore": "ok"}
         # Files beside the code (templates, the dashboard) are found from the source too.
         assert "API reference" in Api(base).get("/docs").text

@@ -31,7 +31,6 @@ import bisect
 import dataclasses
 import os
 import threading
-import uuid
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
@@ -44,6 +43,7 @@ from hypothesis import strategies as st
 from app import create_app
 from app.services import compact
 from tests.support.http import Api
+from tests.support.names import unique_org_name
 from tests.support.server import LiveServer
 
 UTC = timezone.utc
@@ -297,7 +297,7 @@ def venue(request, server) -> Venue:
 
 
 def _new_org(admin: Api) -> dict:
-    answer = admin.post("/v1/admin/orgs", json={"name": f"org-{uuid.uuid4().hex[:12]}"})
+    answer = admin.post("/v1/admin/orgs", json={"name": unique_org_name()})
     assert answer.status_code == 201, answer.text
     return answer.json()
 

@@ -17,7 +17,6 @@ then, and a test checks that the service serves exactly that document.
 from __future__ import annotations
 
 import os
-import uuid
 
 import pytest
 import schemathesis
@@ -35,6 +34,7 @@ from app import api, dashboard
 from app.config import Config
 from app.openapi import document
 from tests.conftest import ADMIN_TOKEN
+from tests.support.names import unique_org_name
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("METERING_TEST_EMULATOR", "firestore") != "firestore",
@@ -128,7 +128,7 @@ def follow_links(operations, base_url: str, fresh_token) -> None:
 def test_linked_calls_with_an_org_key_answer_as_documented(server, emulator, admin):
     def fresh_org_key() -> str:
         emulator.reset()
-        answer = admin.post("/v1/admin/orgs", json={"name": f"org-{uuid.uuid4().hex[:12]}"})
+        answer = admin.post("/v1/admin/orgs", json={"name": unique_org_name()})
         assert answer.status_code == 201, answer.text
         return answer.json()["apiKey"]
 

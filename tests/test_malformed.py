@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import string
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -30,6 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support.http import Api, error_of
+from tests.support.names import unique_org_name
 
 METERS = "/v1/billing/meters"
 EVENTS = "/v1/billing/meter-events"
@@ -147,8 +147,8 @@ def _new_org(admin: Api, name: str) -> dict:
 def world(server, config, emulator) -> World:
     emulator.reset()
     admin = Api(server.url, config.admin_token)
-    org = _new_org(admin, f"mal-{uuid.uuid4().hex[:10]}")
-    other_org = _new_org(admin, f"mal-{uuid.uuid4().hex[:10]}")
+    org = _new_org(admin, unique_org_name("mal"))
+    other_org = _new_org(admin, unique_org_name("mal"))
     api, other_api = Api(server.url, org["apiKey"]), Api(server.url, other_org["apiKey"])
     meter = api.create_meter(eventName="tokens", dimensions=["region"])
     archived = api.create_meter(name="Old", eventName="old_tokens")
@@ -1115,7 +1115,7 @@ def _body_id(case) -> str:
 
 @pytest.mark.parametrize("body, param", ORG_BODY_CASES, ids=[_body_id(c) for c in ORG_BODY_CASES])
 def test_create_org_refuses_each_bad_body(world, body, param):
-    body = {k: (f"mal-{uuid.uuid4().hex[:10]}" if v == "@fresh" else v) for k, v in body.items()}
+    body = {k: (unique_org_name("mal") if v == "@fresh" else v) for k, v in body.items()}
     expect_error(world.admin.post(ORGS, data=dumps(body)), 400, param=param)
 
 

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import re
 from concurrent.futures import ThreadPoolExecutor
 import random
 from collections import Counter
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from metering_client import ApiError, AsyncMeteringClient, EventsRejected
+from metering_client import (ApiError, AsyncMeteringClient, BufferFull, Event, EventsRejected,
+                             NotDelivered)
 from tests.client.conftest import FAST_RETRY
 from tests.client.fault_proxy import Chaos
 
@@ -76,3 +80,112 @@ def test_async_api_calls_and_refused_events(proxy, org):
     assert [o.status for o in outcome] == ["cancelled"]
     assert (summary.value in (0, None), summary.event_count) == (True, 0)
     assert archived.status == "archived"
+
+
+# --- the twins: one scenario, the same stats, refusals and messages -----------------------
+
+EVENTS_PATH = "/v1/billing/meter-events"
+
+
+def _first_event_post_fails(fault: str):
+    failed = False
+
+    def plan(request):
+        nonlocal failed
+        if request.path == EVENTS_PATH and not failed:
+            failed = True
+            return fault
+        return "pass"
+
+    return plan
+
+
+def _mixed_events(when: datetime) -> tuple[dict, list[dict]]:
+    """An event stored beforehand, then a batch: it again (duplicate), its key with another
+    value (conflict), a new event, and one with a dimension its meter does not declare."""
+    stored = {"event_name": "input_tokens", "user_id": "ann", "value": 1,
+              "idempotency_key": "k1", "timestamp": when}
+    batch = [stored, {**stored, "value": 2},
+             {**stored, "value": 3, "idempotency_key": "k2"},
+             {**stored, "value": 4, "idempotency_key": "k3", "dimensions": {"region": "eu"}}]
+    return stored, batch
+
+
+def _outcome(stats, rejections) -> tuple:
+    return (dataclasses.asdict(stats),
+            sorted((r.event.idempotency_key, r.event.value, r.error.status, r.error.code)
+                   for r in rejections))
+
+
+def test_the_sync_and_async_clients_count_and_refuse_alike(proxy, org, other_org,
+                                                           make_client_for):
+    stored, batch = _mixed_events(datetime.now(timezone.utc) - timedelta(minutes=1))
+
+    def sync_run():
+        client = make_client_for(proxy.url, org["apiKey"], flush_interval=30)
+        client.create_meter("Input tokens", "input_tokens")
+        client.send_now([Event.new(**stored)])
+        proxy.plan = _first_event_post_fails("503")
+        for event in batch:
+            client.record(**event)
+        with pytest.raises(EventsRejected) as refused:
+            client.flush(timeout=30)
+        return _outcome(client.stats, refused.value.rejections)
+
+    async def async_run():
+        async with AsyncMeteringClient(proxy.url, other_org["apiKey"], retry=FAST_RETRY,
+                                       flush_interval=30) as client:
+            await client.create_meter("Input tokens", "input_tokens")
+            await client.send_now([Event.new(**stored)])
+            proxy.plan = _first_event_post_fails("503")
+            for event in batch:
+                await client.record(**event)
+            with pytest.raises(EventsRejected) as refused:
+                await client.flush(timeout=30)
+            return _outcome(client.stats, refused.value.rejections)
+
+    sync_outcome = sync_run()
+    assert _run(async_run()) == sync_outcome
+    # The 503, the batch refused for its bad event, the rest again; k2 alone is new.
+    assert sync_outcome == (
+        {"requests": 3, "retries": 1, "created": 1, "duplicates": 1, "rejected": 2},
+        [("k1", 2, 409, "conflict"), ("k3", 4, 400, "invalid_request")])
+
+
+def _without_seconds(message: str) -> str:
+    return re.sub(r"for \d+s", "for Ns", message)
+
+
+def test_the_sync_and_async_clients_explain_a_failing_service_alike(proxy, org, other_org,
+                                                                    make_client_for):
+    """BufferFull says since when and why nothing is accepted; NotDelivered says why."""
+    proxy.plan = lambda request: "drop_before" if request.path == EVENTS_PATH else "pass"
+    options = {"batch_size": 10, "max_pending": 20, "block_timeout": 0.5}
+
+    def sync_run():
+        client = make_client_for(proxy.url, org["apiKey"], **options)
+        for _ in range(20):
+            client.record("input_tokens", "ann", 1)
+        with pytest.raises(BufferFull) as full:
+            client.record("input_tokens", "ann", 1)
+        with pytest.raises(NotDelivered) as unsent:
+            client.close(timeout=0.5)
+        return _without_seconds(str(full.value)), str(unsent.value)
+
+    async def async_run():
+        client = AsyncMeteringClient(proxy.url, other_org["apiKey"], retry=FAST_RETRY,
+                                     flush_interval=0.2, **options)
+        for _ in range(20):
+            await client.record("input_tokens", "ann", 1)
+        with pytest.raises(BufferFull) as full:
+            await client.record("input_tokens", "ann", 1)
+        with pytest.raises(NotDelivered) as unsent:
+            await client.aclose(timeout=0.5)
+        return _without_seconds(str(full.value)), str(unsent.value)
+
+    sync_messages = sync_run()
+    assert _run(async_run()) == sync_messages
+    full, unsent = sync_messages
+    assert full.startswith("20 events are waiting to be sent (max_pending) and the service "
+                           "has not accepted any for Ns; last problem: ")
+    assert unsent.startswith("20 event(s) not delivered: ") and "timed out" not in unsent

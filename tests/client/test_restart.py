@@ -7,7 +7,6 @@ import random
 import signal
 import threading
 import time
-import uuid
 
 import pytest
 
@@ -15,7 +14,8 @@ from app.emulator import free_port
 from tests.client.test_faults import THREADS, Tally, assert_summaries_match, in_threads
 from tests.conftest import ADMIN_TOKEN
 from tests.support.http import Api
-from tests.support.processes import cli_env, http_ok, wait_until
+from tests.support.names import unique_org_name
+from tests.support.processes import cli_env, wait_serving, wait_until
 from tests.client.fault_proxy import FaultProxy
 
 pytestmark = pytest.mark.slow
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 def _serve(procs, port: int, env: dict, name: str):
     child = procs.start(["serve", "--port", str(port), "--workers", "1", "--threads", "4"],
                         env, name)
-    wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), 60, name, child)
+    wait_serving(f"http://127.0.0.1:{port}/healthz", 60, name, child)
     return child
 
 
@@ -36,7 +36,7 @@ def test_a_service_killed_and_restarted_mid_stream_loses_nothing(
                   METERING_PROJECT="metering-restart")
     first = _serve(procs, port, env, "first")
     org = Api(f"http://127.0.0.1:{port}", ADMIN_TOKEN).post(
-        "/v1/admin/orgs", json={"name": f"org-{uuid.uuid4().hex[:12]}"}).json()
+        "/v1/admin/orgs", json={"name": unique_org_name()}).json()
     proxy = FaultProxy(("127.0.0.1", port)).start()
     try:
         client = make_client_for(proxy.url, org["apiKey"])

@@ -14,11 +14,12 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
+
+from tests.support.waiting import answering, eventually
 
 METERING = str(Path(sys.executable).with_name("metering"))
 DATASTORE_VARS = ("DATASTORE_EMULATOR_HOST", "METERING_PROJECT", "GOOGLE_CLOUD_PROJECT",
@@ -104,24 +105,28 @@ def mentioning(text: str) -> list[int]:
     return found
 
 
+def _still_running(child: Child | None, what: str) -> None:
+    """Fail at once, with its output, when the child that should do `what` has exited."""
+    if child is not None and child.process.poll() is not None:
+        raise AssertionError(f"{what}: the process exited with {child.process.returncode}\n"
+                             f"{child.stdout()}\n{child.stderr()}")
+
+
 def wait_until(predicate, timeout: float, what: str, child: Child | None = None) -> None:
     """Poll predicate until it holds; fail early, with its output, if child exits."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def check() -> bool:
         if predicate():
-            return
-        if child is not None and child.process.poll() is not None:
-            raise AssertionError(f"{what}: the process exited with {child.process.returncode}\n"
-                                 f"{child.stdout()}\n{child.stderr()}")
-        time.sleep(0.1)
-    raise AssertionError(f"{what}: not within {timeout:.0f}s")
-
-
-def http_ok(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=1).status_code == 200
-    except requests.RequestException:
+            return True
+        _still_running(child, what)
         return False
+
+    eventually(check, timeout, what)
+
+
+def wait_serving(url: str, timeout: float, what: str, child: Child | None = None) -> None:
+    """Wait until GET url answers 200; fail early, with its output, if child exits."""
+    answering(url, timeout, what, alive=lambda: _still_running(child, what))
 
 
 def run_cli(*args: str, env: dict, timeout: float = 30) -> subprocess.CompletedProcess:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 
 import redis
 
 from app.emulator import free_port
+from tests.support.waiting import eventually
 
 INSTALL_HINT = "redis-server is missing: apt-get install redis-server (.ci/run does)"
 
@@ -36,16 +36,19 @@ class RedisServer:
                  "--appendonly", "no"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.process.returncode}; "
-                                   f"see {self.log_path}")
-            if self.answers():
-                return self
-            time.sleep(0.05)
-        self.kill()
-        raise RuntimeError(f"redis-server was not ready after {timeout:.0f}s")
+        try:
+            eventually(self._answers_while_running, timeout, "redis-server ready",
+                       interval=0.05)
+        except AssertionError:
+            self.kill()
+            raise RuntimeError(f"redis-server was not ready after {timeout:.0f}s") from None
+        return self
+
+    def _answers_while_running(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {self.process.returncode}; "
+                               f"see {self.log_path}")
+        return self.answers()
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url, socket_timeout=2)

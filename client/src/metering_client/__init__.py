@@ -9,7 +9,8 @@ See README.md for batching, retries, errors and the async client.
 """
 
 from metering_client.aio import AsyncMeteringClient
-from metering_client.client import DeliveryStats, MeteringClient
+from metering_client.base import DeliveryStats
+from metering_client.client import MeteringClient
 from metering_client.errors import (ApiError, BufferFull, ClientClosed, EventsRejected,
                                     MeteringError, NotDelivered, ServiceUnreachable)
 from metering_client.retry import RetryPolicy

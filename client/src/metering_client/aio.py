@@ -19,8 +19,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import httpx
 
 from metering_client import operations as ops
-from metering_client.client import DEFAULT_TIMEOUT, DeliveryStats, _Rejections
-from metering_client.errors import BufferFull, ClientClosed, NotDelivered
+from metering_client.base import DEFAULT_TIMEOUT, DeliveryBase
+from metering_client.errors import BufferFull, ClientClosed
 from metering_client.protocol import BatchResult, Pause, Send, deliver
 from metering_client.retry import RetryPolicy
 from metering_client.types import CancelOutcome, Event, EventOutcome, Meter, Rejection, Summary
@@ -101,8 +101,12 @@ class _AsyncBuffer:
         return list(self.in_flight) + [event for _, _, event in self.queue]
 
 
-class AsyncMeteringClient:
-    """The asyncio twin of MeteringClient; use one per event loop."""
+class AsyncMeteringClient(DeliveryBase):
+    """The asyncio twin of MeteringClient; use one per event loop.
+
+    It shares `DeliveryBase` (options, stats, refused events, trouble) with the sync
+    client and owns only its asyncio I/O: the queue, the sender task, `httpx.AsyncClient`.
+    """
 
     def __init__(self, base_url: str, api_key: str, *, batch_size: int = 100,
                  flush_interval: float = 1.0, max_pending: int = 10_000,
@@ -111,23 +115,16 @@ class AsyncMeteringClient:
                  timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
                  on_error: Callable[[Rejection], None] | None = None,
                  transport: httpx.AsyncBaseTransport | None = None):
-        if not 1 <= batch_size <= ops.MAX_BATCH:
-            raise ValueError(f"batch_size must be 1 to {ops.MAX_BATCH}")
-        if max_pending < batch_size:
-            raise ValueError("max_pending must be at least batch_size")
-        self.batch_size, self.flush_interval = batch_size, flush_interval
-        self.block_timeout, self.close_timeout = block_timeout, close_timeout
-        self.retry = retry or RetryPolicy()
-        self.stats = DeliveryStats()
+        super().__init__(batch_size=batch_size, flush_interval=flush_interval,
+                         max_pending=max_pending, block_timeout=block_timeout,
+                         close_timeout=close_timeout, retry=retry, on_error=on_error)
         self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout,
                                        transport=transport,
                                        headers={"Authorization": f"Bearer {api_key}"})
         self._buffer = _AsyncBuffer(max_pending)
-        self._rejections = _Rejections(on_error, keep=max_pending)
         self._stop = asyncio.Event()
         self._sender: asyncio.Task | None = None
         self._closed = False
-        self._last_problem: str | None = None
 
     # -- recording ------------------------------------------------------------------
 
@@ -150,14 +147,12 @@ class AsyncMeteringClient:
         if self._sender is None:
             self._sender = asyncio.get_running_loop().create_task(self._send_forever())
         if not await self._buffer.put(event, self.block_timeout):
-            raise BufferFull(f"{len(self._buffer.unsent())} events are waiting to be sent "
-                             f"(max_pending); last problem: {self._last_problem or 'none'}")
+            raise BufferFull(self._buffer_full_message(len(self._buffer.unsent())))
 
     async def flush(self, timeout: float | None = None) -> bool:
         """Send what is recorded now and wait until it is settled; False on timeout."""
-        settled = self._sender is None or await self._buffer.wait_settled(timeout)
-        self._rejections.raise_held()
-        return settled
+        return self._settled_or_raise(self._sender is None
+                                      or await self._buffer.wait_settled(timeout))
 
     async def aclose(self, timeout: float | None = None) -> None:
         """Send what is pending (at most `timeout` seconds), then stop; see MeteringClient.close."""
@@ -169,9 +164,7 @@ class AsyncMeteringClient:
             unsent = await self._stop_sender(self.close_timeout if timeout is None else timeout)
         finally:
             await self._http.aclose()
-        if unsent:
-            raise NotDelivered(unsent, self._last_problem or "timed out")
-        self._rejections.raise_held()
+        self._closed_or_raise(unsent)
 
     async def _stop_sender(self, timeout: float) -> list[Event]:
         if self._sender is None:
@@ -223,15 +216,7 @@ class AsyncMeteringClient:
                 raise _Stopped() from None
 
     async def _settle(self, result: BatchResult) -> None:
-        self._last_problem = None
-        for _event, outcome in result.delivered:
-            if outcome.status == "created":
-                self.stats.created += 1
-            else:
-                self.stats.duplicates += 1
-        self.stats.rejected += len(result.rejected)
-        for rejection in result.rejected:
-            self._rejections.report(rejection)
+        self._tally(result)
         await self._buffer.settle()
 
     async def _drive(self, operation, background: bool = False):
@@ -251,9 +236,7 @@ class AsyncMeteringClient:
         if not background:
             await asyncio.sleep(pause.seconds)
             return None
-        self.stats.retries += 1
-        self._last_problem = pause.reason
-        log.warning("metering: retrying in %.2fs after %s", pause.seconds, pause.reason)
+        self._note_retry(pause)
         try:
             await asyncio.wait_for(self._stop.wait(), pause.seconds)
         except TimeoutError:
@@ -262,7 +245,7 @@ class AsyncMeteringClient:
 
     async def _send(self, send: Send, background: bool) -> httpx.Response | Exception:
         if background:
-            self.stats.requests += 1
+            self._note_request()
         try:
             return await self._http.request(send.method, send.path, params=send.params,
                                             json=send.json)

@@ -14,70 +14,32 @@ import atexit
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import httpx
 
 from metering_client import operations as ops
+from metering_client.base import DEFAULT_TIMEOUT, DeliveryBase
 from metering_client.buffer import Buffer
-from metering_client.errors import BufferFull, ClientClosed, EventsRejected, NotDelivered
+from metering_client.errors import BufferFull, ClientClosed
 from metering_client.protocol import BatchResult, Pause, Send, deliver
 from metering_client.retry import RetryPolicy
 from metering_client.types import CancelOutcome, Event, EventOutcome, Meter, Rejection, Summary
 
 log = logging.getLogger("metering_client")
 
-DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
-
 
 class _Stopped(Exception):
     """The sender was told to stop while it waited to retry."""
 
 
-@dataclass
-class DeliveryStats:
-    """What the background sender did so far (for monitoring and tests)."""
+class MeteringClient(DeliveryBase):
+    """A tenant's connection to the metering service (thread-safe).
 
-    requests: int = 0
-    retries: int = 0
-    created: int = 0
-    duplicates: int = 0
-    rejected: int = 0
-
-
-class _Rejections:
-    """Refused events: to `on_error` if given, else kept (bounded) until flush raises them."""
-
-    def __init__(self, on_error: Callable[[Rejection], None] | None, keep: int):
-        self.on_error = on_error
-        self.keep = keep
-        self._held: list[Rejection] = []
-        self._lock = threading.Lock()
-
-    def report(self, rejection: Rejection) -> None:
-        log.error("event %s refused: %s", rejection.event.idempotency_key,
-                  rejection.error.message)
-        if self.on_error is not None:
-            try:
-                self.on_error(rejection)
-            except Exception:  # the sender must go on whatever the callback does
-                log.exception("on_error callback failed")
-            return
-        with self._lock:
-            if len(self._held) < self.keep:
-                self._held.append(rejection)
-
-    def raise_held(self) -> None:
-        with self._lock:
-            held, self._held = self._held, []
-        if held:
-            raise EventsRejected(held)
-
-
-class MeteringClient:
-    """A tenant's connection to the metering service (thread-safe)."""
+    Options, stats, refused events and what a retry or a settled batch means live in
+    `DeliveryBase`, shared with the async client; this class owns the threads and I/O.
+    """
 
     def __init__(self, base_url: str, api_key: str, *, batch_size: int = 100,
                  flush_interval: float = 1.0, max_pending: int = 10_000,
@@ -86,24 +48,17 @@ class MeteringClient:
                  timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
                  on_error: Callable[[Rejection], None] | None = None,
                  transport: httpx.BaseTransport | None = None):
-        if not 1 <= batch_size <= ops.MAX_BATCH:
-            raise ValueError(f"batch_size must be 1 to {ops.MAX_BATCH}")
-        if max_pending < batch_size:
-            raise ValueError("max_pending must be at least batch_size")
-        self.batch_size, self.flush_interval = batch_size, flush_interval
-        self.block_timeout, self.close_timeout = block_timeout, close_timeout
-        self.retry = retry or RetryPolicy()
-        self.stats = DeliveryStats()
+        super().__init__(batch_size=batch_size, flush_interval=flush_interval,
+                         max_pending=max_pending, block_timeout=block_timeout,
+                         close_timeout=close_timeout, retry=retry, on_error=on_error)
         self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout,
                                   transport=transport,
                                   headers={"Authorization": f"Bearer {api_key}"})
         self._buffer = Buffer(max_pending)
-        self._rejections = _Rejections(on_error, keep=max_pending)
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._sender: threading.Thread | None = None
         self._closed = False
-        self._trouble: tuple[float, str] | None = None  # (since, last problem) while failing
         atexit.register(self._close_at_exit)
 
     # -- recording ------------------------------------------------------------------
@@ -132,17 +87,7 @@ class MeteringClient:
             raise ClientClosed("the client is closed")
         self._ensure_sender()
         if not self._buffer.put(event, self.block_timeout):
-            raise BufferFull(self._buffer_full_message())
-
-    def _buffer_full_message(self) -> str:
-        pending = self._buffer.pending()
-        trouble = self._trouble
-        if trouble is None:
-            return (f"{pending} events are waiting to be sent (max_pending): they are "
-                    "recorded faster than the service accepts them")
-        since, problem = trouble
-        return (f"{pending} events are waiting to be sent (max_pending) and the service has "
-                f"not accepted any for {time.monotonic() - since:.0f}s; last problem: {problem}")
+            raise BufferFull(self._buffer_full_message(self._buffer.pending()))
 
     def flush(self, timeout: float | None = None) -> bool:
         """Send everything recorded so far now and wait until it is stored or refused.
@@ -151,9 +96,8 @@ class MeteringClient:
         and keep being retried). Raises EventsRejected for refused events when no
         `on_error` callback is set.
         """
-        settled = self._sender is None or self._buffer.wait_settled(timeout)
-        self._rejections.raise_held()
-        return settled
+        return self._settled_or_raise(self._sender is None
+                                      or self._buffer.wait_settled(timeout))
 
     def close(self, timeout: float | None = None) -> None:
         """Send what is pending (waiting at most `timeout`, default `close_timeout`), then stop.
@@ -171,9 +115,7 @@ class MeteringClient:
             unsent = self._stop_sender(self.close_timeout if timeout is None else timeout)
         finally:
             self._http.close()
-        if unsent:
-            raise NotDelivered(unsent, self._trouble[1] if self._trouble else "timed out")
-        self._rejections.raise_held()
+        self._closed_or_raise(unsent)
 
     def _stop_sender(self, timeout: float) -> list[Event]:
         if self._sender is None:
@@ -235,15 +177,7 @@ class MeteringClient:
                     raise _Stopped() from None
 
     def _settle(self, result: BatchResult) -> None:
-        self._trouble = None
-        for _event, outcome in result.delivered:
-            if outcome.status == "created":
-                self.stats.created += 1
-            else:
-                self.stats.duplicates += 1
-        self.stats.rejected += len(result.rejected)
-        for rejection in result.rejected:
-            self._rejections.report(rejection)
+        self._tally(result)
         self._buffer.settle()
 
     # -- driving the I/O-free operations ----------------------------------------------
@@ -265,12 +199,7 @@ class MeteringClient:
         if not background:
             time.sleep(pause.seconds)
             return None
-        self.stats.retries += 1
-        if self._trouble is None:
-            self._trouble = (time.monotonic(), pause.reason)
-        else:
-            self._trouble = (self._trouble[0], pause.reason)
-        log.warning("metering: retrying in %.2fs after %s", pause.seconds, pause.reason)
+        self._note_retry(pause)
         if self._stop.wait(pause.seconds):
             raise _Stopped()
         return None
@@ -279,7 +208,7 @@ class MeteringClient:
         if background:
             if self._stop.is_set():
                 raise _Stopped()
-            self.stats.requests += 1
+            self._note_request()
         try:
             return self._http.request(send.method, send.path, params=send.params,
                                       json=send.json)

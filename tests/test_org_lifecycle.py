@@ -13,7 +13,6 @@ import hashlib
 import json
 import signal
 import time
-import uuid
 
 import pytest
 from google.cloud import datastore
@@ -21,6 +20,7 @@ from google.cloud import datastore
 from app.models import ApiKey, Namespace
 from app.services import orgs as org_service
 from tests.support.http import Api, error_of
+from tests.support.names import unique_org_name
 from tests.support.processes import cli_env, run_cli
 from tests.test_cron import _dirty, _record_spread
 
@@ -291,6 +291,6 @@ def test_a_purge_killed_midway_is_finished_by_running_it_again(server, org, conf
 
 @pytest.mark.slow
 def test_deleting_an_unknown_org_is_one_line_error(config):
-    done = run_cli("orgs", "delete", f"org-{uuid.uuid4().hex[:8]}", env=_cli_env(config))
+    done = run_cli("orgs", "delete", unique_org_name(), env=_cli_env(config))
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert done.stderr.startswith("Error: ") and "not found" in done.stderr

@@ -194,10 +194,8 @@ UNKNOWN_PATHS = [
     ("GET", "/v1/billing/meter-events/summary/x"),
     ("GET", "/v1/billing/meter_events"),
     ("GET", "/v1/admin"),
-    ("GET", "/v1/admin/orgs/x"),
     ("POST", "/v1/admin/orgs/"),
     ("GET", "/v1/admin/orgs/x/keys/y/z"),
-    ("GET", "/v1/admin/orgs//keys"),
     ("GET", "/healthz/"),
     ("GET", "/healthz.json"),
     ("GET", "/%ff%fe"),
@@ -224,6 +222,7 @@ METHODS_OF = {
     EVENTS: READ | {"POST"},  # GET lists recent events (app/api/event_log.py)
     SUMMARY: READ,
     ORGS: {"POST", "OPTIONS"},
+    f"{ORGS}/acme": {"DELETE", "OPTIONS"},  # archive (and purge) an org
     f"{ORGS}/acme/keys": READ | {"POST"},
     f"{ORGS}/acme/keys/mk_abcdefghi": {"DELETE", "OPTIONS"},
 }

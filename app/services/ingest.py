@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import logging
 import random
+import re
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -199,14 +200,35 @@ def _add_rollups(into, grouped, stored: dict, merge_meters: set) -> None:
         into.append(rollups.replacement(key_pb, meter_id, series, day, merged))
 
 
+# An int64 at least 2**62 from zero, as a varint on the wire: nine bytes whose last has bit
+# 0x40 set (positive), or ten (negative, two's complement) whose ninth has it clear and
+# whose tenth is 0x01. Nothing else in a CommitResponse gets that long (versions and times
+# are microseconds or seconds), so a search over its bytes tells whether reading its
+# transform results one by one (hundreds of µs a batch) can find anything. First the
+# cheap part, 8 bytes in a row with the continuation bit (any varint past 2**56, any
+# negative one), by a byte translation and a substring search (a few µs); then the pattern.
+_LARGE_VARINT = re.compile(rb"[\x80-\xff]{8}(?:[\x40-\x7f]|[\x80-\xbf]\x01)")
+_CONTINUED = bytes(int(byte >= 0x80) for byte in range(256))  # a translation table
+_EIGHT_CONTINUED = b"\x01" * 8
+
+
+def _may_need_folding(response) -> bool:
+    """False only when no transform result of the commit is 2**62 or more from zero."""
+    data = response.SerializeToString()
+    start = data.translate(_CONTINUED).find(_EIGHT_CONTINUED)
+    return start >= 0 and _LARGE_VARINT.search(data, start) is not None
+
+
 def _keys_to_fold(request, response) -> list:
     """Keys of the rollups whose sum accumulators answered at least `rollups.FOLD_AT` away
     from zero (or at a bound, where they may have clamped): they are folded now."""
+    if not _may_need_folding(response):
+        return []
     keys, high, low = [], rollups.FOLD_AT, -rollups.FOLD_AT
     for index, result in enumerate(response.mutation_results):
         for position, value in enumerate(result.transform_results):  # events have none
             number = value.integer_value
-            if (number >= high or number <= low) and request.mutations[index].property_transforms[
+            if (number >= high or number < low) and request.mutations[index].property_transforms[
                     position].property[0] in "SM":  # not the minimum or maximum of values
                 keys.append(request.mutations[index].upsert.key)
                 break

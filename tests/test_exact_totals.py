@@ -201,3 +201,24 @@ def test_cancelling_next_to_a_saturated_slot_keeps_it_exact(
     (rollup,) = _stored_rollups(config, org)
     assert _parts(rollup) == (330 * 100 * NEAR, 0, 0)
     _assert_total(api, meter, 330 * 100 * NEAR, 33_000)
+
+
+def test_the_document_says_how_values_travel(anonymous, api):
+    """OpenAPI: a value is a safe integer, a number (avg), a digit string, or null; a real
+    answer's string form matches the documented pattern."""
+    import re
+
+    document = anonymous.get("/openapi.json").json()
+    schemas = document["components"]["schemas"]
+    for name in ("Summary", "SummaryWindow"):
+        value = schemas[name]["properties"]["value"]
+        kinds = {option["type"]: option for option in value["anyOf"]}
+        assert set(kinds) == {"integer", "number", "string", "null"}
+        assert kinds["integer"]["maximum"] == SAFE and kinds["integer"]["minimum"] == -SAFE
+        assert "2^53-1" in value["description"] and "string" in value["description"]
+    meter = api.create_meter()
+    api.record(*_batch(meter, "x", INT64_MIN, size=2))
+    answer = _summary(api, meter)["value"]
+    assert re.fullmatch(kinds["string"]["pattern"], answer) and answer == str(2 * INT64_MIN)
+    page = anonymous.get("/docs").text
+    assert "integer or number or string or null" in page

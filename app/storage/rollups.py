@@ -9,11 +9,12 @@ dimension values) of one meter for one UTC day, in two parts that add up:
 - deltas written by server-side transforms since the last compaction: `C{q}`
   count, `S{q}` sum of the non-negative values, `M{q}` sum of the negative ones
   (written only when there are any), `N{q}` min, `X{q}` max and, for `last`
-  meters, `T{q}` the latest timestamp (µs), and `Dirty` = true. A `last` meter's deltas say when its
-  latest event of the slot happened, not its value: readers and compaction read
-  the raw events of that instant (`Cell.pending_ts`, `windows.settle_last`), one
-  small query per (window, group) whose latest event is not compacted yet. Its
-  base keeps count, rank and value (its sum, min and max are never read).
+  meters, `T{q}` the latest timestamp (µs), and `Dirty` = true. A `last` meter's
+  deltas say when its latest event of the slot happened, not its value: readers
+  and compaction read the raw events of that instant (`Cell.pending_ts`,
+  `windows.settle_last`), one small query per (window, group) whose latest event
+  is not compacted yet. Its base keeps count, rank and value (its sum, min and
+  max are never read).
 
 Compaction (`app.services.compact`) folds the deltas into `Slots_`, so reading a
 day costs one small entity however many batches it took.
@@ -25,7 +26,8 @@ only ever grows and `M` only ever shrinks, so an accumulator that saturated
 stays at INT64_MAX or INT64_MIN for good, and a later increment of the other
 sign cannot hide it. `decode_parts` reports such slots as unknown: readers and
 folders take them from the raw events (`app.services.recompute`), and ingestion
-folds the rollup as soon as a commit's transform results show a bound.
+folds a rollup as soon as a commit's transform results show a sum accumulator
+past 2**62 (`FOLD_AT`), long before a bound.
 
 Fifteen minutes because every time-zone offset in use is a multiple of it, so a
 local hour, day or month is always a whole number of slots. A day per entity

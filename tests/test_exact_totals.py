@@ -128,7 +128,8 @@ def test_fast_path_sums_past_int64_are_exact_before_and_after_the_fold(
 
 @pytest.mark.slow
 def test_fast_path_negative_sums_past_int64_min_are_exact(api, admin, config, org):
-    """The mirror image: the negative accumulator saturates at INT64_MIN and is folded."""
+    """The mirror image, 33,000 events of -(2**48 - 1): was clamped at INT64_MIN. The negative
+    accumulator is folded once past -2**62, so it never reaches the bound."""
     meter = api.create_meter()
     _send(api, meter, "down", 330, -NEAR)
     exact = -330 * 100 * NEAR

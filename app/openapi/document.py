@@ -89,6 +89,7 @@ def _new_spec(config) -> APISpec:
     plugin.converter.add_attribute_function(_key_rules)
     plugin.converter.add_attribute_function(_date_or_time)
     plugin.converter.add_attribute_function(_int64_range)
+    plugin.converter.add_attribute_function(_exact_value)
     for name, description in TAGS.items():
         spec.tag({"name": name, "description": description})
     spec.components.security_scheme(API_KEY, {
@@ -145,6 +146,11 @@ def _int64_range(_converter, field, **_) -> dict:
     return {"minimum": custom_fields.INT64_MIN, "maximum": custom_fields.INT64_MAX,
             "description": (field.metadata.get("description", "") + " (a JSON integer "
                             "without a fraction: 1, not 1.0)").strip()}
+
+
+def _exact_value(_converter, field, **_) -> dict:
+    """A summary value: a number, or an exact decimal string past doubles' exact range."""
+    return field.openapi() if isinstance(field, responses.ExactValue) else {}
 
 
 def _date_or_time(_converter, field, **_) -> dict:

@@ -67,7 +67,10 @@ def type_of(schema: dict) -> dict:
     if schema.get("type") == "object" and isinstance(schema.get("additionalProperties"), dict):
         inner = type_of(schema["additionalProperties"])
         return {"label": f"object of {inner['label']}", "link": inner["link"]}
-    types = schema.get("type", "any")
+    types = schema.get("type")
+    if types is None and schema.get("anyOf"):  # a value of several types (a summary value)
+        types = list(dict.fromkeys(option.get("type", "any") for option in schema["anyOf"]))
+    types = types or "any"
     types = [types] if isinstance(types, str) else list(types)
     label = " or ".join(t for t in types if t != "null")
     formats = [schema.get("format")] + [option.get("format") for option in schema.get("anyOf", [])]

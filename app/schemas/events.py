@@ -131,6 +131,19 @@ def _local_time(moment) -> str:
     return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
+#: The largest integer a JSON reader holding numbers as doubles (JavaScript) keeps exact.
+MAX_SAFE_INTEGER = (1 << 53) - 1
+
+
+def exact_value(value):
+    """A summary value on the wire: an integer as a JSON number while a double holds it
+    exactly (|v| <= 2**53 - 1), else as a string of its exact decimal digits; an average
+    (float) or null as it is."""
+    if value.__class__ is int and not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+        return str(value)
+    return value
+
+
 def summary_json(summary) -> dict:
     """The public representation of a summary; windows when windows or groups were asked."""
     answer = {
@@ -138,14 +151,15 @@ def summary_json(summary) -> dict:
         "meterName": summary.meter.name,
         "userId": summary.user_id or "",
         "aggregationType": summary.meter.aggregation_type,
-        "value": summary.value,
+        "value": exact_value(summary.value),
         "eventCount": summary.event_count,
         "periodStart": format_time(summary.period_start),
         "periodEnd": format_time(summary.period_end),
     }
     if summary.grouped:
         answer["windows"] = [{"windowStart": _local_time(w.window_start),
-                              "windowEnd": _local_time(w.window_end), "value": w.value,
+                              "windowEnd": _local_time(w.window_end),
+                              "value": exact_value(w.value),
                               "eventCount": w.event_count, "groupBy": w.group_by}
                              for w in summary.result.windows]
     return answer

@@ -76,12 +76,38 @@ class CancelResult(Schema):
     count = fields.Integer(required=True)
 
 
+MAX_SAFE_INTEGER = (1 << 53) - 1
+EXACT_VALUE_RULE = (
+    "An integer is a JSON number while |value| <= 2^53-1 (9007199254740991, the largest "
+    "a double, and so JavaScript, holds exactly), else a string of its exact decimal "
+    "digits, such as \"922337203685477580700\": sums are exact at any size, past int64 "
+    "too. avg is always a JSON number (the double nearest the exact average).")
+
+
+class ExactValue(fields.Field):
+    """A summary value: a JSON number, or a string of decimal digits where a double would
+    lose some (`events.exact_value`); the document says so with `anyOf`."""
+
+    def __init__(self, **kwargs):
+        super().__init__(required=True, allow_none=True, **kwargs)
+
+    def openapi(self) -> dict:
+        return {"anyOf": [
+            {"type": "integer", "minimum": -MAX_SAFE_INTEGER, "maximum": MAX_SAFE_INTEGER},
+            {"type": "number"},
+            {"type": "string", "pattern": "^-?[1-9][0-9]{15,}$",
+             "description": "an integer beyond 2^53-1 in size, exact"},
+            {"type": "null"}],
+            "description": " ".join(filter(None, (self.metadata.get("description"),
+                                                  EXACT_VALUE_RULE)))}
+
+
 class SummaryWindow(Schema):
     """One window (and group) of a summary; times in the asked time zone."""
 
     windowStart = fields.String(required=True, metadata=_TIME)
     windowEnd = fields.String(required=True, metadata=_TIME)
-    value = fields.Float(required=True, allow_none=True)
+    value = ExactValue(metadata={"description": "the window's (and group's) value."})
     eventCount = fields.Integer(required=True)
     groupBy = fields.Dict(keys=fields.String(), values=fields.String(), required=True,
                           metadata={"description": "the group's value of each groupBy name"})
@@ -94,8 +120,8 @@ class Summary(Schema):
     meterName = fields.String(required=True)
     userId = fields.String(required=True, metadata={"description": "empty for all users"})
     aggregationType = fields.String(required=True, validate=validate.OneOf(AGGREGATION_TYPES))
-    value = fields.Float(required=True, allow_none=True, metadata={
-        "description": "null for last, min, max and avg when there are no events"})
+    value = ExactValue(metadata={
+        "description": "null for last, min, max and avg when there are no events."})
     eventCount = fields.Integer(required=True)
     periodStart = fields.String(required=True, allow_none=True, metadata=_TIME)
     periodEnd = fields.String(required=True, allow_none=True, metadata=_TIME)

@@ -7,6 +7,11 @@ finds dirty rollups (an ancestor query on the built-in `Dirty` index) and, one
 transaction each, reads the rollup and writes it back compacted. A blind write
 racing with it waits for the transaction and lands on top, marking it dirty
 again. Run by `metering rollups compact` and meant for a periodic job.
+
+A slot whose int64 sum deltas may have saturated is folded from its raw events
+instead (`recompute.exact_cells`), so the base, whose JSON integers have no
+bound, takes the exact sum; ingestion compacts a rollup at once when a commit's
+transform results show a sum accumulator near such a bound.
 """
 
 from __future__ import annotations
@@ -34,8 +39,8 @@ def _compact_once(key_pb) -> bool:
         if stored is None or not rollups.is_dirty(stored):
             rpc.rollback(transaction)
             return False
-        series, day, cells = rollups.decode(stored)
         meter_id = stored.properties["MeterId"].string_value
+        series, day, cells = recompute.exact_cells(stored, meter_id)
         cells = recompute.settled(meter_id, cells, transaction)  # `last` values, by reading
         rpc.commit([rollups.replacement(key_pb, meter_id, series, day, cells)], transaction)
         return True

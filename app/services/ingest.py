@@ -12,22 +12,34 @@ all. Two paths:
   merge by hand), answers existing ones `duplicate` or `conflict`, and commits
   only the new events and their rollup changes. Aborted transactions (lock
   contention) are retried with jittered backoff.
+
+Server-side increments are int64 and saturate. A commit's transform results say
+what each sum accumulator holds afterwards; one past 2**62 is folded at once
+into the rollup's base, whose JSON integers are exact at any size (`_fold`).
+Should one still reach a bound (hundreds of commits landing during one fold),
+it may have clamped: readers take that slot from the raw events
+(`rollups.decode_parts`) and the fold does too, so no answer carries a clamped sum.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import random
+import re
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from google.api_core import exceptions as core_exceptions
 
-from app.services import capabilities
+from app.services import capabilities, compact, recompute
 from app.services.windows import Cell
 from app.storage import entities, rollups, rpc
+from app.storage.rollups import rank  # noqa: F401 - the order of `last`, used here and by callers
 
 MAX_ID = (1 << 63) - 1
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -72,6 +84,7 @@ class _Plan:
     key_ids: list[int]
     creates: list[int] = field(default_factory=list)  # draft indexes, first of their key
     outcomes: dict[int, Outcome] = field(default_factory=dict)
+    to_fold: list = field(default_factory=list)  # rollup keys whose sums near int64's bounds
 
 
 def _random_id() -> int:
@@ -135,50 +148,119 @@ def _add_events(into, drafts, plan, indexes, code, now) -> None:
             dimensions=draft.dimensions, metadata=draft.metadata)
 
 
-def rank(timestamp: datetime, created: datetime, key_id: int) -> tuple:
-    """The order of events for `last`: latest timestamp, then recorded last, then key."""
-    return (entities.micros(timestamp), entities.micros(created), key_id)
-
-
-def _cells(drafts, plan, indexes, now) -> dict[tuple, dict[int, Cell]]:
-    """(meter, series, day) -> slot -> Cell of the created drafts."""
+def _cells(drafts, plan, indexes, now) -> tuple[dict[tuple, dict[int, Cell]], dict]:
+    """(meter, series, day) -> slot -> Cell of the created drafts, and the same keys ->
+    slot -> sum of the negative values, where there are any (see `rollups.increments`)."""
     grouped: dict[tuple, dict[int, Cell]] = {}  # (meter key id, id, aggregation, series, day)
+    negatives: dict[tuple, dict[int, int]] = {}
     for index in indexes:
         draft = drafts[index]
         series = rollups.series_of(draft.user_id, draft.dimensions)
         day, slot = rollups.day_and_slot(draft.timestamp)
-        cells = grouped.setdefault((draft.meter_key_id, draft.meter.id_,
-                                    draft.meter.aggregation_type, series, day), {})
+        group = (draft.meter_key_id, draft.meter.id_, draft.meter.aggregation_type, series, day)
+        cells = grouped.setdefault(group, {})
         cell = cells.setdefault(slot, Cell())
         cell.add_event(draft.value, rank(draft.timestamp, now, plan.key_ids[index]))
-    return grouped
+        if draft.value < 0:
+            below = negatives.setdefault(group, {})
+            below[slot] = below.get(slot, 0) + draft.value
+    return grouped, negatives
 
 
-# Server-side increments are int64 and saturate: a value this large goes through the
-# careful path, whose rollups keep exact Python ints (JSON), so a slot's deltas would need
-# tens of thousands of near-limit events between two compactions to overflow.
+# Server-side increments are int64 and saturate. A value this large takes the careful
+# path, whose rollups keep exact Python ints (JSON); smaller ones are added by the server,
+# and a slot's deltas need tens of thousands of them between two folds to near a bound,
+# which the commit's answer shows (`_keys_to_fold`). A batch this long could overflow one
+# increment by itself, so it merges too.
 LARGE_VALUE = 1 << 48
+LONG_BATCH = 1 << 15  # LONG_BATCH * LARGE_VALUE == 2**63
 
 
-def _needs_merge(draft: Draft) -> bool:
+def _needs_merge(draft: Draft, batch_length: int) -> bool:
     """Whether this draft's rollup must be read and merged rather than incremented."""
     return not capabilities.transforms() or (
-        abs(draft.value) >= LARGE_VALUE and rollups.adds_values(draft.meter.aggregation_type))
+        (abs(draft.value) >= LARGE_VALUE or batch_length >= LONG_BATCH)
+        and rollups.adds_values(draft.meter.aggregation_type))
 
 
 def _add_rollups(into, grouped, stored: dict, merge_meters: set) -> None:
     """Increments where the server can add; merged replacements where we read first."""
-    for (meter_key_id, meter_id, aggregation, series, day), cells in grouped.items():
+    grouped, negatives = grouped
+    for group, cells in grouped.items():
+        meter_key_id, meter_id, aggregation, series, day = group
         if meter_key_id not in merge_meters:
             rollups.increments(meter_key_id, meter_id, series, day, cells, aggregation,
-                               mutation=into.add())
+                               mutation=into.add(), negatives=negatives.get(group))
             continue
         key_pb = rollups.key(meter_key_id, series, day)
         found = stored.get(key_pb.SerializeToString())
-        merged = rollups.decode(found)[2] if found is not None else {}
+        merged = recompute.exact_cells(found, meter_id)[2] if found is not None else {}
         for slot, cell in cells.items():
             merged.setdefault(slot, Cell()).merge(cell)
         into.append(rollups.replacement(key_pb, meter_id, series, day, merged))
+
+
+# An int64 at least 2**62 from zero, as a varint on the wire: nine bytes whose last has bit
+# 0x40 set (positive), or ten (negative, two's complement) whose ninth has it clear and
+# whose tenth is 0x01. Nothing else in a CommitResponse gets that long (versions and times
+# are microseconds or seconds), so a search over its bytes tells whether reading its
+# transform results one by one (hundreds of µs a batch) can find anything. First the
+# cheap part, 8 bytes in a row with the continuation bit (any varint past 2**56, any
+# negative one), by a byte translation and a substring search (a few µs); then the pattern.
+_LARGE_VARINT = re.compile(rb"[\x80-\xff]{8}(?:[\x40-\x7f]|[\x80-\xbf]\x01)")
+_CONTINUED = bytes(int(byte >= 0x80) for byte in range(256))  # a translation table
+_EIGHT_CONTINUED = b"\x01" * 8
+
+
+def _may_need_folding(response) -> bool:
+    """False only when no transform result of the commit is 2**62 or more from zero."""
+    data = response.SerializeToString()
+    start = data.translate(_CONTINUED).find(_EIGHT_CONTINUED)
+    return start >= 0 and _LARGE_VARINT.search(data, start) is not None
+
+
+def _keys_to_fold(request, response) -> list:
+    """Keys of the rollups whose sum accumulators answered at least `rollups.FOLD_AT` away
+    from zero (or at a bound, where they may have clamped): they are folded now."""
+    if not _may_need_folding(response):
+        return []
+    keys, high, low = [], rollups.FOLD_AT, -rollups.FOLD_AT
+    for index, result in enumerate(response.mutation_results):
+        for position, value in enumerate(result.transform_results):  # events have none
+            number = value.integer_value
+            if (number >= high or number < low) and request.mutations[index].property_transforms[
+                    position].property[0] in "SM":  # not the minimum or maximum of values
+                keys.append(request.mutations[index].upsert.key)
+                break
+    return keys
+
+
+_folding: set[bytes] = set()  # rollups this process is folding now
+_folding_lock = threading.Lock()
+
+
+def _fold(keys: list) -> None:
+    """Compact the rollups of `keys` now, so their sums move, exact, into the base (JSON
+    integers, unbounded) and their accumulators start again from zero; a slot that may
+    have clamped is folded from its raw events. A rollup another request of this process
+    is folding is left to it: a commit that saw the accumulator before that fold's read
+    is in it, and one after it added to fresh deltas. The batch is stored whatever
+    happens here: readers take a clamped slot from the raw events until it is folded, and
+    the compaction cron folds what a failure here leaves."""
+    for key_pb in keys:
+        ident = key_pb.SerializeToString()
+        with _folding_lock:
+            if ident in _folding:
+                continue
+            _folding.add(ident)
+        try:
+            compact.compact_one(key_pb)
+        except core_exceptions.GoogleAPICallError as error:
+            log.warning("could not fold a rollup near int64's bounds yet (the cron will): %s",
+                        error)
+        finally:
+            with _folding_lock:
+                _folding.discard(ident)
 
 
 def _fast_path(drafts, plan, code, now) -> list[Outcome] | None:
@@ -186,9 +268,10 @@ def _fast_path(drafts, plan, code, now) -> list[Outcome] | None:
     _add_events(request.mutations, drafts, plan, plan.creates, code, now)
     _add_rollups(request.mutations, _cells(drafts, plan, plan.creates, now), {}, set())
     try:
-        rpc.send_commit(request)
+        response = rpc.send_commit(request)
     except core_exceptions.AlreadyExists:
         return None
+    plan.to_fold = _keys_to_fold(request, response)
     _in_batch_outcomes(drafts, plan, code)
     return _finish(drafts, plan, code)
 
@@ -204,7 +287,7 @@ def _careful_attempt(drafts, plan, code, now) -> list[Outcome] | None:
     plan.outcomes.clear()
     with rpc.transaction() as transaction:
         event_keys = [entities.key("meter-event", plan.key_ids[i]) for i in plan.creates]
-        merge_meters = {d.meter_key_id for d in drafts if _needs_merge(d)}
+        merge_meters = {d.meter_key_id for d in drafts if _needs_merge(d, len(drafts))}
         stored = rpc.lookup(event_keys + _merged_rollup_keys(drafts, plan.creates, merge_meters),
                             transaction)
         if _redraw_collisions(drafts, plan, event_keys, stored):
@@ -217,8 +300,9 @@ def _careful_attempt(drafts, plan, code, now) -> list[Outcome] | None:
         _add_events(request.mutations, drafts, plan, creates, code, now)
         _add_rollups(request.mutations, _cells(drafts, plan, creates, now), stored,
                      merge_meters)
-        rpc.send_commit(request)
+        response = rpc.send_commit(request)
     plan.creates = creates
+    plan.to_fold = _keys_to_fold(request, response)
     return _finish(drafts, plan, code)
 
 
@@ -261,12 +345,16 @@ def _careful_path(drafts, plan, code, now) -> list[Outcome]:
 def store(drafts: list[Draft], now: datetime, namespace_code: int) -> list[Outcome]:
     """Store a batch exactly once; one outcome per draft, in order."""
     plan = _plan(drafts)
-    if not any(_needs_merge(d) for d in drafts):
+    outcomes = None
+    if not any(_needs_merge(d, len(drafts)) for d in drafts):
         try:
             outcomes = _fast_path(drafts, plan, namespace_code, now)
         except core_exceptions.Aborted:
             outcomes = None
-        if outcomes is not None:
-            return outcomes
-        plan = _plan(drafts)
-    return _careful_path(drafts, plan, namespace_code, now)
+        if outcomes is None:
+            plan = _plan(drafts)
+    if outcomes is None:
+        outcomes = _careful_path(drafts, plan, namespace_code, now)
+    if plan.to_fold:
+        _fold(plan.to_fold)
+    return outcomes

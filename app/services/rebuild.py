@@ -23,7 +23,7 @@ def targets(meter: Meter) -> list[tuple]:
     for event in queries.events(meter.id_, None, None, None):
         found.add((recompute.event_series(event), recompute.affected_slot(event)[0]))
     for entity in queries.rollups(meter.id_, None, None, None):
-        series, day, _ = rollups.decode(entity)
+        series, day, _, _ = rollups.decode(entity)
         found.add((series, day))
     return sorted(found, key=lambda item: (item[1], rollups.series_json(item[0])))
 

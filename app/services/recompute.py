@@ -1,19 +1,22 @@
-"""Rebuilding rollup slots from the raw events: for cancellation and `rollups rebuild`.
+"""Rebuilding rollup slots from the raw events: for cancellation, `rollups rebuild`,
+and slots whose int64 sum deltas may have saturated.
 
 Sums and counts could be undone by subtracting, but a minimum, a maximum or the
 latest value cannot; so any slot whose events change other than by addition is
 recomputed from the raw events it covers. The caller reads the rollup in the
 same transaction first, which serializes the recomputation with concurrent
-ingestion of that series.
+ingestion of that series. A slot whose deltas sit at an int64 bound is not
+known from the rollup at all (`rollups.decode_parts`); `exact_cells` and
+`raw_slots` take it from the raw events too.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from app.services.ingest import rank
 from app.services.windows import EPOCH, Cell, Series, settle_last
 from app.storage import entities, queries, rollups
+from app.storage.rollups import rank
 
 
 def event_series(event) -> Series:
@@ -87,11 +90,37 @@ def settled(meter_id: str, cells: dict[int, Cell], transaction: bytes | None) ->
     return cells
 
 
+def raw_slots(meter_id: str, series: Series, day: int, slots, transaction: bytes | None = None
+              ) -> dict[int, Cell]:
+    """Slot -> cell of `slots` of one series and day, from its live raw events (one query
+    per slot): how the `unknown` slots of a decoded rollup are read."""
+    cells: dict[int, Cell] = {}
+    for slot in slots:
+        cells.update(series_cells(meter_id, series, day, slot, slot + 1, transaction))
+    return cells
+
+
+def exact_cells(stored, meter_id: str) -> tuple[Series, int, dict[int, Cell]]:
+    """(series, day, slot -> Cell) of a rollup just read in a transaction, every slot exact:
+    its base plus its deltas, and the slots whose sum deltas may have clamped from the raw
+    events. Those are read outside the transaction, so that ingestion into the slot is not
+    refused meanwhile (a transactional query locks its range), and still agree with the
+    rollup: a batch commits its events and its increments at once, and its increments wait
+    for the lock on the rollup that the caller's read holds."""
+    series, day, cells, unknown = rollups.decode(stored)
+    cells.update(raw_slots(meter_id, series, day, unknown))
+    return series, day, cells
+
+
 def recomputed(stored, meter_key_id: int, meter_id: str, series: Series, day: int,
                slots: set[int], transaction: bytes | None, skip: set[bytes]):
-    """The replacement of a rollup with `slots` recomputed from raw events."""
-    kept = {slot: cell for slot, cell in rollups.decode(stored)[2].items()
-            if slot not in slots} if stored is not None else {}
+    """The replacement of a rollup with `slots` recomputed from raw events (and any slot
+    whose sum deltas may have saturated)."""
+    kept = {}
+    if stored is not None:
+        _, _, decoded, unknown = rollups.decode(stored)
+        slots = set(slots) | unknown
+        kept = {slot: cell for slot, cell in decoded.items() if slot not in slots}
     cells = settled(meter_id, kept, transaction)  # the recomputed slots need no settling
     for slot in slots:
         cell = series_cells(meter_id, series, day, slot, slot + 1, transaction,

@@ -64,7 +64,9 @@ def _rollup_cells(meter: Meter, user_id, start: datetime, end: datetime):
     slot_starts: dict[int, list[datetime]] = {}  # day -> its 96 slot starts, made once
     for entity in queries.rollups(meter.id_, user_id, first_day, last_day):
         deadline.check()  # decoding a page of rollups is CPU between two RPCs
-        series, day, base, deltas = rollups.decode_parts(entity)
+        series, day, base, deltas, unknown = rollups.decode_parts(entity)
+        if unknown:  # sum deltas at an int64 bound may have clamped: those slots, from raw
+            deltas = {**deltas, **recompute.raw_slots(meter.id_, series, day, unknown)}
         moments = slot_starts.get(day)
         if moments is None:
             moments = slot_starts[day] = [rollups.slot_start(day, q)

@@ -7,15 +7,27 @@ dimension values) of one meter for one UTC day, in two parts that add up:
   (0..95, the quarter hours of the day) to its count, sum, min, max and, for
   `last` meters, the latest value and its rank (timestamp, CreatedAt, key id).
 - deltas written by server-side transforms since the last compaction: `C{q}`
-  count, `S{q}` sum, `N{q}` min, `X{q}` max and, for `last` meters, `T{q}` the
-  latest timestamp (µs), and `Dirty` = true. A `last` meter's deltas say when its
-  latest event of the slot happened, not its value: readers and compaction read
-  the raw events of that instant (`Cell.pending_ts`, `windows.settle_last`), one
-  small query per (window, group) whose latest event is not compacted yet. Its
-  base keeps count, rank and value (its sum, min and max are never read).
+  count, `S{q}` sum of the non-negative values, `M{q}` sum of the negative ones
+  (written only when there are any), `N{q}` min, `X{q}` max and, for `last`
+  meters, `T{q}` the latest timestamp (µs), and `Dirty` = true. A `last` meter's
+  deltas say when its latest event of the slot happened, not its value: readers
+  and compaction read the raw events of that instant (`Cell.pending_ts`,
+  `windows.settle_last`), one small query per (window, group) whose latest event
+  is not compacted yet. Its base keeps count, rank and value (its sum, min and
+  max are never read).
 
 Compaction (`app.services.compact`) folds the deltas into `Slots_`, so reading a
 day costs one small entity however many batches it took.
+
+Sums stay exact although the server adds int64s that saturate (clamp) on
+overflow: `Slots_` is JSON, whose integers Python keeps exact at any size, and
+holds everything folded so far; the deltas hold only what arrived since. `S`
+only ever grows and `M` only ever shrinks, so an accumulator that saturated
+stays at INT64_MAX or INT64_MIN for good, and a later increment of the other
+sign cannot hide it. `decode_parts` reports such slots as unknown: readers and
+folders take them from the raw events (`app.services.recompute`), and ingestion
+folds a rollup as soon as a commit's transform results show a sum accumulator
+past 2**62 (`FOLD_AT`), long before a bound.
 
 Fifteen minutes because every time-zone offset in use is a multiple of it, so a
 local hour, day or month is always a whole number of slots. A day per entity
@@ -27,7 +39,7 @@ Two ways to write them:
   take the min and max on the server. No read, so concurrent batches of one hot
   user never wait on each other's locks. Needs Firestore in Datastore mode.
 - `replacement`: the merged entity, written after reading it in the same
-  transaction. Used on the legacy emulator (which ignores transforms), for sums
+  transaction. Used on the legacy emulator (which ignores transforms), for values
   too large for int64 transforms, and when compacting, cancelling or rebuilding
   recomputes a slot.
 """
@@ -45,6 +57,13 @@ from app.services.windows import EPOCH, Cell, Series
 KIND = "meter-rollup"
 SLOTS_PER_DAY = 96  # quarter hours
 _STATIC = ("MeterId", "UserId", "Day", "Series_", "Dirty")
+INT64_MAX, INT64_MIN = (1 << 63) - 1, -(1 << 63)
+#: Sum deltas at which an increment may have saturated (the server clamps).
+INT64_BOUNDS = frozenset((INT64_MAX, INT64_MIN))
+#: Sum deltas this far from zero are folded into the base at once (`ingest._fold`): a
+#: batch adds at most about 2**55 to one, so it takes hundreds of commits landing during
+#: one fold to go on to a bound, and folding needs no raw events before that.
+FOLD_AT = 1 << 62
 
 
 def day_and_slot(moment: datetime) -> tuple[int, int]:
@@ -61,6 +80,11 @@ def slot_start(day: int, slot: int) -> datetime:
 def series_json(series: Series) -> str:
     return json.dumps({"u": series.user_id, "d": dict(series.dimensions)},
                       separators=(",", ":"), sort_keys=True)
+
+
+def rank(timestamp: datetime, created: datetime, key_id: int) -> tuple:
+    """The order of events for `last`: latest timestamp, then recorded last, then key."""
+    return (entities.micros(timestamp), entities.micros(created), key_id)
 
 
 def series_of(user_id: str, dimensions: dict) -> Series:
@@ -101,9 +125,12 @@ def adds_values(aggregation: str) -> bool:
 
 
 def increments(meter_key_id: int, meter_id: str, series: Series, day: int,
-               cells: dict[int, Cell], aggregation: str, mutation=None):
+               cells: dict[int, Cell], aggregation: str, mutation=None,
+               negatives: dict[int, int] | None = None):
     """A blind upsert adding `cells` (slot -> Cell) to the stored rollup's deltas; built
-    in `mutation` (say, a new one of a CommitRequest's) when given, else in a new one."""
+    in `mutation` (say, a new one of a CommitRequest's) when given, else in a new one.
+    `negatives` (slot -> sum of the cell's negative values, where it has any) splits a
+    sum between `S` and `M`, so that neither accumulator ever changes direction."""
     if mutation is None:
         mutation = rpc.Mutation()
     _static(mutation.upsert, meter_id, series, day, dirty=True)
@@ -118,7 +145,12 @@ def increments(meter_key_id: int, meter_id: str, series: Series, day: int,
             if letter == "C":
                 transform.increment.integer_value = cell.count
             elif letter == "S":
-                transform.increment.integer_value = cell.sum
+                negative = negatives.get(slot, 0) if negatives else 0
+                transform.increment.integer_value = cell.sum - negative
+                if negative:
+                    below = transforms.add()
+                    below.property = f"M{slot}"
+                    below.increment.integer_value = negative
             elif letter == "N":
                 transform.minimum.integer_value = cell.min
             elif letter == "X":
@@ -157,36 +189,46 @@ def replacement(key_pb, meter_id: str, series: Series, day: int, cells: dict[int
     return rpc.Mutation(upsert=entity)
 
 
-def decode_parts(entity) -> tuple[Series, int, dict[str, list], dict[int, Cell]]:
-    """(series, day, base, deltas) of a stored rollup, not yet added up: `base` maps each
-    compacted slot, as text, to its packed fields (see `packed_cell`); `deltas` maps
-    slots to what transforms added since. Summaries merge the packed fields directly:
-    making a Cell of every slot cost them more than everything else per slot."""
+def decode_parts(entity) -> tuple[Series, int, dict[str, list], dict[int, Cell], set[int]]:
+    """(series, day, base, deltas, unknown) of a stored rollup, not yet added up: `base`
+    maps each compacted slot, as text, to its packed fields (see `packed_cell`); `deltas`
+    maps slots to what transforms added since. Summaries merge the packed fields directly:
+    making a Cell of every slot cost them more than everything else per slot.
+
+    `unknown` holds the slots whose sum deltas sit at an int64 bound, where the server's
+    increments may have saturated; neither `base` nor `deltas` holds them, and the
+    caller must take them from the raw events (`recompute.raw_slots`)."""
     props = entity.properties
     described = json.loads(props["Series_"].string_value)
     series = Series(described["u"], tuple(sorted(described["d"].items())))
     slots = props.get("Slots_")
     base = json.loads(slots.string_value or "{}") if slots is not None else {}
-    deltas = {}
+    deltas, unknown = {}, set()
     for name, value in props.items():
         if name[0] == "C" and name[1:].isdigit() and value.integer_value > 0:
             slot = name[1:]
-            delta = Cell(value.integer_value, _delta(props, f"S{slot}", 0),
+            positive, negative = _delta(props, f"S{slot}", 0), _delta(props, f"M{slot}", 0)
+            if positive in INT64_BOUNDS or negative in INT64_BOUNDS:
+                unknown.add(int(slot))
+                base.pop(slot, None)
+                continue
+            delta = Cell(value.integer_value, positive + negative,
                          _delta(props, f"N{slot}"), _delta(props, f"X{slot}"))
             delta.pending_ts = _delta(props, f"T{slot}")
             if delta.pending_ts is not None:
                 delta.pending_at = (series,)
             deltas[int(slot)] = delta
-    return series, props["Day"].integer_value, base, deltas
+    return series, props["Day"].integer_value, base, deltas, unknown
 
 
-def decode(entity) -> tuple[Series, int, dict[int, Cell]]:
-    """(series, day, slot -> Cell) of a stored rollup: its base plus its deltas."""
-    series, day, base, deltas = decode_parts(entity)
+def decode(entity) -> tuple[Series, int, dict[int, Cell], set[int]]:
+    """(series, day, slot -> Cell, unknown) of a stored rollup: its base plus its deltas,
+    except the `unknown` slots (see `decode_parts`), which only the raw events can give."""
+    series, day, base, deltas, unknown = decode_parts(entity)
     cells = {int(slot): packed_cell(fields) for slot, fields in base.items()}
     for slot, delta in deltas.items():
         cells.setdefault(slot, Cell()).merge(delta)
-    return series, day, cells
+    return series, day, cells, unknown
 
 
 def _delta(props, name: str, missing=None):

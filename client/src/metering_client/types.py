@@ -33,6 +33,15 @@ def _time(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
 
+def exact_value(wire: Any) -> Number | None:
+    """A summary value as the caller gets it: always an int for integers. The service sends
+    integers beyond 2**53 - 1 in size as strings of their exact digits (so that readers
+    holding numbers as doubles lose nothing); Python's int holds any of them exactly."""
+    if isinstance(wire, str):
+        return int(wire)
+    return wire
+
+
 @dataclass(frozen=True)
 class Event:
     """One usage event, with the idempotency key every send of it carries."""
@@ -137,7 +146,8 @@ class Meter:
 
 @dataclass(frozen=True)
 class Window:
-    """One (window, group) of a summary; window bounds in the summary's time zone."""
+    """One (window, group) of a summary; window bounds in the summary's time zone. `value` is
+    an int (exact at any size) or, for avg, a float; None when there is nothing to show."""
 
     window_start: datetime | None
     window_end: datetime | None
@@ -148,13 +158,15 @@ class Window:
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> "Window":
         return cls(window_start=_time(body.get("windowStart")),
-                   window_end=_time(body.get("windowEnd")), value=body.get("value"),
+                   window_end=_time(body.get("windowEnd")),
+                   value=exact_value(body.get("value")),
                    event_count=body["eventCount"], group_by=dict(body.get("groupBy") or {}))
 
 
 @dataclass(frozen=True)
 class Summary:
-    """A meter's aggregated usage; `windows` is None unless windows or groups were asked."""
+    """A meter's aggregated usage; `windows` is None unless windows or groups were asked.
+    `value` is an int (exact at any size: sums past int64 included) or, for avg, a float."""
 
     meter_id: str
     meter_name: str
@@ -171,7 +183,7 @@ class Summary:
         windows = body.get("windows")
         return cls(meter_id=body["meterId"], meter_name=body["meterName"],
                    user_id=body.get("userId") or "", aggregation_type=body["aggregationType"],
-                   value=body.get("value"), event_count=body["eventCount"],
+                   value=exact_value(body.get("value")), event_count=body["eventCount"],
                    period_start=_time(body.get("periodStart")),
                    period_end=_time(body.get("periodEnd")),
                    windows=None if windows is None else [Window.from_json(w) for w in windows])

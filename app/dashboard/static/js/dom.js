@@ -29,7 +29,7 @@ export function messageOf(error) {
 
 const numbers = new Intl.NumberFormat("en-US", { maximumFractionDigits: 6 });
 
-/** A number as people read it; "—" for no value. */
+/** A number (or a BigInt, digit for digit) as people read it; "—" for no value. */
 export function formatNumber(value) {
   return value === null || value === undefined ? "—" : numbers.format(value);
 }

@@ -3,7 +3,8 @@
 // One query (period, window, zone, split, filters) makes up to three summary calls: the
 // windows of the period (dense: every window, the chart's axis and the total), the same
 // split by one dimension (only the (window, group) pairs that have events), and the period
-// grouped by user (the top users). Every number shown is one the API answered.
+// grouped by user (the top users). Every number shown is one the API answered, exactly:
+// values beyond 2^53-1 arrive as digit strings and are kept and formatted as BigInts.
 
 import * as api from "./api.js";
 import { download, fileSafe, toCsv } from "./csv.js";
@@ -96,10 +97,21 @@ export async function refreshUsage() {
 
 // -- what the answers become ----------------------------------------------------------
 
+/** A bar's height: the chart library takes Numbers (the table and the total stay exact). */
+function barHeight(value) {
+  return typeof value === "bigint" ? Number(value) : value;
+}
+
+/** Larger values first, no value last; exact for BigInts and Numbers alike. */
+function byValueDescending(a, b) {
+  if (a === null || b === null) return (a === null) - (b === null);
+  return a > b ? -1 : a < b ? 1 : 0;
+}
+
 function chartSeries() {
   const { dense, split, query } = shown;
   const labels = dense.windows.map((w) => windowLabel(w.windowStart, query.windowSize));
-  if (!split) return { labels, datasets: [{ label: meter.name, data: dense.windows.map((w) => w.value) }] };
+  if (!split) return { labels, datasets: [{ label: meter.name, data: dense.windows.map((w) => barHeight(w.value)) }] };
   const position = new Map(dense.windows.map((w, i) => [w.windowStart, i]));
   const empty = EMPTY_IS_ZERO.has(meter.aggregationType) ? 0 : null;
   const groups = new Map();
@@ -107,7 +119,7 @@ function chartSeries() {
     const key = w.groupBy[query.split];
     if (!groups.has(key)) groups.set(key, { label: groupLabel(key), data: labels.map(() => empty), events: 0 });
     const group = groups.get(key);
-    group.data[position.get(w.windowStart)] = w.value;
+    group.data[position.get(w.windowStart)] = barHeight(w.value);
     group.events += w.eventCount;
   }
   const ordered = [...groups.values()].sort((a, b) => b.events - a.events || a.label.localeCompare(b.label));
@@ -159,7 +171,7 @@ function renderTable() {
 
 function topUsers() {
   return [...shown.users.windows]
-    .sort((a, b) => (b.value ?? -Infinity) - (a.value ?? -Infinity)
+    .sort((a, b) => byValueDescending(a.value, b.value)
       || a.groupBy.userId.localeCompare(b.groupBy.userId))
     .slice(0, TOP_USERS)
     .map((w, i) => [i + 1, w.groupBy.userId, w.value, w.eventCount]);

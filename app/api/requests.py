@@ -20,7 +20,7 @@ from flask import request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from app.errors import ValidationFailed
-from app.schemas import load
+from app.schemas import MAX_ECHOED_NAME, MAX_ECHOED_PATH, load, shorten
 
 #: Deepest nesting of objects and arrays a body may have (the body itself is level 1).
 MAX_DEPTH = 64
@@ -43,39 +43,55 @@ class _Repeated(dict):
         self.field = field
 
 
-def _object(pairs: list[tuple[str, object]]) -> dict:
-    seen = set()
-    for name, _value in pairs:
-        if name in seen:
-            return _Repeated(pairs, name)
-        seen.add(name)
-    return dict(pairs)
+# A `\\uD800`..`\\uDFFF` escape: the only way a decoded body can hold a UTF-16 surrogate
+# (the UTF-8 decoder refuses encoded ones). A hint only: a valid pair matches too.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
-def _integer(text: str):
-    if len(text.lstrip("-")) > MAX_INT_DIGITS:
-        return _Unusable(f"is a number with more than {MAX_INT_DIGITS} digits")
-    return int(text)
+class _Parser:
+    """`json.loads` hooks for one body; `suspect` tells whether any value may be unusable.
 
+    Most bodies hold nothing unusable, so `_check` then walks only their objects and
+    arrays (for depth); it looks at every value only when a hook saw one that cannot be
+    used or the text holds a surrogate escape.
+    """
 
-def _float(text: str):
-    value = float(text)
-    if not math.isfinite(value):
-        return _Unusable("is a number too large to represent")
-    return value
+    def __init__(self, text: str):
+        self.suspect = _SURROGATE_ESCAPE.search(text) is not None
+        self.strings = self.suspect
 
+    def object(self, pairs: list[tuple[str, object]]) -> dict:
+        value = dict(pairs)
+        if len(value) == len(pairs):
+            return value
+        self.suspect = True
+        seen = set()
+        for name, _item in pairs:
+            if name in seen:
+                return _Repeated(pairs, name)
+            seen.add(name)
+        return value  # not reached: a shorter dict means a repeated name
 
-def _constant(name: str):
-    return _Unusable(f"is {name}, which is not a JSON value")
+    def integer(self, text: str):
+        if len(text) > MAX_INT_DIGITS and len(text.lstrip("-")) > MAX_INT_DIGITS:
+            self.suspect = True
+            return _Unusable(f"is a number with more than {MAX_INT_DIGITS} digits")
+        return int(text)
+
+    def float(self, text: str):
+        value = float(text)
+        if not math.isfinite(value):
+            self.suspect = True
+            return _Unusable("is a number too large to represent")
+        return value
+
+    def constant(self, name: str):
+        self.suspect = True
+        return _Unusable(f"is {name}, which is not a JSON value")
 
 
 def _printable(name: str) -> str:
     return name.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def _join(path: str, name: str) -> str:
-    name = _printable(name)
-    return f"{path}.{name}" if path else name
 
 
 def _bad_string(text: str) -> bool:
@@ -86,40 +102,65 @@ def _bad_string(text: str) -> bool:
     return False
 
 
-def _check(document) -> None:
-    """Refuse the first value of `document` that is parsed JSON but unusable."""
-    stack = [(document, "", 1)]
+def _path(link) -> str:
+    """The field path (`events[2].userId`) of a walk's link chain, shortened for echoing."""
+    names = []
+    while link is not None:
+        link, name = link
+        names.append(f"[{name}]" if isinstance(name, int)
+                     else "." + shorten(_printable(name), MAX_ECHOED_NAME))
+    return shorten("".join(reversed(names)).lstrip("."), MAX_ECHOED_PATH)
+
+
+def _problem(value, parser: _Parser) -> str | None:
+    """Why a scalar (or the names of an object) cannot be used, or None."""
+    if type(value) is _Unusable:
+        return value.why
+    if parser.strings and type(value) is str and _bad_string(value):
+        return "is not valid Unicode (a lone UTF-16 surrogate)"
+    return None
+
+
+def _refuse(message: str, link) -> None:
+    where = _path(link)
+    raise ValidationFailed(f"{where or 'request body'} {message}", param=where or None,
+                           code="invalid_json")
+
+
+def _check(document, parser: _Parser) -> None:
+    """Refuse the first value of `document` (in document order) that is parsed but unusable.
+
+    Linear in the number of values and allocation-free for scalars: a path is a link to
+    its parent's link, rendered only for the one value refused, and only objects, arrays
+    and the first unusable scalar of each are pushed.
+    """
+    containers = (dict, list, _Repeated)
+    stack = [(document, None, 1)]
     while stack:
-        value, path, depth = stack.pop()
-        if isinstance(value, (dict, list)) and depth > MAX_DEPTH:
+        value, link, depth = stack.pop()
+        kind = type(value)
+        if kind not in containers:
+            _refuse(_problem(value, parser), link)
+        if depth > MAX_DEPTH:
+            where = _path(link)
             raise ValidationFailed(
                 f"request body nests objects and arrays more than {MAX_DEPTH} levels deep"
-                + (f" at {path}" if path else ""),
-                param=path or None, code="invalid_json")
-        if isinstance(value, _Repeated):
-            where = _join(path, value.field)
-            raise ValidationFailed(f"{where} is given more than once", param=where,
-                                   code="invalid_json")
-        if isinstance(value, dict):
-            children = []
-            for name, item in value.items():
-                where = _join(path, name)
-                if _bad_string(name):
-                    raise ValidationFailed(f"{where}: the field name is not valid Unicode "
-                                           "(a lone UTF-16 surrogate)", param=where,
-                                           code="invalid_json")
-                children.append((item, where, depth + 1))
-            stack.extend(reversed(children))
-        elif isinstance(value, list):
-            stack.extend(reversed([(item, f"{path}[{index}]", depth + 1)
-                                   for index, item in enumerate(value)]))
-        elif isinstance(value, _Unusable):
-            raise ValidationFailed(f"{path or 'request body'} {value.why}", param=path or None,
-                                   code="invalid_json")
-        elif isinstance(value, str) and _bad_string(value):
-            raise ValidationFailed(f"{path or 'request body'} is not valid Unicode "
-                                   "(a lone UTF-16 surrogate)", param=path or None,
-                                   code="invalid_json")
+                + (f" at {where}" if where else ""), param=where or None, code="invalid_json")
+        if kind is _Repeated:
+            _refuse("is given more than once", (link, value.field))
+        children = []
+        for name, item in (enumerate(value) if kind is list else value.items()):
+            if parser.strings and kind is not list and _bad_string(name):
+                where = _path((link, name))
+                raise ValidationFailed(f"{where}: the field name is not valid Unicode "
+                                       "(a lone UTF-16 surrogate)", param=where,
+                                       code="invalid_json")
+            if type(item) in containers:
+                children.append((item, (link, name), depth + 1))
+            elif parser.suspect and _problem(item, parser):
+                children.append((item, (link, name), depth + 1))
+                break  # what follows it comes later in the document
+        stack.extend(reversed(children))
 
 
 def _raw_body() -> bytes:
@@ -152,9 +193,10 @@ def json_body() -> dict:
     except UnicodeDecodeError as exc:
         raise ValidationFailed(f"request body is not valid UTF-8: {exc.reason} at byte {exc.start}",
                                code="invalid_json") from None
+    parser = _Parser(text)
     try:
-        body = json.loads(text, object_pairs_hook=_object, parse_int=_integer,
-                          parse_float=_float, parse_constant=_constant)
+        body = json.loads(text, object_pairs_hook=parser.object, parse_int=parser.integer,
+                          parse_float=parser.float, parse_constant=parser.constant)
     except RecursionError:
         raise ValidationFailed(
             f"request body nests objects and arrays more than {MAX_DEPTH} levels deep",
@@ -165,7 +207,7 @@ def json_body() -> dict:
     if not isinstance(body, dict):
         raise ValidationFailed("request body must be a JSON object, not "
                                + _json_type(body), code="invalid_json")
-    _check(body)
+    _check(body, parser)
     return body
 
 
@@ -194,7 +236,8 @@ def _query_args(repeatable=lambda name: False) -> dict:
         if repeatable(name):
             args[name] = values
         elif len(values) > 1:
-            raise ValidationFailed(f"{name} may be given only once", param=name)
+            shown = shorten(name, MAX_ECHOED_PATH)
+            raise ValidationFailed(f"{shown} may be given only once", param=shown)
         else:
             args[name] = values[0]
     return args
@@ -205,7 +248,7 @@ def query(schema):
     return load(schema, _query_args())
 
 
-_FILTER = re.compile(r"^filter\[([^\[\]]{1,64})\]$")
+_FILTER = re.compile(r"filter\[([^\[\]]{1,64})\]")  # fullmatch: no final newline
 
 
 def summary_query() -> tuple[dict, dict[str, frozenset[str]]]:
@@ -216,9 +259,10 @@ def summary_query() -> tuple[dict, dict[str, frozenset[str]]]:
     args = {}
     repeatable = lambda name: name == "groupBy" or name.startswith("filter")  # noqa: E731
     for name, values in _query_args(repeatable).items():
-        match = _FILTER.match(name) if name.startswith("filter") else None
+        match = _FILTER.fullmatch(name) if name.startswith("filter") else None
         if name.startswith("filter") and match is None:
-            raise ValidationFailed("filters read filter[NAME]=VALUE", param=name)
+            raise ValidationFailed("filters read filter[NAME]=VALUE",
+                                   param=shorten(name, MAX_ECHOED_PATH))
         if match is None:
             args[name] = values
             continue

@@ -352,3 +352,15 @@ def test_the_window_cap_is_exact_across_lord_howe_half_hours(world):
     expect_error(world["api"].get(SUMMARY, params={**params, "periodEnd": far}), 400,
                  param="windowSize")
     assert error_of(answer)["code"] == "invalid_request"
+
+
+def test_the_fast_pre_check_still_accepts_what_only_looks_suspect(world):
+    # a valid surrogate pair (an escaped emoji) and a large finite float: both make the
+    # pre-check look closer, and both are fine
+    body = (b'{"name": "Suspect", "eventName": "suspect_ok", "metadata": '
+            b'{"smile": "\\ud83d\\ude00", "big": 1e300, "digits": "' + b"9" * 200 + b'"}}')
+    answer = world["api"].post(METERS, data=body)
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["metadata"] == {"smile": "\U0001F600", "big": 1e300,
+                                         "digits": "9" * 200}
+    assert world["api"].delete(f"{METERS}/{answer.json()['id']}").status_code == 200

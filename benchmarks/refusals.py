@@ -5,10 +5,11 @@ Starts Google's Firestore-mode emulator and `metering serve --workers 1 --thread
 a meter over HTTP with the demo org's key, then sends each case `--runs` times, after
 one untimed warm-up, one request at a time:
 
-- valid batches: 100 small events (unique idempotency keys, so each is stored), and
-  the largest valid batches by content: 100 events whose metadata holds the most JSON
-  values 8 KiB allows (2,700 numbers, 2,000 empty objects or an object of 750 keys, each;
-  0.5 to 0.8 MB in all);
+- valid batches: 100 small events (unique idempotency keys, so each is stored); 100
+  events whose metadata holds the most JSON values 8 KiB allows (2,700 numbers, 2,000
+  empty objects or an object of 750 keys, each; 0.5 to 0.7 MB in all); and the largest
+  batch, about 1 MB: those 2,000 objects plus 16 dimensions of 150 characters and a
+  userId and idempotency key of about 500 characters, in every event;
 - hostile bodies of at most the body limit (1 MiB): 349,000 empty events (record and
   cancel), half a million numbers as events, 1 MB of unknown field names in one event
   or spread over 100 events, a 1 MB field name, an `events` object of 80,000 keys, 100
@@ -54,31 +55,32 @@ def filled(prefix: bytes, item: bytes, suffix: bytes) -> bytes:
     return prefix + b",".join([item] * count) + suffix
 
 
-def valid_cases(meter_id: str):
+def valid_cases(meter_id: str, wide_meter_id: str):
     """(name, path, body maker): a new body per request, so every event is new."""
     counter = iter(range(10**9))
 
-    def small():
-        n = next(counter)
-        return compact({"events": [{"meterId": meter_id, "userId": f"u{i % 10}", "value": i,
-                                    "idempotency": f"s{n}-{i}"} for i in range(100)]})
-
-    def fullest(metadata):
+    def batch(meter: str, user: str = "u", key_padding: int = 0, **fields):
         def make():
             n = next(counter)
-            return compact({"events": [{"meterId": meter_id, "userId": f"u{i % 10}",
-                                        "value": i, "idempotency": f"l{n}-{i}",
-                                        "metadata": metadata} for i in range(100)]})
+            return compact({"events": [{"meterId": meter, "value": i, **fields,
+                                        "userId": f"{i % 10}{user}"[:500],
+                                        "idempotency": f"{n}-{i}-" + "k" * key_padding}
+                                       for i in range(100)]})
         return make
 
-    # metadata as full as 8 KiB of JSON (as the service measures it) allows
-    return [("valid: 100 small events", EVENTS, small),
-            ("valid: 100 events, metadata of 2,700 numbers", EVENTS,
-             fullest({"m": [0] * 2_700})),
-            ("valid: 100 events, metadata of 2,000 objects", EVENTS,
-             fullest({"m": [{}] * 2_000})),
-            ("valid: 100 events, metadata of 750 keys", EVENTS,
-             fullest({"m": {f"k{j}": 0 for j in range(750)}}))]
+    dimensions = {f"d{j:02d}": "v" * 150 for j in range(16)}
+    return [
+        ("valid: 100 small events", EVENTS, batch(meter_id)),
+        ("valid: 100 events, metadata of 2,700 numbers", EVENTS,
+         batch(meter_id, metadata={"m": [0] * 2_700})),
+        ("valid: 100 events, metadata of 2,000 objects", EVENTS,
+         batch(meter_id, metadata={"m": [{}] * 2_000})),
+        ("valid: 100 events, metadata of 750 keys", EVENTS,
+         batch(meter_id, metadata={"m": {f"k{j}": 0 for j in range(750)}})),
+        ("valid: the largest batch (1 MB)", EVENTS,
+         batch(wide_meter_id, metadata={"m": [{}] * 2_000}, dimensions=dimensions,
+               user="u" * 500, key_padding=480)),
+    ]
 
 
 def hostile_cases(meter_id: str):
@@ -147,8 +149,11 @@ def main(argv=None) -> int:
         service = common.Service(emulator.host, 1, 1, workdir).start()
         client = common.Client(service.url, service.api_key, timeout=300)
         meter_id = client.post_json(METERS, {"name": "Tokens", "eventName": "tokens"})["id"]
+        wide_id = client.post_json(METERS, {"name": "Wide", "eventName": "wide", "dimensions":
+                                            [f"d{j:02d}" for j in range(16)]})["id"]
+        valid = valid_cases(meter_id, wide_id)
         rows = [(name, measure(service, client, path, make, args.runs))
-                for name, path, make in valid_cases(meter_id) + hostile_cases(meter_id)]
+                for name, path, make in valid + hostile_cases(meter_id)]
     finally:
         if service is not None:
             service.stop()
@@ -160,9 +165,8 @@ def main(argv=None) -> int:
     for name, row in rows:
         print(f"| {name} | {row['status']} | {row['body']:,} | {row['answer']:,} | "
               f"{row['cpu_ms']:.1f} | {row['wall_ms']:.1f} |")
-    valid = len(valid_cases(""))
-    largest = max(row["cpu_ms"] for _, row in rows[1:valid])
-    failures = [name for name, row in rows[valid:]
+    largest = max(row["cpu_ms"] for _, row in rows[1:len(valid)])
+    failures = [name for name, row in rows[len(valid):]
                 if row["status"] not in ("400", "413") or row["answer"] >= SMALL
                 or row["cpu_ms"] > largest]
     print(f"\nhostile answers all 400/413, < {SMALL // 1024} KB and at most the CPU of the "

@@ -28,6 +28,14 @@ from app.schemas import MAX_ECHOED_NAME, MAX_ECHOED_PATH, load, shorten
 MAX_DEPTH = 64
 #: Most digits an integer in a body may have; int64 needs 19.
 MAX_INT_DIGITS = 100
+#: Most fields one object of a body may have. No request has a use for more: an event
+#: has 8 fields, metadata 50 keys, and 8 KiB of metadata JSON holds objects of at most
+#: about 900 distinct keys. Refused while parsing, before the object is built.
+MAX_OBJECT_FIELDS = 4096
+
+
+class _TooManyFields(Exception):
+    """Raised from the parser's object hook; stops parsing at once."""
 
 
 class _Unusable:
@@ -80,6 +88,8 @@ class _Parser:
     def object(self, pairs: list[tuple[str, object]]) -> dict:
         if not pairs:
             return {}
+        if len(pairs) > MAX_OBJECT_FIELDS:
+            raise _TooManyFields(len(pairs))
         value = dict(pairs)
         if len(value) == len(pairs):
             return value
@@ -282,6 +292,10 @@ def json_body() -> dict:
         with _collector_paused():
             body = json.loads(text, object_pairs_hook=parser.object, parse_int=parser.parse_int,
                               parse_float=parser.parse_float, parse_constant=parser.constant)
+    except _TooManyFields as exc:
+        raise ValidationFailed(f"request body holds an object of {exc.args[0]} fields; an "
+                               f"object may hold at most {MAX_OBJECT_FIELDS}",
+                               code="invalid_json") from None
     except RecursionError:
         raise ValidationFailed(
             f"request body nests objects and arrays more than {MAX_DEPTH} levels deep",

@@ -169,7 +169,7 @@ def _check(document, parser: _Parser) -> None:
         levels.append(level)
         depth += 1
         if depth <= MAX_DEPTH:  # empty ones have nothing to look into, unless too deep
-            level = [item for item in children if item and type(item) in _CONTAINERS]
+            level = [item for item in filter(None, children) if type(item) in _CONTAINERS]
         else:
             level = [item for item in children if type(item) in _CONTAINERS]
 

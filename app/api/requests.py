@@ -56,18 +56,21 @@ class _Repeated(dict):
 # A `\\uD800`..`\\uDFFF` escape: the only way a decoded body can hold a UTF-16 surrogate
 # (the UTF-8 decoder refuses encoded ones). A hint only: a valid pair matches too.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
-# Numbers are parsed by the checking hooks only when the body may hold an integer of
-# more than MAX_INT_DIGITS digits or a float out of range: a run of that many digits, or
-# a digit, an `e` and a three-digit exponent (a hint only: strings may hold those too).
-# Found with `bytes.translate` and substring searches, which run in C: a regular
-# expression trying every digit of a megabyte of numbers took tens of milliseconds.
+# Integers are parsed by the checking hook only when the body holds a run of more than
+# MAX_INT_DIGITS digits, floats only when it holds a digit, an `e` and a three-digit
+# exponent (hints only: strings may hold those too). Found with `bytes.translate` and
+# substring searches, which run in C: a regular expression trying every digit of a
+# megabyte of numbers took tens of milliseconds.
 _NUMBER_SHAPES = bytes.maketrans(b"0123456789Ee-", b"0000000000ee+")
-_HUGE_NUMBER_SHAPES = (b"0" * (MAX_INT_DIGITS + 1), b"0e000", b"0e+000")
+_LONG_DIGITS = b"0" * (MAX_INT_DIGITS + 1)
+_LARGE_EXPONENTS = (b"0e000", b"0e+000")
 
 
-def _may_hold_huge_numbers(raw: bytes) -> bool:
+def _number_hints(raw: bytes) -> tuple[bool, bool]:
+    """(may hold a too long integer, may hold a float out of range)."""
     shapes = raw.translate(_NUMBER_SHAPES)
-    return any(shape in shapes for shape in _HUGE_NUMBER_SHAPES)
+    long_digits = _LONG_DIGITS in shapes
+    return long_digits, long_digits or any(shape in shapes for shape in _LARGE_EXPONENTS)
 
 
 class _Parser:
@@ -81,9 +84,9 @@ class _Parser:
     def __init__(self, raw: bytes):
         self.suspect = False
         self.strings = _SURROGATE_ESCAPE.search(raw) is not None
-        huge = _may_hold_huge_numbers(raw)
-        self.parse_int = self.integer if huge else int  # the builtins parse in C
-        self.parse_float = self.float if huge else float
+        long_integers, large_floats = _number_hints(raw)
+        self.parse_int = self.integer if long_integers else int  # the builtins parse in C
+        self.parse_float = self.float if large_floats else float
 
     def object(self, pairs: list[tuple[str, object]]) -> dict:
         if not pairs:
@@ -175,13 +178,26 @@ def _check(document, parser: _Parser) -> None:
 
 
 def _refuse_first_problem(level: list, children: list, levels: list, parser: _Parser) -> None:
-    """Refuse the first repeated field, unusable field name or unusable value of a level."""
+    """Refuse the first repeated field, unusable field name or unusable value of a level.
+
+    Without strings to look into, the stand-ins are found by their type with
+    `list(map(type, ...)).index(...)`, in C, instead of a Python loop over every value.
+    """
+    if not parser.strings:
+        repeated = _first_of_type(level, _Repeated)
+        if repeated is not None:
+            where = _join(_locate(repeated, levels), repeated.field)
+            _refuse(f"{where} is given more than once", where)
+        unusable = _first_of_type(children, _Unusable)
+        if unusable is not None:
+            where = _locate(unusable, levels + [level])
+            _refuse(f"{where or 'request body'} {unusable.why}", where)
+        return
     for container in level:
         if type(container) is _Repeated:
-            field = container.field
-            _refuse(f"{_join(_locate(container, levels), field)} is given more than once",
-                    _join(_locate(container, levels), field))
-        if parser.strings and type(container) is not list:
+            where = _join(_locate(container, levels), container.field)
+            _refuse(f"{where} is given more than once", where)
+        if type(container) is not list:
             for name in container:
                 if _bad_string(name):
                     where = _join(_locate(container, levels), name)
@@ -192,6 +208,13 @@ def _refuse_first_problem(level: list, children: list, levels: list, parser: _Pa
         if why is not None:
             where = _locate(item, levels + [level])
             _refuse(f"{where or 'request body'} {why}", where)
+
+
+def _first_of_type(values: list, kind: type):
+    try:
+        return values[list(map(type, values)).index(kind)]
+    except ValueError:
+        return None
 
 
 def _problem(value, parser: _Parser) -> str | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import itertools
 import json
 import math
 import re
@@ -77,15 +78,16 @@ class _Parser:
     """`json.loads` hooks for one body, which note whether any value may be unusable.
 
     Most bodies hold nothing unusable, so `_check` then walks only their objects and
-    arrays (for depth); it looks at every value only when a hook made a stand-in
-    (`suspect`) or a string really holds a lone surrogate (`strings`, see `settle`).
+    arrays (for depth); it looks for stand-ins only when a hook may have made one
+    (`suspect`), and at strings only when one really holds a lone surrogate (`strings`,
+    see `settle`).
     """
 
     def __init__(self, raw: bytes):
-        self.suspect = False
         self.strings = _SURROGATE_ESCAPE.search(raw) is not None
         long_integers, large_floats = _number_hints(raw)
-        self.parse_int = self.integer if long_integers else int  # the builtins parse in C
+        self.suspect = long_integers  # so `_check` looks for `_checked_int`'s stand-ins
+        self.parse_int = _checked_int if long_integers else int  # the builtins parse in C
         self.parse_float = self.float if large_floats else float
 
     def object(self, pairs: list[tuple[str, object]]) -> dict:
@@ -103,12 +105,6 @@ class _Parser:
                 return _Repeated(pairs, name)
             seen.add(name)
         return value  # not reached: a shorter dict means a repeated name
-
-    def integer(self, text: str):
-        if len(text) > MAX_INT_DIGITS and len(text.lstrip("-")) > MAX_INT_DIGITS:
-            self.suspect = True
-            return _Unusable(f"is a number with more than {MAX_INT_DIGITS} digits")
-        return int(text)
 
     def float(self, text: str):
         value = float(text)
@@ -131,6 +127,14 @@ class _Parser:
                 self.suspect = True
             else:
                 self.strings = False
+
+
+def _checked_int(text: str, _int=int, _limit=MAX_INT_DIGITS):
+    """An integer of at most MAX_INT_DIGITS digits, or a stand-in saying it is longer (a
+    plain function with its globals bound: it runs once per integer of such a body)."""
+    if len(text) > _limit and len(text.lstrip("-")) > _limit:
+        return _Unusable(f"is a number with more than {_limit} digits")
+    return _int(text)
 
 
 def _printable(name: str) -> str:
@@ -164,9 +168,7 @@ def _check(document, parser: _Parser) -> None:
             raise ValidationFailed(
                 f"request body nests objects and arrays more than {MAX_DEPTH} levels deep"
                 + (f" at {where}" if where else ""), param=where or None, code="invalid_json")
-        children = []
-        for container in level:
-            children.extend(container if type(container) is list else container.values())
+        children = _values(level)
         if parser.suspect:
             _refuse_first_problem(level, children, levels, parser)
         levels.append(level)
@@ -175,6 +177,17 @@ def _check(document, parser: _Parser) -> None:
             level = [item for item in filter(None, children) if type(item) in _CONTAINERS]
         else:
             level = [item for item in children if type(item) in _CONTAINERS]
+
+
+def _values(level: list) -> list:
+    """The values of every container of a level, in order; in C when they are all objects."""
+    try:
+        return list(itertools.chain.from_iterable(map(dict.values, level)))
+    except TypeError:  # arrays among them
+        children = []
+        for container in level:
+            children.extend(container if type(container) is list else container.values())
+        return children
 
 
 def _refuse_first_problem(level: list, children: list, levels: list, parser: _Parser) -> None:

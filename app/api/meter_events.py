@@ -38,15 +38,22 @@ def cancel_events():
 
 
 def _meters_named(targets: list[dict]) -> dict:
+    """The meters the targets name, keyed `("id", meterId)` or `("name", eventName)`: ids
+    and event names live apart, so an event name spelled like another meter's id
+    never resolves to that meter."""
     named = {}
     for target in targets:
-        if target.get("meterId") and target["meterId"] not in named:
+        key = cancel.meter_key(target)
+        if key is None or key in named:
+            continue
+        kind, value = key
+        if kind == "id":
             try:
-                named[target["meterId"]] = meters.get_meter(target["meterId"])
+                named[key] = meters.get_meter(value)
             except NotFound:
-                named[target["meterId"]] = None
-        elif target.get("eventName") and target["eventName"] not in named:
-            named[target["eventName"]] = meters.find_by_event_name(target["eventName"])
+                named[key] = None
+        else:
+            named[key] = meters.find_by_event_name(value)
     return named
 
 

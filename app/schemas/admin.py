@@ -1,11 +1,13 @@
 """Shapes of the admin endpoints."""
 
-from marshmallow import Schema, fields
+from marshmallow import fields
+
+from app.schemas import BoundedSchema
 
 from app.services.orgs import ORG_NAME_PATTERN
 
 
-class OrgCreate(Schema):
+class OrgCreate(BoundedSchema):
     """Body of POST /v1/admin/orgs; the name's rules are checked by the org service."""
 
     name = fields.Raw(required=True, metadata={

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from app.schemas import format_time
+from app.schemas import BoundedSchema, format_time
 from app.schemas.fields import fits_index, indexed_string
 
 MAX_EVENTS_PAGE = 100
 DEFAULT_EVENTS_PAGE = 25
 
 
-class EventListQuery(Schema):
+class EventListQuery(BoundedSchema):
     """Query string: a meter, optionally one user or one idempotency key, a page."""
 
     meterId = fields.String(required=True, validate=validate.Length(min=1, max=200))

@@ -6,9 +6,9 @@ import functools
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from app.schemas import format_time
-from app.schemas.fields import (Int64, JsonObject, PeriodBound, Rfc3339, TimeZone,
-                                fits_index, identifier, indexed_string)
+from app.schemas import BoundedSchema, format_time
+from app.schemas.fields import (BoundedDict, BoundedList, Int64, JsonObject, PeriodBound,
+                                Rfc3339, TimeZone, fits_index, identifier, indexed_string)
 
 MAX_DIMENSION_VALUE = 200
 MAX_DIMENSIONS, MAX_DIMENSION_NAME = 16, 64
@@ -16,7 +16,7 @@ MAX_METER_ID, MAX_INDEXED_TEXT = 200, 500  # characters; indexed text also fits 
 WINDOW_SIZES = ("hour", "day", "month")
 
 
-class EventIn(Schema):
+class EventIn(BoundedSchema):
     """One event of a batch; the meter is named by `meterId` or `eventName`."""
 
     meterId = fields.String(validate=validate.Length(min=1, max=MAX_METER_ID),
@@ -32,7 +32,7 @@ class EventIn(Schema):
     idempotency = fields.String(validate=[validate.Length(max=MAX_INDEXED_TEXT), fits_index],
                                 metadata={
         "description": "unique per meter: a retry with the same key is stored once"})
-    dimensions = fields.Dict(
+    dimensions = BoundedDict(
         keys=fields.String(validate=validate.Length(min=1, max=MAX_DIMENSION_NAME)),
         values=fields.String(validate=validate.Length(max=MAX_DIMENSION_VALUE)),
         validate=validate.Length(max=MAX_DIMENSIONS,
@@ -48,7 +48,7 @@ class EventIn(Schema):
             raise ValidationError("give meterId or eventName, not both", "eventName")
 
 
-class CancelTarget(Schema):
+class CancelTarget(BoundedSchema):
     """One event to cancel: by `id`, or by its meter and idempotency key."""
 
     id = fields.String(validate=validate.Length(min=1, max=200),
@@ -74,8 +74,8 @@ class CancelTarget(Schema):
 def _events_of(item: type[Schema], max_events: int) -> Schema:
     """A body `{"events": [item, ...]}` of 1 to `max_events` items."""
 
-    class Batch(Schema):
-        events = fields.List(
+    class Batch(BoundedSchema):
+        events = BoundedList(
             fields.Nested(item), required=True,
             validate=validate.Length(min=1, max=max_events,
                                      error=f"must hold 1 to {max_events} events"))
@@ -95,7 +95,7 @@ def batch_schema(max_events: int) -> Schema:
     return _events_of(EventIn, max_events)
 
 
-class SummaryQuery(Schema):
+class SummaryQuery(BoundedSchema):
     """Query string of GET /v1/billing/meter-events/summary (after `filter[...]` is split off)."""
 
     meterId = fields.String(required=True, validate=validate.Length(min=1, max=200))
@@ -110,7 +110,7 @@ class SummaryQuery(Schema):
                                                        error="must be hour, day or month"))
     timeZone = TimeZone(metadata={"description": "IANA name in which windows are cut, "
                                                  "such as Asia/Kolkata; default UTC"})
-    groupBy = fields.List(fields.String(validate=validate.Length(min=1, max=64)),
+    groupBy = BoundedList(fields.String(validate=validate.Length(min=1, max=64)),
                           metadata={"description": "userId or a dimension of the meter; "
                                                    "repeat for several"},
                           validate=validate.Length(max=8, error="may name at most 8 fields"))

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from datetime import date, datetime, timedelta, timezone
 
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from marshmallow import ValidationError, fields, validate
 
 OUT_OF_RANGE = "is outside the years 1 to 9999 in UTC"
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
-IDENTIFIER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]*\Z")  # \Z: no final newline
+# Patterns are written `^...$` so that OpenAPI (ECMA-262 regexes) can show them as they are,
+# and always applied with `fullmatch`: Python's `$` also matches before a final newline.
+IDENTIFIER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]*$")
 IDENTIFIER_LENGTH = 100
 METADATA_MAX_KEYS, METADATA_MAX_BYTES, METADATA_KEY_LENGTH = 50, 8192, 100
 
@@ -34,12 +37,29 @@ class Int64(fields.Integer):
 class Rfc3339(fields.Field):
     """An RFC 3339 timestamp with a time zone; parsed to an aware UTC datetime."""
 
-    _pattern = re.compile(
-        r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
+    _pattern = re.compile(  # fullmatch: `$` would let a final newline through
+        r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})"
     )
 
     def _deserialize(self, value, attr, data, **kwargs):
         return parse_rfc3339(value)
+
+
+#: Files of a tz directory that are not zones a caller may mean, which
+#: `available_timezones` lists when they are there: the server's own zone, the
+#: "-00" placeholder zone, and the default rules of POSIX TZ strings.
+NOT_ZONE_NAMES = frozenset({"localtime", "Factory", "posixrules"})
+
+
+@functools.cache
+def iana_zone_names() -> frozenset[str]:
+    """The zone names of the installed tz database, read once.
+
+    `ZoneInfo` opens any zone file under its search path, so `localtime`, `Factory`,
+    `posix/...`, `right/...` and relative paths would be taken as zones; only the
+    database's list of zone names (less NOT_ZONE_NAMES) is accepted.
+    """
+    return frozenset(available_timezones()) - NOT_ZONE_NAMES
 
 
 class TimeZone(fields.String):
@@ -47,7 +67,7 @@ class TimeZone(fields.String):
 
     def _deserialize(self, value, attr, data, **kwargs):
         name = super()._deserialize(value, attr, data, **kwargs)
-        if len(name) > 64 or ".." in name or name.startswith("/"):
+        if name != "UTC" and name not in iana_zone_names():
             raise ValidationError("is not an IANA time zone name")
         try:
             ZoneInfo(name)
@@ -83,7 +103,7 @@ class PeriodBound(fields.Field):
 
 def parse_rfc3339(value) -> datetime:
     """Parse an RFC 3339 timestamp; sub-microsecond digits are truncated."""
-    if not isinstance(value, str) or not Rfc3339._pattern.match(value):
+    if not isinstance(value, str) or not Rfc3339._pattern.fullmatch(value):
         raise ValidationError("must be an RFC 3339 timestamp such as 2026-01-31T12:00:00Z")
     text = value.replace("t", "T").replace(" ", "T").replace("z", "Z").replace("Z", "+00:00")
     main, dot, rest = text.partition(".")
@@ -116,9 +136,42 @@ def identifier(max_length: int = IDENTIFIER_LENGTH, **kwargs) -> fields.String:
     """A name made of letters, digits and `_ . : -`."""
     return fields.String(
         validate=[validate.Length(min=1, max=max_length),
-                  validate.Regexp(IDENTIFIER, error="may hold only letters, digits and _ . : -")],
+                  FullMatch(IDENTIFIER, error="may hold only letters, digits and _ . : -")],
         **kwargs,
     )
+
+
+class FullMatch(validate.Regexp):
+    """`validate.Regexp` that needs the whole value to match (`re.fullmatch`)."""
+
+    def __call__(self, value: str) -> str:
+        if self.regex.fullmatch(value) is None:
+            raise ValidationError(self._format_error(value))
+        return value
+
+
+class _LengthFirst:
+    """Runs the field's `validate.Length` before looking at its entries.
+
+    marshmallow validates every entry of a list or object and only then its length,
+    so 300,000 bad entries cost 300,000 checks and as many listed problems; refusing
+    the length first makes a refusal cost no more than its limit allows.
+    """
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, (list, dict)):
+            for check in self.validators:
+                if isinstance(check, validate.Length):
+                    check(value)
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+class BoundedList(_LengthFirst, fields.List):
+    """A list whose `validate.Length` is checked before its items."""
+
+
+class BoundedDict(_LengthFirst, fields.Dict):
+    """An object whose `validate.Length` is checked before its entries."""
 
 
 class JsonObject(fields.Dict):
@@ -133,9 +186,9 @@ class JsonObject(fields.Dict):
         self.max_bytes = max_bytes
 
     def _deserialize(self, value, attr, data, **kwargs):
-        result = super()._deserialize(value, attr, data, **kwargs)
-        if len(result) > self.max_keys:
+        if isinstance(value, dict) and len(value) > self.max_keys:  # before the keys
             raise ValidationError(f"may hold at most {self.max_keys} keys")
+        result = super()._deserialize(value, attr, data, **kwargs)
         if len(json.dumps(result)) > self.max_bytes:
             raise ValidationError(f"may take at most {self.max_bytes} bytes as JSON")
         return result

@@ -5,8 +5,8 @@ from __future__ import annotations
 from marshmallow import Schema, ValidationError, fields, post_load, validate, validates
 
 from app.models.meter import AGGREGATION_TYPES
-from app.schemas import format_time
-from app.schemas.fields import JsonObject, identifier
+from app.schemas import BoundedSchema, format_time
+from app.schemas.fields import BoundedList, FullMatch, JsonObject, identifier
 
 MAX_DIMENSIONS = 16
 
@@ -23,7 +23,7 @@ def _aggregation() -> fields.String:
 
 
 def _dimensions() -> fields.List:
-    return fields.List(identifier(max_length=64),
+    return BoundedList(identifier(max_length=64),
                        validate=validate.Length(max=MAX_DIMENSIONS,
                                                 error=f"may list at most {MAX_DIMENSIONS} names"),
                        metadata={"description": "the dimension names events may carry; "
@@ -45,14 +45,15 @@ class _DimensionNames:
             raise ValidationError("userId is always available and cannot be a dimension")
 
 
-class MeterCreate(_DimensionNames, Schema):
+class MeterCreate(_DimensionNames, BoundedSchema):
     """Body of POST /v1/billing/meters."""
 
     name = fields.String(required=True, validate=validate.Length(min=1, max=200))
     eventName = identifier(required=True, metadata={
         "description": "what events name the meter by; unique among the org's active meters"})
     aggregationType = _aggregation()
-    currency = _Lower(validate=validate.Regexp(r"^[a-z]{3}$", error="must be a 3-letter ISO code"))
+    currency = _Lower(validate=FullMatch(r"^[a-z]{3}$",
+                                                 error="must be a 3-letter ISO code"))
     dimensions = _dimensions()
     metadata = JsonObject()
     uniqueBy = _unique_by()
@@ -66,7 +67,7 @@ class MeterCreate(_DimensionNames, Schema):
         return data
 
 
-class MeterUpdate(_DimensionNames, Schema):
+class MeterUpdate(_DimensionNames, BoundedSchema):
     """Body of PATCH /v1/billing/meters/<id>; every field optional."""
 
     name = fields.String(validate=validate.Length(min=1, max=200))
@@ -77,7 +78,7 @@ class MeterUpdate(_DimensionNames, Schema):
     uniqueBy = _unique_by()
 
 
-class ListQuery(Schema):
+class ListQuery(BoundedSchema):
     """Query string of list endpoints: a page size and an opaque cursor."""
 
     limit = fields.Integer(validate=validate.Range(min=1, max=500),

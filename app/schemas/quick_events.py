@@ -53,7 +53,7 @@ def _event(item) -> dict | None:
         return None
     if "eventName" in item and not (type(item["eventName"]) is str
                                     and len(item["eventName"]) <= IDENTIFIER_LENGTH
-                                    and IDENTIFIER.match(item["eventName"])):
+                                    and IDENTIFIER.fullmatch(item["eventName"])):
         return None
     if not _indexed(item.get("userId"), 1) or (
             "idempotency" in item and not _indexed(item["idempotency"], 0)):

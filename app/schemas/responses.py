@@ -239,7 +239,8 @@ class ErrorBody(Schema):
     code = fields.String(metadata={"example": "invalid_request"})
     param = fields.String(metadata={"example": "events[3].timestamp"})
     errors = fields.List(fields.Nested(ErrorDetail), metadata={
-        "description": "every problem, when there are several"})
+        "description": "the problems, when there are several: the first 20, then one "
+                       "entry (a message only) saying how many more were found"})
 
 
 class Error(Schema):

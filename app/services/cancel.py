@@ -23,14 +23,27 @@ class Cancelled:
     status: str  # cancelled | already_cancelled | not_found | expired
 
 
+def meter_key(target: dict) -> tuple[str, str] | None:
+    """How a target names its meter: `("id", meterId)` or `("name", eventName)`; None for
+    a target named by the event's id. Kept apart, since an event name may look like an id."""
+    if target.get("id"):
+        return None
+    if target.get("meterId"):
+        return "id", target["meterId"]
+    if target.get("eventName"):
+        return "name", target["eventName"]
+    return None
+
+
 def _target_key(target: dict, meters_by_name: dict):
-    """The event key a cancel target names, or None."""
+    """The event key a cancel target names, or None; `meters_by_name` is keyed by
+    `meter_key`."""
     namespace = ndb.get_context().get_namespace()
     if target.get("id"):
         key = ids.decode_key(target["id"], kind=MeterEvent.KIND, namespace=namespace)
         return key.id() if key is not None else None
     from app.services.events import idempotent_id
-    meter = meters_by_name.get(target.get("meterId") or target.get("eventName"))
+    meter = meters_by_name.get(meter_key(target))
     if meter is None:
         return None
     return idempotent_id(meter.id_, target["idempotency"])
@@ -98,6 +111,7 @@ def _rollup_repairs(cancelling: dict, transaction) -> list:
 
 
 def cancel_events(targets: list[dict], meters_by_name: dict, window) -> list[Cancelled]:
-    """Cancel each target event once; one result per target, in order."""
+    """Cancel each target event once; one result per target, in order. `meters_by_name`
+    maps each target's `meter_key` to its meter (None: no such meter)."""
     key_ids = [_target_key(t, meters_by_name) for t in targets]
     return rpc.retry_aborted(lambda: _attempt(key_ids, window, utcnow()), "cancellation")

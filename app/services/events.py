@@ -18,9 +18,9 @@ from datetime import datetime
 
 from google.cloud import ndb
 
-from app.errors import ValidationFailed
 from app.models import Meter, utcnow
 from app.models import ids
+from app.schemas import failure
 from app.services import ingest
 from app.services import meters as meter_service
 
@@ -100,8 +100,7 @@ def _check_batch(events: list[dict], now: datetime, config) -> list[Meter]:
         meters.append(meter)
         problems += _event_problems(index, event, meter, now, config)
     if problems:
-        raise ValidationFailed(problems[0]["message"], param=problems[0]["param"],
-                               details=problems if len(problems) > 1 else None)
+        raise failure(problems)
     return meters
 
 

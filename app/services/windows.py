@@ -138,6 +138,7 @@ class SummaryRequest:
     time_zone: str = "UTC"               # IANA name
     group_by: tuple[str, ...] = ()
     filters: dict[str, frozenset[str]] = field(default_factory=dict)
+    max_windows: int | None = None       # more windows than this raise TooManyWindows
 
     def __post_init__(self):
         """Refuse a malformed request here, so the computation never has to guess."""
@@ -161,6 +162,10 @@ class SummaryRequest:
             return ZoneInfo(self.time_zone)
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown time zone {self.time_zone!r}") from None
+
+
+class TooManyWindows(ValueError):
+    """The period holds more windows than the request's `max_windows`."""
 
 
 @dataclass(frozen=True)
@@ -258,14 +263,26 @@ def _next_boundary(start: datetime, zone: ZoneInfo, size: str) -> datetime:
     return high
 
 
+# The longest a window can last: an hour window is one clock hour at one offset; a day
+# or month can gain a clock change (at most 2 hours, at Troll; 3 allowed for margin).
+_LONGEST = {"hour": timedelta(hours=1), "day": timedelta(hours=27),
+            "month": timedelta(days=31, hours=3)}
+
+
 def _utc_bounds(request: SummaryRequest) -> list[tuple[datetime, datetime]]:
     start = request.period_start.astimezone(timezone.utc)
     end = request.period_end.astimezone(timezone.utc)
     if request.window_size is None:
         return [(start, end)]
-    bounds = []
+    bounds, limit = [], request.max_windows
+    if limit is not None and end - start > limit * _LONGEST[request.window_size]:
+        raise TooManyWindows(f"the period holds more than {limit} {request.window_size} "
+                             "windows")  # surely: even the longest windows would not fit
     while start < end:
         deadline.check()
+        if limit is not None and len(bounds) == limit:  # counted, not guessed from durations
+            raise TooManyWindows(f"the period holds more than {limit} {request.window_size} "
+                                 "windows")
         stop = min(_next_boundary(start, request.zone, request.window_size), end)
         bounds.append((start, stop))
         start = stop

@@ -3,7 +3,6 @@
 from marshmallow import fields
 
 from app.schemas import BoundedSchema
-
 from app.services.orgs import ORG_NAME_PATTERN
 
 
@@ -16,7 +15,7 @@ class OrgCreate(BoundedSchema):
                        "Datastore namespace"})
 
 
-class OrgDeleteQuery(Schema):
+class OrgDeleteQuery(BoundedSchema):
     """Query string of DELETE /v1/admin/orgs/<name>."""
 
     purge = fields.Boolean(load_default=False, metadata={

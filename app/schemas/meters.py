@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from marshmallow import Schema, ValidationError, fields, post_load, validate, validates
+from marshmallow import ValidationError, fields, post_load, validate, validates
 
 from app.models.meter import AGGREGATION_TYPES
 from app.schemas import BoundedSchema

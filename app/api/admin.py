@@ -3,7 +3,8 @@
 from flask import Blueprint
 
 from app import tenancy
-from app.api.declare import ADMIN_ERRORS, arguments, body, operation, other_responses, response
+from app.api.declare import (ADMIN_ERRORS, arguments, body, link, operation, other_responses,
+                             response)
 from app.openapi.operations import ADMIN_TOKEN
 from app.schemas import responses
 from app.schemas.admin import OrgCreate, OrgDeleteQuery
@@ -18,16 +19,12 @@ blueprint.before_request(tenancy.require_admin)
 operator = operation("admin", security=ADMIN_TOKEN, errors=ADMIN_ERRORS)
 
 
-def _link(operation_id: str, description: str, **parameters: str) -> dict:
-    return {"operationId": operation_id, "description": description, "parameters": parameters}
-
-
 #: What an operator can call next with a new key's org and prefix.
 KEY_LINKS = {
-    "ListKeys": _link("admin.list_keys", "List the org's keys.", name="$response.body#/name"),
-    "CreateKey": _link("admin.create_key", "Issue another key.", name="$response.body#/name"),
-    "RevokeKey": _link("admin.revoke_key", "Revoke this key.", name="$response.body#/name",
-                       prefix="$response.body#/keyPrefix"),
+    "ListKeys": link("admin.list_keys", "List the org's keys.", name="$response.body#/name"),
+    "CreateKey": link("admin.create_key", "Issue another key.", name="$response.body#/name"),
+    "RevokeKey": link("admin.revoke_key", "Revoke this key.", name="$response.body#/name",
+                      prefix="$response.body#/keyPrefix"),
 }
 
 

@@ -45,6 +45,18 @@ TENANT_ERRORS = (401, 429)
 ADMIN_ERRORS = (401, 404, 429)
 
 
+def link(operation_id: str, description: str, **parameters: str) -> dict:
+    """An OpenAPI link of an answer: an operation a client can call next with its values."""
+    return {"operationId": operation_id, "description": description, "parameters": parameters}
+
+
+def link_with_body(operation_id: str, description: str, request_body: dict) -> dict:
+    """A link whose call sends `request_body`, a whole, valid body: fuzzers (schemathesis)
+    are told to send it as it is rather than merge generated fields into it."""
+    return {"operationId": operation_id, "description": description,
+            "requestBody": request_body, "x-schemathesis": {"merge_body": False}}
+
+
 def operation(tag: str, *, security: str | None = API_KEY, errors: tuple[int, ...] = (),
               datastore: bool = True) -> Callable:
     """A decorator putting a view in the document's section `tag`, with who may call it,

@@ -6,7 +6,8 @@ Recording, cancelling, listing a meter's recent events and summarizing them.
 from flask import Blueprint, current_app
 
 from app import tenancy
-from app.api.declare import TENANT_ERRORS, arguments, body, operation, other_responses, response
+from app.api.declare import (TENANT_ERRORS, arguments, body, link_with_body, operation,
+                             other_responses, response)
 from app.api.requests import summary_query
 from app.models import utcnow
 from app.openapi.operations import ConfiguredBody
@@ -39,12 +40,11 @@ SUMMARY_FILTER = {
                    "dimension of the meter.",
 }
 
-#: What a client can call next with a recorded batch (the body is sent as it is).
+#: What a client can call next with a recorded batch.
 EVENT_LINKS = {
-    "CancelEvent": {"operationId": "meter_events.cancel_events",
-                    "description": "Cancel the first event of the batch.",
-                    "requestBody": {"events": [{"id": "$response.body#/events/0/id"}]},
-                    "x-schemathesis": {"merge_body": False}},
+    "CancelEvent": link_with_body("meter_events.cancel_events",
+                                  "Cancel the first event of the batch.",
+                                  {"events": [{"id": "$response.body#/events/0/id"}]}),
 }
 
 

@@ -3,7 +3,8 @@
 from flask import Blueprint, current_app
 
 from app import tenancy
-from app.api.declare import TENANT_ERRORS, arguments, body, operation, other_responses, response
+from app.api.declare import (TENANT_ERRORS, arguments, body, link, link_with_body, operation,
+                             other_responses, response)
 from app.schemas import responses
 from app.schemas.meters import ListQuery, MeterCreate, MeterUpdate
 from app.services import meters
@@ -13,24 +14,16 @@ blueprint.before_request(tenancy.require_org)
 tenant = operation("meters", errors=TENANT_ERRORS)
 
 
-def _link(operation_id: str, description: str, **parameters: str) -> dict:
-    return {"operationId": operation_id, "description": description, "parameters": parameters}
-
-
-#: What a client can call next with a new meter's id. A link's body is a whole, valid
-#: body: fuzzers (schemathesis) are told to send it as it is rather than merge generated
-#: fields into it.
+#: What a client can call next with a new meter's id.
 METER_LINKS = {
-    "GetMeter": _link("meters.get_meter", "Get the new meter.", meter_id="$response.body#/id"),
-    "UpdateMeter": _link("meters.update_meter", "Change it.", meter_id="$response.body#/id"),
-    "ArchiveMeter": _link("meters.archive_meter", "Archive it.", meter_id="$response.body#/id"),
-    "Summarize": _link("meter_events.get_summary", "Read its usage.",
-                       meterId="$response.body#/id"),
-    "RecordEvent": {"operationId": "meter_events.record_events",
-                    "description": "Record an event for it.",
-                    "requestBody": {"events": [{"meterId": "$response.body#/id",
-                                                "userId": "user-1", "value": 1}]},
-                    "x-schemathesis": {"merge_body": False}},
+    "GetMeter": link("meters.get_meter", "Get the new meter.", meter_id="$response.body#/id"),
+    "UpdateMeter": link("meters.update_meter", "Change it.", meter_id="$response.body#/id"),
+    "ArchiveMeter": link("meters.archive_meter", "Archive it.", meter_id="$response.body#/id"),
+    "Summarize": link("meter_events.get_summary", "Read its usage.",
+                      meterId="$response.body#/id"),
+    "RecordEvent": link_with_body(
+        "meter_events.record_events", "Record an event for it.",
+        {"events": [{"meterId": "$response.body#/id", "userId": "user-1", "value": 1}]}),
 }
 
 

@@ -51,6 +51,13 @@ class OmittedWhenEmpty(fields.String):
         return value if value else missing
 
 
+class Truth(fields.Boolean):
+    """A stored flag written true or false, false when unset (a key stored without one)."""
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        return bool(value)
+
+
 class EmptyWhenUnset(fields.String):
     """A string written "" when it is unset (an event without an idempotency key)."""
 
@@ -197,7 +204,7 @@ class KeyInfo(Schema):
     """One API key of an org, without its secret."""
 
     prefix = fields.String(required=True)
-    revoked = fields.Boolean(required=True)
+    revoked = Truth(required=True)
     createdAt = Time(required=True, attribute="created_at")
 
 

@@ -440,7 +440,7 @@ BUCKETS = [
     ("ingest: rollup increments (_cells, _add_rollups)", ("_cells (", "_add_rollups (")),
     ("ingest: rest of store (_plan, _finish, ...)", ("app/services/ingest.py",)),
     ("auth: API key + org lookups (NDB, tenancy.require_org)", ("require_org (",)),
-    ("meter resolution (NDB query, events._resolve_meters)", ("_resolve_meters (",)),
+    ("meter resolution (NDB query, events.resolve_meters)", ("resolve_meters (",)),
     ("validation: quick loader or marshmallow schema", ("app/schemas/", "marshmallow/")),
     ("batch checks + drafts (app/services/events.py)", ("app/services/events.py",)),
     ("request body: JSON parse + checks (json_body)", ("json_body (",)),

@@ -219,7 +219,7 @@ METHODS_OF = {
     "/healthz": READ,
     METERS: READ | {"POST"},
     f"{METERS}/{ANY_ID}": READ | {"PATCH", "DELETE"},
-    EVENTS: READ | {"POST"},  # GET lists recent events (app/api/event_log.py)
+    EVENTS: READ | {"POST"},  # GET lists recent events (app/api/meter_events.py)
     SUMMARY: READ,
     ORGS: {"POST", "OPTIONS"},
     f"{ORGS}/acme": {"DELETE", "OPTIONS"},  # archive (and purge) an org

@@ -1,6 +1,6 @@
 """The HTTP layer: one module per resource, views thin (parse, call a service, serialize)."""
 
-from app.api import admin, cron, event_log, health, meter_events, meters, openapi
+from app.api import admin, cron, health, meter_events, meters, openapi
 
 
 def init_app(app) -> None:
@@ -9,6 +9,5 @@ def init_app(app) -> None:
     app.register_blueprint(meters.blueprint)
     app.register_blueprint(meter_events.blueprint)
     app.register_blueprint(admin.blueprint)
-    app.register_blueprint(event_log.blueprint)
     app.register_blueprint(cron.blueprint)
     app.register_blueprint(openapi.blueprint)

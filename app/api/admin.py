@@ -3,8 +3,10 @@
 from flask import Blueprint
 
 from app import tenancy
-from app.api.requests import body, query
-from app.schemas import format_time
+from app.api.declare import (ADMIN_ERRORS, arguments, body, link, operation, other_responses,
+                             response)
+from app.openapi.operations import ADMIN_TOKEN
+from app.schemas import responses
 from app.schemas.admin import OrgCreate, OrgDeleteQuery
 from app.services import orgs
 
@@ -14,24 +16,37 @@ PURGE_PER_REQUEST = 2000
 
 blueprint = Blueprint("admin", __name__, url_prefix="/v1/admin")
 blueprint.before_request(tenancy.require_admin)
+operator = operation("admin", security=ADMIN_TOKEN, errors=ADMIN_ERRORS)
 
 
-def issued_json(issued: orgs.IssuedKey) -> dict:
-    return {"name": issued.org.name, "namespace": issued.org.namespace,
-            "apiKey": issued.secret, "keyPrefix": issued.prefix}
+#: What an operator can call next with a new key's org and prefix.
+KEY_LINKS = {
+    "ListKeys": link("admin.list_keys", "List the org's keys.", name="$response.body#/name"),
+    "CreateKey": link("admin.create_key", "Issue another key.", name="$response.body#/name"),
+    "RevokeKey": link("admin.revoke_key", "Revoke this key.", name="$response.body#/name",
+                      prefix="$response.body#/keyPrefix"),
+}
 
 
 @blueprint.post("/orgs")
-def create_org():
+@operator
+@body(OrgCreate)
+@response(responses.IssuedKey, 201, "The org and its first key.", links=KEY_LINKS)
+@other_responses(400, 409)
+def create_org(fields):
     """Create an org and its first API key (shown once)."""
-    return issued_json(orgs.create_org(body(OrgCreate())["name"])), 201
+    return orgs.create_org(fields["name"])
 
 
 @blueprint.delete("/orgs/<name>")
-def delete_org(name):
+@operator
+@arguments(OrgDeleteQuery)
+@response(responses.OrgArchived, 200, "The archived org, and what this call purged.")
+@other_responses(400, 409)
+def delete_org(args, name):
     """Archive an org: revoke its keys, keep its data; `purge=true` deletes the data too,
     at most PURGE_PER_REQUEST entities per call. Safe to repeat."""
-    purge = query(OrgDeleteQuery())["purge"]
+    purge = args["purge"]
     archived = orgs.archive_org(name)
     purged = (orgs.purge_org(name, max_entities=PURGE_PER_REQUEST) if purge
               else orgs.Purged(archived.name, 0, complete=archived.purged))
@@ -40,21 +55,26 @@ def delete_org(name):
 
 
 @blueprint.get("/orgs/<name>/keys")
+@operator
+@response(responses.KeyList, 200, "The org's keys.")
 def list_keys(name):
     """List an org's keys by prefix, without secrets."""
     keys = orgs.list_keys(name)
-    return {"keys": [{"prefix": k.prefix, "revoked": bool(k.revoked),
-                      "createdAt": format_time(k.created_at)} for k in keys],
-            "count": len(keys)}
+    return {"keys": keys, "count": len(keys)}
 
 
 @blueprint.post("/orgs/<name>/keys")
+@operator
+@response(responses.IssuedKey, 201, "The org and its new key.", links=KEY_LINKS)
 def create_key(name):
     """Issue another API key for an org (shown once)."""
-    return issued_json(orgs.issue_key(name)), 201
+    return orgs.issue_key(name)
 
 
 @blueprint.delete("/orgs/<name>/keys/<prefix>")
+@operator
+@response(responses.Revoked, 200, "How many keys were revoked.")
+@other_responses(400)
 def revoke_key(name, prefix):
     """Revoke an org's key by its prefix."""
     return {"revoked": orgs.revoke_key(name, prefix)}

@@ -8,11 +8,13 @@ job by hand).
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 from flask import Blueprint, current_app, request
 
 from app import tenancy
+from app.api.declare import operation, response
+from app.openapi.operations import ADMIN_TOKEN
+from app.schemas import responses
+from app.services import periodic
 
 blueprint = Blueprint("cron", __name__, url_prefix="/v1/cron")
 
@@ -29,9 +31,9 @@ blueprint.before_request(require_cron_or_admin)
 
 
 @blueprint.get("/compact")
+@operation("operations", security=ADMIN_TOKEN, errors=(401, 429))
+@response(responses.CompactionRun, 200, "What the call compacted.")
 def compact():
     """Fold the recent rollup deltas of every org, a bounded amount per call."""
-    from app.services import periodic
-
     budget = current_app.config["METERING"].cron_compact_budget
-    return asdict(periodic.compact_all_orgs(budget))
+    return periodic.compact_all_orgs(budget)

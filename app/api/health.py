@@ -10,8 +10,10 @@ from flask import Blueprint
 from google.api_core import exceptions as gexc
 from google.cloud import ndb
 
+from app.api.declare import operation, response
 from app.errors import Unavailable
 from app.models import ids
+from app.schemas import responses
 
 blueprint = Blueprint("health", __name__)
 
@@ -19,12 +21,16 @@ READY_TIMEOUT_SECONDS = 3.0
 
 
 @blueprint.get("/healthz")
+@operation("health", security=None, datastore=False)
+@response(responses.Health, 200, "The process is up.")
 def healthz():
     """Say the process is up."""
     return {"status": "ok"}
 
 
 @blueprint.get("/readyz")
+@operation("health", security=None)
+@response(responses.Ready, 200, "The process is up and its Datastore answers.")
 def readyz():
     """Say the process is up and its Datastore answers."""
     probe = ndb.Key("readiness-probe", "probe", namespace=ids.REGISTRY_NAMESPACE)

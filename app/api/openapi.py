@@ -2,6 +2,7 @@
 
 from flask import Blueprint, Response, current_app
 
+from app.api.declare import operation, response
 from app.openapi import document, page
 
 blueprint = Blueprint("openapi", __name__)
@@ -15,12 +16,16 @@ def document_of(app) -> dict:
 
 
 @blueprint.get("/openapi.json")
+@operation("documentation", security=None, datastore=False)
+@response("application/json", 200, "This document.")
 def openapi_json():
     """Get this API's OpenAPI 3 document."""
     return document_of(current_app)
 
 
 @blueprint.get("/docs")
+@operation("documentation", security=None, datastore=False)
+@response("text/html", 200, "The reference page.")
 def docs():
     """Read this API's reference as a web page."""
     return Response(page.render(document_of(current_app)), mimetype="text/html")

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from flask import Blueprint, send_from_directory
 
+from app.api.declare import operation, response
+
 STATIC = Path(__file__).resolve().parent / "static"
 
 #: Everything comes from this origin; data: only for the empty favicon.
@@ -27,6 +29,8 @@ blueprint = Blueprint("dashboard", __name__, url_prefix="/dashboard",
 
 @blueprint.get("")
 @blueprint.get("/")
+@operation("dashboard", security=None, datastore=False)
+@response("text/html", 200, "The dashboard's page.")
 def page():
     """The dashboard's single page."""
     return send_from_directory(STATIC, "index.html", max_age=0)

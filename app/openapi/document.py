@@ -2,9 +2,11 @@
 
 Paths and methods come from the app's URL map, summaries and descriptions from
 the views' docstrings, bodies, query strings and answers from the marshmallow
-schemas (through apispec's marshmallow plugin), and the rest from
-`app.openapi.operations`. The document is built once per app, on first use, so
-it reflects the app's configuration (the batch limit) and every blueprint.
+schemas (through apispec's marshmallow plugin), and the rest from what each view
+declares where its route is declared (`app.api.declare`, kept as an
+`app.openapi.operations.Operation` on the view). The document is built once per
+app, on first use, so it reflects the app's configuration (the batch limit) and
+every blueprint.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from apispec.ext.marshmallow.common import resolve_schema_cls
 from marshmallow import fields as ma_fields
 
-from app.openapi.operations import (ADMIN_TOKEN, API_KEY, ERROR_STATUSES, OPERATIONS,
-                                    PATH_PARAMETERS, TAGS, ConfiguredBody, Operation)
+from app.openapi.operations import (ADMIN_TOKEN, API_KEY, ConfiguredBody, Operation,
+                                    operation_of)
 from app.schemas import fields as custom_fields
 from app.schemas import responses
 
@@ -40,14 +42,49 @@ _RULE_ARGUMENT = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
 
 RETRY_AFTER = "Retry-After"
 
+#: Each error status: its shared response's name, and when the service answers it.
+ERROR_STATUSES = {
+    400: ("BadRequest", "The body or query string breaks a rule; `param` names the field "
+                        "and `errors` lists every problem. Nothing was changed."),
+    401: ("Unauthorized", "The credentials are missing, unknown or revoked."),
+    404: ("NotFound", "The addressed resource does not exist for the caller."),
+    409: ("Conflict", "The request contradicts stored state; nothing was changed."),
+    429: ("TooManyRequests", "The org is over its request rate limit or has spent its "
+                             "budget of Datastore reads for the minute, or the caller's "
+                             "address sent too many missing or invalid keys; retry after "
+                             "the `Retry-After` header's seconds. Nothing was changed."),
+    413: ("PayloadTooLarge", "The request body is larger than the configured limit."),
+    503: ("Unavailable", "The Datastore is unavailable (`unavailable`), or the request ran "
+                         "out of its deadline (`deadline_exceeded`); retry after the "
+                         "`Retry-After` header's seconds. Nothing was half-written."),
+}
+
+#: The document's sections, in order, with what each is for.
+TAGS = {
+    "meters": "What an org measures: each meter names its events and how they add up.",
+    "meter events": "Usage: recorded exactly once, cancelled for audit, summarized exactly.",
+    "admin": "The operator's API: orgs and their API keys.",
+    "health": "Whether the process is up and its Datastore answers.",
+    "operations": "Periodic work, called by App Engine's cron (or with the admin token).",
+    "dashboard": "The usage dashboard: a page for people, calling the API above.",
+    "documentation": "This description of the API.",
+}
+
+#: Path parameters, by the name the Flask rule gives them.
+PATH_PARAMETERS = {
+    "meter_id": "The meter's public id.",
+    "name": "The org's name.",
+    "prefix": "The key's public prefix: its first 12 characters.",
+}
+
 
 class UndocumentedRoute(LookupError):
-    """Raised when the app has a route that `app.openapi.operations` does not describe."""
+    """Raised when the app has a route whose view declares no operation (`app.api.declare`)."""
 
 
 def build(app) -> dict:
     """The OpenAPI document of `app`, as a JSON-ready dict."""
-    spec = _new_spec(app.config["METERING"])
+    spec = _new_spec()
     rules, seen = [], set()
     for rule in app.url_map.iter_rules():
         # Static files are no operations; `/x` and `/x/` of one view are one operation.
@@ -55,12 +92,16 @@ def build(app) -> dict:
         if rule.endpoint.rpartition(".")[2] != "static" and canonical not in seen:
             seen.add(canonical)
             rules.append(rule)
-    missing = sorted({rule.endpoint for rule in rules} - set(OPERATIONS))
+    operations = {rule.endpoint: operation_of(app.view_functions[rule.endpoint])
+                  for rule in rules}
+    missing = sorted(endpoint for endpoint, operation in operations.items()
+                     if operation is None or operation.tag is None or not operation.success)
     if missing:
-        raise UndocumentedRoute("routes without an entry in app.openapi.operations: "
+        raise UndocumentedRoute("routes whose views declare no operation (app.api.declare): "
                                 + ", ".join(missing))
+    _add_configured_bodies(spec, operations.values(), app.config["METERING"])
     for rule in sorted(rules, key=lambda r: r.rule):
-        operation = OPERATIONS[rule.endpoint]
+        operation = operations[rule.endpoint]
         methods = sorted(rule.methods - IMPLICIT_METHODS)
         spec.path(path=openapi_path(rule.rule), operations={
             method.lower(): _operation(rule, method, operation, app.view_functions[rule.endpoint])
@@ -77,7 +118,7 @@ def _schema_name(schema) -> str:
     return resolve_schema_cls(schema).__name__
 
 
-def _new_spec(config) -> APISpec:
+def _new_spec() -> APISpec:
     plugin = MarshmallowPlugin(schema_name_resolver=_schema_name)
     spec = APISpec(title=TITLE, version=metadata.version("metering"),
                    openapi_version=OPENAPI_VERSION, plugins=[plugin],
@@ -114,10 +155,15 @@ def _new_spec(config) -> APISpec:
         spec.components.response(name, {
             "description": description,
             "content": {"application/json": {"schema": "Error"}}, "headers": headers})
-    for operation in OPERATIONS.values():
-        if isinstance(operation.body, ConfiguredBody):
-            spec.components.schema(operation.body.name, schema=operation.body.build(config))
     return spec
+
+
+def _add_configured_bodies(spec: APISpec, operations, config) -> None:
+    """Bodies whose schema depends on the configuration, as named components."""
+    bodies = {operation.body.name: operation.body for operation in operations
+              if isinstance(operation.body, ConfiguredBody)}
+    for body in bodies.values():
+        spec.components.schema(body.name, schema=body.build(config))
 
 
 def _object_sizes(_converter, field, ret: dict, **_) -> dict:
@@ -196,15 +242,16 @@ def _parameters(rule, operation: Operation) -> list:
 
 def _responses(operation: Operation) -> dict:
     answers = {}
-    for status, (description, shape) in operation.success.items():
+    for status, answer in operation.success.items():
+        shape = answer.shape
         if isinstance(shape, str):
             content = {shape: {"schema": {"type": "object" if "json" in shape else "string"}}}
         else:
             content = {"application/json": {"schema": shape}}
-        answers[str(status)] = {"description": description, "content": content,
+        answers[str(status)] = {"description": answer.description, "content": content,
                                 "headers": {USAGE_HEADER: USAGE_HEADER}}
-        if operation.links:
-            answers[str(status)]["links"] = operation.links
+        if answer.links:
+            answers[str(status)]["links"] = answer.links
     errors = {*operation.errors, 413, *((503,) if operation.datastore else ())}
     for status in sorted(errors):
         answers[str(status)] = ERROR_STATUSES[status][0]

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import ValidationError, fields, validate, validates_schema
 
-from app.schemas import BoundedSchema, format_time
+from app.schemas import BoundedSchema
 from app.schemas.fields import fits_index, indexed_string
 
 MAX_EVENTS_PAGE = 100
@@ -25,19 +25,3 @@ class EventListQuery(BoundedSchema):
         if data.get("idempotency") and data.get("cursor"):
             raise ValidationError("an idempotency key names one event: no cursor", "cursor")
 
-
-def event_json(event) -> dict:
-    """The public representation of a stored event, with its status."""
-    return {
-        "id": event.id_,
-        "meterId": event.meter_id,
-        "userId": event.user_id,
-        "value": event.value,
-        "timestamp": format_time(event.timestamp),
-        "idempotency": event.idempotency or "",
-        "dimensions": dict(event.dimensions),
-        "metadata": dict(event.metadata),
-        "status": "cancelled" if event.deleted else "active",
-        "createdAt": format_time(event.created_at),
-        "updatedAt": format_time(event.updated_at),
-    }

@@ -145,7 +145,8 @@ def exact_value(value):
 
 
 def summary_json(summary) -> dict:
-    """The public representation of a summary; windows when windows or groups were asked."""
+    """The public representation of a summary; windows when windows or groups were asked.
+    Built by hand on the summary's hot path; `responses.Summary` describes it."""
     answer = {
         "meterId": summary.meter.id_,
         "meterName": summary.meter.name,

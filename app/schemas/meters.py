@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from marshmallow import Schema, ValidationError, fields, post_load, validate, validates
+from marshmallow import ValidationError, fields, post_load, validate, validates
 
 from app.models.meter import AGGREGATION_TYPES
-from app.schemas import BoundedSchema, format_time
+from app.schemas import BoundedSchema
 from app.schemas.fields import BoundedList, FullMatch, JsonObject, identifier
 
 MAX_DIMENSIONS = 16
@@ -86,19 +86,3 @@ class ListQuery(BoundedSchema):
     cursor = fields.String(validate=validate.Length(max=1000),
                            metadata={"description": "the nextCursor of the previous page"})
 
-
-def meter_json(meter) -> dict:
-    """The public representation of a meter."""
-    return {
-        "id": meter.id_,
-        "name": meter.name,
-        "eventName": meter.event_name,
-        "aggregationType": meter.aggregation_type,
-        "currency": meter.currency,
-        "dimensions": list(meter.dimensions),
-        "metadata": dict(meter.metadata),
-        **({"uniqueBy": meter.unique_by} if meter.unique_by else {}),
-        "status": "archived" if meter.deleted else "active",
-        "createdAt": format_time(meter.created_at),
-        "updatedAt": format_time(meter.updated_at),
-    }

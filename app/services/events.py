@@ -14,6 +14,7 @@ twice.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from datetime import datetime
 
 from google.cloud import ndb
@@ -33,23 +34,33 @@ def idempotent_id(meter_id: str, idempotency: str) -> int:
 
 # -- validation ------------------------------------------------------------------
 
-def _resolve_meters(events: list[dict]) -> tuple[dict, dict]:
-    """Meters named in the batch, by id and by event name (one lookup each kind)."""
-    wanted_ids = {e["meterId"] for e in events if e.get("meterId")}
-    by_id: dict[str, Meter | None] = {}
+def resolve_meters(named: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Meter | None]:
+    """The meters named `("id", meterId)` or `("name", eventName)`, keyed so, None for no
+    such meter; archived meters included (callers decide). One batched lookup for the ids,
+    one cached lookup per event name. Ids and event names stay apart: an event name
+    spelled like another meter's id never resolves to that meter. Recording and
+    cancellation both resolve their meters here."""
+    wanted = set(named)
+    found: dict[tuple[str, str], Meter | None] = {}
     keys = {}
-    for public_id in wanted_ids:
-        key = ids.decode_key(public_id, kind=Meter.KIND,
-                             namespace=ndb.get_context().get_namespace())
+    namespace = ndb.get_context().get_namespace()
+    for kind, value in wanted:
+        if kind == "name":
+            found[kind, value] = meter_service.find_by_event_name(value)
+            continue
+        key = ids.decode_key(value, kind=Meter.KIND, namespace=namespace)
         if key is None:
-            by_id[public_id] = None
+            found[kind, value] = None
         else:
-            keys[public_id] = key
-    for public_id, meter in zip(keys, ndb.get_multi(list(keys.values()))):
-        by_id[public_id] = meter
-    by_name = {name: meter_service.find_by_event_name(name)
-               for name in {e["eventName"] for e in events if e.get("eventName")}}
-    return by_id, by_name
+            keys[kind, value] = key
+    for named_by, meter in zip(keys, ndb.get_multi(list(keys.values()))):
+        found[named_by] = meter
+    return found
+
+
+def _named_meter(event: dict) -> tuple[str, str]:
+    """How an event names its meter, as `resolve_meters` takes it."""
+    return ("id", event["meterId"]) if event.get("meterId") else ("name", event["eventName"])
 
 
 def _event_problems(index: int, event: dict, meter: Meter | None, now: datetime,
@@ -92,11 +103,11 @@ def _span(delta) -> str:
 
 
 def _check_batch(events: list[dict], now: datetime, config) -> list[Meter]:
-    by_id, by_name = _resolve_meters(events)
+    named = [_named_meter(event) for event in events]
+    found = resolve_meters(named)
     meters, problems = [], []
-    for index, event in enumerate(events):
-        meter = by_id.get(event["meterId"]) if event.get("meterId") else by_name.get(
-            event["eventName"])
+    for index, (event, named_by) in enumerate(zip(events, named)):
+        meter = found[named_by]
         meters.append(meter)
         problems += _event_problems(index, event, meter, now, config)
     if problems:

@@ -237,14 +237,11 @@ def rollups_rebuild(org, meter_id, data_dir):
 
 
 def _rebuild_org(org: str, meter_id: str | None) -> dict:
-    from google.cloud import ndb
-
     from app.services import meters as meter_service
     from app.services import orgs as org_service
     from app.services import rebuild
 
-    namespace = org_service.get_org(org).namespace
-    with ndb.get_context().new(namespace=namespace).use():
+    with org_service.inside(org):
         chosen = ([meter_service.get_meter(meter_id)] if meter_id
                   else meter_service.all_meters())
         total = 0
@@ -265,13 +262,10 @@ def rollups_compact(org, data_dir):
 
 
 def _compact_org(org: str) -> dict:
-    from google.cloud import ndb
-
     from app.services import compact
     from app.services import orgs as org_service
 
-    namespace = org_service.get_org(org).namespace
-    with ndb.get_context().new(namespace=namespace).use():
+    with org_service.inside(org):
         return {"org": org, "compacted": compact.compact_org()}
 
 

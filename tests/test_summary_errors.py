@@ -102,3 +102,21 @@ def test_windows_past_year_9999_or_before_year_1_name_the_period(api, params, pa
     error = error_of(answer)
     assert (error["param"], error["code"]) == (param, "invalid_request")
     assert "year" in error["message"] and "timeZone" not in error["message"]
+
+
+@pytest.mark.parametrize("params, param", [
+    ({"windowSize": "fortnight" * 50, "periodStart": "2026-11-01"}, "windowSize"),
+    ({"windowSize": "", "periodStart": "2026-11-01"}, "windowSize"),
+    ([("groupBy", "userId"), ("groupBy", "userId")], "groupBy"),
+])
+def test_the_engines_request_rules_answer_400_naming_the_field(api, params, param):
+    """Window sizes and distinct groupBy names are checked once, by the engine
+    (`SummaryRequest`); the service names the query parameter and echoes nothing."""
+    meter = api.create_meter()
+    query = ([("meterId", meter["id"]), *params] if isinstance(params, list)
+             else {"meterId": meter["id"], **params})
+    answer = api.get(SUMMARY, params=query)
+    assert answer.status_code == 400, answer.text
+    error = error_of(answer)
+    assert (error["param"], error["code"]) == (param, "invalid_request")
+    assert "fortnight" not in error["message"]

@@ -27,7 +27,8 @@ from app.errors import InternalError, NotFound, ValidationFailed
 from app.models import Meter
 from app.services import recompute
 from app.services.meters import get_meter
-from app.services.windows import (EPOCH, SLOT, SummaryRequest, SummaryResult, TooManyWindows,
+from app.services.windows import (EPOCH, SLOT, WINDOW_SIZES, InvalidSummaryRequest,
+                                  SummaryRequest, SummaryResult, TooManyWindows,
                                   UnsupportedZone, slot_of, summarize_cells)
 from app.storage import entities, queries, rollups
 
@@ -208,11 +209,28 @@ def summarize(meter_id: str, user_id: str | None, start: datetime | None,
                                  _latest_reader(meter, user_id))
     except TooManyWindows as exc:
         raise ValidationFailed(f"windowSize: {exc}", param="windowSize") from None
+    except InvalidSummaryRequest as exc:
+        raise _refused(exc) from None
     except UnsupportedZone as exc:  # e.g. local mean time before 1900, Monrovia until 1972
         raise ValidationFailed(f"timeZone: {exc}", param="timeZone") from None
     except (ValueError, TypeError, KeyError, IndexError, ArithmeticError) as exc:
         raise _internal(meter, reading, exc) from exc
     return Summary(meter, user_id, start, end, result, grouped=grouped)
+
+
+#: The engine's name of a refused field -> (query parameter, what to say). The caller's
+#: value is not echoed: it can be long.
+_REFUSED = {
+    "window_size": ("windowSize", "must be one of "
+                    + ", ".join(size for size in WINDOW_SIZES if size)),
+    "group_by": ("groupBy", "names a field twice"),
+    "time_zone": ("timeZone", "is not a time zone"),
+}
+
+
+def _refused(exc: InvalidSummaryRequest) -> ValidationFailed:
+    param, says = _REFUSED[exc.field]
+    return ValidationFailed(f"{param}: {says}", param=param)
 
 
 def _internal(meter: Meter, reading: Reading, exc: Exception) -> InternalError:

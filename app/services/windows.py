@@ -147,13 +147,14 @@ class SummaryRequest:
         if (self.aggregation == "unique_count") != (self.unique_by is not None):
             raise ValueError("unique_by is required by unique_count and refused otherwise")
         if self.window_size not in WINDOW_SIZES:
-            raise ValueError(f"unknown window size {self.window_size!r}")
+            raise InvalidSummaryRequest("window_size", f"unknown window size "
+                                        f"{self.window_size!r}")
         if self.period_start.utcoffset() is None or self.period_end.utcoffset() is None:
             raise ValueError("period bounds must be timezone-aware")
         if self.period_end < self.period_start:
             raise ValueError("period_end is before period_start")
         if len(set(self.group_by)) != len(self.group_by):
-            raise ValueError("group_by names a field twice")
+            raise InvalidSummaryRequest("group_by", "group_by names a field twice")
         self.zone  # noqa: B018 - fail now on an unknown zone
 
     @property
@@ -161,7 +162,16 @@ class SummaryRequest:
         try:
             return ZoneInfo(self.time_zone)
         except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {self.time_zone!r}") from None
+            raise InvalidSummaryRequest("time_zone", f"unknown time zone "
+                                        f"{self.time_zone!r}") from None
+
+
+class InvalidSummaryRequest(ValueError):
+    """A request field the engine refuses, named in `field`: the caller's to change."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
 
 
 class TooManyWindows(ValueError):

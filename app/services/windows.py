@@ -304,15 +304,6 @@ def _utc_bounds(request: SummaryRequest) -> list[tuple[datetime, datetime]]:
     return bounds
 
 
-def window_bounds(request: SummaryRequest) -> list[tuple[datetime, datetime]]:
-    """[start, end) of every window of the period, clipped to it, in the request's zone.
-
-    Without a window size the whole period is the one window (what groups span).
-    """
-    zone = request.zone
-    return [(s.astimezone(zone), e.astimezone(zone)) for s, e in _utc_bounds(request)]
-
-
 # --- aggregation ---------------------------------------------------------------------------
 
 @dataclass

@@ -8,6 +8,10 @@ address there so that `metering orgs ...` run beside it finds it too.
 Failures a user can cause or fix (a taken org name, an unreachable Datastore, a
 missing emulator) end the command with one line on stderr and a non-zero status,
 never a traceback.
+
+Commands import the services they use inside their functions, on purpose: loading NDB,
+gRPC and the services takes about a second, which `metering --help`, `serve` and the
+other commands should not pay for what they do not use.
 """
 
 from __future__ import annotations

@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from zoneinfo import ZoneInfo
 
 from app import deadline
 from app.errors import InternalError, NotFound, ValidationFailed
@@ -159,24 +158,23 @@ MAX_WINDOWS = 10_000  # per answer; counted as the windows are cut (Lord Howe ha
 _LAST_WINDOW_REACH = timedelta(days=32)
 
 
-def _check_years(start: datetime, end: datetime, time_zone: str,
-                 window_size: str | None) -> None:
+def _check_years(request: SummaryRequest) -> None:
     """Refuse windows that would start before year 1 or end after year 9999 on the zone's
     clock, where dates end (9999-12-31 in UTC is already 10000-01-01 at +14). Only cutting
     windows reads the zone's clock over the whole period; groups alone convert only the
     bounds of groups that have events, and no event is that far from today."""
-    if not window_size:
+    if not request.window_size:
         return
-    zone = ZoneInfo(time_zone)  # the edge accepted the name: it loads
+    zone, name = request.zone, request.time_zone
     try:
-        start.astimezone(zone)
+        request.period_start.astimezone(zone)
     except OverflowError:
-        raise ValidationFailed(f"periodStart: in {time_zone} this is before year 1",
+        raise ValidationFailed(f"periodStart: in {name} this is before year 1",
                                param="periodStart") from None
     try:
-        end.astimezone(zone).replace(tzinfo=None) + _LAST_WINDOW_REACH
+        request.period_end.astimezone(zone).replace(tzinfo=None) + _LAST_WINDOW_REACH
     except OverflowError:
-        raise ValidationFailed(f"periodEnd: the windows in {time_zone} would end after "
+        raise ValidationFailed(f"periodEnd: the windows in {name} would end after "
                                "year 9999", param="periodEnd") from None
 
 
@@ -198,12 +196,12 @@ def summarize(meter_id: str, user_id: str | None, start: datetime | None,
     period_start = start or EPOCH
     period_end = max(period_end, period_start)
     grouped = bool(window_size or group_by)
-    _check_years(period_start, period_end, time_zone, window_size)
     reading = Reading()
     try:
         request = SummaryRequest(meter.aggregation_type, meter.unique_by, period_start,
                                  period_end, window_size, time_zone, tuple(group_by), wanted,
                                  max_windows=MAX_WINDOWS)
+        _check_years(request)
         result = summarize_cells(request, cells(meter, user_id, period_start, period_end,
                                                 reading),
                                  _latest_reader(meter, user_id))

@@ -8,6 +8,10 @@ address there so that `metering orgs ...` run beside it finds it too.
 Failures a user can cause or fix (a taken org name, an unreachable Datastore, a
 missing emulator) end the command with one line on stderr and a non-zero status,
 never a traceback.
+
+Commands import the services they use inside their functions, on purpose: loading NDB,
+gRPC and the services takes about a second, which `metering --help`, `serve` and the
+other commands should not pay for what they do not use.
 """
 
 from __future__ import annotations
@@ -237,14 +241,11 @@ def rollups_rebuild(org, meter_id, data_dir):
 
 
 def _rebuild_org(org: str, meter_id: str | None) -> dict:
-    from google.cloud import ndb
-
     from app.services import meters as meter_service
     from app.services import orgs as org_service
     from app.services import rebuild
 
-    namespace = org_service.get_org(org).namespace
-    with ndb.get_context().new(namespace=namespace).use():
+    with org_service.inside(org):
         chosen = ([meter_service.get_meter(meter_id)] if meter_id
                   else meter_service.all_meters())
         total = 0
@@ -265,13 +266,10 @@ def rollups_compact(org, data_dir):
 
 
 def _compact_org(org: str) -> dict:
-    from google.cloud import ndb
-
     from app.services import compact
     from app.services import orgs as org_service
 
-    namespace = org_service.get_org(org).namespace
-    with ndb.get_context().new(namespace=namespace).use():
+    with org_service.inside(org):
         return {"org": org, "compacted": compact.compact_org()}
 
 

@@ -81,6 +81,15 @@ class Conflict(ApiError):
     code = "conflict"
 
 
+class InternalError(ApiError):
+    """Raised when the fault is ours, not the caller's (500): corrupt stored data, an
+    inconsistency between layers. The message says so and nothing more; the details
+    go to the log, with the stored entity at fault where there is one."""
+
+    status = 500
+    code = "internal"
+
+
 #: `Retry-After` of every 503: long enough for a transient outage or a busy moment to pass.
 UNAVAILABLE_RETRY_SECONDS = 5
 
@@ -169,7 +178,7 @@ def _refuse_oversized_body() -> None:
 
 def _from_unexpected(exc: Exception):
     log.exception("unhandled error")
-    return _render(ApiError("internal error", code="internal"), 500)
+    return _render(InternalError("internal error"), 500)
 
 
 def _from_datastore(exc: Exception):

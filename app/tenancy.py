@@ -136,14 +136,9 @@ def require_org() -> None:
     except Unauthorized:
         ratelimit.count_unauthenticated(address)  # 429 instead, once over the limit
         raise
-    g.org = org
+    g.org = org  # read by app.ratelimit (whose budget) and app.headers (no-store)
     ratelimit.check(org.name)
     datastore.use_namespace(org.namespace)
-
-
-def current_org() -> orgs.Org:
-    """The org of the current request."""
-    return g.org
 
 
 def require_admin() -> None:

@@ -8,7 +8,7 @@ an untimed warm-up it does `--repeat` rounds (default 3), each on a freshly rese
 emulator with a new org (`metering orgs create`):
 
 1. raw: N meter-event entities inserted straight into the emulator, 100 per Commit,
-   by 8 threads (`app.storage.entities.event_entity` + `app.storage.rpc.commit` in
+   by 8 threads (`tests.support.encoding.event_entity` + `app.storage.rpc.commit` in
    an NDB context, in a child process) -- the emulator's write rate;
    raw+rollups: the same with each batch's rollup increments, i.e. exactly the
    commits the service's fast path sends, without the service;
@@ -84,6 +84,7 @@ def _raw_child(host: str, project: str, total: int, batch: int, threads: int, wa
         from app.models import MeterEvent
         from app.services.windows import Cell
         from app.storage import entities, rollups, rpc
+        from tests.support.encoding import event_entity
 
         config = Config(project=project, emulator_host=host)
         ids.configure(config.hashid_salt)
@@ -134,7 +135,7 @@ def _raw_child(host: str, project: str, total: int, batch: int, threads: int, wa
                         idem = f"raw-{b}-{i}"
                         key_id = event_service.idempotent_id(meter_id, idem)
                         user, value = f"user-{rng.randrange(1000)}", rng.randint(1, 1000)
-                        entity = entities.event_entity(
+                        entity = event_entity(
                             key_pb=entities.key("meter-event", key_id),
                             public_id=ingest._public_id(key_id, 1), meter_id=meter_id,
                             user_id=user, value=value, timestamp=now, idempotency=idem,

@@ -11,6 +11,7 @@ from google.cloud.ndb import model as ndb_model
 from app.models import MeterEvent, root_key
 from app.models import ids
 from app.storage import entities
+from tests.support.encoding import event_entity
 
 
 @pytest.fixture
@@ -34,7 +35,7 @@ def test_raw_event_protobuf_equals_ndb_model_protobuf(org_context, dimensions, m
                        metadata=metadata, created_at=now, updated_at=now)
     model.id_ = ids.encode_key(key)
     expected = ndb_model._entity_to_protobuf(model)
-    raw = entities.event_entity(
+    raw = event_entity(
         key_pb=entities.key(MeterEvent.KIND, key.id()), public_id=model.id_,
         meter_id="meter-x", user_id="user-1", value=-(1 << 63), timestamp=stamp,
         idempotency=idempotency, dimensions=dimensions, metadata=metadata, now=now)
@@ -46,10 +47,10 @@ def test_raw_written_events_read_back_through_ndb(org_context):
 
     now = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
     key = ndb.Key(MeterEvent.KIND, 77, parent=root_key())
-    raw = entities.event_entity(key_pb=entities.key(MeterEvent.KIND, 77),
-                                public_id=ids.encode_key(key), meter_id="m", user_id="u",
-                                value=9, timestamp=now, idempotency="i",
-                                dimensions={"a": "b"}, metadata={}, now=now)
+    raw = event_entity(key_pb=entities.key(MeterEvent.KIND, 77),
+                       public_id=ids.encode_key(key), meter_id="m", user_id="u",
+                       value=9, timestamp=now, idempotency="i",
+                       dimensions={"a": "b"}, metadata={}, now=now)
     rpc.commit([rpc.Mutation(insert=raw)])
     event = key.get(use_cache=False)
     assert (event.meter_id, event.user_id, event.value, event.timestamp, event.idempotency,

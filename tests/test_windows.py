@@ -17,8 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.services.windows import (Cell, Series, SummaryRequest, slot_of, summarize_cells,
-                                  window_bounds)
+from app.services.windows import Cell, Series, SummaryRequest, slot_of, summarize_cells
+from tests.support.windows import window_bounds
 
 UTC = timezone.utc
 SLOT = timedelta(minutes=15)

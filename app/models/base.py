@@ -1,8 +1,11 @@
 """The original's "Model mixin", on NDB.
 
-Every stored model gets the mixin's properties (`Id_`, `CreatedAt`, `UpdatedAt`,
-`Deleted`), a Kind name, a defaults step, a validator, and hooks that run before
-and after create, update and delete. `JsonShadowProperty` reproduces the Go
+Every model written through NDB runs the mixin's lifecycle (`Lifecycle`): a
+defaults step, a validator, and hooks before and after create and update. The
+models of an org's data and the registry's orgs (`Model`) also get the mixin's
+properties (`Id_`, `CreatedAt`, `UpdatedAt`, `Deleted`), a Kind name, a soft delete
+with its own hooks, and the org-scoped query (`query_org`). API keys keep the
+registry's own shape and take the lifecycle only. `JsonShadowProperty` reproduces the Go
 side's shadow fields: an unindexed string property (`Dimensions_`, `Metadata_`)
 holding JSON, seen from Python as a list or dict.
 """
@@ -80,21 +83,12 @@ class OptionalProperty(ndb.TextProperty):
         return super()._to_datastore(entity, data, prefix=prefix, repeated=repeated)
 
 
-class Model(ndb.Model):
-    """Base of every model: the mixin's properties, hooks and helpers."""
+class Lifecycle:
+    """The mixin's lifecycle, for any NDB model: defaults, validation, and hooks before
+    and after create and update. Services write models only through `create`, `update`
+    (or `update_multi`), never a bare `put`, so no write skips them."""
 
-    KIND: ClassVar[str] = ""
-
-    id_ = ndb.StringProperty("Id_")
-    created_at = ndb.DateTimeProperty("CreatedAt", tzinfo=timezone.utc)
-    updated_at = ndb.DateTimeProperty("UpdatedAt", tzinfo=timezone.utc)
-    deleted = ndb.BooleanProperty("Deleted", default=False)
-
-    @classmethod
-    def _get_kind(cls) -> str:
-        return cls.KIND or cls.__name__
-
-    # -- the mixin's lifecycle -------------------------------------------------
+    # -- the hooks models extend -----------------------------------------------
 
     def defaults(self) -> None:
         """Fill defaults before validation; models extend this."""
@@ -115,11 +109,7 @@ class Model(ndb.Model):
     def after_update(self) -> None:
         """Runs after update() stored the entity."""
 
-    def before_delete(self) -> None:
-        """Runs before delete() marks the entity deleted."""
-
-    def after_delete(self) -> None:
-        """Runs after delete() stored the deleted mark."""
+    # -- the writes that run them ----------------------------------------------
 
     def _check(self) -> None:
         self.defaults()
@@ -128,7 +118,7 @@ class Model(ndb.Model):
             param, message = problems[0]
             raise ValidationFailed(message, param=param)
 
-    def create(self) -> "Model":
+    def create(self):
         """Validate and store a new entity, running the create hooks."""
         self._check()
         self.before_create()
@@ -136,13 +126,47 @@ class Model(ndb.Model):
         self.after_create()
         return self
 
-    def update(self) -> "Model":
+    def update(self):
         """Validate and store changes to an existing entity, running the update hooks."""
         self._check()
         self.before_update()
         self.put()
         self.after_update()
         return self
+
+    @staticmethod
+    def update_multi(entities: list) -> list:
+        """`update` of several entities in one batch put (one RPC): every one is
+        validated and its before-hook run before anything is stored."""
+        for entity in entities:
+            entity._check()
+            entity.before_update()
+        ndb.put_multi(entities)
+        for entity in entities:
+            entity.after_update()
+        return entities
+
+
+class Model(Lifecycle, ndb.Model):
+    """Base of every model of an org's data and of the registry's orgs: the lifecycle,
+    plus the mixin's properties, its soft delete and its helpers."""
+
+    KIND: ClassVar[str] = ""
+
+    id_ = ndb.StringProperty("Id_")
+    created_at = ndb.DateTimeProperty("CreatedAt", tzinfo=timezone.utc)
+    updated_at = ndb.DateTimeProperty("UpdatedAt", tzinfo=timezone.utc)
+    deleted = ndb.BooleanProperty("Deleted", default=False)
+
+    @classmethod
+    def _get_kind(cls) -> str:
+        return cls.KIND or cls.__name__
+
+    def before_delete(self) -> None:
+        """Runs before delete() marks the entity deleted."""
+
+    def after_delete(self) -> None:
+        """Runs after delete() stored the deleted mark."""
 
     def delete(self) -> "Model":
         """Soft-delete: set `Deleted` and store, running the delete hooks."""

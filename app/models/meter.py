@@ -12,7 +12,9 @@ DEFAULT_CURRENCY = "usd"
 
 
 class Meter(Model):
-    """A meter: its event name is unique among the org's active meters."""
+    """A meter: its event name is unique among the org's active meters. Archiving is the
+    mixin's soft delete (`deleted`): an archived meter keeps its history but refuses new
+    events."""
 
     KIND = "meter"
 
@@ -53,8 +55,3 @@ class Meter(Model):
             return [("uniqueBy", f"uniqueBy must be userId or a declared dimension, "
                                  f"not {self.unique_by!r}")]
         return []
-
-    @property
-    def archived(self) -> bool:
-        """An archived meter keeps its history but refuses new events."""
-        return bool(self.deleted)

@@ -10,7 +10,18 @@ from app.models.base import JsonShadowProperty, Model, utcnow
 
 
 class MeterEvent(Model):
-    """One usage event of one user on one meter."""
+    """One usage event of one user on one meter.
+
+    Not written through this model on the hot path: ingestion encodes events as raw
+    protobufs (`app.storage.entities`) and commits them in one RPC with their rollups,
+    so `defaults`, `validate` and the create hooks below do not run there; the request
+    schema and `app.services.ingest` enforce what they would. The model still reads
+    events (event log, `has_events`) and is the reference for their shape:
+    `test_events_built_in_place_from_one_template_equal_ndb_models` in
+    tests/test_raw_encoding.py proves that each event the ingest path builds
+    (`entities.fill_event`) equals, property by property and flag by flag, what
+    `MeterEvent(...).put()` stores.
+    """
 
     KIND = "meter-event"
 

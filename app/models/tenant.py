@@ -13,7 +13,7 @@ from datetime import timezone
 from google.cloud import ndb
 
 from app.models import ids
-from app.models.base import Model, OptionalProperty
+from app.models.base import Lifecycle, Model, OptionalProperty, utcnow
 
 REGISTRY_NAMESPACE = ids.REGISTRY_NAMESPACE
 
@@ -48,13 +48,27 @@ class Namespace(Model):
     def namespace(self) -> str:
         return self.name
 
+    def validate(self) -> list[tuple[str, str]]:
+        """The registry's invariants: numbered, purged only once archived. The name's rules
+        are the org service's, checked before any write; entries an older release wrote
+        under names this one refuses must still be archived and purged."""
+        problems = []
+        if not self.name:
+            problems.append(("name", "an org has a name"))
+        if not isinstance(self.int_id, int) or self.int_id <= 0:
+            problems.append(("name", "an org needs the positive number its ids carry"))
+        if self.purged_at and not self.deleted:
+            problems.append(("name", "only an archived org can be purged"))
+        return problems
 
-class ApiKey(ndb.Model):
+
+class ApiKey(Lifecycle, ndb.Model):
     """One API key of an org, stored by its hash only.
 
     Never in NDB's global cache: a revocation written without that cache (the CLI on
     an operator's laptop, an instance whose Redis is down) must still be seen by the
-    next request. See app/cache.py.
+    next request. See app/cache.py. Written through the mixin's lifecycle, without
+    the mixin's properties: the kind keeps the registry's shape.
     """
 
     _use_global_cache = False
@@ -72,3 +86,24 @@ class ApiKey(ndb.Model):
     @classmethod
     def key_for(cls, digest: str) -> ndb.Key:
         return ndb.Key(cls._get_kind(), digest, namespace=REGISTRY_NAMESPACE)
+
+    def defaults(self) -> None:
+        if self.created_at is None:
+            self.created_at = utcnow()
+        if self.revoked and self.revoked_at is None:
+            self.revoked_at = utcnow()
+
+    def validate(self) -> list[tuple[str, str]]:
+        problems = []
+        if self.key is None or self.key.namespace() != REGISTRY_NAMESPACE:
+            problems.append(("key", "an API key is stored in the registry, by its digest"))
+        if not self.org:
+            problems.append(("org", "an API key belongs to an org"))
+        if not self.prefix:
+            problems.append(("prefix", "an API key is listed by its prefix"))
+        return problems
+
+    def revoke(self, now) -> "ApiKey":
+        """Mark revoked at `now`; stored by `update` (or `update_multi`)."""
+        self.revoked, self.revoked_at = True, now
+        return self

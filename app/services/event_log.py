@@ -44,5 +44,5 @@ def recent_events(meter_id: str, *, user_id: str | None = None,
     filters = [MeterEvent.meter_id == meter.id_]
     if user_id is not None:
         filters.append(MeterEvent.user_id == user_id)
-    query = MeterEvent.query(*filters, ancestor=root_key()).order(-MeterEvent.timestamp)
+    query = MeterEvent.query_org(*filters).order(-MeterEvent.timestamp)
     return paging.page(query, limit, cursor)

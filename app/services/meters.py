@@ -21,8 +21,8 @@ _FIELDS = {"name": "name", "eventName": "event_name", "aggregationType": "aggreg
 
 
 def _active_with_event_name(event_name: str) -> Meter | None:
-    found = Meter.query(Meter.event_name == event_name, Meter.deleted == False,  # noqa: E712
-                        ancestor=root_key()).fetch(1)
+    found = Meter.query_org(Meter.event_name == event_name,
+                            Meter.deleted == False).fetch(1)  # noqa: E712
     return found[0] if found else None
 
 
@@ -77,17 +77,17 @@ def find_by_event_name(event_name: str) -> Meter | None:
 
 def all_meters() -> list[Meter]:
     """Every meter of the org, archived ones included."""
-    return Meter.query(ancestor=root_key()).fetch()
+    return Meter.query_org().fetch()
 
 
 def list_meters(limit: int, cursor: str | None) -> tuple[list[Meter], str | None]:
     """One page of the org's meters, oldest first, and the cursor of the next page."""
-    return paging.page(Meter.query(ancestor=root_key()), limit, cursor)
+    return paging.page(Meter.query_org(), limit, cursor)
 
 
 def has_events(meter: Meter) -> bool:
     """Whether any event was recorded for this meter."""
-    return bool(MeterEvent.query(MeterEvent.meter_id == meter.id_, ancestor=root_key())
+    return bool(MeterEvent.query_org(MeterEvent.meter_id == meter.id_)
                 .fetch(1, keys_only=True))
 
 

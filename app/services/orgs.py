@@ -14,10 +14,12 @@ be handed to whoever registers its name next.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from google.cloud import ndb
@@ -133,6 +135,16 @@ def get_org(name: str, fresh: bool = False) -> Org:
     return _org_of(entity)
 
 
+@contextlib.contextmanager
+def inside(name: str) -> Iterator[Org]:
+    """Run the block in the namespace of the live org of that name (404 if there is none):
+    what a request's API key does for the HTTP API (`app.tenancy`), for operator commands.
+    NDB models and the raw storage calls alike follow the context's namespace."""
+    org = get_org(name)
+    with ndb.get_context().new(namespace=org.namespace).use():
+        yield org
+
+
 def issue_key(org_name: str) -> IssuedKey:
     """Create another API key for a live org.
 
@@ -145,8 +157,7 @@ def issue_key(org_name: str) -> IssuedKey:
     @ndb.transactional(retries=5)
     def store() -> Org:
         org = get_org(org_name, fresh=True)
-        ApiKey(key=ApiKey.key_for(_digest(secret)), org=org.name, prefix=prefix,
-               created_at=utcnow()).put()
+        ApiKey(key=ApiKey.key_for(_digest(secret)), org=org.name, prefix=prefix).create()
         return org
 
     return IssuedKey(org=store(), secret=secret, prefix=prefix)
@@ -164,9 +175,7 @@ def revoke_key(org_name: str, prefix: str) -> int:
     if not matches:
         raise NotFound("no active key with that prefix", param="prefix")
     now = utcnow()
-    for key in matches:
-        key.revoked, key.revoked_at = True, now
-    ndb.put_multi(matches)
+    ApiKey.update_multi([key.revoke(now) for key in matches])
     return len(matches)
 
 
@@ -277,10 +286,8 @@ def _revoke_all(org_name: str) -> int:
     active = [k for k in keys if not k.revoked]
     now = utcnow()
     for start in range(0, len(active), PURGE_PAGE):
-        page = active[start:start + PURGE_PAGE]
-        for api_key in page:
-            api_key.revoked, api_key.revoked_at = True, now
-        ndb.put_multi(page)
+        ApiKey.update_multi([api_key.revoke(now)
+                             for api_key in active[start:start + PURGE_PAGE]])
     return len(active)
 
 
@@ -352,7 +359,7 @@ def _mark_purged(key: ndb.Key) -> None:
         entity = _require_archived(key)
         if not entity.purged_at:
             entity.purged_at = utcnow().isoformat()
-            entity.put()
+            entity.update()
 
     mark()
 

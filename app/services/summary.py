@@ -6,21 +6,32 @@ Whole 15-minute slots of the period come from the rollups (one entity per
 series and UTC day); a period bound that is not on a slot boundary adds the raw
 events between it and the nearest slot boundary. `app.services.windows` turns
 those cells into the answer: windows in any time zone, groups and filters.
+
+Errors say what happened. The caller is told about what the caller can change: a zone
+whose clock is off the 15-minute grid in the period (`windows.UnsupportedZone`), a period
+whose windows would reach past year 9999 on the zone's clock, too many windows. Anything
+else raised while summarizing (a stored rollup that does not decode, an inconsistency
+between the engine and what storage gave it) is ours: logged with the key of the stored
+entity being read, answered 500 `internal` without the details.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from app import deadline
-from app.errors import NotFound, ValidationFailed
+from app.errors import InternalError, NotFound, ValidationFailed
 from app.models import Meter
 from app.services import recompute
 from app.services.meters import get_meter
-from app.services.windows import (EPOCH, SLOT, SummaryRequest, SummaryResult, TooManyWindows,
-                                  slot_of, summarize_cells)
+from app.services.windows import (EPOCH, SLOT, WINDOW_SIZES, InvalidSummaryRequest,
+                                  SummaryRequest, SummaryResult, TooManyWindows,
+                                  UnsupportedZone, slot_of, summarize_cells)
 from app.storage import entities, queries, rollups
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -46,8 +57,26 @@ def _ceil_slot(moment: datetime) -> datetime:
     return start if start == moment else start + SLOT
 
 
-def _raw_cells(meter: Meter, user_id, start: datetime, end: datetime):
+class Reading:
+    """The stored entity whose cells the summary is merging (cells are read lazily, so
+    this is the culprit when merging fails): named in the log of an internal error."""
+
+    __slots__ = ("key",)
+
+    def __init__(self):
+        self.key = None
+
+    def describe(self) -> str:
+        """`namespace:kind/id/...` of the key, or "none" before the first entity."""
+        if self.key is None:
+            return "none"
+        path = "/".join(f"{e.kind}/{e.name or e.id}" for e in self.key.path)
+        return f"{self.key.partition_id.namespace_id}:{path}"
+
+
+def _raw_cells(meter: Meter, user_id, start: datetime, end: datetime, reading: Reading):
     for event in queries.events(meter.id_, user_id, start, end):
+        reading.key = event.key
         if recompute.is_live(event):
             moment = entities.get_time(event, "Timestamp")
             yield recompute.event_series(event), slot_of(moment), recompute.event_cell(event)
@@ -56,7 +85,7 @@ def _raw_cells(meter: Meter, user_id, start: datetime, end: datetime):
 _SLOT_NUMBERS = {str(q): q for q in range(rollups.SLOTS_PER_DAY)}  # `Slots_` keys
 
 
-def _rollup_cells(meter: Meter, user_id, start: datetime, end: datetime):
+def _rollup_cells(meter: Meter, user_id, start: datetime, end: datetime, reading: Reading):
     """(series, slot start, cell) of the rollups' slots inside [start, end): compacted
     slots as their packed lists, deltas as Cells (`summarize_cells` takes both)."""
     first_day = rollups.day_and_slot(start)[0]
@@ -64,6 +93,7 @@ def _rollup_cells(meter: Meter, user_id, start: datetime, end: datetime):
     slot_starts: dict[int, list[datetime]] = {}  # day -> its 96 slot starts, made once
     for entity in queries.rollups(meter.id_, user_id, first_day, last_day):
         deadline.check()  # decoding a page of rollups is CPU between two RPCs
+        reading.key = entity.key
         series, day, base, deltas, unknown = rollups.decode_parts(entity)
         if unknown:  # sum deltas at an int64 bound may have clamped: those slots, from raw
             deltas = {**deltas, **recompute.raw_slots(meter.id_, series, day, unknown)}
@@ -82,17 +112,20 @@ def _rollup_cells(meter: Meter, user_id, start: datetime, end: datetime):
                 yield series, moment, cell
 
 
-def cells(meter: Meter, user_id: str | None, start: datetime, end: datetime):
-    """Every cell of the period: rollup slots inside it, raw events at unaligned edges."""
+def cells(meter: Meter, user_id: str | None, start: datetime, end: datetime,
+          reading: Reading | None = None):
+    """Every cell of the period: rollup slots inside it, raw events at unaligned edges;
+    `reading.key` follows the stored entity the cells come from."""
+    reading = reading if reading is not None else Reading()
     inner_start, inner_end = _ceil_slot(start), slot_of(end)
     if inner_start >= inner_end:
-        yield from _raw_cells(meter, user_id, start, end)
+        yield from _raw_cells(meter, user_id, start, end, reading)
         return
     if start < inner_start:
-        yield from _raw_cells(meter, user_id, start, inner_start)
-    yield from _rollup_cells(meter, user_id, inner_start, inner_end)
+        yield from _raw_cells(meter, user_id, start, inner_start, reading)
+    yield from _rollup_cells(meter, user_id, inner_start, inner_end, reading)
     if inner_end < end:
-        yield from _raw_cells(meter, user_id, inner_end, end)
+        yield from _raw_cells(meter, user_id, inner_end, end, reading)
 
 
 def _latest_reader(meter: Meter, user_id: str | None):
@@ -120,6 +153,29 @@ def _check_names(meter: Meter, group_by, filters) -> None:
 
 
 MAX_WINDOWS = 10_000  # per answer; counted as the windows are cut (Lord Howe has half hours)
+#: Past a period's end, how far the clock must go on for its last window to end somewhere:
+#: the longest window, a month, and a clock change.
+_LAST_WINDOW_REACH = timedelta(days=32)
+
+
+def _check_years(request: SummaryRequest) -> None:
+    """Refuse windows that would start before year 1 or end after year 9999 on the zone's
+    clock, where dates end (9999-12-31 in UTC is already 10000-01-01 at +14). Only cutting
+    windows reads the zone's clock over the whole period; groups alone convert only the
+    bounds of groups that have events, and no event is that far from today."""
+    if not request.window_size:
+        return
+    zone, name = request.zone, request.time_zone
+    try:
+        request.period_start.astimezone(zone)
+    except OverflowError:
+        raise ValidationFailed(f"periodStart: in {name} this is before year 1",
+                               param="periodStart") from None
+    try:
+        request.period_end.astimezone(zone).replace(tzinfo=None) + _LAST_WINDOW_REACH
+    except OverflowError:
+        raise ValidationFailed(f"periodEnd: the windows in {name} would end after "
+                               "year 9999", param="periodEnd") from None
 
 
 def summarize(meter_id: str, user_id: str | None, start: datetime | None,
@@ -137,16 +193,51 @@ def summarize(meter_id: str, user_id: str | None, start: datetime | None,
     if user_id is not None:  # narrows, together with any filter[userId]
         wanted["userId"] = wanted.get("userId", frozenset({user_id})) & {user_id}
     period_end = end or _ceil_slot(default_end or datetime.now(timezone.utc))
+    period_start = start or EPOCH
+    period_end = max(period_end, period_start)
+    grouped = bool(window_size or group_by)
+    reading = Reading()
     try:
-        request = SummaryRequest(meter.aggregation_type, meter.unique_by, start or EPOCH,
-                                 max(period_end, start or EPOCH), window_size, time_zone,
-                                 tuple(group_by), wanted, max_windows=MAX_WINDOWS)
-        result = summarize_cells(request, cells(meter, user_id, request.period_start,
-                                                request.period_end),
+        request = SummaryRequest(meter.aggregation_type, meter.unique_by, period_start,
+                                 period_end, window_size, time_zone, tuple(group_by), wanted,
+                                 max_windows=MAX_WINDOWS)
+        _check_years(request)
+        result = summarize_cells(request, cells(meter, user_id, period_start, period_end,
+                                                reading),
                                  _latest_reader(meter, user_id))
     except TooManyWindows as exc:
         raise ValidationFailed(f"windowSize: {exc}", param="windowSize") from None
-    except (ValueError, OverflowError) as exc:  # a zone off the 15-minute grid, year 9999
+    except InvalidSummaryRequest as exc:
+        raise _refused(exc) from None
+    except UnsupportedZone as exc:  # e.g. local mean time before 1900, Monrovia until 1972
         raise ValidationFailed(f"timeZone: {exc}", param="timeZone") from None
-    return Summary(meter, user_id, start, end, result,
-                   grouped=bool(window_size or group_by))
+    except (ValueError, TypeError, KeyError, IndexError, ArithmeticError) as exc:
+        raise _internal(meter, reading, exc) from exc
+    return Summary(meter, user_id, start, end, result, grouped=grouped)
+
+
+#: The engine's name of a refused field -> (query parameter, what to say). The caller's
+#: value is not echoed: it can be long.
+_REFUSED = {
+    "window_size": ("windowSize", "must be one of "
+                    + ", ".join(size for size in WINDOW_SIZES if size)),
+    "group_by": ("groupBy", "names a field twice"),
+    "time_zone": ("timeZone", "is not a time zone"),
+}
+
+
+def _refused(exc: InvalidSummaryRequest) -> ValidationFailed:
+    param, says = _REFUSED[exc.field]
+    return ValidationFailed(f"{param}: {says}", param=param)
+
+
+def _internal(meter: Meter, reading: Reading, exc: Exception) -> InternalError:
+    """Log what went wrong with which stored entity; the caller learns only that it was us.
+
+    A corrupt rollup (its `Slots_` not JSON) or an engine inconsistency is not the
+    caller's fault, and its text may hold stored data: it goes to the log, not the answer.
+    """
+    log.error("summary of meter %s failed while reading %s: %s: %s", meter.id_,
+              reading.describe(), type(exc).__name__, exc, exc_info=exc,
+              extra={"entityKey": reading.describe(), "meterId": meter.id_})
+    return InternalError("internal error: the summary could not be computed; it is logged")

@@ -7,7 +7,7 @@ series x slots rather than with events, and every answer is exact (Python ints).
 
 Windows are local clock hours, days or months of the request's time zone, clipped to the
 period. Every UTC offset in use today is a multiple of 15 minutes, so every local boundary
-is a slot boundary and no slot straddles two windows; we check this and raise ValueError
+is a slot boundary and no slot straddles two windows; we check this and raise UnsupportedZone
 when it fails (e.g. local mean time before 1900). An hour window is one local clock hour at
 one UTC offset: the hour repeated at a fall-back is two windows (one per offset), and Lord
 Howe's 30-minute shifts give 30-minute windows.
@@ -147,13 +147,14 @@ class SummaryRequest:
         if (self.aggregation == "unique_count") != (self.unique_by is not None):
             raise ValueError("unique_by is required by unique_count and refused otherwise")
         if self.window_size not in WINDOW_SIZES:
-            raise ValueError(f"unknown window size {self.window_size!r}")
+            raise InvalidSummaryRequest("window_size", f"unknown window size "
+                                        f"{self.window_size!r}")
         if self.period_start.utcoffset() is None or self.period_end.utcoffset() is None:
             raise ValueError("period bounds must be timezone-aware")
         if self.period_end < self.period_start:
             raise ValueError("period_end is before period_start")
         if len(set(self.group_by)) != len(self.group_by):
-            raise ValueError("group_by names a field twice")
+            raise InvalidSummaryRequest("group_by", "group_by names a field twice")
         self.zone  # noqa: B018 - fail now on an unknown zone
 
     @property
@@ -161,11 +162,24 @@ class SummaryRequest:
         try:
             return ZoneInfo(self.time_zone)
         except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {self.time_zone!r}") from None
+            raise InvalidSummaryRequest("time_zone", f"unknown time zone "
+                                        f"{self.time_zone!r}") from None
+
+
+class InvalidSummaryRequest(ValueError):
+    """A request field the engine refuses, named in `field`: the caller's to change."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
 
 
 class TooManyWindows(ValueError):
     """The period holds more windows than the request's `max_windows`."""
+
+
+class UnsupportedZone(ValueError):
+    """The zone's clock is off the 15-minute grid in the period, so windows would split slots."""
 
 
 @dataclass(frozen=True)
@@ -197,8 +211,9 @@ def _local(instant: datetime, zone: ZoneInfo) -> datetime:
     """The instant on the zone's clock, refusing offsets that would split a slot."""
     local = instant.astimezone(zone)
     if local.utcoffset() % SLOT:
-        raise ValueError(f"{zone.key} is at UTC{local:%z} on {local:%Y-%m-%d}, not a multiple "
-                         "of 15 minutes, so its windows do not fall on slot boundaries")
+        raise UnsupportedZone(f"{zone.key} is at UTC{local:%z} on {local:%Y-%m-%d}, not a "
+                              "multiple of 15 minutes, so its windows do not fall on slot "
+                              "boundaries")
     return local
 
 
@@ -232,14 +247,14 @@ def _boundary_guess(start: datetime, zone: ZoneInfo, size: str, key: tuple) -> d
                   for fold in (0, 1)}
     later = [c for c in candidates if c > start and _window_key(c, zone, size) != key]
     if not later:
-        raise ValueError(f"cannot place the {size} boundary after {start} in {zone.key}")
+        raise UnsupportedZone(f"cannot place the {size} boundary after {start} in {zone.key}")
     return min(later)
 
 
 def _require_slot(instant: datetime, zone: ZoneInfo) -> None:
     if (instant - EPOCH) % SLOT:
-        raise ValueError(f"a window boundary of {zone.key} at {instant} is not on a "
-                         "15-minute slot boundary")
+        raise UnsupportedZone(f"a window boundary of {zone.key} at {instant} is not on a "
+                              "15-minute slot boundary")
 
 
 def _next_boundary(start: datetime, zone: ZoneInfo, size: str) -> datetime:
@@ -258,8 +273,8 @@ def _next_boundary(start: datetime, zone: ZoneInfo, size: str) -> datetime:
         middle = low + (high - low) // SLOT // 2 * SLOT
         low, high = (middle, high) if _window_key(middle, zone, size) == key else (low, middle)
     if _window_key(high - _MICROSECOND, zone, size) != key:  # the change was inside a slot
-        raise ValueError(f"{zone.key} changes its clock off a 15-minute slot boundary "
-                         f"near {high}")
+        raise UnsupportedZone(f"{zone.key} changes its clock off a 15-minute slot boundary "
+                              f"near {high}")
     return high
 
 
@@ -287,15 +302,6 @@ def _utc_bounds(request: SummaryRequest) -> list[tuple[datetime, datetime]]:
         bounds.append((start, stop))
         start = stop
     return bounds
-
-
-def window_bounds(request: SummaryRequest) -> list[tuple[datetime, datetime]]:
-    """[start, end) of every window of the period, clipped to it, in the request's zone.
-
-    Without a window size the whole period is the one window (what groups span).
-    """
-    zone = request.zone
-    return [(s.astimezone(zone), e.astimezone(zone)) for s, e in _utc_bounds(request)]
 
 
 # --- aggregation ---------------------------------------------------------------------------

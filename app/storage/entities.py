@@ -1,8 +1,9 @@
 """Entity protobufs built by hand, identical to what the NDB models store.
 
-`event_entity` encodes a `meter-event` exactly as `MeterEvent.put()` would (the
-same property names, value types and indexed flags; `tests/test_raw_encoding.py`
-compares the two), at a few microseconds instead of a few hundred.
+`event_template` and `fill_event` encode a `meter-event` exactly as `MeterEvent.put()`
+would (the same property names, value types and indexed flags;
+`tests/test_raw_encoding.py` compares the two), at a few microseconds instead of a few
+hundred.
 """
 
 from __future__ import annotations
@@ -158,16 +159,3 @@ def fill_event(entity, template, *, key_id: int, public_id: str, meter_id: str,
     shadow = props["Metadata_"]
     shadow.string_value = shadow_json(metadata)
     shadow.exclude_from_indexes = True
-
-
-def event_entity(*, key_pb, public_id: str, meter_id: str, user_id: str, value: int,
-                 timestamp: datetime, idempotency: str, dimensions: dict, metadata: dict,
-                 now: datetime, deleted: bool = False, created_at: datetime | None = None):
-    """A `meter-event` entity protobuf, property for property as NDB stores it."""
-    entity = Entity()
-    fill_event(entity, event_template(now, created_at=created_at, deleted=deleted),
-               key_id=key_pb.path[-1].id, public_id=public_id, meter_id=meter_id,
-               user_id=user_id, value=value, timestamp=timestamp, idempotency=idempotency,
-               dimensions=dimensions, metadata=metadata)
-    entity.key.CopyFrom(key_pb)
-    return entity

@@ -1,6 +1,6 @@
 """Shapes of the admin endpoints."""
 
-from marshmallow import Schema, fields
+from marshmallow import fields
 
 from app.schemas import BoundedSchema
 from app.services.orgs import ORG_NAME_PATTERN

@@ -16,7 +16,7 @@ class OrgCreate(BoundedSchema):
                        "Datastore namespace"})
 
 
-class OrgDeleteQuery(Schema):
+class OrgDeleteQuery(BoundedSchema):
     """Query string of DELETE /v1/admin/orgs/<name>."""
 
     purge = fields.Boolean(load_default=False, metadata={

@@ -17,8 +17,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.services.windows import (Cell, Series, SummaryRequest, slot_of, summarize_cells,
-                                  window_bounds)
+from app.core.cells import Cell, Series
+from app.core.slots import slot_of
+from app.core.windows import SummaryRequest, summarize_cells, window_bounds
 
 UTC = timezone.utc
 SLOT = timedelta(minutes=15)

@@ -13,6 +13,7 @@ from dataclasses import asdict
 from flask import Blueprint, current_app, request
 
 from app import tenancy
+from app.services import periodic
 
 blueprint = Blueprint("cron", __name__, url_prefix="/v1/cron")
 
@@ -31,7 +32,5 @@ blueprint.before_request(require_cron_or_admin)
 @blueprint.get("/compact")
 def compact():
     """Fold the recent rollup deltas of every org, a bounded amount per call."""
-    from app.services import periodic
-
     budget = current_app.config["METERING"].cron_compact_budget
     return asdict(periodic.compact_all_orgs(budget))

@@ -24,6 +24,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from app.errors import ValidationFailed
 from app.schemas import MAX_ECHOED_NAME, MAX_ECHOED_PATH, load, shorten
+from app.schemas.events import SummaryQuery
 
 #: Deepest nesting of objects and arrays a body may have (the body itself is level 1).
 MAX_DEPTH = 64
@@ -389,8 +390,6 @@ _FILTER = re.compile(r"filter\[([^\[\]]{1,64})\]")  # fullmatch: no final newlin
 
 def summary_query() -> tuple[dict, dict[str, frozenset[str]]]:
     """The summary's query string: its fields, and `filter[NAME]=VALUE` (repeatable)."""
-    from app.schemas.events import SummaryQuery
-
     filters: dict[str, frozenset[str]] = {}
     args = {}
     repeatable = lambda name: name == "groupBy" or name.startswith("filter")  # noqa: E731

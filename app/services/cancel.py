@@ -15,6 +15,7 @@ from google.cloud import ndb
 
 from app.models import MeterEvent, ids, utcnow
 from app.services import recompute
+from app.services.events import idempotent_id
 from app.storage import entities, rollups, rpc
 
 @dataclass(frozen=True)
@@ -42,7 +43,6 @@ def _target_key(target: dict, meters_by_name: dict):
     if target.get("id"):
         key = ids.decode_key(target["id"], kind=MeterEvent.KIND, namespace=namespace)
         return key.id() if key is not None else None
-    from app.services.events import idempotent_id
     meter = meters_by_name.get(meter_key(target))
     if meter is None:
         return None

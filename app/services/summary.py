@@ -18,8 +18,8 @@ from app.errors import NotFound, ValidationFailed
 from app.models import Meter
 from app.services import recompute
 from app.services.meters import get_meter
-from app.services.windows import (EPOCH, SLOT, SummaryRequest, SummaryResult, TooManyWindows,
-                                  slot_of, summarize_cells)
+from app.core.slots import EPOCH, SLOT, slot_of
+from app.core.windows import SummaryRequest, SummaryResult, TooManyWindows, summarize_cells
 from app.storage import entities, queries, rollups
 
 
@@ -143,7 +143,7 @@ def summarize(meter_id: str, user_id: str | None, start: datetime | None,
                                  tuple(group_by), wanted, max_windows=MAX_WINDOWS)
         result = summarize_cells(request, cells(meter, user_id, request.period_start,
                                                 request.period_end),
-                                 _latest_reader(meter, user_id))
+                                 _latest_reader(meter, user_id), deadline.check)
     except TooManyWindows as exc:
         raise ValidationFailed(f"windowSize: {exc}", param="windowSize") from None
     except (ValueError, OverflowError) as exc:  # a zone off the 15-minute grid, year 9999

@@ -207,6 +207,15 @@ def window_bounds(request: SummaryRequest) -> list[tuple[datetime, datetime]]:
 
 # --- aggregation ---------------------------------------------------------------------------
 
+# Plain strings, looked up once: this runs once per window of an answer, and an enum
+# member's attribute lookup and comparison cost three times a string's.
+_UNIQUE_COUNT, _AVG = Aggregation.UNIQUE_COUNT.value, Aggregation.AVG.value
+#: The Cell field each other aggregation answers with.
+_CELL_FIELD = {Aggregation.SUM.value: "sum", Aggregation.COUNT.value: "count",
+               Aggregation.LAST.value: "last_value", Aggregation.MIN.value: "min",
+               Aggregation.MAX.value: "max"}
+
+
 @dataclass
 class _Bucket:
     """One (window, group): merged statistics plus distinct unique_by values seen."""
@@ -217,13 +226,11 @@ class _Bucket:
     def value(self, aggregation: str) -> int | float | None:
         """The aggregation's answer; no events gives 0 for sum/count/unique_count, else None."""
         cell = self.cell
-        if aggregation == Aggregation.UNIQUE_COUNT:
+        if aggregation == _UNIQUE_COUNT:
             return len(self.uniques)
-        if aggregation == Aggregation.AVG:
+        if aggregation == _AVG:
             return cell.sum / cell.count if cell.count else None  # int / int: correctly rounded
-        return {Aggregation.SUM: cell.sum, Aggregation.COUNT: cell.count,
-                Aggregation.LAST: cell.last_value, Aggregation.MIN: cell.min,
-                Aggregation.MAX: cell.max}[aggregation]
+        return getattr(cell, _CELL_FIELD[aggregation])
 
 
 _UNSEEN = object()

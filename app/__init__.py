@@ -14,6 +14,8 @@ from app.config import Config
 
 def create_app(config: Config | None = None) -> Flask:
     """Build the WSGI app for a configuration (read from the environment by default)."""
+    # Lazy: `import app.<anything>` runs this file first; only building the app needs
+    # Flask's views and the Datastore client (the CLI and gunicorn's config import less).
     from app import api, datastore, deadline, errors, headers, logs, ratelimit
     from app.models import ids
 
@@ -30,6 +32,6 @@ def create_app(config: Config | None = None) -> Flask:
     ratelimit.init_app(app)
     datastore.init_app(app)
     api.init_app(app)
-    from app import dashboard
+    from app import dashboard  # lazy, as above
     dashboard.init_app(app)
     return app

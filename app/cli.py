@@ -9,9 +9,9 @@ Failures a user can cause or fix (a taken org name, an unreachable Datastore, a
 missing emulator) end the command with one line on stderr and a non-zero status,
 never a traceback.
 
-Commands import the services they use inside their functions, on purpose: loading NDB,
-gRPC and the services takes about a second, which `metering --help`, `serve` and the
-other commands should not pay for what they do not use.
+Lazy imports: each command imports the service modules it uses inside its function,
+so `metering --help` and `serve`'s gunicorn master load neither NDB nor gRPC (the
+workers build the app after the fork, and gRPC is not fork-safe once it runs).
 """
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ def _check_emulator_answers() -> None:
 
 @contextlib.contextmanager
 def _ndb_context():
+    # lazy: see "Lazy imports" above
     from app import cache
     from app.datastore import make_client
     from app.models import ids
@@ -89,6 +90,7 @@ def _ndb_context():
 
 def _run_admin(action):
     """Run action in an NDB context; domain and Datastore errors become one line."""
+    # lazy: see "Lazy imports" above
     from google.api_core.exceptions import GoogleAPIError
     from google.auth.exceptions import GoogleAuthError
 
@@ -138,6 +140,7 @@ def orgs():
 @_data_dir_option
 def orgs_create(name, data_dir):
     """Create org NAME and print its first API key as JSON."""
+    # lazy: see "Lazy imports" above
     from app.services import orgs as org_service
 
     click.echo(_issued(_admin(data_dir, lambda: org_service.create_org(name))))
@@ -155,6 +158,7 @@ def orgs_delete(name, purge, data_dir):
 
 
 def _delete_org(name: str, purge: bool) -> dict:
+    # lazy: see "Lazy imports" above
     from app.services import orgs as org_service
 
     archived = org_service.archive_org(name)
@@ -174,6 +178,7 @@ def _delete_org(name: str, purge: bool) -> dict:
 @_data_dir_option
 def orgs_check(data_dir):
     """List registry entries whose names this release refuses; exit 1 if any is live."""
+    # lazy: see "Lazy imports" above
     from app.services import orgs as org_service
 
     found = _admin(data_dir, org_service.invalid_registry_entries)
@@ -198,6 +203,7 @@ def keys():
 @_data_dir_option
 def keys_create(org, data_dir):
     """Issue another API key for ORG and print it as JSON."""
+    # lazy: see "Lazy imports" above
     from app.services import orgs as org_service
 
     click.echo(_issued(_admin(data_dir, lambda: org_service.issue_key(org))))
@@ -209,6 +215,7 @@ def keys_create(org, data_dir):
 @_data_dir_option
 def keys_revoke(org, key_prefix, data_dir):
     """Revoke ORG's key that starts with KEY_PREFIX."""
+    # lazy: see "Lazy imports" above
     from app.services import orgs as org_service
 
     count = _admin(data_dir, lambda: org_service.revoke_key(org, key_prefix))
@@ -220,6 +227,7 @@ def keys_revoke(org, key_prefix, data_dir):
 @_data_dir_option
 def keys_list(org, data_dir):
     """List ORG's keys (prefixes only)."""
+    # lazy: see "Lazy imports" above
     from app.services import orgs as org_service
 
     found = _admin(data_dir, lambda: org_service.list_keys(org))
@@ -241,6 +249,7 @@ def rollups_rebuild(org, meter_id, data_dir):
 
 
 def _rebuild_org(org: str, meter_id: str | None) -> dict:
+    # lazy: see "Lazy imports" above
     from app.services import meters as meter_service
     from app.services import orgs as org_service
     from app.services import rebuild
@@ -266,6 +275,7 @@ def rollups_compact(org, data_dir):
 
 
 def _compact_org(org: str) -> dict:
+    # lazy: see "Lazy imports" above
     from app.services import compact
     from app.services import orgs as org_service
 
@@ -275,6 +285,7 @@ def _compact_org(org: str) -> dict:
 
 def _create_demo_org():
     """The demo org's first key, or None when the org exists already."""
+    # lazy: see "Lazy imports" above
     from app.errors import Conflict, NotFound
     from app.services import orgs as org_service
 
@@ -403,6 +414,7 @@ def _start(emulator: Emulator) -> None:
 
 
 def _gunicorn(host: str, port: int, workers: int, threads: int) -> None:
+    # lazy: see "Lazy imports" above
     from gunicorn.app.base import BaseApplication
 
     class Server(BaseApplication):
@@ -422,6 +434,7 @@ def _gunicorn(host: str, port: int, workers: int, threads: int) -> None:
                 self.cfg.set("control_socket_disable", True)
 
         def load(self):
+            # lazy: see "Lazy imports" above
             from app import create_app
             return create_app()
 

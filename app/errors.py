@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 
 from flask import current_app, jsonify, request
+from google.api_core import exceptions as gexc
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 log = logging.getLogger(__name__)
@@ -182,8 +183,6 @@ def _from_unexpected(exc: Exception):
 
 
 def _from_datastore(exc: Exception):
-    from google.api_core import exceptions as gexc
-
     log.warning("datastore call failed: %s", type(exc).__name__)
     if isinstance(exc, gexc.DeadlineExceeded):  # its timeout was the request's time left
         return _render(DeadlineExceeded("the datastore did not answer within the "
@@ -193,8 +192,6 @@ def _from_datastore(exc: Exception):
 
 def init_app(app) -> None:
     """Register the handlers that render every error in the envelope."""
-    from google.api_core import exceptions as gexc
-
     app.register_error_handler(ApiError, lambda exc: _render(exc, exc.status))
     for transient in (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.Aborted,
                       gexc.RetryError):

@@ -438,7 +438,7 @@ BUCKETS = [
     ("ingest: Commit RPC (rpc.commit, gRPC call)", ("commit (app/storage/rpc.py",)),
     ("ingest: event protobufs (_add_events)", ("_add_events (",)),
     ("ingest: rollup increments (_cells, _add_rollups)", ("_cells (", "_add_rollups (")),
-    ("ingest: rest of store (_plan, _finish, ...)", ("app/services/ingest.py",)),
+    ("ingest: rest of store (_Batch: keys, outcomes, ...)", ("app/services/ingest.py",)),
     ("auth: API key + org lookups (NDB, tenancy.require_org)", ("require_org (",)),
     ("meter resolution (NDB query, events.resolve_meters)", ("resolve_meters (",)),
     ("validation: quick loader or marshmallow schema", ("app/schemas/", "marshmallow/")),

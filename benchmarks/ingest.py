@@ -82,7 +82,7 @@ def _raw_child(host: str, project: str, total: int, batch: int, threads: int, wa
         from google.cloud import datastore, ndb
 
         from app.models import MeterEvent
-        from app.services.windows import Cell
+        from app.core.cells import Cell, rank, series_of
         from app.storage import entities, rollups, rpc
         from tests.support.encoding import event_entity
 
@@ -142,11 +142,11 @@ def _raw_child(host: str, project: str, total: int, batch: int, threads: int, wa
                             dimensions={}, metadata={}, now=now)
                         mutations.append(rpc.Mutation(insert=entity))
                         cells.setdefault(user, Cell()).add_event(
-                            value, ingest.rank(now, now, key_id))
+                            value, rank(now, now, key_id))
                     if with_rollups:  # what the service's fast path commits with the events
                         day, slot = rollups.day_and_slot(now)
                         for user, cell in cells.items():
-                            series = rollups.series_of(user, {})
+                            series = series_of(user, {})
                             mutations.append(rollups.increments(
                                 4242, meter_id, series, day, {slot: cell}, "sum"))
                     batches.append(mutations)

@@ -30,8 +30,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from google.cloud import ndb  # noqa: E402
-
 from app.config import Config  # noqa: E402
 from app.datastore import make_client  # noqa: E402
 from app.emulator import Emulator  # noqa: E402

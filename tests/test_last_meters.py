@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 
 from app.services import compact, rebuild
 from app.services.meters import get_meter
-from app.services.windows import Cell, Series, settle_last
+from app.core.cells import Cell, Series, settle_last
 
 DAY = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(
     days=2)

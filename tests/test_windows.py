@@ -17,7 +17,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.services.windows import Cell, Series, SummaryRequest, slot_of, summarize_cells
+from app.core.cells import Cell, Series
+from app.core.slots import slot_of
+from app.core.windows import SummaryRequest, summarize_cells
 from tests.support.windows import window_bounds
 
 UTC = timezone.utc

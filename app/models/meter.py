@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from google.cloud import ndb
 
+from app.core.aggregation import AGGREGATION_TYPES  # noqa: F401 - the one list, re-exported
 from app.models.base import JsonShadowProperty, Model, OptionalProperty
 
-AGGREGATION_TYPES = ("sum", "count", "last", "min", "max", "avg", "unique_count")
 DEFAULT_AGGREGATION = "sum"
 DEFAULT_CURRENCY = "usd"
 

@@ -3,7 +3,7 @@
 from marshmallow import fields
 
 from app.schemas import BoundedSchema
-from app.services.orgs import ORG_NAME_PATTERN
+from app.core.names import ORG_NAME_PATTERN
 
 
 class OrgCreate(BoundedSchema):

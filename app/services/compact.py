@@ -39,10 +39,11 @@ def _compact_once(key_pb) -> bool:
         if stored is None or not rollups.is_dirty(stored):
             rpc.rollback(transaction)
             return False
-        meter_id = stored.properties["MeterId"].string_value
-        series, day, cells = recompute.exact_cells(stored, meter_id)
-        cells = recompute.settled(meter_id, cells, transaction)  # `last` values, by reading
-        rpc.commit([rollups.replacement(key_pb, meter_id, series, day, cells)], transaction)
+        rollup = rollups.decode(stored)
+        cells = recompute.settled(rollup.meter_id, recompute.exact_cells(rollup),
+                                  transaction)  # `last` values, by reading
+        rpc.commit([rollups.replacement(key_pb, rollup.meter_id, rollup.series, rollup.day,
+                                        cells)], transaction)
         return True
 
 

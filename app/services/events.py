@@ -19,6 +19,7 @@ from datetime import datetime
 
 from google.cloud import ndb
 
+from app.core.bounds import MAX_ID
 from app.models import Meter, utcnow
 from app.models import ids
 from app.schemas import failure
@@ -29,7 +30,7 @@ from app.services import meters as meter_service
 def idempotent_id(meter_id: str, idempotency: str) -> int:
     """The key id every copy of one (meter, idempotency key) event shares."""
     digest = hashlib.sha256(f"{meter_id}\x00{idempotency}".encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") & ingest.MAX_ID or 1
+    return int.from_bytes(digest[:8], "big") & MAX_ID or 1
 
 
 # -- validation ------------------------------------------------------------------

@@ -13,6 +13,11 @@ all. Two paths:
   only the new events and their rollup changes. Aborted transactions (lock
   contention) are retried with jittered backoff.
 
+A batch is one `_Batch` object: its drafts, the keys of the current attempt and the
+outcomes decided so far, with the two paths as its methods. Whether a repeated key is
+a `duplicate` or a `conflict` has one rule, `Draft.repeats`, whether the earlier copy is
+stored or earlier in the same batch.
+
 Server-side increments are int64 and saturate. A commit's transform results say
 what each sum accumulator holds afterwards; one past 2**62 is folded at once
 into the rollup's base, whose JSON integers are exact at any size (`_fold`).
@@ -28,18 +33,31 @@ import logging
 import random
 import re
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 
 from google.api_core import exceptions as core_exceptions
 
+from app.core.bounds import MAX_ID
+from app.core.cells import Cell, rank, series_of
+from app.core.slots import day_and_slot
+from app.models import ids
 from app.services import capabilities, compact, recompute
-from app.services.windows import Cell
 from app.storage import entities, rollups, rpc
-from app.storage.rollups import rank  # noqa: F401 - the order of `last`, used here and by callers
 
-MAX_ID = (1 << 63) - 1
 log = logging.getLogger(__name__)
+
+
+class _Payload(Protocol):
+    """What decides whether two copies of one key are the same event: a Draft or a
+    StoredEvent (`entities.decode_event`)."""
+
+    meter_id: str
+    user_id: str
+    value: int
+    timestamp: datetime
+    dimensions: dict
 
 
 @dataclass
@@ -61,14 +79,18 @@ class Draft:
         if not self.meter_key_id:
             self.meter_key_id = self.meter.key.id()
 
-    def same_payload(self, stored) -> bool:
-        props = stored.properties
-        return (props["MeterId"].string_value == self.meter.id_
-                and props["UserId"].string_value == self.user_id
-                and props["Value"].integer_value == self.value
-                and entities.read_shadow(stored, "Dimensions_", dict) == self.dimensions
-                and (not self.timestamp_given
-                     or entities.get_time(stored, "Timestamp") == self.timestamp))
+    @property
+    def meter_id(self) -> str:
+        return self.meter.id_
+
+    def repeats(self, earlier: _Payload) -> bool:
+        """The one rule of duplicate (True) against conflict (False), for an event whose
+        key an `earlier` copy holds, stored or earlier in this batch: the same meter,
+        user, value and dimensions, and the same timestamp when this one gives one (a
+        retry without a timestamp is stamped anew)."""
+        return (earlier.meter_id == self.meter.id_ and earlier.user_id == self.user_id
+                and earlier.value == self.value and earlier.dimensions == self.dimensions
+                and (not self.timestamp_given or earlier.timestamp == self.timestamp))
 
 
 @dataclass(frozen=True)
@@ -77,94 +99,14 @@ class Outcome:
     status: str  # created | duplicate | conflict
 
 
-@dataclass
-class _Plan:
-    """The keys of one attempt and which drafts it creates."""
-
-    key_ids: list[int]
-    creates: list[int] = field(default_factory=list)  # draft indexes, first of their key
-    outcomes: dict[int, Outcome] = field(default_factory=dict)
-    to_fold: list = field(default_factory=list)  # rollup keys whose sums near int64's bounds
-
-
 def _random_id() -> int:
     return random.SystemRandom().randrange(1, MAX_ID)
 
 
 @functools.lru_cache(maxsize=8192)  # each created event's id is needed twice; hashids is slow
 def _public_id(key_id: int, namespace_code: int) -> str:
-    from app.models import ids
     return ids.encode_numbers(ids.KIND_CODES["meter-event"], key_id,
                               ids.KIND_CODES["synckey"], 1, namespace_code)
-
-
-def _plan(drafts: list[Draft]) -> _Plan:
-    plan = _Plan([d.key_id or _random_id() for d in drafts])
-    first_of: dict[int, int] = {}
-    for index, key_id in enumerate(plan.key_ids):
-        if key_id in first_of:
-            continue
-        first_of[key_id] = index
-        plan.creates.append(index)
-    return plan
-
-
-def _in_batch_outcomes(drafts, plan, code, stored: dict | None = None) -> None:
-    """Outcomes of drafts repeating a key that an earlier draft of the batch holds.
-
-    A repeat is judged against the stored event when the key was stored before this
-    batch (`stored`: serialized key -> entity), else against the batch's first copy.
-    """
-    first_of = {plan.key_ids[i]: i for i in plan.creates}
-    for index, key_id in enumerate(plan.key_ids):
-        first = first_of[key_id]
-        if index == first or index in plan.outcomes:
-            continue
-        found = (stored or {}).get(entities.key("meter-event", key_id).SerializeToString())
-        if found is not None:
-            same = drafts[index].same_payload(found)
-        else:
-            same = _same_draft(drafts[first], drafts[index])
-        plan.outcomes[index] = Outcome(_public_id(key_id, code),
-                                       "duplicate" if same else "conflict")
-
-
-def _same_draft(a: Draft, b: Draft) -> bool:
-    return (a.meter.id_, a.user_id, a.value, a.dimensions) == (
-        b.meter.id_, b.user_id, b.value, b.dimensions) and (
-        not b.timestamp_given or a.timestamp == b.timestamp)
-
-
-def _add_events(into, drafts, plan, indexes, code, now) -> None:
-    """Insert mutations of the drafts at `indexes`, built in place in `into`."""
-    template = entities.event_template(now)
-    for index in indexes:
-        draft = drafts[index]
-        key_id = plan.key_ids[index]
-        entities.fill_event(
-            into.add().insert, template, key_id=key_id, public_id=_public_id(key_id, code),
-            meter_id=draft.meter.id_, user_id=draft.user_id, value=draft.value,
-            timestamp=draft.timestamp, idempotency=draft.idempotency,
-            dimensions=draft.dimensions, metadata=draft.metadata)
-
-
-def _cells(drafts, plan, indexes, now) -> tuple[dict[tuple, dict[int, Cell]], dict]:
-    """(meter, series, day) -> slot -> Cell of the created drafts, and the same keys ->
-    slot -> sum of the negative values, where there are any (see `rollups.increments`)."""
-    grouped: dict[tuple, dict[int, Cell]] = {}  # (meter key id, id, aggregation, series, day)
-    negatives: dict[tuple, dict[int, int]] = {}
-    for index in indexes:
-        draft = drafts[index]
-        series = rollups.series_of(draft.user_id, draft.dimensions)
-        day, slot = rollups.day_and_slot(draft.timestamp)
-        group = (draft.meter_key_id, draft.meter.id_, draft.meter.aggregation_type, series, day)
-        cells = grouped.setdefault(group, {})
-        cell = cells.setdefault(slot, Cell())
-        cell.add_event(draft.value, rank(draft.timestamp, now, plan.key_ids[index]))
-        if draft.value < 0:
-            below = negatives.setdefault(group, {})
-            below[slot] = below.get(slot, 0) + draft.value
-    return grouped, negatives
 
 
 # Server-side increments are int64 and saturate. A value this large takes the careful
@@ -181,23 +123,6 @@ def _needs_merge(draft: Draft, batch_length: int) -> bool:
     return not capabilities.transforms() or (
         (abs(draft.value) >= LARGE_VALUE or batch_length >= LONG_BATCH)
         and rollups.adds_values(draft.meter.aggregation_type))
-
-
-def _add_rollups(into, grouped, stored: dict, merge_meters: set) -> None:
-    """Increments where the server can add; merged replacements where we read first."""
-    grouped, negatives = grouped
-    for group, cells in grouped.items():
-        meter_key_id, meter_id, aggregation, series, day = group
-        if meter_key_id not in merge_meters:
-            rollups.increments(meter_key_id, meter_id, series, day, cells, aggregation,
-                               mutation=into.add(), negatives=negatives.get(group))
-            continue
-        key_pb = rollups.key(meter_key_id, series, day)
-        found = stored.get(key_pb.SerializeToString())
-        merged = recompute.exact_cells(found, meter_id)[2] if found is not None else {}
-        for slot, cell in cells.items():
-            merged.setdefault(slot, Cell()).merge(cell)
-        into.append(rollups.replacement(key_pb, meter_id, series, day, merged))
 
 
 # An int64 at least 2**62 from zero, as a varint on the wire: nine bytes whose last has bit
@@ -263,98 +188,192 @@ def _fold(keys: list) -> None:
                 _folding.discard(ident)
 
 
-def _fast_path(drafts, plan, code, now) -> list[Outcome] | None:
-    request = rpc.new_commit()
-    _add_events(request.mutations, drafts, plan, plan.creates, code, now)
-    _add_rollups(request.mutations, _cells(drafts, plan, plan.creates, now), {}, set())
-    try:
-        response = rpc.send_commit(request)
-    except core_exceptions.AlreadyExists:
-        return None
-    plan.to_fold = _keys_to_fold(request, response)
-    _in_batch_outcomes(drafts, plan, code)
-    return _finish(drafts, plan, code)
+class _Batch:
+    """One batch being stored exactly once: its drafts, the keys of the current attempt,
+    the outcomes decided so far, and the two ways to commit it (`_fast`, `_careful`)."""
 
+    def __init__(self, drafts: list[Draft], now: datetime, namespace_code: int):
+        self.drafts, self.now, self.code = drafts, now, namespace_code
+        #: Meters whose rollups must be read and merged rather than incremented.
+        self.merge_meters = {d.meter_key_id for d in drafts if _needs_merge(d, len(drafts))}
+        self.to_fold: list = []  # rollup keys whose sums near int64's bounds
+        self._draw_keys()
 
-def _finish(drafts, plan, code) -> list[Outcome]:
-    for index in plan.creates:
-        plan.outcomes.setdefault(index, Outcome(_public_id(plan.key_ids[index], code),
-                                                "created"))
-    return [plan.outcomes[i] for i in range(len(drafts))]
+    def _draw_keys(self) -> None:
+        """The keys of a new attempt (random ids drawn afresh) and which drafts create:
+        the first of each key; the others repeat it."""
+        self.key_ids = [d.key_id or _random_id() for d in self.drafts]
+        self.outcomes: dict[int, Outcome] = {}
+        first_of: dict[int, int] = {}
+        for index, key_id in enumerate(self.key_ids):
+            first_of.setdefault(key_id, index)
+        self.first_of = first_of
+        self.creates = sorted(first_of.values())
 
+    def store(self) -> list[Outcome]:
+        """One outcome per draft, in order: the fast path when it may, else (or when an
+        event exists already) the careful path, retried on contention."""
+        outcomes = None
+        if not self.merge_meters:
+            try:
+                outcomes = self._fast()
+            except core_exceptions.Aborted:
+                outcomes = None
+            if outcomes is None:
+                self._draw_keys()
+        if outcomes is None:
+            outcomes = rpc.retry_aborted(self._careful, "the batch")
+        if self.to_fold:
+            _fold(self.to_fold)
+        return outcomes
 
-def _careful_attempt(drafts, plan, code, now) -> list[Outcome] | None:
-    plan.outcomes.clear()
-    with rpc.transaction() as transaction:
-        event_keys = [entities.key("meter-event", plan.key_ids[i]) for i in plan.creates]
-        merge_meters = {d.meter_key_id for d in drafts if _needs_merge(d, len(drafts))}
-        stored = rpc.lookup(event_keys + _merged_rollup_keys(drafts, plan.creates, merge_meters),
-                            transaction)
-        if _redraw_collisions(drafts, plan, event_keys, stored):
-            rpc.rollback(transaction)
+    # -- the two paths -------------------------------------------------------------
+
+    def _fast(self) -> list[Outcome] | None:
+        """One blind commit; None when an event of the batch exists already."""
+        request = rpc.new_commit()
+        self._add_events(request.mutations, self.creates)
+        self._add_rollups(request.mutations, self.creates, {})
+        try:
+            response = rpc.send_commit(request)
+        except core_exceptions.AlreadyExists:
             return None
-        _resolve_existing(drafts, plan, event_keys, stored, code)
-        creates = [i for i in plan.creates if i not in plan.outcomes]
-        _in_batch_outcomes(drafts, plan, code, stored)
-        request = rpc.new_commit(transaction)
-        _add_events(request.mutations, drafts, plan, creates, code, now)
-        _add_rollups(request.mutations, _cells(drafts, plan, creates, now), stored,
-                     merge_meters)
-        response = rpc.send_commit(request)
-    plan.creates = creates
-    plan.to_fold = _keys_to_fold(request, response)
-    return _finish(drafts, plan, code)
+        self.to_fold = _keys_to_fold(request, response)
+        self._judge_repeats()
+        return self._finish()
 
-
-def _merged_rollup_keys(drafts, indexes, merge_meters) -> list:
-    """Keys of the rollups these drafts change that must be read and merged by hand."""
-    wanted = {(drafts[i].meter_key_id, rollups.series_of(drafts[i].user_id, drafts[i].dimensions),
-               rollups.day_and_slot(drafts[i].timestamp)[0])
-              for i in indexes if drafts[i].meter_key_id in merge_meters}
-    return [rollups.key(meter_key_id, series, day) for meter_key_id, series, day in wanted]
-
-
-def _redraw_collisions(drafts, plan, event_keys, stored) -> bool:
-    """Give random-id drafts whose id is taken a new id; whether any was."""
-    collided = False
-    for index, key_pb in zip(plan.creates, event_keys):
-        if drafts[index].key_id is None and key_pb.SerializeToString() in stored:
-            plan.key_ids[index] = _random_id()
-            collided = True
-    return collided
-
-
-def _resolve_existing(drafts, plan, event_keys, stored, code) -> None:
-    for index, key_pb in zip(plan.creates, event_keys):
-        found = stored.get(key_pb.SerializeToString())
-        if found is not None:
-            status = "duplicate" if drafts[index].same_payload(found) else "conflict"
-            plan.outcomes[index] = Outcome(_public_id(plan.key_ids[index], code), status)
-
-
-def _careful_path(drafts, plan, code, now) -> list[Outcome]:
-    def attempt() -> list[Outcome]:
+    def _careful(self) -> list[Outcome]:
         while True:  # None: a drawn random id was taken and redrawn (vanishingly rare)
-            result = _careful_attempt(drafts, plan, code, now)
+            result = self._careful_attempt()
             if result is not None:
                 return result
 
-    return rpc.retry_aborted(attempt, "the batch")
+    def _careful_attempt(self) -> list[Outcome] | None:
+        """Read the batch's keys (and the rollups to merge), judge what exists, commit
+        the rest; None when a random id was taken (redrawn, try again)."""
+        self.outcomes.clear()
+        with rpc.transaction() as transaction:
+            event_keys = [entities.key("meter-event", self.key_ids[i]) for i in self.creates]
+            stored = rpc.lookup(event_keys + self._merged_rollup_keys(), transaction)
+            if self._redraw_collisions(event_keys, stored):
+                rpc.rollback(transaction)
+                return None
+            self._judge_existing(event_keys, stored)
+            creates = [i for i in self.creates if i not in self.outcomes]
+            self._judge_repeats(stored)
+            request = rpc.new_commit(transaction)
+            self._add_events(request.mutations, creates)
+            self._add_rollups(request.mutations, creates, stored)
+            response = rpc.send_commit(request)
+        self.creates = creates
+        self.to_fold = _keys_to_fold(request, response)
+        return self._finish()
+
+    # -- duplicate or conflict -----------------------------------------------------
+
+    def _judge(self, index: int, earlier: _Payload) -> None:
+        status = "duplicate" if self.drafts[index].repeats(earlier) else "conflict"
+        self.outcomes[index] = Outcome(_public_id(self.key_ids[index], self.code), status)
+
+    def _judge_existing(self, event_keys: list, stored: dict) -> None:
+        """Outcomes of the drafts whose key was stored before this batch."""
+        for index, key_pb in zip(self.creates, event_keys):
+            found = stored.get(key_pb.SerializeToString())
+            if found is not None:
+                self._judge(index, entities.decode_event(found))
+
+    def _judge_repeats(self, stored: dict | None = None) -> None:
+        """Outcomes of drafts repeating a key that an earlier draft of the batch holds,
+        judged against the stored event when the key was stored before this batch
+        (`stored`: serialized key -> entity), else against the batch's first copy."""
+        for index, key_id in enumerate(self.key_ids):
+            first = self.first_of[key_id]
+            if index == first or index in self.outcomes:
+                continue
+            found = (stored or {}).get(entities.key("meter-event", key_id).SerializeToString())
+            self._judge(index, entities.decode_event(found) if found is not None
+                        else self.drafts[first])
+
+    def _finish(self) -> list[Outcome]:
+        for index in self.creates:
+            self.outcomes.setdefault(index, Outcome(_public_id(self.key_ids[index], self.code),
+                                                    "created"))
+        return [self.outcomes[i] for i in range(len(self.drafts))]
+
+    def _redraw_collisions(self, event_keys: list, stored: dict) -> bool:
+        """Give random-id drafts whose id is taken a new id; whether any was."""
+        collided = False
+        for index, key_pb in zip(self.creates, event_keys):
+            if self.drafts[index].key_id is None and key_pb.SerializeToString() in stored:
+                self.key_ids[index] = _random_id()
+                collided = True
+        if collided:
+            self.first_of = {}
+            for index, key_id in enumerate(self.key_ids):
+                self.first_of.setdefault(key_id, index)
+        return collided
+
+    # -- what a commit holds -------------------------------------------------------
+
+    def _add_events(self, into, indexes: list[int]) -> None:
+        """Insert mutations of the drafts at `indexes`, built in place in `into`."""
+        template = entities.event_template(self.now)
+        for index in indexes:
+            draft = self.drafts[index]
+            key_id = self.key_ids[index]
+            entities.fill_event(
+                into.add().insert, template, key_id=key_id,
+                public_id=_public_id(key_id, self.code), meter_id=draft.meter.id_,
+                user_id=draft.user_id, value=draft.value, timestamp=draft.timestamp,
+                idempotency=draft.idempotency, dimensions=draft.dimensions,
+                metadata=draft.metadata)
+
+    def _cells(self, indexes: list[int]) -> tuple[dict[tuple, dict[int, Cell]], dict]:
+        """(meter, series, day) -> slot -> Cell of the drafts at `indexes`, and the same
+        keys -> slot -> sum of the negative values, where there are any (see
+        `rollups.increments`)."""
+        grouped: dict[tuple, dict[int, Cell]] = {}  # (meter key id, id, aggregation, series, day)
+        negatives: dict[tuple, dict[int, int]] = {}
+        now, drafts, key_ids = self.now, self.drafts, self.key_ids
+        for index in indexes:
+            draft = drafts[index]
+            series = series_of(draft.user_id, draft.dimensions)
+            day, slot = day_and_slot(draft.timestamp)
+            group = (draft.meter_key_id, draft.meter.id_, draft.meter.aggregation_type, series,
+                     day)
+            cells = grouped.setdefault(group, {})
+            cell = cells.setdefault(slot, Cell())
+            cell.add_event(draft.value, rank(draft.timestamp, now, key_ids[index]))
+            if draft.value < 0:
+                below = negatives.setdefault(group, {})
+                below[slot] = below.get(slot, 0) + draft.value
+        return grouped, negatives
+
+    def _add_rollups(self, into, indexes: list[int], stored: dict) -> None:
+        """Increments where the server can add; merged replacements where we read first."""
+        grouped, negatives = self._cells(indexes)
+        for group, cells in grouped.items():
+            meter_key_id, meter_id, aggregation, series, day = group
+            if meter_key_id not in self.merge_meters:
+                rollups.increments(meter_key_id, meter_id, series, day, cells, aggregation,
+                                   mutation=into.add(), negatives=negatives.get(group))
+                continue
+            key_pb = rollups.key(meter_key_id, series, day)
+            found = stored.get(key_pb.SerializeToString())
+            merged = recompute.exact_cells(rollups.decode(found)) if found is not None else {}
+            for slot, cell in cells.items():
+                merged.setdefault(slot, Cell()).merge(cell)
+            into.append(rollups.replacement(key_pb, meter_id, series, day, merged))
+
+    def _merged_rollup_keys(self) -> list:
+        """Keys of the rollups the batch changes that must be read and merged by hand."""
+        wanted = {(d.meter_key_id, series_of(d.user_id, d.dimensions),
+                   day_and_slot(d.timestamp)[0])
+                  for d in (self.drafts[i] for i in self.creates)
+                  if d.meter_key_id in self.merge_meters}
+        return [rollups.key(meter_key_id, series, day) for meter_key_id, series, day in wanted]
 
 
 def store(drafts: list[Draft], now: datetime, namespace_code: int) -> list[Outcome]:
     """Store a batch exactly once; one outcome per draft, in order."""
-    plan = _plan(drafts)
-    outcomes = None
-    if not any(_needs_merge(d, len(drafts)) for d in drafts):
-        try:
-            outcomes = _fast_path(drafts, plan, namespace_code, now)
-        except core_exceptions.Aborted:
-            outcomes = None
-        if outcomes is None:
-            plan = _plan(drafts)
-    if outcomes is None:
-        outcomes = _careful_path(drafts, plan, namespace_code, now)
-    if plan.to_fold:
-        _fold(plan.to_fold)
-    return outcomes
+    return _Batch(drafts, now, namespace_code).store()

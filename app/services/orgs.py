@@ -17,22 +17,17 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
-import re
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from google.cloud import ndb
 
+from app.core.names import ORG_NAME
 from app.errors import Conflict, NotFound, Unauthorized, ValidationFailed
 from app.models import ApiKey, Namespace, utcnow
 from app.models import ids
 
-#: An org name, matched whole with `fullmatch` (a `$` would also accept a trailing
-#: newline, which Datastore refuses in a namespace).
-ORG_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
-#: The same rule for JSON Schema (ECMA-262, where `$` is the end of the input).
-ORG_NAME_PATTERN = f"^{ORG_NAME.pattern}$"
 KEY_PREFIX = "mk_"
 PREFIX_LENGTH = 12
 #: Entities deleted per commit by a purge (Datastore's limit on mutations per commit).

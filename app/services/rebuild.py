@@ -10,21 +10,21 @@ writer (the Go service) stored without rollups.
 
 from __future__ import annotations
 
-
+from app.core.slots import SLOTS_PER_DAY, day_and_slot
 from app.models import Meter
 from app.services import recompute
-from app.storage import queries, rollups, rpc
+from app.storage import entities, queries, rollups, rpc
 
-SLOTS_PER_DAY = 96
 
 def targets(meter: Meter) -> list[tuple]:
     """Every (series, day) of the meter with raw events or a stored rollup."""
     found = set()
-    for event in queries.events(meter.id_, None, None, None):
-        found.add((recompute.event_series(event), recompute.affected_slot(event)[0]))
+    for entity in queries.events(meter.id_, None, None, None):
+        event = entities.decode_event(entity)
+        found.add((event.series, day_and_slot(event.timestamp)[0]))
     for entity in queries.rollups(meter.id_, None, None, None):
-        series, day, _, _ = rollups.decode(entity)
-        found.add((series, day))
+        rollup = rollups.decode(entity)
+        found.add((rollup.series, rollup.day))
     return sorted(found, key=lambda item: (item[1], rollups.series_json(item[0])))
 
 

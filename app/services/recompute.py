@@ -12,35 +12,59 @@ known from the rollup at all (`rollups.decode_parts`); `exact_cells` and
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 
-from app.services.windows import EPOCH, Cell, Series, settle_last
+from app.core.cells import Cell, Series, settle_last
+from app.core.slots import EPOCH, day_and_slot, slot_start
 from app.storage import entities, queries, rollups
-from app.storage.rollups import rank
+from app.storage.entities import StoredEvent
+
+
+_last_decoded: tuple = (None, None)  # (raw entity, its StoredEvent): see `_decoded`
+
+
+def _decoded(event) -> StoredEvent:
+    """A StoredEvent, decoding a raw protobuf on the way: the helpers below also take the
+    raw entities that callers not yet decoding themselves hold (the summary's period
+    edges, cancellation). Those ask two or three helpers about one entity in a row, so
+    the last decoding is kept (one tuple, swapped whole: safe across threads)."""
+    global _last_decoded
+    if isinstance(event, StoredEvent):
+        return event
+    last = _last_decoded
+    if last[0] is event:
+        return last[1]
+    decoded = entities.decode_event(event)
+    _last_decoded = (event, decoded)
+    return decoded
 
 
 def event_series(event) -> Series:
     """The series of a raw event: its user and dimension values."""
-    return rollups.series_of(event.properties["UserId"].string_value,
-                             entities.read_shadow(event, "Dimensions_", dict))
-
-
-def event_rank(event) -> tuple:
-    created = entities.get_time(event, "CreatedAt") or entities.get_time(event, "Timestamp")
-    return rank(entities.get_time(event, "Timestamp"), created, event.key.path[-1].id)
+    return _decoded(event).series
 
 
 def is_live(event) -> bool:
     """Counted in summaries: not cancelled (the mixin's Deleted flag)."""
-    deleted = event.properties.get("Deleted")
-    return deleted is None or not deleted.boolean_value
+    return _decoded(event).live
 
 
 def event_cell(event) -> Cell:
     """The cell of one raw event."""
-    cell = Cell()
-    cell.add_event(event.properties["Value"].integer_value, event_rank(event))
-    return cell
+    return _decoded(event).cell()
+
+
+def affected_slot(event) -> tuple[int, int]:
+    """(day, slot) of a raw event."""
+    return day_and_slot(_decoded(event).timestamp)
+
+
+def _live_events(meter_id: str, user_id: str | None, start, end, transaction: bytes | None
+                 ) -> list[StoredEvent]:
+    """The live events of a meter (and user) in [start, end), decoded."""
+    decoded = (entities.decode_event(event)
+               for event in queries.events(meter_id, user_id, start, end, transaction))
+    return [event for event in decoded if event.live]
 
 
 def series_cells(meter_id: str, series: Series, day: int, first_slot: int, end_slot: int,
@@ -48,12 +72,11 @@ def series_cells(meter_id: str, series: Series, day: int, first_slot: int, end_s
                  ) -> dict[int, Cell]:
     """Slot -> cell of one series over slots [first_slot, end_slot) of a day, from its live
     raw events (leaving out the events whose serialized keys are in `skip`)."""
-    start, end = rollups.slot_start(day, first_slot), rollups.slot_start(day, end_slot)
+    start, end = slot_start(day, first_slot), slot_start(day, end_slot)
     cells: dict[int, Cell] = {}
-    for event in queries.events(meter_id, series.user_id, start, end, transaction):
-        if (is_live(event) and event.key.SerializeToString() not in skip
-                and event_series(event) == series):
-            cells.setdefault(affected_slot(event)[1], Cell()).merge(event_cell(event))
+    for event in _live_events(meter_id, series.user_id, start, end, transaction):
+        if event.series == series and event.entity.key.SerializeToString() not in skip:
+            cells.setdefault(day_and_slot(event.timestamp)[1], Cell()).merge(event.cell())
     return cells
 
 
@@ -62,10 +85,9 @@ def events_at(meter_id: str, user_id: str | None, ts: int,
     """(series, cell) of each live event of a meter (and user) at exactly `ts` (µs since the
     epoch): what a `last` meter's pending deltas point at. One query, however many series."""
     moment = EPOCH + timedelta(microseconds=ts)
-    return [(event_series(event), event_cell(event))
-            for event in queries.events(meter_id, user_id, moment,
-                                        moment + timedelta(microseconds=1), transaction)
-            if is_live(event)]
+    return [(event.series, event.cell())
+            for event in _live_events(meter_id, user_id, moment,
+                                      moment + timedelta(microseconds=1), transaction)]
 
 
 def latest_of(found: list[tuple[Series, Cell]], series: frozenset[Series]) -> Cell | None:
@@ -100,16 +122,16 @@ def raw_slots(meter_id: str, series: Series, day: int, slots, transaction: bytes
     return cells
 
 
-def exact_cells(stored, meter_id: str) -> tuple[Series, int, dict[int, Cell]]:
-    """(series, day, slot -> Cell) of a rollup just read in a transaction, every slot exact:
-    its base plus its deltas, and the slots whose sum deltas may have clamped from the raw
-    events. Those are read outside the transaction, so that ingestion into the slot is not
+def exact_cells(rollup: rollups.Rollup) -> dict[int, Cell]:
+    """Slot -> Cell of a rollup just read in a transaction, every slot exact: its base
+    plus its deltas, and the slots whose sum deltas may have clamped from the raw events.
+    Those are read outside the transaction, so that ingestion into the slot is not
     refused meanwhile (a transactional query locks its range), and still agree with the
     rollup: a batch commits its events and its increments at once, and its increments wait
     for the lock on the rollup that the caller's read holds."""
-    series, day, cells, unknown = rollups.decode(stored)
-    cells.update(raw_slots(meter_id, series, day, unknown))
-    return series, day, cells
+    cells = dict(rollup.cells)
+    cells.update(raw_slots(rollup.meter_id, rollup.series, rollup.day, rollup.unknown))
+    return cells
 
 
 def recomputed(stored, meter_key_id: int, meter_id: str, series: Series, day: int,
@@ -118,9 +140,9 @@ def recomputed(stored, meter_key_id: int, meter_id: str, series: Series, day: in
     whose sum deltas may have saturated)."""
     kept = {}
     if stored is not None:
-        _, _, decoded, unknown = rollups.decode(stored)
-        slots = set(slots) | unknown
-        kept = {slot: cell for slot, cell in decoded.items() if slot not in slots}
+        rollup = rollups.decode(stored)
+        slots = set(slots) | rollup.unknown
+        kept = {slot: cell for slot, cell in rollup.cells.items() if slot not in slots}
     cells = settled(meter_id, kept, transaction)  # the recomputed slots need no settling
     for slot in slots:
         cell = series_cells(meter_id, series, day, slot, slot + 1, transaction,
@@ -132,8 +154,3 @@ def recomputed(stored, meter_key_id: int, meter_id: str, series: Series, day: in
     key_pb = rollups.key(meter_key_id, series, day)
     return rollups.replacement(key_pb, meter_id, series, day, cells)
 
-
-def affected_slot(event) -> tuple[int, int]:
-    """(day, slot) of a raw event."""
-    moment: datetime = entities.get_time(event, "Timestamp")
-    return rollups.day_and_slot(moment)

@@ -26,9 +26,10 @@ from app.errors import InternalError, NotFound, ValidationFailed
 from app.models import Meter
 from app.services import recompute
 from app.services.meters import get_meter
-from app.services.windows import (EPOCH, SLOT, WINDOW_SIZES, InvalidSummaryRequest,
-                                  SummaryRequest, SummaryResult, TooManyWindows,
-                                  UnsupportedZone, slot_of, summarize_cells)
+from app.core.slots import EPOCH, SLOT, slot_of
+from app.core.windows import (WINDOW_SIZES, InvalidSummaryRequest, SummaryRequest,
+                              SummaryResult, TooManyWindows, UnsupportedZone,
+                              summarize_cells)
 from app.storage import entities, queries, rollups
 
 log = logging.getLogger(__name__)
@@ -204,7 +205,7 @@ def summarize(meter_id: str, user_id: str | None, start: datetime | None,
         _check_years(request)
         result = summarize_cells(request, cells(meter, user_id, period_start, period_end,
                                                 reading),
-                                 _latest_reader(meter, user_id))
+                                 _latest_reader(meter, user_id), deadline.check)
     except TooManyWindows as exc:
         raise ValidationFailed(f"windowSize: {exc}", param="windowSize") from None
     except InvalidSummaryRequest as exc:

@@ -49,15 +49,17 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from datetime import datetime, timedelta
+from typing import NamedTuple
 
+from app.core.aggregation import Aggregation
+from app.core.bounds import INT64_MAX, INT64_MIN
+from app.core.cells import Cell, Series
+# Slots and days are the core's; readers of rollups find them here too.
+from app.core.slots import SLOTS_PER_DAY, day_and_slot, slot_start  # noqa: F401
 from app.storage import entities, rpc
-from app.services.windows import EPOCH, Cell, Series
 
 KIND = "meter-rollup"
-SLOTS_PER_DAY = 96  # quarter hours
 _STATIC = ("MeterId", "UserId", "Day", "Series_", "Dirty")
-INT64_MAX, INT64_MIN = (1 << 63) - 1, -(1 << 63)
 #: Sum deltas at which an increment may have saturated (the server clamps).
 INT64_BOUNDS = frozenset((INT64_MAX, INT64_MIN))
 #: Sum deltas this far from zero are folded into the base at once (`ingest._fold`): a
@@ -66,29 +68,10 @@ INT64_BOUNDS = frozenset((INT64_MAX, INT64_MIN))
 FOLD_AT = 1 << 62
 
 
-def day_and_slot(moment: datetime) -> tuple[int, int]:
-    """(UTC day number since the epoch, quarter-hour slot of that day)."""
-    delta = moment - EPOCH
-    return delta.days, delta.seconds // 900
-
-
-def slot_start(day: int, slot: int) -> datetime:
-    return EPOCH + timedelta(days=day, minutes=15 * slot)
-
-
 @functools.lru_cache(maxsize=65536)  # a batch's series recur across batches (hot users)
 def series_json(series: Series) -> str:
     return json.dumps({"u": series.user_id, "d": dict(series.dimensions)},
                       separators=(",", ":"), sort_keys=True)
-
-
-def rank(timestamp: datetime, created: datetime, key_id: int) -> tuple:
-    """The order of events for `last`: latest timestamp, then recorded last, then key."""
-    return (entities.micros(timestamp), entities.micros(created), key_id)
-
-
-def series_of(user_id: str, dimensions: dict) -> Series:
-    return Series(user_id, tuple(sorted(dimensions.items())))
 
 
 @functools.lru_cache(maxsize=65536)
@@ -115,8 +98,9 @@ def _static(entity, meter_id: str, series: Series, day: int, dirty: bool) -> Non
 
 
 # The deltas an aggregation reads: a sum meter never pays for minimum and maximum.
-_DELTAS = {"sum": "CS", "avg": "CS", "count": "C", "unique_count": "C", "min": "CN",
-           "max": "CX", "last": "CT"}
+_DELTAS = {Aggregation.SUM: "CS", Aggregation.AVG: "CS", Aggregation.COUNT: "C",
+           Aggregation.UNIQUE_COUNT: "C", Aggregation.MIN: "CN", Aggregation.MAX: "CX",
+           Aggregation.LAST: "CT"}
 
 
 def adds_values(aggregation: str) -> bool:
@@ -189,15 +173,37 @@ def replacement(key_pb, meter_id: str, series: Series, day: int, cells: dict[int
     return rpc.Mutation(upsert=entity)
 
 
-def decode_parts(entity) -> tuple[Series, int, dict[str, list], dict[int, Cell], set[int]]:
-    """(series, day, base, deltas, unknown) of a stored rollup, not yet added up: `base`
-    maps each compacted slot, as text, to its packed fields (see `packed_cell`); `deltas`
-    maps slots to what transforms added since. Summaries merge the packed fields directly:
-    making a Cell of every slot cost them more than everything else per slot.
+class RollupParts(NamedTuple):
+    """A stored rollup, not yet added up (`decode_parts`).
 
-    `unknown` holds the slots whose sum deltas sit at an int64 bound, where the server's
-    increments may have saturated; neither `base` nor `deltas` holds them, and the
-    caller must take them from the raw events (`recompute.raw_slots`)."""
+    `base` maps each compacted slot, as text, to its packed fields (see `packed_cell`);
+    `deltas` maps slots to what transforms added since. `unknown` holds the slots whose
+    sum deltas sit at an int64 bound, where the server's increments may have saturated:
+    neither `base` nor `deltas` holds them, and the caller must take them from the raw
+    events (`recompute.raw_slots`)."""
+
+    series: Series
+    day: int
+    base: dict[str, list]
+    deltas: dict[int, Cell]
+    unknown: set[int]
+
+
+class Rollup(NamedTuple):
+    """A stored rollup added up (`decode`): slot -> Cell of its base plus its deltas,
+    except the `unknown` slots (see `RollupParts`), which only the raw events can give."""
+
+    meter_id: str
+    series: Series
+    day: int
+    cells: dict[int, Cell]
+    unknown: set[int]
+    dirty: bool  # deltas wait to be folded into the base
+
+
+def decode_parts(entity) -> RollupParts:
+    """The parts of a stored rollup. Summaries merge the packed base fields directly:
+    making a Cell of every slot cost them more than everything else per slot."""
     props = entity.properties
     described = json.loads(props["Series_"].string_value)
     series = Series(described["u"], tuple(sorted(described["d"].items())))
@@ -218,17 +224,17 @@ def decode_parts(entity) -> tuple[Series, int, dict[str, list], dict[int, Cell],
             if delta.pending_ts is not None:
                 delta.pending_at = (series,)
             deltas[int(slot)] = delta
-    return series, props["Day"].integer_value, base, deltas, unknown
+    return RollupParts(series, props["Day"].integer_value, base, deltas, unknown)
 
 
-def decode(entity) -> tuple[Series, int, dict[int, Cell], set[int]]:
-    """(series, day, slot -> Cell, unknown) of a stored rollup: its base plus its deltas,
-    except the `unknown` slots (see `decode_parts`), which only the raw events can give."""
-    series, day, base, deltas, unknown = decode_parts(entity)
-    cells = {int(slot): packed_cell(fields) for slot, fields in base.items()}
-    for slot, delta in deltas.items():
+def decode(entity) -> Rollup:
+    """The `Rollup` of a stored rollup entity."""
+    parts = decode_parts(entity)
+    cells = {int(slot): packed_cell(fields) for slot, fields in parts.base.items()}
+    for slot, delta in parts.deltas.items():
         cells.setdefault(slot, Cell()).merge(delta)
-    return series, day, cells, unknown
+    return Rollup(entity.properties["MeterId"].string_value, parts.series, parts.day, cells,
+                  parts.unknown, is_dirty(entity))
 
 
 def _delta(props, name: str, missing=None):

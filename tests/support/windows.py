@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from app.services import windows
+from app.core import windows
 
 
 def window_bounds(request: windows.SummaryRequest) -> list[tuple[datetime, datetime]]:

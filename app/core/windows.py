@@ -1,7 +1,6 @@
-"""Summary answers from pre-aggregated usage cells: pure computation, no Datastore, no Flask.
+"""The window engine: summary answers from pre-aggregated usage cells, pure computation.
 
-A *cell* holds the mergeable statistics (count, sum, min, max, latest value) of one *series*
-(a userId plus one combination of dimension values) within one 15-minute UTC slot. A summary
+A summary takes the cells (`app.core.cells`) of one *series* per 15-minute UTC slot and
 merges the cells of its period into (window, group) buckets, so its cost grows with
 series x slots rather than with events, and every answer is exact (Python ints).
 
@@ -27,105 +26,15 @@ from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from app import deadline  # a context variable only: outside a request it never fires
+from app.core.aggregation import AGGREGATION_TYPES, Aggregation
+from app.core.cells import Cell, Series, settle_last
+from app.core.slots import EPOCH, SLOT, slot_of
 
-SLOT = timedelta(minutes=15)
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-USER_ID = "userId"
-AGGREGATIONS = frozenset({"sum", "count", "last", "min", "max", "avg", "unique_count"})
+#: Called between steps of the long loops (the service passes `app.deadline.check`,
+#: which raises past the request's deadline); the engine itself knows no clock.
+Check = Callable[[], None]
 WINDOW_SIZES = (None, "hour", "day", "month")
 _MICROSECOND = timedelta(microseconds=1)
-
-
-@dataclass(slots=True)
-class Cell:
-    """Mergeable statistics of some events; merge is exact, associative and commutative.
-
-    For `last`, some events may be known only by their timestamp (rollup deltas written by
-    blind transforms): `pending_ts` is the latest such timestamp (µs) and `pending_at` the
-    series holding events at that instant. `settle_last` reads those to finish the cell.
-    """
-
-    count: int = 0
-    sum: int = 0
-    min: int | None = None
-    max: int | None = None
-    last_rank: tuple | None = None  # (timestamp_micros, created_micros, key_id): larger = later
-    last_value: int | None = None
-    pending_ts: int | None = None
-    pending_at: set | tuple = ()
-
-    def add_event(self, value: int, rank: tuple) -> None:
-        self.merge(Cell(1, value, value, value, rank, value))
-
-    def merge(self, other: Cell) -> None:
-        self.count += other.count
-        self.sum += other.sum
-        # Inline min/max (this runs once per cell of a summary): None is "no value yet".
-        if other.min is not None and (self.min is None or other.min < self.min):
-            self.min = other.min
-        if other.max is not None and (self.max is None or other.max > self.max):
-            self.max = other.max
-        if other.last_rank is not None:
-            self.merge_last(other.last_rank, other.last_value)
-        if other.pending_ts is not None:
-            if self.pending_ts is None or other.pending_ts > self.pending_ts:
-                self.pending_ts, self.pending_at = other.pending_ts, set(other.pending_at)
-            elif other.pending_ts == self.pending_ts:
-                if not isinstance(self.pending_at, set):
-                    self.pending_at = set(self.pending_at)
-                self.pending_at.update(other.pending_at)
-
-    def merge_packed(self, fields: list) -> None:
-        """`merge` of a rollup slot as `Slots_` packs it (see `rollups.packed_cell`),
-        without making a Cell of it: a summary does this once per slot it reads."""
-        self.count += fields[0]
-        self.sum += fields[1]
-        low, high = fields[2], fields[3]  # None where the meter keeps no min or max
-        if low is not None and (self.min is None or low < self.min):
-            self.min = low
-        if high is not None and (self.max is None or high > self.max):
-            self.max = high
-        if len(fields) > 4:
-            self.merge_last(tuple(fields[4]), fields[5])
-
-    def merge_last(self, rank: tuple, value: int) -> None:
-        """Keep the later of the cell's latest event and this one.
-
-        Equal ranks (one event seen twice) keep the larger value, so order never matters.
-        """
-        if self.last_rank is None or (rank, value) > (self.last_rank, self.last_value):
-            self.last_rank, self.last_value = rank, value
-
-
-def settle_last(cell: Cell, latest: Callable[[frozenset[Series], int], Cell | None]) -> None:
-    """Resolve a cell's pending `last` events: `latest(series, ts)` gives the cell of the
-    live events of those series at exactly `ts` (µs), or None. A known event later than
-    every pending one needs no read."""
-    ts, where = cell.pending_ts, cell.pending_at
-    if ts is None:
-        return
-    cell.pending_ts, cell.pending_at = None, ()
-    if cell.last_rank is not None and cell.last_rank[0] > ts:
-        return
-    found = latest(frozenset(where), ts)
-    if found is not None and found.last_rank is not None:
-        cell.merge_last(found.last_rank, found.last_value)
-
-
-@dataclass(frozen=True)
-class Series:
-    user_id: str
-    dimensions: tuple[tuple[str, str], ...] = ()  # sorted (name, value) pairs
-
-    def value_of(self, name: str) -> str:
-        """userId or a dimension's value; a missing dimension reads as "" (one rule for all).
-
-        userId cannot be a dimension name (the meter schema refuses it), so no ambiguity.
-        """
-        if name == USER_ID:
-            return self.user_id
-        return dict(self.dimensions).get(name, "")
 
 
 @dataclass(frozen=True)
@@ -142,9 +51,9 @@ class SummaryRequest:
 
     def __post_init__(self):
         """Refuse a malformed request here, so the computation never has to guess."""
-        if self.aggregation not in AGGREGATIONS:
+        if self.aggregation not in AGGREGATION_TYPES:
             raise ValueError(f"unknown aggregation {self.aggregation!r}")
-        if (self.aggregation == "unique_count") != (self.unique_by is not None):
+        if (self.aggregation == Aggregation.UNIQUE_COUNT) != (self.unique_by is not None):
             raise ValueError("unique_by is required by unique_count and refused otherwise")
         if self.window_size not in WINDOW_SIZES:
             raise InvalidSummaryRequest("window_size", f"unknown window size "
@@ -196,13 +105,6 @@ class SummaryResult:
     value: int | float | None
     event_count: int
     windows: list[Window]
-
-
-def slot_of(ts: datetime) -> datetime:
-    """Start (UTC) of the 15-minute slot holding an aware instant: where its cell lives."""
-    if ts.utcoffset() is None:
-        raise ValueError("slot_of needs an aware datetime")
-    return EPOCH + (ts - EPOCH) // SLOT * SLOT
 
 
 # --- windows -------------------------------------------------------------------------------
@@ -284,7 +186,12 @@ _LONGEST = {"hour": timedelta(hours=1), "day": timedelta(hours=27),
             "month": timedelta(days=31, hours=3)}
 
 
-def _utc_bounds(request: SummaryRequest) -> list[tuple[datetime, datetime]]:
+def _no_deadline() -> None:
+    """The default `Check`: nothing bounds the computation (tests, the command line)."""
+
+
+def _utc_bounds(request: SummaryRequest, check: Check = _no_deadline
+                ) -> list[tuple[datetime, datetime]]:
     start = request.period_start.astimezone(timezone.utc)
     end = request.period_end.astimezone(timezone.utc)
     if request.window_size is None:
@@ -294,7 +201,7 @@ def _utc_bounds(request: SummaryRequest) -> list[tuple[datetime, datetime]]:
         raise TooManyWindows(f"the period holds more than {limit} {request.window_size} "
                              "windows")  # surely: even the longest windows would not fit
     while start < end:
-        deadline.check()
+        check()
         if limit is not None and len(bounds) == limit:  # counted, not guessed from durations
             raise TooManyWindows(f"the period holds more than {limit} {request.window_size} "
                                  "windows")
@@ -306,6 +213,15 @@ def _utc_bounds(request: SummaryRequest) -> list[tuple[datetime, datetime]]:
 
 # --- aggregation ---------------------------------------------------------------------------
 
+# Plain strings, looked up once: this runs once per window of an answer, and an enum
+# member's attribute lookup and comparison cost three times a string's.
+_UNIQUE_COUNT, _AVG = Aggregation.UNIQUE_COUNT.value, Aggregation.AVG.value
+#: The Cell field each other aggregation answers with.
+_CELL_FIELD = {Aggregation.SUM.value: "sum", Aggregation.COUNT.value: "count",
+               Aggregation.LAST.value: "last_value", Aggregation.MIN.value: "min",
+               Aggregation.MAX.value: "max"}
+
+
 @dataclass
 class _Bucket:
     """One (window, group): merged statistics plus distinct unique_by values seen."""
@@ -316,12 +232,11 @@ class _Bucket:
     def value(self, aggregation: str) -> int | float | None:
         """The aggregation's answer; no events gives 0 for sum/count/unique_count, else None."""
         cell = self.cell
-        if aggregation == "unique_count":
+        if aggregation == _UNIQUE_COUNT:
             return len(self.uniques)
-        if aggregation == "avg":
+        if aggregation == _AVG:
             return cell.sum / cell.count if cell.count else None  # int / int: correctly rounded
-        return {"sum": cell.sum, "count": cell.count, "last": cell.last_value,
-                "min": cell.min, "max": cell.max}[aggregation]
+        return getattr(cell, _CELL_FIELD[aggregation])
 
 
 _UNSEEN = object()
@@ -344,7 +259,7 @@ def _window_index(starts: list[datetime], first_slot: datetime, end: datetime,
     return max(bisect_right(starts, slot) - 1, 0)
 
 
-def _windows(request: SummaryRequest, bounds, buckets: dict) -> list[Window]:
+def _windows(request: SummaryRequest, bounds, buckets: dict, check: Check) -> list[Window]:
     """Dense windows without groupBy (a chart has no gaps); with groupBy only (window, group)
     pairs that have events. Ordered by window start, then group values."""
     if request.window_size is None and not request.group_by:
@@ -354,7 +269,7 @@ def _windows(request: SummaryRequest, bounds, buckets: dict) -> list[Window]:
     windows = []
     for index, group in keys:
         if not len(windows) % 1024:
-            deadline.check()
+            check()
         bucket = buckets.get((index, group), empty)
         start, end = bounds[index]
         windows.append(Window(start.astimezone(zone), end.astimezone(zone),
@@ -365,8 +280,8 @@ def _windows(request: SummaryRequest, bounds, buckets: dict) -> list[Window]:
 
 def summarize_cells(request: SummaryRequest,
                     cells: Iterable[tuple[Series, datetime, Cell | list]],
-                    latest: Callable[[frozenset[Series], int], Cell | None] | None = None
-                    ) -> SummaryResult:
+                    latest: Callable[[frozenset[Series], int], Cell | None] | None = None,
+                    check: Check = _no_deadline) -> SummaryResult:
     """The summary of the period from its cells, given as (series, slot_start_utc, cell).
 
     A cell is a Cell or a compacted rollup slot's packed list (`Cell.merge_packed`).
@@ -375,9 +290,10 @@ def summarize_cells(request: SummaryRequest,
     ignored, so a series with no events never counts towards unique_count or a group.
     Cells with pending `last` events need `latest` (see `settle_last`), called at most
     once per (window, group) whose latest event is pending; the caller can answer every
-    call about one instant with one read.
+    call about one instant with one read. `check` is called once per rollup, raw event
+    and window cut, so a deadline can stop a long computation.
     """
-    bounds = _utc_bounds(request)
+    bounds = _utc_bounds(request, check)
     starts = [start for start, _ in bounds]
     first_slot, end = slot_of(request.period_start), request.period_end
     profiles: dict[Series, tuple | None] = {}
@@ -387,7 +303,7 @@ def summarize_cells(request: SummaryRequest,
     window_at, bucket_at = window_of.get, buckets.get  # this loop runs once per cell
     for series, slot, cell in cells:
         if series is not last_series:  # a rollup's cells come together: skip the lookups
-            deadline.check()  # once per rollup or raw event: the loop's cost is theirs
+            check()  # once per rollup or raw event: the loop's cost is theirs
             last_series, last_key = series, None
             profile = profiles.get(series, _UNSEEN)
             if profile is _UNSEEN:
@@ -412,7 +328,7 @@ def summarize_cells(request: SummaryRequest,
             bucket.uniques.add(profile[1])
     for bucket in buckets.values():
         if bucket.cell.pending_ts is not None:
-            deadline.check()
+            check()
             if latest is None:
                 raise ValueError("cells with pending `last` events need a `latest` reader")
             settle_last(bucket.cell, latest)
@@ -421,4 +337,4 @@ def summarize_cells(request: SummaryRequest,
         total.cell.merge(bucket.cell)
         total.uniques |= bucket.uniques
     return SummaryResult(total.value(request.aggregation), total.cell.count,
-                         _windows(request, bounds, buckets))
+                         _windows(request, bounds, buckets, check))

@@ -13,10 +13,12 @@ from dataclasses import dataclass
 
 from google.cloud import ndb
 
+from app.core.slots import day_and_slot
 from app.models import MeterEvent, ids, utcnow
 from app.services import recompute
 from app.services.events import idempotent_id
 from app.storage import entities, rollups, rpc
+from app.storage.entities import StoredEvent
 
 
 @dataclass(frozen=True)
@@ -71,33 +73,31 @@ def _classify(key_ids, keys, found, window, now):
         if event is None:
             results.append(Cancelled(None, "not_found"))
             continue
-        public_id = event.properties["Id_"].string_value
-        created = entities.get_time(event, "CreatedAt")
-        if not recompute.is_live(event) or event.key.SerializeToString() in cancelling:
+        stored = entities.decode_event(event)
+        public_id, created = stored.public_id, stored.created_at
+        if not stored.live or event.key.SerializeToString() in cancelling:
             results.append(Cancelled(public_id, "already_cancelled"))
         elif created is not None and created < now - window:
             results.append(Cancelled(public_id, "expired"))
         else:
-            cancelling[event.key.SerializeToString()] = event
+            cancelling[event.key.SerializeToString()] = stored
             results.append(Cancelled(public_id, "cancelled"))
     return results, cancelling
 
 
-def _cancelled_copy(event, now):
+def _cancelled_copy(event: StoredEvent, now):
     copy = entities.Entity()
-    copy.CopyFrom(event)
+    copy.CopyFrom(event.entity)
     entities.set_bool(copy, "Deleted", True)
     entities.set_time(copy, "UpdatedAt", now)
     return rpc.Mutation(update=copy)
 
 
-def _rollup_repairs(cancelling: dict, transaction) -> list:
+def _rollup_repairs(cancelling: dict[bytes, StoredEvent], transaction) -> list:
     affected: dict[tuple, set[int]] = {}
     for event in cancelling.values():
-        meter_id = event.properties["MeterId"].string_value
-        day, slot = recompute.affected_slot(event)
-        series = recompute.event_series(event)
-        affected.setdefault((meter_id, series, day), set()).add(slot)
+        day, slot = day_and_slot(event.timestamp)
+        affected.setdefault((event.meter_id, event.series, day), set()).add(slot)
     repairs = []
     namespace = ndb.get_context().get_namespace()
     for (meter_id, series, day), slots in affected.items():

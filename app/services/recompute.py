@@ -20,45 +20,6 @@ from app.storage import entities, queries, rollups
 from app.storage.entities import StoredEvent
 
 
-_last_decoded: tuple = (None, None)  # (raw entity, its StoredEvent): see `_decoded`
-
-
-def _decoded(event) -> StoredEvent:
-    """A StoredEvent, decoding a raw protobuf on the way: the helpers below also take the
-    raw entities that callers not yet decoding themselves hold (the summary's period
-    edges, cancellation). Those ask two or three helpers about one entity in a row, so
-    the last decoding is kept (one tuple, swapped whole: safe across threads)."""
-    global _last_decoded
-    if isinstance(event, StoredEvent):
-        return event
-    last = _last_decoded
-    if last[0] is event:
-        return last[1]
-    decoded = entities.decode_event(event)
-    _last_decoded = (event, decoded)
-    return decoded
-
-
-def event_series(event) -> Series:
-    """The series of a raw event: its user and dimension values."""
-    return _decoded(event).series
-
-
-def is_live(event) -> bool:
-    """Counted in summaries: not cancelled (the mixin's Deleted flag)."""
-    return _decoded(event).live
-
-
-def event_cell(event) -> Cell:
-    """The cell of one raw event."""
-    return _decoded(event).cell()
-
-
-def affected_slot(event) -> tuple[int, int]:
-    """(day, slot) of a raw event."""
-    return day_and_slot(_decoded(event).timestamp)
-
-
 def _live_events(meter_id: str, user_id: str | None, start, end, transaction: bytes | None
                  ) -> list[StoredEvent]:
     """The live events of a meter (and user) in [start, end), decoded."""

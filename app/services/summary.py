@@ -4,7 +4,7 @@ The period is half-open, `[periodStart, periodEnd)`; a date-only end has already
 been turned into the next midnight by the edge, so it includes its whole day.
 Whole 15-minute slots of the period come from the rollups (one entity per
 series and UTC day); a period bound that is not on a slot boundary adds the raw
-events between it and the nearest slot boundary. `app.services.windows` turns
+events between it and the nearest slot boundary. `app.core.windows` turns
 those cells into the answer: windows in any time zone, groups and filters.
 
 Errors say what happened. The caller is told about what the caller can change: a zone
@@ -76,11 +76,11 @@ class Reading:
 
 
 def _raw_cells(meter: Meter, user_id, start: datetime, end: datetime, reading: Reading):
-    for event in queries.events(meter.id_, user_id, start, end):
-        reading.key = event.key
-        if recompute.is_live(event):
-            moment = entities.get_time(event, "Timestamp")
-            yield recompute.event_series(event), slot_of(moment), recompute.event_cell(event)
+    for raw in queries.events(meter.id_, user_id, start, end):
+        reading.key = raw.key
+        event = entities.decode_event(raw)
+        if event.live:
+            yield event.series, slot_of(event.timestamp), event.cell()
 
 
 _SLOT_NUMBERS = {str(q): q for q in range(rollups.SLOTS_PER_DAY)}  # `Slots_` keys

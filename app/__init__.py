@@ -33,5 +33,6 @@ def create_app(config: Config | None = None) -> Flask:
     datastore.init_app(app)
     api.init_app(app)
     from app import dashboard  # lazy, as above
+
     dashboard.init_app(app)
     return app

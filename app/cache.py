@@ -44,8 +44,11 @@ def redis_client(url: str) -> redis.Redis:
     """One Redis client (with its connection pool) per URL and process."""
     if url not in _clients:
         _clients[url] = redis.Redis.from_url(
-            url, socket_timeout=SOCKET_TIMEOUT_SECONDS,
-            socket_connect_timeout=SOCKET_TIMEOUT_SECONDS, retry=Retry(NoBackoff(), 0))
+            url,
+            socket_timeout=SOCKET_TIMEOUT_SECONDS,
+            socket_connect_timeout=SOCKET_TIMEOUT_SECONDS,
+            retry=Retry(NoBackoff(), 0),
+        )
     return _clients[url]
 
 
@@ -59,7 +62,9 @@ def context_options(config) -> dict:
     """Keyword arguments of `ndb.Client.context` for this configuration."""
     if not config.redis_url:
         return {}
-    cache = ndb.RedisCache(redis_client(config.redis_url), strict_read=False,
-                           strict_write=False)
-    return {"global_cache": cache, "global_cache_policy": cached_kind,
-            "global_cache_timeout_policy": lambda key: CACHE_SECONDS}
+    cache = ndb.RedisCache(redis_client(config.redis_url), strict_read=False, strict_write=False)
+    return {
+        "global_cache": cache,
+        "global_cache_policy": cached_kind,
+        "global_cache_timeout_policy": lambda key: CACHE_SECONDS,
+    }

@@ -32,8 +32,12 @@ from app.emulator import Emulator, EmulatorError, answers
 DEFAULT_DATA_DIR = ".metering-data"
 DEMO_ORG = "demo"
 ADDRESS_FILE = "emulator-host"
-DATASTORE_VARS = ("DATASTORE_EMULATOR_HOST", "METERING_PROJECT", "GOOGLE_CLOUD_PROJECT",
-                  "DATASTORE_PROJECT_ID")
+DATASTORE_VARS = (
+    "DATASTORE_EMULATOR_HOST",
+    "METERING_PROJECT",
+    "GOOGLE_CLOUD_PROJECT",
+    "DATASTORE_PROJECT_ID",
+)
 
 
 def _datastore_configured() -> bool:
@@ -62,7 +66,8 @@ def _adopt_running_emulator(data_dir: Path) -> None:
     if host is None:
         raise click.ClickException(
             "no Datastore configured: set DATASTORE_EMULATOR_HOST (or GOOGLE_CLOUD_PROJECT), "
-            f"or start `metering serve --data-dir {data_dir}` first")
+            f"or start `metering serve --data-dir {data_dir}` first"
+        )
     os.environ["DATASTORE_EMULATOR_HOST"] = host
 
 
@@ -70,8 +75,9 @@ def _check_emulator_answers() -> None:
     """Fail fast: NDB would retry an unreachable emulator for seconds, then trace back."""
     host = os.environ.get("DATASTORE_EMULATOR_HOST")
     if host and not answers(host, timeout=3):
-        raise click.ClickException(f"no Datastore emulator answers at {host} "
-                                   "(DATASTORE_EMULATOR_HOST)")
+        raise click.ClickException(
+            f"no Datastore emulator answers at {host} (DATASTORE_EMULATOR_HOST)"
+        )
 
 
 @contextlib.contextmanager
@@ -113,16 +119,25 @@ def _admin(data_dir: Path, action):
 
 
 def _issued(issued) -> str:
-    return json.dumps({"name": issued.org.name, "namespace": issued.org.namespace,
-                       "apiKey": issued.secret, "keyPrefix": issued.prefix}, indent=2)
+    return json.dumps(
+        {
+            "name": issued.org.name,
+            "namespace": issued.org.namespace,
+            "apiKey": issued.secret,
+            "keyPrefix": issued.prefix,
+        },
+        indent=2,
+    )
 
 
 def _data_dir_option(function):
     return click.option(
-        "--data-dir", default=DEFAULT_DATA_DIR, show_default=True,
+        "--data-dir",
+        default=DEFAULT_DATA_DIR,
+        show_default=True,
         type=click.Path(path_type=Path),
-        help="Folder of a `metering serve` whose emulator to use when no Datastore is "
-             "configured.")(function)
+        help="Folder of a `metering serve` whose emulator to use when no Datastore is configured.",
+    )(function)
 
 
 @click.group()
@@ -148,9 +163,12 @@ def orgs_create(name, data_dir):
 
 @orgs.command("delete")
 @click.argument("name")
-@click.option("--purge", is_flag=True,
-              help="Also delete every entity of the org's data (in pages of 500, with a "
-                   "progress bar); rerun it to finish a purge that was interrupted.")
+@click.option(
+    "--purge",
+    is_flag=True,
+    help="Also delete every entity of the org's data (in pages of 500, with a "
+    "progress bar); rerun it to finish a purge that was interrupted.",
+)
 @_data_dir_option
 def orgs_delete(name, purge, data_dir):
     """Archive org NAME: revoke all its keys and keep its data (unless --purge)."""
@@ -162,13 +180,19 @@ def _delete_org(name: str, purge: bool) -> dict:
     from app.services import orgs as org_service
 
     archived = org_service.archive_org(name)
-    result = {"org": archived.name, "archived": True, "revokedKeys": archived.revoked_keys,
-              "purged": 0, "purgeComplete": archived.purged}
+    result = {
+        "org": archived.name,
+        "archived": True,
+        "revokedKeys": archived.revoked_keys,
+        "purged": 0,
+        "purgeComplete": archived.purged,
+    }
     if purge:
         # Counted after the archive: nothing adds to the org any more.
         total = org_service.count_org_entities(name)
-        with click.progressbar(length=total, label=f"purging {name}", file=sys.stderr,
-                               show_pos=True) as bar:
+        with click.progressbar(
+            length=total, label=f"purging {name}", file=sys.stderr, show_pos=True
+        ) as bar:
             purged = org_service.purge_org(name, progress=bar.update)
         result.update(purged=purged.deleted, purgeComplete=purged.complete)
     return result
@@ -182,14 +206,28 @@ def orgs_check(data_dir):
     from app.services import orgs as org_service
 
     found = _admin(data_dir, org_service.invalid_registry_entries)
-    click.echo(json.dumps([{"kind": e.kind, "name": e.name, "live": e.live,
-                            **({"keyPrefix": e.prefix} if e.prefix else {})} for e in found],
-                          indent=2))
+    click.echo(
+        json.dumps(
+            [
+                {
+                    "kind": e.kind,
+                    "name": e.name,
+                    "live": e.live,
+                    **({"keyPrefix": e.prefix} if e.prefix else {}),
+                }
+                for e in found
+            ],
+            indent=2,
+        )
+    )
     live = sorted({e.name for e in found if e.live})
     if live:
-        click.echo(f"{len(live)} org name(s) no longer valid and still live: "
-                   f"{', '.join(map(repr, live))}; `metering orgs delete NAME` archives "
-                   "each and revokes its keys", err=True)
+        click.echo(
+            f"{len(live)} org name(s) no longer valid and still live: "
+            f"{', '.join(map(repr, live))}; `metering orgs delete NAME` archives "
+            "each and revokes its keys",
+            err=True,
+        )
         sys.exit(1)
 
 
@@ -255,13 +293,13 @@ def _rebuild_org(org: str, meter_id: str | None) -> dict:
     from app.services import rebuild
 
     with org_service.inside(org):
-        chosen = ([meter_service.get_meter(meter_id)] if meter_id
-                  else meter_service.all_meters())
+        chosen = [meter_service.get_meter(meter_id)] if meter_id else meter_service.all_meters()
         total = 0
         for meter in chosen:
             work = rebuild.targets(meter)
-            with click.progressbar(length=len(work), label=meter.event_name,
-                                   file=sys.stderr) as bar:
+            with click.progressbar(
+                length=len(work), label=meter.event_name, file=sys.stderr
+            ) as bar:
                 total += rebuild.rebuild_meter(meter, progress=bar.update, work=work)
     return {"org": org, "meters": len(chosen), "rollups": total}
 
@@ -302,8 +340,11 @@ def _create_demo_org():
 
 @main.command("demo-org", hidden=True)
 @click.option("--url", required=True, help="The service's base URL, for the curl example.")
-@click.option("--data-dir", type=click.Path(path_type=Path),
-              help="The embedded emulator's folder, for the hint only.")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    help="The embedded emulator's folder, for the hint only.",
+)
 def demo_org(url, data_dir):
     """Create the demo org unless it exists, and say how to use it.
 
@@ -313,15 +354,18 @@ def demo_org(url, data_dir):
     issued = _run_admin(_create_demo_org)
     if issued is None:
         where = f" --data-dir {data_dir}" if data_dir else ""
-        click.echo(f"Demo org {DEMO_ORG!r} exists; a new key: "
-                   f"metering keys create {DEMO_ORG}{where}")
+        click.echo(
+            f"Demo org {DEMO_ORG!r} exists; a new key: metering keys create {DEMO_ORG}{where}"
+        )
         return
     click.echo(f"Created demo org {DEMO_ORG!r}. Its API key (shown once): {issued.secret}")
-    click.echo("Try:\n"
-               f"  curl -s -X POST {url}/v1/billing/meters \\\n"
-               f"    -H 'Authorization: Bearer {issued.secret}' "
-               "-H 'Content-Type: application/json' \\\n"
-               "    -d '{\"name\": \"API calls\", \"eventName\": \"api_calls\"}'")
+    click.echo(
+        "Try:\n"
+        f"  curl -s -X POST {url}/v1/billing/meters \\\n"
+        f"    -H 'Authorization: Bearer {issued.secret}' "
+        "-H 'Content-Type: application/json' \\\n"
+        '    -d \'{"name": "API calls", "eventName": "api_calls"}\''
+    )
 
 
 def _ensure_demo_org(url: str, data_dir: Path | None) -> None:
@@ -335,8 +379,9 @@ def _ensure_demo_org(url: str, data_dir: Path | None) -> None:
         command += ["--data-dir", str(data_dir)]
     root = str(Path(__file__).resolve().parent.parent)
     path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
-    code = subprocess.run(command, stdin=subprocess.DEVNULL,
-                          env={**os.environ, "PYTHONPATH": path}).returncode
+    code = subprocess.run(
+        command, stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": path}
+    ).returncode
     if code != 0:
         sys.exit(code)  # the child said why, in one line
 
@@ -344,17 +389,26 @@ def _ensure_demo_org(url: str, data_dir: Path | None) -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=int)
-@click.option("--data-dir", default=DEFAULT_DATA_DIR, show_default=True,
-              type=click.Path(path_type=Path),
-              help="Where the embedded emulator keeps its data across restarts.")
+@click.option(
+    "--data-dir",
+    default=DEFAULT_DATA_DIR,
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="Where the embedded emulator keeps its data across restarts.",
+)
 @click.option("--workers", default=2, show_default=True, type=int)
 @click.option("--threads", default=8, show_default=True, type=int)
-@click.option("--emulator", "emulator_kind", type=click.Choice(["legacy", "firestore"]),
-              default="legacy", show_default=True,
-              help="Which of Google's emulators to embed: legacy keeps its data in "
-                   "--data-dir; firestore (Datastore mode, like today's Cloud Datastore: "
-                   "server-side transforms, so ingestion takes its fast path) keeps it in "
-                   "memory only.")
+@click.option(
+    "--emulator",
+    "emulator_kind",
+    type=click.Choice(["legacy", "firestore"]),
+    default="legacy",
+    show_default=True,
+    help="Which of Google's emulators to embed: legacy keeps its data in "
+    "--data-dir; firestore (Datastore mode, like today's Cloud Datastore: "
+    "server-side transforms, so ingestion takes its fast path) keeps it in "
+    "memory only.",
+)
 def serve(host, port, data_dir, workers, threads, emulator_kind):
     """Run the HTTP service (with its own emulator when no Datastore is configured)."""
     # SIGTERM ends us like Ctrl-C does, so the embedded emulator is stopped; gunicorn
@@ -388,17 +442,22 @@ def _embedded_emulator(data_dir: Path, kind: str = "legacy"):
     if _recorded_host(data_dir):
         raise click.ClickException(f"another `metering serve` is using {data_dir}")
     data_dir.mkdir(parents=True, exist_ok=True)
-    emulator = Emulator(kind, data_dir=data_dir / "datastore" if kind == "legacy" else None,
-                        log_path=str(data_dir / "emulator.log"))
+    emulator = Emulator(
+        kind,
+        data_dir=data_dir / "datastore" if kind == "legacy" else None,
+        log_path=str(data_dir / "emulator.log"),
+    )
     owner = os.getpid()
     try:
         _start(emulator)
         os.environ["DATASTORE_EMULATOR_HOST"] = emulator.host
         (data_dir / ADDRESS_FILE).write_text(emulator.host)
-        where = (f"data in {data_dir / 'datastore'}" if kind == "legacy"
-                 else "Firestore in Datastore mode, data in memory only")
-        click.echo(f"Started Google's Datastore emulator at {emulator.host} ({where})",
-                   err=True)
+        where = (
+            f"data in {data_dir / 'datastore'}"
+            if kind == "legacy"
+            else "Firestore in Datastore mode, data in memory only"
+        )
+        click.echo(f"Started Google's Datastore emulator at {emulator.host} ({where})", err=True)
         yield emulator
     finally:
         if os.getpid() == owner:
@@ -436,6 +495,7 @@ def _gunicorn(host: str, port: int, workers: int, threads: int) -> None:
         def load(self):
             # lazy: see "Lazy imports" above
             from app import create_app
+
             return create_app()
 
     Server().run()

@@ -39,7 +39,7 @@ def on_app_engine(env: dict) -> bool:
     return env.get("GAE_ENV") == "standard" or bool(env.get("GAE_APPLICATION"))
 
 
-def _refuse_defaults_in_production(config: "Config") -> None:
+def _refuse_defaults_in_production(config: Config) -> None:
     """A production service with a development salt would mint guessable, wrong ids."""
     missing = []
     if not config.hashid_salt or config.hashid_salt == DEV_HASHID_SALT:
@@ -47,8 +47,11 @@ def _refuse_defaults_in_production(config: "Config") -> None:
     if not config.admin_token:
         missing.append("METERING_ADMIN_TOKEN")
     if missing:
-        raise ValueError("refusing to start on App Engine without " + " and ".join(missing)
-                         + ": set them at deploy time (never in app.yaml)")
+        raise ValueError(
+            "refusing to start on App Engine without "
+            + " and ".join(missing)
+            + ": set them at deploy time (never in app.yaml)"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +103,7 @@ class Config:
             _refuse_defaults_in_production(self)
 
     @classmethod
-    def from_env(cls, env: dict | None = None) -> "Config":
+    def from_env(cls, env: dict | None = None) -> Config:
         """Build the configuration from environment variables."""
         env = dict(os.environ if env is None else env)
         project = (
@@ -126,22 +129,28 @@ class Config:
                 )
             ),
             max_body_bytes=_env_int(env, "METERING_MAX_BODY_BYTES", cls.max_body_bytes),
-            dedupe_window=timedelta(days=max(35, _env_int(
-                env, "METERING_DEDUPE_WINDOW_DAYS", cls.dedupe_window.days))),
+            dedupe_window=timedelta(
+                days=max(35, _env_int(env, "METERING_DEDUPE_WINDOW_DAYS", cls.dedupe_window.days))
+            ),
             production=on_app_engine(env),
-            rate_limit_per_minute=_env_int(env, "METERING_RATE_LIMIT_PER_MINUTE",
-                                           cls.rate_limit_per_minute),
+            rate_limit_per_minute=_env_int(
+                env, "METERING_RATE_LIMIT_PER_MINUTE", cls.rate_limit_per_minute
+            ),
             redis_url=env.get("REDIS_CACHE_URL") or None,
-            cron_compact_budget=_env_int(env, "METERING_CRON_COMPACT_BUDGET",
-                                         cls.cron_compact_budget),
-            request_deadline_seconds=_env_float(env, "METERING_REQUEST_DEADLINE_SECONDS",
-                                                cls.request_deadline_seconds),
-            read_budget_per_minute=_env_int(env, "METERING_READ_BUDGET_PER_MINUTE",
-                                            cls.read_budget_per_minute),
-            unauthenticated_per_minute=_env_int(env, "METERING_UNAUTHENTICATED_PER_MINUTE",
-                                                cls.unauthenticated_per_minute),
+            cron_compact_budget=_env_int(
+                env, "METERING_CRON_COMPACT_BUDGET", cls.cron_compact_budget
+            ),
+            request_deadline_seconds=_env_float(
+                env, "METERING_REQUEST_DEADLINE_SECONDS", cls.request_deadline_seconds
+            ),
+            read_budget_per_minute=_env_int(
+                env, "METERING_READ_BUDGET_PER_MINUTE", cls.read_budget_per_minute
+            ),
+            unauthenticated_per_minute=_env_int(
+                env, "METERING_UNAUTHENTICATED_PER_MINUTE", cls.unauthenticated_per_minute
+            ),
         )
 
-    def replace(self, **changes) -> "Config":
+    def replace(self, **changes) -> Config:
         """A copy of this configuration with some fields changed."""
         return dataclasses.replace(self, **changes)

@@ -3,9 +3,9 @@
 `init_app` creates one `ndb.Client` per app (pointed at the emulator when
 `Config.emulator_host` is set), counts its RPCs, and opens an NDB context for
 every request in the default namespace. Every answer reports the request's
-Datastore work in `X-Datastore-Usage: rpcs=N; read=N; written=N`. `use_namespace` switches the rest of the request to an org's
-namespace; `app.tenancy` calls it once, after authenticating the caller, and
-nothing else passes namespaces around.
+Datastore work in `X-Datastore-Usage: rpcs=N; read=N; written=N`. `use_namespace`
+switches the rest of the request to an org's namespace; `app.tenancy` calls it once,
+after authenticating the caller, and nothing else passes namespaces around.
 """
 
 from __future__ import annotations

@@ -28,7 +28,8 @@ import time
 from app.errors import DeadlineExceeded
 
 _expires_at: contextvars.ContextVar[float | None] = contextvars.ContextVar(
-    "request_deadline", default=None)
+    "request_deadline", default=None
+)
 
 
 def start(seconds: float) -> None:
@@ -50,8 +51,10 @@ def check() -> None:
     """DeadlineExceeded if the current request is past its deadline."""
     expires_at = _expires_at.get()
     if expires_at is not None and time.monotonic() >= expires_at:
-        raise DeadlineExceeded("the request ran out of its time; it changed nothing. "
-                               "Narrow it (a shorter period, fewer groups) or retry later")
+        raise DeadlineExceeded(
+            "the request ran out of its time; it changed nothing. "
+            "Narrow it (a shorter period, fewer groups) or retry later"
+        )
 
 
 def rpc_timeout(requested: float | None) -> float | None:

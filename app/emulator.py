@@ -47,8 +47,11 @@ def sdk_root() -> Path | None:
     gcloud = shutil.which("gcloud")
     if gcloud:
         return Path(os.path.realpath(gcloud)).parent.parent
-    for candidate in ("/usr/lib/google-cloud-sdk", "/usr/share/google-cloud-sdk",
-                      "/opt/google-cloud-sdk"):
+    for candidate in (
+        "/usr/lib/google-cloud-sdk",
+        "/usr/share/google-cloud-sdk",
+        "/opt/google-cloud-sdk",
+    ):
         if Path(candidate).is_dir():
             return Path(candidate)
     return None
@@ -56,8 +59,10 @@ def sdk_root() -> Path | None:
 
 def launcher(kind: str) -> Path:
     """The emulator's launcher script, or EmulatorError saying what to install."""
-    names = {"firestore": "cloud-firestore-emulator/cloud_firestore_emulator",
-             "legacy": "cloud-datastore-emulator/cloud_datastore_emulator"}
+    names = {
+        "firestore": "cloud-firestore-emulator/cloud_firestore_emulator",
+        "legacy": "cloud-datastore-emulator/cloud_datastore_emulator",
+    }
     root = sdk_root()
     path = root / "platform" / names[kind] if root else None
     if path is None or not path.exists() or shutil.which("java") is None:
@@ -118,9 +123,16 @@ def _end_group(process: subprocess.Popen, timeout: float) -> None:
 class Emulator:
     """One running emulator process and its address."""
 
-    def __init__(self, kind: str = "firestore", *, host: str = "127.0.0.1",
-                 port: int | None = None, data_dir: str | os.PathLike | None = None,
-                 index_file: str | os.PathLike | None = None, log_path: str | None = None):
+    def __init__(
+        self,
+        kind: str = "firestore",
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        data_dir: str | os.PathLike | None = None,
+        index_file: str | os.PathLike | None = None,
+        log_path: str | None = None,
+    ):
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}")
         self.kind = kind
@@ -149,16 +161,25 @@ class Emulator:
             project_dir = Path(self._scratch.name)
         if not (project_dir / "WEB-INF").is_dir():
             project_dir.mkdir(parents=True, exist_ok=True)
-            subprocess.run([binary, "create", str(project_dir)], check=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        command = [binary, "start", *address, "--consistency=1.0",
-                   f"--store_on_disk={'true' if self.data_dir else 'false'}",
-                   "--allow_reserved_kinds"]
+            subprocess.run(
+                [binary, "create", str(project_dir)],
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        command = [
+            binary,
+            "start",
+            *address,
+            "--consistency=1.0",
+            f"--store_on_disk={'true' if self.data_dir else 'false'}",
+            "--allow_reserved_kinds",
+        ]
         if self.index_file is not None:
             command += ["--require_indexes", f"--index_file={self.index_file}"]
         return [*command, str(project_dir)]
 
-    def start(self, timeout: float = 60.0) -> "Emulator":
+    def start(self, timeout: float = 60.0) -> Emulator:
         """Start the process and wait until it answers; on any failure (Ctrl-C
         included) stop it again, so that no Java process outlives a failed start."""
         self._owner = os.getpid()
@@ -172,10 +193,16 @@ class Emulator:
 
     def _spawn(self) -> None:
         command = self._command()
-        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        # The child writes to the file: it is closed below, once the child holds its own copy.
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         try:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
+            self.process = subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         finally:
             if log is not subprocess.DEVNULL:
                 log.close()
@@ -185,8 +212,10 @@ class Emulator:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 where = f" (see {self.log_path})" if self.log_path else ""
-                raise EmulatorError(f"the {self.kind} emulator exited with "
-                                    f"{self.process.returncode} before it was ready{where}")
+                raise EmulatorError(
+                    f"the {self.kind} emulator exited with "
+                    f"{self.process.returncode} before it was ready{where}"
+                )
             if self.is_ready():
                 return
             time.sleep(0.1)
@@ -217,7 +246,7 @@ class Emulator:
             self._scratch.cleanup()
         self._scratch = None
 
-    def __enter__(self) -> "Emulator":
+    def __enter__(self) -> Emulator:
         return self.start()
 
     def __exit__(self, *exc) -> None:

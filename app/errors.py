@@ -34,8 +34,14 @@ class ApiError(Exception):
     #: Seconds after which a retry may succeed; sent as `Retry-After` when set.
     retry_after: int | None = None
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
-                 details: list[dict] | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        details: list[dict] | None = None,
+    ):
         super().__init__(message)
         self.message = message
         self.param = param
@@ -129,12 +135,14 @@ def _http_message(exc: HTTPException) -> str:
         return f"no such endpoint: {method} {path}"
     if exc.code == 405:
         allowed = _allowed(exc)
-        return (f"method {method} is not allowed on {path}"
-                + (f"; allowed: {', '.join(allowed)}" if allowed else ""))
+        return f"method {method} is not allowed on {path}" + (
+            f"; allowed: {', '.join(allowed)}" if allowed else ""
+        )
     if exc.code == 413:
         limit = current_app.config.get("MAX_CONTENT_LENGTH")
-        return ("request body too large" +
-                (f": at most {limit} bytes are accepted" if limit is not None else ""))
+        return "request body too large" + (
+            f": at most {limit} bytes are accepted" if limit is not None else ""
+        )
     if exc.code == 400:
         return "malformed request"
     if exc.code == 415:
@@ -156,8 +164,9 @@ def _render(error: ApiError, status: int):
 
 def _from_http_exception(exc: HTTPException):
     status = exc.code or 500
-    response = _render(ApiError(_http_message(exc), code=_HTTP_CODES.get(status, "http_error")),
-                       status)
+    response = _render(
+        ApiError(_http_message(exc), code=_HTTP_CODES.get(status, "http_error")), status
+    )
     if status == 405 and _allowed(exc):
         response.headers["Allow"] = ", ".join(_allowed(exc))
     return response
@@ -185,16 +194,24 @@ def _from_unexpected(exc: Exception):
 def _from_datastore(exc: Exception):
     log.warning("datastore call failed: %s", type(exc).__name__)
     if isinstance(exc, gexc.DeadlineExceeded):  # its timeout was the request's time left
-        return _render(DeadlineExceeded("the datastore did not answer within the "
-                                        "request's deadline; retry later"), 503)
+        return _render(
+            DeadlineExceeded(
+                "the datastore did not answer within the request's deadline; retry later"
+            ),
+            503,
+        )
     return _render(Unavailable("the datastore is unavailable, retry later"), 503)
 
 
 def init_app(app) -> None:
     """Register the handlers that render every error in the envelope."""
     app.register_error_handler(ApiError, lambda exc: _render(exc, exc.status))
-    for transient in (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.Aborted,
-                      gexc.RetryError):
+    for transient in (
+        gexc.ServiceUnavailable,
+        gexc.DeadlineExceeded,
+        gexc.Aborted,
+        gexc.RetryError,
+    ):
         app.register_error_handler(transient, _from_datastore)
     app.register_error_handler(HTTPException, _from_http_exception)
     app.register_error_handler(Exception, _from_unexpected)

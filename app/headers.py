@@ -34,9 +34,12 @@ def styled_page_policy(html: str) -> str:
     else, in particular no script."""
     hashes = " ".join(
         "'sha256-" + base64.b64encode(hashlib.sha256(css.encode()).digest()).decode() + "'"
-        for css in _STYLE_ELEMENT.findall(html))
-    return (f"default-src 'none'; style-src {hashes or NOTHING}; "
-            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+        for css in _STYLE_ELEMENT.findall(html)
+    )
+    return (
+        f"default-src 'none'; style-src {hashes or NOTHING}; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
 
 
 def _carries_credentials() -> bool:
@@ -47,8 +50,7 @@ def _protect(response):
     headers = response.headers
     if "Content-Security-Policy" not in headers:
         if request.endpoint in STYLED_PAGES and response.mimetype == "text/html":
-            headers["Content-Security-Policy"] = styled_page_policy(
-                response.get_data(as_text=True))
+            headers["Content-Security-Policy"] = styled_page_policy(response.get_data(as_text=True))
         else:
             headers["Content-Security-Policy"] = API_POLICY
     headers["X-Content-Type-Options"] = "nosniff"

@@ -23,7 +23,7 @@ import sys
 import time
 import traceback
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from flask import current_app, g, has_request_context, request
 
@@ -43,7 +43,10 @@ _SEVERITIES = frozenset({"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"})
 _SECRETS: set[str] = set()
 #: Attributes every LogRecord has; any other attribute came in through `extra=`.
 _RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
-    "message", "asctime", "taskName"}
+    "message",
+    "asctime",
+    "taskName",
+}
 
 
 def scrub(text: str) -> str:
@@ -92,13 +95,19 @@ class JsonFormatter(logging.Formatter):
             message += "\n" + "".join(traceback.format_exception(*record.exc_info))
         elif record.stack_info:
             message += "\n" + record.stack_info
-        line = {name: value for name, value in vars(record).items()
-                if name not in _RECORD_ATTRIBUTES and not name.startswith("_")}
-        line.update({"severity": (record.levelname if record.levelname in _SEVERITIES
-                                  else "DEFAULT"),
-                     "message": message,
-                     "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(),
-                     "logger": record.name})
+        line = {
+            name: value
+            for name, value in vars(record).items()
+            if name not in _RECORD_ATTRIBUTES and not name.startswith("_")
+        }
+        line.update(
+            {
+                "severity": (record.levelname if record.levelname in _SEVERITIES else "DEFAULT"),
+                "message": message,
+                "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+                "logger": record.name,
+            }
+        )
         line.update(_request_fields())
         return json.dumps(scrub_fields(line), ensure_ascii=False)
 
@@ -153,13 +162,22 @@ def _finish_request(response):
     response.headers[REQUEST_ID_HEADER] = request_id
     started = g.get("request_started")
     latency = time.perf_counter() - started if started is not None else 0.0
-    log.info("%s %s %s", request.method, request.path, response.status_code,
-             extra={"httpRequest": {"requestMethod": request.method,
-                                    "requestUrl": request.path,
-                                    "status": response.status_code,
-                                    "latency": f"{latency:.6f}s",
-                                    "userAgent": request.user_agent.string or "",
-                                    "remoteIp": request.remote_addr}})
+    log.info(
+        "%s %s %s",
+        request.method,
+        request.path,
+        response.status_code,
+        extra={
+            "httpRequest": {
+                "requestMethod": request.method,
+                "requestUrl": request.path,
+                "status": response.status_code,
+                "latency": f"{latency:.6f}s",
+                "userAgent": request.user_agent.string or "",
+                "remoteIp": request.remote_addr,
+            }
+        },
+    )
     return response
 
 

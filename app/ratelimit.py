@@ -53,8 +53,7 @@ class LocalCounter:
         self._window: int | None = None
         self._counts: dict[str, int] = {}
 
-    def tally(self, window: int, add: dict[str, int], peek: tuple[str, ...] = ()
-              ) -> dict[str, int]:
+    def tally(self, window: int, add: dict[str, int], peek: tuple[str, ...] = ()) -> dict[str, int]:
         """Add `add`'s amounts to their counters; every named counter's new value."""
         with self._lock:
             if window != self._window:
@@ -74,8 +73,7 @@ class RedisCounter:
     def _key(name: str, window: int) -> str:
         return f"metering:ratelimit:{name}:{window}"
 
-    def tally(self, window: int, add: dict[str, int], peek: tuple[str, ...] = ()
-              ) -> dict[str, int]:
+    def tally(self, window: int, add: dict[str, int], peek: tuple[str, ...] = ()) -> dict[str, int]:
         with self._client.pipeline(transaction=True) as pipe:
             for name, amount in add.items():
                 pipe.incrby(self._key(name, window), amount)
@@ -83,17 +81,23 @@ class RedisCounter:
             for name in peek:
                 pipe.get(self._key(name, window))
             results = pipe.execute()
-        added = results[0:2 * len(add):2]
-        peeked = results[2 * len(add):]
-        return {name: int(value or 0) for name, value in zip((*add, *peek),
-                                                             (*added, *peeked))}
+        added = results[0 : 2 * len(add) : 2]
+        peeked = results[2 * len(add) :]
+        return {name: int(value or 0) for name, value in zip((*add, *peek), (*added, *peeked))}
 
 
 class RateLimiter:
     """The limits of one app: a shared counter when Redis is configured, a local one always."""
 
-    def __init__(self, per_minute: int, redis_url: str | None, clock=time.time, *,
-                 read_budget: int = 0, unauthenticated_per_minute: int = 0):
+    def __init__(
+        self,
+        per_minute: int,
+        redis_url: str | None,
+        clock=time.time,
+        *,
+        read_budget: int = 0,
+        unauthenticated_per_minute: int = 0,
+    ):
         self.per_minute = per_minute
         self.read_budget = read_budget
         self.unauthenticated_per_minute = unauthenticated_per_minute
@@ -108,8 +112,7 @@ class RateLimiter:
             try:
                 return self._shared.tally(window, add, peek)
             except redis.RedisError as exc:
-                log.warning("rate limits count per process: redis failed (%s)",
-                            type(exc).__name__)
+                log.warning("rate limits count per process: redis failed (%s)", type(exc).__name__)
         return self._local.tally(window, add, peek)
 
     def _window(self) -> tuple[float, int]:
@@ -133,12 +136,16 @@ class RateLimiter:
             retry_after = self._retry_after(now, window)
             raise TooManyRequests(
                 f"rate limit of {self.per_minute} requests per minute exceeded; "
-                f"retry in {retry_after}s", retry_after=retry_after)
+                f"retry in {retry_after}s",
+                retry_after=retry_after,
+            )
         if peek and counts[f"reads:{org}"] >= self.read_budget:
             retry_after = self._retry_after(now, window)
             raise TooManyRequests(
                 f"read budget of {self.read_budget} Datastore entities per minute spent; "
-                f"retry in {retry_after}s", retry_after=retry_after)
+                f"retry in {retry_after}s",
+                retry_after=retry_after,
+            )
 
     def record_reads(self, org: str, entities: int) -> None:
         """Add the entities a request of `org` read to its budget of the minute."""
@@ -177,7 +184,8 @@ class RateLimiter:
         raise TooManyRequests(
             f"more than {self.unauthenticated_per_minute} requests per minute with a "
             f"missing or invalid key from this address; retry in {retry_after}s",
-            retry_after=retry_after)
+            retry_after=retry_after,
+        )
 
 
 def _limiter() -> RateLimiter | None:
@@ -216,11 +224,16 @@ def _record_reads(response):
 def init_app(app) -> None:
     """Attach the configured limits (none when all are 0)."""
     config = app.config["METERING"]
-    if (config.rate_limit_per_minute > 0 or config.read_budget_per_minute > 0
-            or config.unauthenticated_per_minute > 0):
+    if (
+        config.rate_limit_per_minute > 0
+        or config.read_budget_per_minute > 0
+        or config.unauthenticated_per_minute > 0
+    ):
         app.extensions["ratelimit"] = RateLimiter(
-            config.rate_limit_per_minute, config.redis_url,
+            config.rate_limit_per_minute,
+            config.redis_url,
             read_budget=config.read_budget_per_minute,
-            unauthenticated_per_minute=config.unauthenticated_per_minute)
+            unauthenticated_per_minute=config.unauthenticated_per_minute,
+        )
     if config.read_budget_per_minute > 0:
         app.after_request(_record_reads)

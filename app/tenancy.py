@@ -49,8 +49,12 @@ UNKNOWN_KEY_ENTRIES = 10_000
 class UnknownKeys:
     """Digests of API keys lately found unknown or revoked, each for a short while."""
 
-    def __init__(self, seconds: float = UNKNOWN_KEY_SECONDS,
-                 entries: int = UNKNOWN_KEY_ENTRIES, clock=time.monotonic):
+    def __init__(
+        self,
+        seconds: float = UNKNOWN_KEY_SECONDS,
+        entries: int = UNKNOWN_KEY_ENTRIES,
+        clock=time.monotonic,
+    ):
         self._seconds, self._entries, self._clock = seconds, entries, clock
         self._lock = threading.Lock()
         self._until: OrderedDict[str, float] = OrderedDict()

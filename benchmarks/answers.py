@@ -22,17 +22,17 @@ import argparse
 import statistics
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.schemas import responses  # noqa: E402
-from app.schemas.events import summary_json  # noqa: E402
-from app.services.ingest import Outcome  # noqa: E402
+from app.schemas import responses
+from app.schemas.events import summary_json
+from app.services.ingest import Outcome
 
-START = datetime(2026, 11, 1, tzinfo=timezone.utc)
+START = datetime(2026, 11, 1, tzinfo=UTC)
 
 
 def _outcomes(count: int) -> list:
@@ -41,22 +41,46 @@ def _outcomes(count: int) -> list:
 
 def _summary(windows: int):
     meter = SimpleNamespace(id_="mtr_0123456789", name="Input tokens", aggregation_type="sum")
-    rows = [SimpleNamespace(window_start=START + timedelta(hours=h),
-                            window_end=START + timedelta(hours=h + 1),
-                            value=h * 1_000_003, event_count=h % 7, group_by={})
-            for h in range(windows)]
+    rows = [
+        SimpleNamespace(
+            window_start=START + timedelta(hours=h),
+            window_end=START + timedelta(hours=h + 1),
+            value=h * 1_000_003,
+            event_count=h % 7,
+            group_by={},
+        )
+        for h in range(windows)
+    ]
     result = SimpleNamespace(value=sum(r.value for r in rows), windows=rows)
-    return SimpleNamespace(meter=meter, user_id="user-42", value=result.value,
-                           event_count=sum(r.event_count for r in rows),
-                           period_start=START, period_end=START + timedelta(days=30),
-                           grouped=True, result=result)
+    return SimpleNamespace(
+        meter=meter,
+        user_id="user-42",
+        value=result.value,
+        event_count=sum(r.event_count for r in rows),
+        period_start=START,
+        period_end=START + timedelta(days=30),
+        grouped=True,
+        result=result,
+    )
 
 
 def _meters(count: int) -> dict:
-    page = [SimpleNamespace(id_=f"mtr_{i:010d}", name=f"meter {i}", event_name=f"m{i}",
-                            aggregation_type="sum", currency="usd", dimensions=["model"],
-                            metadata={"team": "a"}, unique_by=None, deleted=False,
-                            created_at=START, updated_at=START) for i in range(count)]
+    page = [
+        SimpleNamespace(
+            id_=f"mtr_{i:010d}",
+            name=f"meter {i}",
+            event_name=f"m{i}",
+            aggregation_type="sum",
+            currency="usd",
+            dimensions=["model"],
+            metadata={"team": "a"},
+            unique_by=None,
+            deleted=False,
+            created_at=START,
+            updated_at=START,
+        )
+        for i in range(count)
+    ]
     return {"meters": page, "count": count, "nextCursor": None}
 
 
@@ -78,22 +102,27 @@ def main() -> None:
     outcomes = _outcomes(100)
     record_schema = responses.RecordResult()
     by_hand = _cpu_us(responses.record_json, outcomes, repeat)
-    dumped = _cpu_us(lambda o: record_schema.dump({"events": o, "count": len(o)}), outcomes,
-                     repeat)
-    print(f"record (100 events): by hand {by_hand:.0f} µs, schema {dumped:.0f} µs: "
-          f"+{(dumped - by_hand) / 100:.1f} µs per event")
+    dumped = _cpu_us(lambda o: record_schema.dump({"events": o, "count": len(o)}), outcomes, repeat)
+    print(
+        f"record (100 events): by hand {by_hand:.0f} µs, schema {dumped:.0f} µs: "
+        f"+{(dumped - by_hand) / 100:.1f} µs per event"
+    )
 
     summary = _summary(720)
     answer = summary_json(summary)
     summary_schema = responses.Summary()
     by_hand = _cpu_us(summary_json, summary, repeat)
     dumped = _cpu_us(summary_schema.dump, answer, repeat)
-    print(f"summary (720 windows): by hand {by_hand:.0f} µs, schema {dumped:.0f} µs "
-          f"(x{dumped / by_hand:.1f})")
+    print(
+        f"summary (720 windows): by hand {by_hand:.0f} µs, schema {dumped:.0f} µs "
+        f"(x{dumped / by_hand:.1f})"
+    )
 
     page = _meters(100)
-    print(f"meter page (100 meters): schema {_cpu_us(responses.MeterPage().dump, page, repeat):.0f}"
-          " µs")
+    print(
+        f"meter page (100 meters): schema {_cpu_us(responses.MeterPage().dump, page, repeat):.0f}"
+        " µs"
+    )
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ USAGE = re.compile(r"rpcs=(\d+); read=(\d+); written=(\d+)")
 
 # -- CPU time of process trees ----------------------------------------------------
 
+
 def _stat(pid: int) -> tuple[int, int] | None:
     """(parent pid, utime+stime in ticks) of a live process, or None."""
     try:
@@ -52,7 +53,7 @@ def _stat(pid: int) -> tuple[int, int] | None:
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
     # The command name (field 2) is in parentheses and may hold spaces: split after it.
-    rest = raw[raw.rindex(b")") + 2:].split()
+    rest = raw[raw.rindex(b")") + 2 :].split()
     # rest[0] is field 3 (state): ppid is field 4, utime 14, stime 15.
     return int(rest[1]), int(rest[11]) + int(rest[12])
 
@@ -103,12 +104,12 @@ class TreeCpu:
         return CpuSnapshot(ticks, time.monotonic())
 
     @staticmethod
-    def used(before: CpuSnapshot, after: CpuSnapshot) -> "TreeUsage":
-        per_pid = {pid: (ticks - before.ticks.get(pid, 0)) / CLK_TCK
-                   for pid, ticks in after.ticks.items()}
+    def used(before: CpuSnapshot, after: CpuSnapshot) -> TreeUsage:
+        per_pid = {
+            pid: (ticks - before.ticks.get(pid, 0)) / CLK_TCK for pid, ticks in after.ticks.items()
+        }
         vanished = [pid for pid in before.ticks if pid not in after.ticks]
-        return TreeUsage(sum(per_pid.values()), per_pid, len(vanished),
-                         after.at - before.at)
+        return TreeUsage(sum(per_pid.values()), per_pid, len(vanished), after.at - before.at)
 
 
 @dataclass
@@ -136,6 +137,7 @@ def machine_busy() -> tuple[float, float]:
 
 # -- the emulator and the service -------------------------------------------------
 
+
 def start_emulator(kind: str, workdir: Path) -> Emulator:
     """Google's emulator of that kind, started and answering; logs in workdir."""
     emulator = Emulator(kind, log_path=str(workdir / f"emulator-{kind}.log"))
@@ -152,29 +154,56 @@ def metering_command() -> list[str]:
 class Service:
     """`metering serve` as its own process group, against an existing emulator."""
 
-    def __init__(self, emulator_host: str, workers: int, threads: int, workdir: Path,
-                 project: str = "metering-bench", extra_env: dict | None = None):
+    def __init__(
+        self,
+        emulator_host: str,
+        workers: int,
+        threads: int,
+        workdir: Path,
+        project: str = "metering-bench",
+        extra_env: dict | None = None,
+    ):
         self.emulator_host = emulator_host
         self.workers, self.threads = workers, threads
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / f"service-{workers}x{threads}-{self.port}.log"
-        self.env = {**os.environ, "DATASTORE_EMULATOR_HOST": emulator_host,
-                    "METERING_PROJECT": project, "PYTHONUNBUFFERED": "1",
-                    **(extra_env or {})}
+        self.env = {
+            **os.environ,
+            "DATASTORE_EMULATOR_HOST": emulator_host,
+            "METERING_PROJECT": project,
+            "PYTHONUNBUFFERED": "1",
+            **(extra_env or {}),
+        }
         self.process: subprocess.Popen | None = None
         self.api_key: str | None = None
         self._stdout: list[str] = []
 
-    def start(self, timeout: float = 90.0) -> "Service":
-        command = [*metering_command(), "serve", "--host", "127.0.0.1",
-                   "--port", str(self.port), "--workers", str(self.workers),
-                   "--threads", str(self.threads)]
-        log = open(self.log_path, "wb")
+    def start(self, timeout: float = 90.0) -> Service:
+        command = [
+            *metering_command(),
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            str(self.workers),
+            "--threads",
+            str(self.threads),
+        ]
+        log = open(self.log_path, "wb")  # noqa: SIM115 - the child writes it; closed below
         try:
-            self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log,
-                                            stdin=subprocess.DEVNULL, env=self.env,
-                                            cwd=ROOT, start_new_session=True, text=True)
+            self.process = subprocess.Popen(
+                command,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+                cwd=ROOT,
+                start_new_session=True,
+                text=True,
+            )
         finally:
             log.close()
         threading.Thread(target=self._read_stdout, daemon=True).start()
@@ -201,13 +230,15 @@ class Service:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"metering serve exited with {self.process.returncode}:\n"
-                                   + self.log_tail())
+                raise RuntimeError(
+                    f"metering serve exited with {self.process.returncode}:\n" + self.log_tail()
+                )
             if (self.api_key or self.demo_org_existed) and self._healthy():
                 return
             time.sleep(0.1)
-        raise RuntimeError(f"metering serve was not ready after {timeout:.0f}s:\n"
-                           + self.log_tail())
+        raise RuntimeError(
+            f"metering serve was not ready after {timeout:.0f}s:\n" + self.log_tail()
+        )
 
     def _healthy(self) -> bool:
         try:
@@ -259,6 +290,7 @@ def scratch_dir() -> Path:
 
 # -- a lean HTTP client -------------------------------------------------------------
 
+
 @dataclass
 class Usage:
     """Summed X-Datastore-Usage headers."""
@@ -279,7 +311,7 @@ class Usage:
         self.read += int(match.group(2))
         self.written += int(match.group(3))
 
-    def merge(self, other: "Usage") -> None:
+    def merge(self, other: Usage) -> None:
         self.rpcs += other.rpcs
         self.read += other.read
         self.written += other.written
@@ -308,15 +340,13 @@ class Client:
     def __init__(self, base_url: str, api_key: str, timeout: float = 120.0):
         host, port = base_url.removeprefix("http://").rsplit(":", 1)
         self.host, self.port, self.timeout = host, int(port), timeout
-        self.headers = {"Authorization": f"Bearer {api_key}",
-                        "Content-Type": "application/json"}
+        self.headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
         self.connection: http.client.HTTPConnection | None = None
         self.reconnects = 0
 
     def _connect(self) -> http.client.HTTPConnection:
         if self.connection is None:
-            self.connection = http.client.HTTPConnection(self.host, self.port,
-                                                         timeout=self.timeout)
+            self.connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
         return self.connection
 
     def request(self, method: str, path: str, body: bytes | None = None) -> Answer:
@@ -326,8 +356,12 @@ class Client:
                 connection.request(method, path, body=body, headers=self.headers)
                 response = connection.getresponse()
                 data = response.read()
-            except (http.client.RemoteDisconnected, BrokenPipeError,
-                    ConnectionResetError, http.client.CannotSendRequest):
+            except (
+                http.client.RemoteDisconnected,
+                BrokenPipeError,
+                ConnectionResetError,
+                http.client.CannotSendRequest,
+            ):
                 self.close()
                 if attempt == 2:
                     raise
@@ -358,6 +392,7 @@ class Client:
 
 # -- a py-spy profile of a process tree, summarised -------------------------------
 
+
 @dataclass
 class Profiler:
     """`py-spy record` of a process tree into collapsed stacks (optional tool)."""
@@ -375,6 +410,7 @@ class Profiler:
             if candidate.exists():
                 return str(candidate)
         from shutil import which
+
         return which("py-spy")
 
     def start(self) -> None:
@@ -384,11 +420,26 @@ class Profiler:
         self.log = self.output.with_suffix(".log")
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
-                [binary, "record", "--pid", str(self.pid), "--subprocesses", "--format", "raw",
-                 "--rate", str(self.rate), "--nonblocking", "--output", str(self.output),
-                 *(["--gil"] if self.gil else [])],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True)
+                [
+                    binary,
+                    "record",
+                    "--pid",
+                    str(self.pid),
+                    "--subprocesses",
+                    "--format",
+                    "raw",
+                    "--rate",
+                    str(self.rate),
+                    "--nonblocking",
+                    "--output",
+                    str(self.output),
+                    *(["--gil"] if self.gil else []),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         time.sleep(1.0)  # let it attach to every process before the load starts
 
     def stop(self) -> None:
@@ -466,8 +517,11 @@ def summarize_profile(path: Path, top: int = 25) -> ProfileSummary:
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        frames = [f for f in stack.split(";")
-                  if not f.startswith("process ") and not f.startswith("thread ")]
+        frames = [
+            f
+            for f in stack.split(";")
+            if not f.startswith("process ") and not f.startswith("thread ")
+        ]
         if not frames:
             continue
         total += count

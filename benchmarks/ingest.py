@@ -41,16 +41,16 @@ import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
 
 BARS = {
-    "spread_over_raw": 0.5,      # service events/s >= 0.5 x raw emulator entities/s
-    "hot_over_spread": 0.5,      # hot-key events/s >= 0.5 x spread events/s
-    "cpu_us_per_event": 250.0,   # service user+system CPU per stored event
+    "spread_over_raw": 0.5,  # service events/s >= 0.5 x raw emulator entities/s
+    "hot_over_spread": 0.5,  # hot-key events/s >= 0.5 x spread events/s
+    "cpu_us_per_event": 250.0,  # service user+system CPU per stored event
     "reads_per_event": 1.0,
     "writes_per_event": 2.0,
 }
@@ -61,28 +61,36 @@ PROJECT = "metering-bench"
 # -- 1. raw emulator write rate (in a child process: gRPC stays out of this one) ------
 
 RAW_CASES = {  # case name -> what the raw writer commits
-    "raw": "meter-event entities as hand-built protobufs, 100 per Commit (the emulator's "
-           "ceiling)",
+    "raw": "meter-event entities as hand-built protobufs, 100 per Commit (the emulator's ceiling)",
     "raw+rollups": "exactly the service's fast-path commits (events + rollup increments)",
     "raw-ndb": "MeterEvent models through NDB put_multi, 100 per call (the ordinary client)",
     "raw-datastore": "the same entities through google-cloud-datastore's Client.put_multi, "
-                     "100 per call (Google's plain Datastore client)",
+    "100 per call (Google's plain Datastore client)",
 }
 
 
-def _raw_child(host: str, project: str, total: int, batch: int, threads: int, warmup: int,
-               case: str, ready, go, results) -> None:
+def _raw_child(
+    host: str,
+    project: str,
+    total: int,
+    batch: int,
+    threads: int,
+    warmup: int,
+    case: str,
+    ready,
+    go,
+    results,
+) -> None:
     try:
         os.environ["DATASTORE_EMULATOR_HOST"] = host
-        from app.config import Config
-        from app.datastore import make_client
-        from app.models import ids
-        from app.services import events as event_service
-        from app.services import ingest
         from google.cloud import datastore, ndb
 
-        from app.models import MeterEvent
+        from app.config import Config
         from app.core.cells import Cell, rank, series_of
+        from app.datastore import make_client
+        from app.models import MeterEvent, ids
+        from app.services import events as event_service
+        from app.services import ingest
         from app.storage import entities, rollups, rpc
         from tests.support.encoding import event_entity
 
@@ -90,7 +98,7 @@ def _raw_child(host: str, project: str, total: int, batch: int, threads: int, wa
         ids.configure(config.hashid_salt)
         client = make_client(config)
         namespace = "bench-raw-" + uuid.uuid4().hex[:8]
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         rng = random.Random(7)
         meter_id = "rawMeterId"
 
@@ -103,11 +111,19 @@ def _raw_child(host: str, project: str, total: int, batch: int, threads: int, wa
             batches = []
             with client.context(namespace=space):
                 for b in range(count // batch):
-                    batches.append([MeterEvent(
-                        id=event_service.idempotent_id(meter_id, f"raw-{b}-{i}"),
-                        meter_id=meter_id, user_id=f"user-{rng.randrange(1000)}",
-                        value=rng.randint(1, 1000), timestamp=now,
-                        idempotency=f"raw-{b}-{i}") for i in range(batch)])
+                    batches.append(
+                        [
+                            MeterEvent(
+                                id=event_service.idempotent_id(meter_id, f"raw-{b}-{i}"),
+                                meter_id=meter_id,
+                                user_id=f"user-{rng.randrange(1000)}",
+                                value=rng.randint(1, 1000),
+                                timestamp=now,
+                                idempotency=f"raw-{b}-{i}",
+                            )
+                            for i in range(batch)
+                        ]
+                    )
             return batches
 
         plain = datastore.Client(project=project) if case == "raw-datastore" else None
@@ -117,9 +133,13 @@ def _raw_child(host: str, project: str, total: int, batch: int, threads: int, wa
             carry the namespace)."""
             batches = build_models(space, count)
             with client.context(namespace=space):
-                return [[datastore.helpers.entity_from_protobuf(
-                            ndb.model._entity_to_protobuf(model)) for model in models]
-                        for models in batches]
+                return [
+                    [
+                        datastore.helpers.entity_from_protobuf(ndb.model._entity_to_protobuf(model))
+                        for model in models
+                    ]
+                    for models in batches
+                ]
 
         def build(space: str, count: int) -> list[list]:
             """`count` meter-event inserts in `batch`-entity lists, keyed in `space`."""
@@ -137,18 +157,25 @@ def _raw_child(host: str, project: str, total: int, batch: int, threads: int, wa
                         user, value = f"user-{rng.randrange(1000)}", rng.randint(1, 1000)
                         entity = event_entity(
                             key_pb=entities.key("meter-event", key_id),
-                            public_id=ingest._public_id(key_id, 1), meter_id=meter_id,
-                            user_id=user, value=value, timestamp=now, idempotency=idem,
-                            dimensions={}, metadata={}, now=now)
+                            public_id=ingest._public_id(key_id, 1),
+                            meter_id=meter_id,
+                            user_id=user,
+                            value=value,
+                            timestamp=now,
+                            idempotency=idem,
+                            dimensions={},
+                            metadata={},
+                            now=now,
+                        )
                         mutations.append(rpc.Mutation(insert=entity))
-                        cells.setdefault(user, Cell()).add_event(
-                            value, rank(now, now, key_id))
+                        cells.setdefault(user, Cell()).add_event(value, rank(now, now, key_id))
                     if with_rollups:  # what the service's fast path commits with the events
                         day, slot = rollups.day_and_slot(now)
                         for user, cell in cells.items():
                             series = series_of(user, {})
-                            mutations.append(rollups.increments(
-                                4242, meter_id, series, day, {slot: cell}, "sum"))
+                            mutations.append(
+                                rollups.increments(4242, meter_id, series, day, {slot: cell}, "sum")
+                            )
                     batches.append(mutations)
             return batches
 
@@ -175,8 +202,7 @@ def _raw_child(host: str, project: str, total: int, batch: int, threads: int, wa
                         errors.append(repr(exc)[:200])
 
         def run_all(queue, space):
-            workers = [threading.Thread(target=work, args=(queue, space))
-                       for _ in range(threads)]
+            workers = [threading.Thread(target=work, args=(queue, space)) for _ in range(threads)]
             for thread in workers:
                 thread.start()
             for thread in workers:
@@ -190,22 +216,29 @@ def _raw_child(host: str, project: str, total: int, batch: int, threads: int, wa
         cpu0, t0 = common.self_cpu(), time.perf_counter()
         run_all(iter(batches), namespace)
         wall, cpu = time.perf_counter() - t0, common.self_cpu() - cpu0
-        results.put({"entities": len(batches) * batch, "wall": wall, "client_cpu": cpu,
-                     "errors": errors, "mutations": sum(len(m) for m in batches)})
+        results.put(
+            {
+                "entities": len(batches) * batch,
+                "wall": wall,
+                "client_cpu": cpu,
+                "errors": errors,
+                "mutations": sum(len(m) for m in batches),
+            }
+        )
     except BaseException as exc:  # noqa: BLE001
         ready.set()
         results.put({"fatal": repr(exc)})
 
 
-def run_raw(emulator, project, total, batch, threads, warmup, config="", run=0,
-            case="raw"):
+def run_raw(emulator, project, total, batch, threads, warmup, config="", run=0, case="raw"):
     """Time `total` raw inserts of one of RAW_CASES by `threads` threads in a child
     process; a CaseResult."""
     ctx = multiprocessing.get_context("spawn")
     ready, go, results = ctx.Event(), ctx.Event(), ctx.Queue()
-    child = ctx.Process(target=_raw_child,
-                        args=(emulator.host, project, total, batch, threads, warmup,
-                              case, ready, go, results))
+    child = ctx.Process(
+        target=_raw_child,
+        args=(emulator.host, project, total, batch, threads, warmup, case, ready, go, results),
+    )
     child.start()
     try:
         if not ready.wait(180):
@@ -228,18 +261,35 @@ def run_raw(emulator, project, total, batch, threads, warmup, config="", run=0,
     other = max(0.0, busy - emu_used - result["client_cpu"]) / wall
     errors = result["errors"]
     return CaseResult(
-        config=config, case=case, run=run, events=n,
-        wall=wall, rate=n / wall, p50_ms=0.0,
-        p95_ms=0.0, max_ms=0.0, failed_requests=len(errors), not_created=0, reconnects=0,
-        service_cpu_us=0.0, client_cpu_us=result["client_cpu"] / n * 1e6,
-        emulator_cpu_us=emu_used / n * 1e6, other_cores=other, worker_cpu_split="",
-        reads_per_event=0.0, writes_per_event=result["mutations"] / n, rpcs_per_batch=1.0,
+        config=config,
+        case=case,
+        run=run,
+        events=n,
+        wall=wall,
+        rate=n / wall,
+        p50_ms=0.0,
+        p95_ms=0.0,
+        max_ms=0.0,
+        failed_requests=len(errors),
+        not_created=0,
+        reconnects=0,
+        service_cpu_us=0.0,
+        client_cpu_us=result["client_cpu"] / n * 1e6,
+        emulator_cpu_us=emu_used / n * 1e6,
+        other_cores=other,
+        worker_cpu_split="",
+        reads_per_event=0.0,
+        writes_per_event=result["mutations"] / n,
+        rpcs_per_batch=1.0,
         usage_missing=0,
-        stored_ok=not errors, stored_detail=f"{len(errors)} failed commits",
-        failures=errors[:5])
+        stored_ok=not errors,
+        stored_detail=f"{len(errors)} failed commits",
+        failures=errors[:5],
+    )
 
 
 # -- 2 and 3. the service ------------------------------------------------------------
+
 
 @dataclass
 class Load:
@@ -254,10 +304,17 @@ class Load:
     aggregation: str = "sum"  # the meter's; values are checked for sum, counts for all
 
 
-def build_load(name: str, meter: dict, total: int, batch: int, users: int | None,
-               run_tag: str, rng: random.Random) -> Load:
+def build_load(
+    name: str,
+    meter: dict,
+    total: int,
+    batch: int,
+    users: int | None,
+    run_tag: str,
+    rng: random.Random,
+) -> Load:
     """`total` events in `batch`-event bodies; users at random from `users`, or one."""
-    stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    stamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     bodies, value_sum, per_user = [], 0, {}
     for b in range(total // batch):
         events = []
@@ -267,11 +324,25 @@ def build_load(name: str, meter: dict, total: int, batch: int, users: int | None
             value_sum += value
             count, sub = per_user.get(user, (0, 0))
             per_user[user] = (count + 1, sub + value)
-            events.append({"eventName": meter["eventName"], "userId": user, "value": value,
-                           "timestamp": stamp, "idempotency": f"{run_tag}-{name}-{b}-{i}"})
+            events.append(
+                {
+                    "eventName": meter["eventName"],
+                    "userId": user,
+                    "value": value,
+                    "timestamp": stamp,
+                    "idempotency": f"{run_tag}-{name}-{b}-{i}",
+                }
+            )
         bodies.append(json.dumps({"events": events}, separators=(",", ":")).encode())
-    return Load(name, meter["id"], bodies, len(bodies) * batch, value_sum, per_user,
-                meter.get("aggregationType", "sum"))
+    return Load(
+        name,
+        meter["id"],
+        bodies,
+        len(bodies) * batch,
+        value_sum,
+        per_user,
+        meter.get("aggregationType", "sum"),
+    )
 
 
 @dataclass
@@ -324,11 +395,19 @@ def send_all(service, api_key: str, bodies: list[bytes], clients: int):
                 try:
                     answer = client.request("POST", METER_EVENTS, bodies[index])
                 except OSError as exc:
-                    records[index] = (0, (time.perf_counter() - began) * 1e3, None,
-                                      repr(exc).encode())
+                    records[index] = (
+                        0,
+                        (time.perf_counter() - began) * 1e3,
+                        None,
+                        repr(exc).encode(),
+                    )
                     continue
-                records[index] = (answer.status, (time.perf_counter() - began) * 1e3,
-                                  answer.usage, answer.body)
+                records[index] = (
+                    answer.status,
+                    (time.perf_counter() - began) * 1e3,
+                    answer.usage,
+                    answer.body,
+                )
         finally:
             reconnects[slot] = client.reconnects
             client.close()
@@ -339,18 +418,37 @@ def send_all(service, api_key: str, bodies: list[bytes], clients: int):
     return threads, start, records, reconnects
 
 
-def run_case(config: str, run: int, service, emulator, api_key: str, load: Load,
-             clients: int, profiled: bool = False, when_sent=None) -> CaseResult:
+def run_case(
+    config: str,
+    run: int,
+    service,
+    emulator,
+    api_key: str,
+    load: Load,
+    clients: int,
+    profiled: bool = False,
+    when_sent=None,
+) -> CaseResult:
     """Send the load, measure it, then check what was stored (`when_sent` runs between)."""
     svc_cpu, emu_cpu = common.TreeCpu(service.process.pid), common.TreeCpu(emulator.process.pid)
     threads, start, records, reconnects = send_all(service, api_key, load.bodies, clients)
-    s0, e0, c0, m0 = svc_cpu.snapshot(), emu_cpu.snapshot(), common.self_cpu(), common.machine_busy()
+    s0, e0, c0, m0 = (
+        svc_cpu.snapshot(),
+        emu_cpu.snapshot(),
+        common.self_cpu(),
+        common.machine_busy(),
+    )
     t0 = time.perf_counter()
     start.wait()
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - t0
-    s1, e1, c1, m1 = svc_cpu.snapshot(), emu_cpu.snapshot(), common.self_cpu(), common.machine_busy()
+    s1, e1, c1, m1 = (
+        svc_cpu.snapshot(),
+        emu_cpu.snapshot(),
+        common.self_cpu(),
+        common.machine_busy(),
+    )
     if when_sent is not None:
         when_sent()
 
@@ -369,8 +467,9 @@ def run_case(config: str, run: int, service, emulator, api_key: str, load: Load,
     client = c1 - c0
     busy = (m1[0] - m0[0]) / common.CLK_TCK
     other = max(0.0, busy - svc.seconds - emu.seconds - client) / wall
-    workers = sorted((cpu for pid, cpu in svc.per_pid.items() if pid != service.process.pid),
-                     reverse=True)
+    workers = sorted(
+        (cpu for pid, cpu in svc.per_pid.items() if pid != service.process.pid), reverse=True
+    )
     master = svc.per_pid.get(service.process.pid, 0.0)
     split = "/".join(f"{w:.1f}" for w in workers) + f" (+master {master:.2f}) s"
     if svc.vanished:
@@ -379,22 +478,40 @@ def run_case(config: str, run: int, service, emulator, api_key: str, load: Load,
     n = load.events
     latencies.sort()
     return CaseResult(
-        config=config, case=load.name, run=run, events=n, wall=wall, rate=n / wall,
+        config=config,
+        case=load.name,
+        run=run,
+        events=n,
+        wall=wall,
+        rate=n / wall,
         p50_ms=statistics.median(latencies),
         p95_ms=latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))],
-        max_ms=latencies[-1], failed_requests=len(failures), not_created=not_created,
-        reconnects=sum(reconnects), service_cpu_us=svc.seconds / n * 1e6,
-        client_cpu_us=client / n * 1e6, emulator_cpu_us=emu.seconds / n * 1e6,
-        other_cores=other, worker_cpu_split=split, reads_per_event=usage.read / n,
+        max_ms=latencies[-1],
+        failed_requests=len(failures),
+        not_created=not_created,
+        reconnects=sum(reconnects),
+        service_cpu_us=svc.seconds / n * 1e6,
+        client_cpu_us=client / n * 1e6,
+        emulator_cpu_us=emu.seconds / n * 1e6,
+        other_cores=other,
+        worker_cpu_split=split,
+        reads_per_event=usage.read / n,
         writes_per_event=usage.written / n,
-        rpcs_per_batch=usage.rpcs / max(1, usage.responses), usage_missing=usage.missing,
-        stored_ok=stored_ok, stored_detail=detail, profiled=profiled, failures=failures[:5])
+        rpcs_per_batch=usage.rpcs / max(1, usage.responses),
+        usage_missing=usage.missing,
+        stored_ok=stored_ok,
+        stored_detail=detail,
+        profiled=profiled,
+        failures=failures[:5],
+    )
 
 
 def _summary(client, meter_id: str, user: str | None = None) -> dict:
-    today = datetime.now(timezone.utc).date()
-    path = (f"{METER_EVENTS}/summary?meterId={meter_id}"
-            f"&periodStart={today - timedelta(days=1)}&periodEnd={today + timedelta(days=1)}")
+    today = datetime.now(UTC).date()
+    path = (
+        f"{METER_EVENTS}/summary?meterId={meter_id}"
+        f"&periodStart={today - timedelta(days=1)}&periodEnd={today + timedelta(days=1)}"
+    )
     if user:
         path += f"&userId={user}"
     return client.get_json(path)
@@ -408,18 +525,23 @@ def verify(service, api_key: str, load: Load) -> tuple[bool, str]:
         problems = []
         summed = load.aggregation == "sum"
         if found["eventCount"] != load.events or (summed and found["value"] != load.value_sum):
-            problems.append(f"all users: eventCount {found['eventCount']} value {found['value']}"
-                            f" (sent {load.events}, {load.value_sum})")
+            problems.append(
+                f"all users: eventCount {found['eventCount']} value {found['value']}"
+                f" (sent {load.events}, {load.value_sum})"
+            )
         for user in sorted(load.per_user)[:3]:
             count, total = load.per_user[user]
             one = _summary(client, load.meter_id, user)
             if one["eventCount"] != count or (summed and one["value"] != total):
-                problems.append(f"{user}: {one['eventCount']}, {one['value']} "
-                                f"(sent {count}, {total})")
+                problems.append(
+                    f"{user}: {one['eventCount']}, {one['value']} (sent {count}, {total})"
+                )
         if problems:
             return False, "; ".join(problems)
-        return True, (f"eventCount={found['eventCount']} value={found['value']} "
-                      f"(+{min(3, len(load.per_user))} users)")
+        return True, (
+            f"eventCount={found['eventCount']} value={found['value']} "
+            f"(+{min(3, len(load.per_user))} users)"
+        )
     except Exception as exc:  # noqa: BLE001 -- a failed check is a result
         return False, f"summary failed: {exc}"
     finally:
@@ -429,20 +551,27 @@ def verify(service, api_key: str, load: Load) -> tuple[bool, str]:
 def create_meter(service, api_key: str, event_name: str, aggregation: str = "sum") -> dict:
     client = common.Client(service.url, api_key)
     try:
-        return client.post_json("/v1/billing/meters",
-                                {"name": event_name.replace("_", " "), "eventName": event_name,
-                                 "aggregationType": aggregation})
+        return client.post_json(
+            "/v1/billing/meters",
+            {
+                "name": event_name.replace("_", " "),
+                "eventName": event_name,
+                "aggregationType": aggregation,
+            },
+        )
     finally:
         client.close()
 
 
-def warm_up(service, api_key: str, events: int, clients: int, batch: int, rng,
-            meter_name: str) -> None:
+def warm_up(
+    service, api_key: str, events: int, clients: int, batch: int, rng, meter_name: str
+) -> None:
     """Untimed requests on a throwaway meter: every worker imports, probes and connects,
     and the emulator's JIT compiles the insert and transform paths."""
     meter = create_meter(service, api_key, meter_name)
-    load = build_load("warmup", meter, max(events, clients * batch), batch, 1000,
-                      uuid.uuid4().hex[:8], rng)
+    load = build_load(
+        "warmup", meter, max(events, clients * batch), batch, 1000, uuid.uuid4().hex[:8], rng
+    )
     threads, start, records, _ = send_all(service, api_key, load.bodies, clients)
     start.wait()
     for thread in threads:
@@ -455,10 +584,17 @@ def warm_up(service, api_key: str, events: int, clients: int, batch: int, rng,
 def create_org(emulator_host: str, project: str, name: str) -> str:
     """`metering orgs create NAME` against the emulator; the new org's API key."""
     import subprocess
+
     env = {**os.environ, "DATASTORE_EMULATOR_HOST": emulator_host, "METERING_PROJECT": project}
-    done = subprocess.run([*common.metering_command(), "orgs", "create", name], env=env,
-                          cwd=common.ROOT, capture_output=True, text=True, timeout=120,
-                          stdin=subprocess.DEVNULL)
+    done = subprocess.run(
+        [*common.metering_command(), "orgs", "create", name],
+        env=env,
+        cwd=common.ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"metering orgs create {name}: {done.stderr.strip()}")
     return json.loads(done.stdout)["apiKey"]
@@ -478,39 +614,73 @@ def run_rounds(args, emulator, workdir, rng, profile_dir=None):
         warm_key = None  # the demo org's key, printed by the first `serve` only
         for workers, threads in args.settings:
             config = f"{workers}x{threads}"
-            services[config] = common.Service(emulator.host, workers, threads, workdir,
-                                              project=PROJECT).start()
+            services[config] = common.Service(
+                emulator.host, workers, threads, workdir, project=PROJECT
+            ).start()
             warm_key = warm_key or services[config].api_key
             if warm_key is None:
                 raise RuntimeError("metering serve printed no API key for the demo org")
-            warm_up(services[config], warm_key, args.warmup_events, args.clients, args.batch,
-                    rng, f"bench_warmup_{config}")
+            warm_up(
+                services[config],
+                warm_key,
+                args.warmup_events,
+                args.clients,
+                args.batch,
+                rng,
+                f"bench_warmup_{config}",
+            )
         # The emulator's JIT keeps speeding up for tens of thousands of writes: warm it
         # with both kinds of raw commits before anything is measured.
         for case in ("raw", "raw+rollups"):
             if args.emulator_warmup >= args.batch:
-                warm = run_raw(emulator, PROJECT, args.emulator_warmup, args.batch,
-                               args.raw_threads, 0, "—", 0, case=case)
-                print(f"  [emulator warm-up, untimed] {warm.case}: {warm.events} events at "
-                      f"{warm.rate:,.0f}/s", flush=True)
+                warm = run_raw(
+                    emulator,
+                    PROJECT,
+                    args.emulator_warmup,
+                    args.batch,
+                    args.raw_threads,
+                    0,
+                    "—",
+                    0,
+                    case=case,
+                )
+                print(
+                    f"  [emulator warm-up, untimed] {warm.case}: {warm.events} events at "
+                    f"{warm.rate:,.0f}/s",
+                    flush=True,
+                )
         order = list(services)
         for run in range(1, args.repeat + 1):
             emulator.reset()
             key = create_org(emulator.host, PROJECT, f"bench-{run}")
             for case in args.raw_cases:
-                raw = run_raw(emulator, PROJECT, args.events, args.batch, args.raw_threads,
-                              args.raw_warmup, "—", run, case=case)
+                raw = run_raw(
+                    emulator,
+                    PROJECT,
+                    args.events,
+                    args.batch,
+                    args.raw_threads,
+                    args.raw_warmup,
+                    "—",
+                    run,
+                    case=case,
+                )
                 results.append(raw)
                 print_case(raw)
             shift = (run - 1) % len(order)
             for config in order[shift:] + order[:shift]:
                 service = services[config]
                 for case in args.cases:
-                    meter = create_meter(service, key, f"bench_{case}_{config}",
-                                         args.aggregation)
-                    load = build_load(case, meter, args.events, args.batch,
-                                      args.users if case == "spread" else None,
-                                      f"r{run}-{config}", rng)
+                    meter = create_meter(service, key, f"bench_{case}_{config}", args.aggregation)
+                    load = build_load(
+                        case,
+                        meter,
+                        args.events,
+                        args.batch,
+                        args.users if case == "spread" else None,
+                        f"r{run}-{config}",
+                        rng,
+                    )
                     result = run_case(config, run, service, emulator, key, load, args.clients)
                     results.append(result)
                     print_case(result)
@@ -518,8 +688,9 @@ def run_rounds(args, emulator, workdir, rng, profile_dir=None):
             costs = request_costs(args, services[order[0]], emulator, key, rng)
         if profile_dir is not None:
             config = order[0]
-            profile = profile_service(args, services[config], emulator, key, rng, profile_dir,
-                                      config, results)
+            profile = profile_service(
+                args, services[config], emulator, key, rng, profile_dir, config, results
+            )
     finally:
         for service in services.values():
             service.stop()
@@ -536,16 +707,29 @@ def request_costs(args, service, emulator, key, rng) -> list[tuple]:
         def make():
             b = next(counter)
             names = {"meterId": meter["id"]} if by_id else {"eventName": meter["eventName"]}
-            return json.dumps({"events": [
-                {**names, "userId": f"user-{rng.randrange(args.users)}", "value": 1,
-                 "idempotency": f"cost-{b}-{i}"} for i in range(size)]}).encode()
+            return json.dumps(
+                {
+                    "events": [
+                        {
+                            **names,
+                            "userId": f"user-{rng.randrange(args.users)}",
+                            "value": 1,
+                            "idempotency": f"cost-{b}-{i}",
+                        }
+                        for i in range(size)
+                    ]
+                }
+            ).encode()
+
         return make
 
-    kinds = [("auth only: POST with an empty body (400 after auth)", lambda: b"", 1600),
-             ("1-event batch naming eventName", batch(1, False), 800),
-             ("1-event batch naming meterId", batch(1, True), 800),
-             ("100-event batch naming eventName", batch(100, False), 200),
-             ("100-event batch naming meterId", batch(100, True), 200)]
+    kinds = [
+        ("auth only: POST with an empty body (400 after auth)", lambda: b"", 1600),
+        ("1-event batch naming eventName", batch(1, False), 800),
+        ("1-event batch naming meterId", batch(1, True), 800),
+        ("100-event batch naming eventName", batch(100, False), 200),
+        ("100-event batch naming meterId", batch(100, True), 200),
+    ]
     found = []
     for label, make, count in kinds:
         for measured in (False, True):  # the first pass warms this path
@@ -565,9 +749,15 @@ def request_costs(args, service, emulator, key, rng) -> list[tuple]:
         usage = common.Usage()
         for record in records:
             usage.add_header(record[2])
-        found.append((label, common.TreeCpu.used(e0, e1).seconds / count * 1e3,
-                      common.TreeCpu.used(s0, s1).seconds / count * 1e3, count / wall,
-                      usage.rpcs / max(1, usage.responses)))
+        found.append(
+            (
+                label,
+                common.TreeCpu.used(e0, e1).seconds / count * 1e3,
+                common.TreeCpu.used(s0, s1).seconds / count * 1e3,
+                count / wall,
+                usage.rpcs / max(1, usage.responses),
+            )
+        )
     return found
 
 
@@ -582,15 +772,24 @@ def print_request_costs(config: str, costs: list[tuple]) -> None:
 def profile_service(args, service, emulator, key, rng, profile_dir, config, results):
     """One more spread run with py-spy sampling every process of the service."""
     out = profile_dir / f"profile-{config}.txt"
-    profiler = common.Profiler(service.process.pid, out, rate=args.profile_rate,
-                               gil=not args.profile_all_threads)
+    profiler = common.Profiler(
+        service.process.pid, out, rate=args.profile_rate, gil=not args.profile_all_threads
+    )
     meter = create_meter(service, key, "bench_profiled")
-    load = build_load("spread", meter, args.profile_events, args.batch, args.users,
-                      "profiled", rng)
+    load = build_load("spread", meter, args.profile_events, args.batch, args.users, "profiled", rng)
     profiler.start()
     try:
-        result = run_case(config, 0, service, emulator, key, load, args.clients, profiled=True,
-                          when_sent=profiler.stop)
+        result = run_case(
+            config,
+            0,
+            service,
+            emulator,
+            key,
+            load,
+            args.clients,
+            profiled=True,
+            when_sent=profiler.stop,
+        )
     finally:
         profiler.stop()
     results.append(result)
@@ -601,19 +800,26 @@ def profile_service(args, service, emulator, key, rng, profile_dir, config, resu
 
 # -- output ----------------------------------------------------------------------------
 
+
 def print_case(r: CaseResult) -> None:
     where = f"[{r.config} run {r.run} {r.case}]" + (" (py-spy running)" if r.profiled else "")
     if r.case.startswith("raw"):
-        print(f"  {where} {r.events} events in {r.wall:.1f}s = {r.rate:,.0f} events/s "
-              f"({r.writes_per_event:.2f} entities each); writer CPU {r.client_cpu_us:.0f} "
-              f"us/event, emulator {r.emulator_cpu_us:.0f}; "
-              f"other load {r.other_cores:.2f} cores; {r.stored_detail}", flush=True)
+        print(
+            f"  {where} {r.events} events in {r.wall:.1f}s = {r.rate:,.0f} events/s "
+            f"({r.writes_per_event:.2f} entities each); writer CPU {r.client_cpu_us:.0f} "
+            f"us/event, emulator {r.emulator_cpu_us:.0f}; "
+            f"other load {r.other_cores:.2f} cores; {r.stored_detail}",
+            flush=True,
+        )
     else:
-        print(f"  {where} {r.events} events in {r.wall:.1f}s = {r.rate:,.0f} ev/s; service "
-              f"CPU {r.service_cpu_us:.0f} us/ev, client {r.client_cpu_us:.0f}, emulator "
-              f"{r.emulator_cpu_us:.0f}; other load {r.other_cores:.2f} cores; worker CPU "
-              f"{r.worker_cpu_split}; failed {r.failed_requests}; stored "
-              f"{'OK' if r.stored_ok else 'WRONG'} {r.stored_detail}", flush=True)
+        print(
+            f"  {where} {r.events} events in {r.wall:.1f}s = {r.rate:,.0f} ev/s; service "
+            f"CPU {r.service_cpu_us:.0f} us/ev, client {r.client_cpu_us:.0f}, emulator "
+            f"{r.emulator_cpu_us:.0f}; other load {r.other_cores:.2f} cores; worker CPU "
+            f"{r.worker_cpu_split}; failed {r.failed_requests}; stored "
+            f"{'OK' if r.stored_ok else 'WRONG'} {r.stored_detail}",
+            flush=True,
+        )
     for failure in r.failures:
         print(f"    failure: {failure}", flush=True)
 
@@ -626,31 +832,39 @@ def _round_rates(results, case) -> dict:
 
 
 def table(results: list[CaseResult]) -> str:
-    head = ("| setting | run | case | events | events/s | × raw | × raw+rollups | × raw-ndb | "
-            "× raw-datastore | × spread | "
-            "p50 ms | p95 ms | service CPU µs/event | client CPU µs/event | "
-            "emulator CPU µs/event | other load (cores) | reads/event | writes/event | "
-            "RPCs/request | failed requests | stored exact |")
+    head = (
+        "| setting | run | case | events | events/s | × raw | × raw+rollups | × raw-ndb | "
+        "× raw-datastore | × spread | "
+        "p50 ms | p95 ms | service CPU µs/event | client CPU µs/event | "
+        "emulator CPU µs/event | other load (cores) | reads/event | writes/event | "
+        "RPCs/request | failed requests | stored exact |"
+    )
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     raw_of, spread_of = _round_rates(results, "raw"), _round_rates(results, "spread")
     rollups_of = _round_rates(results, "raw+rollups")
     ndb_of = _round_rates(results, "raw-ndb")
     plain_of = _round_rates(results, "raw-datastore")
     for r in results:
-        def ratio(of, key=None):
+
+        def ratio(of, key=None, r=r):
             key = r.run if key is None else key
             return f"{r.rate / of[key]:.2f}" if key in of and not r.profiled else ""
+
         if r.case.startswith("raw"):
-            name = {"raw": "raw: event inserts", "raw+rollups": "raw+rollups: the service's "
-                    "commits", "raw-ndb": "raw-ndb: NDB put_multi",
-                    "raw-datastore": "raw-datastore: Client.put_multi"}[r.case]
+            name = {
+                "raw": "raw: event inserts",
+                "raw+rollups": "raw+rollups: the service's commits",
+                "raw-ndb": "raw-ndb: NDB put_multi",
+                "raw-datastore": "raw-datastore: Client.put_multi",
+            }[r.case]
             rows.append(
                 f"| {r.config} | {r.run} | {name}, 8 threads | {r.events} | {r.rate:,.0f} | "
                 f"{ratio(raw_of)} | {ratio(rollups_of)} | {ratio(ndb_of)} | "
                 f"{ratio(plain_of)} | | | | — | "
                 f"{r.client_cpu_us:.0f} (writer) | {r.emulator_cpu_us:.0f} | "
                 f"{r.other_cores:.2f} | 0 | {r.writes_per_event:.3f} | 1 | "
-                f"{r.failed_requests} | {'yes' if r.stored_ok else 'NO'} |")
+                f"{r.failed_requests} | {'yes' if r.stored_ok else 'NO'} |"
+            )
             continue
         x_spread = ratio(spread_of, (r.config, r.run)) if r.case == "hot" else ""
         name = r.case + (" (under py-spy)" if r.profiled else "")
@@ -662,7 +876,8 @@ def table(results: list[CaseResult]) -> str:
             f"{r.p95_ms:.0f} | {r.service_cpu_us:.0f} | {r.client_cpu_us:.0f} | "
             f"{r.emulator_cpu_us:.0f} | {r.other_cores:.2f} | {r.reads_per_event:.3f} | "
             f"{r.writes_per_event:.3f} | {r.rpcs_per_batch:.2f} | {r.failed_requests} | "
-            f"{'yes' if r.stored_ok else 'NO'} |")
+            f"{'yes' if r.stored_ok else 'NO'} |"
+        )
     return "\n".join(rows)
 
 
@@ -680,44 +895,77 @@ def bars(results: list[CaseResult]) -> list[tuple[str, bool, str]]:
         mine = [r for r in measured if r.config == config]
         service = [r for r in mine if not r.case.startswith("raw")]
         hot = [r for r in mine if r.case == "hot"]
-        for case, what in (("raw", "raw emulator (hand-built protobuf commits)"),
-                           ("raw-ndb", "raw write rate through NDB put_multi"),
-                           ("raw-datastore", "raw write rate through google-cloud-datastore")):
+        for case, what in (
+            ("raw", "raw emulator (hand-built protobuf commits)"),
+            ("raw-ndb", "raw write rate through NDB put_multi"),
+            ("raw-datastore", "raw write rate through google-cloud-datastore"),
+        ):
             of = _round_rates(measured, case)
             ratios = [r.rate / of[r.run] for r in mine if r.case == "spread" and r.run in of]
             if ratios:
-                checks.append((f"{config}: spread ≥ {BARS['spread_over_raw']} × {what} "
-                               "(median of rounds)", _median(ratios) >= BARS["spread_over_raw"],
-                               f"median {_median(ratios):.2f}; rounds "
-                               + ", ".join(f"{x:.2f}" for x in ratios)))
+                checks.append(
+                    (
+                        f"{config}: spread ≥ {BARS['spread_over_raw']} × {what} (median of rounds)",
+                        _median(ratios) >= BARS["spread_over_raw"],
+                        f"median {_median(ratios):.2f}; rounds "
+                        + ", ".join(f"{x:.2f}" for x in ratios),
+                    )
+                )
         if hot:
-            pairs = [h.rate / spread_of[(config, h.run)] for h in hot
-                     if (config, h.run) in spread_of]
+            pairs = [
+                h.rate / spread_of[(config, h.run)] for h in hot if (config, h.run) in spread_of
+            ]
             if pairs:
-                checks.append((f"{config}: hot key ≥ {BARS['hot_over_spread']} × spread "
-                               "(median of rounds)", _median(pairs) >= BARS["hot_over_spread"],
-                               f"median {_median(pairs):.2f}; rounds "
-                               + ", ".join(f"{x:.2f}" for x in pairs)))
-            checks.append((f"{config}: hot key: no failed request, exact count and sum",
-                           all(h.failed_requests == 0 and h.stored_ok and h.not_created == 0
-                               for h in hot),
-                           "; ".join(f"#{h.run} failed {h.failed_requests}, {h.stored_detail}"
-                                     for h in hot)))
-        checks.append((f"{config}: every run stored exactly what was sent, no failed request",
-                       all(r.stored_ok and r.failed_requests == 0 and r.not_created == 0
-                           for r in mine), f"{len(mine)} runs"))
+                checks.append(
+                    (
+                        f"{config}: hot key ≥ {BARS['hot_over_spread']} × spread "
+                        "(median of rounds)",
+                        _median(pairs) >= BARS["hot_over_spread"],
+                        f"median {_median(pairs):.2f}; rounds "
+                        + ", ".join(f"{x:.2f}" for x in pairs),
+                    )
+                )
+            checks.append(
+                (
+                    f"{config}: hot key: no failed request, exact count and sum",
+                    all(h.failed_requests == 0 and h.stored_ok and h.not_created == 0 for h in hot),
+                    "; ".join(
+                        f"#{h.run} failed {h.failed_requests}, {h.stored_detail}" for h in hot
+                    ),
+                )
+            )
+        checks.append(
+            (
+                f"{config}: every run stored exactly what was sent, no failed request",
+                all(r.stored_ok and r.failed_requests == 0 and r.not_created == 0 for r in mine),
+                f"{len(mine)} runs",
+            )
+        )
         cpu = [r.service_cpu_us for r in service]
-        checks.append((f"{config}: service CPU ≤ {BARS['cpu_us_per_event']:.0f} µs/event "
-                       "(every run)", all(x <= BARS["cpu_us_per_event"] for x in cpu),
-                       f"median {_median(cpu):.0f}; runs "
-                       + ", ".join(f"{r.case}#{r.run} {r.service_cpu_us:.0f}" for r in service)))
-        checks.append((f"{config}: ≤ {BARS['reads_per_event']:.0f} read and "
-                       f"≤ {BARS['writes_per_event']:.0f} writes per event (every run)",
-                       all(r.reads_per_event <= BARS["reads_per_event"]
-                           and r.writes_per_event <= BARS["writes_per_event"]
-                           and r.usage_missing == 0 for r in service),
-                       ", ".join(f"{r.case}#{r.run} {r.reads_per_event:.3f} r / "
-                                 f"{r.writes_per_event:.3f} w" for r in service)))
+        checks.append(
+            (
+                f"{config}: service CPU ≤ {BARS['cpu_us_per_event']:.0f} µs/event (every run)",
+                all(x <= BARS["cpu_us_per_event"] for x in cpu),
+                f"median {_median(cpu):.0f}; runs "
+                + ", ".join(f"{r.case}#{r.run} {r.service_cpu_us:.0f}" for r in service),
+            )
+        )
+        checks.append(
+            (
+                f"{config}: ≤ {BARS['reads_per_event']:.0f} read and "
+                f"≤ {BARS['writes_per_event']:.0f} writes per event (every run)",
+                all(
+                    r.reads_per_event <= BARS["reads_per_event"]
+                    and r.writes_per_event <= BARS["writes_per_event"]
+                    and r.usage_missing == 0
+                    for r in service
+                ),
+                ", ".join(
+                    f"{r.case}#{r.run} {r.reads_per_event:.3f} r / {r.writes_per_event:.3f} w"
+                    for r in service
+                ),
+            )
+        )
     return checks
 
 
@@ -729,24 +977,33 @@ def best_setting(results: list[CaseResult]) -> list[str]:
         mine = [r for r in results if r.config == config and not r.profiled]
         spread = [r for r in mine if r.case == "spread"]
         hot = [r for r in mine if r.case == "hot"]
-        lines.append((_median([r.rate for r in spread]), (
-            f"{config}: spread median {_median([r.rate for r in spread]):,.0f} ev/s "
-            f"(× raw {_median([r.rate / raw_of[r.run] for r in spread if r.run in raw_of]):.2f})"
-            f", hot median {_median([r.rate for r in hot]):,.0f} ev/s, service CPU median "
-            f"{_median([r.service_cpu_us for r in mine]):.0f} µs/event, spread p95 median "
-            f"{_median([r.p95_ms for r in spread]):.0f} ms")))
+        lines.append(
+            (
+                _median([r.rate for r in spread]),
+                (
+                    f"{config}: spread median {_median([r.rate for r in spread]):,.0f} ev/s "
+                    f"(× raw {_median([r.rate / raw_of[r.run] for r in spread if r.run in raw_of]):.2f})"  # noqa: E501
+                    f", hot median {_median([r.rate for r in hot]):,.0f} ev/s, service CPU median "
+                    f"{_median([r.service_cpu_us for r in mine]):.0f} µs/event, spread p95 median "
+                    f"{_median([r.p95_ms for r in spread]):.0f} ms"
+                ),
+            )
+        )
     return [line for _, line in sorted(lines, key=lambda item: -item[0])]
 
 
-def print_profile(out, summary: common.ProfileSummary, result: CaseResult, batches: int,
-                  gil: bool) -> None:
+def print_profile(
+    out, summary: common.ProfileSummary, result: CaseResult, batches: int, gil: bool
+) -> None:
     per_request_ms = result.service_cpu_us * result.events / batches / 1e3
     mode = "samples of the thread holding the GIL" if gil else "samples of every running thread"
-    print(f"\nProfile of the service under py-spy ({mode}, gunicorn master and workers): "
-          f"{summary.samples} samples over {batches} requests of {result.events // batches} "
-          f"events; measured service CPU {per_request_ms:.1f} ms per request "
-          f"({result.service_cpu_us:.0f} us/event), split below by sample share. "
-          f"Raw stacks: {out}")
+    print(
+        f"\nProfile of the service under py-spy ({mode}, gunicorn master and workers): "
+        f"{summary.samples} samples over {batches} requests of {result.events // batches} "
+        f"events; measured service CPU {per_request_ms:.1f} ms per request "
+        f"({result.service_cpu_us:.0f} us/event), split below by sample share. "
+        f"Raw stacks: {out}"
+    )
     if not summary.samples:
         print("  (no samples: see the .log next to the file)")
         return
@@ -764,50 +1021,88 @@ def print_profile(out, summary: common.ProfileSummary, result: CaseResult, batch
 
 # -- main ------------------------------------------------------------------------------
 
+
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=20000,
-                        help="events per case, and entities of the raw run (default 20000)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--events",
+        type=int,
+        default=20000,
+        help="events per case, and entities of the raw run (default 20000)",
+    )
     parser.add_argument("--batch", type=int, default=100, help="events per request (100)")
     parser.add_argument("--clients", type=int, default=8, help="client threads (8)")
     parser.add_argument("--raw-threads", type=int, default=8, help="raw writer threads (8)")
-    parser.add_argument("--emulator-warmup", type=int, default=30000,
-                        help="events of each raw kind written (untimed) before the first "
-                             "round, to warm the emulator's JIT (30000)")
-    parser.add_argument("--raw-warmup", type=int, default=4000,
-                        help="entities written (untimed) before the raw run, to warm the "
-                             "emulator's JIT (4000)")
-    parser.add_argument("--raw-cases", default=",".join(RAW_CASES),
-                        help="raw writer runs per round, of: " + "; ".join(
-                            f"{name}: {what}" for name, what in RAW_CASES.items())
-                        + " (default all; `raw` is required)")
-    parser.add_argument("--warmup-events", type=int, default=4000,
-                        help="events sent (untimed) to each new service before its rounds "
-                             "(4000)")
-    parser.add_argument("--aggregation", default="sum",
-                        help="aggregationType of the measured meters (sum); summaries check "
-                             "event counts always, values for sum")
-    parser.add_argument("--users", type=int, default=1000,
-                        help="users the spread case draws from (1000)")
-    parser.add_argument("--configs", default="2x8",
-                        help="comma-separated WORKERSxTHREADS settings of `metering serve` "
-                             "(default 2x8, serve's own default)")
-    parser.add_argument("--repeat", type=int, default=3,
-                        help="rounds (raw, spread, hot) per setting (default 3)")
-    parser.add_argument("--cases", default="spread,hot",
-                        help="service cases to run: spread,hot (default both)")
-    parser.add_argument("--profile", action="store_true",
-                        help="after the measured rounds, one more spread run on the first "
-                             "setting under py-spy (needs py-spy) and its top costs")
-    parser.add_argument("--profile-events", type=int, default=10000,
-                        help="events of the profiled run (10000)")
-    parser.add_argument("--request-costs", action="store_true",
-                        help="after the rounds, emulator and service CPU per request of a few "
-                             "kinds (auth only, 1 and 100 events by eventName or meterId)")
+    parser.add_argument(
+        "--emulator-warmup",
+        type=int,
+        default=30000,
+        help="events of each raw kind written (untimed) before the first "
+        "round, to warm the emulator's JIT (30000)",
+    )
+    parser.add_argument(
+        "--raw-warmup",
+        type=int,
+        default=4000,
+        help="entities written (untimed) before the raw run, to warm the emulator's JIT (4000)",
+    )
+    parser.add_argument(
+        "--raw-cases",
+        default=",".join(RAW_CASES),
+        help="raw writer runs per round, of: "
+        + "; ".join(f"{name}: {what}" for name, what in RAW_CASES.items())
+        + " (default all; `raw` is required)",
+    )
+    parser.add_argument(
+        "--warmup-events",
+        type=int,
+        default=4000,
+        help="events sent (untimed) to each new service before its rounds (4000)",
+    )
+    parser.add_argument(
+        "--aggregation",
+        default="sum",
+        help="aggregationType of the measured meters (sum); summaries check "
+        "event counts always, values for sum",
+    )
+    parser.add_argument(
+        "--users", type=int, default=1000, help="users the spread case draws from (1000)"
+    )
+    parser.add_argument(
+        "--configs",
+        default="2x8",
+        help="comma-separated WORKERSxTHREADS settings of `metering serve` "
+        "(default 2x8, serve's own default)",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="rounds (raw, spread, hot) per setting (default 3)"
+    )
+    parser.add_argument(
+        "--cases", default="spread,hot", help="service cases to run: spread,hot (default both)"
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="after the measured rounds, one more spread run on the first "
+        "setting under py-spy (needs py-spy) and its top costs",
+    )
+    parser.add_argument(
+        "--profile-events", type=int, default=10000, help="events of the profiled run (10000)"
+    )
+    parser.add_argument(
+        "--request-costs",
+        action="store_true",
+        help="after the rounds, emulator and service CPU per request of a few "
+        "kinds (auth only, 1 and 100 events by eventName or meterId)",
+    )
     parser.add_argument("--profile-rate", type=int, default=100, help="py-spy samples/s (100)")
-    parser.add_argument("--profile-all-threads", action="store_true",
-                        help="sample every running thread, not only the one holding the GIL")
+    parser.add_argument(
+        "--profile-all-threads",
+        action="store_true",
+        help="sample every running thread, not only the one holding the GIL",
+    )
     parser.add_argument("--profile-top", type=int, default=25)
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
     parser.add_argument("--seed", type=int, default=1)
@@ -830,11 +1125,22 @@ def parse_args(argv=None):
 def source_state() -> str:
     """The commit measured, and whether app/ differs from it."""
     import subprocess
+
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=common.ROOT,
-                                capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "app"], cwd=common.ROOT,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=common.ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "app"],
+            cwd=common.ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "source: not a git checkout"
     return f"source: commit {commit}" + (" + uncommitted changes in app/" if dirty else "")
@@ -852,20 +1158,26 @@ def main(argv=None) -> int:
     rng = random.Random(args.seed)
     workdir = common.scratch_dir()
     started = time.monotonic()
-    print(f"metering ingest benchmark — {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
-          f"{os.cpu_count()} CPUs, Python {platform.python_version()}, load average "
-          f"{os.getloadavg()[0]:.2f}; {source_state()}; logs in {workdir}", flush=True)
+    print(
+        f"metering ingest benchmark — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
+        f"{os.cpu_count()} CPUs, Python {platform.python_version()}, load average "
+        f"{os.getloadavg()[0]:.2f}; {source_state()}; logs in {workdir}",
+        flush=True,
+    )
     emulator = common.start_emulator("firestore", workdir)
     try:
         print(f"Firestore-mode emulator at {emulator.host}", flush=True)
-        results, profile, costs = run_rounds(args, emulator, workdir, rng,
-                                      workdir if args.profile else None)
+        results, profile, costs = run_rounds(
+            args, emulator, workdir, rng, workdir if args.profile else None
+        )
     finally:
         emulator.stop()
 
-    print(f"\nIngestion on the Firestore-mode emulator: {args.batch}-event requests from "
-          f"{args.clients} client threads, spread over {args.users} users or one hot (meter, "
-          f"user); {args.repeat} round(s) per setting ({time.monotonic() - started:.0f}s)")
+    print(
+        f"\nIngestion on the Firestore-mode emulator: {args.batch}-event requests from "
+        f"{args.clients} client threads, spread over {args.users} users or one hot (meter, "
+        f"user); {args.repeat} round(s) per setting ({time.monotonic() - started:.0f}s)"
+    )
     print(table(results))
     print("\nBars:")
     checks = bars(results)
@@ -881,9 +1193,15 @@ def main(argv=None) -> int:
         out, summary, result, batches = profile
         print_profile(out, summary, result, batches, not args.profile_all_threads)
     if args.json:
-        args.json.write_text(json.dumps({
-            "cases": [asdict(r) for r in results],
-            "bars": [{"bar": b, "met": ok, "detail": d} for b, ok, d in checks]}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "cases": [asdict(r) for r in results],
+                    "bars": [{"bar": b, "met": ok, "detail": d} for b, ok, d in checks],
+                },
+                indent=2,
+            )
+        )
     return 0 if all(ok for _, ok, _ in checks) else 1
 
 

@@ -38,14 +38,17 @@ import platform
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
 
-EVENTS, CANCEL, METERS = "/v1/billing/meter-events", "/v1/billing/meter-events/cancel", \
-    "/v1/billing/meters"
+EVENTS, CANCEL, METERS = (
+    "/v1/billing/meter-events",
+    "/v1/billing/meter-events/cancel",
+    "/v1/billing/meters",
+)
 LIMIT = 1 << 20  # METERING_MAX_BODY_BYTES's default
 SMALL = 64 * 1024
 
@@ -67,28 +70,62 @@ def valid_cases(meter_id: str, wide_meter_id: str):
     def batch(meter: str, user: str = "u", key_padding: int = 0, **fields):
         def make():
             n = next(counter)
-            return compact({"events": [{"meterId": meter, "value": i, **fields,
-                                        "userId": f"{i % 10}{user}"[:500],
-                                        "idempotency": f"{n}-{i}-" + "k" * key_padding}
-                                       for i in range(100)]})
+            return compact(
+                {
+                    "events": [
+                        {
+                            "meterId": meter,
+                            "value": i,
+                            **fields,
+                            "userId": f"{i % 10}{user}"[:500],
+                            "idempotency": f"{n}-{i}-" + "k" * key_padding,
+                        }
+                        for i in range(100)
+                    ]
+                }
+            )
+
         return make
 
     dimensions = {f"d{j:02d}": "v" * 150 for j in range(16)}
     return [
         ("valid: 100 small events", EVENTS, batch(meter_id)),
-        ("valid: 100 events, metadata of 2,700 numbers", EVENTS,
-         batch(meter_id, metadata={"m": [0] * 2_700})),
-        ("valid: 100 events, metadata of 2,000 objects", EVENTS,
-         batch(meter_id, metadata={"m": [{}] * 2_000})),
-        ("valid: 100 events, metadata of 750 keys", EVENTS,
-         batch(meter_id, metadata={"m": {f"k{j}": 0 for j in range(750)}})),
-        ("valid: 100 events, metadata of 800 one-field objects", EVENTS,
-         batch(meter_id, metadata={"m": [{"a": 0}] * 800})),
-        ("valid: 100 events, metadata of 2,700 numbers, 101-digit userIds", EVENTS,
-         batch(meter_id, metadata={"m": [0] * 2_700}, user="9" * 101)),
-        ("valid: the largest batch (1 MB)", EVENTS,
-         batch(wide_meter_id, metadata={"m": [{}] * 2_000}, dimensions=dimensions,
-               user="u" * 500, key_padding=480)),
+        (
+            "valid: 100 events, metadata of 2,700 numbers",
+            EVENTS,
+            batch(meter_id, metadata={"m": [0] * 2_700}),
+        ),
+        (
+            "valid: 100 events, metadata of 2,000 objects",
+            EVENTS,
+            batch(meter_id, metadata={"m": [{}] * 2_000}),
+        ),
+        (
+            "valid: 100 events, metadata of 750 keys",
+            EVENTS,
+            batch(meter_id, metadata={"m": {f"k{j}": 0 for j in range(750)}}),
+        ),
+        (
+            "valid: 100 events, metadata of 800 one-field objects",
+            EVENTS,
+            batch(meter_id, metadata={"m": [{"a": 0}] * 800}),
+        ),
+        (
+            "valid: 100 events, metadata of 2,700 numbers, 101-digit userIds",
+            EVENTS,
+            batch(meter_id, metadata={"m": [0] * 2_700}, user="9" * 101),
+        ),
+        (
+            "valid: the largest batch (1 MB)",
+            EVENTS,
+            batch(
+                wide_meter_id,
+                metadata={"m": [{}] * 2_000},
+                dimensions=dimensions,
+                user="u" * 500,
+                key_padding=480,
+            ),
+        ),
     ]
 
 
@@ -103,32 +140,69 @@ def hostile_cases(meter_id: str):
         "500,000 numbers, then NaN": (EVENTS, filled(b'{"events":[', b"0", b",NaN]}")),
         "1e400, then 500,000 numbers": (EVENTS, filled(b'{"events":[1e400,', b"0", b"]}")),
         "a 101-digit integer, then 500,000 numbers": (
-            EVENTS, filled(b'{"events":[' + b"9" * 101 + b",", b"0", b"]}")),
+            EVENTS,
+            filled(b'{"events":[' + b"9" * 101 + b",", b"0", b"]}"),
+        ),
         "130,000 objects, the last naming a field twice": (
-            EVENTS, filled(b'{"events":[', b'{"a":0}', b',{"a":1,"a":2}]}')),
+            EVENTS,
+            filled(b'{"events":[', b'{"a":0}', b',{"a":1,"a":2}]}'),
+        ),
         "262,000 strings, then a lone surrogate": (
-            EVENTS, filled(b'{"events":[', b'"a"', b',"\\ud800"]}')),
+            EVENTS,
+            filled(b'{"events":[', b'"a"', b',"\\ud800"]}'),
+        ),
         "1 MB of unknown names, one event": (
-            EVENTS, b'{"events":[{"userId":"u","value":1,' + names + b"}]}"),
-        "100 events of 150 unknown names": (EVENTS, compact({"events": [
-            {"meterId": meter_id, "userId": "u", "value": 1,
-             **{f"extra_{j:04d}_{'x' * 40}": 0 for j in range(150)}} for _ in range(100)]})),
-        "a 1 MB field name": (EVENTS, compact({"events": [
-            {"meterId": meter_id, "userId": "u", long_name: 1}]})),
+            EVENTS,
+            b'{"events":[{"userId":"u","value":1,' + names + b"}]}",
+        ),
+        "100 events of 150 unknown names": (
+            EVENTS,
+            compact(
+                {
+                    "events": [
+                        {
+                            "meterId": meter_id,
+                            "userId": "u",
+                            "value": 1,
+                            **{f"extra_{j:04d}_{'x' * 40}": 0 for j in range(150)},
+                        }
+                        for _ in range(100)
+                    ]
+                }
+            ),
+        ),
+        "a 1 MB field name": (
+            EVENTS,
+            compact({"events": [{"meterId": meter_id, "userId": "u", long_name: 1}]}),
+        ),
         "events: an object of 80,000 keys": (
-            EVENTS, b'{"events":{' + b",".join(b'"k%d":{}' % i for i in range(80_000))
-            + b"}}"),
-        "100 events, 2 bad fields each": (EVENTS, compact({"events": [
-            {"meterId": meter_id, "userId": 7, "value": "1"} for _ in range(100)]})),
-        "meter metadata: 8,000 long keys": (METERS, compact({
-            "name": "x", "eventName": "x", "metadata": {"k" * 101 + str(i): 0
-                                                        for i in range(8_000)}})),
+            EVENTS,
+            b'{"events":{' + b",".join(b'"k%d":{}' % i for i in range(80_000)) + b"}}",
+        ),
+        "100 events, 2 bad fields each": (
+            EVENTS,
+            compact(
+                {"events": [{"meterId": meter_id, "userId": 7, "value": "1"} for _ in range(100)]}
+            ),
+        ),
+        "meter metadata: 8,000 long keys": (
+            METERS,
+            compact(
+                {
+                    "name": "x",
+                    "eventName": "x",
+                    "metadata": {"k" * 101 + str(i): 0 for i in range(8_000)},
+                }
+            ),
+        ),
         "60 levels of 16 KB names, NaN": (
-            METERS, ("".join(f'{{"{level}":' for _ in range(60)) + "NaN"
-                     + "}" * 60).encode()),
+            METERS,
+            ("".join(f'{{"{level}":' for _ in range(60)) + "NaN" + "}" * 60).encode(),
+        ),
         "30 levels naming a field twice": (
-            METERS, ("".join(f'{{"{level}":1,"{level}":' for _ in range(30)) + "1"
-                     + "}" * 30).encode()),
+            METERS,
+            ("".join(f'{{"{level}":1,"{level}":' for _ in range(30)) + "1" + "}" * 30).encode(),
+        ),
     }
     return [(name, path, (lambda body=body: body)) for name, (path, body) in cases.items()]
 
@@ -148,9 +222,13 @@ def measure(service, client, path: str, make_body, runs: int) -> dict:
         statuses.add(answer.status)
         sizes.add(len(answer.body))
     used = common.TreeCpu.used(before, cpu.snapshot()).seconds
-    return {"status": "/".join(map(str, sorted(statuses))), "body": len(bodies[-1]),
-            "answer": max(sizes), "cpu_ms": used / runs * 1e3,
-            "wall_ms": statistics.median(walls) * 1e3}
+    return {
+        "status": "/".join(map(str, sorted(statuses))),
+        "body": len(bodies[-1]),
+        "answer": max(sizes),
+        "cpu_ms": used / runs * 1e3,
+        "wall_ms": statistics.median(walls) * 1e3,
+    }
 
 
 def main(argv=None) -> int:
@@ -158,38 +236,53 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=int, default=20, help="timed requests per case")
     args = parser.parse_args(argv)
     workdir = common.scratch_dir()
-    print(f"metering refusals benchmark — {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
-          f"{os.cpu_count()} CPUs, Python {platform.python_version()}, load average "
-          f"{os.getloadavg()[0]:.2f}; logs in {workdir}", flush=True)
+    print(
+        f"metering refusals benchmark — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
+        f"{os.cpu_count()} CPUs, Python {platform.python_version()}, load average "
+        f"{os.getloadavg()[0]:.2f}; logs in {workdir}",
+        flush=True,
+    )
     emulator = common.start_emulator("firestore", workdir)
     service = None
     try:
         service = common.Service(emulator.host, 1, 1, workdir).start()
         client = common.Client(service.url, service.api_key, timeout=300)
         meter_id = client.post_json(METERS, {"name": "Tokens", "eventName": "tokens"})["id"]
-        wide_id = client.post_json(METERS, {"name": "Wide", "eventName": "wide", "dimensions":
-                                            [f"d{j:02d}" for j in range(16)]})["id"]
+        wide_id = client.post_json(
+            METERS,
+            {"name": "Wide", "eventName": "wide", "dimensions": [f"d{j:02d}" for j in range(16)]},
+        )["id"]
         valid = valid_cases(meter_id, wide_id)
-        rows = [(name, measure(service, client, path, make, args.runs))
-                for name, path, make in valid + hostile_cases(meter_id)]
+        rows = [
+            (name, measure(service, client, path, make, args.runs))
+            for name, path, make in valid + hostile_cases(meter_id)
+        ]
     finally:
         if service is not None:
             service.stop()
         emulator.stop()
-    print(f"\n{args.runs} requests per case, one at a time; service CPU: gunicorn's process "
-          "tree (1 worker x 1 thread), whole run / requests; wall: median\n")
+    print(
+        f"\n{args.runs} requests per case, one at a time; service CPU: gunicorn's process "
+        "tree (1 worker x 1 thread), whole run / requests; wall: median\n"
+    )
     print("| case | status | body bytes | answer bytes | service CPU ms | wall ms |")
     print("|---|---|---:|---:|---:|---:|")
     for name, row in rows:
-        print(f"| {name} | {row['status']} | {row['body']:,} | {row['answer']:,} | "
-              f"{row['cpu_ms']:.1f} | {row['wall_ms']:.1f} |")
-    largest = max(row["cpu_ms"] for _, row in rows[1:len(valid)])
-    failures = [name for name, row in rows[len(valid):]
-                if row["status"] not in ("400", "413") or row["answer"] >= SMALL
-                or row["cpu_ms"] > largest]
-    print(f"\nhostile answers all 400/413, < {SMALL // 1024} KB and at most the CPU of the "
-          f"costliest valid batch ({largest:.1f} ms): "
-          + ("yes" if not failures else "NO: " + ", ".join(failures)))
+        print(
+            f"| {name} | {row['status']} | {row['body']:,} | {row['answer']:,} | "
+            f"{row['cpu_ms']:.1f} | {row['wall_ms']:.1f} |"
+        )
+    largest = max(row["cpu_ms"] for _, row in rows[1 : len(valid)])
+    failures = [
+        name
+        for name, row in rows[len(valid) :]
+        if row["status"] not in ("400", "413") or row["answer"] >= SMALL or row["cpu_ms"] > largest
+    ]
+    print(
+        f"\nhostile answers all 400/413, < {SMALL // 1024} KB and at most the CPU of the "
+        f"costliest valid batch ({largest:.1f} ms): "
+        + ("yes" if not failures else "NO: " + ", ".join(failures))
+    )
     return 0 if not failures else 1
 
 

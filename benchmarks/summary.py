@@ -25,21 +25,21 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.config import Config  # noqa: E402
-from app.datastore import make_client  # noqa: E402
-from app.emulator import Emulator  # noqa: E402
-from app.models import MeterEvent, ids, root_key  # noqa: E402
-from app.services import compact, events, meters, orgs, summary  # noqa: E402
-from app.storage import metrics  # noqa: E402
+from app.config import Config
+from app.datastore import make_client
+from app.emulator import Emulator
+from app.models import MeterEvent, ids, root_key
+from app.services import compact, events, meters, orgs, summary
+from app.storage import metrics
 
 USER = "heavy-user"
 MODELS = ("gpt-4", "gpt-4o", "claude", "llama")
-NOW = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+NOW = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
 START = NOW - timedelta(days=30)
 
 
@@ -47,11 +47,17 @@ def _batches(meter_id: str, total: int, seed: int):
     rng = random.Random(seed)
     span = int((NOW - START).total_seconds())
     for first in range(0, total, 100):
-        yield [{"meterId": meter_id, "userId": USER, "value": rng.randrange(1, 1000),
+        yield [
+            {
+                "meterId": meter_id,
+                "userId": USER,
+                "value": rng.randrange(1, 1000),
                 "timestamp": START + timedelta(seconds=rng.randrange(span)),
                 "idempotency": f"{seed}-{first + i}",
-                "dimensions": {"model": rng.choice(MODELS)}}
-               for i in range(min(100, total - first))]
+                "dimensions": {"model": rng.choice(MODELS)},
+            }
+            for i in range(min(100, total - first))
+        ]
 
 
 def _seed(client, namespace: str, config: Config, meter_id: str, total: int, seed: int):
@@ -70,9 +76,13 @@ def _seed(client, namespace: str, config: Config, meter_id: str, total: int, see
 def _read_every_event(meter) -> dict:
     """The original's summary: every event of the period into memory, then aggregated."""
     windows: dict[datetime, int] = {}
-    query = MeterEvent.query(MeterEvent.meter_id == meter.id_, MeterEvent.user_id == USER,
-                             MeterEvent.timestamp >= START, MeterEvent.timestamp < NOW,
-                             ancestor=root_key())
+    query = MeterEvent.query(
+        MeterEvent.meter_id == meter.id_,
+        MeterEvent.user_id == USER,
+        MeterEvent.timestamp >= START,
+        MeterEvent.timestamp < NOW,
+        ancestor=root_key(),
+    )
     for event in query.iter():
         if not event.deleted:
             hour = event.timestamp.replace(minute=0, second=0, microsecond=0)
@@ -82,8 +92,7 @@ def _read_every_event(meter) -> dict:
 
 def _rollups(meter) -> dict:
     answer = summary.summarize(meter.id_, USER, START, NOW, window_size="hour")
-    return {w.window_start.astimezone(timezone.utc): w.value
-            for w in answer.result.windows if w.event_count}
+    return {w.window_start.astimezone(UTC): w.value for w in answer.result.windows if w.event_count}
 
 
 def _timed(function, meter) -> tuple[float, int, dict]:
@@ -109,27 +118,35 @@ def main() -> None:
     parser.add_argument("--large", type=int, default=200_000)
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--baseline-runs", type=int, default=3)
-    parser.add_argument("--models", type=int, default=len(MODELS),
-                        help="values of the events' one dimension, so series of the user "
-                             f"(default {len(MODELS)})")
+    parser.add_argument(
+        "--models",
+        type=int,
+        default=len(MODELS),
+        help=f"values of the events' one dimension, so series of the user (default {len(MODELS)})",
+    )
     args = parser.parse_args()
     MODELS = MODELS + tuple(f"model-{i}" for i in range(len(MODELS), args.models))
-    MODELS = MODELS[:args.models]
+    MODELS = MODELS[: args.models]
 
-    with tempfile.TemporaryDirectory() as scratch, \
-            Emulator("firestore", log_path=str(Path(scratch) / "emulator.log")) as emulator:
-        config = Config(project="metering-bench", emulator_host=emulator.host,
-                        hashid_salt="bench-salt")
+    with (
+        tempfile.TemporaryDirectory() as scratch,
+        Emulator("firestore", log_path=str(Path(scratch) / "emulator.log")) as emulator,
+    ):
+        config = Config(
+            project="metering-bench", emulator_host=emulator.host, hashid_salt="bench-salt"
+        )
         ids.configure(config.hashid_salt)
         client = make_client(config)
         metrics.instrument(client)
         with client.context():
             namespace = orgs.create_org("bench").org.namespace
         with client.context(namespace=namespace):
-            small = meters.create_meter({"name": "small", "eventName": "small",
-                                         "dimensions": ["model"]})
-            large = meters.create_meter({"name": "large", "eventName": "large",
-                                         "dimensions": ["model"]})
+            small = meters.create_meter(
+                {"name": "small", "eventName": "small", "dimensions": ["model"]}
+            )
+            large = meters.create_meter(
+                {"name": "large", "eventName": "large", "dimensions": ["model"]}
+            )
         print(f"Seeding on the Firestore-mode emulator at {emulator.host}:", flush=True)
         _seed(client, namespace, config, small.id_, args.small, 1)
         _seed(client, namespace, config, large.id_, args.large, 2)
@@ -144,14 +161,17 @@ def _report(client, namespace, small, large, args) -> None:
     rows = {}
     for _round in range(2):  # interleave so machine noise hits both alike
         for name, meter in (("small", small), ("large", large)):
-            rows[("rollups", name)] = _measure(client, namespace, meter, _rollups,
-                                               args.runs // 2 + 1)
+            rows[("rollups", name)] = _measure(
+                client, namespace, meter, _rollups, args.runs // 2 + 1
+            )
     for name, meter in (("small", small), ("large", large)):
-        rows[("read-every-event", name)] = _measure(client, namespace, meter,
-                                                    _read_every_event, args.baseline_runs)
+        rows[("read-every-event", name)] = _measure(
+            client, namespace, meter, _read_every_event, args.baseline_runs
+        )
     for name in ("small", "large"):
-        assert rows[("rollups", name)][2] == rows[("read-every-event", name)][2], \
+        assert rows[("rollups", name)][2] == rows[("read-every-event", name)][2], (
             f"the two methods disagree on {name}"
+        )
     print(f"\n30-day summary, hourly windows, one user ({len(MODELS)} dimension values)")
     print(f"{'method':<18} {'events':>9} {'median ms':>10} {'entities read':>14}")
     for (method, name), (seconds, reads, _) in rows.items():

@@ -36,10 +36,10 @@ INDEX_FILE = ROOT / "index.yaml"
 TEST_FILE = "tests/test_index_queries.py"
 # Each index and the test of TEST_FILE whose query needs it.
 NEEDED_BY = {
-    "meter-event(MeterId, Timestamp) ancestor":
-        "test_events_of_a_meter_in_a_time_range_all_users",
-    "meter-event(MeterId, UserId, Timestamp) ancestor":
-        "test_events_of_a_meter_and_user_in_a_time_range",
+    "meter-event(MeterId, Timestamp) ancestor": "test_events_of_a_meter_in_a_time_range_all_users",
+    "meter-event(MeterId, UserId, Timestamp) ancestor": (
+        "test_events_of_a_meter_and_user_in_a_time_range"
+    ),
     "meter-rollup(MeterId, Day) ancestor": "test_rollups_of_a_meter_over_days_all_users",
     "meter-rollup(MeterId, UserId, Day) ancestor": "test_rollups_of_a_meter_and_user_over_days",
     "meter-event(MeterId, Timestamp desc) ancestor": "test_recent_events_of_a_meter",
@@ -49,18 +49,27 @@ MISSING_INDEX = "requires a composite index that is not defined"
 
 
 def describe(index: dict) -> str:
-    names = ", ".join(p["name"] + (" desc" if p.get("direction") == "desc" else "")
-                      for p in index["properties"])
+    names = ", ".join(
+        p["name"] + (" desc" if p.get("direction") == "desc" else "") for p in index["properties"]
+    )
     return f"{index['kind']}({names}){' ancestor' if index.get('ancestor') else ''}"
 
 
 def run_tests(index_file: Path) -> subprocess.CompletedProcess:
     """The chosen tests on the legacy emulator, requiring the indexes of index_file."""
-    env = {**os.environ, "METERING_TEST_EMULATOR": "legacy",
-           "METERING_TEST_INDEX_FILE": str(index_file)}
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           TEST_FILE], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
+    env = {
+        **os.environ,
+        "METERING_TEST_EMULATOR": "legacy",
+        "METERING_TEST_INDEX_FILE": str(index_file),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", TEST_FILE],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def without(indexes: list[dict], dropped: int, folder: Path) -> Path:
@@ -100,8 +109,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="metering-indexes-") as folder:
         for number, index in enumerate(indexes):
             problem = verdict(index, run_tests(without(indexes, number, Path(folder))))
-            print(f"{'DEAD' if problem else 'ok  '} without {describe(index)}: "
-                  + (problem or f"{NEEDED_BY[describe(index)]} fails on the missing index"))
+            print(
+                f"{'DEAD' if problem else 'ok  '} without {describe(index)}: "
+                + (problem or f"{NEEDED_BY[describe(index)]} fails on the missing index")
+            )
             if problem:
                 dead.append(describe(index))
     print(f"{len(indexes) + 1} runs in {time.monotonic() - started:.0f}s")

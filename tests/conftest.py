@@ -56,9 +56,14 @@ def config(emulator) -> Config:
     # The suite sends thousands of deliberately unauthenticated requests from one address
     # and reads freely: the limits are off here and on in the tests of the limits
     # (tests/test_cost_limit.py), which turn them on for a server of their own.
-    return Config(project="metering-test", emulator_host=emulator.host,
-                  hashid_salt="test-salt", admin_token=ADMIN_TOKEN,
-                  read_budget_per_minute=0, unauthenticated_per_minute=0)
+    return Config(
+        project="metering-test",
+        emulator_host=emulator.host,
+        hashid_salt="test-salt",
+        admin_token=ADMIN_TOKEN,
+        read_budget_per_minute=0,
+        unauthenticated_per_minute=0,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ present, nothing the schema does not name, each field in the schema's own form.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from app import create_app
 from app.api.declare import body, operation, response
@@ -16,8 +16,7 @@ from app.openapi import document
 from app.openapi.operations import operation_of
 from app.schemas import responses
 
-MOMENT = (datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
-          - timedelta(days=1))
+MOMENT = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)
 
 
 def _at(hours: int) -> str:
@@ -40,15 +39,32 @@ def test_the_recording_answer_is_its_schema(api):
 def test_the_summary_answer_is_its_schema_with_windows_groups_and_exact_big_values(api):
     meter = api.create_meter(dimensions=["model"])
     big = 1 << 62  # two of them sum past int64: the value is sent as a string of digits
-    api.record(*({"meterId": meter["id"], "userId": "u1", "value": value, "timestamp": _at(h),
-                  "dimensions": {"model": model}}
-                 for h, model, value in ((1, "a", big), (2, "a", big), (3, "b", 5))))
-    answer = api.summary(meterId=meter["id"], userId="u1", windowSize="day", groupBy="model",
-                         periodStart=_at(0), periodEnd=_at(4))
+    api.record(
+        *(
+            {
+                "meterId": meter["id"],
+                "userId": "u1",
+                "value": value,
+                "timestamp": _at(h),
+                "dimensions": {"model": model},
+            }
+            for h, model, value in ((1, "a", big), (2, "a", big), (3, "b", 5))
+        )
+    )
+    answer = api.summary(
+        meterId=meter["id"],
+        userId="u1",
+        windowSize="day",
+        groupBy="model",
+        periodStart=_at(0),
+        periodEnd=_at(4),
+    )
     _conforms(responses.Summary(), answer)
     assert answer["value"] == str(2 * big + 5)
     assert {w["groupBy"]["model"]: w["value"] for w in answer["windows"]} == {
-        "a": str(2 * big), "b": 5}
+        "a": str(2 * big),
+        "b": 5,
+    }
 
 
 def test_a_plain_summary_answer_is_its_schema(api):
@@ -72,15 +88,27 @@ def test_a_view_answers_through_its_schema_and_documents_it(config):
     answer = app.test_client().post("/v1/billing/echo", json={"revoked": 2})
     assert answer.status_code == 201
     assert answer.get_json() == {
-        "id": "mtr_2", "name": "n", "eventName": "e", "aggregationType": "sum",
-        "currency": "usd", "dimensions": ["model"], "metadata": {}, "status": "archived",
-        "createdAt": "2026-11-01T00:00:00Z", "updatedAt": "2026-11-01T00:00:00.000001Z"}
+        "id": "mtr_2",
+        "name": "n",
+        "eventName": "e",
+        "aggregationType": "sum",
+        "currency": "usd",
+        "dimensions": ["model"],
+        "metadata": {},
+        "status": "archived",
+        "createdAt": "2026-11-01T00:00:00Z",
+        "updatedAt": "2026-11-01T00:00:00.000001Z",
+    }
     declared = operation_of(app.view_functions["echo"])
     assert (declared.tag, declared.body, declared.success[201].shape) == (
-        "meters", responses.Revoked, responses.Meter)
+        "meters",
+        responses.Revoked,
+        responses.Meter,
+    )
     operation_doc = document.build(app)["paths"]["/v1/billing/echo"]["post"]
     assert operation_doc["responses"]["201"]["content"]["application/json"]["schema"] == {
-        "$ref": "#/components/schemas/Meter"}
+        "$ref": "#/components/schemas/Meter"
+    }
 
 
 class _Meter:
@@ -91,5 +119,5 @@ class _Meter:
         self.name, self.event_name, self.aggregation_type = "n", "e", "sum"
         self.currency, self.dimensions, self.metadata = "usd", ["model"], {}
         self.unique_by, self.deleted = None, True
-        self.created_at = datetime(2026, 11, 1, tzinfo=timezone.utc)
+        self.created_at = datetime(2026, 11, 1, tzinfo=UTC)
         self.updated_at = self.created_at + timedelta(microseconds=1)

@@ -24,15 +24,46 @@ import pytest
 APP = Path(__file__).resolve().parent.parent / "app"
 
 #: Libraries whose import means I/O (network, database, web framework, files of a cache).
-IO_LIBRARIES = ("flask", "werkzeug", "google", "grpc", "redis", "gunicorn", "requests",
-                "httpx", "urllib", "socket", "subprocess", "http", "hashids", "click",
-                "cryptography", "marshmallow", "apispec")
+IO_LIBRARIES = (
+    "flask",
+    "werkzeug",
+    "google",
+    "grpc",
+    "redis",
+    "gunicorn",
+    "requests",
+    "httpx",
+    "urllib",
+    "socket",
+    "subprocess",
+    "http",
+    "hashids",
+    "click",
+    "cryptography",
+    "marshmallow",
+    "apispec",
+)
 #: The layers above storage, which neither core nor storage may import.
-ABOVE_STORAGE = ("app.services", "app.api", "app.schemas", "app.openapi", "app.tenancy",
-                 "app.cli", "app.dashboard")
+ABOVE_STORAGE = (
+    "app.services",
+    "app.api",
+    "app.schemas",
+    "app.openapi",
+    "app.tenancy",
+    "app.cli",
+    "app.dashboard",
+)
 #: Constants defined exactly once, in the core (a leading underscore counts the same).
-SHARED_CONSTANTS = {"EPOCH", "SLOTS_PER_DAY", "MAX_ID", "AGGREGATION_TYPES", "AGGREGATIONS",
-                    "ORG_NAME", "ORG_NAME_PATTERN", "SLOT"}
+SHARED_CONSTANTS = {
+    "EPOCH",
+    "SLOTS_PER_DAY",
+    "MAX_ID",
+    "AGGREGATION_TYPES",
+    "AGGREGATIONS",
+    "ORG_NAME",
+    "ORG_NAME_PATTERN",
+    "SLOT",
+}
 AGGREGATION_NAMES = {"sum", "count", "last", "min", "max", "avg", "unique_count"}
 
 
@@ -42,8 +73,9 @@ def module_name(path: Path) -> str:
 
 
 MODULES = {module_name(path): path for path in sorted(APP.rglob("*.py"))}
-TREES = {name: ast.parse(path.read_text(encoding="utf-8"), str(path))
-         for name, path in MODULES.items()}
+TREES = {
+    name: ast.parse(path.read_text(encoding="utf-8"), str(path)) for name, path in MODULES.items()
+}
 
 
 def _resolve(module: str, node: ast.ImportFrom) -> str:
@@ -53,7 +85,7 @@ def _resolve(module: str, node: ast.ImportFrom) -> str:
     package = module.split(".")
     is_package = MODULES[module].name == "__init__.py"
     base = package if is_package else package[:-1]
-    base = base[:len(base) - node.level + 1]
+    base = base[: len(base) - node.level + 1]
     return ".".join(base + ([node.module] if node.module else []))
 
 
@@ -64,8 +96,9 @@ def imports_of(module: str) -> list[tuple[str, ast.stmt, bool]]:
 
     def visit(node: ast.AST, in_function: bool) -> None:
         for child in ast.iter_child_nodes(node):
-            nested = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef,
-                                                       ast.Lambda))
+            nested = in_function or isinstance(
+                child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
+            )
             if isinstance(child, ast.Import):
                 found.extend((alias.name, child, in_function) for alias in child.names)
             elif isinstance(child, ast.ImportFrom):
@@ -118,9 +151,12 @@ def test_core_and_storage_import_nothing_above_storage(module):
 def test_schemas_and_models_import_no_service_or_view(module):
     """Schemas describe requests and models describe stored kinds: a rule both need (the
     org name, the aggregation types) lives in the core, not in a service."""
-    above = {target for target in GRAPH[module]
-             if _in(target, ("app.services", "app.api", "app.openapi", "app.tenancy"))
-             or (_in(module, ("app.models",)) and _in(target, ("app.storage", "app.schemas")))}
+    above = {
+        target
+        for target in GRAPH[module]
+        if _in(target, ("app.services", "app.api", "app.openapi", "app.tenancy"))
+        or (_in(module, ("app.models",)) and _in(target, ("app.storage", "app.schemas")))
+    }
     assert not above, f"{module} imports {sorted(above)}"
 
 
@@ -224,8 +260,11 @@ def test_shared_constants_are_defined_once():
 
 
 def _strings(node: ast.AST) -> set[str]:
-    return {child.value for child in ast.walk(node)
-            if isinstance(child, ast.Constant) and isinstance(child.value, str)}
+    return {
+        child.value
+        for child in ast.walk(node)
+        if isinstance(child, ast.Constant) and isinstance(child.value, str)
+    }
 
 
 def test_the_aggregation_types_are_listed_once():
@@ -234,20 +273,30 @@ def test_the_aggregation_types_are_listed_once():
     listed = []
     for module, tree in TREES.items():
         for node in ast.walk(tree):
-            if isinstance(node, (ast.Tuple, ast.List, ast.Set, ast.Dict, ast.ClassDef)):
-                if AGGREGATION_NAMES <= _strings(node) and (
-                        isinstance(node, ast.ClassDef) or not any(
-                            isinstance(child, (ast.Tuple, ast.List, ast.Set, ast.Dict))
-                            and AGGREGATION_NAMES <= _strings(child)
-                            for child in ast.iter_child_nodes(node))):
-                    listed.append(f"{module}:{node.lineno}")
+            if (
+                isinstance(node, (ast.Tuple, ast.List, ast.Set, ast.Dict, ast.ClassDef))
+                and _strings(node) >= AGGREGATION_NAMES
+                and (
+                    isinstance(node, ast.ClassDef)
+                    or not any(
+                        isinstance(child, (ast.Tuple, ast.List, ast.Set, ast.Dict))
+                        and _strings(child) >= AGGREGATION_NAMES
+                        for child in ast.iter_child_nodes(node)
+                    )
+                )
+            ):
+                listed.append(f"{module}:{node.lineno}")
     assert len(listed) == 1 and listed[0].startswith("app.core.aggregation:"), listed
 
 
 def test_the_epoch_is_built_once():
     """Whatever its name: `datetime(1970, 1, 1, ...)` appears only in the core's slots."""
-    built = [f"{module}:{node.lineno}" for module, tree in TREES.items()
-             for node in ast.walk(tree)
-             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "datetime"
-             and [getattr(arg, "value", None) for arg in node.args[:3]] == [1970, 1, 1]]
+    built = [
+        f"{module}:{node.lineno}"
+        for module, tree in TREES.items()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and getattr(node.func, "id", None) == "datetime"
+        and [getattr(arg, "value", None) for arg in node.args[:3]] == [1970, 1, 1]
+    ]
     assert built == [built[0]] and built[0].startswith("app.core.slots:"), built

@@ -43,6 +43,7 @@ def serve(config):
         server = LiveServer(create_app(config.replace(**changes))).start()
         servers.append(server)
         return server.url
+
     yield start
     for server in servers:
         server.stop()
@@ -50,8 +51,9 @@ def serve(config):
 
 def reads(answer) -> int:
     """Entities the request read from the Datastore (its X-Datastore-Usage)."""
-    fields = dict(part.strip().split("=") for part in
-                  answer.headers["X-Datastore-Usage"].split(";"))
+    fields = dict(
+        part.strip().split("=") for part in answer.headers["X-Datastore-Usage"].split(";")
+    )
     return int(fields["read"])
 
 
@@ -60,14 +62,13 @@ def cached_kinds(redis_server) -> set[str]:
     kinds = set()
     for name in redis_server.client().keys(NDB_PREFIX + b"*"):
         key = en.Key.pb()()
-        key.ParseFromString(name[len(NDB_PREFIX):])
+        key.ParseFromString(name[len(NDB_PREFIX) :])
         kinds.add(key.path[-1].kind)
     return kinds
 
 
 def new_org(url: str, admin_token: str) -> dict:
-    answer = Api(url, admin_token).post("/v1/admin/orgs",
-                                        json={"name": unique_org_name()})
+    answer = Api(url, admin_token).post("/v1/admin/orgs", json={"name": unique_org_name()})
     assert answer.status_code == 201, answer.text
     return answer.json()
 
@@ -98,7 +99,8 @@ def test_a_revoked_key_is_refused_at_once(serve, redis_server, config):
     api = Api(url, org["apiKey"])
     assert api.get("/v1/billing/meters").status_code == 200  # now cached
     revoked = Api(url, config.admin_token).delete(
-        f"/v1/admin/orgs/{org['name']}/keys/{org['keyPrefix']}")
+        f"/v1/admin/orgs/{org['name']}/keys/{org['keyPrefix']}"
+    )
     assert revoked.status_code == 200, revoked.text
     assert api.get("/v1/billing/meters").status_code == 401
 
@@ -109,11 +111,18 @@ def test_a_key_revoked_by_the_command_is_refused_at_once(serve, redis_server, co
     org = new_org(url, config.admin_token)
     api = Api(url, org["apiKey"])
     assert api.get("/v1/billing/meters").status_code == 200  # now cached
-    done = run_cli("keys", "revoke", org["name"], org["keyPrefix"],
-                   env=cli_env(DATASTORE_EMULATOR_HOST=config.emulator_host,
-                               METERING_PROJECT=config.project,
-                               METERING_HASHID_SALT=config.hashid_salt,
-                               REDIS_CACHE_URL=redis_server.url))
+    done = run_cli(
+        "keys",
+        "revoke",
+        org["name"],
+        org["keyPrefix"],
+        env=cli_env(
+            DATASTORE_EMULATOR_HOST=config.emulator_host,
+            METERING_PROJECT=config.project,
+            METERING_HASHID_SALT=config.hashid_salt,
+            REDIS_CACHE_URL=redis_server.url,
+        ),
+    )
     assert done.returncode == 0, done.stderr
     assert api.get("/v1/billing/meters").status_code == 401
 
@@ -136,7 +145,8 @@ def test_the_service_keeps_working_uncached_when_redis_dies(serve, redis_server,
     other = new_org(url, config.admin_token)
     assert Api(url, other["apiKey"]).get("/v1/billing/meters").status_code == 200
     revoked = Api(url, config.admin_token).delete(
-        f"/v1/admin/orgs/{org['name']}/keys/{org['keyPrefix']}")
+        f"/v1/admin/orgs/{org['name']}/keys/{org['keyPrefix']}"
+    )
     assert revoked.status_code == 200
     assert api.get("/v1/billing/meters").status_code == 401
     assert time.monotonic() - started < 15
@@ -147,8 +157,10 @@ def test_the_rate_limit_is_shared_through_redis(serve, redis_server, config):
     second = serve(rate_limit_per_minute=3, redis_url=redis_server.url)
     key = new_org(first, config.admin_token)["apiKey"]
     fresh_minute()
-    codes = [Api(url, key).get("/v1/billing/meters").status_code
-             for url in (first, second, first, second)]
+    codes = [
+        Api(url, key).get("/v1/billing/meters").status_code
+        for url in (first, second, first, second)
+    ]
     assert codes == [200, 200, 200, 429]
 
 

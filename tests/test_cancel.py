@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from tests.support.http import error_of
 
-NOW = datetime.now(timezone.utc).replace(microsecond=0)
+NOW = datetime.now(UTC).replace(microsecond=0)
 
 
 def _at(minutes_ago: int) -> str:
@@ -21,17 +21,33 @@ def _cancel(api, *targets, expect=200):
     return answer.json()
 
 
-@pytest.mark.parametrize("aggregation, cancelled, before, after", [
-    ("sum", 1, 14, 12), ("count", 1, 3, 2), ("max", 0, 7, 5), ("min", 1, 2, 5),
-    ("last", 2, 5, 2), ("avg", 0, 14 / 3, 3.5),
-])
+@pytest.mark.parametrize(
+    "aggregation, cancelled, before, after",
+    [
+        ("sum", 1, 14, 12),
+        ("count", 1, 3, 2),
+        ("max", 0, 7, 5),
+        ("min", 1, 2, 5),
+        ("last", 2, 5, 2),
+        ("avg", 0, 14 / 3, 3.5),
+    ],
+)
 def test_a_cancelled_event_leaves_the_summary(api, aggregation, cancelled, before, after):
     meter = api.create_meter(aggregationType=aggregation)
-    ids = [e["id"] for e in api.record(
-        {"meterId": meter["id"], "userId": "u", "value": 7, "timestamp": _at(30)},
-        {"meterId": meter["id"], "userId": "u", "value": 2, "timestamp": _at(20),
-         "idempotency": "small"},
-        {"meterId": meter["id"], "userId": "u", "value": 5, "timestamp": _at(10)})["events"]]
+    ids = [
+        e["id"]
+        for e in api.record(
+            {"meterId": meter["id"], "userId": "u", "value": 7, "timestamp": _at(30)},
+            {
+                "meterId": meter["id"],
+                "userId": "u",
+                "value": 2,
+                "timestamp": _at(20),
+                "idempotency": "small",
+            },
+            {"meterId": meter["id"], "userId": "u", "value": 5, "timestamp": _at(10)},
+        )["events"]
+    ]
     assert api.summary(meterId=meter["id"])["value"] == pytest.approx(before)
     target = {"id": ids[cancelled]}
     if aggregation == "count":  # by meter and idempotency key instead of id
@@ -43,12 +59,22 @@ def test_a_cancelled_event_leaves_the_summary(api, aggregation, cancelled, befor
 
 def test_cancelling_twice_is_harmless_and_unknown_events_are_reported(api):
     meter = api.create_meter()
-    event_id = api.record({"meterId": meter["id"], "userId": "u", "value": 3,
-                           "idempotency": "k"})["events"][0]["id"]
-    first = _cancel(api, {"id": event_id}, {"eventName": meter["eventName"], "idempotency": "k"},
-                    {"id": "nonsense"}, {"meterId": meter["id"], "idempotency": "other"})
+    event_id = api.record({"meterId": meter["id"], "userId": "u", "value": 3, "idempotency": "k"})[
+        "events"
+    ][0]["id"]
+    first = _cancel(
+        api,
+        {"id": event_id},
+        {"eventName": meter["eventName"], "idempotency": "k"},
+        {"id": "nonsense"},
+        {"meterId": meter["id"], "idempotency": "other"},
+    )
     assert [e["status"] for e in first["events"]] == [
-        "cancelled", "already_cancelled", "not_found", "not_found"]
+        "cancelled",
+        "already_cancelled",
+        "not_found",
+        "not_found",
+    ]
     assert first["events"][0]["id"] == first["events"][1]["id"] == event_id
     again = _cancel(api, {"id": event_id})
     assert again["events"] == [{"id": event_id, "status": "already_cancelled"}]
@@ -85,13 +111,16 @@ def test_one_org_cannot_cancel_anothers_events(api, other_api):
     assert api.summary(meterId=meter["id"])["value"] == 3
 
 
-@pytest.mark.parametrize("target, param", [
-    ({}, "events[0].id"),
-    ({"id": "x", "idempotency": "k"}, "events[0].id"),
-    ({"idempotency": "k"}, "events[0].meterId"),
-    ({"meterId": "m"}, "events[0].id"),
-    ({"meterId": "m", "eventName": "e", "idempotency": "k"}, "events[0].meterId"),
-])
+@pytest.mark.parametrize(
+    "target, param",
+    [
+        ({}, "events[0].id"),
+        ({"id": "x", "idempotency": "k"}, "events[0].id"),
+        ({"idempotency": "k"}, "events[0].meterId"),
+        ({"meterId": "m"}, "events[0].id"),
+        ({"meterId": "m", "eventName": "e", "idempotency": "k"}, "events[0].meterId"),
+    ],
+)
 def test_bad_cancel_requests_name_the_field(api, target, param):
     answer = api.post("/v1/billing/meter-events/cancel", json={"events": [target]})
     assert answer.status_code == 400

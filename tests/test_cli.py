@@ -18,18 +18,27 @@ import pytest
 from app.emulator import free_port
 from tests.support.http import Api
 from tests.support.names import unique_org_name
-from tests.support.processes import (Processes, cli_env, curl_example, mentioning, run_cli,
-                                     run_cli_all, send_curl, wait_serving, wait_until)
+from tests.support.processes import (
+    Processes,
+    cli_env,
+    curl_example,
+    mentioning,
+    run_cli,
+    run_cli_all,
+    send_curl,
+    wait_serving,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
-
 
 
 def _serve(procs: Processes, data_dir: Path, env: dict, name: str, *extra: str):
     """Start `metering serve` on a free port and wait until it answers."""
     port = free_port()
-    child = procs.start(["serve", "--port", str(port), "--data-dir", str(data_dir), *extra],
-                        env, name)
+    child = procs.start(
+        ["serve", "--port", str(port), "--data-dir", str(data_dir), *extra], env, name
+    )
     url = f"http://127.0.0.1:{port}"
     wait_serving(f"{url}/healthz", 45, f"{name} serving", child)
     # The master forks workers: it must never have loaded gRPC (demo org in a child).
@@ -107,16 +116,25 @@ def test_serve_can_embed_the_firestore_mode_emulator_instead(procs, tmp_path):
     demo = Api(url, _bearer(curl_example(child.stdout())))
     meter = demo.create_meter()
     for value, key in ((3, "k1"), (4, "k2")):
-        recorded = demo.post("/v1/billing/meter-events", json={"events": [
-            {"meterId": meter["id"], "userId": "u", "value": value, "idempotency": key}]})
+        recorded = demo.post(
+            "/v1/billing/meter-events",
+            json={
+                "events": [
+                    {"meterId": meter["id"], "userId": "u", "value": value, "idempotency": key}
+                ]
+            },
+        )
         assert recorded.status_code == 201, recorded.text
         # The fast path: key, org and meter lookups and one Commit (plus, on a worker's
         # first batch, its one-off probe for transforms); the legacy emulator's careful
         # path would add a transaction and a lookup of the event and its rollup.
-        assert recorded.headers["X-Datastore-Usage"] in ("rpcs=4; read=3; written=2",
-                                                         "rpcs=5; read=3; written=3")
-    summary = demo.get("/v1/billing/meter-events/summary",
-                       params={"meterId": meter["id"], "userId": "u"}).json()
+        assert recorded.headers["X-Datastore-Usage"] in (
+            "rpcs=4; read=3; written=2",
+            "rpcs=5; read=3; written=3",
+        )
+    summary = demo.get(
+        "/v1/billing/meter-events/summary", params={"meterId": meter["id"], "userId": "u"}
+    ).json()
     assert (summary["value"], summary["eventCount"]) == (7, 2)
     _stop(child, signal.SIGTERM, data_dir)
     host, _, port = emulator_host.rpartition(":")

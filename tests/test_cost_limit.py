@@ -5,7 +5,7 @@ with and without the shared counters in a real Redis."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -18,8 +18,7 @@ from tests.support.server import LiveServer
 from tests.test_ratelimit import fresh_minute
 
 pytestmark = pytest.mark.usefixtures("firestore_only")
-DAY = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(
-    days=1)
+DAY = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)
 USERS = 60
 WRONG_KEY = "mk_" + "w" * 40
 
@@ -40,14 +39,16 @@ def serve(config):
         server = LiveServer(create_app(config.replace(**changes))).start()
         servers.append(server)
         return server.url
+
     yield start
     for server in servers:
         server.stop()
 
 
 def reads(answer) -> int:
-    fields = dict(part.strip().split("=") for part in
-                  answer.headers["X-Datastore-Usage"].split(";"))
+    fields = dict(
+        part.strip().split("=") for part in answer.headers["X-Datastore-Usage"].split(";")
+    )
     return int(fields["read"])
 
 
@@ -61,11 +62,22 @@ def assert_rate_limited(answer) -> None:
 def costly_query(api) -> dict:
     """A summary over USERS users' rollups: it reads about USERS entities."""
     meter = api.create_meter()
-    api.record(*[{"meterId": meter["id"], "userId": f"user-{n}", "value": 1,
-                  "timestamp": (DAY + timedelta(minutes=n)).isoformat()}
-                 for n in range(USERS)])
-    return {"meterId": meter["id"], "periodStart": DAY.isoformat(),
-            "periodEnd": (DAY + timedelta(days=1)).isoformat()}
+    api.record(
+        *[
+            {
+                "meterId": meter["id"],
+                "userId": f"user-{n}",
+                "value": 1,
+                "timestamp": (DAY + timedelta(minutes=n)).isoformat(),
+            }
+            for n in range(USERS)
+        ]
+    )
+    return {
+        "meterId": meter["id"],
+        "periodStart": DAY.isoformat(),
+        "periodEnd": (DAY + timedelta(days=1)).isoformat(),
+    }
 
 
 SUMMARY = "/v1/billing/meter-events/summary"
@@ -73,7 +85,8 @@ SUMMARY = "/v1/billing/meter-events/summary"
 
 @pytest.mark.parametrize("shared", [False, True], ids=["per-process", "redis"])
 def test_reads_past_the_budget_answer_429_until_the_next_minute(
-        serve, org, other_org, costly_query, shared, request):
+    serve, org, other_org, costly_query, shared, request
+):
     redis_url = request.getfixturevalue("redis_server").url if shared else None
     url = serve(read_budget_per_minute=USERS, redis_url=redis_url)
     fresh_minute()
@@ -89,9 +102,11 @@ def test_reads_past_the_budget_answer_429_until_the_next_minute(
 
 
 def test_with_redis_the_read_budget_is_shared_by_every_process(
-        serve, org, costly_query, redis_server):
-    first, second = (serve(read_budget_per_minute=USERS, redis_url=redis_server.url)
-                     for _ in range(2))
+    serve, org, costly_query, redis_server
+):
+    first, second = (
+        serve(read_budget_per_minute=USERS, redis_url=redis_server.url) for _ in range(2)
+    )
     fresh_minute()
     assert Api(first, org["apiKey"]).get(SUMMARY, params=costly_query).status_code == 200
     assert_rate_limited(Api(second, org["apiKey"]).get("/v1/billing/meters"))
@@ -102,8 +117,10 @@ def test_a_refused_write_changes_nothing(serve, org, api, costly_query):
     fresh_minute()
     spender = Api(url, org["apiKey"])
     assert spender.get(SUMMARY, params=costly_query).status_code == 200
-    refused = spender.post("/v1/billing/meter-events", json={"events": [
-        {"meterId": costly_query["meterId"], "userId": "late", "value": 7}]})
+    refused = spender.post(
+        "/v1/billing/meter-events",
+        json={"events": [{"meterId": costly_query["meterId"], "userId": "late", "value": 7}]},
+    )
     assert_rate_limited(refused)
     assert api.summary(meterId=costly_query["meterId"], userId="late")["value"] == 0
 
@@ -113,8 +130,9 @@ def test_wrong_keys_are_limited_per_address(serve, org, shared, request):
     redis_url = request.getfixturevalue("redis_server").url if shared else None
     url = serve(unauthenticated_per_minute=3, redis_url=redis_url)
     fresh_minute()
-    answers = [Api(url, key).get("/v1/billing/meters")
-               for key in (WRONG_KEY, None, "mk_" + "v" * 40)]
+    answers = [
+        Api(url, key).get("/v1/billing/meters") for key in (WRONG_KEY, None, "mk_" + "v" * 40)
+    ]
     assert [a.status_code for a in answers] == [401] * 3  # unknown, missing, unknown
     assert_rate_limited(Api(url, WRONG_KEY).get("/v1/billing/meters"))
     blocked = Api(url, org["apiKey"]).get("/v1/billing/meters")
@@ -124,11 +142,14 @@ def test_wrong_keys_are_limited_per_address(serve, org, shared, request):
 
 
 def test_with_redis_wrong_keys_count_over_every_process(serve, redis_server):
-    first, second = (serve(unauthenticated_per_minute=3, redis_url=redis_server.url)
-                     for _ in range(2))
+    first, second = (
+        serve(unauthenticated_per_minute=3, redis_url=redis_server.url) for _ in range(2)
+    )
     fresh_minute()
-    codes = [Api(url, WRONG_KEY).get("/v1/billing/meters").status_code
-             for url in (first, second, first, second)]
+    codes = [
+        Api(url, WRONG_KEY).get("/v1/billing/meters").status_code
+        for url in (first, second, first, second)
+    ]
     assert codes == [401, 401, 401, 429]
 
 
@@ -159,9 +180,15 @@ def test_a_key_lately_found_unknown_costs_no_lookup(serve, org, admin):
 def test_outside_app_engine_invented_address_headers_change_nothing(serve):
     url = serve(unauthenticated_per_minute=2)
     fresh_minute()
-    codes = [Api(url, WRONG_KEY).get("/v1/billing/meters", headers={
-        "X-Appengine-User-Ip": f"203.0.113.{n}", "X-Forwarded-For": f"198.51.100.{n}"}
-    ).status_code for n in range(3)]
+    codes = [
+        Api(url, WRONG_KEY)
+        .get(
+            "/v1/billing/meters",
+            headers={"X-Appengine-User-Ip": f"203.0.113.{n}", "X-Forwarded-For": f"198.51.100.{n}"},
+        )
+        .status_code
+        for n in range(3)
+    ]
     assert codes == [401, 401, 429]  # all from 127.0.0.1
 
 
@@ -170,8 +197,12 @@ def test_on_app_engine_the_front_ends_address_counts_and_ipv6_per_64(serve):
     fresh_minute()
 
     def attempt(address: str) -> int:
-        return Api(url, WRONG_KEY).get("/v1/billing/meters", headers={
-            "X-Appengine-User-Ip": address}).status_code
+        return (
+            Api(url, WRONG_KEY)
+            .get("/v1/billing/meters", headers={"X-Appengine-User-Ip": address})
+            .status_code
+        )
+
     assert [attempt("203.0.113.7") for _ in range(3)] == [401, 401, 429]
     assert attempt("203.0.113.8") == 401  # another caller
     assert [attempt(f"2001:db8:1:2::{n}") for n in range(1, 4)] == [401, 401, 429]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import yaml
@@ -17,7 +17,7 @@ CRON = {"X-Appengine-Cron": "true"}
 
 
 def _at(minutes_ago: int) -> str:
-    moment = datetime.now(timezone.utc) - timedelta(minutes=minutes_ago)
+    moment = datetime.now(UTC) - timedelta(minutes=minutes_ago)
     return moment.isoformat().replace("+00:00", "Z")
 
 
@@ -29,9 +29,18 @@ def _dirty(config, org) -> int:
 def _record_spread(api: Api, users: int) -> dict:
     """Events of `users` users over two days: one rollup per user and day."""
     meter = api.create_meter(aggregationType="max")
-    api.record(*[{"meterId": meter["id"], "userId": f"u{u}", "value": u + day,
-                  "timestamp": _at(day * 24 * 60 + 5)}
-                 for u in range(users) for day in range(2)])
+    api.record(
+        *[
+            {
+                "meterId": meter["id"],
+                "userId": f"u{u}",
+                "value": u + day,
+                "timestamp": _at(day * 24 * 60 + 5),
+            }
+            for u in range(users)
+            for day in range(2)
+        ]
+    )
     return meter
 
 
@@ -55,8 +64,7 @@ def test_cron_yaml_names_only_routes_that_answer_app_engine_cron(production_serv
 def test_the_cron_header_counts_only_on_app_engine(anonymous, production_server):
     refused = anonymous.get("/v1/cron/compact", headers=CRON)
     assert refused.status_code == 401 and error_of(refused)["code"] == "unauthorized"
-    spoofed = Api(production_server.url).get("/v1/cron/compact",
-                                             headers={"X-Appengine-Cron": "1"})
+    spoofed = Api(production_server.url).get("/v1/cron/compact", headers={"X-Appengine-Cron": "1"})
     assert spoofed.status_code == 401
 
 
@@ -66,24 +74,25 @@ def test_org_keys_cannot_run_jobs_but_the_admin_token_can(api, admin):
 
 
 def test_compaction_covers_every_org_and_changes_no_answer(
-        api, other_api, admin, config, org, other_org, emulator_kind):
+    api, other_api, admin, config, org, other_org, emulator_kind
+):
     meters = [_record_spread(api, 2), _record_spread(other_api, 3)]
     period = {"periodStart": _at(3 * 24 * 60), "windowSize": "day"}
-    before = [caller.summary(meterId=m["id"], **period)
-              for caller, m in zip((api, other_api), meters)]
+    before = [
+        caller.summary(meterId=m["id"], **period) for caller, m in zip((api, other_api), meters)
+    ]
     dirty = _dirty(config, org) + _dirty(config, other_org)
     if emulator_kind == "firestore":  # blind increments leave deltas; legacy has none
         assert dirty == 10
     run = admin.get("/v1/cron/compact").json()
-    assert run == {"orgs": 2, "visited": dirty, "compacted": dirty, "complete": True,
-                   "failed": []}
+    assert run == {"orgs": 2, "visited": dirty, "compacted": dirty, "complete": True, "failed": []}
     assert _dirty(config, org) == _dirty(config, other_org) == 0
-    assert [caller.summary(meterId=m["id"], **period)
-            for caller, m in zip((api, other_api), meters)] == before
+    assert [
+        caller.summary(meterId=m["id"], **period) for caller, m in zip((api, other_api), meters)
+    ] == before
 
 
-def test_each_call_stops_at_its_budget_and_the_next_goes_on(config, org, other_org,
-                                                          emulator_kind):
+def test_each_call_stops_at_its_budget_and_the_next_goes_on(config, org, other_org, emulator_kind):
     if emulator_kind != "firestore":
         pytest.skip("the legacy emulator leaves no deltas to compact")
     server = LiveServer(create_app(config.replace(cron_compact_budget=3))).start()

@@ -18,14 +18,15 @@ def _decodings(text: str) -> set[bytes]:
     """The cursor's bytes under every base64 reading (both alphabets, every alignment,
     and once more inside), plus the text itself: wherever a name could hide."""
     found = {text.encode()}
-    for layer in range(2):
+    for _layer in range(2):
         for blob in list(found):
             for start in range(4):
                 part = blob[start:]
                 for altchars in (None, b"-_"):
                     try:
-                        found.add(base64.b64decode(part + b"=" * (-len(part) % 4),
-                                                   altchars=altchars))
+                        found.add(
+                            base64.b64decode(part + b"=" * (-len(part) % 4), altchars=altchars)
+                        )
                     except (binascii.Error, ValueError):
                         pass
     return found
@@ -40,8 +41,12 @@ def _meter_cursor(api) -> str:
 
 
 def _event_cursor(api, meter_id: str, user_id: str | None = None) -> str:
-    api.record(*[{"meterId": meter_id, "userId": "u1", "value": 1, "idempotency": f"k{i}"}
-                 for i in range(3)])
+    api.record(
+        *[
+            {"meterId": meter_id, "userId": "u1", "value": 1, "idempotency": f"k{i}"}
+            for i in range(3)
+        ]
+    )
     params = {"meterId": meter_id, "limit": 1, **({"userId": user_id} if user_id else {})}
     cursor = api.get(EVENTS, params=params).json()["nextCursor"]
     assert cursor
@@ -76,10 +81,15 @@ def test_cursors_still_page_through_everything(api):
 def _tampered(cursor: str) -> list[str]:
     middle = len(cursor) // 2
     flipped = "A" if cursor[middle] != "A" else "B"
-    variants = {cursor[:middle] + flipped + cursor[middle + 1:],
-                cursor[:-1] + ("A" if cursor[-1] != "A" else "B"),
-                cursor[:-4], cursor + "AAAA", cursor[4:], cursor + "=",
-                cursor.translate(str.maketrans("-_", "+/"))}
+    variants = {
+        cursor[:middle] + flipped + cursor[middle + 1 :],
+        cursor[:-1] + ("A" if cursor[-1] != "A" else "B"),
+        cursor[:-4],
+        cursor + "AAAA",
+        cursor[4:],
+        cursor + "=",
+        cursor.translate(str.maketrans("-_", "+/")),
+    }
     return sorted(variants - {cursor})
 
 
@@ -113,8 +123,7 @@ def test_a_cursor_is_refused_by_another_list(api, where):
     if where == "another meter":
         answer = api.get(EVENTS, params={"meterId": second["id"], "cursor": cursor})
     elif where == "another user filter":
-        answer = api.get(EVENTS, params={"meterId": first["id"], "userId": "u1",
-                                         "cursor": cursor})
+        answer = api.get(EVENTS, params={"meterId": first["id"], "userId": "u1", "cursor": cursor})
     else:
         answer = api.get(METERS, params={"cursor": cursor})
     _refused(answer)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import requests
@@ -20,8 +20,7 @@ from app.storage import entities, metrics, rpc
 from tests.support.http import Api, error_of
 from tests.support.server import LiveServer
 
-DAY = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(
-    days=1)
+DAY = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)
 EVENTS = "/v1/billing/meter-events"
 
 
@@ -39,6 +38,7 @@ def serve(config):
         server = LiveServer(create_app(config.replace(**changes))).start()
         servers.append(server)
         return server.url
+
     yield start
     for server in servers:
         server.stop()
@@ -46,11 +46,17 @@ def serve(config):
 
 def record_users(api: Api, meter: dict, users: int) -> None:
     """One event each for `users` users, at distinct instants of DAY (uncompacted)."""
-    events = [{"meterId": meter["id"], "userId": f"user-{n}", "value": n,
-               "timestamp": (DAY + timedelta(seconds=10 * n)).isoformat()}
-              for n in range(users)]
+    events = [
+        {
+            "meterId": meter["id"],
+            "userId": f"user-{n}",
+            "value": n,
+            "timestamp": (DAY + timedelta(seconds=10 * n)).isoformat(),
+        }
+        for n in range(users)
+    ]
     for start in range(0, users, 100):
-        api.record(*events[start:start + 100])
+        api.record(*events[start : start + 100])
 
 
 def assert_deadline_exceeded(answer) -> None:
@@ -69,8 +75,12 @@ def test_a_summary_slowed_by_its_data_stops_at_the_deadline(api, org, serve, emu
         pytest.skip("the legacy emulator's rollups carry their `last` values: no reads")
     meter = api.create_meter(aggregationType="last")
     record_users(api, meter, USERS)
-    query = {"meterId": meter["id"], "groupBy": "userId", "periodStart": DAY.isoformat(),
-             "periodEnd": (DAY + timedelta(days=1)).isoformat()}
+    query = {
+        "meterId": meter["id"],
+        "groupBy": "userId",
+        "periodStart": DAY.isoformat(),
+        "periodEnd": (DAY + timedelta(days=1)).isoformat(),
+    }
     bounded = Api(serve(request_deadline_seconds=0.5), org["apiKey"])
 
     refused = bounded.get(f"{EVENTS}/summary", params=query)
@@ -96,9 +106,10 @@ def silent_datastore():
                 accepted.append(listener.accept()[0])
             except OSError:
                 continue
+
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
-    yield "127.0.0.1:%d" % listener.getsockname()[1]
+    yield f"127.0.0.1:{listener.getsockname()[1]}"
     stop.set()
     thread.join()
     for connection in accepted:
@@ -109,14 +120,18 @@ def silent_datastore():
 def test_a_datastore_that_does_not_answer_gives_503_at_the_deadline(config, silent_datastore):
     before = os.environ.get("DATASTORE_EMULATOR_HOST")
     try:  # the NDB client reads the emulator address from the environment
-        app = create_app(config.replace(emulator_host=silent_datastore,
-                                        request_deadline_seconds=1.0))
+        app = create_app(
+            config.replace(emulator_host=silent_datastore, request_deadline_seconds=1.0)
+        )
     finally:
         os.environ["DATASTORE_EMULATOR_HOST"] = before
     server = LiveServer(app).start()
     try:
-        answer = requests.get(server.url + "/v1/billing/meters", timeout=20,
-                              headers={"Authorization": "Bearer mk_" + "x" * 40})
+        answer = requests.get(
+            server.url + "/v1/billing/meters",
+            timeout=20,
+            headers={"Authorization": "Bearer mk_" + "x" * 40},
+        )
     finally:
         server.stop()
     assert_deadline_exceeded(answer)
@@ -125,17 +140,26 @@ def test_a_datastore_that_does_not_answer_gives_503_at_the_deadline(config, sile
 def test_past_the_deadline_nothing_is_written(api, org, serve):
     meter = api.create_meter()
     hurried = Api(serve(request_deadline_seconds=0.001), org["apiKey"])
-    refused = hurried.post(EVENTS, json={"events": [
-        {"meterId": meter["id"], "userId": "u", "value": 5, "idempotency": "once"}]})
+    refused = hurried.post(
+        EVENTS,
+        json={
+            "events": [{"meterId": meter["id"], "userId": "u", "value": 5, "idempotency": "once"}]
+        },
+    )
     assert_deadline_exceeded(refused)
     assert usage(refused)["written"] == 0
     assert api.summary(meterId=meter["id"])["value"] == 0
-    assert api.record({"meterId": meter["id"], "userId": "u", "value": 5,
-                       "idempotency": "once"})["events"][0]["status"] == "created"
+    assert (
+        api.record({"meterId": meter["id"], "userId": "u", "value": 5, "idempotency": "once"})[
+            "events"
+        ][0]["status"]
+        == "created"
+    )
 
 
 def test_compaction_stops_cleanly_near_its_deadline_and_the_next_call_goes_on(
-        api, admin, serve, emulator_kind):
+    api, admin, serve, emulator_kind
+):
     if emulator_kind != "firestore":
         pytest.skip("the legacy emulator leaves no deltas to compact")
     users = 300

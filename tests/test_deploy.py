@@ -48,10 +48,16 @@ def app_engine_env(app_yaml: dict, emulator, **extra: str) -> dict:
     with the Datastore pointed at the test emulator instead of Cloud Datastore."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("METERING_", "GAE_"))}
     env.update({k: str(v) for k, v in app_yaml.get("env_variables", {}).items()})
-    env.update({"GAE_ENV": "standard", "GAE_APPLICATION": "s~metering-test",
-                "GAE_SERVICE": "default", "GOOGLE_CLOUD_PROJECT": "metering-test",
-                "DATASTORE_EMULATOR_HOST": emulator.host,
-                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"})
+    env.update(
+        {
+            "GAE_ENV": "standard",
+            "GAE_APPLICATION": "s~metering-test",
+            "GAE_SERVICE": "default",
+            "GOOGLE_CLOUD_PROJECT": "metering-test",
+            "DATASTORE_EMULATOR_HOST": emulator.host,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        }
+    )
     env.update(extra)
     return env
 
@@ -62,9 +68,15 @@ class Gunicorn:
     def __init__(self, argv: list[str], env: dict, log_path: Path):
         self.log_path = log_path
         with open(log_path, "wb") as log:
-            self.process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log,
-                                            stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
+            self.process = subprocess.Popen(
+                argv,
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
 
     def output(self) -> str:
         return self.log_path.read_text()
@@ -106,36 +118,49 @@ def test_app_yaml_serves_every_path_over_https_only(app_yaml, app):
         assert handler["secure"] == "always" and handler["script"] == "auto", path
 
 
-def test_the_entrypoint_serves_the_service_and_logs_only_safe_json(app_yaml, emulator,
-                                                                   tmp_path):
+def test_the_entrypoint_serves_the_service_and_logs_only_safe_json(app_yaml, emulator, tmp_path):
     port = free_port()
-    server = Gunicorn(entrypoint_argv(app_yaml, port),
-                      app_engine_env(app_yaml, emulator, METERING_HASHID_SALT="deploy-salt",
-                                     METERING_ADMIN_TOKEN=ADMIN_TOKEN),
-                      tmp_path / "gunicorn.log")
+    server = Gunicorn(
+        entrypoint_argv(app_yaml, port),
+        app_engine_env(
+            app_yaml, emulator, METERING_HASHID_SALT="deploy-salt", METERING_ADMIN_TOKEN=ADMIN_TOKEN
+        ),
+        tmp_path / "gunicorn.log",
+    )
     base = f"http://127.0.0.1:{port}"
     marker = f"payload-{uuid.uuid4().hex}"
     trace_id = uuid.uuid4().hex
     try:
         wait_serving(base + "/healthz", 60, "gunicorn serving /healthz")
         assert Api(base).get("/readyz").json() == {"status": "ok", "datastore": "ok"}
-        created = Api(base, ADMIN_TOKEN).post("/v1/admin/orgs",
-                                              json={"name": unique_org_name()})
+        created = Api(base, ADMIN_TOKEN).post("/v1/admin/orgs", json={"name": unique_org_name()})
         assert created.status_code == 201, created.text
         api = Api(base, created.json()["apiKey"])
         meter = api.create_meter(dimensions=["model"])
-        traced = api.post("/v1/billing/meter-events",
-                          headers={"X-Cloud-Trace-Context": f"{trace_id}/42;o=1"},
-                          json={"events": [{"meterId": meter["id"], "userId": marker,
-                                            "value": 7, "idempotency": marker,
-                                            "dimensions": {"model": marker}}]})
+        traced = api.post(
+            "/v1/billing/meter-events",
+            headers={"X-Cloud-Trace-Context": f"{trace_id}/42;o=1"},
+            json={
+                "events": [
+                    {
+                        "meterId": meter["id"],
+                        "userId": marker,
+                        "value": 7,
+                        "idempotency": marker,
+                        "dimensions": {"model": marker},
+                    }
+                ]
+            },
+        )
         assert traced.status_code == 201, traced.text
         assert re.fullmatch(r"[0-9a-f]{32}", traced.headers["X-Request-Id"])
         assert api.summary(meterId=meter["id"], userId=marker)["value"] == 7
         assert api.as_key("mk_" + "x" * 40).get("/v1/billing/meters").status_code == 401
         # Secrets planted in paths, which the access line logs as requestUrl.
-        planted = [api.get(f"/v1/billing/meters/{created.json()['apiKey']}"),
-                   Api(base, ADMIN_TOKEN).get(f"/v1/admin/orgs/{ADMIN_TOKEN}/keys")]
+        planted = [
+            api.get(f"/v1/billing/meters/{created.json()['apiKey']}"),
+            Api(base, ADMIN_TOKEN).get(f"/v1/admin/orgs/{ADMIN_TOKEN}/keys"),
+        ]
         assert [answer.status_code for answer in planted] == [404, 404]
         # On App Engine (production) every answer demands HTTPS from then on.
         for answer in (traced, *planted):
@@ -145,14 +170,15 @@ def test_the_entrypoint_serves_the_service_and_logs_only_safe_json(app_yaml, emu
     lines = [json.loads(line) for line in server.output().splitlines() if line.strip()]
     assert all({"severity", "message", "time"} <= set(line) for line in lines)
     text = server.output()
-    for secret in (created.json()["apiKey"], ADMIN_TOKEN, "deploy-salt", marker,
-                   "mk_" + "x" * 40):
+    for secret in (created.json()["apiKey"], ADMIN_TOKEN, "deploy-salt", marker, "mk_" + "x" * 40):
         assert secret not in text
-    traced_lines = [line for line in lines
-                    if line.get("requestId") == traced.headers["X-Request-Id"]]
+    traced_lines = [
+        line for line in lines if line.get("requestId") == traced.headers["X-Request-Id"]
+    ]
     assert traced_lines and all(
         line["logging.googleapis.com/trace"] == f"projects/metering-test/traces/{trace_id}"
-        for line in traced_lines)
+        for line in traced_lines
+    )
     assert traced_lines[-1]["httpRequest"]["status"] == 201
 
 
@@ -167,21 +193,26 @@ def python_without_the_project(root: Path) -> Path:
     (site / "libraries.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     bin_dir = root / "bin"
     gunicorn = bin_dir / "gunicorn"
-    gunicorn.write_text(f"#!{bin_dir / 'python'}\nimport sys\n"
-                        "from gunicorn.app.wsgiapp import run\nsys.exit(run())\n")
+    gunicorn.write_text(
+        f"#!{bin_dir / 'python'}\nimport sys\n"
+        "from gunicorn.app.wsgiapp import run\nsys.exit(run())\n"
+    )
     gunicorn.chmod(0o755)
     return bin_dir
 
 
 def test_the_entrypoint_runs_from_the_source_folder_without_the_project_installed(
-        app_yaml, emulator, tmp_path):
+    app_yaml, emulator, tmp_path
+):
     bin_dir = python_without_the_project(tmp_path / "runtime")
-    outside = subprocess.run([bin_dir / "python", "-c", "import app"], cwd=tmp_path,
-                             capture_output=True, text=True)
+    outside = subprocess.run(
+        [bin_dir / "python", "-c", "import app"], cwd=tmp_path, capture_output=True, text=True
+    )
     assert "No module named 'app'" in outside.stderr  # really not installed
     port = free_port()
-    env = app_engine_env(app_yaml, emulator, METERING_HASHID_SALT="deploy-salt",
-                         METERING_ADMIN_TOKEN=ADMIN_TOKEN)
+    env = app_engine_env(
+        app_yaml, emulator, METERING_HASHID_SALT="deploy-salt", METERING_ADMIN_TOKEN=ADMIN_TOKEN
+    )
     env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
     server = Gunicorn(entrypoint_argv(app_yaml, port), env, tmp_path / "gunicorn.log")
     base = f"http://127.0.0.1:{port}"
@@ -193,18 +224,28 @@ def test_the_entrypoint_runs_from_the_source_folder_without_the_project_installe
         assert Api(base).get("/dashboard").status_code == 200
     finally:
         server.stop()
-    assert str(ROOT / "app") in subprocess.run(
-        [bin_dir / "python", "-c", "import app; print(app.__file__)"], cwd=ROOT,
-        capture_output=True, text=True).stdout
+    assert (
+        str(ROOT / "app")
+        in subprocess.run(
+            [bin_dir / "python", "-c", "import app; print(app.__file__)"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
 
 
 @pytest.mark.parametrize("missing", SECRETS)
 def test_on_app_engine_the_entrypoint_refuses_to_start_without_a_secret(
-        app_yaml, emulator, tmp_path, missing):
+    app_yaml, emulator, tmp_path, missing
+):
     secrets = {"METERING_HASHID_SALT": "deploy-salt", "METERING_ADMIN_TOKEN": ADMIN_TOKEN}
     del secrets[missing]
-    server = Gunicorn(entrypoint_argv(app_yaml, free_port()),
-                      app_engine_env(app_yaml, emulator, **secrets), tmp_path / "gunicorn.log")
+    server = Gunicorn(
+        entrypoint_argv(app_yaml, free_port()),
+        app_engine_env(app_yaml, emulator, **secrets),
+        tmp_path / "gunicorn.log",
+    )
     try:
         assert server.process.wait(timeout=60) == 1  # the master, before any worker
     finally:
@@ -212,4 +253,5 @@ def test_on_app_engine_the_entrypoint_refuses_to_start_without_a_secret(
     lines = [json.loads(line) for line in server.output().splitlines() if line.strip()]
     assert [line["message"] for line in lines if line["severity"] == "ERROR"] == [
         f"refusing to start on App Engine without {missing}: "
-        "set them at deploy time (never in app.yaml)"]
+        "set them at deploy time (never in app.yaml)"
+    ]

@@ -21,8 +21,10 @@ _SKIPPED_FOLDERS = {".venv", ".git", "node_modules", "artifacts", "build", "dist
 
 _FENCE = re.compile(r"^(```|~~~).*?^\1[^\n]*$", re.MULTILINE | re.DOTALL)
 _CODE_SPAN = re.compile(r"(`+)(?:(?!\1).)+?\1", re.DOTALL)
-_INLINE_LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\]]*\])*\]"  # [text], one level of [..] inside
-                          r"\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")  # (target "title")
+_INLINE_LINK = re.compile(
+    r"!?\[(?:[^\[\]]|\[[^\]]*\])*\]"  # [text], one level of [..] inside
+    r"\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)"
+)  # (target "title")
 _REFERENCE = re.compile(r"^\s{0,3}\[[^\]]+\]:\s*<?(\S+?)>?(?:\s+.*)?$", re.MULTILINE)
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*:", re.IGNORECASE)
 _HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$", re.MULTILINE)
@@ -33,8 +35,10 @@ def markdown_files() -> list[Path]:
     found = []
     for path in sorted(ROOT.rglob("*.md")):
         parts = path.relative_to(ROOT).parts[:-1]
-        if any(part in _SKIPPED_FOLDERS or part.startswith(".") or part.endswith(".egg-info")
-               for part in parts):
+        if any(
+            part in _SKIPPED_FOLDERS or part.startswith(".") or part.endswith(".egg-info")
+            for part in parts
+        ):
             continue
         found.append(path)
     return found
@@ -83,18 +87,19 @@ def problems(path: Path) -> list[str]:
 
 def test_the_documentation_is_found():
     names = {path.relative_to(ROOT).as_posix() for path in markdown_files()}
-    assert {"README.md", "docs/design.md", "docs/compatibility.md",
-            "docs/benchmarks.md"} <= names
+    assert {"README.md", "docs/design.md", "docs/compatibility.md", "docs/benchmarks.md"} <= names
 
 
-@pytest.mark.parametrize("path", markdown_files(),
-                         ids=lambda path: path.relative_to(ROOT).as_posix())
+@pytest.mark.parametrize(
+    "path", markdown_files(), ids=lambda path: path.relative_to(ROOT).as_posix()
+)
 def test_relative_links_resolve(path):
     assert problems(path) == []
 
 
-@pytest.mark.parametrize("path", markdown_files(),
-                         ids=lambda path: path.relative_to(ROOT).as_posix())
+@pytest.mark.parametrize(
+    "path", markdown_files(), ids=lambda path: path.relative_to(ROOT).as_posix()
+)
 def test_nothing_points_outside_the_repository(path):
     text = path.read_text(encoding="utf-8")
     assert "../shared" not in text and "shared/ORIGINAL" not in text
@@ -112,8 +117,11 @@ def test_the_checks_catch_what_they_are_for(tmp_path, monkeypatch):
         "# Title\n[site](https://example.org/x) `[not](a-link.md)`\n"
         "```\n[nor](this.md)\n```\n"
         "[gone](missing.md) [no heading](other.md#nowhere) [out](../../shared/ORIGINAL.md)\n"
-        "[ref]: ../missing-too.md\n")
-    assert problems(page) == ["missing.md: no such file",
-                              "other.md#nowhere: no heading #nowhere in other.md",
-                              "../../shared/ORIGINAL.md: outside the repository",
-                              "../missing-too.md: no such file"]
+        "[ref]: ../missing-too.md\n"
+    )
+    assert problems(page) == [
+        "missing.md: no such file",
+        "other.md#nowhere: no heading #nowhere in other.md",
+        "../../shared/ORIGINAL.md: outside the repository",
+        "../missing-too.md: no such file",
+    ]

@@ -33,7 +33,7 @@ import os
 import threading
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -46,25 +46,40 @@ from tests.support.http import Api
 from tests.support.names import unique_org_name
 from tests.support.server import LiveServer
 
-UTC = timezone.utc
+UTC = UTC
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 GRID = timedelta(minutes=15)
 MICRO = timedelta(microseconds=1)
 ZONES = ("UTC", "Asia/Kolkata", "Asia/Kathmandu", "America/New_York", "Australia/Lord_Howe")
 # Offsets timestamps are written in: the service must read them all as the same instant.
-WRITTEN_IN = (UTC, timezone(timedelta(hours=5, minutes=30)), timezone(-timedelta(hours=4)),
-              timezone(timedelta(hours=5, minutes=45)))
+WRITTEN_IN = (
+    UTC,
+    timezone(timedelta(hours=5, minutes=30)),
+    timezone(-timedelta(hours=4)),
+    timezone(timedelta(hours=5, minutes=45)),
+)
 
 # (aggregationType, uniqueBy) of the meters every example creates, all with both dimensions.
-METERS = (("sum", None), ("count", None), ("last", None), ("min", None), ("max", None),
-          ("avg", None), ("unique_count", "userId"), ("unique_count", "model"))
+METERS = (
+    ("sum", None),
+    ("count", None),
+    ("last", None),
+    ("min", None),
+    ("max", None),
+    ("avg", None),
+    ("unique_count", "userId"),
+    ("unique_count", "model"),
+)
 ALL_METERS = tuple(range(len(METERS)))
 USERS = ("alice", "bob", "carol", "dave ü")
 MODELS = ("gpt-4", "claude", "")  # "" is a value, and reads like a missing dimension
 REGIONS = ("eu-west", "us")
 FIELDS = ("userId", "model", "region")
-FILTER_VALUES = {"userId": USERS + ("nobody",), "model": MODELS + ("o3",),
-                 "region": REGIONS + ("",)}
+FILTER_VALUES = {
+    "userId": USERS + ("nobody",),
+    "model": MODELS + ("o3",),
+    "region": REGIONS + ("",),
+}
 MAX_BATCH = 100
 # Values past 2**48 take ingestion's exact path; sums of these overflow int64.
 HUGE = (1 << 48, -(1 << 48) - 5, (1 << 62) + 3, (1 << 63) - 1, -(1 << 63))
@@ -72,18 +87,21 @@ HUGE = (1 << 48, -(1 << 48) - 5, (1 << 62) + 3, (1 << 63) - 1, -(1 << 63))
 # Spans of the clock_changes venue, each with two clock changes and a month end: New York
 # springs forward 2026-03-08 and Lord Howe falls back half an hour 2026-04-05; Lord Howe
 # springs forward half an hour 2025-10-05 and New York falls back 2025-11-02.
-FIXED_SPANS = ((datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 4, 7, tzinfo=UTC)),
-               (datetime(2025, 9, 29, tzinfo=UTC), datetime(2025, 11, 6, tzinfo=UTC)))
+FIXED_SPANS = (
+    (datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 4, 7, tzinfo=UTC)),
+    (datetime(2025, 9, 29, tzinfo=UTC), datetime(2025, 11, 6, tzinfo=UTC)),
+)
 
 
 # --- the plan --------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class Moment:
     """An instant relative to the venue's span, so plans do not depend on today's date."""
 
     focus: int | None  # index into the span's notable instants; None: spread over the span
-    offset: int        # microseconds from the focus; with focus None, millionths of the span
+    offset: int  # microseconds from the focus; with focus None, millionths of the span
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,30 +119,35 @@ class Draft:
 
 # What a send carries: the draft's payload, the same without its timestamp, or one field
 # changed (a conflict once the key is stored).
-VARIANTS = ("same",) * 10 + ("same_without_timestamp", "other_value", "other_user",
-                             "other_dims", "other_time")
+VARIANTS = ("same",) * 10 + (
+    "same_without_timestamp",
+    "other_value",
+    "other_user",
+    "other_dims",
+    "other_time",
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class Send:
-    draft: int     # index into the plan's drafts (modulo their number)
+    draft: int  # index into the plan's drafts (modulo their number)
     variant: str
     by_name: bool  # name the meter by eventName instead of meterId
-    style: int     # how the timestamp and empty dimensions are written
+    style: int  # how the timestamp and empty dimensions are written
 
 
 @dataclasses.dataclass(frozen=True)
 class Target:
     draft: int
     meter: int  # which of the draft's meters
-    how: str    # id | meterId | eventName | unknown_key | bad_id
+    how: str  # id | meterId | eventName | unknown_key | bad_id
 
 
 @dataclasses.dataclass(frozen=True)
 class Phase:
     batches: tuple[tuple[Send, ...], ...]  # one: sent alone; several: sent at once from threads
-    cancels: tuple[Target, ...] = ()       # after a lone batch, or racing with the batches
-    compact: bool = False                  # compact the rollups, the same way
+    cancels: tuple[Target, ...] = ()  # after a lone batch, or racing with the batches
+    compact: bool = False  # compact the rollups, the same way
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,12 +180,15 @@ class Plan:
 def moments():
     slot_us = GRID // MICRO
     near = st.one_of(
-        st.integers(-48, 48).map(lambda k: k * slot_us),                    # on a slot edge
-        st.integers(-48, 48).map(lambda k: k * slot_us - 1),                # just before one
+        st.integers(-48, 48).map(lambda k: k * slot_us),  # on a slot edge
+        st.integers(-48, 48).map(lambda k: k * slot_us - 1),  # just before one
         st.integers(-12 * 3600, 12 * 3600).map(lambda s: (s + 13) * 10**6),  # whole seconds
-        st.integers(-3 * 86400 * 10**6, 3 * 86400 * 10**6))                 # anywhere
-    return st.one_of(st.builds(Moment, st.integers(0, 10**3), near),
-                     st.builds(Moment, st.none(), st.integers(0, 10**6)))
+        st.integers(-3 * 86400 * 10**6, 3 * 86400 * 10**6),
+    )  # anywhere
+    return st.one_of(
+        st.builds(Moment, st.integers(0, 10**3), near),
+        st.builds(Moment, st.none(), st.integers(0, 10**6)),
+    )
 
 
 drafts = st.builds(
@@ -171,14 +197,21 @@ drafts = st.builds(
     keyed=st.sampled_from((True,) * 7 + (False,)),
     user=st.sampled_from(USERS),
     value=st.tuples(st.integers(0, 39), st.integers(-20, 500), st.sampled_from(HUGE)).map(
-        lambda v: v[2] if v[0] == 0 else None if v[0] < 5 else v[1]),
+        lambda v: v[2] if v[0] == 0 else None if v[0] < 5 else v[1]
+    ),
     model=st.sampled_from(MODELS + (None,)),
     region=st.sampled_from(REGIONS + (None,)),
-    at=moments())
-sends = st.builds(Send, st.integers(0, 10**3), st.sampled_from(VARIANTS), st.booleans(),
-                  st.integers(0, 7))
-targets = st.builds(Target, st.integers(0, 10**3), st.integers(0, 7), st.sampled_from(
-    ("id", "id", "meterId", "eventName", "unknown_key", "bad_id")))
+    at=moments(),
+)
+sends = st.builds(
+    Send, st.integers(0, 10**3), st.sampled_from(VARIANTS), st.booleans(), st.integers(0, 7)
+)
+targets = st.builds(
+    Target,
+    st.integers(0, 10**3),
+    st.integers(0, 7),
+    st.sampled_from(("id", "id", "meterId", "eventName", "unknown_key", "bad_id")),
+)
 
 
 @st.composite
@@ -190,15 +223,26 @@ def batches(draw, most: int):
 compactions = st.sampled_from((False, False, True))
 phases = st.one_of(
     st.builds(Phase, st.tuples(batches(36)), st.just(()), compactions),
-    st.builds(Phase, st.tuples(batches(36)), st.lists(targets, min_size=1, max_size=12).map(tuple),
-              compactions),
-    st.builds(Phase, st.lists(batches(16), min_size=2, max_size=3).map(tuple),
-              st.lists(targets, max_size=6).map(tuple), compactions))
+    st.builds(
+        Phase,
+        st.tuples(batches(36)),
+        st.lists(targets, min_size=1, max_size=12).map(tuple),
+        compactions,
+    ),
+    st.builds(
+        Phase,
+        st.lists(batches(16), min_size=2, max_size=3).map(tuple),
+        st.lists(targets, max_size=6).map(tuple),
+        compactions,
+    ),
+)
 
 
 def _filters(picked):
-    return tuple((name, tuple(sorted({FILTER_VALUES[name][i % len(FILTER_VALUES[name])]
-                                      for i in indexes}))) for name, indexes in picked)
+    return tuple(
+        (name, tuple(sorted({FILTER_VALUES[name][i % len(FILTER_VALUES[name])] for i in indexes})))
+        for name, indexes in picked
+    )
 
 
 bounds = st.builds(Bound, moments(), st.sampled_from(("Z", "offset", "date")))
@@ -212,16 +256,23 @@ queries = st.builds(
     zone=st.sampled_from(ZONES),
     zone_given=st.booleans(),
     group_by=st.lists(st.sampled_from(FIELDS), unique=True, max_size=2).map(tuple),
-    filters=st.lists(st.tuples(st.sampled_from(FIELDS),
-                               st.sets(st.integers(0, 5), min_size=1, max_size=3)),
-                     max_size=2, unique_by=lambda f: f[0]).map(_filters))
-plans = st.builds(Plan, st.integers(0, len(FIXED_SPANS) - 1),
-                  st.lists(drafts, min_size=20, max_size=70).map(tuple),
-                  st.lists(phases, min_size=2, max_size=7).map(tuple),
-                  st.lists(queries, min_size=18, max_size=24).map(tuple))
+    filters=st.lists(
+        st.tuples(st.sampled_from(FIELDS), st.sets(st.integers(0, 5), min_size=1, max_size=3)),
+        max_size=2,
+        unique_by=lambda f: f[0],
+    ).map(_filters),
+)
+plans = st.builds(
+    Plan,
+    st.integers(0, len(FIXED_SPANS) - 1),
+    st.lists(drafts, min_size=20, max_size=70).map(tuple),
+    st.lists(phases, min_size=2, max_size=7).map(tuple),
+    st.lists(queries, min_size=18, max_size=24).map(tuple),
+)
 
 
 # --- the venue: where the instants are, and which service takes them -------------------------
+
 
 def _instant_text(at: datetime, style: int) -> str:
     return at.astimezone(WRITTEN_IN[style % len(WRITTEN_IN)]).isoformat().replace("+00:00", "Z")
@@ -256,7 +307,7 @@ class Span:
     notable: tuple[datetime, ...]
 
     @classmethod
-    def of(cls, low: datetime, high: datetime) -> "Span":
+    def of(cls, low: datetime, high: datetime) -> Span:
         return cls(low, high, tuple(notable_instants(low, high)))
 
     def instant(self, moment: Moment) -> datetime:
@@ -304,6 +355,7 @@ def _new_org(admin: Api) -> dict:
 
 # --- the model of what is stored ---------------------------------------------------------------
 
+
 @dataclasses.dataclass(frozen=True)
 class Payload:
     meter: int
@@ -312,10 +364,13 @@ class Payload:
     dims: tuple[tuple[str, str], ...]
     at: datetime | None  # None: timestamp left out (only ever on a stored key)
 
-    def same_as(self, stored: "Payload") -> bool:
-        return ((self.meter, self.user, self.value, self.dims)
-                == (stored.meter, stored.user, stored.value, stored.dims)
-                and self.at in (None, stored.at))
+    def same_as(self, stored: Payload) -> bool:
+        return (self.meter, self.user, self.value, self.dims) == (
+            stored.meter,
+            stored.user,
+            stored.value,
+            stored.dims,
+        ) and self.at in (None, stored.at)
 
 
 @dataclasses.dataclass(eq=False)
@@ -371,6 +426,7 @@ class Model:
 
 # --- playing a plan through the service --------------------------------------------------------
 
+
 class Player:
     """Plays a plan through the service, checking every answer against the model."""
 
@@ -378,10 +434,16 @@ class Player:
         self.api, self.plan, self.span = api, plan, span
         self.compact_rollups = compact_rollups
         self.model = Model()
-        self.meters = [api.create_meter(
-            name=f"{kind} {by or ''}", eventName=f"m{index}_{kind}", aggregationType=kind,
-            dimensions=["model", "region"], **({"uniqueBy": by} if by else {}))
-            for index, (kind, by) in enumerate(METERS)]
+        self.meters = [
+            api.create_meter(
+                name=f"{kind} {by or ''}",
+                eventName=f"m{index}_{kind}",
+                aggregationType=kind,
+                dimensions=["model", "region"],
+                **({"uniqueBy": by} if by else {}),
+            )
+            for index, (kind, by) in enumerate(METERS)
+        ]
 
     def play(self) -> None:
         for phase in self.plan.phases:
@@ -407,27 +469,37 @@ class Player:
         draft = self.draft(index)
         value = 1 if draft.value is None else draft.value
         user, at = draft.user, self.span.instant(draft.at)
-        dims = {name: v for name, v in (("model", draft.model), ("region", draft.region))
-                if v is not None}
+        dims = {
+            name: v
+            for name, v in (("model", draft.model), ("region", draft.region))
+            if v is not None
+        }
         if variant == "other_value":
             value ^= 1  # another value, still an int64
         elif variant == "other_user":
             user = USERS[(USERS.index(user) + 1) % len(USERS)]
         elif variant == "other_dims":
-            dims = {k: v for k, v in dims.items() if k != "region"} if "region" in dims else {
-                **dims, "region": REGIONS[0]}
+            dims = (
+                {k: v for k, v in dims.items() if k != "region"}
+                if "region" in dims
+                else {**dims, "region": REGIONS[0]}
+            )
         elif variant == "other_time":
             at = self.span.wrap(at + timedelta(hours=1, minutes=7, seconds=13))
-        return Payload(meter, user, value, tuple(sorted(dims.items())),
-                       None if variant == "same_without_timestamp" else at)
+        return Payload(
+            meter,
+            user,
+            value,
+            tuple(sorted(dims.items())),
+            None if variant == "same_without_timestamp" else at,
+        )
 
     def body(self, index: int, payload: Payload, send: Send) -> dict:
         meter = self.meters[payload.meter]
         body = {"eventName": meter["eventName"]} if send.by_name else {"meterId": meter["id"]}
         body["userId"] = payload.user
         draft = self.draft(index)
-        if not (draft.value is None and METERS[payload.meter][0] == "count"
-                and payload.value == 1):
+        if not (draft.value is None and METERS[payload.meter][0] == "count" and payload.value == 1):
             body["value"] = payload.value
         if payload.at is not None:
             body["timestamp"] = _instant_text(payload.at, send.style)
@@ -440,7 +512,7 @@ class Player:
     def chunks(self, batch: tuple[Send, ...]) -> list[list[tuple[Send, int]]]:
         """The batch's events (one per send and meter) in requests of at most MAX_BATCH."""
         expanded = [(send, meter) for send in batch for meter in self.draft(send.draft).meters]
-        return [expanded[i:i + MAX_BATCH] for i in range(0, len(expanded), MAX_BATCH)]
+        return [expanded[i : i + MAX_BATCH] for i in range(0, len(expanded), MAX_BATCH)]
 
     def request(self, chunk: list[tuple[Send, int]], racing: bool) -> list[Outgoing]:
         """The events of one request, judged against what the model holds now: build a
@@ -463,8 +535,11 @@ class Player:
           stores the same payload."""
         if key is None:
             return "same"
-        if key not in self.model.by_key and not seen and (
-                racing or send.variant == "same_without_timestamp"):
+        if (
+            key not in self.model.by_key
+            and not seen
+            and (racing or send.variant == "same_without_timestamp")
+        ):
             return "same"
         return send.variant
 
@@ -487,12 +562,16 @@ class Player:
     def record_racing(self, phase: Phase) -> None:
         """Batches (with cancels of settled events, and compaction) at once; each new key
         is created once."""
-        requests = [self.request(chunk, racing=True)
-                    for batch in phase.batches for chunk in self.chunks(batch)]
+        requests = [
+            self.request(chunk, racing=True)
+            for batch in phase.batches
+            for chunk in self.chunks(batch)
+        ]
         expected = [self.model.expect(request) for request in requests]
         cancels = [t for t in phase.cancels if self._settled(t, requests)]
         others = ([lambda: self.cancel(cancels)] if cancels else []) + (
-            [self.compact_rollups] if phase.compact else [])
+            [self.compact_rollups] if phase.compact else []
+        )
         barrier = threading.Barrier(len(requests) + len(others))
 
         def post(request):
@@ -536,10 +615,15 @@ class Player:
         for index, (out, status, wanted) in enumerate(zip(request, got, expected)):
             if status != wanted:
                 stored = self.model.by_key.get(out.key)
-                lines.append(f"[{index}] {out.body} -> {status}, expected {wanted}; stored "
-                             f"{stored and stored.payload}")
-                lines += [f"    same key at [{i}]: {o.body}" for i, o in enumerate(request)
-                          if o.key == out.key and i != index]
+                lines.append(
+                    f"[{index}] {out.body} -> {status}, expected {wanted}; stored "
+                    f"{stored and stored.payload}"
+                )
+                lines += [
+                    f"    same key at [{i}]: {o.body}"
+                    for i, o in enumerate(request)
+                    if o.key == out.key and i != index
+                ]
         return "\n".join(lines)
 
     # -- cancelling --------------------------------------------------------------------------
@@ -548,8 +632,11 @@ class Player:
         """Whether a cancel's outcome cannot depend on how racing requests interleave."""
         draft = self.draft(target.draft)
         key = self.key(target.draft, draft.meters[target.meter % len(draft.meters)])
-        return key is None or key in self.model.by_key or all(
-            o.key != key for request in requests for o in request)
+        return (
+            key is None
+            or key in self.model.by_key
+            or all(o.key != key for request in requests for o in request)
+        )
 
     def cancel(self, targets) -> None:
         bodies, expected, doomed = [], [], []
@@ -567,8 +654,9 @@ class Player:
                 expected.append({"id": stored.id, "status": "cancelled"})
         if not bodies:
             return
-        answer = self.api.as_key(self.api.key).post("/v1/billing/meter-events/cancel",
-                                                    json={"events": bodies})
+        answer = self.api.as_key(self.api.key).post(
+            "/v1/billing/meter-events/cancel", json={"events": bodies}
+        )
         assert answer.status_code == 200, answer.text
         assert answer.json()["events"] == expected, bodies
         for stored in doomed:
@@ -584,8 +672,14 @@ class Player:
         if target.how == "unknown_key":
             return {"meterId": self.meters[meter]["id"], "idempotency": "never-sent"}, None
         if key is None:  # keyless: by id only, once stored
-            stored = next((s for s in self.model.events
-                           if s.payload == self.payload(target.draft, meter, "same")), None)
+            stored = next(
+                (
+                    s
+                    for s in self.model.events
+                    if s.payload == self.payload(target.draft, meter, "same")
+                ),
+                None,
+            )
             return ({"id": stored.id}, stored) if stored else (None, None)
         stored = self.model.by_key.get(key)
         if target.how == "id" and stored is not None:
@@ -596,6 +690,7 @@ class Player:
 
 
 # --- the brute force ----------------------------------------------------------------------------
+
 
 def _unit(instant: datetime, zone: ZoneInfo, size: str) -> tuple:
     local = instant.astimezone(zone)
@@ -657,10 +752,15 @@ def aggregate(meter: int, events: list[Stored]):
 
 def expected_summary(model: Model, query: Query, start: datetime, end: datetime):
     """(value, eventCount, windows) by brute force over the model's live events."""
-    selected = [e for e in model.events
-                if e.live and e.payload.meter == query.meter and start <= e.payload.at < end
-                and (query.user is None or e.payload.user == query.user)
-                and all(e.field(name) in allowed for name, allowed in query.filters)]
+    selected = [
+        e
+        for e in model.events
+        if e.live
+        and e.payload.meter == query.meter
+        and start <= e.payload.at < end
+        and (query.user is None or e.payload.user == query.user)
+        and all(e.field(name) in allowed for name, allowed in query.filters)
+    ]
     value = aggregate(query.meter, selected)
     if query.window is None and not query.group_by:
         return value, len(selected), None
@@ -671,13 +771,21 @@ def expected_summary(model: Model, query: Query, start: datetime, end: datetime)
         index = bisect.bisect_right(starts, event.payload.at) - 1
         buckets[index, tuple(event.field(name) for name in query.group_by)].append(event)
     keys = sorted(buckets) if query.group_by else [(i, ()) for i in range(len(cuts))]
-    windows = [(cuts[i][0], cuts[i][1], aggregate(query.meter, buckets.get((i, group), [])),
-                len(buckets.get((i, group), [])), dict(zip(query.group_by, group)))
-               for i, group in keys]
+    windows = [
+        (
+            cuts[i][0],
+            cuts[i][1],
+            aggregate(query.meter, buckets.get((i, group), [])),
+            len(buckets.get((i, group), [])),
+            dict(zip(query.group_by, group)),
+        )
+        for i, group in keys
+    ]
     return value, len(selected), windows
 
 
 # --- summaries ----------------------------------------------------------------------------------
+
 
 def _bound(span: Span, bound: Bound | None, end: bool) -> tuple[str | None, datetime | None]:
     """The query text of a period bound and the instant the service must read from it."""
@@ -705,9 +813,15 @@ def query_params(player: Player, query: Query):
     if query.window == "hour" and end is None and datetime.now(UTC) - start > timedelta(days=60):
         end_text, end = _utc_text(start + timedelta(days=9)), start + timedelta(days=9)
     params = [("meterId", player.meters[query.meter]["id"])]
-    params += [(name, text) for name, text in (("userId", query.user),
-                                               ("periodStart", start_text),
-                                               ("periodEnd", end_text)) if text is not None]
+    params += [
+        (name, text)
+        for name, text in (
+            ("userId", query.user),
+            ("periodStart", start_text),
+            ("periodEnd", end_text),
+        )
+        if text is not None
+    ]
     if query.window:
         params.append(("windowSize", query.window))
     if query.zone != "UTC" or query.zone_given:
@@ -740,8 +854,15 @@ def _windows(windows, zone: ZoneInfo):
         start, end = (datetime.fromisoformat(window[f]) for f in ("windowStart", "windowEnd"))
         for moment in (start, end):  # written in the request's zone
             assert moment.utcoffset() == moment.astimezone(zone).utcoffset(), window
-        parsed.append((start.astimezone(UTC), end.astimezone(UTC), _exact(window["value"]),
-                       window["eventCount"], window["groupBy"]))
+        parsed.append(
+            (
+                start.astimezone(UTC),
+                end.astimezone(UTC),
+                _exact(window["value"]),
+                window["eventCount"],
+                window["groupBy"],
+            )
+        )
     return parsed
 
 
@@ -754,9 +875,14 @@ def check_summary(player: Player, query: Query) -> None:
     assert answer.status_code == 200, (context, answer.text)
     body = answer.json()
     assert (body["meterId"], body["aggregationType"], body["userId"]) == (
-        player.meters[query.meter]["id"], METERS[query.meter][0], query.user or "")
+        player.meters[query.meter]["id"],
+        METERS[query.meter][0],
+        query.user or "",
+    )
     assert (body["periodStart"], body["periodEnd"]) == (
-        start and _utc_text(start), end and _utc_text(end)), context
+        start and _utc_text(start),
+        end and _utc_text(end),
+    ), context
     assert ("windows" in body) == bool(query.window or query.group_by), context
     got_windows = _windows(body.get("windows"), ZoneInfo(query.zone))
     # Without periodEnd the period ends at the first slot boundary after the service's clock
@@ -781,8 +907,13 @@ def check_summary(player: Player, query: Query) -> None:
 HUNT = int(os.environ.get("METERING_PROPERTY_EXAMPLES", "0"))
 
 
-@settings(max_examples=HUNT or 10, deadline=None, derandomize=not HUNT, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=HUNT or 10,
+    deadline=None,
+    derandomize=not HUNT,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(plan=plans)
 def test_summaries_match_a_brute_force_over_exactly_once_streams(venue, admin, ndb_client, plan):
     org = _new_org(admin)
@@ -800,32 +931,57 @@ def test_summaries_match_a_brute_force_over_exactly_once_streams(venue, admin, n
 def test_the_brute_force_cuts_windows_at_local_clock_changes():
     """The oracle itself, on facts checked by hand."""
     new_york, lord_howe = ZoneInfo("America/New_York"), ZoneInfo("Australia/Lord_Howe")
-    fall_back = windows_of(datetime(2025, 11, 2, 4, tzinfo=UTC),
-                           datetime(2025, 11, 3, 5, tzinfo=UTC), new_york, "hour")
+    fall_back = windows_of(
+        datetime(2025, 11, 2, 4, tzinfo=UTC), datetime(2025, 11, 3, 5, tzinfo=UTC), new_york, "hour"
+    )
     assert len(fall_back) == 25  # 01:00 lived twice, at -04:00 then at -05:00
     assert fall_back[1:3] == [  # 05:00Z is 01:00 EDT, 06:00Z is 01:00 EST
         (datetime(2025, 11, 2, 5, tzinfo=UTC), datetime(2025, 11, 2, 6, tzinfo=UTC)),
-        (datetime(2025, 11, 2, 6, tzinfo=UTC), datetime(2025, 11, 2, 7, tzinfo=UTC))]
-    assert windows_of(datetime(2026, 4, 4, 14, tzinfo=UTC), datetime(2026, 4, 4, 16, tzinfo=UTC),
-                      lord_howe, "hour") == [  # 01:00 at +11, then 01:30-02:00 at +10:30
+        (datetime(2025, 11, 2, 6, tzinfo=UTC), datetime(2025, 11, 2, 7, tzinfo=UTC)),
+    ]
+    assert windows_of(
+        datetime(2026, 4, 4, 14, tzinfo=UTC),
+        datetime(2026, 4, 4, 16, tzinfo=UTC),
+        lord_howe,
+        "hour",
+    ) == [  # 01:00 at +11, then 01:30-02:00 at +10:30
         (datetime(2026, 4, 4, 14, tzinfo=UTC), datetime(2026, 4, 4, 15, tzinfo=UTC)),
         (datetime(2026, 4, 4, 15, tzinfo=UTC), datetime(2026, 4, 4, 15, 30, tzinfo=UTC)),
-        (datetime(2026, 4, 4, 15, 30, tzinfo=UTC), datetime(2026, 4, 4, 16, tzinfo=UTC))]
-    days = windows_of(datetime(2026, 3, 7, 5, 7, 13, tzinfo=UTC),
-                      datetime(2026, 3, 10, tzinfo=UTC), new_york, "day")
+        (datetime(2026, 4, 4, 15, 30, tzinfo=UTC), datetime(2026, 4, 4, 16, tzinfo=UTC)),
+    ]
+    days = windows_of(
+        datetime(2026, 3, 7, 5, 7, 13, tzinfo=UTC),
+        datetime(2026, 3, 10, tzinfo=UTC),
+        new_york,
+        "day",
+    )
     assert [e - s for s, e in days] == [  # clipped, spring-forward day, clipped
-        timedelta(hours=23, minutes=52, seconds=47), timedelta(hours=23), timedelta(hours=20)]
-    kathmandu = windows_of(datetime(2026, 1, 31, tzinfo=UTC), datetime(2026, 2, 2, tzinfo=UTC),
-                           ZoneInfo("Asia/Kathmandu"), "month")
+        timedelta(hours=23, minutes=52, seconds=47),
+        timedelta(hours=23),
+        timedelta(hours=20),
+    ]
+    kathmandu = windows_of(
+        datetime(2026, 1, 31, tzinfo=UTC),
+        datetime(2026, 2, 2, tzinfo=UTC),
+        ZoneInfo("Asia/Kathmandu"),
+        "month",
+    )
     assert [s for s, _ in kathmandu][1] == datetime(2026, 1, 31, 18, 15, tzinfo=UTC)
 
 
 # --- bugs found while writing this test, in their smallest form ---------------------------------
 
+
 def _event(meter, **fields):
     at = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
-    return {"meterId": meter["id"], "userId": "u1", "value": 3, "timestamp": _utc_text(at),
-            "idempotency": "k", **fields}
+    return {
+        "meterId": meter["id"],
+        "userId": "u1",
+        "value": 3,
+        "timestamp": _utc_text(at),
+        "idempotency": "k",
+        **fields,
+    }
 
 
 @pytest.mark.parametrize("first_copy", ["another value", "no timestamp"])
@@ -843,10 +999,13 @@ def test_an_exact_retry_after_another_copy_in_one_batch_is_a_duplicate(api, firs
 
 def test_user_and_a_user_filter_both_narrow_the_summary(api):
     meter = api.create_meter()
-    api.record(_event(meter, userId="alice", idempotency="a"),
-               _event(meter, userId="bob", idempotency="b"))
-    answer = api.get("/v1/billing/meter-events/summary", params=[
-        ("meterId", meter["id"]), ("userId", "alice"), ("filter[userId]", "bob")])
+    api.record(
+        _event(meter, userId="alice", idempotency="a"), _event(meter, userId="bob", idempotency="b")
+    )
+    answer = api.get(
+        "/v1/billing/meter-events/summary",
+        params=[("meterId", meter["id"]), ("userId", "alice"), ("filter[userId]", "bob")],
+    )
     assert (answer.json()["value"], answer.json()["eventCount"]) == (0, 0)
 
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from tests.support.http import error_of
 
-NOW = datetime.now(timezone.utc).replace(microsecond=0)
+NOW = datetime.now(UTC).replace(microsecond=0)
 
 
 def _at(minutes_ago: int) -> str:
@@ -23,12 +23,27 @@ def _events(api, **params) -> dict:
 
 def _record_three(api, meter):
     """Three events of ann and bob; the meter must declare the dimension `model`."""
-    return [e["id"] for e in api.record(
-        {"meterId": meter["id"], "userId": "ann", "value": 1, "timestamp": _at(30),
-         "idempotency": "req-1", "dimensions": {"model": "a"}},
-        {"meterId": meter["id"], "userId": "bob", "value": 2, "timestamp": _at(10)},
-        {"meterId": meter["id"], "userId": "ann", "value": 4, "timestamp": _at(20),
-         "idempotency": "req-3"})["events"]]
+    return [
+        e["id"]
+        for e in api.record(
+            {
+                "meterId": meter["id"],
+                "userId": "ann",
+                "value": 1,
+                "timestamp": _at(30),
+                "idempotency": "req-1",
+                "dimensions": {"model": "a"},
+            },
+            {"meterId": meter["id"], "userId": "bob", "value": 2, "timestamp": _at(10)},
+            {
+                "meterId": meter["id"],
+                "userId": "ann",
+                "value": 4,
+                "timestamp": _at(20),
+                "idempotency": "req-3",
+            },
+        )["events"]
+    ]
 
 
 def test_events_are_listed_newest_first_with_every_field(api):
@@ -38,10 +53,18 @@ def test_events_are_listed_newest_first_with_every_field(api):
     assert [e["id"] for e in answer["events"]] == [second, third, first]
     assert (answer["count"], answer["nextCursor"]) == (3, None)
     oldest = answer["events"][-1]
-    assert {k: oldest[k] for k in ("meterId", "userId", "value", "timestamp", "idempotency",
-                                   "dimensions", "status")} == {
-        "meterId": meter["id"], "userId": "ann", "value": 1, "timestamp": _at(30),
-        "idempotency": "req-1", "dimensions": {"model": "a"}, "status": "active"}
+    assert {
+        k: oldest[k]
+        for k in ("meterId", "userId", "value", "timestamp", "idempotency", "dimensions", "status")
+    } == {
+        "meterId": meter["id"],
+        "userId": "ann",
+        "value": 1,
+        "timestamp": _at(30),
+        "idempotency": "req-1",
+        "dimensions": {"model": "a"},
+        "status": "active",
+    }
     assert answer["events"][0]["idempotency"] == ""
 
 
@@ -66,8 +89,9 @@ def test_search_by_idempotency_key_is_scoped_to_the_meter(api):
     meter = api.create_meter(dimensions=["model"])
     other = api.create_meter(name="Other", eventName="other")
     first, *_ = _record_three(api, meter)
-    assert [e["id"] for e in _events(api, meterId=meter["id"], idempotency="req-1")["events"]] \
-        == [first]
+    assert [e["id"] for e in _events(api, meterId=meter["id"], idempotency="req-1")["events"]] == [
+        first
+    ]
     assert _events(api, meterId=other["id"], idempotency="req-1")["events"] == []
     assert _events(api, meterId=meter["id"], idempotency="req-1", userId="bob")["events"] == []
     assert _events(api, meterId=meter["id"], idempotency="unknown")["events"] == []
@@ -75,8 +99,12 @@ def test_search_by_idempotency_key_is_scoped_to_the_meter(api):
 
 def test_pages_follow_the_cursor_without_gaps_or_repeats(api):
     meter = api.create_meter()
-    api.record(*[{"meterId": meter["id"], "userId": "u", "value": n, "timestamp": _at(n)}
-                 for n in range(7)])
+    api.record(
+        *[
+            {"meterId": meter["id"], "userId": "u", "value": n, "timestamp": _at(n)}
+            for n in range(7)
+        ]
+    )
     seen, cursor = [], None
     while True:
         params = {"meterId": meter["id"], "limit": 3, **({"cursor": cursor} if cursor else {})}
@@ -96,15 +124,18 @@ def test_one_org_cannot_list_anothers_events(api, other_api):
     assert error_of(answer)["param"] == "meterId"
 
 
-@pytest.mark.parametrize("params, param", [
-    ({}, "meterId"),
-    ({"meterId": "M", "limit": "0"}, "limit"),
-    ({"meterId": "M", "limit": "101"}, "limit"),
-    ({"meterId": "M", "limit": "many"}, "limit"),
-    ({"meterId": "M", "userId": ""}, "userId"),
-    ({"meterId": "M", "idempotency": "k", "cursor": "abc"}, "cursor"),
-    ({"meterId": "M", "colour": "red"}, "colour"),
-])
+@pytest.mark.parametrize(
+    "params, param",
+    [
+        ({}, "meterId"),
+        ({"meterId": "M", "limit": "0"}, "limit"),
+        ({"meterId": "M", "limit": "101"}, "limit"),
+        ({"meterId": "M", "limit": "many"}, "limit"),
+        ({"meterId": "M", "userId": ""}, "userId"),
+        ({"meterId": "M", "idempotency": "k", "cursor": "abc"}, "cursor"),
+        ({"meterId": "M", "colour": "red"}, "colour"),
+    ],
+)
 def test_bad_queries_name_the_field(api, params, param):
     answer = api.get("/v1/billing/meter-events", params=params)
     assert answer.status_code == 400, answer.text
@@ -113,8 +144,9 @@ def test_bad_queries_name_the_field(api, params, param):
 
 def test_a_bad_cursor_is_a_400(api):
     meter = api.create_meter()
-    answer = api.get("/v1/billing/meter-events", params={"meterId": meter["id"],
-                                                         "cursor": "not!a!cursor"})
+    answer = api.get(
+        "/v1/billing/meter-events", params={"meterId": meter["id"], "cursor": "not!a!cursor"}
+    )
     assert answer.status_code == 400
     assert error_of(answer)["param"] == "cursor"
 

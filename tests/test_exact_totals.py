@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from google.cloud import datastore
@@ -24,11 +24,14 @@ INT64_MAX, INT64_MIN = (1 << 63) - 1, -(1 << 63)
 NEAR = (1 << 48) - 1  # the largest value the fast path adds on the server
 SAFE = (1 << 53) - 1
 # In one 15-minute slot, an hour ago: every event of a test lands in one rollup slot.
-SLOT_AT = (datetime.now(timezone.utc) - timedelta(hours=1)).replace(
-    minute=0, second=0, microsecond=0) + timedelta(minutes=7)
+SLOT_AT = (datetime.now(UTC) - timedelta(hours=1)).replace(
+    minute=0, second=0, microsecond=0
+) + timedelta(minutes=7)
 STAMP = SLOT_AT.isoformat().replace("+00:00", "Z")
-PERIOD = {"periodStart": (SLOT_AT - timedelta(hours=2)).isoformat().replace("+00:00", "Z"),
-          "periodEnd": (SLOT_AT + timedelta(hours=2)).isoformat().replace("+00:00", "Z")}
+PERIOD = {
+    "periodStart": (SLOT_AT - timedelta(hours=2)).isoformat().replace("+00:00", "Z"),
+    "periodEnd": (SLOT_AT + timedelta(hours=2)).isoformat().replace("+00:00", "Z"),
+}
 
 
 def wire(value: int):
@@ -37,12 +40,21 @@ def wire(value: int):
 
 
 def _batch(meter, prefix: str, value: int, user: str = "u1", size: int = 100) -> list[dict]:
-    return [{"meterId": meter["id"], "userId": user, "value": value, "timestamp": STAMP,
-             "idempotency": f"{prefix}-{i}"} for i in range(size)]
+    return [
+        {
+            "meterId": meter["id"],
+            "userId": user,
+            "value": value,
+            "timestamp": STAMP,
+            "idempotency": f"{prefix}-{i}",
+        }
+        for i in range(size)
+    ]
 
 
 def _send(api, meter, prefix: str, batches: int, value: int, user: str = "u1") -> None:
     """`batches` batches of 100 events of `value`, four requests at a time."""
+
     def one(number: int) -> None:
         body = {"events": _batch(meter, f"{prefix}{number}", value, user)}
         answer = api.post("/v1/billing/meter-events", json=body)
@@ -75,10 +87,19 @@ def _compact(admin) -> None:
 
 
 def _rebuild(config, org) -> None:
-    env = {**os.environ, "DATASTORE_EMULATOR_HOST": config.emulator_host,
-           "METERING_PROJECT": config.project, "METERING_HASHID_SALT": config.hashid_salt}
-    done = subprocess.run([sys.executable, "-m", "app.cli", "rollups", "rebuild", org["name"]],
-                          env=env, capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "DATASTORE_EMULATOR_HOST": config.emulator_host,
+        "METERING_PROJECT": config.project,
+        "METERING_HASHID_SALT": config.hashid_salt,
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", "rollups", "rebuild", org["name"]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
 
 
@@ -91,7 +112,8 @@ def _assert_total(api, meter, exact: int, count: int) -> None:
 
 @pytest.mark.slow
 def test_fast_path_sums_past_int64_are_exact_before_and_after_the_fold(
-        api, admin, config, org, monkeypatch, emulator_kind):
+    api, admin, config, org, monkeypatch, emulator_kind
+):
     """The issue's case: 335 batches of 100 events of 2**48 - 1, one user, one slot.
     Was 9223372036854775807 (clamped) on Firestore. Here the fold after the saturating
     commit is first held back (a process dying between the two), and a batch of negative
@@ -144,17 +166,23 @@ def test_int64_extremes_on_the_careful_path_answer_exact_strings(api, admin, con
     """100 x INT64_MAX answered the number 922337203685477580700, which JavaScript and Go
     cannot hold; every aggregation of the extremes, as strings where doubles lose digits."""
     kinds = ("sum", "avg", "min", "max", "last", "count")
-    meters = {kind: api.create_meter(eventName=f"m_{kind}", aggregationType=kind)
-              for kind in kinds}
+    meters = {kind: api.create_meter(eventName=f"m_{kind}", aggregationType=kind) for kind in kinds}
     for meter in meters.values():
         api.record(*_batch(meter, "top", INT64_MAX, user="top"))
         api.record(*_batch(meter, "bottom", INT64_MIN, user="bottom"))
 
     def check() -> None:
-        by_user = {kind: {user: _summary(api, meters[kind], userId=user)["value"]
-                          for user in ("top", "bottom")} for kind in kinds}
-        assert by_user["sum"] == {"top": "922337203685477580700",
-                                  "bottom": "-922337203685477580800"}
+        by_user = {
+            kind: {
+                user: _summary(api, meters[kind], userId=user)["value"]
+                for user in ("top", "bottom")
+            }
+            for kind in kinds
+        }
+        assert by_user["sum"] == {
+            "top": "922337203685477580700",
+            "bottom": "-922337203685477580800",
+        }
         assert _summary(api, meters["sum"])["value"] == -100  # both users: a plain number
         assert by_user["avg"] == {"top": float(INT64_MAX), "bottom": float(INT64_MIN)}
         assert isinstance(by_user["avg"]["top"], float)  # an average stays a JSON number
@@ -163,7 +191,9 @@ def test_int64_extremes_on_the_careful_path_answer_exact_strings(api, admin, con
         assert by_user["count"] == {"top": 100, "bottom": 100}
         windows = _summary(api, meters["sum"], windowSize="hour", groupBy="userId")["windows"]
         assert {w["groupBy"]["userId"]: w["value"] for w in windows} == {
-            "top": str(100 * INT64_MAX), "bottom": str(100 * INT64_MIN)}
+            "top": str(100 * INT64_MAX),
+            "bottom": str(100 * INT64_MIN),
+        }
 
     check()
     _compact(admin)
@@ -185,7 +215,8 @@ def test_a_sum_at_the_edge_of_doubles_is_a_number_and_one_past_it_a_string(api):
 
 
 def test_cancelling_next_to_a_saturated_slot_keeps_it_exact(
-        api, config, org, monkeypatch, emulator_kind):
+    api, config, org, monkeypatch, emulator_kind
+):
     """Cancelling recomputes its own slots and keeps the rest: a kept slot whose deltas sit
     at a bound must come from the raw events too, not be folded as the clamped number."""
     if emulator_kind != "firestore":
@@ -194,10 +225,19 @@ def test_cancelling_next_to_a_saturated_slot_keeps_it_exact(
     monkeypatch.setattr(ingest, "_fold", lambda keys: None)
     _send(api, meter, "up", 330, NEAR)
     other = SLOT_AT + timedelta(minutes=15)  # another slot of the same rollup (day)
-    api.record({"meterId": meter["id"], "userId": "u1", "value": 5, "idempotency": "x",
-                "timestamp": other.isoformat().replace("+00:00", "Z")})
-    cancelled = api.post("/v1/billing/meter-events/cancel", json={
-        "events": [{"meterId": meter["id"], "idempotency": "x"}]})
+    api.record(
+        {
+            "meterId": meter["id"],
+            "userId": "u1",
+            "value": 5,
+            "idempotency": "x",
+            "timestamp": other.isoformat().replace("+00:00", "Z"),
+        }
+    )
+    cancelled = api.post(
+        "/v1/billing/meter-events/cancel",
+        json={"events": [{"meterId": meter["id"], "idempotency": "x"}]},
+    )
     assert cancelled.json()["events"][0]["status"] == "cancelled"
     (rollup,) = _stored_rollups(config, org)
     assert _parts(rollup) == (330 * 100 * NEAR, 0, 0)

@@ -15,10 +15,28 @@ from tests.support.flavour import firestore_only  # noqa: F401
 pytestmark = pytest.mark.usefixtures("firestore_only")
 
 FOLD = rollups.FOLD_AT
-EDGES = [FOLD, FOLD + 1, FOLD - 1, -FOLD, -FOLD - 1, -FOLD + 1, rollups.INT64_MAX,
-         rollups.INT64_MIN, 0, 1, -1, (1 << 56) - 1, 1 << 56, -(1 << 56), 1_765_000_000_000_000]
-VALUES = st.one_of(st.sampled_from(EDGES), st.integers(rollups.INT64_MIN, rollups.INT64_MAX),
-                   st.integers(-(1 << 57), 1 << 57))
+EDGES = [
+    FOLD,
+    FOLD + 1,
+    FOLD - 1,
+    -FOLD,
+    -FOLD - 1,
+    -FOLD + 1,
+    rollups.INT64_MAX,
+    rollups.INT64_MIN,
+    0,
+    1,
+    -1,
+    (1 << 56) - 1,
+    1 << 56,
+    -(1 << 56),
+    1_765_000_000_000_000,
+]
+VALUES = st.one_of(
+    st.sampled_from(EDGES),
+    st.integers(rollups.INT64_MIN, rollups.INT64_MAX),
+    st.integers(-(1 << 57), 1 << 57),
+)
 
 
 def _answer(results: list[list[int]], events: int):
@@ -48,8 +66,10 @@ def test_the_filter_never_hides_a_large_result(results, events):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.lists(st.integers(-(1 << 56) + 1, (1 << 56) - 1), max_size=6), max_size=20),
-       st.integers(0, 100))
+@given(
+    st.lists(st.lists(st.integers(-(1 << 56) + 1, (1 << 56) - 1), max_size=6), max_size=20),
+    st.integers(0, 100),
+)
 def test_an_ordinary_answer_is_not_read_value_by_value(results, events):
     """Counts, sums, minimums, maximums and microsecond timestamps well inside 2**56."""
     assert not ingest._may_need_folding(_answer(results, events))
@@ -58,9 +78,13 @@ def test_an_ordinary_answer_is_not_read_value_by_value(results, events):
 def test_only_sum_accumulators_are_folded():
     """A maximum at INT64_MAX is an event's value, not a clamped sum: no fold for it."""
     request = rpc.new_commit()
-    cases = {"sum": (("C7", 3), ("S7", FOLD)), "refunds": (("C7", 3), ("M7", -FOLD - 1)),
-             "max": (("C7", 3), ("X7", rollups.INT64_MAX)), "small": (("C7", 3), ("S7", 9)),
-             "min": (("C7", 1), ("N7", rollups.INT64_MIN))}
+    cases = {
+        "sum": (("C7", 3), ("S7", FOLD)),
+        "refunds": (("C7", 3), ("M7", -FOLD - 1)),
+        "max": (("C7", 3), ("X7", rollups.INT64_MAX)),
+        "small": (("C7", 3), ("S7", 9)),
+        "min": (("C7", 1), ("N7", rollups.INT64_MIN)),
+    }
     for name, transforms in cases.items():
         mutation = request.mutations.add()
         mutation.upsert.key.path.add(kind="meter-rollup", name=name)

@@ -24,11 +24,14 @@ from flask import Flask
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation import GenerationMode
-from schemathesis.specs.openapi.checks import (content_type_conformance,
-                                               ensure_resource_availability, ignored_auth,
-                                               response_headers_conformance,
-                                               response_schema_conformance,
-                                               status_code_conformance)
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    ensure_resource_availability,
+    ignored_auth,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from app import api, dashboard
 from app.config import Config
@@ -38,14 +41,20 @@ from tests.support.names import unique_org_name
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("METERING_TEST_EMULATOR", "firestore") != "firestore",
-    reason="the fuzzing runs once, in the Firestore pass")
+    reason="the fuzzing runs once, in the Firestore pass",
+)
 
 #: Random examples per operation and caller; bounded so the whole run takes a few minutes.
 MAX_EXAMPLES = int(os.environ.get("METERING_FUZZ_EXAMPLES", "40"))
 #: Sequences of linked calls per caller, and the most calls in one.
 MAX_SEQUENCES, MAX_STEPS = int(os.environ.get("METERING_FUZZ_SEQUENCES", "30")), 6
-CONFORMANCE = [not_a_server_error, status_code_conformance, content_type_conformance,
-               response_headers_conformance, response_schema_conformance]
+CONFORMANCE = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
 
 
 def _document() -> dict:
@@ -59,8 +68,9 @@ def _document() -> dict:
 
 
 schema = schemathesis.openapi.from_dict(_document())
-fuzzing = settings(max_examples=MAX_EXAMPLES, deadline=None, database=None,
-                   suppress_health_check=list(HealthCheck))
+fuzzing = settings(
+    max_examples=MAX_EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+)
 
 
 def call_and_check(case, base_url: str, token: str | None) -> None:
@@ -68,8 +78,11 @@ def call_and_check(case, base_url: str, token: str | None) -> None:
     if token is None:
         case.call_and_validate(base_url=base_url, checks=CONFORMANCE)
     else:
-        case.call_and_validate(base_url=base_url, headers={"Authorization": f"Bearer {token}"},
-                               checks=[*CONFORMANCE, ignored_auth])
+        case.call_and_validate(
+            base_url=base_url,
+            headers={"Authorization": f"Bearer {token}"},
+            checks=[*CONFORMANCE, ignored_auth],
+        )
 
 
 @schema.parametrize()
@@ -117,12 +130,21 @@ def follow_links(operations, base_url: str, fresh_token) -> None:
             return {"base_url": base_url, "headers": {"Authorization": f"Bearer {self.token}"}}
 
         def validate_response(self, response, case, additional_checks=None, **kwargs):
-            case.validate_response(response, checks=[*CONFORMANCE, ensure_resource_availability],
-                                   transport_kwargs=kwargs)
+            case.validate_response(
+                response,
+                checks=[*CONFORMANCE, ensure_resource_availability],
+                transport_kwargs=kwargs,
+            )
 
-    LinkedCalls.run(settings=settings(
-        max_examples=MAX_SEQUENCES, stateful_step_count=MAX_STEPS, deadline=None,
-        database=None, suppress_health_check=list(HealthCheck)))
+    LinkedCalls.run(
+        settings=settings(
+            max_examples=MAX_SEQUENCES,
+            stateful_step_count=MAX_STEPS,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+    )
 
 
 def test_linked_calls_with_an_org_key_answer_as_documented(server, emulator, admin):

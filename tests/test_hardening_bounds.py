@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -87,6 +87,7 @@ def sized(prefix: bytes, item: bytes, suffix: bytes, limit: int, sep: bytes = b"
 
 # -- error amplification --------------------------------------------------------------
 
+
 def test_349000_empty_events_are_refused_by_the_count_alone(world):
     before = totals(world)
     body = sized(b'{"events":[', b"{}", b"]}", world["max_body"])
@@ -123,10 +124,10 @@ def test_an_object_of_more_fields_than_any_request_has_is_refused_while_parsing(
 
 def test_100_events_of_many_bad_fields_list_20_problems_and_count_the_rest(world):
     before = totals(world)
-    events = [{"meterId": world["meter"]["id"], "userId": 7, "value": "1"}
-              for _ in range(100)]
-    error = small_refusal(world["api"].post(EVENTS, json={"events": events}),
-                          param="events[0].userId")
+    events = [{"meterId": world["meter"]["id"], "userId": 7, "value": "1"} for _ in range(100)]
+    error = small_refusal(
+        world["api"].post(EVENTS, json={"events": events}), param="events[0].userId"
+    )
     problems = error["errors"]
     assert len(problems) == LISTED + 1
     assert problems[1]["param"] == "events[0].value"
@@ -136,10 +137,18 @@ def test_100_events_of_many_bad_fields_list_20_problems_and_count_the_rest(world
 
 def test_stored_state_problems_are_capped_too(world):
     before = totals(world)
-    events = [{"meterId": world["meter"]["id"], "userId": "u", "value": 1,
-               "dimensions": {f"d{i}": "x" for i in range(16)}} for _ in range(100)]
-    error = small_refusal(world["api"].post(EVENTS, json={"events": events}),
-                          param="events[0].dimensions.d0")
+    events = [
+        {
+            "meterId": world["meter"]["id"],
+            "userId": "u",
+            "value": 1,
+            "dimensions": {f"d{i}": "x" for i in range(16)},
+        }
+        for _ in range(100)
+    ]
+    error = small_refusal(
+        world["api"].post(EVENTS, json={"events": events}), param="events[0].dimensions.d0"
+    )
     assert error["errors"][-1] == {"message": f"{1600 - LISTED} more problems not listed"}
     assert totals(world) == before
 
@@ -147,21 +156,33 @@ def test_stored_state_problems_are_capped_too(world):
 def test_one_megabyte_of_unknown_field_names_is_one_problem_per_object(world):
     before = totals(world)
     names = b",".join(b'"unknown_field_%06d":0' % i for i in range(40_000))
-    for body in (b'{"events":[{"userId":"u","value":1,' + names + b"}]}",
-                 b"{" + names + b',"events":[]}'):
+    for body in (
+        b'{"events":[{"userId":"u","value":1,' + names + b"}]}",
+        b"{" + names + b',"events":[]}',
+    ):
         assert len(body) <= world["max_body"]
         error = small_refusal(world["api"].post(EVENTS, data=body))
         assert "an object of 4000" in error["message"], error  # 40,00x fields
     some = b",".join(b'"unknown_field_%06d":0' % i for i in range(4_000))
-    for body in (b'{"events":[{"userId":"u","value":1,' + some + b"}]}",
-                 b"{" + some + b',"events":[]}'):
+    for body in (
+        b'{"events":[{"userId":"u","value":1,' + some + b"}]}",
+        b"{" + some + b',"events":[]}',
+    ):
         error = small_refusal(world["api"].post(EVENTS, data=body))
         assert "4000 unknown fields, such as unknown_field_000000" in error["message"], error
-    events = [{"meterId": world["meter"]["id"], "userId": "u", "value": 1,
-               **{f"extra_{j:04d}_{'x' * 40}": 0 for j in range(150)}} for _ in range(100)]
+    events = [
+        {
+            "meterId": world["meter"]["id"],
+            "userId": "u",
+            "value": 1,
+            **{f"extra_{j:04d}_{'x' * 40}": 0 for j in range(150)},
+        }
+        for _ in range(100)
+    ]
     assert len(compact({"events": events})) <= world["max_body"]
-    error = small_refusal(world["api"].post(EVENTS, data=compact({"events": events})),
-                          param="events[0]")
+    error = small_refusal(
+        world["api"].post(EVENTS, data=compact({"events": events})), param="events[0]"
+    )
     assert error["errors"][-1] == {"message": f"{100 - LISTED} more problems not listed"}
     assert totals(world) == before
 
@@ -171,10 +192,11 @@ def test_a_one_megabyte_field_name_is_echoed_shortened(world):
     event = {"meterId": world["meter"]["id"], "userId": "u", "value": 1, name: 1}
     error = small_refusal(world["api"].post(EVENTS, json={"events": [event]}))
     assert error["param"].startswith("events[0].nnnn") and "characters)" in error["param"]
-    error = small_refusal(world["api"].post(METERS, json={"name": "x", "eventName": "y",
-                                                          "metadata": {name: 1}}))
+    error = small_refusal(
+        world["api"].post(METERS, json={"name": "x", "eventName": "y", "metadata": {name: 1}})
+    )
     assert error["param"].startswith("metadata.nnnn")
-    name = name[:world["max_body"] // 3]
+    name = name[: world["max_body"] // 3]
     twice = f'{{"events":[{{"{name}":1,"{name}":2}}]}}'
     error = small_refusal(world["api"].post(EVENTS, data=twice))
     assert error["code"] == "invalid_json" and "more than once" in error["message"]
@@ -195,24 +217,37 @@ def test_a_long_path_of_long_names_is_echoed_shortened(world):
 def test_meter_lists_and_objects_are_refused_by_their_length(world):
     count = world["api"].get(METERS, params={"limit": 500}).json()["count"]
     names = [f"d{i}" for i in range(90_000)]
-    small_refusal(world["api"].post(METERS, data=compact({"name": "x", "eventName": "many_dims",
-                                                          "dimensions": names})),
-                  param="dimensions")
+    small_refusal(
+        world["api"].post(
+            METERS, data=compact({"name": "x", "eventName": "many_dims", "dimensions": names})
+        ),
+        param="dimensions",
+    )
     bad_names = ["\n"] * 200_000  # each would fail on its own
-    small_refusal(world["api"].post(METERS, data=compact({"name": "x", "eventName": "bad_dims",
-                                                          "dimensions": bad_names})),
-                  param="dimensions")
+    small_refusal(
+        world["api"].post(
+            METERS, data=compact({"name": "x", "eventName": "bad_dims", "dimensions": bad_names})
+        ),
+        param="dimensions",
+    )
     metadata = {"k" * 101 + str(i): 0 for i in range(4_000)}  # each key too long
-    small_refusal(world["api"].post(METERS, data=compact({"name": "x", "eventName": "meta",
-                                                          "metadata": metadata})),
-                  param="metadata")
-    small_refusal(world["api"].patch(f"{METERS}/{world['meter']['id']}",
-                                     data=compact({"metadata": metadata})), param="metadata")
+    small_refusal(
+        world["api"].post(
+            METERS, data=compact({"name": "x", "eventName": "meta", "metadata": metadata})
+        ),
+        param="metadata",
+    )
+    small_refusal(
+        world["api"].patch(
+            f"{METERS}/{world['meter']['id']}", data=compact({"metadata": metadata})
+        ),
+        param="metadata",
+    )
     dimensions = {f"{'k' * 70}{i}": "v" * 300 for i in range(2_000)}
-    event = {"meterId": world["meter"]["id"], "userId": "u", "value": 1,
-             "dimensions": dimensions}
-    small_refusal(world["api"].post(EVENTS, data=compact({"events": [event]})),
-                  param="events[0].dimensions")
+    event = {"meterId": world["meter"]["id"], "userId": "u", "value": 1, "dimensions": dimensions}
+    small_refusal(
+        world["api"].post(EVENTS, data=compact({"events": [event]})), param="events[0].dimensions"
+    )
     assert world["api"].get(METERS, params={"limit": 500}).json()["count"] == count
 
 
@@ -229,11 +264,13 @@ def test_query_strings_with_many_repeated_parameters_are_small_refusals(world):
     many_unknown = [("meterId", meter_id)] + [(f"p{i}", "1") for i in range(3_000)]
     error = small_refusal(world["api"].get(SUMMARY, params=many_unknown))
     assert "3000 unknown fields" in error["message"]
-    error = small_refusal(world["api"].get(SUMMARY, params=[("x" * 20_000, "1"),
-                                                            ("x" * 20_000, "2")]))
+    error = small_refusal(
+        world["api"].get(SUMMARY, params=[("x" * 20_000, "1"), ("x" * 20_000, "2")])
+    )
     assert error["param"].endswith("characters)")
-    error = small_refusal(world["api"].get(SUMMARY, params={"meterId": meter_id,
-                                                            "filter[" + "f" * 20_000: "1"}))
+    error = small_refusal(
+        world["api"].get(SUMMARY, params={"meterId": meter_id, "filter[" + "f" * 20_000: "1"})
+    )
     assert error["param"].endswith("characters)")
     many_events = [("meterId", meter_id)] + [(f"q{i}", "1") for i in range(3_000)]
     small_refusal(world["api"].get(EVENTS, params=many_events))
@@ -242,14 +279,17 @@ def test_query_strings_with_many_repeated_parameters_are_small_refusals(world):
 
 # -- cancel by eventName ----------------------------------------------------------------
 
+
 @pytest.fixture
 def twins(world):
     """Meter `a`, and meter `b` whose eventName is a's id; each with an event keyed `k`."""
     api = world["api"]
     a = api.create_meter(name="A", eventName=f"a_{uuid.uuid4().hex[:8]}")
     b = api.create_meter(name="B", eventName=a["id"])
-    api.record({"meterId": a["id"], "userId": "u", "value": 3, "idempotency": "k"},
-               {"meterId": b["id"], "userId": "u", "value": 4, "idempotency": "k"})
+    api.record(
+        {"meterId": a["id"], "userId": "u", "value": 3, "idempotency": "k"},
+        {"meterId": b["id"], "userId": "u", "value": 4, "idempotency": "k"},
+    )
     return a, b
 
 
@@ -271,33 +311,41 @@ def test_cancel_by_an_event_name_spelled_like_another_meters_id(world, twins, or
 
 def test_cancel_by_name_alone_leaves_the_meter_of_that_id_alone(world, twins):
     a, b = twins
-    answer = world["api"].post(CANCEL, json={"events": [
-        {"eventName": a["id"], "idempotency": "k"}]})
+    answer = world["api"].post(
+        CANCEL, json={"events": [{"eventName": a["id"], "idempotency": "k"}]}
+    )
     assert [e["status"] for e in answer.json()["events"]] == ["cancelled"]
     assert _total(world, a) == 3 and _total(world, b) == 0
 
 
 def test_recording_by_an_event_name_spelled_like_another_meters_id(world, twins):
     a, b = twins
-    world["api"].record({"eventName": a["id"], "userId": "u", "value": 10},
-                        {"meterId": a["id"], "userId": "u", "value": 100})
+    world["api"].record(
+        {"eventName": a["id"], "userId": "u", "value": 10},
+        {"meterId": a["id"], "userId": "u", "value": 100},
+    )
     assert _total(world, a) == 103 and _total(world, b) == 14
 
 
 # -- patterns match whole values --------------------------------------------------------
 
+
 def test_a_final_newline_is_refused_in_every_patterned_field(world):
     api, meter_id = world["api"], world["meter"]["id"]
     before = totals(world)
-    now = datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-    for event in ({"meterId": meter_id, "userId": "u", "value": 1, "timestamp": now + "\n"},
-                  {"eventName": "tokens\n", "userId": "u", "value": 1}):
+    now = datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    for event in (
+        {"meterId": meter_id, "userId": "u", "value": 1, "timestamp": now + "\n"},
+        {"eventName": "tokens\n", "userId": "u", "value": 1},
+    ):
         answer = api.post(EVENTS, json={"events": [event]})
         field = "timestamp" if "timestamp" in event else "eventName"
         expect_error(answer, 400, param=f"events[0].{field}")
     assert totals(world) == before
-    for params, param in (({"periodStart": now + "\n"}, "periodStart"),
-                          ({"periodEnd": now + "\n"}, "periodEnd")):
+    for params, param in (
+        ({"periodStart": now + "\n"}, "periodStart"),
+        ({"periodEnd": now + "\n"}, "periodEnd"),
+    ):
         answer = api.get(SUMMARY, params={"meterId": meter_id, **params})
         expect_error(answer, 400, param=param)
     answer = api.get(SUMMARY, params={"meterId": meter_id, "filter[region]\n": "eu"})
@@ -309,27 +357,54 @@ def test_a_final_newline_is_refused_in_every_patterned_field(world):
 
 # -- timeZone ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["localtime", "posixrules", "Factory", "posix/UTC",
-                                  "right/UTC", "./UTC", "Etc/../UTC", "UTC\n", "zone.tab",
-                                  "iso3166.tab", "tzdata.zi"])
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "localtime",
+        "posixrules",
+        "Factory",
+        "posix/UTC",
+        "right/UTC",
+        "./UTC",
+        "Etc/../UTC",
+        "UTC\n",
+        "zone.tab",
+        "iso3166.tab",
+        "tzdata.zi",
+    ],
+)
 def test_time_zones_that_are_not_zone_names_are_refused(world, name):
-    answer = world["api"].get(SUMMARY, params={"meterId": world["meter"]["id"],
-                                               "periodStart": "2026-01-01",
-                                               "windowSize": "day", "timeZone": name})
+    answer = world["api"].get(
+        SUMMARY,
+        params={
+            "meterId": world["meter"]["id"],
+            "periodStart": "2026-01-01",
+            "windowSize": "day",
+            "timeZone": name,
+        },
+    )
     expect_error(answer, 400, param="timeZone")
 
 
 @pytest.mark.parametrize("name", ["UTC", "Etc/UTC", "Asia/Kolkata", "Australia/Lord_Howe"])
 def test_zone_names_are_accepted(world, name):
-    answer = world["api"].get(SUMMARY, params={"meterId": world["meter"]["id"],
-                                               "periodStart": "2026-01-01",
-                                               "periodEnd": "2026-01-03",
-                                               "windowSize": "day", "timeZone": name})
+    answer = world["api"].get(
+        SUMMARY,
+        params={
+            "meterId": world["meter"]["id"],
+            "periodStart": "2026-01-01",
+            "periodEnd": "2026-01-03",
+            "windowSize": "day",
+            "timeZone": name,
+        },
+    )
     assert answer.status_code == 200, answer.text
     assert answer.json()["windows"]
 
 
 # -- the window cap counts windows ------------------------------------------------------
+
 
 def _end_of_window(start: datetime, zone: ZoneInfo, count: int) -> datetime:
     """The end of the `count`-th hour window from `start`, found slot by slot: a window is a
@@ -348,14 +423,16 @@ def _end_of_window(start: datetime, zone: ZoneInfo, count: int) -> datetime:
 
 def test_the_window_cap_is_exact_across_lord_howe_half_hours(world):
     zone = ZoneInfo("Australia/Lord_Howe")
-    start = datetime(2025, 4, 6, tzinfo=zone).astimezone(timezone.utc)  # a fall-back day
+    start = datetime(2025, 4, 6, tzinfo=zone).astimezone(UTC)  # a fall-back day
     end = _end_of_window(start, zone, 10_000)
     assert end - start < timedelta(hours=10_000)  # more windows than hours
-    params = {"meterId": world["meter"]["id"], "windowSize": "hour",
-              "timeZone": "Australia/Lord_Howe",
-              "periodStart": start.isoformat().replace("+00:00", "Z")}
-    answer = world["api"].get(SUMMARY, params={**params,
-                                               "periodEnd": end.isoformat()})
+    params = {
+        "meterId": world["meter"]["id"],
+        "windowSize": "hour",
+        "timeZone": "Australia/Lord_Howe",
+        "periodStart": start.isoformat().replace("+00:00", "Z"),
+    }
+    answer = world["api"].get(SUMMARY, params={**params, "periodEnd": end.isoformat()})
     assert answer.status_code == 200, answer.text[:300]
     assert len(answer.json()["windows"]) == 10_000
     over = (end + timedelta(minutes=15)).isoformat()
@@ -363,18 +440,20 @@ def test_the_window_cap_is_exact_across_lord_howe_half_hours(world):
     error = expect_error(answer, 400, param="windowSize")
     assert "more than 10000 hour windows" in error["message"]
     far = (start + timedelta(days=3650)).isoformat()  # refused at once, without counting
-    expect_error(world["api"].get(SUMMARY, params={**params, "periodEnd": far}), 400,
-                 param="windowSize")
+    expect_error(
+        world["api"].get(SUMMARY, params={**params, "periodEnd": far}), 400, param="windowSize"
+    )
     assert error_of(answer)["code"] == "invalid_request"
 
 
 def test_the_fast_pre_check_still_accepts_what_only_looks_suspect(world):
     # a valid surrogate pair (an escaped emoji) and a large finite float: both make the
     # pre-check look closer, and both are fine
-    body = (b'{"name": "Suspect", "eventName": "suspect_ok", "metadata": '
-            b'{"smile": "\\ud83d\\ude00", "big": 1e300, "digits": "' + b"9" * 200 + b'"}}')
+    body = (
+        b'{"name": "Suspect", "eventName": "suspect_ok", "metadata": '
+        b'{"smile": "\\ud83d\\ude00", "big": 1e300, "digits": "' + b"9" * 200 + b'"}}'
+    )
     answer = world["api"].post(METERS, data=body)
     assert answer.status_code == 201, answer.text
-    assert answer.json()["metadata"] == {"smile": "\U0001F600", "big": 1e300,
-                                         "digits": "9" * 200}
+    assert answer.json()["metadata"] == {"smile": "\U0001f600", "big": 1e300, "digits": "9" * 200}
     assert world["api"].delete(f"{METERS}/{answer.json()['id']}").status_code == 200

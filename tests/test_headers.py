@@ -49,20 +49,48 @@ def _answers(api: Api, admin: Api, anonymous: Api, org: dict) -> dict:
     }
 
 
-AUTHENTICATED = {"created", "listed", "one meter", "bad body", "unknown meter", "wrong method",
-                 "events", "summary", "admin keys", "admin unknown org", "cron", "wrong key"}
+AUTHENTICATED = {
+    "created",
+    "listed",
+    "one meter",
+    "bad body",
+    "unknown meter",
+    "wrong method",
+    "events",
+    "summary",
+    "admin keys",
+    "admin unknown org",
+    "cron",
+    "wrong key",
+}
 PAGES = {"docs", "dashboard", "dashboard module"}
 
 
-def test_every_api_answer_forbids_sniffing_and_everything_in_a_browser(api, admin, anonymous,
-                                                                       org):
+def test_every_api_answer_forbids_sniffing_and_everything_in_a_browser(api, admin, anonymous, org):
     answers = _answers(api, admin, anonymous, org)
     assert {name: a.status_code for name, a in answers.items()} == {
-        "created": 201, "listed": 200, "one meter": 200, "bad body": 400, "unknown meter": 404,
-        "wrong method": 405, "events": 200, "summary": 200, "admin keys": 200,
-        "admin unknown org": 404, "cron": 200, "wrong key": 401, "no key": 401, "health": 200,
-        "ready": 200, "openapi": 200, "nowhere": 404, "too large": 413, "docs": 200,
-        "dashboard": 200, "dashboard module": 200}
+        "created": 201,
+        "listed": 200,
+        "one meter": 200,
+        "bad body": 400,
+        "unknown meter": 404,
+        "wrong method": 405,
+        "events": 200,
+        "summary": 200,
+        "admin keys": 200,
+        "admin unknown org": 404,
+        "cron": 200,
+        "wrong key": 401,
+        "no key": 401,
+        "health": 200,
+        "ready": 200,
+        "openapi": 200,
+        "nowhere": 404,
+        "too large": 413,
+        "docs": 200,
+        "dashboard": 200,
+        "dashboard module": 200,
+    }
     for name, answer in answers.items():
         assert answer.headers["X-Content-Type-Options"] == "nosniff", name
         if name not in PAGES:
@@ -71,8 +99,7 @@ def test_every_api_answer_forbids_sniffing_and_everything_in_a_browser(api, admi
         assert "Strict-Transport-Security" not in answer.headers, name
 
 
-def test_answers_to_credentials_are_never_stored_and_public_ones_may_be(api, admin, anonymous,
-                                                                         org):
+def test_answers_to_credentials_are_never_stored_and_public_ones_may_be(api, admin, anonymous, org):
     for name, answer in _answers(api, admin, anonymous, org).items():
         stored = answer.headers.get("Cache-Control", "")
         if name in AUTHENTICATED:
@@ -93,10 +120,13 @@ def test_the_docs_page_may_use_its_own_inline_styles_and_nothing_else(anonymous)
     assert answer.headers["Content-Type"].startswith("text/html")
     styles = re.findall(r"<style>(.*?)</style>", answer.text, re.DOTALL)
     assert styles, "the page styles itself inline"
-    allowed = {"'sha256-" + base64.b64encode(hashlib.sha256(css.encode()).digest()).decode()
-               + "'" for css in styles}
-    directives = dict(d.strip().split(" ", 1)
-                      for d in answer.headers["Content-Security-Policy"].split(";"))
+    allowed = {
+        "'sha256-" + base64.b64encode(hashlib.sha256(css.encode()).digest()).decode() + "'"
+        for css in styles
+    }
+    directives = dict(
+        d.strip().split(" ", 1) for d in answer.headers["Content-Security-Policy"].split(";")
+    )
     assert directives["default-src"] == "'none'"
     assert set(directives["style-src"].split()) == allowed
     assert directives["frame-ancestors"] == "'none'" and "script-src" not in directives
@@ -112,8 +142,11 @@ def production(config):
 
 
 def test_in_production_every_answer_demands_https(production, org, config):
-    api, admin, anonymous = (Api(production.url, org["apiKey"]),
-                             Api(production.url, config.admin_token), Api(production.url))
+    api, admin, anonymous = (
+        Api(production.url, org["apiKey"]),
+        Api(production.url, config.admin_token),
+        Api(production.url),
+    )
     answers = _answers(api, admin, anonymous, org)
     assert len(answers) == 21
     for name, answer in answers.items():

@@ -9,10 +9,9 @@ their edges (meter-event indexes); periods on day boundaries read rollups only
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
-BASE = (datetime.now(timezone.utc) - timedelta(hours=3)).replace(minute=0, second=0,
-                                                                   microsecond=0)
+BASE = (datetime.now(UTC) - timedelta(hours=3)).replace(minute=0, second=0, microsecond=0)
 # Outside, inside, inside, outside the unaligned period [BASE+10m, BASE+55m).
 MINUTES = (7, 20, 50, 56)
 
@@ -23,20 +22,35 @@ def _at(moment: datetime) -> str:
 
 def _record_two_users(api) -> dict:
     meter = api.create_meter()
-    api.record(*[{"meterId": meter["id"], "userId": user, "value": value,
-                  "timestamp": _at(BASE + timedelta(minutes=minute))}
-                 for user, value in (("u1", 1), ("u2", 100)) for minute in MINUTES])
+    api.record(
+        *[
+            {
+                "meterId": meter["id"],
+                "userId": user,
+                "value": value,
+                "timestamp": _at(BASE + timedelta(minutes=minute)),
+            }
+            for user, value in (("u1", 1), ("u2", 100))
+            for minute in MINUTES
+        ]
+    )
     return meter
 
 
 def _unaligned(**params) -> dict:
-    return {"periodStart": _at(BASE + timedelta(minutes=10)),
-            "periodEnd": _at(BASE + timedelta(minutes=55)), **params}
+    return {
+        "periodStart": _at(BASE + timedelta(minutes=10)),
+        "periodEnd": _at(BASE + timedelta(minutes=55)),
+        **params,
+    }
 
 
 def _whole_days(**params) -> dict:
-    return {"periodStart": (BASE - timedelta(days=1)).date().isoformat(),
-            "periodEnd": (BASE + timedelta(days=1)).date().isoformat(), **params}
+    return {
+        "periodStart": (BASE - timedelta(days=1)).date().isoformat(),
+        "periodEnd": (BASE + timedelta(days=1)).date().isoformat(),
+        **params,
+    }
 
 
 def test_events_of_a_meter_in_a_time_range_all_users(api):

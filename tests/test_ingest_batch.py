@@ -8,7 +8,7 @@ themselves are driven end to end in tests/test_meter_events.py.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import pytest
@@ -16,24 +16,41 @@ import pytest
 from app.services.ingest import Draft
 from app.storage.entities import StoredEvent
 
-AT = datetime(2026, 11, 3, 10, 7, tzinfo=timezone.utc)
+AT = datetime(2026, 11, 3, 10, 7, tzinfo=UTC)
 METER = SimpleNamespace(id_="meter-1", aggregation_type="sum")
 
 
 def draft(**changes) -> Draft:
-    fields = dict(meter=METER, user_id="u1", value=5, timestamp=AT, timestamp_given=True,
-                  idempotency="req-1", dimensions={"model": "a"}, metadata={}, key_id=7,
-                  meter_key_id=1)
+    fields = dict(
+        meter=METER,
+        user_id="u1",
+        value=5,
+        timestamp=AT,
+        timestamp_given=True,
+        idempotency="req-1",
+        dimensions={"model": "a"},
+        metadata={},
+        key_id=7,
+        meter_key_id=1,
+    )
     fields.update(changes)
     return Draft(**fields)
 
 
 def stored(earlier: Draft) -> StoredEvent:
     """The event `earlier` would have stored, as `entities.decode_event` gives it back."""
-    return StoredEvent(key_id=7, public_id="x", meter_id=earlier.meter.id_,
-                       user_id=earlier.user_id, value=earlier.value,
-                       timestamp=earlier.timestamp, created_at=AT, deleted=False,
-                       dimensions=dict(earlier.dimensions), entity=None)
+    return StoredEvent(
+        key_id=7,
+        public_id="x",
+        meter_id=earlier.meter.id_,
+        user_id=earlier.user_id,
+        value=earlier.value,
+        timestamp=earlier.timestamp,
+        created_at=AT,
+        deleted=False,
+        dimensions=dict(earlier.dimensions),
+        entity=None,
+    )
 
 
 CASES = [

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import random
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
+from app.core.cells import Cell, Series, settle_last
 from app.services import compact, rebuild
 from app.services.meters import get_meter
-from app.core.cells import Cell, Series, settle_last
 
-DAY = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(
-    days=2)
+DAY = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=2)
 EVENTS = "/v1/billing/meter-events"
 
 
@@ -33,11 +32,18 @@ def _usage(answer) -> dict[str, int]:
 
 def _queries(meter) -> list[dict]:
     """Summary queries whose answers must not depend on compaction."""
-    base = {"meterId": meter["id"], "periodStart": DAY.date().isoformat(),
-            "periodEnd": (DAY + timedelta(days=1)).date().isoformat()}
-    return [base, {**base, "windowSize": "hour"}, {**base, "groupBy": "userId"},
-            {**base, "userId": "u1", "windowSize": "hour"},
-            {**base, "windowSize": "day", "timeZone": "Asia/Kathmandu", "groupBy": "userId"}]
+    base = {
+        "meterId": meter["id"],
+        "periodStart": DAY.date().isoformat(),
+        "periodEnd": (DAY + timedelta(days=1)).date().isoformat(),
+    }
+    return [
+        base,
+        {**base, "windowSize": "hour"},
+        {**base, "groupBy": "userId"},
+        {**base, "userId": "u1", "windowSize": "hour"},
+        {**base, "windowSize": "day", "timeZone": "Asia/Kathmandu", "groupBy": "userId"},
+    ]
 
 
 def _answers(api, meter) -> list[dict]:
@@ -53,8 +59,15 @@ def test_a_hot_user_of_a_last_meter_takes_the_fast_path_and_ends_exact(api, emul
         for i in range(25):
             seconds, value = 3600 + (97 * (b * 25 + i)) % 7200, rng.randint(1, 10**6)
             sent.append((seconds, value))
-            body.append({"meterId": meter["id"], "userId": "hot", "value": value,
-                         "timestamp": _at(seconds), "idempotency": f"hot-{b}-{i}"})
+            body.append(
+                {
+                    "meterId": meter["id"],
+                    "userId": "hot",
+                    "value": value,
+                    "timestamp": _at(seconds),
+                    "idempotency": f"hot-{b}-{i}",
+                }
+            )
         bodies.append(body)
     expected = max(sent)[1]
     reads, failures = [], []
@@ -74,24 +87,32 @@ def test_a_hot_user_of_a_last_meter_takes_the_fast_path_and_ends_exact(api, emul
         thread.join()
     assert failures == []
     if emulator_kind == "firestore":  # blind transforms: no event or rollup is read, only
-        assert set(reads) == {3}      # the request's API key, org and meter
+        assert set(reads) == {3}  # the request's API key, org and meter
     summary = api.summary(meterId=meter["id"], userId="hot")
     assert (summary["value"], summary["eventCount"]) == (expected, 800)
 
 
 def test_pending_last_values_equal_the_brute_force_compaction_and_a_rebuild(
-        api, org, ndb_client, emulator_kind):
+    api, org, ndb_client, emulator_kind
+):
     meter = api.create_meter(aggregationType="last", dimensions=["model"])
     rng = random.Random(11)
     recorded = []  # (timestamp seconds, order recorded, user, model, value)
     for batch in range(12):
         events = []
-        for i in range(20):
+        for _ in range(20):
             user, model = rng.choice(("u1", "u2", "u3")), rng.choice(("a", "b"))
             moment = rng.choice((600, 600, 4500, 4500, rng.randrange(0, 86000)))  # ties
             value = rng.randint(-50, 50)
-            events.append({"meterId": meter["id"], "userId": user, "value": value,
-                           "timestamp": _at(moment), "dimensions": {"model": model}})
+            events.append(
+                {
+                    "meterId": meter["id"],
+                    "userId": user,
+                    "value": value,
+                    "timestamp": _at(moment),
+                    "dimensions": {"model": model},
+                }
+            )
             recorded.append((moment, batch, user, model, value))
         api.record(*events)
     before = _answers(api, meter)
@@ -124,12 +145,22 @@ def test_pending_last_values_equal_the_brute_force_compaction_and_a_rebuild(
 
 def test_cancelling_the_latest_event_before_compaction_falls_back_to_the_previous(api):
     meter = api.create_meter(aggregationType="last")
-    api.record(*({"meterId": meter["id"], "userId": "u1", "value": value,
-                  "timestamp": _at(hours * 3600), "idempotency": f"k{hours}"}
-                 for hours, value in ((1, 10), (2, 20), (3, 30))))
+    api.record(
+        *(
+            {
+                "meterId": meter["id"],
+                "userId": "u1",
+                "value": value,
+                "timestamp": _at(hours * 3600),
+                "idempotency": f"k{hours}",
+            }
+            for hours, value in ((1, 10), (2, 20), (3, 30))
+        )
+    )
     assert api.summary(meterId=meter["id"], userId="u1")["value"] == 30
-    answer = api.post(f"{EVENTS}/cancel",
-                      json={"events": [{"meterId": meter["id"], "idempotency": "k3"}]})
+    answer = api.post(
+        f"{EVENTS}/cancel", json={"events": [{"meterId": meter["id"], "idempotency": "k3"}]}
+    )
     assert answer.status_code == 200, answer.text
     summary = api.summary(meterId=meter["id"], userId="u1")
     assert (summary["value"], summary["eventCount"]) == (20, 2)
@@ -137,8 +168,12 @@ def test_cancelling_the_latest_event_before_compaction_falls_back_to_the_previou
 
 def test_many_series_tied_at_the_latest_instant_cost_one_read(api, emulator_kind):
     meter = api.create_meter(aggregationType="last")
-    api.record(*({"meterId": meter["id"], "userId": f"user-{i}", "value": i,
-                  "timestamp": _at(600)} for i in range(100)))
+    api.record(
+        *(
+            {"meterId": meter["id"], "userId": f"user-{i}", "value": i, "timestamp": _at(600)}
+            for i in range(100)
+        )
+    )
     for params in ({}, {"groupBy": "userId"}):
         answer = api.get(f"{EVENTS}/summary", params={"meterId": meter["id"], **params})
         body = answer.json()
@@ -153,8 +188,17 @@ def test_many_series_tied_at_the_latest_instant_cost_one_read(api, emulator_kind
 def test_a_summary_reads_one_instant_per_pending_window_not_every_event(api, emulator_kind):
     meter = api.create_meter(aggregationType="last")
     for batch in range(5):
-        api.record(*({"meterId": meter["id"], "userId": "u1", "value": batch * 100 + i,
-                      "timestamp": _at(60 + batch * 100 + i)} for i in range(100)))
+        api.record(
+            *(
+                {
+                    "meterId": meter["id"],
+                    "userId": "u1",
+                    "value": batch * 100 + i,
+                    "timestamp": _at(60 + batch * 100 + i),
+                }
+                for i in range(100)
+            )
+        )
     answer = api.get(f"{EVENTS}/summary", params={"meterId": meter["id"], "userId": "u1"})
     assert answer.json()["value"] == 499
     # The API key, org and meter, one rollup, and the one event at the latest instant

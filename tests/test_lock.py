@@ -68,8 +68,20 @@ def test_the_lock_installs_no_project_source_and_names_no_index():
     text = (ROOT / "requirements.txt").read_text()
     for line in text.splitlines():
         stripped = line.strip()
-        assert not stripped.startswith(("-e", "--editable", "-r", "-c", ".", "/", "--index",
-                                        "--extra-index", "-i ", "--find-links")), line
+        assert not stripped.startswith(
+            (
+                "-e",
+                "--editable",
+                "-r",
+                "-c",
+                ".",
+                "/",
+                "--index",
+                "--extra-index",
+                "-i ",
+                "--find-links",
+            )
+        ), line
 
 
 def test_every_runtime_dependency_is_pinned_within_its_range(pyproject, lock):
@@ -80,7 +92,8 @@ def test_every_runtime_dependency_is_pinned_within_its_range(pyproject, lock):
         pinned = _pin(lock[name][0])
         assert wanted.specifier.contains(pinned, prereleases=True), (
             f"requirements.txt pins {wanted.name}=={pinned}, outside {wanted.specifier}: "
-            "run `make lock`")
+            "run `make lock`"
+        )
 
 
 def test_what_locked_packages_need_is_locked_too(lock):
@@ -100,25 +113,32 @@ def test_what_locked_packages_need_is_locked_too(lock):
             if needed.marker and not needed.marker.evaluate({"extra": ""}):
                 continue
             assert canonicalize_name(needed.name) in lock, (
-                f"{name} needs {needed.name}, which requirements.txt lacks: run `make lock`")
+                f"{name} needs {needed.name}, which requirements.txt lacks: run `make lock`"
+            )
     assert checked, "no locked package is installed at its locked version"
 
 
 def test_the_lock_holds_no_test_only_tool(pyproject, lock):
     runtime = {canonicalize_name(Requirement(s).name) for s in pyproject["dependencies"]}
-    test_only = {canonicalize_name(Requirement(s).name)
-                 for s in pyproject["optional-dependencies"]["test"]} - runtime
+    test_only = {
+        canonicalize_name(Requirement(s).name) for s in pyproject["optional-dependencies"]["test"]
+    } - runtime
     # Runtime libraries need these two as well (google-api-core, gunicorn); no test tool.
     assert test_only - {"requests", "packaging"}
     assert not (test_only - {"requests", "packaging"}) & set(lock)
 
 
 def test_lock_entries_read_continuations_markers_and_comments():
-    text = ("# header\nflask==3.1.3 ; python_version >= '3.11' \\\n"
-            f"    --hash=sha256:{'a' * 64} \\\n    --hash=sha256:{'b' * 64}\n"
-            "    # via metering (pyproject.toml)\nclick==8.5.1\n")
+    text = (
+        "# header\nflask==3.1.3 ; python_version >= '3.11' \\\n"
+        f"    --hash=sha256:{'a' * 64} \\\n    --hash=sha256:{'b' * 64}\n"
+        "    # via metering (pyproject.toml)\nclick==8.5.1\n"
+    )
     [(flask, hashes), (click, none)] = lock_entries(text)
     assert (flask.name, str(flask.specifier), str(flask.marker)) == (
-        "flask", "==3.1.3", 'python_version >= "3.11"')
+        "flask",
+        "==3.1.3",
+        'python_version >= "3.11"',
+    )
     assert hashes == [f"--hash=sha256:{'a' * 64}", f"--hash=sha256:{'b' * 64}"]
     assert (click.name, none) == ("click", [])

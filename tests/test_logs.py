@@ -24,7 +24,8 @@ def test_the_trace_header_becomes_cloud_loggings_trace_fields():
     assert trace_fields(f"{trace_id}/1;o=1", "proj") == {
         TRACE: f"projects/proj/traces/{trace_id}",
         "logging.googleapis.com/spanId": "1",
-        "logging.googleapis.com/trace_sampled": True}
+        "logging.googleapis.com/trace_sampled": True,
+    }
     assert trace_fields(trace_id, "proj") == {TRACE: f"projects/proj/traces/{trace_id}"}
     for garbage in (None, "", "not-a-trace", f"{trace_id}/x", "a" * 31):
         assert trace_fields(garbage, "proj") == {}
@@ -33,15 +34,17 @@ def test_the_trace_header_becomes_cloud_loggings_trace_fields():
 def test_credentials_are_scrubbed_from_any_message():
     key = "mk_" + "Ab1-_" * 8
     assert scrub(f"key {key} and Authorization: Bearer s3cr3t!") == (
-        "key [redacted] and Authorization: [redacted]")
+        "key [redacted] and Authorization: [redacted]"
+    )
 
 
 def test_a_record_with_an_exception_is_one_json_line():
     try:
         raise ValueError("bad mk_abcdefghijklmnop")
     except ValueError:
-        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed: %s",
-                                   ("why",), sys.exc_info())
+        record = logging.LogRecord(
+            "x", logging.ERROR, __file__, 1, "failed: %s", ("why",), sys.exc_info()
+        )
     line = JsonFormatter().format(record)
     assert "\n" not in line
     parsed = json.loads(line)
@@ -54,8 +57,12 @@ def test_every_answer_carries_a_request_id(api, anonymous):
     assert given.headers["X-Request-Id"] == "client-req.42"
     unsafe = anonymous.get("/healthz", headers={"X-Request-Id": "has spaces\tand tabs"})
     assert unsafe.headers["X-Request-Id"] != "has spaces\tand tabs"
-    answers = [anonymous.get("/healthz"), anonymous.get("/v1/billing/meters"),
-               anonymous.get("/nowhere"), api.post("/v1/billing/meters", data=b"{")]
+    answers = [
+        anonymous.get("/healthz"),
+        anonymous.get("/v1/billing/meters"),
+        anonymous.get("/nowhere"),
+        api.post("/v1/billing/meters", data=b"{"),
+    ]
     assert [a.status_code for a in answers] == [200, 401, 404, 400]
     ids = {a.headers["X-Request-Id"] for a in answers}
     assert len(ids) == 4
@@ -67,8 +74,8 @@ def log_lines(capsys):
     capsys.readouterr()
 
     def lines() -> list[dict]:
-        return [json.loads(line) for line in capsys.readouterr().err.splitlines()
-                if line.strip()]
+        return [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.strip()]
+
     return lines
 
 
@@ -76,15 +83,26 @@ def test_requests_log_json_lines_without_keys_or_payloads(api, admin, org, log_l
     marker = f"payload-{uuid.uuid4().hex}"
     trace_id = uuid.uuid4().hex
     meter = api.create_meter(dimensions=["model"])
-    recorded = api.post("/v1/billing/meter-events",
-                        headers={"X-Cloud-Trace-Context": f"{trace_id}/7;o=0"},
-                        json={"events": [{"meterId": meter["id"], "userId": marker,
-                                          "value": 1, "idempotency": marker,
-                                          "dimensions": {"model": marker}}]})
+    recorded = api.post(
+        "/v1/billing/meter-events",
+        headers={"X-Cloud-Trace-Context": f"{trace_id}/7;o=0"},
+        json={
+            "events": [
+                {
+                    "meterId": meter["id"],
+                    "userId": marker,
+                    "value": 1,
+                    "idempotency": marker,
+                    "dimensions": {"model": marker},
+                }
+            ]
+        },
+    )
     assert recorded.status_code == 201
-    bad = api.post("/v1/billing/meter-events",
-                   json={"events": [{"meterId": meter["id"], "userId": marker,
-                                     "value": "x"}]})
+    bad = api.post(
+        "/v1/billing/meter-events",
+        json={"events": [{"meterId": meter["id"], "userId": marker, "value": "x"}]},
+    )
     assert bad.status_code == 400
     assert Api(api.base_url, "mk_" + "z" * 40).get("/v1/billing/meters").status_code == 401
     admin.get(f"/v1/admin/orgs/{org['name']}/keys")
@@ -102,14 +120,20 @@ def test_requests_log_json_lines_without_keys_or_payloads(api, admin, org, log_l
 
 def test_every_string_of_a_line_is_scrubbed_nested_ones_and_keys_included():
     key = "mk_" + "Q" * 40
-    line = {"message": f"m {key}", "httpRequest": {"requestUrl": f"/v1/billing/meters/{key}",
-                                                    "status": 404, "latency": 0.5},
-            "extra": [key, (1, f"Bearer {key}"), {key: None}], "flag": True,
-            "object": ValueError(key)}
+    line = {
+        "message": f"m {key}",
+        "httpRequest": {"requestUrl": f"/v1/billing/meters/{key}", "status": 404, "latency": 0.5},
+        "extra": [key, (1, f"Bearer {key}"), {key: None}],
+        "flag": True,
+        "object": ValueError(key),
+    }
     scrubbed = scrub_fields(line)
     assert key not in json.dumps(scrubbed)
-    assert scrubbed["httpRequest"] == {"requestUrl": "/v1/billing/meters/[redacted]",
-                                       "status": 404, "latency": 0.5}
+    assert scrubbed["httpRequest"] == {
+        "requestUrl": "/v1/billing/meters/[redacted]",
+        "status": 404,
+        "latency": 0.5,
+    }
     assert scrubbed["extra"] == ["[redacted]", [1, "[redacted]"], {"[redacted]": None}]
     assert scrubbed["flag"] is True and scrubbed["object"] == "[redacted]"
 
@@ -136,7 +160,8 @@ def assert_no_secret_in(lines: list[dict], secrets) -> None:
 
 
 def test_secrets_planted_in_paths_headers_and_request_ids_reach_no_log_field(
-        api, admin, org, anonymous, config, log_lines):
+    api, admin, org, anonymous, config, log_lines
+):
     key, token, salt = org["apiKey"], admin.key, config.hashid_salt
     foreign = "mk_" + uuid.uuid4().hex + "xyz"
     answers = [
@@ -151,8 +176,7 @@ def test_secrets_planted_in_paths_headers_and_request_ids_reach_no_log_field(
         anonymous.get("/healthz", headers={"X-Request-Id": foreign}),
         anonymous.get("/healthz", headers={"X-Cloud-Trace-Context": f"{key}/1;o=1"}),
     ]
-    assert [a.status_code for a in answers] == [404, 404, 404, 404, 404, 200, 200, 200, 200,
-                                                200]
+    assert [a.status_code for a in answers] == [404, 404, 404, 404, 404, 200, 200, 200, 200, 200]
     # A key-shaped request id is replaced, not echoed into every line blanked.
     assert answers[7].headers["X-Request-Id"] not in (key, "[redacted]")
     lines = log_lines()
@@ -176,8 +200,15 @@ def test_secrets_in_exception_text_and_extra_fields_reach_no_log_field(config, c
 
     @app.get("/planted/extra")
     def extra_fields():
-        planted.warning("saw %s", key, extra={"orgKey": key, "nested": {"list": [key]},
-                                              "admin": f"token={config.admin_token}"})
+        planted.warning(
+            "saw %s",
+            key,
+            extra={
+                "orgKey": key,
+                "nested": {"list": [key]},
+                "admin": f"token={config.admin_token}",
+            },
+        )
         return {"ok": True}
 
     @app.get("/planted/exception")
@@ -189,8 +220,7 @@ def test_secrets_in_exception_text_and_extra_fields_reach_no_log_field(config, c
         capsys.readouterr()
         assert Api(server.url).get("/planted/extra").status_code == 200
         assert Api(server.url).get("/planted/exception").status_code == 500
-        lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()
-                 if line.strip()]
+        lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.strip()]
     finally:
         server.stop()
     assert_no_secret_in(lines, (key, config.admin_token))
@@ -208,5 +238,7 @@ def test_a_request_id_or_trace_ending_in_a_newline_is_not_taken(app):
         answer = client.get("/healthz", environ_overrides={"HTTP_X_REQUEST_ID": value})
         assert answer.status_code == 200
         assert re.fullmatch(r"[0-9a-f]{32}", answer.headers["X-Request-Id"])
-    assert client.get("/healthz", headers={"X-Request-Id": "client-req.42"}).headers[
-        "X-Request-Id"] == "client-req.42"
+    assert (
+        client.get("/healthz", headers={"X-Request-Id": "client-req.42"}).headers["X-Request-Id"]
+        == "client-req.42"
+    )

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import string
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hashids import Hashids
@@ -40,8 +40,9 @@ ANY = object()  # "do not check param"
 DROP = object()  # "leave this field out"
 
 
-def expect_error(answer, status: int, *, param=ANY, code: str | None = None,
-                 says: str | None = None) -> dict:
+def expect_error(
+    answer, status: int, *, param=ANY, code: str | None = None, says: str | None = None
+) -> dict:
     """Check status, envelope and, when given, code, param and message; return the error."""
     assert answer.status_code == status, f"{answer.status_code}: {answer.text[:600]}"
     assert answer.headers.get("Content-Type", "").startswith("application/json"), answer.headers
@@ -66,7 +67,7 @@ def expect_error(answer, status: int, *, param=ANY, code: str | None = None,
             assert set(problem) <= {"param", "message"} and problem["message"], error
         first = {k: error[k] for k in ("param", "message") if k in error}
         assert problems[0] == first, error
-    assert "Traceback" not in answer.text and "internal" != error.get("code"), error
+    assert "Traceback" not in answer.text and error.get("code") != "internal", error
     return error
 
 
@@ -76,7 +77,7 @@ def dumps(value) -> bytes:
     while '"@raw:' in text:
         start = text.index('"@raw:')
         end = text.index('@"', start + 6)
-        text = text[:start] + text[start + 6:end] + text[end + 2:]
+        text = text[:start] + text[start + 6 : end] + text[end + 2 :]
     return text.encode("utf-8")
 
 
@@ -99,6 +100,7 @@ def named(table) -> list:
 
 
 # -- one shared world ------------------------------------------------------------------
+
 
 @dataclass
 class World:
@@ -163,9 +165,17 @@ def world(server, config, emulator) -> World:
     taken = {codec.decode(m)[1] for m in (meter["id"], archived["id"])}
     missing = next(n for n in range(123456789, 123456799) if n not in taken)
     return World(
-        server_url=server.url, admin=admin, anonymous=Api(server.url), api=api,
-        other_api=other_api, org=org, other_org=other_org, meter=meter, archived=archived,
-        other_meter=other_meter, event_id=event_id,
+        server_url=server.url,
+        admin=admin,
+        anonymous=Api(server.url),
+        api=api,
+        other_api=other_api,
+        org=org,
+        other_org=other_org,
+        meter=meter,
+        archived=archived,
+        other_meter=other_meter,
+        event_id=event_id,
         missing_id=codec.encode(202, missing, *numbers[2:]),
         foreign_salt_id=Hashids(salt="another-deployment", min_length=10).encode(*numbers),
         org_public_id=codec.encode(4, numbers[-1], 0),
@@ -226,9 +236,12 @@ METHODS_OF = {
     f"{ORGS}/acme/keys": READ | {"POST"},
     f"{ORGS}/acme/keys/mk_abcdefghi": {"DELETE", "OPTIONS"},
 }
-WRONG_METHODS = [(method, path) for path, allowed in METHODS_OF.items()
-                 for method in ["GET", "POST", "PUT", "PATCH", "DELETE", "FOO"]
-                 if method not in allowed]
+WRONG_METHODS = [
+    (method, path)
+    for path, allowed in METHODS_OF.items()
+    for method in ["GET", "POST", "PUT", "PATCH", "DELETE", "FOO"]
+    if method not in allowed
+]
 
 
 @pytest.mark.parametrize("method, path", WRONG_METHODS)
@@ -261,8 +274,9 @@ SIZED_ENDPOINTS = [
 
 
 def _sized_path(world: World, template: str) -> str:
-    return template.format(meter=world.path(), archived=world.path(world.archived["id"]),
-                           org=world.org["name"])
+    return template.format(
+        meter=world.path(), archived=world.path(world.archived["id"]), org=world.org["name"]
+    )
 
 
 @pytest.mark.parametrize("who, method, template", SIZED_ENDPOINTS)
@@ -293,25 +307,36 @@ def test_a_body_of_exactly_the_limit_is_read(world, streamed):
 # -- 401: credentials ------------------------------------------------------------------
 
 ALL_PROTECTED = [
-    ("GET", METERS), ("POST", METERS), ("GET", f"{METERS}/{{meter}}"),
-    ("PATCH", f"{METERS}/{{meter}}"), ("DELETE", f"{METERS}/{{meter}}"),
-    ("POST", EVENTS), ("GET", SUMMARY + "?meterId={meter}"),
-    ("POST", ORGS), ("GET", f"{ORGS}/{{org}}/keys"), ("POST", f"{ORGS}/{{org}}/keys"),
+    ("GET", METERS),
+    ("POST", METERS),
+    ("GET", f"{METERS}/{{meter}}"),
+    ("PATCH", f"{METERS}/{{meter}}"),
+    ("DELETE", f"{METERS}/{{meter}}"),
+    ("POST", EVENTS),
+    ("GET", SUMMARY + "?meterId={meter}"),
+    ("POST", ORGS),
+    ("GET", f"{ORGS}/{{org}}/keys"),
+    ("POST", f"{ORGS}/{{org}}/keys"),
     ("DELETE", f"{ORGS}/{{org}}/keys/{{prefix}}"),
 ]
 
 
 def _protected_path(world: World, template: str) -> str:
-    return template.format(meter=world.meter["id"], org=world.org["name"],
-                           prefix=world.org["keyPrefix"])
+    return template.format(
+        meter=world.meter["id"], org=world.org["name"], prefix=world.org["keyPrefix"]
+    )
 
 
 @pytest.mark.parametrize("method, template", ALL_PROTECTED)
 def test_every_protected_endpoint_needs_credentials_before_it_reads_the_body(
-        world, method, template):
-    answer = world.anonymous.request(method, _protected_path(world, template),
-                                     data=b'{"broken": ',
-                                     headers={"Content-Type": "application/json"})
+    world, method, template
+):
+    answer = world.anonymous.request(
+        method,
+        _protected_path(world, template),
+        data=b'{"broken": ',
+        headers={"Content-Type": "application/json"},
+    )
     expect_error(answer, 401, param=None, code="unauthorized")
 
 
@@ -343,34 +368,67 @@ def _bad_authorizations(world: World) -> dict[str, object]:
     }
 
 
-AUTH_CASES = ["empty", "scheme only", "scheme and space", "scheme and spaces", "basic",
-              "other scheme with key", "key without scheme", "scheme glued to key",
-              "tab separator", "key plus a word", "key truncated", "key extended",
-              "key upper-cased", "prefix only", "unknown key", "very long key", "not latin-1",
-              "control bytes"]
+AUTH_CASES = [
+    "empty",
+    "scheme only",
+    "scheme and space",
+    "scheme and spaces",
+    "basic",
+    "other scheme with key",
+    "key without scheme",
+    "scheme glued to key",
+    "tab separator",
+    "key plus a word",
+    "key truncated",
+    "key extended",
+    "key upper-cased",
+    "prefix only",
+    "unknown key",
+    "very long key",
+    "not latin-1",
+    "control bytes",
+]
 
 
 @pytest.mark.parametrize("case", AUTH_CASES + ["admin token for org"])
 @pytest.mark.parametrize("method, path", [("GET", METERS), ("POST", EVENTS)])
 def test_a_bad_api_key_is_401(world, case, method, path):
     header = _bad_authorizations(world)[case]
-    answer = world.api.request(method, path, headers={"Authorization": header},
-                               json={"events": [{"meterId": world.meter["id"], "userId": "u",
-                                                 "value": 1}]})
+    answer = world.api.request(
+        method,
+        path,
+        headers={"Authorization": header},
+        json={"events": [{"meterId": world.meter["id"], "userId": "u", "value": 1}]},
+    )
     expect_error(answer, 401, param=None, code="unauthorized")
 
 
-ADMIN_AUTH_CASES = ["empty", "scheme only", "scheme and space", "scheme and spaces", "basic",
-                    "tab separator", "prefix only", "not latin-1", "control bytes",
-                    "org key for admin", "admin token extended", "admin token truncated"]
+ADMIN_AUTH_CASES = [
+    "empty",
+    "scheme only",
+    "scheme and space",
+    "scheme and spaces",
+    "basic",
+    "tab separator",
+    "prefix only",
+    "not latin-1",
+    "control bytes",
+    "org key for admin",
+    "admin token extended",
+    "admin token truncated",
+]
 
 
 @pytest.mark.parametrize("case", ADMIN_AUTH_CASES)
 @pytest.mark.parametrize("method, template", [("POST", ORGS), ("GET", f"{ORGS}/{{org}}/keys")])
 def test_a_bad_admin_token_is_401(world, case, method, template):
     header = _bad_authorizations(world)[case]
-    answer = world.admin.request(method, _protected_path(world, template),
-                                 headers={"Authorization": header}, json={"name": "never-made"})
+    answer = world.admin.request(
+        method,
+        _protected_path(world, template),
+        headers={"Authorization": header},
+        json={"name": "never-made"},
+    )
     expect_error(answer, 401, param=None, code="unauthorized")
 
 
@@ -420,8 +478,12 @@ NOT_JSON = {
     "nested 100000 deep": b"[" * 100000 + b"]" * 100000,
     "objects 100000 deep": b'{"a":' * 100000 + b"1" + b"}" * 100000,
 }
-BODY_ENDPOINTS = [("org", "POST", METERS), ("org", "PATCH", "{meter}"),
-                  ("org", "POST", EVENTS), ("admin", "POST", ORGS)]
+BODY_ENDPOINTS = [
+    ("org", "POST", METERS),
+    ("org", "PATCH", "{meter}"),
+    ("org", "POST", EVENTS),
+    ("admin", "POST", ORGS),
+]
 
 
 def _state(world: World, method: str, template: str):
@@ -439,9 +501,12 @@ def _state(world: World, method: str, template: str):
 @pytest.mark.parametrize("who, method, template", BODY_ENDPOINTS)
 def test_a_body_that_is_not_a_json_object_is_400(world, who, method, template, case):
     before = _state(world, method, template)
-    answer = caller(world, who).request(method, _sized_path(world, template),
-                                        data=NOT_JSON[case],
-                                        headers={"Content-Type": "application/json"})
+    answer = caller(world, who).request(
+        method,
+        _sized_path(world, template),
+        data=NOT_JSON[case],
+        headers={"Content-Type": "application/json"},
+    )
     expect_error(answer, 400, param=None, code="invalid_json", says="request body")
     assert _state(world, method, template) == before
 
@@ -450,27 +515,51 @@ def test_a_body_that_is_not_a_json_object_is_400(world, who, method, template, c
 UNUSABLE_JSON = [
     ("lone surrogate", b'{"name": "\\ud800", "eventName": "x"}', "name"),
     ("lone low surrogate", b'{"name": "a\\udfffb", "eventName": "x"}', "name"),
-    ("surrogate in metadata", b'{"name": "n", "eventName": "x", "metadata": {"k": "\\udbff"}}',
-     "metadata.k"),
-    ("surrogate in a list", b'{"name": "n", "eventName": "x", "dimensions": ["a", "\\ud800"]}',
-     "dimensions[1]"),
-    ("surrogate in a field name", b'{"name": "n", "eventName": "x", "metadata": {"\\ud800": 1}}',
-     "metadata.\\ud800"),
+    (
+        "surrogate in metadata",
+        b'{"name": "n", "eventName": "x", "metadata": {"k": "\\udbff"}}',
+        "metadata.k",
+    ),
+    (
+        "surrogate in a list",
+        b'{"name": "n", "eventName": "x", "dimensions": ["a", "\\ud800"]}',
+        "dimensions[1]",
+    ),
+    (
+        "surrogate in a field name",
+        b'{"name": "n", "eventName": "x", "metadata": {"\\ud800": 1}}',
+        "metadata.\\ud800",
+    ),
     ("repeated field", b'{"name": "a", "name": "b", "eventName": "x"}', "name"),
-    ("repeated metadata key", b'{"name": "n", "eventName": "x", "metadata": {"k": 1, "k": 2}}',
-     "metadata.k"),
+    (
+        "repeated metadata key",
+        b'{"name": "n", "eventName": "x", "metadata": {"k": 1, "k": 2}}',
+        "metadata.k",
+    ),
     ("NaN", b'{"name": "n", "eventName": "x", "metadata": {"n": NaN}}', "metadata.n"),
-    ("Infinity", b'{"name": "n", "eventName": "x", "metadata": {"n": [Infinity]}}',
-     "metadata.n[0]"),
+    (
+        "Infinity",
+        b'{"name": "n", "eventName": "x", "metadata": {"n": [Infinity]}}',
+        "metadata.n[0]",
+    ),
     ("-Infinity", b'{"name": -Infinity, "eventName": "x"}', "name"),
     ("float overflow", b'{"name": "n", "eventName": "x", "metadata": {"n": 1e400}}', "metadata.n"),
-    ("negative float overflow", b'{"name": "n", "eventName": "x", "metadata": {"n": -1e999}}',
-     "metadata.n"),
-    ("5000-digit integer", b'{"name": "n", "eventName": "x", "metadata": {"n": ' + b"9" * 5000
-     + b"}}", "metadata.n"),
+    (
+        "negative float overflow",
+        b'{"name": "n", "eventName": "x", "metadata": {"n": -1e999}}',
+        "metadata.n",
+    ),
+    (
+        "5000-digit integer",
+        b'{"name": "n", "eventName": "x", "metadata": {"n": ' + b"9" * 5000 + b"}}",
+        "metadata.n",
+    ),
     # body 1, metadata 2, "a" 3: the 63rd array under "a" is level 65, one too deep.
-    ("nested 65 levels deep", b'{"name": "n", "eventName": "x", "metadata": {"a": ' + b"[" * 63
-     + b"]" * 63 + b"}}", "metadata.a" + "[0]" * 62),
+    (
+        "nested 65 levels deep",
+        b'{"name": "n", "eventName": "x", "metadata": {"a": ' + b"[" * 63 + b"]" * 63 + b"}}",
+        "metadata.a" + "[0]" * 62,
+    ),
 ]
 
 
@@ -513,7 +602,7 @@ METER_FIELD_CASES = [
     ({"eventName": DROP}, "eventName"),
     ({"eventName": None}, "eventName"),
     ({"eventName": 5}, "eventName"),
-    ({"eventName": 2 ** 64}, "eventName"),
+    ({"eventName": 2**64}, "eventName"),
     ({"eventName": False}, "eventName"),
     ({"eventName": ["tokens"]}, "eventName"),
     ({"eventName": ""}, "eventName"),
@@ -577,7 +666,7 @@ METER_FIELD_CASES = [
 
 
 def _meter_case_id(case) -> str:
-    (field, value), = _case_values(case)[0].items()
+    ((field, value),) = _case_values(case)[0].items()
     shown = "DROP" if value is DROP else json.dumps(value)
     return f"{field}={shown[:24]}"
 
@@ -587,8 +676,9 @@ def _with(base: dict, changes: dict) -> dict:
     return {k: v for k, v in merged.items() if v is not DROP}
 
 
-@pytest.mark.parametrize("changes, param", METER_FIELD_CASES,
-                         ids=[_meter_case_id(c) for c in METER_FIELD_CASES])
+@pytest.mark.parametrize(
+    "changes, param", METER_FIELD_CASES, ids=[_meter_case_id(c) for c in METER_FIELD_CASES]
+)
 def test_create_meter_refuses_each_bad_field(world, changes, param):
     count = world.meter_count()
     answer = world.api.post(METERS, json=_with(GOOD_METER, changes))
@@ -597,8 +687,9 @@ def test_create_meter_refuses_each_bad_field(world, changes, param):
 
 
 def test_create_meter_lists_every_bad_field(world):
-    answer = world.api.post(METERS, json={"name": 1, "eventName": "a b", "currency": "x",
-                                          "extra": True})
+    answer = world.api.post(
+        METERS, json={"name": 1, "eventName": "a b", "currency": "x", "extra": True}
+    )
     error = expect_error(answer, 400)
     assert {p["param"] for p in error["errors"]} == {"name", "eventName", "currency", "extra"}
 
@@ -637,8 +728,9 @@ PATCH_CASES = [
 ]
 
 
-@pytest.mark.parametrize("changes, param", PATCH_CASES,
-                         ids=[_meter_case_id(c) for c in PATCH_CASES])
+@pytest.mark.parametrize(
+    "changes, param", PATCH_CASES, ids=[_meter_case_id(c) for c in PATCH_CASES]
+)
 @pytest.mark.parametrize("target", ["active", "archived"])
 def test_patch_meter_refuses_each_bad_field_and_changes_nothing(world, target, changes, param):
     path = world.path(world.meter["id"] if target == "active" else world.archived["id"])
@@ -649,6 +741,7 @@ def test_patch_meter_refuses_each_bad_field_and_changes_nothing(world, target, c
 
 
 # -- meter ids: garbage, another kind, another org -------------------------------------
+
 
 def _bad_meter_ids(world: World) -> dict[str, str]:
     real = world.meter["id"]
@@ -678,25 +771,47 @@ def _bad_meter_ids(world: World) -> dict[str, str]:
     }
 
 
-BAD_ID_CASES = ["word", "zero", "negative", "ten zeros", "spaces", "nul byte", "invalid utf-8",
-                "non-ascii", "emoji", "201 characters", "5000 characters",
-                "last character changed", "one character more", "one character less",
-                "upper-cased", "another deployment's salt", "an event's id", "the org's id",
-                "another org's meter", "a missing meter of the org", "the org's name",
-                "query-like"]
+BAD_ID_CASES = [
+    "word",
+    "zero",
+    "negative",
+    "ten zeros",
+    "spaces",
+    "nul byte",
+    "invalid utf-8",
+    "non-ascii",
+    "emoji",
+    "201 characters",
+    "5000 characters",
+    "last character changed",
+    "one character more",
+    "one character less",
+    "upper-cased",
+    "another deployment's salt",
+    "an event's id",
+    "the org's id",
+    "another org's meter",
+    "a missing meter of the org",
+    "the org's name",
+    "query-like",
+]
 
 
 @pytest.mark.parametrize("case", BAD_ID_CASES)
 @pytest.mark.parametrize("method", ["GET", "PATCH", "DELETE"])
 def test_an_id_that_names_no_meter_of_the_org_is_404(world, method, case):
     meter_id = _bad_meter_ids(world)[case]
-    answer = world.api.request(method, f"{METERS}/{meter_id}",
-                               json={"name": "renamed"} if method == "PATCH" else None)
-    error = expect_error(answer, 404, param="id", code="meter_not_found",
-                         says="meter not found")
+    answer = world.api.request(
+        method, f"{METERS}/{meter_id}", json={"name": "renamed"} if method == "PATCH" else None
+    )
+    error = expect_error(answer, 404, param="id", code="meter_not_found", says="meter not found")
     # One answer for every kind of wrong id: nothing tells an id of another org apart.
-    assert error == {"type": "api-error", "message": "meter not found",
-                     "code": "meter_not_found", "param": "id"}
+    assert error == {
+        "type": "api-error",
+        "message": "meter not found",
+        "code": "meter_not_found",
+        "param": "id",
+    }
 
 
 def test_another_orgs_meter_is_untouched_by_patch_and_delete(world):
@@ -709,6 +824,7 @@ def test_another_orgs_meter_is_untouched_by_patch_and_delete(world):
 
 
 # -- POST /v1/billing/meter-events: the batch ------------------------------------------
+
 
 def _good_event(world: World, **changes) -> dict:
     event = {"meterId": world.meter["id"], "userId": "u", "value": 1, **changes}
@@ -740,7 +856,7 @@ def test_a_bad_batch_is_400_and_writes_nothing(world, body, param):
     assert world.totals() == before
 
 
-NOW = datetime.now(timezone.utc)
+NOW = datetime.now(UTC)
 
 
 def _at(delta: timedelta) -> str:
@@ -784,7 +900,7 @@ EVENT_CASES = [
     ("userId empty", {"userId": ""}, ".userId"),
     ("userId 501 chars", {"userId": "u" * 501}, ".userId"),
     ("userId lone surrogate", {"userId": "\ud800"}, ".userId"),
-    pytest.param("userId 1600 utf-8 bytes", {"userId": "\U0001F600" * 400}, ".userId"),
+    pytest.param("userId 1600 utf-8 bytes", {"userId": "\U0001f600" * 400}, ".userId"),
     # value
     ("value string", {"value": "5"}, ".value"),
     ("value float", {"value": 1.5}, ".value"),
@@ -795,9 +911,9 @@ EVENT_CASES = [
     ("value null", {"value": None}, ".value"),
     ("value list", {"value": [1]}, ".value"),
     ("value object", {"value": {"n": 1}}, ".value"),
-    ("value 2**63", {"value": 2 ** 63}, ".value"),
-    ("value -2**63-1", {"value": -(2 ** 63) - 1}, ".value"),
-    ("value 10**30", {"value": 10 ** 30}, ".value"),
+    ("value 2**63", {"value": 2**63}, ".value"),
+    ("value -2**63-1", {"value": -(2**63) - 1}, ".value"),
+    ("value 10**30", {"value": 10**30}, ".value"),
     ("value 1e400", {"value": raw("1e400")}, ".value"),
     ("value 5000 digits", {"value": raw("9" * 5000)}, ".value"),
     ("value NaN", {"value": raw("NaN")}, ".value"),
@@ -818,31 +934,40 @@ EVENT_CASES = [
     ("timestamp offset +24:00", {"timestamp": "2026-01-01T00:00:00+24:00"}, ".timestamp"),
     ("timestamp offset without colon", {"timestamp": "2026-01-01T00:00:00+0100"}, ".timestamp"),
     ("timestamp empty fraction", {"timestamp": "2026-01-01T00:00:00.Z"}, ".timestamp"),
-    ("timestamp 10 fraction digits", {"timestamp": "2026-01-01T00:00:00.0123456789Z"},
-     ".timestamp"),
+    (
+        "timestamp 10 fraction digits",
+        {"timestamp": "2026-01-01T00:00:00.0123456789Z"},
+        ".timestamp",
+    ),
     ("timestamp year 0", {"timestamp": "0000-01-01T00:00:00Z"}, ".timestamp"),
     ("timestamp 5-digit year", {"timestamp": "12026-01-01T00:00:00Z"}, ".timestamp"),
     ("timestamp signed year", {"timestamp": "+2026-01-01T00:00:00Z"}, ".timestamp"),
     ("timestamp ISO week", {"timestamp": "2026-W01-1T00:00:00Z"}, ".timestamp"),
-    ("timestamp unicode digits", {"timestamp": "\uff12\uff10\uff12\uff16-01-01T00:00:00Z"},
-     ".timestamp"),
+    (
+        "timestamp unicode digits",
+        {"timestamp": "\uff12\uff10\uff12\uff16-01-01T00:00:00Z"},
+        ".timestamp",
+    ),
     ("timestamp trailing text", {"timestamp": _at(timedelta()) + " please"}, ".timestamp"),
     ("timestamp an hour ahead", {"timestamp": _at(timedelta(hours=1))}, ".timestamp"),
     ("timestamp 40 days ago", {"timestamp": _at(-timedelta(days=40))}, ".timestamp"),
     ("timestamp year 1", {"timestamp": "0001-01-01T00:00:00Z"}, ".timestamp"),
     ("timestamp year 9999", {"timestamp": "9999-12-31T23:59:59Z"}, ".timestamp"),
-    pytest.param("timestamp before year 1 in UTC", {"timestamp": "0001-01-01T00:00:00+00:01"},
-                 ".timestamp"),
-    pytest.param("timestamp after year 9999 in UTC", {"timestamp": "9999-12-31T23:59:59-00:01"},
-                 ".timestamp"),
+    pytest.param(
+        "timestamp before year 1 in UTC", {"timestamp": "0001-01-01T00:00:00+00:01"}, ".timestamp"
+    ),
+    pytest.param(
+        "timestamp after year 9999 in UTC", {"timestamp": "9999-12-31T23:59:59-00:01"}, ".timestamp"
+    ),
     # idempotency
     ("idempotency number", {"idempotency": 7}, ".idempotency"),
     ("idempotency null", {"idempotency": None}, ".idempotency"),
     ("idempotency list", {"idempotency": ["k"]}, ".idempotency"),
     ("idempotency 501 chars", {"idempotency": "k" * 501}, ".idempotency"),
     ("idempotency lone surrogate", {"idempotency": "k\udc00"}, ".idempotency"),
-    pytest.param("idempotency 1600 utf-8 bytes", {"idempotency": "\U0001F600" * 400},
-                 ".idempotency"),
+    pytest.param(
+        "idempotency 1600 utf-8 bytes", {"idempotency": "\U0001f600" * 400}, ".idempotency"
+    ),
     # dimensions
     ("dimensions list", {"dimensions": ["region"]}, ".dimensions"),
     ("dimensions string", {"dimensions": "region=eu"}, ".dimensions"),
@@ -875,9 +1000,13 @@ EVENT_CASES = [
 
 
 def _resolve(world: World, value):
-    refs = {"@meter": world.meter["id"], "@other_meter": world.other_meter["id"],
-            "@event": world.event_id, "@missing": world.missing_id,
-            "@archived": world.archived["id"]}
+    refs = {
+        "@meter": world.meter["id"],
+        "@other_meter": world.other_meter["id"],
+        "@event": world.event_id,
+        "@missing": world.missing_id,
+        "@archived": world.archived["id"],
+    }
     if isinstance(value, str):
         return refs.get(value, value)
     if isinstance(value, list):
@@ -886,14 +1015,21 @@ def _resolve(world: World, value):
 
 
 # Cases refused while reading the JSON (code invalid_json), not by the event's schema.
-JSON_LEVEL_EVENT_CASES = {"userId lone surrogate", "value 1e400", "value 5000 digits",
-                          "value NaN", "idempotency lone surrogate", "metadata NaN",
-                          "metadata surrogate"}
+JSON_LEVEL_EVENT_CASES = {
+    "userId lone surrogate",
+    "value 1e400",
+    "value 5000 digits",
+    "value NaN",
+    "idempotency lone surrogate",
+    "metadata NaN",
+    "metadata surrogate",
+}
 
 
 @pytest.mark.parametrize("changes, suffix", named(EVENT_CASES))
 def test_one_bad_event_is_400_naming_it_and_the_batch_writes_nothing(
-        world, request, changes, suffix):
+    world, request, changes, suffix
+):
     if isinstance(changes, dict):
         bad = _good_event(world, **{k: _resolve(world, v) for k, v in changes.items()})
     else:
@@ -901,39 +1037,60 @@ def test_one_bad_event_is_400_naming_it_and_the_batch_writes_nothing(
     before = world.totals()
     answer = world.api.post(EVENTS, data=dumps({"events": [_good_event(world), bad]}))
     json_level = request.node.callspec.id in JSON_LEVEL_EVENT_CASES
-    expect_error(answer, 400, param=f"events[1]{suffix}",
-                 code="invalid_json" if json_level else "invalid_request")
+    expect_error(
+        answer,
+        400,
+        param=f"events[1]{suffix}",
+        code="invalid_json" if json_level else "invalid_request",
+    )
     # Event 0 is valid: had anything of the batch been written, the totals would show it.
     assert world.totals() == before
 
 
 def test_every_shape_problem_of_a_batch_is_listed_and_nothing_is_written(world):
     before = world.totals()
-    events = [_good_event(world), _good_event(world, userId=7), _good_event(world, value="1"),
-              _good_event(world, surprise=True)]
-    error = expect_error(world.api.post(EVENTS, json={"events": events}), 400,
-                         param="events[1].userId")
+    events = [
+        _good_event(world),
+        _good_event(world, userId=7),
+        _good_event(world, value="1"),
+        _good_event(world, surprise=True),
+    ]
+    error = expect_error(
+        world.api.post(EVENTS, json={"events": events}), 400, param="events[1].userId"
+    )
     assert [p["param"] for p in error["errors"]] == [
-        "events[1].userId", "events[2].value", "events[3].surprise"]
+        "events[1].userId",
+        "events[2].value",
+        "events[3].surprise",
+    ]
     assert world.totals() == before
 
 
 def test_every_stored_state_problem_of_a_batch_is_listed_and_nothing_is_written(world):
     before = world.totals()
-    events = [_good_event(world), _good_event(world, meterId="garbage"),
-              _good_event(world, meterId=world.archived["id"]),
-              _good_event(world, dimensions={"model": "x"}),
-              _good_event(world, timestamp=_at(timedelta(days=1))),
-              _good_event(world, value=DROP)]
-    error = expect_error(world.api.post(EVENTS, json={"events": events}), 400,
-                         param="events[1].meterId")
+    events = [
+        _good_event(world),
+        _good_event(world, meterId="garbage"),
+        _good_event(world, meterId=world.archived["id"]),
+        _good_event(world, dimensions={"model": "x"}),
+        _good_event(world, timestamp=_at(timedelta(days=1))),
+        _good_event(world, value=DROP),
+    ]
+    error = expect_error(
+        world.api.post(EVENTS, json={"events": events}), 400, param="events[1].meterId"
+    )
     assert [p["param"] for p in error["errors"]] == [
-        "events[1].meterId", "events[2].meterId", "events[3].dimensions.model",
-        "events[4].timestamp", "events[5].value"]
+        "events[1].meterId",
+        "events[2].meterId",
+        "events[3].dimensions.model",
+        "events[4].timestamp",
+        "events[5].value",
+    ]
     assert world.totals() == before
 
 
 # -- GET /v1/billing/meter-events/summary: the query string ----------------------------
+
 
 def _summary_cases():
     return [
@@ -943,61 +1100,140 @@ def _summary_cases():
         ("meterId bare", "meterId", 400, "meterId"),
         ("meterId 201 chars", {"meterId": "m" * 201}, 400, "meterId"),
         ("meterId twice", "meterId=@meter&meterId=@meter", 400, "meterId"),
-        ("periodStart twice", "meterId=@meter&periodStart=2026-01-01&periodStart=2026-01-02",
-         400, "periodStart"),
+        (
+            "periodStart twice",
+            "meterId=@meter&periodStart=2026-01-01&periodStart=2026-01-02",
+            400,
+            "periodStart",
+        ),
         ("unknown parameter", {"meterId": "@meter", "aggregation": "sum"}, 400, "aggregation"),
         ("case-changed name", {"meterid": "@meter"}, 400, ANY),
         ("unnamed parameter", "meterId=@meter&=1", 400, None),
         ("invalid utf-8 name", "meterId=@meter&%ff=1", 400, ANY),
         ("userId empty", {"meterId": "@meter", "userId": ""}, 400, "userId"),
         ("userId 501 chars", {"meterId": "@meter", "userId": "u" * 501}, 400, "userId"),
-        pytest.param("userId 1600 utf-8 bytes", {"meterId": "@meter", "userId": "\U0001F600" * 400},
-                     400, "userId"),
+        pytest.param(
+            "userId 1600 utf-8 bytes",
+            {"meterId": "@meter", "userId": "\U0001f600" * 400},
+            400,
+            "userId",
+        ),
         ("userId twice", "meterId=@meter&userId=a&userId=b", 400, "userId"),
         ("periodStart word", {"meterId": "@meter", "periodStart": "yesterday"}, 400, "periodStart"),
-        ("periodStart 30 February", {"meterId": "@meter", "periodStart": "2026-02-30"}, 400,
-         "periodStart"),
-        ("periodStart 29 February 2026", {"meterId": "@meter", "periodStart": "2026-02-29"}, 400,
-         "periodStart"),
-        ("periodStart month 13", {"meterId": "@meter", "periodStart": "2026-13-01"}, 400,
-         "periodStart"),
-        ("periodStart day 0", {"meterId": "@meter", "periodStart": "2026-01-00"}, 400,
-         "periodStart"),
-        ("periodStart short date", {"meterId": "@meter", "periodStart": "2026-1-1"}, 400,
-         "periodStart"),
-        ("periodStart basic date", {"meterId": "@meter", "periodStart": "20260101"}, 400,
-         "periodStart"),
-        ("periodStart year 0", {"meterId": "@meter", "periodStart": "0000-01-01"}, 400,
-         "periodStart"),
-        ("periodStart without zone", {"meterId": "@meter", "periodStart": "2026-01-01T00:00:00"},
-         400, "periodStart"),
-        ("periodStart offset +25:00", {"meterId": "@meter",
-                                       "periodStart": "2026-01-01T00:00:00+25:00"}, 400,
-         "periodStart"),
-        ("periodStart hour 25", {"meterId": "@meter", "periodStart": "2026-01-01T25:00:00Z"}, 400,
-         "periodStart"),
-        ("periodStart unencoded plus", "meterId=@meter&periodStart=2026-01-01T00:00:00+00:00",
-         400, "periodStart"),
-        ("periodStart epoch seconds", {"meterId": "@meter", "periodStart": "1767225600"}, 400,
-         "periodStart"),
+        (
+            "periodStart 30 February",
+            {"meterId": "@meter", "periodStart": "2026-02-30"},
+            400,
+            "periodStart",
+        ),
+        (
+            "periodStart 29 February 2026",
+            {"meterId": "@meter", "periodStart": "2026-02-29"},
+            400,
+            "periodStart",
+        ),
+        (
+            "periodStart month 13",
+            {"meterId": "@meter", "periodStart": "2026-13-01"},
+            400,
+            "periodStart",
+        ),
+        (
+            "periodStart day 0",
+            {"meterId": "@meter", "periodStart": "2026-01-00"},
+            400,
+            "periodStart",
+        ),
+        (
+            "periodStart short date",
+            {"meterId": "@meter", "periodStart": "2026-1-1"},
+            400,
+            "periodStart",
+        ),
+        (
+            "periodStart basic date",
+            {"meterId": "@meter", "periodStart": "20260101"},
+            400,
+            "periodStart",
+        ),
+        (
+            "periodStart year 0",
+            {"meterId": "@meter", "periodStart": "0000-01-01"},
+            400,
+            "periodStart",
+        ),
+        (
+            "periodStart without zone",
+            {"meterId": "@meter", "periodStart": "2026-01-01T00:00:00"},
+            400,
+            "periodStart",
+        ),
+        (
+            "periodStart offset +25:00",
+            {"meterId": "@meter", "periodStart": "2026-01-01T00:00:00+25:00"},
+            400,
+            "periodStart",
+        ),
+        (
+            "periodStart hour 25",
+            {"meterId": "@meter", "periodStart": "2026-01-01T25:00:00Z"},
+            400,
+            "periodStart",
+        ),
+        (
+            "periodStart unencoded plus",
+            "meterId=@meter&periodStart=2026-01-01T00:00:00+00:00",
+            400,
+            "periodStart",
+        ),
+        (
+            "periodStart epoch seconds",
+            {"meterId": "@meter", "periodStart": "1767225600"},
+            400,
+            "periodStart",
+        ),
         ("periodStart empty", {"meterId": "@meter", "periodStart": ""}, 400, "periodStart"),
-        ("periodStart ISO week", {"meterId": "@meter", "periodStart": "2026-W05"}, 400,
-         "periodStart"),
-        ("periodStart unicode digits", {"meterId": "@meter",
-                                        "periodStart": "\u0662\u0660\u0662\u0666-01-01"}, 400,
-         "periodStart"),
+        (
+            "periodStart ISO week",
+            {"meterId": "@meter", "periodStart": "2026-W05"},
+            400,
+            "periodStart",
+        ),
+        (
+            "periodStart unicode digits",
+            {"meterId": "@meter", "periodStart": "\u0662\u0660\u0662\u0666-01-01"},
+            400,
+            "periodStart",
+        ),
         ("periodEnd 31 April", {"meterId": "@meter", "periodEnd": "2026-04-31"}, 400, "periodEnd"),
-        ("periodEnd before periodStart", {"meterId": "@meter", "periodStart": "2026-02-01",
-                                          "periodEnd": "2026-01-01T00:00:00Z"}, 400, "periodEnd"),
-        ("periodEnd equal to periodStart", {"meterId": "@meter",
-                                            "periodStart": "2026-01-01T00:00:00Z",
-                                            "periodEnd": "2026-01-01T00:00:00+00:00"}, 400,
-         "periodEnd"),
-        pytest.param("periodEnd 9999-12-31", {"meterId": "@meter", "periodEnd": "9999-12-31"},
-                     400, "periodEnd"),
-        pytest.param("periodStart before year 1 in UTC",
-                     {"meterId": "@meter", "periodStart": "0001-01-01T00:00:00+01:00"},
-                     400, "periodStart"),
+        (
+            "periodEnd before periodStart",
+            {"meterId": "@meter", "periodStart": "2026-02-01", "periodEnd": "2026-01-01T00:00:00Z"},
+            400,
+            "periodEnd",
+        ),
+        (
+            "periodEnd equal to periodStart",
+            {
+                "meterId": "@meter",
+                "periodStart": "2026-01-01T00:00:00Z",
+                "periodEnd": "2026-01-01T00:00:00+00:00",
+            },
+            400,
+            "periodEnd",
+        ),
+        pytest.param(
+            "periodEnd 9999-12-31",
+            {"meterId": "@meter", "periodEnd": "9999-12-31"},
+            400,
+            "periodEnd",
+        ),
+        pytest.param(
+            "periodStart before year 1 in UTC",
+            {"meterId": "@meter", "periodStart": "0001-01-01T00:00:00+01:00"},
+            400,
+            "periodStart",
+        ),
         ("meterId garbage", {"meterId": "garbage"}, 404, "meterId"),
         ("meterId of another org", {"meterId": "@other_meter"}, 404, "meterId"),
         ("meterId of an event", {"meterId": "@event"}, 404, "meterId"),
@@ -1021,9 +1257,13 @@ def _query_path(world: World, base: str, query) -> tuple[str, dict | None]:
 def test_a_bad_summary_query_is_refused_naming_the_parameter(world, query, status, param):
     path, params = _query_path(world, SUMMARY, query)
     answer = world.api.get(path, params=params)
-    expect_error(answer, status, param=param,
-                 code="meter_not_found" if status == 404 else "invalid_request",
-                 says="meter not found" if status == 404 else None)
+    expect_error(
+        answer,
+        status,
+        param=param,
+        code="meter_not_found" if status == 404 else "invalid_request",
+        says="meter not found" if status == 404 else None,
+    )
 
 
 # -- GET /v1/billing/meters: limit and cursor ------------------------------------------
@@ -1119,52 +1359,67 @@ def test_create_org_refuses_each_bad_body(world, body, param):
 
 
 def _org_paths(world: World, name: str) -> list[tuple[str, str]]:
-    return [("GET", f"{ORGS}/{name}/keys"), ("POST", f"{ORGS}/{name}/keys"),
-            ("DELETE", f"{ORGS}/{name}/keys/mk_abcdefghi")]
+    return [
+        ("GET", f"{ORGS}/{name}/keys"),
+        ("POST", f"{ORGS}/{name}/keys"),
+        ("DELETE", f"{ORGS}/{name}/keys/mk_abcdefghi"),
+    ]
 
 
 @pytest.mark.parametrize("index", [0, 1, 2], ids=["list keys", "issue key", "revoke key"])
-@pytest.mark.parametrize("name", [
-    pytest.param("no-such-org", id="unknown"),
-    pytest.param("UPPER", id="upper-case"),
-    pytest.param("a_b", id="underscore"),
-    pytest.param("_namespaces", id="the registry"),
-    pytest.param("x" * 64, id="64 characters"),
-    pytest.param("%20", id="space"),
-    pytest.param("%ff", id="invalid utf-8"),
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param("no-such-org", id="unknown"),
+        pytest.param("UPPER", id="upper-case"),
+        pytest.param("a_b", id="underscore"),
+        pytest.param("_namespaces", id="the registry"),
+        pytest.param("x" * 64, id="64 characters"),
+        pytest.param("%20", id="space"),
+        pytest.param("%ff", id="invalid utf-8"),
+    ],
+)
 def test_an_org_name_in_the_path_that_names_no_org_is_404(world, name, index):
     method, path = _org_paths(world, name)[index]
     expect_error(world.admin.request(method, path), 404, param="org", code="not_found")
 
 
-@pytest.mark.parametrize("prefix, status", [
-    ("m", 400),
-    ("mk_", 400),
-    ("mk_abcdefgh", 400),  # 11 characters
-    ("mk_AAAAAAAAA", 404),  # 12, no such key
-    ("mk_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", 404),
-    ("@other", 404),  # another org's key
-    pytest.param("@mine+garbage", 404),
-])
+@pytest.mark.parametrize(
+    "prefix, status",
+    [
+        ("m", 400),
+        ("mk_", 400),
+        ("mk_abcdefgh", 400),  # 11 characters
+        ("mk_AAAAAAAAA", 404),  # 12, no such key
+        ("mk_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", 404),
+        ("@other", 404),  # another org's key
+        pytest.param("@mine+garbage", 404),
+    ],
+)
 def test_revoking_a_prefix_that_names_no_key_of_the_org_revokes_nothing(
-        world, admin, server, org, prefix, status):
+    world, admin, server, org, prefix, status
+):
     other_prefix = world.other_org["keyPrefix"]
     prefix = prefix.replace("@other", other_prefix).replace("@mine", org["keyPrefix"])
     answer = admin.delete(f"{ORGS}/{org['name']}/keys/{prefix}")
-    expect_error(answer, status, param="prefix",
-                 code="invalid_request" if status == 400 else "not_found")
+    expect_error(
+        answer, status, param="prefix", code="invalid_request" if status == 400 else "not_found"
+    )
     assert Api(server.url, org["apiKey"]).get(METERS).status_code == 200
     assert world.other_api.get(METERS).status_code == 200
 
 
 # -- /healthz ignores what it does not use ----------------------------------------------
 
-@pytest.mark.parametrize("headers, query", [
-    ({"Authorization": "Basic garbage"}, ""),
-    ({"Content-Type": "application/json"}, "?x=1&x=2"),
-    ({}, "?%ff=%fe"),
-])
+
+@pytest.mark.parametrize(
+    "headers, query",
+    [
+        ({"Authorization": "Basic garbage"}, ""),
+        ({"Content-Type": "application/json"}, "?x=1&x=2"),
+        ({}, "?%ff=%fe"),
+    ],
+)
 def test_healthz_answers_whatever_else_comes_with_it(world, headers, query):
     answer = world.anonymous.get("/healthz" + query, headers=headers, data=b"\xff{")
     assert answer.status_code == 200 and answer.json() == {"status": "ok"}
@@ -1173,31 +1428,70 @@ def test_healthz_answers_whatever_else_comes_with_it(world, headers, query):
 # -- no content makes a 500 ------------------------------------------------------------
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(min_value=-(2 ** 70), max_value=2 ** 70)
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(st.characters(exclude_categories=()), max_size=20)  # surrogates too
-    | st.sampled_from(["", "sum", "count", "last", "usd", "tokens", "u", "2026-01-01",
-                       "2026-01-01T00:00:00Z", "region"]),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.sampled_from(["name", "eventName", "aggregationType", "currency",
-                                       "dimensions", "metadata", "meterId", "userId",
-                                       "value", "timestamp", "idempotency", "events", "x"]),
-                      children, max_size=5),
+    | st.sampled_from(
+        [
+            "",
+            "sum",
+            "count",
+            "last",
+            "usd",
+            "tokens",
+            "u",
+            "2026-01-01",
+            "2026-01-01T00:00:00Z",
+            "region",
+        ]
+    ),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "name",
+                    "eventName",
+                    "aggregationType",
+                    "currency",
+                    "dimensions",
+                    "metadata",
+                    "meterId",
+                    "userId",
+                    "value",
+                    "timestamp",
+                    "idempotency",
+                    "events",
+                    "x",
+                ]
+            ),
+            children,
+            max_size=5,
+        )
+    ),
     max_leaves=12,
 )
-FUZZ = settings(max_examples=30, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                       HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=30,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
-@pytest.mark.parametrize("method, template", [("POST", METERS), ("PATCH", "{archived}"),
-                                              ("POST", EVENTS)])
+@pytest.mark.parametrize(
+    "method, template", [("POST", METERS), ("PATCH", "{archived}"), ("POST", EVENTS)]
+)
 @FUZZ
 @given(body=json_values)
 def test_no_json_body_makes_a_500(world, method, template, body):
     if isinstance(body, dict) and "events" in body and isinstance(body["events"], list):
-        body["events"] = [dict(e, meterId=world.meter["id"]) if isinstance(e, dict) else e
-                          for e in body["events"]]
+        body["events"] = [
+            dict(e, meterId=world.meter["id"]) if isinstance(e, dict) else e for e in body["events"]
+        ]
     # PATCH goes to the archived meter: a valid change there disturbs no other test.
     path = template.replace("{archived}", world.path(world.archived["id"]))
     answer = world.api.request(method, path, data=dumps(body))
@@ -1208,9 +1502,17 @@ def test_no_json_body_makes_a_500(world, method, template, body):
 
 @pytest.mark.parametrize("path", [METERS, SUMMARY])
 @FUZZ
-@given(query=st.lists(st.tuples(st.sampled_from(["meterId", "userId", "periodStart",
-                                                 "periodEnd", "limit", "cursor", "x", ""]),
-                                st.text(string.printable, max_size=30)), max_size=4))
+@given(
+    query=st.lists(
+        st.tuples(
+            st.sampled_from(
+                ["meterId", "userId", "periodStart", "periodEnd", "limit", "cursor", "x", ""]
+            ),
+            st.text(string.printable, max_size=30),
+        ),
+        max_size=4,
+    )
+)
 def test_no_query_string_makes_a_500(world, path, query):
     answer = world.api.get(path, params=query)
     assert answer.status_code < 500, answer.text

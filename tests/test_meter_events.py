@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -11,11 +11,11 @@ from tests.support.http import error_of
 
 
 def _iso(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @pytest.fixture
@@ -24,8 +24,9 @@ def meter(api):
 
 
 def test_a_batch_answers_one_outcome_per_event(api, meter):
-    answer = api.record(*[{"meterId": meter["id"], "userId": f"u{i}", "value": i}
-                          for i in range(3)])
+    answer = api.record(
+        *[{"meterId": meter["id"], "userId": f"u{i}", "value": i} for i in range(3)]
+    )
     assert answer["count"] == 3
     assert [e["status"] for e in answer["events"]] == ["created"] * 3
     assert len({e["id"] for e in answer["events"]}) == 3
@@ -47,31 +48,35 @@ def _bad(meter_id, **changes):
     return {k: v for k, v in event.items() if v is not None}
 
 
-@pytest.mark.parametrize("changes, param", [
-    ({"userId": None}, "events[1].userId"),
-    ({"userId": ""}, "events[1].userId"),
-    ({"meterId": None}, "events[1].meterId"),
-    ({"meterId": "unknown-meter"}, "events[1].meterId"),
-    ({"value": None}, "events[1].value"),
-    ({"value": "5"}, "events[1].value"),
-    ({"value": 1.5}, "events[1].value"),
-    ({"value": True}, "events[1].value"),
-    ({"value": 1 << 63}, "events[1].value"),
-    ({"value": -(1 << 63) - 1}, "events[1].value"),
-    ({"timestamp": "yesterday"}, "events[1].timestamp"),
-    ({"timestamp": "2026-11-20T10:00:00"}, "events[1].timestamp"),
-    ({"timestamp": "2026-13-20T10:00:00Z"}, "events[1].timestamp"),
-    ({"timestamp": 1700000000}, "events[1].timestamp"),
-    ({"dimensions": {"colour": "red"}}, "events[1].dimensions.colour"),
-    ({"dimensions": {"model": 4}}, "events[1].dimensions.model"),
-    ({"dimensions": ["model"]}, "events[1].dimensions"),
-    ({"idempotency": 12}, "events[1].idempotency"),
-    ({"extra": 1}, "events[1].extra"),
-])
+@pytest.mark.parametrize(
+    "changes, param",
+    [
+        ({"userId": None}, "events[1].userId"),
+        ({"userId": ""}, "events[1].userId"),
+        ({"meterId": None}, "events[1].meterId"),
+        ({"meterId": "unknown-meter"}, "events[1].meterId"),
+        ({"value": None}, "events[1].value"),
+        ({"value": "5"}, "events[1].value"),
+        ({"value": 1.5}, "events[1].value"),
+        ({"value": True}, "events[1].value"),
+        ({"value": 1 << 63}, "events[1].value"),
+        ({"value": -(1 << 63) - 1}, "events[1].value"),
+        ({"timestamp": "yesterday"}, "events[1].timestamp"),
+        ({"timestamp": "2026-11-20T10:00:00"}, "events[1].timestamp"),
+        ({"timestamp": "2026-13-20T10:00:00Z"}, "events[1].timestamp"),
+        ({"timestamp": 1700000000}, "events[1].timestamp"),
+        ({"dimensions": {"colour": "red"}}, "events[1].dimensions.colour"),
+        ({"dimensions": {"model": 4}}, "events[1].dimensions.model"),
+        ({"dimensions": ["model"]}, "events[1].dimensions"),
+        ({"idempotency": 12}, "events[1].idempotency"),
+        ({"extra": 1}, "events[1].extra"),
+    ],
+)
 def test_one_bad_event_rejects_the_whole_batch_and_writes_nothing(api, meter, changes, param):
     good = _bad(meter["id"])
-    answer = api.post("/v1/billing/meter-events",
-                      json={"events": [good, _bad(meter["id"], **changes), good]})
+    answer = api.post(
+        "/v1/billing/meter-events", json={"events": [good, _bad(meter["id"], **changes), good]}
+    )
     assert answer.status_code == 400, answer.text
     assert error_of(answer)["param"] == param
     assert api.summary(meterId=meter["id"])["eventCount"] == 0
@@ -79,27 +84,41 @@ def test_one_bad_event_rejects_the_whole_batch_and_writes_nothing(api, meter, ch
 
 def test_timestamps_must_lie_in_the_allowed_window(api, meter):
     now = _now()
-    for moment, message in [(now + timedelta(minutes=6), "future"),
-                            (now - timedelta(days=35, minutes=1), "past")]:
-        answer = api.post("/v1/billing/meter-events",
-                          json={"events": [_bad(meter["id"], timestamp=_iso(moment))]})
+    for moment, message in [
+        (now + timedelta(minutes=6), "future"),
+        (now - timedelta(days=35, minutes=1), "past"),
+    ]:
+        answer = api.post(
+            "/v1/billing/meter-events", json={"events": [_bad(meter["id"], timestamp=_iso(moment))]}
+        )
         assert answer.status_code == 400
         error = error_of(answer)
         assert error["param"] == "events[0].timestamp" and message in error["message"]
-    ok = [_bad(meter["id"], timestamp=_iso(now + timedelta(minutes=4))),
-          _bad(meter["id"], timestamp=_iso(now - timedelta(days=34, hours=23)))]
+    ok = [
+        _bad(meter["id"], timestamp=_iso(now + timedelta(minutes=4))),
+        _bad(meter["id"], timestamp=_iso(now - timedelta(days=34, hours=23))),
+    ]
     assert [e["status"] for e in api.record(*ok)["events"]] == ["created", "created"]
 
 
 def test_every_problem_of_a_batch_is_listed(api, meter):
-    answer = api.post("/v1/billing/meter-events", json={"events": [
-        _bad(meter["id"], value="x"), _bad(meter["id"]), _bad(meter["id"], userId=None)]})
+    answer = api.post(
+        "/v1/billing/meter-events",
+        json={
+            "events": [
+                _bad(meter["id"], value="x"),
+                _bad(meter["id"]),
+                _bad(meter["id"], userId=None),
+            ]
+        },
+    )
     error = error_of(answer)
     assert [e["param"] for e in error["errors"]] == ["events[0].value", "events[2].userId"]
 
 
-@pytest.mark.parametrize("body", [{}, {"events": []}, {"events": None}, {"events": {}},
-                                  {"events": [1]}, {"events": "x"}])
+@pytest.mark.parametrize(
+    "body", [{}, {"events": []}, {"events": None}, {"events": {}}, {"events": [1]}, {"events": "x"}]
+)
 def test_a_batch_needs_one_to_a_hundred_events(api, body):
     answer = api.post("/v1/billing/meter-events", json=body)
     assert answer.status_code == 400
@@ -139,8 +158,10 @@ def test_a_key_reused_with_another_payload_is_a_conflict_not_a_merge(api, meter)
 
 def test_idempotency_keys_are_scoped_per_meter(api, meter):
     other = api.create_meter(eventName="output_tokens")
-    outcomes = api.record(_bad(meter["id"], idempotency="request-7", value=3),
-                          _bad(other["id"], idempotency="request-7", value=4))["events"]
+    outcomes = api.record(
+        _bad(meter["id"], idempotency="request-7", value=3),
+        _bad(other["id"], idempotency="request-7", value=4),
+    )["events"]
     assert [o["status"] for o in outcomes] == ["created", "created"]
 
 
@@ -161,8 +182,10 @@ def test_racing_requests_with_one_key_store_one_event(api, meter):
 
 
 def test_racing_overlapping_batches_store_each_event_once(api, meter):
-    batches = [[_bad(meter["id"], idempotency=f"k{(start + i) % 30}", value=1)
-                for i in range(20)] for start in range(0, 30, 5)]
+    batches = [
+        [_bad(meter["id"], idempotency=f"k{(start + i) % 30}", value=1) for i in range(20)]
+        for start in range(0, 30, 5)
+    ]
 
     def send(batch):
         return api.post("/v1/billing/meter-events", json={"events": batch})

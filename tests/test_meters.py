@@ -13,8 +13,15 @@ def test_create_answers_the_original_shape_with_defaults(api):
     answer = api.post("/v1/billing/meters", json={"name": "API calls", "eventName": "api_calls"})
     assert answer.status_code == 201
     meter = answer.json()
-    assert {"id", "name", "eventName", "aggregationType", "currency", "dimensions",
-            "createdAt"} <= set(meter)
+    assert {
+        "id",
+        "name",
+        "eventName",
+        "aggregationType",
+        "currency",
+        "dimensions",
+        "createdAt",
+    } <= set(meter)
     assert (meter["aggregationType"], meter["currency"], meter["dimensions"]) == ("sum", "usd", [])
     assert meter["createdAt"].endswith("Z")
     assert len(meter["id"]) >= 10
@@ -25,19 +32,22 @@ def test_aggregation_and_currency_are_lower_cased(api):
     assert (meter["aggregationType"], meter["currency"]) == ("last", "eur")
 
 
-@pytest.mark.parametrize("body, param", [
-    ({"eventName": "x"}, "name"),
-    ({"name": "x"}, "eventName"),
-    ({"name": "x", "eventName": "x", "aggregationType": "median"}, "aggregationType"),
-    ({"name": "x", "eventName": "has space"}, "eventName"),
-    ({"name": "x", "eventName": "ends_in_newline\n"}, "eventName"),
-    ({"name": "x", "eventName": "x", "dimensions": ["model\n"]}, "dimensions[0]"),
-    ({"name": "x", "eventName": "x", "currency": "dollars"}, "currency"),
-    ({"name": "x", "eventName": "x", "dimensions": ["a", "a"]}, "dimensions"),
-    ({"name": "x", "eventName": "x", "dimensions": "model"}, "dimensions"),
-    ({"name": "x", "eventName": "x", "dimensions": ["userId"]}, "dimensions"),
-    ({"name": "x", "eventName": "x", "surprise": 1}, "surprise"),
-])
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({"eventName": "x"}, "name"),
+        ({"name": "x"}, "eventName"),
+        ({"name": "x", "eventName": "x", "aggregationType": "median"}, "aggregationType"),
+        ({"name": "x", "eventName": "has space"}, "eventName"),
+        ({"name": "x", "eventName": "ends_in_newline\n"}, "eventName"),
+        ({"name": "x", "eventName": "x", "dimensions": ["model\n"]}, "dimensions[0]"),
+        ({"name": "x", "eventName": "x", "currency": "dollars"}, "currency"),
+        ({"name": "x", "eventName": "x", "dimensions": ["a", "a"]}, "dimensions"),
+        ({"name": "x", "eventName": "x", "dimensions": "model"}, "dimensions"),
+        ({"name": "x", "eventName": "x", "dimensions": ["userId"]}, "dimensions"),
+        ({"name": "x", "eventName": "x", "surprise": 1}, "surprise"),
+    ],
+)
 def test_invalid_meters_are_refused_naming_the_field(api, body, param):
     answer = api.post("/v1/billing/meters", json=body)
     assert answer.status_code == 400
@@ -70,8 +80,12 @@ def test_list_pages_with_a_cursor(api):
 
 
 def test_list_refuses_a_bad_cursor_or_limit(api):
-    for params, param in [({"cursor": "garbage!!"}, "cursor"), ({"limit": 0}, "limit"),
-                          ({"limit": "ten"}, "limit"), ({"limit": 10000}, "limit")]:
+    for params, param in [
+        ({"cursor": "garbage!!"}, "cursor"),
+        ({"limit": 0}, "limit"),
+        ({"limit": "ten"}, "limit"),
+        ({"limit": 10000}, "limit"),
+    ]:
         answer = api.get("/v1/billing/meters", params=params)
         assert answer.status_code == 400, params
         assert error_of(answer)["param"] == param
@@ -97,8 +111,9 @@ def test_of_concurrent_creates_with_one_event_name_exactly_one_succeeds(api):
 def test_patch_changes_name_and_metadata_any_time(api):
     meter = api.create_meter()
     api.record({"meterId": meter["id"], "userId": "u", "value": 1})
-    answer = api.patch(f"/v1/billing/meters/{meter['id']}",
-                       json={"name": "Renamed", "metadata": {"owner": "ml"}})
+    answer = api.patch(
+        f"/v1/billing/meters/{meter['id']}", json={"name": "Renamed", "metadata": {"owner": "ml"}}
+    )
     assert answer.status_code == 200
     assert (answer.json()["name"], answer.json()["metadata"]) == ("Renamed", {"owner": "ml"})
     assert api.get(f"/v1/billing/meters/{meter['id']}").json()["name"] == "Renamed"
@@ -107,13 +122,17 @@ def test_patch_changes_name_and_metadata_any_time(api):
 def test_patch_changes_the_shape_only_while_the_meter_has_no_events(api):
     meter = api.create_meter()
     path = f"/v1/billing/meters/{meter['id']}"
-    changed = api.patch(path, json={"eventName": "renamed", "aggregationType": "count",
-                                    "dimensions": ["model"]})
+    changed = api.patch(
+        path, json={"eventName": "renamed", "aggregationType": "count", "dimensions": ["model"]}
+    )
     assert changed.status_code == 200
     assert changed.json()["aggregationType"] == "count"
     api.record({"meterId": meter["id"], "userId": "u", "value": 1})
-    for field, value in [("eventName", "again"), ("aggregationType", "sum"),
-                         ("dimensions", ["model", "region"])]:
+    for field, value in [
+        ("eventName", "again"),
+        ("aggregationType", "sum"),
+        ("dimensions", ["model", "region"]),
+    ]:
         refused = api.patch(path, json={field: value})
         assert refused.status_code == 409, field
         assert error_of(refused)["param"] == field
@@ -133,16 +152,22 @@ def test_archive_refuses_new_events_and_keeps_history(api):
     api.record({"meterId": meter["id"], "userId": "u", "value": 4})
     archived = api.delete(f"/v1/billing/meters/{meter['id']}")
     assert archived.status_code == 200 and archived.json()["status"] == "archived"
-    refused = api.post("/v1/billing/meter-events",
-                       json={"events": [{"meterId": meter["id"], "userId": "u", "value": 1}]})
+    refused = api.post(
+        "/v1/billing/meter-events",
+        json={"events": [{"meterId": meter["id"], "userId": "u", "value": 1}]},
+    )
     assert refused.status_code == 400
     assert error_of(refused)["param"] == "events[0].meterId"
     assert api.summary(meterId=meter["id"])["value"] == 4
     assert api.get(f"/v1/billing/meters/{meter['id']}").json()["status"] == "archived"
     # Archiving twice is harmless, and the event name is free again.
     assert api.delete(f"/v1/billing/meters/{meter['id']}").status_code == 200
-    assert api.post("/v1/billing/meters",
-                    json={"name": "New", "eventName": meter["eventName"]}).status_code == 201
+    assert (
+        api.post(
+            "/v1/billing/meters", json={"name": "New", "eventName": meter["eventName"]}
+        ).status_code
+        == 201
+    )
 
 
 @pytest.mark.parametrize("aggregation", ["min", "max", "avg"])
@@ -151,15 +176,19 @@ def test_newer_aggregations_are_accepted(api, aggregation):
 
 
 def test_unique_count_meters_name_what_they_count(api):
-    by_user = api.create_meter(eventName="active_users", aggregationType="unique_count",
-                               uniqueBy="userId")
+    by_user = api.create_meter(
+        eventName="active_users", aggregationType="unique_count", uniqueBy="userId"
+    )
     assert by_user["uniqueBy"] == "userId"
-    by_model = api.create_meter(eventName="models", aggregationType="unique_count",
-                                dimensions=["model"], uniqueBy="model")
+    by_model = api.create_meter(
+        eventName="models", aggregationType="unique_count", dimensions=["model"], uniqueBy="model"
+    )
     assert by_model["uniqueBy"] == "model"
-    for body, param in [({"aggregationType": "unique_count"}, "uniqueBy"),
-                        ({"aggregationType": "unique_count", "uniqueBy": "region"}, "uniqueBy"),
-                        ({"aggregationType": "sum", "uniqueBy": "userId"}, "uniqueBy")]:
+    for body, param in [
+        ({"aggregationType": "unique_count"}, "uniqueBy"),
+        ({"aggregationType": "unique_count", "uniqueBy": "region"}, "uniqueBy"),
+        ({"aggregationType": "sum", "uniqueBy": "userId"}, "uniqueBy"),
+    ]:
         answer = api.post("/v1/billing/meters", json={"name": "x", "eventName": "x", **body})
         assert answer.status_code == 400, body
         assert error_of(answer)["param"] == param

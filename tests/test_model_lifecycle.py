@@ -18,8 +18,16 @@ from app.services import meters as meter_service
 from app.services import orgs as org_service
 from tests.support.names import unique_org_name
 
-HOOKS = ("defaults", "validate", "before_create", "after_create", "before_update",
-         "after_update", "before_delete", "after_delete")
+HOOKS = (
+    "defaults",
+    "validate",
+    "before_create",
+    "after_create",
+    "before_update",
+    "after_update",
+    "before_delete",
+    "after_delete",
+)
 
 
 @pytest.fixture
@@ -36,8 +44,10 @@ def hooks(monkeypatch):
             def recorded(self, _name=name, _original=original):
                 calls.append((type(self).__name__, _name))
                 return _original(self)
+
             monkeypatch.setattr(cls, name, recorded)
         return calls
+
     return spy
 
 
@@ -56,15 +66,23 @@ def test_the_meter_service_writes_through_the_hooks(org_context, hooks):
     meter = meter_service.create_meter({"name": "Calls", "eventName": "calls"})
     meter_service.update_meter(meter.id_, {"name": "API calls"})
     meter_service.archive_meter(meter.id_)
-    assert _only(calls, "Meter") == ["defaults", "validate", "before_create", "after_create",
-                                      "defaults", "validate", "before_update", "after_update",
-                                      "before_delete", "after_delete"]
+    assert _only(calls, "Meter") == [
+        "defaults",
+        "validate",
+        "before_create",
+        "after_create",
+        "defaults",
+        "validate",
+        "before_update",
+        "after_update",
+        "before_delete",
+        "after_delete",
+    ]
     stored = meter.key.get(use_cache=False)
     assert (stored.name, stored.deleted, stored.currency) == ("API calls", True, "usd")
     assert stored.created_at is not None and stored.updated_at >= stored.created_at
     with pytest.raises(ValidationFailed) as refused:  # past the schema: the model refuses
-        meter_service.create_meter({"name": "x", "eventName": "y",
-                                    "aggregationType": "median"})
+        meter_service.create_meter({"name": "x", "eventName": "y", "aggregationType": "median"})
     assert refused.value.param == "aggregationType"
     assert [m.event_name for m in meter_service.all_meters()] == ["calls"]
 
@@ -75,10 +93,18 @@ def test_the_org_service_writes_orgs_through_the_hooks(ndb_context, app, hooks):
     org_service.create_org(name)
     org_service.archive_org(name)
     org_service.purge_org(name)
-    assert _only(calls, "Namespace") == ["defaults", "validate", "before_create",
-                                         "after_create", "before_delete", "after_delete",
-                                         "defaults", "validate", "before_update",
-                                         "after_update"]
+    assert _only(calls, "Namespace") == [
+        "defaults",
+        "validate",
+        "before_create",
+        "after_create",
+        "before_delete",
+        "after_delete",
+        "defaults",
+        "validate",
+        "before_update",
+        "after_update",
+    ]
     stored = Namespace.key_for(name).get(use_cache=False, use_global_cache=False)
     assert stored.deleted and stored.purged_at and stored.int_id > 0
     assert stored.created_at is not None and stored.updated_at > stored.created_at
@@ -105,9 +131,11 @@ def test_the_org_service_writes_api_keys_through_the_hooks(ndb_context, app, hoo
     assert org_service.archive_org(name).revoked_keys == 1  # the second key
     assert _only(calls, "ApiKey") == (
         ["defaults", "validate", "before_create", "after_create"] * 2
-        + ["defaults", "validate", "before_update", "after_update"] * 2)
-    keys = {k.prefix: k for k in ApiKey.query(ApiKey.org == name,
-                                              namespace=REGISTRY_NAMESPACE).fetch()}
+        + ["defaults", "validate", "before_update", "after_update"] * 2
+    )
+    keys = {
+        k.prefix: k for k in ApiKey.query(ApiKey.org == name, namespace=REGISTRY_NAMESPACE).fetch()
+    }
     for issued in (first, second):
         stored = keys[issued.prefix]
         assert stored.created_at is not None

@@ -65,9 +65,18 @@ def test_the_mixin_runs_defaults_validation_and_hooks_in_order(org_context, hook
     meter.name = "renamed"
     meter.update()
     meter.delete()
-    assert HookedMeter.calls == ["defaults", "validate", "before_create", "after_create",
-                                 "defaults", "validate", "before_update", "after_update",
-                                 "before_delete", "after_delete"]
+    assert HookedMeter.calls == [
+        "defaults",
+        "validate",
+        "before_create",
+        "after_create",
+        "defaults",
+        "validate",
+        "before_update",
+        "after_update",
+        "before_delete",
+        "after_delete",
+    ]
     stored = meter.key.get(use_cache=False)
     assert stored.deleted is True and stored.name == "renamed"
 
@@ -119,8 +128,13 @@ def test_garbage_ids_decode_to_nothing(org_context, org, text):
 
 
 def test_shadow_fields_round_trip_lists_and_dicts(org_context):
-    meter = Meter(parent=root_key(), name="n", event_name="e", dimensions=["a", "b"],
-                  metadata={"nested": {"k": [1, 2]}}).create()
+    meter = Meter(
+        parent=root_key(),
+        name="n",
+        event_name="e",
+        dimensions=["a", "b"],
+        metadata={"nested": {"k": [1, 2]}},
+    ).create()
     stored = meter.key.get(use_cache=False)
     assert stored.dimensions == ["a", "b"]
     assert stored.metadata == {"nested": {"k": [1, 2]}}
@@ -140,8 +154,7 @@ def test_memoized_hashids_encode_exactly_as_the_library_does(monkeypatch):
     assert hasattr(memoized, "cache_info")  # app.models.ids installed the memo
     codec = hashids.Hashids(salt="any salt", min_length=10)
     rng = random.Random(7)
-    cases = [(204, rng.randrange(1, 1 << 63), 59, 1, rng.randrange(0, 1 << 40))
-             for _ in range(300)]
+    cases = [(204, rng.randrange(1, 1 << 63), 59, 1, rng.randrange(0, 1 << 40)) for _ in range(300)]
     fast = [codec.encode(*numbers) for numbers in cases]
     monkeypatch.setattr(hashids, "_reorder", memoized.__wrapped__)
     assert [codec.encode(*numbers) for numbers in cases] == fast

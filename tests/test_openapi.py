@@ -27,8 +27,12 @@ def served(server) -> dict:
 
 
 def operations_of(spec: dict) -> set[tuple[str, str]]:
-    return {(path, method.upper()) for path, item in spec["paths"].items()
-            for method in item if method in HTTP_METHODS}
+    return {
+        (path, method.upper())
+        for path, item in spec["paths"].items()
+        for method in item
+        if method in HTTP_METHODS
+    }
 
 
 def test_the_served_document_is_valid_openapi_3(served):
@@ -38,12 +42,16 @@ def test_the_served_document_is_valid_openapi_3(served):
 
 def test_every_route_of_the_app_is_documented_and_nothing_else(app, served):
     """Static files aside; a view served at `/x` and `/x/` is documented once."""
+
     def canonical(path):
         return path.rstrip("/") or "/"
 
-    routes = {(canonical(openapi_path(rule.rule)), method)
-              for rule in app.url_map.iter_rules() if not rule.endpoint.endswith("static")
-              for method in rule.methods - IMPLICIT_METHODS}
+    routes = {
+        (canonical(openapi_path(rule.rule)), method)
+        for rule in app.url_map.iter_rules()
+        if not rule.endpoint.endswith("static")
+        for method in rule.methods - IMPLICIT_METHODS
+    }
     documented = {(canonical(path), method) for path, method in operations_of(served)}
     assert routes and documented == routes
     assert len(documented) == len(operations_of(served))
@@ -73,9 +81,13 @@ def test_every_operation_says_who_may_call_it(served):
         assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")  # Authorization: Bearer
     for path, item in served["paths"].items():
         for method, operation in item.items():
-            expected = ([{"apiKey": []}] if path.startswith("/v1/billing/")
-                        else [{"adminToken": []}] if path.startswith(("/v1/admin/", "/v1/cron/"))
-                        else [])
+            expected = (
+                [{"apiKey": []}]
+                if path.startswith("/v1/billing/")
+                else [{"adminToken": []}]
+                if path.startswith(("/v1/admin/", "/v1/cron/"))
+                else []
+            )
             assert operation["security"] == expected, (method, path)
             if expected:
                 assert "401" in operation["responses"], (method, path)
@@ -83,13 +95,21 @@ def test_every_operation_says_who_may_call_it(served):
 
 def test_every_error_answer_is_the_envelope(served):
     shared = served["components"]["responses"]
-    assert set(shared) == {"BadRequest", "Unauthorized", "NotFound", "Conflict",
-                           "TooManyRequests", "PayloadTooLarge", "Unavailable"}
+    assert set(shared) == {
+        "BadRequest",
+        "Unauthorized",
+        "NotFound",
+        "Conflict",
+        "TooManyRequests",
+        "PayloadTooLarge",
+        "Unavailable",
+    }
     assert "Retry-After" in shared["TooManyRequests"]["headers"]
     assert "Retry-After" in shared["Unavailable"]["headers"]
     for answer in shared.values():
         assert answer["content"]["application/json"]["schema"] == {
-            "$ref": "#/components/schemas/Error"}
+            "$ref": "#/components/schemas/Error"
+        }
     error = served["components"]["schemas"]["ErrorBody"]
     assert error["required"] == ["message", "type"]
     for item in served["paths"].values():
@@ -100,20 +120,31 @@ def test_every_error_answer_is_the_envelope(served):
             assert "413" in operation["responses"]
             # The per-org limits apply wherever an org key is the caller, the limit of
             # wrong credentials per address wherever a key or the admin token is.
-            assert ("429" in operation["responses"]) == (operation["security"] in (
-                [{"apiKey": []}], [{"adminToken": []}]))
+            assert ("429" in operation["responses"]) == (
+                operation["security"] in ([{"apiKey": []}], [{"adminToken": []}])
+            )
 
 
 def test_the_summary_documents_its_repeatable_and_filter_parameters(served):
-    parameters = {p["name"]: p for p in
-                  served["paths"]["/v1/billing/meter-events/summary"]["get"]["parameters"]}
+    parameters = {
+        p["name"]: p
+        for p in served["paths"]["/v1/billing/meter-events/summary"]["get"]["parameters"]
+    }
     assert parameters["meterId"]["required"] is True
     assert parameters["windowSize"]["schema"]["enum"] == ["hour", "day", "month"]
     assert parameters["groupBy"]["schema"]["type"] == "array"
     assert (parameters["groupBy"]["style"], parameters["groupBy"]["explode"]) == ("form", True)
     assert parameters["filter"]["style"] == "deepObject" and parameters["filter"]["explode"]
-    assert set(parameters) == {"meterId", "userId", "periodStart", "periodEnd", "windowSize",
-                               "timeZone", "groupBy", "filter"}
+    assert set(parameters) == {
+        "meterId",
+        "userId",
+        "periodStart",
+        "periodEnd",
+        "windowSize",
+        "timeZone",
+        "groupBy",
+        "filter",
+    }
 
 
 def test_an_answer_the_document_describes_matches_it(api, served):
@@ -139,7 +170,7 @@ def test_the_docs_page_shows_every_operation_without_fetching_anything(anonymous
     assert page.headers["Content-Type"].startswith("text/html")
     html = page.text
     assert "<script" not in html and not re.search(r"(src|href)=\"(https?:)?//", html)
-    for path, item in served["paths"].items():
+    for item in served["paths"].values():
         for operation in item.values():
             assert f'id="{operation["operationId"]}"' in html
             assert operation["summary"] in html.replace("&#39;", "'")
@@ -151,10 +182,12 @@ def test_the_docs_page_shows_every_operation_without_fetching_anything(anonymous
 def test_the_docs_page_escapes_what_it_shows():
     from app.openapi import page
 
-    spec = {"openapi": "3.0.3", "info": {"title": "<b>t</b>", "version": "1",
-                                         "description": "<script>x</script>"},
-            "paths": {}, "components": {"schemas": {}}}
+    spec = {
+        "openapi": "3.0.3",
+        "info": {"title": "<b>t</b>", "version": "1", "description": "<script>x</script>"},
+        "paths": {},
+        "components": {"schemas": {}},
+    }
     html = page.render(spec)
     assert "<script>x" not in html and "&lt;script&gt;x" in html
     assert "<b>t</b>" not in html
-

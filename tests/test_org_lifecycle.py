@@ -44,8 +44,11 @@ def _plant_bad_org(ndb_context) -> None:
 
 
 def _cli_env(config) -> dict:
-    env = cli_env(DATASTORE_EMULATOR_HOST=config.emulator_host,
-                  METERING_PROJECT=config.project, METERING_HASHID_SALT=config.hashid_salt)
+    env = cli_env(
+        DATASTORE_EMULATOR_HOST=config.emulator_host,
+        METERING_PROJECT=config.project,
+        METERING_HASHID_SALT=config.hashid_salt,
+    )
     env.pop("REDIS_CACHE_URL", None)
     return env
 
@@ -54,12 +57,17 @@ def _with_data(server, org: dict, events: int = 30) -> dict:
     """A meter with events in the org, and a second key."""
     api = Api(server.url, org["apiKey"])
     meter = api.create_meter()
-    api.record(*[{"meterId": meter["id"], "userId": f"u{i % 7}", "value": i,
-                  "idempotency": f"e{i}"} for i in range(events)])
+    api.record(
+        *[
+            {"meterId": meter["id"], "userId": f"u{i % 7}", "value": i, "idempotency": f"e{i}"}
+            for i in range(events)
+        ]
+    )
     return meter
 
 
 # -- names -------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", [BAD_NAME, "evil\r", "evil\n\n", "a\nb", "ok-\n"])
 def test_a_name_with_a_line_break_is_refused_and_stores_nothing(admin, name, ndb_context):
@@ -76,7 +84,8 @@ def test_a_key_of_an_org_with_a_bad_name_is_refused_not_a_server_error(anonymous
 
 
 def test_cron_skips_a_bad_name_reports_it_and_compacts_the_others(
-        api, other_api, admin, config, org, other_org, ndb_context, caplog):
+    api, other_api, admin, config, org, other_org, ndb_context, caplog
+):
     _plant_bad_org(ndb_context)
     for caller in (api, other_api):
         _record_spread(caller, 2)
@@ -86,13 +95,13 @@ def test_cron_skips_a_bad_name_reports_it_and_compacts_the_others(
     run = answer.json()
     assert run["failed"] == [BAD_NAME]
     assert run["orgs"] == 3 and run["compacted"] == dirty
-    assert any(repr(BAD_NAME) in r.getMessage() and r.levelname == "ERROR"
-               for r in caplog.records)
+    assert any(repr(BAD_NAME) in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
     assert _dirty(config, org) == _dirty(config, other_org) == 0
 
 
 def test_cron_isolates_an_org_whose_compaction_fails(
-        api, other_api, admin, config, org, other_org, emulator_kind, caplog):
+    api, other_api, admin, config, org, other_org, emulator_kind, caplog
+):
     if emulator_kind != "firestore":
         pytest.skip("the legacy emulator leaves no deltas to compact")
     _record_spread(api, 2)
@@ -130,8 +139,10 @@ def test_orgs_check_lists_bad_names_until_they_are_deleted(config, ndb_context, 
 
 # -- deletion over HTTP --------------------------------------------------------------
 
+
 def test_deleting_an_org_revokes_its_keys_keeps_its_data_and_reserves_its_name(
-        server, admin, org, other_org, config):
+    server, admin, org, other_org, config
+):
     _with_data(server, org)
     second = admin.post(f"/v1/admin/orgs/{org['name']}/keys").json()["apiKey"]
     stored = _entities(config, org["namespace"])
@@ -139,8 +150,13 @@ def test_deleting_an_org_revokes_its_keys_keeps_its_data_and_reserves_its_name(
 
     answer = admin.delete(f"/v1/admin/orgs/{org['name']}")
     assert answer.status_code == 200, answer.text
-    assert answer.json() == {"name": org["name"], "archived": True, "revokedKeys": 2,
-                             "purged": 0, "purgeComplete": False}
+    assert answer.json() == {
+        "name": org["name"],
+        "archived": True,
+        "revokedKeys": 2,
+        "purged": 0,
+        "purgeComplete": False,
+    }
     for key in (org["apiKey"], second):
         assert Api(server.url, key).get("/v1/billing/meters").status_code == 401
     assert _entities(config, org["namespace"]) == stored
@@ -158,7 +174,8 @@ def test_deleting_an_org_revokes_its_keys_keeps_its_data_and_reserves_its_name(
 
 
 def test_a_purge_over_http_goes_in_bounded_calls_to_zero_and_frees_the_name(
-        server, admin, org, config, monkeypatch):
+    server, admin, org, config, monkeypatch
+):
     from app.api import admin as admin_api
 
     _with_data(server, org, events=60)
@@ -188,8 +205,9 @@ def test_purge_refuses_a_bad_query_flag(admin, org):
     assert admin.post(f"/v1/admin/orgs/{org['name']}/keys").status_code == 201
 
 
-def test_an_interrupted_purge_is_finished_by_the_next_one(server, admin, org, config,
-                                                           ndb_client, monkeypatch):
+def test_an_interrupted_purge_is_finished_by_the_next_one(
+    server, admin, org, config, ndb_client, monkeypatch
+):
     _with_data(server, org, events=40)
     assert admin.delete(f"/v1/admin/orgs/{org['name']}").status_code == 200
     stored = _entities(config, org["namespace"])
@@ -201,9 +219,8 @@ def test_an_interrupted_purge_is_finished_by_the_next_one(server, admin, org, co
     def die_after_first_page(count):
         raise Killed(count)
 
-    with ndb_client.context():
-        with pytest.raises(Killed):
-            org_service.purge_org(org["name"], progress=die_after_first_page)
+    with ndb_client.context(), pytest.raises(Killed):
+        org_service.purge_org(org["name"], progress=die_after_first_page)
     assert 0 < _entities(config, org["namespace"]) == stored - 10
     reuse = admin.post("/v1/admin/orgs", json={"name": org["name"]})
     assert reuse.status_code == 409 and error_of(reuse)["code"] == "org_archived"
@@ -214,7 +231,8 @@ def test_an_interrupted_purge_is_finished_by_the_next_one(server, admin, org, co
 
 
 def test_a_purge_steps_over_the_datastore_s_own_statistics(
-        server, admin, org, config, emulator_kind, monkeypatch):
+    server, admin, org, config, emulator_kind, monkeypatch
+):
     if emulator_kind != "legacy":
         pytest.skip("only the legacy emulator lets a test write a reserved kind")
     raw = datastore.Client(project=config.project, namespace=org["namespace"])
@@ -236,6 +254,7 @@ def test_a_live_org_cannot_be_purged_without_being_archived(org, ndb_client):
 
 
 # -- deletion with the CLI -----------------------------------------------------------
+
 
 def _plant_filler(config, namespace: str, count: int) -> None:
     """Many small entities in the org, written in commits of 500."""

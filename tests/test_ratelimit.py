@@ -61,17 +61,20 @@ def limited(config):
     servers = []
 
     def start(limit: int, redis_url: str | None = None) -> str:
-        server = LiveServer(create_app(config.replace(rate_limit_per_minute=limit,
-                                                      redis_url=redis_url))).start()
+        server = LiveServer(
+            create_app(config.replace(rate_limit_per_minute=limit, redis_url=redis_url))
+        ).start()
         servers.append(server)
         return server.url
+
     yield start
     for server in servers:
         server.stop()
 
 
-def test_over_the_limit_answers_429_with_retry_after_in_the_envelope(limited, org,
-                                                                     other_org, admin):
+def test_over_the_limit_answers_429_with_retry_after_in_the_envelope(
+    limited, org, other_org, admin
+):
     url = limited(3)
     fresh_minute()
     api, other = Api(url, org["apiKey"]), Api(url, other_org["apiKey"])
@@ -99,6 +102,8 @@ def test_a_refused_request_changes_nothing(limited, org):
 def test_without_redis_each_process_counts_alone(limited, org):
     first, second = limited(2), limited(2)
     fresh_minute()
-    codes = [Api(url, org["apiKey"]).get("/v1/billing/meters").status_code
-             for url in (first, first, second, second)]
+    codes = [
+        Api(url, org["apiKey"]).get("/v1/billing/meters").status_code
+        for url in (first, first, second, second)
+    ]
     assert codes == [200] * 4

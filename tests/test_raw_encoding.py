@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from google.cloud import ndb
 from google.cloud.ndb import model as ndb_model
 
-from app.models import MeterEvent, root_key
-from app.models import ids
+from app.models import MeterEvent, ids, root_key
 from app.storage import entities
 from tests.support.encoding import event_entity
 
@@ -20,42 +19,79 @@ def org_context(ndb_context, org):
         yield context
 
 
-@pytest.mark.parametrize("dimensions, metadata, idempotency", [
-    ({}, {}, ""),
-    ({"model": "gpt-4", "region": "eu"}, {"trace": {"id": [1, 2]}}, "req-1"),
-    ({"ü": "☃"}, {"n": None}, "k" * 500),
-])
-def test_raw_event_protobuf_equals_ndb_model_protobuf(org_context, dimensions, metadata,
-                                                      idempotency):
-    now = datetime(2026, 11, 27, 12, 30, 15, 123456, tzinfo=timezone.utc)
-    stamp = datetime(2026, 11, 27, 12, 0, 0, 999999, tzinfo=timezone.utc)
+@pytest.mark.parametrize(
+    "dimensions, metadata, idempotency",
+    [
+        ({}, {}, ""),
+        ({"model": "gpt-4", "region": "eu"}, {"trace": {"id": [1, 2]}}, "req-1"),
+        ({"ü": "☃"}, {"n": None}, "k" * 500),
+    ],
+)
+def test_raw_event_protobuf_equals_ndb_model_protobuf(
+    org_context, dimensions, metadata, idempotency
+):
+    now = datetime(2026, 11, 27, 12, 30, 15, 123456, tzinfo=UTC)
+    stamp = datetime(2026, 11, 27, 12, 0, 0, 999999, tzinfo=UTC)
     key = ndb.Key(MeterEvent.KIND, 4611686018427387904, parent=root_key())
-    model = MeterEvent(key=key, meter_id="meter-x", user_id="user-1", value=-(1 << 63),
-                       timestamp=stamp, idempotency=idempotency, dimensions=dimensions,
-                       metadata=metadata, created_at=now, updated_at=now)
+    model = MeterEvent(
+        key=key,
+        meter_id="meter-x",
+        user_id="user-1",
+        value=-(1 << 63),
+        timestamp=stamp,
+        idempotency=idempotency,
+        dimensions=dimensions,
+        metadata=metadata,
+        created_at=now,
+        updated_at=now,
+    )
     model.id_ = ids.encode_key(key)
     expected = ndb_model._entity_to_protobuf(model)
     raw = event_entity(
-        key_pb=entities.key(MeterEvent.KIND, key.id()), public_id=model.id_,
-        meter_id="meter-x", user_id="user-1", value=-(1 << 63), timestamp=stamp,
-        idempotency=idempotency, dimensions=dimensions, metadata=metadata, now=now)
+        key_pb=entities.key(MeterEvent.KIND, key.id()),
+        public_id=model.id_,
+        meter_id="meter-x",
+        user_id="user-1",
+        value=-(1 << 63),
+        timestamp=stamp,
+        idempotency=idempotency,
+        dimensions=dimensions,
+        metadata=metadata,
+        now=now,
+    )
     assert type(expected).pb(expected) == raw
 
 
 def test_raw_written_events_read_back_through_ndb(org_context):
     from app.storage import rpc
 
-    now = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
+    now = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
     key = ndb.Key(MeterEvent.KIND, 77, parent=root_key())
-    raw = event_entity(key_pb=entities.key(MeterEvent.KIND, 77),
-                       public_id=ids.encode_key(key), meter_id="m", user_id="u",
-                       value=9, timestamp=now, idempotency="i",
-                       dimensions={"a": "b"}, metadata={}, now=now)
+    raw = event_entity(
+        key_pb=entities.key(MeterEvent.KIND, 77),
+        public_id=ids.encode_key(key),
+        meter_id="m",
+        user_id="u",
+        value=9,
+        timestamp=now,
+        idempotency="i",
+        dimensions={"a": "b"},
+        metadata={},
+        now=now,
+    )
     rpc.commit([rpc.Mutation(insert=raw)])
     event = key.get(use_cache=False)
-    assert (event.meter_id, event.user_id, event.value, event.timestamp, event.idempotency,
-            event.dimensions, event.metadata, event.deleted, event.created_at) == (
-        "m", "u", 9, now, "i", {"a": "b"}, {}, False, now)
+    assert (
+        event.meter_id,
+        event.user_id,
+        event.value,
+        event.timestamp,
+        event.idempotency,
+        event.dimensions,
+        event.metadata,
+        event.deleted,
+        event.created_at,
+    ) == ("m", "u", 9, now, "i", {"a": "b"}, {}, False, now)
 
 
 def test_events_built_in_place_from_one_template_equal_ndb_models(org_context):
@@ -63,27 +99,49 @@ def test_events_built_in_place_from_one_template_equal_ndb_models(org_context):
     Mutation; every one must still equal its NDB model, nothing left from the last."""
     from app.storage import rpc
 
-    now = datetime(2026, 11, 27, 12, 30, 15, 123456, tzinfo=timezone.utc)
+    now = datetime(2026, 11, 27, 12, 30, 15, 123456, tzinfo=UTC)
     template = entities.event_template(now)
     request = rpc.new_commit()
-    cases = [(11, "u-1", 5, {"model": "a"}, {"trace": [1]}, "k-1"),
-             (12, "u-2", -7, {}, {}, ""),
-             (13, "ü", 1 << 40, {"region": "eu", "model": "b"}, {}, "k-3")]
+    cases = [
+        (11, "u-1", 5, {"model": "a"}, {"trace": [1]}, "k-1"),
+        (12, "u-2", -7, {}, {}, ""),
+        (13, "ü", 1 << 40, {"region": "eu", "model": "b"}, {}, "k-3"),
+    ]
     for key_id, user, value, dimensions, metadata, idempotency in cases:
         key = ndb.Key(MeterEvent.KIND, key_id, parent=root_key())
-        stamp = datetime(2026, 11, 27, 12, key_id, tzinfo=timezone.utc)
-        entities.fill_event(request.mutations.add().insert, template, key_id=key_id,
-                            public_id=ids.encode_key(key), meter_id="meter-x", user_id=user,
-                            value=value, timestamp=stamp, idempotency=idempotency,
-                            dimensions=dimensions, metadata=metadata)
-        model = MeterEvent(key=key, meter_id="meter-x", user_id=user, value=value,
-                           timestamp=stamp, idempotency=idempotency, dimensions=dimensions,
-                           metadata=metadata, created_at=now, updated_at=now)
+        stamp = datetime(2026, 11, 27, 12, key_id, tzinfo=UTC)
+        entities.fill_event(
+            request.mutations.add().insert,
+            template,
+            key_id=key_id,
+            public_id=ids.encode_key(key),
+            meter_id="meter-x",
+            user_id=user,
+            value=value,
+            timestamp=stamp,
+            idempotency=idempotency,
+            dimensions=dimensions,
+            metadata=metadata,
+        )
+        model = MeterEvent(
+            key=key,
+            meter_id="meter-x",
+            user_id=user,
+            value=value,
+            timestamp=stamp,
+            idempotency=idempotency,
+            dimensions=dimensions,
+            metadata=metadata,
+            created_at=now,
+            updated_at=now,
+        )
         model.id_ = ids.encode_key(key)
         expected = ndb_model._entity_to_protobuf(model)
         assert type(expected).pb(expected) == request.mutations[-1].insert
     rpc.send_commit(request)
-    stored = ndb.get_multi([ndb.Key(MeterEvent.KIND, k, parent=root_key()) for k, *_ in cases],
-                           use_cache=False)
+    stored = ndb.get_multi(
+        [ndb.Key(MeterEvent.KIND, k, parent=root_key()) for k, *_ in cases], use_cache=False
+    )
     assert [(e.user_id, e.value, e.dimensions) for e in stored] == [
-        (user, value, dimensions) for _, user, value, dimensions, _, _ in cases]
+        (user, value, dimensions) for _, user, value, dimensions, _, _ in cases
+    ]

@@ -42,6 +42,7 @@ def serve(config):
         server = LiveServer(create_app(config.replace(**changes))).start()
         servers.append(server)
         return server.url
+
     yield start
     for server in servers:
         server.stop()
@@ -63,11 +64,15 @@ def _revoke_path(org: dict) -> str:
 @pytest.mark.slow
 @pytest.mark.parametrize("redis_setting", ["unset", "unreachable"])
 def test_a_key_revoked_by_the_command_without_redis_is_refused_at_once(
-        serve, redis_server, config, redis_setting):
+    serve, redis_server, config, redis_setting
+):
     url = serve(redis_url=redis_server.url)
     org, api = _warm_key(url, config.admin_token)
-    env = cli_env(DATASTORE_EMULATOR_HOST=config.emulator_host,
-                  METERING_PROJECT=config.project, METERING_HASHID_SALT=config.hashid_salt)
+    env = cli_env(
+        DATASTORE_EMULATOR_HOST=config.emulator_host,
+        METERING_PROJECT=config.project,
+        METERING_HASHID_SALT=config.hashid_salt,
+    )
     env.pop("REDIS_CACHE_URL", None)
     if redis_setting == "unreachable":  # Memorystore, seen from an operator's laptop
         env["REDIS_CACHE_URL"] = f"redis://127.0.0.1:{free_port()}/0"
@@ -75,12 +80,12 @@ def test_a_key_revoked_by_the_command_without_redis_is_refused_at_once(
     assert done.returncode == 0, done.stderr
     assert '"revoked": 1' in done.stdout
     assert api.get("/v1/billing/meters").status_code == 401
-    assert api.post("/v1/billing/meters", json={"name": "n", "eventName": "n"}
-                    ).status_code == 401
+    assert api.post("/v1/billing/meters", json={"name": "n", "eventName": "n"}).status_code == 401
 
 
 def test_a_key_revoked_through_an_instance_without_redis_is_refused_at_once(
-        serve, redis_server, config):
+    serve, redis_server, config
+):
     cached = serve(redis_url=redis_server.url)
     org, api = _warm_key(cached, config.admin_token)
     uncached_admin = Api(serve(), config.admin_token)
@@ -90,7 +95,8 @@ def test_a_key_revoked_through_an_instance_without_redis_is_refused_at_once(
 
 @pytest.mark.filterwarnings(REDIS_GONE)
 def test_a_key_revoked_through_an_instance_whose_redis_is_down_is_refused_at_once(
-        serve, redis_server, config):
+    serve, redis_server, config
+):
     cached = serve(redis_url=redis_server.url)
     org, api = _warm_key(cached, config.admin_token)
     unreachable = f"redis://127.0.0.1:{free_port()}/0"
@@ -100,7 +106,8 @@ def test_a_key_revoked_through_an_instance_whose_redis_is_down_is_refused_at_onc
 
 
 def test_an_org_archived_through_an_instance_without_redis_is_refused_at_once(
-        serve, redis_server, config):
+    serve, redis_server, config
+):
     cached = serve(redis_url=redis_server.url)
     org, api = _warm_key(cached, config.admin_token)
     uncached_admin = Api(serve(), config.admin_token)
@@ -109,7 +116,8 @@ def test_an_org_archived_through_an_instance_without_redis_is_refused_at_once(
 
 
 def test_a_purged_org_created_again_through_an_instance_without_redis_works_at_once(
-        serve, redis_server, config):
+    serve, redis_server, config
+):
     cached = serve(redis_url=redis_server.url)
     org, api = _warm_key(cached, config.admin_token)
     cached_admin = Api(cached, config.admin_token)

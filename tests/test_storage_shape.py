@@ -7,21 +7,38 @@ types and indexed flags, as ORIGINAL.md's tables give them.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from google.cloud import datastore
 
 from app.models import ids
 
-MIXIN = {"Id_": (str, True), "CreatedAt": (datetime, True), "UpdatedAt": (datetime, True),
-         "Deleted": (bool, True)}
-METER = {**MIXIN, "Name": (str, True), "EventName": (str, True),
-         "AggregationType": (str, True), "Currency": (str, True),
-         "Dimensions_": (str, False), "Metadata_": (str, False)}
-METER_EVENT = {**MIXIN, "MeterId": (str, True), "UserId": (str, True), "Value": (int, True),
-               "Timestamp": (datetime, True), "Idempotency": (str, True),
-               "Dimensions_": (str, False), "Metadata_": (str, False)}
+MIXIN = {
+    "Id_": (str, True),
+    "CreatedAt": (datetime, True),
+    "UpdatedAt": (datetime, True),
+    "Deleted": (bool, True),
+}
+METER = {
+    **MIXIN,
+    "Name": (str, True),
+    "EventName": (str, True),
+    "AggregationType": (str, True),
+    "Currency": (str, True),
+    "Dimensions_": (str, False),
+    "Metadata_": (str, False),
+}
+METER_EVENT = {
+    **MIXIN,
+    "MeterId": (str, True),
+    "UserId": (str, True),
+    "Value": (int, True),
+    "Timestamp": (datetime, True),
+    "Idempotency": (str, True),
+    "Dimensions_": (str, False),
+    "Metadata_": (str, False),
+}
 
 
 @pytest.fixture
@@ -57,14 +74,22 @@ def test_meter_is_stored_with_the_original_properties(api, raw):
 
 def test_meter_event_is_stored_with_the_original_properties(api, raw):
     meter = api.create_meter(dimensions=["model"])
-    api.record({"meterId": meter["id"], "userId": "u1", "value": 3, "idempotency": "k1",
-                "dimensions": {"model": "gpt-4"}, "timestamp": "2026-11-20T10:00:00.123456Z"})
+    api.record(
+        {
+            "meterId": meter["id"],
+            "userId": "u1",
+            "value": 3,
+            "idempotency": "k1",
+            "dimensions": {"model": "gpt-4"},
+            "timestamp": "2026-11-20T10:00:00.123456Z",
+        }
+    )
     entity = _only(raw, "meter-event")
     _assert_shape(entity, METER_EVENT)
     assert entity.key.flat_path[:2] == ("synckey", 1)
     assert entity["Dimensions_"] == '{"model":"gpt-4"}'
     assert entity["Metadata_"] == "null"
-    assert entity["Timestamp"] == datetime(2026, 11, 20, 10, 0, 0, 123456, tzinfo=timezone.utc)
+    assert entity["Timestamp"] == datetime(2026, 11, 20, 10, 0, 0, 123456, tzinfo=UTC)
     assert entity["MeterId"] == meter["id"]
 
 
@@ -94,14 +119,28 @@ def test_meters_written_by_the_go_side_are_read(api, raw, org, shadow, ndb_conte
     """Go writes `null` for empty lists; older rows may hold "" or []."""
     key = raw.key("synckey", 1, "meter", 4242)
     entity = datastore.Entity(key, exclude_from_indexes=("Dimensions_", "Metadata_"))
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     public_id = ids.encode_key(
-        ids.decode_key(ids.encode_numbers(202, 4242, 59, 1, ids.namespace_code(org["namespace"])),
-                       kind="meter", namespace=org["namespace"]))
-    entity.update({"Id_": public_id, "CreatedAt": now, "UpdatedAt": now, "Deleted": False,
-                   "Name": "Go meter", "EventName": "go_calls", "AggregationType": "sum",
-                   "Currency": "usd", "Dimensions_": shadow,
-                   "Metadata_": "{}" if shadow == "[]" else shadow})
+        ids.decode_key(
+            ids.encode_numbers(202, 4242, 59, 1, ids.namespace_code(org["namespace"])),
+            kind="meter",
+            namespace=org["namespace"],
+        )
+    )
+    entity.update(
+        {
+            "Id_": public_id,
+            "CreatedAt": now,
+            "UpdatedAt": now,
+            "Deleted": False,
+            "Name": "Go meter",
+            "EventName": "go_calls",
+            "AggregationType": "sum",
+            "Currency": "usd",
+            "Dimensions_": shadow,
+            "Metadata_": "{}" if shadow == "[]" else shadow,
+        }
+    )
     raw.put(entity)
     got = api.get(f"/v1/billing/meters/{public_id}")
     assert got.status_code == 200, got.text
@@ -112,17 +151,31 @@ def test_meters_written_by_the_go_side_are_read(api, raw, org, shadow, ndb_conte
 
 def test_events_written_by_the_go_side_are_counted_after_a_rebuild(api, raw, org, ndb_context):
     meter = api.create_meter(aggregationType="sum", dimensions=["model"])
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     for number, (dims, value) in enumerate([("null", 5), ("", 6), ('{"model":"x"}', 7)], 1):
-        entity = datastore.Entity(raw.key("synckey", 1, "meter-event", 9000 + number),
-                                  exclude_from_indexes=("Dimensions_", "Metadata_"))
-        entity.update({"Id_": f"go-{number}", "CreatedAt": now, "UpdatedAt": now,
-                       "Deleted": False, "MeterId": meter["id"], "UserId": "u1",
-                       "Value": value, "Timestamp": now - timedelta(minutes=number),
-                       "Idempotency": "", "Dimensions_": dims, "Metadata_": "null"})
+        entity = datastore.Entity(
+            raw.key("synckey", 1, "meter-event", 9000 + number),
+            exclude_from_indexes=("Dimensions_", "Metadata_"),
+        )
+        entity.update(
+            {
+                "Id_": f"go-{number}",
+                "CreatedAt": now,
+                "UpdatedAt": now,
+                "Deleted": False,
+                "MeterId": meter["id"],
+                "UserId": "u1",
+                "Value": value,
+                "Timestamp": now - timedelta(minutes=number),
+                "Idempotency": "",
+                "Dimensions_": dims,
+                "Metadata_": "null",
+            }
+        )
         raw.put(entity)
     # The Go side writes no rollups: `metering rollups rebuild` brings its events in.
-    from app.services import meters as meter_service, rebuild
+    from app.services import meters as meter_service
+    from app.services import rebuild
 
     with ndb_context.new(namespace=org["namespace"]).use():
         assert rebuild.rebuild_meter(meter_service.get_meter(meter["id"])) >= 2  # two series

@@ -9,7 +9,7 @@ it in the answer).
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from google.cloud import datastore
@@ -26,13 +26,17 @@ def log_lines(capsys):
     capsys.readouterr()
 
     def lines() -> list[dict]:
-        return [json.loads(line) for line in capsys.readouterr().err.splitlines()
-                if line.strip().startswith("{")]
+        return [
+            json.loads(line)
+            for line in capsys.readouterr().err.splitlines()
+            if line.strip().startswith("{")
+        ]
+
     return lines
 
 
 def _yesterday() -> datetime:
-    today = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     return today - timedelta(days=1)
 
 
@@ -49,14 +53,22 @@ def _corrupt_the_rollup(config, org) -> str:
     return rollup.key.name
 
 
-def test_a_corrupt_rollup_is_an_internal_error_logged_with_its_key(api, config, org,
-                                                                    log_lines):
+def test_a_corrupt_rollup_is_an_internal_error_logged_with_its_key(api, config, org, log_lines):
     meter = api.create_meter()
     day = _yesterday()
-    api.record({"meterId": meter["id"], "userId": "u1", "value": 5,
-                "timestamp": (day + timedelta(hours=9)).isoformat()})
-    period = {"meterId": meter["id"], "periodStart": day.date().isoformat(),
-              "periodEnd": day.date().isoformat()}
+    api.record(
+        {
+            "meterId": meter["id"],
+            "userId": "u1",
+            "value": 5,
+            "timestamp": (day + timedelta(hours=9)).isoformat(),
+        }
+    )
+    period = {
+        "meterId": meter["id"],
+        "periodStart": day.date().isoformat(),
+        "periodEnd": day.date().isoformat(),
+    }
     assert api.summary(**period)["value"] == 5
     key_name = _corrupt_the_rollup(config, org)
     log_lines()  # what came before the corruption
@@ -77,24 +89,54 @@ def test_a_corrupt_rollup_is_an_internal_error_logged_with_its_key(api, config, 
 
 def test_a_zone_off_the_15_minute_grid_is_the_callers_to_change(api):
     meter = api.create_meter()
-    answer = api.get(SUMMARY, params={"meterId": meter["id"], "windowSize": "hour",
-                                      "timeZone": "Africa/Monrovia",  # -00:44:30 until 1972
-                                      "periodStart": "1970-01-01", "periodEnd": "1970-01-02"})
+    answer = api.get(
+        SUMMARY,
+        params={
+            "meterId": meter["id"],
+            "windowSize": "hour",
+            "timeZone": "Africa/Monrovia",  # -00:44:30 until 1972
+            "periodStart": "1970-01-01",
+            "periodEnd": "1970-01-02",
+        },
+    )
     assert answer.status_code == 400, answer.text
     error = error_of(answer)
     assert (error["param"], error["code"]) == ("timeZone", "invalid_request")
     assert "15 minutes" in error["message"]
 
 
-@pytest.mark.parametrize("params, param", [
-    ({"windowSize": "month", "timeZone": "UTC", "periodStart": "9999-12-01",
-      "periodEnd": "9999-12-30"}, "periodEnd"),
-    ({"windowSize": "hour", "timeZone": "Pacific/Kiritimati",  # +14:00
-      "periodStart": "9999-12-31T00:00:00Z", "periodEnd": "9999-12-31T12:00:00Z"},
-     "periodEnd"),
-    ({"windowSize": "day", "timeZone": "America/New_York",
-      "periodStart": "0001-01-01T00:00:00Z", "periodEnd": "0001-01-03"}, "periodStart"),
-])
+@pytest.mark.parametrize(
+    "params, param",
+    [
+        (
+            {
+                "windowSize": "month",
+                "timeZone": "UTC",
+                "periodStart": "9999-12-01",
+                "periodEnd": "9999-12-30",
+            },
+            "periodEnd",
+        ),
+        (
+            {
+                "windowSize": "hour",
+                "timeZone": "Pacific/Kiritimati",  # +14:00
+                "periodStart": "9999-12-31T00:00:00Z",
+                "periodEnd": "9999-12-31T12:00:00Z",
+            },
+            "periodEnd",
+        ),
+        (
+            {
+                "windowSize": "day",
+                "timeZone": "America/New_York",
+                "periodStart": "0001-01-01T00:00:00Z",
+                "periodEnd": "0001-01-03",
+            },
+            "periodStart",
+        ),
+    ],
+)
 def test_windows_past_year_9999_or_before_year_1_name_the_period(api, params, param):
     meter = api.create_meter()
     answer = api.get(SUMMARY, params={"meterId": meter["id"], **params})
@@ -104,17 +146,23 @@ def test_windows_past_year_9999_or_before_year_1_name_the_period(api, params, pa
     assert "year" in error["message"] and "timeZone" not in error["message"]
 
 
-@pytest.mark.parametrize("params, param", [
-    ({"windowSize": "fortnight" * 50, "periodStart": "2026-11-01"}, "windowSize"),
-    ({"windowSize": "", "periodStart": "2026-11-01"}, "windowSize"),
-    ([("groupBy", "userId"), ("groupBy", "userId")], "groupBy"),
-])
+@pytest.mark.parametrize(
+    "params, param",
+    [
+        ({"windowSize": "fortnight" * 50, "periodStart": "2026-11-01"}, "windowSize"),
+        ({"windowSize": "", "periodStart": "2026-11-01"}, "windowSize"),
+        ([("groupBy", "userId"), ("groupBy", "userId")], "groupBy"),
+    ],
+)
 def test_the_engines_request_rules_answer_400_naming_the_field(api, params, param):
     """Window sizes and distinct groupBy names are checked once, by the engine
     (`SummaryRequest`); the service names the query parameter and echoes nothing."""
     meter = api.create_meter()
-    query = ([("meterId", meter["id"]), *params] if isinstance(params, list)
-             else {"meterId": meter["id"], **params})
+    query = (
+        [("meterId", meter["id"]), *params]
+        if isinstance(params, list)
+        else {"meterId": meter["id"], **params}
+    )
     answer = api.get(SUMMARY, params=query)
     assert answer.status_code == 400, answer.text
     error = error_of(answer)

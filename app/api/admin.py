@@ -3,8 +3,15 @@
 from flask import Blueprint
 
 from app import tenancy
-from app.api.declare import (ADMIN_ERRORS, arguments, body, link, operation, other_responses,
-                             response)
+from app.api.declare import (
+    ADMIN_ERRORS,
+    arguments,
+    body,
+    link,
+    operation,
+    other_responses,
+    response,
+)
 from app.openapi.operations import ADMIN_TOKEN
 from app.schemas import responses
 from app.schemas.admin import OrgCreate, OrgDeleteQuery
@@ -23,8 +30,12 @@ operator = operation("admin", security=ADMIN_TOKEN, errors=ADMIN_ERRORS)
 KEY_LINKS = {
     "ListKeys": link("admin.list_keys", "List the org's keys.", name="$response.body#/name"),
     "CreateKey": link("admin.create_key", "Issue another key.", name="$response.body#/name"),
-    "RevokeKey": link("admin.revoke_key", "Revoke this key.", name="$response.body#/name",
-                      prefix="$response.body#/keyPrefix"),
+    "RevokeKey": link(
+        "admin.revoke_key",
+        "Revoke this key.",
+        name="$response.body#/name",
+        prefix="$response.body#/keyPrefix",
+    ),
 }
 
 
@@ -48,10 +59,18 @@ def delete_org(args, name):
     at most PURGE_PER_REQUEST entities per call. Safe to repeat."""
     purge = args["purge"]
     archived = orgs.archive_org(name)
-    purged = (orgs.purge_org(name, max_entities=PURGE_PER_REQUEST) if purge
-              else orgs.Purged(archived.name, 0, complete=archived.purged))
-    return {"name": archived.name, "archived": True, "revokedKeys": archived.revoked_keys,
-            "purged": purged.deleted, "purgeComplete": purged.complete}
+    purged = (
+        orgs.purge_org(name, max_entities=PURGE_PER_REQUEST)
+        if purge
+        else orgs.Purged(archived.name, 0, complete=archived.purged)
+    )
+    return {
+        "name": archived.name,
+        "archived": True,
+        "revokedKeys": archived.revoked_keys,
+        "purged": purged.deleted,
+        "purgeComplete": purged.complete,
+    }
 
 
 @blueprint.get("/orgs/<name>/keys")

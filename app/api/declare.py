@@ -31,7 +31,7 @@ document and error handler where `app.openapi.document` and `app.errors` exist.
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 from flask import current_app
 
@@ -53,28 +53,41 @@ def link(operation_id: str, description: str, **parameters: str) -> dict:
 def link_with_body(operation_id: str, description: str, request_body: dict) -> dict:
     """A link whose call sends `request_body`, a whole, valid body: fuzzers (schemathesis)
     are told to send it as it is rather than merge generated fields into it."""
-    return {"operationId": operation_id, "description": description,
-            "requestBody": request_body, "x-schemathesis": {"merge_body": False}}
+    return {
+        "operationId": operation_id,
+        "description": description,
+        "requestBody": request_body,
+        "x-schemathesis": {"merge_body": False},
+    }
 
 
-def operation(tag: str, *, security: str | None = API_KEY, errors: tuple[int, ...] = (),
-              datastore: bool = True) -> Callable:
+def operation(
+    tag: str,
+    *,
+    security: str | None = API_KEY,
+    errors: tuple[int, ...] = (),
+    datastore: bool = True,
+) -> Callable:
     """A decorator putting a view in the document's section `tag`, with who may call it,
     the error statuses it shares with its section, and whether it touches the Datastore."""
+
     def decorate(view):
         described = declared(view)
         described.tag, described.security, described.datastore = tag, security, datastore
         described.errors = tuple(sorted({*described.errors, *errors}))
         return view
+
     return decorate
 
 
 def other_responses(*statuses: int) -> Callable:
     """The error statuses the view answers besides its section's."""
+
     def decorate(view):
         described = declared(view)
         described.errors = tuple(sorted({*described.errors, *statuses}))
         return view
+
     return decorate
 
 
@@ -82,6 +95,7 @@ def body(shape, *, quick: Callable | None = None) -> Callable:
     """Validate the JSON body with `shape` (a schema class, or a `ConfiguredBody`) and pass
     it first to the view. `quick(document, config)` may load a body the common way, faster
     than the schema, or answer None to leave it to the schema (the recording hot path)."""
+
     def decorate(view):
         declared(view).body = shape
         schema = None if isinstance(shape, ConfiguredBody) else shape()
@@ -94,15 +108,19 @@ def body(shape, *, quick: Callable | None = None) -> Callable:
             if loaded is None:
                 loaded = load(schema if schema is not None else shape.build(config), document)
             return view(loaded, *args, **kwargs)
+
         return with_body
+
     return decorate
 
 
-def arguments(shape, *, parameters: tuple[dict, ...] = (),
-              read: Callable | None = None) -> Callable:
+def arguments(
+    shape, *, parameters: tuple[dict, ...] = (), read: Callable | None = None
+) -> Callable:
     """Validate the query string with `shape` and pass it first to the view. `parameters`
     document what no schema field can (`filter[NAME]`), `read` then reads the query string
     in their place (by default `requests.query`)."""
+
     def decorate(view):
         described = declared(view)
         described.query, described.parameters = shape, parameters
@@ -112,15 +130,24 @@ def arguments(shape, *, parameters: tuple[dict, ...] = (),
         def with_arguments(*args, **kwargs):
             loaded = read() if read is not None else requests.query(schema)
             return view(loaded, *args, **kwargs)
+
         return with_arguments
+
     return decorate
 
 
-def response(shape, status: int = 200, description: str = "", *,
-             links: dict | None = None, dump: Callable | None = None) -> Callable:
+def response(
+    shape,
+    status: int = 200,
+    description: str = "",
+    *,
+    links: dict | None = None,
+    dump: Callable | None = None,
+) -> Callable:
     """Answer `status` with what the view returns, serialized through `shape` (a response
     schema class), or by `dump` where a benchmark showed the schema too slow. A media type
     (`"text/html"`) as `shape` documents an answer the view makes itself."""
+
     def decorate(view):
         declared(view).success[status] = Answer(description, shape, links or {})
         if isinstance(shape, str):
@@ -130,5 +157,7 @@ def response(shape, status: int = 200, description: str = "", *,
         @functools.wraps(view)
         def serialized(*args, **kwargs):
             return serialize(view(*args, **kwargs)), status
+
         return serialized
+
     return decorate

@@ -35,8 +35,7 @@ def readyz():
     """Say the process is up and its Datastore answers."""
     probe = ndb.Key("readiness-probe", "probe", namespace=ids.REGISTRY_NAMESPACE)
     try:
-        probe.get(retries=0, timeout=READY_TIMEOUT_SECONDS, use_cache=False,
-                  use_global_cache=False)
-    except gexc.GoogleAPIError:
-        raise Unavailable("the datastore does not answer", code="datastore_unavailable")
+        probe.get(retries=0, timeout=READY_TIMEOUT_SECONDS, use_cache=False, use_global_cache=False)
+    except gexc.GoogleAPIError as exc:
+        raise Unavailable("the datastore does not answer", code="datastore_unavailable") from exc
     return {"status": "ok", "datastore": "ok"}

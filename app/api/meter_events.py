@@ -6,8 +6,15 @@ Recording, cancelling, listing a meter's recent events and summarizing them.
 from flask import Blueprint, current_app
 
 from app import tenancy
-from app.api.declare import (TENANT_ERRORS, arguments, body, link_with_body, operation,
-                             other_responses, response)
+from app.api.declare import (
+    TENANT_ERRORS,
+    arguments,
+    body,
+    link_with_body,
+    operation,
+    other_responses,
+    response,
+)
 from app.api.requests import summary_query
 from app.models import utcnow
 from app.openapi.operations import ConfiguredBody
@@ -23,8 +30,7 @@ tenant = operation("meter events", errors=TENANT_ERRORS)
 
 #: Bodies of up to the configured number of events (`max_batch_events`).
 EVENT_BATCH = ConfiguredBody("EventBatch", lambda config: batch_schema(config.max_batch_events))
-CANCEL_BATCH = ConfiguredBody("CancelBatch",
-                              lambda config: cancel_schema(config.max_batch_events))
+CANCEL_BATCH = ConfiguredBody("CancelBatch", lambda config: cancel_schema(config.max_batch_events))
 
 #: `filter[NAME]=VALUE` of the summary: an object in deepObject style.
 SUMMARY_FILTER = {
@@ -32,19 +38,24 @@ SUMMARY_FILTER = {
     "in": "query",
     "style": "deepObject",
     "explode": True,
-    "schema": {"type": "object", "additionalProperties": {"type": "string"},
-               "propertyNames": {"minLength": 1, "maxLength": 64, "pattern": r"^[^\[\]]*$"}},
+    "schema": {
+        "type": "object",
+        "additionalProperties": {"type": "string"},
+        "propertyNames": {"minLength": 1, "maxLength": 64, "pattern": r"^[^\[\]]*$"},
+    },
     "description": "Only events whose `userId` or dimension NAME has the VALUE, written "
-                   "`filter[NAME]=VALUE`. Repeat one NAME to accept any of several values; "
-                   "filters on different names must all hold. NAME must be `userId` or a "
-                   "dimension of the meter.",
+    "`filter[NAME]=VALUE`. Repeat one NAME to accept any of several values; "
+    "filters on different names must all hold. NAME must be `userId` or a "
+    "dimension of the meter.",
 }
 
 #: What a client can call next with a recorded batch.
 EVENT_LINKS = {
-    "CancelEvent": link_with_body("meter_events.cancel_events",
-                                  "Cancel the first event of the batch.",
-                                  {"events": [{"id": "$response.body#/events/0/id"}]}),
+    "CancelEvent": link_with_body(
+        "meter_events.cancel_events",
+        "Cancel the first event of the batch.",
+        {"events": [{"id": "$response.body#/events/0/id"}]},
+    ),
 }
 
 
@@ -56,8 +67,13 @@ def _quick_batch(document: dict, config):
 @tenant
 @body(EVENT_BATCH, quick=_quick_batch)
 # Hot path: answered by hand, ~2 µs per event less than the schema (benchmarks/answers.py).
-@response(responses.RecordResult, 201, "One outcome per event, in order.", links=EVENT_LINKS,
-          dump=responses.record_json)
+@response(
+    responses.RecordResult,
+    201,
+    "One outcome per event, in order.",
+    links=EVENT_LINKS,
+    dump=responses.record_json,
+)
 @other_responses(400)
 def record_events(batch):
     """Record a batch of usage events, exactly once per idempotency key."""
@@ -85,8 +101,12 @@ def cancel_events(batch):
 def list_events(args):
     """List a meter's recent events with their status; search by user or idempotency key."""
     page, next_cursor = event_log.recent_events(
-        args["meterId"], user_id=args.get("userId"), idempotency=args.get("idempotency"),
-        limit=args.get("limit", DEFAULT_EVENTS_PAGE), cursor=args.get("cursor"))
+        args["meterId"],
+        user_id=args.get("userId"),
+        idempotency=args.get("idempotency"),
+        limit=args.get("limit", DEFAULT_EVENTS_PAGE),
+        cursor=args.get("cursor"),
+    )
     return {"events": page, "count": len(page), "nextCursor": next_cursor}
 
 
@@ -101,7 +121,13 @@ def get_summary(query):
     """Aggregate a meter's usage over a period: for one user or all, by window and group."""
     args, filters = query
     return summary.summarize(
-        args["meterId"], args.get("userId"), args.get("periodStart"), args.get("periodEnd"),
-        window_size=args.get("windowSize"), time_zone=args.get("timeZone", "UTC"),
-        group_by=tuple(args.get("groupBy", ())), filters=filters,
-        default_end=utcnow() + current_app.config["METERING"].max_event_lead)
+        args["meterId"],
+        args.get("userId"),
+        args.get("periodStart"),
+        args.get("periodEnd"),
+        window_size=args.get("windowSize"),
+        time_zone=args.get("timeZone", "UTC"),
+        group_by=tuple(args.get("groupBy", ())),
+        filters=filters,
+        default_end=utcnow() + current_app.config["METERING"].max_event_lead,
+    )

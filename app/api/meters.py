@@ -3,8 +3,16 @@
 from flask import Blueprint, current_app
 
 from app import tenancy
-from app.api.declare import (TENANT_ERRORS, arguments, body, link, link_with_body, operation,
-                             other_responses, response)
+from app.api.declare import (
+    TENANT_ERRORS,
+    arguments,
+    body,
+    link,
+    link_with_body,
+    operation,
+    other_responses,
+    response,
+)
 from app.schemas import responses
 from app.schemas.meters import ListQuery, MeterCreate, MeterUpdate
 from app.services import meters
@@ -19,11 +27,12 @@ METER_LINKS = {
     "GetMeter": link("meters.get_meter", "Get the new meter.", meter_id="$response.body#/id"),
     "UpdateMeter": link("meters.update_meter", "Change it.", meter_id="$response.body#/id"),
     "ArchiveMeter": link("meters.archive_meter", "Archive it.", meter_id="$response.body#/id"),
-    "Summarize": link("meter_events.get_summary", "Read its usage.",
-                      meterId="$response.body#/id"),
+    "Summarize": link("meter_events.get_summary", "Read its usage.", meterId="$response.body#/id"),
     "RecordEvent": link_with_body(
-        "meter_events.record_events", "Record an event for it.",
-        {"events": [{"meterId": "$response.body#/id", "userId": "user-1", "value": 1}]}),
+        "meter_events.record_events",
+        "Record an event for it.",
+        {"events": [{"meterId": "$response.body#/id", "userId": "user-1", "value": 1}]},
+    ),
 }
 
 
@@ -45,8 +54,9 @@ def create_meter(fields):
 def list_meters(args):
     """List the org's meters, a page at a time."""
     config = current_app.config["METERING"]
-    page, next_cursor = meters.list_meters(args.get("limit", config.default_page_size),
-                                           args.get("cursor"))
+    page, next_cursor = meters.list_meters(
+        args.get("limit", config.default_page_size), args.get("cursor")
+    )
     return {"meters": page, "count": len(page), "nextCursor": next_cursor}
 
 

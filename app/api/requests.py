@@ -169,7 +169,10 @@ def _check(document, parser: _Parser) -> None:
             where = _locate(level[0], levels)
             raise ValidationFailed(
                 f"request body nests objects and arrays more than {MAX_DEPTH} levels deep"
-                + (f" at {where}" if where else ""), param=where or None, code="invalid_json")
+                + (f" at {where}" if where else ""),
+                param=where or None,
+                code="invalid_json",
+            )
         children = _values(level)
         if parser.suspect:
             _refuse_first_problem(level, children, levels, parser)
@@ -216,8 +219,10 @@ def _refuse_first_problem(level: list, children: list, levels: list, parser: _Pa
             for name in container:
                 if _bad_string(name):
                     where = _join(_locate(container, levels), name)
-                    _refuse(f"{where}: the field name is not valid Unicode "
-                            "(a lone UTF-16 surrogate)", where)
+                    _refuse(
+                        f"{where}: the field name is not valid Unicode (a lone UTF-16 surrogate)",
+                        where,
+                    )
     for item in children:
         why = _problem(item, parser)
         if why is not None:
@@ -323,27 +328,39 @@ def json_body() -> dict:
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise ValidationFailed(f"request body is not valid UTF-8: {exc.reason} at byte {exc.start}",
-                               code="invalid_json") from None
+        raise ValidationFailed(
+            f"request body is not valid UTF-8: {exc.reason} at byte {exc.start}",
+            code="invalid_json",
+        ) from None
     parser = _Parser(raw)
     try:
         with _collector_paused():
-            body = json.loads(text, object_pairs_hook=parser.object, parse_int=parser.parse_int,
-                              parse_float=parser.parse_float, parse_constant=parser.constant)
+            body = json.loads(
+                text,
+                object_pairs_hook=parser.object,
+                parse_int=parser.parse_int,
+                parse_float=parser.parse_float,
+                parse_constant=parser.constant,
+            )
     except _TooManyFields as exc:
-        raise ValidationFailed(f"request body holds an object of {exc.args[0]} fields; an "
-                               f"object may hold at most {MAX_OBJECT_FIELDS}",
-                               code="invalid_json") from None
+        raise ValidationFailed(
+            f"request body holds an object of {exc.args[0]} fields; an "
+            f"object may hold at most {MAX_OBJECT_FIELDS}",
+            code="invalid_json",
+        ) from None
     except RecursionError:
         raise ValidationFailed(
             f"request body nests objects and arrays more than {MAX_DEPTH} levels deep",
-            code="invalid_json") from None
+            code="invalid_json",
+        ) from None
     except ValueError as exc:
-        raise ValidationFailed(f"request body is not valid JSON: {exc}",
-                               code="invalid_json") from None
+        raise ValidationFailed(
+            f"request body is not valid JSON: {exc}", code="invalid_json"
+        ) from None
     if not isinstance(body, dict):
-        raise ValidationFailed("request body must be a JSON object, not "
-                               + _json_type(body), code="invalid_json")
+        raise ValidationFailed(
+            "request body must be a JSON object, not " + _json_type(body), code="invalid_json"
+        )
     _check(body, parser)
     return body
 
@@ -396,8 +413,9 @@ def summary_query() -> tuple[dict, dict[str, frozenset[str]]]:
     for name, values in _query_args(repeatable).items():
         match = _FILTER.fullmatch(name) if name.startswith("filter") else None
         if name.startswith("filter") and match is None:
-            raise ValidationFailed("filters read filter[NAME]=VALUE",
-                                   param=shorten(name, MAX_ECHOED_PATH))
+            raise ValidationFailed(
+                "filters read filter[NAME]=VALUE", param=shorten(name, MAX_ECHOED_PATH)
+            )
         if match is None:
             args[name] = values
             continue

@@ -7,9 +7,9 @@ exact (Python ints), associative and commutative, so cells can be added in any o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Callable
 
 from app.core.slots import micros
 

@@ -6,9 +6,9 @@ day and month is a whole number of slots.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 SLOT = timedelta(minutes=15)
 SLOTS_PER_DAY = 96  # quarter hours
 _SLOT_SECONDS = 900

@@ -21,9 +21,9 @@ wall clock, ignoring fold; convert window bounds to UTC before comparing or subt
 from __future__ import annotations
 
 from bisect import bisect_right
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import Callable, Iterable
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from app.core.aggregation import AGGREGATION_TYPES, Aggregation
@@ -39,15 +39,15 @@ _MICROSECOND = timedelta(microseconds=1)
 
 @dataclass(frozen=True)
 class SummaryRequest:
-    aggregation: str                     # sum | count | last | min | max | avg | unique_count
-    unique_by: str | None                # unique_count only: "userId" or a dimension name
-    period_start: datetime               # aware, inclusive
-    period_end: datetime                 # aware, exclusive
-    window_size: str | None = None       # None | "hour" | "day" | "month"
-    time_zone: str = "UTC"               # IANA name
+    aggregation: str  # sum | count | last | min | max | avg | unique_count
+    unique_by: str | None  # unique_count only: "userId" or a dimension name
+    period_start: datetime  # aware, inclusive
+    period_end: datetime  # aware, exclusive
+    window_size: str | None = None  # None | "hour" | "day" | "month"
+    time_zone: str = "UTC"  # IANA name
     group_by: tuple[str, ...] = ()
     filters: dict[str, frozenset[str]] = field(default_factory=dict)
-    max_windows: int | None = None       # more windows than this raise TooManyWindows
+    max_windows: int | None = None  # more windows than this raise TooManyWindows
 
     def __post_init__(self):
         """Refuse a malformed request here, so the computation never has to guess."""
@@ -56,8 +56,7 @@ class SummaryRequest:
         if (self.aggregation == Aggregation.UNIQUE_COUNT) != (self.unique_by is not None):
             raise ValueError("unique_by is required by unique_count and refused otherwise")
         if self.window_size not in WINDOW_SIZES:
-            raise InvalidSummaryRequest("window_size", f"unknown window size "
-                                        f"{self.window_size!r}")
+            raise InvalidSummaryRequest("window_size", f"unknown window size {self.window_size!r}")
         if self.period_start.utcoffset() is None or self.period_end.utcoffset() is None:
             raise ValueError("period bounds must be timezone-aware")
         if self.period_end < self.period_start:
@@ -71,8 +70,9 @@ class SummaryRequest:
         try:
             return ZoneInfo(self.time_zone)
         except (ZoneInfoNotFoundError, ValueError):
-            raise InvalidSummaryRequest("time_zone", f"unknown time zone "
-                                        f"{self.time_zone!r}") from None
+            raise InvalidSummaryRequest(
+                "time_zone", f"unknown time zone {self.time_zone!r}"
+            ) from None
 
 
 class InvalidSummaryRequest(ValueError):
@@ -109,13 +109,16 @@ class SummaryResult:
 
 # --- windows -------------------------------------------------------------------------------
 
+
 def _local(instant: datetime, zone: ZoneInfo) -> datetime:
     """The instant on the zone's clock, refusing offsets that would split a slot."""
     local = instant.astimezone(zone)
     if local.utcoffset() % SLOT:
-        raise UnsupportedZone(f"{zone.key} is at UTC{local:%z} on {local:%Y-%m-%d}, not a "
-                              "multiple of 15 minutes, so its windows do not fall on slot "
-                              "boundaries")
+        raise UnsupportedZone(
+            f"{zone.key} is at UTC{local:%z} on {local:%Y-%m-%d}, not a "
+            "multiple of 15 minutes, so its windows do not fall on slot "
+            "boundaries"
+        )
     return local
 
 
@@ -145,8 +148,7 @@ def _boundary_guess(start: datetime, zone: ZoneInfo, size: str, key: tuple) -> d
     end of the gap, fold 1 of a twice-lived hour is its second pass).
     """
     wall = _next_wall(_local(start, zone), size)
-    candidates = {wall.replace(tzinfo=zone, fold=fold).astimezone(timezone.utc)
-                  for fold in (0, 1)}
+    candidates = {wall.replace(tzinfo=zone, fold=fold).astimezone(UTC) for fold in (0, 1)}
     later = [c for c in candidates if c > start and _window_key(c, zone, size) != key]
     if not later:
         raise UnsupportedZone(f"cannot place the {size} boundary after {start} in {zone.key}")
@@ -155,8 +157,9 @@ def _boundary_guess(start: datetime, zone: ZoneInfo, size: str, key: tuple) -> d
 
 def _require_slot(instant: datetime, zone: ZoneInfo) -> None:
     if (instant - EPOCH) % SLOT:
-        raise UnsupportedZone(f"a window boundary of {zone.key} at {instant} is not on a "
-                              "15-minute slot boundary")
+        raise UnsupportedZone(
+            f"a window boundary of {zone.key} at {instant} is not on a 15-minute slot boundary"
+        )
 
 
 def _next_boundary(start: datetime, zone: ZoneInfo, size: str) -> datetime:
@@ -175,36 +178,43 @@ def _next_boundary(start: datetime, zone: ZoneInfo, size: str) -> datetime:
         middle = low + (high - low) // SLOT // 2 * SLOT
         low, high = (middle, high) if _window_key(middle, zone, size) == key else (low, middle)
     if _window_key(high - _MICROSECOND, zone, size) != key:  # the change was inside a slot
-        raise UnsupportedZone(f"{zone.key} changes its clock off a 15-minute slot boundary "
-                              f"near {high}")
+        raise UnsupportedZone(
+            f"{zone.key} changes its clock off a 15-minute slot boundary near {high}"
+        )
     return high
 
 
 # The longest a window can last: an hour window is one clock hour at one offset; a day
 # or month can gain a clock change (at most 2 hours, at Troll; 3 allowed for margin).
-_LONGEST = {"hour": timedelta(hours=1), "day": timedelta(hours=27),
-            "month": timedelta(days=31, hours=3)}
+_LONGEST = {
+    "hour": timedelta(hours=1),
+    "day": timedelta(hours=27),
+    "month": timedelta(days=31, hours=3),
+}
 
 
 def _no_deadline() -> None:
     """The default `Check`: nothing bounds the computation (tests, the command line)."""
 
 
-def _utc_bounds(request: SummaryRequest, check: Check = _no_deadline
-                ) -> list[tuple[datetime, datetime]]:
-    start = request.period_start.astimezone(timezone.utc)
-    end = request.period_end.astimezone(timezone.utc)
+def _utc_bounds(
+    request: SummaryRequest, check: Check = _no_deadline
+) -> list[tuple[datetime, datetime]]:
+    start = request.period_start.astimezone(UTC)
+    end = request.period_end.astimezone(UTC)
     if request.window_size is None:
         return [(start, end)]
     bounds, limit = [], request.max_windows
     if limit is not None and end - start > limit * _LONGEST[request.window_size]:
-        raise TooManyWindows(f"the period holds more than {limit} {request.window_size} "
-                             "windows")  # surely: even the longest windows would not fit
+        raise TooManyWindows(
+            f"the period holds more than {limit} {request.window_size} windows"
+        )  # surely: even the longest windows would not fit
     while start < end:
         check()
         if limit is not None and len(bounds) == limit:  # counted, not guessed from durations
-            raise TooManyWindows(f"the period holds more than {limit} {request.window_size} "
-                                 "windows")
+            raise TooManyWindows(
+                f"the period holds more than {limit} {request.window_size} windows"
+            )
         stop = min(_next_boundary(start, request.zone, request.window_size), end)
         bounds.append((start, stop))
         start = stop
@@ -217,9 +227,13 @@ def _utc_bounds(request: SummaryRequest, check: Check = _no_deadline
 # member's attribute lookup and comparison cost three times a string's.
 _UNIQUE_COUNT, _AVG = Aggregation.UNIQUE_COUNT.value, Aggregation.AVG.value
 #: The Cell field each other aggregation answers with.
-_CELL_FIELD = {Aggregation.SUM.value: "sum", Aggregation.COUNT.value: "count",
-               Aggregation.LAST.value: "last_value", Aggregation.MIN.value: "min",
-               Aggregation.MAX.value: "max"}
+_CELL_FIELD = {
+    Aggregation.SUM.value: "sum",
+    Aggregation.COUNT.value: "count",
+    Aggregation.LAST.value: "last_value",
+    Aggregation.MIN.value: "min",
+    Aggregation.MAX.value: "max",
+}
 
 
 @dataclass
@@ -251,8 +265,9 @@ def _profile(request: SummaryRequest, series: Series) -> tuple[tuple, str | None
     return group, series.value_of(request.unique_by) if request.unique_by else None
 
 
-def _window_index(starts: list[datetime], first_slot: datetime, end: datetime,
-                  slot: datetime) -> int:
+def _window_index(
+    starts: list[datetime], first_slot: datetime, end: datetime, slot: datetime
+) -> int:
     """Index of the window holding a slot; an unaligned period's edge slots join its edges."""
     if not first_slot <= slot < end:
         raise ValueError(f"cell slot {slot} is outside the period")
@@ -272,16 +287,24 @@ def _windows(request: SummaryRequest, bounds, buckets: dict, check: Check) -> li
             check()
         bucket = buckets.get((index, group), empty)
         start, end = bounds[index]
-        windows.append(Window(start.astimezone(zone), end.astimezone(zone),
-                              bucket.value(request.aggregation), bucket.cell.count,
-                              dict(zip(request.group_by, group))))
+        windows.append(
+            Window(
+                start.astimezone(zone),
+                end.astimezone(zone),
+                bucket.value(request.aggregation),
+                bucket.cell.count,
+                dict(zip(request.group_by, group)),
+            )
+        )
     return windows
 
 
-def summarize_cells(request: SummaryRequest,
-                    cells: Iterable[tuple[Series, datetime, Cell | list]],
-                    latest: Callable[[frozenset[Series], int], Cell | None] | None = None,
-                    check: Check = _no_deadline) -> SummaryResult:
+def summarize_cells(
+    request: SummaryRequest,
+    cells: Iterable[tuple[Series, datetime, Cell | list]],
+    latest: Callable[[frozenset[Series], int], Cell | None] | None = None,
+    check: Check = _no_deadline,
+) -> SummaryResult:
     """The summary of the period from its cells, given as (series, slot_start_utc, cell).
 
     A cell is a Cell or a compacted rollup slot's packed list (`Cell.merge_packed`).
@@ -336,5 +359,8 @@ def summarize_cells(request: SummaryRequest,
     for bucket in buckets.values():  # buckets partition the cells
         total.cell.merge(bucket.cell)
         total.uniques |= bucket.uniques
-    return SummaryResult(total.value(request.aggregation), total.cell.count,
-                         _windows(request, bounds, buckets, check))
+    return SummaryResult(
+        total.value(request.aggregation),
+        total.cell.count,
+        _windows(request, bounds, buckets, check),
+    )

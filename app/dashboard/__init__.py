@@ -19,12 +19,19 @@ from app.api.declare import operation, response
 STATIC = Path(__file__).resolve().parent / "static"
 
 #: Everything comes from this origin; data: only for the empty favicon.
-CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; "
-                           "img-src 'self' data:; connect-src 'self'; object-src 'none'; "
-                           "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; "
+    "img-src 'self' data:; connect-src 'self'; object-src 'none'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 
-blueprint = Blueprint("dashboard", __name__, url_prefix="/dashboard",
-                      static_folder="static", static_url_path="/static")
+blueprint = Blueprint(
+    "dashboard",
+    __name__,
+    url_prefix="/dashboard",
+    static_folder="static",
+    static_url_path="/static",
+)
 
 
 @blueprint.get("")

@@ -13,8 +13,9 @@ holding JSON, seen from Python as a list or dict.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
-from typing import Callable, ClassVar
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import ClassVar
 
 from google.cloud import ndb
 
@@ -27,7 +28,7 @@ ROOT_ID = 1
 
 def utcnow() -> datetime:
     """Now, in UTC, at the microsecond precision Datastore keeps."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def root_key(namespace: str | None = None) -> ndb.Key:
@@ -154,8 +155,8 @@ class Model(Lifecycle, ndb.Model):
     KIND: ClassVar[str] = ""
 
     id_ = ndb.StringProperty("Id_")
-    created_at = ndb.DateTimeProperty("CreatedAt", tzinfo=timezone.utc)
-    updated_at = ndb.DateTimeProperty("UpdatedAt", tzinfo=timezone.utc)
+    created_at = ndb.DateTimeProperty("CreatedAt", tzinfo=UTC)
+    updated_at = ndb.DateTimeProperty("UpdatedAt", tzinfo=UTC)
     deleted = ndb.BooleanProperty("Deleted", default=False)
 
     @classmethod
@@ -168,7 +169,7 @@ class Model(Lifecycle, ndb.Model):
     def after_delete(self) -> None:
         """Runs after delete() stored the deleted mark."""
 
-    def delete(self) -> "Model":
+    def delete(self) -> Model:
         """Soft-delete: set `Deleted` and store, running the delete hooks."""
         self.before_delete()
         self.deleted = True

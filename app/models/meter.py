@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from google.cloud import ndb
 
-from app.core.aggregation import AGGREGATION_TYPES  # noqa: F401 - the one list, re-exported
+from app.core.aggregation import AGGREGATION_TYPES
 from app.models.base import JsonShadowProperty, Model, OptionalProperty
 
 DEFAULT_AGGREGATION = "sum"
@@ -39,8 +39,12 @@ class Meter(Model):
         if not self.event_name:
             problems.append(("eventName", "eventName is required"))
         if self.aggregation_type not in AGGREGATION_TYPES:
-            problems.append(("aggregationType",
-                             f"aggregationType must be one of {', '.join(AGGREGATION_TYPES)}"))
+            problems.append(
+                (
+                    "aggregationType",
+                    f"aggregationType must be one of {', '.join(AGGREGATION_TYPES)}",
+                )
+            )
         problems += self._unique_by_problems()
         return problems
 
@@ -52,6 +56,10 @@ class Meter(Model):
         if self.unique_by is None:
             return [("uniqueBy", "unique_count meters need uniqueBy: userId or a dimension")]
         if self.unique_by != "userId" and self.unique_by not in self.dimensions:
-            return [("uniqueBy", f"uniqueBy must be userId or a declared dimension, "
-                                 f"not {self.unique_by!r}")]
+            return [
+                (
+                    "uniqueBy",
+                    f"uniqueBy must be userId or a declared dimension, not {self.unique_by!r}",
+                )
+            ]
         return []

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timezone
+from datetime import UTC
 
 from google.cloud import ndb
 
@@ -28,7 +28,7 @@ class MeterEvent(Model):
     meter_id = ndb.StringProperty("MeterId")
     user_id = ndb.StringProperty("UserId")
     value = ndb.IntegerProperty("Value")
-    timestamp = ndb.DateTimeProperty("Timestamp", tzinfo=timezone.utc)
+    timestamp = ndb.DateTimeProperty("Timestamp", tzinfo=UTC)
     idempotency = ndb.StringProperty("Idempotency", default="")
     dimensions = JsonShadowProperty("Dimensions_", empty=dict)
     metadata = JsonShadowProperty("Metadata_", empty=dict)

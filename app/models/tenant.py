@@ -8,7 +8,7 @@ by one lookup and the key itself is never stored.
 
 from __future__ import annotations
 
-from datetime import timezone
+from datetime import UTC
 
 from google.cloud import ndb
 
@@ -76,8 +76,8 @@ class ApiKey(Lifecycle, ndb.Model):
     org = ndb.StringProperty("Org")
     prefix = ndb.StringProperty("Prefix")
     revoked = ndb.BooleanProperty("Revoked", default=False)
-    created_at = ndb.DateTimeProperty("CreatedAt", tzinfo=timezone.utc)
-    revoked_at = ndb.DateTimeProperty("RevokedAt", tzinfo=timezone.utc)
+    created_at = ndb.DateTimeProperty("CreatedAt", tzinfo=UTC)
+    revoked_at = ndb.DateTimeProperty("RevokedAt", tzinfo=UTC)
 
     @classmethod
     def _get_kind(cls) -> str:
@@ -103,7 +103,7 @@ class ApiKey(Lifecycle, ndb.Model):
             problems.append(("prefix", "an API key is listed by its prefix"))
         return problems
 
-    def revoke(self, now) -> "ApiKey":
+    def revoke(self, now) -> ApiKey:
         """Mark revoked at `now`; stored by `update` (or `update_multi`)."""
         self.revoked, self.revoked_at = True, now
         return self

@@ -20,8 +20,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from apispec.ext.marshmallow.common import resolve_schema_cls
 from marshmallow import fields as ma_fields
 
-from app.openapi.operations import (ADMIN_TOKEN, API_KEY, ConfiguredBody, Operation,
-                                    operation_of)
+from app.openapi.operations import ADMIN_TOKEN, API_KEY, ConfiguredBody, Operation, operation_of
 from app.schemas import fields as custom_fields
 from app.schemas import responses
 
@@ -31,8 +30,8 @@ DESCRIPTION = (
     "Usage metering for multi-tenant products: meters, exactly-once usage events and "
     "exact summaries. Every tenant call carries an org API key as `Authorization: Bearer "
     "mk_...`; the admin API takes the operator's token the same way. Every error answers "
-    "with one envelope: `{\"error\": {\"type\": \"api-error\", \"message\", \"code\", "
-    "\"param\"}}`. Every answer reports its Datastore work in `X-Datastore-Usage`."
+    'with one envelope: `{"error": {"type": "api-error", "message", "code", '
+    '"param"}}`. Every answer reports its Datastore work in `X-Datastore-Usage`.'
 )
 #: Methods Flask adds by itself; the document leaves them out.
 IMPLICIT_METHODS = {"HEAD", "OPTIONS"}
@@ -44,19 +43,28 @@ RETRY_AFTER = "Retry-After"
 
 #: Each error status: its shared response's name, and when the service answers it.
 ERROR_STATUSES = {
-    400: ("BadRequest", "The body or query string breaks a rule; `param` names the field "
-                        "and `errors` lists every problem. Nothing was changed."),
+    400: (
+        "BadRequest",
+        "The body or query string breaks a rule; `param` names the field "
+        "and `errors` lists every problem. Nothing was changed.",
+    ),
     401: ("Unauthorized", "The credentials are missing, unknown or revoked."),
     404: ("NotFound", "The addressed resource does not exist for the caller."),
     409: ("Conflict", "The request contradicts stored state; nothing was changed."),
-    429: ("TooManyRequests", "The org is over its request rate limit or has spent its "
-                             "budget of Datastore reads for the minute, or the caller's "
-                             "address sent too many missing or invalid keys; retry after "
-                             "the `Retry-After` header's seconds. Nothing was changed."),
+    429: (
+        "TooManyRequests",
+        "The org is over its request rate limit or has spent its "
+        "budget of Datastore reads for the minute, or the caller's "
+        "address sent too many missing or invalid keys; retry after "
+        "the `Retry-After` header's seconds. Nothing was changed.",
+    ),
     413: ("PayloadTooLarge", "The request body is larger than the configured limit."),
-    503: ("Unavailable", "The Datastore is unavailable (`unavailable`), or the request ran "
-                         "out of its deadline (`deadline_exceeded`); retry after the "
-                         "`Retry-After` header's seconds. Nothing was half-written."),
+    503: (
+        "Unavailable",
+        "The Datastore is unavailable (`unavailable`), or the request ran "
+        "out of its deadline (`deadline_exceeded`); retry after the "
+        "`Retry-After` header's seconds. Nothing was half-written.",
+    ),
 }
 
 #: The document's sections, in order, with what each is for.
@@ -92,20 +100,29 @@ def build(app) -> dict:
         if rule.endpoint.rpartition(".")[2] != "static" and canonical not in seen:
             seen.add(canonical)
             rules.append(rule)
-    operations = {rule.endpoint: operation_of(app.view_functions[rule.endpoint])
-                  for rule in rules}
-    missing = sorted(endpoint for endpoint, operation in operations.items()
-                     if operation is None or operation.tag is None or not operation.success)
+    operations = {rule.endpoint: operation_of(app.view_functions[rule.endpoint]) for rule in rules}
+    missing = sorted(
+        endpoint
+        for endpoint, operation in operations.items()
+        if operation is None or operation.tag is None or not operation.success
+    )
     if missing:
-        raise UndocumentedRoute("routes whose views declare no operation (app.api.declare): "
-                                + ", ".join(missing))
+        raise UndocumentedRoute(
+            "routes whose views declare no operation (app.api.declare): " + ", ".join(missing)
+        )
     _add_configured_bodies(spec, operations.values(), app.config["METERING"])
     for rule in sorted(rules, key=lambda r: r.rule):
         operation = operations[rule.endpoint]
         methods = sorted(rule.methods - IMPLICIT_METHODS)
-        spec.path(path=openapi_path(rule.rule), operations={
-            method.lower(): _operation(rule, method, operation, app.view_functions[rule.endpoint])
-            for method in methods})
+        spec.path(
+            path=openapi_path(rule.rule),
+            operations={
+                method.lower(): _operation(
+                    rule, method, operation, app.view_functions[rule.endpoint]
+                )
+                for method in methods
+            },
+        )
     return spec.to_dict()
 
 
@@ -120,9 +137,13 @@ def _schema_name(schema) -> str:
 
 def _new_spec() -> APISpec:
     plugin = MarshmallowPlugin(schema_name_resolver=_schema_name)
-    spec = APISpec(title=TITLE, version=metadata.version("metering"),
-                   openapi_version=OPENAPI_VERSION, plugins=[plugin],
-                   info={"description": DESCRIPTION})
+    spec = APISpec(
+        title=TITLE,
+        version=metadata.version("metering"),
+        openapi_version=OPENAPI_VERSION,
+        plugins=[plugin],
+        info={"description": DESCRIPTION},
+    )
     plugin.map_to_openapi_type(custom_fields.Int64, "integer", "int64")
     plugin.map_to_openapi_type(custom_fields.Rfc3339, "string", "date-time")
     plugin.map_to_openapi_type(custom_fields.PeriodBound, "string", None)
@@ -133,35 +154,62 @@ def _new_spec() -> APISpec:
     plugin.converter.add_attribute_function(_exact_value)
     for name, description in TAGS.items():
         spec.tag({"name": name, "description": description})
-    spec.components.security_scheme(API_KEY, {
-        "type": "http", "scheme": "bearer",
-        "description": "An org API key (`mk_...`), from the admin API or `metering orgs "
-                       "create`. It opens that org's data only."})
-    spec.components.security_scheme(ADMIN_TOKEN, {
-        "type": "http", "scheme": "bearer",
-        "description": "The operator's token (`METERING_ADMIN_TOKEN`); without it set, "
-                       "the admin API answers 404."})
-    spec.components.header(USAGE_HEADER, {
-        "description": "The Datastore work the request cost: `rpcs=N; read=N; written=N`.",
-        "schema": {"type": "string"}})
-    spec.components.header(RETRY_AFTER, {
-        "description": "Seconds to wait before sending again.", "required": True,
-        "schema": {"type": "string", "pattern": "^[0-9]+$"}})
+    spec.components.security_scheme(
+        API_KEY,
+        {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "An org API key (`mk_...`), from the admin API or `metering orgs "
+            "create`. It opens that org's data only.",
+        },
+    )
+    spec.components.security_scheme(
+        ADMIN_TOKEN,
+        {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "The operator's token (`METERING_ADMIN_TOKEN`); without it set, "
+            "the admin API answers 404.",
+        },
+    )
+    spec.components.header(
+        USAGE_HEADER,
+        {
+            "description": "The Datastore work the request cost: `rpcs=N; read=N; written=N`.",
+            "schema": {"type": "string"},
+        },
+    )
+    spec.components.header(
+        RETRY_AFTER,
+        {
+            "description": "Seconds to wait before sending again.",
+            "required": True,
+            "schema": {"type": "string", "pattern": "^[0-9]+$"},
+        },
+    )
     spec.components.schema("Error", schema=responses.Error)
     for status, (name, description) in ERROR_STATUSES.items():
         headers = {USAGE_HEADER: USAGE_HEADER}
         if status in (429, 503):
             headers[RETRY_AFTER] = RETRY_AFTER
-        spec.components.response(name, {
-            "description": description,
-            "content": {"application/json": {"schema": "Error"}}, "headers": headers})
+        spec.components.response(
+            name,
+            {
+                "description": description,
+                "content": {"application/json": {"schema": "Error"}},
+                "headers": headers,
+            },
+        )
     return spec
 
 
 def _add_configured_bodies(spec: APISpec, operations, config) -> None:
     """Bodies whose schema depends on the configuration, as named components."""
-    bodies = {operation.body.name: operation.body for operation in operations
-              if isinstance(operation.body, ConfiguredBody)}
+    bodies = {
+        operation.body.name: operation.body
+        for operation in operations
+        if isinstance(operation.body, ConfiguredBody)
+    }
     for body in bodies.values():
         spec.components.schema(body.name, schema=body.build(config))
 
@@ -170,9 +218,11 @@ def _object_sizes(_converter, field, ret: dict, **_) -> dict:
     """apispec writes a Length rule of a Dict as maxLength; an object's is maxProperties."""
     if not isinstance(field, ma_fields.Dict):
         return {}
-    return {size: ret.pop(length) for length, size in (("minLength", "minProperties"),
-                                                       ("maxLength", "maxProperties"))
-            if length in ret}
+    return {
+        size: ret.pop(length)
+        for length, size in (("minLength", "minProperties"), ("maxLength", "maxProperties"))
+        if length in ret
+    }
 
 
 def _key_rules(converter, field, **_) -> dict:
@@ -180,8 +230,11 @@ def _key_rules(converter, field, **_) -> dict:
     keys = getattr(field, "key_field", None)
     if not isinstance(field, ma_fields.Dict) or keys is None:
         return {}
-    rules = {name: value for name, value in converter.field2property(keys).items()
-             if name in ("minLength", "maxLength", "pattern")}
+    rules = {
+        name: value
+        for name, value in converter.field2property(keys).items()
+        if name in ("minLength", "maxLength", "pattern")
+    }
     return {"propertyNames": rules} if rules else {}
 
 
@@ -189,9 +242,14 @@ def _int64_range(_converter, field, **_) -> dict:
     """An Int64 is a JSON integer written without a fraction (1, not 1.0) that fits int64."""
     if not isinstance(field, custom_fields.Int64):
         return {}
-    return {"minimum": custom_fields.INT64_MIN, "maximum": custom_fields.INT64_MAX,
-            "description": (field.metadata.get("description", "") + " (a JSON integer "
-                            "without a fraction: 1, not 1.0)").strip()}
+    return {
+        "minimum": custom_fields.INT64_MIN,
+        "maximum": custom_fields.INT64_MAX,
+        "description": (
+            field.metadata.get("description", "") + " (a JSON integer "
+            "without a fraction: 1, not 1.0)"
+        ).strip(),
+    }
 
 
 def _exact_value(_converter, field, **_) -> dict:
@@ -209,8 +267,8 @@ def _date_or_time(_converter, field, **_) -> dict:
 def _operation(rule, method: str, operation: Operation, view) -> dict:
     summary, _, description = (inspect.getdoc(view) or "").partition("\n")
     answer = {
-        "operationId": f"{rule.endpoint}" + ("" if len(rule.methods - IMPLICIT_METHODS) == 1
-                                            else f".{method.lower()}"),
+        "operationId": f"{rule.endpoint}"
+        + ("" if len(rule.methods - IMPLICIT_METHODS) == 1 else f".{method.lower()}"),
         "tags": [operation.tag],
         "summary": summary.strip(),
         "security": [{operation.security: []}] if operation.security else [],
@@ -220,8 +278,10 @@ def _operation(rule, method: str, operation: Operation, view) -> dict:
     if description.strip():
         answer["description"] = description.strip()
     if operation.body is not None:
-        answer["requestBody"] = {"required": True, "content": {
-            "application/json": {"schema": _body_schema(operation.body)}}}
+        answer["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": _body_schema(operation.body)}},
+        }
     return answer
 
 
@@ -230,10 +290,16 @@ def _body_schema(body):
 
 
 def _parameters(rule, operation: Operation) -> list:
-    parameters = [{"name": name, "in": "path", "required": True,
-                   "description": PATH_PARAMETERS.get(name, ""),
-                   "schema": {"type": "string", "minLength": 1}}
-                  for name in _RULE_ARGUMENT.findall(rule.rule)]
+    parameters = [
+        {
+            "name": name,
+            "in": "path",
+            "required": True,
+            "description": PATH_PARAMETERS.get(name, ""),
+            "schema": {"type": "string", "minLength": 1},
+        }
+        for name in _RULE_ARGUMENT.findall(rule.rule)
+    ]
     if operation.query is not None:
         parameters.append({"in": "query", "schema": operation.query})
     parameters.extend(dict(parameter) for parameter in operation.parameters)
@@ -248,8 +314,11 @@ def _responses(operation: Operation) -> dict:
             content = {shape: {"schema": {"type": "object" if "json" in shape else "string"}}}
         else:
             content = {"application/json": {"schema": shape}}
-        answers[str(status)] = {"description": answer.description, "content": content,
-                                "headers": {USAGE_HEADER: USAGE_HEADER}}
+        answers[str(status)] = {
+            "description": answer.description,
+            "content": content,
+            "headers": {USAGE_HEADER: USAGE_HEADER},
+        }
         if answer.links:
             answers[str(status)]["links"] = answer.links
     errors = {*operation.errors, 413, *((503,) if operation.datastore else ())}

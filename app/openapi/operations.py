@@ -12,8 +12,8 @@ and, when it touches the Datastore, 503; the document adds those itself.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from marshmallow import Schema
 

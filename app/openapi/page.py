@@ -13,9 +13,12 @@ import re
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup, escape
 
-_environment = Environment(loader=PackageLoader("app.openapi", "templates"),
-                           autoescape=select_autoescape(default=True),
-                           trim_blocks=True, lstrip_blocks=True)
+_environment = Environment(
+    loader=PackageLoader("app.openapi", "templates"),
+    autoescape=select_autoescape(default=True),
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
 _METHODS = ("get", "post", "put", "patch", "delete")
 _CODE = re.compile(r"`([^`]+)`")
 
@@ -31,12 +34,17 @@ _environment.filters["code"] = inline_code
 def render(document: dict) -> str:
     """The page for an OpenAPI 3 document."""
     return _environment.get_template("docs.html").render(
-        info=document["info"], version=document["openapi"], tags=_by_tag(document),
+        info=document["info"],
+        version=document["openapi"],
+        tags=_by_tag(document),
         tag_descriptions={tag["name"]: tag.get("description") for tag in document.get("tags", [])},
         schemas=document.get("components", {}).get("schemas", {}),
         security=document.get("components", {}).get("securitySchemes", {}),
         responses=document.get("components", {}).get("responses", {}),
-        type_of=type_of, constraints_of=constraints_of, ref_name=ref_name)
+        type_of=type_of,
+        constraints_of=constraints_of,
+        ref_name=ref_name,
+    )
 
 
 def _by_tag(document: dict) -> dict[str, list[dict]]:
@@ -46,7 +54,8 @@ def _by_tag(document: dict) -> dict[str, list[dict]]:
             if method in item:
                 operation = item[method]
                 tags.setdefault(operation["tags"][0], []).append(
-                    {"path": path, "method": method, **operation})
+                    {"path": path, "method": method, **operation}
+                )
     return {name: operations for name, operations in tags.items() if operations}
 
 
@@ -82,10 +91,16 @@ def type_of(schema: dict) -> dict:
 
 
 _PLURALS = {"character": "characters", "item": "items", "entry": "entries"}
-_LIMITS = (("minLength", "at least", "character"), ("maxLength", "at most", "character"),
-           ("minItems", "at least", "item"), ("maxItems", "at most", "item"),
-           ("minProperties", "at least", "entry"), ("maxProperties", "at most", "entry"),
-           ("minimum", "at least", None), ("maximum", "at most", None))
+_LIMITS = (
+    ("minLength", "at least", "character"),
+    ("maxLength", "at most", "character"),
+    ("minItems", "at least", "item"),
+    ("maxItems", "at most", "item"),
+    ("minProperties", "at least", "entry"),
+    ("maxProperties", "at most", "entry"),
+    ("minimum", "at least", None),
+    ("maximum", "at most", None),
+)
 
 
 def _limit(words: str, number, noun: str | None) -> str:

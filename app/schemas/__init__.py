@@ -13,12 +13,11 @@ than its limit before looking at its entries (`app.schemas.fields`).
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from marshmallow import Schema, ValidationError, pre_load
 
 from app.errors import ValidationFailed
-
 
 #: Problems listed in `error.errors`; one more entry says how many were left out.
 MAX_LISTED_ERRORS = 20
@@ -50,15 +49,18 @@ def _flatten(messages, path: str = "", depth_in_dict: int = 0) -> list[dict]:
         return found
     found = []
     for key, sub in messages.items():
-        if key == "_schema" or (depth_in_dict == 2 and key in ("key", "value")) or (
-                depth_in_dict == 1 and key == ""):
+        if (
+            key == "_schema"
+            or (depth_in_dict == 2 and key in ("key", "value"))
+            or (depth_in_dict == 1 and key == "")
+        ):
             sub_path = path
         elif isinstance(key, int):
             sub_path = f"{path}[{key}]"
         else:
             name = shorten(str(key))
             sub_path = shorten(f"{path}.{name}" if path else name, MAX_ECHOED_PATH)
-        if depth_in_dict == 1:
+        if depth_in_dict == 1:  # noqa: SIM108 - two cases, each with its own reason
             child_depth = 2  # `key` names one entry of the object
         else:
             child_depth = 1 if str(key) in _DICT_FIELDS else 0
@@ -85,19 +87,23 @@ def failure(details: list[dict]) -> ValidationFailed:
     listed = details[:MAX_LISTED_ERRORS]
     if len(details) > MAX_LISTED_ERRORS:
         left_out = len(details) - MAX_LISTED_ERRORS
-        listed = listed + [{"message": f"{left_out} more problem{'s' * (left_out > 1)} "
-                                       "not listed"}]
-    return ValidationFailed(first["message"], param=first.get("param"),
-                            details=listed if len(details) > 1 else None)
+        listed = listed + [{"message": f"{left_out} more problem{'s' * (left_out > 1)} not listed"}]
+    return ValidationFailed(
+        first["message"], param=first.get("param"), details=listed if len(details) > 1 else None
+    )
 
 
 def validation_failed(messages) -> ValidationFailed:
     """One ValidationFailed for a marshmallow error dict."""
     problems = _flatten(messages) or [{"param": None, "message": "invalid request"}]
-    return failure([
-        {"param": p["param"], "message": _describe(p)} if p["param"] else {"message": _describe(p)}
-        for p in problems
-    ])
+    return failure(
+        [
+            {"param": p["param"], "message": _describe(p)}
+            if p["param"]
+            else {"message": _describe(p)}
+            for p in problems
+        ]
+    )
 
 
 class BoundedSchema(Schema):
@@ -127,4 +133,4 @@ def format_time(value: datetime | None) -> str | None:
     """RFC 3339 in UTC with a `Z`, microseconds only when there are some."""
     if value is None:
         return None
-    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -24,4 +24,3 @@ class EventListQuery(BoundedSchema):
     def _one_search(self, data, **_):
         if data.get("idempotency") and data.get("cursor"):
             raise ValidationError("an idempotency key names one event: no cursor", "cursor")
-

@@ -7,8 +7,18 @@ import functools
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from app.schemas import BoundedSchema, format_time
-from app.schemas.fields import (BoundedDict, BoundedList, Int64, JsonObject, PeriodBound,
-                                Rfc3339, TimeZone, fits_index, identifier, indexed_string)
+from app.schemas.fields import (
+    BoundedDict,
+    BoundedList,
+    Int64,
+    JsonObject,
+    PeriodBound,
+    Rfc3339,
+    TimeZone,
+    fits_index,
+    identifier,
+    indexed_string,
+)
 
 MAX_DIMENSION_VALUE = 200
 MAX_DIMENSIONS, MAX_DIMENSION_NAME = 16, 64
@@ -20,24 +30,33 @@ WINDOW_SIZES = ("hour", "day", "month")
 class EventIn(BoundedSchema):
     """One event of a batch; the meter is named by `meterId` or `eventName`."""
 
-    meterId = fields.String(validate=validate.Length(min=1, max=MAX_METER_ID),
-                            metadata={"description": "the meter's id; or give eventName"})
-    eventName = identifier(metadata={"description": "an active meter's eventName; "
-                                                    "or give meterId"})
-    userId = indexed_string(MAX_INDEXED_TEXT, required=True,
-                            metadata={"description": "whose usage this is (at most 1500 "
-                                                     "bytes as UTF-8)"})
+    meterId = fields.String(
+        validate=validate.Length(min=1, max=MAX_METER_ID),
+        metadata={"description": "the meter's id; or give eventName"},
+    )
+    eventName = identifier(metadata={"description": "an active meter's eventName; or give meterId"})
+    userId = indexed_string(
+        MAX_INDEXED_TEXT,
+        required=True,
+        metadata={"description": "whose usage this is (at most 1500 bytes as UTF-8)"},
+    )
     value = Int64(metadata={"description": "required except by count meters"})
-    timestamp = Rfc3339(metadata={"description": "when it happened (default: now); at most "
-                                                 "5 minutes ahead and 35 days back, by default"})
-    idempotency = fields.String(validate=[validate.Length(max=MAX_INDEXED_TEXT), fits_index],
-                                metadata={
-        "description": "unique per meter: a retry with the same key is stored once"})
+    timestamp = Rfc3339(
+        metadata={
+            "description": "when it happened (default: now); at most "
+            "5 minutes ahead and 35 days back, by default"
+        }
+    )
+    idempotency = fields.String(
+        validate=[validate.Length(max=MAX_INDEXED_TEXT), fits_index],
+        metadata={"description": "unique per meter: a retry with the same key is stored once"},
+    )
     dimensions = BoundedDict(
         keys=fields.String(validate=validate.Length(min=1, max=MAX_DIMENSION_NAME)),
         values=fields.String(validate=validate.Length(max=MAX_DIMENSION_VALUE)),
-        validate=validate.Length(max=MAX_DIMENSIONS,
-                                 error=f"may hold at most {MAX_DIMENSIONS} dimensions"),
+        validate=validate.Length(
+            max=MAX_DIMENSIONS, error=f"may hold at most {MAX_DIMENSIONS} dimensions"
+        ),
     )
     metadata = JsonObject()
 
@@ -52,12 +71,16 @@ class EventIn(BoundedSchema):
 class CancelTarget(BoundedSchema):
     """One event to cancel: by `id`, or by its meter and idempotency key."""
 
-    id = fields.String(validate=validate.Length(min=1, max=200),
-                       metadata={"description": "the event's id, given alone"})
+    id = fields.String(
+        validate=validate.Length(min=1, max=200),
+        metadata={"description": "the event's id, given alone"},
+    )
     meterId = fields.String(validate=validate.Length(min=1, max=200))
     eventName = identifier()
-    idempotency = fields.String(validate=[validate.Length(min=1, max=500), fits_index],
-                                metadata={"description": "with meterId or eventName"})
+    idempotency = fields.String(
+        validate=[validate.Length(min=1, max=500), fits_index],
+        metadata={"description": "with meterId or eventName"},
+    )
 
     @validates_schema
     def _names_one_event(self, data, **_):
@@ -66,8 +89,7 @@ class CancelTarget(BoundedSchema):
                 raise ValidationError("give id alone, or a meter and an idempotency key", "id")
             return
         if not data.get("idempotency"):
-            raise ValidationError("id, or idempotency with meterId or eventName, is required",
-                                  "id")
+            raise ValidationError("id, or idempotency with meterId or eventName, is required", "id")
         if bool(data.get("meterId")) == bool(data.get("eventName")):
             raise ValidationError("give meterId or eventName with idempotency", "meterId")
 
@@ -77,9 +99,12 @@ def _events_of(item: type[Schema], max_events: int) -> Schema:
 
     class Batch(BoundedSchema):
         events = BoundedList(
-            fields.Nested(item), required=True,
-            validate=validate.Length(min=1, max=max_events,
-                                     error=f"must hold 1 to {max_events} events"))
+            fields.Nested(item),
+            required=True,
+            validate=validate.Length(
+                min=1, max=max_events, error=f"must hold 1 to {max_events} events"
+            ),
+        )
 
     return Batch()
 
@@ -100,20 +125,33 @@ class SummaryQuery(BoundedSchema):
     """Query string of GET /v1/billing/meter-events/summary (after `filter[...]` is split off)."""
 
     meterId = fields.String(required=True, validate=validate.Length(min=1, max=200))
-    userId = indexed_string(500, metadata={"description": "one user's usage; all users' "
-                                                          "when left out"})
-    periodStart = PeriodBound(metadata={"description": "RFC 3339 timestamp or YYYY-MM-DD "
-                                                       "(midnight UTC); inclusive"})
-    periodEnd = PeriodBound(end_of_day=True, metadata={
-        "description": "RFC 3339 timestamp (exclusive) or YYYY-MM-DD (that whole day "
-                       "included); default: now"})
+    userId = indexed_string(
+        500, metadata={"description": "one user's usage; all users' when left out"}
+    )
+    periodStart = PeriodBound(
+        metadata={"description": "RFC 3339 timestamp or YYYY-MM-DD (midnight UTC); inclusive"}
+    )
+    periodEnd = PeriodBound(
+        end_of_day=True,
+        metadata={
+            "description": "RFC 3339 timestamp (exclusive) or YYYY-MM-DD (that whole day "
+            "included); default: now"
+        },
+    )
     windowSize = fields.String(metadata={"enum": list(WINDOW_SIZES)})
-    timeZone = TimeZone(metadata={"description": "IANA name in which windows are cut, "
-                                                 "such as Asia/Kolkata; default UTC"})
-    groupBy = BoundedList(fields.String(validate=validate.Length(min=1, max=64)),
-                          metadata={"description": "userId or a dimension of the meter; "
-                                                   "repeat for several", "uniqueItems": True},
-                          validate=validate.Length(max=8, error="may name at most 8 fields"))
+    timeZone = TimeZone(
+        metadata={
+            "description": "IANA name in which windows are cut, such as Asia/Kolkata; default UTC"
+        }
+    )
+    groupBy = BoundedList(
+        fields.String(validate=validate.Length(min=1, max=64)),
+        metadata={
+            "description": "userId or a dimension of the meter; repeat for several",
+            "uniqueItems": True,
+        },
+        validate=validate.Length(max=8, error="may name at most 8 fields"),
+    )
 
     # The window sizes and distinct groupBy names are the engine's rules
     # (`SummaryRequest`), answered 400 by `app.services.summary`; the edge keeps what
@@ -159,9 +197,14 @@ def summary_json(summary) -> dict:
         "periodEnd": format_time(summary.period_end),
     }
     if summary.grouped:
-        answer["windows"] = [{"windowStart": _local_time(w.window_start),
-                              "windowEnd": _local_time(w.window_end),
-                              "value": exact_value(w.value),
-                              "eventCount": w.event_count, "groupBy": w.group_by}
-                             for w in summary.result.windows]
+        answer["windows"] = [
+            {
+                "windowStart": _local_time(w.window_start),
+                "windowEnd": _local_time(w.window_end),
+                "value": exact_value(w.value),
+                "eventCount": w.event_count,
+                "groupBy": w.group_by,
+            }
+            for w in summary.result.windows
+        ]
     return answer

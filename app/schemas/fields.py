@@ -5,8 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import re
-from datetime import date, datetime, timedelta, timezone
-
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from marshmallow import ValidationError, fields, validate
@@ -93,7 +92,7 @@ class PeriodBound(fields.Field):
                 day = date.fromisoformat(value)
             except ValueError:
                 raise ValidationError("is not a valid date") from None
-            start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+            start = datetime(day.year, day.month, day.day, tzinfo=UTC)
             try:
                 return start + timedelta(days=1) if self.end_of_day else start
             except OverflowError:
@@ -109,9 +108,9 @@ def parse_rfc3339(value) -> datetime:
     main, dot, rest = text.partition(".")
     if dot:
         digits = re.match(r"\d+", rest).group(0)
-        text = f"{main}.{digits[:6].ljust(6, '0')}{rest[len(digits):]}"
+        text = f"{main}.{digits[:6].ljust(6, '0')}{rest[len(digits) :]}"
     try:
-        return datetime.fromisoformat(text).astimezone(timezone.utc)
+        return datetime.fromisoformat(text).astimezone(UTC)
     except ValueError:
         raise ValidationError("is not a valid timestamp") from None
     except OverflowError:
@@ -123,8 +122,7 @@ INDEXED_BYTES = 1500
 
 def indexed_string(max_length: int, **kwargs) -> fields.String:
     """A string stored in an indexed property: Datastore caps those at 1500 UTF-8 bytes."""
-    return fields.String(validate=[validate.Length(min=1, max=max_length), fits_index],
-                         **kwargs)
+    return fields.String(validate=[validate.Length(min=1, max=max_length), fits_index], **kwargs)
 
 
 def fits_index(value: str) -> None:
@@ -135,8 +133,10 @@ def fits_index(value: str) -> None:
 def identifier(max_length: int = IDENTIFIER_LENGTH, **kwargs) -> fields.String:
     """A name made of letters, digits and `_ . : -`."""
     return fields.String(
-        validate=[validate.Length(min=1, max=max_length),
-                  FullMatch(IDENTIFIER, error="may hold only letters, digits and _ . : -")],
+        validate=[
+            validate.Length(min=1, max=max_length),
+            FullMatch(IDENTIFIER, error="may hold only letters, digits and _ . : -"),
+        ],
         **kwargs,
     )
 
@@ -177,11 +177,12 @@ class BoundedDict(_LengthFirst, fields.Dict):
 class JsonObject(fields.Dict):
     """A JSON object of bounded size (metadata)."""
 
-    def __init__(self, max_keys: int = METADATA_MAX_KEYS, max_bytes: int = METADATA_MAX_BYTES,
-                 **kwargs):
-        super().__init__(keys=fields.String(validate=validate.Length(min=1,
-                                                                     max=METADATA_KEY_LENGTH)),
-                         **kwargs)
+    def __init__(
+        self, max_keys: int = METADATA_MAX_KEYS, max_bytes: int = METADATA_MAX_BYTES, **kwargs
+    ):
+        super().__init__(
+            keys=fields.String(validate=validate.Length(min=1, max=METADATA_KEY_LENGTH)), **kwargs
+        )
         self.max_keys = max_keys
         self.max_bytes = max_bytes
 

@@ -17,23 +17,32 @@ class _Lower(fields.String):
 
 
 def _aggregation() -> fields.String:
-    return _Lower(validate=validate.OneOf(AGGREGATION_TYPES,
-                                          error="must be one of " + ", ".join(AGGREGATION_TYPES)),
-                  metadata={"description": "how events add up (default sum)"})
+    return _Lower(
+        validate=validate.OneOf(
+            AGGREGATION_TYPES, error="must be one of " + ", ".join(AGGREGATION_TYPES)
+        ),
+        metadata={"description": "how events add up (default sum)"},
+    )
 
 
 def _dimensions() -> fields.List:
-    return BoundedList(identifier(max_length=64),
-                       validate=validate.Length(max=MAX_DIMENSIONS,
-                                                error=f"may list at most {MAX_DIMENSIONS} names"),
-                       metadata={"description": "the dimension names events may carry; "
-                                                "unique, not userId"})
+    return BoundedList(
+        identifier(max_length=64),
+        validate=validate.Length(
+            max=MAX_DIMENSIONS, error=f"may list at most {MAX_DIMENSIONS} names"
+        ),
+        metadata={"description": "the dimension names events may carry; unique, not userId"},
+    )
 
 
 def _unique_by() -> fields.String:
-    return identifier(max_length=64, metadata={
-        "description": "unique_count meters only (and required by them): userId or a "
-                       "declared dimension"})
+    return identifier(
+        max_length=64,
+        metadata={
+            "description": "unique_count meters only (and required by them): userId or a "
+            "declared dimension"
+        },
+    )
 
 
 class _DimensionNames:
@@ -49,11 +58,14 @@ class MeterCreate(_DimensionNames, BoundedSchema):
     """Body of POST /v1/billing/meters."""
 
     name = fields.String(required=True, validate=validate.Length(min=1, max=200))
-    eventName = identifier(required=True, metadata={
-        "description": "what events name the meter by; unique among the org's active meters"})
+    eventName = identifier(
+        required=True,
+        metadata={
+            "description": "what events name the meter by; unique among the org's active meters"
+        },
+    )
     aggregationType = _aggregation()
-    currency = _Lower(validate=FullMatch(r"^[a-z]{3}$",
-                                                 error="must be a 3-letter ISO code"))
+    currency = _Lower(validate=FullMatch(r"^[a-z]{3}$", error="must be a 3-letter ISO code"))
     dimensions = _dimensions()
     metadata = JsonObject()
     uniqueBy = _unique_by()
@@ -81,8 +93,10 @@ class MeterUpdate(_DimensionNames, BoundedSchema):
 class ListQuery(BoundedSchema):
     """Query string of list endpoints: a page size and an opaque cursor."""
 
-    limit = fields.Integer(validate=validate.Range(min=1, max=500),
-                           metadata={"description": "page size (default 50)"})
-    cursor = fields.String(validate=validate.Length(max=1000),
-                           metadata={"description": "the nextCursor of the previous page"})
-
+    limit = fields.Integer(
+        validate=validate.Range(min=1, max=500), metadata={"description": "page size (default 50)"}
+    )
+    cursor = fields.String(
+        validate=validate.Length(max=1000),
+        metadata={"description": "the nextCursor of the previous page"},
+    )

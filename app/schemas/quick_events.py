@@ -17,11 +17,25 @@ import json
 
 from marshmallow import ValidationError
 
-from app.schemas.events import (EventIn, MAX_DIMENSION_NAME, MAX_DIMENSION_VALUE,
-                                MAX_DIMENSIONS, MAX_INDEXED_TEXT, MAX_METER_ID)
-from app.schemas.fields import (IDENTIFIER, IDENTIFIER_LENGTH, INDEXED_BYTES, INT64_MAX,
-                                INT64_MIN, METADATA_KEY_LENGTH, METADATA_MAX_BYTES,
-                                METADATA_MAX_KEYS, parse_rfc3339)
+from app.schemas.events import (
+    MAX_DIMENSION_NAME,
+    MAX_DIMENSION_VALUE,
+    MAX_DIMENSIONS,
+    MAX_INDEXED_TEXT,
+    MAX_METER_ID,
+    EventIn,
+)
+from app.schemas.fields import (
+    IDENTIFIER,
+    IDENTIFIER_LENGTH,
+    INDEXED_BYTES,
+    INT64_MAX,
+    INT64_MIN,
+    METADATA_KEY_LENGTH,
+    METADATA_MAX_BYTES,
+    METADATA_MAX_KEYS,
+    parse_rfc3339,
+)
 
 _FIELDS = frozenset(EventIn().fields)  # every other field is refused by the schema
 
@@ -48,15 +62,19 @@ def _event(item) -> dict | None:
     event = dict(item)
     if ("meterId" in item) == ("eventName" in item):  # exactly one names the meter
         return None
-    if "meterId" in item and not (type(item["meterId"]) is str
-                                  and 1 <= len(item["meterId"]) <= MAX_METER_ID):
+    if "meterId" in item and not (
+        type(item["meterId"]) is str and 1 <= len(item["meterId"]) <= MAX_METER_ID
+    ):
         return None
-    if "eventName" in item and not (type(item["eventName"]) is str
-                                    and len(item["eventName"]) <= IDENTIFIER_LENGTH
-                                    and IDENTIFIER.fullmatch(item["eventName"])):
+    if "eventName" in item and not (
+        type(item["eventName"]) is str
+        and len(item["eventName"]) <= IDENTIFIER_LENGTH
+        and IDENTIFIER.fullmatch(item["eventName"])
+    ):
         return None
     if not _indexed(item.get("userId"), 1) or (
-            "idempotency" in item and not _indexed(item["idempotency"], 0)):
+        "idempotency" in item and not _indexed(item["idempotency"], 0)
+    ):
         return None
     if "value" in item:
         value = item["value"]
@@ -78,16 +96,23 @@ def _event(item) -> dict | None:
 
 def _indexed(value, shortest: int) -> bool:
     """A string of `shortest`..500 characters and at most 1500 bytes as UTF-8."""
-    return (type(value) is str and shortest <= len(value) <= MAX_INDEXED_TEXT
-            and (len(value) * 4 <= INDEXED_BYTES or len(value.encode("utf-8")) <= INDEXED_BYTES))
+    return (
+        type(value) is str
+        and shortest <= len(value) <= MAX_INDEXED_TEXT
+        and (len(value) * 4 <= INDEXED_BYTES or len(value.encode("utf-8")) <= INDEXED_BYTES)
+    )
 
 
 def _dimensions(value) -> dict | None:
     if type(value) is not dict or len(value) > MAX_DIMENSIONS:
         return None
     for name, text in value.items():
-        if not (type(name) is str and 1 <= len(name) <= MAX_DIMENSION_NAME and type(text) is str
-                and len(text) <= MAX_DIMENSION_VALUE):
+        if not (
+            type(name) is str
+            and 1 <= len(name) <= MAX_DIMENSION_NAME
+            and type(text) is str
+            and len(text) <= MAX_DIMENSION_VALUE
+        ):
             return None
     return dict(value)
 

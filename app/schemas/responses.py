@@ -66,25 +66,30 @@ class EmptyWhenUnset(fields.String):
 
 
 def _next_cursor() -> fields.String:
-    return fields.String(required=True, allow_none=True,
-                         metadata={"description": "pass as `cursor` for the next page; null "
-                                                  "on the last page"})
+    return fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "pass as `cursor` for the next page; null on the last page"},
+    )
 
 
 class Meter(Schema):
     """A meter as every meter endpoint returns it."""
 
-    id = fields.String(required=True, attribute="id_",
-                       metadata={"description": "public id of the meter"})
+    id = fields.String(
+        required=True, attribute="id_", metadata={"description": "public id of the meter"}
+    )
     name = fields.String(required=True)
     eventName = fields.String(required=True, attribute="event_name")
-    aggregationType = fields.String(required=True, attribute="aggregation_type",
-                                    validate=validate.OneOf(AGGREGATION_TYPES))
+    aggregationType = fields.String(
+        required=True, attribute="aggregation_type", validate=validate.OneOf(AGGREGATION_TYPES)
+    )
     currency = fields.String(required=True, metadata={"example": "usd"})
     dimensions = fields.List(fields.String(), required=True)
     metadata = fields.Dict(keys=fields.String(), required=True)
-    uniqueBy = OmittedWhenEmpty(attribute="unique_by",
-                                metadata={"description": "unique_count meters only"})
+    uniqueBy = OmittedWhenEmpty(
+        attribute="unique_by", metadata={"description": "unique_count meters only"}
+    )
     status = Flag(("active", "archived"), required=True, attribute="deleted")
     createdAt = Time(required=True, attribute="created_at")
     updatedAt = Time(required=True, attribute="updated_at")
@@ -102,8 +107,9 @@ class EventOutcome(Schema):
     """What became of one event of a batch, in the batch's order."""
 
     id = fields.String(required=True, metadata={"description": "public id of the event"})
-    status = fields.String(required=True,
-                           validate=validate.OneOf(("created", "duplicate", "conflict")))
+    status = fields.String(
+        required=True, validate=validate.OneOf(("created", "duplicate", "conflict"))
+    )
 
 
 class RecordResult(Schema):
@@ -117,17 +123,21 @@ def record_json(outcomes: list) -> dict:
     """`RecordResult` of a batch's outcomes, by hand: recording is the hot path, and
     `RecordResult().dump` took ~190 µs more per 100-event batch than this (8 µs), ~2 µs
     per event on top of the service's ~180 µs (benchmarks/answers.py)."""
-    return {"events": [{"id": o.id, "status": o.status} for o in outcomes],
-            "count": len(outcomes)}
+    return {"events": [{"id": o.id, "status": o.status} for o in outcomes], "count": len(outcomes)}
 
 
 class CancelOutcome(Schema):
     """What became of one cancel target, in the request's order."""
 
-    id = fields.String(required=True, allow_none=True,
-                       metadata={"description": "public id of the event; null when not found"})
-    status = fields.String(required=True, validate=validate.OneOf(
-        ("cancelled", "already_cancelled", "not_found", "expired")))
+    id = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "public id of the event; null when not found"},
+    )
+    status = fields.String(
+        required=True,
+        validate=validate.OneOf(("cancelled", "already_cancelled", "not_found", "expired")),
+    )
 
 
 class CancelResult(Schema):
@@ -141,8 +151,9 @@ MAX_SAFE_INTEGER = (1 << 53) - 1
 EXACT_VALUE_RULE = (
     "An integer is a JSON number while |value| <= 2^53-1 (9007199254740991, the largest "
     "a double, and so JavaScript, holds exactly), else a string of its exact decimal "
-    "digits, such as \"922337203685477580700\": sums are exact at any size, past int64 "
-    "too. avg is always a JSON number (the double nearest the exact average).")
+    'digits, such as "922337203685477580700": sums are exact at any size, past int64 '
+    "too. avg is always a JSON number (the double nearest the exact average)."
+)
 
 
 class ExactValue(fields.Field):
@@ -153,14 +164,21 @@ class ExactValue(fields.Field):
         super().__init__(required=True, allow_none=True, **kwargs)
 
     def openapi(self) -> dict:
-        return {"anyOf": [
-            {"type": "integer", "minimum": -MAX_SAFE_INTEGER, "maximum": MAX_SAFE_INTEGER},
-            {"type": "number"},
-            {"type": "string", "pattern": "^-?[1-9][0-9]{15,}$",
-             "description": "an integer beyond 2^53-1 in size, exact"},
-            {"type": "null"}],
-            "description": " ".join(filter(None, (self.metadata.get("description"),
-                                                  EXACT_VALUE_RULE)))}
+        return {
+            "anyOf": [
+                {"type": "integer", "minimum": -MAX_SAFE_INTEGER, "maximum": MAX_SAFE_INTEGER},
+                {"type": "number"},
+                {
+                    "type": "string",
+                    "pattern": "^-?[1-9][0-9]{15,}$",
+                    "description": "an integer beyond 2^53-1 in size, exact",
+                },
+                {"type": "null"},
+            ],
+            "description": " ".join(
+                filter(None, (self.metadata.get("description"), EXACT_VALUE_RULE))
+            ),
+        }
 
 
 class SummaryWindow(Schema):
@@ -170,8 +188,12 @@ class SummaryWindow(Schema):
     windowEnd = fields.String(required=True, metadata=_TIME)
     value = ExactValue(metadata={"description": "the window's (and group's) value."})
     eventCount = fields.Integer(required=True)
-    groupBy = fields.Dict(keys=fields.String(), values=fields.String(), required=True,
-                          metadata={"description": "the group's value of each groupBy name"})
+    groupBy = fields.Dict(
+        keys=fields.String(),
+        values=fields.String(),
+        required=True,
+        metadata={"description": "the group's value of each groupBy name"},
+    )
 
 
 class Summary(Schema):
@@ -181,14 +203,20 @@ class Summary(Schema):
     meterName = fields.String(required=True)
     userId = fields.String(required=True, metadata={"description": "empty for all users"})
     aggregationType = fields.String(required=True, validate=validate.OneOf(AGGREGATION_TYPES))
-    value = ExactValue(metadata={
-        "description": "null for last, min, max and avg when there are no events."})
+    value = ExactValue(
+        metadata={"description": "null for last, min, max and avg when there are no events."}
+    )
     eventCount = fields.Integer(required=True)
     periodStart = fields.String(required=True, allow_none=True, metadata=_TIME)
     periodEnd = fields.String(required=True, allow_none=True, metadata=_TIME)
-    windows = fields.List(fields.Nested(SummaryWindow), metadata={
-        "description": "present when windowSize (" + ", ".join(WINDOW_SIZES)
-                       + ") or groupBy was asked"})
+    windows = fields.List(
+        fields.Nested(SummaryWindow),
+        metadata={
+            "description": "present when windowSize ("
+            + ", ".join(WINDOW_SIZES)
+            + ") or groupBy was asked"
+        },
+    )
 
 
 class IssuedKey(Schema):
@@ -226,12 +254,17 @@ class OrgArchived(Schema):
 
     name = fields.String(required=True)
     archived = fields.Boolean(required=True, validate=validate.Equal(True))
-    revokedKeys = fields.Integer(required=True, metadata={
-        "description": "keys this call revoked (0 when a previous call did)"})
-    purged = fields.Integer(required=True, metadata={
-        "description": "entities this call deleted from the org's data"})
-    purgeComplete = fields.Boolean(required=True, metadata={
-        "description": "true once the org's data is all deleted, which frees its name"})
+    revokedKeys = fields.Integer(
+        required=True,
+        metadata={"description": "keys this call revoked (0 when a previous call did)"},
+    )
+    purged = fields.Integer(
+        required=True, metadata={"description": "entities this call deleted from the org's data"}
+    )
+    purgeComplete = fields.Boolean(
+        required=True,
+        metadata={"description": "true once the org's data is all deleted, which frees its name"},
+    )
 
 
 class Health(Schema):
@@ -253,12 +286,21 @@ class CompactionRun(Schema):
     orgs = fields.Integer(required=True, metadata={"description": "orgs visited"})
     visited = fields.Integer(required=True, metadata={"description": "dirty rollups seen"})
     compacted = fields.Integer(required=True, metadata={"description": "rollups folded"})
-    complete = fields.Boolean(required=True, metadata={
-        "description": "false when the budget ran out before every org was done, or an "
-                       "org failed"})
-    failed = fields.List(fields.String(), required=True, metadata={
-        "description": "orgs that could not be compacted (logged with the reason); the "
-                       "others were"})
+    complete = fields.Boolean(
+        required=True,
+        metadata={
+            "description": "false when the budget ran out before every org was done, or an "
+            "org failed"
+        },
+    )
+    failed = fields.List(
+        fields.String(),
+        required=True,
+        metadata={
+            "description": "orgs that could not be compacted (logged with the reason); the "
+            "others were"
+        },
+    )
 
 
 class ListedEvent(Schema):
@@ -269,7 +311,7 @@ class ListedEvent(Schema):
     userId = fields.String(required=True, attribute="user_id")
     value = fields.Integer(required=True)
     timestamp = Time(required=True)
-    idempotency = EmptyWhenUnset(required=True, metadata={"description": "\"\" when none"})
+    idempotency = EmptyWhenUnset(required=True, metadata={"description": '"" when none'})
     dimensions = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
     metadata = fields.Dict(keys=fields.String(), required=True)
     status = Flag(("active", "cancelled"), required=True, attribute="deleted")
@@ -299,9 +341,13 @@ class ErrorBody(Schema):
     message = fields.String(required=True)
     code = fields.String(metadata={"example": "invalid_request"})
     param = fields.String(metadata={"example": "events[3].timestamp"})
-    errors = fields.List(fields.Nested(ErrorDetail), metadata={
-        "description": "the problems, when there are several: the first 20, then one "
-                       "entry (a message only) saying how many more were found"})
+    errors = fields.List(
+        fields.Nested(ErrorDetail),
+        metadata={
+            "description": "the problems, when there are several: the first 20, then one "
+            "entry (a message only) saying how many more were found"
+        },
+    )
 
 
 class Error(Schema):

@@ -106,8 +106,11 @@ def _rollup_repairs(cancelling: dict[bytes, StoredEvent], transaction) -> list:
             continue
         key_pb = rollups.key(meter_key.id(), series, day)
         stored = rpc.lookup([key_pb], transaction).get(key_pb.SerializeToString())
-        repairs.append(recompute.recomputed(stored, meter_key.id(), meter_id, series, day,
-                                            slots, transaction, set(cancelling)))
+        repairs.append(
+            recompute.recomputed(
+                stored, meter_key.id(), meter_id, series, day, slots, transaction, set(cancelling)
+            )
+        )
     return repairs
 
 

@@ -33,8 +33,9 @@ def transforms() -> bool:
 
 def _probe() -> bool:
     mutation = rpc.Mutation()
-    mutation.upsert.key.CopyFrom(entities.key("capability-probe", "transforms",
-                                              namespace=REGISTRY_NAMESPACE))
+    mutation.upsert.key.CopyFrom(
+        entities.key("capability-probe", "transforms", namespace=REGISTRY_NAMESPACE)
+    )
     mutation.property_mask.SetInParent()
     transform = mutation.property_transforms.add()
     transform.property = "Probes"

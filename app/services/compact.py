@@ -40,10 +40,13 @@ def _compact_once(key_pb) -> bool:
             rpc.rollback(transaction)
             return False
         rollup = rollups.decode(stored)
-        cells = recompute.settled(rollup.meter_id, recompute.exact_cells(rollup),
-                                  transaction)  # `last` values, by reading
-        rpc.commit([rollups.replacement(key_pb, rollup.meter_id, rollup.series, rollup.day,
-                                        cells)], transaction)
+        cells = recompute.settled(
+            rollup.meter_id, recompute.exact_cells(rollup), transaction
+        )  # `last` values, by reading
+        rpc.commit(
+            [rollups.replacement(key_pb, rollup.meter_id, rollup.series, rollup.day, cells)],
+            transaction,
+        )
         return True
 
 

@@ -12,8 +12,8 @@ from google.cloud import ndb
 
 from app.errors import NotFound
 from app.models import Meter, MeterEvent, root_key
-from app.services.events import idempotent_id
 from app.services import paging
+from app.services.events import idempotent_id
 from app.services.meters import get_meter
 
 
@@ -25,8 +25,7 @@ def _meter(meter_id: str) -> Meter:
 
 
 def _by_idempotency(meter: Meter, idempotency: str, user_id: str | None) -> list[MeterEvent]:
-    event = ndb.Key(MeterEvent.KIND, idempotent_id(meter.id_, idempotency),
-                    parent=root_key()).get()
+    event = ndb.Key(MeterEvent.KIND, idempotent_id(meter.id_, idempotency), parent=root_key()).get()
     if event is None or event.meter_id != meter.id_:
         return []
     if user_id is not None and event.user_id != user_id:
@@ -34,9 +33,14 @@ def _by_idempotency(meter: Meter, idempotency: str, user_id: str | None) -> list
     return [event]
 
 
-def recent_events(meter_id: str, *, user_id: str | None = None,
-                  idempotency: str | None = None, limit: int = 25,
-                  cursor: str | None = None) -> tuple[list[MeterEvent], str | None]:
+def recent_events(
+    meter_id: str,
+    *,
+    user_id: str | None = None,
+    idempotency: str | None = None,
+    limit: int = 25,
+    cursor: str | None = None,
+) -> tuple[list[MeterEvent], str | None]:
     """A page of a meter's events (all users or one), newest first, and the next cursor."""
     meter = _meter(meter_id)
     if idempotency is not None:

@@ -20,8 +20,7 @@ from datetime import datetime
 from google.cloud import ndb
 
 from app.core.bounds import MAX_ID
-from app.models import Meter, utcnow
-from app.models import ids
+from app.models import Meter, ids, utcnow
 from app.schemas import failure
 from app.services import ingest
 from app.services import meters as meter_service
@@ -29,11 +28,12 @@ from app.services import meters as meter_service
 
 def idempotent_id(meter_id: str, idempotency: str) -> int:
     """The key id every copy of one (meter, idempotency key) event shares."""
-    digest = hashlib.sha256(f"{meter_id}\x00{idempotency}".encode("utf-8")).digest()
+    digest = hashlib.sha256(f"{meter_id}\x00{idempotency}".encode()).digest()
     return int.from_bytes(digest[:8], "big") & MAX_ID or 1
 
 
 # -- validation ------------------------------------------------------------------
+
 
 def resolve_meters(named: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Meter | None]:
     """The meters named `("id", meterId)` or `("name", eventName)`, keyed so, None for no
@@ -64,33 +64,48 @@ def _named_meter(event: dict) -> tuple[str, str]:
     return ("id", event["meterId"]) if event.get("meterId") else ("name", event["eventName"])
 
 
-def _event_problems(index: int, event: dict, meter: Meter | None, now: datetime,
-                    config) -> list[dict]:
+def _event_problems(
+    index: int, event: dict, meter: Meter | None, now: datetime, config
+) -> list[dict]:
     at = f"events[{index}]"
     if meter is None:
         field = "meterId" if event.get("meterId") else "eventName"
         return [{"param": f"{at}.{field}", "message": f"{at}.{field}: no such meter"}]
     problems = []
     if meter.deleted:
-        problems.append({"param": f"{at}.meterId",
-                         "message": f"{at}.meterId: meter is archived and accepts no events"})
+        problems.append(
+            {
+                "param": f"{at}.meterId",
+                "message": f"{at}.meterId: meter is archived and accepts no events",
+            }
+        )
     if "value" not in event and meter.aggregation_type != "count":
         problems.append({"param": f"{at}.value", "message": f"{at}.value is required"})
     declared = set(meter.dimensions)
     for name in sorted(event.get("dimensions", {})):
         if name not in declared:
-            problems.append({"param": f"{at}.dimensions.{name}",
-                             "message": f"{at}.dimensions.{name}: the meter declares no "
-                                        f"dimension {name!r}"})
+            problems.append(
+                {
+                    "param": f"{at}.dimensions.{name}",
+                    "message": f"{at}.dimensions.{name}: the meter declares no dimension {name!r}",
+                }
+            )
     timestamp = event.get("timestamp")
     if timestamp is not None and timestamp > now + config.max_event_lead:
-        problems.append({"param": f"{at}.timestamp",
-                         "message": f"{at}.timestamp is more than "
-                                    f"{_span(config.max_event_lead)} in the future"})
+        problems.append(
+            {
+                "param": f"{at}.timestamp",
+                "message": f"{at}.timestamp is more than "
+                f"{_span(config.max_event_lead)} in the future",
+            }
+        )
     if timestamp is not None and timestamp < now - config.max_event_age:
-        problems.append({"param": f"{at}.timestamp",
-                         "message": f"{at}.timestamp is more than "
-                                    f"{_span(config.max_event_age)} in the past"})
+        problems.append(
+            {
+                "param": f"{at}.timestamp",
+                "message": f"{at}.timestamp is more than {_span(config.max_event_age)} in the past",
+            }
+        )
     return problems
 
 
@@ -118,21 +133,29 @@ def _check_batch(events: list[dict], now: datetime, config) -> list[Meter]:
 
 # -- writing -----------------------------------------------------------------------
 
+
 def _drafts(events: list[dict], meters: list[Meter], now: datetime) -> list[ingest.Draft]:
     drafts, meter_key_ids = [], {}
     for event, meter in zip(events, meters):
         if meter.id_ not in meter_key_ids:
             meter_key_ids[meter.id_] = meter.key.id()
-        key_id = (idempotent_id(meter.id_, event["idempotency"])
-                  if event.get("idempotency") else None)
-        drafts.append(ingest.Draft(
-            meter=meter, user_id=event["userId"], value=event.get("value", 1),
-            timestamp=event.get("timestamp") or now,
-            timestamp_given=event.get("timestamp") is not None,
-            idempotency=event.get("idempotency", ""),
-            dimensions=dict(event.get("dimensions", {})),
-            metadata=dict(event.get("metadata", {})), key_id=key_id,
-            meter_key_id=meter_key_ids[meter.id_]))
+        key_id = (
+            idempotent_id(meter.id_, event["idempotency"]) if event.get("idempotency") else None
+        )
+        drafts.append(
+            ingest.Draft(
+                meter=meter,
+                user_id=event["userId"],
+                value=event.get("value", 1),
+                timestamp=event.get("timestamp") or now,
+                timestamp_given=event.get("timestamp") is not None,
+                idempotency=event.get("idempotency", ""),
+                dimensions=dict(event.get("dimensions", {})),
+                metadata=dict(event.get("metadata", {})),
+                key_id=key_id,
+                meter_key_id=meter_key_ids[meter.id_],
+            )
+        )
     return drafts
 
 

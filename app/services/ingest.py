@@ -88,9 +88,13 @@ class Draft:
         key an `earlier` copy holds, stored or earlier in this batch: the same meter,
         user, value and dimensions, and the same timestamp when this one gives one (a
         retry without a timestamp is stamped anew)."""
-        return (earlier.meter_id == self.meter.id_ and earlier.user_id == self.user_id
-                and earlier.value == self.value and earlier.dimensions == self.dimensions
-                and (not self.timestamp_given or earlier.timestamp == self.timestamp))
+        return (
+            earlier.meter_id == self.meter.id_
+            and earlier.user_id == self.user_id
+            and earlier.value == self.value
+            and earlier.dimensions == self.dimensions
+            and (not self.timestamp_given or earlier.timestamp == self.timestamp)
+        )
 
 
 @dataclass(frozen=True)
@@ -105,8 +109,9 @@ def _random_id() -> int:
 
 @functools.lru_cache(maxsize=8192)  # each created event's id is needed twice; hashids is slow
 def _public_id(key_id: int, namespace_code: int) -> str:
-    return ids.encode_numbers(ids.KIND_CODES["meter-event"], key_id,
-                              ids.KIND_CODES["synckey"], 1, namespace_code)
+    return ids.encode_numbers(
+        ids.KIND_CODES["meter-event"], key_id, ids.KIND_CODES["synckey"], 1, namespace_code
+    )
 
 
 # Server-side increments are int64 and saturate. A value this large takes the careful
@@ -122,7 +127,8 @@ def _needs_merge(draft: Draft, batch_length: int) -> bool:
     """Whether this draft's rollup must be read and merged rather than incremented."""
     return not capabilities.transforms() or (
         (abs(draft.value) >= LARGE_VALUE or batch_length >= LONG_BATCH)
-        and rollups.adds_values(draft.meter.aggregation_type))
+        and rollups.adds_values(draft.meter.aggregation_type)
+    )
 
 
 # An int64 at least 2**62 from zero, as a varint on the wire: nine bytes whose last has bit
@@ -154,7 +160,8 @@ def _keys_to_fold(request, response) -> list:
         for position, value in enumerate(result.transform_results):  # events have none
             number = value.integer_value
             if (number >= high or number < low) and request.mutations[index].property_transforms[
-                    position].property[0] in "SM":  # not the minimum or maximum of values
+                position
+            ].property[0] in "SM":  # not the minimum or maximum of values
                 keys.append(request.mutations[index].upsert.key)
                 break
     return keys
@@ -181,8 +188,9 @@ def _fold(keys: list) -> None:
         try:
             compact.compact_one(key_pb)
         except core_exceptions.GoogleAPICallError as error:
-            log.warning("could not fold a rollup near int64's bounds yet (the cron will): %s",
-                        error)
+            log.warning(
+                "could not fold a rollup near int64's bounds yet (the cron will): %s", error
+            )
         finally:
             with _folding_lock:
                 _folding.discard(ident)
@@ -291,13 +299,15 @@ class _Batch:
             if index == first or index in self.outcomes:
                 continue
             found = (stored or {}).get(entities.key("meter-event", key_id).SerializeToString())
-            self._judge(index, entities.decode_event(found) if found is not None
-                        else self.drafts[first])
+            self._judge(
+                index, entities.decode_event(found) if found is not None else self.drafts[first]
+            )
 
     def _finish(self) -> list[Outcome]:
         for index in self.creates:
-            self.outcomes.setdefault(index, Outcome(_public_id(self.key_ids[index], self.code),
-                                                    "created"))
+            self.outcomes.setdefault(
+                index, Outcome(_public_id(self.key_ids[index], self.code), "created")
+            )
         return [self.outcomes[i] for i in range(len(self.drafts))]
 
     def _redraw_collisions(self, event_keys: list, stored: dict) -> bool:
@@ -322,11 +332,18 @@ class _Batch:
             draft = self.drafts[index]
             key_id = self.key_ids[index]
             entities.fill_event(
-                into.add().insert, template, key_id=key_id,
-                public_id=_public_id(key_id, self.code), meter_id=draft.meter.id_,
-                user_id=draft.user_id, value=draft.value, timestamp=draft.timestamp,
-                idempotency=draft.idempotency, dimensions=draft.dimensions,
-                metadata=draft.metadata)
+                into.add().insert,
+                template,
+                key_id=key_id,
+                public_id=_public_id(key_id, self.code),
+                meter_id=draft.meter.id_,
+                user_id=draft.user_id,
+                value=draft.value,
+                timestamp=draft.timestamp,
+                idempotency=draft.idempotency,
+                dimensions=draft.dimensions,
+                metadata=draft.metadata,
+            )
 
     def _cells(self, indexes: list[int]) -> tuple[dict[tuple, dict[int, Cell]], dict]:
         """(meter, series, day) -> slot -> Cell of the drafts at `indexes`, and the same
@@ -339,8 +356,7 @@ class _Batch:
             draft = drafts[index]
             series = series_of(draft.user_id, draft.dimensions)
             day, slot = day_and_slot(draft.timestamp)
-            group = (draft.meter_key_id, draft.meter.id_, draft.meter.aggregation_type, series,
-                     day)
+            group = (draft.meter_key_id, draft.meter.id_, draft.meter.aggregation_type, series, day)
             cells = grouped.setdefault(group, {})
             cell = cells.setdefault(slot, Cell())
             cell.add_event(draft.value, rank(draft.timestamp, now, key_ids[index]))
@@ -355,8 +371,16 @@ class _Batch:
         for group, cells in grouped.items():
             meter_key_id, meter_id, aggregation, series, day = group
             if meter_key_id not in self.merge_meters:
-                rollups.increments(meter_key_id, meter_id, series, day, cells, aggregation,
-                                   mutation=into.add(), negatives=negatives.get(group))
+                rollups.increments(
+                    meter_key_id,
+                    meter_id,
+                    series,
+                    day,
+                    cells,
+                    aggregation,
+                    mutation=into.add(),
+                    negatives=negatives.get(group),
+                )
                 continue
             key_pb = rollups.key(meter_key_id, series, day)
             found = stored.get(key_pb.SerializeToString())
@@ -367,10 +391,11 @@ class _Batch:
 
     def _merged_rollup_keys(self) -> list:
         """Keys of the rollups the batch changes that must be read and merged by hand."""
-        wanted = {(d.meter_key_id, series_of(d.user_id, d.dimensions),
-                   day_and_slot(d.timestamp)[0])
-                  for d in (self.drafts[i] for i in self.creates)
-                  if d.meter_key_id in self.merge_meters}
+        wanted = {
+            (d.meter_key_id, series_of(d.user_id, d.dimensions), day_and_slot(d.timestamp)[0])
+            for d in (self.drafts[i] for i in self.creates)
+            if d.meter_key_id in self.merge_meters
+        }
         return [rollups.key(meter_key_id, series, day) for meter_key_id, series, day in wanted]
 
 

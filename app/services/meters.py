@@ -15,20 +15,28 @@ from app.models import Meter, MeterEvent, root_key
 from app.services import paging
 
 LOCKED_ONCE_USED = ("eventName", "aggregationType", "dimensions", "uniqueBy")
-_FIELDS = {"name": "name", "eventName": "event_name", "aggregationType": "aggregation_type",
-           "currency": "currency", "dimensions": "dimensions", "metadata": "metadata",
-           "uniqueBy": "unique_by"}
+_FIELDS = {
+    "name": "name",
+    "eventName": "event_name",
+    "aggregationType": "aggregation_type",
+    "currency": "currency",
+    "dimensions": "dimensions",
+    "metadata": "metadata",
+    "uniqueBy": "unique_by",
+}
 
 
 def _active_with_event_name(event_name: str) -> Meter | None:
-    found = Meter.query_org(Meter.event_name == event_name,
-                            Meter.deleted == False).fetch(1)  # noqa: E712
+    found = Meter.query_org(Meter.event_name == event_name, Meter.deleted == False).fetch(1)  # noqa: E712
     return found[0] if found else None
 
 
 def _taken(event_name: str) -> Conflict:
-    return Conflict(f"an active meter with eventName {event_name!r} already exists",
-                    param="eventName", code="event_name_taken")
+    return Conflict(
+        f"an active meter with eventName {event_name!r} already exists",
+        param="eventName",
+        code="event_name_taken",
+    )
 
 
 def create_meter(fields: dict) -> Meter:
@@ -87,8 +95,7 @@ def list_meters(limit: int, cursor: str | None) -> tuple[list[Meter], str | None
 
 def has_events(meter: Meter) -> bool:
     """Whether any event was recorded for this meter."""
-    return bool(MeterEvent.query_org(MeterEvent.meter_id == meter.id_)
-                .fetch(1, keys_only=True))
+    return bool(MeterEvent.query_org(MeterEvent.meter_id == meter.id_).fetch(1, keys_only=True))
 
 
 def update_meter(public_id: str, changes: dict) -> Meter:
@@ -97,11 +104,17 @@ def update_meter(public_id: str, changes: dict) -> Meter:
     @ndb.transactional(retries=8)
     def update() -> Meter:
         meter = get_meter(public_id)
-        structural = [name for name in LOCKED_ONCE_USED
-                      if name in changes and changes[name] != getattr(meter, _FIELDS[name])]
+        structural = [
+            name
+            for name in LOCKED_ONCE_USED
+            if name in changes and changes[name] != getattr(meter, _FIELDS[name])
+        ]
         if structural and has_events(meter):
-            raise Conflict(f"{structural[0]} cannot change once the meter has events",
-                           param=structural[0], code="meter_in_use")
+            raise Conflict(
+                f"{structural[0]} cannot change once the meter has events",
+                param=structural[0],
+                code="meter_in_use",
+            )
         new_name = changes.get("eventName")
         if new_name and new_name != meter.event_name and not meter.deleted:
             other = _active_with_event_name(new_name)

@@ -25,8 +25,7 @@ from google.cloud import ndb
 
 from app.core.names import ORG_NAME
 from app.errors import Conflict, NotFound, Unauthorized, ValidationFailed
-from app.models import ApiKey, Namespace, utcnow
-from app.models import ids
+from app.models import ApiKey, Namespace, ids, utcnow
 
 KEY_PREFIX = "mk_"
 PREFIX_LENGTH = 12
@@ -105,9 +104,12 @@ def create_org(name: str) -> IssuedKey:
         if not entity.deleted:
             raise Conflict(f"org {name!r} already exists", param="name", code="org_exists")
         if not entity.purged_at:
-            raise Conflict(f"org {name!r} is archived and keeps its data; purge it "
-                           f"(metering orgs delete {name} --purge) before reusing its name",
-                           param="name", code="org_archived")
+            raise Conflict(
+                f"org {name!r} is archived and keeps its data; purge it "
+                f"(metering orgs delete {name} --purge) before reusing its name",
+                param="name",
+                code="org_archived",
+            )
         entity.deleted, entity.purged_at = False, None
         entity.update()
         return entity
@@ -162,10 +164,12 @@ def revoke_key(org_name: str, prefix: str) -> int:
     """Revoke the org's keys that start with `prefix`; returns how many."""
     org = get_org(org_name, fresh=True)
     if not isinstance(prefix, str) or len(prefix) < PREFIX_LENGTH:
-        raise ValidationFailed(f"the key prefix must be its first {PREFIX_LENGTH} characters",
-                               param="prefix")
-    matches = ApiKey.query(ApiKey.org == org.name, ApiKey.prefix == prefix,
-                           namespace=ids.REGISTRY_NAMESPACE).fetch()
+        raise ValidationFailed(
+            f"the key prefix must be its first {PREFIX_LENGTH} characters", param="prefix"
+        )
+    matches = ApiKey.query(
+        ApiKey.org == org.name, ApiKey.prefix == prefix, namespace=ids.REGISTRY_NAMESPACE
+    ).fetch()
     matches = [k for k in matches if not k.revoked]
     if not matches:
         raise NotFound("no active key with that prefix", param="prefix")
@@ -202,6 +206,7 @@ def authenticate(secret: str | None) -> Org:
 
 
 # -- archive, purge, check -------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Archived:
@@ -281,16 +286,16 @@ def _revoke_all(org_name: str) -> int:
     active = [k for k in keys if not k.revoked]
     now = utcnow()
     for start in range(0, len(active), PURGE_PAGE):
-        ApiKey.update_multi([api_key.revoke(now)
-                             for api_key in active[start:start + PURGE_PAGE]])
+        ApiKey.update_multi([api_key.revoke(now) for api_key in active[start : start + PURGE_PAGE]])
     return len(active)
 
 
 def _require_archived(key: ndb.Key) -> Namespace:
     entity = key.get(**FRESH)
     if entity is None or not entity.deleted:
-        raise Conflict(f"org {key.id()!r} is live: archive it before purging",
-                       param="org", code="org_live")
+        raise Conflict(
+            f"org {key.id()!r} is live: archive it before purging", param="org", code="org_live"
+        )
     return entity
 
 
@@ -334,8 +339,9 @@ def purge_org(name: str, progress=None, max_entities: int | None = None) -> Purg
         room = PURGE_PAGE if max_entities is None else min(PURGE_PAGE, max_entities - deleted)
         _require_archived(key)
         # The cursor only steps over reserved kinds' keys, which stay where they are.
-        keys, cursor, more = _org_keys(namespace).fetch_page(room, start_cursor=cursor,
-                                                             keys_only=True)
+        keys, cursor, more = _org_keys(namespace).fetch_page(
+            room, start_cursor=cursor, keys_only=True
+        )
         doomed = [k for k in keys if not _reserved(k)]
         if doomed:
             ndb.delete_multi(doomed)
@@ -372,6 +378,9 @@ def invalid_registry_entries() -> list[InvalidEntry]:
             found.append(InvalidEntry("namespace", str(name), live=not entity.deleted))
     for api_key in ApiKey.query(namespace=ids.REGISTRY_NAMESPACE):
         if not is_valid_org_name(api_key.org):
-            found.append(InvalidEntry("api-key", str(api_key.org), live=not api_key.revoked,
-                                      prefix=api_key.prefix))
+            found.append(
+                InvalidEntry(
+                    "api-key", str(api_key.org), live=not api_key.revoked, prefix=api_key.prefix
+                )
+            )
     return found

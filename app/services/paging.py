@@ -34,8 +34,9 @@ _TAG_BYTES = 16
 @functools.lru_cache(maxsize=4)
 def _cipher(secret: str) -> AESGCM:
     """The cursor cipher of a deployment secret (its own key, never the secret itself)."""
-    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"metering page cursor",
-               info=b"v1").derive(secret.encode())
+    key = HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=b"metering page cursor", info=b"v1"
+    ).derive(secret.encode())
     return AESGCM(key)
 
 
@@ -62,8 +63,7 @@ def _open(cursor: str, query: ndb.Query) -> ndb.Cursor:
     """The Datastore cursor inside an opaque one; ValidationFailed unless it was made by
     this deployment for this org and query, unchanged."""
     try:
-        sealed = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_",
-                                  validate=True)
+        sealed = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError):
         sealed = b""
     # Only the one spelling seal() makes: a changed unused bit of the last character

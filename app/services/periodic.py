@@ -28,8 +28,7 @@ from google.cloud import ndb
 
 from app import deadline
 from app.errors import ApiError, DeadlineExceeded
-from app.models import Namespace
-from app.models import ids
+from app.models import Namespace, ids
 from app.services import compact
 from app.services.orgs import is_valid_org_name
 
@@ -58,8 +57,10 @@ def _time_is_short() -> bool:
 
 def org_names() -> list[str]:
     """Names of every live org."""
-    query = Namespace.query(Namespace.deleted == False,  # noqa: E712
-                            namespace=ids.REGISTRY_NAMESPACE)
+    query = Namespace.query(
+        Namespace.deleted == False,  # noqa: E712
+        namespace=ids.REGISTRY_NAMESPACE,
+    )
     return [key.id() for key in query.iter(keys_only=True)]
 
 

@@ -20,17 +20,26 @@ from app.storage import entities, queries, rollups
 from app.storage.entities import StoredEvent
 
 
-def _live_events(meter_id: str, user_id: str | None, start, end, transaction: bytes | None
-                 ) -> list[StoredEvent]:
+def _live_events(
+    meter_id: str, user_id: str | None, start, end, transaction: bytes | None
+) -> list[StoredEvent]:
     """The live events of a meter (and user) in [start, end), decoded."""
-    decoded = (entities.decode_event(event)
-               for event in queries.events(meter_id, user_id, start, end, transaction))
+    decoded = (
+        entities.decode_event(event)
+        for event in queries.events(meter_id, user_id, start, end, transaction)
+    )
     return [event for event in decoded if event.live]
 
 
-def series_cells(meter_id: str, series: Series, day: int, first_slot: int, end_slot: int,
-                 transaction: bytes | None, skip: set[bytes] | frozenset[bytes] = frozenset()
-                 ) -> dict[int, Cell]:
+def series_cells(
+    meter_id: str,
+    series: Series,
+    day: int,
+    first_slot: int,
+    end_slot: int,
+    transaction: bytes | None,
+    skip: set[bytes] | frozenset[bytes] = frozenset(),
+) -> dict[int, Cell]:
     """Slot -> cell of one series over slots [first_slot, end_slot) of a day, from its live
     raw events (leaving out the events whose serialized keys are in `skip`)."""
     start, end = slot_start(day, first_slot), slot_start(day, end_slot)
@@ -41,14 +50,18 @@ def series_cells(meter_id: str, series: Series, day: int, first_slot: int, end_s
     return cells
 
 
-def events_at(meter_id: str, user_id: str | None, ts: int,
-              transaction: bytes | None = None) -> list[tuple[Series, Cell]]:
+def events_at(
+    meter_id: str, user_id: str | None, ts: int, transaction: bytes | None = None
+) -> list[tuple[Series, Cell]]:
     """(series, cell) of each live event of a meter (and user) at exactly `ts` (µs since the
     epoch): what a `last` meter's pending deltas point at. One query, however many series."""
     moment = EPOCH + timedelta(microseconds=ts)
-    return [(event.series, event.cell())
-            for event in _live_events(meter_id, user_id, moment,
-                                      moment + timedelta(microseconds=1), transaction)]
+    return [
+        (event.series, event.cell())
+        for event in _live_events(
+            meter_id, user_id, moment, moment + timedelta(microseconds=1), transaction
+        )
+    ]
 
 
 def latest_of(found: list[tuple[Series, Cell]], series: frozenset[Series]) -> Cell | None:
@@ -64,6 +77,7 @@ def latest_of(found: list[tuple[Series, Cell]], series: frozenset[Series]) -> Ce
 def settled(meter_id: str, cells: dict[int, Cell], transaction: bytes | None) -> dict[int, Cell]:
     """The cells of a decoded rollup (one series) with their pending `last` events read,
     ready to be written back as a compacted base."""
+
     def latest(series: frozenset[Series], ts: int) -> Cell | None:
         (user_id,) = {one.user_id for one in series}
         return latest_of(events_at(meter_id, user_id, ts, transaction), series)
@@ -73,8 +87,9 @@ def settled(meter_id: str, cells: dict[int, Cell], transaction: bytes | None) ->
     return cells
 
 
-def raw_slots(meter_id: str, series: Series, day: int, slots, transaction: bytes | None = None
-              ) -> dict[int, Cell]:
+def raw_slots(
+    meter_id: str, series: Series, day: int, slots, transaction: bytes | None = None
+) -> dict[int, Cell]:
     """Slot -> cell of `slots` of one series and day, from its live raw events (one query
     per slot): how the `unknown` slots of a decoded rollup are read."""
     cells: dict[int, Cell] = {}
@@ -95,8 +110,16 @@ def exact_cells(rollup: rollups.Rollup) -> dict[int, Cell]:
     return cells
 
 
-def recomputed(stored, meter_key_id: int, meter_id: str, series: Series, day: int,
-               slots: set[int], transaction: bytes | None, skip: set[bytes]):
+def recomputed(
+    stored,
+    meter_key_id: int,
+    meter_id: str,
+    series: Series,
+    day: int,
+    slots: set[int],
+    transaction: bytes | None,
+    skip: set[bytes],
+):
     """The replacement of a rollup with `slots` recomputed from raw events (and any slot
     whose sum deltas may have saturated)."""
     kept = {}
@@ -106,12 +129,12 @@ def recomputed(stored, meter_key_id: int, meter_id: str, series: Series, day: in
         kept = {slot: cell for slot, cell in rollup.cells.items() if slot not in slots}
     cells = settled(meter_id, kept, transaction)  # the recomputed slots need no settling
     for slot in slots:
-        cell = series_cells(meter_id, series, day, slot, slot + 1, transaction,
-                            skip).get(slot, Cell())
+        cell = series_cells(meter_id, series, day, slot, slot + 1, transaction, skip).get(
+            slot, Cell()
+        )
         if cell.count:
             cells[slot] = cell
         else:
             cells.pop(slot, None)
     key_pb = rollups.key(meter_key_id, series, day)
     return rollups.replacement(key_pb, meter_id, series, day, cells)
-

@@ -19,17 +19,23 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from app import deadline
+from app.core.slots import EPOCH, SLOT, slot_of
+from app.core.windows import (
+    WINDOW_SIZES,
+    InvalidSummaryRequest,
+    SummaryRequest,
+    SummaryResult,
+    TooManyWindows,
+    UnsupportedZone,
+    summarize_cells,
+)
 from app.errors import InternalError, NotFound, ValidationFailed
 from app.models import Meter
 from app.services import recompute
 from app.services.meters import get_meter
-from app.core.slots import EPOCH, SLOT, slot_of
-from app.core.windows import (WINDOW_SIZES, InvalidSummaryRequest, SummaryRequest,
-                              SummaryResult, TooManyWindows, UnsupportedZone,
-                              summarize_cells)
 from app.storage import entities, queries, rollups
 
 log = logging.getLogger(__name__)
@@ -100,8 +106,9 @@ def _rollup_cells(meter: Meter, user_id, start: datetime, end: datetime, reading
             deltas = {**deltas, **recompute.raw_slots(meter.id_, series, day, unknown)}
         moments = slot_starts.get(day)
         if moments is None:
-            moments = slot_starts[day] = [rollups.slot_start(day, q)
-                                          for q in range(rollups.SLOTS_PER_DAY)]
+            moments = slot_starts[day] = [
+                rollups.slot_start(day, q) for q in range(rollups.SLOTS_PER_DAY)
+            ]
         whole_day = start <= moments[0] and moments[-1] + SLOT <= end
         for slot, fields in base.items():
             moment = moments[_SLOT_NUMBERS[slot]]
@@ -113,8 +120,13 @@ def _rollup_cells(meter: Meter, user_id, start: datetime, end: datetime, reading
                 yield series, moment, cell
 
 
-def cells(meter: Meter, user_id: str | None, start: datetime, end: datetime,
-          reading: Reading | None = None):
+def cells(
+    meter: Meter,
+    user_id: str | None,
+    start: datetime,
+    end: datetime,
+    reading: Reading | None = None,
+):
     """Every cell of the period: rollup slots inside it, raw events at unaligned edges;
     `reading.key` follows the stored entity the cells come from."""
     reading = reading if reading is not None else Reading()
@@ -138,6 +150,7 @@ def _latest_reader(meter: Meter, user_id: str | None):
         if ts not in seen:
             seen[ts] = recompute.events_at(meter.id_, user_id, ts)
         return recompute.latest_of(seen[ts], series)
+
     return latest
 
 
@@ -145,12 +158,15 @@ def _check_names(meter: Meter, group_by, filters) -> None:
     known = {"userId", *meter.dimensions}
     for name in group_by:
         if name not in known:
-            raise ValidationFailed(f"groupBy: {name!r} is neither userId nor a dimension of "
-                                   "the meter", param="groupBy")
+            raise ValidationFailed(
+                f"groupBy: {name!r} is neither userId nor a dimension of the meter", param="groupBy"
+            )
     for name in filters:
         if name not in known:
-            raise ValidationFailed(f"filter[{name}]: neither userId nor a dimension of the "
-                                   "meter", param=f"filter[{name}]")
+            raise ValidationFailed(
+                f"filter[{name}]: neither userId nor a dimension of the meter",
+                param=f"filter[{name}]",
+            )
 
 
 MAX_WINDOWS = 10_000  # per answer; counted as the windows are cut (Lord Howe has half hours)
@@ -170,20 +186,29 @@ def _check_years(request: SummaryRequest) -> None:
     try:
         request.period_start.astimezone(zone)
     except OverflowError:
-        raise ValidationFailed(f"periodStart: in {name} this is before year 1",
-                               param="periodStart") from None
+        raise ValidationFailed(
+            f"periodStart: in {name} this is before year 1", param="periodStart"
+        ) from None
     try:
         request.period_end.astimezone(zone).replace(tzinfo=None) + _LAST_WINDOW_REACH
     except OverflowError:
-        raise ValidationFailed(f"periodEnd: the windows in {name} would end after "
-                               "year 9999", param="periodEnd") from None
+        raise ValidationFailed(
+            f"periodEnd: the windows in {name} would end after year 9999", param="periodEnd"
+        ) from None
 
 
-def summarize(meter_id: str, user_id: str | None, start: datetime | None,
-              end: datetime | None, *, window_size: str | None = None,
-              time_zone: str = "UTC", group_by: tuple[str, ...] = (),
-              filters: dict[str, frozenset[str]] | None = None,
-              default_end: datetime | None = None) -> Summary:
+def summarize(
+    meter_id: str,
+    user_id: str | None,
+    start: datetime | None,
+    end: datetime | None,
+    *,
+    window_size: str | None = None,
+    time_zone: str = "UTC",
+    group_by: tuple[str, ...] = (),
+    filters: dict[str, frozenset[str]] | None = None,
+    default_end: datetime | None = None,
+) -> Summary:
     """Usage of a meter (all users, or one) in a period, optionally by window and group."""
     try:
         meter = get_meter(meter_id)
@@ -193,19 +218,30 @@ def summarize(meter_id: str, user_id: str | None, start: datetime | None,
     wanted = dict(filters or {})
     if user_id is not None:  # narrows, together with any filter[userId]
         wanted["userId"] = wanted.get("userId", frozenset({user_id})) & {user_id}
-    period_end = end or _ceil_slot(default_end or datetime.now(timezone.utc))
+    period_end = end or _ceil_slot(default_end or datetime.now(UTC))
     period_start = start or EPOCH
     period_end = max(period_end, period_start)
     grouped = bool(window_size or group_by)
     reading = Reading()
     try:
-        request = SummaryRequest(meter.aggregation_type, meter.unique_by, period_start,
-                                 period_end, window_size, time_zone, tuple(group_by), wanted,
-                                 max_windows=MAX_WINDOWS)
+        request = SummaryRequest(
+            meter.aggregation_type,
+            meter.unique_by,
+            period_start,
+            period_end,
+            window_size,
+            time_zone,
+            tuple(group_by),
+            wanted,
+            max_windows=MAX_WINDOWS,
+        )
         _check_years(request)
-        result = summarize_cells(request, cells(meter, user_id, period_start, period_end,
-                                                reading),
-                                 _latest_reader(meter, user_id), deadline.check)
+        result = summarize_cells(
+            request,
+            cells(meter, user_id, period_start, period_end, reading),
+            _latest_reader(meter, user_id),
+            deadline.check,
+        )
     except TooManyWindows as exc:
         raise ValidationFailed(f"windowSize: {exc}", param="windowSize") from None
     except InvalidSummaryRequest as exc:
@@ -220,8 +256,10 @@ def summarize(meter_id: str, user_id: str | None, start: datetime | None,
 #: The engine's name of a refused field -> (query parameter, what to say). The caller's
 #: value is not echoed: it can be long.
 _REFUSED = {
-    "window_size": ("windowSize", "must be one of "
-                    + ", ".join(size for size in WINDOW_SIZES if size)),
+    "window_size": (
+        "windowSize",
+        "must be one of " + ", ".join(size for size in WINDOW_SIZES if size),
+    ),
     "group_by": ("groupBy", "names a field twice"),
     "time_zone": ("timeZone", "is not a time zone"),
 }
@@ -238,7 +276,13 @@ def _internal(meter: Meter, reading: Reading, exc: Exception) -> InternalError:
     A corrupt rollup (its `Slots_` not JSON) or an engine inconsistency is not the
     caller's fault, and its text may hold stored data: it goes to the log, not the answer.
     """
-    log.error("summary of meter %s failed while reading %s: %s: %s", meter.id_,
-              reading.describe(), type(exc).__name__, exc, exc_info=exc,
-              extra={"entityKey": reading.describe(), "meterId": meter.id_})
+    log.error(
+        "summary of meter %s failed while reading %s: %s: %s",
+        meter.id_,
+        reading.describe(),
+        type(exc).__name__,
+        exc,
+        exc_info=exc,
+        extra={"entityKey": reading.describe(), "meterId": meter.id_},
+    )
     return InternalError("internal error: the summary could not be computed; it is logged")

@@ -119,8 +119,7 @@ def read_shadow(entity, name: str, empty):
     return decoded if decoded is not None else empty()
 
 
-def event_template(now: datetime, *, created_at: datetime | None = None,
-                   deleted: bool = False):
+def event_template(now: datetime, *, created_at: datetime | None = None, deleted: bool = False):
     """What every `meter-event` written at `now` shares: its key's path up to the kind,
     CreatedAt, UpdatedAt and Deleted. `fill_event` copies it, then sets the rest."""
     entity = Entity()
@@ -131,9 +130,20 @@ def event_template(now: datetime, *, created_at: datetime | None = None,
     return entity
 
 
-def fill_event(entity, template, *, key_id: int, public_id: str, meter_id: str,
-               user_id: str, value: int, timestamp: datetime, idempotency: str,
-               dimensions: dict, metadata: dict) -> None:
+def fill_event(
+    entity,
+    template,
+    *,
+    key_id: int,
+    public_id: str,
+    meter_id: str,
+    user_id: str,
+    value: int,
+    timestamp: datetime,
+    idempotency: str,
+    dimensions: dict,
+    metadata: dict,
+) -> None:
     """Make the Entity message `entity` a `meter-event`, property for property as NDB
     stores it; built in place (inside a Mutation) so nothing is copied afterwards."""
     entity.CopyFrom(template)
@@ -208,7 +218,8 @@ def decode_event(entity) -> StoredEvent:
         created_at=get_time(entity, "CreatedAt"),
         deleted=deleted is not None and deleted.boolean_value,
         dimensions=read_shadow(entity, "Dimensions_", dict),
-        entity=entity)
+        entity=entity,
+    )
 
 
 def _string(props, name: str) -> str:

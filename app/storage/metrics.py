@@ -28,8 +28,9 @@ class Usage:
         return f"rpcs={self.rpcs}; read={self.entities_read}; written={self.entities_written}"
 
 
-_current: contextvars.ContextVar[Usage | None] = contextvars.ContextVar("datastore_usage",
-                                                                       default=None)
+_current: contextvars.ContextVar[Usage | None] = contextvars.ContextVar(
+    "datastore_usage", default=None
+)
 
 
 def start() -> Usage:
@@ -102,21 +103,35 @@ class _CountingMethod:
         # The callback runs on a gRPC thread: take the request's Usage now.
         usage = _current.get()
         call = self._method.future(request, *args, **kwargs)
-        call.add_done_callback(lambda done: _count(
-            usage, self._name, request, done.result() if done.exception() is None else None))
+        call.add_done_callback(
+            lambda done: _count(
+                usage, self._name, request, done.result() if done.exception() is None else None
+            )
+        )
         return call
 
 
 class _CountingTransport:
     """The NDB client's transport, with its RPC methods counted."""
 
-    _METHODS = ("lookup", "run_query", "run_aggregation_query", "begin_transaction",
-                "commit", "rollback", "allocate_ids", "reserve_ids")
+    _METHODS = (
+        "lookup",
+        "run_query",
+        "run_aggregation_query",
+        "begin_transaction",
+        "commit",
+        "rollback",
+        "allocate_ids",
+        "reserve_ids",
+    )
 
     def __init__(self, transport):
         self._transport = transport
-        self._methods = {name: _CountingMethod(name, getattr(transport, name))
-                         for name in self._METHODS if hasattr(transport, name)}
+        self._methods = {
+            name: _CountingMethod(name, getattr(transport, name))
+            for name in self._METHODS
+            if hasattr(transport, name)
+        }
 
     def __getattr__(self, name):
         method = self._methods.get(name)

@@ -55,9 +55,15 @@ def build(kind: str, conditions: list[tuple[str, int, object]]):
     return query
 
 
-def _of_meter(kind: str, meter_id: str, user_id: str | None, name: str,
-              low: tuple[int, object] | None, high: tuple[int, object] | None,
-              transaction: bytes | None = None):
+def _of_meter(
+    kind: str,
+    meter_id: str,
+    user_id: str | None,
+    name: str,
+    low: tuple[int, object] | None,
+    high: tuple[int, object] | None,
+    transaction: bytes | None = None,
+):
     conditions = [("MeterId", _OP.EQUAL, meter_id)]
     if user_id is not None:
         conditions.append(("UserId", _OP.EQUAL, user_id))
@@ -74,15 +80,32 @@ def _of_meter(kind: str, meter_id: str, user_id: str | None, name: str,
     return rpc.run_query(query, ndb.get_context().get_namespace(), transaction)
 
 
-def events(meter_id: str, user_id: str | None, start: datetime | None, end: datetime | None,
-           transaction: bytes | None = None):
+def events(
+    meter_id: str,
+    user_id: str | None,
+    start: datetime | None,
+    end: datetime | None,
+    transaction: bytes | None = None,
+):
     """Raw `meter-event` entities of a meter (and user) with start <= Timestamp < end."""
-    return _of_meter("meter-event", meter_id, user_id, "Timestamp",
-                     (_OP.GREATER_THAN_OR_EQUAL, start), (_OP.LESS_THAN, end), transaction)
+    return _of_meter(
+        "meter-event",
+        meter_id,
+        user_id,
+        "Timestamp",
+        (_OP.GREATER_THAN_OR_EQUAL, start),
+        (_OP.LESS_THAN, end),
+        transaction,
+    )
 
 
 def rollups(meter_id: str, user_id: str | None, first_day: int | None, last_day: int | None):
     """Raw `meter-rollup` entities of a meter (and user) for first_day <= Day <= last_day."""
-    return _of_meter("meter-rollup", meter_id, user_id, "Day",
-                     (_OP.GREATER_THAN_OR_EQUAL, first_day),
-                     (_OP.LESS_THAN_OR_EQUAL, last_day))
+    return _of_meter(
+        "meter-rollup",
+        meter_id,
+        user_id,
+        "Day",
+        (_OP.GREATER_THAN_OR_EQUAL, first_day),
+        (_OP.LESS_THAN_OR_EQUAL, last_day),
+    )

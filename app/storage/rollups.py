@@ -54,6 +54,7 @@ from typing import NamedTuple
 from app.core.aggregation import Aggregation
 from app.core.bounds import INT64_MAX, INT64_MIN
 from app.core.cells import Cell, Series
+
 # Slots and days are the core's; readers of rollups find them here too.
 from app.core.slots import SLOTS_PER_DAY, day_and_slot, slot_start  # noqa: F401
 from app.storage import entities, rpc
@@ -70,8 +71,9 @@ FOLD_AT = 1 << 62
 
 @functools.lru_cache(maxsize=65536)  # a batch's series recur across batches (hot users)
 def series_json(series: Series) -> str:
-    return json.dumps({"u": series.user_id, "d": dict(series.dimensions)},
-                      separators=(",", ":"), sort_keys=True)
+    return json.dumps(
+        {"u": series.user_id, "d": dict(series.dimensions)}, separators=(",", ":"), sort_keys=True
+    )
 
 
 @functools.lru_cache(maxsize=65536)
@@ -98,9 +100,15 @@ def _static(entity, meter_id: str, series: Series, day: int, dirty: bool) -> Non
 
 
 # The deltas an aggregation reads: a sum meter never pays for minimum and maximum.
-_DELTAS = {Aggregation.SUM: "CS", Aggregation.AVG: "CS", Aggregation.COUNT: "C",
-           Aggregation.UNIQUE_COUNT: "C", Aggregation.MIN: "CN", Aggregation.MAX: "CX",
-           Aggregation.LAST: "CT"}
+_DELTAS = {
+    Aggregation.SUM: "CS",
+    Aggregation.AVG: "CS",
+    Aggregation.COUNT: "C",
+    Aggregation.UNIQUE_COUNT: "C",
+    Aggregation.MIN: "CN",
+    Aggregation.MAX: "CX",
+    Aggregation.LAST: "CT",
+}
 
 
 def adds_values(aggregation: str) -> bool:
@@ -108,9 +116,16 @@ def adds_values(aggregation: str) -> bool:
     return "S" in _DELTAS[aggregation]
 
 
-def increments(meter_key_id: int, meter_id: str, series: Series, day: int,
-               cells: dict[int, Cell], aggregation: str, mutation=None,
-               negatives: dict[int, int] | None = None):
+def increments(
+    meter_key_id: int,
+    meter_id: str,
+    series: Series,
+    day: int,
+    cells: dict[int, Cell],
+    aggregation: str,
+    mutation=None,
+    negatives: dict[int, int] | None = None,
+):
     """A blind upsert adding `cells` (slot -> Cell) to the stored rollup's deltas; built
     in `mutation` (say, a new one of a CommitRequest's) when given, else in a new one.
     `negatives` (slot -> sum of the cell's negative values, where it has any) splits a
@@ -218,8 +233,12 @@ def decode_parts(entity) -> RollupParts:
                 unknown.add(int(slot))
                 base.pop(slot, None)
                 continue
-            delta = Cell(value.integer_value, positive + negative,
-                         _delta(props, f"N{slot}"), _delta(props, f"X{slot}"))
+            delta = Cell(
+                value.integer_value,
+                positive + negative,
+                _delta(props, f"N{slot}"),
+                _delta(props, f"X{slot}"),
+            )
             delta.pending_ts = _delta(props, f"T{slot}")
             if delta.pending_ts is not None:
                 delta.pending_at = (series,)
@@ -233,8 +252,14 @@ def decode(entity) -> Rollup:
     cells = {int(slot): packed_cell(fields) for slot, fields in parts.base.items()}
     for slot, delta in parts.deltas.items():
         cells.setdefault(slot, Cell()).merge(delta)
-    return Rollup(entity.properties["MeterId"].string_value, parts.series, parts.day, cells,
-                  parts.unknown, is_dirty(entity))
+    return Rollup(
+        entity.properties["MeterId"].string_value,
+        parts.series,
+        parts.day,
+        cells,
+        parts.unknown,
+        is_dirty(entity),
+    )
 
 
 def _delta(props, name: str, missing=None):

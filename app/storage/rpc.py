@@ -23,9 +23,13 @@ BeginTransactionRequest = ds.BeginTransactionRequest.pb()
 RollbackRequest = ds.RollbackRequest.pb()
 Mutation = ds.Mutation.pb()
 
-_WRAPPERS = {"commit": ds.CommitRequest, "lookup": ds.LookupRequest,
-             "run_query": ds.RunQueryRequest, "begin_transaction": ds.BeginTransactionRequest,
-             "rollback": ds.RollbackRequest}
+_WRAPPERS = {
+    "commit": ds.CommitRequest,
+    "lookup": ds.LookupRequest,
+    "run_query": ds.RunQueryRequest,
+    "begin_transaction": ds.BeginTransactionRequest,
+    "rollback": ds.RollbackRequest,
+}
 #: Each call's gRPC timeout; inside a request the transport wrapper of
 #: `app.storage.metrics` cuts it to the request's time left (commits excepted: they are
 #: refused past the deadline, never cut once sent; see app.deadline).
@@ -42,8 +46,11 @@ def _call(name: str, request):
         params += f"&database_id={client.database}"
     method = getattr(client.stub, name)
     try:
-        response = method(_WRAPPERS[name].wrap(request), timeout=TIMEOUT,
-                          metadata=(("x-goog-request-params", params),))
+        response = method(
+            _WRAPPERS[name].wrap(request),
+            timeout=TIMEOUT,
+            metadata=(("x-goog-request-params", params),),
+        )
     except grpc.RpcError as error:
         raise core_exceptions.from_grpc_error(error) from None
     return type(response).pb(response)
@@ -71,7 +78,7 @@ def retry_aborted(attempt, what: str):
         try:
             return attempt()
         except core_exceptions.Aborted:
-            time.sleep(min(2.0, 0.05 * 2 ** number) * random.uniform(0.5, 1.5))
+            time.sleep(min(2.0, 0.05 * 2**number) * random.uniform(0.5, 1.5))
     raise core_exceptions.Aborted(f"{what} kept colliding with concurrent writes")
 
 

@@ -19,9 +19,16 @@ import pytest
 from tests.conftest import ROOT
 
 CHROMIUM = Path(os.environ.get("METERING_TEST_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 SCREENSHOTS = ROOT / "artifacts" / "screenshots"
 
 if os.environ.get("METERING_TEST_EMULATOR", "firestore") != "firestore":
@@ -33,16 +40,19 @@ if os.environ.get("METERING_TEST_EMULATOR", "firestore") != "firestore":
 def browser():
     """One headless Chromium for the session (Debian's build, never a downloaded one)."""
     if not CHROMIUM.exists():
-        reason = (f"browser tests need Debian's chromium at {CHROMIUM} "
-                  "(apt-get install chromium; .ci/run installs it)")
+        reason = (
+            f"browser tests need Debian's chromium at {CHROMIUM} "
+            "(apt-get install chromium; .ci/run installs it)"
+        )
         if os.environ.get("CI"):
             pytest.fail(reason)
         pytest.skip(reason)
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        running = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                             args=CHROMIUM_ARGS)
+        running = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
         yield running
         running.close()
 
@@ -75,8 +85,12 @@ def open_page(browser, server, console):
     contexts = []
 
     def opener(*, zone: str = "UTC", width: int = 1280, height: int = 900):
-        context = browser.new_context(timezone_id=zone, viewport={"width": width, "height": height},
-                                      accept_downloads=True, locale="en-GB")
+        context = browser.new_context(
+            timezone_id=zone,
+            viewport={"width": width, "height": height},
+            accept_downloads=True,
+            locale="en-GB",
+        )
         context.set_default_timeout(15_000)
         contexts.append(context)
         page = context.new_page()

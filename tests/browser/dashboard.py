@@ -33,7 +33,8 @@ class Dashboard:
         """Wait until the section (`usage`, `events`, `meters`) is no longer loading."""
         self.page.wait_for_function(
             "id => document.getElementById(id).getAttribute('aria-busy') !== 'true'",
-            arg=f"{section}-section")
+            arg=f"{section}-section",
+        )
 
     # -- actions -----------------------------------------------------------------------
 
@@ -43,8 +44,14 @@ class Dashboard:
         self.page.locator("#app-view").wait_for(state="visible")
         self.settle("meters")
 
-    def create_meter(self, name: str, event_name: str, aggregation: str = "sum",
-                     dimensions: str = "", currency: str = "usd") -> None:
+    def create_meter(
+        self,
+        name: str,
+        event_name: str,
+        aggregation: str = "sum",
+        dimensions: str = "",
+        currency: str = "usd",
+    ) -> None:
         if self.page.locator("#new-meter").get_attribute("open") is None:
             self.page.get_by_text("New meter", exact=True).click()
         form = self.page.locator("#new-meter-form")
@@ -61,8 +68,14 @@ class Dashboard:
         self.settle("usage")
         self.settle("events")
 
-    def show_usage(self, *, window: str | None = None, split: str | None = None,
-                   filters: dict[str, str] | None = None, layout: str | None = None) -> None:
+    def show_usage(
+        self,
+        *,
+        window: str | None = None,
+        split: str | None = None,
+        filters: dict[str, str] | None = None,
+        layout: str | None = None,
+    ) -> None:
         page = self.page
         if window:
             page.get_by_label("Window").select_option(window)
@@ -91,7 +104,8 @@ class Dashboard:
         """The body cells of a table, as shown."""
         return self.page.eval_on_selector(
             table,
-            "t => [...t.tBodies[0].rows].map(r => [...r.cells].map(c => c.textContent.trim()))")
+            "t => [...t.tBodies[0].rows].map(r => [...r.cells].map(c => c.textContent.trim()))",
+        )
 
     def chart(self) -> dict:
         """The data and options the chart library is drawing."""
@@ -103,8 +117,9 @@ class Dashboard:
         }""")
 
     def event_ids(self) -> list[str]:
-        return self.page.eval_on_selector_all("#events-table tbody tr",
-                                              "rows => rows.map(r => r.dataset.eventId)")
+        return self.page.eval_on_selector_all(
+            "#events-table tbody tr", "rows => rows.map(r => r.dataset.eventId)"
+        )
 
     def download(self, button: str) -> tuple[str, str]:
         """Click a download button; (file name, content) of what the browser saved."""

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from tests.browser.dashboard import Dashboard, focus_ring, local_midnight, number, tab_to
 
 ZONE = "Asia/Kolkata"  # the browser's zone here: half-hour offset, so windows are not UTC days
-NOW = datetime.now(timezone.utc).replace(microsecond=0)
+NOW = datetime.now(UTC).replace(microsecond=0)
 
 
 def _ago(hours: float) -> str:
@@ -17,33 +17,56 @@ def _ago(hours: float) -> str:
 
 def _events(meter_id: str) -> list[dict]:
     """Usage of three users over the last three days, two dimensions, idempotency keys."""
-    plan = [("ann", 120, 1, "gpt", "eu"), ("bob", 40, 2, "claude", "us"),
-            ("ann", 7, 20, "claude", "eu"), ("cy", 300, 27, "gpt", "us"),
-            ("bob", 15, 49, "gpt", "eu"), ("ann", 60, 55, "gpt", "us"),
-            ("cy", 5, 70, "claude", "eu")]
-    return [{"meterId": meter_id, "userId": user, "value": value, "timestamp": _ago(hours),
-             "idempotency": f"req-{i}", "dimensions": {"model": model, "region": region}}
-            for i, (user, value, hours, model, region) in enumerate(plan)]
+    plan = [
+        ("ann", 120, 1, "gpt", "eu"),
+        ("bob", 40, 2, "claude", "us"),
+        ("ann", 7, 20, "claude", "eu"),
+        ("cy", 300, 27, "gpt", "us"),
+        ("bob", 15, 49, "gpt", "eu"),
+        ("ann", 60, 55, "gpt", "us"),
+        ("cy", 5, 70, "claude", "eu"),
+    ]
+    return [
+        {
+            "meterId": meter_id,
+            "userId": user,
+            "value": value,
+            "timestamp": _ago(hours),
+            "idempotency": f"req-{i}",
+            "dimensions": {"model": model, "region": region},
+        }
+        for i, (user, value, hours, model, region) in enumerate(plan)
+    ]
 
 
 def _period(days: int = 7) -> dict:
     today = datetime.now(ZoneInfo(ZONE)).date()
-    return {"periodStart": local_midnight(today - timedelta(days=days - 1), ZONE),
-            "periodEnd": local_midnight(today + timedelta(days=1), ZONE), "timeZone": ZONE}
+    return {
+        "periodStart": local_midnight(today - timedelta(days=days - 1), ZONE),
+        "periodEnd": local_midnight(today + timedelta(days=1), ZONE),
+        "timeZone": ZONE,
+    }
 
 
-def _check_chart_matches(board: Dashboard, api, meter: dict, window: str, split: str = "",
-                         filters: dict | None = None) -> dict:
+def _check_chart_matches(
+    board: Dashboard, api, meter: dict, window: str, split: str = "", filters: dict | None = None
+) -> dict:
     """The chart's bars, the data table and the total equal the summary API's answers."""
-    params = {"meterId": meter["id"], **_period(), "windowSize": window,
-              **{f"filter[{k}]": v for k, v in (filters or {}).items()}}
+    params = {
+        "meterId": meter["id"],
+        **_period(),
+        "windowSize": window,
+        **{f"filter[{k}]": v for k, v in (filters or {}).items()},
+    }
     dense = api.summary(**params)
     chart = board.chart()
     assert len(chart["labels"]) == len(dense["windows"])
     if not split:
         assert [d["data"] for d in chart["datasets"]] == [[w["value"] for w in dense["windows"]]]
-        expected_rows = [[w["windowStart"], w["windowEnd"], w["value"], w["eventCount"]]
-                         for w in dense["windows"]]
+        expected_rows = [
+            [w["windowStart"], w["windowEnd"], w["value"], w["eventCount"]]
+            for w in dense["windows"]
+        ]
     else:
         grouped = api.summary(**params, groupBy=split)["windows"]
         starts = [w["windowStart"] for w in dense["windows"]]
@@ -52,8 +75,10 @@ def _check_chart_matches(board: Dashboard, api, meter: dict, window: str, split:
             bars = expected.setdefault(w["groupBy"][split], [0] * len(starts))
             bars[starts.index(w["windowStart"])] = w["value"]
         assert {d["label"]: d["data"] for d in chart["datasets"]} == expected
-        expected_rows = [[w["windowStart"], w["windowEnd"], w["groupBy"][split], w["value"],
-                          w["eventCount"]] for w in grouped]
+        expected_rows = [
+            [w["windowStart"], w["windowEnd"], w["groupBy"][split], w["value"], w["eventCount"]]
+            for w in grouped
+        ]
     shown = [[*row[:-2], number(row[-2]), number(row[-1])] for row in board.rows("#chart-table")]
     assert shown == expected_rows
     assert number(board.text("#period-total")) == dense["value"]
@@ -63,16 +88,21 @@ def _check_chart_matches(board: Dashboard, api, meter: dict, window: str, split:
 
 def _check_top_users(board: Dashboard, api, meter: dict) -> list[list]:
     by_user = api.summary(meterId=meter["id"], **_period(), groupBy="userId")["windows"]
-    expected = sorted(([w["groupBy"]["userId"], w["value"], w["eventCount"]] for w in by_user),
-                      key=lambda row: (-row[1], row[0]))
-    shown = [[user, number(value), number(events)]
-             for _rank, user, value, events in board.rows("#top-users-table")]
+    expected = sorted(
+        ([w["groupBy"]["userId"], w["value"], w["eventCount"]] for w in by_user),
+        key=lambda row: (-row[1], row[0]),
+    )
+    shown = [
+        [user, number(value), number(events)]
+        for _rank, user, value, events in board.rows("#top-users-table")
+    ]
     assert shown == expected
     return expected
 
 
 def test_a_new_user_signs_in_creates_a_meter_and_reads_usage_equal_to_the_api(
-        open_page, api, screenshots):
+    open_page, api, screenshots
+):
     page = open_page(zone=ZONE)
     board = Dashboard(page)
     page.screenshot(path=str(screenshots / "01-sign-in.png"))
@@ -84,7 +114,10 @@ def test_a_new_user_signs_in_creates_a_meter_and_reads_usage_equal_to_the_api(
     board.create_meter("Input tokens", "input_tokens", dimensions="model, region")
     meter = api.get("/v1/billing/meters").json()["meters"][0]
     assert (meter["name"], meter["eventName"], meter["dimensions"]) == (
-        "Input tokens", "input_tokens", ["model", "region"])
+        "Input tokens",
+        "input_tokens",
+        ["model", "region"],
+    )
     board.settle("usage")
     assert board.text("#usage-status").startswith("No usage")
 
@@ -114,10 +147,12 @@ def test_a_new_user_signs_in_creates_a_meter_and_reads_usage_equal_to_the_api(
     month = api.summary(meterId=meter["id"], **_period(), windowSize="month")["windows"]
     assert name.startswith("usage-input_tokens-") and name.endswith("-month.csv")
     assert content == "windowStart,windowEnd,value,eventCount\r\n" + "".join(
-        f"{w['windowStart']},{w['windowEnd']},{w['value']},{w['eventCount']}\r\n" for w in month)
+        f"{w['windowStart']},{w['windowEnd']},{w['value']},{w['eventCount']}\r\n" for w in month
+    )
     name, content = board.download("Download top users CSV")
     assert content.splitlines() == ["rank,userId,value,eventCount"] + [
-        f"{i},{user},{value},{count}" for i, (user, value, count) in enumerate(top, 1)]
+        f"{i},{user},{value},{count}" for i, (user, value, count) in enumerate(top, 1)
+    ]
 
 
 def test_recent_events_search_cancel_with_confirmation_and_csv(open_page, api, screenshots):
@@ -130,8 +165,13 @@ def test_recent_events_search_cancel_with_confirmation_and_csv(open_page, api, s
 
     listed = api.get("/v1/billing/meter-events", params={"meterId": meter["id"]}).json()["events"]
     assert board.event_ids() == [e["id"] for e in listed]
-    assert [row[1:6] for row in board.rows("#events-table")][0] == [
-        "ann", "120", "model=gpt, region=eu", "req-0", "active"]
+    assert next(row[1:6] for row in board.rows("#events-table")) == [
+        "ann",
+        "120",
+        "model=gpt, region=eu",
+        "req-0",
+        "active",
+    ]
     board.search_events(user="bob")
     assert board.event_ids() == [e["id"] for e in listed if e["userId"] == "bob"]
     board.search_events(idempotency="req-3")
@@ -166,8 +206,10 @@ def test_recent_events_search_cancel_with_confirmation_and_csv(open_page, api, s
     assert name == f"events-{meter['eventName']}.csv"
     lines = content.splitlines()
     assert lines[0] == "id,timestamp,userId,value,dimensions,idempotency,status"
-    assert lines[1] == (f"{target['id']},{target['timestamp']},ann,120,"
-                        '"{""model"":""gpt"",""region"":""eu""}",req-0,cancelled')
+    assert lines[1] == (
+        f"{target['id']},{target['timestamp']},ann,120,"
+        '"{""model"":""gpt"",""region"":""eu""}",req-0,cancelled'
+    )
     assert len(lines) == 1 + len(after)
 
 

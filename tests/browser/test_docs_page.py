@@ -15,7 +15,8 @@ def test_the_docs_page_renders_styled_under_its_policy(browser, server, screensh
         assert "style-src 'sha256-" in answer.headers["content-security-policy"]
         # The stylesheet's `.method { display: inline-block }` and `body { max-width: 60rem }`.
         assert page.eval_on_selector(".method", "e => getComputedStyle(e).display") == (
-            "inline-block")
+            "inline-block"
+        )
         assert page.eval_on_selector("body", "e => getComputedStyle(e).maxWidth") == "960px"
         page.screenshot(path=str(screenshots / "docs.png"))
     finally:

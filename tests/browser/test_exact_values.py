@@ -3,18 +3,26 @@ API's string form of them becomes exact numbers again on the page and in its CSV
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from tests.browser.dashboard import Dashboard
 
 INT64_MAX, INT64_MIN = (1 << 63) - 1, -(1 << 63)
-AT = (datetime.now(timezone.utc) - timedelta(hours=1)).replace(microsecond=0)
+AT = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=0)
 
 
 def _events(meter_id: str, user: str, value: int, count: int) -> list[dict]:
     stamp = AT.isoformat().replace("+00:00", "Z")
-    return [{"meterId": meter_id, "userId": user, "value": value, "timestamp": stamp,
-             "idempotency": f"{user}-{i}"} for i in range(count)]
+    return [
+        {
+            "meterId": meter_id,
+            "userId": user,
+            "value": value,
+            "timestamp": stamp,
+            "idempotency": f"{user}-{i}",
+        }
+        for i in range(count)
+    ]
 
 
 def _grouped(value: int) -> str:
@@ -37,18 +45,26 @@ def test_totals_past_int64_are_shown_exactly(open_page, api):
     assert board.text("#period-total") == _grouped(total)  # 922,337,... not 922,337,...,000
     assert [row[-2] for row in board.rows("#chart-table")][-1] == _grouped(total)
     assert [row[1:3] for row in board.rows("#top-users-table")] == [
-        ["big", _grouped(100 * INT64_MAX)], ["tiny", "5"], ["low", _grouped(3 * INT64_MIN)]]
+        ["big", _grouped(100 * INT64_MAX)],
+        ["tiny", "5"],
+        ["low", _grouped(3 * INT64_MIN)],
+    ]
     bars = board.chart()["datasets"][0]["data"]
     assert float(bars[-1]) == float(total)  # the chart draws the nearest double
 
     _, content = board.download("Download top users CSV")
-    assert content.splitlines()[1:] == [f"1,big,{100 * INT64_MAX},100", "2,tiny,5,1",
-                                        f"3,low,{3 * INT64_MIN},3"]
+    assert content.splitlines()[1:] == [
+        f"1,big,{100 * INT64_MAX},100",
+        "2,tiny,5,1",
+        f"3,low,{3 * INT64_MIN},3",
+    ]
     # The event list's values are plain JSON numbers: read from their digits, not rounded.
     for user, value in (("big", INT64_MAX), ("low", INT64_MIN)):
         board.search_events(user=user)
         assert {(row[1], row[2]) for row in board.rows("#events-table")} == {
-            (user, _grouped(value))}
+            (user, _grouped(value))
+        }
+
 
 def test_exact_parsing_of_the_api_module(open_page):
     page = open_page()
@@ -62,6 +78,12 @@ def test_exact_parsing_of_the_api_module(open_page):
                 plain: api.exactValue(7), none: api.exactValue(null),
                 broken: api.parseExact("<html>")};
     }""")
-    assert got == {"a": "9223372036854775807", "b": "-9007199254740993",
-                   "types": ["bigint", "number", "number", "number", "string"],
-                   "exact": "-922337203685477580800", "plain": 7, "none": None, "broken": None}
+    assert got == {
+        "a": "9223372036854775807",
+        "b": "-9007199254740993",
+        "types": ["bigint", "number", "number", "number", "string"],
+        "exact": "-922337203685477580800",
+        "plain": 7,
+        "none": None,
+        "broken": None,
+    }

@@ -20,13 +20,13 @@ def modules(open_page):
 
 
 ZONE_CHANGES = [
-    ("America/New_York", date(2026, 3, 8)),    # spring forward: the day is 23 hours
-    ("America/New_York", date(2026, 11, 1)),   # fall back: 25 hours
+    ("America/New_York", date(2026, 3, 8)),  # spring forward: the day is 23 hours
+    ("America/New_York", date(2026, 11, 1)),  # fall back: 25 hours
     ("Europe/Berlin", date(2026, 3, 29)),
-    ("Asia/Kolkata", date(2026, 1, 1)),        # +05:30
-    ("Asia/Kathmandu", date(2026, 6, 15)),     # +05:45
+    ("Asia/Kolkata", date(2026, 1, 1)),  # +05:30
+    ("Asia/Kathmandu", date(2026, 6, 15)),  # +05:45
     ("Australia/Lord_Howe", date(2026, 4, 5)),  # a 30-minute daylight shift
-    ("Pacific/Chatham", date(2026, 9, 27)),    # +12:45 / +13:45
+    ("Pacific/Chatham", date(2026, 9, 27)),  # +12:45 / +13:45
     ("UTC", date(2026, 2, 28)),
 ]
 
@@ -34,8 +34,9 @@ ZONE_CHANGES = [
 def test_local_midnight_agrees_with_python_across_daylight_changes(modules):
     for zone, day in ZONE_CHANGES:
         for wanted in (day, date.fromordinal(day.toordinal() + 1)):
-            shown = modules.evaluate("([d, z]) => time.localMidnight(d, z)",
-                                     [wanted.isoformat(), zone])
+            shown = modules.evaluate(
+                "([d, z]) => time.localMidnight(d, z)", [wanted.isoformat(), zone]
+            )
             assert shown == local_midnight(wanted, zone), (zone, wanted)
 
 
@@ -47,9 +48,18 @@ def test_window_labels(modules):
 
 
 CSV_CELLS = [
-    ("plain", "plain"), (42, "42"), (-7, "-7"), (2.5, "2.5"), (None, ""),
-    ("a,b", '"a,b"'), ('say "hi"', '"say ""hi"""'), ("two\nlines", '"two\nlines"'),
-    ("=SUM(A1)", "'=SUM(A1)"), ("-1+2", "'-1+2"), ("@cmd", "'@cmd"), ("+x,y", "\"'+x,y\""),
+    ("plain", "plain"),
+    (42, "42"),
+    (-7, "-7"),
+    (2.5, "2.5"),
+    (None, ""),
+    ("a,b", '"a,b"'),
+    ('say "hi"', '"say ""hi"""'),
+    ("two\nlines", '"two\nlines"'),
+    ("=SUM(A1)", "'=SUM(A1)"),
+    ("-1+2", "'-1+2"),
+    ("@cmd", "'@cmd"),
+    ("+x,y", '"\'+x,y"'),
 ]
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from tests.browser.dashboard import Dashboard, number
 
@@ -70,11 +70,20 @@ def test_a_bad_period_is_refused_before_asking(open_page, api):
 
 def test_readable_on_a_phone(open_page, api, screenshots):
     meter = api.create_meter(dimensions=["model"])
-    now = datetime.now(timezone.utc)
-    api.record(*[{"meterId": meter["id"], "userId": f"customer-{n}@example.com", "value": 10 * n,
-                  "timestamp": (now - timedelta(hours=7 * n)).isoformat(),
-                  "idempotency": f"request-{n}-0123456789", "dimensions": {"model": "gpt-4o"}}
-                 for n in range(1, 6)])
+    now = datetime.now(UTC)
+    api.record(
+        *[
+            {
+                "meterId": meter["id"],
+                "userId": f"customer-{n}@example.com",
+                "value": 10 * n,
+                "timestamp": (now - timedelta(hours=7 * n)).isoformat(),
+                "idempotency": f"request-{n}-0123456789",
+                "dimensions": {"model": "gpt-4o"},
+            }
+            for n in range(1, 6)
+        ]
+    )
     page = open_page(width=390, height=844)
     board = Dashboard(page)
     page.screenshot(path=str(screenshots / "07-phone-sign-in.png"))
@@ -120,9 +129,15 @@ def test_an_api_refusal_shows_its_message(open_page, api, console):
     board.open_meter("Input tokens")
     page.get_by_label("From").fill("2024-01-01")
     board.show_usage(window="hour")
-    refused = api.get("/v1/billing/meter-events/summary", params={
-        "meterId": meter["id"], "periodStart": "2024-01-01T00:00:00Z",
-        "periodEnd": "2030-01-01T00:00:00Z", "windowSize": "hour"})
+    refused = api.get(
+        "/v1/billing/meter-events/summary",
+        params={
+            "meterId": meter["id"],
+            "periodStart": "2024-01-01T00:00:00Z",
+            "periodEnd": "2030-01-01T00:00:00Z",
+            "windowSize": "hour",
+        },
+    )
     assert refused.status_code == 400
     message = refused.json()["error"]["message"]
     assert board.text("#usage-status") == f"Could not load usage: {message}"
@@ -147,9 +162,18 @@ def test_a_revoked_key_signs_the_page_out(open_page, api, admin, org, console):
 
 def test_more_events_load_on_request(open_page, api):
     meter = api.create_meter()
-    now = datetime.now(timezone.utc)
-    api.record(*[{"meterId": meter["id"], "userId": "u", "value": n,
-                  "timestamp": (now - timedelta(minutes=n)).isoformat()} for n in range(30)])
+    now = datetime.now(UTC)
+    api.record(
+        *[
+            {
+                "meterId": meter["id"],
+                "userId": "u",
+                "value": n,
+                "timestamp": (now - timedelta(minutes=n)).isoformat(),
+            }
+            for n in range(30)
+        ]
+    )
     page = open_page()
     board = Dashboard(page)
     board.sign_in(api.key)

@@ -25,11 +25,20 @@ import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
-HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host",
-              "proxy-connection", "te", "upgrade", "trailer"}
+HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "content-length",
+    "host",
+    "proxy-connection",
+    "te",
+    "upgrade",
+    "trailer",
+}
 FAULTS = ("pass", "delay", "drop_before", "drop_after", "cut_after", "503", "429", "413")
 
 
@@ -79,8 +88,13 @@ class Chaos:
 class FaultProxy:
     """Serves on 127.0.0.1 (a free port) and forwards to `upstream` (host, port)."""
 
-    def __init__(self, upstream: tuple[str, int], plan: Callable[[Request], str] | None = None,
-                 delay_seconds: float = 0.3, retry_after: int | str = 1):
+    def __init__(
+        self,
+        upstream: tuple[str, int],
+        plan: Callable[[Request], str] | None = None,
+        delay_seconds: float = 0.3,
+        retry_after: int | str = 1,
+    ):
         self.upstream = upstream
         self.plan = plan or (lambda request: "pass")
         self.delay_seconds = delay_seconds
@@ -94,7 +108,7 @@ class FaultProxy:
         self._running = True
         self._thread = threading.Thread(target=self._accept, daemon=True, name="fault-proxy")
 
-    def start(self) -> "FaultProxy":
+    def start(self) -> FaultProxy:
         self._thread.start()
         return self
 
@@ -159,8 +173,9 @@ class FaultProxy:
         upstream = http.client.HTTPConnection(*self.upstream, timeout=60)
         try:
             headers = {k: v for k, v in request.headers if k.lower() not in HOP_BY_HOP}
-            upstream.request(request.method, request.path, body=request.body or None,
-                             headers=headers)
+            upstream.request(
+                request.method, request.path, body=request.body or None, headers=headers
+            )
             response = upstream.getresponse()
             body = response.read()
         except (OSError, http.client.HTTPException):
@@ -191,13 +206,18 @@ def _read_request(reader) -> Request | None:
 
 
 def _status_only(status: int, retry_after: int | str) -> bytes:
-    reason = {503: "Service Unavailable", 429: "Too Many Requests",
-              413: "Content Too Large"}[status]
-    body = (b'{"error": {"type": "api-error", "message": "injected by the fault proxy", '
-            b'"code": "injected"}}')
+    reason = {503: "Service Unavailable", 429: "Too Many Requests", 413: "Content Too Large"}[
+        status
+    ]
+    body = (
+        b'{"error": {"type": "api-error", "message": "injected by the fault proxy", '
+        b'"code": "injected"}}'
+    )
     extra = f"Retry-After: {retry_after}\r\n" if status == 429 else ""
-    head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n{extra}"
-            f"Content-Length: {len(body)}\r\n\r\n")
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n{extra}"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
     return head.encode("latin-1") + body
 
 

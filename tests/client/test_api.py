@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
-
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -14,11 +13,15 @@ KOLKATA = ZoneInfo("Asia/Kolkata")
 
 
 def test_meters_are_created_listed_read_updated_and_archived(metering):
-    created = metering.create_meter("Input tokens", "input_tokens", dimensions=["model"],
-                                     metadata={"team": "ml"})
+    created = metering.create_meter(
+        "Input tokens", "input_tokens", dimensions=["model"], metadata={"team": "ml"}
+    )
     assert isinstance(created, Meter)
     assert (created.event_name, created.aggregation_type, created.currency) == (
-        "input_tokens", "sum", "usd")
+        "input_tokens",
+        "sum",
+        "usd",
+    )
     assert created.dimensions == ("model",) and created.metadata == {"team": "ml"}
     assert created.status == "active" and created.created_at.tzinfo is not None
 
@@ -78,15 +81,30 @@ def _record_now(metering, events):
 
 def test_summaries_come_back_typed_with_windows_time_zone_groups_and_filters(metering):
     meter = metering.create_meter("Input tokens", "input_tokens", dimensions=["model"])
-    now = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     start = now - timedelta(hours=3)
     events = [
-        Event.new(event_name="input_tokens", user_id="ann", value=10,
-                  timestamp=start + timedelta(minutes=5), dimensions={"model": "a"}),
-        Event.new(event_name="input_tokens", user_id="ann", value=20,
-                  timestamp=start + timedelta(hours=1, minutes=5), dimensions={"model": "b"}),
-        Event.new(event_name="input_tokens", user_id="bob", value=5,
-                  timestamp=start + timedelta(hours=1, minutes=10), dimensions={"model": "a"}),
+        Event.new(
+            event_name="input_tokens",
+            user_id="ann",
+            value=10,
+            timestamp=start + timedelta(minutes=5),
+            dimensions={"model": "a"},
+        ),
+        Event.new(
+            event_name="input_tokens",
+            user_id="ann",
+            value=20,
+            timestamp=start + timedelta(hours=1, minutes=5),
+            dimensions={"model": "b"},
+        ),
+        Event.new(
+            event_name="input_tokens",
+            user_id="bob",
+            value=5,
+            timestamp=start + timedelta(hours=1, minutes=10),
+            dimensions={"model": "a"},
+        ),
     ]
     _record_now(metering, events)
 
@@ -97,12 +115,17 @@ def test_summaries_come_back_typed_with_windows_time_zone_groups_and_filters(met
     ann = metering.summary(meter.id, user_id="ann", period_start=start, period_end=now)
     assert (ann.user_id, ann.value) == ("ann", 30)
 
-    hourly = metering.summary(meter.id, period_start=start, period_end=now, window_size="hour",
-                              time_zone="Asia/Kolkata", group_by=["model"],
-                              filters={"model": ["a", "b"]})
+    hourly = metering.summary(
+        meter.id,
+        period_start=start,
+        period_end=now,
+        window_size="hour",
+        time_zone="Asia/Kolkata",
+        group_by=["model"],
+        filters={"model": ["a", "b"]},
+    )
     assert all(isinstance(w, Window) for w in hourly.windows)
-    got = {(w.window_start, w.group_by["model"]): (w.value, w.event_count)
-           for w in hourly.windows}
+    got = {(w.window_start, w.group_by["model"]): (w.value, w.event_count) for w in hourly.windows}
     expected = {}
     for event in events:  # Kolkata's hours start at half past UTC hours
         moment = datetime.fromisoformat(event.timestamp).astimezone(KOLKATA)
@@ -110,11 +133,11 @@ def test_summaries_come_back_typed_with_windows_time_zone_groups_and_filters(met
         value, count = expected.get((window, event.dimensions["model"]), (0, 0))
         expected[(window, event.dimensions["model"])] = (value + event.value, count + 1)
     assert got == expected
-    assert all(w.window_start.utcoffset() == timedelta(hours=5, minutes=30)
-               for w in hourly.windows)
+    assert all(w.window_start.utcoffset() == timedelta(hours=5, minutes=30) for w in hourly.windows)
 
-    only_a = metering.summary(meter.id, period_start=start.date(), period_end=date.today(),
-                              filters={"model": "a"})
+    only_a = metering.summary(
+        meter.id, period_start=start.date(), period_end=date.today(), filters={"model": "a"}
+    )
     assert (only_a.value, only_a.event_count) == (15, 2)
 
     with pytest.raises(ApiError) as bad:
@@ -124,12 +147,14 @@ def test_summaries_come_back_typed_with_windows_time_zone_groups_and_filters(met
 
 def test_events_are_cancelled_by_key_and_by_id(metering):
     meter = metering.create_meter("Input tokens", "input_tokens")
-    kept, by_key, by_id = (Event.new(event_name="input_tokens", user_id="ann", value=v)
-                           for v in (1, 10, 100))
+    kept, by_key, by_id = (
+        Event.new(event_name="input_tokens", user_id="ann", value=v) for v in (1, 10, 100)
+    )
     outcomes = _record_now(metering, [kept, by_key, by_id])
 
-    cancelled = metering.cancel(idempotency_keys=[by_key.idempotency_key],
-                                event_name="input_tokens")
+    cancelled = metering.cancel(
+        idempotency_keys=[by_key.idempotency_key], event_name="input_tokens"
+    )
     cancelled += metering.cancel(ids=[outcomes[2].id])
     assert [c.status for c in cancelled] == ["cancelled", "cancelled"]
     assert cancelled[1].id == outcomes[2].id

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import re
-from concurrent.futures import ThreadPoolExecutor
 import random
+import re
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from metering_client import (ApiError, AsyncMeteringClient, BufferFull, Event, EventsRejected,
-                             NotDelivered)
+from metering_client import (
+    ApiError,
+    AsyncMeteringClient,
+    BufferFull,
+    Event,
+    EventsRejected,
+    NotDelivered,
+)
 from tests.client.conftest import FAST_RETRY
 from tests.client.fault_proxy import Chaos
 
@@ -26,13 +32,15 @@ def _run(coroutine):
 
 
 def test_async_tasks_record_through_faults_exactly_once(proxy, org):
-    proxy.plan = Chaos(rates={"drop_before": 0.1, "drop_after": 0.15, "cut_after": 0.05,
-                              "503": 0.1}, seed=3)
+    proxy.plan = Chaos(
+        rates={"drop_before": 0.1, "drop_after": 0.15, "cut_after": 0.05, "503": 0.1}, seed=3
+    )
     totals: Counter = Counter()
 
     async def scenario():
-        async with AsyncMeteringClient(proxy.url, org["apiKey"], retry=FAST_RETRY,
-                                       flush_interval=0.1) as client:
+        async with AsyncMeteringClient(
+            proxy.url, org["apiKey"], retry=FAST_RETRY, flush_interval=0.1
+        ) as client:
             meter = await client.create_meter("Calls", "api_calls", aggregation_type="count")
 
             async def task(seed: int) -> None:
@@ -103,23 +111,34 @@ def _first_event_post_fails(fault: str):
 def _mixed_events(when: datetime) -> tuple[dict, list[dict]]:
     """An event stored beforehand, then a batch: it again (duplicate), its key with another
     value (conflict), a new event, and one with a dimension its meter does not declare."""
-    stored = {"event_name": "input_tokens", "user_id": "ann", "value": 1,
-              "idempotency_key": "k1", "timestamp": when}
-    batch = [stored, {**stored, "value": 2},
-             {**stored, "value": 3, "idempotency_key": "k2"},
-             {**stored, "value": 4, "idempotency_key": "k3", "dimensions": {"region": "eu"}}]
+    stored = {
+        "event_name": "input_tokens",
+        "user_id": "ann",
+        "value": 1,
+        "idempotency_key": "k1",
+        "timestamp": when,
+    }
+    batch = [
+        stored,
+        {**stored, "value": 2},
+        {**stored, "value": 3, "idempotency_key": "k2"},
+        {**stored, "value": 4, "idempotency_key": "k3", "dimensions": {"region": "eu"}},
+    ]
     return stored, batch
 
 
 def _outcome(stats, rejections) -> tuple:
-    return (dataclasses.asdict(stats),
-            sorted((r.event.idempotency_key, r.event.value, r.error.status, r.error.code)
-                   for r in rejections))
+    return (
+        dataclasses.asdict(stats),
+        sorted(
+            (r.event.idempotency_key, r.event.value, r.error.status, r.error.code)
+            for r in rejections
+        ),
+    )
 
 
-def test_the_sync_and_async_clients_count_and_refuse_alike(proxy, org, other_org,
-                                                           make_client_for):
-    stored, batch = _mixed_events(datetime.now(timezone.utc) - timedelta(minutes=1))
+def test_the_sync_and_async_clients_count_and_refuse_alike(proxy, org, other_org, make_client_for):
+    stored, batch = _mixed_events(datetime.now(UTC) - timedelta(minutes=1))
 
     def sync_run():
         client = make_client_for(proxy.url, org["apiKey"], flush_interval=30)
@@ -133,8 +152,9 @@ def test_the_sync_and_async_clients_count_and_refuse_alike(proxy, org, other_org
         return _outcome(client.stats, refused.value.rejections)
 
     async def async_run():
-        async with AsyncMeteringClient(proxy.url, other_org["apiKey"], retry=FAST_RETRY,
-                                       flush_interval=30) as client:
+        async with AsyncMeteringClient(
+            proxy.url, other_org["apiKey"], retry=FAST_RETRY, flush_interval=30
+        ) as client:
             await client.create_meter("Input tokens", "input_tokens")
             await client.send_now([Event.new(**stored)])
             proxy.plan = _first_event_post_fails("503")
@@ -149,15 +169,17 @@ def test_the_sync_and_async_clients_count_and_refuse_alike(proxy, org, other_org
     # The 503, the batch refused for its bad event, the rest again; k2 alone is new.
     assert sync_outcome == (
         {"requests": 3, "retries": 1, "created": 1, "duplicates": 1, "rejected": 2},
-        [("k1", 2, 409, "conflict"), ("k3", 4, 400, "invalid_request")])
+        [("k1", 2, 409, "conflict"), ("k3", 4, 400, "invalid_request")],
+    )
 
 
 def _without_seconds(message: str) -> str:
     return re.sub(r"for \d+s", "for Ns", message)
 
 
-def test_the_sync_and_async_clients_explain_a_failing_service_alike(proxy, org, other_org,
-                                                                    make_client_for):
+def test_the_sync_and_async_clients_explain_a_failing_service_alike(
+    proxy, org, other_org, make_client_for
+):
     """BufferFull says since when and why nothing is accepted; NotDelivered says why."""
     proxy.plan = lambda request: "drop_before" if request.path == EVENTS_PATH else "pass"
     options = {"batch_size": 10, "max_pending": 20, "block_timeout": 0.5}
@@ -173,8 +195,9 @@ def test_the_sync_and_async_clients_explain_a_failing_service_alike(proxy, org, 
         return _without_seconds(str(full.value)), str(unsent.value)
 
     async def async_run():
-        client = AsyncMeteringClient(proxy.url, other_org["apiKey"], retry=FAST_RETRY,
-                                     flush_interval=0.2, **options)
+        client = AsyncMeteringClient(
+            proxy.url, other_org["apiKey"], retry=FAST_RETRY, flush_interval=0.2, **options
+        )
         for _ in range(20):
             await client.record("input_tokens", "ann", 1)
         with pytest.raises(BufferFull) as full:
@@ -186,6 +209,8 @@ def test_the_sync_and_async_clients_explain_a_failing_service_alike(proxy, org, 
     sync_messages = sync_run()
     assert _run(async_run()) == sync_messages
     full, unsent = sync_messages
-    assert full.startswith("20 events are waiting to be sent (max_pending) and the service "
-                           "has not accepted any for Ns; last problem: ")
+    assert full.startswith(
+        "20 events are waiting to be sent (max_pending) and the service "
+        "has not accepted any for Ns; last problem: "
+    )
     assert unsent.startswith("20 event(s) not delivered: ") and "timed out" not in unsent

@@ -50,20 +50,31 @@ def assert_summaries_match(client, meter_id: str, tally: Tally) -> None:
     whole = client.summary(meter_id)
     assert (whole.value, whole.event_count) == (sum(totals.values()), sum(counts.values()))
     grouped = client.summary(meter_id, group_by=["userId", "model"])
-    got = {(w.group_by["userId"], w.group_by["model"]): (w.value, w.event_count)
-           for w in grouped.windows}
+    got = {
+        (w.group_by["userId"], w.group_by["model"]): (w.value, w.event_count)
+        for w in grouped.windows
+    }
     assert got == {key: (totals[key], counts[key]) for key in totals}
     for user in USERS:
         mine = client.summary(meter_id, user_id=user, filters={"model": "large"})
         assert mine.value == totals[(user, "large")] or (
-            mine.value in (0, None) and totals[(user, "large")] == 0)
+            mine.value in (0, None) and totals[(user, "large")] == 0
+        )
 
 
-def test_many_threads_record_through_faults_and_nothing_is_lost_or_doubled(
-        make_client, proxy):
+def test_many_threads_record_through_faults_and_nothing_is_lost_or_doubled(make_client, proxy):
     proxy.delay_seconds = 2.5  # longer than the client's timeout: the service still stores it
-    chaos = Chaos(rates={"drop_before": 0.08, "drop_after": 0.1, "cut_after": 0.05,
-                         "delay": 0.06, "503": 0.08, "429": 0.03}, seed=7)
+    chaos = Chaos(
+        rates={
+            "drop_before": 0.08,
+            "drop_after": 0.1,
+            "cut_after": 0.05,
+            "delay": 0.06,
+            "503": 0.08,
+            "429": 0.03,
+        },
+        seed=7,
+    )
     proxy.plan = chaos
     client = make_client(timeout=httpx.Timeout(2.0))
     meter = client.create_meter("Input tokens", "input_tokens", dimensions=["model"])
@@ -81,8 +92,10 @@ def test_many_threads_record_through_faults_and_nothing_is_lost_or_doubled(
     client.close(timeout=120)
 
     faults = proxy.faults
-    assert min(faults[f] for f in ("drop_before", "drop_after", "cut_after", "delay",
-                                   "503", "429")) >= 1, faults
+    assert (
+        min(faults[f] for f in ("drop_before", "drop_after", "cut_after", "delay", "503", "429"))
+        >= 1
+    ), faults
     assert client.stats.duplicates > 0  # batches stored before were sent again
     assert client.stats.created + client.stats.duplicates == THREADS * EVENTS_PER_THREAD
     proxy.plan = lambda request: "pass"

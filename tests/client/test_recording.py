@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -11,8 +12,14 @@ from email.utils import formatdate
 
 import pytest
 
-from metering_client import (BufferFull, ClientClosed, Event, EventsRejected, MeteringClient,
-                             NotDelivered)
+from metering_client import (
+    BufferFull,
+    ClientClosed,
+    Event,
+    EventsRejected,
+    MeteringClient,
+    NotDelivered,
+)
 from tests.client.conftest import FAST_RETRY
 
 EVENTS_PATH = "/v1/billing/meter-events"
@@ -47,7 +54,9 @@ def test_a_batch_with_bad_events_rejects_just_those_and_stores_the_rest(make_cli
     assert client.flush(timeout=30)
 
     assert {r.event.idempotency_key: r.error.status for r in refused} == {
-        bad_dimension: 400, no_meter: 400}
+        bad_dimension: 400,
+        no_meter: 400,
+    }
     messages = {r.event.idempotency_key: r.error.message for r in refused}
     assert "declares no dimension 'region'" in messages[bad_dimension]
     assert "no such meter" in messages[no_meter]
@@ -91,7 +100,7 @@ def test_429_is_retried_after_the_time_retry_after_asks(make_client, proxy, mete
     assert client.flush(timeout=30)
     times = [at for at, _ in _event_posts(proxy)]
     assert [fault for _, fault in _event_posts(proxy)] == ["429", "429", "pass"]
-    assert all(later - earlier >= 1.0 for earlier, later in zip(times, times[1:]))
+    assert all(later - earlier >= 1.0 for earlier, later in itertools.pairwise(times))
     assert client.summary(meter.id).value == 5
 
 
@@ -108,8 +117,7 @@ def test_retry_after_may_be_an_http_date(make_client, proxy, meter):
 
 def test_a_batch_too_large_for_the_service_is_halved_until_it_fits(make_client, proxy, meter):
     def refuse_large(request):
-        too_large = (request.path == EVENTS_PATH
-                     and len(json.loads(request.body)["events"]) > 25)
+        too_large = request.path == EVENTS_PATH and len(json.loads(request.body)["events"]) > 25
         return "413" if too_large else "pass"
 
     proxy.plan = refuse_large
@@ -136,10 +144,11 @@ def test_503_and_lost_answers_are_retried_with_the_same_keys(make_client, proxy,
 
 
 def test_the_buffer_is_bounded_and_says_why_then_drains_when_the_service_is_back(
-        make_client, proxy, meter):
+    make_client, proxy, meter
+):
     proxy.plan = lambda request: "drop_before" if request.path == EVENTS_PATH else "pass"
     client = make_client(batch_size=10, max_pending=50, block_timeout=0.5)
-    for value in range(50):
+    for _ in range(50):
         client.record("input_tokens", "ann", 1)
     with pytest.raises(BufferFull) as full:
         client.record("input_tokens", "ann", 1)
@@ -162,7 +171,8 @@ def test_close_sends_what_is_pending_and_then_refuses_records(make_client, meter
 
 
 def test_close_hands_back_what_it_could_not_send_for_a_later_exact_resend(
-        make_client, proxy, meter):
+    make_client, proxy, meter
+):
     proxy.plan = lambda request: "503" if request.path == EVENTS_PATH else "drop_after"
     client = make_client()
     keys = [client.record("input_tokens", "ann", 3) for _ in range(5)]
@@ -184,8 +194,9 @@ def test_events_pending_at_interpreter_exit_are_sent(proxy, org, meter, tmp_path
             client.record("input_tokens", "ann", 1)
         print(client.stats.requests)
     """)
-    finished = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                              timeout=60)
+    finished = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
     assert finished.returncode == 0, finished.stderr
     assert finished.stdout.strip() == "0"
     reader = MeteringClient(proxy.url, org["apiKey"], retry=FAST_RETRY)

@@ -11,32 +11,39 @@ import time
 import pytest
 
 from app.emulator import free_port
+from tests.client.fault_proxy import FaultProxy
 from tests.client.test_faults import THREADS, Tally, assert_summaries_match, in_threads
 from tests.conftest import ADMIN_TOKEN
 from tests.support.http import Api
 from tests.support.names import unique_org_name
 from tests.support.processes import cli_env, wait_serving, wait_until
-from tests.client.fault_proxy import FaultProxy
 
 pytestmark = pytest.mark.slow
 
 
-
 def _serve(procs, port: int, env: dict, name: str):
-    child = procs.start(["serve", "--port", str(port), "--workers", "1", "--threads", "4"],
-                        env, name)
+    child = procs.start(
+        ["serve", "--port", str(port), "--workers", "1", "--threads", "4"], env, name
+    )
     wait_serving(f"http://127.0.0.1:{port}/healthz", 60, name, child)
     return child
 
 
 def test_a_service_killed_and_restarted_mid_stream_loses_nothing(
-        emulator, procs, tmp_path, make_client_for):
+    emulator, procs, tmp_path, make_client_for
+):
     port = free_port()
-    env = cli_env(DATASTORE_EMULATOR_HOST=emulator.host, METERING_ADMIN_TOKEN=ADMIN_TOKEN,
-                  METERING_PROJECT="metering-restart")
+    env = cli_env(
+        DATASTORE_EMULATOR_HOST=emulator.host,
+        METERING_ADMIN_TOKEN=ADMIN_TOKEN,
+        METERING_PROJECT="metering-restart",
+    )
     first = _serve(procs, port, env, "first")
-    org = Api(f"http://127.0.0.1:{port}", ADMIN_TOKEN).post(
-        "/v1/admin/orgs", json={"name": unique_org_name()}).json()
+    org = (
+        Api(f"http://127.0.0.1:{port}", ADMIN_TOKEN)
+        .post("/v1/admin/orgs", json={"name": unique_org_name()})
+        .json()
+    )
     proxy = FaultProxy(("127.0.0.1", port)).start()
     try:
         client = make_client_for(proxy.url, org["apiKey"])

@@ -14,14 +14,35 @@ from datetime import datetime
 from app.storage.entities import Entity, event_template, fill_event
 
 
-def event_entity(*, key_pb, public_id: str, meter_id: str, user_id: str, value: int,
-                 timestamp: datetime, idempotency: str, dimensions: dict, metadata: dict,
-                 now: datetime, deleted: bool = False, created_at: datetime | None = None):
+def event_entity(
+    *,
+    key_pb,
+    public_id: str,
+    meter_id: str,
+    user_id: str,
+    value: int,
+    timestamp: datetime,
+    idempotency: str,
+    dimensions: dict,
+    metadata: dict,
+    now: datetime,
+    deleted: bool = False,
+    created_at: datetime | None = None,
+):
     """A `meter-event` entity protobuf, property for property as NDB stores it."""
     entity = Entity()
-    fill_event(entity, event_template(now, created_at=created_at, deleted=deleted),
-               key_id=key_pb.path[-1].id, public_id=public_id, meter_id=meter_id,
-               user_id=user_id, value=value, timestamp=timestamp, idempotency=idempotency,
-               dimensions=dimensions, metadata=metadata)
+    fill_event(
+        entity,
+        event_template(now, created_at=created_at, deleted=deleted),
+        key_id=key_pb.path[-1].id,
+        public_id=public_id,
+        meter_id=meter_id,
+        user_id=user_id,
+        value=value,
+        timestamp=timestamp,
+        idempotency=idempotency,
+        dimensions=dimensions,
+        metadata=metadata,
+    )
     entity.key.CopyFrom(key_pb)
     return entity

@@ -13,15 +13,16 @@ class Api:
         self.key = key
         self.session = requests.Session()
 
-    def as_key(self, key: str | None) -> "Api":
+    def as_key(self, key: str | None) -> Api:
         return Api(self.base_url, key)
 
     def request(self, method: str, path: str, **kwargs) -> requests.Response:
         headers = dict(kwargs.pop("headers", {}) or {})
         if self.key is not None and "Authorization" not in headers:
             headers["Authorization"] = f"Bearer {self.key}"
-        return self.session.request(method, self.base_url + path, headers=headers,
-                                    timeout=60, **kwargs)
+        return self.session.request(
+            method, self.base_url + path, headers=headers, timeout=60, **kwargs
+        )
 
     def get(self, path, **kwargs):
         return self.request("GET", path, **kwargs)

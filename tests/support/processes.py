@@ -22,8 +22,12 @@ import requests
 from tests.support.waiting import answering, eventually
 
 METERING = str(Path(sys.executable).with_name("metering"))
-DATASTORE_VARS = ("DATASTORE_EMULATOR_HOST", "METERING_PROJECT", "GOOGLE_CLOUD_PROJECT",
-                  "DATASTORE_PROJECT_ID")
+DATASTORE_VARS = (
+    "DATASTORE_EMULATOR_HOST",
+    "METERING_PROJECT",
+    "GOOGLE_CLOUD_PROJECT",
+    "DATASTORE_PROJECT_ID",
+)
 
 
 def cli_env(**overrides: str) -> dict:
@@ -38,8 +42,14 @@ class Child:
     def __init__(self, args: list[str], env: dict, log_dir: Path, name: str):
         self.out_path, self.err_path = log_dir / f"{name}.out", log_dir / f"{name}.err"
         with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
-            self.process = subprocess.Popen([METERING, *args], env=env, stdout=out, stderr=err,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
+            self.process = subprocess.Popen(
+                [METERING, *args],
+                env=env,
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         self.pid = self.process.pid
 
     def stdout(self) -> str:
@@ -78,8 +88,10 @@ class Processes:
     def cleanup(self) -> None:
         # The emulator `serve` embeds runs in its own session; a failed test leaves its
         # address file behind, which names the port on the emulator's command line.
-        ports = [f"--port={host.read_text().rpartition(':')[2]} "
-                 for host in self.tmp_path.rglob("emulator-host")]
+        ports = [
+            f"--port={host.read_text().rpartition(':')[2]} "
+            for host in self.tmp_path.rglob("emulator-host")
+        ]
         for child in self.children:
             child.kill()
         for needle in [f"{self.tmp_path}/", *ports]:
@@ -108,8 +120,10 @@ def mentioning(text: str) -> list[int]:
 def _still_running(child: Child | None, what: str) -> None:
     """Fail at once, with its output, when the child that should do `what` has exited."""
     if child is not None and child.process.poll() is not None:
-        raise AssertionError(f"{what}: the process exited with {child.process.returncode}\n"
-                             f"{child.stdout()}\n{child.stderr()}")
+        raise AssertionError(
+            f"{what}: the process exited with {child.process.returncode}\n"
+            f"{child.stdout()}\n{child.stderr()}"
+        )
 
 
 def wait_until(predicate, timeout: float, what: str, child: Child | None = None) -> None:
@@ -131,8 +145,14 @@ def wait_serving(url: str, timeout: float, what: str, child: Child | None = None
 
 def run_cli(*args: str, env: dict, timeout: float = 30) -> subprocess.CompletedProcess:
     """Run one short `metering` command to its end."""
-    return subprocess.run([METERING, *args], env=env, capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, timeout=timeout)
+    return subprocess.run(
+        [METERING, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=timeout,
+    )
 
 
 def run_cli_all(commands: list[tuple[list[str], dict]]) -> list[subprocess.CompletedProcess]:

@@ -26,19 +26,30 @@ class RedisServer:
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 10.0) -> "RedisServer":
+    def start(self, timeout: float = 10.0) -> RedisServer:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError(INSTALL_HINT)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "no"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True)
+                [
+                    binary,
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         try:
-            eventually(self._answers_while_running, timeout, "redis-server ready",
-                       interval=0.05)
+            eventually(self._answers_while_running, timeout, "redis-server ready", interval=0.05)
         except AssertionError:
             self.kill()
             raise RuntimeError(f"redis-server was not ready after {timeout:.0f}s") from None
@@ -46,8 +57,9 @@ class RedisServer:
 
     def _answers_while_running(self) -> bool:
         if self.process is not None and self.process.poll() is not None:
-            raise RuntimeError(f"redis-server exited with {self.process.returncode}; "
-                               f"see {self.log_path}")
+            raise RuntimeError(
+                f"redis-server exited with {self.process.returncode}; see {self.log_path}"
+            )
         return self.answers()
 
     def client(self) -> redis.Redis:

@@ -15,7 +15,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import requests
 from test_utils.retry import BackoffFailed, RetryErrors, RetryResult
@@ -38,8 +39,7 @@ def _tries(timeout: float, interval: float) -> int:
     return math.ceil(timeout / interval) + 1
 
 
-def eventually(check: Callable[[], T], timeout: float, what: str,
-               interval: float = 0.1) -> T:
+def eventually(check: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
     """check()'s first true result, tried every `interval` for `timeout` seconds.
 
     AssertionError naming `what` if it never holds; an exception from check (e.g. the
@@ -50,8 +50,13 @@ def eventually(check: Callable[[], T], timeout: float, what: str,
     def holds_or_too_late(result: Any) -> bool:
         return bool(result) or time.monotonic() >= deadline
 
-    poll = RetryResult(holds_or_too_late, max_tries=_tries(timeout, interval),
-                       delay=interval, backoff=1, logger=_DebugLog(log))
+    poll = RetryResult(
+        holds_or_too_late,
+        max_tries=_tries(timeout, interval),
+        delay=interval,
+        backoff=1,
+        logger=_DebugLog(log),
+    )
     try:
         result = poll(check)()
     except BackoffFailed:
@@ -61,8 +66,13 @@ def eventually(check: Callable[[], T], timeout: float, what: str,
     return result
 
 
-def answering(url: str, timeout: float, what: str, alive: Callable[[], None] = lambda: None,
-              interval: float = 0.1) -> requests.Response:
+def answering(
+    url: str,
+    timeout: float,
+    what: str,
+    alive: Callable[[], None] = lambda: None,
+    interval: float = 0.1,
+) -> requests.Response:
     """The first 200 answer of GET url, retried while the service is not up yet.
 
     A refused or cut connection, a timeout or another status is transient until
@@ -80,9 +90,14 @@ def answering(url: str, timeout: float, what: str, alive: Callable[[], None] = l
     def before_deadline(_error: Exception) -> bool:
         return time.monotonic() < deadline
 
-    retrying = RetryErrors(requests.RequestException, error_predicate=before_deadline,
-                           max_tries=_tries(timeout, interval), delay=interval, backoff=1,
-                           logger=_DebugLog(log))
+    retrying = RetryErrors(
+        requests.RequestException,
+        error_predicate=before_deadline,
+        max_tries=_tries(timeout, interval),
+        delay=interval,
+        backoff=1,
+        logger=_DebugLog(log),
+    )
     try:
         return retrying(get)()
     except requests.RequestException as error:

@@ -11,15 +11,43 @@ See README.md for batching, retries, errors and the async client.
 from metering_client.aio import AsyncMeteringClient
 from metering_client.base import DeliveryStats
 from metering_client.client import MeteringClient
-from metering_client.errors import (ApiError, BufferFull, ClientClosed, EventsRejected,
-                                    MeteringError, NotDelivered, ServiceUnreachable)
+from metering_client.errors import (
+    ApiError,
+    BufferFull,
+    ClientClosed,
+    EventsRejected,
+    MeteringError,
+    NotDelivered,
+    ServiceUnreachable,
+)
 from metering_client.retry import RetryPolicy
-from metering_client.types import (CancelOutcome, Event, EventOutcome, Meter, Rejection,
-                                   Summary, Window)
+from metering_client.types import (
+    CancelOutcome,
+    Event,
+    EventOutcome,
+    Meter,
+    Rejection,
+    Summary,
+    Window,
+)
 
 __all__ = [
-    "ApiError", "AsyncMeteringClient", "BufferFull", "CancelOutcome", "ClientClosed",
-    "DeliveryStats", "Event", "EventOutcome", "EventsRejected", "Meter", "MeteringClient",
-    "MeteringError", "NotDelivered", "RetryPolicy", "Rejection", "ServiceUnreachable",
-    "Summary", "Window",
+    "ApiError",
+    "AsyncMeteringClient",
+    "BufferFull",
+    "CancelOutcome",
+    "ClientClosed",
+    "DeliveryStats",
+    "Event",
+    "EventOutcome",
+    "EventsRejected",
+    "Meter",
+    "MeteringClient",
+    "MeteringError",
+    "NotDelivered",
+    "Rejection",
+    "RetryPolicy",
+    "ServiceUnreachable",
+    "Summary",
+    "Window",
 ]

@@ -13,8 +13,9 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import httpx
 
@@ -64,16 +65,21 @@ class _AsyncBuffer:
             self.draining = self.draining or drain
             self.changed.notify_all()
             try:
-                await asyncio.wait_for(self.changed.wait_for(lambda: self.settled >= target),
-                                       timeout)
+                await asyncio.wait_for(
+                    self.changed.wait_for(lambda: self.settled >= target), timeout
+                )
             except TimeoutError:
                 return False
             return True
 
     def due(self, size: int, interval: float) -> bool:
         number, recorded_at, _ = self.queue[0]
-        return (len(self.queue) >= size or self.draining or number <= self.flush_to
-                or time.monotonic() - recorded_at >= interval)
+        return (
+            len(self.queue) >= size
+            or self.draining
+            or number <= self.flush_to
+            or time.monotonic() - recorded_at >= interval
+        )
 
     async def take(self, size: int, interval: float, stop: asyncio.Event) -> list[Event] | None:
         async with self.changed:
@@ -108,19 +114,36 @@ class AsyncMeteringClient(DeliveryBase):
     client and owns only its asyncio I/O: the queue, the sender task, `httpx.AsyncClient`.
     """
 
-    def __init__(self, base_url: str, api_key: str, *, batch_size: int = 100,
-                 flush_interval: float = 1.0, max_pending: int = 10_000,
-                 block_timeout: float = 10.0, close_timeout: float = 60.0,
-                 retry: RetryPolicy | None = None,
-                 timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
-                 on_error: Callable[[Rejection], None] | None = None,
-                 transport: httpx.AsyncBaseTransport | None = None):
-        super().__init__(batch_size=batch_size, flush_interval=flush_interval,
-                         max_pending=max_pending, block_timeout=block_timeout,
-                         close_timeout=close_timeout, retry=retry, on_error=on_error)
-        self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout,
-                                       transport=transport,
-                                       headers={"Authorization": f"Bearer {api_key}"})
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        batch_size: int = 100,
+        flush_interval: float = 1.0,
+        max_pending: int = 10_000,
+        block_timeout: float = 10.0,
+        close_timeout: float = 60.0,
+        retry: RetryPolicy | None = None,
+        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+        on_error: Callable[[Rejection], None] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ):
+        super().__init__(
+            batch_size=batch_size,
+            flush_interval=flush_interval,
+            max_pending=max_pending,
+            block_timeout=block_timeout,
+            close_timeout=close_timeout,
+            retry=retry,
+            on_error=on_error,
+        )
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            timeout=timeout,
+            transport=transport,
+            headers={"Authorization": f"Bearer {api_key}"},
+        )
         self._buffer = _AsyncBuffer(max_pending)
         self._stop = asyncio.Event()
         self._sender: asyncio.Task | None = None
@@ -128,16 +151,29 @@ class AsyncMeteringClient(DeliveryBase):
 
     # -- recording ------------------------------------------------------------------
 
-    async def record(self, event_name: str | None = None, user_id: str | None = None,
-                     value: int | None = None, *, meter_id: str | None = None,
-                     timestamp: datetime | str | None = None,
-                     dimensions: Mapping[str, str] | None = None,
-                     idempotency_key: str | None = None,
-                     metadata: Mapping[str, Any] | None = None) -> str:
+    async def record(
+        self,
+        event_name: str | None = None,
+        user_id: str | None = None,
+        value: int | None = None,
+        *,
+        meter_id: str | None = None,
+        timestamp: datetime | str | None = None,
+        dimensions: Mapping[str, str] | None = None,
+        idempotency_key: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> str:
         """Queue one usage event (waiting while the buffer is full); returns its key."""
-        event = Event.new(user_id=user_id or "", event_name=event_name, meter_id=meter_id,
-                          value=value, timestamp=timestamp, dimensions=dimensions,
-                          metadata=metadata, idempotency_key=idempotency_key)
+        event = Event.new(
+            user_id=user_id or "",
+            event_name=event_name,
+            meter_id=meter_id,
+            value=value,
+            timestamp=timestamp,
+            dimensions=dimensions,
+            metadata=metadata,
+            idempotency_key=idempotency_key,
+        )
         await self.record_event(event)
         return event.idempotency_key
 
@@ -151,8 +187,9 @@ class AsyncMeteringClient(DeliveryBase):
 
     async def flush(self, timeout: float | None = None) -> bool:
         """Send what is recorded now and wait until it is settled; False on timeout."""
-        return self._settled_or_raise(self._sender is None
-                                      or await self._buffer.wait_settled(timeout))
+        return self._settled_or_raise(
+            self._sender is None or await self._buffer.wait_settled(timeout)
+        )
 
     async def aclose(self, timeout: float | None = None) -> None:
         """Send what is pending (at most `timeout` seconds), then stop; see MeteringClient.close."""
@@ -181,7 +218,7 @@ class AsyncMeteringClient(DeliveryBase):
             pass
         return unsent
 
-    async def __aenter__(self) -> "AsyncMeteringClient":
+    async def __aenter__(self) -> AsyncMeteringClient:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -247,8 +284,9 @@ class AsyncMeteringClient(DeliveryBase):
         if background:
             self._note_request()
         try:
-            return await self._http.request(send.method, send.path, params=send.params,
-                                            json=send.json)
+            return await self._http.request(
+                send.method, send.path, params=send.params, json=send.json
+            )
         except httpx.HTTPError as exc:
             return exc
 
@@ -258,14 +296,26 @@ class AsyncMeteringClient(DeliveryBase):
         """Send events at once, bypassing the buffer; raises ApiError on a refused batch."""
         return await self._drive(ops.send_events(self.retry, list(events)))
 
-    async def create_meter(self, name: str, event_name: str, *,
-                           aggregation_type: str | None = None, currency: str | None = None,
-                           dimensions: Sequence[str] | None = None,
-                           metadata: Mapping[str, Any] | None = None,
-                           unique_by: str | None = None) -> Meter:
-        body = ops.meter_body(name, event_name, aggregation_type=aggregation_type,
-                              currency=currency, dimensions=dimensions, metadata=metadata,
-                              unique_by=unique_by)
+    async def create_meter(
+        self,
+        name: str,
+        event_name: str,
+        *,
+        aggregation_type: str | None = None,
+        currency: str | None = None,
+        dimensions: Sequence[str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        unique_by: str | None = None,
+    ) -> Meter:
+        body = ops.meter_body(
+            name,
+            event_name,
+            aggregation_type=aggregation_type,
+            currency=currency,
+            dimensions=dimensions,
+            metadata=metadata,
+            unique_by=unique_by,
+        )
         return await self._drive(ops.create_meter(self.retry, body))
 
     async def list_meters(self, page_size: int = 100) -> list[Meter]:
@@ -275,26 +325,46 @@ class AsyncMeteringClient(DeliveryBase):
         return await self._drive(ops.get_meter(self.retry, meter_id))
 
     async def update_meter(self, meter_id: str, **changes: Any) -> Meter:
-        return await self._drive(ops.update_meter(self.retry, meter_id,
-                                                  ops.meter_changes(**changes)))
+        return await self._drive(
+            ops.update_meter(self.retry, meter_id, ops.meter_changes(**changes))
+        )
 
     async def archive_meter(self, meter_id: str) -> Meter:
         return await self._drive(ops.archive_meter(self.retry, meter_id))
 
-    async def summary(self, meter_id: str, *, user_id: str | None = None,
-                      period_start: datetime | date | str | None = None,
-                      period_end: datetime | date | str | None = None,
-                      window_size: str | None = None, time_zone: str | None = None,
-                      group_by: Sequence[str] = (),
-                      filters: Mapping[str, str | Iterable[str]] | None = None) -> Summary:
-        params = ops.summary_params(meter_id, user_id=user_id, period_start=period_start,
-                                    period_end=period_end, window_size=window_size,
-                                    time_zone=time_zone, group_by=group_by, filters=filters)
+    async def summary(
+        self,
+        meter_id: str,
+        *,
+        user_id: str | None = None,
+        period_start: datetime | date | str | None = None,
+        period_end: datetime | date | str | None = None,
+        window_size: str | None = None,
+        time_zone: str | None = None,
+        group_by: Sequence[str] = (),
+        filters: Mapping[str, str | Iterable[str]] | None = None,
+    ) -> Summary:
+        params = ops.summary_params(
+            meter_id,
+            user_id=user_id,
+            period_start=period_start,
+            period_end=period_end,
+            window_size=window_size,
+            time_zone=time_zone,
+            group_by=group_by,
+            filters=filters,
+        )
         return await self._drive(ops.summary(self.retry, params))
 
-    async def cancel(self, ids: Iterable[str] = (), idempotency_keys: Iterable[str] = (), *,
-                     event_name: str | None = None, meter_id: str | None = None
-                     ) -> list[CancelOutcome]:
-        targets = ops.cancel_targets(ids, idempotency_keys, event_name=event_name,
-                                     meter_id=meter_id)
+    async def cancel(
+        self,
+        ids: Iterable[str] = (),
+        idempotency_keys: Iterable[str] = (),
+        *,
+        event_name: str | None = None,
+        meter_id: str | None = None,
+    ) -> list[CancelOutcome]:
+        targets = ops.cancel_targets(
+            ids, idempotency_keys, event_name=event_name, meter_id=meter_id
+        )
         return await self._drive(ops.cancel_events(self.retry, targets))

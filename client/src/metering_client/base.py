@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import httpx
 
@@ -53,8 +53,7 @@ class Rejections:
         self._lock = threading.Lock()
 
     def report(self, rejection: Rejection) -> None:
-        log.error("event %s refused: %s", rejection.event.idempotency_key,
-                  rejection.error.message)
+        log.error("event %s refused: %s", rejection.event.idempotency_key, rejection.error.message)
         if self.on_error is not None:
             try:
                 self.on_error(rejection)
@@ -90,9 +89,17 @@ class DeliveryBase:
     `_note_request`, `_note_retry` and `_tally` as their sender works.
     """
 
-    def __init__(self, *, batch_size: int, flush_interval: float, max_pending: int,
-                 block_timeout: float, close_timeout: float, retry: RetryPolicy | None,
-                 on_error: Callable[[Rejection], None] | None):
+    def __init__(
+        self,
+        *,
+        batch_size: int,
+        flush_interval: float,
+        max_pending: int,
+        block_timeout: float,
+        close_timeout: float,
+        retry: RetryPolicy | None,
+        on_error: Callable[[Rejection], None] | None,
+    ):
         if not 1 <= batch_size <= ops.MAX_BATCH:
             raise ValueError(f"batch_size must be 1 to {ops.MAX_BATCH}")
         if max_pending < batch_size:
@@ -135,11 +142,15 @@ class DeliveryBase:
     def _buffer_full_message(self, pending: int) -> str:
         trouble = self._trouble
         if trouble is None:
-            return (f"{pending} events are waiting to be sent (max_pending): they are "
-                    "recorded faster than the service accepts them")
-        return (f"{pending} events are waiting to be sent (max_pending) and the service has "
-                f"not accepted any for {time.monotonic() - trouble.since:.0f}s; "
-                f"last problem: {trouble.problem}")
+            return (
+                f"{pending} events are waiting to be sent (max_pending): they are "
+                "recorded faster than the service accepts them"
+            )
+        return (
+            f"{pending} events are waiting to be sent (max_pending) and the service has "
+            f"not accepted any for {time.monotonic() - trouble.since:.0f}s; "
+            f"last problem: {trouble.problem}"
+        )
 
     def _settled_or_raise(self, settled: bool) -> bool:
         """The end of flush(): raise what was refused, else say whether all is settled."""

@@ -78,8 +78,12 @@ class Buffer:
 
     def _due(self, size: int, interval: float) -> bool:
         number, recorded_at, _ = self._queue[0]
-        return (len(self._queue) >= size or self._draining or number <= self._flush_to
-                or time.monotonic() - recorded_at >= interval)
+        return (
+            len(self._queue) >= size
+            or self._draining
+            or number <= self._flush_to
+            or time.monotonic() - recorded_at >= interval
+        )
 
     def settle(self) -> None:
         """The batch in flight is settled (delivered or rejected)."""

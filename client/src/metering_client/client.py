@@ -14,8 +14,9 @@ import atexit
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import httpx
 
@@ -41,19 +42,36 @@ class MeteringClient(DeliveryBase):
     `DeliveryBase`, shared with the async client; this class owns the threads and I/O.
     """
 
-    def __init__(self, base_url: str, api_key: str, *, batch_size: int = 100,
-                 flush_interval: float = 1.0, max_pending: int = 10_000,
-                 block_timeout: float = 10.0, close_timeout: float = 60.0,
-                 retry: RetryPolicy | None = None,
-                 timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
-                 on_error: Callable[[Rejection], None] | None = None,
-                 transport: httpx.BaseTransport | None = None):
-        super().__init__(batch_size=batch_size, flush_interval=flush_interval,
-                         max_pending=max_pending, block_timeout=block_timeout,
-                         close_timeout=close_timeout, retry=retry, on_error=on_error)
-        self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout,
-                                  transport=transport,
-                                  headers={"Authorization": f"Bearer {api_key}"})
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        batch_size: int = 100,
+        flush_interval: float = 1.0,
+        max_pending: int = 10_000,
+        block_timeout: float = 10.0,
+        close_timeout: float = 60.0,
+        retry: RetryPolicy | None = None,
+        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+        on_error: Callable[[Rejection], None] | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ):
+        super().__init__(
+            batch_size=batch_size,
+            flush_interval=flush_interval,
+            max_pending=max_pending,
+            block_timeout=block_timeout,
+            close_timeout=close_timeout,
+            retry=retry,
+            on_error=on_error,
+        )
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/"),
+            timeout=timeout,
+            transport=transport,
+            headers={"Authorization": f"Bearer {api_key}"},
+        )
         self._buffer = Buffer(max_pending)
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -63,21 +81,34 @@ class MeteringClient(DeliveryBase):
 
     # -- recording ------------------------------------------------------------------
 
-    def record(self, event_name: str | None = None, user_id: str | None = None,
-               value: int | None = None, *, meter_id: str | None = None,
-               timestamp: datetime | str | None = None,
-               dimensions: Mapping[str, str] | None = None,
-               idempotency_key: str | None = None,
-               metadata: Mapping[str, Any] | None = None) -> str:
+    def record(
+        self,
+        event_name: str | None = None,
+        user_id: str | None = None,
+        value: int | None = None,
+        *,
+        meter_id: str | None = None,
+        timestamp: datetime | str | None = None,
+        dimensions: Mapping[str, str] | None = None,
+        idempotency_key: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> str:
         """Queue one usage event; returns its idempotency key (generated when not given).
 
         The event is stamped now unless `timestamp` is given. Raises ValueError for
         what the client can tell is wrong, BufferFull when the buffer stays full for
         `block_timeout` seconds, ClientClosed after `close()`.
         """
-        event = Event.new(user_id=user_id or "", event_name=event_name, meter_id=meter_id,
-                          value=value, timestamp=timestamp, dimensions=dimensions,
-                          metadata=metadata, idempotency_key=idempotency_key)
+        event = Event.new(
+            user_id=user_id or "",
+            event_name=event_name,
+            meter_id=meter_id,
+            value=value,
+            timestamp=timestamp,
+            dimensions=dimensions,
+            metadata=metadata,
+            idempotency_key=idempotency_key,
+        )
         self.record_event(event)
         return event.idempotency_key
 
@@ -96,8 +127,7 @@ class MeteringClient(DeliveryBase):
         and keep being retried). Raises EventsRejected for refused events when no
         `on_error` callback is set.
         """
-        return self._settled_or_raise(self._sender is None
-                                      or self._buffer.wait_settled(timeout))
+        return self._settled_or_raise(self._sender is None or self._buffer.wait_settled(timeout))
 
     def close(self, timeout: float | None = None) -> None:
         """Send what is pending (waiting at most `timeout`, default `close_timeout`), then stop.
@@ -132,10 +162,10 @@ class MeteringClient(DeliveryBase):
     def _close_at_exit(self) -> None:
         try:
             self.close()
-        except Exception as exc:  # nobody to raise to at exit: say it loudly
+        except Exception as exc:  # noqa: BLE001 - nobody to raise to at exit: say it loudly
             log.error("metering client at exit: %s", exc)
 
-    def __enter__(self) -> "MeteringClient":
+    def __enter__(self) -> MeteringClient:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -148,8 +178,9 @@ class MeteringClient(DeliveryBase):
             return
         with self._lock:
             if self._sender is None:
-                thread = threading.Thread(target=self._send_forever, daemon=True,
-                                          name="metering-client-sender")
+                thread = threading.Thread(
+                    target=self._send_forever, daemon=True, name="metering-client-sender"
+                )
                 thread.start()
                 self._sender = thread
 
@@ -210,8 +241,7 @@ class MeteringClient(DeliveryBase):
                 raise _Stopped()
             self._note_request()
         try:
-            return self._http.request(send.method, send.path, params=send.params,
-                                      json=send.json)
+            return self._http.request(send.method, send.path, params=send.params, json=send.json)
         except httpx.HTTPError as exc:
             return exc
 
@@ -224,14 +254,27 @@ class MeteringClient(DeliveryBase):
         """
         return self._drive(ops.send_events(self.retry, list(events)))
 
-    def create_meter(self, name: str, event_name: str, *, aggregation_type: str | None = None,
-                     currency: str | None = None, dimensions: Sequence[str] | None = None,
-                     metadata: Mapping[str, Any] | None = None,
-                     unique_by: str | None = None) -> Meter:
+    def create_meter(
+        self,
+        name: str,
+        event_name: str,
+        *,
+        aggregation_type: str | None = None,
+        currency: str | None = None,
+        dimensions: Sequence[str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        unique_by: str | None = None,
+    ) -> Meter:
         """Create a meter; `aggregation_type` defaults to `sum` on the service."""
-        body = ops.meter_body(name, event_name, aggregation_type=aggregation_type,
-                              currency=currency, dimensions=dimensions, metadata=metadata,
-                              unique_by=unique_by)
+        body = ops.meter_body(
+            name,
+            event_name,
+            aggregation_type=aggregation_type,
+            currency=currency,
+            dimensions=dimensions,
+            metadata=metadata,
+            unique_by=unique_by,
+        )
         return self._drive(ops.create_meter(self.retry, body))
 
     def list_meters(self, page_size: int = 100) -> list[Meter]:
@@ -250,22 +293,41 @@ class MeteringClient(DeliveryBase):
         """Archive a meter: it refuses new events and keeps its history."""
         return self._drive(ops.archive_meter(self.retry, meter_id))
 
-    def summary(self, meter_id: str, *, user_id: str | None = None,
-                period_start: datetime | date | str | None = None,
-                period_end: datetime | date | str | None = None,
-                window_size: str | None = None, time_zone: str | None = None,
-                group_by: Sequence[str] = (),
-                filters: Mapping[str, str | Iterable[str]] | None = None) -> Summary:
+    def summary(
+        self,
+        meter_id: str,
+        *,
+        user_id: str | None = None,
+        period_start: datetime | date | str | None = None,
+        period_end: datetime | date | str | None = None,
+        window_size: str | None = None,
+        time_zone: str | None = None,
+        group_by: Sequence[str] = (),
+        filters: Mapping[str, str | Iterable[str]] | None = None,
+    ) -> Summary:
         """A meter's usage over a period: one value, or windows and groups when asked."""
-        params = ops.summary_params(meter_id, user_id=user_id, period_start=period_start,
-                                    period_end=period_end, window_size=window_size,
-                                    time_zone=time_zone, group_by=group_by, filters=filters)
+        params = ops.summary_params(
+            meter_id,
+            user_id=user_id,
+            period_start=period_start,
+            period_end=period_end,
+            window_size=window_size,
+            time_zone=time_zone,
+            group_by=group_by,
+            filters=filters,
+        )
         return self._drive(ops.summary(self.retry, params))
 
-    def cancel(self, ids: Iterable[str] = (), idempotency_keys: Iterable[str] = (), *,
-               event_name: str | None = None, meter_id: str | None = None
-               ) -> list[CancelOutcome]:
+    def cancel(
+        self,
+        ids: Iterable[str] = (),
+        idempotency_keys: Iterable[str] = (),
+        *,
+        event_name: str | None = None,
+        meter_id: str | None = None,
+    ) -> list[CancelOutcome]:
         """Cancel events by id, or by idempotency key (with the meter's event name or id)."""
-        targets = ops.cancel_targets(ids, idempotency_keys, event_name=event_name,
-                                     meter_id=meter_id)
+        targets = ops.cancel_targets(
+            ids, idempotency_keys, event_name=event_name, meter_id=meter_id
+        )
         return self._drive(ops.cancel_events(self.retry, targets))

@@ -21,8 +21,15 @@ class MeteringError(Exception):
 class ApiError(MeteringError):
     """Raised when the service answers an error (4xx, or 429/5xx after the retries)."""
 
-    def __init__(self, status: int, message: str, *, code: str | None = None,
-                 param: str | None = None, errors: list[dict[str, Any]] | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        errors: list[dict[str, Any]] | None = None,
+    ):
         super().__init__(f"{status}: {message}")
         self.status = status
         self.message = message
@@ -31,13 +38,18 @@ class ApiError(MeteringError):
         self.errors = errors or []
 
     @classmethod
-    def from_body(cls, status: int, body: Any, fallback: str) -> "ApiError":
+    def from_body(cls, status: int, body: Any, fallback: str) -> ApiError:
         """The error an answer's envelope describes; `fallback` when it has none."""
         error = body.get("error") if isinstance(body, dict) else None
         if not isinstance(error, dict) or not isinstance(error.get("message"), str):
             return cls(status, fallback)
-        return cls(status, error["message"], code=error.get("code"), param=error.get("param"),
-                   errors=[e for e in error.get("errors") or [] if isinstance(e, dict)])
+        return cls(
+            status,
+            error["message"],
+            code=error.get("code"),
+            param=error.get("param"),
+            errors=[e for e in error.get("errors") or [] if isinstance(e, dict)],
+        )
 
 
 class ServiceUnreachable(MeteringError):
@@ -62,10 +74,12 @@ class EventsRejected(MeteringError):
     `rejections` holds each refused event with the service's error about it.
     """
 
-    def __init__(self, rejections: "list[Rejection]"):
+    def __init__(self, rejections: list[Rejection]):
         first = rejections[0]
-        super().__init__(f"the service refused {len(rejections)} event(s); first: "
-                         f"{first.error.message} (event {first.event.idempotency_key})")
+        super().__init__(
+            f"the service refused {len(rejections)} event(s); first: "
+            f"{first.error.message} (event {first.event.idempotency_key})"
+        )
         self.rejections = rejections
 
 
@@ -77,6 +91,6 @@ class NotDelivered(MeteringError):
     including any the service had already stored when the client gave up.
     """
 
-    def __init__(self, events: "list[Event]", reason: str):
+    def __init__(self, events: list[Event], reason: str):
         super().__init__(f"{len(events)} event(s) not delivered: {reason}")
         self.events = events

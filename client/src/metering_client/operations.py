@@ -9,23 +9,23 @@ now holds the name is returned if it matches what was asked.
 
 from __future__ import annotations
 
+from collections.abc import Generator, Iterable, Mapping, Sequence
 from datetime import date, datetime
-from typing import Any, Generator, Iterable, Mapping, Sequence
+from typing import Any
 
 from metering_client.protocol import EVENTS_PATH, Action, Send, call
 from metering_client.retry import Reply, RetryPolicy
-from metering_client.types import (CancelOutcome, Event, EventOutcome, Meter, Summary,
-                                   period_bound)
+from metering_client.types import CancelOutcome, Event, EventOutcome, Meter, Summary, period_bound
 
 METERS_PATH = "/v1/billing/meters"
 MAX_BATCH = 100
 Op = Generator[Action, Reply | None, Any]
 
 
-def _call(policy: RetryPolicy, method: str, path: str, *, params: Any = None,
-          json: Any = None) -> Op:
-    answer = yield from call(Send(method, path, params=params, json=json), policy,
-                             policy.deadline)
+def _call(
+    policy: RetryPolicy, method: str, path: str, *, params: Any = None, json: Any = None
+) -> Op:
+    answer = yield from call(Send(method, path, params=params, json=json), policy, policy.deadline)
     return answer
 
 
@@ -65,18 +65,26 @@ def archive_meter(policy: RetryPolicy, meter_id: str) -> Op:
     return Meter.from_json(answer.ok())
 
 
-def summary_params(meter_id: str, *, user_id: str | None = None,
-                   period_start: datetime | date | str | None = None,
-                   period_end: datetime | date | str | None = None,
-                   window_size: str | None = None, time_zone: str | None = None,
-                   group_by: Sequence[str] = (),
-                   filters: Mapping[str, str | Iterable[str]] | None = None
-                   ) -> list[tuple[str, str]]:
+def summary_params(
+    meter_id: str,
+    *,
+    user_id: str | None = None,
+    period_start: datetime | date | str | None = None,
+    period_end: datetime | date | str | None = None,
+    window_size: str | None = None,
+    time_zone: str | None = None,
+    group_by: Sequence[str] = (),
+    filters: Mapping[str, str | Iterable[str]] | None = None,
+) -> list[tuple[str, str]]:
     """The summary's query string; repeated names for groupBy and multi-valued filters."""
     params = [("meterId", meter_id)]
-    optional = {"userId": user_id, "windowSize": window_size, "timeZone": time_zone,
-                "periodStart": None if period_start is None else period_bound(period_start),
-                "periodEnd": None if period_end is None else period_bound(period_end)}
+    optional = {
+        "userId": user_id,
+        "windowSize": window_size,
+        "timeZone": time_zone,
+        "periodStart": None if period_start is None else period_bound(period_start),
+        "periodEnd": None if period_end is None else period_bound(period_end),
+    }
     params += [(name, value) for name, value in optional.items() if value is not None]
     params += [("groupBy", name) for name in group_by]
     for name, values in (filters or {}).items():
@@ -94,9 +102,10 @@ def send_events(policy: RetryPolicy, events: Sequence[Event]) -> Op:
     """Send events now, 100 a request; raises ApiError when the service refuses a batch."""
     outcomes: list[EventOutcome] = []
     for start in range(0, len(events), MAX_BATCH):
-        chunk = events[start:start + MAX_BATCH]
-        answer = yield from _call(policy, "POST", EVENTS_PATH,
-                                  json={"events": [e.to_json() for e in chunk]})
+        chunk = events[start : start + MAX_BATCH]
+        answer = yield from _call(
+            policy, "POST", EVENTS_PATH, json={"events": [e.to_json() for e in chunk]}
+        )
         outcomes += [EventOutcome(o["id"], o["status"]) for o in answer.ok()["events"]]
     return outcomes
 
@@ -105,40 +114,64 @@ def cancel_events(policy: RetryPolicy, targets: Sequence[dict[str, str]]) -> Op:
     """Cancel events, 100 a request. A retried cancel may answer `already_cancelled`."""
     outcomes: list[CancelOutcome] = []
     for start in range(0, len(targets), MAX_BATCH):
-        answer = yield from _call(policy, "POST", f"{EVENTS_PATH}/cancel",
-                                  json={"events": list(targets[start:start + MAX_BATCH])})
+        answer = yield from _call(
+            policy,
+            "POST",
+            f"{EVENTS_PATH}/cancel",
+            json={"events": list(targets[start : start + MAX_BATCH])},
+        )
         outcomes += [CancelOutcome(o.get("id"), o["status"]) for o in answer.ok()["events"]]
     return outcomes
 
 
-def cancel_targets(ids: Iterable[str] = (), idempotency_keys: Iterable[str] = (), *,
-                   event_name: str | None = None,
-                   meter_id: str | None = None) -> list[dict[str, str]]:
+def cancel_targets(
+    ids: Iterable[str] = (),
+    idempotency_keys: Iterable[str] = (),
+    *,
+    event_name: str | None = None,
+    meter_id: str | None = None,
+) -> list[dict[str, str]]:
     """Cancel targets by event id, or by idempotency key with the meter named once."""
     targets = [{"id": event_id} for event_id in ids]
     keys = list(idempotency_keys)
     if keys and bool(event_name) == bool(meter_id):
-        raise ValueError("cancelling by idempotency key needs event_name or meter_id "
-                         "(exactly one)")
+        raise ValueError("cancelling by idempotency key needs event_name or meter_id (exactly one)")
     meter = {"eventName": event_name} if event_name else {"meterId": meter_id}
     return targets + [{**meter, "idempotency": key} for key in keys]
 
 
-def meter_body(name: str, event_name: str, *, aggregation_type: str | None,
-               currency: str | None, dimensions: Sequence[str] | None,
-               metadata: Mapping[str, Any] | None, unique_by: str | None) -> dict[str, Any]:
+def meter_body(
+    name: str,
+    event_name: str,
+    *,
+    aggregation_type: str | None,
+    currency: str | None,
+    dimensions: Sequence[str] | None,
+    metadata: Mapping[str, Any] | None,
+    unique_by: str | None,
+) -> dict[str, Any]:
     body: dict[str, Any] = {"name": name, "eventName": event_name}
-    optional = {"aggregationType": aggregation_type, "currency": currency,
-                "dimensions": None if dimensions is None else list(dimensions),
-                "metadata": None if metadata is None else dict(metadata), "uniqueBy": unique_by}
+    optional = {
+        "aggregationType": aggregation_type,
+        "currency": currency,
+        "dimensions": None if dimensions is None else list(dimensions),
+        "metadata": None if metadata is None else dict(metadata),
+        "uniqueBy": unique_by,
+    }
     body.update({key: value for key, value in optional.items() if value is not None})
     return body
 
 
 def meter_changes(**changes: Any) -> dict[str, Any]:
     """PATCH body from snake_case keyword arguments, leaving out those not given."""
-    names = {"name": "name", "event_name": "eventName", "aggregation_type": "aggregationType",
-             "dimensions": "dimensions", "metadata": "metadata", "unique_by": "uniqueBy"}
+    names = {
+        "name": "name",
+        "event_name": "eventName",
+        "aggregation_type": "aggregationType",
+        "dimensions": "dimensions",
+        "metadata": "metadata",
+        "unique_by": "uniqueBy",
+    }
     unknown = set(changes) - set(names)
     if unknown:
         raise TypeError(f"unknown meter fields: {', '.join(sorted(unknown))}")

@@ -17,8 +17,9 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import Any, Generator
+from typing import Any
 
 import httpx
 
@@ -80,8 +81,9 @@ def _final(reply: Reply) -> Answer | None:
     return Answer(reply.status_code, body, retried=False)
 
 
-def call(request: Send, policy: RetryPolicy, deadline: float | None,
-         clock=time.monotonic) -> Generator[Action, Reply | None, Answer]:
+def call(
+    request: Send, policy: RetryPolicy, deadline: float | None, clock=time.monotonic
+) -> Generator[Action, Reply | None, Answer]:
     """Send `request` until it gets a final answer; `deadline` None retries forever.
 
     Raises ApiError (the last 429/5xx) or ServiceUnreachable (the last network
@@ -103,12 +105,16 @@ def call(request: Send, policy: RetryPolicy, deadline: float | None,
 def _gave_up(reply: Reply | None, attempts: int) -> Exception:
     if isinstance(reply, httpx.Response):
         parsed, body = _json(reply)
-        return ApiError.from_body(reply.status_code, body if parsed else None,
-                                  f"HTTP {reply.status_code} after {attempts} attempts")
+        return ApiError.from_body(
+            reply.status_code,
+            body if parsed else None,
+            f"HTTP {reply.status_code} after {attempts} attempts",
+        )
     return ServiceUnreachable(f"no answer after {attempts} attempts: {describe(reply)}")
 
 
 # -- batches of events ---------------------------------------------------------------
+
 
 @dataclass
 class BatchResult:
@@ -132,21 +138,31 @@ def _problems_by_event(error: ApiError, size: int) -> dict[int, list[dict]]:
 
 def _event_error(status: int, error: ApiError, problems: list[dict]) -> ApiError:
     messages = "; ".join(str(p.get("message")) for p in problems)
-    return ApiError(status, messages, code=error.code, param=problems[0].get("param"),
-                    errors=problems)
+    return ApiError(
+        status, messages, code=error.code, param=problems[0].get("param"), errors=problems
+    )
 
 
 def _conflict(event: Event, outcome: EventOutcome) -> Rejection:
-    return Rejection(event, ApiError(
-        409, f"idempotency key {event.idempotency_key!r} was recorded before with a different "
-             f"payload (event {outcome.id}); this event was not stored", code="conflict"))
+    return Rejection(
+        event,
+        ApiError(
+            409,
+            f"idempotency key {event.idempotency_key!r} was recorded before with a different "
+            f"payload (event {outcome.id}); this event was not stored",
+            code="conflict",
+        ),
+    )
 
 
 def _settle(part: list[Event], body: Any, result: BatchResult) -> bool:
     """Record a 201 answer's outcomes; False when the answer does not fit the batch."""
     answers = body.get("events") if isinstance(body, dict) else None
-    if (not isinstance(answers, list) or len(answers) != len(part)
-            or not all(isinstance(answer, dict) for answer in answers)):
+    if (
+        not isinstance(answers, list)
+        or len(answers) != len(part)
+        or not all(isinstance(answer, dict) for answer in answers)
+    ):
         return False
     for event, answer in zip(part, answers):
         outcome = EventOutcome(str(answer.get("id")), str(answer.get("status")))
@@ -157,15 +173,17 @@ def _settle(part: list[Event], body: Any, result: BatchResult) -> bool:
     return True
 
 
-def _split_refused(part: list[Event], answer: Answer, parts: list[list[Event]],
-                   result: BatchResult) -> None:
+def _split_refused(
+    part: list[Event], answer: Answer, parts: list[list[Event]], result: BatchResult
+) -> None:
     """A refused batch: reject the events the error names, send the rest again."""
     error = ApiError.from_body(answer.status, answer.body, f"HTTP {answer.status}")
     named = _problems_by_event(error, len(part))
     if named:
         for index, problems in sorted(named.items()):
-            result.rejected.append(Rejection(part[index],
-                                             _event_error(answer.status, error, problems)))
+            result.rejected.append(
+                Rejection(part[index], _event_error(answer.status, error, problems))
+            )
         rest = [e for i, e in enumerate(part) if i not in named]
         if rest:
             parts.append(rest)
@@ -176,8 +194,9 @@ def _split_refused(part: list[Event], answer: Answer, parts: list[list[Event]],
         result.rejected += [Rejection(event, error) for event in part]
 
 
-def deliver(events: list[Event], policy: RetryPolicy,
-            deadline: float | None = None) -> Generator[Action, Reply | None, BatchResult]:
+def deliver(
+    events: list[Event], policy: RetryPolicy, deadline: float | None = None
+) -> Generator[Action, Reply | None, BatchResult]:
     """Send a batch until every event is stored (or was before) or refused.
 
     Network errors, 429 and 5xx are retried with the same events and keys. A

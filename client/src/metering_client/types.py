@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
-from typing import Any, Mapping
+from datetime import UTC, date, datetime
+from typing import Any
 
 from metering_client.errors import ApiError
 
@@ -16,7 +17,7 @@ def rfc3339(moment: datetime) -> str:
     """An aware datetime as RFC 3339 in UTC with a `Z`."""
     if moment.tzinfo is None:
         raise ValueError(f"{moment!r} has no time zone; pass an aware datetime")
-    text = moment.astimezone(timezone.utc).isoformat(timespec="microseconds")
+    text = moment.astimezone(UTC).isoformat(timespec="microseconds")
     return text.replace("+00:00", "Z")
 
 
@@ -56,11 +57,18 @@ class Event:
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def new(cls, *, user_id: str, event_name: str | None = None, meter_id: str | None = None,
-            value: int | None = None, timestamp: datetime | str | None = None,
-            dimensions: Mapping[str, str] | None = None,
-            metadata: Mapping[str, Any] | None = None,
-            idempotency_key: str | None = None) -> "Event":
+    def new(
+        cls,
+        *,
+        user_id: str,
+        event_name: str | None = None,
+        meter_id: str | None = None,
+        value: int | None = None,
+        timestamp: datetime | str | None = None,
+        dimensions: Mapping[str, str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Event:
         """An event checked for what the client can check alone; stamped now by default.
 
         Raises ValueError for a missing user or meter, a non-integer value or a
@@ -74,15 +82,24 @@ class Event:
             raise ValueError(f"value must be an integer, not {value!r}")
         if idempotency_key is not None and not idempotency_key:
             raise ValueError("idempotency_key must not be empty")
-        when = timestamp if timestamp is not None else datetime.now(timezone.utc)
-        return cls(user_id=user_id, event_name=event_name, meter_id=meter_id, value=value,
-                   timestamp=rfc3339(when) if isinstance(when, datetime) else when,
-                   dimensions=dict(dimensions or {}), metadata=dict(metadata or {}),
-                   idempotency_key=idempotency_key or uuid.uuid4().hex)
+        when = timestamp if timestamp is not None else datetime.now(UTC)
+        return cls(
+            user_id=user_id,
+            event_name=event_name,
+            meter_id=meter_id,
+            value=value,
+            timestamp=rfc3339(when) if isinstance(when, datetime) else when,
+            dimensions=dict(dimensions or {}),
+            metadata=dict(metadata or {}),
+            idempotency_key=idempotency_key or uuid.uuid4().hex,
+        )
 
     def to_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"userId": self.user_id, "idempotency": self.idempotency_key,
-                                "timestamp": self.timestamp}
+        body: dict[str, Any] = {
+            "userId": self.user_id,
+            "idempotency": self.idempotency_key,
+            "timestamp": self.timestamp,
+        }
         if self.event_name:
             body["eventName"] = self.event_name
         else:
@@ -135,13 +152,20 @@ class Meter:
     updated_at: datetime | None = None
 
     @classmethod
-    def from_json(cls, body: Mapping[str, Any]) -> "Meter":
-        return cls(id=body["id"], name=body["name"], event_name=body["eventName"],
-                   aggregation_type=body["aggregationType"], currency=body["currency"],
-                   dimensions=tuple(body.get("dimensions") or ()),
-                   metadata=dict(body.get("metadata") or {}), status=body.get("status", "active"),
-                   unique_by=body.get("uniqueBy"), created_at=_time(body.get("createdAt")),
-                   updated_at=_time(body.get("updatedAt")))
+    def from_json(cls, body: Mapping[str, Any]) -> Meter:
+        return cls(
+            id=body["id"],
+            name=body["name"],
+            event_name=body["eventName"],
+            aggregation_type=body["aggregationType"],
+            currency=body["currency"],
+            dimensions=tuple(body.get("dimensions") or ()),
+            metadata=dict(body.get("metadata") or {}),
+            status=body.get("status", "active"),
+            unique_by=body.get("uniqueBy"),
+            created_at=_time(body.get("createdAt")),
+            updated_at=_time(body.get("updatedAt")),
+        )
 
 
 @dataclass(frozen=True)
@@ -156,11 +180,14 @@ class Window:
     group_by: Mapping[str, str]
 
     @classmethod
-    def from_json(cls, body: Mapping[str, Any]) -> "Window":
-        return cls(window_start=_time(body.get("windowStart")),
-                   window_end=_time(body.get("windowEnd")),
-                   value=exact_value(body.get("value")),
-                   event_count=body["eventCount"], group_by=dict(body.get("groupBy") or {}))
+    def from_json(cls, body: Mapping[str, Any]) -> Window:
+        return cls(
+            window_start=_time(body.get("windowStart")),
+            window_end=_time(body.get("windowEnd")),
+            value=exact_value(body.get("value")),
+            event_count=body["eventCount"],
+            group_by=dict(body.get("groupBy") or {}),
+        )
 
 
 @dataclass(frozen=True)
@@ -179,11 +206,16 @@ class Summary:
     windows: list[Window] | None
 
     @classmethod
-    def from_json(cls, body: Mapping[str, Any]) -> "Summary":
+    def from_json(cls, body: Mapping[str, Any]) -> Summary:
         windows = body.get("windows")
-        return cls(meter_id=body["meterId"], meter_name=body["meterName"],
-                   user_id=body.get("userId") or "", aggregation_type=body["aggregationType"],
-                   value=exact_value(body.get("value")), event_count=body["eventCount"],
-                   period_start=_time(body.get("periodStart")),
-                   period_end=_time(body.get("periodEnd")),
-                   windows=None if windows is None else [Window.from_json(w) for w in windows])
+        return cls(
+            meter_id=body["meterId"],
+            meter_name=body["meterName"],
+            user_id=body.get("userId") or "",
+            aggregation_type=body["aggregationType"],
+            value=exact_value(body.get("value")),
+            event_count=body["eventCount"],
+            period_start=_time(body.get("periodStart")),
+            period_end=_time(body.get("periodEnd")),
+            windows=None if windows is None else [Window.from_json(w) for w in windows],
+        )

@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-firestore test-legacy test-indexes fuzz lock clean
+.PHONY: install run lint test test-firestore test-legacy test-indexes fuzz lock clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,16 @@ install: $(BIN)/.installed
 run: install
 	$(BIN)/metering serve
 
-## Install, then run the whole suite on both of Google's emulators.
-test: test-firestore test-legacy test-indexes
+## Lint, format check and types (pinned in the test extra); `make test` runs it first.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+## Install, then lint, then run the whole suite on both of Google's emulators.
+## Lint comes first and stops the run: a style or type error fails in seconds, not minutes.
+test: lint
+	$(MAKE) test-firestore test-legacy test-indexes
 
 ## The suite on the Firestore-mode emulator (like today's Cloud Datastore).
 test-firestore: install

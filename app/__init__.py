@@ -23,7 +23,7 @@ def create_app(config: Config | None = None) -> Flask:
     app = Flask(__name__)
     app.config["METERING"] = config
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
-    app.json.sort_keys = False
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # the default provider has it
     ids.configure(config.hashid_salt)
     deadline.init_app(app)  # first: the deadline counts from the request's arrival
     errors.init_app(app)

@@ -204,11 +204,12 @@ class Emulator:
                 start_new_session=True,
             )
         finally:
-            if log is not subprocess.DEVNULL:
+            if not isinstance(log, int):  # a file of ours, not DEVNULL
                 log.close()
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
+        assert self.process is not None, "spawned first"
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 where = f" (see {self.log_path})" if self.log_path else ""

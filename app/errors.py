@@ -50,7 +50,7 @@ class ApiError(Exception):
         self.details = details or []
 
     def to_dict(self) -> dict:
-        body = {"type": "api-error", "message": self.message}
+        body: dict[str, object] = {"type": "api-error", "message": self.message}
         if self.code:
             body["code"] = self.code
         if self.param:

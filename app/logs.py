@@ -78,7 +78,7 @@ def trace_fields(header: str | None, project: str) -> dict:
     if not match:
         return {}
     trace_id, span_id, sampled = match.groups()
-    fields = {TRACE_FIELD: f"projects/{project}/traces/{trace_id.lower()}"}
+    fields: dict[str, object] = {TRACE_FIELD: f"projects/{project}/traces/{trace_id.lower()}"}
     if span_id:
         fields[SPAN_FIELD] = span_id
     if sampled is not None:

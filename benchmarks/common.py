@@ -220,6 +220,7 @@ class Service:
         return any("exists" in line for line in self._stdout)
 
     def _read_stdout(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
         for line in self.process.stdout:
             self._stdout.append(line)
             match = KEY_LINE.search(line)
@@ -229,9 +230,9 @@ class Service:
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
+            if self.process.poll() is not None:  # type: ignore[union-attr]
                 raise RuntimeError(
-                    f"metering serve exited with {self.process.returncode}:\n" + self.log_tail()
+                    f"metering serve exited with {self.process.returncode}:\n" + self.log_tail()  # type: ignore[union-attr]
                 )
             if (self.api_key or self.demo_org_existed) and self._healthy():
                 return
@@ -248,7 +249,7 @@ class Service:
             return False
 
     def worker_pids(self) -> list[int]:
-        return [pid for pid in tree_pids(self.process.pid) if pid != self.process.pid]
+        return [pid for pid in tree_pids(self.process.pid) if pid != self.process.pid]  # type: ignore[union-attr]
 
     def log_tail(self, lines: int = 30) -> str:
         try:

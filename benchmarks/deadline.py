@@ -84,7 +84,7 @@ def main() -> int:
             extra_env={"METERING_REQUEST_DEADLINE_SECONDS": str(args.deadline)},
         ).start()
         services.append(bounded)
-        client = Client(bounded.url, bounded.api_key)
+        client = Client(bounded.url, bounded.api_key)  # type: ignore[arg-type]
         meter_id = _seed(client, args.users)
         path = "/v1/billing/meter-events/summary?" + urlencode(
             {

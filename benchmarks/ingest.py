@@ -150,7 +150,7 @@ def _raw_child(
             batches = []
             with client.context(namespace=space):
                 for b in range(count // batch):
-                    mutations, cells = [], {}
+                    mutations, cells = [], {}  # type: ignore[var-annotated]
                     for i in range(batch):
                         idem = f"raw-{b}-{i}"
                         key_id = event_service.idempotent_id(meter_id, idem)
@@ -315,7 +315,7 @@ def build_load(
 ) -> Load:
     """`total` events in `batch`-event bodies; users at random from `users`, or one."""
     stamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    bodies, value_sum, per_user = [], 0, {}
+    bodies, value_sum, per_user = [], 0, {}  # type: ignore[var-annotated]
     for b in range(total // batch):
         events = []
         for i in range(batch):
@@ -378,7 +378,7 @@ def send_all(service, api_key: str, bodies: list[bytes], clients: int):
     """POST every body from `clients` threads; per-request (status, ms, usage, body)."""
     queue = iter(range(len(bodies)))
     lock = threading.Lock()
-    records: list[tuple] = [None] * len(bodies)
+    records: list[tuple] = [None] * len(bodies)  # type: ignore[list-item]
     reconnects = [0] * clients
     start = threading.Barrier(clients + 1)
 

@@ -108,7 +108,7 @@ def _measure(client, namespace, meter, function, runs: int) -> tuple[float, int,
         for _ in range(runs):
             seconds, reads, result = _timed(function, meter)
             timings.append(seconds)
-    return statistics.median(timings), reads, result
+    return statistics.median(timings), reads, result  # type: ignore[return-value]
 
 
 def main() -> None:
@@ -125,8 +125,8 @@ def main() -> None:
         help=f"values of the events' one dimension, so series of the user (default {len(MODELS)})",
     )
     args = parser.parse_args()
-    MODELS = MODELS + tuple(f"model-{i}" for i in range(len(MODELS), args.models))
-    MODELS = MODELS[: args.models]
+    MODELS = MODELS + tuple(f"model-{i}" for i in range(len(MODELS), args.models))  # type: ignore[assignment]
+    MODELS = MODELS[: args.models]  # type: ignore[assignment]
 
     with (
         tempfile.TemporaryDirectory() as scratch,

@@ -117,7 +117,7 @@ class _Meter:
     def __init__(self, number: int):
         self.id_ = f"mtr_{number}"
         self.name, self.event_name, self.aggregation_type = "n", "e", "sum"
-        self.currency, self.dimensions, self.metadata = "usd", ["model"], {}
+        self.currency, self.dimensions, self.metadata = "usd", ["model"], {}  # type: ignore[var-annotated]
         self.unique_by, self.deleted = None, True
         self.created_at = datetime(2026, 11, 1, tzinfo=UTC)
         self.updated_at = self.created_at + timedelta(microseconds=1)

@@ -92,7 +92,7 @@ def _resolve(module: str, node: ast.ImportFrom) -> str:
 def imports_of(module: str) -> list[tuple[str, ast.stmt, bool]]:
     """(imported module, node, inside a function) of every import of a module. `from a
     import b` names `a.b` when that is a module of the app, else `a`."""
-    found = []
+    found: list[tuple[str, ast.stmt, bool]] = []
 
     def visit(node: ast.AST, in_function: bool) -> None:
         for child in ast.iter_child_nodes(node):

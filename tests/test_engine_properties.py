@@ -413,7 +413,7 @@ class Model:
         statuses = []
         for out in request:
             stored = self.by_key.get(out.key) if out.key else None
-            reference = stored.payload if stored else first_copy.get(out.key)
+            reference = stored.payload if stored else first_copy.get(out.key)  # type: ignore[arg-type]
             if out.key is None:
                 statuses.append("created")
             elif reference is None:
@@ -588,7 +588,7 @@ class Player:
             answers = list(pool.map(post, requests))
             for done in running:
                 done.result()
-        created = defaultdict(int)
+        created = defaultdict(int)  # type: ignore[var-annotated]
         for request, statuses, outcomes in zip(requests, expected, answers):
             for out, status, outcome in zip(request, statuses, outcomes):
                 allowed = {"created", "duplicate"} if status == "first" else {status}
@@ -694,7 +694,7 @@ class Player:
 
 def _unit(instant: datetime, zone: ZoneInfo, size: str) -> tuple:
     local = instant.astimezone(zone)
-    assert local.utcoffset() % GRID == timedelta(0), "the grid scan needs 15-minute offsets"
+    assert local.utcoffset() % GRID == timedelta(0), "the grid scan needs 15-minute offsets"  # type: ignore[operator]
     if size == "month":
         return local.year, local.month
     if size == "day":
@@ -736,7 +736,7 @@ def aggregate(meter: int, events: list[Stored]):
     if kind == "count":
         return len(events)
     if kind == "unique_count":
-        return len({e.field(unique_by) for e in events})
+        return len({e.field(unique_by) for e in events})  # type: ignore[arg-type]
     if not events:
         return None
     if kind == "min":
@@ -745,7 +745,7 @@ def aggregate(meter: int, events: list[Stored]):
         return max(values)
     if kind == "avg":
         return pytest.approx(sum(values) / len(values))
-    latest = max(e.payload.at for e in events)
+    latest = max(e.payload.at for e in events)  # type: ignore[type-var]
     tied = {e.payload.value for e in events if e.payload.at == latest}
     return tied.pop() if len(tied) == 1 else OneOf(tied)
 
@@ -757,7 +757,7 @@ def expected_summary(model: Model, query: Query, start: datetime, end: datetime)
         for e in model.events
         if e.live
         and e.payload.meter == query.meter
-        and start <= e.payload.at < end
+        and start <= e.payload.at < end  # type: ignore[operator]
         and (query.user is None or e.payload.user == query.user)
         and all(e.field(name) in allowed for name, allowed in query.filters)
     ]
@@ -803,15 +803,15 @@ def query_params(player: Player, query: Query):
     """(params, start, end) of a query: bounds in order, windows not too many."""
     span = player.span
     first, last = query.start, query.end
-    if first and last and _bound(span, last, True)[1] <= _bound(span, first, False)[1]:
+    if first and last and _bound(span, last, True)[1] <= _bound(span, first, False)[1]:  # type: ignore[operator]
         first, last = last, first
     (start_text, start), (end_text, end) = _bound(span, first, False), _bound(span, last, True)
     if query.window and start is None:
         start_text, start = _utc_text(span.low), span.low
     if start and end and end <= start:
         end_text, end = None, None
-    if query.window == "hour" and end is None and datetime.now(UTC) - start > timedelta(days=60):
-        end_text, end = _utc_text(start + timedelta(days=9)), start + timedelta(days=9)
+    if query.window == "hour" and end is None and datetime.now(UTC) - start > timedelta(days=60):  # type: ignore[operator]
+        end_text, end = _utc_text(start + timedelta(days=9)), start + timedelta(days=9)  # type: ignore[arg-type, assignment, operator]
     params = [("meterId", player.meters[query.meter]["id"])]
     params += [
         (name, text)

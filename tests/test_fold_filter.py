@@ -45,7 +45,7 @@ def _answer(results: list[list[int]], events: int):
     response = ds.CommitResponse.pb()()
     response.index_updates = 3 * events
     response.commit_time.seconds, response.commit_time.nanos = 1_765_000_000, 123_456_789
-    for values in [[]] * events + results:
+    for values in [[]] * events + results:  # type: ignore[var-annotated]
         result = response.mutation_results.add()
         result.version = 1_765_000_000_123_456
         result.update_time.seconds, result.update_time.nanos = 1_765_000_000, 999_999_999

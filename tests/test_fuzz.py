@@ -122,7 +122,7 @@ def follow_links(operations, base_url: str, fresh_token) -> None:
     answers (Hypothesis replays sequences and requires that).
     """
 
-    class LinkedCalls(operations.as_state_machine()):
+    class LinkedCalls(operations.as_state_machine()):  # type: ignore[misc]
         def setup(self):
             self.token = fresh_token()
 

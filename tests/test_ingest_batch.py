@@ -34,7 +34,7 @@ def draft(**changes) -> Draft:
         meter_key_id=1,
     )
     fields.update(changes)
-    return Draft(**fields)
+    return Draft(**fields)  # type: ignore[arg-type]
 
 
 def stored(earlier: Draft) -> StoredEvent:

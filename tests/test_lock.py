@@ -46,7 +46,7 @@ def lock() -> dict[str, tuple[Requirement, list[str]]]:
     entries = lock_entries((ROOT / "requirements.txt").read_text())
     by_name = {canonicalize_name(req.name): (req, hashes) for req, hashes in entries}
     assert len(by_name) == len(entries), "a package is pinned twice"
-    return by_name
+    return by_name  # type: ignore[return-value]
 
 
 def _pin(requirement: Requirement) -> Version | None:

@@ -364,7 +364,7 @@ def _bad_authorizations(world: World) -> dict[str, object]:
         "admin token for org": f"Bearer {token}",
         "org key for admin": f"Bearer {key}",
         "admin token extended": f"Bearer {token}x",
-        "admin token truncated": f"Bearer {token[:-1]}",
+        "admin token truncated": f"Bearer {token[:-1]}",  # type: ignore[index]
     }
 
 

@@ -28,8 +28,8 @@ NEW_YORK = ZoneInfo("America/New_York")
 KATHMANDU, LORD_HOWE = ZoneInfo("Asia/Kathmandu"), ZoneInfo("Australia/Lord_Howe")
 
 
-def at(*args, tz=UTC) -> datetime:
-    return datetime(*args, tzinfo=tz)
+def at(*args: int, tz=UTC) -> datetime:
+    return datetime(*args, tzinfo=tz)  # type: ignore[arg-type, misc]  # year, month, day...
 
 
 def micros(moment: datetime) -> int:

@@ -163,7 +163,8 @@ def _check(document, parser: _Parser) -> None:
     for the value refused (`_locate`).
     """
     parser.settle(document)
-    levels, level, depth = [], [document], 1
+    levels: list[list] = []
+    level, depth = [document], 1
     while level:
         if depth > MAX_DEPTH:
             where = _locate(level[0], levels)
@@ -189,7 +190,7 @@ def _values(level: list) -> list:
     try:
         return list(itertools.chain.from_iterable(map(dict.values, level)))
     except TypeError:  # arrays among them
-        children = []
+        children: list = []
         for container in level:
             children.extend(container if type(container) is list else container.values())
         return children
@@ -383,7 +384,7 @@ def body(schema):
 
 
 def _query_args(repeatable=lambda name: False) -> dict:
-    args = {}
+    args: dict[str, object] = {}
     for name, values in request.args.lists():
         if not name:
             raise ValidationFailed("the query string has a parameter without a name")

@@ -10,10 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from app.core.slots import micros
 
 USER_ID = "userId"
+
+#: The order of events for `last`: (timestamp µs, recorded µs, key id); larger is later.
+Rank = tuple[int, ...]
 
 
 @dataclass(slots=True)
@@ -29,12 +33,12 @@ class Cell:
     sum: int = 0
     min: int | None = None
     max: int | None = None
-    last_rank: tuple | None = None  # (timestamp_micros, created_micros, key_id): larger = later
+    last_rank: Rank | None = None  # (timestamp_micros, created_micros, key_id): larger = later
     last_value: int | None = None
     pending_ts: int | None = None
-    pending_at: set | tuple = ()
+    pending_at: set[Series] | tuple[Series, ...] = ()
 
-    def add_event(self, value: int, rank: tuple) -> None:
+    def add_event(self, value: int, rank: Rank) -> None:
         self.merge(Cell(1, value, value, value, rank, value))
 
     def merge(self, other: Cell) -> None:
@@ -55,7 +59,7 @@ class Cell:
                     self.pending_at = set(self.pending_at)
                 self.pending_at.update(other.pending_at)
 
-    def merge_packed(self, fields: list) -> None:
+    def merge_packed(self, fields: list[Any]) -> None:
         """`merge` of a rollup slot as `Slots_` packs it (see `rollups.packed_cell`),
         without making a Cell of it: a summary does this once per slot it reads."""
         self.count += fields[0]
@@ -68,7 +72,7 @@ class Cell:
         if len(fields) > 4:
             self.merge_last(tuple(fields[4]), fields[5])
 
-    def merge_last(self, rank: tuple, value: int) -> None:
+    def merge_last(self, rank: Rank, value: int | None) -> None:
         """Keep the later of the cell's latest event and this one.
 
         Equal ranks (one event seen twice) keep the larger value, so order never matters.
@@ -107,11 +111,11 @@ class Series:
         return dict(self.dimensions).get(name, "")
 
 
-def series_of(user_id: str, dimensions: dict) -> Series:
+def series_of(user_id: str, dimensions: dict[str, str]) -> Series:
     """The series of a user and a dimensions mapping."""
     return Series(user_id, tuple(sorted(dimensions.items())))
 
 
-def rank(timestamp: datetime, created: datetime, key_id: int) -> tuple:
+def rank(timestamp: datetime, created: datetime, key_id: int) -> Rank:
     """The order of events for `last`: latest timestamp, then recorded last, then key."""
     return (micros(timestamp), micros(created), key_id)

@@ -24,6 +24,7 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from app.core.aggregation import AGGREGATION_TYPES, Aggregation
@@ -113,7 +114,7 @@ class SummaryResult:
 def _local(instant: datetime, zone: ZoneInfo) -> datetime:
     """The instant on the zone's clock, refusing offsets that would split a slot."""
     local = instant.astimezone(zone)
-    if local.utcoffset() % SLOT:
+    if local.utcoffset() % SLOT:  # type: ignore[operator]
         raise UnsupportedZone(
             f"{zone.key} is at UTC{local:%z} on {local:%Y-%m-%d}, not a "
             "multiple of 15 minutes, so its windows do not fall on slot "
@@ -204,7 +205,8 @@ def _utc_bounds(
     end = request.period_end.astimezone(UTC)
     if request.window_size is None:
         return [(start, end)]
-    bounds, limit = [], request.max_windows
+    bounds: list[tuple[datetime, datetime]] = []
+    limit = request.max_windows
     if limit is not None and end - start > limit * _LONGEST[request.window_size]:
         raise TooManyWindows(
             f"the period holds more than {limit} {request.window_size} windows"
@@ -281,7 +283,7 @@ def _windows(request: SummaryRequest, bounds, buckets: dict, check: Check) -> li
         return []
     keys = sorted(buckets) if request.group_by else [(i, ()) for i in range(len(bounds))]
     zone, empty = request.zone, _Bucket()
-    windows = []
+    windows: list[Window] = []
     for index, group in keys:
         if not len(windows) % 1024:
             check()
@@ -322,7 +324,9 @@ def summarize_cells(
     profiles: dict[Series, tuple | None] = {}
     buckets: dict[tuple[int, tuple], _Bucket] = {}
     window_of: dict[datetime, int] = {}  # slots repeat across series and days
-    last_series, profile, last_key, bucket = None, None, None, None
+    last_series, last_key = None, None
+    profile: Any = None
+    bucket: Any = None
     window_at, bucket_at = window_of.get, buckets.get  # this loop runs once per cell
     for series, slot, cell in cells:
         if series is not last_series:  # a rollup's cells come together: skip the lookups
@@ -332,7 +336,7 @@ def summarize_cells(
             if profile is _UNSEEN:
                 profile = profiles[series] = _profile(request, series)
         packed = cell.__class__ is list  # a compacted slot, as the rollup packs it
-        if profile is None or (cell[0] if packed else cell.count) == 0:
+        if profile is None or (cell[0] if packed else cell.count) == 0:  # type: ignore[index]
             continue
         index = window_at(slot)
         if index is None:

@@ -123,7 +123,7 @@ class Lifecycle:
         """Validate and store a new entity, running the create hooks."""
         self._check()
         self.before_create()
-        self.put()
+        self.put()  # type: ignore[attr-defined]  # a mixin of ndb.Model
         self.after_create()
         return self
 
@@ -131,7 +131,7 @@ class Lifecycle:
         """Validate and store changes to an existing entity, running the update hooks."""
         self._check()
         self.before_update()
-        self.put()
+        self.put()  # type: ignore[attr-defined]  # a mixin of ndb.Model
         self.after_update()
         return self
 
@@ -178,6 +178,8 @@ class Model(Lifecycle, ndb.Model):
         return self
 
     # -- what every put does ---------------------------------------------------
+
+    key: ndb.Key  # ndb.Model's (None until the entity has one)
 
     def ensure_key(self) -> ndb.Key:
         """Give a new entity its complete key (under the org root by default)."""

@@ -118,7 +118,10 @@ def build(app) -> dict:
             path=openapi_path(rule.rule),
             operations={
                 method.lower(): _operation(
-                    rule, method, operation, app.view_functions[rule.endpoint]
+                    rule,
+                    method,
+                    operation,  # type: ignore[arg-type]
+                    app.view_functions[rule.endpoint],
                 )
                 for method in methods
             },
@@ -132,7 +135,7 @@ def openapi_path(flask_rule: str) -> str:
 
 
 def _schema_name(schema) -> str:
-    return resolve_schema_cls(schema).__name__
+    return resolve_schema_cls(schema).__name__  # type: ignore[union-attr]  # one class
 
 
 def _new_spec() -> APISpec:
@@ -147,6 +150,7 @@ def _new_spec() -> APISpec:
     plugin.map_to_openapi_type(custom_fields.Int64, "integer", "int64")
     plugin.map_to_openapi_type(custom_fields.Rfc3339, "string", "date-time")
     plugin.map_to_openapi_type(custom_fields.PeriodBound, "string", None)
+    assert plugin.converter is not None  # set by APISpec(plugins=...) just above
     plugin.converter.add_attribute_function(_object_sizes)
     plugin.converter.add_attribute_function(_key_rules)
     plugin.converter.add_attribute_function(_date_or_time)
@@ -307,11 +311,13 @@ def _parameters(rule, operation: Operation) -> list:
 
 
 def _responses(operation: Operation) -> dict:
-    answers = {}
+    answers: dict[str, dict] = {}
     for status, answer in operation.success.items():
         shape = answer.shape
         if isinstance(shape, str):
-            content = {shape: {"schema": {"type": "object" if "json" in shape else "string"}}}
+            content: dict[str, dict] = {
+                shape: {"schema": {"type": "object" if "json" in shape else "string"}}
+            }
         else:
             content = {"application/json": {"schema": shape}}
         answers[str(status)] = {
@@ -323,5 +329,5 @@ def _responses(operation: Operation) -> dict:
             answers[str(status)]["links"] = answer.links
     errors = {*operation.errors, 413, *((503,) if operation.datastore else ())}
     for status in sorted(errors):
-        answers[str(status)] = ERROR_STATUSES[status][0]
+        answers[str(status)] = ERROR_STATUSES[status][0]  # type: ignore[assignment]
     return answers

@@ -107,7 +107,7 @@ def parse_rfc3339(value) -> datetime:
     text = value.replace("t", "T").replace(" ", "T").replace("z", "Z").replace("Z", "+00:00")
     main, dot, rest = text.partition(".")
     if dot:
-        digits = re.match(r"\d+", rest).group(0)
+        digits = re.match(r"\d+", rest).group(0)  # type: ignore[union-attr]  # Rfc3339 put digits there
         text = f"{main}.{digits[:6].ljust(6, '0')}{rest[len(digits) :]}"
     try:
         return datetime.fromisoformat(text).astimezone(UTC)
@@ -144,7 +144,7 @@ def identifier(max_length: int = IDENTIFIER_LENGTH, **kwargs) -> fields.String:
 class FullMatch(validate.Regexp):
     """`validate.Regexp` that needs the whole value to match (`re.fullmatch`)."""
 
-    def __call__(self, value: str) -> str:
+    def __call__(self, value):  # a str: the schema types the field
         if self.regex.fullmatch(value) is None:
             raise ValidationError(self._format_error(value))
         return value
@@ -158,12 +158,14 @@ class _LengthFirst:
     the length first makes a refusal cost no more than its limit allows.
     """
 
+    validators: list  # a mixin of a marshmallow field, which has both
+
     def _deserialize(self, value, attr, data, **kwargs):
         if isinstance(value, (list, dict)):
             for check in self.validators:
                 if isinstance(check, validate.Length):
                     check(value)
-        return super()._deserialize(value, attr, data, **kwargs)
+        return super()._deserialize(value, attr, data, **kwargs)  # type: ignore[misc]
 
 
 class BoundedList(_LengthFirst, fields.List):

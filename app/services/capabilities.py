@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import os
 import threading
+from typing import Any
 
 from google.cloud import ndb
 
 from app.models.ids import REGISTRY_NAMESPACE
 from app.storage import entities, rpc
 
-_known: dict[tuple, bool] = {}
+_known: dict[tuple[Any, ...], bool] = {}
 _lock = threading.Lock()
 
 

@@ -128,7 +128,7 @@ def _check_batch(events: list[dict], now: datetime, config) -> list[Meter]:
         problems += _event_problems(index, event, meter, now, config)
     if problems:
         raise failure(problems)
-    return meters
+    return meters  # type: ignore[return-value]
 
 
 # -- writing -----------------------------------------------------------------------

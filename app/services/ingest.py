@@ -35,7 +35,7 @@ import re
 import threading
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from google.api_core import exceptions as core_exceptions
 
@@ -64,7 +64,7 @@ class _Payload(Protocol):
 class Draft:
     """One validated event, ready to be stored."""
 
-    meter: object  # models.Meter
+    meter: Any  # models.Meter
     user_id: str
     value: int
     timestamp: datetime
@@ -288,7 +288,7 @@ class _Batch:
         for index, key_pb in zip(self.creates, event_keys):
             found = stored.get(key_pb.SerializeToString())
             if found is not None:
-                self._judge(index, entities.decode_event(found))
+                self._judge(index, entities.decode_event(found))  # type: ignore[arg-type]
 
     def _judge_repeats(self, stored: dict | None = None) -> None:
         """Outcomes of drafts repeating a key that an earlier draft of the batch holds,
@@ -300,7 +300,8 @@ class _Batch:
                 continue
             found = (stored or {}).get(entities.key("meter-event", key_id).SerializeToString())
             self._judge(
-                index, entities.decode_event(found) if found is not None else self.drafts[first]
+                index,
+                entities.decode_event(found) if found is not None else self.drafts[first],  # type: ignore[arg-type]
             )
 
     def _finish(self) -> list[Outcome]:

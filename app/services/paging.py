@@ -16,6 +16,7 @@ import base64
 import binascii
 import functools
 import os
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -79,17 +80,19 @@ def _open(cursor: str, query: ndb.Query) -> ndb.Cursor:
     return ndb.Cursor(cursor=raw)
 
 
-def page(query: ndb.Query, limit: int, cursor: str | None) -> tuple[list, str | None]:
+def page(query: ndb.Query, limit: int, cursor: str | None) -> tuple[list[Any], str | None]:
     """Up to `limit` results from `cursor` (a previous page's), and the next page's cursor
     only when more follow (no empty last page)."""
     start = _open(cursor, query) if cursor is not None else None
     iterator = query.iter(start_cursor=start, limit=limit + 1, produce_cursors=True)
-    items, next_cursor = [], None
+    items: list[Any] = []
+    next_cursor: bytes | None = None
     try:
         while iterator.has_next():
             item = iterator.next()
             if len(items) == limit:
-                return items, seal(next_cursor, query)
+                # a full page has a cursor after its last item
+                return items, seal(next_cursor, query)  # type: ignore[arg-type]
             items.append(item)
             next_cursor = iterator.cursor_after().cursor
     except (InvalidArgument, BadRequest):

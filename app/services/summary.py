@@ -114,8 +114,8 @@ def _rollup_cells(meter: Meter, user_id, start: datetime, end: datetime, reading
             moment = moments[_SLOT_NUMBERS[slot]]
             if whole_day or start <= moment < end:
                 yield series, moment, fields
-        for slot, cell in deltas.items():
-            moment = moments[slot]
+        for number, cell in deltas.items():
+            moment = moments[number]
             if start <= moment < end:
                 yield series, moment, cell
 

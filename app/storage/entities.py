@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from google.cloud import ndb
 from google.cloud.datastore_v1.types import entity as en
@@ -179,7 +179,7 @@ class StoredEvent(NamedTuple):
     created_at: datetime | None
     deleted: bool  # cancelled: the mixin's Deleted flag
     dimensions: dict
-    entity: object
+    entity: Any  # entity_pb2.Entity
 
     @property
     def live(self) -> bool:
@@ -214,7 +214,7 @@ def decode_event(entity) -> StoredEvent:
         meter_id=_string(props, "MeterId"),
         user_id=_string(props, "UserId"),
         value=props["Value"].integer_value if "Value" in props else 0,
-        timestamp=get_time(entity, "Timestamp"),
+        timestamp=get_time(entity, "Timestamp"),  # type: ignore[arg-type]
         created_at=get_time(entity, "CreatedAt"),
         deleted=deleted is not None and deleted.boolean_value,
         dimensions=read_shadow(entity, "Dimensions_", dict),

@@ -64,7 +64,7 @@ def _of_meter(
     high: tuple[int, object] | None,
     transaction: bytes | None = None,
 ):
-    conditions = [("MeterId", _OP.EQUAL, meter_id)]
+    conditions: list[tuple[str, int, object]] = [("MeterId", _OP.EQUAL, meter_id)]
     if user_id is not None:
         conditions.append(("UserId", _OP.EQUAL, user_id))
     for bound in (low, high):

@@ -49,7 +49,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from app.core.aggregation import Aggregation
 from app.core.bounds import INT64_MAX, INT64_MIN
@@ -113,7 +113,7 @@ _DELTAS = {
 
 def adds_values(aggregation: str) -> bool:
     """Whether the aggregation's deltas sum event values (int64 on the server)."""
-    return "S" in _DELTAS[aggregation]
+    return "S" in _DELTAS[aggregation]  # type: ignore[index]
 
 
 def increments(
@@ -135,7 +135,7 @@ def increments(
     _static(mutation.upsert, meter_id, series, day, dirty=True)
     entities.fill_key(mutation.upsert.key, KIND, key_name(meter_key_id, series, day))
     mutation.property_mask.paths.extend(_STATIC)
-    wanted = _DELTAS[aggregation]
+    wanted = _DELTAS[aggregation]  # type: ignore[index]
     transforms = mutation.property_transforms
     for slot, cell in cells.items():
         for letter in wanted:
@@ -155,7 +155,7 @@ def increments(
             elif letter == "X":
                 transform.maximum.integer_value = cell.max
             else:  # T: when the slot's latest event happened
-                transform.maximum.integer_value = cell.last_rank[0]
+                transform.maximum.integer_value = cell.last_rank[0]  # type: ignore[index]
     return mutation
 
 
@@ -165,7 +165,7 @@ def _pack(cells: dict[int, Cell]) -> str:
         if cell.pending_ts is not None:
             raise ValueError(f"slot {slot} has unread `last` events: settle it first")
         if cell.count:
-            fields = [cell.count, cell.sum, cell.min, cell.max]
+            fields: list[Any] = [cell.count, cell.sum, cell.min, cell.max]
             if cell.last_rank is not None:  # only `last` meters need the rank
                 fields += [list(cell.last_rank), cell.last_value]
             packed[str(slot)] = fields

@@ -47,7 +47,7 @@ def _call(name: str, request):
     method = getattr(client.stub, name)
     try:
         response = method(
-            _WRAPPERS[name].wrap(request),
+            _WRAPPERS[name].wrap(request),  # type: ignore[attr-defined]
             timeout=TIMEOUT,
             metadata=(("x-goog-request-params", params),),
         )

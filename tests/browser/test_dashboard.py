@@ -70,7 +70,7 @@ def _check_chart_matches(
     else:
         grouped = api.summary(**params, groupBy=split)["windows"]
         starts = [w["windowStart"] for w in dense["windows"]]
-        expected = {}
+        expected: dict = {}
         for w in grouped:
             bars = expected.setdefault(w["groupBy"][split], [0] * len(starts))
             bars[starts.index(w["windowStart"])] = w["value"]

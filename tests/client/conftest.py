@@ -23,7 +23,7 @@ FAST_RETRY = RetryPolicy(initial_delay=0.05, max_delay=0.5, deadline=20.0)
 
 def upstream_of(url: str) -> tuple[str, int]:
     parts = urlsplit(url)
-    return parts.hostname, parts.port
+    return parts.hostname, parts.port  # type: ignore[return-value]
 
 
 @pytest.fixture

@@ -190,4 +190,4 @@ def send_curl(argv: list[str]) -> requests.Response:
             url = arg
         elif arg != "-s":
             raise AssertionError(f"unexpected curl argument {arg!r}")
-    return requests.request(method, url, headers=headers, data=data, timeout=30)
+    return requests.request(method, url, headers=headers, data=data, timeout=30)  # type: ignore[arg-type]

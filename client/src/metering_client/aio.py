@@ -262,7 +262,7 @@ class AsyncMeteringClient(DeliveryBase):
             action = next(operation)
             while True:
                 if isinstance(action, Pause):
-                    reply = await self._pause(action, background)
+                    reply = await self._pause(action, background)  # type: ignore[func-returns-value]
                 else:
                     reply = await self._send(action, background)
                 action = operation.send(reply)

@@ -219,7 +219,7 @@ class MeteringClient(DeliveryBase):
             action = next(operation)
             while True:
                 if isinstance(action, Pause):
-                    reply = self._pause(action, background)
+                    reply = self._pause(action, background)  # type: ignore[func-returns-value]
                 else:
                     reply = self._send(action, background)
                 action = operation.send(reply)

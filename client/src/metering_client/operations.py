@@ -136,7 +136,7 @@ def cancel_targets(
     keys = list(idempotency_keys)
     if keys and bool(event_name) == bool(meter_id):
         raise ValueError("cancelling by idempotency key needs event_name or meter_id (exactly one)")
-    meter = {"eventName": event_name} if event_name else {"meterId": meter_id}
+    meter: dict[str, Any] = {"eventName": event_name} if event_name else {"meterId": meter_id}
     return targets + [{**meter, "idempotency": key} for key in keys]
 
 

@@ -96,10 +96,10 @@ def call(
         if answer is not None:
             return Answer(answer.status, answer.body, retried=failures > 0)
         failures += 1
-        wait = policy.delay(failures, retry_after(reply))
+        wait = policy.delay(failures, retry_after(reply))  # type: ignore[arg-type]
         if deadline is not None and clock() + wait - started > deadline:
             raise _gave_up(reply, failures)
-        yield Pause(wait, describe(reply))
+        yield Pause(wait, describe(reply))  # type: ignore[arg-type]
 
 
 def _gave_up(reply: Reply | None, attempts: int) -> Exception:
@@ -110,7 +110,7 @@ def _gave_up(reply: Reply | None, attempts: int) -> Exception:
             body if parsed else None,
             f"HTTP {reply.status_code} after {attempts} attempts",
         )
-    return ServiceUnreachable(f"no answer after {attempts} attempts: {describe(reply)}")
+    return ServiceUnreachable(f"no answer after {attempts} attempts: {describe(reply)}")  # type: ignore[arg-type]
 
 
 # -- batches of events ---------------------------------------------------------------

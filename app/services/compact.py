@@ -16,16 +16,19 @@ transform results show a sum accumulator near such a bound.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from google.cloud import ndb
 from google.cloud.datastore_v1.types import query as q
 
 from app.services import recompute
 from app.storage import queries, rollups, rpc
+from app.storage.entities import KeyPb
 
 PAGE = 500
 
 
-def dirty_keys(limit: int = PAGE) -> list:
+def dirty_keys(limit: int = PAGE) -> list[KeyPb]:
     """Keys of up to `limit` rollups of the current org with deltas to fold."""
     query = queries.build("meter-rollup", [("Dirty", q.PropertyFilter.Operator.EQUAL, True)])
     query.projection.add().property.name = "__key__"
@@ -33,7 +36,7 @@ def dirty_keys(limit: int = PAGE) -> list:
     return [entity.key for entity in rpc.run_query(query, ndb.get_context().get_namespace())]
 
 
-def _compact_once(key_pb) -> bool:
+def _compact_once(key_pb: KeyPb) -> bool:
     with rpc.transaction() as transaction:
         stored = rpc.lookup([key_pb], transaction).get(key_pb.SerializeToString())
         if stored is None or not rollups.is_dirty(stored):
@@ -50,12 +53,12 @@ def _compact_once(key_pb) -> bool:
         return True
 
 
-def compact_one(key_pb) -> bool:
+def compact_one(key_pb: KeyPb) -> bool:
     """Compact one rollup; whether it had deltas."""
-    return rpc.retry_aborted(lambda: _compact_once(key_pb), "compaction")
+    return bool(rpc.retry_aborted(lambda: _compact_once(key_pb), "compaction"))
 
 
-def compact_org(progress=None) -> int:
+def compact_org(progress: Callable[[int], object] | None = None) -> int:
     """Compact every dirty rollup of the current org; how many were compacted."""
     done = 0
     while True:  # pages until one comes back short: ingestion may keep dirtying rollups

@@ -10,13 +10,16 @@ writer (the Go service) stored without rollups.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from app.core.cells import Series
 from app.core.slots import SLOTS_PER_DAY, day_and_slot
 from app.models import Meter
 from app.services import recompute
 from app.storage import entities, queries, rollups, rpc
 
 
-def targets(meter: Meter) -> list[tuple]:
+def targets(meter: Meter) -> list[tuple[Series, int]]:
     """Every (series, day) of the meter with raw events or a stored rollup."""
     found = set()
     for entity in queries.events(meter.id_, None, None, None):
@@ -28,7 +31,7 @@ def targets(meter: Meter) -> list[tuple]:
     return sorted(found, key=lambda item: (item[1], rollups.series_json(item[0])))
 
 
-def _rebuild_once(meter: Meter, series, day: int) -> None:
+def _rebuild_once(meter: Meter, series: Series, day: int) -> None:
     with rpc.transaction() as transaction:
         key_pb = rollups.key(meter.key.id(), series, day)
         rpc.lookup([key_pb], transaction)  # read first: concurrent writers of it wait or retry
@@ -40,12 +43,16 @@ def _rebuild_once(meter: Meter, series, day: int) -> None:
         rpc.commit([mutation], transaction)
 
 
-def rebuild_one(meter: Meter, series, day: int) -> None:
+def rebuild_one(meter: Meter, series: Series, day: int) -> None:
     """Recompute one rollup from the raw events, retrying on contention."""
     rpc.retry_aborted(lambda: _rebuild_once(meter, series, day), "rebuilding")
 
 
-def rebuild_meter(meter: Meter, progress=None, work: list | None = None) -> int:
+def rebuild_meter(
+    meter: Meter,
+    progress: Callable[[int], object] | None = None,
+    work: list[tuple[Series, int]] | None = None,
+) -> int:
     """Rebuild every rollup of a meter (or the `work` of `targets`); returns how many."""
     work = targets(meter) if work is None else work
     for series, day in work:

@@ -12,16 +12,22 @@ known from the rollup at all (`rollups.decode_parts`); `exact_cells` and
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any
 
 from app.core.cells import Cell, Series, settle_last
 from app.core.slots import EPOCH, day_and_slot, slot_start
 from app.storage import entities, queries, rollups
-from app.storage.entities import StoredEvent
+from app.storage.entities import EntityPb, StoredEvent
 
 
 def _live_events(
-    meter_id: str, user_id: str | None, start, end, transaction: bytes | None
+    meter_id: str,
+    user_id: str | None,
+    start: datetime,
+    end: datetime,
+    transaction: bytes | None,
 ) -> list[StoredEvent]:
     """The live events of a meter (and user) in [start, end), decoded."""
     decoded = (
@@ -88,7 +94,11 @@ def settled(meter_id: str, cells: dict[int, Cell], transaction: bytes | None) ->
 
 
 def raw_slots(
-    meter_id: str, series: Series, day: int, slots, transaction: bytes | None = None
+    meter_id: str,
+    series: Series,
+    day: int,
+    slots: Iterable[int],
+    transaction: bytes | None = None,
 ) -> dict[int, Cell]:
     """Slot -> cell of `slots` of one series and day, from its live raw events (one query
     per slot): how the `unknown` slots of a decoded rollup are read."""
@@ -111,7 +121,7 @@ def exact_cells(rollup: rollups.Rollup) -> dict[int, Cell]:
 
 
 def recomputed(
-    stored,
+    stored: EntityPb | None,
     meter_key_id: int,
     meter_id: str,
     series: Series,
@@ -119,10 +129,10 @@ def recomputed(
     slots: set[int],
     transaction: bytes | None,
     skip: set[bytes],
-):
+) -> Any:
     """The replacement of a rollup with `slots` recomputed from raw events (and any slot
     whose sum deltas may have saturated)."""
-    kept = {}
+    kept: dict[int, Cell] = {}
     if stored is not None:
         rollup = rollups.decode(stored)
         slots = set(slots) | rollup.unknown

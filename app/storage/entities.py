@@ -22,6 +22,9 @@ from app.models.base import ROOT_ID, ROOT_KIND
 
 Entity = en.Entity.pb()
 Key = en.Key.pb()
+#: A `Entity` or `Key` protobuf, as annotations name them (protobuf ships no types here).
+EntityPb = Any
+KeyPb = Any
 
 
 _KEY_TEMPLATES: dict[tuple, object] = {}

@@ -7,19 +7,22 @@ All are ancestor queries under the org root, so they are strongly consistent.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime
+from typing import Any
 
 from google.cloud import ndb
 from google.cloud.datastore_v1.types import query as q
 
 from app.models.base import ROOT_ID, ROOT_KIND
 from app.storage import entities, rpc
+from app.storage.entities import EntityPb, KeyPb
 
 Query = q.Query.pb()
 _OP = q.PropertyFilter.Operator
 
 
-def _root_key():
+def _root_key() -> KeyPb:
     context = ndb.get_context()
     pb = entities.Key()
     pb.partition_id.project_id = context.client.project
@@ -30,7 +33,7 @@ def _root_key():
     return pb
 
 
-def build(kind: str, conditions: list[tuple[str, int, object]]):
+def build(kind: str, conditions: list[tuple[str, int, object]]) -> Any:
     """An ancestor query of `kind` under the org root with AND-ed property conditions."""
     query = Query()
     query.kind.add().name = kind
@@ -63,7 +66,7 @@ def _of_meter(
     low: tuple[int, object] | None,
     high: tuple[int, object] | None,
     transaction: bytes | None = None,
-):
+) -> Iterator[EntityPb]:
     conditions: list[tuple[str, int, object]] = [("MeterId", _OP.EQUAL, meter_id)]
     if user_id is not None:
         conditions.append(("UserId", _OP.EQUAL, user_id))
@@ -86,7 +89,7 @@ def events(
     start: datetime | None,
     end: datetime | None,
     transaction: bytes | None = None,
-):
+) -> Iterator[EntityPb]:
     """Raw `meter-event` entities of a meter (and user) with start <= Timestamp < end."""
     return _of_meter(
         "meter-event",
@@ -99,7 +102,9 @@ def events(
     )
 
 
-def rollups(meter_id: str, user_id: str | None, first_day: int | None, last_day: int | None):
+def rollups(
+    meter_id: str, user_id: str | None, first_day: int | None, last_day: int | None
+) -> Iterator[EntityPb]:
     """Raw `meter-rollup` entities of a meter (and user) for first_day <= Day <= last_day."""
     return _of_meter(
         "meter-rollup",

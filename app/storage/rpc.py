@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import random
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import grpc
 from google.api_core import exceptions as core_exceptions
@@ -132,7 +134,7 @@ def lookup(keys: list, transaction: bytes | None = None) -> dict[bytes, object]:
     return found
 
 
-def run_query(query, namespace: str | None, transaction: bytes | None = None):
+def run_query(query: Any, namespace: str | None, transaction: bytes | None = None) -> Iterator[Any]:
     """Every entity a query yields, following its cursors."""
     while True:
         request = RunQueryRequest()

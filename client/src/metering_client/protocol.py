@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,7 +82,10 @@ def _final(reply: Reply) -> Answer | None:
 
 
 def call(
-    request: Send, policy: RetryPolicy, deadline: float | None, clock=time.monotonic
+    request: Send,
+    policy: RetryPolicy,
+    deadline: float | None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Generator[Action, Reply | None, Answer]:
     """Send `request` until it gets a final answer; `deadline` None retries forever.
 
@@ -125,10 +128,10 @@ class BatchResult:
 _EVENT_PARAM = re.compile(r"^events\[(\d+)\]")
 
 
-def _problems_by_event(error: ApiError, size: int) -> dict[int, list[dict]]:
+def _problems_by_event(error: ApiError, size: int) -> dict[int, list[dict[str, Any]]]:
     """The problems of `error` that name one event of a batch of `size`, by index."""
     problems = error.errors or [{"param": error.param, "message": error.message}]
-    named: dict[int, list[dict]] = {}
+    named: dict[int, list[dict[str, Any]]] = {}
     for problem in problems:
         match = _EVENT_PARAM.match(str(problem.get("param") or ""))
         if match and int(match.group(1)) < size:
@@ -136,7 +139,7 @@ def _problems_by_event(error: ApiError, size: int) -> dict[int, list[dict]]:
     return named
 
 
-def _event_error(status: int, error: ApiError, problems: list[dict]) -> ApiError:
+def _event_error(status: int, error: ApiError, problems: list[dict[str, Any]]) -> ApiError:
     messages = "; ".join(str(p.get("message")) for p in problems)
     return ApiError(
         status, messages, code=error.code, param=problems[0].get("param"), errors=problems

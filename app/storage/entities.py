@@ -10,13 +10,14 @@ its property names: services use the names.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, NamedTuple
 
 from google.cloud import ndb
 from google.cloud.datastore_v1.types import entity as en
 
-from app.core.cells import Cell, Series, rank, series_of
+from app.core.cells import Cell, Rank, Series, rank, series_of
 from app.core.slots import from_micros, micros
 from app.models.base import ROOT_ID, ROOT_KIND
 
@@ -27,10 +28,10 @@ EntityPb = Any
 KeyPb = Any
 
 
-_KEY_TEMPLATES: dict[tuple, object] = {}
+_KEY_TEMPLATES: dict[tuple[str, str | None, str | None, str], KeyPb] = {}
 
 
-def _key_template(kind: str, namespace: str | None):
+def _key_template(kind: str, namespace: str | None) -> KeyPb:
     """The key `synckey/1/kind/<unset>` of the current client and namespace, built once."""
     context = ndb.get_context()
     client = context.client
@@ -53,7 +54,7 @@ def _key_template(kind: str, namespace: str | None):
     return template
 
 
-def fill_key(target, kind: str, ident: int | str, namespace: str | None = None) -> None:
+def fill_key(target: KeyPb, kind: str, ident: int | str, namespace: str | None = None) -> None:
     """Make the Key message `target` the key `synckey/1/kind/ident` (see `key`)."""
     target.CopyFrom(_key_template(kind, namespace))
     if isinstance(ident, int):
@@ -62,43 +63,43 @@ def fill_key(target, kind: str, ident: int | str, namespace: str | None = None) 
         target.path[1].name = ident
 
 
-def key(kind: str, ident: int | str, namespace: str | None = None):
+def key(kind: str, ident: int | str, namespace: str | None = None) -> KeyPb:
     """A key under the org root `synckey/1` in the current (or given) namespace."""
     pb = Key()
     fill_key(pb, kind, ident, namespace)
     return pb
 
 
-def set_string(entity, name: str, value: str, indexed: bool = True) -> None:
+def set_string(entity: EntityPb, name: str, value: str, indexed: bool = True) -> None:
     slot = entity.properties[name]
     slot.string_value = value
     if not indexed:
         slot.exclude_from_indexes = True
 
 
-def set_int(entity, name: str, value: int, indexed: bool = True) -> None:
+def set_int(entity: EntityPb, name: str, value: int, indexed: bool = True) -> None:
     slot = entity.properties[name]
     slot.integer_value = value
     if not indexed:
         slot.exclude_from_indexes = True
 
 
-def set_bool(entity, name: str, value: bool) -> None:
+def set_bool(entity: EntityPb, name: str, value: bool) -> None:
     entity.properties[name].boolean_value = value
 
 
-def set_time(entity, name: str, moment: datetime) -> None:
+def set_time(entity: EntityPb, name: str, moment: datetime) -> None:
     set_time_value(entity.properties[name], moment)
 
 
-def set_time_value(value, moment: datetime) -> None:
+def set_time_value(value: Any, moment: datetime) -> None:
     """Store `moment` in a Value, at microsecond precision."""
     total = micros(moment)
     value.timestamp_value.seconds = total // 1_000_000
     value.timestamp_value.nanos = (total % 1_000_000) * 1000
 
 
-def get_time(entity, name: str) -> datetime | None:
+def get_time(entity: EntityPb, name: str) -> datetime | None:
     value = entity.properties.get(name)
     if value is None or not value.HasField("timestamp_value"):
         return None
@@ -106,14 +107,14 @@ def get_time(entity, name: str) -> datetime | None:
     return from_micros(stamp.seconds * 1_000_000 + stamp.nanos // 1000)
 
 
-def shadow_json(value) -> str:
+def shadow_json(value: object) -> str:
     """A shadow field's text, as `JsonShadowProperty` writes it."""
     if not value:
         return "null"
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
-def read_shadow(entity, name: str, empty):
+def read_shadow(entity: EntityPb, name: str, empty: Callable[[], Any]) -> Any:
     value = entity.properties.get(name)
     text = value.string_value if value is not None else ""
     if text in ("", "null"):
@@ -122,7 +123,9 @@ def read_shadow(entity, name: str, empty):
     return decoded if decoded is not None else empty()
 
 
-def event_template(now: datetime, *, created_at: datetime | None = None, deleted: bool = False):
+def event_template(
+    now: datetime, *, created_at: datetime | None = None, deleted: bool = False
+) -> EntityPb:
     """What every `meter-event` written at `now` shares: its key's path up to the kind,
     CreatedAt, UpdatedAt and Deleted. `fill_event` copies it, then sets the rest."""
     entity = Entity()
@@ -134,8 +137,8 @@ def event_template(now: datetime, *, created_at: datetime | None = None, deleted
 
 
 def fill_event(
-    entity,
-    template,
+    entity: EntityPb,
+    template: EntityPb,
     *,
     key_id: int,
     public_id: str,
@@ -144,8 +147,8 @@ def fill_event(
     value: int,
     timestamp: datetime,
     idempotency: str,
-    dimensions: dict,
-    metadata: dict,
+    dimensions: dict[str, str],
+    metadata: dict[str, Any],
 ) -> None:
     """Make the Entity message `entity` a `meter-event`, property for property as NDB
     stores it; built in place (inside a Mutation) so nothing is copied afterwards."""
@@ -181,7 +184,7 @@ class StoredEvent(NamedTuple):
     timestamp: datetime
     created_at: datetime | None
     deleted: bool  # cancelled: the mixin's Deleted flag
-    dimensions: dict
+    dimensions: dict[str, str]
     entity: Any  # entity_pb2.Entity
 
     @property
@@ -195,7 +198,7 @@ class StoredEvent(NamedTuple):
         return series_of(self.user_id, self.dimensions)
 
     @property
-    def rank(self) -> tuple:
+    def rank(self) -> Rank:
         """Its order for `last` (an event without CreatedAt, written elsewhere, ranks
         by its timestamp)."""
         return rank(self.timestamp, self.created_at or self.timestamp, self.key_id)
@@ -207,7 +210,7 @@ class StoredEvent(NamedTuple):
         return cell
 
 
-def decode_event(entity) -> StoredEvent:
+def decode_event(entity: EntityPb) -> StoredEvent:
     """The `StoredEvent` of a `meter-event` protobuf (as either service wrote it)."""
     props = entity.properties
     deleted = props.get("Deleted")
@@ -225,6 +228,6 @@ def decode_event(entity) -> StoredEvent:
     )
 
 
-def _string(props, name: str) -> str:
+def _string(props: Any, name: str) -> str:
     value = props.get(name)
     return value.string_value if value is not None else ""

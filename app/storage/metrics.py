@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextvars
 from dataclasses import dataclass
+from typing import Any
 
 from app import deadline
 
@@ -44,7 +45,7 @@ def current() -> Usage | None:
     return _current.get()
 
 
-def _count(usage: Usage | None, rpc_name: str, request, response) -> None:
+def _count(usage: Usage | None, rpc_name: str, request: Any, response: Any) -> None:
     if usage is None:
         return
     usage.rpcs += 1
@@ -68,7 +69,7 @@ _EXEMPT = frozenset({"rollback"})
 COMMIT_TIMEOUT_SECONDS = 60.0
 
 
-def _bounded(name: str, kwargs: dict) -> dict:
+def _bounded(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     """The call's keyword arguments with its timeout cut to the request's time left."""
     if name in _EXEMPT or deadline.remaining() is None:
         return kwargs
@@ -84,10 +85,10 @@ class _CountingMethod:
     """A gRPC method that counts its calls (blocking and `.future` alike) and bounds
     them by the request's deadline."""
 
-    def __init__(self, name: str, method):
+    def __init__(self, name: str, method: Any) -> None:
         self._name, self._method = name, method
 
-    def __call__(self, request, *args, **kwargs):
+    def __call__(self, request: Any, *args: Any, **kwargs: Any) -> Any:
         kwargs = _bounded(self._name, kwargs)
         usage = _current.get()
         try:
@@ -98,7 +99,7 @@ class _CountingMethod:
         _count(usage, self._name, request, response)
         return response
 
-    def future(self, request, *args, **kwargs):
+    def future(self, request: Any, *args: Any, **kwargs: Any) -> Any:
         kwargs = _bounded(self._name, kwargs)
         # The callback runs on a gRPC thread: take the request's Usage now.
         usage = _current.get()
@@ -125,7 +126,7 @@ class _CountingTransport:
         "reserve_ids",
     )
 
-    def __init__(self, transport):
+    def __init__(self, transport: Any) -> None:
         self._transport = transport
         self._methods = {
             name: _CountingMethod(name, getattr(transport, name))
@@ -133,12 +134,12 @@ class _CountingTransport:
             if hasattr(transport, name)
         }
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         method = self._methods.get(name)
         return method if method is not None else getattr(self._transport, name)
 
 
-def instrument(client) -> None:
+def instrument(client: Any) -> None:
     """Count every RPC the NDB client makes from now on."""
     if not isinstance(client.stub, _CountingTransport):
         client.stub = _CountingTransport(client.stub)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar, cast
 
 import grpc
 from google.api_core import exceptions as core_exceptions
@@ -37,8 +37,10 @@ _WRAPPERS = {
 #: refused past the deadline, never cut once sent; see app.deadline).
 TIMEOUT = 60.0
 
+T = TypeVar("T")
 
-def _call(name: str, request):
+
+def _call(name: str, request: Any) -> Any:
     client = ndb.get_context().client
     request.project_id = client.project
     if client.database:
@@ -54,13 +56,13 @@ def _call(name: str, request):
             metadata=(("x-goog-request-params", params),),
         )
     except grpc.RpcError as error:
-        raise core_exceptions.from_grpc_error(error) from None
+        raise core_exceptions.from_grpc_error(error) from None  # type: ignore[no-untyped-call]
     return type(response).pb(response)
 
 
 def begin_transaction() -> bytes:
     """Start a read-write transaction; its id."""
-    return _call("begin_transaction", BeginTransactionRequest()).transaction
+    return cast(bytes, _call("begin_transaction", BeginTransactionRequest()).transaction)
 
 
 def rollback(transaction: bytes) -> None:
@@ -74,18 +76,18 @@ def rollback(transaction: bytes) -> None:
 ATTEMPTS = 12
 
 
-def retry_aborted(attempt, what: str):
+def retry_aborted(attempt: Callable[[], T], what: str) -> T:
     """Call `attempt()` until it does not abort on contention, with jittered backoff."""
     for number in range(ATTEMPTS):
         try:
             return attempt()
         except core_exceptions.Aborted:
             time.sleep(min(2.0, 0.05 * 2**number) * random.uniform(0.5, 1.5))
-    raise core_exceptions.Aborted(f"{what} kept colliding with concurrent writes")
+    raise core_exceptions.Aborted(f"{what} kept colliding with concurrent writes")  # type: ignore[no-untyped-call]
 
 
 @contextlib.contextmanager
-def transaction():
+def transaction() -> Iterator[bytes]:
     """A read-write transaction id; rolled back if the block raises (commit it inside)."""
     transaction_id = begin_transaction()
     try:
@@ -95,7 +97,7 @@ def transaction():
         raise
 
 
-def new_commit(transaction: bytes | None = None):
+def new_commit(transaction: bytes | None = None) -> Any:
     """An empty CommitRequest: in `transaction`, or in a single-use transaction. Adding
     mutations with `request.mutations.add()` builds them in place (no copy)."""
     request = CommitRequest(mode=CommitRequest.TRANSACTIONAL)
@@ -106,21 +108,21 @@ def new_commit(transaction: bytes | None = None):
     return request
 
 
-def send_commit(request):
+def send_commit(request: Any) -> Any:
     """Commit a request from `new_commit` atomically."""
     return _call("commit", request)
 
 
-def commit(mutations: list, transaction: bytes | None = None):
+def commit(mutations: list[Any], transaction: bytes | None = None) -> Any:
     """Commit mutations atomically: in `transaction`, or in a single-use transaction."""
     request = new_commit(transaction)
     request.mutations.extend(mutations)
     return send_commit(request)
 
 
-def lookup(keys: list, transaction: bytes | None = None) -> dict[bytes, object]:
+def lookup(keys: list[Any], transaction: bytes | None = None) -> dict[bytes, Any]:
     """Entities found for `keys`, by serialized key; follows `deferred` keys."""
-    found: dict[bytes, object] = {}
+    found: dict[bytes, Any] = {}
     pending = list(keys)
     while pending:
         request = LookupRequest()

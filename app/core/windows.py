@@ -50,7 +50,7 @@ class SummaryRequest:
     filters: dict[str, frozenset[str]] = field(default_factory=dict)
     max_windows: int | None = None  # more windows than this raise TooManyWindows
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         """Refuse a malformed request here, so the computation never has to guess."""
         if self.aggregation not in AGGREGATION_TYPES:
             raise ValueError(f"unknown aggregation {self.aggregation!r}")
@@ -123,7 +123,15 @@ def _local(instant: datetime, zone: ZoneInfo) -> datetime:
     return local
 
 
-def _window_key(instant: datetime, zone: ZoneInfo, size: str) -> tuple:
+#: Which window an instant is in: (year, month[, day[, hour, offset]]) on the zone's clock.
+WindowKey = tuple[Any, ...]
+#: A group's values, in the order of `groupBy`.
+Group = tuple[str, ...]
+#: How a series counts: its group, and its unique_count value (None: not counted).
+Profile = tuple[Group, str | None]
+
+
+def _window_key(instant: datetime, zone: ZoneInfo, size: str) -> WindowKey:
     """Which window an instant is in. Hours carry the offset, so a repeated hour is two windows."""
     local = _local(instant, zone)
     if size == "month":
@@ -141,7 +149,7 @@ def _next_wall(local: datetime, size: str) -> datetime:
     return day + (timedelta(days=1) if size == "day" else timedelta(hours=local.hour + 1))
 
 
-def _boundary_guess(start: datetime, zone: ZoneInfo, size: str, key: tuple) -> datetime:
+def _boundary_guess(start: datetime, zone: ZoneInfo, size: str, key: WindowKey) -> datetime:
     """The next local boundary as a UTC instant: an upper bound of where the window ends.
 
     A wall time in a gap or a repeat maps to two instants (fold 0/1); the earliest one past
@@ -243,7 +251,7 @@ class _Bucket:
     """One (window, group): merged statistics plus distinct unique_by values seen."""
 
     cell: Cell = field(default_factory=Cell)
-    uniques: set = field(default_factory=set)
+    uniques: set[str] = field(default_factory=set)
 
     def value(self, aggregation: str) -> int | float | None:
         """The aggregation's answer; no events gives 0 for sum/count/unique_count, else None."""
@@ -252,13 +260,13 @@ class _Bucket:
             return len(self.uniques)
         if aggregation == _AVG:
             return cell.sum / cell.count if cell.count else None  # int / int: correctly rounded
-        return getattr(cell, _CELL_FIELD[aggregation])
+        return getattr(cell, _CELL_FIELD[aggregation])  # type: ignore[no-any-return]
 
 
 _UNSEEN = object()
 
 
-def _profile(request: SummaryRequest, series: Series) -> tuple[tuple, str | None] | None:
+def _profile(request: SummaryRequest, series: Series) -> Profile | None:
     """(group values, unique_by value) of a series, or None when a filter excludes it."""
     for name, allowed in request.filters.items():
         if series.value_of(name) not in allowed:
@@ -276,7 +284,12 @@ def _window_index(
     return max(bisect_right(starts, slot) - 1, 0)
 
 
-def _windows(request: SummaryRequest, bounds, buckets: dict, check: Check) -> list[Window]:
+def _windows(
+    request: SummaryRequest,
+    bounds: list[tuple[datetime, datetime]],
+    buckets: dict[tuple[int, Group], _Bucket],
+    check: Check,
+) -> list[Window]:
     """Dense windows without groupBy (a chart has no gaps); with groupBy only (window, group)
     pairs that have events. Ordered by window start, then group values."""
     if request.window_size is None and not request.group_by:
@@ -303,7 +316,7 @@ def _windows(request: SummaryRequest, bounds, buckets: dict, check: Check) -> li
 
 def summarize_cells(
     request: SummaryRequest,
-    cells: Iterable[tuple[Series, datetime, Cell | list]],
+    cells: Iterable[tuple[Series, datetime, Cell | list[Any]]],
     latest: Callable[[frozenset[Series], int], Cell | None] | None = None,
     check: Check = _no_deadline,
 ) -> SummaryResult:
@@ -321,8 +334,8 @@ def summarize_cells(
     bounds = _utc_bounds(request, check)
     starts = [start for start, _ in bounds]
     first_slot, end = slot_of(request.period_start), request.period_end
-    profiles: dict[Series, tuple | None] = {}
-    buckets: dict[tuple[int, tuple], _Bucket] = {}
+    profiles: dict[Series, Profile | None] = {}
+    buckets: dict[tuple[int, Group], _Bucket] = {}
     window_of: dict[datetime, int] = {}  # slots repeat across series and days
     last_series, last_key = None, None
     profile: Any = None

@@ -52,12 +52,16 @@ import json
 from typing import Any, NamedTuple
 
 from app.core.aggregation import Aggregation
-from app.core.bounds import INT64_MAX, INT64_MIN
+from app.core.bounds import INT64_MAX as INT64_MAX  # re-exported for the suite
+from app.core.bounds import INT64_MIN as INT64_MIN
 from app.core.cells import Cell, Series
 
 # Slots and days are the core's; readers of rollups find them here too.
-from app.core.slots import SLOTS_PER_DAY, day_and_slot, slot_start  # noqa: F401
+from app.core.slots import SLOTS_PER_DAY as SLOTS_PER_DAY  # re-exported: a rollup is a day
+from app.core.slots import day_and_slot as day_and_slot
+from app.core.slots import slot_start as slot_start
 from app.storage import entities, rpc
+from app.storage.entities import EntityPb, KeyPb
 
 KIND = "meter-rollup"
 _STATIC = ("MeterId", "UserId", "Day", "Series_", "Dirty")
@@ -86,12 +90,12 @@ def key_name(meter_key_id: int, series: Series, day: int) -> str:
     return f"{_digest(series)}.{meter_key_id}.{day}"
 
 
-def key(meter_key_id: int, series: Series, day: int, namespace: str | None = None):
+def key(meter_key_id: int, series: Series, day: int, namespace: str | None = None) -> KeyPb:
     """The rollup's key."""
     return entities.key(KIND, key_name(meter_key_id, series, day), namespace)
 
 
-def _static(entity, meter_id: str, series: Series, day: int, dirty: bool) -> None:
+def _static(entity: EntityPb, meter_id: str, series: Series, day: int, dirty: bool) -> None:
     entities.set_string(entity, "MeterId", meter_id)
     entities.set_string(entity, "UserId", series.user_id)
     entities.set_int(entity, "Day", day)
@@ -123,9 +127,9 @@ def increments(
     day: int,
     cells: dict[int, Cell],
     aggregation: str,
-    mutation=None,
+    mutation: Any = None,
     negatives: dict[int, int] | None = None,
-):
+) -> Any:
     """A blind upsert adding `cells` (slot -> Cell) to the stored rollup's deltas; built
     in `mutation` (say, a new one of a CommitRequest's) when given, else in a new one.
     `negatives` (slot -> sum of the cell's negative values, where it has any) splits a
@@ -172,14 +176,16 @@ def _pack(cells: dict[int, Cell]) -> str:
     return json.dumps(packed, separators=(",", ":"))
 
 
-def packed_cell(fields: list) -> Cell:
+def packed_cell(fields: list[Any]) -> Cell:
     """The Cell of one slot as `Slots_` packs it: [count, sum, min, max(, rank, last)]."""
     if len(fields) == 4:  # every meter but `last`
         return Cell(fields[0], fields[1], fields[2], fields[3])
     return Cell(fields[0], fields[1], fields[2], fields[3], tuple(fields[4]), fields[5])
 
 
-def replacement(key_pb, meter_id: str, series: Series, day: int, cells: dict[int, Cell]):
+def replacement(
+    key_pb: KeyPb, meter_id: str, series: Series, day: int, cells: dict[int, Cell]
+) -> Any:
     """The whole rollup holding exactly `cells`, compacted (no deltas)."""
     entity = entities.Entity()
     entity.key.CopyFrom(key_pb)
@@ -199,7 +205,7 @@ class RollupParts(NamedTuple):
 
     series: Series
     day: int
-    base: dict[str, list]
+    base: dict[str, list[Any]]
     deltas: dict[int, Cell]
     unknown: set[int]
 
@@ -216,7 +222,7 @@ class Rollup(NamedTuple):
     dirty: bool  # deltas wait to be folded into the base
 
 
-def decode_parts(entity) -> RollupParts:
+def decode_parts(entity: EntityPb) -> RollupParts:
     """The parts of a stored rollup. Summaries merge the packed base fields directly:
     making a Cell of every slot cost them more than everything else per slot."""
     props = entity.properties
@@ -246,7 +252,7 @@ def decode_parts(entity) -> RollupParts:
     return RollupParts(series, props["Day"].integer_value, base, deltas, unknown)
 
 
-def decode(entity) -> Rollup:
+def decode(entity: EntityPb) -> Rollup:
     """The `Rollup` of a stored rollup entity."""
     parts = decode_parts(entity)
     cells = {int(slot): packed_cell(fields) for slot, fields in parts.base.items()}
@@ -262,12 +268,12 @@ def decode(entity) -> Rollup:
     )
 
 
-def _delta(props, name: str, missing=None):
+def _delta(props: Any, name: str, missing: int | None = None) -> Any:  # int, or `missing`
     value = props.get(name)
     return value.integer_value if value is not None else missing
 
 
-def is_dirty(entity) -> bool:
+def is_dirty(entity: EntityPb) -> bool:
     """Whether deltas wait to be folded into the base."""
     dirty = entity.properties.get("Dirty")
     return dirty is not None and dirty.boolean_value

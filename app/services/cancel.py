@@ -10,15 +10,23 @@ it counted in, all in one transaction; cancelling again is harmless
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
 
 from google.cloud import ndb
 
+from app.core.cells import Series
 from app.core.slots import day_and_slot
-from app.models import MeterEvent, ids, utcnow
+from app.models import Meter, MeterEvent, ids, utcnow
 from app.services import recompute
 from app.services.events import idempotent_id
 from app.storage import entities, rollups, rpc
-from app.storage.entities import StoredEvent
+from app.storage.entities import EntityPb, KeyPb, StoredEvent
+
+#: A cancel target as the request names it: {"id"} or {"meterId"|"eventName", "idempotency"}.
+Target = dict[str, Any]
+#: `meter_key` of a target -> its meter (None: no such meter).
+MetersByName = dict[tuple[str, str], Meter | None]
 
 
 @dataclass(frozen=True)
@@ -27,7 +35,7 @@ class Cancelled:
     status: str  # cancelled | already_cancelled | not_found | expired
 
 
-def meter_key(target: dict) -> tuple[str, str] | None:
+def meter_key(target: Target) -> tuple[str, str] | None:
     """How a target names its meter: `("id", meterId)` or `("name", eventName)`; None for
     a target named by the event's id. Kept apart, since an event name may look like an id."""
     if target.get("id"):
@@ -39,20 +47,21 @@ def meter_key(target: dict) -> tuple[str, str] | None:
     return None
 
 
-def _target_key(target: dict, meters_by_name: dict):
+def _target_key(target: Target, meters_by_name: MetersByName) -> int | None:
     """The event key a cancel target names, or None; `meters_by_name` is keyed by
     `meter_key`."""
     namespace = ndb.get_context().get_namespace()
     if target.get("id"):
         key = ids.decode_key(target["id"], kind=MeterEvent.KIND, namespace=namespace)
         return key.id() if key is not None else None
-    meter = meters_by_name.get(meter_key(target))
+    named = meter_key(target)
+    meter = meters_by_name.get(named) if named is not None else None
     if meter is None:
         return None
     return idempotent_id(meter.id_, target["idempotency"])
 
 
-def _attempt(key_ids: list[int | None], window, now) -> list[Cancelled]:
+def _attempt(key_ids: list[int | None], window: timedelta, now: datetime) -> list[Cancelled]:
     with rpc.transaction() as transaction:
         keys = {k: entities.key(MeterEvent.KIND, k) for k in key_ids if k is not None}
         found = rpc.lookup(list(keys.values()), transaction)
@@ -66,8 +75,15 @@ def _attempt(key_ids: list[int | None], window, now) -> list[Cancelled]:
         return results
 
 
-def _classify(key_ids, keys, found, window, now):
-    results, cancelling = [], {}
+def _classify(
+    key_ids: list[int | None],
+    keys: dict[int, KeyPb],
+    found: dict[bytes, EntityPb],
+    window: timedelta,
+    now: datetime,
+) -> tuple[list[Cancelled], dict[bytes, StoredEvent]]:
+    results: list[Cancelled] = []
+    cancelling: dict[bytes, StoredEvent] = {}
     for key_id in key_ids:
         event = found.get(keys[key_id].SerializeToString()) if key_id is not None else None
         if event is None:
@@ -85,7 +101,7 @@ def _classify(key_ids, keys, found, window, now):
     return results, cancelling
 
 
-def _cancelled_copy(event: StoredEvent, now):
+def _cancelled_copy(event: StoredEvent, now: datetime) -> Any:
     copy = entities.Entity()
     copy.CopyFrom(event.entity)
     entities.set_bool(copy, "Deleted", True)
@@ -93,8 +109,8 @@ def _cancelled_copy(event: StoredEvent, now):
     return rpc.Mutation(update=copy)
 
 
-def _rollup_repairs(cancelling: dict[bytes, StoredEvent], transaction) -> list:
-    affected: dict[tuple, set[int]] = {}
+def _rollup_repairs(cancelling: dict[bytes, StoredEvent], transaction: bytes) -> list[Any]:
+    affected: dict[tuple[str, Series, int], set[int]] = {}
     for event in cancelling.values():
         day, slot = day_and_slot(event.timestamp)
         affected.setdefault((event.meter_id, event.series, day), set()).add(slot)
@@ -114,7 +130,9 @@ def _rollup_repairs(cancelling: dict[bytes, StoredEvent], transaction) -> list:
     return repairs
 
 
-def cancel_events(targets: list[dict], meters_by_name: dict, window) -> list[Cancelled]:
+def cancel_events(
+    targets: list[Target], meters_by_name: MetersByName, window: timedelta
+) -> list[Cancelled]:
     """Cancel each target event once; one result per target, in order. `meters_by_name`
     maps each target's `meter_key` to its meter (None: no such meter)."""
     key_ids = [_target_key(t, meters_by_name) for t in targets]

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
 from google.cloud import ndb
 
+from app.config import Config
 from app.core.bounds import MAX_ID
 from app.models import Meter, ids, utcnow
 from app.schemas import failure
@@ -59,14 +61,14 @@ def resolve_meters(named: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Me
     return found
 
 
-def _named_meter(event: dict) -> tuple[str, str]:
+def _named_meter(event: dict[str, Any]) -> tuple[str, str]:
     """How an event names its meter, as `resolve_meters` takes it."""
     return ("id", event["meterId"]) if event.get("meterId") else ("name", event["eventName"])
 
 
 def _event_problems(
-    index: int, event: dict, meter: Meter | None, now: datetime, config
-) -> list[dict]:
+    index: int, event: dict[str, Any], meter: Meter | None, now: datetime, config: Config
+) -> list[dict[str, Any]]:
     at = f"events[{index}]"
     if meter is None:
         field = "meterId" if event.get("meterId") else "eventName"
@@ -109,7 +111,7 @@ def _event_problems(
     return problems
 
 
-def _span(delta) -> str:
+def _span(delta: timedelta) -> str:
     seconds = int(delta.total_seconds())
     if seconds % 86400 == 0:
         return f"{seconds // 86400} days"
@@ -118,7 +120,7 @@ def _span(delta) -> str:
     return f"{seconds} seconds"
 
 
-def _check_batch(events: list[dict], now: datetime, config) -> list[Meter]:
+def _check_batch(events: list[dict[str, Any]], now: datetime, config: Config) -> list[Meter]:
     named = [_named_meter(event) for event in events]
     found = resolve_meters(named)
     meters, problems = [], []
@@ -134,7 +136,7 @@ def _check_batch(events: list[dict], now: datetime, config) -> list[Meter]:
 # -- writing -----------------------------------------------------------------------
 
 
-def _drafts(events: list[dict], meters: list[Meter], now: datetime) -> list[ingest.Draft]:
+def _drafts(events: list[dict[str, Any]], meters: list[Meter], now: datetime) -> list[ingest.Draft]:
     drafts, meter_key_ids = [], {}
     for event, meter in zip(events, meters):
         if meter.id_ not in meter_key_ids:
@@ -159,7 +161,7 @@ def _drafts(events: list[dict], meters: list[Meter], now: datetime) -> list[inge
     return drafts
 
 
-def record_events(events: list[dict], config) -> list[ingest.Outcome]:
+def record_events(events: list[dict[str, Any]], config: Config) -> list[ingest.Outcome]:
     """Validate a whole batch, then store it exactly once; one outcome per event."""
     now = utcnow()
     meters = _check_batch(events, now, config)

@@ -18,10 +18,13 @@ entity being read, answered 500 `internal` without the details.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from app import deadline
+from app.core.cells import Cell, Series
 from app.core.slots import EPOCH, SLOT, slot_of
 from app.core.windows import (
     WINDOW_SIZES,
@@ -40,6 +43,9 @@ from app.storage import entities, queries, rollups
 
 log = logging.getLogger(__name__)
 
+#: (series, slot start, cell): a Cell, or a compacted slot as its packed list.
+SummaryCell = tuple[Series, datetime, Cell | list[Any]]
+
 
 @dataclass(frozen=True)
 class Summary:
@@ -51,7 +57,7 @@ class Summary:
     grouped: bool
 
     @property
-    def value(self):
+    def value(self) -> int | float | None:
         return self.result.value
 
     @property
@@ -70,7 +76,7 @@ class Reading:
 
     __slots__ = ("key",)
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.key = None
 
     def describe(self) -> str:
@@ -81,7 +87,9 @@ class Reading:
         return f"{self.key.partition_id.namespace_id}:{path}"
 
 
-def _raw_cells(meter: Meter, user_id, start: datetime, end: datetime, reading: Reading):
+def _raw_cells(
+    meter: Meter, user_id: str | None, start: datetime, end: datetime, reading: Reading
+) -> Iterator[SummaryCell]:
     for raw in queries.events(meter.id_, user_id, start, end):
         reading.key = raw.key
         event = entities.decode_event(raw)
@@ -92,7 +100,9 @@ def _raw_cells(meter: Meter, user_id, start: datetime, end: datetime, reading: R
 _SLOT_NUMBERS = {str(q): q for q in range(rollups.SLOTS_PER_DAY)}  # `Slots_` keys
 
 
-def _rollup_cells(meter: Meter, user_id, start: datetime, end: datetime, reading: Reading):
+def _rollup_cells(
+    meter: Meter, user_id: str | None, start: datetime, end: datetime, reading: Reading
+) -> Iterator[SummaryCell]:
     """(series, slot start, cell) of the rollups' slots inside [start, end): compacted
     slots as their packed lists, deltas as Cells (`summarize_cells` takes both)."""
     first_day = rollups.day_and_slot(start)[0]
@@ -126,7 +136,7 @@ def cells(
     start: datetime,
     end: datetime,
     reading: Reading | None = None,
-):
+) -> Iterator[SummaryCell]:
     """Every cell of the period: rollup slots inside it, raw events at unaligned edges;
     `reading.key` follows the stored entity the cells come from."""
     reading = reading if reading is not None else Reading()
@@ -141,12 +151,14 @@ def cells(
         yield from _raw_cells(meter, user_id, inner_end, end, reading)
 
 
-def _latest_reader(meter: Meter, user_id: str | None):
+def _latest_reader(
+    meter: Meter, user_id: str | None
+) -> Callable[[frozenset[Series], int], Cell | None]:
     """`latest(series, ts)` for the window engine: one query per instant, however many
     windows, groups and series ask about it (of the user's events, in a user's summary)."""
-    seen: dict[int, list] = {}
+    seen: dict[int, list[tuple[Series, Cell]]] = {}
 
-    def latest(series: frozenset, ts: int):
+    def latest(series: frozenset[Series], ts: int) -> Cell | None:
         if ts not in seen:
             seen[ts] = recompute.events_at(meter.id_, user_id, ts)
         return recompute.latest_of(seen[ts], series)
@@ -154,7 +166,9 @@ def _latest_reader(meter: Meter, user_id: str | None):
     return latest
 
 
-def _check_names(meter: Meter, group_by, filters) -> None:
+def _check_names(
+    meter: Meter, group_by: tuple[str, ...], filters: dict[str, frozenset[str]]
+) -> None:
     known = {"userId", *meter.dimensions}
     for name in group_by:
         if name not in known:

@@ -15,7 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -26,6 +26,7 @@ from metering_client.protocol import BatchResult, Pause, Send, deliver
 from metering_client.retry import RetryPolicy
 from metering_client.types import CancelOutcome, Event, EventOutcome, Meter, Rejection, Summary
 
+T = TypeVar("T")
 log = logging.getLogger("metering_client")
 
 
@@ -146,7 +147,7 @@ class AsyncMeteringClient(DeliveryBase):
         )
         self._buffer = _AsyncBuffer(max_pending)
         self._stop = asyncio.Event()
-        self._sender: asyncio.Task | None = None
+        self._sender: asyncio.Task[None] | None = None
         self._closed = False
 
     # -- recording ------------------------------------------------------------------
@@ -256,7 +257,7 @@ class AsyncMeteringClient(DeliveryBase):
         self._tally(result)
         await self._buffer.settle()
 
-    async def _drive(self, operation, background: bool = False):
+    async def _drive(self, operation: ops.Op[T], background: bool = False) -> T:
         reply = None
         try:
             action = next(operation)
@@ -267,7 +268,7 @@ class AsyncMeteringClient(DeliveryBase):
                     reply = await self._send(action, background)
                 action = operation.send(reply)
         except StopIteration as done:
-            return done.value
+            return done.value  # type: ignore[no-any-return]  # the operation's T
 
     async def _pause(self, pause: Pause, background: bool) -> None:
         if not background:

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -28,6 +28,7 @@ from metering_client.protocol import BatchResult, Pause, Send, deliver
 from metering_client.retry import RetryPolicy
 from metering_client.types import CancelOutcome, Event, EventOutcome, Meter, Rejection, Summary
 
+T = TypeVar("T")
 log = logging.getLogger("metering_client")
 
 
@@ -213,7 +214,7 @@ class MeteringClient(DeliveryBase):
 
     # -- driving the I/O-free operations ----------------------------------------------
 
-    def _drive(self, operation, background: bool = False):
+    def _drive(self, operation: ops.Op[T], background: bool = False) -> T:
         reply = None
         try:
             action = next(operation)
@@ -224,7 +225,7 @@ class MeteringClient(DeliveryBase):
                     reply = self._send(action, background)
                 action = operation.send(reply)
         except StopIteration as done:
-            return done.value
+            return done.value  # type: ignore[no-any-return]  # the operation's T
 
     def _pause(self, pause: Pause, background: bool) -> None:
         if not background:

@@ -11,25 +11,27 @@ from __future__ import annotations
 
 from collections.abc import Generator, Iterable, Mapping, Sequence
 from datetime import date, datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from metering_client.protocol import EVENTS_PATH, Action, Send, call
+from metering_client.protocol import EVENTS_PATH, Action, Answer, Send, call
 from metering_client.retry import Reply, RetryPolicy
 from metering_client.types import CancelOutcome, Event, EventOutcome, Meter, Summary, period_bound
 
 METERS_PATH = "/v1/billing/meters"
 MAX_BATCH = 100
-Op = Generator[Action, Reply | None, Any]
+T = TypeVar("T")
+#: An I/O-free operation: yields what to do, gets the reply, returns its result.
+Op = Generator[Action, Reply | None, T]
 
 
 def _call(
     policy: RetryPolicy, method: str, path: str, *, params: Any = None, json: Any = None
-) -> Op:
+) -> Op[Answer]:
     answer = yield from call(Send(method, path, params=params, json=json), policy, policy.deadline)
     return answer
 
 
-def create_meter(policy: RetryPolicy, body: dict[str, Any]) -> Op:
+def create_meter(policy: RetryPolicy, body: dict[str, Any]) -> Op[Meter]:
     answer = yield from _call(policy, "POST", METERS_PATH, json=body)
     if answer.status == 409 and answer.retried:
         for meter in (yield from list_meters(policy)):
@@ -38,7 +40,7 @@ def create_meter(policy: RetryPolicy, body: dict[str, Any]) -> Op:
     return Meter.from_json(answer.ok())
 
 
-def list_meters(policy: RetryPolicy, page_size: int = 100) -> Op:
+def list_meters(policy: RetryPolicy, page_size: int = 100) -> Op[list[Meter]]:
     meters: list[Meter] = []
     cursor = None
     while True:
@@ -50,17 +52,17 @@ def list_meters(policy: RetryPolicy, page_size: int = 100) -> Op:
             return meters
 
 
-def get_meter(policy: RetryPolicy, meter_id: str) -> Op:
+def get_meter(policy: RetryPolicy, meter_id: str) -> Op[Meter]:
     answer = yield from _call(policy, "GET", f"{METERS_PATH}/{meter_id}")
     return Meter.from_json(answer.ok())
 
 
-def update_meter(policy: RetryPolicy, meter_id: str, changes: dict[str, Any]) -> Op:
+def update_meter(policy: RetryPolicy, meter_id: str, changes: dict[str, Any]) -> Op[Meter]:
     answer = yield from _call(policy, "PATCH", f"{METERS_PATH}/{meter_id}", json=changes)
     return Meter.from_json(answer.ok())
 
 
-def archive_meter(policy: RetryPolicy, meter_id: str) -> Op:
+def archive_meter(policy: RetryPolicy, meter_id: str) -> Op[Meter]:
     answer = yield from _call(policy, "DELETE", f"{METERS_PATH}/{meter_id}")
     return Meter.from_json(answer.ok())
 
@@ -93,12 +95,12 @@ def summary_params(
     return params
 
 
-def summary(policy: RetryPolicy, params: list[tuple[str, str]]) -> Op:
+def summary(policy: RetryPolicy, params: list[tuple[str, str]]) -> Op[Summary]:
     answer = yield from _call(policy, "GET", f"{EVENTS_PATH}/summary", params=params)
     return Summary.from_json(answer.ok())
 
 
-def send_events(policy: RetryPolicy, events: Sequence[Event]) -> Op:
+def send_events(policy: RetryPolicy, events: Sequence[Event]) -> Op[list[EventOutcome]]:
     """Send events now, 100 a request; raises ApiError when the service refuses a batch."""
     outcomes: list[EventOutcome] = []
     for start in range(0, len(events), MAX_BATCH):
@@ -110,7 +112,9 @@ def send_events(policy: RetryPolicy, events: Sequence[Event]) -> Op:
     return outcomes
 
 
-def cancel_events(policy: RetryPolicy, targets: Sequence[dict[str, str]]) -> Op:
+def cancel_events(
+    policy: RetryPolicy, targets: Sequence[dict[str, str]]
+) -> Op[list[CancelOutcome]]:
     """Cancel events, 100 a request. A retried cancel may answer `already_cancelled`."""
     outcomes: list[CancelOutcome] = []
     for start in range(0, len(targets), MAX_BATCH):

@@ -45,6 +45,7 @@ from app.core.slots import day_and_slot
 from app.models import ids
 from app.services import capabilities, compact, recompute
 from app.storage import entities, rollups, rpc
+from app.storage.entities import EntityPb, KeyPb
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class _Payload(Protocol):
     user_id: str
     value: int
     timestamp: datetime
-    dimensions: dict
+    dimensions: dict[str, str]
 
 
 @dataclass
@@ -70,18 +71,18 @@ class Draft:
     timestamp: datetime
     timestamp_given: bool
     idempotency: str
-    dimensions: dict
-    metadata: dict
+    dimensions: dict[str, str]
+    metadata: dict[str, Any]
     key_id: int | None = None  # set for idempotent events; random ones are drawn per try
     meter_key_id: int = 0  # the meter's key id (NDB's key.id() copies the path each call)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not self.meter_key_id:
             self.meter_key_id = self.meter.key.id()
 
     @property
     def meter_id(self) -> str:
-        return self.meter.id_
+        return self.meter.id_  # type: ignore[no-any-return]  # models.Meter: untyped ndb
 
     def repeats(self, earlier: _Payload) -> bool:
         """The one rule of duplicate (True) against conflict (False), for an event whose
@@ -143,14 +144,14 @@ _CONTINUED = bytes(int(byte >= 0x80) for byte in range(256))  # a translation ta
 _EIGHT_CONTINUED = b"\x01" * 8
 
 
-def _may_need_folding(response) -> bool:
+def _may_need_folding(response: Any) -> bool:
     """False only when no transform result of the commit is 2**62 or more from zero."""
     data = response.SerializeToString()
     start = data.translate(_CONTINUED).find(_EIGHT_CONTINUED)
     return start >= 0 and _LARGE_VARINT.search(data, start) is not None
 
 
-def _keys_to_fold(request, response) -> list:
+def _keys_to_fold(request: Any, response: Any) -> list[KeyPb]:
     """Keys of the rollups whose sum accumulators answered at least `rollups.FOLD_AT` away
     from zero (or at a bound, where they may have clamped): they are folded now."""
     if not _may_need_folding(response):
@@ -171,7 +172,7 @@ _folding: set[bytes] = set()  # rollups this process is folding now
 _folding_lock = threading.Lock()
 
 
-def _fold(keys: list) -> None:
+def _fold(keys: list[KeyPb]) -> None:
     """Compact the rollups of `keys` now, so their sums move, exact, into the base (JSON
     integers, unbounded) and their accumulators start again from zero; a slot that may
     have clamped is folded from its raw events. A rollup another request of this process
@@ -204,7 +205,7 @@ class _Batch:
         self.drafts, self.now, self.code = drafts, now, namespace_code
         #: Meters whose rollups must be read and merged rather than incremented.
         self.merge_meters = {d.meter_key_id for d in drafts if _needs_merge(d, len(drafts))}
-        self.to_fold: list = []  # rollup keys whose sums near int64's bounds
+        self.to_fold: list[KeyPb] = []  # rollup keys whose sums near int64's bounds
         self._draw_keys()
 
     def _draw_keys(self) -> None:
@@ -283,14 +284,14 @@ class _Batch:
         status = "duplicate" if self.drafts[index].repeats(earlier) else "conflict"
         self.outcomes[index] = Outcome(_public_id(self.key_ids[index], self.code), status)
 
-    def _judge_existing(self, event_keys: list, stored: dict) -> None:
+    def _judge_existing(self, event_keys: list[KeyPb], stored: dict[bytes, EntityPb]) -> None:
         """Outcomes of the drafts whose key was stored before this batch."""
         for index, key_pb in zip(self.creates, event_keys):
             found = stored.get(key_pb.SerializeToString())
             if found is not None:
                 self._judge(index, entities.decode_event(found))  # type: ignore[arg-type]
 
-    def _judge_repeats(self, stored: dict | None = None) -> None:
+    def _judge_repeats(self, stored: dict[bytes, EntityPb] | None = None) -> None:
         """Outcomes of drafts repeating a key that an earlier draft of the batch holds,
         judged against the stored event when the key was stored before this batch
         (`stored`: serialized key -> entity), else against the batch's first copy."""
@@ -311,7 +312,7 @@ class _Batch:
             )
         return [self.outcomes[i] for i in range(len(self.drafts))]
 
-    def _redraw_collisions(self, event_keys: list, stored: dict) -> bool:
+    def _redraw_collisions(self, event_keys: list[KeyPb], stored: dict[bytes, EntityPb]) -> bool:
         """Give random-id drafts whose id is taken a new id; whether any was."""
         collided = False
         for index, key_pb in zip(self.creates, event_keys):
@@ -326,7 +327,7 @@ class _Batch:
 
     # -- what a commit holds -------------------------------------------------------
 
-    def _add_events(self, into, indexes: list[int]) -> None:
+    def _add_events(self, into: Any, indexes: list[int]) -> None:
         """Insert mutations of the drafts at `indexes`, built in place in `into`."""
         template = entities.event_template(self.now)
         for index in indexes:
@@ -346,12 +347,15 @@ class _Batch:
                 metadata=draft.metadata,
             )
 
-    def _cells(self, indexes: list[int]) -> tuple[dict[tuple, dict[int, Cell]], dict]:
+    def _cells(
+        self, indexes: list[int]
+    ) -> tuple[dict[tuple[Any, ...], dict[int, Cell]], dict[tuple[Any, ...], dict[int, int]]]:
         """(meter, series, day) -> slot -> Cell of the drafts at `indexes`, and the same
         keys -> slot -> sum of the negative values, where there are any (see
         `rollups.increments`)."""
-        grouped: dict[tuple, dict[int, Cell]] = {}  # (meter key id, id, aggregation, series, day)
-        negatives: dict[tuple, dict[int, int]] = {}
+        # (meter key id, id, aggregation, series, day)
+        grouped: dict[tuple[Any, ...], dict[int, Cell]] = {}
+        negatives: dict[tuple[Any, ...], dict[int, int]] = {}
         now, drafts, key_ids = self.now, self.drafts, self.key_ids
         for index in indexes:
             draft = drafts[index]
@@ -366,7 +370,7 @@ class _Batch:
                 below[slot] = below.get(slot, 0) + draft.value
         return grouped, negatives
 
-    def _add_rollups(self, into, indexes: list[int], stored: dict) -> None:
+    def _add_rollups(self, into: Any, indexes: list[int], stored: dict[bytes, EntityPb]) -> None:
         """Increments where the server can add; merged replacements where we read first."""
         grouped, negatives = self._cells(indexes)
         for group, cells in grouped.items():
@@ -390,7 +394,7 @@ class _Batch:
                 merged.setdefault(slot, Cell()).merge(cell)
             into.append(rollups.replacement(key_pb, meter_id, series, day, merged))
 
-    def _merged_rollup_keys(self) -> list:
+    def _merged_rollup_keys(self) -> list[KeyPb]:
         """Keys of the rollups the batch changes that must be read and merged by hand."""
         wanted = {
             (d.meter_key_id, series_of(d.user_id, d.dimensions), day_and_slot(d.timestamp)[0])

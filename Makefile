@@ -62,4 +62,4 @@ lock: install
 		--custom-compile-command "make lock" --quiet $(LOCK_ARGS) -o requirements.txt
 
 clean:
-	rm -rf $(VENV) .metering-data .pytest_cache
+	rm -rf $(VENV) .metering-data .pytest_cache .mypy_cache .ruff_cache

@@ -114,6 +114,7 @@ class SummaryResult:
 def _local(instant: datetime, zone: ZoneInfo) -> datetime:
     """The instant on the zone's clock, refusing offsets that would split a slot."""
     local = instant.astimezone(zone)
+    # mypy: a ZoneInfo gives every instant an offset
     if local.utcoffset() % SLOT:  # type: ignore[operator]
         raise UnsupportedZone(
             f"{zone.key} is at UTC{local:%z} on {local:%Y-%m-%d}, not a "
@@ -260,6 +261,7 @@ class _Bucket:
             return len(self.uniques)
         if aggregation == _AVG:
             return cell.sum / cell.count if cell.count else None  # int / int: correctly rounded
+        # mypy: a Cell's min, max or last value
         return getattr(cell, _CELL_FIELD[aggregation])  # type: ignore[no-any-return]
 
 
@@ -349,6 +351,7 @@ def summarize_cells(
             if profile is _UNSEEN:
                 profile = profiles[series] = _profile(request, series)
         packed = cell.__class__ is list  # a compacted slot, as the rollup packs it
+        # mypy: `packed`: the cell is a list
         if profile is None or (cell[0] if packed else cell.count) == 0:  # type: ignore[index]
             continue
         index = window_at(slot)

@@ -120,6 +120,7 @@ def build(app) -> dict:
                 method.lower(): _operation(
                     rule,
                     method,
+                    # mypy: every route declares its operation (tests/test_openapi.py)
                     operation,  # type: ignore[arg-type]
                     app.view_functions[rule.endpoint],
                 )
@@ -329,5 +330,6 @@ def _responses(operation: Operation) -> dict:
             answers[str(status)]["links"] = answer.links
     errors = {*operation.errors, 413, *((503,) if operation.datastore else ())}
     for status in sorted(errors):
+        # mypy: an error's answer object, as ERROR_STATUSES writes it
         answers[str(status)] = ERROR_STATUSES[status][0]  # type: ignore[assignment]
     return answers

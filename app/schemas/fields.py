@@ -165,6 +165,7 @@ class _LengthFirst:
             for check in self.validators:
                 if isinstance(check, validate.Length):
                     check(value)
+        # mypy: a mixin, always before a marshmallow field
         return super()._deserialize(value, attr, data, **kwargs)  # type: ignore[misc]
 
 

@@ -130,6 +130,7 @@ def _check_batch(events: list[dict[str, Any]], now: datetime, config: Config) ->
         problems += _event_problems(index, event, meter, now, config)
     if problems:
         raise failure(problems)
+    # mypy: no None left: a missing meter is a problem raised above
     return meters  # type: ignore[return-value]
 
 

@@ -289,6 +289,7 @@ class _Batch:
         for index, key_pb in zip(self.creates, event_keys):
             found = stored.get(key_pb.SerializeToString())
             if found is not None:
+                # mypy: a StoredEvent has every field _Payload reads (read-only)
                 self._judge(index, entities.decode_event(found))  # type: ignore[arg-type]
 
     def _judge_repeats(self, stored: dict[bytes, EntityPb] | None = None) -> None:
@@ -302,6 +303,7 @@ class _Batch:
             found = (stored or {}).get(entities.key("meter-event", key_id).SerializeToString())
             self._judge(
                 index,
+                # mypy: a StoredEvent has every field _Payload reads (read-only)
                 entities.decode_event(found) if found is not None else self.drafts[first],  # type: ignore[arg-type]
             )
 

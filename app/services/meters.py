@@ -123,6 +123,7 @@ def update_meter(public_id: str, changes: dict) -> Meter:
         for name, value in changes.items():
             setattr(meter, _FIELDS[name], value)
         if meter.aggregation_type != "unique_count" and "uniqueBy" not in changes:
+            # mypy: an ndb property takes its value (the class sees the descriptor)
             meter.unique_by = None  # type: ignore[assignment]
         return meter.update()
 

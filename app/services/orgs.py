@@ -359,6 +359,7 @@ def _mark_purged(key: ndb.Key) -> None:
     def mark() -> None:
         entity = _require_archived(key)
         if not entity.purged_at:
+            # mypy: an ndb property takes its value (the class sees the descriptor)
             entity.purged_at = utcnow().isoformat()  # type: ignore[assignment]
             entity.update()
 

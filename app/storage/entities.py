@@ -220,6 +220,7 @@ def decode_event(entity: EntityPb) -> StoredEvent:
         meter_id=_string(props, "MeterId"),
         user_id=_string(props, "UserId"),
         value=props["Value"].integer_value if "Value" in props else 0,
+        # mypy: every stored event has a Timestamp
         timestamp=get_time(entity, "Timestamp"),  # type: ignore[arg-type]
         created_at=get_time(entity, "CreatedAt"),
         deleted=deleted is not None and deleted.boolean_value,

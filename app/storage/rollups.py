@@ -117,6 +117,7 @@ _DELTAS = {
 
 def adds_values(aggregation: str) -> bool:
     """Whether the aggregation's deltas sum event values (int64 on the server)."""
+    # mypy: Aggregation is a str enum: the plain name finds its key
     return "S" in _DELTAS[aggregation]  # type: ignore[index]
 
 
@@ -139,6 +140,7 @@ def increments(
     _static(mutation.upsert, meter_id, series, day, dirty=True)
     entities.fill_key(mutation.upsert.key, KIND, key_name(meter_key_id, series, day))
     mutation.property_mask.paths.extend(_STATIC)
+    # mypy: Aggregation is a str enum: the plain name finds its key
     wanted = _DELTAS[aggregation]  # type: ignore[index]
     transforms = mutation.property_transforms
     for slot, cell in cells.items():
@@ -159,6 +161,7 @@ def increments(
             elif letter == "X":
                 transform.maximum.integer_value = cell.max
             else:  # T: when the slot's latest event happened
+                # mypy: T is written only for a cell with a rank
                 transform.maximum.integer_value = cell.last_rank[0]  # type: ignore[index]
     return mutation
 

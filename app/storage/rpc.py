@@ -51,11 +51,13 @@ def _call(name: str, request: Any) -> Any:
     method = getattr(client.stub, name)
     try:
         response = method(
+            # mypy: the proto-plus request classes have wrap()
             _WRAPPERS[name].wrap(request),  # type: ignore[attr-defined]
             timeout=TIMEOUT,
             metadata=(("x-goog-request-params", params),),
         )
     except grpc.RpcError as error:
+        # mypy: google.api_core is untyped here
         raise core_exceptions.from_grpc_error(error) from None  # type: ignore[no-untyped-call]
     return type(response).pb(response)
 
@@ -83,6 +85,7 @@ def retry_aborted(attempt: Callable[[], T], what: str) -> T:
             return attempt()
         except core_exceptions.Aborted:
             time.sleep(min(2.0, 0.05 * 2**number) * random.uniform(0.5, 1.5))
+    # mypy: google.api_core is untyped here
     raise core_exceptions.Aborted(f"{what} kept colliding with concurrent writes")  # type: ignore[no-untyped-call]
 
 

@@ -263,6 +263,7 @@ class AsyncMeteringClient(DeliveryBase):
             action = next(operation)
             while True:
                 if isinstance(action, Pause):
+                    # mypy: a pause gets no reply: the next attempt starts afresh
                     reply = await self._pause(action, background)  # type: ignore[func-returns-value]
                 else:
                     reply = await self._send(action, background)

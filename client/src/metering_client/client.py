@@ -220,6 +220,7 @@ class MeteringClient(DeliveryBase):
             action = next(operation)
             while True:
                 if isinstance(action, Pause):
+                    # mypy: a pause gets no reply: the next attempt starts afresh
                     reply = self._pause(action, background)  # type: ignore[func-returns-value]
                 else:
                     reply = self._send(action, background)

@@ -99,9 +99,11 @@ def call(
         if answer is not None:
             return Answer(answer.status, answer.body, retried=failures > 0)
         failures += 1
+        # mypy: a failed attempt always leaves a reply
         wait = policy.delay(failures, retry_after(reply))  # type: ignore[arg-type]
         if deadline is not None and clock() + wait - started > deadline:
             raise _gave_up(reply, failures)
+        # mypy: a failed attempt always leaves a reply
         yield Pause(wait, describe(reply))  # type: ignore[arg-type]
 
 
@@ -113,6 +115,7 @@ def _gave_up(reply: Reply | None, attempts: int) -> Exception:
             body if parsed else None,
             f"HTTP {reply.status_code} after {attempts} attempts",
         )
+    # mypy: a failed attempt always leaves a reply
     return ServiceUnreachable(f"no answer after {attempts} attempts: {describe(reply)}")  # type: ignore[arg-type]
 
 

@@ -7,6 +7,8 @@ string, which carries user ids), so gunicorn's (on whenever logconfig_dict is se
 is silenced.
 """
 
+from app.logs import GUNICORN_LOGCONFIG
+
 workers = 2
 threads = 8
 worker_class = "gthread"
@@ -18,17 +20,7 @@ timeout = 60
 accesslog = None
 # Gunicorn 27's control socket is one path per user; App Engine needs none.
 control_socket_disable = True
-logconfig_dict = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"json": {"()": "app.logs.JsonFormatter"}},
-    "handlers": {"stderr": {"class": "app.logs.StderrHandler", "formatter": "json"}},
-    "root": {"level": "INFO", "handlers": ["stderr"]},
-    "loggers": {
-        "gunicorn.error": {"level": "INFO", "handlers": [], "propagate": True},
-        "gunicorn.access": {"level": "WARNING", "handlers": [], "propagate": False},
-    },
-}
+logconfig_dict = GUNICORN_LOGCONFIG
 
 
 def on_starting(server):

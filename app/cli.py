@@ -476,6 +476,8 @@ def _gunicorn(host: str, port: int, workers: int, threads: int) -> None:
     # lazy: see "Lazy imports" above
     from gunicorn.app.base import BaseApplication
 
+    from app.logs import GUNICORN_LOGCONFIG
+
     class Server(BaseApplication):
         def load_config(self):
             self.cfg.set("bind", f"{host}:{port}")
@@ -483,6 +485,8 @@ def _gunicorn(host: str, port: int, workers: int, threads: int) -> None:
             self.cfg.set("threads", threads)
             self.cfg.set("worker_class", "gthread")
             self.cfg.set("accesslog", None)
+            # Gunicorn's own lines as JSON, scrubbed of secrets like the service's own.
+            self.cfg.set("logconfig_dict", GUNICORN_LOGCONFIG)
             # A worker still booting when Ctrl-C arrives has no signal handlers yet and
             # misses it; gunicorn then waits graceful_timeout (30 s by default) before
             # killing it. Locally, 5 s is plenty for requests in flight.

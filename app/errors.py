@@ -206,11 +206,15 @@ def _from_datastore(exc: Exception):
 def init_app(app) -> None:
     """Register the handlers that render every error in the envelope."""
     app.register_error_handler(ApiError, lambda exc: _render(exc, exc.status))
+    # Cancelled: gRPC's "499 Stream removed" when the emulator or the Datastore drops a
+    # call under contention. Retrying is safe: a commit that landed anyway is found again
+    # by its events' keys (answered `duplicate`), never stored twice.
     for transient in (
         gexc.ServiceUnavailable,
         gexc.DeadlineExceeded,
         gexc.Aborted,
         gexc.RetryError,
+        gexc.Cancelled,
     ):
         app.register_error_handler(transient, _from_datastore)
     app.register_error_handler(HTTPException, _from_http_exception)

@@ -136,6 +136,23 @@ class StderrHandler(logging.StreamHandler):
         pass
 
 
+#: Gunicorn's own logging, for app.yaml's gunicorn (gunicorn.conf.py) and `metering serve`
+#: alike: its messages go through the same JSON formatter, so they are scrubbed like every
+#: other line (gunicorn quotes what it could not parse: a header, a chunk size, a transfer
+#: coding, any of which can be a key). Its access line is off: the service writes its own.
+GUNICORN_LOGCONFIG = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "app.logs.JsonFormatter"}},
+    "handlers": {"stderr": {"class": "app.logs.StderrHandler", "formatter": "json"}},
+    "root": {"level": "INFO", "handlers": ["stderr"]},
+    "loggers": {
+        "gunicorn.error": {"level": "INFO", "handlers": [], "propagate": True},
+        "gunicorn.access": {"level": "WARNING", "handlers": [], "propagate": False},
+    },
+}
+
+
 def configure_logging(level: int = logging.INFO) -> None:
     """Send every record of the process to stderr as JSON (once per process)."""
     root = logging.getLogger()

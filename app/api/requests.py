@@ -20,6 +20,7 @@ import math
 import re
 
 from flask import request
+from gunicorn.http.errors import NoMoreData, ParseException
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from app.errors import ValidationFailed
@@ -295,7 +296,12 @@ def _raw_body() -> bytes:
             request.max_content_length = limit + 1
         except AttributeError:  # Flask < 3.1: the limit cannot be set per request
             pass
-    raw = request.get_data(cache=True)
+    try:
+        raw = request.get_data(cache=True)
+    except (ParseException, NoMoreData) as exc:  # gunicorn: a broken chunked body
+        raise ValidationFailed(
+            f"request body could not be read: {type(exc).__name__}", param=None
+        ) from None
     if limit is not None and len(raw) > limit:
         raise RequestEntityTooLarge()
     return raw

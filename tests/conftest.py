@@ -24,6 +24,7 @@ from app.emulator import Emulator
 from tests.support.http import Api
 from tests.support.names import unique_org_name
 from tests.support.processes import Processes
+from tests.support.redis_server import RedisServer
 from tests.support.server import LiveServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -137,3 +138,27 @@ def procs(tmp_path):
     running = Processes(tmp_path)
     yield running
     running.cleanup()
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A real redis-server of this test's own, on a free loopback port."""
+    server = RedisServer(str(tmp_path / "redis.log")).start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def serve(config):
+    """Start the service with changed settings (`serve(redis_url=...)` -> its URL), on a
+    port of its own; every one is stopped at the end of the test."""
+    servers = []
+
+    def start(**changes) -> str:
+        server = LiveServer(create_app(config.replace(**changes))).start()
+        servers.append(server)
+        return server.url
+
+    yield start
+    for server in servers:
+        server.stop()

@@ -13,40 +13,16 @@ import time
 import pytest
 from google.cloud.datastore_v1.types import entity as en
 
-from app import cache, create_app
+from app import cache
 from tests.support.flavour import firestore_only  # noqa: F401
 from tests.support.http import Api, error_of
 from tests.support.names import unique_org_name
 from tests.support.processes import cli_env, run_cli
-from tests.support.redis_server import RedisServer
-from tests.support.server import LiveServer
 from tests.test_ratelimit import fresh_minute
 
 NDB_PREFIX = b"NDB30"
 REDIS_GONE = "ignore:Error connecting to global cache:RuntimeWarning"
 pytestmark = pytest.mark.usefixtures("firestore_only")
-
-
-@pytest.fixture
-def redis_server(tmp_path):
-    server = RedisServer(str(tmp_path / "redis.log")).start()
-    yield server
-    server.kill()
-
-
-@pytest.fixture
-def serve(config):
-    """Start the service with changed settings; every one is stopped at the end."""
-    servers = []
-
-    def start(**changes) -> str:
-        server = LiveServer(create_app(config.replace(**changes))).start()
-        servers.append(server)
-        return server.url
-
-    yield start
-    for server in servers:
-        server.stop()
 
 
 def reads(answer) -> int:

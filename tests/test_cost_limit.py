@@ -9,47 +9,16 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from app import create_app
 from app.tenancy import UnknownKeys
 from tests.support.flavour import firestore_only  # noqa: F401
 from tests.support.http import Api, error_of
-from tests.support.redis_server import RedisServer
-from tests.support.server import LiveServer
+from tests.test_cache import reads
 from tests.test_ratelimit import fresh_minute
 
 pytestmark = pytest.mark.usefixtures("firestore_only")
 DAY = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)
 USERS = 60
 WRONG_KEY = "mk_" + "w" * 40
-
-
-@pytest.fixture
-def redis_server(tmp_path):
-    server = RedisServer(str(tmp_path / "redis.log")).start()
-    yield server
-    server.kill()
-
-
-@pytest.fixture
-def serve(config):
-    """Start the service with changed settings; every one is stopped at the end."""
-    servers = []
-
-    def start(**changes) -> str:
-        server = LiveServer(create_app(config.replace(**changes))).start()
-        servers.append(server)
-        return server.url
-
-    yield start
-    for server in servers:
-        server.stop()
-
-
-def reads(answer) -> int:
-    fields = dict(
-        part.strip().split("=") for part in answer.headers["X-Datastore-Usage"].split(";")
-    )
-    return int(fields["read"])
 
 
 def assert_rate_limited(answer) -> None:

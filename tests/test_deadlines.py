@@ -29,21 +29,6 @@ def usage(answer) -> dict[str, int]:
     return {name: int(value) for name, value in (p.split("=") for p in header.split("; "))}
 
 
-@pytest.fixture
-def serve(config):
-    """Start the service with changed settings; every one is stopped at the end."""
-    servers = []
-
-    def start(**changes) -> str:
-        server = LiveServer(create_app(config.replace(**changes))).start()
-        servers.append(server)
-        return server.url
-
-    yield start
-    for server in servers:
-        server.stop()
-
-
 def record_users(api: Api, meter: dict, users: int) -> None:
     """One event each for `users` users, at distinct instants of DAY (uncompacted)."""
     events = [

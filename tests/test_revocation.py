@@ -13,39 +13,14 @@ from __future__ import annotations
 
 import pytest
 
-from app import create_app
 from app.emulator import free_port
 from tests.support.flavour import firestore_only  # noqa: F401
 from tests.support.http import Api
 from tests.support.processes import cli_env, run_cli
-from tests.support.redis_server import RedisServer
-from tests.support.server import LiveServer
 from tests.test_cache import cached_kinds, new_org
 
 REDIS_GONE = "ignore:Error connecting to global cache:RuntimeWarning"
 pytestmark = pytest.mark.usefixtures("firestore_only")
-
-
-@pytest.fixture
-def redis_server(tmp_path):
-    server = RedisServer(str(tmp_path / "redis.log")).start()
-    yield server
-    server.kill()
-
-
-@pytest.fixture
-def serve(config):
-    """Start the service with changed settings; every one is stopped at the end."""
-    servers = []
-
-    def start(**changes) -> str:
-        server = LiveServer(create_app(config.replace(**changes))).start()
-        servers.append(server)
-        return server.url
-
-    yield start
-    for server in servers:
-        server.stop()
 
 
 def _warm_key(url: str, admin_token: str) -> tuple[dict, Api]:

@@ -1,8 +1,17 @@
 """Storage models (NDB): the original's entity shapes, Kind names and ids."""
 
-from app.models.base import Model, root_key, utcnow
+from app.models.base import Model, root_key, transactional, utcnow
 from app.models.meter import Meter
 from app.models.meter_event import MeterEvent
 from app.models.tenant import ApiKey, Namespace
 
-__all__ = ["ApiKey", "Meter", "MeterEvent", "Model", "Namespace", "root_key", "utcnow"]
+__all__ = [
+    "ApiKey",
+    "Meter",
+    "MeterEvent",
+    "Model",
+    "Namespace",
+    "root_key",
+    "transactional",
+    "utcnow",
+]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import ClassVar
+from typing import ClassVar, ParamSpec, Self, TypeVar, cast
 
 from google.cloud import ndb
 
@@ -84,6 +84,21 @@ class OptionalProperty(ndb.TextProperty):
         return super()._to_datastore(entity, data, prefix=prefix, repeated=repeated)
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+L = TypeVar("L", bound="Lifecycle")
+
+
+def transactional(retries: int) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """`ndb.transactional(retries=...)` with the decorated function's own signature
+    (NDB's decorator is untyped, which would make every transaction body `Any`)."""
+
+    def decorate(function: Callable[P, R]) -> Callable[P, R]:
+        return cast(Callable[P, R], ndb.transactional(retries=retries)(function))
+
+    return decorate
+
+
 class Lifecycle:
     """The mixin's lifecycle, for any NDB model: defaults, validation, and hooks before
     and after create and update. Services write models only through `create`, `update`
@@ -119,7 +134,7 @@ class Lifecycle:
             param, message = problems[0]
             raise ValidationFailed(message, param=param)
 
-    def create(self):
+    def create(self) -> Self:
         """Validate and store a new entity, running the create hooks."""
         self._check()
         self.before_create()
@@ -127,7 +142,7 @@ class Lifecycle:
         self.after_create()
         return self
 
-    def update(self):
+    def update(self) -> Self:
         """Validate and store changes to an existing entity, running the update hooks."""
         self._check()
         self.before_update()
@@ -136,7 +151,7 @@ class Lifecycle:
         return self
 
     @staticmethod
-    def update_multi(entities: list) -> list:
+    def update_multi(entities: list[L]) -> list[L]:
         """`update` of several entities in one batch put (one RPC): every one is
         validated and its before-hook run before anything is stored."""
         for entity in entities:

@@ -8,10 +8,12 @@ name exactly one commits; the other sees the first and answers 409.
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 from google.cloud import ndb
 
 from app.errors import Conflict, NotFound
-from app.models import Meter, MeterEvent, root_key
+from app.models import Meter, MeterEvent, root_key, transactional
 from app.services import paging
 
 LOCKED_ONCE_USED = ("eventName", "aggregationType", "dimensions", "uniqueBy")
@@ -39,11 +41,11 @@ def _taken(event_name: str) -> Conflict:
     )
 
 
-def create_meter(fields: dict) -> Meter:
+def create_meter(fields: dict[str, Any]) -> Meter:
     """Create a meter; 409 if its event name is taken by an active meter."""
     key = Meter.allocate_ids(1, parent=root_key())[0]
 
-    @ndb.transactional(retries=8)
+    @transactional(retries=8)
     def create() -> Meter:
         if _active_with_event_name(fields["eventName"]) is not None:
             raise _taken(fields["eventName"])
@@ -55,7 +57,7 @@ def create_meter(fields: dict) -> Meter:
 
 def get_meter(public_id: str, *, include_archived: bool = True) -> Meter:
     """The meter with this id in the current org; 404 otherwise."""
-    meter = Meter.get_by_public_id(public_id)
+    meter: Meter | None = Meter.get_by_public_id(public_id)
     if meter is None or (meter.deleted and not include_archived):
         raise NotFound("meter not found", param="id", code="meter_not_found")
     return meter
@@ -71,7 +73,7 @@ def find_by_event_name(event_name: str) -> Meter | None:
     cache_key = (ndb.get_context().get_namespace() or "", event_name)
     known = _KEYS_BY_EVENT_NAME.get(cache_key)
     if known is not None:
-        meter = known.get()
+        meter: Meter | None = known.get()
         if meter is not None and meter.event_name == event_name and not meter.deleted:
             return meter
         _KEYS_BY_EVENT_NAME.pop(cache_key, None)
@@ -85,7 +87,7 @@ def find_by_event_name(event_name: str) -> Meter | None:
 
 def all_meters() -> list[Meter]:
     """Every meter of the org, archived ones included."""
-    return Meter.query_org().fetch()
+    return cast(list[Meter], Meter.query_org().fetch())
 
 
 def list_meters(limit: int, cursor: str | None) -> tuple[list[Meter], str | None]:
@@ -98,10 +100,10 @@ def has_events(meter: Meter) -> bool:
     return bool(MeterEvent.query_org(MeterEvent.meter_id == meter.id_).fetch(1, keys_only=True))
 
 
-def update_meter(public_id: str, changes: dict) -> Meter:
+def update_meter(public_id: str, changes: dict[str, Any]) -> Meter:
     """Change a meter; event name, aggregation and dimensions only while it has no events."""
 
-    @ndb.transactional(retries=8)
+    @transactional(retries=8)
     def update() -> Meter:
         meter = get_meter(public_id)
         structural = [
@@ -133,7 +135,7 @@ def update_meter(public_id: str, changes: dict) -> Meter:
 def archive_meter(public_id: str) -> Meter:
     """Archive a meter: it refuses new events and keeps its history and summaries."""
 
-    @ndb.transactional(retries=8)
+    @transactional(retries=8)
     def archive() -> Meter:
         meter = get_meter(public_id)
         if not meter.deleted:

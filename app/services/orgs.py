@@ -18,14 +18,15 @@ import contextlib
 import hashlib
 import hmac
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeGuard, cast
 
 from google.cloud import ndb
 
 from app.core.names import ORG_NAME
 from app.errors import Conflict, NotFound, Unauthorized, ValidationFailed
-from app.models import ApiKey, Namespace, ids, utcnow
+from app.models import ApiKey, Namespace, ids, transactional, utcnow
 
 KEY_PREFIX = "mk_"
 PREFIX_LENGTH = 12
@@ -54,12 +55,12 @@ class IssuedKey:
     prefix: str
 
 
-def is_valid_org_name(name) -> bool:
+def is_valid_org_name(name: object) -> TypeGuard[str]:
     """Whether name is an org name this release accepts (the whole string)."""
     return isinstance(name, str) and ORG_NAME.fullmatch(name) is not None
 
 
-def validate_org_name(name) -> str:
+def validate_org_name(name: object) -> str:
     """The org name, if it is a valid one; names become Datastore namespaces."""
     if not is_valid_org_name(name):
         raise ValidationFailed(
@@ -94,9 +95,9 @@ def create_org(name: str) -> IssuedKey:
     validate_org_name(name)
     int_id = Namespace.allocate_ids(1)[0].id()
 
-    @ndb.transactional(retries=5)
+    @transactional(retries=5)
     def register() -> Namespace:
-        entity = Namespace.key_for(name).get(**FRESH)
+        entity: Namespace | None = Namespace.key_for(name).get(**FRESH)
         if entity is None:
             entity = Namespace(key=Namespace.key_for(name), name=name, int_id=int_id)
             entity.create()
@@ -110,7 +111,9 @@ def create_org(name: str) -> IssuedKey:
                 param="name",
                 code="org_archived",
             )
-        entity.deleted, entity.purged_at = False, None
+        entity.deleted = False
+        # mypy: PurgedAt is an NDB property descriptor mypy reads as its class; None clears it
+        entity.purged_at = None  # type: ignore[assignment]
         entity.update()
         return entity
 
@@ -151,7 +154,7 @@ def issue_key(org_name: str) -> IssuedKey:
     secret = KEY_PREFIX + secrets.token_urlsafe(30)
     prefix = secret[:PREFIX_LENGTH]
 
-    @ndb.transactional(retries=5)
+    @transactional(retries=5)
     def store() -> Org:
         org = get_org(org_name, fresh=True)
         ApiKey(key=ApiKey.key_for(_digest(secret)), org=org.name, prefix=prefix).create()
@@ -181,7 +184,9 @@ def revoke_key(org_name: str, prefix: str) -> int:
 def list_keys(org_name: str) -> list[ApiKey]:
     """The org's keys, revoked ones included, without their secrets."""
     org = get_org(org_name)
-    return ApiKey.query(ApiKey.org == org.name, namespace=ids.REGISTRY_NAMESPACE).fetch()
+    return cast(
+        list[ApiKey], ApiKey.query(ApiKey.org == org.name, namespace=ids.REGISTRY_NAMESPACE).fetch()
+    )
 
 
 def authenticate(secret: str | None) -> Org:
@@ -237,7 +242,7 @@ class InvalidEntry:
     prefix: str | None = None
 
 
-def _registry_entry(name) -> Namespace | None:
+def _registry_entry(name: str) -> Namespace | None:
     """The org's registry entity, read past the global cache, whatever its state.
 
     A name this release refuses may still be registered (an older release accepted
@@ -245,7 +250,7 @@ def _registry_entry(name) -> Namespace | None:
     built into a key, since it may not even be a legal key name.
     """
     if is_valid_org_name(name):
-        return Namespace.key_for(name).get(**FRESH)
+        return cast(Namespace | None, Namespace.key_for(name).get(**FRESH))
     if not isinstance(name, str) or not name or len(name) > 256:
         return None
     query = Namespace.query(namespace=ids.REGISTRY_NAMESPACE)
@@ -253,7 +258,7 @@ def _registry_entry(name) -> Namespace | None:
     return found.get(**FRESH) if found is not None else None
 
 
-def _entry_or_404(name) -> Namespace:
+def _entry_or_404(name: str) -> Namespace:
     entity = _registry_entry(name)
     if entity is None:
         raise NotFound(f"org {name!r} not found", param="org")
@@ -269,9 +274,9 @@ def archive_org(name: str) -> Archived:
     """
     key = _entry_or_404(name).key
 
-    @ndb.transactional(retries=5)
+    @transactional(retries=5)
     def close() -> Namespace:
-        entity = key.get(**FRESH)
+        entity: Namespace = key.get(**FRESH)
         if not entity.deleted:
             entity.delete()
         return entity
@@ -291,7 +296,7 @@ def _revoke_all(org_name: str) -> int:
 
 
 def _require_archived(key: ndb.Key) -> Namespace:
-    entity = key.get(**FRESH)
+    entity: Namespace | None = key.get(**FRESH)
     if entity is None or not entity.deleted:
         raise Conflict(
             f"org {key.id()!r} is live: archive it before purging", param="org", code="org_live"
@@ -303,7 +308,7 @@ def _reserved(key: ndb.Key) -> bool:
     """Whether the key is of a kind Datastore writes itself (`__Stat_Ns_Kind__`...):
     such entities cannot be deleted and are not the org's data."""
     kind = key.kind()
-    return kind.startswith("__") and kind.endswith("__")
+    return bool(kind.startswith("__") and kind.endswith("__"))
 
 
 def _org_keys(namespace: str) -> ndb.Query:
@@ -319,7 +324,9 @@ def count_org_entities(name: str) -> int:
     return sum(1 for k in _org_keys(key.id()).iter(keys_only=True) if not _reserved(k))
 
 
-def purge_org(name: str, progress=None, max_entities: int | None = None) -> Purged:
+def purge_org(
+    name: str, progress: Callable[[int], object] | None = None, max_entities: int | None = None
+) -> Purged:
     """Delete every entity of an archived org's namespace, PURGE_PAGE per commit.
 
     Resumable: each page is its own commit and a run starts from whatever is left,
@@ -355,7 +362,7 @@ def purge_org(name: str, progress=None, max_entities: int | None = None) -> Purg
 
 
 def _mark_purged(key: ndb.Key) -> None:
-    @ndb.transactional(retries=5)
+    @transactional(retries=5)
     def mark() -> None:
         entity = _require_archived(key)
         if not entity.purged_at:

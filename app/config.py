@@ -9,29 +9,31 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from datetime import timedelta
+from typing import TypeVar
 
 DEV_HASHID_SALT = "metering-dev-salt"
+N = TypeVar("N", int, float)
+
+
+def _env_number(env: dict, name: str, default: N, parse: Callable[[str], N], kind: str) -> N:
+    """The variable parsed as a number, or `default` when it is unset or empty."""
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return parse(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be {kind}, got {raw!r}") from exc
 
 
 def _env_int(env: dict, name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError as exc:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
+    return _env_number(env, name, default, int, "an integer")
 
 
 def _env_float(env: dict, name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError as exc:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
+    return _env_number(env, name, default, float, "a number")
 
 
 def on_app_engine(env: dict) -> bool:

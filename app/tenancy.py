@@ -18,7 +18,6 @@ it existed, which its 240 random bits make impossible in practice).
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import ipaddress
 import threading
@@ -118,7 +117,7 @@ def _authenticate(secret: str | None) -> orgs.Org:
     """`orgs.authenticate`, skipping the lookup of a key lately found unknown or revoked."""
     if not secret:
         return orgs.authenticate(secret)
-    digest = hashlib.sha256(secret.encode("utf-8")).hexdigest()
+    digest = orgs.key_digest(secret)
     unknown = _unknown_keys()
     if digest in unknown:
         raise Unauthorized("missing or invalid API key")

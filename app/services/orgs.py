@@ -76,7 +76,8 @@ def validate_org_name(name: object) -> str:
 FRESH = {"use_cache": False, "use_global_cache": False}
 
 
-def _digest(secret: str) -> str:
+def key_digest(secret: str) -> str:
+    """The SHA-256 hex digest an API key is stored (and remembered) by."""
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
 
@@ -157,7 +158,7 @@ def issue_key(org_name: str) -> IssuedKey:
     @transactional(retries=5)
     def store() -> Org:
         org = get_org(org_name, fresh=True)
-        ApiKey(key=ApiKey.key_for(_digest(secret)), org=org.name, prefix=prefix).create()
+        ApiKey(key=ApiKey.key_for(key_digest(secret)), org=org.name, prefix=prefix).create()
         return org
 
     return IssuedKey(org=store(), secret=secret, prefix=prefix)
@@ -193,7 +194,7 @@ def authenticate(secret: str | None) -> Org:
     """The org whose active key this is; 401 otherwise."""
     if not secret or not secret.startswith(KEY_PREFIX) or len(secret) > 200:
         raise Unauthorized("missing or invalid API key")
-    digest = _digest(secret)
+    digest = key_digest(secret)
     # Straight from the Datastore: neither the context cache nor Redis may hold a key
     # that was revoked since (app/cache.py).
     stored = ApiKey.key_for(digest).get(**FRESH)

@@ -85,14 +85,24 @@ def _digest(series: Series) -> str:
     return hashlib.sha256(series_json(series).encode("utf-8")).hexdigest()[:20]
 
 
-def key_name(meter_key_id: int, series: Series, day: int) -> str:
-    """The series hash first, so writes spread over the key range."""
-    return f"{_digest(series)}.{meter_key_id}.{day}"
+def key_name(meter_key_id: int, series: Series, day: int, shard: int = 0) -> str:
+    """The series hash first, so writes spread over the key range; shard 0 keeps the name
+    rollups had before they were sharded (`app.storage.shards`)."""
+    name = f"{_digest(series)}.{meter_key_id}.{day}"
+    return f"{name}.{shard}" if shard else name
 
 
-def key(meter_key_id: int, series: Series, day: int, namespace: str | None = None) -> KeyPb:
+def shard_of(name: str) -> int:
+    """The shard a rollup's key name says (see `key_name`)."""
+    parts = name.split(".")
+    return int(parts[3]) if len(parts) > 3 else 0
+
+
+def key(
+    meter_key_id: int, series: Series, day: int, namespace: str | None = None, shard: int = 0
+) -> KeyPb:
     """The rollup's key."""
-    return entities.key(KIND, key_name(meter_key_id, series, day), namespace)
+    return entities.key(KIND, key_name(meter_key_id, series, day, shard), namespace)
 
 
 def _static(entity: EntityPb, meter_id: str, series: Series, day: int, dirty: bool) -> None:

@@ -300,7 +300,7 @@ def _rebuild_org(org: str, meter_id: str | None) -> dict:
             with click.progressbar(
                 length=len(work), label=meter.event_name, file=sys.stderr
             ) as bar:
-                total += rebuild.rebuild_meter(meter, progress=bar.update, work=work)
+                total += rebuild.rebuild_meter(meter, progress=bar.update, work=work, whole=True)
     return {"org": org, "meters": len(chosen), "rollups": total}
 
 

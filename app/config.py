@@ -99,8 +99,14 @@ class Config:
     #: Requests with a missing, unknown or revoked key one client address may make per
     #: minute (more are refused with 429 before any lookup); 0 turns the limit off.
     unauthenticated_per_minute: int = 300
+    #: Entities a hot rollup is spread over (`app.storage.shards`): at least the peak
+    #: batches per second of the busiest meter, since Datastore takes about one write
+    #: per second per entity.
+    rollup_shards: int = 8
 
     def __post_init__(self):
+        if self.rollup_shards < 1:
+            raise ValueError("METERING_ROLLUP_SHARDS must be at least 1")
         if self.production:
             _refuse_defaults_in_production(self)
 
@@ -151,6 +157,7 @@ class Config:
             unauthenticated_per_minute=_env_int(
                 env, "METERING_UNAUTHENTICATED_PER_MINUTE", cls.unauthenticated_per_minute
             ),
+            rollup_shards=_env_int(env, "METERING_ROLLUP_SHARDS", cls.rollup_shards),
         )
 
     def replace(self, **changes) -> Config:

@@ -20,7 +20,7 @@ from app.core.slots import day_and_slot
 from app.models import Meter, MeterEvent, ids, utcnow
 from app.services import recompute
 from app.services.events import idempotent_id
-from app.storage import entities, rollups, rpc
+from app.storage import entities, rpc, shards
 from app.storage.entities import EntityPb, KeyPb, StoredEvent
 
 #: A cancel target as the request names it: {"id"} or {"meterId"|"eventName", "idempotency"}.
@@ -110,22 +110,24 @@ def _cancelled_copy(event: StoredEvent, now: datetime) -> Any:
 
 
 def _rollup_repairs(cancelling: dict[bytes, StoredEvent], transaction: bytes) -> list[Any]:
+    """The rollups the cancelled events counted in, their slots recomputed: each event's
+    user series and its org-wide series, every shard folded into shard 0."""
     affected: dict[tuple[str, Series, int], set[int]] = {}
     for event in cancelling.values():
         day, slot = day_and_slot(event.timestamp)
-        affected.setdefault((event.meter_id, event.series, day), set()).add(slot)
+        for series in (event.series, shards.org_series(event.series)):
+            affected.setdefault((event.meter_id, series, day), set()).add(slot)
     repairs = []
     namespace = ndb.get_context().get_namespace()
     for (meter_id, series, day), slots in affected.items():
         meter_key = ids.decode_key(meter_id, kind="meter", namespace=namespace)
         if meter_key is None:  # an event of a meter written elsewhere: no rollup of ours
             continue
-        key_pb = rollups.key(meter_key.id(), series, day)
-        stored = rpc.lookup([key_pb], transaction).get(key_pb.SerializeToString())
-        repairs.append(
-            recompute.recomputed(
-                stored, meter_key.id(), meter_id, series, day, slots, transaction, set(cancelling)
-            )
+        keys = recompute.group_keys(meter_key.id(), meter_id, series, day)
+        found = rpc.lookup(keys, transaction)
+        stored = [found[k.SerializeToString()] for k in keys if k.SerializeToString() in found]
+        repairs += recompute.rewritten(
+            meter_key.id(), meter_id, series, day, stored, transaction, slots, set(cancelling)
         )
     return repairs
 

@@ -4,12 +4,13 @@ Ingestion's fast path adds to a rollup with server-side transforms, one set of
 delta properties per touched slot, and marks it `Dirty`. Reads stay exact either
 way (base plus deltas), but an uncompacted day costs more to read. Compaction
 finds dirty rollups (an ancestor query on the built-in `Dirty` index) and, one
-transaction each, reads the rollup and writes it back compacted. A blind write
+transaction each, reads every shard of the rollup (`app.storage.shards`) and writes them
+back as one compacted shard 0, deleting the others. A blind write
 racing with it waits for the transaction and lands on top, marking it dirty
 again. Run by `metering rollups compact` and meant for a periodic job.
 
 A slot whose int64 sum deltas may have saturated is folded from its raw events
-instead (`recompute.exact_cells`), so the base, whose JSON integers have no
+instead (`recompute.rewritten`), so the base, whose JSON integers have no
 bound, takes the exact sum; ingestion compacts a rollup at once when a commit's
 transform results show a sum accumulator near such a bound.
 """
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from google.cloud import ndb
 from google.cloud.datastore_v1.types import query as q
 
+from app.core.cells import Series
 from app.services import recompute
 from app.storage import queries, rollups, rpc
 from app.storage.entities import KeyPb
@@ -36,18 +38,32 @@ def dirty_keys(limit: int = PAGE) -> list[KeyPb]:
     return [entity.key for entity in rpc.run_query(query, ndb.get_context().get_namespace())]
 
 
+def _group_of(key_pb: KeyPb) -> tuple[int, str, Series, int] | None:
+    """(meter key id, meter id, series, day) of a dirty rollup, or None when it is gone or
+    clean (read outside a transaction: which shards to fold is decided next)."""
+    stored = rpc.lookup([key_pb]).get(key_pb.SerializeToString())
+    if stored is None or not rollups.is_dirty(stored):
+        return None
+    meter_key_id = int(key_pb.path[-1].name.split(".")[1])
+    rollup = rollups.decode_parts(stored)
+    return meter_key_id, stored.properties["MeterId"].string_value, rollup.series, rollup.day
+
+
 def _compact_once(key_pb: KeyPb) -> bool:
+    """Fold every shard of the rollup `key_pb` belongs to into shard 0 (`rewritten`)."""
+    group = _group_of(key_pb)
+    if group is None:
+        return False
+    meter_key_id, meter_id, series, day = group
+    keys = recompute.group_keys(meter_key_id, meter_id, series, day)
     with rpc.transaction() as transaction:
-        stored = rpc.lookup([key_pb], transaction).get(key_pb.SerializeToString())
-        if stored is None or not rollups.is_dirty(stored):
+        found = rpc.lookup(keys, transaction)
+        stored = [found[k.SerializeToString()] for k in keys if k.SerializeToString() in found]
+        if not any(rollups.is_dirty(entity) for entity in stored) and len(stored) < 2:
             rpc.rollback(transaction)
             return False
-        rollup = rollups.decode(stored)
-        cells = recompute.settled(
-            rollup.meter_id, recompute.exact_cells(rollup), transaction
-        )  # `last` values, by reading
         rpc.commit(
-            [rollups.replacement(key_pb, rollup.meter_id, rollup.series, rollup.day, cells)],
+            recompute.rewritten(meter_key_id, meter_id, series, day, stored, transaction, set()),
             transaction,
         )
         return True

@@ -167,4 +167,4 @@ def record_events(events: list[dict[str, Any]], config: Config) -> list[ingest.O
     now = utcnow()
     meters = _check_batch(events, now, config)
     code = ids.namespace_code(ndb.get_context().get_namespace())
-    return ingest.store(_drafts(events, meters, now), now, code)
+    return ingest.store(_drafts(events, meters, now), now, code, config.rollup_shards)

@@ -42,9 +42,10 @@ from google.api_core import exceptions as core_exceptions
 from app.core.bounds import MAX_ID
 from app.core.cells import Cell, rank, series_of
 from app.core.slots import day_and_slot
+from app.errors import Unavailable
 from app.models import ids
-from app.services import capabilities, compact, recompute
-from app.storage import entities, rollups, rpc
+from app.services import capabilities, compact
+from app.storage import entities, rollups, rpc, shards
 from app.storage.entities import EntityPb, KeyPb
 
 log = logging.getLogger(__name__)
@@ -197,12 +198,23 @@ def _fold(keys: list[KeyPb]) -> None:
                 _folding.discard(ident)
 
 
+class _FoldFirst(Exception):
+    """A rollup to merge by hand has a slot whose sum deltas may have clamped: fold every
+    shard of it (`compact.compact_one`) before the batch is merged into shard 0."""
+
+    def __init__(self, key: KeyPb):
+        super().__init__("fold the rollup first")
+        self.key = key
+
+
 class _Batch:
     """One batch being stored exactly once: its drafts, the keys of the current attempt,
     the outcomes decided so far, and the two ways to commit it (`_fast`, `_careful`)."""
 
-    def __init__(self, drafts: list[Draft], now: datetime, namespace_code: int):
-        self.drafts, self.now, self.code = drafts, now, namespace_code
+    def __init__(
+        self, drafts: list[Draft], now: datetime, namespace_code: int, picker: shards.Picker
+    ):
+        self.drafts, self.now, self.code, self.picker = drafts, now, namespace_code, picker
         #: Meters whose rollups must be read and merged rather than incremented.
         self.merge_meters = {d.meter_key_id for d in drafts if _needs_merge(d, len(drafts))}
         self.to_fold: list[KeyPb] = []  # rollup keys whose sums near int64's bounds
@@ -230,8 +242,16 @@ class _Batch:
                 outcomes = None
             if outcomes is None:
                 self._draw_keys()
+        for _ in range(3):
+            if outcomes is not None:
+                break
+            try:
+                outcomes = rpc.retry_aborted(self._careful, "the batch")
+            except _FoldFirst as unsettled:
+                compact.compact_one(unsettled.key)
+                self._draw_keys()
         if outcomes is None:
-            outcomes = rpc.retry_aborted(self._careful, "the batch")
+            raise Unavailable("a rollup near int64's bounds is being folded: retry the batch")
         if self.to_fold:
             _fold(self.to_fold)
         return outcomes
@@ -363,13 +383,16 @@ class _Batch:
             draft = drafts[index]
             series = series_of(draft.user_id, draft.dimensions)
             day, slot = day_and_slot(draft.timestamp)
-            group = (draft.meter_key_id, draft.meter.id_, draft.meter.aggregation_type, series, day)
-            cells = grouped.setdefault(group, {})
-            cell = cells.setdefault(slot, Cell())
-            cell.add_event(draft.value, rank(draft.timestamp, now, key_ids[index]))
-            if draft.value < 0:
-                below = negatives.setdefault(group, {})
-                below[slot] = below.get(slot, 0) + draft.value
+            event_rank = rank(draft.timestamp, now, key_ids[index])
+            meter = (draft.meter_key_id, draft.meter.id_, draft.meter.aggregation_type)
+            # the user's rollup, and the org-wide one of the same dimension values
+            for group in ((*meter, series, day), (*meter, shards.org_series(series), day)):
+                cells = grouped.setdefault(group, {})
+                cell = cells.setdefault(slot, Cell())
+                cell.add_event(draft.value, event_rank)
+                if draft.value < 0:
+                    below = negatives.setdefault(group, {})
+                    below[slot] = below.get(slot, 0) + draft.value
         return grouped, negatives
 
     def _add_rollups(self, into: Any, indexes: list[int], stored: dict[bytes, EntityPb]) -> None:
@@ -387,25 +410,50 @@ class _Batch:
                     aggregation,
                     mutation=into.add(),
                     negatives=negatives.get(group),
+                    shard=self.picker.pick(meter_key_id, series, day),
                 )
                 continue
             key_pb = rollups.key(meter_key_id, series, day)
             found = stored.get(key_pb.SerializeToString())
-            merged = recompute.exact_cells(rollups.decode(found)) if found is not None else {}
+            merged: dict[int, Cell] = {}
+            if found is not None:
+                rollup = rollups.decode(found)
+                if rollup.unknown:  # only a fold of every shard can take those from raw
+                    raise _FoldFirst(key_pb)
+                merged = dict(rollup.cells)
             for slot, cell in cells.items():
                 merged.setdefault(slot, Cell()).merge(cell)
             into.append(rollups.replacement(key_pb, meter_id, series, day, merged))
 
     def _merged_rollup_keys(self) -> list[KeyPb]:
         """Keys of the rollups the batch changes that must be read and merged by hand."""
-        wanted = {
-            (d.meter_key_id, series_of(d.user_id, d.dimensions), day_and_slot(d.timestamp)[0])
-            for d in (self.drafts[i] for i in self.creates)
-            if d.meter_key_id in self.merge_meters
-        }
+        wanted = set()
+        for draft in (self.drafts[i] for i in self.creates):
+            if draft.meter_key_id in self.merge_meters:
+                series = series_of(draft.user_id, draft.dimensions)
+                day = day_and_slot(draft.timestamp)[0]
+                wanted.add((draft.meter_key_id, series, day))
+                wanted.add((draft.meter_key_id, shards.org_series(series), day))
         return [rollups.key(meter_key_id, series, day) for meter_key_id, series, day in wanted]
 
 
-def store(drafts: list[Draft], now: datetime, namespace_code: int) -> list[Outcome]:
-    """Store a batch exactly once; one outcome per draft, in order."""
-    return _Batch(drafts, now, namespace_code).store()
+_pickers: dict[int, shards.Picker] = {}  # shard count -> this process's picker
+
+
+def picker(shard_count: int) -> shards.Picker:
+    """This process's shard picker for `shard_count` shards (it remembers hot rollups)."""
+    found = _pickers.get(shard_count)
+    if found is None:
+        found = _pickers.setdefault(shard_count, shards.Picker(shard_count))
+    return found
+
+
+def store(
+    drafts: list[Draft],
+    now: datetime,
+    namespace_code: int,
+    shard_count: int = shards.DEFAULT_SHARDS,
+) -> list[Outcome]:
+    """Store a batch exactly once; one outcome per draft, in order. A rollup increment goes
+    to one of `shard_count` shards (`app.storage.shards`)."""
+    return _Batch(drafts, now, namespace_code, picker(shard_count)).store()

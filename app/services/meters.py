@@ -15,6 +15,7 @@ from google.cloud import ndb
 from app.errors import Conflict, NotFound
 from app.models import Meter, MeterEvent, root_key, transactional
 from app.services import paging
+from app.storage import rollups
 
 LOCKED_ONCE_USED = ("eventName", "aggregationType", "dimensions", "uniqueBy")
 _FIELDS = {
@@ -44,6 +45,9 @@ def _taken(event_name: str) -> Conflict:
 def create_meter(fields: dict[str, Any]) -> Meter:
     """Create a meter; 409 if its event name is taken by an active meter."""
     key = Meter.allocate_ids(1, parent=root_key())[0]
+    # Before the meter exists, so before it can have events: its org-wide rollups hold
+    # all of them. A create refused below leaves a marker of a key no meter will have.
+    rollups.mark_org_wide(key.id())
 
     @transactional(retries=8)
     def create() -> Meter:

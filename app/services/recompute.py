@@ -6,20 +6,20 @@ latest value cannot; so any slot whose events change other than by addition is
 recomputed from the raw events it covers. The caller reads the rollup in the
 same transaction first, which serializes the recomputation with concurrent
 ingestion of that series. A slot whose deltas sit at an int64 bound is not
-known from the rollup at all (`rollups.decode_parts`); `exact_cells` and
-`raw_slots` take it from the raw events too.
+known from the rollup at all (`rollups.decode_parts`); `rewritten` takes it from
+the raw events too, for every shard of the rollup at once (one shard's part of
+a slot cannot be told apart in the raw events).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
 from app.core.cells import Cell, Series, settle_last
 from app.core.slots import EPOCH, day_and_slot, slot_start
-from app.storage import entities, queries, rollups
-from app.storage.entities import EntityPb, StoredEvent
+from app.storage import entities, queries, rollups, rpc, shards
+from app.storage.entities import EntityPb, KeyPb, StoredEvent
 
 
 def _live_events(
@@ -50,8 +50,10 @@ def series_cells(
     raw events (leaving out the events whose serialized keys are in `skip`)."""
     start, end = slot_start(day, first_slot), slot_start(day, end_slot)
     cells: dict[int, Cell] = {}
-    for event in _live_events(meter_id, series.user_id, start, end, transaction):
-        if event.series == series and event.entity.key.SerializeToString() not in skip:
+    org = shards.is_org(series)  # an org-wide series: every user's events of its dimensions
+    for event in _live_events(meter_id, None if org else series.user_id, start, end, transaction):
+        own = shards.org_series(event.series) if org else event.series
+        if own == series and event.entity.key.SerializeToString() not in skip:
             cells.setdefault(day_and_slot(event.timestamp)[1], Cell()).merge(event.cell())
     return cells
 
@@ -70,6 +72,14 @@ def events_at(
     ]
 
 
+def org_events_at(
+    meter_id: str, ts: int, transaction: bytes | None = None
+) -> list[tuple[Series, Cell]]:
+    """`events_at` of every user, each event under its org-wide series."""
+    found = events_at(meter_id, None, ts, transaction)
+    return [(shards.org_series(own), cell) for own, cell in found]
+
+
 def latest_of(found: list[tuple[Series, Cell]], series: frozenset[Series]) -> Cell | None:
     """The merged cell of the events of `found` that belong to `series`, or None."""
     merged = None
@@ -86,6 +96,8 @@ def settled(meter_id: str, cells: dict[int, Cell], transaction: bytes | None) ->
 
     def latest(series: frozenset[Series], ts: int) -> Cell | None:
         (user_id,) = {one.user_id for one in series}
+        if user_id == shards.ORG_USER:
+            return latest_of(org_events_at(meter_id, ts, transaction), series)
         return latest_of(events_at(meter_id, user_id, ts, transaction), series)
 
     for cell in cells.values():
@@ -93,58 +105,59 @@ def settled(meter_id: str, cells: dict[int, Cell], transaction: bytes | None) ->
     return cells
 
 
-def raw_slots(
-    meter_id: str,
-    series: Series,
-    day: int,
-    slots: Iterable[int],
-    transaction: bytes | None = None,
-) -> dict[int, Cell]:
-    """Slot -> cell of `slots` of one series and day, from its live raw events (one query
-    per slot): how the `unknown` slots of a decoded rollup are read."""
-    cells: dict[int, Cell] = {}
-    for slot in slots:
-        cells.update(series_cells(meter_id, series, day, slot, slot + 1, transaction))
-    return cells
+def group_keys(meter_key_id: int, meter_id: str, series: Series, day: int) -> list[KeyPb]:
+    """The keys of every shard of the rollup of (meter, series, day) that exists now, and
+    shard 0's whether it exists or not (read outside any transaction: keys only)."""
+    first = rollups.key(meter_key_id, series, day)
+    name = first.path[-1].name
+    keys = [first]
+    for key_pb in queries.rollup_keys(meter_id, series.user_id, day):
+        if key_pb.path[-1].name.startswith(name + "."):
+            keys.append(key_pb)
+    return keys
 
 
-def exact_cells(rollup: rollups.Rollup) -> dict[int, Cell]:
-    """Slot -> Cell of a rollup just read in a transaction, every slot exact: its base
-    plus its deltas, and the slots whose sum deltas may have clamped from the raw events.
-    Those are read outside the transaction, so that ingestion into the slot is not
-    refused meanwhile (a transactional query locks its range), and still agree with the
-    rollup: a batch commits its events and its increments at once, and its increments wait
-    for the lock on the rollup that the caller's read holds."""
-    cells = dict(rollup.cells)
-    cells.update(raw_slots(rollup.meter_id, rollup.series, rollup.day, rollup.unknown))
-    return cells
-
-
-def recomputed(
-    stored: EntityPb | None,
+def rewritten(
     meter_key_id: int,
     meter_id: str,
     series: Series,
     day: int,
-    slots: set[int],
+    stored: list[EntityPb],
     transaction: bytes | None,
-    skip: set[bytes],
-) -> Any:
-    """The replacement of a rollup with `slots` recomputed from raw events (and any slot
-    whose sum deltas may have saturated)."""
-    kept: dict[int, Cell] = {}
-    if stored is not None:
-        rollup = rollups.decode(stored)
-        slots = set(slots) | rollup.unknown
-        kept = {slot: cell for slot, cell in rollup.cells.items() if slot not in slots}
-    cells = settled(meter_id, kept, transaction)  # the recomputed slots need no settling
-    for slot in slots:
-        cell = series_cells(meter_id, series, day, slot, slot + 1, transaction, skip).get(
-            slot, Cell()
-        )
-        if cell.count:
-            cells[slot] = cell
-        else:
-            cells.pop(slot, None)
-    key_pb = rollups.key(meter_key_id, series, day)
-    return rollups.replacement(key_pb, meter_id, series, day, cells)
+    slots: set[int] | None = None,
+    skip: set[bytes] | frozenset[bytes] = frozenset(),
+) -> list[Any]:
+    """Mutations folding the shards `stored` (just read in `transaction`) of one rollup
+    into shard 0, compacted, and deleting the others: `slots` recomputed from the raw
+    events (None: every slot, for a rebuild), and so is any slot whose sum deltas may
+    have clamped in any shard. A rollup left with no events is deleted."""
+    first = rollups.key(meter_key_id, series, day)
+    if slots is None:
+        cells = series_cells(meter_id, series, day, 0, rollups.SLOTS_PER_DAY, transaction, skip)
+    else:
+        decoded = [rollups.decode(entity) for entity in stored]
+        from_raw = set(slots).union(*(rollup.unknown for rollup in decoded))
+        kept: dict[int, Cell] = {}
+        for rollup in decoded:
+            for slot, cell in rollup.cells.items():
+                if slot not in from_raw:
+                    kept.setdefault(slot, Cell()).merge(cell)
+        cells = settled(meter_id, kept, transaction)  # the recomputed slots need no settling
+        for slot in from_raw:
+            fresh = series_cells(meter_id, series, day, slot, slot + 1, transaction, skip).get(slot)
+            if fresh is not None and fresh.count:
+                cells[slot] = fresh
+            else:
+                cells.pop(slot, None)
+    mutations = [
+        rollups.replacement(first, meter_id, series, day, cells)
+        if cells
+        else rpc.Mutation(delete=first)
+    ]
+    first_name = first.path[-1].name
+    mutations += [
+        rpc.Mutation(delete=entity.key)
+        for entity in stored
+        if entity.key.path[-1].name != first_name
+    ]
+    return mutations

@@ -24,7 +24,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from app import deadline
-from app.core.cells import Cell, Series
+from app.core.aggregation import Aggregation
+from app.core.cells import USER_ID, Cell, Series
 from app.core.slots import EPOCH, SLOT, slot_of
 from app.core.windows import (
     WINDOW_SIZES,
@@ -37,9 +38,9 @@ from app.core.windows import (
 )
 from app.errors import InternalError, NotFound, ValidationFailed
 from app.models import Meter
-from app.services import recompute
+from app.services import compact, recompute
 from app.services.meters import get_meter
-from app.storage import entities, queries, rollups
+from app.storage import entities, queries, rollups, shards
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +91,15 @@ class Reading:
 def _raw_cells(
     meter: Meter, user_id: str | None, start: datetime, end: datetime, reading: Reading
 ) -> Iterator[SummaryCell]:
-    for raw in queries.events(meter.id_, user_id, start, end):
+    """Cells of the raw events in [start, end); with `user_id` ORG_USER, every user's
+    events, each under its org-wide series."""
+    org = user_id == shards.ORG_USER
+    for raw in queries.events(meter.id_, None if org else user_id, start, end):
         reading.key = raw.key
         event = entities.decode_event(raw)
         if event.live:
-            yield event.series, slot_of(event.timestamp), event.cell()
+            series = shards.org_series(event.series) if org else event.series
+            yield series, slot_of(event.timestamp), event.cell()
 
 
 _SLOT_NUMBERS = {str(q): q for q in range(rollups.SLOTS_PER_DAY)}  # `Slots_` keys
@@ -112,8 +117,10 @@ def _rollup_cells(
         deadline.check()  # decoding a page of rollups is CPU between two RPCs
         reading.key = entity.key
         series, day, base, deltas, unknown = rollups.decode_parts(entity)
-        if unknown:  # sum deltas at an int64 bound may have clamped: those slots, from raw
-            deltas = {**deltas, **recompute.raw_slots(meter.id_, series, day, unknown)}
+        if user_id is None and shards.is_org(series):
+            continue  # all users' rollups are read: the org-wide ones would count twice
+        if unknown:  # sum deltas at an int64 bound may have clamped: fold, then read again
+            raise _Unsettled(entity.key)
         moments = slot_starts.get(day)
         if moments is None:
             moments = slot_starts[day] = [
@@ -155,12 +162,17 @@ def _latest_reader(
     meter: Meter, user_id: str | None
 ) -> Callable[[frozenset[Series], int], Cell | None]:
     """`latest(series, ts)` for the window engine: one query per instant, however many
-    windows, groups and series ask about it (of the user's events, in a user's summary)."""
+    windows, groups and series ask about it (of the user's events, in a user's summary).
+    Only deltas written before rollups named their latest value (`rollups._set_latest`)
+    still ask."""
     seen: dict[int, list[tuple[Series, Cell]]] = {}
 
     def latest(series: frozenset[Series], ts: int) -> Cell | None:
         if ts not in seen:
-            seen[ts] = recompute.events_at(meter.id_, user_id, ts)
+            if user_id == shards.ORG_USER:
+                seen[ts] = recompute.org_events_at(meter.id_, ts)
+            else:
+                seen[ts] = recompute.events_at(meter.id_, user_id, ts)
         return recompute.latest_of(seen[ts], series)
 
     return latest
@@ -236,6 +248,62 @@ def summarize(
     period_start = start or EPOCH
     period_end = max(period_end, period_start)
     grouped = bool(window_size or group_by)
+    source = user_id
+    if user_id is None and _reads_org_wide(meter, group_by, wanted):
+        source = shards.ORG_USER
+    for attempt in range(_SETTLE_ATTEMPTS):
+        try:
+            result = _summarize_once(
+                meter, source, period_start, period_end, window_size, time_zone, group_by, wanted
+            )
+            break
+        except _Unsettled as unsettled:  # a sum that may have clamped: fold it, read again
+            if attempt == _SETTLE_ATTEMPTS - 1:
+                raise InternalError(
+                    "internal error: a rollup could not be settled; try again"
+                ) from None
+            compact.compact_one(unsettled.key)
+    return Summary(meter, user_id, start, end, result, grouped=grouped)
+
+
+#: How often a summary folds a rollup whose sums may have clamped before giving up.
+_SETTLE_ATTEMPTS = 3
+
+
+class _Unsettled(Exception):
+    """A rollup's sum deltas sit at an int64 bound: only folding all of its shards
+    (`compact.compact_one`, which takes that slot from the raw events) makes it exact."""
+
+    def __init__(self, key: Any):
+        super().__init__("unsettled rollup")
+        self.key = key
+
+
+def _reads_org_wide(
+    meter: Meter, group_by: tuple[str, ...], wanted: dict[str, frozenset[str]]
+) -> bool:
+    """Whether a summary of all users can read the org-wide rollups: it neither groups nor
+    filters by user, does not count distinct users, and the meter's org-wide rollups hold
+    all its events (`rollups.org_wide`)."""
+    if USER_ID in group_by or USER_ID in wanted:
+        return False
+    if meter.aggregation_type == Aggregation.UNIQUE_COUNT and meter.unique_by == USER_ID:
+        return False
+    return rollups.org_wide(meter.key.id())
+
+
+def _summarize_once(
+    meter: Meter,
+    source: str | None,
+    period_start: datetime,
+    period_end: datetime,
+    window_size: str | None,
+    time_zone: str,
+    group_by: tuple[str, ...],
+    wanted: dict[str, frozenset[str]],
+) -> SummaryResult:
+    """The summary of the cells of `source`: a user, ORG_USER (org-wide rollups), or None
+    (every user's rollups)."""
     reading = Reading()
     try:
         request = SummaryRequest(
@@ -250,10 +318,10 @@ def summarize(
             max_windows=MAX_WINDOWS,
         )
         _check_years(request)
-        result = summarize_cells(
+        return summarize_cells(
             request,
-            cells(meter, user_id, period_start, period_end, reading),
-            _latest_reader(meter, user_id),
+            cells(meter, source, period_start, period_end, reading),
+            _latest_reader(meter, source),
             deadline.check,
         )
     except TooManyWindows as exc:
@@ -264,7 +332,6 @@ def summarize(
         raise ValidationFailed(f"timeZone: {exc}", param="timeZone") from None
     except (ValueError, TypeError, KeyError, IndexError, ArithmeticError) as exc:
         raise _internal(meter, reading, exc) from exc
-    return Summary(meter, user_id, start, end, result, grouped=grouped)
 
 
 #: The engine's name of a refused field -> (query parameter, what to say). The caller's

@@ -114,3 +114,18 @@ def rollups(
         (_OP.GREATER_THAN_OR_EQUAL, first_day),
         (_OP.LESS_THAN_OR_EQUAL, last_day),
     )
+
+
+def rollup_keys(meter_id: str, user_id: str, day: int) -> list[KeyPb]:
+    """Keys of the `meter-rollup` entities of a meter and user (or org-wide, user "") on one
+    day: every shard of every series (keys only; the (MeterId, UserId, Day) index)."""
+    query = build(
+        "meter-rollup",
+        [
+            ("MeterId", _OP.EQUAL, meter_id),
+            ("UserId", _OP.EQUAL, user_id),
+            ("Day", _OP.EQUAL, day),
+        ],
+    )
+    query.projection.add().property.name = "__key__"
+    return [entity.key for entity in rpc.run_query(query, ndb.get_context().get_namespace())]

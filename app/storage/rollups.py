@@ -51,6 +51,8 @@ import hashlib
 import json
 from typing import Any, NamedTuple
 
+from google.cloud import ndb
+
 from app.core.aggregation import Aggregation
 from app.core.bounds import INT64_MAX as INT64_MAX  # re-exported for the suite
 from app.core.bounds import INT64_MIN as INT64_MIN
@@ -140,15 +142,17 @@ def increments(
     aggregation: str,
     mutation: Any = None,
     negatives: dict[int, int] | None = None,
+    shard: int = 0,
 ) -> Any:
     """A blind upsert adding `cells` (slot -> Cell) to the stored rollup's deltas; built
     in `mutation` (say, a new one of a CommitRequest's) when given, else in a new one.
     `negatives` (slot -> sum of the cell's negative values, where it has any) splits a
-    sum between `S` and `M`, so that neither accumulator ever changes direction."""
+    sum between `S` and `M`, so that neither accumulator ever changes direction. `shard`:
+    which of the rollup's entities (`app.storage.shards`)."""
     if mutation is None:
         mutation = rpc.Mutation()
     _static(mutation.upsert, meter_id, series, day, dirty=True)
-    entities.fill_key(mutation.upsert.key, KIND, key_name(meter_key_id, series, day))
+    entities.fill_key(mutation.upsert.key, KIND, key_name(meter_key_id, series, day, shard))
     mutation.property_mask.paths.extend(_STATIC)
     # mypy: Aggregation is a str enum: the plain name finds its key
     wanted = _DELTAS[aggregation]  # type: ignore[index]
@@ -173,7 +177,20 @@ def increments(
             else:  # T: when the slot's latest event happened
                 # mypy: T is written only for a cell with a rank
                 transform.maximum.integer_value = cell.last_rank[0]  # type: ignore[index]
+                _set_latest(mutation, slot, cell)
     return mutation
+
+
+def _set_latest(mutation: Any, slot: int, cell: Cell) -> None:
+    """Name the batch's latest event of the slot, with its value, in a property of its own:
+    `L{slot}_{timestamp}_{recorded}_{key id}` = value (unindexed). Batches never write one
+    name twice (the key id is the event's), so the rollup keeps each batch's candidate
+    until compaction, and a reader takes the one of largest rank (`_latest_of`), which is
+    the slot's latest event without reading any raw event."""
+    # mypy: `last` cells always have a rank and a value
+    name = "L{}_{}_{}_{}".format(slot, *cell.last_rank)  # type: ignore[misc]
+    entities.set_int(mutation.upsert, name, cell.last_value, indexed=False)  # type: ignore[arg-type]
+    mutation.property_mask.paths.append(name)
 
 
 def _pack(cells: dict[int, Cell]) -> str:
@@ -214,7 +231,7 @@ class RollupParts(NamedTuple):
     `deltas` maps slots to what transforms added since. `unknown` holds the slots whose
     sum deltas sit at an int64 bound, where the server's increments may have saturated:
     neither `base` nor `deltas` holds them, and the caller must take them from the raw
-    events (`recompute.raw_slots`)."""
+    events (`recompute.rewritten`, which folds every shard)."""
 
     series: Series
     day: int
@@ -244,8 +261,11 @@ def decode_parts(entity: EntityPb) -> RollupParts:
     slots = props.get("Slots_")
     base = json.loads(slots.string_value or "{}") if slots is not None else {}
     deltas, unknown = {}, set()
+    latest: dict[int, tuple[tuple[int, ...], int]] | None = None
     for name, value in props.items():
-        if name[0] == "C" and name[1:].isdigit() and value.integer_value > 0:
+        if name[0] == "L":
+            latest = _latest_of(latest, name, value.integer_value)
+        elif name[0] == "C" and name[1:].isdigit() and value.integer_value > 0:
             slot = name[1:]
             positive, negative = _delta(props, f"S{slot}", 0), _delta(props, f"M{slot}", 0)
             if positive in INT64_BOUNDS or negative in INT64_BOUNDS:
@@ -262,7 +282,37 @@ def decode_parts(entity: EntityPb) -> RollupParts:
             if delta.pending_ts is not None:
                 delta.pending_at = (series,)
             deltas[int(slot)] = delta
+    if latest:
+        _resolve_latest(deltas, latest)
     return RollupParts(series, props["Day"].integer_value, base, deltas, unknown)
+
+
+def _latest_of(
+    latest: dict[int, tuple[tuple[int, ...], int]] | None, name: str, value: int
+) -> dict[int, tuple[tuple[int, ...], int]]:
+    """Keep, per slot, the (rank, value) of the largest rank among `L` properties."""
+    slot, *rank = (int(part) for part in name[1:].split("_"))
+    latest = {} if latest is None else latest
+    candidate = (tuple(rank), value)
+    if slot not in latest or candidate > latest[slot]:
+        latest[slot] = candidate
+    return latest
+
+
+_Latest = dict[int, tuple[tuple[int, ...], int]]  # slot -> (rank, value) of its latest event
+
+
+def _resolve_latest(deltas: dict[int, Cell], latest: _Latest) -> None:
+    """Give each `last` delta the value its `L` properties name. A slot's deltas still
+    point at raw events (`pending_ts`) only when an older writer left a later timestamp
+    (`T`) than any `L` names."""
+    for slot, (rank, value) in latest.items():
+        delta = deltas.get(slot)
+        if delta is None:  # deltas without a count cannot be: ignore a stray name
+            continue
+        delta.merge_last(rank, value)
+        if delta.pending_ts is not None and delta.pending_ts <= rank[0]:
+            delta.pending_ts, delta.pending_at = None, ()
 
 
 def decode(entity: EntityPb) -> Rollup:
@@ -290,3 +340,45 @@ def is_dirty(entity: EntityPb) -> bool:
     """Whether deltas wait to be folded into the base."""
     dirty = entity.properties.get("Dirty")
     return dirty is not None and dirty.boolean_value
+
+
+# -- whether a meter's org-wide rollups hold all its history ---------------------------
+
+#: One entity per meter, keyed by the meter's key id, written when the meter's org-wide
+#: rollups are known to hold every event: at the meter's creation (before it can have
+#: any) or at the end of a whole rebuild. Meters older than org-wide rollups (or whose
+#: events another writer stored) have none until rebuilt, and summaries of all users read
+#: their user rollups meanwhile: slower, never wrong. A kind of its own, because the Go
+#: side reads `meter` entities and would refuse a property it does not know.
+ORG_WIDE_KIND = "meter-org-rollups"
+_org_wide_known: set[tuple[str, str, int]] = set()  # (project, namespace, meter): marked
+
+
+def _marker_key(meter_key_id: int) -> KeyPb:
+    return entities.key(ORG_WIDE_KIND, str(meter_key_id))
+
+
+def _marker_identity(meter_key_id: int) -> tuple[str, str, int]:
+    context = ndb.get_context()
+    return context.client.project, context.get_namespace() or "", meter_key_id
+
+
+def mark_org_wide(meter_key_id: int) -> None:
+    """Record that the meter's org-wide rollups hold all its events."""
+    entity = entities.Entity()
+    entity.key.CopyFrom(_marker_key(meter_key_id))
+    entities.set_bool(entity, "Complete", True)
+    rpc.commit([rpc.Mutation(upsert=entity)])
+    _org_wide_known.add(_marker_identity(meter_key_id))
+
+
+def org_wide(meter_key_id: int) -> bool:
+    """Whether summaries of all users may read the meter's org-wide rollups. Remembered
+    once true (a marker is never taken back; a purged org's namespace is never reused)."""
+    identity = _marker_identity(meter_key_id)
+    if identity in _org_wide_known:
+        return True
+    if not rpc.lookup([_marker_key(meter_key_id)]):
+        return False
+    _org_wide_known.add(identity)
+    return True

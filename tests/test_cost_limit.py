@@ -29,7 +29,7 @@ def assert_rate_limited(answer) -> None:
 
 @pytest.fixture
 def costly_query(api) -> dict:
-    """A summary over USERS users' rollups: it reads about USERS entities."""
+    """A summary by user over USERS users' rollups: it reads about USERS entities."""
     meter = api.create_meter()
     api.record(
         *[
@@ -44,6 +44,7 @@ def costly_query(api) -> dict:
     )
     return {
         "meterId": meter["id"],
+        "groupBy": "userId",
         "periodStart": DAY.isoformat(),
         "periodEnd": (DAY + timedelta(days=1)).isoformat(),
     }

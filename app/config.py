@@ -105,8 +105,8 @@ class Config:
     rollup_shards: int = 8
 
     def __post_init__(self):
-        if self.rollup_shards < 1:
-            raise ValueError("METERING_ROLLUP_SHARDS must be at least 1")
+        if not 1 <= self.rollup_shards <= 64:  # app.storage.shards.MAX_SHARDS
+            raise ValueError("METERING_ROLLUP_SHARDS must be 1 to 64")
         if self.production:
             _refuse_defaults_in_production(self)
 

@@ -41,10 +41,11 @@ def _yesterday() -> datetime:
 
 
 def _corrupt_the_rollup(config, org) -> str:
-    """Overwrite the org's one rollup's compacted slots with text that is not JSON, as a
-    bad restore or a foreign writer could; returns its key's name."""
+    """Overwrite the org's one org-wide rollup's compacted slots (what a summary of all
+    users reads) with text that is not JSON, as a bad restore or a foreign writer could;
+    returns its key's name."""
     raw = datastore.Client(project=config.project, namespace=org["namespace"])
-    stored = list(raw.query(kind=ROLLUP).fetch())
+    stored = [entity for entity in raw.query(kind=ROLLUP).fetch() if entity["UserId"] == ""]
     assert len(stored) == 1
     rollup = stored[0]
     rollup["Slots_"] = '{"36": [1, 5, not json'

@@ -117,6 +117,26 @@ def group_keys(meter_key_id: int, meter_id: str, series: Series, day: int) -> li
     return keys
 
 
+def _lock_every_shard(
+    meter_key_id: int, series: Series, day: int, stored: list[EntityPb], transaction: bytes | None
+) -> None:
+    """Read, in `transaction`, every shard key the rollup could have and was not read yet:
+    a batch writing any of them waits until the transaction ends (Firestore locks what a
+    transaction reads, found or not)."""
+    if transaction is None:
+        return
+    have = {entity.key.path[-1].name for entity in stored}
+    missing = [
+        key_pb
+        for key_pb in (
+            rollups.key(meter_key_id, series, day, shard=shard)
+            for shard in range(shards.MAX_SHARDS)
+        )
+        if key_pb.path[-1].name not in have
+    ]
+    rpc.lookup(missing, transaction)
+
+
 def rewritten(
     meter_key_id: int,
     meter_id: str,
@@ -136,15 +156,22 @@ def rewritten(
         cells = series_cells(meter_id, series, day, 0, rollups.SLOTS_PER_DAY, transaction, skip)
     else:
         decoded = [rollups.decode(entity) for entity in stored]
-        from_raw = set(slots).union(*(rollup.unknown for rollup in decoded))
+        clamped = set().union(*(rollup.unknown for rollup in decoded)) - set(slots)
+        from_raw = set(slots) | clamped
         kept: dict[int, Cell] = {}
         for rollup in decoded:
             for slot, cell in rollup.cells.items():
                 if slot not in from_raw:
                     kept.setdefault(slot, Cell()).merge(cell)
         cells = settled(meter_id, kept, transaction)  # the recomputed slots need no settling
+        if clamped:
+            _lock_every_shard(meter_key_id, series, day, stored, transaction)
         for slot in from_raw:
-            fresh = series_cells(meter_id, series, day, slot, slot + 1, transaction, skip).get(slot)
+            # A clamped slot can hold tens of thousands of events: read outside the
+            # transaction (whose query would lock them all), which every shard's lock makes
+            # safe: a batch commits its events with its increments, and those wait.
+            reader = None if slot in clamped else transaction
+            fresh = series_cells(meter_id, series, day, slot, slot + 1, reader, skip).get(slot)
             if fresh is not None and fresh.count:
                 cells[slot] = fresh
             else:

@@ -38,8 +38,9 @@ from app.core.cells import Series
 
 #: The user of org-wide series. Event userIds are at least one character long.
 ORG_USER = ""
-#: Shards of one rollup by default (METERING_ROLLUP_SHARDS).
+#: Shards of one rollup by default (METERING_ROLLUP_SHARDS), and at most.
 DEFAULT_SHARDS = 8
+MAX_SHARDS = 64
 #: A user's rollup written again by this process within this many seconds is hot.
 HOT_SECONDS = 1.0
 _REMEMBERED = 65536  # user rollups whose last write time a process remembers
@@ -64,8 +65,8 @@ class Picker:
         clock: Callable[[], float] = time.monotonic,
         draw: Callable[[int], int] | None = None,
     ):
-        if shards < 1:
-            raise ValueError("a rollup has at least one shard")
+        if not 1 <= shards <= MAX_SHARDS:
+            raise ValueError(f"a rollup has 1 to {MAX_SHARDS} shards")
         self.shards, self.hot_seconds, self.clock = shards, hot_seconds, clock
         self.draw = draw or random.SystemRandom().randrange
         self._last_write: OrderedDict[tuple[int, Series, int], float] = OrderedDict()

@@ -192,16 +192,20 @@ def test_concurrent_batches_spread_over_shards_stay_exact_and_compaction_merges_
     assert [_summary(api, params) for params in _queries(meter)] == before
 
 
-def test_cancels_and_rebuilds_keep_both_paths_equal(api, org, ndb_client):
-    meter = _meter(api, "last")
+@pytest.mark.parametrize("aggregation", ["last", "min", "max", "sum", "unique_count"])
+def test_cancels_and_rebuilds_keep_both_paths_equal(api, org, ndb_client, aggregation):
+    """Cancelling takes events out of org-wide slots by subtraction where that is exact,
+    and from the raw events where a cancelled event may be the minimum, maximum or latest."""
+    meter = _meter(api, aggregation)
     rng = random.Random(11)
     sent = _events(meter, 10, rng, 200)
     for index, event in enumerate(sent):
         event["idempotency"] = f"k{index}"
     api.record(*sent[:100])
     api.record(*sent[100:])
-    latest = max(sent, key=lambda e: e["timestamp"])
-    cancelled = [latest, *rng.sample(sent, 20)]
+    extremes = [max(sent, key=lambda e: e[field]) for field in ("timestamp", "value")]
+    extremes.append(min(sent, key=lambda e: e["value"]))
+    cancelled = [*extremes, *(e for e in rng.sample(sent, 20) if e not in extremes)]
     answer = api.post(
         f"{EVENTS}/cancel",
         json={
@@ -210,7 +214,7 @@ def test_cancels_and_rebuilds_keep_both_paths_equal(api, org, ndb_client):
     )
     assert answer.status_code == 200, answer.text
     live = [e for e in sent if e not in cancelled]
-    assert _summary(api, _queries(meter)[0])["value"] == _brute_total("last", live)
+    assert _summary(api, _queries(meter)[0])["value"] == _brute_total(aggregation, live)
     _assert_paths_agree(api, meter, 10)
     before = [_summary(api, params) for params in _queries(meter)]
     with ndb_client.context(namespace=org["namespace"]):

@@ -15,7 +15,7 @@ from typing import Any
 
 from google.cloud import ndb
 
-from app.core.cells import Series
+from app.core.cells import Cell, Series
 from app.core.slots import day_and_slot
 from app.models import Meter, MeterEvent, ids, utcnow
 from app.services import recompute
@@ -113,10 +113,13 @@ def _rollup_repairs(cancelling: dict[bytes, StoredEvent], transaction: bytes) ->
     """The rollups the cancelled events counted in, their slots recomputed: each event's
     user series and its org-wide series, every shard folded into shard 0."""
     affected: dict[tuple[str, Series, int], set[int]] = {}
+    removed: dict[tuple[str, Series, int], dict[int, list[Cell]]] = {}
     for event in cancelling.values():
         day, slot = day_and_slot(event.timestamp)
         for series in (event.series, shards.org_series(event.series)):
             affected.setdefault((event.meter_id, series, day), set()).add(slot)
+        org = (event.meter_id, shards.org_series(event.series), day)
+        removed.setdefault(org, {}).setdefault(slot, []).append(event.cell())
     repairs = []
     namespace = ndb.get_context().get_namespace()
     for (meter_id, series, day), slots in affected.items():
@@ -127,7 +130,15 @@ def _rollup_repairs(cancelling: dict[bytes, StoredEvent], transaction: bytes) ->
         found = rpc.lookup(keys, transaction)
         stored = [found[k.SerializeToString()] for k in keys if k.SerializeToString() in found]
         repairs += recompute.rewritten(
-            meter_key.id(), meter_id, series, day, stored, transaction, slots, set(cancelling)
+            meter_key.id(),
+            meter_id,
+            series,
+            day,
+            stored,
+            transaction,
+            slots,
+            set(cancelling),
+            removed.get((meter_id, series, day)),  # org-wide: taken out where that is exact
         )
     return repairs
 

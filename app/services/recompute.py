@@ -117,6 +117,28 @@ def group_keys(meter_key_id: int, meter_id: str, series: Series, day: int) -> li
     return keys
 
 
+def _without(cell: Cell | None, removed: list[Cell] | None) -> Cell | None:
+    """`cell` without the events of `removed`, or None when only the raw events can say:
+    when a removed event may be the cell's minimum, maximum or latest (what is left
+    holds the next one, which nothing here knows)."""
+    if cell is None or not removed:
+        return None
+    result = Cell(cell.count, cell.sum, cell.min, cell.max, cell.last_rank, cell.last_value)
+    for gone in removed:
+        if (
+            gone.count > result.count
+            or (result.min is not None and gone.min is not None and gone.min <= result.min)
+            or (result.max is not None and gone.max is not None and gone.max >= result.max)
+            or (result.last_rank is not None and gone.last_rank == result.last_rank)
+        ):
+            return None
+        result.count -= gone.count
+        result.sum -= gone.sum
+    if not result.count:
+        return Cell()
+    return result
+
+
 def _lock_every_shard(
     meter_key_id: int, series: Series, day: int, stored: list[EntityPb], transaction: bytes | None
 ) -> None:
@@ -146,11 +168,16 @@ def rewritten(
     transaction: bytes | None,
     slots: set[int] | None = None,
     skip: set[bytes] | frozenset[bytes] = frozenset(),
+    removed: dict[int, list[Cell]] | None = None,
 ) -> list[Any]:
     """Mutations folding the shards `stored` (just read in `transaction`) of one rollup
     into shard 0, compacted, and deleting the others: `slots` recomputed from the raw
     events (None: every slot, for a rebuild), and so is any slot whose sum deltas may
-    have clamped in any shard. A rollup left with no events is deleted."""
+    have clamped in any shard. A rollup left with no events is deleted.
+
+    `removed` (slot -> cells of cancelled events) lets a slot be recomputed by taking
+    those events out instead (`_without`), where that is exact: an org-wide slot holds
+    every user's events of its quarter hour, which are costly to read again."""
     first = rollups.key(meter_key_id, series, day)
     if slots is None:
         cells = series_cells(meter_id, series, day, 0, rollups.SLOTS_PER_DAY, transaction, skip)
@@ -161,9 +188,19 @@ def rewritten(
         kept: dict[int, Cell] = {}
         for rollup in decoded:
             for slot, cell in rollup.cells.items():
-                if slot not in from_raw:
+                if slot not in clamped:
                     kept.setdefault(slot, Cell()).merge(cell)
         cells = settled(meter_id, kept, transaction)  # the recomputed slots need no settling
+        for slot in set(slots):
+            lighter = _without(cells.get(slot), (removed or {}).get(slot))
+            if lighter is not None:
+                from_raw.discard(slot)
+                if lighter.count:
+                    cells[slot] = lighter
+                else:
+                    cells.pop(slot, None)
+        for slot in from_raw:
+            cells.pop(slot, None)
         if clamped:
             _lock_every_shard(meter_key_id, series, day, stored, transaction)
         for slot in from_raw:

@@ -18,9 +18,12 @@ Picking (`Picker.pick`), per process:
 - an org-wide rollup goes to a random shard of `shards`: with I instances writing a
   meter at a total of R batches per second, each shard takes about R / shards writes
   per second, so `shards` should be at least the meter's peak batches per second;
-- a user's rollup goes to shard 0 unless this process wrote it less than `hot_seconds`
-  ago, and then to a random shard: a user sending a batch a second or less costs one
-  entity per day to read, a busy one spreads.
+- a user's rollup goes to the process's home shard (drawn once per process) unless this
+  process wrote it less than `hot_seconds` ago, and then to a random shard: a user sending
+  a batch a second or less costs one entity per day and instance to read, a busy one
+  spreads. A home shard per process rather than shard 0 for all: with I instances each
+  writing one user just below the hot rate, shard 0 would take about I writes per
+  second; home shards split them N ways (`benchmarks/simulate_writes.py`).
 Compaction folds the shards of a (series, day) back into shard 0 and deletes the
 others (`compact.merge_shards`), so a day that is no longer written reads as one
 entity per series.
@@ -69,6 +72,7 @@ class Picker:
             raise ValueError(f"a rollup has 1 to {MAX_SHARDS} shards")
         self.shards, self.hot_seconds, self.clock = shards, hot_seconds, clock
         self.draw = draw or random.SystemRandom().randrange
+        self.home = self.draw(shards) if shards > 1 else 0
         self._last_write: OrderedDict[tuple[int, Series, int], float] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -86,4 +90,4 @@ class Picker:
                 self._last_write.popitem(last=False)
         if last is not None and now - last < self.hot_seconds:
             return self.draw(self.shards)
-        return 0
+        return self.home

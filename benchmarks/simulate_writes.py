@@ -203,11 +203,14 @@ def meter_key_id(meter: int) -> int:
     return 5_000_000_000 + meter
 
 
-def rollup_writes(
-    batch: Batch,
-) -> tuple[set[tuple[int, Series, int]], set[tuple[int, Series, int]]]:
+Rollup = tuple[int, Series, int]  # (meter key id, series, UTC day)
+
+
+def rollup_writes(batch: Batch) -> tuple[list[Rollup], list[Rollup]]:
     """The (meter key id, series, UTC day) of the user rollups and of the org-wide rollups
-    one batch increments: one write per distinct one, as `app.services.ingest` commits."""
+    one batch increments: one write per distinct one, as `app.services.ingest` commits.
+    In a fixed order (not a set's, which varies with the hash seed), so that a run's
+    shard draws repeat."""
     users, orgs = set(), set()
     for event in batch.events:
         series = series_of(event.user, event.dimensions)
@@ -215,13 +218,21 @@ def rollup_writes(
         meter = meter_key_id(event.meter)
         users.add((meter, series, day))
         orgs.add((meter, org_series(series), day))
-    return users, orgs
+    return sorted(users, key=_order), sorted(orgs, key=_order)
 
 
-def event_index_ranges(event: Event, composite: list[tuple[str, tuple[str, ...], str]]):
-    """(index, range) of each monotonically increasing index entry the event writes."""
+def _order(rollup: Rollup) -> tuple[int, str, tuple[tuple[str, str], ...], int]:
+    meter, series, day = rollup
+    return meter, series.user_id, series.dimensions, day
+
+
+def event_index_ranges(
+    event: Event, composite: list[tuple[str, tuple[str, ...], str]], start: datetime
+):
+    """(index, range) of each monotonically increasing index entry the event writes; a
+    range's last item is its second (counted from `start`, like arrivals)."""
     second = {
-        "timestamp": math.floor((event.timestamp - _EPOCH).total_seconds()),
+        "timestamp": math.floor((event.timestamp - start).total_seconds()),
         "arrival": math.floor(event.arrival),
     }
     for name, field_name in BUILT_IN_RANGES.items():
@@ -230,9 +241,6 @@ def event_index_ranges(event: Event, composite: list[tuple[str, tuple[str, ...],
     for name, prefix, last in composite:
         bucket = second["timestamp" if last == "Timestamp" else "arrival"]
         yield name, (tuple(values[p] for p in prefix), bucket)
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def composite_indexes(index_file: Path = ROOT / "index.yaml", kind: str = "meter-event"):
@@ -349,9 +357,11 @@ def simulate(
             key_name(meter, series, day, picker.pick(meter, series, day))
             for meter, series, day in orgs
         ]
-        if batch.arrival < traffic.warmup:
+        second = math.floor(batch.arrival)  # seconds since the start, warm-up included
+        counted = batch.arrival >= traffic.warmup
+        new_rollups = _created(created, users, orgs, user_names + org_names, first_new_day)
+        if not counted:
             continue
-        second = math.floor(batch.arrival - traffic.warmup)
         result.batches += 1
         result.events += len(batch.events)
         result.user_rollup_writes += len(user_names)
@@ -363,18 +373,33 @@ def simulate(
         if events:
             for event in batch.events:
                 result.event_entities.add(event.key_id, second)
-                for index, bucket in event_index_ranges(event, composite):
+                for index, bucket in event_index_ranges(event, composite, traffic.start):
                     result.ranges[index].add(bucket, _bucket_second(bucket))
-        for (meter, series, day), name in zip(itertools.chain(users, orgs), user_names + org_names):
-            if day >= first_new_day and name not in created:
-                created.add(name)
-                values = {"MeterId": meter, "UserId": series.user_id, "Day": day}
-                for index, prefix, _last in rollup_composite:
-                    bucket = (tuple(values[p] for p in prefix), day, second)
-                    result.ranges[index].add(bucket, second)
+        for meter, series, day in new_rollups:
+            values = {"MeterId": meter, "UserId": series.user_id, "Day": day}
+            for index, prefix, _last in rollup_composite:
+                bucket = (tuple(values[p] for p in prefix), day, second)
+                result.ranges[index].add(bucket, second)
         _close(result, second, traffic.timestamp_lag)
     _close(result, 1 << 62, 0.0)
     return result
+
+
+def _created(
+    created: set[str],
+    users: list[Rollup],
+    orgs: list[Rollup],
+    names: list[str],
+    first_new_day: int,
+) -> list[Rollup]:
+    """The rollups (of a day begun inside the run) this batch writes first: it creates
+    them, and their (MeterId, [UserId,] Day) index entries with them."""
+    new = []
+    for rollup, name in zip(itertools.chain(users, orgs), names):
+        if rollup[2] >= first_new_day and name not in created:
+            created.add(name)
+            new.append(rollup)
+    return new
 
 
 def _bucket_second(bucket: Any) -> int:

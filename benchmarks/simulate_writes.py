@@ -47,8 +47,8 @@ is the unsharded write path). Prints one table of entities and one of index rang
 Each run simulates `--seconds` (default 60) but at most `--max-events` events (default
 200,000), so the 100k events/s scenario covers 2 s after a 1-second warm-up that fills
 the instances' pickers; peaks per second are stationary, so a few seconds show them.
-Standard library and PyYAML only; single-threaded: the default run takes about 90 s of
-CPU on one core (20 to 40 µs per simulated event and shard count).
+Standard library and PyYAML (a test extra of the venv) only; single-threaded: the default
+run takes about 90 s of CPU on one core (20 to 40 µs per simulated event and shard count).
 """
 
 from __future__ import annotations

@@ -55,14 +55,20 @@ def _bound_to(query: ndb.Query) -> bytes:
 
 def seal(raw: bytes, query: ndb.Query) -> str:
     """The opaque, url-safe cursor of a Datastore cursor for this org and query."""
+    return seal_bytes(raw, _bound_to(query))
+
+
+def seal_bytes(raw: bytes, bound: bytes) -> str:
+    """The opaque, url-safe cursor of any position `raw`, valid only where `bound` (the
+    org and the query, never stored in the cursor) is the same when it comes back."""
     nonce = os.urandom(_NONCE_BYTES)
-    sealed = nonce + _cursor_cipher().encrypt(nonce, raw, _bound_to(query))
+    sealed = nonce + _cursor_cipher().encrypt(nonce, raw, bound)
     return base64.urlsafe_b64encode(sealed).rstrip(b"=").decode()
 
 
-def _open(cursor: str, query: ndb.Query) -> ndb.Cursor:
-    """The Datastore cursor inside an opaque one; ValidationFailed unless it was made by
-    this deployment for this org and query, unchanged."""
+def open_bytes(cursor: str, bound: bytes) -> bytes:
+    """The position inside an opaque cursor; ValidationFailed (`cursor`) unless it was
+    made by this deployment by `seal_bytes` with the same `bound`, unchanged."""
     try:
         sealed = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError):
@@ -74,10 +80,15 @@ def _open(cursor: str, query: ndb.Query) -> ndb.Cursor:
         raise ValidationFailed("cursor is not valid", param="cursor")
     nonce, body = sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:]
     try:
-        raw = _cursor_cipher().decrypt(nonce, body, _bound_to(query))
+        return _cursor_cipher().decrypt(nonce, body, bound)
     except InvalidTag:
         raise ValidationFailed("cursor is not valid", param="cursor") from None
-    return ndb.Cursor(cursor=raw)
+
+
+def _open(cursor: str, query: ndb.Query) -> ndb.Cursor:
+    """The Datastore cursor inside an opaque one; ValidationFailed unless it was made by
+    this deployment for this org and query, unchanged."""
+    return ndb.Cursor(cursor=open_bytes(cursor, _bound_to(query)))
 
 
 def page(query: ndb.Query, limit: int, cursor: str | None) -> tuple[list[Any], str | None]:

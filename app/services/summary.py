@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -37,7 +37,7 @@ from app.core.windows import (
 )
 from app.errors import InternalError, NotFound, ValidationFailed
 from app.models import Meter
-from app.services import recompute
+from app.services import breakdown, recompute
 from app.services.meters import get_meter
 from app.storage import entities, queries, rollups
 
@@ -55,6 +55,9 @@ class Summary:
     period_end: datetime | None
     result: SummaryResult
     grouped: bool
+    #: Grouped by user or ordered: the answer is a page, with the next page's cursor.
+    paged: bool = False
+    next_cursor: str | None = None
 
     @property
     def value(self) -> int | float | None:
@@ -222,8 +225,13 @@ def summarize(
     group_by: tuple[str, ...] = (),
     filters: dict[str, frozenset[str]] | None = None,
     default_end: datetime | None = None,
+    limit: int | None = None,
+    cursor: str | None = None,
+    order_by: str | None = None,
 ) -> Summary:
-    """Usage of a meter (all users, or one) in a period, optionally by window and group."""
+    """Usage of a meter (all users, or one) in a period, optionally by window and group.
+    Grouped by user or ordered, the windows are one page of users (`app.services.breakdown`)
+    and `value`/`eventCount` stay the whole period's."""
     try:
         meter = get_meter(meter_id)
     except NotFound as exc:
@@ -250,12 +258,28 @@ def summarize(
             max_windows=MAX_WINDOWS,
         )
         _check_years(request)
+        paged = breakdown.applies(request.group_by, order_by, limit, cursor)
+        latest = _latest_reader(meter, user_id)
         result = summarize_cells(
-            request,
+            replace(request, window_size=None, group_by=()) if paged else request,
             cells(meter, user_id, period_start, period_end, reading),
-            _latest_reader(meter, user_id),
+            latest,
             deadline.check,
         )
+        page = None
+        if paged:
+            page = breakdown.answer(
+                meter,
+                request,
+                given=(start, end),
+                limit=limit,
+                cursor=cursor,
+                order_by=order_by,
+                user_cells=lambda user: cells(meter, user, period_start, period_end, reading),
+                latest=latest,
+                reading=reading,
+            )
+            result = SummaryResult(result.value, result.event_count, page.windows)
     except TooManyWindows as exc:
         raise ValidationFailed(f"windowSize: {exc}", param="windowSize") from None
     except InvalidSummaryRequest as exc:
@@ -264,7 +288,16 @@ def summarize(
         raise ValidationFailed(f"timeZone: {exc}", param="timeZone") from None
     except (ValueError, TypeError, KeyError, IndexError, ArithmeticError) as exc:
         raise _internal(meter, reading, exc) from exc
-    return Summary(meter, user_id, start, end, result, grouped=grouped)
+    return Summary(
+        meter,
+        user_id,
+        start,
+        end,
+        result,
+        grouped=grouped or paged,
+        paged=paged,
+        next_cursor=page.next_cursor if page else None,
+    )
 
 
 #: The engine's name of a refused field -> (query parameter, what to say). The caller's

@@ -10,8 +10,10 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from google.cloud import datastore
 
 from tests.support.http import error_of
+from tests.test_cursors import _decodings
 
 SUMMARY = "/v1/billing/meter-events/summary"
 DAY = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=4)
@@ -320,3 +322,37 @@ def test_a_page_reads_the_rollups_of_its_users_only(api):
     values = {w["groupBy"]["userId"]: w["value"] for w in page.json()["windows"]}
     assert values == {"u000": 0, "u001": 1, "u002": 2}  # the 05:00 events are out
     assert _reads(page) - _reads(api.get(SUMMARY, params=edged)) <= 3 * 2 + 2
+
+
+def test_org_wide_rollups_are_never_a_user_of_a_page(api, config, org):
+    """Rollups with UserId "" (org-wide, written beside the per-user ones) sort before
+    every user id: pages start after "" and never show them."""
+    meter = api.create_meter()
+    at = _iso(DAY + timedelta(hours=2))
+    api.record(*[{"meterId": meter["id"], "userId": u, "value": 4, "timestamp": at} for u in "ab"])
+    raw = datastore.Client(project=config.project, namespace=org["namespace"])
+    stored = next(iter(raw.query(kind="meter-rollup").fetch()))
+    org_wide = datastore.Entity(
+        raw.key(*stored.key.flat_path[:-2], "meter-rollup", "org-wide-test"),
+        exclude_from_indexes=("Series_", "Slots_"),
+    )
+    org_wide.update({**stored, "UserId": "", "Series_": '{"d":{},"u":""}'})
+    raw.put(org_wide)
+    pages = _pages(api, [("meterId", meter["id"]), ("groupBy", "userId")], limit=1)
+    assert [[w["groupBy"]["userId"] for w in p["windows"]] for p in pages] == [["a"], ["b"]]
+
+
+def test_the_same_page_has_the_same_cursor_and_it_hides_the_user(api):
+    meter = api.create_meter()
+    at = _iso(DAY + timedelta(hours=2))
+    api.record(
+        *[
+            {"meterId": meter["id"], "userId": u, "value": 1, "timestamp": at}
+            for u in ("alice-secret", "bob")
+        ]
+    )
+    params = [("meterId", meter["id"]), ("groupBy", "userId"), ("limit", "1")]
+    cursors = {api.get(SUMMARY, params=params).json()["nextCursor"] for _ in range(2)}
+    assert len(cursors) == 1 and None not in cursors
+    for blob in _decodings(cursors.pop()):
+        assert b"alice-secret" not in blob

@@ -39,7 +39,7 @@ from google.cloud import ndb
 from app import deadline
 from app.core.cells import Cell, Series
 from app.core.slots import SLOT, slot_of
-from app.core.windows import SummaryRequest, Window, summarize_cells
+from app.core.windows import SummaryRequest, SummaryResult, Window, summarize_cells
 from app.errors import ValidationFailed
 from app.services import paging, recompute
 from app.storage import entities, queries, rollups
@@ -71,6 +71,9 @@ class _Reading(Protocol):  # app.services.summary.Reading: the entity being merg
 class Breakdown:
     windows: list[Window]
     next_cursor: str | None
+    #: The page's own summary when it holds every user (the first page and no next one):
+    #: its value and count are then the whole period's, and need no second read.
+    whole: SummaryResult | None = None
 
 
 def applies(
@@ -115,7 +118,8 @@ def answer(
         request, itertools.chain.from_iterable(c for _, c in chosen), latest, deadline.check
     )
     next_cursor = paging.seal_bytes(chosen[-1][0].encode(), bound) if more else None
-    return Breakdown(result.windows, next_cursor)
+    every_user = cursor is None and not more
+    return Breakdown(result.windows, next_cursor, result if every_user else None)
 
 
 def _check_top(request: SummaryRequest, cursor: str | None) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import hmac
 import os
 from typing import Any
 
@@ -55,13 +56,30 @@ def _bound_to(query: ndb.Query) -> bytes:
 
 def seal(raw: bytes, query: ndb.Query) -> str:
     """The opaque, url-safe cursor of a Datastore cursor for this org and query."""
-    return seal_bytes(raw, _bound_to(query))
+    return _sealed(raw, _bound_to(query), os.urandom(_NONCE_BYTES))
 
 
 def seal_bytes(raw: bytes, bound: bytes) -> str:
     """The opaque, url-safe cursor of any position `raw`, valid only where `bound` (the
-    org and the query, never stored in the cursor) is the same when it comes back."""
-    nonce = os.urandom(_NONCE_BYTES)
+    org and the query, never stored in the cursor) is the same when it comes back.
+
+    The same position of the same query always gives the same cursor, so asking twice
+    answers the same bytes: the nonce is derived (a keyed hash of `bound` and `raw`, the
+    synthetic-IV construction), which repeats only where the whole message repeats."""
+    secret = current_app.config["METERING"].hashid_salt
+    nonce = hmac.new(_nonce_key(secret), bound + b"\0" + raw, "sha256").digest()
+    return _sealed(raw, bound, nonce[:_NONCE_BYTES])
+
+
+@functools.lru_cache(maxsize=4)
+def _nonce_key(secret: str) -> bytes:
+    """The key of derived nonces: another key than the cipher's, from the same secret."""
+    return HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=b"metering page cursor", info=b"v1 nonce"
+    ).derive(secret.encode())
+
+
+def _sealed(raw: bytes, bound: bytes, nonce: bytes) -> str:
     sealed = nonce + _cursor_cipher().encrypt(nonce, raw, bound)
     return base64.urlsafe_b64encode(sealed).rstrip(b"=").decode()
 

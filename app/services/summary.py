@@ -260,12 +260,6 @@ def summarize(
         _check_years(request)
         paged = breakdown.applies(request.group_by, order_by, limit, cursor)
         latest = _latest_reader(meter, user_id)
-        result = summarize_cells(
-            replace(request, window_size=None, group_by=()) if paged else request,
-            cells(meter, user_id, period_start, period_end, reading),
-            latest,
-            deadline.check,
-        )
         page = None
         if paged:
             page = breakdown.answer(
@@ -279,6 +273,16 @@ def summarize(
                 latest=latest,
                 reading=reading,
             )
+        if page is not None and page.whole is not None:
+            result = page.whole  # one page held every user: its total is the period's
+        else:
+            result = summarize_cells(
+                replace(request, window_size=None, group_by=()) if paged else request,
+                cells(meter, user_id, period_start, period_end, reading),
+                latest,
+                deadline.check,
+            )
+        if page is not None:
             result = SummaryResult(result.value, result.event_count, page.windows)
     except TooManyWindows as exc:
         raise ValidationFailed(f"windowSize: {exc}", param="windowSize") from None

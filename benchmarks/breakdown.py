@@ -111,6 +111,7 @@ def main() -> None:
             emulator_host=emulator.host,
             hashid_salt="bench-salt",
             read_budget_per_minute=0,
+            request_deadline_seconds=0,  # the emulator's scans of the kind take long
         )
         ids.configure(config.hashid_salt)
         client = make_client(config)

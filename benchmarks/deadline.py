@@ -90,6 +90,7 @@ def main() -> int:
             {
                 "meterId": meter_id,
                 "groupBy": "userId",
+                "limit": 1000,  # the largest page of users (answers by user are paged)
                 "periodStart": DAY.isoformat(),
                 "periodEnd": (DAY + timedelta(days=1)).isoformat(),
             }

@@ -72,6 +72,22 @@ def test_a_plain_summary_answer_is_its_schema(api):
     _conforms(responses.Summary(), api.summary(meterId=meter["id"]))  # null value, no windows
 
 
+def test_a_page_of_users_and_top_users_are_their_schema(api):
+    meter = api.create_meter()
+    api.record(
+        *({"meterId": meter["id"], "userId": u, "value": 2, "timestamp": _at(1)} for u in "abc")
+    )
+    first = api.summary(meterId=meter["id"], groupBy="userId", limit=2)
+    _conforms(responses.Summary(), first)
+    assert isinstance(first["nextCursor"], str)
+    last = api.summary(meterId=meter["id"], groupBy="userId", cursor=first["nextCursor"])
+    _conforms(responses.Summary(), last)
+    assert last["nextCursor"] is None
+    top = api.summary(meterId=meter["id"], groupBy="userId", orderBy="-value", limit=1)
+    _conforms(responses.Summary(), top)
+    assert [w["groupBy"] for w in top["windows"]] == [{"userId": "a"}]
+
+
 def test_a_view_answers_through_its_schema_and_documents_it(config):
     """The decorators both run and describe: the body is validated and passed in, the
     answer is serialized by the schema (attributes renamed, empty fields left out)."""

@@ -77,6 +77,7 @@ def test_a_summary_slowed_by_its_data_stops_at_the_deadline(api, org, serve, emu
     query = {
         "meterId": meter["id"],
         "groupBy": "userId",
+        "limit": 1000,  # every user on one page (answers by user are paged, 100 by default)
         "periodStart": DAY.isoformat(),
         "periodEnd": (DAY + timedelta(days=1)).isoformat(),
     }

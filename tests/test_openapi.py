@@ -144,7 +144,19 @@ def test_the_summary_documents_its_repeatable_and_filter_parameters(served):
         "timeZone",
         "groupBy",
         "filter",
+        "limit",
+        "cursor",
+        "orderBy",
     }
+    limit = parameters["limit"]["schema"]
+    assert (limit["type"], limit["minimum"], limit["maximum"]) == ("integer", 1, 1000)
+    assert parameters["orderBy"]["schema"]["enum"] == ["value", "-value"]
+    assert parameters["cursor"]["schema"]["type"] == "string"
+    answer = served["paths"]["/v1/billing/meter-events/summary"]["get"]["responses"]["200"]
+    summary = answer["content"]["application/json"]["schema"]
+    name = summary["$ref"].rsplit("/", 1)[-1]
+    next_cursor = served["components"]["schemas"][name]["properties"]["nextCursor"]
+    assert "null" in next_cursor["type"] and "cursor" in next_cursor["description"]
 
 
 def test_an_answer_the_document_describes_matches_it(api, served):

@@ -130,4 +130,7 @@ def get_summary(query):
         group_by=tuple(args.get("groupBy", ())),
         filters=filters,
         default_end=utcnow() + current_app.config["METERING"].max_event_lead,
+        limit=args.get("limit"),
+        cursor=args.get("cursor"),
+        order_by=args.get("orderBy"),
     )

@@ -20,6 +20,12 @@ from app.schemas.fields import (
     indexed_string,
 )
 
+#: The most users a page of a breakdown by user (or a top list) may ask for.
+MAX_BREAKDOWN_LIMIT = 1000
+#: `orderBy`: ascending or descending by each user's value of the period.
+ORDERS = ("value", "-value")
+#: A page cursor: the sealed last userId (1500 bytes at most) in url-safe base64.
+MAX_CURSOR = 2100
 MAX_DIMENSION_VALUE = 200
 MAX_DIMENSIONS, MAX_DIMENSION_NAME = 16, 64
 MAX_METER_ID, MAX_INDEXED_TEXT = 200, 500  # characters; indexed text also fits 1500 bytes
@@ -152,6 +158,27 @@ class SummaryQuery(BoundedSchema):
         },
         validate=validate.Length(max=8, error="may name at most 8 fields"),
     )
+    limit = fields.Integer(
+        validate=validate.Range(min=1, max=MAX_BREAKDOWN_LIMIT),
+        metadata={
+            "description": "with groupBy userId: users per page (default 100); "
+            "with orderBy: how many top users (default 100)"
+        },
+    )
+    cursor = fields.String(
+        validate=validate.Length(min=1, max=MAX_CURSOR),
+        metadata={
+            "description": "with groupBy userId: the previous page's `nextCursor`; valid "
+            "only for the same meter, period, windowSize, timeZone, groupBy and filters"
+        },
+    )
+    orderBy = fields.String(
+        validate=validate.OneOf(ORDERS),
+        metadata={
+            "description": "top users: `-value` the largest first, `value` the smallest "
+            "first (ties by userId); only with groupBy=userId alone and no windowSize"
+        },
+    )
 
     # The window sizes and distinct groupBy names are the engine's rules
     # (`SummaryRequest`), answered 400 by `app.services.summary`; the edge keeps what
@@ -207,4 +234,6 @@ def summary_json(summary) -> dict:
             }
             for w in summary.result.windows
         ]
+    if summary.paged:
+        answer["nextCursor"] = summary.next_cursor
     return answer

@@ -217,6 +217,13 @@ class Summary(Schema):
             + ") or groupBy was asked"
         },
     )
+    nextCursor = fields.String(
+        allow_none=True,
+        metadata={
+            "description": "present when grouped by userId or ordered: pass as `cursor` "
+            "for the next page of users; null on the last page (and for top users)"
+        },
+    )
 
 
 class IssuedKey(Schema):

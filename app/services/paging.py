@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import hmac
 import os
 from typing import Any
 
@@ -55,14 +56,37 @@ def _bound_to(query: ndb.Query) -> bytes:
 
 def seal(raw: bytes, query: ndb.Query) -> str:
     """The opaque, url-safe cursor of a Datastore cursor for this org and query."""
-    nonce = os.urandom(_NONCE_BYTES)
-    sealed = nonce + _cursor_cipher().encrypt(nonce, raw, _bound_to(query))
+    return _sealed(raw, _bound_to(query), os.urandom(_NONCE_BYTES))
+
+
+def seal_bytes(raw: bytes, bound: bytes) -> str:
+    """The opaque, url-safe cursor of any position `raw`, valid only where `bound` (the
+    org and the query, never stored in the cursor) is the same when it comes back.
+
+    The same position of the same query always gives the same cursor, so asking twice
+    answers the same bytes: the nonce is derived (a keyed hash of `bound` and `raw`, the
+    synthetic-IV construction), which repeats only where the whole message repeats."""
+    secret = current_app.config["METERING"].hashid_salt
+    nonce = hmac.new(_nonce_key(secret), bound + b"\0" + raw, "sha256").digest()
+    return _sealed(raw, bound, nonce[:_NONCE_BYTES])
+
+
+@functools.lru_cache(maxsize=4)
+def _nonce_key(secret: str) -> bytes:
+    """The key of derived nonces: another key than the cipher's, from the same secret."""
+    return HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=b"metering page cursor", info=b"v1 nonce"
+    ).derive(secret.encode())
+
+
+def _sealed(raw: bytes, bound: bytes, nonce: bytes) -> str:
+    sealed = nonce + _cursor_cipher().encrypt(nonce, raw, bound)
     return base64.urlsafe_b64encode(sealed).rstrip(b"=").decode()
 
 
-def _open(cursor: str, query: ndb.Query) -> ndb.Cursor:
-    """The Datastore cursor inside an opaque one; ValidationFailed unless it was made by
-    this deployment for this org and query, unchanged."""
+def open_bytes(cursor: str, bound: bytes) -> bytes:
+    """The position inside an opaque cursor; ValidationFailed (`cursor`) unless it was
+    made by this deployment by `seal_bytes` with the same `bound`, unchanged."""
     try:
         sealed = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError):
@@ -74,10 +98,15 @@ def _open(cursor: str, query: ndb.Query) -> ndb.Cursor:
         raise ValidationFailed("cursor is not valid", param="cursor")
     nonce, body = sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:]
     try:
-        raw = _cursor_cipher().decrypt(nonce, body, _bound_to(query))
+        return _cursor_cipher().decrypt(nonce, body, bound)
     except InvalidTag:
         raise ValidationFailed("cursor is not valid", param="cursor") from None
-    return ndb.Cursor(cursor=raw)
+
+
+def _open(cursor: str, query: ndb.Query) -> ndb.Cursor:
+    """The Datastore cursor inside an opaque one; ValidationFailed unless it was made by
+    this deployment for this org and query, unchanged."""
+    return ndb.Cursor(cursor=open_bytes(cursor, _bound_to(query)))
 
 
 def page(query: ndb.Query, limit: int, cursor: str | None) -> tuple[list[Any], str | None]:

@@ -22,6 +22,16 @@ from app.storage import entities, queries, rollups, rpc, shards
 from app.storage.entities import EntityPb, KeyPb, StoredEvent
 
 
+class Unsettled(Exception):
+    """A rollup read for a summary has a slot whose sum deltas sit at an int64 bound: only
+    folding every shard of it (`compact.compact_one`, which takes that slot from the raw
+    events) makes it exact. The summary folds it and reads again."""
+
+    def __init__(self, key: KeyPb):
+        super().__init__("a rollup to fold before it is read")
+        self.key = key
+
+
 def _live_events(
     meter_id: str,
     user_id: str | None,

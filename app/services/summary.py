@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -38,7 +38,7 @@ from app.core.windows import (
 )
 from app.errors import InternalError, NotFound, ValidationFailed
 from app.models import Meter
-from app.services import compact, recompute
+from app.services import breakdown, compact, recompute
 from app.services.meters import get_meter
 from app.storage import entities, queries, rollups, shards
 
@@ -56,6 +56,9 @@ class Summary:
     period_end: datetime | None
     result: SummaryResult
     grouped: bool
+    #: Grouped by user or ordered: the answer is a page, with the next page's cursor.
+    paged: bool = False
+    next_cursor: str | None = None
 
     @property
     def value(self) -> int | float | None:
@@ -120,7 +123,7 @@ def _rollup_cells(
         if user_id is None and shards.is_org(series):
             continue  # all users' rollups are read: the org-wide ones would count twice
         if unknown:  # sum deltas at an int64 bound may have clamped: fold, then read again
-            raise _Unsettled(entity.key)
+            raise recompute.Unsettled(entity.key)
         moments = slot_starts.get(day)
         if moments is None:
             moments = slot_starts[day] = [
@@ -234,8 +237,13 @@ def summarize(
     group_by: tuple[str, ...] = (),
     filters: dict[str, frozenset[str]] | None = None,
     default_end: datetime | None = None,
+    limit: int | None = None,
+    cursor: str | None = None,
+    order_by: str | None = None,
 ) -> Summary:
-    """Usage of a meter (all users, or one) in a period, optionally by window and group."""
+    """Usage of a meter (all users, or one) in a period, optionally by window and group.
+    Grouped by user or ordered, the windows are one page of users (`app.services.breakdown`)
+    and `value`/`eventCount` stay the whole period's."""
     try:
         meter = get_meter(meter_id)
     except NotFound as exc:
@@ -248,35 +256,52 @@ def summarize(
     period_start = start or EPOCH
     period_end = max(period_end, period_start)
     grouped = bool(window_size or group_by)
-    source = user_id
-    if user_id is None and _reads_org_wide(meter, group_by, wanted):
-        source = shards.ORG_USER
+    paging = _Paging(given=(start, end), limit=limit, cursor=cursor, order_by=order_by)
     for attempt in range(_SETTLE_ATTEMPTS):
         try:
-            result = _summarize_once(
-                meter, source, period_start, period_end, window_size, time_zone, group_by, wanted
+            result, page = _summarize_once(
+                meter,
+                user_id,
+                period_start,
+                period_end,
+                window_size,
+                time_zone,
+                group_by,
+                wanted,
+                paging,
             )
             break
-        except _Unsettled as unsettled:  # a sum that may have clamped: fold it, read again
+        except recompute.Unsettled as unsettled:  # a sum that may have clamped: fold it, read again
             if attempt == _SETTLE_ATTEMPTS - 1:
                 raise InternalError(
                     "internal error: a rollup could not be settled; try again"
                 ) from None
             compact.compact_one(unsettled.key)
-    return Summary(meter, user_id, start, end, result, grouped=grouped)
+    return Summary(
+        meter,
+        user_id,
+        start,
+        end,
+        result,
+        grouped=grouped or page is not None,
+        paged=page is not None,
+        next_cursor=page.next_cursor if page else None,
+    )
+
+
+@dataclass(frozen=True)
+class _Paging:
+    """What a breakdown by user asked for (`app.services.breakdown`), and the period as
+    given (its cursor is bound to it)."""
+
+    given: tuple[datetime | None, datetime | None]
+    limit: int | None
+    cursor: str | None
+    order_by: str | None
 
 
 #: How often a summary folds a rollup whose sums may have clamped before giving up.
 _SETTLE_ATTEMPTS = 3
-
-
-class _Unsettled(Exception):
-    """A rollup's sum deltas sit at an int64 bound: only folding all of its shards
-    (`compact.compact_one`, which takes that slot from the raw events) makes it exact."""
-
-    def __init__(self, key: Any):
-        super().__init__("unsettled rollup")
-        self.key = key
 
 
 def _reads_org_wide(
@@ -294,16 +319,18 @@ def _reads_org_wide(
 
 def _summarize_once(
     meter: Meter,
-    source: str | None,
+    user_id: str | None,
     period_start: datetime,
     period_end: datetime,
     window_size: str | None,
     time_zone: str,
     group_by: tuple[str, ...],
     wanted: dict[str, frozenset[str]],
-) -> SummaryResult:
-    """The summary of the cells of `source`: a user, ORG_USER (org-wide rollups), or None
-    (every user's rollups)."""
+    paging: _Paging,
+) -> tuple[SummaryResult, breakdown.Breakdown | None]:
+    """The summary, and the page of users when it is a breakdown by user. The total reads
+    the org-wide rollups when it can (`_reads_org_wide`), else every user's, or the one
+    user's."""
     reading = Reading()
     try:
         request = SummaryRequest(
@@ -318,12 +345,35 @@ def _summarize_once(
             max_windows=MAX_WINDOWS,
         )
         _check_years(request)
-        return summarize_cells(
-            request,
+        paged = breakdown.applies(request.group_by, paging.order_by, paging.limit, paging.cursor)
+        page = None
+        if paged:
+            page = breakdown.answer(
+                meter,
+                request,
+                given=paging.given,
+                limit=paging.limit,
+                cursor=paging.cursor,
+                order_by=paging.order_by,
+                user_cells=lambda user: cells(meter, user, period_start, period_end, reading),
+                latest=_latest_reader(meter, user_id),
+                reading=reading,
+            )
+        if page is not None and page.whole is not None:
+            return page.whole, page  # one page held every user: its total is the period's
+        total = replace(request, window_size=None, group_by=()) if paged else request
+        source = user_id
+        if user_id is None and _reads_org_wide(meter, total.group_by, wanted):
+            source = shards.ORG_USER
+        result = summarize_cells(
+            total,
             cells(meter, source, period_start, period_end, reading),
             _latest_reader(meter, source),
             deadline.check,
         )
+        if page is not None:
+            result = SummaryResult(result.value, result.event_count, page.windows)
+        return result, page
     except TooManyWindows as exc:
         raise ValidationFailed(f"windowSize: {exc}", param="windowSize") from None
     except InvalidSummaryRequest as exc:

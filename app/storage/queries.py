@@ -129,3 +129,20 @@ def rollup_keys(meter_id: str, user_id: str, day: int) -> list[KeyPb]:
     )
     query.projection.add().property.name = "__key__"
     return [entity.key for entity in rpc.run_query(query, ndb.get_context().get_namespace())]
+
+
+def rollups_of_users_after(
+    meter_id: str, after: str, batch_sizes: Iterator[int] | None = None
+) -> Iterator[EntityPb]:
+    """Raw `meter-rollup` entities of a meter's users whose UserId sorts after `after`,
+    by UserId then Day (the (MeterId, UserId, Day) index): a reader takes users one at a
+    time and stops where its page ends. UserId "" (org-wide rollups) is never after
+    anything, so `after=""` starts at the first user."""
+    query = build(
+        "meter-rollup", [("MeterId", _OP.EQUAL, meter_id), ("UserId", _OP.GREATER_THAN, after)]
+    )
+    for name in ("UserId", "Day"):
+        order = query.order.add()
+        order.property.name = name
+        order.direction = q.PropertyOrder.Direction.ASCENDING
+    return rpc.run_query(query, ndb.get_context().get_namespace(), batch_sizes=batch_sizes)

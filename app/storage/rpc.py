@@ -139,11 +139,20 @@ def lookup(keys: list[Any], transaction: bytes | None = None) -> dict[bytes, Any
     return found
 
 
-def run_query(query: Any, namespace: str | None, transaction: bytes | None = None) -> Iterator[Any]:
-    """Every entity a query yields, following its cursors."""
+def run_query(
+    query: Any,
+    namespace: str | None,
+    transaction: bytes | None = None,
+    batch_sizes: Iterator[int] | None = None,
+) -> Iterator[Any]:
+    """Every entity a query yields, following its cursors. With `batch_sizes`, each RPC
+    asks for at most the next size: a reader that stops early then pays (in entities
+    read) for little more than what it used, instead of the server's whole batch."""
     while True:
         request = RunQueryRequest()
         request.query.CopyFrom(query)
+        if batch_sizes is not None:
+            request.query.limit.value = next(batch_sizes)
         if namespace:
             request.partition_id.namespace_id = namespace
         request.partition_id.project_id = ndb.get_context().client.project
@@ -152,6 +161,9 @@ def run_query(query: Any, namespace: str | None, transaction: bytes | None = Non
         batch = _call("run_query", request).batch
         for result in batch.entity_results:
             yield result.entity
-        if batch.more_results != batch.NOT_FINISHED or not batch.entity_results:
+        more = batch.more_results == batch.NOT_FINISHED or (
+            batch_sizes is not None and batch.more_results == batch.MORE_RESULTS_AFTER_LIMIT
+        )
+        if not more or not batch.entity_results:
             return
         query.start_cursor = batch.end_cursor

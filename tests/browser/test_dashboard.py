@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from urllib.parse import parse_qsl, urlsplit
 from zoneinfo import ZoneInfo
 
 from tests.browser.dashboard import Dashboard, focus_ring, local_midnight, number, tab_to
@@ -87,11 +88,17 @@ def _check_chart_matches(
 
 
 def _check_top_users(board: Dashboard, api, meter: dict) -> list[list]:
+    """The table is the API's top 10 (`orderBy=-value`), which is every user's breakdown
+    sorted by value, ties by user id."""
     by_user = api.summary(meterId=meter["id"], **_period(), groupBy="userId")["windows"]
     expected = sorted(
         ([w["groupBy"]["userId"], w["value"], w["eventCount"]] for w in by_user),
         key=lambda row: (-row[1], row[0]),
-    )
+    )[:10]
+    top = api.summary(
+        meterId=meter["id"], **_period(), groupBy="userId", orderBy="-value", limit=10
+    )["windows"]
+    assert [[w["groupBy"]["userId"], w["value"], w["eventCount"]] for w in top] == expected
     shown = [
         [user, number(value), number(events)]
         for _rank, user, value, events in board.rows("#top-users-table")
@@ -100,10 +107,24 @@ def _check_top_users(board: Dashboard, api, meter: dict) -> list[list]:
     return expected
 
 
+def _summary_requests(page) -> list[list[tuple[str, str]]]:
+    """The query strings of the summary requests the page sends, as they are sent."""
+    sent: list[list[tuple[str, str]]] = []
+
+    def record(request) -> None:
+        url = urlsplit(request.url)
+        if url.path.endswith("/meter-events/summary"):
+            sent.append(parse_qsl(url.query))
+
+    page.on("request", record)
+    return sent
+
+
 def test_a_new_user_signs_in_creates_a_meter_and_reads_usage_equal_to_the_api(
     open_page, api, screenshots
 ):
     page = open_page(zone=ZONE)
+    sent = _summary_requests(page)
     board = Dashboard(page)
     page.screenshot(path=str(screenshots / "01-sign-in.png"))
     board.sign_in(api.key)
@@ -131,6 +152,10 @@ def test_a_new_user_signs_in_creates_a_meter_and_reads_usage_equal_to_the_api(
     page.screenshot(path=str(screenshots / "02-usage.png"), full_page=True)
     top = _check_top_users(board, api, meter)
     assert [row[0] for row in top] == ["cy", "ann", "bob"]
+    # the top users are ranked by the API; the total comes from the summary without groupBy
+    by_user = [dict(q) for q in sent if ("groupBy", "userId") in q]
+    assert by_user and all((q["orderBy"], q["limit"]) == ("-value", "10") for q in by_user)
+    assert any("groupBy" not in dict(q) for q in sent)
 
     board.show_usage(split="model")
     assert board.chart()["stacked"] is True
@@ -153,6 +178,40 @@ def test_a_new_user_signs_in_creates_a_meter_and_reads_usage_equal_to_the_api(
     assert content.splitlines() == ["rank,userId,value,eventCount"] + [
         f"{i},{user},{value},{count}" for i, (user, value, count) in enumerate(top, 1)
     ]
+
+
+def test_split_by_user_charts_the_users_with_the_largest_values(open_page, api):
+    """Split by user, the chart shows the 12 users the API ranks first, not the first page
+    of users by name; their bars and the table are the API's windows of those users."""
+    meter = api.create_meter()
+    values = {f"user-{n:02d}": (n * 37) % 101 + 1 for n in range(16)}
+    api.record(
+        *(
+            {"meterId": meter["id"], "userId": user, "value": value, "timestamp": _ago(h)}
+            for user, value in values.items()
+            for h in (1, 30)
+        )
+    )
+    page = open_page(zone=ZONE)
+    board = Dashboard(page)
+    board.sign_in(api.key)
+    board.open_meter(meter["name"])
+    board.show_usage(window="day", split="userId")
+    ranked = sorted(values, key=lambda user: (-values[user], user))[:12]
+    chart = board.chart()
+    assert sorted(d["label"] for d in chart["datasets"]) == sorted(ranked)
+    grouped = api.summary(meterId=meter["id"], **_period(), windowSize="day", groupBy="userId")
+    starts = [
+        w["windowStart"]
+        for w in api.summary(meterId=meter["id"], **_period(), windowSize="day")["windows"]
+    ]
+    expected: dict = {user: [0] * len(starts) for user in ranked}
+    for w in grouped["windows"]:
+        if w["groupBy"]["userId"] in expected:
+            expected[w["groupBy"]["userId"]][starts.index(w["windowStart"])] = w["value"]
+    assert {d["label"]: d["data"] for d in chart["datasets"]} == expected
+    shown = {row[2] for row in board.rows("#chart-table")}
+    assert shown == set(ranked)
 
 
 def test_recent_events_search_cancel_with_confirmation_and_csv(open_page, api, screenshots):

@@ -162,3 +162,33 @@ def test_events_are_cancelled_by_key_and_by_id(metering):
     assert metering.summary(meter.id, user_id="ann").value == 1
     with pytest.raises(ValueError):
         metering.cancel(idempotency_keys=["k"])  # which meter?
+
+
+def test_pages_of_users_and_top_users(metering):
+    meter = metering.create_meter("Input tokens", "input_tokens")
+    when = datetime.now(UTC) - timedelta(hours=1)
+    values = {f"user-{n}": n * 10 for n in range(7)}
+    _record_now(
+        metering,
+        [
+            Event.new(event_name="input_tokens", user_id=user, value=value, timestamp=when)
+            for user, value in values.items()
+        ],
+    )
+    pages = list(metering.summary_pages(meter.id, limit=3))
+    assert [len(page.windows) for page in pages] == [3, 3, 1]
+    assert pages[0].next_cursor and pages[-1].next_cursor is None
+    assert all(page.value == sum(values.values()) for page in pages)  # the whole period's
+    got = {w.group_by["userId"]: w.value for page in pages for w in page.windows}
+    assert got == values
+    second = metering.summary(meter.id, group_by=["userId"], limit=3, cursor=pages[0].next_cursor)
+    assert second.windows == pages[1].windows
+
+    top = metering.summary(meter.id, group_by=["userId"], order_by="-value", limit=2)
+    assert [(w.group_by["userId"], w.value) for w in top.windows] == [
+        ("user-6", 60),
+        ("user-5", 50),
+    ]
+    with pytest.raises(ApiError) as bad:
+        metering.summary(meter.id, group_by=["userId"], cursor="not-a-cursor")
+    assert bad.value.param == "cursor"

@@ -90,6 +90,27 @@ def test_async_api_calls_and_refused_events(proxy, org):
     assert archived.status == "archived"
 
 
+def test_async_pages_of_users(proxy, org):
+    async def scenario():
+        async with AsyncMeteringClient(proxy.url, org["apiKey"], retry=FAST_RETRY) as client:
+            meter = await client.create_meter("Calls", "api_calls", aggregation_type="count")
+            for user in "abcde":
+                await client.record("api_calls", user)
+            assert await client.flush(timeout=30)
+            pages = [page async for page in client.summary_pages(meter.id, limit=2)]
+            top = await client.summary(meter.id, group_by=["userId"], order_by="value", limit=1)
+        return pages, top
+
+    pages, top = _run(scenario())
+    assert [[w.group_by["userId"] for w in page.windows] for page in pages] == [
+        ["a", "b"],
+        ["c", "d"],
+        ["e"],
+    ]
+    assert [page.value for page in pages] == [5, 5, 5]
+    assert [w.group_by["userId"] for w in top.windows] == ["a"]
+
+
 # --- the twins: one scenario, the same stats, refusals and messages -----------------------
 
 EVENTS_PATH = "/v1/billing/meter-events"

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime
 from typing import Any, TypeVar
 
@@ -345,6 +345,9 @@ class AsyncMeteringClient(DeliveryBase):
         time_zone: str | None = None,
         group_by: Sequence[str] = (),
         filters: Mapping[str, str | Iterable[str]] | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+        order_by: str | None = None,
     ) -> Summary:
         params = ops.summary_params(
             meter_id,
@@ -355,8 +358,40 @@ class AsyncMeteringClient(DeliveryBase):
             time_zone=time_zone,
             group_by=group_by,
             filters=filters,
+            limit=limit,
+            cursor=cursor,
+            order_by=order_by,
         )
         return await self._drive(ops.summary(self.retry, params))
+
+    async def summary_pages(
+        self,
+        meter_id: str,
+        *,
+        user_id: str | None = None,
+        period_start: datetime | date | str | None = None,
+        period_end: datetime | date | str | None = None,
+        window_size: str | None = None,
+        time_zone: str | None = None,
+        group_by: Sequence[str] = ("userId",),
+        filters: Mapping[str, str | Iterable[str]] | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[Summary]:
+        params: list[tuple[str, str]] | None = ops.summary_params(
+            meter_id,
+            user_id=user_id,
+            period_start=period_start,
+            period_end=period_end,
+            window_size=window_size,
+            time_zone=time_zone,
+            group_by=group_by,
+            filters=filters,
+            limit=limit,
+        )
+        while params is not None:
+            page = await self._drive(ops.summary(self.retry, params))
+            yield page
+            params = ops.next_page_params(params, page)
 
     async def cancel(
         self,

@@ -14,7 +14,7 @@ import atexit
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import date, datetime
 from typing import Any, TypeVar
 
@@ -306,6 +306,9 @@ class MeteringClient(DeliveryBase):
         time_zone: str | None = None,
         group_by: Sequence[str] = (),
         filters: Mapping[str, str | Iterable[str]] | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+        order_by: str | None = None,
     ) -> Summary:
         """A meter's usage over a period: one value, or windows and groups when asked."""
         params = ops.summary_params(
@@ -317,8 +320,42 @@ class MeteringClient(DeliveryBase):
             time_zone=time_zone,
             group_by=group_by,
             filters=filters,
+            limit=limit,
+            cursor=cursor,
+            order_by=order_by,
         )
         return self._drive(ops.summary(self.retry, params))
+
+    def summary_pages(
+        self,
+        meter_id: str,
+        *,
+        user_id: str | None = None,
+        period_start: datetime | date | str | None = None,
+        period_end: datetime | date | str | None = None,
+        window_size: str | None = None,
+        time_zone: str | None = None,
+        group_by: Sequence[str] = ("userId",),
+        filters: Mapping[str, str | Iterable[str]] | None = None,
+        limit: int | None = None,
+    ) -> Iterator[Summary]:
+        """Every page of a summary grouped by userId (`limit` users a page), one request
+        per page as the loop asks for it; each page's `value` is the whole period's."""
+        params: list[tuple[str, str]] | None = ops.summary_params(
+            meter_id,
+            user_id=user_id,
+            period_start=period_start,
+            period_end=period_end,
+            window_size=window_size,
+            time_zone=time_zone,
+            group_by=group_by,
+            filters=filters,
+            limit=limit,
+        )
+        while params is not None:
+            page = self._drive(ops.summary(self.retry, params))
+            yield page
+            params = ops.next_page_params(params, page)
 
     def cancel(
         self,

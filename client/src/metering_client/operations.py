@@ -77,6 +77,9 @@ def summary_params(
     time_zone: str | None = None,
     group_by: Sequence[str] = (),
     filters: Mapping[str, str | Iterable[str]] | None = None,
+    limit: int | None = None,
+    cursor: str | None = None,
+    order_by: str | None = None,
 ) -> list[tuple[str, str]]:
     """The summary's query string; repeated names for groupBy and multi-valued filters."""
     params = [("meterId", meter_id)]
@@ -86,6 +89,9 @@ def summary_params(
         "timeZone": time_zone,
         "periodStart": None if period_start is None else period_bound(period_start),
         "periodEnd": None if period_end is None else period_bound(period_end),
+        "limit": None if limit is None else str(limit),
+        "cursor": cursor,
+        "orderBy": order_by,
     }
     params += [(name, value) for name, value in optional.items() if value is not None]
     params += [("groupBy", name) for name in group_by]
@@ -98,6 +104,16 @@ def summary_params(
 def summary(policy: RetryPolicy, params: list[tuple[str, str]]) -> Op[Summary]:
     answer = yield from _call(policy, "GET", f"{EVENTS_PATH}/summary", params=params)
     return Summary.from_json(answer.ok())
+
+
+def next_page_params(params: list[tuple[str, str]], page: Summary) -> list[tuple[str, str]] | None:
+    """The query string of the page after `page` (same query, its `nextCursor`), or None
+    when `page` was the last one."""
+    if page.next_cursor is None:
+        return None
+    return [(name, value) for name, value in params if name != "cursor"] + [
+        ("cursor", page.next_cursor)
+    ]
 
 
 def send_events(policy: RetryPolicy, events: Sequence[Event]) -> Op[list[EventOutcome]]:

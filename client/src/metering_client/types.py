@@ -193,6 +193,7 @@ class Window:
 @dataclass(frozen=True)
 class Summary:
     """A meter's aggregated usage; `windows` is None unless windows or groups were asked.
+    Grouped by userId, `windows` holds one page of users (see `summary_pages`).
     `value` is an int (exact at any size: sums past int64 included) or, for avg, a float."""
 
     meter_id: str
@@ -204,6 +205,8 @@ class Summary:
     period_start: datetime | None
     period_end: datetime | None
     windows: list[Window] | None
+    #: Grouped by userId: the cursor of the next page of users, None on the last page.
+    next_cursor: str | None = None
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> Summary:
@@ -218,4 +221,5 @@ class Summary:
             period_start=_time(body.get("periodStart")),
             period_end=_time(body.get("periodEnd")),
             windows=None if windows is None else [Window.from_json(w) for w in windows],
+            next_cursor=body.get("nextCursor"),
         )

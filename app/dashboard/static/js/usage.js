@@ -1,10 +1,12 @@
 // A meter's usage: the chart, the period total and the top users, all from the summary API.
 //
 // One query (period, window, zone, split, filters) makes up to three summary calls: the
-// windows of the period (dense: every window, the chart's axis and the total), the same
-// split by one dimension (only the (window, group) pairs that have events), and the period
-// grouped by user (the top users). Every number shown is one the API answered, exactly:
-// values beyond 2^53-1 arrive as digit strings and are kept and formatted as BigInts.
+// windows of the period (dense: every window, the chart's axis and the period total), the
+// same split by one dimension (only the (window, group) pairs that have events), and the
+// top users, which the API ranks itself (`orderBy=-value&limit=10`): a page never asks for
+// every user. Split by user, the chart shows the users with the largest values of the
+// period (one more call ranks them first). Every number shown is one the API answered,
+// exactly: values beyond 2^53-1 arrive as digit strings and are kept and formatted as BigInts.
 
 import * as api from "./api.js";
 import { download, fileSafe, toCsv } from "./csv.js";
@@ -57,12 +59,32 @@ function baseParams(query) {
     ...query.filters.flatMap(([name, values]) => values.map((v) => [`filter[${name}]`, v]))];
 }
 
+/** The `limit` users with the largest values of the period, as the API ranks them. */
+function topUsersOf(query, limit) {
+  return api.summary([...baseParams(query), ["groupBy", "userId"], ["orderBy", "-value"],
+    ["limit", String(limit)]]);
+}
+
+/** The split: by a dimension, every group; by user, the MAX_SERIES top users' windows. */
+async function fetchSplit(query, windowed) {
+  if (query.split !== "userId") return api.summary([...windowed, ["groupBy", query.split]]);
+  const top = await topUsersOf(query, MAX_SERIES);
+  const users = top.windows.map((w) => w.groupBy.userId);
+  if (!users.length) return { windows: [], nextCursor: null, moreUsers: false };
+  // the top users replace a user filter of the form (they are within it already)
+  const others = windowed.filter(([name]) => name !== "filter[userId]");
+  const split = await api.summary([...others, ["groupBy", "userId"], ["limit", String(MAX_SERIES)],
+    ...users.map((user) => ["filter[userId]", user])]);
+  split.moreUsers = users.length === MAX_SERIES;  // there may be others, ranked lower
+  return split;
+}
+
 function fetchUsage(query) {
   const windowed = [...baseParams(query), ["windowSize", query.windowSize]];
   return Promise.all([
     api.summary(windowed),
-    query.split ? api.summary([...windowed, ["groupBy", query.split]]) : null,
-    api.summary([...baseParams(query), ["groupBy", "userId"]]),
+    query.split ? fetchSplit(query, windowed) : null,
+    topUsersOf(query, TOP_USERS),
   ]);
 }
 
@@ -102,12 +124,6 @@ function barHeight(value) {
   return typeof value === "bigint" ? Number(value) : value;
 }
 
-/** Larger values first, no value last; exact for BigInts and Numbers alike. */
-function byValueDescending(a, b) {
-  if (a === null || b === null) return (a === null) - (b === null);
-  return a > b ? -1 : a < b ? 1 : 0;
-}
-
 function chartSeries() {
   const { dense, split, query } = shown;
   const labels = dense.windows.map((w) => windowLabel(w.windowStart, query.windowSize));
@@ -123,7 +139,10 @@ function chartSeries() {
     group.events += w.eventCount;
   }
   const ordered = [...groups.values()].sort((a, b) => b.events - a.events || a.label.localeCompare(b.label));
-  return { labels, datasets: ordered.slice(0, MAX_SERIES), left: Math.max(ordered.length - MAX_SERIES, 0) };
+  const left = Math.max(ordered.length - MAX_SERIES, 0);
+  const note = split.moreUsers ? `The ${MAX_SERIES} users with the largest values`
+    : left ? `${left} more groups are in the table` : "";
+  return { labels, datasets: ordered.slice(0, MAX_SERIES), note };
 }
 
 function drawChart() {
@@ -144,7 +163,7 @@ function drawChart() {
       interaction: { mode: "index", intersect: false },
       scales: { x: { stacked }, y: { stacked, beginAtZero: true } },
       plugins: { legend: { display: datasets.length > 1, position: "bottom" },
-        subtitle: { display: series.left > 0, text: `${series.left} more groups are in the table` } } },
+        subtitle: { display: Boolean(series.note), text: series.note } } },
   });
 }
 
@@ -169,12 +188,9 @@ function renderTable() {
       numeric(i) ? formatNumber(cell) : (i === 2 ? groupLabel(cell) : cell))))));
 }
 
+/** The top users as the API ranked them (largest first, ties by user id). */
 function topUsers() {
-  return [...shown.users.windows]
-    .sort((a, b) => byValueDescending(a.value, b.value)
-      || a.groupBy.userId.localeCompare(b.groupBy.userId))
-    .slice(0, TOP_USERS)
-    .map((w, i) => [i + 1, w.groupBy.userId, w.value, w.eventCount]);
+  return shown.users.windows.map((w, i) => [i + 1, w.groupBy.userId, w.value, w.eventCount]);
 }
 
 function renderTopUsers() {

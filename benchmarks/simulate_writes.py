@@ -17,8 +17,9 @@ does:
   a random 63-bit id otherwise (as `app.services.ingest`);
 - rollups: per batch, one write per distinct (user series, UTC day) and one per distinct
   (org-wide series, UTC day) of each meter (`app.storage.shards.org_series`), each to
-  the shard a per-instance `app.storage.shards.Picker` picks (run on a simulated clock),
-  named by `app.storage.rollups.key_name`; days by `app.core.slots.day_and_slot`.
+  the shard a per-instance `app.storage.shards.Picker` picks (run on a simulated clock:
+  a rollup that instance wrote within `HOT_SECONDS` to a random shard, any other to the
+  instance's home shard, drawn once per instance), named by `app.storage.rollups.key_name`; days by `app.core.slots.day_and_slot`.
 
 It then counts, per second of simulated time:
 
@@ -311,6 +312,7 @@ class Result:
     org_rollups: PeakCounter = field(default_factory=PeakCounter)
     event_entities: PeakCounter = field(default_factory=PeakCounter)
     ranges: dict[str, PeakCounter] = field(default_factory=dict)
+    homes: list[int] = field(default_factory=list)  # each instance's home shard
 
     @property
     def writes(self) -> int:
@@ -340,7 +342,7 @@ def simulate(
     ]
     composite = composite_indexes()
     rollup_composite = composite_indexes(kind="meter-rollup")
-    result = Result(traffic, shards)
+    result = Result(traffic, shards, homes=[picker.home for picker in pickers])
     for name in list(BUILT_IN_RANGES) + [c[0] for c in composite + rollup_composite]:
         result.ranges[name] = PeakCounter(limit=500)
     # Rollups of a day that begins inside the run are created by it (see the docstring).

@@ -88,15 +88,17 @@ def test_a_user_writing_many_batches_a_second_spreads_and_a_rare_one_stays_on_ho
     # one entity per day to read), not to shard 0 from every instance.
     mixed = sim.Traffic(rate=400, seconds=2, warmup=1, users=5000, meters=2, instances=4, seed=5)
     last_write: dict = {}
-    hot_keys, writers = set(), {}
+    hot_keys, writers, cold_writes = set(), {}, 0
     for batch in sim.generate(mixed):
         for rollup in sim.rollup_writes(batch)[0]:
             seen = last_write.get((batch.instance, rollup))
-            if seen is not None and batch.arrival - seen < HOT_SECONDS:
+            is_hot = seen is not None and batch.arrival - seen < HOT_SECONDS
+            if is_hot:
                 hot_keys.add(rollup)
             last_write[batch.instance, rollup] = batch.arrival
             if batch.arrival >= mixed.warmup:  # the simulation counts these writes
                 writers.setdefault(rollup, set()).add(batch.instance)
+                cold_writes += not is_hot
     result = sim.simulate(mixed, 8)
     written, homes = set(result.user_rollups.totals), result.homes
     cold = {rollup: instances for rollup, instances in writers.items() if rollup not in hot_keys}
@@ -108,6 +110,9 @@ def test_a_user_writing_many_batches_a_second_spreads_and_a_rare_one_stays_on_ho
         assert entities == {key_name(meter, series, day, homes[i]) for i in instances}
         if len(instances) == 1:
             assert len(entities) == 1
+    # The report's cold-writes column counts exactly those writes, all on home shards.
+    assert sum(result.cold_user_rollups.totals.values()) == cold_writes
+    assert {shard_of(name) for name in result.cold_user_rollups.totals} <= set(homes)
 
 
 def test_narrower_index_prefixes_take_no_more_entries_than_wider_ones():

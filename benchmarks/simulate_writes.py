@@ -17,13 +17,17 @@ does:
   a random 63-bit id otherwise (as `app.services.ingest`);
 - rollups: per batch, one write per distinct (user series, UTC day) and one per distinct
   (org-wide series, UTC day) of each meter (`app.storage.shards.org_series`), each to
-  the shard a per-instance `app.storage.shards.Picker` picks (run on a simulated clock),
-  named by `app.storage.rollups.key_name`; days by `app.core.slots.day_and_slot`.
+  the shard a per-instance `app.storage.shards.Picker` picks (run on a simulated clock:
+  a rollup that instance wrote within `HOT_SECONDS` to a random shard, any other to the
+  instance's home shard, drawn once per instance), named by `app.storage.rollups.key_name`;
+  days by `app.core.slots.day_and_slot`.
 
 It then counts, per second of simulated time:
 
 - writes on each entity (user rollups, org-wide rollups, events), and reports the
-  hottest one: its peak writes in one second and its mean rate over the run;
+  hottest one: its peak writes in one second and its mean rate over the run; for user
+  rollups also counting only cold writes (those an instance sends to its home shard), the
+  part hot spreading does not divide by N;
 - index entries written into each *narrow range* of a monotonically increasing value.
   A range is the entries sharing an index's equality prefix and one second of its time
   value: for the built-in single-property indexes of `Timestamp` (the event's time) and
@@ -36,11 +40,12 @@ It then counts, per second of simulated time:
   ranges are (MeterId[, UserId], Day), counted when the run starts at a UTC midnight
   (`--start 2026-12-07T00:00:00`), where every active series creates a new rollup.
 
-Both per scenario (events per second) and per shard count N (`--shards 1,8,32,128`; N=1
-is the unsharded write path). Prints one table of entities and one of index ranges.
+Both per scenario (events per second) and per shard count N (`--shards 1,8,32,64`; N=1
+is the unsharded write path; the service allows at most `MAX_SHARDS` (64), and a larger N
+runs the same Picker widened, as a what-if). Prints one table of entities and one of index ranges.
 
     .venv/bin/python benchmarks/simulate_writes.py                  # 1k, 10k, 100k events/s
-    .venv/bin/python benchmarks/simulate_writes.py --rates 100000 --shards 1,32,1024
+    .venv/bin/python benchmarks/simulate_writes.py --rates 10000,100000 --shards 128,1024
     .venv/bin/python benchmarks/simulate_writes.py --batch-shape user   # one user per batch
     .venv/bin/python benchmarks/simulate_writes.py --help
 
@@ -75,7 +80,7 @@ from app.core.cells import Series, series_of  # noqa: E402
 from app.core.slots import day_and_slot  # noqa: E402
 from app.services.events import idempotent_id  # noqa: E402
 from app.storage.rollups import key_name, shard_of  # noqa: E402
-from app.storage.shards import HOT_SECONDS, Picker, org_series  # noqa: E402
+from app.storage.shards import HOT_SECONDS, MAX_SHARDS, Picker, org_series  # noqa: E402
 
 #: Service CPU per stored event in 100-event batches (docs/benchmarks.md, 2x8 median).
 CPU_PER_EVENT_US = 186.0
@@ -308,9 +313,11 @@ class Result:
     user_rollup_writes: int = 0
     org_rollup_writes: int = 0
     user_rollups: PeakCounter = field(default_factory=PeakCounter)
+    cold_user_rollups: PeakCounter = field(default_factory=PeakCounter)  # home-shard writes
     org_rollups: PeakCounter = field(default_factory=PeakCounter)
     event_entities: PeakCounter = field(default_factory=PeakCounter)
     ranges: dict[str, PeakCounter] = field(default_factory=dict)
+    homes: list[int] = field(default_factory=list)  # each instance's home shard
 
     @property
     def writes(self) -> int:
@@ -334,18 +341,16 @@ def simulate(
     which do not depend on the shard count (a second shard count of one traffic)."""
     clock = _Clock()
     draw = random.Random(traffic.seed + 7919 * shards)
-    pickers = [
-        Picker(shards, hot_seconds, clock=clock, draw=draw.randrange)
-        for _ in range(traffic.instance_count)
-    ]
+    pickers = [_picker(shards, hot_seconds, clock, draw) for _ in range(traffic.instance_count)]
     composite = composite_indexes()
     rollup_composite = composite_indexes(kind="meter-rollup")
-    result = Result(traffic, shards)
+    result = Result(traffic, shards, homes=[picker.home for picker in pickers])
     for name in list(BUILT_IN_RANGES) + [c[0] for c in composite + rollup_composite]:
         result.ranges[name] = PeakCounter(limit=500)
     # Rollups of a day that begins inside the run are created by it (see the docstring).
     first_new_day = day_and_slot(traffic.start)[0] + (0 if _is_midnight(traffic.start) else 1)
     created: set[str] = set()
+    last_user_write: dict[tuple[int, Rollup], float] = {}  # (instance, rollup) -> arrival
     for batch in generate(traffic):
         clock.now = batch.arrival
         picker = pickers[batch.instance]
@@ -358,6 +363,7 @@ def simulate(
             key_name(meter, series, day, picker.pick(meter, series, day))
             for meter, series, day in orgs
         ]
+        cold = _cold(last_user_write, batch, users, hot_seconds)
         second = math.floor(batch.arrival)  # seconds since the start, warm-up included
         counted = batch.arrival >= traffic.warmup
         new_rollups = _created(created, users, orgs, user_names + org_names, first_new_day)
@@ -367,8 +373,10 @@ def simulate(
         result.events += len(batch.events)
         result.user_rollup_writes += len(user_names)
         result.org_rollup_writes += len(org_names)
-        for name in user_names:
+        for name, is_cold in zip(user_names, cold):
             result.user_rollups.add(name, second)
+            if is_cold:
+                result.cold_user_rollups.add(name, second)
         for name in org_names:
             result.org_rollups.add(name, second)
         if events:
@@ -384,6 +392,30 @@ def simulate(
         _close(result, second, traffic.timestamp_lag)
     _close(result, 1 << 62, 0.0)
     return result
+
+
+def _picker(shards: int, hot_seconds: float, clock: _Clock, draw: random.Random) -> Picker:
+    """The service's Picker; above its cap (`MAX_SHARDS`, which the service enforces
+    because recompute locks every possible shard key) the same Picker widened to
+    `shards`, a what-if the service cannot be configured for."""
+    picker = Picker(min(shards, MAX_SHARDS), hot_seconds, clock=clock, draw=draw.randrange)
+    if shards > MAX_SHARDS:
+        picker.shards, picker.home = shards, draw.randrange(shards)
+    return picker
+
+
+def _cold(
+    last_write: dict[tuple[int, Rollup], float], batch: Batch, users: list[Rollup], hot: float
+) -> list[bool]:
+    """Which of the batch's user rollups its instance did not write within `hot` seconds
+    (the Picker sends those to the instance's home shard), recounted here rather than
+    read from the Picker, so the cold writes' peak is the rule's, not a pick's."""
+    cold = []
+    for rollup in users:
+        seen = last_write.get((batch.instance, rollup))
+        cold.append(seen is None or batch.arrival - seen >= hot)
+        last_write[batch.instance, rollup] = batch.arrival
+    return cold
 
 
 def _created(
@@ -414,7 +446,8 @@ def _is_midnight(moment: datetime) -> bool:
 def _close(result: Result, second: int, lag: float) -> None:
     """Fold the seconds nothing more is added to: entities are counted at arrival, index
     ranges by their time value, which trails arrival by up to `lag`."""
-    for counter in (result.user_rollups, result.org_rollups, result.event_entities):
+    counters = (result.user_rollups, result.cold_user_rollups, result.org_rollups)
+    for counter in counters + (result.event_entities,):
         counter.close_before(second)
     for counter in result.ranges.values():
         counter.close_before(second - math.ceil(lag) - 1)
@@ -428,6 +461,7 @@ def entity_rows(results: list[Result]) -> list[list[str]]:
     for r in results:
         seconds = r.traffic.simulated
         user_name, user_mean = r.user_rollups.hottest(seconds)
+        _, cold_mean = r.cold_user_rollups.hottest(seconds)
         _, org_mean = r.org_rollups.hottest(seconds)
         rows.append(
             [
@@ -441,6 +475,7 @@ def entity_rows(results: list[Result]) -> list[list[str]]:
                 f"{r.org_rollup_writes / r.batches:.1f}",
                 f"{r.user_rollups.peak} / {user_mean:.1f} (shard {_shard(user_name)})",
                 str(r.user_rollups.over(seconds)),
+                f"{r.cold_user_rollups.peak} / {cold_mean:.1f}",
                 f"{r.org_rollups.peak} / {org_mean:.1f}",
                 str(r.org_rollups.over(seconds)),
                 str(r.event_entities.peak) if r.event_entities.peak else "(as N above)",
@@ -464,6 +499,7 @@ ENTITY_HEADER = [
     "org rollup writes/batch",
     "user rollups: peak w in 1 s / hottest mean w/s",
     "user rollups > 1 w/s (mean)",
+    "user rollups, cold writes only: peak / hottest mean",
     "org rollups: peak w in 1 s / hottest mean w/s",
     "org rollups > 1 w/s (mean)",
     "events: peak w in 1 s",
@@ -540,7 +576,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--rates", default="1000,10000,100000", help="events per second per org, comma-separated"
     )
     parser.add_argument(
-        "--shards", default="1,8,32,128", help="rollup shard counts N to compare (1: unsharded)"
+        "--shards",
+        default="1,8,32,64",
+        help=f"rollup shard counts N to compare (1: unsharded; the service allows 1 to "
+        f"{MAX_SHARDS}, more is a what-if)",
     )
     parser.add_argument(
         "--seconds",

@@ -74,7 +74,7 @@ def test_sharding_lowers_the_peak_writes_on_one_org_rollup_and_keeps_the_totals(
     assert sharded.org_rollups.hottest(seconds)[1] < unsharded.org_rollups.hottest(seconds)[1]
 
 
-def test_a_user_writing_many_batches_a_second_spreads_and_a_rare_one_stays_on_shard_zero():
+def test_a_user_writing_many_batches_a_second_spreads_and_a_rare_one_stays_on_home_shards():
     one_hot_user = sim.Traffic(
         rate=2000, seconds=2, warmup=1, users=1, meters=1, dimensions=(), instances=1, seed=5
     )
@@ -84,24 +84,35 @@ def test_a_user_writing_many_batches_a_second_spreads_and_a_rare_one_stays_on_sh
     assert hot.user_rollups.peak < sim.simulate(one_hot_user, 1).user_rollups.peak
 
     # The rule, recounted: a user rollup that no instance wrote twice within HOT_SECONDS
-    # is only ever written to shard 0 (one entity per day to read).
-    mixed = sim.Traffic(rate=400, seconds=2, warmup=1, users=5000, meters=2, instances=2, seed=5)
+    # is written only to the home shards of the instances that wrote it (one instance:
+    # one entity per day to read), not to shard 0 from every instance.
+    mixed = sim.Traffic(rate=400, seconds=2, warmup=1, users=5000, meters=2, instances=4, seed=5)
     last_write: dict = {}
-    hot_keys, all_keys = set(), set()
+    hot_keys, writers, cold_writes = set(), {}, 0
     for batch in sim.generate(mixed):
         for rollup in sim.rollup_writes(batch)[0]:
             seen = last_write.get((batch.instance, rollup))
-            if seen is not None and batch.arrival - seen < HOT_SECONDS:
+            is_hot = seen is not None and batch.arrival - seen < HOT_SECONDS
+            if is_hot:
                 hot_keys.add(rollup)
             last_write[batch.instance, rollup] = batch.arrival
-            all_keys.add(rollup)
-    written = set(sim.simulate(mixed, 8).user_rollups.totals)
-    cold_keys = all_keys - hot_keys
+            if batch.arrival >= mixed.warmup:  # the simulation counts these writes
+                writers.setdefault(rollup, set()).add(batch.instance)
+                cold_writes += not is_hot
+    result = sim.simulate(mixed, 8)
+    written, homes = set(result.user_rollups.totals), result.homes
+    cold = {rollup: instances for rollup, instances in writers.items() if rollup not in hot_keys}
 
-    assert hot_keys and cold_keys
-    for meter, series, day in cold_keys:
-        assert not {key_name(meter, series, day, shard) for shard in range(1, 8)} & written
-    assert any(shard_of(name) for name in written)
+    assert len(homes) == mixed.instances and len(set(homes)) > 1
+    assert hot_keys and cold and any(len(instances) > 1 for instances in cold.values())
+    for (meter, series, day), instances in cold.items():
+        entities = {key_name(meter, series, day, shard) for shard in range(8)} & written
+        assert entities == {key_name(meter, series, day, homes[i]) for i in instances}
+        if len(instances) == 1:
+            assert len(entities) == 1
+    # The report's cold-writes column counts exactly those writes, all on home shards.
+    assert sum(result.cold_user_rollups.totals.values()) == cold_writes
+    assert {shard_of(name) for name in result.cold_user_rollups.totals} <= set(homes)
 
 
 def test_narrower_index_prefixes_take_no_more_entries_than_wider_ones():

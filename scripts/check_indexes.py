@@ -40,6 +40,7 @@ NEEDED_BY = {
     "meter-event(MeterId, UserId, Timestamp) ancestor": (
         "test_events_of_a_meter_and_user_in_a_time_range"
     ),
+    "meter-org-rollup(MeterId, Day) ancestor": "test_org_wide_rollups_of_a_meter_over_days",
     "meter-rollup(MeterId, Day) ancestor": "test_rollups_of_a_meter_over_days_all_users",
     "meter-rollup(MeterId, UserId, Day) ancestor": "test_rollups_of_a_meter_and_user_over_days",
     "meter-event(MeterId, Timestamp desc) ancestor": "test_recent_events_of_a_meter",

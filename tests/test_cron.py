@@ -23,7 +23,12 @@ def _at(minutes_ago: int) -> str:
 
 def _dirty(config, org) -> int:
     raw = datastore.Client(project=config.project, namespace=org["namespace"])
-    return sum(1 for e in raw.query(kind="meter-rollup").fetch() if e.get("Dirty"))
+    return sum(
+        1
+        for kind in ("meter-rollup", "meter-org-rollup")
+        for e in raw.query(kind=kind).fetch()
+        if e.get("Dirty")
+    )
 
 
 def _record_spread(api: Api, users: int) -> dict:

@@ -58,7 +58,9 @@ def _forget_latest_values(config, org) -> None:
     """Rewrite the org's rollups as a release before `L` properties left them: `last`
     deltas that say only when the latest event happened, so readers query raw events."""
     raw = datastore.Client(project=config.project, namespace=org["namespace"])
-    rollups = list(raw.query(kind="meter-rollup").fetch())
+    rollups = [
+        e for kind in ("meter-rollup", "meter-org-rollup") for e in raw.query(kind=kind).fetch()
+    ]
     for rollup in rollups:
         for name in [name for name in rollup if name.startswith("L")]:
             del rollup[name]

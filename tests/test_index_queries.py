@@ -4,7 +4,7 @@ On the legacy emulator (--require_indexes) these prove index.yaml declares enoug
 scripts/check_indexes.py runs them with each index removed in turn to prove that
 every declared index is needed. Periods between slot boundaries read raw events at
 their edges (meter-event indexes); periods on day boundaries read rollups only
-(meter-rollup indexes).
+(meter-rollup and meter-org-rollup indexes).
 """
 
 from __future__ import annotations
@@ -65,10 +65,26 @@ def test_events_of_a_meter_and_user_in_a_time_range(api):
     assert api.summary(meterId=meter["id"], **_unaligned(userId="u2"))["value"] == 200
 
 
-def test_rollups_of_a_meter_over_days_all_users(api):
-    """meter-rollup (MeterId, Day)."""
+def test_org_wide_rollups_of_a_meter_over_days(api):
+    """meter-org-rollup (MeterId, Day): a summary of all users."""
     meter = _record_two_users(api)
     assert api.summary(meterId=meter["id"], **_whole_days())["value"] == 4 * 101
+
+
+def test_rollups_of_a_meter_over_days_all_users(api):
+    """meter-rollup (MeterId, Day): every user's rollups, as a filter on users reads them."""
+    meter = _record_two_users(api)
+    answer = api.get(
+        "/v1/billing/meter-events/summary",
+        params=[
+            ("meterId", meter["id"]),
+            *_whole_days().items(),
+            ("filter[userId]", "u1"),
+            ("filter[userId]", "u2"),
+        ],
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["value"] == 4 * 101
 
 
 def test_rollups_of_a_meter_and_user_over_days(api):

@@ -121,9 +121,8 @@ def test_org_wide_answers_equal_the_per_user_ones_and_a_brute_force(api, aggrega
 
 def _org_rollups(config, org, meter_id: str) -> int:
     raw = datastore.Client(project=config.project, namespace=org["namespace"])
-    query = raw.query(kind="meter-rollup")
+    query = raw.query(kind="meter-org-rollup")
     query.add_filter(filter=PropertyFilter("MeterId", "=", meter_id))
-    query.add_filter(filter=PropertyFilter("UserId", "=", ""))
     return sum(1 for _ in query.fetch())
 
 
@@ -245,8 +244,7 @@ def test_a_meter_without_complete_org_wide_rollups_reads_user_rollups_until_rebu
         meter_key_id = get_meter(meter["id"]).key.id()
     # as before this release: no marker, no org-wide rollups
     raw.delete(raw.key("synckey", 1, rollups.ORG_WIDE_KIND, str(meter_key_id)))
-    query = raw.query(kind="meter-rollup")
-    query.add_filter(filter=PropertyFilter("UserId", "=", ""))
+    query = raw.query(kind="meter-org-rollup")
     raw.delete_multi([entity.key for entity in query.fetch()])
     rollups._org_wide_known.clear()  # the service runs in this process: forget the marker
 

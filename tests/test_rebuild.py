@@ -127,8 +127,11 @@ def test_rebuild_while_events_arrive_loses_and_doubles_nothing(api, config, org)
 
 
 def _rollup_entities(config, org):
+    """Every rollup entity: users' and org-wide ones (each shard folded by compaction)."""
     raw = datastore.Client(project=config.project, namespace=org["namespace"])
-    return list(raw.query(kind="meter-rollup").fetch())
+    return [
+        e for kind in ("meter-rollup", "meter-org-rollup") for e in raw.query(kind=kind).fetch()
+    ]
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ from tests.support.http import error_of
 
 SUMMARY = "/v1/billing/meter-events/summary"
 ROLLUP = "meter-rollup"
+ORG_ROLLUP = "meter-org-rollup"
 
 
 @pytest.fixture
@@ -45,7 +46,7 @@ def _corrupt_the_rollup(config, org) -> str:
     users reads) with text that is not JSON, as a bad restore or a foreign writer could;
     returns its key's name."""
     raw = datastore.Client(project=config.project, namespace=org["namespace"])
-    stored = [entity for entity in raw.query(kind=ROLLUP).fetch() if entity["UserId"] == ""]
+    stored = list(raw.query(kind=ORG_ROLLUP).fetch())
     assert len(stored) == 1
     rollup = stored[0]
     rollup["Slots_"] = '{"36": [1, 5, not json'
@@ -83,7 +84,7 @@ def test_a_corrupt_rollup_is_an_internal_error_logged_with_its_key(api, config, 
     assert "not json" not in answer.text and key_name not in answer.text
     failures = [line for line in log_lines() if line["severity"] == "ERROR"]
     assert len(failures) == 1, failures
-    assert failures[0]["entityKey"] == f"{org['namespace']}:synckey/1/{ROLLUP}/{key_name}"
+    assert failures[0]["entityKey"] == f"{org['namespace']}:synckey/1/{ORG_ROLLUP}/{key_name}"
     assert key_name in failures[0]["message"] and meter["id"] in failures[0]["message"]
     assert failures[0]["requestId"] == answer.headers["X-Request-Id"]
 

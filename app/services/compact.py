@@ -32,10 +32,15 @@ PAGE = 500
 
 def dirty_keys(limit: int = PAGE) -> list[KeyPb]:
     """Keys of up to `limit` rollups of the current org with deltas to fold."""
-    query = queries.build("meter-rollup", [("Dirty", q.PropertyFilter.Operator.EQUAL, True)])
-    query.projection.add().property.name = "__key__"
-    query.limit.value = limit
-    return [entity.key for entity in rpc.run_query(query, ndb.get_context().get_namespace())]
+    keys: list[KeyPb] = []
+    for kind in (rollups.KIND, rollups.ORG_KIND):  # users' rollups, then org-wide ones
+        if len(keys) >= limit:
+            break
+        query = queries.build(kind, [("Dirty", q.PropertyFilter.Operator.EQUAL, True)])
+        query.projection.add().property.name = "__key__"
+        query.limit.value = limit - len(keys)
+        keys += [entity.key for entity in rpc.run_query(query, ndb.get_context().get_namespace())]
+    return keys
 
 
 def _group_of(key_pb: KeyPb) -> tuple[int, str, Series, int] | None:

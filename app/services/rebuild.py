@@ -30,9 +30,10 @@ def targets(meter: Meter) -> list[tuple[Series, int]]:
         day = day_and_slot(event.timestamp)[0]
         found.add((event.series, day))
         found.add((shards.org_series(event.series), day))
-    for entity in queries.rollups(meter.id_, None, None, None):
-        rollup = rollups.decode_parts(entity)
-        found.add((rollup.series, rollup.day))
+    for user in (None, shards.ORG_USER):  # every user's rollups, then the org-wide ones
+        for entity in queries.rollups(meter.id_, user, None, None):
+            rollup = rollups.decode_parts(entity)
+            found.add((rollup.series, rollup.day))
     return sorted(found, key=lambda item: (item[1], rollups.series_json(item[0])))
 
 

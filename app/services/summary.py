@@ -120,8 +120,6 @@ def _rollup_cells(
         deadline.check()  # decoding a page of rollups is CPU between two RPCs
         reading.key = entity.key
         series, day, base, deltas, unknown = rollups.decode_parts(entity)
-        if user_id is None and shards.is_org(series):
-            continue  # all users' rollups are read: the org-wide ones would count twice
         if unknown:  # sum deltas at an int64 bound may have clamped: fold, then read again
             raise recompute.Unsettled(entity.key)
         moments = slot_starts.get(day)

@@ -15,7 +15,8 @@ from google.cloud import ndb
 from google.cloud.datastore_v1.types import query as q
 
 from app.models.base import ROOT_ID, ROOT_KIND
-from app.storage import entities, rpc
+from app.storage import entities, rpc, shards
+from app.storage import rollups as rollups_kind
 from app.storage.entities import EntityPb, KeyPb
 
 Query = q.Query.pb()
@@ -105,11 +106,13 @@ def events(
 def rollups(
     meter_id: str, user_id: str | None, first_day: int | None, last_day: int | None
 ) -> Iterator[EntityPb]:
-    """Raw `meter-rollup` entities of a meter (and user) for first_day <= Day <= last_day."""
+    """Raw rollup entities of a meter for first_day <= Day <= last_day: of one user, of all
+    users (None), or the org-wide ones (`shards.ORG_USER`, kind `meter-org-rollup`)."""
+    org = user_id == shards.ORG_USER
     return _of_meter(
-        "meter-rollup",
+        rollups_kind.ORG_KIND if org else rollups_kind.KIND,
         meter_id,
-        user_id,
+        None if org else user_id,
         "Day",
         (_OP.GREATER_THAN_OR_EQUAL, first_day),
         (_OP.LESS_THAN_OR_EQUAL, last_day),
@@ -117,16 +120,14 @@ def rollups(
 
 
 def rollup_keys(meter_id: str, user_id: str, day: int) -> list[KeyPb]:
-    """Keys of the `meter-rollup` entities of a meter and user (or org-wide, user "") on one
-    day: every shard of every series (keys only; the (MeterId, UserId, Day) index)."""
-    query = build(
-        "meter-rollup",
-        [
-            ("MeterId", _OP.EQUAL, meter_id),
-            ("UserId", _OP.EQUAL, user_id),
-            ("Day", _OP.EQUAL, day),
-        ],
-    )
+    """Keys of the rollup entities of a meter and user (or the org-wide ones, user "") on
+    one day: every shard of every series (keys only; equalities, built-in indexes)."""
+    conditions: list[tuple[str, int, object]] = [("MeterId", _OP.EQUAL, meter_id)]
+    if user_id != shards.ORG_USER:
+        conditions.append(("UserId", _OP.EQUAL, user_id))
+    conditions.append(("Day", _OP.EQUAL, day))
+    org = user_id == shards.ORG_USER
+    query = build(rollups_kind.ORG_KIND if org else rollups_kind.KIND, conditions)
     query.projection.add().property.name = "__key__"
     return [entity.key for entity in rpc.run_query(query, ndb.get_context().get_namespace())]
 

@@ -62,10 +62,21 @@ from app.core.cells import Cell, Series
 from app.core.slots import SLOTS_PER_DAY as SLOTS_PER_DAY  # re-exported: a rollup is a day
 from app.core.slots import day_and_slot as day_and_slot
 from app.core.slots import slot_start as slot_start
-from app.storage import entities, rpc
+from app.storage import entities, rpc, shards
 from app.storage.entities import EntityPb, KeyPb
 
 KIND = "meter-rollup"
+#: Org-wide rollups (series of user `shards.ORG_USER`): a kind of their own, so that a
+#: summary of all users queries only them (and an emulator, which scans a kind to answer
+#: a query, scans a few entities per day rather than every user's rollups).
+ORG_KIND = "meter-org-rollup"
+
+
+def kind_of(series: Series) -> str:
+    """The kind holding a series' rollups: org-wide ones apart from users'."""
+    return ORG_KIND if series.user_id == shards.ORG_USER else KIND
+
+
 _STATIC = ("MeterId", "UserId", "Day", "Series_", "Dirty")
 #: Sum deltas at which an increment may have saturated (the server clamps).
 INT64_BOUNDS = frozenset((INT64_MAX, INT64_MIN))
@@ -104,7 +115,7 @@ def key(
     meter_key_id: int, series: Series, day: int, namespace: str | None = None, shard: int = 0
 ) -> KeyPb:
     """The rollup's key."""
-    return entities.key(KIND, key_name(meter_key_id, series, day, shard), namespace)
+    return entities.key(kind_of(series), key_name(meter_key_id, series, day, shard), namespace)
 
 
 def _static(entity: EntityPb, meter_id: str, series: Series, day: int, dirty: bool) -> None:
@@ -152,7 +163,9 @@ def increments(
     if mutation is None:
         mutation = rpc.Mutation()
     _static(mutation.upsert, meter_id, series, day, dirty=True)
-    entities.fill_key(mutation.upsert.key, KIND, key_name(meter_key_id, series, day, shard))
+    entities.fill_key(
+        mutation.upsert.key, kind_of(series), key_name(meter_key_id, series, day, shard)
+    )
     mutation.property_mask.paths.extend(_STATIC)
     # mypy: Aggregation is a str enum: the plain name finds its key
     wanted = _DELTAS[aggregation]  # type: ignore[index]
@@ -350,7 +363,7 @@ def is_dirty(entity: EntityPb) -> bool:
 #: events another writer stored) have none until rebuilt, and summaries of all users read
 #: their user rollups meanwhile: slower, never wrong. A kind of its own, because the Go
 #: side reads `meter` entities and would refuse a property it does not know.
-ORG_WIDE_KIND = "meter-org-rollups"
+ORG_WIDE_KIND = "meter-org-complete"
 _org_wide_known: set[tuple[str, str, int]] = set()  # (project, namespace, meter): marked
 
 

@@ -15,13 +15,18 @@ Then it measures, in process (`app.services.summary.summarize`, entities read fr
 of several runs with the orgs interleaved, so machine noise hits both alike:
 
 - before compaction: the period total, and `last` against `sum` grouped by user;
-- after `compact.compact_org` in every org (what `metering rollups compact` does): the
-  period total (30 days, no groupBy), daily windows grouped by `model`, daily windows in
-  Asia/Kolkata filtered on one model, the users' breakdown (`groupBy=userId`; the top 10
-  are taken from it), and `last` against `sum` by user again;
-- two probes of the emulator: a query that matches nothing (what a query costs the
-  emulator just to scan the kind) and a lookup of every org-wide rollup key of the
-  period (what the same reads cost by key).
+- after folding the org-wide rollups (compaction's own transaction on every shard of
+  each, see `--compact`): the period total (30 days, no groupBy), daily windows grouped
+  by `model`, daily windows in Asia/Kolkata filtered on one model, the users' breakdown
+  (`groupBy=userId`, whole: this branch has no `orderBy`/`limit`; the top 10 are taken
+  from it), and `last` against `sum` by user again;
+- three probes of the emulator: a query of a kind with no entity (an RPC's fixed
+  cost), a rollup query that matches nothing (what the emulator spends scanning the
+  kind, which Cloud Datastore's indexes do not), and a lookup of every org-wide rollup
+  key of the period (the same 960 entities read by key).
+
+Each time is split into the time spent inside Datastore RPCs (the emulator) and the
+rest (`own ms`: decoding and merging, the service's part).
 
 Every answer is compared with a brute force computed from the generated events (totals,
 every window and group, every user's value), so the figures also prove exactness. The

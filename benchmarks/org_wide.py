@@ -106,10 +106,11 @@ class Usage:
         return index
 
 
-def generate(users: int, share: float, per_day: int, seed: int) -> Usage:
+def generate(users: int, share: float, per_day: int, seed: int, extra: int = 0) -> Usage:
     """One event per user at a random instant; `share` of the users (at least 10) also
-    `per_day` events on every day. Timestamps are unique per user (so `last` is defined
-    without ties), values 1..1000, models at random."""
+    `per_day` events on every day; `extra` more events of random users at random instants.
+    Timestamps are unique per user (so `last` is defined without ties), values 1..1000,
+    models at random."""
     rng = random.Random(seed)
     active = min(users, max(10, round(users * share)))
     usage = Usage(users, active)
@@ -130,6 +131,8 @@ def generate(users: int, share: float, per_day: int, seed: int) -> Usage:
         for day in range(DAYS):
             for _ in range(per_day):
                 add(f"u{number:06d}", day * 86_400_000_000, (day + 1) * 86_400_000_000)
+    for _ in range(extra):
+        add(f"u{rng.randrange(users):06d}", 0, SPAN_US)
     rng.shuffle(usage.events)  # batches mix users and days, as traffic does
     return usage
 
@@ -416,6 +419,13 @@ def main() -> int:
     parser.add_argument("--by-user", type=int, default=5_000, help="users of last vs sum (5000)")
     parser.add_argument("--share", type=float, default=0.01, help="users with events every day")
     parser.add_argument("--per-day", type=int, default=2, help="their events per day (2)")
+    parser.add_argument(
+        "--small-extra",
+        type=int,
+        default=0,
+        help="more events for the small org's users, at random instants (0): with 160000 "
+        "the small org has as many events as the large one, and only the users differ",
+    )
     parser.add_argument("--runs", type=int, default=9, help="runs of org-wide cases (9)")
     parser.add_argument("--user-runs", type=int, default=3, help="runs of by-user cases (3)")
     parser.add_argument(
@@ -469,8 +479,11 @@ def run(client, config: Config, args) -> int:
     began = time.perf_counter()
     print("Generating and seeding (record_events, 100 per batch, 4 threads):", flush=True)
     orgs_: list[Org] = []
-    for label, users, number in (("small", args.small, 1), ("large", args.large, 2)):
-        usage = generate(users, args.share, args.per_day, number)
+    for label, users, number, extra in (
+        ("small", args.small, 1, args.small_extra),
+        ("large", args.large, 2, 0),
+    ):
+        usage = generate(users, args.share, args.per_day, number, extra)
         namespace, (meter,) = _org(client, label, usage, ("sum",))
         seed(client, namespace, config, meter.id_, usage, label)
         orgs_.append(Org(label, namespace, usage, meter))

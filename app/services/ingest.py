@@ -40,7 +40,7 @@ from typing import Any, Protocol
 from google.api_core import exceptions as core_exceptions
 
 from app.core.bounds import MAX_ID
-from app.core.cells import Cell, rank, series_of
+from app.core.cells import Cell, Series, rank, series_of
 from app.core.slots import day_and_slot
 from app.errors import Unavailable
 from app.models import ids
@@ -383,21 +383,53 @@ class _Batch:
             draft = drafts[index]
             series = series_of(draft.user_id, draft.dimensions)
             day, slot = day_and_slot(draft.timestamp)
-            event_rank = rank(draft.timestamp, now, key_ids[index])
-            meter = (draft.meter_key_id, draft.meter.id_, draft.meter.aggregation_type)
-            # the user's rollup, and the org-wide one of the same dimension values
-            for group in ((*meter, series, day), (*meter, shards.org_series(series), day)):
-                cells = grouped.setdefault(group, {})
-                cell = cells.setdefault(slot, Cell())
-                cell.add_event(draft.value, event_rank)
-                if draft.value < 0:
-                    below = negatives.setdefault(group, {})
-                    below[slot] = below.get(slot, 0) + draft.value
+            group = (draft.meter_key_id, draft.meter.id_, draft.meter.aggregation_type, series, day)
+            cells = grouped.setdefault(group, {})
+            cell = cells.setdefault(slot, Cell())
+            cell.add_event(draft.value, rank(draft.timestamp, now, key_ids[index]))
+            if draft.value < 0:
+                below = negatives.setdefault(group, {})
+                below[slot] = below.get(slot, 0) + draft.value
+        self._add_org_wide(grouped, negatives)
         return grouped, negatives
+
+    @staticmethod
+    def _add_org_wide(
+        grouped: dict[tuple[Any, ...], dict[int, Cell]],
+        negatives: dict[tuple[Any, ...], dict[int, int]],
+    ) -> None:
+        """Add to `grouped` (and `negatives`) the org-wide groups: each user group's cells
+        merged, slot by slot, into the group of its dimension values without the user.
+        Merging the users' cells rather than adding every event twice: one merge per
+        (user, slot) of the batch, and one org-wide series made per dimension values."""
+        org_of: dict[tuple[tuple[str, str], ...], Series] = {}
+        for group, cells in list(grouped.items()):
+            meter_key_id, meter_id, aggregation, series, day = group
+            org = org_of.get(series.dimensions)
+            if org is None:
+                org = org_of[series.dimensions] = shards.org_series(series)
+            org_group = (meter_key_id, meter_id, aggregation, org, day)
+            target = grouped.get(org_group)
+            if target is None:
+                target = grouped[org_group] = {}
+            for slot, cell in cells.items():
+                into = target.get(slot)
+                if into is None:
+                    target[slot] = Cell(
+                        cell.count, cell.sum, cell.min, cell.max, cell.last_rank, cell.last_value
+                    )
+                else:
+                    into.merge(cell)
+            below = negatives.get(group)
+            if below:
+                org_below = negatives.setdefault(org_group, {})
+                for slot, value in below.items():
+                    org_below[slot] = org_below.get(slot, 0) + value
 
     def _add_rollups(self, into: Any, indexes: list[int], stored: dict[bytes, EntityPb]) -> None:
         """Increments where the server can add; merged replacements where we read first."""
         grouped, negatives = self._cells(indexes)
+        moment = self.picker.clock()  # one reading of the clock for the batch's picks
         for group, cells in grouped.items():
             meter_key_id, meter_id, aggregation, series, day = group
             if meter_key_id not in self.merge_meters:
@@ -410,7 +442,7 @@ class _Batch:
                     aggregation,
                     mutation=into.add(),
                     negatives=negatives.get(group),
-                    shard=self.picker.pick(meter_key_id, series, day),
+                    shard=self.picker.pick(meter_key_id, series, day, moment),
                 )
                 continue
             key_pb = rollups.key(meter_key_id, series, day)

@@ -32,9 +32,7 @@ entity per series.
 from __future__ import annotations
 
 import random
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 
 from app.core.cells import Series
@@ -71,23 +69,28 @@ class Picker:
         if not 1 <= shards <= MAX_SHARDS:
             raise ValueError(f"a rollup has 1 to {MAX_SHARDS} shards")
         self.shards, self.hot_seconds, self.clock = shards, hot_seconds, clock
-        self.draw = draw or random.SystemRandom().randrange
-        self.home = self.draw(shards) if shards > 1 else 0
-        self._last_write: OrderedDict[tuple[int, Series, int], float] = OrderedDict()
-        self._lock = threading.Lock()
+        self.draw = draw or random.Random().randrange  # any shard is exact: no need for
+        self.home = self.draw(shards) if shards > 1 else 0  # a cryptographic draw
+        #: (meter, series, day) -> when this process last wrote that user rollup. A plain
+        #: dict without a lock: a race between threads only changes which shard a write
+        #: takes, and every shard is exact. Emptied when full: forgetting makes writes cold.
+        self._last_write: dict[tuple[int, Series, int], float] = {}
 
-    def pick(self, meter_key_id: int, series: Series, day: int) -> int:
-        """The shard this write of the rollup of (meter, series, day) goes to."""
+    def pick(self, meter_key_id: int, series: Series, day: int, now: float | None = None) -> int:
+        """The shard this write of the rollup of (meter, series, day) goes to; `now`, a
+        reading of the picker's clock, when the caller has one for several picks."""
         if self.shards == 1:
             return 0
-        if is_org(series):
+        if series.user_id == ORG_USER:
             return self.draw(self.shards)
-        now, key = self.clock(), (meter_key_id, series, day)
-        with self._lock:
-            last = self._last_write.pop(key, None)
-            self._last_write[key] = now
-            if len(self._last_write) > _REMEMBERED:
-                self._last_write.popitem(last=False)
+        if now is None:
+            now = self.clock()
+        key = (meter_key_id, series, day)
+        remembered = self._last_write
+        last = remembered.get(key)
+        remembered[key] = now
+        if len(remembered) > _REMEMBERED:
+            remembered.clear()
         if last is not None and now - last < self.hot_seconds:
             return self.draw(self.shards)
         return self.home

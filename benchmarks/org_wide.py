@@ -17,9 +17,9 @@ of several runs with the orgs interleaved, so machine noise hits both alike:
 - before compaction: the period total, and `last` against `sum` grouped by user;
 - after folding the org-wide rollups (compaction's own transaction on every shard of
   each, see `--compact`): the period total (30 days, no groupBy), daily windows grouped
-  by `model`, daily windows in Asia/Kolkata filtered on one model, the users' breakdown
-  (`groupBy=userId`, whole: this branch has no `orderBy`/`limit`; the top 10 are taken
-  from it), and `last` against `sum` by user again;
+  by `model`, daily windows in Asia/Kolkata filtered on one model, the top 10 users
+  (`orderBy=-value&limit=10`), and `last` against `sum` by user again (every page of
+  1000 users of `groupBy=userId`);
 - three probes of the emulator: a query of a kind with no entity (an RPC's fixed
   cost), a rollup query that matches nothing (what the emulator spends scanning the
   kind, which Cloud Datastore's indexes do not), and a lookup of every org-wide rollup
@@ -54,6 +54,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -61,6 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from google.cloud import ndb
 from google.cloud.datastore_v1.types import query as q
 
+from app import create_app
 from app.config import Config
 from app.core.cells import Series
 from app.datastore import make_client
@@ -335,6 +337,32 @@ def summarize_all(**options) -> Callable[[Any], Any]:
     return run
 
 
+class _Pages:
+    """Every page of a breakdown by user, as one answer (`result.windows`)."""
+
+    def __init__(self, windows: list[Any]):
+        self.result = self
+        self.windows = windows
+
+
+def summarize_pages(limit: int = 1000, **options) -> Callable[[Any], Any]:
+    """A breakdown by user read page after page (`limit` users each) to its end."""
+
+    def run(meter):
+        windows: list[Any] = []
+        cursor = None
+        while True:
+            page = summary.summarize(
+                meter.id_, None, START, END, limit=limit, cursor=cursor, **options
+            )
+            windows += page.result.windows
+            cursor = page.next_cursor
+            if cursor is None:
+                return _Pages(windows)
+
+    return run
+
+
 # -- probes of the emulator ----------------------------------------------------------
 
 
@@ -452,7 +480,8 @@ def main() -> int:
             f"{END:%Y-%m-%d} ({DAYS} days), {config.rollup_shards} shards",
             flush=True,
         )
-        return run(client, config, args)
+        with create_app(config).app_context():  # page cursors are sealed with its secret
+            return run(client, config, args)
 
 
 def _org(client, label: str, usage: Usage, aggregations: tuple[str, ...]) -> tuple[str, list]:
@@ -496,14 +525,14 @@ def run(client, config: Config, args) -> int:
 
     total = Case("period total (30 days)", summarize_all(), lambda u, a: check_total(u, a), True)
     by_user_sum = Case(
-        "by user (groupBy=userId)",
-        summarize_all(group_by=("userId",)),
+        "by user (groupBy=userId, pages of 1000)",
+        summarize_pages(group_by=("userId",)),
         lambda u, a: check_users(u, a, "sum"),
         False,
     )
     by_user_last = Case(
-        "by user (groupBy=userId)",
-        summarize_all(group_by=("userId",)),
+        "by user (groupBy=userId, pages of 1000)",
+        summarize_pages(group_by=("userId",)),
         lambda u, a: check_users(u, a, "last"),
         False,
     )
@@ -636,13 +665,24 @@ def _renamed(case: Case, name: str) -> Case:
 
 
 def _top_users(case: Case) -> Case:
-    """groupBy=userId, its top 10 taken from the whole answer (no orderBy/limit here)."""
+    """The top 10 users as the API ranks them (orderBy=-value, limit=10), against the top
+    10 of a brute force over every user's events (ties by userId)."""
 
     def check(usage, answer):
-        top = case.check(usage, answer)
-        assert len(top) == min(10, usage.users)
+        expected = case.check(usage, _Pages(_every_user(usage)))
+        got = [(w.group_by["userId"], w.value) for w in answer.result.windows]
+        assert got == expected, "top 10 users differ from brute force"
 
-    return Case("top 10 users (groupBy=userId, whole answer)", case.run, check, False)
+    run = summarize_all(group_by=("userId",), order_by="-value", limit=10)
+    return Case("top 10 users (orderBy=-value, limit=10)", run, check, False)
+
+
+def _every_user(usage: Usage) -> list[Any]:
+    """Every user's sum as windows (what `check_users` reads), from the events."""
+    totals: dict[str, int] = {}
+    for user, _, value, _ in usage.events:
+        totals[user] = totals.get(user, 0) + value
+    return [SimpleNamespace(group_by={"userId": u}, value=v) for u, v in totals.items()]
 
 
 def _last_vs_sum(client, org: Org, sum_case: Case, last_case: Case, runs: int) -> list[Row]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from app.core.slots import micros
 
@@ -96,8 +96,11 @@ def settle_last(cell: Cell, latest: Callable[[frozenset[Series], int], Cell | No
         cell.merge_last(found.last_rank, found.last_value)
 
 
-@dataclass(frozen=True)
-class Series:
+class Series(NamedTuple):
+    """One user and one combination of dimension values. A NamedTuple: ingestion hashes
+    a series several times per event (its groups, its shard, its cached encodings), and
+    a tuple's hash is computed in C where a frozen dataclass's runs Python code."""
+
     user_id: str
     dimensions: tuple[tuple[str, str], ...] = ()  # sorted (name, value) pairs
 

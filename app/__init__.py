@@ -16,7 +16,7 @@ def create_app(config: Config | None = None) -> Flask:
     """Build the WSGI app for a configuration (read from the environment by default)."""
     # Lazy: `import app.<anything>` runs this file first; only building the app needs
     # Flask's views and the Datastore client (the CLI and gunicorn's config import less).
-    from app import api, datastore, deadline, errors, headers, logs, ratelimit
+    from app import api, background, datastore, deadline, errors, headers, logs, ratelimit
     from app.models import ids
 
     config = config or Config.from_env()
@@ -35,4 +35,5 @@ def create_app(config: Config | None = None) -> Flask:
     from app import dashboard  # lazy, as above
 
     dashboard.init_app(app)
+    background.init_app(app)
     return app

@@ -421,6 +421,8 @@ def serve(host, port, data_dir, workers, threads, emulator_kind):
         url = _base_url(host, port)
         _ensure_demo_org(url, data_dir if embedded else None)
         click.echo(f"Serving on {url}", err=True)
+        # No cron here: the workers fold rollups themselves (app/background.py).
+        os.environ.setdefault("METERING_BACKGROUND_COMPACTION_SECONDS", "30")
         _gunicorn(host, port, workers, threads)
 
 

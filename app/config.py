@@ -103,6 +103,10 @@ class Config:
     #: batches per second of the busiest meter, since Datastore takes about one write
     #: per second per entity.
     rollup_shards: int = 8
+    #: Seconds between two rounds of compaction in the background of each worker (the
+    #: cron's bounded call, `app/background.py`); 0, the default, leaves it to App
+    #: Engine's cron. `metering serve` sets 30 unless the environment says otherwise.
+    background_compaction_seconds: float = 0.0
 
     def __post_init__(self):
         if not 1 <= self.rollup_shards <= 64:  # app.storage.shards.MAX_SHARDS
@@ -158,6 +162,9 @@ class Config:
                 env, "METERING_UNAUTHENTICATED_PER_MINUTE", cls.unauthenticated_per_minute
             ),
             rollup_shards=_env_int(env, "METERING_ROLLUP_SHARDS", cls.rollup_shards),
+            background_compaction_seconds=_env_float(
+                env, "METERING_BACKGROUND_COMPACTION_SECONDS", cls.background_compaction_seconds
+            ),
         )
 
     def replace(self, **changes) -> Config:

@@ -33,7 +33,8 @@ PAGE = 500
 def dirty_keys(limit: int = PAGE) -> list[KeyPb]:
     """Keys of up to `limit` rollups of the current org with deltas to fold."""
     keys: list[KeyPb] = []
-    for kind in (rollups.KIND, rollups.ORG_KIND):  # users' rollups, then org-wide ones
+    # Org-wide rollups first: every summary of all users reads them, and they are few.
+    for kind in (rollups.ORG_KIND, rollups.KIND):
         if len(keys) >= limit:
             break
         query = queries.build(kind, [("Dirty", q.PropertyFilter.Operator.EQUAL, True)])

@@ -14,8 +14,8 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from datetime import date, datetime
-from typing import Any, TypeVar
+from datetime import datetime
+from typing import Any, TypeVar, Unpack
 
 import httpx
 
@@ -334,60 +334,18 @@ class AsyncMeteringClient(DeliveryBase):
     async def archive_meter(self, meter_id: str) -> Meter:
         return await self._drive(ops.archive_meter(self.retry, meter_id))
 
-    async def summary(
-        self,
-        meter_id: str,
-        *,
-        user_id: str | None = None,
-        period_start: datetime | date | str | None = None,
-        period_end: datetime | date | str | None = None,
-        window_size: str | None = None,
-        time_zone: str | None = None,
-        group_by: Sequence[str] = (),
-        filters: Mapping[str, str | Iterable[str]] | None = None,
-        limit: int | None = None,
-        cursor: str | None = None,
-        order_by: str | None = None,
-    ) -> Summary:
-        params = ops.summary_params(
-            meter_id,
-            user_id=user_id,
-            period_start=period_start,
-            period_end=period_end,
-            window_size=window_size,
-            time_zone=time_zone,
-            group_by=group_by,
-            filters=filters,
-            limit=limit,
-            cursor=cursor,
-            order_by=order_by,
-        )
-        return await self._drive(ops.summary(self.retry, params))
+    async def summary(self, meter_id: str, **options: Unpack[ops.SummaryOptions]) -> Summary:
+        """A meter's usage over a period: one value, or windows and groups when asked."""
+        return await self._drive(ops.summary(self.retry, ops.summary_params(meter_id, **options)))
 
     async def summary_pages(
-        self,
-        meter_id: str,
-        *,
-        user_id: str | None = None,
-        period_start: datetime | date | str | None = None,
-        period_end: datetime | date | str | None = None,
-        window_size: str | None = None,
-        time_zone: str | None = None,
-        group_by: Sequence[str] = ("userId",),
-        filters: Mapping[str, str | Iterable[str]] | None = None,
-        limit: int | None = None,
+        self, meter_id: str, **options: Unpack[ops.SummaryOptions]
     ) -> AsyncIterator[Summary]:
-        params: list[tuple[str, str]] | None = ops.summary_params(
-            meter_id,
-            user_id=user_id,
-            period_start=period_start,
-            period_end=period_end,
-            window_size=window_size,
-            time_zone=time_zone,
-            group_by=group_by,
-            filters=filters,
-            limit=limit,
-        )
+        """Every page of a summary grouped by userId (unless `group_by` says otherwise;
+        `limit` users a page), one request per page as the loop asks for it; each page's
+        `value` is the whole period's."""
+        options.setdefault("group_by", ("userId",))
+        params: list[tuple[str, str]] | None = ops.summary_params(meter_id, **options)
         while params is not None:
             page = await self._drive(ops.summary(self.retry, params))
             yield page

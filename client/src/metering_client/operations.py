@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Generator, Iterable, Mapping, Sequence
 from datetime import date, datetime
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar, Unpack
 
 from metering_client.protocol import EVENTS_PATH, Action, Answer, Send, call
 from metering_client.retry import Reply, RetryPolicy
@@ -67,35 +67,39 @@ def archive_meter(policy: RetryPolicy, meter_id: str) -> Op[Meter]:
     return Meter.from_json(answer.ok())
 
 
-def summary_params(
-    meter_id: str,
-    *,
-    user_id: str | None = None,
-    period_start: datetime | date | str | None = None,
-    period_end: datetime | date | str | None = None,
-    window_size: str | None = None,
-    time_zone: str | None = None,
-    group_by: Sequence[str] = (),
-    filters: Mapping[str, str | Iterable[str]] | None = None,
-    limit: int | None = None,
-    cursor: str | None = None,
-    order_by: str | None = None,
-) -> list[tuple[str, str]]:
+class SummaryOptions(TypedDict, total=False):
+    """What a summary may ask besides its meter: the keyword arguments of `summary` and
+    `summary_pages` in both clients, declared once."""
+
+    user_id: str | None
+    period_start: datetime | date | str | None
+    period_end: datetime | date | str | None
+    window_size: str | None
+    time_zone: str | None
+    group_by: Sequence[str]
+    filters: Mapping[str, str | Iterable[str]] | None
+    limit: int | None
+    cursor: str | None
+    order_by: str | None
+
+
+def summary_params(meter_id: str, **options: Unpack[SummaryOptions]) -> list[tuple[str, str]]:
     """The summary's query string; repeated names for groupBy and multi-valued filters."""
     params = [("meterId", meter_id)]
+    start, end, limit = options.get("period_start"), options.get("period_end"), options.get("limit")
     optional = {
-        "userId": user_id,
-        "windowSize": window_size,
-        "timeZone": time_zone,
-        "periodStart": None if period_start is None else period_bound(period_start),
-        "periodEnd": None if period_end is None else period_bound(period_end),
+        "userId": options.get("user_id"),
+        "windowSize": options.get("window_size"),
+        "timeZone": options.get("time_zone"),
+        "periodStart": None if start is None else period_bound(start),
+        "periodEnd": None if end is None else period_bound(end),
         "limit": None if limit is None else str(limit),
-        "cursor": cursor,
-        "orderBy": order_by,
+        "cursor": options.get("cursor"),
+        "orderBy": options.get("order_by"),
     }
     params += [(name, value) for name, value in optional.items() if value is not None]
-    params += [("groupBy", name) for name in group_by]
-    for name, values in (filters or {}).items():
+    params += [("groupBy", name) for name in options.get("group_by", ())]
+    for name, values in (options.get("filters") or {}).items():
         for value in [values] if isinstance(values, str) else values:
             params.append((f"filter[{name}]", value))
     return params

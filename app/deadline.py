@@ -74,3 +74,12 @@ def init_app(app) -> None:
     seconds = app.config["METERING"].request_deadline_seconds
     app.before_request(lambda: start(seconds))
     app.teardown_request(lambda _exc=None: clear())
+    # How app.errors tells that a failed Datastore call failed because time ran out (it
+    # cannot import this module, which imports it for DeadlineExceeded).
+    app.extensions["deadline_passed"] = passed
+
+
+def passed() -> bool:
+    """Whether the current request has a deadline and is past it."""
+    left = remaining()
+    return left is not None and left <= 0

@@ -193,7 +193,10 @@ def _from_unexpected(exc: Exception):
 
 def _from_datastore(exc: Exception):
     log.warning("datastore call failed: %s", type(exc).__name__)
-    if isinstance(exc, gexc.DeadlineExceeded):  # its timeout was the request's time left
+    passed = current_app.extensions.get("deadline_passed")
+    # Its timeout was the request's time left; or, past the deadline, a client library's
+    # retries gave up (RetryError) or a call was dropped: the deadline was the cause.
+    if isinstance(exc, gexc.DeadlineExceeded) or (passed is not None and passed()):
         return _render(
             DeadlineExceeded(
                 "the datastore did not answer within the request's deadline; retry later"

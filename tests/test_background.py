@@ -8,8 +8,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from google.cloud import datastore
 
+from app import create_app
 from app.config import Config
 from tests.support.http import Api
+from tests.support.server import LiveServer
 from tests.support.waiting import eventually
 
 KINDS = ("meter-rollup", "meter-org-rollup")
@@ -62,3 +64,15 @@ def test_only_a_positive_interval_starts_it():
         ).background_compaction_seconds
         == 2.5
     )
+
+
+def test_the_loop_ends_with_its_server(config):
+    """A served app's loop stops with it: no thread goes on folding (and drawing random
+    numbers) under the tests that follow."""
+    app = create_app(config.replace(background_compaction_seconds=0.2))
+    compactor = app.extensions["background_compaction"]
+    server = LiveServer(app).start()
+    assert compactor.thread.is_alive()
+    server.stop()
+    assert not compactor.thread.is_alive()
+    assert "background_compaction" not in app.extensions

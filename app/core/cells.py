@@ -38,6 +38,11 @@ class Cell:
     pending_ts: int | None = None
     pending_at: set[Series] | tuple[Series, ...] = ()
 
+    def copy(self) -> Cell:
+        """A cell of the same events that merging into leaves this one as it is (its
+        pending `last` events, read by `settle_last`, are not carried)."""
+        return Cell(self.count, self.sum, self.min, self.max, self.last_rank, self.last_value)
+
     def add_event(self, value: int, rank: Rank) -> None:
         self.merge(Cell(1, value, value, value, rank, value))
 

@@ -39,3 +39,9 @@ def slot_of(ts: datetime) -> datetime:
     if ts.utcoffset() is None:
         raise ValueError("slot_of needs an aware datetime")
     return EPOCH + (ts - EPOCH) // SLOT * SLOT
+
+
+def ceil_slot(ts: datetime) -> datetime:
+    """The first slot boundary at or after an aware instant."""
+    start = slot_of(ts)
+    return start if start == ts else start + SLOT

@@ -38,7 +38,7 @@ from google.cloud import ndb
 
 from app import deadline
 from app.core.cells import Cell, Series
-from app.core.slots import SLOT, slot_of
+from app.core.slots import ceil_slot, slot_of
 from app.core.windows import SummaryRequest, SummaryResult, Window, summarize_cells
 from app.errors import ValidationFailed
 from app.services import paging, recompute
@@ -238,11 +238,6 @@ def _user_of(entity: EntityPb) -> str:
     return str(entity.properties["UserId"].string_value)
 
 
-def _ceil_slot(moment: datetime) -> datetime:
-    start = slot_of(moment)
-    return start if start == moment else start + SLOT
-
-
 def _cells(
     meter: Meter,
     user: str,
@@ -254,7 +249,7 @@ def _cells(
     gave them): whole slots inside the period, and the raw events of the period's
     unaligned edges when the rollups show events in an edge slot."""
     start, end = request.period_start, request.period_end
-    inner_start, inner_end = _ceil_slot(start), slot_of(end)
+    inner_start, inner_end = ceil_slot(start), slot_of(end)
     if inner_start >= inner_end:  # no whole slot: every event comes raw
         inner_start = inner_end = start
         edges = [(start, end)]

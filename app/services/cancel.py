@@ -116,10 +116,10 @@ def _rollup_repairs(cancelling: dict[bytes, StoredEvent], transaction: bytes) ->
     removed: dict[tuple[str, Series, int], dict[int, list[Cell]]] = {}
     for event in cancelling.values():
         day, slot = day_and_slot(event.timestamp)
-        for series in (event.series, shards.org_series(event.series)):
+        org = shards.org_series(event.series)
+        for series in (event.series, org):
             affected.setdefault((event.meter_id, series, day), set()).add(slot)
-        org = (event.meter_id, shards.org_series(event.series), day)
-        removed.setdefault(org, {}).setdefault(slot, []).append(event.cell())
+        removed.setdefault((event.meter_id, org, day), {}).setdefault(slot, []).append(event.cell())
     repairs = []
     namespace = ndb.get_context().get_namespace()
     for (meter_id, series, day), slots in affected.items():
@@ -127,8 +127,7 @@ def _rollup_repairs(cancelling: dict[bytes, StoredEvent], transaction: bytes) ->
         if meter_key is None:  # an event of a meter written elsewhere: no rollup of ours
             continue
         keys = recompute.group_keys(meter_key.id(), meter_id, series, day)
-        found = rpc.lookup(keys, transaction)
-        stored = [found[k.SerializeToString()] for k in keys if k.SerializeToString() in found]
+        stored = recompute.read_group(keys, transaction)
         repairs += recompute.rewritten(
             meter_key.id(),
             meter_id,

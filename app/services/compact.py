@@ -50,7 +50,7 @@ def _group_of(key_pb: KeyPb) -> tuple[int, str, Series, int] | None:
     stored = rpc.lookup([key_pb]).get(key_pb.SerializeToString())
     if stored is None or not rollups.is_dirty(stored):
         return None
-    meter_key_id = int(key_pb.path[-1].name.split(".")[1])
+    meter_key_id = rollups.meter_key_id_of(key_pb.path[-1].name)
     rollup = rollups.decode_parts(stored)
     return meter_key_id, stored.properties["MeterId"].string_value, rollup.series, rollup.day
 
@@ -63,8 +63,7 @@ def _compact_once(key_pb: KeyPb) -> bool:
     meter_key_id, meter_id, series, day = group
     keys = recompute.group_keys(meter_key_id, meter_id, series, day)
     with rpc.transaction() as transaction:
-        found = rpc.lookup(keys, transaction)
-        stored = [found[k.SerializeToString()] for k in keys if k.SerializeToString() in found]
+        stored = recompute.read_group(keys, transaction)
         if not any(rollups.is_dirty(entity) for entity in stored) and len(stored) < 2:
             rpc.rollback(transaction)
             return False

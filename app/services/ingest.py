@@ -415,9 +415,7 @@ class _Batch:
             for slot, cell in cells.items():
                 into = target.get(slot)
                 if into is None:
-                    target[slot] = Cell(
-                        cell.count, cell.sum, cell.min, cell.max, cell.last_rank, cell.last_value
-                    )
+                    target[slot] = cell.copy()
                 else:
                     into.merge(cell)
             below = negatives.get(group)

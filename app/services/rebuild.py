@@ -39,8 +39,8 @@ def targets(meter: Meter) -> list[tuple[Series, int]]:
 
 def _rebuild_once(meter: Meter, series: Series, day: int, keys: list[KeyPb]) -> None:
     with rpc.transaction() as transaction:
-        found = rpc.lookup(keys, transaction)  # read first: concurrent writers wait or retry
-        stored = [found[k.SerializeToString()] for k in keys if k.SerializeToString() in found]
+        # read first: concurrent writers wait or retry
+        stored = recompute.read_group(keys, transaction)
         mutations = recompute.rewritten(meter.key.id(), meter.id_, series, day, stored, transaction)
         rpc.commit(mutations, transaction)
 

@@ -127,13 +127,20 @@ def group_keys(meter_key_id: int, meter_id: str, series: Series, day: int) -> li
     return keys
 
 
+def read_group(keys: list[KeyPb], transaction: bytes) -> list[EntityPb]:
+    """The shards of `keys` (`group_keys`) that exist, read in `transaction`: from then on
+    a batch writing any of them waits for it."""
+    found = rpc.lookup(keys, transaction)
+    return [found[k.SerializeToString()] for k in keys if k.SerializeToString() in found]
+
+
 def _without(cell: Cell | None, removed: list[Cell] | None) -> Cell | None:
     """`cell` without the events of `removed`, or None when only the raw events can say:
     when a removed event may be the cell's minimum, maximum or latest (what is left
     holds the next one, which nothing here knows)."""
     if cell is None or not removed:
         return None
-    result = Cell(cell.count, cell.sum, cell.min, cell.max, cell.last_rank, cell.last_value)
+    result = cell.copy()
     for gone in removed:
         if (
             gone.count > result.count
@@ -209,8 +216,6 @@ def rewritten(
                     cells[slot] = lighter
                 else:
                     cells.pop(slot, None)
-        for slot in from_raw:
-            cells.pop(slot, None)
         if clamped:
             _lock_every_shard(meter_key_id, series, day, stored, transaction)
         for slot in from_raw:

@@ -26,7 +26,7 @@ from typing import Any
 from app import deadline
 from app.core.aggregation import Aggregation
 from app.core.cells import USER_ID, Cell, Series
-from app.core.slots import EPOCH, SLOT, slot_of
+from app.core.slots import EPOCH, SLOT, ceil_slot, slot_of
 from app.core.windows import (
     WINDOW_SIZES,
     InvalidSummaryRequest,
@@ -67,11 +67,6 @@ class Summary:
     @property
     def event_count(self) -> int:
         return self.result.event_count
-
-
-def _ceil_slot(moment: datetime) -> datetime:
-    start = slot_of(moment)
-    return start if start == moment else start + SLOT
 
 
 class Reading:
@@ -148,7 +143,7 @@ def cells(
     """Every cell of the period: rollup slots inside it, raw events at unaligned edges;
     `reading.key` follows the stored entity the cells come from."""
     reading = reading if reading is not None else Reading()
-    inner_start, inner_end = _ceil_slot(start), slot_of(end)
+    inner_start, inner_end = ceil_slot(start), slot_of(end)
     if inner_start >= inner_end:
         yield from _raw_cells(meter, user_id, start, end, reading)
         return
@@ -250,7 +245,7 @@ def summarize(
     wanted = dict(filters or {})
     if user_id is not None:  # narrows, together with any filter[userId]
         wanted["userId"] = wanted.get("userId", frozenset({user_id})) & {user_id}
-    period_end = end or _ceil_slot(default_end or datetime.now(UTC))
+    period_end = end or ceil_slot(default_end or datetime.now(UTC))
     period_start = start or EPOCH
     period_end = max(period_end, period_start)
     grouped = bool(window_size or group_by)

@@ -103,16 +103,24 @@ def events(
     )
 
 
+def _rollups_of(user_id: str | None) -> tuple[str, str | None]:
+    """The kind holding a user's rollups (or, for `shards.ORG_USER`, the org-wide ones) and
+    the UserId to filter on (None: none, every entity of the kind is the meter's)."""
+    if user_id == shards.ORG_USER:
+        return rollups_kind.ORG_KIND, None
+    return rollups_kind.KIND, user_id
+
+
 def rollups(
     meter_id: str, user_id: str | None, first_day: int | None, last_day: int | None
 ) -> Iterator[EntityPb]:
     """Raw rollup entities of a meter for first_day <= Day <= last_day: of one user, of all
     users (None), or the org-wide ones (`shards.ORG_USER`, kind `meter-org-rollup`)."""
-    org = user_id == shards.ORG_USER
+    kind, user_id = _rollups_of(user_id)
     return _of_meter(
-        rollups_kind.ORG_KIND if org else rollups_kind.KIND,
+        kind,
         meter_id,
-        None if org else user_id,
+        user_id,
         "Day",
         (_OP.GREATER_THAN_OR_EQUAL, first_day),
         (_OP.LESS_THAN_OR_EQUAL, last_day),
@@ -122,12 +130,12 @@ def rollups(
 def rollup_keys(meter_id: str, user_id: str, day: int) -> list[KeyPb]:
     """Keys of the rollup entities of a meter and user (or the org-wide ones, user "") on
     one day: every shard of every series (keys only; equalities, built-in indexes)."""
+    kind, user = _rollups_of(user_id)
     conditions: list[tuple[str, int, object]] = [("MeterId", _OP.EQUAL, meter_id)]
-    if user_id != shards.ORG_USER:
-        conditions.append(("UserId", _OP.EQUAL, user_id))
+    if user is not None:
+        conditions.append(("UserId", _OP.EQUAL, user))
     conditions.append(("Day", _OP.EQUAL, day))
-    org = user_id == shards.ORG_USER
-    query = build(rollups_kind.ORG_KIND if org else rollups_kind.KIND, conditions)
+    query = build(kind, conditions)
     query.projection.add().property.name = "__key__"
     return [entity.key for entity in rpc.run_query(query, ndb.get_context().get_namespace())]
 

@@ -117,6 +117,11 @@ def shard_of(name: str) -> int:
     return int(parts[3]) if len(parts) > 3 else 0
 
 
+def meter_key_id_of(name: str) -> int:
+    """The meter key id a rollup's key name says (see `key_name`)."""
+    return int(name.split(".")[1])
+
+
 def key(
     meter_key_id: int, series: Series, day: int, namespace: str | None = None, shard: int = 0
 ) -> KeyPb:

@@ -1,0 +1,1 @@
+"""Alert rules on meters: the usage feed, its evaluation, and the crossings it announces."""

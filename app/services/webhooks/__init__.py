@@ -1,0 +1,1 @@
+"""Webhook endpoints, the outbox of messages, and their delivery (Standard Webhooks)."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from google.api_core import exceptions as core_exceptions
 from google.cloud import ndb
@@ -31,8 +32,8 @@ from app.errors import ApiError, DeadlineExceeded
 from app.models import Namespace, ids
 from app.services import compact
 from app.services.alerts import evaluate
-from app.services.webhooks import dispatch, registry
 from app.services.orgs import is_valid_org_name
+from app.services.webhooks import dispatch, registry
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,11 @@ class DeliveryRun:
 
 
 def deliver_all_orgs(
-    budget: int, *, settings: dispatch.Settings | None = None, now=None, wait: bool = True
+    budget: int,
+    *,
+    settings: dispatch.Settings | None = None,
+    now: datetime | None = None,
+    wait: bool = True,
 ) -> DeliveryRun:
     """For each org with endpoints or alert rules, in its namespace: evaluate its pending
     alert feeds (up to `budget`), then send its due messages (up to `budget`). One org's

@@ -37,6 +37,7 @@ from typing import cast
 
 from google.cloud import ndb
 
+from app.config import Config
 from app.models import transactional, utcnow
 from app.models.base import root_key
 from app.models.webhook import (
@@ -52,9 +53,7 @@ from app.services.webhooks import safety, signing
 log = logging.getLogger(__name__)
 
 #: Delays before the 2nd, 3rd, ... attempt: about 33 hours in all, then the message fails.
-RETRY_DELAYS = tuple(
-    timedelta(seconds=s) for s in (5, 300, 1800, 7200, 18000, 36000, 36000)
-)
+RETRY_DELAYS = tuple(timedelta(seconds=s) for s in (5, 300, 1800, 7200, 18000, 36000, 36000))
 JITTER = 0.2
 #: An endpoint whose every attempt failed for this long is disabled.
 DISABLE_AFTER = timedelta(days=5)
@@ -82,7 +81,7 @@ class Settings:
     retry_scale: float = 1.0
 
     @classmethod
-    def of(cls, config) -> Settings:
+    def of(cls, config: Config) -> Settings:
         return cls(
             production=config.production,
             timeout_seconds=config.webhook_timeout_seconds,
@@ -112,7 +111,7 @@ class OrgDispatch:
     delivered: int = 0
     undelivered: int = 0
     more: bool = False
-    pending: list[concurrent.futures.Future] = field(default_factory=list)
+    pending: list[concurrent.futures.Future[bool]] = field(default_factory=list)
 
 
 def due_keys(now: datetime, limit: int) -> list[ndb.Key]:
@@ -152,8 +151,13 @@ def dispatch_org(
         result.leased += 1
         result.pending.append(
             _senders.submit(
-                _send_and_record, context.client, context.get_namespace(), message, endpoint,
-                settings, now,
+                _send_and_record,
+                context.client,
+                context.get_namespace(),
+                message,
+                endpoint,
+                settings,
+                now,
             )
         )
     if wait:
@@ -207,7 +211,7 @@ def _lease(
     return message, endpoint
 
 
-def _attempt(at: datetime, outcome: Outcome) -> dict:
+def _attempt(at: datetime, outcome: Outcome) -> dict[str, object]:
     return {
         "at": format_time(at),
         "statusCode": outcome.status_code,
@@ -253,17 +257,17 @@ def send(endpoint: WebhookEndpoint, message: WebhookMessage, settings: Settings)
     )
     try:
         status, answer = _post(target, headers, body, settings.timeout_seconds)
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         return Outcome(None, f"timed out after {settings.timeout_seconds:g} s", "", _ms(started))
     except (OSError, http.client.HTTPException) as error:
         return Outcome(None, _describe(error), "", _ms(started))
     text = answer.decode("utf-8", errors="replace")[:RESPONSE_BODY_KEPT]
-    error = None
+    problem = None
     if 300 <= status < 400:
-        error = f"HTTP {status}: redirects are not followed"
+        problem = f"HTTP {status}: redirects are not followed"
     elif not 200 <= status < 300:
-        error = f"HTTP {status}"
-    return Outcome(status, error, text, _ms(started))
+        problem = f"HTTP {status}"
+    return Outcome(status, problem, text, _ms(started))
 
 
 def _ms(started: float) -> int:
@@ -393,7 +397,7 @@ def note_endpoint_health(endpoint: WebhookEndpoint, outcome: Outcome, now: datet
         if current is None or current.deleted:
             return
         if outcome.delivered:
-            current.failing_since = None  # type: ignore[assignment]
+            current.failing_since = None
         elif current.failing_since is None:
             current.failing_since = now
         elif now - current.failing_since >= DISABLE_AFTER and current.enabled:
@@ -402,9 +406,7 @@ def note_endpoint_health(endpoint: WebhookEndpoint, outcome: Outcome, now: datet
                 f"disabled at {format_time(now)}: every attempt failed since "
                 f"{format_time(current.failing_since)} (5 days); last error: {outcome.error}"
             )
-            log.warning(
-                "webhook endpoint %s disabled: %s", current.id_, current.disabled_reason
-            )
+            log.warning("webhook endpoint %s disabled: %s", current.id_, current.disabled_reason)
         else:
             return
         current.put()

@@ -20,7 +20,7 @@ import json
 import threading
 from collections.abc import Callable
 from datetime import datetime
-from typing import cast
+from typing import Any, cast
 
 from app.models.base import root_key
 from app.models.webhook import PENDING, WebhookEndpoint, WebhookMessage
@@ -46,7 +46,7 @@ def targets(event_type: str) -> list[WebhookEndpoint]:
     ]
 
 
-def body_of(event_type: str, data: dict, at: datetime) -> str:
+def body_of(event_type: str, data: dict[str, Any], at: datetime) -> str:
     """The delivered body: fixed at creation, the same bytes on every attempt."""
     return json.dumps(
         {"type": event_type, "timestamp": format_time(at), "data": data},
@@ -56,7 +56,11 @@ def body_of(event_type: str, data: dict, at: datetime) -> str:
 
 
 def messages(
-    targets: list[WebhookEndpoint], event_type: str, event_id: str, data: dict, at: datetime
+    targets: list[WebhookEndpoint],
+    event_type: str,
+    event_id: str,
+    data: dict[str, Any],
+    at: datetime,
 ) -> list[WebhookMessage]:
     """Unsaved messages, one per target, for the caller to put in its transaction."""
     body = body_of(event_type, data, at)

@@ -327,3 +327,18 @@ def test_the_loop_period_is_read_from_the_environment():
     env = {"METERING_BACKGROUND_DELIVERY_SECONDS": "1.5", "METERING_WEBHOOK_TIMEOUT_SECONDS": "4"}
     config = Config.from_env(env)
     assert (config.background_delivery_seconds, config.webhook_timeout_seconds) == (1.5, 4.0)
+
+
+def test_the_loops_timed_round_sends_the_retries(config, org, receiver):
+    """A retry is due later, with no commit to wake the loop: the timed round sends it."""
+    app = create_app(config.replace(background_delivery_seconds=0.3, webhook_retry_scale=0.0))
+    server = LiveServer(app).start()
+    try:
+        api = Api(server.url, org["apiKey"])
+        endpoint = _endpoint(api, receiver)
+        receiver.script = ["error"]
+        message = _test_message(api, endpoint)
+        eventually(lambda: len(receiver.received) == 2, timeout=10, what="the retry sent")
+    finally:
+        server.stop()
+    assert [r.headers["webhook-id"] for r in receiver.received] == [message["id"]] * 2

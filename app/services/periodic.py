@@ -135,16 +135,18 @@ def deliver_all_orgs(
     settings: dispatch.Settings | None = None,
     now: datetime | None = None,
     wait: bool = True,
+    only: set[str] | None = None,
 ) -> DeliveryRun:
     """For each org with endpoints or alert rules, in its namespace: evaluate its pending
     alert feeds (up to `budget`), then send its due messages (up to `budget`). One org's
     failure is logged and listed, and the others go on. `wait=False` (the background loop)
-    returns while sends are under way: each is leased, so no later round sends it again."""
+    returns while sends are under way: each is leased, so no later round sends it again.
+    `only` limits the call to those orgs (the loop's round for the orgs a commit woke)."""
     if settings is None:
         from flask import current_app  # lazy: only a request's call needs the app
 
         settings = dispatch.Settings.of(current_app.config["METERING"])
-    names = registry.orgs()
+    names = sorted(only) if only is not None else registry.orgs()
     random.shuffle(names)
     run = DeliveryRun(orgs=len(names))
     for name in names:

@@ -22,11 +22,13 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, cast
 
+from google.cloud import ndb
+
 from app.models.base import root_key
 from app.models.webhook import PENDING, WebhookEndpoint, WebhookMessage
 from app.schemas import format_time
 
-_wakers: list[Callable[[], None]] = []
+_wakers: list[Callable[[str], None]] = []
 _wakers_lock = threading.Lock()
 
 
@@ -84,8 +86,9 @@ def messages(
     return built
 
 
-def on_wake(waker: Callable[[], None]) -> Callable[[], None]:
-    """Have `wake()` call `waker` (the delivery loop's); returns how to stop it."""
+def on_wake(waker: Callable[[str], None]) -> Callable[[], None]:
+    """Have `wake()` call `waker` with the org's namespace (the delivery loop's); returns
+    how to stop it."""
     with _wakers_lock:
         _wakers.append(waker)
 
@@ -98,8 +101,9 @@ def on_wake(waker: Callable[[], None]) -> Callable[[], None]:
 
 
 def wake() -> None:
-    """Nudge this process's delivery loop."""
+    """Nudge this process's delivery loop: the current org has messages due now."""
+    namespace = ndb.get_context().get_namespace() or ""
     with _wakers_lock:
         wakers = list(_wakers)
     for waker in wakers:
-        waker()
+        waker(namespace)

@@ -228,6 +228,36 @@ def test_two_dispatchers_at_once_send_each_attempt_once(api, receiver, ndb_clien
     assert sum(run.sent for run in runs) == 12
 
 
+def test_of_two_leases_of_one_message_exactly_one_wins(api, org, receiver, ndb_client):
+    """The lease transaction itself (what keeps dispatchers of different processes from
+    sending one attempt twice; in one process a sender's message is also not handed out
+    twice): many messages, each leased by two threads at once."""
+    endpoint = _endpoint(api, receiver)
+    for _ in range(10):
+        _test_message(api, endpoint)
+    with ndb_client.context(namespace=org["namespace"]):
+        keys = dispatch.due_keys(utcnow() + timedelta(seconds=1), 100)
+        endpoints = {e.key.id(): e for e in dispatch.WebhookEndpoint.query().fetch()}
+    assert len(keys) == 10
+    now = utcnow()
+    start = threading.Barrier(2)
+    won: list[list] = [[], []]
+
+    def leaser(slot: int) -> None:
+        with ndb_client.context(namespace=org["namespace"]):
+            start.wait()
+            for key in keys:
+                if dispatch._lease(key, now, QUICK, endpoints) is not None:
+                    won[slot].append(key.id())
+
+    threads = [threading.Thread(target=leaser, args=(slot,)) for slot in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(won[0] + won[1]) == sorted(key.id() for key in keys)
+
+
 def test_an_expired_lease_sends_the_message_again_with_the_same_id(
     api, org, receiver, ndb_client, deliver
 ):

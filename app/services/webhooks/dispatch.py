@@ -69,6 +69,9 @@ _senders = concurrent.futures.ThreadPoolExecutor(
     max_workers=MAX_SENDERS, thread_name_prefix="webhook-send"
 )
 _jitter = random.Random()
+#: (namespace, message key id) of the messages a sender of this process holds.
+_in_flight: set[tuple[str | None, str]] = set()
+_in_flight_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -111,7 +114,7 @@ class OrgDispatch:
     delivered: int = 0
     undelivered: int = 0
     more: bool = False
-    pending: list[concurrent.futures.Future[bool]] = field(default_factory=list)
+    pending: list[concurrent.futures.Future[bool | None]] = field(default_factory=list)
 
 
 def due_keys(now: datetime, limit: int) -> list[ndb.Key]:
@@ -127,9 +130,11 @@ def due_keys(now: datetime, limit: int) -> list[ndb.Key]:
 def dispatch_org(
     budget: int, settings: Settings, now: datetime | None = None, wait: bool = True
 ) -> OrgDispatch:
-    """Lease and send up to `budget` due messages of the current org. With `wait` the call
-    returns once every send is recorded; without, it returns at once (the sends go on in
-    the pool, each recorded by its own thread)."""
+    """Send up to `budget` due messages of the current org: each is leased, sent and
+    recorded by a sender thread of the pool, so leases run side by side and a slow
+    endpoint holds only its own sends. With `wait` the call returns once every one is
+    recorded; without, at once (a message already in a sender of this process is not
+    handed out again meanwhile)."""
     now = now or utcnow()
     result = OrgDispatch()
     keys = due_keys(now, budget)
@@ -143,31 +148,56 @@ def dispatch_org(
         )
     }
     context = ndb.get_context()
+    namespace = context.get_namespace()
     for key in keys:
-        leased = _lease(key, now, settings, endpoints)
-        if leased is None:
-            continue
-        message, endpoint = leased
-        result.leased += 1
+        with _in_flight_lock:
+            if (namespace, key.id()) in _in_flight:
+                continue
+            _in_flight.add((namespace, key.id()))
         result.pending.append(
             _senders.submit(
-                _send_and_record,
-                context.client,
-                context.get_namespace(),
-                message,
-                endpoint,
-                settings,
-                now,
+                _lease_send_record, context.client, namespace, key, endpoints, settings, now
             )
         )
     if wait:
         for future in concurrent.futures.as_completed(result.pending):
-            if future.result():
-                result.delivered += 1
-            else:
-                result.undelivered += 1
+            outcome = future.result()
+            if outcome is not None:
+                result.leased += 1
+                result.delivered += outcome
+                result.undelivered += not outcome
         result.pending = []
+    else:
+        result.leased = len(result.pending)
     return result
+
+
+def _lease_send_record(
+    client: ndb.Client,
+    namespace: str | None,
+    key: ndb.Key,
+    endpoints: dict[int, WebhookEndpoint],
+    settings: Settings,
+    now: datetime,
+) -> bool | None:
+    """In a sender thread (its own NDB context): lease the message, send one attempt, and
+    record it. Whether it was delivered; None when nothing was sent."""
+    try:
+        with client.context(namespace=namespace):
+            leased = _lease(key, now, settings, endpoints)
+            if leased is None:
+                return None
+            message, endpoint = leased
+            outcome = send(endpoint, message, settings)
+            if record(message.key, message.lease, outcome, now, settings) is not None:
+                note_endpoint_health(endpoint, outcome, now)
+            return outcome.delivered
+    except Exception:
+        log.exception("webhook message %s: the attempt could not be recorded", key.id())
+        return False
+    finally:
+        with _in_flight_lock:
+            _in_flight.discard((namespace, key.id()))
 
 
 def _lease(
@@ -219,26 +249,6 @@ def _attempt(at: datetime, outcome: Outcome) -> dict[str, object]:
         "error": outcome.error,
         "responseBody": outcome.response_body,
     }
-
-
-def _send_and_record(
-    client: ndb.Client,
-    namespace: str | None,
-    message: WebhookMessage,
-    endpoint: WebhookEndpoint,
-    settings: Settings,
-    now: datetime,
-) -> bool:
-    """One attempt, in a sender thread: send, then record it (its own NDB context)."""
-    outcome = send(endpoint, message, settings)
-    try:
-        with client.context(namespace=namespace):
-            recorded = record(message.key, message.lease, outcome, now, settings)
-            if recorded is not None:
-                note_endpoint_health(endpoint, outcome, now)
-    except Exception:
-        log.exception("could not record webhook attempt of %s", message.message_id)
-    return outcome.delivered
 
 
 def send(endpoint: WebhookEndpoint, message: WebhookMessage, settings: Settings) -> Outcome:

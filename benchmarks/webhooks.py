@@ -24,18 +24,14 @@ import argparse
 import os
 import signal
 import statistics
-import sys
 import threading
 import time
 from collections import Counter
 
-from common import ROOT, Client, Service, scratch_dir, start_emulator
+from common import Client, Service, scratch_dir, start_emulator  # puts the project on the path
+from standardwebhooks import Webhook
 
-sys.path.insert(0, str(ROOT))
-
-from standardwebhooks import Webhook  # noqa: E402
-
-from tests.support.receiver import Receiver  # noqa: E402
+from tests.support.receiver import Receiver
 
 
 def _percentile(values: list[float], fraction: float) -> float:

@@ -51,8 +51,7 @@ def test_a_service_killed_mid_send_and_restarted_delivers_every_message(emulator
         receiver.mode = "ok"
         second = _serve(procs, port, env, "second")
         ids |= {
-            api.post(f"/v1/webhooks/endpoints/{endpoint['id']}/test").json()["id"]
-            for _ in range(5)
+            api.post(f"/v1/webhooks/endpoints/{endpoint['id']}/test").json()["id"] for _ in range(5)
         }
         wait_until(
             lambda: ids <= {r.headers["webhook-id"] for r in receiver.received[1:]},

@@ -15,7 +15,7 @@ from app import create_app
 from app.config import Config
 from app.models import utcnow
 from app.services import periodic
-from app.services.webhooks import dispatch
+from app.services.webhooks import dispatch, safety
 from tests.support.http import Api
 from tests.support.receiver import Receiver
 from tests.support.server import LiveServer
@@ -372,3 +372,48 @@ def test_the_loops_timed_round_sends_the_retries(config, org, receiver):
     finally:
         server.stop()
     assert [r.headers["webhook-id"] for r in receiver.received] == [message["id"]] * 2
+
+
+def test_a_long_answer_is_kept_to_one_kib(api, receiver, deliver):
+    endpoint = _endpoint(api, receiver)
+    receiver.mode, receiver.answer_body = "error", b"x" * 5000
+    _test_message(api, endpoint)
+    deliver()
+    (message,) = _messages(api, endpoint)["messages"]
+    assert message["attempts"][0]["responseBody"] == "x" * 1024
+
+
+def test_the_attempt_log_is_bounded():
+    message = dispatch.WebhookMessage(attempts=[], attempt_count=0)
+    for number in range(25):
+        message.log_attempt({"at": str(number)})
+    assert message.attempt_count == 25
+    assert [a["at"] for a in message.attempts] == [str(n) for n in range(5, 25)]
+
+
+def test_production_checks_the_address_again_at_each_send(api, receiver, deliver):
+    """Stored while allowed (development), sent by a production dispatcher: the send
+    resolves and checks the host again, and refuses the loopback address."""
+    production = dispatch.Settings(production=True, timeout_seconds=1, retry_scale=0)
+    endpoint = _endpoint(api, receiver)
+    _test_message(api, endpoint)
+    deliver(settings=production)
+    https = receiver.url.replace("http://", "https://")
+    api.patch(f"/v1/webhooks/endpoints/{endpoint['id']}", json={"url": https})
+    deliver(settings=production)
+    assert receiver.received == []
+    (message,) = _messages(api, endpoint)["messages"]
+    assert [a["error"] for a in message["attempts"]] == [
+        "refused: url must use https",
+        "refused: url's host resolves to 127.0.0.1, which is not a public address",
+    ]
+
+
+def test_the_send_connects_to_the_checked_address_and_names_the_host(receiver):
+    """DNS is asked once, by the check: the connection goes to the checked address while
+    the Host header names the URL's host."""
+    target = safety.Target("http", "hooks.example", receiver.port, "/hook", "127.0.0.1")
+    status, _ = dispatch._post(target, {"content-type": "application/json"}, b"{}", 2)
+    assert status == 200
+    (request,) = receiver.received
+    assert request.headers["host"] == f"hooks.example:{receiver.port}"

@@ -16,6 +16,7 @@ from app.config import Config
 from app.models import utcnow
 from app.services import periodic
 from app.services.webhooks import dispatch, safety
+from tests.conftest import ADMIN_TOKEN
 from tests.support.http import Api
 from tests.support.receiver import Receiver
 from tests.support.server import LiveServer
@@ -417,3 +418,15 @@ def test_the_send_connects_to_the_checked_address_and_names_the_host(receiver):
     assert status == 200
     (request,) = receiver.received
     assert request.headers["host"] == f"hooks.example:{receiver.port}"
+
+
+def test_a_cron_call_starts_no_send_that_could_outlast_its_deadline(serve, org, receiver):
+    """A request's deadline (5 s) shorter than one send's timeout (10 s): the call sends
+    nothing and says it is not complete, rather than run past its deadline."""
+    url = serve(request_deadline_seconds=5)
+    api = Api(url, org["apiKey"])
+    _test_message(api, _endpoint(api, receiver))
+    answer = Api(url, ADMIN_TOKEN).get("/v1/cron/deliver")
+    assert answer.status_code == 200, answer.text
+    assert (answer.json()["sent"], answer.json()["complete"]) == (0, False)
+    assert receiver.received == []

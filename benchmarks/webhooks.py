@@ -10,7 +10,7 @@ SIGKILL of the service while messages are due.
    group gets SIGKILL (a worker may have leased some), the receiver comes back, the
    service is started again: every message must arrive, and any duplicate must be a
    retry of the same `webhook-id`. A message leased by a killed worker waits for its
-   lease to expire (timeout + 20 s).
+   lease to expire (timeout + 10 s).
 
 Every delivery is verified with the `standardwebhooks` package.
 

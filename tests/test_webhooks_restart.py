@@ -10,6 +10,7 @@ import pytest
 from standardwebhooks import Webhook
 
 from app.emulator import free_port
+from app.services.webhooks import dispatch
 from tests.conftest import ADMIN_TOKEN
 from tests.support.http import Api
 from tests.support.names import unique_org_name
@@ -17,7 +18,7 @@ from tests.support.processes import cli_env, wait_serving, wait_until
 from tests.support.receiver import Receiver
 
 pytestmark = pytest.mark.slow
-TIMEOUT_SECONDS = 2  # the lease of a killed sender expires after this + 20 s
+TIMEOUT_SECONDS = 2  # the lease of a killed sender expires after this + 10 s (LEASE_MARGIN_SECONDS)
 
 
 def _serve(procs, port: int, env: dict, name: str):
@@ -55,7 +56,7 @@ def test_a_service_killed_mid_send_and_restarted_delivers_every_message(emulator
         }
         wait_until(
             lambda: ids <= {r.headers["webhook-id"] for r in receiver.received[1:]},
-            TIMEOUT_SECONDS + 20 + 30,
+            TIMEOUT_SECONDS + dispatch.LEASE_MARGIN_SECONDS + 30,
             "every message delivered after the restart",
             second,
         )

@@ -62,7 +62,7 @@ PAUSED_RECHECK = timedelta(hours=1)
 #: Bytes of an answer kept in the log (never logged whole).
 RESPONSE_BODY_KEPT = 1024
 #: Seconds a lease outlasts the send's timeout (recording the result, a slow thread).
-LEASE_MARGIN_SECONDS = 20
+LEASE_MARGIN_SECONDS = 10
 MAX_SENDERS = 32
 
 _senders = concurrent.futures.ThreadPoolExecutor(

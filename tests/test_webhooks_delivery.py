@@ -430,3 +430,31 @@ def test_a_cron_call_starts_no_send_that_could_outlast_its_deadline(serve, org, 
     assert answer.status_code == 200, answer.text
     assert (answer.json()["sent"], answer.json()["complete"]) == (0, False)
     assert receiver.received == []
+
+
+def test_a_hung_endpoint_does_not_hold_the_others(config, org):
+    """An endpoint that hangs with many messages due holds PER_ENDPOINT senders at most:
+    another endpoint's message goes out before the hung one's later messages."""
+    hung, healthy = Receiver().start(), Receiver().start()
+    hung.mode, hung.hang_seconds = "hang", 4.0
+    app = create_app(config.replace(background_delivery_seconds=0.2))
+    server = LiveServer(app).start()
+    try:
+        api = Api(server.url, org["apiKey"])
+        slow = _endpoint(api, hung)
+        for _ in range(dispatch.PER_ENDPOINT + 4):
+            _test_message(api, slow)
+        eventually(lambda: len(hung.received) >= 1, timeout=10, what="the hung sends")
+        _test_message(api, _endpoint(api, healthy))
+        eventually(lambda: len(healthy.received) == 1, timeout=30, what="the other's message")
+        eventually(
+            lambda: len(hung.received) == dispatch.PER_ENDPOINT + 4,
+            timeout=60,
+            what="the hung endpoint's later messages",
+        )
+    finally:
+        server.stop()
+        hung.stop()
+        healthy.stop()
+    arrivals = sorted(r.at for r in hung.received)
+    assert len([at for at in arrivals if at < healthy.received[0].at]) <= dispatch.PER_ENDPOINT

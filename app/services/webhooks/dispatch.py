@@ -52,7 +52,7 @@ from app.models.webhook import (
     WebhookMessage,
 )
 from app.schemas import format_time
-from app.services.webhooks import safety, signing
+from app.services.webhooks import outbox, safety, signing
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +67,9 @@ PAUSED_RECHECK = timedelta(hours=1)
 RESPONSE_BODY_KEPT = 1024
 #: Seconds a lease outlasts the send's timeout (recording the result, a slow thread).
 LEASE_MARGIN_SECONDS = 10
-MAX_SENDERS = 64
+MAX_SENDERS = 128
 #: Messages of one endpoint in senders at once (the rest wait for the next round).
-PER_ENDPOINT = 8
+PER_ENDPOINT = 32
 
 _senders = concurrent.futures.ThreadPoolExecutor(
     max_workers=MAX_SENDERS, thread_name_prefix="webhook-send"
@@ -80,6 +80,9 @@ _jitter = random.Random()
 _in_flight: set[tuple[str | None, str]] = set()
 _in_flight_per_endpoint: Counter[tuple[str | None, int]] = Counter()
 _in_flight_lock = threading.Lock()
+#: Namespaces with a message left for a later round because its endpoint was busy: the
+#: next sender of theirs to end wakes the delivery loop for them.
+_backlogged: set[str | None] = set()
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,9 @@ def dispatch_org(
             )
             _count(result, done)
             state = _hand_out(namespace, key)
+        if state == ENDPOINT_BUSY:
+            with _in_flight_lock:
+                _backlogged.add(namespace)
         if state != HANDED_OUT:
             continue  # a sender of this process has it, or a later round will
         running.add(
@@ -223,6 +229,10 @@ def _lease_send_record(
             _in_flight_per_endpoint[endpoint_key] -= 1
             if _in_flight_per_endpoint[endpoint_key] <= 0:
                 del _in_flight_per_endpoint[endpoint_key]
+            backlogged = namespace in _backlogged
+            _backlogged.discard(namespace)
+        if backlogged:
+            outbox.wake_org(namespace)  # a sender is free: hand out what waited
 
 
 def _endpoint_key_id(key: ndb.Key) -> int:

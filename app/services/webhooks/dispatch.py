@@ -208,9 +208,12 @@ def _lease_send_record(
     now: datetime,
 ) -> bool | None:
     """In a sender thread (its own NDB context): lease the message, send one attempt, and
-    record it. Whether it was delivered; None when nothing was sent."""
+    record it. Whether it was delivered; None when nothing was sent. Times count from when
+    the thread starts (the round's `now` may have passed while the task waited for a
+    thread: a lease counted from it could expire before the send ends)."""
     try:
         with client.context(namespace=namespace):
+            now = max(now, utcnow())  # a test's later `now` is kept
             leased = _lease(key, now, settings, endpoints)
             if leased is None:
                 return None

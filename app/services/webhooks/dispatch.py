@@ -150,7 +150,6 @@ def dispatch_org(
     now = now or utcnow()
     result = OrgDispatch()
     keys = due_keys(now, budget)
-    result.more = len(keys) == budget
     if not keys:
         return result
     endpoints = {
@@ -162,6 +161,7 @@ def dispatch_org(
     context = ndb.get_context()
     namespace = context.get_namespace()
     running: set[concurrent.futures.Future[bool | None]] = set()
+    skipped = 0
     for key in keys:
         state = _hand_out(namespace, key)
         # Its endpoint busy: a waiting call waits for one of its own sends to end first.
@@ -175,6 +175,7 @@ def dispatch_org(
             with _in_flight_lock:
                 _backlogged.add(namespace)
         if state != HANDED_OUT:
+            skipped += 1
             continue  # a sender of this process has it, or a later round will
         running.add(
             _senders.submit(
@@ -186,6 +187,9 @@ def dispatch_org(
         _count(result, concurrent.futures.wait(running).done)
     else:
         result.pending = list(running)
+    # More may be due past the page; not when some were left to senders already at work
+    # (a round at once would only find them again: a freed sender wakes the loop).
+    result.more = len(keys) == budget and not skipped
     return result
 
 

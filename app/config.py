@@ -107,6 +107,10 @@ class Config:
     #: cron's bounded call, `app/background.py`); 0, the default, leaves it to App
     #: Engine's cron. `metering serve` sets 30 unless the environment says otherwise.
     background_compaction_seconds: float = 0.0
+    # -- issue 14, alerts ------------------------------------------------------------
+    #: Seconds each process trusts its list of meters with active alert rules (ingestion
+    #: writes the usage feed only for those); a rule changed here clears it at once.
+    alert_rule_cache_seconds: float = 1.0
 
     def __post_init__(self):
         if not 1 <= self.rollup_shards <= 64:  # app.storage.shards.MAX_SHARDS
@@ -164,6 +168,10 @@ class Config:
             rollup_shards=_env_int(env, "METERING_ROLLUP_SHARDS", cls.rollup_shards),
             background_compaction_seconds=_env_float(
                 env, "METERING_BACKGROUND_COMPACTION_SECONDS", cls.background_compaction_seconds
+            ),
+            # issue 14, alerts
+            alert_rule_cache_seconds=_env_float(
+                env, "METERING_ALERT_RULE_CACHE_SECONDS", cls.alert_rule_cache_seconds
             ),
         )
 

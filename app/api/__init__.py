@@ -1,6 +1,14 @@
 """The HTTP layer: one module per resource, views thin (parse, call a service, serialize)."""
 
-from app.api import admin, cron, health, meter_events, meters, openapi
+from app.api import (
+    admin,
+    alerts,  # issue 14, alerts
+    cron,
+    health,
+    meter_events,
+    meters,
+    openapi,
+)
 
 
 def init_app(app) -> None:
@@ -11,3 +19,4 @@ def init_app(app) -> None:
     app.register_blueprint(admin.blueprint)
     app.register_blueprint(cron.blueprint)
     app.register_blueprint(openapi.blueprint)
+    app.register_blueprint(alerts.blueprint)  # issue 14, alerts

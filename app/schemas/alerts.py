@@ -175,7 +175,7 @@ class Alert(Schema):
 
 
 class AlertPage(Schema):
-    """One page of alert rules, oldest first."""
+    """One page of alert rules, in a stable order."""
 
     alerts = fields.List(fields.Nested(Alert), required=True)
     count = fields.Integer(required=True)

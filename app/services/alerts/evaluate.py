@@ -57,7 +57,6 @@ LEASE_SECONDS = 30.0
 CHUNK_FEEDS = 100
 MAX_MUTATIONS = 500
 TRIGGERED, RESOLVED = "alert.triggered", "alert.resolved"
-_HOLDER = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 class _Stale(Exception):
@@ -115,16 +114,17 @@ def evaluate_org(budget: int) -> int:
         if not rule.deleted:
             by_meter[rule.meter_id].append(rule)
     settings = _settings()
+    holder = f"{os.getpid()}-{uuid.uuid4().hex}"  # this call: two calls never share a lease
     applied = 0
     for meter_id, rules in by_meter.items():
         if applied >= budget:
             break
-        if not _take_lease(meter_id):
+        if not _take_lease(meter_id, holder):
             continue
         try:
             applied += _evaluate_meter(meter_id, rules, budget - applied, settings)
         finally:
-            _release_lease(meter_id)
+            _release_lease(meter_id, holder)
     return applied
 
 
@@ -135,15 +135,15 @@ def _lease_key(meter_id: str) -> ndb.Key:
     return ndb.Key("alert-lease", meter_id, parent=root_key())
 
 
-def _take_lease(meter_id: str) -> bool:
+def _take_lease(meter_id: str, holder: str) -> bool:
     @transactional(retries=3)
     def take() -> bool:
         now = utcnow()
         lease = _lease_key(meter_id).get()
-        if lease is not None and lease.holder != _HOLDER and lease.until > now:
+        if lease is not None and lease.holder != holder and lease.until > now:
             return False
         AlertLease(
-            key=_lease_key(meter_id), holder=_HOLDER, until=now + timedelta(seconds=LEASE_SECONDS)
+            key=_lease_key(meter_id), holder=holder, until=now + timedelta(seconds=LEASE_SECONDS)
         ).put()
         return True
 
@@ -153,11 +153,11 @@ def _take_lease(meter_id: str) -> bool:
         return False
 
 
-def _release_lease(meter_id: str) -> None:
+def _release_lease(meter_id: str, holder: str) -> None:
     @transactional(retries=3)
     def release() -> None:
         lease = _lease_key(meter_id).get()
-        if lease is not None and lease.holder == _HOLDER:
+        if lease is not None and lease.holder == holder:
             lease.key.delete()
 
     try:

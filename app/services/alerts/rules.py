@@ -92,7 +92,7 @@ def get_rule(public_id: str) -> AlertRule:
 def list_rules(
     limit: int, cursor: str | None, include_archived: bool
 ) -> tuple[list[AlertRule], str | None]:
-    """One page of rules, oldest first (active ones only unless `include_archived`)."""
+    """One page of rules, in key order (active ones only unless `include_archived`)."""
     query = AlertRule.query_org()
     if not include_archived:
         query = AlertRule.query_org(AlertRule.deleted == False)  # noqa: E712

@@ -47,7 +47,7 @@ def test_a_user_crossing_a_threshold_triggers_once(api, evaluate):
         ("alert.triggered", "alice", 10),
         ("alert.triggered", "bob", 10),
     ]
-    found = [t for t in triggers(api, rule) if t["userId"] == "alice"][0]
+    found = next(t for t in triggers(api, rule) if t["userId"] == "alice")
     assert found["value"] == 11 and found["alertId"] == rule["id"]
     assert found["messageId"].startswith("msg_") and len(found["messageId"]) == 30
 

@@ -158,7 +158,13 @@ def test_an_archived_meter_takes_no_rule(api, meter):
     api.delete(f"/v1/billing/meters/{meter['id']}")
     answer = api.post(
         "/v1/billing/alerts",
-        json={"name": "n", "meterId": meter["id"], "thresholds": [1], "scope": "org", "period": "day"},
+        json={
+            "name": "n",
+            "meterId": meter["id"],
+            "thresholds": [1],
+            "scope": "org",
+            "period": "day",
+        },
     )
     assert answer.status_code == 400 and error_of(answer)["param"] == "meterId"
 

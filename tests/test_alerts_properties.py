@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from hypothesis import HealthCheck, given, settings
@@ -24,7 +25,7 @@ from tests.support.http import Api
 from tests.support.names import unique_org_name
 
 USERS = ("u0", "u1", "u2")
-RULES = (
+RULES: tuple[tuple[Any, ...], ...] = (
     # (scope, period, zone, filter, notifyOnResolve)
     ("user", "day", "Asia/Kolkata", {}, True),
     ("org", "month", "UTC", {}, False),

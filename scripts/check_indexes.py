@@ -47,6 +47,12 @@ NEEDED_BY = {
     "meter-event(MeterId, UserId, Timestamp desc) ancestor": "test_recent_events_of_a_user",
     # issue 14, alerts
     "alert-trigger(AlertId, At desc) ancestor": "test_triggers_of_an_alert_rule_newest_first",
+    # issue 14, webhooks
+    "webhook-message(Status, NextAttemptAt) ancestor": "test_due_webhook_messages",
+    "webhook-message(EndpointId, CreatedAt desc) ancestor": "test_an_endpoints_message_log",
+    "webhook-message(EndpointId, Status, CreatedAt desc) ancestor": (
+        "test_an_endpoints_message_log_of_one_status"
+    ),
 }
 MISSING_INDEX = "requires a composite index that is not defined"
 

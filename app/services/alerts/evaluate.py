@@ -90,17 +90,19 @@ class Touch:
 
 @dataclass
 class _Settings:
-    settle: timedelta  # rule creation + this: every event of a later period wrote a feed
+    #: A spec's rule taken + this: every batch committed since wrote its feed (the rule
+    #: cache's TTL, and the longest a batch can take from reading it to its commit).
+    complete: timedelta
+    #: How far in the future an event's timestamp may lie.
+    lead: timedelta
 
 
 def _settings() -> _Settings:
     config = current_app.config["METERING"] if has_app_context() else Config.from_env()
-    settle = (
-        timedelta(seconds=config.alert_rule_cache_seconds)
-        + timedelta(seconds=config.request_deadline_seconds or 60)
-        + config.max_event_lead
+    complete = timedelta(seconds=config.alert_rule_cache_seconds) + timedelta(
+        seconds=config.request_deadline_seconds or 60
     )
-    return _Settings(settle=settle)
+    return _Settings(complete=complete, lead=config.max_event_lead)
 
 
 def evaluate_org(budget: int) -> int:
@@ -201,9 +203,13 @@ def _apply_chunk(
     meter = seed.meter_of(meter_id)
     touches = _touches(feeds, rules)
     existing = dict(zip(touches, ndb.get_multi([_tally_key(k) for k in touches])))
-    for name, touch in touches.items():
-        if _needs_seed(touch, existing[name], meter.aggregation_type, settings):
-            touch.seeded = seed.seed(meter, touch, settings.settle)
+    seeding = [
+        touch
+        for name, touch in touches.items()
+        if _needs_seed(touch, existing[name], meter.aggregation_type, settings)
+    ]
+    for touch, seeded in zip(seeding, seed.seed_all(meter, seeding)):
+        touch.seeded = seeded
     targets = {kind: outbox.targets(kind) for kind in (TRIGGERED, RESOLVED)}
     try:
         return _commit_chunk(meter, feeds, touches, targets, settings)
@@ -258,27 +264,30 @@ def _tally_key(name: str) -> ndb.Key:
     return ndb.Key("alert-tally", name, parent=root_key())
 
 
-def settled_after(rules: list[AlertRule], settle: timedelta) -> datetime:
-    """From when on the spec's tallies surely had every event's feed: the earliest time one
-    of its active rules took the spec (created, or its filter changed), plus the cache,
-    deadline and future-timestamp margins."""
-    return min(rule.spec_since or rule.created_at for rule in rules) + settle  # type: ignore[no-any-return]
+def complete_after(rules: list[AlertRule], settings: _Settings) -> datetime:
+    """From when on every batch of the spec's meter surely wrote its feed: the earliest
+    time one of its active rules took the spec (created, or its filter changed), plus the
+    rule cache's TTL and the request deadline."""
+    since = min(rule.spec_since or rule.created_at for rule in rules)
+    return since + settings.complete  # type: ignore[no-any-return]
 
 
 def _needs_seed(
     touch: Touch, tally: AlertTally | None, aggregation: str, settings: _Settings
 ) -> bool:
     """Whether the tally must be read from the summary engine: always for unique_count, for
-    max after a cancel; a new tally of a period that began before its spec saw every feed;
-    an existing one built under another basis (its spec may have gone unwatched: the
-    earliest rule archived, then others) or seeded before its basis."""
-    basis = settled_after(touch.rules, settings.settle)
+    max after a cancel; a new tally of a period that may hold events recorded before every
+    batch wrote a feed (future timestamps included); one built under another basis (its
+    spec may have gone unwatched: the earliest rule archived, then others); and, at every
+    touch, one seeded before its basis (a batch of a process whose rule cache was stale
+    may have committed since without a feed: the next seed takes it in)."""
+    basis = complete_after(touch.rules, settings)
     if aggregation == Aggregation.UNIQUE_COUNT:
         return True
     if aggregation == Aggregation.MAX and touch.recompute:
         return True
     if tally is None:
-        return touch.start < basis
+        return touch.start < basis + settings.lead
     if tally.basis != basis:
         return True
     return tally.seeded_at is not None and tally.seeded_at < basis
@@ -306,7 +315,7 @@ def _commit_chunk(
         writes: list[Any] = []
         messages = 0
         for touch, tally in zip(touches.values(), found[len(feed_keys) :]):
-            basis = settled_after(touch.rules, settings.settle)
+            basis = complete_after(touch.rules, settings)
             if touch.seeded is None and _needs_seed(touch, tally, meter.aggregation_type, settings):
                 raise _Stale()  # it changed since we looked (another evaluator): look again
             tally = _updated(tally, touch, meter.aggregation_type, basis, now)

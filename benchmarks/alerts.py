@@ -78,6 +78,7 @@ def run(service: Service, receiver: Receiver, args) -> tuple[float, float]:
             "timeZone": "Asia/Kolkata",
         },
     )
+    time.sleep(args.after_rules)
     crossed_at: dict[tuple[str, int], float] = {}
     lock = threading.Lock()
 
@@ -136,6 +137,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=10, help="events per batch")
     parser.add_argument("--step", type=int, default=20, help="the per-user thresholds' step")
     parser.add_argument("--pause", type=float, default=0.05, help="seconds between batches")
+    parser.add_argument(
+        "--after-rules",
+        type=float,
+        default=0.0,
+        help="seconds between creating the rules and recording (past ~31 s, tallies are no "
+        "longer re-read from the summaries at every touch)",
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=8)
     args = parser.parse_args()

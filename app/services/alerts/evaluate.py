@@ -20,6 +20,7 @@ a cancel, and every unique_count tally whenever touched (distinct values do not 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import uuid
@@ -56,6 +57,9 @@ LEASE_SECONDS = 30.0
 #: Feeds read per chunk; a chunk whose commit would exceed MAX_MUTATIONS is halved.
 CHUNK_FEEDS = 100
 MAX_MUTATIONS = 500
+#: While a stale rule cache may still commit a batch without its feed, how often a tally
+#: touched again is re-read from the summaries.
+RESEED_EVERY = timedelta(seconds=1)
 TRIGGERED, RESOLVED = "alert.triggered", "alert.resolved"
 
 
@@ -78,6 +82,8 @@ class Touch:
     max: int | None = None
     recompute: bool = False
     seeded: seed.Seed | None = None
+    #: The stored tally the seed replaces (`_version`): it must not change until the commit.
+    seeded_over: tuple[Any, ...] | None = None
 
     def add(self, contribution: list[Any], recompute: bool) -> None:
         self.sum += contribution[4]
@@ -203,16 +209,18 @@ def _apply_chunk(
     meter = seed.meter_of(meter_id)
     touches = _touches(feeds, rules)
     existing = dict(zip(touches, ndb.get_multi([_tally_key(k) for k in touches])))
+    now = utcnow()
     seeding = [
         touch
         for name, touch in touches.items()
-        if _needs_seed(touch, existing[name], meter.aggregation_type, settings)
+        if _needs_seed(touch, existing[name], meter.aggregation_type, settings, now)
     ]
     for touch, seeded in zip(seeding, seed.seed_all(meter, seeding)):
         touch.seeded = seeded
+        touch.seeded_over = _version(existing[touch.key_name])
     targets = {kind: outbox.targets(kind) for kind in (TRIGGERED, RESOLVED)}
     try:
-        return _commit_chunk(meter, feeds, touches, targets, settings)
+        return _commit_chunk(meter, feeds, touches, targets, settings, now)
     except _TooBig:
         if len(feeds) == 1:
             raise
@@ -273,14 +281,15 @@ def complete_after(rules: list[AlertRule], settings: _Settings) -> datetime:
 
 
 def _needs_seed(
-    touch: Touch, tally: AlertTally | None, aggregation: str, settings: _Settings
+    touch: Touch, tally: AlertTally | None, aggregation: str, settings: _Settings, now: datetime
 ) -> bool:
     """Whether the tally must be read from the summary engine: always for unique_count, for
     max after a cancel; a new tally of a period that may hold events recorded before every
     batch wrote a feed (future timestamps included); one built under another basis (its
-    spec may have gone unwatched: the earliest rule archived, then others); and, at every
-    touch, one seeded before its basis (a batch of a process whose rule cache was stale
-    may have committed since without a feed: the next seed takes it in)."""
+    spec may have gone unwatched: the earliest rule archived, then others); and one seeded
+    before its basis, once its seed is RESEED_EVERY old or the basis has passed (a batch of
+    a process whose rule cache was stale may have committed since without a feed: the
+    next seed takes it in; until then the value may be short, never over)."""
     basis = complete_after(touch.rules, settings)
     if aggregation == Aggregation.UNIQUE_COUNT:
         return True
@@ -290,7 +299,16 @@ def _needs_seed(
         return touch.start < basis + settings.lead
     if tally.basis != basis:
         return True
-    return tally.seeded_at is not None and tally.seeded_at < basis
+    if tally.seeded_at is None or tally.seeded_at >= basis:
+        return False
+    return now >= basis or now - tally.seeded_at >= RESEED_EVERY
+
+
+def _version(tally: AlertTally | None) -> tuple[Any, ...] | None:
+    """What tells two states of a stored tally apart."""
+    if tally is None:
+        return None
+    return (tally.value, tally.seeded_at, tally.basis, json.dumps(tally.states, sort_keys=True))
 
 
 # -- the transaction -------------------------------------------------------------------
@@ -302,7 +320,12 @@ def _commit_chunk(
     touches: dict[str, Touch],
     targets: dict[str, list[Any]],
     settings: _Settings,
+    decided: datetime,
 ) -> int:
+    """Apply the chunk in one transaction. It gives up (`_Stale`) when its feeds or tallies
+    changed since they were read: a feed gone (another evaluator applied it), a tally that
+    now needs a seed, or a seeded tally written meanwhile (the seed would overwrite what
+    was added to it)."""
     feed_keys = [f.key for f in feeds]
     tally_keys = [_tally_key(name) for name in touches]
     stored_messages = [0]
@@ -316,8 +339,12 @@ def _commit_chunk(
         messages = 0
         for touch, tally in zip(touches.values(), found[len(feed_keys) :]):
             basis = complete_after(touch.rules, settings)
-            if touch.seeded is None and _needs_seed(touch, tally, meter.aggregation_type, settings):
+            if touch.seeded is None and _needs_seed(
+                touch, tally, meter.aggregation_type, settings, decided
+            ):
                 raise _Stale()  # it changed since we looked (another evaluator): look again
+            if touch.seeded is not None and _version(tally) != touch.seeded_over:
+                raise _Stale()
             tally = _updated(tally, touch, meter.aggregation_type, basis, now)
             writes.append(tally)
             for trigger in _crossings(tally, touch, now):

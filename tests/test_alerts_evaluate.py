@@ -9,6 +9,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from app.models import AlertFeed, root_key
+from app.services.alerts import evaluate as evaluate_module
 from tests.support.alerts import (
     create_rule,
     crossings,
@@ -323,3 +325,36 @@ def test_a_changed_filter_makes_a_new_tally_seeded_from_the_usage_there(api, eva
     evaluate()
     assert crossings(api, rule) == [("alert.triggered", "u", 8)]
     assert triggers(api, rule)[0]["value"] == 8
+
+
+def test_a_feed_too_big_for_one_commit_is_applied_in_parts_exactly_once(
+    api, app, ndb_client, org, monkeypatch
+):
+    meter = api.create_meter()
+    monthly = create_rule(api, meter, thresholds=[1, 2])
+    daily = create_rule(api, meter, thresholds=[1], period="day", timeZone="Asia/Tokyo")
+    api.record(*[_event(meter, f"user-{n}", 3) for n in range(10)])
+    monkeypatch.setattr(evaluate_module, "MAX_MUTATIONS", 7)  # a tally and its triggers, at most
+    real_commit = evaluate_module._commit_chunk
+    calls = []
+
+    def crashing(*args, **kwargs):
+        if len(calls) == 3:  # three parts committed
+            raise RuntimeError("the evaluator died between two parts")
+        result = real_commit(*args, **kwargs)
+        calls.append(result)
+        return result
+
+    monkeypatch.setattr(evaluate_module, "_commit_chunk", crashing)
+    with pytest.raises(RuntimeError):
+        run_evaluator(app, ndb_client, org)
+    monkeypatch.setattr(evaluate_module, "_commit_chunk", real_commit)
+    with ndb_client.context(namespace=org["namespace"]):
+        [feed] = AlertFeed.query(ancestor=root_key()).fetch()
+        assert feed.done  # some parts were applied, and remembered
+    assert run_evaluator(app, ndb_client, org) == 1
+    users = [f"user-{n}" for n in range(10)]
+    assert sorted(crossings(api, monthly)) == sorted(
+        [("alert.triggered", u, t) for u in users for t in (1, 2)]
+    )
+    assert sorted(crossings(api, daily)) == [("alert.triggered", u, 1) for u in users]

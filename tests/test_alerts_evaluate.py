@@ -358,3 +358,34 @@ def test_a_feed_too_big_for_one_commit_is_applied_in_parts_exactly_once(
         [("alert.triggered", u, t) for u in users for t in (1, 2)]
     )
     assert sorted(crossings(api, daily)) == [("alert.triggered", u, 1) for u in users]
+
+
+@pytest.mark.parametrize("seeding", [True, False])
+def test_exactly_once_holds_without_the_lease(api, app, ndb_client, org, monkeypatch, seeding):
+    """Two evaluators that both think they hold the meter's lease (one expired under a slow
+    evaluator) still give one trigger per crossing: the transaction re-reads the feeds (and
+    a seeded tally's state). Without seeding: as if the rules were old (no usage predates
+    them here, so the tallies' values are the same)."""
+    monkeypatch.setattr(evaluate_module, "_take_lease", lambda meter_id, holder: True)
+    if not seeding:
+        monkeypatch.setattr(evaluate_module, "_needs_seed", lambda *args: False)
+    meter = api.create_meter()
+    rule = create_rule(api, meter, thresholds=[2, 4, 6], scope="org")
+    user_rule = create_rule(api, meter, thresholds=[1])
+    barrier = threading.Barrier(2)
+
+    def evaluator():
+        barrier.wait()
+        return run_evaluator(app, ndb_client, org)
+
+    for round_number in range(4):
+        api.record(*[_event(meter, f"u{round_number}-{n}", 1) for n in range(2)])
+        with ThreadPoolExecutor(2) as pool:
+            applied = sum(pool.map(lambda _: evaluator(), range(2)))
+        assert applied == 1  # the one feed, applied by one of the two
+    assert sorted(crossings(api, rule)) == [
+        ("alert.triggered", None, 2),
+        ("alert.triggered", None, 4),
+        ("alert.triggered", None, 6),
+    ]
+    assert len(crossings(api, user_rule)) == 8

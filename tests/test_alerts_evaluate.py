@@ -346,7 +346,7 @@ def test_a_feed_too_big_for_one_commit_is_applied_in_parts_exactly_once(
         return result
 
     monkeypatch.setattr(evaluate_module, "_commit_chunk", crashing)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(evaluate_module.EvaluationFailed):  # the crash, logged and reported
         run_evaluator(app, ndb_client, org)
     monkeypatch.setattr(evaluate_module, "_commit_chunk", real_commit)
     with ndb_client.context(namespace=org["namespace"]):

@@ -53,7 +53,9 @@ from app.services.webhooks import outbox
 
 log = logging.getLogger(__name__)
 
-LEASE_SECONDS = 30.0
+#: Short: a killed evaluator delays its meters' alerts by this much at most, and an
+#: evaluation outliving its lease is still exactly once (the transaction re-reads).
+LEASE_SECONDS = 10.0
 #: Feeds read per chunk; a chunk whose commit would exceed MAX_MUTATIONS is halved.
 CHUNK_FEEDS = 100
 MAX_MUTATIONS = 500
@@ -61,6 +63,10 @@ MAX_MUTATIONS = 500
 #: touched again is re-read from the summaries.
 RESEED_EVERY = timedelta(seconds=1)
 TRIGGERED, RESOLVED = "alert.triggered", "alert.resolved"
+
+
+class EvaluationFailed(Exception):
+    """Every meter the call tried failed (logged each): the caller lists the org as failed."""
 
 
 class _Stale(Exception):
@@ -124,6 +130,7 @@ def evaluate_org(budget: int) -> int:
     settings = _settings()
     holder = f"{os.getpid()}-{uuid.uuid4().hex}"  # this call: two calls never share a lease
     applied = 0
+    failed: list[str] = []
     for meter_id, rules in by_meter.items():
         if applied >= budget:
             break
@@ -131,8 +138,13 @@ def evaluate_org(budget: int) -> int:
             continue
         try:
             applied += _evaluate_meter(meter_id, rules, budget - applied, settings)
+        except Exception:
+            failed.append(meter_id)
+            log.exception("alert evaluation failed for meter %s; its feeds wait", meter_id)
         finally:
             _release_lease(meter_id, holder)
+    if failed and not applied:
+        raise EvaluationFailed(f"alert evaluation failed for meters {', '.join(failed)}")
     return applied
 
 

@@ -389,3 +389,19 @@ def test_exactly_once_holds_without_the_lease(api, app, ndb_client, org, monkeyp
         ("alert.triggered", None, 6),
     ]
     assert len(crossings(api, user_rule)) == 8
+
+
+def test_triggers_are_listed_newest_first_a_page_at_a_time(api, evaluate):
+    meter = api.create_meter()
+    rule = create_rule(api, meter, thresholds=[1, 2, 3])
+    for _ in range(3):
+        api.record(_event(meter, "u", 1))
+        evaluate()
+    first = api.get(f"/v1/billing/alerts/{rule['id']}/triggers", params={"limit": 2}).json()
+    assert [t["threshold"] for t in first["triggers"]] == [3, 2] and first["count"] == 2
+    rest = api.get(
+        f"/v1/billing/alerts/{rule['id']}/triggers",
+        params={"limit": 2, "cursor": first["nextCursor"]},
+    ).json()
+    assert [t["threshold"] for t in rest["triggers"]] == [1] and rest["nextCursor"] is None
+    assert all(t["type"] == "alert.triggered" and t["userId"] == "u" for t in first["triggers"])

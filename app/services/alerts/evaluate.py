@@ -134,6 +134,8 @@ def evaluate_org(budget: int) -> int:
     for meter_id, rules in by_meter.items():
         if applied >= budget:
             break
+        if not _pending(meter_id, 1, keys_only=True):
+            continue  # nothing to do: no lease written (the loop visits idle orgs every second)
         if not _take_lease(meter_id, holder):
             continue
         try:
@@ -189,9 +191,9 @@ def _release_lease(meter_id: str, holder: str) -> None:
 # -- one meter -------------------------------------------------------------------------
 
 
-def _pending(meter_id: str, limit: int) -> list[AlertFeed]:
+def _pending(meter_id: str, limit: int, keys_only: bool = False) -> list[Any]:
     query = AlertFeed.query(AlertFeed.meter_id == meter_id, ancestor=root_key())
-    return list(query.fetch(limit))
+    return list(query.fetch(limit, keys_only=keys_only))
 
 
 def _evaluate_meter(meter_id: str, rules: list[AlertRule], budget: int, settings: _Settings) -> int:

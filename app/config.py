@@ -107,6 +107,10 @@ class Config:
     #: cron's bounded call, `app/background.py`); 0, the default, leaves it to App
     #: Engine's cron. `metering serve` sets 30 unless the environment says otherwise.
     background_compaction_seconds: float = 0.0
+    # -- issue 14, alerts ------------------------------------------------------------
+    #: Seconds each process trusts its list of meters with active alert rules (ingestion
+    #: writes the usage feed only for those); a rule changed here clears it at once.
+    alert_rule_cache_seconds: float = 1.0
     # -- issue 14, webhooks ------------------------------------------------------------
     #: Seconds between two rounds of the delivery loop in the background of each worker
     #: (alert evaluation, then due webhook messages; `app/background.py`); a stored message
@@ -177,6 +181,10 @@ class Config:
             rollup_shards=_env_int(env, "METERING_ROLLUP_SHARDS", cls.rollup_shards),
             background_compaction_seconds=_env_float(
                 env, "METERING_BACKGROUND_COMPACTION_SECONDS", cls.background_compaction_seconds
+            ),
+            # issue 14, alerts
+            alert_rule_cache_seconds=_env_float(
+                env, "METERING_ALERT_RULE_CACHE_SECONDS", cls.alert_rule_cache_seconds
             ),
             # issue 14, webhooks
             background_delivery_seconds=_env_float(

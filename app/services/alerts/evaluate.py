@@ -1,11 +1,530 @@
-"""Evaluating alert rules from the usage feed.
+"""Evaluating alert rules from the usage feed: tallies, crossings, exactly once.
 
-Stub of the interface (docs: /work/briefs/contract14.md); the alerts work replaces it.
+`evaluate_org(budget)` visits the current org's meters that have rules. Per meter, one
+evaluator at a time (an `alert-lease` taken in a transaction, expiring after
+LEASE_SECONDS, so a crashed one only delays): it takes up to `budget` pending feeds,
+adds their contributions to the tallies they touch, and in ONE transaction per chunk
+writes the tallies, inserts an `alert-trigger` and its outbox messages for each
+threshold newly reached (or, with notifyOnResolve, left), and deletes the applied feeds.
+
+Exactly once does not rest on the lease: the transaction reads the chunk's feeds and
+tallies again, so a feed is applied once (a second applier finds it gone and starts
+over) and a threshold's state moves once. Trigger and message ids are a hash of
+(rule, subject, period, threshold, generation, type): a second detection of one
+crossing would write the same keys, never a second message.
+
+A tally that cannot be built from feeds alone is seeded from the summary engine
+(`seed`): a period that began before the rule could have had its feed, a max tally after
+a cancel, and every unique_count tally whenever touched (distinct values do not add up).
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from flask import current_app, has_app_context
+from google.cloud import ndb
+
+from app.config import Config
+from app.core.aggregation import Aggregation
+from app.models import (
+    AlertFeed,
+    AlertLease,
+    AlertRule,
+    AlertTally,
+    AlertTrigger,
+    root_key,
+    transactional,
+    utcnow,
+)
+from app.schemas import format_time
+from app.services.alerts import feed as feed_kind
+from app.services.alerts import rules as rule_service
+from app.services.alerts import seed
+from app.services.alerts.periods import base32, digest, period_of
+from app.services.webhooks import outbox
+
+log = logging.getLogger(__name__)
+
+#: Short: a killed evaluator delays its meters' alerts by this much at most, and an
+#: evaluation outliving its lease is still exactly once (the transaction re-reads).
+LEASE_SECONDS = 10.0
+#: Feeds read per chunk; a chunk whose commit would exceed MAX_MUTATIONS is halved.
+CHUNK_FEEDS = 100
+MAX_MUTATIONS = 500
+#: While a stale rule cache may still commit a batch without its feed, how often a tally
+#: touched again is re-read from the summaries.
+RESEED_EVERY = timedelta(seconds=1)
+TRIGGERED, RESOLVED = "alert.triggered", "alert.resolved"
+
+
+class EvaluationFailed(Exception):
+    """Every meter the call tried failed (logged each): the caller lists the org as failed."""
+
+
+class _Stale(Exception):
+    """The chunk changed under us (a feed applied, a tally made elsewhere): start over."""
+
+
+@dataclass
+class Touch:
+    """What a chunk adds to one tally."""
+
+    key_name: str
+    spec: str
+    rules: list[AlertRule]
+    subject: str | None
+    start: datetime
+    end: datetime
+    sum: int = 0
+    count: int = 0
+    max: int | None = None
+    recompute: bool = False
+    seeded: seed.Seed | None = None
+    #: The stored tally the seed replaces (`_version`): it must not change until the commit.
+    seeded_over: tuple[Any, ...] | None = None
+
+    def add(self, contribution: list[Any], recompute: bool) -> None:
+        self.sum += contribution[4]
+        self.count += contribution[5]
+        high = contribution[6]
+        if high is not None and (self.max is None or high > self.max):
+            self.max = high
+        self.recompute = self.recompute or recompute
+
+
+@dataclass
+class _Settings:
+    #: A spec's rule taken + this: every batch committed since wrote its feed (the rule
+    #: cache's TTL, and the longest a batch can take from reading it to its commit).
+    complete: timedelta
+    #: How far in the future an event's timestamp may lie.
+    lead: timedelta
+
+
+def _settings() -> _Settings:
+    config = current_app.config["METERING"] if has_app_context() else Config.from_env()
+    complete = timedelta(seconds=config.alert_rule_cache_seconds) + timedelta(
+        seconds=config.request_deadline_seconds or 60
+    )
+    return _Settings(complete=complete, lead=config.max_event_lead)
+
 
 def evaluate_org(budget: int) -> int:
     """Apply up to `budget` pending feeds of the current org; how many were applied."""
-    return 0
+    all_rules = rule_service.all_rules()
+    if not all_rules:
+        return 0
+    by_meter: dict[str, list[AlertRule]] = {}
+    for rule in all_rules:
+        by_meter.setdefault(rule.meter_id, [])
+        if not rule.deleted:
+            by_meter[rule.meter_id].append(rule)
+    settings = _settings()
+    holder = f"{os.getpid()}-{uuid.uuid4().hex}"  # this call: two calls never share a lease
+    applied = 0
+    failed: list[str] = []
+    for meter_id, rules in by_meter.items():
+        if applied >= budget:
+            break
+        if not _pending(meter_id, 1, keys_only=True):
+            continue  # nothing to do: no lease written (the loop visits idle orgs every second)
+        if not _take_lease(meter_id, holder):
+            continue
+        try:
+            applied += _evaluate_meter(meter_id, rules, budget - applied, settings)
+        except Exception:
+            failed.append(meter_id)
+            log.exception("alert evaluation failed for meter %s; its feeds wait", meter_id)
+        finally:
+            _release_lease(meter_id, holder)
+    if failed and not applied:
+        raise EvaluationFailed(f"alert evaluation failed for meters {', '.join(failed)}")
+    return applied
+
+
+# -- the lease -------------------------------------------------------------------------
+
+
+def _lease_key(meter_id: str) -> ndb.Key:
+    return ndb.Key("alert-lease", meter_id, parent=root_key())
+
+
+def _take_lease(meter_id: str, holder: str) -> bool:
+    @transactional(retries=3)
+    def take() -> bool:
+        now = utcnow()
+        lease = _lease_key(meter_id).get()
+        if lease is not None and lease.holder != holder and lease.until > now:
+            return False
+        AlertLease(
+            key=_lease_key(meter_id), holder=holder, until=now + timedelta(seconds=LEASE_SECONDS)
+        ).put()
+        return True
+
+    try:
+        return bool(take())
+    except Exception:  # noqa: BLE001  (contention: another evaluator is taking it)
+        return False
+
+
+def _release_lease(meter_id: str, holder: str) -> None:
+    @transactional(retries=3)
+    def release() -> None:
+        lease = _lease_key(meter_id).get()
+        if lease is not None and lease.holder == holder:
+            lease.key.delete()
+
+    try:
+        release()
+    except Exception as error:  # noqa: BLE001  (it expires by itself)
+        log.warning("could not release an alert lease (it expires): %s", error)
+
+
+# -- one meter -------------------------------------------------------------------------
+
+
+def _pending(meter_id: str, limit: int, keys_only: bool = False) -> list[Any]:
+    query = AlertFeed.query(AlertFeed.meter_id == meter_id, ancestor=root_key())
+    return list(query.fetch(limit, keys_only=keys_only))
+
+
+def _evaluate_meter(meter_id: str, rules: list[AlertRule], budget: int, settings: _Settings) -> int:
+    applied = 0
+    stale = 0
+    while applied < budget:
+        feeds = _pending(meter_id, min(CHUNK_FEEDS, budget - applied))
+        if not feeds:
+            break
+        if not rules:  # every rule of the meter archived: nothing to evaluate them for
+            ndb.delete_multi([f.key for f in feeds])
+            applied += len(feeds)
+            continue
+        try:
+            applied += _apply_chunk(meter_id, rules, feeds, settings)
+        except _Stale:
+            stale += 1
+            if stale > 5:
+                break
+    return applied
+
+
+def _apply_chunk(
+    meter_id: str, rules: list[AlertRule], feeds: list[AlertFeed], settings: _Settings
+) -> int:
+    """Apply `feeds` in one transaction, or in halves when one commit would be too big."""
+    meter = seed.meter_of(meter_id)
+    touches = _touches(feeds, rules)
+    existing = dict(zip(touches, ndb.get_multi([_tally_key(k) for k in touches])))
+    now = utcnow()
+    seeding = [
+        touch
+        for name, touch in touches.items()
+        if _needs_seed(touch, existing[name], meter.aggregation_type, settings, now)
+    ]
+    for touch, seeded in zip(seeding, seed.seed_all(meter, seeding)):
+        touch.seeded = seeded
+        touch.seeded_over = _version(existing[touch.key_name])
+    targets = {kind: outbox.targets(kind) for kind in (TRIGGERED, RESOLVED)}
+    try:
+        return _commit_chunk(meter, feeds, touches, targets, settings, now)
+    except _TooBig:
+        if len(feeds) == 1:
+            return _commit_in_parts(meter, feeds[0], list(touches.values()), targets, settings, now)
+        half = len(feeds) // 2
+        return _apply_chunk(meter_id, rules, feeds[:half], settings) + _apply_chunk(
+            meter_id, rules, feeds[half:], settings
+        )
+
+
+class _TooBig(Exception):
+    """One commit would hold more than MAX_MUTATIONS mutations."""
+
+
+def _commit_in_parts(
+    meter: Any,
+    feed: AlertFeed,
+    touches: list[Touch],
+    targets: dict[str, list[Any]],
+    settings: _Settings,
+    decided: datetime,
+    last: bool = True,
+) -> int:
+    """Apply one feed too big for one commit (a batch of many users under many specs) in
+    several: each part's transaction writes some tallies and records their names in the
+    feed (`done`), the last one deletes it. A part whose tallies the feed already lists
+    was applied by someone else: `_Stale`."""
+    try:
+        return _commit_chunk(
+            meter, [feed], {t.key_name: t for t in touches}, targets, settings, decided, last
+        )
+    except _TooBig:
+        if len(touches) == 1:
+            raise
+        half = len(touches) // 2
+        _commit_in_parts(meter, feed, touches[:half], targets, settings, decided, last=False)
+        return _commit_in_parts(meter, feed, touches[half:], targets, settings, decided, last)
+
+
+def _touches(feeds: Iterable[AlertFeed], rules: list[AlertRule]) -> dict[str, Touch]:
+    """Tally key name -> what `feeds` add to it, over every active rule's spec."""
+    specs: dict[str, list[AlertRule]] = {}
+    for rule in rules:
+        specs.setdefault(rule_service.spec_of(rule), []).append(rule)
+    touches: dict[str, Touch] = {}
+    for feed in feeds:
+        done = _done(feed)
+        for contribution in feed_kind.decode(feed.contributions):
+            user, dimensions, day, slot = contribution[:4]
+            for spec, of_spec in specs.items():
+                rule = of_spec[0]
+                if not _matches(rule, user, dimensions):
+                    continue
+                subject = None if rule.scope == "org" else user
+                start, end = period_of(day, slot, rule.period, rule.time_zone)
+                name = tally_name(spec, subject, start)
+                if name in done:
+                    continue  # a part of this feed already applied (`_commit_in_parts`)
+                touch = touches.get(name)
+                if touch is None:
+                    touch = touches[name] = Touch(name, spec, of_spec, subject, start, end)
+                touch.add(contribution, bool(feed.recompute))
+    return touches
+
+
+def _done(feed: AlertFeed) -> set[str]:
+    """Tally names a part of this feed was applied to (`_commit_in_parts`)."""
+    return set(json.loads(feed.done)) if feed.done else set()
+
+
+def _matches(rule: AlertRule, user: str, dimensions: dict[str, str]) -> bool:
+    if rule.scope == "one" and user != rule.scope_user:
+        return False
+    return all(dimensions.get(name, "") == value for name, value in rule.filter.items())
+
+
+def tally_name(spec: str, subject: str | None, start: datetime) -> str:
+    """The key name of a (spec, subject, period start) tally."""
+    return "t_" + base32(digest(spec, subject, start.isoformat()), 40)
+
+
+def _tally_key(name: str) -> ndb.Key:
+    return ndb.Key("alert-tally", name, parent=root_key())
+
+
+def complete_after(rules: list[AlertRule], settings: _Settings) -> datetime:
+    """From when on every batch of the spec's meter surely wrote its feed: the earliest
+    time one of its active rules took the spec (created, or its filter changed), plus the
+    rule cache's TTL and the request deadline."""
+    since = min(rule.spec_since or rule.created_at for rule in rules)
+    return since + settings.complete  # type: ignore[no-any-return]
+
+
+def _needs_seed(
+    touch: Touch, tally: AlertTally | None, aggregation: str, settings: _Settings, now: datetime
+) -> bool:
+    """Whether the tally must be read from the summary engine: always for unique_count, for
+    max after a cancel; a new tally of a period that may hold events recorded before every
+    batch wrote a feed (future timestamps included); one built under another basis (its
+    spec may have gone unwatched: the earliest rule archived, then others); and one seeded
+    before its basis, once its seed is RESEED_EVERY old or the basis has passed (a batch of
+    a process whose rule cache was stale may have committed since without a feed: the
+    next seed takes it in; until then the value may be short, never over)."""
+    basis = complete_after(touch.rules, settings)
+    if aggregation == Aggregation.UNIQUE_COUNT:
+        return True
+    if aggregation == Aggregation.MAX and touch.recompute:
+        return True
+    if tally is None:
+        return touch.start < basis + settings.lead
+    if tally.basis != basis:
+        return True
+    if tally.seeded_at is None or tally.seeded_at >= basis:
+        return False
+    return now >= basis or now - tally.seeded_at >= RESEED_EVERY
+
+
+def _version(tally: AlertTally | None) -> tuple[Any, ...] | None:
+    """What tells two states of a stored tally apart."""
+    if tally is None:
+        return None
+    return (tally.value, tally.seeded_at, tally.basis, json.dumps(tally.states, sort_keys=True))
+
+
+# -- the transaction -------------------------------------------------------------------
+
+
+def _commit_chunk(
+    meter: Any,
+    feeds: list[AlertFeed],
+    touches: dict[str, Touch],
+    targets: dict[str, list[Any]],
+    settings: _Settings,
+    decided: datetime,
+    last: bool = True,
+) -> int:
+    """Apply the chunk in one transaction (with `last` False, the one feed's part of it:
+    see `_commit_in_parts`). It gives up (`_Stale`) when its feeds or tallies
+    changed since they were read: a feed gone (another evaluator applied it), a tally that
+    now needs a seed, or a seeded tally written meanwhile (the seed would overwrite what
+    was added to it)."""
+    feed_keys = [f.key for f in feeds]
+    tally_keys = [_tally_key(name) for name in touches]
+    stored_messages = [0]
+
+    def attempt() -> int:
+        found = ndb.get_multi(feed_keys + tally_keys)
+        if any(f is None for f in found[: len(feed_keys)]):
+            raise _Stale()
+        done = {name for f in found[: len(feed_keys)] for name in _done(f)}
+        if done & set(touches):
+            raise _Stale()
+        now = utcnow()
+        writes: list[Any] = []
+        messages = 0
+        for touch, tally in zip(touches.values(), found[len(feed_keys) :]):
+            basis = complete_after(touch.rules, settings)
+            if touch.seeded is None and _needs_seed(
+                touch, tally, meter.aggregation_type, settings, decided
+            ):
+                raise _Stale()  # it changed since we looked (another evaluator): look again
+            if touch.seeded is not None and _version(tally) != touch.seeded_over:
+                raise _Stale()
+            tally = _updated(tally, touch, meter.aggregation_type, basis, now)
+            writes.append(tally)
+            for trigger in _crossings(tally, touch, now):
+                writes.append(trigger)
+                sent = outbox.messages(
+                    targets[trigger.type],
+                    trigger.type,
+                    trigger.message_id,
+                    payload(trigger),
+                    now,
+                )
+                writes += sent
+                messages += len(sent)
+        if len(writes) + len(feed_keys) > MAX_MUTATIONS:
+            raise _TooBig()
+        if last:
+            ndb.delete_multi(feed_keys)
+        else:
+            [feed] = found[: len(feed_keys)]
+            feed.done = json.dumps(sorted(done | set(touches)))
+            writes.append(feed)
+        ndb.put_multi(writes)
+        stored_messages[0] = messages
+        return len(feed_keys) if last else 0
+
+    applied = int(ndb.transaction(attempt, retries=8))
+    if stored_messages[0]:
+        outbox.wake()
+    return applied
+
+
+def _updated(
+    tally: AlertTally | None, touch: Touch, aggregation: str, basis: datetime, now: datetime
+) -> AlertTally:
+    """The tally with the chunk's contributions (or its seed) applied."""
+    if tally is None:
+        tally = AlertTally(
+            key=_tally_key(touch.key_name),
+            meter_id=touch.rules[0].meter_id,
+            user_id=touch.subject,
+            period_start=touch.start,
+            value="0",
+            states={},
+        )
+    tally.basis = basis
+    old = int(tally.value or 0)
+    seeded = touch.seeded
+    if seeded is not None:
+        tally.seeded_at = seeded.at
+        if aggregation == Aggregation.UNIQUE_COUNT:
+            value = seeded.value
+        elif aggregation == Aggregation.MAX:
+            value = max(seeded.value, touch.max or 0)
+        else:
+            value = seeded.value + (touch.sum if aggregation == Aggregation.SUM else touch.count)
+    elif aggregation == Aggregation.SUM:
+        value = old + touch.sum
+    elif aggregation == Aggregation.COUNT:
+        value = old + touch.count
+    elif aggregation == Aggregation.MAX:
+        value = max(old, touch.max or 0)
+    else:
+        value = old
+    tally.value = str(value)
+    return tally
+
+
+def _crossings(tally: AlertTally, touch: Touch, now: datetime) -> list[AlertTrigger]:
+    """Triggers for thresholds newly reached, and (notifyOnResolve) newly left; the
+    tally's per-rule states updated."""
+    value = int(tally.value)
+    states = dict(tally.states)
+    found = []
+    for rule in touch.rules:
+        of_rule = dict(states.get(rule.id_, {}))
+        for threshold in rule.thresholds:
+            triggered, generation = of_rule.get(str(threshold), [False, 0])
+            if not triggered and value >= threshold:
+                found.append(_trigger(rule, touch, threshold, generation, TRIGGERED, value, now))
+                of_rule[str(threshold)] = [True, generation]
+            elif triggered and value < threshold and rule.notify_on_resolve:
+                found.append(_trigger(rule, touch, threshold, generation, RESOLVED, value, now))
+                of_rule[str(threshold)] = [False, generation + 1]
+        states[rule.id_] = of_rule
+    tally.states = states  # type: ignore[assignment]  # ndb
+    return found
+
+
+def _trigger(
+    rule: AlertRule,
+    touch: Touch,
+    threshold: int,
+    generation: int,
+    kind: str,
+    value: int,
+    now: datetime,
+) -> AlertTrigger:
+    raw = digest(rule.id_, touch.subject, touch.start.isoformat(), threshold, generation, kind)
+    return AlertTrigger(
+        key=ndb.Key("alert-trigger", "atr_" + base32(raw), parent=root_key()),
+        alert_id=rule.id_,
+        type=kind,
+        meter_id=rule.meter_id,
+        user_id=touch.subject,
+        threshold=threshold,
+        value=str(value),
+        period_start=touch.start,
+        period_end=touch.end,
+        at=now,
+        message_id="msg_" + base32(raw),
+        generation=generation,
+    )
+
+
+def _number(value: int) -> int | str:
+    return value if abs(value) <= (1 << 53) - 1 else str(value)
+
+
+def payload(trigger: AlertTrigger) -> dict[str, Any]:
+    """The `data` of an alert.triggered / alert.resolved message."""
+    at_name = "triggeredAt" if trigger.type == TRIGGERED else "resolvedAt"
+    return {
+        "alertId": trigger.alert_id,
+        "meterId": trigger.meter_id,
+        "userId": trigger.user_id,
+        "threshold": trigger.threshold,
+        "value": _number(int(trigger.value)),
+        "periodStart": format_time(trigger.period_start),
+        "periodEnd": format_time(trigger.period_end),
+        at_name: format_time(trigger.at),
+    }

@@ -17,7 +17,7 @@ from tests.support.receiver import Receiver
 from tests.support.server import LiveServer
 from tests.support.waiting import eventually
 
-QUICK = dispatch.Settings(production=False, timeout_seconds=1.0, retry_scale=0.0)
+QUICK = dispatch.Settings(production=False, timeout_seconds=5.0, retry_scale=0.0)
 
 
 @pytest.fixture

@@ -4,6 +4,8 @@ timeouts, resets, redirects, the schedule's end, the log, leases, and disabling.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import threading
 from datetime import timedelta
@@ -22,8 +24,11 @@ from tests.support.receiver import Receiver
 from tests.support.server import LiveServer
 from tests.support.waiting import eventually
 
-#: The dispatcher of these tests: a short timeout, and retries due at once (scale 0).
-QUICK = dispatch.Settings(production=False, timeout_seconds=1.0, retry_scale=0.0)
+#: The dispatcher of these tests: retries due at once (scale 0), and a timeout short enough
+#: for a test yet long enough that a loaded machine's receiver answers within it.
+QUICK = dispatch.Settings(production=False, timeout_seconds=5.0, retry_scale=0.0)
+#: For the receiver that hangs: the attempt times out after 1 s.
+SHORT_TIMEOUT = dataclasses.replace(QUICK, timeout_seconds=1.0)
 
 
 @pytest.fixture
@@ -143,7 +148,7 @@ def test_a_bad_answer_is_an_attempt_failed(api, receiver, deliver, mode, error):
     endpoint = _endpoint(api, receiver)
     receiver.mode, receiver.hang_seconds = mode, 2.5
     _test_message(api, endpoint)
-    run = deliver()
+    run = deliver(settings=SHORT_TIMEOUT if mode == "hang" else QUICK)
     assert run.undelivered == 1
     (message,) = _messages(api, endpoint)["messages"]
     assert message["status"] == "pending"

@@ -19,6 +19,7 @@ from metering_client.errors import (
     MeteringError,
     NotDelivered,
     ServiceUnreachable,
+    WebhookVerificationError,
 )
 from metering_client.retry import RetryPolicy
 from metering_client.types import (
@@ -30,6 +31,7 @@ from metering_client.types import (
     Summary,
     Window,
 )
+from metering_client.webhooks import verify_webhook
 
 __all__ = [
     "ApiError",
@@ -49,5 +51,7 @@ __all__ = [
     "RetryPolicy",
     "ServiceUnreachable",
     "Summary",
+    "WebhookVerificationError",
     "Window",
+    "verify_webhook",
 ]

@@ -21,9 +21,53 @@ import threading
 from google.api_core import exceptions as core_exceptions
 
 from app.services import periodic
+from app.services.webhooks import dispatch, outbox
 
 log = logging.getLogger(__name__)
 _EXTENSION = "background_compaction"
+
+
+# -- issue 14: deliveries -------------------------------------------------------------------
+# Alert evaluation and webhook sends (`periodic.deliver_all_orgs`, what App Engine's cron
+# calls every minute) run in a loop of their own in each worker of `metering serve`: every
+# METERING_BACKGROUND_DELIVERY_SECONDS, and at once when a commit stored messages
+# (`outbox.wake`). A round does not wait for its sends (each is leased, so no later round
+# sends it again): a hung endpoint holds only its own sender thread, not the loop.
+_DELIVERY_EXTENSION = "background_delivery"
+
+
+class _Deliverer:
+    """The delivery loop of one app, woken by `outbox.wake()`."""
+
+    def __init__(self, client, context_options: dict, config):
+        self.client, self.context_options = client, context_options
+        self.seconds, self.budget = config.background_delivery_seconds, config.cron_delivery_budget
+        self.settings = dispatch.Settings.of(config)
+        self.stopping = threading.Event()
+        self.woken = threading.Event()
+        self.forget = outbox.on_wake(self.woken.set)
+        self.thread = threading.Thread(target=self.run, name="metering-delivery", daemon=True)
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            self.woken.wait(self.seconds)
+            self.woken.clear()
+            if self.stopping.is_set():
+                break
+            try:
+                with self.client.context(**self.context_options):
+                    run = periodic.deliver_all_orgs(self.budget, settings=self.settings, wait=False)
+                if not run.complete:
+                    self.woken.set()  # more is due: the next round at once
+            except Exception:  # the next round retries
+                log.warning("background delivery failed", exc_info=True)
+                self.stopping.wait(self.seconds)
+
+    def stop(self, timeout: float) -> None:
+        self.forget()
+        self.stopping.set()
+        self.woken.set()
+        self.thread.join(timeout)
 
 
 class _Compactor:
@@ -48,8 +92,16 @@ class _Compactor:
 
 
 def init_app(app) -> None:
-    """Start the compaction loop when the configuration asks for one."""
+    """Start the compaction and delivery loops the configuration asks for."""
     config = app.config["METERING"]
+    if config.background_delivery_seconds > 0:  # issue 14
+        deliverer = _Deliverer(
+            app.extensions["ndb"],
+            app.extensions["ndb_context_options"],
+            config,
+        )
+        app.extensions[_DELIVERY_EXTENSION] = deliverer
+        deliverer.thread.start()
     if config.background_compaction_seconds <= 0:
         return
     compactor = _Compactor(
@@ -63,7 +115,10 @@ def init_app(app) -> None:
 
 
 def stop(app, timeout: float = 30.0) -> None:
-    """End the app's compaction loop, if it has one, and wait for a round under way."""
+    """End the app's background loops, if it has any, and wait for a round under way."""
+    deliverer = app.extensions.pop(_DELIVERY_EXTENSION, None)
+    if deliverer is not None:
+        deliverer.stop(timeout)
     compactor = app.extensions.pop(_EXTENSION, None)
     if compactor is not None:
         compactor.stopping.set()

@@ -423,6 +423,8 @@ def serve(host, port, data_dir, workers, threads, emulator_kind):
         click.echo(f"Serving on {url}", err=True)
         # No cron here: the workers fold rollups themselves (app/background.py).
         os.environ.setdefault("METERING_BACKGROUND_COMPACTION_SECONDS", "30")
+        # issue 14: nor for deliveries: alerts and webhooks go out from the workers too.
+        os.environ.setdefault("METERING_BACKGROUND_DELIVERY_SECONDS", "1")
         _gunicorn(host, port, workers, threads)
 
 

@@ -107,6 +107,19 @@ class Config:
     #: cron's bounded call, `app/background.py`); 0, the default, leaves it to App
     #: Engine's cron. `metering serve` sets 30 unless the environment says otherwise.
     background_compaction_seconds: float = 0.0
+    # -- issue 14, webhooks ------------------------------------------------------------
+    #: Seconds between two rounds of the delivery loop in the background of each worker
+    #: (alert evaluation, then due webhook messages; `app/background.py`); a stored message
+    #: wakes it at once. 0, the default, leaves it to App Engine's cron (every minute).
+    #: `metering serve` sets 1 unless the environment says otherwise.
+    background_delivery_seconds: float = 0.0
+    #: Most messages (and alert feeds) one delivery call handles per org.
+    cron_delivery_budget: int = 500
+    #: Seconds one webhook attempt may take, connection to answer.
+    webhook_timeout_seconds: float = 10.0
+    #: Multiplies the retry schedule (5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h); tests
+    #: shrink it. Not read from the environment.
+    webhook_retry_scale: float = 1.0
 
     def __post_init__(self):
         if not 1 <= self.rollup_shards <= 64:  # app.storage.shards.MAX_SHARDS
@@ -164,6 +177,16 @@ class Config:
             rollup_shards=_env_int(env, "METERING_ROLLUP_SHARDS", cls.rollup_shards),
             background_compaction_seconds=_env_float(
                 env, "METERING_BACKGROUND_COMPACTION_SECONDS", cls.background_compaction_seconds
+            ),
+            # issue 14, webhooks
+            background_delivery_seconds=_env_float(
+                env, "METERING_BACKGROUND_DELIVERY_SECONDS", cls.background_delivery_seconds
+            ),
+            cron_delivery_budget=_env_int(
+                env, "METERING_CRON_DELIVERY_BUDGET", cls.cron_delivery_budget
+            ),
+            webhook_timeout_seconds=_env_float(
+                env, "METERING_WEBHOOK_TIMEOUT_SECONDS", cls.webhook_timeout_seconds
             ),
         )
 

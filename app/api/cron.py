@@ -14,6 +14,7 @@ from app import tenancy
 from app.api.declare import operation, response
 from app.openapi.operations import ADMIN_TOKEN
 from app.schemas import responses
+from app.schemas.webhooks import DeliveryRun
 from app.services import periodic
 
 blueprint = Blueprint("cron", __name__, url_prefix="/v1/cron")
@@ -37,3 +38,13 @@ def compact():
     """Fold the recent rollup deltas of every org, a bounded amount per call."""
     budget = current_app.config["METERING"].cron_compact_budget
     return periodic.compact_all_orgs(budget)
+
+
+# issue 14: alerts and webhooks on App Engine (cron.yaml, every minute).
+@blueprint.get("/deliver")
+@operation("operations", security=ADMIN_TOKEN, errors=(401, 429))
+@response(DeliveryRun, 200, "What the call evaluated and sent.")
+def deliver():
+    """Evaluate alert rules and send due webhook messages of every org, bounded per call."""
+    budget = current_app.config["METERING"].cron_delivery_budget
+    return periodic.deliver_all_orgs(budget)

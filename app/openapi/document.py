@@ -20,6 +20,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from apispec.ext.marshmallow.common import resolve_schema_cls
 from marshmallow import fields as ma_fields
 
+from app.schemas import webhook_events
 from app.openapi.operations import ADMIN_TOKEN, API_KEY, ConfiguredBody, Operation, operation_of
 from app.schemas import fields as custom_fields
 from app.schemas import responses
@@ -76,6 +77,9 @@ TAGS = {
     "operations": "Periodic work, called by App Engine's cron (or with the admin token).",
     "dashboard": "The usage dashboard: a page for people, calling the API above.",
     "documentation": "This description of the API.",
+    # issue 14, webhooks
+    "webhooks": "Signed webhooks (Standard Webhooks): endpoints, their message log, and the "
+    "event types (each one's body under the document's top-level `webhooks`).",
 }
 
 #: Path parameters, by the name the Flask rule gives them.
@@ -83,6 +87,9 @@ PATH_PARAMETERS = {
     "meter_id": "The meter's public id.",
     "name": "The org's name.",
     "prefix": "The key's public prefix: its first 12 characters.",
+    # issue 14, webhooks
+    "endpoint_id": "The webhook endpoint's public id.",
+    "message_id": "The message's id (its webhook-id header).",
 }
 
 
@@ -127,7 +134,9 @@ def build(app) -> dict:
                 for method in methods
             },
         )
-    return spec.to_dict()
+    built = spec.to_dict()
+    built["webhooks"] = webhook_events.openapi_webhooks()  # issue 14: the event types
+    return built
 
 
 def openapi_path(flask_rule: str) -> str:

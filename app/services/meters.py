@@ -14,7 +14,9 @@ from google.cloud import ndb
 
 from app.errors import Conflict, NotFound
 from app.models import Meter, MeterEvent, root_key, transactional
+from app.schemas.responses import Meter as MeterAnswer
 from app.services import paging
+from app.services.webhooks import outbox
 from app.storage import rollups
 
 LOCKED_ONCE_USED = ("eventName", "aggregationType", "dimensions", "uniqueBy")
@@ -42,9 +44,21 @@ def _taken(event_name: str) -> Conflict:
     )
 
 
+def _announce(event_type: str, targets: list, meter: Meter) -> None:
+    """Put the `meter.*` messages of this change in the caller's transaction (issue 14):
+    stored with the change or not at all. The id is the meter's and the change's time, so
+    a transaction retried by NDB makes the same messages."""
+    if not targets:
+        return
+    event_id = outbox.event_id(event_type, meter.id_, meter.updated_at.isoformat())
+    data = MeterAnswer().dump(meter)
+    ndb.put_multi(outbox.messages(targets, event_type, event_id, data, meter.updated_at))
+
+
 def create_meter(fields: dict[str, Any]) -> Meter:
     """Create a meter; 409 if its event name is taken by an active meter."""
     key = Meter.allocate_ids(1, parent=root_key())[0]
+    targets = outbox.targets("meter.created")  # issue 14: read before the transaction
     # Before the meter exists, so before it can have events: its org-wide rollups hold
     # all of them. A create refused below leaves a marker of a key no meter will have.
     rollups.mark_org_wide(key.id())
@@ -54,9 +68,14 @@ def create_meter(fields: dict[str, Any]) -> Meter:
         if _active_with_event_name(fields["eventName"]) is not None:
             raise _taken(fields["eventName"])
         meter = Meter(key=key, **{_FIELDS[name]: value for name, value in fields.items()})
-        return meter.create()
+        meter.create()
+        _announce("meter.created", targets, meter)
+        return meter
 
-    return create()
+    meter = create()
+    if targets:
+        outbox.wake()
+    return meter
 
 
 def get_meter(public_id: str, *, include_archived: bool = True) -> Meter:
@@ -106,6 +125,7 @@ def has_events(meter: Meter) -> bool:
 
 def update_meter(public_id: str, changes: dict[str, Any]) -> Meter:
     """Change a meter; event name, aggregation and dimensions only while it has no events."""
+    targets = outbox.targets("meter.updated")  # issue 14: read before the transaction
 
     @transactional(retries=8)
     def update() -> Meter:
@@ -131,19 +151,29 @@ def update_meter(public_id: str, changes: dict[str, Any]) -> Meter:
         if meter.aggregation_type != "unique_count" and "uniqueBy" not in changes:
             # mypy: an ndb property takes its value (the class sees the descriptor)
             meter.unique_by = None  # type: ignore[assignment]
-        return meter.update()
+        meter.update()
+        _announce("meter.updated", targets, meter)
+        return meter
 
-    return update()
+    meter = update()
+    if targets:
+        outbox.wake()
+    return meter
 
 
 def archive_meter(public_id: str) -> Meter:
     """Archive a meter: it refuses new events and keeps its history and summaries."""
+    targets = outbox.targets("meter.archived")  # issue 14: read before the transaction
 
     @transactional(retries=8)
     def archive() -> Meter:
         meter = get_meter(public_id)
         if not meter.deleted:
             meter.delete()
+            _announce("meter.archived", targets, meter)
         return meter
 
-    return archive()
+    meter = archive()
+    if targets:
+        outbox.wake()
+    return meter

@@ -30,6 +30,8 @@ from app import deadline
 from app.errors import ApiError, DeadlineExceeded
 from app.models import Namespace, ids
 from app.services import compact
+from app.services.alerts import evaluate
+from app.services.webhooks import dispatch, registry
 from app.services.orgs import is_valid_org_name
 
 log = logging.getLogger(__name__)
@@ -108,3 +110,59 @@ def _compact_page(name: str, limit: int, run: CompactionRun) -> bool:
     if len(keys) == limit:  # maybe more in this org
         run.complete = False
     return True
+
+
+# -- issue 14: deliveries (alert evaluation, then due webhook messages) -------------------
+
+
+@dataclass
+class DeliveryRun:
+    """What one bounded delivery call did, over every registered org."""
+
+    orgs: int = 0
+    evaluated: int = 0
+    sent: int = 0
+    delivered: int = 0
+    undelivered: int = 0
+    complete: bool = True
+    failed: list[str] = field(default_factory=list)
+
+
+def deliver_all_orgs(
+    budget: int, *, settings: dispatch.Settings | None = None, now=None, wait: bool = True
+) -> DeliveryRun:
+    """For each org with endpoints or alert rules, in its namespace: evaluate its pending
+    alert feeds (up to `budget`), then send its due messages (up to `budget`). One org's
+    failure is logged and listed, and the others go on. `wait=False` (the background loop)
+    returns while sends are under way: each is leased, so no later round sends it again."""
+    if settings is None:
+        from flask import current_app  # lazy: only a request's call needs the app
+
+        settings = dispatch.Settings.of(current_app.config["METERING"])
+    names = registry.orgs()
+    random.shuffle(names)
+    run = DeliveryRun(orgs=len(names))
+    for name in names:
+        if _time_is_short():
+            run.complete = False
+            break
+        if not is_valid_org_name(name):
+            run.failed.append(name)
+            continue
+        try:
+            with ndb.get_context().new(namespace=name).use():
+                run.evaluated += evaluate.evaluate_org(budget)
+                done = dispatch.dispatch_org(budget, settings, now=now, wait=wait)
+        except ApiError:
+            raise  # the request's own failure, not this org's
+        except Exception:
+            log.exception("delivery failed for org %r; continuing with the others", name)
+            run.failed.append(name)
+            run.complete = False
+            continue
+        run.sent += done.leased
+        run.delivered += done.delivered
+        run.undelivered += done.undelivered
+        if done.more:
+            run.complete = False
+    return run

@@ -1,25 +1,101 @@
 """The outbox: messages stored in the same commit as the fact they announce.
 
-Stub of the interface (docs: /work/briefs/contract14.md); the webhooks work replaces it.
+A caller announcing a fact reads the subscribed endpoints first (`targets`, outside its
+transaction: the legacy emulator refuses non-ancestor queries inside one, and the list
+changes rarely), builds the messages (`messages`) and puts them in the transaction that
+writes the fact. A crash before the commit loses both, after it neither: the
+dispatcher finds the messages due. `wake()` after the commit has this process's delivery
+loop send them at once instead of at its next round.
+
+A message's id (its `webhook-id`) is derived from what makes the fact unique
+(`event_id`), and its key from that id and the endpoint: the same fact announced twice
+is one stored message, and every endpoint and every retry sees the same id.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
+import threading
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import cast
+
+from app.models.base import root_key
+from app.models.webhook import PENDING, WebhookEndpoint, WebhookMessage
+from app.schemas import format_time
+
+_wakers: list[Callable[[], None]] = []
+_wakers_lock = threading.Lock()
 
 
-def targets(event_type: str) -> list[Any]:
+def event_id(*parts: str) -> str:
+    """A message id: `msg_` + 26 base32 characters of a hash of what makes the fact unique."""
+    digest = hashlib.sha256("\0".join(parts).encode()).digest()
+    return "msg_" + base64.b32encode(digest).decode()[:26].lower()
+
+
+def targets(event_type: str) -> list[WebhookEndpoint]:
     """The current org's enabled endpoints subscribed to `event_type` (outside a transaction)."""
-    return []
+    found = cast(list[WebhookEndpoint], WebhookEndpoint.query(ancestor=root_key()).fetch())
+    return [
+        endpoint
+        for endpoint in found
+        if not endpoint.deleted and endpoint.enabled and endpoint.takes(event_type)
+    ]
+
+
+def body_of(event_type: str, data: dict, at: datetime) -> str:
+    """The delivered body: fixed at creation, the same bytes on every attempt."""
+    return json.dumps(
+        {"type": event_type, "timestamp": format_time(at), "data": data},
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
 
 
 def messages(
-    targets: list[Any], event_type: str, event_id: str, data: dict, at: datetime
-) -> list[Any]:
+    targets: list[WebhookEndpoint], event_type: str, event_id: str, data: dict, at: datetime
+) -> list[WebhookMessage]:
     """Unsaved messages, one per target, for the caller to put in its transaction."""
-    return []
+    body = body_of(event_type, data, at)
+    built = []
+    for endpoint in targets:
+        message = WebhookMessage(
+            key=WebhookMessage.key_for(event_id, endpoint.key),
+            message_id=event_id,
+            endpoint_id=endpoint.id_,
+            event_type=event_type,
+            body=body,
+            status=PENDING,
+            created_at=at,
+            updated_at=at,
+            next_attempt_at=at,
+            attempt_count=0,
+            attempts=[],
+        )
+        message._check()
+        built.append(message)
+    return built
+
+
+def on_wake(waker: Callable[[], None]) -> Callable[[], None]:
+    """Have `wake()` call `waker` (the delivery loop's); returns how to stop it."""
+    with _wakers_lock:
+        _wakers.append(waker)
+
+    def forget() -> None:
+        with _wakers_lock:
+            if waker in _wakers:
+                _wakers.remove(waker)
+
+    return forget
 
 
 def wake() -> None:
     """Nudge this process's delivery loop."""
+    with _wakers_lock:
+        wakers = list(_wakers)
+    for waker in wakers:
+        waker()

@@ -1,15 +1,37 @@
 """Orgs that have webhook endpoints or alert rules: the delivery loop's list to visit.
 
-Stub of the interface (docs: /work/briefs/contract14.md); the webhooks work replaces it.
+One `delivery-org` entity per org, in the registry namespace, keyed by the org's
+namespace. Registering is idempotent and, once done in this process, costs nothing:
+the set of namespaces already registered is remembered in-process (an entity is never
+removed, so a remembered registration never goes stale).
 """
 
 from __future__ import annotations
 
+import threading
+
+from google.cloud import ndb
+
+from app.models import ids, utcnow
+from app.models.webhook import DELIVERY_ORG_KIND, DeliveryOrg
+
+_registered: set[str] = set()
+_lock = threading.Lock()
+
 
 def register_org() -> None:
     """Remember that the current org has endpoints or alert rules."""
+    namespace = ndb.get_context().get_namespace() or ""
+    if not namespace or namespace in _registered:
+        return
+    key = DeliveryOrg.key_for(namespace)
+    if key.get() is None:
+        DeliveryOrg(key=key, registered_at=utcnow()).put()
+    with _lock:
+        _registered.add(namespace)
 
 
 def orgs() -> list[str]:
     """Namespaces of the registered orgs."""
-    return []
+    query = ndb.Query(kind=DELIVERY_ORG_KIND, namespace=ids.REGISTRY_NAMESPACE)
+    return [key.id() for key in query.iter(keys_only=True)]

@@ -1,0 +1,142 @@
+"""Webhook endpoints of the caller's org, their message log, and the event types:
+/v1/webhooks."""
+
+from __future__ import annotations
+
+import copy
+
+from flask import Blueprint, current_app
+
+from app import tenancy
+from app.api.declare import TENANT_ERRORS, arguments, body, operation, other_responses, response
+from app.api.openapi import document_of
+from app.schemas import webhook_events
+from app.schemas.webhooks import (
+    Endpoint,
+    EndpointCreate,
+    EndpointListQuery,
+    EndpointPage,
+    EndpointUpdate,
+    EndpointWithSecret,
+    EventTypeList,
+    Message,
+    MessageListQuery,
+    MessagePage,
+)
+from app.services.webhooks import endpoints
+
+blueprint = Blueprint("webhooks", __name__, url_prefix="/v1/webhooks")
+blueprint.before_request(tenancy.require_org)
+tenant = operation("webhooks", errors=TENANT_ERRORS)
+
+
+def _config():
+    return current_app.config["METERING"]
+
+
+@blueprint.post("/endpoints")
+@tenant
+@body(EndpointCreate)
+@response(EndpointWithSecret, 201, "The new endpoint, with its signing secret (shown once).")
+@other_responses(400)
+def create_endpoint(fields):
+    """Create a webhook endpoint."""
+    return endpoints.create_endpoint(fields, _config().production)
+
+
+@blueprint.get("/endpoints")
+@tenant
+@arguments(EndpointListQuery)
+@response(EndpointPage, 200, "A page of endpoints.")
+@other_responses(400)
+def list_endpoints(args):
+    """List the org's webhook endpoints, a page at a time."""
+    page, next_cursor = endpoints.list_endpoints(
+        args.get("limit", _config().default_page_size), args.get("cursor")
+    )
+    return {"endpoints": page, "count": len(page), "nextCursor": next_cursor}
+
+
+@blueprint.get("/endpoints/<endpoint_id>")
+@tenant
+@response(Endpoint, 200, "The endpoint.")
+@other_responses(404)
+def get_endpoint(endpoint_id):
+    """Get one webhook endpoint (without its secret)."""
+    return endpoints.get_endpoint(endpoint_id)
+
+
+@blueprint.patch("/endpoints/<endpoint_id>")
+@tenant
+@body(EndpointUpdate)
+@response(Endpoint, 200, "The changed endpoint.")
+@other_responses(400, 404)
+def update_endpoint(changes, endpoint_id):
+    """Change an endpoint's url, description, event types, or enable it again."""
+    return endpoints.update_endpoint(endpoint_id, changes, _config().production)
+
+
+@blueprint.delete("/endpoints/<endpoint_id>")
+@tenant
+@response(Endpoint, 200, "The deleted endpoint.")
+@other_responses(404)
+def delete_endpoint(endpoint_id):
+    """Delete an endpoint: its waiting messages fail."""
+    return endpoints.delete_endpoint(endpoint_id)
+
+
+@blueprint.post("/endpoints/<endpoint_id>/rotate-secret")
+@tenant
+@response(EndpointWithSecret, 200, "The endpoint with its new secret (shown once).")
+@other_responses(404)
+def rotate_secret(endpoint_id):
+    """Rotate the signing secret: the old one keeps signing beside the new for 24 hours."""
+    return endpoints.rotate_secret(endpoint_id)
+
+
+@blueprint.get("/endpoints/<endpoint_id>/messages")
+@tenant
+@arguments(MessageListQuery)
+@response(MessagePage, 200, "A page of the endpoint's messages, newest first.")
+@other_responses(400, 404)
+def list_messages(args, endpoint_id):
+    """The endpoint's delivery log: messages and their attempts."""
+    page, next_cursor = endpoints.list_messages(
+        endpoint_id,
+        args.get("status"),
+        args.get("limit", _config().default_page_size),
+        args.get("cursor"),
+    )
+    return {"messages": page, "count": len(page), "nextCursor": next_cursor}
+
+
+@blueprint.post("/endpoints/<endpoint_id>/messages/<message_id>/retry")
+@tenant
+@response(Message, 202, "The message, due now.")
+@other_responses(404)
+def retry_message(endpoint_id, message_id):
+    """Send a message again (one more attempt)."""
+    return endpoints.retry_message(endpoint_id, message_id)
+
+
+@blueprint.post("/endpoints/<endpoint_id>/test")
+@tenant
+@response(Message, 202, "The webhook.test message, due now.")
+@other_responses(404)
+def send_test(endpoint_id):
+    """Send a webhook.test message to the endpoint."""
+    return endpoints.send_test(endpoint_id)
+
+
+@blueprint.get("/event-types")
+@operation("webhooks", errors=TENANT_ERRORS, datastore=False)
+@response(EventTypeList, 200, "Every event type, with its body's JSON Schema.")
+def list_event_types():
+    """The event types an endpoint can subscribe to, with their payload schemas."""
+    meter = document_of(current_app)["components"]["schemas"]["Meter"]
+    listed = webhook_events.listed()
+    for entry in listed:
+        data = entry["schema"]["properties"]["data"]
+        if data == webhook_events.METER_REF:
+            entry["schema"]["properties"]["data"] = copy.deepcopy(meter)
+    return {"eventTypes": listed}

@@ -1,0 +1,412 @@
+"""The dispatcher: send the current org's due messages, at least once, never one attempt twice.
+
+One call (`dispatch_org`) finds up to `budget` due messages (pending, next attempt at or
+before now: an ancestor query on `Status`, `NextAttemptAt`), leases each in a transaction
+and sends the leased ones from a thread pool, so a hung endpoint holds only its own
+sends. Leasing moves the message's next attempt to the end of the send (timeout plus a
+margin) and stores a random lease token: another dispatcher, in this process or another,
+finds it not due, so one attempt is sent once; a sender that dies mid-send leaves the
+lease to expire, and the message is sent again, with the same `webhook-id` and body.
+
+Each result is recorded in a transaction that checks the lease token (a late sender whose
+lease was taken over records nothing): 2xx is delivered; anything else, a timeout, a
+connection error or a redirect (never followed) is an attempt failed, retried after the
+next delay of `RETRY_DELAYS` (with jitter) and, after the last, failed for good.
+
+Endpoints: a deleted one fails its messages with a clear error; a disabled one's messages
+wait (re-checked every `PAUSED_RECHECK`; re-enabling makes them due at once); one whose
+every attempt failed for `DISABLE_AFTER` is disabled, its `disabledReason` and the log
+saying why. The URL is checked again at each send (`safety.resolve`) and the connection
+goes to the address that was checked.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import http.client
+import logging
+import random
+import secrets as _random
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import cast
+
+from google.cloud import ndb
+
+from app.models import transactional, utcnow
+from app.models.base import root_key
+from app.models.webhook import (
+    DELIVERED,
+    FAILED,
+    PENDING,
+    WebhookEndpoint,
+    WebhookMessage,
+)
+from app.schemas import format_time
+from app.services.webhooks import safety, signing
+
+log = logging.getLogger(__name__)
+
+#: Delays before the 2nd, 3rd, ... attempt: about 33 hours in all, then the message fails.
+RETRY_DELAYS = tuple(
+    timedelta(seconds=s) for s in (5, 300, 1800, 7200, 18000, 36000, 36000)
+)
+JITTER = 0.2
+#: An endpoint whose every attempt failed for this long is disabled.
+DISABLE_AFTER = timedelta(days=5)
+#: How often a disabled endpoint's waiting messages are looked at again.
+PAUSED_RECHECK = timedelta(hours=1)
+#: Bytes of an answer kept in the log (never logged whole).
+RESPONSE_BODY_KEPT = 1024
+#: Seconds a lease outlasts the send's timeout (recording the result, a slow thread).
+LEASE_MARGIN_SECONDS = 20
+MAX_SENDERS = 32
+
+_senders = concurrent.futures.ThreadPoolExecutor(
+    max_workers=MAX_SENDERS, thread_name_prefix="webhook-send"
+)
+_jitter = random.Random()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a dispatch needs from the configuration."""
+
+    production: bool = False
+    timeout_seconds: float = 10.0
+    #: Multiplies RETRY_DELAYS (tests shrink the schedule).
+    retry_scale: float = 1.0
+
+    @classmethod
+    def of(cls, config) -> Settings:
+        return cls(
+            production=config.production,
+            timeout_seconds=config.webhook_timeout_seconds,
+            retry_scale=config.webhook_retry_scale,
+        )
+
+
+@dataclass
+class Outcome:
+    """What one attempt gave."""
+
+    status_code: int | None
+    error: str | None
+    response_body: str
+    latency_ms: int
+
+    @property
+    def delivered(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+@dataclass
+class OrgDispatch:
+    """What one dispatch of one org did; `pending` are sends still under way (wait=False)."""
+
+    leased: int = 0
+    delivered: int = 0
+    undelivered: int = 0
+    more: bool = False
+    pending: list[concurrent.futures.Future] = field(default_factory=list)
+
+
+def due_keys(now: datetime, limit: int) -> list[ndb.Key]:
+    """Keys of up to `limit` of the current org's messages due at `now`, oldest due first."""
+    query = WebhookMessage.query(
+        WebhookMessage.status == PENDING,
+        WebhookMessage.next_attempt_at <= now,
+        ancestor=root_key(),
+    ).order(WebhookMessage.next_attempt_at)
+    return cast(list[ndb.Key], query.fetch(limit, keys_only=True))
+
+
+def dispatch_org(
+    budget: int, settings: Settings, now: datetime | None = None, wait: bool = True
+) -> OrgDispatch:
+    """Lease and send up to `budget` due messages of the current org. With `wait` the call
+    returns once every send is recorded; without, it returns at once (the sends go on in
+    the pool, each recorded by its own thread)."""
+    now = now or utcnow()
+    result = OrgDispatch()
+    keys = due_keys(now, budget)
+    result.more = len(keys) == budget
+    if not keys:
+        return result
+    endpoints = {
+        endpoint.key.id(): endpoint
+        for endpoint in cast(
+            list[WebhookEndpoint], WebhookEndpoint.query(ancestor=root_key()).fetch()
+        )
+    }
+    context = ndb.get_context()
+    for key in keys:
+        leased = _lease(key, now, settings, endpoints)
+        if leased is None:
+            continue
+        message, endpoint = leased
+        result.leased += 1
+        result.pending.append(
+            _senders.submit(
+                _send_and_record, context.client, context.get_namespace(), message, endpoint,
+                settings, now,
+            )
+        )
+    if wait:
+        for future in concurrent.futures.as_completed(result.pending):
+            if future.result():
+                result.delivered += 1
+            else:
+                result.undelivered += 1
+        result.pending = []
+    return result
+
+
+def _lease(
+    key: ndb.Key, now: datetime, settings: Settings, endpoints: dict[int, WebhookEndpoint]
+) -> tuple[WebhookMessage, WebhookEndpoint] | None:
+    """Take the message for one attempt, or settle it without one (its endpoint deleted or
+    disabled); None when there is nothing to send (another dispatcher has it, or it is no
+    longer due)."""
+    # The key names the endpoint: `<webhook-id>.<endpoint key id>`.
+    endpoint = endpoints.get(int(str(key.id()).rpartition(".")[2]))
+    token = _random.token_hex(8)
+
+    @transactional(retries=3)
+    def lease() -> WebhookMessage | None:
+        message = cast(WebhookMessage | None, key.get())
+        if message is None or message.status != PENDING or message.next_attempt_at > now:
+            return None
+        if endpoint is None or endpoint.deleted:
+            message.log_attempt(_attempt(now, Outcome(None, "the endpoint was deleted", "", 0)))
+            message.status, message.next_attempt_at, message.lease = FAILED, None, None
+        elif not endpoint.enabled:
+            message.next_attempt_at = now + PAUSED_RECHECK  # waits; re-enabling wakes it
+            message.put()
+            return None
+        else:
+            message.lease = token
+            message.next_attempt_at = now + timedelta(
+                seconds=settings.timeout_seconds + LEASE_MARGIN_SECONDS
+            )
+        message.updated_at = now
+        message.put()
+        return message if message.status == PENDING else None
+
+    try:
+        message = lease()
+    except Exception:  # a contended lease: another dispatcher is taking it
+        log.warning("could not lease webhook message %s", key.id(), exc_info=True)
+        return None
+    if message is None or endpoint is None:
+        return None
+    return message, endpoint
+
+
+def _attempt(at: datetime, outcome: Outcome) -> dict:
+    return {
+        "at": format_time(at),
+        "statusCode": outcome.status_code,
+        "latencyMs": outcome.latency_ms,
+        "error": outcome.error,
+        "responseBody": outcome.response_body,
+    }
+
+
+def _send_and_record(
+    client: ndb.Client,
+    namespace: str | None,
+    message: WebhookMessage,
+    endpoint: WebhookEndpoint,
+    settings: Settings,
+    now: datetime,
+) -> bool:
+    """One attempt, in a sender thread: send, then record it (its own NDB context)."""
+    outcome = send(endpoint, message, settings)
+    try:
+        with client.context(namespace=namespace):
+            recorded = record(message.key, message.lease, outcome, now, settings)
+            if recorded is not None:
+                note_endpoint_health(endpoint, outcome, now)
+    except Exception:
+        log.exception("could not record webhook attempt of %s", message.message_id)
+    return outcome.delivered
+
+
+def send(endpoint: WebhookEndpoint, message: WebhookMessage, settings: Settings) -> Outcome:
+    """POST the message's body to the endpoint, signed with its live secrets."""
+    body = message.body.encode()
+    started = time.monotonic()
+    try:
+        target = safety.resolve(endpoint.url, settings.production)
+    except safety.UnsafeUrl as refused:
+        return Outcome(None, f"refused: {refused.message}", "", 0)
+    headers = signing.headers(
+        message.message_id,
+        body,
+        signing.live_secrets(endpoint.secrets, utcnow()),
+        int(time.time()),
+    )
+    try:
+        status, answer = _post(target, headers, body, settings.timeout_seconds)
+    except (TimeoutError, socket.timeout):
+        return Outcome(None, f"timed out after {settings.timeout_seconds:g} s", "", _ms(started))
+    except (OSError, http.client.HTTPException) as error:
+        return Outcome(None, _describe(error), "", _ms(started))
+    text = answer.decode("utf-8", errors="replace")[:RESPONSE_BODY_KEPT]
+    error = None
+    if 300 <= status < 400:
+        error = f"HTTP {status}: redirects are not followed"
+    elif not 200 <= status < 300:
+        error = f"HTTP {status}"
+    return Outcome(status, error, text, _ms(started))
+
+
+def _ms(started: float) -> int:
+    return round((time.monotonic() - started) * 1000)
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, ConnectionResetError):
+        return "connection reset by the endpoint"
+    if isinstance(error, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(error, http.client.RemoteDisconnected):
+        return "the endpoint closed the connection without answering"
+    if isinstance(error, ssl.SSLError):
+        return f"TLS error: {error}"
+    return f"{type(error).__name__}: {error}"[:RESPONSE_BODY_KEPT]
+
+
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """Connects to the checked address, while Host names the URL's host."""
+
+    def __init__(self, target: safety.Target, timeout: float):
+        super().__init__(target.host, target.port, timeout=timeout)
+        self.address = target.address
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self.address, self.port), self.timeout)
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """Connects to the checked address; SNI and the certificate check use the URL's host."""
+
+    def __init__(self, target: safety.Target, timeout: float):
+        super().__init__(
+            target.host, target.port, timeout=timeout, context=ssl.create_default_context()
+        )
+        self.address = target.address
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.address, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)  # type: ignore[attr-defined]
+
+
+def _post(
+    target: safety.Target, headers: dict[str, str], body: bytes, timeout: float
+) -> tuple[int, bytes]:
+    """(status, first KiB of the answer): the whole exchange ends within `timeout` (a
+    timer shuts the socket of an endpoint that trickles its answer)."""
+    kind = _PinnedHTTPSConnection if target.scheme == "https" else _PinnedHTTPConnection
+    connection = kind(target, timeout)
+    timed_out = threading.Event()
+
+    def abort() -> None:
+        timed_out.set()
+        if connection.sock is not None:
+            try:
+                connection.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    timer = threading.Timer(timeout, abort)
+    timer.start()
+    try:
+        connection.request("POST", target.path, body=body, headers=headers)
+        answer = connection.getresponse()
+        return answer.status, answer.read(RESPONSE_BODY_KEPT)
+    except (OSError, http.client.HTTPException):
+        if timed_out.is_set():
+            raise TimeoutError from None
+        raise
+    finally:
+        timer.cancel()
+        connection.close()
+
+
+def retry_delay(failed_attempts: int, settings: Settings) -> timedelta | None:
+    """The wait after the `failed_attempts`-th failed attempt, or None when it was the last."""
+    if failed_attempts > len(RETRY_DELAYS):
+        return None
+    delay = RETRY_DELAYS[failed_attempts - 1] * settings.retry_scale
+    return delay * _jitter.uniform(1 - JITTER, 1 + JITTER)
+
+
+def record(
+    key: ndb.Key, lease: str | None, outcome: Outcome, now: datetime, settings: Settings
+) -> WebhookMessage | None:
+    """Log one attempt and settle the message (delivered, retried later, or failed); None
+    when the lease was lost (another sender took the message over)."""
+
+    @transactional(retries=5)
+    def store() -> WebhookMessage | None:
+        message = cast(WebhookMessage | None, key.get())
+        if message is None or message.lease != lease or message.status != PENDING:
+            return None
+        message.log_attempt(_attempt(now, outcome))
+        message.lease = None
+        message.updated_at = now
+        if outcome.delivered:
+            message.status, message.next_attempt_at = DELIVERED, None
+        else:
+            delay = retry_delay(message.attempt_count, settings)
+            if delay is None:
+                message.status, message.next_attempt_at = FAILED, None
+            else:
+                message.next_attempt_at = now + delay
+        message.put()
+        return message
+
+    return store()
+
+
+def note_endpoint_health(endpoint: WebhookEndpoint, outcome: Outcome, now: datetime) -> None:
+    """Track the endpoint's unbroken run of failures; disable it after DISABLE_AFTER. Writes
+    only when that state changes."""
+    if outcome.delivered and endpoint.failing_since is None:
+        return
+    if (
+        not outcome.delivered
+        and endpoint.failing_since is not None
+        and now - endpoint.failing_since < DISABLE_AFTER
+    ):
+        return
+
+    @transactional(retries=5)
+    def store() -> None:
+        current = cast(WebhookEndpoint | None, endpoint.key.get())
+        if current is None or current.deleted:
+            return
+        if outcome.delivered:
+            current.failing_since = None  # type: ignore[assignment]
+        elif current.failing_since is None:
+            current.failing_since = now
+        elif now - current.failing_since >= DISABLE_AFTER and current.enabled:
+            current.enabled = False
+            current.disabled_reason = (
+                f"disabled at {format_time(now)}: every attempt failed since "
+                f"{format_time(current.failing_since)} (5 days); last error: {outcome.error}"
+            )
+            log.warning(
+                "webhook endpoint %s disabled: %s", current.id_, current.disabled_reason
+            )
+        else:
+            return
+        current.put()
+
+    store()

@@ -120,6 +120,10 @@ class Config:
     #: Multiplies the retry schedule (5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h); tests
     #: shrink it. Not read from the environment.
     webhook_retry_scale: float = 1.0
+    # -- issue 14, alerts ------------------------------------------------------------
+    #: Seconds each process trusts its list of meters with active alert rules (ingestion
+    #: writes the usage feed only for those); a rule changed here clears it at once.
+    alert_rule_cache_seconds: float = 1.0
 
     def __post_init__(self):
         if not 1 <= self.rollup_shards <= 64:  # app.storage.shards.MAX_SHARDS
@@ -187,6 +191,10 @@ class Config:
             ),
             webhook_timeout_seconds=_env_float(
                 env, "METERING_WEBHOOK_TIMEOUT_SECONDS", cls.webhook_timeout_seconds
+            ),
+            # issue 14, alerts
+            alert_rule_cache_seconds=_env_float(
+                env, "METERING_ALERT_RULE_CACHE_SECONDS", cls.alert_rule_cache_seconds
             ),
         )
 

@@ -1,6 +1,15 @@
 """The HTTP layer: one module per resource, views thin (parse, call a service, serialize)."""
 
-from app.api import admin, cron, health, meter_events, meters, openapi, webhooks
+from app.api import (
+    admin,
+    alerts,  # issue 14, alerts
+    cron,
+    health,
+    meter_events,
+    meters,
+    openapi,
+    webhooks,  # issue 14, webhooks
+)
 
 
 def init_app(app) -> None:
@@ -12,3 +21,4 @@ def init_app(app) -> None:
     app.register_blueprint(cron.blueprint)
     app.register_blueprint(openapi.blueprint)
     app.register_blueprint(webhooks.blueprint)  # issue 14
+    app.register_blueprint(alerts.blueprint)  # issue 14, alerts

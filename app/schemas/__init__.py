@@ -36,7 +36,7 @@ def shorten(text: str, limit: int = MAX_ECHOED_NAME) -> str:
 
 # Fields that are JSON objects: marshmallow reports an entry's problems under
 # {"<entry>": {"key": [...], "value": [...]}}, which we name `field.<entry>`.
-_DICT_FIELDS = {"dimensions", "metadata"}
+_DICT_FIELDS = {"dimensions", "metadata", "filter"}  # filter: issue 14, alert rules
 
 
 def _flatten(messages, path: str = "", depth_in_dict: int = 0) -> list[dict]:

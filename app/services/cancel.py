@@ -19,6 +19,7 @@ from app.core.cells import Cell, Series
 from app.core.slots import day_and_slot
 from app.models import Meter, MeterEvent, ids, utcnow
 from app.services import recompute
+from app.services.alerts import feed as alert_feed
 from app.services.events import idempotent_id
 from app.storage import entities, rpc, shards
 from app.storage.entities import EntityPb, KeyPb, StoredEvent
@@ -68,6 +69,7 @@ def _attempt(key_ids: list[int | None], window: timedelta, now: datetime) -> lis
         results, cancelling = _classify(key_ids, keys, found, window, now)
         mutations = [_cancelled_copy(event, now) for event in cancelling.values()]
         mutations += _rollup_repairs(cancelling, transaction)
+        mutations += _alert_feeds(cancelling)
         if mutations:
             rpc.commit(mutations, transaction)
         else:
@@ -107,6 +109,25 @@ def _cancelled_copy(event: StoredEvent, now: datetime) -> Any:
     entities.set_bool(copy, "Deleted", True)
     entities.set_time(copy, "UpdatedAt", now)
     return rpc.Mutation(update=copy)
+
+
+def _alert_feeds(cancelling: dict[bytes, StoredEvent]) -> list[Any]:
+    """Feeds of negative contributions for the cancelled events of meters with alert rules,
+    flagged so the evaluator re-reads max and unique_count tallies."""
+    if not cancelling:
+        return []
+    namespace = ndb.get_context().get_namespace()
+    by_meter = alert_feed.cancelled_contributions(cancelling.values())
+    key_ids = {}
+    for meter_id in by_meter:
+        meter_key = ids.decode_key(meter_id, kind="meter", namespace=namespace)
+        if meter_key is not None:
+            key_ids[meter_key.id()] = meter_id
+    with_rules = alert_feed.meters_with_rules(key_ids)
+    return [
+        alert_feed.mutation(key_ids[key_id], by_meter[key_ids[key_id]], recompute=True)
+        for key_id in sorted(with_rules)
+    ]
 
 
 def _rollup_repairs(cancelling: dict[bytes, StoredEvent], transaction: bytes) -> list[Any]:

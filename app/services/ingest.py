@@ -45,6 +45,7 @@ from app.core.slots import day_and_slot
 from app.errors import Unavailable
 from app.models import ids
 from app.services import capabilities, compact
+from app.services.alerts import feed as alert_feed
 from app.storage import entities, rollups, rpc, shards
 from app.storage.entities import EntityPb, KeyPb
 
@@ -218,6 +219,8 @@ class _Batch:
         #: Meters whose rollups must be read and merged rather than incremented.
         self.merge_meters = {d.meter_key_id for d in drafts if _needs_merge(d, len(drafts))}
         self.to_fold: list[KeyPb] = []  # rollup keys whose sums near int64's bounds
+        #: Meters with active alert rules: the commit also writes their `alert-feed`.
+        self.alert_meters = alert_feed.meters_with_rules({d.meter_key_id for d in drafts})
         self._draw_keys()
 
     def _draw_keys(self) -> None:
@@ -427,6 +430,8 @@ class _Batch:
     def _add_rollups(self, into: Any, indexes: list[int], stored: dict[bytes, EntityPb]) -> None:
         """Increments where the server can add; merged replacements where we read first."""
         grouped, negatives = self._cells(indexes)
+        if self.alert_meters:
+            self._add_alert_feeds(into, grouped)
         moment = self.picker.clock()  # one reading of the clock for the batch's picks
         for group, cells in grouped.items():
             meter_key_id, meter_id, aggregation, series, day = group
@@ -454,6 +459,15 @@ class _Batch:
             for slot, cell in cells.items():
                 merged.setdefault(slot, Cell()).merge(cell)
             into.append(rollups.replacement(key_pb, meter_id, series, day, merged))
+
+    def _add_alert_feeds(self, into: Any, grouped: dict[tuple[Any, ...], dict[int, Cell]]) -> None:
+        """One `alert-feed` insert per meter with alert rules that the batch creates events
+        for, from the cells just grouped for the rollups (`app.services.alerts.feed`)."""
+        meter_ids = {d.meter_key_id: d.meter_id for d in self.drafts}
+        for meter_key_id in sorted(self.alert_meters):
+            contributions = alert_feed.contributions_of(grouped, meter_key_id)
+            if contributions:
+                into.append(alert_feed.mutation(meter_ids[meter_key_id], contributions))
 
     def _merged_rollup_keys(self) -> list[KeyPb]:
         """Keys of the rollups the batch changes that must be read and merged by hand."""

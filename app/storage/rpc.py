@@ -8,6 +8,7 @@ gRPC errors into `google.api_core` exceptions, as NDB does.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -65,6 +66,33 @@ def _call(name: str, request: Any) -> Any:
 def begin_transaction() -> bytes:
     """Start a read-write transaction; its id."""
     return cast(bytes, _call("begin_transaction", BeginTransactionRequest()).transaction)
+
+
+def begin_read_only() -> bytes:
+    """Start a read-only transaction (one consistent snapshot for its reads); its id."""
+    request = BeginTransactionRequest()
+    request.transaction_options.read_only.SetInParent()
+    return cast(bytes, _call("begin_transaction", request).transaction)
+
+
+# -- issue 14, alerts: reads at one consistent cut -------------------------------------
+#: The transaction `lookup` and `run_query` read in when their caller names none.
+_reading_in: contextvars.ContextVar[bytes | None] = contextvars.ContextVar(
+    "reading_in", default=None
+)
+
+
+@contextlib.contextmanager
+def reads_in(transaction: bytes) -> Iterator[None]:
+    """Make every `lookup` and `run_query` of this block that names no transaction read in
+    `transaction`: code that knows nothing of it (the summary engine) then reads at the
+    transaction's snapshot. Firestore in Datastore mode allows queries in transactions;
+    the legacy emulator refuses non-ancestor ones (ours are all ancestor queries)."""
+    token = _reading_in.set(transaction)
+    try:
+        yield
+    finally:
+        _reading_in.reset(token)
 
 
 def rollback(transaction: bytes) -> None:
@@ -126,6 +154,8 @@ def commit(mutations: list[Any], transaction: bytes | None = None) -> Any:
 def lookup(keys: list[Any], transaction: bytes | None = None) -> dict[bytes, Any]:
     """Entities found for `keys`, by serialized key; follows `deferred` keys."""
     found: dict[bytes, Any] = {}
+    if transaction is None:
+        transaction = _reading_in.get()
     pending = list(keys)
     while pending:
         request = LookupRequest()
@@ -148,6 +178,8 @@ def run_query(
     """Every entity a query yields, following its cursors. With `batch_sizes`, each RPC
     asks for at most the next size: a reader that stops early then pays (in entities
     read) for little more than what it used, instead of the server's whole batch."""
+    if transaction is None:
+        transaction = _reading_in.get()
     while True:
         request = RunQueryRequest()
         request.query.CopyFrom(query)

@@ -1,11 +1,433 @@
-"""Evaluating alert rules from the usage feed.
+"""Evaluating alert rules from the usage feed: tallies, crossings, exactly once.
 
-Stub of the interface (docs: /work/briefs/contract14.md); the alerts work replaces it.
+`evaluate_org(budget)` visits the current org's meters that have rules. Per meter, one
+evaluator at a time (an `alert-lease` taken in a transaction, expiring after
+LEASE_SECONDS, so a crashed one only delays): it takes up to `budget` pending feeds,
+adds their contributions to the tallies they touch, and in ONE transaction per chunk
+writes the tallies, inserts an `alert-trigger` and its outbox messages for each
+threshold newly reached (or, with notifyOnResolve, left), and deletes the applied feeds.
+
+Exactly once does not rest on the lease: the transaction reads the chunk's feeds and
+tallies again, so a feed is applied once (a second applier finds it gone and starts
+over) and a threshold's state moves once. Trigger and message ids are a hash of
+(rule, subject, period, threshold, generation, type): a second detection of one
+crossing would write the same keys, never a second message.
+
+A tally that cannot be built from feeds alone is seeded from the summary engine
+(`seed`): a period that began before the rule could have had its feed, a max tally after
+a cancel, and every unique_count tally whenever touched (distinct values do not add up).
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from flask import current_app, has_app_context
+from google.cloud import ndb
+
+from app.config import Config
+from app.core.aggregation import Aggregation
+from app.models import (
+    AlertFeed,
+    AlertLease,
+    AlertRule,
+    AlertTally,
+    AlertTrigger,
+    root_key,
+    transactional,
+    utcnow,
+)
+from app.schemas import format_time
+from app.services.alerts import feed as feed_kind
+from app.services.alerts import rules as rule_service
+from app.services.alerts import seed
+from app.services.alerts.periods import base32, digest, period_of
+from app.services.webhooks import outbox
+
+log = logging.getLogger(__name__)
+
+LEASE_SECONDS = 30.0
+#: Feeds read per chunk; a chunk whose commit would exceed MAX_MUTATIONS is halved.
+CHUNK_FEEDS = 100
+MAX_MUTATIONS = 500
+TRIGGERED, RESOLVED = "alert.triggered", "alert.resolved"
+
+
+class _Stale(Exception):
+    """The chunk changed under us (a feed applied, a tally made elsewhere): start over."""
+
+
+@dataclass
+class Touch:
+    """What a chunk adds to one tally."""
+
+    key_name: str
+    spec: str
+    rules: list[AlertRule]
+    subject: str | None
+    start: datetime
+    end: datetime
+    sum: int = 0
+    count: int = 0
+    max: int | None = None
+    recompute: bool = False
+    seeded: seed.Seed | None = None
+
+    def add(self, contribution: list[Any], recompute: bool) -> None:
+        self.sum += contribution[4]
+        self.count += contribution[5]
+        high = contribution[6]
+        if high is not None and (self.max is None or high > self.max):
+            self.max = high
+        self.recompute = self.recompute or recompute
+
+
+@dataclass
+class _Settings:
+    settle: timedelta  # rule creation + this: every event of a later period wrote a feed
+
+
+def _settings() -> _Settings:
+    config = current_app.config["METERING"] if has_app_context() else Config.from_env()
+    settle = (
+        timedelta(seconds=config.alert_rule_cache_seconds)
+        + timedelta(seconds=config.request_deadline_seconds or 60)
+        + config.max_event_lead
+    )
+    return _Settings(settle=settle)
+
 
 def evaluate_org(budget: int) -> int:
     """Apply up to `budget` pending feeds of the current org; how many were applied."""
-    return 0
+    all_rules = rule_service.all_rules()
+    if not all_rules:
+        return 0
+    by_meter: dict[str, list[AlertRule]] = {}
+    for rule in all_rules:
+        by_meter.setdefault(rule.meter_id, [])
+        if not rule.deleted:
+            by_meter[rule.meter_id].append(rule)
+    settings = _settings()
+    holder = f"{os.getpid()}-{uuid.uuid4().hex}"  # this call: two calls never share a lease
+    applied = 0
+    for meter_id, rules in by_meter.items():
+        if applied >= budget:
+            break
+        if not _take_lease(meter_id, holder):
+            continue
+        try:
+            applied += _evaluate_meter(meter_id, rules, budget - applied, settings)
+        finally:
+            _release_lease(meter_id, holder)
+    return applied
+
+
+# -- the lease -------------------------------------------------------------------------
+
+
+def _lease_key(meter_id: str) -> ndb.Key:
+    return ndb.Key("alert-lease", meter_id, parent=root_key())
+
+
+def _take_lease(meter_id: str, holder: str) -> bool:
+    @transactional(retries=3)
+    def take() -> bool:
+        now = utcnow()
+        lease = _lease_key(meter_id).get()
+        if lease is not None and lease.holder != holder and lease.until > now:
+            return False
+        AlertLease(
+            key=_lease_key(meter_id), holder=holder, until=now + timedelta(seconds=LEASE_SECONDS)
+        ).put()
+        return True
+
+    try:
+        return bool(take())
+    except Exception:  # noqa: BLE001  (contention: another evaluator is taking it)
+        return False
+
+
+def _release_lease(meter_id: str, holder: str) -> None:
+    @transactional(retries=3)
+    def release() -> None:
+        lease = _lease_key(meter_id).get()
+        if lease is not None and lease.holder == holder:
+            lease.key.delete()
+
+    try:
+        release()
+    except Exception as error:  # noqa: BLE001  (it expires by itself)
+        log.warning("could not release an alert lease (it expires): %s", error)
+
+
+# -- one meter -------------------------------------------------------------------------
+
+
+def _pending(meter_id: str, limit: int) -> list[AlertFeed]:
+    query = AlertFeed.query(AlertFeed.meter_id == meter_id, ancestor=root_key())
+    return list(query.fetch(limit))
+
+
+def _evaluate_meter(meter_id: str, rules: list[AlertRule], budget: int, settings: _Settings) -> int:
+    applied = 0
+    stale = 0
+    while applied < budget:
+        feeds = _pending(meter_id, min(CHUNK_FEEDS, budget - applied))
+        if not feeds:
+            break
+        if not rules:  # every rule of the meter archived: nothing to evaluate them for
+            ndb.delete_multi([f.key for f in feeds])
+            applied += len(feeds)
+            continue
+        try:
+            applied += _apply_chunk(meter_id, rules, feeds, settings)
+        except _Stale:
+            stale += 1
+            if stale > 5:
+                break
+    return applied
+
+
+def _apply_chunk(
+    meter_id: str, rules: list[AlertRule], feeds: list[AlertFeed], settings: _Settings
+) -> int:
+    """Apply `feeds` in one transaction, or in halves when one commit would be too big."""
+    meter = seed.meter_of(meter_id)
+    touches = _touches(feeds, rules)
+    existing = dict(zip(touches, ndb.get_multi([_tally_key(k) for k in touches])))
+    now = utcnow()
+    for name, touch in touches.items():
+        if _needs_seed(touch, existing[name], meter.aggregation_type, settings, now):
+            touch.seeded = seed.seed(meter, touch, settings.settle)
+    targets = {kind: outbox.targets(kind) for kind in (TRIGGERED, RESOLVED)}
+    try:
+        return _commit_chunk(meter, feeds, touches, targets, settings)
+    except _TooBig:
+        if len(feeds) == 1:
+            raise
+        half = len(feeds) // 2
+        return _apply_chunk(meter_id, rules, feeds[:half], settings) + _apply_chunk(
+            meter_id, rules, feeds[half:], settings
+        )
+
+
+class _TooBig(Exception):
+    """One commit would hold more than MAX_MUTATIONS mutations."""
+
+
+def _touches(feeds: Iterable[AlertFeed], rules: list[AlertRule]) -> dict[str, Touch]:
+    """Tally key name -> what `feeds` add to it, over every active rule's spec."""
+    specs: dict[str, list[AlertRule]] = {}
+    for rule in rules:
+        specs.setdefault(rule_service.spec_of(rule), []).append(rule)
+    touches: dict[str, Touch] = {}
+    for feed in feeds:
+        for contribution in feed_kind.decode(feed.contributions):
+            user, dimensions, day, slot = contribution[:4]
+            for spec, of_spec in specs.items():
+                rule = of_spec[0]
+                if not _matches(rule, user, dimensions):
+                    continue
+                subject = None if rule.scope == "org" else user
+                start, end = period_of(day, slot, rule.period, rule.time_zone)
+                name = tally_name(spec, subject, start)
+                touch = touches.get(name)
+                if touch is None:
+                    touch = touches[name] = Touch(name, spec, of_spec, subject, start, end)
+                touch.add(contribution, bool(feed.recompute))
+    return touches
+
+
+def _matches(rule: AlertRule, user: str, dimensions: dict[str, str]) -> bool:
+    if rule.scope == "one" and user != rule.scope_user:
+        return False
+    return all(dimensions.get(name, "") == value for name, value in rule.filter.items())
+
+
+def tally_name(spec: str, subject: str | None, start: datetime) -> str:
+    """The key name of a (spec, subject, period start) tally."""
+    return "t_" + base32(digest(spec, subject, start.isoformat()), 40)
+
+
+def _tally_key(name: str) -> ndb.Key:
+    return ndb.Key("alert-tally", name, parent=root_key())
+
+
+def settled_after(rules: list[AlertRule], settle: timedelta) -> datetime:
+    """From when on every event of the spec's rules' meter surely wrote a feed: the
+    earliest active rule's creation plus the cache, deadline and future-timestamp margins."""
+    return min(rule.created_at for rule in rules) + settle  # type: ignore[no-any-return]
+
+
+def _needs_seed(
+    touch: Touch, tally: AlertTally | None, aggregation: str, settings: _Settings, now: datetime
+) -> bool:
+    basis = settled_after(touch.rules, settings.settle)
+    if aggregation == Aggregation.UNIQUE_COUNT:
+        return True
+    if aggregation == Aggregation.MAX and touch.recompute:
+        return True
+    if tally is None or tally.basis != basis:
+        return touch.start < basis
+    return tally.seeded_at is not None and tally.seeded_at < basis
+
+
+# -- the transaction -------------------------------------------------------------------
+
+
+def _commit_chunk(
+    meter: Any,
+    feeds: list[AlertFeed],
+    touches: dict[str, Touch],
+    targets: dict[str, list[Any]],
+    settings: _Settings,
+) -> int:
+    feed_keys = [f.key for f in feeds]
+    tally_keys = [_tally_key(name) for name in touches]
+    stored_messages = [0]
+
+    def attempt() -> int:
+        found = ndb.get_multi(feed_keys + tally_keys)
+        if any(f is None for f in found[: len(feed_keys)]):
+            raise _Stale()
+        now = utcnow()
+        writes: list[Any] = []
+        messages = 0
+        for touch, tally in zip(touches.values(), found[len(feed_keys) :]):
+            basis = settled_after(touch.rules, settings.settle)
+            if touch.seeded is None and tally is not None and tally.basis != basis:
+                if touch.start < basis:
+                    raise _Stale()  # its basis changed since we looked: seed it again
+                tally = None
+            tally = _updated(tally, touch, meter.aggregation_type, basis, now)
+            writes.append(tally)
+            for trigger in _crossings(tally, touch, now):
+                writes.append(trigger)
+                sent = outbox.messages(
+                    targets[trigger.type],
+                    trigger.type,
+                    trigger.message_id,
+                    payload(trigger),
+                    now,
+                )
+                writes += sent
+                messages += len(sent)
+        if len(writes) + len(feed_keys) > MAX_MUTATIONS:
+            raise _TooBig()
+        ndb.put_multi(writes)
+        ndb.delete_multi(feed_keys)
+        stored_messages[0] = messages
+        return len(feed_keys)
+
+    applied = int(ndb.transaction(attempt, retries=8))
+    if stored_messages[0]:
+        outbox.wake()
+    return applied
+
+
+def _updated(
+    tally: AlertTally | None, touch: Touch, aggregation: str, basis: datetime, now: datetime
+) -> AlertTally:
+    """The tally with the chunk's contributions (or its seed) applied."""
+    if tally is None:
+        tally = AlertTally(
+            key=_tally_key(touch.key_name),
+            meter_id=touch.rules[0].meter_id,
+            user_id=touch.subject,
+            period_start=touch.start,
+            value="0",
+            states={},
+        )
+    tally.basis = basis
+    old = int(tally.value or 0)
+    seeded = touch.seeded
+    if seeded is not None:
+        tally.seeded_at = seeded.at
+        if aggregation == Aggregation.UNIQUE_COUNT:
+            value = seeded.value
+        elif aggregation == Aggregation.MAX:
+            value = max(seeded.value, touch.max or 0)
+        else:
+            value = seeded.value + (touch.sum if aggregation == Aggregation.SUM else touch.count)
+    elif aggregation == Aggregation.SUM:
+        value = old + touch.sum
+    elif aggregation == Aggregation.COUNT:
+        value = old + touch.count
+    elif aggregation == Aggregation.MAX:
+        value = max(old, touch.max or 0)
+    else:
+        value = old
+    tally.value = str(value)
+    return tally
+
+
+def _crossings(tally: AlertTally, touch: Touch, now: datetime) -> list[AlertTrigger]:
+    """Triggers for thresholds newly reached, and (notifyOnResolve) newly left; the
+    tally's per-rule states updated."""
+    value = int(tally.value)
+    states = dict(tally.states)
+    found = []
+    for rule in touch.rules:
+        of_rule = dict(states.get(rule.id_, {}))
+        for threshold in rule.thresholds:
+            triggered, generation = of_rule.get(str(threshold), [False, 0])
+            if not triggered and value >= threshold:
+                found.append(_trigger(rule, touch, threshold, generation, TRIGGERED, value, now))
+                of_rule[str(threshold)] = [True, generation]
+            elif triggered and value < threshold and rule.notify_on_resolve:
+                found.append(_trigger(rule, touch, threshold, generation, RESOLVED, value, now))
+                of_rule[str(threshold)] = [False, generation + 1]
+        states[rule.id_] = of_rule
+    tally.states = states  # type: ignore[assignment]  # ndb
+    return found
+
+
+def _trigger(
+    rule: AlertRule,
+    touch: Touch,
+    threshold: int,
+    generation: int,
+    kind: str,
+    value: int,
+    now: datetime,
+) -> AlertTrigger:
+    raw = digest(rule.id_, touch.subject, touch.start.isoformat(), threshold, generation, kind)
+    return AlertTrigger(
+        key=ndb.Key("alert-trigger", "atr_" + base32(raw), parent=root_key()),
+        alert_id=rule.id_,
+        type=kind,
+        meter_id=rule.meter_id,
+        user_id=touch.subject,
+        threshold=threshold,
+        value=str(value),
+        period_start=touch.start,
+        period_end=touch.end,
+        at=now,
+        message_id="msg_" + base32(raw),
+        generation=generation,
+    )
+
+
+def _number(value: int) -> int | str:
+    return value if abs(value) <= (1 << 53) - 1 else str(value)
+
+
+def payload(trigger: AlertTrigger) -> dict[str, Any]:
+    """The `data` of an alert.triggered / alert.resolved message."""
+    at_name = "triggeredAt" if trigger.type == TRIGGERED else "resolvedAt"
+    return {
+        "alertId": trigger.alert_id,
+        "meterId": trigger.meter_id,
+        "userId": trigger.user_id,
+        "threshold": trigger.threshold,
+        "value": _number(int(trigger.value)),
+        "periodStart": format_time(trigger.period_start),
+        "periodEnd": format_time(trigger.period_end),
+        at_name: format_time(trigger.at),
+    }

@@ -1,0 +1,109 @@
+"""Kinds of the alerts (issue 14): rules, the usage feed, tallies, triggers, leases.
+
+All live under the org root `synckey/1`, like meters and events, so their queries are
+ancestor queries (strongly consistent). Only `alert-rule` has a public id; the others
+are keyed by what makes them unique (a tally by its spec, subject and period, a trigger
+by its crossing), so two writers of one fact address one entity.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC
+
+from google.cloud import ndb
+
+from app.models.base import JsonShadowProperty, Model
+
+SCOPES = ("user", "org")
+PERIODS = ("day", "month")
+
+
+class AlertRule(Model):
+    """A rule: thresholds on a meter's period value, per user, for one user, or org-wide.
+
+    `scope` is "user", "org" or "one" (then `scope_user` names the user). Archiving is the
+    mixin's soft delete: an archived rule is no longer evaluated."""
+
+    KIND = "alert-rule"
+
+    name = ndb.TextProperty("Name")
+    meter_id = ndb.StringProperty("MeterId")
+    thresholds = JsonShadowProperty("Thresholds_", empty=list)
+    scope = ndb.TextProperty("Scope")
+    scope_user = ndb.TextProperty("ScopeUser")
+    period = ndb.TextProperty("Period")
+    time_zone = ndb.TextProperty("TimeZone")
+    filter = JsonShadowProperty("Filter_", empty=dict)
+    notify_on_resolve = ndb.BooleanProperty("NotifyOnResolve", indexed=False, default=False)
+
+
+class AlertFeed(ndb.Model):
+    """Usage to evaluate, written in the commit of the events (or cancel) it describes.
+
+    `contributions`: JSON list of [userId, {dim: value}, day, slot, sum, count, max];
+    `recompute`: a cancel's feed, after which max and unique_count tallies are re-read."""
+
+    meter_id = ndb.StringProperty("MeterId")
+    contributions = ndb.TextProperty("Contributions")
+    recompute = ndb.BooleanProperty("Recompute", indexed=False, default=False)
+
+    @classmethod
+    def _get_kind(cls) -> str:
+        return "alert-feed"
+
+
+class AlertTally(ndb.Model):
+    """A (rule spec, subject, period)'s value, and per rule which thresholds fired.
+
+    `states`: {rule id: {threshold: [triggered, generation]}}; `seeded_at` is when the
+    value was last read from the summary engine (None: built from feeds alone)."""
+
+    meter_id = ndb.TextProperty("MeterId")
+    user_id = ndb.TextProperty("UserId")
+    period_start = ndb.DateTimeProperty("PeriodStart", indexed=False, tzinfo=UTC)
+    value = ndb.TextProperty("Value")  # decimal digits: exact at any size
+    states = JsonShadowProperty("States_", empty=dict)
+    seeded_at = ndb.DateTimeProperty("SeededAt", indexed=False, tzinfo=UTC)
+    #: From when on its spec's rules saw every event (`evaluate.settled_after`) when the
+    #: tally was built; a later one (rules archived, then new ones) means rebuild it.
+    basis = ndb.DateTimeProperty("Basis", indexed=False, tzinfo=UTC)
+
+    @classmethod
+    def _get_kind(cls) -> str:
+        return "alert-tally"
+
+
+class AlertTrigger(ndb.Model):
+    """One crossing (`alert.triggered`) or resolution (`alert.resolved`): the fact the
+    message announces. Keyed by hash(rule, subject, period, threshold, generation, type)."""
+
+    alert_id = ndb.StringProperty("AlertId")
+    type = ndb.TextProperty("Type")
+    meter_id = ndb.TextProperty("MeterId")
+    user_id = ndb.TextProperty("UserId")
+    threshold = ndb.IntegerProperty("Threshold", indexed=False)
+    value = ndb.TextProperty("Value")
+    period_start = ndb.DateTimeProperty("PeriodStart", indexed=False, tzinfo=UTC)
+    period_end = ndb.DateTimeProperty("PeriodEnd", indexed=False, tzinfo=UTC)
+    at = ndb.DateTimeProperty("At", tzinfo=UTC)
+    message_id = ndb.TextProperty("MessageId")
+    generation = ndb.IntegerProperty("Generation", indexed=False)
+
+    @property
+    def trigger_id(self) -> str:
+        return self.key.string_id()
+
+    @classmethod
+    def _get_kind(cls) -> str:
+        return "alert-trigger"
+
+
+class AlertLease(ndb.Model):
+    """One evaluator per meter at a time: who holds it and until when."""
+
+    holder = ndb.TextProperty("Holder")
+    until = ndb.DateTimeProperty("Until", indexed=False, tzinfo=UTC)
+
+    @classmethod
+    def _get_kind(cls) -> str:
+        return "alert-lease"

@@ -1,0 +1,47 @@
+"""Calendar periods of alert rules, and which tally a contribution counts in."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+from datetime import UTC, datetime, timedelta
+from datetime import date as date_type
+from zoneinfo import ZoneInfo
+
+from app.core.slots import slot_start
+
+
+@functools.lru_cache(maxsize=4096)
+def period_of(day: int, slot: int, period: str, zone: str) -> tuple[datetime, datetime]:
+    """[start, end) in UTC of the `period` ("day" or "month") in `zone` holding the UTC
+    slot (`day`, `slot`). Every zone's offset is a multiple of 15 minutes, so a slot lies
+    inside one local day."""
+    return period_at(slot_start(day, slot), period, zone)
+
+
+def period_at(moment: datetime, period: str, zone: str) -> tuple[datetime, datetime]:
+    """[start, end) in UTC of the calendar `period` in `zone` holding `moment`."""
+    tz = ZoneInfo(zone)
+    local = moment.astimezone(tz)
+    if period == "day":
+        first = local.date()
+        following = first + timedelta(days=1)
+    else:
+        first = local.date().replace(day=1)
+        following = (first + timedelta(days=32)).replace(day=1)
+    return _midnight(first, tz), _midnight(following, tz)
+
+
+def _midnight(date: date_type, tz: ZoneInfo) -> datetime:
+    return datetime(date.year, date.month, date.day, tzinfo=tz).astimezone(UTC)
+
+
+def digest(*parts: object) -> bytes:
+    """A stable hash of `parts` (each written with repr, separated by NUL)."""
+    return hashlib.sha256("\x00".join(repr(part) for part in parts).encode()).digest()
+
+
+def base32(raw: bytes, length: int = 26) -> str:
+    """`length` characters of base32 (lower case) of `raw`."""
+    return base64.b32encode(raw).decode("ascii").lower()[:length]

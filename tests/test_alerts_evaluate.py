@@ -1,0 +1,306 @@
+"""Alert evaluation: crossings for each scope and period, exactly once, resolutions."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from tests.support.alerts import (
+    create_rule,
+    crossings,
+    minutes_ago,
+    rfc3339,
+    run_evaluator,
+    triggers,
+)
+
+
+@pytest.fixture
+def evaluate(app, ndb_client, org):
+    return lambda: run_evaluator(app, ndb_client, org)
+
+
+def _event(meter, user, value, minutes=5, **extra):
+    return {
+        "meterId": meter["id"],
+        "userId": user,
+        "value": value,
+        "timestamp": minutes_ago(minutes),
+        **extra,
+    }
+
+
+def test_a_user_crossing_a_threshold_triggers_once(api, evaluate):
+    meter = api.create_meter()
+    rule = create_rule(api, meter, thresholds=[10, 20])
+    api.record(_event(meter, "alice", 4), _event(meter, "bob", 12))
+    evaluate()
+    assert sorted(crossings(api, rule)) == [("alert.triggered", "bob", 10)]
+    api.record(_event(meter, "alice", 7), _event(meter, "bob", 1))
+    evaluate()
+    evaluate()
+    assert sorted(crossings(api, rule)) == [
+        ("alert.triggered", "alice", 10),
+        ("alert.triggered", "bob", 10),
+    ]
+    found = next(t for t in triggers(api, rule) if t["userId"] == "alice")
+    assert found["value"] == 11 and found["alertId"] == rule["id"]
+    assert found["messageId"].startswith("msg_") and len(found["messageId"]) == 30
+
+
+def test_the_org_scope_counts_every_user_together(api, evaluate):
+    meter = api.create_meter()
+    rule = create_rule(api, meter, scope="org", thresholds=[10])
+    api.record(_event(meter, "alice", 4), _event(meter, "bob", 5))
+    evaluate()
+    assert crossings(api, rule) == []
+    api.record(_event(meter, "carol", 1))
+    evaluate()
+    assert crossings(api, rule) == [("alert.triggered", None, 10)]
+    assert triggers(api, rule)[0]["value"] == 10
+
+
+def test_a_one_user_scope_watches_that_user_only(api, evaluate):
+    meter = api.create_meter()
+    rule = create_rule(api, meter, scope={"userId": "bob"}, thresholds=[3])
+    api.record(_event(meter, "alice", 50), _event(meter, "bob", 2))
+    evaluate()
+    assert crossings(api, rule) == []
+    api.record(_event(meter, "bob", 1))
+    evaluate()
+    assert crossings(api, rule) == [("alert.triggered", "bob", 3)]
+
+
+def test_several_thresholds_crossed_by_one_batch_trigger_one_each(api, evaluate):
+    meter = api.create_meter()
+    rule = create_rule(api, meter, thresholds=[5, 10, 20, 1000])
+    api.record(_event(meter, "alice", 15), _event(meter, "alice", 6))
+    evaluate()
+    assert sorted(crossings(api, rule)) == [
+        ("alert.triggered", "alice", 5),
+        ("alert.triggered", "alice", 10),
+        ("alert.triggered", "alice", 20),
+    ]
+    assert {t["value"] for t in triggers(api, rule)} == {21}
+    assert len({t["messageId"] for t in triggers(api, rule)}) == 3
+
+
+def test_the_filter_counts_matching_events_only(api, evaluate):
+    meter = api.create_meter(dimensions=["model"])
+    rule = create_rule(api, meter, thresholds=[10], filter={"model": "gpt-4"})
+    api.record(
+        _event(meter, "alice", 9, dimensions={"model": "gpt-3"}),
+        _event(meter, "alice", 9, dimensions={"model": "gpt-4"}),
+        _event(meter, "alice", 9),
+    )
+    evaluate()
+    assert crossings(api, rule) == []
+    api.record(_event(meter, "alice", 1, dimensions={"model": "gpt-4"}))
+    evaluate()
+    assert crossings(api, rule) == [("alert.triggered", "alice", 10)]
+
+
+def _kolkata_day_edges():
+    """(23:50 local the day before D, 00:10 local on D, 00:20 local on D, D's start in
+    UTC) for the latest local day D whose 00:20 has passed."""
+    zone = ZoneInfo("Asia/Kolkata")
+    local_now = datetime.now(zone)
+    day = (
+        local_now.date()
+        if local_now.hour or local_now.minute > 25
+        else local_now.date() - timedelta(days=1)
+    )
+    midnight = datetime(day.year, day.month, day.day, tzinfo=zone)
+    return (
+        midnight - timedelta(minutes=10),
+        midnight + timedelta(minutes=10),
+        midnight + timedelta(minutes=20),
+        midnight.astimezone(UTC),
+    )
+
+
+def test_day_periods_follow_the_rules_time_zone(api, evaluate):
+    meter = api.create_meter()
+    rule = create_rule(api, meter, thresholds=[10], period="day", timeZone="Asia/Kolkata")
+    late, early, later, day_start = _kolkata_day_edges()
+    events = [(late, 6), (early, 6)]
+    api.record(
+        *[
+            {"meterId": meter["id"], "userId": "u", "value": value, "timestamp": rfc3339(at)}
+            for at, value in events
+        ]
+    )
+    evaluate()
+    assert crossings(api, rule) == []  # 6 on each local day, though 12 within 20 minutes
+    api.record({"meterId": meter["id"], "userId": "u", "value": 4, "timestamp": rfc3339(later)})
+    evaluate()
+    [trigger] = triggers(api, rule)
+    assert trigger["value"] == 10
+    assert trigger["periodStart"] == rfc3339(day_start)
+    assert trigger["periodEnd"] == rfc3339(day_start + timedelta(days=1))
+
+
+def test_month_periods_in_a_zone(api, evaluate):
+    meter = api.create_meter()
+    rule = create_rule(api, meter, thresholds=[2], period="month", timeZone="Asia/Kolkata")
+    api.record(_event(meter, "u", 2))
+    evaluate()
+    [trigger] = triggers(api, rule)
+    zone = ZoneInfo("Asia/Kolkata")
+    now = datetime.now(zone) - timedelta(minutes=5)
+    start = datetime(now.year, now.month, 1, tzinfo=zone)
+    assert trigger["periodStart"] == rfc3339(start)
+
+
+def test_a_cancel_below_a_triggered_threshold_resolves_once_then_it_can_fire_again(api, evaluate):
+    meter = api.create_meter()
+    rule = create_rule(api, meter, thresholds=[10], notifyOnResolve=True)
+    [big] = api.record(_event(meter, "u", 12, idempotency="big"))["events"]
+    evaluate()
+    cancel = api.post("/v1/billing/meter-events/cancel", json={"events": [{"id": big["id"]}]})
+    assert cancel.status_code == 200, cancel.text
+    evaluate()
+    evaluate()
+    assert crossings(api, rule) == [("alert.triggered", "u", 10), ("alert.resolved", "u", 10)]
+    assert triggers(api, rule)[1]["value"] == 0
+    api.record(_event(meter, "u", 10))
+    evaluate()
+    assert crossings(api, rule) == [
+        ("alert.triggered", "u", 10),
+        ("alert.resolved", "u", 10),
+        ("alert.triggered", "u", 10),
+    ]
+    assert len({t["id"] for t in triggers(api, rule)}) == 3
+
+
+def test_without_notify_on_resolve_a_cancel_announces_nothing_and_nothing_refires(api, evaluate):
+    meter = api.create_meter()
+    rule = create_rule(api, meter, thresholds=[10])
+    [big] = api.record(_event(meter, "u", 12))["events"]
+    evaluate()
+    api.post("/v1/billing/meter-events/cancel", json={"events": [{"id": big["id"]}]})
+    evaluate()
+    api.record(_event(meter, "u", 12))
+    evaluate()
+    assert crossings(api, rule) == [("alert.triggered", "u", 10)]
+
+
+def test_a_max_meter_cancel_recomputes_the_maximum(api, evaluate):
+    meter = api.create_meter(aggregationType="max")
+    rule = create_rule(api, meter, thresholds=[10], notifyOnResolve=True)
+    api.record(_event(meter, "u", 4))
+    [big] = api.record(_event(meter, "u", 15))["events"]
+    evaluate()
+    api.post("/v1/billing/meter-events/cancel", json={"events": [{"id": big["id"]}]})
+    evaluate()
+    assert crossings(api, rule) == [("alert.triggered", "u", 10), ("alert.resolved", "u", 10)]
+    assert triggers(api, rule)[1]["value"] == 4
+
+
+def test_count_and_unique_count_meters_cross(api, evaluate):
+    counted = api.create_meter(eventName="calls", aggregationType="count")
+    unique = api.create_meter(
+        eventName="models", aggregationType="unique_count", uniqueBy="model", dimensions=["model"]
+    )
+    count_rule = create_rule(api, counted, thresholds=[3], scope="org")
+    unique_rule = create_rule(api, unique, thresholds=[2])
+    api.record(
+        {"meterId": counted["id"], "userId": "a", "timestamp": minutes_ago(3)},
+        {"meterId": counted["id"], "userId": "b", "timestamp": minutes_ago(3)},
+        *[_event(unique, "a", 1, dimensions={"model": "m1"}) for _ in range(3)],
+    )
+    evaluate()
+    assert crossings(api, count_rule) == [] and crossings(api, unique_rule) == []
+    api.record(
+        {"meterId": counted["id"], "userId": "c", "timestamp": minutes_ago(3)},
+        _event(unique, "a", 1, dimensions={"model": "m2"}),
+    )
+    evaluate()
+    assert crossings(api, count_rule) == [("alert.triggered", None, 3)]
+    assert crossings(api, unique_rule) == [("alert.triggered", "a", 2)]
+
+
+def test_a_rule_created_mid_period_is_seeded_with_the_usage_already_there(api, evaluate):
+    meter = api.create_meter()
+    api.record(_event(meter, "u", 8, minutes=20), _event(meter, "v", 30, minutes=20))
+    rule = create_rule(api, meter, thresholds=[10, 40])
+    api.record(_event(meter, "u", 1))
+    evaluate()
+    assert crossings(api, rule) == []  # u has 9: the seed is exact, not 1 and not 8 + 1 + 1
+    api.record(_event(meter, "u", 1))
+    evaluate()
+    assert crossings(api, rule) == [("alert.triggered", "u", 10)]
+    assert triggers(api, rule)[0]["value"] == 10
+    api.record(_event(meter, "v", 1))
+    evaluate()
+    assert crossings(api, rule)[-1] == ("alert.triggered", "v", 10)
+    assert triggers(api, rule)[-1]["value"] == 31
+
+
+def test_thresholds_added_later_fire_when_already_passed_and_archived_rules_do_not(api, evaluate):
+    meter = api.create_meter()
+    rule = create_rule(api, meter, thresholds=[100])
+    archived = create_rule(api, meter, thresholds=[1])
+    api.delete(f"/v1/billing/alerts/{archived['id']}")
+    api.record(_event(meter, "u", 50))
+    evaluate()
+    assert crossings(api, rule) == []
+    api.patch(f"/v1/billing/alerts/{rule['id']}", json={"thresholds": [20, 100]})
+    api.record(_event(meter, "u", 1))
+    evaluate()
+    assert crossings(api, rule) == [("alert.triggered", "u", 20)]
+    assert triggers(api, rule)[0]["value"] == 51
+    assert crossings(api, archived) == []
+
+
+def test_concurrent_batches_crossing_one_threshold_give_one_trigger(api, evaluate):
+    meter = api.create_meter()
+    rule = create_rule(api, meter, thresholds=[40], scope="org")
+    user_rule = create_rule(api, meter, thresholds=[5])
+
+    def send(client):
+        for _ in range(3):
+            api.record(*[_event(meter, f"user-{client}", 1) for _ in range(2)])
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(send, range(8)))
+    evaluate()
+    assert crossings(api, rule) == [("alert.triggered", None, 40)]
+    assert sorted(crossings(api, user_rule)) == [
+        ("alert.triggered", f"user-{client}", 5) for client in range(8)
+    ]
+
+
+def test_two_evaluators_at_once_give_one_trigger_per_crossing(api, app, ndb_client, org):
+    meter = api.create_meter()
+    rule = create_rule(api, meter, thresholds=[3, 6], scope="org")
+    stop = threading.Event()
+    errors = []
+
+    def evaluator():
+        while not stop.is_set():
+            try:
+                run_evaluator(app, ndb_client, org)
+            except Exception as error:  # noqa: BLE001  (reported below)
+                errors.append(error)
+
+    threads = [threading.Thread(target=evaluator) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    try:
+        for _ in range(8):
+            api.record(_event(meter, "u", 1))
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    run_evaluator(app, ndb_client, org)
+    assert errors == []
+    assert sorted(crossings(api, rule)) == [
+        ("alert.triggered", None, 3),
+        ("alert.triggered", None, 6),
+    ]

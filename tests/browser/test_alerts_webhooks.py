@@ -165,8 +165,9 @@ def test_an_endpoint_is_disabled_a_failed_message_retried_and_the_endpoint_delet
 
 
 def test_an_alert_rule_is_created_triggers_are_listed_and_it_is_archived(
-    open_page, api, receiver, deliver, screenshots
+    open_page, api, receiver, deliver, screenshots, console
 ):
+    console.allow(r"400")  # the browser logs the refused rule itself
     meter = api.create_meter(name="Tokens", eventName="tokens", dimensions=["model"])
     seats = api.create_meter(name="Seats", eventName="seats", aggregationType="last")
     api.post("/v1/webhooks/endpoints", json={"url": receiver.url})

@@ -189,6 +189,7 @@ function showTriggers(alert) {
   shownAlert = alert;
   render();
   byId("triggers-alert-name").textContent = alert.name;
+  byId("triggers-zone").textContent = alert.timeZone;
   byId("triggers-section").hidden = false;
   byId("triggers-title").focus();
   loadTriggers();

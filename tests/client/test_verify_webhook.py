@@ -19,7 +19,12 @@ from hypothesis import strategies as st
 
 from metering_client import WebhookVerificationError, verify_webhook
 
-NOW = int(time.time())
+
+def now() -> int:
+    """This moment in unix seconds (read per test: a module constant goes stale while a
+    long suite runs, and the package checks against the real clock)."""
+    return int(time.time())
+
 
 secrets = st.binary(min_size=1, max_size=64).map(
     lambda key: "whsec_" + base64.b64encode(key).decode()
@@ -52,7 +57,8 @@ def both_refuse(secret: str, body: bytes, headers: dict) -> None:
 @settings(max_examples=150, deadline=None)
 @given(secret=secrets, message_id=message_ids, body=bodies, skew=st.integers(-290, 290))
 def test_what_the_package_signs_verifies_with_ours(secret, message_id, body, skew):
-    headers = package_headers(secret, message_id, NOW + skew, body)
+    sent = now()
+    headers = package_headers(secret, message_id, sent + skew, body)
     assert verify_webhook(body, headers, secret) == json.loads(body)
     assert verify_webhook(body.decode(), headers, secret) == json.loads(body)
     assert standardwebhooks.Webhook(secret).verify(body, headers) == json.loads(body)
@@ -67,14 +73,15 @@ def test_what_the_package_signs_verifies_with_ours(secret, message_id, body, ske
     part=st.sampled_from(["body", "id", "timestamp", "signature"]),
 )
 def test_a_tampered_delivery_is_refused_by_both(secret, message_id, body, position, part):
-    headers = package_headers(secret, message_id, NOW, body)
+    sent = now()
+    headers = package_headers(secret, message_id, sent, body)
     if part == "body":
         index = position % len(body)
         body = body[:index] + bytes([body[index] ^ 0x01]) + body[index + 1 :]
     elif part == "id":
         headers["webhook-id"] = message_id + "x"
     elif part == "timestamp":
-        headers["webhook-timestamp"] = str(NOW + 1 + position % 60)
+        headers["webhook-timestamp"] = str(sent + 1 + position % 60)
     else:
         digest = bytearray(base64.b64decode(headers["webhook-signature"][3:]))
         digest[position % len(digest)] ^= 0x80
@@ -85,33 +92,36 @@ def test_a_tampered_delivery_is_refused_by_both(secret, message_id, body, positi
 @settings(max_examples=50, deadline=None)
 @given(right=secrets, wrong=secrets, message_id=message_ids, body=bodies)
 def test_another_secret_is_refused_by_both(right, wrong, message_id, body):
+    sent = now()
     if base64.b64decode(right[6:]) == base64.b64decode(wrong[6:]):
         return
-    both_refuse(wrong, body, package_headers(right, message_id, NOW, body))
+    both_refuse(wrong, body, package_headers(right, message_id, sent, body))
 
 
 def test_a_timestamp_outside_the_tolerance_is_refused_by_both():
+    sent = now()
     secret, body = "whsec_" + base64.b64encode(b"k" * 24).decode(), b'{"type":"x"}'
-    for timestamp in (NOW - 400, NOW + 400):
+    for timestamp in (sent - 400, sent + 400):
         both_refuse(secret, body, package_headers(secret, "msg_1", timestamp, body))
-    old = package_headers(secret, "msg_1", NOW - 400, body)
+    old = package_headers(secret, "msg_1", sent - 400, body)
     assert verify_webhook(body, old, secret, tolerance=600)["type"] == "x"
     with pytest.raises(WebhookVerificationError, match="too old"):
         verify_webhook(body, old, secret, tolerance=60)
-    late = package_headers(secret, "msg_1", NOW, body)
+    late = package_headers(secret, "msg_1", sent, body)
     with pytest.raises(WebhookVerificationError, match="too old"):
-        verify_webhook(body, late, secret, now=NOW + 301)
+        verify_webhook(body, late, secret, now=sent + 301)
     with pytest.raises(WebhookVerificationError, match="future"):
-        verify_webhook(body, late, secret, now=NOW - 301)
+        verify_webhook(body, late, secret, now=sent - 301)
 
 
 def test_any_of_several_secrets_and_several_signatures_verify():
     """During a rotation the service signs with both secrets; a receiver may hold either,
     or both while it rolls the new one out."""
+    sent = now()
     old, new = (("whsec_" + base64.b64encode(k * 32).decode()) for k in (b"o", b"n"))
     body = b'{"type":"webhook.test","timestamp":"2026-12-06T00:00:00Z","data":{}}'
-    by_old = package_headers(old, "msg_r", NOW, body)
-    by_new = package_headers(new, "msg_r", NOW, body)
+    by_old = package_headers(old, "msg_r", sent, body)
+    by_new = package_headers(new, "msg_r", sent, body)
     signatures = f"{by_new['webhook-signature']} v1a,xyz {by_old['webhook-signature']}"
     both = dict(by_new, **{"webhook-signature": signatures})
     for secret in (old, new, [old, new], [new, old]):
@@ -125,8 +135,9 @@ def test_any_of_several_secrets_and_several_signatures_verify():
 
 
 def test_headers_in_any_case_and_missing_ones():
+    sent = now()
     secret, body = "whsec_" + base64.b64encode(b"s" * 32).decode(), b'{"type":"t"}'
-    headers = package_headers(secret, "msg_c", NOW, body)
+    headers = package_headers(secret, "msg_c", sent, body)
     titled = {name.title(): value for name, value in headers.items()}
     assert verify_webhook(body, titled, secret)["type"] == "t"
     for missing in headers:
@@ -136,12 +147,13 @@ def test_headers_in_any_case_and_missing_ones():
 
 
 def test_garbled_headers_and_bodies_are_refused():
+    sent = now()
     secret = "whsec_" + base64.b64encode(b"g" * 32).decode()
     body = b"[1, 2]"
-    headers = package_headers(secret, "msg_g", NOW, body)
+    headers = package_headers(secret, "msg_g", sent, body)
     with pytest.raises(WebhookVerificationError, match="JSON object"):
         verify_webhook(body, headers, secret)  # signed, but not a payload of ours
-    for timestamp in ("abc", "1e9", f"{NOW}.5", f" {NOW}", "-1"):
+    for timestamp in ("abc", "1e9", f"{sent}.5", f" {sent}", "-1"):
         with pytest.raises(WebhookVerificationError, match="unix seconds"):
             verify_webhook(body, dict(headers, **{"webhook-timestamp": timestamp}), secret)
     for signature in ("v1,!!!", "v2," + headers["webhook-signature"][3:], "nonsense"):
@@ -150,8 +162,9 @@ def test_garbled_headers_and_bodies_are_refused():
 
 
 def test_a_malformed_secret_is_the_receivers_mistake():
+    sent = now()
     body = b"{}"
-    headers = {"webhook-id": "m", "webhook-timestamp": str(NOW), "webhook-signature": "v1,AA=="}
+    headers = {"webhook-id": "m", "webhook-timestamp": str(sent), "webhook-signature": "v1,AA=="}
     for secret in ("whsec_not base64!", "whsec_", []):
         with pytest.raises(ValueError):
             verify_webhook(body, headers, secret)

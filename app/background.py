@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 
 from google.api_core import exceptions as core_exceptions
 
@@ -37,7 +38,9 @@ _DELIVERY_EXTENSION = "background_delivery"
 
 
 class _Deliverer:
-    """The delivery loop of one app, woken by `outbox.wake()`."""
+    """The delivery loop of one app. A timed round visits every registered org; a commit
+    that stored messages (`outbox.wake()`) starts a round at once for its org alone, so
+    the wait after a commit does not grow with the number of orgs."""
 
     def __init__(self, client, context_options: dict, config):
         self.client, self.context_options = client, context_options
@@ -45,23 +48,43 @@ class _Deliverer:
         self.settings = dispatch.Settings.of(config)
         self.stopping = threading.Event()
         self.woken = threading.Event()
-        self.forget = outbox.on_wake(self.woken.set)
+        self.lock = threading.Lock()
+        self.woken_orgs: set[str] = set()
+        self.forget = outbox.on_wake(self.wake)
         self.thread = threading.Thread(target=self.run, name="metering-delivery", daemon=True)
 
+    def wake(self, namespace: str) -> None:
+        with self.lock:
+            self.woken_orgs.add(namespace)
+        self.woken.set()
+
     def run(self) -> None:
+        next_full_round = time.monotonic() + self.seconds
         while not self.stopping.is_set():
-            self.woken.wait(self.seconds)
+            self.woken.wait(max(0.0, next_full_round - time.monotonic()))
             self.woken.clear()
             if self.stopping.is_set():
                 break
-            try:
-                with self.client.context(**self.context_options):
-                    run = periodic.deliver_all_orgs(self.budget, settings=self.settings, wait=False)
-                if not run.complete:
-                    self.woken.set()  # more is due: the next round at once
-            except Exception:  # the next round retries
-                log.warning("background delivery failed", exc_info=True)
-                self.stopping.wait(self.seconds)
+            only: set[str] | None
+            with self.lock:
+                only, self.woken_orgs = self.woken_orgs, set()
+            if time.monotonic() >= next_full_round:
+                only, next_full_round = None, time.monotonic() + self.seconds
+            if self.round(only):
+                next_full_round = time.monotonic()  # more is due: a full round at once
+
+    def round(self, only: set[str] | None) -> bool:
+        """One round; whether it left messages due (its budget ran out, no org failed)."""
+        try:
+            with self.client.context(**self.context_options):
+                run = periodic.deliver_all_orgs(
+                    self.budget, settings=self.settings, wait=False, only=only
+                )
+        except Exception:  # the next round retries
+            log.warning("background delivery failed", exc_info=True)
+            self.stopping.wait(min(self.seconds, 5.0))
+            return False
+        return not run.complete and not run.failed
 
     def stop(self, timeout: float) -> None:
         self.forget()

@@ -109,3 +109,38 @@ def test_recent_events_of_a_user(api):
     """meter-event (MeterId, UserId, Timestamp desc): the event list searched by user."""
     meter = _record_two_users(api)
     assert _listed(api, meterId=meter["id"], userId="u1") == [1, 1, 1, 1]
+
+
+# -- issue 14, webhooks --------------------------------------------------------------------
+
+
+def _endpoint_with_a_message(api) -> dict:
+    endpoint = api.post("/v1/webhooks/endpoints", json={"url": "http://127.0.0.1:9/x"}).json()
+    assert api.post(f"/v1/webhooks/endpoints/{endpoint['id']}/test").status_code == 202
+    return endpoint
+
+
+def test_due_webhook_messages(api, admin):
+    """webhook-message (Status, NextAttemptAt)."""
+    _endpoint_with_a_message(api)
+    answer = admin.get("/v1/cron/deliver")  # port 9 refuses: one attempt, failed
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["sent"] == 1
+
+
+def test_an_endpoints_message_log(api):
+    """webhook-message (EndpointId, CreatedAt desc)."""
+    endpoint = _endpoint_with_a_message(api)
+    answer = api.get(f"/v1/webhooks/endpoints/{endpoint['id']}/messages")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["count"] == 1
+
+
+def test_an_endpoints_message_log_of_one_status(api):
+    """webhook-message (EndpointId, Status, CreatedAt desc)."""
+    endpoint = _endpoint_with_a_message(api)
+    answer = api.get(
+        f"/v1/webhooks/endpoints/{endpoint['id']}/messages", params={"status": "pending"}
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["count"] == 1

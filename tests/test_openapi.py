@@ -83,7 +83,7 @@ def test_every_operation_says_who_may_call_it(served):
         for method, operation in item.items():
             expected = (
                 [{"apiKey": []}]
-                if path.startswith("/v1/billing/")
+                if path.startswith(("/v1/billing/", "/v1/webhooks/"))  # issue 14: webhooks
                 else [{"adminToken": []}]
                 if path.startswith(("/v1/admin/", "/v1/cron/"))
                 else []

@@ -20,10 +20,9 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from apispec.ext.marshmallow.common import resolve_schema_cls
 from marshmallow import fields as ma_fields
 
-from app.schemas import webhook_events
 from app.openapi.operations import ADMIN_TOKEN, API_KEY, ConfiguredBody, Operation, operation_of
 from app.schemas import fields as custom_fields
-from app.schemas import responses
+from app.schemas import responses, webhook_events
 
 OPENAPI_VERSION = "3.1.0"
 TITLE = "metering"

@@ -1,14 +1,16 @@
 """The event types a webhook endpoint can subscribe to, each with its payload's schema.
 
 One list for the API's validation (`eventTypes`), `GET /v1/webhooks/event-types` and the
-OpenAPI document (its top-level `webhooks`). The `data` schemas are JSON Schema (OpenAPI 3.1); `meter.*` carry the
-meter exactly as the meter API answers it (the `Meter` component).
+OpenAPI document (its top-level `webhooks`). The `data` schemas are JSON Schema (OpenAPI
+3.1); `meter.*` carry the meter exactly as the meter API answers it (the `Meter` component).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 _TIME = {"type": "string", "format": "date-time"}
-_ALERT_DATA = {
+_ALERT_DATA: dict[str, Any] = {
     "type": "object",
     "required": [
         "alertId",
@@ -32,7 +34,7 @@ _ALERT_DATA = {
 METER_REF = {"$ref": "#/components/schemas/Meter"}
 _METER = METER_REF
 
-EVENT_TYPES: dict[str, tuple[str, dict]] = {
+EVENT_TYPES: dict[str, tuple[str, dict[str, Any]]] = {
     "alert.triggered": (
         "A subject's usage in a period reached an alert rule's threshold (once per rule, "
         "subject, period and threshold).",

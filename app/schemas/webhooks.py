@@ -38,9 +38,7 @@ def _url(**kwargs) -> Url:
 def _event_types() -> fields.List:
     return BoundedList(
         fields.String(
-            validate=validate.OneOf(
-                EVENT_TYPES, error="must be one of " + ", ".join(EVENT_TYPES)
-            )
+            validate=validate.OneOf(EVENT_TYPES, error="must be one of " + ", ".join(EVENT_TYPES))
         ),
         validate=validate.Length(min=1, max=len(EVENT_TYPES)),
         allow_none=True,

@@ -14,6 +14,7 @@ from google.cloud import ndb
 
 from app.errors import Conflict, NotFound
 from app.models import Meter, MeterEvent, root_key, transactional
+from app.models.webhook import WebhookEndpoint
 from app.schemas.responses import Meter as MeterAnswer
 from app.services import paging
 from app.services.webhooks import outbox
@@ -44,7 +45,7 @@ def _taken(event_name: str) -> Conflict:
     )
 
 
-def _announce(event_type: str, targets: list, meter: Meter) -> None:
+def _announce(event_type: str, targets: list[WebhookEndpoint], meter: Meter) -> None:
     """Put the `meter.*` messages of this change in the caller's transaction (issue 14):
     stored with the change or not at all. The id is the meter's and the change's time, so
     a transaction retried by NDB makes the same messages."""

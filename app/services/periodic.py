@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from google.api_core import exceptions as core_exceptions
 from google.cloud import ndb
@@ -31,8 +32,8 @@ from app.errors import ApiError, DeadlineExceeded
 from app.models import Namespace, ids
 from app.services import compact
 from app.services.alerts import evaluate
-from app.services.webhooks import dispatch, registry
 from app.services.orgs import is_valid_org_name
+from app.services.webhooks import dispatch, registry
 
 log = logging.getLogger(__name__)
 
@@ -129,17 +130,23 @@ class DeliveryRun:
 
 
 def deliver_all_orgs(
-    budget: int, *, settings: dispatch.Settings | None = None, now=None, wait: bool = True
+    budget: int,
+    *,
+    settings: dispatch.Settings | None = None,
+    now: datetime | None = None,
+    wait: bool = True,
+    only: set[str] | None = None,
 ) -> DeliveryRun:
     """For each org with endpoints or alert rules, in its namespace: evaluate its pending
     alert feeds (up to `budget`), then send its due messages (up to `budget`). One org's
     failure is logged and listed, and the others go on. `wait=False` (the background loop)
-    returns while sends are under way: each is leased, so no later round sends it again."""
+    returns while sends are under way: each is leased, so no later round sends it again.
+    `only` limits the call to those orgs (the loop's round for the orgs a commit woke)."""
     if settings is None:
         from flask import current_app  # lazy: only a request's call needs the app
 
         settings = dispatch.Settings.of(current_app.config["METERING"])
-    names = registry.orgs()
+    names = sorted(only) if only is not None else registry.orgs()
     random.shuffle(names)
     run = DeliveryRun(orgs=len(names))
     for name in names:

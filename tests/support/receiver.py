@@ -11,6 +11,7 @@ A list of modes in `script` is used first, one per request, then `mode`.
 
 from __future__ import annotations
 
+import json
 import socket
 import struct
 import threading
@@ -42,9 +43,7 @@ class _Handler(BaseHTTPRequestHandler):
             Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body, time.time())
         )
         if mode == "reset":
-            self.connection.setsockopt(
-                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
-            )
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.connection.close()
             self.close_connection = True
             return
@@ -114,7 +113,6 @@ class Receiver:
             self.received.append(request)
 
     def of_type(self, event_type: str) -> list[Received]:
-        import json  # noqa: PLC0415 - a helper's own need
 
         with self._lock:
             return [r for r in self.received if json.loads(r.body)["type"] == event_type]

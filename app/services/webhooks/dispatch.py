@@ -37,6 +37,7 @@ from typing import cast
 
 from google.cloud import ndb
 
+from app.config import Config
 from app.models import transactional, utcnow
 from app.models.base import root_key
 from app.models.webhook import (
@@ -52,9 +53,7 @@ from app.services.webhooks import safety, signing
 log = logging.getLogger(__name__)
 
 #: Delays before the 2nd, 3rd, ... attempt: about 33 hours in all, then the message fails.
-RETRY_DELAYS = tuple(
-    timedelta(seconds=s) for s in (5, 300, 1800, 7200, 18000, 36000, 36000)
-)
+RETRY_DELAYS = tuple(timedelta(seconds=s) for s in (5, 300, 1800, 7200, 18000, 36000, 36000))
 JITTER = 0.2
 #: An endpoint whose every attempt failed for this long is disabled.
 DISABLE_AFTER = timedelta(days=5)
@@ -70,6 +69,9 @@ _senders = concurrent.futures.ThreadPoolExecutor(
     max_workers=MAX_SENDERS, thread_name_prefix="webhook-send"
 )
 _jitter = random.Random()
+#: (namespace, message key id) of the messages a sender of this process holds.
+_in_flight: set[tuple[str | None, str]] = set()
+_in_flight_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,7 @@ class Settings:
     retry_scale: float = 1.0
 
     @classmethod
-    def of(cls, config) -> Settings:
+    def of(cls, config: Config) -> Settings:
         return cls(
             production=config.production,
             timeout_seconds=config.webhook_timeout_seconds,
@@ -112,7 +114,7 @@ class OrgDispatch:
     delivered: int = 0
     undelivered: int = 0
     more: bool = False
-    pending: list[concurrent.futures.Future] = field(default_factory=list)
+    pending: list[concurrent.futures.Future[bool | None]] = field(default_factory=list)
 
 
 def due_keys(now: datetime, limit: int) -> list[ndb.Key]:
@@ -128,9 +130,11 @@ def due_keys(now: datetime, limit: int) -> list[ndb.Key]:
 def dispatch_org(
     budget: int, settings: Settings, now: datetime | None = None, wait: bool = True
 ) -> OrgDispatch:
-    """Lease and send up to `budget` due messages of the current org. With `wait` the call
-    returns once every send is recorded; without, it returns at once (the sends go on in
-    the pool, each recorded by its own thread)."""
+    """Send up to `budget` due messages of the current org: each is leased, sent and
+    recorded by a sender thread of the pool, so leases run side by side and a slow
+    endpoint holds only its own sends. With `wait` the call returns once every one is
+    recorded; without, at once (a message already in a sender of this process is not
+    handed out again meanwhile)."""
     now = now or utcnow()
     result = OrgDispatch()
     keys = due_keys(now, budget)
@@ -144,26 +148,56 @@ def dispatch_org(
         )
     }
     context = ndb.get_context()
+    namespace = context.get_namespace()
     for key in keys:
-        leased = _lease(key, now, settings, endpoints)
-        if leased is None:
-            continue
-        message, endpoint = leased
-        result.leased += 1
+        with _in_flight_lock:
+            if (namespace, key.id()) in _in_flight:
+                continue
+            _in_flight.add((namespace, key.id()))
         result.pending.append(
             _senders.submit(
-                _send_and_record, context.client, context.get_namespace(), message, endpoint,
-                settings, now,
+                _lease_send_record, context.client, namespace, key, endpoints, settings, now
             )
         )
     if wait:
         for future in concurrent.futures.as_completed(result.pending):
-            if future.result():
-                result.delivered += 1
-            else:
-                result.undelivered += 1
+            outcome = future.result()
+            if outcome is not None:
+                result.leased += 1
+                result.delivered += outcome
+                result.undelivered += not outcome
         result.pending = []
+    else:
+        result.leased = len(result.pending)
     return result
+
+
+def _lease_send_record(
+    client: ndb.Client,
+    namespace: str | None,
+    key: ndb.Key,
+    endpoints: dict[int, WebhookEndpoint],
+    settings: Settings,
+    now: datetime,
+) -> bool | None:
+    """In a sender thread (its own NDB context): lease the message, send one attempt, and
+    record it. Whether it was delivered; None when nothing was sent."""
+    try:
+        with client.context(namespace=namespace):
+            leased = _lease(key, now, settings, endpoints)
+            if leased is None:
+                return None
+            message, endpoint = leased
+            outcome = send(endpoint, message, settings)
+            if record(message.key, message.lease, outcome, now, settings) is not None:
+                note_endpoint_health(endpoint, outcome, now)
+            return outcome.delivered
+    except Exception:
+        log.exception("webhook message %s: the attempt could not be recorded", key.id())
+        return False
+    finally:
+        with _in_flight_lock:
+            _in_flight.discard((namespace, key.id()))
 
 
 def _lease(
@@ -207,7 +241,7 @@ def _lease(
     return message, endpoint
 
 
-def _attempt(at: datetime, outcome: Outcome) -> dict:
+def _attempt(at: datetime, outcome: Outcome) -> dict[str, object]:
     return {
         "at": format_time(at),
         "statusCode": outcome.status_code,
@@ -215,26 +249,6 @@ def _attempt(at: datetime, outcome: Outcome) -> dict:
         "error": outcome.error,
         "responseBody": outcome.response_body,
     }
-
-
-def _send_and_record(
-    client: ndb.Client,
-    namespace: str | None,
-    message: WebhookMessage,
-    endpoint: WebhookEndpoint,
-    settings: Settings,
-    now: datetime,
-) -> bool:
-    """One attempt, in a sender thread: send, then record it (its own NDB context)."""
-    outcome = send(endpoint, message, settings)
-    try:
-        with client.context(namespace=namespace):
-            recorded = record(message.key, message.lease, outcome, now, settings)
-            if recorded is not None:
-                note_endpoint_health(endpoint, outcome, now)
-    except Exception:
-        log.exception("could not record webhook attempt of %s", message.message_id)
-    return outcome.delivered
 
 
 def send(endpoint: WebhookEndpoint, message: WebhookMessage, settings: Settings) -> Outcome:
@@ -253,17 +267,17 @@ def send(endpoint: WebhookEndpoint, message: WebhookMessage, settings: Settings)
     )
     try:
         status, answer = _post(target, headers, body, settings.timeout_seconds)
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         return Outcome(None, f"timed out after {settings.timeout_seconds:g} s", "", _ms(started))
     except (OSError, http.client.HTTPException) as error:
         return Outcome(None, _describe(error), "", _ms(started))
     text = answer.decode("utf-8", errors="replace")[:RESPONSE_BODY_KEPT]
-    error = None
+    problem = None
     if 300 <= status < 400:
-        error = f"HTTP {status}: redirects are not followed"
+        problem = f"HTTP {status}: redirects are not followed"
     elif not 200 <= status < 300:
-        error = f"HTTP {status}"
-    return Outcome(status, error, text, _ms(started))
+        problem = f"HTTP {status}"
+    return Outcome(status, problem, text, _ms(started))
 
 
 def _ms(started: float) -> int:
@@ -393,7 +407,7 @@ def note_endpoint_health(endpoint: WebhookEndpoint, outcome: Outcome, now: datet
         if current is None or current.deleted:
             return
         if outcome.delivered:
-            current.failing_since = None  # type: ignore[assignment]
+            current.failing_since = None
         elif current.failing_since is None:
             current.failing_since = now
         elif now - current.failing_since >= DISABLE_AFTER and current.enabled:
@@ -402,9 +416,7 @@ def note_endpoint_health(endpoint: WebhookEndpoint, outcome: Outcome, now: datet
                 f"disabled at {format_time(now)}: every attempt failed since "
                 f"{format_time(current.failing_since)} (5 days); last error: {outcome.error}"
             )
-            log.warning(
-                "webhook endpoint %s disabled: %s", current.id_, current.disabled_reason
-            )
+            log.warning("webhook endpoint %s disabled: %s", current.id_, current.disabled_reason)
         else:
             return
         current.put()

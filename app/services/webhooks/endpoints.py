@@ -49,7 +49,7 @@ def create_endpoint(fields: dict[str, Any], production: bool) -> WebhookEndpoint
 
 
 def _revealing(endpoint: WebhookEndpoint, secret: str) -> WebhookEndpoint:
-    endpoint.revealed_secret = secret  # type: ignore[attr-defined]  # not a property
+    endpoint.revealed_secret = secret  # not a property: shown in this answer only
     return endpoint
 
 
@@ -81,12 +81,12 @@ def update_endpoint(public_id: str, changes: dict[str, Any], production: bool) -
         if "description" in changes:
             endpoint.description = changes["description"]
         if "eventTypes" in changes:
-            endpoint.event_types = list(changes["eventTypes"] or [])
+            endpoint.event_types = list(changes["eventTypes"] or [])  # type: ignore[assignment]
         if "enabled" in changes:
             endpoint.enabled = changes["enabled"]
             if endpoint.enabled:
-                endpoint.disabled_reason = None  # type: ignore[assignment]
-                endpoint.failing_since = None  # type: ignore[assignment]
+                endpoint.disabled_reason = None
+                endpoint.failing_since = None
         return endpoint.update(), resumed
 
     endpoint, resumed = update()
@@ -127,7 +127,8 @@ def rotate_secret(public_id: str) -> WebhookEndpoint:
     @transactional(retries=5)
     def rotate() -> tuple[WebhookEndpoint, str]:
         endpoint = get_endpoint(public_id)
-        endpoint.secrets, secret = signing.rotated(endpoint.secrets, utcnow())
+        secrets, secret = signing.rotated(endpoint.secrets, utcnow())
+        endpoint.secrets = secrets  # type: ignore[assignment]
         return endpoint.update(), secret
 
     endpoint, secret = rotate()

@@ -20,13 +20,15 @@ import json
 import threading
 from collections.abc import Callable
 from datetime import datetime
-from typing import cast
+from typing import Any, cast
+
+from google.cloud import ndb
 
 from app.models.base import root_key
 from app.models.webhook import PENDING, WebhookEndpoint, WebhookMessage
 from app.schemas import format_time
 
-_wakers: list[Callable[[], None]] = []
+_wakers: list[Callable[[str], None]] = []
 _wakers_lock = threading.Lock()
 
 
@@ -46,7 +48,7 @@ def targets(event_type: str) -> list[WebhookEndpoint]:
     ]
 
 
-def body_of(event_type: str, data: dict, at: datetime) -> str:
+def body_of(event_type: str, data: dict[str, Any], at: datetime) -> str:
     """The delivered body: fixed at creation, the same bytes on every attempt."""
     return json.dumps(
         {"type": event_type, "timestamp": format_time(at), "data": data},
@@ -56,7 +58,11 @@ def body_of(event_type: str, data: dict, at: datetime) -> str:
 
 
 def messages(
-    targets: list[WebhookEndpoint], event_type: str, event_id: str, data: dict, at: datetime
+    targets: list[WebhookEndpoint],
+    event_type: str,
+    event_id: str,
+    data: dict[str, Any],
+    at: datetime,
 ) -> list[WebhookMessage]:
     """Unsaved messages, one per target, for the caller to put in its transaction."""
     body = body_of(event_type, data, at)
@@ -80,8 +86,9 @@ def messages(
     return built
 
 
-def on_wake(waker: Callable[[], None]) -> Callable[[], None]:
-    """Have `wake()` call `waker` (the delivery loop's); returns how to stop it."""
+def on_wake(waker: Callable[[str], None]) -> Callable[[], None]:
+    """Have `wake()` call `waker` with the org's namespace (the delivery loop's); returns
+    how to stop it."""
     with _wakers_lock:
         _wakers.append(waker)
 
@@ -94,8 +101,9 @@ def on_wake(waker: Callable[[], None]) -> Callable[[], None]:
 
 
 def wake() -> None:
-    """Nudge this process's delivery loop."""
+    """Nudge this process's delivery loop: the current org has messages due now."""
+    namespace = ndb.get_context().get_namespace() or ""
     with _wakers_lock:
         wakers = list(_wakers)
     for waker in wakers:
-        waker()
+        waker(namespace)

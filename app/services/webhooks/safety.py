@@ -62,6 +62,8 @@ def is_public_address(address: Address | str) -> bool:
     """Whether `address` is a global unicast address the service may connect to."""
     if isinstance(address, str):
         address = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return is_public_address(address.ipv4_mapped)  # the very IPv4 address
     inner = _embedded_ipv4(address)
     if inner is not None and not is_public_address(inner):
         return False

@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import secrets as _random
 from datetime import datetime, timedelta
+from typing import Any
 
 from app.schemas import format_time
 
@@ -38,7 +39,7 @@ def signature(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(digest).decode()
 
 
-def live_secrets(stored: list[dict], now: datetime) -> list[str]:
+def live_secrets(stored: list[dict[str, Any]], now: datetime) -> list[str]:
     """The secrets that sign at `now`: the current one, and rotated ones not yet expired."""
     return [
         entry["secret"]
@@ -47,7 +48,7 @@ def live_secrets(stored: list[dict], now: datetime) -> list[str]:
     ]
 
 
-def rotated(stored: list[dict], now: datetime) -> tuple[list[dict], str]:
+def rotated(stored: list[dict[str, Any]], now: datetime) -> tuple[list[dict[str, Any]], str]:
     """The secrets after a rotation at `now`, and the new secret: the current one keeps
     signing until now + ROTATION_OVERLAP, expired ones are dropped."""
     fresh = new_secret()
@@ -60,9 +61,7 @@ def rotated(stored: list[dict], now: datetime) -> tuple[list[dict], str]:
     return [{"secret": fresh, "expiresAt": None}, *kept], fresh
 
 
-def headers(
-    message_id: str, body: bytes, secrets: list[str], timestamp: int
-) -> dict[str, str]:
+def headers(message_id: str, body: bytes, secrets: list[str], timestamp: int) -> dict[str, str]:
     """The Standard Webhooks headers of one attempt sent at `timestamp` (unix seconds)."""
     return {
         "webhook-id": message_id,

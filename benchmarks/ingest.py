@@ -563,6 +563,30 @@ def create_meter(service, api_key: str, event_name: str, aggregation: str = "sum
         client.close()
 
 
+def create_alert_rules(service, api_key: str, meter: dict, count: int) -> None:
+    """`count` alert rules on the meter (issue 14): scopes, periods and zones varied, so
+    they make several specs (tallies) as tenants' rules would. Ingestion then writes one
+    `alert-feed` per batch in the batch's commit; this measures what that costs it."""
+    client = common.Client(service.url, api_key)
+    shapes = [("user", "month", "UTC"), ("org", "day", "Asia/Kolkata"), ("user", "day", "UTC")]
+    try:
+        for number in range(count):
+            scope, period, zone = shapes[number % len(shapes)]
+            client.post_json(
+                "/v1/billing/alerts",
+                {
+                    "name": f"bench rule {number}",
+                    "meterId": meter["id"],
+                    "thresholds": [1000 * (number + 1), 10**12],
+                    "scope": scope,
+                    "period": period,
+                    "timeZone": zone,
+                },
+            )
+    finally:
+        client.close()
+
+
 def warm_up(
     service, api_key: str, events: int, clients: int, batch: int, rng, meter_name: str
 ) -> None:
@@ -672,6 +696,7 @@ def run_rounds(args, emulator, workdir, rng, profile_dir=None):
                 service = services[config]
                 for case in args.cases:
                     meter = create_meter(service, key, f"bench_{case}_{config}", args.aggregation)
+                    create_alert_rules(service, key, meter, args.alert_rules)
                     load = build_load(
                         case,
                         meter,
@@ -1106,6 +1131,13 @@ def parse_args(argv=None):
     parser.add_argument("--profile-top", type=int, default=25)
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--alert-rules",
+        type=int,
+        default=0,
+        help="alert rules created on each measured meter (0): compare 0 and 20 to see what "
+        "the usage feed costs ingestion",
+    )
     args = parser.parse_args(argv)
     args.cases = [c for c in args.cases.split(",") if c]
     if set(args.cases) - {"spread", "hot"}:
@@ -1175,7 +1207,8 @@ def main(argv=None) -> int:
 
     print(
         f"\nIngestion on the Firestore-mode emulator: {args.batch}-event requests from "
-        f"{args.clients} client threads, spread over {args.users} users or one hot (meter, "
+        f"{args.clients} client threads, {args.alert_rules} alert rules per meter, spread over "
+        f"{args.users} users or one hot (meter, "
         f"user); {args.repeat} round(s) per setting ({time.monotonic() - started:.0f}s)"
     )
     print(table(results))

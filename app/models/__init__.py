@@ -1,6 +1,13 @@
 """Storage models (NDB): the original's entity shapes, Kind names and ids."""
 
-from app.models.alert import AlertFeed, AlertLease, AlertRule, AlertTally, AlertTrigger
+from app.models.alert import (
+    AlertFeed,
+    AlertLease,
+    AlertMeters,
+    AlertRule,
+    AlertTally,
+    AlertTrigger,
+)
 from app.models.base import Model, root_key, transactional, utcnow
 from app.models.meter import Meter
 from app.models.meter_event import MeterEvent
@@ -9,6 +16,7 @@ from app.models.tenant import ApiKey, Namespace
 __all__ = [
     "AlertFeed",
     "AlertLease",
+    "AlertMeters",
     "AlertRule",
     "AlertTally",
     "AlertTrigger",

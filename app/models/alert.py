@@ -35,6 +35,9 @@ class AlertRule(Model):
     time_zone = ndb.TextProperty("TimeZone")
     filter = JsonShadowProperty("Filter_", empty=dict)
     notify_on_resolve = ndb.BooleanProperty("NotifyOnResolve", indexed=False, default=False)
+    #: When the rule took its current spec (created, or its filter changed): its tallies
+    #: have had every feed since (`evaluate.settled_after`).
+    spec_since = ndb.DateTimeProperty("SpecSince", indexed=False, tzinfo=UTC)
 
 
 class AlertFeed(ndb.Model):
@@ -107,3 +110,14 @@ class AlertLease(ndb.Model):
     @classmethod
     def _get_kind(cls) -> str:
         return "alert-lease"
+
+
+class AlertMeters(ndb.Model):
+    """The key ids of the org's meters with active rules (JSON), one entity per org: what
+    ingestion reads, once per cache period, to know which batches write a feed."""
+
+    meter_key_ids = ndb.TextProperty("MeterKeyIds")
+
+    @classmethod
+    def _get_kind(cls) -> str:
+        return "alert-meters"

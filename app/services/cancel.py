@@ -21,6 +21,7 @@ from app.models import Meter, MeterEvent, ids, utcnow
 from app.services import recompute
 from app.services.alerts import feed as alert_feed
 from app.services.events import idempotent_id
+from app.services.webhooks import outbox
 from app.storage import entities, rpc, shards
 from app.storage.entities import EntityPb, KeyPb, StoredEvent
 
@@ -69,12 +70,15 @@ def _attempt(key_ids: list[int | None], window: timedelta, now: datetime) -> lis
         results, cancelling = _classify(key_ids, keys, found, window, now)
         mutations = [_cancelled_copy(event, now) for event in cancelling.values()]
         mutations += _rollup_repairs(cancelling, transaction)
-        mutations += _alert_feeds(cancelling)
+        feeds = _alert_feeds(cancelling)
+        mutations += feeds
         if mutations:
             rpc.commit(mutations, transaction)
         else:
             rpc.rollback(transaction)
-        return results
+    if feeds:
+        outbox.wake()  # the delivery loop evaluates the new feed now, not at its next tick
+    return results
 
 
 def _classify(

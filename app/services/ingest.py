@@ -46,6 +46,7 @@ from app.errors import Unavailable
 from app.models import ids
 from app.services import capabilities, compact
 from app.services.alerts import feed as alert_feed
+from app.services.webhooks import outbox
 from app.storage import entities, rollups, rpc, shards
 from app.storage.entities import EntityPb, KeyPb
 
@@ -257,6 +258,8 @@ class _Batch:
             raise Unavailable("a rollup near int64's bounds is being folded: retry the batch")
         if self.to_fold:
             _fold(self.to_fold)
+        if self.alert_meters and self.creates:
+            outbox.wake()  # the delivery loop evaluates the new feed now, not at its next tick
         return outcomes
 
     # -- the two paths -------------------------------------------------------------

@@ -201,9 +201,8 @@ def _apply_chunk(
     meter = seed.meter_of(meter_id)
     touches = _touches(feeds, rules)
     existing = dict(zip(touches, ndb.get_multi([_tally_key(k) for k in touches])))
-    now = utcnow()
     for name, touch in touches.items():
-        if _needs_seed(touch, existing[name], meter.aggregation_type, settings, now):
+        if _needs_seed(touch, existing[name], meter.aggregation_type, settings):
             touch.seeded = seed.seed(meter, touch, settings.settle)
     targets = {kind: outbox.targets(kind) for kind in (TRIGGERED, RESOLVED)}
     try:
@@ -260,21 +259,28 @@ def _tally_key(name: str) -> ndb.Key:
 
 
 def settled_after(rules: list[AlertRule], settle: timedelta) -> datetime:
-    """From when on every event of the spec's rules' meter surely wrote a feed: the
-    earliest active rule's creation plus the cache, deadline and future-timestamp margins."""
-    return min(rule.created_at for rule in rules) + settle  # type: ignore[no-any-return]
+    """From when on the spec's tallies surely had every event's feed: the earliest time one
+    of its active rules took the spec (created, or its filter changed), plus the cache,
+    deadline and future-timestamp margins."""
+    return min(rule.spec_since or rule.created_at for rule in rules) + settle  # type: ignore[no-any-return]
 
 
 def _needs_seed(
-    touch: Touch, tally: AlertTally | None, aggregation: str, settings: _Settings, now: datetime
+    touch: Touch, tally: AlertTally | None, aggregation: str, settings: _Settings
 ) -> bool:
+    """Whether the tally must be read from the summary engine: always for unique_count, for
+    max after a cancel; a new tally of a period that began before its spec saw every feed;
+    an existing one built under another basis (its spec may have gone unwatched: the
+    earliest rule archived, then others) or seeded before its basis."""
     basis = settled_after(touch.rules, settings.settle)
     if aggregation == Aggregation.UNIQUE_COUNT:
         return True
     if aggregation == Aggregation.MAX and touch.recompute:
         return True
-    if tally is None or tally.basis != basis:
+    if tally is None:
         return touch.start < basis
+    if tally.basis != basis:
+        return True
     return tally.seeded_at is not None and tally.seeded_at < basis
 
 
@@ -301,10 +307,8 @@ def _commit_chunk(
         messages = 0
         for touch, tally in zip(touches.values(), found[len(feed_keys) :]):
             basis = settled_after(touch.rules, settings.settle)
-            if touch.seeded is None and tally is not None and tally.basis != basis:
-                if touch.start < basis:
-                    raise _Stale()  # its basis changed since we looked: seed it again
-                tally = None
+            if touch.seeded is None and _needs_seed(touch, tally, meter.aggregation_type, settings):
+                raise _Stale()  # it changed since we looked (another evaluator): look again
             tally = _updated(tally, touch, meter.aggregation_type, basis, now)
             writes.append(tally)
             for trigger in _crossings(tally, touch, now):

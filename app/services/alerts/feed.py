@@ -27,7 +27,7 @@ from google.cloud import ndb
 from app.core.bounds import MAX_ID
 from app.core.cells import Cell, Series
 from app.core.slots import day_and_slot
-from app.models import AlertRule, ids
+from app.models import AlertMeters, root_key
 from app.storage import entities, rpc, shards
 
 KIND = "alert-feed"
@@ -47,6 +47,20 @@ def cache_seconds() -> float:
     return DEFAULT_CACHE_SECONDS
 
 
+#: One entity per org under its root: the key ids of the meters with active rules, kept by
+#: every rule write in its transaction (`rules._save`). Ingestion's cache refresh is then
+#: one lookup of one entity, however many rules the org has.
+INDEX_KIND, INDEX_NAME = "alert-meters", "active"
+
+
+def index_entity(meter_key_ids: Iterable[int]) -> Any:
+    """The `alert-meters` entity (NDB) for these meters."""
+    return AlertMeters(
+        key=ndb.Key(INDEX_KIND, INDEX_NAME, parent=root_key()),
+        meter_key_ids=json.dumps(sorted(set(meter_key_ids))),
+    )
+
+
 def forget_rules() -> None:
     """Drop this process's cache: a rule was created, changed or archived here."""
     with _lock:
@@ -59,15 +73,11 @@ def _meters_with_rules(namespace: str) -> frozenset[int]:
         known = _cache.get(namespace)
     if known is not None and known[0] > now:
         return known[1]
-    rules = AlertRule.query_org().fetch()
-    found = set()
-    for rule in rules:
-        if rule.deleted:
-            continue
-        key = ids.decode_key(rule.meter_id, kind="meter", namespace=namespace or None)
-        if key is not None:
-            found.add(key.id())
-    meters = frozenset(found)
+    found = rpc.lookup([entities.key(INDEX_KIND, INDEX_NAME)])
+    meters: frozenset[int] = frozenset()
+    if found:
+        entity = next(iter(found.values()))
+        meters = frozenset(json.loads(entity.properties["MeterKeyIds"].string_value or "[]"))
     with _lock:
         if len(_cache) > 10_000:
             _cache.clear()

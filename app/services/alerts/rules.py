@@ -13,9 +13,11 @@ import hashlib
 import json
 from typing import Any, cast
 
+from google.cloud import ndb
+
 from app.core.aggregation import Aggregation
 from app.errors import NotFound, ValidationFailed
-from app.models import AlertRule, AlertTrigger, Meter, root_key, transactional
+from app.models import AlertRule, AlertTrigger, Meter, ids, root_key, transactional, utcnow
 from app.services import paging
 from app.services.alerts import feed
 from app.services.meters import get_meter
@@ -64,7 +66,7 @@ def create_rule(fields: dict[str, Any]) -> AlertRule:
     _check_filter(meter, fields["filter"])
     scope, scope_user = fields["scope"]
     rule = AlertRule(
-        parent=root_key(),
+        key=AlertRule.allocate_ids(1, parent=root_key())[0],
         name=fields["name"],
         meter_id=meter.id_,
         thresholds=list(fields["thresholds"]),
@@ -74,11 +76,34 @@ def create_rule(fields: dict[str, Any]) -> AlertRule:
         time_zone=fields["timeZone"],
         filter=dict(fields["filter"]),
         notify_on_resolve=fields["notifyOnResolve"],
+        spec_since=utcnow(),
     )
-    rule.create()
+
+    @transactional(retries=8)
+    def create() -> AlertRule:
+        rule.create()
+        _index_meters(rule)
+        return rule
+
+    create()
     feed.forget_rules()
     registry.register_org()
     return rule
+
+
+def _index_meters(changed: AlertRule) -> None:
+    """Rewrite the org's `alert-meters` entity (which meters have active rules) in the
+    transaction that wrote `changed`: its own query does not see that write yet."""
+    namespace = ndb.get_context().get_namespace()
+    active = [r for r in all_rules() if r.key != changed.key and not r.deleted]
+    if not changed.deleted:
+        active.append(changed)
+    key_ids = set()
+    for rule in active:
+        key = ids.decode_key(rule.meter_id, kind="meter", namespace=namespace)
+        if key is not None:
+            key_ids.add(key.id())
+    feed.index_entity(key_ids).put()
 
 
 def get_rule(public_id: str) -> AlertRule:
@@ -107,6 +132,8 @@ def update_rule(public_id: str, changes: dict[str, Any]) -> AlertRule:
         rule = get_rule(public_id)
         if "filter" in changes:
             _check_filter(get_meter(rule.meter_id), changes["filter"])
+            if changes["filter"] != rule.filter:
+                rule.spec_since = utcnow()
             rule.filter = dict(changes["filter"])  # type: ignore[assignment]  # ndb
         if "name" in changes:
             rule.name = changes["name"]
@@ -114,7 +141,9 @@ def update_rule(public_id: str, changes: dict[str, Any]) -> AlertRule:
             rule.thresholds = list(changes["thresholds"])  # type: ignore[assignment]  # ndb
         if "notifyOnResolve" in changes:
             rule.notify_on_resolve = changes["notifyOnResolve"]
-        return rule.update()
+        rule.update()
+        _index_meters(rule)
+        return rule
 
     rule = update()
     feed.forget_rules()
@@ -129,6 +158,7 @@ def archive_rule(public_id: str) -> AlertRule:
         rule = get_rule(public_id)
         if not rule.deleted:
             rule.delete()
+            _index_meters(rule)
         return rule
 
     rule = archive()

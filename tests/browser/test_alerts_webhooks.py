@@ -43,6 +43,12 @@ def message_row(page, message_id: str):
     return page.locator(f"#messages-table tr[data-message-id='{message_id}']")
 
 
+def send_test(page) -> None:
+    """Press "Send test message" and wait until the page says the message is queued."""
+    page.get_by_role("button", name="Send test message").click()
+    page.locator("#messages-status.ok", has_text="queued").wait_for()
+
+
 def refreshed_until(page, board: Dashboard, deliver, message_id: str, status: str) -> None:
     """Deliver and press Refresh until the message's row shows `status`."""
 
@@ -96,8 +102,7 @@ def test_an_endpoint_shows_its_secret_once_and_a_test_message_is_delivered(
     page.get_by_role("button", name=receiver.url, exact=True).click()
     board.settle("messages")
     assert board.text("#messages-status").startswith("No messages")
-    page.get_by_role("button", name="Send test message").click()
-    page.locator("#messages-status.ok").wait_for()
+    send_test(page)
     [queued] = api.get(f"/v1/webhooks/endpoints/{endpoint['id']}/messages").json()["messages"]
     assert queued["eventType"] == "webhook.test"
     assert message_row(page, queued["id"]).locator(".badge").inner_text() == "pending"
@@ -129,14 +134,13 @@ def test_an_endpoint_is_disabled_a_failed_message_retried_and_the_endpoint_delet
     assert api.get(f"/v1/webhooks/endpoints/{endpoint['id']}").json()["enabled"] is False
     assert board.rows("#endpoints-table")[0][3] == "disabled"
     page.get_by_role("button", name=f"Enable {receiver.url}").click()
-    page.locator("#endpoints-status.ok").wait_for()
+    page.locator("#endpoints-status.ok", has_text="is enabled").wait_for()
     assert api.get(f"/v1/webhooks/endpoints/{endpoint['id']}").json()["enabled"] is True
 
     receiver.mode = "error"
     page.get_by_role("button", name=receiver.url, exact=True).click()
     board.settle("messages")
-    page.get_by_role("button", name="Send test message").click()
-    page.locator("#messages-status.ok").wait_for()
+    send_test(page)
     [queued] = api.get(f"/v1/webhooks/endpoints/{endpoint['id']}/messages").json()["messages"]
 
     def failed_once():
@@ -152,14 +156,37 @@ def test_an_endpoint_is_disabled_a_failed_message_retried_and_the_endpoint_delet
 
     receiver.mode = "ok"
     row.get_by_role("button", name=f"Retry {queued['id']}").click()
-    page.locator("#messages-status.ok").wait_for()
+    page.locator("#messages-status.ok", has_text="sent again").wait_for()
     refreshed_until(page, board, deliver, queued["id"], "delivered")
     ids = [r.headers["webhook-id"] for r in receiver.received]
     assert ids == [queued["id"], queued["id"]]  # the retry is the same message
 
+    page.get_by_label("Status", exact=True).select_option("delivered")
+    board.settle("messages")
+    assert [row[2] for row in board.rows("#messages-table")] == ["delivered"]
+    page.get_by_label("Status", exact=True).select_option("failed")
+    board.settle("messages")
+    assert board.rows("#messages-table") == []
+    page.get_by_label("Status", exact=True).select_option("")
+    board.settle("messages")
+
+    page.get_by_role("button", name=f"Rotate the secret of {receiver.url}").click()
+    page.get_by_role("dialog").get_by_role("button", name="Rotate secret").click()
+    page.locator("#secret-box").wait_for(state="visible")
+    new_secret = page.locator("#secret-value").input_value()
+    assert new_secret.startswith("whsec_") and new_secret != endpoint["secret"]
+    page.get_by_role("button", name="I have saved it").click()
+    assert page.locator("#secret-box").is_hidden() and new_secret not in page.content()
+    send_test(page)
+    newest = api.get(f"/v1/webhooks/endpoints/{endpoint['id']}/messages").json()["messages"][0]
+    refreshed_until(page, board, deliver, newest["id"], "delivered")
+    [signed] = [r for r in receiver.received if r.headers["webhook-id"] == newest["id"]]
+    for secret in (endpoint["secret"], new_secret):  # both sign during the overlap
+        assert verify_webhook(signed.body, signed.headers, secret)["type"] == "webhook.test"
+
     page.get_by_role("button", name=f"Delete {receiver.url}").click()
     page.get_by_role("dialog").get_by_role("button", name="Delete endpoint").click()
-    page.locator("#endpoints-status.ok").wait_for()
+    page.locator("#endpoints-status.ok", has_text="is deleted").wait_for()
     assert api.get("/v1/webhooks/endpoints").json()["endpoints"] == []
     assert board.rows("#endpoints-table") == [] and page.locator("#messages-section").is_hidden()
 

@@ -117,6 +117,7 @@ export const listEndpoints = () => allPages(ENDPOINTS, "endpoints");
 export const createEndpoint = (fields) => call("POST", ENDPOINTS, { body: fields });
 export const updateEndpoint = (id, changes) => call("PATCH", endpointPath(id), { body: changes });
 export const deleteEndpoint = (id) => call("DELETE", endpointPath(id));
+export const rotateSecret = (id) => call("POST", `${endpointPath(id)}/rotate-secret`);
 export const eventTypes = () => call("GET", EVENT_TYPES).then((answer) => answer.eventTypes);
 export const listMessages = (id, status, cursor) =>
   call("GET", `${endpointPath(id)}/messages`,

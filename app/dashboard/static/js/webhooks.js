@@ -28,6 +28,8 @@ function endpointRow(endpoint) {
     h("td", { "data-label": "" }, h("div", { class: "row-actions" },
       h("button", { type: "button", class: "secondary small", "aria-label": label(endpoint.enabled ? "Disable" : "Enable"),
         onclick: () => setEnabled(endpoint, !endpoint.enabled) }, endpoint.enabled ? "Disable" : "Enable"),
+      h("button", { type: "button", class: "secondary small", "aria-label": label("Rotate the secret of"),
+        onclick: () => rotateOne(endpoint) }, "Rotate secret"),
       h("button", { type: "button", class: "secondary small", "aria-label": label("Delete"),
         onclick: () => deleteOne(endpoint) }, "Delete"))));
 }
@@ -91,6 +93,22 @@ async function deleteOne(endpoint) {
     showStatus(status(), "ok", `${endpoint.url} is deleted.`);
   } catch (error) {
     showStatus(status(), "error", `Could not delete ${endpoint.url}: ${messageOf(error)}`);
+  }
+}
+
+async function rotateOne(endpoint) {
+  const sure = await confirmAction({ title: `Rotate the secret of ${endpoint.url}?`, yes: "Rotate secret",
+    text: "A new secret signs from now on. The current one keeps signing beside it for 24 hours: "
+      + "move your receiver to the new one within that time." });
+  if (!sure) return;
+  showStatus(status(), "loading", `Rotating the secret of ${endpoint.url}…`);
+  try {
+    const { secret, ...rotated } = await api.rotateSecret(endpoint.id);
+    replaceEndpoint(rotated);
+    showStatus(status(), "ok", `${rotated.url} has a new secret; the old one signs for 24 more hours.`);
+    showSecret({ ...rotated, secret });
+  } catch (error) {
+    showStatus(status(), "error", `Could not rotate the secret of ${endpoint.url}: ${messageOf(error)}`);
   }
 }
 

@@ -297,3 +297,26 @@ def test_an_alert_rule_is_created_triggers_are_listed_and_it_is_archived(
     page.get_by_label("Show archived rules").check()
     board.settle("alerts")
     assert [row[5] for row in board.rows("#alerts-table")] == ["archived"]
+
+
+def test_the_alerts_and_webhooks_pages_fit_a_phone(open_page, api, receiver, screenshots):
+    meter = api.create_meter(name="Tokens", eventName="tokens")
+    rule = {"name": "Monthly tokens of every user", "meterId": meter["id"], "scope": "user"}
+    created = api.post(
+        "/v1/billing/alerts", json={**rule, "thresholds": [1_000_000, 5_000_000], "period": "month"}
+    )
+    assert created.status_code == 201, created.text
+    long_url = receiver.url + "/" + "a-rather-long-path-segment" * 3
+    assert api.post("/v1/webhooks/endpoints", json={"url": long_url}).status_code == 201
+    page = open_page(width=390, height=844)
+    board = Dashboard(page)
+    board.sign_in(api.key)
+    for name, section, button in (
+        ("Alerts", "alerts", "Archive Monthly tokens of every user"),
+        ("Webhooks", "endpoints", f"Delete {long_url}"),
+    ):
+        go_to(page, board, name, section)
+        page.screenshot(path=str(screenshots / f"13-phone-{section}.png"), full_page=True)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390, name
+        box = page.get_by_role("button", name=button).bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= 390 and box["height"] >= 32

@@ -87,11 +87,21 @@ async function archiveOne(alert) {
   }
 }
 
-/** The thresholds typed ("1,000,000" is not a list of three): whole numbers, ascending. */
+/**
+ * The thresholds typed, ascending and distinct; null when one is not a whole number.
+ * Spaces, semicolons and ", " separate them; a comma inside digits groups thousands when
+ * the groups say so ("1,000,000" is one million), and separates otherwise ("500,2000").
+ */
 export function parseThresholds(text) {
-  const items = text.split(/[\s,;]+/).filter(Boolean);
-  if (items.some((item) => !/^\d+$/.test(item))) return null;
-  return [...new Set(items.map((item) => Number(item)))].sort((a, b) => a - b);
+  const numbers = [];
+  for (const token of text.split(/[\s;]+|,\s+/).filter(Boolean)) {
+    const items = /^\d{1,3}(,\d{3})+$/.test(token) ? [token.replaceAll(",", "")] : token.split(",");
+    for (const item of items.filter(Boolean)) {
+      if (!/^\d+$/.test(item) || !Number.isSafeInteger(Number(item))) return null;
+      numbers.push(Number(item));
+    }
+  }
+  return [...new Set(numbers)].sort((a, b) => a - b);
 }
 
 /** "model=gpt-4, region=eu" as {model: "gpt-4", region: "eu"}; null when a pair has no "=". */

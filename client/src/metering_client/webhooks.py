@@ -21,8 +21,8 @@ import hmac
 import json
 import re
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
 
 from metering_client.errors import WebhookVerificationError
 
@@ -31,6 +31,15 @@ SECRET_PREFIX = "whsec_"
 SIGNATURE_VERSION = "v1"
 DEFAULT_TOLERANCE_SECONDS = 300
 _TIMESTAMP = re.compile(r"[0-9]{1,15}")
+
+
+class Headers(Protocol):
+    """What `verify_webhook` reads headers from: a dict (any letter case), or the headers
+    object of Flask/Werkzeug, Django (`request.headers`), httpx or `http.server`."""
+
+    def get(self, key: str, /) -> str | None: ...
+
+    def items(self) -> Iterable[tuple[str, str]]: ...
 
 
 def secret_key(secret: str) -> bytes:
@@ -55,7 +64,7 @@ def sign(key: bytes, message_id: str, timestamp: int, body: bytes) -> bytes:
     return hmac.new(key, signed, hashlib.sha256).digest()
 
 
-def _header(headers: Mapping[str, str], name: str) -> str:
+def _header(headers: Headers, name: str) -> str:
     """A header by name in any letter case (dicts, httpx, Flask and http.server headers)."""
     value = headers.get(name)
     if value is None:
@@ -92,7 +101,7 @@ def _signatures(header: str) -> list[bytes]:
 
 def verify_webhook(
     body: bytes | str,
-    headers: Mapping[str, str],
+    headers: Headers,
     secret: str | Sequence[str],
     tolerance: float = DEFAULT_TOLERANCE_SECONDS,
     *,

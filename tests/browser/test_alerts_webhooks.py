@@ -10,7 +10,7 @@ import pytest
 import standardwebhooks
 
 from metering_client import verify_webhook
-from tests.browser.dashboard import Dashboard
+from tests.browser.dashboard import Dashboard, focus_ring, tab_to
 from tests.support.receiver import Receiver
 from tests.support.waiting import eventually
 
@@ -320,3 +320,49 @@ def test_the_alerts_and_webhooks_pages_fit_a_phone(open_page, api, receiver, scr
         assert page.evaluate("document.documentElement.scrollWidth") <= 390, name
         box = page.get_by_role("button", name=button).bounding_box()
         assert box["x"] >= 0 and box["x"] + box["width"] <= 390 and box["height"] >= 32
+
+
+def test_an_endpoint_and_a_rule_are_made_with_the_keyboard_alone(open_page, api, server):
+    meter = api.create_meter(name="Tokens", eventName="tokens")
+    page = open_page()
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.url)
+    board = Dashboard(page)
+    board.sign_in(api.key)
+    keys = page.keyboard
+
+    tab_to(page, "#nav-webhooks")
+    assert focus_ring(page) == "solid"
+    keys.press("Enter")
+    board.settle("endpoints")
+    tab_to(page, "#new-endpoint > summary")
+    keys.press("Enter")
+    tab_to(page, "#endpoint-url")
+    keys.type("http://127.0.0.1:9/hook")
+    keys.press("Enter")
+    page.locator("#secret-box").wait_for(state="visible")
+    assert page.evaluate("document.activeElement.id") == "secret-value"  # selected, to copy
+    keys.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "secret-copy"
+    keys.press("Enter")
+    page.locator("#secret-status.ok").wait_for()
+    [endpoint] = api.get("/v1/webhooks/endpoints").json()["endpoints"]
+    assert page.evaluate("navigator.clipboard.readText()").startswith("whsec_")
+    assert endpoint["url"] == "http://127.0.0.1:9/hook"
+
+    tab_to(page, "#nav-alerts", backwards=True)
+    keys.press("Enter")
+    board.settle("alerts")
+    tab_to(page, "#new-alert > summary")
+    keys.press("Enter")
+    tab_to(page, "#alert-name")
+    keys.type("Tokens")
+    tab_to(page, "#alert-thresholds")
+    keys.type("1,000,000")
+    keys.press("Enter")
+    page.locator("#new-alert-status.ok").wait_for()
+    [rule] = api.get("/v1/billing/alerts").json()["alerts"]
+    assert (rule["meterId"], rule["thresholds"], rule["scope"]) == (
+        meter["id"],
+        [1_000_000],
+        "user",
+    )

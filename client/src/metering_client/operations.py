@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import date, datetime, timedelta
-from typing import Any, TypedDict, TypeVar, Unpack
+from typing import Any, Protocol, TypedDict, TypeVar, Unpack
 
 from metering_client.protocol import EVENTS_PATH, Action, Answer, Send, call
 from metering_client.retry import Reply, RetryPolicy
@@ -252,9 +252,20 @@ def _page_params(limit: int | None, cursor: str | None, **more: Any) -> dict[str
     return {name: value for name, value in params.items() if value is not None}
 
 
+class _Created(Protocol):
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def created_at(self) -> datetime | None: ...
+
+
+C = TypeVar("C", bound=_Created)
+
+
 def _twins_of_a_retried_create(
-    made: list[Any], kept: Any, same: Callable[[Any], bool], seconds: float
-) -> list[Any]:
+    made: list[C], kept: C, same: Callable[[C], bool], seconds: float
+) -> list[C]:
     """What an earlier attempt of a retried create made: the same fields as what the
     create answered, stamped no earlier than the call's duration before it.
 
@@ -370,8 +381,12 @@ def endpoint_changes(**changes: Any) -> dict[str, Any]:
     given; `event_types=ALL_EVENT_TYPES` (None on the wire) subscribes to every type."""
     body = _changes(
         changes,
-        {"url": "url", "description": "description", "event_types": "eventTypes"},
-        {"enabled": "enabled"},
+        {
+            "url": "url",
+            "description": "description",
+            "event_types": "eventTypes",
+            "enabled": "enabled",
+        },
     )
     if "eventTypes" in body:
         types = body["eventTypes"]
@@ -388,17 +403,12 @@ class _AllEventTypes:
 ALL_EVENT_TYPES: Any = _AllEventTypes()
 
 
-def _changes(
-    given: dict[str, Any], names: dict[str, str], flags: dict[str, str] | None = None
-) -> dict[str, Any]:
-    """A PATCH body: `names` are left out when None, `flags` (booleans) whenever not given."""
-    flags = flags or {}
-    unknown = set(given) - set(names) - set(flags)
+def _changes(given: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
+    """A PATCH body from snake_case keyword arguments: those given and not None, renamed."""
+    unknown = set(given) - set(names)
     if unknown:
         raise TypeError(f"unknown fields: {', '.join(sorted(unknown))}")
-    body = {names[key]: value for key, value in given.items() if key in names and value is not None}
-    body.update({flags[key]: bool(value) for key, value in given.items() if key in flags})
-    return body
+    return {names[key]: value for key, value in given.items() if value is not None}
 
 
 # -- alert rules and their triggers (issue 14) ---------------------------------------
@@ -493,8 +503,12 @@ def alert_changes(**changes: Any) -> dict[str, Any]:
     """PATCH body of an alert rule from snake_case keyword arguments (those given)."""
     body = _changes(
         changes,
-        {"name": "name", "thresholds": "thresholds", "filter": "filter"},
-        {"notify_on_resolve": "notifyOnResolve"},
+        {
+            "name": "name",
+            "thresholds": "thresholds",
+            "filter": "filter",
+            "notify_on_resolve": "notifyOnResolve",
+        },
     )
     if "thresholds" in body:
         body["thresholds"] = list(body["thresholds"])

@@ -89,6 +89,10 @@ def test_endpoints_are_created_listed_changed_rotated_and_deleted(metering):
     assert (off.enabled, off.description) == (False, "paused")
     on = metering.update_webhook_endpoint(endpoint.id, enabled=True, event_types=ALL_EVENT_TYPES)
     assert on.enabled and on.event_types is None
+    kept = metering.update_webhook_endpoint(endpoint.id, enabled=None, description="again")
+    assert kept.enabled and kept.description == "again"  # None: not given, left as it is
+    with pytest.raises(TypeError):
+        metering.update_webhook_endpoint(endpoint.id, secret="whsec_x")
 
     rotated = metering.rotate_webhook_secret(endpoint.id)
     assert rotated.secret.startswith("whsec_") and rotated.secret != endpoint.secret

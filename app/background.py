@@ -50,12 +50,17 @@ class _Deliverer:
         self.woken = threading.Event()
         self.lock = threading.Lock()
         self.woken_orgs: set[str] = set()
+        self.full_round_now = False
         self.forget = outbox.on_wake(self.wake)
         self.thread = threading.Thread(target=self.run, name="metering-delivery", daemon=True)
 
-    def wake(self, namespace: str) -> None:
+    def wake(self, namespace: str | None) -> None:
+        """A commit stored messages of this org (None: of any org, a full round)."""
         with self.lock:
-            self.woken_orgs.add(namespace)
+            if namespace is None:
+                self.full_round_now = True
+            else:
+                self.woken_orgs.add(namespace)
         self.woken.set()
 
     def run(self) -> None:
@@ -68,7 +73,8 @@ class _Deliverer:
             only: set[str] | None
             with self.lock:
                 only, self.woken_orgs = self.woken_orgs, set()
-            if time.monotonic() >= next_full_round:
+                full, self.full_round_now = self.full_round_now, False
+            if full or time.monotonic() >= next_full_round:
                 only, next_full_round = None, time.monotonic() + self.seconds
             if self.round(only):
                 next_full_round = time.monotonic()  # more is due: a full round at once

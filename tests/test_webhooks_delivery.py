@@ -15,7 +15,8 @@ from app import create_app
 from app.config import Config
 from app.models import utcnow
 from app.services import periodic
-from app.services.webhooks import dispatch
+from app.services.webhooks import dispatch, safety
+from tests.conftest import ADMIN_TOKEN
 from tests.support.http import Api
 from tests.support.receiver import Receiver
 from tests.support.server import LiveServer
@@ -372,3 +373,88 @@ def test_the_loops_timed_round_sends_the_retries(config, org, receiver):
     finally:
         server.stop()
     assert [r.headers["webhook-id"] for r in receiver.received] == [message["id"]] * 2
+
+
+def test_a_long_answer_is_kept_to_one_kib(api, receiver, deliver):
+    endpoint = _endpoint(api, receiver)
+    receiver.mode, receiver.answer_body = "error", b"x" * 5000
+    _test_message(api, endpoint)
+    deliver()
+    (message,) = _messages(api, endpoint)["messages"]
+    assert message["attempts"][0]["responseBody"] == "x" * 1024
+
+
+def test_the_attempt_log_is_bounded():
+    message = dispatch.WebhookMessage(attempts=[], attempt_count=0)
+    for number in range(25):
+        message.log_attempt({"at": str(number)})
+    assert message.attempt_count == 25
+    assert [a["at"] for a in message.attempts] == [str(n) for n in range(5, 25)]
+
+
+def test_production_checks_the_address_again_at_each_send(api, receiver, deliver):
+    """Stored while allowed (development), sent by a production dispatcher: the send
+    resolves and checks the host again, and refuses the loopback address."""
+    production = dispatch.Settings(production=True, timeout_seconds=1, retry_scale=0)
+    endpoint = _endpoint(api, receiver)
+    _test_message(api, endpoint)
+    deliver(settings=production)
+    https = receiver.url.replace("http://", "https://")
+    api.patch(f"/v1/webhooks/endpoints/{endpoint['id']}", json={"url": https})
+    deliver(settings=production)
+    assert receiver.received == []
+    (message,) = _messages(api, endpoint)["messages"]
+    assert [a["error"] for a in message["attempts"]] == [
+        "refused: url must use https",
+        "refused: url's host resolves to 127.0.0.1, which is not a public address",
+    ]
+
+
+def test_the_send_connects_to_the_checked_address_and_names_the_host(receiver):
+    """DNS is asked once, by the check: the connection goes to the checked address while
+    the Host header names the URL's host."""
+    target = safety.Target("http", "hooks.example", receiver.port, "/hook", "127.0.0.1")
+    status, _ = dispatch._post(target, {"content-type": "application/json"}, b"{}", 2)
+    assert status == 200
+    (request,) = receiver.received
+    assert request.headers["host"] == f"hooks.example:{receiver.port}"
+
+
+def test_a_cron_call_starts_no_send_that_could_outlast_its_deadline(serve, org, receiver):
+    """A request's deadline (5 s) shorter than one send's timeout (10 s): the call sends
+    nothing and says it is not complete, rather than run past its deadline."""
+    url = serve(request_deadline_seconds=5)
+    api = Api(url, org["apiKey"])
+    _test_message(api, _endpoint(api, receiver))
+    answer = Api(url, ADMIN_TOKEN).get("/v1/cron/deliver")
+    assert answer.status_code == 200, answer.text
+    assert (answer.json()["sent"], answer.json()["complete"]) == (0, False)
+    assert receiver.received == []
+
+
+def test_a_hung_endpoint_does_not_hold_the_others(config, org):
+    """An endpoint that hangs with many messages due holds PER_ENDPOINT senders at most:
+    another endpoint's message goes out before the hung one's later messages."""
+    hung, healthy = Receiver().start(), Receiver().start()
+    hung.mode, hung.hang_seconds = "hang", 4.0
+    app = create_app(config.replace(background_delivery_seconds=0.2))
+    server = LiveServer(app).start()
+    try:
+        api = Api(server.url, org["apiKey"])
+        slow = _endpoint(api, hung)
+        for _ in range(dispatch.PER_ENDPOINT + 4):
+            _test_message(api, slow)
+        eventually(lambda: len(hung.received) >= 1, timeout=10, what="the hung sends")
+        _test_message(api, _endpoint(api, healthy))
+        eventually(lambda: len(healthy.received) == 1, timeout=30, what="the other's message")
+        eventually(
+            lambda: len(hung.received) == dispatch.PER_ENDPOINT + 4,
+            timeout=60,
+            what="the hung endpoint's later messages",
+        )
+    finally:
+        server.stop()
+        hung.stop()
+        healthy.stop()
+    arrivals = sorted(r.at for r in hung.received)
+    assert len([at for at in arrivals if at < healthy.received[0].at]) <= dispatch.PER_ENDPOINT

@@ -3,10 +3,13 @@ rotate, bad input, the event types, and URL safety in a production-configured ap
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 from openapi_spec_validator import validate
 
 from app import create_app
+from app.services.webhooks import signing
 from tests.support.http import Api, error_of
 from tests.support.server import LiveServer
 
@@ -157,3 +160,13 @@ def test_production_refuses_an_unsafe_url(production_api, url, words):
 
 def test_development_allows_a_loopback_http_receiver(api):
     assert _create(api, url="http://127.0.0.1:8123/x")["url"] == "http://127.0.0.1:8123/x"
+
+
+def test_a_rotated_secret_signs_for_24_hours_then_stops():
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    old = signing.new_secret()
+    secrets, new = signing.rotated([{"secret": old, "expiresAt": None}], now)
+    assert signing.live_secrets(secrets, now + timedelta(hours=23)) == [new, old]
+    assert signing.live_secrets(secrets, now + timedelta(hours=24, seconds=1)) == [new]
+    again, newest = signing.rotated(secrets, now + timedelta(hours=25))
+    assert [entry["secret"] for entry in again] == [newest, new]  # the expired one dropped

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from urllib.parse import urlsplit
 
 from marshmallow import Schema, ValidationError, fields, validate, validates
 
@@ -22,7 +23,12 @@ class Url(fields.String):
 
     def _deserialize(self, value, attr, data, **kwargs):
         text = super()._deserialize(value, attr, data, **kwargs)
-        if not text.lower().startswith(("http://", "https://")) or len(text) < 10:
+        try:
+            parts = urlsplit(text)
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError:
+            raise ValidationError("must be an absolute http or https URL") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValidationError("must be an absolute http or https URL")
         return text
 

@@ -129,6 +129,16 @@ class DeliveryRun:
     failed: list[str] = field(default_factory=list)
 
 
+def _sends_in_time(budget: int, settings: dispatch.Settings) -> int:
+    """At most the sends that end before the request's deadline even if every endpoint
+    hangs to its timeout (MAX_SENDERS at a time); the next call sends the rest."""
+    left = deadline.remaining()
+    if left is None:
+        return budget
+    rounds = int((left - STOP_MARGIN_SECONDS) // (settings.timeout_seconds + 1))
+    return max(0, min(budget, dispatch.MAX_SENDERS * rounds))
+
+
 def deliver_all_orgs(
     budget: int,
     *,
@@ -159,7 +169,11 @@ def deliver_all_orgs(
         try:
             with ndb.get_context().new(namespace=name).use():
                 run.evaluated += evaluate.evaluate_org(budget)
-                done = dispatch.dispatch_org(budget, settings, now=now, wait=wait)
+                sends = _sends_in_time(budget, settings) if wait else budget
+                if sends == 0:  # not enough time left for one send to time out
+                    run.complete = False
+                    break
+                done = dispatch.dispatch_org(sends, settings, now=now, wait=wait)
         except ApiError:
             raise  # the request's own failure, not this org's
         except Exception:

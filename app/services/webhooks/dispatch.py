@@ -1,12 +1,15 @@
 """The dispatcher: send the current org's due messages, at least once, never one attempt twice.
 
 One call (`dispatch_org`) finds up to `budget` due messages (pending, next attempt at or
-before now: an ancestor query on `Status`, `NextAttemptAt`), leases each in a transaction
-and sends the leased ones from a thread pool, so a hung endpoint holds only its own
-sends. Leasing moves the message's next attempt to the end of the send (timeout plus a
-margin) and stores a random lease token: another dispatcher, in this process or another,
-finds it not due, so one attempt is sent once; a sender that dies mid-send leaves the
-lease to expire, and the message is sent again, with the same `webhook-id` and body.
+before now: an ancestor query on `Status`, `NextAttemptAt`) and hands each to a sender
+thread of a pool, which leases it in a transaction, sends it and records the result. At
+most `PER_ENDPOINT` messages of one endpoint are in senders at once, so a hung endpoint
+holds a few threads, never the pool: the others' messages go out beside it.
+
+Leasing moves the message's next attempt to the end of the send (timeout plus a margin)
+and stores a random lease token: another dispatcher, in this process or another, finds
+it not due, so one attempt is sent once; a sender that dies mid-send leaves the lease to
+expire, and the message is sent again, with the same `webhook-id` and body.
 
 Each result is recorded in a transaction that checks the lease token (a late sender whose
 lease was taken over records nothing): 2xx is delivered; anything else, a timeout, a
@@ -31,6 +34,7 @@ import socket
 import ssl
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import cast
@@ -62,15 +66,19 @@ PAUSED_RECHECK = timedelta(hours=1)
 #: Bytes of an answer kept in the log (never logged whole).
 RESPONSE_BODY_KEPT = 1024
 #: Seconds a lease outlasts the send's timeout (recording the result, a slow thread).
-LEASE_MARGIN_SECONDS = 20
-MAX_SENDERS = 32
+LEASE_MARGIN_SECONDS = 10
+MAX_SENDERS = 64
+#: Messages of one endpoint in senders at once (the rest wait for the next round).
+PER_ENDPOINT = 8
 
 _senders = concurrent.futures.ThreadPoolExecutor(
     max_workers=MAX_SENDERS, thread_name_prefix="webhook-send"
 )
 _jitter = random.Random()
-#: (namespace, message key id) of the messages a sender of this process holds.
+#: (namespace, message key id) of the messages a sender of this process holds, and how
+#: many each (namespace, endpoint key id) has there.
 _in_flight: set[tuple[str | None, str]] = set()
+_in_flight_per_endpoint: Counter[tuple[str | None, int]] = Counter()
 _in_flight_lock = threading.Lock()
 
 
@@ -133,8 +141,9 @@ def dispatch_org(
     """Send up to `budget` due messages of the current org: each is leased, sent and
     recorded by a sender thread of the pool, so leases run side by side and a slow
     endpoint holds only its own sends. With `wait` the call returns once every one is
-    recorded; without, at once (a message already in a sender of this process is not
-    handed out again meanwhile)."""
+    recorded (a message whose endpoint has PER_ENDPOINT in senders waits for one of this
+    call's to end); without, at once, leaving what it could not hand out (in a sender
+    already, or its endpoint's share taken) to a later round."""
     now = now or utcnow()
     result = OrgDispatch()
     keys = due_keys(now, budget)
@@ -149,27 +158,39 @@ def dispatch_org(
     }
     context = ndb.get_context()
     namespace = context.get_namespace()
+    running: set[concurrent.futures.Future[bool | None]] = set()
     for key in keys:
-        with _in_flight_lock:
-            if (namespace, key.id()) in _in_flight:
-                continue
-            _in_flight.add((namespace, key.id()))
-        result.pending.append(
+        state = _hand_out(namespace, key)
+        # Its endpoint busy: a waiting call waits for one of its own sends to end first.
+        while state == ENDPOINT_BUSY and wait and running:
+            done, running = concurrent.futures.wait(
+                running, return_when=concurrent.futures.FIRST_COMPLETED
+            )
+            _count(result, done)
+            state = _hand_out(namespace, key)
+        if state != HANDED_OUT:
+            continue  # a sender of this process has it, or a later round will
+        running.add(
             _senders.submit(
                 _lease_send_record, context.client, namespace, key, endpoints, settings, now
             )
         )
+        result.leased += not wait
     if wait:
-        for future in concurrent.futures.as_completed(result.pending):
-            outcome = future.result()
-            if outcome is not None:
-                result.leased += 1
-                result.delivered += outcome
-                result.undelivered += not outcome
-        result.pending = []
+        _count(result, concurrent.futures.wait(running).done)
     else:
-        result.leased = len(result.pending)
+        result.pending = list(running)
     return result
+
+
+def _count(result: OrgDispatch, done: set[concurrent.futures.Future[bool | None]]) -> None:
+    """Add finished sends to a dispatch's counts."""
+    for future in done:
+        outcome = future.result()
+        if outcome is not None:
+            result.leased += 1
+            result.delivered += outcome
+            result.undelivered += not outcome
 
 
 def _lease_send_record(
@@ -198,6 +219,32 @@ def _lease_send_record(
     finally:
         with _in_flight_lock:
             _in_flight.discard((namespace, key.id()))
+            endpoint_key = (namespace, _endpoint_key_id(key))
+            _in_flight_per_endpoint[endpoint_key] -= 1
+            if _in_flight_per_endpoint[endpoint_key] <= 0:
+                del _in_flight_per_endpoint[endpoint_key]
+
+
+def _endpoint_key_id(key: ndb.Key) -> int:
+    """The endpoint a message key names: `<webhook-id>.<endpoint key id>`."""
+    return int(str(key.id()).rpartition(".")[2])
+
+
+HANDED_OUT, IN_A_SENDER, ENDPOINT_BUSY = "handed out", "in a sender", "endpoint busy"
+
+
+def _hand_out(namespace: str | None, key: ndb.Key) -> str:
+    """Give the message to a sender (HANDED_OUT) unless one has it already (IN_A_SENDER)
+    or its endpoint has PER_ENDPOINT in senders (ENDPOINT_BUSY)."""
+    endpoint_key = (namespace, _endpoint_key_id(key))
+    with _in_flight_lock:
+        if (namespace, key.id()) in _in_flight:
+            return IN_A_SENDER
+        if _in_flight_per_endpoint[endpoint_key] >= PER_ENDPOINT:
+            return ENDPOINT_BUSY
+        _in_flight.add((namespace, key.id()))
+        _in_flight_per_endpoint[endpoint_key] += 1
+    return HANDED_OUT
 
 
 def _lease(
@@ -206,8 +253,7 @@ def _lease(
     """Take the message for one attempt, or settle it without one (its endpoint deleted or
     disabled); None when there is nothing to send (another dispatcher has it, or it is no
     longer due)."""
-    # The key names the endpoint: `<webhook-id>.<endpoint key id>`.
-    endpoint = endpoints.get(int(str(key.id()).rpartition(".")[2]))
+    endpoint = endpoints.get(_endpoint_key_id(key))
     token = _random.token_hex(8)
 
     @transactional(retries=3)

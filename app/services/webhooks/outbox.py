@@ -28,7 +28,7 @@ from app.models.base import root_key
 from app.models.webhook import PENDING, WebhookEndpoint, WebhookMessage
 from app.schemas import format_time
 
-_wakers: list[Callable[[str], None]] = []
+_wakers: list[Callable[[str | None], None]] = []
 _wakers_lock = threading.Lock()
 
 
@@ -86,7 +86,7 @@ def messages(
     return built
 
 
-def on_wake(waker: Callable[[str], None]) -> Callable[[], None]:
+def on_wake(waker: Callable[[str | None], None]) -> Callable[[], None]:
     """Have `wake()` call `waker` with the org's namespace (the delivery loop's); returns
     how to stop it."""
     with _wakers_lock:
@@ -101,8 +101,10 @@ def on_wake(waker: Callable[[str], None]) -> Callable[[], None]:
 
 
 def wake() -> None:
-    """Nudge this process's delivery loop: the current org has messages due now."""
-    namespace = ndb.get_context().get_namespace() or ""
+    """Nudge this process's delivery loop: the current org has messages due now (called
+    outside an NDB context, or in the default namespace: every org may have)."""
+    context = ndb.get_context(raise_context_error=False)
+    namespace = (context.get_namespace() or None) if context is not None else None
     with _wakers_lock:
         wakers = list(_wakers)
     for waker in wakers:

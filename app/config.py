@@ -107,6 +107,10 @@ class Config:
     #: cron's bounded call, `app/background.py`); 0, the default, leaves it to App
     #: Engine's cron. `metering serve` sets 30 unless the environment says otherwise.
     background_compaction_seconds: float = 0.0
+    # -- issue 14, alerts ------------------------------------------------------------
+    #: Seconds each process trusts its list of meters with active alert rules (ingestion
+    #: writes the usage feed only for those); a rule changed here clears it at once.
+    alert_rule_cache_seconds: float = 1.0
     # -- issue 14, webhooks ------------------------------------------------------------
     #: Seconds between two rounds of the delivery loop in the background of each worker
     #: (alert evaluation, then due webhook messages; `app/background.py`); a stored message
@@ -120,10 +124,6 @@ class Config:
     #: Multiplies the retry schedule (5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h); tests
     #: shrink it. Not read from the environment.
     webhook_retry_scale: float = 1.0
-    # -- issue 14, alerts ------------------------------------------------------------
-    #: Seconds each process trusts its list of meters with active alert rules (ingestion
-    #: writes the usage feed only for those); a rule changed here clears it at once.
-    alert_rule_cache_seconds: float = 1.0
 
     def __post_init__(self):
         if not 1 <= self.rollup_shards <= 64:  # app.storage.shards.MAX_SHARDS
@@ -182,6 +182,10 @@ class Config:
             background_compaction_seconds=_env_float(
                 env, "METERING_BACKGROUND_COMPACTION_SECONDS", cls.background_compaction_seconds
             ),
+            # issue 14, alerts
+            alert_rule_cache_seconds=_env_float(
+                env, "METERING_ALERT_RULE_CACHE_SECONDS", cls.alert_rule_cache_seconds
+            ),
             # issue 14, webhooks
             background_delivery_seconds=_env_float(
                 env, "METERING_BACKGROUND_DELIVERY_SECONDS", cls.background_delivery_seconds
@@ -191,10 +195,6 @@ class Config:
             ),
             webhook_timeout_seconds=_env_float(
                 env, "METERING_WEBHOOK_TIMEOUT_SECONDS", cls.webhook_timeout_seconds
-            ),
-            # issue 14, alerts
-            alert_rule_cache_seconds=_env_float(
-                env, "METERING_ALERT_RULE_CACHE_SECONDS", cls.alert_rule_cache_seconds
             ),
         )
 

@@ -45,6 +45,8 @@ NEEDED_BY = {
     "meter-rollup(MeterId, UserId, Day) ancestor": "test_rollups_of_a_meter_and_user_over_days",
     "meter-event(MeterId, Timestamp desc) ancestor": "test_recent_events_of_a_meter",
     "meter-event(MeterId, UserId, Timestamp desc) ancestor": "test_recent_events_of_a_user",
+    # issue 14, alerts
+    "alert-trigger(AlertId, At desc) ancestor": "test_triggers_of_an_alert_rule_newest_first",
     # issue 14, webhooks
     "webhook-message(Status, NextAttemptAt) ancestor": "test_due_webhook_messages",
     "webhook-message(EndpointId, CreatedAt desc) ancestor": "test_an_endpoints_message_log",

@@ -304,3 +304,22 @@ def test_two_evaluators_at_once_give_one_trigger_per_crossing(api, app, ndb_clie
         ("alert.triggered", None, 3),
         ("alert.triggered", None, 6),
     ]
+
+
+def test_a_changed_filter_makes_a_new_tally_seeded_from_the_usage_there(api, evaluate):
+    meter = api.create_meter(dimensions=["model"])
+    rule = create_rule(api, meter, thresholds=[8], filter={"model": "a"})
+    api.record(
+        _event(meter, "u", 5, dimensions={"model": "a"}),
+        _event(meter, "u", 6, dimensions={"model": "b"}),
+    )
+    evaluate()
+    changed = api.patch(f"/v1/billing/alerts/{rule['id']}", json={"filter": {"model": "b"}})
+    assert changed.status_code == 200
+    api.record(_event(meter, "u", 1, dimensions={"model": "b"}))
+    evaluate()
+    assert crossings(api, rule) == []  # b holds 7: not 1, and not the 5 of a
+    api.record(_event(meter, "u", 1, dimensions={"model": "b"}))
+    evaluate()
+    assert crossings(api, rule) == [("alert.triggered", "u", 8)]
+    assert triggers(api, rule)[0]["value"] == 8

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from app.services.alerts import rules
+from tests.support.alerts import create_rule, run_evaluator
+
 BASE = (datetime.now(UTC) - timedelta(hours=3)).replace(minute=0, second=0, microsecond=0)
 # Outside, inside, inside, outside the unaligned period [BASE+10m, BASE+55m).
 MINUTES = (7, 20, 50, 56)
@@ -109,6 +112,27 @@ def test_recent_events_of_a_user(api):
     """meter-event (MeterId, UserId, Timestamp desc): the event list searched by user."""
     meter = _record_two_users(api)
     assert _listed(api, meterId=meter["id"], userId="u1") == [1, 1, 1, 1]
+
+
+# -- issue 14, alerts ------------------------------------------------------------------
+
+
+def _alerted(api, app, ndb_client, org) -> dict:
+    """A rule whose threshold a recorded event crossed, with the evaluator run."""
+    meter = api.create_meter()
+    rule = create_rule(api, meter, thresholds=[1, 2])
+    api.record({"meterId": meter["id"], "userId": "u1", "value": 5})
+    assert run_evaluator(app, ndb_client, org) == 1
+    return rule
+
+
+def test_triggers_of_an_alert_rule_newest_first(api, app, ndb_client, org):
+    """alert-trigger (AlertId, At desc): a rule's triggers, read by the service itself so
+    that a missing index fails here with the emulator's own words."""
+    rule = _alerted(api, app, ndb_client, org)
+    with app.test_request_context(), ndb_client.context(namespace=org["namespace"]):
+        page, _cursor = rules.list_triggers(rule["id"], 10, None)
+    assert sorted(t.threshold for t in page) == [1, 2]
 
 
 # -- issue 14, webhooks --------------------------------------------------------------------

@@ -20,5 +20,5 @@ def init_app(app) -> None:
     app.register_blueprint(admin.blueprint)
     app.register_blueprint(cron.blueprint)
     app.register_blueprint(openapi.blueprint)
-    app.register_blueprint(webhooks.blueprint)  # issue 14
     app.register_blueprint(alerts.blueprint)  # issue 14, alerts
+    app.register_blueprint(webhooks.blueprint)  # issue 14

@@ -30,10 +30,10 @@ KIND_CODES = {
     "synckey": 59,
     "meter": 202,
     "meter-event": 204,
-    # issue 14, webhooks: endpoints are addressed by public id (messages by webhook-id).
-    "webhook-endpoint": 230,
     # issue 14 (alerts): public ids of alert rules
     "alert-rule": 210,
+    # issue 14, webhooks: endpoints are addressed by public id (messages by webhook-id).
+    "webhook-endpoint": 230,
 }
 KINDS_BY_CODE = {code: kind for kind, code in KIND_CODES.items()}
 MIN_LENGTH = 10

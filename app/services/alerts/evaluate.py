@@ -20,6 +20,7 @@ a cancel, and every unique_count tally whenever touched (distinct values do not 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import uuid
@@ -56,6 +57,9 @@ LEASE_SECONDS = 30.0
 #: Feeds read per chunk; a chunk whose commit would exceed MAX_MUTATIONS is halved.
 CHUNK_FEEDS = 100
 MAX_MUTATIONS = 500
+#: While a stale rule cache may still commit a batch without its feed, how often a tally
+#: touched again is re-read from the summaries.
+RESEED_EVERY = timedelta(seconds=1)
 TRIGGERED, RESOLVED = "alert.triggered", "alert.resolved"
 
 
@@ -78,6 +82,8 @@ class Touch:
     max: int | None = None
     recompute: bool = False
     seeded: seed.Seed | None = None
+    #: The stored tally the seed replaces (`_version`): it must not change until the commit.
+    seeded_over: tuple[Any, ...] | None = None
 
     def add(self, contribution: list[Any], recompute: bool) -> None:
         self.sum += contribution[4]
@@ -90,17 +96,19 @@ class Touch:
 
 @dataclass
 class _Settings:
-    settle: timedelta  # rule creation + this: every event of a later period wrote a feed
+    #: A spec's rule taken + this: every batch committed since wrote its feed (the rule
+    #: cache's TTL, and the longest a batch can take from reading it to its commit).
+    complete: timedelta
+    #: How far in the future an event's timestamp may lie.
+    lead: timedelta
 
 
 def _settings() -> _Settings:
     config = current_app.config["METERING"] if has_app_context() else Config.from_env()
-    settle = (
-        timedelta(seconds=config.alert_rule_cache_seconds)
-        + timedelta(seconds=config.request_deadline_seconds or 60)
-        + config.max_event_lead
+    complete = timedelta(seconds=config.alert_rule_cache_seconds) + timedelta(
+        seconds=config.request_deadline_seconds or 60
     )
-    return _Settings(settle=settle)
+    return _Settings(complete=complete, lead=config.max_event_lead)
 
 
 def evaluate_org(budget: int) -> int:
@@ -201,12 +209,18 @@ def _apply_chunk(
     meter = seed.meter_of(meter_id)
     touches = _touches(feeds, rules)
     existing = dict(zip(touches, ndb.get_multi([_tally_key(k) for k in touches])))
-    for name, touch in touches.items():
-        if _needs_seed(touch, existing[name], meter.aggregation_type, settings):
-            touch.seeded = seed.seed(meter, touch, settings.settle)
+    now = utcnow()
+    seeding = [
+        touch
+        for name, touch in touches.items()
+        if _needs_seed(touch, existing[name], meter.aggregation_type, settings, now)
+    ]
+    for touch, seeded in zip(seeding, seed.seed_all(meter, seeding)):
+        touch.seeded = seeded
+        touch.seeded_over = _version(existing[touch.key_name])
     targets = {kind: outbox.targets(kind) for kind in (TRIGGERED, RESOLVED)}
     try:
-        return _commit_chunk(meter, feeds, touches, targets, settings)
+        return _commit_chunk(meter, feeds, touches, targets, settings, now)
     except _TooBig:
         if len(feeds) == 1:
             raise
@@ -258,30 +272,43 @@ def _tally_key(name: str) -> ndb.Key:
     return ndb.Key("alert-tally", name, parent=root_key())
 
 
-def settled_after(rules: list[AlertRule], settle: timedelta) -> datetime:
-    """From when on the spec's tallies surely had every event's feed: the earliest time one
-    of its active rules took the spec (created, or its filter changed), plus the cache,
-    deadline and future-timestamp margins."""
-    return min(rule.spec_since or rule.created_at for rule in rules) + settle  # type: ignore[no-any-return]
+def complete_after(rules: list[AlertRule], settings: _Settings) -> datetime:
+    """From when on every batch of the spec's meter surely wrote its feed: the earliest
+    time one of its active rules took the spec (created, or its filter changed), plus the
+    rule cache's TTL and the request deadline."""
+    since = min(rule.spec_since or rule.created_at for rule in rules)
+    return since + settings.complete  # type: ignore[no-any-return]
 
 
 def _needs_seed(
-    touch: Touch, tally: AlertTally | None, aggregation: str, settings: _Settings
+    touch: Touch, tally: AlertTally | None, aggregation: str, settings: _Settings, now: datetime
 ) -> bool:
     """Whether the tally must be read from the summary engine: always for unique_count, for
-    max after a cancel; a new tally of a period that began before its spec saw every feed;
-    an existing one built under another basis (its spec may have gone unwatched: the
-    earliest rule archived, then others) or seeded before its basis."""
-    basis = settled_after(touch.rules, settings.settle)
+    max after a cancel; a new tally of a period that may hold events recorded before every
+    batch wrote a feed (future timestamps included); one built under another basis (its
+    spec may have gone unwatched: the earliest rule archived, then others); and one seeded
+    before its basis, once its seed is RESEED_EVERY old or the basis has passed (a batch of
+    a process whose rule cache was stale may have committed since without a feed: the
+    next seed takes it in; until then the value may be short, never over)."""
+    basis = complete_after(touch.rules, settings)
     if aggregation == Aggregation.UNIQUE_COUNT:
         return True
     if aggregation == Aggregation.MAX and touch.recompute:
         return True
     if tally is None:
-        return touch.start < basis
+        return touch.start < basis + settings.lead
     if tally.basis != basis:
         return True
-    return tally.seeded_at is not None and tally.seeded_at < basis
+    if tally.seeded_at is None or tally.seeded_at >= basis:
+        return False
+    return now >= basis or now - tally.seeded_at >= RESEED_EVERY
+
+
+def _version(tally: AlertTally | None) -> tuple[Any, ...] | None:
+    """What tells two states of a stored tally apart."""
+    if tally is None:
+        return None
+    return (tally.value, tally.seeded_at, tally.basis, json.dumps(tally.states, sort_keys=True))
 
 
 # -- the transaction -------------------------------------------------------------------
@@ -293,7 +320,12 @@ def _commit_chunk(
     touches: dict[str, Touch],
     targets: dict[str, list[Any]],
     settings: _Settings,
+    decided: datetime,
 ) -> int:
+    """Apply the chunk in one transaction. It gives up (`_Stale`) when its feeds or tallies
+    changed since they were read: a feed gone (another evaluator applied it), a tally that
+    now needs a seed, or a seeded tally written meanwhile (the seed would overwrite what
+    was added to it)."""
     feed_keys = [f.key for f in feeds]
     tally_keys = [_tally_key(name) for name in touches]
     stored_messages = [0]
@@ -306,9 +338,13 @@ def _commit_chunk(
         writes: list[Any] = []
         messages = 0
         for touch, tally in zip(touches.values(), found[len(feed_keys) :]):
-            basis = settled_after(touch.rules, settings.settle)
-            if touch.seeded is None and _needs_seed(touch, tally, meter.aggregation_type, settings):
+            basis = complete_after(touch.rules, settings)
+            if touch.seeded is None and _needs_seed(
+                touch, tally, meter.aggregation_type, settings, decided
+            ):
                 raise _Stale()  # it changed since we looked (another evaluator): look again
+            if touch.seeded is not None and _version(tally) != touch.seeded_over:
+                raise _Stale()
             tally = _updated(tally, touch, meter.aggregation_type, basis, now)
             writes.append(tally)
             for trigger in _crossings(tally, touch, now):

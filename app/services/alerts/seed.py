@@ -17,7 +17,7 @@ must see the same commits:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from google.cloud import ndb
@@ -79,34 +79,42 @@ def _part(contributions: list[Any], touch: Any) -> tuple[int, int]:
     return total, count
 
 
-def _consistent_reads(meter: Meter, touch: Any) -> tuple[dict[bytes, list[Any]], int]:
+def _consistent_reads(meter: Meter, touches: list[Any]) -> tuple[dict[bytes, list[Any]], list[int]]:
+    """Pending feeds of the meter and each touch's summary value, at one cut."""
     if capabilities.transforms():  # Firestore in Datastore mode: one read-only snapshot
         transaction = rpc.begin_read_only()
         try:
             with rpc.reads_in(transaction):
                 feeds = _pending_feeds(meter.id_)
-                value = _summary_value(meter, touch)
+                values = [_summary_value(meter, touch) for touch in touches]
         finally:
             rpc.rollback(transaction)
-        return feeds, value
+        return feeds, values
     for _ in range(LEGACY_ROUNDS):
         before = _pending_feeds(meter.id_)
-        value = _summary_value(meter, touch)
+        values = [_summary_value(meter, touch) for touch in touches]
         after = _pending_feeds(meter.id_)
         appeared = [after[key] for key in after if key not in before]
-        if not any(_part(contributions, touch) != (0, 0) for contributions in appeared):
-            return before, value
-    return before, value
+        if not any(_part(c, touch) != (0, 0) for c in appeared for touch in touches):
+            break
+    return before, values
 
 
-def seed(meter: Meter, touch: Any, settle: timedelta) -> Seed:
-    """The tally's value without the feeds still pending (see the module's docstring)."""
+def seed_all(meter: Meter, touches: list[Any]) -> list[Seed]:
+    """Each touch's tally value without the feeds still pending (see the module's
+    docstring), all read at one cut: one read-only transaction (or one legacy round) for
+    the chunk, one summary per tally."""
+    if not touches:
+        return []
     at = utcnow()
-    feeds, value = _consistent_reads(meter, touch)
-    if meter.aggregation_type in (Aggregation.SUM, Aggregation.COUNT):
-        total = count = 0
-        for contributions in feeds.values():
-            part = _part(contributions, touch)
-            total, count = total + part[0], count + part[1]
-        value -= total if meter.aggregation_type == Aggregation.SUM else count
-    return Seed(value, at)
+    feeds, values = _consistent_reads(meter, touches)
+    seeds = []
+    for touch, value in zip(touches, values):
+        if meter.aggregation_type in (Aggregation.SUM, Aggregation.COUNT):
+            total = count = 0
+            for contributions in feeds.values():
+                part = _part(contributions, touch)
+                total, count = total + part[0], count + part[1]
+            value -= total if meter.aggregation_type == Aggregation.SUM else count
+        seeds.append(Seed(value, at))
+    return seeds

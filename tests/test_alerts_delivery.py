@@ -1,0 +1,106 @@
+"""Alert messages delivered for real: the outbox of the webhooks work, a loopback receiver,
+and the `standardwebhooks` package as the independent verifier."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from standardwebhooks import Webhook
+
+from app import create_app
+from app.services import periodic
+from app.services.webhooks import dispatch
+from tests.support.alerts import create_rule, minutes_ago, triggers
+from tests.support.http import Api
+from tests.support.receiver import Receiver
+from tests.support.server import LiveServer
+from tests.support.waiting import eventually
+
+QUICK = dispatch.Settings(production=False, timeout_seconds=1.0, retry_scale=0.0)
+
+
+@pytest.fixture
+def receiver():
+    running = Receiver().start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def deliver(app, ndb_client):
+    """One delivery call (alert evaluation, then sends), as the cron route runs it."""
+
+    def run() -> periodic.DeliveryRun:
+        with app.app_context(), ndb_client.context():
+            return periodic.deliver_all_orgs(100, settings=QUICK)
+
+    return run
+
+
+def _endpoint(api, receiver) -> dict:
+    answer = api.post("/v1/webhooks/endpoints", json={"url": receiver.url})
+    assert answer.status_code == 201, answer.text
+    return answer.json()
+
+
+def _alerts(receiver) -> list:
+    """What the receiver got of alert.* messages (meter.* announcements left out)."""
+    return [r for r in receiver.received if json.loads(r.body)["type"].startswith("alert.")]
+
+
+def _payloads(receiver, secret) -> list[dict]:
+    return [Webhook(secret).verify(r.body, r.headers) for r in _alerts(receiver)]
+
+
+def test_a_crossing_and_its_resolution_arrive_signed_once_each(api, receiver, deliver):
+    endpoint = _endpoint(api, receiver)
+    meter = api.create_meter()
+    rule = create_rule(api, meter, thresholds=[10], notifyOnResolve=True)
+    [event] = api.record(
+        {"meterId": meter["id"], "userId": "u", "value": 12, "timestamp": minutes_ago(5)}
+    )["events"]
+    deliver()
+    deliver()
+    [triggered] = _payloads(receiver, endpoint["secret"])
+    [trigger] = triggers(api, rule)
+    assert _alerts(receiver)[0].headers["webhook-id"] == trigger["messageId"]
+    assert triggered["type"] == "alert.triggered"
+    assert triggered["data"] == {
+        "alertId": rule["id"],
+        "meterId": meter["id"],
+        "userId": "u",
+        "threshold": 10,
+        "value": 12,
+        "periodStart": trigger["periodStart"],
+        "periodEnd": trigger["periodEnd"],
+        "triggeredAt": trigger["at"],
+    }
+
+    api.post("/v1/billing/meter-events/cancel", json={"events": [{"id": event["id"]}]})
+    deliver()
+    deliver()
+    payloads = _payloads(receiver, endpoint["secret"])
+    assert [p["type"] for p in payloads] == ["alert.triggered", "alert.resolved"]
+    assert payloads[1]["data"]["value"] == 0 and "resolvedAt" in payloads[1]["data"]
+    assert len({r.headers["webhook-id"] for r in _alerts(receiver)}) == 2
+
+
+def test_the_background_loop_delivers_a_crossing(config, org, receiver):
+    """Under `metering serve` the batch's commit wakes the loop, which evaluates the feed and
+    sends the message (the loop's period here is far longer than the wait)."""
+    app = create_app(config.replace(background_delivery_seconds=60))
+    server = LiveServer(app).start()
+    try:
+        api = Api(server.url, org["apiKey"])
+        endpoint = _endpoint(api, receiver)
+        meter = api.create_meter()
+        create_rule(api, meter, thresholds=[3], scope="org")
+        api.record({"meterId": meter["id"], "userId": "a", "value": 2})
+        api.record({"meterId": meter["id"], "userId": "b", "value": 2})
+        eventually(lambda: len(_alerts(receiver)) >= 1, timeout=15, what="the alert sent")
+    finally:
+        server.stop()
+    [payload] = _payloads(receiver, endpoint["secret"])
+    assert payload["type"] == "alert.triggered" and payload["data"]["value"] == 4
+    assert json.loads(_alerts(receiver)[0].body)["data"]["userId"] is None

@@ -33,7 +33,7 @@ _EXTENSION = "background_compaction"
 # calls every minute) run in a loop of their own in each worker of `metering serve`: every
 # METERING_BACKGROUND_DELIVERY_SECONDS, and at once when a commit stored messages
 # (`outbox.wake`). A round does not wait for its sends (each is leased, so no later round
-# sends it again): a hung endpoint holds only its own sender thread, not the loop.
+# sends it again): a hung endpoint holds a few sender threads, not the loop.
 _DELIVERY_EXTENSION = "background_delivery"
 
 

@@ -170,3 +170,18 @@ def test_a_rotated_secret_signs_for_24_hours_then_stops():
     assert signing.live_secrets(secrets, now + timedelta(hours=24, seconds=1)) == [new]
     again, newest = signing.rotated(secrets, now + timedelta(hours=25))
     assert [entry["secret"] for entry in again] == [newest, new]  # the expired one dropped
+
+
+def test_an_org_has_at_most_twenty_endpoints(api):
+    for _ in range(20):
+        _create(api)
+    answer = api.post("/v1/webhooks/endpoints", json={"url": HOOK})
+    assert answer.status_code == 400
+    assert error_of(answer)["code"] == "too_many_endpoints"
+    assert api.get("/v1/webhooks/endpoints", params={"limit": 100}).json()["count"] == 20
+
+
+def test_event_types_null_subscribes_to_all_again(api):
+    created = _create(api, eventTypes=["webhook.test"])
+    changed = api.patch(f"/v1/webhooks/endpoints/{created['id']}", json={"eventTypes": None})
+    assert changed.status_code == 200 and changed.json()["eventTypes"] is None

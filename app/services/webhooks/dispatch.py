@@ -52,7 +52,7 @@ from app.models.webhook import (
     WebhookMessage,
 )
 from app.schemas import format_time
-from app.services.webhooks import safety, signing
+from app.services.webhooks import outbox, safety, signing
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +67,9 @@ PAUSED_RECHECK = timedelta(hours=1)
 RESPONSE_BODY_KEPT = 1024
 #: Seconds a lease outlasts the send's timeout (recording the result, a slow thread).
 LEASE_MARGIN_SECONDS = 10
-MAX_SENDERS = 64
+MAX_SENDERS = 128
 #: Messages of one endpoint in senders at once (the rest wait for the next round).
-PER_ENDPOINT = 8
+PER_ENDPOINT = 32
 
 _senders = concurrent.futures.ThreadPoolExecutor(
     max_workers=MAX_SENDERS, thread_name_prefix="webhook-send"
@@ -80,6 +80,9 @@ _jitter = random.Random()
 _in_flight: set[tuple[str | None, str]] = set()
 _in_flight_per_endpoint: Counter[tuple[str | None, int]] = Counter()
 _in_flight_lock = threading.Lock()
+#: Namespaces with a message left for a later round because its endpoint was busy: the
+#: next sender of theirs to end wakes the delivery loop for them.
+_backlogged: set[str | None] = set()
 
 
 @dataclass(frozen=True)
@@ -147,7 +150,6 @@ def dispatch_org(
     now = now or utcnow()
     result = OrgDispatch()
     keys = due_keys(now, budget)
-    result.more = len(keys) == budget
     if not keys:
         return result
     endpoints = {
@@ -159,6 +161,7 @@ def dispatch_org(
     context = ndb.get_context()
     namespace = context.get_namespace()
     running: set[concurrent.futures.Future[bool | None]] = set()
+    skipped = 0
     for key in keys:
         state = _hand_out(namespace, key)
         # Its endpoint busy: a waiting call waits for one of its own sends to end first.
@@ -168,7 +171,11 @@ def dispatch_org(
             )
             _count(result, done)
             state = _hand_out(namespace, key)
+        if state == ENDPOINT_BUSY:
+            with _in_flight_lock:
+                _backlogged.add(namespace)
         if state != HANDED_OUT:
+            skipped += 1
             continue  # a sender of this process has it, or a later round will
         running.add(
             _senders.submit(
@@ -180,6 +187,9 @@ def dispatch_org(
         _count(result, concurrent.futures.wait(running).done)
     else:
         result.pending = list(running)
+    # More may be due past the page; not when some were left to senders already at work
+    # (a round at once would only find them again: a freed sender wakes the loop).
+    result.more = len(keys) == budget and not skipped
     return result
 
 
@@ -202,9 +212,12 @@ def _lease_send_record(
     now: datetime,
 ) -> bool | None:
     """In a sender thread (its own NDB context): lease the message, send one attempt, and
-    record it. Whether it was delivered; None when nothing was sent."""
+    record it. Whether it was delivered; None when nothing was sent. Times count from when
+    the thread starts (the round's `now` may have passed while the task waited for a
+    thread: a lease counted from it could expire before the send ends)."""
     try:
         with client.context(namespace=namespace):
+            now = max(now, utcnow())  # a test's later `now` is kept
             leased = _lease(key, now, settings, endpoints)
             if leased is None:
                 return None
@@ -223,6 +236,10 @@ def _lease_send_record(
             _in_flight_per_endpoint[endpoint_key] -= 1
             if _in_flight_per_endpoint[endpoint_key] <= 0:
                 del _in_flight_per_endpoint[endpoint_key]
+            backlogged = namespace in _backlogged
+            _backlogged.discard(namespace)
+        if backlogged:
+            outbox.wake_org(namespace)  # a sender is free: hand out what waited
 
 
 def _endpoint_key_id(key: ndb.Key) -> int:

@@ -104,7 +104,11 @@ def wake() -> None:
     """Nudge this process's delivery loop: the current org has messages due now (called
     outside an NDB context, or in the default namespace: every org may have)."""
     context = ndb.get_context(raise_context_error=False)
-    namespace = (context.get_namespace() or None) if context is not None else None
+    wake_org((context.get_namespace() or None) if context is not None else None)
+
+
+def wake_org(namespace: str | None) -> None:
+    """Nudge this process's delivery loop for one org (None: every org)."""
     with _wakers_lock:
         wakers = list(_wakers)
     for waker in wakers:

@@ -639,7 +639,16 @@ def run_rounds(args, emulator, workdir, rng, profile_dir=None):
         for workers, threads in args.settings:
             config = f"{workers}x{threads}"
             services[config] = common.Service(
-                emulator.host, workers, threads, workdir, project=PROJECT
+                emulator.host,
+                workers,
+                threads,
+                workdir,
+                project=PROJECT,
+                # Ingestion alone unless asked: the delivery loop (alert evaluation) has
+                # its own figures (benchmarks/alerts.py).
+                extra_env={
+                    "METERING_BACKGROUND_DELIVERY_SECONDS": "1" if args.delivery_loop else "0"
+                },
             ).start()
             warm_key = warm_key or services[config].api_key
             if warm_key is None:
@@ -1138,6 +1147,12 @@ def parse_args(argv=None):
         help="alert rules created on each measured meter (0): compare 0 and 20 to see what "
         "the usage feed costs ingestion",
     )
+    parser.add_argument(
+        "--delivery-loop",
+        action="store_true",
+        help="keep `metering serve`'s delivery loop on (alert evaluation and webhook sends "
+        "then count in the service's CPU); off by default: ingestion alone",
+    )
     args = parser.parse_args(argv)
     args.cases = [c for c in args.cases.split(",") if c]
     if set(args.cases) - {"spread", "hot"}:
@@ -1207,7 +1222,8 @@ def main(argv=None) -> int:
 
     print(
         f"\nIngestion on the Firestore-mode emulator: {args.batch}-event requests from "
-        f"{args.clients} client threads, {args.alert_rules} alert rules per meter, spread over "
+        f"{args.clients} client threads, {args.alert_rules} alert rules per meter (delivery "
+        f"loop {'on' if args.delivery_loop else 'off'}), spread over "
         f"{args.users} users or one hot (meter, "
         f"user); {args.repeat} round(s) per setting ({time.monotonic() - started:.0f}s)"
     )

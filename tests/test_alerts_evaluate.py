@@ -9,6 +9,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from app.models import AlertFeed, root_key
+from app.services.alerts import evaluate as evaluate_module
 from tests.support.alerts import (
     create_rule,
     crossings,
@@ -323,3 +325,83 @@ def test_a_changed_filter_makes_a_new_tally_seeded_from_the_usage_there(api, eva
     evaluate()
     assert crossings(api, rule) == [("alert.triggered", "u", 8)]
     assert triggers(api, rule)[0]["value"] == 8
+
+
+def test_a_feed_too_big_for_one_commit_is_applied_in_parts_exactly_once(
+    api, app, ndb_client, org, monkeypatch
+):
+    meter = api.create_meter()
+    monthly = create_rule(api, meter, thresholds=[1, 2])
+    daily = create_rule(api, meter, thresholds=[1], period="day", timeZone="Asia/Tokyo")
+    api.record(*[_event(meter, f"user-{n}", 3) for n in range(10)])
+    monkeypatch.setattr(evaluate_module, "MAX_MUTATIONS", 7)  # a tally and its triggers, at most
+    real_commit = evaluate_module._commit_chunk
+    calls = []
+
+    def crashing(*args, **kwargs):
+        if len(calls) == 3:  # three parts committed
+            raise RuntimeError("the evaluator died between two parts")
+        result = real_commit(*args, **kwargs)
+        calls.append(result)
+        return result
+
+    monkeypatch.setattr(evaluate_module, "_commit_chunk", crashing)
+    with pytest.raises(evaluate_module.EvaluationFailed):  # the crash, logged and reported
+        run_evaluator(app, ndb_client, org)
+    monkeypatch.setattr(evaluate_module, "_commit_chunk", real_commit)
+    with ndb_client.context(namespace=org["namespace"]):
+        [feed] = AlertFeed.query(ancestor=root_key()).fetch()
+        assert feed.done  # some parts were applied, and remembered
+    assert run_evaluator(app, ndb_client, org) == 1
+    users = [f"user-{n}" for n in range(10)]
+    assert sorted(crossings(api, monthly)) == sorted(
+        [("alert.triggered", u, t) for u in users for t in (1, 2)]
+    )
+    assert sorted(crossings(api, daily)) == [("alert.triggered", u, 1) for u in users]
+
+
+@pytest.mark.parametrize("seeding", [True, False])
+def test_exactly_once_holds_without_the_lease(api, app, ndb_client, org, monkeypatch, seeding):
+    """Two evaluators that both think they hold the meter's lease (one expired under a slow
+    evaluator) still give one trigger per crossing: the transaction re-reads the feeds (and
+    a seeded tally's state). Without seeding: as if the rules were old (no usage predates
+    them here, so the tallies' values are the same)."""
+    monkeypatch.setattr(evaluate_module, "_take_lease", lambda meter_id, holder: True)
+    if not seeding:
+        monkeypatch.setattr(evaluate_module, "_needs_seed", lambda *args: False)
+    meter = api.create_meter()
+    rule = create_rule(api, meter, thresholds=[2, 4, 6], scope="org")
+    user_rule = create_rule(api, meter, thresholds=[1])
+    barrier = threading.Barrier(2)
+
+    def evaluator():
+        barrier.wait()
+        return run_evaluator(app, ndb_client, org)
+
+    for round_number in range(4):
+        api.record(*[_event(meter, f"u{round_number}-{n}", 1) for n in range(2)])
+        with ThreadPoolExecutor(2) as pool:
+            applied = sum(pool.map(lambda _: evaluator(), range(2)))
+        assert applied == 1  # the one feed, applied by one of the two
+    assert sorted(crossings(api, rule)) == [
+        ("alert.triggered", None, 2),
+        ("alert.triggered", None, 4),
+        ("alert.triggered", None, 6),
+    ]
+    assert len(crossings(api, user_rule)) == 8
+
+
+def test_triggers_are_listed_newest_first_a_page_at_a_time(api, evaluate):
+    meter = api.create_meter()
+    rule = create_rule(api, meter, thresholds=[1, 2, 3])
+    for _ in range(3):
+        api.record(_event(meter, "u", 1))
+        evaluate()
+    first = api.get(f"/v1/billing/alerts/{rule['id']}/triggers", params={"limit": 2}).json()
+    assert [t["threshold"] for t in first["triggers"]] == [3, 2] and first["count"] == 2
+    rest = api.get(
+        f"/v1/billing/alerts/{rule['id']}/triggers",
+        params={"limit": 2, "cursor": first["nextCursor"]},
+    ).json()
+    assert [t["threshold"] for t in rest["triggers"]] == [1] and rest["nextCursor"] is None
+    assert all(t["type"] == "alert.triggered" and t["userId"] == "u" for t in first["triggers"])

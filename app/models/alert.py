@@ -49,6 +49,8 @@ class AlertFeed(ndb.Model):
     meter_id = ndb.StringProperty("MeterId")
     contributions = ndb.TextProperty("Contributions")
     recompute = ndb.BooleanProperty("Recompute", indexed=False, default=False)
+    #: Tallies a part of this feed was applied to already, when it took several commits.
+    done = ndb.TextProperty("Done")
 
     @classmethod
     def _get_kind(cls) -> str:

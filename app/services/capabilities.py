@@ -43,3 +43,10 @@ def _probe() -> bool:
     transform.increment.integer_value = 1
     response = rpc.commit([mutation])
     return len(response.mutation_results[0].transform_results) == 1
+
+
+def consistent_snapshots() -> bool:
+    """Whether a read-only transaction may run the queries of a summary (issue 14, alert
+    seeding): Firestore in Datastore mode, the one that applies transforms. The legacy
+    emulator refuses non-ancestor queries in transactions and locks what it reads."""
+    return transforms()

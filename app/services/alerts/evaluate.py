@@ -53,7 +53,9 @@ from app.services.webhooks import outbox
 
 log = logging.getLogger(__name__)
 
-LEASE_SECONDS = 30.0
+#: Short: a killed evaluator delays its meters' alerts by this much at most, and an
+#: evaluation outliving its lease is still exactly once (the transaction re-reads).
+LEASE_SECONDS = 10.0
 #: Feeds read per chunk; a chunk whose commit would exceed MAX_MUTATIONS is halved.
 CHUNK_FEEDS = 100
 MAX_MUTATIONS = 500
@@ -61,6 +63,10 @@ MAX_MUTATIONS = 500
 #: touched again is re-read from the summaries.
 RESEED_EVERY = timedelta(seconds=1)
 TRIGGERED, RESOLVED = "alert.triggered", "alert.resolved"
+
+
+class EvaluationFailed(Exception):
+    """Every meter the call tried failed (logged each): the caller lists the org as failed."""
 
 
 class _Stale(Exception):
@@ -124,15 +130,23 @@ def evaluate_org(budget: int) -> int:
     settings = _settings()
     holder = f"{os.getpid()}-{uuid.uuid4().hex}"  # this call: two calls never share a lease
     applied = 0
+    failed: list[str] = []
     for meter_id, rules in by_meter.items():
         if applied >= budget:
             break
+        if not _pending(meter_id, 1, keys_only=True):
+            continue  # nothing to do: no lease written (the loop visits idle orgs every second)
         if not _take_lease(meter_id, holder):
             continue
         try:
             applied += _evaluate_meter(meter_id, rules, budget - applied, settings)
+        except Exception:
+            failed.append(meter_id)
+            log.exception("alert evaluation failed for meter %s; its feeds wait", meter_id)
         finally:
             _release_lease(meter_id, holder)
+    if failed and not applied:
+        raise EvaluationFailed(f"alert evaluation failed for meters {', '.join(failed)}")
     return applied
 
 
@@ -177,9 +191,9 @@ def _release_lease(meter_id: str, holder: str) -> None:
 # -- one meter -------------------------------------------------------------------------
 
 
-def _pending(meter_id: str, limit: int) -> list[AlertFeed]:
+def _pending(meter_id: str, limit: int, keys_only: bool = False) -> list[Any]:
     query = AlertFeed.query(AlertFeed.meter_id == meter_id, ancestor=root_key())
-    return list(query.fetch(limit))
+    return list(query.fetch(limit, keys_only=keys_only))
 
 
 def _evaluate_meter(meter_id: str, rules: list[AlertRule], budget: int, settings: _Settings) -> int:
@@ -223,7 +237,7 @@ def _apply_chunk(
         return _commit_chunk(meter, feeds, touches, targets, settings, now)
     except _TooBig:
         if len(feeds) == 1:
-            raise
+            return _commit_in_parts(meter, feeds[0], list(touches.values()), targets, settings, now)
         half = len(feeds) // 2
         return _apply_chunk(meter_id, rules, feeds[:half], settings) + _apply_chunk(
             meter_id, rules, feeds[half:], settings
@@ -234,6 +248,31 @@ class _TooBig(Exception):
     """One commit would hold more than MAX_MUTATIONS mutations."""
 
 
+def _commit_in_parts(
+    meter: Any,
+    feed: AlertFeed,
+    touches: list[Touch],
+    targets: dict[str, list[Any]],
+    settings: _Settings,
+    decided: datetime,
+    last: bool = True,
+) -> int:
+    """Apply one feed too big for one commit (a batch of many users under many specs) in
+    several: each part's transaction writes some tallies and records their names in the
+    feed (`done`), the last one deletes it. A part whose tallies the feed already lists
+    was applied by someone else: `_Stale`."""
+    try:
+        return _commit_chunk(
+            meter, [feed], {t.key_name: t for t in touches}, targets, settings, decided, last
+        )
+    except _TooBig:
+        if len(touches) == 1:
+            raise
+        half = len(touches) // 2
+        _commit_in_parts(meter, feed, touches[:half], targets, settings, decided, last=False)
+        return _commit_in_parts(meter, feed, touches[half:], targets, settings, decided, last)
+
+
 def _touches(feeds: Iterable[AlertFeed], rules: list[AlertRule]) -> dict[str, Touch]:
     """Tally key name -> what `feeds` add to it, over every active rule's spec."""
     specs: dict[str, list[AlertRule]] = {}
@@ -241,6 +280,7 @@ def _touches(feeds: Iterable[AlertFeed], rules: list[AlertRule]) -> dict[str, To
         specs.setdefault(rule_service.spec_of(rule), []).append(rule)
     touches: dict[str, Touch] = {}
     for feed in feeds:
+        done = _done(feed)
         for contribution in feed_kind.decode(feed.contributions):
             user, dimensions, day, slot = contribution[:4]
             for spec, of_spec in specs.items():
@@ -250,11 +290,18 @@ def _touches(feeds: Iterable[AlertFeed], rules: list[AlertRule]) -> dict[str, To
                 subject = None if rule.scope == "org" else user
                 start, end = period_of(day, slot, rule.period, rule.time_zone)
                 name = tally_name(spec, subject, start)
+                if name in done:
+                    continue  # a part of this feed already applied (`_commit_in_parts`)
                 touch = touches.get(name)
                 if touch is None:
                     touch = touches[name] = Touch(name, spec, of_spec, subject, start, end)
                 touch.add(contribution, bool(feed.recompute))
     return touches
+
+
+def _done(feed: AlertFeed) -> set[str]:
+    """Tally names a part of this feed was applied to (`_commit_in_parts`)."""
+    return set(json.loads(feed.done)) if feed.done else set()
 
 
 def _matches(rule: AlertRule, user: str, dimensions: dict[str, str]) -> bool:
@@ -321,8 +368,10 @@ def _commit_chunk(
     targets: dict[str, list[Any]],
     settings: _Settings,
     decided: datetime,
+    last: bool = True,
 ) -> int:
-    """Apply the chunk in one transaction. It gives up (`_Stale`) when its feeds or tallies
+    """Apply the chunk in one transaction (with `last` False, the one feed's part of it:
+    see `_commit_in_parts`). It gives up (`_Stale`) when its feeds or tallies
     changed since they were read: a feed gone (another evaluator applied it), a tally that
     now needs a seed, or a seeded tally written meanwhile (the seed would overwrite what
     was added to it)."""
@@ -333,6 +382,9 @@ def _commit_chunk(
     def attempt() -> int:
         found = ndb.get_multi(feed_keys + tally_keys)
         if any(f is None for f in found[: len(feed_keys)]):
+            raise _Stale()
+        done = {name for f in found[: len(feed_keys)] for name in _done(f)}
+        if done & set(touches):
             raise _Stale()
         now = utcnow()
         writes: list[Any] = []
@@ -360,10 +412,15 @@ def _commit_chunk(
                 messages += len(sent)
         if len(writes) + len(feed_keys) > MAX_MUTATIONS:
             raise _TooBig()
+        if last:
+            ndb.delete_multi(feed_keys)
+        else:
+            [feed] = found[: len(feed_keys)]
+            feed.done = json.dumps(sorted(done | set(touches)))
+            writes.append(feed)
         ndb.put_multi(writes)
-        ndb.delete_multi(feed_keys)
         stored_messages[0] = messages
-        return len(feed_keys)
+        return len(feed_keys) if last else 0
 
     applied = int(ndb.transaction(attempt, retries=8))
     if stored_messages[0]:

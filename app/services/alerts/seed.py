@@ -81,7 +81,7 @@ def _part(contributions: list[Any], touch: Any) -> tuple[int, int]:
 
 def _consistent_reads(meter: Meter, touches: list[Any]) -> tuple[dict[bytes, list[Any]], list[int]]:
     """Pending feeds of the meter and each touch's summary value, at one cut."""
-    if capabilities.transforms():  # Firestore in Datastore mode: one read-only snapshot
+    if capabilities.consistent_snapshots():  # Firestore in Datastore mode: one snapshot
         transaction = rpc.begin_read_only()
         try:
             with rpc.reads_in(transaction):

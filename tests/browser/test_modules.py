@@ -71,3 +71,32 @@ def test_csv_cells_are_quoted_and_formulas_defused(modules):
 def test_a_csv_document_has_crlf_lines(modules):
     text = modules.evaluate("() => csv.toCsv(['a', 'b'], [[1, 'x'], [null, 'y,z']])")
     assert text == 'a,b\r\n1,x\r\n,"y,z"\r\n'
+
+
+THRESHOLDS = [
+    ("100, 10", [10, 100]),
+    ("1,000,000 5,000,000", [1_000_000, 5_000_000]),
+    ("1,000,000, 10", [10, 1_000_000]),
+    ("500,2000", [500, 2000]),
+    ("7;7; 3", [3, 7]),
+    ("100, 10,", [10, 100]),
+    ("", []),
+    ("ten", None),
+    ("-5", None),
+    ("2.5", None),
+    ("99999999999999999999", None),  # past what a JavaScript number holds exactly
+]
+
+
+def test_alert_thresholds_and_filters_as_typed(open_page):
+    page = open_page()
+    page.evaluate("async () => { window.alerts = await import('/dashboard/static/js/alerts.js'); }")
+    for typed, parsed in THRESHOLDS:
+        assert page.evaluate("t => alerts.parseThresholds(t)", typed) == parsed, typed
+    assert page.evaluate("t => alerts.parseFilter(t)", "model=gpt-4, region = eu") == {
+        "model": "gpt-4",
+        "region": "eu",
+    }
+    assert page.evaluate("t => alerts.parseFilter(t)", "") == {}
+    assert page.evaluate("t => alerts.parseFilter(t)", "model") is None
+    assert page.evaluate("s => alerts.scopeLabel(s)", {"userId": "u-1"}) == "User u-1"

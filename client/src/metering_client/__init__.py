@@ -19,19 +19,31 @@ from metering_client.errors import (
     MeteringError,
     NotDelivered,
     ServiceUnreachable,
+    WebhookVerificationError,
 )
+from metering_client.operations import ALL_EVENT_TYPES
 from metering_client.retry import RetryPolicy
 from metering_client.types import (
+    Alert,
+    AlertTrigger,
     CancelOutcome,
     Event,
     EventOutcome,
     Meter,
+    Page,
     Rejection,
     Summary,
+    WebhookAttempt,
+    WebhookEndpoint,
+    WebhookMessage,
     Window,
 )
+from metering_client.webhooks import verify_webhook
 
 __all__ = [
+    "ALL_EVENT_TYPES",
+    "Alert",
+    "AlertTrigger",
     "ApiError",
     "AsyncMeteringClient",
     "BufferFull",
@@ -45,9 +57,15 @@ __all__ = [
     "MeteringClient",
     "MeteringError",
     "NotDelivered",
+    "Page",
     "Rejection",
     "RetryPolicy",
     "ServiceUnreachable",
     "Summary",
+    "WebhookAttempt",
+    "WebhookEndpoint",
+    "WebhookMessage",
+    "WebhookVerificationError",
     "Window",
+    "verify_webhook",
 ]

@@ -26,7 +26,20 @@ from metering_client.buffer import Buffer
 from metering_client.errors import BufferFull, ClientClosed
 from metering_client.protocol import BatchResult, Pause, Send, deliver
 from metering_client.retry import RetryPolicy
-from metering_client.types import CancelOutcome, Event, EventOutcome, Meter, Rejection, Summary
+from metering_client.types import (
+    Alert,
+    AlertScope,
+    AlertTrigger,
+    CancelOutcome,
+    Event,
+    EventOutcome,
+    Meter,
+    Page,
+    Rejection,
+    Summary,
+    WebhookEndpoint,
+    WebhookMessage,
+)
 
 T = TypeVar("T")
 log = logging.getLogger("metering_client")
@@ -325,3 +338,118 @@ class MeteringClient(DeliveryBase):
             ids, idempotency_keys, event_name=event_name, meter_id=meter_id
         )
         return self._drive(ops.cancel_events(self.retry, targets))
+
+    # -- webhook endpoints and their delivery log ------------------------------------
+
+    def create_webhook_endpoint(
+        self,
+        url: str,
+        *,
+        description: str | None = None,
+        event_types: Sequence[str] | None = None,
+    ) -> WebhookEndpoint:
+        """Create an endpoint (every event type unless `event_types` says which). Its
+        `secret` is in this answer only: keep it where your receiver reads it."""
+        body = ops.endpoint_body(url, description=description, event_types=event_types)
+        return self._drive(ops.create_webhook_endpoint(self.retry, body))
+
+    def list_webhook_endpoints(self, page_size: int = 100) -> list[WebhookEndpoint]:
+        """Every endpoint of the org (all pages); secrets are never listed."""
+        return self._drive(ops.list_webhook_endpoints(self.retry, page_size))
+
+    def get_webhook_endpoint(self, endpoint_id: str) -> WebhookEndpoint:
+        return self._drive(ops.get_webhook_endpoint(self.retry, endpoint_id))
+
+    def update_webhook_endpoint(self, endpoint_id: str, **changes: Any) -> WebhookEndpoint:
+        """Change `url`, `description`, `event_types` (`ALL_EVENT_TYPES` for every type)
+        or `enabled`; re-enabling an endpoint the service disabled clears its reason."""
+        return self._drive(
+            ops.update_webhook_endpoint(self.retry, endpoint_id, ops.endpoint_changes(**changes))
+        )
+
+    def delete_webhook_endpoint(self, endpoint_id: str) -> WebhookEndpoint | None:
+        """Delete an endpoint; None when a retry found it deleted by the first attempt."""
+        return self._drive(ops.delete_webhook_endpoint(self.retry, endpoint_id))
+
+    def rotate_webhook_secret(self, endpoint_id: str) -> WebhookEndpoint:
+        """A new secret (in the answer's `secret`) signs from now on; the old one keeps
+        signing beside it for 24 hours, while your receivers move to the new one."""
+        return self._drive(ops.rotate_webhook_secret(self.retry, endpoint_id))
+
+    def list_webhook_messages(
+        self,
+        endpoint_id: str,
+        *,
+        status: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> Page[WebhookMessage]:
+        """One page of an endpoint's delivery log, newest first, each message with its
+        attempts; `status` `pending`, `delivered` or `failed` narrows it."""
+        return self._drive(
+            ops.list_webhook_messages(
+                self.retry, endpoint_id, status=status, limit=limit, cursor=cursor
+            )
+        )
+
+    def retry_webhook_message(self, endpoint_id: str, message_id: str) -> WebhookMessage:
+        """Send a message again now (same `webhook-id` and body), e.g. a failed one."""
+        return self._drive(ops.retry_webhook_message(self.retry, endpoint_id, message_id))
+
+    def send_test_webhook(self, endpoint_id: str) -> WebhookMessage:
+        """Queue a `webhook.test` message to the endpoint; see it in the delivery log."""
+        return self._drive(ops.send_test_webhook(self.retry, endpoint_id))
+
+    # -- alert rules and their triggers ----------------------------------------------
+
+    def create_alert(
+        self,
+        name: str,
+        meter_id: str,
+        thresholds: Sequence[int],
+        *,
+        scope: AlertScope = "user",
+        period: str = "month",
+        time_zone: str | None = None,
+        filter: Mapping[str, str] | None = None,
+        notify_on_resolve: bool | None = None,
+    ) -> Alert:
+        """A rule: `alert.triggered` once when a subject's usage of the meter in the
+        period reaches each threshold. `scope` is `user` (each user), `org` (the
+        meter's total) or `{"userId": ...}`; `period` `day` or `month` in `time_zone`."""
+        body = ops.alert_body(
+            name,
+            meter_id,
+            thresholds,
+            scope=scope,
+            period=period,
+            time_zone=time_zone,
+            filter=filter,
+            notify_on_resolve=notify_on_resolve,
+        )
+        return self._drive(ops.create_alert(self.retry, body))
+
+    def list_alerts(self, *, include_archived: bool = False, page_size: int = 100) -> list[Alert]:
+        """Every alert rule of the org (all pages); archived ones only when asked."""
+        return self._drive(
+            ops.list_alerts(self.retry, include_archived=include_archived, page_size=page_size)
+        )
+
+    def get_alert(self, alert_id: str) -> Alert:
+        return self._drive(ops.get_alert(self.retry, alert_id))
+
+    def update_alert(self, alert_id: str, **changes: Any) -> Alert:
+        """Change `name`, `thresholds`, `filter` or `notify_on_resolve`."""
+        return self._drive(ops.update_alert(self.retry, alert_id, ops.alert_changes(**changes)))
+
+    def archive_alert(self, alert_id: str) -> Alert:
+        """Archive a rule: it evaluates no more; its triggers stay readable."""
+        return self._drive(ops.archive_alert(self.retry, alert_id))
+
+    def list_alert_triggers(
+        self, alert_id: str, *, limit: int | None = None, cursor: str | None = None
+    ) -> Page[AlertTrigger]:
+        """One page of a rule's triggers and resolutions, newest first."""
+        return self._drive(
+            ops.list_alert_triggers(self.retry, alert_id, limit=limit, cursor=cursor)
+        )

@@ -94,3 +94,8 @@ class NotDelivered(MeteringError):
     def __init__(self, events: list[Event], reason: str):
         super().__init__(f"{len(events)} event(s) not delivered: {reason}")
         self.events = events
+
+
+class WebhookVerificationError(MeteringError):
+    """Raised by `verify_webhook` for a delivery that is not genuine or not fresh: a missing
+    header, no signature matching the secret, or a timestamp outside the tolerance."""

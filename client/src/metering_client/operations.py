@@ -1,4 +1,5 @@
-"""The service's API as I/O-free operations (see `protocol`): meters, summaries, events.
+"""The service's API as I/O-free operations (see `protocol`): meters, summaries, events,
+webhook endpoints and alert rules.
 
 Every operation retries what may succeed on a second try (network errors, 429,
 5xx) up to the policy's deadline. Creating a meter is the one call that is not
@@ -9,13 +10,28 @@ now holds the name is returned if it matches what was asked.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterable, Mapping, Sequence
-from datetime import date, datetime
-from typing import Any, TypedDict, TypeVar, Unpack
+import time
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from dataclasses import replace
+from datetime import date, datetime, timedelta
+from typing import Any, Protocol, TypedDict, TypeVar, Unpack
 
 from metering_client.protocol import EVENTS_PATH, Action, Answer, Send, call
 from metering_client.retry import Reply, RetryPolicy
-from metering_client.types import CancelOutcome, Event, EventOutcome, Meter, Summary, period_bound
+from metering_client.types import (
+    Alert,
+    AlertScope,
+    AlertTrigger,
+    CancelOutcome,
+    Event,
+    EventOutcome,
+    Meter,
+    Page,
+    Summary,
+    WebhookEndpoint,
+    WebhookMessage,
+    period_bound,
+)
 
 METERS_PATH = "/v1/billing/meters"
 MAX_BATCH = 100
@@ -202,4 +218,300 @@ def meter_changes(**changes: Any) -> dict[str, Any]:
     body = {names[key]: value for key, value in changes.items() if value is not None}
     if "dimensions" in body:
         body["dimensions"] = list(body["dimensions"])
+    return body
+
+
+# -- webhook endpoints and their delivery log (issue 14) ------------------------------
+
+ENDPOINTS_PATH = "/v1/webhooks/endpoints"
+ALERTS_PATH = "/v1/billing/alerts"
+#: How far apart (seconds) the service's clock may stamp two attempts of one create.
+CLOCK_SLACK = 2.0
+
+
+def _all_pages(
+    policy: RetryPolicy, path: str, key: str, params: dict[str, Any]
+) -> Op[list[dict[str, Any]]]:
+    """Every item of a paged list (`{key: [...], "nextCursor"}`), page after page."""
+    items: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        page = (yield from _call(policy, "GET", path, params={**params, **_cursor(cursor)})).ok()
+        items += page[key]
+        cursor = page.get("nextCursor")
+        if not cursor:
+            return items
+
+
+def _cursor(cursor: str | None) -> dict[str, str]:
+    return {"cursor": cursor} if cursor else {}
+
+
+def _page_params(limit: int | None, cursor: str | None, **more: Any) -> dict[str, Any]:
+    params = {"limit": limit, **more, **_cursor(cursor)}
+    return {name: value for name, value in params.items() if value is not None}
+
+
+class _Created(Protocol):
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def created_at(self) -> datetime | None: ...
+
+
+C = TypeVar("C", bound=_Created)
+
+
+def _twins_of_a_retried_create(
+    made: list[C], kept: C, same: Callable[[C], bool], seconds: float
+) -> list[C]:
+    """What an earlier attempt of a retried create made: the same fields as what the
+    create answered, stamped no earlier than the call's duration before it.
+
+    The service has no idempotency key for these creates, so an attempt whose answer was
+    lost on the way and was sent again leaves two endpoints (each signing with its own
+    secret, one that nobody knows) or two rules (every crossing announced twice).
+    """
+    if kept.created_at is None:
+        return []
+    earliest = kept.created_at - timedelta(seconds=seconds + CLOCK_SLACK)
+    return [
+        thing
+        for thing in made
+        if thing.id != kept.id
+        and thing.created_at is not None
+        and earliest <= thing.created_at <= kept.created_at
+        and same(thing)
+    ]
+
+
+def create_webhook_endpoint(policy: RetryPolicy, body: dict[str, Any]) -> Op[WebhookEndpoint]:
+    """Create an endpoint; the answer carries its secret, shown once. When the create had
+    to be retried, endpoints an earlier attempt made unseen are deleted."""
+    started = time.monotonic()
+    answer = yield from _call(policy, "POST", ENDPOINTS_PATH, json=body)
+    endpoint = WebhookEndpoint.from_json(answer.ok())
+    if answer.retried:
+        twins = _twins_of_a_retried_create(
+            (yield from list_webhook_endpoints(policy)),
+            endpoint,
+            lambda other: (
+                (other.url, other.description, other.event_types)
+                == (endpoint.url, endpoint.description, endpoint.event_types)
+            ),
+            time.monotonic() - started,
+        )
+        for twin in twins:
+            yield from _call(policy, "DELETE", f"{ENDPOINTS_PATH}/{twin.id}")
+    return endpoint
+
+
+def list_webhook_endpoints(policy: RetryPolicy, page_size: int = 100) -> Op[list[WebhookEndpoint]]:
+    items = yield from _all_pages(policy, ENDPOINTS_PATH, "endpoints", {"limit": page_size})
+    return [WebhookEndpoint.from_json(item) for item in items]
+
+
+def get_webhook_endpoint(policy: RetryPolicy, endpoint_id: str) -> Op[WebhookEndpoint]:
+    answer = yield from _call(policy, "GET", f"{ENDPOINTS_PATH}/{endpoint_id}")
+    return WebhookEndpoint.from_json(answer.ok())
+
+
+def update_webhook_endpoint(
+    policy: RetryPolicy, endpoint_id: str, changes: dict[str, Any]
+) -> Op[WebhookEndpoint]:
+    answer = yield from _call(policy, "PATCH", f"{ENDPOINTS_PATH}/{endpoint_id}", json=changes)
+    return WebhookEndpoint.from_json(answer.ok())
+
+
+def delete_webhook_endpoint(policy: RetryPolicy, endpoint_id: str) -> Op[WebhookEndpoint | None]:
+    """Delete an endpoint: its answer, or None when a retry found it already deleted (the
+    first attempt did it, its answer lost)."""
+    answer = yield from _call(policy, "DELETE", f"{ENDPOINTS_PATH}/{endpoint_id}")
+    if answer.status == 404 and answer.retried:
+        return None
+    return WebhookEndpoint.from_json(answer.ok())
+
+
+def rotate_webhook_secret(policy: RetryPolicy, endpoint_id: str) -> Op[WebhookEndpoint]:
+    answer = yield from _call(policy, "POST", f"{ENDPOINTS_PATH}/{endpoint_id}/rotate-secret")
+    return WebhookEndpoint.from_json(answer.ok())
+
+
+def list_webhook_messages(
+    policy: RetryPolicy,
+    endpoint_id: str,
+    *,
+    status: str | None = None,
+    limit: int | None = None,
+    cursor: str | None = None,
+) -> Op[Page[WebhookMessage]]:
+    params = _page_params(limit, cursor, status=status)
+    page = (
+        yield from _call(policy, "GET", f"{ENDPOINTS_PATH}/{endpoint_id}/messages", params=params)
+    ).ok()
+    return Page([WebhookMessage.from_json(m) for m in page["messages"]], page.get("nextCursor"))
+
+
+def retry_webhook_message(
+    policy: RetryPolicy, endpoint_id: str, message_id: str
+) -> Op[WebhookMessage]:
+    path = f"{ENDPOINTS_PATH}/{endpoint_id}/messages/{message_id}/retry"
+    return WebhookMessage.from_json((yield from _call(policy, "POST", path)).ok())
+
+
+def send_test_webhook(policy: RetryPolicy, endpoint_id: str) -> Op[WebhookMessage]:
+    path = f"{ENDPOINTS_PATH}/{endpoint_id}/test"
+    return WebhookMessage.from_json((yield from _call(policy, "POST", path)).ok())
+
+
+def endpoint_body(
+    url: str, *, description: str | None, event_types: Sequence[str] | None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"url": url}
+    if description is not None:
+        body["description"] = description
+    if event_types is not None:
+        body["eventTypes"] = list(event_types)
+    return body
+
+
+def endpoint_changes(**changes: Any) -> dict[str, Any]:
+    """PATCH body of an endpoint from snake_case keyword arguments, leaving out those not
+    given; `event_types=ALL_EVENT_TYPES` (None on the wire) subscribes to every type."""
+    body = _changes(
+        changes,
+        {
+            "url": "url",
+            "description": "description",
+            "event_types": "eventTypes",
+            "enabled": "enabled",
+        },
+    )
+    if "eventTypes" in body:
+        types = body["eventTypes"]
+        body["eventTypes"] = None if types is ALL_EVENT_TYPES else list(types)
+    return body
+
+
+class _AllEventTypes:
+    def __repr__(self) -> str:
+        return "ALL_EVENT_TYPES"
+
+
+#: `update_webhook_endpoint(..., event_types=ALL_EVENT_TYPES)`: subscribe to every type.
+ALL_EVENT_TYPES: Any = _AllEventTypes()
+
+
+def _changes(given: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
+    """A PATCH body from snake_case keyword arguments: those given and not None, renamed."""
+    unknown = set(given) - set(names)
+    if unknown:
+        raise TypeError(f"unknown fields: {', '.join(sorted(unknown))}")
+    return {names[key]: value for key, value in given.items() if value is not None}
+
+
+# -- alert rules and their triggers (issue 14) ---------------------------------------
+
+
+def create_alert(policy: RetryPolicy, body: dict[str, Any]) -> Op[Alert]:
+    """Create an alert rule. When the create had to be retried, identical rules an
+    earlier attempt made unseen are archived, so that no crossing is announced twice."""
+    started = time.monotonic()
+    answer = yield from _call(policy, "POST", ALERTS_PATH, json=body)
+    alert = Alert.from_json(answer.ok())
+    if answer.retried:
+        twins = _twins_of_a_retried_create(
+            (yield from list_alerts(policy)),
+            alert,
+            lambda other: _same_rule(other, alert),
+            time.monotonic() - started,
+        )
+        for twin in twins:
+            yield from _call(policy, "DELETE", f"{ALERTS_PATH}/{twin.id}")
+    return alert
+
+
+def _same_rule(one: Alert, other: Alert) -> bool:
+    def bare(alert: Alert) -> Alert:
+        return replace(alert, id="", created_at=None, updated_at=None)
+
+    return bare(one) == bare(other)
+
+
+def list_alerts(
+    policy: RetryPolicy, *, include_archived: bool = False, page_size: int = 100
+) -> Op[list[Alert]]:
+    params: dict[str, Any] = {"limit": page_size}
+    if include_archived:
+        params["includeArchived"] = "true"
+    items = yield from _all_pages(policy, ALERTS_PATH, "alerts", params)
+    return [Alert.from_json(item) for item in items]
+
+
+def get_alert(policy: RetryPolicy, alert_id: str) -> Op[Alert]:
+    return Alert.from_json((yield from _call(policy, "GET", f"{ALERTS_PATH}/{alert_id}")).ok())
+
+
+def update_alert(policy: RetryPolicy, alert_id: str, changes: dict[str, Any]) -> Op[Alert]:
+    answer = yield from _call(policy, "PATCH", f"{ALERTS_PATH}/{alert_id}", json=changes)
+    return Alert.from_json(answer.ok())
+
+
+def archive_alert(policy: RetryPolicy, alert_id: str) -> Op[Alert]:
+    return Alert.from_json((yield from _call(policy, "DELETE", f"{ALERTS_PATH}/{alert_id}")).ok())
+
+
+def list_alert_triggers(
+    policy: RetryPolicy, alert_id: str, *, limit: int | None = None, cursor: str | None = None
+) -> Op[Page[AlertTrigger]]:
+    params = _page_params(limit, cursor)
+    page = (
+        yield from _call(policy, "GET", f"{ALERTS_PATH}/{alert_id}/triggers", params=params)
+    ).ok()
+    return Page([AlertTrigger.from_json(t) for t in page["triggers"]], page.get("nextCursor"))
+
+
+def alert_body(
+    name: str,
+    meter_id: str,
+    thresholds: Sequence[int],
+    *,
+    scope: AlertScope,
+    period: str,
+    time_zone: str | None,
+    filter: Mapping[str, str] | None,
+    notify_on_resolve: bool | None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "name": name,
+        "meterId": meter_id,
+        "thresholds": list(thresholds),
+        "scope": dict(scope) if isinstance(scope, Mapping) else scope,
+        "period": period,
+    }
+    optional = {
+        "timeZone": time_zone,
+        "filter": None if filter is None else dict(filter),
+        "notifyOnResolve": notify_on_resolve,
+    }
+    body.update({key: value for key, value in optional.items() if value is not None})
+    return body
+
+
+def alert_changes(**changes: Any) -> dict[str, Any]:
+    """PATCH body of an alert rule from snake_case keyword arguments (those given)."""
+    body = _changes(
+        changes,
+        {
+            "name": "name",
+            "thresholds": "thresholds",
+            "filter": "filter",
+            "notify_on_resolve": "notifyOnResolve",
+        },
+    )
+    if "thresholds" in body:
+        body["thresholds"] = list(body["thresholds"])
+    if "filter" in body:
+        body["filter"] = dict(body["filter"])
     return body

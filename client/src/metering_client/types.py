@@ -6,11 +6,12 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from metering_client.errors import ApiError
 
 Number = int | float
+T = TypeVar("T")
 
 
 def rfc3339(moment: datetime) -> str:
@@ -222,4 +223,177 @@ class Summary:
             period_end=_time(body.get("periodEnd")),
             windows=None if windows is None else [Window.from_json(w) for w in windows],
             next_cursor=body.get("nextCursor"),
+        )
+
+
+# -- webhooks and alerts (issue 14) ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of a long list (a delivery log, an alert's triggers), newest first;
+    `next_cursor` asks for the next page, None on the last one."""
+
+    items: list[T]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class WebhookEndpoint:
+    """Where the service sends signed webhooks. `event_types` None means every type.
+    `secret` (`whsec_...`) is only known in the answer of a create or a rotation."""
+
+    id: str
+    url: str
+    description: str
+    event_types: tuple[str, ...] | None
+    enabled: bool
+    disabled_reason: str | None
+    created_at: datetime | None
+    updated_at: datetime | None
+    secret: str | None = None
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> WebhookEndpoint:
+        types = body.get("eventTypes")
+        return cls(
+            id=body["id"],
+            url=body["url"],
+            description=body.get("description") or "",
+            event_types=None if types is None else tuple(types),
+            enabled=bool(body.get("enabled", True)),
+            disabled_reason=body.get("disabledReason"),
+            created_at=_time(body.get("createdAt")),
+            updated_at=_time(body.get("updatedAt")),
+            secret=body.get("secret"),
+        )
+
+
+@dataclass(frozen=True)
+class WebhookAttempt:
+    """One try to deliver a message: the receiver's status (None when it never answered:
+    timeout, refused or reset connection), how long it took, and what went wrong."""
+
+    at: datetime | None
+    status_code: int | None
+    latency_ms: int | float | None
+    error: str | None
+    response_body: str
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> WebhookAttempt:
+        return cls(
+            at=_time(body.get("at")),
+            status_code=body.get("statusCode"),
+            latency_ms=body.get("latencyMs"),
+            error=body.get("error"),
+            response_body=body.get("responseBody") or "",
+        )
+
+
+@dataclass(frozen=True)
+class WebhookMessage:
+    """One message to one endpoint and its delivery log. `id` is the `webhook-id` header
+    of every attempt; `payload` is the delivered body (`{type, timestamp, data}`);
+    `status` is `pending`, `delivered` or `failed`."""
+
+    id: str
+    endpoint_id: str
+    event_type: str
+    status: str
+    payload: Mapping[str, Any]
+    created_at: datetime | None
+    next_attempt_at: datetime | None
+    attempt_count: int
+    attempts: tuple[WebhookAttempt, ...]
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> WebhookMessage:
+        attempts = tuple(WebhookAttempt.from_json(a) for a in body.get("attempts") or ())
+        return cls(
+            id=body["id"],
+            endpoint_id=body["endpointId"],
+            event_type=body["eventType"],
+            status=body["status"],
+            payload=dict(body.get("payload") or {}),
+            created_at=_time(body.get("createdAt")),
+            next_attempt_at=_time(body.get("nextAttemptAt")),
+            attempt_count=int(body.get("attemptCount", len(attempts))),
+            attempts=attempts,
+        )
+
+
+#: An alert's scope: "user" (each user), "org" (the meter's total) or {"userId": "..."}.
+AlertScope = str | Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Alert:
+    """A rule: tell me (`alert.triggered`) when a subject's usage of a meter in the
+    period reaches each threshold."""
+
+    id: str
+    name: str
+    meter_id: str
+    thresholds: tuple[int, ...]
+    scope: AlertScope
+    period: str
+    time_zone: str
+    filter: Mapping[str, str]
+    notify_on_resolve: bool
+    archived: bool
+    created_at: datetime | None
+    updated_at: datetime | None
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> Alert:
+        scope = body["scope"]
+        return cls(
+            id=body["id"],
+            name=body["name"],
+            meter_id=body["meterId"],
+            thresholds=tuple(int(t) for t in body["thresholds"]),
+            scope=dict(scope) if isinstance(scope, Mapping) else scope,
+            period=body["period"],
+            time_zone=body.get("timeZone") or "UTC",
+            filter=dict(body.get("filter") or {}),
+            notify_on_resolve=bool(body.get("notifyOnResolve", False)),
+            archived=bool(body.get("archived", False)),
+            created_at=_time(body.get("createdAt")),
+            updated_at=_time(body.get("updatedAt")),
+        )
+
+
+@dataclass(frozen=True)
+class AlertTrigger:
+    """A threshold crossed (`alert.triggered`) or left again (`alert.resolved`) by a
+    subject (`user_id` None for the org's total) in one period; `message_id` is the
+    `webhook-id` of the message that announces it."""
+
+    id: str
+    alert_id: str
+    type: str
+    meter_id: str
+    user_id: str | None
+    threshold: int
+    value: Number | None
+    period_start: datetime | None
+    period_end: datetime | None
+    at: datetime | None
+    message_id: str | None
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> AlertTrigger:
+        return cls(
+            id=body["id"],
+            alert_id=body["alertId"],
+            type=body["type"],
+            meter_id=body["meterId"],
+            user_id=body.get("userId"),
+            threshold=int(body["threshold"]),
+            value=exact_value(body.get("value")),
+            period_start=_time(body.get("periodStart")),
+            period_end=_time(body.get("periodEnd")),
+            at=_time(body.get("at")),
+            message_id=body.get("messageId"),
         )

@@ -80,3 +80,48 @@ export const archiveMeter = (id) => call("DELETE", `${METERS}/${encodeURICompone
 export const summary = (params) => call("GET", SUMMARY, { params }).then(exactSummary);
 export const listEvents = (params) => call("GET", EVENTS, { params });
 export const cancelEvent = (id) => call("POST", `${EVENTS}/cancel`, { body: { events: [{ id }] } });
+
+// Alerts and webhooks (issue 14).
+export const ALERTS = "/v1/billing/alerts";
+export const ENDPOINTS = "/v1/webhooks/endpoints";
+export const EVENT_TYPES = "/v1/webhooks/event-types";
+
+const page = (limit, cursor, more = []) =>
+  [["limit", String(limit)], ...more, ...(cursor ? [["cursor", cursor]] : [])];
+const alertPath = (id) => `${ALERTS}/${encodeURIComponent(id)}`;
+const endpointPath = (id) => `${ENDPOINTS}/${encodeURIComponent(id)}`;
+
+/** Every item of a paged list (`{[key]: [...], nextCursor}`). */
+export async function allPages(path, key, more = []) {
+  let items = [];
+  let cursor = null;
+  do {
+    const answer = await call("GET", path, { params: page(100, cursor, more) });
+    items = [...items, ...answer[key]];
+    cursor = answer.nextCursor;
+  } while (cursor);
+  return items;
+}
+
+export const listAlerts = (includeArchived) =>
+  allPages(ALERTS, "alerts", includeArchived ? [["includeArchived", "true"]] : []);
+export const createAlert = (fields) => call("POST", ALERTS, { body: fields });
+export const archiveAlert = (id) => call("DELETE", alertPath(id));
+export const listTriggers = (id, cursor) =>
+  call("GET", `${alertPath(id)}/triggers`, { params: page(25, cursor) }).then((answer) => {
+    for (const trigger of answer.triggers) trigger.value = exactValue(trigger.value);
+    return answer;
+  });
+
+export const listEndpoints = () => allPages(ENDPOINTS, "endpoints");
+export const createEndpoint = (fields) => call("POST", ENDPOINTS, { body: fields });
+export const updateEndpoint = (id, changes) => call("PATCH", endpointPath(id), { body: changes });
+export const deleteEndpoint = (id) => call("DELETE", endpointPath(id));
+export const rotateSecret = (id) => call("POST", `${endpointPath(id)}/rotate-secret`);
+export const eventTypes = () => call("GET", EVENT_TYPES).then((answer) => answer.eventTypes);
+export const listMessages = (id, status, cursor) =>
+  call("GET", `${endpointPath(id)}/messages`,
+    { params: page(25, cursor, status ? [["status", status]] : []) });
+export const retryMessage = (id, messageId) =>
+  call("POST", `${endpointPath(id)}/messages/${encodeURIComponent(messageId)}/retry`);
+export const sendTest = (id) => call("POST", `${endpointPath(id)}/test`);

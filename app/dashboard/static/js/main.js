@@ -1,11 +1,34 @@
-// The dashboard's entry point: sign in with an org API key, then meters, usage and events.
+// The dashboard's entry point: sign in with an org API key, then meters, usage and events;
+// alert rules and webhooks on pages of their own (#alerts, #webhooks).
 
+import { initAlerts, loadAlerts, resetAlerts } from "./alerts.js";
 import * as api from "./api.js";
 import { byId, messageOf, showStatus } from "./dom.js";
 import { initEvents, loadEvents, resetEvents, setZone, showEventsOf } from "./events.js";
 import { initMeters, loadMeters, resetMeters } from "./meters.js";
 import { apiKey, forget, remember } from "./session.js";
 import { chosenZone, initUsage, refreshUsage, resetUsage, showMeter } from "./usage.js";
+import { initWebhooks, loadEndpoints, resetWebhooks } from "./webhooks.js";
+
+const PAGES = { usage: () => {}, alerts: loadAlerts, webhooks: loadEndpoints };
+
+/** The page the address names (#alerts, #webhooks), the usage page otherwise. */
+function currentPage() {
+  const name = window.location.hash.slice(1);
+  return Object.hasOwn(PAGES, name) ? name : "usage";
+}
+
+/** Show the page the address names and load its data afresh. */
+function showPage() {
+  const current = currentPage();
+  for (const name of Object.keys(PAGES)) {
+    byId(`${name}-page`).hidden = name !== current;
+    const link = byId(`nav-${name}`);
+    if (name === current) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
+  }
+  if (apiKey()) PAGES[current]();
+}
 
 function showSignedIn(signedIn) {
   byId("sign-in-view").hidden = signedIn;
@@ -41,6 +64,7 @@ function enter() {
   showSignedIn(true);
   byId("main").focus();
   loadMeters();
+  showPage();
 }
 
 /** Forget the key and everything shown; `why` explains an involuntary sign-out. */
@@ -49,6 +73,8 @@ function signOut(why = "") {
   resetMeters();
   resetUsage();
   resetEvents();
+  resetAlerts();
+  resetWebhooks();
   showSignedIn(false);
   showStatus(byId("sign-in-status"), why ? "error" : "ok", why || "Signed out. The key is forgotten.");
   byId("api-key").focus();
@@ -62,6 +88,12 @@ function start() {
   } });
   initUsage({ onZone: setZone, onShow: () => loadEvents() });
   initEvents({ zone: chosenZone(), cancelled: refreshUsage });
+  initAlerts();
+  initWebhooks();
+  window.addEventListener("hashchange", () => {
+    const name = window.location.hash.slice(1);
+    if (name === "" || Object.hasOwn(PAGES, name)) showPage();
+  });
   byId("sign-in-form").addEventListener("submit", signIn);
   byId("sign-out").addEventListener("click", () => signOut());
   api.whenUnauthorized((error) => {

@@ -1,6 +1,6 @@
 """The HTTP layer: one module per resource, views thin (parse, call a service, serialize)."""
 
-from app.api import admin, cron, health, meter_events, meters, openapi
+from app.api import admin, cron, health, meter_events, meters, openapi, openmeter
 
 
 def init_app(app) -> None:
@@ -11,3 +11,4 @@ def init_app(app) -> None:
     app.register_blueprint(admin.blueprint)
     app.register_blueprint(cron.blueprint)
     app.register_blueprint(openapi.blueprint)
+    app.register_blueprint(openmeter.blueprint)

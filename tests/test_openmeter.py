@@ -1,0 +1,309 @@
+"""The OpenMeter-compatible API, driven by OpenMeter's own `openmeter` SDK (unchanged,
+pinned in the test extra) and by raw requests as the `cloudevents` package serializes
+events: meters, CloudEvents ingestion in all three modes, queries equal to the native
+summary, and every error as problem+json."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import requests
+from cloudevents.conversion import to_binary, to_structured
+from cloudevents.http import CloudEvent
+from corehttp.exceptions import HttpResponseError, ResourceNotFoundError
+from openmeter import Client
+from openmeter.models import Event, MeterCreate, MeterUpdate
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+HOUR_AGO = (NOW - timedelta(hours=1)).replace(minute=7, second=0)
+
+
+@pytest.fixture
+def client(server, org):
+    """The SDK as a tenant builds it: our base URL, our org key as its token. No retries:
+    tests that expect an error must see the first answer."""
+    return Client(endpoint=server.url, token=org["apiKey"], retry_total=0)
+
+
+def post_events(api, body, content_type):
+    return api.post("/api/v1/events", data=json.dumps(body), headers={"Content-Type": content_type})
+
+
+def problem_of(answer) -> dict:
+    assert answer.headers["Content-Type"].startswith("application/problem+json"), answer.text
+    problem = answer.json()
+    assert {"type", "title", "status", "detail", "instance"} <= set(problem)
+    assert problem["status"] == answer.status_code
+    return problem
+
+
+def event(ident, *, subject="customer-1", kind="prompt", data=None, time=HOUR_AGO, source="app"):
+    found = {
+        "id": ident,
+        "source": source,
+        "specversion": "1.0",
+        "type": kind,
+        "subject": subject,
+        "data": {"tokens": 10, "model": "gpt-4o"} if data is None else data,
+    }
+    if time is not None:
+        found["time"] = time.isoformat().replace("+00:00", "Z")
+    return found
+
+
+def tokens_meter(client, slug="tokens_total", **extra):
+    body = {
+        "slug": slug,
+        "aggregation": "SUM",
+        "eventType": "prompt",
+        "valueProperty": "$.tokens",
+        "groupBy": {"model": "$.model"},
+        **extra,
+    }
+    return client.meters.create(MeterCreate(body))
+
+
+def native_total(api, meter_id, **params):
+    answer = api.get(
+        "/v1/billing/meter-events/summary",
+        params={"meterId": meter_id, "periodStart": "2000-01-01", **params},
+    )
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+# -- meters ------------------------------------------------------------------------
+
+
+def test_sdk_creates_gets_lists_updates_and_archives_a_meter(client, api):
+    created = tokens_meter(client, description="tokens of prompts", name="Tokens")
+    assert (created.slug, created.name, created.aggregation) == ("tokens_total", "Tokens", "SUM")
+    assert (created.event_type, created.value_property) == ("prompt", "$.tokens")
+    assert created.group_by == {"model": "$.model"}
+    assert created.created_at.tzinfo is not None
+    assert client.meters.get("tokens_total").id == created.id
+    assert client.meters.get(created.id).slug == "tokens_total"
+    assert [m.slug for m in client.meters.list()] == ["tokens_total"]
+    # The same meter through the native API: slug is its event name.
+    native = api.get(f"/v1/billing/meters/{created.id}").json()
+    assert (native["eventName"], native["aggregationType"], native["dimensions"]) == (
+        "tokens_total",
+        "sum",
+        ["model"],
+    )
+    changed = client.meters.update("tokens_total", MeterUpdate({"name": "T", "groupBy": {}}))
+    assert changed.name == "T" and changed.group_by is None and changed.description is None
+    client.meters.delete("tokens_total")
+    assert client.meters.list() == []
+    assert [m.slug for m in client.meters.list(include_deleted=True)] == ["tokens_total"]
+    assert client.meters.get(created.id).deleted_at is not None  # by id: still there
+    with pytest.raises(ResourceNotFoundError) as caught:
+        client.meters.get("tokens_total")  # by slug: active meters only
+    assert caught.value.model["detail"] == "meter not found: tokens_total"
+
+
+def test_native_meters_show_a_slug_and_read_cloudevents_of_their_event_name(client, api):
+    native = api.create_meter(name="Calls", eventName="api_calls", dimensions=["region"])
+    seen = client.meters.get("api_calls")
+    assert (seen.id, seen.slug, seen.event_type) == (native["id"], "api_calls", "api_calls")
+    assert (seen.value_property, seen.group_by) == ("$.value", {"region": "$.region"})
+    client.events.ingest_event(
+        Event(event("c1", kind="api_calls", data={"value": 3, "region": "eu"}))
+    )
+    assert native_total(api, native["id"])["value"] == 3
+
+
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({"aggregation": "SUM", "eventType": "p", "valueProperty": "$.v"}, "slug"),
+        ({"slug": "Bad-Slug", "aggregation": "SUM", "eventType": "p"}, "slug"),
+        ({"slug": "m", "aggregation": "MEDIAN", "eventType": "p"}, "aggregation"),
+        ({"slug": "m", "aggregation": "SUM", "eventType": "p"}, "valueProperty"),
+        (
+            {"slug": "m", "aggregation": "COUNT", "eventType": "p", "valueProperty": "$.v"},
+            "valueProperty",
+        ),
+        (
+            {"slug": "m", "aggregation": "SUM", "eventType": "p", "valueProperty": "tokens"},
+            "valueProperty",
+        ),
+        (
+            {"slug": "m", "aggregation": "SUM", "eventType": "p", "valueProperty": "$.a[*]"},
+            "valueProperty",
+        ),
+        (
+            {"slug": "m", "aggregation": "COUNT", "eventType": "p", "groupBy": {"a-b": "$.a"}},
+            "groupBy.a-b",
+        ),
+        (
+            {"slug": "m", "aggregation": "COUNT", "eventType": "p", "groupBy": {"subject": "$.s"}},
+            "groupBy.subject",
+        ),
+        ({"slug": "m", "aggregation": "COUNT", "eventType": "p", "surprise": 1}, "surprise"),
+        ({"slug": "m", "aggregation": "COUNT"}, "eventType"),
+    ],
+)
+def test_invalid_meters_are_refused_as_problems(api, body, param):
+    answer = api.post("/api/v1/meters", json=body)
+    assert answer.status_code == 400
+    assert problem_of(answer)["extensions"]["param"] == param
+    assert api.get("/api/v1/meters").json() == []
+
+
+def test_a_taken_slug_is_a_409_problem(client, api):
+    tokens_meter(client)
+    answer = api.post(
+        "/api/v1/meters", json={"slug": "tokens_total", "aggregation": "COUNT", "eventType": "x"}
+    )
+    assert answer.status_code == 409
+    assert problem_of(answer)["detail"] == "meter with the same slug already exists"
+
+
+def test_group_by_cannot_change_once_the_meter_has_events(client, api):
+    tokens_meter(client)
+    client.events.ingest_event(Event(event("e1")))
+    answer = api.request(
+        "PUT", "/api/v1/meters/tokens_total", json={"groupBy": {"other": "$.other"}}
+    )
+    assert answer.status_code == 409
+    assert problem_of(answer)["extensions"]["param"] == "groupBy"
+    assert client.meters.get("tokens_total").group_by == {"model": "$.model"}
+
+
+# -- ingestion -----------------------------------------------------------------------
+
+
+def test_one_event_feeds_every_meter_of_its_type_exactly_once(client, api):
+    tokens = tokens_meter(client)
+    calls = client.meters.create(
+        MeterCreate({"slug": "prompts", "aggregation": "COUNT", "eventType": "prompt"})
+    )
+    client.events.ingest_events([Event(event("e1")), Event(event("e2", data={"tokens": 5}))])
+    client.events.ingest_event(Event(event("e1")))  # a retry: counted once
+    client.events.ingest_events_json([Event(event("e2", data={"tokens": 5}))])
+    assert native_total(api, tokens.id)["value"] == 15
+    assert native_total(api, calls.id)["value"] == 2
+    # Another source with the same id is another event.
+    client.events.ingest_event(Event(event("e1", source="other")))
+    assert native_total(api, tokens.id)["value"] == 25
+
+
+def test_the_three_modes_as_the_cloudevents_package_sends_them(client, api):
+    meter = tokens_meter(client)
+    attributes = {
+        "type": "prompt",
+        "source": "svc",
+        "subject": "u1",
+        "time": HOUR_AGO.isoformat(),
+    }
+    structured = CloudEvent({**attributes, "id": "s1"}, {"tokens": 1, "model": "a"})
+    headers, body = to_structured(structured)
+    assert api.post("/api/v1/events", data=body, headers=headers).status_code == 204
+    binary = CloudEvent({**attributes, "id": "b1"}, {"tokens": 20, "model": "a"})
+    headers, body = to_binary(binary)
+    assert api.post("/api/v1/events", data=body, headers=headers).status_code == 204
+    batch = [
+        json.loads(to_structured(CloudEvent({**attributes, "id": f"x{i}"}, {"tokens": 300}))[1])
+        for i in range(2)
+    ]
+    answer = post_events(api, batch, "application/cloudevents-batch+json")
+    assert answer.status_code == 204, answer.text
+    assert native_total(api, meter.id)["value"] == 621
+
+
+def test_values_are_exact_integers_and_anything_else_refuses_the_batch(client, api):
+    meter = tokens_meter(client)
+    big = 2**62 + 1
+    client.events.ingest_events(
+        [
+            Event(event("i1", data={"tokens": big})),
+            Event(event("i2", data={"tokens": "7"})),
+            Event(event("i3", data={"tokens": 3.0})),
+        ]
+    )
+    assert native_total(api, meter.id)["value"] == str(big + 10)  # exact, as a string
+    for bad in (3.5, "3.5", "many", None, {"n": 1}, True, 2**63):
+        body = [event("ok"), event("bad", data={"tokens": bad})]
+        answer = post_events(api, body, "application/cloudevents-batch+json")
+        assert answer.status_code == 400, bad
+        problem = problem_of(answer)
+        assert problem["extensions"]["param"] == "events[1].data.tokens", bad
+        assert problem["extensions"]["validationErrors"][0]["index"] == 1
+    raw = (
+        '[{"id":"f","source":"s","specversion":"1.0","type":"prompt","subject":"u",'
+        '"data":{"tokens":3.0000000000000001}}]'
+    )
+    answer = api.post(
+        "/api/v1/events", data=raw, headers={"Content-Type": "application/cloudevents-batch+json"}
+    )
+    assert answer.status_code == 400
+    assert native_total(api, meter.id)["value"] == str(big + 10)  # nothing written
+
+
+@pytest.mark.parametrize(
+    "change, attribute",
+    [
+        ({"specversion": "0.3"}, "specversion"),
+        ({"id": ""}, "id"),
+        ({"id": 7}, "id"),
+        ({"source": None}, "source"),
+        ({"subject": ""}, "subject"),
+        ({"type": "unknown_type"}, "type"),
+        ({"time": "yesterday"}, "time"),
+        ({"time": "2001-01-01T00:00:00Z"}, "time"),
+        ({"data": [1]}, "data"),
+        ({"datacontenttype": "text/plain"}, "datacontenttype"),
+    ],
+)
+def test_an_invalid_event_refuses_its_batch_naming_index_and_attribute(
+    client, api, change, attribute
+):
+    meter = tokens_meter(client)
+    body = [event("good"), {**event("bad"), **change}]
+    answer = post_events(api, body, "application/cloudevents-batch+json")
+    assert answer.status_code == 400, answer.text
+    problem = problem_of(answer)
+    assert problem["extensions"]["param"] == f"events[1].{attribute}"
+    assert problem["detail"].startswith(f"events[1].{attribute}")
+    assert native_total(api, meter.id)["value"] == 0
+
+
+def test_request_level_refusals_are_problems(client, api):
+    tokens_meter(client)
+    cases = [
+        (b"[]", "application/cloudevents-batch+json"),
+        (b"{}", "application/cloudevents-batch+json"),
+        (b"[]", "application/cloudevents+json"),
+        (b"not json", "application/cloudevents+json"),
+        (json.dumps(event("e")).encode(), "text/plain"),
+        (b"", "application/json"),
+    ]
+    for data, content_type in cases:
+        answer = api.post("/api/v1/events", data=data, headers={"Content-Type": content_type})
+        assert answer.status_code == 400, (data, content_type)
+        problem_of(answer)
+
+
+def test_sdk_errors_carry_the_problem(client):
+    with pytest.raises(HttpResponseError) as caught:
+        client.events.ingest_event(Event(event("e1", kind="nothing")))
+    assert caught.value.status_code == 400
+    assert caught.value.model["extensions"]["param"] == "events[0].type"
+
+
+def test_unknown_key_and_unknown_paths_are_problems(server, api):
+    answer = requests.get(f"{server.url}/api/v1/meters", timeout=10)
+    assert answer.status_code == 401
+    problem_of(answer)
+    answer = api.get("/api/v1/customers")
+    assert answer.status_code == 501
+    problem_of(answer)
+    answer = api.get("/api/v1/nothing")
+    assert answer.status_code == 404
+    problem_of(answer)
+    answer = api.request("PATCH", "/api/v1/meters")
+    assert answer.status_code in (404, 405)
+    problem_of(answer)

@@ -307,3 +307,184 @@ def test_unknown_key_and_unknown_paths_are_problems(server, api):
     answer = api.request("PATCH", "/api/v1/meters")
     assert answer.status_code in (404, 405)
     problem_of(answer)
+
+
+# -- queries --------------------------------------------------------------------------
+
+
+DAY_START = (NOW - timedelta(days=3)).replace(hour=0, minute=0, second=0)
+
+
+def _stream(client):
+    """Events of two subjects and two models across three days and a few minutes."""
+    events = []
+    for i in range(24):
+        moment = DAY_START + timedelta(hours=2 * i, minutes=7 * i, seconds=13 * i)
+        events.append(
+            Event(
+                event(
+                    f"q{i}",
+                    subject=f"customer-{i % 2}",
+                    data={"tokens": i + 1, "model": "gpt-4o" if i % 3 else "o1"},
+                    time=moment,
+                )
+            )
+        )
+    client.events.ingest_events(events)
+    return events
+
+
+def _native_rows(api, meter_id, start, end, **params):
+    summary = native_total(
+        api,
+        meter_id,
+        periodStart=start.isoformat().replace("+00:00", "Z"),
+        periodEnd=end.isoformat().replace("+00:00", "Z"),
+        **({"limit": 1000} if "userId" in params.get("groupBy", ()) else {}),
+        **params,
+    )
+    return summary
+
+
+@pytest.mark.parametrize("window", ["HOUR", "DAY", "MONTH"])
+def test_sdk_query_windows_in_kolkata_equal_the_native_summary(client, api, window):
+    meter = tokens_meter(client)
+    _stream(client)
+    start, end = DAY_START - timedelta(days=1), NOW
+    result = client.meters.query_json(
+        "tokens_total",
+        from_parameter=start,
+        to=end,
+        window_size=window,
+        window_time_zone="Asia/Kolkata",
+        group_by=["subject", "model"],
+    )
+    assert result.window_size == window
+    native = _native_rows(
+        api,
+        meter.id,
+        start,
+        end,
+        windowSize=window.lower(),
+        timeZone="Asia/Kolkata",
+        groupBy=["userId", "model"],
+    )
+    expected = sorted(
+        (w["windowStart"], w["groupBy"]["userId"], w["groupBy"]["model"], w["value"])
+        for w in native["windows"]
+        if w["eventCount"]
+    )
+    got = sorted(
+        (r.window_start.isoformat(), r.subject, r.group_by["model"], r.value) for r in result.data
+    )
+    assert [g[:3] for g in got] == [
+        (datetime.fromisoformat(e[0]).isoformat(), e[1], e[2]) for e in expected
+    ]
+    assert [g[3] for g in got] == [float(e[3]) for e in expected]
+    assert all(r.window_start.utcoffset() == timedelta(hours=5, minutes=30) for r in result.data)
+    assert sum(r.value for r in result.data) == sum(range(1, 25))
+
+
+def test_query_subject_filter_and_filter_group_by_in_every_form(client, api):
+    meter = tokens_meter(client)
+    events = _stream(client)
+    expected = sum(
+        e.data["tokens"]
+        for e in events
+        if e.subject == "customer-1" and e.data["model"] == "gpt-4o"
+    )
+    start, end = DAY_START, NOW
+    forms = [
+        {"filter_group_by": {"model": "gpt-4o"}},  # the SDK's own (a dict's repr)
+        {"params": {"filterGroupBy[model]": "gpt-4o"}},  # the spec's deepObject
+        {"advanced_meter_group_by_filters": {"model": {"$in": ["gpt-4o"]}}},
+    ]
+    for form in forms:
+        result = client.meters.query_json(
+            "tokens_total", from_parameter=start, to=end, subject=["customer-1"], **form
+        )
+        assert [(r.subject, r.value) for r in result.data] == [("customer-1", expected)], form
+        assert result.data[0].group_by == {}
+    native = _native_rows(
+        api, meter.id, start, end, userId="customer-1", **{"filter[model]": "gpt-4o"}
+    )
+    assert native["value"] == expected
+
+
+def test_query_without_window_or_group_is_one_row_for_the_period(client, api):
+    tokens_meter(client)
+    _stream(client)
+    start, end = DAY_START, NOW
+    result = client.meters.query_json("tokens_total", from_parameter=start, to=end)
+    assert [(r.value, r.subject, r.group_by) for r in result.data] == [(300.0, None, {})]
+    assert (result.data[0].window_start, result.data[0].window_end) == (start, end)
+    empty = client.meters.query_json(
+        "tokens_total", from_parameter=NOW - timedelta(minutes=2), to=NOW
+    )
+    assert empty.data == []
+
+
+def test_minute_windows_come_from_raw_events_within_a_bounded_period(client, api):
+    tokens_meter(client)
+    base = (NOW - timedelta(hours=2)).replace(second=0)
+    batch = [
+        Event(
+            event(
+                f"m{i}", data={"tokens": 10**i, "model": "a"}, time=base + timedelta(seconds=25 * i)
+            )
+        )
+        for i in range(5)
+    ]
+    client.events.ingest_events(batch)
+    result = client.meters.query_json(
+        "tokens_total",
+        from_parameter=base - timedelta(minutes=5),
+        to=base + timedelta(minutes=5),
+        window_size="MINUTE",
+        window_time_zone="Asia/Kolkata",
+    )
+    # 0s, 25s | 50s, 75s, 100s -> minutes 0 and 1 (0, 25, 50 in minute 0; 75, 100 in 1).
+    assert [(r.window_start, r.value) for r in result.data] == [
+        (base, 1 + 10 + 100),
+        (base + timedelta(minutes=1), 1000 + 10000),
+    ]
+    assert result.data[0].window_start.utcoffset() == timedelta(hours=5, minutes=30)
+    answer = client.meters.query_json  # a day and more is refused, saying the bound
+    with pytest.raises(HttpResponseError) as caught:
+        answer(
+            "tokens_total", from_parameter=base - timedelta(days=2), to=base, window_size="MINUTE"
+        )
+    assert caught.value.status_code == 400
+    assert "24 hours" in caught.value.model["detail"]
+
+
+def test_subjects_of_a_meter(client):
+    tokens_meter(client)
+    _stream(client)
+    assert client.meters.list_subjects("tokens_total") == ["customer-0", "customer-1"]
+    later = client.meters.list_subjects("tokens_total", from_parameter=NOW - timedelta(minutes=1))
+    assert later == []
+
+
+@pytest.mark.parametrize(
+    "params, param",
+    [
+        ({"groupBy": "nothing"}, "groupBy"),
+        ({"windowSize": "WEEK"}, "windowSize"),
+        ({"windowTimeZone": "Mars/Olympus"}, "windowTimeZone"),
+        ({"from": "2026-01-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"}, "from"),
+        ({"from": "2026-01-02T00:00:00Z", "to": "2026-01-01T00:00:00Z"}, "from"),
+        ({"filterGroupBy[nothing]": "x"}, "filterGroupBy"),
+        ({"filterGroupBy": "__import__('os')"}, "filterGroupBy"),
+        (
+            {"advancedMeterGroupByFilters": '{"model": {"$like": "g%"}}'},
+            "advancedMeterGroupByFilters.model",
+        ),
+        ({"from": "yesterday"}, "from"),
+    ],
+)
+def test_invalid_queries_are_problems(client, api, params, param):
+    tokens_meter(client)
+    answer = api.get("/api/v1/meters/tokens_total/query", params=params)
+    assert answer.status_code == 400, answer.text
+    assert problem_of(answer)["extensions"]["param"] == param

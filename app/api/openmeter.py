@@ -12,12 +12,15 @@ our envelope into RFC 7807 problem+json, OpenMeter's error shape, keeping our `c
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from flask import Blueprint, current_app, request
 from werkzeug.http import HTTP_STATUS_CODES
 
 from app import tenancy
-from app.errors import ApiError, NotFound
+from app.api.declare import TENANT_ERRORS
+from app.openapi.operations import API_KEY, Answer, declared
+from app.schemas import openmeter as shapes
 from app.services import cloud_events, mappings, openmeter
 
 blueprint = Blueprint("openmeter", __name__, url_prefix="/api/v1")
@@ -25,11 +28,27 @@ blueprint.before_request(tenancy.require_org)
 PREFIX = "/api/v1"
 
 
-class NotServed(ApiError):
-    """An OpenMeter endpoint this service does not serve (501)."""
+def described(
+    status: int,
+    description: str,
+    shape: dict | str,
+    errors: tuple[int, ...] = (400, 404),
+    *,
+    parameters: tuple[dict, ...] = (),
+    raw_body: dict | None = None,
+):
+    """Declare an OpenMeter operation for the document: its answer (a JSON schema, or ""
+    for none), its errors as problems, its query parameters and body."""
 
-    status = 501
-    code = "not_implemented"
+    def decorate(view):
+        operation = declared(view)
+        operation.tag, operation.security, operation.problems = "openmeter", API_KEY, True
+        operation.success[status] = Answer(description, shape)
+        operation.errors = tuple(sorted({*TENANT_ERRORS, *errors}))
+        operation.parameters, operation.raw_body = parameters, raw_body
+        return view
+
+    return decorate
 
 
 #: OpenMeter's paths (first segment after /api/v1) that exist there and not here.
@@ -54,6 +73,7 @@ NOT_SERVED = (
 
 
 @blueprint.post("/events")
+@described(204, "Stored (or already stored).", "", (400,), raw_body=shapes.EVENTS_BODY)
 def ingest_events():
     """Ingest CloudEvents: structured, batched or binary; 204, or a problem and nothing
     written."""
@@ -65,12 +85,20 @@ def ingest_events():
 
 
 @blueprint.get("/meters")
+@described(200, "The meters.", shapes.METERS, (400,), parameters=shapes.LIST_PARAMETERS)
 def list_meters():
     """OpenMeter's listMeters: a bare array."""
     return openmeter.list_meters(request.args)
 
 
 @blueprint.post("/meters")
+@described(
+    201,
+    "The new meter.",
+    shapes.METER,
+    (400, 409),
+    raw_body={"application/json": {"schema": shapes.METER_CREATE}},
+)
 def create_meter():
     """OpenMeter's createMeter: 201 with the meter."""
     meter, mapping = openmeter.create(request.get_json(silent=True))
@@ -78,6 +106,7 @@ def create_meter():
 
 
 @blueprint.get("/meters/<id_or_slug>")
+@described(200, "The meter.", shapes.METER)
 def get_meter(id_or_slug):
     """OpenMeter's getMeter, by id (archived too) or slug (active only)."""
     meter = openmeter.find(id_or_slug)
@@ -85,6 +114,13 @@ def get_meter(id_or_slug):
 
 
 @blueprint.put("/meters/<id_or_slug>")
+@described(
+    200,
+    "The changed meter.",
+    shapes.METER,
+    (400, 404, 409),
+    raw_body={"application/json": {"schema": shapes.METER_UPDATE}},
+)
 def update_meter(id_or_slug):
     """OpenMeter's updateMeter: name, description, metadata, groupBy replaced."""
     meter, mapping = openmeter.update(id_or_slug, request.get_json(silent=True))
@@ -92,6 +128,7 @@ def update_meter(id_or_slug):
 
 
 @blueprint.delete("/meters/<id_or_slug>")
+@described(204, "Archived.", "", (404,))
 def delete_meter(id_or_slug):
     """OpenMeter's deleteMeter: archive, 204."""
     openmeter.archive(id_or_slug)
@@ -99,27 +136,30 @@ def delete_meter(id_or_slug):
 
 
 @blueprint.get("/meters/<id_or_slug>/query")
+@described(200, "Its usage.", shapes.QUERY_RESULT, parameters=shapes.QUERY_PARAMETERS)
 def query_meter(id_or_slug):
     """OpenMeter's queryMeter, answered by the native summary."""
     return openmeter.query(id_or_slug, request.args)
 
 
 @blueprint.get("/meters/<id_or_slug>/subjects")
+@described(200, "Subjects with events.", shapes.SUBJECTS, parameters=shapes.PERIOD)
 def list_subjects(id_or_slug):
     """OpenMeter's listMeterSubjects."""
     return openmeter.subjects(id_or_slug, request.args)
 
 
-@blueprint.route(
-    "/<path:rest>", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
-)
-def not_served(rest):
-    """Anything else under /api/v1: 501 for OpenMeter's other endpoints, 404 otherwise."""
-    first = rest.split("/", 1)[0]
-    parts = rest.strip("/").split("/")
-    if first in NOT_SERVED or (first == "meters" and len(parts) >= 3):
-        raise NotServed(f"{request.method} {request.path} is not served by this service")
-    raise NotFound(f"no such endpoint: {request.method} {request.path}")
+def _unrouted() -> dict[str, str]:
+    """The error of a path under /api/v1 that no route serves: 501 for a path of
+    OpenMeter's API that this service does not serve, else 404."""
+    parts = request.path[len(PREFIX) :].strip("/").split("/")
+    if parts[0] in NOT_SERVED or (parts[0] == "meters" and len(parts) >= 3):
+        return {
+            "message": f"{request.method} {request.path} is an OpenMeter endpoint this "
+            "service does not serve (docs/openmeter.md)",
+            "code": "not_implemented",
+        }
+    return {"message": f"no such endpoint: {request.method} {request.path}", "code": "not_found"}
 
 
 @blueprint.after_app_request
@@ -130,10 +170,13 @@ def as_problem(response):
     ):
         return response
     body = response.get_json(silent=True) if response.is_json else None
-    error = body.get("error") if isinstance(body, dict) else None
+    error: Any = body.get("error") if isinstance(body, dict) else None
     if not isinstance(error, dict):
         return response
     status = response.status_code
+    if request.url_rule is None and status == 404:  # no route: OpenMeter's, or nobody's
+        error = _unrouted()
+        status = response.status_code = 501 if error["code"] == "not_implemented" else 404
     problem = {
         "type": "about:blank",
         "title": HTTP_STATUS_CODES.get(status, "Error"),
@@ -141,15 +184,12 @@ def as_problem(response):
         "detail": error.get("message", ""),
         "instance": request.path,
     }
-    extensions = {name: error[name] for name in ("code", "param") if name in error}
+    extensions: dict[str, Any] = {name: error[name] for name in ("code", "param") if name in error}
     listed = error.get("errors") or ([error] if error.get("param") else [])
-    if listed:
+    if listed:  # OpenMeter's `validationErrors`: each with a code and a message
+        code = error.get("code", "validation_error")
         extensions["validationErrors"] = [
-            {"code": error.get("code", "validation_error"), **item} for item in listed
-        ]
-        extensions["validationErrors"] = [
-            {k: v for k, v in item.items() if k != "type"}
-            for item in extensions["validationErrors"]
+            {"code": code, **{k: v for k, v in item.items() if k != "type"}} for item in listed
         ]
     problem["extensions"] = extensions
     response.set_data(json.dumps(problem))

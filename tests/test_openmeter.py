@@ -488,3 +488,49 @@ def test_invalid_queries_are_problems(client, api, params, param):
     answer = api.get("/api/v1/meters/tokens_total/query", params=params)
     assert answer.status_code == 400, answer.text
     assert problem_of(answer)["extensions"]["param"] == param
+
+
+# -- the event list -------------------------------------------------------------------
+
+
+def test_event_list_shows_stored_refused_and_conflicting_events(client, api):
+    tokens_meter(client)
+    client.meters.create(
+        MeterCreate({"slug": "prompts", "aggregation": "COUNT", "eventType": "prompt"})
+    )
+    client.events.ingest_event(Event(event("ok-1", data={"tokens": 4, "model": "m"})))
+    client.events.ingest_event(Event(event("ok-1", data={"tokens": 5, "model": "m"})))  # conflict
+    refused = post_events(
+        api,
+        [event("good"), event("bad", data={"tokens": 1.5})],
+        "application/cloudevents-batch+json",
+    )
+    assert refused.status_code == 400
+    listed = client.events.list()
+    by_id = {}
+    for entry in listed:
+        by_id.setdefault(entry.event.id, []).append(entry)
+    stored = [e for e in by_id["ok-1"] if e.validation_error is None]
+    assert len(stored) == 1  # fed two meters, listed once
+    assert stored[0].event.data == {"tokens": 4, "model": "m"}
+    assert (stored[0].event.source, stored[0].event.subject) == ("app", "customer-1")
+    conflict = [e for e in by_id["ok-1"] if e.validation_error]
+    # The count meter reads the same payload from both (a duplicate); the sum does not.
+    assert len(conflict) == 1
+    assert "conflict: meter tokens_total" in conflict[0].validation_error
+    assert conflict[0].event.data == {"tokens": 5, "model": "m"}
+    assert "events[1].data.tokens" in by_id["bad"][0].validation_error
+    assert "batch was refused" in by_id["good"][0].validation_error
+    assert [e.event.id for e in client.events.list(id="goo")] == ["good"]
+    assert client.events.list(subject="nobody") == []
+    # The native event log shows the CloudEvent's source and id in its idempotency key.
+    meter_id = client.meters.get("tokens_total").id
+    native = api.get("/v1/billing/meter-events", params={"meterId": meter_id}).json()
+    assert [e["idempotency"] for e in native["events"]] == ["ce:3:app:ok-1"]
+
+
+def test_event_list_refuses_what_it_does_not_serve(api):
+    for params, param in (({"customerId": "x"}, "customerId"), ({"limit": "0"}, "limit")):
+        answer = api.get("/api/v1/events", params=params)
+        assert answer.status_code == 400
+        assert problem_of(answer)["extensions"]["param"] == param

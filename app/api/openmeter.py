@@ -21,7 +21,7 @@ from app import tenancy
 from app.api.declare import TENANT_ERRORS
 from app.openapi.operations import API_KEY, Answer, declared
 from app.schemas import openmeter as shapes
-from app.services import cloud_events, mappings, openmeter
+from app.services import cloud_event_log, cloud_events, mappings, openmeter
 
 blueprint = Blueprint("openmeter", __name__, url_prefix="/api/v1")
 blueprint.before_request(tenancy.require_org)
@@ -82,6 +82,19 @@ def ingest_events():
     items = cloud_events.read_request(request.content_type, headers, request.get_data())
     cloud_events.record(items, config)
     return "", 204
+
+
+@blueprint.get("/events")
+@described(
+    200,
+    "Recent CloudEvents: stored, refused, conflicting.",
+    shapes.INGESTED_EVENTS,
+    (400,),
+    parameters=shapes.EVENT_LIST_PARAMETERS,
+)
+def list_events():
+    """OpenMeter's listEvents: recent events, with why one was refused or not counted."""
+    return cloud_event_log.recent(request.args)
 
 
 @blueprint.get("/meters")

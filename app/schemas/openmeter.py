@@ -169,3 +169,26 @@ LIST_PARAMETERS = (
         "Archived meters too.",
     ),
 )
+INGESTED_EVENTS: dict[str, Any] = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "required": ["event", "ingestedAt", "storedAt"],
+        "additionalProperties": False,
+        "properties": {
+            "event": {"type": "object"},
+            "validationError": {"type": "string"},
+            "ingestedAt": _TIME,
+            "storedAt": _TIME,
+        },
+    },
+}
+EVENT_LIST_PARAMETERS = (
+    *PERIOD,
+    query_parameter("clientId", {"type": "string", "minLength": 1, "maxLength": 36}, "Ignored."),
+    query_parameter("ingestedAtFrom", _TIME, "Ingested at or after."),
+    query_parameter("ingestedAtTo", _TIME, "Ingested before."),
+    query_parameter("id", {"type": "string"}, "Events whose id contains this."),
+    query_parameter("subject", {"type": "string"}, "Events whose subject contains this."),
+    query_parameter("limit", {"type": "integer", "minimum": 1, "maximum": 100}, "At most (100)."),
+)

@@ -42,6 +42,7 @@ from app.errors import ValidationFailed
 from app.models import Meter, ids, utcnow
 from app.schemas import failure
 from app.schemas.fields import INDEXED_BYTES, parse_rfc3339
+from app.services import cloud_event_log as event_log
 from app.services import events as native_events
 from app.services import ingest, mappings
 from app.services.mappings import Mapping
@@ -361,7 +362,9 @@ def record(items: list[Any], config: Config) -> list[tuple[CloudEvent, ingest.Ou
             if reading is not None:
                 drafts.append(_draft(event, meter, reading, now))
                 fed.append(event)
-    problems.raise_any()
+    if problems.found:
+        event_log.refused(items, problems.found, now)
+        problems.raise_any()
     if len(drafts) > config.max_batch_events:
         raise _refuse(
             f"the batch feeds {len(drafts)} (event, meter) pairs; at most "
@@ -369,7 +372,13 @@ def record(items: list[Any], config: Config) -> list[tuple[CloudEvent, ingest.Ou
         )
     code = ids.namespace_code(ndb.get_context().get_namespace())
     outcomes = ingest.store(drafts, now, code, config.rollup_shards)
-    return list(zip(fed, outcomes))
+    recorded = list(zip(fed, outcomes, drafts))
+    conflicts = [
+        (event, draft) for event, outcome, draft in recorded if outcome.status == "conflict"
+    ]
+    if conflicts:
+        event_log.conflicted(conflicts, now)
+    return [(event, outcome) for event, outcome, _ in recorded]
 
 
 def _draft(

@@ -534,3 +534,21 @@ def test_event_list_refuses_what_it_does_not_serve(api):
         answer = api.get("/api/v1/events", params=params)
         assert answer.status_code == 400
         assert problem_of(answer)["extensions"]["param"] == param
+
+
+def test_a_native_meter_keeps_reading_its_default_paths(client, api):
+    native = api.create_meter(name="Calls", eventName="api_calls", dimensions=["region"])
+    answer = api.request(
+        "PUT", "/api/v1/meters/api_calls", json={"groupBy": {"region": "$.where.region"}}
+    )
+    assert answer.status_code == 400
+    assert problem_of(answer)["extensions"]["param"] == "groupBy.region"
+    renamed = client.meters.update(
+        "api_calls", MeterUpdate({"name": "Calls!", "groupBy": {"zone": "$.zone"}})
+    )
+    assert (renamed.name, renamed.group_by) == ("Calls!", {"zone": "$.zone"})
+    client.events.ingest_event(
+        Event(event("z1", kind="api_calls", data={"value": 2, "zone": "eu-1"}))
+    )
+    summary = native_total(api, native["id"], groupBy="zone")
+    assert [(w["groupBy"], w["value"]) for w in summary["windows"]] == [({"zone": "eu-1"}, 2)]

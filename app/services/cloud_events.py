@@ -347,20 +347,24 @@ def record(items: list[Any], config: Config) -> list[tuple[CloudEvent, ingest.Ou
     now = utcnow()
     problems = Problems()
     checked = [check_event(i, item, now, config, problems) for i, item in enumerate(items)]
-    consumers: dict[str, list[tuple[Meter, Mapping]]] = {}
+    # type -> (meter, mapping, meter key id): NDB's key.id() copies the key's path each call
+    consumers: dict[str, list[tuple[Meter, Mapping, int]]] = {}
     drafts: list[ingest.Draft] = []
     fed: list[CloudEvent] = []
     for index, event in enumerate(checked):
         if event is None:
             continue
         if event.type not in consumers:
-            consumers[event.type] = mappings.meters_for_type(event.type)
+            consumers[event.type] = [
+                (meter, mapping, meter.key.id())
+                for meter, mapping in mappings.meters_for_type(event.type)
+            ]
         if not consumers[event.type]:
             problems.add(index, "type", f"no active meter consumes events of type {event.type}")
-        for meter, mapping in consumers[event.type]:
+        for meter, mapping, meter_key_id in consumers[event.type]:
             reading = _reading(index, event, meter, mapping, problems)
             if reading is not None:
-                drafts.append(_draft(event, meter, reading, now))
+                drafts.append(_draft(event, meter, meter_key_id, reading, now))
                 fed.append(event)
     if problems.found:
         event_log.refused(items, problems.found, now)
@@ -382,7 +386,11 @@ def record(items: list[Any], config: Config) -> list[tuple[CloudEvent, ingest.Ou
 
 
 def _draft(
-    event: CloudEvent, meter: Meter, reading: tuple[int, dict[str, str]], now: datetime
+    event: CloudEvent,
+    meter: Meter,
+    meter_key_id: int,
+    reading: tuple[int, dict[str, str]],
+    now: datetime,
 ) -> ingest.Draft:
     key = idempotency(event)
     return ingest.Draft(
@@ -395,4 +403,5 @@ def _draft(
         dimensions=reading[1],
         metadata={},
         key_id=native_events.idempotent_id(meter.id_, key),
+        meter_key_id=meter_key_id,
     )

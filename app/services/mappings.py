@@ -18,6 +18,7 @@ from typing import Any
 from google.cloud import ndb
 
 from app.core import jsonpath
+from app.errors import ValidationFailed
 from app.models import Meter, root_key
 from app.models.meter_mapping import MeterMapping
 from app.services import meters as meter_service
@@ -113,10 +114,42 @@ def meters_for_type(event_type: str) -> list[tuple[Meter, Mapping]]:
     if (
         native is not None
         and all(meter.key != native.key for meter, _ in pairs)
-        and MeterMapping.key_for(native.key.id()).get() is None
+        and not _has_mapping(native)
     ):
         pairs.append((native, default_mapping(native)))
     return sorted(pairs, key=lambda pair: pair[0].key.id())
+
+
+#: (project, namespace, meter key id) of meters known to have no stored mapping. Safe to
+#: remember: the one way such a meter gets a mapping, an OpenMeter PUT, stores its
+#: default paths (`require_default_paths`), so a stale entry reads the same paths.
+_UNMAPPED: set[tuple[str, str, int]] = set()
+
+
+def _has_mapping(meter: Meter) -> bool:
+    """Whether the meter has a stored mapping (one lookup, then remembered if not)."""
+    context = ndb.get_context()
+    identity = (context.client.project, context.get_namespace() or "", meter.key.id())
+    if identity in _UNMAPPED:
+        return False
+    if MeterMapping.key_for(identity[2]).get() is not None:
+        return True
+    if len(_UNMAPPED) > 100_000:
+        _UNMAPPED.clear()
+    _UNMAPPED.add(identity)
+    return False
+
+
+def require_default_paths(meter: Meter, group_by: dict[str, str]) -> None:
+    """A native meter (no stored mapping) keeps reading `$.<dimension>`: an OpenMeter PUT
+    may change its groupBy's names (while it has no events), not the paths."""
+    for name, path in group_by.items():
+        if path != f"$.{name}":
+            raise ValidationFailed(
+                f"meter group by {name} must be $.{name}: a meter created through the "
+                "native API reads each dimension at $.<name>",
+                param=f"groupBy.{name}",
+            )
 
 
 def save(meter: Meter, mapping: Mapping) -> None:

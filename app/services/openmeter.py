@@ -302,6 +302,8 @@ def update(id_or_slug: str, body: Any) -> tuple[Meter, Mapping]:
         meter = find(id_or_slug)
         old = mappings.mapping_of(meter)
         group_by = _group_by(body, old.value_property)
+        if not old.stored:
+            mappings.require_default_paths(meter, group_by)
         dimensions = _dimensions(meter.aggregation_type, group_by, meter.unique_by)
         if set(dimensions) == set(meter.dimensions):
             dimensions = list(meter.dimensions)

@@ -346,6 +346,14 @@ def _native_rows(api, meter_id, start, end, **params):
     return summary
 
 
+def _whole_start(local: datetime, window: str) -> datetime:
+    """The start of the zone's whole hour, day or month holding `local`."""
+    if window == "HOUR":
+        return local.replace(minute=0, second=0, microsecond=0)
+    day = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    return day.replace(day=1) if window == "MONTH" else day
+
+
 @pytest.mark.parametrize("window", ["HOUR", "DAY", "MONTH"])
 def test_sdk_query_windows_in_kolkata_equal_the_native_summary(client, api, window):
     meter = tokens_meter(client)
@@ -369,18 +377,19 @@ def test_sdk_query_windows_in_kolkata_equal_the_native_summary(client, api, wind
         timeZone="Asia/Kolkata",
         groupBy=["userId", "model"],
     )
+    # The native summary clips its first window to the period; OpenMeter's is whole.
     expected = sorted(
-        (w["windowStart"], w["groupBy"]["userId"], w["groupBy"]["model"], w["value"])
+        (
+            _whole_start(datetime.fromisoformat(w["windowStart"]), window),
+            w["groupBy"]["userId"],
+            w["groupBy"]["model"],
+            float(w["value"]),
+        )
         for w in native["windows"]
         if w["eventCount"]
     )
-    got = sorted(
-        (r.window_start.isoformat(), r.subject, r.group_by["model"], r.value) for r in result.data
-    )
-    assert [g[:3] for g in got] == [
-        (datetime.fromisoformat(e[0]).isoformat(), e[1], e[2]) for e in expected
-    ]
-    assert [g[3] for g in got] == [float(e[3]) for e in expected]
+    got = sorted((r.window_start, r.subject, r.group_by["model"], r.value) for r in result.data)
+    assert got == expected
     assert all(r.window_start.utcoffset() == timedelta(hours=5, minutes=30) for r in result.data)
     assert sum(r.value for r in result.data) == sum(range(1, 25))
 
@@ -552,3 +561,35 @@ def test_a_native_meter_keeps_reading_its_default_paths(client, api):
     )
     summary = native_total(api, native["id"], groupBy="zone")
     assert [(w["groupBy"], w["value"]) for w in summary["windows"]] == [({"zone": "eu-1"}, 2)]
+
+
+def test_windows_are_whole_zone_windows_even_when_the_period_cuts_them(client, api):
+    """The native summary clips its edge windows to the period; OpenMeter's windows are
+    the zone's whole hours and days (holding only the period's events)."""
+    tokens_meter(client)
+    base = (NOW - timedelta(hours=3)).replace(minute=0, second=0)  # a UTC (and IST) hour
+    client.events.ingest_events(
+        [
+            Event(event("w1", data={"tokens": 1, "model": "a"}, time=base + timedelta(minutes=10))),
+            Event(event("w2", data={"tokens": 2, "model": "a"}, time=base + timedelta(minutes=40))),
+        ]
+    )
+    start, end = base + timedelta(minutes=20), base + timedelta(minutes=50)
+    hours = client.meters.query_json(
+        "tokens_total",
+        from_parameter=start,
+        to=end,
+        window_size="HOUR",
+        window_time_zone="Asia/Kolkata",
+    )
+    kolkata_hour = base + timedelta(minutes=30)  # IST hours start at UTC's half hours
+    assert [(r.window_start, r.window_end, r.value) for r in hours.data] == [
+        (kolkata_hour, kolkata_hour + timedelta(hours=1), 2)
+    ]
+    days = client.meters.query_json(
+        "tokens_total", from_parameter=start, to=end, window_size="DAY", window_time_zone="UTC"
+    )
+    midnight = base.replace(hour=0)
+    assert [(r.window_start, r.window_end, r.value) for r in days.data] == [
+        (midnight, midnight + timedelta(days=1), 2)
+    ]

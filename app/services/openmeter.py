@@ -17,7 +17,7 @@ import json
 import re
 from collections import defaultdict
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 from marshmallow import ValidationError
@@ -547,11 +547,35 @@ def _summary_rows(meter: Meter, query: QueryArgs) -> list[dict[str, Any]]:
         start = query.effective_start or _earliest(meter)
         end = query.end or utcnow()
         return [_row(answer.value, start, end, {}, query)]
+    size = query.window_size
     return [
-        _row(w.value, w.window_start, w.window_end, w.group_by, query)
+        _row(w.value, *_whole_window(w.window_start, w.window_end, size), w.group_by, query)
         for w in windows
         if w.event_count
     ]
+
+
+def _whole_window(start: datetime, end: datetime, size: str | None) -> tuple[datetime, datetime]:
+    """The whole window a native window is part of: the native summary clips its first
+    and last windows to the period, OpenMeter's windows are the zone's whole hours, days
+    and months (their values hold only the period's events either way)."""
+    if size is None:
+        return start, end
+    zone = start.tzinfo
+    if size == "HOUR":
+        whole = start.replace(minute=0, second=0, microsecond=0)
+        if whole == start and end - start == timedelta(hours=1):
+            return start, end
+        return whole, (whole.astimezone(UTC) + timedelta(hours=1)).astimezone(zone)
+    first = start.date().replace(day=1) if size == "MONTH" else start.date()
+    if size == "MONTH":
+        after = (first + timedelta(days=32)).replace(day=1)
+    else:
+        after = first + timedelta(days=1)
+    return (
+        datetime.combine(first, time(), tzinfo=zone),
+        datetime.combine(after, time(), tzinfo=zone),
+    )
 
 
 def _earliest(meter: Meter) -> datetime:
@@ -605,7 +629,8 @@ def _minute_rows(meter: Meter, query: QueryArgs) -> list[dict[str, Any]]:
             request.filters,
         )
         result = summarize_cells(one, by_minute[minute], latest)
-        local = (window_start.astimezone(zone), window_end.astimezone(zone))
+        whole = (minute, minute + timedelta(minutes=1))  # OpenMeter's: never clipped
+        local = (whole[0].astimezone(zone), whole[1].astimezone(zone))
         if not request.group_by:
             if result.event_count:
                 rows.append(_row(result.value, *local, {}, query))

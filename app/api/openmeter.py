@@ -152,14 +152,14 @@ def delete_meter(id_or_slug):
 @described(200, "Its usage.", shapes.QUERY_RESULT, parameters=shapes.QUERY_PARAMETERS)
 def query_meter(id_or_slug):
     """OpenMeter's queryMeter, answered by the native summary."""
-    return openmeter.query(id_or_slug, request.args)
+    return openmeter.query(id_or_slug, request.args, current_app.config["METERING"])
 
 
 @blueprint.get("/meters/<id_or_slug>/subjects")
 @described(200, "Subjects with events.", shapes.SUBJECTS, parameters=shapes.PERIOD)
 def list_subjects(id_or_slug):
     """OpenMeter's listMeterSubjects."""
-    return openmeter.subjects(id_or_slug, request.args)
+    return openmeter.subjects(id_or_slug, request.args, current_app.config["METERING"])
 
 
 def _unrouted() -> dict[str, str]:

@@ -9,9 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.core.aggregation import AGGREGATION_TYPES
+
 _TIME = {"type": "string", "format": "date-time"}
 _STRINGS = {"type": "object", "additionalProperties": {"type": "string"}}
-AGGREGATIONS = ["SUM", "COUNT", "UNIQUE_COUNT", "AVG", "MIN", "MAX", "LATEST"]
+#: OpenMeter's names of our aggregations, in AGGREGATION_TYPES' order (LATEST is `last`).
+OPENMETER_AGGREGATIONS = [
+    "LATEST" if name == "last" else name.upper() for name in AGGREGATION_TYPES
+]
 WINDOW_SIZES = ["MINUTE", "HOUR", "DAY", "MONTH"]
 SLUG = {"type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[a-z0-9]+(?:_[a-z0-9]+)*$"}
 
@@ -24,7 +29,7 @@ METER: dict[str, Any] = {
         "slug": {"type": "string"},
         "name": {"type": "string"},
         "description": {"type": "string"},
-        "aggregation": {"type": "string", "enum": AGGREGATIONS},
+        "aggregation": {"type": "string", "enum": OPENMETER_AGGREGATIONS},
         "eventType": {"type": "string"},
         "valueProperty": {"type": "string"},
         "groupBy": _STRINGS,
@@ -73,7 +78,7 @@ METER_CREATE: dict[str, Any] = {
         "name": {"type": "string", "minLength": 1, "maxLength": 200},
         "description": {"type": "string", "maxLength": 1024},
         "metadata": _STRINGS,
-        "aggregation": {"type": "string", "enum": AGGREGATIONS},
+        "aggregation": {"type": "string", "enum": OPENMETER_AGGREGATIONS},
         "eventType": {"type": "string", "minLength": 1, "maxLength": 200},
         "eventFrom": _TIME,
         "valueProperty": _PATH,

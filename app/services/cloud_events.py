@@ -53,7 +53,7 @@ STRUCTURED, BATCH, JSON = (
     "application/json",
 )
 BINARY_HEADERS = ("ce-specversion", "ce-id", "ce-source", "ce-type")
-MAX_ID, MAX_SOURCE, MAX_TYPE, MAX_SUBJECT, MAX_DIMENSION_VALUE = 200, 200, 200, 500, 200
+MAX_EVENT_ID, MAX_SOURCE, MAX_TYPE, MAX_SUBJECT, MAX_DIMENSION_VALUE = 200, 200, 200, 500, 200
 MAX_DEPTH, MAX_OBJECT_FIELDS = 64, 4096
 _DIGITS = re.compile(r"^[+-]?[0-9]+$")
 
@@ -192,7 +192,7 @@ def check_event(
     before = len(problems.found)
     if event.get("specversion") != "1.0":
         problems.add(index, "specversion", "specversion must be 1.0")
-    ident = _text(event, "id", MAX_ID, index, problems)
+    ident = _text(event, "id", MAX_EVENT_ID, index, problems)
     source = _text(event, "source", MAX_SOURCE, index, problems)
     kind = _text(event, "type", MAX_TYPE, index, problems)
     subject = _text(event, "subject", MAX_SUBJECT, index, problems)

@@ -23,28 +23,23 @@ from typing import Any
 from marshmallow import ValidationError
 from werkzeug.datastructures import MultiDict
 
+from app.config import Config
 from app.core import jsonpath
+from app.core.aggregation import AGGREGATION_TYPES
 from app.core.cells import USER_ID
 from app.core.slots import slot_of
 from app.core.windows import SummaryRequest, Window, summarize_cells
 from app.errors import ApiError, Conflict, NotFound, ValidationFailed
 from app.models import Meter, transactional, utcnow
+from app.schemas import openmeter as shapes
 from app.schemas.fields import parse_rfc3339
 from app.services import mappings, summary
 from app.services import meters as meter_service
 from app.services.mappings import UNIQUE_DIMENSION, Mapping
 from app.storage import entities, queries
 
-TO_NATIVE = {
-    "SUM": "sum",
-    "COUNT": "count",
-    "AVG": "avg",
-    "MIN": "min",
-    "MAX": "max",
-    "LATEST": "last",
-    "UNIQUE_COUNT": "unique_count",
-}
-FROM_NATIVE = {native: name for name, native in TO_NATIVE.items()}
+FROM_NATIVE = dict(zip(AGGREGATION_TYPES, shapes.OPENMETER_AGGREGATIONS, strict=True))
+TO_NATIVE = {name: native for native, name in FROM_NATIVE.items()}
 WINDOW_SIZES = ("MINUTE", "HOUR", "DAY", "MONTH")
 #: MINUTE windows read raw events: at most this period per query.
 MAX_MINUTE_PERIOD = timedelta(days=1)
@@ -464,7 +459,9 @@ class QueryArgs:
             self.effective_start = self.start
 
 
-def _native_windows(meter: Meter, query: QueryArgs) -> tuple[summary.Summary, list[Window] | None]:
+def _native_windows(
+    meter: Meter, query: QueryArgs, config: Config
+) -> tuple[summary.Summary, list[Window] | None]:
     """Every window of the native summary, every page of users read."""
     cursor, windows = None, []
     while True:
@@ -477,7 +474,7 @@ def _native_windows(meter: Meter, query: QueryArgs) -> tuple[summary.Summary, li
             time_zone=query.time_zone,
             group_by=query.native_group_by,
             filters=query.filters,
-            default_end=utcnow() + _lead(),
+            default_end=utcnow() + config.max_event_lead,
             limit=1000 if USER_ID in query.native_group_by else None,
             cursor=cursor,
         )
@@ -487,12 +484,6 @@ def _native_windows(meter: Meter, query: QueryArgs) -> tuple[summary.Summary, li
         if not answer.paged or answer.next_cursor is None:
             return answer, windows
         cursor = answer.next_cursor
-
-
-def _lead() -> timedelta:
-    from flask import current_app
-
-    return current_app.config["METERING"].max_event_lead  # type: ignore[no-any-return]
 
 
 def _row(
@@ -508,7 +499,7 @@ def _row(
     }
 
 
-def query(id_or_slug: str, args: MultiDict[str, str]) -> dict[str, Any]:
+def query(id_or_slug: str, args: MultiDict[str, str], config: Config) -> dict[str, Any]:
     """GET /api/v1/meters/{idOrSlug}/query: the native summary in OpenMeter's rows. Only
     (window, group) pairs that have events are rows, as OpenMeter answers."""
     meter = find(id_or_slug)
@@ -518,7 +509,7 @@ def query(id_or_slug: str, args: MultiDict[str, str]) -> dict[str, Any]:
         if query.window_size == "MINUTE":
             rows = _minute_rows(meter, query)
         else:
-            rows = _summary_rows(meter, query)
+            rows = _summary_rows(meter, query, config)
     except ApiError as exc:
         if exc.param in ("periodStart", "periodEnd", "timeZone", "meterId"):
             exc.param = {
@@ -539,12 +530,13 @@ def query(id_or_slug: str, args: MultiDict[str, str]) -> dict[str, Any]:
     return answer
 
 
-def _summary_rows(meter: Meter, query: QueryArgs) -> list[dict[str, Any]]:
-    answer, windows = _native_windows(meter, query)
+def _summary_rows(meter: Meter, query: QueryArgs, config: Config) -> list[dict[str, Any]]:
+    answer, windows = _native_windows(meter, query, config)
     if windows is None:  # neither windows nor groups: one row for the period, if any event
         if not answer.event_count:
             return []
-        start = query.effective_start or _earliest(meter)
+        # No event of the meter is older than its creation less the oldest a time may be.
+        start = query.effective_start or meter.created_at - config.max_event_age
         end = query.end or utcnow()
         return [_row(answer.value, start, end, {}, query)]
     size = query.window_size
@@ -576,13 +568,6 @@ def _whole_window(start: datetime, end: datetime, size: str | None) -> tuple[dat
         datetime.combine(first, time(), tzinfo=zone),
         datetime.combine(after, time(), tzinfo=zone),
     )
-
-
-def _earliest(meter: Meter) -> datetime:
-    """No event of the meter can be older: created, less the oldest a timestamp may be."""
-    from flask import current_app
-
-    return meter.created_at - current_app.config["METERING"].max_event_age  # type: ignore[no-any-return]
 
 
 def _minute_rows(meter: Meter, query: QueryArgs) -> list[dict[str, Any]]:
@@ -641,12 +626,12 @@ def _minute_rows(meter: Meter, query: QueryArgs) -> list[dict[str, Any]]:
     return rows
 
 
-def subjects(id_or_slug: str, args: MultiDict[str, str]) -> list[str]:
+def subjects(id_or_slug: str, args: MultiDict[str, str], config: Config) -> list[str]:
     """The subjects (users) with events of the meter in [from, to)."""
     meter = find(id_or_slug)
     query = QueryArgs(meter, mappings.mapping_of(meter), args, for_subjects=True)
     query.group_by, query.native_group_by, query.window_size = ["subject"], (USER_ID,), None
-    _, windows = _native_windows(meter, query)
+    _, windows = _native_windows(meter, query, config)
     return sorted({w.group_by[USER_ID] for w in windows or () if w.event_count})
 
 

@@ -14,7 +14,7 @@ from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
 from corehttp.exceptions import HttpResponseError, ResourceNotFoundError
 from openmeter import Client
-from openmeter.models import Event, MeterCreate, MeterUpdate
+from openmeter.models import Event, MeterCreate, MeterQueryRequest, MeterUpdate
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 HOUR_AGO = (NOW - timedelta(hours=1)).replace(minute=7, second=0)
@@ -414,6 +414,18 @@ def test_query_subject_filter_and_filter_group_by_in_every_form(client, api):
         )
         assert [(r.subject, r.value) for r in result.data] == [("customer-1", expected)], form
         assert result.data[0].group_by == {}
+    posted = client.meters.query(  # the SDK's POST form: parameters in a JSON body
+        "tokens_total",
+        MeterQueryRequest(
+            {
+                "from": start.isoformat(),
+                "to": end.isoformat(),
+                "subject": ["customer-1"],
+                "filterGroupBy": {"model": ["gpt-4o", "nothing"]},
+            }
+        ),
+    )
+    assert [(r.subject, r.value) for r in posted.data] == [("customer-1", expected)]
     native = _native_rows(
         api, meter.id, start, end, userId="customer-1", **{"filter[model]": "gpt-4o"}
     )

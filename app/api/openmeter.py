@@ -155,6 +155,19 @@ def query_meter(id_or_slug):
     return openmeter.query(id_or_slug, request.args, current_app.config["METERING"])
 
 
+@blueprint.post("/meters/<id_or_slug>/query")
+@described(
+    200,
+    "Its usage.",
+    shapes.QUERY_RESULT,
+    raw_body={"application/json": {"schema": shapes.QUERY_REQUEST}},
+)
+def query_meter_post(id_or_slug):
+    """OpenMeter's queryMeterPost: the same query, its parameters in a JSON body."""
+    args = openmeter.query_body_args(request.get_json(silent=True))
+    return openmeter.query(id_or_slug, args, current_app.config["METERING"])
+
+
 @blueprint.get("/meters/<id_or_slug>/subjects")
 @described(200, "Subjects with events.", shapes.SUBJECTS, parameters=shapes.PERIOD)
 def list_subjects(id_or_slug):

@@ -197,3 +197,20 @@ EVENT_LIST_PARAMETERS = (
     query_parameter("subject", {"type": "string"}, "Events whose subject contains this."),
     query_parameter("limit", {"type": "integer", "minimum": 1, "maximum": 100}, "At most (100)."),
 )
+QUERY_REQUEST: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "clientId": {"type": "string", "minLength": 1, "maxLength": 36},
+        "from": _TIME,
+        "to": _TIME,
+        "windowSize": {"type": "string", "enum": WINDOW_SIZES},
+        "windowTimeZone": {"type": "string"},
+        "subject": {"type": "array", "items": {"type": "string"}, "maxItems": 100},
+        "groupBy": {"type": "array", "items": {"type": "string"}, "maxItems": 100},
+        "filterGroupBy": {
+            "type": "object",
+            "additionalProperties": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+}

@@ -459,6 +459,42 @@ class QueryArgs:
             self.effective_start = self.start
 
 
+#: What OpenMeter's POST query body (MeterQueryRequest) may hold.
+_BODY_LISTS = ("subject", "groupBy", "filterCustomerId")
+_BODY_TEXTS = ("clientId", "from", "to", "windowSize", "windowTimeZone")
+
+
+def query_body_args(body: Any) -> MultiDict[str, str]:
+    """The query string a POST query body stands for: lists repeated, filterGroupBy's
+    `{key: [values]}` as `filterGroupBy[key]`, advancedMeterGroupByFilters as its JSON."""
+    body = _object(
+        body, {*_BODY_LISTS, *_BODY_TEXTS, "filterGroupBy", "advancedMeterGroupByFilters"}
+    )
+    args: MultiDict[str, str] = MultiDict()
+    for name in _BODY_TEXTS:
+        if body.get(name) is not None:
+            if not isinstance(body[name], str):
+                raise _refuse(f"{name} must be a string", name)
+            args.add(name, body[name])
+    for name in _BODY_LISTS:
+        values = body.get(name) or []
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise _refuse(f"{name} must be an array of strings", name)
+        for value in values:
+            args.add(name, value)
+    filters = body.get("filterGroupBy") or {}
+    if not isinstance(filters, dict) or not all(
+        isinstance(v, list) and all(isinstance(x, str) for x in v) for v in filters.values()
+    ):
+        raise _refuse("filterGroupBy must map keys to arrays of strings", "filterGroupBy")
+    for key, values in filters.items():
+        for value in values:
+            args.add(f"filterGroupBy[{key}]", value)
+    if body.get("advancedMeterGroupByFilters") is not None:
+        args.add("advancedMeterGroupByFilters", json.dumps(body["advancedMeterGroupByFilters"]))
+    return args
+
+
 def _native_windows(
     meter: Meter, query: QueryArgs, config: Config
 ) -> tuple[summary.Summary, list[Window] | None]:

@@ -6,6 +6,8 @@ summary, and every error as problem+json."""
 from __future__ import annotations
 
 import json
+import random
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -604,4 +606,35 @@ def test_windows_are_whole_zone_windows_even_when_the_period_cuts_them(client, a
     midnight = base.replace(hour=0)
     assert [(r.window_start, r.window_end, r.value) for r in days.data] == [
         (midnight, midnight + timedelta(days=1), 2)
+    ]
+
+
+def test_concurrent_clients_with_duplicates_count_each_event_once(server, org, api):
+    """Four SDK clients send overlapping batches (each id always with its own payload)
+    to two meters of one type: every (source, id) counts once in each."""
+    first = Client(endpoint=server.url, token=org["apiKey"], retry_total=0)
+    tokens = tokens_meter(first)
+    count = first.meters.create(
+        MeterCreate({"slug": "prompts", "aggregation": "COUNT", "eventType": "prompt"})
+    )
+    pool = [
+        event(f"c{i}", subject=f"u{i % 7}", data={"tokens": i * 3 + 1, "model": f"m{i % 3}"})
+        for i in range(60)
+    ]
+
+    def send(seed):
+        client = Client(endpoint=server.url, token=org["apiKey"])  # retries on, as tenants
+        picks = random.Random(seed)
+        for _ in range(8):
+            client.events.ingest_events([Event(picks.choice(pool)) for _ in range(20)])
+
+    with ThreadPoolExecutor(4) as workers:
+        list(workers.map(send, range(4)))
+    for leftover in pool:  # whatever no thread picked
+        first.events.ingest_event(Event(leftover))
+    assert native_total(api, tokens.id)["value"] == sum(e["data"]["tokens"] for e in pool)
+    assert native_total(api, count.id)["value"] == len(pool)
+    by_model = first.meters.query_json("tokens_total", group_by=["model"])
+    assert sorted((r.group_by["model"], r.value) for r in by_model.data) == [
+        (f"m{k}", float(sum(e["data"]["tokens"] for e in pool[k::3]))) for k in range(3)
     ]

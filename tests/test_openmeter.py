@@ -495,6 +495,12 @@ def test_subjects_of_a_meter(client):
         ({"groupBy": "nothing"}, "groupBy"),
         ({"windowSize": "WEEK"}, "windowSize"),
         ({"windowTimeZone": "Mars/Olympus"}, "windowTimeZone"),
+        ({"windowTimeZone": "localtime"}, "windowTimeZone"),
+        ({"windowTimeZone": "../../../etc/localtime"}, "windowTimeZone"),
+        (
+            {"windowSize": "MINUTE", "windowTimeZone": "posix/UTC", "from": "2026-01-01T00:00:00Z"},
+            "windowTimeZone",
+        ),
         ({"from": "2026-01-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"}, "from"),
         ({"from": "2026-01-02T00:00:00Z", "to": "2026-01-01T00:00:00Z"}, "from"),
         ({"filterGroupBy[nothing]": "x"}, "filterGroupBy"),

@@ -32,7 +32,7 @@ from app.core.windows import SummaryRequest, Window, summarize_cells
 from app.errors import ApiError, Conflict, NotFound, ValidationFailed
 from app.models import Meter, transactional, utcnow
 from app.schemas import openmeter as shapes
-from app.schemas.fields import parse_rfc3339
+from app.schemas.fields import iana_zone_names, parse_rfc3339
 from app.services import mappings, summary
 from app.services import meters as meter_service
 from app.services.mappings import UNIQUE_DIMENSION, Mapping
@@ -432,6 +432,9 @@ class QueryArgs:
         if self.window_size is not None and self.window_size not in WINDOW_SIZES:
             raise _refuse("windowSize must be one of " + ", ".join(WINDOW_SIZES), "windowSize")
         self.time_zone = args.get("windowTimeZone", "UTC")
+        # The database's names only: ZoneInfo would open `localtime` or a relative path.
+        if self.time_zone != "UTC" and self.time_zone not in iana_zone_names():
+            raise _refuse(f"invalid time zone: {self.time_zone[:64]}", "windowTimeZone")
         self.subjects = args.getlist("subject")
         dimensions = set(mapping.group_by)
         self.group_by: list[str] = []

@@ -644,3 +644,32 @@ def test_concurrent_clients_with_duplicates_count_each_event_once(server, org, a
     assert sorted((r.group_by["model"], r.value) for r in by_model.data) == [
         (f"m{k}", float(sum(e["data"]["tokens"] for e in pool[k::3]))) for k in range(3)
     ]
+
+
+def test_binary_mode_is_checked_like_the_others(client, api):
+    meter = tokens_meter(client)
+    headers = {
+        "ce-specversion": "1.0",
+        "ce-id": "bin-1",
+        "ce-source": "svc",
+        "ce-type": "prompt",
+        "ce-subject": "u1",
+        "content-type": "application/json",
+    }
+    cases = [
+        ({}, b"[1]", "events[0].data"),
+        ({"ce-specversion": "0.3"}, b'{"tokens": 1}', "events[0].specversion"),
+        ({"ce-time": "noon"}, b'{"tokens": 1}', "events[0].time"),
+        ({}, b'{"tokens": 1.25}', "events[0].data.tokens"),
+        ({}, b"oops", "body"),
+    ]
+    for change, body, param in cases:
+        answer = api.post("/api/v1/events", data=body, headers={**headers, **change})
+        assert answer.status_code == 400, (change, body)
+        assert problem_of(answer)["extensions"]["param"] == param, (change, body)
+    before = datetime.now(UTC)
+    answer = api.post("/api/v1/events", data=b'{"tokens": 9}', headers=headers)  # no ce-time
+    assert answer.status_code == 204
+    stored = api.get("/v1/billing/meter-events", params={"meterId": meter.id}).json()["events"]
+    assert [e["value"] for e in stored] == [9]
+    assert datetime.fromisoformat(stored[0]["timestamp"]) >= before.replace(microsecond=0)

@@ -673,3 +673,34 @@ def test_binary_mode_is_checked_like_the_others(client, api):
     stored = api.get("/v1/billing/meter-events", params={"meterId": meter.id}).json()["events"]
     assert [e["value"] for e in stored] == [9]
     assert datetime.fromisoformat(stored[0]["timestamp"]) >= before.replace(microsecond=0)
+
+
+@pytest.mark.parametrize(
+    "aggregation, expected",
+    [
+        ("SUM", 5 + 7 + 9 + 7),
+        ("COUNT", 4),
+        ("AVG", (5 + 7 + 9 + 7) / 4),
+        ("MIN", 5),
+        ("MAX", 9),
+        ("LATEST", 7),
+        ("UNIQUE_COUNT", 3),
+    ],
+)
+def test_every_aggregation_answers_the_native_summary(client, api, aggregation, expected):
+    body = {"slug": "m", "aggregation": aggregation, "eventType": "prompt"}
+    if aggregation != "COUNT":
+        body["valueProperty"] = "$.tokens"
+    meter = client.meters.create(MeterCreate(body))
+    assert meter.aggregation == aggregation
+    client.events.ingest_events(
+        [
+            Event(event(f"a{i}", data={"tokens": value}, time=HOUR_AGO + timedelta(minutes=i)))
+            for i, value in enumerate((5, 7, 9, 7))
+        ]
+    )
+    rows = client.meters.query_json("m", from_parameter=HOUR_AGO, to=NOW).data
+    assert [row.value for row in rows] == [expected]
+    native = native_total(api, meter.id)
+    assert native["value"] == expected
+    assert native["aggregationType"] == ("last" if aggregation == "LATEST" else aggregation.lower())

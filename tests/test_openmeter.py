@@ -704,3 +704,26 @@ def test_every_aggregation_answers_the_native_summary(client, api, aggregation, 
     native = native_total(api, meter.id)
     assert native["value"] == expected
     assert native["aggregationType"] == ("last" if aggregation == "LATEST" else aggregation.lower())
+
+
+def test_a_body_over_the_limit_is_a_413_problem(api, config):
+    body = b"[" + b" " * config.max_body_bytes + b"]"
+    answer = api.post(
+        "/api/v1/events", data=body, headers={"Content-Type": "application/cloudevents-batch+json"}
+    )
+    assert answer.status_code == 413
+    assert problem_of(answer)["title"] == "Request Entity Too Large"
+
+    def chunked():  # no Content-Length: the limit holds while reading
+        yield b"["
+        for _ in range(config.max_body_bytes // 65536 + 2):
+            yield b" " * 65536
+        yield b"]"
+
+    answer = api.post(
+        "/api/v1/events",
+        data=chunked(),
+        headers={"Content-Type": "application/cloudevents-batch+json"},
+    )
+    assert answer.status_code == 413
+    problem_of(answer)

@@ -117,7 +117,7 @@ def list_meters():
 )
 def create_meter():
     """OpenMeter's createMeter: 201 with the meter."""
-    meter, mapping = openmeter.create(request.get_json(silent=True))
+    meter, mapping = openmeter.create(requests.json_body())
     return openmeter.meter_json(meter, mapping), 201
 
 
@@ -139,7 +139,7 @@ def get_meter(id_or_slug):
 )
 def update_meter(id_or_slug):
     """OpenMeter's updateMeter: name, description, metadata, groupBy replaced."""
-    meter, mapping = openmeter.update(id_or_slug, request.get_json(silent=True))
+    meter, mapping = openmeter.update(id_or_slug, requests.json_body())
     return openmeter.meter_json(meter, mapping)
 
 
@@ -167,7 +167,7 @@ def query_meter(id_or_slug):
 )
 def query_meter_post(id_or_slug):
     """OpenMeter's queryMeterPost: the same query, its parameters in a JSON body."""
-    args = openmeter.query_body_args(request.get_json(silent=True))
+    args = openmeter.query_body_args(requests.json_body())
     return openmeter.query(id_or_slug, args, current_app.config["METERING"])
 
 

@@ -549,6 +549,7 @@ def test_event_list_shows_stored_refused_and_conflicting_events(client, api):
     assert "conflict: meter tokens_total" in conflict[0].validation_error
     assert conflict[0].event.data == {"tokens": 5, "model": "m"}
     assert "events[1].data.tokens" in by_id["bad"][0].validation_error
+    assert by_id["bad"][0].event.data == {"tokens": 1.5}  # as sent
     assert "batch was refused" in by_id["good"][0].validation_error
     assert [e.event.id for e in client.events.list(id="goo")] == ["good"]
     assert client.events.list(subject="nobody") == []

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from google.api_core import exceptions as core_exceptions
@@ -36,8 +37,15 @@ DEFAULT_SPAN = timedelta(hours=72)
 MAX_LIMIT = 100
 
 
+def _number(value: Any) -> Any:
+    """A number the body held as a Decimal (`cloud_events.load_json`), as JSON writes it."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    return str(value)
+
+
 def _text(event: Any) -> str:
-    text = json.dumps(event, default=str, separators=(",", ":"))
+    text = json.dumps(event, default=_number, separators=(",", ":"))
     return text[:MAX_EVENT_TEXT]
 
 

@@ -441,6 +441,11 @@ def test_query_without_window_or_group_is_one_row_for_the_period(client, api):
     result = client.meters.query_json("tokens_total", from_parameter=start, to=end)
     assert [(r.value, r.subject, r.group_by) for r in result.data] == [(300.0, None, {})]
     assert (result.data[0].window_start, result.data[0].window_end) == (start, end)
+    grouped = client.meters.query_json("tokens_total", to=end, group_by=["model"])
+    created = client.meters.get("tokens_total").created_at
+    assert {(r.window_start, r.window_end) for r in grouped.data} == {
+        (created - timedelta(days=35), end)  # no `from`: no event can be older
+    }
     empty = client.meters.query_json(
         "tokens_total", from_parameter=NOW - timedelta(minutes=2), to=NOW
     )

@@ -572,27 +572,30 @@ def query(id_or_slug: str, args: MultiDict[str, str], config: Config) -> dict[st
 
 def _summary_rows(meter: Meter, query: QueryArgs, config: Config) -> list[dict[str, Any]]:
     answer, windows = _native_windows(meter, query, config)
-    if windows is None:  # neither windows nor groups: one row for the period, if any event
-        if not answer.event_count:
-            return []
-        # No event of the meter is older than its creation less the oldest a time may be.
-        start = query.effective_start or meter.created_at - config.max_event_age
-        end = query.end or utcnow()
-        return [_row(answer.value, start, end, {}, query)]
+    # Without windows a row spans the period: from `from` (or, when absent, the oldest
+    # time an event of the meter can have: its creation less the oldest a time may be)
+    # to `to` (or now), not the native summary's defaults (the epoch, now plus the lead).
+    start = query.effective_start or meter.created_at - config.max_event_age
+    period = (start, query.end or utcnow())
+    if windows is None:  # neither windows nor groups: one row, if any event
+        return [_row(answer.value, *period, {}, query)] if answer.event_count else []
     size = query.window_size
     return [
-        _row(w.value, *_whole_window(w.window_start, w.window_end, size), w.group_by, query)
+        _row(
+            w.value,
+            *(_whole_window(w.window_start, w.window_end, size) if size else period),
+            w.group_by,
+            query,
+        )
         for w in windows
         if w.event_count
     ]
 
 
-def _whole_window(start: datetime, end: datetime, size: str | None) -> tuple[datetime, datetime]:
+def _whole_window(start: datetime, end: datetime, size: str) -> tuple[datetime, datetime]:
     """The whole window a native window is part of: the native summary clips its first
     and last windows to the period, OpenMeter's windows are the zone's whole hours, days
     and months (their values hold only the period's events either way)."""
-    if size is None:
-        return start, end
     zone = start.tzinfo
     if size == "HOUR":
         whole = start.replace(minute=0, second=0, microsecond=0)

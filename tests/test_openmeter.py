@@ -486,10 +486,14 @@ def test_minute_windows_come_from_raw_events_within_a_bounded_period(client, api
     assert "24 hours" in caught.value.model["detail"]
 
 
-def test_subjects_of_a_meter(client):
+def test_subjects_and_group_by_values_of_a_meter(client):
     tokens_meter(client)
     _stream(client)
     assert client.meters.list_subjects("tokens_total") == ["customer-0", "customer-1"]
+    assert client.meters.list_group_by_values("tokens_total", "model") == ["gpt-4o", "o1"]
+    with pytest.raises(HttpResponseError) as caught:
+        client.meters.list_group_by_values("tokens_total", "nothing")
+    assert caught.value.status_code == 400
     later = client.meters.list_subjects("tokens_total", from_parameter=NOW - timedelta(minutes=1))
     assert later == []
 

@@ -171,6 +171,14 @@ def query_meter_post(id_or_slug):
     return openmeter.query(id_or_slug, args, current_app.config["METERING"])
 
 
+@blueprint.get("/meters/<id_or_slug>/group-by/<group_by_key>/values")
+@described(200, "The key's values.", shapes.SUBJECTS, parameters=shapes.PERIOD)
+def list_group_by_values(id_or_slug, group_by_key):
+    """OpenMeter's listMeterGroupByValues: the values one groupBy key took in [from, to)."""
+    config = current_app.config["METERING"]
+    return openmeter.group_by_values(id_or_slug, group_by_key, request.args, config)
+
+
 @blueprint.get("/meters/<id_or_slug>/subjects")
 @described(200, "Subjects with events.", shapes.SUBJECTS, parameters=shapes.PERIOD)
 def list_subjects(id_or_slug):

@@ -100,6 +100,7 @@ PROBLEM_SCHEMA = {
 PATH_PARAMETERS = {
     "meter_id": "The meter's public id.",
     "id_or_slug": "The meter's public id or its slug (its event name).",
+    "group_by_key": "One of the meter's groupBy keys.",
     "name": "The org's name.",
     "prefix": "The key's public prefix: its first 12 characters.",
 }

@@ -680,5 +680,15 @@ def subjects(id_or_slug: str, args: MultiDict[str, str], config: Config) -> list
     return sorted({w.group_by[USER_ID] for w in windows or () if w.event_count})
 
 
-def now_utc() -> datetime:
-    return datetime.now(UTC)
+def group_by_values(
+    id_or_slug: str, key: str, args: MultiDict[str, str], config: Config
+) -> list[str]:
+    """The values of one groupBy key among the meter's events in [from, to)."""
+    meter = find(id_or_slug)
+    mapping = mappings.mapping_of(meter)
+    if key not in mapping.group_by:
+        raise _refuse(f"invalid group by: {key}", "groupByKey")
+    query = QueryArgs(meter, mapping, args, for_subjects=True)
+    query.group_by, query.native_group_by, query.window_size = [key], (key,), None
+    _, windows = _native_windows(meter, query, config)
+    return sorted({w.group_by[key] for w in windows or () if w.event_count and w.group_by[key]})

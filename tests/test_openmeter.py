@@ -737,3 +737,25 @@ def test_a_body_over_the_limit_is_a_413_problem(api, config):
     )
     assert answer.status_code == 413
     problem_of(answer)
+
+
+def test_a_long_batch_is_stored_whole_in_several_commits(client, api, config):
+    """OpenMeter's clients send batches of any length: up to ten times the native limit
+    are taken, stored in commits of at most `max_batch_events` (event, meter) pairs."""
+    tokens = tokens_meter(client)
+    calls = client.meters.create(
+        MeterCreate({"slug": "prompts", "aggregation": "COUNT", "eventType": "prompt"})
+    )
+    events = [event(f"l{i}", subject=f"u{i % 9}", data={"tokens": i}) for i in range(251)]
+    answer = api.post("/api/v1/events", json=events)  # application/json, an array
+    assert answer.status_code == 204, answer.text
+    assert answer.headers["X-Datastore-Usage"].startswith("rpcs=")
+    assert native_total(api, tokens.id)["value"] == sum(range(251))
+    assert native_total(api, calls.id)["value"] == 251
+    again = api.post("/api/v1/events", json=events[::-1])  # a retry: nothing counted twice
+    assert again.status_code == 204
+    assert native_total(api, tokens.id)["value"] == sum(range(251))
+    too_many = [event(f"t{i}") for i in range(config.max_batch_events * 10 + 1)]
+    answer = api.post("/api/v1/events", json=too_many)
+    assert answer.status_code == 400
+    assert "at most 1000 events" in problem_of(answer)["detail"]

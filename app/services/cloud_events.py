@@ -55,6 +55,9 @@ STRUCTURED, BATCH, JSON = (
 BINARY_HEADERS = ("ce-specversion", "ce-id", "ce-source", "ce-type")
 MAX_EVENT_ID, MAX_SOURCE, MAX_TYPE, MAX_SUBJECT, MAX_DIMENSION_VALUE = 200, 200, 200, 500, 200
 MAX_OBJECT_FIELDS = 4096
+#: A request may hold this many times `max_batch_events` events (stored in commits of
+#: `max_batch_events` (event, meter) pairs).
+REQUEST_BATCHES = 10
 _DIGITS = re.compile(r"^[+-]?[0-9]+$")
 
 
@@ -337,13 +340,17 @@ def idempotency(event: CloudEvent) -> str:
 
 
 def record(items: list[Any], config: Config) -> list[tuple[CloudEvent, ingest.Outcome]]:
-    """Check a whole batch, then store every (event, meter) pair in one commit; the
-    outcome of each pair (created, duplicate or conflict). Nothing is written on a
-    problem."""
+    """Check a whole batch, then store its (event, meter) pairs; the outcome of each pair
+    (created, duplicate or conflict). Nothing is written on a problem. A batch of up to
+    `max_batch_events` pairs is one commit; a longer one (OpenMeter's clients send
+    batches of any length) is stored in commits of that many pairs, each event with all
+    its meters in one, so a request cut short by a failure stored whole events, and
+    sending it again stores the rest exactly once."""
     if not items:
         raise _refuse("the batch holds no event")
-    if len(items) > config.max_batch_events:
-        raise _refuse(f"a batch may hold at most {config.max_batch_events} events")
+    most = config.max_batch_events * REQUEST_BATCHES
+    if len(items) > most:
+        raise _refuse(f"a batch may hold at most {most} events")
     now = utcnow()
     problems = Problems()
     checked = [check_event(i, item, now, config, problems) for i, item in enumerate(items)]
@@ -369,13 +376,10 @@ def record(items: list[Any], config: Config) -> list[tuple[CloudEvent, ingest.Ou
     if problems.found:
         event_log.refused(items, problems.found, now)
         problems.raise_any()
-    if len(drafts) > config.max_batch_events:
-        raise _refuse(
-            f"the batch feeds {len(drafts)} (event, meter) pairs; at most "
-            f"{config.max_batch_events} are stored in one commit"
-        )
     code = ids.namespace_code(ndb.get_context().get_namespace())
-    outcomes = ingest.store(drafts, now, code, config.rollup_shards)
+    outcomes: list[ingest.Outcome] = []
+    for start, stop in _commits(fed, config.max_batch_events):
+        outcomes += ingest.store(drafts[start:stop], now, code, config.rollup_shards)
     recorded = list(zip(fed, outcomes, drafts))
     conflicts = [
         (event, draft) for event, outcome, draft in recorded if outcome.status == "conflict"
@@ -383,6 +387,22 @@ def record(items: list[Any], config: Config) -> list[tuple[CloudEvent, ingest.Ou
     if conflicts:
         event_log.conflicted(conflicts, now)
     return [(event, outcome) for event, outcome, _ in recorded]
+
+
+def _commits(fed: list[CloudEvent], most: int) -> list[tuple[int, int]]:
+    """(start, stop) of each commit's drafts: at most `most`, an event's drafts together
+    (they are consecutive in `fed`). An event feeding more meters than `most` could not
+    be stored whole: refused."""
+    bounds, start = [], 0
+    while start < len(fed):
+        stop = min(start + most, len(fed))
+        while stop < len(fed) and fed[stop] is fed[stop - 1]:
+            stop -= 1  # do not cut an event's drafts apart
+        if stop == start:
+            raise _refuse(f"an event of type {fed[start].type} feeds more than {most} meters")
+        bounds.append((start, stop))
+        start = stop
+    return bounds
 
 
 def _draft(

@@ -759,3 +759,26 @@ def test_a_long_batch_is_stored_whole_in_several_commits(client, api, config):
     answer = api.post("/api/v1/events", json=too_many)
     assert answer.status_code == 400
     assert "at most 1000 events" in problem_of(answer)["detail"]
+
+
+def test_nested_and_bracketed_paths_read_their_values(client, api):
+    meter = client.meters.create(
+        MeterCreate(
+            {
+                "slug": "input_tokens",
+                "aggregation": "SUM",
+                "eventType": "llm",
+                "valueProperty": "$['usage']['input tokens']",
+                "groupBy": {"model": "$.meta.model", "tier": '$["meta"].tier'},
+            }
+        )
+    )
+    data = {"usage": {"input tokens": "12"}, "meta": {"model": "x", "tier": 2}}
+    client.events.ingest_event(Event(event("p1", kind="llm", data=data)))
+    client.events.ingest_event(Event(event("p2", kind="llm", data={"usage": {"input tokens": 3}})))
+    rows = client.meters.query_json("input_tokens", group_by=["model", "tier"]).data
+    assert sorted((r.group_by["model"], r.group_by["tier"], r.value) for r in rows) == [
+        ("", "", 3.0),  # missing dimensions read as ""
+        ("x", "2", 12.0),
+    ]
+    assert native_total(api, meter.id)["value"] == 15

@@ -55,6 +55,7 @@ BARS = {
     "writes_per_event": 2.0,
 }
 METER_EVENTS = "/v1/billing/meter-events"
+CLOUDEVENTS = "/api/v1/events"  # OpenMeter's ingestion: a JSON array of CloudEvents
 PROJECT = "metering-bench"
 
 
@@ -302,6 +303,7 @@ class Load:
     value_sum: int
     per_user: dict[str, tuple[int, int]]  # user -> (count, sum)
     aggregation: str = "sum"  # the meter's; values are checked for sum, counts for all
+    path: str = METER_EVENTS  # where the bodies go; CLOUDEVENTS answers 204, no outcomes
 
 
 def build_load(
@@ -313,7 +315,9 @@ def build_load(
     run_tag: str,
     rng: random.Random,
 ) -> Load:
-    """`total` events in `batch`-event bodies; users at random from `users`, or one."""
+    """`total` events in `batch`-event bodies; users at random from `users`, or one. The
+    `cloudevents` case sends the same events as CloudEvents to OpenMeter's endpoint (a
+    native meter reads `type` = its event name and `$.value`)."""
     stamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     bodies, value_sum, per_user = [], 0, {}  # type: ignore[var-annotated]
     for b in range(total // batch):
@@ -324,6 +328,19 @@ def build_load(
             value_sum += value
             count, sub = per_user.get(user, (0, 0))
             per_user[user] = (count + 1, sub + value)
+            if name == "cloudevents":
+                events.append(
+                    {
+                        "specversion": "1.0",
+                        "id": f"{run_tag}-{name}-{b}-{i}",
+                        "source": "bench",
+                        "type": meter["eventName"],
+                        "subject": user,
+                        "time": stamp,
+                        "data": {"value": value},
+                    }
+                )
+                continue
             events.append(
                 {
                     "eventName": meter["eventName"],
@@ -333,7 +350,8 @@ def build_load(
                     "idempotency": f"{run_tag}-{name}-{b}-{i}",
                 }
             )
-        bodies.append(json.dumps({"events": events}, separators=(",", ":")).encode())
+        document = events if name == "cloudevents" else {"events": events}
+        bodies.append(json.dumps(document, separators=(",", ":")).encode())
     return Load(
         name,
         meter["id"],
@@ -342,6 +360,7 @@ def build_load(
         value_sum,
         per_user,
         meter.get("aggregationType", "sum"),
+        CLOUDEVENTS if name == "cloudevents" else METER_EVENTS,
     )
 
 
@@ -374,7 +393,7 @@ class CaseResult:
     failures: list = field(default_factory=list)
 
 
-def send_all(service, api_key: str, bodies: list[bytes], clients: int):
+def send_all(service, api_key: str, bodies: list[bytes], clients: int, path=METER_EVENTS):
     """POST every body from `clients` threads; per-request (status, ms, usage, body)."""
     queue = iter(range(len(bodies)))
     lock = threading.Lock()
@@ -393,7 +412,7 @@ def send_all(service, api_key: str, bodies: list[bytes], clients: int):
                     return
                 began = time.perf_counter()
                 try:
-                    answer = client.request("POST", METER_EVENTS, bodies[index])
+                    answer = client.request("POST", path, bodies[index])
                 except OSError as exc:
                     records[index] = (
                         0,
@@ -431,7 +450,9 @@ def run_case(
 ) -> CaseResult:
     """Send the load, measure it, then check what was stored (`when_sent` runs between)."""
     svc_cpu, emu_cpu = common.TreeCpu(service.process.pid), common.TreeCpu(emulator.process.pid)
-    threads, start, records, reconnects = send_all(service, api_key, load.bodies, clients)
+    threads, start, records, reconnects = send_all(
+        service, api_key, load.bodies, clients, load.path
+    )
     s0, e0, c0, m0 = (
         svc_cpu.snapshot(),
         emu_cpu.snapshot(),
@@ -457,9 +478,11 @@ def run_case(
     for status, ms, header, body in records:
         latencies.append(ms)
         usage.add_header(header)
-        if status != 201:
+        if status != (204 if load.path == CLOUDEVENTS else 201):
             failures.append(f"{status}: {body[:200]!r}")
             continue
+        if load.path == CLOUDEVENTS:
+            continue  # 204: no outcomes (every event is new: unique ids)
         outcomes = json.loads(body)["events"]
         not_created += sum(1 for o in outcomes if o["status"] != "created")
     svc = common.TreeCpu.used(s0, s1)
@@ -711,7 +734,7 @@ def run_rounds(args, emulator, workdir, rng, profile_dir=None):
                         meter,
                         args.events,
                         args.batch,
-                        args.users if case == "spread" else None,
+                        args.users if case in ("spread", "cloudevents") else None,
                         f"r{run}-{config}",
                         rng,
                     )
@@ -1114,7 +1137,10 @@ def parse_args(argv=None):
         "--repeat", type=int, default=3, help="rounds (raw, spread, hot) per setting (default 3)"
     )
     parser.add_argument(
-        "--cases", default="spread,hot", help="service cases to run: spread,hot (default both)"
+        "--cases",
+        default="spread,hot",
+        help="service cases to run: spread,hot (default both), cloudevents (spread's load "
+        "as CloudEvents through /api/v1/events)",
     )
     parser.add_argument(
         "--profile",
@@ -1155,8 +1181,8 @@ def parse_args(argv=None):
     )
     args = parser.parse_args(argv)
     args.cases = [c for c in args.cases.split(",") if c]
-    if set(args.cases) - {"spread", "hot"}:
-        parser.error("--cases takes spread and/or hot")
+    if set(args.cases) - {"spread", "hot", "cloudevents"}:
+        parser.error("--cases takes spread, hot and/or cloudevents")
     args.raw_cases = [c for c in args.raw_cases.split(",") if c]
     if "raw" not in args.raw_cases or set(args.raw_cases) - set(RAW_CASES):
         parser.error("--raw-cases takes raw and any of " + ", ".join(RAW_CASES))

@@ -83,7 +83,7 @@ def test_every_operation_says_who_may_call_it(served):
         for method, operation in item.items():
             expected = (
                 [{"apiKey": []}]
-                if path.startswith(("/v1/billing/", "/v1/webhooks/"))  # issue 14: webhooks
+                if path.startswith(("/v1/billing/", "/v1/webhooks/", "/api/v1/"))
                 else [{"adminToken": []}]
                 if path.startswith(("/v1/admin/", "/v1/cron/"))
                 else []
@@ -94,8 +94,9 @@ def test_every_operation_says_who_may_call_it(served):
 
 
 def test_every_error_answer_is_the_envelope(served):
+    """Under /api/v1 (OpenMeter's API) the same answers are RFC 7807 problems."""
     shared = served["components"]["responses"]
-    assert set(shared) == {
+    envelopes = {
         "BadRequest",
         "Unauthorized",
         "NotFound",
@@ -104,19 +105,28 @@ def test_every_error_answer_is_the_envelope(served):
         "PayloadTooLarge",
         "Unavailable",
     }
+    assert set(shared) == envelopes | {"Problem" + name for name in envelopes}
     assert "Retry-After" in shared["TooManyRequests"]["headers"]
     assert "Retry-After" in shared["Unavailable"]["headers"]
-    for answer in shared.values():
-        assert answer["content"]["application/json"]["schema"] == {
-            "$ref": "#/components/schemas/Error"
-        }
+    for name, answer in shared.items():
+        if name in envelopes:
+            assert answer["content"] == {
+                "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
+            }
+        else:
+            assert answer["content"] == {
+                "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+            }
+            assert answer["headers"] == shared[name[len("Problem") :]]["headers"]
     error = served["components"]["schemas"]["ErrorBody"]
     assert error["required"] == ["message", "type"]
-    for item in served["paths"].values():
+    for path, item in served["paths"].items():
+        problems = path.startswith("/api/v1/")
         for operation in item.values():
             for status, answer in operation["responses"].items():
                 if status.startswith(("4", "5")):
                     assert answer["$ref"].startswith("#/components/responses/")
+                    assert answer["$ref"].startswith("#/components/responses/Problem") == problems
             assert "413" in operation["responses"]
             # The per-org limits apply wherever an org key is the caller, the limit of
             # wrong credentials per address wherever a key or the admin token is.

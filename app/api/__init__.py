@@ -8,6 +8,7 @@ from app.api import (
     meter_events,
     meters,
     openapi,
+    openmeter,  # issue 15
     webhooks,  # issue 14, webhooks
 )
 
@@ -22,3 +23,4 @@ def init_app(app) -> None:
     app.register_blueprint(openapi.blueprint)
     app.register_blueprint(alerts.blueprint)  # issue 14, alerts
     app.register_blueprint(webhooks.blueprint)  # issue 14
+    app.register_blueprint(openmeter.blueprint)  # issue 15

@@ -79,11 +79,31 @@ TAGS = {
     # issue 14, webhooks
     "webhooks": "Signed webhooks (Standard Webhooks): endpoints, their message log, and the "
     "event types (each one's body under the document's top-level `webhooks`).",
+    "openmeter": "OpenMeter's API, the part its SDKs use (docs/openmeter.md): CloudEvents "
+    "ingestion and meters, answered by the same engine; errors are RFC 7807 problems.",
+}
+
+#: OpenMeter's error shape (RFC 7807), what every error under /api/v1 answers with:
+#: our envelope's code, param and listed problems travel as `extensions`.
+PROBLEM = "Problem"
+PROBLEM_SCHEMA = {
+    "type": "object",
+    "required": ["type", "title", "status", "detail", "instance"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer", "minimum": 400, "maximum": 599},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+        "extensions": {"type": "object"},
+    },
 }
 
 #: Path parameters, by the name the Flask rule gives them.
 PATH_PARAMETERS = {
     "meter_id": "The meter's public id.",
+    "id_or_slug": "The meter's public id or its slug (its event name).",
+    "group_by_key": "One of the meter's groupBy keys.",
     "name": "The org's name.",
     "prefix": "The key's public prefix: its first 12 characters.",
     # issue 14, webhooks
@@ -201,6 +221,7 @@ def _new_spec() -> APISpec:
         },
     )
     spec.components.schema("Error", schema=responses.Error)
+    spec.components.schema(PROBLEM, PROBLEM_SCHEMA)
     for status, (name, description) in ERROR_STATUSES.items():
         headers = {USAGE_HEADER: USAGE_HEADER}
         if status in (429, 503):
@@ -210,6 +231,15 @@ def _new_spec() -> APISpec:
             {
                 "description": description,
                 "content": {"application/json": {"schema": "Error"}},
+                "headers": headers,
+            },
+        )
+        # The same answers under /api/v1 (OpenMeter's API), as RFC 7807 problems.
+        spec.components.response(
+            PROBLEM + name,
+            {
+                "description": description,
+                "content": {"application/problem+json": {"schema": PROBLEM}},
                 "headers": headers,
             },
         )
@@ -290,6 +320,8 @@ def _operation(rule, method: str, operation: Operation, view) -> dict:
     }
     if description.strip():
         answer["description"] = description.strip()
+    if operation.raw_body is not None:
+        answer["requestBody"] = {"required": True, "content": operation.raw_body}
     if operation.body is not None:
         answer["requestBody"] = {
             "required": True,
@@ -323,21 +355,27 @@ def _responses(operation: Operation) -> dict:
     answers: dict[str, dict] = {}
     for status, answer in operation.success.items():
         shape = answer.shape
-        if isinstance(shape, str):
-            content: dict[str, dict] = {
-                shape: {"schema": {"type": "object" if "json" in shape else "string"}}
-            }
+        if isinstance(shape, dict):
+            content: dict[str, dict] = {"application/json": {"schema": shape}}
+        elif isinstance(shape, str):
+            content = (
+                {shape: {"schema": {"type": "object" if "json" in shape else "string"}}}
+                if shape
+                else {}
+            )
         else:
             content = {"application/json": {"schema": shape}}
         answers[str(status)] = {
             "description": answer.description,
-            "content": content,
             "headers": {USAGE_HEADER: USAGE_HEADER},
         }
+        if content:
+            answers[str(status)]["content"] = content
         if answer.links:
             answers[str(status)]["links"] = answer.links
     errors = {*operation.errors, 413, *((503,) if operation.datastore else ())}
     for status in sorted(errors):
+        name = ERROR_STATUSES[status][0]
         # mypy: an error's answer object, as ERROR_STATUSES writes it
-        answers[str(status)] = ERROR_STATUSES[status][0]  # type: ignore[assignment]
+        answers[str(status)] = PROBLEM + name if operation.problems else name  # type: ignore[assignment]
     return answers

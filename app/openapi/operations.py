@@ -40,7 +40,9 @@ class Answer:
     is not a JSON object of ours, its media type); OpenAPI links to what may follow."""
 
     description: str
-    shape: type[Schema] | str
+    #: a response schema class; a media type; a JSON schema (dict) of a JSON answer of
+    #: another API's shape (OpenMeter's, `app.api.openmeter`); "" for no content (204).
+    shape: type[Schema] | str | dict
     links: dict[str, dict] = field(default_factory=dict)
 
 
@@ -64,6 +66,10 @@ class Operation:
     parameters: tuple[dict, ...] = ()
     #: whether the endpoint touches the Datastore (and so can answer 503).
     datastore: bool = True
+    #: errors as RFC 7807 problem+json (OpenMeter's API) rather than the envelope.
+    problems: bool = False
+    #: a request body described as raw OpenAPI content (media type -> {schema}).
+    raw_body: dict | None = None
 
 
 def operation_of(view) -> Operation | None:

@@ -5,7 +5,6 @@ timeouts, resets, redirects, the schedule's end, the log, leases, and disabling.
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import threading
 from datetime import timedelta

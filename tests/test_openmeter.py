@@ -253,7 +253,6 @@ def test_values_are_exact_integers_and_anything_else_refuses_the_batch(client, a
         ({"id": 7}, "id"),
         ({"source": None}, "source"),
         ({"subject": ""}, "subject"),
-        ({"type": "unknown_type"}, "type"),
         ({"time": "yesterday"}, "time"),
         ({"time": "2001-01-01T00:00:00Z"}, "time"),
         ({"data": [1]}, "data"),
@@ -290,10 +289,23 @@ def test_request_level_refusals_are_problems(client, api):
 
 
 def test_sdk_errors_carry_the_problem(client):
+    tokens_meter(client)
     with pytest.raises(HttpResponseError) as caught:
-        client.events.ingest_event(Event(event("e1", kind="nothing")))
+        client.events.ingest_event(Event(event("e1", data={"tokens": "many"})))
     assert caught.value.status_code == 400
-    assert caught.value.model["extensions"]["param"] == "events[0].type"
+    assert caught.value.model["extensions"]["param"] == "events[0].data.tokens"
+
+
+def test_an_event_no_meter_consumes_is_accepted_listed_and_not_counted(client, api):
+    meter = tokens_meter(client)
+    answer = post_events(
+        api, [event("good"), event("other", kind="nothing")], "application/cloudevents-batch+json"
+    )
+    assert answer.status_code == 204, answer.text
+    assert native_total(api, meter.id)["value"] == 10  # the prompt, not the other type
+    (listed,) = [e for e in client.events.list() if e.event.id == "other"]
+    assert "no active meter consumes events of type 'nothing'" in listed.validation_error
+    assert [e.validation_error for e in client.events.list(id="good")] == [None]
 
 
 def test_unknown_key_and_unknown_paths_are_problems(server, api):

@@ -96,6 +96,23 @@ def conflicted(conflicts: list[tuple[Any, Any]], now: datetime) -> None:
     )
 
 
+def unmetered(events: list[Any], now: datetime) -> None:
+    """Keep each valid event that no active meter consumes: accepted (as OpenMeter does,
+    so emitters may send types before their meter exists) and listed, never counted."""
+    _put(
+        [
+            CloudEventProblem(
+                ingested_at=now,
+                outcome="unmetered",
+                error=f"no active meter consumes events of type {event.type!r}: accepted "
+                "and not counted (create a meter with this eventType first)",
+                event_json=_text(event.attributes),
+            )
+            for event in events
+        ]
+    )
+
+
 # -- the list --------------------------------------------------------------------------
 
 

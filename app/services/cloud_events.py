@@ -358,6 +358,7 @@ def record(items: list[Any], config: Config) -> list[tuple[CloudEvent, ingest.Ou
     consumers: dict[str, list[tuple[Meter, Mapping, int]]] = {}
     drafts: list[ingest.Draft] = []
     fed: list[CloudEvent] = []
+    unmetered: list[CloudEvent] = []  # valid, but no active meter consumes their type
     for index, event in enumerate(checked):
         if event is None:
             continue
@@ -367,7 +368,7 @@ def record(items: list[Any], config: Config) -> list[tuple[CloudEvent, ingest.Ou
                 for meter, mapping in mappings.meters_for_type(event.type)
             ]
         if not consumers[event.type]:
-            problems.add(index, "type", f"no active meter consumes events of type {event.type}")
+            unmetered.append(event)
         for meter, mapping, meter_key_id in consumers[event.type]:
             reading = _reading(index, event, meter, mapping, problems)
             if reading is not None:
@@ -386,6 +387,8 @@ def record(items: list[Any], config: Config) -> list[tuple[CloudEvent, ingest.Ou
     ]
     if conflicts:
         event_log.conflicted(conflicts, now)
+    if unmetered:
+        event_log.unmetered(unmetered, now)
     return [(event, outcome) for event, outcome, _ in recorded]
 
 

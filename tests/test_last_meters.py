@@ -92,7 +92,9 @@ def test_a_hot_user_of_a_last_meter_takes_the_fast_path_and_ends_exact(api, emul
         thread.join()
     assert failures == []
     if emulator_kind == "firestore":  # blind transforms: no event or rollup is read, only
-        assert set(reads) == {3}  # the request's API key, org and meter
+        # The request's API key, org and meter; a batch may add the lookup of the org's
+        # meters with alert rules, which each process makes at most once a second.
+        assert set(reads) <= {3, 4}, reads
     summary = api.summary(meterId=meter["id"], userId="hot")
     assert (summary["value"], summary["eventCount"]) == (expected, 800)
 

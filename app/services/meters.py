@@ -8,6 +8,7 @@ name exactly one commits; the other sees the first and answers 409.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, cast
 
 from google.cloud import ndb
@@ -56,8 +57,11 @@ def _announce(event_type: str, targets: list[WebhookEndpoint], meter: Meter) -> 
     ndb.put_multi(outbox.messages(targets, event_type, event_id, data, meter.updated_at))
 
 
-def create_meter(fields: dict[str, Any]) -> Meter:
-    """Create a meter; 409 if its event name is taken by an active meter."""
+def create_meter(fields: dict[str, Any], along: Callable[[Meter], None] | None = None) -> Meter:
+    """Create a meter; 409 if its event name is taken by an active meter. `along` writes
+    what must commit with the meter (its OpenMeter mapping) inside the same transaction;
+    callers never wrap this in a transaction of their own: the reads and writes made
+    before it (announcement targets, the org-wide marker) would contend with it."""
     key = Meter.allocate_ids(1, parent=root_key())[0]
     targets = outbox.targets("meter.created")  # issue 14: read before the transaction
     # Before the meter exists, so before it can have events: its org-wide rollups hold
@@ -70,6 +74,8 @@ def create_meter(fields: dict[str, Any]) -> Meter:
             raise _taken(fields["eventName"])
         meter = Meter(key=key, **{_FIELDS[name]: value for name, value in fields.items()})
         meter.create()
+        if along is not None:
+            along(meter)
         _announce("meter.created", targets, meter)
         return meter
 

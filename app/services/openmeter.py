@@ -195,14 +195,10 @@ def create(body: Any) -> tuple[Meter, Mapping]:
         stored=True,
     )
 
-    @transactional(retries=8)
-    def create_both() -> Meter:  # the meter and its mapping, or neither
-        meter = meter_service.create_meter(fields)
-        mappings.save(meter, mapping)
-        return meter
-
-    try:
-        return create_both(), mapping
+    try:  # the meter and its mapping in one transaction, or neither
+        return meter_service.create_meter(
+            fields, lambda meter: mappings.save(meter, mapping)
+        ), mapping
     except Conflict:
         raise Conflict(
             "meter with the same slug already exists", param="slug", code="slug_taken"

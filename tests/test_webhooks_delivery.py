@@ -306,6 +306,25 @@ def test_an_endpoint_failing_for_five_days_is_disabled_and_its_messages_wait(
     assert len(receiver.received) == sent + 2  # both waiting messages, once each
 
 
+def test_an_endpoint_that_answered_during_its_run_of_failures_stays_enabled(api, receiver, deliver):
+    """Deliveries write nothing to the endpoint (it would be one hot entity); a failure
+    five days into a run looks at the log, and a delivery since restarts the run."""
+    endpoint = _endpoint(api, receiver)
+    receiver.mode = "error"
+    _test_message(api, endpoint)
+    deliver()  # the first failure: failing since now
+    receiver.mode = "ok"
+    _test_message(api, endpoint)
+    deliver()  # both delivered
+    receiver.mode = "error"
+    _test_message(api, endpoint)
+    deliver(now=utcnow() + timedelta(days=5, minutes=1))
+    state = api.get(f"/v1/webhooks/endpoints/{endpoint['id']}").json()
+    assert (state["enabled"], state["disabledReason"]) == (True, None)
+    deliver(now=utcnow() + timedelta(days=10, minutes=2))  # five days after the new run
+    assert api.get(f"/v1/webhooks/endpoints/{endpoint['id']}").json()["enabled"] is False
+
+
 def test_a_deleted_endpoints_messages_fail_clearly(api, org, receiver, deliver, ndb_client):
     endpoint = _endpoint(api, receiver)
     message = _test_message(api, endpoint)

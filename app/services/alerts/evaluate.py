@@ -59,9 +59,6 @@ LEASE_SECONDS = 10.0
 #: Feeds read per chunk; a chunk whose commit would exceed MAX_MUTATIONS is halved.
 CHUNK_FEEDS = 100
 MAX_MUTATIONS = 500
-#: While a stale rule cache may still commit a batch without its feed, how often a tally
-#: touched again is re-read from the summaries.
-RESEED_EVERY = timedelta(seconds=1)
 TRIGGERED, RESOLVED = "alert.triggered", "alert.resolved"
 
 
@@ -334,9 +331,12 @@ def _needs_seed(
     max after a cancel; a new tally of a period that may hold events recorded before every
     batch wrote a feed (future timestamps included); one built under another basis (its
     spec may have gone unwatched: the earliest rule archived, then others); and one seeded
-    before its basis, once its seed is RESEED_EVERY old or the basis has passed (a batch of
-    a process whose rule cache was stale may have committed since without a feed: the
-    next seed takes it in; until then the value may be short, never over)."""
+    before its basis, once the basis has passed (a batch of a process whose rule cache was
+    stale may have committed since without a feed: that one re-read takes it in; until
+    then the value may be short, never over). Not more often: right after a rule is
+    created is when a tenant records the most against it, and re-reading every touched
+    tally then (once a second each, an earlier version) made the evaluator fall tens of
+    seconds behind (`benchmarks/alerts_exact.py`)."""
     basis = complete_after(touch.rules, settings)
     if aggregation == Aggregation.UNIQUE_COUNT:
         return True
@@ -348,7 +348,7 @@ def _needs_seed(
         return True
     if tally.seeded_at is None or tally.seeded_at >= basis:
         return False
-    return now >= basis or now - tally.seeded_at >= RESEED_EVERY
+    return now >= basis
 
 
 def _version(tally: AlertTally | None) -> tuple[Any, ...] | None:

@@ -452,36 +452,64 @@ def record(
     return store()
 
 
+#: endpoint (namespace, key id) -> when this process last wrote its first failure
+#: (monotonic): a burst of failures writes the endpoint once, not once per message.
+_failure_written: dict[tuple[str | None, int], float] = {}
+FAILURE_WRITE_SECONDS = 10.0
+
+
 def note_endpoint_health(endpoint: WebhookEndpoint, outcome: Outcome, now: datetime) -> None:
-    """Track the endpoint's unbroken run of failures; disable it after DISABLE_AFTER. Writes
-    only when that state changes."""
-    if outcome.delivered and endpoint.failing_since is None:
+    """Track the endpoint's run of failures without making it a hot entity (about one
+    write a second is what one entity sustains, and deliveries come by the hundred): a
+    delivery writes nothing; a failure writes `failing_since` when the endpoint has none
+    (at most once per FAILURE_WRITE_SECONDS per process); a failure once that is
+    DISABLE_AFTER old disables the endpoint, unless its log shows a delivery since, which
+    restarts the run (`_delivered_since`, one indexed read, at most once per run)."""
+    if outcome.delivered:
         return
-    if (
-        not outcome.delivered
-        and endpoint.failing_since is not None
-        and now - endpoint.failing_since < DISABLE_AFTER
-    ):
+    since = endpoint.failing_since
+    if since is not None and now - since < DISABLE_AFTER:
         return
+    if since is None:
+        ident, moment = (endpoint.key.namespace(), endpoint.key.id()), time.monotonic()
+        with _in_flight_lock:
+            if moment - _failure_written.get(ident, -FAILURE_WRITE_SECONDS) < FAILURE_WRITE_SECONDS:
+                return
+            _failure_written[ident] = moment
 
     @transactional(retries=5)
     def store() -> None:
         current = cast(WebhookEndpoint | None, endpoint.key.get())
         if current is None or current.deleted:
             return
-        if outcome.delivered:
-            current.failing_since = None
-        elif current.failing_since is None:
+        if current.failing_since is None:
             current.failing_since = now
-        elif now - current.failing_since >= DISABLE_AFTER and current.enabled:
+        elif now - current.failing_since < DISABLE_AFTER or not current.enabled:
+            return
+        elif _delivered_since(current, current.failing_since):
+            current.failing_since = now  # it answered in between: a new run starts
+        else:
             current.enabled = False
             current.disabled_reason = (
                 f"disabled at {format_time(now)}: every attempt failed since "
                 f"{format_time(current.failing_since)} (5 days); last error: {outcome.error}"
             )
             log.warning("webhook endpoint %s disabled: %s", current.id_, current.disabled_reason)
-        else:
-            return
         current.put()
 
     store()
+
+
+def _delivered_since(endpoint: WebhookEndpoint, since: datetime) -> bool:
+    """Whether a message of the endpoint was delivered at or after `since`: its newest
+    delivered message (the delivery log's index), recorded then."""
+    newest = (
+        WebhookMessage.query(
+            WebhookMessage.endpoint_id == endpoint.id_,
+            WebhookMessage.status == DELIVERED,
+            ancestor=root_key(),
+        )
+        .order(-WebhookMessage.created_at)
+        .fetch(1)
+    )
+    return bool(newest) and newest[0].updated_at is not None and newest[0].updated_at >= since

@@ -1,0 +1,413 @@
+"""Alerts end to end: exactly the crossings, each once, signed, within the latency bars.
+
+One run of `python benchmarks/alerts_exact.py` starts Google's Firestore-mode emulator, a
+webhook receiver on loopback, and `metering serve` (2 workers x 8 threads, its background
+delivery loop on) exactly as a tenant would run it. Then:
+
+1. a sum meter, one webhook endpoint (the receiver) and five alert rules: each user per
+   UTC month, each user per Asia/Kolkata day, one user per UTC month, the org per UTC day,
+   the org per Asia/Kolkata month;
+2. `--clients` threads record `--events` events in batches of `--batch`, users owned one
+   client each (so a user's events are recorded in a known order), values 1..10,
+   timestamps spread over the last three days (out of order, across day boundaries in
+   both zones), every event with an idempotency key; a failed request is sent again,
+   unchanged, until it is answered;
+3. the receiver verifies every delivery with the `standardwebhooks` package, answers 500
+   to the first attempt of `--fail-rate` of the messages, and hangs past the service's
+   10 s timeout on a few first attempts; with `--restart`, the service is killed with
+   SIGKILL halfway and started again on the same Datastore;
+4. a brute force over the recorded events says which (rule, subject, period, threshold)
+   crossed; the run waits for the messages and compares: every crossing received, under
+   one `webhook-id`, nothing else; latency = receipt of a crossing's first delivery minus
+   the 201 of the batch that crossed it (per-user rules, whose order is known).
+
+It prints the figures and exits 1 if the set differs or a latency bar is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.server
+import json
+import os
+import random
+import signal
+import statistics
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common
+
+BARS = {"median_seconds": 2.0, "p95_seconds": 5.0}
+KOLKATA = ZoneInfo("Asia/Kolkata")
+METER_EVENTS = "/v1/billing/meter-events"
+
+
+# -- the receiver ---------------------------------------------------------------------
+
+
+@dataclass
+class Delivery:
+    webhook_id: str
+    at: float
+    payload: dict
+
+
+@dataclass
+class Receiver:
+    """A webhook receiver on loopback that verifies, records and sometimes fails."""
+
+    secret: str = ""
+    fail_rate: float = 0.0
+    hangs: int = 0
+    deliveries: list[Delivery] = field(default_factory=list)
+    attempts: dict[str, int] = field(default_factory=dict)
+    bad_signatures: int = 0
+    refused_first: set[str] = field(default_factory=set)  # ids whose first attempt failed
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self) -> str:
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                status = receiver.receive(body, {k.lower(): v for k, v in self.headers.items()})
+                self.send_response(status)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
+
+    def receive(self, body: bytes, headers: dict) -> int:
+        from standardwebhooks.webhooks import Webhook  # the independent verifier
+
+        now = time.monotonic()
+        webhook_id = headers.get("webhook-id", "")
+        try:
+            payload = Webhook(self.secret).verify(body, headers)
+        except Exception:  # noqa: BLE001 - any refusal of the verifier counts
+            with self.lock:
+                self.bad_signatures += 1
+            return 400
+        with self.lock:
+            attempt = self.attempts.get(webhook_id, 0) + 1
+            self.attempts[webhook_id] = attempt
+            first = attempt == 1
+            if first and self.hangs > 0 and random.random() < 0.05:
+                self.hangs -= 1
+                hang = True
+            else:
+                hang = False
+        if hang or (first and random.random() < self.fail_rate):
+            with self.lock:
+                self.refused_first.add(webhook_id)
+        if hang:
+            time.sleep(12)  # past the service's 10 s timeout: a failed attempt
+            return 200
+        if first and webhook_id in self.refused_first:
+            return 500
+        with self.lock:
+            self.deliveries.append(Delivery(webhook_id, now, payload))
+        return 200
+
+
+# -- the rules and their brute force --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    scope: object  # "user" | "org" | {"userId": ...}
+    period: str  # day | month
+    zone: str
+    thresholds: tuple[int, ...]
+    id: str = ""
+
+    def document(self, meter_id: str) -> dict:
+        return {
+            "name": self.name,
+            "meterId": meter_id,
+            "thresholds": list(self.thresholds),
+            "scope": self.scope,
+            "period": self.period,
+            "timeZone": self.zone,
+        }
+
+    def subject(self, user: str) -> str | None:
+        if self.scope == "org":
+            return None
+        if isinstance(self.scope, dict):
+            return user if self.scope["userId"] == user else "-"
+        return user
+
+    def period_start(self, timestamp: datetime) -> datetime:
+        local = timestamp.astimezone(ZoneInfo(self.zone))
+        start = local.replace(hour=0, minute=0, second=0, microsecond=0)
+        if self.period == "month":
+            start = start.replace(day=1)
+        return start
+
+
+def make_rules(one_user: str) -> list[Rule]:
+    return [
+        Rule("user month", "user", "month", "UTC", (60, 250, 600)),
+        Rule("user day kolkata", "user", "day", "Asia/Kolkata", (25, 80)),
+        Rule("one user month", {"userId": one_user}, "month", "UTC", (100, 300)),
+        Rule("org day", "org", "day", "UTC", (500, 2000, 5000)),
+        Rule("org month kolkata", "org", "month", "Asia/Kolkata", (1500, 6000)),
+    ]
+
+
+Crossing = tuple[str, str | None, datetime, int]  # rule id, user (None: org), period, threshold
+
+
+class BruteForce:
+    """Each (rule, subject, period)'s value, and when each threshold was crossed."""
+
+    def __init__(self, rules: list[Rule]):
+        self.rules = rules
+        self.values: dict[tuple, int] = {}
+        self.crossed_at: dict[Crossing, float] = {}
+        self.recorded = 0
+        self.lock = threading.Lock()
+
+    def add(self, events: list[dict], acknowledged_at: float) -> None:
+        with self.lock:
+            self.recorded += len(events)
+            for event in events:
+                timestamp = datetime.fromisoformat(event["timestamp"])
+                for rule in self.rules:
+                    subject = rule.subject(event["userId"])
+                    if subject == "-":
+                        continue
+                    key = (rule.id, subject, rule.period_start(timestamp))
+                    before = self.values.get(key, 0)
+                    after = before + event["value"]
+                    self.values[key] = after
+                    for threshold in rule.thresholds:
+                        if before < threshold <= after:
+                            self.crossed_at[(*key, threshold)] = acknowledged_at
+
+
+# -- recording ------------------------------------------------------------------------
+
+
+class Target:
+    """The service's current address: it changes when the service is restarted."""
+
+    def __init__(self, url: str, api_key: str):
+        self.url, self.api_key = url, api_key
+        self.up = threading.Event()
+        self.up.set()
+
+    def client(self) -> common.Client:
+        self.up.wait()
+        return common.Client(self.url, self.api_key, timeout=30)
+
+
+def record(target: Target, meter_id: str, batches: list[list[dict]], brute: BruteForce) -> int:
+    """Send each batch until it is answered 201; returns how many sends failed."""
+    failures, client = 0, target.client()
+    for events in batches:
+        body = json.dumps({"events": [{"meterId": meter_id, **event} for event in events]}).encode()
+        while True:
+            try:
+                answer = client.request("POST", METER_EVENTS, body)
+            except OSError:
+                answer = None
+            if answer is not None and answer.status == 201:
+                brute.add(events, time.monotonic())
+                break
+            failures += 1
+            client.close()
+            time.sleep(0.2)
+            client = target.client()
+    client.close()
+    return failures
+
+
+def make_batches(args, users: list[str], now: datetime) -> list[list[list[dict]]]:
+    """Per client, its batches: users owned by one client each, events out of order."""
+    rng = random.Random(args.seed)
+    per_client: list[list[list[dict]]] = [[] for _ in range(args.clients)]
+    owned = [users[i :: args.clients] for i in range(args.clients)]
+    per_batch = args.events // args.batch
+    for number in range(per_batch):
+        client = number % args.clients
+        events = []
+        for _ in range(args.batch):
+            moment = now - timedelta(seconds=rng.uniform(0, 3 * 86400))
+            events.append(
+                {
+                    "userId": rng.choice(owned[client]),
+                    "value": rng.randint(1, 10),
+                    "timestamp": moment.isoformat(timespec="microseconds"),
+                    "idempotency": uuid.uuid4().hex,
+                }
+            )
+        per_client[client].append(events)
+    return per_client
+
+
+# -- the run --------------------------------------------------------------------------
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=6000)
+    parser.add_argument("--users", type=int, default=48)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=20)
+    parser.add_argument("--fail-rate", type=float, default=0.1)
+    parser.add_argument("--hangs", type=int, default=2)
+    parser.add_argument("--restart", action="store_true", help="SIGKILL the service halfway")
+    parser.add_argument("--wait", type=float, default=120.0, help="seconds to wait for messages")
+    parser.add_argument("--seed", type=int, default=14)
+    return parser.parse_args(argv)
+
+
+def setup(client: common.Client, receiver_url: str, rules: list[Rule]) -> tuple[str, str]:
+    """The meter, the endpoint (its secret) and the rules (their ids filled in)."""
+    name = f"tokens_{uuid.uuid4().hex[:8]}"
+    meter = client.post_json(
+        "/v1/billing/meters", {"name": name, "eventName": name, "aggregationType": "sum"}
+    )
+    endpoint = client.post_json(
+        "/v1/webhooks/endpoints", {"url": receiver_url, "eventTypes": ["alert.triggered"]}
+    )
+    for index, rule in enumerate(rules):
+        created = client.post_json("/v1/billing/alerts", rule.document(meter["id"]))
+        rules[index] = Rule(**{**rule.__dict__, "id": created["id"]})
+    return meter["id"], endpoint["secret"]
+
+
+def received_crossings(receiver: Receiver) -> dict[Crossing, list[Delivery]]:
+    found: dict[Crossing, list[Delivery]] = {}
+    for delivery in receiver.deliveries:
+        if delivery.payload.get("type") != "alert.triggered":
+            continue
+        data = delivery.payload["data"]
+        key = (
+            data["alertId"],
+            data["userId"],
+            datetime.fromisoformat(data["periodStart"]),
+            int(data["threshold"]),
+        )
+        found.setdefault(key, []).append(delivery)
+    return found
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    workdir = common.scratch_dir()
+    emulator = common.start_emulator("firestore", workdir)
+    extra = {"METERING_BACKGROUND_DELIVERY_SECONDS": "1"}
+    service = common.Service(emulator.host, 2, 8, workdir, extra_env=extra).start()
+    receiver = Receiver(fail_rate=args.fail_rate, hangs=args.hangs)
+    try:
+        assert service.api_key, "metering serve printed no API key"
+        users = [f"user-{n}" for n in range(args.users)]
+        rules = make_rules(users[0])
+        admin = common.Client(service.url, service.api_key)
+        meter_id, receiver.secret = setup(admin, receiver.start(), rules)
+        brute = BruteForce(rules)
+        target = Target(service.url, service.api_key)
+        plans = make_batches(args, users, datetime.now(UTC))
+        started = time.monotonic()
+        threads = [
+            threading.Thread(target=record, args=(target, meter_id, plan, brute), daemon=True)
+            for plan in plans
+        ]
+        for thread in threads:
+            thread.start()
+        if args.restart:
+            service = restart_halfway(service, emulator.host, workdir, extra, target, brute, args)
+        for thread in threads:
+            thread.join()
+        recorded_seconds = time.monotonic() - started
+        return report(args, receiver, brute, recorded_seconds)
+    finally:
+        service.stop()
+        emulator.stop()
+
+
+def restart_halfway(service, emulator_host, workdir, extra, target, brute, args):
+    """SIGKILL the service once half the batches are answered; start it again."""
+    while brute.recorded < args.events // 2:
+        time.sleep(0.05)
+    target.up.clear()
+    os.killpg(service.process.pid, signal.SIGKILL)  # master and workers at once, no goodbye
+    service.process.wait()
+    print(f"killed the service with SIGKILL after {brute.recorded} events", flush=True)
+    again = common.Service(emulator_host, 2, 8, workdir, extra_env=extra).start()
+    target.url = again.url
+    target.up.set()
+    return again
+
+
+def report(args, receiver: Receiver, brute: BruteForce, recorded_seconds: float) -> int:
+    expected = dict(brute.crossed_at)
+    deadline = time.monotonic() + args.wait
+    while time.monotonic() < deadline:
+        with receiver.lock:
+            found = received_crossings(receiver)
+        if set(found) >= set(expected):
+            break
+        time.sleep(0.5)
+    time.sleep(3)  # anything extra that was still on its way
+    with receiver.lock:
+        found = received_crossings(receiver)
+    missing = set(expected) - set(found)
+    extra = set(found) - set(expected)
+    split = {k: v for k, v in found.items() if len({d.webhook_id for d in v}) > 1}
+    redelivered = sum(len(v) - 1 for v in found.values())
+    every, clean = [], []  # per-user crossings; clean: first attempt accepted
+    for key, at in expected.items():
+        if key in found and key[1] is not None:
+            every.append(found[key][0].at - at)
+            if found[key][0].webhook_id not in receiver.refused_first:
+                clean.append(found[key][0].at - at)
+    median, p95 = _median_p95(clean)
+    print(f"recorded {args.events} events in {recorded_seconds:.1f}s with {args.clients} clients")
+    print(f"crossings expected {len(expected)}, received {len(found)}")
+    print(f"missing {len(missing)}, unexpected {len(extra)}, split over ids {len(split)}")
+    print(f"bad signatures {receiver.bad_signatures}, redeliveries of one id {redelivered}")
+    print(
+        f"latency of per-user crossings whose first attempt was accepted (n={len(clean)}): "
+        f"median {median:.2f}s, p95 {p95:.2f}s"
+    )
+    every_median, every_p95 = _median_p95(every)
+    print(
+        f"latency of every per-user crossing, retries after refused attempts included "
+        f"(n={len(every)}): median {every_median:.2f}s, p95 {every_p95:.2f}s"
+    )
+    ok = not missing and not extra and not split and receiver.bad_signatures == 0
+    ok = ok and median <= BARS["median_seconds"] and p95 <= BARS["p95_seconds"]
+    print("PASS" if ok else "FAIL")
+    return 0 if ok else 1
+
+
+def _median_p95(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return float("nan"), float("nan")
+    if len(values) < 20:
+        return statistics.median(values), max(values)
+    return statistics.median(values), statistics.quantiles(values, n=20)[-1]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

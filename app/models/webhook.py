@@ -91,6 +91,15 @@ class WebhookMessage(Lifecycle, ndb.Model):
         """The message of one event for one endpoint: deterministic, so stored once."""
         return ndb.Key(MESSAGE_KIND, f"{event_id}.{endpoint_key.id()}", parent=root_key())
 
+    @classmethod
+    def log_of(cls, endpoint_id: str, status: str | None = None) -> ndb.Query:
+        """An endpoint's messages, newest first, maybe of one status: the delivery log (and
+        its composite indexes, index.yaml)."""
+        filters = [cls.endpoint_id == endpoint_id]
+        if status is not None:
+            filters.append(cls.status == status)
+        return cls.query(*filters, ancestor=root_key()).order(-cls.created_at)
+
     def log_attempt(self, attempt: dict) -> None:
         """Append an attempt to the bounded log."""
         self.attempt_count = (self.attempt_count or 0) + 1

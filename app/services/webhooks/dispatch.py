@@ -503,13 +503,5 @@ def note_endpoint_health(endpoint: WebhookEndpoint, outcome: Outcome, now: datet
 def _delivered_since(endpoint: WebhookEndpoint, since: datetime) -> bool:
     """Whether a message of the endpoint was delivered at or after `since`: its newest
     delivered message (the delivery log's index), recorded then."""
-    newest = (
-        WebhookMessage.query(
-            WebhookMessage.endpoint_id == endpoint.id_,
-            WebhookMessage.status == DELIVERED,
-            ancestor=root_key(),
-        )
-        .order(-WebhookMessage.created_at)
-        .fetch(1)
-    )
+    newest = WebhookMessage.log_of(endpoint.id_, DELIVERED).fetch(1)
     return bool(newest) and newest[0].updated_at is not None and newest[0].updated_at >= since

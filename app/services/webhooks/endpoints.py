@@ -140,11 +140,7 @@ def list_messages(
 ) -> tuple[list[WebhookMessage], str | None]:
     """One page of an endpoint's messages, newest first, maybe of one status."""
     endpoint = get_endpoint(public_id)
-    filters = [WebhookMessage.endpoint_id == endpoint.id_]
-    if status is not None:
-        filters.append(WebhookMessage.status == status)
-    query = WebhookMessage.query(*filters, ancestor=root_key()).order(-WebhookMessage.created_at)
-    return paging.page(query, limit, cursor)
+    return paging.page(WebhookMessage.log_of(endpoint.id_, status), limit, cursor)
 
 
 def retry_message(public_id: str, message_id: str) -> WebhookMessage:

@@ -74,6 +74,13 @@ class Unauthorized(ApiError):
     code = "unauthorized"
 
 
+class Forbidden(ApiError):
+    """Raised when the caller's key lacks the scope an operation needs (403)."""
+
+    status = 403
+    code = "missing_scope"
+
+
 class NotFound(ApiError):
     """Raised when the addressed meter, org or key does not exist for the caller (404)."""
 

@@ -27,7 +27,8 @@ from collections import OrderedDict
 from flask import current_app, g, request
 
 from app import datastore, ratelimit
-from app.errors import NotFound, Unauthorized
+from app.core.scopes import ALL_SCOPES
+from app.errors import Forbidden, NotFound, Unauthorized
 from app.services import orgs
 
 
@@ -140,8 +141,17 @@ def require_org() -> None:
         ratelimit.count_unauthenticated(address)  # 429 instead, once over the limit
         raise
     g.org = org  # read by app.ratelimit (whose budget) and app.headers (no-store)
+    g.scopes = ALL_SCOPES  # what the key may do, checked by `require_scope`
     ratelimit.check(org.name)
     datastore.use_namespace(org.namespace)
+
+
+def require_scope(scope: str) -> None:
+    """Refuse the request (403, naming the scope) unless the caller's key holds `scope`."""
+    if scope not in g.get("scopes", frozenset()):
+        raise Forbidden(
+            f"this API key lacks the scope {scope!r} this operation needs", param="scope"
+        )
 
 
 def require_admin() -> None:

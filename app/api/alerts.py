@@ -3,7 +3,15 @@
 from flask import Blueprint, current_app
 
 from app import tenancy
-from app.api.declare import TENANT_ERRORS, arguments, body, operation, other_responses, response
+from app.api.declare import (
+    TENANT_ERRORS,
+    arguments,
+    body,
+    operation,
+    other_responses,
+    response,
+    scope,
+)
 from app.schemas.alerts import (
     Alert,
     AlertCreate,
@@ -25,6 +33,7 @@ def _page_size(args) -> int:
 
 
 @blueprint.post("")
+@scope("meters:write")
 @tenant
 @body(AlertCreate)
 @response(Alert, 201, "The new alert rule.")
@@ -35,6 +44,7 @@ def create_alert(fields):
 
 
 @blueprint.get("")
+@scope("meters:read")
 @tenant
 @arguments(AlertListQuery)
 @response(AlertPage, 200, "A page of alert rules.")
@@ -48,6 +58,7 @@ def list_alerts(args):
 
 
 @blueprint.get("/<alert_id>")
+@scope("meters:read")
 @tenant
 @response(Alert, 200, "The alert rule.")
 @other_responses(404)
@@ -57,6 +68,7 @@ def get_alert(alert_id):
 
 
 @blueprint.patch("/<alert_id>")
+@scope("meters:write")
 @tenant
 @body(AlertUpdate)
 @response(Alert, 200, "The changed alert rule.")
@@ -67,6 +79,7 @@ def update_alert(changes, alert_id):
 
 
 @blueprint.delete("/<alert_id>")
+@scope("meters:write")
 @tenant
 @response(Alert, 200, "The archived alert rule.")
 @other_responses(404)
@@ -76,6 +89,7 @@ def archive_alert(alert_id):
 
 
 @blueprint.get("/<alert_id>/triggers")
+@scope("meters:read")
 @tenant
 @arguments(TriggerListQuery)
 @response(TriggerPage, 200, "A page of the rule's triggers, newest first.")

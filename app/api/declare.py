@@ -35,7 +35,9 @@ from collections.abc import Callable
 
 from flask import current_app
 
+from app import tenancy
 from app.api import requests
+from app.core.scopes import ALL_SCOPES
 from app.openapi.operations import API_KEY, Answer, ConfiguredBody, declared
 from app.schemas import load
 
@@ -76,6 +78,27 @@ def operation(
         described.tag, described.security, described.datastore = tag, security, datastore
         described.errors = tuple(sorted({*described.errors, *errors}))
         return view
+
+    return decorate
+
+
+def scope(name: str) -> Callable:
+    """The API key scope the view needs (`app.core.scopes`): checked before the body is
+    read, so a key without it gets 403 naming the scope and nothing else happens."""
+    if name not in ALL_SCOPES:
+        raise ValueError(f"unknown scope {name!r}")
+
+    def decorate(view):
+        described = declared(view)
+        described.scope = name
+        described.errors = tuple(sorted({*described.errors, 403}))
+
+        @functools.wraps(view)
+        def scoped(*args, **kwargs):
+            tenancy.require_scope(name)
+            return view(*args, **kwargs)
+
+        return scoped
 
     return decorate
 

@@ -12,6 +12,7 @@ from app.api.declare import (
     operation,
     other_responses,
     response,
+    scope,
 )
 from app.schemas import responses
 from app.schemas.meters import ListQuery, MeterCreate, MeterUpdate
@@ -37,6 +38,7 @@ METER_LINKS = {
 
 
 @blueprint.post("")
+@scope("meters:write")
 @tenant
 @body(MeterCreate)
 @response(responses.Meter, 201, "The new meter.", links=METER_LINKS)
@@ -47,6 +49,7 @@ def create_meter(fields):
 
 
 @blueprint.get("")
+@scope("meters:read")
 @tenant
 @arguments(ListQuery)
 @response(responses.MeterPage, 200, "A page of meters.")
@@ -61,6 +64,7 @@ def list_meters(args):
 
 
 @blueprint.get("/<meter_id>")
+@scope("meters:read")
 @tenant
 @response(responses.Meter, 200, "The meter.")
 @other_responses(404)
@@ -70,6 +74,7 @@ def get_meter(meter_id):
 
 
 @blueprint.patch("/<meter_id>")
+@scope("meters:write")
 @tenant
 @body(MeterUpdate)
 @response(responses.Meter, 200, "The changed meter.")
@@ -80,6 +85,7 @@ def update_meter(changes, meter_id):
 
 
 @blueprint.delete("/<meter_id>")
+@scope("meters:write")
 @tenant
 @response(responses.Meter, 200, "The archived meter.")
 @other_responses(404)

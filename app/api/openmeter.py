@@ -19,7 +19,7 @@ from werkzeug.http import HTTP_STATUS_CODES
 
 from app import tenancy
 from app.api import requests
-from app.api.declare import TENANT_ERRORS
+from app.api.declare import TENANT_ERRORS, scope
 from app.openapi.operations import API_KEY, Answer, declared
 from app.schemas import openmeter as shapes
 from app.services import cloud_event_log, cloud_events, mappings, openmeter
@@ -74,6 +74,7 @@ NOT_SERVED = (
 
 
 @blueprint.post("/events")
+@scope("events:write")
 @described(204, "Stored (or already stored).", "", (400,), raw_body=shapes.EVENTS_BODY)
 def ingest_events():
     """Ingest CloudEvents: structured, batched or binary; 204, or a problem and nothing
@@ -88,6 +89,7 @@ def ingest_events():
 
 
 @blueprint.get("/events")
+@scope("usage:read")
 @described(
     200,
     "Recent CloudEvents: stored, refused, conflicting.",
@@ -101,6 +103,7 @@ def list_events():
 
 
 @blueprint.get("/meters")
+@scope("meters:read")
 @described(200, "The meters.", shapes.METERS, (400,), parameters=shapes.LIST_PARAMETERS)
 def list_meters():
     """OpenMeter's listMeters: a bare array."""
@@ -108,6 +111,7 @@ def list_meters():
 
 
 @blueprint.post("/meters")
+@scope("meters:write")
 @described(
     201,
     "The new meter.",
@@ -122,6 +126,7 @@ def create_meter():
 
 
 @blueprint.get("/meters/<id_or_slug>")
+@scope("meters:read")
 @described(200, "The meter.", shapes.METER)
 def get_meter(id_or_slug):
     """OpenMeter's getMeter, by id (archived too) or slug (active only)."""
@@ -130,6 +135,7 @@ def get_meter(id_or_slug):
 
 
 @blueprint.put("/meters/<id_or_slug>")
+@scope("meters:write")
 @described(
     200,
     "The changed meter.",
@@ -144,6 +150,7 @@ def update_meter(id_or_slug):
 
 
 @blueprint.delete("/meters/<id_or_slug>")
+@scope("meters:write")
 @described(204, "Archived.", "", (404,))
 def delete_meter(id_or_slug):
     """OpenMeter's deleteMeter: archive, 204."""
@@ -152,6 +159,7 @@ def delete_meter(id_or_slug):
 
 
 @blueprint.get("/meters/<id_or_slug>/query")
+@scope("usage:read")
 @described(200, "Its usage.", shapes.QUERY_RESULT, parameters=shapes.QUERY_PARAMETERS)
 def query_meter(id_or_slug):
     """OpenMeter's queryMeter, answered by the native summary."""
@@ -159,6 +167,7 @@ def query_meter(id_or_slug):
 
 
 @blueprint.post("/meters/<id_or_slug>/query")
+@scope("usage:read")
 @described(
     200,
     "Its usage.",
@@ -172,6 +181,7 @@ def query_meter_post(id_or_slug):
 
 
 @blueprint.get("/meters/<id_or_slug>/group-by/<group_by_key>/values")
+@scope("usage:read")
 @described(200, "The key's values.", shapes.SUBJECTS, parameters=shapes.PERIOD)
 def list_group_by_values(id_or_slug, group_by_key):
     """OpenMeter's listMeterGroupByValues: the values one groupBy key took in [from, to)."""
@@ -180,6 +190,7 @@ def list_group_by_values(id_or_slug, group_by_key):
 
 
 @blueprint.get("/meters/<id_or_slug>/subjects")
+@scope("usage:read")
 @described(200, "Subjects with events.", shapes.SUBJECTS, parameters=shapes.PERIOD)
 def list_subjects(id_or_slug):
     """OpenMeter's listMeterSubjects."""

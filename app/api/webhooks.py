@@ -8,7 +8,15 @@ import copy
 from flask import Blueprint, current_app
 
 from app import tenancy
-from app.api.declare import TENANT_ERRORS, arguments, body, operation, other_responses, response
+from app.api.declare import (
+    TENANT_ERRORS,
+    arguments,
+    body,
+    operation,
+    other_responses,
+    response,
+    scope,
+)
 from app.api.openapi import document_of
 from app.schemas import webhook_events
 from app.schemas.webhooks import (
@@ -35,6 +43,7 @@ def _config():
 
 
 @blueprint.post("/endpoints")
+@scope("webhooks:write")
 @tenant
 @body(EndpointCreate)
 @response(EndpointWithSecret, 201, "The new endpoint, with its signing secret (shown once).")
@@ -45,6 +54,7 @@ def create_endpoint(fields):
 
 
 @blueprint.get("/endpoints")
+@scope("webhooks:write")
 @tenant
 @arguments(EndpointListQuery)
 @response(EndpointPage, 200, "A page of endpoints.")
@@ -58,6 +68,7 @@ def list_endpoints(args):
 
 
 @blueprint.get("/endpoints/<endpoint_id>")
+@scope("webhooks:write")
 @tenant
 @response(Endpoint, 200, "The endpoint.")
 @other_responses(404)
@@ -67,6 +78,7 @@ def get_endpoint(endpoint_id):
 
 
 @blueprint.patch("/endpoints/<endpoint_id>")
+@scope("webhooks:write")
 @tenant
 @body(EndpointUpdate)
 @response(Endpoint, 200, "The changed endpoint.")
@@ -77,6 +89,7 @@ def update_endpoint(changes, endpoint_id):
 
 
 @blueprint.delete("/endpoints/<endpoint_id>")
+@scope("webhooks:write")
 @tenant
 @response(Endpoint, 200, "The deleted endpoint.")
 @other_responses(404)
@@ -86,6 +99,7 @@ def delete_endpoint(endpoint_id):
 
 
 @blueprint.post("/endpoints/<endpoint_id>/rotate-secret")
+@scope("webhooks:write")
 @tenant
 @response(EndpointWithSecret, 200, "The endpoint with its new secret (shown once).")
 @other_responses(404)
@@ -95,6 +109,7 @@ def rotate_secret(endpoint_id):
 
 
 @blueprint.get("/endpoints/<endpoint_id>/messages")
+@scope("webhooks:write")
 @tenant
 @arguments(MessageListQuery)
 @response(MessagePage, 200, "A page of the endpoint's messages, newest first.")
@@ -111,6 +126,7 @@ def list_messages(args, endpoint_id):
 
 
 @blueprint.post("/endpoints/<endpoint_id>/messages/<message_id>/retry")
+@scope("webhooks:write")
 @tenant
 @response(Message, 202, "The message, due now.")
 @other_responses(404)
@@ -120,6 +136,7 @@ def retry_message(endpoint_id, message_id):
 
 
 @blueprint.post("/endpoints/<endpoint_id>/test")
+@scope("webhooks:write")
 @tenant
 @response(Message, 202, "The webhook.test message, due now.")
 @other_responses(404)
@@ -129,6 +146,7 @@ def send_test(endpoint_id):
 
 
 @blueprint.get("/event-types")
+@scope("webhooks:write")
 @operation("webhooks", errors=TENANT_ERRORS, datastore=False)
 @response(EventTypeList, 200, "Every event type, with its body's JSON Schema.")
 def list_event_types():

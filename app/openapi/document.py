@@ -49,6 +49,11 @@ ERROR_STATUSES = {
         "and `errors` lists every problem. Nothing was changed.",
     ),
     401: ("Unauthorized", "The credentials are missing, unknown or revoked."),
+    403: (
+        "Forbidden",
+        "The API key lacks the scope this operation needs (`param` is `scope`; the "
+        "message names it). Nothing was changed.",
+    ),
     404: ("NotFound", "The addressed resource does not exist for the caller."),
     409: ("Conflict", "The request contradicts stored state; nothing was changed."),
     429: (
@@ -307,6 +312,14 @@ def _date_or_time(_converter, field, **_) -> dict:
     return {"anyOf": [{"format": "date-time"}, {"format": "date"}]}
 
 
+def _security(operation: Operation) -> list[dict]:
+    """Who may call: the scheme, and for an API key the scope it must hold (OpenAPI 3.1
+    lets a non-OAuth requirement list the roles it needs)."""
+    if not operation.security:
+        return []
+    return [{operation.security: [operation.scope] if operation.scope else []}]
+
+
 def _operation(rule, method: str, operation: Operation, view) -> dict:
     summary, _, description = (inspect.getdoc(view) or "").partition("\n")
     answer = {
@@ -314,7 +327,7 @@ def _operation(rule, method: str, operation: Operation, view) -> dict:
         + ("" if len(rule.methods - IMPLICIT_METHODS) == 1 else f".{method.lower()}"),
         "tags": [operation.tag],
         "summary": summary.strip(),
-        "security": [{operation.security: []}] if operation.security else [],
+        "security": _security(operation),
         "parameters": _parameters(rule, operation),
         "responses": _responses(operation),
     }

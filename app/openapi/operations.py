@@ -70,6 +70,8 @@ class Operation:
     problems: bool = False
     #: a request body described as raw OpenAPI content (media type -> {schema}).
     raw_body: dict | None = None
+    #: the API key scope the operation needs (`app.core.scopes`); None: no key scope.
+    scope: str | None = None
 
 
 def operation_of(view) -> Operation | None:

@@ -11,6 +11,7 @@ import pytest
 
 from app.models import AlertFeed, root_key
 from app.services.alerts import evaluate as evaluate_module
+from app.services.alerts import seed as seed_module
 from tests.support.alerts import (
     create_rule,
     crossings,
@@ -241,6 +242,49 @@ def test_a_rule_created_mid_period_is_seeded_with_the_usage_already_there(api, e
     evaluate()
     assert crossings(api, rule)[-1] == ("alert.triggered", "v", 10)
     assert triggers(api, rule)[-1]["value"] == 31
+
+
+@pytest.mark.parametrize("entities", [seed_module.GROUPED_ENTITIES, 1])
+def test_a_chunks_new_tallies_of_one_spec_are_seeded_by_one_grouped_read(
+    api, evaluate, monkeypatch, entities
+):
+    """Several users' tallies of one spec and period, new in one chunk, come from one read
+    grouped by user (filter and all); past its entity cap, one summary each: same values."""
+    monkeypatch.setattr(seed_module, "GROUPED_ENTITIES", entities)
+    grouped = []
+    real = seed_module._grouped_values
+    monkeypatch.setattr(
+        seed_module,
+        "_grouped_values",
+        lambda meter, touches: grouped.append(real(meter, touches)) or grouped[-1],
+    )
+    meter = api.create_meter(dimensions=["model"])
+    m1, m2 = {"dimensions": {"model": "m1"}}, {"dimensions": {"model": "m2"}}
+    api.record(
+        _event(meter, "u", 8, minutes=20, **m1),
+        _event(meter, "v", 30, minutes=20, **m1),
+        _event(meter, "v", 50, minutes=20, **m2),
+        _event(meter, "w", 5, minutes=20, **m2),
+        _event(meter, "x", 9, minutes=20, **m1),
+    )
+    rule = create_rule(api, meter, thresholds=[10, 40], filter={"model": "m1"})
+    api.record(
+        *[_event(meter, user, 1, **m1) for user in ("u", "v", "x")],
+        _event(meter, "w", 10, **m2),
+        _event(meter, "y", 10, **m1),
+    )
+    evaluate()
+    assert sorted(crossings(api, rule)) == [
+        ("alert.triggered", user, 10) for user in ("v", "x", "y")
+    ]
+    assert {t["userId"]: t["value"] for t in triggers(api, rule)} == {"v": 31, "x": 10, "y": 10}
+    assert len(grouped) == 1 and (grouped[0] is None) == (entities == 1)
+    api.record(_event(meter, "u", 1, **m1), _event(meter, "v", 9, **m1))
+    evaluate()
+    assert sorted(crossings(api, rule)) == sorted(
+        [("alert.triggered", user, 10) for user in ("u", "v", "x", "y")]
+        + [("alert.triggered", "v", 40)]
+    )
 
 
 def test_thresholds_added_later_fire_when_already_passed_and_archived_rules_do_not(api, evaluate):

@@ -23,9 +23,12 @@ from typing import Any
 from google.cloud import ndb
 from google.cloud.datastore_v1.types import query as q
 
+from app import deadline
 from app.core.aggregation import Aggregation
+from app.core.cells import USER_ID
+from app.core.windows import SummaryRequest, summarize_cells
 from app.models import Meter, utcnow
-from app.services import capabilities, summary
+from app.services import capabilities, recompute, summary
 from app.services.alerts import feed as feed_kind
 from app.services.alerts.periods import period_of
 from app.services.meters import get_meter
@@ -34,6 +37,13 @@ from app.storage import queries, rpc
 #: Rounds of the legacy emulator's read-summary-read before taking the last one anyway
 #: (then the feed that keeps appearing is one the next touch re-reads, for max/unique).
 LEGACY_ROUNDS = 8
+#: A chunk's new tallies of one per-user spec and period, when there are at least this
+#: many, are read together: one read of every user's rollups of the period, grouped by
+#: user, instead of one summary per tally ...
+GROUPED_AT_LEAST = 2
+#: ... given up (falling back to one summary per tally) past this many stored entities,
+#: so that a meter with many users pays at most this much for having tried.
+GROUPED_ENTITIES = 5_000
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,78 @@ def _part(contributions: list[Any], touch: Any) -> tuple[int, int]:
     return total, count
 
 
+class _TooMany(Exception):
+    """A grouped read went past GROUPED_ENTITIES stored entities."""
+
+
+class _Counted(summary.Reading):
+    """A summary's `Reading` that counts the stored entities (and raw events) read, and
+    stops the read past `limit`."""
+
+    __slots__ = ("_key", "limit", "read")
+
+    def __init__(self, limit: int) -> None:
+        self.read, self.limit = 0, limit
+        super().__init__()
+
+    @property
+    def key(self) -> Any:
+        return self._key
+
+    @key.setter
+    def key(self, value: Any) -> None:
+        self._key = value
+        if value is not None:
+            self.read += 1
+            if self.read > self.limit:
+                raise _TooMany()
+
+
+def _grouped_values(meter: Meter, touches: list[Any]) -> list[int] | None:
+    """The touches' values (one spec, one period, each a different user) from one read of
+    every user's rollups of the period, grouped by user; None if that read is too big or
+    a rollup needs settling (then each is read on its own, which settles it)."""
+    first, rule = touches[0], touches[0].rules[0]
+    wanted = {name: frozenset({value}) for name, value in rule.filter.items()}
+    wanted[USER_ID] = frozenset(touch.subject for touch in touches)
+    request = SummaryRequest(
+        meter.aggregation_type,
+        meter.unique_by,
+        first.start,
+        first.end,
+        group_by=(USER_ID,),
+        filters=wanted,
+    )
+    counted = _Counted(GROUPED_ENTITIES)
+    try:
+        cells = summary.cells(meter, None, first.start, first.end, counted)
+        result = summarize_cells(request, cells, None, deadline.check)
+    except (_TooMany, recompute.Unsettled):
+        return None
+    by_user = {window.group_by[USER_ID]: int(window.value or 0) for window in result.windows}
+    return [by_user.get(touch.subject, 0) for touch in touches]
+
+
+def _values(meter: Meter, touches: list[Any]) -> list[int]:
+    """Each touch's summary value: per-user touches of one spec and period together
+    (`_grouped_values`), the others one summary each."""
+    values: dict[int, int] = {}
+    together: dict[tuple[str, datetime], list[int]] = {}
+    for index, touch in enumerate(touches):
+        if touch.subject is not None:
+            together.setdefault((touch.spec, touch.start), []).append(index)
+    for indexes in together.values():
+        if len(indexes) < GROUPED_AT_LEAST:
+            continue
+        grouped = _grouped_values(meter, [touches[i] for i in indexes])
+        if grouped is not None:
+            values.update(zip(indexes, grouped))
+    return [
+        values[index] if index in values else _summary_value(meter, touch)
+        for index, touch in enumerate(touches)
+    ]
+
+
 def _consistent_reads(meter: Meter, touches: list[Any]) -> tuple[dict[bytes, list[Any]], list[int]]:
     """Pending feeds of the meter and each touch's summary value, at one cut."""
     if capabilities.consistent_snapshots():  # Firestore in Datastore mode: one snapshot
@@ -86,13 +168,13 @@ def _consistent_reads(meter: Meter, touches: list[Any]) -> tuple[dict[bytes, lis
         try:
             with rpc.reads_in(transaction):
                 feeds = _pending_feeds(meter.id_)
-                values = [_summary_value(meter, touch) for touch in touches]
+                values = _values(meter, touches)
         finally:
             rpc.rollback(transaction)
         return feeds, values
     for _ in range(LEGACY_ROUNDS):
         before = _pending_feeds(meter.id_)
-        values = [_summary_value(meter, touch) for touch in touches]
+        values = _values(meter, touches)
         after = _pending_feeds(meter.id_)
         appeared = [after[key] for key in after if key not in before]
         if not any(_part(c, touch) != (0, 0) for c in appeared for touch in touches):
@@ -103,7 +185,7 @@ def _consistent_reads(meter: Meter, touches: list[Any]) -> tuple[dict[bytes, lis
 def seed_all(meter: Meter, touches: list[Any]) -> list[Seed]:
     """Each touch's tally value without the feeds still pending (see the module's
     docstring), all read at one cut: one read-only transaction (or one legacy round) for
-    the chunk, one summary per tally."""
+    the chunk; a spec's per-user tallies of one period together (`_values`)."""
     if not touches:
         return []
     at = utcnow()

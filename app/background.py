@@ -22,6 +22,7 @@ import time
 from google.api_core import exceptions as core_exceptions
 
 from app.services import periodic
+from app.services.alerts import evaluate
 from app.services.webhooks import dispatch, outbox
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,11 @@ class _Deliverer:
         try:
             with self.client.context(**self.context_options):
                 run = periodic.deliver_all_orgs(
-                    self.budget, settings=self.settings, wait=False, only=only
+                    self.budget,
+                    settings=self.settings,
+                    wait=False,
+                    only=only,
+                    evaluate_budget=evaluate.CHUNK_FEEDS,
                 )
         except Exception:  # the next round retries
             log.warning("background delivery failed", exc_info=True)

@@ -86,6 +86,31 @@ def test_a_crossing_and_its_resolution_arrive_signed_once_each(api, receiver, de
     assert len({r.headers["webhook-id"] for r in _alerts(receiver)}) == 2
 
 
+def test_a_call_with_an_evaluation_budget_sends_what_it_evaluated_and_says_more_is_due(
+    api, app, ndb_client, receiver
+):
+    """The background loop evaluates a chunk, sends its messages, and comes back for the
+    rest: the first crossings of a backlog are not held until all of it is evaluated."""
+    _endpoint(api, receiver)
+    meter = api.create_meter()
+    create_rule(api, meter, thresholds=[10])
+    for user in ("a", "b"):  # two batches: two feeds
+        api.record(
+            {"meterId": meter["id"], "userId": user, "value": 12, "timestamp": minutes_ago(5)}
+        )
+
+    def deliver_one_feed() -> periodic.DeliveryRun:
+        with app.app_context(), ndb_client.context():
+            return periodic.deliver_all_orgs(100, settings=QUICK, evaluate_budget=1)
+
+    first = deliver_one_feed()
+    assert (first.evaluated, first.complete) == (1, False)
+    assert len(_alerts(receiver)) == 1  # sent before the second feed was evaluated
+    second = deliver_one_feed()
+    assert second.evaluated == 1
+    assert sorted(json.loads(r.body)["data"]["userId"] for r in _alerts(receiver)) == ["a", "b"]
+
+
 def test_the_background_loop_delivers_a_crossing(config, org, receiver):
     """Under `metering serve` the batch's commit wakes the loop, which evaluates the feed and
     sends the message (the loop's period here is far longer than the wait)."""

@@ -20,6 +20,7 @@ a cancel, and every unique_count tally whenever touched (distinct values do not 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -57,7 +58,7 @@ log = logging.getLogger(__name__)
 #: evaluation outliving its lease is still exactly once (the transaction re-reads).
 LEASE_SECONDS = 10.0
 #: Feeds read per chunk; a chunk whose commit would exceed MAX_MUTATIONS is halved.
-CHUNK_FEEDS = 100
+CHUNK_FEEDS = 200
 MAX_MUTATIONS = 500
 TRIGGERED, RESOLVED = "alert.triggered", "alert.resolved"
 
@@ -80,6 +81,7 @@ class Touch:
     subject: str | None
     start: datetime
     end: datetime
+    watch: rule_service.Watch
     sum: int = 0
     count: int = 0
     max: int | None = None
@@ -214,31 +216,81 @@ def _evaluate_meter(meter_id: str, rules: list[AlertRule], budget: int, settings
 
 
 def _apply_chunk(
-    meter_id: str, rules: list[AlertRule], feeds: list[AlertFeed], settings: _Settings
+    meter_id: str,
+    rules: list[AlertRule],
+    feeds: list[AlertFeed],
+    settings: _Settings,
+    seeds: dict[str, tuple[seed.Seed, Any]] | None = None,
 ) -> int:
-    """Apply `feeds` in one transaction, or in halves when one commit would be too big."""
+    """Apply `feeds` in one transaction, or in halves when one commit would be too big
+    (planned before the transaction: `_planned_mutations`). The halves reuse the seeds
+    read for the whole chunk, which are all at one cut: a half's tally that the other
+    half has not written since (same `_version`) is seeded right by it, and the others
+    are read again."""
     meter = seed.meter_of(meter_id)
     touches = _touches(feeds, rules)
     existing = dict(zip(touches, ndb.get_multi([_tally_key(k) for k in touches])))
     now = utcnow()
+    seeds = {} if seeds is None else seeds
     seeding = [
         touch
         for name, touch in touches.items()
         if _needs_seed(touch, existing[name], meter.aggregation_type, settings, now)
     ]
-    for touch, seeded in zip(seeding, seed.seed_all(meter, seeding)):
-        touch.seeded = seeded
-        touch.seeded_over = _version(existing[touch.key_name])
+    unread = [
+        touch
+        for touch in seeding
+        if touch.key_name not in seeds
+        or seeds[touch.key_name][1] != _version(existing[touch.key_name])
+    ]
+    for touch, seeded in zip(unread, seed.seed_all(meter, unread)):
+        seeds[touch.key_name] = (seeded, _version(existing[touch.key_name]))
+    for touch in seeding:
+        touch.seeded, touch.seeded_over = seeds[touch.key_name]
     targets = {kind: outbox.targets(kind) for kind in (TRIGGERED, RESOLVED)}
+    planned = _planned_mutations(feeds, touches, existing, meter.aggregation_type, targets)
+    if len(feeds) > 1 and planned > MAX_MUTATIONS:
+        return _halves(meter_id, rules, feeds, settings, seeds)
     try:
         return _commit_chunk(meter, feeds, touches, targets, settings, now)
-    except _TooBig:
+    except _TooBig:  # the tallies changed since they were planned
         if len(feeds) == 1:
             return _commit_in_parts(meter, feeds[0], list(touches.values()), targets, settings, now)
-        half = len(feeds) // 2
-        return _apply_chunk(meter_id, rules, feeds[:half], settings) + _apply_chunk(
-            meter_id, rules, feeds[half:], settings
-        )
+        return _halves(meter_id, rules, feeds, settings, seeds)
+
+
+def _halves(
+    meter_id: str,
+    rules: list[AlertRule],
+    feeds: list[AlertFeed],
+    settings: _Settings,
+    seeds: dict[str, tuple[seed.Seed, Any]],
+) -> int:
+    half = len(feeds) // 2
+    return _apply_chunk(meter_id, rules, feeds[:half], settings, seeds) + _apply_chunk(
+        meter_id, rules, feeds[half:], settings, seeds
+    )
+
+
+def _planned_mutations(
+    feeds: list[AlertFeed],
+    touches: dict[str, Touch],
+    existing: dict[str, AlertTally | None],
+    aggregation: str,
+    targets: dict[str, list[Any]],
+) -> int:
+    """The mutations the chunk's commit will hold if its tallies do not change meanwhile:
+    its feeds deleted, its tallies, each crossing's trigger and messages. Splitting a
+    chunk here costs nothing read; a commit found too big inside the transaction has
+    read everything for nothing (on the emulator, most of a second a time)."""
+    total = len(feeds)
+    for name, touch in touches.items():
+        tally = existing[name]
+        value = _value_after(tally, touch, aggregation)
+        states = dict(tally.states) if tally is not None else {}
+        changes = _state_changes(touch.rules, value, states)
+        total += 1 + sum(1 + len(targets[kind]) for _rule, _threshold, _generation, kind in changes)
+    return total
 
 
 class _TooBig(Exception):
@@ -275,24 +327,29 @@ def _touches(feeds: Iterable[AlertFeed], rules: list[AlertRule]) -> dict[str, To
     specs: dict[str, list[AlertRule]] = {}
     for rule in rules:
         specs.setdefault(rule_service.spec_of(rule), []).append(rule)
+    watches = [
+        (rule_service.watch_of(spec, of_spec[0]), of_spec) for spec, of_spec in specs.items()
+    ]
     touches: dict[str, Touch] = {}
     for feed in feeds:
         done = _done(feed)
+        recompute = bool(feed.recompute)
         for contribution in feed_kind.decode(feed.contributions):
             user, dimensions, day, slot = contribution[:4]
-            for spec, of_spec in specs.items():
-                rule = of_spec[0]
-                if not _matches(rule, user, dimensions):
+            for watch, of_spec in watches:
+                if not watch.counts(user, dimensions):
                     continue
-                subject = None if rule.scope == "org" else user
-                start, end = period_of(day, slot, rule.period, rule.time_zone)
-                name = tally_name(spec, subject, start)
+                subject = watch.subject(user)
+                start, end = period_of(day, slot, watch.period, watch.time_zone)
+                name = tally_name(watch.spec, subject, start)
                 if name in done:
                     continue  # a part of this feed already applied (`_commit_in_parts`)
                 touch = touches.get(name)
                 if touch is None:
-                    touch = touches[name] = Touch(name, spec, of_spec, subject, start, end)
-                touch.add(contribution, bool(feed.recompute))
+                    touch = touches[name] = Touch(
+                        name, watch.spec, of_spec, subject, start, end, watch
+                    )
+                touch.add(contribution, recompute)
     return touches
 
 
@@ -301,12 +358,7 @@ def _done(feed: AlertFeed) -> set[str]:
     return set(json.loads(feed.done)) if feed.done else set()
 
 
-def _matches(rule: AlertRule, user: str, dimensions: dict[str, str]) -> bool:
-    if rule.scope == "one" and user != rule.scope_user:
-        return False
-    return all(dimensions.get(name, "") == value for name, value in rule.filter.items())
-
-
+@functools.lru_cache(maxsize=65_536)  # asked once per contribution and spec
 def tally_name(spec: str, subject: str | None, start: datetime) -> str:
     """The key name of a (spec, subject, period start) tally."""
     return "t_" + base32(digest(spec, subject, start.isoformat()), 40)
@@ -432,36 +484,60 @@ def _updated(
     tally: AlertTally | None, touch: Touch, aggregation: str, basis: datetime, now: datetime
 ) -> AlertTally:
     """The tally with the chunk's contributions (or its seed) applied."""
+    value = _value_after(tally, touch, aggregation)
     if tally is None:
         tally = AlertTally(
             key=_tally_key(touch.key_name),
-            meter_id=touch.rules[0].meter_id,
+            meter_id=touch.watch.meter_id,
             user_id=touch.subject,
             period_start=touch.start,
             value="0",
             states={},
         )
     tally.basis = basis
-    old = int(tally.value or 0)
-    seeded = touch.seeded
-    if seeded is not None:
-        tally.seeded_at = seeded.at
-        if aggregation == Aggregation.UNIQUE_COUNT:
-            value = seeded.value
-        elif aggregation == Aggregation.MAX:
-            value = max(seeded.value, touch.max or 0)
-        else:
-            value = seeded.value + (touch.sum if aggregation == Aggregation.SUM else touch.count)
-    elif aggregation == Aggregation.SUM:
-        value = old + touch.sum
-    elif aggregation == Aggregation.COUNT:
-        value = old + touch.count
-    elif aggregation == Aggregation.MAX:
-        value = max(old, touch.max or 0)
-    else:
-        value = old
+    if touch.seeded is not None:
+        tally.seeded_at = touch.seeded.at
     tally.value = str(value)
     return tally
+
+
+def _value_after(tally: AlertTally | None, touch: Touch, aggregation: str) -> int:
+    """The tally's value once the chunk's contributions (or its seed) are applied."""
+    old = int(tally.value or 0) if tally is not None else 0
+    seeded = touch.seeded
+    if seeded is not None:
+        if aggregation == Aggregation.UNIQUE_COUNT:
+            return seeded.value
+        if aggregation == Aggregation.MAX:
+            return max(seeded.value, touch.max or 0)
+        return seeded.value + (touch.sum if aggregation == Aggregation.SUM else touch.count)
+    if aggregation == Aggregation.SUM:
+        return old + touch.sum
+    if aggregation == Aggregation.COUNT:
+        return old + touch.count
+    if aggregation == Aggregation.MAX:
+        return max(old, touch.max or 0)
+    return old
+
+
+def _state_changes(
+    rules: list[AlertRule], value: int, states: dict[str, Any]
+) -> list[tuple[AlertRule, int, int, str]]:
+    """(rule, threshold, generation, type) of each threshold the value newly reaches, and
+    (notifyOnResolve) newly leaves; `states` is updated to match."""
+    found = []
+    for rule in rules:
+        of_rule = dict(states.get(rule.id_, {}))
+        for threshold in rule.thresholds:
+            triggered, generation = of_rule.get(str(threshold), [False, 0])
+            if not triggered and value >= threshold:
+                found.append((rule, threshold, generation, TRIGGERED))
+                of_rule[str(threshold)] = [True, generation]
+            elif triggered and value < threshold and rule.notify_on_resolve:
+                found.append((rule, threshold, generation, RESOLVED))
+                of_rule[str(threshold)] = [False, generation + 1]
+        states[rule.id_] = of_rule
+    return found
 
 
 def _crossings(tally: AlertTally, touch: Touch, now: datetime) -> list[AlertTrigger]:
@@ -469,18 +545,10 @@ def _crossings(tally: AlertTally, touch: Touch, now: datetime) -> list[AlertTrig
     tally's per-rule states updated."""
     value = int(tally.value)
     states = dict(tally.states)
-    found = []
-    for rule in touch.rules:
-        of_rule = dict(states.get(rule.id_, {}))
-        for threshold in rule.thresholds:
-            triggered, generation = of_rule.get(str(threshold), [False, 0])
-            if not triggered and value >= threshold:
-                found.append(_trigger(rule, touch, threshold, generation, TRIGGERED, value, now))
-                of_rule[str(threshold)] = [True, generation]
-            elif triggered and value < threshold and rule.notify_on_resolve:
-                found.append(_trigger(rule, touch, threshold, generation, RESOLVED, value, now))
-                of_rule[str(threshold)] = [False, generation + 1]
-        states[rule.id_] = of_rule
+    found = [
+        _trigger(rule, touch, threshold, generation, kind, value, now)
+        for rule, threshold, generation, kind in _state_changes(touch.rules, value, states)
+    ]
     tally.states = states  # type: ignore[assignment]  # ndb
     return found
 

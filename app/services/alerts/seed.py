@@ -67,26 +67,29 @@ def _pending_feeds(meter_id: str) -> dict[bytes, list[Any]]:
 
 
 def _summary_value(meter: Meter, touch: Any) -> int:
-    rule = touch.rules[0]
-    filters = {name: frozenset({value}) for name, value in rule.filter.items()}
+    filters = {name: frozenset({value}) for name, value in touch.watch.filter}
     result = summary.summarize(meter.id_, touch.subject, touch.start, touch.end, filters=filters)
     return int(result.value or 0)
 
 
-def _part(contributions: list[Any], touch: Any) -> tuple[int, int]:
-    """(sum, count) of the contributions that count in the touch's tally."""
-    rule = touch.rules[0]
-    total = count = 0
-    for user, dimensions, day, slot, value, number, _high in contributions:
-        if rule.scope != "org" and user != touch.subject:
-            continue
-        if any(dimensions.get(name, "") != wanted for name, wanted in rule.filter.items()):
-            continue
-        if period_of(day, slot, rule.period, rule.time_zone)[0] != touch.start:
-            continue
-        total += value
-        count += number
-    return total, count
+def _pending_parts(
+    feeds: dict[bytes, list[Any]], touches: list[Any]
+) -> dict[tuple[str, str | None, datetime], tuple[int, int]]:
+    """(spec, subject, period start) -> (sum, count) of the pending feeds' contributions
+    to that tally, for the specs of `touches`: one pass over the feeds."""
+    watches = {touch.watch.spec: touch.watch for touch in touches}.values()
+    parts: dict[tuple[str, str | None, datetime], tuple[int, int]] = {}
+    for contributions in feeds.values():
+        for user, dimensions, day, slot, value, number, _high in contributions:
+            for watch in watches:
+                if not watch.counts(user, dimensions):
+                    continue
+                subject = watch.subject(user)
+                start = period_of(day, slot, watch.period, watch.time_zone)[0]
+                key = (watch.spec, subject, start)
+                total, count = parts.get(key, (0, 0))
+                parts[key] = (total + value, count + number)
+    return parts
 
 
 class _TooMany(Exception):
@@ -120,8 +123,8 @@ def _grouped_values(meter: Meter, touches: list[Any]) -> list[int] | None:
     """The touches' values (one spec, one period, each a different user) from one read of
     every user's rollups of the period, grouped by user; None if that read is too big or
     a rollup needs settling (then each is read on its own, which settles it)."""
-    first, rule = touches[0], touches[0].rules[0]
-    wanted = {name: frozenset({value}) for name, value in rule.filter.items()}
+    first = touches[0]
+    wanted = {name: frozenset({value}) for name, value in first.watch.filter}
     wanted[USER_ID] = frozenset(touch.subject for touch in touches)
     request = SummaryRequest(
         meter.aggregation_type,
@@ -176,8 +179,9 @@ def _consistent_reads(meter: Meter, touches: list[Any]) -> tuple[dict[bytes, lis
         before = _pending_feeds(meter.id_)
         values = _values(meter, touches)
         after = _pending_feeds(meter.id_)
-        appeared = [after[key] for key in after if key not in before]
-        if not any(_part(c, touch) != (0, 0) for c in appeared for touch in touches):
+        appeared = {key: after[key] for key in after if key not in before}
+        wanted = {(touch.spec, touch.subject, touch.start) for touch in touches}
+        if not wanted & set(_pending_parts(appeared, touches)):
             break
     return before, values
 
@@ -190,13 +194,12 @@ def seed_all(meter: Meter, touches: list[Any]) -> list[Seed]:
         return []
     at = utcnow()
     feeds, values = _consistent_reads(meter, touches)
+    subtract = meter.aggregation_type in (Aggregation.SUM, Aggregation.COUNT)
+    parts = _pending_parts(feeds, touches) if subtract else {}
     seeds = []
     for touch, value in zip(touches, values):
-        if meter.aggregation_type in (Aggregation.SUM, Aggregation.COUNT):
-            total = count = 0
-            for contributions in feeds.values():
-                part = _part(contributions, touch)
-                total, count = total + part[0], count + part[1]
+        total, count = parts.get((touch.spec, touch.subject, touch.start), (0, 0))
+        if subtract:
             value -= total if meter.aggregation_type == Aggregation.SUM else count
         seeds.append(Seed(value, at))
     return seeds

@@ -16,6 +16,7 @@ must see the same commits:
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -37,13 +38,17 @@ from app.storage import queries, rpc
 #: Rounds of the legacy emulator's read-summary-read before taking the last one anyway
 #: (then the feed that keeps appearing is one the next touch re-reads, for max/unique).
 LEGACY_ROUNDS = 8
-#: A chunk's new tallies of one per-user spec and period, when there are at least this
-#: many, are read together: one read of every user's rollups of the period, grouped by
-#: user, instead of one summary per tally ...
+#: A chunk's new per-user tallies, when there are at least this many, are read together:
+#: one read of every user's rollups over their periods, summarized per spec and period
+#: grouped by user, instead of one summary per tally ...
 GROUPED_AT_LEAST = 2
 #: ... given up (falling back to one summary per tally) past this many stored entities,
 #: so that a meter with many users pays at most this much for having tried.
 GROUPED_ENTITIES = 5_000
+#: How long this process, once a grouped read of a meter's periods went past the cap,
+#: reads them one summary per tally without trying again.
+TOO_BIG_SECONDS = 600.0
+_too_big: dict[tuple[str, datetime, datetime], float] = {}
 
 
 @dataclass(frozen=True)
@@ -120,44 +125,58 @@ class _Counted(summary.Reading):
 
 
 def _grouped_values(meter: Meter, touches: list[Any]) -> list[int] | None:
-    """The touches' values (one spec, one period, each a different user) from one read of
-    every user's rollups of the period, grouped by user; None if that read is too big or
-    a rollup needs settling (then each is read on its own, which settles it)."""
-    first = touches[0]
-    wanted = {name: frozenset({value}) for name, value in first.watch.filter}
-    wanted[USER_ID] = frozenset(touch.subject for touch in touches)
-    request = SummaryRequest(
-        meter.aggregation_type,
-        meter.unique_by,
-        first.start,
-        first.end,
-        group_by=(USER_ID,),
-        filters=wanted,
-    )
+    """The values of per-user touches (any specs and periods) from ONE read of every
+    user's rollups over all their periods, summarized per (spec, period) grouped by user;
+    None if that read is too big or a rollup needs settling (then each touch is read on
+    its own, which settles it)."""
+    start, end = min(t.start for t in touches), max(t.end for t in touches)
+    attempt = (meter.id_, start, end)
+    if _too_big.get(attempt, 0.0) > time.monotonic():
+        return None
     counted = _Counted(GROUPED_ENTITIES)
     try:
-        cells = summary.cells(meter, None, first.start, first.end, counted)
-        result = summarize_cells(request, cells, None, deadline.check)
-    except (_TooMany, recompute.Unsettled):
+        cells = list(summary.cells(meter, None, start, end, counted))
+    except _TooMany:
+        now = time.monotonic()
+        for stale in [key for key, until in _too_big.items() if until <= now]:
+            del _too_big[stale]
+        _too_big[attempt] = now + TOO_BIG_SECONDS
         return None
-    by_user = {window.group_by[USER_ID]: int(window.value or 0) for window in result.windows}
-    return [by_user.get(touch.subject, 0) for touch in touches]
+    except recompute.Unsettled:
+        return None
+    periods: dict[tuple[str, datetime], list[int]] = {}
+    for index, touch in enumerate(touches):
+        periods.setdefault((touch.spec, touch.start), []).append(index)
+    values = [0] * len(touches)
+    for indexes in periods.values():
+        first = touches[indexes[0]]
+        wanted = {name: frozenset({value}) for name, value in first.watch.filter}
+        wanted[USER_ID] = frozenset(touches[i].subject for i in indexes)
+        request = SummaryRequest(
+            meter.aggregation_type,
+            meter.unique_by,
+            first.start,
+            first.end,
+            group_by=(USER_ID,),
+            filters=wanted,
+        )
+        inside = [cell for cell in cells if first.start <= cell[1] < first.end]
+        result = summarize_cells(request, inside, None, deadline.check)
+        by_user = {window.group_by[USER_ID]: int(window.value or 0) for window in result.windows}
+        for index in indexes:
+            values[index] = by_user.get(touches[index].subject, 0)
+    return values
 
 
 def _values(meter: Meter, touches: list[Any]) -> list[int]:
-    """Each touch's summary value: per-user touches of one spec and period together
-    (`_grouped_values`), the others one summary each."""
+    """Each touch's summary value: the per-user ones together (`_grouped_values`), when
+    there are enough of them, the others one summary each."""
     values: dict[int, int] = {}
-    together: dict[tuple[str, datetime], list[int]] = {}
-    for index, touch in enumerate(touches):
-        if touch.subject is not None:
-            together.setdefault((touch.spec, touch.start), []).append(index)
-    for indexes in together.values():
-        if len(indexes) < GROUPED_AT_LEAST:
-            continue
-        grouped = _grouped_values(meter, [touches[i] for i in indexes])
+    per_user = [index for index, touch in enumerate(touches) if touch.subject is not None]
+    if len(per_user) >= GROUPED_AT_LEAST:
+        grouped = _grouped_values(meter, [touches[index] for index in per_user])
         if grouped is not None:
-            values.update(zip(indexes, grouped))
+            values = dict(zip(per_user, grouped))
     return [
         values[index] if index in values else _summary_value(meter, touch)
         for index, touch in enumerate(touches)

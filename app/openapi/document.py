@@ -337,7 +337,7 @@ def _operation(rule, method: str, operation: Operation, view) -> dict:
         answer["requestBody"] = {"required": True, "content": operation.raw_body}
     if operation.body is not None:
         answer["requestBody"] = {
-            "required": True,
+            "required": not operation.body_optional,
             "content": {"application/json": {"schema": _body_schema(operation.body)}},
         }
     return answer

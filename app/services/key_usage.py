@@ -17,12 +17,15 @@ behind.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
+
+from google.cloud import ndb
 
 from app.models import ApiKey, transactional, utcnow
 
@@ -86,7 +89,7 @@ class LastUsed:
         written = 0
         try:
             if pending:
-                with self.client.context(**self.context_options):
+                with self._context():
                     for digest, used_at in pending.items():
                         written += self._write(digest, used_at)
         finally:
@@ -97,6 +100,16 @@ class LastUsed:
                 self._busy = False
                 self._lock.notify_all()
         return written
+
+    def _context(self) -> contextlib.AbstractContextManager[Any]:
+        """The thread's own NDB context; a caller already inside one (a command, a test
+        calling `run_once`) keeps its own."""
+        if ndb.get_context(False) is not None:
+            return contextlib.nullcontext()
+        opened: contextlib.AbstractContextManager[Any] = self.client.context(
+            **self.context_options
+        )
+        return opened
 
     def idle(self, timeout: float) -> bool:
         """Wait until nothing is pending or being written; whether that happened in time."""

@@ -106,9 +106,7 @@ class LastUsed:
         calling `run_once`) keeps its own."""
         if ndb.get_context(False) is not None:
             return contextlib.nullcontext()
-        opened: contextlib.AbstractContextManager[Any] = self.client.context(
-            **self.context_options
-        )
+        opened: contextlib.AbstractContextManager[Any] = self.client.context(**self.context_options)
         return opened
 
     def idle(self, timeout: float) -> bool:

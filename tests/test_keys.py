@@ -59,6 +59,7 @@ def test_a_key_is_created_with_scopes_shown_once_and_listed_without_its_secret(a
     answer = api.get(KEYS)
     assert new["apiKey"] not in answer.text
     listed = _listed(api)
+    assert (new["name"], new["createdBy"]) == ("ingest", org["keyPrefix"])
     mine = listed[new["keyPrefix"]]
     assert mine["scopes"] == ["events:write", "usage:read"]
     assert (mine["name"], mine["status"], mine["revoked"]) == ("ingest", "active", False)

@@ -37,7 +37,7 @@ KEY_LINKS = {
 @scope("keys:write")
 @tenant
 @body(KeyCreate)
-@response(responses.IssuedKey, 201, "The new key, shown this once.", links=KEY_LINKS)
+@response(responses.CreatedKey, 201, "The new key, shown this once.", links=KEY_LINKS)
 @other_responses(400)
 def create_key(fields):
     """Create a key with some of the caller's scopes and an expiry no later than its own."""

@@ -288,6 +288,30 @@ class KeyInfo(Schema):
     )
 
 
+class CreatedKey(Schema):
+    """A key an org created for itself (issue 16); the secret is shown only this once."""
+
+    apiKey = fields.String(required=True, attribute="secret")
+    keyPrefix = fields.String(required=True, attribute="prefix")
+    name = fields.String(
+        required=True, allow_none=True, attribute="key.name", metadata={"description": "its label"}
+    )
+    scopes = fields.List(fields.String(), required=True, metadata={"description": "what it may do"})
+    expiresAt = Time(
+        required=True,
+        allow_none=True,
+        attribute="key.expires_at",
+        metadata={"description": "when the key stops working; null: never"},
+    )
+    createdAt = Time(required=True, attribute="key.created_at")
+    createdBy = fields.String(
+        required=True,
+        allow_none=True,
+        attribute="key.created_by",
+        metadata={"description": "prefix of the key that created it"},
+    )
+
+
 class KeyList(Schema):
     """An org's keys, revoked ones included."""
 

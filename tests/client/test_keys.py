@@ -17,7 +17,7 @@ def test_keys_are_created_listed_and_revoked(metering, make_client_for, proxy, o
     made = metering.create_key(
         ["usage:read", "meters:read"], expires_in=timedelta(hours=1), name="bi"
     )
-    assert isinstance(made, ApiKey) and made.secret.startswith("mk_")
+    assert isinstance(made, ApiKey) and made.secret.startswith("mk_") and made.name == "bi"
     assert made.scopes == ("usage:read", "meters:read")  # the documentation's order
     assert timedelta(minutes=59) < made.expires_at - datetime.now(UTC) <= timedelta(hours=1)
 

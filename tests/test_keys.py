@@ -262,3 +262,9 @@ def test_recording_a_use_never_brings_a_revoked_key_back(api, app, ndb_context):
     stored = _stored(ndb_context, new["apiKey"])
     assert stored.revoked and stored.last_used_at is None
     _refused(api.as_key(new["apiKey"]).get(METERS), 401, "unauthorized")
+
+
+def test_revoking_by_a_long_text_revokes_nothing_and_says_so(api):
+    for text in (api.key, "mk_" + "x" * 3000):  # the whole secret; longer than any index entry
+        _refused(api.delete(f"{KEYS}/{text}"), 404, "not_found", "prefix")
+    assert api.get(KEYS).status_code == 200

@@ -229,9 +229,11 @@ def revoke_key(org_name: str, prefix: str) -> int:
         raise ValidationFailed(
             f"the key prefix must be its first {PREFIX_LENGTH} characters", param="prefix"
         )
-    matches = ApiKey.query(
-        ApiKey.org == org.name, ApiKey.prefix == prefix, namespace=ids.REGISTRY_NAMESPACE
-    ).fetch()
+    matches = []
+    if len(prefix) == PREFIX_LENGTH:  # a longer text names no key (and may be too long to query)
+        matches = ApiKey.query(
+            ApiKey.org == org.name, ApiKey.prefix == prefix, namespace=ids.REGISTRY_NAMESPACE
+        ).fetch()
     matches = [k for k in matches if not k.revoked]
     if not matches:
         raise NotFound("no active key with that prefix", param="prefix")

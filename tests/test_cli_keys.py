@@ -24,7 +24,7 @@ def test_keys_are_created_with_scopes_and_expiry_and_listed_with_them(emulator, 
         METERING_HASHID_SALT="test-salt",
     )
     name = org["name"]
-    created, refused_scope, refused_expiry = run_cli_all(
+    created, refused_scope, refused_expiry, too_late = run_cli_all(
         [
             (
                 [
@@ -44,6 +44,7 @@ def test_keys_are_created_with_scopes_and_expiry_and_listed_with_them(emulator, 
             ),
             (["keys", "create", name, "--scope", "meters:everything"], env),
             (["keys", "create", name, "--scope", "usage:read", "--expires", "90 days"], env),
+            (["keys", "create", name, "--expires", "2099-01-01T00:00:00Z"], env),
         ]
     )
     assert created.returncode == 0, created.stderr
@@ -54,6 +55,7 @@ def test_keys_are_created_with_scopes_and_expiry_and_listed_with_them(emulator, 
     assert refused_scope.returncode == 2 and "--scope" in refused_scope.stderr
     assert "must be one of" in refused_scope.stderr
     assert refused_expiry.returncode == 2 and "not a duration" in refused_expiry.stderr
+    assert too_late.returncode == 2 and "within 10 years" in too_late.stderr
 
     (listed,) = run_cli_all([(["keys", "list", name], env)])
     assert listed.returncode == 0, listed.stderr

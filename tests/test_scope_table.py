@@ -71,11 +71,15 @@ def _call(api: Api, method: str, path: str):
 
 
 def _names_scope(answer, scope: str) -> bool:
-    """Whether a 403 names the scope: the envelope's message, or, under /api/v1
-    (OpenMeter's API, RFC 7807 problems), the problem's detail."""
+    """Whether a 403 names the scope: the envelope's message (`missing_scope`, param
+    `scope`), or, under /api/v1 (OpenMeter's API, RFC 7807 problems), the problem's detail."""
     body = answer.json()
-    text = body["error"]["message"] if "error" in body else body.get("detail", "")
-    return f"'{scope}'" in text
+    if "error" in body:
+        error = body["error"]
+        return (error.get("code"), error.get("param")) == ("missing_scope", "scope") and (
+            f"'{scope}'" in error["message"]
+        )
+    return f"'{scope}'" in body.get("detail", "")
 
 
 def test_the_table_covers_every_org_route_and_each_names_a_scope(app):

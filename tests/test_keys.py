@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from app.core.scopes import DEFAULT_SCOPES, ordered
+from app.core.scopes import ALL_SCOPES, DEFAULT_SCOPES, ordered
 from app.models import ApiKey
 from app.services import orgs
 from app.services.key_usage import LastUsed
@@ -65,8 +65,8 @@ def test_a_key_is_created_with_scopes_shown_once_and_listed_without_its_secret(a
     assert (mine["name"], mine["status"], mine["revoked"]) == ("ingest", "active", False)
     assert mine["expiresAt"] == new["expiresAt"] and mine["lastUsedAt"] is None
     assert mine["createdBy"] == org["keyPrefix"] and mine["createdAt"]
-    first = listed[org["keyPrefix"]]  # the org's first key, an operator's: the defaults
-    assert first["scopes"] == ordered(DEFAULT_SCOPES) and "events:backfill" not in first["scopes"]
+    first = listed[org["keyPrefix"]]  # the org's first key holds every scope
+    assert first["scopes"] == ordered(ALL_SCOPES) and "events:backfill" in first["scopes"]
     assert first["expiresAt"] is None and first["createdBy"] is None
 
 
@@ -84,7 +84,7 @@ def test_a_scoped_key_does_what_its_scopes_allow_and_nothing_else(api):
     assert api.summary(meterId=meter["id"])["value"] == 3
 
 
-def test_a_key_cannot_grant_a_scope_it_does_not_hold(api):
+def test_a_key_cannot_grant_a_scope_it_does_not_hold(api, admin, org):
     manager = api.as_key(_create(api, scopes=["keys:write", "usage:read"])["apiKey"])
     before = _listed(api)
     error = _refused(
@@ -94,11 +94,20 @@ def test_a_key_cannot_grant_a_scope_it_does_not_hold(api):
         "scopes[1]",
     )
     assert "meters:write" in error["message"]
-    # The org's first key holds the defaults: events:backfill is never among them.
-    error = _refused(api.post(KEYS, json={"scopes": ["events:backfill"]}), 403, "missing_scope")
+    # A key an operator issued with the defaults: events:backfill is not among them.
+    plain = admin.post(f"/v1/admin/orgs/{org['name']}/keys").json()
+    assert "events:backfill" not in plain["scopes"] and "keys:write" in plain["scopes"]
+    refused = api.as_key(plain["apiKey"]).post(KEYS, json={"scopes": ["events:backfill"]})
+    error = _refused(refused, 403, "missing_scope", "scopes[0]")
     assert "events:backfill" in error["message"]
+    before[plain["keyPrefix"]] = plain
     assert _listed(api).keys() == before.keys()  # nothing was created
     assert _create(manager, scopes=["usage:read"])["scopes"] == ["usage:read"]
+    # The org's first key holds every scope: it hands out backfill keys.
+    assert _create(api, scopes=["events:write", "events:backfill"])["scopes"] == [
+        "events:write",
+        "events:backfill",
+    ]
 
 
 def test_a_key_cannot_create_a_key_that_outlives_it(api):
@@ -203,6 +212,8 @@ def test_an_operator_issues_keys_with_or_without_scopes(admin, org, api):
 
     _refused(admin.post(path, json={"scopes": ["everything"]}), 400, "invalid_request", "scopes[0]")
     assert len(admin.get(path).json()["keys"]) == 3
+    first = admin.post("/v1/admin/orgs", json={"name": org["name"] + "-2"}).json()
+    assert first["scopes"] == ordered(ALL_SCOPES)  # a new org's first key: every scope
 
 
 # -- last used -----------------------------------------------------------------------

@@ -28,7 +28,8 @@ ALL_SCOPES: frozenset[str] = frozenset(SCOPES)
 #: What a key holds when it names no scopes: every key stored before scopes existed, and
 #: a key an operator issues without choosing. Every scope but `events:backfill`: writing
 #: usage into periods that may already be billed is a deliberate grant, never a default,
-#: and no key held it before it existed, so leaving it out takes nothing away.
+#: and no key held it before it existed, so leaving it out takes nothing away. (A new
+#: org's first key is issued with every scope, backfill included: `orgs.create_org`.)
 DEFAULT_SCOPES: frozenset[str] = ALL_SCOPES - {"events:backfill"}
 
 

@@ -28,7 +28,7 @@ from typing import TypeGuard, cast
 from google.cloud import ndb
 
 from app.core.names import ORG_NAME
-from app.core.scopes import DEFAULT_SCOPES, held, ordered
+from app.core.scopes import ALL_SCOPES, DEFAULT_SCOPES, held, ordered
 from app.errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationFailed
 from app.models import ApiKey, Namespace, ids, transactional, utcnow
 
@@ -106,7 +106,7 @@ def _org_of(entity: Namespace) -> Org:
 
 
 def create_org(name: str) -> IssuedKey:
-    """Register an org and issue its first API key.
+    """Register an org and issue its first API key, holding every scope.
 
     409 if the name is taken, by a live org or by an archived one that still has its
     data; the name of a purged org is given out again (same `IntId`: nothing of the
@@ -138,7 +138,9 @@ def create_org(name: str) -> IssuedKey:
         return entity
 
     org = _org_of(register())
-    return issue_key(org.name)
+    # The org's first key holds every scope, events:backfill included (issue 16): the one
+    # key from which the org can hand out every other, backfill keys too, over HTTP.
+    return issue_key(org.name, scopes=ALL_SCOPES)
 
 
 def get_org(name: str, fresh: bool = False) -> Org:

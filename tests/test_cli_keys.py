@@ -9,8 +9,12 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from tests.support.http import Api
 from tests.support.processes import cli_env, run_cli_all
+
+pytestmark = pytest.mark.slow
 
 
 def _when(text: str) -> datetime:

@@ -13,9 +13,10 @@ KEYS = "/v1/keys"
 
 
 def test_a_key_is_created_with_chosen_scopes_shown_once_and_revoked(
-    open_page, api, org, screenshots
+    open_page, api, org, server, screenshots
 ):
     page = open_page()
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.url)
     board = Dashboard(page)
     board.sign_in(api.key)
     go_to(page, board, "Keys", "keys")
@@ -34,6 +35,9 @@ def test_a_key_is_created_with_chosen_scopes_shown_once_and_revoked(
     page.locator("#key-secret-box").wait_for(state="visible")
     secret = page.locator("#key-secret-value").input_value()
     assert secret.startswith("mk_")
+    page.get_by_role("button", name="Copy key").click()
+    page.locator("#key-secret-status.ok").wait_for()
+    assert page.evaluate("navigator.clipboard.readText()") == secret
     page.screenshot(path=str(screenshots / "12-new-api-key.png"), full_page=True)
 
     listed = {key["prefix"]: key for key in api.get(KEYS).json()["keys"]}

@@ -119,12 +119,17 @@ def _admin(data_dir: Path, action):
 
 
 def _issued(issued) -> str:
+    # lazy: see "Lazy imports" above
+    from app.schemas import format_time
+
     return json.dumps(
         {
             "name": issued.org.name,
             "namespace": issued.org.namespace,
             "apiKey": issued.secret,
             "keyPrefix": issued.prefix,
+            "scopes": issued.scopes,  # issue 16
+            "expiresAt": format_time(issued.key.expires_at),
         },
         indent=2,
     )
@@ -238,13 +243,68 @@ def keys():
 
 @keys.command("create")
 @click.argument("org")
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    help="A scope the key holds (repeatable): events:write, usage:read, ... Without any: "
+    "every scope but events:backfill.",
+)
+@click.option(
+    "--expires",
+    help="When the key stops working: a duration from now (90d, 12h, 30m) or an RFC 3339 "
+    "time. Without it: never.",
+)
+@click.option("--name", help="A label for people: where the key is used.")
 @_data_dir_option
-def keys_create(org, data_dir):
+def keys_create(org, scopes, expires, name, data_dir):
     """Issue another API key for ORG and print it as JSON."""
     # lazy: see "Lazy imports" above
     from app.services import orgs as org_service
 
-    click.echo(_issued(_admin(data_dir, lambda: org_service.issue_key(org))))
+    fields = _key_fields(scopes, expires, name)
+    click.echo(
+        _issued(
+            _admin(
+                data_dir,
+                lambda: org_service.issue_key(
+                    org, scopes=fields.get("scopes"), expires_at=fields["expires_at"], name=name
+                ),
+            )
+        )
+    )
+
+
+def _key_fields(scopes: tuple[str, ...], expires: str | None, name: str | None) -> dict:
+    """The options as the admin API's body would give them, checked by the same schema."""
+    # lazy: see "Lazy imports" above
+    from datetime import UTC, datetime
+
+    from app.core.durations import parse_duration
+    from app.errors import ApiError
+    from app.schemas import load
+    from app.schemas.keys import AdminKeyCreate
+
+    body: dict = {}
+    if scopes:
+        body["scopes"] = list(scopes)
+    if name is not None:
+        body["name"] = name
+    if expires is not None:
+        try:
+            lasting = parse_duration(expires)
+        except ValueError as exc:
+            if not expires[:1].isdigit() or len(expires) < 10:
+                raise click.BadParameter(str(exc), param_hint="--expires") from None
+            body["expiresAt"] = expires  # an RFC 3339 time, checked by the schema
+        else:
+            body["expiresAt"] = (datetime.now(UTC) + lasting).isoformat()
+    try:
+        return load(AdminKeyCreate(), body)
+    except ApiError as exc:
+        option = {"scopes": "--scope", "expiresAt": "--expires", "name": "--name"}
+        hint = option.get((exc.param or "").split("[")[0], exc.param)
+        raise click.BadParameter(exc.message, param_hint=hint) from None
 
 
 @keys.command("revoke")
@@ -264,12 +324,30 @@ def keys_revoke(org, key_prefix, data_dir):
 @click.argument("org")
 @_data_dir_option
 def keys_list(org, data_dir):
-    """List ORG's keys (prefixes only)."""
+    """List ORG's keys: prefix, scopes, expiry, last use (never their secrets)."""
     # lazy: see "Lazy imports" above
     from app.services import orgs as org_service
 
     found = _admin(data_dir, lambda: org_service.list_keys(org))
-    click.echo(json.dumps([{"prefix": k.prefix, "revoked": bool(k.revoked)} for k in found]))
+    click.echo(json.dumps([_key_listed(k) for k in found], indent=2))
+
+
+def _key_listed(key) -> dict:
+    """One key as `keys list` prints it: the admin API's fields (issue 16 added scopes,
+    expiry, last use, name)."""
+    # lazy: see "Lazy imports" above
+    from app.schemas import format_time
+
+    return {
+        "prefix": key.prefix,
+        "revoked": bool(key.revoked),
+        "status": key.status_now,
+        "name": key.name,
+        "scopes": key.held_scopes,
+        "createdAt": format_time(key.created_at),
+        "expiresAt": format_time(key.expires_at),
+        "lastUsedAt": format_time(key.last_used_at),
+    }
 
 
 @main.group()

@@ -11,9 +11,13 @@ digests of keys found unknown or revoked are remembered for `UNKNOWN_KEY_SECONDS
 in this process (`UnknownKeys`), so a flood of one wrong key costs one Datastore
 lookup per process and half-minute, not one per request. There is deliberately no
 cache of *valid* keys: every request with a valid key looks it up, so a revocation
-takes effect on the very next request. A newly created key is never refused by this
-cache for longer than `UNKNOWN_KEY_SECONDS` (and only if someone presented it before
-it existed, which its 240 random bits make impossible in practice).
+or an expiry takes effect on the very next request. An expired key is remembered with
+its refusal, so it keeps being told that it expired (issue 16). The key's scopes
+become `g.scopes`, which `require_scope` checks; its use is noted for the last-used
+recorder (`app.services.key_usage`), which writes in the background. A newly created
+key is never refused by this cache for longer than `UNKNOWN_KEY_SECONDS` (and only if
+someone presented it before it existed, which its 240 random bits make impossible in
+practice).
 """
 
 from __future__ import annotations
@@ -27,9 +31,9 @@ from collections import OrderedDict
 from flask import current_app, g, request
 
 from app import datastore, ratelimit
-from app.core.scopes import ALL_SCOPES
 from app.errors import Forbidden, NotFound, Unauthorized
 from app.services import orgs
+from app.services.key_usage import LastUsed
 
 
 def _bearer() -> str | None:
@@ -47,7 +51,8 @@ UNKNOWN_KEY_ENTRIES = 10_000
 
 
 class UnknownKeys:
-    """Digests of API keys lately found unknown or revoked, each for a short while."""
+    """Digests of API keys lately found unknown, revoked or expired, each for a short
+    while, with the refusal each got (`refusal`)."""
 
     def __init__(
         self,
@@ -57,22 +62,32 @@ class UnknownKeys:
     ):
         self._seconds, self._entries, self._clock = seconds, entries, clock
         self._lock = threading.Lock()
-        self._until: OrderedDict[str, float] = OrderedDict()
+        self._until: OrderedDict[str, tuple[float, Unauthorized | None]] = OrderedDict()
 
     def __contains__(self, digest: str) -> bool:
-        with self._lock:
-            until = self._until.get(digest)
-            if until is None:
-                return False
-            if until <= self._clock():
-                del self._until[digest]
-                return False
-            return True
+        return self._entry(digest) is not None
 
-    def add(self, digest: str) -> None:
+    def refusal(self, digest: str) -> Unauthorized | None:
+        """The refusal the key got when it was remembered, if it still is."""
+        entry = self._entry(digest)
+        if entry is None:
+            return None
+        return entry[1] or Unauthorized("missing or invalid API key")
+
+    def _entry(self, digest: str) -> tuple[float, Unauthorized | None] | None:
+        with self._lock:
+            entry = self._until.get(digest)
+            if entry is None:
+                return None
+            if entry[0] <= self._clock():
+                del self._until[digest]
+                return None
+            return entry
+
+    def add(self, digest: str, refusal: Unauthorized | None = None) -> None:
         with self._lock:
             self._until.pop(digest, None)
-            self._until[digest] = self._clock() + self._seconds
+            self._until[digest] = (self._clock() + self._seconds, refusal)
             while len(self._until) > self._entries:
                 self._until.popitem(last=False)
 
@@ -114,19 +129,32 @@ def _unknown_keys() -> UnknownKeys:
     return keys
 
 
-def _authenticate(secret: str | None) -> orgs.Org:
-    """`orgs.authenticate`, skipping the lookup of a key lately found unknown or revoked."""
+def _authenticate(secret: str | None) -> orgs.Caller:
+    """`orgs.authenticate`, skipping the lookup of a key lately found unknown, revoked or
+    expired (and answering the same refusal as then)."""
     if not secret:
         return orgs.authenticate(secret)
     digest = orgs.key_digest(secret)
     unknown = _unknown_keys()
-    if digest in unknown:
-        raise Unauthorized("missing or invalid API key")
+    refusal = unknown.refusal(digest)
+    if refusal is not None:
+        raise Unauthorized(refusal.message, code=refusal.code)
     try:
         return orgs.authenticate(secret)
-    except Unauthorized:
-        unknown.add(digest)
+    except Unauthorized as error:
+        unknown.add(digest, error)
         raise
+
+
+def key_usage() -> LastUsed:
+    """The app's last-used recorder (one per app, made on first use)."""
+    recorder = current_app.extensions.get("key_usage")
+    if recorder is None:  # two threads may both make one: only the first one is kept
+        recorder = current_app.extensions.setdefault(
+            "key_usage",
+            LastUsed(current_app.extensions["ndb"], current_app.extensions["ndb_context_options"]),
+        )
+    return recorder
 
 
 def require_org() -> None:
@@ -136,12 +164,15 @@ def require_org() -> None:
     address = client_address()
     ratelimit.refuse_blocked(address)
     try:
-        org = _authenticate(_bearer())
+        caller = _authenticate(_bearer())
     except Unauthorized:
         ratelimit.count_unauthenticated(address)  # 429 instead, once over the limit
         raise
+    org = caller.org
     g.org = org  # read by app.ratelimit (whose budget) and app.headers (no-store)
-    g.scopes = ALL_SCOPES  # what the key may do, checked by `require_scope`
+    g.scopes = caller.scopes  # what the key may do, checked by `require_scope`
+    g.api_key = caller  # what it may grant (app.api.keys)
+    key_usage().touch(caller.digest, caller.last_used_at)
     ratelimit.check(org.name)
     datastore.use_namespace(org.namespace)
 

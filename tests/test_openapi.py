@@ -84,7 +84,7 @@ def test_every_operation_says_who_may_call_it(served):
             scope = operation["security"][0].get("apiKey") if operation["security"] else None
             expected = (
                 [{"apiKey": scope}]  # its scope: tests/test_scopes.py
-                if path.startswith(("/v1/billing/", "/v1/webhooks/", "/api/v1/"))
+                if path.startswith(("/v1/billing/", "/v1/webhooks/", "/api/v1/", "/v1/keys"))
                 else [{"adminToken": []}]
                 if path.startswith(("/v1/admin/", "/v1/cron/"))
                 else []

@@ -15,6 +15,7 @@ from app.api.declare import (
 from app.openapi.operations import ADMIN_TOKEN
 from app.schemas import responses
 from app.schemas.admin import OrgCreate, OrgDeleteQuery
+from app.schemas.keys import AdminKeyCreate
 from app.services import orgs
 
 #: Most entities one DELETE ...?purge=true deletes: a few commits of 500, well within a
@@ -84,10 +85,18 @@ def list_keys(name):
 
 @blueprint.post("/orgs/<name>/keys")
 @operator
+@body(AdminKeyCreate, optional=True)
 @response(responses.IssuedKey, 201, "The org and its new key.", links=KEY_LINKS)
-def create_key(name):
-    """Issue another API key for an org (shown once)."""
-    return orgs.issue_key(name)
+@other_responses(400)
+def create_key(fields, name):
+    """Issue another API key for an org (shown once); the body may choose its scopes,
+    expiry and name (without one: every scope but events:backfill, no expiry)."""
+    return orgs.issue_key(
+        name,
+        scopes=fields.get("scopes"),
+        expires_at=fields["expires_at"],
+        name=fields.get("name"),
+    )
 
 
 @blueprint.delete("/orgs/<name>/keys/<prefix>")

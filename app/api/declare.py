@@ -114,18 +114,20 @@ def other_responses(*statuses: int) -> Callable:
     return decorate
 
 
-def body(shape, *, quick: Callable | None = None) -> Callable:
+def body(shape, *, quick: Callable | None = None, optional: bool = False) -> Callable:
     """Validate the JSON body with `shape` (a schema class, or a `ConfiguredBody`) and pass
     it first to the view. `quick(document, config)` may load a body the common way, faster
-    than the schema, or answer None to leave it to the schema (the recording hot path)."""
+    than the schema, or answer None to leave it to the schema (the recording hot path).
+    An `optional` body may be left out: the schema then loads `{}`."""
 
     def decorate(view):
         declared(view).body = shape
+        declared(view).body_optional = optional
         schema = None if isinstance(shape, ConfiguredBody) else shape()
 
         @functools.wraps(view)
         def with_body(*args, **kwargs):
-            document = requests.json_body()
+            document = requests.json_body() if not optional or requests.has_body() else {}
             config = current_app.config["METERING"]
             loaded = quick(document, config) if quick is not None else None
             if loaded is None:

@@ -327,6 +327,11 @@ def _collector_paused():
             gc.enable()
 
 
+def has_body() -> bool:
+    """Whether the request sent a body (issue 16: optional bodies)."""
+    return bool(_raw_body().strip())
+
+
 def json_body() -> dict:
     """The request body as a JSON object, or a 400 that says what is wrong."""
     raw = _raw_body()

@@ -12,6 +12,7 @@ from datetime import UTC
 
 from google.cloud import ndb
 
+from app.core.scopes import ALL_SCOPES, held, ordered
 from app.models import ids
 from app.models.base import Lifecycle, Model, OptionalProperty, utcnow
 
@@ -78,6 +79,15 @@ class ApiKey(Lifecycle, ndb.Model):
     revoked = ndb.BooleanProperty("Revoked", default=False)
     created_at = ndb.DateTimeProperty("CreatedAt", tzinfo=UTC)
     revoked_at = ndb.DateTimeProperty("RevokedAt", tzinfo=UTC)
+    # issue 16, keys: what the key may do, until when, and when it was last used. Not
+    # indexed: nothing queries them. A key stored without `Scopes` (every key before
+    # scopes existed) holds `scopes.DEFAULT_SCOPES`; keys issued since always store theirs.
+    scopes = ndb.TextProperty("Scopes", repeated=True)
+    expires_at = ndb.DateTimeProperty("ExpiresAt", tzinfo=UTC, indexed=False)
+    last_used_at = ndb.DateTimeProperty("LastUsedAt", tzinfo=UTC, indexed=False)
+    name = ndb.TextProperty("Name")
+    #: the prefix of the key that issued it over HTTP; unset when an operator did
+    created_by = ndb.TextProperty("CreatedBy")
 
     @classmethod
     def _get_kind(cls) -> str:
@@ -101,7 +111,28 @@ class ApiKey(Lifecycle, ndb.Model):
             problems.append(("org", "an API key belongs to an org"))
         if not self.prefix:
             problems.append(("prefix", "an API key is listed by its prefix"))
+        if set(self.scopes or ()) - ALL_SCOPES:
+            problems.append(("scopes", "an API key holds only known scopes"))
         return problems
+
+    def expired(self, now) -> bool:
+        """Whether the key's expiry has come (a key without one never expires)."""
+        return self.expires_at is not None and self.expires_at <= now
+
+    @property
+    def held_scopes(self) -> list[str]:
+        """The scopes the key holds, in the documentation's order."""
+        return ordered(held(self.scopes))
+
+    @property
+    def status_now(self) -> str:
+        return self.status(utcnow())
+
+    def status(self, now) -> str:
+        """`revoked`, `expired` or `active`: what a request with the key gets."""
+        if self.revoked:
+            return "revoked"
+        return "expired" if self.expired(now) else "active"
 
     def revoke(self, now) -> ApiKey:
         """Mark revoked at `now`; stored by `update` (or `update_multi`)."""

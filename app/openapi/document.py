@@ -84,6 +84,9 @@ TAGS = {
     # issue 14, webhooks
     "webhooks": "Signed webhooks (Standard Webhooks): endpoints, their message log, and the "
     "event types (each one's body under the document's top-level `webhooks`).",
+    # issue 16, keys
+    "keys": "The org's own API keys (scope keys:write): each holds scopes and may expire; "
+    "a key creates keys with at most its own scopes and expiry.",
     "openmeter": "OpenMeter's API, the part its SDKs use (docs/openmeter.md): CloudEvents "
     "ingestion and meters, answered by the same engine; errors are RFC 7807 problems.",
 }
@@ -337,7 +340,7 @@ def _operation(rule, method: str, operation: Operation, view) -> dict:
         answer["requestBody"] = {"required": True, "content": operation.raw_body}
     if operation.body is not None:
         answer["requestBody"] = {
-            "required": True,
+            "required": not operation.body_optional,
             "content": {"application/json": {"schema": _body_schema(operation.body)}},
         }
     return answer

@@ -72,6 +72,8 @@ class Operation:
     raw_body: dict | None = None
     #: the API key scope the operation needs (`app.core.scopes`); None: no key scope.
     scope: str | None = None
+    #: issue 16: the JSON body may be left out (an admin's key creation).
+    body_optional: bool = False
 
 
 def operation_of(view) -> Operation | None:

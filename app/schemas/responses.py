@@ -233,6 +233,16 @@ class IssuedKey(Schema):
     namespace = fields.String(required=True, attribute="org.namespace")
     apiKey = fields.String(required=True, attribute="secret")
     keyPrefix = fields.String(required=True, attribute="prefix")
+    # issue 16, keys
+    scopes = fields.List(
+        fields.String(), required=True, metadata={"description": "what the key may do"}
+    )
+    expiresAt = Time(
+        required=True,
+        allow_none=True,
+        attribute="key.expires_at",
+        metadata={"description": "when the key stops working; null: never"},
+    )
 
 
 class KeyInfo(Schema):
@@ -241,6 +251,65 @@ class KeyInfo(Schema):
     prefix = fields.String(required=True)
     revoked = Truth(required=True)
     createdAt = Time(required=True, attribute="created_at")
+    # issue 16, keys
+    name = fields.String(allow_none=True, metadata={"description": "the creator's label"})
+    scopes = fields.List(
+        fields.String(),
+        required=True,
+        attribute="held_scopes",
+        metadata={"description": "what the key may do"},
+    )
+    status = fields.String(
+        required=True,
+        attribute="status_now",
+        validate=validate.OneOf(("active", "expired", "revoked")),
+        metadata={"description": "what a request with the key gets now"},
+    )
+    expiresAt = Time(
+        required=True,
+        allow_none=True,
+        attribute="expires_at",
+        metadata={"description": "when the key stops working; null: never"},
+    )
+    lastUsedAt = Time(
+        required=True,
+        allow_none=True,
+        attribute="last_used_at",
+        metadata={
+            "description": "its last use, to the minute (written at most once a minute, "
+            "in the background); null: never used since it was recorded"
+        },
+    )
+    revokedAt = Time(required=True, allow_none=True, attribute="revoked_at")
+    createdBy = fields.String(
+        allow_none=True,
+        attribute="created_by",
+        metadata={"description": "prefix of the key that created it; null: an operator"},
+    )
+
+
+class CreatedKey(Schema):
+    """A key an org created for itself (issue 16); the secret is shown only this once."""
+
+    apiKey = fields.String(required=True, attribute="secret")
+    keyPrefix = fields.String(required=True, attribute="prefix")
+    name = fields.String(
+        required=True, allow_none=True, attribute="key.name", metadata={"description": "its label"}
+    )
+    scopes = fields.List(fields.String(), required=True, metadata={"description": "what it may do"})
+    expiresAt = Time(
+        required=True,
+        allow_none=True,
+        attribute="key.expires_at",
+        metadata={"description": "when the key stops working; null: never"},
+    )
+    createdAt = Time(required=True, attribute="key.created_at")
+    createdBy = fields.String(
+        required=True,
+        allow_none=True,
+        attribute="key.created_by",
+        metadata={"description": "prefix of the key that created it"},
+    )
 
 
 class KeyList(Schema):

@@ -3,7 +3,9 @@
 Keys are random (`mk_` + 40 url-safe characters), shown once, and stored only as
 their SHA-256 digest, which is also the entity's key name: authenticating is one
 lookup by key, and the final comparison is constant-time. A key's first 12
-characters are its public prefix, by which it is listed and revoked.
+characters are its public prefix, by which it is listed and revoked. A key holds
+scopes (`app.core.scopes`) and may expire (issue 16): an expired key is refused like a
+revoked one, saying so; a key issues keys with at most its own scopes and expiry.
 
 An org is live, archived (its `namespace` entity soft-deleted and every key revoked:
 nothing can read or write its data, which is kept), or purged (archived, and every
@@ -18,14 +20,16 @@ import contextlib
 import hashlib
 import hmac
 import secrets
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TypeGuard, cast
 
 from google.cloud import ndb
 
 from app.core.names import ORG_NAME
-from app.errors import Conflict, NotFound, Unauthorized, ValidationFailed
+from app.core.scopes import ALL_SCOPES, DEFAULT_SCOPES, held, ordered
+from app.errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationFailed
 from app.models import ApiKey, Namespace, ids, transactional, utcnow
 
 KEY_PREFIX = "mk_"
@@ -53,6 +57,21 @@ class IssuedKey:
     org: Org
     secret: str
     prefix: str
+    key: ApiKey | None = None  # what is stored (scopes, expiry, name), issue 16
+    scopes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An authenticated API key: its org, what it may do (`scopes`), until when, and what
+    the last-used recorder needs (`digest`, `last_used_at` as stored)."""
+
+    org: Org
+    scopes: frozenset[str]
+    prefix: str
+    digest: str
+    expires_at: datetime | None = None
+    last_used_at: datetime | None = None
 
 
 def is_valid_org_name(name: object) -> TypeGuard[str]:
@@ -87,7 +106,7 @@ def _org_of(entity: Namespace) -> Org:
 
 
 def create_org(name: str) -> IssuedKey:
-    """Register an org and issue its first API key.
+    """Register an org and issue its first API key, holding every scope.
 
     409 if the name is taken, by a live org or by an archived one that still has its
     data; the name of a purged org is given out again (same `IntId`: nothing of the
@@ -119,7 +138,9 @@ def create_org(name: str) -> IssuedKey:
         return entity
 
     org = _org_of(register())
-    return issue_key(org.name)
+    # The org's first key holds every scope, events:backfill included (issue 16): the one
+    # key from which the org can hand out every other, backfill keys too, over HTTP.
+    return issue_key(org.name, scopes=ALL_SCOPES)
 
 
 def get_org(name: str, fresh: bool = False) -> Org:
@@ -146,22 +167,61 @@ def inside(name: str) -> Iterator[Org]:
         yield org
 
 
-def issue_key(org_name: str) -> IssuedKey:
-    """Create another API key for a live org.
+def issue_key(
+    org_name: str,
+    scopes: Iterable[str] | None = None,
+    expires_at: datetime | None = None,
+    name: str | None = None,
+    created_by: str | None = None,
+) -> IssuedKey:
+    """Create another API key for a live org, holding `scopes` (the defaults when None)
+    until `expires_at` (never when None).
 
     One transaction reads the org and writes the key, so a key can never be issued
     to an org that an archive (which revokes every key after it commits) has closed.
+    Whether the caller may grant those scopes and that expiry is `check_grant`'s
+    question, asked before this.
     """
     secret = KEY_PREFIX + secrets.token_urlsafe(30)
     prefix = secret[:PREFIX_LENGTH]
+    granted = ordered(DEFAULT_SCOPES if scopes is None else scopes)
+    if not granted:
+        raise ValidationFailed("a key needs at least one scope", param="scopes")
 
     @transactional(retries=5)
-    def store() -> Org:
+    def store() -> tuple[Org, ApiKey]:
         org = get_org(org_name, fresh=True)
-        ApiKey(key=ApiKey.key_for(key_digest(secret)), org=org.name, prefix=prefix).create()
-        return org
+        return org, ApiKey(
+            key=ApiKey.key_for(key_digest(secret)),
+            org=org.name,
+            prefix=prefix,
+            scopes=granted,
+            expires_at=expires_at,
+            name=name,
+            created_by=created_by,
+        ).create()
 
-    return IssuedKey(org=store(), secret=secret, prefix=prefix)
+    org, stored = store()
+    return IssuedKey(org=org, secret=secret, prefix=prefix, key=stored, scopes=granted)
+
+
+def check_grant(caller: Caller, scopes: Iterable[str], expires_at: datetime | None) -> None:
+    """Refuse (403) a key `caller` would issue with a scope it does not hold, or that would
+    outlive it: a key can hand on at most what it has."""
+    for index, scope_name in enumerate(scopes):
+        if scope_name not in caller.scopes:
+            raise Forbidden(
+                f"this API key cannot grant the scope {scope_name!r}: it does not hold it",
+                param=f"scopes[{index}]",
+            )
+    if caller.expires_at is not None and (expires_at is None or expires_at > caller.expires_at):
+        raise Forbidden(
+            "this API key expires at "
+            f"{caller.expires_at.isoformat().replace('+00:00', 'Z')}: the keys it creates "
+            "must expire by then (give expiresAt or expiresIn)",
+            param="expiresAt",
+            code="expiry_not_held",
+        )
 
 
 def revoke_key(org_name: str, prefix: str) -> int:
@@ -171,9 +231,11 @@ def revoke_key(org_name: str, prefix: str) -> int:
         raise ValidationFailed(
             f"the key prefix must be its first {PREFIX_LENGTH} characters", param="prefix"
         )
-    matches = ApiKey.query(
-        ApiKey.org == org.name, ApiKey.prefix == prefix, namespace=ids.REGISTRY_NAMESPACE
-    ).fetch()
+    matches = []
+    if len(prefix) == PREFIX_LENGTH:  # a longer text names no key (and may be too long to query)
+        matches = ApiKey.query(
+            ApiKey.org == org.name, ApiKey.prefix == prefix, namespace=ids.REGISTRY_NAMESPACE
+        ).fetch()
     matches = [k for k in matches if not k.revoked]
     if not matches:
         raise NotFound("no active key with that prefix", param="prefix")
@@ -190,8 +252,9 @@ def list_keys(org_name: str) -> list[ApiKey]:
     )
 
 
-def authenticate(secret: str | None) -> Org:
-    """The org whose active key this is; 401 otherwise."""
+def authenticate(secret: str | None, now: datetime | None = None) -> Caller:
+    """The org whose active key this is, with what the key holds; 401 otherwise (an
+    expired key is told so)."""
     if not secret or not secret.startswith(KEY_PREFIX) or len(secret) > 200:
         raise Unauthorized("missing or invalid API key")
     digest = key_digest(secret)
@@ -200,6 +263,22 @@ def authenticate(secret: str | None) -> Org:
     stored = ApiKey.key_for(digest).get(**FRESH)
     if stored is None or stored.revoked or not hmac.compare_digest(stored.key.id(), digest):
         raise Unauthorized("missing or invalid API key")
+    if stored.expired(now or utcnow()):
+        raise Unauthorized(
+            f"this API key expired at {stored.expires_at.isoformat().replace('+00:00', 'Z')}",
+            code="key_expired",
+        )
+    return Caller(
+        org=_org_of_key(stored),
+        scopes=held(stored.scopes),
+        prefix=stored.prefix,
+        digest=digest,
+        expires_at=stored.expires_at,
+        last_used_at=stored.last_used_at,
+    )
+
+
+def _org_of_key(stored: ApiKey) -> Org:
     try:
         # May come from the global cache: an archived org's keys are revoked anyway.
         return get_org(stored.org)

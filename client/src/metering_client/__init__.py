@@ -26,6 +26,7 @@ from metering_client.retry import RetryPolicy
 from metering_client.types import (
     Alert,
     AlertTrigger,
+    ApiKey,
     CancelOutcome,
     Event,
     EventOutcome,
@@ -45,6 +46,7 @@ __all__ = [
     "Alert",
     "AlertTrigger",
     "ApiError",
+    "ApiKey",
     "AsyncMeteringClient",
     "BufferFull",
     "CancelOutcome",

@@ -14,7 +14,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar, Unpack
 
 import httpx
@@ -28,6 +28,7 @@ from metering_client.types import (
     Alert,
     AlertScope,
     AlertTrigger,
+    ApiKey,
     CancelOutcome,
     Event,
     EventOutcome,
@@ -495,3 +496,26 @@ class AsyncMeteringClient(DeliveryBase):
         return await self._drive(
             ops.list_alert_triggers(self.retry, alert_id, limit=limit, cursor=cursor)
         )
+
+    # -- the org's API keys (issue 16) -------------------------------------------------
+
+    async def create_key(
+        self,
+        scopes: Sequence[str],
+        *,
+        expires_at: datetime | None = None,
+        expires_in: timedelta | float | None = None,
+        name: str | None = None,
+    ) -> ApiKey:
+        """Create a key holding `scopes` (some of this client's key's own), expiring at
+        `expires_at` or after `expires_in`; its `secret` is in this answer only."""
+        body = ops.key_body(scopes, expires_at=expires_at, expires_in=expires_in, name=name)
+        return await self._drive(ops.create_key(self.retry, body))
+
+    async def list_keys(self) -> list[ApiKey]:
+        """The org's keys, revoked and expired ones included (never their secrets)."""
+        return await self._drive(ops.list_keys(self.retry))
+
+    async def revoke_key(self, prefix: str) -> bool:
+        """Revoke a key by its prefix; False when a retry found it already revoked."""
+        return await self._drive(ops.revoke_key(self.retry, prefix))

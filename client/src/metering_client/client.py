@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar, Unpack
 
 import httpx
@@ -30,6 +30,7 @@ from metering_client.types import (
     Alert,
     AlertScope,
     AlertTrigger,
+    ApiKey,
     CancelOutcome,
     Event,
     EventOutcome,
@@ -453,3 +454,28 @@ class MeteringClient(DeliveryBase):
         return self._drive(
             ops.list_alert_triggers(self.retry, alert_id, limit=limit, cursor=cursor)
         )
+
+    # -- the org's API keys (issue 16) -------------------------------------------------
+
+    def create_key(
+        self,
+        scopes: Sequence[str],
+        *,
+        expires_at: datetime | None = None,
+        expires_in: timedelta | float | None = None,
+        name: str | None = None,
+    ) -> ApiKey:
+        """Create a key holding `scopes` (some of this client's key's own), expiring at
+        `expires_at` or after `expires_in` (seconds or a timedelta; never by default,
+        unless this client's key expires itself). Its `secret` is in this answer only."""
+        body = ops.key_body(scopes, expires_at=expires_at, expires_in=expires_in, name=name)
+        return self._drive(ops.create_key(self.retry, body))
+
+    def list_keys(self) -> list[ApiKey]:
+        """The org's keys, revoked and expired ones included (never their secrets)."""
+        return self._drive(ops.list_keys(self.retry))
+
+    def revoke_key(self, prefix: str) -> bool:
+        """Revoke a key by its prefix (`ApiKey.prefix`); requests with it are refused from
+        the next one on. False when a retry found it revoked by the first attempt."""
+        return self._drive(ops.revoke_key(self.retry, prefix))

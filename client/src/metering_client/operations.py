@@ -22,6 +22,7 @@ from metering_client.types import (
     Alert,
     AlertScope,
     AlertTrigger,
+    ApiKey,
     CancelOutcome,
     Event,
     EventOutcome,
@@ -515,3 +516,73 @@ def alert_changes(**changes: Any) -> dict[str, Any]:
     if "filter" in body:
         body["filter"] = dict(body["filter"])
     return body
+
+
+# -- issue 16: the org's API keys -----------------------------------------------------
+
+KEYS_PATH = "/v1/keys"
+
+
+def key_body(
+    scopes: Sequence[str],
+    *,
+    expires_at: datetime | None = None,
+    expires_in: timedelta | float | None = None,
+    name: str | None = None,
+) -> dict[str, Any]:
+    """POST /v1/keys's body from keyword arguments (`expires_in` a timedelta or seconds)."""
+    body: dict[str, Any] = {"scopes": list(scopes)}
+    if expires_at is not None:
+        body["expiresAt"] = _rfc3339(expires_at)
+    if expires_in is not None:
+        seconds = expires_in.total_seconds() if isinstance(expires_in, timedelta) else expires_in
+        body["expiresIn"] = int(seconds)
+    if name is not None:
+        body["name"] = name
+    return body
+
+
+def _rfc3339(moment: datetime) -> str:
+    if moment.tzinfo is None:
+        raise ValueError("expires_at needs a time zone (e.g. datetime.now(UTC) + ...)")
+    return moment.isoformat()
+
+
+def create_key(policy: RetryPolicy, body: dict[str, Any]) -> Op[ApiKey]:
+    """Create a key; its `secret` is in this answer only. When the create had to be
+    retried, keys an earlier attempt made unseen (same scopes and name, made by the same
+    key within the call) are revoked: nobody knows their secrets."""
+    started = time.monotonic()
+    answer = yield from _call(policy, "POST", KEYS_PATH, json=body)
+    issued = ApiKey.from_json(answer.ok())
+    if answer.retried:
+        listed = yield from list_keys(policy)
+        kept = next((key for key in listed if key.prefix == issued.prefix), None)
+        if kept is not None:
+            twins = _twins_of_a_retried_create(
+                [key for key in listed if key.status == "active"],
+                kept,
+                lambda other: (
+                    (other.scopes, other.name, other.created_by)
+                    == (kept.scopes, kept.name, kept.created_by)
+                ),
+                time.monotonic() - started,
+            )
+            for twin in twins:
+                yield from revoke_key(policy, twin.prefix)
+    return issued
+
+
+def list_keys(policy: RetryPolicy) -> Op[list[ApiKey]]:
+    answer = yield from _call(policy, "GET", KEYS_PATH)
+    return [ApiKey.from_json(item) for item in answer.ok()["keys"]]
+
+
+def revoke_key(policy: RetryPolicy, prefix: str) -> Op[bool]:
+    """Revoke a key by its prefix: True, or False when a retry found the first attempt
+    had already revoked it (404)."""
+    answer = yield from _call(policy, "DELETE", f"{KEYS_PATH}/{prefix}")
+    if answer.status == 404 and answer.retried:
+        return False
+    answer.ok()
+    return True

@@ -397,3 +397,43 @@ class AlertTrigger:
             at=_time(body.get("at")),
             message_id=body.get("messageId"),
         )
+
+
+# -- issue 16: the org's API keys -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """One of the org's API keys. `secret` (`mk_...`) is only known in the answer of a
+    create; a listed key has its `status` (`active`, `expired` or `revoked`) and times."""
+
+    prefix: str
+    scopes: tuple[str, ...]
+    name: str | None = None
+    status: str = "active"
+    created_at: datetime | None = None
+    expires_at: datetime | None = None
+    last_used_at: datetime | None = None
+    revoked_at: datetime | None = None
+    created_by: str | None = None
+    secret: str | None = None
+
+    @property
+    def id(self) -> str:
+        """What identifies the key: its prefix."""
+        return self.prefix
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> ApiKey:
+        return cls(
+            prefix=body.get("prefix") or body["keyPrefix"],
+            scopes=tuple(body.get("scopes") or ()),
+            name=body.get("name"),
+            status=body.get("status") or "active",
+            created_at=_time(body.get("createdAt")),
+            expires_at=_time(body.get("expiresAt")),
+            last_used_at=_time(body.get("lastUsedAt")),
+            revoked_at=_time(body.get("revokedAt")),
+            created_by=body.get("createdBy"),
+            secret=body.get("apiKey"),
+        )

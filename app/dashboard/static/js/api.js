@@ -125,3 +125,9 @@ export const listMessages = (id, status, cursor) =>
 export const retryMessage = (id, messageId) =>
   call("POST", `${endpointPath(id)}/messages/${encodeURIComponent(messageId)}/retry`);
 export const sendTest = (id) => call("POST", `${endpointPath(id)}/test`);
+
+// API keys (issue 16).
+export const KEYS = "/v1/keys";
+export const listKeys = () => call("GET", KEYS);
+export const createKey = (fields) => call("POST", KEYS, { body: fields });
+export const revokeKey = (prefix) => call("DELETE", `${KEYS}/${encodeURIComponent(prefix)}`);

@@ -1,16 +1,17 @@
 // The dashboard's entry point: sign in with an org API key, then meters, usage and events;
-// alert rules and webhooks on pages of their own (#alerts, #webhooks).
+// alert rules, webhooks and API keys on pages of their own (#alerts, #webhooks, #keys).
 
 import { initAlerts, loadAlerts, resetAlerts } from "./alerts.js";
 import * as api from "./api.js";
 import { byId, messageOf, showStatus } from "./dom.js";
 import { initEvents, loadEvents, resetEvents, setZone, showEventsOf } from "./events.js";
+import { initKeys, loadKeys, resetKeys } from "./keys.js"; // issue 16
 import { initMeters, loadMeters, resetMeters } from "./meters.js";
 import { apiKey, forget, remember } from "./session.js";
 import { chosenZone, initUsage, refreshUsage, resetUsage, showMeter } from "./usage.js";
 import { initWebhooks, loadEndpoints, resetWebhooks } from "./webhooks.js";
 
-const PAGES = { usage: () => {}, alerts: loadAlerts, webhooks: loadEndpoints };
+const PAGES = { usage: () => {}, alerts: loadAlerts, webhooks: loadEndpoints, keys: loadKeys };
 
 /** The page the address names (#alerts, #webhooks), the usage page otherwise. */
 function currentPage() {
@@ -50,9 +51,12 @@ async function signIn(event) {
   try {
     await api.call("GET", api.METERS, { params: [["limit", "1"]], key });
   } catch (error) {
-    showStatus(signInStatus, "error", `Sign-in failed: ${messageOf(error)}`);
-    input.select();
-    return;
+    // 403: a valid key without meters:read (issue 16, scoped keys): still signed in.
+    if (error.status !== 403) {
+      showStatus(signInStatus, "error", `Sign-in failed: ${messageOf(error)}`);
+      input.select();
+      return;
+    }
   }
   input.value = "";
   remember(key);
@@ -75,6 +79,7 @@ function signOut(why = "") {
   resetEvents();
   resetAlerts();
   resetWebhooks();
+  resetKeys(); // issue 16
   showSignedIn(false);
   showStatus(byId("sign-in-status"), why ? "error" : "ok", why || "Signed out. The key is forgotten.");
   byId("api-key").focus();
@@ -90,6 +95,7 @@ function start() {
   initEvents({ zone: chosenZone(), cancelled: refreshUsage });
   initAlerts();
   initWebhooks();
+  initKeys(); // issue 16
   window.addEventListener("hashchange", () => {
     const name = window.location.hash.slice(1);
     if (name === "" || Object.hasOwn(PAGES, name)) showPage();

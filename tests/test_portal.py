@@ -358,3 +358,11 @@ def test_settings_refuse_what_is_not_an_exact_origin(api):
         answer = api.request("PUT", "/v1/portal/settings", json={"allowedOrigins": [origin]})
         assert answer.status_code == 400, (origin, answer.text)
         assert error_of(answer)["param"] == "allowedOrigins[0]"
+
+
+def test_the_orgs_rate_limit_counts_portal_requests(api, serve, usage):
+    limited = Api(serve(rate_limit_per_minute=3))
+    customer = limited.as_key(_issue(api)["token"])
+    # 7 requests: even across a minute's boundary, one minute sees more than 3
+    answers = [customer.get("/v1/portal/meters").status_code for _ in range(7)]
+    assert 429 in answers and answers[0] == 200

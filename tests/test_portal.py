@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from app.config import DEV_PORTAL_SIGNING_KEYS
+from app.config import DEV_PORTAL_SIGNING_KEYS, Config
 from tests.support.http import Api, error_of
 
 DAY = "2026-12-01"
@@ -366,3 +366,43 @@ def test_the_orgs_rate_limit_counts_portal_requests(api, serve, usage):
     # 7 requests: even across a minute's boundary, one minute sees more than 3
     answers = [customer.get("/v1/portal/meters").status_code for _ in range(7)]
     assert 429 in answers and answers[0] == 200
+
+
+# -- the signing keys ------------------------------------------------------------------
+
+OLD = ("old", "o" * 32)
+NEW = ("new", "n" * 32)
+
+
+def test_a_key_rotates_without_refusing_the_tokens_it_signed(serve, org, usage):
+    before = Api(serve(portal_signing_keys=(OLD,)), org["apiKey"])
+    during = Api(serve(portal_signing_keys=(NEW, OLD)), org["apiKey"])
+    after = Api(serve(portal_signing_keys=(NEW,)), org["apiKey"])
+    old_token, new_token = _issue(before)["token"], _issue(during)["token"]
+    assert old_token.startswith("pt_old.") and new_token.startswith("pt_new.")
+    assert during.as_key(old_token).get("/v1/portal/meters").status_code == 200
+    assert after.as_key(new_token).get("/v1/portal/meters").status_code == 200
+    refused = after.as_key(old_token).get("/v1/portal/meters")
+    assert refused.status_code == 401 and "unknown signing key" in error_of(refused)["message"]
+
+
+def test_signing_keys_come_from_the_environment_and_never_default_in_production():
+    keys = Config.from_env({"METERING_PORTAL_SIGNING_KEYS": f"new:{'n' * 32}, old:{'o' * 32}"})
+    assert keys.portal_signing_keys == (NEW, OLD)
+    assert Config.from_env({}).portal_signing_keys == DEV_PORTAL_SIGNING_KEYS
+    for bad in ("new", f"new:{'n' * 31}", f"a.b:{'n' * 32}", f"k:{'n' * 32},k:{'o' * 32}"):
+        with pytest.raises(ValueError, match="METERING_PORTAL_SIGNING_KEYS"):
+            Config.from_env({"METERING_PORTAL_SIGNING_KEYS": bad})
+    production = {"GAE_ENV": "standard", "METERING_HASHID_SALT": "s", "METERING_ADMIN_TOKEN": "t"}
+    assert Config.from_env(production).portal_signing_keys == ()
+    chosen = Config.from_env({**production, "METERING_PORTAL_SIGNING_KEYS": f"new:{'n' * 32}"})
+    assert chosen.portal_signing_keys == (NEW,)
+
+
+def test_without_signing_keys_there_is_no_portal(serve, org, usage):
+    disabled = Api(serve(portal_signing_keys=()), org["apiKey"])
+    for answer in (
+        disabled.post("/v1/portal/tokens", json={"userId": "alice"}),
+        disabled.as_key("pt_dev.e30.AAAA").get("/v1/portal/meters"),
+    ):
+        assert answer.status_code == 404 and error_of(answer)["code"] == "portal_disabled"

@@ -80,11 +80,13 @@ function drawChart(canvas, windows, label) {
   new window.Chart(canvas, {
     type: "bar",
     data: {
-      labels: windows.map((w) => w.windowStart.slice(0, 10)),
+      labels: windows.map((w) => String(Number(w.windowStart.slice(8, 10)))),  // the day of the month
       datasets: [{ label, data: windows.map((w) => Number(w.value)), backgroundColor: "#2f6fdf" }],
     },
     options: { animation: false, responsive: true, maintainAspectRatio: false,
-      plugins: { legend: { display: false } }, scales: { y: { beginAtZero: true } } },
+      plugins: { legend: { display: false },
+        tooltip: { callbacks: { title: (items) => windows[items[0].dataIndex].windowStart.slice(0, 10) } } },
+      scales: { y: { beginAtZero: true } } },
   });
 }
 

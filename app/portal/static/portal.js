@@ -6,10 +6,11 @@ import { browserZone, localMidnight, today } from "/dashboard/static/js/time.js"
 const STORAGE = "metering-portal-token";
 const byId = (id) => document.getElementById(id);
 
-/** The token: from `#token=pt_...` (then dropped from the address bar), else this tab's. */
+/** The token: from `#token=pt_...` or `#pt_...` (then dropped from the address bar), else
+ * the one this tab was given before (a reload). */
 function readToken() {
-  const fragment = new URLSearchParams(window.location.hash.slice(1));
-  const given = fragment.get("token");
+  const fragment = window.location.hash.slice(1);
+  const given = fragment.startsWith("pt_") ? fragment : new URLSearchParams(fragment).get("token");
   if (given) {
     try { window.sessionStorage.setItem(STORAGE, given); } catch { /* storage blocked: keep it in memory */ }
     window.history.replaceState(null, "", window.location.pathname + window.location.search);

@@ -105,10 +105,15 @@ def test_user_a_never_sees_user_b(api, usage):
     for params in (
         {"userId": "bob"},
         {"filter[userId]": "bob"},
-        {"groupBy": "userId"},
+        {"filter[userId]": ["alice", "bob"]},
     ):
         answer = customer.get(path, params={**_period(), **params})
-        assert answer.status_code == 400, (params, answer.text)
+        assert answer.status_code == 404, (params, answer.text)
+        assert error_of(answer)["code"] == "user_not_found"
+    for params in ({"userId": "alice"}, {"filter[userId]": "alice"}, {}):
+        assert customer.get(path, params={**_period(), **params}).json()["value"] == 112
+    by_user = customer.get(path, params={**_period(), "groupBy": "userId"}).json()
+    assert [(w["groupBy"]["userId"], w["value"]) for w in by_user["windows"]] == [("alice", 112)]
     by_model = customer.get(path, params={**_period(), "groupBy": "model"}).json()
     assert by_model["value"] == 112  # bob's 1000 nowhere
     assert all(w["value"] != 1000 for w in by_model["windows"])

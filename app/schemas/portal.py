@@ -106,8 +106,12 @@ class PortalMeterList(Schema):
 
 
 class PortalSummaryQuery(SummaryQuery):
-    """Query string of the portal's summary: the meter and user are the path's and the
-    token's; groupBy and filter name dimensions."""
+    """Query string of the portal's summary: the meter is the path's, the user always the
+    token's (naming another one is a 404)."""
+
+    userId = indexed_string(
+        500, metadata={"description": "the token's user, the only one it reads (another: 404)"}
+    )
 
     class Meta:
-        exclude = ("meterId", "userId", "limit", "cursor", "orderBy")
+        exclude = ("meterId", "limit", "cursor", "orderBy")

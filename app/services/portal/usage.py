@@ -9,7 +9,7 @@ from typing import Any
 
 from google.cloud import ndb
 
-from app.errors import NotFound, ValidationFailed
+from app.errors import NotFound
 from app.models import Meter, ids
 from app.services import summary
 from app.services.meters import get_meter
@@ -84,13 +84,13 @@ def summarize(
     filters: dict[str, frozenset[str]],
     default_end: datetime,
 ) -> summary.Summary:
-    """The token's user's summary of the meter; grouped and filtered by dimensions only."""
+    """The token's user's summary of the meter. Naming another user (`userId`,
+    `filter[userId]`) is a 404 like an unknown meter; grouping by user shows only this one."""
     found = meter(token, meter_id)
-    if "userId" in args.get("groupBy", ()) or "userId" in filters:
-        raise ValidationFailed(
-            "a portal token reads its own user's usage: group and filter by dimensions",
-            param="groupBy" if "userId" in args.get("groupBy", ()) else "filter[userId]",
-        )
+    named = {args["userId"]} if args.get("userId") else set()
+    if (named | filters.get("userId", frozenset())) - {token.user_id}:
+        raise NotFound("user not found", param="userId", code="user_not_found")
+    filters = {name: values for name, values in filters.items() if name != "userId"}
     return summary.summarize(
         found.id_,
         token.user_id,

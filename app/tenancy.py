@@ -186,16 +186,11 @@ def require_portal_token() -> None:
     from app.models import ids
     from app.services.portal import policy, tokens
 
-    config = current_app.config["METERING"]
-    if not config.portal_signing_keys:
-        raise NotFound(
-            "the customer portal is disabled: set METERING_PORTAL_SIGNING_KEYS",
-            code="portal_disabled",
-        )
+    keys = tokens.signing_keys(current_app.config["METERING"])
     address = client_address()
     ratelimit.refuse_blocked(address)
     try:
-        token = tokens.verify(_bearer(), config.portal_signing_keys)
+        token = tokens.verify(_bearer(), keys)
         current = policy.cached(token.org)
         origin = request.headers.get("Origin")
         if policy.check_origin(current, origin, request.host):

@@ -27,7 +27,6 @@ from app.api.declare import (
 )
 from app.api.meter_events import SUMMARY_FILTER
 from app.api.requests import summary_query
-from app.errors import NotFound
 from app.models import utcnow
 from app.openapi.operations import PORTAL_TOKEN
 from app.schemas import responses
@@ -41,7 +40,7 @@ from app.schemas.portal import (
     PortalTokenCreate,
     PortalTokenIssued,
 )
-from app.services.portal import policy, usage
+from app.services.portal import policy, tokens, usage
 
 blueprint = Blueprint("portal", __name__, url_prefix="/v1/portal")
 blueprint.before_request(tenancy.require_org)
@@ -54,14 +53,6 @@ customer = operation("portal", security=PORTAL_TOKEN, errors=(401, 403, 429))
 PREFLIGHT_MAX_AGE = 600
 
 
-def _disabled_check() -> None:
-    if not current_app.config["METERING"].portal_signing_keys:
-        raise NotFound(
-            "the customer portal is disabled: set METERING_PORTAL_SIGNING_KEYS",
-            code="portal_disabled",
-        )
-
-
 @blueprint.post("/tokens")
 @scope("portal:write")
 @tenant
@@ -70,14 +61,8 @@ def _disabled_check() -> None:
 @other_responses(400, 404)
 def create_token(fields):
     """Issue a portal token: one end customer's read-only access to their usage."""
-    _disabled_check()
-    return usage.issue(
-        g.org,
-        fields["userId"],
-        fields.get("meterIds"),
-        fields["expiresIn"],
-        current_app.config["METERING"].portal_signing_keys,
-    )
+    keys = tokens.signing_keys(current_app.config["METERING"])
+    return usage.issue(g.org, fields["userId"], fields.get("meterIds"), fields["expiresIn"], keys)
 
 
 @blueprint.post("/tokens/revoke")

@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from app.errors import Unauthorized
+from app.errors import NotFound, Unauthorized
 
 PREFIX = "pt_"
 #: Longest token accepted: a 500-character user and 50 meter ids fit well within it.
@@ -40,6 +40,18 @@ class PortalToken:
 
     def allows_meter(self, meter_id: str) -> bool:
         return self.meter_ids is None or meter_id in self.meter_ids
+
+
+def signing_keys(config: Any) -> tuple[tuple[str, str], ...]:
+    """The configured signing keys; 404 `portal_disabled` when there are none (production
+    without METERING_PORTAL_SIGNING_KEYS)."""
+    keys: tuple[tuple[str, str], ...] = config.portal_signing_keys
+    if not keys:
+        raise NotFound(
+            "the customer portal is disabled: set METERING_PORTAL_SIGNING_KEYS",
+            code="portal_disabled",
+        )
+    return keys
 
 
 def _b64(raw: bytes) -> str:

@@ -35,5 +35,8 @@ def create_app(config: Config | None = None) -> Flask:
     from app import dashboard  # lazy, as above
 
     dashboard.init_app(app)
+    from app import portal  # issue 16, customer portal; lazy, as above
+
+    portal.init_app(app)
     background.init_app(app)
     return app

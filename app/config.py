@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Callable
 from datetime import timedelta
 from typing import TypeVar
 
 DEV_HASHID_SALT = "metering-dev-salt"
+#: (issue 16, portal) The development signing key of portal tokens: never in production.
+DEV_PORTAL_SIGNING_KEYS = (("dev", "metering-dev-portal-signing-key"),)
+#: Shortest secret a portal signing key may have (characters).
+MIN_PORTAL_SECRET = 32
 N = TypeVar("N", int, float)
 
 
@@ -34,6 +39,26 @@ def _env_int(env: dict, name: str, default: int) -> int:
 
 def _env_float(env: dict, name: str, default: float) -> float:
     return _env_number(env, name, default, float, "a number")
+
+
+def _portal_signing_keys(raw: str | None) -> tuple[tuple[str, str], ...]:
+    """(issue 16, portal) `METERING_PORTAL_SIGNING_KEYS`: `kid:secret[,kid:secret...]`.
+    The first key signs new tokens; every listed key verifies, so a key rotates by
+    putting a new one first and dropping the old one a day (a token's longest life) later."""
+    if not raw or not raw.strip():
+        return DEV_PORTAL_SIGNING_KEYS
+    keys = []
+    for item in raw.split(","):
+        kid, _, secret = item.strip().partition(":")
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,16}", kid) or len(secret) < MIN_PORTAL_SECRET:
+            raise ValueError(
+                "METERING_PORTAL_SIGNING_KEYS must read kid:secret[,kid:secret...], each kid "
+                f"1 to 16 of A-Z a-z 0-9 _ -, each secret at least {MIN_PORTAL_SECRET} characters"
+            )
+        keys.append((kid, secret))
+    if len({kid for kid, _ in keys}) != len(keys):
+        raise ValueError("METERING_PORTAL_SIGNING_KEYS names one kid twice")
+    return tuple(keys)
 
 
 def on_app_engine(env: dict) -> bool:
@@ -124,12 +149,23 @@ class Config:
     #: Multiplies the retry schedule (5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h); tests
     #: shrink it. Not read from the environment.
     webhook_retry_scale: float = 1.0
+    # -- issue 16, customer portal -----------------------------------------------------
+    #: (kid, secret) pairs that sign and verify portal tokens (HMAC-SHA256); the first
+    #: signs. Production uses only `METERING_PORTAL_SIGNING_KEYS`; without it, no portal.
+    portal_signing_keys: tuple[tuple[str, str], ...] = DEV_PORTAL_SIGNING_KEYS
+    #: Seconds each process trusts an org's portal policy (revocations, allowed origins,
+    #: the org being live): the bound within which a revocation made elsewhere applies.
+    portal_policy_cache_seconds: float = 2.0
 
     def __post_init__(self):
         if not 1 <= self.rollup_shards <= 64:  # app.storage.shards.MAX_SHARDS
             raise ValueError("METERING_ROLLUP_SHARDS must be 1 to 64")
         if self.production:
             _refuse_defaults_in_production(self)
+            if self.portal_signing_keys == DEV_PORTAL_SIGNING_KEYS:  # issue 16, portal
+                # A known key would let anyone mint tokens: without its own, production
+                # serves no portal (404 `portal_disabled`) rather than refusing to start.
+                object.__setattr__(self, "portal_signing_keys", ())
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> Config:
@@ -195,6 +231,11 @@ class Config:
             ),
             webhook_timeout_seconds=_env_float(
                 env, "METERING_WEBHOOK_TIMEOUT_SECONDS", cls.webhook_timeout_seconds
+            ),
+            # issue 16, customer portal
+            portal_signing_keys=_portal_signing_keys(env.get("METERING_PORTAL_SIGNING_KEYS")),
+            portal_policy_cache_seconds=_env_float(
+                env, "METERING_PORTAL_POLICY_CACHE_SECONDS", cls.portal_policy_cache_seconds
             ),
         )
 

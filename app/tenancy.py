@@ -196,3 +196,43 @@ def require_admin() -> None:
     if not hmac.compare_digest(given.encode(), expected.encode()):
         ratelimit.count_unauthenticated(address)  # guessing the token is limited too
         raise Unauthorized("missing or invalid admin token")
+
+
+# -- issue 16, customer portal ---------------------------------------------------------
+
+
+def require_portal_token() -> None:
+    """Authenticate a customer portal token (`pt_...`) and enter its org's namespace.
+
+    The signature is checked without any read; the org's policy (live, revocations,
+    allowed origins) comes from this process's copy (`portal.policy.cached`, at most one
+    lookup per org every few seconds). A browser's `Origin` the org does not allow is
+    refused (403) before anything is read; an allowed one is noted in `g.portal_origin`
+    so the answer, errors included, tells the browser it may read it. The token grants
+    no API key scope: every org route refuses it (401, it is no API key).
+    """
+    if request.method == "OPTIONS":
+        return
+    # Lazy: the portal's services are not needed by the org routes this module serves.
+    from app.models import ids
+    from app.services.portal import policy, tokens
+
+    keys = tokens.signing_keys(current_app.config["METERING"])
+    address = client_address()
+    ratelimit.refuse_blocked(address)
+    try:
+        token = tokens.verify(_bearer(), keys)
+        current = policy.cached(token.org)
+        origin = request.headers.get("Origin")
+        if policy.check_origin(current, origin, request.host):
+            g.portal_origin = origin
+        policy.check(token, current, policy.now_ms())
+    except Unauthorized:
+        ratelimit.count_unauthenticated(address)
+        raise
+    ids.remember_namespace(token.org, token.org_id)
+    g.org = orgs.Org(name=token.org, int_id=token.org_id)
+    g.portal_token = token
+    g.scopes = frozenset()
+    ratelimit.check(token.org)
+    datastore.use_namespace(token.org)

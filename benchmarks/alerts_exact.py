@@ -27,6 +27,7 @@ It prints the figures and exits 1 if the set differs or a latency bar is missed.
 from __future__ import annotations
 
 import argparse
+import functools
 import http.server
 import json
 import os
@@ -347,7 +348,8 @@ def main(argv=None) -> int:
         for thread in threads:
             thread.join()
         recorded_seconds = time.monotonic() - started
-        return report(args, receiver, brute, recorded_seconds)
+        diagnose = functools.partial(explain_missing, target, rules)
+        return report(args, receiver, brute, recorded_seconds, diagnose)
     finally:
         service.stop()
         emulator.stop()
@@ -367,7 +369,56 @@ def restart_halfway(service, emulator_host, workdir, extra, target, brute, args)
     return again
 
 
-def report(args, receiver: Receiver, brute: BruteForce, recorded_seconds: float) -> int:
+def explain_missing(target, rules: list[Rule], missing: set) -> None:
+    """For each crossing never received: whether the service recorded its trigger, and
+    what became of its message (the endpoint's log), so a failure says where it stopped."""
+    client = common.Client(target.url, target.api_key)
+    try:
+        names = {rule.id: rule.name for rule in rules}
+        triggers = {}
+        for rule in rules:
+            for trigger in client.get_json(f"/v1/billing/alerts/{rule.id}/triggers?limit=500")[
+                "triggers"
+            ]:
+                key = (
+                    rule.id,
+                    trigger["userId"],
+                    datetime.fromisoformat(trigger["periodStart"]),
+                    trigger["threshold"],
+                )
+                triggers[key] = trigger
+        endpoint = client.get_json("/v1/webhooks/endpoints")["endpoints"][0]["id"]
+        messages, cursor = {}, ""
+        while True:
+            page = client.get_json(
+                f"/v1/webhooks/endpoints/{endpoint}/messages?limit=100"
+                + (f"&cursor={cursor}" if cursor else "")
+            )
+            messages.update({message["id"]: message for message in page["messages"]})
+            cursor = page.get("nextCursor")
+            if not cursor:
+                break
+        for key in sorted(missing, key=str):
+            trigger = triggers.get(key)
+            where = "no trigger recorded"
+            if trigger is not None:
+                message = messages.get(trigger["messageId"], {})
+                attempts = [(a["statusCode"], a["error"]) for a in message.get("attempts", [])]
+                where = (
+                    f"trigger value {trigger['value']}; message {message.get('status')}, {attempts}"
+                )
+            print(
+                f"  missing {names[key[0]]} {key[1]} {key[2]:%Y-%m-%d %H:%M} >= {key[3]}: {where}"
+            )
+    except Exception as error:  # noqa: BLE001  (a diagnosis must not hide the report)
+        print(f"  (could not look into the missing crossings: {error})")
+    finally:
+        client.close()
+
+
+def report(
+    args, receiver: Receiver, brute: BruteForce, recorded_seconds: float, diagnose=None
+) -> int:
     expected = dict(brute.crossed_at)
     deadline = time.monotonic() + args.wait
     while time.monotonic() < deadline:
@@ -393,6 +444,8 @@ def report(args, receiver: Receiver, brute: BruteForce, recorded_seconds: float)
     print(f"recorded {args.events} events in {recorded_seconds:.1f}s with {args.clients} clients")
     print(f"crossings expected {len(expected)}, received {len(found)}")
     print(f"missing {len(missing)}, unexpected {len(extra)}, split over ids {len(split)}")
+    if missing and diagnose is not None:
+        diagnose(missing)
     print(f"bad signatures {receiver.bad_signatures}, redeliveries of one id {redelivered}")
     print(
         f"latency of per-user crossings whose first attempt was accepted (n={len(clean)}): "

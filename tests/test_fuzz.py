@@ -33,7 +33,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from app import api, dashboard
+from app import api, dashboard, portal
 from app.config import Config
 from app.openapi import document
 from tests.conftest import ADMIN_TOKEN
@@ -64,6 +64,7 @@ def _document() -> dict:
     routes_only.config["METERING"] = Config(admin_token=ADMIN_TOKEN)
     api.init_app(routes_only)
     dashboard.init_app(routes_only)
+    portal.init_app(routes_only)  # issue 16: the customer portal's page
     return document.build(routes_only)
 
 

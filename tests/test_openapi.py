@@ -83,8 +83,12 @@ def test_every_operation_says_who_may_call_it(served):
         for method, operation in item.items():
             scope = operation["security"][0].get("apiKey") if operation["security"] else None
             expected = (
-                [{"apiKey": scope}]  # its scope: tests/test_scopes.py
-                if path.startswith(("/v1/billing/", "/v1/webhooks/", "/api/v1/", "/v1/keys"))
+                [{"portalToken": []}]  # issue 16: an end customer's portal token
+                if path.startswith("/v1/portal/meters")
+                else [{"apiKey": scope}]  # its scope: tests/test_scopes.py
+                if path.startswith(
+                    ("/v1/billing/", "/v1/webhooks/", "/api/v1/", "/v1/keys", "/v1/portal/")
+                )
                 else [{"adminToken": []}]
                 if path.startswith(("/v1/admin/", "/v1/cron/"))
                 else []

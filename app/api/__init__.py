@@ -10,6 +10,7 @@ from app.api import (
     meters,
     openapi,
     openmeter,  # issue 15
+    portal,  # issue 16, customer portal
     webhooks,  # issue 14, webhooks
 )
 
@@ -26,3 +27,5 @@ def init_app(app) -> None:
     app.register_blueprint(webhooks.blueprint)  # issue 14
     app.register_blueprint(openmeter.blueprint)  # issue 15
     app.register_blueprint(keys.blueprint)  # issue 16, keys
+    app.register_blueprint(portal.blueprint)  # issue 16, customer portal
+    app.register_blueprint(portal.reading)  # issue 16, customer portal

@@ -417,8 +417,9 @@ def query(schema):
 _FILTER = re.compile(r"filter\[([^\[\]]{1,64})\]")  # fullmatch: no final newline
 
 
-def summary_query() -> tuple[dict, dict[str, frozenset[str]]]:
-    """The summary's query string: its fields, and `filter[NAME]=VALUE` (repeatable)."""
+def summary_query(schema=None) -> tuple[dict, dict[str, frozenset[str]]]:
+    """The summary's query string: its fields, and `filter[NAME]=VALUE` (repeatable).
+    `schema` replaces `SummaryQuery` (the portal's summary, issue 16)."""
     filters: dict[str, frozenset[str]] = {}
     args = {}
     repeatable = lambda name: name == "groupBy" or name.startswith("filter")  # noqa: E731
@@ -432,4 +433,4 @@ def summary_query() -> tuple[dict, dict[str, frozenset[str]]]:
             args[name] = values
             continue
         filters[match.group(1)] = frozenset(values)
-    return load(SummaryQuery(), args), filters
+    return load(schema or SummaryQuery(), args), filters

@@ -11,6 +11,7 @@ from app.models.alert import (
 from app.models.base import Model, root_key, transactional, utcnow
 from app.models.meter import Meter
 from app.models.meter_event import MeterEvent
+from app.models.portal import PortalPolicy  # issue 16, portal
 from app.models.tenant import ApiKey, Namespace
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "MeterEvent",
     "Model",
     "Namespace",
+    "PortalPolicy",
     "root_key",
     "transactional",
     "utcnow",

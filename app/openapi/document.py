@@ -20,7 +20,14 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from apispec.ext.marshmallow.common import resolve_schema_cls
 from marshmallow import fields as ma_fields
 
-from app.openapi.operations import ADMIN_TOKEN, API_KEY, ConfiguredBody, Operation, operation_of
+from app.openapi.operations import (
+    ADMIN_TOKEN,
+    API_KEY,
+    PORTAL_TOKEN,
+    ConfiguredBody,
+    Operation,
+    operation_of,
+)
 from app.schemas import fields as custom_fields
 from app.schemas import responses, webhook_events
 
@@ -89,6 +96,9 @@ TAGS = {
     "a key creates keys with at most its own scopes and expiry.",
     "openmeter": "OpenMeter's API, the part its SDKs use (docs/openmeter.md): CloudEvents "
     "ingestion and meters, answered by the same engine; errors are RFC 7807 problems.",
+    # issue 16, customer portal
+    "portal": "The customer portal: tokens with which one end customer reads their own "
+    "usage (from a browser, at the origins the org allows), and the org's portal settings.",
 }
 
 #: OpenMeter's error shape (RFC 7807), what every error under /api/v1 answers with:
@@ -211,6 +221,15 @@ def _new_spec() -> APISpec:
             "scheme": "bearer",
             "description": "The operator's token (`METERING_ADMIN_TOKEN`); without it set, "
             "the admin API answers 404.",
+        },
+    )
+    spec.components.security_scheme(  # issue 16, customer portal
+        PORTAL_TOKEN,
+        {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "A customer portal token (`pt_...`, from POST /v1/portal/tokens): "
+            "one end customer's usage of some meters, read-only, for up to 24 hours.",
         },
     )
     spec.components.header(

@@ -21,6 +21,8 @@ from app.config import Config
 
 #: Security requirement names (components.securitySchemes).
 API_KEY, ADMIN_TOKEN = "apiKey", "adminToken"
+#: (issue 16) A customer portal token: one end customer's read-only access.
+PORTAL_TOKEN = "portalToken"
 
 #: The attribute of a view function that holds its `Operation`.
 ATTRIBUTE = "openapi_operation"

@@ -34,6 +34,7 @@ from metering_client.types import (
     EventOutcome,
     Meter,
     Page,
+    PortalToken,
     Rejection,
     Summary,
     WebhookEndpoint,
@@ -519,3 +520,28 @@ class AsyncMeteringClient(DeliveryBase):
     async def revoke_key(self, prefix: str) -> bool:
         """Revoke a key by its prefix; False when a retry found it already revoked."""
         return await self._drive(ops.revoke_key(self.retry, prefix))
+
+    # -- customer portal (issue 16) ----------------------------------------------------
+
+    async def create_portal_token(
+        self,
+        user_id: str,
+        *,
+        meter_ids: Sequence[str] | None = None,
+        expires_in: timedelta | int | None = None,
+    ) -> PortalToken:
+        """A token with which one end customer reads their own usage (of `meter_ids`, or
+        of every active meter) for `expires_in` (seconds or a timedelta; at most 24 h,
+        1 h by default): e.g. `/portal#token=...` in an iframe of your site."""
+        body = ops.portal_token_body(user_id, meter_ids, expires_in)
+        return await self._drive(ops.create_portal_token(self.retry, body))
+
+    async def revoke_portal_tokens(self, user_id: str | None = None) -> datetime:
+        """Refuse every portal token of the org (or of `user_id`) issued until now; every
+        instance refuses them within a few seconds (2 by default). Returns the moment."""
+        return await self._drive(ops.revoke_portal_tokens(self.retry, user_id))
+
+    async def set_portal_origins(self, origins: Sequence[str]) -> list[str]:
+        """The exact origins (`https://app.example.com`) whose pages may call the portal
+        API from a browser; answers them as stored."""
+        return await self._drive(ops.set_portal_origins(self.retry, origins))

@@ -36,6 +36,7 @@ from metering_client.types import (
     EventOutcome,
     Meter,
     Page,
+    PortalToken,
     Rejection,
     Summary,
     WebhookEndpoint,
@@ -479,3 +480,28 @@ class MeteringClient(DeliveryBase):
         """Revoke a key by its prefix (`ApiKey.prefix`); requests with it are refused from
         the next one on. False when a retry found it revoked by the first attempt."""
         return self._drive(ops.revoke_key(self.retry, prefix))
+
+    # -- customer portal (issue 16) ----------------------------------------------------
+
+    def create_portal_token(
+        self,
+        user_id: str,
+        *,
+        meter_ids: Sequence[str] | None = None,
+        expires_in: timedelta | int | None = None,
+    ) -> PortalToken:
+        """A token with which one end customer reads their own usage (of `meter_ids`, or
+        of every active meter) for `expires_in` (seconds or a timedelta; at most 24 h,
+        1 h by default): e.g. `/portal#token=...` in an iframe of your site."""
+        body = ops.portal_token_body(user_id, meter_ids, expires_in)
+        return self._drive(ops.create_portal_token(self.retry, body))
+
+    def revoke_portal_tokens(self, user_id: str | None = None) -> datetime:
+        """Refuse every portal token of the org (or of `user_id`) issued until now; every
+        instance refuses them within a few seconds (2 by default). Returns the moment."""
+        return self._drive(ops.revoke_portal_tokens(self.retry, user_id))
+
+    def set_portal_origins(self, origins: Sequence[str]) -> list[str]:
+        """The exact origins (`https://app.example.com`) whose pages may call the portal
+        API from a browser; answers them as stored."""
+        return self._drive(ops.set_portal_origins(self.retry, origins))

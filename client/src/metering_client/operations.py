@@ -28,6 +28,7 @@ from metering_client.types import (
     EventOutcome,
     Meter,
     Page,
+    PortalToken,
     Summary,
     WebhookEndpoint,
     WebhookMessage,
@@ -586,3 +587,40 @@ def revoke_key(policy: RetryPolicy, prefix: str) -> Op[bool]:
         return False
     answer.ok()
     return True
+
+
+# -- customer portal (issue 16) ------------------------------------------------------
+
+PORTAL_PATH = "/v1/portal"
+
+
+def portal_token_body(
+    user_id: str, meter_ids: Sequence[str] | None, expires_in: timedelta | int | None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"userId": user_id}
+    if meter_ids is not None:
+        body["meterIds"] = list(meter_ids)
+    if expires_in is not None:
+        seconds = expires_in.total_seconds() if isinstance(expires_in, timedelta) else expires_in
+        body["expiresIn"] = int(seconds)
+    return body
+
+
+def create_portal_token(policy: RetryPolicy, body: dict[str, Any]) -> Op[PortalToken]:
+    """Issue a token (a retry at worst issues a second one, equally valid)."""
+    answer = yield from _call(policy, "POST", f"{PORTAL_PATH}/tokens", json=body)
+    return PortalToken.from_json(answer.ok())
+
+
+def revoke_portal_tokens(policy: RetryPolicy, user_id: str | None) -> Op[datetime]:
+    """Revoke the org's tokens (or one user's) issued until now; safe to retry."""
+    body = {"userId": user_id} if user_id is not None else {}
+    answer = yield from _call(policy, "POST", f"{PORTAL_PATH}/tokens/revoke", json=body)
+    revoked = datetime.fromisoformat(answer.ok()["revokedBefore"].replace("Z", "+00:00"))
+    return revoked
+
+
+def set_portal_origins(policy: RetryPolicy, origins: Sequence[str]) -> Op[list[str]]:
+    body = {"allowedOrigins": list(origins)}
+    answer = yield from _call(policy, "PUT", f"{PORTAL_PATH}/settings", json=body)
+    return list(answer.ok()["allowedOrigins"])

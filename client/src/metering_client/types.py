@@ -437,3 +437,29 @@ class ApiKey:
             created_by=body.get("createdBy"),
             secret=body.get("apiKey"),
         )
+
+
+# -- issue 16, customer portal ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PortalToken:
+    """A customer portal token: give `token` to one end customer's browser, e.g. as
+    `https://metering.example/portal#token=...`; it reads that user's usage only."""
+
+    token: str
+    expires_at: datetime
+    user_id: str
+    meter_ids: tuple[str, ...] | None  # None: all the org's active meters
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> PortalToken:
+        expires_at = _time(body["expiresAt"])
+        assert expires_at is not None  # the service always sends it
+        meters = body.get("meterIds")
+        return cls(
+            token=body["token"],
+            expires_at=expires_at,
+            user_id=body["userId"],
+            meter_ids=tuple(meters) if meters is not None else None,
+        )

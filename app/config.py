@@ -124,6 +124,11 @@ class Config:
     #: Multiplies the retry schedule (5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h); tests
     #: shrink it. Not read from the environment.
     webhook_retry_scale: float = 1.0
+    # -- issue 17, export --------------------------------------------------------------
+    #: Seconds one NDJSON export answer may stream before it stops at an event and ends
+    #: with a trailer naming the cursor to resume from (each page of reads has the request
+    #: deadline of its own); 0: no bound. Under App Engine's request timeout.
+    export_answer_seconds: float = 300.0
 
     def __post_init__(self):
         if not 1 <= self.rollup_shards <= 64:  # app.storage.shards.MAX_SHARDS
@@ -195,6 +200,10 @@ class Config:
             ),
             webhook_timeout_seconds=_env_float(
                 env, "METERING_WEBHOOK_TIMEOUT_SECONDS", cls.webhook_timeout_seconds
+            ),
+            # issue 17, export
+            export_answer_seconds=_env_float(
+                env, "METERING_EXPORT_ANSWER_SECONDS", cls.export_answer_seconds
             ),
         )
 

@@ -151,7 +151,7 @@ def get_summary(query):
 @tenant
 @arguments(ExportQuery)
 @response(
-    "application/x-ndjson",
+    ("application/x-ndjson", "text/csv"),
     200,
     "Every matching event, oldest first, one JSON object a line (each with its `id`, "
     '`status` and `idempotency`), then a trailer line `{"export": {"complete", '

@@ -82,16 +82,28 @@ PageHook = Callable[[], None]
 class Export:
     """One export, checked (meter, cursor) before anything is streamed."""
 
-    def __init__(self, request: ExportRequest, meter: Meter, resume: Resume | None):
+    def __init__(
+        self,
+        request: ExportRequest,
+        meter: Meter,
+        resume: Resume | None,
+        on_read: Callable[[], object] | None = None,
+    ):
         self.request = request
         self.meter = meter
         self.resume = resume
+        #: Called once per event read (exported or skipped as cancelled): the CLI's
+        #: progress bar.
+        self.on_read = on_read
         self.sent = 0
         self.last_id: str | None = None
 
     def records(self, before_page: PageHook | None = None) -> Iterator[dict[str, Any]]:
         """The matching events in export order, as dicts (the NDJSON line's fields)."""
+        on_read = self.on_read
         for entity in self._entities(before_page):
+            if on_read is not None:
+                on_read()
             record = self._record(entity)
             if record is not None:
                 yield record
@@ -124,6 +136,14 @@ class Export:
             "status": "cancelled" if event.deleted else "active",
         }
 
+    def count_to_read(self) -> int:
+        """About how many events this export reads, cancelled ones included (exactly, but
+        for ties of a resumed export's first timestamp): a keys-only query, for a
+        progress bar's total."""
+        request, resume = self.request, self.resume
+        start = resume.timestamp if resume is not None else request.start
+        return queries.count_events(self.meter.id_, request.user_id, start, request.end)
+
     def _sent(self, record: dict[str, Any]) -> None:
         self.sent += 1
         self.last_id = record["id"]
@@ -131,10 +151,15 @@ class Export:
     # -- NDJSON ----------------------------------------------------------------------
 
     def ndjson(
-        self, before_page: PageHook | None = None, stop_after: float | None = None
+        self,
+        before_page: PageHook | None = None,
+        stop_after: float | None = None,
+        *,
+        trailer: bool = True,
     ) -> Iterator[bytes]:
-        """NDJSON lines, one event each, then the trailer. With `stop_after` (seconds),
-        stops at the first event past that time and says so in the trailer."""
+        """NDJSON lines, one event each, then (unless `trailer` is false: the CLI, which
+        writes a file to import) the trailer. With `stop_after` (seconds), stops at the
+        first event past that time and says so in the trailer."""
         stop_at = time.monotonic() + stop_after if stop_after else None
         buffer: list[str] = []
         complete = True
@@ -147,15 +172,13 @@ class Export:
             if stop_at is not None and time.monotonic() >= stop_at:
                 complete = False
                 break
-        trailer = {
-            "export": {
-                "complete": complete,
-                "count": self.sent,
-                "cursor": None if complete else self.last_id,
-            }
-        }
-        buffer.append(json.dumps(trailer, separators=(",", ":")))
-        yield _lines(buffer)
+        if trailer:
+            end = {"complete": complete, "count": self.sent, "cursor": self.last_id}
+            if complete:
+                end["cursor"] = None
+            buffer.append(json.dumps({"export": end}, separators=(",", ":")))
+        if buffer:
+            yield _lines(buffer)
 
     # -- CSV -------------------------------------------------------------------------
 
@@ -195,11 +218,15 @@ class Export:
             "status",
         ]
 
-    def csv(self, columns: list[str], before_page: PageHook | None = None) -> Iterator[bytes]:
-        """The header row, then one row per event (RFC 4180, CRLF line ends)."""
+    def csv(
+        self, columns: list[str], before_page: PageHook | None = None, *, header: bool = True
+    ) -> Iterator[bytes]:
+        """The header row (unless `header` is false: the CLI appending a resumed export
+        to its file), then one row per event (RFC 4180, CRLF line ends)."""
         out = io.StringIO()
         writer = csv.writer(out)
-        writer.writerow(columns)
+        if header:
+            writer.writerow(columns)
         for record in self.records(before_page):
             writer.writerow(_csv_row(record, columns))
             self._sent(record)
@@ -249,14 +276,14 @@ def _page_sizes(before_page: PageHook | None) -> Iterator[int]:
 # -- opening an export: everything a 400 or 404 can answer, before the first byte -------
 
 
-def open_export(request: ExportRequest) -> Export:
+def open_export(request: ExportRequest, on_read: Callable[[], object] | None = None) -> Export:
     """The export of `request`, its meter and cursor checked (NotFound, ValidationFailed)."""
     try:
         meter = get_meter(request.meter_id)
     except NotFound as exc:
         raise NotFound(exc.message, param="meterId", code=exc.code) from None
     resume = _resume_point(request, meter) if request.cursor is not None else None
-    return Export(request, meter, resume)
+    return Export(request, meter, resume, on_read)
 
 
 def _resume_point(request: ExportRequest, meter: Meter) -> Resume:

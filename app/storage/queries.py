@@ -210,3 +210,23 @@ def events_in_order(
     order.property.name = "__key__"
     order.direction = q.PropertyOrder.Direction.ASCENDING
     yield from rpc.run_query(query, ndb.get_context().get_namespace(), batch_sizes=page_sizes)
+
+
+def count_events(
+    meter_id: str, user_id: str | None, start: datetime | None, end: datetime | None
+) -> int:
+    """How many `meter-event` entities of a meter (and user) have start <= Timestamp < end:
+    a keys-only query on the same index as `events` (index entries, no entity reads)."""
+    conditions: list[tuple[str, int, object]] = [("MeterId", _OP.EQUAL, meter_id)]
+    if user_id is not None:
+        conditions.append(("UserId", _OP.EQUAL, user_id))
+    if start is not None:
+        conditions.append(("Timestamp", _OP.GREATER_THAN_OR_EQUAL, start))
+    if end is not None:
+        conditions.append(("Timestamp", _OP.LESS_THAN, end))
+    query = build("meter-event", conditions)
+    query.projection.add().property.name = "__key__"
+    order = query.order.add()
+    order.property.name = "Timestamp"
+    order.direction = q.PropertyOrder.Direction.ASCENDING
+    return sum(1 for _ in rpc.run_query(query, ndb.get_context().get_namespace()))

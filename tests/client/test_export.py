@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from metering_client import ApiError, AsyncMeteringClient, ExportedEvent
-from tests.client.conftest import FAST_RETRY, upstream_of
-from tests.client.fault_proxy import FaultProxy, Request
+from tests.client.conftest import FAST_RETRY
+from tests.client.fault_proxy import Request
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 EXPORT = "/v1/billing/meter-events/export"
@@ -51,14 +51,10 @@ def recorded(api) -> tuple[dict, list[str]]:
     return meter, ids
 
 
-def test_an_export_cut_twice_yields_every_event_once(server, org, recorded, make_client_for):
+def test_an_export_cut_twice_yields_every_event_once(metering, proxy, recorded):
     meter, ids = recorded
-    proxy = FaultProxy(upstream_of(server.url), plan=CutFirst(2)).start()
-    try:
-        metering = make_client_for(proxy.url, org["apiKey"])
-        events = list(metering.export_events(meter["id"], include_cancelled=True))
-    finally:
-        proxy.stop()
+    proxy.plan = CutFirst(2)
+    events = list(metering.export_events(meter["id"], include_cancelled=True))
     assert proxy.faults["cut_after"] == 2 and proxy.faults["pass"] == 1
     assert [e.id for e in events] == ids
     assert all(isinstance(e, ExportedEvent) for e in events)
@@ -86,17 +82,14 @@ def test_filters_cursor_and_errors(metering, recorded):
     assert missing.value.status == 404 and missing.value.param == "meterId"
 
 
-def test_the_async_twin_resumes_too(server, org, recorded):
+def test_the_async_twin_resumes_too(proxy, org, recorded):
     meter, ids = recorded
-    proxy = FaultProxy(upstream_of(server.url), plan=CutFirst(1)).start()
+    proxy.plan = CutFirst(1)
 
     async def export() -> list[str]:
         async with AsyncMeteringClient(proxy.url, org["apiKey"], retry=FAST_RETRY) as client:
             return [e.id async for e in client.export_events(meter["id"], include_cancelled=True)]
 
-    try:
-        with concurrent.futures.ThreadPoolExecutor(1) as executor:
-            exported = executor.submit(asyncio.run, export()).result()
-    finally:
-        proxy.stop()
+    with concurrent.futures.ThreadPoolExecutor(1) as executor:
+        exported = executor.submit(asyncio.run, export()).result()
     assert exported == ids and proxy.faults["cut_after"] == 1

@@ -12,6 +12,7 @@ import pytest
 
 from app.services import export
 from tests.support.http import Api, error_of
+from tests.test_ratelimit import fresh_minute
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 EXPORT = "/v1/billing/meter-events/export"
@@ -218,3 +219,20 @@ def test_one_org_cannot_export_anothers_meter(other_api, recorded):
     meter, _events, _ids = recorded
     answer = other_api.get(EXPORT, params={"meterId": meter["id"]})
     assert answer.status_code == 404 and error_of(answer)["param"] == "meterId"
+
+
+def test_the_reads_of_a_streamed_export_are_charged_to_the_read_budget(serve, org):
+    """after_request charges ordinary requests before a streamed body is read: the
+    export charges its pages itself, so 40 events read spend a budget of 30."""
+    budgeted = Api(serve(read_budget_per_minute=30), org["apiKey"])
+    fresh_minute()  # the budget is per minute: no test straddles two
+    meter = budgeted.create_meter()
+    budgeted.record(
+        *({"meterId": meter["id"], "userId": "u", "value": n, "timestamp": _at(n)}
+          for n in range(40))
+    )  # fmt: skip
+    lines, trailer = _ndjson(budgeted, meterId=meter["id"])
+    assert trailer["count"] == len(lines) == 40
+    refused = budgeted.get("/v1/billing/meters")
+    assert refused.status_code == 429, refused.text
+    assert "read budget" in error_of(refused)["message"]

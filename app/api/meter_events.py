@@ -179,8 +179,11 @@ def export_events(args):
     else:
         body = job.ndjson(pages.before_page, config.export_answer_seconds)
         mimetype = "application/x-ndjson"
+    # The first chunk is read here, under the request's own context, deadline and error
+    # handling: a failure before the first byte still answers in the error envelope.
+    first = next(body, b"")
     return Response(
-        stream_with_context(pages.streamed(body, datastore.reopen_context())),
+        stream_with_context(pages.streamed(first, body, datastore.reopen_context())),
         mimetype=mimetype,
         headers={"X-Accel-Buffering": "no"},  # proxies: pass each chunk on as it comes
     )
@@ -208,9 +211,11 @@ class _ExportPages:
             ratelimit.charge_reads(self.org, self.usage.entities_read - self.charged_reads)
             self.charged_reads = self.usage.entities_read
 
-    def streamed(self, body, context):
-        """`body` as the server reads it: in an NDB context of the org's namespace again
-        (the request's is closed by then), its reads counted and charged."""
+    def streamed(self, first: bytes, body, context):
+        """`first`, then the rest of `body` as the server reads it: in an NDB context of
+        the org's namespace again (the request's is closed by then), its reads counted
+        and charged."""
+        yield first
         with context:
             self.usage = metrics.start()
             try:

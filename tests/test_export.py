@@ -221,9 +221,13 @@ def test_one_org_cannot_export_anothers_meter(other_api, recorded):
     assert answer.status_code == 404 and error_of(answer)["param"] == "meterId"
 
 
-def test_the_reads_of_a_streamed_export_are_charged_to_the_read_budget(serve, org, api):
-    """after_request charges ordinary requests before a streamed body is read: the
-    export charges its pages itself, so 40 events read spend a budget of 30."""
+def test_the_reads_of_a_streamed_export_are_charged_to_the_read_budget(
+    serve, org, api, monkeypatch
+):
+    """after_request charges ordinary requests before a streamed body is read (here the
+    first page of 10): the export charges the pages it streams itself, so 40 events read
+    spend a budget of 30."""
+    monkeypatch.setattr(export, "PAGE_SIZE", 10)
     meter = api.create_meter()  # recorded through the suite's server, which has no budget
     api.record(
         *({"meterId": meter["id"], "userId": "u", "value": n, "timestamp": _at(n)}

@@ -192,9 +192,9 @@ def export_events(args):
 class _ExportPages:
     """What bounds an export's work, page by page, once the answer streams past the
     view: each page of reads gets the request deadline afresh (a stuck RPC fails its
-    page, a long export is not cut for being long), and the reads of each page are
-    added to the org's read budget as they happen (`after_request`, which charges
-    ordinary requests, has run before the first chunk)."""
+    page; the answer as a whole is bounded by `export_answer_seconds` instead), and the
+    reads of each page are added to the org's read budget as they happen
+    (`after_request`, which charges ordinary requests, has run before they are read)."""
 
     def __init__(self, deadline_seconds: float, org: str):
         self.deadline_seconds = deadline_seconds

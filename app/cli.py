@@ -399,6 +399,107 @@ def _compact_org(org: str) -> dict:
         return {"org": org, "compacted": compact.compact_org()}
 
 
+# -- issue 17, export: `metering events export` ----------------------------------------
+# (Task I's `metering events import` shares the `events` group; the coordinator merges.)
+
+
+@main.group()
+def events():
+    """Move an org's usage events in and out in bulk."""
+
+
+@events.command("export")
+@click.argument("org")
+@click.option("--meter", "meter_id", required=True, help="The meter's id.")
+@click.option("--since", help="First moment (RFC 3339, or YYYY-MM-DD: that midnight UTC).")
+@click.option("--until", help="End, excluded (RFC 3339; YYYY-MM-DD includes that day).")
+@click.option(
+    "--format",
+    "export_format",
+    type=click.Choice(["ndjson", "csv"]),
+    default="ndjson",
+    show_default=True,
+)
+@click.option("--user", "user_id", help="Only this user's events.")
+@click.option("--include-cancelled", is_flag=True, help="Cancelled events too (status says).")
+@click.option(
+    "--cursor",
+    help="Resume after this event id (the last line's `id` of a cut export); "
+    "CSV then has no header row, so `>>` appends to the file.",
+)
+@click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")
+@_data_dir_option
+def events_export(
+    org,
+    meter_id,
+    since,
+    until,
+    export_format,
+    user_id,
+    include_cancelled,
+    cursor,
+    no_progress,
+    data_dir,
+):
+    """Write ORG's events of a meter to stdout (NDJSON or CSV), oldest first, in
+    constant memory, with progress on stderr."""
+    query = {"meterId": meter_id, "format": export_format, "includeCancelled": include_cancelled}
+    for name, value in (
+        ("periodStart", since),
+        ("periodEnd", until),
+        ("userId", user_id),
+        ("cursor", cursor),
+    ):
+        if value is not None:
+            query[name] = value
+    sink = sys.stdout.buffer
+    done = _admin(data_dir, lambda: _export_events(org, query, sink, not no_progress))
+    click.echo(json.dumps(done), err=True)
+
+
+def _export_events(org: str, query: dict, sink, progress: bool) -> dict:
+    # lazy: see "Lazy imports" above
+    from tqdm import tqdm
+
+    from app.schemas import load
+    from app.schemas.export import ExportQuery
+    from app.services import export
+    from app.services import orgs as org_service
+
+    args = load(ExportQuery(), query)
+    request = export.ExportRequest(
+        meter_id=args["meterId"],
+        start=args.get("periodStart"),
+        end=args.get("periodEnd"),
+        user_id=args.get("userId"),
+        include_cancelled=args["includeCancelled"],
+        cursor=args.get("cursor"),
+    )
+    with org_service.inside(org):
+        bar = tqdm(
+            desc="reading",
+            unit=" events",
+            file=sys.stderr,
+            disable=not progress,
+            unit_scale=True,
+            dynamic_ncols=True,
+        )
+        with bar:
+            job = export.open_export(request, on_read=bar.update)
+            if progress:
+                bar.total = job.count_to_read()
+            if args["format"] == "csv":
+                columns = job.csv_columns()
+                bar.set_description("writing")
+                chunks = job.csv(columns, header=request.cursor is None)
+            else:
+                chunks = job.ndjson(trailer=False)
+            for chunk in chunks:
+                sink.write(chunk)
+            sink.flush()
+    return {"org": org, "meter": job.meter.id_, "exported": job.sent, "lastId": job.last_id}
+
+
 def _create_demo_org():
     """The demo org's first key, or None when the org exists already."""
     # lazy: see "Lazy imports" above

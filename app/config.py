@@ -156,6 +156,11 @@ class Config:
     #: Seconds each process trusts an org's portal policy (revocations, allowed origins,
     #: the org being live): the bound within which a revocation made elsewhere applies.
     portal_policy_cache_seconds: float = 2.0
+    # -- issue 17, export --------------------------------------------------------------
+    #: Seconds one NDJSON export answer may stream before it stops at an event and ends
+    #: with a trailer naming the cursor to resume from (each page of reads has the request
+    #: deadline of its own); 0: no bound. Under App Engine's request timeout.
+    export_answer_seconds: float = 300.0
 
     def __post_init__(self):
         if not 1 <= self.rollup_shards <= 64:  # app.storage.shards.MAX_SHARDS
@@ -236,6 +241,10 @@ class Config:
             portal_signing_keys=_portal_signing_keys(env.get("METERING_PORTAL_SIGNING_KEYS")),
             portal_policy_cache_seconds=_env_float(
                 env, "METERING_PORTAL_POLICY_CACHE_SECONDS", cls.portal_policy_cache_seconds
+            ),
+            # issue 17, export
+            export_answer_seconds=_env_float(
+                env, "METERING_EXPORT_ANSWER_SECONDS", cls.export_answer_seconds
             ),
         )
 

@@ -61,6 +61,15 @@ def use_namespace(namespace: str) -> None:
     g.ndb_stack.enter_context(context.use())
 
 
+def reopen_context() -> contextlib.AbstractContextManager:
+    """(issue 17, export) A context manager that opens, again, an NDB context in this
+    request's namespace, for a body streamed after the view returned: the request's own
+    context is closed by then (`teardown_request` runs before a streamed body is read)."""
+    namespace = ndb.get_context().get_namespace()
+    options = current_app.extensions["ndb_context_options"]
+    return client().context(namespace=namespace, **options)
+
+
 def init_app(app) -> None:
     """Create the app's NDB client and open a context around every request."""
     client = make_client(app.config["METERING"])

@@ -213,6 +213,14 @@ def count_unauthenticated(address: str) -> None:
         limiter.count_unauthenticated(address)
 
 
+def charge_reads(org: str, entities: int) -> None:
+    """(issue 17, export) Add reads made after the answer started streaming, which
+    `_record_reads` cannot see, to `org`'s read budget."""
+    limiter = _limiter()
+    if limiter is not None:
+        limiter.record_reads(org, entities)
+
+
 def _record_reads(response):
     """After an authenticated request: add what it read to its org's read budget."""
     org, usage, limiter = g.get("org"), metrics.current(), _limiter()

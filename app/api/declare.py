@@ -171,11 +171,12 @@ def response(
 ) -> Callable:
     """Answer `status` with what the view returns, serialized through `shape` (a response
     schema class), or by `dump` where a benchmark showed the schema too slow. A media type
-    (`"text/html"`) as `shape` documents an answer the view makes itself."""
+    (`"text/html"`), or a tuple of them, as `shape` documents an answer the view makes
+    itself."""
 
     def decorate(view):
         declared(view).success[status] = Answer(description, shape, links or {})
-        if isinstance(shape, str):
+        if isinstance(shape, str | tuple):  # a media type (or several): the view answers
             return view
         serialize = dump or shape().dump
 

@@ -3,9 +3,9 @@
 Recording, cancelling, listing a meter's recent events and summarizing them.
 """
 
-from flask import Blueprint, current_app
+from flask import Blueprint, Response, current_app, g, stream_with_context
 
-from app import tenancy
+from app import datastore, deadline, ratelimit, tenancy
 from app.api.declare import (
     TENANT_ERRORS,
     arguments,
@@ -22,8 +22,10 @@ from app.openapi.operations import ConfiguredBody
 from app.schemas import responses
 from app.schemas.event_log import DEFAULT_EVENTS_PAGE, EventListQuery
 from app.schemas.events import SummaryQuery, batch_schema, cancel_schema, summary_json
+from app.schemas.export import ExportQuery
 from app.schemas.quick_events import load_batch
-from app.services import cancel, event_log, events, summary
+from app.services import cancel, event_log, events, export, summary
+from app.storage import metrics
 
 blueprint = Blueprint("meter_events", __name__, url_prefix="/v1/billing/meter-events")
 blueprint.before_request(tenancy.require_org)
@@ -139,3 +141,85 @@ def get_summary(query):
         cursor=args.get("cursor"),
         order_by=args.get("orderBy"),
     )
+
+
+# -- issue 17, export -------------------------------------------------------------------
+
+
+@blueprint.get("/export")
+@scope("usage:read")
+@tenant
+@arguments(ExportQuery)
+@response(
+    ("application/x-ndjson", "text/csv"),
+    200,
+    "Every matching event, oldest first, one JSON object a line (each with its `id`, "
+    '`status` and `idempotency`), then a trailer line `{"export": {"complete", '
+    '"count", "cursor"}}`; with `format=csv`, `text/csv` with a header row instead. '
+    "Streamed (chunked): resume a cut export with `cursor` = the last `id` received.",
+)
+@other_responses(400, 404)
+def export_events(args):
+    """Stream a meter's events in a period, as NDJSON or CSV, resumable by cursor."""
+    config = current_app.config["METERING"]
+    job = export.open_export(
+        export.ExportRequest(
+            meter_id=args["meterId"],
+            start=args.get("periodStart"),
+            end=args.get("periodEnd"),
+            user_id=args.get("userId"),
+            include_cancelled=args.get("includeCancelled", False),
+            cursor=args.get("cursor"),
+        )
+    )
+    pages = _ExportPages(config.request_deadline_seconds, g.org.name)
+    if args.get("format") == "csv":
+        columns = job.csv_columns(pages.before_page)  # before the first byte: 400s still
+        body, mimetype = job.csv(columns, pages.before_page), "text/csv"
+    else:
+        body = job.ndjson(pages.before_page, config.export_answer_seconds)
+        mimetype = "application/x-ndjson"
+    # The first chunk is read here, under the request's own context, deadline and error
+    # handling: a failure before the first byte still answers in the error envelope.
+    first = next(body, b"")
+    return Response(
+        stream_with_context(pages.streamed(first, body, datastore.reopen_context())),
+        mimetype=mimetype,
+        headers={"X-Accel-Buffering": "no"},  # proxies: pass each chunk on as it comes
+    )
+
+
+class _ExportPages:
+    """What bounds an export's work, page by page, once the answer streams past the
+    view: each page of reads gets the request deadline afresh (a stuck RPC fails its
+    page; the answer as a whole is bounded by `export_answer_seconds` instead), and the
+    reads of each page are added to the org's read budget as they happen
+    (`after_request`, which charges ordinary requests, has run before they are read)."""
+
+    def __init__(self, deadline_seconds: float, org: str):
+        self.deadline_seconds = deadline_seconds
+        self.org = org
+        self.usage: metrics.Usage | None = None  # None: the view's, after_request charges
+        self.charged_reads = 0
+
+    def before_page(self) -> None:
+        self._charge()
+        deadline.start(self.deadline_seconds)
+
+    def _charge(self) -> None:
+        if self.usage is not None:
+            ratelimit.charge_reads(self.org, self.usage.entities_read - self.charged_reads)
+            self.charged_reads = self.usage.entities_read
+
+    def streamed(self, first: bytes, body, context):
+        """`first`, then the rest of `body` as the server reads it: in an NDB context of
+        the org's namespace again (the request's is closed by then), its reads counted
+        and charged."""
+        yield first
+        with context:
+            self.usage = metrics.start()
+            try:
+                yield from body
+            finally:
+                self._charge()
+                deadline.clear()

@@ -392,6 +392,8 @@ def _responses(operation: Operation) -> dict:
         shape = answer.shape
         if isinstance(shape, dict):
             content: dict[str, dict] = {"application/json": {"schema": shape}}
+        elif isinstance(shape, tuple):  # issue 17: streamed text in several formats
+            content = {media: {"schema": {"type": "string"}} for media in shape}
         elif isinstance(shape, str):
             content = (
                 {shape: {"schema": {"type": "object" if "json" in shape else "string"}}}

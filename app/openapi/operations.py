@@ -43,8 +43,9 @@ class Answer:
 
     description: str
     #: a response schema class; a media type; a JSON schema (dict) of a JSON answer of
-    #: another API's shape (OpenMeter's, `app.api.openmeter`); "" for no content (204).
-    shape: type[Schema] | str | dict
+    #: another API's shape (OpenMeter's, `app.api.openmeter`); "" for no content (204);
+    #: (issue 17) a tuple of media types for a streamed text answer of several formats.
+    shape: type[Schema] | str | dict | tuple[str, ...]
     links: dict[str, dict] = field(default_factory=dict)
 
 

@@ -232,3 +232,16 @@ def decode_event(entity: EntityPb) -> StoredEvent:
 def _string(props: Any, name: str) -> str:
     value = props.get(name)
     return value.string_value if value is not None else ""
+
+
+# -- issue 17, export: what an exported event carries beyond `StoredEvent` -------------
+
+
+def idempotency_of(entity: EntityPb) -> str:
+    """A `meter-event`'s idempotency key ("" when it was recorded without one)."""
+    return _string(entity.properties, "Idempotency")
+
+
+def metadata_of(entity: EntityPb) -> dict[str, Any]:
+    """A `meter-event`'s metadata, as recorded ({} when none)."""
+    return read_shadow(entity, "Metadata_", dict)  # type: ignore[no-any-return]

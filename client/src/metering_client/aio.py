@@ -14,7 +14,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, TypeVar, Unpack
 
 import httpx
@@ -22,6 +22,7 @@ import httpx
 from metering_client import operations as ops
 from metering_client.base import DEFAULT_TIMEOUT, DeliveryBase
 from metering_client.errors import BufferFull, ClientClosed
+from metering_client.export import EXPORT_PATH, AnswerCut, ExportProgress
 from metering_client.protocol import BatchResult, Pause, Send, deliver
 from metering_client.retry import RetryPolicy
 from metering_client.types import (
@@ -32,6 +33,7 @@ from metering_client.types import (
     CancelOutcome,
     Event,
     EventOutcome,
+    ExportedEvent,
     Meter,
     Page,
     PortalToken,
@@ -545,3 +547,45 @@ class AsyncMeteringClient(DeliveryBase):
         """The exact origins (`https://app.example.com`) whose pages may call the portal
         API from a browser; answers them as stored."""
         return await self._drive(ops.set_portal_origins(self.retry, origins))
+
+    # -- issue 17, export ---------------------------------------------------------------
+
+    async def export_events(
+        self,
+        meter_id: str,
+        *,
+        period_start: datetime | date | str | None = None,
+        period_end: datetime | date | str | None = None,
+        user_id: str | None = None,
+        include_cancelled: bool = False,
+        cursor: str | None = None,
+    ) -> AsyncIterator[ExportedEvent]:
+        """The async twin of `MeteringClient.export_events`: `async for event in ...`."""
+        progress = ExportProgress.start(
+            meter_id,
+            self.retry,
+            period_start=period_start,
+            period_end=period_end,
+            user_id=user_id,
+            include_cancelled=include_cancelled,
+            cursor=cursor,
+        )
+        while not progress.finished:
+            failure: httpx.Response | Exception | AnswerCut | None = None
+            try:
+                async with self._http.stream(
+                    "GET", EXPORT_PATH, params=progress.request_params()
+                ) as response:
+                    if response.status_code != 200:
+                        await response.aread()
+                        failure = response
+                    else:
+                        async for line in response.aiter_lines():
+                            event = progress.take(line)
+                            if event is not None:
+                                yield event
+                        progress.answer_ended()
+            except (httpx.HTTPError, AnswerCut) as exc:
+                failure = exc
+            if failure is not None:
+                await asyncio.sleep(progress.failed(failure))

@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, TypeVar, Unpack
 
 import httpx
@@ -24,6 +24,7 @@ from metering_client import operations as ops
 from metering_client.base import DEFAULT_TIMEOUT, DeliveryBase
 from metering_client.buffer import Buffer
 from metering_client.errors import BufferFull, ClientClosed
+from metering_client.export import EXPORT_PATH, AnswerCut, ExportProgress
 from metering_client.protocol import BatchResult, Pause, Send, deliver
 from metering_client.retry import RetryPolicy
 from metering_client.types import (
@@ -34,6 +35,7 @@ from metering_client.types import (
     CancelOutcome,
     Event,
     EventOutcome,
+    ExportedEvent,
     Meter,
     Page,
     PortalToken,
@@ -505,3 +507,49 @@ class MeteringClient(DeliveryBase):
         """The exact origins (`https://app.example.com`) whose pages may call the portal
         API from a browser; answers them as stored."""
         return self._drive(ops.set_portal_origins(self.retry, origins))
+
+    # -- issue 17, export ---------------------------------------------------------------
+
+    def export_events(
+        self,
+        meter_id: str,
+        *,
+        period_start: datetime | date | str | None = None,
+        period_end: datetime | date | str | None = None,
+        user_id: str | None = None,
+        include_cancelled: bool = False,
+        cursor: str | None = None,
+    ) -> Iterator[ExportedEvent]:
+        """Every event of a meter in a period (one user's, cancelled ones too if asked),
+        oldest first, streamed: memory holds one line at a time. A dropped connection or
+        a cut answer is resumed after the last event received (no duplicates, no gaps),
+        retried like other calls while events keep coming; `cursor` (an event id) starts
+        after that event."""
+        progress = ExportProgress.start(
+            meter_id,
+            self.retry,
+            period_start=period_start,
+            period_end=period_end,
+            user_id=user_id,
+            include_cancelled=include_cancelled,
+            cursor=cursor,
+        )
+        while not progress.finished:
+            failure: httpx.Response | Exception | AnswerCut | None = None
+            try:
+                with self._http.stream(
+                    "GET", EXPORT_PATH, params=progress.request_params()
+                ) as response:
+                    if response.status_code != 200:
+                        response.read()
+                        failure = response
+                    else:
+                        for line in response.iter_lines():
+                            event = progress.take(line)
+                            if event is not None:
+                                yield event
+                        progress.answer_ended()
+            except (httpx.HTTPError, AnswerCut) as exc:
+                failure = exc
+            if failure is not None:
+                time.sleep(progress.failed(failure))

@@ -463,3 +463,40 @@ class PortalToken:
             user_id=body["userId"],
             meter_ids=tuple(meters) if meters is not None else None,
         )
+
+
+# -- issue 17, export ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExportedEvent:
+    """One stored event as an export streams it (`export_events`), with its `status`
+    (`active` or `cancelled`) and idempotency key ("" when it was recorded without)."""
+
+    id: str
+    event_name: str
+    user_id: str
+    value: int
+    timestamp: datetime
+    idempotency: str
+    dimensions: dict[str, str]
+    metadata: dict[str, Any]
+    status: str
+
+    @property
+    def cancelled(self) -> bool:
+        return self.status == "cancelled"
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> ExportedEvent:
+        return cls(
+            id=body["id"],
+            event_name=body["eventName"],
+            user_id=body["userId"],
+            value=int(body["value"]),
+            timestamp=datetime.fromisoformat(body["timestamp"]),
+            idempotency=body.get("idempotency") or "",
+            dimensions=dict(body.get("dimensions") or {}),
+            metadata=dict(body.get("metadata") or {}),
+            status=body["status"],
+        )

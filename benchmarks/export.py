@@ -1,0 +1,237 @@
+"""Streaming export (issue 17): events/s, and memory that does not grow with the export.
+
+Starts Google's Firestore-mode emulator and a real `metering serve` (gunicorn, one
+worker, 4 threads), seeds one meter of the `demo` org with `--events` events (default
+100,000, written straight into the emulator as the service stores them; 1,000 users, two
+dimensions, metadata), then times, at two sizes (the whole period, and a period holding
+about a tenth of it):
+
+- HTTP NDJSON: `GET /v1/billing/meter-events/export`, read in 64 KiB chunks and
+  counted (the trailer must say complete and give the count); the worker's RSS is
+  sampled every 50 ms during the export, and its growth over the RSS before it is
+  reported: constant memory means the same growth at both sizes;
+- HTTP CSV: the same as CSV (it reads the period twice: the header's metadata names
+  first);
+- CLI: `metering events export demo --meter ID > /dev/null`, its peak RSS (sampled
+  every 50 ms) and events/s.
+
+    .venv/bin/python benchmarks/export.py [--events 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlencode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import Client, Service, metering_command, scratch_dir, start_emulator
+
+EXPORT = "/v1/billing/meter-events/export"
+START = datetime.now(UTC).replace(microsecond=0) - timedelta(days=20)
+SPAN = timedelta(days=19)
+
+
+def _seed(service: Service, events: int) -> str:
+    """A meter of the demo org (over HTTP) and its events, written straight into the
+    emulator as the service stores them (500 per commit, in a child process: gRPC stays
+    out of this one): exporting needs stored events, not the ingestion path, and seeding
+    100,000 of them over HTTP on a shared 2-core machine would take most of the run."""
+    client = Client(service.url, service.api_key)  # type: ignore[arg-type]
+    meter = client.post_json(
+        "/v1/billing/meters",
+        {"name": "Tokens", "eventName": "tokens", "dimensions": ["model", "region"]},
+    )
+    context = multiprocessing.get_context("spawn")
+    child = context.Process(
+        target=_seed_child, args=(service.emulator_host, service.env["METERING_PROJECT"],
+                                  meter["id"], events)
+    )  # fmt: skip
+    child.start()
+    child.join()
+    assert child.exitcode == 0, child.exitcode
+    return meter["id"]
+
+
+def _seed_child(host: str, project: str, meter_id: str, events: int) -> None:
+    os.environ["DATASTORE_EMULATOR_HOST"] = host
+    from app.config import Config
+    from app.datastore import make_client
+    from app.models import ids
+    from app.services import events as event_service
+    from app.services import ingest
+    from app.storage import entities, rpc
+    from tests.support.encoding import event_entity
+
+    config = Config(project=project, emulator_host=host)
+    ids.configure(config.hashid_salt)
+    now = datetime.now(UTC)
+    step = SPAN / events
+    with make_client(config).context(namespace="demo"):
+        code = ids.namespace_code("demo")
+        for first in range(0, events, 500):
+            mutations = []
+            for n in range(first, min(events, first + 500)):
+                key_id = event_service.idempotent_id(meter_id, f"seed-{n}")
+                entity = event_entity(
+                    key_pb=entities.key("meter-event", key_id),
+                    public_id=ingest._public_id(key_id, code),
+                    meter_id=meter_id,
+                    user_id=f"user-{n % 1000}",
+                    value=n % 997,
+                    timestamp=START + step * n,
+                    idempotency=f"seed-{n}",
+                    dimensions={"model": f"m{n % 5}", "region": f"r{n % 3}"},
+                    metadata={"request": f"req-{n}", "attempt": n % 3},
+                    now=now,
+                )
+                mutations.append(rpc.Mutation(insert=entity))
+            rpc.commit(mutations)
+
+
+def _rss_kib(pid: int) -> int:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):  # it has exited
+        return 0
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+class RssSampler:
+    """The highest RSS of a process while a block runs (sampled every 50 ms)."""
+
+    def __init__(self, pid: int):
+        self.pid, self.before, self.peak = pid, _rss_kib(pid), 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss_kib(self.pid))
+            self._stop.wait(0.05)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_kib(self.pid))
+
+
+def _http_export(service: Service, params: dict) -> dict:
+    host, port = service.url.removeprefix("http://").rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=600)
+    worker = service.worker_pids()[0]
+    started = time.monotonic()
+    with RssSampler(worker) as rss:
+        connection.request(
+            "GET",
+            EXPORT + "?" + urlencode(params),
+            headers={"Authorization": f"Bearer {service.api_key}"},
+        )
+        response = connection.getresponse()
+        assert response.status == 200, response.read()[:300]
+        newlines, tail, chunks = 0, b"", 0
+        while chunk := response.read(65536):
+            newlines += chunk.count(b"\n")
+            tail = (tail + chunk)[-400:]
+            chunks += 1
+    seconds = time.monotonic() - started
+    connection.close()
+    if params.get("format") == "csv":
+        events = newlines - 1  # the header row
+    else:
+        trailer = json.loads(tail.strip().splitlines()[-1])["export"]
+        assert trailer["complete"] and trailer["count"] == newlines - 1, trailer
+        events = trailer["count"]
+    return {
+        "events": events,
+        "seconds": round(seconds, 2),
+        "events_per_s": round(events / seconds),
+        "worker_rss_before_mib": round(rss.before / 1024, 1),
+        "worker_rss_growth_mib": round((rss.peak - rss.before) / 1024, 1),
+    }
+
+
+def _cli_export(service: Service, meter_id: str, since: str, until: str) -> dict:
+    started = time.monotonic()
+    with open(os.devnull, "wb") as sink:
+        child = subprocess.Popen(
+            [
+                *metering_command(),
+                "events",
+                "export",
+                "demo",
+                "--meter",
+                meter_id,
+                "--since",
+                since,
+                "--until",
+                until,
+                "--no-progress",
+            ],
+            env=service.env,
+            stdout=sink,
+            stderr=subprocess.PIPE,
+        )
+        with RssSampler(child.pid) as rss:
+            _out, err = child.communicate()
+    seconds = time.monotonic() - started
+    assert child.returncode == 0, err.decode()[-500:]
+    report = json.loads(err.decode().strip().splitlines()[-1])
+    return {
+        "events": report["exported"],
+        "seconds": round(seconds, 2),
+        "events_per_s": round(report["exported"] / seconds),
+        "peak_rss_mib": round(rss.peak / 1024, 1),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=100_000)
+    args = parser.parse_args()
+    workdir = scratch_dir()
+    emulator = start_emulator("firestore", workdir)
+    service = Service(emulator.host, 1, 4, workdir).start()
+    try:
+        started = time.monotonic()
+        meter_id = _seed(service, args.events)
+        seeded = time.monotonic() - started
+        whole = {"periodStart": START.isoformat(), "periodEnd": (START + SPAN).isoformat()}
+        tenth = {"periodStart": START.isoformat(), "periodEnd": (START + SPAN / 10).isoformat()}
+        report: dict = {
+            "events": args.events,
+            "seeded_per_s": round(args.events / seeded),
+            "cpus": os.cpu_count(),
+        }
+        for name, period in (("tenth", tenth), ("whole", whole)):
+            report[name] = {
+                "ndjson": _http_export(service, {"meterId": meter_id, **period}),
+                "csv": _http_export(service, {"meterId": meter_id, "format": "csv", **period}),
+                "cli": _cli_export(service, meter_id, period["periodStart"], period["periodEnd"]),
+            }
+        print(json.dumps(report, indent=2))
+        return 0
+    finally:
+        service.stop()
+        emulator.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

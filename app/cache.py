@@ -30,7 +30,9 @@ from google.cloud import ndb
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-CACHED_KINDS = frozenset({"namespace"})
+#: issue 16: `usage-limit` too: written only through NDB by this service, read by every
+#: limit check (`app/services/limits/check.py`).
+CACHED_KINDS = frozenset({"namespace", "usage-limit"})
 CACHE_SECONDS = 60
 #: Redis is on the request path: a dead or hung Redis must cost milliseconds, not
 #: seconds, so calls time out fast and are not retried (redis-py retries 10 times

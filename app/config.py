@@ -124,6 +124,10 @@ class Config:
     #: Multiplies the retry schedule (5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h); tests
     #: shrink it. Not read from the environment.
     webhook_retry_scale: float = 1.0
+    # -- issue 16, limits ----------------------------------------------------------------
+    #: Seconds each process trusts its list of meters with usage limits (ingestion adds to
+    #: limit counters only for those); a limit written here clears it at once.
+    limit_cache_seconds: float = 1.0
 
     def __post_init__(self):
         if not 1 <= self.rollup_shards <= 64:  # app.storage.shards.MAX_SHARDS
@@ -195,6 +199,10 @@ class Config:
             ),
             webhook_timeout_seconds=_env_float(
                 env, "METERING_WEBHOOK_TIMEOUT_SECONDS", cls.webhook_timeout_seconds
+            ),
+            # issue 16, limits
+            limit_cache_seconds=_env_float(
+                env, "METERING_LIMIT_CACHE_SECONDS", cls.limit_cache_seconds
             ),
         )
 

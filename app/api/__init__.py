@@ -5,6 +5,7 @@ from app.api import (
     alerts,  # issue 14, alerts
     cron,
     health,
+    limits,  # issue 16, limits
     meter_events,
     meters,
     openapi,
@@ -24,3 +25,4 @@ def init_app(app) -> None:
     app.register_blueprint(alerts.blueprint)  # issue 14, alerts
     app.register_blueprint(webhooks.blueprint)  # issue 14
     app.register_blueprint(openmeter.blueprint)  # issue 15
+    app.register_blueprint(limits.blueprint)  # issue 16, limits

@@ -128,6 +128,11 @@ class Config:
     #: Seconds each process trusts its list of meters with usage limits (ingestion adds to
     #: limit counters only for those); a limit written here clears it at once.
     limit_cache_seconds: float = 1.0
+    #: Seconds after a meter's first limit before checks trust its counters (until then
+    #: they ask the summary engine); None: the cache period plus the request deadline plus
+    #: 1 s, past which no process can commit a batch without counting it. Tests of one
+    #: process set 0. Not read from the environment.
+    limit_counting_delay: float | None = None
 
     def __post_init__(self):
         if not 1 <= self.rollup_shards <= 64:  # app.storage.shards.MAX_SHARDS

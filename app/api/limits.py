@@ -71,6 +71,7 @@ def check_limit(args):
         "user_id": found.user_id,
         "period_start": found.period_start,
         "period_end": found.period_end,
+        "resets_at": found.period_end,
         "as_of": found.as_of,
     }
 

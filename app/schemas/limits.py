@@ -146,7 +146,7 @@ class LimitCheck(Schema):
     periodStart = Time(required=True, attribute="period_start")
     periodEnd = Time(required=True, attribute="period_end")
     resetsAt = Time(
-        required=True, attribute="period_end", metadata={"description": "when a new period starts"}
+        required=True, attribute="resets_at", metadata={"description": "when a new period starts"}
     )
     asOf = Time(
         required=True,

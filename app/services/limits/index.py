@@ -39,10 +39,15 @@ def cache_seconds() -> float:
 
 
 def trust_delay() -> timedelta:
-    """How long after a meter's first limit every process surely counts its batches."""
-    deadline = 30.0
-    if has_app_context():
-        deadline = float(current_app.config["METERING"].request_deadline_seconds) or 60.0
+    """How long after a meter's first limit every process surely counts its batches:
+    its cache period, plus a request's deadline (a batch that read a stale cache may
+    commit until then), plus a second."""
+    if not has_app_context():
+        return timedelta(seconds=DEFAULT_CACHE_SECONDS + 60.0 + 1.0)
+    config = current_app.config["METERING"]
+    if config.limit_counting_delay is not None:
+        return timedelta(seconds=config.limit_counting_delay)
+    deadline = float(config.request_deadline_seconds) or 60.0
     return timedelta(seconds=cache_seconds() + deadline + 1.0)
 
 

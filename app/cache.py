@@ -30,9 +30,7 @@ from google.cloud import ndb
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-#: issue 16: `usage-limit` too: written only through NDB by this service, read by every
-#: limit check (`app/services/limits/check.py`).
-CACHED_KINDS = frozenset({"namespace", "usage-limit"})
+CACHED_KINDS = frozenset({"namespace"})
 CACHE_SECONDS = 60
 #: Redis is on the request path: a dead or hung Redis must cost milliseconds, not
 #: seconds, so calls time out fast and are not retried (redis-py retries 10 times

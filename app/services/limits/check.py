@@ -27,19 +27,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from flask import current_app, has_app_context
-from google.cloud import ndb
+from google.api_core import exceptions as core_exceptions
 
 from app.core.aggregation import Aggregation
 from app.errors import NotFound
 from app.models import UsageLimit, utcnow
 from app.services import capabilities, summary
 from app.services.alerts.periods import period_at
-from app.services.limits.definitions import key_for, meter_key_id
+from app.services.limits import index
+from app.services.limits.definitions import ident_for, meter_key_id
 from app.services.meters import find_by_event_name
-from app.storage import counters, rpc
+from app.storage import counters, entities, rpc
 from app.storage.counters import Seed, Spec, Tally
 
 #: Rounds of the legacy emulator's read-summary-read before answering from the summary
@@ -47,9 +48,39 @@ from app.storage.counters import Seed, Spec, Tally
 LEGACY_ROUNDS = 8
 
 
+class LimitView(NamedTuple):
+    """What a check needs of a `usage-limit`, decoded from the raw lookup."""
+
+    id_: str
+    meter_id: str
+    limit_value: int
+    period: str
+    time_zone: str
+    aggregation: str
+    counting_since: datetime
+
+    @property
+    def spec(self) -> Spec:
+        return Spec(self.period, self.time_zone, self.aggregation, self.counting_since)
+
+
+def _limit_of(entity: Any) -> LimitView:
+    props = entity.properties
+    since = entities.get_time(entity, "CountingSince")
+    return LimitView(
+        props["Id_"].string_value,
+        props["MeterId"].string_value,
+        int(props["Limit"].string_value),
+        props["Period"].string_value,
+        props["TimeZone"].string_value,
+        props["Aggregation"].string_value,
+        since if since is not None else utcnow(),
+    )
+
+
 @dataclass(frozen=True)
 class Check:
-    limit: UsageLimit
+    limit: LimitView
     user_id: str
     used: int
     period_start: datetime
@@ -80,21 +111,47 @@ def _meter_key_id(meter_id: str | None, event_name: str | None) -> int:
     return int(meter.key.id())
 
 
+class _Counters(NamedTuple):
+    name: str
+    start: datetime
+    end: datetime
+    keys: list[Any]  # the shards, then the seed
+
+
+def _counters(key_id: int, user_id: str, spec: Spec, as_of: datetime) -> _Counters:
+    start, end = period_at(as_of, spec.period, spec.zone)
+    name = counters.key_name(key_id, user_id, spec, start)
+    return _Counters(name, start, end, counters.counter_keys(name) + [counters.seed_key(name)])
+
+
 def check(meter_id: str | None, event_name: str | None, user_id: str) -> Check:
-    """The user's usage of the meter this period against the limit that applies."""
+    """The user's usage of the meter this period against the limit that applies: one
+    lookup of the two limits, the counters and the seed in the steady state (the
+    counters' keys come from the meter's spec as ingestion caches it; a stale spec
+    costs one more lookup)."""
     key_id = _meter_key_id(meter_id, event_name)
-    override, default = ndb.get_multi([key_for(key_id, user_id), key_for(key_id, None)])
-    limit = override or default
-    if limit is None:
+    limit_keys = [
+        entities.key(UsageLimit.KIND, ident_for(key_id, user)) for user in (user_id, None)
+    ]
+    as_of = utcnow()  # every batch answered before this is read below
+    cached = index.specs_for({key_id}).get(key_id)
+    wanted = _counters(key_id, user_id, cached, as_of) if cached is not None else None
+    found = rpc.lookup(limit_keys + (wanted.keys if wanted is not None else []))
+    entity = found.get(limit_keys[0].SerializeToString()) or found.get(
+        limit_keys[1].SerializeToString()
+    )
+    if entity is None:
         raise NotFound(
             "no limit applies to this meter and user",
             param="meterId" if meter_id else "eventName",
             code="limit_not_found",
         )
-    as_of = utcnow()  # every batch answered before this is read below
-    start, end = period_at(as_of, limit.period, limit.time_zone)
-    used = _used(limit, key_id, user_id, start, end, as_of)
-    return Check(limit, user_id, used, start, end, as_of)
+    limit = _limit_of(entity)
+    if wanted is None or cached != limit.spec:
+        wanted = _counters(key_id, user_id, limit.spec, as_of)
+        found = rpc.lookup(wanted.keys)
+    used = _used(limit, user_id, wanted, found, as_of)
+    return Check(limit, user_id, used, wanted.start, wanted.end, as_of)
 
 
 def _summary_value(meter_id: str, user_id: str, start: datetime, end: datetime) -> int:
@@ -123,28 +180,28 @@ def _lead() -> Any:
 
 
 def _used(
-    limit: UsageLimit, key_id: int, user_id: str, start: datetime, end: datetime, as_of: datetime
+    limit: LimitView, user_id: str, wanted: _Counters, found: dict[bytes, Any], as_of: datetime
 ) -> int:
     since = limit.counting_since
     if limit.aggregation == Aggregation.UNIQUE_COUNT or as_of < since:
-        return _summary_value(limit.meter_id, user_id, start, end)
-    spec = Spec(limit.period, limit.time_zone, limit.aggregation, since)
-    name = counters.key_name(key_id, user_id, spec, start)
-    seed_key = counters.seed_key(name)
-    found = rpc.lookup(counters.counter_keys(name) + [seed_key])
-    seed_entity = found.pop(seed_key.SerializeToString(), None)
-    tallies = [counters.tally_of(entity) for entity in found.values()]
+        return _summary_value(limit.meter_id, user_id, wanted.start, wanted.end)
+    seed_entity = found.get(wanted.keys[-1].SerializeToString())
+    tallies = [
+        counters.tally_of(found[key])
+        for key in (k.SerializeToString() for k in wanted.keys[:-1])
+        if key in found
+    ]
     if any(abs(t.value) > counters.TRUSTED_MAGNITUDE for t in tallies):
-        return _summary_value(limit.meter_id, user_id, start, end)
+        return _summary_value(limit.meter_id, user_id, wanted.start, wanted.end)
     seed = counters.seed_of(seed_entity) if seed_entity is not None else None
     if seed is not None and seed.seeded_at >= since:
         return _combine(limit.aggregation, seed, tallies)
-    if seed is None and start >= since + _lead():
+    if seed is None and wanted.start >= since + _lead():
         return _combine(limit.aggregation, Seed(0, 0, as_of), tallies)
-    return _seeded(limit, name, user_id, start, end)
+    return _seeded(limit, wanted.name, user_id, wanted.start, wanted.end)
 
 
-def _seeded(limit: UsageLimit, name: str, user_id: str, start: datetime, end: datetime) -> int:
+def _seeded(limit: LimitView, name: str, user_id: str, start: datetime, end: datetime) -> int:
     """The period's value from the summary engine, stored as the counters' seed when it
     could be read at one cut with them."""
     at = utcnow()
@@ -167,5 +224,8 @@ def _seeded(limit: UsageLimit, name: str, user_id: str, start: datetime, end: da
         else:
             return value  # batches kept coming between the reads: exact, not stored
     seed = Seed(value, _counted(limit.aggregation, tallies), at)
-    rpc.commit([counters.seed_mutation(name, seed)])
+    try:
+        rpc.commit([counters.seed_mutation(name, seed)])
+    except core_exceptions.Aborted:
+        pass  # contention (the legacy emulator locks the org's entity group): the next check seeds
     return _combine(limit.aggregation, seed, tallies)

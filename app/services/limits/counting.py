@@ -25,7 +25,9 @@ _picker = shards.Picker(counters.SHARDS)
 _Group = tuple[int, str, str, datetime]  # meter key id, meter id, user, period start
 
 
-def _parts(drafts: list[Any], indexes: list[int], specs: dict[int, Spec]) -> dict[_Group, list[Any]]:
+def _parts(
+    drafts: list[Any], indexes: list[int], specs: dict[int, Spec]
+) -> dict[_Group, list[Any]]:
     """(meter, user, period) -> [value (sum, count or max), spec] of the drafts."""
     parts: dict[_Group, list[Any]] = {}
     for index in indexes:

@@ -23,11 +23,14 @@ from app.services.limits import index
 DEFAULT_USER = ""  # the key part of a meter's default limit (a userId has 1+ characters)
 
 
-def key_for(meter_key_id: int, user_id: str | None) -> ndb.Key:
-    """The key of the limit of (meter, user), user None for the meter's default."""
+def ident_for(meter_key_id: int, user_id: str | None) -> int:
+    """The key id of the limit of (meter, user), user None for the meter's default."""
     raw = hashlib.sha256(f"{meter_key_id}\x00{user_id or DEFAULT_USER}".encode()).digest()
-    ident = int.from_bytes(raw[:8], "big") >> 1 or 1  # 63 bits, never 0
-    return ndb.Key(UsageLimit.KIND, ident, parent=root_key())
+    return int.from_bytes(raw[:8], "big") >> 1 or 1  # 63 bits, never 0
+
+
+def key_for(meter_key_id: int, user_id: str | None) -> ndb.Key:
+    return ndb.Key(UsageLimit.KIND, ident_for(meter_key_id, user_id), parent=root_key())
 
 
 def meter_key_id(meter_id: str) -> int | None:

@@ -302,3 +302,19 @@ def test_checks_are_exact_under_eight_concurrent_recording_clients(counting):
     period_start = (datetime.now(UTC) - timedelta(days=40)).isoformat()
     summary = counting.summary(meterId=meter["id"], userId="hot", periodStart=period_start)
     assert summary["value"] == sum(acknowledged)
+
+
+@pytest.mark.parametrize(("aggregation", "before", "after"), [("sum", 75, 5), ("max", 70, 5)])
+def test_a_cancelled_event_leaves_the_check(counting, aggregation, before, after):
+    meter = counting.create_meter(aggregationType=aggregation)
+    create_limit(counting, meter, limit=100)
+    counting.record(event("alice", 5, "keep"), event("alice", 70, "wrong"))
+    assert check(counting, "alice", meterId=meter["id"])["used"] == before
+    counting.record(event("alice", 0, "more"))  # counted after the seed
+    answer = counting.post(
+        "/v1/billing/meter-events/cancel",
+        json={"events": [{"meterId": meter["id"], "idempotency": "wrong"}]},
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["events"][0]["status"] == "cancelled"
+    assert check(counting, "alice", meterId=meter["id"])["used"] == after

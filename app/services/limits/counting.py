@@ -7,14 +7,18 @@ nothing, a retried one (duplicates) adds nothing twice.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
+
+from google.cloud import ndb
 
 from app.core.aggregation import Aggregation
 from app.core.cells import series_of
 from app.core.slots import day_and_slot
+from app.models import ids
 from app.services.alerts.periods import period_of
-from app.storage import counters, entities, shards
+from app.services.limits import index as limit_index
+from app.storage import counters, entities, rpc, shards
 from app.storage.counters import Spec, Tally
 
 #: This process's shard choice for counters: its home shard, another when it wrote the
@@ -87,4 +91,50 @@ def mutations(
             start_day = day_and_slot(group[3])[0]
             shard = _picker.pick(group[0], series_of(group[2], {}), start_day, moment)
             found.append(counters.increment(name, shard, group[1], part, maximum))
+    return found
+
+
+#: A seed no check trusts (older than any limit): the next check reads a new one.
+_STALE = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def cancel_mutations(events: list[Any], transaction: bytes) -> list[Any]:
+    """What cancelling `events` (`entities.StoredEvent`, live until this transaction)
+    changes in the limit counters, inside the cancel's transaction: sums and counts take
+    the events out of shard 0 (read in the transaction, so the cut stays exact); a max
+    cannot be taken out, so its counters are deleted and its seed made stale: the next
+    check reads the period from the summary engine, and the counters hold only what
+    came after."""
+    namespace = ndb.get_context().get_namespace()
+    key_ids = {}
+    for event in events:
+        key = ids.decode_key(event.meter_id, kind="meter", namespace=namespace)
+        if key is not None:
+            key_ids[event.meter_id] = key.id()
+    specs = limit_index.specs_for(set(key_ids.values()))
+    parts: dict[tuple[str, str], list[Any]] = {}  # counter name -> [meter id, amount, spec]
+    for event in events:
+        spec = specs.get(key_ids.get(event.meter_id, 0))
+        if spec is None or spec.aggregation == Aggregation.UNIQUE_COUNT:
+            continue
+        day, slot = day_and_slot(event.timestamp)
+        start = period_of(day, slot, spec.period, spec.zone)[0]
+        name = counters.key_name(key_ids[event.meter_id], event.user_id, spec, start)
+        amount = -1 if spec.aggregation == Aggregation.COUNT else -event.value
+        part = parts.setdefault((name, spec.aggregation), [event.meter_id, 0])
+        part[1] += amount
+    found = []
+    sums = [(name, part) for (name, agg), part in parts.items() if agg != Aggregation.MAX]
+    stored = rpc.lookup(
+        [entities.key(counters.COUNTER_KIND, name) for name, _part in sums], transaction
+    )
+    for name, (meter_id, amount) in sums:
+        before = stored.get(entities.key(counters.COUNTER_KIND, name).SerializeToString())
+        found.append(counters.replacement(name, meter_id, before, Tally(amount, 1), False))
+    for name, agg in parts:
+        if agg == Aggregation.MAX:  # start the counters afresh, after a new seed
+            shard_keys = counters.counter_keys(name)
+            rpc.lookup(shard_keys, transaction)  # concurrent batches wait for the commit
+            found += [rpc.Mutation(delete=key) for key in shard_keys]
+            found.append(counters.seed_mutation(name, counters.Seed(0, 0, _STALE)))
     return found

@@ -7,14 +7,14 @@ nothing, a retried one (duplicates) adds nothing twice.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from google.cloud import ndb
 
 from app.core.aggregation import Aggregation
 from app.core.cells import series_of
-from app.core.slots import day_and_slot
+from app.core.slots import EPOCH, day_and_slot
 from app.models import ids
 from app.services.alerts.periods import period_of
 from app.services.limits import index as limit_index
@@ -95,7 +95,7 @@ def mutations(
 
 
 #: A seed no check trusts (older than any limit): the next check reads a new one.
-_STALE = datetime(1970, 1, 1, tzinfo=UTC)
+_STALE = EPOCH
 
 
 def cancel_mutations(events: list[Any], transaction: bytes) -> list[Any]:

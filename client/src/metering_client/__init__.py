@@ -29,10 +29,12 @@ from metering_client.types import (
     CancelOutcome,
     Event,
     EventOutcome,
+    LimitCheck,  # issue 16
     Meter,
     Page,
     Rejection,
     Summary,
+    UsageLimit,  # issue 16
     WebhookAttempt,
     WebhookEndpoint,
     WebhookMessage,
@@ -53,6 +55,7 @@ __all__ = [
     "Event",
     "EventOutcome",
     "EventsRejected",
+    "LimitCheck",  # issue 16
     "Meter",
     "MeteringClient",
     "MeteringError",
@@ -62,6 +65,7 @@ __all__ = [
     "RetryPolicy",
     "ServiceUnreachable",
     "Summary",
+    "UsageLimit",  # issue 16
     "WebhookAttempt",
     "WebhookEndpoint",
     "WebhookMessage",

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.support.alerts import minutes_ago
+from tests.support.alerts import crossings, minutes_ago, run_evaluator
 from tests.support.http import Api, error_of
 
 LIMITS = "/v1/billing/limits"
@@ -318,3 +318,40 @@ def test_a_cancelled_event_leaves_the_check(counting, aggregation, before, after
     assert answer.status_code == 200, answer.text
     assert answer.json()["events"][0]["status"] == "cancelled"
     assert check(counting, "alice", meterId=meter["id"])["used"] == after
+
+
+# -- alerts at a limit's percentages -------------------------------------------------
+
+
+def test_an_alert_rule_at_percentages_of_a_limit(api, app, ndb_client, org):
+    meter = api.create_meter()
+    default = create_limit(api, meter, limit=1000, period="day", timeZone="Asia/Kolkata")
+    override = create_limit(
+        api, meter, limit=33, period="day", timeZone="Asia/Kolkata", userId="vip"
+    )
+
+    answer = api.post(f"{LIMITS}/{default['id']}/alerts", json={"percentages": [100, 80, 80]})
+    assert answer.status_code == 201, answer.text
+    rule = answer.json()
+    assert (rule["meterId"], rule["thresholds"], rule["scope"]) == (
+        meter["id"],
+        [800, 1000],
+        "user",
+    )
+    assert (rule["period"], rule["timeZone"]) == ("day", "Asia/Kolkata")
+    one = api.post(f"{LIMITS}/{override['id']}/alerts", json={"percentages": [50, 100]}).json()
+    assert one["thresholds"] == [17, 33] and one["scope"] == {"userId": "vip"}  # rounded up
+
+    api.record(event("alice", 850, "p1"), event("bob", 700, "p2"), event("vip", 20, "p3"))
+    run_evaluator(app, ndb_client, org)
+    assert sorted(crossings(api, rule)) == [("alert.triggered", "alice", 800)]
+    assert sorted(crossings(api, one)) == [("alert.triggered", "vip", 17)]
+
+    for body, status in [
+        ({"percentages": []}, 400),
+        ({"percentages": [0]}, 400),
+        ({"percentages": [True]}, 400),
+        ({"percentages": [80], "extra": 1}, 400),
+    ]:
+        assert api.post(f"{LIMITS}/{default['id']}/alerts", json=body).status_code == status
+    assert api.post(f"{LIMITS}/nope/alerts", json={"percentages": [80]}).status_code == 404

@@ -12,8 +12,10 @@ from app.api.declare import (
     response,
     scope,
 )
+from app.schemas.alerts import Alert
 from app.schemas.limits import (
     Limit,
+    LimitAlertCreate,
     LimitCheck,
     LimitCheckQuery,
     LimitCreate,
@@ -105,3 +107,14 @@ def update_limit(changes, limit_id):
 def delete_limit(limit_id):
     """Delete a limit."""
     return definitions.delete_limit(limit_id)
+
+
+@blueprint.post("/<limit_id>/alerts")
+@scope("meters:write")
+@tenant
+@body(LimitAlertCreate)
+@response(Alert, 201, "The new alert rule, its thresholds resolved from the limit.")
+@other_responses(400, 404)
+def create_limit_alert(fields, limit_id):
+    """Create an alert rule at percentages of a limit (e.g. 80 and 100)."""
+    return definitions.create_alert(limit_id, fields)

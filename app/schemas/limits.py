@@ -5,7 +5,7 @@ from __future__ import annotations
 from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
 
 from app.schemas import BoundedSchema
-from app.schemas.alerts import PERIODS
+from app.schemas.alerts import PERIODS, JsonBoolean
 from app.schemas.events import MAX_INDEXED_TEXT, MAX_METER_ID
 from app.schemas.fields import TimeZone, identifier, indexed_string
 from app.schemas.responses import Time
@@ -152,4 +152,32 @@ class LimitCheck(Schema):
         required=True,
         attribute="as_of",
         metadata={"description": "every batch answered before this instant is counted"},
+    )
+
+
+class Percentage(fields.Integer):
+    """A JSON integer from 1 to 1000 (not a float, string or boolean)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(strict=True, validate=validate.Range(min=1, max=1000), **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValidationError("must be an integer from 1 to 1000")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+class LimitAlertCreate(BoundedSchema):
+    """Body of POST /v1/billing/limits/<id>/alerts: an alert rule at percentages of the
+    limit (resolved to thresholds when the rule is created)."""
+
+    name = fields.String(validate=validate.Length(min=1, max=200))
+    percentages = fields.List(
+        Percentage(),
+        required=True,
+        validate=validate.Length(min=1, max=10, error="must list 1 to 10 percentages"),
+        metadata={"description": "1 to 10 percentages of the limit (1 to 1000), e.g. [80, 100]"},
+    )
+    notifyOnResolve = JsonBoolean(
+        metadata={"description": "also announce alert.resolved (default false)"}
     )

@@ -15,8 +15,9 @@ from typing import Any, cast
 from google.cloud import ndb
 
 from app.errors import Conflict, NotFound, ValidationFailed
-from app.models import UsageLimit, ids, root_key, transactional, utcnow
+from app.models import AlertRule, UsageLimit, ids, root_key, transactional, utcnow
 from app.services import paging
+from app.services.alerts import rules
 from app.services.alerts.rules import growing_meter
 from app.services.limits import index
 
@@ -151,3 +152,27 @@ def delete_limit(public_id: str) -> UsageLimit:
     found = delete()
     index.forget()
     return found
+
+
+def create_alert(public_id: str, fields: dict[str, Any]) -> AlertRule:
+    """An alert rule at percentages of a limit: thresholds ceil(limit x p / 100) (at least
+    1), on the limit's meter, period and zone; each user for a default limit (every user
+    at the default's thresholds, overrides included), the one user for an override. The
+    thresholds are the limit's when the rule is made: a later PATCH of the limit does
+    not move them."""
+    limit = get_limit(public_id)
+    value = limit.limit_value
+    thresholds = sorted({max(1, -(-value * p // 100)) for p in fields["percentages"]})
+    return rules.create_rule(
+        {
+            "name": fields.get("name")
+            or f"{', '.join(map(str, fields['percentages']))}% of limit {limit.id_}",
+            "meterId": limit.meter_id,
+            "thresholds": thresholds,
+            "scope": ("one", limit.user_id) if limit.user_id else ("user", None),
+            "period": limit.period,
+            "timeZone": limit.time_zone,
+            "filter": {},
+            "notifyOnResolve": fields.get("notifyOnResolve", False),
+        }
+    )

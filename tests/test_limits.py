@@ -202,10 +202,11 @@ def test_a_check_reads_a_constant_number_of_entities(counting):
     assert [a.json()["used"] for a in answers] == [250] * 3
     # The first check of (user, period) reads its seed from the summary engine (the
     # limit came before these events, so the period's start may predate its counters);
-    # every later one: the key, the org, the two limits, the counters' 8 shards and the
-    # seed, never a rollup, whatever the usage.
+    # every later one: the key, the org, then one lookup of the two limits, the
+    # counters' 8 shards and the seed, never a rollup, whatever the usage; at most once a
+    # second per process, also the org's meters with limits (`limits.index`).
     steady = [reads_of(a) for a in answers[1:]]
-    assert steady == [steady[0]] * len(steady) and steady[0] <= 13, steady
+    assert all(13 <= reads <= 14 for reads in steady), steady
 
 
 def test_the_check_starts_from_events_recorded_before_the_limit(counting):

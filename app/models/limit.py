@@ -24,7 +24,7 @@ class UsageLimit(Model):
 
     `aggregation` is the meter's, copied so that a check needs no meter read;
     `counting_since` is when the counters of the meter's limit spec (period, zone) began
-    to see every batch (`definitions.counting_since`)."""
+    to see every batch (`app.services.limits.index.trust_delay`)."""
 
     KIND = "usage-limit"
 

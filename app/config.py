@@ -161,6 +161,15 @@ class Config:
     #: with a trailer naming the cursor to resume from (each page of reads has the request
     #: deadline of its own); 0: no bound. Under App Engine's request timeout.
     export_answer_seconds: float = 300.0
+    # -- issue 16, limits ----------------------------------------------------------------
+    #: Seconds each process trusts its list of meters with usage limits (ingestion adds to
+    #: limit counters only for those); a limit written here clears it at once.
+    limit_cache_seconds: float = 1.0
+    #: Seconds after a meter's first limit before checks trust its counters (until then
+    #: they ask the summary engine); None: the cache period plus the request deadline plus
+    #: 1 s, past which no process can commit a batch without counting it. Tests of one
+    #: process set 0. Not read from the environment.
+    limit_counting_delay: float | None = None
 
     def __post_init__(self):
         if not 1 <= self.rollup_shards <= 64:  # app.storage.shards.MAX_SHARDS
@@ -245,6 +254,10 @@ class Config:
             # issue 17, export
             export_answer_seconds=_env_float(
                 env, "METERING_EXPORT_ANSWER_SECONDS", cls.export_answer_seconds
+            ),
+            # issue 16, limits
+            limit_cache_seconds=_env_float(
+                env, "METERING_LIMIT_CACHE_SECONDS", cls.limit_cache_seconds
             ),
         )
 

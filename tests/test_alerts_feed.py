@@ -35,7 +35,8 @@ def _feeds(ndb_client, org) -> list[AlertFeed]:
 
 def test_a_batch_writes_a_feed_only_for_a_meter_with_rules(serve, org, ndb_client):
     # A long cache: the one read that refreshes it must not fall between the batches compared.
-    api = Api(serve(alert_rule_cache_seconds=600), org["apiKey"])
+    # (issue 16: the cache of meters with usage limits too)
+    api = Api(serve(alert_rule_cache_seconds=600, limit_cache_seconds=600), org["apiKey"])
     quiet = api.create_meter(eventName="quiet")
     watched = api.create_meter(eventName="watched")
     _record(api, quiet)  # the rule cache is filled here (no rules)

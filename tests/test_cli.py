@@ -128,13 +128,16 @@ def test_serve_can_embed_the_firestore_mode_emulator_instead(procs, tmp_path):
         # The fast path: key, org and meter lookups and one Commit of the event, the
         # user's rollup and the org-wide one (plus, on a worker's first batch, its
         # one-off probe for transforms, and at most once a second per org its lookup of
-        # the org's meters with alert rules, `alerts.feed`); the legacy emulator's careful
-        # path would add a transaction and a lookup of the event and its rollups.
+        # the org's meters with alert rules, `alerts.feed`, and (issue 16) its lookup of
+        # the org's meters with usage limits, `limits.index`); the legacy emulator's
+        # careful path would add a transaction and a lookup of the event and its rollups.
         assert recorded.headers["X-Datastore-Usage"] in (
             "rpcs=4; read=3; written=3",
             "rpcs=5; read=3; written=4",
             "rpcs=5; read=4; written=3",
             "rpcs=6; read=4; written=4",
+            "rpcs=6; read=5; written=3",
+            "rpcs=7; read=5; written=4",
         )
     summary = demo.get(
         "/v1/billing/meter-events/summary", params={"meterId": meter["id"], "userId": "u"}

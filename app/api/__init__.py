@@ -6,6 +6,7 @@ from app.api import (
     cron,
     health,
     keys,  # issue 16, keys
+    limits,  # issue 16, limits
     meter_events,
     meters,
     openapi,
@@ -29,3 +30,4 @@ def init_app(app) -> None:
     app.register_blueprint(keys.blueprint)  # issue 16, keys
     app.register_blueprint(portal.blueprint)  # issue 16, customer portal
     app.register_blueprint(portal.reading)  # issue 16, customer portal
+    app.register_blueprint(limits.blueprint)  # issue 16, limits

@@ -9,6 +9,7 @@ from app.models.alert import (
     AlertTrigger,
 )
 from app.models.base import Model, root_key, transactional, utcnow
+from app.models.limit import LimitMeters, UsageLimit  # issue 16, limits
 from app.models.meter import Meter
 from app.models.meter_event import MeterEvent
 from app.models.portal import PortalPolicy  # issue 16, portal
@@ -22,11 +23,13 @@ __all__ = [
     "AlertTally",
     "AlertTrigger",
     "ApiKey",
+    "LimitMeters",  # issue 16, limits
     "Meter",
     "MeterEvent",
     "Model",
     "Namespace",
     "PortalPolicy",
+    "UsageLimit",  # issue 16, limits
     "root_key",
     "transactional",
     "utcnow",

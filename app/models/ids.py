@@ -34,6 +34,8 @@ KIND_CODES = {
     "alert-rule": 210,
     # issue 14, webhooks: endpoints are addressed by public id (messages by webhook-id).
     "webhook-endpoint": 230,
+    # issue 16, limits: a limit's id (its integer id is a hash of meter and user)
+    "usage-limit": 250,
 }
 KINDS_BY_CODE = {code: kind for kind, code in KIND_CODES.items()}
 MIN_LENGTH = 10

@@ -21,6 +21,7 @@ from app.models import Meter, MeterEvent, ids, utcnow
 from app.services import recompute
 from app.services.alerts import feed as alert_feed
 from app.services.events import idempotent_id
+from app.services.limits import counting as limit_counting  # issue 16, limits
 from app.services.webhooks import outbox
 from app.storage import entities, rpc, shards
 from app.storage.entities import EntityPb, KeyPb, StoredEvent
@@ -70,6 +71,8 @@ def _attempt(key_ids: list[int | None], window: timedelta, now: datetime) -> lis
         results, cancelling = _classify(key_ids, keys, found, window, now)
         mutations = [_cancelled_copy(event, now) for event in cancelling.values()]
         mutations += _rollup_repairs(cancelling, transaction)
+        # issue 16, limits: the counters of meters with limits
+        mutations += limit_counting.cancel_mutations(list(cancelling.values()), transaction)
         feeds = _alert_feeds(cancelling)
         mutations += feeds
         if mutations:

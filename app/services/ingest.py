@@ -46,6 +46,8 @@ from app.errors import Unavailable
 from app.models import ids
 from app.services import capabilities, compact
 from app.services.alerts import feed as alert_feed
+from app.services.limits import counting as limit_counting  # issue 16, limits
+from app.services.limits import index as limit_index  # issue 16, limits
 from app.services.webhooks import outbox
 from app.storage import entities, rollups, rpc, shards
 from app.storage.entities import EntityPb, KeyPb
@@ -222,6 +224,8 @@ class _Batch:
         self.to_fold: list[KeyPb] = []  # rollup keys whose sums near int64's bounds
         #: Meters with active alert rules: the commit also writes their `alert-feed`.
         self.alert_meters = alert_feed.meters_with_rules({d.meter_key_id for d in drafts})
+        #: issue 16: meters with usage limits: the commit also adds to their counters.
+        self.limit_specs = limit_index.specs_for({d.meter_key_id for d in drafts})
         self._draw_keys()
 
     def _draw_keys(self) -> None:
@@ -435,6 +439,12 @@ class _Batch:
         grouped, negatives = self._cells(indexes)
         if self.alert_meters:
             self._add_alert_feeds(into, grouped)
+        if self.limit_specs:  # issue 16, limits
+            into.extend(
+                limit_counting.mutations(
+                    self.drafts, indexes, self.limit_specs, self.merge_meters, stored
+                )
+            )
         moment = self.picker.clock()  # one reading of the clock for the batch's picks
         for group, cells in grouped.items():
             meter_key_id, meter_id, aggregation, series, day = group
@@ -481,7 +491,12 @@ class _Batch:
                 day = day_and_slot(draft.timestamp)[0]
                 wanted.add((draft.meter_key_id, series, day))
                 wanted.add((draft.meter_key_id, shards.org_series(series), day))
-        return [rollups.key(meter_key_id, series, day) for meter_key_id, series, day in wanted]
+        keys = [rollups.key(meter_key_id, series, day) for meter_key_id, series, day in wanted]
+        if self.limit_specs:  # issue 16, limits: counters replaced by hand
+            keys += limit_counting.keys_to_read(
+                self.drafts, self.creates, self.limit_specs, self.merge_meters
+            )
+        return keys
 
 
 _pickers: dict[int, shards.Picker] = {}  # shard count -> this process's picker

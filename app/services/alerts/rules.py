@@ -33,7 +33,11 @@ _WHY_NOT = {
 }
 
 
-def _meter_for_rule(meter_id: str) -> Meter:
+def growing_meter(
+    meter_id: str, purpose: str = "alerts", code: str = "meter_not_alertable"
+) -> Meter:
+    """The active meter `meter_id` names, if its period value only grows while events
+    arrive (what alerts, and usage limits (issue 16), need); 400 otherwise."""
     try:
         meter = get_meter(meter_id, include_archived=False)
     except NotFound:
@@ -43,12 +47,16 @@ def _meter_for_rule(meter_id: str) -> Meter:
     if meter.aggregation_type not in ALERTABLE:
         why = _WHY_NOT.get(meter.aggregation_type, "its value does not only grow")
         raise ValidationFailed(
-            f"meterId: alerts need a sum, count, max or unique_count meter; this meter's "
+            f"meterId: {purpose} need a sum, count, max or unique_count meter; this meter's "
             f"aggregation is {meter.aggregation_type}: {why}",
             param="meterId",
-            code="meter_not_alertable",
+            code=code,
         )
     return meter
+
+
+def _meter_for_rule(meter_id: str) -> Meter:
+    return growing_meter(meter_id)
 
 
 def _check_filter(meter: Meter, wanted: dict[str, str]) -> None:

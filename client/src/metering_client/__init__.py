@@ -31,11 +31,13 @@ from metering_client.types import (
     Event,
     EventOutcome,
     ExportedEvent,
+    LimitCheck,  # issue 16
     Meter,
     Page,
     PortalToken,
     Rejection,
     Summary,
+    UsageLimit,  # issue 16
     WebhookAttempt,
     WebhookEndpoint,
     WebhookMessage,
@@ -58,6 +60,7 @@ __all__ = [
     "EventOutcome",
     "EventsRejected",
     "ExportedEvent",
+    "LimitCheck",  # issue 16
     "Meter",
     "MeteringClient",
     "MeteringError",
@@ -68,6 +71,7 @@ __all__ = [
     "RetryPolicy",
     "ServiceUnreachable",
     "Summary",
+    "UsageLimit",  # issue 16
     "WebhookAttempt",
     "WebhookEndpoint",
     "WebhookMessage",

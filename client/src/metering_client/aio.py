@@ -34,11 +34,13 @@ from metering_client.types import (
     Event,
     EventOutcome,
     ExportedEvent,
+    LimitCheck,
     Meter,
     Page,
     PortalToken,
     Rejection,
     Summary,
+    UsageLimit,
     WebhookEndpoint,
     WebhookMessage,
 )
@@ -146,6 +148,7 @@ class AsyncMeteringClient(DeliveryBase):
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
         on_error: Callable[[Rejection], None] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        limit_cache_seconds: float = 1.0,
     ):
         super().__init__(
             batch_size=batch_size,
@@ -166,6 +169,8 @@ class AsyncMeteringClient(DeliveryBase):
         self._stop = asyncio.Event()
         self._sender: asyncio.Task[None] | None = None
         self._closed = False
+        #: issue 16: recent limit checks, reused for `limit_cache_seconds` (0: off)
+        self._checks = ops.CheckCache(limit_cache_seconds)
 
     # -- recording ------------------------------------------------------------------
 
@@ -589,3 +594,54 @@ class AsyncMeteringClient(DeliveryBase):
                 failure = exc
             if failure is not None:
                 await asyncio.sleep(progress.failed(failure))
+
+    # -- usage limits and the limit check (issue 16) ------------------------------------
+
+    async def create_limit(
+        self,
+        meter_id: str,
+        limit: int,
+        *,
+        period: str = "month",
+        time_zone: str | None = None,
+        user_id: str | None = None,
+    ) -> UsageLimit:
+        """A limit: the meter's default for every user, or `user_id`'s override."""
+        body = ops.limit_body(meter_id, limit, period, time_zone, user_id)
+        return await self._drive(ops.create_limit(self.retry, body))
+
+    async def list_limits(
+        self, *, meter_id: str | None = None, page_size: int = 100
+    ) -> list[UsageLimit]:
+        return await self._drive(
+            ops.list_limits(self.retry, meter_id=meter_id, page_size=page_size)
+        )
+
+    async def get_limit(self, limit_id: str) -> UsageLimit:
+        return await self._drive(ops.get_limit(self.retry, limit_id))
+
+    async def update_limit(self, limit_id: str, limit: int) -> UsageLimit:
+        return await self._drive(ops.update_limit(self.retry, limit_id, limit))
+
+    async def delete_limit(self, limit_id: str) -> UsageLimit | None:
+        return await self._drive(ops.delete_limit(self.retry, limit_id))
+
+    async def check_limit(
+        self,
+        *,
+        user_id: str,
+        meter_id: str | None = None,
+        event_name: str | None = None,
+        fresh: bool = False,
+    ) -> LimitCheck:
+        """May `user_id` still use the meter this period? An answer is reused for
+        `limit_cache_seconds` (the constructor's, 1 s by default; 0 turns this off) unless
+        `fresh`; the service's own answer counts every batch answered before it."""
+        key = (meter_id, event_name, user_id)
+        if not fresh:
+            known = self._checks.get(key)
+            if known is not None:
+                return known
+        answer = await self._drive(ops.check_limit(self.retry, meter_id, event_name, user_id))
+        self._checks.put(key, answer)
+        return answer

@@ -36,11 +36,13 @@ from metering_client.types import (
     Event,
     EventOutcome,
     ExportedEvent,
+    LimitCheck,
     Meter,
     Page,
     PortalToken,
     Rejection,
     Summary,
+    UsageLimit,
     WebhookEndpoint,
     WebhookMessage,
 )
@@ -74,6 +76,7 @@ class MeteringClient(DeliveryBase):
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
         on_error: Callable[[Rejection], None] | None = None,
         transport: httpx.BaseTransport | None = None,
+        limit_cache_seconds: float = 1.0,
     ):
         super().__init__(
             batch_size=batch_size,
@@ -95,6 +98,8 @@ class MeteringClient(DeliveryBase):
         self._lock = threading.Lock()
         self._sender: threading.Thread | None = None
         self._closed = False
+        #: issue 16: recent limit checks, reused for `limit_cache_seconds` (0: off)
+        self._checks = ops.CheckCache(limit_cache_seconds)
         atexit.register(self._close_at_exit)
 
     # -- recording ------------------------------------------------------------------
@@ -553,3 +558,50 @@ class MeteringClient(DeliveryBase):
                 failure = exc
             if failure is not None:
                 time.sleep(progress.failed(failure))
+
+    # -- usage limits and the limit check (issue 16) ------------------------------------
+
+    def create_limit(
+        self,
+        meter_id: str,
+        limit: int,
+        *,
+        period: str = "month",
+        time_zone: str | None = None,
+        user_id: str | None = None,
+    ) -> UsageLimit:
+        """A limit: the meter's default for every user, or `user_id`'s override."""
+        body = ops.limit_body(meter_id, limit, period, time_zone, user_id)
+        return self._drive(ops.create_limit(self.retry, body))
+
+    def list_limits(self, *, meter_id: str | None = None, page_size: int = 100) -> list[UsageLimit]:
+        return self._drive(ops.list_limits(self.retry, meter_id=meter_id, page_size=page_size))
+
+    def get_limit(self, limit_id: str) -> UsageLimit:
+        return self._drive(ops.get_limit(self.retry, limit_id))
+
+    def update_limit(self, limit_id: str, limit: int) -> UsageLimit:
+        return self._drive(ops.update_limit(self.retry, limit_id, limit))
+
+    def delete_limit(self, limit_id: str) -> UsageLimit | None:
+        return self._drive(ops.delete_limit(self.retry, limit_id))
+
+    def check_limit(
+        self,
+        *,
+        user_id: str,
+        meter_id: str | None = None,
+        event_name: str | None = None,
+        fresh: bool = False,
+    ) -> LimitCheck:
+        """May `user_id` still use the meter this period? An answer is reused for
+        `limit_cache_seconds` (the constructor's, 1 s by default; 0 turns this off) unless
+        `fresh`; the service's own answer counts every batch answered before it."""
+        key = (meter_id, event_name, user_id)
+        if not fresh:
+            known = self._checks.get(key)
+            if known is not None:
+                return known
+        answer = self._drive(ops.check_limit(self.retry, meter_id, event_name, user_id))
+        self._checks.put(key, answer)
+        return answer

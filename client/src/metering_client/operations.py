@@ -10,6 +10,7 @@ now holds the name is returned if it matches what was asked.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import replace
@@ -26,10 +27,12 @@ from metering_client.types import (
     CancelOutcome,
     Event,
     EventOutcome,
+    LimitCheck,
     Meter,
     Page,
     PortalToken,
     Summary,
+    UsageLimit,
     WebhookEndpoint,
     WebhookMessage,
     period_bound,
@@ -624,3 +627,99 @@ def set_portal_origins(policy: RetryPolicy, origins: Sequence[str]) -> Op[list[s
     body = {"allowedOrigins": list(origins)}
     answer = yield from _call(policy, "PUT", f"{PORTAL_PATH}/settings", json=body)
     return list(answer.ok()["allowedOrigins"])
+
+
+# -- usage limits and the limit check (issue 16) --------------------------------------
+
+LIMITS_PATH = "/v1/billing/limits"
+
+
+def limit_body(
+    meter_id: str, limit: int, period: str, time_zone: str | None, user_id: str | None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"meterId": meter_id, "limit": limit, "period": period}
+    if time_zone is not None:
+        body["timeZone"] = time_zone
+    if user_id is not None:
+        body["userId"] = user_id
+    return body
+
+
+def create_limit(policy: RetryPolicy, body: dict[str, Any]) -> Op[UsageLimit]:
+    """Create a limit. A retried create that finds its (meter, user) taken (409) returns
+    the stored limit when it is the one asked for (the first attempt landed)."""
+    answer = yield from _call(policy, "POST", LIMITS_PATH, json=body)
+    if answer.status == 409 and answer.retried:
+        for found in (yield from list_limits(policy, meter_id=body["meterId"])):
+            if found.user_id == body.get("userId") and found.limit == body["limit"]:
+                return found
+    return UsageLimit.from_json(answer.ok())
+
+
+def list_limits(
+    policy: RetryPolicy, *, meter_id: str | None = None, page_size: int = 100
+) -> Op[list[UsageLimit]]:
+    params: dict[str, Any] = {"limit": page_size}
+    if meter_id:
+        params["meterId"] = meter_id
+    items = yield from _all_pages(policy, LIMITS_PATH, "limits", params)
+    return [UsageLimit.from_json(item) for item in items]
+
+
+def get_limit(policy: RetryPolicy, limit_id: str) -> Op[UsageLimit]:
+    return UsageLimit.from_json((yield from _call(policy, "GET", f"{LIMITS_PATH}/{limit_id}")).ok())
+
+
+def update_limit(policy: RetryPolicy, limit_id: str, limit: int) -> Op[UsageLimit]:
+    answer = yield from _call(policy, "PATCH", f"{LIMITS_PATH}/{limit_id}", json={"limit": limit})
+    return UsageLimit.from_json(answer.ok())
+
+
+def delete_limit(policy: RetryPolicy, limit_id: str) -> Op[UsageLimit | None]:
+    """Delete a limit; None when a retried delete finds it gone (the first one landed)."""
+    answer = yield from _call(policy, "DELETE", f"{LIMITS_PATH}/{limit_id}")
+    if answer.status == 404 and answer.retried:
+        return None
+    return UsageLimit.from_json(answer.ok())
+
+
+def check_limit(
+    policy: RetryPolicy, meter_id: str | None, event_name: str | None, user_id: str
+) -> Op[LimitCheck]:
+    if (meter_id is None) == (event_name is None):
+        raise ValueError("give meter_id or event_name, not both")
+    params = {"userId": user_id}
+    params.update({"meterId": meter_id} if meter_id else {"eventName": event_name or ""})
+    answer = yield from _call(policy, "GET", f"{LIMITS_PATH}/check", params=params)
+    return LimitCheck.from_json(answer.ok())
+
+
+class CheckCache:
+    """The client's memory of recent limit checks: an answer is reused for `seconds`
+    (0: never), so a hot request path asks the service about once a second per user.
+    Thread-safe; bounded (the oldest half is dropped when full)."""
+
+    MAX_ENTRIES = 10_000
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self._answers: dict[tuple[str | None, str | None, str], tuple[float, LimitCheck]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str | None, str | None, str]) -> LimitCheck | None:
+        if self.seconds <= 0:
+            return None
+        with self._lock:
+            found = self._answers.get(key)
+        if found is None or time.monotonic() - found[0] >= self.seconds:
+            return None
+        return found[1]
+
+    def put(self, key: tuple[str | None, str | None, str], answer: LimitCheck) -> None:
+        if self.seconds <= 0:
+            return
+        with self._lock:
+            if len(self._answers) >= self.MAX_ENTRIES:
+                for old in list(self._answers)[: self.MAX_ENTRIES // 2]:
+                    del self._answers[old]
+            self._answers[key] = (time.monotonic(), answer)

@@ -500,3 +500,66 @@ class ExportedEvent:
             metadata=dict(body.get("metadata") or {}),
             status=body["status"],
         )
+
+
+# -- issue 16: usage limits ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UsageLimit:
+    """At most `limit` of a meter's value per calendar `period` in `time_zone`, for one
+    user (`user_id`) or, with `user_id` None, for every user without an override."""
+
+    id: str
+    meter_id: str
+    user_id: str | None
+    limit: int
+    period: str
+    time_zone: str
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> UsageLimit:
+        return cls(
+            id=body["id"],
+            meter_id=body["meterId"],
+            user_id=body.get("userId"),
+            limit=int(body["limit"]),
+            period=body["period"],
+            time_zone=body["timeZone"],
+            created_at=_time(body.get("createdAt")),
+            updated_at=_time(body.get("updatedAt")),
+        )
+
+
+@dataclass(frozen=True)
+class LimitCheck:
+    """A user's usage this period against the limit that applies: `allowed` is
+    `used < limit`; every batch answered before `as_of` is counted."""
+
+    allowed: bool
+    used: int
+    limit: int
+    remaining: int
+    limit_id: str
+    user_id: str
+    period_start: datetime | None
+    period_end: datetime | None
+    resets_at: datetime | None
+    as_of: datetime | None
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> LimitCheck:
+        return cls(
+            allowed=bool(body["allowed"]),
+            used=int(body["used"]),
+            limit=int(body["limit"]),
+            remaining=int(body["remaining"]),
+            limit_id=body["limitId"],
+            user_id=body["userId"],
+            period_start=_time(body.get("periodStart")),
+            period_end=_time(body.get("periodEnd")),
+            resets_at=_time(body.get("resetsAt")),
+            as_of=_time(body.get("asOf")),
+        )

@@ -124,10 +124,20 @@ class Config:
     #: Multiplies the retry schedule (5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h); tests
     #: shrink it. Not read from the environment.
     webhook_retry_scale: float = 1.0
+    # -- issue 17, corrections -------------------------------------------------------
+    #: Events a range cancel reads per page; a page is one commit (at most 500 mutations:
+    #: a page holding more events' rollups than that is cut shorter).
+    correction_page_events: int = 200
+    #: Seconds one range-cancel request keeps starting pages (it always runs one, and
+    #: never starts one with less than a third of its deadline left); then it answers
+    #: `running` and the caller repeats the request to go on.
+    correction_budget_seconds: float = 10.0
 
     def __post_init__(self):
         if not 1 <= self.rollup_shards <= 64:  # app.storage.shards.MAX_SHARDS
             raise ValueError("METERING_ROLLUP_SHARDS must be 1 to 64")
+        if not 1 <= self.correction_page_events <= 1000:
+            raise ValueError("METERING_CORRECTION_PAGE_EVENTS must be 1 to 1000")
         if self.production:
             _refuse_defaults_in_production(self)
 
@@ -195,6 +205,13 @@ class Config:
             ),
             webhook_timeout_seconds=_env_float(
                 env, "METERING_WEBHOOK_TIMEOUT_SECONDS", cls.webhook_timeout_seconds
+            ),
+            # issue 17, corrections
+            correction_page_events=_env_int(
+                env, "METERING_CORRECTION_PAGE_EVENTS", cls.correction_page_events
+            ),
+            correction_budget_seconds=_env_float(
+                env, "METERING_CORRECTION_BUDGET_SECONDS", cls.correction_budget_seconds
             ),
         )
 

@@ -165,3 +165,9 @@ def require_admin() -> None:
     if not hmac.compare_digest(given.encode(), expected.encode()):
         ratelimit.count_unauthenticated(address)  # guessing the token is limited too
         raise Unauthorized("missing or invalid admin token")
+
+
+def caller_key_prefix() -> str:
+    """(issue 17) The public prefix of the caller's API key, by which keys are listed: who
+    made a correction. "" when the request carries no bearer key."""
+    return (_bearer() or "")[: orgs.PREFIX_LENGTH]

@@ -12,7 +12,7 @@ from google.cloud import ndb
 
 from app.errors import NotFound
 from app.models import Meter, MeterEvent, root_key
-from app.services import paging
+from app.services import amend, paging
 from app.services.events import idempotent_id
 from app.services.meters import get_meter
 
@@ -44,9 +44,10 @@ def recent_events(
     """A page of a meter's events (all users or one), newest first, and the next cursor."""
     meter = _meter(meter_id)
     if idempotency is not None:
-        return _by_idempotency(meter, idempotency, user_id), None
+        return amend.with_links(_by_idempotency(meter, idempotency, user_id)), None
     filters = [MeterEvent.meter_id == meter.id_]
     if user_id is not None:
         filters.append(MeterEvent.user_id == user_id)
     query = MeterEvent.query_org(*filters).order(-MeterEvent.timestamp)
-    return paging.page(query, limit, cursor)
+    page, next_cursor = paging.page(query, limit, cursor)
+    return amend.with_links(page), next_cursor

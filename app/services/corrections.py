@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -55,6 +56,9 @@ _DRY_RUN_BATCH = 1000
 _LEFT_FOR_THE_LAST_PAGE = 3
 
 RANGE, AMEND = "cancel_range", "amend"
+#: A record's id: `rc_` and a hash of the range (`RangeSpec.id`), or `am_` and the amended
+#: event's key id in hex; anything else names no record (and no key is built from it).
+_ID = re.compile(r"(rc|am)_[0-9a-f]{1,32}")
 RUNNING, COMPLETE = "running", "complete"
 
 
@@ -227,7 +231,7 @@ def _read(correction_id: str, transaction: bytes | None = None) -> Correction | 
 
 def get_correction(correction_id: str) -> Correction:
     """One correction record of the caller's org; NotFound otherwise."""
-    found = _read(correction_id) if 0 < len(correction_id) <= 100 else None
+    found = _read(correction_id) if _ID.fullmatch(correction_id) else None
     if found is None:
         raise NotFound("no such correction", param="id")
     return found

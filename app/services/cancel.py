@@ -165,7 +165,11 @@ def rollup_repairs(
         org = shards.org_series(event.series)
         for series in (event.series, org):
             affected.setdefault((event.meter_id, series, day), set()).add(slot)
-        removed.setdefault((event.meter_id, org, day), {}).setdefault(slot, []).append(event.cell())
+            # Taken out of the stored cell where that is exact (`recompute._without`): no
+            # query of the slot's raw events, which a range cancel would run per slot.
+            removed.setdefault((event.meter_id, series, day), {}).setdefault(slot, []).append(
+                event.cell()
+            )
     for group in added or {}:
         affected.setdefault(group, set())
     repairs = []
@@ -188,7 +192,7 @@ def rollup_repairs(
             transaction,
             slots,
             set(cancelling),
-            removed.get((meter_id, series, day)),  # org-wide: taken out where that is exact
+            removed.get((meter_id, series, day)),
             (added or {}).get((meter_id, series, day)),
         )
     return repairs

@@ -3,7 +3,8 @@
 Cancelled events are listed too, marked, since cancelling keeps them for audit. A
 search by user is an index query (index.yaml: MeterId, UserId, Timestamp desc); a
 search by idempotency key needs no query at all, because the key id of an event is
-derived from (meter, idempotency key): it is one lookup.
+derived from (meter, idempotency key): it is one lookup. An amended event and its
+replacement carry their links (`amendedBy`, `amends`), read for the page in one lookup.
 """
 
 from __future__ import annotations

@@ -32,13 +32,14 @@ import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
+from flask import current_app, has_app_context
 from google.cloud import ndb
 from google.cloud.datastore_v1.types import query as q
 
 from app import deadline
 from app.errors import NotFound, ValidationFailed
 from app.models import Meter, utcnow
-from app.services import cancel
+from app.services import cancel, paging
 from app.services.meters import get_meter
 from app.services.webhooks import outbox
 from app.storage import entities, queries, rpc
@@ -239,8 +240,6 @@ def get_correction(correction_id: str) -> Correction:
 
 def list_corrections(limit: int, cursor: str | None) -> tuple[list[Correction], str | None]:
     """A page of the org's correction records, newest first, and the next page's cursor."""
-    from app.services import paging  # why here: paging reads the app's config (a request)
-
     namespace = ndb.get_context().get_namespace() or ""
     bound = f"{namespace}\0{KIND}\0-CreatedAt".encode()
     start = paging.open_bytes(cursor, bound) if cursor is not None else b""
@@ -413,7 +412,8 @@ def _plan(spec: RangeSpec, record: Correction, window: timedelta, limit: int) ->
 
 def _commit_page(record: Correction, page: _Page) -> tuple[Correction, Tally] | None:
     """Apply a planned page in one commit; None when the record moved meanwhile (another
-    runner applied this page): the caller reads it again."""
+    runner applied this page) or the page no longer fits one commit: the caller reads the
+    record again and plans anew."""
     with rpc.transaction() as transaction:
         own_key = record_key(record.id)
         event_keys = [stored.entity.key for stored in page.cancelling.values()]
@@ -450,6 +450,11 @@ def _commit_page(record: Correction, page: _Page) -> tuple[Correction, Tally] | 
         feeds = cancel.alert_feeds(cancelling)
         mutations += feeds
         mutations.append(rpc.Mutation(update=encode(updated)))
+        if len(mutations) > MAX_MUTATIONS:
+            # A shard appeared after the plan listed them (a concurrent batch): plan again,
+            # with the shards listed anew.
+            rpc.rollback(transaction)
+            return None
         rpc.commit(mutations, transaction)
     if feeds:
         outbox.wake()
@@ -489,8 +494,6 @@ def _time_for_a_page(started: float, budget_seconds: float) -> bool:
 
 
 def _total_deadline() -> float:
-    from flask import current_app, has_app_context  # why here: storage-free outside a request
-
     if has_app_context():
         return float(current_app.config["METERING"].request_deadline_seconds)
     return 0.0

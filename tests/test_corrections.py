@@ -443,3 +443,41 @@ def test_corrections_are_listed_newest_first(api, other_api):
     assert ranged["filter"] == {"model": ["a", "b"]}
     assert other_api.get(f"/v1/billing/meter-events/corrections/{ranged['id']}").status_code == 404
     assert other_api.get("/v1/billing/meter-events/corrections").json()["corrections"] == []
+
+
+# -- alerts ---------------------------------------------------------------------------------
+
+
+def test_range_cancels_and_amends_feed_the_alerts(api, app, ndb_client, org):
+    """A range cancel takes a user back below a triggered threshold (resolved), and an
+    amendment takes them past it again (triggered): both commit their alert feed."""
+    from tests.support.alerts import create_rule, crossings, run_evaluator
+
+    meter = api.create_meter()
+    rule = create_rule(api, meter, thresholds=[10], notifyOnResolve=True)
+    moment = datetime.now(UTC) - timedelta(minutes=10)
+    api.record(
+        *[
+            {"meterId": meter["id"], "userId": "u", "value": 6, "timestamp": rfc3339(moment)}
+            for _ in range(2)
+        ]
+    )
+    run_evaluator(app, ndb_client, org)
+    done, _ = _until_complete(
+        api,
+        {
+            "meterId": meter["id"],
+            "periodStart": rfc3339(moment - timedelta(minutes=1)),
+            "periodEnd": rfc3339(moment + timedelta(minutes=1)),
+        },
+    )
+    assert done["cancelled"] == 2
+    run_evaluator(app, ndb_client, org)
+    [small] = api.record({"meterId": meter["id"], "userId": "u", "value": 3})["events"]
+    _amend(api, small["id"], value=15)
+    run_evaluator(app, ndb_client, org)
+    assert crossings(api, rule) == [
+        ("alert.triggered", "u", 10),
+        ("alert.resolved", "u", 10),
+        ("alert.triggered", "u", 10),
+    ]

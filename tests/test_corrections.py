@@ -168,7 +168,7 @@ def test_a_range_cancel_interrupted_midway_resumes_exactly(serve, admin, monkeyp
     url = serve(correction_page_events=3)
     org = Api(url, admin.key).post("/v1/admin/orgs", json={"name": _name("crash")}).json()
     api = Api(url, org["apiKey"])
-    meters = [_meter(api, aggregation) for aggregation in ("sum", "min")]
+    meters = [_meter(api, aggregation) for aggregation in ("sum", "min", "last")]
     for meter in meters:
         api.record(*_events(meter))
     real_commit, commits = rpc.commit, []

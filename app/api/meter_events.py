@@ -161,7 +161,7 @@ def amend_event(changes, event_id):
 
 
 @blueprint.get("/corrections")
-@scope("events:cancel")
+@scope("usage:read")
 @tenant
 @arguments(correction_shapes.CorrectionsQuery)
 @response(
@@ -184,7 +184,7 @@ def list_corrections(args):
 
 
 @blueprint.get("/corrections/<correction_id>")
-@scope("events:cancel")
+@scope("usage:read")
 @tenant
 @response(correction_shapes.Correction, 200, "The correction.", dump=lambda record: record)
 @other_responses(404)

@@ -170,10 +170,20 @@ class Config:
     #: 1 s, past which no process can commit a batch without counting it. Tests of one
     #: process set 0. Not read from the environment.
     limit_counting_delay: float | None = None
+    # -- issue 17, corrections -------------------------------------------------------
+    #: Events a range cancel reads per page; a page is one commit (at most 500 mutations:
+    #: a page holding more events' rollups than that is cut shorter).
+    correction_page_events: int = 200
+    #: Seconds one range-cancel request keeps starting pages (it always runs one, and
+    #: never starts one with less than a third of its deadline left); then it answers
+    #: `running` and the caller repeats the request to go on.
+    correction_budget_seconds: float = 10.0
 
     def __post_init__(self):
         if not 1 <= self.rollup_shards <= 64:  # app.storage.shards.MAX_SHARDS
             raise ValueError("METERING_ROLLUP_SHARDS must be 1 to 64")
+        if not 1 <= self.correction_page_events <= 1000:
+            raise ValueError("METERING_CORRECTION_PAGE_EVENTS must be 1 to 1000")
         if self.production:
             _refuse_defaults_in_production(self)
             if self.portal_signing_keys == DEV_PORTAL_SIGNING_KEYS:  # issue 16, portal
@@ -258,6 +268,13 @@ class Config:
             # issue 16, limits
             limit_cache_seconds=_env_float(
                 env, "METERING_LIMIT_CACHE_SECONDS", cls.limit_cache_seconds
+            ),
+            # issue 17, corrections
+            correction_page_events=_env_int(
+                env, "METERING_CORRECTION_PAGE_EVENTS", cls.correction_page_events
+            ),
+            correction_budget_seconds=_env_float(
+                env, "METERING_CORRECTION_BUDGET_SECONDS", cls.correction_budget_seconds
             ),
         )
 

@@ -236,3 +236,9 @@ def require_portal_token() -> None:
     g.scopes = frozenset()
     ratelimit.check(token.org)
     datastore.use_namespace(token.org)
+
+
+def caller_key_prefix() -> str:
+    """(issue 17) The public prefix of the caller's API key, by which keys are listed: who
+    made a correction. "" when the request carries no bearer key."""
+    return (_bearer() or "")[: orgs.PREFIX_LENGTH]

@@ -53,6 +53,8 @@ NEEDED_BY = {
     "webhook-message(EndpointId, Status, CreatedAt desc) ancestor": (
         "test_an_endpoints_message_log_of_one_status"
     ),
+    # issue 17, corrections
+    "meter-correction(CreatedAt desc) ancestor": "test_corrections_of_an_org_newest_first",
 }
 MISSING_INDEX = "requires a composite index that is not defined"
 

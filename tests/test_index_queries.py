@@ -168,3 +168,23 @@ def test_an_endpoints_message_log_of_one_status(api):
     )
     assert answer.status_code == 200, answer.text
     assert answer.json()["count"] == 1
+
+
+# -- issue 17, corrections --
+
+
+def test_corrections_of_an_org_newest_first(api):
+    """meter-correction (CreatedAt desc): the org's corrections, newest first."""
+    meter = _record_two_users(api)
+    answer = api.post(
+        "/v1/billing/meter-events/cancel",
+        json={
+            "meterId": meter["id"],
+            "periodStart": _at(BASE),
+            "periodEnd": _at(BASE + timedelta(minutes=30)),
+        },
+    )
+    assert answer.status_code == 200, answer.text
+    listed = api.get("/v1/billing/meter-events/corrections")
+    assert listed.status_code == 200, listed.text
+    assert [c["cancelled"] for c in listed.json()["corrections"]] == [4]

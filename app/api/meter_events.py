@@ -19,12 +19,13 @@ from app.api.declare import (
 from app.api.requests import summary_query
 from app.models import utcnow
 from app.openapi.operations import ConfiguredBody
+from app.schemas import corrections as correction_shapes
 from app.schemas import responses
 from app.schemas.event_log import DEFAULT_EVENTS_PAGE, EventListQuery
-from app.schemas.events import SummaryQuery, batch_schema, cancel_schema, summary_json
+from app.schemas.events import SummaryQuery, batch_schema, summary_json
 from app.schemas.export import ExportQuery
 from app.schemas.quick_events import load_batch
-from app.services import cancel, event_log, events, export, summary
+from app.services import amend, cancel, corrections, event_log, events, export, summary
 from app.storage import metrics
 
 blueprint = Blueprint("meter_events", __name__, url_prefix="/v1/billing/meter-events")
@@ -33,7 +34,9 @@ tenant = operation("meter events", errors=TENANT_ERRORS)
 
 #: Bodies of up to the configured number of events (`max_batch_events`).
 EVENT_BATCH = ConfiguredBody("EventBatch", lambda config: batch_schema(config.max_batch_events))
-CANCEL_BATCH = ConfiguredBody("CancelBatch", lambda config: cancel_schema(config.max_batch_events))
+CANCEL_BATCH = ConfiguredBody(
+    "CancelRequest", lambda config: correction_shapes.cancel_schema(config.max_batch_events)
+)
 
 #: `filter[NAME]=VALUE` of the summary: an object in deepObject style.
 SUMMARY_FILTER = {
@@ -88,14 +91,108 @@ def record_events(batch):
 @scope("events:cancel")
 @tenant
 @body(CANCEL_BATCH)
-@response(responses.CancelResult, 200, "One outcome per target, in order.")
-@other_responses(400)
+@response(
+    {
+        "anyOf": [
+            responses.CancelResult,
+            correction_shapes.RangeCancelResult,
+            correction_shapes.CancelPreview,
+        ]
+    },
+    200,
+    "Batch form: one outcome per target, in order. Range form: the correction record "
+    "(`running`: repeat the request to go on) and what this request did; with dryRun, "
+    "what it would cancel.",
+    dump=lambda answer: answer,
+)
+@other_responses(400, 404)
 def cancel_events(batch):
-    """Cancel recorded events: out of every summary, kept for audit."""
+    """Cancel recorded events: out of every summary, kept for audit.
+
+    By id or idempotency key (`events`), or every event of a meter in a period (optionally
+    one user's, with dimension values): in pages, resumable, recorded as a correction."""
+    config = current_app.config["METERING"]
+    if batch.get("events") is None:
+        return _cancel_range(batch, config)
     targets = batch["events"]
     named = events.resolve_meters(filter(None, map(cancel.meter_key, targets)))
-    results = cancel.cancel_events(targets, named, current_app.config["METERING"].dedupe_window)
-    return {"events": results, "count": len(results)}
+    results = cancel.cancel_events(targets, named, config.dedupe_window)
+    return responses.CancelResult().dump({"events": results, "count": len(results)})
+
+
+def _cancel_range(body: dict, config) -> dict:
+    spec = corrections.range_spec(
+        body["meterId"],
+        body["periodStart"],
+        body["periodEnd"],
+        body.get("userId"),
+        body.get("filter", {}),
+    )
+    if body.get("dryRun"):
+        preview = corrections.dry_run(spec, config.dedupe_window)
+        return correction_shapes.preview_json(spec.meter.id_, preview)
+    record, done = corrections.cancel_range(
+        spec,
+        config.dedupe_window,
+        tenancy.caller_key_prefix(),
+        config.correction_page_events,
+        config.correction_budget_seconds,
+    )
+    return correction_shapes.range_result_json(record, done)
+
+
+@blueprint.post("/<event_id>/amend")
+@scope("events:cancel")
+@tenant
+@body(correction_shapes.AmendBody)
+@response(correction_shapes.AmendResult, 200, "The original (now cancelled) and its replacement.")
+@other_responses(400, 404, 409)
+def amend_event(changes, event_id):
+    """Amend a recorded event: its replacement in and the original out, in one commit.
+
+    Linked both ways (`amends`, `amendedBy`); a retry answers `duplicate`."""
+    done = amend.amend_event(
+        event_id, changes, current_app.config["METERING"], tenancy.caller_key_prefix()
+    )
+    return {
+        "status": done.status,
+        "original": done.original,
+        "replacement": done.replacement,
+        "correctionId": done.correction_id,
+    }
+
+
+@blueprint.get("/corrections")
+@scope("usage:read")
+@tenant
+@arguments(correction_shapes.CorrectionsQuery)
+@response(
+    correction_shapes.CorrectionPage,
+    200,
+    "A page of the org's corrections, newest first.",
+    dump=lambda page: page,
+)
+@other_responses(400)
+def list_corrections(args):
+    """List the org's corrections (range cancels and amendments): who, when, what, how much."""
+    found, next_cursor = corrections.list_corrections(
+        args.get("limit", correction_shapes.DEFAULT_CORRECTIONS_PAGE), args.get("cursor")
+    )
+    return {
+        "corrections": [correction_shapes.correction_json(record) for record in found],
+        "count": len(found),
+        "nextCursor": next_cursor,
+    }
+
+
+@blueprint.get("/corrections/<correction_id>")
+@scope("usage:read")
+@tenant
+@response(correction_shapes.Correction, 200, "The correction.", dump=lambda record: record)
+@other_responses(404)
+def get_correction(correction_id):
+    """One correction: a range cancel's progress, or an amendment."""
+    return correction_shapes.correction_json(corrections.get_correction(correction_id))
 
 
 @blueprint.get("")

@@ -115,12 +115,6 @@ def _events_of(item: type[Schema], max_events: int) -> Schema:
     return Batch()
 
 
-@functools.lru_cache(maxsize=8)
-def cancel_schema(max_events: int) -> Schema:
-    """Body of POST /v1/billing/meter-events/cancel."""
-    return _events_of(CancelTarget, max_events)
-
-
 @functools.lru_cache(maxsize=8)  # a schema class per request cost more than a 1-event load
 def batch_schema(max_events: int) -> Schema:
     """Body of POST /v1/billing/meter-events, for the configured batch limit."""

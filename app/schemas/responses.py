@@ -393,6 +393,16 @@ class ListedEvent(Schema):
     status = Flag(("active", "cancelled"), required=True, attribute="deleted")
     createdAt = Time(required=True, allow_none=True, attribute="created_at")
     updatedAt = Time(required=True, allow_none=True, attribute="updated_at")
+    # issue 17, corrections: an amendment's links (null: none)
+    amends = fields.String(
+        required=True, allow_none=True, metadata={"description": "the event this one replaced"}
+    )
+    amendedBy = fields.String(
+        required=True,
+        allow_none=True,
+        attribute="amended_by",
+        metadata={"description": "the event that replaced this one (it is cancelled)"},
+    )
 
 
 class EventPage(Schema):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from flask import current_app, has_app_context
 from google.cloud import ndb
 
 from app.core.cells import Cell, Series
@@ -23,7 +24,7 @@ from app.services.alerts import feed as alert_feed
 from app.services.events import idempotent_id
 from app.services.limits import counting as limit_counting  # issue 16, limits
 from app.services.webhooks import outbox
-from app.storage import entities, rpc, shards
+from app.storage import entities, rollups, rpc, shards
 from app.storage.entities import EntityPb, KeyPb, StoredEvent
 
 #: A cancel target as the request names it: {"id"} or {"meterId"|"eventName", "idempotency"}.
@@ -69,11 +70,11 @@ def _attempt(key_ids: list[int | None], window: timedelta, now: datetime) -> lis
         keys = {k: entities.key(MeterEvent.KIND, k) for k in key_ids if k is not None}
         found = rpc.lookup(list(keys.values()), transaction)
         results, cancelling = _classify(key_ids, keys, found, window, now)
-        mutations = [_cancelled_copy(event, now) for event in cancelling.values()]
-        mutations += _rollup_repairs(cancelling, transaction)
+        mutations = [cancelled_copy(event, now) for event in cancelling.values()]
+        mutations += rollup_repairs(cancelling, transaction)
         # issue 16, limits: the counters of meters with limits
         mutations += limit_counting.cancel_mutations(list(cancelling.values()), transaction)
-        feeds = _alert_feeds(cancelling)
+        feeds = alert_feeds(cancelling)
         mutations += feeds
         if mutations:
             rpc.commit(mutations, transaction)
@@ -110,7 +111,7 @@ def _classify(
     return results, cancelling
 
 
-def _cancelled_copy(event: StoredEvent, now: datetime) -> Any:
+def cancelled_copy(event: StoredEvent, now: datetime) -> Any:
     copy = entities.Entity()
     copy.CopyFrom(event.entity)
     entities.set_bool(copy, "Deleted", True)
@@ -118,13 +119,21 @@ def _cancelled_copy(event: StoredEvent, now: datetime) -> Any:
     return rpc.Mutation(update=copy)
 
 
-def _alert_feeds(cancelling: dict[bytes, StoredEvent]) -> list[Any]:
+def alert_feeds(
+    cancelling: dict[bytes, StoredEvent], added: tuple[StoredEvent, ...] = ()
+) -> list[Any]:
     """Feeds of negative contributions for the cancelled events of meters with alert rules,
-    flagged so the evaluator re-reads max and unique_count tallies."""
-    if not cancelling:
+    flagged so the evaluator re-reads max and unique_count tallies; with the positive
+    contributions of `added`, events the same commit inserts (an amendment's replacement)."""
+    if not cancelling and not added:
         return []
     namespace = ndb.get_context().get_namespace()
     by_meter = alert_feed.cancelled_contributions(cancelling.values())
+    for event in added:
+        day, slot = day_and_slot(event.timestamp)
+        by_meter.setdefault(event.meter_id, []).append(
+            [event.user_id, dict(event.dimensions), day, slot, event.value, 1, event.value]
+        )
     key_ids = {}
     for meter_id in by_meter:
         meter_key = ids.decode_key(meter_id, kind="meter", namespace=namespace)
@@ -137,24 +146,45 @@ def _alert_feeds(cancelling: dict[bytes, StoredEvent]) -> list[Any]:
     ]
 
 
-def _rollup_repairs(cancelling: dict[bytes, StoredEvent], transaction: bytes) -> list[Any]:
+#: (meter id, series, UTC day): one rollup group, every shard of it.
+Group = tuple[str, Series, int]
+
+
+def rollup_repairs(
+    cancelling: dict[bytes, StoredEvent],
+    transaction: bytes,
+    added: dict[Group, dict[int, list[Cell]]] | None = None,
+    known_keys: dict[Group, list[KeyPb]] | None = None,
+) -> list[Any]:
     """The rollups the cancelled events counted in, their slots recomputed: each event's
-    user series and its org-wide series, every shard folded into shard 0."""
-    affected: dict[tuple[str, Series, int], set[int]] = {}
-    removed: dict[tuple[str, Series, int], dict[int, list[Cell]]] = {}
+    user series and its org-wide series, every shard folded into shard 0. `added`
+    (group -> slot -> cells) are events the same commit inserts (an amendment's
+    replacement), merged into their groups; `known_keys` are groups' shard keys the
+    caller listed already (`group_keys_of`)."""
+    affected: dict[Group, set[int]] = {}
+    removed: dict[Group, dict[int, list[Cell]]] = {}
     for event in cancelling.values():
         day, slot = day_and_slot(event.timestamp)
         org = shards.org_series(event.series)
         for series in (event.series, org):
             affected.setdefault((event.meter_id, series, day), set()).add(slot)
-        removed.setdefault((event.meter_id, org, day), {}).setdefault(slot, []).append(event.cell())
+            # Taken out of the stored cell where that is exact (`recompute._without`): no
+            # query of the slot's raw events, which a range cancel would run per slot.
+            removed.setdefault((event.meter_id, series, day), {}).setdefault(slot, []).append(
+                event.cell()
+            )
+    for group in added or {}:
+        affected.setdefault(group, set())
     repairs = []
     namespace = ndb.get_context().get_namespace()
     for (meter_id, series, day), slots in affected.items():
         meter_key = ids.decode_key(meter_id, kind="meter", namespace=namespace)
         if meter_key is None:  # an event of a meter written elsewhere: no rollup of ours
             continue
-        keys = recompute.group_keys(meter_key.id(), meter_id, series, day)
+        keys = (known_keys or {}).get((meter_id, series, day))
+        if keys is None:
+            keys = recompute.group_keys(meter_key.id(), meter_id, series, day)
+        keys = _with_writable_shards(keys, meter_key.id(), series, day)
         stored = recompute.read_group(keys, transaction)
         repairs += recompute.rewritten(
             meter_key.id(),
@@ -165,9 +195,46 @@ def _rollup_repairs(cancelling: dict[bytes, StoredEvent], transaction: bytes) ->
             transaction,
             slots,
             set(cancelling),
-            removed.get((meter_id, series, day)),  # org-wide: taken out where that is exact
+            removed.get((meter_id, series, day)),
+            (added or {}).get((meter_id, series, day)),
         )
     return repairs
+
+
+def _with_writable_shards(
+    keys: list[KeyPb], meter_key_id: int, series: Series, day: int
+) -> list[KeyPb]:
+    """`keys` (the shards that existed when listed) and every shard a batch of this
+    configuration may write: all are read in the transaction, so a shard a concurrent
+    batch creates after the listing is read (and folded) too, or that batch waits. Left
+    out, its increments would count the events again that the slot's recomputation from
+    the raw events already holds."""
+    count = shards.DEFAULT_SHARDS
+    if has_app_context():
+        count = current_app.config["METERING"].rollup_shards
+    names = {key_pb.path[-1].name for key_pb in keys}
+    more = [rollups.key(meter_key_id, series, day, shard=shard) for shard in range(count)]
+    return keys + [key_pb for key_pb in more if key_pb.path[-1].name not in names]
+
+
+def groups_of(event: StoredEvent) -> list[Group]:
+    """The rollup groups an event counts in: its user's series and its org-wide series."""
+    day = day_and_slot(event.timestamp)[0]
+    return [
+        (event.meter_id, event.series, day),
+        (event.meter_id, shards.org_series(event.series), day),
+    ]
+
+
+def group_keys_of(group: Group) -> list[KeyPb]:
+    """The shard keys of one rollup group that exist now (read outside any transaction),
+    for `rollup_repairs`' `known_keys`; [] for a meter written elsewhere."""
+    meter_id, series, day = group
+    namespace = ndb.get_context().get_namespace()
+    meter_key = ids.decode_key(meter_id, kind="meter", namespace=namespace)
+    if meter_key is None:
+        return []
+    return recompute.group_keys(meter_key.id(), meter_id, series, day)
 
 
 def cancel_events(

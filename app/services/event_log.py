@@ -3,7 +3,8 @@
 Cancelled events are listed too, marked, since cancelling keeps them for audit. A
 search by user is an index query (index.yaml: MeterId, UserId, Timestamp desc); a
 search by idempotency key needs no query at all, because the key id of an event is
-derived from (meter, idempotency key): it is one lookup.
+derived from (meter, idempotency key): it is one lookup. An amended event and its
+replacement carry their links (`amendedBy`, `amends`), read for the page in one lookup.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from google.cloud import ndb
 
 from app.errors import NotFound
 from app.models import Meter, MeterEvent, root_key
-from app.services import paging
+from app.services import amend, paging
 from app.services.events import idempotent_id
 from app.services.meters import get_meter
 
@@ -44,9 +45,10 @@ def recent_events(
     """A page of a meter's events (all users or one), newest first, and the next cursor."""
     meter = _meter(meter_id)
     if idempotency is not None:
-        return _by_idempotency(meter, idempotency, user_id), None
+        return amend.with_links(_by_idempotency(meter, idempotency, user_id)), None
     filters = [MeterEvent.meter_id == meter.id_]
     if user_id is not None:
         filters.append(MeterEvent.user_id == user_id)
     query = MeterEvent.query_org(*filters).order(-MeterEvent.timestamp)
-    return paging.page(query, limit, cursor)
+    page, next_cursor = paging.page(query, limit, cursor)
+    return amend.with_links(page), next_cursor

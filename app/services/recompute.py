@@ -186,6 +186,7 @@ def rewritten(
     slots: set[int] | None = None,
     skip: set[bytes] | frozenset[bytes] = frozenset(),
     removed: dict[int, list[Cell]] | None = None,
+    added: dict[int, list[Cell]] | None = None,
 ) -> list[Any]:
     """Mutations folding the shards `stored` (just read in `transaction`) of one rollup
     into shard 0, compacted, and deleting the others: `slots` recomputed from the raw
@@ -194,7 +195,11 @@ def rewritten(
 
     `removed` (slot -> cells of cancelled events) lets a slot be recomputed by taking
     those events out instead (`_without`), where that is exact: an org-wide slot holds
-    every user's events of its quarter hour, which are costly to read again."""
+    every user's events of its quarter hour, which are costly to read again.
+
+    `added` (slot -> cells of events this same commit inserts: an amendment's
+    replacement) is merged in last: no raw query of this transaction can see those
+    events yet, so every slot, recomputed or kept, lacks them until then."""
     first = rollups.key(meter_key_id, series, day)
     if slots is None:
         cells = series_cells(meter_id, series, day, 0, rollups.SLOTS_PER_DAY, transaction, skip)
@@ -228,6 +233,9 @@ def rewritten(
                 cells[slot] = fresh
             else:
                 cells.pop(slot, None)
+        for slot, extra in (added or {}).items():
+            for cell in extra:
+                cells.setdefault(slot, Cell()).merge(cell)
     mutations = [
         rollups.replacement(first, meter_id, series, day, cells)
         if cells

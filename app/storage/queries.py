@@ -230,3 +230,36 @@ def count_events(
     order.property.name = "Timestamp"
     order.direction = q.PropertyOrder.Direction.ASCENDING
     return sum(1 for _ in rpc.run_query(query, ndb.get_context().get_namespace()))
+
+
+def events_page(
+    meter_id: str,
+    user_id: str | None,
+    start: datetime,
+    end: datetime,
+    cursor: bytes,
+    limit: int,
+) -> tuple[list[tuple[EntityPb, bytes]], bytes, bool]:
+    """Up to `limit` raw `meter-event`s of a meter (and user) with start <= Timestamp < end,
+    from position `cursor` (b"": the first), in Timestamp order, each with the position
+    after it; the position after the batch; and whether the range is read to its end.
+    The index of `events` serves it (ties in Timestamp come in key order, so a position
+    is exact)."""
+    conditions: list[tuple[str, int, object]] = [("MeterId", _OP.EQUAL, meter_id)]
+    if user_id is not None:
+        conditions.append(("UserId", _OP.EQUAL, user_id))
+    conditions += [
+        ("Timestamp", _OP.GREATER_THAN_OR_EQUAL, start),
+        ("Timestamp", _OP.LESS_THAN, end),
+    ]
+    query = build("meter-event", conditions)
+    order = query.order.add()
+    order.property.name = "Timestamp"
+    order.direction = q.PropertyOrder.Direction.ASCENDING
+    query.limit.value = limit
+    batch = rpc.run_query_batch(query, ndb.get_context().get_namespace(), cursor)
+    found = [(result.entity, result.cursor) for result in batch.entity_results]
+    finished = batch.more_results == batch.NO_MORE_RESULTS or (
+        not found and batch.more_results != batch.NOT_FINISHED
+    )
+    return found, batch.end_cursor or cursor, finished

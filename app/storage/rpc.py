@@ -199,3 +199,18 @@ def run_query(
         if not more or not batch.entity_results:
             return
         query.start_cursor = batch.end_cursor
+
+
+def run_query_batch(query: Any, namespace: str | None, start_cursor: bytes = b"") -> Any:
+    """One batch of a query from `start_cursor` (a Datastore position; b"" for the start),
+    as the server answers it: its entity results each carry the position after them, and
+    `more_results` says whether any follow. For a reader that must remember exactly how
+    far it got between requests (range cancellation)."""
+    request = RunQueryRequest()
+    request.query.CopyFrom(query)
+    if start_cursor:
+        request.query.start_cursor = start_cursor
+    if namespace:
+        request.partition_id.namespace_id = namespace
+    request.partition_id.project_id = ndb.get_context().client.project
+    return _call("run_query", request).batch

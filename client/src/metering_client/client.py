@@ -31,8 +31,11 @@ from metering_client.types import (
     Alert,
     AlertScope,
     AlertTrigger,
+    Amendment,
     ApiKey,
     CancelOutcome,
+    CancelPreview,
+    Correction,
     Event,
     EventOutcome,
     ExportedEvent,
@@ -347,6 +350,54 @@ class MeteringClient(DeliveryBase):
             ids, idempotency_keys, event_name=event_name, meter_id=meter_id
         )
         return self._drive(ops.cancel_events(self.retry, targets))
+
+    # -- issue 17, corrections -----------------------------------------------------------
+
+    def cancel_range(
+        self,
+        meter_id: str,
+        period_start: datetime | date | str,
+        period_end: datetime | date | str,
+        *,
+        user_id: str | None = None,
+        filters: Mapping[str, str | Iterable[str]] | None = None,
+    ) -> Correction:
+        """Cancel every event of a meter in [period_start, period_end) (one user's, with
+        these dimension values): the request is repeated until the correction is complete."""
+        body = ops.range_body(meter_id, period_start, period_end, user_id=user_id, filters=filters)
+        return self._drive(ops.cancel_range(self.retry, body))
+
+    def preview_cancel_range(
+        self,
+        meter_id: str,
+        period_start: datetime | date | str,
+        period_end: datetime | date | str,
+        *,
+        user_id: str | None = None,
+        filters: Mapping[str, str | Iterable[str]] | None = None,
+    ) -> CancelPreview:
+        """What `cancel_range` would cancel now (a dry run: nothing changes)."""
+        body = ops.range_body(meter_id, period_start, period_end, user_id=user_id, filters=filters)
+        return self._drive(ops.preview_cancel_range(self.retry, body))
+
+    def amend(
+        self,
+        event_id: str,
+        *,
+        value: int | None = None,
+        dimensions: Mapping[str, str] | None = None,
+        timestamp: datetime | str | None = None,
+    ) -> Amendment:
+        """Replace a recorded event by a copy with these changes, in one commit."""
+        changes = ops.amend_changes(value, dimensions, timestamp)
+        return self._drive(ops.amend_event(self.retry, event_id, changes))
+
+    def corrections(self) -> list[Correction]:
+        """The org's correction records (range cancels, amendments), newest first."""
+        return self._drive(ops.list_corrections(self.retry))
+
+    def correction(self, correction_id: str) -> Correction:
+        return self._drive(ops.get_correction(self.retry, correction_id))
 
     # -- webhook endpoints and their delivery log ------------------------------------
 

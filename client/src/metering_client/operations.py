@@ -23,8 +23,11 @@ from metering_client.types import (
     Alert,
     AlertScope,
     AlertTrigger,
+    Amendment,
     ApiKey,
     CancelOutcome,
+    CancelPreview,
+    Correction,
     Event,
     EventOutcome,
     LimitCheck,
@@ -723,3 +726,85 @@ class CheckCache:
                 for old in list(self._answers)[: self.MAX_ENTRIES // 2]:
                     del self._answers[old]
             self._answers[key] = (time.monotonic(), answer)
+
+
+# -- issue 17, corrections -----------------------------------------------------------------
+
+CORRECTIONS_PATH = f"{EVENTS_PATH}/corrections"
+
+
+def range_body(
+    meter_id: str,
+    period_start: datetime | date | str,
+    period_end: datetime | date | str,
+    *,
+    user_id: str | None = None,
+    filters: Mapping[str, str | Iterable[str]] | None = None,
+) -> dict[str, Any]:
+    """The range form of a cancel request."""
+    body: dict[str, Any] = {
+        "meterId": meter_id,
+        "periodStart": period_bound(period_start),
+        "periodEnd": period_bound(period_end),
+    }
+    if user_id is not None:
+        body["userId"] = user_id
+    if filters:
+        body["filter"] = {
+            name: [values] if isinstance(values, str) else list(values)
+            for name, values in filters.items()
+        }
+    return body
+
+
+def preview_cancel_range(policy: RetryPolicy, body: dict[str, Any]) -> Op[CancelPreview]:
+    answer = yield from _call(
+        policy, "POST", f"{EVENTS_PATH}/cancel", json={**body, "dryRun": True}
+    )
+    return CancelPreview.from_json(answer.ok())
+
+
+def cancel_range(policy: RetryPolicy, body: dict[str, Any]) -> Op[Correction]:
+    """Cancel every event of the range: the same request again while the service answers
+    `running` (each continues where the last stopped; a retry never cancels twice)."""
+    while True:
+        answer = yield from _call(policy, "POST", f"{EVENTS_PATH}/cancel", json=body)
+        correction = Correction.from_json(answer.ok())
+        if correction.status == "complete":
+            return correction
+
+
+def amend_event(policy: RetryPolicy, event_id: str, changes: dict[str, Any]) -> Op[Amendment]:
+    """Amend an event; a retried amend answers `duplicate` with the same replacement."""
+    answer = yield from _call(policy, "POST", f"{EVENTS_PATH}/{event_id}/amend", json=changes)
+    return Amendment.from_json(answer.ok())
+
+
+def list_corrections(policy: RetryPolicy, page_size: int = 100) -> Op[list[Correction]]:
+    found: list[Correction] = []
+    cursor = None
+    while True:
+        params = {"limit": page_size, **({"cursor": cursor} if cursor else {})}
+        page = (yield from _call(policy, "GET", CORRECTIONS_PATH, params=params)).ok()
+        found += [Correction.from_json(c) for c in page["corrections"]]
+        cursor = page.get("nextCursor")
+        if not cursor:
+            return found
+
+
+def get_correction(policy: RetryPolicy, correction_id: str) -> Op[Correction]:
+    answer = yield from _call(policy, "GET", f"{CORRECTIONS_PATH}/{correction_id}")
+    return Correction.from_json(answer.ok())
+
+
+def amend_changes(
+    value: int | None, dimensions: Mapping[str, str] | None, timestamp: datetime | str | None
+) -> dict[str, Any]:
+    changes: dict[str, Any] = {}
+    if value is not None:
+        changes["value"] = value
+    if dimensions is not None:
+        changes["dimensions"] = dict(dimensions)
+    if timestamp is not None:
+        changes["timestamp"] = period_bound(timestamp)
+    return changes

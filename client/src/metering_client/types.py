@@ -533,6 +533,57 @@ class UsageLimit:
         )
 
 
+# -- issue 17, corrections -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Correction:
+    """A correction record: a range cancel (its progress) or an amendment; who (`key_prefix`),
+    when, what, how many events and how much value it cancelled."""
+
+    id: str
+    type: str  # cancel_range | amend
+    status: str  # running | complete
+    meter_id: str
+    user_id: str | None
+    period_start: datetime | None
+    period_end: datetime | None
+    filter: dict[str, list[str]]
+    event_id: str | None
+    replacement_id: str | None
+    key_prefix: str
+    created_at: datetime | None
+    completed_at: datetime | None
+    passes: int
+    scanned: int
+    cancelled: int
+    value: int
+    expired: int
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Correction:
+        return cls(
+            id=data["id"],
+            type=data["type"],
+            status=data["status"],
+            meter_id=data["meterId"],
+            user_id=data.get("userId"),
+            period_start=_time(data.get("periodStart")),
+            period_end=_time(data.get("periodEnd")),
+            filter=dict(data.get("filter") or {}),
+            event_id=data.get("eventId"),
+            replacement_id=data.get("replacementId"),
+            key_prefix=data.get("keyPrefix", ""),
+            created_at=_time(data.get("createdAt")),
+            completed_at=_time(data.get("completedAt")),
+            passes=data.get("passes", 1),
+            scanned=data.get("scanned", 0),
+            cancelled=data["cancelled"],
+            value=int(exact_value(data.get("value")) or 0),
+            expired=data.get("expired", 0),
+        )
+
+
 @dataclass(frozen=True)
 class LimitCheck:
     """A user's usage this period against the limit that applies: `allowed` is
@@ -562,4 +613,48 @@ class LimitCheck:
             period_end=_time(body.get("periodEnd")),
             resets_at=_time(body.get("resetsAt")),
             as_of=_time(body.get("asOf")),
+        )
+
+
+@dataclass(frozen=True)
+class CancelPreview:
+    """What a range cancel would cancel now (a dry run): events, their value, and the
+    matching events it would leave because they are older than the cancellation window."""
+
+    events: int
+    value: int
+    expired: int
+    scanned: int
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CancelPreview:
+        return cls(
+            events=data["events"],
+            value=int(exact_value(data.get("value")) or 0),
+            expired=data.get("expired", 0),
+            scanned=data.get("scanned", 0),
+        )
+
+
+@dataclass(frozen=True)
+class Amendment:
+    """An amend's outcome: `created`, or `duplicate` for a retry of the same change; the
+    original (now cancelled) and its replacement as the event log lists them."""
+
+    status: str
+    original_id: str
+    replacement_id: str
+    correction_id: str
+    original: dict[str, Any]
+    replacement: dict[str, Any]
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Amendment:
+        return cls(
+            status=data["status"],
+            original_id=data["original"]["id"],
+            replacement_id=data["replacement"]["id"],
+            correction_id=data["correctionId"],
+            original=data["original"],
+            replacement=data["replacement"],
         )

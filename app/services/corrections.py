@@ -1,0 +1,522 @@
+"""Bulk corrections (issue 17): cancelling every event of a range, and the correction
+records an org lists.
+
+A range cancel names a meter, a period of event timestamps, optionally one user and
+dimension values. Its record (`meter-correction`, keyed by a hash of that definition) is
+also its progress: the position reached in the range's events (a Datastore cursor),
+what was cancelled so far and how much value. Each page is ONE commit holding the
+page's cancelled events, their rollups recomputed (user and org-wide, as a single
+cancel does), the alert feed, and the record's new position; the commit first checks
+in its transaction that the record still stands where the page started. So a page
+is applied entirely or not at all, two runners never apply one page twice, and a
+crash between pages leaves the record at the last committed page: running the same
+request again continues from there, never cancelling twice, never skipping.
+
+A pass cancels the range's live events recorded before it began (`PassStartedAt`);
+events recorded while it runs are kept, wherever they fall. Running a complete
+correction again starts a new pass over the range (a no-op unless events arrived
+since). Events recorded longer ago than the cancellation window are left and counted
+`expired`, as a single cancel answers them.
+
+A request runs pages while its budget lasts (`Config.correction_budget_seconds`, and
+never past a third of the deadline left), then answers the record, `running` or
+`complete`: the caller repeats the request, or reads the record, until it is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+
+from flask import current_app, has_app_context
+from google.cloud import ndb
+from google.cloud.datastore_v1.types import query as q
+
+from app import deadline
+from app.errors import NotFound, ValidationFailed
+from app.models import Meter, utcnow
+from app.services import cancel, paging
+from app.services.meters import get_meter
+from app.services.webhooks import outbox
+from app.storage import entities, queries, rpc
+from app.storage.entities import EntityPb, KeyPb, StoredEvent
+
+KIND = "meter-correction"
+#: Most mutations one commit may hold (Datastore's limit).
+MAX_MUTATIONS = 500
+#: The record and an alert feed ride along with each page's events and rollups.
+_RESERVED = 2
+#: Events one dry-run query batch reads.
+_DRY_RUN_BATCH = 1000
+#: Part of the request's time left below which no page starts: a page in flight needs
+#: time to commit, and the answer time to leave.
+_LEFT_FOR_THE_LAST_PAGE = 3
+
+RANGE, AMEND = "cancel_range", "amend"
+#: A record's id: `rc_` and a hash of the range (`RangeSpec.id`), or `am_` and the amended
+#: event's key id in hex; anything else names no record (and no key is built from it).
+_ID = re.compile(r"(rc|am)_[0-9a-f]{1,32}")
+RUNNING, COMPLETE = "running", "complete"
+
+
+@dataclass
+class Correction:
+    """A correction record: what was asked, by whom, and what it did so far."""
+
+    id: str
+    type: str
+    status: str
+    meter_id: str
+    created_at: datetime
+    updated_at: datetime
+    key_prefix: str = ""
+    user_id: str | None = None
+    period_start: datetime | None = None
+    period_end: datetime | None = None
+    filter: dict[str, list[str]] = field(default_factory=dict)
+    event_id: str | None = None
+    replacement_id: str | None = None
+    completed_at: datetime | None = None
+    pass_started_at: datetime | None = None
+    passes: int = 1
+    scanned: int = 0
+    cancelled: int = 0
+    value: int = 0
+    expired: int = 0
+    cursor: bytes = b""
+
+
+@dataclass(frozen=True)
+class RangeSpec:
+    """What a range cancel cancels: the live events of `meter` with period_start <=
+    timestamp < period_end, of `user_id` if given, whose dimensions hold one of the
+    values `filter` lists for each name."""
+
+    meter: Meter
+    period_start: datetime
+    period_end: datetime
+    user_id: str | None
+    filter: dict[str, list[str]]
+
+    @property
+    def id(self) -> str:
+        """The record's id: the same definition is the same correction."""
+        definition = [
+            self.meter.id_,
+            self.user_id,
+            self.period_start.isoformat(),
+            self.period_end.isoformat(),
+            sorted(self.filter.items()),
+        ]
+        digest = hashlib.sha256(json.dumps(definition).encode()).hexdigest()
+        return "rc_" + digest[:32]
+
+    def matches(self, event: StoredEvent) -> bool:
+        return all(event.dimensions.get(name) in values for name, values in self.filter.items())
+
+
+@dataclass
+class Tally:
+    """What a dry run would cancel, or what one request did."""
+
+    events: int = 0
+    value: int = 0
+    expired: int = 0
+    scanned: int = 0
+
+
+# -- the stored record -------------------------------------------------------------
+
+
+def record_key(correction_id: str) -> KeyPb:
+    return entities.key(KIND, correction_id)
+
+
+def _set_text(entity: EntityPb, name: str, value: str | None) -> None:
+    if value is not None:
+        entities.set_string(entity, name, value, indexed=False)
+
+
+def _set_moment(
+    entity: EntityPb, name: str, moment: datetime | None, indexed: bool = False
+) -> None:
+    if moment is not None:
+        entities.set_time(entity, name, moment)
+        if not indexed:
+            entity.properties[name].exclude_from_indexes = True
+
+
+def encode(record: Correction) -> EntityPb:
+    """The `meter-correction` entity of a record (only CreatedAt is indexed: the list)."""
+    entity = entities.Entity()
+    entity.key.CopyFrom(record_key(record.id))
+    for name, text in (
+        ("Type", record.type),
+        ("Status", record.status),
+        ("MeterId", record.meter_id),
+        ("UserId", record.user_id),
+        ("EventId", record.event_id),
+        ("ReplacementId", record.replacement_id),
+        ("KeyPrefix", record.key_prefix),
+        ("Value", str(record.value)),  # exact at any size
+        ("Filter_", json.dumps(record.filter, sort_keys=True)),
+    ):
+        _set_text(entity, name, text)
+    _set_moment(entity, "CreatedAt", record.created_at, indexed=True)
+    for name, moment in (
+        ("UpdatedAt", record.updated_at),
+        ("PeriodStart", record.period_start),
+        ("PeriodEnd", record.period_end),
+        ("CompletedAt", record.completed_at),
+        ("PassStartedAt", record.pass_started_at),
+    ):
+        _set_moment(entity, name, moment)
+    for name, number in (
+        ("Passes", record.passes),
+        ("Scanned", record.scanned),
+        ("Cancelled", record.cancelled),
+        ("Expired", record.expired),
+    ):
+        entities.set_int(entity, name, number, indexed=False)
+    entity.properties["Cursor"].blob_value = record.cursor
+    entity.properties["Cursor"].exclude_from_indexes = True
+    return entity
+
+
+def decode(entity: EntityPb) -> Correction:
+    props = entity.properties
+
+    def text(name: str) -> str | None:
+        value = props.get(name)
+        return value.string_value if value is not None else None
+
+    def number(name: str) -> int:
+        value = props.get(name)
+        return value.integer_value if value is not None else 0
+
+    cursor = props.get("Cursor")
+    return Correction(
+        id=entity.key.path[-1].name,
+        type=text("Type") or RANGE,
+        status=text("Status") or RUNNING,
+        meter_id=text("MeterId") or "",
+        user_id=text("UserId"),
+        event_id=text("EventId"),
+        replacement_id=text("ReplacementId"),
+        key_prefix=text("KeyPrefix") or "",
+        value=int(text("Value") or 0),
+        filter=json.loads(text("Filter_") or "{}"),
+        created_at=entities.get_time(entity, "CreatedAt"),  # type: ignore[arg-type]
+        updated_at=entities.get_time(entity, "UpdatedAt"),  # type: ignore[arg-type]
+        period_start=entities.get_time(entity, "PeriodStart"),
+        period_end=entities.get_time(entity, "PeriodEnd"),
+        completed_at=entities.get_time(entity, "CompletedAt"),
+        pass_started_at=entities.get_time(entity, "PassStartedAt"),
+        passes=number("Passes"),
+        scanned=number("Scanned"),
+        cancelled=number("Cancelled"),
+        expired=number("Expired"),
+        cursor=cursor.blob_value if cursor is not None else b"",
+    )
+
+
+def _read(correction_id: str, transaction: bytes | None = None) -> Correction | None:
+    key_pb = record_key(correction_id)
+    found = rpc.lookup([key_pb], transaction).get(key_pb.SerializeToString())
+    return decode(found) if found is not None else None
+
+
+def get_correction(correction_id: str) -> Correction:
+    """One correction record of the caller's org; NotFound otherwise."""
+    found = _read(correction_id) if _ID.fullmatch(correction_id) else None
+    if found is None:
+        raise NotFound("no such correction", param="id")
+    return found
+
+
+def list_corrections(limit: int, cursor: str | None) -> tuple[list[Correction], str | None]:
+    """A page of the org's correction records, newest first, and the next page's cursor."""
+    namespace = ndb.get_context().get_namespace() or ""
+    bound = f"{namespace}\0{KIND}\0-CreatedAt".encode()
+    start = paging.open_bytes(cursor, bound) if cursor is not None else b""
+    query = queries.build(KIND, [])
+    order = query.order.add()
+    order.property.name = "CreatedAt"
+    order.direction = q.PropertyOrder.Direction.DESCENDING
+    query.limit.value = limit + 1
+    batch = rpc.run_query_batch(query, ndb.get_context().get_namespace(), start)
+    results = list(batch.entity_results)
+    page = [decode(result.entity) for result in results[:limit]]
+    if len(results) > limit:
+        return page, paging.seal_bytes(results[limit - 1].cursor, bound)
+    return page, None
+
+
+# -- a range cancel ----------------------------------------------------------------
+
+
+def range_spec(
+    meter_id: str,
+    period_start: datetime,
+    period_end: datetime,
+    user_id: str | None,
+    filters: dict[str, list[str]],
+) -> RangeSpec:
+    """The spec of a range cancel, its meter found and its filter checked against the
+    meter's dimensions (400 naming `filter.NAME`)."""
+    try:
+        meter = get_meter(meter_id)
+    except NotFound as exc:
+        raise NotFound(exc.message, param="meterId", code=exc.code) from None
+    declared = set(meter.dimensions)
+    for name in sorted(filters):
+        if name not in declared:
+            raise ValidationFailed(
+                f"filter.{name}: the meter declares no dimension {name!r}", param=f"filter.{name}"
+            )
+    normalized = {name: sorted(set(values)) for name, values in filters.items()}
+    return RangeSpec(meter, period_start, period_end, user_id, normalized)
+
+
+def _judge(
+    spec: RangeSpec, event: StoredEvent, since: datetime, window: timedelta, now: datetime
+) -> str:
+    """What a pass that began at `since` does with one event of the range: cancel, expired,
+    or skip (cancelled already, not matching, or recorded after the pass began)."""
+    if not event.live or not spec.matches(event):
+        return "skip"
+    if event.created_at is not None and event.created_at > since:
+        return "skip"
+    if event.created_at is not None and event.created_at < now - window:
+        return "expired"
+    return "cancel"
+
+
+def dry_run(spec: RangeSpec, window: timedelta) -> Tally:
+    """How many events, and how much value, a range cancel started now would cancel
+    (and how many it would leave as expired). Reads the range's events, checking the
+    deadline between batches."""
+    now, position, tally = utcnow(), b"", Tally()
+    while True:
+        deadline.check()
+        found, position, finished = queries.events_page(
+            spec.meter.id_,
+            spec.user_id,
+            spec.period_start,
+            spec.period_end,
+            position,
+            _DRY_RUN_BATCH,
+        )
+        for entity, _after in found:
+            event = entities.decode_event(entity)
+            tally.scanned += 1
+            verdict = _judge(spec, event, now, window, now)
+            if verdict == "cancel":
+                tally.events += 1
+                tally.value += event.value
+            elif verdict == "expired":
+                tally.expired += 1
+        if finished:
+            return tally
+
+
+def _open_pass(spec: RangeSpec, key_prefix: str) -> Correction:
+    """The correction's record, created on its first request; a complete one starts a
+    new pass over the range. One transaction, so racing first requests make one."""
+
+    def attempt() -> Correction:
+        with rpc.transaction() as transaction:
+            now = utcnow()
+            record = _read(spec.id, transaction)
+            if record is not None and record.status == RUNNING:
+                rpc.rollback(transaction)
+                return record
+            if record is None:
+                record = Correction(
+                    id=spec.id,
+                    type=RANGE,
+                    status=RUNNING,
+                    meter_id=spec.meter.id_,
+                    user_id=spec.user_id,
+                    period_start=spec.period_start,
+                    period_end=spec.period_end,
+                    filter=spec.filter,
+                    key_prefix=key_prefix,
+                    created_at=now,
+                    updated_at=now,
+                    pass_started_at=now,
+                )
+            else:
+                record = replace(
+                    record,
+                    status=RUNNING,
+                    cursor=b"",
+                    passes=record.passes + 1,
+                    pass_started_at=now,
+                    completed_at=None,
+                    updated_at=now,
+                )
+            rpc.commit([rpc.Mutation(upsert=encode(record))], transaction)
+            return record
+
+    return rpc.retry_aborted(attempt, "opening the correction")
+
+
+@dataclass
+class _Page:
+    """The events a page cancels and how far it reaches."""
+
+    position: bytes
+    finished: bool
+    cancelling: dict[bytes, StoredEvent]
+    keys: dict[cancel.Group, list[KeyPb]]
+    tally: Tally
+
+
+def _plan(spec: RangeSpec, record: Correction, window: timedelta, limit: int) -> _Page:
+    """Read the next events of the range and keep the longest prefix whose cancellation
+    fits one commit (events, every shard of their rollups, the feed and the record)."""
+    found, end_position, finished = queries.events_page(
+        spec.meter.id_, spec.user_id, spec.period_start, spec.period_end, record.cursor, limit
+    )
+    now = utcnow()
+    since = record.pass_started_at or now
+    page = _Page(end_position, finished, {}, {}, Tally())
+    mutations = _RESERVED
+    for index, (entity, after) in enumerate(found):
+        event = entities.decode_event(entity)
+        verdict = _judge(spec, event, since, window, now)
+        if verdict == "cancel":
+            cost = 1
+            new_groups = [g for g in cancel.groups_of(event) if g not in page.keys]
+            listed = {group: cancel.group_keys_of(group) for group in new_groups}
+            cost += sum(max(1, len(keys)) for keys in listed.values())
+            if mutations + cost > MAX_MUTATIONS:
+                # The rest waits for the next page, from the position before this event.
+                page.position = found[index - 1][1] if index else record.cursor
+                page.finished = False
+                return page
+            mutations += cost
+            page.keys.update(listed)
+            page.cancelling[entity.key.SerializeToString()] = event
+        elif verdict == "expired":
+            page.tally.expired += 1
+        page.tally.scanned += 1
+        page.position = after
+    return page
+
+
+def _commit_page(record: Correction, page: _Page) -> tuple[Correction, Tally] | None:
+    """Apply a planned page in one commit; None when the record moved meanwhile (another
+    runner applied this page) or the page no longer fits one commit: the caller reads the
+    record again and plans anew."""
+    with rpc.transaction() as transaction:
+        own_key = record_key(record.id)
+        event_keys = [stored.entity.key for stored in page.cancelling.values()]
+        found = rpc.lookup([own_key, *event_keys], transaction)
+        current = found.get(own_key.SerializeToString())
+        if current is None or _moved(record, decode(current)):
+            rpc.rollback(transaction)
+            return None
+        cancelling = {}
+        for ident in page.cancelling:
+            fresh = found.get(ident)  # cancelled or amended since the plan: not again
+            if fresh is not None and not entities.decode_event(fresh).deleted:
+                cancelling[ident] = entities.decode_event(fresh)
+        now = utcnow()
+        done = Tally(
+            events=len(cancelling),
+            value=sum(event.value for event in cancelling.values()),
+            expired=page.tally.expired,
+            scanned=page.tally.scanned,
+        )
+        updated = replace(
+            record,
+            cursor=page.position,
+            scanned=record.scanned + done.scanned,
+            cancelled=record.cancelled + done.events,
+            value=record.value + done.value,
+            expired=record.expired + done.expired,
+            updated_at=now,
+            status=COMPLETE if page.finished else RUNNING,
+            completed_at=now if page.finished else None,
+        )
+        mutations = [cancel.cancelled_copy(event, now) for event in cancelling.values()]
+        mutations += cancel.rollup_repairs(cancelling, transaction, known_keys=page.keys)
+        feeds = cancel.alert_feeds(cancelling)
+        mutations += feeds
+        mutations.append(rpc.Mutation(update=encode(updated)))
+        if len(mutations) > MAX_MUTATIONS:
+            # A shard appeared after the plan listed them (a concurrent batch): plan again,
+            # with the shards listed anew.
+            rpc.rollback(transaction)
+            return None
+        rpc.commit(mutations, transaction)
+    if feeds:
+        outbox.wake()
+    return updated, done
+
+
+def _moved(planned: Correction, stored: Correction) -> bool:
+    return (
+        stored.status != RUNNING
+        or stored.cursor != planned.cursor
+        or stored.passes != planned.passes
+    )
+
+
+def run_page(
+    spec: RangeSpec, record: Correction, window: timedelta, limit: int
+) -> tuple[Correction, Tally]:
+    """One page of a running correction: (the record after it, what this page did)."""
+    page = _plan(spec, record, window, limit)
+
+    def attempt() -> tuple[Correction, Tally] | None:
+        return _commit_page(record, page)
+
+    applied = rpc.retry_aborted(attempt, "range cancellation")
+    if applied is None:
+        return _read(record.id) or record, Tally()
+    return applied
+
+
+def _time_for_a_page(started: float, budget_seconds: float) -> bool:
+    """Whether this request may start another page: within its budget, and with more
+    than a third of its deadline left (none outside a request: the CLI's, the tests')."""
+    if time.monotonic() - started >= budget_seconds:
+        return False
+    left = deadline.remaining()
+    return left is None or left > _total_deadline() / _LEFT_FOR_THE_LAST_PAGE
+
+
+def _total_deadline() -> float:
+    if has_app_context():
+        return float(current_app.config["METERING"].request_deadline_seconds)
+    return 0.0
+
+
+def cancel_range(
+    spec: RangeSpec,
+    window: timedelta,
+    key_prefix: str,
+    page_events: int,
+    budget_seconds: float,
+) -> tuple[Correction, Tally]:
+    """Open (or continue) the range's correction and run pages of it while the request's
+    budget lasts (always at least one): the record after them and what they did."""
+    started = time.monotonic()
+    record = _open_pass(spec, key_prefix)
+    done = Tally()
+    first = True
+    while record.status == RUNNING and (first or _time_for_a_page(started, budget_seconds)):
+        first = False
+        record, tally = run_page(spec, record, window, page_events)
+        done.events += tally.events
+        done.value += tally.value
+        done.expired += tally.expired
+        done.scanned += tally.scanned
+    return record, done

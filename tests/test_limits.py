@@ -356,3 +356,37 @@ def test_an_alert_rule_at_percentages_of_a_limit(api, app, ndb_client, org):
     ]:
         assert api.post(f"{LIMITS}/{default['id']}/alerts", json=body).status_code == status
     assert api.post(f"{LIMITS}/nope/alerts", json={"percentages": [80]}).status_code == 404
+
+
+# -- corrections (issue 17) keep the check exact -------------------------------------
+
+
+@pytest.mark.parametrize("aggregation", ["sum", "max"])
+def test_range_cancels_and_amendments_move_the_check(counting, aggregation):
+    meter = counting.create_meter(aggregationType=aggregation)
+    create_limit(counting, meter, limit=1000)
+    now = datetime.now(UTC)
+    early, late = (now - timedelta(minutes=m) for m in (50, 10))
+    counting.record(
+        event("alice", 7, "early", timestamp=early.isoformat()),
+        event("alice", 30, "late", timestamp=late.isoformat()),
+    )
+    assert check(counting, "alice", meterId=meter["id"])["used"] == (
+        37 if aggregation == "sum" else 30
+    )
+    late_id = counting.get(
+        "/v1/billing/meter-events", params={"meterId": meter["id"], "idempotency": "late"}
+    ).json()["events"][0]["id"]
+    answer = counting.post(f"/v1/billing/meter-events/{late_id}/amend", json={"value": 12})
+    assert answer.status_code == 200, answer.text
+    assert check(counting, "alice", meterId=meter["id"])["used"] == (
+        19 if aggregation == "sum" else 12
+    )
+    body = {
+        "meterId": meter["id"],
+        "periodStart": (early - timedelta(minutes=1)).isoformat(),
+        "periodEnd": (early + timedelta(minutes=1)).isoformat(),
+    }
+    answer = counting.post("/v1/billing/meter-events/cancel", json=body)
+    assert answer.status_code == 200, answer.text
+    assert check(counting, "alice", meterId=meter["id"])["used"] == 12

@@ -37,6 +37,7 @@ from app.errors import Conflict, NotFound, ValidationFailed
 from app.models import MeterEvent, ids, root_key, utcnow
 from app.services import cancel, corrections
 from app.services.events import idempotent_id
+from app.services.limits import counting as limit_counting
 from app.services.meters import get_meter
 from app.services.webhooks import outbox
 from app.storage import entities, rpc
@@ -293,6 +294,8 @@ def _attempt(original_key: Any, change: _Change, window: timedelta, key_prefix: 
         mutations += cancel.rollup_repairs(cancelling, transaction, added=_added(replacement))
         feeds = cancel.alert_feeds(cancelling, (replacement,))
         mutations += feeds
+        # issue 16, limits: the original out of its counters, the replacement in
+        mutations += limit_counting.cancel_mutations([original], transaction, (replacement,))
         mutations += [
             _link_entity(original.key_id, amends, replacement.public_id, now),
             _link_entity(replacement.key_id, original.public_id, None, now),

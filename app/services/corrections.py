@@ -40,6 +40,8 @@ from app import deadline
 from app.errors import NotFound, ValidationFailed
 from app.models import Meter, utcnow
 from app.services import cancel, paging
+from app.services.limits import counting as limit_counting
+from app.services.limits import index as limit_index
 from app.services.meters import get_meter
 from app.services.webhooks import outbox
 from app.storage import entities, queries, rpc
@@ -50,6 +52,9 @@ KIND = "meter-correction"
 MAX_MUTATIONS = 500
 #: The record and an alert feed ride along with each page's events and rollups.
 _RESERVED = 2
+#: Mutations a new rollup group may add for the limit counters of a meter with limits
+#: (issue 16): at most a counter's 8 shards deleted and its seed, for a max meter.
+LIMIT_COST = 9
 #: Events one dry-run query batch reads.
 _DRY_RUN_BATCH = 1000
 #: Part of the request's time left below which no page starts: a page in flight needs
@@ -387,6 +392,7 @@ def _plan(spec: RangeSpec, record: Correction, window: timedelta, limit: int) ->
     since = record.pass_started_at or now
     page = _Page(end_position, finished, {}, {}, Tally())
     mutations = _RESERVED
+    limited = bool(limit_index.specs_for({spec.meter.key.id()}))
     for index, (entity, after) in enumerate(found):
         event = entities.decode_event(entity)
         verdict = _judge(spec, event, since, window, now)
@@ -395,6 +401,8 @@ def _plan(spec: RangeSpec, record: Correction, window: timedelta, limit: int) ->
             new_groups = [g for g in cancel.groups_of(event) if g not in page.keys]
             listed = {group: cancel.group_keys_of(group) for group in new_groups}
             cost += sum(max(1, len(keys)) for keys in listed.values())
+            if limited:  # a counter per (user, period) at most: its shards and seed, a max's
+                cost += LIMIT_COST * len(new_groups)
             if mutations + cost > MAX_MUTATIONS:
                 # The rest waits for the next page, from the position before this event.
                 page.position = found[index - 1][1] if index else record.cursor
@@ -449,6 +457,8 @@ def _commit_page(record: Correction, page: _Page) -> tuple[Correction, Tally] | 
         mutations += cancel.rollup_repairs(cancelling, transaction, known_keys=page.keys)
         feeds = cancel.alert_feeds(cancelling)
         mutations += feeds
+        # issue 16, limits: the counters of meters with limits (planned: LIMIT_COST)
+        mutations += limit_counting.cancel_mutations(list(cancelling.values()), transaction)
         mutations.append(rpc.Mutation(update=encode(updated)))
         if len(mutations) > MAX_MUTATIONS:
             # A shard appeared after the plan listed them (a concurrent batch): plan again,

@@ -98,29 +98,33 @@ def mutations(
 _STALE = EPOCH
 
 
-def cancel_mutations(events: list[Any], transaction: bytes) -> list[Any]:
+def cancel_mutations(
+    events: list[Any], transaction: bytes, added: tuple[Any, ...] = ()
+) -> list[Any]:
     """What cancelling `events` (`entities.StoredEvent`, live until this transaction)
     changes in the limit counters, inside the cancel's transaction: sums and counts take
     the events out of shard 0 (read in the transaction, so the cut stays exact); a max
     cannot be taken out, so its counters are deleted and its seed made stale: the next
     check reads the period from the summary engine, and the counters hold only what
-    came after."""
+    came after. `added`: events the same commit inserts (an amendment's replacement),
+    counted in."""
     namespace = ndb.get_context().get_namespace()
     key_ids = {}
-    for event in events:
+    for event in (*events, *added):
         key = ids.decode_key(event.meter_id, kind="meter", namespace=namespace)
         if key is not None:
             key_ids[event.meter_id] = key.id()
     specs = limit_index.specs_for(set(key_ids.values()))
     parts: dict[tuple[str, str], list[Any]] = {}  # counter name -> [meter id, amount, spec]
-    for event in events:
+    changes = [(event, -1) for event in events] + [(event, 1) for event in added]
+    for event, sign in changes:
         spec = specs.get(key_ids.get(event.meter_id, 0))
         if spec is None or spec.aggregation == Aggregation.UNIQUE_COUNT:
             continue
         day, slot = day_and_slot(event.timestamp)
         start = period_of(day, slot, spec.period, spec.zone)[0]
         name = counters.key_name(key_ids[event.meter_id], event.user_id, spec, start)
-        amount = -1 if spec.aggregation == Aggregation.COUNT else -event.value
+        amount = sign if spec.aggregation == Aggregation.COUNT else sign * event.value
         part = parts.setdefault((name, spec.aggregation), [event.meter_id, 0])
         part[1] += amount
     found = []

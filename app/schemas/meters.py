@@ -45,6 +45,18 @@ def _unique_by() -> fields.String:
     )
 
 
+def _allow_backfill() -> fields.Boolean:
+    """issue 17: whether imports with backfill may add events older than the live window."""
+    return fields.Boolean(
+        strict=True,
+        metadata={
+            "description": "let `events import --backfill` (or the import endpoint with "
+            "backfill=true and the events:backfill scope) add events older than the live "
+            "window; default false"
+        },
+    )
+
+
 class _DimensionNames:
     @validates("dimensions")
     def _unique(self, value, **_):
@@ -69,6 +81,7 @@ class MeterCreate(_DimensionNames, BoundedSchema):
     dimensions = _dimensions()
     metadata = JsonObject()
     uniqueBy = _unique_by()
+    allowBackfill = _allow_backfill()
 
     @post_load
     def _defaults(self, data, **_):
@@ -88,6 +101,7 @@ class MeterUpdate(_DimensionNames, BoundedSchema):
     dimensions = _dimensions()
     metadata = JsonObject()
     uniqueBy = _unique_by()
+    allowBackfill = _allow_backfill()
 
 
 class ListQuery(BoundedSchema):

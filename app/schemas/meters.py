@@ -6,6 +6,7 @@ from marshmallow import ValidationError, fields, post_load, validate, validates
 
 from app.models.meter import AGGREGATION_TYPES
 from app.schemas import BoundedSchema
+from app.schemas.alerts import JsonBoolean
 from app.schemas.fields import BoundedList, FullMatch, JsonObject, identifier
 
 MAX_DIMENSIONS = 16
@@ -47,8 +48,7 @@ def _unique_by() -> fields.String:
 
 def _allow_backfill() -> fields.Boolean:
     """issue 17: whether imports with backfill may add events older than the live window."""
-    return fields.Boolean(
-        strict=True,
+    return JsonBoolean(
         metadata={
             "description": "let `events import --backfill` (or the import endpoint with "
             "backfill=true and the events:backfill scope) add events older than the live "

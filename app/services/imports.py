@@ -430,7 +430,8 @@ class DryStore:
         )
 
     def __call__(self, drafts: list[ingest.Draft], old: bool) -> list[ingest.Outcome]:
-        keys = [entities.key("meter-event", d.key_id) for d in drafts]
+        # Every imported draft has its key id: from its idempotency key, given or derived.
+        keys = [entities.key("meter-event", d.key_id or 0) for d in drafts]
         stored = rpc.lookup(keys)
         outcomes = []
         with self.lock:

@@ -21,6 +21,8 @@ import pytest
 
 from app import tenancy
 from app.core.scopes import ALL_SCOPES
+from app.models import AlertFeed, root_key
+from tests.support.alerts import create_rule, run_evaluator, triggers
 from tests.support.http import error_of
 
 IMPORT = "/v1/billing/meter-events/import"
@@ -307,3 +309,19 @@ def test_a_cli_import_killed_midway_and_rerun_counts_every_event_once(
     assert report["duplicate"] >= partial["eventCount"] and report["conflict"] == 0
     users = [f"u{i}" for i in range(7)]
     assert _totals(api, meter["id"], users) == _brute(events, users)
+
+
+def test_a_backfill_fires_no_alert_for_its_ended_periods(api, meter, org, app, ndb_client):
+    api.patch(f"/v1/billing/meters/{meter['id']}", json={"allowBackfill": True})
+    rule = create_rule(api, meter, thresholds=[10], period="day")
+    lines = [_event("u1", 50, 60, idempotency="old"), _event("u1", 12, 0.01, idempotency="live")]
+    done = _post(api, _ndjson(lines), backfill="true").json()
+    assert (done["created"], done["backfilled"]) == (2, 1)
+    with ndb_client.context(namespace=org["namespace"]):
+        feeds = list(AlertFeed.query(ancestor=root_key()).fetch())
+    contributions = [c for f in feeds for c in json.loads(f.contributions)]
+    assert [(c[0], c[4], c[5]) for c in contributions] == [("u1", 12, 1)]  # the live one only
+    run_evaluator(app, ndb_client, org)
+    fired = triggers(api, rule)
+    assert [(t["userId"], t["value"]) for t in fired] == [("u1", 12)]
+    assert _totals(api, meter["id"], ["u1"]) == _brute(lines, ["u1"])

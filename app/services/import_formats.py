@@ -21,6 +21,7 @@ import gzip
 import io
 import json
 import re
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -34,6 +35,8 @@ EXPORT_COLUMNS = ("id", "status")
 _INTEGER = re.compile(r"^[+-]?[0-9]+$")
 
 Opener = Callable[[], IO[bytes]]
+#: A broken gzip stream, or CSV that is not UTF-8: the input cannot be read further.
+_UNREADABLE = (OSError, EOFError, zlib.error, UnicodeDecodeError)
 
 
 class InputError(Exception):
@@ -85,7 +88,7 @@ def detect(opener: Opener) -> str:
     with opener() as stream:
         try:
             head = stream.read(4096)
-        except (OSError, EOFError) as exc:
+        except _UNREADABLE as exc:
             raise InputError(f"the input cannot be read: {exc}") from None
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
     return "ndjson" if text[:1] == b"{" else "csv"
@@ -98,7 +101,7 @@ def records(opener: Opener, kind: str = "auto") -> Iterator[Record]:
     with opener() as stream:
         try:
             yield from (_ndjson(stream) if kind == "ndjson" else _csv(stream))
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        except _UNREADABLE as exc:
             raise InputError(f"the input cannot be read: {exc}") from None
 
 
@@ -114,7 +117,7 @@ def _ndjson(stream: IO[bytes]) -> Iterator[Record]:
             text = text.lstrip("\ufeff")
         try:
             item = json.loads(text)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             yield Record(number, text, problems=[("", f"not valid JSON: {exc}")])
             continue
         if not isinstance(item, dict):
@@ -158,7 +161,7 @@ def _header(names: list[str]) -> list[tuple[str, str]]:
             columns.append(("metadata", name[len("metadata.") :]))
         else:
             raise InputError(
-                f"unknown CSV column {name!r}: columns are {', '.join(CSV_COLUMNS)}, "
+                f"unknown CSV column {name[:60]!r}: columns are {', '.join(CSV_COLUMNS)}, "
                 "dimensions.NAME and metadata.NAME"
             )
     if len(set(columns)) != len(columns):

@@ -165,6 +165,20 @@ def test_an_export_imports_into_another_org_with_meter_override(api, meter):
     assert _totals(api, meter["id"], ["u1"]) == _brute(exported[:1], ["u1"])
 
 
+def test_http_import_reads_gzip_csv(api, meter):
+    body = gzip.compress(
+        (
+            "meterId,userId,value,timestamp,dimensions.region\n"
+            f"{meter['id']},u1,2,{_at(1)},eu\n"
+            f"{meter['id']},u2,3,{_at(1)},\n"
+        ).encode()
+    )
+    answer = api.post(IMPORT, data=body, headers={"Content-Type": "text/csv"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["created"] == 2
+    assert _totals(api, meter["id"], ["u1", "u2"])[""] == (5, 2)
+
+
 def test_backfill_needs_the_scope_the_flag_and_a_meter_that_allows_it(api, meter, monkeypatch):
     old = [_event("u1", 10, 60, idempotency="old-1"), _event("u1", 5, 1, idempotency="live")]
     refused = _post(api, _ndjson(old), backfill="true")
@@ -225,10 +239,10 @@ def test_cli_imports_csv_and_gzip_with_rejects_dry_run_and_rerun(api, meter, con
         f"api_calls,u1,x,{_at(1)},c3,eu,\n"
         f"api_calls,u1,3,{_at(1)},c1,eu,crm\n"
     )
-    csv_file = tmp_path / "usage.csv"
-    csv_file.write_text(csv_text)
-    gz_file = tmp_path / "usage.ndjson.gz"
-    gz_file.write_bytes(gzip.compress(_ndjson([_event("u3", 8, 1), _event("u1", 2, 3)])))
+    csv_file = tmp_path / "usage.csv"  # gzip whatever its name: found by its magic bytes
+    csv_file.write_bytes(gzip.compress(csv_text.encode()))
+    gz_file = tmp_path / "usage.ndjson.gz"  # plain, whatever its name
+    gz_file.write_bytes(_ndjson([_event("u3", 8, 1), _event("u1", 2, 3)]))
     rejects = tmp_path / "rejects.ndjson"
 
     refused = _import_cli(config, org, str(csv_file), "--no-progress")

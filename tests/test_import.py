@@ -292,7 +292,7 @@ def test_a_cli_import_killed_midway_and_rerun_counts_every_event_once(
 ):
     events = [
         _event(f"u{i % 7}", i % 13 + 1, (i % 30) / 10, dimensions={"region": ("eu", "us")[i % 2]})
-        for i in range(3000)
+        for i in range(1200)
     ]
     events[10] = events[10] | {"idempotency": "given"}
     path = tmp_path / "big.ndjson"
@@ -305,13 +305,17 @@ def test_a_cli_import_killed_midway_and_rerun_counts_every_event_once(
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            stored = api.summary(meterId=meter["id"], periodStart=_at(5), periodEnd=_at(-0.001))
-            if stored["eventCount"] >= 300:
+            # The legacy emulator may answer 503 while the import's transactions hold locks.
+            polled = api.get(
+                "/v1/billing/meter-events/summary",
+                params={"meterId": meter["id"], "periodStart": _at(5), "periodEnd": _at(-0.001)},
+            )
+            if polled.status_code == 200 and polled.json()["eventCount"] >= 100:
                 break
             assert child.poll() is None, child.stderr.read() if child.stderr else ""
             time.sleep(0.05)
-        child.send_signal(signal.SIGKILL)
     finally:
+        child.send_signal(signal.SIGKILL)
         child.wait(30)
     partial = api.summary(meterId=meter["id"], periodStart=_at(5), periodEnd=_at(-0.001))
     assert 0 < partial["eventCount"] < len(events)

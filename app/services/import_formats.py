@@ -9,9 +9,10 @@ all work.
 A record is one line of NDJSON (a native event, or a CloudEvent when it has
 `specversion`) or one row of CSV, turned into the native event's shape
 (`{"meterId" | "eventName", "userId", "value", "timestamp", "idempotency", "dimensions",
-"metadata"}`). The fields an export writes beside them (`id`, `status`) are read too: the
-exported `id` is the event's id in the org it came from and is dropped; a `cancelled`
-event is skipped (it is in no summary there, so it must be in none here).
+"metadata"}`). The fields an export writes beside them (`EXPORT_COLUMNS`: `id`, `status`,
+`createdAt`, `amends`, `amendedBy`) are read too: they describe the event in the org it
+came from and are dropped; a `cancelled` event is skipped (it is in no summary there, so
+it must be in none here).
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ GZIP_MAGIC = b"\x1f\x8b"
 FORMATS = ("auto", "ndjson", "csv")
 #: Columns a CSV may have besides `dimensions.NAME` and `metadata.NAME`.
 CSV_COLUMNS = ("eventName", "meterId", "userId", "value", "timestamp", "idempotency")
-#: Columns an export writes that the import reads but does not store.
-EXPORT_COLUMNS = ("id", "status")
+#: Columns an export writes that the import reads but does not store: the event's id and
+#: status, and (issue 17's corrections) when it was recorded and its amendment links, all
+#: of the org it came from.
+EXPORT_COLUMNS = ("id", "status", "createdAt", "amends", "amendedBy")
 _INTEGER = re.compile(r"^[+-]?[0-9]+$")
 
 Opener = Callable[[], IO[bytes]]
@@ -133,8 +136,9 @@ def _exported(record: Record) -> Record:
     """A native record without the fields an export adds; `skipped` if it was cancelled."""
     item = record.item
     assert item is not None
-    item.pop("id", None)
     status = item.pop("status", None)
+    for name in EXPORT_COLUMNS:
+        item.pop(name, None)
     if status in (None, "", "active"):
         return record
     if status == "cancelled":

@@ -165,6 +165,21 @@ def test_an_export_imports_into_another_org_with_meter_override(api, meter):
     assert _totals(api, meter["id"], ["u1"]) == _brute(exported[:1], ["u1"])
 
 
+def test_cloudevents_lines_import_through_the_meters_mappings(api, meter):
+    def cloud_event(ident: str, user: str, value: int) -> dict:
+        data = {"value": value, "region": "eu"}
+        return {"specversion": "1.0", "id": ident, "source": "billing", "type": "api_calls",
+                "subject": user, "time": _at(1), "data": data}  # fmt: skip
+
+    lines = [cloud_event("c1", "u1", 4), cloud_event("c2", "u2", 6), cloud_event("c1", "u1", 4)]
+    report = _post(api, _ndjson([*lines, _event("u1", 1, 1)])).json()
+    assert (report["created"], report["duplicate"]) == (3, 1)
+    counted = [{"userId": "u1", "value": 4}, {"userId": "u2", "value": 6}, _event("u1", 1, 1)]
+    assert _totals(api, meter["id"], ["u1", "u2"]) == _brute(counted, ["u1", "u2"])
+    bad = _post(api, _ndjson([cloud_event("c3", "u1", 1) | {"type": "unknown_type"}]))
+    assert bad.status_code == 400 and error_of(bad)["param"] == "lines[1].type"
+
+
 def test_http_import_reads_gzip_csv(api, meter):
     body = gzip.compress(
         (

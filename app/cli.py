@@ -345,7 +345,7 @@ def events():
 @click.option(
     "--rejects",
     type=click.Path(dir_okay=False, writable=True),
-    help="Where --skip-invalid writes bad records (NDJSON: line, errors, input).",
+    help="Where --skip-invalid writes bad records (NDJSON: file, line, errors, input).",
 )
 @click.option(
     "--backfill",
@@ -466,6 +466,7 @@ def _import_file(org: str, path: str, options, sink, show_progress: bool) -> dic
                 context=lambda: client.context(namespace=namespace),
                 on_total=on_total,
                 progress=progress,
+                source=path,
             )
         except imports.Refused as refused:
             return {"file": path, "refused": True, **refused.report.as_json()}

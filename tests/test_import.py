@@ -285,7 +285,8 @@ def test_cli_imports_csv_and_gzip_with_rejects_dry_run_and_rerun(api, meter, con
         (2, 0, 0),
     ]
     [reject] = [json.loads(line) for line in rejects.read_text().splitlines()]
-    assert reject["line"] == 4 and reject["errors"][0]["field"] == "value"
+    assert (reject["file"], reject["line"]) == (str(csv_file), 4)
+    assert reject["errors"][0]["field"] == "value"
     assert reject["input"].startswith("api_calls,u1,x,")
     counted = [
         {"userId": "u1", "value": 3},

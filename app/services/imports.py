@@ -468,6 +468,7 @@ def run(
     context: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
     on_total: Callable[[int], None] = lambda total: None,
     progress: Callable[[int], None] = lambda done: None,
+    source: str | None = None,
 ) -> Report:
     """Import the input `opener` opens into the current org (the NDB context's namespace):
     validate all of it, then write (or, dry, judge) it in batches. `context` opens an NDB
@@ -495,7 +496,10 @@ def run(
     writer = Writer(store, report, options.workers, context, progress)
     batcher = Batcher(options.batch_events)
     try:
-        _write(opener, options, checker, batcher, writer, report, rejects, progress)
+        sink = None
+        if rejects is not None:
+            sink = _RejectSink(rejects, source)
+        _write(opener, options, checker, batcher, writer, report, sink, progress)
         for drafts, old in batcher.rest():
             writer.put(drafts, old)
     finally:
@@ -512,7 +516,7 @@ def _write(
     batcher: Batcher,
     writer: Writer,
     report: Report,
-    rejects: IO[str] | None,
+    rejects: _RejectSink | None,
     progress: Callable[[int], None],
 ) -> None:
     """The second pass: every good record's drafts to the writer, bad ones to `rejects`."""
@@ -526,7 +530,7 @@ def _write(
             report.rejected += 1
             progress(1)
             if rejects is not None:
-                rejects.write(reject_line(record) + "\n")
+                rejects.write(record)
             continue
         if not drafts:
             progress(1)
@@ -536,13 +540,21 @@ def _write(
                 writer.put(*full)
 
 
-def reject_line(record: Record) -> str:
-    """One line of the reject file: the record's line number, its problems and its text."""
-    return json.dumps(
-        {
-            "line": record.line,
-            "errors": [{"field": name, "message": message} for name, message in record.problems],
-            "input": record.text,
-        },
-        ensure_ascii=False,
-    )
+class _RejectSink:
+    """The reject file: one JSON line per bad record (its file, line, problems and text)."""
+
+    def __init__(self, out: IO[str], source: str | None):
+        self.out, self.source = out, source
+
+    def write(self, record: Record) -> None:
+        self.out.write(reject_line(record, self.source) + "\n")
+
+
+def reject_line(record: Record, source: str | None = None) -> str:
+    """One line of the reject file: the record's line number, its problems and its text,
+    and the file it came from when an import reads several."""
+    entry: dict[str, Any] = {"file": source} if source else {}
+    entry["line"] = record.line
+    entry["errors"] = [{"field": name, "message": message} for name, message in record.problems]
+    entry["input"] = record.text
+    return json.dumps(entry, ensure_ascii=False)

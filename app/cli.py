@@ -399,8 +399,7 @@ def _compact_org(org: str) -> dict:
         return {"org": org, "compacted": compact.compact_org()}
 
 
-# -- issue 17, export: `metering events export` ----------------------------------------
-# (Task I's `metering events import` shares the `events` group; the coordinator merges.)
+# -- issue 17: `metering events` (import and export) ------------------------------
 
 
 @main.group()
@@ -498,6 +497,152 @@ def _export_events(org: str, query: dict, sink, progress: bool) -> dict:
                 sink.write(chunk)
             sink.flush()
     return {"org": org, "meter": job.meter.id_, "exported": job.sent, "lastId": job.last_id}
+
+
+@events.command("import")
+@click.argument("org")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Validate and report what would be created, duplicate or conflicting; write nothing.",
+)
+@click.option(
+    "--skip-invalid",
+    is_flag=True,
+    help="Import the good records; write the bad ones with their problems to --rejects.",
+)
+@click.option(
+    "--rejects",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Where --skip-invalid writes bad records (NDJSON: file, line, errors, input).",
+)
+@click.option(
+    "--backfill",
+    is_flag=True,
+    help="Accept events older than the live window (35 days) into meters that allow backfill.",
+)
+@click.option(
+    "--meter",
+    help="Record every native event into this meter (id or event name), "
+    "whatever the file names: for a file exported from another org.",
+)
+@click.option(
+    "--format",
+    "input_format",
+    type=click.Choice(["auto", "ndjson", "csv"]),
+    default="auto",
+    show_default=True,
+    help="auto: NDJSON if the input starts with {, else CSV (gzip is recognised either way).",
+)
+@click.option(
+    "--workers",
+    default=4,
+    show_default=True,
+    type=click.IntRange(1, 32),
+    help="Threads committing batches at once.",
+)
+@click.option(
+    "--batch",
+    default=250,
+    show_default=True,
+    type=click.IntRange(1, 400),
+    help="Most events per commit (a commit also stays under Datastore's 500 mutations).",
+)
+@click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")
+@_data_dir_option
+def events_import(
+    org,
+    files,
+    dry_run,
+    skip_invalid,
+    rejects,
+    backfill,
+    meter,
+    input_format,
+    workers,
+    batch,
+    no_progress,
+    data_dir,
+):
+    """Import FILES (NDJSON, CSV or CloudEvents NDJSON; plain or gzip) into ORG, exactly
+    once: rerunning it, or resuming it after a kill, stores nothing twice. Prints one JSON
+    report per file; exits 1 when a file had bad records and nothing of it was written."""
+    if skip_invalid and not rejects:
+        raise click.UsageError("--skip-invalid needs --rejects FILE")
+    # lazy: see "Lazy imports" above
+    from app.services import imports
+
+    options = imports.Options(
+        meter=meter,
+        backfill=backfill,
+        skip_invalid=skip_invalid,
+        dry_run=dry_run,
+        format=input_format,
+        workers=workers,
+        batch_events=batch,
+    )
+    refused = False
+    with contextlib.ExitStack() as stack:
+        sink = stack.enter_context(open(rejects, "w", encoding="utf-8")) if rejects else None
+        for path in files:
+            report = _admin(
+                data_dir, lambda path=path: _import_file(org, path, options, sink, not no_progress)
+            )
+            click.echo(json.dumps(report))
+            refused = refused or bool(report.get("refused"))
+    if refused:
+        sys.exit(1)
+
+
+def _import_file(org: str, path: str, options, sink, show_progress: bool) -> dict:
+    # lazy: see "Lazy imports" above
+    from google.cloud import ndb
+    from tqdm import tqdm
+
+    from app.services import import_formats, imports
+    from app.services import orgs as org_service
+
+    with org_service.inside(org), contextlib.ExitStack() as stack:
+        here = ndb.get_context()
+        client, namespace = here.client, here.get_namespace()
+        bar = None
+
+        def on_total(total: int) -> None:
+            nonlocal bar
+            bar = stack.enter_context(
+                tqdm(
+                    total=total,
+                    unit="ev",
+                    unit_scale=True,
+                    file=sys.stderr,
+                    disable=not show_progress,
+                    desc=Path(path).name,
+                    smoothing=0.1,
+                )
+            )
+
+        def progress(done: int) -> None:
+            if bar is not None:
+                bar.update(done)
+
+        config = Config.from_env()
+        try:
+            report = imports.run(
+                import_formats.file_opener(path),
+                options,
+                config,
+                rejects=sink,
+                context=lambda: client.context(namespace=namespace),
+                on_total=on_total,
+                progress=progress,
+                source=path,
+            )
+        except imports.Refused as refused:
+            return {"file": path, "refused": True, **refused.report.as_json()}
+        except import_formats.InputError as exc:
+            raise click.ClickException(f"{path}: line {exc.line}: {exc.message}") from None
+    return {"file": path, "refused": False, **report.as_json()}
 
 
 def _create_demo_org():

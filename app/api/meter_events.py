@@ -3,9 +3,10 @@
 Recording, cancelling, listing a meter's recent events and summarizing them.
 """
 
-from flask import Blueprint, Response, current_app, g, stream_with_context
+from flask import Blueprint, Response, current_app, g, request, stream_with_context
 
 from app import datastore, deadline, ratelimit, tenancy
+from app.api import requests
 from app.api.declare import (
     TENANT_ERRORS,
     arguments,
@@ -17,15 +18,27 @@ from app.api.declare import (
     scope,
 )
 from app.api.requests import summary_query
+from app.errors import ValidationFailed
 from app.models import utcnow
-from app.openapi.operations import ConfiguredBody
+from app.openapi.operations import ConfiguredBody, declared
+from app.schemas import MAX_LISTED_ERRORS, responses
 from app.schemas import corrections as correction_shapes
-from app.schemas import responses
 from app.schemas.event_log import DEFAULT_EVENTS_PAGE, EventListQuery
 from app.schemas.events import SummaryQuery, batch_schema, summary_json
 from app.schemas.export import ExportQuery
+from app.schemas.imports import IMPORT_BODY, ImportQuery, ImportResult
 from app.schemas.quick_events import load_batch
-from app.services import amend, cancel, corrections, event_log, events, export, summary
+from app.services import (
+    amend,
+    cancel,
+    corrections,
+    event_log,
+    events,
+    export,
+    import_formats,
+    imports,
+    summary,
+)
 from app.storage import metrics
 
 blueprint = Blueprint("meter_events", __name__, url_prefix="/v1/billing/meter-events")
@@ -320,3 +333,73 @@ class _ExportPages:
             finally:
                 self._charge()
                 deadline.clear()
+
+
+# -- issue 17: bulk import ---------------------------------------------------------------
+
+
+def _raw_body_declared(content: dict):
+    """Document a body the view reads itself (not JSON: NDJSON or CSV, maybe gzip)."""
+
+    def decorate(view):
+        declared(view).raw_body = content
+        return view
+
+    return decorate
+
+
+def _refusal(report: imports.Report) -> ValidationFailed:
+    """400 naming each bad record as `lines[N].field`: the first 20, then a count."""
+    listed = [
+        {
+            "param": f"lines[{p['line']}]" + (f".{p['field']}" if p["field"] else ""),
+            "message": f"line {p['line']}: {p['message']}",
+        }
+        for p in report.problems[:MAX_LISTED_ERRORS]
+    ]
+    left_out = report.problem_count - len(listed)
+    if left_out:
+        listed.append({"message": f"{left_out} more problem{'s' * (left_out > 1)} not listed"})
+    return ValidationFailed(
+        listed[0]["message"], param=listed[0].get("param"), details=listed, code="invalid_import"
+    )
+
+
+@blueprint.post("/import")
+@scope("events:write")
+@tenant
+@arguments(ImportQuery)
+@_raw_body_declared(IMPORT_BODY)
+@response(ImportResult, 200, "What was stored (or, dry, would be).")
+@other_responses(400, 404, 413)
+def import_events(args):
+    """Import NDJSON or CSV events (plain or gzip) exactly once; backfill with its scope."""
+    if args.get("backfill"):
+        tenancy.require_scope("events:backfill")
+    raw = requests._raw_body()
+    if not raw.strip():
+        raise ValidationFailed("request body is empty", param="body")
+    options = imports.Options(
+        meter=args.get("meter"),
+        backfill=bool(args.get("backfill")),
+        skip_invalid=bool(args.get("skipInvalid")),
+        dry_run=bool(args.get("dryRun")),
+        format=args.get("format") or _format_of(request.content_type),
+        workers=0,
+    )
+    try:
+        report = imports.run(
+            import_formats.bytes_opener(raw), options, current_app.config["METERING"]
+        )
+    except imports.Refused as refused:
+        raise _refusal(refused.report) from None
+    except import_formats.InputError as exc:
+        raise ValidationFailed(
+            f"line {exc.line}: {exc.message}", param=f"lines[{exc.line}]", code="invalid_import"
+        ) from None
+    return report.as_json()
+
+
+def _format_of(content_type: str | None) -> str:
+    """`csv` for a text/csv body, else detected from the body itself."""
+    return "csv" if (content_type or "").split(";")[0].strip() == "text/csv" else "auto"

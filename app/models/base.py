@@ -84,6 +84,19 @@ class OptionalProperty(ndb.TextProperty):
         return super()._to_datastore(entity, data, prefix=prefix, repeated=repeated)
 
 
+class OptionalFlag(ndb.BooleanProperty):
+    """An unindexed boolean stored only when true, so the original kinds keep their shape
+    (issue 17: a meter's `AllowBackfill`)."""
+
+    def __init__(self, name: str):
+        super().__init__(name, indexed=False, default=False)
+
+    def _to_datastore(self, entity, data, prefix="", repeated=False):
+        if not self._get_user_value(entity):
+            return set()
+        return super()._to_datastore(entity, data, prefix=prefix, repeated=repeated)
+
+
 P = ParamSpec("P")
 R = TypeVar("R")
 L = TypeVar("L", bound="Lifecycle")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from google.cloud import ndb
 
 from app.core.aggregation import AGGREGATION_TYPES
-from app.models.base import JsonShadowProperty, Model, OptionalProperty
+from app.models.base import JsonShadowProperty, Model, OptionalFlag, OptionalProperty
 
 DEFAULT_AGGREGATION = "sum"
 DEFAULT_CURRENCY = "usd"
@@ -27,6 +27,9 @@ class Meter(Model):
     #: unique_count meters only: "userId" or a declared dimension whose distinct values count.
     #: Stored only when set: the Go side never sees it on the kinds it knows.
     unique_by = OptionalProperty("UniqueBy")
+    #: issue 17: whether `events import --backfill` may add events older than the live
+    #: window (`max_event_age`). Stored only when true, like UniqueBy.
+    allow_backfill = OptionalFlag("AllowBackfill")
 
     def defaults(self) -> None:
         self.aggregation_type = (self.aggregation_type or DEFAULT_AGGREGATION).lower()

@@ -6,6 +6,7 @@ from marshmallow import ValidationError, fields, post_load, validate, validates
 
 from app.models.meter import AGGREGATION_TYPES
 from app.schemas import BoundedSchema
+from app.schemas.alerts import JsonBoolean
 from app.schemas.fields import BoundedList, FullMatch, JsonObject, identifier
 
 MAX_DIMENSIONS = 16
@@ -45,6 +46,17 @@ def _unique_by() -> fields.String:
     )
 
 
+def _allow_backfill() -> fields.Boolean:
+    """issue 17: whether imports with backfill may add events older than the live window."""
+    return JsonBoolean(
+        metadata={
+            "description": "let `events import --backfill` (or the import endpoint with "
+            "backfill=true and the events:backfill scope) add events older than the live "
+            "window; default false"
+        },
+    )
+
+
 class _DimensionNames:
     @validates("dimensions")
     def _unique(self, value, **_):
@@ -69,6 +81,7 @@ class MeterCreate(_DimensionNames, BoundedSchema):
     dimensions = _dimensions()
     metadata = JsonObject()
     uniqueBy = _unique_by()
+    allowBackfill = _allow_backfill()
 
     @post_load
     def _defaults(self, data, **_):
@@ -88,6 +101,7 @@ class MeterUpdate(_DimensionNames, BoundedSchema):
     dimensions = _dimensions()
     metadata = JsonObject()
     uniqueBy = _unique_by()
+    allowBackfill = _allow_backfill()
 
 
 class ListQuery(BoundedSchema):

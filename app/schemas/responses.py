@@ -93,6 +93,12 @@ class Meter(Schema):
     status = Flag(("active", "archived"), required=True, attribute="deleted")
     createdAt = Time(required=True, attribute="created_at")
     updatedAt = Time(required=True, attribute="updated_at")
+    allowBackfill = fields.Boolean(
+        required=True,
+        attribute="allow_backfill",
+        dump_default=False,
+        metadata={"description": "whether imports may backfill events past the live window"},
+    )
 
 
 class MeterPage(Schema):

@@ -216,14 +216,22 @@ class _Batch:
     the outcomes decided so far, and the two ways to commit it (`_fast`, `_careful`)."""
 
     def __init__(
-        self, drafts: list[Draft], now: datetime, namespace_code: int, picker: shards.Picker
+        self,
+        drafts: list[Draft],
+        now: datetime,
+        namespace_code: int,
+        picker: shards.Picker,
+        alert_feeds: bool = True,
     ):
         self.drafts, self.now, self.code, self.picker = drafts, now, namespace_code, picker
         #: Meters whose rollups must be read and merged rather than incremented.
         self.merge_meters = {d.meter_key_id for d in drafts if _needs_merge(d, len(drafts))}
         self.to_fold: list[KeyPb] = []  # rollup keys whose sums near int64's bounds
         #: Meters with active alert rules: the commit also writes their `alert-feed`.
-        self.alert_meters = alert_feed.meters_with_rules({d.meter_key_id for d in drafts})
+        #: Empty for a backfill (issue 17): its periods have ended, no alert is due for them.
+        self.alert_meters = (
+            alert_feed.meters_with_rules({d.meter_key_id for d in drafts}) if alert_feeds else set()
+        )
         #: issue 16: meters with usage limits: the commit also adds to their counters.
         self.limit_specs = limit_index.specs_for({d.meter_key_id for d in drafts})
         self._draw_keys()
@@ -515,7 +523,9 @@ def store(
     now: datetime,
     namespace_code: int,
     shard_count: int = shards.DEFAULT_SHARDS,
+    alert_feeds: bool = True,
 ) -> list[Outcome]:
     """Store a batch exactly once; one outcome per draft, in order. A rollup increment goes
-    to one of `shard_count` shards (`app.storage.shards`)."""
-    return _Batch(drafts, now, namespace_code, picker(shard_count)).store()
+    to one of `shard_count` shards (`app.storage.shards`). `alert_feeds=False` (a backfill
+    of ended periods, `app.services.imports`) writes no alert feed for the batch."""
+    return _Batch(drafts, now, namespace_code, picker(shard_count), alert_feeds).store()

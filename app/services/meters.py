@@ -30,6 +30,7 @@ _FIELDS = {
     "dimensions": "dimensions",
     "metadata": "metadata",
     "uniqueBy": "unique_by",
+    "allowBackfill": "allow_backfill",
 }
 
 

@@ -1,0 +1,185 @@
+"""Import benchmark (issue 17): `metering events import` against the service's HTTP ingestion.
+
+One run starts Google's Firestore-mode emulator and `metering serve` (2 workers x 8
+threads, as benchmarks/ingest.py), then on that one emulator, side by side:
+
+1. warm-up (first round): untimed HTTP batches, so the emulator's JIT is warm;
+2. http: `--events` events through `POST /v1/billing/meter-events`, 100 per request
+   from 8 client threads (bodies built beforehand), users at random of 1,000, unique
+   idempotency keys: the service's own ingestion rate (events/s, wall clock);
+3. import: the same number of events, same shape, written to an NDJSON file and
+   imported into another org by `metering events import ORG FILE` as a child process
+   (the service stopped first, so each run has the machine to itself). Its rate is
+   wall clock from start to exit: Python start-up, the validation pass and the writing
+   pass included. Its peak resident memory is the child's own `ru_maxrss` (`os.wait4`).
+
+Both orgs' stored totals are checked exactly (summary eventCount and value). Bars: import
+events/s >= 0.8 x http events/s (the median over `--rounds`; the machine's load moves
+both), import max RSS < 300 MB.
+
+    .venv/bin/python benchmarks/import.py --events 1000000
+    .venv/bin/python benchmarks/import.py --events 50000     # a quick run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common
+import ingest
+
+PROJECT = "metering-bench"
+BAR_RATE, BAR_RSS_MB = 0.8, 300
+
+
+def write_file(path: Path, meter_name: str, total: int, users: int, rng: random.Random) -> int:
+    """`total` native events as NDJSON, shaped as the http case's; their value sum."""
+    stamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    tag, value_sum = uuid.uuid4().hex[:8], 0
+    with open(path, "w", encoding="utf-8") as out:
+        for number in range(total):
+            value = rng.randint(1, 1000)
+            value_sum += value
+            out.write(
+                json.dumps(
+                    {
+                        "eventName": meter_name,
+                        "userId": f"user-{rng.randrange(users)}",
+                        "value": value,
+                        "timestamp": stamp,
+                        "idempotency": f"{tag}-{number}",
+                    },
+                    separators=(",", ":"),
+                )
+                + "\n"
+            )
+    return value_sum
+
+
+def run_http(service, key: str, meter: dict, total: int, clients: int, rng) -> tuple[float, bool]:
+    """events/s of `total` events over HTTP, and whether all were stored exactly."""
+    load = ingest.build_load("spread", meter, total, 100, 1000, uuid.uuid4().hex[:8], rng)
+    threads, start, records, _ = ingest.send_all(service, key, load.bodies, clients)
+    began = time.perf_counter()
+    start.wait()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - began
+    failed = [r for r in records if r[0] != 201]
+    stored, detail = ingest.verify(service, key, load)
+    if failed or not stored:
+        print(f"http: {len(failed)} failed requests; stored exact: {stored} ({detail})")
+    return load.events / wall, stored and not failed
+
+
+def run_import(host: str, org: str, path: Path, workers: int) -> tuple[float, float, dict]:
+    """(events/s... the wall seconds, peak RSS in MB, the report) of the CLI import."""
+    env = {**os.environ, "DATASTORE_EMULATOR_HOST": host, "METERING_PROJECT": PROJECT}
+    command = [
+        *common.metering_command(),
+        "events",
+        "import",
+        org,
+        str(path),
+        "--workers",
+        str(workers),
+        "--no-progress",
+    ]
+    began = time.perf_counter()
+    child = subprocess.Popen(
+        command, env=env, cwd=common.ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    out, err = child.stdout.read(), child.stderr.read()  # type: ignore[union-attr]
+    _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - began
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        raise RuntimeError(f"import failed ({child.returncode}): {err.decode()[-2000:]}")
+    return wall, usage.ru_maxrss / 1024, json.loads(out.decode().splitlines()[-1])
+
+
+def one_round(args, emulator, workdir, number: int, rng) -> dict:
+    """One http run and one import run of `args.events` events, on fresh orgs."""
+    service = common.Service(emulator.host, 2, 8, workdir, PROJECT).start()
+    try:
+        http_key = ingest.create_org(emulator.host, PROJECT, f"bench-http-{number}")
+        if number == 1:
+            ingest.warm_up(service, http_key, args.warmup, args.clients, 100, rng, "warm_calls")
+        http_meter = ingest.create_meter(service, http_key, "api_calls")
+        http_rate, http_ok = run_http(service, http_key, http_meter, args.events, args.clients, rng)
+        import_org = f"bench-import-{number}"
+        import_key = ingest.create_org(emulator.host, PROJECT, import_org)
+        import_meter = ingest.create_meter(service, import_key, "api_calls")
+    finally:
+        service.stop()
+    path = workdir / "import.ndjson"
+    value_sum = write_file(path, "api_calls", args.events, 1000, rng)
+    wall, rss, report = run_import(emulator.host, import_org, path, args.workers)
+    path.unlink()
+    service = common.Service(emulator.host, 2, 8, workdir, PROJECT).start()
+    try:
+        client = common.Client(service.url, import_key, timeout=300)
+        try:
+            total = ingest._summary(client, import_meter["id"])
+        finally:
+            client.close()
+    finally:
+        service.stop()
+    found = {
+        "round": number,
+        "http_rate": http_rate,
+        "http_exact": http_ok,
+        "import_rate": args.events / wall,
+        "import_wall": wall,
+        "import_rss_mb": rss,
+        "import_created": report["created"],
+        "import_exact": total["eventCount"] == args.events and total["value"] == value_sum,
+    }
+    found["ratio"] = found["import_rate"] / http_rate
+    print(
+        f"round {number}: http {http_rate:,.0f} events/s (exact: {http_ok}); import "
+        f"{found['import_rate']:,.0f} events/s ({wall:.1f} s), max RSS {rss:.0f} MB "
+        f"(exact: {found['import_exact']}); import/http {found['ratio']:.2f}",
+        flush=True,
+    )
+    return found
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=1, help="http then import, this often")
+    parser.add_argument("--warmup", type=int, default=20_000)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=4, help="the import's writer threads")
+    args = parser.parse_args(argv)
+    rng = random.Random(17)
+    workdir = common.scratch_dir()
+    emulator = common.start_emulator("firestore", workdir)
+    try:
+        rounds = [one_round(args, emulator, workdir, n, rng) for n in range(1, args.rounds + 1)]
+    finally:
+        emulator.stop()
+    ratio = statistics.median(r["ratio"] for r in rounds)
+    rss = max(r["import_rss_mb"] for r in rounds)
+    exact = all(r["import_exact"] and r["http_exact"] for r in rounds)
+    rate_ok, rss_ok = ratio >= BAR_RATE, rss < BAR_RSS_MB
+    print(f"{'MET ' if rate_ok else 'MISS'}  import >= {BAR_RATE} x http (median): {ratio:.2f}")
+    print(f"{'MET ' if rss_ok else 'MISS'}  import max RSS < {BAR_RSS_MB} MB: {rss:.0f} MB")
+    print(f"{'MET ' if exact else 'MISS'}  every run stored exactly")
+    return 0 if rate_ok and rss_ok and exact else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -19,7 +19,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from app import tenancy
 from app.core.scopes import ALL_SCOPES
 from app.models import AlertFeed, root_key
 from tests.support.alerts import create_rule, run_evaluator, triggers
@@ -194,7 +193,7 @@ def test_http_import_reads_gzip_csv(api, meter):
     assert _totals(api, meter["id"], ["u1", "u2"])[""] == (5, 2)
 
 
-def test_backfill_needs_the_scope_the_flag_and_a_meter_that_allows_it(api, meter, monkeypatch):
+def test_backfill_needs_the_scope_the_flag_and_a_meter_that_allows_it(api, meter):
     old = [_event("u1", 10, 60, idempotency="old-1"), _event("u1", 5, 1, idempotency="live")]
     refused = _post(api, _ndjson(old), backfill="true")
     assert refused.status_code == 400 and "allowBackfill" in error_of(refused)["message"]
@@ -205,11 +204,12 @@ def test_backfill_needs_the_scope_the_flag_and_a_meter_that_allows_it(api, meter
     assert without_flag.status_code == 400
     assert error_of(without_flag)["param"] == "lines[1].timestamp"
 
-    # A key without events:backfill (keys carry every scope until issue 16's keys land).
-    monkeypatch.setattr(tenancy, "ALL_SCOPES", ALL_SCOPES - {"events:backfill"})
-    forbidden = _post(api, _ndjson(old), backfill="true")
+    # A key with every scope but events:backfill may import, not backfill.
+    created = api.post("/v1/keys", json={"scopes": sorted(ALL_SCOPES - {"events:backfill"})})
+    assert created.status_code == 201, created.text
+    forbidden = _post(api.as_key(created.json()["apiKey"]), _ndjson(old), backfill="true")
     assert forbidden.status_code == 403 and error_of(forbidden)["param"] == "scope"
-    monkeypatch.undo()
+    assert "events:backfill" in error_of(forbidden)["message"]
     assert _totals(api, meter["id"], ["u1"])["u1"] == (0, 0)
 
     done = _post(api, _ndjson(old), backfill="true").json()

@@ -1,10 +1,10 @@
 """Round trip (issue 17): export an org's meters and record the files into another org;
 every summary (aggregations, windows, zones, groups) comes out identical.
 
-The files are re-recorded through the public HTTP API in batches (events named by
+Twice: the files re-recorded through the public HTTP API in batches (events named by
 `eventName`, which the export writes so that a file moves between orgs; cancelled
-events recorded, then cancelled, so the second org keeps them for audit too). Task I's
-`import` replaces that path at merge; the comparison stays.
+events recorded, then cancelled, so the second org keeps them for audit too), and the
+files as an HTTP export answers them (NDJSON with its trailer, CSV) given to the import.
 """
 
 from __future__ import annotations
@@ -121,3 +121,40 @@ def test_an_exported_org_recorded_elsewhere_summarizes_identically(api, other_ap
             target = other_api.summary(meterId=target_meters[name]["id"], **params)
             assert _comparable(source) == _comparable(target), (name, query)
             assert source["eventCount"] > 0 or query.get("userId"), (name, query)
+
+
+IMPORT = "/v1/billing/meter-events/import"
+
+
+def test_an_export_imported_into_another_org_summarizes_identically(api, other_api):
+    """The issue's round trip through its own paths: export (NDJSON as a client saves it,
+    trailer included, and CSV), then import into another org; cancelled events are not
+    imported, so every summary of the live events comes out identical."""
+    period = {"periodStart": (NOW - timedelta(days=4)).date().isoformat(),
+              "periodEnd": NOW.date().isoformat()}  # fmt: skip
+    for (name, aggregation, unique_by), export_format in zip(
+        METERS, ["ndjson", "csv"] * len(METERS), strict=False
+    ):
+        fields = {"name": name, "eventName": name, "aggregationType": aggregation,
+                  "dimensions": ["model"]}  # fmt: skip
+        if unique_by:
+            fields["uniqueBy"] = unique_by
+        source = api.create_meter(**fields)
+        target = other_api.create_meter(**fields)
+        ids = [e["id"] for e in api.record(*_events(name))["events"]]
+        cancel = [{"id": ids[n]} for n in (3, 17, 30)]
+        assert api.post("/v1/billing/meter-events/cancel", json={"events": cancel}).ok
+
+        params = {"meterId": source["id"], "format": export_format, "includeCancelled": "true"}
+        exported = api.get(EXPORT, params=params)
+        assert exported.status_code == 200, exported.text
+        media = "text/csv" if export_format == "csv" else "application/x-ndjson"
+        imported = other_api.post(IMPORT, data=exported.content, headers={"Content-Type": media})
+        assert imported.status_code == 200, imported.text
+        assert imported.json()["created"] == 37, (name, imported.json())
+
+        for query in QUERIES:
+            answer = {**period, **query}
+            mine = api.summary(meterId=source["id"], **answer)
+            theirs = other_api.summary(meterId=target["id"], **answer)
+            assert _comparable(mine) == _comparable(theirs), (name, export_format, query)

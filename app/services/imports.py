@@ -94,7 +94,7 @@ class Report:
     duplicate: int = 0
     conflict: int = 0
     rejected: int = 0
-    skipped: int = 0  # cancelled events of an export
+    skipped: int = 0  # cancelled events of an export, and its trailer line
     backfilled: int = 0  # events older than the live window, created
     problem_count: int = 0
     problems: list[dict[str, Any]] = field(default_factory=list)

@@ -22,7 +22,6 @@ import time
 from google.api_core import exceptions as core_exceptions
 
 from app.services import periodic
-from app.services.alerts import evaluate
 from app.services.webhooks import dispatch, outbox
 
 log = logging.getLogger(__name__)
@@ -36,6 +35,9 @@ _EXTENSION = "background_compaction"
 # (`outbox.wake`). A round does not wait for its sends (each is leased, so no later round
 # sends it again): a hung endpoint holds a few sender threads, not the loop.
 _DELIVERY_EXTENSION = "background_delivery"
+#: Seconds of alert evaluation per round before the round sends what it announced (one
+#: chunk at least): a backlog's first crossings leave with their chunk.
+EVALUATE_SECONDS = 1.0
 
 
 class _Deliverer:
@@ -89,7 +91,7 @@ class _Deliverer:
                     settings=self.settings,
                     wait=False,
                     only=only,
-                    evaluate_budget=evaluate.CHUNK_FEEDS,
+                    evaluate_seconds=EVALUATE_SECONDS,
                 )
         except Exception:  # the next round retries
             log.warning("background delivery failed", exc_info=True)

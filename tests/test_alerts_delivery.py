@@ -10,6 +10,7 @@ from standardwebhooks import Webhook
 
 from app import create_app
 from app.services import periodic
+from app.services.alerts import evaluate
 from app.services.webhooks import dispatch
 from tests.support.alerts import create_rule, minutes_ago, triggers
 from tests.support.http import Api
@@ -86,8 +87,9 @@ def test_a_crossing_and_its_resolution_arrive_signed_once_each(api, receiver, de
     assert len({r.headers["webhook-id"] for r in _alerts(receiver)}) == 2
 
 
+@pytest.mark.parametrize("bound", [{"evaluate_budget": 1}, {"evaluate_seconds": 0.0}])
 def test_a_call_with_an_evaluation_budget_sends_what_it_evaluated_and_says_more_is_due(
-    api, app, ndb_client, receiver
+    api, app, ndb_client, receiver, monkeypatch, bound
 ):
     """The background loop evaluates a chunk, sends its messages, and comes back for the
     rest: the first crossings of a backlog are not held until all of it is evaluated."""
@@ -99,9 +101,11 @@ def test_a_call_with_an_evaluation_budget_sends_what_it_evaluated_and_says_more_
             {"meterId": meter["id"], "userId": user, "value": 12, "timestamp": minutes_ago(5)}
         )
 
+    monkeypatch.setattr(evaluate, "CHUNK_FEEDS", 1)  # a chunk per feed
+
     def deliver_one_feed() -> periodic.DeliveryRun:
         with app.app_context(), ndb_client.context():
-            return periodic.deliver_all_orgs(100, settings=QUICK, evaluate_budget=1)
+            return periodic.deliver_all_orgs(100, settings=QUICK, **bound)
 
     first = deliver_one_feed()
     assert (first.evaluated, first.complete) == (1, False)

@@ -147,6 +147,7 @@ def deliver_all_orgs(
     wait: bool = True,
     only: set[str] | None = None,
     evaluate_budget: int | None = None,
+    evaluate_seconds: float | None = None,
 ) -> DeliveryRun:
     """For each org with endpoints or alert rules, in its namespace: evaluate its pending
     alert feeds (up to `budget`), then send its due messages (up to `budget`). One org's
@@ -154,9 +155,10 @@ def deliver_all_orgs(
     returns while sends are under way: each is leased, so no later round sends it again.
     `only` limits the call to those orgs (the loop's round for the orgs a commit woke).
     `evaluate_budget` (default `budget`) bounds the feeds evaluated per org before its
-    sends: the background loop evaluates one chunk, sends what it announced, and comes
-    back at once for the rest, so that the first crossings of a backlog of feeds are
-    not held until the whole backlog is evaluated (`benchmarks/alerts_exact.py`)."""
+    sends, and `evaluate_seconds` the time (no chunk started past it): the background
+    loop evaluates about a second of chunks, sends what they announced, and comes back at
+    once for the rest, so that the first crossings of a backlog of feeds are not held
+    until the whole backlog is evaluated (`benchmarks/alerts_exact.py`)."""
     if settings is None:
         from flask import current_app  # lazy: only a request's call needs the app
 
@@ -174,10 +176,10 @@ def deliver_all_orgs(
         try:
             with ndb.get_context().new(namespace=name).use():
                 evaluating = evaluate_budget or budget
-                evaluated = evaluate.evaluate_org(evaluating)
+                evaluated = evaluate.evaluate_org(evaluating, evaluate_seconds)
                 run.evaluated += evaluated
-                if evaluated >= evaluating:  # maybe more pending: come back at once
-                    run.complete = False
+                if evaluated >= evaluating or (evaluate_seconds is not None and evaluated):
+                    run.complete = False  # maybe more pending: come back at once
                 sends = _sends_in_time(budget, settings) if wait else budget
                 if sends == 0:  # not enough time left for one send to time out
                     run.complete = False

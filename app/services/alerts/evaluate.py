@@ -24,6 +24,7 @@ import functools
 import json
 import logging
 import os
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -116,8 +117,11 @@ def _settings() -> _Settings:
     return _Settings(complete=complete, lead=config.max_event_lead)
 
 
-def evaluate_org(budget: int) -> int:
-    """Apply up to `budget` pending feeds of the current org; how many were applied."""
+def evaluate_org(budget: int, seconds: float | None = None) -> int:
+    """Apply up to `budget` pending feeds of the current org; how many were applied. With
+    `seconds`, no chunk is started once that long has passed (one chunk at least): the
+    background loop sends what a chunk announced before it evaluates the next."""
+    until = None if seconds is None else time.monotonic() + seconds
     all_rules = rule_service.all_rules()
     if not all_rules:
         return 0
@@ -138,7 +142,7 @@ def evaluate_org(budget: int) -> int:
         if not _take_lease(meter_id, holder):
             continue
         try:
-            applied += _evaluate_meter(meter_id, rules, budget - applied, settings)
+            applied += _evaluate_meter(meter_id, rules, budget - applied, settings, until)
         except Exception:
             failed.append(meter_id)
             log.exception("alert evaluation failed for meter %s; its feeds wait", meter_id)
@@ -195,10 +199,18 @@ def _pending(meter_id: str, limit: int, keys_only: bool = False) -> list[Any]:
     return list(query.fetch(limit, keys_only=keys_only))
 
 
-def _evaluate_meter(meter_id: str, rules: list[AlertRule], budget: int, settings: _Settings) -> int:
+def _evaluate_meter(
+    meter_id: str,
+    rules: list[AlertRule],
+    budget: int,
+    settings: _Settings,
+    until: float | None = None,
+) -> int:
     applied = 0
     stale = 0
     while applied < budget:
+        if applied and until is not None and time.monotonic() >= until:
+            break
         feeds = _pending(meter_id, min(CHUNK_FEEDS, budget - applied))
         if not feeds:
             break

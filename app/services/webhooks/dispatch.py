@@ -69,10 +69,10 @@ RESPONSE_BODY_KEPT = 1024
 LEASE_MARGIN_SECONDS = 10
 MAX_SENDERS = 128
 #: Messages of one endpoint in senders at once, per process (the rest wait for the next
-#: round). A tenant's receiver may be a small server: 32 at once from each of several
-#: workers overflowed a plain Python receiver's listen backlog (5), whose resets then
-#: cost the messages a retry (benchmarks/alerts_exact.py).
-PER_ENDPOINT = 8
+#: round). Each send costs two transactions (lease, record), so this bounds how fast a
+#: backlog of alerts leaves: 8 made the median alert 13 s late, 16 10 s, 32 5 s
+#: (benchmarks/alerts_exact.py). A receiver must accept that many connections at once.
+PER_ENDPOINT = 32
 
 _senders = concurrent.futures.ThreadPoolExecutor(
     max_workers=MAX_SENDERS, thread_name_prefix="webhook-send"

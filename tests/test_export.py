@@ -76,8 +76,26 @@ def test_ndjson_lines_carry_every_field_oldest_first(api, recorded):
         "dimensions": {"model": "gpt"},
         "metadata": {"request": "r-1", "retries": 2},
         "status": "active",
+        "amends": None,
+        "amendedBy": None,
     }
     assert lines[-1]["idempotency"] == "" and lines[-1]["metadata"] == {}
+
+
+def test_an_amended_event_and_its_replacement_are_linked_both_ways(api, recorded):
+    meter, _events, ids = recorded
+    answer = api.post(f"/v1/billing/meter-events/{ids[1]}/amend", json={"value": 21})
+    assert answer.status_code == 200, answer.text
+    lines, _trailer = _ndjson(api, meterId=meter["id"], includeCancelled="true")
+    by_id = {line["id"]: line for line in lines}
+    [replacement] = [line for line in lines if line["amends"] == ids[1]]
+    assert by_id[ids[1]]["amendedBy"] == replacement["id"]
+    assert (by_id[ids[1]]["status"], replacement["status"]) == ("cancelled", "active")
+    assert replacement["value"] == 21 and replacement["amendedBy"] is None
+    assert by_id[ids[3]]["amendedBy"] is None  # cancelled, never amended
+    rows = {row["id"]: row for row in _csv(api, meterId=meter["id"], includeCancelled="true")}
+    assert rows[ids[1]]["amendedBy"] == replacement["id"]
+    assert rows[replacement["id"]]["amends"] == ids[1]
 
 
 def test_cancelled_events_only_when_asked_and_marked(api, recorded):
@@ -95,7 +113,7 @@ def test_csv_has_a_header_and_the_same_events(api, recorded):
     assert list(rows[0]) == [
         "eventName", "userId", "value", "timestamp", "idempotency",
         "dimensions.model", "dimensions.region", "metadata.request", "metadata.retries",
-        "id", "status",
+        "id", "status", "amends", "amendedBy",
     ]  # fmt: skip
     lines, _trailer = _ndjson(api, meterId=meter["id"], includeCancelled="true")
     assert [row["id"] for row in rows] == [line["id"] for line in lines]

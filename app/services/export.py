@@ -40,6 +40,7 @@ from google.cloud import ndb
 from app.errors import NotFound, ValidationFailed
 from app.models import Meter, MeterEvent, ids
 from app.schemas import format_time
+from app.services import amend
 from app.services.meters import get_meter
 from app.storage import entities, queries, rpc
 
@@ -99,14 +100,20 @@ class Export:
         self.last_id: str | None = None
 
     def records(self, before_page: PageHook | None = None) -> Iterator[dict[str, Any]]:
-        """The matching events in export order, as dicts (the NDJSON line's fields)."""
+        """The matching events in export order, as dicts (the NDJSON line's fields), with
+        their amendment links (`_with_links`, a page at a time)."""
         on_read = self.on_read
+        page: list[tuple[int, dict[str, Any]]] = []
         for entity in self._entities(before_page):
             if on_read is not None:
                 on_read()
             record = self._record(entity)
             if record is not None:
-                yield record
+                page.append((entity.key.path[-1].id, record))
+            if len(page) >= PAGE_SIZE:
+                yield from _with_links(page)
+                page = []
+        yield from _with_links(page)
 
     def _entities(self, before_page: PageHook | None) -> Iterator[Any]:
         request, resume = self.request, self.resume
@@ -216,6 +223,8 @@ class Export:
             *(f"metadata.{name}" for name in sorted(names)),
             "id",
             "status",
+            "amends",
+            "amendedBy",
         ]
 
     def csv(
@@ -235,6 +244,24 @@ class Export:
                 out.seek(0)
                 out.truncate()
         yield out.getvalue().encode()
+
+
+def _with_links(page: list[tuple[int, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The records with `amends` and `amendedBy` (None: no link) from one lookup of the
+    links of the events that can have one: a replacement's idempotency key is
+    `amend:<original id>`, and only a cancelled event was replaced (so an export of events
+    never amended reads nothing more)."""
+    maybe = [
+        key_id
+        for key_id, record in page
+        if record["status"] == "cancelled" or str(record["idempotency"]).startswith("amend:")
+    ]
+    links = amend.links_of(maybe)
+    records = []
+    for key_id, record in page:
+        record["amends"], record["amendedBy"] = links.get(key_id, (None, None))
+        records.append(record)
+    return records
 
 
 def _lines(lines: list[str]) -> bytes:

@@ -114,6 +114,7 @@ def test_a_view_answers_through_its_schema_and_documents_it(config):
         "status": "archived",
         "createdAt": "2026-11-01T00:00:00Z",
         "updatedAt": "2026-11-01T00:00:00.000001Z",
+        "allowBackfill": False,  # issue 17: always answered, False by default
     }
     declared = operation_of(app.view_functions["echo"])
     assert (declared.tag, declared.body, declared.success[201].shape) == (

@@ -93,3 +93,14 @@ def test_the_async_twin_resumes_too(proxy, org, recorded):
     with concurrent.futures.ThreadPoolExecutor(1) as executor:
         exported = executor.submit(asyncio.run, export()).result()
     assert exported == ids and proxy.faults["cut_after"] == 1
+
+
+def test_an_amendment_is_linked_both_ways_in_the_export(metering, api, recorded):
+    meter, ids = recorded
+    answer = api.post(f"/v1/billing/meter-events/{ids[7]}/amend", json={"value": 70})
+    assert answer.status_code == 200, answer.text
+    events = {e.id: e for e in metering.export_events(meter["id"], include_cancelled=True)}
+    [replacement] = [e for e in events.values() if e.amends == ids[7]]
+    assert events[ids[7]].amended_by == replacement.id and events[ids[7]].cancelled
+    assert replacement.value == 70 and replacement.amended_by is None
+    assert events[ids[5]].amended_by is None and events[ids[0]].amends is None

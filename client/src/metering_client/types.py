@@ -482,6 +482,10 @@ class ExportedEvent:
     dimensions: dict[str, str]
     metadata: dict[str, Any]
     status: str
+    #: The event this one replaced (an amendment's replacement), or None.
+    amends: str | None = None
+    #: The event that replaced this one (an amended, cancelled event), or None.
+    amended_by: str | None = None
 
     @property
     def cancelled(self) -> bool:
@@ -499,6 +503,8 @@ class ExportedEvent:
             dimensions=dict(body.get("dimensions") or {}),
             metadata=dict(body.get("metadata") or {}),
             status=body["status"],
+            amends=body.get("amends"),
+            amended_by=body.get("amendedBy"),
         )
 
 

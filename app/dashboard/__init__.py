@@ -18,37 +18,57 @@ from app.api.declare import operation, response
 
 STATIC = Path(__file__).resolve().parent / "static"
 
-#: Everything comes from this origin; data: only for the empty favicon.
-CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; "
-    "img-src 'self' data:; connect-src 'self'; object-src 'none'; "
-    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-)
 
-blueprint = Blueprint(
+def content_security_policy(frame_ancestors: str) -> str:
+    """Everything from this origin; data: only for the empty favicon; who may frame it."""
+    return (
+        "default-src 'self'; script-src 'self'; style-src 'self'; "
+        "img-src 'self' data:; connect-src 'self'; object-src 'none'; "
+        f"base-uri 'none'; form-action 'none'; frame-ancestors {frame_ancestors}"
+    )
+
+
+#: The dashboard may be framed by nobody (a click could be tricked into an action).
+CONTENT_SECURITY_POLICY = content_security_policy("'none'")
+
+
+def page_blueprint(
+    name: str, url_prefix: str, static: Path, policy: str, tag: str, described: str
+) -> Blueprint:
+    """A blueprint serving one static page (`static/index.html` at `url_prefix`) and its
+    files, every answer with `policy` as its Content-Security-Policy: the dashboard's,
+    and the customer portal's (app/portal)."""
+    blueprint = Blueprint(
+        name, __name__, url_prefix=url_prefix, static_folder=static, static_url_path="/static"
+    )
+
+    @blueprint.get("")
+    @blueprint.get("/")
+    @operation(tag, security=None, datastore=False)
+    @response("text/html", 200, described)
+    def page():
+        return send_from_directory(static, "index.html", max_age=0)
+
+    page.__doc__ = described
+
+    @blueprint.after_request
+    def _protect(answer):
+        answer.headers["Content-Security-Policy"] = policy
+        answer.headers["X-Content-Type-Options"] = "nosniff"
+        answer.headers["Referrer-Policy"] = "no-referrer"
+        return answer
+
+    return blueprint
+
+
+blueprint = page_blueprint(
     "dashboard",
-    __name__,
-    url_prefix="/dashboard",
-    static_folder="static",
-    static_url_path="/static",
+    "/dashboard",
+    STATIC,
+    CONTENT_SECURITY_POLICY,
+    "dashboard",
+    "The dashboard's single page.",
 )
-
-
-@blueprint.get("")
-@blueprint.get("/")
-@operation("dashboard", security=None, datastore=False)
-@response("text/html", 200, "The dashboard's page.")
-def page():
-    """The dashboard's single page."""
-    return send_from_directory(STATIC, "index.html", max_age=0)
-
-
-@blueprint.after_request
-def _protect(response):
-    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Referrer-Policy"] = "no-referrer"
-    return response
 
 
 def init_app(app) -> None:

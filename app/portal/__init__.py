@@ -14,43 +14,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flask import Blueprint, send_from_directory
-
-from app.api.declare import operation, response
+from app.dashboard import content_security_policy, page_blueprint
 
 STATIC = Path(__file__).resolve().parent / "static"
 
 #: This origin only, like the dashboard; any site may frame it (`frame-ancestors *`).
-CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; "
-    "img-src 'self' data:; connect-src 'self'; object-src 'none'; "
-    "base-uri 'none'; form-action 'none'; frame-ancestors *"
-)
+CONTENT_SECURITY_POLICY = content_security_policy("*")
 
-blueprint = Blueprint(
+blueprint = page_blueprint(
     "portal_page",
-    __name__,
-    url_prefix="/portal",
-    static_folder="static",
-    static_url_path="/static",
+    "/portal",
+    STATIC,
+    CONTENT_SECURITY_POLICY,
+    "portal",
+    "The customer portal's page: one end customer's usage this period (token in the URL fragment).",
 )
-
-
-@blueprint.get("")
-@blueprint.get("/")
-@operation("portal", security=None, datastore=False)
-@response("text/html", 200, "The customer portal's page (token in the URL fragment).")
-def page():
-    """The customer portal's page: one end customer's usage this period."""
-    return send_from_directory(STATIC, "index.html", max_age=0)
-
-
-@blueprint.after_request
-def _protect(response):
-    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Referrer-Policy"] = "no-referrer"
-    return response
 
 
 def init_app(app) -> None:

@@ -71,3 +71,41 @@ export function confirmAction({ title, text, yes, no = "Keep it" }) {
     byId("confirm-no").focus();
   });
 }
+
+/**
+ * A secret shown once (an API key, a webhook signing secret): the box `${ids}-box` with
+ * its `${ids}-value` input, `${ids}-status`, the `label` element naming what it opens,
+ * and its `${ids}-copy` and `${ids}-done` buttons, wired here. `what` names the secret in
+ * the message when the browser refuses the clipboard.
+ */
+export function secretBox(ids, label, what) {
+  const box = byId(`${ids}-box`);
+  const input = byId(`${ids}-value`);
+  const status = byId(`${ids}-status`);
+  const hide = () => {
+    input.value = "";
+    byId(label).textContent = "";
+    box.hidden = true;
+  };
+  const show = (name, secret) => {
+    byId(label).textContent = name;
+    input.value = secret;
+    showStatus(status, "", "");
+    box.hidden = false;
+    input.focus();
+    input.select();
+  };
+  const copy = async () => {
+    try {
+      await navigator.clipboard.writeText(input.value);
+      showStatus(status, "ok", "Copied to the clipboard.");
+    } catch {
+      input.focus();
+      input.select();
+      showStatus(status, "error", `The browser refused the clipboard: ${what} is selected, copy it with Ctrl+C (⌘C).`);
+    }
+  };
+  byId(`${ids}-copy`).addEventListener("click", copy);
+  byId(`${ids}-done`).addEventListener("click", hide);
+  return { show, hide };
+}

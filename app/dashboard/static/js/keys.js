@@ -5,7 +5,7 @@
 // storage, so a reload cannot show it again.
 
 import * as api from "./api.js";
-import { byId, confirmAction, fillRows, h, messageOf, showStatus } from "./dom.js";
+import { byId, confirmAction, fillRows, h, messageOf, secretBox, showStatus } from "./dom.js";
 import { apiKey } from "./session.js";
 import { browserZone, formatInstant } from "./time.js";
 
@@ -112,39 +112,20 @@ async function createFromForm(event) {
 
 // -- the secret, shown once ----------------------------------------------------------
 
+let secretShown = null; // the secret box, once the page is wired
+
 function showSecret(prefix, secret) {
-  byId("key-secret-prefix").textContent = prefix;
-  byId("key-secret-value").value = secret;
-  showStatus(byId("key-secret-status"), "", "");
-  byId("key-secret-box").hidden = false;
-  byId("key-secret-value").focus();
-  byId("key-secret-value").select();
+  secretShown.show(prefix, secret);
 }
 
 function hideSecret() {
-  byId("key-secret-value").value = "";
-  byId("key-secret-prefix").textContent = "";
-  byId("key-secret-box").hidden = true;
-}
-
-async function copySecret() {
-  const input = byId("key-secret-value");
-  const secretStatus = byId("key-secret-status");
-  try {
-    await navigator.clipboard.writeText(input.value);
-    showStatus(secretStatus, "ok", "Copied to the clipboard.");
-  } catch {
-    input.focus();
-    input.select();
-    showStatus(secretStatus, "error", "The browser refused the clipboard: the key is selected, copy it with Ctrl+C (⌘C).");
-  }
+  if (secretShown) secretShown.hide();
 }
 
 /** Wire the keys page. */
 export function initKeys() {
   byId("new-key-form").addEventListener("submit", createFromForm);
-  byId("key-secret-copy").addEventListener("click", copySecret);
-  byId("key-secret-done").addEventListener("click", hideSecret);
+  secretShown = secretBox("key-secret", "key-secret-prefix", "the key");
 }
 
 /** Forget every key and secret shown (at sign-out). */

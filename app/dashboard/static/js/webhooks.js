@@ -5,7 +5,7 @@
 // box shows it and never written to storage, so a reload cannot show it again.
 
 import * as api from "./api.js";
-import { byId, confirmAction, fillRows, h, messageOf, showStatus } from "./dom.js";
+import { byId, confirmAction, fillRows, h, messageOf, secretBox, showStatus } from "./dom.js";
 import { browserZone, formatInstant } from "./time.js";
 
 const status = () => byId("endpoints-status");
@@ -114,32 +114,14 @@ async function rotateOne(endpoint) {
 
 // -- the secret, shown once ----------------------------------------------------------
 
+let secretShown = null; // the secret box, once the page is wired
+
 function showSecret(endpoint) {
-  byId("secret-url").textContent = endpoint.url;
-  byId("secret-value").value = endpoint.secret;
-  showStatus(byId("secret-status"), "", "");
-  byId("secret-box").hidden = false;
-  byId("secret-value").focus();
-  byId("secret-value").select();
+  secretShown.show(endpoint.url, endpoint.secret);
 }
 
 function hideSecret() {
-  byId("secret-value").value = "";
-  byId("secret-url").textContent = "";
-  byId("secret-box").hidden = true;
-}
-
-async function copySecret() {
-  const input = byId("secret-value");
-  const secretStatus = byId("secret-status");
-  try {
-    await navigator.clipboard.writeText(input.value);
-    showStatus(secretStatus, "ok", "Copied to the clipboard.");
-  } catch {
-    input.focus();
-    input.select();
-    showStatus(secretStatus, "error", "The browser refused the clipboard: the secret is selected, copy it with Ctrl+C (⌘C).");
-  }
+  if (secretShown) secretShown.hide();
 }
 
 function endpointFields(form) {
@@ -265,8 +247,7 @@ function hideMessages() {
 /** Wire the webhooks page. */
 export function initWebhooks() {
   byId("new-endpoint-form").addEventListener("submit", createFromForm);
-  byId("secret-copy").addEventListener("click", copySecret);
-  byId("secret-done").addEventListener("click", hideSecret);
+  secretShown = secretBox("secret", "secret-url", "the secret");
   byId("messages-form").addEventListener("submit", (event) => {
     event.preventDefault();
     loadMessages();

@@ -414,3 +414,19 @@ def test_without_signing_keys_there_is_no_portal(serve, org, usage):
         disabled.as_key("pt_dev.e30.AAAA").get("/v1/portal/meters"),
     ):
         assert answer.status_code == 404 and error_of(answer)["code"] == "portal_disabled"
+
+
+def test_a_purged_orgs_tokens_never_open_the_org_re_created_under_its_name(api, admin, org, usage):
+    """The re-created org keeps the old one's name and number, which is all a token names:
+    the re-creation refuses every token issued before it."""
+    old_token = _issue(api)["token"]
+    assert _as_token(api, old_token).get("/v1/portal/meters").status_code == 200
+    name = org["name"]
+    assert admin.delete(f"/v1/admin/orgs/{name}", params={"purge": "true"}).status_code == 200
+    again = admin.post("/v1/admin/orgs", json={"name": name})
+    assert again.status_code == 201, again.text
+    reborn = Api(api.base_url, again.json()["apiKey"])
+    refused = _as_token(reborn, old_token).get("/v1/portal/meters")
+    assert refused.status_code == 401 and error_of(refused)["code"] == "token_revoked"
+    fresh = _as_token(reborn, _issue(reborn)["token"]).get("/v1/portal/meters")
+    assert fresh.status_code == 200 and fresh.json()["meters"] == []

@@ -25,12 +25,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TypeGuard, cast
 
+from flask import has_app_context
 from google.cloud import ndb
 
 from app.core.names import ORG_NAME
 from app.core.scopes import ALL_SCOPES, DEFAULT_SCOPES, held, ordered
 from app.errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationFailed
-from app.models import ApiKey, Namespace, ids, transactional, utcnow
+from app.models import ApiKey, Namespace, PortalPolicy, ids, transactional, utcnow
+from app.services.portal import policy as portal_policy
 
 KEY_PREFIX = "mk_"
 PREFIX_LENGTH = 12
@@ -135,12 +137,23 @@ def create_org(name: str) -> IssuedKey:
         # mypy: PurgedAt is an NDB property descriptor mypy reads as its class; None clears it
         entity.purged_at = None  # type: ignore[assignment]
         entity.update()
+        _refuse_earlier_portal_tokens(name)
         return entity
 
     org = _org_of(register())
+    if has_app_context():  # this process's copy of the purged org's portal policy
+        portal_policy.forget(name)
     # The org's first key holds every scope, events:backfill included (issue 16): the one
     # key from which the org can hand out every other, backfill keys too, over HTTP.
     return issue_key(org.name, scopes=ALL_SCOPES)
+
+
+def _refuse_earlier_portal_tokens(name: str) -> None:
+    """A re-created org keeps its number, and portal tokens name the org by name and number
+    only: tokens issued to the purged org (a day at most) would open the new one. A policy
+    that refuses every token issued before now, written in the re-creation's commit, closes
+    that (app/services/portal/policy.py)."""
+    PortalPolicy(key=PortalPolicy.key_for(name), revoked_before_ms=portal_policy.now_ms()).put()
 
 
 def get_org(name: str, fresh: bool = False) -> Org:

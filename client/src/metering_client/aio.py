@@ -21,6 +21,7 @@ import httpx
 
 from metering_client import operations as ops
 from metering_client.base import DEFAULT_TIMEOUT, DeliveryBase
+from metering_client.calls import ApiCalls
 from metering_client.errors import BufferFull, ClientClosed
 from metering_client.export import EXPORT_PATH, AnswerCut, ExportProgress
 from metering_client.protocol import BatchResult, Pause, Send, deliver
@@ -28,7 +29,6 @@ from metering_client.retry import RetryPolicy
 from metering_client.types import (
     Alert,
     AlertScope,
-    AlertTrigger,
     Amendment,
     ApiKey,
     CancelOutcome,
@@ -39,13 +39,11 @@ from metering_client.types import (
     ExportedEvent,
     LimitCheck,
     Meter,
-    Page,
     PortalToken,
     Rejection,
     Summary,
     UsageLimit,
     WebhookEndpoint,
-    WebhookMessage,
 )
 
 T = TypeVar("T")
@@ -130,7 +128,7 @@ class _AsyncBuffer:
         return list(self.in_flight) + [event for _, _, event in self.queue]
 
 
-class AsyncMeteringClient(DeliveryBase):
+class AsyncMeteringClient(DeliveryBase, ApiCalls):
     """The asyncio twin of MeteringClient; use one per event loop.
 
     It shares `DeliveryBase` (options, stats, refused events, trouble) with the sync
@@ -345,19 +343,10 @@ class AsyncMeteringClient(DeliveryBase):
         )
         return await self._drive(ops.create_meter(self.retry, body))
 
-    async def list_meters(self, page_size: int = 100) -> list[Meter]:
-        return await self._drive(ops.list_meters(self.retry, page_size))
-
-    async def get_meter(self, meter_id: str) -> Meter:
-        return await self._drive(ops.get_meter(self.retry, meter_id))
-
     async def update_meter(self, meter_id: str, **changes: Any) -> Meter:
         return await self._drive(
             ops.update_meter(self.retry, meter_id, ops.meter_changes(**changes))
         )
-
-    async def archive_meter(self, meter_id: str) -> Meter:
-        return await self._drive(ops.archive_meter(self.retry, meter_id))
 
     async def summary(self, meter_id: str, **options: Unpack[ops.SummaryOptions]) -> Summary:
         """A meter's usage over a period: one value, or windows and groups when asked."""
@@ -434,9 +423,6 @@ class AsyncMeteringClient(DeliveryBase):
         """The org's correction records (range cancels, amendments), newest first."""
         return await self._drive(ops.list_corrections(self.retry))
 
-    async def correction(self, correction_id: str) -> Correction:
-        return await self._drive(ops.get_correction(self.retry, correction_id))
-
     # -- webhook endpoints and their delivery log ------------------------------------
 
     async def create_webhook_endpoint(
@@ -451,52 +437,12 @@ class AsyncMeteringClient(DeliveryBase):
         body = ops.endpoint_body(url, description=description, event_types=event_types)
         return await self._drive(ops.create_webhook_endpoint(self.retry, body))
 
-    async def list_webhook_endpoints(self, page_size: int = 100) -> list[WebhookEndpoint]:
-        """Every endpoint of the org (all pages); secrets are never listed."""
-        return await self._drive(ops.list_webhook_endpoints(self.retry, page_size))
-
-    async def get_webhook_endpoint(self, endpoint_id: str) -> WebhookEndpoint:
-        return await self._drive(ops.get_webhook_endpoint(self.retry, endpoint_id))
-
     async def update_webhook_endpoint(self, endpoint_id: str, **changes: Any) -> WebhookEndpoint:
         """Change `url`, `description`, `event_types` (`ALL_EVENT_TYPES` for every type)
         or `enabled`; re-enabling an endpoint the service disabled clears its reason."""
         return await self._drive(
             ops.update_webhook_endpoint(self.retry, endpoint_id, ops.endpoint_changes(**changes))
         )
-
-    async def delete_webhook_endpoint(self, endpoint_id: str) -> WebhookEndpoint | None:
-        """Delete an endpoint; None when a retry found it deleted by the first attempt."""
-        return await self._drive(ops.delete_webhook_endpoint(self.retry, endpoint_id))
-
-    async def rotate_webhook_secret(self, endpoint_id: str) -> WebhookEndpoint:
-        """A new secret (in the answer's `secret`) signs from now on; the old one keeps
-        signing beside it for 24 hours, while your receivers move to the new one."""
-        return await self._drive(ops.rotate_webhook_secret(self.retry, endpoint_id))
-
-    async def list_webhook_messages(
-        self,
-        endpoint_id: str,
-        *,
-        status: str | None = None,
-        limit: int | None = None,
-        cursor: str | None = None,
-    ) -> Page[WebhookMessage]:
-        """One page of an endpoint's delivery log, newest first, each message with its
-        attempts; `status` `pending`, `delivered` or `failed` narrows it."""
-        return await self._drive(
-            ops.list_webhook_messages(
-                self.retry, endpoint_id, status=status, limit=limit, cursor=cursor
-            )
-        )
-
-    async def retry_webhook_message(self, endpoint_id: str, message_id: str) -> WebhookMessage:
-        """Send a message again now (same `webhook-id` and body), e.g. a failed one."""
-        return await self._drive(ops.retry_webhook_message(self.retry, endpoint_id, message_id))
-
-    async def send_test_webhook(self, endpoint_id: str) -> WebhookMessage:
-        """Queue a `webhook.test` message to the endpoint; see it in the delivery log."""
-        return await self._drive(ops.send_test_webhook(self.retry, endpoint_id))
 
     # -- alert rules and their triggers ----------------------------------------------
 
@@ -527,33 +473,10 @@ class AsyncMeteringClient(DeliveryBase):
         )
         return await self._drive(ops.create_alert(self.retry, body))
 
-    async def list_alerts(
-        self, *, include_archived: bool = False, page_size: int = 100
-    ) -> list[Alert]:
-        """Every alert rule of the org (all pages); archived ones only when asked."""
-        return await self._drive(
-            ops.list_alerts(self.retry, include_archived=include_archived, page_size=page_size)
-        )
-
-    async def get_alert(self, alert_id: str) -> Alert:
-        return await self._drive(ops.get_alert(self.retry, alert_id))
-
     async def update_alert(self, alert_id: str, **changes: Any) -> Alert:
         """Change `name`, `thresholds`, `filter` or `notify_on_resolve`."""
         return await self._drive(
             ops.update_alert(self.retry, alert_id, ops.alert_changes(**changes))
-        )
-
-    async def archive_alert(self, alert_id: str) -> Alert:
-        """Archive a rule: it evaluates no more; its triggers stay readable."""
-        return await self._drive(ops.archive_alert(self.retry, alert_id))
-
-    async def list_alert_triggers(
-        self, alert_id: str, *, limit: int | None = None, cursor: str | None = None
-    ) -> Page[AlertTrigger]:
-        """One page of a rule's triggers and resolutions, newest first."""
-        return await self._drive(
-            ops.list_alert_triggers(self.retry, alert_id, limit=limit, cursor=cursor)
         )
 
     # -- the org's API keys (issue 16) -------------------------------------------------
@@ -571,14 +494,6 @@ class AsyncMeteringClient(DeliveryBase):
         body = ops.key_body(scopes, expires_at=expires_at, expires_in=expires_in, name=name)
         return await self._drive(ops.create_key(self.retry, body))
 
-    async def list_keys(self) -> list[ApiKey]:
-        """The org's keys, revoked and expired ones included (never their secrets)."""
-        return await self._drive(ops.list_keys(self.retry))
-
-    async def revoke_key(self, prefix: str) -> bool:
-        """Revoke a key by its prefix; False when a retry found it already revoked."""
-        return await self._drive(ops.revoke_key(self.retry, prefix))
-
     # -- customer portal (issue 16) ----------------------------------------------------
 
     async def create_portal_token(
@@ -593,16 +508,6 @@ class AsyncMeteringClient(DeliveryBase):
         1 h by default): e.g. `/portal#token=...` in an iframe of your site."""
         body = ops.portal_token_body(user_id, meter_ids, expires_in)
         return await self._drive(ops.create_portal_token(self.retry, body))
-
-    async def revoke_portal_tokens(self, user_id: str | None = None) -> datetime:
-        """Refuse every portal token of the org (or of `user_id`) issued until now; every
-        instance refuses them within a few seconds (2 by default). Returns the moment."""
-        return await self._drive(ops.revoke_portal_tokens(self.retry, user_id))
-
-    async def set_portal_origins(self, origins: Sequence[str]) -> list[str]:
-        """The exact origins (`https://app.example.com`) whose pages may call the portal
-        API from a browser; answers them as stored."""
-        return await self._drive(ops.set_portal_origins(self.retry, origins))
 
     # -- issue 17, export ---------------------------------------------------------------
 
@@ -660,22 +565,6 @@ class AsyncMeteringClient(DeliveryBase):
         """A limit: the meter's default for every user, or `user_id`'s override."""
         body = ops.limit_body(meter_id, limit, period, time_zone, user_id)
         return await self._drive(ops.create_limit(self.retry, body))
-
-    async def list_limits(
-        self, *, meter_id: str | None = None, page_size: int = 100
-    ) -> list[UsageLimit]:
-        return await self._drive(
-            ops.list_limits(self.retry, meter_id=meter_id, page_size=page_size)
-        )
-
-    async def get_limit(self, limit_id: str) -> UsageLimit:
-        return await self._drive(ops.get_limit(self.retry, limit_id))
-
-    async def update_limit(self, limit_id: str, limit: int) -> UsageLimit:
-        return await self._drive(ops.update_limit(self.retry, limit_id, limit))
-
-    async def delete_limit(self, limit_id: str) -> UsageLimit | None:
-        return await self._drive(ops.delete_limit(self.retry, limit_id))
 
     async def check_limit(
         self,

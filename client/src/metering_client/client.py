@@ -23,6 +23,7 @@ import httpx
 from metering_client import operations as ops
 from metering_client.base import DEFAULT_TIMEOUT, DeliveryBase
 from metering_client.buffer import Buffer
+from metering_client.calls import ApiCalls
 from metering_client.errors import BufferFull, ClientClosed
 from metering_client.export import EXPORT_PATH, AnswerCut, ExportProgress
 from metering_client.protocol import BatchResult, Pause, Send, deliver
@@ -30,7 +31,6 @@ from metering_client.retry import RetryPolicy
 from metering_client.types import (
     Alert,
     AlertScope,
-    AlertTrigger,
     Amendment,
     ApiKey,
     CancelOutcome,
@@ -41,13 +41,11 @@ from metering_client.types import (
     ExportedEvent,
     LimitCheck,
     Meter,
-    Page,
     PortalToken,
     Rejection,
     Summary,
     UsageLimit,
     WebhookEndpoint,
-    WebhookMessage,
 )
 
 T = TypeVar("T")
@@ -58,7 +56,7 @@ class _Stopped(Exception):
     """The sender was told to stop while it waited to retry."""
 
 
-class MeteringClient(DeliveryBase):
+class MeteringClient(DeliveryBase, ApiCalls):
     """A tenant's connection to the metering service (thread-safe).
 
     Options, stats, refused events and what a retry or a settled batch means live in
@@ -304,21 +302,10 @@ class MeteringClient(DeliveryBase):
         )
         return self._drive(ops.create_meter(self.retry, body))
 
-    def list_meters(self, page_size: int = 100) -> list[Meter]:
-        """Every meter of the org, archived ones included (all pages)."""
-        return self._drive(ops.list_meters(self.retry, page_size))
-
-    def get_meter(self, meter_id: str) -> Meter:
-        return self._drive(ops.get_meter(self.retry, meter_id))
-
     def update_meter(self, meter_id: str, **changes: Any) -> Meter:
         """Change `name`, `metadata` (and `event_name`, `aggregation_type`, `dimensions`,
         `unique_by` while the meter has no events)."""
         return self._drive(ops.update_meter(self.retry, meter_id, ops.meter_changes(**changes)))
-
-    def archive_meter(self, meter_id: str) -> Meter:
-        """Archive a meter: it refuses new events and keeps its history."""
-        return self._drive(ops.archive_meter(self.retry, meter_id))
 
     def summary(self, meter_id: str, **options: Unpack[ops.SummaryOptions]) -> Summary:
         """A meter's usage over a period: one value, or windows and groups when asked."""
@@ -396,9 +383,6 @@ class MeteringClient(DeliveryBase):
         """The org's correction records (range cancels, amendments), newest first."""
         return self._drive(ops.list_corrections(self.retry))
 
-    def correction(self, correction_id: str) -> Correction:
-        return self._drive(ops.get_correction(self.retry, correction_id))
-
     # -- webhook endpoints and their delivery log ------------------------------------
 
     def create_webhook_endpoint(
@@ -413,52 +397,12 @@ class MeteringClient(DeliveryBase):
         body = ops.endpoint_body(url, description=description, event_types=event_types)
         return self._drive(ops.create_webhook_endpoint(self.retry, body))
 
-    def list_webhook_endpoints(self, page_size: int = 100) -> list[WebhookEndpoint]:
-        """Every endpoint of the org (all pages); secrets are never listed."""
-        return self._drive(ops.list_webhook_endpoints(self.retry, page_size))
-
-    def get_webhook_endpoint(self, endpoint_id: str) -> WebhookEndpoint:
-        return self._drive(ops.get_webhook_endpoint(self.retry, endpoint_id))
-
     def update_webhook_endpoint(self, endpoint_id: str, **changes: Any) -> WebhookEndpoint:
         """Change `url`, `description`, `event_types` (`ALL_EVENT_TYPES` for every type)
         or `enabled`; re-enabling an endpoint the service disabled clears its reason."""
         return self._drive(
             ops.update_webhook_endpoint(self.retry, endpoint_id, ops.endpoint_changes(**changes))
         )
-
-    def delete_webhook_endpoint(self, endpoint_id: str) -> WebhookEndpoint | None:
-        """Delete an endpoint; None when a retry found it deleted by the first attempt."""
-        return self._drive(ops.delete_webhook_endpoint(self.retry, endpoint_id))
-
-    def rotate_webhook_secret(self, endpoint_id: str) -> WebhookEndpoint:
-        """A new secret (in the answer's `secret`) signs from now on; the old one keeps
-        signing beside it for 24 hours, while your receivers move to the new one."""
-        return self._drive(ops.rotate_webhook_secret(self.retry, endpoint_id))
-
-    def list_webhook_messages(
-        self,
-        endpoint_id: str,
-        *,
-        status: str | None = None,
-        limit: int | None = None,
-        cursor: str | None = None,
-    ) -> Page[WebhookMessage]:
-        """One page of an endpoint's delivery log, newest first, each message with its
-        attempts; `status` `pending`, `delivered` or `failed` narrows it."""
-        return self._drive(
-            ops.list_webhook_messages(
-                self.retry, endpoint_id, status=status, limit=limit, cursor=cursor
-            )
-        )
-
-    def retry_webhook_message(self, endpoint_id: str, message_id: str) -> WebhookMessage:
-        """Send a message again now (same `webhook-id` and body), e.g. a failed one."""
-        return self._drive(ops.retry_webhook_message(self.retry, endpoint_id, message_id))
-
-    def send_test_webhook(self, endpoint_id: str) -> WebhookMessage:
-        """Queue a `webhook.test` message to the endpoint; see it in the delivery log."""
-        return self._drive(ops.send_test_webhook(self.retry, endpoint_id))
 
     # -- alert rules and their triggers ----------------------------------------------
 
@@ -489,30 +433,9 @@ class MeteringClient(DeliveryBase):
         )
         return self._drive(ops.create_alert(self.retry, body))
 
-    def list_alerts(self, *, include_archived: bool = False, page_size: int = 100) -> list[Alert]:
-        """Every alert rule of the org (all pages); archived ones only when asked."""
-        return self._drive(
-            ops.list_alerts(self.retry, include_archived=include_archived, page_size=page_size)
-        )
-
-    def get_alert(self, alert_id: str) -> Alert:
-        return self._drive(ops.get_alert(self.retry, alert_id))
-
     def update_alert(self, alert_id: str, **changes: Any) -> Alert:
         """Change `name`, `thresholds`, `filter` or `notify_on_resolve`."""
         return self._drive(ops.update_alert(self.retry, alert_id, ops.alert_changes(**changes)))
-
-    def archive_alert(self, alert_id: str) -> Alert:
-        """Archive a rule: it evaluates no more; its triggers stay readable."""
-        return self._drive(ops.archive_alert(self.retry, alert_id))
-
-    def list_alert_triggers(
-        self, alert_id: str, *, limit: int | None = None, cursor: str | None = None
-    ) -> Page[AlertTrigger]:
-        """One page of a rule's triggers and resolutions, newest first."""
-        return self._drive(
-            ops.list_alert_triggers(self.retry, alert_id, limit=limit, cursor=cursor)
-        )
 
     # -- the org's API keys (issue 16) -------------------------------------------------
 
@@ -530,15 +453,6 @@ class MeteringClient(DeliveryBase):
         body = ops.key_body(scopes, expires_at=expires_at, expires_in=expires_in, name=name)
         return self._drive(ops.create_key(self.retry, body))
 
-    def list_keys(self) -> list[ApiKey]:
-        """The org's keys, revoked and expired ones included (never their secrets)."""
-        return self._drive(ops.list_keys(self.retry))
-
-    def revoke_key(self, prefix: str) -> bool:
-        """Revoke a key by its prefix (`ApiKey.prefix`); requests with it are refused from
-        the next one on. False when a retry found it revoked by the first attempt."""
-        return self._drive(ops.revoke_key(self.retry, prefix))
-
     # -- customer portal (issue 16) ----------------------------------------------------
 
     def create_portal_token(
@@ -553,16 +467,6 @@ class MeteringClient(DeliveryBase):
         1 h by default): e.g. `/portal#token=...` in an iframe of your site."""
         body = ops.portal_token_body(user_id, meter_ids, expires_in)
         return self._drive(ops.create_portal_token(self.retry, body))
-
-    def revoke_portal_tokens(self, user_id: str | None = None) -> datetime:
-        """Refuse every portal token of the org (or of `user_id`) issued until now; every
-        instance refuses them within a few seconds (2 by default). Returns the moment."""
-        return self._drive(ops.revoke_portal_tokens(self.retry, user_id))
-
-    def set_portal_origins(self, origins: Sequence[str]) -> list[str]:
-        """The exact origins (`https://app.example.com`) whose pages may call the portal
-        API from a browser; answers them as stored."""
-        return self._drive(ops.set_portal_origins(self.retry, origins))
 
     # -- issue 17, export ---------------------------------------------------------------
 
@@ -624,18 +528,6 @@ class MeteringClient(DeliveryBase):
         """A limit: the meter's default for every user, or `user_id`'s override."""
         body = ops.limit_body(meter_id, limit, period, time_zone, user_id)
         return self._drive(ops.create_limit(self.retry, body))
-
-    def list_limits(self, *, meter_id: str | None = None, page_size: int = 100) -> list[UsageLimit]:
-        return self._drive(ops.list_limits(self.retry, meter_id=meter_id, page_size=page_size))
-
-    def get_limit(self, limit_id: str) -> UsageLimit:
-        return self._drive(ops.get_limit(self.retry, limit_id))
-
-    def update_limit(self, limit_id: str, limit: int) -> UsageLimit:
-        return self._drive(ops.update_limit(self.retry, limit_id, limit))
-
-    def delete_limit(self, limit_id: str) -> UsageLimit | None:
-        return self._drive(ops.delete_limit(self.retry, limit_id))
 
     def check_limit(
         self,

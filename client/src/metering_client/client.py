@@ -14,8 +14,8 @@ import atexit
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from datetime import date, datetime, timedelta
+from collections.abc import Callable, Iterator, Mapping
+from datetime import date, datetime
 from typing import Any, TypeVar, Unpack
 
 import httpx
@@ -29,23 +29,11 @@ from metering_client.export import EXPORT_PATH, AnswerCut, ExportProgress
 from metering_client.protocol import BatchResult, Pause, Send, deliver
 from metering_client.retry import RetryPolicy
 from metering_client.types import (
-    Alert,
-    AlertScope,
-    Amendment,
-    ApiKey,
-    CancelOutcome,
-    CancelPreview,
-    Correction,
     Event,
-    EventOutcome,
     ExportedEvent,
     LimitCheck,
-    Meter,
-    PortalToken,
     Rejection,
     Summary,
-    UsageLimit,
-    WebhookEndpoint,
 )
 
 T = TypeVar("T")
@@ -271,45 +259,8 @@ class MeteringClient(DeliveryBase, ApiCalls):
             return exc
 
     # -- the rest of the API (direct calls, retried up to retry.deadline) --------------
-
-    def send_now(self, events: Sequence[Event]) -> list[EventOutcome]:
-        """Send events at once, bypassing the buffer; one outcome per event.
-
-        Raises ApiError when the service refuses a batch (it then stores none of it).
-        """
-        return self._drive(ops.send_events(self.retry, list(events)))
-
-    def create_meter(
-        self,
-        name: str,
-        event_name: str,
-        *,
-        aggregation_type: str | None = None,
-        currency: str | None = None,
-        dimensions: Sequence[str] | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        unique_by: str | None = None,
-    ) -> Meter:
-        """Create a meter; `aggregation_type` defaults to `sum` on the service."""
-        body = ops.meter_body(
-            name,
-            event_name,
-            aggregation_type=aggregation_type,
-            currency=currency,
-            dimensions=dimensions,
-            metadata=metadata,
-            unique_by=unique_by,
-        )
-        return self._drive(ops.create_meter(self.retry, body))
-
-    def update_meter(self, meter_id: str, **changes: Any) -> Meter:
-        """Change `name`, `metadata` (and `event_name`, `aggregation_type`, `dimensions`,
-        `unique_by` while the meter has no events)."""
-        return self._drive(ops.update_meter(self.retry, meter_id, ops.meter_changes(**changes)))
-
-    def summary(self, meter_id: str, **options: Unpack[ops.SummaryOptions]) -> Summary:
-        """A meter's usage over a period: one value, or windows and groups when asked."""
-        return self._drive(ops.summary(self.retry, ops.summary_params(meter_id, **options)))
+    # A method that is one operation of its arguments is written once for both clients,
+    # in `calls.ApiCalls`; here are those that page, stream or cache.
 
     def summary_pages(
         self, meter_id: str, **options: Unpack[ops.SummaryOptions]
@@ -323,150 +274,6 @@ class MeteringClient(DeliveryBase, ApiCalls):
             page = self._drive(ops.summary(self.retry, params))
             yield page
             params = ops.next_page_params(params, page)
-
-    def cancel(
-        self,
-        ids: Iterable[str] = (),
-        idempotency_keys: Iterable[str] = (),
-        *,
-        event_name: str | None = None,
-        meter_id: str | None = None,
-    ) -> list[CancelOutcome]:
-        """Cancel events by id, or by idempotency key (with the meter's event name or id)."""
-        targets = ops.cancel_targets(
-            ids, idempotency_keys, event_name=event_name, meter_id=meter_id
-        )
-        return self._drive(ops.cancel_events(self.retry, targets))
-
-    # -- issue 17, corrections -----------------------------------------------------------
-
-    def cancel_range(
-        self,
-        meter_id: str,
-        period_start: datetime | date | str,
-        period_end: datetime | date | str,
-        *,
-        user_id: str | None = None,
-        filters: Mapping[str, str | Iterable[str]] | None = None,
-    ) -> Correction:
-        """Cancel every event of a meter in [period_start, period_end) (one user's, with
-        these dimension values): the request is repeated until the correction is complete."""
-        body = ops.range_body(meter_id, period_start, period_end, user_id=user_id, filters=filters)
-        return self._drive(ops.cancel_range(self.retry, body))
-
-    def preview_cancel_range(
-        self,
-        meter_id: str,
-        period_start: datetime | date | str,
-        period_end: datetime | date | str,
-        *,
-        user_id: str | None = None,
-        filters: Mapping[str, str | Iterable[str]] | None = None,
-    ) -> CancelPreview:
-        """What `cancel_range` would cancel now (a dry run: nothing changes)."""
-        body = ops.range_body(meter_id, period_start, period_end, user_id=user_id, filters=filters)
-        return self._drive(ops.preview_cancel_range(self.retry, body))
-
-    def amend(
-        self,
-        event_id: str,
-        *,
-        value: int | None = None,
-        dimensions: Mapping[str, str] | None = None,
-        timestamp: datetime | str | None = None,
-    ) -> Amendment:
-        """Replace a recorded event by a copy with these changes, in one commit."""
-        changes = ops.amend_changes(value, dimensions, timestamp)
-        return self._drive(ops.amend_event(self.retry, event_id, changes))
-
-    def corrections(self) -> list[Correction]:
-        """The org's correction records (range cancels, amendments), newest first."""
-        return self._drive(ops.list_corrections(self.retry))
-
-    # -- webhook endpoints and their delivery log ------------------------------------
-
-    def create_webhook_endpoint(
-        self,
-        url: str,
-        *,
-        description: str | None = None,
-        event_types: Sequence[str] | None = None,
-    ) -> WebhookEndpoint:
-        """Create an endpoint (every event type unless `event_types` says which). Its
-        `secret` is in this answer only: keep it where your receiver reads it."""
-        body = ops.endpoint_body(url, description=description, event_types=event_types)
-        return self._drive(ops.create_webhook_endpoint(self.retry, body))
-
-    def update_webhook_endpoint(self, endpoint_id: str, **changes: Any) -> WebhookEndpoint:
-        """Change `url`, `description`, `event_types` (`ALL_EVENT_TYPES` for every type)
-        or `enabled`; re-enabling an endpoint the service disabled clears its reason."""
-        return self._drive(
-            ops.update_webhook_endpoint(self.retry, endpoint_id, ops.endpoint_changes(**changes))
-        )
-
-    # -- alert rules and their triggers ----------------------------------------------
-
-    def create_alert(
-        self,
-        name: str,
-        meter_id: str,
-        thresholds: Sequence[int],
-        *,
-        scope: AlertScope = "user",
-        period: str = "month",
-        time_zone: str | None = None,
-        filter: Mapping[str, str] | None = None,
-        notify_on_resolve: bool | None = None,
-    ) -> Alert:
-        """A rule: `alert.triggered` once when a subject's usage of the meter in the
-        period reaches each threshold. `scope` is `user` (each user), `org` (the
-        meter's total) or `{"userId": ...}`; `period` `day` or `month` in `time_zone`."""
-        body = ops.alert_body(
-            name,
-            meter_id,
-            thresholds,
-            scope=scope,
-            period=period,
-            time_zone=time_zone,
-            filter=filter,
-            notify_on_resolve=notify_on_resolve,
-        )
-        return self._drive(ops.create_alert(self.retry, body))
-
-    def update_alert(self, alert_id: str, **changes: Any) -> Alert:
-        """Change `name`, `thresholds`, `filter` or `notify_on_resolve`."""
-        return self._drive(ops.update_alert(self.retry, alert_id, ops.alert_changes(**changes)))
-
-    # -- the org's API keys (issue 16) -------------------------------------------------
-
-    def create_key(
-        self,
-        scopes: Sequence[str],
-        *,
-        expires_at: datetime | None = None,
-        expires_in: timedelta | float | None = None,
-        name: str | None = None,
-    ) -> ApiKey:
-        """Create a key holding `scopes` (some of this client's key's own), expiring at
-        `expires_at` or after `expires_in` (seconds or a timedelta; never by default,
-        unless this client's key expires itself). Its `secret` is in this answer only."""
-        body = ops.key_body(scopes, expires_at=expires_at, expires_in=expires_in, name=name)
-        return self._drive(ops.create_key(self.retry, body))
-
-    # -- customer portal (issue 16) ----------------------------------------------------
-
-    def create_portal_token(
-        self,
-        user_id: str,
-        *,
-        meter_ids: Sequence[str] | None = None,
-        expires_in: timedelta | int | None = None,
-    ) -> PortalToken:
-        """A token with which one end customer reads their own usage (of `meter_ids`, or
-        of every active meter) for `expires_in` (seconds or a timedelta; at most 24 h,
-        1 h by default): e.g. `/portal#token=...` in an iframe of your site."""
-        body = ops.portal_token_body(user_id, meter_ids, expires_in)
-        return self._drive(ops.create_portal_token(self.retry, body))
 
     # -- issue 17, export ---------------------------------------------------------------
 
@@ -515,19 +322,6 @@ class MeteringClient(DeliveryBase, ApiCalls):
                 time.sleep(progress.failed(failure))
 
     # -- usage limits and the limit check (issue 16) ------------------------------------
-
-    def create_limit(
-        self,
-        meter_id: str,
-        limit: int,
-        *,
-        period: str = "month",
-        time_zone: str | None = None,
-        user_id: str | None = None,
-    ) -> UsageLimit:
-        """A limit: the meter's default for every user, or `user_id`'s override."""
-        body = ops.limit_body(meter_id, limit, period, time_zone, user_id)
-        return self._drive(ops.create_limit(self.retry, body))
 
     def check_limit(
         self,

@@ -12,7 +12,7 @@ per view standing for that stack:
 
     @views.gets("The alert rule.")
     def get_alert(alert_id):
-        \"\"\"Get one alert rule.\"\"\"
+        # its docstring, "Get one alert rule.", is the operation's summary
         return rules.get_rule(alert_id)
 
 The view keeps its name (the operationId), its docstring (the summary) and its call of

@@ -1,8 +1,9 @@
 """Usage limits of the caller's org and the limit check: /v1/billing/limits (issue 16)."""
 
-from flask import Blueprint, current_app
+from flask import Blueprint
 
 from app import tenancy
+from app.api.collection import Collection, page_size
 from app.api.declare import (
     TENANT_ERRORS,
     arguments,
@@ -28,30 +29,21 @@ from app.services.limits import check, definitions
 blueprint = Blueprint("limits", __name__, url_prefix="/v1/billing/limits")
 blueprint.before_request(tenancy.require_org)
 tenant = operation("limits", errors=TENANT_ERRORS)
+views = Collection(
+    blueprint, tenant, one=Limit, id_name="limit_id", read="meters:read", write="meters:write"
+)
 
 
-@blueprint.post("")
-@scope("meters:write")
-@tenant
-@body(LimitCreate)
-@response(Limit, 201, "The new limit.")
-@other_responses(400, 409)
+@views.creates(LimitCreate, "The new limit.", errors=(400, 409))
 def create_limit(fields):
     """Create a limit: a meter's default for every user, or one user's override."""
     return definitions.create_limit(fields)
 
 
-@blueprint.get("")
-@scope("meters:read")
-@tenant
-@arguments(LimitListQuery)
-@response(LimitPage, 200, "A page of limits.")
-@other_responses(400)
+@views.lists(LimitListQuery, LimitPage, "A page of limits.", items="limits")
 def list_limits(args):
     """List the org's limits (of one meter with meterId), a page at a time."""
-    size = args.get("limit", current_app.config["METERING"].default_page_size)
-    page, next_cursor = definitions.list_limits(size, args.get("cursor"), args.get("meterId"))
-    return {"limits": page, "count": len(page), "nextCursor": next_cursor}
+    return definitions.list_limits(page_size(args), args.get("cursor"), args.get("meterId"))
 
 
 @blueprint.get("/check")
@@ -78,32 +70,19 @@ def check_limit(args):
     }
 
 
-@blueprint.get("/<limit_id>")
-@scope("meters:read")
-@tenant
-@response(Limit, 200, "The limit.")
-@other_responses(404)
+@views.gets("The limit.")
 def get_limit(limit_id):
     """Get one limit."""
     return definitions.get_limit(limit_id)
 
 
-@blueprint.patch("/<limit_id>")
-@scope("meters:write")
-@tenant
-@body(LimitUpdate)
-@response(Limit, 200, "The changed limit.")
-@other_responses(400, 404)
+@views.changes(LimitUpdate, "The changed limit.")
 def update_limit(changes, limit_id):
     """Change a limit's value."""
     return definitions.update_limit(limit_id, changes)
 
 
-@blueprint.delete("/<limit_id>")
-@scope("meters:write")
-@tenant
-@response(Limit, 200, "The deleted limit.")
-@other_responses(404)
+@views.deletes("The deleted limit.")
 def delete_limit(limit_id):
     """Delete a limit."""
     return definitions.delete_limit(limit_id)

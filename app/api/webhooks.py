@@ -8,15 +8,8 @@ import copy
 from flask import Blueprint, current_app
 
 from app import tenancy
-from app.api.declare import (
-    TENANT_ERRORS,
-    arguments,
-    body,
-    operation,
-    other_responses,
-    response,
-    scope,
-)
+from app.api.collection import Collection, page_size
+from app.api.declare import TENANT_ERRORS, operation, other_responses, response, scope
 from app.api.openapi import document_of
 from app.schemas import webhook_events
 from app.schemas.webhooks import (
@@ -36,63 +29,50 @@ from app.services.webhooks import endpoints
 blueprint = Blueprint("webhooks", __name__, url_prefix="/v1/webhooks")
 blueprint.before_request(tenancy.require_org)
 tenant = operation("webhooks", errors=TENANT_ERRORS)
+views = Collection(
+    blueprint,
+    tenant,
+    one=Endpoint,
+    id_name="endpoint_id",
+    read="webhooks:write",
+    write="webhooks:write",
+    path="/endpoints",
+)
 
 
 def _config():
     return current_app.config["METERING"]
 
 
-@blueprint.post("/endpoints")
-@scope("webhooks:write")
-@tenant
-@body(EndpointCreate)
-@response(EndpointWithSecret, 201, "The new endpoint, with its signing secret (shown once).")
-@other_responses(400)
+@views.creates(
+    EndpointCreate,
+    "The new endpoint, with its signing secret (shown once).",
+    answer=EndpointWithSecret,
+)
 def create_endpoint(fields):
     """Create a webhook endpoint."""
     return endpoints.create_endpoint(fields, _config().production)
 
 
-@blueprint.get("/endpoints")
-@scope("webhooks:write")
-@tenant
-@arguments(EndpointListQuery)
-@response(EndpointPage, 200, "A page of endpoints.")
-@other_responses(400)
+@views.lists(EndpointListQuery, EndpointPage, "A page of endpoints.", items="endpoints")
 def list_endpoints(args):
     """List the org's webhook endpoints, a page at a time."""
-    page, next_cursor = endpoints.list_endpoints(
-        args.get("limit", _config().default_page_size), args.get("cursor")
-    )
-    return {"endpoints": page, "count": len(page), "nextCursor": next_cursor}
+    return endpoints.list_endpoints(page_size(args), args.get("cursor"))
 
 
-@blueprint.get("/endpoints/<endpoint_id>")
-@scope("webhooks:write")
-@tenant
-@response(Endpoint, 200, "The endpoint.")
-@other_responses(404)
+@views.gets("The endpoint.")
 def get_endpoint(endpoint_id):
     """Get one webhook endpoint (without its secret)."""
     return endpoints.get_endpoint(endpoint_id)
 
 
-@blueprint.patch("/endpoints/<endpoint_id>")
-@scope("webhooks:write")
-@tenant
-@body(EndpointUpdate)
-@response(Endpoint, 200, "The changed endpoint.")
-@other_responses(400, 404)
+@views.changes(EndpointUpdate, "The changed endpoint.")
 def update_endpoint(changes, endpoint_id):
     """Change an endpoint's url, description, event types, or enable it again."""
     return endpoints.update_endpoint(endpoint_id, changes, _config().production)
 
 
-@blueprint.delete("/endpoints/<endpoint_id>")
-@scope("webhooks:write")
-@tenant
-@response(Endpoint, 200, "The deleted endpoint.")
-@other_responses(404)
+@views.deletes("The deleted endpoint.")
 def delete_endpoint(endpoint_id):
     """Delete an endpoint: its waiting messages fail."""
     return endpoints.delete_endpoint(endpoint_id)
@@ -108,21 +88,18 @@ def rotate_secret(endpoint_id):
     return endpoints.rotate_secret(endpoint_id)
 
 
-@blueprint.get("/endpoints/<endpoint_id>/messages")
-@scope("webhooks:write")
-@tenant
-@arguments(MessageListQuery)
-@response(MessagePage, 200, "A page of the endpoint's messages, newest first.")
-@other_responses(400, 404)
+@views.lists(
+    MessageListQuery,
+    MessagePage,
+    "A page of the endpoint's messages, newest first.",
+    items="messages",
+    of_one="messages",
+)
 def list_messages(args, endpoint_id):
     """The endpoint's delivery log: messages and their attempts."""
-    page, next_cursor = endpoints.list_messages(
-        endpoint_id,
-        args.get("status"),
-        args.get("limit", _config().default_page_size),
-        args.get("cursor"),
+    return endpoints.list_messages(
+        endpoint_id, args.get("status"), page_size(args), args.get("cursor")
     )
-    return {"messages": page, "count": len(page), "nextCursor": next_cursor}
 
 
 @blueprint.post("/endpoints/<endpoint_id>/messages/<message_id>/retry")

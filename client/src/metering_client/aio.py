@@ -13,39 +13,25 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from datetime import date, datetime, timedelta
+from collections.abc import AsyncIterator, Callable, Mapping
+from datetime import date, datetime
 from typing import Any, TypeVar, Unpack
 
 import httpx
 
 from metering_client import operations as ops
 from metering_client.base import DEFAULT_TIMEOUT, DeliveryBase
+from metering_client.calls import ApiCalls
 from metering_client.errors import BufferFull, ClientClosed
 from metering_client.export import EXPORT_PATH, AnswerCut, ExportProgress
 from metering_client.protocol import BatchResult, Pause, Send, deliver
 from metering_client.retry import RetryPolicy
 from metering_client.types import (
-    Alert,
-    AlertScope,
-    AlertTrigger,
-    Amendment,
-    ApiKey,
-    CancelOutcome,
-    CancelPreview,
-    Correction,
     Event,
-    EventOutcome,
     ExportedEvent,
     LimitCheck,
-    Meter,
-    Page,
-    PortalToken,
     Rejection,
     Summary,
-    UsageLimit,
-    WebhookEndpoint,
-    WebhookMessage,
 )
 
 T = TypeVar("T")
@@ -130,7 +116,7 @@ class _AsyncBuffer:
         return list(self.in_flight) + [event for _, _, event in self.queue]
 
 
-class AsyncMeteringClient(DeliveryBase):
+class AsyncMeteringClient(DeliveryBase, ApiCalls):
     """The asyncio twin of MeteringClient; use one per event loop.
 
     It shares `DeliveryBase` (options, stats, refused events, trouble) with the sync
@@ -318,50 +304,7 @@ class AsyncMeteringClient(DeliveryBase):
             return exc
 
     # -- the rest of the API ----------------------------------------------------------
-
-    async def send_now(self, events: Sequence[Event]) -> list[EventOutcome]:
-        """Send events at once, bypassing the buffer; raises ApiError on a refused batch."""
-        return await self._drive(ops.send_events(self.retry, list(events)))
-
-    async def create_meter(
-        self,
-        name: str,
-        event_name: str,
-        *,
-        aggregation_type: str | None = None,
-        currency: str | None = None,
-        dimensions: Sequence[str] | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        unique_by: str | None = None,
-    ) -> Meter:
-        body = ops.meter_body(
-            name,
-            event_name,
-            aggregation_type=aggregation_type,
-            currency=currency,
-            dimensions=dimensions,
-            metadata=metadata,
-            unique_by=unique_by,
-        )
-        return await self._drive(ops.create_meter(self.retry, body))
-
-    async def list_meters(self, page_size: int = 100) -> list[Meter]:
-        return await self._drive(ops.list_meters(self.retry, page_size))
-
-    async def get_meter(self, meter_id: str) -> Meter:
-        return await self._drive(ops.get_meter(self.retry, meter_id))
-
-    async def update_meter(self, meter_id: str, **changes: Any) -> Meter:
-        return await self._drive(
-            ops.update_meter(self.retry, meter_id, ops.meter_changes(**changes))
-        )
-
-    async def archive_meter(self, meter_id: str) -> Meter:
-        return await self._drive(ops.archive_meter(self.retry, meter_id))
-
-    async def summary(self, meter_id: str, **options: Unpack[ops.SummaryOptions]) -> Summary:
-        """A meter's usage over a period: one value, or windows and groups when asked."""
-        return await self._drive(ops.summary(self.retry, ops.summary_params(meter_id, **options)))
+    # One operation of the arguments: `calls.ApiCalls`; here what pages, streams or caches.
 
     async def summary_pages(
         self, meter_id: str, **options: Unpack[ops.SummaryOptions]
@@ -375,234 +318,6 @@ class AsyncMeteringClient(DeliveryBase):
             page = await self._drive(ops.summary(self.retry, params))
             yield page
             params = ops.next_page_params(params, page)
-
-    async def cancel(
-        self,
-        ids: Iterable[str] = (),
-        idempotency_keys: Iterable[str] = (),
-        *,
-        event_name: str | None = None,
-        meter_id: str | None = None,
-    ) -> list[CancelOutcome]:
-        targets = ops.cancel_targets(
-            ids, idempotency_keys, event_name=event_name, meter_id=meter_id
-        )
-        return await self._drive(ops.cancel_events(self.retry, targets))
-
-    # -- issue 17, corrections -----------------------------------------------------------
-
-    async def cancel_range(
-        self,
-        meter_id: str,
-        period_start: datetime | date | str,
-        period_end: datetime | date | str,
-        *,
-        user_id: str | None = None,
-        filters: Mapping[str, str | Iterable[str]] | None = None,
-    ) -> Correction:
-        """Cancel every event of a meter in [period_start, period_end) (one user's, with
-        these dimension values): the request is repeated until the correction is complete."""
-        body = ops.range_body(meter_id, period_start, period_end, user_id=user_id, filters=filters)
-        return await self._drive(ops.cancel_range(self.retry, body))
-
-    async def preview_cancel_range(
-        self,
-        meter_id: str,
-        period_start: datetime | date | str,
-        period_end: datetime | date | str,
-        *,
-        user_id: str | None = None,
-        filters: Mapping[str, str | Iterable[str]] | None = None,
-    ) -> CancelPreview:
-        """What `cancel_range` would cancel now (a dry run: nothing changes)."""
-        body = ops.range_body(meter_id, period_start, period_end, user_id=user_id, filters=filters)
-        return await self._drive(ops.preview_cancel_range(self.retry, body))
-
-    async def amend(
-        self,
-        event_id: str,
-        *,
-        value: int | None = None,
-        dimensions: Mapping[str, str] | None = None,
-        timestamp: datetime | str | None = None,
-    ) -> Amendment:
-        """Replace a recorded event by a copy with these changes, in one commit."""
-        changes = ops.amend_changes(value, dimensions, timestamp)
-        return await self._drive(ops.amend_event(self.retry, event_id, changes))
-
-    async def corrections(self) -> list[Correction]:
-        """The org's correction records (range cancels, amendments), newest first."""
-        return await self._drive(ops.list_corrections(self.retry))
-
-    async def correction(self, correction_id: str) -> Correction:
-        return await self._drive(ops.get_correction(self.retry, correction_id))
-
-    # -- webhook endpoints and their delivery log ------------------------------------
-
-    async def create_webhook_endpoint(
-        self,
-        url: str,
-        *,
-        description: str | None = None,
-        event_types: Sequence[str] | None = None,
-    ) -> WebhookEndpoint:
-        """Create an endpoint (every event type unless `event_types` says which). Its
-        `secret` is in this answer only: keep it where your receiver reads it."""
-        body = ops.endpoint_body(url, description=description, event_types=event_types)
-        return await self._drive(ops.create_webhook_endpoint(self.retry, body))
-
-    async def list_webhook_endpoints(self, page_size: int = 100) -> list[WebhookEndpoint]:
-        """Every endpoint of the org (all pages); secrets are never listed."""
-        return await self._drive(ops.list_webhook_endpoints(self.retry, page_size))
-
-    async def get_webhook_endpoint(self, endpoint_id: str) -> WebhookEndpoint:
-        return await self._drive(ops.get_webhook_endpoint(self.retry, endpoint_id))
-
-    async def update_webhook_endpoint(self, endpoint_id: str, **changes: Any) -> WebhookEndpoint:
-        """Change `url`, `description`, `event_types` (`ALL_EVENT_TYPES` for every type)
-        or `enabled`; re-enabling an endpoint the service disabled clears its reason."""
-        return await self._drive(
-            ops.update_webhook_endpoint(self.retry, endpoint_id, ops.endpoint_changes(**changes))
-        )
-
-    async def delete_webhook_endpoint(self, endpoint_id: str) -> WebhookEndpoint | None:
-        """Delete an endpoint; None when a retry found it deleted by the first attempt."""
-        return await self._drive(ops.delete_webhook_endpoint(self.retry, endpoint_id))
-
-    async def rotate_webhook_secret(self, endpoint_id: str) -> WebhookEndpoint:
-        """A new secret (in the answer's `secret`) signs from now on; the old one keeps
-        signing beside it for 24 hours, while your receivers move to the new one."""
-        return await self._drive(ops.rotate_webhook_secret(self.retry, endpoint_id))
-
-    async def list_webhook_messages(
-        self,
-        endpoint_id: str,
-        *,
-        status: str | None = None,
-        limit: int | None = None,
-        cursor: str | None = None,
-    ) -> Page[WebhookMessage]:
-        """One page of an endpoint's delivery log, newest first, each message with its
-        attempts; `status` `pending`, `delivered` or `failed` narrows it."""
-        return await self._drive(
-            ops.list_webhook_messages(
-                self.retry, endpoint_id, status=status, limit=limit, cursor=cursor
-            )
-        )
-
-    async def retry_webhook_message(self, endpoint_id: str, message_id: str) -> WebhookMessage:
-        """Send a message again now (same `webhook-id` and body), e.g. a failed one."""
-        return await self._drive(ops.retry_webhook_message(self.retry, endpoint_id, message_id))
-
-    async def send_test_webhook(self, endpoint_id: str) -> WebhookMessage:
-        """Queue a `webhook.test` message to the endpoint; see it in the delivery log."""
-        return await self._drive(ops.send_test_webhook(self.retry, endpoint_id))
-
-    # -- alert rules and their triggers ----------------------------------------------
-
-    async def create_alert(
-        self,
-        name: str,
-        meter_id: str,
-        thresholds: Sequence[int],
-        *,
-        scope: AlertScope = "user",
-        period: str = "month",
-        time_zone: str | None = None,
-        filter: Mapping[str, str] | None = None,
-        notify_on_resolve: bool | None = None,
-    ) -> Alert:
-        """A rule: `alert.triggered` once when a subject's usage of the meter in the
-        period reaches each threshold. `scope` is `user` (each user), `org` (the
-        meter's total) or `{"userId": ...}`; `period` `day` or `month` in `time_zone`."""
-        body = ops.alert_body(
-            name,
-            meter_id,
-            thresholds,
-            scope=scope,
-            period=period,
-            time_zone=time_zone,
-            filter=filter,
-            notify_on_resolve=notify_on_resolve,
-        )
-        return await self._drive(ops.create_alert(self.retry, body))
-
-    async def list_alerts(
-        self, *, include_archived: bool = False, page_size: int = 100
-    ) -> list[Alert]:
-        """Every alert rule of the org (all pages); archived ones only when asked."""
-        return await self._drive(
-            ops.list_alerts(self.retry, include_archived=include_archived, page_size=page_size)
-        )
-
-    async def get_alert(self, alert_id: str) -> Alert:
-        return await self._drive(ops.get_alert(self.retry, alert_id))
-
-    async def update_alert(self, alert_id: str, **changes: Any) -> Alert:
-        """Change `name`, `thresholds`, `filter` or `notify_on_resolve`."""
-        return await self._drive(
-            ops.update_alert(self.retry, alert_id, ops.alert_changes(**changes))
-        )
-
-    async def archive_alert(self, alert_id: str) -> Alert:
-        """Archive a rule: it evaluates no more; its triggers stay readable."""
-        return await self._drive(ops.archive_alert(self.retry, alert_id))
-
-    async def list_alert_triggers(
-        self, alert_id: str, *, limit: int | None = None, cursor: str | None = None
-    ) -> Page[AlertTrigger]:
-        """One page of a rule's triggers and resolutions, newest first."""
-        return await self._drive(
-            ops.list_alert_triggers(self.retry, alert_id, limit=limit, cursor=cursor)
-        )
-
-    # -- the org's API keys (issue 16) -------------------------------------------------
-
-    async def create_key(
-        self,
-        scopes: Sequence[str],
-        *,
-        expires_at: datetime | None = None,
-        expires_in: timedelta | float | None = None,
-        name: str | None = None,
-    ) -> ApiKey:
-        """Create a key holding `scopes` (some of this client's key's own), expiring at
-        `expires_at` or after `expires_in`; its `secret` is in this answer only."""
-        body = ops.key_body(scopes, expires_at=expires_at, expires_in=expires_in, name=name)
-        return await self._drive(ops.create_key(self.retry, body))
-
-    async def list_keys(self) -> list[ApiKey]:
-        """The org's keys, revoked and expired ones included (never their secrets)."""
-        return await self._drive(ops.list_keys(self.retry))
-
-    async def revoke_key(self, prefix: str) -> bool:
-        """Revoke a key by its prefix; False when a retry found it already revoked."""
-        return await self._drive(ops.revoke_key(self.retry, prefix))
-
-    # -- customer portal (issue 16) ----------------------------------------------------
-
-    async def create_portal_token(
-        self,
-        user_id: str,
-        *,
-        meter_ids: Sequence[str] | None = None,
-        expires_in: timedelta | int | None = None,
-    ) -> PortalToken:
-        """A token with which one end customer reads their own usage (of `meter_ids`, or
-        of every active meter) for `expires_in` (seconds or a timedelta; at most 24 h,
-        1 h by default): e.g. `/portal#token=...` in an iframe of your site."""
-        body = ops.portal_token_body(user_id, meter_ids, expires_in)
-        return await self._drive(ops.create_portal_token(self.retry, body))
-
-    async def revoke_portal_tokens(self, user_id: str | None = None) -> datetime:
-        """Refuse every portal token of the org (or of `user_id`) issued until now; every
-        instance refuses them within a few seconds (2 by default). Returns the moment."""
-        return await self._drive(ops.revoke_portal_tokens(self.retry, user_id))
-
-    async def set_portal_origins(self, origins: Sequence[str]) -> list[str]:
-        """The exact origins (`https://app.example.com`) whose pages may call the portal
-        API from a browser; answers them as stored."""
-        return await self._drive(ops.set_portal_origins(self.retry, origins))
 
     # -- issue 17, export ---------------------------------------------------------------
 
@@ -647,35 +362,6 @@ class AsyncMeteringClient(DeliveryBase):
                 await asyncio.sleep(progress.failed(failure))
 
     # -- usage limits and the limit check (issue 16) ------------------------------------
-
-    async def create_limit(
-        self,
-        meter_id: str,
-        limit: int,
-        *,
-        period: str = "month",
-        time_zone: str | None = None,
-        user_id: str | None = None,
-    ) -> UsageLimit:
-        """A limit: the meter's default for every user, or `user_id`'s override."""
-        body = ops.limit_body(meter_id, limit, period, time_zone, user_id)
-        return await self._drive(ops.create_limit(self.retry, body))
-
-    async def list_limits(
-        self, *, meter_id: str | None = None, page_size: int = 100
-    ) -> list[UsageLimit]:
-        return await self._drive(
-            ops.list_limits(self.retry, meter_id=meter_id, page_size=page_size)
-        )
-
-    async def get_limit(self, limit_id: str) -> UsageLimit:
-        return await self._drive(ops.get_limit(self.retry, limit_id))
-
-    async def update_limit(self, limit_id: str, limit: int) -> UsageLimit:
-        return await self._drive(ops.update_limit(self.retry, limit_id, limit))
-
-    async def delete_limit(self, limit_id: str) -> UsageLimit | None:
-        return await self._drive(ops.delete_limit(self.retry, limit_id))
 
     async def check_limit(
         self,

@@ -618,7 +618,7 @@ def create_portal_token(policy: RetryPolicy, body: dict[str, Any]) -> Op[PortalT
     return PortalToken.from_json(answer.ok())
 
 
-def revoke_portal_tokens(policy: RetryPolicy, user_id: str | None) -> Op[datetime]:
+def revoke_portal_tokens(policy: RetryPolicy, user_id: str | None = None) -> Op[datetime]:
     """Revoke the org's tokens (or one user's) issued until now; safe to retry."""
     body = {"userId": user_id} if user_id is not None else {}
     answer = yield from _call(policy, "POST", f"{PORTAL_PATH}/tokens/revoke", json=body)

@@ -68,6 +68,10 @@ RESPONSE_BODY_KEPT = 1024
 #: Seconds a lease outlasts the send's timeout (recording the result, a slow thread).
 LEASE_MARGIN_SECONDS = 10
 MAX_SENDERS = 128
+#: Messages leased in one transaction, and attempts recorded in one: a fifth of a
+#: commit's 500 mutations, and with each message's log bounded (MAX_ATTEMPTS_KEPT of at
+#: most RESPONSE_BODY_KEPT each) far below a commit's 10 MiB.
+BATCH = 100
 #: Messages of one endpoint in senders at once, per process (the rest wait for the next
 #: round). Each send costs two transactions (lease, record), so this bounds how fast a
 #: backlog of alerts leaves: 8 made the median alert 13 s late, 16 10 s, 32 5 s
@@ -144,12 +148,14 @@ def due_keys(now: datetime, limit: int) -> list[ndb.Key]:
 def dispatch_org(
     budget: int, settings: Settings, now: datetime | None = None, wait: bool = True
 ) -> OrgDispatch:
-    """Send up to `budget` due messages of the current org: each is leased, sent and
-    recorded by a sender thread of the pool, so leases run side by side and a slow
-    endpoint holds only its own sends. With `wait` the call returns once every one is
-    recorded (a message whose endpoint has PER_ENDPOINT in senders waits for one of this
-    call's to end); without, at once, leaving what it could not hand out (in a sender
-    already, or its endpoint's share taken) to a later round."""
+    """Send up to `budget` due messages of the current org. The calling thread leases them
+    in batches (`lease_many`: one transaction for up to BATCH messages) and hands each
+    leased one to a sender thread of the pool, which sends it and records the result in a
+    shared commit (`_recorder`). A slow endpoint holds only its own senders. With `wait`
+    the call returns once every one is recorded (a message whose endpoint has
+    PER_ENDPOINT in senders waits for one of this call's to end); without, at once,
+    leaving what it could not hand out (in a sender already, or its endpoint's share
+    taken) to a later round."""
     now = now or utcnow()
     result = OrgDispatch()
     keys = due_keys(now, budget)
@@ -164,15 +170,28 @@ def dispatch_org(
     context = ndb.get_context()
     namespace = context.get_namespace()
     running: set[concurrent.futures.Future[bool | None]] = set()
+    batch: list[ndb.Key] = []
     skipped = 0
+
+    def start(batch: list[ndb.Key]) -> None:
+        """Lease the handed-out batch and give each leased message to a sender."""
+        for leased in _lease_handed_out(namespace, batch, now, settings, endpoints):
+            running.add(
+                _senders.submit(_send_and_record, context.client, namespace, leased, settings)
+            )
+            result.leased += not wait
+        batch.clear()
+
     for key in keys:
         state = _hand_out(namespace, key)
         # Its endpoint busy: a waiting call waits for one of its own sends to end first.
-        while state == ENDPOINT_BUSY and wait and running:
-            done, running = concurrent.futures.wait(
-                running, return_when=concurrent.futures.FIRST_COMPLETED
-            )
-            _count(result, done)
+        while state == ENDPOINT_BUSY and wait and (running or batch):
+            if batch:
+                start(batch)
+            if running:
+                done = next(concurrent.futures.as_completed(running))
+                running.discard(done)
+                _count(result, {done})
             state = _hand_out(namespace, key)
         if state == ENDPOINT_BUSY:
             with _in_flight_lock:
@@ -180,12 +199,11 @@ def dispatch_org(
         if state != HANDED_OUT:
             skipped += 1
             continue  # a sender of this process has it, or a later round will
-        running.add(
-            _senders.submit(
-                _lease_send_record, context.client, namespace, key, endpoints, settings, now
-            )
-        )
-        result.leased += not wait
+        batch.append(key)
+        if len(batch) >= BATCH:
+            start(batch)
+    if batch:
+        start(batch)
     if wait:
         _count(result, concurrent.futures.wait(running).done)
     else:
@@ -206,43 +224,81 @@ def _count(result: OrgDispatch, done: set[concurrent.futures.Future[bool | None]
             result.undelivered += not outcome
 
 
-def _lease_send_record(
-    client: ndb.Client,
+@dataclass(frozen=True)
+class Leased:
+    """A message taken for one attempt: its lease token is in `message.lease`, and the
+    lease ends at `until` (after it another dispatcher may take the message)."""
+
+    message: WebhookMessage
+    endpoint: WebhookEndpoint
+    at: datetime
+    until: datetime
+
+
+def _lease_handed_out(
     namespace: str | None,
-    key: ndb.Key,
-    endpoints: dict[int, WebhookEndpoint],
-    settings: Settings,
+    keys: list[ndb.Key],
     now: datetime,
+    settings: Settings,
+    endpoints: dict[int, WebhookEndpoint],
+) -> list[Leased]:
+    """Lease handed-out keys; those not leased (another dispatcher has them, no longer
+    due, settled without an attempt) are given back at once."""
+    try:
+        leased = lease_many(keys, now, settings, endpoints)
+    except Exception:  # a contended lease: another dispatcher is taking them
+        log.warning("could not lease %d webhook messages", len(keys), exc_info=True)
+        leased = []
+    taken = {item.message.key for item in leased}
+    for key in keys:
+        if key not in taken:
+            _give_back(namespace, key)
+    return leased
+
+
+def _send_and_record(
+    client: ndb.Client, namespace: str | None, leased: Leased, settings: Settings
 ) -> bool | None:
-    """In a sender thread (its own NDB context): lease the message, send one attempt, and
-    record it. Whether it was delivered; None when nothing was sent. Times count from when
-    the thread starts (the round's `now` may have passed while the task waited for a
-    thread: a lease counted from it could expire before the send ends)."""
+    """In a sender thread (its own NDB context): send one attempt of a leased message and
+    record it. Whether it was delivered; None when nothing was sent (the task waited so
+    long for a thread that the send could outlast the lease: another dispatcher could
+    then send the same attempt, so the lease is left to expire instead)."""
+    message, endpoint = leased.message, leased.endpoint
     try:
         with client.context(namespace=namespace):
-            now = max(now, utcnow())  # a test's later `now` is kept
-            leased = _lease(key, now, settings, endpoints)
-            if leased is None:
+            started = utcnow()
+            if started > leased.at + timedelta(seconds=LEASE_MARGIN_SECONDS / 2):
+                log.warning(
+                    "webhook message %s waited past its lease; sent later", message.key.id()
+                )
                 return None
-            message, endpoint = leased
+            at = max(leased.at, started)  # a test's later `now` is kept
             outcome = send(endpoint, message, settings)
-            if record(message.key, message.lease, outcome, now, settings) is not None:
-                note_endpoint_health(endpoint, outcome, now)
+            if _recorder.record(
+                namespace, Result(message.key, message.lease, outcome, at, settings)
+            ):
+                note_endpoint_health(endpoint, outcome, at)
             return outcome.delivered
     except Exception:
-        log.exception("webhook message %s: the attempt could not be recorded", key.id())
+        log.exception("webhook message %s: the attempt could not be recorded", message.key.id())
         return False
     finally:
-        with _in_flight_lock:
-            _in_flight.discard((namespace, key.id()))
-            endpoint_key = (namespace, _endpoint_key_id(key))
-            _in_flight_per_endpoint[endpoint_key] -= 1
-            if _in_flight_per_endpoint[endpoint_key] <= 0:
-                del _in_flight_per_endpoint[endpoint_key]
-            backlogged = namespace in _backlogged
-            _backlogged.discard(namespace)
-        if backlogged:
-            outbox.wake_org(namespace)  # a sender is free: hand out what waited
+        _give_back(namespace, message.key)
+
+
+def _give_back(namespace: str | None, key: ndb.Key) -> None:
+    """A handed-out message leaves this process's senders; if a round left messages for
+    lack of a free sender, wake the loop to hand them out."""
+    with _in_flight_lock:
+        _in_flight.discard((namespace, key.id()))
+        endpoint_key = (namespace, _endpoint_key_id(key))
+        _in_flight_per_endpoint[endpoint_key] -= 1
+        if _in_flight_per_endpoint[endpoint_key] <= 0:
+            del _in_flight_per_endpoint[endpoint_key]
+        backlogged = namespace in _backlogged
+        _backlogged.discard(namespace)
+    if backlogged:
+        outbox.wake_org(namespace)  # a sender is free: hand out what waited
 
 
 def _endpoint_key_id(key: ndb.Key) -> int:
@@ -267,44 +323,66 @@ def _hand_out(namespace: str | None, key: ndb.Key) -> str:
     return HANDED_OUT
 
 
+def lease_many(
+    keys: list[ndb.Key],
+    now: datetime,
+    settings: Settings,
+    endpoints: dict[int, WebhookEndpoint],
+) -> list[Leased]:
+    """Take due messages for one attempt each, in one transaction per BATCH: each gets its
+    own lease token and its next attempt moved past the send's end, so another
+    dispatcher finds it not due. A message of a deleted endpoint is failed, one of a
+    disabled endpoint waits (PAUSED_RECHECK); neither is returned, nor is a message
+    another dispatcher leased or settled first. Raises when a transaction could not
+    commit (contention): its messages are left as they were."""
+    now = max(now, utcnow())
+    until = now + timedelta(seconds=settings.timeout_seconds + LEASE_MARGIN_SECONDS)
+    leased: list[Leased] = []
+    for first in range(0, len(keys), BATCH):
+        leased += _lease_batch(keys[first : first + BATCH], now, until, endpoints)
+    return leased
+
+
+def _lease_batch(
+    keys: list[ndb.Key], now: datetime, until: datetime, endpoints: dict[int, WebhookEndpoint]
+) -> list[Leased]:
+    @transactional(retries=3)
+    def lease() -> list[Leased]:
+        taken: list[Leased] = []
+        changed: list[WebhookMessage] = []
+        for message in cast(list[WebhookMessage | None], ndb.get_multi(keys)):
+            if message is None or message.status != PENDING or message.next_attempt_at > now:
+                continue
+            endpoint = endpoints.get(_endpoint_key_id(message.key))
+            if endpoint is None or endpoint.deleted:
+                message.log_attempt(_attempt(now, Outcome(None, "the endpoint was deleted", "", 0)))
+                message.status, message.next_attempt_at, message.lease = FAILED, None, None
+                message.updated_at = now
+            elif not endpoint.enabled:
+                message.next_attempt_at = now + PAUSED_RECHECK  # waits; re-enabling wakes it
+            else:
+                message.lease = _random.token_hex(8)
+                message.next_attempt_at = until
+                message.updated_at = now
+                taken.append(Leased(message, endpoint, now, until))
+            changed.append(message)
+        if changed:
+            ndb.put_multi(changed)
+        return taken
+
+    return lease()
+
+
 def _lease(
     key: ndb.Key, now: datetime, settings: Settings, endpoints: dict[int, WebhookEndpoint]
 ) -> tuple[WebhookMessage, WebhookEndpoint] | None:
-    """Take the message for one attempt, or settle it without one (its endpoint deleted or
-    disabled); None when there is nothing to send (another dispatcher has it, or it is no
-    longer due)."""
-    endpoint = endpoints.get(_endpoint_key_id(key))
-    token = _random.token_hex(8)
-
-    @transactional(retries=3)
-    def lease() -> WebhookMessage | None:
-        message = cast(WebhookMessage | None, key.get())
-        if message is None or message.status != PENDING or message.next_attempt_at > now:
-            return None
-        if endpoint is None or endpoint.deleted:
-            message.log_attempt(_attempt(now, Outcome(None, "the endpoint was deleted", "", 0)))
-            message.status, message.next_attempt_at, message.lease = FAILED, None, None
-        elif not endpoint.enabled:
-            message.next_attempt_at = now + PAUSED_RECHECK  # waits; re-enabling wakes it
-            message.put()
-            return None
-        else:
-            message.lease = token
-            message.next_attempt_at = now + timedelta(
-                seconds=settings.timeout_seconds + LEASE_MARGIN_SECONDS
-            )
-        message.updated_at = now
-        message.put()
-        return message if message.status == PENDING else None
-
+    """Lease one message (`lease_many` of one); None when there is nothing to send."""
     try:
-        message = lease()
+        leased = lease_many([key], now, settings, endpoints)
     except Exception:  # a contended lease: another dispatcher is taking it
         log.warning("could not lease webhook message %s", key.id(), exc_info=True)
         return None
-    if message is None or endpoint is None:
-        return None
-    return message, endpoint
+    return (leased[0].message, leased[0].endpoint) if leased else None
 
 
 def _attempt(at: datetime, outcome: Outcome) -> dict[str, object]:
@@ -427,32 +505,105 @@ def retry_delay(failed_attempts: int, settings: Settings) -> timedelta | None:
     return delay * _jitter.uniform(1 - JITTER, 1 + JITTER)
 
 
-def record(
-    key: ndb.Key, lease: str | None, outcome: Outcome, now: datetime, settings: Settings
-) -> WebhookMessage | None:
-    """Log one attempt and settle the message (delivered, retried later, or failed); None
-    when the lease was lost (another sender took the message over)."""
+@dataclass
+class Result:
+    """One attempt's outcome, to record under the lease it was sent with."""
+
+    key: ndb.Key
+    lease: str | None
+    outcome: Outcome
+    at: datetime
+    settings: Settings
+    recorded: bool = False
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+def record_many(results: list[Result]) -> set[ndb.Key]:
+    """Log each attempt and settle its message (delivered, retried later, or failed), in
+    one transaction; the keys recorded. A message whose lease is no longer the one it was
+    sent with (another dispatcher took it over after the lease ran out) records nothing:
+    the others of the batch are recorded all the same."""
 
     @transactional(retries=5)
-    def store() -> WebhookMessage | None:
-        message = cast(WebhookMessage | None, key.get())
-        if message is None or message.lease != lease or message.status != PENDING:
-            return None
-        message.log_attempt(_attempt(now, outcome))
-        message.lease = None
-        message.updated_at = now
-        if outcome.delivered:
-            message.status, message.next_attempt_at = DELIVERED, None
-        else:
-            delay = retry_delay(message.attempt_count, settings)
-            if delay is None:
-                message.status, message.next_attempt_at = FAILED, None
-            else:
-                message.next_attempt_at = now + delay
-        message.put()
-        return message
+    def store() -> set[ndb.Key]:
+        found = cast(list[WebhookMessage | None], ndb.get_multi([r.key for r in results]))
+        changed: list[WebhookMessage] = []
+        for result, message in zip(results, found):
+            if message is None or message.lease != result.lease or message.status != PENDING:
+                continue
+            _settle(message, result)
+            changed.append(message)
+        if changed:
+            ndb.put_multi(changed)
+        return {message.key for message in changed}
 
     return store()
+
+
+def _settle(message: WebhookMessage, result: Result) -> None:
+    message.log_attempt(_attempt(result.at, result.outcome))
+    message.lease = None
+    message.updated_at = result.at
+    if result.outcome.delivered:
+        message.status, message.next_attempt_at = DELIVERED, None
+    else:
+        delay = retry_delay(message.attempt_count, result.settings)
+        if delay is None:
+            message.status, message.next_attempt_at = FAILED, None
+        else:
+            message.next_attempt_at = result.at + delay
+
+
+def record(
+    key: ndb.Key, lease: str | None, outcome: Outcome, now: datetime, settings: Settings
+) -> bool:
+    """`record_many` of one attempt: whether it was recorded (False: the lease was lost)."""
+    return key in record_many([Result(key, lease, outcome, now, settings)])
+
+
+class _Recorder:
+    """Group commit of results: a sender hands its result in and waits; the first sender
+    of an org to find no commit of that org under way commits every result waiting (up to
+    BATCH per transaction) until none is left, while the others wait for theirs. So one
+    transaction records what all the senders finished while the previous one committed:
+    a burst of N sends costs a few commits, not N."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.waiting: dict[str | None, list[Result]] = {}
+        self.committing: set[str | None] = set()
+
+    def record(self, namespace: str | None, result: Result) -> bool:
+        """Record `result` (the caller is in an NDB context of `namespace`); whether it was."""
+        with self.lock:
+            self.waiting.setdefault(namespace, []).append(result)
+            leader = namespace not in self.committing
+            self.committing.add(namespace)
+        if leader:
+            self._commit_all(namespace)
+        result.done.wait()
+        return result.recorded
+
+    def _commit_all(self, namespace: str | None) -> None:
+        while True:
+            with self.lock:
+                waiting = self.waiting.get(namespace, [])
+                batch, self.waiting[namespace] = waiting[:BATCH], waiting[BATCH:]
+                if not batch:
+                    del self.waiting[namespace]
+                    self.committing.discard(namespace)
+                    return
+            try:
+                recorded = record_many(batch)
+            except Exception:  # their leases run out and they are sent again
+                log.exception("could not record %d webhook attempts", len(batch))
+                recorded = set()
+            for result in batch:
+                result.recorded = result.key in recorded
+                result.done.set()
+
+
+_recorder = _Recorder()
 
 
 #: endpoint (namespace, key id) -> when this process last wrote its first failure

@@ -34,7 +34,7 @@ import socket
 import ssl
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import cast
@@ -72,24 +72,35 @@ MAX_SENDERS = 128
 #: commit's 500 mutations, and with each message's log bounded (MAX_ATTEMPTS_KEPT of at
 #: most RESPONSE_BODY_KEPT each) far below a commit's 10 MiB.
 BATCH = 100
-#: Messages of one endpoint in senders at once, per process (the rest wait for the next
-#: round). Each send costs two transactions (lease, record), so this bounds how fast a
-#: backlog of alerts leaves: 8 made the median alert 13 s late, 16 10 s, 32 5 s
-#: (benchmarks/alerts_exact.py). A receiver must accept that many connections at once.
+#: Sends to one endpoint at once, per process: a hung endpoint holds this many sender
+#: threads, never the pool. A receiver must accept that many connections at once.
 PER_ENDPOINT = 32
-
+#: Messages of one endpoint leased and not yet recorded, per process (the rest wait for a
+#: later round): those past the PER_ENDPOINT being sent wait in the endpoint's queue, so
+#: a sender goes from one to the next without a round of the loop in between. A queued
+#: message that waited so long that its send could outlast its lease is not sent (see
+#: `_send_one`): for a hung endpoint, at most this many wait for their leases to expire.
+LEASED_PER_ENDPOINT = 4 * PER_ENDPOINT
 _senders = concurrent.futures.ThreadPoolExecutor(
     max_workers=MAX_SENDERS, thread_name_prefix="webhook-send"
 )
+#: Where the group commits of results run: never in a sender (it goes on to its next
+#: message) and never queued behind senders of hung endpoints.
+_committers = concurrent.futures.ThreadPoolExecutor(
+    max_workers=4, thread_name_prefix="webhook-record"
+)
 _jitter = random.Random()
-#: (namespace, message key id) of the messages a sender of this process holds, and how
-#: many each (namespace, endpoint key id) has there.
+#: (namespace, message key id) of the messages this process handed out (leased, queued,
+#: being sent or recorded), and how many each (namespace, endpoint key id) has there.
 _in_flight: set[tuple[str | None, str]] = set()
 _in_flight_per_endpoint: Counter[tuple[str | None, int]] = Counter()
 _in_flight_lock = threading.Lock()
 #: Namespaces with a message left for a later round because its endpoint was busy: the
-#: next sender of theirs to end wakes the delivery loop for them.
+#: next message of theirs recorded wakes the delivery loop for them.
 _backlogged: set[str | None] = set()
+#: Each endpoint's leased messages waiting for a sender, and its sender tasks running.
+_queues: dict[tuple[str | None, int], deque[_Queued]] = {}
+_sending: Counter[tuple[str | None, int]] = Counter()
 
 
 @dataclass(frozen=True)
@@ -149,13 +160,13 @@ def dispatch_org(
     budget: int, settings: Settings, now: datetime | None = None, wait: bool = True
 ) -> OrgDispatch:
     """Send up to `budget` due messages of the current org. The calling thread leases them
-    in batches (`lease_many`: one transaction for up to BATCH messages) and hands each
-    leased one to a sender thread of the pool, which sends it and records the result in a
-    shared commit (`_recorder`). A slow endpoint holds only its own senders. With `wait`
-    the call returns once every one is recorded (a message whose endpoint has
-    PER_ENDPOINT in senders waits for one of this call's to end); without, at once,
-    leaving what it could not hand out (in a sender already, or its endpoint's share
-    taken) to a later round."""
+    in batches (`lease_many`: one transaction for up to BATCH messages) and queues each
+    leased one for its endpoint, whose sender tasks (PER_ENDPOINT at most) send them one
+    after another; results are recorded by group commits (`_recorder`), many per
+    transaction. A slow endpoint holds only its own senders. With `wait` the call returns
+    once every one is recorded (a message whose endpoint has LEASED_PER_ENDPOINT handed
+    out waits for one of this call's to end); without, at once, leaving what it could
+    not hand out (handed out already, or its endpoint's share taken) to a later round."""
     now = now or utcnow()
     result = OrgDispatch()
     keys = due_keys(now, budget)
@@ -174,11 +185,11 @@ def dispatch_org(
     skipped = 0
 
     def start(batch: list[ndb.Key]) -> None:
-        """Lease the handed-out batch and give each leased message to a sender."""
+        """Lease the handed-out batch and queue each leased message for its endpoint."""
         for leased in _lease_handed_out(namespace, batch, now, settings, endpoints):
-            running.add(
-                _senders.submit(_send_and_record, context.client, namespace, leased, settings)
-            )
+            future: concurrent.futures.Future[bool | None] = concurrent.futures.Future()
+            _enqueue(namespace, _Queued(context.client, leased, settings, future))
+            running.add(future)
             result.leased += not wait
         batch.clear()
 
@@ -189,9 +200,10 @@ def dispatch_org(
             if batch:
                 start(batch)
             if running:
-                done = next(concurrent.futures.as_completed(running))
-                running.discard(done)
-                _count(result, {done})
+                done, running = concurrent.futures.wait(
+                    running, return_when=concurrent.futures.FIRST_COMPLETED
+                )
+                _count(result, done)
             state = _hand_out(namespace, key)
         if state == ENDPOINT_BUSY:
             with _in_flight_lock:
@@ -256,39 +268,80 @@ def _lease_handed_out(
     return leased
 
 
-def _send_and_record(
-    client: ndb.Client, namespace: str | None, leased: Leased, settings: Settings
-) -> bool | None:
-    """In a sender thread (its own NDB context): send one attempt of a leased message and
-    record it. Whether it was delivered; None when nothing was sent (the task waited so
-    long for a thread that the send could outlast the lease: another dispatcher could
-    then send the same attempt, so the lease is left to expire instead)."""
-    message, endpoint = leased.message, leased.endpoint
+@dataclass
+class _Queued:
+    """A leased message waiting for a sender of its endpoint; `done` gets whether it was
+    delivered (None: not sent) once its attempt is recorded."""
+
+    client: ndb.Client
+    leased: Leased
+    settings: Settings
+    done: concurrent.futures.Future[bool | None]
+
+
+def _enqueue(namespace: str | None, item: _Queued) -> None:
+    """Queue a leased message for its endpoint; start a sender task unless PER_ENDPOINT
+    run already (one of them takes it)."""
+    endpoint_key = (namespace, _endpoint_key_id(item.leased.message.key))
+    with _in_flight_lock:
+        _queues.setdefault(endpoint_key, deque()).append(item)
+        start = _sending[endpoint_key] < PER_ENDPOINT
+        if start:
+            _sending[endpoint_key] += 1
+    if start:
+        _senders.submit(_send_queued, endpoint_key)
+
+
+def _send_queued(endpoint_key: tuple[str | None, int]) -> None:
+    """A sender task: send the endpoint's queued messages, one after another, until none
+    is left (recording is not waited for: a group commit does it)."""
+    while True:
+        with _in_flight_lock:
+            queue = _queues.get(endpoint_key)
+            if not queue:
+                _queues.pop(endpoint_key, None)
+                _sending[endpoint_key] -= 1
+                if _sending[endpoint_key] <= 0:
+                    del _sending[endpoint_key]
+                return
+            item = queue.popleft()
+        _send_one(endpoint_key[0], item)
+
+
+def _send_one(namespace: str | None, item: _Queued) -> None:
+    """Send one attempt of a leased message and hand its outcome to the recorder. Not
+    sent (None) when the message waited so long that the send could outlast its lease:
+    another dispatcher could then send the same attempt, so the lease is left to expire
+    instead (the message is sent again then, with the same id)."""
+    leased = item.leased
+    message = leased.message
     try:
-        with client.context(namespace=namespace):
+        with item.client.context(namespace=namespace):
             started = utcnow()
             if started > leased.at + timedelta(seconds=LEASE_MARGIN_SECONDS / 2):
-                log.warning(
-                    "webhook message %s waited past its lease; sent later", message.key.id()
-                )
-                return None
+                log.warning("webhook message %s waited past its lease", message.key.id())
+                _finish(namespace, item, None)
+                return
             at = max(leased.at, started)  # a test's later `now` is kept
-            outcome = send(endpoint, message, settings)
-            if _recorder.record(
-                namespace, Result(message.key, message.lease, outcome, at, settings)
-            ):
-                note_endpoint_health(endpoint, outcome, at)
-            return outcome.delivered
+            outcome = send(leased.endpoint, message, item.settings)
     except Exception:
-        log.exception("webhook message %s: the attempt could not be recorded", message.key.id())
-        return False
-    finally:
-        _give_back(namespace, message.key)
+        log.exception("webhook message %s: the attempt failed", message.key.id())
+        _finish(namespace, item, False)
+        return
+    _recorder.add(
+        namespace, item.client, Result(message.key, message.lease, outcome, at, item.settings, item)
+    )
+
+
+def _finish(namespace: str | None, item: _Queued, delivered: bool | None) -> None:
+    """The message's attempt is over (recorded, or given up): free its place."""
+    _give_back(namespace, item.leased.message.key)
+    item.done.set_result(delivered)
 
 
 def _give_back(namespace: str | None, key: ndb.Key) -> None:
-    """A handed-out message leaves this process's senders; if a round left messages for
-    lack of a free sender, wake the loop to hand them out."""
+    """A handed-out message leaves this process's hands; if a round left messages for
+    lack of room, wake the loop to hand them out."""
     with _in_flight_lock:
         _in_flight.discard((namespace, key.id()))
         endpoint_key = (namespace, _endpoint_key_id(key))
@@ -310,13 +363,13 @@ HANDED_OUT, IN_A_SENDER, ENDPOINT_BUSY = "handed out", "in a sender", "endpoint 
 
 
 def _hand_out(namespace: str | None, key: ndb.Key) -> str:
-    """Give the message to a sender (HANDED_OUT) unless one has it already (IN_A_SENDER)
-    or its endpoint has PER_ENDPOINT in senders (ENDPOINT_BUSY)."""
+    """Take the message for this process (HANDED_OUT) unless it has it already
+    (IN_A_SENDER) or its endpoint has LEASED_PER_ENDPOINT handed out (ENDPOINT_BUSY)."""
     endpoint_key = (namespace, _endpoint_key_id(key))
     with _in_flight_lock:
         if (namespace, key.id()) in _in_flight:
             return IN_A_SENDER
-        if _in_flight_per_endpoint[endpoint_key] >= PER_ENDPOINT:
+        if _in_flight_per_endpoint[endpoint_key] >= LEASED_PER_ENDPOINT:
             return ENDPOINT_BUSY
         _in_flight.add((namespace, key.id()))
         _in_flight_per_endpoint[endpoint_key] += 1
@@ -514,8 +567,8 @@ class Result:
     outcome: Outcome
     at: datetime
     settings: Settings
-    recorded: bool = False
-    done: threading.Event = field(default_factory=threading.Event)
+    #: The queued message it came from (None: recorded directly, as `record` does).
+    queued: _Queued | None = None
 
 
 def record_many(results: list[Result]) -> set[ndb.Key]:
@@ -562,45 +615,53 @@ def record(
 
 
 class _Recorder:
-    """Group commit of results: a sender hands its result in and waits; the first sender
-    of an org to find no commit of that org under way commits every result waiting (up to
-    BATCH per transaction) until none is left, while the others wait for theirs. So one
-    transaction records what all the senders finished while the previous one committed:
-    a burst of N sends costs a few commits, not N."""
+    """Group commit of results: a sender hands its outcome in and goes on to its next
+    message; one committer task per org (on `_committers`) records every result waiting,
+    up to BATCH per transaction, until none is left. So one transaction records what all
+    the senders finished while the previous one committed: a burst of N sends costs a
+    few commits, not N. Then, per result: the endpoint's health, and the message's place
+    freed (`_finish`)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.waiting: dict[str | None, list[Result]] = {}
-        self.committing: set[str | None] = set()
+        self.waiting: dict[tuple[str | None, ndb.Client], list[Result]] = {}
 
-    def record(self, namespace: str | None, result: Result) -> bool:
-        """Record `result` (the caller is in an NDB context of `namespace`); whether it was."""
+    def add(self, namespace: str | None, client: ndb.Client, result: Result) -> None:
+        org = (namespace, client)
         with self.lock:
-            self.waiting.setdefault(namespace, []).append(result)
-            leader = namespace not in self.committing
-            self.committing.add(namespace)
-        if leader:
-            self._commit_all(namespace)
-        result.done.wait()
-        return result.recorded
+            start = org not in self.waiting
+            self.waiting.setdefault(org, []).append(result)
+        if start:
+            _committers.submit(self._commit_all, org)
 
-    def _commit_all(self, namespace: str | None) -> None:
+    def _commit_all(self, org: tuple[str | None, ndb.Client]) -> None:
+        namespace, client = org
         while True:
             with self.lock:
-                waiting = self.waiting.get(namespace, [])
-                batch, self.waiting[namespace] = waiting[:BATCH], waiting[BATCH:]
+                waiting = self.waiting[org]
+                batch, self.waiting[org] = waiting[:BATCH], waiting[BATCH:]
                 if not batch:
-                    del self.waiting[namespace]
-                    self.committing.discard(namespace)
+                    del self.waiting[org]
                     return
+            with client.context(namespace=namespace):
+                self._commit(namespace, batch)
+
+    @staticmethod
+    def _commit(namespace: str | None, batch: list[Result]) -> None:
+        try:
+            recorded = record_many(batch)
+        except Exception:  # their leases run out and they are sent again
+            log.exception("could not record %d webhook attempts", len(batch))
+            recorded = set()
+        for result in batch:
+            assert result.queued is not None
             try:
-                recorded = record_many(batch)
-            except Exception:  # their leases run out and they are sent again
-                log.exception("could not record %d webhook attempts", len(batch))
-                recorded = set()
-            for result in batch:
-                result.recorded = result.key in recorded
-                result.done.set()
+                if result.key in recorded:
+                    note_endpoint_health(result.queued.leased.endpoint, result.outcome, result.at)
+            except Exception:
+                log.exception("could not note the health of an endpoint")
+            finally:
+                _finish(namespace, result.queued, result.outcome.delivered)
 
 
 _recorder = _Recorder()

@@ -1,20 +1,28 @@
 """The dispatcher: send the current org's due messages, at least once, never one attempt twice.
 
 One call (`dispatch_org`) finds up to `budget` due messages (pending, next attempt at or
-before now: an ancestor query on `Status`, `NextAttemptAt`) and hands each to a sender
-thread of a pool, which leases it in a transaction, sends it and records the result. At
-most `PER_ENDPOINT` messages of one endpoint are in senders at once, so a hung endpoint
-holds a few threads, never the pool: the others' messages go out beside it.
+before now: an ancestor query on `Status`, `NextAttemptAt`), leases them in batches (one
+transaction for up to BATCH) and queues each for its endpoint. At most `PER_ENDPOINT`
+sender threads of the pool send one endpoint's messages, going from one to the next
+without waiting for a commit or a round of the loop; at most `LEASED_PER_ENDPOINT` of one
+endpoint are leased and not yet recorded in a process, so a hung endpoint holds a few
+threads, never the pool: the others' messages go out beside it.
 
 Leasing moves the message's next attempt to the end of the send (timeout plus a margin)
-and stores a random lease token: another dispatcher, in this process or another, finds
-it not due, so one attempt is sent once; a sender that dies mid-send leaves the lease to
-expire, and the message is sent again, with the same `webhook-id` and body.
+and stores a random lease token of its own: another dispatcher, in this process or
+another, finds it not due, so one attempt is sent once; a sender that dies mid-send
+leaves the lease to expire, and the message is sent again, with the same `webhook-id`
+and body. A queued message that waited so long that its send could outlast the lease is
+not sent (its lease expires, then it is sent).
 
-Each result is recorded in a transaction that checks the lease token (a late sender whose
-lease was taken over records nothing): 2xx is delivered; anything else, a timeout, a
-connection error or a redirect (never followed) is an attempt failed, retried after the
-next delay of `RETRY_DELAYS` (with jitter) and, after the last, failed for good.
+Results are recorded by group commits (`_Recorder`: one transaction for every result
+that arrived while the previous one committed, up to BATCH), each checking its lease
+token (a late sender whose lease was taken over records nothing; the others of the batch
+are recorded): 2xx is delivered; anything else, a timeout, a connection error or a
+redirect (never followed) is an attempt failed, retried after the next delay of
+`RETRY_DELAYS` (with jitter) and, after the last, failed for good. Every message is its
+own entity, so a batch writes each once: no entity is written more than about once a
+second.
 
 Endpoints: a deleted one fails its messages with a clear error; a disabled one's messages
 wait (re-checked every `PAUSED_RECHECK`; re-enabling makes them due at once); one whose

@@ -114,9 +114,10 @@ class _Sender:
     org (`outbox.wake(org)`) has them leased and queued at once, while the `_Deliverer`
     may be in the middle of its second of alert evaluation (before, a crossing committed
     early in that second waited for the rest of it; `benchmarks/alerts_exact.py`, stage
-    `commit -> receipt`). A round is one due-messages query when nothing is due (ingestion
-    wakes too). Retries that come due later are the `_Deliverer`'s timed rounds' (they
-    send as well), so an idle org costs nothing more here."""
+    `commit -> receipt`). Only commits that stored messages wake it, not ingestion's
+    (`outbox.on_wake(only_messages=True)`). Retries that come due later are the
+    `_Deliverer`'s timed rounds' (they send as well), so an idle org costs nothing more
+    here."""
 
     def __init__(self, client, context_options: dict, config):
         self.client, self.context_options = client, context_options
@@ -126,7 +127,7 @@ class _Sender:
         self.woken = threading.Event()
         self.lock = threading.Lock()
         self.woken_orgs: set[str] = set()
-        self.forget = outbox.on_wake(self.wake)
+        self.forget = outbox.on_wake(self.wake, only_messages=True)
         self.thread = threading.Thread(target=self.run, name="metering-send", daemon=True)
 
     def wake(self, namespace: str | None) -> None:

@@ -9,6 +9,7 @@ import threading
 from datetime import timedelta
 
 import pytest
+from google.cloud import ndb
 
 from app.models import utcnow
 from app.services.webhooks import dispatch
@@ -134,3 +135,27 @@ def test_more_messages_than_a_batch_are_each_leased_once(api, org, receiver, ndb
     assert sorted(i.message.key for i in leased) == sorted(keys)
     assert len({i.message.lease for i in leased}) == 5
     assert again == []  # leased: not due to anyone else
+
+
+def test_only_a_commit_that_stored_messages_wakes_the_sender(ndb_context):
+    """The sender thread of `metering serve` is woken by commits that stored messages (an
+    alert crossing, a meter change, a test message), not by ingestion's feeds: those wake
+    the delivery loop alone."""
+    from app.models.base import root_key
+    from app.models.webhook import WebhookEndpoint
+    from app.services.webhooks import outbox
+
+    loop, sender = [], []
+    forget = [outbox.on_wake(loop.append), outbox.on_wake(sender.append, only_messages=True)]
+    try:
+        outbox.wake()  # a batch of events that stored alert feeds
+        endpoint = WebhookEndpoint(key=ndb.Key(WebhookEndpoint.KIND, 7, parent=root_key()))
+        outbox.messages([endpoint], "webhook.test", outbox.event_id("t"), {}, utcnow())
+        outbox.wake()  # a commit with the messages built above
+        outbox.wake()  # nothing built since
+        outbox.wake(messages=True)  # a retry asked for: due now
+    finally:
+        for stop in forget:
+            stop()
+    assert len(loop) == 4
+    assert len(sender) == 2

@@ -343,6 +343,11 @@ def main(argv=None) -> int:
         time.sleep(args.rules_age)
         target = Target(service.url, service.api_key)
         plans = make_batches(args, users, datetime.now(UTC))
+        service_cpu, emulator_cpu = (
+            common.TreeCpu(service.process.pid),
+            common.TreeCpu(emulator.process.pid),
+        )
+        cpu_before = service_cpu.snapshot(), emulator_cpu.snapshot()
         started = time.monotonic()
         threads = [
             threading.Thread(target=record, args=(target, meter_id, plan, brute), daemon=True)
@@ -356,7 +361,17 @@ def main(argv=None) -> int:
             thread.join()
         recorded_seconds = time.monotonic() - started
         diagnose = functools.partial(explain_missing, target, rules)
-        return report(args, receiver, brute, recorded_seconds, diagnose)
+        verdict = report(args, receiver, brute, recorded_seconds, diagnose)
+        if not args.restart:  # the CPU of one service's processes, recording and sending
+            used = [
+                common.TreeCpu.used(before, tree.snapshot()).seconds
+                for tree, before in zip((service_cpu, emulator_cpu), cpu_before)
+            ]
+            print(
+                f"CPU from the first batch to the end: service {used[0]:.1f}s, "
+                f"emulator {used[1]:.1f}s"
+            )
+        return verdict
     finally:
         service.stop()
         emulator.stop()
@@ -485,7 +500,10 @@ def print_stages(brute: BruteForce, found: dict, receiver: Receiver) -> None:
         stored = datetime.fromisoformat(first.payload["data"]["triggeredAt"]).timestamp()
         evaluation.append(stored - acknowledged)
         dispatching.append(first.wall - stored)
-    for name, values in (("201 -> evaluator's commit", evaluation), ("commit -> receipt", dispatching)):
+    for name, values in (
+        ("201 -> evaluator's commit", evaluation),
+        ("commit -> receipt", dispatching),
+    ):
         median, p95 = _median_p95(values)
         print(f"  stage {name}: median {median:.2f}s, p95 {p95:.2f}s")
 

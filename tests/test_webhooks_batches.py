@@ -12,6 +12,7 @@ import pytest
 from google.cloud import ndb
 
 from app.models import utcnow
+from app.models.webhook import WebhookEndpoint
 from app.services.webhooks import dispatch
 from tests.support.receiver import Receiver
 from tests.test_webhooks_delivery import QUICK, _endpoint, _messages, _test_message
@@ -28,7 +29,7 @@ def _due(ndb_client, namespace: str):
     """The org's due message keys and its endpoints, as a dispatcher reads them."""
     with ndb_client.context(namespace=namespace):
         keys = dispatch.due_keys(utcnow() + timedelta(seconds=1), 500)
-        endpoints = {e.key.id(): e for e in dispatch.WebhookEndpoint.query().fetch()}
+        endpoints = {e.key.id(): e for e in WebhookEndpoint.query().fetch()}
     return keys, endpoints
 
 
@@ -142,7 +143,6 @@ def test_only_a_commit_that_stored_messages_wakes_the_sender(ndb_context):
     alert crossing, a meter change, a test message), not by ingestion's feeds: those wake
     the delivery loop alone."""
     from app.models.base import root_key
-    from app.models.webhook import WebhookEndpoint
     from app.services.webhooks import outbox
 
     loop, sender = [], []

@@ -331,9 +331,10 @@ def main(argv=None) -> int:
     workdir = common.scratch_dir()
     emulator = common.start_emulator("firestore", workdir)
     extra = {"METERING_BACKGROUND_DELIVERY_SECONDS": "1"}
-    service = common.Service(emulator.host, 2, 8, workdir, extra_env=extra).start()
+    service = common.Service(emulator.host, 2, 8, workdir, extra_env=extra)
     receiver = Receiver(fail_rate=args.fail_rate, hangs=args.hangs)
     try:
+        service.start()  # inside: a service that never got ready still stops the emulator
         assert service.api_key, "metering serve printed no API key"
         users = [f"user-{n}" for n in range(args.users)]
         rules = make_rules(users[0])

@@ -1,20 +1,28 @@
 """The dispatcher: send the current org's due messages, at least once, never one attempt twice.
 
 One call (`dispatch_org`) finds up to `budget` due messages (pending, next attempt at or
-before now: an ancestor query on `Status`, `NextAttemptAt`) and hands each to a sender
-thread of a pool, which leases it in a transaction, sends it and records the result. At
-most `PER_ENDPOINT` messages of one endpoint are in senders at once, so a hung endpoint
-holds a few threads, never the pool: the others' messages go out beside it.
+before now: an ancestor query on `Status`, `NextAttemptAt`), leases them in batches (one
+transaction for up to BATCH) and queues each for its endpoint. At most `PER_ENDPOINT`
+sender threads of the pool send one endpoint's messages, going from one to the next
+without waiting for a commit or a round of the loop; at most `LEASED_PER_ENDPOINT` of one
+endpoint are leased and not yet recorded in a process, so a hung endpoint holds a few
+threads, never the pool: the others' messages go out beside it.
 
 Leasing moves the message's next attempt to the end of the send (timeout plus a margin)
-and stores a random lease token: another dispatcher, in this process or another, finds
-it not due, so one attempt is sent once; a sender that dies mid-send leaves the lease to
-expire, and the message is sent again, with the same `webhook-id` and body.
+and stores a random lease token of its own: another dispatcher, in this process or
+another, finds it not due, so one attempt is sent once; a sender that dies mid-send
+leaves the lease to expire, and the message is sent again, with the same `webhook-id`
+and body. A queued message that waited so long that its send could outlast the lease is
+not sent (its lease expires, then it is sent).
 
-Each result is recorded in a transaction that checks the lease token (a late sender whose
-lease was taken over records nothing): 2xx is delivered; anything else, a timeout, a
-connection error or a redirect (never followed) is an attempt failed, retried after the
-next delay of `RETRY_DELAYS` (with jitter) and, after the last, failed for good.
+Results are recorded by group commits (`_Recorder`: one transaction for every result
+that arrived while the previous one committed, up to BATCH), each checking its lease
+token (a late sender whose lease was taken over records nothing; the others of the batch
+are recorded): 2xx is delivered; anything else, a timeout, a connection error or a
+redirect (never followed) is an attempt failed, retried after the next delay of
+`RETRY_DELAYS` (with jitter) and, after the last, failed for good. Every message is its
+own entity, so a batch writes each once: no entity is written more than about once a
+second.
 
 Endpoints: a deleted one fails its messages with a clear error; a disabled one's messages
 wait (re-checked every `PAUSED_RECHECK`; re-enabling makes them due at once); one whose
@@ -34,7 +42,7 @@ import socket
 import ssl
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import cast
@@ -68,24 +76,39 @@ RESPONSE_BODY_KEPT = 1024
 #: Seconds a lease outlasts the send's timeout (recording the result, a slow thread).
 LEASE_MARGIN_SECONDS = 10
 MAX_SENDERS = 128
-#: Messages of one endpoint in senders at once, per process (the rest wait for the next
-#: round). Each send costs two transactions (lease, record), so this bounds how fast a
-#: backlog of alerts leaves: 8 made the median alert 13 s late, 16 10 s, 32 5 s
-#: (benchmarks/alerts_exact.py). A receiver must accept that many connections at once.
+#: Messages leased in one transaction, and attempts recorded in one: a fifth of a
+#: commit's 500 mutations, and with each message's log bounded (MAX_ATTEMPTS_KEPT of at
+#: most RESPONSE_BODY_KEPT each) far below a commit's 10 MiB.
+BATCH = 100
+#: Sends to one endpoint at once, per process: a hung endpoint holds this many sender
+#: threads, never the pool. A receiver must accept that many connections at once.
 PER_ENDPOINT = 32
-
+#: Messages of one endpoint leased and not yet recorded, per process (the rest wait for a
+#: later round): those past the PER_ENDPOINT being sent wait in the endpoint's queue, so
+#: a sender goes from one to the next without a round of the loop in between. A queued
+#: message that waited so long that its send could outlast its lease is not sent (see
+#: `_send_one`): for a hung endpoint, at most this many wait for their leases to expire.
+LEASED_PER_ENDPOINT = 4 * PER_ENDPOINT
 _senders = concurrent.futures.ThreadPoolExecutor(
     max_workers=MAX_SENDERS, thread_name_prefix="webhook-send"
 )
+#: Where the group commits of results run: never in a sender (it goes on to its next
+#: message) and never queued behind senders of hung endpoints.
+_committers = concurrent.futures.ThreadPoolExecutor(
+    max_workers=4, thread_name_prefix="webhook-record"
+)
 _jitter = random.Random()
-#: (namespace, message key id) of the messages a sender of this process holds, and how
-#: many each (namespace, endpoint key id) has there.
+#: (namespace, message key id) of the messages this process handed out (leased, queued,
+#: being sent or recorded), and how many each (namespace, endpoint key id) has there.
 _in_flight: set[tuple[str | None, str]] = set()
 _in_flight_per_endpoint: Counter[tuple[str | None, int]] = Counter()
 _in_flight_lock = threading.Lock()
 #: Namespaces with a message left for a later round because its endpoint was busy: the
-#: next sender of theirs to end wakes the delivery loop for them.
+#: next message of theirs recorded wakes the delivery loop for them.
 _backlogged: set[str | None] = set()
+#: Each endpoint's leased messages waiting for a sender, and its sender tasks running.
+_queues: dict[tuple[str | None, int], deque[_Queued]] = {}
+_sending: Counter[tuple[str | None, int]] = Counter()
 
 
 @dataclass(frozen=True)
@@ -144,12 +167,14 @@ def due_keys(now: datetime, limit: int) -> list[ndb.Key]:
 def dispatch_org(
     budget: int, settings: Settings, now: datetime | None = None, wait: bool = True
 ) -> OrgDispatch:
-    """Send up to `budget` due messages of the current org: each is leased, sent and
-    recorded by a sender thread of the pool, so leases run side by side and a slow
-    endpoint holds only its own sends. With `wait` the call returns once every one is
-    recorded (a message whose endpoint has PER_ENDPOINT in senders waits for one of this
-    call's to end); without, at once, leaving what it could not hand out (in a sender
-    already, or its endpoint's share taken) to a later round."""
+    """Send up to `budget` due messages of the current org. The calling thread leases them
+    in batches (`lease_many`: one transaction for up to BATCH messages) and queues each
+    leased one for its endpoint, whose sender tasks (PER_ENDPOINT at most) send them one
+    after another; results are recorded by group commits (`_recorder`), many per
+    transaction. A slow endpoint holds only its own senders. With `wait` the call returns
+    once every one is recorded (a message whose endpoint has LEASED_PER_ENDPOINT handed
+    out waits for one of this call's to end); without, at once, leaving what it could
+    not hand out (handed out already, or its endpoint's share taken) to a later round."""
     now = now or utcnow()
     result = OrgDispatch()
     keys = due_keys(now, budget)
@@ -164,15 +189,29 @@ def dispatch_org(
     context = ndb.get_context()
     namespace = context.get_namespace()
     running: set[concurrent.futures.Future[bool | None]] = set()
+    batch: list[ndb.Key] = []
     skipped = 0
+
+    def start(batch: list[ndb.Key]) -> None:
+        """Lease the handed-out batch and queue each leased message for its endpoint."""
+        for leased in _lease_handed_out(namespace, batch, now, settings, endpoints):
+            future: concurrent.futures.Future[bool | None] = concurrent.futures.Future()
+            _enqueue(namespace, _Queued(context.client, leased, settings, future))
+            running.add(future)
+            result.leased += not wait
+        batch.clear()
+
     for key in keys:
         state = _hand_out(namespace, key)
         # Its endpoint busy: a waiting call waits for one of its own sends to end first.
-        while state == ENDPOINT_BUSY and wait and running:
-            done, running = concurrent.futures.wait(
-                running, return_when=concurrent.futures.FIRST_COMPLETED
-            )
-            _count(result, done)
+        while state == ENDPOINT_BUSY and wait and (running or batch):
+            if batch:
+                start(batch)
+            if running:
+                done, running = concurrent.futures.wait(
+                    running, return_when=concurrent.futures.FIRST_COMPLETED
+                )
+                _count(result, done)
             state = _hand_out(namespace, key)
         if state == ENDPOINT_BUSY:
             with _in_flight_lock:
@@ -180,12 +219,11 @@ def dispatch_org(
         if state != HANDED_OUT:
             skipped += 1
             continue  # a sender of this process has it, or a later round will
-        running.add(
-            _senders.submit(
-                _lease_send_record, context.client, namespace, key, endpoints, settings, now
-            )
-        )
-        result.leased += not wait
+        batch.append(key)
+        if len(batch) >= BATCH:
+            start(batch)
+    if batch:
+        start(batch)
     if wait:
         _count(result, concurrent.futures.wait(running).done)
     else:
@@ -206,43 +244,122 @@ def _count(result: OrgDispatch, done: set[concurrent.futures.Future[bool | None]
             result.undelivered += not outcome
 
 
-def _lease_send_record(
-    client: ndb.Client,
+@dataclass(frozen=True)
+class Leased:
+    """A message taken for one attempt: its lease token is in `message.lease`, and the
+    lease ends at `until` (after it another dispatcher may take the message)."""
+
+    message: WebhookMessage
+    endpoint: WebhookEndpoint
+    at: datetime
+    until: datetime
+
+
+def _lease_handed_out(
     namespace: str | None,
-    key: ndb.Key,
-    endpoints: dict[int, WebhookEndpoint],
-    settings: Settings,
+    keys: list[ndb.Key],
     now: datetime,
-) -> bool | None:
-    """In a sender thread (its own NDB context): lease the message, send one attempt, and
-    record it. Whether it was delivered; None when nothing was sent. Times count from when
-    the thread starts (the round's `now` may have passed while the task waited for a
-    thread: a lease counted from it could expire before the send ends)."""
+    settings: Settings,
+    endpoints: dict[int, WebhookEndpoint],
+) -> list[Leased]:
+    """Lease handed-out keys; those not leased (another dispatcher has them, no longer
+    due, settled without an attempt) are given back at once."""
     try:
-        with client.context(namespace=namespace):
-            now = max(now, utcnow())  # a test's later `now` is kept
-            leased = _lease(key, now, settings, endpoints)
-            if leased is None:
-                return None
-            message, endpoint = leased
-            outcome = send(endpoint, message, settings)
-            if record(message.key, message.lease, outcome, now, settings) is not None:
-                note_endpoint_health(endpoint, outcome, now)
-            return outcome.delivered
-    except Exception:
-        log.exception("webhook message %s: the attempt could not be recorded", key.id())
-        return False
-    finally:
+        leased = lease_many(keys, now, settings, endpoints)
+    except Exception:  # a contended lease: another dispatcher is taking them
+        log.warning("could not lease %d webhook messages", len(keys), exc_info=True)
+        leased = []
+    taken = {item.message.key for item in leased}
+    for key in keys:
+        if key not in taken:
+            _give_back(namespace, key)
+    return leased
+
+
+@dataclass
+class _Queued:
+    """A leased message waiting for a sender of its endpoint; `done` gets whether it was
+    delivered (None: not sent) once its attempt is recorded."""
+
+    client: ndb.Client
+    leased: Leased
+    settings: Settings
+    done: concurrent.futures.Future[bool | None]
+
+
+def _enqueue(namespace: str | None, item: _Queued) -> None:
+    """Queue a leased message for its endpoint; start a sender task unless PER_ENDPOINT
+    run already (one of them takes it)."""
+    endpoint_key = (namespace, _endpoint_key_id(item.leased.message.key))
+    with _in_flight_lock:
+        _queues.setdefault(endpoint_key, deque()).append(item)
+        start = _sending[endpoint_key] < PER_ENDPOINT
+        if start:
+            _sending[endpoint_key] += 1
+    if start:
+        _senders.submit(_send_queued, endpoint_key)
+
+
+def _send_queued(endpoint_key: tuple[str | None, int]) -> None:
+    """A sender task: send the endpoint's queued messages, one after another, until none
+    is left (recording is not waited for: a group commit does it)."""
+    while True:
         with _in_flight_lock:
-            _in_flight.discard((namespace, key.id()))
-            endpoint_key = (namespace, _endpoint_key_id(key))
-            _in_flight_per_endpoint[endpoint_key] -= 1
-            if _in_flight_per_endpoint[endpoint_key] <= 0:
-                del _in_flight_per_endpoint[endpoint_key]
-            backlogged = namespace in _backlogged
-            _backlogged.discard(namespace)
-        if backlogged:
-            outbox.wake_org(namespace)  # a sender is free: hand out what waited
+            queue = _queues.get(endpoint_key)
+            if not queue:
+                _queues.pop(endpoint_key, None)
+                _sending[endpoint_key] -= 1
+                if _sending[endpoint_key] <= 0:
+                    del _sending[endpoint_key]
+                return
+            item = queue.popleft()
+        _send_one(endpoint_key[0], item)
+
+
+def _send_one(namespace: str | None, item: _Queued) -> None:
+    """Send one attempt of a leased message and hand its outcome to the recorder. Not
+    sent (None) when the message waited so long that the send could outlast its lease:
+    another dispatcher could then send the same attempt, so the lease is left to expire
+    instead (the message is sent again then, with the same id)."""
+    leased = item.leased
+    message = leased.message
+    try:
+        with item.client.context(namespace=namespace):
+            started = utcnow()
+            if started > leased.at + timedelta(seconds=LEASE_MARGIN_SECONDS / 2):
+                log.warning("webhook message %s waited past its lease", message.key.id())
+                _finish(namespace, item, None)
+                return
+            at = max(leased.at, started)  # a test's later `now` is kept
+            outcome = send(leased.endpoint, message, item.settings)
+    except Exception:
+        log.exception("webhook message %s: the attempt failed", message.key.id())
+        _finish(namespace, item, False)
+        return
+    _recorder.add(
+        namespace, item.client, Result(message.key, message.lease, outcome, at, item.settings, item)
+    )
+
+
+def _finish(namespace: str | None, item: _Queued, delivered: bool | None) -> None:
+    """The message's attempt is over (recorded, or given up): free its place."""
+    _give_back(namespace, item.leased.message.key)
+    item.done.set_result(delivered)
+
+
+def _give_back(namespace: str | None, key: ndb.Key) -> None:
+    """A handed-out message leaves this process's hands; if a round left messages for
+    lack of room, wake the loop to hand them out."""
+    with _in_flight_lock:
+        _in_flight.discard((namespace, key.id()))
+        endpoint_key = (namespace, _endpoint_key_id(key))
+        _in_flight_per_endpoint[endpoint_key] -= 1
+        if _in_flight_per_endpoint[endpoint_key] <= 0:
+            del _in_flight_per_endpoint[endpoint_key]
+        backlogged = namespace in _backlogged
+        _backlogged.discard(namespace)
+    if backlogged:
+        outbox.wake_org(namespace)  # a sender is free: hand out what waited
 
 
 def _endpoint_key_id(key: ndb.Key) -> int:
@@ -254,57 +371,79 @@ HANDED_OUT, IN_A_SENDER, ENDPOINT_BUSY = "handed out", "in a sender", "endpoint 
 
 
 def _hand_out(namespace: str | None, key: ndb.Key) -> str:
-    """Give the message to a sender (HANDED_OUT) unless one has it already (IN_A_SENDER)
-    or its endpoint has PER_ENDPOINT in senders (ENDPOINT_BUSY)."""
+    """Take the message for this process (HANDED_OUT) unless it has it already
+    (IN_A_SENDER) or its endpoint has LEASED_PER_ENDPOINT handed out (ENDPOINT_BUSY)."""
     endpoint_key = (namespace, _endpoint_key_id(key))
     with _in_flight_lock:
         if (namespace, key.id()) in _in_flight:
             return IN_A_SENDER
-        if _in_flight_per_endpoint[endpoint_key] >= PER_ENDPOINT:
+        if _in_flight_per_endpoint[endpoint_key] >= LEASED_PER_ENDPOINT:
             return ENDPOINT_BUSY
         _in_flight.add((namespace, key.id()))
         _in_flight_per_endpoint[endpoint_key] += 1
     return HANDED_OUT
 
 
+def lease_many(
+    keys: list[ndb.Key],
+    now: datetime,
+    settings: Settings,
+    endpoints: dict[int, WebhookEndpoint],
+) -> list[Leased]:
+    """Take due messages for one attempt each, in one transaction per BATCH: each gets its
+    own lease token and its next attempt moved past the send's end, so another
+    dispatcher finds it not due. A message of a deleted endpoint is failed, one of a
+    disabled endpoint waits (PAUSED_RECHECK); neither is returned, nor is a message
+    another dispatcher leased or settled first. Raises when a transaction could not
+    commit (contention): its messages are left as they were."""
+    now = max(now, utcnow())
+    until = now + timedelta(seconds=settings.timeout_seconds + LEASE_MARGIN_SECONDS)
+    leased: list[Leased] = []
+    for first in range(0, len(keys), BATCH):
+        leased += _lease_batch(keys[first : first + BATCH], now, until, endpoints)
+    return leased
+
+
+def _lease_batch(
+    keys: list[ndb.Key], now: datetime, until: datetime, endpoints: dict[int, WebhookEndpoint]
+) -> list[Leased]:
+    @transactional(retries=3)
+    def lease() -> list[Leased]:
+        taken: list[Leased] = []
+        changed: list[WebhookMessage] = []
+        for message in cast(list[WebhookMessage | None], ndb.get_multi(keys)):
+            if message is None or message.status != PENDING or message.next_attempt_at > now:
+                continue
+            endpoint = endpoints.get(_endpoint_key_id(message.key))
+            if endpoint is None or endpoint.deleted:
+                message.log_attempt(_attempt(now, Outcome(None, "the endpoint was deleted", "", 0)))
+                message.status, message.next_attempt_at, message.lease = FAILED, None, None
+                message.updated_at = now
+            elif not endpoint.enabled:
+                message.next_attempt_at = now + PAUSED_RECHECK  # waits; re-enabling wakes it
+            else:
+                message.lease = _random.token_hex(8)
+                message.next_attempt_at = until
+                message.updated_at = now
+                taken.append(Leased(message, endpoint, now, until))
+            changed.append(message)
+        if changed:
+            ndb.put_multi(changed)
+        return taken
+
+    return lease()
+
+
 def _lease(
     key: ndb.Key, now: datetime, settings: Settings, endpoints: dict[int, WebhookEndpoint]
 ) -> tuple[WebhookMessage, WebhookEndpoint] | None:
-    """Take the message for one attempt, or settle it without one (its endpoint deleted or
-    disabled); None when there is nothing to send (another dispatcher has it, or it is no
-    longer due)."""
-    endpoint = endpoints.get(_endpoint_key_id(key))
-    token = _random.token_hex(8)
-
-    @transactional(retries=3)
-    def lease() -> WebhookMessage | None:
-        message = cast(WebhookMessage | None, key.get())
-        if message is None or message.status != PENDING or message.next_attempt_at > now:
-            return None
-        if endpoint is None or endpoint.deleted:
-            message.log_attempt(_attempt(now, Outcome(None, "the endpoint was deleted", "", 0)))
-            message.status, message.next_attempt_at, message.lease = FAILED, None, None
-        elif not endpoint.enabled:
-            message.next_attempt_at = now + PAUSED_RECHECK  # waits; re-enabling wakes it
-            message.put()
-            return None
-        else:
-            message.lease = token
-            message.next_attempt_at = now + timedelta(
-                seconds=settings.timeout_seconds + LEASE_MARGIN_SECONDS
-            )
-        message.updated_at = now
-        message.put()
-        return message if message.status == PENDING else None
-
+    """Lease one message (`lease_many` of one); None when there is nothing to send."""
     try:
-        message = lease()
+        leased = lease_many([key], now, settings, endpoints)
     except Exception:  # a contended lease: another dispatcher is taking it
         log.warning("could not lease webhook message %s", key.id(), exc_info=True)
         return None
-    if message is None or endpoint is None:
-        return None
-    return message, endpoint
+    return (leased[0].message, leased[0].endpoint) if leased else None
 
 
 def _attempt(at: datetime, outcome: Outcome) -> dict[str, object]:
@@ -427,32 +566,113 @@ def retry_delay(failed_attempts: int, settings: Settings) -> timedelta | None:
     return delay * _jitter.uniform(1 - JITTER, 1 + JITTER)
 
 
-def record(
-    key: ndb.Key, lease: str | None, outcome: Outcome, now: datetime, settings: Settings
-) -> WebhookMessage | None:
-    """Log one attempt and settle the message (delivered, retried later, or failed); None
-    when the lease was lost (another sender took the message over)."""
+@dataclass
+class Result:
+    """One attempt's outcome, to record under the lease it was sent with."""
+
+    key: ndb.Key
+    lease: str | None
+    outcome: Outcome
+    at: datetime
+    settings: Settings
+    #: The queued message it came from (None: recorded directly, as `record` does).
+    queued: _Queued | None = None
+
+
+def record_many(results: list[Result]) -> set[ndb.Key]:
+    """Log each attempt and settle its message (delivered, retried later, or failed), in
+    one transaction; the keys recorded. A message whose lease is no longer the one it was
+    sent with (another dispatcher took it over after the lease ran out) records nothing:
+    the others of the batch are recorded all the same."""
 
     @transactional(retries=5)
-    def store() -> WebhookMessage | None:
-        message = cast(WebhookMessage | None, key.get())
-        if message is None or message.lease != lease or message.status != PENDING:
-            return None
-        message.log_attempt(_attempt(now, outcome))
-        message.lease = None
-        message.updated_at = now
-        if outcome.delivered:
-            message.status, message.next_attempt_at = DELIVERED, None
-        else:
-            delay = retry_delay(message.attempt_count, settings)
-            if delay is None:
-                message.status, message.next_attempt_at = FAILED, None
-            else:
-                message.next_attempt_at = now + delay
-        message.put()
-        return message
+    def store() -> set[ndb.Key]:
+        found = cast(list[WebhookMessage | None], ndb.get_multi([r.key for r in results]))
+        changed: list[WebhookMessage] = []
+        for result, message in zip(results, found):
+            if message is None or message.lease != result.lease or message.status != PENDING:
+                continue
+            _settle(message, result)
+            changed.append(message)
+        if changed:
+            ndb.put_multi(changed)
+        return {message.key for message in changed}
 
     return store()
+
+
+def _settle(message: WebhookMessage, result: Result) -> None:
+    message.log_attempt(_attempt(result.at, result.outcome))
+    message.lease = None
+    message.updated_at = result.at
+    if result.outcome.delivered:
+        message.status, message.next_attempt_at = DELIVERED, None
+    else:
+        delay = retry_delay(message.attempt_count, result.settings)
+        if delay is None:
+            message.status, message.next_attempt_at = FAILED, None
+        else:
+            message.next_attempt_at = result.at + delay
+
+
+def record(
+    key: ndb.Key, lease: str | None, outcome: Outcome, now: datetime, settings: Settings
+) -> bool:
+    """`record_many` of one attempt: whether it was recorded (False: the lease was lost)."""
+    return key in record_many([Result(key, lease, outcome, now, settings)])
+
+
+class _Recorder:
+    """Group commit of results: a sender hands its outcome in and goes on to its next
+    message; one committer task per org (on `_committers`) records every result waiting,
+    up to BATCH per transaction, until none is left. So one transaction records what all
+    the senders finished while the previous one committed: a burst of N sends costs a
+    few commits, not N. Then, per result: the endpoint's health, and the message's place
+    freed (`_finish`)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.waiting: dict[tuple[str | None, ndb.Client], list[Result]] = {}
+
+    def add(self, namespace: str | None, client: ndb.Client, result: Result) -> None:
+        org = (namespace, client)
+        with self.lock:
+            start = org not in self.waiting
+            self.waiting.setdefault(org, []).append(result)
+        if start:
+            _committers.submit(self._commit_all, org)
+
+    def _commit_all(self, org: tuple[str | None, ndb.Client]) -> None:
+        namespace, client = org
+        while True:
+            with self.lock:
+                waiting = self.waiting[org]
+                batch, self.waiting[org] = waiting[:BATCH], waiting[BATCH:]
+                if not batch:
+                    del self.waiting[org]
+                    return
+            with client.context(namespace=namespace):
+                self._commit(namespace, batch)
+
+    @staticmethod
+    def _commit(namespace: str | None, batch: list[Result]) -> None:
+        try:
+            recorded = record_many(batch)
+        except Exception:  # their leases run out and they are sent again
+            log.exception("could not record %d webhook attempts", len(batch))
+            recorded = set()
+        for result in batch:
+            assert result.queued is not None
+            try:
+                if result.key in recorded:
+                    note_endpoint_health(result.queued.leased.endpoint, result.outcome, result.at)
+            except Exception:
+                log.exception("could not note the health of an endpoint")
+            finally:
+                _finish(namespace, result.queued, result.outcome.delivered)
+
+
+_recorder = _Recorder()
 
 
 #: endpoint (namespace, key id) -> when this process last wrote its first failure

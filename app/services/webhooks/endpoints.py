@@ -111,7 +111,7 @@ def _resume_messages(endpoint: WebhookEndpoint) -> None:
         message.next_attempt_at = now
     if due:
         ndb.put_multi(due)
-        outbox.wake()
+        outbox.wake(messages=True)
 
 
 def delete_endpoint(public_id: str) -> WebhookEndpoint:
@@ -163,7 +163,7 @@ def retry_message(public_id: str, message_id: str) -> WebhookMessage:
         return message
 
     message = retry()
-    outbox.wake()
+    outbox.wake(messages=True)
     return message
 
 

@@ -29,7 +29,11 @@ from app.models.webhook import PENDING, WebhookEndpoint, WebhookMessage
 from app.schemas import format_time
 
 _wakers: list[Callable[[str | None], None]] = []
+#: Called only when the waking thread built messages (`messages`) since its last wake:
+#: a commit that stored messages, not one that only stored alert feeds.
+_message_wakers: list[Callable[[str | None], None]] = []
 _wakers_lock = threading.Lock()
+_built = threading.local()
 
 
 def event_id(*parts: str) -> str:
@@ -83,33 +87,40 @@ def messages(
         )
         message._check()
         built.append(message)
+    _built.messages = bool(built) or getattr(_built, "messages", False)
     return built
 
 
-def on_wake(waker: Callable[[str | None], None]) -> Callable[[], None]:
-    """Have `wake()` call `waker` with the org's namespace (the delivery loop's); returns
-    how to stop it."""
+def on_wake(waker: Callable[[str | None], None], only_messages: bool = False) -> Callable[[], None]:
+    """Have `wake()` call `waker` with the org's namespace (the delivery loop's; with
+    `only_messages`, only for commits that stored messages: the sender's); returns how to
+    stop it."""
+    registry = _message_wakers if only_messages else _wakers
     with _wakers_lock:
-        _wakers.append(waker)
+        registry.append(waker)
 
     def forget() -> None:
         with _wakers_lock:
-            if waker in _wakers:
-                _wakers.remove(waker)
+            if waker in registry:
+                registry.remove(waker)
 
     return forget
 
 
-def wake() -> None:
-    """Nudge this process's delivery loop: the current org has messages due now (called
-    outside an NDB context, or in the default namespace: every org may have)."""
+def wake(messages: bool | None = None) -> None:
+    """Nudge this process's delivery loop: the current org has work now (called outside
+    an NDB context, or in the default namespace: every org may have). `messages`: whether
+    messages are due (None: whether this thread built any since its last wake)."""
     context = ndb.get_context(raise_context_error=False)
-    wake_org((context.get_namespace() or None) if context is not None else None)
+    built, _built.messages = getattr(_built, "messages", False), False
+    due = built if messages is None else messages
+    wake_org((context.get_namespace() or None) if context is not None else None, due)
 
 
-def wake_org(namespace: str | None) -> None:
-    """Nudge this process's delivery loop for one org (None: every org)."""
+def wake_org(namespace: str | None, messages: bool = True) -> None:
+    """Nudge this process's delivery loop for one org (None: every org); `messages`: some
+    of the org's messages are due (the sender's wakers too)."""
     with _wakers_lock:
-        wakers = list(_wakers)
+        wakers = list(_wakers) + (list(_message_wakers) if messages else [])
     for waker in wakers:
         waker(namespace)

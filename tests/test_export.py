@@ -276,8 +276,10 @@ def _slow_event_query(monkeypatch, slow_call: int, behaviour):
     real_call, calls = rpc._call, []
 
     def call(name, request):
-        if name == "run_query" and request.query.kind and request.query.kind[0].name == (
-            "meter-event"
+        if (
+            name == "run_query"
+            and request.query.kind
+            and request.query.kind[0].name == ("meter-event")
         ):
             calls.append(name)
             if len(calls) == slow_call:

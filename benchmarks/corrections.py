@@ -87,7 +87,7 @@ def _run(config: Config, args, now: datetime) -> int:
     period = (now - timedelta(days=args.days + 1), now + timedelta(minutes=1))
     spec = corrections.range_spec(meter.id_, *period, None, {"model": ["a"]})
     began = time.perf_counter()
-    preview = corrections.dry_run(spec, config.dedupe_window)
+    preview = corrections.dry_run(spec, config.dedupe_window, config.max_event_lead, 1e9)
     dry_seconds = time.perf_counter() - began
     began = time.perf_counter()
     record, done = corrections.cancel_range(
@@ -96,8 +96,9 @@ def _run(config: Config, args, now: datetime) -> int:
     seconds = time.perf_counter() - began
     pages = -(-record.scanned // args.page)
     print(
-        f"dry run: {preview.events} events over {preview.scanned} read in {dry_seconds:.2f} s "
-        f"({preview.scanned / dry_seconds:.0f} events/s read)"
+        f"dry run ({preview.source}): {preview.tally.events} events, "
+        f"{preview.tally.scanned} read in {dry_seconds:.2f} s "
+        f"({preview.tally.scanned / dry_seconds:.0f} events/s read)"
     )
     print(
         f"range cancel: {done.events} events cancelled in {seconds:.1f} s "
@@ -128,7 +129,7 @@ def _run(config: Config, args, now: datetime) -> int:
     total = summary.summarize(meter.id_, None, *period, default_end=period[1]).value
     exact = (
         total == sum(expected.values())
-        and (preview.events, done.events) == (len(generated) - len(live),) * 2
+        and (preview.tally.events, done.events) == (len(generated) - len(live),) * 2
     )
     for user, value in expected.items():
         got = summary.summarize(meter.id_, user, *period, default_end=period[1]).value or 0

@@ -144,7 +144,13 @@ def _cancel_range(body: dict, config) -> dict:
         body.get("filter", {}),
     )
     if body.get("dryRun"):
-        preview = corrections.dry_run(spec, config.dedupe_window)
+        preview = corrections.dry_run(
+            spec,
+            config.dedupe_window,
+            config.max_event_lead,
+            config.correction_budget_seconds,
+            body.get("cursor"),
+        )
         return correction_shapes.preview_json(spec.meter.id_, preview)
     record, done = corrections.cancel_range(
         spec,

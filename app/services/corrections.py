@@ -25,6 +25,7 @@ never past a third of the deadline left), then answers the record, `running` or
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -37,14 +38,15 @@ from google.cloud import ndb
 from google.cloud.datastore_v1.types import query as q
 
 from app import deadline
+from app.core.slots import ceil_slot
 from app.errors import NotFound, ValidationFailed
 from app.models import Meter, utcnow
-from app.services import cancel, paging
+from app.services import cancel, paging, recompute, summary
 from app.services.limits import counting as limit_counting
 from app.services.limits import index as limit_index
 from app.services.meters import get_meter
 from app.services.webhooks import outbox
-from app.storage import entities, queries, rpc
+from app.storage import entities, queries, rollups, rpc, shards
 from app.storage.entities import EntityPb, KeyPb, StoredEvent
 
 KIND = "meter-correction"
@@ -301,32 +303,166 @@ def _judge(
     return "cancel"
 
 
-def dry_run(spec: RangeSpec, window: timedelta) -> Tally:
-    """How many events, and how much value, a range cancel started now would cancel
-    (and how many it would leave as expired). Reads the range's events, checking the
-    deadline between batches."""
-    now, position, tally = utcnow(), b"", Tally()
-    while True:
+# -- issue 17, session 8: a dry run costs what a summary costs ------------------------
+
+#: Added to the cancellation window when splitting a dry run's range (`_old_before`):
+#: events on the old side of the split are read one by one, the rest counted from
+#: rollups, so a wider old side is only slower, never wrong.
+_SPLIT_MARGIN = timedelta(minutes=15)
+
+
+@dataclass
+class DryRun:
+    """A dry run's answer: the tally so far; complete, or the cursor to resume it."""
+
+    tally: Tally
+    complete: bool
+    cursor: str | None
+    #: How the recent part of the range was counted: "rollups" (the summary engine's
+    #: cells, plus the raw events of unaligned edges) or "events" (read one by one).
+    source: str
+
+
+@dataclass
+class _DryState:
+    """Where a dry run stands between requests (sealed in its cursor): the instant it
+    judges by, the split between the old part (read event by event) and the part counted
+    from rollups, the position in the old part's events, and the tally so far."""
+
+    now: datetime
+    split: datetime
+    source: str
+    position: bytes = b""
+    tally: Tally = field(default_factory=Tally)
+
+
+def dry_run(
+    spec: RangeSpec,
+    window: timedelta,
+    lead: timedelta,
+    budget_seconds: float,
+    cursor: str | None = None,
+) -> DryRun:
+    """How many events, and how much value, a range cancel started now would cancel (and
+    how many it would leave as expired), exact and by the run's own rules (`_judge`).
+
+    The range splits at `_old_before`: every event after it was recorded inside the
+    cancellation window, so that part is the live events the rollups hold, counted from
+    the summary engine's cells (rollups of whole slots, raw events at unaligned edges),
+    filtered by series: its cost is the days and series of the range, never its events.
+    Older events (maybe expired), and every event of a meter whose rollups keep no sums
+    (only sum and avg meters' do), are read page by page while the request's budget
+    lasts; past it the answer is partial, with a cursor that resumes it."""
+    state = (
+        _open_dry_cursor(spec, cursor) if cursor is not None else _start_dry_run(spec, window, lead)
+    )
+    old_end = min(state.split, spec.period_end)
+    started = time.monotonic()
+    while old_end > spec.period_start:
         deadline.check()
-        found, position, finished = queries.events_page(
+        found, state.position, finished = queries.events_page(
             spec.meter.id_,
             spec.user_id,
             spec.period_start,
-            spec.period_end,
-            position,
+            old_end,
+            state.position,
             _DRY_RUN_BATCH,
         )
         for entity, _after in found:
             event = entities.decode_event(entity)
-            tally.scanned += 1
-            verdict = _judge(spec, event, now, window, now)
+            state.tally.scanned += 1
+            verdict = _judge(spec, event, state.now, window, state.now)
             if verdict == "cancel":
-                tally.events += 1
-                tally.value += event.value
+                state.tally.events += 1
+                state.tally.value += event.value
             elif verdict == "expired":
-                tally.expired += 1
+                state.tally.expired += 1
         if finished:
-            return tally
+            break
+        if not _time_for_a_page(started, budget_seconds):
+            return DryRun(state.tally, False, _seal_dry_cursor(spec, state), state.source)
+    return DryRun(state.tally, True, None, state.source)
+
+
+def _old_before(now: datetime, window: timedelta, lead: timedelta) -> datetime:
+    """The first slot boundary after which no event can be past the cancellation window:
+    an event is stamped at most `lead` after it is recorded, so one stamped after
+    now - window + lead was recorded inside the window (backfilled ones later still)."""
+    return ceil_slot(now - window + lead + _SPLIT_MARGIN)
+
+
+def _start_dry_run(spec: RangeSpec, window: timedelta, lead: timedelta) -> _DryState:
+    """A new dry run: its recent part counted from rollups where the meter's rollups keep
+    sums (else, or when a slot's sum must first be folded, everything is read as events)."""
+    now = utcnow()
+    split = max(spec.period_start, _old_before(now, window, lead))
+    if split >= spec.period_end or not rollups.adds_values(spec.meter.aggregation_type):
+        return _DryState(now, spec.period_end, "events")
+    try:
+        counted = _count_from_rollups(spec, split, spec.period_end)
+    except recompute.Unsettled:  # a sum at an int64 bound: the events are exact
+        return _DryState(now, spec.period_end, "events")
+    return _DryState(now, split, "rollups", tally=counted)
+
+
+def _count_from_rollups(spec: RangeSpec, start: datetime, end: datetime) -> Tally:
+    """Count and value of the live matching events stamped in [start, end), from the
+    summary engine's cells: the org-wide rollups when the range names no user and the
+    meter's are complete, else the user's (or every user's). A series holds one
+    combination of dimension values, so the filter is applied per series."""
+    source = spec.user_id
+    if source is None and rollups.org_wide(spec.meter.key.id()):
+        source = shards.ORG_USER
+    tally = Tally()
+    for series, _slot, cell in summary.cells(spec.meter, source, start, end):
+        if spec.filter:
+            values = dict(series.dimensions)
+            if not all(values.get(name) in wanted for name, wanted in spec.filter.items()):
+                continue
+        if isinstance(cell, list):  # a compacted slot, packed: count, sum, ...
+            tally.events += cell[0]
+            tally.value += cell[1]
+        else:
+            tally.events += cell.count
+            tally.value += cell.sum
+    return tally
+
+
+def _dry_bound(spec: RangeSpec) -> bytes:
+    namespace = ndb.get_context().get_namespace() or ""
+    return f"{namespace}\0{KIND}\0dry-run\0{spec.id}".encode()
+
+
+def _seal_dry_cursor(spec: RangeSpec, state: _DryState) -> str:
+    raw = json.dumps(
+        {
+            "now": state.now.isoformat(),
+            "split": state.split.isoformat(),
+            "source": state.source,
+            "position": base64.b64encode(state.position).decode(),
+            "tally": [
+                state.tally.events,
+                str(state.tally.value),
+                state.tally.expired,
+                state.tally.scanned,
+            ],
+        }
+    ).encode()
+    return paging.seal_bytes(raw, _dry_bound(spec))
+
+
+def _open_dry_cursor(spec: RangeSpec, cursor: str) -> _DryState:
+    """The state a dry run's cursor holds; 400 `cursor` unless this deployment sealed it
+    for this org and this very range (`paging.open_bytes`)."""
+    held = json.loads(paging.open_bytes(cursor, _dry_bound(spec)))
+    events, value, expired, scanned = held["tally"]
+    return _DryState(
+        datetime.fromisoformat(held["now"]),
+        datetime.fromisoformat(held["split"]),
+        held["source"],
+        base64.b64decode(held["position"]),
+        Tally(events, int(value), expired, scanned),
+    )
 
 
 def _open_pass(spec: RangeSpec, key_prefix: str) -> Correction:

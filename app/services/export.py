@@ -109,21 +109,20 @@ class Export:
 
     def records(self, before_page: PageHook | None = None) -> Iterator[dict[str, Any]]:
         """The matching events in export order, as dicts (the NDJSON line's fields), with
-        their amendment links (`_with_links`, a page at a time)."""
+        their amendment links (`_with_links`), a page at a time: each RPC's page is handed
+        on whole before the next RPC starts, so an answer cut at an RPC has sent it."""
         on_read = self.on_read
-        page: list[tuple[int, dict[str, Any]]] = []
-        for entity in self._entities(before_page):
-            if on_read is not None:
-                on_read()
-            record = self._record(entity)
-            if record is not None:
-                page.append((entity.key.path[-1].id, record))
-            if len(page) >= PAGE_SIZE:
-                yield from _with_links(page)
-                page = []
-        yield from _with_links(page)
+        for batch in self._entities(before_page):
+            page: list[tuple[int, dict[str, Any]]] = []
+            for entity in batch:
+                if on_read is not None:
+                    on_read()
+                record = self._record(entity)
+                if record is not None:
+                    page.append((entity.key.path[-1].id, record))
+            yield from _with_links(page)
 
-    def _entities(self, before_page: PageHook | None) -> Iterator[Any]:
+    def _entities(self, before_page: PageHook | None) -> Iterator[list[Any]]:
         request, resume = self.request, self.resume
         start = resume.timestamp if resume is not None else request.start
         return queries.events_in_order(
@@ -232,7 +231,7 @@ class Export:
             self.meter,
             None,
         )
-        for entity in whole._entities(before_page):
+        for entity in (entity for batch in whole._entities(before_page) for entity in batch):
             event_deleted = entities.decode_event(entity).deleted
             if event_deleted and not self.request.include_cancelled:
                 continue
@@ -282,7 +281,9 @@ def _with_links(page: list[tuple[int, dict[str, Any]]]) -> list[dict[str, Any]]:
         for key_id, record in page
         if record["status"] == "cancelled" or str(record["idempotency"]).startswith("amend:")
     ]
-    links = amend.links_of(maybe)
+    links: dict[int, tuple[str | None, str | None]] = {}
+    for first in range(0, len(maybe), PAGE_SIZE):  # a lookup holds at most 1,000 keys
+        links.update(amend.links_of(maybe[first : first + PAGE_SIZE]))
     records = []
     for key_id, record in page:
         record["amends"], record["amendedBy"] = links.get(key_id, (None, None))

@@ -578,3 +578,28 @@ def test_a_dry_run_cursor_is_checked(api, other_api):
         assert answer.status_code == 400 and error_of(answer)["param"] == "cursor", answer.text
     answer = api.post(CANCEL, json={**_range(meter), "cursor": "x"})  # not a dry run
     assert answer.status_code == 400 and error_of(answer)["param"] == "cursor", answer.text
+
+
+def test_a_range_cancel_plans_several_pages_from_one_read(serve, admin, monkeypatch):
+    """Pages of 2 events in one request: the range's events are read by one query and
+    every page is planned from that read (before: one query per page), and the outcome is
+    exactly the range."""
+    url = serve(correction_page_events=2, correction_budget_seconds=600)
+    org = Api(url, admin.key).post("/v1/admin/orgs", json={"name": _name("ahead")}).json()
+    api = Api(url, org["apiKey"])
+    meter = _meter(api, "sum")
+    events = _events(meter)
+    api.record(*events)
+    wanted = [e for e in events if _in_range(e)]
+    reads = []
+    real = corrections.queries.events_page
+    monkeypatch.setattr(
+        corrections.queries,
+        "events_page",
+        lambda *args: reads.append(args) or real(*args),
+    )
+    done, requests = _until_complete(api, _range(meter))
+    assert requests == 1 and done["cancelled"] == len(wanted) >= 8  # 4 pages at least
+    assert len(reads) == 1, len(reads)
+    assert done["value"] == sum(e["value"] for e in wanted)
+    check_summaries(api, meter, START, END, USERS, "model")

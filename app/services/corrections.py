@@ -57,6 +57,10 @@ _RESERVED = 2
 #: Mutations a new rollup group may add for the limit counters of a meter with limits
 #: (issue 16): at most a counter's 8 shards deleted and its seed, for a max meter.
 LIMIT_COST = 9
+#: Events a range cancel's query reads at once: its pages (each at most
+#: `Config.correction_page_events` events and 500 mutations) are planned from them, one
+#: query for several commits.
+READ_AHEAD_EVENTS = 1000
 #: Events one dry-run query batch reads.
 _DRY_RUN_BATCH = 1000
 #: Part of the request's time left below which no page starts: a page in flight needs
@@ -518,15 +522,64 @@ class _Page:
     tally: Tally
 
 
-def _plan(spec: RangeSpec, record: Correction, window: timedelta, limit: int) -> _Page:
-    """Read the next events of the range and keep the longest prefix whose cancellation
-    fits one commit (events, every shard of their rollups, the feed and the record)."""
+@dataclass
+class _ReadAhead:
+    """Events of the range read by one query beyond the page planned from them, each with
+    the position after it: the request's next page plans from them instead of querying
+    again (on the emulators every query scans the whole kind; on Cloud Datastore it saves
+    an RPC per page). Read outside any transaction, like every plan: each page's commit
+    looks its events up again."""
+
+    found: list[tuple[EntityPb, bytes]]
+    end_position: bytes
+    finished: bool
+
+    def after(self, position: bytes) -> _ReadAhead | None:
+        """What this read holds after `position` (a page's end), or None: nothing left, or
+        `position` is none of its events' (another runner moved the record)."""
+        for index, (_entity, after) in enumerate(self.found):
+            if after == position:
+                rest = self.found[index + 1 :]
+                return _ReadAhead(rest, self.end_position, self.finished) if rest else None
+        return None
+
+
+def _read_ahead(spec: RangeSpec, record: Correction, limit: int) -> _ReadAhead:
     found, end_position, finished = queries.events_page(
-        spec.meter.id_, spec.user_id, spec.period_start, spec.period_end, record.cursor, limit
+        spec.meter.id_,
+        spec.user_id,
+        spec.period_start,
+        spec.period_end,
+        record.cursor,
+        max(limit, READ_AHEAD_EVENTS),
     )
+    return _ReadAhead(found, end_position, finished)
+
+
+def _plan(
+    spec: RangeSpec,
+    record: Correction,
+    window: timedelta,
+    limit: int,
+    read: _ReadAhead | None = None,
+) -> tuple[_Page, _ReadAhead | None]:
+    """From the next events of the range (`read`, if it starts at the record's position,
+    else one query), keep the longest prefix of at most `limit` events whose cancellation
+    fits one commit (events, every shard of their rollups, the feed and the record); and
+    what the read holds beyond it."""
+    if read is None:
+        read = _read_ahead(spec, record, limit)
+    found = read.found[:limit]
+    whole = len(found) == len(read.found)
     now = utcnow()
     since = record.pass_started_at or now
-    page = _Page(end_position, finished, {}, {}, Tally())
+    page = _Page(
+        read.end_position if whole else found[-1][1],
+        read.finished and whole,
+        {},
+        {},
+        Tally(),
+    )
     mutations = _RESERVED
     limited = bool(limit_index.specs_for({spec.meter.key.id()}))
     for index, (entity, after) in enumerate(found):
@@ -543,7 +596,7 @@ def _plan(spec: RangeSpec, record: Correction, window: timedelta, limit: int) ->
                 # The rest waits for the next page, from the position before this event.
                 page.position = found[index - 1][1] if index else record.cursor
                 page.finished = False
-                return page
+                return page, read.after(page.position) if index else read
             mutations += cost
             page.keys.update(listed)
             page.cancelling[entity.key.SerializeToString()] = event
@@ -551,7 +604,9 @@ def _plan(spec: RangeSpec, record: Correction, window: timedelta, limit: int) ->
             page.tally.expired += 1
         page.tally.scanned += 1
         page.position = after
-    return page
+    if whole:
+        return page, None
+    return page, read.after(page.position)
 
 
 def _commit_page(record: Correction, page: _Page) -> tuple[Correction, Tally] | None:
@@ -616,18 +671,23 @@ def _moved(planned: Correction, stored: Correction) -> bool:
 
 
 def run_page(
-    spec: RangeSpec, record: Correction, window: timedelta, limit: int
-) -> tuple[Correction, Tally]:
-    """One page of a running correction: (the record after it, what this page did)."""
-    page = _plan(spec, record, window, limit)
+    spec: RangeSpec,
+    record: Correction,
+    window: timedelta,
+    limit: int,
+    read: _ReadAhead | None = None,
+) -> tuple[Correction, Tally, _ReadAhead | None]:
+    """One page of a running correction: (the record after it, what this page did, the
+    events read beyond it for the next page)."""
+    page, rest = _plan(spec, record, window, limit, read)
 
     def attempt() -> tuple[Correction, Tally] | None:
         return _commit_page(record, page)
 
     applied = rpc.retry_aborted(attempt, "range cancellation")
     if applied is None:
-        return _read(record.id) or record, Tally()
-    return applied
+        return _read(record.id) or record, Tally(), None
+    return applied[0], applied[1], rest
 
 
 def _time_for_a_page(started: float, budget_seconds: float) -> bool:
@@ -658,9 +718,10 @@ def cancel_range(
     record = _open_pass(spec, key_prefix)
     done = Tally()
     first = True
+    read: _ReadAhead | None = None
     while record.status == RUNNING and (first or _time_for_a_page(started, budget_seconds)):
         first = False
-        record, tally = run_page(spec, record, window, page_events)
+        record, tally, read = run_page(spec, record, window, page_events, read)
         done.events += tally.events
         done.value += tally.value
         done.expired += tally.expired

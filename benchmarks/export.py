@@ -16,6 +16,7 @@ about a tenth of it):
   every 50 ms) and events/s.
 
     .venv/bin/python benchmarks/export.py [--events 100000] [--answer-seconds S]
+        [--deadline-seconds S]
         [--sizes tenth,whole] [--formats ndjson,csv,cli]
 
 An NDJSON export is followed across answers by its trailers' cursors; each export
@@ -44,6 +45,9 @@ from benchmarks.common import Client, Service, metering_command, scratch_dir, st
 EXPORT = "/v1/billing/meter-events/export"
 START = datetime.now(UTC).replace(microsecond=0) - timedelta(days=20)
 SPAN = timedelta(days=19)
+#: Answers in a row that brought nothing (each first page slower than the request
+#: deadline) after which an export is reported stalled instead of retried forever.
+STALLED_ANSWERS = 3
 
 
 def _seed(service: Service, events: int) -> str:
@@ -144,7 +148,7 @@ def _http_export(service: Service, params: dict) -> dict:
     host, port = service.url.removeprefix("http://").rsplit(":", 1)
     worker = service.worker_pids()[0]
     started = time.monotonic()
-    answers, events, cursor = [], 0, None
+    answers, events, cursor, stalled = [], 0, None, 0
     with RssSampler(worker) as rss:
         while True:
             connection = http.client.HTTPConnection(host, int(port), timeout=900)
@@ -170,7 +174,11 @@ def _http_export(service: Service, params: dict) -> dict:
             trailer = json.loads(tail.strip().splitlines()[-1])["export"]
             assert trailer["count"] == newlines - 1, trailer
             events += trailer["count"]
+            print(f"  answer {len(answers)}: {answers[-1]}, {trailer}", flush=True)
             if trailer["complete"]:
+                break
+            stalled = stalled + 1 if trailer["count"] == 0 else 0
+            if stalled == STALLED_ANSWERS:  # no page came within the request deadline
                 break
             cursor = trailer["cursor"]
     seconds = time.monotonic() - started
@@ -178,6 +186,7 @@ def _http_export(service: Service, params: dict) -> dict:
         "events": events,
         "seconds": round(seconds, 2),
         "events_per_s": round(events / seconds),
+        "stalled": stalled == STALLED_ANSWERS,
         "answers": len(answers),
         "slowest_status_s": max(first for first, _whole in answers),
         "slowest_answer_s": max(whole for _first, whole in answers),
@@ -229,6 +238,12 @@ def main() -> int:
         default=None,
         help="METERING_EXPORT_ANSWER_SECONDS of the service (its default: 300)",
     )
+    parser.add_argument(
+        "--deadline-seconds",
+        type=float,
+        default=None,
+        help="METERING_REQUEST_DEADLINE_SECONDS of the service (its default: 30)",
+    )
     parser.add_argument("--sizes", default="tenth,whole", help="tenth,whole (both)")
     parser.add_argument("--formats", default="ndjson,csv,cli", help="ndjson,csv,cli (all)")
     args = parser.parse_args()
@@ -237,6 +252,8 @@ def main() -> int:
     extra = {}
     if args.answer_seconds is not None:
         extra["METERING_EXPORT_ANSWER_SECONDS"] = str(args.answer_seconds)
+    if args.deadline_seconds is not None:
+        extra["METERING_REQUEST_DEADLINE_SECONDS"] = str(args.deadline_seconds)
     service = Service(emulator.host, 1, 4, workdir, extra_env=extra).start()
     try:
         started = time.monotonic()

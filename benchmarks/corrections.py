@@ -66,7 +66,15 @@ def main() -> int:
     parser.add_argument(
         "--dry-run-only", action="store_true", help="seed, compare the dry runs, stop"
     )
+    parser.add_argument(
+        "--read-ahead",
+        type=int,
+        default=corrections.READ_AHEAD_EVENTS,
+        help="events one range-cancel query reads for several pages (0: one query per "
+        "page, as before session 8)",
+    )
     args = parser.parse_args()
+    corrections.READ_AHEAD_EVENTS = args.read_ahead
     now = datetime.now(UTC).replace(microsecond=0)
     with (
         tempfile.TemporaryDirectory() as scratch,
@@ -99,15 +107,17 @@ def _run(config: Config, args, now: datetime) -> int:
     if args.dry_run_only:
         return 0
     began = time.perf_counter()
-    record, done = corrections.cancel_range(
-        spec, config.dedupe_window, "bench", args.page, budget_seconds=1e9
-    )
+    with _Counted() as cancel_usage:
+        record, done = corrections.cancel_range(
+            spec, config.dedupe_window, "bench", args.page, budget_seconds=1e9
+        )
     seconds = time.perf_counter() - began
     pages = -(-record.scanned // args.page)
     print(
         f"range cancel: {done.events} events cancelled in {seconds:.1f} s "
         f"({done.events / seconds:.0f} events/s, {record.scanned} read, about {pages} pages "
-        f"of {args.page}), status {record.status}"
+        f"of {args.page}, {cancel_usage.rpcs} RPCs, read ahead {args.read_ahead}), "
+        f"status {record.status}"
     )
 
     live = [e for e in generated if e["dimensions"]["model"] == "b"]

@@ -582,8 +582,9 @@ def test_a_dry_run_cursor_is_checked(api, other_api):
 
 def test_a_range_cancel_plans_several_pages_from_one_read(serve, admin, monkeypatch):
     """Pages of 2 events in one request: the range's events are read by one query and
-    every page is planned from that read (before: one query per page, 7 here), and the
-    outcome is exactly the range."""
+    every page is planned from that read (before: one query per page, 7 here), each
+    page's shards are listed a day at a time (before: one query per series and day), and
+    the outcome is exactly the range."""
     url = serve(correction_page_events=2, correction_budget_seconds=600)
     org = Api(url, admin.key).post("/v1/admin/orgs", json={"name": _name("ahead")}).json()
     api = Api(url, org["apiKey"])
@@ -598,8 +599,18 @@ def test_a_range_cancel_plans_several_pages_from_one_read(serve, admin, monkeypa
         "events_page",
         lambda *args: reads.append(args) or real(*args),
     )
+    per_group, per_day = [], []
+    real_group, real_day = corrections.cancel.group_keys_of, corrections.queries.rollup_keys_of_day
+    monkeypatch.setattr(
+        corrections.cancel, "group_keys_of", lambda *a: per_group.append(a) or real_group(*a)
+    )
+    monkeypatch.setattr(
+        corrections.queries, "rollup_keys_of_day", lambda *a: per_day.append(a) or real_day(*a)
+    )
     done, requests = _until_complete(api, _range(meter))
     assert requests == 1 and done["cancelled"] == len(wanted) >= 8  # 4 pages at least
+    # Shards listed once per (page, day, kind), never one query per (series, day) group.
+    assert per_group == [] and 0 < len(per_day) <= 2 * 2 * len(reads) * 7, per_day
     # One read of the range (the legacy emulator needs one more to find its end), where
     # every page read its own before.
     assert len(reads) <= 2, len(reads)

@@ -265,3 +265,19 @@ def events_page(
         not found and batch.more_results != batch.NOT_FINISHED
     )
     return found, batch.end_cursor or cursor, finished
+
+
+# -- issue 17, session 8: a range cancel's shards, listed a day at a time ------------------
+
+
+def rollup_keys_of_day(meter_id: str, org_wide: bool, day: int, most: int) -> list[KeyPb] | None:
+    """Keys of every rollup entity (every user's, or the org-wide ones) of a meter on one
+    day, at most `most` of them (None when there are more): keys only, equalities, so the
+    built-in indexes serve it. A range cancel lists a page's shards with it, one query per
+    day instead of one per (series, day)."""
+    kind = rollups_kind.ORG_KIND if org_wide else rollups_kind.KIND
+    query = build(kind, [("MeterId", _OP.EQUAL, meter_id), ("Day", _OP.EQUAL, day)])
+    query.projection.add().property.name = "__key__"
+    query.limit.value = most + 1
+    keys = [entity.key for entity in rpc.run_query(query, ndb.get_context().get_namespace())]
+    return keys if len(keys) <= most else None

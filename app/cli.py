@@ -499,6 +499,150 @@ def _export_events(org: str, query: dict, sink, progress: bool) -> dict:
     return {"org": org, "meter": job.meter.id_, "exported": job.sent, "lastId": job.last_id}
 
 
+# -- issue 17, session 8: range cancels and the corrections list from the CLI -------------
+
+
+@events.command("cancel")
+@click.argument("org")
+@click.option("--meter", "meter_id", required=True, help="The meter's id.")
+@click.option("--since", required=True, help="First moment cancelled (RFC 3339 or YYYY-MM-DD).")
+@click.option("--until", required=True, help="End, excluded (RFC 3339; YYYY-MM-DD: its day in).")
+@click.option("--user", "user_id", help="Only this user's events.")
+@click.option(
+    "--filter",
+    "filters",
+    multiple=True,
+    help="NAME=VALUE: only events whose dimension NAME has VALUE (repeat; one NAME given "
+    "twice matches either value).",
+)
+@click.option("--dry-run", is_flag=True, help="Say what would be cancelled; change nothing.")
+@click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")
+@_data_dir_option
+def events_cancel(
+    org, meter_id, since, until, user_id, filters, dry_run, no_progress, data_dir
+):  # fmt: skip
+    """Cancel every live event of ORG's meter in a period (the same job as
+    `POST /v1/billing/meter-events/cancel`: resumable, each page one commit, never twice),
+    with progress on stderr; print the correction record (or the dry run's figures)."""
+    body: dict = {"meterId": meter_id, "periodStart": since, "periodEnd": until}
+    if user_id is not None:
+        body["userId"] = user_id
+    if filters:
+        body["filter"] = _filter_option(filters)
+    done = _admin(data_dir, lambda: _cancel_range(org, body, dry_run, not no_progress))
+    click.echo(json.dumps(done, indent=2))
+
+
+def _filter_option(filters: tuple[str, ...]) -> dict[str, list[str]]:
+    chosen: dict[str, list[str]] = {}
+    for given in filters:
+        name, sep, value = given.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"{given!r} is not NAME=VALUE", param_hint="--filter")
+        chosen.setdefault(name, []).append(value)
+    return chosen
+
+
+#: Seconds of pages between two progress updates of a CLI range cancel (it has no
+#: request deadline; the job is the service's, in steps of this length).
+_CANCEL_STEP_SECONDS = 2.0
+
+
+def _cancel_range(org: str, body: dict, dry_run: bool, progress: bool) -> dict:
+    # lazy: see "Lazy imports" above
+    from tqdm import tqdm
+
+    from app.schemas import corrections as correction_shapes
+    from app.schemas import load
+    from app.services import corrections
+    from app.services import orgs as org_service
+    from app.storage import queries
+
+    config = Config.from_env()
+    args = load(correction_shapes.RangeCancel(), body)
+    with org_service.inside(org), _cursor_keys(config):
+        spec = corrections.range_spec(
+            args["meterId"],
+            args["periodStart"],
+            args["periodEnd"],
+            args.get("userId"),
+            args.get("filter", {}),
+        )
+        if dry_run:
+            preview = corrections.dry_run(
+                spec, config.dedupe_window, config.max_event_lead, float("inf")
+            )
+            return correction_shapes.preview_json(spec.meter.id_, preview)
+        total = None
+        if progress:
+            total = queries.count_events(
+                spec.meter.id_, spec.user_id, spec.period_start, spec.period_end
+            )
+        bar = tqdm(
+            total=total,
+            desc="cancelling",
+            unit=" events",
+            file=sys.stderr,
+            disable=not progress,
+            unit_scale=True,
+            dynamic_ncols=True,
+        )
+        with bar:
+            while True:
+                record, done = corrections.cancel_range(
+                    spec,
+                    config.dedupe_window,
+                    "cli",
+                    config.correction_page_events,
+                    _CANCEL_STEP_SECONDS,
+                )
+                bar.update(done.scanned)
+                bar.set_postfix(cancelled=record.cancelled)
+                if record.status == corrections.COMPLETE:
+                    return correction_shapes.correction_json(record)
+
+
+@contextlib.contextmanager
+def _cursor_keys(config: Config):
+    """The app context opaque cursors are sealed in (`app.services.paging` reads the
+    deployment secret from it), without building the whole app."""
+    # lazy: see "Lazy imports" above
+    from flask import Flask
+
+    app = Flask("metering-cli")
+    app.config["METERING"] = config
+    with app.app_context():
+        yield
+
+
+@events.command("corrections")
+@click.argument("org")
+@click.option(
+    "--limit", type=click.IntRange(1, 100), default=20, show_default=True, help="Records."
+)
+@click.option("--cursor", help="The `nextCursor` of the previous page.")
+@_data_dir_option
+def events_corrections(org, limit, cursor, data_dir):
+    """List ORG's corrections (range cancels and amendments), newest first: who, when,
+    what range, how many, how much (as `GET /v1/billing/meter-events/corrections`)."""
+    click.echo(json.dumps(_admin(data_dir, lambda: _corrections(org, limit, cursor)), indent=2))
+
+
+def _corrections(org: str, limit: int, cursor: str | None) -> dict:
+    # lazy: see "Lazy imports" above
+    from app.schemas import corrections as correction_shapes
+    from app.services import corrections
+    from app.services import orgs as org_service
+
+    with org_service.inside(org), _cursor_keys(Config.from_env()):
+        found, next_cursor = corrections.list_corrections(limit, cursor)
+    return {
+        "corrections": [correction_shapes.correction_json(record) for record in found],
+        "count": len(found),
+        "nextCursor": next_cursor,
+    }
+
+
 @events.command("import")
 @click.argument("org")
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))

@@ -14,11 +14,16 @@ and checks the summaries afterwards against a brute force over the generated eve
 (the total, and each user's).
 
     .venv/bin/python benchmarks/corrections.py [--events 20000] [--users 50] [--page 200]
+        [--dry-run-only]
+
+The dry run is timed twice: as the service answers it (the range's recent part from
+rollups) and read event by event (as before session 8), with RPCs and entities read.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -34,6 +39,7 @@ from app.datastore import make_client
 from app.emulator import Emulator
 from app.models import ids
 from app.services import amend, corrections, events, meters, orgs, summary
+from app.storage import rollups, rpc
 
 
 def _events(count: int, users: int, days: int, now: datetime) -> list[dict]:
@@ -57,7 +63,18 @@ def main() -> int:
     parser.add_argument("--days", type=int, default=10)
     parser.add_argument("--page", type=int, default=200, help="events per page (200)")
     parser.add_argument("--amends", type=int, default=50)
+    parser.add_argument(
+        "--dry-run-only", action="store_true", help="seed, compare the dry runs, stop"
+    )
+    parser.add_argument(
+        "--read-ahead",
+        type=int,
+        default=corrections.READ_AHEAD_EVENTS,
+        help="events one range-cancel query reads for several pages (0: one query per "
+        "page, as before session 8)",
+    )
     args = parser.parse_args()
+    corrections.READ_AHEAD_EVENTS = args.read_ahead
     now = datetime.now(UTC).replace(microsecond=0)
     with (
         tempfile.TemporaryDirectory() as scratch,
@@ -86,23 +103,21 @@ def _run(config: Config, args, now: datetime) -> int:
 
     period = (now - timedelta(days=args.days + 1), now + timedelta(minutes=1))
     spec = corrections.range_spec(meter.id_, *period, None, {"model": ["a"]})
+    preview, _seconds = _dry_runs(config, spec)
+    if args.dry_run_only:
+        return 0
     began = time.perf_counter()
-    preview = corrections.dry_run(spec, config.dedupe_window)
-    dry_seconds = time.perf_counter() - began
-    began = time.perf_counter()
-    record, done = corrections.cancel_range(
-        spec, config.dedupe_window, "bench", args.page, budget_seconds=1e9
-    )
+    with _Counted() as cancel_usage:
+        record, done = corrections.cancel_range(
+            spec, config.dedupe_window, "bench", args.page, budget_seconds=1e9
+        )
     seconds = time.perf_counter() - began
     pages = -(-record.scanned // args.page)
     print(
-        f"dry run: {preview.events} events over {preview.scanned} read in {dry_seconds:.2f} s "
-        f"({preview.scanned / dry_seconds:.0f} events/s read)"
-    )
-    print(
         f"range cancel: {done.events} events cancelled in {seconds:.1f} s "
         f"({done.events / seconds:.0f} events/s, {record.scanned} read, about {pages} pages "
-        f"of {args.page}), status {record.status}"
+        f"of {args.page}, {cancel_usage.rpcs} RPCs, read ahead {args.read_ahead}), "
+        f"status {record.status}"
     )
 
     live = [e for e in generated if e["dimensions"]["model"] == "b"]
@@ -135,6 +150,77 @@ def _run(config: Config, args, now: datetime) -> int:
         exact = exact and got == value
     print(f"summaries equal the brute force: {exact}")
     return 0 if exact else 1
+
+
+def _dry_runs(config: Config, spec: corrections.RangeSpec):
+    """The dry run as the service answers it (from rollups), then the same read event by
+    event (as every dry run was before session 8: the meter's rollups taken as keeping no
+    sums), side by side: figures, wall time, RPCs and entities read."""
+    figures = {}
+    for how in ("rollups", "events"):
+        usage = _Counted()
+        began = time.perf_counter()
+        if how == "events":
+            with _as_if_no_sums(), usage:
+                preview = corrections.dry_run(
+                    spec, config.dedupe_window, config.max_event_lead, 1e9
+                )
+        else:
+            with usage:
+                preview = corrections.dry_run(
+                    spec, config.dedupe_window, config.max_event_lead, 1e9
+                )
+        seconds = time.perf_counter() - began
+        figures[how] = (preview, seconds)
+        print(
+            f"dry run ({preview.source}): {preview.tally.events} events, value "
+            f"{preview.tally.value}, {preview.tally.scanned} events read one by one, "
+            f"{seconds:.2f} s, {usage.rpcs} RPCs, {usage.entities_read} entities read",
+            flush=True,
+        )
+    (by_rollups, seconds), (by_events, _s) = figures["rollups"], figures["events"]
+    same = (by_rollups.tally.events, by_rollups.tally.value) == (
+        by_events.tally.events,
+        by_events.tally.value,
+    )
+    print(f"dry run figures equal both ways: {same}", flush=True)
+    return by_rollups.tally, seconds
+
+
+class _Counted:
+    """RPCs and entities read (query results, lookup keys) while the block runs: this
+    benchmark runs outside a request, where the service's own counters are off."""
+
+    def __init__(self):
+        self.rpcs = self.entities_read = 0
+
+    def __enter__(self):
+        self._real = real = rpc._call
+
+        def counted(name, request):
+            response = real(name, request)
+            self.rpcs += 1
+            if name == "run_query":
+                self.entities_read += len(response.batch.entity_results)
+            elif name == "lookup":
+                self.entities_read += len(request.keys)
+            return response
+
+        rpc._call = counted
+        return self
+
+    def __exit__(self, *_exc):
+        rpc._call = self._real
+
+
+@contextlib.contextmanager
+def _as_if_no_sums():
+    real = rollups.adds_values
+    rollups.adds_values = lambda aggregation: False
+    try:
+        yield
+    finally:
+        rollups.adds_values = real
 
 
 if __name__ == "__main__":

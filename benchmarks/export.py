@@ -15,7 +15,12 @@ about a tenth of it):
 - CLI: `metering events export demo --meter ID > /dev/null`, its peak RSS (sampled
   every 50 ms) and events/s.
 
-    .venv/bin/python benchmarks/export.py [--events 100000]
+    .venv/bin/python benchmarks/export.py [--events 100000] [--answer-seconds S]
+        [--deadline-seconds S]
+        [--sizes tenth,whole] [--formats ndjson,csv,cli]
+
+An NDJSON export is followed across answers by its trailers' cursors; each export
+reports its answers, the slowest answer and the slowest time to the status line.
 """
 
 from __future__ import annotations
@@ -40,6 +45,9 @@ from benchmarks.common import Client, Service, metering_command, scratch_dir, st
 EXPORT = "/v1/billing/meter-events/export"
 START = datetime.now(UTC).replace(microsecond=0) - timedelta(days=20)
 SPAN = timedelta(days=19)
+#: Answers in a row that brought nothing (each first page slower than the request
+#: deadline) after which an export is reported stalled instead of retried forever.
+STALLED_ANSWERS = 3
 
 
 def _seed(service: Service, events: int) -> str:
@@ -134,35 +142,54 @@ class RssSampler:
 
 
 def _http_export(service: Service, params: dict) -> dict:
+    """One export over HTTP, following the trailers' cursors (an NDJSON answer stops at
+    its time bound, or when a page's read is cut, and says where to go on): events, wall
+    time, answers, the slowest answer and the slowest time to the status line."""
     host, port = service.url.removeprefix("http://").rsplit(":", 1)
-    connection = http.client.HTTPConnection(host, int(port), timeout=600)
     worker = service.worker_pids()[0]
     started = time.monotonic()
+    answers, events, cursor, stalled = [], 0, None, 0
     with RssSampler(worker) as rss:
-        connection.request(
-            "GET",
-            EXPORT + "?" + urlencode(params),
-            headers={"Authorization": f"Bearer {service.api_key}"},
-        )
-        response = connection.getresponse()
-        assert response.status == 200, response.read()[:300]
-        newlines, tail, chunks = 0, b"", 0
-        while chunk := response.read(65536):
-            newlines += chunk.count(b"\n")
-            tail = (tail + chunk)[-400:]
-            chunks += 1
+        while True:
+            connection = http.client.HTTPConnection(host, int(port), timeout=900)
+            asked = time.monotonic()
+            query = {**params, **({"cursor": cursor} if cursor else {})}
+            connection.request(
+                "GET",
+                EXPORT + "?" + urlencode(query),
+                headers={"Authorization": f"Bearer {service.api_key}"},
+            )
+            response = connection.getresponse()
+            status_after = time.monotonic() - asked
+            assert response.status == 200, response.read()[:300]
+            newlines, tail = 0, b""
+            while chunk := response.read(65536):
+                newlines += chunk.count(b"\n")
+                tail = (tail + chunk)[-400:]
+            connection.close()
+            answers.append((round(status_after, 2), round(time.monotonic() - asked, 2)))
+            if params.get("format") == "csv":
+                events += newlines - 1  # the header row
+                break
+            trailer = json.loads(tail.strip().splitlines()[-1])["export"]
+            assert trailer["count"] == newlines - 1, trailer
+            events += trailer["count"]
+            print(f"  answer {len(answers)}: {answers[-1]}, {trailer}", flush=True)
+            if trailer["complete"]:
+                break
+            stalled = stalled + 1 if trailer["count"] == 0 else 0
+            if stalled == STALLED_ANSWERS:  # no page came within the request deadline
+                break
+            cursor = trailer["cursor"]
     seconds = time.monotonic() - started
-    connection.close()
-    if params.get("format") == "csv":
-        events = newlines - 1  # the header row
-    else:
-        trailer = json.loads(tail.strip().splitlines()[-1])["export"]
-        assert trailer["complete"] and trailer["count"] == newlines - 1, trailer
-        events = trailer["count"]
     return {
         "events": events,
         "seconds": round(seconds, 2),
         "events_per_s": round(events / seconds),
+        "stalled": stalled == STALLED_ANSWERS,
+        "answers": len(answers),
+        "slowest_status_s": max(first for first, _whole in answers),
+        "slowest_answer_s": max(whole for _first, whole in answers),
         "worker_rss_before_mib": round(rss.before / 1024, 1),
         "worker_rss_growth_mib": round((rss.peak - rss.before) / 1024, 1),
     }
@@ -205,10 +232,29 @@ def _cli_export(service: Service, meter_id: str, since: str, until: str) -> dict
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument(
+        "--answer-seconds",
+        type=float,
+        default=None,
+        help="METERING_EXPORT_ANSWER_SECONDS of the service (its default: 300)",
+    )
+    parser.add_argument(
+        "--deadline-seconds",
+        type=float,
+        default=None,
+        help="METERING_REQUEST_DEADLINE_SECONDS of the service (its default: 30)",
+    )
+    parser.add_argument("--sizes", default="tenth,whole", help="tenth,whole (both)")
+    parser.add_argument("--formats", default="ndjson,csv,cli", help="ndjson,csv,cli (all)")
     args = parser.parse_args()
     workdir = scratch_dir()
     emulator = start_emulator("firestore", workdir)
-    service = Service(emulator.host, 1, 4, workdir).start()
+    extra = {}
+    if args.answer_seconds is not None:
+        extra["METERING_EXPORT_ANSWER_SECONDS"] = str(args.answer_seconds)
+    if args.deadline_seconds is not None:
+        extra["METERING_REQUEST_DEADLINE_SECONDS"] = str(args.deadline_seconds)
+    service = Service(emulator.host, 1, 4, workdir, extra_env=extra).start()
     try:
         started = time.monotonic()
         meter_id = _seed(service, args.events)
@@ -220,12 +266,21 @@ def main() -> int:
             "seeded_per_s": round(args.events / seeded),
             "cpus": os.cpu_count(),
         }
+        sizes, formats = args.sizes.split(","), args.formats.split(",")
         for name, period in (("tenth", tenth), ("whole", whole)):
-            report[name] = {
-                "ndjson": _http_export(service, {"meterId": meter_id, **period}),
-                "csv": _http_export(service, {"meterId": meter_id, "format": "csv", **period}),
-                "cli": _cli_export(service, meter_id, period["periodStart"], period["periodEnd"]),
-            }
+            if name not in sizes:
+                continue
+            report[name] = {}
+            for form in formats:
+                if form == "cli":
+                    figures = _cli_export(
+                        service, meter_id, period["periodStart"], period["periodEnd"]
+                    )
+                else:
+                    query = {"meterId": meter_id, "format": form, **period}
+                    figures = _http_export(service, query)
+                report[name][form] = figures
+                print(name, form, json.dumps(figures), flush=True)
         print(json.dumps(report, indent=2))
         return 0
     finally:

@@ -481,3 +481,138 @@ def test_range_cancels_and_amends_feed_the_alerts(api, app, ndb_client, org):
         ("alert.resolved", "u", 10),
         ("alert.triggered", "u", 10),
     ]
+
+
+# -- session 8: dry runs from the rollups, partial dry runs that resume -----------------
+
+
+def _dry_run_until_complete(api: Api, body: dict, most: int = 200) -> tuple[dict, int]:
+    """A dry run followed through its cursors: (the last answer, requests)."""
+    request = {**body, "dryRun": True}
+    for requests in range(1, most + 1):
+        answer = _cancel_range(api, request)
+        if answer["complete"]:
+            assert answer["cursor"] is None
+            return answer, requests
+        request = {**body, "dryRun": True, "cursor": answer["cursor"]}
+    raise AssertionError("the dry run never completed")
+
+
+@pytest.mark.parametrize("user", [None, "u2"])
+def test_a_dry_run_counts_from_the_rollups_what_the_run_then_cancels(api, user):
+    """A sum meter, a filter, edges off the 15-minute slots (the start exactly on an
+    event, the end a minute after one), a matching event already cancelled: the dry run
+    reads only the edges' raw events (never the range's events one by one) and its
+    figures are exactly what the real run cancels."""
+    meter = _meter(api, "sum")
+    events = _events(meter) + _events(meter, offset=3)
+    ids = [e["id"] for e in api.record(*events)["events"]]
+    start, end = RANGE_START + timedelta(minutes=7), RANGE_END + timedelta(minutes=8)
+    body = {
+        **_range(meter, filter={"model": ["b"]}, **({"userId": user} if user else {})),
+        "periodStart": rfc3339(start),
+        "periodEnd": rfc3339(end),
+    }
+
+    def wanted(event: dict) -> bool:
+        moment = datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00"))
+        return (
+            start <= moment < end
+            and event["dimensions"]["model"] == "b"
+            and user in (None, event["userId"])
+        )
+
+    matching = [(i, e) for i, e in zip(ids, events, strict=True) if wanted(e)]
+    edges = {rfc3339(start), rfc3339(end - timedelta(minutes=1))}  # an event at each
+    assert edges <= {e["timestamp"] for e in events if wanted({**e, "userId": user or ""})}
+    gone_id = matching[1][0]
+    assert api.post(CANCEL, json={"events": [{"id": gone_id}]}).status_code == 200
+    live = [e for i, e in matching if i != gone_id]
+
+    preview = _cancel_range(api, {**body, "dryRun": True})
+    assert preview["source"] == "rollups" and preview["complete"] is True
+    assert (preview["events"], preview["value"]) == (len(live), sum(e["value"] for e in live))
+    in_range = [e for e in events if wanted(e) or _in_range(e)]
+    assert preview["scanned"] < len(in_range) / 2  # the edges' events only
+
+    done, _requests = _until_complete(api, body)
+    assert (done["cancelled"], done["value"]) == (preview["events"], preview["value"])
+    check_summaries(api, meter, START, END, USERS, "model")
+    assert _cancel_range(api, {**body, "dryRun": True})["events"] == 0
+
+
+@pytest.mark.parametrize("aggregation", ["max", "count"])
+def test_a_dry_run_read_event_by_event_answers_partially_and_resumes(
+    serve, admin, monkeypatch, aggregation
+):
+    """Meters whose rollups keep no sums are read event by event: with query batches of 2
+    and no time budget, each answer is partial with a cursor, and following the cursors
+    gives exactly what the run then cancels (a cancelled event excluded)."""
+    monkeypatch.setattr(corrections, "_DRY_RUN_BATCH", 2)
+    url = serve(correction_budget_seconds=0)
+    org = Api(url, admin.key).post("/v1/admin/orgs", json={"name": _name("dry")}).json()
+    api = Api(url, org["apiKey"])
+    meter = _meter(api, aggregation)
+    events = _events(meter)
+    ids = [e["id"] for e in api.record(*events)["events"]]
+    matching = [(i, e) for i, e in zip(ids, events, strict=True) if _in_range(e, model="b")]
+    assert api.post(CANCEL, json={"events": [{"id": matching[0][0]}]}).status_code == 200
+    live = [e for _i, e in matching[1:]]
+    body = _range(meter, filter={"model": ["b"]})
+
+    first = _cancel_range(api, {**body, "dryRun": True})
+    assert (first["complete"], first["source"]) == (False, "events") and first["cursor"]
+    preview, requests = _dry_run_until_complete(api, body)
+    assert requests >= 3
+    assert (preview["events"], preview["value"]) == (len(live), sum(e["value"] for e in live))
+    done, _requests = _until_complete(api, body)
+    assert (done["cancelled"], done["value"]) == (preview["events"], preview["value"])
+
+
+def test_a_dry_run_cursor_is_checked(api, other_api):
+    meter = _meter(api, "max")
+    api.record(*_events(meter))
+    body = {**_range(meter), "dryRun": True}
+    for cursor in ("nonsense", "A" * 40):
+        answer = api.post(CANCEL, json={**body, "cursor": cursor})
+        assert answer.status_code == 400 and error_of(answer)["param"] == "cursor", answer.text
+    answer = api.post(CANCEL, json={**_range(meter), "cursor": "x"})  # not a dry run
+    assert answer.status_code == 400 and error_of(answer)["param"] == "cursor", answer.text
+
+
+def test_a_range_cancel_plans_several_pages_from_one_read(serve, admin, monkeypatch):
+    """Pages of 2 events in one request: the range's events are read by one query and
+    every page is planned from that read (before: one query per page, 7 here), each
+    page's shards are listed a day at a time (before: one query per series and day), and
+    the outcome is exactly the range."""
+    url = serve(correction_page_events=2, correction_budget_seconds=600)
+    org = Api(url, admin.key).post("/v1/admin/orgs", json={"name": _name("ahead")}).json()
+    api = Api(url, org["apiKey"])
+    meter = _meter(api, "sum")
+    events = _events(meter)
+    api.record(*events)
+    wanted = [e for e in events if _in_range(e)]
+    reads = []
+    real = corrections.queries.events_page
+    monkeypatch.setattr(
+        corrections.queries,
+        "events_page",
+        lambda *args: reads.append(args) or real(*args),
+    )
+    per_group, per_day = [], []
+    real_group, real_day = corrections.cancel.group_keys_of, corrections.queries.rollup_keys_of_day
+    monkeypatch.setattr(
+        corrections.cancel, "group_keys_of", lambda *a: per_group.append(a) or real_group(*a)
+    )
+    monkeypatch.setattr(
+        corrections.queries, "rollup_keys_of_day", lambda *a: per_day.append(a) or real_day(*a)
+    )
+    done, requests = _until_complete(api, _range(meter))
+    assert requests == 1 and done["cancelled"] == len(wanted) >= 8  # 4 pages at least
+    # Shards listed once per (page, day, kind), never one query per (series, day) group.
+    assert per_group == [] and 0 < len(per_day) <= 2 * 2 * len(reads) * 7, per_day
+    # One read of the range (the legacy emulator needs one more to find its end), where
+    # every page read its own before.
+    assert len(reads) <= 2, len(reads)
+    assert done["value"] == sum(e["value"] for e in wanted)
+    check_summaries(api, meter, START, END, USERS, "model")

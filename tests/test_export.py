@@ -4,13 +4,19 @@ cursor that resumes anywhere without duplicates or gaps."""
 from __future__ import annotations
 
 import csv
+import http.client
 import io
 import json
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from google.api_core import exceptions as core_exceptions
 
+from app import deadline
 from app.services import export
+from app.storage import rpc
 from tests.support.http import Api, error_of
 from tests.test_ratelimit import fresh_minute
 
@@ -258,3 +264,76 @@ def test_the_reads_of_a_streamed_export_are_charged_to_the_read_budget(
     refused = budgeted.get("/v1/billing/meters")
     assert refused.status_code == 429, refused.text
     assert "read budget" in error_of(refused)["message"]
+
+
+# -- session 8: every answer bounded in time, its first bytes early ---------------------
+
+
+def _slow_event_query(monkeypatch, slow_call: int, behaviour):
+    """Wrap the Datastore RPCs: the `slow_call`-th query of `meter-event` runs
+    `behaviour()` first (a stand-in for the emulator's whole-kind scan of a large meter,
+    which no small test can make slow for real)."""
+    real_call, calls = rpc._call, []
+
+    def call(name, request):
+        if (
+            name == "run_query"
+            and request.query.kind
+            and request.query.kind[0].name == ("meter-event")
+        ):
+            calls.append(name)
+            if len(calls) == slow_call:
+                behaviour()
+        return real_call(name, request)
+
+    monkeypatch.setattr(rpc, "_call", call)
+    return calls
+
+
+def test_a_page_slower_than_the_answer_bound_ends_the_answer_with_its_cursor(
+    serve, org, monkeypatch
+):
+    """A page read cut by the answer's time bound (the second page takes all of it) ends
+    the answer with its trailer, `complete: false` and the last id sent, instead of a
+    stream cut without a trailer; resuming from it gives the rest, each event once."""
+    monkeypatch.setattr(export, "PAGE_SIZE", 2)
+    bounded = Api(serve(export_answer_seconds=1.5), org["apiKey"])
+    meter = bounded.create_meter()
+    bounded.record(
+        *({"meterId": meter["id"], "userId": "u", "value": n, "timestamp": _at(9 - n)}
+          for n in range(5))
+    )  # fmt: skip
+
+    def until_the_deadline():  # then fail as gRPC does when its timeout passes
+        time.sleep(max(0.0, deadline.remaining() or 0.0))
+        raise core_exceptions.DeadlineExceeded("the query took too long")
+
+    _slow_event_query(monkeypatch, 2, until_the_deadline)
+    first, trailer = _ndjson(bounded, meterId=meter["id"])
+    assert [line["value"] for line in first] == [0, 1]
+    assert trailer == {"complete": False, "count": 2, "cursor": first[-1]["id"]}
+    rest, trailer = _ndjson(bounded, meterId=meter["id"], cursor=trailer["cursor"])
+    assert [line["value"] for line in rest] == [2, 3, 4] and trailer["complete"] is True
+
+
+def test_an_export_answers_its_status_before_its_first_page_is_read(api, server, monkeypatch):
+    """The status line and headers leave before the first page's query runs, so a client
+    sees the answer begin however slow that query is (a 100,000-event meter's first page
+    took more than the request deadline on the emulator)."""
+    meter = api.create_meter()
+    api.record({"meterId": meter["id"], "userId": "u", "value": 7, "timestamp": _at(5)})
+    headers_seen, order = threading.Event(), []
+    _slow_event_query(monkeypatch, 1, lambda: order.append(headers_seen.wait(20)))
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    connection.request(
+        "GET", f"{EXPORT}?meterId={meter['id']}", headers={"Authorization": f"Bearer {api.key}"}
+    )
+    answer = connection.getresponse()
+    headers_seen.set()
+    body = answer.read().decode()
+    connection.close()
+    assert answer.status == 200 and order == [True]  # the query waited for the headers
+    lines = [json.loads(line) for line in body.splitlines()]
+    assert [line.get("value") for line in lines[:-1]] == [7]
+    assert lines[-1]["export"]["complete"] is True

@@ -3,6 +3,8 @@
 Recording, cancelling, listing a meter's recent events and summarizing them.
 """
 
+import time
+
 from flask import Blueprint, Response, current_app, g, request, stream_with_context
 
 from app import datastore, deadline, ratelimit, tenancy
@@ -142,7 +144,13 @@ def _cancel_range(body: dict, config) -> dict:
         body.get("filter", {}),
     )
     if body.get("dryRun"):
-        preview = corrections.dry_run(spec, config.dedupe_window)
+        preview = corrections.dry_run(
+            spec,
+            config.dedupe_window,
+            config.max_event_lead,
+            config.correction_budget_seconds,
+            body.get("cursor"),
+        )
         return correction_shapes.preview_json(spec.meter.id_, preview)
     record, done = corrections.cancel_range(
         spec,
@@ -282,15 +290,20 @@ def export_events(args):
             cursor=args.get("cursor"),
         )
     )
-    pages = _ExportPages(config.request_deadline_seconds, g.org.name)
     if args.get("format") == "csv":
+        pages = _ExportPages(config.request_deadline_seconds, g.org.name)
         columns = job.csv_columns(pages.before_page)  # before the first byte: 400s still
         body, mimetype = job.csv(columns, pages.before_page), "text/csv"
     else:
+        pages = _ExportPages(
+            config.request_deadline_seconds, g.org.name, config.export_answer_seconds
+        )
         body = job.ndjson(pages.before_page, config.export_answer_seconds)
         mimetype = "application/x-ndjson"
     # The first chunk is read here, under the request's own context, deadline and error
     # handling: a failure before the first byte still answers in the error envelope.
+    # (An NDJSON answer's first chunk is empty and reads nothing: its status and headers
+    # leave at once, and a slow first page ends in the trailer instead.)
     first = next(body, b"")
     return Response(
         stream_with_context(pages.streamed(first, body, datastore.reopen_context())),
@@ -306,15 +319,27 @@ class _ExportPages:
     reads of each page are added to the org's read budget as they happen
     (`after_request`, which charges ordinary requests, has run before they are read)."""
 
-    def __init__(self, deadline_seconds: float, org: str):
+    def __init__(self, deadline_seconds: float, org: str, answer_seconds: float = 0.0):
         self.deadline_seconds = deadline_seconds
         self.org = org
         self.usage: metrics.Usage | None = None  # None: the view's, after_request charges
         self.charged_reads = 0
+        #: issue 17: an answer bounded in time (NDJSON) gives no page's reads more than
+        #: the answer's time left, so even one slow query cannot hold it past its bound.
+        self.answer_ends = time.monotonic() + answer_seconds if answer_seconds else None
 
     def before_page(self) -> None:
         self._charge()
-        deadline.start(self.deadline_seconds)
+        seconds = self.deadline_seconds
+        if self.answer_ends is not None and self._has_read():
+            # Until a page brought events, reads keep the whole request deadline, so every
+            # answer can make progress even under a tiny bound; then only the time left.
+            left = max(0.001, self.answer_ends - time.monotonic())
+            seconds = min(seconds, left) if seconds > 0 else left
+        deadline.start(seconds)
+
+    def _has_read(self) -> bool:
+        return self.usage is not None and self.usage.entities_read > 0
 
     def _charge(self) -> None:
         if self.usage is not None:

@@ -87,9 +87,21 @@ class RangeCancel(BoundedSchema):
         }
     )
 
+    cursor = fields.String(
+        validate=validate.Length(min=1, max=2000),
+        metadata={
+            "description": "range form with dryRun: the `cursor` of a partial dry run's "
+            "answer, to go on with it"
+        },
+    )
+
     @validates_schema
     def _one_form(self, data, **_):
-        ranged = {"meterId", "periodStart", "periodEnd", "userId", "filter", "dryRun"} & set(data)
+        ranged = {
+            "meterId", "periodStart", "periodEnd", "userId", "filter", "dryRun", "cursor"
+        } & set(data)  # fmt: skip
+        if "cursor" in data and not data.get("dryRun"):
+            raise ValidationError("cursor goes on with a dry run: give dryRun true", "cursor")
         if data.get("events") is not None:
             if ranged:
                 raise ValidationError(
@@ -216,7 +228,27 @@ class CancelPreview(Schema):
     expired = fields.Integer(
         required=True, metadata={"description": "matching events it would leave (too old)"}
     )
-    scanned = fields.Integer(required=True)
+    scanned = fields.Integer(
+        required=True, metadata={"description": "events read one by one (not from rollups)"}
+    )
+    complete = fields.Boolean(
+        required=True,
+        metadata={
+            "description": "false: the figures cover part of the range; send the same "
+            "body with `cursor` to go on (the figures then add up)"
+        },
+    )
+    cursor = fields.String(
+        allow_none=True, required=True, metadata={"description": "where a partial dry run goes on"}
+    )
+    source = fields.String(
+        required=True,
+        validate=validate.OneOf(("rollups", "events")),
+        metadata={
+            "description": "rollups: the range's recent part was counted from rollups (cost "
+            "by days, not events); events: every event was read"
+        },
+    )
 
 
 class AmendResult(Schema):
@@ -280,7 +312,9 @@ def range_result_json(record, tally) -> dict:
     return answer
 
 
-def preview_json(meter_id: str, tally) -> dict:
+def preview_json(meter_id: str, preview) -> dict:
+    """A `CancelPreview` of a `corrections.DryRun`."""
+    tally = preview.tally
     return {
         "dryRun": True,
         "meterId": meter_id,
@@ -288,4 +322,7 @@ def preview_json(meter_id: str, tally) -> dict:
         "value": exact_value(tally.value),
         "expired": tally.expired,
         "scanned": tally.scanned,
+        "complete": preview.complete,
+        "cursor": preview.cursor,
+        "source": preview.source,
     }

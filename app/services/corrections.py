@@ -25,6 +25,7 @@ never past a third of the deadline left), then answers the record, `running` or
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -37,14 +38,15 @@ from google.cloud import ndb
 from google.cloud.datastore_v1.types import query as q
 
 from app import deadline
+from app.core.slots import ceil_slot
 from app.errors import NotFound, ValidationFailed
 from app.models import Meter, utcnow
-from app.services import cancel, paging
+from app.services import cancel, paging, recompute, summary
 from app.services.limits import counting as limit_counting
 from app.services.limits import index as limit_index
 from app.services.meters import get_meter
 from app.services.webhooks import outbox
-from app.storage import entities, queries, rpc
+from app.storage import entities, queries, rollups, rpc, shards
 from app.storage.entities import EntityPb, KeyPb, StoredEvent
 
 KIND = "meter-correction"
@@ -55,6 +57,10 @@ _RESERVED = 2
 #: Mutations a new rollup group may add for the limit counters of a meter with limits
 #: (issue 16): at most a counter's 8 shards deleted and its seed, for a max meter.
 LIMIT_COST = 9
+#: Events a range cancel's query reads at once: its pages (each at most
+#: `Config.correction_page_events` events and 500 mutations) are planned from them, one
+#: query for several commits.
+READ_AHEAD_EVENTS = 1000
 #: Events one dry-run query batch reads.
 _DRY_RUN_BATCH = 1000
 #: Part of the request's time left below which no page starts: a page in flight needs
@@ -301,32 +307,166 @@ def _judge(
     return "cancel"
 
 
-def dry_run(spec: RangeSpec, window: timedelta) -> Tally:
-    """How many events, and how much value, a range cancel started now would cancel
-    (and how many it would leave as expired). Reads the range's events, checking the
-    deadline between batches."""
-    now, position, tally = utcnow(), b"", Tally()
-    while True:
+# -- issue 17, session 8: a dry run costs what a summary costs ------------------------
+
+#: Added to the cancellation window when splitting a dry run's range (`_old_before`):
+#: events on the old side of the split are read one by one, the rest counted from
+#: rollups, so a wider old side is only slower, never wrong.
+_SPLIT_MARGIN = timedelta(minutes=15)
+
+
+@dataclass
+class DryRun:
+    """A dry run's answer: the tally so far; complete, or the cursor to resume it."""
+
+    tally: Tally
+    complete: bool
+    cursor: str | None
+    #: How the recent part of the range was counted: "rollups" (the summary engine's
+    #: cells, plus the raw events of unaligned edges) or "events" (read one by one).
+    source: str
+
+
+@dataclass
+class _DryState:
+    """Where a dry run stands between requests (sealed in its cursor): the instant it
+    judges by, the split between the old part (read event by event) and the part counted
+    from rollups, the position in the old part's events, and the tally so far."""
+
+    now: datetime
+    split: datetime
+    source: str
+    position: bytes = b""
+    tally: Tally = field(default_factory=Tally)
+
+
+def dry_run(
+    spec: RangeSpec,
+    window: timedelta,
+    lead: timedelta,
+    budget_seconds: float,
+    cursor: str | None = None,
+) -> DryRun:
+    """How many events, and how much value, a range cancel started now would cancel (and
+    how many it would leave as expired), exact and by the run's own rules (`_judge`).
+
+    The range splits at `_old_before`: every event after it was recorded inside the
+    cancellation window, so that part is the live events the rollups hold, counted from
+    the summary engine's cells (rollups of whole slots, raw events at unaligned edges),
+    filtered by series: its cost is the days and series of the range, never its events.
+    Older events (maybe expired), and every event of a meter whose rollups keep no sums
+    (only sum and avg meters' do), are read page by page while the request's budget
+    lasts; past it the answer is partial, with a cursor that resumes it."""
+    state = (
+        _open_dry_cursor(spec, cursor) if cursor is not None else _start_dry_run(spec, window, lead)
+    )
+    old_end = min(state.split, spec.period_end)
+    started = time.monotonic()
+    while old_end > spec.period_start:
         deadline.check()
-        found, position, finished = queries.events_page(
+        found, state.position, finished = queries.events_page(
             spec.meter.id_,
             spec.user_id,
             spec.period_start,
-            spec.period_end,
-            position,
+            old_end,
+            state.position,
             _DRY_RUN_BATCH,
         )
         for entity, _after in found:
             event = entities.decode_event(entity)
-            tally.scanned += 1
-            verdict = _judge(spec, event, now, window, now)
+            state.tally.scanned += 1
+            verdict = _judge(spec, event, state.now, window, state.now)
             if verdict == "cancel":
-                tally.events += 1
-                tally.value += event.value
+                state.tally.events += 1
+                state.tally.value += event.value
             elif verdict == "expired":
-                tally.expired += 1
+                state.tally.expired += 1
         if finished:
-            return tally
+            break
+        if not _time_for_a_page(started, budget_seconds):
+            return DryRun(state.tally, False, _seal_dry_cursor(spec, state), state.source)
+    return DryRun(state.tally, True, None, state.source)
+
+
+def _old_before(now: datetime, window: timedelta, lead: timedelta) -> datetime:
+    """The first slot boundary after which no event can be past the cancellation window:
+    an event is stamped at most `lead` after it is recorded, so one stamped after
+    now - window + lead was recorded inside the window (backfilled ones later still)."""
+    return ceil_slot(now - window + lead + _SPLIT_MARGIN)
+
+
+def _start_dry_run(spec: RangeSpec, window: timedelta, lead: timedelta) -> _DryState:
+    """A new dry run: its recent part counted from rollups where the meter's rollups keep
+    sums (else, or when a slot's sum must first be folded, everything is read as events)."""
+    now = utcnow()
+    split = max(spec.period_start, _old_before(now, window, lead))
+    if split >= spec.period_end or not rollups.adds_values(spec.meter.aggregation_type):
+        return _DryState(now, spec.period_end, "events")
+    try:
+        counted = _count_from_rollups(spec, split, spec.period_end)
+    except recompute.Unsettled:  # a sum at an int64 bound: the events are exact
+        return _DryState(now, spec.period_end, "events")
+    return _DryState(now, split, "rollups", tally=counted)
+
+
+def _count_from_rollups(spec: RangeSpec, start: datetime, end: datetime) -> Tally:
+    """Count and value of the live matching events stamped in [start, end), from the
+    summary engine's cells: the org-wide rollups when the range names no user and the
+    meter's are complete, else the user's (or every user's). A series holds one
+    combination of dimension values, so the filter is applied per series."""
+    source = spec.user_id
+    if source is None and rollups.org_wide(spec.meter.key.id()):
+        source = shards.ORG_USER
+    tally = Tally()
+    for series, _slot, cell in summary.cells(spec.meter, source, start, end):
+        if spec.filter:
+            values = dict(series.dimensions)
+            if not all(values.get(name) in wanted for name, wanted in spec.filter.items()):
+                continue
+        if isinstance(cell, list):  # a compacted slot, packed: count, sum, ...
+            tally.events += cell[0]
+            tally.value += cell[1]
+        else:
+            tally.events += cell.count
+            tally.value += cell.sum
+    return tally
+
+
+def _dry_bound(spec: RangeSpec) -> bytes:
+    namespace = ndb.get_context().get_namespace() or ""
+    return f"{namespace}\0{KIND}\0dry-run\0{spec.id}".encode()
+
+
+def _seal_dry_cursor(spec: RangeSpec, state: _DryState) -> str:
+    raw = json.dumps(
+        {
+            "now": state.now.isoformat(),
+            "split": state.split.isoformat(),
+            "source": state.source,
+            "position": base64.b64encode(state.position).decode(),
+            "tally": [
+                state.tally.events,
+                str(state.tally.value),
+                state.tally.expired,
+                state.tally.scanned,
+            ],
+        }
+    ).encode()
+    return paging.seal_bytes(raw, _dry_bound(spec))
+
+
+def _open_dry_cursor(spec: RangeSpec, cursor: str) -> _DryState:
+    """The state a dry run's cursor holds; 400 `cursor` unless this deployment sealed it
+    for this org and this very range (`paging.open_bytes`)."""
+    held = json.loads(paging.open_bytes(cursor, _dry_bound(spec)))
+    events, value, expired, scanned = held["tally"]
+    return _DryState(
+        datetime.fromisoformat(held["now"]),
+        datetime.fromisoformat(held["split"]),
+        held["source"],
+        base64.b64decode(held["position"]),
+        Tally(events, int(value), expired, scanned),
+    )
 
 
 def _open_pass(spec: RangeSpec, key_prefix: str) -> Correction:
@@ -382,24 +522,114 @@ class _Page:
     tally: Tally
 
 
-def _plan(spec: RangeSpec, record: Correction, window: timedelta, limit: int) -> _Page:
-    """Read the next events of the range and keep the longest prefix whose cancellation
-    fits one commit (events, every shard of their rollups, the feed and the record)."""
+#: Rollup keys a page lists for one day and kind at most; a busier day's groups list
+#: their shards one query each, as a single cancel does.
+_DAY_KEYS_MOST = 2000
+
+
+class _ShardKeys:
+    """The shard keys of a page's rollup groups (`cancel.group_keys_of`'s answer), listed
+    with one keys-only query per day and kind (every series of the meter that day) instead
+    of one per (series, day): a page of 200 events spread over 50 users made about 70
+    such queries, each a scan of the whole kind on the emulators."""
+
+    def __init__(self, meter: Meter):
+        self.meter = meter
+        self.by_day: dict[tuple[bool, int], dict[str, list[KeyPb]] | None] = {}
+
+    def of(self, group: cancel.Group) -> list[KeyPb]:
+        _meter_id, series, day = group
+        org_wide = shards.is_org(series)
+        if (org_wide, day) not in self.by_day:
+            self.by_day[org_wide, day] = self._list(org_wide, day)
+        names = self.by_day[org_wide, day]
+        if names is None:  # too many series that day: the group's own query
+            return cancel.group_keys_of(group)
+        first = rollups.key(self.meter.key.id(), series, day)
+        name = first.path[-1].name
+        return [first, *names.get(name, [])]
+
+    def _list(self, org_wide: bool, day: int) -> dict[str, list[KeyPb]] | None:
+        """Shard keys (k >= 1) of the day by their shard 0's key name; None past the cap."""
+        keys = queries.rollup_keys_of_day(self.meter.id_, org_wide, day, _DAY_KEYS_MOST)
+        if keys is None:
+            return None
+        names: dict[str, list[KeyPb]] = {}
+        for key_pb in keys:
+            parts = key_pb.path[-1].name.split(".")  # series.meter.day[.shard]
+            if len(parts) > 3:
+                names.setdefault(".".join(parts[:3]), []).append(key_pb)
+        return names
+
+
+@dataclass
+class _ReadAhead:
+    """Events of the range read by one query beyond the page planned from them, each with
+    the position after it: the request's next page plans from them instead of querying
+    again (on the emulators every query scans the whole kind; on Cloud Datastore it saves
+    an RPC per page). Read outside any transaction, like every plan: each page's commit
+    looks its events up again."""
+
+    found: list[tuple[EntityPb, bytes]]
+    end_position: bytes
+    finished: bool
+
+    def after(self, position: bytes) -> _ReadAhead | None:
+        """What this read holds after `position` (a page's end), or None: nothing left, or
+        `position` is none of its events' (another runner moved the record)."""
+        for index, (_entity, after) in enumerate(self.found):
+            if after == position:
+                rest = self.found[index + 1 :]
+                return _ReadAhead(rest, self.end_position, self.finished) if rest else None
+        return None
+
+
+def _read_ahead(spec: RangeSpec, record: Correction, limit: int) -> _ReadAhead:
     found, end_position, finished = queries.events_page(
-        spec.meter.id_, spec.user_id, spec.period_start, spec.period_end, record.cursor, limit
+        spec.meter.id_,
+        spec.user_id,
+        spec.period_start,
+        spec.period_end,
+        record.cursor,
+        max(limit, READ_AHEAD_EVENTS),
     )
+    return _ReadAhead(found, end_position, finished)
+
+
+def _plan(
+    spec: RangeSpec,
+    record: Correction,
+    window: timedelta,
+    limit: int,
+    read: _ReadAhead | None = None,
+) -> tuple[_Page, _ReadAhead | None]:
+    """From the next events of the range (`read`, if it starts at the record's position,
+    else one query), keep the longest prefix of at most `limit` events whose cancellation
+    fits one commit (events, every shard of their rollups, the feed and the record); and
+    what the read holds beyond it."""
+    if read is None:
+        read = _read_ahead(spec, record, limit)
+    found = read.found[:limit]
+    whole = len(found) == len(read.found)
     now = utcnow()
     since = record.pass_started_at or now
-    page = _Page(end_position, finished, {}, {}, Tally())
+    page = _Page(
+        read.end_position if whole else found[-1][1],
+        read.finished and whole,
+        {},
+        {},
+        Tally(),
+    )
     mutations = _RESERVED
     limited = bool(limit_index.specs_for({spec.meter.key.id()}))
+    shard_keys = _ShardKeys(spec.meter)
     for index, (entity, after) in enumerate(found):
         event = entities.decode_event(entity)
         verdict = _judge(spec, event, since, window, now)
         if verdict == "cancel":
             cost = 1
             new_groups = [g for g in cancel.groups_of(event) if g not in page.keys]
-            listed = {group: cancel.group_keys_of(group) for group in new_groups}
+            listed = {group: shard_keys.of(group) for group in new_groups}
             cost += sum(max(1, len(keys)) for keys in listed.values())
             if limited:  # a counter per (user, period) at most: its shards and seed, a max's
                 cost += LIMIT_COST * len(new_groups)
@@ -407,7 +637,7 @@ def _plan(spec: RangeSpec, record: Correction, window: timedelta, limit: int) ->
                 # The rest waits for the next page, from the position before this event.
                 page.position = found[index - 1][1] if index else record.cursor
                 page.finished = False
-                return page
+                return page, read.after(page.position) if index else read
             mutations += cost
             page.keys.update(listed)
             page.cancelling[entity.key.SerializeToString()] = event
@@ -415,7 +645,9 @@ def _plan(spec: RangeSpec, record: Correction, window: timedelta, limit: int) ->
             page.tally.expired += 1
         page.tally.scanned += 1
         page.position = after
-    return page
+    if whole:
+        return page, None
+    return page, read.after(page.position)
 
 
 def _commit_page(record: Correction, page: _Page) -> tuple[Correction, Tally] | None:
@@ -480,18 +712,23 @@ def _moved(planned: Correction, stored: Correction) -> bool:
 
 
 def run_page(
-    spec: RangeSpec, record: Correction, window: timedelta, limit: int
-) -> tuple[Correction, Tally]:
-    """One page of a running correction: (the record after it, what this page did)."""
-    page = _plan(spec, record, window, limit)
+    spec: RangeSpec,
+    record: Correction,
+    window: timedelta,
+    limit: int,
+    read: _ReadAhead | None = None,
+) -> tuple[Correction, Tally, _ReadAhead | None]:
+    """One page of a running correction: (the record after it, what this page did, the
+    events read beyond it for the next page)."""
+    page, rest = _plan(spec, record, window, limit, read)
 
     def attempt() -> tuple[Correction, Tally] | None:
         return _commit_page(record, page)
 
     applied = rpc.retry_aborted(attempt, "range cancellation")
     if applied is None:
-        return _read(record.id) or record, Tally()
-    return applied
+        return _read(record.id) or record, Tally(), None
+    return applied[0], applied[1], rest
 
 
 def _time_for_a_page(started: float, budget_seconds: float) -> bool:
@@ -522,9 +759,10 @@ def cancel_range(
     record = _open_pass(spec, key_prefix)
     done = Tally()
     first = True
+    read: _ReadAhead | None = None
     while record.status == RUNNING and (first or _time_for_a_page(started, budget_seconds)):
         first = False
-        record, tally = run_page(spec, record, window, page_events)
+        record, tally, read = run_page(spec, record, window, page_events, read)
         done.events += tally.events
         done.value += tally.value
         done.expired += tally.expired

@@ -35,9 +35,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from google.api_core import exceptions as core_exceptions
 from google.cloud import ndb
 
-from app.errors import NotFound, ValidationFailed
+from app.errors import DeadlineExceeded, NotFound, ValidationFailed
 from app.models import Meter, MeterEvent, ids
 from app.schemas import format_time
 from app.services import amend
@@ -47,6 +48,13 @@ from app.storage import entities, queries, rpc
 #: Events read per Datastore RPC: a few hundred keeps each RPC short (well inside the
 #: request deadline) and memory at one page, while the per-RPC overhead stays small.
 PAGE_SIZE = 500
+#: A page RPC slower than this makes the next one ask for twice as many events, up to
+#: `MAX_PAGE_SIZE`. Cloud Datastore serves a page from the index, in time proportional to
+#: the page, so pages stay at `PAGE_SIZE` there; the emulators scan every entity of the
+#: kind for each query, whatever its limit, so there a bigger page is almost free and
+#: cuts the number of scans (`_page_sizes`).
+SLOW_PAGE_SECONDS = 1.0
+MAX_PAGE_SIZE = 5000
 #: At most this many distinct metadata names become CSV columns (the header must name
 #: them all before the first row, so they are collected first; see `csv_columns`).
 MAX_METADATA_COLUMNS = 256
@@ -101,21 +109,20 @@ class Export:
 
     def records(self, before_page: PageHook | None = None) -> Iterator[dict[str, Any]]:
         """The matching events in export order, as dicts (the NDJSON line's fields), with
-        their amendment links (`_with_links`, a page at a time)."""
+        their amendment links (`_with_links`), a page at a time: each RPC's page is handed
+        on whole before the next RPC starts, so an answer cut at an RPC has sent it."""
         on_read = self.on_read
-        page: list[tuple[int, dict[str, Any]]] = []
-        for entity in self._entities(before_page):
-            if on_read is not None:
-                on_read()
-            record = self._record(entity)
-            if record is not None:
-                page.append((entity.key.path[-1].id, record))
-            if len(page) >= PAGE_SIZE:
-                yield from _with_links(page)
-                page = []
-        yield from _with_links(page)
+        for batch in self._entities(before_page):
+            page: list[tuple[int, dict[str, Any]]] = []
+            for entity in batch:
+                if on_read is not None:
+                    on_read()
+                record = self._record(entity)
+                if record is not None:
+                    page.append((entity.key.path[-1].id, record))
+            yield from _with_links(page)
 
-    def _entities(self, before_page: PageHook | None) -> Iterator[Any]:
+    def _entities(self, before_page: PageHook | None) -> Iterator[list[Any]]:
         request, resume = self.request, self.resume
         start = resume.timestamp if resume is not None else request.start
         return queries.events_in_order(
@@ -166,11 +173,26 @@ class Export:
     ) -> Iterator[bytes]:
         """NDJSON lines, one event each, then (unless `trailer` is false: the CLI, which
         writes a file to import) the trailer. With `stop_after` (seconds), stops at the
-        first event past that time and says so in the trailer."""
+        first event past that time, or when a page's read is cut by its deadline (a slow
+        query: `before_page` gives each read the time left), and says so in the trailer.
+
+        The first chunk is empty and comes before any read: the answer's status and
+        headers leave at once, however slow the first page is."""
         stop_at = time.monotonic() + stop_after if stop_after else None
+        yield b""
         buffer: list[str] = []
         complete = True
-        for record in self.records(before_page):
+        records = self.records(before_page)
+        while True:
+            try:
+                record = next(records, None)
+            except (DeadlineExceeded, core_exceptions.DeadlineExceeded):
+                if stop_at is None:
+                    raise
+                complete = False  # a page's read ran out of the answer's time
+                break
+            if record is None:
+                break
             buffer.append(json.dumps(record, separators=(",", ":"), ensure_ascii=False))
             self._sent(record)
             if len(buffer) >= PAGE_SIZE:
@@ -180,7 +202,10 @@ class Export:
                 complete = False
                 break
         if trailer:
-            end = {"complete": complete, "count": self.sent, "cursor": self.last_id}
+            # Resume from the last event sent, or (nothing sent) from where this answer
+            # itself started: the request's cursor, None for the export's start.
+            cursor = self.last_id or self.request.cursor
+            end = {"complete": complete, "count": self.sent, "cursor": cursor}
             if complete:
                 end["cursor"] = None
             buffer.append(json.dumps({"export": end}, separators=(",", ":")))
@@ -206,7 +231,7 @@ class Export:
             self.meter,
             None,
         )
-        for entity in whole._entities(before_page):
+        for entity in (entity for batch in whole._entities(before_page) for entity in batch):
             event_deleted = entities.decode_event(entity).deleted
             if event_deleted and not self.request.include_cancelled:
                 continue
@@ -256,7 +281,9 @@ def _with_links(page: list[tuple[int, dict[str, Any]]]) -> list[dict[str, Any]]:
         for key_id, record in page
         if record["status"] == "cancelled" or str(record["idempotency"]).startswith("amend:")
     ]
-    links = amend.links_of(maybe)
+    links: dict[int, tuple[str | None, str | None]] = {}
+    for first in range(0, len(maybe), PAGE_SIZE):  # a lookup holds at most 1,000 keys
+        links.update(amend.links_of(maybe[first : first + PAGE_SIZE]))
     records = []
     for key_id, record in page:
         record["amends"], record["amendedBy"] = links.get(key_id, (None, None))
@@ -293,11 +320,22 @@ def _csv_cell(value: Any) -> str:
 
 
 def _page_sizes(before_page: PageHook | None) -> Iterator[int]:
-    """`PAGE_SIZE` for every RPC, calling `before_page` right before each."""
+    """The size of each page's RPC, calling `before_page` right before each: `PAGE_SIZE`,
+    doubled (up to `MAX_PAGE_SIZE`) after a page that took more than `SLOW_PAGE_SECONDS`
+    from one request to the next. On Cloud Datastore a page costs in proportion to its
+    size, so sizes stay small; on an emulator each query scans the whole kind, so fewer,
+    bigger pages export a large meter several times faster. Memory stays bounded by
+    `MAX_PAGE_SIZE` entities."""
+    size = PAGE_SIZE
+    asked_at: float | None = None
     while True:
+        now = time.monotonic()
+        if asked_at is not None and now - asked_at > SLOW_PAGE_SECONDS:
+            size = min(MAX_PAGE_SIZE, size * 2)
         if before_page is not None:
             before_page()
-        yield PAGE_SIZE
+        asked_at = time.monotonic()
+        yield size
 
 
 # -- opening an export: everything a 400 or 404 can answer, before the first byte -------

@@ -167,10 +167,11 @@ def events_in_order(
     end: datetime | None,
     page_sizes: Iterator[int],
     after_key_id: int | None = None,
-) -> Iterator[EntityPb]:
+) -> Iterator[list[EntityPb]]:
     """Raw `meter-event` entities of a meter (and user) with start <= Timestamp < end, in
     the one total order an export resumes in: Timestamp, then key (Datastore's order of
-    ties). Each RPC reads at most the next of `page_sizes` entities.
+    ties), one list per RPC (so a reader hands on each page before the next RPC). Each
+    RPC reads at most the next of `page_sizes` entities.
 
     With `after_key_id`, `start` is the Timestamp of an event already sent and the events
     of that very Timestamp whose key id is not above it are skipped by the query itself
@@ -190,7 +191,7 @@ def events_in_order(
         order.property.name = "__key__"
         order.direction = q.PropertyOrder.Direction.ASCENDING
         namespace = ndb.get_context().get_namespace()
-        yield from rpc.run_query(query, namespace, batch_sizes=page_sizes)
+        yield from rpc.run_query_pages(query, namespace, batch_sizes=page_sizes)
         low: tuple[int, object] = (_OP.GREATER_THAN, start)
     else:
         low = (_OP.GREATER_THAN_OR_EQUAL, start)
@@ -209,7 +210,8 @@ def events_in_order(
     order = query.order.add()
     order.property.name = "__key__"
     order.direction = q.PropertyOrder.Direction.ASCENDING
-    yield from rpc.run_query(query, ndb.get_context().get_namespace(), batch_sizes=page_sizes)
+    namespace = ndb.get_context().get_namespace()
+    yield from rpc.run_query_pages(query, namespace, batch_sizes=page_sizes)
 
 
 def count_events(
@@ -263,3 +265,19 @@ def events_page(
         not found and batch.more_results != batch.NOT_FINISHED
     )
     return found, batch.end_cursor or cursor, finished
+
+
+# -- issue 17, session 8: a range cancel's shards, listed a day at a time ------------------
+
+
+def rollup_keys_of_day(meter_id: str, org_wide: bool, day: int, most: int) -> list[KeyPb] | None:
+    """Keys of every rollup entity (every user's, or the org-wide ones) of a meter on one
+    day, at most `most` of them (None when there are more): keys only, equalities, so the
+    built-in indexes serve it. A range cancel lists a page's shards with it, one query per
+    day instead of one per (series, day)."""
+    kind = rollups_kind.ORG_KIND if org_wide else rollups_kind.KIND
+    query = build(kind, [("MeterId", _OP.EQUAL, meter_id), ("Day", _OP.EQUAL, day)])
+    query.projection.add().property.name = "__key__"
+    query.limit.value = most + 1
+    keys = [entity.key for entity in rpc.run_query(query, ndb.get_context().get_namespace())]
+    return keys if len(keys) <= most else None

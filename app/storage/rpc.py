@@ -178,6 +178,18 @@ def run_query(
     """Every entity a query yields, following its cursors. With `batch_sizes`, each RPC
     asks for at most the next size: a reader that stops early then pays (in entities
     read) for little more than what it used, instead of the server's whole batch."""
+    for batch in run_query_pages(query, namespace, transaction, batch_sizes):
+        yield from batch
+
+
+def run_query_pages(
+    query: Any,
+    namespace: str | None,
+    transaction: bytes | None = None,
+    batch_sizes: Iterator[int] | None = None,
+) -> Iterator[list[Any]]:
+    """`run_query`, one list of entities per RPC: for a reader that hands each batch on
+    before the next RPC starts (issue 17's export, whose answer may end at any RPC)."""
     if transaction is None:
         transaction = _reading_in.get()
     while True:
@@ -191,8 +203,7 @@ def run_query(
         if transaction is not None:
             request.read_options.transaction = transaction
         batch = _call("run_query", request).batch
-        for result in batch.entity_results:
-            yield result.entity
+        yield [result.entity for result in batch.entity_results]
         more = batch.more_results == batch.NOT_FINISHED or (
             batch_sizes is not None and batch.more_results == batch.MORE_RESULTS_AFTER_LIMIT
         )

@@ -758,10 +758,17 @@ def range_body(
 
 
 def preview_cancel_range(policy: RetryPolicy, body: dict[str, Any]) -> Op[CancelPreview]:
-    answer = yield from _call(
-        policy, "POST", f"{EVENTS_PATH}/cancel", json={**body, "dryRun": True}
-    )
-    return CancelPreview.from_json(answer.ok())
+    """A dry run, followed to its end: a partial answer (the range's old events are read
+    one by one, within each request's budget) gives the cursor to go on with, and the
+    last answer holds the whole range's figures."""
+    cursor: str | None = None
+    while True:
+        request = {**body, "dryRun": True, **({"cursor": cursor} if cursor else {})}
+        answer = yield from _call(policy, "POST", f"{EVENTS_PATH}/cancel", json=request)
+        data = answer.ok()
+        if data.get("complete", True) or not data.get("cursor"):
+            return CancelPreview.from_json(data)
+        cursor = data["cursor"]
 
 
 def cancel_range(policy: RetryPolicy, body: dict[str, Any]) -> Op[Correction]:

@@ -631,6 +631,8 @@ class CancelPreview:
     value: int
     expired: int
     scanned: int
+    #: "rollups": the range's recent part was counted from rollups; "events": read
+    source: str = "events"
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CancelPreview:
@@ -639,6 +641,7 @@ class CancelPreview:
             value=int(exact_value(data.get("value")) or 0),
             expired=data.get("expired", 0),
             scanned=data.get("scanned", 0),
+            source=data.get("source", "events"),
         )
 
 

@@ -67,6 +67,8 @@ MAX_MUTATIONS = 500
 BATCH_EVENTS = 250
 #: How far back a backfill may reach (the live window's checks use the configured age).
 BACKFILL_YEARS = 100
+#: How often the validation pass tells its count (`run`'s `checked`).
+CHECKED_EVERY = 10_000
 
 _EVENT_SCHEMA = EventIn()
 
@@ -469,10 +471,12 @@ def run(
     on_total: Callable[[int], None] = lambda total: None,
     progress: Callable[[int], None] = lambda done: None,
     source: str | None = None,
+    checked: Callable[[int], None] = lambda records: None,
 ) -> Report:
     """Import the input `opener` opens into the current org (the NDB context's namespace):
     validate all of it, then write (or, dry, judge) it in batches. `context` opens an NDB
     context of the org for each writer thread (None: write inline, one batch at a time).
+    `checked` hears the validation pass's count every `CHECKED_EVERY` records.
     Raises `Refused` when records are bad and `options.skip_invalid` is off, `InputError`
     when the input cannot be read at all."""
     now = utcnow()
@@ -482,6 +486,8 @@ def run(
         report.records += 1
         if record.kind != "skipped" and checker.check(record) is None:
             report.add_problems(record)
+        if report.records % CHECKED_EVERY == 0:
+            checked(report.records)
     if report.problem_count and not options.skip_invalid:
         raise Refused(report)
     on_total(report.records)

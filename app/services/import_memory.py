@@ -15,7 +15,6 @@ test's business.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import json
 import sys
 import threading
@@ -44,7 +43,7 @@ class _MallInfo2(ctypes.Structure):
 
 def _libc() -> Any:
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL("libc.so.6")  # not find_library: it runs ldconfig
         libc.mallinfo2.restype = _MallInfo2
         return libc
     except (OSError, AttributeError):  # not glibc, or glibc before 2.33

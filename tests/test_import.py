@@ -359,3 +359,69 @@ def test_a_backfill_fires_no_alert_for_its_ended_periods(api, meter, org, app, n
     fired = triggers(api, rule)
     assert [(t["userId"], t["value"]) for t in fired] == [("u1", 12)]
     assert _totals(api, meter["id"], ["u1"]) == _brute(lines, ["u1"])
+
+
+# -- memory: what the import holds does not grow with its input -------------------------
+
+
+def test_the_import_holds_a_bounded_number_of_events_whatever_the_input_size(
+    api, meter, config, org, ndb_client, monkeypatch
+):
+    """The reader waits for the writers: between reading a line and storing its event,
+    at most (3 x workers + 2) batches are held (the queue's 2 per worker, one in each
+    worker's hands, the one being handed over and the batcher's pending one), however
+    long the input. A queue without a bound would let the reader run ahead through the
+    whole file while the first commits are on the way."""
+    from app.services import imports, ingest
+    from app.services.import_formats import bytes_opener
+
+    workers, batch, total = 2, 20, 2000
+    events = [_event(f"u{i % 5}", i % 9 + 1, 1, idempotency=f"bound-{i}") for i in range(total)]
+    made = {"drafts": 0, "stored": 0, "held": []}
+    real_check, real_store = imports.Checker.check, ingest.store
+
+    def counting_check(self, record):
+        drafts = real_check(self, record)
+        made["drafts"] += len(drafts or ())
+        return drafts
+
+    def watched_store(drafts, *args, **kwargs):
+        # Drafts read and not yet stored, as this batch starts (a slow Datastore's view).
+        made["held"].append(made["drafts"] - made["stored"])
+        time.sleep(0.005)
+        outcomes = real_store(drafts, *args, **kwargs)
+        made["stored"] += len(drafts)
+        return outcomes
+
+    def writing_starts(records: int) -> None:
+        made["drafts"] = 0  # the validation pass checked every record once already
+
+    monkeypatch.setattr(imports.Checker, "check", counting_check)
+    monkeypatch.setattr(ingest, "store", watched_store)
+    options = imports.Options(workers=workers, batch_events=batch)
+    with ndb_client.context(namespace=org["namespace"]):
+        report = imports.run(
+            bytes_opener(_ndjson(events)),
+            options,
+            config,
+            context=lambda: ndb_client.context(namespace=org["namespace"]),
+            on_total=writing_starts,
+        )
+    assert report.created == total
+    assert len(made["held"]) == total // batch
+    assert max(made["held"]) <= (3 * workers + 2) * batch < total
+    users = [f"u{i}" for i in range(5)]
+    assert _totals(api, meter["id"], users) == _brute(events, users)
+
+
+def test_a_cli_import_logs_its_memory_on_request(api, meter, config, org, tmp_path):
+    path = tmp_path / "few.ndjson"
+    path.write_bytes(_ndjson([_event("u1", 2, 1, idempotency=f"m{i}") for i in range(30)]))
+    log = tmp_path / "memory.ndjson"
+    done = _import_cli(config, org, str(path), "--no-progress", "--memory-log", str(log))
+    assert done.returncode == 0, done.stderr
+    samples = [json.loads(line) for line in log.read_text().splitlines()]
+    last = samples[-1]  # written as the import ends
+    assert (last["phase"], last["done"]) == ("write", 30)
+    assert last["VmHWM"] >= last["VmRSS"] > 0 and last["py_blocks"] > 0
+    assert _totals(api, meter["id"], ["u1"])["u1"] == (60, 30)

@@ -499,6 +499,11 @@ def _export_events(org: str, query: dict, sink, progress: bool) -> dict:
     return {"org": org, "meter": job.meter.id_, "exported": job.sent, "lastId": job.last_id}
 
 
+#: How often the CLI import stores a batch again when the Datastore missed its deadline
+#: or was unavailable (`imports.Options.retries`), waiting 1, 2, 4, 8 and 16 s (jittered).
+IMPORT_RETRIES = 5
+
+
 @events.command("import")
 @click.argument("org")
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
@@ -589,6 +594,7 @@ def events_import(
         format=input_format,
         workers=workers,
         batch_events=batch,
+        retries=IMPORT_RETRIES,
     )
     refused = False
     with contextlib.ExitStack() as stack:

@@ -38,14 +38,17 @@ import hashlib
 import json
 import os
 import queue
+import random
 import sqlite3
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import IO, Any
 
+from google.api_core import exceptions as core_exceptions
 from google.cloud import ndb
 from marshmallow import ValidationError
 
@@ -69,6 +72,10 @@ BATCH_EVENTS = 250
 BACKFILL_YEARS = 100
 #: How often the validation pass tells its count (`run`'s `checked`).
 CHECKED_EVERY = 10_000
+#: Errors after which a batch is stored again (`Options.retries`): the Datastore did not
+#: answer in time, or not at all. The commit may have landed; storing again is safe (the
+#: event keys are the same, so what landed is found and counted `duplicate`).
+TRANSIENT = (core_exceptions.DeadlineExceeded, core_exceptions.ServiceUnavailable)
 
 _EVENT_SCHEMA = EventIn()
 
@@ -84,6 +91,9 @@ class Options:
     format: str = "auto"
     workers: int = 4
     batch_events: int = BATCH_EVENTS
+    #: How often a batch is stored again after a `TRANSIENT` error before the import
+    #: stops. 0 over HTTP (the request's deadline is what ran out); the CLI retries.
+    retries: int = 0
 
 
 @dataclass
@@ -348,8 +358,10 @@ class Writer:
         workers: int,
         context: Callable[[], contextlib.AbstractContextManager[Any]] | None,
         progress: Callable[[int], None],
+        retries: int = 0,
     ):
         self.store, self.report, self.progress = store, report, progress
+        self.retries = retries
         self.lock = threading.Lock()
         self.failure: Exception | None = None
         self.threads: list[threading.Thread] = []
@@ -391,13 +403,30 @@ class Writer:
                     self.failure = exc
 
     def _store(self, drafts: list[ingest.Draft], old: bool) -> None:
-        outcomes = self.store(drafts, old)
+        outcomes = self._store_retrying(drafts, old)
         with self.lock:
             for outcome in outcomes:
                 setattr(self.report, outcome.status, getattr(self.report, outcome.status) + 1)
                 if old and outcome.status == "created":
                     self.report.backfilled += 1
             self.progress(len(drafts))
+
+    def _store_retrying(self, drafts: list[ingest.Draft], old: bool) -> list[ingest.Outcome]:
+        """A 1,000,000-event import makes thousands of commits; on a loaded Datastore one
+        of them may miss its deadline, which should not end the import."""
+        for attempt in range(self.retries + 1):
+            try:
+                return self.store(drafts, old)
+            except TRANSIENT:
+                if attempt == self.retries:
+                    raise
+                _wait(min(30.0, 2.0**attempt) * random.uniform(0.5, 1.5))
+        raise AssertionError("unreachable")
+
+
+def _wait(seconds: float) -> None:
+    """The retries' backoff (a function of its own, so a test need not wait)."""
+    time.sleep(seconds)
 
 
 class DryStore:
@@ -499,7 +528,7 @@ def run(
             return dry(drafts, old)
         return ingest.store(drafts, now, code, config.rollup_shards, alert_feeds=not old)
 
-    writer = Writer(store, report, options.workers, context, progress)
+    writer = Writer(store, report, options.workers, context, progress, options.retries)
     batcher = Batcher(options.batch_events)
     try:
         sink = None

@@ -643,6 +643,11 @@ def _corrections(org: str, limit: int, cursor: str | None) -> dict:
     }
 
 
+#: How often the CLI import stores a batch again when the Datastore missed its deadline
+#: or was unavailable (`imports.Options.retries`), waiting 1, 2, 4, 8 and 16 s (jittered).
+IMPORT_RETRIES = 5
+
+
 @events.command("import")
 @click.argument("org")
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
@@ -694,6 +699,13 @@ def _corrections(org: str, limit: int, cursor: str | None) -> dict:
     help="Most events per commit (a commit also stays under Datastore's 500 mutations).",
 )
 @click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")
+@click.option(
+    "--memory-log",
+    type=click.Path(dir_okay=False, writable=True),
+    hidden=True,
+    help="Diagnostic: write the import's memory every second as JSON lines "
+    "(app.services.import_memory; benchmarks/import.py reads it).",
+)
 @_data_dir_option
 def events_import(
     org,
@@ -707,6 +719,7 @@ def events_import(
     workers,
     batch,
     no_progress,
+    memory_log,
     data_dir,
 ):
     """Import FILES (NDJSON, CSV or CloudEvents NDJSON; plain or gzip) into ORG, exactly
@@ -725,13 +738,16 @@ def events_import(
         format=input_format,
         workers=workers,
         batch_events=batch,
+        retries=IMPORT_RETRIES,
     )
     refused = False
     with contextlib.ExitStack() as stack:
         sink = stack.enter_context(open(rejects, "w", encoding="utf-8")) if rejects else None
+        memory = _memory_log(stack, memory_log)
         for path in files:
             report = _admin(
-                data_dir, lambda path=path: _import_file(org, path, options, sink, not no_progress)
+                data_dir,
+                lambda path=path: _import_file(org, path, options, sink, not no_progress, memory),
             )
             click.echo(json.dumps(report))
             refused = refused or bool(report.get("refused"))
@@ -739,7 +755,20 @@ def events_import(
         sys.exit(1)
 
 
-def _import_file(org: str, path: str, options, sink, show_progress: bool) -> dict:
+def _memory_log(stack: contextlib.ExitStack, path: str | None):
+    """The diagnostic `--memory-log`'s sampler, closed with `stack`; None without it."""
+    if path is None:
+        return None
+    # lazy: see "Lazy imports" above
+    from app.services.import_memory import MemoryLog
+
+    out = stack.enter_context(open(path, "w", encoding="utf-8"))  # noqa: SIM115
+    memory = MemoryLog(out)
+    stack.callback(memory.close)
+    return memory
+
+
+def _import_file(org: str, path: str, options, sink, show_progress: bool, memory=None) -> dict:
     # lazy: see "Lazy imports" above
     from google.cloud import ndb
     from tqdm import tqdm
@@ -766,9 +795,19 @@ def _import_file(org: str, path: str, options, sink, show_progress: bool) -> dic
                 )
             )
 
+        written = 0
+
         def progress(done: int) -> None:
+            nonlocal written
             if bar is not None:
                 bar.update(done)
+            if memory is not None:
+                written += done
+                memory.at("write", written)
+
+        def checked(records: int) -> None:
+            if memory is not None:
+                memory.at("validate", records)
 
         config = Config.from_env()
         try:
@@ -781,6 +820,7 @@ def _import_file(org: str, path: str, options, sink, show_progress: bool) -> dic
                 on_total=on_total,
                 progress=progress,
                 source=path,
+                checked=checked,
             )
         except imports.Refused as refused:
             return {"file": path, "refused": True, **refused.report.as_json()}

@@ -38,14 +38,17 @@ import hashlib
 import json
 import os
 import queue
+import random
 import sqlite3
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import IO, Any
 
+from google.api_core import exceptions as core_exceptions
 from google.cloud import ndb
 from marshmallow import ValidationError
 
@@ -67,6 +70,12 @@ MAX_MUTATIONS = 500
 BATCH_EVENTS = 250
 #: How far back a backfill may reach (the live window's checks use the configured age).
 BACKFILL_YEARS = 100
+#: How often the validation pass tells its count (`run`'s `checked`).
+CHECKED_EVERY = 10_000
+#: Errors after which a batch is stored again (`Options.retries`): the Datastore did not
+#: answer in time, or not at all. The commit may have landed; storing again is safe (the
+#: event keys are the same, so what landed is found and counted `duplicate`).
+TRANSIENT = (core_exceptions.DeadlineExceeded, core_exceptions.ServiceUnavailable)
 
 _EVENT_SCHEMA = EventIn()
 
@@ -82,6 +91,9 @@ class Options:
     format: str = "auto"
     workers: int = 4
     batch_events: int = BATCH_EVENTS
+    #: How often a batch is stored again after a `TRANSIENT` error before the import
+    #: stops. 0 over HTTP (the request's deadline is what ran out); the CLI retries.
+    retries: int = 0
 
 
 @dataclass
@@ -346,8 +358,10 @@ class Writer:
         workers: int,
         context: Callable[[], contextlib.AbstractContextManager[Any]] | None,
         progress: Callable[[int], None],
+        retries: int = 0,
     ):
         self.store, self.report, self.progress = store, report, progress
+        self.retries = retries
         self.lock = threading.Lock()
         self.failure: Exception | None = None
         self.threads: list[threading.Thread] = []
@@ -389,13 +403,30 @@ class Writer:
                     self.failure = exc
 
     def _store(self, drafts: list[ingest.Draft], old: bool) -> None:
-        outcomes = self.store(drafts, old)
+        outcomes = self._store_retrying(drafts, old)
         with self.lock:
             for outcome in outcomes:
                 setattr(self.report, outcome.status, getattr(self.report, outcome.status) + 1)
                 if old and outcome.status == "created":
                     self.report.backfilled += 1
             self.progress(len(drafts))
+
+    def _store_retrying(self, drafts: list[ingest.Draft], old: bool) -> list[ingest.Outcome]:
+        """A 1,000,000-event import makes thousands of commits; on a loaded Datastore one
+        of them may miss its deadline, which should not end the import."""
+        for attempt in range(self.retries + 1):
+            try:
+                return self.store(drafts, old)
+            except TRANSIENT:
+                if attempt == self.retries:
+                    raise
+                _wait(min(30.0, 2.0**attempt) * random.uniform(0.5, 1.5))
+        raise AssertionError("unreachable")
+
+
+def _wait(seconds: float) -> None:
+    """The retries' backoff (a function of its own, so a test need not wait)."""
+    time.sleep(seconds)
 
 
 class DryStore:
@@ -469,10 +500,12 @@ def run(
     on_total: Callable[[int], None] = lambda total: None,
     progress: Callable[[int], None] = lambda done: None,
     source: str | None = None,
+    checked: Callable[[int], None] = lambda records: None,
 ) -> Report:
     """Import the input `opener` opens into the current org (the NDB context's namespace):
     validate all of it, then write (or, dry, judge) it in batches. `context` opens an NDB
     context of the org for each writer thread (None: write inline, one batch at a time).
+    `checked` hears the validation pass's count every `CHECKED_EVERY` records.
     Raises `Refused` when records are bad and `options.skip_invalid` is off, `InputError`
     when the input cannot be read at all."""
     now = utcnow()
@@ -482,6 +515,8 @@ def run(
         report.records += 1
         if record.kind != "skipped" and checker.check(record) is None:
             report.add_problems(record)
+        if report.records % CHECKED_EVERY == 0:
+            checked(report.records)
     if report.problem_count and not options.skip_invalid:
         raise Refused(report)
     on_total(report.records)
@@ -493,7 +528,7 @@ def run(
             return dry(drafts, old)
         return ingest.store(drafts, now, code, config.rollup_shards, alert_feeds=not old)
 
-    writer = Writer(store, report, options.workers, context, progress)
+    writer = Writer(store, report, options.workers, context, progress, options.retries)
     batcher = Batcher(options.batch_events)
     try:
         sink = None

@@ -20,7 +20,6 @@ a cancel, and every unique_count tally whenever touched (distinct values do not 
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -40,7 +39,6 @@ from app.models import (
     AlertFeed,
     AlertLease,
     AlertRule,
-    AlertTally,
     AlertTrigger,
     root_key,
     transactional,
@@ -49,7 +47,7 @@ from app.models import (
 from app.schemas import format_time
 from app.services.alerts import feed as feed_kind
 from app.services.alerts import rules as rule_service
-from app.services.alerts import seed
+from app.services.alerts import seed, tallies
 from app.services.alerts.periods import base32, digest, period_of
 from app.services.webhooks import outbox
 
@@ -77,6 +75,7 @@ class Touch:
     """What a chunk adds to one tally."""
 
     key_name: str
+    bucket: str  # the key name of the bucket its tally lives in (`tallies`)
     spec: str
     rules: list[AlertRule]
     subject: str | None
@@ -148,6 +147,10 @@ def evaluate_org(budget: int, seconds: float | None = None) -> int:
             log.exception("alert evaluation failed for meter %s; its feeds wait", meter_id)
         finally:
             _release_lease(meter_id, holder)
+    try:
+        tallies.sweep_legacy()
+    except Exception as error:  # noqa: BLE001  (the next visit sweeps again)
+        log.warning("could not sweep old-shape alert tallies: %s", error)
     if failed and not applied:
         raise EvaluationFailed(f"alert evaluation failed for meters {', '.join(failed)}")
     return applied
@@ -241,7 +244,9 @@ def _apply_chunk(
     are read again."""
     meter = seed.meter_of(meter_id)
     touches = _touches(feeds, rules)
-    existing = dict(zip(touches, ndb.get_multi([_tally_key(k) for k in touches])))
+    legacy = tallies.legacy_possible()
+    stored = tallies.read(touches.values(), legacy)
+    existing = stored.tallies
     now = utcnow()
     seeds = {} if seeds is None else seeds
     seeding = [
@@ -260,14 +265,15 @@ def _apply_chunk(
     for touch in seeding:
         touch.seeded, touch.seeded_over = seeds[touch.key_name]
     targets = {kind: outbox.targets(kind) for kind in (TRIGGERED, RESOLVED)}
-    planned = _planned_mutations(feeds, touches, existing, meter.aggregation_type, targets)
+    planned = _planned_mutations(feeds, touches, stored, meter.aggregation_type, targets)
     if len(feeds) > 1 and planned > MAX_MUTATIONS:
         return _halves(meter_id, rules, feeds, settings, seeds)
     try:
-        return _commit_chunk(meter, feeds, touches, targets, settings, now)
+        return _commit_chunk(meter, feeds, touches, targets, settings, now, legacy)
     except _TooBig:  # the tallies changed since they were planned
         if len(feeds) == 1:
-            return _commit_in_parts(meter, feeds[0], list(touches.values()), targets, settings, now)
+            in_order = sorted(touches.values(), key=lambda touch: touch.bucket)
+            return _commit_in_parts(meter, feeds[0], in_order, targets, settings, now, legacy)
         return _halves(meter_id, rules, feeds, settings, seeds)
 
 
@@ -287,21 +293,22 @@ def _halves(
 def _planned_mutations(
     feeds: list[AlertFeed],
     touches: dict[str, Touch],
-    existing: dict[str, AlertTally | None],
+    stored: tallies.Read,
     aggregation: str,
     targets: dict[str, list[Any]],
 ) -> int:
     """The mutations the chunk's commit will hold if its tallies do not change meanwhile:
-    its feeds deleted, its tallies, each crossing's trigger and messages. Splitting a
-    chunk here costs nothing read; a commit found too big inside the transaction has
-    read everything for nothing (on the emulator, most of a second a time)."""
-    total = len(feeds)
+    its feeds deleted, its tallies' buckets (and old-shape tallies folded in), each
+    crossing's trigger and messages. Splitting a chunk here costs nothing read; a commit
+    found too big inside the transaction has read everything for nothing (on the
+    emulator, most of a second a time)."""
+    total = len(feeds) + tallies.planned_writes(stored, touches.values())
     for name, touch in touches.items():
-        tally = existing[name]
+        tally = stored.tallies[name]
         value = _value_after(tally, touch, aggregation)
         states = dict(tally.states) if tally is not None else {}
         changes = _state_changes(touch.rules, value, states)
-        total += 1 + sum(1 + len(targets[kind]) for _rule, _threshold, _generation, kind in changes)
+        total += sum(1 + len(targets[kind]) for _rule, _threshold, _generation, kind in changes)
     return total
 
 
@@ -316,6 +323,7 @@ def _commit_in_parts(
     targets: dict[str, list[Any]],
     settings: _Settings,
     decided: datetime,
+    legacy: bool,
     last: bool = True,
 ) -> int:
     """Apply one feed too big for one commit (a batch of many users under many specs) in
@@ -323,15 +331,15 @@ def _commit_in_parts(
     feed (`done`), the last one deletes it. A part whose tallies the feed already lists
     was applied by someone else: `_Stale`."""
     try:
-        return _commit_chunk(
-            meter, [feed], {t.key_name: t for t in touches}, targets, settings, decided, last
-        )
+        in_part = {t.key_name: t for t in touches}
+        return _commit_chunk(meter, [feed], in_part, targets, settings, decided, legacy, last)
     except _TooBig:
         if len(touches) == 1:
             raise
         half = len(touches) // 2
-        _commit_in_parts(meter, feed, touches[:half], targets, settings, decided, last=False)
-        return _commit_in_parts(meter, feed, touches[half:], targets, settings, decided, last)
+        first, rest = touches[:half], touches[half:]
+        _commit_in_parts(meter, feed, first, targets, settings, decided, legacy, last=False)
+        return _commit_in_parts(meter, feed, rest, targets, settings, decided, legacy, last)
 
 
 def _touches(feeds: Iterable[AlertFeed], rules: list[AlertRule]) -> dict[str, Touch]:
@@ -358,8 +366,9 @@ def _touches(feeds: Iterable[AlertFeed], rules: list[AlertRule]) -> dict[str, To
                     continue  # a part of this feed already applied (`_commit_in_parts`)
                 touch = touches.get(name)
                 if touch is None:
+                    bucket = tallies.bucket_name(watch.spec, start, subject)
                     touch = touches[name] = Touch(
-                        name, watch.spec, of_spec, subject, start, end, watch
+                        name, bucket, watch.spec, of_spec, subject, start, end, watch
                     )
                 touch.add(contribution, recompute)
     return touches
@@ -370,14 +379,7 @@ def _done(feed: AlertFeed) -> set[str]:
     return set(json.loads(feed.done)) if feed.done else set()
 
 
-@functools.lru_cache(maxsize=65_536)  # asked once per contribution and spec
-def tally_name(spec: str, subject: str | None, start: datetime) -> str:
-    """The key name of a (spec, subject, period start) tally."""
-    return "t_" + base32(digest(spec, subject, start.isoformat()), 40)
-
-
-def _tally_key(name: str) -> ndb.Key:
-    return ndb.Key("alert-tally", name, parent=root_key())
+tally_name = tallies.tally_name
 
 
 def complete_after(rules: list[AlertRule], settings: _Settings) -> datetime:
@@ -389,7 +391,7 @@ def complete_after(rules: list[AlertRule], settings: _Settings) -> datetime:
 
 
 def _needs_seed(
-    touch: Touch, tally: AlertTally | None, aggregation: str, settings: _Settings, now: datetime
+    touch: Touch, tally: tallies.Tally | None, aggregation: str, settings: _Settings, now: datetime
 ) -> bool:
     """Whether the tally must be read from the summary engine: always for unique_count, for
     max after a cancel; a new tally of a period that may hold events recorded before every
@@ -415,7 +417,7 @@ def _needs_seed(
     return now >= basis
 
 
-def _version(tally: AlertTally | None) -> tuple[Any, ...] | None:
+def _version(tally: tallies.Tally | None) -> tuple[Any, ...] | None:
     """What tells two states of a stored tally apart."""
     if tally is None:
         return None
@@ -432,6 +434,7 @@ def _commit_chunk(
     targets: dict[str, list[Any]],
     settings: _Settings,
     decided: datetime,
+    legacy: bool,
     last: bool = True,
 ) -> int:
     """Apply the chunk in one transaction (with `last` False, the one feed's part of it:
@@ -440,20 +443,22 @@ def _commit_chunk(
     now needs a seed, or a seeded tally written meanwhile (the seed would overwrite what
     was added to it)."""
     feed_keys = [f.key for f in feeds]
-    tally_keys = [_tally_key(name) for name in touches]
     stored_messages = [0]
 
     def attempt() -> int:
-        found = ndb.get_multi(feed_keys + tally_keys)
-        if any(f is None for f in found[: len(feed_keys)]):
+        stored = tallies.read(touches.values(), legacy, feed_keys)
+        found = stored.extra
+        if any(f is None for f in found):
             raise _Stale()
-        done = {name for f in found[: len(feed_keys)] for name in _done(f)}
+        done = {name for f in found for name in _done(f)}
         if done & set(touches):
             raise _Stale()
         now = utcnow()
         writes: list[Any] = []
+        updated: list[tuple[Touch, tallies.Tally]] = []
         messages = 0
-        for touch, tally in zip(touches.values(), found[len(feed_keys) :]):
+        for touch in touches.values():
+            tally = stored.tallies[touch.key_name]
             basis = complete_after(touch.rules, settings)
             if touch.seeded is None and _needs_seed(
                 touch, tally, meter.aggregation_type, settings, decided
@@ -461,8 +466,8 @@ def _commit_chunk(
                 raise _Stale()  # it changed since we looked (another evaluator): look again
             if touch.seeded is not None and _version(tally) != touch.seeded_over:
                 raise _Stale()
-            tally = _updated(tally, touch, meter.aggregation_type, basis, now)
-            writes.append(tally)
+            tally = _updated(tally, touch, meter.aggregation_type, basis)
+            updated.append((touch, tally))
             for trigger in _crossings(tally, touch, now):
                 writes.append(trigger)
                 sent = outbox.messages(
@@ -474,14 +479,18 @@ def _commit_chunk(
                 )
                 writes += sent
                 messages += len(sent)
-        if len(writes) + len(feed_keys) > MAX_MUTATIONS:
+        puts, deletes = tallies.writes(stored, updated, meter.id_)
+        writes += puts
+        if len(writes) + len(deletes) + len(feed_keys) > MAX_MUTATIONS:
             raise _TooBig()
         if last:
-            ndb.delete_multi(feed_keys)
+            deletes += feed_keys
         else:
-            [feed] = found[: len(feed_keys)]
+            [feed] = found
             feed.done = json.dumps(sorted(done | set(touches)))
             writes.append(feed)
+        if deletes:
+            ndb.delete_multi(deletes)
         ndb.put_multi(writes)
         stored_messages[0] = messages
         return len(feed_keys) if last else 0
@@ -493,27 +502,20 @@ def _commit_chunk(
 
 
 def _updated(
-    tally: AlertTally | None, touch: Touch, aggregation: str, basis: datetime, now: datetime
-) -> AlertTally:
-    """The tally with the chunk's contributions (or its seed) applied."""
+    tally: tallies.Tally | None, touch: Touch, aggregation: str, basis: datetime
+) -> tallies.Tally:
+    """The tally with the chunk's contributions (or its seed) applied (a new object: the
+    one read stays as it was, for `_version`)."""
     value = _value_after(tally, touch, aggregation)
-    if tally is None:
-        tally = AlertTally(
-            key=_tally_key(touch.key_name),
-            meter_id=touch.watch.meter_id,
-            user_id=touch.subject,
-            period_start=touch.start,
-            value="0",
-            states={},
-        )
-    tally.basis = basis
+    updated = tallies.Tally() if tally is None else tallies.Tally(**vars(tally))
+    updated.basis = basis
     if touch.seeded is not None:
-        tally.seeded_at = touch.seeded.at
-    tally.value = str(value)
-    return tally
+        updated.seeded_at = touch.seeded.at
+    updated.value = value
+    return updated
 
 
-def _value_after(tally: AlertTally | None, touch: Touch, aggregation: str) -> int:
+def _value_after(tally: tallies.Tally | None, touch: Touch, aggregation: str) -> int:
     """The tally's value once the chunk's contributions (or its seed) are applied."""
     old = int(tally.value or 0) if tally is not None else 0
     seeded = touch.seeded
@@ -552,7 +554,7 @@ def _state_changes(
     return found
 
 
-def _crossings(tally: AlertTally, touch: Touch, now: datetime) -> list[AlertTrigger]:
+def _crossings(tally: tallies.Tally, touch: Touch, now: datetime) -> list[AlertTrigger]:
     """Triggers for thresholds newly reached, and (notifyOnResolve) newly left; the
     tally's per-rule states updated."""
     value = int(tally.value)
@@ -561,7 +563,7 @@ def _crossings(tally: AlertTally, touch: Touch, now: datetime) -> list[AlertTrig
         _trigger(rule, touch, threshold, generation, kind, value, now)
         for rule, threshold, generation, kind in _state_changes(touch.rules, value, states)
     ]
-    tally.states = states  # type: ignore[assignment]  # ndb
+    tally.states = states
     return found
 
 

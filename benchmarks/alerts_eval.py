@@ -124,9 +124,12 @@ class _Recorder:
                 }
                 for index in range(self.arguments.batch)
             ]
-            answer = self.client.post(
-                "/v1/billing/meter-events", json={"events": events}, headers=self.key
-            )
+            for _attempt in range(5):  # a 503 (deadline on a busy machine) is sent again
+                answer = self.client.post(
+                    "/v1/billing/meter-events", json={"events": events}, headers=self.key
+                )
+                if answer.status_code != 503:
+                    break
             _check(answer, 201)
 
 

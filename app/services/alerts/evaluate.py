@@ -70,6 +70,31 @@ class _Stale(Exception):
     """The chunk changed under us (a feed applied, a tally made elsewhere): start over."""
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """A rule's fields that every touched tally asks for, read from NDB once per chunk:
+    reading them through NDB properties (a JSON shadow field decoded on every read) for
+    every tally twice a chunk was most of the evaluator's CPU once tallies were bucketed
+    (benchmarks/alerts_eval.py --profile)."""
+
+    rule: AlertRule
+    rule_id: str
+    thresholds: tuple[tuple[int, str], ...]  # (threshold, its key in a tally's states)
+    notify_on_resolve: bool
+
+
+def _plans(rules: list[AlertRule]) -> tuple[_Plan, ...]:
+    return tuple(
+        _Plan(
+            rule,
+            rule.id_,
+            tuple((threshold, str(threshold)) for threshold in rule.thresholds),
+            bool(rule.notify_on_resolve),
+        )
+        for rule in rules
+    )
+
+
 @dataclass
 class Touch:
     """What a chunk adds to one tally."""
@@ -82,6 +107,9 @@ class Touch:
     start: datetime
     end: datetime
     watch: rule_service.Watch
+    #: The spec's rules as plain values (`_plans`), and the earliest `spec_since` of them.
+    plans: tuple[_Plan, ...] = ()
+    since: datetime | None = None
     sum: int = 0
     count: int = 0
     max: int | None = None
@@ -307,7 +335,7 @@ def _planned_mutations(
         tally = stored.tallies[name]
         value = _value_after(tally, touch, aggregation)
         states = dict(tally.states) if tally is not None else {}
-        changes = _state_changes(touch.rules, value, states)
+        changes = _state_changes(touch.plans, value, states)
         total += sum(1 + len(targets[kind]) for _rule, _threshold, _generation, kind in changes)
     return total
 
@@ -348,7 +376,13 @@ def _touches(feeds: Iterable[AlertFeed], rules: list[AlertRule]) -> dict[str, To
     for rule in rules:
         specs.setdefault(rule_service.spec_of(rule), []).append(rule)
     watches = [
-        (rule_service.watch_of(spec, of_spec[0]), of_spec) for spec, of_spec in specs.items()
+        (
+            rule_service.watch_of(spec, of_spec[0]),
+            of_spec,
+            _plans(of_spec),
+            min(rule.spec_since or rule.created_at for rule in of_spec),
+        )
+        for spec, of_spec in specs.items()
     ]
     touches: dict[str, Touch] = {}
     for feed in feeds:
@@ -356,7 +390,7 @@ def _touches(feeds: Iterable[AlertFeed], rules: list[AlertRule]) -> dict[str, To
         recompute = bool(feed.recompute)
         for contribution in feed_kind.decode(feed.contributions):
             user, dimensions, day, slot = contribution[:4]
-            for watch, of_spec in watches:
+            for watch, of_spec, plans, since in watches:
                 if not watch.counts(user, dimensions):
                     continue
                 subject = watch.subject(user)
@@ -368,7 +402,7 @@ def _touches(feeds: Iterable[AlertFeed], rules: list[AlertRule]) -> dict[str, To
                 if touch is None:
                     bucket = tallies.bucket_name(watch.spec, start, subject)
                     touch = touches[name] = Touch(
-                        name, bucket, watch.spec, of_spec, subject, start, end, watch
+                        name, bucket, watch.spec, of_spec, subject, start, end, watch, plans, since
                     )
                 touch.add(contribution, recompute)
     return touches
@@ -390,6 +424,13 @@ def complete_after(rules: list[AlertRule], settings: _Settings) -> datetime:
     return since + settings.complete  # type: ignore[no-any-return]
 
 
+def _basis(touch: Touch, settings: _Settings) -> datetime:
+    """`complete_after` of the touch's rules, from the values read once per chunk."""
+    if touch.since is None:
+        return complete_after(touch.rules, settings)
+    return touch.since + settings.complete
+
+
 def _needs_seed(
     touch: Touch, tally: tallies.Tally | None, aggregation: str, settings: _Settings, now: datetime
 ) -> bool:
@@ -403,7 +444,7 @@ def _needs_seed(
     created is when a tenant records the most against it, and re-reading every touched
     tally then (once a second each, an earlier version) made the evaluator fall tens of
     seconds behind (`benchmarks/alerts_exact.py`)."""
-    basis = complete_after(touch.rules, settings)
+    basis = _basis(touch, settings)
     if aggregation == Aggregation.UNIQUE_COUNT:
         return True
     if aggregation == Aggregation.MAX and touch.recompute:
@@ -459,7 +500,7 @@ def _commit_chunk(
         messages = 0
         for touch in touches.values():
             tally = stored.tallies[touch.key_name]
-            basis = complete_after(touch.rules, settings)
+            basis = _basis(touch, settings)
             if touch.seeded is None and _needs_seed(
                 touch, tally, meter.aggregation_type, settings, decided
             ):
@@ -535,22 +576,30 @@ def _value_after(tally: tallies.Tally | None, touch: Touch, aggregation: str) ->
 
 
 def _state_changes(
-    rules: list[AlertRule], value: int, states: dict[str, Any]
+    plans: tuple[_Plan, ...], value: int, states: dict[str, Any]
 ) -> list[tuple[AlertRule, int, int, str]]:
     """(rule, threshold, generation, type) of each threshold the value newly reaches, and
-    (notifyOnResolve) newly leaves; `states` is updated to match."""
+    (notifyOnResolve) newly leaves; `states` is updated to match (a rule's entry is
+    copied only when it changes; a threshold without one never fired: generation 0)."""
     found = []
-    for rule in rules:
-        of_rule = dict(states.get(rule.id_, {}))
-        for threshold in rule.thresholds:
-            triggered, generation = of_rule.get(str(threshold), [False, 0])
+    for plan in plans:
+        of_rule = states.get(plan.rule_id)
+        changed = None
+        for threshold, name in plan.thresholds:
+            triggered, generation = (of_rule.get(name) if of_rule else None) or (False, 0)
             if not triggered and value >= threshold:
-                found.append((rule, threshold, generation, TRIGGERED))
-                of_rule[str(threshold)] = [True, generation]
-            elif triggered and value < threshold and rule.notify_on_resolve:
-                found.append((rule, threshold, generation, RESOLVED))
-                of_rule[str(threshold)] = [False, generation + 1]
-        states[rule.id_] = of_rule
+                found.append((plan.rule, threshold, generation, TRIGGERED))
+                state = [True, generation]
+            elif triggered and value < threshold and plan.notify_on_resolve:
+                found.append((plan.rule, threshold, generation, RESOLVED))
+                state = [False, generation + 1]
+            else:
+                continue
+            if changed is None:
+                changed = dict(of_rule or {})
+            changed[name] = state
+        if changed is not None:
+            states[plan.rule_id] = changed
     return found
 
 
@@ -561,7 +610,7 @@ def _crossings(tally: tallies.Tally, touch: Touch, now: datetime) -> list[AlertT
     states = dict(tally.states)
     found = [
         _trigger(rule, touch, threshold, generation, kind, value, now)
-        for rule, threshold, generation, kind in _state_changes(touch.rules, value, states)
+        for rule, threshold, generation, kind in _state_changes(touch.plans, value, states)
     ]
     tally.states = states
     return found

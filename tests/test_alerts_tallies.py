@@ -10,7 +10,6 @@ import pytest
 from google.cloud import ndb
 
 from app.models import AlertTally, AlertTallyBucket, AlertTallySpill, root_key
-from app.services.alerts import evaluate as evaluate_module
 from app.services.alerts import rules as rule_service
 from app.services.alerts import tallies
 from tests.support.alerts import create_rule, crossings, minutes_ago, run_evaluator, triggers
@@ -177,4 +176,3 @@ def test_old_shape_tallies_of_periods_long_over_are_swept(api, evaluate, ndb_cli
     api.record(_event(meter, "alice", 1))
     evaluate()
     assert [t.key.string_id() for t in _stored(ndb_client, org, AlertTally)] == ["t_recent"]
-    assert evaluate_module.tally_name is tallies.tally_name

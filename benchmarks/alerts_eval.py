@@ -133,7 +133,7 @@ class _Recorder:
             _check(answer, 201)
 
 
-def _evaluate_all(app, namespace: str, profile: cProfile.Profile | None):
+def _evaluate_all(app, namespace: str, profile: cProfile.Profile | None, budget: int = 10_000):
     """Run the evaluator until nothing is pending: (feeds applied, wall s, CPU s, usage)."""
     ndb_client = app.extensions["ndb"]
     applied = 0
@@ -143,7 +143,7 @@ def _evaluate_all(app, namespace: str, profile: cProfile.Profile | None):
         if profile:
             profile.enable()
         while True:
-            done = evaluate.evaluate_org(10_000)
+            done = evaluate.evaluate_org(budget)
             applied += done
             if not done:
                 break
@@ -189,6 +189,13 @@ def main() -> int:
     )
     parser.add_argument("--code", help="import the service from this directory")
     parser.add_argument(
+        "--chunk-feeds",
+        type=int,
+        default=10_000,
+        help="feeds per evaluate_org call when measuring (1: one call per feed, as the "
+        "delivery loop does when woken by each batch)",
+    )
+    parser.add_argument(
         "--seed-cap",
         type=int,
         default=0,
@@ -223,7 +230,7 @@ def main() -> int:
         recorder.record(arguments.batches)
         recorded = time.perf_counter() - started
         profile = cProfile.Profile() if arguments.profile else None
-        feeds, wall, cpu, usage = _evaluate_all(app, namespace, profile)
+        feeds, wall, cpu, usage = _evaluate_all(app, namespace, profile, arguments.chunk_feeds)
         tallies, triggers = _written(app, namespace)
         events = arguments.batches * arguments.batch
         print(f"code: {Path(evaluate.__file__).resolve().parents[3]}")

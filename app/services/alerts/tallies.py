@@ -39,7 +39,7 @@ import functools
 import json
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -161,7 +161,7 @@ class Read:
     extra: list[Any]
 
 
-def read(touches: Iterable[Any], legacy: bool, extra_keys: list[ndb.Key] = ()) -> Read:  # type: ignore[assignment]
+def read(touches: Iterable[Any], legacy: bool, extra_keys: Sequence[ndb.Key] = ()) -> Read:
     """The stored tallies of `touches` (in a transaction: read in it): one lookup of their
     buckets (with `extra_keys`), and one more of those missing from their bucket when it
     is full or the org may hold old-shape tallies (`legacy`)."""

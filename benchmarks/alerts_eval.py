@@ -14,6 +14,14 @@ org's evaluator in this process until every feed is applied and prints:
   another process, so this figure moves little with the machine's load) per feed;
 - with `--profile`, the functions that took the most of it (cProfile).
 
+`--rules ingest --rule-count 20` makes the rules of `benchmarks/ingest.py --alert-rules 20`
+instead (three specs: user/month, org/day in Asia/Kolkata, user/day); `--warmup-batches N`
+records and evaluates N batches before the measured ones, so the measured chunks find
+their tallies stored (the steady cost, as in ingest.py's later rounds; with `--rules-age
+35` the warm-up's seeds are the last ones, as in ingest.py); `--code DIR`
+imports the service from DIR (for example a worktree of an older commit), so one script
+measures old and new code in the same shape.
+
 It measures the evaluator apart from the dispatcher, the HTTP server and the clients,
 whose costs `benchmarks/alerts_exact.py` measures together with it.
 """
@@ -22,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import json
 import pstats
 import random
 import sys
@@ -31,6 +40,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if "--code" in sys.argv:  # the service of another worktree, in the same shape
+    sys.path.insert(0, str(Path(sys.argv[sys.argv.index("--code") + 1]).resolve()))
 import common
 from alerts_exact import make_rules
 
@@ -49,8 +60,8 @@ def _check(answer, status: int) -> dict:
     return answer.get_json() if answer.data else {}
 
 
-def _prepare(app, arguments) -> tuple[str, str]:
-    """An org with the meter, endpoint and rules, and its recorded batches; (namespace, key)."""
+def _prepare(app, arguments) -> tuple[str, _Recorder]:
+    """An org with the meter, endpoint and rules; (namespace, what records its batches)."""
     client = app.test_client()
     admin = {"Authorization": f"Bearer {ADMIN}"}
     org = _check(client.post("/v1/admin/orgs", json={"name": "bench"}, headers=admin), 201)
@@ -68,26 +79,61 @@ def _prepare(app, arguments) -> tuple[str, str]:
         201,
     )
     users = [f"user-{n:03d}" for n in range(arguments.users)]
-    for rule in make_rules(users[0]):
-        _check(client.post("/v1/billing/alerts", json=rule.document(meter["id"]), headers=key), 201)
-    rng = random.Random(arguments.seed)
-    now = datetime.now(UTC)
-    for number in range(arguments.batches):
-        events = [
-            {
-                "meterId": meter["id"],
-                "userId": rng.choice(users),
-                "value": rng.randint(1, 10),
-                "timestamp": (now - timedelta(seconds=rng.uniform(60, 3 * 86400))).isoformat(),
-                "idempotency": f"b{number}-{index}",
-            }
-            for index in range(arguments.batch)
-        ]
-        _check(client.post("/v1/billing/meter-events", json={"events": events}, headers=key), 201)
-    return org["namespace"], org["apiKey"]
+    for document in _rules(arguments, meter["id"], users[0]):
+        _check(client.post("/v1/billing/alerts", json=document, headers=key), 201)
+    return org["namespace"], _Recorder(client, key, meter["id"], users, arguments)
 
 
-def _evaluate_all(app, namespace: str, profile: cProfile.Profile | None):
+def _rules(arguments, meter_id: str, one_user: str) -> list[dict]:
+    if arguments.rules == "exact":
+        return [rule.document(meter_id) for rule in make_rules(one_user)]
+    shapes = [("user", "month", "UTC"), ("org", "day", "Asia/Kolkata"), ("user", "day", "UTC")]
+    return [
+        {
+            "name": f"bench rule {number}",
+            "meterId": meter_id,
+            "thresholds": [1000 * (number + 1), 10**12],
+            "scope": shapes[number % 3][0],
+            "period": shapes[number % 3][1],
+            "timeZone": shapes[number % 3][2],
+        }
+        for number in range(arguments.rule_count)
+    ]
+
+
+class _Recorder:
+    """Records batches of random events of the org's users through the app."""
+
+    def __init__(self, client, key: dict, meter_id: str, users: list[str], arguments) -> None:
+        self.client, self.key, self.meter_id, self.users = client, key, meter_id, users
+        self.arguments = arguments
+        self.rng = random.Random(arguments.seed)
+        self.sent = 0
+
+    def record(self, batches: int) -> None:
+        rng, now = self.rng, datetime.now(UTC)
+        for _ in range(batches):
+            self.sent += 1
+            events = [
+                {
+                    "meterId": self.meter_id,
+                    "userId": rng.choice(self.users),
+                    "value": rng.randint(1, 10),
+                    "timestamp": (now - timedelta(seconds=rng.uniform(60, 3 * 86400))).isoformat(),
+                    "idempotency": f"b{self.sent}-{index}",
+                }
+                for index in range(self.arguments.batch)
+            ]
+            for _attempt in range(5):  # a 503 (deadline on a busy machine) is sent again
+                answer = self.client.post(
+                    "/v1/billing/meter-events", json={"events": events}, headers=self.key
+                )
+                if answer.status_code != 503:
+                    break
+            _check(answer, 201)
+
+
+def _evaluate_all(app, namespace: str, profile: cProfile.Profile | None, budget: int = 10_000):
     """Run the evaluator until nothing is pending: (feeds applied, wall s, CPU s, usage)."""
     ndb_client = app.extensions["ndb"]
     applied = 0
@@ -97,7 +143,7 @@ def _evaluate_all(app, namespace: str, profile: cProfile.Profile | None):
         if profile:
             profile.enable()
         while True:
-            done = evaluate.evaluate_org(10_000)
+            done = evaluate.evaluate_org(budget)
             applied += done
             if not done:
                 break
@@ -106,11 +152,22 @@ def _evaluate_all(app, namespace: str, profile: cProfile.Profile | None):
     return applied, time.perf_counter() - wall, time.thread_time() - cpu, usage
 
 
-def _written(app, namespace: str) -> tuple[int, int]:
+def _written(app, namespace: str) -> tuple[str, int]:
+    """What holds the tallies (entities, and the subjects in them), and the triggers."""
     with app.extensions["ndb"].context(namespace=namespace):
-        tallies = AlertTally.query(ancestor=root_key()).count()
+        own = AlertTally.query(ancestor=root_key()).count()
         triggers = AlertTrigger.query(ancestor=root_key()).count()
-    return tallies, triggers
+        try:
+            from app.models import AlertTallyBucket, AlertTallySpill
+        except ImportError:  # code from before session 8: one entity per tally
+            return f"{own} tally entities", triggers
+        buckets = AlertTallyBucket.query(ancestor=root_key()).fetch()
+        spilled = AlertTallySpill.query(ancestor=root_key()).count()
+        subjects = sum(len(json.loads(bucket.subjects)) for bucket in buckets)
+    return (
+        f"{subjects} tallies in {len(buckets)} bucket entities, {spilled} spilled, "
+        f"{own} of the old shape"
+    ), triggers
 
 
 def main() -> int:
@@ -120,6 +177,32 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=48)
     parser.add_argument("--seed", type=int, default=14)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--rules", choices=("exact", "ingest"), default="exact")
+    parser.add_argument("--rule-count", type=int, default=20, help="with --rules ingest")
+    parser.add_argument("--warmup-batches", type=int, default=0)
+    parser.add_argument(
+        "--rules-age",
+        type=float,
+        default=0.0,
+        help="seconds to wait after creating the rules: past the rule cache's TTL plus the "
+        "request deadline (31 s by default), touched tallies are no longer re-read",
+    )
+    parser.add_argument("--code", help="import the service from this directory")
+    parser.add_argument(
+        "--chunk-feeds",
+        type=int,
+        default=10_000,
+        help="feeds per evaluate_org call when measuring (1: one call per feed, as the "
+        "delivery loop does when woken by each batch)",
+    )
+    parser.add_argument(
+        "--seed-cap",
+        type=int,
+        default=0,
+        help="raise the grouped seed read's entity cap (seed.GROUPED_ENTITIES): with 1,000 "
+        "users, one summary per tally can outlive the seeding's read-only transaction on "
+        "a loaded machine, and seeding is not what the steady shape measures",
+    )
     arguments = parser.parse_args()
     workdir = common.scratch_dir()
     emulator = common.start_emulator("firestore", workdir)
@@ -133,16 +216,27 @@ def main() -> int:
             unauthenticated_per_minute=0,
         )
         app = create_app(config)
+        if arguments.seed_cap:
+            from app.services.alerts import seed
+
+            seed.GROUPED_ENTITIES = arguments.seed_cap
+        namespace, recorder = _prepare(app, arguments)
+        time.sleep(arguments.rules_age)
+        if arguments.warmup_batches:
+            recorder.record(arguments.warmup_batches)
+            warm, *_ = _evaluate_all(app, namespace, None)
+            print(f"warm-up: {arguments.warmup_batches} batches recorded, {warm} feeds evaluated")
         started = time.perf_counter()
-        namespace, _key = _prepare(app, arguments)
+        recorder.record(arguments.batches)
         recorded = time.perf_counter() - started
         profile = cProfile.Profile() if arguments.profile else None
-        feeds, wall, cpu, usage = _evaluate_all(app, namespace, profile)
+        feeds, wall, cpu, usage = _evaluate_all(app, namespace, profile, arguments.chunk_feeds)
         tallies, triggers = _written(app, namespace)
         events = arguments.batches * arguments.batch
+        print(f"code: {Path(evaluate.__file__).resolve().parents[3]}")
         print(f"recorded {events} events in {arguments.batches} batches in {recorded:.1f}s")
         print(f"machine load {common.machine_busy()}")
-        print(f"evaluated {feeds} feeds: {tallies} tallies, {triggers} triggers")
+        print(f"evaluated {feeds} feeds: {tallies}; {triggers} triggers")
         print(
             f"wall {wall:.2f}s ({1000 * wall / max(feeds, 1):.1f} ms/feed), "
             f"evaluator CPU {cpu:.2f}s ({1000 * cpu / max(feeds, 1):.1f} ms/feed)"

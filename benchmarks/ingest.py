@@ -437,6 +437,24 @@ def send_all(service, api_key: str, bodies: list[bytes], clients: int, path=METE
     return threads, start, records, reconnects
 
 
+#: The service counts as quiet once it used less than this share of a core over a step.
+QUIET_SHARE, QUIET_STEP = 0.05, 0.5
+
+
+def _settled(cpu: common.TreeCpu, limit: float) -> float:
+    """Wait until the service is quiet (its evaluation of the last batches done: its
+    background loop then costs a few ms a second) or `limit` seconds passed; how long."""
+    began = time.perf_counter()
+    before = cpu.snapshot()
+    while time.perf_counter() - began < limit:
+        time.sleep(QUIET_STEP)
+        after = cpu.snapshot()
+        if common.TreeCpu.used(before, after).seconds < QUIET_SHARE * QUIET_STEP:
+            break
+        before = after
+    return time.perf_counter() - began
+
+
 def run_case(
     config: str,
     run: int,
@@ -447,8 +465,12 @@ def run_case(
     clients: int,
     profiled: bool = False,
     when_sent=None,
+    settle: float = 0.0,
 ) -> CaseResult:
-    """Send the load, measure it, then check what was stored (`when_sent` runs between)."""
+    """Send the load, measure it, then check what was stored (`when_sent` runs between).
+    With `settle`, the service's CPU is read once it is quiet again (at most `settle`
+    seconds after the last answer): the alert evaluation that follows the batches is
+    then counted too (`_settled`)."""
     svc_cpu, emu_cpu = common.TreeCpu(service.process.pid), common.TreeCpu(emulator.process.pid)
     threads, start, records, reconnects = send_all(
         service, api_key, load.bodies, clients, load.path
@@ -464,6 +486,7 @@ def run_case(
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - t0
+    settled = _settled(svc_cpu, settle) if settle else None
     s1, e1, c1, m1 = (
         svc_cpu.snapshot(),
         emu_cpu.snapshot(),
@@ -497,6 +520,8 @@ def run_case(
     split = "/".join(f"{w:.1f}" for w in workers) + f" (+master {master:.2f}) s"
     if svc.vanished:
         split += f" [{svc.vanished} process(es) exited]"
+    if settled is not None:
+        split += f"; quiet {settled:.1f}s after the last answer"
     stored_ok, detail = verify(service, api_key, load)
     n = load.events
     latencies.sort()
@@ -740,7 +765,9 @@ def run_rounds(args, emulator, workdir, rng, profile_dir=None):
                         f"r{run}-{config}",
                         rng,
                     )
-                    result = run_case(config, run, service, emulator, key, load, args.clients)
+                    result = run_case(
+                        config, run, service, emulator, key, load, args.clients, settle=args.settle
+                    )
                     results.append(result)
                     print_case(result)
         if args.request_costs:
@@ -1182,6 +1209,14 @@ def parse_args(argv=None):
         help="seconds to wait after creating the rules before recording: past the rule "
         "cache's TTL plus the request deadline (31 s by default) the evaluator no longer "
         "re-reads touched tallies, its steady state",
+    )
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=0.0,
+        help="seconds at most to wait, after a case's last answer, for the service to be "
+        "quiet before reading its CPU (0: read at once): with the delivery loop on, the "
+        "alert evaluation of the last batches then counts too",
     )
     parser.add_argument(
         "--delivery-loop",

@@ -6,6 +6,8 @@ from app.models.alert import (
     AlertMeters,
     AlertRule,
     AlertTally,
+    AlertTallyBucket,
+    AlertTallySpill,
     AlertTrigger,
 )
 from app.models.base import Model, root_key, transactional, utcnow
@@ -21,6 +23,8 @@ __all__ = [
     "AlertMeters",
     "AlertRule",
     "AlertTally",
+    "AlertTallyBucket",
+    "AlertTallySpill",
     "AlertTrigger",
     "ApiKey",
     "LimitMeters",  # issue 16, limits

@@ -60,6 +60,10 @@ class AlertFeed(ndb.Model):
 class AlertTally(ndb.Model):
     """A (rule spec, subject, period)'s value, and per rule which thresholds fired.
 
+    The shape of sessions 6 and 7, one entity per subject: new tallies live in
+    `AlertTallyBucket`s; one of these is folded into its bucket when its subject is next
+    touched (`tallies`).
+
     `states`: {rule id: {threshold: [triggered, generation]}}; `seeded_at` is when the
     value was last read from the summary engine (None: built from feeds alone)."""
 
@@ -76,6 +80,34 @@ class AlertTally(ndb.Model):
     @classmethod
     def _get_kind(cls) -> str:
         return "alert-tally"
+
+
+class AlertTallyBucket(ndb.Model):
+    """The tallies of many subjects of one (rule spec, period): those whose hash falls in
+    one of `tallies.BUCKETS` buckets (session 8). One entity read and written per chunk
+    instead of one per subject: NDB's entity conversion was most of the evaluator's CPU.
+
+    `subjects`: JSON list of [subject, value, seededAt us, basis us, states] (compact:
+    thresholds never triggered are left out); `full`: the bucket reached its byte cap, and
+    subjects not in it may be stored on their own (`AlertTallySpill`)."""
+
+    meter_id = ndb.TextProperty("MeterId")
+    period_start = ndb.DateTimeProperty("PeriodStart", indexed=False, tzinfo=UTC)
+    subjects = ndb.BlobProperty("Subjects")
+    full = ndb.BooleanProperty("Full", indexed=False, default=False)
+
+    @classmethod
+    def _get_kind(cls) -> str:
+        return "alert-tally-bucket"
+
+
+class AlertTallySpill(AlertTally):
+    """A subject's tally stored on its own because its bucket is full (the old shape,
+    under another kind, so that old-shape tallies left to migrate stay told apart)."""
+
+    @classmethod
+    def _get_kind(cls) -> str:
+        return "alert-tally-spill"
 
 
 class AlertTrigger(ndb.Model):

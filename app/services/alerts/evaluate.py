@@ -20,7 +20,6 @@ a cancel, and every unique_count tally whenever touched (distinct values do not 
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -40,7 +39,6 @@ from app.models import (
     AlertFeed,
     AlertLease,
     AlertRule,
-    AlertTally,
     AlertTrigger,
     root_key,
     transactional,
@@ -49,7 +47,7 @@ from app.models import (
 from app.schemas import format_time
 from app.services.alerts import feed as feed_kind
 from app.services.alerts import rules as rule_service
-from app.services.alerts import seed
+from app.services.alerts import seed, tallies
 from app.services.alerts.periods import base32, digest, period_of
 from app.services.webhooks import outbox
 
@@ -72,17 +70,46 @@ class _Stale(Exception):
     """The chunk changed under us (a feed applied, a tally made elsewhere): start over."""
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """A rule's fields that every touched tally asks for, read from NDB once per chunk:
+    reading them through NDB properties (a JSON shadow field decoded on every read) for
+    every tally twice a chunk was most of the evaluator's CPU once tallies were bucketed
+    (benchmarks/alerts_eval.py --profile)."""
+
+    rule: AlertRule
+    rule_id: str
+    thresholds: tuple[tuple[int, str], ...]  # (threshold, its key in a tally's states)
+    notify_on_resolve: bool
+
+
+def _plans(rules: list[AlertRule]) -> tuple[_Plan, ...]:
+    return tuple(
+        _Plan(
+            rule,
+            rule.id_,
+            tuple((threshold, str(threshold)) for threshold in rule.thresholds),
+            bool(rule.notify_on_resolve),
+        )
+        for rule in rules
+    )
+
+
 @dataclass
 class Touch:
     """What a chunk adds to one tally."""
 
     key_name: str
+    bucket: str  # the key name of the bucket its tally lives in (`tallies`)
     spec: str
     rules: list[AlertRule]
     subject: str | None
     start: datetime
     end: datetime
     watch: rule_service.Watch
+    #: The spec's rules as plain values (`_plans`), and the earliest `spec_since` of them.
+    plans: tuple[_Plan, ...] = ()
+    since: datetime | None = None
     sum: int = 0
     count: int = 0
     max: int | None = None
@@ -148,6 +175,10 @@ def evaluate_org(budget: int, seconds: float | None = None) -> int:
             log.exception("alert evaluation failed for meter %s; its feeds wait", meter_id)
         finally:
             _release_lease(meter_id, holder)
+    try:
+        tallies.sweep_legacy()
+    except Exception as error:  # noqa: BLE001  (the next visit sweeps again)
+        log.warning("could not sweep old-shape alert tallies: %s", error)
     if failed and not applied:
         raise EvaluationFailed(f"alert evaluation failed for meters {', '.join(failed)}")
     return applied
@@ -241,7 +272,9 @@ def _apply_chunk(
     are read again."""
     meter = seed.meter_of(meter_id)
     touches = _touches(feeds, rules)
-    existing = dict(zip(touches, ndb.get_multi([_tally_key(k) for k in touches])))
+    legacy = tallies.legacy_possible()
+    stored = tallies.read(touches.values(), legacy)
+    existing = stored.tallies
     now = utcnow()
     seeds = {} if seeds is None else seeds
     seeding = [
@@ -260,14 +293,15 @@ def _apply_chunk(
     for touch in seeding:
         touch.seeded, touch.seeded_over = seeds[touch.key_name]
     targets = {kind: outbox.targets(kind) for kind in (TRIGGERED, RESOLVED)}
-    planned = _planned_mutations(feeds, touches, existing, meter.aggregation_type, targets)
+    planned = _planned_mutations(feeds, touches, stored, meter.aggregation_type, targets)
     if len(feeds) > 1 and planned > MAX_MUTATIONS:
         return _halves(meter_id, rules, feeds, settings, seeds)
     try:
-        return _commit_chunk(meter, feeds, touches, targets, settings, now)
+        return _commit_chunk(meter, feeds, touches, targets, settings, now, legacy)
     except _TooBig:  # the tallies changed since they were planned
         if len(feeds) == 1:
-            return _commit_in_parts(meter, feeds[0], list(touches.values()), targets, settings, now)
+            in_order = sorted(touches.values(), key=lambda touch: touch.bucket)
+            return _commit_in_parts(meter, feeds[0], in_order, targets, settings, now, legacy)
         return _halves(meter_id, rules, feeds, settings, seeds)
 
 
@@ -287,21 +321,22 @@ def _halves(
 def _planned_mutations(
     feeds: list[AlertFeed],
     touches: dict[str, Touch],
-    existing: dict[str, AlertTally | None],
+    stored: tallies.Read,
     aggregation: str,
     targets: dict[str, list[Any]],
 ) -> int:
     """The mutations the chunk's commit will hold if its tallies do not change meanwhile:
-    its feeds deleted, its tallies, each crossing's trigger and messages. Splitting a
-    chunk here costs nothing read; a commit found too big inside the transaction has
-    read everything for nothing (on the emulator, most of a second a time)."""
-    total = len(feeds)
+    its feeds deleted, its tallies' buckets (and old-shape tallies folded in), each
+    crossing's trigger and messages. Splitting a chunk here costs nothing read; a commit
+    found too big inside the transaction has read everything for nothing (on the
+    emulator, most of a second a time)."""
+    total = len(feeds) + tallies.planned_writes(stored, touches.values())
     for name, touch in touches.items():
-        tally = existing[name]
+        tally = stored.tallies[name]
         value = _value_after(tally, touch, aggregation)
         states = dict(tally.states) if tally is not None else {}
-        changes = _state_changes(touch.rules, value, states)
-        total += 1 + sum(1 + len(targets[kind]) for _rule, _threshold, _generation, kind in changes)
+        changes = _state_changes(touch.plans, value, states)
+        total += sum(1 + len(targets[kind]) for _rule, _threshold, _generation, kind in changes)
     return total
 
 
@@ -316,6 +351,7 @@ def _commit_in_parts(
     targets: dict[str, list[Any]],
     settings: _Settings,
     decided: datetime,
+    legacy: bool,
     last: bool = True,
 ) -> int:
     """Apply one feed too big for one commit (a batch of many users under many specs) in
@@ -323,15 +359,15 @@ def _commit_in_parts(
     feed (`done`), the last one deletes it. A part whose tallies the feed already lists
     was applied by someone else: `_Stale`."""
     try:
-        return _commit_chunk(
-            meter, [feed], {t.key_name: t for t in touches}, targets, settings, decided, last
-        )
+        in_part = {t.key_name: t for t in touches}
+        return _commit_chunk(meter, [feed], in_part, targets, settings, decided, legacy, last)
     except _TooBig:
         if len(touches) == 1:
             raise
         half = len(touches) // 2
-        _commit_in_parts(meter, feed, touches[:half], targets, settings, decided, last=False)
-        return _commit_in_parts(meter, feed, touches[half:], targets, settings, decided, last)
+        first, rest = touches[:half], touches[half:]
+        _commit_in_parts(meter, feed, first, targets, settings, decided, legacy, last=False)
+        return _commit_in_parts(meter, feed, rest, targets, settings, decided, legacy, last)
 
 
 def _touches(feeds: Iterable[AlertFeed], rules: list[AlertRule]) -> dict[str, Touch]:
@@ -340,7 +376,13 @@ def _touches(feeds: Iterable[AlertFeed], rules: list[AlertRule]) -> dict[str, To
     for rule in rules:
         specs.setdefault(rule_service.spec_of(rule), []).append(rule)
     watches = [
-        (rule_service.watch_of(spec, of_spec[0]), of_spec) for spec, of_spec in specs.items()
+        (
+            rule_service.watch_of(spec, of_spec[0]),
+            of_spec,
+            _plans(of_spec),
+            min(rule.spec_since or rule.created_at for rule in of_spec),
+        )
+        for spec, of_spec in specs.items()
     ]
     touches: dict[str, Touch] = {}
     for feed in feeds:
@@ -348,7 +390,7 @@ def _touches(feeds: Iterable[AlertFeed], rules: list[AlertRule]) -> dict[str, To
         recompute = bool(feed.recompute)
         for contribution in feed_kind.decode(feed.contributions):
             user, dimensions, day, slot = contribution[:4]
-            for watch, of_spec in watches:
+            for watch, of_spec, plans, since in watches:
                 if not watch.counts(user, dimensions):
                     continue
                 subject = watch.subject(user)
@@ -358,8 +400,9 @@ def _touches(feeds: Iterable[AlertFeed], rules: list[AlertRule]) -> dict[str, To
                     continue  # a part of this feed already applied (`_commit_in_parts`)
                 touch = touches.get(name)
                 if touch is None:
+                    bucket = tallies.bucket_name(watch.spec, start, subject)
                     touch = touches[name] = Touch(
-                        name, watch.spec, of_spec, subject, start, end, watch
+                        name, bucket, watch.spec, of_spec, subject, start, end, watch, plans, since
                     )
                 touch.add(contribution, recompute)
     return touches
@@ -370,14 +413,7 @@ def _done(feed: AlertFeed) -> set[str]:
     return set(json.loads(feed.done)) if feed.done else set()
 
 
-@functools.lru_cache(maxsize=65_536)  # asked once per contribution and spec
-def tally_name(spec: str, subject: str | None, start: datetime) -> str:
-    """The key name of a (spec, subject, period start) tally."""
-    return "t_" + base32(digest(spec, subject, start.isoformat()), 40)
-
-
-def _tally_key(name: str) -> ndb.Key:
-    return ndb.Key("alert-tally", name, parent=root_key())
+tally_name = tallies.tally_name
 
 
 def complete_after(rules: list[AlertRule], settings: _Settings) -> datetime:
@@ -388,8 +424,15 @@ def complete_after(rules: list[AlertRule], settings: _Settings) -> datetime:
     return since + settings.complete  # type: ignore[no-any-return]
 
 
+def _basis(touch: Touch, settings: _Settings) -> datetime:
+    """`complete_after` of the touch's rules, from the values read once per chunk."""
+    if touch.since is None:
+        return complete_after(touch.rules, settings)
+    return touch.since + settings.complete
+
+
 def _needs_seed(
-    touch: Touch, tally: AlertTally | None, aggregation: str, settings: _Settings, now: datetime
+    touch: Touch, tally: tallies.Tally | None, aggregation: str, settings: _Settings, now: datetime
 ) -> bool:
     """Whether the tally must be read from the summary engine: always for unique_count, for
     max after a cancel; a new tally of a period that may hold events recorded before every
@@ -401,7 +444,7 @@ def _needs_seed(
     created is when a tenant records the most against it, and re-reading every touched
     tally then (once a second each, an earlier version) made the evaluator fall tens of
     seconds behind (`benchmarks/alerts_exact.py`)."""
-    basis = complete_after(touch.rules, settings)
+    basis = _basis(touch, settings)
     if aggregation == Aggregation.UNIQUE_COUNT:
         return True
     if aggregation == Aggregation.MAX and touch.recompute:
@@ -415,7 +458,7 @@ def _needs_seed(
     return now >= basis
 
 
-def _version(tally: AlertTally | None) -> tuple[Any, ...] | None:
+def _version(tally: tallies.Tally | None) -> tuple[Any, ...] | None:
     """What tells two states of a stored tally apart."""
     if tally is None:
         return None
@@ -432,6 +475,7 @@ def _commit_chunk(
     targets: dict[str, list[Any]],
     settings: _Settings,
     decided: datetime,
+    legacy: bool,
     last: bool = True,
 ) -> int:
     """Apply the chunk in one transaction (with `last` False, the one feed's part of it:
@@ -440,29 +484,31 @@ def _commit_chunk(
     now needs a seed, or a seeded tally written meanwhile (the seed would overwrite what
     was added to it)."""
     feed_keys = [f.key for f in feeds]
-    tally_keys = [_tally_key(name) for name in touches]
     stored_messages = [0]
 
     def attempt() -> int:
-        found = ndb.get_multi(feed_keys + tally_keys)
-        if any(f is None for f in found[: len(feed_keys)]):
+        stored = tallies.read(touches.values(), legacy, feed_keys)
+        found = stored.extra
+        if any(f is None for f in found):
             raise _Stale()
-        done = {name for f in found[: len(feed_keys)] for name in _done(f)}
+        done = {name for f in found for name in _done(f)}
         if done & set(touches):
             raise _Stale()
         now = utcnow()
         writes: list[Any] = []
+        updated: list[tuple[Touch, tallies.Tally]] = []
         messages = 0
-        for touch, tally in zip(touches.values(), found[len(feed_keys) :]):
-            basis = complete_after(touch.rules, settings)
+        for touch in touches.values():
+            tally = stored.tallies[touch.key_name]
+            basis = _basis(touch, settings)
             if touch.seeded is None and _needs_seed(
                 touch, tally, meter.aggregation_type, settings, decided
             ):
                 raise _Stale()  # it changed since we looked (another evaluator): look again
             if touch.seeded is not None and _version(tally) != touch.seeded_over:
                 raise _Stale()
-            tally = _updated(tally, touch, meter.aggregation_type, basis, now)
-            writes.append(tally)
+            tally = _updated(tally, touch, meter.aggregation_type, basis)
+            updated.append((touch, tally))
             for trigger in _crossings(tally, touch, now):
                 writes.append(trigger)
                 sent = outbox.messages(
@@ -474,14 +520,18 @@ def _commit_chunk(
                 )
                 writes += sent
                 messages += len(sent)
-        if len(writes) + len(feed_keys) > MAX_MUTATIONS:
+        puts, deletes = tallies.writes(stored, updated, meter.id_)
+        writes += puts
+        if len(writes) + len(deletes) + len(feed_keys) > MAX_MUTATIONS:
             raise _TooBig()
         if last:
-            ndb.delete_multi(feed_keys)
+            deletes += feed_keys
         else:
-            [feed] = found[: len(feed_keys)]
+            [feed] = found
             feed.done = json.dumps(sorted(done | set(touches)))
             writes.append(feed)
+        if deletes:
+            ndb.delete_multi(deletes)
         ndb.put_multi(writes)
         stored_messages[0] = messages
         return len(feed_keys) if last else 0
@@ -493,27 +543,20 @@ def _commit_chunk(
 
 
 def _updated(
-    tally: AlertTally | None, touch: Touch, aggregation: str, basis: datetime, now: datetime
-) -> AlertTally:
-    """The tally with the chunk's contributions (or its seed) applied."""
+    tally: tallies.Tally | None, touch: Touch, aggregation: str, basis: datetime
+) -> tallies.Tally:
+    """The tally with the chunk's contributions (or its seed) applied (a new object: the
+    one read stays as it was, for `_version`)."""
     value = _value_after(tally, touch, aggregation)
-    if tally is None:
-        tally = AlertTally(
-            key=_tally_key(touch.key_name),
-            meter_id=touch.watch.meter_id,
-            user_id=touch.subject,
-            period_start=touch.start,
-            value="0",
-            states={},
-        )
-    tally.basis = basis
+    updated = tallies.Tally() if tally is None else tallies.Tally(**vars(tally))
+    updated.basis = basis
     if touch.seeded is not None:
-        tally.seeded_at = touch.seeded.at
-    tally.value = str(value)
-    return tally
+        updated.seeded_at = touch.seeded.at
+    updated.value = value
+    return updated
 
 
-def _value_after(tally: AlertTally | None, touch: Touch, aggregation: str) -> int:
+def _value_after(tally: tallies.Tally | None, touch: Touch, aggregation: str) -> int:
     """The tally's value once the chunk's contributions (or its seed) are applied."""
     old = int(tally.value or 0) if tally is not None else 0
     seeded = touch.seeded
@@ -533,35 +576,43 @@ def _value_after(tally: AlertTally | None, touch: Touch, aggregation: str) -> in
 
 
 def _state_changes(
-    rules: list[AlertRule], value: int, states: dict[str, Any]
+    plans: tuple[_Plan, ...], value: int, states: dict[str, Any]
 ) -> list[tuple[AlertRule, int, int, str]]:
     """(rule, threshold, generation, type) of each threshold the value newly reaches, and
-    (notifyOnResolve) newly leaves; `states` is updated to match."""
+    (notifyOnResolve) newly leaves; `states` is updated to match (a rule's entry is
+    copied only when it changes; a threshold without one never fired: generation 0)."""
     found = []
-    for rule in rules:
-        of_rule = dict(states.get(rule.id_, {}))
-        for threshold in rule.thresholds:
-            triggered, generation = of_rule.get(str(threshold), [False, 0])
+    for plan in plans:
+        of_rule = states.get(plan.rule_id)
+        changed = None
+        for threshold, name in plan.thresholds:
+            triggered, generation = (of_rule.get(name) if of_rule else None) or (False, 0)
             if not triggered and value >= threshold:
-                found.append((rule, threshold, generation, TRIGGERED))
-                of_rule[str(threshold)] = [True, generation]
-            elif triggered and value < threshold and rule.notify_on_resolve:
-                found.append((rule, threshold, generation, RESOLVED))
-                of_rule[str(threshold)] = [False, generation + 1]
-        states[rule.id_] = of_rule
+                found.append((plan.rule, threshold, generation, TRIGGERED))
+                state = [True, generation]
+            elif triggered and value < threshold and plan.notify_on_resolve:
+                found.append((plan.rule, threshold, generation, RESOLVED))
+                state = [False, generation + 1]
+            else:
+                continue
+            if changed is None:
+                changed = dict(of_rule or {})
+            changed[name] = state
+        if changed is not None:
+            states[plan.rule_id] = changed
     return found
 
 
-def _crossings(tally: AlertTally, touch: Touch, now: datetime) -> list[AlertTrigger]:
+def _crossings(tally: tallies.Tally, touch: Touch, now: datetime) -> list[AlertTrigger]:
     """Triggers for thresholds newly reached, and (notifyOnResolve) newly left; the
     tally's per-rule states updated."""
     value = int(tally.value)
     states = dict(tally.states)
     found = [
         _trigger(rule, touch, threshold, generation, kind, value, now)
-        for rule, threshold, generation, kind in _state_changes(touch.rules, value, states)
+        for rule, threshold, generation, kind in _state_changes(touch.plans, value, states)
     ]
-    tally.states = states  # type: ignore[assignment]  # ndb
+    tally.states = states
     return found
 
 

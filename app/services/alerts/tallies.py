@@ -1,0 +1,349 @@
+"""Where tallies are stored: many subjects of one (rule spec, period) per entity.
+
+Sessions 6 and 7 kept one `alert-tally` entity per (spec, subject, period). Events spread
+over many users made each batch touch about 100 users x 7 specs, so the evaluator read
+and wrote about 7 entities per event, and converting NDB entities was most of its CPU
+(benchmarks/ingest.py, +72% CPU per event with 20 rules against a +25% bar). Now a
+subject's tally is a record in one of BUCKETS `alert-tally-bucket` entities of its
+(spec, period), chosen by a hash of the subject: a chunk reads and writes at most
+BUCKETS entities per (spec, period) it touches, whatever the number of users.
+
+- **Records.** `[subject, value, seededAt, basis, states]` in one JSON blob; times are
+  integer microseconds; states keep only thresholds that ever fired (a missing one reads
+  as never triggered, generation 0, what the evaluator assumes anyway). Records the chunk
+  does not touch are copied as decoded lists, never turned into objects.
+- **Size.** An entity holds at most 1 MiB. A bucket's blob is kept under
+  MAX_BUCKET_BYTES: past it, the subjects that do not fit (new ones first, then the
+  biggest) are stored on their own as `alert-tally-spill` entities and the bucket is
+  marked `full`; a subject not found in a full bucket is looked up there. So a bucket
+  never fails a commit, and only a spec with about 10^5 subjects in one period pays one
+  entity per subject again.
+- **Migration.** A tally of the old shape (`alert-tally`, same key name as ever) still
+  counts: while the org has any (`legacy_possible`, a keys-only query of one entity per
+  process and ten minutes), a subject missing from its bucket is looked up there, and
+  the commit that next writes it folds it into the bucket and deletes it, in one
+  transaction. `sweep_legacy` deletes the old ones of periods long over, so the lookups
+  stop.
+- **Writes per bucket.** Evaluation of a meter is serialized by its lease, and a chunk
+  writes each bucket once, so a bucket sees about one write per chunk: within Cloud
+  Datastore's sustained rate of about one write per second per entity for a meter's
+  chunks of a second each.
+
+Do not change BUCKETS on a running deployment: a subject's bucket would move and its
+tally restart (its crossings would be detected again, with the same trigger keys).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from google.cloud import ndb
+
+from app.models import AlertTally, AlertTallyBucket, AlertTallySpill, root_key
+from app.services.alerts.periods import base32, digest
+
+#: Buckets per (spec, period). A chunk writes at most this many entities per (spec,
+#: period) it touches; 1,000 users make about 125 records (15 KB) per bucket.
+BUCKETS = 8
+#: A bucket's blob is kept under this many bytes (an entity holds at most 1 MiB, the
+#: other properties and the key included).
+MAX_BUCKET_BYTES = 900_000
+#: How long a process trusts "this org may still hold old-shape tallies".
+LEGACY_RECHECK_SECONDS = 600.0
+#: Old-shape tallies whose period began this long ago are over (a month is at most 31
+#: days, and a cancel's feed is evaluated within minutes): `sweep_legacy` deletes them.
+LEGACY_KEEP = timedelta(days=62)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass
+class Tally:
+    """One (spec, subject, period)'s value, and per rule which thresholds fired."""
+
+    value: int = 0
+    states: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
+    seeded_at: datetime | None = None
+    basis: datetime | None = None
+
+
+def _micros(moment: datetime | None) -> int | None:
+    if moment is None:
+        return None
+    return (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+def _moment(micros: int | None) -> datetime | None:
+    return None if micros is None else _EPOCH + timedelta(microseconds=micros)
+
+
+def _compact(states: dict[str, dict[str, list[Any]]]) -> dict[str, dict[str, list[Any]]]:
+    """States without the never-triggered thresholds (the default) and empty rules."""
+    kept = {}
+    for rule_id, of_rule in states.items():
+        fired = {t: s for t, s in of_rule.items() if s[0] or s[1]}
+        if fired:
+            kept[rule_id] = fired
+    return kept
+
+
+def _from_record(record: list[Any]) -> Tally:
+    _subject, value, seeded_at, basis, states = record
+    return Tally(value, states, _moment(seeded_at), _moment(basis))
+
+
+def _to_record(subject: str | None, tally: Tally) -> list[Any]:
+    return [
+        subject,
+        tally.value,
+        _micros(tally.seeded_at),
+        _micros(tally.basis),
+        _compact(tally.states),
+    ]
+
+
+def _from_entity(entity: AlertTally) -> Tally:
+    return Tally(int(entity.value or 0), dict(entity.states), entity.seeded_at, entity.basis)
+
+
+@functools.lru_cache(maxsize=65_536)  # asked once per contribution and spec
+def tally_name(spec: str, subject: str | None, start: datetime) -> str:
+    """The key name of a (spec, subject, period start) tally: its own entity's (the old
+    shape, or spilled), and the evaluator's name for it."""
+    return "t_" + base32(digest(spec, subject, start.isoformat()), 40)
+
+
+@functools.lru_cache(maxsize=65_536)  # asked once per touched tally and chunk
+def bucket_name(spec: str, start: datetime, subject: str | None) -> str:
+    """The key name of the bucket holding (spec, subject, period start)'s tally."""
+    index = int.from_bytes(digest(subject)[:4], "big") % BUCKETS
+    return "b_" + base32(digest(spec, start.isoformat(), index), 40)
+
+
+def _bucket_key(name: str) -> ndb.Key:
+    return ndb.Key(AlertTallyBucket, name, parent=root_key())
+
+
+@dataclass
+class Bucket:
+    """A bucket as read: its records by subject (decoded lists), and whether it is full."""
+
+    name: str
+    records: dict[str | None, list[Any]]
+    full: bool = False
+    exists: bool = False
+
+
+def _decode(name: str, entity: AlertTallyBucket | None) -> Bucket:
+    if entity is None:
+        return Bucket(name, {})
+    records = {record[0]: record for record in json.loads(entity.subjects or b"[]")}
+    return Bucket(name, records, bool(entity.full), True)
+
+
+@dataclass
+class Read:
+    """The tallies of a chunk's touches as stored: per touch (key name) its tally or None,
+    the buckets they live in, and the old-shape or spilled entities some came from."""
+
+    tallies: dict[str, Tally | None]
+    buckets: dict[str, Bucket]
+    #: touch name -> the entity its tally was read from, when not from its bucket
+    own: dict[str, AlertTally]
+    #: what `read` fetched besides (the feeds, in the transaction)
+    extra: list[Any]
+
+
+def read(touches: Iterable[Any], legacy: bool, extra_keys: Sequence[ndb.Key] = ()) -> Read:
+    """The stored tallies of `touches` (in a transaction: read in it): one lookup of their
+    buckets (with `extra_keys`), and one more of those missing from their bucket when it
+    is full or the org may hold old-shape tallies (`legacy`)."""
+    touches = list(touches)
+    names = list(dict.fromkeys(t.bucket for t in touches))
+    found = ndb.get_multi(list(extra_keys) + [_bucket_key(n) for n in names])
+    extra = found[: len(extra_keys)]
+    buckets = {n: _decode(n, e) for n, e in zip(names, found[len(extra_keys) :])}
+    tallies: dict[str, Tally | None] = {}
+    missing: list[tuple[Any, ndb.Key]] = []
+    for touch in touches:
+        bucket = buckets[touch.bucket]
+        record = bucket.records.get(touch.subject)
+        tallies[touch.key_name] = None if record is None else _from_record(record)
+        if record is None:
+            if bucket.full:
+                missing.append((touch, ndb.Key(AlertTallySpill, touch.key_name, parent=root_key())))
+            if legacy:
+                missing.append((touch, ndb.Key(AlertTally, touch.key_name, parent=root_key())))
+    own: dict[str, AlertTally] = {}
+    if missing:
+        for (touch, _key), entity in zip(missing, ndb.get_multi([k for _t, k in missing])):
+            if entity is not None and touch.key_name not in own:
+                own[touch.key_name] = entity
+                tallies[touch.key_name] = _from_entity(entity)
+    return Read(tallies, buckets, own, extra)
+
+
+def planned_writes(stored: Read, touches: Iterable[Any]) -> int:
+    """Entities a commit of `touches` writes or deletes for their tallies: each bucket
+    once, and each tally read from its own entity (folded in, or written back)."""
+    touches = list(touches)
+    return len({t.bucket for t in touches}) + sum(1 for t in touches if t.key_name in stored.own)
+
+
+def writes(
+    stored: Read, updated: list[tuple[Any, Tally]], meter_id: str
+) -> tuple[list[Any], list[ndb.Key]]:
+    """(entities to put, keys to delete) that store `updated` (touch, tally) pairs: each
+    touched bucket rewritten with its records, old-shape tallies folded in and deleted,
+    and whatever does not fit under MAX_BUCKET_BYTES spilled to its own entity."""
+    by_bucket: dict[str, list[tuple[Any, Tally]]] = {}
+    for touch, tally in updated:
+        by_bucket.setdefault(touch.bucket, []).append((touch, tally))
+    puts: list[Any] = []
+    deletes: list[ndb.Key] = []
+    for name, pairs in by_bucket.items():
+        bucket = stored.buckets[name]
+        records = dict(bucket.records)
+        spilled: list[tuple[str | None, Tally]] = []
+        added: list[Any] = []
+        for touch, tally in pairs:
+            source = stored.own.get(touch.key_name)
+            if source is not None and source.key.kind() == AlertTally._get_kind():
+                deletes.append(source.key)  # folded in (or spilled below)
+            if bucket.full and touch.subject not in records:
+                spilled.append((touch.subject, tally))
+                continue
+            if touch.subject not in records:
+                added.append(touch)
+            records[touch.subject] = _to_record(touch.subject, tally)
+        blob, full, more = _fitted(records, added, bucket.full)
+        spec, start = pairs[0][0].spec, pairs[0][0].start
+        for subject, record in more:
+            spilled.append((subject, _from_record(record)))
+        puts.append(
+            AlertTallyBucket(
+                key=_bucket_key(name),
+                meter_id=meter_id,
+                period_start=start,
+                subjects=blob,
+                full=full,
+            )
+        )
+        for subject, tally in spilled:
+            puts.append(_spill(spec, start, subject, tally, meter_id))
+    return puts, deletes
+
+
+def _fitted(
+    records: dict[str | None, list[Any]], added: list[Any], full: bool
+) -> tuple[bytes, bool, list[tuple[str | None, list[Any]]]]:
+    """The bucket's blob under MAX_BUCKET_BYTES, whether it is full now, and the subjects
+    that had to leave it, with their records: the ones just added first (the last added
+    first), then those of the longest records. Only a bucket near its cap pays more than
+    one `json.dumps`."""
+    blob = json.dumps(list(records.values()), separators=(",", ":")).encode()
+    if len(blob) <= MAX_BUCKET_BYTES:
+        return blob, full, []
+    sizes = {
+        subject: len(json.dumps(record, separators=(",", ":")).encode()) + 1
+        for subject, record in records.items()
+    }
+    total = len(blob)
+    order = [t.subject for t in reversed(added)] + sorted(
+        (s for s in records if s not in {t.subject for t in added}),
+        key=lambda s: sizes[s],
+        reverse=True,
+    )
+    leaving = []
+    for subject in order:
+        if total <= MAX_BUCKET_BYTES:
+            break
+        leaving.append((subject, records[subject]))
+        total -= sizes[subject]
+    gone = {subject for subject, _record in leaving}
+    kept = [record for subject, record in records.items() if subject not in gone]
+    blob = json.dumps(kept, separators=(",", ":")).encode()
+    return blob, True, leaving
+
+
+def _spill(
+    spec: str, start: datetime, subject: str | None, tally: Tally, meter_id: str
+) -> AlertTallySpill:
+    return AlertTallySpill(
+        key=ndb.Key(AlertTallySpill, tally_name(spec, subject, start), parent=root_key()),
+        meter_id=meter_id,
+        user_id=subject,
+        period_start=start,
+        value=str(tally.value),
+        states=_compact(tally.states),
+        seeded_at=tally.seeded_at,
+        basis=tally.basis,
+    )
+
+
+# -- old-shape tallies -----------------------------------------------------------------
+
+#: namespace -> (recheck at, monotonic; whether old-shape tallies may exist)
+_legacy: dict[str, tuple[float, bool]] = {}
+_legacy_lock = threading.Lock()
+
+
+def legacy_possible() -> bool:
+    """Whether the current org may still hold `alert-tally` entities of the old shape: a
+    keys-only query of one entity, once per process and LEGACY_RECHECK_SECONDS while
+    they exist, never again once there are none (nothing writes that shape any more)."""
+    namespace = ndb.get_context().get_namespace() or ""
+    now = time.monotonic()
+    with _legacy_lock:
+        known = _legacy.get(namespace)
+    if known is not None and (known[0] > now or not known[1]):
+        return known[1]
+    found = bool(AlertTally.query(ancestor=root_key()).fetch(1, keys_only=True))
+    with _legacy_lock:
+        if len(_legacy) > 10_000:
+            _legacy.clear()
+        _legacy[namespace] = (now + LEGACY_RECHECK_SECONDS, found)
+    return found
+
+
+def forget_legacy() -> None:
+    """Drop this process's knowledge of which orgs hold old-shape tallies (tests)."""
+    with _legacy_lock:
+        _legacy.clear()
+        _swept.clear()
+
+
+#: namespace -> when this process may sweep its old-shape tallies again (monotonic)
+_swept: dict[str, float] = {}
+
+
+def sweep_legacy(limit: int = 500) -> int:
+    """Delete up to `limit` old-shape tallies of the current org whose period began more
+    than LEGACY_KEEP ago (over, and never touched again since the upgrade); how many. At
+    most once per process, org and LEGACY_RECHECK_SECONDS, and nothing at all once the
+    org holds none: the evaluator calls it on every visit."""
+    namespace = ndb.get_context().get_namespace() or ""
+    now = time.monotonic()
+    with _legacy_lock:
+        if _swept.get(namespace, 0.0) > now:
+            return 0
+        if len(_swept) > 10_000:
+            _swept.clear()
+        _swept[namespace] = now + LEGACY_RECHECK_SECONDS
+    if not legacy_possible():
+        return 0
+    cutoff = datetime.now(UTC) - LEGACY_KEEP
+    old = [
+        tally.key
+        for tally in AlertTally.query(ancestor=root_key()).fetch(limit)
+        if tally.period_start is None or tally.period_start < cutoff
+    ]
+    ndb.delete_multi(old)
+    return len(old)

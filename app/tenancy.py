@@ -15,8 +15,8 @@ or an expiry takes effect on the very next request. What a process does remember
 key it let in are the facts that never change once the key exists (`KnownKeys`: org,
 scopes, expiry): a view marked `reads_api_key_itself` (the limit check) reads the key's
 entity in its own lookup, with its own keys, and confirms it before answering, so a
-known key's check is one Datastore round trip instead of two (issue 16). An expired key is remembered with
-its refusal, so it keeps being told that it expired (issue 16). The key's scopes
+known key's check is one Datastore round trip instead of two (issue 16). An expired
+key is remembered with its refusal, so it keeps being told that it expired. The key's scopes
 become `g.scopes`, which `require_scope` checks; its use is noted for the last-used
 recorder (`app.services.key_usage`), which writes in the background. A newly created
 key is never refused by this cache for longer than `UNKNOWN_KEY_SECONDS` (and only if

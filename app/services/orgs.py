@@ -309,15 +309,17 @@ def read_api_key(key: entities.KeyPb) -> entities.EntityPb | None:
 def confirm(known: Caller, stored: entities.EntityPb | None, now: datetime) -> Caller:
     """`known` (a caller this process authenticated before: its org, scopes, prefix and
     expiry never change), confirmed by its `api-key` entity `stored` as read fresh just
-    now; 401 when it is gone, revoked, expired, or names another org. The answer
+    now; 401 when it is gone, revoked, expired, or names another org (no key's org ever
+    changes: a mismatch is a wrong memory, and nothing is answered from it). The answer
     carries the stored `LastUsedAt` for the last-used recorder."""
     if stored is None or _flag(stored, "Revoked"):
         raise Unauthorized("missing or invalid API key")
     org = stored.properties["Org"].string_value if "Org" in stored.properties else ""
     if not hmac.compare_digest(org.encode(), known.org.name.encode()):
         raise Unauthorized("missing or invalid API key")
-    if known.expires_at is not None and known.expires_at <= now:
-        raise _expired(known.expires_at)
+    expires_at = entities.get_time(stored, "ExpiresAt")  # as stored, like `authenticate`
+    if expires_at is not None and expires_at <= now:
+        raise _expired(expires_at)
     return dataclasses.replace(known, last_used_at=entities.get_time(stored, "LastUsedAt"))
 
 

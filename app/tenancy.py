@@ -41,6 +41,7 @@ from flask import current_app, g, request
 from app import datastore, ratelimit
 from app.errors import Forbidden, NotFound, Unauthorized
 from app.models import utcnow
+from app.openapi.operations import operation_of
 from app.services import orgs
 from app.services.key_usage import LastUsed
 
@@ -209,6 +210,7 @@ class PendingKey:
 
     caller: orgs.Caller
     key: Any
+    scope: str | None = None  # the one the view requires (checked on the remembered ones)
     confirmed: bool = False
 
     def confirm(self, stored: Any) -> None:
@@ -223,6 +225,12 @@ class PendingKey:
         self.confirmed = True
         g.api_key = caller
         key_usage().touch(caller.digest, caller.last_used_at)
+        if caller.scopes != self.caller.scopes:  # never, unless edited in the Datastore
+            _known_keys().forget(caller.digest)
+            _known_keys().remember(caller)
+            g.scopes = caller.scopes
+            if self.scope is not None:
+                require_scope(self.scope)
 
 
 def _refused(digest: str, error: Unauthorized) -> None:
@@ -268,12 +276,13 @@ def _confirm_alone() -> None:
     pending.confirm(orgs.read_api_key(pending.key))
 
 
-def _view_reads_api_key() -> bool:
+def _view_reading_api_key() -> Callable | None:
+    """The request's view if it reads the API key itself, else None."""
     view = current_app.view_functions.get(request.endpoint or "")
-    return bool(getattr(view, "reads_api_key_itself", False))
+    return view if getattr(view, "reads_api_key_itself", False) else None
 
 
-def _remembered(secret: str | None) -> PendingKey | None:
+def _remembered(secret: str | None, view: Callable) -> PendingKey | None:
     """A pending key for a key this process authenticated before, unless it is lately
     refused or its (immutable) expiry has come: then the full authentication answers."""
     if not secret or not secret.startswith(orgs.KEY_PREFIX) or len(secret) > 200:
@@ -284,7 +293,9 @@ def _remembered(secret: str | None) -> PendingKey | None:
         return None
     if known.expires_at is not None and known.expires_at <= utcnow():
         return None
-    return PendingKey(known, orgs.api_key_lookup_key(digest))
+    operation = operation_of(view)
+    scope = operation.scope if operation is not None else None
+    return PendingKey(known, orgs.api_key_lookup_key(digest), scope)
 
 
 def key_usage() -> LastUsed:
@@ -305,7 +316,8 @@ def require_org() -> None:
     address = client_address()
     ratelimit.refuse_blocked(address)
     secret = _bearer()
-    pending = _remembered(secret) if _view_reads_api_key() else None
+    view = _view_reading_api_key()
+    pending = _remembered(secret, view) if view is not None else None
     if pending is not None:  # its view reads the key fresh, in its own lookup
         caller = pending.caller
         g.pending_key = pending

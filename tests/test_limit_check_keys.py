@@ -180,3 +180,16 @@ def test_a_key_never_reads_another_orgs_counters_through_what_the_process_rememb
     answer = api.get(CHECK, params=b_params)
     refused(answer)
     assert "40" not in answer.text
+
+
+def test_the_check_follows_the_scopes_as_stored_not_as_remembered(counting, limited, ndb_context):
+    """No route changes a key's scopes; were they edited in the Datastore, the check
+    would still decide on the stored ones (read with its entities), as every route does."""
+    caller, created = new_key(counting, "usage:read", "meters:read")
+    known_check(caller, limited)
+    stored = ApiKey.key_for(orgs.key_digest(created["apiKey"])).get(use_cache=False)
+    stored.scopes = ["meters:read"]
+    stored.put()
+    params = {"meterId": limited["id"], "userId": "alice"}
+    for _ in range(2):  # the first from the lookup, the second from the corrected memory
+        refused(caller.get(CHECK, params=params), 403, "missing_scope")

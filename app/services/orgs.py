@@ -311,7 +311,8 @@ def confirm(known: Caller, stored: entities.EntityPb | None, now: datetime) -> C
     expiry never change), confirmed by its `api-key` entity `stored` as read fresh just
     now; 401 when it is gone, revoked, expired, or names another org (no key's org ever
     changes: a mismatch is a wrong memory, and nothing is answered from it). The answer
-    carries the stored `LastUsedAt` for the last-used recorder."""
+    carries what is stored (scopes, expiry, and `LastUsedAt` for the last-used
+    recorder): what `authenticate` would have answered."""
     if stored is None or _flag(stored, "Revoked"):
         raise Unauthorized("missing or invalid API key")
     org = stored.properties["Org"].string_value if "Org" in stored.properties else ""
@@ -320,7 +321,21 @@ def confirm(known: Caller, stored: entities.EntityPb | None, now: datetime) -> C
     expires_at = entities.get_time(stored, "ExpiresAt")  # as stored, like `authenticate`
     if expires_at is not None and expires_at <= now:
         raise _expired(expires_at)
-    return dataclasses.replace(known, last_used_at=entities.get_time(stored, "LastUsedAt"))
+    return dataclasses.replace(
+        known,
+        scopes=held(_strings(stored, "Scopes")),
+        expires_at=expires_at,
+        last_used_at=entities.get_time(stored, "LastUsedAt"),
+    )
+
+
+def _strings(stored: entities.EntityPb, name: str) -> list[str]:
+    value = stored.properties.get(name)
+    if value is None:
+        return []
+    if value.HasField("array_value"):
+        return [item.string_value for item in value.array_value.values]
+    return [value.string_value] if value.HasField("string_value") else []
 
 
 def _flag(stored: entities.EntityPb, name: str) -> bool:

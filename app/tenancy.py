@@ -217,12 +217,12 @@ class PendingKey:
         """Let the request go on if the fresh `api-key` entity `stored` (None: not found)
         still lets the key in; 401 otherwise (and the key is refused from then on, like
         any key found revoked)."""
+        self.confirmed = True  # decided, either way: a refusal is not read again
         try:
             caller = orgs.confirm(self.caller, stored, utcnow())
         except Unauthorized as error:
             _refused(self.caller.digest, error)
             raise
-        self.confirmed = True
         g.api_key = caller
         key_usage().touch(caller.digest, caller.last_used_at)
         if caller.scopes != self.caller.scopes:  # never, unless edited in the Datastore

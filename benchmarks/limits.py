@@ -90,6 +90,7 @@ class Recorder(threading.Thread):
         self.pause = 1 / args.rate if args.rate > 0 else 0.0
         self.hot_total = 0
         self.batches = 0
+        self.resent = 0
 
     def run(self) -> None:
         while not self.stop_event.is_set():
@@ -100,10 +101,25 @@ class Recorder(threading.Thread):
                 lambda n: HOT if n % 2 == 0 else f"user-{self.number}-{n % 7}",
                 lambda n, now=now: now,
             )
-            self.client.post_json("/v1/billing/meter-events", {"events": batch})
+            self.send(batch)
             self.hot_total += sum(e["value"] for e in batch if e["userId"] == HOT)
             self.batches += 1
             self.stop_event.wait(self.pause)
+
+    def send(self, batch: list[dict]) -> None:
+        """Send the batch until it is answered 201, as a client does: a 503 or a cut
+        connection may come after its commit, and the same idempotency keys make a resend
+        harmless (before, a dead recorder thread left such a batch out of the brute
+        force)."""
+        for attempt in range(20):
+            try:
+                self.client.post_json("/v1/billing/meter-events", {"events": batch})
+                return
+            except (RuntimeError, OSError) as error:
+                self.resent += 1
+                print(f"recorder {self.number}: resending after {error}", file=sys.stderr)
+                time.sleep(min(2.0, 0.1 * 2**attempt))
+        raise RuntimeError(f"recorder {self.number}: a batch was refused 20 times")
 
 
 def service_latencies(log_path: Path, offset: int) -> dict[str, list[float]]:
@@ -213,7 +229,11 @@ def main(argv=None) -> int:
         "summary_p99_ms": percentile(summaries, 0.99),
     }
     ratio = figures["check_median_ms"] / figures["summary_median_ms"]
-    print(f"{args.clients} recording clients, {recorded} batches of {args.batch} while timing")
+    resent = sum(r.resent for r in recorders)
+    print(
+        f"{args.clients} recording clients, {recorded} batches of {args.batch} while timing"
+        f" ({resent} sent again after a 503 or a cut connection)"
+    )
     print(f"checks: {len(checks)}, summaries: {len(summaries)} (service-side latency, ms)")
     for label, name in (("limit check  ", "check"), ("month summary", "summary")):
         median, p99 = figures[f"{name}_median_ms"], figures[f"{name}_p99_ms"]

@@ -201,11 +201,17 @@ def main(argv=None) -> int:
         client.get_json(check_path)  # the first check of (user, month) reads its seed
         offset = service.log_path.stat().st_size
         reads = []
+        overran = {"check": 0, "summary": 0}  # 503s (past the deadline on a loaded machine)
         for _ in range(args.runs):
             answer = client.request("GET", check_path)
-            assert answer.status == 200, answer.body
-            reads.append(answer.usage)
-            client.get_json(summary_path)
+            assert answer.status in (200, 503), answer.body
+            if answer.status == 200:
+                reads.append(answer.usage)
+            else:
+                overran["check"] += 1
+            answer = client.request("GET", summary_path)
+            assert answer.status in (200, 503), answer.body
+            overran["summary"] += answer.status == 503
         stop.set()
         for recorder in recorders:
             recorder.join()
@@ -240,12 +246,15 @@ def main(argv=None) -> int:
         print(f"  {label}  median {median:.2f}  p99 {p99:.2f}")
     print(f"  check / summary (medians) {ratio:.3f}")
     print(f"  X-Datastore-Usage of checks: {sorted(set(reads))}")
+    print(f"answered 503 (past the deadline, not in the figures): {overran}")
     print(f"exact: final check {final} against brute force {expected}: {final == expected}")
     missed = [name for name in ("check_median_ms", "check_p99_ms") if figures[name] > BARS[name]]
     if ratio > BARS["ratio_to_summary"]:
         missed.append("ratio_to_summary")
     if final != expected:
         missed.append("exact")
+    if overran["check"]:
+        missed.append("checks answered 503")
     if missed:
         print("MISSED: " + ", ".join(missed))
         return 1

@@ -39,7 +39,7 @@ from typing import Any
 from flask import current_app, g, request
 
 from app import datastore, ratelimit
-from app.errors import Forbidden, NotFound, Unauthorized
+from app.errors import Forbidden, NotFound, TooManyRequests, Unauthorized
 from app.models import utcnow
 from app.openapi.operations import operation_of
 from app.services import orgs
@@ -332,7 +332,11 @@ def require_org() -> None:
     g.org = org  # read by app.ratelimit (whose budget) and app.headers (no-store)
     g.scopes = caller.scopes  # what the key may do, checked by `require_scope`
     g.api_key = caller  # what it may grant (app.api.keys)
-    ratelimit.check(org.name)
+    try:
+        ratelimit.check(org.name)
+    except TooManyRequests:
+        _confirm_alone()  # a key let in on memory: 401 if revoked, before a 429
+        raise
     datastore.use_namespace(org.namespace)
 
 

@@ -19,6 +19,7 @@ import pytest
 from app.models import ApiKey
 from app.services import orgs
 from tests.support.http import Api, error_of
+from tests.test_ratelimit import fresh_minute
 
 LIMITS = "/v1/billing/limits"
 CHECK = "/v1/billing/limits/check"
@@ -193,3 +194,17 @@ def test_the_check_follows_the_scopes_as_stored_not_as_remembered(counting, limi
     params = {"meterId": limited["id"], "userId": "alice"}
     for _ in range(2):  # the first from the lookup, the second from the corrected memory
         refused(caller.get(CHECK, params=params), 403, "missing_scope")
+
+
+def test_a_revoked_key_gets_401_not_429_when_its_org_is_over_its_rate_limit(
+    serve, counting, org, limited, ndb_context
+):
+    _, created = new_key(counting)
+    fresh_minute()
+    limited_url = serve(rate_limit_per_minute=2, limit_counting_delay=0.0)
+    caller = Api(limited_url, created["apiKey"])
+    known_check(caller, limited)  # the org's 2 requests of the minute in that process
+    params = {"meterId": limited["id"], "userId": "alice"}
+    refused(caller.get(CHECK, params=params), 429, "rate_limited")
+    orgs.revoke_key(org["name"], created["keyPrefix"])
+    refused(caller.get(CHECK, params=params))

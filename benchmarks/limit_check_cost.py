@@ -55,8 +55,8 @@ def _count_redis_round_trips() -> dict[str, int]:
             trips["n"] += 1
         return execute_command(self, *args, **kwargs)
 
-    redis.client.Pipeline.execute = execute
-    redis.Redis.execute_command = command
+    redis.client.Pipeline.execute = execute  # type: ignore[method-assign]
+    redis.Redis.execute_command = command  # type: ignore[method-assign]
     return trips
 
 
@@ -97,7 +97,9 @@ def child(args) -> dict:
         path = f"/v1/billing/limits/check?meterId={meter['id']}&userId=u"
         for _ in range(30):
             assert client.get(path, headers=auth).status_code == 200
-        walls, cpus, usage = [], [], {}
+        walls: list[float] = []
+        cpus: list[float] = []
+        usage: dict[str, int] = {}
         trips["n"] = 0
         for _ in range(args.runs):
             wall, cpu = time.perf_counter(), time.thread_time()

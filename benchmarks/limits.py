@@ -90,6 +90,7 @@ class Recorder(threading.Thread):
         self.pause = 1 / args.rate if args.rate > 0 else 0.0
         self.hot_total = 0
         self.batches = 0
+        self.resent = 0
 
     def run(self) -> None:
         while not self.stop_event.is_set():
@@ -100,10 +101,25 @@ class Recorder(threading.Thread):
                 lambda n: HOT if n % 2 == 0 else f"user-{self.number}-{n % 7}",
                 lambda n, now=now: now,
             )
-            self.client.post_json("/v1/billing/meter-events", {"events": batch})
+            self.send(batch)
             self.hot_total += sum(e["value"] for e in batch if e["userId"] == HOT)
             self.batches += 1
             self.stop_event.wait(self.pause)
+
+    def send(self, batch: list[dict]) -> None:
+        """Send the batch until it is answered 201, as a client does: a 503 or a cut
+        connection may come after its commit, and the same idempotency keys make a resend
+        harmless (before, a dead recorder thread left such a batch out of the brute
+        force)."""
+        for attempt in range(20):
+            try:
+                self.client.post_json("/v1/billing/meter-events", {"events": batch})
+                return
+            except (RuntimeError, OSError) as error:
+                self.resent += 1
+                print(f"recorder {self.number}: resending after {error}", file=sys.stderr)
+                time.sleep(min(2.0, 0.1 * 2**attempt))
+        raise RuntimeError(f"recorder {self.number}: a batch was refused 20 times")
 
 
 def service_latencies(log_path: Path, offset: int) -> dict[str, list[float]]:
@@ -185,11 +201,17 @@ def main(argv=None) -> int:
         client.get_json(check_path)  # the first check of (user, month) reads its seed
         offset = service.log_path.stat().st_size
         reads = []
+        overran = {"check": 0, "summary": 0}  # 503s (past the deadline on a loaded machine)
         for _ in range(args.runs):
             answer = client.request("GET", check_path)
-            assert answer.status == 200, answer.body
-            reads.append(answer.usage)
-            client.get_json(summary_path)
+            assert answer.status in (200, 503), answer.body
+            if answer.status == 200:
+                reads.append(answer.usage)
+            else:
+                overran["check"] += 1
+            answer = client.request("GET", summary_path)
+            assert answer.status in (200, 503), answer.body
+            overran["summary"] += answer.status == 503
         stop.set()
         for recorder in recorders:
             recorder.join()
@@ -213,19 +235,26 @@ def main(argv=None) -> int:
         "summary_p99_ms": percentile(summaries, 0.99),
     }
     ratio = figures["check_median_ms"] / figures["summary_median_ms"]
-    print(f"{args.clients} recording clients, {recorded} batches of {args.batch} while timing")
+    resent = sum(r.resent for r in recorders)
+    print(
+        f"{args.clients} recording clients, {recorded} batches of {args.batch} while timing"
+        f" ({resent} sent again after a 503 or a cut connection)"
+    )
     print(f"checks: {len(checks)}, summaries: {len(summaries)} (service-side latency, ms)")
     for label, name in (("limit check  ", "check"), ("month summary", "summary")):
         median, p99 = figures[f"{name}_median_ms"], figures[f"{name}_p99_ms"]
         print(f"  {label}  median {median:.2f}  p99 {p99:.2f}")
     print(f"  check / summary (medians) {ratio:.3f}")
     print(f"  X-Datastore-Usage of checks: {sorted(set(reads))}")
+    print(f"answered 503 (past the deadline, not in the figures): {overran}")
     print(f"exact: final check {final} against brute force {expected}: {final == expected}")
     missed = [name for name in ("check_median_ms", "check_p99_ms") if figures[name] > BARS[name]]
     if ratio > BARS["ratio_to_summary"]:
         missed.append("ratio_to_summary")
     if final != expected:
         missed.append("exact")
+    if overran["check"]:
+        missed.append("checks answered 503")
     if missed:
         print("MISSED: " + ", ".join(missed))
         return 1

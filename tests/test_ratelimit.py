@@ -49,6 +49,45 @@ def test_zero_means_no_limit():
         limiter.check("a")
 
 
+# -- issue 16: a cheap request's reads ride on its org's next count -------------------
+
+
+def test_carried_reads_are_counted_by_the_orgs_next_request_before_it_is_let_in(
+    redis_server,
+):
+    clock = Clock(960_020.0)
+    limiter = RateLimiter(0, redis_server.url, clock=clock, read_budget=30)
+    other = RateLimiter(0, redis_server.url, clock=clock, read_budget=30)
+    limiter.check("a")
+    limiter.record_reads("a", 12, carry=True)
+    limiter.record_reads("a", 12, carry=True)
+    other.check("a")  # another process: the carried 24 are not in Redis yet
+    limiter.record_reads("a", 12, carry=True)
+    with pytest.raises(TooManyRequests):  # added (36 >= 30) in the same round trip
+        limiter.check("a")
+    with pytest.raises(TooManyRequests):  # and now shared
+        other.check("a")
+    limiter.check("b")  # per org
+
+
+def test_costly_reads_and_reads_of_an_earlier_minute_are_not_held_back(redis_server):
+    clock = Clock(960_020.0)
+    limiter = RateLimiter(0, redis_server.url, clock=clock, read_budget=30)
+    other = RateLimiter(0, redis_server.url, clock=clock, read_budget=30)
+    limiter.record_reads("a", 33, carry=True)  # over CARRIED_READS: added at once
+    with pytest.raises(TooManyRequests):
+        other.check("a")
+    limiter.record_reads("b", 20, carry=True)
+    clock.now += 60
+    limiter.check("b")  # adds the 20 to the minute they were read in, not to this one
+    limiter.record_reads("b", 20, carry=True)
+    limiter.check("b")  # 20 this minute (40 would have been refused)
+    clock.now -= 60
+    other.record_reads("b", 10)
+    with pytest.raises(TooManyRequests):  # 20 + 10 in the earlier minute
+        other.check("b")
+
+
 def fresh_minute() -> None:
     """Start near the beginning of a minute, so no test straddles a window."""
     into = time.time() % 60

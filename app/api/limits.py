@@ -47,6 +47,7 @@ def list_limits(args):
 
 
 @blueprint.get("/check")
+@tenancy.reads_api_key_itself
 @scope("usage:read")
 @tenant
 @arguments(LimitCheckQuery)
@@ -55,7 +56,9 @@ def list_limits(args):
 def check_limit(args):
     """May this user still use the meter this period? Counts every batch answered
     before `asOf`, with a constant number of reads."""
-    found = check.check(args.get("meterId"), args.get("eventName"), args["userId"])
+    found = check.check(
+        args.get("meterId"), args.get("eventName"), args["userId"], along=tenancy.pending_key()
+    )
     return {
         "allowed": found.allowed,
         "used": found.used,

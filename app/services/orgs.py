@@ -17,6 +17,7 @@ be handed to whoever registers its name next.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import secrets
@@ -33,6 +34,7 @@ from app.core.scopes import ALL_SCOPES, DEFAULT_SCOPES, held, ordered
 from app.errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationFailed
 from app.models import ApiKey, Namespace, PortalPolicy, ids, transactional, utcnow
 from app.services.portal import policy as portal_policy
+from app.storage import entities, rpc
 
 KEY_PREFIX = "mk_"
 PREFIX_LENGTH = 12
@@ -277,10 +279,7 @@ def authenticate(secret: str | None, now: datetime | None = None) -> Caller:
     if stored is None or stored.revoked or not hmac.compare_digest(stored.key.id(), digest):
         raise Unauthorized("missing or invalid API key")
     if stored.expired(now or utcnow()):
-        raise Unauthorized(
-            f"this API key expired at {stored.expires_at.isoformat().replace('+00:00', 'Z')}",
-            code="key_expired",
-        )
+        raise _expired(stored.expires_at)
     return Caller(
         org=_org_of_key(stored),
         scopes=held(stored.scopes),
@@ -289,6 +288,72 @@ def authenticate(secret: str | None, now: datetime | None = None) -> Caller:
         expires_at=stored.expires_at,
         last_used_at=stored.last_used_at,
     )
+
+
+def _expired(expires_at: datetime) -> Unauthorized:
+    return Unauthorized(
+        f"this API key expired at {expires_at.isoformat().replace('+00:00', 'Z')}",
+        code="key_expired",
+    )
+
+
+# -- issue 16, limit checks: the key read in the request's own lookup ------------------
+
+
+def api_key_lookup_key(digest: str) -> entities.KeyPb:
+    """The raw key of the `api-key` entity stored by `digest` (in the registry's
+    namespace), for a caller that reads it in its own lookup with other keys."""
+    client = ndb.get_context().client
+    key = entities.Key()
+    key.partition_id.project_id = client.project
+    if client.database:
+        key.partition_id.database_id = client.database
+    key.partition_id.namespace_id = ids.REGISTRY_NAMESPACE
+    element = key.path.add()
+    element.kind, element.name = ApiKey._get_kind(), digest
+    return key
+
+
+def read_api_key(key: entities.KeyPb) -> entities.EntityPb | None:
+    """The `api-key` entity of that raw key, read fresh (no cache holds api-key)."""
+    return next(iter(rpc.lookup([key]).values()), None)
+
+
+def confirm(known: Caller, stored: entities.EntityPb | None, now: datetime) -> Caller:
+    """`known` (a caller this process authenticated before: its org, scopes, prefix and
+    expiry never change), confirmed by its `api-key` entity `stored` as read fresh just
+    now; 401 when it is gone, revoked, expired, or names another org (no key's org ever
+    changes: a mismatch is a wrong memory, and nothing is answered from it). The answer
+    carries what is stored (scopes, expiry, and `LastUsedAt` for the last-used
+    recorder): what `authenticate` would have answered."""
+    if stored is None or _flag(stored, "Revoked"):
+        raise Unauthorized("missing or invalid API key")
+    org = stored.properties["Org"].string_value if "Org" in stored.properties else ""
+    if not hmac.compare_digest(org.encode(), known.org.name.encode()):
+        raise Unauthorized("missing or invalid API key")
+    expires_at = entities.get_time(stored, "ExpiresAt")  # as stored, like `authenticate`
+    if expires_at is not None and expires_at <= now:
+        raise _expired(expires_at)
+    return dataclasses.replace(
+        known,
+        scopes=held(_strings(stored, "Scopes")),
+        expires_at=expires_at,
+        last_used_at=entities.get_time(stored, "LastUsedAt"),
+    )
+
+
+def _strings(stored: entities.EntityPb, name: str) -> list[str]:
+    value = stored.properties.get(name)
+    if value is None:
+        return []
+    if value.HasField("array_value"):
+        return [item.string_value for item in value.array_value.values]
+    return [value.string_value] if value.HasField("string_value") else []
+
+
+def _flag(stored: entities.EntityPb, name: str) -> bool:
+    value = stored.properties.get(name)
+    return bool(value is not None and value.boolean_value)
 
 
 def _org_of_key(stored: ApiKey) -> Org:

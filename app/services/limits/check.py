@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from flask import current_app, has_app_context
 from google.api_core import exceptions as core_exceptions
@@ -124,19 +124,35 @@ def _counters(key_id: int, user_id: str, spec: Spec, as_of: datetime) -> _Counte
     return _Counters(name, start, end, counters.counter_keys(name) + [counters.seed_key(name)])
 
 
-def check(meter_id: str | None, event_name: str | None, user_id: str) -> Check:
+class AlongKey(Protocol):
+    """A key of another kind (and namespace) read in the check's own lookup, whose entity
+    must be confirmed before the check reads or answers anything more: the caller's API
+    key (`app.tenancy.PendingKey`), so that a check is one Datastore round trip."""
+
+    key: Any
+
+    def confirm(self, stored: Any) -> None: ...
+
+
+def check(
+    meter_id: str | None, event_name: str | None, user_id: str, along: AlongKey | None = None
+) -> Check:
     """The user's usage of the meter this period against the limit that applies: one
-    lookup of the two limits, the counters and the seed in the steady state (the
-    counters' keys come from the meter's spec as ingestion caches it; a stale spec
-    costs one more lookup)."""
+    lookup of the two limits, the counters, the seed (and `along`'s key) in the steady
+    state (the counters' keys come from the meter's spec as ingestion caches it, even
+    expired: the limit read with them says whether it was right; a wrong guess costs
+    one more lookup)."""
     key_id = _meter_key_id(meter_id, event_name)
     limit_keys = [
         entities.key(UsageLimit.KIND, ident_for(key_id, user)) for user in (user_id, None)
     ]
     as_of = utcnow()  # every batch answered before this is read below
-    cached = index.specs_for({key_id}).get(key_id)
+    cached = index.spec_guess(key_id)
     wanted = _counters(key_id, user_id, cached, as_of) if cached is not None else None
-    found = rpc.lookup(limit_keys + (wanted.keys if wanted is not None else []))
+    extra = [along.key] if along is not None else []
+    found = rpc.lookup(limit_keys + (wanted.keys if wanted is not None else []) + extra)
+    if along is not None:  # before anything else is read or answered
+        along.confirm(found.get(along.key.SerializeToString()))
     entity = found.get(limit_keys[0].SerializeToString()) or found.get(
         limit_keys[1].SerializeToString()
     )

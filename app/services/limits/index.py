@@ -98,6 +98,19 @@ def _load(namespace: str) -> dict[int, Spec]:
     return specs
 
 
+def spec_guess(meter_key_id: int) -> Spec | None:
+    """The meter's limit spec as this process last read it, however old (read again only
+    when the copy has none, and has expired): a guess, for a reader that checks it
+    against the limit itself (the limit check), so that an expired copy costs it no
+    extra round trip."""
+    namespace = ndb.get_context().get_namespace() or ""
+    with _lock:
+        known = _cache.get(namespace)
+    if known is not None and meter_key_id in known[1]:
+        return known[1][meter_key_id]
+    return _load(namespace).get(meter_key_id)
+
+
 def specs_for(meter_key_ids: Iterable[int]) -> dict[int, Spec]:
     """The limit specs of those of `meter_key_ids` (current org) that have limits."""
     namespace = ndb.get_context().get_namespace() or ""

@@ -41,12 +41,6 @@ _SEND_EXTENSION = "background_send"
 #: Seconds of alert evaluation per round before the round sends what it announced (one
 #: chunk at least): a backlog's first crossings leave with their chunk.
 EVALUATE_SECONDS = 1.0
-#: Least seconds between the starts of two rounds that commits woke: the batches recorded
-#: meanwhile are evaluated together. One batch per chunk rewrites nearly every tally
-#: bucket it touches for a few users each (about 70 ms of CPU per feed in
-#: `benchmarks/alerts_eval.py --chunk-feeds 1`, against 12 ms in chunks of 10). Messages
-#: do not wait for it: the `_Sender` sends them as soon as their commit wakes it.
-GATHER_SECONDS = 0.25
 
 
 class _Deliverer:
@@ -77,14 +71,11 @@ class _Deliverer:
 
     def run(self) -> None:
         next_full_round = time.monotonic() + self.seconds
-        last_round = float("-inf")
         while not self.stopping.is_set():
             self.woken.wait(max(0.0, next_full_round - time.monotonic()))
-            self.stopping.wait(max(0.0, last_round + GATHER_SECONDS - time.monotonic()))
             self.woken.clear()
             if self.stopping.is_set():
                 break
-            last_round = time.monotonic()
             only: set[str] | None
             with self.lock:
                 only, self.woken_orgs = self.woken_orgs, set()

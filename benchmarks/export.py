@@ -10,8 +10,7 @@ about a tenth of it):
   counted (the trailer must say complete and give the count); the worker's RSS is
   sampled every 50 ms during the export, and its growth over the RSS before it is
   reported: constant memory means the same growth at both sizes;
-- HTTP CSV: the same as CSV (it reads the period twice: the header's metadata names
-  first);
+- HTTP CSV: the same as CSV (one read of each event: the header comes from the meter);
 - CLI: `metering events export demo --meter ID > /dev/null`, its peak RSS (sampled
   every 50 ms) and events/s.
 

@@ -193,6 +193,35 @@ def test_http_import_reads_gzip_csv(api, meter):
     assert _totals(api, meter["id"], ["u1", "u2"])[""] == (5, 2)
 
 
+def test_a_csv_metadata_column_holds_a_json_object_as_an_export_writes_it(api, meter):
+    """An export's CSV has one `metadata` column of JSON; it imports with its types, beside
+    `metadata.NAME` columns, and a bad cell or a name given twice refuses the file."""
+    header = "eventName,userId,value,timestamp,idempotency,metadata,metadata.source\n"
+    good = (
+        header
+        + f'api_calls,u1,2,{_at(1)},m1,"{{""retries"": 2, ""tags"": [""a""]}}",crm\n'
+        + f"api_calls,u1,3,{_at(1)},m2,,\n"
+    )
+    answer = api.post(IMPORT, data=good.encode(), headers={"Content-Type": "text/csv"})
+    assert answer.status_code == 200 and answer.json()["created"] == 2, answer.text
+    log = api.get("/v1/billing/meter-events", params={"meterId": meter["id"], "userId": "u1"})
+    by_key = {event["idempotency"]: event for event in log.json()["events"]}
+    assert by_key["m1"]["metadata"] == {"retries": 2, "tags": ["a"], "source": "crm"}
+    assert not by_key["m2"].get("metadata")
+    bad = (
+        header
+        + f"api_calls,u2,2,{_at(1)},m3,[1],\n"
+        + f'api_calls,u2,2,{_at(1)},m4,"{{""source"": ""x""}}",crm\n'
+    )
+    refused = api.post(IMPORT, data=bad.encode(), headers={"Content-Type": "text/csv"})
+    assert refused.status_code == 400, refused.text
+    assert [e["param"] for e in error_of(refused)["errors"]] == [
+        "lines[2].metadata",
+        "lines[3].metadata",
+    ]
+    assert _totals(api, meter["id"], ["u2"])["u2"] == (0, 0)
+
+
 def test_backfill_needs_the_scope_the_flag_and_a_meter_that_allows_it(api, meter):
     old = [_event("u1", 10, 60, idempotency="old-1"), _event("u1", 5, 1, idempotency="live")]
     refused = _post(api, _ndjson(old), backfill="true")

@@ -14,7 +14,7 @@ IMPORT_BODY = {
             "type": "string",
             "description": "NDJSON of native events or CloudEvents, or CSV with a header "
             "(eventName or meterId, userId, value, timestamp, idempotency, dimensions.NAME, "
-            "metadata.NAME); plain or gzip",
+            "metadata.NAME, metadata as a JSON object); plain or gzip",
         }
     }
     for media in ("application/x-ndjson", "text/csv", "application/gzip")

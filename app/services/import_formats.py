@@ -162,7 +162,7 @@ def _header(names: list[str]) -> list[tuple[str, str]]:
     columns = []
     for name in names:
         name = name.strip()
-        if name in CSV_COLUMNS or name in EXPORT_COLUMNS:
+        if name in CSV_COLUMNS or name in EXPORT_COLUMNS or name == "metadata":
             columns.append(("", name))
         elif name.startswith("dimensions.") and len(name) > len("dimensions."):
             columns.append(("dimensions", name[len("dimensions.") :]))
@@ -171,7 +171,7 @@ def _header(names: list[str]) -> list[tuple[str, str]]:
         else:
             raise InputError(
                 f"unknown CSV column {name[:60]!r}: columns are {', '.join(CSV_COLUMNS)}, "
-                "dimensions.NAME and metadata.NAME"
+                "dimensions.NAME, metadata.NAME and metadata (a JSON object)"
             )
     if len(set(columns)) != len(columns):
         raise InputError("a CSV column is named twice")
@@ -211,6 +211,7 @@ def _row(number: int, row: list[str], columns: list[tuple[str, str]]) -> Record:
         )
     item: dict[str, Any] = {}
     problems = []
+    whole_metadata: dict[str, Any] = {}
     for (where, name), cell in zip(columns, row):
         if cell == "":
             continue  # an empty cell is an absent field
@@ -221,11 +222,31 @@ def _row(number: int, row: list[str], columns: list[tuple[str, str]]) -> Record:
                 item["value"] = int(cell)
             else:
                 problems.append(("value", f"value must be an integer, not {cell[:40]!r}"))
+        elif name == "metadata":
+            whole = _json_object(cell)
+            if whole is None:
+                problems.append(("metadata", "the metadata cell must hold a JSON object"))
+            else:
+                whole_metadata = whole
         else:
             item[name] = cell
+    if whole_metadata:
+        given = item.setdefault("metadata", {})
+        for key in whole_metadata.keys() & given.keys():
+            problems.append(("metadata", f"metadata {key[:60]!r} is given in two columns"))
+        given.update({key: whole_metadata[key] for key in whole_metadata.keys() - given.keys()})
     if problems:
         return Record(number, text, problems=problems)
     return _exported(Record(number, text, item=item))
+
+
+def _json_object(cell: str) -> dict[str, Any] | None:
+    """A `metadata` cell's JSON object (what an export writes), or None if it is not one."""
+    try:
+        parsed = json.loads(cell)
+    except ValueError:
+        return None
+    return parsed if isinstance(parsed, dict) else None
 
 
 def _csv_text(row: list[str]) -> str:

@@ -456,9 +456,20 @@ def events_export(
     click.echo(json.dumps(done), err=True)
 
 
-def _export_events(org: str, query: dict, sink, progress: bool) -> dict:
+def _progress_bar(what: str, shown: bool, total: int | None = None, **more: object):
+    """The progress bar of a long CLI command, on stderr (`shown` false: none): events/s,
+    done/total and the time left once `total` is known."""
     # lazy: see "Lazy imports" above
     from tqdm import tqdm
+
+    options: dict[str, object] = {"unit": " events", "dynamic_ncols": True, **more}
+    return tqdm(
+        total=total, desc=what, file=sys.stderr, disable=not shown, unit_scale=True, **options
+    )
+
+
+def _export_events(org: str, query: dict, sink, progress: bool) -> dict:
+    # lazy: see "Lazy imports" above
 
     from app.schemas import load
     from app.schemas.export import ExportQuery
@@ -475,14 +486,7 @@ def _export_events(org: str, query: dict, sink, progress: bool) -> dict:
         cursor=args.get("cursor"),
     )
     with org_service.inside(org):
-        bar = tqdm(
-            desc="reading",
-            unit=" events",
-            file=sys.stderr,
-            disable=not progress,
-            unit_scale=True,
-            dynamic_ncols=True,
-        )
+        bar = _progress_bar("reading", progress)
         with bar:
             job = export.open_export(request, on_read=bar.update)
             if progress:
@@ -550,7 +554,6 @@ _CANCEL_STEP_SECONDS = 2.0
 
 def _cancel_range(org: str, body: dict, dry_run: bool, progress: bool) -> dict:
     # lazy: see "Lazy imports" above
-    from tqdm import tqdm
 
     from app.schemas import corrections as correction_shapes
     from app.schemas import load
@@ -578,15 +581,7 @@ def _cancel_range(org: str, body: dict, dry_run: bool, progress: bool) -> dict:
             total = queries.count_events(
                 spec.meter.id_, spec.user_id, spec.period_start, spec.period_end
             )
-        bar = tqdm(
-            total=total,
-            desc="cancelling",
-            unit=" events",
-            file=sys.stderr,
-            disable=not progress,
-            unit_scale=True,
-            dynamic_ncols=True,
-        )
+        bar = _progress_bar("cancelling", progress, total)
         with bar:
             while True:
                 record, done = corrections.cancel_range(
@@ -771,7 +766,6 @@ def _memory_log(stack: contextlib.ExitStack, path: str | None):
 def _import_file(org: str, path: str, options, sink, show_progress: bool, memory=None) -> dict:
     # lazy: see "Lazy imports" above
     from google.cloud import ndb
-    from tqdm import tqdm
 
     from app.services import import_formats, imports
     from app.services import orgs as org_service
@@ -784,15 +778,7 @@ def _import_file(org: str, path: str, options, sink, show_progress: bool, memory
         def on_total(total: int) -> None:
             nonlocal bar
             bar = stack.enter_context(
-                tqdm(
-                    total=total,
-                    unit="ev",
-                    unit_scale=True,
-                    file=sys.stderr,
-                    disable=not show_progress,
-                    desc=Path(path).name,
-                    smoothing=0.1,
-                )
+                _progress_bar(Path(path).name, show_progress, total, unit="ev", smoothing=0.1)
             )
 
         written = 0

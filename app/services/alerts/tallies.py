@@ -46,6 +46,7 @@ from typing import Any
 
 from google.cloud import ndb
 
+from app.core import slots
 from app.models import AlertTally, AlertTallyBucket, AlertTallySpill, root_key
 from app.services.alerts.periods import base32, digest
 
@@ -61,8 +62,6 @@ LEGACY_RECHECK_SECONDS = 600.0
 #: days, and a cancel's feed is evaluated within minutes): `sweep_legacy` deletes them.
 LEGACY_KEEP = timedelta(days=62)
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
 
 @dataclass
 class Tally:
@@ -75,13 +74,11 @@ class Tally:
 
 
 def _micros(moment: datetime | None) -> int | None:
-    if moment is None:
-        return None
-    return (moment - _EPOCH) // timedelta(microseconds=1)
+    return None if moment is None else slots.micros(moment)
 
 
 def _moment(micros: int | None) -> datetime | None:
-    return None if micros is None else _EPOCH + timedelta(microseconds=micros)
+    return None if micros is None else slots.from_micros(micros)
 
 
 def _compact(states: dict[str, dict[str, list[Any]]]) -> dict[str, dict[str, list[Any]]]:

@@ -615,13 +615,6 @@ def _settle(message: WebhookMessage, result: Result) -> None:
             message.next_attempt_at = result.at + delay
 
 
-def record(
-    key: ndb.Key, lease: str | None, outcome: Outcome, now: datetime, settings: Settings
-) -> bool:
-    """`record_many` of one attempt: whether it was recorded (False: the lease was lost)."""
-    return key in record_many([Result(key, lease, outcome, now, settings)])
-
-
 class _Recorder:
     """Group commit of results: a sender hands its outcome in and goes on to its next
     message; one committer task per org (on `_committers`) records every result waiting,

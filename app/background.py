@@ -82,11 +82,19 @@ class _Deliverer:
                 full, self.full_round_now = self.full_round_now, False
             if full or time.monotonic() >= next_full_round:
                 only, next_full_round = None, time.monotonic() + self.seconds
-            if self.round(only):
+            if not self.round(only):
+                continue
+            if only is None:
                 next_full_round = time.monotonic()  # more is due: a full round at once
+            else:  # more pending for the orgs woken: theirs again at once
+                with self.lock:
+                    self.woken_orgs |= only
+                self.woken.set()
 
     def round(self, only: set[str] | None) -> bool:
-        """One round; whether it left messages due (its budget ran out, no org failed)."""
+        """One round; whether it left work (its budget ran out, no org failed). A round
+        for woken orgs only evaluates: their new messages are handed off or wake the
+        `_Sender`, and retries coming due are the timed rounds'."""
         try:
             with self.client.context(**self.context_options):
                 run = periodic.deliver_all_orgs(
@@ -95,6 +103,7 @@ class _Deliverer:
                     wait=False,
                     only=only,
                     evaluate_seconds=EVALUATE_SECONDS,
+                    send=only is None,
                 )
         except Exception:  # the next round retries
             log.warning("background delivery failed", exc_info=True)

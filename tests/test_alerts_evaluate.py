@@ -410,7 +410,7 @@ def test_exactly_once_holds_without_the_lease(api, app, ndb_client, org, monkeyp
     evaluator) still give one trigger per crossing: the transaction re-reads the feeds (and
     a seeded tally's state). Without seeding: as if the rules were old (no usage predates
     them here, so the tallies' values are the same)."""
-    monkeypatch.setattr(evaluate_module, "_take_lease", lambda meter_id, holder: True)
+    monkeypatch.setattr(evaluate_module, "_acquire", lambda meter_id: lambda: None)
     if not seeding:
         monkeypatch.setattr(evaluate_module, "_needs_seed", lambda *args: False)
     meter = api.create_meter()

@@ -148,6 +148,7 @@ def deliver_all_orgs(
     only: set[str] | None = None,
     evaluate_budget: int | None = None,
     evaluate_seconds: float | None = None,
+    send: bool = True,
 ) -> DeliveryRun:
     """For each org with endpoints or alert rules, in its namespace: evaluate its pending
     alert feeds (up to `budget`), then send its due messages (up to `budget`). One org's
@@ -158,7 +159,13 @@ def deliver_all_orgs(
     sends, and `evaluate_seconds` the time (no chunk started past it): the background
     loop evaluates about a second of chunks, sends what they announced, and comes back at
     once for the rest, so that the first crossings of a backlog of feeds are not held
-    until the whole backlog is evaluated (`benchmarks/alerts_exact.py`)."""
+    until the whole backlog is evaluated (`benchmarks/alerts_exact.py`).
+
+    Without `wait`, the evaluator hands each chunk's messages to this process's senders
+    from its commit (`evaluate_org(hand_off=...)`). With `send` False (the background
+    loop's round for orgs a commit woke), no query for due messages is made: what a
+    commit stored is handed off or wakes the loop's sender, and retries coming due are
+    the timed rounds'."""
     if settings is None:
         from flask import current_app  # lazy: only a request's call needs the app
 
@@ -176,10 +183,14 @@ def deliver_all_orgs(
         try:
             with ndb.get_context().new(namespace=name).use():
                 evaluating = evaluate_budget or budget
-                evaluated = evaluate.evaluate_org(evaluating, evaluate_seconds)
+                evaluated = evaluate.evaluate_org(
+                    evaluating, evaluate_seconds, hand_off=None if wait else settings
+                )
                 run.evaluated += evaluated
                 if evaluated >= evaluating or (evaluate_seconds is not None and evaluated):
                     run.complete = False  # maybe more pending: come back at once
+                if not send:
+                    continue
                 sends = _sends_in_time(budget, settings) if wait else budget
                 if sends == 0:  # not enough time left for one send to time out
                     run.complete = False

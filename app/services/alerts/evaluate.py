@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import Iterable
@@ -49,13 +50,21 @@ from app.services.alerts import feed as feed_kind
 from app.services.alerts import rules as rule_service
 from app.services.alerts import seed, tallies
 from app.services.alerts.periods import base32, digest, period_of
-from app.services.webhooks import outbox
+from app.services.webhooks import dispatch, outbox
 
 log = logging.getLogger(__name__)
 
 #: Short: a killed evaluator delays its meters' alerts by this much at most, and an
 #: evaluation outliving its lease is still exactly once (the transaction re-reads).
 LEASE_SECONDS = 10.0
+#: A held lease is taken again (renewed) once less than this much of it is left.
+RENEW_BEFORE_SECONDS = LEASE_SECONDS / 2
+#: A process lets go of a meter's lease once it found nothing pending this long after it
+#: last applied a feed of it; until then it keeps it between rounds (see `_acquire`).
+IDLE_RELEASE_SECONDS = 2.0
+#: How long a process believes another one holds a meter's lease (it peeked) before it
+#: looks again: the holder evaluates every pending feed, this process's ones included.
+OTHER_HOLDER_RECHECK_SECONDS = 1.0
 #: Feeds read per chunk; a chunk whose commit would exceed MAX_MUTATIONS is halved.
 CHUNK_FEEDS = 200
 MAX_MUTATIONS = 500
@@ -134,20 +143,27 @@ class _Settings:
     complete: timedelta
     #: How far in the future an event's timestamp may lie.
     lead: timedelta
+    #: Set (the background loop): the messages of a chunk are leased in its commit and
+    #: handed to this process's senders at once (`dispatch.hand_off`).
+    hand_off: dispatch.Settings | None = None
 
 
-def _settings() -> _Settings:
+def _settings(hand_off: dispatch.Settings | None = None) -> _Settings:
     config = current_app.config["METERING"] if has_app_context() else Config.from_env()
     complete = timedelta(seconds=config.alert_rule_cache_seconds) + timedelta(
         seconds=config.request_deadline_seconds or 60
     )
-    return _Settings(complete=complete, lead=config.max_event_lead)
+    return _Settings(complete=complete, lead=config.max_event_lead, hand_off=hand_off)
 
 
-def evaluate_org(budget: int, seconds: float | None = None) -> int:
+def evaluate_org(
+    budget: int, seconds: float | None = None, hand_off: dispatch.Settings | None = None
+) -> int:
     """Apply up to `budget` pending feeds of the current org; how many were applied. With
     `seconds`, no chunk is started once that long has passed (one chunk at least): the
-    background loop sends what a chunk announced before it evaluates the next."""
+    background loop sends what a chunk announced before it evaluates the next. With
+    `hand_off` (the background loop), a chunk's messages leave for this process's senders
+    from its commit, without a dispatch round in between."""
     until = None if seconds is None else time.monotonic() + seconds
     all_rules = rule_service.all_rules()
     if not all_rules:
@@ -157,24 +173,22 @@ def evaluate_org(budget: int, seconds: float | None = None) -> int:
         by_meter.setdefault(rule.meter_id, [])
         if not rule.deleted:
             by_meter[rule.meter_id].append(rule)
-    settings = _settings()
-    holder = f"{os.getpid()}-{uuid.uuid4().hex}"  # this call: two calls never share a lease
+    settings = _settings(hand_off)
     applied = 0
     failed: list[str] = []
     for meter_id, rules in by_meter.items():
         if applied >= budget:
             break
-        if not _pending(meter_id, 1, keys_only=True):
-            continue  # nothing to do: no lease written (the loop visits idle orgs every second)
-        if not _take_lease(meter_id, holder):
-            continue
+        release = _acquire(meter_id)
+        if release is None:
+            continue  # another evaluator has the meter: it applies every pending feed
         try:
             applied += _evaluate_meter(meter_id, rules, budget - applied, settings, until)
         except Exception:
             failed.append(meter_id)
             log.exception("alert evaluation failed for meter %s; its feeds wait", meter_id)
         finally:
-            _release_lease(meter_id, holder)
+            release()
     try:
         tallies.sweep_legacy()
     except Exception as error:  # noqa: BLE001  (the next visit sweeps again)
@@ -185,6 +199,94 @@ def evaluate_org(budget: int, seconds: float | None = None) -> int:
 
 
 # -- the lease -------------------------------------------------------------------------
+# One evaluator per meter at a time, for speed only (exactly once rests on the chunk's
+# transaction). A process keeps a lease it took between rounds, renewing it when half
+# of it is gone, and lets go once the meter has been idle IDLE_RELEASE_SECONDS: taking
+# and releasing it in transactions at every round was 6 of a woken round's ~17 round
+# trips, and on a busy emulator each costs a tenth of a second or more
+# (`benchmarks/alerts_exact.py`). Another process that finds it held (one lookup, then
+# remembered OTHER_HOLDER_RECHECK_SECONDS) skips the meter: the holder's rounds apply
+# every pending feed, that process's included. Threads of one process share the
+# process's lease, one at a time (a lock per meter).
+
+
+@dataclass
+class _Held:
+    """This process's view of one meter's lease."""
+
+    lock: threading.Lock
+    until: float = 0.0  # monotonic: while above now, this process holds the lease
+    others_until: float = 0.0  # monotonic: until then, believe another process holds it
+    last_applied: float = 0.0
+
+
+_held: dict[tuple[str, str], _Held] = {}
+_held_lock = threading.Lock()
+_holder: tuple[int, str] | None = None
+
+
+def _process_holder() -> str:
+    """This process's lease holder name (a forked child gets its own)."""
+    global _holder
+    if _holder is None or _holder[0] != os.getpid():
+        _holder = (os.getpid(), f"{os.getpid()}-{uuid.uuid4().hex}")
+    return _holder[1]
+
+
+def _held_of(meter_id: str) -> _Held:
+    key = (ndb.get_context().get_namespace() or "", meter_id)
+    with _held_lock:
+        held = _held.get(key)
+        if held is None:
+            if len(_held) > 10_000:
+                _held.clear()
+            held = _held[key] = _Held(threading.Lock())
+        return held
+
+
+def _acquire(meter_id: str) -> Any:
+    """Take the meter for this thread: a callable that gives it back, or None when
+    another thread or process has it or nothing is pending (then a lease held since
+    the meter went idle is released)."""
+    held = _held_of(meter_id)
+    if not held.lock.acquire(blocking=False):
+        return None
+    try:
+        if not _lease_for_round(meter_id, held):
+            held.lock.release()
+            return None
+    except BaseException:
+        held.lock.release()
+        raise
+    return held.lock.release
+
+
+def _lease_for_round(meter_id: str, held: _Held) -> bool:
+    now = time.monotonic()
+    if held.until <= now and held.others_until > now:
+        return False
+    if not _pending(meter_id, 1, keys_only=True):
+        if held.until > now and now - held.last_applied >= IDLE_RELEASE_SECONDS:
+            held.until = 0.0
+            _release_lease(meter_id, _process_holder())
+        return False  # nothing to do: no lease written (the loop visits idle orgs every second)
+    if held.until - now > RENEW_BEFORE_SECONDS:
+        return True
+    holder = _process_holder()
+    if held.until <= now:
+        current = _lease_key(meter_id).get()
+        if current is not None and current.holder != holder and current.until > utcnow():
+            held.others_until = now + OTHER_HOLDER_RECHECK_SECONDS
+            return False
+    if not _take_lease(meter_id, holder):
+        held.until, held.others_until = 0.0, now + OTHER_HOLDER_RECHECK_SECONDS
+        return False
+    held.until = now + LEASE_SECONDS - 1.0  # a second short: the clocks differ
+    return True
+
+
+def _note_applied(meter_id: str) -> None:
+    _held_of(meter_id).last_applied = time.monotonic()
 
 
 def _lease_key(meter_id: str) -> ndb.Key:
@@ -251,6 +353,7 @@ def _evaluate_meter(
             continue
         try:
             applied += _apply_chunk(meter_id, rules, feeds, settings)
+            _note_applied(meter_id)
         except _Stale:
             stale += 1
             if stale > 5:
@@ -292,7 +395,7 @@ def _apply_chunk(
         seeds[touch.key_name] = (seeded, _version(existing[touch.key_name]))
     for touch in seeding:
         touch.seeded, touch.seeded_over = seeds[touch.key_name]
-    targets = {kind: outbox.targets(kind) for kind in (TRIGGERED, RESOLVED)}
+    targets = outbox.targets_of([TRIGGERED, RESOLVED])
     planned = _planned_mutations(feeds, touches, stored, meter.aggregation_type, targets)
     if len(feeds) > 1 and planned > MAX_MUTATIONS:
         return _halves(meter_id, rules, feeds, settings, seeds)
@@ -485,6 +588,7 @@ def _commit_chunk(
     was added to it)."""
     feed_keys = [f.key for f in feeds]
     stored_messages = [0]
+    leased: list[dispatch.Leased] = []
 
     def attempt() -> int:
         stored = tallies.read(touches.values(), legacy, feed_keys)
@@ -498,6 +602,7 @@ def _commit_chunk(
         writes: list[Any] = []
         updated: list[tuple[Touch, tallies.Tally]] = []
         messages = 0
+        leased.clear()  # a retried attempt builds its messages again
         for touch in touches.values():
             tally = stored.tallies[touch.key_name]
             basis = _basis(touch, settings)
@@ -520,6 +625,12 @@ def _commit_chunk(
                 )
                 writes += sent
                 messages += len(sent)
+                if settings.hand_off is not None:
+                    leased.extend(
+                        dispatch.lease_at_creation(
+                            sent, targets[trigger.type], now, settings.hand_off
+                        )
+                    )
         puts, deletes = tallies.writes(stored, updated, meter.id_)
         writes += puts
         if len(writes) + len(deletes) + len(feed_keys) > MAX_MUTATIONS:
@@ -537,7 +648,10 @@ def _commit_chunk(
         return len(feed_keys) if last else 0
 
     applied = int(ndb.transaction(attempt, retries=8))
-    if stored_messages[0]:
+    if leased and settings.hand_off is not None:
+        outbox.forget_built()  # no round needed to send them: they leave from here
+        dispatch.hand_off(leased, settings.hand_off)
+    elif stored_messages[0]:
         outbox.wake()
     return applied
 

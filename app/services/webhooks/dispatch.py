@@ -434,6 +434,44 @@ def _lease_batch(
     return lease()
 
 
+def lease_at_creation(
+    built: list[WebhookMessage],
+    targets: list[WebhookEndpoint],
+    now: datetime,
+    settings: Settings,
+) -> list[Leased]:
+    """Lease messages for their first attempt as they are built (`outbox.messages`, one
+    per target, in order), to be put in the transaction that stores them: the commit
+    that announces a fact also takes its first sends for this process, which then hands
+    them to its senders (`hand_off`) with no query and no lease transaction in between.
+    A process that dies before sending leaves the leases to expire, and any dispatcher
+    sends them then, as for a lease taken by `lease_many`."""
+    until = now + timedelta(seconds=settings.timeout_seconds + LEASE_MARGIN_SECONDS)
+    leased = []
+    for message, endpoint in zip(built, targets, strict=True):
+        message.lease = _random.token_hex(8)
+        message.next_attempt_at = until
+        leased.append(Leased(message, endpoint, now, until))
+    return leased
+
+
+def hand_off(leased: list[Leased], settings: Settings) -> None:
+    """Queue messages leased in the commit that stored them (`lease_at_creation`) for
+    this process's senders, in the current org. Nobody waits for them: their results
+    are recorded by the group commits like any other send."""
+    context = ndb.get_context()
+    namespace = context.get_namespace()
+    for item in leased:
+        key = item.message.key
+        with _in_flight_lock:
+            if (namespace, key.id()) in _in_flight:
+                continue
+            _in_flight.add((namespace, key.id()))
+            _in_flight_per_endpoint[(namespace, _endpoint_key_id(key))] += 1
+        done: concurrent.futures.Future[bool | None] = concurrent.futures.Future()
+        _enqueue(namespace, _Queued(context.client, item, settings, done))
+
+
 def _lease(
     key: ndb.Key, now: datetime, settings: Settings, endpoints: dict[int, WebhookEndpoint]
 ) -> tuple[WebhookMessage, WebhookEndpoint] | None:

@@ -44,12 +44,14 @@ def event_id(*parts: str) -> str:
 
 def targets(event_type: str) -> list[WebhookEndpoint]:
     """The current org's enabled endpoints subscribed to `event_type` (outside a transaction)."""
+    return targets_of([event_type])[event_type]
+
+
+def targets_of(event_types: list[str]) -> dict[str, list[WebhookEndpoint]]:
+    """`targets` of each event type, from one query."""
     found = cast(list[WebhookEndpoint], WebhookEndpoint.query(ancestor=root_key()).fetch())
-    return [
-        endpoint
-        for endpoint in found
-        if not endpoint.deleted and endpoint.enabled and endpoint.takes(event_type)
-    ]
+    live = [endpoint for endpoint in found if not endpoint.deleted and endpoint.enabled]
+    return {kind: [e for e in live if e.takes(kind)] for kind in event_types}
 
 
 def body_of(event_type: str, data: dict[str, Any], at: datetime) -> str:
@@ -89,6 +91,12 @@ def messages(
         built.append(message)
     _built.messages = bool(built) or getattr(_built, "messages", False)
     return built
+
+
+def forget_built() -> None:
+    """This thread's messages since its last wake need no wake: they were handed to the
+    senders directly (`dispatch.hand_off`)."""
+    _built.messages = False
 
 
 def on_wake(waker: Callable[[str | None], None], only_messages: bool = False) -> Callable[[], None]:

@@ -4,6 +4,7 @@ and the `standardwebhooks` package as the independent verifier."""
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import pytest
 from standardwebhooks import Webhook
@@ -133,3 +134,56 @@ def test_the_background_loop_delivers_a_crossing(config, org, receiver):
     [payload] = _payloads(receiver, endpoint["secret"])
     assert payload["type"] == "alert.triggered" and payload["data"]["value"] == 4
     assert json.loads(_alerts(receiver)[0].body)["data"]["userId"] is None
+
+
+def test_the_loops_crossing_leaves_from_the_evaluators_commit_without_a_dispatch(
+    config, org, receiver, monkeypatch
+):
+    """Under `metering serve` the evaluator's commit leases the crossing's message and hands
+    it to this process's senders: no query for due messages finds it (none may, here)."""
+    monkeypatch.setattr(dispatch, "due_keys", lambda now, limit: [])
+    app = create_app(config.replace(background_delivery_seconds=60))
+    server = LiveServer(app).start()
+    try:
+        api = Api(server.url, org["apiKey"])
+        endpoint = _endpoint(api, receiver)
+        meter = api.create_meter()
+        create_rule(api, meter, thresholds=[3])
+        api.record({"meterId": meter["id"], "userId": "a", "value": 5})
+        eventually(lambda: len(_alerts(receiver)) == 1, timeout=15, what="the alert sent")
+        [message] = eventually(
+            lambda: [
+                m
+                for m in api.get(f"/v1/webhooks/endpoints/{endpoint['id']}/messages").json()[
+                    "messages"
+                ]
+                if m["eventType"] == "alert.triggered" and m["status"] == "delivered"
+            ],
+            timeout=10,
+            what="the attempt recorded",
+        )
+    finally:
+        server.stop()
+    [payload] = _payloads(receiver, endpoint["secret"])
+    assert payload["data"]["value"] == 5 and message["attemptCount"] == 1
+
+
+def test_a_message_leased_at_its_commit_by_a_process_that_died_is_sent_once_its_lease_ends(
+    app, ndb_client, org, api, receiver, monkeypatch
+):
+    """The evaluator's commit leased the message for its own process, which died before
+    handing it to a sender: nobody sends it during the lease, any dispatcher once it ended,
+    exactly once."""
+    meter = api.create_meter()  # before the endpoint: no meter.created message for it
+    endpoint = _endpoint(api, receiver)
+    create_rule(api, meter, thresholds=[3])
+    api.record({"meterId": meter["id"], "userId": "a", "value": 5})
+    monkeypatch.setattr(dispatch, "hand_off", lambda leased, settings: None)  # it died here
+    with app.app_context(), ndb_client.context(namespace=org["namespace"]):
+        assert evaluate.evaluate_org(100, hand_off=QUICK) == 1
+        assert dispatch.dispatch_org(100, QUICK).leased == 0  # still leased: not sent
+        later = dispatch.utcnow() + timedelta(seconds=QUICK.timeout_seconds + 11)
+        assert dispatch.dispatch_org(100, QUICK, now=later).delivered == 1
+        assert dispatch.dispatch_org(100, QUICK, now=later).leased == 0
+    [payload] = _payloads(receiver, endpoint["secret"])
+    assert payload["type"] == "alert.triggered" and payload["data"]["value"] == 5

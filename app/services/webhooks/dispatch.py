@@ -65,7 +65,10 @@ from app.services.webhooks import outbox, safety, signing
 log = logging.getLogger(__name__)
 
 #: Delays before the 2nd, 3rd, ... attempt: about 33 hours in all, then the message fails.
-RETRY_DELAYS = tuple(timedelta(seconds=s) for s in (5, 300, 1800, 7200, 18000, 36000, 36000))
+#: The first is short: most failures are a receiver's blip (a restart, a full pool), and
+#: an alert is worth most within seconds; the process that saw the failure wakes its
+#: sender when that retry comes due (`_wake_for_first_retries`), so it leaves on time.
+RETRY_DELAYS = tuple(timedelta(seconds=s) for s in (1, 5, 300, 1800, 7200, 18000, 36000, 36000))
 JITTER = 0.2
 #: An endpoint whose every attempt failed for this long is disabled.
 DISABLE_AFTER = timedelta(days=5)
@@ -692,6 +695,7 @@ class _Recorder:
         except Exception:  # their leases run out and they are sent again
             log.exception("could not record %d webhook attempts", len(batch))
             recorded = set()
+        _wake_for_first_retries(namespace, [r for r in batch if r.key in recorded])
         for result in batch:
             assert result.queued is not None
             try:
@@ -704,6 +708,26 @@ class _Recorder:
 
 
 _recorder = _Recorder()
+
+
+def _wake_for_first_retries(namespace: str | None, recorded: list[Result]) -> None:
+    """Wake this process's sender for the org once the first retry of the recorded
+    failed first attempts is due: without it, that retry would wait for the delivery
+    loop's next timed round."""
+    firsts = [
+        r
+        for r in recorded
+        if not r.outcome.delivered
+        and r.queued is not None
+        and not r.queued.leased.message.attempt_count
+    ]
+    if not firsts:
+        return
+    scale = max(r.settings.retry_scale for r in firsts)
+    seconds = RETRY_DELAYS[0].total_seconds() * scale * (1 + JITTER) + 0.05
+    timer = threading.Timer(seconds, outbox.wake_org, (namespace,))
+    timer.daemon = True
+    timer.start()
 
 
 #: endpoint (namespace, key id) -> when this process last wrote its first failure

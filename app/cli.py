@@ -17,6 +17,7 @@ workers build the app after the fork, and gRPC is not fork-safe once it runs).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -919,7 +920,17 @@ def serve(host, port, data_dir, workers, threads, emulator_kind):
         os.environ.setdefault("METERING_BACKGROUND_COMPACTION_SECONDS", "30")
         # issue 14: nor for deliveries: alerts and webhooks go out from the workers too.
         os.environ.setdefault("METERING_BACKGROUND_DELIVERY_SECONDS", "1")
+        os.environ.setdefault("METERING_TRANSACTION_JOURNAL_DIR", str(_journal_dir(data_dir)))
         _gunicorn(host, port, workers, threads)
+
+
+def _journal_dir(data_dir: Path) -> Path:
+    """Where the workers list their open transactions (`app/storage/journal.py`): one
+    folder per Datastore (project and emulator address), so a restart against the same
+    one rolls back what a killed worker left open."""
+    config = Config.from_env()
+    which = f"{config.project}\0{config.emulator_host or ''}".encode()
+    return data_dir.resolve() / "transactions" / hashlib.sha256(which).hexdigest()[:16]
 
 
 def _base_url(host: str, port: int) -> str:

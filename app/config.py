@@ -149,6 +149,11 @@ class Config:
     #: Multiplies the retry schedule (1 s, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h); tests
     #: shrink it. Not read from the environment.
     webhook_retry_scale: float = 1.0
+    #: (session 9) Where each process lists its open Datastore transactions, so that a
+    #: process starting later rolls back those of a killed one and frees their locks
+    #: (`app/storage/journal.py`). Empty, the default, keeps no list (App Engine: an
+    #: instance's disk dies with it). `metering serve` sets one under --data-dir.
+    transaction_journal_dir: str = ""
     # -- issue 16, customer portal -----------------------------------------------------
     #: (kid, secret) pairs that sign and verify portal tokens (HMAC-SHA256); the first
     #: signs. Production uses only `METERING_PORTAL_SIGNING_KEYS`; without it, no portal.
@@ -256,6 +261,7 @@ class Config:
             webhook_timeout_seconds=_env_float(
                 env, "METERING_WEBHOOK_TIMEOUT_SECONDS", cls.webhook_timeout_seconds
             ),
+            transaction_journal_dir=env.get("METERING_TRANSACTION_JOURNAL_DIR", ""),
             # issue 16, customer portal
             portal_signing_keys=_portal_signing_keys(env.get("METERING_PORTAL_SIGNING_KEYS")),
             portal_policy_cache_seconds=_env_float(

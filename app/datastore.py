@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+from pathlib import Path
 
 from flask import current_app, g
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import ndb
 
 from app import cache
-from app.storage import metrics
+from app.storage import journal, metrics, rpc
 
 
 def make_client(config) -> ndb.Client:
@@ -70,10 +71,21 @@ def reopen_context() -> contextlib.AbstractContextManager:
     return client().context(namespace=namespace, **options)
 
 
+def _journal_transactions(client: ndb.Client, directory: str) -> None:
+    """With a journal directory: roll back what stopped processes left open there, then
+    list this process's transactions in it (`app/storage/journal.py`)."""
+    if not directory:
+        return
+    with client.context():
+        journal.recover(Path(directory), rpc.rollback)
+    journal.start(Path(directory))
+
+
 def init_app(app) -> None:
     """Create the app's NDB client and open a context around every request."""
     client = make_client(app.config["METERING"])
     metrics.instrument(client)
+    _journal_transactions(client, app.config["METERING"].transaction_journal_dir)
     app.extensions["ndb"] = client
     app.extensions["ndb_context_options"] = cache.context_options(app.config["METERING"])
     app.before_request(_open_context)

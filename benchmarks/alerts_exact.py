@@ -469,6 +469,13 @@ def report(
     print(f"missing {len(missing)}, unexpected {len(extra)}, split over ids {len(split)}")
     if missing and diagnose is not None:
         diagnose(missing)
+    for key in sorted(extra, key=str):
+        first = found[key][0]
+        final = brute.values.get(tuple(key[:3]))
+        print(
+            f"  unexpected {key}: its message says value {first.payload['data'].get('value')}, "
+            f"the recorded events give {final}"
+        )
     print(f"bad signatures {receiver.bad_signatures}, redeliveries of one id {redelivered}")
     print(
         f"latency of per-user crossings whose first attempt was accepted (n={len(clean)}): "

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app import deadline
+from app.storage import journal
 
 
 @dataclass
@@ -59,6 +60,15 @@ def _count(usage: Usage | None, rpc_name: str, request: Any, response: Any) -> N
         usage.entities_written += len(request.mutations)
 
 
+def _journal(rpc_name: str, request: Any, response: Any, failed: bool) -> None:
+    """Note a transaction begun or ended (`app.storage.journal`): a commit or rollback
+    ends its transaction whatever its answer, unless it never got one (a kill)."""
+    if rpc_name == "begin_transaction" and not failed:
+        journal.opened(response.transaction)
+    elif rpc_name in ("commit", "rollback"):
+        journal.closed(request.transaction)
+
+
 #: RPCs the deadline never cuts short: a commit is refused before it is sent past the
 #: deadline but never timed out by it once sent (its outcome would be unknown); a
 #: rollback must work even past the deadline.
@@ -95,8 +105,10 @@ class _CountingMethod:
             response = self._method(request, *args, **kwargs)
         except Exception:
             _count(usage, self._name, request, None)
+            _journal(self._name, request, None, failed=True)
             raise
         _count(usage, self._name, request, response)
+        _journal(self._name, request, response, failed=False)
         return response
 
     def future(self, request: Any, *args: Any, **kwargs: Any) -> Any:
@@ -104,11 +116,13 @@ class _CountingMethod:
         # The callback runs on a gRPC thread: take the request's Usage now.
         usage = _current.get()
         call = self._method.future(request, *args, **kwargs)
-        call.add_done_callback(
-            lambda done: _count(
-                usage, self._name, request, done.result() if done.exception() is None else None
-            )
-        )
+
+        def done(finished: Any) -> None:
+            response = finished.result() if finished.exception() is None else None
+            _count(usage, self._name, request, response)
+            _journal(self._name, request, response, failed=response is None)
+
+        call.add_done_callback(done)
         return call
 
 

@@ -54,11 +54,14 @@ from app.services.webhooks import dispatch, outbox
 
 log = logging.getLogger(__name__)
 
-#: Short: a killed evaluator delays its meters' alerts by this much at most, and an
-#: evaluation outliving its lease is still exactly once (the transaction re-reads).
-LEASE_SECONDS = 10.0
-#: A held lease is taken again (renewed) once less than this much of it is left.
-RENEW_BEFORE_SECONDS = LEASE_SECONDS / 2
+#: Short: a killed evaluator delays its meters' alerts by this much at most (its process
+#: keeps the lease between rounds, so a SIGKILL leaves one behind), and an evaluation
+#: outliving its lease is still exactly once (the transaction re-reads).
+LEASE_SECONDS = 5.0
+#: A held lease is taken again (renewed) once less than this much of it is left (in this
+#: process's reckoning, which ends a second early): a busy meter's lease costs one
+#: transaction every two seconds.
+RENEW_BEFORE_SECONDS = 2.0
 #: A process lets go of a meter's lease once it found nothing pending this long after it
 #: last applied a feed of it; until then it keeps it between rounds (see `_acquire`).
 IDLE_RELEASE_SECONDS = 2.0
@@ -200,14 +203,14 @@ def evaluate_org(
 
 # -- the lease -------------------------------------------------------------------------
 # One evaluator per meter at a time, for speed only (exactly once rests on the chunk's
-# transaction). A process keeps a lease it took between rounds, renewing it when half
-# of it is gone, and lets go once the meter has been idle IDLE_RELEASE_SECONDS: taking
-# and releasing it in transactions at every round was 6 of a woken round's ~17 round
-# trips, and on a busy emulator each costs a tenth of a second or more
-# (`benchmarks/alerts_exact.py`). Another process that finds it held (one lookup, then
-# remembered OTHER_HOLDER_RECHECK_SECONDS) skips the meter: the holder's rounds apply
-# every pending feed, that process's included. Threads of one process share the
-# process's lease, one at a time (a lock per meter).
+# transaction). A process keeps a lease it took between rounds, renewing it once less
+# than RENEW_BEFORE_SECONDS of it is left, and lets go once the meter has been idle
+# IDLE_RELEASE_SECONDS: taking and releasing it in transactions at every round was 6 of
+# a woken round's ~17 round trips, and on a busy emulator each costs a tenth of a second
+# or more (`benchmarks/alerts_exact.py`). Another process that finds it held (one
+# lookup, then remembered OTHER_HOLDER_RECHECK_SECONDS) skips the meter: the holder's
+# rounds apply every pending feed, that process's included. Threads of one process share
+# the process's lease, one at a time (a lock per meter).
 
 
 @dataclass

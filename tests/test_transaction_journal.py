@@ -1,0 +1,152 @@
+"""The transaction journal (app/storage/journal.py): a process killed inside a transaction
+leaves its locks on what it read; the next process with the same journal rolls it back.
+
+The kill is real (a child process, SIGKILL) and so are the locks: Google's Firestore-mode
+emulator refuses a second transaction's commit to a locked entity ("Transaction lock
+timeout") for a minute, as Cloud Datastore does. The legacy emulator locks nothing, so
+there the test checks the journal's bookkeeping only."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from google.api_core import exceptions as core_exceptions
+from google.cloud import ndb
+
+from app import create_app
+from app.storage import journal, rpc
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: A process that begins a transaction, reads (locks) one entity in it, says so, and
+#: waits to be killed.
+LOCKER = textwrap.dedent(
+    """
+    import sys, time
+    from google.cloud import ndb
+    from app import create_app
+    from app.config import Config
+    from app.storage import rpc
+
+    app = create_app(Config.from_env())
+    with app.extensions["ndb"].context():
+        key = ndb.Key("JournalProbe", "locked")._key.to_protobuf()
+        key = type(key).pb(key)  # the raw protobuf app.storage.rpc sends
+        transaction = rpc.begin_transaction()
+        rpc.lookup([key], transaction)
+        print("locked", flush=True)
+        time.sleep(600)
+    """
+)
+
+
+class Probe(ndb.Model):
+    value = ndb.IntegerProperty()
+
+    @classmethod
+    def _get_kind(cls):
+        return "JournalProbe"
+
+
+@pytest.fixture(autouse=True)
+def _no_journal_after():
+    """A test that gives an app a journal leaves none to the rest of the suite."""
+    yield
+    journal._journal = None
+
+
+def _start_locker(config, directory: Path) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "DATASTORE_EMULATOR_HOST": config.emulator_host,
+        "METERING_PROJECT": config.project,
+        "METERING_TRANSACTION_JOURNAL_DIR": str(directory),
+    }
+    child = subprocess.Popen(
+        [sys.executable, "-c", LOCKER], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout is not None and child.stdout.readline().strip() == "locked"
+    return child
+
+
+def _write_once(ndb_client, value: int) -> None:
+    """One transaction that reads and writes the probe, not retried."""
+    with ndb_client.context():
+        ndb.transaction(lambda: Probe(key=ndb.Key(Probe, "locked"), value=value).put(), retries=0)
+
+
+def test_a_killed_processs_transaction_is_rolled_back_by_the_next_process(
+    config, ndb_client, tmp_path, emulator_kind
+):
+    directory = tmp_path / "journal"
+    _write_once(ndb_client, 1)
+    child = _start_locker(config, directory)
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=10)
+    [left] = list(directory.glob("*" + journal.SUFFIX))
+    [transaction] = journal.left_open(left.read_text())
+    if emulator_kind == "firestore":  # the lock is there: a write is refused
+        with pytest.raises(core_exceptions.GoogleAPICallError, match="lock"):
+            _write_once(ndb_client, 2)
+    # The next process with the same journal: create_app recovers before anything else.
+    create_app(config.replace(transaction_journal_dir=str(directory)))
+    assert not left.exists()
+    _write_once(ndb_client, 3)  # not refused: the lock is gone
+    with ndb_client.context():
+        assert ndb.Key(Probe, "locked").get().value == 3
+    assert transaction
+
+
+def test_a_running_processs_journal_is_left_alone(config, tmp_path):
+    directory = tmp_path / "journal"
+    child = _start_locker(config, directory)
+    try:
+        [mine] = list(directory.glob("*" + journal.SUFFIX))
+        asked: list[bytes] = []
+        assert journal.recover(directory, asked.append) == 0
+        assert asked == [] and mine.exists()
+    finally:
+        child.kill()
+        child.wait(timeout=10)
+    asked = []
+    assert journal.recover(directory, asked.append) == 1
+    assert len(asked) == 1 and not mine.exists()
+
+
+def test_the_file_lists_only_what_is_open_and_is_compacted(tmp_path, monkeypatch):
+    monkeypatch.setattr(journal, "COMPACT_BYTES", 200)
+    written = journal.Journal(tmp_path)
+    for number in range(20):
+        written.opened(bytes([number]) * 8)
+        if number != 7:
+            written.closed(bytes([number]) * 8)
+    path = tmp_path / journal._file_name(os.getpid())
+    assert journal.left_open(path.read_text()) == [bytes([7]) * 8]
+    assert path.stat().st_size < 200  # rewritten with the open one only
+    written.closed(bytes([7]) * 8)
+    assert journal.left_open(path.read_text()) == []
+
+
+def test_a_line_cut_short_by_the_kill_is_skipped():
+    assert journal.left_open("+00ff\n+abc\n+0102\n-00ff\n+12") == [b"\x01\x02", b"\x12"]
+
+
+def test_commits_and_rollbacks_through_the_apps_client_end_their_lines(config, tmp_path):
+    """Every transaction of the app's client is listed while open, NDB's and ours alike."""
+    directory = tmp_path / "journal"
+    app = create_app(config.replace(transaction_journal_dir=str(directory)))
+    with app.extensions["ndb"].context():
+        ndb.transaction(lambda: Probe(key=ndb.Key(Probe, "n"), value=1).put())
+        with pytest.raises(ZeroDivisionError):
+            ndb.transaction(lambda: Probe(key=ndb.Key(Probe, "n")).key.get() and 1 / 0)
+        transaction = rpc.begin_transaction()
+        path = directory / journal._file_name(os.getpid())
+        assert journal.left_open(path.read_text()) == [transaction]
+        rpc.rollback(transaction)
+    assert journal.left_open(path.read_text()) == []

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -150,3 +151,25 @@ def test_commits_and_rollbacks_through_the_apps_client_end_their_lines(config, t
         assert journal.left_open(path.read_text()) == [transaction]
         rpc.rollback(transaction)
     assert journal.left_open(path.read_text()) == []
+
+
+def test_a_killed_process_not_yet_reaped_counts_as_stopped(tmp_path):
+    """A worker killed with its master stays a zombie until someone reaps it: its
+    journal is recovered all the same."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        name = journal._file_name(child.pid)
+        child.kill()
+        eventually_zombie = journal._stat(child.pid)
+        for _ in range(100):
+            if eventually_zombie and eventually_zombie[0] == "Z":
+                break
+            time.sleep(0.05)
+            eventually_zombie = journal._stat(child.pid)
+        assert eventually_zombie[0] == "Z"  # not reaped yet: we have not waited for it
+        (tmp_path / name).write_text("+0a0b\n")
+        asked: list[bytes] = []
+        assert journal.recover(tmp_path, asked.append) == 1
+        assert asked == [b"\x0a\x0b"]
+    finally:
+        child.wait(timeout=10)

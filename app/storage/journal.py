@@ -43,13 +43,19 @@ COMPACT_BYTES = 1 << 20
 FORGET_SECONDS = 300.0
 
 
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name ([] where there is none):
+    [0] the state, [19] the start time in clock ticks since boot."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return []
+
+
 def _start_time(pid: int) -> str:
     """The process's start time in clock ticks since boot ("" where /proc is missing)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return ""
-    return stat.rpartition(")")[2].split()[19]
+    fields = _stat(pid)
+    return fields[19] if len(fields) > 19 else ""
 
 
 def _file_name(pid: int) -> str:
@@ -66,6 +72,9 @@ def _running(name: str) -> bool:
         return False
     except (ValueError, PermissionError):
         return True  # not ours to judge
+    fields = _stat(pid)
+    if fields and fields[0] in ("Z", "X"):
+        return False  # killed, not yet reaped: a worker whose master was killed with it
     return (_start_time(pid) or "0") == start
 
 

@@ -77,8 +77,20 @@ def _journal_transactions(client: ndb.Client, directory: str) -> None:
     if not directory:
         return
     with client.context():
-        journal.recover(Path(directory), rpc.rollback)
+        journal.recover(Path(directory), rpc.rollback, _release_lease)
     journal.start(Path(directory))
+
+
+def _release_lease(key: str, holder: str) -> None:
+    """Delete a stopped process's lease entity (serialized key) if it still holds it."""
+    lease_key = ndb.Key(urlsafe=key.encode())
+
+    def release() -> None:
+        lease = lease_key.get()
+        if lease is not None and getattr(lease, "holder", None) == holder:
+            lease_key.delete()
+
+    ndb.transaction(release, retries=3)
 
 
 def init_app(app) -> None:

@@ -8,12 +8,14 @@ there the test checks the journal's bookkeeping only."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -173,3 +175,33 @@ def test_a_killed_process_not_yet_reaped_counts_as_stopped(tmp_path):
         assert asked == [b"\x0a\x0b"]
     finally:
         child.wait(timeout=10)
+
+
+def test_a_stopped_processs_alert_lease_is_released_by_the_next_process(
+    config, ndb_client, tmp_path, org
+):
+    """The evaluator keeps its lease between rounds: after a kill, the next process
+    deletes it at once (if the dead one still holds it) instead of waiting for it to
+    expire; a lease another process took since is left alone."""
+    from app.models import AlertLease, root_key, utcnow
+
+    with ndb_client.context(namespace=org["namespace"]):
+        keys = [ndb.Key(AlertLease, meter, parent=root_key()) for meter in ("m1", "m2")]
+        until = utcnow() + timedelta(minutes=1)
+        AlertLease(key=keys[0], holder="dead-1", until=until).put()
+        AlertLease(key=keys[1], holder="alive-2", until=until).put()
+        lines = [json.dumps([key.urlsafe().decode(), "dead-1"]) for key in keys]
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait(timeout=10)  # a process id that is no longer running
+    (tmp_path / f"{child.pid}-0{journal.SUFFIX}").write_text(
+        "".join("L" + line + "\n" for line in lines)
+    )
+    create_app(config.replace(transaction_journal_dir=str(tmp_path)))
+    with ndb_client.context(namespace=org["namespace"]):
+        assert keys[0].get() is None
+        assert keys[1].get().holder == "alive-2"
+
+
+def test_a_let_go_lease_is_not_listed():
+    text = 'L["k1", "h"]\nL["k2", "h"]\nl["k1", "h"]\nL["k3"'
+    assert journal.left_held(text) == [("k2", "h")]

@@ -15,7 +15,10 @@ So each process that has a journal directory (`metering serve` gives its workers
 appends a line for each transaction it begins (`+id`) and for each one it ends (`-id`,
 at the commit's or rollback's answer, success or not). A process starting with the
 same directory (`recover`) takes over the files of processes that are no longer
-running, rolls back the transactions they left open, and deletes the files. Rolling
+running, rolls back the transactions they left open, and deletes the files. Leases a
+process holds in the Datastore (the alert evaluator's, kept between rounds) are
+listed too (`L[key, holder]`, `l[...]` when let go): the next process releases those
+of a killed one at once instead of waiting for them to expire. Rolling
 back a transaction that ended anyway (it expired, or its commit landed before the
 kill) is refused by the Datastore and changes nothing. A file is named after its
 process's id and start time, so a reused process id is not mistaken for the dead one.
@@ -26,6 +29,7 @@ the locks of a killed instance's transactions last until they expire.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -88,12 +92,25 @@ class Journal:
         self.fd = -1
         self.written = 0
         self.open: dict[bytes, float] = {}  # transaction id -> monotonic time it began
+        self.leases: dict[str, str] = {}  # serialized key -> holder
 
     def opened(self, transaction: bytes) -> None:
         if transaction:
             with self.lock:
                 self.open[transaction] = time.monotonic()
                 self._append(b"+" + transaction.hex().encode() + b"\n")
+
+    def held(self, key: str, holder: str) -> None:
+        with self.lock:
+            if self.leases.get(key) != holder:
+                self.leases[key] = holder
+                self._append(b"L" + json.dumps([key, holder]).encode() + b"\n")
+
+    def let_go(self, key: str, holder: str) -> None:
+        with self.lock:
+            if self.leases.get(key) == holder:
+                del self.leases[key]
+                self._append(b"l" + json.dumps([key, holder]).encode() + b"\n")
 
     def closed(self, transaction: bytes) -> None:
         if transaction:
@@ -116,20 +133,41 @@ class Journal:
         path = self.directory / _file_name(self.pid)
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self.written = 0
-        if self.open:
-            lines = b"".join(b"+" + t.hex().encode() + b"\n" for t in self.open)
-            os.write(self.fd, lines)
+        self._write_state()
 
     def _compact(self) -> None:
-        """Rewrite the file with the transactions still open (and not long expired)."""
+        """Rewrite the file with the transactions still open (and not long expired) and
+        the leases still held."""
         now = time.monotonic()
         self.open = {t: at for t, at in self.open.items() if now - at < FORGET_SECONDS}
         os.ftruncate(self.fd, 0)
         self.written = 0
-        if self.open:
-            lines = b"".join(b"+" + t.hex().encode() + b"\n" for t in self.open)
+        self._write_state()
+
+    def _write_state(self) -> None:
+        lines = b"".join(b"+" + t.hex().encode() + b"\n" for t in self.open) + b"".join(
+            b"L" + json.dumps([key, holder]).encode() + b"\n" for key, holder in self.leases.items()
+        )
+        if lines:
             os.write(self.fd, lines)
-            self.written = len(lines)
+            self.written += len(lines)
+
+
+def left_held(text: str) -> list[tuple[str, str]]:
+    """The (key, holder) leases a journal's text took and did not let go."""
+    held: dict[str, str] = {}
+    for line in text.splitlines():
+        try:
+            if line.startswith("L"):
+                key, holder = json.loads(line[1:])
+                held[key] = holder
+            elif line.startswith("l"):
+                key, holder = json.loads(line[1:])
+                if held.get(key) == holder:
+                    del held[key]
+        except ValueError:
+            continue  # a line cut short by the kill
+    return list(held.items())
 
 
 def left_open(text: str) -> list[bytes]:
@@ -149,10 +187,15 @@ def left_open(text: str) -> list[bytes]:
     return found
 
 
-def recover(directory: Path, rollback: Callable[[bytes], None]) -> int:
+def recover(
+    directory: Path,
+    rollback: Callable[[bytes], None],
+    release: Callable[[str, str], None] | None = None,
+) -> int:
     """Roll back the transactions that processes no longer running left open in
-    `directory`, and delete their files; how many were rolled back. A file is claimed
-    by renaming it first, so two processes starting at once do not both do it."""
+    `directory`, then `release` (key, holder) the leases they held, and delete their
+    files; how many transactions were rolled back. A file is claimed by renaming it
+    first, so two processes starting at once do not both do it."""
     if not directory.is_dir():
         return 0
     rolled_back = 0
@@ -165,12 +208,20 @@ def recover(directory: Path, rollback: Callable[[bytes], None]) -> int:
         except OSError:
             continue  # another process claimed it
         try:
-            for transaction in left_open(claimed.read_text(errors="replace")):
+            text = claimed.read_text(errors="replace")
+            for transaction in left_open(text):
                 try:
                     rollback(transaction)
                     rolled_back += 1
                 except Exception as error:  # noqa: BLE001  (ended already: nothing to free)
                     log.debug("transaction %s not rolled back: %s", transaction.hex(), error)
+            for key, holder in left_held(text):
+                if release is None:
+                    break
+                try:
+                    release(key, holder)
+                except Exception as error:  # noqa: BLE001  (it expires by itself)
+                    log.warning("could not release a stopped process's lease: %s", error)
         finally:
             claimed.unlink(missing_ok=True)
     if rolled_back:
@@ -200,3 +251,15 @@ def opened(transaction: bytes) -> None:
 def closed(transaction: bytes) -> None:
     if _journal is not None:
         _journal.closed(transaction)
+
+
+def held(key: str, holder: str) -> None:
+    """This process holds the lease entity `key` (serialized) as `holder`."""
+    if _journal is not None:
+        _journal.held(key, holder)
+
+
+def let_go(key: str, holder: str) -> None:
+    """This process no longer holds the lease entity `key`."""
+    if _journal is not None:
+        _journal.let_go(key, holder)

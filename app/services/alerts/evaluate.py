@@ -51,6 +51,7 @@ from app.services.alerts import rules as rule_service
 from app.services.alerts import seed, tallies
 from app.services.alerts.periods import base32, digest, period_of
 from app.services.webhooks import dispatch, outbox
+from app.storage import journal
 
 log = logging.getLogger(__name__)
 
@@ -309,9 +310,12 @@ def _take_lease(meter_id: str, holder: str) -> bool:
         return True
 
     try:
-        return bool(take())
+        taken = bool(take())
     except Exception:  # noqa: BLE001  (contention: another evaluator is taking it)
         return False
+    if taken:  # a restart after a kill releases it at once (app/storage/journal.py)
+        journal.held(_lease_key(meter_id).urlsafe().decode(), holder)
+    return taken
 
 
 def _release_lease(meter_id: str, holder: str) -> None:
@@ -325,6 +329,8 @@ def _release_lease(meter_id: str, holder: str) -> None:
         release()
     except Exception as error:  # noqa: BLE001  (it expires by itself)
         log.warning("could not release an alert lease (it expires): %s", error)
+    else:
+        journal.let_go(_lease_key(meter_id).urlsafe().decode(), holder)
 
 
 # -- one meter -------------------------------------------------------------------------

@@ -190,6 +190,8 @@ class BruteForce:
         self.crossed_wall: dict[Crossing, float] = {}  # time.time() of the same 201
         self.recorded = 0
         self.lock = threading.Lock()
+        self.killed_at: float | None = None  # monotonic, with --restart
+        self.restarted_at: float | None = None
 
     def add(self, events: list[dict], acknowledged_at: float) -> None:
         acknowledged_wall = time.time() - (time.monotonic() - acknowledged_at)
@@ -384,9 +386,12 @@ def restart_halfway(service, emulator_host, workdir, extra, target, brute, args)
         time.sleep(0.05)
     target.up.clear()
     os.killpg(service.process.pid, signal.SIGKILL)  # master and workers at once, no goodbye
+    brute.killed_at = time.monotonic()
     service.process.wait()
     print(f"killed the service with SIGKILL after {brute.recorded} events", flush=True)
     again = common.Service(emulator_host, 2, 8, workdir, extra_env=extra).start()
+    brute.restarted_at = time.monotonic()
+    print(f"restarted in {brute.restarted_at - brute.killed_at:.1f}s", flush=True)
     target.url = again.url
     target.up.set()
     return again
@@ -482,6 +487,8 @@ def report(
         f"median {median:.2f}s, p95 {p95:.2f}s"
     )
     print_stages(brute, found, receiver)
+    if brute.killed_at is not None:
+        print_around_restart(brute, found, receiver)
     every_median, every_p95 = _median_p95(every)
     print(
         f"latency of every per-user crossing, retries after refused attempts included "
@@ -514,6 +521,28 @@ def print_stages(brute: BruteForce, found: dict, receiver: Receiver) -> None:
     ):
         median, p95 = _median_p95(values)
         print(f"  stage {name}: median {median:.2f}s, p95 {p95:.2f}s")
+
+
+def print_around_restart(brute: BruteForce, found: dict, receiver: Receiver) -> None:
+    """The clean per-user latencies split by when the crossing's batch was answered:
+    before the kill (those still to evaluate wait for the restart), or after it."""
+    before, after = [], []
+    for key, acknowledged in brute.crossed_at.items():
+        if key not in found or key[1] is None:
+            continue
+        first = found[key][0]
+        if first.webhook_id in receiver.refused_first:
+            continue
+        (before if acknowledged < brute.killed_at else after).append(first.at - acknowledged)
+    for name, values in (("answered before the kill", before), ("after the restart", after)):
+        median, p95 = _median_p95(values)
+        print(f"  {name} (n={len(values)}): median {median:.2f}s, p95 {p95:.2f}s")
+    in_time = sum(
+        1
+        for key, acknowledged in brute.crossed_at.items()
+        if key in found and acknowledged < brute.killed_at and found[key][0].at < brute.killed_at
+    )
+    print(f"  crossings answered before the kill and received before it: {in_time}")
 
 
 def _median_p95(values: list[float]) -> tuple[float, float]:

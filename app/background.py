@@ -29,13 +29,16 @@ _EXTENSION = "background_compaction"
 
 
 # -- issue 14: deliveries -------------------------------------------------------------------
-# Alert evaluation and webhook sends (`periodic.deliver_all_orgs`, what App Engine's cron
-# calls every minute) run in a loop of their own in each worker of `metering serve`: every
-# METERING_BACKGROUND_DELIVERY_SECONDS, and at once when a commit stored messages
-# (`outbox.wake`). A round does not wait for its sends (each is leased, so no later round
-# sends it again): a hung endpoint holds a few sender threads, not the loop. Beside it, a
-# `_Sender` thread leases and queues an org's messages as soon as a commit stored them,
-# without waiting for the loop's slice of evaluation to end.
+# What App Engine's cron does every minute (`periodic.deliver_all_orgs`: alert evaluation,
+# then due webhook messages) runs in two threads of each worker of `metering serve`:
+# - `_Deliverer` evaluates: every METERING_BACKGROUND_DELIVERY_SECONDS, and at once for
+#   an org whose commit stored alert feeds or messages (`outbox.wake`). A chunk's
+#   messages leave from its commit (`dispatch.hand_off`), so its rounds make no query
+#   for due messages between two chunks.
+# - `_Sender` leases and queues an org's due messages as soon as a commit stored some
+#   (`outbox.wake`), and visits every org every that many seconds for the retries that
+#   came due. It does not wait for the sends (each is leased, so no later pass sends it
+#   again): a hung endpoint holds a few sender threads, not the loop.
 _DELIVERY_EXTENSION = "background_delivery"
 _SEND_EXTENSION = "background_send"
 #: Seconds of alert evaluation per round before the round sends what it announced (one
@@ -44,9 +47,9 @@ EVALUATE_SECONDS = 1.0
 
 
 class _Deliverer:
-    """The delivery loop of one app. A timed round visits every registered org; a commit
-    that stored messages (`outbox.wake()`) starts a round at once for its org alone, so
-    the wait after a commit does not grow with the number of orgs."""
+    """The evaluation loop of one app. A timed round visits every registered org; a
+    commit that stored feeds or messages (`outbox.wake()`) starts a round at once for
+    its org alone, so the wait after a commit does not grow with the number of orgs."""
 
     def __init__(self, client, context_options: dict, config):
         self.client, self.context_options = client, context_options
@@ -92,9 +95,9 @@ class _Deliverer:
                 self.woken.set()
 
     def round(self, only: set[str] | None) -> bool:
-        """One round; whether it left work (its budget ran out, no org failed). A round
-        for woken orgs only evaluates: their new messages are handed off or wake the
-        `_Sender`, and retries coming due are the timed rounds'."""
+        """One round of evaluation; whether it left work (its budget ran out, no org
+        failed). Its chunks' messages are handed off, others wake the `_Sender`, and the
+        retries coming due are the `_Sender`'s timed passes'."""
         try:
             with self.client.context(**self.context_options):
                 run = periodic.deliver_all_orgs(
@@ -103,7 +106,7 @@ class _Deliverer:
                     wait=False,
                     only=only,
                     evaluate_seconds=EVALUATE_SECONDS,
-                    send=only is None,
+                    send=False,
                 )
         except Exception:  # the next round retries
             log.warning("background delivery failed", exc_info=True)
@@ -124,39 +127,61 @@ class _Sender:
     may be in the middle of its second of alert evaluation (before, a crossing committed
     early in that second waited for the rest of it; `benchmarks/alerts_exact.py`, stage
     `commit -> receipt`). Only commits that stored messages wake it, not ingestion's
-    (`outbox.on_wake(only_messages=True)`). Retries that come due later are the
-    `_Deliverer`'s timed rounds' (they send as well), so an idle org costs nothing more
-    here."""
+    (`outbox.on_wake(only_messages=True)`). Every METERING_BACKGROUND_DELIVERY_SECONDS it
+    visits every org for the retries that came due (the `_Deliverer`'s rounds did that
+    before, between two chunks of evaluation: a few queries each)."""
 
     def __init__(self, client, context_options: dict, config):
         self.client, self.context_options = client, context_options
+        self.seconds = config.background_delivery_seconds
         self.budget = config.cron_delivery_budget
         self.settings = dispatch.Settings.of(config)
         self.stopping = threading.Event()
         self.woken = threading.Event()
         self.lock = threading.Lock()
         self.woken_orgs: set[str] = set()
+        self.pass_now = False
         self.forget = outbox.on_wake(self.wake, only_messages=True)
         self.thread = threading.Thread(target=self.run, name="metering-send", daemon=True)
 
     def wake(self, namespace: str | None) -> None:
-        if namespace is None:  # every org: the deliverer's full round
-            return
         with self.lock:
-            self.woken_orgs.add(namespace)
+            if namespace is None:  # every org: a timed pass at once
+                self.pass_now = True
+            else:
+                self.woken_orgs.add(namespace)
         self.woken.set()
 
     def run(self) -> None:
+        next_pass = time.monotonic() + self.seconds
         while not self.stopping.is_set():
-            self.woken.wait()
+            self.woken.wait(max(0.0, next_pass - time.monotonic()))
             self.woken.clear()
+            if self.stopping.is_set():
+                break
             with self.lock:
                 orgs, self.woken_orgs = self.woken_orgs, set()
+                timed, self.pass_now = self.pass_now, False
+            if timed or time.monotonic() >= next_pass:
+                more = self.send_all()
+                next_pass = time.monotonic() + (0.0 if more else self.seconds)
             for namespace in orgs:
                 if self.stopping.is_set():
                     break
                 if self.send(namespace):
                     self.wake(namespace)  # more due past the budget: again at once
+
+    def send_all(self) -> bool:
+        """A timed pass: every org's due messages (the retries); whether more are due."""
+        try:
+            with self.client.context(**self.context_options):
+                run = periodic.deliver_all_orgs(
+                    self.budget, settings=self.settings, wait=False, evaluate_feeds=False
+                )
+        except Exception:  # the next pass retries
+            log.warning("background sending failed", exc_info=True)
+            return False
+        return not run.complete and not run.failed
 
     def send(self, namespace: str) -> bool:
         """Lease and queue one org's due messages; whether more are due."""

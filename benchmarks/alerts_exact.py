@@ -526,23 +526,23 @@ def print_stages(brute: BruteForce, found: dict, receiver: Receiver) -> None:
 def print_around_restart(brute: BruteForce, found: dict, receiver: Receiver) -> None:
     """The clean per-user latencies split by when the crossing's batch was answered:
     before the kill (those still to evaluate wait for the restart), or after it."""
-    before, after = [], []
+    killed = brute.killed_at
+    assert killed is not None
+    before: list[float] = []
+    after: list[float] = []
+    in_time = 0
     for key, acknowledged in brute.crossed_at.items():
         if key not in found or key[1] is None:
             continue
         first = found[key][0]
+        in_time += acknowledged < killed and first.at < killed
         if first.webhook_id in receiver.refused_first:
             continue
-        (before if acknowledged < brute.killed_at else after).append(first.at - acknowledged)
+        (before if acknowledged < killed else after).append(first.at - acknowledged)
     for name, values in (("answered before the kill", before), ("after the restart", after)):
         median, p95 = _median_p95(values)
         print(f"  {name} (n={len(values)}): median {median:.2f}s, p95 {p95:.2f}s")
-    in_time = sum(
-        1
-        for key, acknowledged in brute.crossed_at.items()
-        if key in found and acknowledged < brute.killed_at and found[key][0].at < brute.killed_at
-    )
-    print(f"  crossings answered before the kill and received before it: {in_time}")
+    print(f"  per-user crossings answered before the kill and received before it: {in_time}")
 
 
 def _median_p95(values: list[float]) -> tuple[float, float]:

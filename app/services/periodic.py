@@ -149,6 +149,7 @@ def deliver_all_orgs(
     evaluate_budget: int | None = None,
     evaluate_seconds: float | None = None,
     send: bool = True,
+    evaluate_feeds: bool = True,
 ) -> DeliveryRun:
     """For each org with endpoints or alert rules, in its namespace: evaluate its pending
     alert feeds (up to `budget`), then send its due messages (up to `budget`). One org's
@@ -162,10 +163,10 @@ def deliver_all_orgs(
     until the whole backlog is evaluated (`benchmarks/alerts_exact.py`).
 
     Without `wait`, the evaluator hands each chunk's messages to this process's senders
-    from its commit (`evaluate_org(hand_off=...)`). With `send` False (the background
-    loop's round for orgs a commit woke), no query for due messages is made: what a
-    commit stored is handed off or wakes the loop's sender, and retries coming due are
-    the timed rounds'."""
+    from its commit (`evaluate_org(hand_off=...)`). The background loop splits the call
+    in two threads: its evaluation rounds pass `send=False` (no query for due messages
+    between two chunks: what a commit stored is handed off or wakes the sender), and its
+    sender's timed pass `evaluate_feeds=False` (retries coming due)."""
     if settings is None:
         from flask import current_app  # lazy: only a request's call needs the app
 
@@ -183,8 +184,12 @@ def deliver_all_orgs(
         try:
             with ndb.get_context().new(namespace=name).use():
                 evaluating = evaluate_budget or budget
-                evaluated = evaluate.evaluate_org(
-                    evaluating, evaluate_seconds, hand_off=None if wait else settings
+                evaluated = (
+                    evaluate.evaluate_org(
+                        evaluating, evaluate_seconds, hand_off=None if wait else settings
+                    )
+                    if evaluate_feeds
+                    else 0
                 )
                 run.evaluated += evaluated
                 if evaluated >= evaluating or (evaluate_seconds is not None and evaluated):

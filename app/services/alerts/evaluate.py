@@ -151,6 +151,8 @@ class _Settings:
     #: Set (the background loop): the messages of a chunk are leased in its commit and
     #: handed to this process's senders at once (`dispatch.hand_off`).
     hand_off: dispatch.Settings | None = None
+    #: The org's webhook endpoints by event type, read once per `evaluate_org` call.
+    targets: dict[str, list[Any]] | None = None
 
 
 def _settings(hand_off: dispatch.Settings | None = None) -> _Settings:
@@ -221,6 +223,8 @@ class _Held:
 
     lock: threading.Lock
     until: float = 0.0  # monotonic: while above now, this process holds the lease
+    #: The first chunk's feeds, read by the check for pending ones (`_lease_for_round`).
+    prefetched: list[Any] | None = None
     others_until: float = 0.0  # monotonic: until then, believe another process holds it
     last_applied: float = 0.0
 
@@ -270,6 +274,11 @@ def _lease_for_round(meter_id: str, held: _Held) -> bool:
     now = time.monotonic()
     if held.until <= now and held.others_until > now:
         return False
+    if held.until - now > RENEW_BEFORE_SECONDS:  # held: the check reads the first chunk
+        held.prefetched = _pending(meter_id, CHUNK_FEEDS)
+        if held.prefetched:
+            return True
+        held.prefetched = None
     if not _pending(meter_id, 1, keys_only=True):
         if held.until > now and now - held.last_applied >= IDLE_RELEASE_SECONDS:
             held.until = 0.0
@@ -386,10 +395,14 @@ def _evaluate_meter(
 ) -> int:
     applied = 0
     stale = 0
+    held = _held_of(meter_id)
     while applied < budget:
         if applied and until is not None and time.monotonic() >= until:
             break
-        feeds = _pending(meter_id, min(CHUNK_FEEDS, budget - applied))
+        feeds, held.prefetched = held.prefetched, None
+        if feeds is None or stale:
+            feeds = _pending(meter_id, CHUNK_FEEDS)
+        feeds = feeds[: budget - applied]
         if not feeds:
             break
         if not rules:  # every rule of the meter archived: nothing to evaluate them for
@@ -440,7 +453,9 @@ def _apply_chunk(
         seeds[touch.key_name] = (seeded, _version(existing[touch.key_name]))
     for touch in seeding:
         touch.seeded, touch.seeded_over = seeds[touch.key_name]
-    targets = outbox.targets_of([TRIGGERED, RESOLVED])
+    if settings.targets is None:
+        settings.targets = outbox.targets_of([TRIGGERED, RESOLVED])
+    targets = settings.targets
     planned = _planned_mutations(feeds, touches, stored, meter.aggregation_type, targets)
     if len(feeds) > 1 and planned > MAX_MUTATIONS:
         return _halves(meter_id, rules, feeds, settings, seeds)

@@ -57,8 +57,24 @@ class Seed:
     at: datetime  # when the reads began: events committed after it are in pending feeds
 
 
+#: (namespace, meter id) -> (until, monotonic; the meter): the evaluator asks once per
+#: chunk, and what it uses (aggregation, unique_by) cannot change once the meter has
+#: events, which it has when there are feeds to evaluate.
+_meters: dict[tuple[str, str], tuple[float, Meter]] = {}
+METER_CACHE_SECONDS = 5.0
+
+
 def meter_of(meter_id: str) -> Meter:
-    return get_meter(meter_id)
+    key = (ndb.get_context().get_namespace() or "", meter_id)
+    now = time.monotonic()
+    known = _meters.get(key)
+    if known is not None and known[0] > now:
+        return known[1]
+    meter = get_meter(meter_id)
+    if len(_meters) > 10_000:
+        _meters.clear()
+    _meters[key] = (now + METER_CACHE_SECONDS, meter)
+    return meter
 
 
 def _pending_feeds(meter_id: str) -> dict[bytes, list[Any]]:

@@ -46,8 +46,8 @@ from app.models import (
 )
 from app.schemas import format_time
 from app.services.alerts import feed as feed_kind
-from app.services.alerts import rules as rule_service
 from app.services.alerts import retention, seed, tallies
+from app.services.alerts import rules as rule_service
 from app.services.alerts.periods import base32, digest, period_of
 from app.services.webhooks import outbox
 

@@ -28,12 +28,13 @@ deleting it never makes a crossing fire twice (docs/design.md, "Alert retention"
   is deleted once it has been expired for LEASE_LEFTOVER.
 
 Finding them is bounded: `PeriodStart` of buckets and spills, and a trigger's `At`, are
-indexed (built-in single-property indexes: an ancestor query with one inequality),
-so each kind costs one keys-only query of at most `limit` keys per visit, whatever the
-org holds. Buckets and spills written before `PeriodStart` was indexed are not in that
-index: a one-time scan per org (`_scan_unindexed`, SCAN_PAGE entities a visit, where it
-stopped kept in the org's `alert-retention` entity) deletes those over and rewrites the
-others, in a transaction each, so that they are indexed from then on.
+indexed (built-in single-property indexes: a namespace query with one inequality, see
+`_delete_found`), so each kind costs one keys-only query of at most `limit` keys per
+visit, whatever the org holds. Buckets and spills written before `PeriodStart` was
+indexed are not in that index: a one-time scan per org (`_scan_unindexed`, SCAN_PAGE
+entities a visit, where it stopped kept in the org's `alert-retention` entity) deletes
+those over and rewrites the others unchanged, in a transaction, so that they are
+indexed from then on.
 
 The evaluator calls `sweep` on each visit of an org; it runs at most once per process,
 org and RECHECK_SECONDS, and logs (never raises) a failure: the next visit tries again.
@@ -44,7 +45,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from flask import current_app, has_app_context
@@ -90,9 +91,7 @@ def _now() -> datetime:
 
 
 def _config() -> Config:
-    config: Config = (
-        current_app.config["METERING"] if has_app_context() else Config.from_env()
-    )
+    config: Config = current_app.config["METERING"] if has_app_context() else Config.from_env()
     return config
 
 
@@ -117,11 +116,13 @@ class Swept:
     leases: int = 0
     scanned: int = 0
     rewritten: int = 0
+    #: The page of each kind this sweep could delete.
+    limit: int = field(default=PAGE, compare=False, repr=False)
 
     @property
     def full(self) -> bool:
         """Whether a kind filled its page: maybe more left for the next visit."""
-        return max(self.buckets, self.spills, self.triggers) >= PAGE
+        return max(self.buckets, self.spills, self.triggers) >= self.limit
 
 
 #: namespace -> when this process may sweep the org again (monotonic)
@@ -159,19 +160,15 @@ def sweep_now(limit: int = PAGE) -> Swept:
     now = _now()
     config = _config()
     tallies_before = tally_horizon(now, config) - SWEEP_LAG
-    root = root_key()
-    swept = Swept()
+    swept = Swept(limit=limit)
     swept.buckets = _delete_found(
-        AlertTallyBucket.query(AlertTallyBucket.period_start < tallies_before, ancestor=root),
-        limit,
+        AlertTallyBucket.query(AlertTallyBucket.period_start < tallies_before), limit
     )
     swept.spills = _delete_found(
-        AlertTallySpill.query(AlertTallySpill.period_start < tallies_before, ancestor=root),
-        limit,
+        AlertTallySpill.query(AlertTallySpill.period_start < tallies_before), limit
     )
     swept.triggers = _delete_found(
-        AlertTrigger.query(AlertTrigger.at < now - config.alert_trigger_retention, ancestor=root),
-        limit,
+        AlertTrigger.query(AlertTrigger.at < now - config.alert_trigger_retention), limit
     )
     swept.leases = _delete_leftover_leases(now, limit)
     swept.scanned, swept.rewritten = _scan_unindexed(tallies_before, SCAN_PAGE)
@@ -181,6 +178,12 @@ def sweep_now(limit: int = PAGE) -> Swept:
 
 
 def _delete_found(query: ndb.Query, limit: int) -> int:
+    """Delete the first `limit` keys `query` finds. It is a query of the org's namespace,
+    not an ancestor query: one inequality is then served by the built-in index of the
+    property (with the org root as ancestor it would need a composite index per kind).
+    Every entity of these kinds lives under the org root, so it finds the same ones; on
+    Cloud Datastore it is eventually consistent, which a sweep does not mind (a key just
+    deleted and still listed is deleted again, a no-op; one just written waits a visit)."""
     keys = query.fetch(limit, keys_only=True)
     ndb.delete_multi(keys)
     return len(keys)
@@ -212,8 +215,8 @@ def _state_key() -> ndb.Key:
 def _scan_unindexed(tallies_before: datetime, page: int) -> tuple[int, int]:
     """One page of the org's one-time scan of buckets and spills (those written before
     `PeriodStart` was indexed are found by no query on it): the ones over are deleted,
-    the others rewritten unchanged in a transaction each (a concurrent evaluator's
-    commit is never overwritten), which indexes them. (entities read, rewritten)."""
+    the others rewritten unchanged in transactions of REWRITE_BYTES at most (a concurrent
+    evaluator's commit is never overwritten), which indexes them. (entities read, rewritten)."""
     state = _state_key().get()
     if state is None:
         state = AlertRetention(key=_state_key(), kind=_SCANNED[0]._get_kind())
@@ -224,11 +227,11 @@ def _scan_unindexed(tallies_before: datetime, page: int) -> tuple[int, int]:
     found, next_cursor, more = model.query(ancestor=root_key()).fetch_page(
         page, start_cursor=cursor
     )
-    over = [e.key for e in found if e.period_start is None or e.period_start < tallies_before]
-    ndb.delete_multi(over)
-    kept = [e.key for e in found if e.key not in set(over)]
-    for key in kept:
-        _rewrite(key)
+    over = [e for e in found if e.period_start is None or e.period_start < tallies_before]
+    ndb.delete_multi([e.key for e in over])
+    kept = [e for e in found if e not in over]
+    for keys in _by_size(kept):
+        _rewrite(keys)
     if more and next_cursor is not None:
         state.cursor = next_cursor.urlsafe().decode()
     else:
@@ -242,8 +245,25 @@ def _scan_unindexed(tallies_before: datetime, page: int) -> tuple[int, int]:
     return len(found), len(kept)
 
 
+#: Bytes of tallies rewritten per transaction by the scan (a commit holds at most 10 MiB).
+REWRITE_BYTES = 4_000_000
+
+
+def _by_size(entities: list[AlertTallyBucket | AlertTallySpill]) -> list[list[ndb.Key]]:
+    """The keys of `entities` in groups of at most REWRITE_BYTES of tallies each."""
+    groups: list[list[ndb.Key]] = [[]]
+    size = 0
+    for entity in entities:
+        weight = len(getattr(entity, "subjects", None) or b"") + 1_000  # and its key, fields
+        if groups[-1] and size + weight > REWRITE_BYTES:
+            groups.append([])
+            size = 0
+        groups[-1].append(entity.key)
+        size += weight
+    return [group for group in groups if group]
+
+
 @transactional(retries=5)
-def _rewrite(key: ndb.Key) -> None:
-    entity = key.get()
-    if entity is not None:
-        entity.put()
+def _rewrite(keys: list[ndb.Key]) -> None:
+    """Put the entities back as they are now (one entity group: the org root's)."""
+    ndb.put_multi([entity for entity in ndb.get_multi(keys) if entity is not None])

@@ -227,9 +227,9 @@ def _scan_unindexed(tallies_before: datetime, page: int) -> tuple[int, int]:
     found, next_cursor, more = model.query(ancestor=root_key()).fetch_page(
         page, start_cursor=cursor
     )
-    over = [e for e in found if e.period_start is None or e.period_start < tallies_before]
-    ndb.delete_multi([e.key for e in over])
-    kept = [e for e in found if e not in over]
+    over = {e.key for e in found if e.period_start is None or e.period_start < tallies_before}
+    ndb.delete_multi(list(over))
+    kept = [e for e in found if e.key not in over]
     for keys in _by_size(kept):
         _rewrite(keys)
     if more and next_cursor is not None:

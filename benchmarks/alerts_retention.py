@@ -155,7 +155,7 @@ def main() -> int:
         print(_line("steady visit", swept, usage, took))
         real = retention._now
         later = config.alert_trigger_retention + timedelta(days=1)
-        retention._now = lambda: real() + later  # type: ignore[assignment]
+        retention._now = lambda: real() + later
         visits = 0
         while True:
             swept, usage, took = _visit(app, namespace)

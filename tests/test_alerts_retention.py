@@ -9,8 +9,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from google.cloud import ndb
 
-from app.models import AlertTallyBucket, AlertTallySpill, AlertTrigger, root_key
+from app.models import AlertLease, AlertTallyBucket, AlertTallySpill, AlertTrigger, root_key
 from app.services.alerts import retention, tallies
 from tests.support.alerts import create_rule, crossings, minutes_ago, run_evaluator, triggers
 
@@ -233,3 +234,29 @@ def test_the_scan_deletes_unindexed_buckets_of_periods_long_over(
     assert swept.buckets == 0  # the index does not know them
     assert (swept.scanned, swept.rewritten) == (len(buckets), 0)
     assert stored(AlertTallyBucket) == []
+
+
+def test_leftover_leases_go_and_a_held_one_stays(app, ndb_client, org, sweep, stored):
+    now = retention._now()
+    with ndb_client.context(namespace=org["namespace"]):
+        for meter_id, until in (("m_killed", now - timedelta(hours=2)), ("m_held", now)):
+            AlertLease(
+                key=ndb.Key(AlertLease, meter_id, parent=root_key()), holder="h", until=until
+            ).put()
+    assert sweep().leases == 1
+    assert [lease.key.string_id() for lease in stored(AlertLease)] == ["m_held"]
+
+
+def test_a_process_sweeps_an_org_once_per_period_and_a_failure_stops_no_other_org(
+    app, ndb_client, org, other_org, monkeypatch, caplog
+):
+    def broken(limit):
+        raise RuntimeError("Datastore said no")
+
+    with app.app_context(), ndb_client.context(namespace=other_org["namespace"]):
+        assert retention.sweep() is not None
+        assert retention.sweep() is None  # not again before RECHECK_SECONDS
+    monkeypatch.setattr(retention, "sweep_now", broken)
+    with app.app_context(), ndb_client.context(namespace=org["namespace"]):
+        assert retention.sweep() is None  # logged, not raised: the evaluator goes on
+    assert f"alert retention sweep failed for org '{org['namespace']}'" in caplog.text

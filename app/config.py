@@ -183,6 +183,11 @@ class Config:
     #: never starts one with less than a third of its deadline left); then it answers
     #: `running` and the caller repeats the request to go on.
     correction_budget_seconds: float = 10.0
+    # -- issue 14, alert retention ---------------------------------------------------
+    #: How long an alert trigger (a tenant's history: the dashboard's recent triggers and
+    #: the triggers API) is kept after it fired; then the retention sweep deletes it
+    #: (`app.services.alerts.retention`). 400 days: the same month of last year included.
+    alert_trigger_retention: timedelta = timedelta(days=400)
 
     def __post_init__(self):
         if not 1 <= self.rollup_shards <= 64:  # app.storage.shards.MAX_SHARDS
@@ -281,6 +286,14 @@ class Config:
             ),
             correction_budget_seconds=_env_float(
                 env, "METERING_CORRECTION_BUDGET_SECONDS", cls.correction_budget_seconds
+            ),
+            # issue 14, alert retention
+            alert_trigger_retention=timedelta(
+                days=_env_int(
+                    env,
+                    "METERING_ALERT_TRIGGER_RETENTION_DAYS",
+                    cls.alert_trigger_retention.days,
+                )
             ),
         )
 

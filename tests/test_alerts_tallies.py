@@ -10,8 +10,8 @@ import pytest
 from google.cloud import ndb
 
 from app.models import AlertTally, AlertTallyBucket, AlertTallySpill, root_key
+from app.services.alerts import retention, tallies
 from app.services.alerts import rules as rule_service
-from app.services.alerts import tallies
 from tests.support.alerts import create_rule, crossings, minutes_ago, run_evaluator, triggers
 
 
@@ -164,15 +164,25 @@ def test_a_tally_of_the_old_shape_counts_and_is_folded_into_its_bucket(
     }
 
 
-def test_old_shape_tallies_of_periods_long_over_are_swept(api, evaluate, ndb_client, org):
+def test_old_shape_tallies_of_periods_long_over_are_swept(api, evaluate, ndb_client, org, config):
+    """Over: past the horizon after which the evaluator applies nothing to a period
+    (session 9, `retention`); 70 days is not, a cancel may still reach it."""
     meter = api.create_meter()
     create_rule(api, meter, thresholds=[5])
     now = datetime.now(UTC)
+    old = now - retention.tally_keep(config) - retention.SWEEP_LAG - timedelta(days=1)
     with ndb_client.context(namespace=org["namespace"]):
-        for name, start in (("t_old", now - timedelta(days=70)), ("t_recent", now)):
+        for name, start in (
+            ("t_old", old),
+            ("t_reachable", now - timedelta(days=70)),
+            ("t_recent", now),
+        ):
             AlertTally(
                 key=ndb_key(AlertTally, name), period_start=start, value="1", states={}
             ).put()
     api.record(_event(meter, "alice", 1))
     evaluate()
-    assert [t.key.string_id() for t in _stored(ndb_client, org, AlertTally)] == ["t_recent"]
+    assert [t.key.string_id() for t in _stored(ndb_client, org, AlertTally)] == [
+        "t_reachable",
+        "t_recent",
+    ]

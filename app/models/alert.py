@@ -92,7 +92,9 @@ class AlertTallyBucket(ndb.Model):
     subjects not in it may be stored on their own (`AlertTallySpill`)."""
 
     meter_id = ndb.TextProperty("MeterId")
-    period_start = ndb.DateTimeProperty("PeriodStart", indexed=False, tzinfo=UTC)
+    #: Indexed (session 9) for the retention sweep (`alerts.retention`): buckets written
+    #: before were unindexed, and its one-time scan rewrites those still kept.
+    period_start = ndb.DateTimeProperty("PeriodStart", tzinfo=UTC)
     subjects = ndb.BlobProperty("Subjects")
     full = ndb.BooleanProperty("Full", indexed=False, default=False)
 
@@ -104,6 +106,10 @@ class AlertTallyBucket(ndb.Model):
 class AlertTallySpill(AlertTally):
     """A subject's tally stored on its own because its bucket is full (the old shape,
     under another kind, so that old-shape tallies left to migrate stay told apart)."""
+
+    #: Indexed here (session 9), unlike the old shape's: the retention sweep finds the
+    #: spills of periods long over by it (`alerts.retention`).
+    period_start = ndb.DateTimeProperty("PeriodStart", tzinfo=UTC)
 
     @classmethod
     def _get_kind(cls) -> str:
@@ -144,6 +150,20 @@ class AlertLease(ndb.Model):
     @classmethod
     def _get_kind(cls) -> str:
         return "alert-lease"
+
+
+class AlertRetention(ndb.Model):
+    """The retention sweep's one-time scan of the org's tally buckets and spills written
+    before `PeriodStart` was indexed (`alerts.retention`): the kind it is on and where
+    it stopped; `done` once both are scanned. One entity per org."""
+
+    kind = ndb.TextProperty("Kind")
+    cursor = ndb.TextProperty("Cursor")
+    done = ndb.BooleanProperty("Done", indexed=False, default=False)
+
+    @classmethod
+    def _get_kind(cls) -> str:
+        return "alert-retention"
 
 
 class AlertMeters(ndb.Model):

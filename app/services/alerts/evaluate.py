@@ -48,8 +48,8 @@ from app.models import (
 )
 from app.schemas import format_time
 from app.services.alerts import feed as feed_kind
+from app.services.alerts import retention, seed, tallies
 from app.services.alerts import rules as rule_service
-from app.services.alerts import seed, tallies
 from app.services.alerts.periods import base32, digest, period_of
 from app.services.webhooks import dispatch, outbox
 from app.storage import entities, journal, rpc
@@ -200,6 +200,7 @@ def evaluate_org(
         tallies.sweep_legacy()
     except Exception as error:  # noqa: BLE001  (the next visit sweeps again)
         log.warning("could not sweep old-shape alert tallies: %s", error)
+    retention.sweep()  # periods long over, at most once per process, org and 10 minutes
     if failed and not applied:
         raise EvaluationFailed(f"alert evaluation failed for meters {', '.join(failed)}")
     return applied
@@ -548,6 +549,7 @@ def _touches(feeds: Iterable[AlertFeed], rules: list[AlertRule]) -> dict[str, To
         for spec, of_spec in specs.items()
     ]
     touches: dict[str, Touch] = {}
+    horizon = retention.tally_horizon()
     for feed in feeds:
         done = _done(feed)
         recompute = bool(feed.recompute)
@@ -558,6 +560,8 @@ def _touches(feeds: Iterable[AlertFeed], rules: list[AlertRule]) -> dict[str, To
                     continue
                 subject = watch.subject(user)
                 start, end = period_of(day, slot, watch.period, watch.time_zone)
+                if start < horizon:
+                    continue  # over for alerts, its tally maybe swept (`retention`)
                 name = tally_name(watch.spec, subject, start)
                 if name in done:
                     continue  # a part of this feed already applied (`_commit_in_parts`)

@@ -48,6 +48,7 @@ from google.cloud import ndb
 
 from app.core import slots
 from app.models import AlertTally, AlertTallyBucket, AlertTallySpill, root_key
+from app.services.alerts import retention  # a tally is deleted past its horizon only
 from app.services.alerts.periods import base32, digest
 
 #: Buckets per (spec, period). A chunk writes at most this many entities per (spec,
@@ -336,7 +337,7 @@ def sweep_legacy(limit: int = 500) -> int:
         _swept[namespace] = now + LEGACY_RECHECK_SECONDS
     if not legacy_possible():
         return 0
-    cutoff = datetime.now(UTC) - LEGACY_KEEP
+    cutoff = min(datetime.now(UTC) - LEGACY_KEEP, retention.tally_horizon() - retention.SWEEP_LAG)
     old = [
         tally.key
         for tally in AlertTally.query(ancestor=root_key()).fetch(limit)

@@ -196,6 +196,7 @@ def deliver_all_orgs(
                     run.complete = False  # maybe more pending: come back at once
                 if not send:
                     continue
+                evaluate.sweep_old_state()
                 sends = _sends_in_time(budget, settings) if wait else budget
                 if sends == 0:  # not enough time left for one send to time out
                     run.complete = False

@@ -30,13 +30,15 @@ def create_rule(api, meter: dict, **fields) -> dict:
 
 
 def run_evaluator(app, ndb_client, org: dict, budget: int = 1000) -> int:
-    """Run the org's evaluator until it applies nothing more; feeds applied in all."""
+    """Run the org's evaluator until it applies nothing more, then its sweep of old state
+    (as the cron call does); feeds applied in all."""
     total = 0
     with app.app_context(), ndb_client.context(namespace=org["namespace"]):
         while True:
             applied = evaluate.evaluate_org(budget)
             total += applied
             if not applied:
+                evaluate.sweep_old_state()
                 return total
 
 

@@ -196,14 +196,22 @@ def evaluate_org(
             log.exception("alert evaluation failed for meter %s; its feeds wait", meter_id)
         finally:
             release()
+    if failed and not applied:
+        raise EvaluationFailed(f"alert evaluation failed for meters {', '.join(failed)}")
+    return applied
+
+
+def sweep_old_state() -> None:
+    """Delete the current org's alert state that is no longer needed: old-shape tallies
+    and periods long over (each at most once per process, org and 10 minutes). Not part
+    of `evaluate_org`: the background loop's evaluation rounds are what a crossing waits
+    for, and a sweep is a few round trips; the cron call and the sender's timed pass do
+    it (`periodic.deliver_all_orgs`)."""
     try:
         tallies.sweep_legacy()
     except Exception as error:  # noqa: BLE001  (the next visit sweeps again)
         log.warning("could not sweep old-shape alert tallies: %s", error)
-    retention.sweep()  # periods long over, at most once per process, org and 10 minutes
-    if failed and not applied:
-        raise EvaluationFailed(f"alert evaluation failed for meters {', '.join(failed)}")
-    return applied
+    retention.sweep()  # logs its own failure
 
 
 # -- the lease -------------------------------------------------------------------------

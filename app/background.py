@@ -14,6 +14,7 @@ test that serves an app and goes on).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import threading
@@ -46,6 +47,11 @@ _SEND_EXTENSION = "background_send"
 EVALUATE_SECONDS = 1.0
 
 
+def _settings(config) -> dispatch.Settings:
+    """The loop's sends: a failed attempt due again at once is resent by this process."""
+    return dataclasses.replace(dispatch.Settings.of(config), resend_at_once=True)
+
+
 class _Deliverer:
     """The evaluation loop of one app. A timed round visits every registered org; a
     commit that stored feeds or messages (`outbox.wake()`) starts a round at once for
@@ -54,7 +60,7 @@ class _Deliverer:
     def __init__(self, client, context_options: dict, config):
         self.client, self.context_options = client, context_options
         self.seconds, self.budget = config.background_delivery_seconds, config.cron_delivery_budget
-        self.settings = dispatch.Settings.of(config)
+        self.settings = _settings(config)
         self.stopping = threading.Event()
         self.woken = threading.Event()
         self.lock = threading.Lock()
@@ -135,7 +141,7 @@ class _Sender:
         self.client, self.context_options = client, context_options
         self.seconds = config.background_delivery_seconds
         self.budget = config.cron_delivery_budget
-        self.settings = dispatch.Settings.of(config)
+        self.settings = _settings(config)
         self.stopping = threading.Event()
         self.woken = threading.Event()
         self.lock = threading.Lock()

@@ -146,7 +146,7 @@ class Config:
     cron_delivery_budget: int = 500
     #: Seconds one webhook attempt may take, connection to answer.
     webhook_timeout_seconds: float = 10.0
-    #: Multiplies the retry schedule (1 s, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h); tests
+    #: Multiplies the retry schedule (at once, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h); tests
     #: shrink it. Not read from the environment.
     webhook_retry_scale: float = 1.0
     #: (session 9) Where each process lists its open Datastore transactions, so that a

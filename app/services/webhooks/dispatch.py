@@ -65,10 +65,11 @@ from app.services.webhooks import outbox, safety, signing
 log = logging.getLogger(__name__)
 
 #: Delays before the 2nd, 3rd, ... attempt: about 33 hours in all, then the message fails.
-#: The first is short: most failures are a receiver's blip (a restart, a full pool), and
-#: an alert is worth most within seconds; the process that saw the failure wakes its
-#: sender when that retry comes due (`_wake_for_first_retries`), so it leaves on time.
-RETRY_DELAYS = tuple(timedelta(seconds=s) for s in (1, 5, 300, 1800, 7200, 18000, 36000, 36000))
+#: The second attempt follows the first at once: most failures are a receiver's blip (a
+#: restart, a full pool), and an alert is worth most within seconds. In the background
+#: loop the transaction that records the failure leases the message again and this
+#: process sends it (`Settings.resend_at_once`); elsewhere it is due at once.
+RETRY_DELAYS = tuple(timedelta(seconds=s) for s in (0, 5, 300, 1800, 7200, 18000, 36000, 36000))
 JITTER = 0.2
 #: An endpoint whose every attempt failed for this long is disabled.
 DISABLE_AFTER = timedelta(days=5)
@@ -122,6 +123,10 @@ class Settings:
     timeout_seconds: float = 10.0
     #: Multiplies RETRY_DELAYS (tests shrink the schedule).
     retry_scale: float = 1.0
+    #: A failed attempt whose next one is due at once is leased again by the transaction
+    #: that records it and sent by this process (the background loop's sends; a cron
+    #: call returns before such a send would end).
+    resend_at_once: bool = False
 
     @classmethod
     def of(cls, config: Config) -> Settings:
@@ -625,21 +630,50 @@ def record_many(results: list[Result]) -> set[ndb.Key]:
     one transaction; the keys recorded. A message whose lease is no longer the one it was
     sent with (another dispatcher took it over after the lease ran out) records nothing:
     the others of the batch are recorded all the same."""
+    return _record(results)[0]
+
+
+def _record(results: list[Result]) -> tuple[set[ndb.Key], list[Leased]]:
+    """`record_many`, and the messages its transaction leased again for an attempt at
+    once (`Settings.resend_at_once`), for this process to send."""
+    again: list[Leased] = []
 
     @transactional(retries=5)
     def store() -> set[ndb.Key]:
+        again.clear()
         found = cast(list[WebhookMessage | None], ndb.get_multi([r.key for r in results]))
         changed: list[WebhookMessage] = []
         for result, message in zip(results, found):
             if message is None or message.lease != result.lease or message.status != PENDING:
                 continue
             _settle(message, result)
+            if _resend_now(message, result):
+                again.append(_lease_again(message, result))
             changed.append(message)
         if changed:
             ndb.put_multi(changed)
         return {message.key for message in changed}
 
-    return store()
+    return store(), list(again)
+
+
+def _resend_now(message: WebhookMessage, result: Result) -> bool:
+    return (
+        result.settings.resend_at_once
+        and result.queued is not None
+        and message.status == PENDING
+        and message.next_attempt_at is not None
+        and message.next_attempt_at <= result.at
+    )
+
+
+def _lease_again(message: WebhookMessage, result: Result) -> Leased:
+    assert result.queued is not None
+    now = utcnow()
+    until = now + timedelta(seconds=result.settings.timeout_seconds + LEASE_MARGIN_SECONDS)
+    message.lease = _random.token_hex(8)
+    message.next_attempt_at = until
+    return Leased(message, result.queued.leased.endpoint, now, until)
 
 
 def _settle(message: WebhookMessage, result: Result) -> None:
@@ -690,12 +724,12 @@ class _Recorder:
 
     @staticmethod
     def _commit(namespace: str | None, batch: list[Result]) -> None:
+        again: list[Leased] = []
         try:
-            recorded = record_many(batch)
+            recorded, again = _record(batch)
         except Exception:  # their leases run out and they are sent again
             log.exception("could not record %d webhook attempts", len(batch))
             recorded = set()
-        _wake_for_first_retries(namespace, [r for r in batch if r.key in recorded])
         for result in batch:
             assert result.queued is not None
             try:
@@ -705,29 +739,16 @@ class _Recorder:
                 log.exception("could not note the health of an endpoint")
             finally:
                 _finish(namespace, result.queued, result.outcome.delivered)
+        if again:
+            hand_off(again, again_settings(batch))
 
 
 _recorder = _Recorder()
 
 
-def _wake_for_first_retries(namespace: str | None, recorded: list[Result]) -> None:
-    """Wake this process's sender for the org once the first retry of the recorded
-    failed first attempts is due: without it, that retry would wait for the delivery
-    loop's next timed round."""
-    firsts = [
-        r
-        for r in recorded
-        if not r.outcome.delivered
-        and r.queued is not None
-        and not r.queued.leased.message.attempt_count
-    ]
-    if not firsts:
-        return
-    scale = max(r.settings.retry_scale for r in firsts)
-    seconds = RETRY_DELAYS[0].total_seconds() * scale * (1 + JITTER) + 0.05
-    timer = threading.Timer(seconds, outbox.wake_org, (namespace,))
-    timer.daemon = True
-    timer.start()
+def again_settings(batch: list[Result]) -> Settings:
+    """The settings the batch's sends were made with (one background loop's)."""
+    return next(r.settings for r in batch if r.settings.resend_at_once)
 
 
 #: endpoint (namespace, key id) -> when this process last wrote its first failure

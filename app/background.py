@@ -52,10 +52,14 @@ def _settings(config) -> dispatch.Settings:
     return dataclasses.replace(dispatch.Settings.of(config), resend_at_once=True)
 
 
-class _Deliverer:
-    """The evaluation loop of one app. A timed round visits every registered org; a
-    commit that stored feeds or messages (`outbox.wake()`) starts a round at once for
-    its org alone, so the wait after a commit does not grow with the number of orgs."""
+class _Loop:
+    """A thread of one app that works for the orgs a commit woke (`outbox.wake(org)`) at
+    once, and for every org every METERING_BACKGROUND_DELIVERY_SECONDS (and at once after
+    a pass that left work); `visit` says what it does, `only_messages` which commits wake
+    it (`outbox.on_wake`)."""
+
+    name = "metering-loop"
+    only_messages = False
 
     def __init__(self, client, context_options: dict, config):
         self.client, self.context_options = client, context_options
@@ -65,45 +69,57 @@ class _Deliverer:
         self.woken = threading.Event()
         self.lock = threading.Lock()
         self.woken_orgs: set[str] = set()
-        self.full_round_now = False
-        self.forget = outbox.on_wake(self.wake)
-        self.thread = threading.Thread(target=self.run, name="metering-delivery", daemon=True)
+        self.everyone_now = False
+        self.forget = outbox.on_wake(self.wake, only_messages=self.only_messages)
+        self.thread = threading.Thread(target=self.run, name=self.name, daemon=True)
 
     def wake(self, namespace: str | None) -> None:
-        """A commit stored messages of this org (None: of any org, a full round)."""
+        """A commit of this org (None: of any org, a pass over every org) woke us."""
         with self.lock:
             if namespace is None:
-                self.full_round_now = True
+                self.everyone_now = True
             else:
                 self.woken_orgs.add(namespace)
         self.woken.set()
 
     def run(self) -> None:
-        next_full_round = time.monotonic() + self.seconds
+        next_pass = time.monotonic() + self.seconds
         while not self.stopping.is_set():
-            self.woken.wait(max(0.0, next_full_round - time.monotonic()))
+            self.woken.wait(max(0.0, next_pass - time.monotonic()))
             self.woken.clear()
             if self.stopping.is_set():
                 break
-            only: set[str] | None
             with self.lock:
-                only, self.woken_orgs = self.woken_orgs, set()
-                full, self.full_round_now = self.full_round_now, False
-            if full or time.monotonic() >= next_full_round:
-                only, next_full_round = None, time.monotonic() + self.seconds
-            if not self.round(only):
-                continue
-            if only is None:
-                next_full_round = time.monotonic()  # more is due: a full round at once
-            else:  # more pending for the orgs woken: theirs again at once
+                orgs, self.woken_orgs = self.woken_orgs, set()
+                everyone, self.everyone_now = self.everyone_now, False
+            if everyone or time.monotonic() >= next_pass:
+                more = self.visit(None)  # every org: the woken ones too
+                next_pass = time.monotonic() + (0.0 if more else self.seconds)
+            elif orgs and self.visit(orgs):  # more left for them: theirs again at once
                 with self.lock:
-                    self.woken_orgs |= only
+                    self.woken_orgs |= orgs
                 self.woken.set()
 
-    def round(self, only: set[str] | None) -> bool:
-        """One round of evaluation; whether it left work (its budget ran out, no org
-        failed). Its chunks' messages are handed off, others wake the `_Sender`, and the
-        retries coming due are the `_Sender`'s timed passes'."""
+    def visit(self, only: set[str] | None) -> bool:
+        """Work for these orgs (None: every org); whether work is left."""
+        raise NotImplementedError
+
+    def stop(self, timeout: float) -> None:
+        self.forget()
+        self.stopping.set()
+        self.woken.set()
+        self.thread.join(timeout)
+
+
+class _Deliverer(_Loop):
+    """The evaluation loop of one app: a commit that stored feeds or messages of an org
+    starts a round at once for that org alone, so the wait after a commit does not grow
+    with the number of orgs. A chunk's messages are handed off from its commit, others
+    wake the `_Sender`, and the retries coming due are the `_Sender`'s timed passes'."""
+
+    name = "metering-delivery"
+
+    def visit(self, only: set[str] | None) -> bool:
         try:
             with self.client.context(**self.context_options):
                 run = periodic.deliver_all_orgs(
@@ -120,62 +136,28 @@ class _Deliverer:
             return False
         return not run.complete and not run.failed
 
-    def stop(self, timeout: float) -> None:
-        self.forget()
-        self.stopping.set()
-        self.woken.set()
-        self.thread.join(timeout)
 
-
-class _Sender:
+class _Sender(_Loop):
     """The sends of one app, in a thread of their own: a commit that stored messages of an
-    org (`outbox.wake(org)`) has them leased and queued at once, while the `_Deliverer`
-    may be in the middle of its second of alert evaluation (before, a crossing committed
-    early in that second waited for the rest of it; `benchmarks/alerts_exact.py`, stage
-    `commit -> receipt`). Only commits that stored messages wake it, not ingestion's
-    (`outbox.on_wake(only_messages=True)`). Every METERING_BACKGROUND_DELIVERY_SECONDS it
-    visits every org for the retries that came due (the `_Deliverer`'s rounds did that
-    before, between two chunks of evaluation: a few queries each)."""
+    org has them leased and queued at once, while the `_Deliverer` may be in the middle
+    of its second of alert evaluation (before, a crossing committed early in that second
+    waited for the rest of it; `benchmarks/alerts_exact.py`, stage `commit -> receipt`).
+    Only commits that stored messages wake it, not ingestion's. Its timed pass visits
+    every org for the retries that came due, and sweeps old alert state (the
+    `_Deliverer`'s rounds did both before, between two chunks of evaluation)."""
 
-    def __init__(self, client, context_options: dict, config):
-        self.client, self.context_options = client, context_options
-        self.seconds = config.background_delivery_seconds
-        self.budget = config.cron_delivery_budget
-        self.settings = _settings(config)
-        self.stopping = threading.Event()
-        self.woken = threading.Event()
-        self.lock = threading.Lock()
-        self.woken_orgs: set[str] = set()
-        self.pass_now = False
-        self.forget = outbox.on_wake(self.wake, only_messages=True)
-        self.thread = threading.Thread(target=self.run, name="metering-send", daemon=True)
+    name = "metering-send"
+    only_messages = True
 
-    def wake(self, namespace: str | None) -> None:
-        with self.lock:
-            if namespace is None:  # every org: a timed pass at once
-                self.pass_now = True
-            else:
-                self.woken_orgs.add(namespace)
-        self.woken.set()
-
-    def run(self) -> None:
-        next_pass = time.monotonic() + self.seconds
-        while not self.stopping.is_set():
-            self.woken.wait(max(0.0, next_pass - time.monotonic()))
-            self.woken.clear()
+    def visit(self, only: set[str] | None) -> bool:
+        if only is None:
+            return self.send_all()
+        more = False
+        for namespace in only:
             if self.stopping.is_set():
                 break
-            with self.lock:
-                orgs, self.woken_orgs = self.woken_orgs, set()
-                timed, self.pass_now = self.pass_now, False
-            if timed or time.monotonic() >= next_pass:
-                more = self.send_all()
-                next_pass = time.monotonic() + (0.0 if more else self.seconds)
-            for namespace in orgs:
-                if self.stopping.is_set():
-                    break
-                if self.send(namespace):
-                    self.wake(namespace)  # more due past the budget: again at once
+            more = self.send(namespace) or more
+        return more
 
     def send_all(self) -> bool:
         """A timed pass: every org's due messages (the retries); whether more are due."""
@@ -197,15 +179,9 @@ class _Sender:
                 context.new(namespace=namespace).use(),
             ):
                 return dispatch.dispatch_org(self.budget, self.settings, wait=False).more
-        except Exception:  # the deliverer's next round sends them
+        except Exception:  # the next timed pass sends them
             log.warning("sending the webhook messages of %r failed", namespace, exc_info=True)
             return False
-
-    def stop(self, timeout: float) -> None:
-        self.forget()
-        self.stopping.set()
-        self.woken.set()
-        self.thread.join(timeout)
 
 
 class _Compactor:

@@ -466,7 +466,9 @@ def lease_at_creation(
 def hand_off(leased: list[Leased], settings: Settings) -> None:
     """Queue messages leased in the commit that stored them (`lease_at_creation`) for
     this process's senders, in the current org. Nobody waits for them: their results
-    are recorded by the group commits like any other send."""
+    are recorded by the group commits like any other send. They are queued even past an
+    endpoint's LEASED_PER_ENDPOINT (they are leased already): a queued one that waits
+    past its lease's margin is not sent, and goes out once the lease has expired."""
     context = ndb.get_context()
     namespace = context.get_namespace()
     for item in leased:
@@ -478,18 +480,6 @@ def hand_off(leased: list[Leased], settings: Settings) -> None:
             _in_flight_per_endpoint[(namespace, _endpoint_key_id(key))] += 1
         done: concurrent.futures.Future[bool | None] = concurrent.futures.Future()
         _enqueue(namespace, _Queued(context.client, item, settings, done))
-
-
-def _lease(
-    key: ndb.Key, now: datetime, settings: Settings, endpoints: dict[int, WebhookEndpoint]
-) -> tuple[WebhookMessage, WebhookEndpoint] | None:
-    """Lease one message (`lease_many` of one); None when there is nothing to send."""
-    try:
-        leased = lease_many([key], now, settings, endpoints)
-    except Exception:  # a contended lease: another dispatcher is taking it
-        log.warning("could not lease webhook message %s", key.id(), exc_info=True)
-        return None
-    return (leased[0].message, leased[0].endpoint) if leased else None
 
 
 def _attempt(at: datetime, outcome: Outcome) -> dict[str, object]:

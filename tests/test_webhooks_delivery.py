@@ -386,22 +386,30 @@ def test_the_background_loop_delivers_and_stops(config, org, receiver):
     assert "background_delivery" not in app.extensions
 
 
-def test_a_refused_first_attempt_is_sent_again_at_once_by_the_loop(config, org, receiver):
-    """The second attempt follows a refused first one at once: the loop's transaction that
-    records the refusal leases the message again and its process sends it; the loop's
-    timed pass (60 s here) is not what sends it. Then the schedule goes on (5 s, ...)."""
-    app = create_app(config.replace(background_delivery_seconds=60))
+def _served_attempts(config, org, receiver, script: list[str], attempts: int, **changes):
+    """A test message under a served app's background loop, the receiver answering by
+    `script`: the ids of the first `attempts` deliveries, once they came."""
+    app = create_app(config.replace(**changes))
     server = LiveServer(app).start()
     try:
         api = Api(server.url, org["apiKey"])
         endpoint = _endpoint(api, receiver)
-        receiver.script = ["error"]
+        receiver.script = list(script)
         message = _test_message(api, endpoint)
-        eventually(lambda: len(receiver.received) == 2, timeout=8, what="the retry sent")
+        eventually(lambda: len(receiver.received) >= attempts, timeout=10, what="the retries sent")
     finally:
         server.stop()
-    first, second = receiver.received
-    assert [first.headers["webhook-id"], second.headers["webhook-id"]] == [message["id"]] * 2
+    return message["id"], [r.headers["webhook-id"] for r in receiver.received[:attempts]]
+
+
+def test_a_refused_first_attempt_is_sent_again_at_once_by_the_loop(config, org, receiver):
+    """The second attempt follows a refused first one at once: the loop's transaction that
+    records the refusal leases the message again and its process sends it; the loop's
+    timed pass (60 s here) is not what sends it."""
+    sent, ids = _served_attempts(
+        config, org, receiver, ["error"], 2, background_delivery_seconds=60
+    )
+    assert ids == [sent] * 2
 
 
 def test_the_loop_period_is_read_from_the_environment():
@@ -411,19 +419,19 @@ def test_the_loop_period_is_read_from_the_environment():
     assert (config.background_delivery_seconds, config.webhook_timeout_seconds) == (1.5, 4.0)
 
 
-def test_the_loops_timed_round_sends_the_retries(config, org, receiver):
-    """A retry is due later, with no commit to wake the loop: the timed round sends it."""
-    app = create_app(config.replace(background_delivery_seconds=0.3, webhook_retry_scale=0.0))
-    server = LiveServer(app).start()
-    try:
-        api = Api(server.url, org["apiKey"])
-        endpoint = _endpoint(api, receiver)
-        receiver.script = ["error"]
-        message = _test_message(api, endpoint)
-        eventually(lambda: len(receiver.received) == 2, timeout=10, what="the retry sent")
-    finally:
-        server.stop()
-    assert [r.headers["webhook-id"] for r in receiver.received] == [message["id"]] * 2
+def test_the_loops_timed_pass_sends_the_retries(config, org, receiver):
+    """A retry due later (the third attempt: 5 s x 0.1 after the second), with no commit
+    to wake the loop: the sender's timed pass sends it."""
+    sent, ids = _served_attempts(
+        config,
+        org,
+        receiver,
+        ["error", "error"],
+        3,
+        background_delivery_seconds=0.3,
+        webhook_retry_scale=0.1,
+    )
+    assert ids == [sent] * 3
 
 
 def test_a_long_answer_is_kept_to_one_kib(api, receiver, deliver):

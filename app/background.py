@@ -23,6 +23,7 @@ import time
 from google.api_core import exceptions as core_exceptions
 
 from app.services import periodic
+from app.services.alerts import evaluate
 from app.services.webhooks import dispatch, outbox
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,8 @@ _SEND_EXTENSION = "background_send"
 #: Seconds of alert evaluation per round before the round sends what it announced (one
 #: chunk at least): a backlog's first crossings leave with their chunk.
 EVALUATE_SECONDS = 1.0
+#: How often the evaluation loop looks for the feeds of meters it holds the lease of.
+POLL_SECONDS = 0.2
 
 
 def _settings(config) -> dispatch.Settings:
@@ -85,12 +88,14 @@ class _Loop:
     def run(self) -> None:
         next_pass = time.monotonic() + self.seconds
         while not self.stopping.is_set():
-            self.woken.wait(max(0.0, next_pass - time.monotonic()))
+            polled = self.polled_orgs()
+            wait = next_pass - time.monotonic()
+            self.woken.wait(max(0.0, min(wait, POLL_SECONDS) if polled else wait))
             self.woken.clear()
             if self.stopping.is_set():
                 break
             with self.lock:
-                orgs, self.woken_orgs = self.woken_orgs, set()
+                orgs, self.woken_orgs = self.woken_orgs | polled, set()
                 everyone, self.everyone_now = self.everyone_now, False
             if everyone or time.monotonic() >= next_pass:
                 more = self.visit(None)  # every org: the woken ones too
@@ -103,6 +108,10 @@ class _Loop:
     def visit(self, only: set[str] | None) -> bool:
         """Work for these orgs (None: every org); whether work is left."""
         raise NotImplementedError
+
+    def polled_orgs(self) -> set[str]:
+        """Orgs to visit every POLL_SECONDS even when no commit of this process wakes us."""
+        return set()
 
     def stop(self, timeout: float) -> None:
         self.forget()
@@ -118,6 +127,12 @@ class _Deliverer(_Loop):
     wake the `_Sender`, and the retries coming due are the `_Sender`'s timed passes'."""
 
     name = "metering-delivery"
+
+    def polled_orgs(self) -> set[str]:
+        """The orgs whose meter leases this process holds: the batches their other
+        processes record wake those processes' loops, which leave the meter to us, so we
+        look for their feeds every POLL_SECONDS until the lease goes idle (2 s)."""
+        return evaluate.held_orgs()
 
     def visit(self, only: set[str] | None) -> bool:
         try:

@@ -4,6 +4,7 @@ and the `standardwebhooks` package as the independent verifier."""
 from __future__ import annotations
 
 import json
+import time
 from datetime import timedelta
 
 import pytest
@@ -12,7 +13,7 @@ from standardwebhooks import Webhook
 from app import create_app
 from app.services import periodic
 from app.services.alerts import evaluate
-from app.services.webhooks import dispatch
+from app.services.webhooks import dispatch, outbox
 from tests.support.alerts import create_rule, minutes_ago, triggers
 from tests.support.http import Api
 from tests.support.receiver import Receiver
@@ -187,3 +188,33 @@ def test_a_message_leased_at_its_commit_by_a_process_that_died_is_sent_once_its_
         assert dispatch.dispatch_org(100, QUICK, now=later).leased == 0
     [payload] = _payloads(receiver, endpoint["secret"])
     assert payload["type"] == "alert.triggered" and payload["data"]["value"] == 5
+
+
+def test_the_lease_holder_looks_for_feeds_another_process_recorded(
+    config, org, receiver, monkeypatch
+):
+    """A batch recorded by another worker wakes that worker's loop, which leaves the meter
+    to the process holding its lease: the holder looks for such feeds every POLL_SECONDS
+    while it holds the lease, so the crossing does not wait for its timed round (60 s
+    here). The other worker is simulated by a commit that wakes no loop here."""
+    monkeypatch.setattr(evaluate, "LEASE_SECONDS", 60.0)
+    monkeypatch.setattr(evaluate, "IDLE_RELEASE_SECONDS", 60.0)
+    app = create_app(config.replace(background_delivery_seconds=60))
+    server = LiveServer(app).start()
+    try:
+        api = Api(server.url, org["apiKey"])
+        endpoint = _endpoint(api, receiver)
+        meter = api.create_meter()
+        create_rule(api, meter, thresholds=[3])
+        api.record({"meterId": meter["id"], "userId": "a", "value": 3})  # wakes: lease taken
+        eventually(lambda: len(_alerts(receiver)) == 1, timeout=10, what="a's alert sent")
+        assert org["namespace"] in evaluate.held_orgs()
+        time.sleep(1.0)  # the rounds a's batch woke are over: the loop waits now
+        with monkeypatch.context() as elsewhere:
+            elsewhere.setattr(outbox, "wake_org", lambda *args, **kwargs: None)
+            api.record({"meterId": meter["id"], "userId": "b", "value": 5})
+        eventually(lambda: len(_alerts(receiver)) == 2, timeout=10, what="b's alert sent")
+    finally:
+        server.stop()
+    payloads = _payloads(receiver, endpoint["secret"])
+    assert [(p["data"]["userId"], p["data"]["value"]) for p in payloads] == [("a", 3), ("b", 5)]

@@ -243,6 +243,13 @@ _held_lock = threading.Lock()
 _holder: tuple[int, str] | None = None
 
 
+def held_orgs() -> set[str]:
+    """The orgs (namespaces) of the meter leases this process holds now."""
+    now = time.monotonic()
+    with _held_lock:
+        return {namespace for (namespace, _meter), held in _held.items() if held.until > now}
+
+
 def _process_holder() -> str:
     """This process's lease holder name (a forked child gets its own)."""
     global _holder

@@ -19,6 +19,8 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import ndb
 
 from app import cache
+from app.models import utcnow
+from app.models.webhook import PENDING, WebhookMessage
 from app.storage import journal, metrics, rpc
 
 
@@ -82,13 +84,20 @@ def _journal_transactions(client: ndb.Client, directory: str) -> None:
 
 
 def _release_lease(key: str, holder: str) -> None:
-    """Delete a stopped process's lease entity (serialized key) if it still holds it."""
-    lease_key = ndb.Key(urlsafe=key.encode())
+    """Give up what a stopped process held (a serialized key, and its holder name or
+    lease token), if it still holds it: an alert lease is deleted; a webhook message it
+    had leased is due again at once (it may have been sent: the receiver drops the
+    duplicate by its `webhook-id`), instead of when its lease would have run out."""
+    held_key = ndb.Key(urlsafe=key.encode())
 
     def release() -> None:
-        lease = lease_key.get()
-        if lease is not None and getattr(lease, "holder", None) == holder:
-            lease_key.delete()
+        entity = held_key.get()
+        if isinstance(entity, WebhookMessage):
+            if entity.lease == holder and entity.status == PENDING:
+                entity.lease, entity.next_attempt_at = None, utcnow()
+                entity.put()
+        elif entity is not None and getattr(entity, "holder", None) == holder:
+            held_key.delete()
 
     ndb.transaction(release, retries=3)
 

@@ -23,6 +23,7 @@ from google.api_core import exceptions as core_exceptions
 from google.cloud import ndb
 
 from app import create_app
+from app.models import utcnow
 from app.storage import journal, rpc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -205,3 +206,37 @@ def test_a_stopped_processs_alert_lease_is_released_by_the_next_process(
 def test_a_let_go_lease_is_not_listed():
     text = 'L["k1", "h"]\nL["k2", "h"]\nl["k1", "h"]\nL["k3"'
     assert journal.left_held(text) == [("k2", "h")]
+
+
+def test_a_stopped_processs_leased_message_is_due_again_at_once(
+    config, ndb_client, tmp_path, api, org
+):
+    """A webhook message a killed process had leased (and maybe sent) is due again as
+    soon as the next process starts, not when its lease would have run out; one whose
+    lease another dispatcher took since is left alone."""
+    from app.services.webhooks import dispatch
+
+    endpoint = api.post("/v1/webhooks/endpoints", json={"url": "http://127.0.0.1:9/hook"})
+    assert endpoint.status_code == 201, endpoint.text
+    for _ in range(2):
+        sent = api.post(f"/v1/webhooks/endpoints/{endpoint.json()['id']}/test")
+        assert sent.status_code in (200, 201, 202), sent.text
+    with ndb_client.context(namespace=org["namespace"]):
+        keys = dispatch.due_keys(utcnow() + timedelta(seconds=1), 10)
+        endpoints = {e.key.id(): e for e in dispatch.WebhookEndpoint.query().fetch()}
+        leased = dispatch.lease_many(keys, utcnow(), dispatch.Settings(), endpoints)
+        assert len(leased) == 2 and not dispatch.due_keys(utcnow(), 10)
+        dead, taken_over = leased
+        lines = [
+            json.dumps([dead.message.key.urlsafe().decode(), dead.message.lease]),
+            json.dumps([taken_over.message.key.urlsafe().decode(), "an older lease"]),
+        ]
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait(timeout=10)
+    (tmp_path / f"{child.pid}-0{journal.SUFFIX}").write_text(
+        "".join("L" + line + "\n" for line in lines)
+    )
+    create_app(config.replace(transaction_journal_dir=str(tmp_path)))
+    with ndb_client.context(namespace=org["namespace"]):
+        assert dispatch.due_keys(utcnow(), 10) == [dead.message.key]
+        assert taken_over.message.key.get().lease == taken_over.message.lease

@@ -61,6 +61,7 @@ from app.models.webhook import (
 )
 from app.schemas import format_time
 from app.services.webhooks import outbox, safety, signing
+from app.storage import journal
 
 log = logging.getLogger(__name__)
 
@@ -298,7 +299,10 @@ class _Queued:
 def _enqueue(namespace: str | None, item: _Queued) -> None:
     """Queue a leased message for its endpoint; start a sender task unless PER_ENDPOINT
     run already (one of them takes it)."""
-    endpoint_key = (namespace, _endpoint_key_id(item.leased.message.key))
+    message = item.leased.message
+    if message.lease:  # a restart after a kill makes it due at once (app/storage/journal.py)
+        journal.held(message.key.urlsafe().decode(), message.lease)
+    endpoint_key = (namespace, _endpoint_key_id(message.key))
     with _in_flight_lock:
         _queues.setdefault(endpoint_key, deque()).append(item)
         start = _sending[endpoint_key] < PER_ENDPOINT
@@ -351,7 +355,10 @@ def _send_one(namespace: str | None, item: _Queued) -> None:
 
 def _finish(namespace: str | None, item: _Queued, delivered: bool | None) -> None:
     """The message's attempt is over (recorded, or given up): free its place."""
-    _give_back(namespace, item.leased.message.key)
+    message = item.leased.message
+    if message.lease:
+        journal.let_go(message.key.urlsafe().decode(), message.lease)
+    _give_back(namespace, message.key)
     item.done.set_result(delivered)
 
 

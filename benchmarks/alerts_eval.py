@@ -251,7 +251,10 @@ def main() -> int:
             f"{usage.entities_written / max(feeds, 1):.1f} per feed)"
         )
         if profile:
-            pstats.Stats(profile).sort_stats("cumulative").print_stats(30)
+            stats = pstats.Stats(profile).sort_stats("cumulative")
+            stats.print_stats(30)
+            print("the service's own functions:")
+            stats.print_stats(r"/app/", 40)
     finally:
         emulator.stop()
     return 0

@@ -143,6 +143,8 @@ class Bucket:
     blob: bytes = b""
     full: bool = False
     exists: bool = False
+    #: the basis under which its (spec, period) was seeded whole (`seed_period`), if it was
+    whole: datetime | None = None
     #: subject -> (start, end) of its line in `blob`, or None: not in it (found so far)
     spans: dict[str | None, tuple[int, int] | None] = field(default_factory=dict)
 
@@ -194,7 +196,8 @@ def records_of(blob: bytes) -> dict[str | None, list[Any]]:
 def _decode(name: str, entity: AlertTallyBucket | None) -> Bucket:
     if entity is None:
         return Bucket(name)
-    return Bucket(name, _lines_of(entity.subjects or b""), bool(entity.full), True)
+    blob = _lines_of(entity.subjects or b"")
+    return Bucket(name, blob, bool(entity.full), True, entity.whole)
 
 
 @dataclass
@@ -281,6 +284,7 @@ def writes(
                 period_start=start,
                 subjects=blob,
                 full=full,
+                whole=bucket.whole,
             )
         )
         for subject, tally in spilled:
@@ -338,6 +342,58 @@ def _trimmed(
     gone = {subject for subject, _record in leaving}
     kept = b"".join(b"\n" + line for subject, _record, line in entries if subject not in gone)
     return kept, True, leaving
+
+
+def bucket_names(spec: str, start: datetime) -> list[str]:
+    """The key names of every bucket of (spec, period start)."""
+    return ["b_" + base32(digest(spec, start.isoformat(), index), 40) for index in range(BUCKETS)]
+
+
+def store_period(
+    spec: str, start: datetime, basis: datetime, seeded: Any, values: dict[str, int], meter_id: str
+) -> bool:
+    """In one transaction, write the tally of every user of `values` (a per-user spec's
+    period, seeded at one cut: `seed.seed_period`) that its bucket does not hold yet, and
+    mark every bucket of the period `whole` for `basis`; whether the period is whole now.
+
+    A subject already in its bucket keeps its record (it was seeded or counted by then,
+    and holds its thresholds' states). Nothing is written if a bucket is full (a subject
+    missing from it may be spilled) or would be: then each new tally is seeded alone, as
+    before."""
+    names = bucket_names(spec, start)
+    at = _micros(seeded.at)
+
+    def attempt() -> bool:
+        found = ndb.get_multi([_bucket_key(name) for name in names])
+        buckets = {name: _decode(name, entity) for name, entity in zip(names, found)}
+        if all(bucket.whole == basis for bucket in buckets.values()):
+            return True
+        if any(bucket.full for bucket in buckets.values()):
+            return False
+        lines: dict[str, dict[str | None, bytes]] = {name: {} for name in names}
+        for user, value in values.items():
+            bucket = buckets[bucket_name(spec, start, user)]
+            if bucket.span(user) is None:
+                lines[bucket.name][user] = _line([user, value, at, _micros(basis), {}])
+        puts = []
+        for name, bucket in buckets.items():
+            blob, full, leaving = _packed(bucket, lines[name])
+            if full or leaving:
+                return False
+            puts.append(
+                AlertTallyBucket(
+                    key=_bucket_key(name),
+                    meter_id=meter_id,
+                    period_start=start,
+                    subjects=blob,
+                    full=False,
+                    whole=basis,
+                )
+            )
+        ndb.put_multi(puts)
+        return True
+
+    return bool(ndb.transaction(attempt, retries=3))
 
 
 def _spill(

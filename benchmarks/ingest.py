@@ -28,6 +28,7 @@ spread run under py-spy (installed separately) and its top costs per request.
 from __future__ import annotations
 
 import argparse
+import collections
 import itertools
 import json
 import multiprocessing
@@ -1105,6 +1106,35 @@ def print_profile(
         print(f"    {share(count) * per_request_ms:6.2f} ms  {share(count):5.1%}  {name}")
 
 
+def print_chunk_sizes(workdir: Path) -> None:
+    """Feeds per alert-evaluation chunk over the whole run, from the services' logs (each
+    worker logs its chunks' sizes every 10 s: `alert chunks`); a worker's last seconds
+    may be missing. A chunk's cost depends on its size (benchmarks/alerts_eval.py
+    --chunk-feeds), and the delivery loop's wakes decide it."""
+    sizes: collections.Counter[int] = collections.Counter()
+    for path in sorted(workdir.glob("service-*.log")):
+        for line in path.read_text(errors="replace").splitlines():
+            if "alert chunks: " not in line:
+                continue
+            try:
+                message = json.loads(line)["message"]
+                found = json.loads(message.split("alert chunks: ", 1)[1])["feedsPerChunk"]
+            except (ValueError, KeyError, IndexError):
+                continue
+            for feeds, chunks in found.items():
+                sizes[int(feeds)] += chunks
+    if not sizes:
+        print("\nAlert chunks: none logged (code from before session 9, or none applied)")
+        return
+    chunks = sum(sizes.values())
+    feeds = sum(n * c for n, c in sizes.items())
+    shown = ", ".join(f"{n}: {c}" for n, c in sorted(sizes.items()))
+    print(
+        f"\nAlert chunks (from the services' logs): {chunks} chunks of {feeds} feeds, "
+        f"{feeds / chunks:.2f} feeds per chunk; feeds per chunk -> chunks: {shown}"
+    )
+
+
 # -- main ------------------------------------------------------------------------------
 
 
@@ -1307,6 +1337,8 @@ def main(argv=None) -> int:
         print("\nSettings, best spread throughput first:")
         for line in best_setting(results):
             print(f"  {line}")
+    if args.delivery_loop and args.alert_rules:
+        print_chunk_sizes(workdir)
     if costs is not None:
         print_request_costs(*costs)
     if profile is not None:

@@ -23,8 +23,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -301,7 +303,9 @@ def _apply_chunk(
     if len(feeds) > 1 and planned > MAX_MUTATIONS:
         return _halves(meter_id, rules, feeds, settings, seeds)
     try:
-        return _commit_chunk(meter, feeds, touches, targets, settings, now, legacy)
+        applied = _commit_chunk(meter, feeds, touches, targets, settings, now, legacy)
+        _chunk_sizes.count(len(feeds))
+        return applied
     except _TooBig:  # the tallies changed since they were planned
         if len(feeds) == 1:
             in_order = sorted(touches.values(), key=lambda touch: touch.bucket)
@@ -321,6 +325,36 @@ class _Targets(dict[str, list[Any]]):
             raise _Stale()
         found = self[kind] = outbox.targets(kind)
         return found
+
+
+#: How often a process logs the sizes of the chunks it applied (`_ChunkSizes`).
+CHUNK_REPORT_SECONDS = 10.0
+
+
+class _ChunkSizes:
+    """Feeds per applied chunk, logged (INFO, `alert chunks`) at most every
+    CHUNK_REPORT_SECONDS per process: what one chunk costs depends on its size, and the
+    loop's wakes decide it (benchmarks/ingest.py prints their totals)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sizes: Counter[int] = Counter()
+        self._since = time.monotonic()
+
+    def count(self, feeds: int) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._sizes[feeds] += 1
+            if now - self._since < CHUNK_REPORT_SECONDS:
+                return
+            sizes, self._sizes, self._since = self._sizes, Counter(), now
+        log.info(
+            "alert chunks: %s",
+            json.dumps({"feedsPerChunk": {str(n): c for n, c in sorted(sizes.items())}}),
+        )
+
+
+_chunk_sizes = _ChunkSizes()
 
 
 def _halves(

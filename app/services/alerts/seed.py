@@ -49,7 +49,13 @@ GROUPED_ENTITIES = 5_000
 #: How long this process, once a grouped read of a meter's periods went past the cap,
 #: reads them one summary per tally without trying again.
 TOO_BIG_SECONDS = 600.0
-_too_big: dict[tuple[str, datetime, datetime], float] = {}
+_too_big: dict[tuple[str, str, datetime, datetime], float] = {}
+
+
+def _attempt(meter: Meter, start: datetime, end: datetime) -> tuple[str, str, datetime, datetime]:
+    """What `_too_big` remembers a grouped read by: the org's namespace too, since two
+    orgs' meters can share an id."""
+    return (ndb.get_context().get_namespace() or "", meter.id_, start, end)
 
 
 @dataclass(frozen=True)
@@ -131,7 +137,7 @@ def _grouped_values(meter: Meter, touches: list[Any]) -> list[int] | None:
     None if that read is too big or a rollup needs settling (then each touch is read on
     its own, which settles it)."""
     start, end = min(t.start for t in touches), max(t.end for t in touches)
-    attempt = (meter.id_, start, end)
+    attempt = _attempt(meter, start, end)
     if _too_big.get(attempt, 0.0) > time.monotonic():
         return None
     counted = _Counted(GROUPED_ENTITIES)
@@ -242,7 +248,7 @@ def _every_user(meter: Meter, touch: Any) -> dict[str, int] | None:
     """Every user's value in the touch's (spec, period), from one read of the meter's
     users' rollups over the period; None if that read is too big (GROUPED_ENTITIES) or a
     rollup needs settling."""
-    attempt = (meter.id_, touch.start, touch.end)
+    attempt = _attempt(meter, touch.start, touch.end)
     if _too_big.get(attempt, 0.0) > time.monotonic():
         return None
     counted = _Counted(GROUPED_ENTITIES)

@@ -438,19 +438,27 @@ def send_all(service, api_key: str, bodies: list[bytes], clients: int, path=METE
     return threads, start, records, reconnects
 
 
-#: The service counts as quiet once it used less than this share of a core over a step.
-QUIET_SHARE, QUIET_STEP = 0.05, 0.5
+#: The service counts as quiet once it used less than this share of a core over each of
+#: QUIET_STEPS steps in a row. Together they outlast the delivery loop's period (1 s,
+#: METERING_BACKGROUND_DELIVERY_SECONDS below): a single 0.5 s step often fell between
+#: the last answer and the loop's next round, so the evaluation of a whole round of
+#: batches was left out (session 9: 20-rule rounds reading as 0-rule ones, "quiet 0.5s").
+QUIET_SHARE, QUIET_STEP, QUIET_STEPS = 0.05, 0.5, 3
 
 
 def _settled(cpu: common.TreeCpu, limit: float) -> float:
     """Wait until the service is quiet (its evaluation of the last batches done: its
-    background loop then costs a few ms a second) or `limit` seconds passed; how long."""
+    background loop then costs a few ms a second) or `limit` seconds passed; how long
+    (the quiet steps included)."""
     began = time.perf_counter()
     before = cpu.snapshot()
+    quiet = 0
     while time.perf_counter() - began < limit:
         time.sleep(QUIET_STEP)
         after = cpu.snapshot()
-        if common.TreeCpu.used(before, after).seconds < QUIET_SHARE * QUIET_STEP:
+        busy = common.TreeCpu.used(before, after).seconds >= QUIET_SHARE * QUIET_STEP
+        quiet = 0 if busy else quiet + 1
+        if quiet >= QUIET_STEPS:
             break
         before = after
     return time.perf_counter() - began

@@ -1120,15 +1120,18 @@ def print_chunk_sizes(workdir: Path) -> None:
     may be missing. A chunk's cost depends on its size (benchmarks/alerts_eval.py
     --chunk-feeds), and the delivery loop's wakes decide it."""
     sizes: collections.Counter[int] = collections.Counter()
+    cpu = 0.0
     for path in sorted(workdir.glob("service-*.log")):
         for line in path.read_text(errors="replace").splitlines():
             if "alert chunks: " not in line:
                 continue
             try:
                 message = json.loads(line)["message"]
-                found = json.loads(message.split("alert chunks: ", 1)[1])["feedsPerChunk"]
+                report = json.loads(message.split("alert chunks: ", 1)[1])
+                found = report["feedsPerChunk"]
             except (ValueError, KeyError, IndexError):
                 continue
+            cpu += report.get("cpuSeconds", 0.0)
             for feeds, chunks in found.items():
                 sizes[int(feeds)] += chunks
     if not sizes:
@@ -1139,7 +1142,8 @@ def print_chunk_sizes(workdir: Path) -> None:
     shown = ", ".join(f"{n}: {c}" for n, c in sorted(sizes.items()))
     print(
         f"\nAlert chunks (from the services' logs): {chunks} chunks of {feeds} feeds, "
-        f"{feeds / chunks:.2f} feeds per chunk; feeds per chunk -> chunks: {shown}"
+        f"{feeds / chunks:.2f} feeds per chunk; feeds per chunk -> chunks: {shown}; "
+        f"the chunks' own thread CPU {cpu:.2f}s ({1000 * cpu / max(feeds, 1):.1f} ms per feed)"
     )
 
 

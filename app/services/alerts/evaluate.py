@@ -272,6 +272,7 @@ def _apply_chunk(
     read for the whole chunk, which are all at one cut: a half's tally that the other
     half has not written since (same `_version`) is seeded right by it, and the others
     are read again."""
+    began = time.thread_time()
     meter = seed.meter_of(meter_id)
     touches = _touches(feeds, rules)
     legacy = tallies.legacy_possible()
@@ -304,7 +305,7 @@ def _apply_chunk(
         return _halves(meter_id, rules, feeds, settings, seeds)
     try:
         applied = _commit_chunk(meter, feeds, touches, targets, settings, now, legacy)
-        _chunk_sizes.count(len(feeds))
+        _chunk_sizes.count(len(feeds), time.thread_time() - began)
         return applied
     except _TooBig:  # the tallies changed since they were planned
         if len(feeds) == 1:
@@ -339,19 +340,24 @@ class _ChunkSizes:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._sizes: Counter[int] = Counter()
+        self._cpu = 0.0
         self._since = time.monotonic()
 
-    def count(self, feeds: int) -> None:
+    def count(self, feeds: int, cpu: float) -> None:
+        """A chunk of `feeds` applied, its thread's CPU seconds (seeds and commit included)."""
         now = time.monotonic()
         with self._lock:
             self._sizes[feeds] += 1
+            self._cpu += cpu
             if now - self._since < CHUNK_REPORT_SECONDS:
                 return
             sizes, self._sizes, self._since = self._sizes, Counter(), now
-        log.info(
-            "alert chunks: %s",
-            json.dumps({"feedsPerChunk": {str(n): c for n, c in sorted(sizes.items())}}),
-        )
+            spent, self._cpu = self._cpu, 0.0
+        report = {
+            "feedsPerChunk": {str(n): c for n, c in sorted(sizes.items())},
+            "cpuSeconds": round(spent, 4),
+        }
+        log.info("alert chunks: %s", json.dumps(report))
 
 
 _chunk_sizes = _ChunkSizes()

@@ -208,6 +208,7 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=48)
     parser.add_argument("--seed", type=int, default=14)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--profile-out", help="with --profile, also write the stats here")
     parser.add_argument("--rules", choices=("exact", "ingest"), default="exact")
     parser.add_argument("--rule-count", type=int, default=20, help="with --rules ingest")
     parser.add_argument("--warmup-batches", type=int, default=0)
@@ -297,6 +298,8 @@ def main() -> int:
             f"{usage.entities_written / max(feeds, 1):.1f} per feed)"
         )
         if profile:
+            if arguments.profile_out:
+                profile.dump_stats(arguments.profile_out)
             stats = pstats.Stats(profile).sort_stats("cumulative")
             stats.print_stats(30)
             print("the service's own functions:")

@@ -28,6 +28,7 @@ spread run under py-spy (installed separately) and its top costs per request.
 from __future__ import annotations
 
 import argparse
+import collections
 import itertools
 import json
 import multiprocessing
@@ -437,19 +438,27 @@ def send_all(service, api_key: str, bodies: list[bytes], clients: int, path=METE
     return threads, start, records, reconnects
 
 
-#: The service counts as quiet once it used less than this share of a core over a step.
-QUIET_SHARE, QUIET_STEP = 0.05, 0.5
+#: The service counts as quiet once it used less than this share of a core over each of
+#: QUIET_STEPS steps in a row. Together they outlast the delivery loop's period (1 s,
+#: METERING_BACKGROUND_DELIVERY_SECONDS below): a single 0.5 s step often fell between
+#: the last answer and the loop's next round, so the evaluation of a whole round of
+#: batches was left out (session 9: 20-rule rounds reading as 0-rule ones, "quiet 0.5s").
+QUIET_SHARE, QUIET_STEP, QUIET_STEPS = 0.05, 0.5, 3
 
 
 def _settled(cpu: common.TreeCpu, limit: float) -> float:
     """Wait until the service is quiet (its evaluation of the last batches done: its
-    background loop then costs a few ms a second) or `limit` seconds passed; how long."""
+    background loop then costs a few ms a second) or `limit` seconds passed; how long
+    (the quiet steps included)."""
     began = time.perf_counter()
     before = cpu.snapshot()
+    quiet = 0
     while time.perf_counter() - began < limit:
         time.sleep(QUIET_STEP)
         after = cpu.snapshot()
-        if common.TreeCpu.used(before, after).seconds < QUIET_SHARE * QUIET_STEP:
+        busy = common.TreeCpu.used(before, after).seconds >= QUIET_SHARE * QUIET_STEP
+        quiet = 0 if busy else quiet + 1
+        if quiet >= QUIET_STEPS:
             break
         before = after
     return time.perf_counter() - began
@@ -1105,6 +1114,39 @@ def print_profile(
         print(f"    {share(count) * per_request_ms:6.2f} ms  {share(count):5.1%}  {name}")
 
 
+def print_chunk_sizes(workdir: Path) -> None:
+    """Feeds per alert-evaluation chunk over the whole run, from the services' logs (each
+    worker logs its chunks' sizes every 10 s: `alert chunks`); a worker's last seconds
+    may be missing. A chunk's cost depends on its size (benchmarks/alerts_eval.py
+    --chunk-feeds), and the delivery loop's wakes decide it."""
+    sizes: collections.Counter[int] = collections.Counter()
+    cpu = 0.0
+    for path in sorted(workdir.glob("service-*.log")):
+        for line in path.read_text(errors="replace").splitlines():
+            if "alert chunks: " not in line:
+                continue
+            try:
+                message = json.loads(line)["message"]
+                report = json.loads(message.split("alert chunks: ", 1)[1])
+                found = report["feedsPerChunk"]
+            except (ValueError, KeyError, IndexError):
+                continue
+            cpu += report.get("cpuSeconds", 0.0)
+            for feeds, chunks in found.items():
+                sizes[int(feeds)] += chunks
+    if not sizes:
+        print("\nAlert chunks: none logged (code from before session 9, or none applied)")
+        return
+    chunks = sum(sizes.values())
+    feeds = sum(n * c for n, c in sizes.items())
+    shown = ", ".join(f"{n}: {c}" for n, c in sorted(sizes.items()))
+    print(
+        f"\nAlert chunks (from the services' logs): {chunks} chunks of {feeds} feeds, "
+        f"{feeds / chunks:.2f} feeds per chunk; feeds per chunk -> chunks: {shown}; "
+        f"the chunks' own thread CPU {cpu:.2f}s ({1000 * cpu / max(feeds, 1):.1f} ms per feed)"
+    )
+
+
 # -- main ------------------------------------------------------------------------------
 
 
@@ -1307,6 +1349,8 @@ def main(argv=None) -> int:
         print("\nSettings, best spread throughput first:")
         for line in best_setting(results):
             print(f"  {line}")
+    if args.delivery_loop and args.alert_rules:
+        print_chunk_sizes(workdir)
     if costs is not None:
         print_request_costs(*costs)
     if profile is not None:

@@ -3,7 +3,6 @@ tallies of the old shape (one entity per subject) folded in."""
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -41,7 +40,7 @@ def _stored(ndb_client, org, model):
 
 
 def _subjects(bucket: AlertTallyBucket) -> dict:
-    return {record[0]: record for record in json.loads(bucket.subjects)}
+    return tallies.records_of(bucket.subjects)
 
 
 def test_a_chunk_of_many_users_writes_at_most_one_entity_per_bucket(api, evaluate, ndb_client, org):

@@ -97,6 +97,10 @@ class AlertTallyBucket(ndb.Model):
     period_start = ndb.DateTimeProperty("PeriodStart", tzinfo=UTC)
     subjects = ndb.BlobProperty("Subjects")
     full = ndb.BooleanProperty("Full", indexed=False, default=False)
+    #: Session 9: every user of the (spec, period) with a value was written to its bucket
+    #: at one cut after this basis (`tallies.seed_period`): a user absent from the bucket
+    #: (and its spills) then counts from 0, with no seed of its own. None: not done.
+    whole = ndb.DateTimeProperty("WholeBasis", indexed=False, tzinfo=UTC)
 
     @classmethod
     def _get_kind(cls) -> str:

@@ -26,6 +26,7 @@ import os
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -447,17 +448,22 @@ def _apply_chunk(
     read for the whole chunk, which are all at one cut: a half's tally that the other
     half has not written since (same `_version`) is seeded right by it, and the others
     are read again."""
+    began = time.thread_time()
     meter = seed.meter_of(meter_id)
     touches = _touches(feeds, rules)
     legacy = tallies.legacy_possible()
     stored = tallies.read(touches.values(), legacy)
-    existing = stored.tallies
     now = utcnow()
+    if not legacy and _seed_periods(meter, touches, stored, settings, now):
+        stored = tallies.read(touches.values(), legacy)
+    existing = stored.tallies
     seeds = {} if seeds is None else seeds
     seeding = [
         touch
         for name, touch in touches.items()
-        if _needs_seed(touch, existing[name], meter.aggregation_type, settings, now)
+        if _needs_seed(
+            touch, existing[name], meter.aggregation_type, settings, now, _whole(stored, touch)
+        )
     ]
     unread = [
         touch
@@ -469,19 +475,70 @@ def _apply_chunk(
         seeds[touch.key_name] = (seeded, _version(existing[touch.key_name]))
     for touch in seeding:
         touch.seeded, touch.seeded_over = seeds[touch.key_name]
-    if settings.targets is None:
-        settings.targets = outbox.targets_of([TRIGGERED, RESOLVED])
+    if settings.targets is None:  # read once per evaluation call, when first needed
+        settings.targets = _Targets()
     targets = settings.targets
     planned = _planned_mutations(feeds, touches, stored, meter.aggregation_type, targets)
     if len(feeds) > 1 and planned > MAX_MUTATIONS:
         return _halves(meter_id, rules, feeds, settings, seeds)
     try:
-        return _commit_chunk(meter, feeds, touches, targets, settings, now, legacy)
+        applied = _commit_chunk(meter, feeds, touches, targets, settings, now, legacy)
+        _chunk_sizes.count(len(feeds), time.thread_time() - began)
+        return applied
     except _TooBig:  # the tallies changed since they were planned
         if len(feeds) == 1:
             in_order = sorted(touches.values(), key=lambda touch: touch.bucket)
             return _commit_in_parts(meter, feeds[0], in_order, targets, settings, now, legacy)
         return _halves(meter_id, rules, feeds, settings, seeds)
+
+
+class _Targets(dict[str, list[Any]]):
+    """A chunk's endpoints per message type, read when its first crossing of that type is
+    planned (`_planned_mutations`): most chunks cross nothing, and reading them for
+    every chunk was two queries of its few RPCs. A crossing met only inside the commit's
+    transaction (the tallies changed since planned) starts the chunk over (`_Stale`):
+    the endpoints are read outside transactions."""
+
+    def __missing__(self, kind: str) -> list[Any]:
+        if ndb.in_transaction():
+            raise _Stale()
+        found = self[kind] = outbox.targets(kind)
+        return found
+
+
+#: How often a process logs the sizes of the chunks it applied (`_ChunkSizes`).
+CHUNK_REPORT_SECONDS = 10.0
+
+
+class _ChunkSizes:
+    """Feeds per applied chunk, logged (INFO, `alert chunks`) at most every
+    CHUNK_REPORT_SECONDS per process: what one chunk costs depends on its size, and the
+    loop's wakes decide it (benchmarks/ingest.py prints their totals)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sizes: Counter[int] = Counter()
+        self._cpu = 0.0
+        self._since = time.monotonic()
+
+    def count(self, feeds: int, cpu: float) -> None:
+        """A chunk of `feeds` applied, its thread's CPU seconds (seeds and commit included)."""
+        now = time.monotonic()
+        with self._lock:
+            self._sizes[feeds] += 1
+            self._cpu += cpu
+            if now - self._since < CHUNK_REPORT_SECONDS:
+                return
+            sizes, self._sizes, self._since = self._sizes, Counter(), now
+            spent, self._cpu = self._cpu, 0.0
+        report = {
+            "feedsPerChunk": {str(n): c for n, c in sorted(sizes.items())},
+            "cpuSeconds": round(spent, 4),
+        }
+        log.info("alert chunks: %s", json.dumps(report))
+
+
+_chunk_sizes = _ChunkSizes()
 
 
 def _halves(
@@ -613,8 +670,52 @@ def _basis(touch: Touch, settings: _Settings) -> datetime:
     return touch.since + settings.complete
 
 
+def _whole(stored: tallies.Read, touch: Touch) -> datetime | None:
+    """The basis under which the touch's (spec, period) was seeded whole, if it was."""
+    return stored.buckets[touch.bucket].whole
+
+
+def _seed_periods(
+    meter: Any, touches: dict[str, Touch], stored: tallies.Read, settings: _Settings, now: datetime
+) -> bool:
+    """Seed whole each per-user (spec, period) where the chunk meets a new tally that
+    needs a seed (`_needs_seed`), once its basis has passed: every user's value at one
+    cut, stored in the period's buckets (`tallies.store_period`). A user new to the
+    period later needs no seed of its own. Before, each chunk meeting new users read
+    every user's rollups of the period again (`seed._grouped_values`): in
+    `benchmarks/ingest.py`'s rounds, thousands of entities per 100-event batch. Whether
+    any period was stored (then the chunk reads its tallies again)."""
+    if meter.aggregation_type not in (Aggregation.SUM, Aggregation.COUNT, Aggregation.MAX):
+        return False  # unique_count tallies are seeded at every touch anyway
+    periods: dict[tuple[str, datetime], Touch] = {}
+    for name, touch in touches.items():
+        basis = _basis(touch, settings)
+        if (
+            touch.watch.scope == "user"
+            and stored.tallies[name] is None
+            and now >= basis
+            and _whole(stored, touch) != basis
+            and _needs_seed(touch, None, meter.aggregation_type, settings, now)
+        ):
+            periods.setdefault((touch.spec, touch.start), touch)
+    stored_any = False
+    for (spec, start), touch in periods.items():
+        basis = _basis(touch, settings)
+        found = seed.seed_period(meter, touch)
+        if found is None or found[0].at < basis:
+            continue
+        seeded, values = found
+        stored_any |= tallies.store_period(spec, start, basis, seeded, values, meter.id_)
+    return stored_any
+
+
 def _needs_seed(
-    touch: Touch, tally: tallies.Tally | None, aggregation: str, settings: _Settings, now: datetime
+    touch: Touch,
+    tally: tallies.Tally | None,
+    aggregation: str,
+    settings: _Settings,
+    now: datetime,
+    whole: datetime | None = None,
 ) -> bool:
     """Whether the tally must be read from the summary engine: always for unique_count, for
     max after a cancel; a new tally of a period that may hold events recorded before every
@@ -625,14 +726,16 @@ def _needs_seed(
     then the value may be short, never over). Not more often: right after a rule is
     created is when a tenant records the most against it, and re-reading every touched
     tally then (once a second each, an earlier version) made the evaluator fall tens of
-    seconds behind (`benchmarks/alerts_exact.py`)."""
+    seconds behind (`benchmarks/alerts_exact.py`). A new tally of a period seeded whole
+    under its basis (`whole`, `_seed_periods`) needs none: its user had no value at that
+    cut, and every event since wrote a feed."""
     basis = _basis(touch, settings)
     if aggregation == Aggregation.UNIQUE_COUNT:
         return True
     if aggregation == Aggregation.MAX and touch.recompute:
         return True
     if tally is None:
-        return touch.start < basis + settings.lead
+        return touch.start < basis + settings.lead and whole != basis
     if tally.basis != basis:
         return True
     if tally.seeded_at is None or tally.seeded_at >= basis:
@@ -686,7 +789,7 @@ def _commit_chunk(
             tally = stored.tallies[touch.key_name]
             basis = _basis(touch, settings)
             if touch.seeded is None and _needs_seed(
-                touch, tally, meter.aggregation_type, settings, decided
+                touch, tally, meter.aggregation_type, settings, decided, _whole(stored, touch)
             ):
                 raise _Stale()  # it changed since we looked (another evaluator): look again
             if touch.seeded is not None and _version(tally) != touch.seeded_over:

@@ -17,6 +17,7 @@ must see the same commits:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -48,7 +49,13 @@ GROUPED_ENTITIES = 5_000
 #: How long this process, once a grouped read of a meter's periods went past the cap,
 #: reads them one summary per tally without trying again.
 TOO_BIG_SECONDS = 600.0
-_too_big: dict[tuple[str, datetime, datetime], float] = {}
+_too_big: dict[tuple[str, str, datetime, datetime], float] = {}
+
+
+def _attempt(meter: Meter, start: datetime, end: datetime) -> tuple[str, str, datetime, datetime]:
+    """What `_too_big` remembers a grouped read by: the org's namespace too, since two
+    orgs' meters can share an id."""
+    return (ndb.get_context().get_namespace() or "", meter.id_, start, end)
 
 
 @dataclass(frozen=True)
@@ -146,7 +153,7 @@ def _grouped_values(meter: Meter, touches: list[Any]) -> list[int] | None:
     None if that read is too big or a rollup needs settling (then each touch is read on
     its own, which settles it)."""
     start, end = min(t.start for t in touches), max(t.end for t in touches)
-    attempt = (meter.id_, start, end)
+    attempt = _attempt(meter, start, end)
     if _too_big.get(attempt, 0.0) > time.monotonic():
         return None
     counted = _Counted(GROUPED_ENTITIES)
@@ -201,22 +208,35 @@ def _values(meter: Meter, touches: list[Any]) -> list[int]:
 
 def _consistent_reads(meter: Meter, touches: list[Any]) -> tuple[dict[bytes, list[Any]], list[int]]:
     """Pending feeds of the meter and each touch's summary value, at one cut."""
+    wanted = {(touch.spec, touch.subject, touch.start) for touch in touches}
+    return _at_one_cut(meter, lambda: _values(meter, touches), touches, wanted.__contains__)
+
+
+def _at_one_cut(
+    meter: Meter,
+    read: Callable[[], Any],
+    touches: list[Any],
+    concerns: Callable[[tuple[str, str | None, datetime]], bool],
+) -> tuple[dict[bytes, list[Any]], Any]:
+    """Pending feeds of the meter and what `read` reads from the summaries, at one cut:
+    one read-only transaction, or on the legacy emulator reads retried until no feed
+    that appeared meanwhile `concerns` a (spec, subject, period start) of `touches`'
+    specs."""
     if capabilities.consistent_snapshots():  # Firestore in Datastore mode: one snapshot
         transaction = rpc.begin_read_only()
         try:
             with rpc.reads_in(transaction):
                 feeds = _pending_feeds(meter.id_)
-                values = _values(meter, touches)
+                values = read()
         finally:
             rpc.rollback(transaction)
         return feeds, values
     for _ in range(LEGACY_ROUNDS):
         before = _pending_feeds(meter.id_)
-        values = _values(meter, touches)
+        values = read()
         after = _pending_feeds(meter.id_)
         appeared = {key: after[key] for key in after if key not in before}
-        wanted = {(touch.spec, touch.subject, touch.start) for touch in touches}
-        if not wanted & set(_pending_parts(appeared, touches)):
+        if not any(concerns(key) for key in _pending_parts(appeared, touches)):
             break
     return before, values
 
@@ -238,3 +258,53 @@ def seed_all(meter: Meter, touches: list[Any]) -> list[Seed]:
             value -= total if meter.aggregation_type == Aggregation.SUM else count
         seeds.append(Seed(value, at))
     return seeds
+
+
+def _every_user(meter: Meter, touch: Any) -> dict[str, int] | None:
+    """Every user's value in the touch's (spec, period), from one read of the meter's
+    users' rollups over the period; None if that read is too big (GROUPED_ENTITIES) or a
+    rollup needs settling."""
+    attempt = _attempt(meter, touch.start, touch.end)
+    if _too_big.get(attempt, 0.0) > time.monotonic():
+        return None
+    counted = _Counted(GROUPED_ENTITIES)
+    try:
+        cells = list(summary.cells(meter, None, touch.start, touch.end, counted))
+    except _TooMany:
+        _too_big[attempt] = time.monotonic() + TOO_BIG_SECONDS
+        return None
+    except recompute.Unsettled:
+        return None
+    request = SummaryRequest(
+        meter.aggregation_type,
+        meter.unique_by,
+        touch.start,
+        touch.end,
+        group_by=(USER_ID,),
+        filters={name: frozenset({value}) for name, value in touch.watch.filter},
+    )
+    result = summarize_cells(request, cells, None, deadline.check)
+    return {window.group_by[USER_ID]: int(window.value or 0) for window in result.windows}
+
+
+def seed_period(meter: Meter, touch: Any) -> tuple[Seed, dict[str, int]] | None:
+    """Every user's tally value in the (per-user) spec and period of `touch` without the
+    feeds still pending, at one cut (users at 0 left out): what `evaluate` stores once
+    per (spec, period) so that a user new to it later needs no seed of its own. None if
+    the period holds too much to read at once (then each new tally is seeded alone)."""
+    at = utcnow()
+    feeds, values = _at_one_cut(
+        meter,
+        lambda: _every_user(meter, touch),
+        [touch],
+        lambda key: key[0] == touch.spec and key[2] == touch.start,
+    )
+    if values is None:
+        return None
+    if meter.aggregation_type in (Aggregation.SUM, Aggregation.COUNT):
+        parts = _pending_parts(feeds, [touch])
+        sum_ = meter.aggregation_type == Aggregation.SUM
+        for (spec, subject, start), (total, count) in parts.items():
+            if spec == touch.spec and start == touch.start and subject is not None:
+                values[subject] = values.get(subject, 0) - (total if sum_ else count)
+    return Seed(0, at), {user: value for user, value in values.items() if value}

@@ -16,6 +16,7 @@ workers build the app after the fork, and gRPC is not fork-safe once it runs).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import json
@@ -1009,9 +1010,19 @@ def _gunicorn(host: str, port: int, workers: int, threads: int) -> None:
             # lazy: see "Lazy imports" above
             from app import create_app
 
+            atexit.register(_ignore_quit_signals)  # runs before logging's own atexit
             return create_app()
 
     Server().run()
+
+
+def _ignore_quit_signals() -> None:
+    """A gunicorn worker on its way out ignores further quit signals: Ctrl-C reaches the
+    worker and then the master's QUIT does too, and a second `sys.exit` raised by
+    gunicorn's handler inside logging's last flush printed a traceback (seen once in CI,
+    `test_serve_runs_its_own_emulator_and_keeps_data_across_restarts`)."""
+    for number in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM):
+        signal.signal(number, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

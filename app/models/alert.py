@@ -101,6 +101,9 @@ class AlertTallyBucket(ndb.Model):
     #: at one cut after this basis (`tallies.seed_period`): a user absent from the bucket
     #: (and its spills) then counts from 0, with no seed of its own. None: not done.
     whole = ndb.DateTimeProperty("WholeBasis", indexed=False, tzinfo=UTC)
+    #: The cut of that read. Before the basis (a rule minutes old), a user absent counts
+    #: from 0 at this cut and is read again once the basis has passed; None: after it.
+    whole_at = ndb.DateTimeProperty("WholeAt", indexed=False, tzinfo=UTC)
 
     @classmethod
     def _get_kind(cls) -> str:

@@ -462,7 +462,7 @@ def _apply_chunk(
         touch
         for name, touch in touches.items()
         if _needs_seed(
-            touch, existing[name], meter.aggregation_type, settings, now, _whole(stored, touch)
+            touch, existing[name], meter.aggregation_type, settings, now, _whole(stored, touch, now)
         )
     ]
     unread = [
@@ -475,6 +475,11 @@ def _apply_chunk(
         seeds[touch.key_name] = (seeded, _version(existing[touch.key_name]))
     for touch in seeding:
         touch.seeded, touch.seeded_over = seeds[touch.key_name]
+    for name, touch in touches.items():
+        if touch.seeded is None and existing[name] is None:
+            provisional = _provisional(stored, touch, now, _basis(touch, settings))
+            if provisional is not None:
+                touch.seeded, touch.seeded_over = provisional, None
     if settings.targets is None:  # read once per evaluation call, when first needed
         settings.targets = _Targets()
     targets = settings.targets
@@ -670,18 +675,38 @@ def _basis(touch: Touch, settings: _Settings) -> datetime:
     return touch.since + settings.complete
 
 
-def _whole(stored: tallies.Read, touch: Touch) -> datetime | None:
-    """The basis under which the touch's (spec, period) was seeded whole, if it was."""
-    return stored.buckets[touch.bucket].whole
+def _whole(stored: tallies.Read, touch: Touch, now: datetime) -> datetime | None:
+    """The basis under which the touch's (spec, period) was seeded whole, if it was and
+    that still holds: a read made before the basis holds until the basis has passed."""
+    bucket = stored.buckets[touch.bucket]
+    if bucket.whole is not None and bucket.whole_at is not None and now >= bucket.whole:
+        return None
+    return bucket.whole
+
+
+def _provisional(
+    stored: tallies.Read, touch: Touch, now: datetime, basis: datetime
+) -> seed.Seed | None:
+    """For a new tally of a (spec, period) seeded whole before its basis: its seed (0 at
+    that read's cut: its user had no value then, and every feed since is added), so that
+    it is read again once the basis has passed, like any tally seeded before it."""
+    bucket = stored.buckets[touch.bucket]
+    if bucket.whole_at is None or _whole(stored, touch, now) != basis:
+        return None
+    return seed.Seed(0, bucket.whole_at)
 
 
 def _seed_periods(
     meter: Any, touches: dict[str, Touch], stored: tallies.Read, settings: _Settings, now: datetime
 ) -> bool:
     """Seed whole each per-user (spec, period) where the chunk meets a new tally that
-    needs a seed (`_needs_seed`), once its basis has passed: every user's value at one
-    cut, stored in the period's buckets (`tallies.store_period`). A user new to the
-    period later needs no seed of its own. Before, each chunk meeting new users read
+    needs a seed (`_needs_seed`): every user's value at one cut, stored in the period's
+    buckets (`tallies.store_period`). A user new to the period later needs no seed of its
+    own. Before the basis (the rule's first half minute, when tenants record the most
+    against it and each chunk met users new to its periods) the read is provisional: it
+    holds until the basis has passed, then the period is seeded whole again, and the
+    tallies made under it are each read again once, as any tally seeded before its
+    basis (`_provisional`). Before, each chunk meeting new users read
     every user's rollups of the period again (`seed._grouped_values`): in
     `benchmarks/ingest.py`'s rounds, thousands of entities per 100-event batch. Whether
     any period was stored (then the chunk reads its tallies again)."""
@@ -693,8 +718,7 @@ def _seed_periods(
         if (
             touch.watch.scope == "user"
             and stored.tallies[name] is None
-            and now >= basis
-            and _whole(stored, touch) != basis
+            and _whole(stored, touch, now) != basis
             and _needs_seed(touch, None, meter.aggregation_type, settings, now)
         ):
             periods.setdefault((touch.spec, touch.start), touch)
@@ -702,7 +726,7 @@ def _seed_periods(
     for (spec, start), touch in periods.items():
         basis = _basis(touch, settings)
         found = seed.seed_period(meter, touch)
-        if found is None or found[0].at < basis:
+        if found is None:
             continue
         seeded, values = found
         stored_any |= tallies.store_period(spec, start, basis, seeded, values, meter.id_)
@@ -789,7 +813,12 @@ def _commit_chunk(
             tally = stored.tallies[touch.key_name]
             basis = _basis(touch, settings)
             if touch.seeded is None and _needs_seed(
-                touch, tally, meter.aggregation_type, settings, decided, _whole(stored, touch)
+                touch,
+                tally,
+                meter.aggregation_type,
+                settings,
+                decided,
+                _whole(stored, touch, decided),
             ):
                 raise _Stale()  # it changed since we looked (another evaluator): look again
             if touch.seeded is not None and _version(tally) != touch.seeded_over:

@@ -146,6 +146,8 @@ class Bucket:
     exists: bool = False
     #: the basis under which its (spec, period) was seeded whole (`seed_period`), if it was
     whole: datetime | None = None
+    #: the cut of that read when it came before the basis (None: after it)
+    whole_at: datetime | None = None
     #: subject -> (start, end) of its line in `blob`, or None: not in it (found so far)
     spans: dict[str | None, tuple[int, int] | None] = field(default_factory=dict)
 
@@ -198,7 +200,7 @@ def _decode(name: str, entity: AlertTallyBucket | None) -> Bucket:
     if entity is None:
         return Bucket(name)
     blob = _lines_of(entity.subjects or b"")
-    return Bucket(name, blob, bool(entity.full), True, entity.whole)
+    return Bucket(name, blob, bool(entity.full), True, entity.whole, entity.whole_at)
 
 
 @dataclass
@@ -286,6 +288,7 @@ def writes(
                 subjects=blob,
                 full=full,
                 whole=bucket.whole,
+                whole_at=bucket.whole_at,
             )
         )
         for subject, tally in spilled:
@@ -363,11 +366,15 @@ def store_period(
     before."""
     names = bucket_names(spec, start)
     at = _micros(seeded.at)
+    early = seeded.at < basis  # before the basis: provisional (`whole_at`)
 
     def attempt() -> bool:
         found = ndb.get_multi([_bucket_key(name) for name in names])
         buckets = {name: _decode(name, entity) for name, entity in zip(names, found)}
-        if all(bucket.whole == basis for bucket in buckets.values()):
+        if all(
+            bucket.whole == basis and (early or bucket.whole_at is None)
+            for bucket in buckets.values()
+        ):
             return True
         if any(bucket.full for bucket in buckets.values()):
             return False
@@ -389,6 +396,7 @@ def store_period(
                     subjects=blob,
                     full=False,
                     whole=basis,
+                    whole_at=seeded.at if early else None,
                 )
             )
         ndb.put_multi(puts)

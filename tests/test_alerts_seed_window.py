@@ -1,0 +1,119 @@
+"""Within a rule's first half minute (before its basis: batches of processes whose rule
+cache was stale may still commit without a feed) a per-user period is seeded whole too,
+provisionally (session 9): a user new to it needs no seed of its own until the basis has
+passed; then the period is seeded whole again and what the provisional read could not
+know (a batch committed without a feed) is counted."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import timedelta
+
+import pytest
+
+from app.models import AlertTallyBucket, root_key
+from app.services.alerts import evaluate as evaluate_module
+from app.services.alerts import feed as feed_module
+from app.services.alerts import seed as seed_module
+from app.services.alerts import tallies
+from tests.support.alerts import create_rule, minutes_ago, run_evaluator, triggers
+
+
+@pytest.fixture
+def window(monkeypatch):
+    """The delay from a rule's creation to its basis: an hour (within it) until the test
+    sets `passed` (then 0: the basis has passed)."""
+    state = {"passed": False}
+    real = evaluate_module._settings
+
+    def settings(hand_off=None):
+        complete = timedelta(0) if state["passed"] else timedelta(hours=1)
+        return dataclasses.replace(real(hand_off), complete=complete)
+
+    monkeypatch.setattr(evaluate_module, "_settings", settings)
+    tallies.bucket_name.cache_clear()
+    tallies.forget_legacy()
+    seed_module._too_big.clear()
+    yield state
+    tallies.bucket_name.cache_clear()
+    tallies.forget_legacy()
+
+
+@pytest.fixture
+def seeds(monkeypatch):
+    """("period", spec) per whole read, ("tally", subject) per tally seeded on its own."""
+    asked: list[tuple[str, object]] = []
+    real_period, real_all = seed_module.seed_period, seed_module.seed_all
+
+    def seed_period(meter, touch):
+        asked.append(("period", touch.spec))
+        return real_period(meter, touch)
+
+    def seed_all(meter, touches):
+        asked.extend(("tally", touch.subject) for touch in touches)
+        return real_all(meter, touches)
+
+    monkeypatch.setattr(seed_module, "seed_period", seed_period)
+    monkeypatch.setattr(seed_module, "seed_all", seed_all)
+    return asked
+
+
+def _event(meter, user, value, minutes=5):
+    return {
+        "meterId": meter["id"],
+        "userId": user,
+        "value": value,
+        "timestamp": minutes_ago(minutes),
+    }
+
+
+def _buckets(ndb_client, org):
+    with ndb_client.context(namespace=org["namespace"]):
+        return list(AlertTallyBucket.query(ancestor=root_key()).fetch())
+
+
+def _values(ndb_client, org) -> dict:
+    return {
+        subject: record[1]
+        for bucket in _buckets(ndb_client, org)
+        for subject, record in tallies.records_of(bucket.subjects).items()
+    }
+
+
+def _fired(api, rule) -> dict:
+    return {(t["userId"], t["threshold"]): t["value"] for t in triggers(api, rule)}
+
+
+def test_a_period_seeded_whole_within_the_window_is_seeded_again_once_it_has_passed(
+    api, app, ndb_client, org, window, seeds, monkeypatch
+):
+    meter = api.create_meter()
+    api.record(_event(meter, "u", 8, minutes=20), _event(meter, "v", 30, minutes=20))
+    rule = create_rule(api, meter, thresholds=[10, 40])
+    api.record(_event(meter, "u", 1), _event(meter, "y", 10))
+    run_evaluator(app, ndb_client, org)
+    assert [kind for kind, _spec in seeds] == ["period"]  # provisional: one read
+    assert all(b.whole is not None and b.whole_at is not None for b in _buckets(ndb_client, org))
+    assert _values(ndb_client, org) == {"u": 9, "v": 30, "y": 10}
+    # Users new to the period within the window need no read of their own.
+    api.record(_event(meter, "v", 10), _event(meter, "z", 3))
+    run_evaluator(app, ndb_client, org)
+    assert [kind for kind, _spec in seeds] == ["period"]
+    assert _fired(api, rule) == {("y", 10): 10, ("v", 10): 40, ("v", 40): 40}
+    # A batch of a process whose rule cache was stale: stored without a feed.
+    with monkeypatch.context() as stale:
+        stale.setattr(feed_module, "meters_with_rules", lambda meter_key_ids: set())
+        api.record(_event(meter, "q", 50))
+    window["passed"] = True
+    api.record(_event(meter, "q", 1), _event(meter, "z", 1))
+    run_evaluator(app, ndb_client, org)
+    assert seeds.count(("period", seeds[0][1])) == 2  # seeded whole again, for good
+    assert all(b.whole_at is None for b in _buckets(ndb_client, org))
+    assert _fired(api, rule) == {
+        ("y", 10): 10,
+        ("v", 10): 40,
+        ("v", 40): 40,
+        ("q", 10): 51,
+        ("q", 40): 51,
+    }
+    assert _values(ndb_client, org) == {"u": 9, "v": 40, "y": 10, "z": 4, "q": 51}

@@ -279,7 +279,7 @@ def test_a_chunks_new_tallies_of_one_spec_are_seeded_by_one_grouped_read(
     ]
     assert {t["userId"]: t["value"] for t in triggers(api, rule)} == {"v": 31, "x": 10, "y": 10}
     # Within the rule's first half minute the period is seeded whole (one read of every
-    # user, `seed.seed_period`); past the cap, one grouped read is tried, then summaries.
+    # user, `seed.seed_periods`); past the cap, one grouped read is tried, then summaries.
     assert grouped == ([] if entities > 1 else [None])
     api.record(_event(meter, "u", 1, **m1), _event(meter, "v", 9, **m1))
     evaluate()

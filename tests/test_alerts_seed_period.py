@@ -45,17 +45,17 @@ def seeds(monkeypatch):
     """What was seeded: ("period", spec) per whole period, ("tally", subject) per tally
     seeded on its own."""
     asked: list[tuple[str, object]] = []
-    real_period, real_all = seed_module.seed_period, seed_module.seed_all
+    real_periods, real_all = seed_module.seed_periods, seed_module.seed_all
 
-    def seed_period(meter, touch):
-        asked.append(("period", touch.spec))
-        return real_period(meter, touch)
+    def seed_periods(meter, touches):
+        asked.extend(("period", touch.spec) for touch in touches)
+        return real_periods(meter, touches)
 
     def seed_all(meter, touches):
         asked.extend(("tally", touch.subject) for touch in touches)
         return real_all(meter, touches)
 
-    monkeypatch.setattr(seed_module, "seed_period", seed_period)
+    monkeypatch.setattr(seed_module, "seed_periods", seed_periods)
     monkeypatch.setattr(seed_module, "seed_all", seed_all)
     return asked
 

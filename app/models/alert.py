@@ -98,7 +98,7 @@ class AlertTallyBucket(ndb.Model):
     subjects = ndb.BlobProperty("Subjects")
     full = ndb.BooleanProperty("Full", indexed=False, default=False)
     #: Session 9: every user of the (spec, period) with a value was written to its bucket
-    #: at one cut after this basis (`tallies.seed_period`): a user absent from the bucket
+    #: at one cut after this basis (`tallies.seed_periods`): a user absent from the bucket
     #: (and its spills) then counts from 0, with no seed of its own. None: not done.
     whole = ndb.DateTimeProperty("WholeBasis", indexed=False, tzinfo=UTC)
     #: The cut of that read. Before the basis (a rule minutes old), a user absent counts

@@ -701,7 +701,7 @@ def _seed_periods(
 ) -> bool:
     """Seed whole each per-user (spec, period) where the chunk meets a new tally that
     needs a seed (`_needs_seed`): every user's value at one cut, stored in the period's
-    buckets (`tallies.store_period`). A user new to the period later needs no seed of its
+    buckets (`tallies.store_periods`). A user new to the period later needs no seed of its
     own. Before the basis (the rule's first half minute, when tenants record the most
     against it and each chunk met users new to its periods) the read is provisional: it
     holds until the basis has passed, then the period is seeded whole again, and the
@@ -722,15 +722,17 @@ def _seed_periods(
             and _needs_seed(touch, None, meter.aggregation_type, settings, now)
         ):
             periods.setdefault((touch.spec, touch.start), touch)
-    stored_any = False
-    for (spec, start), touch in periods.items():
-        basis = _basis(touch, settings)
-        found = seed.seed_period(meter, touch)
-        if found is None:
-            continue
-        seeded, values = found
-        stored_any |= tallies.store_period(spec, start, basis, seeded, values, meter.id_)
-    return stored_any
+    if not periods:
+        return False
+    found = seed.seed_periods(meter, list(periods.values()))
+    if found is None:
+        return False
+    seeded, values = found
+    wanted = [
+        (spec, start, _basis(touch, settings), values[(spec, start)])
+        for (spec, start), touch in periods.items()
+    ]
+    return bool(tallies.store_periods(wanted, seeded, meter.id_))
 
 
 def _needs_seed(

@@ -260,51 +260,68 @@ def seed_all(meter: Meter, touches: list[Any]) -> list[Seed]:
     return seeds
 
 
-def _every_user(meter: Meter, touch: Any) -> dict[str, int] | None:
-    """Every user's value in the touch's (spec, period), from one read of the meter's
-    users' rollups over the period; None if that read is too big (GROUPED_ENTITIES) or a
-    rollup needs settling."""
-    attempt = _attempt(meter, touch.start, touch.end)
+Period = tuple[str, datetime]  # (spec, period start)
+
+
+def _every_user(meter: Meter, touches: list[Any]) -> dict[Period, dict[str, int]] | None:
+    """Every user's value in each touch's (spec, period), from ONE read of the meter's
+    users' rollups over all the periods; None if that read is too big (GROUPED_ENTITIES)
+    or a rollup needs settling."""
+    start, end = min(t.start for t in touches), max(t.end for t in touches)
+    attempt = _attempt(meter, start, end)
     if _too_big.get(attempt, 0.0) > time.monotonic():
         return None
     counted = _Counted(GROUPED_ENTITIES)
     try:
-        cells = list(summary.cells(meter, None, touch.start, touch.end, counted))
+        cells = list(summary.cells(meter, None, start, end, counted))
     except _TooMany:
         _too_big[attempt] = time.monotonic() + TOO_BIG_SECONDS
         return None
     except recompute.Unsettled:
         return None
-    request = SummaryRequest(
-        meter.aggregation_type,
-        meter.unique_by,
-        touch.start,
-        touch.end,
-        group_by=(USER_ID,),
-        filters={name: frozenset({value}) for name, value in touch.watch.filter},
-    )
-    result = summarize_cells(request, cells, None, deadline.check)
-    return {window.group_by[USER_ID]: int(window.value or 0) for window in result.windows}
+    found: dict[Period, dict[str, int]] = {}
+    for touch in touches:
+        request = SummaryRequest(
+            meter.aggregation_type,
+            meter.unique_by,
+            touch.start,
+            touch.end,
+            group_by=(USER_ID,),
+            filters={name: frozenset({value}) for name, value in touch.watch.filter},
+        )
+        inside = [cell for cell in cells if touch.start <= cell[1] < touch.end]
+        result = summarize_cells(request, inside, None, deadline.check)
+        found[(touch.spec, touch.start)] = {
+            window.group_by[USER_ID]: int(window.value or 0) for window in result.windows
+        }
+    return found
 
 
-def seed_period(meter: Meter, touch: Any) -> tuple[Seed, dict[str, int]] | None:
-    """Every user's tally value in the (per-user) spec and period of `touch` without the
-    feeds still pending, at one cut (users at 0 left out): what `evaluate` stores once
-    per (spec, period) so that a user new to it later needs no seed of its own. None if
-    the period holds too much to read at once (then each new tally is seeded alone)."""
+def seed_periods(
+    meter: Meter, touches: list[Any]
+) -> tuple[Seed, dict[Period, dict[str, int]]] | None:
+    """Every user's tally value in the (per-user) spec and period of each touch (one per
+    period) without the feeds still pending, all at one cut and from one read (users at 0
+    left out): what `evaluate` stores so that a user new to a period later needs no seed
+    of its own. None if the periods hold too much to read at once (then each new tally
+    is seeded alone)."""
     at = utcnow()
+    wanted = {(touch.spec, touch.start) for touch in touches}
     feeds, values = _at_one_cut(
         meter,
-        lambda: _every_user(meter, touch),
-        [touch],
-        lambda key: key[0] == touch.spec and key[2] == touch.start,
+        lambda: _every_user(meter, touches),
+        touches,
+        lambda key: (key[0], key[2]) in wanted,
     )
     if values is None:
         return None
     if meter.aggregation_type in (Aggregation.SUM, Aggregation.COUNT):
-        parts = _pending_parts(feeds, [touch])
         sum_ = meter.aggregation_type == Aggregation.SUM
-        for (spec, subject, start), (total, count) in parts.items():
-            if spec == touch.spec and start == touch.start and subject is not None:
-                values[subject] = values.get(subject, 0) - (total if sum_ else count)
-    return Seed(0, at), {user: value for user, value in values.items() if value}
+        for (spec, subject, start), (total, count) in _pending_parts(feeds, touches).items():
+            of_period = values.get((spec, start))
+            if of_period is not None and subject is not None:
+                of_period[subject] = of_period.get(subject, 0) - (total if sum_ else count)
+    return Seed(0, at), {
+        period: {user: value for user, value in users.items() if value}
+        for period, users in values.items()
+    }

@@ -144,7 +144,7 @@ class Bucket:
     blob: bytes = b""
     full: bool = False
     exists: bool = False
-    #: the basis under which its (spec, period) was seeded whole (`seed_period`), if it was
+    #: the basis under which its (spec, period) was seeded whole (`seed_periods`), if it was
     whole: datetime | None = None
     #: the cut of that read when it came before the basis (None: after it)
     whole_at: datetime | None = None
@@ -353,56 +353,80 @@ def bucket_names(spec: str, start: datetime) -> list[str]:
     return ["b_" + base32(digest(spec, start.isoformat(), index), 40) for index in range(BUCKETS)]
 
 
-def store_period(
-    spec: str, start: datetime, basis: datetime, seeded: Any, values: dict[str, int], meter_id: str
-) -> bool:
-    """In one transaction, write the tally of every user of `values` (a per-user spec's
-    period, seeded at one cut: `seed.seed_period`) that its bucket does not hold yet, and
-    mark every bucket of the period `whole` for `basis`; whether the period is whole now.
+def store_periods(
+    periods: list[tuple[str, datetime, datetime, dict[str, int]]], seeded: Any, meter_id: str
+) -> set[tuple[str, datetime]]:
+    """In one transaction, for each (spec, period start, basis, values) of `periods` (a
+    per-user spec's period, seeded at one cut: `seed.seed_periods`): write the tally of
+    every user of `values` that its bucket does not hold yet, and mark every bucket of
+    the period `whole` for `basis` (provisionally, with `whole_at`, when the cut came
+    before the basis); the periods that are whole now.
 
     A subject already in its bucket keeps its record (it was seeded or counted by then,
-    and holds its thresholds' states). Nothing is written if a bucket is full (a subject
-    missing from it may be spilled) or would be: then each new tally is seeded alone, as
-    before."""
-    names = bucket_names(spec, start)
+    and holds its thresholds' states). Nothing is written for a period whose bucket is
+    full (a subject missing from it may be spilled) or would be: then each new tally is
+    seeded alone, as before."""
     at = _micros(seeded.at)
-    early = seeded.at < basis  # before the basis: provisional (`whole_at`)
+    names = {(spec, start): bucket_names(spec, start) for spec, start, _b, _v in periods}
 
-    def attempt() -> bool:
-        found = ndb.get_multi([_bucket_key(name) for name in names])
-        buckets = {name: _decode(name, entity) for name, entity in zip(names, found)}
-        if all(
-            bucket.whole == basis and (early or bucket.whole_at is None)
-            for bucket in buckets.values()
-        ):
-            return True
-        if any(bucket.full for bucket in buckets.values()):
-            return False
-        lines: dict[str, dict[str | None, bytes]] = {name: {} for name in names}
-        for user, value in values.items():
-            bucket = buckets[bucket_name(spec, start, user)]
-            if bucket.span(user) is None:
-                lines[bucket.name][user] = _line([user, value, at, _micros(basis), {}])
-        puts = []
-        for name, bucket in buckets.items():
-            blob, full, leaving = _packed(bucket, lines[name])
-            if full or leaving:
-                return False
-            puts.append(
-                AlertTallyBucket(
-                    key=_bucket_key(name),
-                    meter_id=meter_id,
-                    period_start=start,
-                    subjects=blob,
-                    full=False,
-                    whole=basis,
-                    whole_at=seeded.at if early else None,
-                )
+    def attempt() -> set[tuple[str, datetime]]:
+        keys = [_bucket_key(name) for of_period in names.values() for name in of_period]
+        found = dict(zip(keys, ndb.get_multi(keys)))
+        whole: set[tuple[str, datetime]] = set()
+        puts: list[Any] = []
+        for spec, start, basis, values in periods:
+            early = seeded.at < basis  # before the basis: provisional (`whole_at`)
+            buckets = {n: _decode(n, found[_bucket_key(n)]) for n in names[(spec, start)]}
+            if all(b.whole == basis and (early or b.whole_at is None) for b in buckets.values()):
+                whole.add((spec, start))
+                continue
+            written = _period_puts(spec, start, basis, values, buckets, at, early, meter_id)
+            if written is not None:
+                puts += written
+                whole.add((spec, start))
+        if puts:
+            ndb.put_multi(puts)
+        return whole
+
+    return set(ndb.transaction(attempt, retries=3))
+
+
+def _period_puts(
+    spec: str,
+    start: datetime,
+    basis: datetime,
+    values: dict[str, int],
+    buckets: dict[str, Bucket],
+    at: int | None,
+    early: bool,
+    meter_id: str,
+) -> list[Any] | None:
+    """The period's buckets with its missing users written and marked whole; None when a
+    bucket is full or would be."""
+    if any(bucket.full for bucket in buckets.values()):
+        return None
+    lines: dict[str, dict[str | None, bytes]] = {name: {} for name in buckets}
+    for user, value in values.items():
+        bucket = buckets[bucket_name(spec, start, user)]
+        if bucket.span(user) is None:
+            lines[bucket.name][user] = _line([user, value, at, _micros(basis), {}])
+    puts = []
+    for name, bucket in buckets.items():
+        blob, full, leaving = _packed(bucket, lines[name])
+        if full or leaving:
+            return None
+        puts.append(
+            AlertTallyBucket(
+                key=_bucket_key(name),
+                meter_id=meter_id,
+                period_start=start,
+                subjects=blob,
+                full=False,
+                whole=basis,
+                whole_at=_moment(at) if early else None,
             )
-        ndb.put_multi(puts)
-        return True
-
-    return bool(ndb.transaction(attempt, retries=3))
+        )
+    return puts
 
 
 def _spill(

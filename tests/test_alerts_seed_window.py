@@ -11,12 +11,15 @@ from datetime import timedelta
 
 import pytest
 
-from app.models import AlertTallyBucket, root_key
 from app.services.alerts import evaluate as evaluate_module
 from app.services.alerts import feed as feed_module
 from app.services.alerts import seed as seed_module
 from app.services.alerts import tallies
-from tests.support.alerts import create_rule, minutes_ago, run_evaluator, triggers
+from tests import test_alerts_seed_period as by_period
+from tests.support.alerts import create_rule, run_evaluator, triggers
+from tests.test_alerts_seed_period import _buckets, _event, _values
+
+seeds = by_period.seeds  # the fixture: what was read, whole or a tally at a time
 
 
 @pytest.fixture
@@ -37,47 +40,6 @@ def window(monkeypatch):
     yield state
     tallies.bucket_name.cache_clear()
     tallies.forget_legacy()
-
-
-@pytest.fixture
-def seeds(monkeypatch):
-    """("period", spec) per whole read, ("tally", subject) per tally seeded on its own."""
-    asked: list[tuple[str, object]] = []
-    real_periods, real_all = seed_module.seed_periods, seed_module.seed_all
-
-    def seed_periods(meter, touches):
-        asked.extend(("period", touch.spec) for touch in touches)
-        return real_periods(meter, touches)
-
-    def seed_all(meter, touches):
-        asked.extend(("tally", touch.subject) for touch in touches)
-        return real_all(meter, touches)
-
-    monkeypatch.setattr(seed_module, "seed_periods", seed_periods)
-    monkeypatch.setattr(seed_module, "seed_all", seed_all)
-    return asked
-
-
-def _event(meter, user, value, minutes=5):
-    return {
-        "meterId": meter["id"],
-        "userId": user,
-        "value": value,
-        "timestamp": minutes_ago(minutes),
-    }
-
-
-def _buckets(ndb_client, org):
-    with ndb_client.context(namespace=org["namespace"]):
-        return list(AlertTallyBucket.query(ancestor=root_key()).fetch())
-
-
-def _values(ndb_client, org) -> dict:
-    return {
-        subject: record[1]
-        for bucket in _buckets(ndb_client, org)
-        for subject, record in tallies.records_of(bucket.subjects).items()
-    }
 
 
 def _fired(api, rule) -> dict:

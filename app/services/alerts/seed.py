@@ -147,18 +147,17 @@ class _Counted(summary.Reading):
                 raise _TooMany()
 
 
-def _grouped_values(meter: Meter, touches: list[Any]) -> list[int] | None:
-    """The values of per-user touches (any specs and periods) from ONE read of every
-    user's rollups over all their periods, summarized per (spec, period) grouped by user;
-    None if that read is too big or a rollup needs settling (then each touch is read on
-    its own, which settles it)."""
+def _users_cells(meter: Meter, touches: list[Any]) -> list[Any] | None:
+    """ONE read of every user's rollups over all the touches' periods; None if that read
+    is too big (GROUPED_ENTITIES, remembered for TOO_BIG_SECONDS) or a rollup needs
+    settling."""
     start, end = min(t.start for t in touches), max(t.end for t in touches)
     attempt = _attempt(meter, start, end)
     if _too_big.get(attempt, 0.0) > time.monotonic():
         return None
     counted = _Counted(GROUPED_ENTITIES)
     try:
-        cells = list(summary.cells(meter, None, start, end, counted))
+        return list(summary.cells(meter, None, start, end, counted))
     except _TooMany:
         now = time.monotonic()
         for stale in [key for key, until in _too_big.items() if until <= now]:
@@ -167,25 +166,44 @@ def _grouped_values(meter: Meter, touches: list[Any]) -> list[int] | None:
         return None
     except recompute.Unsettled:
         return None
+
+
+def _by_user(
+    meter: Meter, cells: list[Any], touch: Any, users: frozenset[str] | None = None
+) -> dict[str, int]:
+    """Each user's value (of `users` only, if given) in the touch's (spec, period), from
+    the cells `_users_cells` read."""
+    filters = {name: frozenset({value}) for name, value in touch.watch.filter}
+    if users is not None:
+        filters[USER_ID] = users
+    request = SummaryRequest(
+        meter.aggregation_type,
+        meter.unique_by,
+        touch.start,
+        touch.end,
+        group_by=(USER_ID,),
+        filters=filters,
+    )
+    inside = [cell for cell in cells if touch.start <= cell[1] < touch.end]
+    result = summarize_cells(request, inside, None, deadline.check)
+    return {window.group_by[USER_ID]: int(window.value or 0) for window in result.windows}
+
+
+def _grouped_values(meter: Meter, touches: list[Any]) -> list[int] | None:
+    """The values of per-user touches (any specs and periods) from ONE read of every
+    user's rollups over all their periods, summarized per (spec, period) grouped by user;
+    None if that read is too big or a rollup needs settling (then each touch is read on
+    its own, which settles it)."""
+    cells = _users_cells(meter, touches)
+    if cells is None:
+        return None
     periods: dict[tuple[str, datetime], list[int]] = {}
     for index, touch in enumerate(touches):
         periods.setdefault((touch.spec, touch.start), []).append(index)
     values = [0] * len(touches)
     for indexes in periods.values():
-        first = touches[indexes[0]]
-        wanted = {name: frozenset({value}) for name, value in first.watch.filter}
-        wanted[USER_ID] = frozenset(touches[i].subject for i in indexes)
-        request = SummaryRequest(
-            meter.aggregation_type,
-            meter.unique_by,
-            first.start,
-            first.end,
-            group_by=(USER_ID,),
-            filters=wanted,
-        )
-        inside = [cell for cell in cells if first.start <= cell[1] < first.end]
-        result = summarize_cells(request, inside, None, deadline.check)
-        by_user = {window.group_by[USER_ID]: int(window.value or 0) for window in result.windows}
+        users = frozenset(touches[i].subject for i in indexes)
+        by_user = _by_user(meter, cells, touches[indexes[0]], users)
         for index in indexes:
             values[index] = by_user.get(touches[index].subject, 0)
     return values
@@ -265,36 +283,12 @@ Period = tuple[str, datetime]  # (spec, period start)
 
 def _every_user(meter: Meter, touches: list[Any]) -> dict[Period, dict[str, int]] | None:
     """Every user's value in each touch's (spec, period), from ONE read of the meter's
-    users' rollups over all the periods; None if that read is too big (GROUPED_ENTITIES)
-    or a rollup needs settling."""
-    start, end = min(t.start for t in touches), max(t.end for t in touches)
-    attempt = _attempt(meter, start, end)
-    if _too_big.get(attempt, 0.0) > time.monotonic():
+    users' rollups over all the periods (`_users_cells`); None if that read is too big or
+    a rollup needs settling."""
+    cells = _users_cells(meter, touches)
+    if cells is None:
         return None
-    counted = _Counted(GROUPED_ENTITIES)
-    try:
-        cells = list(summary.cells(meter, None, start, end, counted))
-    except _TooMany:
-        _too_big[attempt] = time.monotonic() + TOO_BIG_SECONDS
-        return None
-    except recompute.Unsettled:
-        return None
-    found: dict[Period, dict[str, int]] = {}
-    for touch in touches:
-        request = SummaryRequest(
-            meter.aggregation_type,
-            meter.unique_by,
-            touch.start,
-            touch.end,
-            group_by=(USER_ID,),
-            filters={name: frozenset({value}) for name, value in touch.watch.filter},
-        )
-        inside = [cell for cell in cells if touch.start <= cell[1] < touch.end]
-        result = summarize_cells(request, inside, None, deadline.check)
-        found[(touch.spec, touch.start)] = {
-            window.group_by[USER_ID]: int(window.value or 0) for window in result.windows
-        }
-    return found
+    return {(touch.spec, touch.start): _by_user(meter, cells, touch) for touch in touches}
 
 
 def seed_periods(

@@ -79,11 +79,11 @@ def _journal_transactions(client: ndb.Client, directory: str) -> None:
     if not directory:
         return
     with client.context():
-        journal.recover(Path(directory), rpc.rollback, _release_lease)
+        journal.recover(Path(directory), rpc.rollback, _release_held)
     journal.start(Path(directory))
 
 
-def _release_lease(key: str, holder: str) -> None:
+def _release_held(key: str, holder: str) -> None:
     """Give up what a stopped process held (a serialized key, and its holder name or
     lease token), if it still holds it: an alert lease is deleted; a webhook message it
     had leased is due again at once (it may have been sent: the receiver drops the

@@ -60,10 +60,11 @@ def _count(usage: Usage | None, rpc_name: str, request: Any, response: Any) -> N
         usage.entities_written += len(request.mutations)
 
 
-def _journal(rpc_name: str, request: Any, response: Any, failed: bool) -> None:
+def _journal(rpc_name: str, request: Any, response: Any) -> None:
     """Note a transaction begun or ended (`app.storage.journal`): a commit or rollback
-    ends its transaction whatever its answer, unless it never got one (a kill)."""
-    if rpc_name == "begin_transaction" and not failed:
+    ends its transaction whatever its answer (None: it failed), unless it never got one
+    (a kill)."""
+    if rpc_name == "begin_transaction" and response is not None:
         journal.opened(response.transaction)
     elif rpc_name in ("commit", "rollback"):
         journal.closed(request.transaction)
@@ -105,10 +106,10 @@ class _CountingMethod:
             response = self._method(request, *args, **kwargs)
         except Exception:
             _count(usage, self._name, request, None)
-            _journal(self._name, request, None, failed=True)
+            _journal(self._name, request, None)
             raise
         _count(usage, self._name, request, response)
-        _journal(self._name, request, response, failed=False)
+        _journal(self._name, request, response)
         return response
 
     def future(self, request: Any, *args: Any, **kwargs: Any) -> Any:
@@ -120,7 +121,7 @@ class _CountingMethod:
         def done(finished: Any) -> None:
             response = finished.result() if finished.exception() is None else None
             _count(usage, self._name, request, response)
-            _journal(self._name, request, response, failed=response is None)
+            _journal(self._name, request, response)
 
         call.add_done_callback(done)
         return call

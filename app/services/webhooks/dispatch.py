@@ -461,13 +461,21 @@ def lease_at_creation(
     them to its senders (`hand_off`) with no query and no lease transaction in between.
     A process that dies before sending leaves the leases to expire, and any dispatcher
     sends them then, as for a lease taken by `lease_many`."""
+    return [
+        _lease_for_attempt(message, endpoint, now, settings)
+        for message, endpoint in zip(built, targets, strict=True)
+    ]
+
+
+def _lease_for_attempt(
+    message: WebhookMessage, endpoint: WebhookEndpoint, now: datetime, settings: Settings
+) -> Leased:
+    """Give the message (being written in the caller's transaction) a lease of its own
+    for one attempt, ending after the send's timeout and a margin."""
     until = now + timedelta(seconds=settings.timeout_seconds + LEASE_MARGIN_SECONDS)
-    leased = []
-    for message, endpoint in zip(built, targets, strict=True):
-        message.lease = _random.token_hex(8)
-        message.next_attempt_at = until
-        leased.append(Leased(message, endpoint, now, until))
-    return leased
+    message.lease = _random.token_hex(8)
+    message.next_attempt_at = until
+    return Leased(message, endpoint, now, until)
 
 
 def hand_off(leased: list[Leased], settings: Settings) -> None:
@@ -645,7 +653,9 @@ def _record(results: list[Result]) -> tuple[set[ndb.Key], list[Leased]]:
                 continue
             _settle(message, result)
             if _resend_now(message, result):
-                again.append(_lease_again(message, result))
+                assert result.queued is not None
+                endpoint = result.queued.leased.endpoint
+                again.append(_lease_for_attempt(message, endpoint, utcnow(), result.settings))
             changed.append(message)
         if changed:
             ndb.put_multi(changed)
@@ -662,15 +672,6 @@ def _resend_now(message: WebhookMessage, result: Result) -> bool:
         and message.next_attempt_at is not None
         and message.next_attempt_at <= result.at
     )
-
-
-def _lease_again(message: WebhookMessage, result: Result) -> Leased:
-    assert result.queued is not None
-    now = utcnow()
-    until = now + timedelta(seconds=result.settings.timeout_seconds + LEASE_MARGIN_SECONDS)
-    message.lease = _random.token_hex(8)
-    message.next_attempt_at = until
-    return Leased(message, result.queued.leased.endpoint, now, until)
 
 
 def _settle(message: WebhookMessage, result: Result) -> None:
@@ -737,13 +738,13 @@ class _Recorder:
             finally:
                 _finish(namespace, result.queued, result.outcome.delivered)
         if again:
-            hand_off(again, again_settings(batch))
+            hand_off(again, _resend_settings(batch))
 
 
 _recorder = _Recorder()
 
 
-def again_settings(batch: list[Result]) -> Settings:
+def _resend_settings(batch: list[Result]) -> Settings:
     """The settings the batch's sends were made with (one background loop's)."""
     return next(r.settings for r in batch if r.settings.resend_at_once)
 

@@ -44,14 +44,12 @@ def event_id(*parts: str) -> str:
 
 def targets(event_type: str) -> list[WebhookEndpoint]:
     """The current org's enabled endpoints subscribed to `event_type` (outside a transaction)."""
-    return targets_of([event_type])[event_type]
-
-
-def targets_of(event_types: list[str]) -> dict[str, list[WebhookEndpoint]]:
-    """`targets` of each event type, from one query."""
     found = cast(list[WebhookEndpoint], WebhookEndpoint.query(ancestor=root_key()).fetch())
-    live = [endpoint for endpoint in found if not endpoint.deleted and endpoint.enabled]
-    return {kind: [e for e in live if e.takes(kind)] for kind in event_types}
+    return [
+        endpoint
+        for endpoint in found
+        if not endpoint.deleted and endpoint.enabled and endpoint.takes(event_type)
+    ]
 
 
 def body_of(event_type: str, data: dict[str, Any], at: datetime) -> str:

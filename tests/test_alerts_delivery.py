@@ -3,6 +3,7 @@ and the `standardwebhooks` package as the independent verifier."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from datetime import timedelta
@@ -54,6 +55,19 @@ def _alerts(receiver) -> list:
 
 def _payloads(receiver, secret) -> list[dict]:
     return [Webhook(secret).verify(r.body, r.headers) for r in _alerts(receiver)]
+
+
+@contextlib.contextmanager
+def _served(config, org, receiver):
+    """`metering serve`'s background loop in a served app (its timed pass 60 s away, far
+    longer than any wait here), with an endpoint on the receiver: (api, endpoint)."""
+    app = create_app(config.replace(background_delivery_seconds=60))
+    server = LiveServer(app).start()
+    try:
+        api = Api(server.url, org["apiKey"])
+        yield api, _endpoint(api, receiver)
+    finally:
+        server.stop()
 
 
 def test_a_crossing_and_its_resolution_arrive_signed_once_each(api, receiver, deliver):
@@ -120,18 +134,12 @@ def test_a_call_with_an_evaluation_budget_sends_what_it_evaluated_and_says_more_
 def test_the_background_loop_delivers_a_crossing(config, org, receiver):
     """Under `metering serve` the batch's commit wakes the loop, which evaluates the feed and
     sends the message (the loop's period here is far longer than the wait)."""
-    app = create_app(config.replace(background_delivery_seconds=60))
-    server = LiveServer(app).start()
-    try:
-        api = Api(server.url, org["apiKey"])
-        endpoint = _endpoint(api, receiver)
+    with _served(config, org, receiver) as (api, endpoint):
         meter = api.create_meter()
         create_rule(api, meter, thresholds=[3], scope="org")
         api.record({"meterId": meter["id"], "userId": "a", "value": 2})
         api.record({"meterId": meter["id"], "userId": "b", "value": 2})
         eventually(lambda: len(_alerts(receiver)) >= 1, timeout=15, what="the alert sent")
-    finally:
-        server.stop()
     [payload] = _payloads(receiver, endpoint["secret"])
     assert payload["type"] == "alert.triggered" and payload["data"]["value"] == 4
     assert json.loads(_alerts(receiver)[0].body)["data"]["userId"] is None
@@ -143,11 +151,7 @@ def test_the_loops_crossing_leaves_from_the_evaluators_commit_without_a_dispatch
     """Under `metering serve` the evaluator's commit leases the crossing's message and hands
     it to this process's senders: no query for due messages finds it (none may, here)."""
     monkeypatch.setattr(dispatch, "due_keys", lambda now, limit: [])
-    app = create_app(config.replace(background_delivery_seconds=60))
-    server = LiveServer(app).start()
-    try:
-        api = Api(server.url, org["apiKey"])
-        endpoint = _endpoint(api, receiver)
+    with _served(config, org, receiver) as (api, endpoint):
         meter = api.create_meter()
         create_rule(api, meter, thresholds=[3])
         api.record({"meterId": meter["id"], "userId": "a", "value": 5})
@@ -163,8 +167,6 @@ def test_the_loops_crossing_leaves_from_the_evaluators_commit_without_a_dispatch
             timeout=10,
             what="the attempt recorded",
         )
-    finally:
-        server.stop()
     [payload] = _payloads(receiver, endpoint["secret"])
     assert payload["data"]["value"] == 5 and message["attemptCount"] == 1
 
@@ -199,11 +201,7 @@ def test_the_lease_holder_looks_for_feeds_another_process_recorded(
     here). The other worker is simulated by a commit that wakes no loop here."""
     monkeypatch.setattr(evaluate, "LEASE_SECONDS", 60.0)
     monkeypatch.setattr(evaluate, "IDLE_RELEASE_SECONDS", 60.0)
-    app = create_app(config.replace(background_delivery_seconds=60))
-    server = LiveServer(app).start()
-    try:
-        api = Api(server.url, org["apiKey"])
-        endpoint = _endpoint(api, receiver)
+    with _served(config, org, receiver) as (api, endpoint):
         meter = api.create_meter()
         create_rule(api, meter, thresholds=[3])
         api.record({"meterId": meter["id"], "userId": "a", "value": 3})  # wakes: lease taken
@@ -214,7 +212,5 @@ def test_the_lease_holder_looks_for_feeds_another_process_recorded(
             elsewhere.setattr(outbox, "wake_org", lambda *args, **kwargs: None)
             api.record({"meterId": meter["id"], "userId": "b", "value": 5})
         eventually(lambda: len(_alerts(receiver)) == 2, timeout=10, what="b's alert sent")
-    finally:
-        server.stop()
     payloads = _payloads(receiver, endpoint["secret"])
     assert [(p["data"]["userId"], p["data"]["value"]) for p in payloads] == [("a", 3), ("b", 5)]

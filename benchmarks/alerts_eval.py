@@ -272,7 +272,7 @@ def main() -> int:
             recorder.record(arguments.warmup_batches)
             warm, *_ = _evaluate_all(app, namespace, None)
             print(f"warm-up: {arguments.warmup_batches} batches recorded, {warm} feeds evaluated")
-        profile = cProfile.Profile() if arguments.profile else None
+        profile = cProfile.Profile(time.thread_time) if arguments.profile else None
         if arguments.interleave:
             recorded, feeds, wall, cpu, usage = _interleaved(
                 app, namespace, recorder, profile, arguments

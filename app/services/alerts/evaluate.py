@@ -132,14 +132,10 @@ class Touch:
     seeded: seed.Seed | None = None
     #: The stored tally the seed replaces (`_version`): it must not change until the commit.
     seeded_over: tuple[Any, ...] | None = None
-
-    def add(self, contribution: list[Any], recompute: bool) -> None:
-        self.sum += contribution[4]
-        self.count += contribution[5]
-        high = contribution[6]
-        if high is not None and (self.max is None or high > self.max):
-            self.max = high
-        self.recompute = self.recompute or recompute
+    #: The lowest threshold of the spec's rules (`_state_changes`' shortcut).
+    lowest: int = 0
+    #: `_basis`, once asked (the settings are those of one evaluation call).
+    basis: datetime | None = None
 
 
 @dataclass
@@ -450,6 +446,7 @@ def _apply_chunk(
     are read again."""
     began = time.thread_time()
     meter = seed.meter_of(meter_id)
+    aggregation = meter.aggregation_type  # an NDB property: read once, not per tally
     touches = _touches(feeds, rules)
     legacy = tallies.legacy_possible()
     stored = tallies.read(touches.values(), legacy)
@@ -462,7 +459,7 @@ def _apply_chunk(
         touch
         for name, touch in touches.items()
         if _needs_seed(
-            touch, existing[name], meter.aggregation_type, settings, now, _whole(stored, touch, now)
+            touch, existing[name], aggregation, settings, now, _whole(stored, touch, now)
         )
     ]
     unread = [
@@ -483,7 +480,7 @@ def _apply_chunk(
     if settings.targets is None:  # read once per evaluation call, when first needed
         settings.targets = _Targets()
     targets = settings.targets
-    planned = _planned_mutations(feeds, touches, stored, meter.aggregation_type, targets)
+    planned = _planned_mutations(feeds, touches, stored, aggregation, targets)
     if len(feeds) > 1 and planned > MAX_MUTATIONS:
         return _halves(meter_id, rules, feeds, settings, seeds)
     try:
@@ -576,7 +573,7 @@ def _planned_mutations(
         tally = stored.tallies[name]
         value = _value_after(tally, touch, aggregation)
         states = dict(tally.states) if tally is not None else {}
-        changes = _state_changes(touch.plans, value, states)
+        changes = _state_changes(touch.plans, value, states, touch.lowest)
         total += sum(1 + len(targets[kind]) for _rule, _threshold, _generation, kind in changes)
     return total
 
@@ -612,43 +609,55 @@ def _commit_in_parts(
 
 
 def _touches(feeds: Iterable[AlertFeed], rules: list[AlertRule]) -> dict[str, Touch]:
-    """Tally key name -> what `feeds` add to it, over every active rule's spec."""
+    """Tally key name -> what `feeds` add to it, over every active rule's spec. Asked for
+    every contribution of every feed and spec, so kept to plain lookups: a spec without
+    a filter or a one-user scope counts everything, and a (spec, subject, period) finds
+    its touch by a tuple before its key name is hashed (`benchmarks/alerts_eval.py
+    --profile`)."""
     specs: dict[str, list[AlertRule]] = {}
     for rule in rules:
         specs.setdefault(rule_service.spec_of(rule), []).append(rule)
-    watches = [
-        (
-            rule_service.watch_of(spec, of_spec[0]),
-            of_spec,
-            _plans(of_spec),
-            min(rule.spec_since or rule.created_at for rule in of_spec),
-        )
-        for spec, of_spec in specs.items()
-    ]
+    watches = []
+    for spec, of_spec in specs.items():
+        watch = rule_service.watch_of(spec, of_spec[0])
+        plans = _plans(of_spec)
+        since = min(rule.spec_since or rule.created_at for rule in of_spec)
+        lowest = min(threshold for plan in plans for threshold, _name in plan.thresholds)
+        every = watch.scope != "one" and not watch.filter
+        watches.append((watch, of_spec, plans, since, lowest, every, watch.scope == "org"))
+    by_tally: dict[tuple[str, str | None, datetime], Touch] = {}
     touches: dict[str, Touch] = {}
     horizon = retention.tally_horizon()
     for feed in feeds:
         done = _done(feed)
         recompute = bool(feed.recompute)
-        for contribution in feed_kind.decode(feed.contributions):
-            user, dimensions, day, slot = contribution[:4]
-            for watch, of_spec, plans, since in watches:
-                if not watch.counts(user, dimensions):
+        for user, dimensions, day, slot, total, count, high in feed_kind.decode(feed.contributions):
+            for watch, of_spec, plans, since, lowest, every, org in watches:
+                if not every and not watch.counts(user, dimensions):
                     continue
-                subject = watch.subject(user)
+                subject = None if org else user
                 start, end = period_of(day, slot, watch.period, watch.time_zone)
-                if start < horizon:
-                    continue  # over for alerts, its tally maybe swept (`retention`)
-                name = tally_name(watch.spec, subject, start)
-                if name in done:
-                    continue  # a part of this feed already applied (`_commit_in_parts`)
-                touch = touches.get(name)
+                touch = by_tally.get((watch.spec, subject, start))
                 if touch is None:
+                    if start < horizon:
+                        continue  # over for alerts, its tally maybe swept (`retention`)
+                    name = tally_name(watch.spec, subject, start)
+                    if name in done:
+                        continue  # a part of this feed already applied (`_commit_in_parts`)
                     bucket = tallies.bucket_name(watch.spec, start, subject)
                     touch = touches[name] = Touch(
                         name, bucket, watch.spec, of_spec, subject, start, end, watch, plans, since
                     )
-                touch.add(contribution, recompute)
+                    touch.lowest = lowest
+                    by_tally[(watch.spec, subject, start)] = touch
+                elif done and touch.key_name in done:
+                    continue
+                touch.sum += total
+                touch.count += count
+                if high is not None and (touch.max is None or high > touch.max):
+                    touch.max = high
+                if recompute:
+                    touch.recompute = True
     return touches
 
 
@@ -669,10 +678,14 @@ def complete_after(rules: list[AlertRule], settings: _Settings) -> datetime:
 
 
 def _basis(touch: Touch, settings: _Settings) -> datetime:
-    """`complete_after` of the touch's rules, from the values read once per chunk."""
-    if touch.since is None:
-        return complete_after(touch.rules, settings)
-    return touch.since + settings.complete
+    """`complete_after` of the touch's rules, from the values read once per chunk
+    (remembered on the touch: it is asked several times per tally)."""
+    if touch.basis is None:
+        if touch.since is None:
+            touch.basis = complete_after(touch.rules, settings)
+        else:
+            touch.basis = touch.since + settings.complete
+    return touch.basis
 
 
 def _whole(stored: tallies.Read, touch: Touch, now: datetime) -> datetime | None:
@@ -797,9 +810,13 @@ def _commit_chunk(
     feed_keys = [f.key for f in feeds]
     stored_messages = [0]
     leased: list[dispatch.Leased] = []
+    aggregation = meter.aggregation_type
+
+    last_read: list[tallies.Read] = []
 
     def attempt() -> int:
         stored = tallies.read(touches.values(), legacy, feed_keys)
+        last_read[:] = [stored]
         found = stored.extra
         if any(f is None for f in found):
             raise _Stale()
@@ -817,7 +834,7 @@ def _commit_chunk(
             if touch.seeded is None and _needs_seed(
                 touch,
                 tally,
-                meter.aggregation_type,
+                aggregation,
                 settings,
                 decided,
                 _whole(stored, touch, decided),
@@ -825,7 +842,7 @@ def _commit_chunk(
                 raise _Stale()  # it changed since we looked (another evaluator): look again
             if touch.seeded is not None and _version(tally) != touch.seeded_over:
                 raise _Stale()
-            tally = _updated(tally, touch, meter.aggregation_type, basis)
+            tally = _updated(tally, touch, aggregation, basis)
             updated.append((touch, tally))
             for trigger in _crossings(tally, touch, now):
                 writes.append(trigger)
@@ -861,6 +878,7 @@ def _commit_chunk(
         return len(feed_keys) if last else 0
 
     applied = int(ndb.transaction(attempt, retries=8))
+    tallies.remember_written(last_read[0])
     if leased and settings.hand_off is not None:
         outbox.forget_built()  # no round needed to send them: they leave from here
         dispatch.hand_off(leased, settings.hand_off)
@@ -903,11 +921,15 @@ def _value_after(tally: tallies.Tally | None, touch: Touch, aggregation: str) ->
 
 
 def _state_changes(
-    plans: tuple[_Plan, ...], value: int, states: dict[str, Any]
+    plans: tuple[_Plan, ...], value: int, states: dict[str, Any], lowest: int = 0
 ) -> list[tuple[AlertRule, int, int, str]]:
     """(rule, threshold, generation, type) of each threshold the value newly reaches, and
     (notifyOnResolve) newly leaves; `states` is updated to match (a rule's entry is
-    copied only when it changes; a threshold without one never fired: generation 0)."""
+    copied only when it changes; a threshold without one never fired: generation 0).
+    `lowest` (the lowest threshold of `plans`, or less) is the common case's shortcut: a
+    tally below every threshold whose thresholds never fired changes nothing."""
+    if value < lowest and not states:
+        return []
     found = []
     for plan in plans:
         of_rule = states.get(plan.rule_id)
@@ -937,7 +959,9 @@ def _crossings(tally: tallies.Tally, touch: Touch, now: datetime) -> list[AlertT
     states = dict(tally.states)
     found = [
         _trigger(rule, touch, threshold, generation, kind, value, now)
-        for rule, threshold, generation, kind in _state_changes(touch.plans, value, states)
+        for rule, threshold, generation, kind in _state_changes(
+            touch.plans, value, states, touch.lowest
+        )
     ]
     tally.states = states
     return found

@@ -49,11 +49,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.cloud import ndb
+from google.cloud.ndb import model as ndb_model
 
 from app.core import slots
 from app.models import AlertTally, AlertTallyBucket, AlertTallySpill, root_key
 from app.services.alerts import retention  # a tally is deleted past its horizon only
 from app.services.alerts.periods import base32, digest
+from app.storage import entities, rpc
 
 #: Buckets per (spec, period). A chunk writes at most this many entities per (spec,
 #: period) it touches; 1,000 users make about 125 records (15 KB) per bucket.
@@ -150,6 +152,11 @@ class Bucket:
     whole_at: datetime | None = None
     #: subject -> (start, end) of its line in `blob`, or None: not in it (found so far)
     spans: dict[str | None, tuple[int, int] | None] = field(default_factory=dict)
+    #: subject -> its record, every record of `blob` decoded at once when first asked
+    #: (one `json.loads` of the blob: a chunk asks for most of a bucket's subjects)
+    records: dict[str | None, list[Any]] | None = None
+    #: the blob as stored (session 8's shape, or `blob` itself), what `_known` compares
+    source: bytes = b""
 
     def span(self, subject: str | None) -> tuple[int, int] | None:
         """Where the subject's line lies in the blob (its leading newline included)."""
@@ -164,9 +171,17 @@ class Bucket:
         return found
 
     def record(self, subject: str | None) -> list[Any] | None:
-        """The subject's record as stored, decoded; None if the bucket does not hold it."""
-        span = self.span(subject)
-        return None if span is None else json.loads(self.blob[span[0] + 1 : span[1]])
+        """The subject's record as stored, decoded; None if the bucket does not hold it.
+        Shared: a caller copies what it changes."""
+        if self.records is None:
+            self.records = _all_records(self.blob)
+        return self.records.get(subject)
+
+
+def _all_records(blob: bytes) -> dict[str | None, list[Any]]:
+    """Every record of a blob in the line shape, by subject, in one `json.loads` (an
+    encoded record holds no newline, so the lines joined by commas are a JSON list)."""
+    return {record[0]: record for record in json.loads(b"[" + blob[1:].replace(b"\n", b",") + b"]")}
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -176,8 +191,11 @@ def _prefix(subject: str | None) -> bytes:
     return b"\n[" + json.dumps(subject).encode() + b","
 
 
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def _line(record: list[Any]) -> bytes:
-    return b"\n" + json.dumps(record, separators=(",", ":")).encode()
+    return b"\n" + _encode(record).encode()
 
 
 def _lines_of(blob: bytes) -> bytes:
@@ -203,6 +221,52 @@ def _decode(name: str, entity: AlertTallyBucket | None) -> Bucket:
     return Bucket(name, blob, bool(entity.full), True, entity.whole, entity.whole_at)
 
 
+#: (namespace, bucket name) -> the bucket as this process last read or wrote it, its
+#: records decoded: a bucket read again unchanged (the commit's read after the plan's,
+#: and the next chunk's after this one's commit, while this process holds the meter's
+#: lease) is not decoded again. Bounded by the bytes of the blobs it holds.
+_known: dict[tuple[str, str], Bucket] = {}
+_known_lock = threading.Lock()
+_known_bytes = [0]
+KNOWN_BYTES = 64 << 20
+
+
+def _remember(namespace: str, bucket: Bucket) -> None:
+    with _known_lock:
+        if _known_bytes[0] > KNOWN_BYTES:
+            _known.clear()
+            _known_bytes[0] = 0
+        _known[(namespace, bucket.name)] = bucket
+        _known_bytes[0] += len(bucket.blob)
+
+
+def forget_known() -> None:
+    """Drop every bucket this process remembers (tests that rewrite buckets by hand)."""
+    with _known_lock:
+        _known.clear()
+        _known_bytes[0] = 0
+
+
+def _from_pb(namespace: str, name: str, pb: Any) -> Bucket:
+    """A bucket from its raw entity (None: not stored), the remembered one when unchanged."""
+    if pb is None:
+        return Bucket(name)
+    props = pb.properties
+    source = props["Subjects"].blob_value if "Subjects" in props else b""
+    full = bool(props["Full"].boolean_value) if "Full" in props else False
+    whole, whole_at = entities.get_time(pb, "WholeBasis"), entities.get_time(pb, "WholeAt")
+    known = _known.get((namespace, name))
+    if (
+        known is not None
+        and known.source == source
+        and (known.full, known.whole, known.whole_at) == (full, whole, whole_at)
+    ):
+        return known
+    bucket = Bucket(name, _lines_of(source), full, True, whole, whole_at, source=source)
+    _remember(namespace, bucket)
+    return bucket
+
+
 @dataclass
 class Read:
     """The tallies of a chunk's touches as stored: per touch (key name) its tally or None,
@@ -214,6 +278,9 @@ class Read:
     own: dict[str, AlertTally]
     #: what `read` fetched besides (the feeds, in the transaction)
     extra: list[Any]
+    #: the buckets as `writes` rewrote them (`remember_written`, once committed)
+    written: list[Bucket] = field(default_factory=list)
+    namespace: str = ""
 
 
 def read(touches: Iterable[Any], legacy: bool, extra_keys: Sequence[ndb.Key] = ()) -> Read:
@@ -222,9 +289,18 @@ def read(touches: Iterable[Any], legacy: bool, extra_keys: Sequence[ndb.Key] = (
     is full or the org may hold old-shape tallies (`legacy`)."""
     touches = list(touches)
     names = list(dict.fromkeys(t.bucket for t in touches))
-    found = ndb.get_multi(list(extra_keys) + [_bucket_key(n) for n in names])
-    extra = found[: len(extra_keys)]
-    buckets = {n: _decode(n, e) for n, e in zip(names, found[len(extra_keys) :])}
+    context = ndb.get_context()
+    namespace = context.get_namespace() or ""
+    extra_pbs = [key._key.to_protobuf()._pb for key in extra_keys]
+    bucket_pbs = [entities.key(AlertTallyBucket._get_kind(), name) for name in names]
+    # raw: NDB's conversions of a chunk's ~20 buckets, twice a chunk, were a fifth of its
+    # CPU (benchmarks/alerts_eval.py --profile)
+    found = rpc.lookup(extra_pbs + bucket_pbs, transaction=context.transaction)
+    extra = [_ndb_entity(found.get(pb.SerializeToString())) for pb in extra_pbs]
+    buckets = {
+        name: _from_pb(namespace, name, found.get(pb.SerializeToString()))
+        for name, pb in zip(names, bucket_pbs)
+    }
     tallies: dict[str, Tally | None] = {}
     missing: list[tuple[Any, ndb.Key]] = []
     for touch in touches:
@@ -242,7 +318,19 @@ def read(touches: Iterable[Any], legacy: bool, extra_keys: Sequence[ndb.Key] = (
             if entity is not None and touch.key_name not in own:
                 own[touch.key_name] = entity
                 tallies[touch.key_name] = _from_entity(entity)
-    return Read(tallies, buckets, own, extra)
+    return Read(tallies, buckets, own, extra, namespace=namespace)
+
+
+def remember_written(stored: Read) -> None:
+    """The buckets `writes` made of `stored` are committed: remember them as written, so
+    that the next chunk's read finds them decoded (this process holds the meter's lease,
+    so nobody else writes them in between; if someone did, the blob differs)."""
+    for bucket in stored.written:
+        _remember(stored.namespace, bucket)
+
+
+def _ndb_entity(pb: Any) -> Any:
+    return None if pb is None else ndb_model._entity_from_protobuf(pb)
 
 
 def planned_writes(stored: Read, touches: Iterable[Any]) -> int:
@@ -267,6 +355,7 @@ def writes(
     for name, pairs in by_bucket.items():
         bucket = stored.buckets[name]
         lines: dict[str | None, bytes] = {}
+        records: dict[str | None, list[Any]] = {}
         spilled: list[tuple[str | None, Tally]] = []
         for touch, tally in pairs:
             source = stored.own.get(touch.key_name)
@@ -275,9 +364,24 @@ def writes(
             if bucket.full and bucket.span(touch.subject) is None:
                 spilled.append((touch.subject, tally))
                 continue
-            lines[touch.subject] = _line(_to_record(touch.subject, tally))
+            record = records[touch.subject] = _to_record(touch.subject, tally)
+            lines[touch.subject] = _line(record)
         blob, full, more = _packed(bucket, lines)
         spec, start = pairs[0][0].spec, pairs[0][0].start
+        if not full and bucket.records is not None:
+            stored.written.append(
+                Bucket(
+                    name,
+                    blob,
+                    False,
+                    True,
+                    bucket.whole,
+                    bucket.whole_at,
+                    {},
+                    {**bucket.records, **records},
+                    blob,
+                )
+            )
         for subject, record in more:
             spilled.append((subject, _from_record(record)))
         puts.append(

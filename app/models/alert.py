@@ -178,6 +178,9 @@ class AlertMeters(ndb.Model):
     ingestion reads, once per cache period, to know which batches write a feed."""
 
     meter_key_ids = ndb.TextProperty("MeterKeyIds")
+    #: A new random token at every rule write (session 10): the evaluator's cache of the
+    #: org's rules holds while it is unchanged (`rules.current_rules`).
+    version = ndb.TextProperty("Version")
 
     @classmethod
     def _get_kind(cls) -> str:

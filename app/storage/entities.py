@@ -16,10 +16,12 @@ from typing import Any, NamedTuple
 
 from google.cloud import ndb
 from google.cloud.datastore_v1.types import entity as en
+from google.cloud.ndb import model as ndb_model
 
 from app.core.cells import Cell, Rank, Series, rank, series_of
 from app.core.slots import from_micros, micros
 from app.models.base import ROOT_ID, ROOT_KIND
+from app.storage.rpc import Mutation
 
 Entity = en.Entity.pb()
 Key = en.Key.pb()
@@ -245,3 +247,31 @@ def idempotency_of(entity: EntityPb) -> str:
 def metadata_of(entity: EntityPb) -> dict[str, Any]:
     """A `meter-event`'s metadata, as recorded ({} when none)."""
     return read_shadow(entity, "Metadata_", dict)  # type: ignore[no-any-return]
+
+
+def upsert_of(model: Any) -> Any:
+    """A raw upsert Mutation of an NDB entity, as its `put()` would store it (its put
+    hook and property preparation run first): for a commit built by hand that also
+    writes a few NDB entities (`app.services.alerts.evaluate`'s chunks)."""
+    model._pre_put_hook()
+    model._prepare_for_put()
+    mutation = Mutation()
+    mutation.upsert.CopyFrom(ndb_model._entity_to_protobuf(model)._pb)
+    return mutation
+
+
+def delete_of(key: ndb.Key) -> Any:
+    """A raw delete Mutation of an NDB key."""
+    mutation = Mutation()
+    mutation.delete.CopyFrom(key._key.to_protobuf()._pb)
+    return mutation
+
+
+def model_of(entity: EntityPb | None) -> Any:
+    """The NDB entity of a raw one read by hand (None stays None)."""
+    return None if entity is None else ndb_model._entity_from_protobuf(entity)
+
+
+def key_of(key: ndb.Key) -> KeyPb:
+    """The raw Key of an NDB key."""
+    return key._key.to_protobuf()._pb

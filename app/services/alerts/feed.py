@@ -18,6 +18,7 @@ import json
 import random
 import threading
 import time
+import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -54,10 +55,11 @@ INDEX_KIND, INDEX_NAME = "alert-meters", "active"
 
 
 def index_entity(meter_key_ids: Iterable[int]) -> Any:
-    """The `alert-meters` entity (NDB) for these meters."""
+    """The `alert-meters` entity (NDB) for these meters, with a new version token."""
     return AlertMeters(
         key=ndb.Key(INDEX_KIND, INDEX_NAME, parent=root_key()),
         meter_key_ids=json.dumps(sorted(set(meter_key_ids))),
+        version=uuid.uuid4().hex,
     )
 
 

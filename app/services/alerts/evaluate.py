@@ -38,6 +38,7 @@ from google.cloud import ndb
 
 from app.config import Config
 from app.core.aggregation import Aggregation
+from app.core.slots import from_micros, micros
 from app.models import (
     AlertFeed,
     AlertLease,
@@ -619,7 +620,8 @@ def _touches(feeds: Iterable[AlertFeed], rules: list[AlertRule]) -> dict[str, To
     for spec, of_spec in specs.items():
         watch = rule_service.watch_of(spec, of_spec[0])
         plans = _plans(of_spec)
-        since = min(rule.spec_since or rule.created_at for rule in of_spec)
+        # a plain datetime: NDB's (with nanoseconds) made every `_basis` sum slow
+        since = from_micros(micros(min(rule.spec_since or rule.created_at for rule in of_spec)))
         lowest = min(threshold for plan in plans for threshold, _name in plan.thresholds)
         every = watch.scope != "one" and not watch.filter
         watches.append((watch, of_spec, plans, since, lowest, every, watch.scope == "org"))
@@ -968,6 +970,8 @@ def _crossings(tally: tallies.Tally, touch: Touch, now: datetime) -> list[AlertT
     """Triggers for thresholds newly reached, and (notifyOnResolve) newly left; the
     tally's per-rule states updated."""
     value = int(tally.value)
+    if value < touch.lowest and not tally.states:
+        return []  # below every threshold, none ever fired (`_state_changes`)
     states = dict(tally.states)
     found = [
         _trigger(rule, touch, threshold, generation, kind, value, now)

@@ -79,10 +79,12 @@ class Tally:
     basis: datetime | None = None
 
 
+@functools.lru_cache(maxsize=4096)  # a chunk's tallies share a few bases and seed cuts
 def _micros(moment: datetime | None) -> int | None:
     return None if moment is None else slots.micros(moment)
 
 
+@functools.lru_cache(maxsize=4096)
 def _moment(micros: int | None) -> datetime | None:
     return None if micros is None else slots.from_micros(micros)
 

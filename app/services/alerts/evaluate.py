@@ -450,7 +450,7 @@ def _apply_chunk(
     aggregation = meter.aggregation_type  # an NDB property: read once, not per tally
     touches = _touches(feeds, rules)
     legacy = tallies.legacy_possible()
-    stored = tallies.read(touches.values(), legacy)
+    stored = tallies.read(touches.values(), legacy, remembered=True)
     now = utcnow()
     if not legacy and _seed_periods(meter, touches, stored, settings, now):
         stored = tallies.read(touches.values(), legacy)

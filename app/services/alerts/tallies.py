@@ -160,6 +160,8 @@ class Bucket:
     records: dict[str | None, list[Any]] | None = None
     #: subject -> its line in `blob` (leading newline included), with `records`
     lines: dict[str | None, bytes] | None = None
+    #: subject -> its tally (`tally`), as asked
+    tallies: dict[str | None, Tally | None] | None = None
     #: the blob as stored (session 8's shape, or `blob` itself), what `_known` compares
     source: bytes = b""
 
@@ -189,6 +191,17 @@ class Bucket:
         decoded = json.loads(b"[" + b",".join(parts) + b"]")
         self.records = {record[0]: record for record in decoded}
         self.lines = {record[0]: b"\n" + part for record, part in zip(decoded, parts)}
+
+    def tally(self, subject: str | None) -> Tally | None:
+        """The subject's tally as stored (None: the bucket does not hold it), built once
+        per bucket read: shared, never changed (`evaluate._updated` makes a new one)."""
+        if self.tallies is None:
+            self.tallies = {}
+        elif subject in self.tallies:
+            return self.tallies[subject]
+        record = self.record(subject)
+        tally = self.tallies[subject] = None if record is None else _from_record(record)
+        return tally
 
     def holds(self, subject: str | None) -> bool:
         """Whether the blob holds the subject's record."""
@@ -263,6 +276,8 @@ def forget_known() -> None:
 def _from_pb(namespace: str, name: str, pb: Any) -> Bucket:
     """A bucket from its raw entity (None: not stored), the remembered one when unchanged."""
     if pb is None:
+        with _known_lock:
+            _known.pop((namespace, name), None)
         return Bucket(name)
     props = pb.properties
     source = props["Subjects"].blob_value if "Subjects" in props else b""
@@ -301,38 +316,49 @@ def read(
     legacy: bool,
     extra_keys: Sequence[ndb.Key] = (),
     transaction: bytes | None = None,
+    remembered: bool = False,
 ) -> Read:
-    """The stored tallies of `touches` (in a transaction: read in it): one lookup of their
+    """The stored tallies of `touches` (in `transaction` when given): one lookup of their
     buckets (with `extra_keys`), and one more of those missing from their bucket when it
-    is full or the org may hold old-shape tallies (`legacy`)."""
+    is full or the org may hold old-shape tallies (`legacy`). With `remembered` (a plan,
+    which the commit's transaction checks again), buckets this process remembers as it
+    last read or wrote them are taken from memory, without a lookup, when it remembers
+    them all."""
     touches = list(touches)
     names = list(dict.fromkeys(t.bucket for t in touches))
     context = ndb.get_context()
     namespace = context.get_namespace() or ""
-    extra_pbs = [entities.key_of(key) for key in extra_keys]
-    bucket_pbs = [entities.key(AlertTallyBucket._get_kind(), name) for name in names]
-    # raw: NDB's conversions of a chunk's ~20 buckets, twice a chunk, were a fifth of its
-    # CPU (benchmarks/alerts_eval.py --profile)
-    found = rpc.lookup(extra_pbs + bucket_pbs, transaction=transaction or context.transaction)
-    extra = [entities.model_of(found.get(pb.SerializeToString())) for pb in extra_pbs]
-    buckets = {
-        name: _from_pb(namespace, name, found.get(pb.SerializeToString()))
-        for name, pb in zip(names, bucket_pbs)
-    }
+    transaction = transaction or context.transaction
+    extra: list[Any] = []
+    known = [_known.get((namespace, name)) for name in names] if remembered else []
+    if remembered and not extra_keys and all(bucket is not None for bucket in known):
+        buckets = dict(zip(names, known))
+    else:
+        extra_pbs = [entities.key_of(key) for key in extra_keys]
+        bucket_pbs = [entities.key(AlertTallyBucket._get_kind(), name) for name in names]
+        # raw: NDB's conversions of a chunk's ~20 buckets, twice a chunk, were a fifth of
+        # its CPU (benchmarks/alerts_eval.py --profile)
+        found = rpc.lookup(extra_pbs + bucket_pbs, transaction=transaction)
+        extra = [entities.model_of(found.get(pb.SerializeToString())) for pb in extra_pbs]
+        buckets = {
+            name: _from_pb(namespace, name, found.get(pb.SerializeToString()))
+            for name, pb in zip(names, bucket_pbs)
+        }
     tallies: dict[str, Tally | None] = {}
-    missing: list[tuple[Any, ndb.Key]] = []
+    missing: list[tuple[Any, Any]] = []
     for touch in touches:
         bucket = buckets[touch.bucket]
-        record = bucket.record(touch.subject)
-        tallies[touch.key_name] = None if record is None else _from_record(record)
-        if record is None:
+        tally = tallies[touch.key_name] = bucket.tally(touch.subject)
+        if tally is None:
             if bucket.full:
-                missing.append((touch, ndb.Key(AlertTallySpill, touch.key_name, parent=root_key())))
+                missing.append((touch, entities.key(AlertTallySpill._get_kind(), touch.key_name)))
             if legacy:
-                missing.append((touch, ndb.Key(AlertTally, touch.key_name, parent=root_key())))
+                missing.append((touch, entities.key(AlertTally._get_kind(), touch.key_name)))
     own: dict[str, AlertTally] = {}
     if missing:
-        for (touch, _key), entity in zip(missing, ndb.get_multi([k for _t, k in missing])):
+        found = rpc.lookup([key for _touch, key in missing], transaction=transaction)
+        for touch, key in missing:
+            entity = entities.model_of(found.get(key.SerializeToString()))
             if entity is not None and touch.key_name not in own:
                 own[touch.key_name] = entity
                 tallies[touch.key_name] = _from_entity(entity)

@@ -221,7 +221,15 @@ _encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def _line(record: list[Any]) -> bytes:
-    return b"\n" + _encode(record).encode()
+    """A record's line: what `json.dumps` makes of it, written out by hand around its
+    subject's cached prefix (`_prefix`) and its states (`{}` for most tallies): the
+    encoder's setup per call was a sixth of a chunk's CPU (py-spy)."""
+    subject, value, seeded_at, basis, states = record
+    middle = f"{value},{'null' if seeded_at is None else seeded_at},"
+    middle += f"{'null' if basis is None else basis},"
+    return (
+        _prefix(subject) + middle.encode() + (_encode(states).encode() if states else b"{}") + b"]"
+    )
 
 
 def _lines_of(blob: bytes) -> bytes:

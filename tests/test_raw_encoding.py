@@ -145,3 +145,55 @@ def test_events_built_in_place_from_one_template_equal_ndb_models(org_context):
     assert [(e.user_id, e.value, e.dimensions) for e in stored] == [
         (user, value, dimensions) for _, user, value, dimensions, _, _ in cases
     ]
+
+
+@pytest.mark.parametrize("user_id", ["user-1", None])
+def test_a_chunks_raw_trigger_equals_the_ndb_model(org_context, user_id):
+    """The alert evaluator writes its triggers by hand (`evaluate.Crossing.upsert`): the
+    same entity `AlertTrigger.put()` stores, for a user's tally and for the org's."""
+    from app.models import AlertTrigger
+    from app.services.alerts.evaluate import Crossing
+
+    start = datetime(2026, 11, 1, tzinfo=UTC)
+    end = datetime(2026, 12, 1, tzinfo=UTC)
+    at = datetime(2026, 11, 27, 12, 30, 15, 123456, tzinfo=UTC)
+    fields = dict(
+        alert_id="alr_x",
+        type="alert.triggered",
+        meter_id="meter-x",
+        user_id=user_id,
+        threshold=1000,
+        value=str(1 << 70),
+        period_start=start,
+        period_end=end,
+        at=at,
+        message_id="msg_abc",
+        generation=2,
+    )
+    model = AlertTrigger(key=ndb.Key("alert-trigger", "atr_abc", parent=root_key()), **fields)
+    expected = ndb_model._entity_to_protobuf(model)
+    raw = Crossing(key_name="atr_abc", **fields).upsert().upsert
+    assert type(expected).pb(expected) == raw
+
+
+@pytest.mark.parametrize("whole", [None, datetime(2026, 11, 2, 3, 4, 5, 6, tzinfo=UTC)])
+def test_a_chunks_raw_bucket_equals_the_ndb_model(org_context, whole):
+    """Tally buckets are written by hand too (`tallies._bucket_upsert`)."""
+    from app.models import AlertTallyBucket
+    from app.services.alerts import tallies
+
+    start = datetime(2026, 11, 1, tzinfo=UTC)
+    blob = b'\n["u",5,null,1,{}]'
+    bucket = tallies.Bucket("b_x", blob, False, True, whole, whole)
+    model = AlertTallyBucket(
+        key=ndb.Key(AlertTallyBucket, "b_x", parent=root_key()),
+        meter_id="meter-x",
+        period_start=start,
+        subjects=blob,
+        full=True,
+        whole=whole,
+        whole_at=whole,
+    )
+    expected = ndb_model._entity_to_protobuf(model)
+    raw = tallies._bucket_upsert("b_x", "meter-x", start, blob, True, bucket).upsert
+    assert type(expected).pb(expected) == raw

@@ -97,6 +97,7 @@ class _Plan:
     rule_id: str
     thresholds: tuple[tuple[int, str], ...]  # (threshold, its key in a tally's states)
     notify_on_resolve: bool
+    meter_id: str
 
 
 def _plans(rules: list[AlertRule]) -> tuple[_Plan, ...]:
@@ -106,6 +107,7 @@ def _plans(rules: list[AlertRule]) -> tuple[_Plan, ...]:
             rule.id_,
             tuple((threshold, str(threshold)) for threshold in rule.thresholds),
             bool(rule.notify_on_resolve),
+            rule.meter_id,
         )
         for rule in rules
     )
@@ -823,7 +825,8 @@ def _commit_chunk(
         if done & set(touches):
             raise _Stale()
         now = utcnow()
-        writes: list[Any] = []  # NDB entities: triggers and their messages
+        writes: list[Any] = []  # NDB entities: the triggers' messages
+        crossed: list[Any] = []  # the triggers' raw upserts
         updated: list[tuple[Touch, tallies.Tally]] = []
         messages = 0
         leased.clear()  # a retried attempt builds its messages again
@@ -844,13 +847,12 @@ def _commit_chunk(
             tally = _updated(tally, touch, aggregation, basis)
             updated.append((touch, tally))
             for trigger in _crossings(tally, touch, now):
-                writes.append(trigger)
+                crossed.append(trigger.upsert())
+                endpoints = _targets_in_commit(targets, trigger.type)
+                if not endpoints:
+                    continue
                 sent = outbox.messages(
-                    _targets_in_commit(targets, trigger.type),
-                    trigger.type,
-                    trigger.message_id,
-                    payload(trigger),
-                    now,
+                    endpoints, trigger.type, trigger.message_id, payload(trigger), now
                 )
                 writes += sent
                 messages += len(sent)
@@ -860,7 +862,7 @@ def _commit_chunk(
                             sent, targets[trigger.type], now, settings.hand_off
                         )
                     )
-        mutations = tallies.writes(stored, updated, meter.id_)
+        mutations = tallies.writes(stored, updated, meter.id_) + crossed
         if len(writes) + len(mutations) + len(feed_keys) > MAX_MUTATIONS:
             raise _TooBig()
         if last:
@@ -936,7 +938,7 @@ def _value_after(tally: tallies.Tally | None, touch: Touch, aggregation: str) ->
 
 def _state_changes(
     plans: tuple[_Plan, ...], value: int, states: dict[str, Any], lowest: int = 0
-) -> list[tuple[AlertRule, int, int, str]]:
+) -> list[tuple[_Plan, int, int, str]]:
     """(rule, threshold, generation, type) of each threshold the value newly reaches, and
     (notifyOnResolve) newly leaves; `states` is updated to match (a rule's entry is
     copied only when it changes; a threshold without one never fired: generation 0).
@@ -951,10 +953,10 @@ def _state_changes(
         for threshold, name in plan.thresholds:
             triggered, generation = (of_rule.get(name) if of_rule else None) or (False, 0)
             if not triggered and value >= threshold:
-                found.append((plan.rule, threshold, generation, TRIGGERED))
+                found.append((plan, threshold, generation, TRIGGERED))
                 state = [True, generation]
             elif triggered and value < threshold and plan.notify_on_resolve:
-                found.append((plan.rule, threshold, generation, RESOLVED))
+                found.append((plan, threshold, generation, RESOLVED))
                 state = [False, generation + 1]
             else:
                 continue
@@ -966,7 +968,7 @@ def _state_changes(
     return found
 
 
-def _crossings(tally: tallies.Tally, touch: Touch, now: datetime) -> list[AlertTrigger]:
+def _crossings(tally: tallies.Tally, touch: Touch, now: datetime) -> list[Crossing]:
     """Triggers for thresholds newly reached, and (notifyOnResolve) newly left; the
     tally's per-rule states updated."""
     value = int(tally.value)
@@ -974,8 +976,8 @@ def _crossings(tally: tallies.Tally, touch: Touch, now: datetime) -> list[AlertT
         return []  # below every threshold, none ever fired (`_state_changes`)
     states = dict(tally.states)
     found = [
-        _trigger(rule, touch, threshold, generation, kind, value, now)
-        for rule, threshold, generation, kind in _state_changes(
+        _trigger(plan, touch, threshold, generation, kind, value, now)
+        for plan, threshold, generation, kind in _state_changes(
             touch.plans, value, states, touch.lowest
         )
     ]
@@ -983,21 +985,69 @@ def _crossings(tally: tallies.Tally, touch: Touch, now: datetime) -> list[AlertT
     return found
 
 
+@dataclass(frozen=True)
+class Crossing:
+    """An `alert-trigger` as a chunk writes it (`upsert`): the fields of `AlertTrigger`,
+    built without NDB. Benchmarks/ingest.py's rules cross thresholds by the hundred per
+    chunk, and building and converting NDB entities for them was most of a chunk's CPU
+    in the service (py-spy). tests/test_raw_encoding.py checks it stores what
+    `AlertTrigger.put()` would."""
+
+    key_name: str
+    alert_id: str
+    type: str
+    meter_id: str
+    user_id: str | None
+    threshold: int
+    value: str
+    period_start: datetime
+    period_end: datetime
+    at: datetime
+    message_id: str
+    generation: int
+
+    def upsert(self) -> Any:
+        """The raw upsert of its `alert-trigger` entity."""
+        mutation = rpc.Mutation()
+        entity = mutation.upsert
+        entities.fill_key(entity.key, AlertTrigger._get_kind(), self.key_name)
+        entities.set_string(entity, "AlertId", self.alert_id)
+        for name, text in (
+            ("Type", self.type),
+            ("MeterId", self.meter_id),
+            ("UserId", self.user_id),
+            ("Value", self.value),
+            ("MessageId", self.message_id),
+        ):
+            if text is None:
+                entity.properties[name].null_value = 0
+                entity.properties[name].exclude_from_indexes = True
+            else:
+                entities.set_string(entity, name, text, indexed=False)
+        entities.set_int(entity, "Threshold", self.threshold, indexed=False)
+        entities.set_int(entity, "Generation", self.generation, indexed=False)
+        for name, moment in (("PeriodStart", self.period_start), ("PeriodEnd", self.period_end)):
+            entities.set_time(entity, name, moment)
+            entity.properties[name].exclude_from_indexes = True
+        entities.set_time(entity, "At", self.at)
+        return mutation
+
+
 def _trigger(
-    rule: AlertRule,
+    plan: _Plan,
     touch: Touch,
     threshold: int,
     generation: int,
     kind: str,
     value: int,
     now: datetime,
-) -> AlertTrigger:
-    raw = digest(rule.id_, touch.subject, touch.start.isoformat(), threshold, generation, kind)
-    return AlertTrigger(
-        key=ndb.Key("alert-trigger", "atr_" + base32(raw), parent=root_key()),
-        alert_id=rule.id_,
+) -> Crossing:
+    raw = digest(plan.rule_id, touch.subject, touch.start.isoformat(), threshold, generation, kind)
+    return Crossing(
+        key_name="atr_" + base32(raw),
+        alert_id=plan.rule_id,
         type=kind,
-        meter_id=rule.meter_id,
+        meter_id=plan.meter_id,
         user_id=touch.subject,
         threshold=threshold,
         value=str(value),
@@ -1013,7 +1063,7 @@ def _number(value: int) -> int | str:
     return value if abs(value) <= (1 << 53) - 1 else str(value)
 
 
-def payload(trigger: AlertTrigger) -> dict[str, Any]:
+def payload(trigger: Crossing | AlertTrigger) -> dict[str, Any]:
     """The `data` of an alert.triggered / alert.resolved message."""
     at_name = "triggeredAt" if trigger.type == TRIGGERED else "resolvedAt"
     return {

@@ -173,6 +173,8 @@ def _by_user(
 ) -> dict[str, int]:
     """Each user's value (of `users` only, if given) in the touch's (spec, period), from
     the cells `_users_cells` read."""
+    if meter.aggregation_type in _FOLDED:
+        return _folded_by_user(meter.aggregation_type, cells, touch, users)
     filters = {name: frozenset({value}) for name, value in touch.watch.filter}
     if users is not None:
         filters[USER_ID] = users
@@ -187,6 +189,42 @@ def _by_user(
     inside = [cell for cell in cells if touch.start <= cell[1] < touch.end]
     result = summarize_cells(request, inside, None, deadline.check)
     return {window.group_by[USER_ID]: int(window.value or 0) for window in result.windows}
+
+
+_FOLDED = (Aggregation.SUM, Aggregation.COUNT, Aggregation.MAX)
+
+
+def _folded_by_user(
+    aggregation: str, cells: list[Any], touch: Any, users: frozenset[str] | None
+) -> dict[str, int]:
+    """`_by_user` for sum, count and max, folded straight from the cells: the summary
+    engine's windows and groups (`summarize_cells`) for every user of a period were most
+    of a rule's first chunk in the service (py-spy, `benchmarks/ingest.py`). A period's
+    bounds are whole slots (every zone's offset is a multiple of 15 minutes), so its
+    cells are rollup slots, each wholly in or out."""
+    start, end, wanted = touch.start, touch.end, touch.watch.filter
+    values: dict[str, int] = {}
+    for series, slot, cell in cells:
+        if not start <= slot < end:
+            continue
+        user = series.user_id
+        if users is not None and user not in users:
+            continue
+        if wanted and any(series.value_of(name) != value for name, value in wanted):
+            continue
+        if cell.__class__ is list:  # a compacted slot, as the rollup packs it
+            count, total, high = cell[0], cell[1], cell[3]
+        else:
+            count, total, high = cell.count, cell.sum, cell.max
+        if not count:
+            continue
+        if aggregation == Aggregation.SUM:
+            values[user] = values.get(user, 0) + total
+        elif aggregation == Aggregation.COUNT:
+            values[user] = values.get(user, 0) + count
+        elif high is not None and (user not in values or high > values[user]):
+            values[user] = high
+    return values
 
 
 def _grouped_values(meter: Meter, touches: list[Any]) -> list[int] | None:

@@ -184,7 +184,6 @@ def test_a_chunks_raw_bucket_equals_the_ndb_model(org_context, whole):
 
     start = datetime(2026, 11, 1, tzinfo=UTC)
     blob = b'\n["u",5,null,1,{}]'
-    bucket = tallies.Bucket("b_x", blob, False, True, whole, whole)
     model = AlertTallyBucket(
         key=ndb.Key(AlertTallyBucket, "b_x", parent=root_key()),
         meter_id="meter-x",
@@ -195,5 +194,5 @@ def test_a_chunks_raw_bucket_equals_the_ndb_model(org_context, whole):
         whole_at=whole,
     )
     expected = ndb_model._entity_to_protobuf(model)
-    raw = tallies._bucket_upsert("b_x", "meter-x", start, blob, True, bucket).upsert
+    raw = tallies._bucket_upsert("b_x", "meter-x", start, blob, True, whole, whole).upsert
     assert type(expected).pb(expected) == raw

@@ -20,6 +20,7 @@ a cancel, and every unique_count tally whenever touched (distinct values do not 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -1042,9 +1043,11 @@ def _trigger(
     value: int,
     now: datetime,
 ) -> Crossing:
-    raw = digest(plan.rule_id, touch.subject, touch.start.isoformat(), threshold, generation, kind)
+    name = base32(
+        digest(plan.rule_id, touch.subject, _iso(touch.start), threshold, generation, kind)
+    )
     return Crossing(
-        key_name="atr_" + base32(raw),
+        key_name="atr_" + name,
         alert_id=plan.rule_id,
         type=kind,
         meter_id=plan.meter_id,
@@ -1054,9 +1057,14 @@ def _trigger(
         period_start=touch.start,
         period_end=touch.end,
         at=now,
-        message_id="msg_" + base32(raw),
+        message_id="msg_" + name,
         generation=generation,
     )
+
+
+@functools.lru_cache(maxsize=1024)  # a chunk's triggers share a few period starts
+def _iso(moment: datetime) -> str:
+    return moment.isoformat()
 
 
 def _number(value: int) -> int | str:

@@ -422,7 +422,9 @@ def writes(stored: Read, updated: list[tuple[Any, Tally]], meter_id: str) -> lis
             stored.written.append(written)
         for subject, record in more:
             spilled.append((subject, _from_record(record)))
-        mutations.append(_bucket_upsert(name, meter_id, start, blob, full, bucket))
+        mutations.append(
+            _bucket_upsert(name, meter_id, start, blob, full, bucket.whole, bucket.whole_at)
+        )
         for subject, tally in spilled:
             mutations.append(entities.upsert_of(_spill(spec, start, subject, tally, meter_id)))
     return mutations
@@ -432,7 +434,13 @@ _PERIOD_START: Any = AlertTallyBucket.period_start
 
 
 def _bucket_upsert(
-    name: str, meter_id: str, start: datetime, blob: bytes, full: bool, bucket: Bucket
+    name: str,
+    meter_id: str,
+    start: datetime,
+    blob: bytes,
+    full: bool,
+    whole: datetime | None,
+    whole_at: datetime | None,
 ) -> Any:
     """A raw upsert of a bucket, as `AlertTallyBucket.put()` would store it
     (tests/test_alerts_tally_lines.py reads it back through NDB)."""
@@ -447,7 +455,7 @@ def _bucket_upsert(
     entity.properties["Subjects"].exclude_from_indexes = True
     entity.properties["Full"].boolean_value = full
     entity.properties["Full"].exclude_from_indexes = True
-    for prop, moment in (("WholeBasis", bucket.whole), ("WholeAt", bucket.whole_at)):
+    for prop, moment in (("WholeBasis", whole), ("WholeAt", whole_at)):
         if moment is None:
             entity.properties[prop].null_value = 0
         else:

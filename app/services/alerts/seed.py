@@ -288,9 +288,12 @@ def _at_one_cut(
             rpc.rollback(transaction)
         return feeds, values
     for _ in range(LEGACY_ROUNDS):
-        before = _pending_feeds(meter.id_)
-        values = read()
-        after = _pending_feeds(meter.id_)
+        # the legacy emulator may refuse a plain query under contention ("too much
+        # contention", Aborted) while another evaluator commits: read again
+        before, values, after = rpc.retry_aborted(
+            lambda: (_pending_feeds(meter.id_), read(), _pending_feeds(meter.id_)),
+            "a seed's reads",
+        )
         appeared = {key: after[key] for key in after if key not in before}
         if not any(concerns(key) for key in _pending_parts(appeared, touches)):
             break

@@ -162,6 +162,8 @@ class OrgDispatch:
     undelivered: int = 0
     more: bool = False
     pending: list[concurrent.futures.Future[bool | None]] = field(default_factory=list)
+    #: Due messages found (handed out, or not: in a sender already, endpoint busy).
+    found: int = 0
 
 
 def due_keys(now: datetime, limit: int) -> list[ndb.Key]:
@@ -191,6 +193,7 @@ def dispatch_org(
     now = now or utcnow()
     result = OrgDispatch()
     keys = due_keys(now, budget)
+    result.found = len(keys)
     if not keys:
         return result
     endpoints = {

@@ -38,5 +38,9 @@ def orgs() -> list[str]:
     query = queries.Query()
     query.kind.add().name = DELIVERY_ORG_KIND
     query.projection.add().property.name = "__key__"
-    found = rpc.run_query(query, ids.REGISTRY_NAMESPACE)
-    return [entity.key.path[-1].name for entity in found]
+
+    def names() -> list[str]:
+        found = rpc.run_query(query, ids.REGISTRY_NAMESPACE)
+        return [entity.key.path[-1].name for entity in found]
+
+    return rpc.retry_aborted(names, "the list of delivery orgs")  # as NDB retried

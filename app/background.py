@@ -19,6 +19,7 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable, Iterable
 
 from google.api_core import exceptions as core_exceptions
 
@@ -50,6 +51,54 @@ EVALUATE_SECONDS = 1.0
 POLL_SECONDS = 0.2
 
 
+#: The loops' timed passes visit an org that had nothing to do in its last N timed
+#: visits only every min(2 ** (N - 1), IDLE_STRIDE_MAX) passes (`_IdleOrgs`).
+IDLE_STRIDE_MAX = 4
+
+
+class _IdleOrgs:
+    """The orgs one loop's timed passes found with nothing to do, and when to visit each
+    again. An idle worker's passes visited every registered org every second, one query
+    each per loop: with 50 orgs that was most of a worker's idle CPU, and as much again
+    in the emulator (benchmarks/idle_loops.py). A timed pass is the safety net (a feed
+    or message left by a process that died, a retry coming due, a feed another process
+    left to a lease that was let go meanwhile), so an org idle for a while is visited
+    every IDLE_STRIDE_MAX passes at most, and at once again as soon as a commit of this
+    process wakes the loop for it or a visit finds work."""
+
+    def __init__(self, period: float, clock: Callable[[], float] = time.monotonic):
+        self.period, self.clock = period, clock
+        self.lock = threading.Lock()
+        self.streak: dict[str, int] = {}
+        self.next_visit: dict[str, float] = {}
+
+    def due(self, names: list[str]) -> list[str]:
+        """Of these orgs, the ones this timed pass visits."""
+        now = self.clock()
+        with self.lock:
+            return [name for name in names if self.next_visit.get(name, 0.0) <= now]
+
+    def visited(self, run: periodic.DeliveryRun) -> None:
+        """Note what a timed pass found."""
+        now = self.clock()
+        with self.lock:
+            if len(self.streak) > 10_000:
+                self.streak.clear()
+                self.next_visit.clear()
+            for name in run.quiet:
+                streak = self.streak[name] = self.streak.get(name, 0) + 1
+                stride = min(2 ** (streak - 1), IDLE_STRIDE_MAX)
+                self.next_visit[name] = now + self.period * (stride - 0.5)
+        self.forget([*run.active, *run.failed])
+
+    def forget(self, names: Iterable[str]) -> None:
+        """These orgs had work (or a commit of this process woke the loop for them)."""
+        with self.lock:
+            for name in names:
+                self.streak.pop(name, None)
+                self.next_visit.pop(name, None)
+
+
 def _settings(config) -> dispatch.Settings:
     """The loop's sends: a failed attempt due again at once is resent by this process."""
     return dataclasses.replace(dispatch.Settings.of(config), resend_at_once=True)
@@ -73,6 +122,7 @@ class _Loop:
         self.lock = threading.Lock()
         self.woken_orgs: set[str] = set()
         self.everyone_now = False
+        self.idle = _IdleOrgs(self.seconds)
         self.forget = outbox.on_wake(self.wake, only_messages=self.only_messages)
         self.thread = threading.Thread(target=self.run, name=self.name, daemon=True)
 
@@ -97,17 +147,24 @@ class _Loop:
             with self.lock:
                 orgs, self.woken_orgs = self.woken_orgs | polled, set()
                 everyone, self.everyone_now = self.everyone_now, False
+            self.idle.forget(orgs)
             if everyone or time.monotonic() >= next_pass:
-                more = self.visit(None)  # every org: the woken ones too
+                more = self.visit(None, timed=not everyone)  # the woken orgs too
                 next_pass = time.monotonic() + (0.0 if more else self.seconds)
             elif orgs and self.visit(orgs):  # more left for them: theirs again at once
                 with self.lock:
                     self.woken_orgs |= orgs
                 self.woken.set()
 
-    def visit(self, only: set[str] | None) -> bool:
-        """Work for these orgs (None: every org); whether work is left."""
+    def visit(self, only: set[str] | None, timed: bool = False) -> bool:
+        """Work for these orgs (None: every org; `timed`: those `self.idle` picks, plus
+        the woken ones); whether work is left."""
         raise NotImplementedError
+
+    def _due(self, timed: bool) -> Callable[[list[str]], list[str]] | None:
+        """What a pass visits: a timed one, the orgs `self.idle` picks (the woken ones,
+        forgotten by `run` first, among them); any other, every org."""
+        return self.idle.due if timed else None
 
     def polled_orgs(self) -> set[str]:
         """Orgs to visit every POLL_SECONDS even when no commit of this process wakes us."""
@@ -134,7 +191,7 @@ class _Deliverer(_Loop):
         look for their feeds every POLL_SECONDS until the lease goes idle (2 s)."""
         return evaluate.held_orgs()
 
-    def visit(self, only: set[str] | None) -> bool:
+    def visit(self, only: set[str] | None, timed: bool = False) -> bool:
         try:
             with self.client.context(**self.context_options):
                 run = periodic.deliver_all_orgs(
@@ -144,11 +201,14 @@ class _Deliverer(_Loop):
                     only=only,
                     evaluate_seconds=EVALUATE_SECONDS,
                     send=False,
+                    due=self._due(timed),
                 )
         except Exception:  # the next round retries
             log.warning("background delivery failed", exc_info=True)
             self.stopping.wait(min(self.seconds, 5.0))
             return False
+        if timed:
+            self.idle.visited(run)
         return not run.complete and not run.failed
 
 
@@ -164,9 +224,9 @@ class _Sender(_Loop):
     name = "metering-send"
     only_messages = True
 
-    def visit(self, only: set[str] | None) -> bool:
+    def visit(self, only: set[str] | None, timed: bool = False) -> bool:
         if only is None:
-            return self.send_all()
+            return self.send_all(timed)
         more = False
         for namespace in only:
             if self.stopping.is_set():
@@ -174,16 +234,22 @@ class _Sender(_Loop):
             more = self.send(namespace) or more
         return more
 
-    def send_all(self) -> bool:
+    def send_all(self, timed: bool = False) -> bool:
         """A timed pass: every org's due messages (the retries); whether more are due."""
         try:
             with self.client.context(**self.context_options):
                 run = periodic.deliver_all_orgs(
-                    self.budget, settings=self.settings, wait=False, evaluate_feeds=False
+                    self.budget,
+                    settings=self.settings,
+                    wait=False,
+                    evaluate_feeds=False,
+                    due=self._due(timed),
                 )
         except Exception:  # the next pass retries
             log.warning("background sending failed", exc_info=True)
             return False
+        if timed:
+            self.idle.visited(run)
         return not run.complete and not run.failed
 
     def send(self, namespace: str) -> bool:

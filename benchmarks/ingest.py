@@ -392,6 +392,18 @@ class CaseResult:
     stored_detail: str
     profiled: bool = False
     failures: list = field(default_factory=list)
+    #: Service CPU seconds up to the last answer, and from then until the round's last
+    #: alert feed was applied, how long that took (None: not watched, or still pending
+    #: after --settle), through the quiet test (per event), and idle CPU per second.
+    answer_cpu_s: float | None = None
+    evaluation_cpu_s: float | None = None
+    evaluation_wall_s: float | None = None
+    settled_cpu_us: float | None = None
+    idle_cpu_per_s: float | None = None
+    idle_cpu_median_per_s: float | None = None
+    #: Seconds after the settle until compaction had folded the round's rollups, before
+    #: the idle CPU was measured (None: not waited for, or not done in time).
+    compacted_after_s: float | None = None
 
 
 def send_all(service, api_key: str, bodies: list[bytes], clients: int, path=METER_EVENTS):
@@ -446,6 +458,84 @@ def send_all(service, api_key: str, bodies: list[bytes], clients: int, path=METE
 QUIET_SHARE, QUIET_STEP, QUIET_STEPS = 0.05, 0.5, 3
 
 
+#: How often the round's org is asked whether any `alert-feed` is left (`FeedWatch`).
+FEED_POLL_SECONDS = 0.1
+#: Seconds of no traffic over which the service's idle CPU per second is measured, after
+#: the settle (`--idle-seconds`): with rules, the delivery loop's passes cost that much
+#: every second, a cost per second, not per event.
+IDLE_SECONDS = 5.0
+#: How long the idle measurement may wait for compaction to fold the round's rollups
+#: first (`--compaction-wait`; default 0: not at all). Each worker's compaction runs
+#: every 15 to 45 s and folds a page of the round's ~1,000 dirty rollups a time, bursts of
+#: about a second of CPU for about two minutes after a round: inside the idle window
+#: they swamp the loops' cost (`benchmarks/idle_loops.py` measures that without them).
+COMPACTION_WAIT_SECONDS = 0.0
+
+
+class FeedWatch:
+    """Whether the round's org has an `alert-feed` left, asked of the emulator directly
+    (one keys-only ancestor query, strongly consistent): the evaluator deletes each feed
+    in the commit that applies it, so none left means the round's evaluation is done.
+    Before, `--settle` waited for a CPU-quiet service, and with 20 rules the loops'
+    idle passes never went under the quiet share: ~30 s of idle loop counted per round."""
+
+    def __init__(self, emulator_host: str, project: str):
+        from app.config import Config
+        from app.datastore import make_client
+
+        self.client = make_client(Config(project=project, emulator_host=emulator_host))
+
+    def pending(self, namespace: str) -> bool:
+        from app.models import AlertFeed, root_key
+
+        with self.client.context(namespace=namespace):
+            query = AlertFeed.query(ancestor=root_key())
+            return bool(query.fetch(1, keys_only=True))
+
+    def dirty(self, namespace: str) -> bool:
+        """Whether the org has a rollup with deltas left to fold (compaction to come)."""
+        from app.services import compact
+
+        with self.client.context(namespace=namespace):
+            return bool(compact.dirty_keys(limit=1))
+
+    def wait_compacted(self, namespace: str, limit: float) -> float | None:
+        """Seconds until the background compaction folded every rollup of the org (None:
+        some still dirty after `limit`)."""
+        began = time.perf_counter()
+        while self.dirty(namespace):
+            if time.perf_counter() - began >= limit:
+                return None
+            time.sleep(0.5)
+        return time.perf_counter() - began
+
+    def wait_applied(self, namespace: str, limit: float) -> float | None:
+        """Seconds until no feed of the org is left (None: some still after `limit`)."""
+        began = time.perf_counter()
+        while self.pending(namespace):
+            if time.perf_counter() - began >= limit:
+                return None
+            time.sleep(FEED_POLL_SECONDS)
+        return time.perf_counter() - began
+
+
+def _idle_cpu(cpu: common.TreeCpu, seconds: float) -> tuple[float, float]:
+    """The service's CPU per second over `seconds` of no traffic, in all and the median
+    of its 1-second slices: a compaction pass (every 15 to 45 s, folding the round's
+    rollups) lands in some windows and not others, and the median leaves it out."""
+    steps = max(1, round(seconds))
+    slices = []
+    began = before = cpu.snapshot()
+    for _ in range(steps):
+        time.sleep(seconds / steps)
+        after = cpu.snapshot()
+        used = common.TreeCpu.used(before, after)
+        slices.append(used.seconds / max(used.wall, 1e-9))
+        before = after
+    whole = common.TreeCpu.used(began, before)
+    return whole.seconds / max(whole.wall, 1e-9), statistics.median(slices)
+
+
 def _settled(cpu: common.TreeCpu, limit: float) -> float:
     """Wait until the service is quiet (its evaluation of the last batches done: its
     background loop then costs a few ms a second) or `limit` seconds passed; how long
@@ -475,11 +565,18 @@ def run_case(
     profiled: bool = False,
     when_sent=None,
     settle: float = 0.0,
+    feeds: tuple[FeedWatch, str] | None = None,
+    idle_seconds: float = 0.0,
+    compaction_wait: float = COMPACTION_WAIT_SECONDS,
 ) -> CaseResult:
     """Send the load, measure it, then check what was stored (`when_sent` runs between).
     With `settle`, the service's CPU is read once it is quiet again (at most `settle`
     seconds after the last answer): the alert evaluation that follows the batches is
-    then counted too (`_settled`)."""
+    then counted too (`_settled`). With `feeds` (a watch and the org's namespace), the
+    service's CPU is also read when the org's last feed was applied (`FeedWatch`), before
+    the quiet test (which then counts what a 0-rule round also gets: compaction); the
+    figure per event (`service_cpu_us`) is the one up to that point. With
+    `idle_seconds`, the service's CPU per second with no traffic is measured after."""
     svc_cpu, emu_cpu = common.TreeCpu(service.process.pid), common.TreeCpu(emulator.process.pid)
     threads, start, records, reconnects = send_all(
         service, api_key, load.bodies, clients, load.path
@@ -495,7 +592,16 @@ def run_case(
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - t0
-    settled = _settled(svc_cpu, settle) if settle else None
+    answered = svc_cpu.snapshot()
+    applied_after = None
+    applied = answered
+    if feeds is not None:
+        watch, namespace = feeds
+        applied_after = watch.wait_applied(namespace, settle)
+        applied = svc_cpu.snapshot()
+        if applied_after is not None:
+            settle -= applied_after
+    settled = _settled(svc_cpu, max(settle, 0.0)) if settle else None
     s1, e1, c1, m1 = (
         svc_cpu.snapshot(),
         emu_cpu.snapshot(),
@@ -517,7 +623,14 @@ def run_case(
             continue  # 204: no outcomes (every event is new: unique ids)
         outcomes = json.loads(body)["events"]
         not_created += sum(1 for o in outcomes if o["status"] != "created")
+    idle_per_s = idle_median = compacted_after = None
+    if idle_seconds:
+        if feeds is not None and compaction_wait:  # compaction's bursts are no idle cost
+            compacted_after = feeds[0].wait_compacted(feeds[1], compaction_wait)
+        idle_per_s, idle_median = _idle_cpu(svc_cpu, idle_seconds)
     svc = common.TreeCpu.used(s0, s1)
+    to_answer = common.TreeCpu.used(s0, answered).seconds
+    to_applied = common.TreeCpu.used(s0, applied).seconds
     emu = common.TreeCpu.used(e0, e1)
     client = c1 - c0
     busy = (m1[0] - m0[0]) / common.CLK_TCK
@@ -530,7 +643,9 @@ def run_case(
     if svc.vanished:
         split += f" [{svc.vanished} process(es) exited]"
     if settled is not None:
-        split += f"; quiet {settled:.1f}s after the last answer"
+        split += f"; quiet {settled:.1f}s after the " + (
+            "last answer" if feeds is None else "last feed applied"
+        )
     stored_ok, detail = verify(service, api_key, load)
     n = load.events
     latencies.sort()
@@ -547,7 +662,7 @@ def run_case(
         failed_requests=len(failures),
         not_created=not_created,
         reconnects=sum(reconnects),
-        service_cpu_us=svc.seconds / n * 1e6,
+        service_cpu_us=(to_applied if feeds is not None else svc.seconds) / n * 1e6,
         client_cpu_us=client / n * 1e6,
         emulator_cpu_us=emu.seconds / n * 1e6,
         other_cores=other,
@@ -560,6 +675,13 @@ def run_case(
         stored_detail=detail,
         profiled=profiled,
         failures=failures[:5],
+        answer_cpu_s=to_answer,
+        evaluation_cpu_s=(to_applied - to_answer) if feeds is not None else None,
+        evaluation_wall_s=applied_after,
+        settled_cpu_us=svc.seconds / n * 1e6,
+        idle_cpu_per_s=idle_per_s,
+        idle_cpu_median_per_s=idle_median,
+        compacted_after_s=compacted_after,
     )
 
 
@@ -664,6 +786,12 @@ def warm_up(
 
 def create_org(emulator_host: str, project: str, name: str) -> str:
     """`metering orgs create NAME` against the emulator; the new org's API key."""
+    return create_org_with_namespace(emulator_host, project, name)[0]
+
+
+def create_org_with_namespace(emulator_host: str, project: str, name: str) -> tuple[str, str]:
+    """`metering orgs create NAME` against the emulator; the new org's API key and
+    namespace."""
     import subprocess
 
     env = {**os.environ, "DATASTORE_EMULATOR_HOST": emulator_host, "METERING_PROJECT": project}
@@ -678,7 +806,8 @@ def create_org(emulator_host: str, project: str, name: str) -> str:
     )
     if done.returncode != 0:
         raise RuntimeError(f"metering orgs create {name}: {done.stderr.strip()}")
-    return json.loads(done.stdout)["apiKey"]
+    issued = json.loads(done.stdout)
+    return issued["apiKey"], issued["namespace"]
 
 
 def run_rounds(args, emulator, workdir, rng, profile_dir=None):
@@ -740,9 +869,10 @@ def run_rounds(args, emulator, workdir, rng, profile_dir=None):
                     flush=True,
                 )
         order = list(services)
+        watch = FeedWatch(emulator.host, PROJECT) if args.delivery_loop and args.settle else None
         for run in range(1, args.repeat + 1):
             emulator.reset()
-            key = create_org(emulator.host, PROJECT, f"bench-{run}")
+            key, namespace = create_org_with_namespace(emulator.host, PROJECT, f"bench-{run}")
             for case in args.raw_cases:
                 raw = run_raw(
                     emulator,
@@ -775,7 +905,17 @@ def run_rounds(args, emulator, workdir, rng, profile_dir=None):
                         rng,
                     )
                     result = run_case(
-                        config, run, service, emulator, key, load, args.clients, settle=args.settle
+                        config,
+                        run,
+                        service,
+                        emulator,
+                        key,
+                        load,
+                        args.clients,
+                        settle=args.settle,
+                        feeds=(watch, namespace) if watch is not None else None,
+                        idle_seconds=args.idle_seconds if args.delivery_loop else 0.0,
+                        compaction_wait=args.compaction_wait,
                     )
                     results.append(result)
                     print_case(result)
@@ -913,6 +1053,31 @@ def print_case(r: CaseResult) -> None:
             f"{r.emulator_cpu_us:.0f}; other load {r.other_cores:.2f} cores; worker CPU "
             f"{r.worker_cpu_split}; failed {r.failed_requests}; stored "
             f"{'OK' if r.stored_ok else 'WRONG'} {r.stored_detail}",
+            flush=True,
+        )
+    if r.answer_cpu_s is not None and r.evaluation_cpu_s is not None:
+        took = (
+            f"{r.evaluation_wall_s:.1f}s"
+            if r.evaluation_wall_s is not None
+            else "still pending at the end of --settle"
+        )
+        print(
+            f"    {where} service CPU {r.answer_cpu_s:.2f}s up to the last answer, then "
+            f"{r.evaluation_cpu_s:.2f}s until the last alert feed was applied ({took}): "
+            f"{r.service_cpu_us:.0f} us/event up to the last feed applied (the bar's "
+            f"figure); {r.settled_cpu_us:.0f} us/event through the quiet test",
+            flush=True,
+        )
+    if r.idle_cpu_per_s is not None:
+        print(
+            f"    {where} idle service CPU afterwards, no traffic: "
+            f"{1000 * r.idle_cpu_per_s:.1f} ms per second (median of 1 s slices "
+            f"{1000 * (r.idle_cpu_median_per_s or 0.0):.1f}), measured "
+            + (
+                f"once compaction was done ({r.compacted_after_s:.1f}s after the settle)"
+                if r.compacted_after_s is not None
+                else "with compaction maybe under way (not waited for, or not done in time)"
+            ),
             flush=True,
         )
     for failure in r.failures:
@@ -1258,7 +1423,26 @@ def parse_args(argv=None):
         default=0.0,
         help="seconds at most to wait, after a case's last answer, for the service to be "
         "quiet before reading its CPU (0: read at once): with the delivery loop on, the "
-        "alert evaluation of the last batches then counts too",
+        "alert evaluation of the last batches then counts too. With the delivery loop, it "
+        "first waits until no alert feed of the round's org is left (its CPU then is the "
+        "figure per event), then for the quiet test (compaction), both within this",
+    )
+    parser.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=IDLE_SECONDS,
+        help="with --delivery-loop, seconds of no traffic after each round's settle over "
+        f"which the service's idle CPU per second is measured ({IDLE_SECONDS:g}; 0: not)",
+    )
+    parser.add_argument(
+        "--compaction-wait",
+        type=float,
+        default=COMPACTION_WAIT_SECONDS,
+        help="with --delivery-loop and --settle, seconds at most to wait before the idle "
+        "measurement until compaction has folded every rollup of the round's org (asked "
+        "of the emulator): about 2 minutes after a round of 4000 events "
+        f"({COMPACTION_WAIT_SECONDS:g}: not waited for; the idle figure then includes "
+        "compaction's bursts)",
     )
     parser.add_argument(
         "--delivery-loop",

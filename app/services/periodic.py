@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -127,6 +128,10 @@ class DeliveryRun:
     undelivered: int = 0
     complete: bool = True
     failed: list[str] = field(default_factory=list)
+    #: Orgs visited that had nothing to do (no feed, no due message), and those that had
+    #: some: the background loops visit the former less often (`background._IdleOrgs`).
+    quiet: list[str] = field(default_factory=list)
+    active: list[str] = field(default_factory=list)
 
 
 def _sends_in_time(budget: int, settings: dispatch.Settings) -> int:
@@ -150,6 +155,7 @@ def deliver_all_orgs(
     evaluate_seconds: float | None = None,
     send: bool = True,
     evaluate_feeds: bool = True,
+    due: Callable[[list[str]], list[str]] | None = None,
 ) -> DeliveryRun:
     """For each org with endpoints or alert rules, in its namespace: evaluate its pending
     alert feeds (up to `budget`), then send its due messages (up to `budget`). One org's
@@ -166,12 +172,15 @@ def deliver_all_orgs(
     from its commit (`evaluate_org(hand_off=...)`). The background loop splits the call
     in two threads: its evaluation rounds pass `send=False` (no query for due messages
     between two chunks: what a commit stored is handed off or wakes the sender), and its
-    sender's timed pass `evaluate_feeds=False` (retries coming due)."""
+    sender's timed pass `evaluate_feeds=False` (retries coming due). `due` (the loops'
+    timed passes) picks, of every registered org, those to visit this time."""
     if settings is None:
         from flask import current_app  # lazy: only a request's call needs the app
 
         settings = dispatch.Settings.of(current_app.config["METERING"])
     names = sorted(only) if only is not None else registry.orgs()
+    if due is not None:
+        names = due(names)
     random.shuffle(names)
     run = DeliveryRun(orgs=len(names))
     for name in names:
@@ -195,6 +204,7 @@ def deliver_all_orgs(
                 if evaluated >= evaluating or (evaluate_seconds is not None and evaluated):
                     run.complete = False  # maybe more pending: come back at once
                 if not send:
+                    (run.active if evaluated else run.quiet).append(name)
                     continue
                 evaluate.sweep_old_state()
                 sends = _sends_in_time(budget, settings) if wait else budget
@@ -209,6 +219,7 @@ def deliver_all_orgs(
             run.failed.append(name)
             run.complete = False
             continue
+        (run.active if evaluated or done.found else run.quiet).append(name)
         run.sent += done.leased
         run.delivered += done.delivered
         run.undelivered += done.undelivered

@@ -7,6 +7,7 @@ All are ancestor queries under the org root, so they are strongly consistent.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -281,3 +282,47 @@ def rollup_keys_of_day(meter_id: str, org_wide: bool, day: int, most: int) -> li
     query.limit.value = most + 1
     keys = [entity.key for entity in rpc.run_query(query, ndb.get_context().get_namespace())]
     return keys if len(keys) <= most else None
+
+
+# -- issue 14, session 10: the background loops' checks, keys only ------------------------
+
+#: The comparison operators of `first_keys` conditions.
+Operator = _OP
+
+
+def first_keys(
+    kind: str,
+    conditions: list[tuple[str, int, object]],
+    limit: int,
+    ascending_on: str | None = None,
+) -> list[KeyPb]:
+    """Keys of at most `limit` entities of an ancestor query of `kind` under the current
+    org's root (oldest `ascending_on` first, if named): one raw RPC for a check that
+    usually finds nothing. The background loops make these checks every second for
+    every registered org; through NDB each cost a few times the CPU (its query and
+    tasklet machinery), which was most of what an idle worker spent
+    (benchmarks/idle_loops.py)."""
+    query = build(kind, conditions)
+    query.projection.add().property.name = "__key__"
+    if ascending_on is not None:
+        order = query.order.add()
+        order.property.name = ascending_on
+        order.direction = q.PropertyOrder.Direction.ASCENDING
+    query.limit.value = limit
+    namespace = ndb.get_context().get_namespace()
+
+    def keys() -> list[KeyPb]:
+        found = rpc.run_query(query, namespace)
+        return [entity.key for entity in itertools.islice(found, limit)]
+
+    # The legacy emulator refuses an ancestor query of an entity group under contention
+    # (Aborted), as NDB's queries met and retried.
+    return rpc.retry_aborted(keys, f"a query of {kind}")
+
+
+def ndb_key(pb: KeyPb) -> ndb.Key:
+    """The NDB key of a raw key (for code that goes on with NDB models)."""
+    flat: list[Any] = []
+    for element in pb.path:
+        flat += [element.kind, element.name or element.id]
+    return ndb.Key(*flat, namespace=pb.partition_id.namespace_id or None)

@@ -445,8 +445,9 @@ def _pending(meter_id: str, limit: int, keys_only: bool = False) -> list[Any]:
     """Up to `limit` pending feeds of the meter (`keys_only`: raw keys, for a check)."""
     if keys_only:
         return queries.first_keys(_FEED_KIND, [("MeterId", _EQUAL, meter_id)], limit)
-    query = AlertFeed.query(AlertFeed.meter_id == meter_id, ancestor=root_key())
-    return list(query.fetch(limit))
+    # raw, then made models: NDB's query machinery was a tenth of a chunk's CPU
+    found = queries.first_entities(_FEED_KIND, [("MeterId", _EQUAL, meter_id)], limit)
+    return [entities.model_of(entity) for entity in found]
 
 
 def _evaluate_meter(

@@ -12,9 +12,11 @@ import pytest
 from standardwebhooks import Webhook
 
 from app import create_app
+from app.models import root_key
 from app.services import periodic
 from app.services.alerts import evaluate
 from app.services.webhooks import dispatch, outbox
+from app.storage import journal
 from tests.support.alerts import create_rule, minutes_ago, triggers
 from tests.support.http import Api
 from tests.support.receiver import Receiver
@@ -190,6 +192,30 @@ def test_a_message_leased_at_its_commit_by_a_process_that_died_is_sent_once_its_
         assert dispatch.dispatch_org(100, QUICK, now=later).leased == 0
     [payload] = _payloads(receiver, endpoint["secret"])
     assert payload["type"] == "alert.triggered" and payload["data"]["value"] == 5
+
+
+def test_a_message_leased_at_its_commit_is_in_the_journal_before_its_hand_off(
+    app, config, ndb_client, org, api, receiver, monkeypatch, tmp_path
+):
+    """The commit that leases a crossing's message for this process notes the lease in
+    the process's transaction journal first: killed before the hand-off, the process
+    leaves the message to a restart to make due at once, not to its lease to run out."""
+    meter = api.create_meter()
+    _endpoint(api, receiver)
+    create_rule(api, meter, thresholds=[3])
+    api.record({"meterId": meter["id"], "userId": "a", "value": 5})
+    monkeypatch.setattr(dispatch, "hand_off", lambda leased, settings: None)  # it died here
+    monkeypatch.setattr(journal, "_journal", None)
+    create_app(config.replace(transaction_journal_dir=str(tmp_path)))  # this process's
+    try:
+        with app.app_context(), ndb_client.context(namespace=org["namespace"]):
+            assert evaluate.evaluate_org(100, hand_off=QUICK) == 1
+            [message] = dispatch.WebhookMessage.query(ancestor=root_key()).fetch()
+        [written] = list(tmp_path.glob("*" + journal.SUFFIX))
+        noted = journal.left_held(written.read_text())
+        assert (message.key.urlsafe().decode(), message.lease) in noted
+    finally:
+        journal._journal = None
 
 
 def test_the_lease_holder_looks_for_feeds_another_process_recorded(

@@ -920,7 +920,7 @@ def _commit_chunk(
             feed.done = json.dumps(sorted(done | set(touches)))
             writes.append(feed)
         mutations += [entities.upsert_of(entity) for entity in writes]
-        rpc.commit(mutations, transaction)
+        _commit_journaled(mutations, transaction, leased)
         stored_messages[0] = messages
         return len(feed_keys) if last else 0
 
@@ -940,6 +940,25 @@ def _commit_chunk(
     elif stored_messages[0]:
         outbox.wake()
     return applied
+
+
+def _commit_journaled(
+    mutations: list[Any], transaction: bytes, leased: list[dispatch.Leased]
+) -> None:
+    """Commit, with the messages leased in the commit (`dispatch.lease_at_creation`)
+    noted in this process's journal first: a process killed between the commit and
+    their hand-off leaves them to a restart to release at once, not to their leases to
+    run out (`benchmarks/alerts_exact.py --restart` once saw them 20 s late). A note
+    of a commit that failed releases nothing: no message holds its lease token."""
+    notes = [(item.message.key.urlsafe().decode(), item.message.lease) for item in leased]
+    for key, token in notes:
+        journal.held(key, token)
+    try:
+        rpc.commit(mutations, transaction)
+    except BaseException:
+        for key, token in notes:
+            journal.let_go(key, token)
+        raise
 
 
 def _targets_in_commit(targets: dict[str, list[Any]], kind: str) -> list[Any]:

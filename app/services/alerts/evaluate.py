@@ -140,6 +140,9 @@ class Touch:
     lowest: int = 0
     #: `_basis`, once asked (the settings are those of one evaluation call).
     basis: datetime | None = None
+    #: What the plan reckoned (`_planned_mutations`): (the stored tally it read, value,
+    #: states, state changes), for the commit to take when it reads the same tally.
+    planned: tuple[Any, ...] | None = None
 
 
 @dataclass
@@ -623,8 +626,29 @@ def _planned_mutations(
         value = _value_after(tally, touch, aggregation)
         states = dict(tally.states) if tally is not None else {}
         changes = _state_changes(touch.plans, value, states, touch.lowest)
+        touch.planned = (tally, value, states, changes)
         total += sum(1 + len(targets[kind]) for _rule, _threshold, _generation, kind in changes)
     return total
+
+
+def _applied(
+    tally: tallies.Tally | None, touch: Touch, aggregation: str, basis: datetime, now: datetime
+) -> tuple[tallies.Tally, list[Crossing]]:
+    """The tally with the chunk applied, and its crossings. When the commit read the very
+    tally object the plan did (`tallies.Bucket.tally`: the bucket is unchanged), the
+    plan's reckoning (`_planned_mutations`) is taken instead of done again."""
+    planned = touch.planned
+    if planned is None or planned[0] is not tally:
+        updated = _updated(tally, touch, aggregation, basis)
+        return updated, _crossings(updated, touch, now)
+    _tally, value, states, changes = planned
+    seeded_at = touch.seeded.at if touch.seeded is not None else getattr(tally, "seeded_at", None)
+    updated = tallies.Tally(value, states, seeded_at, basis)
+    found = [
+        _trigger(plan, touch, threshold, generation, kind, value, now)
+        for plan, threshold, generation, kind in changes
+    ]
+    return updated, found
 
 
 class _TooBig(Exception):
@@ -892,9 +916,9 @@ def _commit_chunk(
                 raise _Stale()  # it changed since we looked (another evaluator): look again
             if touch.seeded is not None and _version(tally) != touch.seeded_over:
                 raise _Stale()
-            tally = _updated(tally, touch, aggregation, basis)
+            tally, crossings = _applied(tally, touch, aggregation, basis, now)
             updated.append((touch, tally))
-            for trigger in _crossings(tally, touch, now):
+            for trigger in crossings:
                 crossed.append(trigger.upsert())
                 endpoints = _targets_in_commit(targets, trigger.type)
                 if not endpoints:

@@ -263,7 +263,7 @@ def upsert_of(model: Any) -> Any:
 def delete_of(key: ndb.Key) -> Any:
     """A raw delete Mutation of an NDB key."""
     mutation = Mutation()
-    mutation.delete.CopyFrom(key._key.to_protobuf()._pb)
+    mutation.delete.CopyFrom(key_of(key))
     return mutation
 
 

@@ -308,29 +308,26 @@ def first_keys(
         order = query.order.add()
         order.property.name = ascending_on
         order.direction = q.PropertyOrder.Direction.ASCENDING
-    query.limit.value = limit
-    namespace = ndb.get_context().get_namespace()
-
-    def keys() -> list[KeyPb]:
-        found = rpc.run_query(query, namespace)
-        return [entity.key for entity in itertools.islice(found, limit)]
-
-    # The legacy emulator refuses an ancestor query of an entity group under contention
-    # (Aborted), as NDB's queries met and retried.
-    return rpc.retry_aborted(keys, f"a query of {kind}")
+    return [entity.key for entity in _first(query, kind, limit)]
 
 
 def first_entities(kind: str, conditions: list[tuple[str, int, object]], limit: int) -> list[Any]:
     """At most `limit` entities (raw) of an ancestor query of `kind` under the current
     org's root, in one raw RPC: `first_keys` for whole entities (the alert evaluator's
     pending feeds, read every chunk)."""
-    query = build(kind, conditions)
+    return _first(build(kind, conditions), kind, limit)
+
+
+def _first(query: Any, kind: str, limit: int) -> list[Any]:
+    """The first `limit` entities `query` finds in the current org's namespace."""
     query.limit.value = limit
     namespace = ndb.get_context().get_namespace()
 
     def found() -> list[Any]:
         return list(itertools.islice(rpc.run_query(query, namespace), limit))
 
+    # The legacy emulator refuses an ancestor query of an entity group under contention
+    # (Aborted), as NDB's queries met and retried.
     return rpc.retry_aborted(found, f"a query of {kind}")
 
 

@@ -94,7 +94,6 @@ class _Plan:
     every tally twice a chunk was most of the evaluator's CPU once tallies were bucketed
     (benchmarks/alerts_eval.py --profile)."""
 
-    rule: AlertRule
     rule_id: str
     thresholds: tuple[tuple[int, str], ...]  # (threshold, its key in a tally's states)
     notify_on_resolve: bool
@@ -104,7 +103,6 @@ class _Plan:
 def _plans(rules: list[AlertRule]) -> tuple[_Plan, ...]:
     return tuple(
         _Plan(
-            rule,
             rule.id_,
             tuple((threshold, str(threshold)) for threshold in rule.thresholds),
             bool(rule.notify_on_resolve),
@@ -644,11 +642,7 @@ def _applied(
     _tally, value, states, changes = planned
     seeded_at = touch.seeded.at if touch.seeded is not None else getattr(tally, "seeded_at", None)
     updated = tallies.Tally(value, states, seeded_at, basis)
-    found = [
-        _trigger(plan, touch, threshold, generation, kind, value, now)
-        for plan, threshold, generation, kind in changes
-    ]
-    return updated, found
+    return updated, _triggers(changes, touch, value, now)
 
 
 class _TooBig(Exception):
@@ -1066,14 +1060,19 @@ def _crossings(tally: tallies.Tally, touch: Touch, now: datetime) -> list[Crossi
     if value < touch.lowest and not tally.states:
         return []  # below every threshold, none ever fired (`_state_changes`)
     states = dict(tally.states)
-    found = [
-        _trigger(plan, touch, threshold, generation, kind, value, now)
-        for plan, threshold, generation, kind in _state_changes(
-            touch.plans, value, states, touch.lowest
-        )
-    ]
+    found = _triggers(_state_changes(touch.plans, value, states, touch.lowest), touch, value, now)
     tally.states = states
     return found
+
+
+def _triggers(
+    changes: list[tuple[_Plan, int, int, str]], touch: Touch, value: int, now: datetime
+) -> list[Crossing]:
+    """The triggers of a tally's state changes (`_state_changes`)."""
+    return [
+        _trigger(plan, touch, threshold, generation, kind, value, now)
+        for plan, threshold, generation, kind in changes
+    ]
 
 
 @dataclass(frozen=True)

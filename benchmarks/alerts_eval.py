@@ -74,10 +74,13 @@ def _prepare(app, arguments) -> tuple[str, _Recorder]:
         ),
         201,
     )
-    _check(
-        client.post("/v1/webhooks/endpoints", json={"url": "http://127.0.0.1:9/hook"}, headers=key),
-        201,
-    )
+    if not arguments.no_endpoint:
+        _check(
+            client.post(
+                "/v1/webhooks/endpoints", json={"url": "http://127.0.0.1:9/hook"}, headers=key
+            ),
+            201,
+        )
     users = [f"user-{n:03d}" for n in range(arguments.users)]
     for document in _rules(arguments, meter["id"], users[0]):
         _check(client.post("/v1/billing/alerts", json=document, headers=key), 201)
@@ -247,6 +250,12 @@ def main() -> int:
         default=10_000,
         help="feeds per evaluate_org call when measuring (1: one call per feed, as the "
         "delivery loop does when woken by each batch)",
+    )
+    parser.add_argument(
+        "--no-endpoint",
+        action="store_true",
+        help="create no webhook endpoint (as benchmarks/ingest.py): crossings write their "
+        "triggers and no message",
     )
     parser.add_argument(
         "--seed-cap",

@@ -114,9 +114,12 @@ def _plans(rules: list[AlertRule]) -> tuple[_Plan, ...]:
 
 @dataclass
 class Touch:
-    """What a chunk adds to one tally."""
+    """What a chunk adds to one tally: `ident` (spec, subject, period start) names it in
+    a chunk; `key_name`, its stored name, is hashed only where a stored name is needed
+    (an own entity, a feed applied in parts): hashing every touched tally's name was a
+    tenth of a chunk's CPU (py-spy, session 11)."""
 
-    key_name: str
+    ident: tuple[str, str | None, datetime]
     bucket: str  # the key name of the bucket its tally lives in (`tallies`)
     spec: str
     rules: list[AlertRule]
@@ -141,6 +144,10 @@ class Touch:
     #: What the plan reckoned (`_planned_mutations`): (the stored tally it read, value,
     #: states, state changes), for the commit to take when it reads the same tally.
     planned: tuple[Any, ...] | None = None
+
+    @property
+    def key_name(self) -> str:
+        return tallies.tally_name(self.spec, self.subject, self.start)
 
 
 @dataclass
@@ -489,7 +496,7 @@ def _apply_chunk(
     rules: list[AlertRule],
     feeds: list[AlertFeed],
     settings: _Settings,
-    seeds: dict[str, tuple[seed.Seed, Any]] | None = None,
+    seeds: dict[Ident, tuple[seed.Seed, Any]] | None = None,
 ) -> int:
     """Apply `feeds` in one transaction, or in halves when one commit would be too big
     (planned before the transaction: `_planned_mutations`). The halves reuse the seeds
@@ -517,13 +524,13 @@ def _apply_chunk(
     unread = [
         touch
         for touch in seeding
-        if touch.key_name not in seeds
-        or seeds[touch.key_name][1] != _version(existing[touch.key_name])
+        if touch.ident not in seeds
+        or seeds[touch.ident][1] != _version(existing[touch.ident])
     ]
     for touch, seeded in zip(unread, seed.seed_all(meter, unread)):
-        seeds[touch.key_name] = (seeded, _version(existing[touch.key_name]))
+        seeds[touch.ident] = (seeded, _version(existing[touch.ident]))
     for touch in seeding:
-        touch.seeded, touch.seeded_over = seeds[touch.key_name]
+        touch.seeded, touch.seeded_over = seeds[touch.ident]
     for name, touch in touches.items():
         if touch.seeded is None and existing[name] is None:
             provisional = _provisional(stored, touch, now, _basis(touch, settings))
@@ -598,7 +605,7 @@ def _halves(
     rules: list[AlertRule],
     feeds: list[AlertFeed],
     settings: _Settings,
-    seeds: dict[str, tuple[seed.Seed, Any]],
+    seeds: dict[Ident, tuple[seed.Seed, Any]],
 ) -> int:
     half = len(feeds) // 2
     return _apply_chunk(meter_id, rules, feeds[:half], settings, seeds) + _apply_chunk(
@@ -608,7 +615,7 @@ def _halves(
 
 def _planned_mutations(
     feeds: list[AlertFeed],
-    touches: dict[str, Touch],
+    touches: dict[Ident, Touch],
     stored: tallies.Read,
     aggregation: str,
     targets: dict[str, list[Any]],
@@ -664,7 +671,7 @@ def _commit_in_parts(
     feed (`done`), the last one deletes it. A part whose tallies the feed already lists
     was applied by someone else: `_Stale`."""
     try:
-        in_part = {t.key_name: t for t in touches}
+        in_part = {t.ident: t for t in touches}
         return _commit_chunk(meter, [feed], in_part, targets, settings, decided, legacy, last)
     except _TooBig:
         if len(touches) == 1:
@@ -675,12 +682,14 @@ def _commit_in_parts(
         return _commit_in_parts(meter, feed, rest, targets, settings, decided, legacy, last)
 
 
-def _touches(feeds: Iterable[AlertFeed], rules: list[AlertRule]) -> dict[str, Touch]:
-    """Tally key name -> what `feeds` add to it, over every active rule's spec. Asked for
-    every contribution of every feed and spec, so kept to plain lookups: a spec without
-    a filter or a one-user scope counts everything, and a (spec, subject, period) finds
-    its touch by a tuple before its key name is hashed (`benchmarks/alerts_eval.py
-    --profile`)."""
+Ident = tuple[str, str | None, datetime]  # (spec, subject, period start): `Touch.ident`
+
+
+def _touches(feeds: Iterable[AlertFeed], rules: list[AlertRule]) -> dict[Ident, Touch]:
+    """(spec, subject, period start) -> what `feeds` add to that tally, over every active
+    rule's spec. Asked for every contribution of every feed and spec, so kept to plain
+    lookups: a spec without a filter or a one-user scope counts everything, and no name
+    is hashed unless a feed was applied in parts (`benchmarks/alerts_eval.py --profile`)."""
     specs: dict[str, list[AlertRule]] = {}
     for rule in rules:
         specs.setdefault(rule_service.spec_of(rule), []).append(rule)
@@ -693,8 +702,7 @@ def _touches(feeds: Iterable[AlertFeed], rules: list[AlertRule]) -> dict[str, To
         lowest = min(threshold for plan in plans for threshold, _name in plan.thresholds)
         every = watch.scope != "one" and not watch.filter
         watches.append((watch, of_spec, plans, since, lowest, every, watch.scope == "org"))
-    by_tally: dict[tuple[str, str | None, datetime], Touch] = {}
-    touches: dict[str, Touch] = {}
+    touches: dict[Ident, Touch] = {}
     horizon = retention.tally_horizon()
     for feed in feeds:
         done = _done(feed)
@@ -705,21 +713,18 @@ def _touches(feeds: Iterable[AlertFeed], rules: list[AlertRule]) -> dict[str, To
                     continue
                 subject = None if org else user
                 start, end = period_of(day, slot, watch.period, watch.time_zone)
-                touch = by_tally.get((watch.spec, subject, start))
+                ident = (watch.spec, subject, start)
+                if done and tally_name(*ident) in done:
+                    continue  # a part of this feed already applied (`_commit_in_parts`)
+                touch = touches.get(ident)
                 if touch is None:
                     if start < horizon:
                         continue  # over for alerts, its tally maybe swept (`retention`)
-                    name = tally_name(watch.spec, subject, start)
-                    if name in done:
-                        continue  # a part of this feed already applied (`_commit_in_parts`)
                     bucket = tallies.bucket_name(watch.spec, start, subject)
-                    touch = touches[name] = Touch(
-                        name, bucket, watch.spec, of_spec, subject, start, end, watch, plans, since
+                    touch = touches[ident] = Touch(
+                        ident, bucket, watch.spec, of_spec, subject, start, end, watch, plans, since
                     )
                     touch.lowest = lowest
-                    by_tally[(watch.spec, subject, start)] = touch
-                elif done and touch.key_name in done:
-                    continue
                 touch.sum += total
                 touch.count += count
                 if high is not None and (touch.max is None or high > touch.max):
@@ -778,7 +783,7 @@ def _provisional(
 
 
 def _seed_periods(
-    meter: Any, touches: dict[str, Touch], stored: tallies.Read, settings: _Settings, now: datetime
+    meter: Any, touches: dict[Ident, Touch], stored: tallies.Read, settings: _Settings, now: datetime
 ) -> bool:
     """Seed whole each per-user (spec, period) where the chunk meets a new tally that
     needs a seed (`_needs_seed`): every user's value at one cut, stored in the period's
@@ -863,7 +868,7 @@ def _version(tally: tallies.Tally | None) -> tuple[Any, ...] | None:
 def _commit_chunk(
     meter: Any,
     feeds: list[AlertFeed],
-    touches: dict[str, Touch],
+    touches: dict[Ident, Touch],
     targets: dict[str, list[Any]],
     settings: _Settings,
     decided: datetime,
@@ -888,7 +893,7 @@ def _commit_chunk(
         if any(f is None for f in found):
             raise _Stale()
         done = {name for f in found for name in _done(f)}
-        if done & set(touches):
+        if done and done & {touch.key_name for touch in touches.values()}:
             raise _Stale()
         now = utcnow()
         writes: list[Any] = []  # NDB entities: the triggers' messages
@@ -897,7 +902,7 @@ def _commit_chunk(
         messages = 0
         leased.clear()  # a retried attempt builds its messages again
         for touch in touches.values():
-            tally = stored.tallies[touch.key_name]
+            tally = stored.tallies[touch.ident]
             basis = _basis(touch, settings)
             if touch.seeded is None and _needs_seed(
                 touch,
@@ -935,7 +940,7 @@ def _commit_chunk(
             mutations += [entities.delete_of(key) for key in feed_keys]
         else:
             [feed] = found
-            feed.done = json.dumps(sorted(done | set(touches)))
+            feed.done = json.dumps(sorted(done | {t.key_name for t in touches.values()}))
             writes.append(feed)
         mutations += [entities.upsert_of(entity) for entity in writes]
         _commit_journaled(mutations, transaction, leased)

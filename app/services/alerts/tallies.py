@@ -128,7 +128,16 @@ def tally_name(spec: str, subject: str | None, start: datetime) -> str:
 @functools.lru_cache(maxsize=65_536)  # asked once per touched tally and chunk
 def bucket_name(spec: str, start: datetime, subject: str | None) -> str:
     """The key name of the bucket holding (spec, subject, period start)'s tally."""
-    index = int.from_bytes(digest(subject)[:4], "big") % BUCKETS
+    return _bucket_name(spec, start, _bucket_index(subject))
+
+
+@functools.lru_cache(maxsize=65_536)  # a subject's index is the same in every spec
+def _bucket_index(subject: str | None) -> int:
+    return int.from_bytes(digest(subject)[:4], "big") % BUCKETS
+
+
+@functools.lru_cache(maxsize=16_384)  # BUCKETS names per (spec, period)
+def _bucket_name(spec: str, start: datetime, index: int) -> str:
     return "b_" + base32(digest(spec, start.isoformat(), index), 40)
 
 
@@ -308,10 +317,10 @@ class Read:
     """The tallies of a chunk's touches as stored: per touch (key name) its tally or None,
     the buckets they live in, and the old-shape or spilled entities some came from."""
 
-    tallies: dict[str, Tally | None]
+    tallies: dict[Any, Tally | None]
     buckets: dict[str, Bucket]
-    #: touch name -> the entity its tally was read from, when not from its bucket
-    own: dict[str, AlertTally]
+    #: touch ident -> the entity its tally was read from, when not from its bucket
+    own: dict[Any, AlertTally]
     #: what `read` fetched besides (the feeds, in the transaction)
     extra: list[Any]
     #: the buckets as `writes` rewrote them (`remember_written`, once committed)
@@ -326,7 +335,8 @@ def read(
     transaction: bytes | None = None,
     remembered: bool = False,
 ) -> Read:
-    """The stored tallies of `touches` (in `transaction` when given): one lookup of their
+    """The stored tallies of `touches` (by their `ident`; in `transaction` when given):
+    one lookup of their
     buckets (with `extra_keys`), and one more of those missing from their bucket when it
     is full or the org may hold old-shape tallies (`legacy`). With `remembered` (a plan,
     which the commit's transaction checks again), buckets this process remembers as it
@@ -352,24 +362,24 @@ def read(
             name: _from_pb(namespace, name, found.get(pb.SerializeToString()))
             for name, pb in zip(names, bucket_pbs)
         }
-    tallies: dict[str, Tally | None] = {}
+    tallies: dict[Any, Tally | None] = {}
     missing: list[tuple[Any, Any]] = []
     for touch in touches:
         bucket = buckets[touch.bucket]
-        tally = tallies[touch.key_name] = bucket.tally(touch.subject)
+        tally = tallies[touch.ident] = bucket.tally(touch.subject)
         if tally is None:
             if bucket.full:
                 missing.append((touch, entities.key(AlertTallySpill._get_kind(), touch.key_name)))
             if legacy:
                 missing.append((touch, entities.key(AlertTally._get_kind(), touch.key_name)))
-    own: dict[str, AlertTally] = {}
+    own: dict[Any, AlertTally] = {}
     if missing:
         found = rpc.lookup([key for _touch, key in missing], transaction=transaction)
         for touch, key in missing:
             entity = entities.model_of(found.get(key.SerializeToString()))
-            if entity is not None and touch.key_name not in own:
-                own[touch.key_name] = entity
-                tallies[touch.key_name] = _from_entity(entity)
+            if entity is not None and touch.ident not in own:
+                own[touch.ident] = entity
+                tallies[touch.ident] = _from_entity(entity)
     return Read(tallies, buckets, own, extra, namespace=namespace)
 
 
@@ -385,7 +395,7 @@ def planned_writes(stored: Read, touches: Iterable[Any]) -> int:
     """Entities a commit of `touches` writes or deletes for their tallies: each bucket
     once, and each tally read from its own entity (folded in, or written back)."""
     touches = list(touches)
-    return len({t.bucket for t in touches}) + sum(1 for t in touches if t.key_name in stored.own)
+    return len({t.bucket for t in touches}) + sum(1 for t in touches if t.ident in stored.own)
 
 
 def writes(stored: Read, updated: list[tuple[Any, Tally]], meter_id: str) -> list[Any]:
@@ -404,7 +414,7 @@ def writes(stored: Read, updated: list[tuple[Any, Tally]], meter_id: str) -> lis
         records: dict[str | None, list[Any]] = {}
         spilled: list[tuple[str | None, Tally]] = []
         for touch, tally in pairs:
-            source = stored.own.get(touch.key_name)
+            source = stored.own.get(touch.ident)
             if source is not None and source.key.kind() == AlertTally._get_kind():
                 mutations.append(entities.delete_of(source.key))  # folded in (or spilled)
             if bucket.full and not bucket.holds(touch.subject):

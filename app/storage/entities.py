@@ -262,8 +262,13 @@ def upsert_of(model: Any) -> Any:
 
 def delete_of(key: ndb.Key) -> Any:
     """A raw delete Mutation of an NDB key."""
+    return delete_raw(key_of(key))
+
+
+def delete_raw(key: KeyPb) -> Any:
+    """A raw delete Mutation of a raw key."""
     mutation = Mutation()
-    mutation.delete.CopyFrom(key_of(key))
+    mutation.delete.CopyFrom(key)
     return mutation
 
 

@@ -453,9 +453,9 @@ def _pending(meter_id: str, limit: int, keys_only: bool = False) -> list[Any]:
     """Up to `limit` pending feeds of the meter (`keys_only`: raw keys, for a check)."""
     if keys_only:
         return queries.first_keys(_FEED_KIND, [("MeterId", _EQUAL, meter_id)], limit)
-    # raw, then made models: NDB's query machinery was a tenth of a chunk's CPU
+    # raw: NDB's query machinery, then its models, were a tenth of a chunk's CPU each
     found = queries.first_entities(_FEED_KIND, [("MeterId", _EQUAL, meter_id)], limit)
-    return [entities.model_of(entity) for entity in found]
+    return [feed_kind.Pending(entity) for entity in found]
 
 
 def _evaluate_meter(
@@ -494,7 +494,7 @@ def _evaluate_meter(
 def _apply_chunk(
     meter_id: str,
     rules: list[AlertRule],
-    feeds: list[AlertFeed],
+    feeds: list[feed_kind.Pending],
     settings: _Settings,
     seeds: dict[Ident, tuple[seed.Seed, Any]] | None = None,
 ) -> int:
@@ -524,8 +524,7 @@ def _apply_chunk(
     unread = [
         touch
         for touch in seeding
-        if touch.ident not in seeds
-        or seeds[touch.ident][1] != _version(existing[touch.ident])
+        if touch.ident not in seeds or seeds[touch.ident][1] != _version(existing[touch.ident])
     ]
     for touch, seeded in zip(unread, seed.seed_all(meter, unread)):
         seeds[touch.ident] = (seeded, _version(existing[touch.ident]))
@@ -603,7 +602,7 @@ _chunk_sizes = _ChunkSizes()
 def _halves(
     meter_id: str,
     rules: list[AlertRule],
-    feeds: list[AlertFeed],
+    feeds: list[feed_kind.Pending],
     settings: _Settings,
     seeds: dict[Ident, tuple[seed.Seed, Any]],
 ) -> int:
@@ -614,7 +613,7 @@ def _halves(
 
 
 def _planned_mutations(
-    feeds: list[AlertFeed],
+    feeds: list[feed_kind.Pending],
     touches: dict[Ident, Touch],
     stored: tallies.Read,
     aggregation: str,
@@ -629,8 +628,8 @@ def _planned_mutations(
     for name, touch in touches.items():
         tally = stored.tallies[name]
         value = _value_after(tally, touch, aggregation)
-        states = dict(tally.states) if tally is not None else {}
-        changes = _state_changes(touch.plans, value, states, touch.lowest)
+        states = tally.states if tally is not None else {}
+        changes, states = _state_changes(touch.plans, value, states, touch.lowest)
         touch.planned = (tally, value, states, changes)
         total += sum(1 + len(targets[kind]) for _rule, _threshold, _generation, kind in changes)
     return total
@@ -658,7 +657,7 @@ class _TooBig(Exception):
 
 def _commit_in_parts(
     meter: Any,
-    feed: AlertFeed,
+    feed: feed_kind.Pending,
     touches: list[Touch],
     targets: dict[str, list[Any]],
     settings: _Settings,
@@ -685,7 +684,7 @@ def _commit_in_parts(
 Ident = tuple[str, str | None, datetime]  # (spec, subject, period start): `Touch.ident`
 
 
-def _touches(feeds: Iterable[AlertFeed], rules: list[AlertRule]) -> dict[Ident, Touch]:
+def _touches(feeds: Iterable[feed_kind.Pending], rules: list[AlertRule]) -> dict[Ident, Touch]:
     """(spec, subject, period start) -> what `feeds` add to that tally, over every active
     rule's spec. Asked for every contribution of every feed and spec, so kept to plain
     lookups: a spec without a filter or a one-user scope counts everything, and no name
@@ -734,7 +733,7 @@ def _touches(feeds: Iterable[AlertFeed], rules: list[AlertRule]) -> dict[Ident, 
     return touches
 
 
-def _done(feed: AlertFeed) -> set[str]:
+def _done(feed: feed_kind.Pending) -> set[str]:
     """Tally names a part of this feed was applied to (`_commit_in_parts`)."""
     return set(json.loads(feed.done)) if feed.done else set()
 
@@ -783,7 +782,11 @@ def _provisional(
 
 
 def _seed_periods(
-    meter: Any, touches: dict[Ident, Touch], stored: tallies.Read, settings: _Settings, now: datetime
+    meter: Any,
+    touches: dict[Ident, Touch],
+    stored: tallies.Read,
+    settings: _Settings,
+    now: datetime,
 ) -> bool:
     """Seed whole each per-user (spec, period) where the chunk meets a new tally that
     needs a seed (`_needs_seed`): every user's value at one cut, stored in the period's
@@ -867,7 +870,7 @@ def _version(tally: tallies.Tally | None) -> tuple[Any, ...] | None:
 
 def _commit_chunk(
     meter: Any,
-    feeds: list[AlertFeed],
+    feeds: list[feed_kind.Pending],
     touches: dict[Ident, Touch],
     targets: dict[str, list[Any]],
     settings: _Settings,
@@ -880,7 +883,7 @@ def _commit_chunk(
     changed since they were read: a feed gone (another evaluator applied it), a tally that
     now needs a seed, or a seeded tally written meanwhile (the seed would overwrite what
     was added to it)."""
-    feed_keys = [f.key for f in feeds]
+    feed_keys = [f.key_pb for f in feeds]
     stored_messages = [0]
     leased: list[dispatch.Leased] = []
     aggregation = meter.aggregation_type
@@ -889,9 +892,9 @@ def _commit_chunk(
     def attempt(transaction: bytes) -> int:
         stored = tallies.read(touches.values(), legacy, feed_keys, transaction)
         last_read[:] = [stored]
-        found = stored.extra
-        if any(f is None for f in found):
+        if any(f is None for f in stored.extra):
             raise _Stale()
+        found = [feed_kind.Pending(f) for f in stored.extra]
         done = {name for f in found for name in _done(f)}
         if done and done & {touch.key_name for touch in touches.values()}:
             raise _Stale()
@@ -937,11 +940,11 @@ def _commit_chunk(
         if len(writes) + len(mutations) + len(feed_keys) > MAX_MUTATIONS:
             raise _TooBig()
         if last:
-            mutations += [entities.delete_of(key) for key in feed_keys]
+            mutations += [entities.delete_raw(key) for key in feed_keys]
         else:
             [feed] = found
-            feed.done = json.dumps(sorted(done | {t.key_name for t in touches.values()}))
-            writes.append(feed)
+            applied = done | {t.key_name for t in touches.values()}
+            mutations.append(feed.with_done(json.dumps(sorted(applied))))
         mutations += [entities.upsert_of(entity) for entity in writes]
         _commit_journaled(mutations, transaction, leased)
         stored_messages[0] = messages
@@ -1028,19 +1031,25 @@ def _value_after(tally: tallies.Tally | None, touch: Touch, aggregation: str) ->
 
 def _state_changes(
     plans: tuple[_Plan, ...], value: int, states: dict[str, Any], lowest: int = 0
-) -> list[tuple[_Plan, int, int, str]]:
+) -> tuple[list[tuple[_Plan, int, int, str]], dict[str, Any]]:
     """(rule, threshold, generation, type) of each threshold the value newly reaches, and
-    (notifyOnResolve) newly leaves; `states` is updated to match (a rule's entry is
-    copied only when it changes; a threshold without one never fired: generation 0).
-    `lowest` (the lowest threshold of `plans`, or less) is the common case's shortcut: a
-    tally below every threshold whose thresholds never fired changes nothing."""
+    (notifyOnResolve) newly leaves, and the states after them: `states` itself when
+    nothing changed (never changed in place: it is the record as read, and
+    `tallies.writes` keeps a record's encoded states when its states are that object),
+    else a copy with the changed rules' entries replaced (a threshold without one never
+    fired: generation 0). `lowest` (the lowest threshold of `plans`, or less) is the
+    common case's shortcut: a tally below every threshold whose thresholds never fired
+    changes nothing."""
     if value < lowest and not states:
-        return []
+        return [], states
     found = []
+    after = states
     for plan in plans:
         of_rule = states.get(plan.rule_id)
         changed = None
         for threshold, name in plan.thresholds:
+            if threshold > value and not (of_rule and plan.notify_on_resolve):
+                continue  # not reached, and nothing to resolve
             triggered, generation = (of_rule.get(name) if of_rule else None) or (False, 0)
             if not triggered and value >= threshold:
                 found.append((plan, threshold, generation, TRIGGERED))
@@ -1054,8 +1063,10 @@ def _state_changes(
                 changed = dict(of_rule or {})
             changed[name] = state
         if changed is not None:
-            states[plan.rule_id] = changed
-    return found
+            if after is states:
+                after = dict(states)
+            after[plan.rule_id] = changed
+    return found, after
 
 
 def _crossings(tally: tallies.Tally, touch: Touch, now: datetime) -> list[Crossing]:
@@ -1064,10 +1075,8 @@ def _crossings(tally: tallies.Tally, touch: Touch, now: datetime) -> list[Crossi
     value = int(tally.value)
     if value < touch.lowest and not tally.states:
         return []  # below every threshold, none ever fired (`_state_changes`)
-    states = dict(tally.states)
-    found = _triggers(_state_changes(touch.plans, value, states, touch.lowest), touch, value, now)
-    tally.states = states
-    return found
+    changes, tally.states = _state_changes(touch.plans, value, tally.states, touch.lowest)
+    return _triggers(changes, touch, value, now)
 
 
 def _triggers(

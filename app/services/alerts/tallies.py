@@ -128,12 +128,12 @@ def tally_name(spec: str, subject: str | None, start: datetime) -> str:
 @functools.lru_cache(maxsize=65_536)  # asked once per touched tally and chunk
 def bucket_name(spec: str, start: datetime, subject: str | None) -> str:
     """The key name of the bucket holding (spec, subject, period start)'s tally."""
-    return _bucket_name(spec, start, _bucket_index(subject))
+    return _bucket_name(spec, start, _subject_hash(subject) % BUCKETS)
 
 
-@functools.lru_cache(maxsize=65_536)  # a subject's index is the same in every spec
-def _bucket_index(subject: str | None) -> int:
-    return int.from_bytes(digest(subject)[:4], "big") % BUCKETS
+@functools.lru_cache(maxsize=65_536)  # a subject's is the same in every spec
+def _subject_hash(subject: str | None) -> int:
+    return int.from_bytes(digest(subject)[:4], "big")
 
 
 @functools.lru_cache(maxsize=16_384)  # BUCKETS names per (spec, period)
@@ -241,6 +241,27 @@ def _line(record: list[Any]) -> bytes:
     )
 
 
+def _rewritten(bucket: Bucket, subject: str | None, tally: Tally) -> tuple[list[Any], bytes]:
+    """The subject's new record and line. When only the value changed (its states are the
+    very object of the record as read, and its times are the same), the stored line is
+    kept after the value: encoding each touched tally's states again was a tenth of a
+    steady chunk's CPU (benchmarks/alerts_eval.py --profile, session 11)."""
+    old = bucket.records.get(subject) if bucket.records is not None else None
+    if (
+        old is not None
+        and bucket.lines is not None
+        and tally.states is old[4]
+        and _micros(tally.seeded_at) == old[2]
+        and _micros(tally.basis) == old[3]
+    ):
+        stored = bucket.lines[subject]
+        prefix = _prefix(subject)
+        rest = stored[stored.index(b",", len(prefix)) :]
+        return [subject, tally.value, old[2], old[3], old[4]], prefix + b"%d" % tally.value + rest
+    record = _to_record(subject, tally)
+    return record, _line(record)
+
+
 def _lines_of(blob: bytes) -> bytes:
     """A stored blob in the line shape: a newline, then one JSON record, per subject. A
     blob of session 8's shape (one JSON list of records, which starts with "[") is
@@ -321,7 +342,7 @@ class Read:
     buckets: dict[str, Bucket]
     #: touch ident -> the entity its tally was read from, when not from its bucket
     own: dict[Any, AlertTally]
-    #: what `read` fetched besides (the feeds, in the transaction)
+    #: what `read` fetched besides (the feeds, in the transaction), raw
     extra: list[Any]
     #: the buckets as `writes` rewrote them (`remember_written`, once committed)
     written: list[Bucket] = field(default_factory=list)
@@ -331,14 +352,14 @@ class Read:
 def read(
     touches: Iterable[Any],
     legacy: bool,
-    extra_keys: Sequence[ndb.Key] = (),
+    extra_keys: Sequence[Any] = (),
     transaction: bytes | None = None,
     remembered: bool = False,
 ) -> Read:
     """The stored tallies of `touches` (by their `ident`; in `transaction` when given):
-    one lookup of their
-    buckets (with `extra_keys`), and one more of those missing from their bucket when it
-    is full or the org may hold old-shape tallies (`legacy`). With `remembered` (a plan,
+    one lookup of their buckets (with the raw `extra_keys`: `Read.extra` holds their raw
+    entities), and one more of those missing from their bucket when it is full or the
+    org may hold old-shape tallies (`legacy`). With `remembered` (a plan,
     which the commit's transaction checks again), buckets this process remembers as it
     last read or wrote them are taken from memory, without a lookup, when it remembers
     them all."""
@@ -352,12 +373,12 @@ def read(
     if remembered and not extra_keys and all(bucket is not None for bucket in known):
         buckets = dict(zip(names, known))
     else:
-        extra_pbs = [entities.key_of(key) for key in extra_keys]
+        extra_pbs = list(extra_keys)
         bucket_pbs = [entities.key(AlertTallyBucket._get_kind(), name) for name in names]
         # raw: NDB's conversions of a chunk's ~20 buckets, twice a chunk, were a fifth of
         # its CPU (benchmarks/alerts_eval.py --profile)
         found = rpc.lookup(extra_pbs + bucket_pbs, transaction=transaction)
-        extra = [entities.model_of(found.get(pb.SerializeToString())) for pb in extra_pbs]
+        extra = [found.get(pb.SerializeToString()) for pb in extra_pbs]
         buckets = {
             name: _from_pb(namespace, name, found.get(pb.SerializeToString()))
             for name, pb in zip(names, bucket_pbs)
@@ -420,8 +441,7 @@ def writes(stored: Read, updated: list[tuple[Any, Tally]], meter_id: str) -> lis
             if bucket.full and not bucket.holds(touch.subject):
                 spilled.append((touch.subject, tally))
                 continue
-            record = records[touch.subject] = _to_record(touch.subject, tally)
-            lines[touch.subject] = _line(record)
+            records[touch.subject], lines[touch.subject] = _rewritten(bucket, touch.subject, tally)
         blob, full, more = _packed(bucket, lines)
         spec, start = pairs[0][0].spec, pairs[0][0].start
         if not full and bucket.records is not None and bucket.lines is not None:

@@ -23,6 +23,13 @@ the client, the machine's other load, the summed `X-Datastore-Usage` headers, an
 checks the stored totals exactly (summary eventCount and value, for all users
 and three single users). It ends with a table and the bars. `--profile` adds one
 spread run under py-spy (installed separately) and its top costs per request.
+
+With `--alert-rules N` each measured meter gets N rules first (issue 14's cost bar
+compares 20 with 0). By default every measured load is the transient right after the
+rules are created: new tallies, and thresholds (`--rule-thresholds dense`) crossed by
+about one event in three. `--rule-thresholds quota` sets thresholds crossed rarely, and
+`--prime-events N` records N untimed events on the meter (and lets their evaluation
+finish) before the measured load, so it goes into a meter that already holds data.
 """
 
 from __future__ import annotations
@@ -306,6 +313,24 @@ class Load:
     aggregation: str = "sum"  # the meter's; values are checked for sum, counts for all
     path: str = METER_EVENTS  # where the bodies go; CLOUDEVENTS answers 204, no outcomes
 
+    def plus(self, later: Load) -> Load:
+        """What the meter must hold once this load and then `later` were recorded (no
+        bodies: what `verify` expects after a primed round)."""
+        per_user = dict(self.per_user)
+        for user, (count, total) in later.per_user.items():
+            before_count, before_total = per_user.get(user, (0, 0))
+            per_user[user] = (before_count + count, before_total + total)
+        return Load(
+            later.name,
+            later.meter_id,
+            [],
+            self.events + later.events,
+            self.value_sum + later.value_sum,
+            per_user,
+            later.aggregation,
+            later.path,
+        )
+
 
 def build_load(
     name: str,
@@ -568,8 +593,10 @@ def run_case(
     feeds: tuple[FeedWatch, str] | None = None,
     idle_seconds: float = 0.0,
     compaction_wait: float = COMPACTION_WAIT_SECONDS,
+    primed: Load | None = None,
 ) -> CaseResult:
-    """Send the load, measure it, then check what was stored (`when_sent` runs between).
+    """Send the load, measure it, then check what was stored (`when_sent` runs between;
+    with `primed`, the load recorded on the meter before, the check expects both).
     With `settle`, the service's CPU is read once it is quiet again (at most `settle`
     seconds after the last answer): the alert evaluation that follows the batches is
     then counted too (`_settled`). With `feeds` (a watch and the org's namespace), the
@@ -646,7 +673,9 @@ def run_case(
         split += f"; quiet {settled:.1f}s after the " + (
             "last answer" if feeds is None else "last feed applied"
         )
-    stored_ok, detail = verify(service, api_key, load)
+    stored_ok, detail = verify(service, api_key, load if primed is None else primed.plus(load))
+    if primed is not None:
+        detail += f" ({primed.events} primed + {load.events} measured)"
     n = load.events
     latencies.sort()
     return CaseResult(
@@ -742,10 +771,30 @@ def create_meter(service, api_key: str, event_name: str, aggregation: str = "sum
         client.close()
 
 
-def create_alert_rules(service, api_key: str, meter: dict, count: int) -> None:
+RULE_THRESHOLDS = {  # --rule-thresholds: kind -> what its rules' thresholds are
+    "dense": "1,000 x (n+1) for rule n: crossed by about one event in three",
+    "quota": "monthly/daily quotas: 100,000 x (n+1) per user, never crossed (a user's "
+    "tally gains ~500 per 1,000 events of 1000 users), and 250,000 x (n+1) for the org: "
+    "its tally gains ~500 per event, so one org threshold is crossed per ~1,500 events "
+    "(~2-3 per 4,000-event load)",
+}
+
+
+def rule_thresholds(kind: str, number: int, scope: str) -> list[int]:
+    """Rule `number`'s thresholds of a RULE_THRESHOLDS kind."""
+    if kind == "dense":
+        return [1000 * (number + 1), 10**12]
+    step = 250_000 if scope == "org" else 100_000
+    return [step * (number + 1), 10**12]
+
+
+def create_alert_rules(
+    service, api_key: str, meter: dict, count: int, thresholds: str = "dense"
+) -> None:
     """`count` alert rules on the meter (issue 14): scopes, periods and zones varied, so
-    they make several specs (tallies) as tenants' rules would. Ingestion then writes one
-    `alert-feed` per batch in the batch's commit; this measures what that costs it."""
+    they make several specs (tallies) as tenants' rules would, with thresholds of a
+    RULE_THRESHOLDS kind. Ingestion then writes one `alert-feed` per batch in the
+    batch's commit; this measures what that costs it."""
     client = common.Client(service.url, api_key)
     shapes = [("user", "month", "UTC"), ("org", "day", "Asia/Kolkata"), ("user", "day", "UTC")]
     try:
@@ -756,7 +805,7 @@ def create_alert_rules(service, api_key: str, meter: dict, count: int) -> None:
                 {
                     "name": f"bench rule {number}",
                     "meterId": meter["id"],
-                    "thresholds": [1000 * (number + 1), 10**12],
+                    "thresholds": rule_thresholds(thresholds, number, scope),
                     "scope": scope,
                     "period": period,
                     "timeZone": zone,
@@ -764,6 +813,17 @@ def create_alert_rules(service, api_key: str, meter: dict, count: int) -> None:
             )
     finally:
         client.close()
+
+
+def send_untimed(service, api_key: str, load: Load, clients: int) -> None:
+    """Send every body of `load` from `clients` threads, untimed; raise if one failed."""
+    threads, start, records, _ = send_all(service, api_key, load.bodies, clients, load.path)
+    start.wait()
+    for thread in threads:
+        thread.join()
+    bad = [r for r in records if r[0] != (204 if load.path == CLOUDEVENTS else 201)]
+    if bad:
+        raise RuntimeError(f"{load.name} failed: {bad[0][0]} {bad[0][3][:300]!r}")
 
 
 def warm_up(
@@ -775,13 +835,32 @@ def warm_up(
     load = build_load(
         "warmup", meter, max(events, clients * batch), batch, 1000, uuid.uuid4().hex[:8], rng
     )
-    threads, start, records, _ = send_all(service, api_key, load.bodies, clients)
-    start.wait()
-    for thread in threads:
-        thread.join()
-    bad = [r for r in records if r[0] != 201]
-    if bad:
-        raise RuntimeError(f"warm-up failed: {bad[0][0]} {bad[0][3][:300]!r}")
+    send_untimed(service, api_key, load, clients)
+
+
+#: After the priming load (`--prime-events`), seconds at most to wait until its last alert
+#: feed is applied, then until the service is quiet, before the measured load starts.
+PRIME_FEEDS_WAIT_SECONDS, PRIME_QUIET_SECONDS = 120.0, 5.0
+
+
+def prime_meter(
+    service, api_key: str, load: Load, clients: int, feeds: tuple[FeedWatch, str] | None
+) -> str:
+    """Record `load` on its meter, untimed, then wait until the org's last alert feed is
+    applied (with `feeds`) and the service is quiet a moment: the measured load then goes
+    into a meter that holds data, its tallies and periods already evaluated. What the
+    wait found, for the log."""
+    send_untimed(service, api_key, load, clients)
+    applied = "no feed watch"
+    if feeds is not None:
+        after = feeds[0].wait_applied(feeds[1], PRIME_FEEDS_WAIT_SECONDS)
+        applied = (
+            f"last feed applied after {after:.1f}s"
+            if after is not None
+            else f"WARNING: feeds still pending after {PRIME_FEEDS_WAIT_SECONDS:g}s"
+        )
+    quiet = _settled(common.TreeCpu(service.process.pid), PRIME_QUIET_SECONDS)
+    return f"primed with {load.events} events (untimed); {applied}; then waited {quiet:.1f}s"
 
 
 def create_org(emulator_host: str, project: str, name: str) -> str:
@@ -892,17 +971,26 @@ def run_rounds(args, emulator, workdir, rng, profile_dir=None):
                 service = services[config]
                 for case in args.cases:
                     meter = create_meter(service, key, f"bench_{case}_{config}", args.aggregation)
-                    create_alert_rules(service, key, meter, args.alert_rules)
+                    create_alert_rules(service, key, meter, args.alert_rules, args.rule_thresholds)
                     if args.alert_rules and args.rules_age:
                         time.sleep(args.rules_age)  # past the stale-rule-cache window
+                    users = args.users if case in ("spread", "cloudevents") else None
+                    feeds = (watch, namespace) if watch is not None else None
+                    primed = None
+                    if args.prime_events:
+                        primed = build_load(
+                            case,
+                            meter,
+                            args.prime_events,
+                            args.batch,
+                            users,
+                            f"r{run}-{config}-prime",
+                            rng,
+                        )
+                        note = prime_meter(service, key, primed, args.clients, feeds)
+                        print(f"  [{config} run {run} {case}] {note}", flush=True)
                     load = build_load(
-                        case,
-                        meter,
-                        args.events,
-                        args.batch,
-                        args.users if case in ("spread", "cloudevents") else None,
-                        f"r{run}-{config}",
-                        rng,
+                        case, meter, args.events, args.batch, users, f"r{run}-{config}", rng
                     )
                     result = run_case(
                         config,
@@ -913,9 +1001,10 @@ def run_rounds(args, emulator, workdir, rng, profile_dir=None):
                         load,
                         args.clients,
                         settle=args.settle,
-                        feeds=(watch, namespace) if watch is not None else None,
+                        feeds=feeds,
                         idle_seconds=args.idle_seconds if args.delivery_loop else 0.0,
                         compaction_wait=args.compaction_wait,
+                        primed=primed,
                     )
                     results.append(result)
                     print_case(result)
@@ -1410,6 +1499,25 @@ def parse_args(argv=None):
         "the usage feed costs ingestion",
     )
     parser.add_argument(
+        "--rule-thresholds",
+        choices=list(RULE_THRESHOLDS),
+        default="dense",
+        help="the alert rules' thresholds, rule n of --alert-rules: "
+        + "; ".join(f"{kind}: {what}" for kind, what in RULE_THRESHOLDS.items())
+        + " (default dense)",
+    )
+    parser.add_argument(
+        "--prime-events",
+        type=int,
+        default=0,
+        help="events recorded (untimed) on each measured meter after its rules and "
+        "--rules-age, same users and values as the measured load, before it; then waited "
+        "until no alert feed of the org is left (with --delivery-loop and --settle) and "
+        "the service is quiet a moment: the measured load goes into a meter that already "
+        "holds data, not the transient of new tallies (0: not primed, the default); the "
+        "stored check expects primed and measured events",
+    )
+    parser.add_argument(
         "--rules-age",
         type=float,
         default=0.0,
@@ -1463,6 +1571,8 @@ def parse_args(argv=None):
         args.settings.append((int(workers), int(threads)))
     if args.events < args.batch:
         parser.error("--events must be at least --batch")
+    if args.prime_events and args.prime_events < args.batch:
+        parser.error("--prime-events must be 0 or at least --batch")
     return args
 
 
@@ -1519,8 +1629,15 @@ def main(argv=None) -> int:
 
     print(
         f"\nIngestion on the Firestore-mode emulator: {args.batch}-event requests from "
-        f"{args.clients} client threads, {args.alert_rules} alert rules per meter (delivery "
-        f"loop {'on' if args.delivery_loop else 'off'}), spread over "
+        f"{args.clients} client threads, {args.alert_rules} alert rules per meter "
+        f"({args.rule_thresholds} thresholds; delivery loop "
+        f"{'on' if args.delivery_loop else 'off'}), "
+        + (
+            f"each meter primed with {args.prime_events} untimed events before its measured load"
+            if args.prime_events
+            else "measured loads into new meters (not primed)"
+        )
+        + ", spread over "
         f"{args.users} users or one hot (meter, "
         f"user); {args.repeat} round(s) per setting ({time.monotonic() - started:.0f}s)"
     )

@@ -36,4 +36,4 @@ def test_stored_names_are_those_of_the_first_release():
     joined = "\x00".join(repr(part) for part in (spec, start.isoformat(), index))
     expected = "b_" + _library_base32(hashlib.sha256(joined.encode()).digest(), 40)
     assert tallies.bucket_name(spec, start, subject) == expected
-    assert digest("a", None, 3) == hashlib.sha256("'a'\x00None\x003".encode()).digest()
+    assert digest("a", None, 3) == hashlib.sha256(b"'a'\x00None\x003").digest()

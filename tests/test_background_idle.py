@@ -5,8 +5,11 @@ timed passes."""
 
 from __future__ import annotations
 
+import time
+from datetime import timedelta
+
 from app import background
-from app.models import AlertLease, root_key
+from app.models import AlertLease, root_key, utcnow
 from app.services import periodic
 from app.services.alerts import evaluate
 from app.services.alerts import rules as rule_service
@@ -127,3 +130,32 @@ def test_an_org_woken_or_found_with_work_is_visited_by_the_next_pass_again():
     assert idle.due(["a", "b"]) == ["a"]
     idle.visited(periodic.DeliveryRun(failed=["b"]))
     assert idle.due(["a", "b"]) == ["a", "b"]
+
+
+def test_wakes_leave_an_org_to_the_process_holding_its_meters(
+    app, ndb_client, org, api, monkeypatch
+):
+    """Another process holds the org's only meter: this process's wakes (one per batch
+    it records) leave the org to it without a round trip until OTHER_HOLDER_RECHECK_SECONDS
+    have passed; then it looks again, and applies the feeds once the holder let go."""
+    meter = api.create_meter()
+    create_rule(api, meter, thresholds=[3])
+    with ndb_client.context(namespace=org["namespace"]):
+        lease_key = evaluate._lease_key(meter["id"])
+        until = utcnow() + timedelta(seconds=60)
+        AlertLease(key=lease_key, holder="another-process", until=until).put()
+    api.record({"meterId": meter["id"], "userId": "a", "value": 5})
+    monkeypatch.setattr(evaluate, "OTHER_HOLDER_RECHECK_SECONDS", 0.5)
+
+    def no_round_trip(*_args, **_kwargs):
+        raise AssertionError("a wake looked at an org whose meters another process holds")
+
+    with app.app_context(), ndb_client.context(namespace=org["namespace"]):
+        assert evaluate.evaluate_org(100) == 0  # looked: another process holds it
+        with monkeypatch.context() as skipped:
+            skipped.setattr(evaluate.queries, "first_keys", no_round_trip)
+            skipped.setattr(rule_service, "current_rules", no_round_trip)
+            assert evaluate.evaluate_org(100) == 0
+        lease_key.delete()  # the holder lets go
+        time.sleep(0.6)
+        assert evaluate.evaluate_org(100) == 1

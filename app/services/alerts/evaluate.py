@@ -112,7 +112,7 @@ def _plans(rules: list[AlertRule]) -> tuple[_Plan, ...]:
     )
 
 
-@dataclass
+@dataclass(slots=True)
 class Touch:
     """What a chunk adds to one tally: `ident` (spec, subject, period start) names it in
     a chunk; `key_name`, its stored name, is hashed only where a stored name is needed
@@ -685,13 +685,6 @@ def _applied(
     return updated, _triggers(changes, touch, value, now)
 
 
-def _as_planned(touch: Touch, tally: tallies.Tally | None) -> bool:
-    """Whether the commit read the very stored tally object the plan did (its bucket is
-    then unchanged too: `tallies.Bucket.tally`), so what the plan decided of it at the
-    same moment (`decided`), such as that it needs no seed, still holds."""
-    return tally is not None and touch.planned is not None and touch.planned[0] is tally
-
-
 class _TooBig(Exception):
     """One commit would hold more than MAX_MUTATIONS mutations."""
 
@@ -945,26 +938,32 @@ def _commit_chunk(
         updated: list[tuple[Touch, tallies.Tally]] = []
         messages = 0
         leased.clear()  # a retried attempt builds its messages again
+        found_tallies = stored.tallies
         for touch in touches.values():
-            tally = stored.tallies[touch.ident]
+            tally = found_tallies[touch.ident]
             basis = _basis(touch, settings)
-            if (
-                touch.seeded is None
-                and not _as_planned(touch, tally)
-                and _needs_seed(
-                    touch,
-                    tally,
-                    aggregation,
-                    settings,
-                    decided,
-                    _whole(stored, touch, decided),
-                )
-            ):
-                raise _Stale()  # it changed since we looked (another evaluator): look again
-            if touch.seeded is not None and _version(tally) != touch.seeded_over:
-                raise _Stale()
-            tally, crossings = _applied(tally, touch, aggregation, basis, now)
-            updated.append((touch, tally))
+            planned = touch.planned
+            if tally is not None and planned is not None and planned[0] is tally:
+                # the very stored tally object the plan read (its bucket is unchanged:
+                # `tallies.Bucket.tally`), at the same moment (`decided`): what the plan
+                # decided of it (no seed needed; its value, states and changes) holds
+                if touch.seeded is not None and _version(tally) != touch.seeded_over:
+                    raise _Stale()
+                _tally, value, states, changes = planned
+                seeded_at = touch.seeded.at if touch.seeded is not None else tally.seeded_at
+                updated.append((touch, tallies.Tally(value, states, seeded_at, basis)))
+                if not changes:
+                    continue
+                crossings = _triggers(changes, touch, value, now)
+            else:
+                if touch.seeded is None and _needs_seed(
+                    touch, tally, aggregation, settings, decided, _whole(stored, touch, decided)
+                ):
+                    raise _Stale()  # it changed since we looked (another evaluator): again
+                if touch.seeded is not None and _version(tally) != touch.seeded_over:
+                    raise _Stale()
+                tally, crossings = _applied(tally, touch, aggregation, basis, now)
+                updated.append((touch, tally))
             for trigger in crossings:
                 crossed.append(trigger.upsert())
                 endpoints = _targets_in_commit(targets, trigger.type)
@@ -1047,7 +1046,11 @@ def _updated(
     """The tally with the chunk's contributions (or its seed) applied (a new object: the
     one read stays as it was, for `_version`)."""
     value = _value_after(tally, touch, aggregation)
-    updated = tallies.Tally() if tally is None else tallies.Tally(**vars(tally))
+    updated = (
+        tallies.Tally()
+        if tally is None
+        else tallies.Tally(tally.value, tally.states, tally.seeded_at, tally.basis)
+    )
     updated.basis = basis
     if touch.seeded is not None:
         updated.seeded_at = touch.seeded.at

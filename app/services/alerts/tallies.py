@@ -69,7 +69,7 @@ LEGACY_RECHECK_SECONDS = 600.0
 LEGACY_KEEP = timedelta(days=62)
 
 
-@dataclass
+@dataclass(slots=True)
 class Tally:
     """One (spec, subject, period)'s value, and per rule which thresholds fired."""
 

@@ -24,7 +24,7 @@ def create_rule(api, meter: dict, **fields) -> dict:
         "period": "month",
         **fields,
     }
-    answer = api.post("/v1/billing/alerts", json=body)
+    answer = api.post_retried("/v1/billing/alerts", json=body)
     assert answer.status_code == 201, answer.text
     return answer.json()
 

@@ -406,6 +406,44 @@ def test_a_feed_too_big_for_one_commit_is_applied_in_parts_exactly_once(
     assert sorted(crossings(api, daily)) == [("alert.triggered", u, 1) for u in users]
 
 
+def test_a_feed_left_half_applied_does_not_hold_back_the_feeds_after_it(
+    api, app, ndb_client, org, monkeypatch
+):
+    """A feed whose first parts were applied before its evaluator died, then a batch that
+    adds to the same tallies: one chunk applies both, the later feed's share counted in
+    full and the first feed's applied parts not again. (A chunk holding both was given up
+    as stale at every try, so the meter's feeds stayed pending.)"""
+    meter = api.create_meter()
+    monthly = create_rule(api, meter, thresholds=[1, 2, 5])
+    daily = create_rule(api, meter, thresholds=[1, 5], period="day", timeZone="Asia/Tokyo")
+    api.record(*[_event(meter, f"user-{n}", 3) for n in range(10)])
+    monkeypatch.setattr(evaluate_module, "MAX_MUTATIONS", 7)  # a tally and its triggers, at most
+    real_commit = evaluate_module._commit_chunk
+    calls = []
+
+    def crashing(*args, **kwargs):
+        if len(calls) == 3:  # three parts committed
+            raise RuntimeError("the evaluator died between two parts")
+        result = real_commit(*args, **kwargs)
+        calls.append(result)
+        return result
+
+    monkeypatch.setattr(evaluate_module, "_commit_chunk", crashing)
+    with pytest.raises(evaluate_module.EvaluationFailed):
+        run_evaluator(app, ndb_client, org)
+    monkeypatch.setattr(evaluate_module, "_commit_chunk", real_commit)
+    monkeypatch.setattr(evaluate_module, "MAX_MUTATIONS", 500)  # both feeds fit one commit
+    api.record(*[_event(meter, f"user-{n}", 3) for n in range(10)])
+    assert run_evaluator(app, ndb_client, org) == 2
+    users = [f"user-{n}" for n in range(10)]
+    assert sorted(crossings(api, monthly)) == sorted(
+        [("alert.triggered", u, t) for u in users for t in (1, 2, 5)]
+    )
+    assert sorted(crossings(api, daily)) == sorted(
+        [("alert.triggered", u, t) for u in users for t in (1, 5)]
+    )
+
+
 @pytest.mark.parametrize("seeding", [True, False])
 def test_exactly_once_holds_without_the_lease(api, app, ndb_client, org, monkeypatch, seeding):
     """Two evaluators that both think they hold the meter's lease (one expired under a slow

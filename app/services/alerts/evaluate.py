@@ -767,6 +767,19 @@ def _touches(feeds: Iterable[feed_kind.Pending], rules: list[AlertRule]) -> dict
     return touches
 
 
+def _parts_applied_since(
+    found: list[feed_kind.Pending], planned: list[feed_kind.Pending], touches: dict[Ident, Touch]
+) -> bool:
+    """Whether a part of a feed applied since the chunk was planned (another evaluator's
+    `_commit_in_parts`) holds one of the chunk's tallies. Parts applied before the plan
+    are not: `_touches` left those feeds' shares of them out, and the other feeds' shares
+    of the same tallies count. (Checking every applied part gave up, at every try, a
+    chunk holding a feed left half applied by a dead evaluator and a later feed adding to
+    one of its applied tallies: the meter's feeds stayed pending.)"""
+    names = {touch.key_name for touch in touches.values()}
+    return any((_done(fresh) - _done(before)) & names for fresh, before in zip(found, planned))
+
+
 def _done(feed: feed_kind.Pending) -> set[str]:
     """Tally names a part of this feed was applied to (`_commit_in_parts`)."""
     return set(json.loads(feed.done)) if feed.done else set()
@@ -930,7 +943,7 @@ def _commit_chunk(
             raise _Stale()
         found = [feed_kind.Pending(f) for f in stored.extra]
         done = {name for f in found for name in _done(f)}
-        if done and done & {touch.key_name for touch in touches.values()}:
+        if done and _parts_applied_since(found, feeds, touches):
             raise _Stale()
         now = utcnow()
         writes: list[Any] = []  # NDB entities: the triggers' messages
@@ -946,9 +959,8 @@ def _commit_chunk(
             if tally is not None and planned is not None and planned[0] is tally:
                 # the very stored tally object the plan read (its bucket is unchanged:
                 # `tallies.Bucket.tally`), at the same moment (`decided`): what the plan
-                # decided of it (no seed needed; its value, states and changes) holds
-                if touch.seeded is not None and _version(tally) != touch.seeded_over:
-                    raise _Stale()
+                # decided of it (no seed needed, or a seed read over this very tally; its
+                # value, states and changes) holds
                 _tally, value, states, changes = planned
                 seeded_at = touch.seeded.at if touch.seeded is not None else tally.seeded_at
                 updated.append((touch, tallies.Tally(value, states, seeded_at, basis)))

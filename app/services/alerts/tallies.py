@@ -312,7 +312,11 @@ def forget_known() -> None:
 
 
 def _from_pb(namespace: str, name: str, pb: Any) -> Bucket:
-    """A bucket from its raw entity (None: not stored), the remembered one when unchanged."""
+    """A bucket from its raw entity (None: not stored), the remembered one when unchanged.
+    The evaluator's commit takes a tally it reads as the very object its plan read as
+    unchanged (`evaluate._commit_chunk`): that holds because a remembered bucket is
+    returned only when its blob, full flag and whole-seeding marks are equal, and
+    neither buckets nor their tallies are ever changed in place."""
     if pb is None:
         with _known_lock:
             _known.pop((namespace, name), None)
@@ -335,7 +339,7 @@ def _from_pb(namespace: str, name: str, pb: Any) -> Bucket:
 
 @dataclass
 class Read:
-    """The tallies of a chunk's touches as stored: per touch (key name) its tally or None,
+    """The tallies of a chunk's touches as stored: per touch (its ident) its tally or None,
     the buckets they live in, and the old-shape or spilled entities some came from."""
 
     tallies: dict[Any, Tally | None]

@@ -373,6 +373,27 @@ def test_a_changed_filter_makes_a_new_tally_seeded_from_the_usage_there(api, eva
     assert triggers(api, rule)[0]["value"] == 8
 
 
+def _die_after_three_parts(app, ndb_client, org, monkeypatch) -> None:
+    """Run the evaluator with commits of one tally and its triggers at most, dying after
+    three parts of a feed are committed (the crash logged and reported); then commits
+    as before."""
+    monkeypatch.setattr(evaluate_module, "MAX_MUTATIONS", 7)
+    real_commit = evaluate_module._commit_chunk
+    calls = []
+
+    def crashing(*args, **kwargs):
+        if len(calls) == 3:
+            raise RuntimeError("the evaluator died between two parts")
+        result = real_commit(*args, **kwargs)
+        calls.append(result)
+        return result
+
+    monkeypatch.setattr(evaluate_module, "_commit_chunk", crashing)
+    with pytest.raises(evaluate_module.EvaluationFailed):
+        run_evaluator(app, ndb_client, org)
+    monkeypatch.setattr(evaluate_module, "_commit_chunk", real_commit)
+
+
 def test_a_feed_too_big_for_one_commit_is_applied_in_parts_exactly_once(
     api, app, ndb_client, org, monkeypatch
 ):
@@ -380,21 +401,7 @@ def test_a_feed_too_big_for_one_commit_is_applied_in_parts_exactly_once(
     monthly = create_rule(api, meter, thresholds=[1, 2])
     daily = create_rule(api, meter, thresholds=[1], period="day", timeZone="Asia/Tokyo")
     api.record(*[_event(meter, f"user-{n}", 3) for n in range(10)])
-    monkeypatch.setattr(evaluate_module, "MAX_MUTATIONS", 7)  # a tally and its triggers, at most
-    real_commit = evaluate_module._commit_chunk
-    calls = []
-
-    def crashing(*args, **kwargs):
-        if len(calls) == 3:  # three parts committed
-            raise RuntimeError("the evaluator died between two parts")
-        result = real_commit(*args, **kwargs)
-        calls.append(result)
-        return result
-
-    monkeypatch.setattr(evaluate_module, "_commit_chunk", crashing)
-    with pytest.raises(evaluate_module.EvaluationFailed):  # the crash, logged and reported
-        run_evaluator(app, ndb_client, org)
-    monkeypatch.setattr(evaluate_module, "_commit_chunk", real_commit)
+    _die_after_three_parts(app, ndb_client, org, monkeypatch)
     with ndb_client.context(namespace=org["namespace"]):
         [feed] = AlertFeed.query(ancestor=root_key()).fetch()
         assert feed.done  # some parts were applied, and remembered
@@ -417,21 +424,10 @@ def test_a_feed_left_half_applied_does_not_hold_back_the_feeds_after_it(
     monthly = create_rule(api, meter, thresholds=[1, 2, 5])
     daily = create_rule(api, meter, thresholds=[1, 5], period="day", timeZone="Asia/Tokyo")
     api.record(*[_event(meter, f"user-{n}", 3) for n in range(10)])
-    monkeypatch.setattr(evaluate_module, "MAX_MUTATIONS", 7)  # a tally and its triggers, at most
-    real_commit = evaluate_module._commit_chunk
-    calls = []
-
-    def crashing(*args, **kwargs):
-        if len(calls) == 3:  # three parts committed
-            raise RuntimeError("the evaluator died between two parts")
-        result = real_commit(*args, **kwargs)
-        calls.append(result)
-        return result
-
-    monkeypatch.setattr(evaluate_module, "_commit_chunk", crashing)
-    with pytest.raises(evaluate_module.EvaluationFailed):
-        run_evaluator(app, ndb_client, org)
-    monkeypatch.setattr(evaluate_module, "_commit_chunk", real_commit)
+    _die_after_three_parts(app, ndb_client, org, monkeypatch)
+    with ndb_client.context(namespace=org["namespace"]):
+        [feed] = AlertFeed.query(ancestor=root_key()).fetch()
+        assert feed.done  # left half applied
     monkeypatch.setattr(evaluate_module, "MAX_MUTATIONS", 500)  # both feeds fit one commit
     api.record(*[_event(meter, f"user-{n}", 3) for n in range(10)])
     assert run_evaluator(app, ndb_client, org) == 2

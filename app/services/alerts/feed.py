@@ -29,7 +29,7 @@ from app.core.bounds import MAX_ID
 from app.core.cells import Cell, Series
 from app.core.slots import day_and_slot
 from app.models import AlertMeters, root_key
-from app.storage import entities, rpc, shards
+from app.storage import entities, queries, rpc, shards
 
 KIND = "alert-feed"
 DEFAULT_CACHE_SECONDS = 1.0
@@ -165,9 +165,7 @@ class Pending:
     @property
     def key(self) -> ndb.Key:
         """Its NDB key (for the rare paths that go on with NDB)."""
-        from app.storage.queries import ndb_key
-
-        return ndb_key(self.entity.key)
+        return queries.ndb_key(self.entity.key)
 
     @property
     def contributions(self) -> str | None:

@@ -379,7 +379,7 @@ def _die_after_three_parts(app, ndb_client, org, monkeypatch) -> None:
     as before."""
     monkeypatch.setattr(evaluate_module, "MAX_MUTATIONS", 7)
     real_commit = evaluate_module._commit_chunk
-    calls = []
+    calls: list[int] = []
 
     def crashing(*args, **kwargs):
         if len(calls) == 3:

@@ -680,7 +680,8 @@ def _applied(
         updated = _updated(tally, touch, aggregation, basis)
         return updated, _crossings(updated, touch, now)
     _tally, value, states, changes = planned
-    seeded_at = touch.seeded.at if touch.seeded is not None else getattr(tally, "seeded_at", None)
+    # the plan's own tally is reckoned in the commit's fast path; here it is a new one
+    seeded_at = touch.seeded.at if touch.seeded is not None else None
     updated = tallies.Tally(value, states, seeded_at, basis)
     return updated, _triggers(changes, touch, value, now)
 

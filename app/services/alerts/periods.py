@@ -49,7 +49,7 @@ _PAIRS = [first + second for first in _ALPHABET for second in _ALPHABET]
 
 def base32(raw: bytes, length: int = 26) -> str:
     """`length` characters of base32 (lower case) of `raw`: what
-    `base64.b32encode(raw).decode().lower()[:length]` gives (tests/test_alert_periods.py),
+    `base64.b32encode(raw).decode().lower()[:length]` gives (tests/test_alert_names.py),
     ten bits at a time from one integer. The standard library's encoder is written in
     Python, five bytes a turn: naming tallies and triggers with it was a tenth of an
     alert chunk's CPU (py-spy, session 11)."""

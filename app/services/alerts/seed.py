@@ -89,8 +89,8 @@ def _pending_feeds(meter_id: str) -> dict[bytes, list[Any]]:
     query = queries.build("alert-feed", [("MeterId", q.PropertyFilter.Operator.EQUAL, meter_id)])
     found = {}
     for entity in rpc.run_query(query, ndb.get_context().get_namespace()):
-        text = entity.properties["Contributions"].string_value
-        found[entity.key.SerializeToString()] = feed_kind.decode(text)
+        contributions = feed_kind.Pending(entity).contributions
+        found[entity.key.SerializeToString()] = feed_kind.decode(contributions)
     return found
 
 

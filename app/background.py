@@ -116,6 +116,7 @@ class _Loop:
     def __init__(self, client, context_options: dict, config):
         self.client, self.context_options = client, context_options
         self.seconds, self.budget = config.background_delivery_seconds, config.cron_delivery_budget
+        self.pace = config.alert_round_spacing_seconds
         self.settings = _settings(config)
         self.stopping = threading.Event()
         self.woken = threading.Event()
@@ -200,6 +201,7 @@ class _Deliverer(_Loop):
                     wait=False,
                     only=only,
                     evaluate_seconds=EVALUATE_SECONDS,
+                    evaluate_pace=self.pace,
                     send=False,
                     due=self._due(timed),
                 )

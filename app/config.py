@@ -136,6 +136,13 @@ class Config:
     #: Seconds each process trusts its list of meters with active alert rules (ingestion
     #: writes the usage feed only for those); a rule changed here clears it at once.
     alert_rule_cache_seconds: float = 1.0
+    #: Seconds from the start of the background loop's alert evaluation round of an org
+    #: that caught up with its feeds to the start of the next (`evaluate_org(pace=...)`):
+    #: under sustained traffic the feeds of that time are applied in one chunk, whose
+    #: cost follows the users it meets, not the batches, and each tally bucket is written
+    #: about once per that time (Cloud Datastore: about one write per second per entity).
+    #: A meter idle for longer is evaluated at its first batch's wake. 0 turns it off.
+    alert_round_spacing_seconds: float = 1.0
     # -- issue 14, webhooks ------------------------------------------------------------
     #: Seconds between two rounds of the delivery loop in the background of each worker
     #: (alert evaluation, then due webhook messages; `app/background.py`); a stored message
@@ -255,6 +262,9 @@ class Config:
             # issue 14, alerts
             alert_rule_cache_seconds=_env_float(
                 env, "METERING_ALERT_RULE_CACHE_SECONDS", cls.alert_rule_cache_seconds
+            ),
+            alert_round_spacing_seconds=_env_float(
+                env, "METERING_ALERT_ROUND_SPACING_SECONDS", cls.alert_round_spacing_seconds
             ),
             # issue 14, webhooks
             background_delivery_seconds=_env_float(

@@ -44,6 +44,7 @@ if "--code" in sys.argv:  # the service of another worktree, in the same shape
     sys.path.insert(0, str(Path(sys.argv[sys.argv.index("--code") + 1]).resolve()))
 import common
 from alerts_exact import make_rules
+from ingest import RULE_THRESHOLDS, rule_thresholds
 
 from app import create_app
 from app.config import Config
@@ -95,7 +96,7 @@ def _rules(arguments, meter_id: str, one_user: str) -> list[dict]:
         {
             "name": f"bench rule {number}",
             "meterId": meter_id,
-            "thresholds": [1000 * (number + 1), 10**12],
+            "thresholds": rule_thresholds(arguments.rule_thresholds, number, shapes[number % 3][0]),
             "scope": shapes[number % 3][0],
             "period": shapes[number % 3][1],
             "timeZone": shapes[number % 3][2],
@@ -214,6 +215,12 @@ def main() -> int:
     parser.add_argument("--profile-out", help="with --profile, also write the stats here")
     parser.add_argument("--rules", choices=("exact", "ingest"), default="exact")
     parser.add_argument("--rule-count", type=int, default=20, help="with --rules ingest")
+    parser.add_argument(
+        "--rule-thresholds",
+        choices=sorted(RULE_THRESHOLDS),
+        default="dense",
+        help="with --rules ingest, as benchmarks/ingest.py's option of that name",
+    )
     parser.add_argument("--warmup-batches", type=int, default=0)
     parser.add_argument(
         "--rules-age",

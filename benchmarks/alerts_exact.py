@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import http.client
 import http.server
 import json
 import os
@@ -237,7 +238,7 @@ def record(target: Target, meter_id: str, batches: list[list[dict]], brute: Brut
         while True:
             try:
                 answer = client.request("POST", METER_EVENTS, body)
-            except OSError:
+            except (OSError, http.client.HTTPException):  # a kill truncates answers too
                 answer = None
             if answer is not None and answer.status == 201:
                 brute.add(events, time.monotonic())

@@ -153,6 +153,7 @@ def deliver_all_orgs(
     only: set[str] | None = None,
     evaluate_budget: int | None = None,
     evaluate_seconds: float | None = None,
+    evaluate_pace: float = 0.0,
     send: bool = True,
     evaluate_feeds: bool = True,
     due: Callable[[list[str]], list[str]] | None = None,
@@ -166,7 +167,9 @@ def deliver_all_orgs(
     sends, and `evaluate_seconds` the time (no chunk started past it): the background
     loop evaluates about a second of chunks, sends what they announced, and comes back at
     once for the rest, so that the first crossings of a backlog of feeds are not held
-    until the whole backlog is evaluated (`benchmarks/alerts_exact.py`).
+    until the whole backlog is evaluated (`benchmarks/alerts_exact.py`). `evaluate_pace`
+    (the background loop's METERING_ALERT_ROUND_SPACING_SECONDS) spaces an org's rounds
+    under sustained traffic (`evaluate_org(pace=...)`).
 
     Without `wait`, the evaluator hands each chunk's messages to this process's senders
     from its commit (`evaluate_org(hand_off=...)`). The background loop splits the call
@@ -195,7 +198,10 @@ def deliver_all_orgs(
                 evaluating = evaluate_budget or budget
                 evaluated = (
                     evaluate.evaluate_org(
-                        evaluating, evaluate_seconds, hand_off=None if wait else settings
+                        evaluating,
+                        evaluate_seconds,
+                        hand_off=None if wait else settings,
+                        pace=evaluate_pace,
                     )
                     if evaluate_feeds
                     else 0

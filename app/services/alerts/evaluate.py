@@ -173,15 +173,21 @@ def _settings(hand_off: dispatch.Settings | None = None) -> _Settings:
 
 
 def evaluate_org(
-    budget: int, seconds: float | None = None, hand_off: dispatch.Settings | None = None
+    budget: int,
+    seconds: float | None = None,
+    hand_off: dispatch.Settings | None = None,
+    pace: float = 0.0,
 ) -> int:
     """Apply up to `budget` pending feeds of the current org; how many were applied. With
     `seconds`, no chunk is started once that long has passed (one chunk at least): the
     background loop sends what a chunk announced before it evaluates the next. With
     `hand_off` (the background loop), a chunk's messages leave for this process's senders
-    from its commit, without a dispatch round in between."""
-    until = None if seconds is None else time.monotonic() + seconds
-    if _others_evaluate_it():
+    from its commit, without a dispatch round in between. With `pace` (the background
+    loop), a round that follows one which caught up with the org's feeds less than `pace`
+    seconds before does nothing (`_paced`): the feeds gather into the next round."""
+    began = time.monotonic()
+    until = None if seconds is None else began + seconds
+    if _others_evaluate_it() or _paced(pace, began):
         return 0
     if not _org_pending():  # the idle loops' usual answer, in one keys-only RPC
         _let_go_idle()
@@ -197,14 +203,20 @@ def evaluate_org(
     settings = _settings(hand_off)
     applied = 0
     failed: list[str] = []
+    caught_up = True
     for meter_id, rules in by_meter.items():
         if applied >= budget:
+            caught_up = False
             break
         release = _acquire(meter_id)
         if release is None:
             continue  # another evaluator has the meter: it applies every pending feed
         try:
-            applied += _evaluate_meter(meter_id, rules, budget - applied, settings, until)
+            done, drained = _evaluate_meter(
+                meter_id, rules, budget - applied, settings, until, once=pace > 0
+            )
+            applied += done
+            caught_up = caught_up and drained
         except Exception:
             failed.append(meter_id)
             log.exception("alert evaluation failed for meter %s; its feeds wait", meter_id)
@@ -213,6 +225,8 @@ def evaluate_org(
     if failed and not applied:
         raise EvaluationFailed(f"alert evaluation failed for meters {', '.join(failed)}")
     _note_other_holders(list(by_meter))
+    if applied and caught_up:
+        _note_round(began)
     return applied
 
 
@@ -451,6 +465,38 @@ def _others_evaluate_it() -> bool:
     return until is not None and until > time.monotonic()
 
 
+# -- issue 14, session 12: paced rounds ----------------------------------------------
+# The background loop started a round at every wake and poll (0.2 s), so a burst of
+# batches was applied in chunks of about ten feeds, four or five a second. A chunk's cost
+# follows the tallies it touches, and a user met by several batches of one chunk is one
+# touch: in `benchmarks/ingest.py`'s spread load a chunk of ten feeds touched 1.3 tallies
+# per event, one of the whole second's forty feeds 0.5. And each chunk rewrites its
+# buckets, which Cloud Datastore takes at about one write per second per entity
+# sustained. So once a round has caught up with an org's feeds, the loop's next round of
+# that org waits until `pace` seconds after it began; a round that left feeds (its budget
+# or its time ran out) is followed at once, and a meter idle for longer than `pace` is
+# evaluated at its first wake, so pacing costs latency only under sustained traffic.
+
+#: namespace -> when (monotonic) this process's last round of the org that applied feeds
+#: and caught up with them began
+_rounds: dict[str, float] = {}
+
+
+def _paced(pace: float, now: float) -> bool:
+    """Whether the current org's last caught-up round began less than `pace` s before."""
+    if pace <= 0:
+        return False
+    began = _rounds.get(ndb.get_context().get_namespace() or "")
+    return began is not None and now - began < pace
+
+
+def _note_round(began: float) -> None:
+    with _held_lock:
+        if len(_rounds) > 10_000:
+            _rounds.clear()
+        _rounds[ndb.get_context().get_namespace() or ""] = began
+
+
 def _note_applied(meter_id: str) -> None:
     _held_of(meter_id).last_applied = time.monotonic()
 
@@ -497,7 +543,13 @@ def _evaluate_meter(
     budget: int,
     settings: _Settings,
     until: float | None = None,
-) -> int:
+    once: bool = False,
+) -> tuple[int, bool]:
+    """(feeds applied, whether it caught up: none was pending when it last looked). With
+    `once` (a paced round), a chunk that held every feed pending when it was read ends
+    the round: the feeds recorded since wait for the next (`_paced`). Before, a round
+    went on reading what arrived while it applied a chunk, and a burst of batches was
+    applied in chunks of a few feeds each."""
     applied = 0
     stale = 0
     held = _held_of(meter_id)
@@ -507,9 +559,10 @@ def _evaluate_meter(
         feeds, held.prefetched = held.prefetched, None
         if feeds is None or stale:
             feeds = _pending(meter_id, CHUNK_FEEDS)
-        feeds = feeds[: budget - applied]
         if not feeds:
-            break
+            return applied, True
+        every = len(feeds) < CHUNK_FEEDS and len(feeds) <= budget - applied
+        feeds = feeds[: budget - applied]
         if not rules:  # every rule of the meter archived: nothing to evaluate them for
             ndb.delete_multi([f.key for f in feeds])
             applied += len(feeds)
@@ -517,11 +570,13 @@ def _evaluate_meter(
         try:
             applied += _apply_chunk(meter_id, rules, feeds, settings)
             _note_applied(meter_id)
+            if once and every:
+                return applied, True
         except _Stale:
             stale += 1
             if stale > 5:
                 break
-    return applied
+    return applied, False
 
 
 def _apply_chunk(

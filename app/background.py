@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 
 from google.api_core import exceptions as core_exceptions
 
+from app import datastore
 from app.services import periodic
 from app.services.alerts import evaluate
 from app.services.webhooks import dispatch, outbox
@@ -302,6 +303,9 @@ def init_app(app) -> None:
         sender = _Sender(app.extensions["ndb"], app.extensions["ndb_context_options"], config)
         app.extensions[_SEND_EXTENSION] = sender
         sender.thread.start()
+        for namespace in sorted(datastore.released_orgs):  # a killed process's messages
+            outbox.wake_org(namespace)  # due again (`datastore._release_held`): at once
+        datastore.released_orgs.clear()
     if config.background_compaction_seconds <= 0:
         return
     compactor = _Compactor(

@@ -11,6 +11,7 @@ after authenticating the caller, and nothing else passes namespaces around.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from app import cache
 from app.models import utcnow
 from app.models.webhook import PENDING, WebhookMessage
 from app.storage import journal, metrics, rpc
+
+log = logging.getLogger(__name__)
 
 
 def make_client(config) -> ndb.Client:
@@ -83,23 +86,51 @@ def _journal_transactions(client: ndb.Client, directory: str) -> None:
     journal.start(Path(directory))
 
 
-def _release_held(key: str, holder: str) -> None:
-    """Give up what a stopped process held (a serialized key, and its holder name or
-    lease token), if it still holds it: an alert lease is deleted; a webhook message it
-    had leased is due again at once (it may have been sent: the receiver drops the
-    duplicate by its `webhook-id`), instead of when its lease would have run out."""
-    held_key = ndb.Key(urlsafe=key.encode())
+#: Leases released per transaction when a process starts after a killed one.
+RELEASE_BATCH = 100
+#: The orgs (namespaces) whose webhook messages this process made due again at its
+#: start (`_release_held`): the background loops look at them at once (`app.background`).
+released_orgs: set[str] = set()
 
-    def release() -> None:
-        entity = held_key.get()
-        if isinstance(entity, WebhookMessage):
-            if entity.lease == holder and entity.status == PENDING:
-                entity.lease, entity.next_attempt_at = None, utcnow()
-                entity.put()
-        elif entity is not None and getattr(entity, "holder", None) == holder:
-            held_key.delete()
 
-    ndb.transaction(release, retries=3)
+def _release_held(held: list[tuple[str, str]]) -> None:
+    """Give up what a stopped process held (serialized keys, each with its holder name
+    or lease token), where it still holds it: an alert lease is deleted; a webhook
+    message it had leased is due again at once (it may have been sent: the receiver
+    drops the duplicate by its `webhook-id`), instead of when its lease would have run
+    out. One transaction per org and RELEASE_BATCH keys: a killed service can leave a
+    hundred messages leased."""
+    by_org: dict[str, list[tuple[ndb.Key, str]]] = {}
+    for key, holder in held:
+        held_key = ndb.Key(urlsafe=key.encode())
+        by_org.setdefault(held_key.namespace() or "", []).append((held_key, holder))
+    for namespace, pairs in by_org.items():
+        for at in range(0, len(pairs), RELEASE_BATCH):
+            try:
+                if _release_batch(pairs[at : at + RELEASE_BATCH]):
+                    released_orgs.add(namespace)
+            except Exception as error:  # noqa: BLE001  (they expire by themselves)
+                log.warning("could not release a stopped process's leases: %s", error)
+
+
+def _release_batch(pairs: list[tuple[ndb.Key, str]]) -> bool:
+    """Release these leases in one transaction; whether a message is due again."""
+
+    def release() -> bool:
+        entities = ndb.get_multi([key for key, _holder in pairs])
+        due, gone = [], []
+        for (key, holder), entity in zip(pairs, entities):
+            if isinstance(entity, WebhookMessage):
+                if entity.lease == holder and entity.status == PENDING:
+                    entity.lease, entity.next_attempt_at = None, utcnow()
+                    due.append(entity)
+            elif entity is not None and getattr(entity, "holder", None) == holder:
+                gone.append(key)
+        ndb.put_multi(due)
+        ndb.delete_multi(gone)
+        return bool(due)
+
+    return bool(ndb.transaction(release, retries=3))
 
 
 def init_app(app) -> None:

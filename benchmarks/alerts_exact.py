@@ -531,12 +531,15 @@ def print_around_restart(brute: BruteForce, found: dict, receiver: Receiver) -> 
     assert killed is not None
     before: list[float] = []
     after: list[float] = []
+    waited: list[float] = []  # answered before the kill, received after: when, from the restart
     in_time = 0
     for key, acknowledged in brute.crossed_at.items():
         if key not in found or key[1] is None:
             continue
         first = found[key][0]
         in_time += acknowledged < killed and first.at < killed
+        if acknowledged < killed <= first.at and brute.restarted_at is not None:
+            waited.append(first.at - brute.restarted_at)
         if first.webhook_id in receiver.refused_first:
             continue
         (before if acknowledged < killed else after).append(first.at - acknowledged)
@@ -544,6 +547,12 @@ def print_around_restart(brute: BruteForce, found: dict, receiver: Receiver) -> 
         median, p95 = _median_p95(values)
         print(f"  {name} (n={len(values)}): median {median:.2f}s, p95 {p95:.2f}s")
     print(f"  per-user crossings answered before the kill and received before it: {in_time}")
+    if waited:
+        waited.sort()
+        print(
+            f"  the others (n={len(waited)}) arrived after the restart: first at "
+            f"{waited[0]:+.2f}s, median {statistics.median(waited):+.2f}s, last {waited[-1]:+.2f}s"
+        )
 
 
 def _median_p95(values: list[float]) -> tuple[float, float]:

@@ -22,9 +22,12 @@ import pytest
 from google.api_core import exceptions as core_exceptions
 from google.cloud import ndb
 
-from app import create_app
-from app.models import utcnow
+from app import background, create_app, datastore
+from app.models import AlertLease, root_key, utcnow
+from app.services.webhooks import dispatch
 from app.storage import journal, rpc
+from tests.support.receiver import Receiver
+from tests.support.waiting import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -240,3 +243,75 @@ def test_a_stopped_processs_leased_message_is_due_again_at_once(
     with ndb_client.context(namespace=org["namespace"]):
         assert dispatch.due_keys(utcnow(), 10) == [dead.message.key]
         assert taken_over.message.key.get().lease == taken_over.message.lease
+
+
+def _dead_journal(directory: Path, held: list[tuple[str, str]]) -> None:
+    """A journal file of a process that is no longer running, holding these leases."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait(timeout=10)
+    (directory / f"{child.pid}-0{journal.SUFFIX}").write_text(
+        "".join("L" + json.dumps([key, holder]) + "\n" for key, holder in held)
+    )
+
+
+def _leased_test_messages(api, ndb_client, org, url: str, count: int) -> list:
+    """`count` webhook.test messages to an endpoint at `url`, leased by a dispatcher."""
+    endpoint = api.post("/v1/webhooks/endpoints", json={"url": url})
+    assert endpoint.status_code == 201, endpoint.text
+    for _ in range(count):
+        sent = api.post(f"/v1/webhooks/endpoints/{endpoint.json()['id']}/test")
+        assert sent.status_code in (200, 201, 202), sent.text
+    with ndb_client.context(namespace=org["namespace"]):
+        keys = dispatch.due_keys(utcnow() + timedelta(seconds=1), 100)
+        endpoints = {e.key.id(): e for e in dispatch.WebhookEndpoint.query().fetch()}
+        leased = dispatch.lease_many(keys, utcnow(), dispatch.Settings(), endpoints)
+        assert len(leased) == count and not dispatch.due_keys(utcnow(), 100)
+    return leased
+
+
+def test_many_leases_of_stopped_processes_are_released_in_batches(
+    config, ndb_client, tmp_path, api, org, monkeypatch
+):
+    """(Session 12) Every lease of every stopped process is released in transactions of
+    RELEASE_BATCH keys (one each took a restarted worker seconds), an alert lease among
+    them, and the org is listed for the background loops to look at at once."""
+    monkeypatch.setattr(datastore, "RELEASE_BATCH", 2)
+    leased = _leased_test_messages(api, ndb_client, org, "http://127.0.0.1:9/hook", 5)
+    with ndb_client.context(namespace=org["namespace"]):
+        lease_key = ndb.Key(AlertLease, "m1", parent=root_key())
+        AlertLease(key=lease_key, holder="dead-1", until=utcnow() + timedelta(minutes=1)).put()
+    held = [(item.message.key.urlsafe().decode(), item.message.lease) for item in leased]
+    _dead_journal(tmp_path, held[:3] + [(lease_key.urlsafe().decode(), "dead-1")])
+    _dead_journal(tmp_path, held[3:])
+    datastore.released_orgs.clear()
+    create_app(config.replace(transaction_journal_dir=str(tmp_path)))
+    with ndb_client.context(namespace=org["namespace"]):
+        due = dispatch.due_keys(utcnow() + timedelta(seconds=1), 100)
+        assert sorted(due) == sorted(item.message.key for item in leased)
+        assert lease_key.get() is None
+    assert datastore.released_orgs == {org["namespace"]}
+    datastore.released_orgs.clear()
+    assert list(tmp_path.glob("*" + journal.SUFFIX + "*")) == []
+
+
+def test_a_restarted_services_loops_send_the_released_messages_at_once(
+    config, ndb_client, tmp_path, api, org
+):
+    """The background loops are woken for the orgs whose messages the start released:
+    they leave at once, not at the loops' first timed pass (60 s away here)."""
+    receiver = Receiver().start()
+    try:
+        leased = _leased_test_messages(api, ndb_client, org, receiver.url, 3)
+        _dead_journal(
+            tmp_path,
+            [(item.message.key.urlsafe().decode(), item.message.lease) for item in leased],
+        )
+        app = create_app(
+            config.replace(transaction_journal_dir=str(tmp_path), background_delivery_seconds=60)
+        )
+        try:
+            eventually(lambda: len(receiver.received) >= 3, 20, "the released messages sent")
+        finally:
+            background.stop(app)
+    finally:
+        receiver.stop()

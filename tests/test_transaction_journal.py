@@ -24,6 +24,7 @@ from google.cloud import ndb
 
 from app import background, create_app, datastore
 from app.models import AlertLease, root_key, utcnow
+from app.models.webhook import WebhookEndpoint
 from app.services.webhooks import dispatch
 from app.storage import journal, rpc
 from tests.support.receiver import Receiver
@@ -263,7 +264,7 @@ def _leased_test_messages(api, ndb_client, org, url: str, count: int) -> list:
         assert sent.status_code in (200, 201, 202), sent.text
     with ndb_client.context(namespace=org["namespace"]):
         keys = dispatch.due_keys(utcnow() + timedelta(seconds=1), 100)
-        endpoints = {e.key.id(): e for e in dispatch.WebhookEndpoint.query().fetch()}
+        endpoints = {e.key.id(): e for e in WebhookEndpoint.query().fetch()}
         leased = dispatch.lease_many(keys, utcnow(), dispatch.Settings(), endpoints)
         assert len(leased) == count and not dispatch.due_keys(utcnow(), 100)
     return leased

@@ -105,3 +105,39 @@ def test_the_background_loop_spaces_an_orgs_rounds(config, org, receiver):
         assert time.monotonic() - first >= PACE
     finally:
         server.stop()
+
+
+def test_a_meter_that_crosses_often_gets_chunks_that_fit_before_they_are_planned(
+    app, ndb_client, org, api, monkeypatch
+):
+    """(Session 12) A chunk is cut, before its plan, to the feeds whose commit should fit
+    under MAX_MUTATIONS at the meter's last crossings per feed: planning a chunk whole,
+    finding it too big, and planning its halves again was most of a dense chunk's CPU.
+    Every crossing is still written once."""
+    monkeypatch.setattr(evaluate, "MAX_MUTATIONS", 40)
+    monkeypatch.setattr(evaluate, "BUCKET_RESERVE", 10)
+    meter = api.create_meter()
+    rule = create_rule(api, meter, thresholds=[1, 2, 3, 4, 5])
+
+    def batch(number: int) -> None:  # four new users, each crossing all five thresholds
+        api.record(
+            *({"meterId": meter["id"], "userId": f"u{number}-{n}", "value": 5} for n in range(4))
+        )
+
+    batch(0)
+    halved: list[int] = []
+    halves = evaluate._halves
+
+    def counted(meter_id, rules, feeds, settings, seeds):
+        halved.append(len(feeds))
+        return halves(meter_id, rules, feeds, settings, seeds)
+
+    monkeypatch.setattr(evaluate, "_halves", counted)
+    with app.app_context(), ndb_client.context(namespace=org["namespace"]):
+        assert evaluate.evaluate_org(100) == 1
+        assert evaluate._held_of(meter["id"]).crossings_per_feed == 20
+        for number in range(1, 7):
+            batch(number)
+        assert evaluate.evaluate_org(100) == 6
+    assert halved == []  # one feed per chunk fits: (40 - 10) // (1 + 20)
+    assert len(triggers(api, rule)) == 7 * 4 * 5

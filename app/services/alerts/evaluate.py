@@ -265,6 +265,9 @@ class _Held:
     prefetched: list[Any] | None = None
     others_until: float = 0.0  # monotonic: until then, believe another process holds it
     last_applied: float = 0.0
+    #: Mutations per feed that the meter's last planned chunk spent on crossings
+    #: (triggers and their messages): `_feeds_that_fit`.
+    crossings_per_feed: float = 0.0
 
 
 _held: dict[tuple[str, str], _Held] = {}
@@ -563,6 +566,9 @@ def _evaluate_meter(
             return applied, True
         every = len(feeds) < CHUNK_FEEDS and len(feeds) <= budget - applied
         feeds = feeds[: budget - applied]
+        fit = _feeds_that_fit(held)
+        if len(feeds) > fit:
+            feeds, every = feeds[:fit], False
         if not rules:  # every rule of the meter archived: nothing to evaluate them for
             ndb.delete_multi([f.key for f in feeds])
             applied += len(feeds)
@@ -577,6 +583,24 @@ def _evaluate_meter(
             if stale > 5:
                 break
     return applied, False
+
+
+#: Mutations a chunk's commit keeps for its buckets (and old-shape tallies folded in)
+#: when `_feeds_that_fit` cuts a chunk: at most BUCKETS per (spec, period) touched.
+BUCKET_RESERVE = 100
+
+
+def _feeds_that_fit(held: _Held) -> int:
+    """How many feeds the meter's next chunk should hold so that its commit stays under
+    MAX_MUTATIONS, from its last chunk's crossings per feed (session 12): with thresholds
+    crossed by one event in three (`benchmarks/ingest.py`'s dense rules) a paced chunk of
+    forty feeds was planned whole, found too big, and planned again in halves, and
+    again, three times its planning for one commit's worth. A chunk still found too big
+    is halved as before (`_halves`)."""
+    if held.crossings_per_feed <= 0:
+        return CHUNK_FEEDS
+    room = MAX_MUTATIONS - BUCKET_RESERVE
+    return max(1, min(CHUNK_FEEDS, int(room / (1 + held.crossings_per_feed))))
 
 
 def _apply_chunk(
@@ -626,7 +650,8 @@ def _apply_chunk(
     if settings.targets is None:  # read once per evaluation call, when first needed
         settings.targets = _Targets()
     targets = settings.targets
-    planned = _planned_mutations(feeds, touches, stored, aggregation, targets)
+    planned, crossing = _planned_mutations(feeds, touches, stored, aggregation, targets)
+    _held_of(meter_id).crossings_per_feed = crossing / len(feeds)
     if len(feeds) > 1 and planned > MAX_MUTATIONS:
         return _halves(meter_id, rules, feeds, settings, seeds)
     try:
@@ -706,13 +731,13 @@ def _planned_mutations(
     stored: tallies.Read,
     aggregation: str,
     targets: dict[str, list[Any]],
-) -> int:
+) -> tuple[int, int]:
     """The mutations the chunk's commit will hold if its tallies do not change meanwhile:
     its feeds deleted, its tallies' buckets (and old-shape tallies folded in), each
-    crossing's trigger and messages. Splitting a chunk here costs nothing read; a commit
-    found too big inside the transaction has read everything for nothing (on the
-    emulator, most of a second a time)."""
-    total = len(feeds) + tallies.planned_writes(stored, touches.values())
+    crossing's trigger and messages; and how many of them are the crossings'. Splitting
+    a chunk here costs nothing read; a commit found too big inside the transaction has
+    read everything for nothing (on the emulator, most of a second a time)."""
+    crossing = 0
     for name, touch in touches.items():
         tally = stored.tallies[name]
         value = _value_after(tally, touch, aggregation)
@@ -720,8 +745,8 @@ def _planned_mutations(
         changes, states = _state_changes(touch.plans, value, states, touch.lowest)
         touch.planned = (tally, value, states, changes)
         for _rule, _threshold, _generation, kind in changes:
-            total += 1 + len(targets[kind])
-    return total
+            crossing += 1 + len(targets[kind])
+    return len(feeds) + tallies.planned_writes(stored, touches.values()) + crossing, crossing
 
 
 def _applied(

@@ -24,7 +24,9 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -841,7 +843,8 @@ def _create_demo_org():
     type=click.Path(path_type=Path),
     help="The embedded emulator's folder, for the hint only.",
 )
-def demo_org(url, data_dir):
+@click.option("--status-fd", type=int, help="Where to write `ok` once done (serve's pipe).")
+def demo_org(url, data_dir, status_fd):
     """Create the demo org unless it exists, and say how to use it.
 
     `serve` runs this in a child process so that the gunicorn master never opens a
@@ -853,33 +856,87 @@ def demo_org(url, data_dir):
         click.echo(
             f"Demo org {DEMO_ORG!r} exists; a new key: metering keys create {DEMO_ORG}{where}"
         )
-        return
-    click.echo(f"Created demo org {DEMO_ORG!r}. Its API key (shown once): {issued.secret}")
-    click.echo(
-        "Try:\n"
-        f"  curl -s -X POST {url}/v1/billing/meters \\\n"
-        f"    -H 'Authorization: Bearer {issued.secret}' "
-        "-H 'Content-Type: application/json' \\\n"
-        '    -d \'{"name": "API calls", "eventName": "api_calls"}\''
-    )
+    else:
+        click.echo(f"Created demo org {DEMO_ORG!r}. Its API key (shown once): {issued.secret}")
+        click.echo(
+            "Try:\n"
+            f"  curl -s -X POST {url}/v1/billing/meters \\\n"
+            f"    -H 'Authorization: Bearer {issued.secret}' "
+            "-H 'Content-Type: application/json' \\\n"
+            '    -d \'{"name": "API calls", "eventName": "api_calls"}\''
+        )
+    if status_fd is not None:
+        sys.stdout.flush()  # its lines come before `ok`: serve answers once this is done
+        os.write(status_fd, b"ok")
 
 
-def _ensure_demo_org(url: str, data_dir: Path | None) -> None:
-    """Run `demo-org` in a child process that imports this very `app` package.
+class _DemoOrg:
+    """`demo-org`, run in a child process while gunicorn boots its workers (issue 14,
+    session 13). Before, `serve` waited for the child (0.75 s on an idle machine: a
+    Python start, NDB's imports and a Datastore round trip) and only then started
+    gunicorn, whose workers import the app (0.5 s more). A restart after a kill took 1.3
+    to 1.8 s (`benchmarks/alerts_exact.py --restart`), and every crossing recorded
+    before the kill waited for it.
 
-    -P with PYTHONPATH set to our source root: a folder named `app` in the cwd
-    must not stand in for ours, and a source checkout without install still works.
+    The order users see is kept: each worker, once its app is built, waits for the
+    child to end (`wait`, gunicorn's post_worker_init) before it serves, so the key is
+    printed before the first answer. The child holds the write ends of two pipes:
+    `done`, whose end (EOF) every worker sees, and `status`, where it writes `ok` once
+    it succeeded (gunicorn's master reaps every child itself, with waitpid(-1), so an
+    exit status would be lost). A child that fails says why on stderr; the master then
+    stops and `serve` exits with 1.
     """
+
+    def __init__(self, url: str, data_dir: Path | None) -> None:
+        # lazy: see "Lazy imports" above
+        import threading
+
+        self._owner = os.getpid()
+        self._done, done_end = os.pipe()
+        status, status_end = os.pipe()
+        command = [*_demo_org_command(url, data_dir), "--status-fd", str(status_end)]
+        root = str(Path(__file__).resolve().parent.parent)
+        path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+        try:
+            subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONPATH": path},
+                pass_fds=(done_end, status_end),
+            )
+        finally:
+            os.close(done_end)
+            os.close(status_end)
+        self.failed = False
+        threading.Thread(target=self._watch, args=(status,), daemon=True).start()
+
+    def _watch(self, status: int) -> None:
+        said = b""
+        while chunk := os.read(status, 16):
+            said += chunk
+        os.close(status)
+        if said != b"ok":
+            self.failed = True
+            os.kill(os.getpid(), signal.SIGTERM)  # gunicorn's master (or serve) stops
+
+    def wait(self, _worker: object = None) -> None:
+        """Return once the child has ended (in a worker: gunicorn's post_worker_init)."""
+        while os.read(self._done, 1):
+            pass
+
+    def exit_status(self) -> int | None:
+        """1 in the master once the child failed; None otherwise (and in workers)."""
+        return 1 if self.failed and os.getpid() == self._owner else None
+
+
+def _demo_org_command(url: str, data_dir: Path | None) -> list[str]:
+    """`demo-org` run as this very `app` package: -P with PYTHONPATH set to our source
+    root, so a folder named `app` in the cwd does not stand in for ours, and a source
+    checkout without install still works."""
     command = [sys.executable, "-P", "-m", "app.cli", "demo-org", "--url", url]
     if data_dir is not None:
         command += ["--data-dir", str(data_dir)]
-    root = str(Path(__file__).resolve().parent.parent)
-    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
-    code = subprocess.run(
-        command, stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": path}
-    ).returncode
-    if code != 0:
-        sys.exit(code)  # the child said why, in one line
+    return command
 
 
 @main.command()
@@ -915,14 +972,19 @@ def serve(host, port, data_dir, workers, threads, emulator_kind):
         if embedded:
             stack.enter_context(_embedded_emulator(data_dir.resolve(), emulator_kind))
         url = _base_url(host, port)
-        _ensure_demo_org(url, data_dir if embedded else None)
+        _check_emulator_answers()  # one line, before gunicorn says anything
+        demo = _DemoOrg(url, data_dir if embedded else None)
         click.echo(f"Serving on {url}", err=True)
         # No cron here: the workers fold rollups themselves (app/background.py).
         os.environ.setdefault("METERING_BACKGROUND_COMPACTION_SECONDS", "30")
         # issue 14: nor for deliveries: alerts and webhooks go out from the workers too.
         os.environ.setdefault("METERING_BACKGROUND_DELIVERY_SECONDS", "1")
         os.environ.setdefault("METERING_TRANSACTION_JOURNAL_DIR", str(_journal_dir(data_dir)))
-        _gunicorn(host, port, workers, threads)
+        try:
+            _gunicorn(host, port, workers, threads, demo.wait)
+        finally:
+            if demo.exit_status() is not None:
+                sys.exit(demo.exit_status())  # the child said why
 
 
 def _journal_dir(data_dir: Path) -> Path:
@@ -982,7 +1044,9 @@ def _start(emulator: Emulator) -> None:
         raise click.ClickException(str(exc)) from None
 
 
-def _gunicorn(host: str, port: int, workers: int, threads: int) -> None:
+def _gunicorn(
+    host: str, port: int, workers: int, threads: int, before_serving: Callable[[Any], None]
+) -> None:
     # lazy: see "Lazy imports" above
     from gunicorn.app.base import BaseApplication
 
@@ -994,6 +1058,7 @@ def _gunicorn(host: str, port: int, workers: int, threads: int) -> None:
             self.cfg.set("workers", workers)
             self.cfg.set("threads", threads)
             self.cfg.set("worker_class", "gthread")
+            self.cfg.set("post_worker_init", before_serving)
             self.cfg.set("accesslog", None)
             # Gunicorn's own lines as JSON, scrubbed of secrets like the service's own.
             self.cfg.set("logconfig_dict", GUNICORN_LOGCONFIG)

@@ -289,6 +289,86 @@ def test_a_chunks_new_tallies_of_one_spec_are_seeded_by_one_grouped_read(
     )
 
 
+def _period_start(moment: datetime, period: str, zone: str) -> datetime:
+    local = moment.astimezone(ZoneInfo(zone))
+    start = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    return (start.replace(day=1) if period == "month" else start).astimezone(UTC)
+
+
+@pytest.mark.parametrize("together", [True, False])
+def test_a_chunks_new_org_tallies_of_several_periods_are_seeded_by_one_read(
+    api, evaluate, monkeypatch, together
+):
+    """Org tallies new in one chunk (three days of one rule, the Kolkata month of another
+    with a filter) are seeded from one read of the org's cells (`seed._org_values`); read
+    one summary each instead (its fallback), the values are the same."""
+    grouped, summaries = [], []
+    real_grouped, real_summary = seed_module._org_values, seed_module._summary_value
+    monkeypatch.setattr(
+        seed_module,
+        "_org_values",
+        lambda meter, touches: (
+            grouped.append(len(touches)) or (real_grouped(meter, touches) if together else None)
+        ),
+    )
+    monkeypatch.setattr(
+        seed_module,
+        "_summary_value",
+        lambda meter, touch: summaries.append(touch.spec) or real_summary(meter, touch),
+    )
+    meter = api.create_meter(dimensions=["model"])
+    now = datetime.now(UTC)
+    moments = [now - timedelta(minutes=10), now - timedelta(days=1), now - timedelta(days=2)]
+
+    def event(user, value, model, moment):
+        return {
+            "meterId": meter["id"],
+            "userId": user,
+            "value": value,
+            "timestamp": rfc3339(moment),
+            "dimensions": {"model": model},
+        }
+
+    before = [("u", 30, "m1", 2), ("v", 20, "m2", 2), ("u", 25, "m1", 1), ("w", 40, "m1", 0)]
+    after = [("x", 5, "m1", 2), ("y", 5, "m2", 1), ("z", 15, "m1", 0)]
+    api.record(*[event(user, value, model, moments[at]) for user, value, model, at in before])
+    days = create_rule(api, meter, scope="org", period="day", thresholds=[52])
+    month = create_rule(
+        api,
+        meter,
+        scope="org",
+        period="month",
+        timeZone="Asia/Kolkata",
+        thresholds=[100],
+        filter={"model": "m1"},
+    )
+    api.record(*[event(user, value, model, moments[at]) for user, value, model, at in after])
+    evaluate()
+
+    def expected(period, zone, threshold, model=None) -> dict:
+        totals: dict[datetime, list[int]] = {}
+        for batch, events in enumerate((before, after)):
+            for _user, value, of, at in events:
+                if model is None or of == model:
+                    start = _period_start(moments[at], period, zone)
+                    totals.setdefault(start, [0, 0])[batch] += value
+        return {
+            rfc3339(start): pre + added
+            for start, (pre, added) in totals.items()
+            if pre < threshold <= pre + added
+        }
+
+    def fired(rule) -> dict:
+        return {t["periodStart"]: t["value"] for t in triggers(api, rule)}
+
+    assert fired(days) == expected("day", "UTC", 52) and len(fired(days)) == 2
+    assert fired(month) == expected("month", "Asia/Kolkata", 100, "m1")
+    assert grouped == [
+        len(moments) + len({_period_start(m, "month", "Asia/Kolkata") for m in moments})
+    ]
+    assert len(summaries) == (0 if together else grouped[0])
+
+
 def test_thresholds_added_later_fire_when_already_passed_and_archived_rules_do_not(api, evaluate):
     meter = api.create_meter()
     rule = create_rule(api, meter, thresholds=[100])

@@ -8,9 +8,11 @@ which the admin commands reach too.
 
 from __future__ import annotations
 
+import http.server
 import json
 import signal
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -157,6 +159,39 @@ def test_serve_says_what_to_install_when_the_emulator_is_missing(tmp_path):
     result = run_cli("serve", "--port", str(free_port()), "--data-dir", str(data_dir), env=env)
     _assert_one_line_error(result, "install the Google Cloud CLI")
     assert mentioning(str(data_dir)) == []
+
+
+class _NotADatastore(http.server.BaseHTTPRequestHandler):
+    """Answers an emulator's health check, and nothing a Datastore client can use."""
+
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"Ok\n")
+
+    def log_message(self, *args):
+        pass
+
+
+def test_serve_stops_with_the_reason_when_the_demo_org_cannot_be_made(tmp_path):
+    # The demo org is made in a child while the workers boot (a faster restart): its
+    # failure must still end serve with a non-zero status and the child's one-line reason.
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotADatastore)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = cli_env(DATASTORE_EMULATOR_HOST=f"127.0.0.1:{server.server_port}")
+        port = free_port()
+        data_dir = tmp_path / "data"
+        result = run_cli(
+            "serve", "--port", str(port), "--data-dir", str(data_dir), env=env, timeout=90
+        )
+    finally:
+        server.shutdown()
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stdout and "Demo org" not in result.stdout
+    reasons = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(reasons) == 1 and "the Datastore failed" in reasons[0], result.stderr
+    assert "Shutting down" in result.stderr  # gunicorn's master stopped, workers too
 
 
 def _json(result):

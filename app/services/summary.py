@@ -297,7 +297,7 @@ class _Paging:
 _SETTLE_ATTEMPTS = 3
 
 
-def _reads_org_wide(
+def reads_org_wide(
     meter: Meter, group_by: tuple[str, ...], wanted: dict[str, frozenset[str]]
 ) -> bool:
     """Whether a summary of all users can read the org-wide rollups: it neither groups nor
@@ -322,7 +322,7 @@ def _summarize_once(
     paging: _Paging,
 ) -> tuple[SummaryResult, breakdown.Breakdown | None]:
     """The summary, and the page of users when it is a breakdown by user. The total reads
-    the org-wide rollups when it can (`_reads_org_wide`), else every user's, or the one
+    the org-wide rollups when it can (`reads_org_wide`), else every user's, or the one
     user's."""
     reading = Reading()
     try:
@@ -356,7 +356,7 @@ def _summarize_once(
             return page.whole, page  # one page held every user: its total is the period's
         total = replace(request, window_size=None, group_by=()) if paged else request
         source = user_id
-        if user_id is None and _reads_org_wide(meter, total.group_by, wanted):
+        if user_id is None and reads_org_wide(meter, total.group_by, wanted):
             source = shards.ORG_USER
         result = summarize_cells(
             total,

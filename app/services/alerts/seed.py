@@ -34,7 +34,7 @@ from app.services import capabilities, recompute, summary
 from app.services.alerts import feed as feed_kind
 from app.services.alerts.periods import period_of
 from app.services.meters import get_meter
-from app.storage import queries, rpc
+from app.storage import queries, rpc, shards
 
 #: Rounds of the legacy emulator's read-summary-read before taking the last one anyway
 #: (then the feed that keeps appearing is one the next touch re-reads, for max/unique).
@@ -247,15 +247,54 @@ def _grouped_values(meter: Meter, touches: list[Any]) -> list[int] | None:
     return values
 
 
+def _org_values(meter: Meter, touches: list[Any]) -> list[int] | None:
+    """The values of org-wide touches (any specs and periods) from ONE read of the org's
+    cells over all their periods (its org-wide rollups when summaries may read them, as
+    `summary.summarize` does), each summarized over its own period and filter; None if a
+    rollup needs settling (then each touch is read on its own, which settles it) or,
+    when every user's rollups must be read, past GROUPED_ENTITIES of them.
+
+    Issue 14, session 13: a new rule set's first chunk read one summary per org tally,
+    sequentially. In `benchmarks/alerts_exact.py` (an org rule by UTC day and one by
+    Kolkata month, events over three days) that was six queries, 0.6 s of the first
+    round while eight clients loaded the emulator, and every crossing recorded meanwhile
+    waited for it."""
+    names = {name for touch in touches for name, _value in touch.watch.filter}
+    wanted = dict.fromkeys(names, frozenset[str]())
+    source = shards.ORG_USER if summary.reads_org_wide(meter, (), wanted) else None
+    start, end = min(t.start for t in touches), max(t.end for t in touches)
+    counted = None if source is not None else _Counted(GROUPED_ENTITIES)  # every user's
+    try:
+        cells = list(summary.cells(meter, source, start, end, counted))
+    except (recompute.Unsettled, _TooMany):
+        return None
+    values = []
+    for touch in touches:
+        filters = {name: frozenset({value}) for name, value in touch.watch.filter}
+        request = SummaryRequest(
+            meter.aggregation_type, meter.unique_by, touch.start, touch.end, filters=filters
+        )
+        inside = [cell for cell in cells if touch.start <= cell[1] < touch.end]
+        result = summarize_cells(request, inside, None, deadline.check)
+        values.append(int(result.value or 0))
+    return values
+
+
 def _values(meter: Meter, touches: list[Any]) -> list[int]:
-    """Each touch's summary value: the per-user ones together (`_grouped_values`), when
-    there are enough of them, the others one summary each."""
+    """Each touch's summary value: the per-user ones together (`_grouped_values`) and the
+    org-wide ones together (`_org_values`), when there are enough of them, the others
+    one summary each."""
     values: dict[int, int] = {}
     per_user = [index for index, touch in enumerate(touches) if touch.subject is not None]
     if len(per_user) >= GROUPED_AT_LEAST:
         grouped = _grouped_values(meter, [touches[index] for index in per_user])
         if grouped is not None:
             values = dict(zip(per_user, grouped))
+    org = [index for index, touch in enumerate(touches) if touch.subject is None]
+    if len(org) >= GROUPED_AT_LEAST:
+        together = _org_values(meter, [touches[index] for index in org])
+        if together is not None:
+            values.update(zip(org, together))
     return [
         values[index] if index in values else _summary_value(meter, touch)
         for index, touch in enumerate(touches)

@@ -13,7 +13,7 @@ from app.models import AlertLease, root_key, utcnow
 from app.services import periodic
 from app.services.alerts import evaluate
 from app.services.alerts import rules as rule_service
-from tests.support.alerts import create_rule
+from tests.support.alerts import create_rule, triggers
 
 
 def _leases(ndb_client, org) -> list[str]:
@@ -84,6 +84,54 @@ def test_a_lease_another_thread_is_using_is_not_let_go(app, ndb_client, org, api
     with app.app_context(), ndb_client.context(namespace=org["namespace"]):
         assert evaluate.evaluate_org(100) == 0  # free now: let go
     assert _leases(ndb_client, org) == []
+
+
+def test_a_round_of_a_held_meter_reads_its_pending_feeds_once_renewal_included(
+    app, ndb_client, org, api, monkeypatch
+):
+    """Session 13: while this process holds a meter's lease, a round skips the org-wide
+    check and reads the meter's first chunk as its check, renewing the lease when due;
+    before, a renewal round read a pending key, renewed, then read the chunk."""
+    meter = api.create_meter()
+    rule = create_rule(api, meter, thresholds=[3])
+    event = {"meterId": meter["id"], "userId": "a", "value": 2}
+    api.record(event)
+    calls: list[str] = []
+    real_org, real_pending, real_renew = evaluate._org_pending, evaluate._pending, evaluate._renew
+
+    def org_pending():
+        calls.append("org")
+        return real_org()
+
+    def pending(meter_id, limit, keys_only=False):
+        calls.append("keys" if keys_only else "feeds")
+        return real_pending(meter_id, limit, keys_only)
+
+    def renew(meter_id):
+        calls.append("renew")
+        real_renew(meter_id)
+
+    monkeypatch.setattr(evaluate, "_org_pending", org_pending)
+    monkeypatch.setattr(evaluate, "_pending", pending)
+    monkeypatch.setattr(evaluate, "_renew", renew)
+    with app.app_context(), ndb_client.context(namespace=org["namespace"]):
+        assert evaluate.evaluate_org(100, pace=1.0) == 1  # takes the lease
+        assert calls == ["org", "keys", "feeds"]
+        calls.clear()
+        api.record(event)
+        evaluate._rounds.set(None)  # not paced: the next round comes at once
+        assert evaluate.evaluate_org(100, pace=1.0) == 1
+        assert calls == ["feeds"]  # the check is the chunk's read; no lease write
+        calls.clear()
+        api.record(event)
+        evaluate._rounds.set(None)
+        held = evaluate._held_of(meter["id"])
+        held.until = time.monotonic() + evaluate.RENEW_BEFORE_SECONDS / 2  # due for renewal
+        assert evaluate.evaluate_org(100, pace=1.0) == 1
+        assert calls == ["feeds", "renew"]
+        assert held.until > time.monotonic() + evaluate.RENEW_BEFORE_SECONDS
+    assert _leases(ndb_client, org) == [meter["id"]]
+    assert len(triggers(api, rule)) == 1  # 2, 4, 6: the threshold 3 crossed once
 
 
 class _Clock:

@@ -189,11 +189,14 @@ def evaluate_org(
     until = None if seconds is None else began + seconds
     if _others_evaluate_it() or _paced(pace, began):
         return 0
-    if not _org_pending():  # the idle loops' usual answer, in one keys-only RPC
+    # The idle loops' usual answer, in one keys-only RPC. A process that holds a lease of
+    # the org skips it: each meter's check reads its pending feeds anyway (session 13).
+    if not _leases_until.after(began) and not _org_pending():
         _let_go_idle()
         return 0
     all_rules = rule_service.current_rules()
     if not all_rules:
+        _let_go_idle()
         return 0
     by_meter: dict[str, list[AlertRule]] = {}
     for rule in all_rules:
@@ -270,6 +273,36 @@ class _Held:
     crossings_per_feed: float = 0.0
 
 
+class _PerOrg:
+    """A moment (monotonic) per org (namespace) of this process, forgotten all at once
+    past 10,000 orgs: what the evaluator remembers between rounds, without a round trip."""
+
+    def __init__(self) -> None:
+        self._moments: dict[str, float] = {}
+
+    def get(self) -> float | None:
+        return self._moments.get(ndb.get_context().get_namespace() or "")
+
+    def set(self, moment: float | None) -> None:
+        """Remember `moment` for the current org (None: forget it)."""
+        namespace = ndb.get_context().get_namespace() or ""
+        with _held_lock:
+            if moment is None:
+                self._moments.pop(namespace, None)
+                return
+            if len(self._moments) > 10_000:
+                self._moments.clear()
+            self._moments[namespace] = moment
+
+    def after(self, now: float) -> bool:
+        """Whether the current org's moment is later than `now`."""
+        moment = self.get()
+        return moment is not None and moment > now
+
+
+#: namespace -> until when (monotonic) this process holds a lease of one of the org's
+#: meters, at most (a lease let go early leaves it later than it is: harmless)
+_leases_until = _PerOrg()
 _held: dict[tuple[str, str], _Held] = {}
 _held_lock = threading.Lock()
 _holder: tuple[int, str] | None = None
@@ -319,28 +352,36 @@ def _acquire(meter_id: str) -> Any:
 
 
 def _lease_for_round(meter_id: str, held: _Held) -> bool:
+    """Whether this process holds the meter's lease for a round with feeds to apply.
+    While it holds the lease, the check for pending feeds reads the first chunk, and the
+    lease is renewed when due; before (session 13), a renewal round read a pending key,
+    renewed, then read the chunk, and a held meter found idle was asked twice."""
     now = time.monotonic()
-    if held.until <= now and held.others_until > now:
-        return False
-    if held.until - now > RENEW_BEFORE_SECONDS:  # held: the check reads the first chunk
-        held.prefetched = _pending(meter_id, CHUNK_FEEDS)
-        if held.prefetched:
-            return True
-        held.prefetched = None
-    if not _pending(meter_id, 1, keys_only=True):
-        if held.until > now and now - held.last_applied >= IDLE_RELEASE_SECONDS:
-            held.until = 0.0
-            _let_go(meter_id)
-        return False  # nothing to do: no lease written (the loop visits idle orgs every second)
-    if held.until - now > RENEW_BEFORE_SECONDS:
-        return True
     if held.until > now:
-        _renew(meter_id)
-    elif not _take(meter_id):
+        held.prefetched = _pending(meter_id, CHUNK_FEEDS) or None
+        if held.prefetched is None:
+            if now - held.last_applied >= IDLE_RELEASE_SECONDS:
+                held.until = 0.0
+                _let_go(meter_id)
+            return False  # nothing to do (the loop visits idle orgs every second)
+        if held.until - now <= RENEW_BEFORE_SECONDS:
+            _renew(meter_id)
+            _hold_until(held, now + LEASE_SECONDS - 1.0)  # a second short: the clocks differ
+        return True
+    if held.others_until > now or not _pending(meter_id, 1, keys_only=True):
+        return False  # another process holds it, or nothing to do: no lease written
+    if not _take(meter_id):
         held.until, held.others_until = 0.0, now + OTHER_HOLDER_RECHECK_SECONDS
         return False
-    held.until = now + LEASE_SECONDS - 1.0  # a second short: the clocks differ
+    _hold_until(held, now + LEASE_SECONDS - 1.0)
     return True
+
+
+def _hold_until(held: _Held, until: float) -> None:
+    held.until = until
+    known = _leases_until.get()
+    if known is None or known < until:
+        _leases_until.set(until)
 
 
 def _take(meter_id: str) -> bool:
@@ -440,7 +481,7 @@ def _let_go_idle() -> None:
 
 #: namespace -> until when (monotonic) other processes hold the lease of every meter of
 #: the org this process last looked at (`_note_other_holders`)
-_others_hold: dict[str, float] = {}
+_others_hold = _PerOrg()
 
 
 def _note_other_holders(meter_ids: list[str]) -> None:
@@ -452,20 +493,15 @@ def _note_other_holders(meter_ids: list[str]) -> None:
     its holder's loop, or by this one's first wake after that time."""
     now = time.monotonic()
     helds = [_held_of(meter_id) for meter_id in meter_ids]
-    namespace = ndb.get_context().get_namespace() or ""
-    with _held_lock:
-        if helds and all(held.until <= now < held.others_until for held in helds):
-            if len(_others_hold) > 10_000:
-                _others_hold.clear()
-            _others_hold[namespace] = min(held.others_until for held in helds)
-        else:
-            _others_hold.pop(namespace, None)
+    if helds and all(held.until <= now < held.others_until for held in helds):
+        _others_hold.set(min(held.others_until for held in helds))
+    else:
+        _others_hold.set(None)
 
 
 def _others_evaluate_it() -> bool:
     """Whether other processes hold every meter of the current org (`_note_other_holders`)."""
-    until = _others_hold.get(ndb.get_context().get_namespace() or "")
-    return until is not None and until > time.monotonic()
+    return _others_hold.after(time.monotonic())
 
 
 # -- issue 14, session 12: paced rounds ----------------------------------------------
@@ -482,22 +518,16 @@ def _others_evaluate_it() -> bool:
 
 #: namespace -> when (monotonic) this process's last round of the org that applied feeds
 #: and caught up with them began
-_rounds: dict[str, float] = {}
+_rounds = _PerOrg()
 
 
 def _paced(pace: float, now: float) -> bool:
     """Whether the current org's last caught-up round began less than `pace` s before."""
-    if pace <= 0:
-        return False
-    began = _rounds.get(ndb.get_context().get_namespace() or "")
-    return began is not None and now - began < pace
+    return pace > 0 and _rounds.after(now - pace)
 
 
 def _note_round(began: float) -> None:
-    with _held_lock:
-        if len(_rounds) > 10_000:
-            _rounds.clear()
-        _rounds[ndb.get_context().get_namespace() or ""] = began
+    _rounds.set(began)
 
 
 def _note_applied(meter_id: str) -> None:

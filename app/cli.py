@@ -36,6 +36,8 @@ from app.emulator import Emulator, EmulatorError, answers
 DEFAULT_DATA_DIR = ".metering-data"
 DEMO_ORG = "demo"
 ADDRESS_FILE = "emulator-host"
+#: Who started the embedded emulator: `serve`'s pid, the emulator's process group, its kind
+OWNER_FILE = "emulator-owner.json"
 DATASTORE_VARS = (
     "DATASTORE_EMULATOR_HOST",
     "METERING_PROJECT",
@@ -1010,31 +1012,81 @@ def _embedded_emulator(data_dir: Path, kind: str = "legacy"):
 
     Gunicorn workers are forks of this process and unwind through here when they
     exit; only the process that started the emulator removes its address file.
+
+    The emulator runs in its own session, so a `serve` killed with SIGKILL (master and
+    workers) leaves it running, with every entity (the legacy one writes its data to
+    disk only as it exits). The next `serve` on the folder adopts it (`_orphan`):
+    before (issue 14, session 13) it refused to start, "another `metering serve` is
+    using" the folder, until someone found and killed the Java process.
     """
-    if _recorded_host(data_dir):
+    emulator = _orphan(data_dir, kind)
+    if emulator is None and _recorded_host(data_dir):
         raise click.ClickException(f"another `metering serve` is using {data_dir}")
     data_dir.mkdir(parents=True, exist_ok=True)
-    emulator = Emulator(
-        kind,
-        data_dir=data_dir / "datastore" if kind == "legacy" else None,
-        log_path=str(data_dir / "emulator.log"),
-    )
     owner = os.getpid()
+    adopted = emulator is not None
+    if emulator is None:
+        emulator = Emulator(
+            kind,
+            data_dir=data_dir / "datastore" if kind == "legacy" else None,
+            log_path=str(data_dir / "emulator.log"),
+        )
     try:
-        _start(emulator)
+        if not adopted:
+            _start(emulator)
         os.environ["DATASTORE_EMULATOR_HOST"] = emulator.host
+        (data_dir / OWNER_FILE).write_text(
+            json.dumps({"serve": owner, "group": emulator.group, "kind": kind})
+        )
         (data_dir / ADDRESS_FILE).write_text(emulator.host)
         where = (
             f"data in {data_dir / 'datastore'}"
             if kind == "legacy"
             else "Firestore in Datastore mode, data in memory only"
         )
-        click.echo(f"Started Google's Datastore emulator at {emulator.host} ({where})", err=True)
+        started = "Adopted" if adopted else "Started"
+        click.echo(f"{started} Google's Datastore emulator at {emulator.host} ({where})", err=True)
         yield emulator
     finally:
         if os.getpid() == owner:
             (data_dir / ADDRESS_FILE).unlink(missing_ok=True)
+            (data_dir / OWNER_FILE).unlink(missing_ok=True)
             emulator.stop()
+
+
+def _orphan(data_dir: Path, kind: str) -> Emulator | None:
+    """The emulator a killed `serve` left running in data_dir, now ours; None if there is
+    none, or its `serve` still runs. One of another kind is stopped (then a new one is
+    started)."""
+    host = _recorded_host(data_dir)
+    try:
+        owner = json.loads((data_dir / OWNER_FILE).read_text())
+        serve, group, of_kind = int(owner["serve"]), int(owner["group"]), str(owner["kind"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # none recorded, or by a `serve` older than this file
+    if host is None or _running(serve):
+        return None
+    orphan = Emulator.adopt(of_kind, host, group)
+    if of_kind == kind:
+        return orphan
+    orphan.stop()
+    (data_dir / ADDRESS_FILE).unlink(missing_ok=True)
+    return None
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        pass  # gone, or no /proc here
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _start(emulator: Emulator) -> None:

@@ -94,6 +94,35 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+def _group_running(pgid: int) -> bool:
+    """Whether a process of the group runs (zombies left out: an adopted emulator's
+    processes are not our children, and whoever reaps them may take its time)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return _group_alive(pgid)
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            return True
+    return False
+
+
+def _end_adopted_group(pgid: int, timeout: float) -> None:
+    """`_end_group` for a group that is not our child (`Emulator.adopt`)."""
+    _signal_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _group_running(pgid):
+        if time.monotonic() >= deadline:
+            _signal_group(pgid, signal.SIGKILL)
+            return
+        time.sleep(0.05)
+
+
 def _signal_group(pgid: int, sig: int) -> None:
     try:
         os.killpg(pgid, sig)
@@ -144,6 +173,22 @@ class Emulator:
         self.process: subprocess.Popen | None = None
         self._scratch: tempfile.TemporaryDirectory | None = None
         self._owner: int | None = None
+        self._adopted: int | None = None  # the process group of an adopted emulator
+
+    @classmethod
+    def adopt(cls, kind: str, host: str, group: int) -> Emulator:
+        """An emulator already running at host (port included) as process group `group`,
+        started by a process that is gone (`metering serve` killed with SIGKILL): this
+        process owns it from now on, and `stop` ends it."""
+        name, port = host.rsplit(":", 1)
+        emulator = cls(kind, host=name, port=int(port))
+        emulator._adopted, emulator._owner = group, os.getpid()
+        return emulator
+
+    @property
+    def group(self) -> int | None:
+        """The emulator's process group (its own session), while it runs."""
+        return self.process.pid if self.process is not None else self._adopted
 
     @property
     def host(self) -> str:
@@ -242,7 +287,9 @@ class Emulator:
         """
         if self.process is not None and self._owner == os.getpid():
             _end_group(self.process, timeout)
-        self.process = None
+        if self._adopted is not None and self._owner == os.getpid():
+            _end_adopted_group(self._adopted, timeout)
+        self.process = self._adopted = None
         if self._scratch is not None and self._owner == os.getpid():
             self._scratch.cleanup()
         self._scratch = None

@@ -151,6 +151,45 @@ def test_serve_can_embed_the_firestore_mode_emulator_instead(procs, tmp_path):
         socket.create_connection((host, int(port)), timeout=2).close()
 
 
+def _emulators(data_dir: Path) -> list[int]:
+    """The emulator's processes: those that name its folder, `serve` left out."""
+    return sorted(
+        pid
+        for pid in mentioning(str(data_dir))
+        if b"metering" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    )
+
+
+def test_serve_killed_with_sigkill_adopts_its_emulator_when_started_again(procs, tmp_path):
+    """A `serve` killed with SIGKILL (master and workers) leaves its emulator running in
+    its own session, with every entity in memory. Started again on the folder, serve
+    adopts it, keeping the data; stopped, it stops the emulator, which writes its data
+    to disk, and the next start finds it there."""
+    data_dir, env = tmp_path / "data", cli_env()
+    first, url = _serve(procs, data_dir, env, "first")
+    curl = curl_example(first.stdout())
+    created = send_curl(curl)
+    assert created.status_code == 201, created.text
+    first.signal_group(signal.SIGKILL)
+    first.wait(30)
+    emulators = _emulators(data_dir)
+    assert emulators  # left running (the legacy emulator's command line names its folder)
+
+    second, url = _serve(procs, data_dir, env, "second")
+    assert "Adopted Google's Datastore emulator" in second.stderr()
+    assert _emulators(data_dir) == emulators  # the same one, no other
+    demo = Api(url, _bearer(curl))
+    meters = demo.get("/v1/billing/meters")
+    assert [m["id"] for m in meters.json()["meters"]] == [created.json()["id"]]
+    _stop(second, signal.SIGTERM, data_dir)  # the emulator stopped with it, data saved
+
+    third, url = _serve(procs, data_dir, env, "third")
+    assert "Started Google's Datastore emulator" in third.stderr()
+    meters = Api(url, _bearer(curl)).get("/v1/billing/meters")
+    assert [m["id"] for m in meters.json()["meters"]] == [created.json()["id"]]
+    _stop(third, signal.SIGTERM, data_dir)
+
+
 def test_serve_says_what_to_install_when_the_emulator_is_missing(tmp_path):
     empty_sdk = tmp_path / "sdk"
     empty_sdk.mkdir()

@@ -956,13 +956,13 @@ def _demo_org_command(url: str, data_dir: Path | None) -> list[str]:
 @click.option(
     "--emulator",
     "emulator_kind",
-    type=click.Choice(["legacy", "firestore"]),
-    default="legacy",
-    show_default=True,
-    help="Which of Google's emulators to embed: legacy keeps its data in "
-    "--data-dir; firestore (Datastore mode, like today's Cloud Datastore: "
-    "server-side transforms, so ingestion takes its fast path) keeps it in "
-    "memory only.",
+    type=click.Choice(["firestore", "legacy"]),
+    default=None,
+    help="Which of Google's emulators to embed: firestore (Datastore mode, like "
+    "today's Cloud Datastore: per-entity locks and server-side transforms; the "
+    "default) or legacy (its locks are per org, so concurrent clients contend). Both "
+    "keep their data in --data-dir across restarts. Default: firestore, or legacy for "
+    "a --data-dir that holds only legacy data.",
 )
 def serve(host, port, data_dir, workers, threads, emulator_kind):
     """Run the HTTP service (with its own emulator when no Datastore is configured)."""
@@ -972,7 +972,9 @@ def serve(host, port, data_dir, workers, threads, emulator_kind):
     with contextlib.ExitStack() as stack:
         embedded = not _datastore_configured()
         if embedded:
-            stack.enter_context(_embedded_emulator(data_dir.resolve(), emulator_kind))
+            data_dir = data_dir.resolve()
+            kind = emulator_kind or _default_kind(data_dir)
+            stack.enter_context(_embedded_emulator(data_dir, kind))
         url = _base_url(host, port)
         _check_emulator_answers()  # one line, before gunicorn says anything
         demo = _DemoOrg(url, data_dir if embedded else None)
@@ -1005,8 +1007,23 @@ def _base_url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+def _default_kind(data_dir: Path) -> str:
+    """Firestore mode (issue 14, session 13: the legacy emulator's per-org locks made
+    alerts miss their latency bars there, `benchmarks/alerts_exact.py --emulator legacy`),
+    except for a folder that holds only a legacy emulator's data, which would otherwise
+    look empty."""
+    legacy = (_emulator_dir(data_dir, "legacy") / "WEB-INF").is_dir()
+    saved = Emulator("firestore", data_dir=_emulator_dir(data_dir, "firestore")).last_export()
+    return "legacy" if legacy and saved is None else "firestore"
+
+
+def _emulator_dir(data_dir: Path, kind: str) -> Path:
+    """Where the embedded emulator of that kind keeps its data."""
+    return data_dir / ("datastore" if kind == "legacy" else "firestore")
+
+
 @contextlib.contextmanager
-def _embedded_emulator(data_dir: Path, kind: str = "legacy"):
+def _embedded_emulator(data_dir: Path, kind: str = "firestore"):
     """Google's emulator of that kind, for as long as `serve` runs: the legacy one keeps
     its data in data_dir; both leave their address there for the other commands.
 
@@ -1028,7 +1045,8 @@ def _embedded_emulator(data_dir: Path, kind: str = "legacy"):
     if emulator is None:
         emulator = Emulator(
             kind,
-            data_dir=data_dir / "datastore" if kind == "legacy" else None,
+            data_dir=_emulator_dir(data_dir, kind),
+            export_project=Config.from_env().project,
             log_path=str(data_dir / "emulator.log"),
         )
     try:
@@ -1040,9 +1058,9 @@ def _embedded_emulator(data_dir: Path, kind: str = "legacy"):
         )
         (data_dir / ADDRESS_FILE).write_text(emulator.host)
         where = (
-            f"data in {data_dir / 'datastore'}"
+            f"data in {_emulator_dir(data_dir, kind)}"
             if kind == "legacy"
-            else "Firestore in Datastore mode, data in memory only"
+            else f"Firestore in Datastore mode, data saved in {_emulator_dir(data_dir, kind)}"
         )
         started = "Adopted" if adopted else "Started"
         click.echo(f"{started} Google's Datastore emulator at {emulator.host} ({where})", err=True)
@@ -1066,7 +1084,7 @@ def _orphan(data_dir: Path, kind: str) -> Emulator | None:
         return None  # none recorded, or by a `serve` older than this file
     if host is None or _running(serve):
         return None
-    orphan = Emulator.adopt(of_kind, host, group)
+    orphan = Emulator.adopt(of_kind, host, group, _emulator_dir(data_dir, of_kind))
     if of_kind == kind:
         return orphan
     orphan.stop()

@@ -15,6 +15,8 @@ that the process we stop is the emulator itself.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import shutil
 import signal
@@ -34,6 +36,9 @@ INSTALL_HINT = (
     "cloud-firestore-emulator)"
 )
 KINDS = ("firestore", "legacy")
+log = logging.getLogger(__name__)
+#: How the Firestore-mode emulator names an export's folder (then a Unix time).
+EXPORT_PREFIX = "datastore_export_"
 
 
 class EmulatorError(RuntimeError):
@@ -159,11 +164,15 @@ class Emulator:
         host: str = "127.0.0.1",
         port: int | None = None,
         data_dir: str | os.PathLike | None = None,
+        export_project: str = "metering-local",
         index_file: str | os.PathLike | None = None,
         log_path: str | None = None,
     ):
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}")
+        #: With data_dir, the Firestore-mode emulator (memory only) starts from the last
+        #: export there and exports into it as it is stopped: `export_project`'s data.
+        self.export_project = export_project
         self.kind = kind
         self.host_name = host
         self.port = port or free_port(host)
@@ -176,12 +185,15 @@ class Emulator:
         self._adopted: int | None = None  # the process group of an adopted emulator
 
     @classmethod
-    def adopt(cls, kind: str, host: str, group: int) -> Emulator:
+    def adopt(
+        cls, kind: str, host: str, group: int, data_dir: str | os.PathLike | None = None
+    ) -> Emulator:
         """An emulator already running at host (port included) as process group `group`,
         started by a process that is gone (`metering serve` killed with SIGKILL): this
-        process owns it from now on, and `stop` ends it."""
+        process owns it from now on, and `stop` ends it (and exports its data into
+        data_dir, for the Firestore-mode one)."""
         name, port = host.rsplit(":", 1)
-        emulator = cls(kind, host=name, port=int(port))
+        emulator = cls(kind, host=name, port=int(port), data_dir=data_dir)
         emulator._adopted, emulator._owner = group, os.getpid()
         return emulator
 
@@ -199,7 +211,9 @@ class Emulator:
         binary = str(launcher(self.kind))
         address = [f"--host={self.host_name}", f"--port={self.port}"]
         if self.kind == "firestore":
-            return [binary, "start", *address, "--database-mode=datastore-mode"]
+            command = [binary, "start", *address, "--database-mode=datastore-mode"]
+            saved = self.last_export()
+            return command if saved is None else [*command, f"--import-data={saved}"]
         project_dir = self.data_dir
         if project_dir is None:
             self._scratch = tempfile.TemporaryDirectory(prefix="metering-emulator-")
@@ -285,6 +299,11 @@ class Emulator:
         restart must not start before that ends. A forked child (a gunicorn worker
         unwinding through `metering serve`) does not own the emulator and leaves it.
         """
+        if self._owner == os.getpid() and (self.process or self._adopted):
+            try:
+                self._export()
+            except (OSError, EmulatorError) as error:  # URLError is an OSError
+                log.warning("could not save the emulator's data in %s: %s", self.data_dir, error)
         if self.process is not None and self._owner == os.getpid():
             _end_group(self.process, timeout)
         if self._adopted is not None and self._owner == os.getpid():
@@ -293,6 +312,43 @@ class Emulator:
         if self._scratch is not None and self._owner == os.getpid():
             self._scratch.cleanup()
         self._scratch = None
+
+    # -- the Firestore-mode emulator's data across restarts (session 13) -------------
+    # It keeps entities in memory only. With a data_dir, `stop` asks it for an export
+    # (its own HTTP endpoint, as the Firebase tools use it) before ending it, and the next
+    # start imports the newest export: `metering serve` keeps its data across restarts
+    # on this emulator too, as it does on the legacy one (which writes its own files).
+
+    def last_export(self) -> Path | None:
+        """The newest export's metadata file in data_dir (Firestore mode), if any."""
+        if self.kind != "firestore" or self.data_dir is None or not self.data_dir.is_dir():
+            return None
+        found = sorted(self.data_dir.glob(f"{EXPORT_PREFIX}*/*.overall_export_metadata"))
+        return found[-1] if found else None
+
+    def _export(self, timeout: float = 120.0) -> None:
+        """Export the Firestore-mode emulator's data into data_dir (then drop older
+        exports); nothing for the legacy one, or without a data_dir."""
+        if self.kind != "firestore" or self.data_dir is None or not self.is_ready():
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        before = set(self.data_dir.glob(f"{EXPORT_PREFIX}*"))
+        project = self.export_project
+        body = json.dumps(
+            {"database": f"projects/{project}/databases/", "export_directory": str(self.data_dir)}
+        ).encode()
+        request = urllib.request.Request(
+            f"http://{self.host}/emulator/v1/projects/{project}:export",
+            data=body,
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            answer.read()
+        if self.last_export() is None:
+            raise EmulatorError(f"the emulator wrote no export into {self.data_dir}")
+        for old in before - {self.last_export().parent}:  # type: ignore[union-attr]
+            shutil.rmtree(old, ignore_errors=True)
 
     def __enter__(self) -> Emulator:
         return self.start()

@@ -1,6 +1,7 @@
 """Alerts end to end: exactly the crossings, each once, signed, within the latency bars.
 
-One run of `python benchmarks/alerts_exact.py` starts Google's Firestore-mode emulator, a
+One run of `python benchmarks/alerts_exact.py` starts Google's Firestore-mode emulator
+(`--emulator legacy`: the legacy one, which `metering serve` embeds by default), a
 webhook receiver on loopback, and `metering serve` (2 workers x 8 threads, its background
 delivery loop on) exactly as a tenant would run it. Then:
 
@@ -289,6 +290,13 @@ def parse_args(argv=None):
     parser.add_argument("--wait", type=float, default=120.0, help="seconds to wait for messages")
     parser.add_argument("--seed", type=int, default=14)
     parser.add_argument(
+        "--emulator",
+        choices=["firestore", "legacy"],
+        default="firestore",
+        help="which of Google's emulators the service runs against (legacy: what "
+        "`metering serve` embeds by default)",
+    )
+    parser.add_argument(
         "--rules-age",
         type=float,
         default=0.0,
@@ -332,7 +340,7 @@ def received_crossings(receiver: Receiver) -> dict[Crossing, list[Delivery]]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     workdir = common.scratch_dir()
-    emulator = common.start_emulator("firestore", workdir)
+    emulator = common.start_emulator(args.emulator, workdir)
     extra = {"METERING_BACKGROUND_DELIVERY_SECONDS": "1"}
     service = common.Service(emulator.host, 2, 8, workdir, extra_env=extra)
     receiver = Receiver(fail_rate=args.fail_rate, hangs=args.hangs)

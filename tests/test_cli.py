@@ -106,14 +106,15 @@ def test_serve_runs_its_own_emulator_and_keeps_data_across_restarts(procs, tmp_p
     _assert_one_line_error(gone, "no Datastore configured")
 
 
-def test_serve_can_embed_the_firestore_mode_emulator_instead(procs, tmp_path):
-    """`--emulator firestore`: like today's Cloud Datastore (so the fast ingest path),
-    memory only, stopped with the service."""
+def test_serve_embeds_the_firestore_mode_emulator_by_default(procs, tmp_path):
+    """The default: like today's Cloud Datastore (so the fast ingest path), its data
+    exported into the folder as it stops (kept across restarts: the test above), stopped
+    with the service."""
     import socket
 
     data_dir, env = tmp_path / "data", cli_env()
-    child, url = _serve(procs, data_dir, env, "firestore", "--emulator", "firestore")
-    assert "Firestore in Datastore mode, data in memory only" in child.stderr()
+    child, url = _serve(procs, data_dir, env, "firestore")
+    assert "Firestore in Datastore mode, data saved in" in child.stderr()
     emulator_host = (data_dir / "emulator-host").read_text()
     demo = Api(url, _bearer(curl_example(child.stdout())))
     meter = demo.create_meter()
@@ -151,39 +152,65 @@ def test_serve_can_embed_the_firestore_mode_emulator_instead(procs, tmp_path):
         socket.create_connection((host, int(port)), timeout=2).close()
 
 
-def _emulators(data_dir: Path) -> list[int]:
-    """The emulator's processes: those that name its folder, `serve` left out."""
-    return sorted(
-        pid
-        for pid in mentioning(str(data_dir))
-        if b"metering" not in Path(f"/proc/{pid}/cmdline").read_bytes()
-    )
-
-
-def test_serve_killed_with_sigkill_adopts_its_emulator_when_started_again(procs, tmp_path):
-    """A `serve` killed with SIGKILL (master and workers) leaves its emulator running in
-    its own session, with every entity in memory. Started again on the folder, serve
-    adopts it, keeping the data; stopped, it stops the emulator, which writes its data
-    to disk, and the next start finds it there."""
+def test_serve_can_embed_the_legacy_emulator_and_keeps_using_it_for_its_folder(procs, tmp_path):
+    """`--emulator legacy` keeps its data in the folder's `datastore`; a later `serve`
+    without the option finds only legacy data there and embeds the legacy one again."""
     data_dir, env = tmp_path / "data", cli_env()
-    first, url = _serve(procs, data_dir, env, "first")
+    first, url = _serve(procs, data_dir, env, "first", "--emulator", "legacy")
+    assert f"data in {data_dir / 'datastore'}" in first.stderr()
     curl = curl_example(first.stdout())
     created = send_curl(curl)
     assert created.status_code == 201, created.text
-    first.signal_group(signal.SIGKILL)
-    first.wait(30)
-    emulators = _emulators(data_dir)
-    assert emulators  # left running (the legacy emulator's command line names its folder)
+    _stop(first, signal.SIGTERM, data_dir)
 
     second, url = _serve(procs, data_dir, env, "second")
+    assert f"data in {data_dir / 'datastore'}" in second.stderr()
+    meters = Api(url, _bearer(curl)).get("/v1/billing/meters")
+    assert [m["id"] for m in meters.json()["meters"]] == [created.json()["id"]]
+    _stop(second, signal.SIGTERM, data_dir)
+
+
+def _in_group(group: int) -> list[int]:
+    """The live processes (not zombies) of a process group."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == group:
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+@pytest.mark.parametrize("kind", ["firestore", "legacy"])
+def test_serve_killed_with_sigkill_adopts_its_emulator_when_started_again(procs, tmp_path, kind):
+    """A `serve` killed with SIGKILL (master and workers) leaves its emulator running in
+    its own session, with every entity in memory. Started again on the folder, serve
+    adopts it, keeping the data; stopped, it stops the emulator, whose data is saved in
+    the folder (the legacy one writes it, the Firestore-mode one is asked for an
+    export), and the next start finds it there."""
+    data_dir, env = tmp_path / "data", cli_env()
+    first, url = _serve(procs, data_dir, env, "first", "--emulator", kind)
+    curl = curl_example(first.stdout())
+    created = send_curl(curl)
+    assert created.status_code == 201, created.text
+    group = json.loads((data_dir / "emulator-owner.json").read_text())["group"]
+    first.signal_group(signal.SIGKILL)
+    first.wait(30)
+    emulators = _in_group(group)
+    assert emulators  # left running, in its own session
+
+    second, url = _serve(procs, data_dir, env, "second", "--emulator", kind)
     assert "Adopted Google's Datastore emulator" in second.stderr()
-    assert _emulators(data_dir) == emulators  # the same one, no other
+    assert _in_group(group) == emulators  # the same one
     demo = Api(url, _bearer(curl))
     meters = demo.get("/v1/billing/meters")
     assert [m["id"] for m in meters.json()["meters"]] == [created.json()["id"]]
     _stop(second, signal.SIGTERM, data_dir)  # the emulator stopped with it, data saved
+    assert _in_group(group) == []
 
-    third, url = _serve(procs, data_dir, env, "third")
+    third, url = _serve(procs, data_dir, env, "third", "--emulator", kind)
     assert "Started Google's Datastore emulator" in third.stderr()
     meters = Api(url, _bearer(curl)).get("/v1/billing/meters")
     assert [m["id"] for m in meters.json()["meters"]] == [created.json()["id"]]

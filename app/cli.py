@@ -1084,7 +1084,8 @@ def _orphan(data_dir: Path, kind: str) -> Emulator | None:
         return None  # none recorded, or by a `serve` older than this file
     if host is None or _running(serve):
         return None
-    orphan = Emulator.adopt(of_kind, host, group, _emulator_dir(data_dir, of_kind))
+    project = Config.from_env().project
+    orphan = Emulator.adopt(of_kind, host, group, _emulator_dir(data_dir, of_kind), project)
     if of_kind == kind:
         return orphan
     orphan.stop()

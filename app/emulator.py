@@ -186,14 +186,21 @@ class Emulator:
 
     @classmethod
     def adopt(
-        cls, kind: str, host: str, group: int, data_dir: str | os.PathLike | None = None
+        cls,
+        kind: str,
+        host: str,
+        group: int,
+        data_dir: str | os.PathLike | None = None,
+        export_project: str = "metering-local",
     ) -> Emulator:
         """An emulator already running at host (port included) as process group `group`,
         started by a process that is gone (`metering serve` killed with SIGKILL): this
         process owns it from now on, and `stop` ends it (and exports its data into
         data_dir, for the Firestore-mode one)."""
         name, port = host.rsplit(":", 1)
-        emulator = cls(kind, host=name, port=int(port), data_dir=data_dir)
+        emulator = cls(
+            kind, host=name, port=int(port), data_dir=data_dir, export_project=export_project
+        )
         emulator._adopted, emulator._owner = group, os.getpid()
         return emulator
 

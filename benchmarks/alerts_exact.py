@@ -290,6 +290,12 @@ def parse_args(argv=None):
     parser.add_argument("--wait", type=float, default=120.0, help="seconds to wait for messages")
     parser.add_argument("--seed", type=int, default=14)
     parser.add_argument(
+        "--embedded",
+        action="store_true",
+        help="let `metering serve --data-dir` start its own emulator, as `make run` does "
+        "(with --restart, the killed service's emulator is adopted by the next one)",
+    )
+    parser.add_argument(
         "--emulator",
         choices=["firestore", "legacy"],
         default="firestore",
@@ -340,9 +346,15 @@ def received_crossings(receiver: Receiver) -> dict[Crossing, list[Delivery]]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     workdir = common.scratch_dir()
-    emulator = common.start_emulator(args.emulator, workdir)
     extra = {"METERING_BACKGROUND_DELIVERY_SECONDS": "1"}
-    service = common.Service(emulator.host, 2, 8, workdir, extra_env=extra)
+    if args.embedded:  # `metering serve --data-dir`, as `make run`: the emulator its own
+        emulator, data_dir = None, workdir / "data"
+    else:
+        emulator, data_dir = common.start_emulator(args.emulator, workdir), None
+    host = emulator.host if emulator is not None else None
+    service = common.Service(
+        host, 2, 8, workdir, extra_env=extra, data_dir=data_dir, embedded_kind=args.emulator
+    )
     receiver = Receiver(fail_rate=args.fail_rate, hangs=args.hangs)
     try:
         service.start()  # inside: a service that never got ready still stops the emulator
@@ -355,10 +367,8 @@ def main(argv=None) -> int:
         time.sleep(args.rules_age)
         target = Target(service.url, service.api_key)
         plans = make_batches(args, users, datetime.now(UTC))
-        service_cpu, emulator_cpu = (
-            common.TreeCpu(service.process.pid),
-            common.TreeCpu(emulator.process.pid),
-        )
+        service_cpu = common.TreeCpu(service.process.pid)  # embedded: the emulator too
+        emulator_cpu = common.TreeCpu(emulator.process.pid) if emulator else service_cpu
         cpu_before = service_cpu.snapshot(), emulator_cpu.snapshot()
         started = time.monotonic()
         threads = [
@@ -368,7 +378,7 @@ def main(argv=None) -> int:
         for thread in threads:
             thread.start()
         if args.restart:
-            service = restart_halfway(service, emulator.host, workdir, extra, target, brute, args)
+            service = restart_halfway(service, host, workdir, extra, target, brute, args)
         for thread in threads:
             thread.join()
         recorded_seconds = time.monotonic() - started
@@ -386,7 +396,8 @@ def main(argv=None) -> int:
         return verdict
     finally:
         service.stop()
-        emulator.stop()
+        if emulator is not None:
+            emulator.stop()
 
 
 def restart_halfway(service, emulator_host, workdir, extra, target, brute, args):
@@ -398,7 +409,15 @@ def restart_halfway(service, emulator_host, workdir, extra, target, brute, args)
     brute.killed_at = time.monotonic()
     service.process.wait()
     print(f"killed the service with SIGKILL after {brute.recorded} events", flush=True)
-    again = common.Service(emulator_host, 2, 8, workdir, extra_env=extra).start()
+    again = common.Service(
+        emulator_host,
+        2,
+        8,
+        workdir,
+        extra_env=extra,
+        data_dir=service.data_dir,
+        embedded_kind=service.embedded_kind,
+    ).start()
     brute.restarted_at = time.monotonic()
     print(f"restarted in {brute.restarted_at - brute.killed_at:.1f}s", flush=True)
     target.url = again.url

@@ -152,29 +152,36 @@ def metering_command() -> list[str]:
 
 
 class Service:
-    """`metering serve` as its own process group, against an existing emulator."""
+    """`metering serve` as its own process group, against an existing emulator (or, with
+    `data_dir` and no emulator host, the one it embeds, as `make run` does)."""
 
     def __init__(
         self,
-        emulator_host: str,
+        emulator_host: str | None,
         workers: int,
         threads: int,
         workdir: Path,
         project: str = "metering-bench",
         extra_env: dict | None = None,
+        data_dir: Path | None = None,
+        embedded_kind: str = "firestore",
     ):
-        self.emulator_host = emulator_host
+        self.emulator_host, self.data_dir = emulator_host, data_dir
+        self.embedded_kind = embedded_kind
         self.workers, self.threads = workers, threads
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / f"service-{workers}x{threads}-{self.port}.log"
         self.env = {
             **os.environ,
-            "DATASTORE_EMULATOR_HOST": emulator_host,
+            "DATASTORE_EMULATOR_HOST": emulator_host or "",
             "METERING_PROJECT": project,
             "PYTHONUNBUFFERED": "1",
             **(extra_env or {}),
         }
+        if emulator_host is None:  # serve embeds an emulator only with no Datastore named
+            for name in ("DATASTORE_EMULATOR_HOST", "METERING_PROJECT", "GOOGLE_CLOUD_PROJECT"):
+                self.env.pop(name, None)
         self.process: subprocess.Popen | None = None
         self.api_key: str | None = None
         self._stdout: list[str] = []
@@ -192,6 +199,8 @@ class Service:
             "--threads",
             str(self.threads),
         ]
+        if self.data_dir is not None:
+            command += ["--data-dir", str(self.data_dir), "--emulator", self.embedded_kind]
         log = open(self.log_path, "wb")  # noqa: SIM115 - the child writes it; closed below
         try:
             self.process = subprocess.Popen(

@@ -20,6 +20,7 @@ import atexit
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -971,6 +972,7 @@ def serve(host, port, data_dir, workers, threads, emulator_kind):
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with contextlib.ExitStack() as stack:
         embedded = not _datastore_configured()
+        kind = None
         if embedded:
             data_dir = data_dir.resolve()
             kind = emulator_kind or _default_kind(data_dir)
@@ -983,7 +985,8 @@ def serve(host, port, data_dir, workers, threads, emulator_kind):
         os.environ.setdefault("METERING_BACKGROUND_COMPACTION_SECONDS", "30")
         # issue 14: nor for deliveries: alerts and webhooks go out from the workers too.
         os.environ.setdefault("METERING_BACKGROUND_DELIVERY_SECONDS", "1")
-        os.environ.setdefault("METERING_TRANSACTION_JOURNAL_DIR", str(_journal_dir(data_dir)))
+        journal = _journal_dir(data_dir, kind)
+        os.environ.setdefault("METERING_TRANSACTION_JOURNAL_DIR", str(journal))
         try:
             _gunicorn(host, port, workers, threads, demo.wait)
         finally:
@@ -991,10 +994,15 @@ def serve(host, port, data_dir, workers, threads, emulator_kind):
                 sys.exit(demo.exit_status())  # the child said why
 
 
-def _journal_dir(data_dir: Path) -> Path:
+def _journal_dir(data_dir: Path, embedded: str | None = None) -> Path:
     """Where the workers list their open transactions (`app/storage/journal.py`): one
     folder per Datastore (project and emulator address), so a restart against the same
-    one rolls back what a killed worker left open."""
+    one rolls back what a killed worker left open. The embedded emulator's data follows
+    its folder across restarts (on disk, or exported and imported), whatever its address:
+    one folder per kind (`embedded`), so a `serve` stopped, or killed with its emulator,
+    and started again still releases the leases its workers held (session 13)."""
+    if embedded is not None:
+        return data_dir.resolve() / "transactions" / f"embedded-{embedded}"
     config = Config.from_env()
     which = f"{config.project}\0{config.emulator_host or ''}".encode()
     return data_dir.resolve() / "transactions" / hashlib.sha256(which).hexdigest()[:16]
@@ -1130,6 +1138,7 @@ def _gunicorn(
             self.cfg.set("threads", threads)
             self.cfg.set("worker_class", "gthread")
             self.cfg.set("post_worker_init", before_serving)
+            self.cfg.set("worker_exit", _exit_promptly)
             self.cfg.set("accesslog", None)
             # Gunicorn's own lines as JSON, scrubbed of secrets like the service's own.
             self.cfg.set("logconfig_dict", GUNICORN_LOGCONFIG)
@@ -1150,6 +1159,21 @@ def _gunicorn(
             return create_app()
 
     Server().run()
+
+
+def _exit_promptly(_arbiter: object, worker: Any) -> None:
+    """End a worker told to stop, once its requests are answered, without waiting for
+    its webhook sends (issue 14, session 13). Python joins a thread pool's threads at
+    exit, and a send to a hung endpoint takes its 10 s timeout. So a `serve` stopped
+    with SIGTERM while a receiver hung waited for gunicorn's graceful timeout (5 s),
+    and every crossing recorded before the stop waited with it
+    (`benchmarks/alerts_exact.py --restart --restart-signal TERM`). The sends cut short
+    are retried: their messages stay leased to this process, and the next start
+    releases them (`app/storage/journal.py`), as after a kill. A worker that failed to
+    boot or crashed keeps its exit status."""
+    if worker.booted and not worker.alive:
+        logging.shutdown()  # the lines logged so far reach their files
+        os._exit(0)
 
 
 def _ignore_quit_signals() -> None:

@@ -287,6 +287,12 @@ def parse_args(argv=None):
     parser.add_argument("--fail-rate", type=float, default=0.1)
     parser.add_argument("--hangs", type=int, default=2)
     parser.add_argument("--restart", action="store_true", help="SIGKILL the service halfway")
+    parser.add_argument(
+        "--restart-signal",
+        choices=["KILL", "TERM"],
+        default="KILL",
+        help="with --restart, how the service is stopped (TERM: gracefully)",
+    )
     parser.add_argument("--wait", type=float, default=120.0, help="seconds to wait for messages")
     parser.add_argument("--seed", type=int, default=14)
     parser.add_argument(
@@ -405,10 +411,13 @@ def restart_halfway(service, emulator_host, workdir, extra, target, brute, args)
     while brute.recorded < args.events // 2:
         time.sleep(0.05)
     target.up.clear()
-    os.killpg(service.process.pid, signal.SIGKILL)  # master and workers at once, no goodbye
+    how = signal.Signals[f"SIG{args.restart_signal}"]
+    # KILL: master and workers at once, no goodbye; TERM: a graceful stop (with
+    # --embedded, serve stops its emulator, which exports its data, and starts another)
+    os.killpg(service.process.pid, how)
     brute.killed_at = time.monotonic()
     service.process.wait()
-    print(f"killed the service with SIGKILL after {brute.recorded} events", flush=True)
+    print(f"stopped the service with {how.name} after {brute.recorded} events", flush=True)
     again = common.Service(
         emulator_host,
         2,

@@ -5,6 +5,7 @@ same `webhook-id` (its lease, taken by the killed worker, expired)."""
 from __future__ import annotations
 
 import signal
+import time
 
 import pytest
 from standardwebhooks import Webhook
@@ -74,3 +75,42 @@ def test_a_service_killed_mid_send_and_restarted_delivers_every_message(emulator
     # commits): the last one may still read as pending for a moment
     wait_until(lambda: {m["status"] for m in log()} == {"delivered"}, 30, "every attempt recorded")
     assert {m["id"] for m in log()} == ids
+
+
+def test_a_service_stopped_mid_send_exits_at_once_and_the_next_delivers_it(emulator, procs):
+    """SIGTERM while a send hangs (session 13): the workers exit once their requests are
+    answered, without waiting for the send's timeout (Python joins a thread pool's
+    threads at exit; gunicorn then waited its graceful 5 s), and the next start delivers
+    the message, released at its start (`app/storage/journal.py`)."""
+    receiver = Receiver().start()
+    port = free_port()
+    env = cli_env(
+        DATASTORE_EMULATOR_HOST=emulator.host,
+        METERING_ADMIN_TOKEN=ADMIN_TOKEN,
+        METERING_PROJECT="metering-test",
+        METERING_WEBHOOK_TIMEOUT_SECONDS="10",
+    )
+    try:
+        first = _serve(procs, port, env, "first")
+        base = f"http://127.0.0.1:{port}"
+        org = Api(base, ADMIN_TOKEN).post("/v1/admin/orgs", json={"name": unique_org_name()})
+        api = Api(base, org.json()["apiKey"])
+        endpoint = api.post("/v1/webhooks/endpoints", json={"url": receiver.url}).json()
+        receiver.mode, receiver.hang_seconds = "hang", 9.0
+        sent = api.post(f"/v1/webhooks/endpoints/{endpoint['id']}/test").json()["id"]
+        wait_until(lambda: len(receiver.received) >= 1, 30, "a send under way")
+        stopped = time.monotonic()
+        first.process.send_signal(signal.SIGTERM)
+        assert first.wait(10) == 0
+        assert time.monotonic() - stopped < 3.0  # not the send's 10 s, nor gunicorn's 5 s
+        assert "Traceback" not in first.stderr()
+        receiver.mode = "ok"
+        second = _serve(procs, port, env, "second")
+        wait_until(
+            lambda: any(r.headers["webhook-id"] == sent for r in receiver.received[1:]),
+            30,
+            "the message delivered after the restart",
+            second,
+        )
+    finally:
+        receiver.stop()

@@ -479,6 +479,26 @@ def test_the_send_connects_to_the_checked_address_and_names_the_host(receiver):
     assert request.headers["host"] == f"hooks.example:{receiver.port}"
 
 
+def test_a_send_writes_its_head_and_body_at_once(receiver, monkeypatch):
+    """Session 13: one write for the whole request, so a sender killed mid-send leaves
+    the receiver nothing, or a whole request, never headers without their body."""
+    writes: list[bytes] = []
+    real = dispatch._PinnedHTTPConnection.send
+
+    def send(self, data):
+        writes.append(bytes(data))
+        return real(self, data)
+
+    monkeypatch.setattr(dispatch._PinnedHTTPConnection, "send", send)
+    target = safety.Target("http", "127.0.0.1", receiver.port, "/hook", "127.0.0.1")
+    body = json.dumps({"type": "webhook.test", "data": {"n": 1}}).encode()
+    status, _ = dispatch._post(target, {"content-type": "application/json"}, body, 2)
+    assert status == 200
+    assert len(writes) == 1 and writes[0].startswith(b"POST /hook ") and writes[0].endswith(body)
+    (request,) = receiver.received
+    assert request.body == body
+
+
 def test_a_cron_call_starts_no_send_that_could_outlast_its_deadline(serve, org, receiver):
     """A request's deadline (5 s) shorter than one send's timeout (10 s): the call sends
     nothing and says it is not complete, rather than run past its deadline."""

@@ -559,7 +559,24 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"[:RESPONSE_BODY_KEPT]
 
 
-class _PinnedHTTPConnection(http.client.HTTPConnection):
+class _OneWrite(http.client.HTTPConnection):
+    """Sends a request's head and body in one write. `http.client` writes them one after
+    the other, so a sender killed between the two (`benchmarks/alerts_exact.py
+    --embedded --restart`, session 13) left the receiver a request with its headers and
+    no body, which a receiver that verifies what it read counts as a bad signature."""
+
+    def _send_output(self, message_body: object = None, encode_chunked: bool = False) -> None:
+        if not isinstance(message_body, bytes) or encode_chunked:
+            super()._send_output(message_body, encode_chunked)  # type: ignore[misc]
+            return
+        buffer = self._buffer  # type: ignore[attr-defined]  # http.client's request lines
+        buffer.extend((b"", b""))
+        head = b"\r\n".join(buffer)
+        del buffer[:]
+        self.send(head + message_body)
+
+
+class _PinnedHTTPConnection(_OneWrite):
     """Connects to the checked address, while Host names the URL's host."""
 
     def __init__(self, target: safety.Target, timeout: float):
@@ -570,7 +587,7 @@ class _PinnedHTTPConnection(http.client.HTTPConnection):
         self.sock = socket.create_connection((self.address, self.port), self.timeout)
 
 
-class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+class _PinnedHTTPSConnection(_OneWrite, http.client.HTTPSConnection):
     """Connects to the checked address; SNI and the certificate check use the URL's host."""
 
     def __init__(self, target: safety.Target, timeout: float):

@@ -39,6 +39,7 @@ import statistics
 import sys
 import threading
 import time
+import urllib.parse
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -389,7 +390,8 @@ def main(argv=None) -> int:
             thread.join()
         recorded_seconds = time.monotonic() - started
         diagnose = functools.partial(explain_missing, target, rules)
-        verdict = report(args, receiver, brute, recorded_seconds, diagnose)
+        summarize = functools.partial(summary_of, target, meter_id)
+        verdict = report(args, receiver, brute, recorded_seconds, diagnose, summarize)
         if not args.restart:  # the CPU of one service's processes, recording and sending
             used = [
                 common.TreeCpu.used(before, tree.snapshot()).seconds
@@ -432,6 +434,26 @@ def restart_halfway(service, emulator_host, workdir, extra, target, brute, args)
     target.url = again.url
     target.up.set()
     return again
+
+
+def summary_of(target, meter_id: str, data: dict) -> object:
+    """The service's summary over a crossing's subject and period (for an unexpected
+    crossing: were events counted twice in the store, or only in the alert tally?)."""
+    client = common.Client(target.url, target.api_key)
+    try:
+        query = urllib.parse.urlencode(
+            {
+                "meterId": meter_id,
+                "periodStart": data["periodStart"],
+                "periodEnd": data["periodEnd"],
+                **({"userId": data["userId"]} if data.get("userId") else {}),
+            }
+        )
+        return client.get_json(f"/v1/billing/meter-events/summary?{query}").get("value")
+    except Exception as error:  # noqa: BLE001  (a diagnosis must not hide the report)
+        return f"unknown ({error})"
+    finally:
+        client.close()
 
 
 def explain_missing(target, rules: list[Rule], missing: set) -> None:
@@ -482,7 +504,12 @@ def explain_missing(target, rules: list[Rule], missing: set) -> None:
 
 
 def report(
-    args, receiver: Receiver, brute: BruteForce, recorded_seconds: float, diagnose=None
+    args,
+    receiver: Receiver,
+    brute: BruteForce,
+    recorded_seconds: float,
+    diagnose=None,
+    summarize=None,
 ) -> int:
     expected = dict(brute.crossed_at)
     deadline = time.monotonic() + args.wait
@@ -514,9 +541,10 @@ def report(
     for key in sorted(extra, key=str):
         first = found[key][0]
         final = brute.values.get(tuple(key[:3]))
+        stored = summarize is not None and summarize(first.payload["data"])
         print(
             f"  unexpected {key}: its message says value {first.payload['data'].get('value')}, "
-            f"the recorded events give {final}"
+            f"the recorded events give {final}, the service's summary {stored}"
         )
     print(f"bad signatures {receiver.bad_signatures}, redeliveries of one id {redelivered}")
     print(

@@ -33,6 +33,7 @@ import click
 
 from app.config import Config
 from app.emulator import Emulator, EmulatorError, answers
+from app.storage import journal
 
 DEFAULT_DATA_DIR = ".metering-data"
 DEMO_ORG = "demo"
@@ -985,8 +986,8 @@ def serve(host, port, data_dir, workers, threads, emulator_kind):
         os.environ.setdefault("METERING_BACKGROUND_COMPACTION_SECONDS", "30")
         # issue 14: nor for deliveries: alerts and webhooks go out from the workers too.
         os.environ.setdefault("METERING_BACKGROUND_DELIVERY_SECONDS", "1")
-        journal = _journal_dir(data_dir, kind)
-        os.environ.setdefault("METERING_TRANSACTION_JOURNAL_DIR", str(journal))
+        journal_dir = _journal_dir(data_dir, kind)
+        os.environ.setdefault("METERING_TRANSACTION_JOURNAL_DIR", str(journal_dir))
         try:
             _gunicorn(host, port, workers, threads, demo.wait)
         finally:
@@ -1062,7 +1063,7 @@ def _embedded_emulator(data_dir: Path, kind: str = "firestore"):
             _start(emulator)
         os.environ["DATASTORE_EMULATOR_HOST"] = emulator.host
         (data_dir / OWNER_FILE).write_text(
-            json.dumps({"serve": owner, "group": emulator.group, "kind": kind})
+            json.dumps({"serve": journal.identity(owner), "group": emulator.group, "kind": kind})
         )
         (data_dir / ADDRESS_FILE).write_text(emulator.host)
         where = (
@@ -1087,10 +1088,10 @@ def _orphan(data_dir: Path, kind: str) -> Emulator | None:
     host = _recorded_host(data_dir)
     try:
         owner = json.loads((data_dir / OWNER_FILE).read_text())
-        serve, group, of_kind = int(owner["serve"]), int(owner["group"]), str(owner["kind"])
+        serve, group, of_kind = str(owner["serve"]), int(owner["group"]), str(owner["kind"])
     except (OSError, ValueError, KeyError, TypeError):
         return None  # none recorded, or by a `serve` older than this file
-    if host is None or _running(serve):
+    if host is None or journal.runs(serve):
         return None
     project = Config.from_env().project
     orphan = Emulator.adopt(of_kind, host, group, _emulator_dir(data_dir, of_kind), project)
@@ -1099,21 +1100,6 @@ def _orphan(data_dir: Path, kind: str) -> Emulator | None:
     orphan.stop()
     (data_dir / ADDRESS_FILE).unlink(missing_ok=True)
     return None
-
-
-def _running(pid: int) -> bool:
-    """Whether process `pid` runs (a zombie does not)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        pass  # gone, or no /proc here
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _start(emulator: Emulator) -> None:

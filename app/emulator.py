@@ -352,9 +352,10 @@ class Emulator:
         )
         with urllib.request.urlopen(request, timeout=timeout) as answer:
             answer.read()
-        if self.last_export() is None:
+        saved = self.last_export()
+        if saved is None:
             raise EmulatorError(f"the emulator wrote no export into {self.data_dir}")
-        for old in before - {self.last_export().parent}:  # type: ignore[union-attr]
+        for old in before - {saved.parent}:
             shutil.rmtree(old, ignore_errors=True)
 
     def __enter__(self) -> Emulator:

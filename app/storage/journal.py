@@ -62,13 +62,24 @@ def _start_time(pid: int) -> str:
     return fields[19] if len(fields) > 19 else ""
 
 
+def identity(pid: int) -> str:
+    """`PID-START`: the process, not a later one that reuses its pid (`runs`)."""
+    return f"{pid}-{_start_time(pid) or 0}"
+
+
 def _file_name(pid: int) -> str:
-    return f"{pid}-{_start_time(pid) or 0}{SUFFIX}"
+    return identity(pid) + SUFFIX
 
 
 def _running(name: str) -> bool:
     """Whether the process that wrote file `name` is still the one running."""
-    pid_text, _dash, start = name.removesuffix(SUFFIX).partition("-")
+    return runs(name.removesuffix(SUFFIX))
+
+
+def runs(process: str) -> bool:
+    """Whether the process an `identity` names is still the one running (also used by
+    `metering serve` for the `serve` that started an emulator)."""
+    pid_text, _dash, start = process.partition("-")
     try:
         pid = int(pid_text)
         os.kill(pid, 0)

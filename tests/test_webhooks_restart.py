@@ -30,24 +30,34 @@ def _serve(procs, port: int, env: dict, name: str):
     return child
 
 
-def test_a_service_killed_mid_send_and_restarted_delivers_every_message(emulator, procs):
-    receiver = Receiver().start()
+def _hanging_send(emulator, procs, receiver: Receiver, timeout: float, hang: float):
+    """A started service whose org's endpoint (the receiver) hangs on its first message:
+    (service, env, port, api, endpoint, that message's id), once its send is under way."""
     port = free_port()
     env = cli_env(
         DATASTORE_EMULATOR_HOST=emulator.host,
         METERING_ADMIN_TOKEN=ADMIN_TOKEN,
         METERING_PROJECT="metering-test",
-        METERING_WEBHOOK_TIMEOUT_SECONDS=str(TIMEOUT_SECONDS),
+        METERING_WEBHOOK_TIMEOUT_SECONDS=str(timeout),
     )
+    first = _serve(procs, port, env, "first")
+    base = f"http://127.0.0.1:{port}"
+    org = Api(base, ADMIN_TOKEN).post("/v1/admin/orgs", json={"name": unique_org_name()})
+    api = Api(base, org.json()["apiKey"])
+    endpoint = api.post("/v1/webhooks/endpoints", json={"url": receiver.url}).json()
+    receiver.mode, receiver.hang_seconds = "hang", hang
+    sent = api.post(f"/v1/webhooks/endpoints/{endpoint['id']}/test").json()["id"]
+    wait_until(lambda: len(receiver.received) >= 1, 30, "a send under way")
+    return first, env, port, api, endpoint, sent
+
+
+def test_a_service_killed_mid_send_and_restarted_delivers_every_message(emulator, procs):
+    receiver = Receiver().start()
     try:
-        first = _serve(procs, port, env, "first")
-        base = f"http://127.0.0.1:{port}"
-        org = Api(base, ADMIN_TOKEN).post("/v1/admin/orgs", json={"name": unique_org_name()})
-        api = Api(base, org.json()["apiKey"])
-        endpoint = api.post("/v1/webhooks/endpoints", json={"url": receiver.url}).json()
-        receiver.mode, receiver.hang_seconds = "hang", TIMEOUT_SECONDS - 0.5
-        ids = {api.post(f"/v1/webhooks/endpoints/{endpoint['id']}/test").json()["id"]}
-        wait_until(lambda: len(receiver.received) >= 1, 30, "a send under way")
+        first, env, port, api, endpoint, sent = _hanging_send(
+            emulator, procs, receiver, TIMEOUT_SECONDS, TIMEOUT_SECONDS - 0.5
+        )
+        ids = {sent}
         first.signal_group(signal.SIGKILL)  # killed mid-send: the message stays leased
         first.wait(10)
         receiver.mode = "ok"
@@ -83,22 +93,8 @@ def test_a_service_stopped_mid_send_exits_at_once_and_the_next_delivers_it(emula
     threads at exit; gunicorn then waited its graceful 5 s), and the next start delivers
     the message, released at its start (`app/storage/journal.py`)."""
     receiver = Receiver().start()
-    port = free_port()
-    env = cli_env(
-        DATASTORE_EMULATOR_HOST=emulator.host,
-        METERING_ADMIN_TOKEN=ADMIN_TOKEN,
-        METERING_PROJECT="metering-test",
-        METERING_WEBHOOK_TIMEOUT_SECONDS="10",
-    )
     try:
-        first = _serve(procs, port, env, "first")
-        base = f"http://127.0.0.1:{port}"
-        org = Api(base, ADMIN_TOKEN).post("/v1/admin/orgs", json={"name": unique_org_name()})
-        api = Api(base, org.json()["apiKey"])
-        endpoint = api.post("/v1/webhooks/endpoints", json={"url": receiver.url}).json()
-        receiver.mode, receiver.hang_seconds = "hang", 9.0
-        sent = api.post(f"/v1/webhooks/endpoints/{endpoint['id']}/test").json()["id"]
-        wait_until(lambda: len(receiver.received) >= 1, 30, "a send under way")
+        first, env, port, _api, _endpoint, sent = _hanging_send(emulator, procs, receiver, 10, 9.0)
         stopped = time.monotonic()
         first.process.send_signal(signal.SIGTERM)
         assert first.wait(10) == 0

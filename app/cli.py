@@ -31,6 +31,7 @@ from typing import Any
 
 import click
 
+from app import embedded
 from app.config import Config
 from app.emulator import Emulator, EmulatorError, answers
 from app.storage import journal
@@ -38,8 +39,6 @@ from app.storage import journal
 DEFAULT_DATA_DIR = ".metering-data"
 DEMO_ORG = "demo"
 ADDRESS_FILE = "emulator-host"
-#: Who started the embedded emulator: `serve`'s pid, the emulator's process group, its kind
-OWNER_FILE = "emulator-owner.json"
 DATASTORE_VARS = (
     "DATASTORE_EMULATOR_HOST",
     "METERING_PROJECT",
@@ -874,6 +873,16 @@ def demo_org(url, data_dir, status_fd):
         os.write(status_fd, b"ok")
 
 
+@main.command("emulator-caretaker", hidden=True)
+@click.option("--data-dir", required=True, type=click.Path(path_type=Path))
+@click.option("--seconds", required=True, type=float)
+@click.option("--project", required=True, help="Whose data the emulator exports.")
+def emulator_caretaker(data_dir, seconds, project):
+    """Keep a stopped `serve`'s emulator running for `seconds`, for the next `serve` to
+    take over, then stop it (`app.embedded.caretake`)."""
+    embedded.caretake(data_dir, seconds, project)
+
+
 class _DemoOrg:
     """`demo-org`, run in a child process while gunicorn boots its workers (issue 14,
     session 13). Before, `serve` waited for the child (0.75 s on an idle machine: a
@@ -1021,14 +1030,11 @@ def _default_kind(data_dir: Path) -> str:
     alerts miss their latency bars there, `benchmarks/alerts_exact.py --emulator legacy`),
     except for a folder that holds only a legacy emulator's data, which would otherwise
     look empty."""
-    legacy = (_emulator_dir(data_dir, "legacy") / "WEB-INF").is_dir()
-    saved = Emulator("firestore", data_dir=_emulator_dir(data_dir, "firestore")).last_export()
+    legacy = (embedded.emulator_dir(data_dir, "legacy") / "WEB-INF").is_dir()
+    saved = Emulator(
+        "firestore", data_dir=embedded.emulator_dir(data_dir, "firestore")
+    ).last_export()
     return "legacy" if legacy and saved is None else "firestore"
-
-
-def _emulator_dir(data_dir: Path, kind: str) -> Path:
-    """Where the embedded emulator of that kind keeps its data."""
-    return data_dir / ("datastore" if kind == "legacy" else "firestore")
 
 
 @contextlib.contextmanager
@@ -1054,7 +1060,7 @@ def _embedded_emulator(data_dir: Path, kind: str = "firestore"):
     if emulator is None:
         emulator = Emulator(
             kind,
-            data_dir=_emulator_dir(data_dir, kind),
+            data_dir=embedded.emulator_dir(data_dir, kind),
             export_project=Config.from_env().project,
             log_path=str(data_dir / "emulator.log"),
         )
@@ -1062,14 +1068,14 @@ def _embedded_emulator(data_dir: Path, kind: str = "firestore"):
         if not adopted:
             _start(emulator)
         os.environ["DATASTORE_EMULATOR_HOST"] = emulator.host
-        (data_dir / OWNER_FILE).write_text(
-            json.dumps({"serve": journal.identity(owner), "group": emulator.group, "kind": kind})
-        )
+        with embedded.locked(data_dir):
+            embedded.write_owner(data_dir, journal.identity(owner), emulator, kind)
         (data_dir / ADDRESS_FILE).write_text(emulator.host)
+        folder = embedded.emulator_dir(data_dir, kind)
         where = (
-            f"data in {_emulator_dir(data_dir, kind)}"
+            f"data in {folder}"
             if kind == "legacy"
-            else f"Firestore in Datastore mode, data saved in {_emulator_dir(data_dir, kind)}"
+            else f"Firestore in Datastore mode, data saved in {folder}"
         )
         started = "Adopted" if adopted else "Started"
         click.echo(f"{started} Google's Datastore emulator at {emulator.host} ({where})", err=True)
@@ -1077,29 +1083,36 @@ def _embedded_emulator(data_dir: Path, kind: str = "firestore"):
     finally:
         if os.getpid() == owner:
             (data_dir / ADDRESS_FILE).unlink(missing_ok=True)
-            (data_dir / OWNER_FILE).unlink(missing_ok=True)
-            emulator.stop()
+            config = Config.from_env()
+            linger = config.emulator_linger_seconds
+            if not embedded.hand_over(emulator, data_dir, kind, linger, config.project):
+                (data_dir / embedded.OWNER_FILE).unlink(missing_ok=True)
+                emulator.stop()
 
 
 def _orphan(data_dir: Path, kind: str) -> Emulator | None:
-    """The emulator a killed `serve` left running in data_dir, now ours; None if there is
-    none, or its `serve` still runs. One of another kind is stopped (then a new one is
-    started)."""
-    host = _recorded_host(data_dir)
-    try:
-        owner = json.loads((data_dir / OWNER_FILE).read_text())
-        serve, group, of_kind = str(owner["serve"]), int(owner["group"]), str(owner["kind"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # none recorded, or by a `serve` older than this file
-    if host is None or journal.runs(serve):
-        return None
-    project = Config.from_env().project
-    orphan = Emulator.adopt(of_kind, host, group, _emulator_dir(data_dir, of_kind), project)
-    if of_kind == kind:
-        return orphan
-    orphan.stop()
-    (data_dir / ADDRESS_FILE).unlink(missing_ok=True)
-    return None
+    """The emulator a killed `serve` left running in data_dir, or a stopped one handed
+    to its caretaker (`app.embedded`), now ours; None if there is none, or its `serve`
+    still runs. One of another kind is stopped (then a new one is started)."""
+    with embedded.locked(data_dir):
+        owner = embedded.read_owner(data_dir)
+        if owner is None or not embedded.adoptable(owner):
+            return None  # none recorded (or by an older `serve`), or its `serve` runs
+        host = embedded.recorded_answers(owner) or _recorded_host(data_dir)
+        if host is None:
+            return None
+        of_kind = str(owner["kind"])
+        project = Config.from_env().project
+        where = embedded.emulator_dir(data_dir, of_kind)
+        orphan = Emulator.adopt(of_kind, host, int(owner["group"]), where, project)
+        if of_kind == kind:
+            embedded.write_owner(data_dir, journal.identity(os.getpid()), orphan, kind)
+        else:
+            orphan.stop()
+            (data_dir / ADDRESS_FILE).unlink(missing_ok=True)
+            (data_dir / embedded.OWNER_FILE).unlink(missing_ok=True)
+    embedded.let_caretaker_go(owner)
+    return orphan if of_kind == kind else None
 
 
 def _start(emulator: Emulator) -> None:

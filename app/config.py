@@ -132,6 +132,11 @@ class Config:
     #: cron's bounded call, `app/background.py`); 0, the default, leaves it to App
     #: Engine's cron. `metering serve` sets 30 unless the environment says otherwise.
     background_compaction_seconds: float = 0.0
+    #: Seconds the Firestore-mode emulator that `metering serve` embeds stays up after
+    #: `serve` stops (its data saved first), for the next `serve` on the folder to take
+    #: over: a restart then skips the emulator's own restart (`app/embedded.py`); 0
+    #: stops it with `serve`.
+    emulator_linger_seconds: float = 30.0
     # -- issue 14, alerts ------------------------------------------------------------
     #: Seconds each process trusts its list of meters with active alert rules (ingestion
     #: writes the usage feed only for those); a rule changed here clears it at once.
@@ -258,6 +263,9 @@ class Config:
             rollup_shards=_env_int(env, "METERING_ROLLUP_SHARDS", cls.rollup_shards),
             background_compaction_seconds=_env_float(
                 env, "METERING_BACKGROUND_COMPACTION_SECONDS", cls.background_compaction_seconds
+            ),
+            emulator_linger_seconds=_env_float(
+                env, "METERING_EMULATOR_LINGER_SECONDS", cls.emulator_linger_seconds
             ),
             # issue 14, alerts
             alert_rule_cache_seconds=_env_float(

@@ -320,6 +320,18 @@ class Emulator:
             self._scratch.cleanup()
         self._scratch = None
 
+    def disown(self) -> None:
+        """Leave the emulator running, no longer ours: `stop` will not end it
+        (`app.embedded.hand_over` gave it to a caretaker)."""
+        self.process = self._adopted = self._owner = None
+
+    def save(self) -> None:
+        """Export the Firestore-mode emulator's data into data_dir now (see below);
+        raises if that failed."""
+        if not self.is_ready():
+            raise EmulatorError(f"the emulator at {self.host} does not answer")
+        self._export()
+
     # -- the Firestore-mode emulator's data across restarts (session 13) -------------
     # It keeps entities in memory only. With a data_dir, `stop` asks it for an export
     # (its own HTTP endpoint, as the Firebase tools use it) before ending it, and the next

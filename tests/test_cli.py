@@ -61,6 +61,12 @@ def _stop(child, sig: int, data_dir: Path) -> None:
     assert "Traceback" not in child.stderr() and "fork" not in child.stderr().lower()
 
 
+def _stops_with_serve(**overrides: str) -> dict:
+    """The environment of a `serve` whose embedded emulator stops when it stops (the
+    tests of the hand-over to the next `serve` set a linger of their own)."""
+    return cli_env(METERING_EMULATOR_LINGER_SECONDS="0", **overrides)
+
+
 def _bearer(curl_argv: list[str]) -> str:
     header = next(a for a in curl_argv if a.startswith("Authorization:"))
     return header.split("Bearer ", 1)[1]
@@ -75,7 +81,7 @@ def _assert_one_line_error(result, says: str) -> None:
 
 
 def test_serve_runs_its_own_emulator_and_keeps_data_across_restarts(procs, tmp_path):
-    data_dir, env = tmp_path / "data", cli_env()
+    data_dir, env = tmp_path / "data", _stops_with_serve()
 
     first, url = _serve(procs, data_dir, env, "first")
     assert "Started Google's Datastore emulator" in first.stderr()
@@ -112,7 +118,7 @@ def test_serve_embeds_the_firestore_mode_emulator_by_default(procs, tmp_path):
     with the service."""
     import socket
 
-    data_dir, env = tmp_path / "data", cli_env()
+    data_dir, env = tmp_path / "data", _stops_with_serve()
     child, url = _serve(procs, data_dir, env, "firestore")
     assert "Firestore in Datastore mode, data saved in" in child.stderr()
     emulator_host = (data_dir / "emulator-host").read_text()
@@ -155,7 +161,7 @@ def test_serve_embeds_the_firestore_mode_emulator_by_default(procs, tmp_path):
 def test_serve_can_embed_the_legacy_emulator_and_keeps_using_it_for_its_folder(procs, tmp_path):
     """`--emulator legacy` keeps its data in the folder's `datastore`; a later `serve`
     without the option finds only legacy data there and embeds the legacy one again."""
-    data_dir, env = tmp_path / "data", cli_env()
+    data_dir, env = tmp_path / "data", _stops_with_serve()
     first, url = _serve(procs, data_dir, env, "first", "--emulator", "legacy")
     assert f"data in {data_dir / 'datastore'}" in first.stderr()
     curl = curl_example(first.stdout())
@@ -190,7 +196,7 @@ def test_serve_killed_with_sigkill_adopts_its_emulator_when_started_again(procs,
     adopts it, keeping the data; stopped, it stops the emulator, whose data is saved in
     the folder (the legacy one writes it, the Firestore-mode one is asked for an
     export), and the next start finds it there."""
-    data_dir, env = tmp_path / "data", cli_env()
+    data_dir, env = tmp_path / "data", _stops_with_serve()
     first, url = _serve(procs, data_dir, env, "first", "--emulator", kind)
     curl = curl_example(first.stdout())
     created = send_curl(curl)
@@ -211,6 +217,56 @@ def test_serve_killed_with_sigkill_adopts_its_emulator_when_started_again(procs,
     assert _in_group(group) == []
 
     third, url = _serve(procs, data_dir, env, "third", "--emulator", kind)
+    assert "Started Google's Datastore emulator" in third.stderr()
+    meters = Api(url, _bearer(curl)).get("/v1/billing/meters")
+    assert [m["id"] for m in meters.json()["meters"]] == [created.json()["id"]]
+    _stop(third, signal.SIGTERM, data_dir)
+
+
+def test_a_stopped_serve_leaves_its_emulator_to_the_next_serve_then_to_a_caretaker(
+    procs, tmp_path
+):
+    """Stopped (SIGTERM, or Ctrl-C), `serve` saves the data and hands its Firestore-mode
+    emulator to a caretaker instead of stopping it: the next `serve` on the folder takes
+    it over within the linger, skipping the emulator's restart and import. With nobody
+    taking it over, the caretaker stops it once the linger is over; the data was saved,
+    and a later `serve` starts a new emulator from it."""
+    data_dir = tmp_path / "data"
+    first, url = _serve(
+        procs, data_dir, cli_env(METERING_EMULATOR_LINGER_SECONDS="60"), "first"
+    )
+    curl = curl_example(first.stdout())
+    created = send_curl(curl)
+    assert created.status_code == 201, created.text
+    group = json.loads((data_dir / "emulator-owner.json").read_text())["group"]
+    emulators = _in_group(group)
+    first.process.send_signal(signal.SIGTERM)
+    assert first.wait(30) == 0, first.stderr()
+    assert _in_group(group) == emulators  # still running, its data saved beside it
+    owner = json.loads((data_dir / "emulator-owner.json").read_text())
+    assert owner["caretaker"] and owner["group"] == group
+    caretaker = int(owner["serve"].split("-")[0])
+    assert Path(f"/proc/{caretaker}").exists()
+    assert list((data_dir / "firestore").glob("*/*.overall_export_metadata"))
+    # the admin commands do not reach a stopped serve's emulator
+    gone = run_cli("keys", "list", "demo", "--data-dir", str(data_dir), env=cli_env())
+    _assert_one_line_error(gone, "no Datastore configured")
+
+    second, url = _serve(
+        procs, data_dir, cli_env(METERING_EMULATOR_LINGER_SECONDS="1"), "second"
+    )
+    assert "Adopted Google's Datastore emulator" in second.stderr()
+    assert _in_group(group) == emulators
+    wait_until(lambda: not mentioning(f"caretaker --data-dir {data_dir}"), 10, "caretaker gone")
+    meters = Api(url, _bearer(curl)).get("/v1/billing/meters")
+    assert [m["id"] for m in meters.json()["meters"]] == [created.json()["id"]]
+    second.signal_group(signal.SIGINT)  # Ctrl-C: the same hand-over, a linger of 1 s
+    assert second.wait(30) == 0, second.stderr()
+    wait_until(lambda: _in_group(group) == [], 30, "the caretaker stopped the emulator")
+    wait_until(lambda: not (data_dir / "emulator-owner.json").exists(), 10, "owner gone")
+    assert mentioning(str(data_dir)) == []
+
+    third, url = _serve(procs, data_dir, _stops_with_serve(), "third")
     assert "Started Google's Datastore emulator" in third.stderr()
     meters = Api(url, _bearer(curl)).get("/v1/billing/meters")
     assert [m["id"] for m in meters.json()["meters"]] == [created.json()["id"]]

@@ -300,13 +300,14 @@ def parse_args(argv=None):
         "--embedded",
         action="store_true",
         help="let `metering serve --data-dir` start its own emulator, as `make run` does "
-        "(with --restart, the killed service's emulator is adopted by the next one)",
+        "(with --restart, the stopped or killed service's emulator is taken over by the "
+        "next one)",
     )
     parser.add_argument(
         "--emulator",
         choices=["firestore", "legacy"],
         default="firestore",
-        help="which of Google's emulators the service runs against (legacy: what "
+        help="which of Google's emulators the service runs against (firestore: what "
         "`metering serve` embeds by default)",
     )
     parser.add_argument(

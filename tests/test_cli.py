@@ -223,18 +223,14 @@ def test_serve_killed_with_sigkill_adopts_its_emulator_when_started_again(procs,
     _stop(third, signal.SIGTERM, data_dir)
 
 
-def test_a_stopped_serve_leaves_its_emulator_to_the_next_serve_then_to_a_caretaker(
-    procs, tmp_path
-):
+def test_a_stopped_serve_leaves_its_emulator_to_the_next_serve_then_to_a_caretaker(procs, tmp_path):
     """Stopped (SIGTERM, or Ctrl-C), `serve` saves the data and hands its Firestore-mode
     emulator to a caretaker instead of stopping it: the next `serve` on the folder takes
     it over within the linger, skipping the emulator's restart and import. With nobody
     taking it over, the caretaker stops it once the linger is over; the data was saved,
     and a later `serve` starts a new emulator from it."""
     data_dir = tmp_path / "data"
-    first, url = _serve(
-        procs, data_dir, cli_env(METERING_EMULATOR_LINGER_SECONDS="60"), "first"
-    )
+    first, url = _serve(procs, data_dir, cli_env(METERING_EMULATOR_LINGER_SECONDS="60"), "first")
     curl = curl_example(first.stdout())
     created = send_curl(curl)
     assert created.status_code == 201, created.text
@@ -252,9 +248,7 @@ def test_a_stopped_serve_leaves_its_emulator_to_the_next_serve_then_to_a_caretak
     gone = run_cli("keys", "list", "demo", "--data-dir", str(data_dir), env=cli_env())
     _assert_one_line_error(gone, "no Datastore configured")
 
-    second, url = _serve(
-        procs, data_dir, cli_env(METERING_EMULATOR_LINGER_SECONDS="1"), "second"
-    )
+    second, url = _serve(procs, data_dir, cli_env(METERING_EMULATOR_LINGER_SECONDS="1"), "second")
     assert "Adopted Google's Datastore emulator" in second.stderr()
     assert _in_group(group) == emulators
     wait_until(lambda: not mentioning(f"caretaker --data-dir {data_dir}"), 10, "caretaker gone")

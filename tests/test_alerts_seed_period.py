@@ -15,11 +15,13 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
+from google.cloud import ndb
 
-from app.models import AlertTallyBucket, AlertTallySpill, root_key
+from app.models import AlertTallyBucket, AlertTallySpill, Meter, root_key
 from app.services.alerts import evaluate as evaluate_module
 from app.services.alerts import seed as seed_module
 from app.services.alerts import tallies
+from app.storage import first_events
 from tests.support.alerts import create_rule, crossings, minutes_ago, run_evaluator, triggers
 from tests.test_alerts_properties import test_triggers_equal_the_brute_force as brute_force
 
@@ -182,3 +184,70 @@ def test_triggers_equal_the_brute_force_with_periods_seeded_whole(server, admin,
     once: every period of its streams is seeded whole (cancellations, max meters and
     concurrent batches included)."""
     brute_force(server=server, admin=admin, app=app, ndb_client=ndb_client)
+
+
+@pytest.fixture
+def rollup_reads(monkeypatch):
+    """How often a period's users' rollups were read (`seed._users_cells`)."""
+    calls: list[int] = []
+    real = seed_module._users_cells
+
+    def spy(meter, touches):
+        calls.append(len(touches))
+        return real(meter, touches)
+
+    monkeypatch.setattr(seed_module, "_users_cells", spy)
+    return calls
+
+
+def test_a_new_meters_periods_are_seeded_whole_without_reading_its_rollups(
+    api, app, ndb_client, org, rollup_reads
+):
+    """Its every event was written after the rules' basis, so each wrote a feed: the
+    period is marked whole from one small record, and the values are as exact."""
+    meter = api.create_meter()
+    rule = create_rule(api, meter, thresholds=[10, 40])
+    api.record(_event(meter, "u", 8), _event(meter, "v", 30), _event(meter, "w", 5))
+    api.record(_event(meter, "u", 3), _event(meter, "v", 12))
+    run_evaluator(app, ndb_client, org)
+    assert rollup_reads == []
+    assert sorted(crossings(api, rule)) == [
+        ("alert.triggered", "u", 10),
+        ("alert.triggered", "v", 10),
+        ("alert.triggered", "v", 40),
+    ]
+    assert _values(ndb_client, org) == {"u": 11, "v": 42, "w": 5}
+    assert all(b.whole is not None for b in _buckets(ndb_client, org))
+    api.record(_event(meter, "w", 5), _event(meter, "z", 10))
+    run_evaluator(app, ndb_client, org)
+    assert rollup_reads == []
+    assert _values(ndb_client, org) == {"u": 11, "v": 42, "w": 10, "z": 10}
+    assert len(crossings(api, rule)) == 5
+
+
+def test_a_meter_with_events_before_its_rules_basis_reads_its_rollups(
+    api, app, ndb_client, org, rollup_reads
+):
+    meter = api.create_meter()
+    api.record(_event(meter, "u", 8, minutes=20))
+    rule = create_rule(api, meter, thresholds=[10])
+    api.record(_event(meter, "u", 3), _event(meter, "v", 4))
+    run_evaluator(app, ndb_client, org)
+    assert len(rollup_reads) == 1
+    assert crossings(api, rule) == [("alert.triggered", "u", 10)]
+    assert _values(ndb_client, org) == {"u": 11, "v": 4}
+
+
+def test_a_meter_older_than_its_first_event_record_reads_its_rollups(
+    api, app, ndb_client, org, rollup_reads
+):
+    """Created before the record existed: unknown, so never taken for "no events"."""
+    meter = api.create_meter()
+    with ndb_client.context(namespace=org["namespace"]):
+        meter_key_id = Meter.get_by_public_id(meter["id"]).key.id()
+        ndb.Key(first_events.KIND, str(meter_key_id), parent=root_key()).delete()
+    rule = create_rule(api, meter, thresholds=[10])
+    api.record(_event(meter, "u", 12))
+    run_evaluator(app, ndb_client, org)
+    assert len(rollup_reads) == 1
+    assert crossings(api, rule) == [("alert.triggered", "u", 10)]

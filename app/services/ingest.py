@@ -49,7 +49,7 @@ from app.services.alerts import feed as alert_feed
 from app.services.limits import counting as limit_counting  # issue 16, limits
 from app.services.limits import index as limit_index  # issue 16, limits
 from app.services.webhooks import outbox
-from app.storage import entities, rollups, rpc, shards
+from app.storage import entities, first_events, rollups, rpc, shards
 from app.storage.entities import EntityPb, KeyPb
 
 log = logging.getLogger(__name__)
@@ -232,6 +232,7 @@ class _Batch:
         self.alert_meters = (
             alert_feed.meters_with_rules({d.meter_key_id for d in drafts}) if alert_feeds else set()
         )
+        self.alert_feeds = alert_feeds
         #: issue 16: meters with usage limits: the commit also adds to their counters.
         self.limit_specs = limit_index.specs_for({d.meter_key_id for d in drafts})
         self._draw_keys()
@@ -250,6 +251,11 @@ class _Batch:
     def store(self) -> list[Outcome]:
         """One outcome per draft, in order: the fast path when it may, else (or when an
         event exists already) the careful path, retried on contention."""
+        meters = {d.meter_key_id for d in self.drafts}
+        if self.alert_feeds:  # issue 14: before the commit, when a meter's first events
+            first_events.note_written(meters, self.now)
+        else:  # a backfill writes no feed: seeding must read the rollups, for good
+            first_events.note_unfed(meters)
         outcomes = None
         if not self.merge_meters:
             try:

@@ -19,7 +19,7 @@ from app.models.webhook import WebhookEndpoint
 from app.schemas.responses import Meter as MeterAnswer
 from app.services import paging
 from app.services.webhooks import outbox
-from app.storage import rollups
+from app.storage import first_events, rollups
 
 LOCKED_ONCE_USED = ("eventName", "aggregationType", "dimensions", "uniqueBy")
 _FIELDS = {
@@ -68,6 +68,7 @@ def create_meter(fields: dict[str, Any], along: Callable[[Meter], None] | None =
     # Before the meter exists, so before it can have events: its org-wide rollups hold
     # all of them. A create refused below leaves a marker of a key no meter will have.
     rollups.mark_org_wide(key.id())
+    first_events.mark_new(key.id())  # issue 14: no event yet (alert seeding)
 
     @transactional(retries=8)
     def create() -> Meter:

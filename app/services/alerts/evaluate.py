@@ -294,6 +294,18 @@ class _PerOrg:
                 self._moments.clear()
             self._moments[namespace] = moment
 
+    def raise_to(self, moment: float) -> None:
+        """Remember `moment` for the current org unless a later one is remembered: one
+        step under the lock, so two threads raising it at once keep the later."""
+        namespace = ndb.get_context().get_namespace() or ""
+        with _held_lock:
+            known = self._moments.get(namespace)
+            if known is not None and known >= moment:
+                return
+            if len(self._moments) > 10_000:
+                self._moments.clear()
+            self._moments[namespace] = moment
+
     def after(self, now: float) -> bool:
         """Whether the current org's moment is later than `now`."""
         moment = self.get()
@@ -379,9 +391,7 @@ def _lease_for_round(meter_id: str, held: _Held) -> bool:
 
 def _hold_until(held: _Held, until: float) -> None:
     held.until = until
-    known = _leases_until.get()
-    if known is None or known < until:
-        _leases_until.set(until)
+    _leases_until.raise_to(until)
 
 
 def _take(meter_id: str) -> bool:
@@ -971,7 +981,8 @@ def _seed_periods(
             periods.setdefault((touch.spec, touch.start), touch)
     if not periods:
         return False
-    found = seed.seed_periods(meter, list(periods.values()))
+    bases = [_basis(touch, settings) for touch in periods.values()]
+    found = seed.seed_periods(meter, list(periods.values()), max(bases))
     if found is None:
         return False
     seeded, values = found

@@ -49,9 +49,9 @@ def seeds(monkeypatch):
     asked: list[tuple[str, object]] = []
     real_periods, real_all = seed_module.seed_periods, seed_module.seed_all
 
-    def seed_periods(meter, touches):
+    def seed_periods(meter, touches, basis=None):
         asked.extend(("period", touch.spec) for touch in touches)
-        return real_periods(meter, touches)
+        return real_periods(meter, touches, basis)
 
     def seed_all(meter, touches):
         asked.extend(("tally", touch.subject) for touch in touches)

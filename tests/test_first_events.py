@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime, timedelta
 
+from app.core.slots import EPOCH
 from app.models import Meter
 from app.services import ingest
 from app.storage import first_events, rpc
@@ -38,8 +39,8 @@ def test_a_new_meter_has_no_event_until_its_first_batch_which_sets_it_once(api, 
 
 
 def test_of_writers_racing_on_a_new_meter_the_first_to_commit_sets_it(api, ndb_client, org):
-    """Each sets it in a transaction only while it is unset: it is set once, to one of
-    theirs, and every batch commits its events only after that."""
+    """Each that found it unset writes its own time, taken before its lookup: whichever
+    lands last, it is one of theirs, earlier than any of their commits."""
     meter = api.create_meter()
     meter_key_id = _key_id(ndb_client, org, meter)
     start = datetime.now(UTC)
@@ -69,10 +70,10 @@ def test_a_backfill_sets_it_to_the_epoch_for_good(api, app, ndb_client, org):
         old = datetime(2020, 1, 5, tzinfo=UTC)
         draft = ingest.Draft(found, "u", 2, old, True, "backfilled-1", {}, {})
         ingest.store([draft], datetime.now(UTC), 1, 1, alert_feeds=False)
-        assert first_events.first_written(meter_key_id) == first_events.EPOCH
+        assert first_events.first_written(meter_key_id) == EPOCH
         first_events._noted.clear()
         first_events.note_written({meter_key_id}, datetime.now(UTC))
-        assert first_events.first_written(meter_key_id) == first_events.EPOCH
+        assert first_events.first_written(meter_key_id) == EPOCH
 
 
 def test_a_meter_without_the_record_is_unknown_and_batches_leave_it_so(api, ndb_client, org):

@@ -15,7 +15,8 @@ The entity (`meter-first-event`, named by the meter's key id) holds `At`:
 - set to the time a batch begins to commit, **before that commit**, by the first batch
   of the meter that finds it unset (`note_written`, once per meter and process): every
   event of the meter was committed at or after `At`;
-- set to the epoch by a backfill, which writes no feed (`note_unfed`).
+- and, in an entity of its own that nothing deletes (`UNFED_KIND`), that a backfill,
+  which writes no feed, wrote events of it (`note_unfed`): read as the epoch.
 
 A meter created before this record existed has none: unknown, never taken as "no
 events". Only the first two states let the evaluator skip the read (`first_written`).
@@ -24,15 +25,17 @@ events". Only the first two states let the evaluator skip the read (`first_writt
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime
+from datetime import datetime
 
 from google.cloud import ndb
 
+from app.core.slots import EPOCH
 from app.storage import entities, rpc
 from app.storage.entities import KeyPb
 
 KIND = "meter-first-event"
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: One per meter that a backfill wrote events of (no feed): its periods are always read
+UNFED_KIND = "meter-unfed-events"
 
 
 class Unknown:
@@ -64,48 +67,40 @@ def mark_new(meter_key_id: int) -> None:
 
 def note_written(meter_key_ids: set[int], now: datetime) -> None:
     """Before a batch commits events of these meters: set `At` to `now` where it is
-    unset. One lookup per meter and process at most; once set, `At` never moves later."""
+    unset. One lookup per meter and process; a plain write, no transaction: of batches
+    racing on a meter's first events, each writer took its `now` before a lookup that
+    found `At` unset, so before the first of their writes landed, and every batch
+    commits after that (it wrote, or found `At` set): whichever write lands last, no
+    event was committed before `At`. (A transaction made eight first batches abort
+    one another, `tests/test_last_meters.py`.)"""
     unseen = [m for m in meter_key_ids if _identity(m) not in _noted]
     if not unseen:
         return
     found = rpc.lookup([_key(m) for m in unseen])
+    writes = []
     for meter_key_id in unseen:
         stored = found.get(_key(meter_key_id).SerializeToString())
         if stored is not None and "At" not in stored.properties:
-            _set_if_unset(meter_key_id, now)
-        with _noted_lock:
-            if len(_noted) > 100_000:
-                _noted.clear()
-            _noted.add(_identity(meter_key_id))
-
-
-def _set_if_unset(meter_key_id: int, now: datetime) -> None:
-    """Set `At` in a transaction, unless another batch set it first."""
-
-    def attempt() -> None:
-        with rpc.transaction() as transaction:
-            stored = rpc.lookup([_key(meter_key_id)], transaction).get(
-                _key(meter_key_id).SerializeToString()
-            )
-            if stored is None or "At" in stored.properties:
-                rpc.rollback(transaction)
-                return
             entities.set_time(stored, "At", now)
             stored.properties["At"].exclude_from_indexes = True
-            rpc.commit([rpc.Mutation(upsert=stored)], transaction)
-
-    rpc.retry_aborted(attempt, "the meter's first event")
+            writes.append(rpc.Mutation(upsert=stored))
+    if writes:
+        rpc.commit(writes)
+    with _noted_lock:
+        if len(_noted) > 100_000:
+            _noted.clear()
+        _noted.update(_identity(m) for m in unseen)
 
 
 def note_unfed(meter_key_ids: set[int]) -> None:
     """Before a backfill (which writes no alert feed) commits events of these meters:
-    `At` goes to the epoch, for good, where the record exists."""
-    found = rpc.lookup([_key(m) for m in meter_key_ids])
+    record that they have events without feeds, for good, in an entity of its own
+    (`UNFED_KIND`), which no write of the first-event record can undo."""
     mutations = []
-    for stored in found.values():
-        entities.set_time(stored, "At", EPOCH)
-        stored.properties["At"].exclude_from_indexes = True
-        mutations.append(rpc.Mutation(upsert=stored))
+    for meter_key_id in sorted(meter_key_ids):
+        entity = entities.Entity()
+        entity.key.CopyFrom(entities.key(UNFED_KIND, str(meter_key_id)))
+        mutations.append(rpc.Mutation(upsert=entity))
     if mutations:
         rpc.commit(mutations)
 
@@ -113,9 +108,11 @@ def note_unfed(meter_key_ids: set[int]) -> None:
 def first_written(meter_key_id: int, transaction: bytes | None = None) -> datetime | Unknown | None:
     """None when the meter has no event yet; else a time no event of it was committed
     before (the epoch after a backfill); UNKNOWN for a meter older than the record."""
-    stored = rpc.lookup([_key(meter_key_id)], transaction).get(
-        _key(meter_key_id).SerializeToString()
-    )
+    record, unfed = _key(meter_key_id), entities.key(UNFED_KIND, str(meter_key_id))
+    found = rpc.lookup([record, unfed], transaction)
+    stored = found.get(record.SerializeToString())
     if stored is None:
         return UNKNOWN
+    if unfed.SerializeToString() in found:
+        return EPOCH
     return entities.get_time(stored, "At")

@@ -84,8 +84,8 @@ def note_written(meter_key_ids: set[int], now: datetime) -> None:
             entities.set_time(stored, "At", now)
             stored.properties["At"].exclude_from_indexes = True
             writes.append(rpc.Mutation(upsert=stored))
-    if writes:
-        rpc.commit(writes)
+    if writes:  # the legacy emulator refuses a write under contention: again
+        rpc.retry_aborted(lambda: rpc.commit(writes), "the meters' first-event records")
     with _noted_lock:
         if len(_noted) > 100_000:
             _noted.clear()
@@ -102,7 +102,7 @@ def note_unfed(meter_key_ids: set[int]) -> None:
         entity.key.CopyFrom(entities.key(UNFED_KIND, str(meter_key_id)))
         mutations.append(rpc.Mutation(upsert=entity))
     if mutations:
-        rpc.commit(mutations)
+        rpc.retry_aborted(lambda: rpc.commit(mutations), "the meters' unfed-events records")
 
 
 def first_written(meter_key_id: int, transaction: bytes | None = None) -> datetime | Unknown | None:

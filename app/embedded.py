@@ -30,6 +30,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,8 @@ from app.storage import journal
 OWNER_FILE = "emulator-owner.json"
 #: The folder's lock, held while the emulator changes hands or is stopped
 LOCK_FILE = "emulator.lock"
+#: What tells a caretaker to stop the emulator now
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 
 def emulator_dir(data_dir: Path, kind: str) -> Path:
@@ -118,14 +122,20 @@ def hand_over(emulator: Emulator, data_dir: Path, kind: str, seconds: float, pro
         project,
     ]
     with locked(data_dir):
-        caretaker = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,  # Ctrl-C reaches the terminal's group, not this one
-            env=_source_env(),
-        )
+        # Born with its stop signals blocked: one sent before its handlers are set stays
+        # pending (`caretake` unblocks them), instead of killing it with the emulator left.
+        before = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            caretaker = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C reaches the terminal's group, not this one
+                env=_source_env(),
+            )
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, before)
         write_owner(data_dir, journal.identity(caretaker.pid), emulator, kind, caretaker=True)
     emulator.disown()
     return True
@@ -146,9 +156,13 @@ def _source_env() -> dict[str, str]:
 def caretake(data_dir: Path, seconds: float, project: str) -> None:
     """The caretaker: wait `seconds` (or until told to stop), then stop the emulator
     (with an export) unless a `serve` has taken it over meanwhile."""
-    stops = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
-    signal.pthread_sigmask(signal.SIG_BLOCK, stops)
-    signal.sigtimedwait(stops, seconds)
+    told = threading.Event()
+    for number in STOP_SIGNALS:
+        signal.signal(number, lambda *_: told.set())
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # any sent meanwhile: now
+    until = time.monotonic() + seconds
+    while not told.is_set() and time.monotonic() < until:  # short waits: any platform
+        told.wait(min(1.0, max(0.0, until - time.monotonic())))
     me = journal.identity(os.getpid())
     with locked(data_dir):
         owner = read_owner(data_dir)

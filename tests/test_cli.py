@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import signal
 import sys
 import threading
@@ -266,6 +267,28 @@ def test_a_stopped_serve_leaves_its_emulator_to_the_next_serve_then_to_a_caretak
     meters = Api(url, _bearer(curl)).get("/v1/billing/meters")
     assert [m["id"] for m in meters.json()["meters"]] == [created.json()["id"]]
     _stop(third, signal.SIGTERM, data_dir)
+
+
+def test_a_caretaker_told_to_stop_stops_the_emulator_with_its_data_saved(procs, tmp_path):
+    """A machine shutting down signals the caretaker too: it stops the emulator then,
+    not at the end of its linger, and the next `serve` starts from the saved data."""
+    data_dir = tmp_path / "data"
+    first, url = _serve(procs, data_dir, cli_env(METERING_EMULATOR_LINGER_SECONDS="600"), "first")
+    curl = curl_example(first.stdout())
+    created = send_curl(curl)
+    assert created.status_code == 201, created.text
+    first.process.send_signal(signal.SIGTERM)
+    assert first.wait(30) == 0, first.stderr()
+    owner = json.loads((data_dir / "emulator-owner.json").read_text())
+    os.kill(int(owner["serve"].split("-")[0]), signal.SIGTERM)
+    wait_until(lambda: _in_group(owner["group"]) == [], 30, "the emulator stopped")
+    wait_until(lambda: mentioning(str(data_dir)) == [], 10, "the caretaker gone")
+    assert not (data_dir / "emulator-owner.json").exists()
+    second, url = _serve(procs, data_dir, _stops_with_serve(), "second")
+    assert "Started Google's Datastore emulator" in second.stderr()
+    meters = Api(url, _bearer(curl)).get("/v1/billing/meters")
+    assert [m["id"] for m in meters.json()["meters"]] == [created.json()["id"]]
+    _stop(second, signal.SIGTERM, data_dir)
 
 
 def test_serve_says_what_to_install_when_the_emulator_is_missing(tmp_path):

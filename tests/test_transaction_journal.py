@@ -246,6 +246,20 @@ def test_a_stopped_processs_leased_message_is_due_again_at_once(
         assert taken_over.message.key.get().lease == taken_over.message.lease
 
 
+def test_messages_leased_by_a_dispatcher_are_journaled_before_their_lease_commits(
+    ndb_client, tmp_path, api, org
+):
+    """A process killed after its lease transaction committed, before it queued the
+    messages for sending, has them in its journal: the next start makes them due at
+    once, instead of after their lease."""
+    journal.start(tmp_path)
+    leased = _leased_test_messages(api, ndb_client, org, "http://127.0.0.1:9/hook", 3)
+    assert journal._journal is not None
+    assert {key: token for key, token in journal._journal.leases.items()} == {
+        item.message.key.urlsafe().decode(): item.message.lease for item in leased
+    }
+
+
 def _dead_journal(directory: Path, held: list[tuple[str, str]]) -> None:
     """A journal file of a process that is no longer running, holding these leases."""
     child = subprocess.Popen([sys.executable, "-c", "pass"])

@@ -449,6 +449,10 @@ def _lease_batch(
                 message.updated_at = now
                 taken.append(Leased(message, endpoint, now, until))
             changed.append(message)
+        for item in taken:  # noted before the commit, as `_commit_journaled` does: a
+            # process killed between the commit and the hand-off (`_enqueue`) left them
+            # to wait out their leases (a token that never committed releases nothing)
+            journal.held(item.message.key.urlsafe().decode(), item.message.lease)
         if changed:
             ndb.put_multi(changed)
         return taken

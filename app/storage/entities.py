@@ -65,6 +65,13 @@ def fill_key(target: KeyPb, kind: str, ident: int | str, namespace: str | None =
         target.path[1].name = ident
 
 
+def context_identity(ident: int) -> tuple[str, str, int]:
+    """(project, namespace, ident) in the current NDB context: how a process remembers a
+    fact about one org's entity (a meter's markers) apart from other orgs and clients."""
+    context = ndb.get_context()
+    return context.client.project, context.get_namespace() or "", ident
+
+
 def key(kind: str, ident: int | str, namespace: str | None = None) -> KeyPb:
     """A key under the org root `synckey/1` in the current (or given) namespace."""
     pb = Key()

@@ -51,8 +51,6 @@ import hashlib
 import json
 from typing import Any, NamedTuple
 
-from google.cloud import ndb
-
 from app.core.aggregation import Aggregation
 from app.core.bounds import INT64_MAX as INT64_MAX  # re-exported for the suite
 from app.core.bounds import INT64_MIN as INT64_MIN
@@ -384,24 +382,19 @@ def _marker_key(meter_key_id: int) -> KeyPb:
     return entities.key(ORG_WIDE_KIND, str(meter_key_id))
 
 
-def _marker_identity(meter_key_id: int) -> tuple[str, str, int]:
-    context = ndb.get_context()
-    return context.client.project, context.get_namespace() or "", meter_key_id
-
-
 def mark_org_wide(meter_key_id: int) -> None:
     """Record that the meter's org-wide rollups hold all its events."""
     entity = entities.Entity()
     entity.key.CopyFrom(_marker_key(meter_key_id))
     entities.set_bool(entity, "Complete", True)
     rpc.commit([rpc.Mutation(upsert=entity)])
-    _org_wide_known.add(_marker_identity(meter_key_id))
+    _org_wide_known.add(entities.context_identity(meter_key_id))
 
 
 def org_wide(meter_key_id: int) -> bool:
     """Whether summaries of all users may read the meter's org-wide rollups. Remembered
     once true (a marker is never taken back; a purged org's namespace is never reused)."""
-    identity = _marker_identity(meter_key_id)
+    identity = entities.context_identity(meter_key_id)
     if identity in _org_wide_known:
         return True
     if not rpc.lookup([_marker_key(meter_key_id)]):

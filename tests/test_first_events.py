@@ -76,6 +76,25 @@ def test_a_backfill_sets_it_to_the_epoch_for_good(api, app, ndb_client, org):
         assert first_events.first_written(meter_key_id) == EPOCH
 
 
+def test_a_backfills_mark_is_written_once_per_meter_and_process(api, ndb_client, org, monkeypatch):
+    """An import's many batches of one meter do not rewrite the same entity each time."""
+    meter = api.create_meter()
+    meter_key_id = _key_id(ndb_client, org, meter)
+    commits: list[int] = []
+    real = rpc.commit
+
+    def counting(mutations, transaction=None):
+        commits.append(len(mutations))
+        return real(mutations, transaction)
+
+    monkeypatch.setattr(rpc, "commit", counting)
+    with ndb_client.context(namespace=org["namespace"]):
+        for _ in range(3):
+            first_events.note_unfed({meter_key_id})
+        assert first_events.first_written(meter_key_id) == EPOCH
+    assert commits == [1]
+
+
 def test_a_meter_without_the_record_is_unknown_and_batches_leave_it_so(api, ndb_client, org):
     meter = api.create_meter()
     meter_key_id = _key_id(ndb_client, org, meter)

@@ -27,8 +27,6 @@ from __future__ import annotations
 import threading
 from datetime import datetime
 
-from google.cloud import ndb
-
 from app.core.slots import EPOCH
 from app.storage import entities, rpc
 from app.storage.entities import KeyPb
@@ -46,16 +44,13 @@ UNKNOWN = Unknown()
 
 #: (project, namespace, meter key id) whose record this process saw set: no need to look
 _noted: set[tuple[str, str, int]] = set()
+#: ... and those whose backfill mark this process wrote: never taken back, so written once
+_unfed: set[tuple[str, str, int]] = set()
 _noted_lock = threading.Lock()
 
 
 def _key(meter_key_id: int) -> KeyPb:
     return entities.key(KIND, str(meter_key_id))
-
-
-def _identity(meter_key_id: int) -> tuple[str, str, int]:
-    context = ndb.get_context()
-    return context.client.project, context.get_namespace() or "", meter_key_id
 
 
 def mark_new(meter_key_id: int) -> None:
@@ -73,7 +68,7 @@ def note_written(meter_key_ids: set[int], now: datetime) -> None:
     commits after that (it wrote, or found `At` set): whichever write lands last, no
     event was committed before `At`. (A transaction made eight first batches abort
     one another, `tests/test_last_meters.py`.)"""
-    unseen = [m for m in meter_key_ids if _identity(m) not in _noted]
+    unseen = [m for m in meter_key_ids if entities.context_identity(m) not in _noted]
     if not unseen:
         return
     found = rpc.lookup([_key(m) for m in unseen])
@@ -89,20 +84,27 @@ def note_written(meter_key_ids: set[int], now: datetime) -> None:
     with _noted_lock:
         if len(_noted) > 100_000:
             _noted.clear()
-        _noted.update(_identity(m) for m in unseen)
+        _noted.update(entities.context_identity(m) for m in unseen)
 
 
 def note_unfed(meter_key_ids: set[int]) -> None:
     """Before a backfill (which writes no alert feed) commits events of these meters:
     record that they have events without feeds, for good, in an entity of its own
-    (`UNFED_KIND`), which no write of the first-event record can undo."""
+    (`UNFED_KIND`), which no write of the first-event record can undo. Once per meter
+    and process: an import's many batches of one meter would otherwise write the same
+    entity each time (Cloud Datastore takes about one write per second per entity)."""
+    unwritten = sorted(m for m in meter_key_ids if entities.context_identity(m) not in _unfed)
     mutations = []
-    for meter_key_id in sorted(meter_key_ids):
+    for meter_key_id in unwritten:
         entity = entities.Entity()
         entity.key.CopyFrom(entities.key(UNFED_KIND, str(meter_key_id)))
         mutations.append(rpc.Mutation(upsert=entity))
     if mutations:
         rpc.retry_aborted(lambda: rpc.commit(mutations), "the meters' unfed-events records")
+    with _noted_lock:
+        if len(_unfed) > 100_000:
+            _unfed.clear()
+        _unfed.update(entities.context_identity(m) for m in unwritten)
 
 
 def first_written(meter_key_id: int, transaction: bytes | None = None) -> datetime | Unknown | None:

@@ -16,7 +16,7 @@ def create_app(config: Config | None = None) -> Flask:
     """Build the WSGI app for a configuration (read from the environment by default)."""
     # Lazy: `import app.<anything>` runs this file first; only building the app needs
     # Flask's views and the Datastore client (the CLI and gunicorn's config import less).
-    from app import api, background, datastore, deadline, errors, headers, logs, ratelimit
+    from app import api, background, datastore, deadline, errors, headers, logs, ratelimit, timeline
     from app.models import ids
 
     config = config or Config.from_env()
@@ -25,6 +25,7 @@ def create_app(config: Config | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]  # the default provider has it
     ids.configure(config.hashid_salt)
+    timeline.enable(config.timeline)
     deadline.init_app(app)  # first: the deadline counts from the request's arrival
     errors.init_app(app)
     logs.init_app(app)

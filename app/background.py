@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 
 from google.api_core import exceptions as core_exceptions
 
-from app import datastore
+from app import datastore, timeline
 from app.services import periodic
 from app.services.alerts import evaluate
 from app.services.webhooks import dispatch, outbox
@@ -194,6 +194,7 @@ class _Deliverer(_Loop):
         return evaluate.held_orgs()
 
     def visit(self, only: set[str] | None, timed: bool = False) -> bool:
+        began = time.monotonic()
         try:
             with self.client.context(**self.context_options):
                 run = periodic.deliver_all_orgs(
@@ -210,6 +211,13 @@ class _Deliverer(_Loop):
             log.warning("background delivery failed", exc_info=True)
             self.stopping.wait(min(self.seconds, 5.0))
             return False
+        timeline.note(
+            "evaluation pass",
+            orgs=None if only is None else len(only),
+            timed=timed,
+            seconds=round(time.monotonic() - began, 4),
+            complete=run.complete,
+        )
         if timed:
             self.idle.visited(run)
         return not run.complete and not run.failed
@@ -289,6 +297,27 @@ class _Compactor:
                 log.warning("background compaction failed: %s", error)
 
 
+def _act_on_recovered(app, settings: dispatch.Settings) -> None:
+    """What this process took over from stopped ones at its start
+    (`datastore.recovered`) goes out at once: the messages leased anew for it to its
+    senders, and the orgs with messages made due to the loops."""
+    recovered, datastore.recovered = datastore.recovered, datastore.Recovered()
+    timeline.note(
+        "loops started",
+        taken=sum(len(taken) for taken in recovered.taken.values()),
+        due_orgs=len(recovered.due_orgs),
+    )
+    client = app.extensions["ndb"]
+    for namespace, taken in recovered.taken.items():
+        with (
+            client.context(**app.extensions["ndb_context_options"]) as context,
+            context.new(namespace=namespace or None).use(),
+        ):
+            dispatch.hand_off(taken, settings)
+    for namespace in sorted(recovered.due_orgs):
+        outbox.wake_org(namespace)
+
+
 def init_app(app) -> None:
     """Start the compaction and delivery loops the configuration asks for."""
     config = app.config["METERING"]
@@ -303,9 +332,7 @@ def init_app(app) -> None:
         sender = _Sender(app.extensions["ndb"], app.extensions["ndb_context_options"], config)
         app.extensions[_SEND_EXTENSION] = sender
         sender.thread.start()
-        for namespace in sorted(datastore.released_orgs):  # a killed process's messages
-            outbox.wake_org(namespace)  # due again (`datastore._release_held`): at once
-        datastore.released_orgs.clear()
+        _act_on_recovered(app, sender.settings)
     if config.background_compaction_seconds <= 0:
         return
     compactor = _Compactor(

@@ -166,6 +166,10 @@ class Config:
     #: (`app/storage/journal.py`). Empty, the default, keeps no list (App Engine: an
     #: instance's disk dies with it). `metering serve` sets one under --data-dir.
     transaction_journal_dir: str = ""
+    #: (session 15) `METERING_TIMELINE=1`: log each step of the background delivery
+    #: (evaluation chunks, leases, hand-offs, sends) with its time (`app/timeline.py`), to
+    #: find where a late webhook spent its time. Off by default.
+    timeline: bool = False
     # -- issue 16, customer portal -----------------------------------------------------
     #: (kid, secret) pairs that sign and verify portal tokens (HMAC-SHA256); the first
     #: signs. Production uses only `METERING_PORTAL_SIGNING_KEYS`; without it, no portal.
@@ -285,6 +289,7 @@ class Config:
                 env, "METERING_WEBHOOK_TIMEOUT_SECONDS", cls.webhook_timeout_seconds
             ),
             transaction_journal_dir=env.get("METERING_TRANSACTION_JOURNAL_DIR", ""),
+            timeline=env.get("METERING_TIMELINE", "") not in ("", "0"),
             # issue 16, customer portal
             portal_signing_keys=_portal_signing_keys(env.get("METERING_PORTAL_SIGNING_KEYS")),
             portal_policy_cache_seconds=_env_float(

@@ -11,17 +11,18 @@ after authenticating the caller, and nothing else passes namespaces around.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from flask import current_app, g
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import ndb
 
-from app import cache
-from app.models import utcnow
-from app.models.webhook import PENDING, WebhookMessage
+from app import cache, timeline
+from app.services.webhooks import dispatch
 from app.storage import journal, metrics, rpc
 
 log = logging.getLogger(__name__)
@@ -76,68 +77,67 @@ def reopen_context() -> contextlib.AbstractContextManager:
     return client().context(namespace=namespace, **options)
 
 
-def _journal_transactions(client: ndb.Client, directory: str) -> None:
+def _journal_transactions(client: ndb.Client, config) -> None:
     """With a journal directory: roll back what stopped processes left open there, then
     list this process's transactions in it (`app/storage/journal.py`)."""
+    directory = config.transaction_journal_dir
     if not directory:
         return
-    with client.context():
-        journal.recover(Path(directory), rpc.rollback, _release_held)
+    # Started first: the leases taken over from a stopped process are noted in it.
     journal.start(Path(directory))
+    # With the background loops, this process sends a stopped one's leased messages.
+    sends = dispatch.Settings.of(config) if config.background_delivery_seconds > 0 else None
+    with client.context():
+        journal.recover(Path(directory), rpc.rollback, functools.partial(_release_held, sends))
 
 
 #: Leases released per transaction when a process starts after a killed one.
 RELEASE_BATCH = 100
-#: The orgs (namespaces) whose webhook messages this process made due again at its
-#: start (`_release_held`): the background loops look at them at once (`app.background`).
-released_orgs: set[str] = set()
 
 
-def _release_held(held: list[tuple[str, str]]) -> None:
-    """Give up what a stopped process held (serialized keys, each with its holder name
-    or lease token), where it still holds it: an alert lease is deleted; a webhook
-    message it had leased is due again at once (it may have been sent: the receiver
-    drops the duplicate by its `webhook-id`), instead of when its lease would have run
-    out. One transaction per org and RELEASE_BATCH keys: a killed service can leave a
-    hundred messages leased."""
+@dataclass
+class Recovered:
+    """What this process took over at its start from stopped ones (`_release_held`), for
+    its background loops to act on at once (`app.background`)."""
+
+    #: Orgs (namespaces) with webhook messages made due again.
+    due_orgs: set[str] = field(default_factory=set)
+    #: Per org, the messages leased anew for this process's senders.
+    taken: dict[str, list[dispatch.Leased]] = field(default_factory=dict)
+
+
+recovered = Recovered()
+
+
+def _release_held(sends: dispatch.Settings | None, held: list[tuple[str, str]]) -> None:
+    """Give up what stopped processes held (serialized keys, each with its holder name or
+    lease token), per org and RELEASE_BATCH keys a transaction (`dispatch.release_stopped`):
+    a killed service can leave a hundred messages leased."""
     by_org: dict[str, list[tuple[ndb.Key, str]]] = {}
     for key, holder in held:
         held_key = ndb.Key(urlsafe=key.encode())
         by_org.setdefault(held_key.namespace() or "", []).append((held_key, holder))
+    timeline.note("releasing", leases=len(held))
     for namespace, pairs in by_org.items():
-        for at in range(0, len(pairs), RELEASE_BATCH):
-            try:
-                if _release_batch(pairs[at : at + RELEASE_BATCH]):
-                    released_orgs.add(namespace)
-            except Exception as error:  # noqa: BLE001  (they expire by themselves)
-                log.warning("could not release a stopped process's leases: %s", error)
-
-
-def _release_batch(pairs: list[tuple[ndb.Key, str]]) -> bool:
-    """Release these leases in one transaction; whether a message is due again."""
-
-    def release() -> bool:
-        entities = ndb.get_multi([key for key, _holder in pairs])
-        due, gone = [], []
-        for (key, holder), entity in zip(pairs, entities):
-            if isinstance(entity, WebhookMessage):
-                if entity.lease == holder and entity.status == PENDING:
-                    entity.lease, entity.next_attempt_at = None, utcnow()
-                    due.append(entity)
-            elif entity is not None and getattr(entity, "holder", None) == holder:
-                gone.append(key)
-        ndb.put_multi(due)
-        ndb.delete_multi(gone)
-        return bool(due)
-
-    return bool(ndb.transaction(release, retries=3))
+        with ndb.get_context().new(namespace=namespace or None).use():
+            for at in range(0, len(pairs), RELEASE_BATCH):
+                try:
+                    done = dispatch.release_stopped(pairs[at : at + RELEASE_BATCH], sends)
+                except Exception as error:  # noqa: BLE001  (they expire by themselves)
+                    log.warning("could not release a stopped process's leases: %s", error)
+                    continue
+                if done.due:
+                    recovered.due_orgs.add(namespace)
+                if done.taken:
+                    recovered.taken.setdefault(namespace, []).extend(done.taken)
+    timeline.note("released", orgs=len(by_org))
 
 
 def init_app(app) -> None:
     """Create the app's NDB client and open a context around every request."""
     client = make_client(app.config["METERING"])
     metrics.instrument(client)
-    _journal_transactions(client, app.config["METERING"].transaction_journal_dir)
+    _journal_transactions(client, app.config["METERING"])
     app.extensions["ndb"] = client
     app.extensions["ndb_context_options"] = cache.context_options(app.config["METERING"])
     app.before_request(_open_context)

@@ -1,7 +1,7 @@
 """Alerts end to end: exactly the crossings, each once, signed, within the latency bars.
 
 One run of `python benchmarks/alerts_exact.py` starts Google's Firestore-mode emulator
-(`--emulator legacy`: the legacy one, which `metering serve` embeds by default), a
+(which `metering serve` embeds by default; `--emulator legacy`: the legacy one), a
 webhook receiver on loopback, and `metering serve` (2 workers x 8 threads, its background
 delivery loop on) exactly as a tenant would run it. Then:
 
@@ -195,6 +195,8 @@ class BruteForce:
         self.lock = threading.Lock()
         self.killed_at: float | None = None  # monotonic, with --restart
         self.restarted_at: float | None = None
+        self.killed_wall: float | None = None  # time.time() of the same moments
+        self.restarted_wall: float | None = None
 
     def add(self, events: list[dict], acknowledged_at: float) -> None:
         acknowledged_wall = time.time() - (time.monotonic() - acknowledged_at)
@@ -311,6 +313,14 @@ def parse_args(argv=None):
         "`metering serve` embeds by default)",
     )
     parser.add_argument(
+        "--timeline",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run the service with METERING_TIMELINE=1 and print, for the N latest clean "
+        "per-user crossings, when each step of their way happened (app/timeline.py)",
+    )
+    parser.add_argument(
         "--rules-age",
         type=float,
         default=0.0,
@@ -355,6 +365,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     workdir = common.scratch_dir()
     extra = {"METERING_BACKGROUND_DELIVERY_SECONDS": "1"}
+    if args.timeline:
+        extra["METERING_TIMELINE"] = "1"
     if args.embedded:  # `metering serve --data-dir`, as `make run`: the emulator its own
         emulator, data_dir = None, workdir / "data"
     else:
@@ -393,6 +405,8 @@ def main(argv=None) -> int:
         diagnose = functools.partial(explain_missing, target, rules)
         summarize = functools.partial(summary_of, target, meter_id)
         verdict = report(args, receiver, brute, recorded_seconds, diagnose, summarize)
+        if args.timeline:
+            print_timeline(brute, receiver, workdir, args.timeline)
         if not args.restart:  # the CPU of one service's processes, recording and sending
             used = [
                 common.TreeCpu.used(before, tree.snapshot()).seconds
@@ -419,6 +433,7 @@ def restart_halfway(service, emulator_host, workdir, extra, target, brute, args)
     # --embedded, serve stops its emulator, which exports its data, and starts another)
     os.killpg(service.process.pid, how)
     brute.killed_at = time.monotonic()
+    brute.killed_wall = time.time()
     service.process.wait()
     print(f"stopped the service with {how.name} after {brute.recorded} events", flush=True)
     again = common.Service(
@@ -431,6 +446,7 @@ def restart_halfway(service, emulator_host, workdir, extra, target, brute, args)
         embedded_kind=service.embedded_kind,
     ).start()
     brute.restarted_at = time.monotonic()
+    brute.restarted_wall = time.time()
     print(f"restarted in {brute.restarted_at - brute.killed_at:.1f}s", flush=True)
     target.url = again.url
     target.up.set()
@@ -618,6 +634,85 @@ def print_around_restart(brute: BruteForce, found: dict, receiver: Receiver) -> 
             f"  the others (n={len(waited)}) arrived after the restart: first at "
             f"{waited[0]:+.2f}s, median {statistics.median(waited):+.2f}s, last {waited[-1]:+.2f}s"
         )
+
+
+def read_timeline(workdir: Path) -> list[dict]:
+    """The timeline lines (`app/timeline.py`) of every service run in `workdir`, by time."""
+    lines = []
+    for path in sorted(workdir.glob("service-*.log")):
+        for text in path.read_text(errors="replace").splitlines():
+            if '"timeline"' not in text:
+                continue
+            try:
+                lines.append(json.loads(text)["timeline"])
+            except (ValueError, KeyError):
+                continue
+    return sorted(lines, key=lambda line: line["at"])
+
+
+def print_timeline(brute: BruteForce, receiver: Receiver, workdir: Path, worst: int) -> None:
+    """For the `worst` latest clean per-user crossings: the seconds from their batch's 201
+    to each step the service logged for their message (the chunk that committed it, the
+    feeds read before that chunk, its hand-off, the send) and to the receipt; then the
+    service's own steps around the restart."""
+    lines = read_timeline(workdir)
+    if not lines:
+        print("timeline: the service logged none (METERING_TIMELINE)")
+        return
+    steps: dict[str, dict[str, float]] = {}
+    last_read: dict[tuple[int, str], dict] = {}
+    for line in lines:
+        where = (line["pid"], line["thread"])
+        if line["step"] == "feeds read":
+            last_read[where] = line
+        ids = line.get("messages") or ([line["message"]] if "message" in line else [])
+        for message in ids:
+            mine = steps.setdefault(str(message).rpartition(".")[0], {})
+            mine.setdefault(line["step"], line["at"])
+            if line["step"] == "chunk committed" and where in last_read:
+                mine.setdefault("feeds read", last_read[where]["at"])
+                mine.setdefault("chunk pid", line["pid"])
+    with receiver.lock:
+        found = received_crossings(receiver)
+    late = []
+    for key, acknowledged in brute.crossed_wall.items():
+        if key in found and key[1] is not None:
+            first = found[key][0]
+            if first.webhook_id not in receiver.refused_first:
+                late.append((first.wall - acknowledged, acknowledged, first))
+    late.sort(key=lambda item: item[0], reverse=True)
+    order = ("feeds read", "chunk committed", "leased", "queued", "sending", "sent")
+    print(
+        f"timeline of the {min(worst, len(late))} latest clean per-user crossings "
+        "(seconds from the batch's 201):"
+    )
+    for latency, acknowledged, first in late[:worst]:
+        mine = steps.get(first.webhook_id, {})
+        marks = [f"{step} {mine[step] - acknowledged:+.2f}" for step in order if step in mine]
+        pid = f" pid {mine['chunk pid']:.0f}" if "chunk pid" in mine else ""
+        stop = (
+            f" (stop {brute.killed_wall - acknowledged:+.2f})"
+            if brute.killed_wall is not None
+            else ""
+        )
+        print(f"  {latency:5.2f}s{stop}: " + ", ".join(marks) + f", received {latency:+.2f}{pid}")
+    if brute.killed_wall is None:
+        return
+    killed = brute.killed_wall
+    print(
+        f"  the service's steps from the restart (seconds from the stop; restarted at "
+        f"{(brute.restarted_wall or killed) - killed:+.2f}):"
+    )
+    for line in lines:
+        if line["at"] < killed - 2 or line["at"] > killed + 6:
+            continue
+        idle = line["step"] == "evaluation pass" and line["seconds"] < 0.01
+        shown = ("loops started", "releasing", "released", "evaluation pass", "leased")
+        if not idle and line["step"] in shown + ("chunk committed", "feeds read"):
+            fields = {k: v for k, v in line.items() if k not in ("step", "at", "thread")}
+            if "messages" in fields:
+                fields["messages"] = len(fields["messages"])
+            print(f"    {line['at'] - killed:+.2f} {line['step']} {fields}")
 
 
 def _median_p95(values: list[float]) -> tuple[float, float]:

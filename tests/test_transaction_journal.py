@@ -24,7 +24,7 @@ from google.cloud import ndb
 
 from app import background, create_app, datastore
 from app.models import AlertLease, root_key, utcnow
-from app.models.webhook import WebhookEndpoint
+from app.models.webhook import DELIVERED, PENDING, WebhookEndpoint
 from app.services.webhooks import dispatch
 from app.storage import journal, rpc
 from tests.support.receiver import Receiver
@@ -298,35 +298,102 @@ def test_many_leases_of_stopped_processes_are_released_in_batches(
     held = [(item.message.key.urlsafe().decode(), item.message.lease) for item in leased]
     _dead_journal(tmp_path, held[:3] + [(lease_key.urlsafe().decode(), "dead-1")])
     _dead_journal(tmp_path, held[3:])
-    datastore.released_orgs.clear()
+    datastore.recovered = datastore.Recovered()
     create_app(config.replace(transaction_journal_dir=str(tmp_path)))
     with ndb_client.context(namespace=org["namespace"]):
         due = dispatch.due_keys(utcnow() + timedelta(seconds=1), 100)
         assert sorted(due) == sorted(item.message.key for item in leased)
         assert lease_key.get() is None
-    assert datastore.released_orgs == {org["namespace"]}
-    datastore.released_orgs.clear()
-    assert list(tmp_path.glob("*" + journal.SUFFIX + "*")) == []
+    assert datastore.recovered.due_orgs == {org["namespace"]}
+    assert datastore.recovered.taken == {}  # no background loop here to send them
+    datastore.recovered = datastore.Recovered()
+    left = [path.name for path in tmp_path.glob("*" + journal.SUFFIX + "*")]
+    assert left in ([], [journal.identity(os.getpid()) + journal.SUFFIX])  # only ours
 
 
-def test_a_restarted_services_loops_send_the_released_messages_at_once(
-    config, ndb_client, tmp_path, api, org
+def test_a_restarted_service_takes_over_a_stopped_ones_messages_and_sends_them_at_once(
+    config, ndb_client, tmp_path, api, org, monkeypatch
 ):
-    """The background loops are woken for the orgs whose messages the start released:
-    they leave at once, not at the loops' first timed pass (60 s away here)."""
+    """(Session 15) With background loops, the start leases a stopped process's messages
+    anew for itself, in the transaction that releases them, noted in its own journal
+    before the commit, and its senders send them at once: no round of the loops (their
+    first timed pass is 60 s away here) and no lease transaction of a dispatcher."""
     receiver = Receiver().start()
     try:
         leased = _leased_test_messages(api, ndb_client, org, receiver.url, 3)
-        _dead_journal(
-            tmp_path,
-            [(item.message.key.urlsafe().decode(), item.message.lease) for item in leased],
+        dead = {item.message.key: item.message.lease for item in leased}
+        _dead_journal(tmp_path, [(key.urlsafe().decode(), token) for key, token in dead.items()])
+        leases_taken = []
+        original = dispatch.lease_many
+        monkeypatch.setattr(
+            dispatch,
+            "lease_many",
+            lambda *args, **kwargs: leases_taken.append(1) or original(*args, **kwargs),
         )
         app = create_app(
             config.replace(transaction_journal_dir=str(tmp_path), background_delivery_seconds=60)
         )
         try:
-            eventually(lambda: len(receiver.received) >= 3, 20, "the released messages sent")
+            eventually(lambda: len(receiver.received) >= 3, 20, "the taken messages sent")
         finally:
             background.stop(app)
+        assert leases_taken == []  # no dispatcher's round leased them
+        assert sorted(r.headers["webhook-id"] for r in receiver.received) == sorted(
+            item.message.message_id for item in leased
+        )
+        with ndb_client.context(namespace=org["namespace"]):
+            for key in dead:
+                message = eventually(
+                    lambda key=key: (m := key.get()).status != PENDING and m, 20, "recorded"
+                )
+                assert message.status == DELIVERED and message.lease is None
+                assert message.attempt_count == 1
     finally:
         receiver.stop()
+
+
+def test_a_disabled_endpoints_messages_are_made_due_not_taken_over(
+    config, ndb_client, tmp_path, api, org
+):
+    """A stopped process's message to an endpoint disabled since is not leased anew: it
+    is made due for a dispatcher's round, which settles it as for any other message."""
+    leased = _leased_test_messages(api, ndb_client, org, "http://127.0.0.1:9/hook", 2)
+    with ndb_client.context(namespace=org["namespace"]):
+        endpoint = leased[0].endpoint.key.get()
+        endpoint.enabled = False
+        endpoint.put()
+    _dead_journal(
+        tmp_path, [(item.message.key.urlsafe().decode(), item.message.lease) for item in leased]
+    )
+    sends = dispatch.Settings()
+    held = [(item.message.key, item.message.lease) for item in leased]
+    with ndb_client.context(namespace=org["namespace"]):
+        done = dispatch.release_stopped(held, sends)
+        assert done.taken == [] and done.due
+        assert sorted(dispatch.due_keys(utcnow() + timedelta(seconds=1), 10)) == sorted(
+            key for key, _ in held
+        )
+        assert all(key.get().lease is None for key, _ in held)
+
+
+def test_messages_taken_over_are_leased_anew_and_journaled_before_the_commit(
+    ndb_client, tmp_path, api, org
+):
+    """A stopped process's messages are leased anew (new tokens, due only past the new
+    lease), and the new leases are in this process's journal: a kill right after the
+    take-over leaves them to the next start, as any lease."""
+    leased = _leased_test_messages(api, ndb_client, org, "http://127.0.0.1:9/hook", 3)
+    journal.start(tmp_path)
+    held = [(item.message.key, item.message.lease) for item in leased]
+    with ndb_client.context(namespace=org["namespace"]):
+        done = dispatch.release_stopped(held, dispatch.Settings(timeout_seconds=10))
+        assert not done.due and len(done.taken) == 3
+        assert dispatch.due_keys(utcnow() + timedelta(seconds=15), 10) == []
+        stored = {key: key.get().lease for key, _ in held}
+    old = dict(held)
+    assert all(stored[key] and stored[key] != old[key] for key in stored)
+    assert {item.message.key: item.message.lease for item in done.taken} == stored
+    assert journal._journal is not None
+    assert journal._journal.leases == {
+        key.urlsafe().decode(): token for key, token in stored.items()
+    }

@@ -37,6 +37,7 @@ from flask import current_app, has_app_context
 from google.api_core import exceptions as core_exceptions
 from google.cloud import ndb
 
+from app import timeline
 from app.config import Config
 from app.core.aggregation import Aggregation
 from app.core.slots import from_micros, micros
@@ -602,6 +603,7 @@ def _evaluate_meter(
         feeds, held.prefetched = held.prefetched, None
         if feeds is None or stale:
             feeds = _pending(meter_id, CHUNK_FEEDS)
+        timeline.note("feeds read", meter=meter_id, feeds=len(feeds))
         if not feeds:
             return applied, True
         every = len(feeds) < CHUNK_FEEDS and len(feeds) <= budget - applied
@@ -1126,6 +1128,14 @@ def _commit_chunk(
         mutations += [entities.upsert_of(entity) for entity in writes]
         _commit_journaled(mutations, transaction, leased)
         stored_messages[0] = messages
+        if timeline.enabled():
+            timeline.note(
+                "chunk committed",
+                meter=meter.id_,
+                feeds=len(feed_keys),
+                messages=[entity.key.id() for entity in writes],
+                handed_off=bool(leased),
+            )
         return len(feed_keys) if last else 0
 
     def in_transaction() -> int:

@@ -125,6 +125,9 @@ class _Loop:
         self.woken_orgs: set[str] = set()
         self.everyone_now = False
         self.idle = _IdleOrgs(self.seconds)
+        #: org -> when (monotonic) a commit last woke the loop for it: a graceful stop's
+        #: last round looks at the latest (`_Deliverer.last_pass`)
+        self.recent: dict[str, float] = {}
         self.forget = outbox.on_wake(self.wake, only_messages=self.only_messages)
         self.thread = threading.Thread(target=self.run, name=self.name, daemon=True)
 
@@ -147,6 +150,7 @@ class _Loop:
             if self.stopping.is_set():
                 break
             with self.lock:
+                self._note_recent(self.woken_orgs)
                 orgs, self.woken_orgs = self.woken_orgs | polled, set()
                 everyone, self.everyone_now = self.everyone_now, False
             self.idle.forget(orgs)
@@ -157,6 +161,12 @@ class _Loop:
                 with self.lock:
                     self.woken_orgs |= orgs
                 self.woken.set()
+
+    def _note_recent(self, woken: set[str]) -> None:
+        now = time.monotonic()
+        if len(self.recent) > 10_000:
+            self.recent.clear()
+        self.recent.update(dict.fromkeys(woken, now))
 
     def visit(self, only: set[str] | None, timed: bool = False) -> bool:
         """Work for these orgs (None: every org; `timed`: those `self.idle` picks, plus
@@ -221,6 +231,29 @@ class _Deliverer(_Loop):
         if timed:
             self.idle.visited(run)
         return not run.complete and not run.failed
+
+    def last_pass(self, seconds: float) -> None:
+        """A graceful stop's last evaluation (`drain`): the feeds of the orgs whose meter
+        leases this process holds and of the LAST_PASS_ORGS orgs its commits woke last,
+        unpaced, no chunk started past `seconds`."""
+        with self.lock:
+            self._note_recent(self.woken_orgs)
+            latest = sorted(self.recent, key=self.recent.__getitem__)[-LAST_PASS_ORGS:]
+        orgs = set(latest) | evaluate.held_orgs()
+        if not orgs or seconds <= 0:
+            return
+        try:
+            with self.client.context(**self.context_options):
+                periodic.deliver_all_orgs(
+                    self.budget,
+                    settings=self.settings,
+                    wait=False,
+                    only=orgs,
+                    evaluate_seconds=seconds,
+                    send=False,
+                )
+        except Exception:  # the next start evaluates them
+            log.warning("the last evaluation before the stop failed", exc_info=True)
 
 
 class _Sender(_Loop):
@@ -343,6 +376,38 @@ def init_app(app) -> None:
     )
     app.extensions[_EXTENSION] = compactor
     compactor.thread.start()
+
+
+#: Orgs a graceful stop's last evaluation round looks at, besides those whose meter
+#: leases the process holds: those its commits woke last (one cheap query each when
+#: nothing is pending).
+LAST_PASS_ORGS = 50
+#: Seconds a worker stopped gracefully (SIGTERM, Ctrl-C) spends on its last alert
+#: evaluation and its queued webhook sends (`drain`), within gunicorn's graceful timeout
+#: (7 s, `app/cli.py`; gunicorn takes up to about 2 s to end a worker's loop first).
+DRAIN_SECONDS = 2.0
+
+
+def drain(app, seconds: float = DRAIN_SECONDS) -> None:
+    """A graceful stop's last work, for at most `seconds` (session 15): the loops stop
+    (the evaluation round under way ends with its chunk, and its messages are handed
+    off), one last unpaced round evaluates the feeds still pending, and the messages
+    handed to this process's senders are sent and recorded. Before, a stopped worker
+    left every queued message and every unevaluated feed to the next start, where they
+    waited for the restart, the release of their leases and a round of the loops
+    (`benchmarks/alerts_exact.py --restart --restart-signal TERM --timeline`). What is
+    left at the end (a send to a hung endpoint) stays leased to this process and is
+    taken over by the next start (`app/storage/journal.py`)."""
+    until = time.monotonic() + seconds
+    deliverer = app.extensions.pop(_DELIVERY_EXTENSION, None)
+    sender = app.extensions.pop(_SEND_EXTENSION, None)
+    for loop in (deliverer, sender):
+        if loop is not None:
+            loop.stop(max(0.0, until - time.monotonic()))
+    if deliverer is not None and not deliverer.thread.is_alive():
+        deliverer.last_pass(min(EVALUATE_SECONDS, until - time.monotonic()))
+    left = dispatch.wait_for_sends(until)
+    timeline.note("drained", unsent=left, seconds=round(seconds - (until - time.monotonic()), 3))
 
 
 def stop(app, timeout: float = 30.0) -> None:

@@ -1143,8 +1143,10 @@ def _gunicorn(
             self.cfg.set("logconfig_dict", GUNICORN_LOGCONFIG)
             # A worker still booting when Ctrl-C arrives has no signal handlers yet and
             # misses it; gunicorn then waits graceful_timeout (30 s by default) before
-            # killing it. Locally, 5 s is plenty for requests in flight.
-            self.cfg.set("graceful_timeout", 5)
+            # killing it. Locally, 7 s is plenty: a worker's loop takes up to about 2 s
+            # to end, then its drain (session 15, `background.DRAIN_SECONDS`), which a
+            # SIGKILL must not cut short.
+            self.cfg.set("graceful_timeout", 7)
             # Gunicorn 27's control socket is one path per user: a second `serve`
             # (or a test run beside a dev server) would take it over.
             if "control_socket_disable" in self.cfg.settings:
@@ -1168,9 +1170,17 @@ def _exit_promptly(_arbiter: object, worker: Any) -> None:
     and every crossing recorded before the stop waited with it
     (`benchmarks/alerts_exact.py --restart --restart-signal TERM`). The sends cut short
     are retried: their messages stay leased to this process, and the next start
-    releases them (`app/storage/journal.py`), as after a kill. A worker that failed to
-    boot or crashed keeps its exit status."""
+    takes them over (`app/storage/journal.py`), as after a kill. A worker that failed
+    to boot or crashed keeps its exit status.
+
+    (Session 15) First, for at most `background.DRAIN_SECONDS`, the worker evaluates
+    what is pending and sends what it holds (`background.drain`), with further quit
+    signals ignored (Ctrl-C's QUIT from the master would cut the drain short)."""
     if worker.booted and not worker.alive:
+        from app import background  # lazy: see "Lazy imports" above
+
+        _ignore_quit_signals()
+        background.drain(worker.wsgi)
         logging.shutdown()  # the lines logged so far reach their files
         os._exit(0)
 

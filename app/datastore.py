@@ -22,6 +22,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import ndb
 
 from app import cache, timeline
+from app.models.webhook import WebhookMessage
 from app.services.webhooks import dispatch
 from app.storage import journal, metrics, rpc
 
@@ -120,9 +121,9 @@ def _release_held(sends: dispatch.Settings | None, held: list[tuple[str, str]]) 
     timeline.note("releasing", leases=len(held))
     for namespace, pairs in by_org.items():
         with ndb.get_context().new(namespace=namespace or None).use():
-            for at in range(0, len(pairs), RELEASE_BATCH):
+            for batch in _release_batches(pairs):
                 try:
-                    done = dispatch.release_stopped(pairs[at : at + RELEASE_BATCH], sends)
+                    done = dispatch.release_stopped(batch, sends)
                 except Exception as error:  # noqa: BLE001  (they expire by themselves)
                     log.warning("could not release a stopped process's leases: %s", error)
                     continue
@@ -131,6 +132,18 @@ def _release_held(sends: dispatch.Settings | None, held: list[tuple[str, str]]) 
                 if done.taken:
                     recovered.taken.setdefault(namespace, []).extend(done.taken)
     timeline.note("released", orgs=len(by_org))
+
+
+def _release_batches(pairs: list[tuple[ndb.Key, str]]) -> list[list[tuple[ndb.Key, str]]]:
+    """An org's leases in the order they are released: the alert evaluation leases
+    first, alone (a few keys, one per meter; the other worker's evaluator waits for
+    them), then the webhook messages by RELEASE_BATCH."""
+    messages = [pair for pair in pairs if pair[0].kind() == WebhookMessage._get_kind()]
+    others = [pair for pair in pairs if pair[0].kind() != WebhookMessage._get_kind()]
+    batches = [others[at : at + RELEASE_BATCH] for at in range(0, len(others), RELEASE_BATCH)]
+    return batches + [
+        messages[at : at + RELEASE_BATCH] for at in range(0, len(messages), RELEASE_BATCH)
+    ]
 
 
 def init_app(app) -> None:

@@ -11,8 +11,8 @@ from datetime import timedelta
 import pytest
 from standardwebhooks import Webhook
 
-from app import create_app
-from app.models import root_key
+from app import background, create_app
+from app.models import AlertFeed, root_key
 from app.services import periodic
 from app.services.alerts import evaluate
 from app.services.webhooks import dispatch, outbox
@@ -246,3 +246,42 @@ def test_the_lease_holder_looks_for_feeds_another_process_recorded(
         eventually(lambda: len(_alerts(receiver)) == 2, timeout=10, what="b's alert sent")
     payloads = _payloads(receiver, endpoint["secret"])
     assert [(p["data"]["userId"], p["data"]["value"]) for p in payloads] == [("a", 3), ("b", 5)]
+
+
+def test_a_graceful_stop_evaluates_what_is_pending_and_sends_it_before_it_ends(
+    config, org, receiver, ndb_client
+):
+    """(Session 15) `background.drain`, which a worker stopped with SIGTERM or Ctrl-C runs
+    before it exits: a crossing whose round waits for the pace (30 s here, after a
+    caught-up round) is evaluated by one last unpaced round and delivered, and the
+    drain returns once its attempt is recorded, well within DRAIN_SECONDS."""
+    app = create_app(config.replace(background_delivery_seconds=60, alert_round_spacing_seconds=30))
+    server = LiveServer(app).start()
+    try:
+        api = Api(server.url, org["apiKey"])
+        endpoint = _endpoint(api, receiver)
+        meter = api.create_meter()
+        rule = create_rule(api, meter, thresholds=[10])
+        event = {"meterId": meter["id"], "userId": "u", "timestamp": minutes_ago(5)}
+        api.record({**event, "value": 4})
+
+        def feeds_left() -> int:
+            with ndb_client.context(namespace=org["namespace"]):
+                return len(AlertFeed.query().fetch(keys_only=True))
+
+        eventually(lambda: feeds_left() == 0, 20, "the first batch evaluated (a round noted)")
+        api.record({**event, "value": 7})
+        time.sleep(0.5)
+        assert feeds_left() == 1 and _alerts(receiver) == []  # the pace holds it
+        began = time.monotonic()
+        background.drain(app)
+        assert time.monotonic() - began < background.DRAIN_SECONDS
+        [triggered] = _payloads(receiver, endpoint["secret"])
+        assert (triggered["data"]["threshold"], triggered["data"]["value"]) == (10, 11)
+        assert feeds_left() == 0
+        [trigger] = triggers(api, rule)
+        messages = api.get(f"/v1/webhooks/endpoints/{endpoint['id']}/messages").json()
+        [message] = [m for m in messages["messages"] if m["id"] == trigger["messageId"]]
+        assert message["status"] == "delivered"  # recorded before the drain returned
+    finally:
+        server.stop()

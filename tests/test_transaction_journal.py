@@ -24,7 +24,7 @@ from google.cloud import ndb
 
 from app import background, create_app, datastore
 from app.models import AlertLease, root_key, utcnow
-from app.models.webhook import DELIVERED, PENDING, WebhookEndpoint
+from app.models.webhook import DELIVERED, MESSAGE_KIND, PENDING, WebhookEndpoint
 from app.services.webhooks import dispatch
 from app.storage import journal, rpc
 from tests.support.receiver import Receiver
@@ -397,3 +397,18 @@ def test_messages_taken_over_are_leased_anew_and_journaled_before_the_commit(
     assert journal._journal.leases == {
         key.urlsafe().decode(): token for key, token in stored.items()
     }
+
+
+def test_alert_leases_are_released_first_and_alone(ndb_client, monkeypatch):
+    """The evaluation leases of a stopped process go in the first transaction, apart from
+    its webhook messages: the other worker's evaluator waits for them, not the sends."""
+    monkeypatch.setattr(datastore, "RELEASE_BATCH", 2)
+    with ndb_client.context():  # NDB keys take the context's project
+        _check_release_order()
+
+
+def _check_release_order() -> None:
+    messages = [(ndb.Key(MESSAGE_KIND, f"msg_{n}.1", namespace="o"), "t") for n in range(3)]
+    lease = (ndb.Key(AlertLease, "m1", namespace="o"), "dead-1")
+    batches = datastore._release_batches([messages[0], lease, *messages[1:]])
+    assert batches == [[lease], messages[:2], messages[2:]]

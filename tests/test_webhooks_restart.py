@@ -10,9 +10,11 @@ import time
 import pytest
 from standardwebhooks import Webhook
 
+from app import background
 from app.emulator import free_port
 from app.services.webhooks import dispatch
 from tests.conftest import ADMIN_TOKEN
+from tests.support.alerts import create_rule, minutes_ago
 from tests.support.http import Api
 from tests.support.names import unique_org_name
 from tests.support.processes import cli_env, wait_serving, wait_until
@@ -89,16 +91,18 @@ def test_a_service_killed_mid_send_and_restarted_delivers_every_message(emulator
 
 def test_a_service_stopped_mid_send_exits_at_once_and_the_next_delivers_it(emulator, procs):
     """SIGTERM while a send hangs (session 13): the workers exit once their requests are
-    answered, without waiting for the send's timeout (Python joins a thread pool's
-    threads at exit; gunicorn then waited its graceful 5 s), and the next start delivers
-    the message, released at its start (`app/storage/journal.py`)."""
+    answered and their drain's time is up (session 15: `background.DRAIN_SECONDS`),
+    without waiting for the send's timeout (Python joins a thread pool's threads at
+    exit; gunicorn then waited its graceful timeout), and the next start delivers the
+    message, taken over at its start (`app/storage/journal.py`)."""
     receiver = Receiver().start()
     try:
         first, env, port, _api, _endpoint, sent = _hanging_send(emulator, procs, receiver, 10, 9.0)
         stopped = time.monotonic()
         first.process.send_signal(signal.SIGTERM)
         assert first.wait(10) == 0
-        assert time.monotonic() - stopped < 3.0  # not the send's 10 s, nor gunicorn's 5 s
+        # gunicorn ends a worker's loop within about 2 s, then the drain: not the send's 10 s
+        assert time.monotonic() - stopped < background.DRAIN_SECONDS + 3.5
         assert "Traceback" not in first.stderr()
         receiver.mode = "ok"
         second = _serve(procs, port, env, "second")
@@ -108,5 +112,48 @@ def test_a_service_stopped_mid_send_exits_at_once_and_the_next_delivers_it(emula
             "the message delivered after the restart",
             second,
         )
+    finally:
+        receiver.stop()
+
+
+def test_a_service_stopped_gracefully_evaluates_and_sends_a_pending_crossing_first(emulator, procs):
+    """(Session 15) SIGTERM while a crossing waits for its evaluation round (paced 60 s
+    after a caught-up round here): each worker's drain evaluates it in one last round
+    and sends it before the service exits, and records the delivery: the next start has
+    nothing to send again."""
+    receiver = Receiver().start()
+    try:
+        port = free_port()
+        env = cli_env(
+            DATASTORE_EMULATOR_HOST=emulator.host,
+            METERING_ADMIN_TOKEN=ADMIN_TOKEN,
+            METERING_PROJECT="metering-test",
+            METERING_ALERT_ROUND_SPACING_SECONDS="60",
+        )
+        first = _serve(procs, port, env, "first")
+        base = f"http://127.0.0.1:{port}"
+        org = Api(base, ADMIN_TOKEN).post("/v1/admin/orgs", json={"name": unique_org_name()})
+        api = Api(base, org.json()["apiKey"])
+        endpoint = api.post(
+            "/v1/webhooks/endpoints", json={"url": receiver.url, "eventTypes": ["alert.triggered"]}
+        ).json()
+        meter = api.create_meter()
+        create_rule(api, meter, thresholds=[10])
+        event = {"meterId": meter["id"], "userId": "u", "timestamp": minutes_ago(5)}
+        api.record({**event, "value": 4})
+        time.sleep(2)  # its round (at once: the meter was idle), which starts the pace
+        api.record({**event, "value": 7})
+        time.sleep(1)
+        assert receiver.received == []  # the crossing waits for the pace
+        first.process.send_signal(signal.SIGTERM)
+        assert first.wait(15) == 0
+        [crossing] = receiver.received
+        data = Webhook(endpoint["secret"]).verify(crossing.body, crossing.headers)["data"]
+        assert (data["threshold"], data["value"]) == (10, 11)
+        second = _serve(procs, port, env, "second")
+        log = api.get(f"/v1/webhooks/endpoints/{endpoint['id']}/messages").json()["messages"]
+        assert [(m["status"], len(m["attempts"])) for m in log] == [("delivered", 1)]
+        time.sleep(2)  # a message the start had taken over would have been sent by now
+        assert second.process.poll() is None and len(receiver.received) == 1
     finally:
         receiver.stop()

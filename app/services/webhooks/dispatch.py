@@ -388,6 +388,17 @@ def _give_back(namespace: str | None, key: ndb.Key) -> None:
         outbox.wake_org(namespace)  # a sender is free: hand out what waited
 
 
+def wait_for_sends(until: float) -> int:
+    """Wait until every message handed to this process's senders is sent and recorded,
+    or the monotonic time `until`; how many are still out then."""
+    while True:
+        with _in_flight_lock:
+            left = len(_in_flight)
+        if not left or time.monotonic() >= until:
+            return left
+        time.sleep(0.02)
+
+
 def _endpoint_key_id(key: ndb.Key) -> int:
     """The endpoint a message key names: `<webhook-id>.<endpoint key id>`."""
     return int(str(key.id()).rpartition(".")[2])

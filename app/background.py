@@ -14,7 +14,6 @@ test that serves an app and goes on).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import random
 import threading
@@ -100,11 +99,6 @@ class _IdleOrgs:
                 self.next_visit.pop(name, None)
 
 
-def _settings(config) -> dispatch.Settings:
-    """The loop's sends: a failed attempt due again at once is resent by this process."""
-    return dataclasses.replace(dispatch.Settings.of(config), resend_at_once=True)
-
-
 class _Loop:
     """A thread of one app that works for the orgs a commit woke (`outbox.wake(org)`) at
     once, and for every org every METERING_BACKGROUND_DELIVERY_SECONDS (and at once after
@@ -118,7 +112,7 @@ class _Loop:
         self.client, self.context_options = client, context_options
         self.seconds, self.budget = config.background_delivery_seconds, config.cron_delivery_budget
         self.pace = config.alert_round_spacing_seconds
-        self.settings = _settings(config)
+        self.settings = dispatch.Settings.background(config)
         self.stopping = threading.Event()
         self.woken = threading.Event()
         self.lock = threading.Lock()
@@ -330,23 +324,11 @@ class _Compactor:
                 log.warning("background compaction failed: %s", error)
 
 
-def _act_on_recovered(app, settings: dispatch.Settings) -> None:
-    """What this process took over from stopped ones at its start
-    (`datastore.recovered`) goes out at once: the messages leased anew for it to its
-    senders, and the orgs with messages made due to the loops."""
+def _act_on_recovered() -> None:
+    """The orgs whose messages this process's start made due again
+    (`datastore.recovered`) are visited at once."""
     recovered, datastore.recovered = datastore.recovered, datastore.Recovered()
-    timeline.note(
-        "loops started",
-        taken=sum(len(taken) for taken in recovered.taken.values()),
-        due_orgs=len(recovered.due_orgs),
-    )
-    client = app.extensions["ndb"]
-    for namespace, taken in recovered.taken.items():
-        with (
-            client.context(**app.extensions["ndb_context_options"]) as context,
-            context.new(namespace=namespace or None).use(),
-        ):
-            dispatch.hand_off(taken, settings)
+    timeline.note("loops started", due_orgs=len(recovered.due_orgs))
     for namespace in sorted(recovered.due_orgs):
         outbox.wake_org(namespace)
 
@@ -365,7 +347,7 @@ def init_app(app) -> None:
         sender = _Sender(app.extensions["ndb"], app.extensions["ndb_context_options"], config)
         app.extensions[_SEND_EXTENSION] = sender
         sender.thread.start()
-        _act_on_recovered(app, sender.settings)
+        _act_on_recovered()
     if config.background_compaction_seconds <= 0:
         return
     compactor = _Compactor(

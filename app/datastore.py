@@ -87,7 +87,7 @@ def _journal_transactions(client: ndb.Client, config) -> None:
     # Started first: the leases taken over from a stopped process are noted in it.
     journal.start(Path(directory))
     # With the background loops, this process sends a stopped one's leased messages.
-    sends = dispatch.Settings.of(config) if config.background_delivery_seconds > 0 else None
+    sends = dispatch.Settings.background(config) if config.background_delivery_seconds > 0 else None
     with client.context():
         journal.recover(Path(directory), rpc.rollback, functools.partial(_release_held, sends))
 
@@ -98,13 +98,13 @@ RELEASE_BATCH = 100
 
 @dataclass
 class Recovered:
-    """What this process took over at its start from stopped ones (`_release_held`), for
-    its background loops to act on at once (`app.background`)."""
+    """What this process's start did with stopped processes' leases (`_release_held`),
+    for its background loops to act on at once (`app.background`)."""
 
     #: Orgs (namespaces) with webhook messages made due again.
     due_orgs: set[str] = field(default_factory=set)
-    #: Per org, the messages leased anew for this process's senders.
-    taken: dict[str, list[dispatch.Leased]] = field(default_factory=dict)
+    #: Messages leased anew for this process and handed to its senders.
+    taken: int = 0
 
 
 recovered = Recovered()
@@ -113,7 +113,9 @@ recovered = Recovered()
 def _release_held(sends: dispatch.Settings | None, held: list[tuple[str, str]]) -> None:
     """Give up what stopped processes held (serialized keys, each with its holder name or
     lease token), per org and RELEASE_BATCH keys a transaction (`dispatch.release_stopped`):
-    a killed service can leave a hundred messages leased."""
+    a killed service can leave a hundred messages leased. With `sends` (the background
+    loops will run), the messages each transaction leased anew for this process go to
+    its senders at once (`dispatch.hand_off`: the pool and the recorder need no loop)."""
     by_org: dict[str, list[tuple[ndb.Key, str]]] = {}
     for key, holder in held:
         held_key = ndb.Key(urlsafe=key.encode())
@@ -129,8 +131,9 @@ def _release_held(sends: dispatch.Settings | None, held: list[tuple[str, str]]) 
                     continue
                 if done.due:
                     recovered.due_orgs.add(namespace)
-                if done.taken:
-                    recovered.taken.setdefault(namespace, []).extend(done.taken)
+                if sends is not None and done.taken:  # sent while the next batch is released
+                    dispatch.hand_off(done.taken, sends)
+                    recovered.taken += len(done.taken)
     timeline.note("released", orgs=len(by_org))
 
 

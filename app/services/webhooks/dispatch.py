@@ -43,7 +43,7 @@ import ssl
 import threading
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import cast
 
@@ -138,6 +138,12 @@ class Settings:
             timeout_seconds=config.webhook_timeout_seconds,
             retry_scale=config.webhook_retry_scale,
         )
+
+    @classmethod
+    def background(cls, config: Config) -> Settings:
+        """The background loop's sends (`app.background`, and what a start takes over
+        for them): a failed attempt due again at once is resent by this process."""
+        return replace(cls.of(config), resend_at_once=True)
 
 
 @dataclass

@@ -9,6 +9,8 @@ from google.cloud import ndb
 from google.cloud.ndb import model as ndb_model
 
 from app.models import MeterEvent, ids, root_key
+from app.models.webhook import WebhookEndpoint
+from app.services.webhooks import dispatch, outbox
 from app.storage import entities
 from tests.support.encoding import event_entity
 
@@ -196,3 +198,20 @@ def test_a_chunks_raw_bucket_equals_the_ndb_model(org_context, whole):
     expected = ndb_model._entity_to_protobuf(model)
     raw = tallies._bucket_upsert("b_x", "meter-x", start, blob, True, whole, whole).upsert
     assert type(expected).pb(expected) == raw
+
+
+@pytest.mark.parametrize("state", ["built", "leased", "settled"])
+def test_a_chunks_raw_message_equals_the_ndb_model(org_context, state):
+    """(Session 15) The evaluator's messages are written raw (`outbox.upsert_of`): the
+    same protobuf as NDB's, as built, leased for their first attempt, and with a null
+    lease and due time and an attempt logged."""
+    at = datetime(2026, 12, 7, 21, 30, 15, 123456, tzinfo=UTC)
+    endpoint = WebhookEndpoint(key=ndb.Key(WebhookEndpoint, 5629499534213120, parent=root_key()))
+    data = {"alertId": "a", "userId": "ü☃", "value": "12", "threshold": 10}
+    [message] = outbox.messages([endpoint], "alert.triggered", "msg_x", data, at)
+    if state == "leased":
+        dispatch.lease_at_creation([message], [endpoint], at, dispatch.Settings())
+    if state == "settled":
+        message.log_attempt({"at": "t", "statusCode": 500, "error": "HTTP 500"})
+        message.lease, message.next_attempt_at, message.status = None, None, "failed"
+    assert outbox.upsert_of(message) == entities.upsert_of(message)

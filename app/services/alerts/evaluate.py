@@ -1125,7 +1125,7 @@ def _commit_chunk(
             [feed] = found
             applied = done | {t.key_name for t in touches.values()}
             mutations.append(feed.with_done(json.dumps(sorted(applied))))
-        mutations += [entities.upsert_of(entity) for entity in writes]
+        mutations += [outbox.upsert_of(message) for message in writes]
         _commit_journaled(mutations, transaction, leased)
         stored_messages[0] = messages
         if timeline.enabled():

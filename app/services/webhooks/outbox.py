@@ -27,6 +27,8 @@ from google.cloud import ndb
 from app.models.base import root_key
 from app.models.webhook import PENDING, WebhookEndpoint, WebhookMessage
 from app.schemas import format_time
+from app.storage import entities
+from app.storage.rpc import Mutation
 
 _wakers: list[Callable[[str | None], None]] = []
 #: Called only when the waking thread built messages (`messages`) since its last wake:
@@ -89,6 +91,47 @@ def messages(
         built.append(message)
     _built.messages = bool(built) or getattr(_built, "messages", False)
     return built
+
+
+_MESSAGE_KIND = WebhookMessage._get_kind()
+#: (property name, attribute, indexed) of a message, as `WebhookMessage` declares them.
+_MESSAGE_FIELDS = (
+    ("MessageId", "message_id", False),
+    ("EndpointId", "endpoint_id", True),
+    ("EventType", "event_type", False),
+    ("Body", "body", False),
+    ("Status", "status", True),
+    ("CreatedAt", "created_at", True),
+    ("UpdatedAt", "updated_at", False),
+    ("NextAttemptAt", "next_attempt_at", True),
+    ("Lease", "lease", False),
+    ("AttemptCount", "attempt_count", False),
+)
+
+
+def upsert_of(message: WebhookMessage) -> Any:
+    """The raw upsert of a message built by `messages` (leased or not), exactly as its
+    `put()` would store it (`tests/test_raw_encoding.py` compares the two). NDB's
+    conversion took 2 ms a message: a third of the evaluator's CPU for a chunk that
+    crossed many thresholds (`benchmarks/alerts_eval.py --profile`, session 15)."""
+    mutation = Mutation()
+    entity = mutation.upsert
+    entities.fill_key(entity.key, _MESSAGE_KIND, message.key.id(), message.key.namespace())
+    for name, attribute, indexed in _MESSAGE_FIELDS:
+        value = getattr(message, attribute)
+        slot = entity.properties[name]
+        if value is None:
+            slot.null_value = 0
+        elif isinstance(value, datetime):
+            entities.set_time_value(slot, value)
+        elif isinstance(value, int):
+            slot.integer_value = value
+        else:
+            slot.string_value = value
+        if not indexed:
+            slot.exclude_from_indexes = True
+    entities.set_string(entity, "Attempts_", entities.shadow_json(message.attempts), False)
+    return mutation
 
 
 def forget_built() -> None:

@@ -330,7 +330,7 @@ def _act_on_recovered() -> None:
     """The orgs whose messages this process's start made due again
     (`datastore.recovered`) are visited at once."""
     recovered, datastore.recovered = datastore.recovered, datastore.Recovered()
-    timeline.note("loops started", due_orgs=len(recovered.due_orgs))
+    timeline.note("loops started", taken=recovered.taken, due_orgs=len(recovered.due_orgs))
     for namespace in sorted(recovered.due_orgs):
         outbox.wake_org(namespace)
 

@@ -123,9 +123,10 @@ def _release_held(sends: dispatch.Settings | None, held: list[tuple[str, str]]) 
     timeline.note("releasing", leases=len(held))
     for namespace, pairs in by_org.items():
         with ndb.get_context().new(namespace=namespace or None).use():
+            endpoints = dispatch.endpoints_by_id() if sends is not None else {}
             for batch in _release_batches(pairs):
                 try:
-                    done = dispatch.release_stopped(batch, sends)
+                    done = dispatch.release_stopped(batch, sends, endpoints)
                 except Exception as error:  # noqa: BLE001  (they expire by themselves)
                     log.warning("could not release a stopped process's leases: %s", error)
                     continue

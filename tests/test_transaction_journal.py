@@ -368,7 +368,7 @@ def test_a_disabled_endpoints_messages_are_made_due_not_taken_over(
     sends = dispatch.Settings()
     held = [(item.message.key, item.message.lease) for item in leased]
     with ndb_client.context(namespace=org["namespace"]):
-        done = dispatch.release_stopped(held, sends)
+        done = dispatch.release_stopped(held, sends, dispatch.endpoints_by_id())
         assert done.taken == [] and done.due
         assert sorted(dispatch.due_keys(utcnow() + timedelta(seconds=1), 10)) == sorted(
             key for key, _ in held
@@ -386,7 +386,9 @@ def test_messages_taken_over_are_leased_anew_and_journaled_before_the_commit(
     journal.start(tmp_path)
     held = [(item.message.key, item.message.lease) for item in leased]
     with ndb_client.context(namespace=org["namespace"]):
-        done = dispatch.release_stopped(held, dispatch.Settings(timeout_seconds=10))
+        done = dispatch.release_stopped(
+            held, dispatch.Settings(timeout_seconds=10), dispatch.endpoints_by_id()
+        )
         assert not done.due and len(done.taken) == 3
         assert dispatch.due_keys(utcnow() + timedelta(seconds=15), 10) == []
         stored = {key: key.get().lease for key, _ in held}

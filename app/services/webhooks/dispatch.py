@@ -173,6 +173,12 @@ class OrgDispatch:
     found: int = 0
 
 
+def endpoints_by_id() -> dict[int, WebhookEndpoint]:
+    """The current org's endpoints (deleted and disabled ones too) by key id."""
+    found = cast(list[WebhookEndpoint], WebhookEndpoint.query(ancestor=root_key()).fetch())
+    return {endpoint.key.id(): endpoint for endpoint in found}
+
+
 def due_keys(now: datetime, limit: int) -> list[ndb.Key]:
     """Keys of up to `limit` of the current org's messages due at `now`, oldest due first:
     one raw keys-only query (the index NDB's same query used). The sender's timed pass
@@ -203,12 +209,7 @@ def dispatch_org(
     result.found = len(keys)
     if not keys:
         return result
-    endpoints = {
-        endpoint.key.id(): endpoint
-        for endpoint in cast(
-            list[WebhookEndpoint], WebhookEndpoint.query(ancestor=root_key()).fetch()
-        )
-    }
+    endpoints = endpoints_by_id()
     context = ndb.get_context()
     namespace = context.get_namespace()
     running: set[concurrent.futures.Future[bool | None]] = set()
@@ -317,7 +318,7 @@ def _enqueue(namespace: str | None, item: _Queued) -> None:
     if message.lease:  # a restart after a kill makes it due at once (app/storage/journal.py)
         journal.held(message.key.urlsafe().decode(), message.lease)
     endpoint_key = (namespace, _endpoint_key_id(message.key))
-    timeline.note("queued", message=message.key.id())
+    _note("queued", message)
     with _in_flight_lock:
         _queues.setdefault(endpoint_key, deque()).append(item)
         start = _sending[endpoint_key] < PER_ENDPOINT
@@ -358,9 +359,9 @@ def _send_one(namespace: str | None, item: _Queued) -> None:
                 _finish(namespace, item, None)
                 return
             at = max(leased.at, started)  # a test's later `now` is kept
-            timeline.note("sending", message=message.key.id())
+            _note("sending", message)
             outcome = send(leased.endpoint, message, item.settings)
-            timeline.note("sent", message=message.key.id(), status=outcome.status_code)
+            _note("sent", message, status=outcome.status_code)
     except Exception:
         log.exception("webhook message %s: the attempt failed", message.key.id())
         _finish(namespace, item, False)
@@ -392,6 +393,12 @@ def _give_back(namespace: str | None, key: ndb.Key) -> None:
         _backlogged.discard(namespace)
     if backlogged:
         outbox.wake_org(namespace)  # a sender is free: hand out what waited
+
+
+def _note(step: str, message: WebhookMessage, **fields: object) -> None:
+    """A timeline line of one message's send; its id (a key lookup) only when it is on."""
+    if timeline.enabled():
+        timeline.note(step, message=message.key.id(), **fields)
 
 
 def wait_for_sends(until: float) -> int:
@@ -479,7 +486,7 @@ def _lease_batch(
         return taken
 
     taken = lease()
-    if taken:
+    if taken and timeline.enabled():
         timeline.note("leased", messages=[item.message.key.id() for item in taken])
     return taken
 
@@ -523,7 +530,11 @@ class Released:
     due: bool = False
 
 
-def release_stopped(pairs: list[tuple[ndb.Key, str]], settings: Settings | None) -> Released:
+def release_stopped(
+    pairs: list[tuple[ndb.Key, str]],
+    settings: Settings | None,
+    endpoints: dict[int, WebhookEndpoint],
+) -> Released:
     """Give up, in one transaction, what a stopped process held in the current org (keys,
     each with its holder name or lease token), where it still holds it: an alert lease
     is deleted; a webhook message it had leased is, with `settings` (this process sends
@@ -534,16 +545,9 @@ def release_stopped(pairs: list[tuple[ndb.Key, str]], settings: Settings | None)
     find them due and lease them again: in `benchmarks/alerts_exact.py --restart`
     (session 15) that round leased a killed service's 259 messages in four
     transactions, the last 1.4 s after they were released. A message whose endpoint is
-    disabled or deleted is only made due: a dispatcher's round settles it."""
+    disabled or deleted (or missing from `endpoints`, the org's `endpoints_by_id`) is
+    only made due: a dispatcher's round settles it."""
     now = utcnow()
-    endpoints = (
-        {
-            endpoint.key.id(): endpoint
-            for endpoint in WebhookEndpoint.query(ancestor=root_key()).fetch()
-        }
-        if settings is not None
-        else {}
-    )
 
     @transactional(retries=3)
     def release() -> Released:

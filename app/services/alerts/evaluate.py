@@ -597,20 +597,29 @@ def _evaluate_meter(
     applied = 0
     stale = 0
     held = _held_of(meter_id)
+    #: the feeds of the last read that its chunk left (it was cut to fit one commit), and
+    #: whether that read held every feed pending then
+    rest: list[feed_kind.Pending] = []
+    rest_complete = False
     while applied < budget:
         if applied and until is not None and time.monotonic() >= until:
             break
-        feeds, held.prefetched = held.prefetched, None
-        if feeds is None or stale:
-            feeds = _pending(meter_id, CHUNK_FEEDS)
-        timeline.note("feeds read", meter=meter_id, feeds=len(feeds))
+        if rest and not stale:
+            feeds, complete, rest = rest, rest_complete, []
+        else:
+            prefetched, held.prefetched = held.prefetched, None
+            feeds = _pending(meter_id, CHUNK_FEEDS) if prefetched is None or stale else prefetched
+            complete = len(feeds) < CHUNK_FEEDS
+            timeline.note("feeds read", meter=meter_id, feeds=len(feeds))
         if not feeds:
             return applied, True
-        every = len(feeds) < CHUNK_FEEDS and len(feeds) <= budget - applied
+        every = complete and len(feeds) <= budget - applied
         feeds = feeds[: budget - applied]
         fit = _feeds_that_fit(held)
         if len(feeds) > fit:
-            feeds, every = feeds[:fit], False
+            # the rest is the next chunk's, not read again (session 16: a chunk cut to
+            # 30 of 100 pending feeds read the other 70 again, each a batch's events)
+            feeds, rest, rest_complete, every = feeds[:fit], feeds[fit:], complete, False
         if not rules:  # every rule of the meter archived: nothing to evaluate them for
             ndb.delete_multi([f.key for f in feeds])
             applied += len(feeds)
@@ -658,11 +667,13 @@ def _apply_chunk(
     half has not written since (same `_version`) is seeded right by it, and the others
     are read again."""
     began = time.thread_time()
+    timeline.note("chunk begins", feeds=len(feeds))
     meter = seed.meter_of(meter_id)
     aggregation = meter.aggregation_type  # an NDB property: read once, not per tally
     touches = _touches(feeds, rules)
     legacy = tallies.legacy_possible()
     stored = tallies.read(touches.values(), legacy, remembered=True)
+    timeline.note("chunk tallies read", touches=len(touches))
     now = utcnow()
     if not legacy and _seed_periods(meter, touches, stored, settings, now):
         stored = tallies.read(touches.values(), legacy)
@@ -693,6 +704,7 @@ def _apply_chunk(
         settings.targets = _Targets()
     targets = settings.targets
     planned, crossing = _planned_mutations(feeds, touches, stored, aggregation, targets)
+    timeline.note("chunk planned", feeds=len(feeds), touches=len(touches), mutations=planned)
     _held_of(meter_id).crossings_per_feed = crossing / len(feeds)
     if len(feeds) > 1 and planned > MAX_MUTATIONS:
         return _halves(meter_id, rules, feeds, settings, seeds)
@@ -1062,6 +1074,7 @@ def _commit_chunk(
 
     def attempt(transaction: bytes) -> int:
         stored = tallies.read(touches.values(), legacy, feed_keys, transaction)
+        timeline.note("chunk read again")
         last_read[:] = [stored]
         if any(f is None for f in stored.extra):
             raise _Stale()

@@ -34,8 +34,10 @@ goes to the address that was checked.
 from __future__ import annotations
 
 import concurrent.futures
+import heapq
 import http.client
 import logging
+import os
 import random
 import secrets as _random
 import socket
@@ -43,6 +45,7 @@ import ssl
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import cast
@@ -63,7 +66,7 @@ from app.models.webhook import (
 )
 from app.schemas import format_time
 from app.services.webhooks import outbox, safety, signing
-from app.storage import journal, queries
+from app.storage import entities, journal, queries, rpc
 
 log = logging.getLogger(__name__)
 
@@ -698,8 +701,8 @@ class _PinnedHTTPSConnection(_OneWrite, http.client.HTTPSConnection):
 def _post(
     target: safety.Target, headers: dict[str, str], body: bytes, timeout: float
 ) -> tuple[int, bytes]:
-    """(status, first KiB of the answer): the whole exchange ends within `timeout` (a
-    timer shuts the socket of an endpoint that trickles its answer)."""
+    """(status, first KiB of the answer): the whole exchange ends within `timeout` (the
+    watchdog shuts the socket of an endpoint that trickles its answer)."""
     kind = _PinnedHTTPSConnection if target.scheme == "https" else _PinnedHTTPConnection
     connection = kind(target, timeout)
     timed_out = threading.Event()
@@ -712,8 +715,7 @@ def _post(
             except OSError:
                 pass
 
-    timer = threading.Timer(timeout, abort)
-    timer.start()
+    watch = _watchdog.watch(timeout, abort)
     try:
         connection.request("POST", target.path, body=body, headers=headers)
         answer = connection.getresponse()
@@ -723,8 +725,66 @@ def _post(
             raise TimeoutError from None
         raise
     finally:
-        timer.cancel()
+        _watchdog.cancel(watch)
         connection.close()
+
+
+class _Watchdog:
+    """One thread that calls each watched send's `abort` once its deadline has passed,
+    unless it was cancelled first. Before (session 16), each send started a
+    `threading.Timer` of its own: a thread started and ended per message, in the
+    process whose evaluator hands the messages off. Under a burst of crossings that was
+    a tenth of the process's samples (py-spy, `benchmarks/alerts_exact.py --batch 50`),
+    fighting the evaluator for the GIL."""
+
+    def __init__(self) -> None:
+        self.condition = threading.Condition()
+        self.deadlines: list[tuple[float, int, Callable[[], None]]] = []
+        self.live: set[int] = set()  # the handles watched and not cancelled
+        self.count = 0
+        self.pid = 0
+
+    def watch(self, seconds: float, abort: Callable[[], None]) -> int:
+        """Call `abort` in `seconds` unless `cancel` comes first; a handle for `cancel`."""
+        with self.condition:
+            if self.pid != os.getpid():  # first use in this process (or a forked child)
+                self.pid, self.deadlines, self.live = os.getpid(), [], set()
+                threading.Thread(target=self._run, name="webhook-watchdog", daemon=True).start()
+            self.count += 1
+            self.live.add(self.count)
+            heapq.heappush(self.deadlines, (time.monotonic() + seconds, self.count, abort))
+            if self.deadlines[0][1] == self.count:
+                self.condition.notify()
+            return self.count
+
+    def cancel(self, handle: int) -> None:
+        with self.condition:
+            self.live.discard(handle)
+
+    def _run(self) -> None:
+        with self.condition:
+            while True:
+                while self.deadlines and self.deadlines[0][1] not in self.live:
+                    heapq.heappop(self.deadlines)
+                if not self.deadlines:
+                    self.condition.wait()
+                    continue
+                wait = self.deadlines[0][0] - time.monotonic()
+                if wait > 0:
+                    self.condition.wait(wait)
+                    continue
+                _at, handle, abort = heapq.heappop(self.deadlines)
+                self.live.discard(handle)
+                self.condition.release()
+                try:
+                    abort()
+                except Exception:
+                    log.warning("aborting a timed-out webhook send failed", exc_info=True)
+                finally:
+                    self.condition.acquire()
+
+
+_watchdog = _Watchdog()
 
 
 def retry_delay(failed_attempts: int, settings: Settings) -> timedelta | None:
@@ -758,15 +818,22 @@ def record_many(results: list[Result]) -> set[ndb.Key]:
 
 def _record(results: list[Result]) -> tuple[set[ndb.Key], list[Leased]]:
     """`record_many`, and the messages its transaction leased again for an attempt at
-    once (`Settings.resend_at_once`), for this process to send."""
+    once (`Settings.resend_at_once`), for this process to send. Raw reads and writes
+    (session 16): NDB's transaction, lookup and put of a batch were most of the record
+    threads' CPU, in the process whose evaluator handed the messages off, and each
+    message is now converted once, from what was read (`entities.model_of`), and
+    written as `outbox.upsert_of` builds it."""
     again: list[Leased] = []
+    keys = [entities.key_of(result.key) for result in results]
 
-    @transactional(retries=5)
-    def store() -> set[ndb.Key]:
+    def store(transaction: bytes) -> set[ndb.Key]:
         again.clear()
-        found = cast(list[WebhookMessage | None], ndb.get_multi([r.key for r in results]))
+        found = rpc.lookup(keys, transaction)
         changed: list[WebhookMessage] = []
-        for result, message in zip(results, found):
+        for result, key in zip(results, keys, strict=True):
+            message = cast(
+                WebhookMessage | None, entities.model_of(found.get(key.SerializeToString()))
+            )
             if message is None or message.lease != result.lease or message.status != PENDING:
                 continue
             _settle(message, result)
@@ -776,10 +843,16 @@ def _record(results: list[Result]) -> tuple[set[ndb.Key], list[Leased]]:
                 again.append(_lease_for_attempt(message, endpoint, utcnow(), result.settings))
             changed.append(message)
         if changed:
-            ndb.put_multi(changed)
+            rpc.commit([outbox.upsert_of(message) for message in changed], transaction)
+        else:
+            rpc.rollback(transaction)
         return {message.key for message in changed}
 
-    return store(), list(again)
+    def in_transaction() -> set[ndb.Key]:
+        with rpc.transaction() as transaction:
+            return store(transaction)
+
+    return rpc.retry_aborted(in_transaction, "recording webhook attempts"), list(again)
 
 
 def _resend_now(message: WebhookMessage, result: Result) -> bool:

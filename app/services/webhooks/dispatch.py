@@ -221,11 +221,13 @@ def dispatch_org(
 
     def start(batch: list[ndb.Key]) -> None:
         """Lease the handed-out batch and queue each leased message for its endpoint."""
-        for leased in _lease_handed_out(namespace, batch, now, settings, endpoints):
-            future: concurrent.futures.Future[bool | None] = concurrent.futures.Future()
-            _enqueue(namespace, _Queued(context.client, leased, settings, future))
-            running.add(future)
-            result.leased += not wait
+        queued = [
+            _Queued(context.client, leased, settings, concurrent.futures.Future())
+            for leased in _lease_handed_out(namespace, batch, now, settings, endpoints)
+        ]
+        _enqueue_all(namespace, queued)
+        running.update(item.done for item in queued)
+        result.leased += 0 if wait else len(queued)
         batch.clear()
 
     for key in keys:
@@ -314,20 +316,26 @@ class _Queued:
     done: concurrent.futures.Future[bool | None]
 
 
-def _enqueue(namespace: str | None, item: _Queued) -> None:
-    """Queue a leased message for its endpoint; start a sender task unless PER_ENDPOINT
-    run already (one of them takes it)."""
-    message = item.leased.message
-    if message.lease:  # a restart after a kill makes it due at once (app/storage/journal.py)
-        journal.held(message.key.urlsafe().decode(), message.lease)
-    endpoint_key = (namespace, _endpoint_key_id(message.key))
-    _note("queued", message)
+def _enqueue_all(namespace: str | None, items: list[_Queued]) -> None:
+    """Queue leased messages for their endpoints, all under one lock; then start a
+    sender task for each endpoint that has fewer than PER_ENDPOINT running (one of them
+    takes each message). Queued one at a time (before session 16), the senders started
+    by the first messages of a chunk's hand-off took the GIL from the evaluator that was
+    still queueing its other messages."""
+    for item in items:
+        message = item.leased.message
+        if message.lease:  # a restart after a kill makes it due at once (app/storage/journal.py)
+            journal.held(message.key.urlsafe().decode(), message.lease)
+        _note("queued", message)
+    starts: list[tuple[str | None, int]] = []
     with _in_flight_lock:
-        _queues.setdefault(endpoint_key, deque()).append(item)
-        start = _sending[endpoint_key] < PER_ENDPOINT
-        if start:
-            _sending[endpoint_key] += 1
-    if start:
+        for item in items:
+            endpoint_key = (namespace, _endpoint_key_id(item.leased.message.key))
+            _queues.setdefault(endpoint_key, deque()).append(item)
+            if _sending[endpoint_key] < PER_ENDPOINT:
+                _sending[endpoint_key] += 1
+                starts.append(endpoint_key)
+    for endpoint_key in starts:
         _senders.submit(_send_queued, endpoint_key)
 
 
@@ -481,7 +489,7 @@ def _lease_batch(
                 taken.append(Leased(message, endpoint, now, until))
             changed.append(message)
         for item in taken:  # noted before the commit, as `_commit_journaled` does: a
-            # process killed between the commit and the hand-off (`_enqueue`) left them
+            # process killed between the commit and the hand-off (`_enqueue_all`) left them
             # to wait out their leases (a token that never committed releases nothing)
             journal.held(item.message.key.urlsafe().decode(), item.message.lease)
         if changed:
@@ -590,15 +598,17 @@ def hand_off(leased: list[Leased], settings: Settings) -> None:
     past its lease's margin is not sent, and goes out once the lease has expired."""
     context = ndb.get_context()
     namespace = context.get_namespace()
-    for item in leased:
-        key = item.message.key
-        with _in_flight_lock:
+    queued: list[_Queued] = []
+    with _in_flight_lock:
+        for item in leased:
+            key = item.message.key
             if (namespace, key.id()) in _in_flight:
                 continue
             _in_flight.add((namespace, key.id()))
             _in_flight_per_endpoint[(namespace, _endpoint_key_id(key))] += 1
-        done: concurrent.futures.Future[bool | None] = concurrent.futures.Future()
-        _enqueue(namespace, _Queued(context.client, item, settings, done))
+            done: concurrent.futures.Future[bool | None] = concurrent.futures.Future()
+            queued.append(_Queued(context.client, item, settings, done))
+    _enqueue_all(namespace, queued)
 
 
 def _attempt(at: datetime, outcome: Outcome) -> dict[str, object]:

@@ -52,7 +52,9 @@ def test_totals_past_int64_are_shown_exactly(open_page, api):
         ["low", _grouped(3 * INT64_MIN)],
     ]
     bars = board.chart()["datasets"][0]["data"]
-    assert float(bars[-1]) == float(total)  # the chart draws the nearest double
+    # the chart draws the nearest double; its last bar is today, which holds nothing when
+    # the test runs between 00:00 and 01:00 UTC (CI of session 16 did, at 00:50)
+    assert [float(bar) for bar in bars if float(bar) != 0] == [float(total)]
 
     _, content = board.download("Download top users CSV")
     assert content.splitlines()[1:] == [

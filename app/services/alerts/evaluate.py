@@ -265,8 +265,12 @@ class _Held:
 
     lock: threading.Lock
     until: float = 0.0  # monotonic: while above now, this process holds the lease
-    #: The first chunk's feeds, read by the check for pending ones (`_lease_for_round`).
+    #: The first chunk's feeds, read by the check for pending ones (`_lease_for_round`),
+    #: or left by the last round's last chunk, cut to fit one commit (`_evaluate_meter`).
     prefetched: list[Any] | None = None
+    #: Whether `prefetched` held every feed pending when it was read (never for a rest
+    #: left by a round: feeds came since).
+    prefetched_complete: bool = False
     others_until: float = 0.0  # monotonic: until then, believe another process holds it
     last_applied: float = 0.0
     #: Mutations per feed that the meter's last planned chunk spent on crossings
@@ -371,7 +375,9 @@ def _lease_for_round(meter_id: str, held: _Held) -> bool:
     renewed, then read the chunk, and a held meter found idle was asked twice."""
     now = time.monotonic()
     if held.until > now:
-        held.prefetched = _pending(meter_id, CHUNK_FEEDS) or None
+        if held.prefetched is None:  # not left by the last round (`_evaluate_meter`)
+            held.prefetched = _pending(meter_id, CHUNK_FEEDS) or None
+            held.prefetched_complete = len(held.prefetched or ()) < CHUNK_FEEDS
         if held.prefetched is None:
             if now - held.last_applied >= IDLE_RELEASE_SECONDS:
                 held.until = 0.0
@@ -608,8 +614,11 @@ def _evaluate_meter(
             feeds, complete, rest = rest, rest_complete, []
         else:
             prefetched, held.prefetched = held.prefetched, None
-            feeds = _pending(meter_id, CHUNK_FEEDS) if prefetched is None or stale else prefetched
-            complete = len(feeds) < CHUNK_FEEDS
+            if prefetched is None or stale:
+                feeds = _pending(meter_id, CHUNK_FEEDS)
+                complete = len(feeds) < CHUNK_FEEDS
+            else:
+                feeds, complete = prefetched, held.prefetched_complete
             timeline.note("feeds read", meter=meter_id, feeds=len(feeds))
         if not feeds:
             return applied, True
@@ -633,7 +642,15 @@ def _evaluate_meter(
             stale += 1
             if stale > 5:
                 break
+    if rest and not stale:  # the next round's first chunk, not read again
+        held.prefetched, held.prefetched_complete = rest[:KEPT_FOR_NEXT_ROUND], False
     return applied, False
+
+
+#: Feeds a round that ran out of time leaves to the meter's next round (the rest of its
+#: last read, past the chunk it applied last): about two chunks under a burst of
+#: crossings, and a bound on what a process keeps per meter between rounds.
+KEPT_FOR_NEXT_ROUND = 50
 
 
 #: Mutations a chunk's commit keeps for its buckets (and old-shape tallies folded in)

@@ -79,3 +79,42 @@ def test_a_period_seeded_whole_within_the_window_is_seeded_again_once_it_has_pas
         ("q", 40): 51,
     }
     assert _values(ndb_client, org) == {"u": 9, "v": 40, "y": 10, "z": 4, "q": 51}
+
+
+def test_a_chunk_that_would_seed_too_many_tallies_one_at_a_time_is_halved(
+    api, app, ndb_client, org, window, seeds, monkeypatch
+):
+    """Session 16: with the grouped read too big, a chunk seeded each of its tallies with
+    a summary of its own, all in one read-only transaction; with 500 users that
+    outlived the transaction, and the chunk failed again at every round. A chunk of
+    several feeds now seeds at most SINGLE_SEEDS that way, and is halved past it."""
+    window["passed"] = True
+    monkeypatch.setattr(seed_module, "GROUPED_ENTITIES", 1)  # every grouped read too big
+    monkeypatch.setattr(seed_module, "SINGLE_SEEDS", 2)
+    seed_module._too_big.clear()
+    refused: list[int] = []
+    real_values = seed_module._values
+
+    def values(meter, touches, single_limit=None):
+        try:
+            return real_values(meter, touches, single_limit)
+        except seed_module.TooManySingle:
+            refused.append(len(touches))
+            raise
+
+    monkeypatch.setattr(seed_module, "_values", values)
+    meter = api.create_meter()
+    users = [f"user-{n}" for n in range(6)]
+    api.record(*[_event(meter, user, 5, minutes=20) for user in users])  # before the rule
+    rule = create_rule(api, meter, thresholds=[10, 40])
+    api.record(*[_event(meter, user, 5) for user in users[:3]])  # one feed
+    api.record(*[_event(meter, user, 5) for user in users[3:]])  # another
+    api.record(_event(meter, users[0], 40))  # and a third
+    run_evaluator(app, ndb_client, org)
+    assert refused and max(refused) > 2  # the whole chunk was refused, then halved
+    tally_seeds = [subject for kind, subject in seeds if kind == "tally"]
+    assert sorted(tally_seeds) == sorted(users)  # each user's tally seeded once
+    fired = _fired(api, rule)  # feeds apply in any order: user-0's third may come first
+    assert set(fired) == {*((user, 10) for user in users), (users[0], 40)}
+    assert all(fired[(user, 10)] == 10 for user in users[1:])
+    assert _values(ndb_client, org) == {**dict.fromkeys(users, 10), users[0]: 50}

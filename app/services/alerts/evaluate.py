@@ -708,7 +708,11 @@ def _apply_chunk(
         for touch in seeding
         if touch.ident not in seeds or seeds[touch.ident][1] != _version(existing[touch.ident])
     ]
-    for touch, seeded in zip(unread, seed.seed_all(meter, unread)):
+    try:
+        read = seed.seed_all(meter, unread, seed.SINGLE_SEEDS if len(feeds) > 1 else None)
+    except seed.TooManySingle:  # fewer feeds meet fewer tallies: each half on its own
+        return _halves(meter_id, rules, feeds, settings, seeds)
+    for touch, seeded in zip(unread, read):
         seeds[touch.ident] = (seeded, _version(existing[touch.ident]))
     for touch in seeding:
         touch.seeded, touch.seeded_over = seeds[touch.ident]

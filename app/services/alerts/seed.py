@@ -45,7 +45,7 @@ LEGACY_ROUNDS = 8
 GROUPED_AT_LEAST = 2
 #: ... given up (falling back to one summary per tally) past this many stored entities,
 #: so that a meter with many users pays at most this much for having tried.
-GROUPED_ENTITIES = 5_000
+GROUPED_ENTITIES = 50_000
 #: How long this process, once a grouped read of a meter's periods went past the cap,
 #: reads them one summary per tally without trying again.
 TOO_BIG_SECONDS = 600.0
@@ -122,6 +122,18 @@ def _pending_parts(
 
 class _TooMany(Exception):
     """A grouped read went past GROUPED_ENTITIES stored entities."""
+
+
+#: Tallies one chunk of several feeds may seed one summary each (its grouped read too
+#: big): past it, `seed_all` refuses (`TooManySingle`) and the evaluator halves the chunk.
+SINGLE_SEEDS = 32
+
+
+class TooManySingle(Exception):
+    """A chunk would seed more than its limit of tallies one summary each. Session 16:
+    500 users' tallies seeded before their rules' basis were all re-read at once when it
+    passed, one summary each in one read-only transaction, which outlived the
+    transaction (60 s); the chunk failed, and so did every later one."""
 
 
 class _Counted(summary.Reading):
@@ -280,10 +292,10 @@ def _org_values(meter: Meter, touches: list[Any]) -> list[int] | None:
     return values
 
 
-def _values(meter: Meter, touches: list[Any]) -> list[int]:
+def _values(meter: Meter, touches: list[Any], single_limit: int | None = None) -> list[int]:
     """Each touch's summary value: the per-user ones together (`_grouped_values`) and the
     org-wide ones together (`_org_values`), when there are enough of them, the others
-    one summary each."""
+    one summary each (`TooManySingle` past `single_limit` of those)."""
     values: dict[int, int] = {}
     per_user = [index for index, touch in enumerate(touches) if touch.subject is not None]
     if len(per_user) >= GROUPED_AT_LEAST:
@@ -295,16 +307,22 @@ def _values(meter: Meter, touches: list[Any]) -> list[int]:
         together = _org_values(meter, [touches[index] for index in org])
         if together is not None:
             values.update(zip(org, together))
+    if single_limit is not None and len(touches) - len(values) > single_limit:
+        raise TooManySingle()
     return [
         values[index] if index in values else _summary_value(meter, touch)
         for index, touch in enumerate(touches)
     ]
 
 
-def _consistent_reads(meter: Meter, touches: list[Any]) -> tuple[dict[bytes, list[Any]], list[int]]:
+def _consistent_reads(
+    meter: Meter, touches: list[Any], single_limit: int | None = None
+) -> tuple[dict[bytes, list[Any]], list[int]]:
     """Pending feeds of the meter and each touch's summary value, at one cut."""
     wanted = {(touch.spec, touch.subject, touch.start) for touch in touches}
-    return _at_one_cut(meter, lambda: _values(meter, touches), touches, wanted.__contains__)
+    return _at_one_cut(
+        meter, lambda: _values(meter, touches, single_limit), touches, wanted.__contains__
+    )
 
 
 def _at_one_cut(
@@ -356,14 +374,15 @@ def _every_event_fed(meter: Meter, basis: datetime) -> bool:
     return first is None or first >= basis
 
 
-def seed_all(meter: Meter, touches: list[Any]) -> list[Seed]:
+def seed_all(meter: Meter, touches: list[Any], single_limit: int | None = None) -> list[Seed]:
     """Each touch's tally value without the feeds still pending (see the module's
     docstring), all read at one cut: one read-only transaction (or one legacy round) for
-    the chunk; a spec's per-user tallies of one period together (`_values`)."""
+    the chunk; a spec's per-user tallies of one period together (`_values`), and
+    `TooManySingle` when more than `single_limit` would be read one summary each."""
     if not touches:
         return []
     at = utcnow()
-    feeds, values = _consistent_reads(meter, touches)
+    feeds, values = _consistent_reads(meter, touches, single_limit)
     subtract = meter.aggregation_type in (Aggregation.SUM, Aggregation.COUNT)
     parts = _pending_parts(feeds, touches) if subtract else {}
     seeds = []

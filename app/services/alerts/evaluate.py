@@ -694,6 +694,7 @@ def _apply_chunk(
     now = utcnow()
     if not legacy and _seed_periods(meter, touches, stored, settings, now):
         stored = tallies.read(touches.values(), legacy)
+        timeline.note("chunk periods seeded whole")
     existing = stored.tallies
     seeds = {} if seeds is None else seeds
     seeding = [
@@ -712,6 +713,8 @@ def _apply_chunk(
         read = seed.seed_all(meter, unread, seed.SINGLE_SEEDS if len(feeds) > 1 else None)
     except seed.TooManySingle:  # fewer feeds meet fewer tallies: each half on its own
         return _halves(meter_id, rules, feeds, settings, seeds)
+    if unread:
+        timeline.note("chunk tallies seeded", tallies=len(unread))
     for touch, seeded in zip(unread, read):
         seeds[touch.ident] = (seeded, _version(existing[touch.ident]))
     for touch in seeding:

@@ -650,6 +650,22 @@ def read_timeline(workdir: Path) -> list[dict]:
     return sorted(lines, key=lambda line: line["at"])
 
 
+def print_feeds_applied_twice(lines: list[dict]) -> None:
+    """Each alert feed whose key id is in more than one committed chunk (the evaluator's
+    `chunk committed` lines): a feed applied twice, which an unexpected crossing whose
+    message says more than the recorded events would come from."""
+    commits: dict[int, list[dict]] = {}
+    for line in lines:
+        if line["step"] == "chunk committed":
+            for feed_id in line.get("feed_ids") or []:
+                commits.setdefault(feed_id, []).append(line)
+    twice = {feed_id: found for feed_id, found in commits.items() if len(found) > 1}
+    print(f"alert feeds in more than one committed chunk: {len(twice)} of {len(commits)}")
+    for feed_id, found in list(twice.items())[:10]:
+        where = ", ".join(f"pid {line['pid']} at {line['at']:.3f}" for line in found)
+        print(f"  feed {feed_id}: {where}")
+
+
 def print_timeline(brute: BruteForce, receiver: Receiver, workdir: Path, worst: int) -> None:
     """For the `worst` latest clean per-user crossings: the seconds from their batch's 201
     to each step the service logged for their message (the chunk that committed it, the
@@ -659,6 +675,7 @@ def print_timeline(brute: BruteForce, receiver: Receiver, workdir: Path, worst: 
     if not lines:
         print("timeline: the service logged none (METERING_TIMELINE)")
         return
+    print_feeds_applied_twice(lines)
     steps: dict[str, dict[str, float]] = {}
     last_read: dict[tuple[int, str], dict] = {}
     for line in lines:

@@ -1170,6 +1170,8 @@ def _commit_chunk(
                 "chunk committed",
                 meter=meter.id_,
                 feeds=len(feed_keys),
+                # which feeds (their key ids): a feed applied twice shows in two commits
+                feed_ids=[key.path[-1].id for key in feed_keys] if last else [],
                 messages=[entity.key.id() for entity in writes],
                 handed_off=bool(leased),
             )
